@@ -1,0 +1,64 @@
+"""Filters plug in by name, as in Envoy: one registry for HTTP, network and listener filters.
+
+A filter module calls `register(...)` at import time; `sofamesh.filters.__init__` imports the
+built-in filter modules (one line each). Config validation asks `lookup` whether a filter
+named in a bootstrap is implemented; the proxy asks it for the factory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+KINDS = ("http", "network", "listener")
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    kind: str  # "http" | "network" | "listener"
+    names: tuple[str, ...]  # e.g. ("envoy.filters.http.local_ratelimit",)
+    type_urls: tuple[str, ...]  # typed_config @type values accepted, full type.googleapis.com/...
+    factory: Callable[..., Any]  # factory(config_message, context) -> filter factory/instance
+    # Filters that Envoy has but whose effect sofamesh does not implement yet may register
+    # as pass-through: accepted, counted, and reported by `--mode validate` as such.
+    passthrough: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+_BY_KEY: dict[tuple[str, str], FilterSpec] = {}
+
+
+def register(spec: FilterSpec) -> FilterSpec:
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown filter kind {spec.kind!r}")
+    for key in spec.names + spec.type_urls:
+        prev = _BY_KEY.get((spec.kind, key))
+        if prev is not None and prev is not spec:
+            raise ValueError(f"{spec.kind} filter {key!r} registered twice")
+        _BY_KEY[(spec.kind, key)] = spec
+    return spec
+
+
+def lookup(kind: str, name_or_type_url: str) -> FilterSpec | None:
+    """The filter registered under a name or a typed_config type URL, or None."""
+    _load_builtins()
+    return _BY_KEY.get((kind, name_or_type_url))
+
+
+def registered(kind: str) -> list[FilterSpec]:
+    _load_builtins()
+    seen: dict[int, FilterSpec] = {}
+    for (k, _), spec in _BY_KEY.items():
+        if k == kind:
+            seen[id(spec)] = spec
+    return list(seen.values())
+
+
+_loaded = False
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import sofamesh.filters  # noqa: F401  (imports the built-in filter modules)

@@ -1,0 +1,65 @@
+"""Shared test helpers: free loopback ports, the real Envoy binary, loop-exception checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (bind to 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def envoy_binary() -> str:
+    """The real Envoy 1.40 binary: $SOFAMESH_ENVOY, else .venv-envoy/bin/envoy (ci/install.sh)."""
+    path = os.environ.get("SOFAMESH_ENVOY") or str(ROOT / ".venv-envoy" / "bin" / "envoy")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"Envoy binary not found at {path}: run `bash ci/install.sh test`")
+    return path
+
+
+def sofamesh_command() -> list[str]:
+    """How tests start the `sofamesh` command as a separate process."""
+    exe = shutil.which("sofamesh", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "sofamesh"]
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_loop_exceptions(request):
+    """Any exception that reaches an asyncio loop's handler fails the test that caused it."""
+    errors: list[dict] = []
+    orig = asyncio.BaseEventLoop.default_exception_handler
+
+    def handler(self, context):  # noqa: ANN001
+        errors.append(context)
+        orig(self, context)
+
+    asyncio.BaseEventLoop.default_exception_handler = handler  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        asyncio.BaseEventLoop.default_exception_handler = orig  # type: ignore[method-assign]
+    if errors:
+        pytest.fail(f"unhandled event-loop exceptions: {errors!r}")
