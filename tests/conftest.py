@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -46,14 +47,34 @@ def shared_dir() -> Path:
     return SHARED
 
 
+_LOOP_ERRORS: list[dict] = []
+
+
+def _collect_loop_error(loop, context) -> None:  # noqa: ANN001
+    _LOOP_ERRORS.append(context)
+    loop.default_exception_handler(context)
+
+
+def _new_checking_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop, as sofamesh runs, whose unhandled exceptions are collected."""
+    loop = uvloop.new_event_loop()
+    loop.set_exception_handler(_collect_loop_error)
+    return loop
+
+
+def pytest_asyncio_loop_factories(config, item):  # noqa: ANN001, ANN201
+    """pytest-asyncio runs every async test on a checking uvloop loop."""
+    return {"uvloop": _new_checking_loop}
+
+
 @pytest.fixture(autouse=True)
-def _fail_on_loop_exceptions(request):
+def _fail_on_loop_exceptions():
     """Any exception that reaches an asyncio loop's handler fails the test that caused it."""
-    errors: list[dict] = []
+    _LOOP_ERRORS.clear()
     orig = asyncio.BaseEventLoop.default_exception_handler
 
     def handler(self, context):  # noqa: ANN001
-        errors.append(context)
+        _LOOP_ERRORS.append(context)
         orig(self, context)
 
     asyncio.BaseEventLoop.default_exception_handler = handler  # type: ignore[method-assign]
@@ -61,5 +82,7 @@ def _fail_on_loop_exceptions(request):
         yield
     finally:
         asyncio.BaseEventLoop.default_exception_handler = orig  # type: ignore[method-assign]
-    if errors:
+    if _LOOP_ERRORS:
+        errors = list(_LOOP_ERRORS)
+        _LOOP_ERRORS.clear()
         pytest.fail(f"unhandled event-loop exceptions: {errors!r}")
