@@ -1,0 +1,327 @@
+"""Checks a parsed Bootstrap as Envoy does at start-up, plus what sofamesh implements.
+
+Three passes, every finding with its field path:
+1. protoc-gen-validate constraints of Envoy's API (`pgv`): Envoy's own rejections.
+2. References Envoy resolves at init: files (DataSource filenames, certs, Wasm code),
+   config source paths, runtime directories, Lua modules required by inline code, and
+   clusters named by static routes.
+3. Support: each listener, network and HTTP filter must be registered in
+   `sofamesh.filters.registry`; every other typed extension must be registered in
+   `sofamesh.config.support`; core fields sofamesh lacks (`support.GAPS`) are refused.
+   Istio's own filters (TypedStruct or istio protos) pass through and are reported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from sofamesh.config import protos, support
+from sofamesh.config.errors import ConfigError, Problem, join
+from sofamesh.config.pgv import validate_message
+
+HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_FILTER_KIND = {
+    "envoy.config.listener.v3.ListenerFilter": "listener",
+    "envoy.config.listener.v3.Filter": "network",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": "http",
+}
+_ISTIO_NAMES = ("istio.", "io.istio.")
+_ISTIO_TYPES = ("istio.", "io.istio.", "stats.PluginConfig")
+# LuaJIT's default package.path / cpath, relative entries resolved from the working dir.
+_LUA_PATHS = (
+    "./?.lua", "/usr/local/share/luajit-2.1/?.lua", "/usr/local/share/lua/5.1/?.lua",
+    "/usr/local/share/lua/5.1/?/init.lua", "./?.so", "/usr/local/lib/lua/5.1/?.so",
+)
+_LUA_REQUIRE = re.compile(r"""\brequire\s*\(?\s*["']([A-Za-z0-9_.\-]+)["']""")
+_LUA_BUILTIN = {"string", "table", "math", "io", "os", "coroutine", "debug", "package",
+                "bit", "jit", "ffi", "utf8"}
+
+
+@dataclass
+class Report:
+    """A config that validated: what passes through untouched and what was warned about."""
+
+    passthrough: list[tuple[str, str]] = field(default_factory=list)  # (path, filter name/type)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Checker:
+    def __init__(self, base_dir: str) -> None:
+        self.base_dir = base_dir
+        self.problems: list[Problem] = []
+        self.report = Report()
+
+    def unsupported(self, path: str, msg: str) -> None:
+        self.problems.append(Problem(path, msg, "unsupported"))
+
+    def reference(self, path: str, msg: str) -> None:
+        self.problems.append(Problem(path, msg, "reference"))
+
+    def _exists(self, p: str) -> bool:
+        return os.path.exists(p if os.path.isabs(p) else os.path.join(self.base_dir, p))
+
+    # -- the walk --------------------------------------------------------------------
+    def walk(self, m: Message, path: str, support_on: bool) -> None:
+        desc = m.DESCRIPTOR
+        name = desc.full_name
+        if name == "google.protobuf.Any":
+            inner = protos.unpack_any(m)
+            if inner is not None:
+                if support_on and not support.extension_supported(m.type_url):
+                    self.unsupported(
+                        path, f"extension {m.type_url} is not implemented by sofamesh"
+                    )
+                    support_on = False
+                self.walk(inner, path, support_on)
+            return
+        if name.startswith("google.protobuf."):
+            return
+        self.check_message(m, name, path, support_on)
+        kind = _FILTER_KIND.get(name)
+        if kind is not None:
+            support_on = self.check_filter(m, kind, path, support_on)
+        for f, val in m.ListFields():
+            if f.message_type is None:
+                continue
+            p = join(path, f.name)
+            if name == HCM and f.name == "http_filters":
+                pass
+            if f.message_type.GetOptions().map_entry:
+                vt = f.message_type.fields_by_name["value"]
+                if vt.message_type is None:
+                    continue
+                for k in val:
+                    kp = f"{p}[{k!r}]"
+                    if f.name == "typed_per_filter_config":
+                        self.per_filter(k, val[k], kp, support_on)
+                    else:
+                        self.walk(val[k], kp, support_on)
+            elif f.is_repeated:
+                for i, v in enumerate(val):
+                    self.walk(v, f"{p}[{i}]", support_on)
+            elif kind is not None and f.name == "typed_config":
+                self.walk_filter_config(val, p, support_on)
+            else:
+                self.walk(val, p, support_on)
+
+    def walk_filter_config(self, any_msg: Message, path: str, support_on: bool) -> None:
+        # A filter's own config type is judged by the filter registry, not as an extension.
+        inner = protos.unpack_any(any_msg)
+        if inner is not None:
+            self.walk(inner, path, support_on)
+
+    def per_filter(self, key: str, any_msg: Message, path: str, support_on: bool) -> None:
+        from sofamesh.filters import registry
+
+        if support_on:
+            url = any_msg.type_url
+            if not (
+                registry.lookup("http", key) is not None
+                or registry.lookup("http", url) is not None
+                or support.extension_supported(url)
+                or any(url in spec.extra.get("per_route_type_urls", ()) for spec in
+                       registry.registered("http"))
+            ):
+                self.unsupported(path, f"per-route config {url} is not implemented by sofamesh")
+                support_on = False
+        inner = protos.unpack_any(any_msg)
+        if inner is not None:
+            self.walk(inner, path, support_on)
+
+    # -- filters ---------------------------------------------------------------------
+    def check_filter(self, m: Message, kind: str, path: str, support_on: bool) -> bool:
+        from sofamesh.filters import registry
+
+        fname = m.name
+        url = m.typed_config.type_url if m.HasField("typed_config") else ""
+        if url in support.TYPED_STRUCT_TYPES:
+            inner = protos.unpack_any(m.typed_config)
+            inner_url = inner.type_url if inner is not None else ""
+            spec = registry.lookup(kind, inner_url) or registry.lookup(kind, fname)
+            if spec is None and (
+                fname.startswith(_ISTIO_NAMES)
+                or protos.type_name(inner_url).startswith(_ISTIO_TYPES)
+            ):
+                self.report.passthrough.append((path, fname or inner_url))
+                return False
+            key = inner_url or url
+        else:
+            spec = registry.lookup(kind, url) if url else registry.lookup(kind, fname)
+            key = url or fname
+        if spec is None:
+            if support_on:
+                self.unsupported(
+                    join(path, "typed_config") if url else join(path, "name"),
+                    f"{kind} filter {key} is not implemented by sofamesh",
+                )
+            return False
+        if spec.passthrough:
+            self.report.passthrough.append((path, fname or key))
+        return support_on
+
+    # -- per message type --------------------------------------------------------------
+    def check_message(self, m: Message, name: str, path: str, support_on: bool) -> None:
+        if support_on:
+            for gap in support.gaps_for(name):
+                fd = m.DESCRIPTOR.fields_by_name.get(gap.field)
+                if fd is None:
+                    continue
+                if fd.is_repeated:
+                    if len(getattr(m, gap.field)) == 0:
+                        continue
+                elif fd.has_presence:
+                    if not m.HasField(gap.field):
+                        continue
+                v = getattr(m, gap.field)
+                if gap.values:
+                    vname = fd.enum_type.values_by_number[v].name if fd.enum_type else v
+                    if vname not in gap.values:
+                        continue
+                    self.unsupported(join(path, gap.field), f"{vname}: {gap.note}")
+                elif fd.has_presence or fd.is_repeated or v:
+                    self.unsupported(join(path, gap.field), gap.note)
+        if name == "envoy.config.core.v3.DataSource":
+            if m.WhichOneof("specifier") == "filename" and not self._exists(m.filename):
+                self.reference(join(path, "filename"), f"Invalid path: {m.filename}")
+        elif name == "envoy.config.core.v3.ConfigSource":
+            p = None
+            if m.HasField("path_config_source"):
+                p = m.path_config_source.path
+            elif m.WhichOneof("config_source_specifier") == "path":
+                p = m.path
+            if p is not None and not self._exists(p):
+                self.reference(
+                    path,
+                    f"paths must refer to an existing path in the system: '{p}' does not exist",
+                )
+        elif name == "envoy.config.bootstrap.v3.RuntimeLayer.DiskLayer":
+            root = m.symlink_root
+            parent = os.path.dirname(root.rstrip("/")) or "."
+            if root and not self._exists(parent):
+                self.reference(
+                    join(path, "symlink_root"),
+                    f"unable to add filesystem watch for file {root}: No such file or directory",
+                )
+        elif name in (
+            "envoy.extensions.filters.http.lua.v3.Lua",
+            "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+            "envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig",
+        ):
+            self.check_lua(m, path)
+
+    def check_lua(self, m: Message, path: str) -> None:
+        sources: list[tuple[str, Message]] = []
+        for fname in ("default_source_code", "source_code"):
+            fd = m.DESCRIPTOR.fields_by_name.get(fname)
+            if fd is not None and m.HasField(fname):
+                sources.append((join(path, fname), getattr(m, fname)))
+        codes: list[tuple[str, str]] = []
+        if "inline_code" in m.DESCRIPTOR.fields_by_name and m.inline_code:
+            codes.append((join(path, "inline_code"), m.inline_code))
+        if "source_codes" in m.DESCRIPTOR.fields_by_name:
+            for k in m.source_codes:
+                sources.append((f"{path}.source_codes[{k!r}]", m.source_codes[k]))
+        for p, ds in sources:
+            if ds.WhichOneof("specifier") in ("inline_string", "inline_bytes"):
+                text = ds.inline_string or ds.inline_bytes.decode("utf-8", "replace")
+                codes.append((p, text))
+        for p, code in codes:
+            for mod in _LUA_REQUIRE.findall(code):
+                if mod.split(".")[0] in _LUA_BUILTIN:
+                    continue
+                rel = mod.replace(".", "/")
+                if not any(self._exists(t.replace("?", rel)) for t in _LUA_PATHS):
+                    self.reference(p, f"script load error: module '{mod}' not found")
+
+    # -- cross references ------------------------------------------------------------
+    def check_route_clusters(self, bootstrap: Message) -> None:
+        static = {c.name for c in bootstrap.static_resources.clusters}
+        for li, lst in enumerate(bootstrap.static_resources.listeners):
+            for ci, chain in enumerate(self._chains(lst)):
+                for fi, flt in enumerate(chain.filters):
+                    if flt.typed_config.type_url.rsplit("/", 1)[-1] != HCM:
+                        continue
+                    hcm = protos.unpack_any(flt.typed_config)
+                    if hcm is None or not hcm.HasField("route_config"):
+                        continue
+                    rc = hcm.route_config
+                    if rc.HasField("validate_clusters") and not rc.validate_clusters.value:
+                        continue
+                    base = (
+                        f"static_resources.listeners[{li}]."
+                        f"{'filter_chains[%d]' % ci if ci >= 0 else 'default_filter_chain'}"
+                        f".filters[{fi}].typed_config.route_config"
+                    )
+                    for vi, vh in enumerate(rc.virtual_hosts):
+                        for ri, r in enumerate(vh.routes):
+                            if not r.HasField("route"):
+                                continue
+                            rp = f"{base}.virtual_hosts[{vi}].routes[{ri}].route"
+                            a = r.route
+                            spec = a.WhichOneof("cluster_specifier")
+                            if spec == "cluster" and a.cluster not in static:
+                                self.reference(join(rp, "cluster"),
+                                               f"route: unknown cluster '{a.cluster}'")
+                            elif spec == "weighted_clusters":
+                                for wi, wc in enumerate(a.weighted_clusters.clusters):
+                                    if wc.name and wc.name not in static:
+                                        self.reference(
+                                            f"{rp}.weighted_clusters.clusters[{wi}].name",
+                                            f"route: unknown weighted cluster '{wc.name}'",
+                                        )
+                            for mi, mp in enumerate(a.request_mirror_policies):
+                                if mp.cluster and mp.cluster not in static:
+                                    self.reference(
+                                        f"{rp}.request_mirror_policies[{mi}].cluster",
+                                        f"route: unknown cluster '{mp.cluster}'",
+                                    )
+
+    @staticmethod
+    def _chains(lst: Message) -> list[Message]:
+        chains = list(lst.filter_chains)
+        return chains
+
+    def check_names(self, bootstrap: Message) -> None:
+        seen: dict[str, int] = {}
+        for i, c in enumerate(bootstrap.static_resources.clusters):
+            if c.name in seen:
+                self.reference(f"static_resources.clusters[{i}].name",
+                               f"cluster manager: duplicate cluster '{c.name}'")
+            seen[c.name] = i
+        lseen: set[str] = set()
+        for i, lst in enumerate(bootstrap.static_resources.listeners):
+            if lst.name and lst.name in lseen:
+                self.reference(f"static_resources.listeners[{i}].name",
+                               f"error adding listener named '{lst.name}': "
+                               "listener with same name already exists")
+            lseen.add(lst.name)
+
+
+def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Report:
+    """Validates a Bootstrap; returns a Report or raises ConfigError listing every problem
+    (Envoy's rejections first, then what sofamesh does not implement)."""
+    checker = _Checker(base_dir or os.getcwd())
+    problems = validate_message(bootstrap)
+    checker.walk(bootstrap, "", True)
+    checker.check_route_clusters(bootstrap)
+    checker.check_names(bootstrap)
+    problems += checker.problems
+    if problems:
+        order = {"parse": 0, "unknown_type": 0, "constraint": 1, "reference": 2, "unsupported": 3}
+        problems.sort(key=lambda p: order.get(p.kind, 4))
+        raise ConfigError(problems)
+    return checker.report
+
+
+def check(bootstrap: Message, **kw: Any) -> list[Problem]:
+    """Every problem with a Bootstrap, as a list (empty when valid)."""
+    try:
+        validate_bootstrap(bootstrap, **kw)
+    except ConfigError as e:
+        return e.problems
+    return []
