@@ -1,0 +1,102 @@
+"""What every adapter shares: config field checks, the published snapshot, counters."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Callable
+
+from ..model import Instance, Service, Snapshot
+
+log = logging.getLogger("sofamesh.pilot.registries")
+
+
+class RegistryConfigError(ValueError):
+    """A registry entry in the pilot config is invalid; the message names the field."""
+
+
+class Fields:
+    """Typed reads of one config entry; unknown keys are an error (a typo must not be
+    silently ignored)."""
+
+    def __init__(self, cfg: dict[str, Any], path: str, known: set[str]) -> None:
+        self.cfg = cfg
+        self.path = path
+        unknown = sorted(set(cfg) - known - {"type"})
+        if unknown:
+            raise RegistryConfigError(f"{path}.{unknown[0]}: unknown field")
+
+    def err(self, key: str, msg: str) -> RegistryConfigError:
+        return RegistryConfigError(f"{self.path}.{key}: {msg}")
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        v = self.cfg.get(key, default)
+        if v is None:
+            if required:
+                raise self.err(key, "required")
+            return ""
+        if not isinstance(v, str) or (required and not v):
+            raise self.err(key, f"expected a non-empty string, got {v!r}")
+        return v
+
+    def bool(self, key: str, default: bool) -> bool:
+        v = self.cfg.get(key, default)
+        if not isinstance(v, bool):
+            raise self.err(key, f"expected true or false, got {v!r}")
+        return v
+
+    def num(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        v = self.cfg.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < minimum:
+            raise self.err(key, f"expected a number >= {minimum:g}, got {v!r}")
+        return float(v)
+
+    def str_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        v = self.cfg.get(key, list(default))
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self.err(key, f"expected a list of strings, got {v!r}")
+        return tuple(v)
+
+    def str_map(self, key: str) -> dict[str, str]:
+        v = self.cfg.get(key, {}) or {}
+        if not isinstance(v, dict) or not all(
+            isinstance(k, str) and isinstance(x, str) for k, x in v.items()
+        ):
+            raise self.err(key, f"expected a mapping of strings, got {v!r}")
+        return dict(v)
+
+
+class SnapshotHolder:
+    """The adapter's current view; `publish` swaps it and calls on_change only when the
+    content differs (services and instances compared as values)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stats: Counter[str] = Counter()
+        self._snapshot = Snapshot()
+        self._on_change: Callable[[str], None] | None = None
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def publish(self, services: dict[str, Service], instances: dict[str, list[Instance]]) -> bool:
+        for insts in instances.values():
+            insts.sort(key=lambda i: (i.instance_id, i.address, i.port))
+        new = Snapshot(services=services, instances=instances)
+        old = self._snapshot
+        if new.services == old.services and new.instances == old.instances:
+            return False
+        self._snapshot = new
+        self.stats["snapshot_updates"] += 1
+        if self._on_change is not None:
+            try:
+                self._on_change(self.name)
+            except Exception:  # the pilot's callback must not break the watch loop
+                log.exception("registry %s: on_change callback failed", self.name)
+        return True
+
+
+def sorted_labels(d: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in d.items()))
