@@ -205,6 +205,8 @@ def _read(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
+        if not os.path.exists(path):
+            raise ConfigError(f"Invalid path: {path}") from None
         raise ConfigError(f"unable to read file: {path}: {e.strerror}") from None
 
 

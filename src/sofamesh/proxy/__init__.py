@@ -1,0 +1,1 @@
+"""The sidecar process: command line (cli), worker processes (workers), Server (server)."""
