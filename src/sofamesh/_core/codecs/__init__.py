@@ -1,0 +1,1 @@
+"""Sans-IO protocol codecs: bytes in, frames out; frames out, bytes in."""

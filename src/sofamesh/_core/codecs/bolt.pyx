@@ -1,0 +1,373 @@
+# SOFA Bolt v1/v2 codec (sans-IO): bytes in, BoltFrames out; BoltFrames out, bytes in.
+#
+# Bolt v1 (proto 0x01), request 22-byte header, response 20:
+#
+#   0      1      2      4      5          9      10           14        16        18       22
+#   +------+------+------+------+----------+------+------------+---------+---------+--------+
+#   |proto | type |cmdcode| ver2 |request id|codec | timeout i32|class len|hdr len  |content |
+#   | 0x01 |0/1/2 | u16  |      |   u32    |      |  (status   |  u16    |  u16    |len u32 |
+#   +------+------+------+------+----------+------+  u16 in a  +---------+---------+--------+
+#   | class name | header map: ([i32 klen][key][i32 vlen][value])* | content              |
+#   +------------+---------------------------------------------------+----------------------+
+#   response: status u16 at 10, class len at 12, header len at 14, content len at 16.
+#
+# Bolt v2 (proto 0x02), request 24-byte header, response 22:
+#
+#   proto=0x02 | ver1 | type | cmdcode u16 | ver2 | request id u32 | codec | switch |
+#   timeout i32 (status u16) | class len u16 | header len u16 | content len u32 |
+#   class | header map | content | [crc32 u32: zlib CRC-32 of bytes 0..end of content,
+#                                    present when ver1 == 2 and switch bit 0 is set]
+#
+# type: 0 response, 1 request, 2 oneway. cmdcode: 0 heartbeat, 1 request, 2 response.
+
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from zlib import crc32 as _crc32
+
+from sofamesh._core.codecs.rpcframe cimport FrameDecoder, ProtocolError, make_error
+from sofamesh._core.codecs.hessian cimport sofa_request_method
+
+STATUS_NAMES = {
+    STATUS_SUCCESS: "success", STATUS_ERROR: "error", STATUS_SERVER_EXCEPTION: "server exception",
+    STATUS_UNKNOWN: "unknown", STATUS_SERVER_THREADPOOL_BUSY: "server threadpool busy",
+    STATUS_ERROR_COMM: "error communication", STATUS_NO_PROCESSOR: "no processor",
+    STATUS_TIMEOUT: "timeout", STATUS_CLIENT_SEND_ERROR: "client send error",
+    STATUS_CODEC_EXCEPTION: "codec exception", STATUS_CONNECTION_CLOSED: "connection closed",
+    STATUS_SERVER_SERIAL_EXCEPTION: "server serial exception",
+    STATUS_SERVER_DESERIAL_EXCEPTION: "server deserial exception",
+}
+
+SOFA_REQUEST_CLASS = b"com.alipay.sofa.rpc.core.request.SofaRequest"
+SOFA_RESPONSE_CLASS = b"com.alipay.sofa.rpc.core.response.SofaResponse"
+SERVER_EXCEPTION_CLASS = b"com.alipay.remoting.rpc.exception.RpcServerException"
+
+
+cdef inline unsigned int _u32(const unsigned char* p) noexcept:
+    return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
+
+
+cdef inline unsigned int _u16(const unsigned char* p) noexcept:
+    return (<unsigned int>p[0] << 8) | p[1]
+
+
+cdef inline void _put32(unsigned char* p, unsigned int v) noexcept:
+    p[0] = (v >> 24) & 0xff
+    p[1] = (v >> 16) & 0xff
+    p[2] = (v >> 8) & 0xff
+    p[3] = v & 0xff
+
+
+cdef inline void _put16(unsigned char* p, unsigned int v) noexcept:
+    p[0] = (v >> 8) & 0xff
+    p[1] = v & 0xff
+
+
+cdef inline Py_ssize_t _hdr_size(int proto, int type_) noexcept:
+    if proto == 1:
+        return 20 if type_ == BOLT_TYPE_RESPONSE else 22
+    return 22 if type_ == BOLT_TYPE_RESPONSE else 24
+
+
+cdef object _parse_header_map(const unsigned char* p, Py_ssize_t n):
+    """[(key, value)] from a header map; None when malformed."""
+    cdef list out = []
+    cdef Py_ssize_t pos = 0
+    cdef int kl, vl
+    while pos < n:
+        if n - pos < 4:
+            return None
+        kl = <int>_u32(p + pos)
+        pos += 4
+        if kl == -1:
+            key = None
+        elif kl < 0 or kl > n - pos:
+            return None
+        else:
+            try:
+                key = PyBytes_FromStringAndSize(<const char*>p + pos, kl).decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            pos += kl
+        if n - pos < 4:
+            return None
+        vl = <int>_u32(p + pos)
+        pos += 4
+        if vl == -1:
+            val = None
+        elif vl < 0 or vl > n - pos:
+            return None
+        else:
+            try:
+                val = PyBytes_FromStringAndSize(<const char*>p + pos, vl).decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            pos += vl
+        out.append((key, val))
+    return out
+
+
+cpdef bytes encode_header_map(object headers):
+    """The wire form of [(key, value)] (or a dict); None keys/values are written as -1."""
+    cdef list parts = []
+    items = headers.items() if isinstance(headers, dict) else headers
+    for k, v in items:
+        for s in (k, v):
+            if s is None:
+                parts.append(b"\xff\xff\xff\xff")
+            else:
+                b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+                parts.append(len(b).to_bytes(4, "big"))
+                parts.append(b)
+    return b"".join(parts)
+
+
+cdef class BoltFrame:
+    def __init__(self, int proto=1, int type=BOLT_TYPE_REQUEST, int cmdcode=BOLT_CMD_REQUEST,
+                 unsigned int request_id=0, int codec=1, int timeout=-1, int status=0,
+                 class_name=b"", headers=None, content=b"", int ver1=1, int ver2=1,
+                 int switch=0):
+        self.proto = proto
+        self.ver1 = ver1
+        self.type = type
+        self.cmdcode = cmdcode
+        self.ver2 = ver2
+        self.request_id = request_id
+        self.codec = codec
+        self.switch = switch
+        self.timeout = timeout
+        self.status = status
+        self.class_name = bytes(class_name) if not isinstance(class_name, str) else class_name.encode()
+        self._headers = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+        self.header_raw = encode_header_map(self._headers)
+        self.content = content
+        self.raw = None
+        self.crc = 0
+
+    @property
+    def is_request(self):
+        return self.type != BOLT_TYPE_RESPONSE
+
+    @property
+    def is_oneway(self):
+        return self.type == BOLT_TYPE_ONEWAY
+
+    @property
+    def is_heartbeat(self):
+        return self.cmdcode == BOLT_CMD_HEARTBEAT
+
+    @property
+    def has_crc(self):
+        return self.proto == 2 and self.ver1 == 2 and (self.switch & 1)
+
+    cpdef list headers(self):
+        """[(key, value)] in wire order (parsed on first use)."""
+        cdef bytes raw
+        if self._headers is None:
+            raw = bytes(self.header_raw)
+            parsed = _parse_header_map(<const unsigned char*><char*>raw, len(raw)) if raw else []
+            self._headers = parsed if parsed is not None else []
+        return self._headers
+
+    cpdef object header(self, str name):
+        for k, v in self.headers():
+            if k == name:
+                return v
+        return None
+
+    cpdef object service(self):
+        """The routing service name: `service`, else `sofa_head_target_service`."""
+        v = self.header("service")
+        if v is None:
+            v = self.header("sofa_head_target_service")
+        return v
+
+    cpdef object method(self):
+        """The method: `sofa_head_method_name`, else from the SofaRequest hessian content."""
+        if self._method is not None:
+            return self._method
+        v = self.header("sofa_head_method_name")
+        if v is None and self.codec == 1 and len(self.content):
+            v = sofa_request_method(self.content)
+        self._method = v
+        return v
+
+    cpdef bytes encode(self):
+        """The frame's wire bytes from its fields (CRC written when the switch says so)."""
+        cdef Py_ssize_t hs = _hdr_size(self.proto, self.type)
+        cdef bytes hdr_map = bytes(self.header_raw) if self._headers is None \
+            else encode_header_map(self._headers)
+        cdef Py_ssize_t cl = len(self.class_name), hl = len(hdr_map), bl = len(self.content)
+        cdef bint crc = self.proto == 2 and self.ver1 == 2 and (self.switch & 1)
+        cdef Py_ssize_t total = hs + cl + hl + bl + (4 if crc else 0)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+        cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+        cdef Py_ssize_t o
+        cdef const unsigned char[::1] cv
+        p[0] = self.proto
+        if self.proto == 1:
+            o = 1
+        else:
+            p[1] = self.ver1
+            o = 2
+        p[o] = self.type
+        _put16(p + o + 1, self.cmdcode)
+        p[o + 3] = self.ver2
+        _put32(p + o + 4, self.request_id)
+        p[o + 8] = self.codec
+        o += 9
+        if self.proto != 1:
+            p[o] = self.switch
+            o += 1
+        if self.type == BOLT_TYPE_RESPONSE:
+            _put16(p + o, self.status)
+            o += 2
+        else:
+            _put32(p + o, <unsigned int>self.timeout)
+            o += 4
+        _put16(p + o, cl)
+        _put16(p + o + 2, hl)
+        _put32(p + o + 4, bl)
+        o += 8
+        memcpy(p + o, PyBytes_AS_STRING(self.class_name), cl)
+        o += cl
+        memcpy(p + o, PyBytes_AS_STRING(hdr_map), hl)
+        o += hl
+        if bl:
+            cv = self.content
+            memcpy(p + o, &cv[0], bl)
+        o += bl
+        if crc:
+            _put32(p + o, <unsigned int>_crc32(memoryview(out)[:o]))
+        return out
+
+    def __repr__(self):
+        kind = "heartbeat" if self.cmdcode == 0 else ("response" if self.type == 0 else "request")
+        return (f"BoltFrame(v{self.proto}, {kind}, id={self.request_id}, codec={self.codec}, "
+                f"status={self.status}, class={self.class_name!r}, content={len(self.content)}B)")
+
+
+cdef class BoltDecoder(FrameDecoder):
+    """Bolt v1 and v2 frames from a byte stream. Either version may arrive on one
+    connection (clients choose per request)."""
+
+    def __init__(self, Py_ssize_t max_frame=16 * 1024 * 1024, bint verify_crc=True):
+        FrameDecoder.__init__(self, max_frame)
+        self.verify_crc = verify_crc
+
+    cdef Py_ssize_t frame_length(self, const unsigned char* p, Py_ssize_t n) except -2:
+        cdef int proto = p[0], type_, o
+        cdef Py_ssize_t hs, total
+        if proto != 1 and proto != 2:
+            self.fail_reason = f"bolt: bad protocol byte 0x{proto:02x}"
+            return -1
+        o = 1 if proto == 1 else 2
+        if n < o + 1:
+            self.need = o + 1
+            return 0
+        type_ = p[o]
+        if type_ > 2:
+            self.fail_reason = f"bolt: bad type {type_}"
+            return -1
+        hs = _hdr_size(proto, type_)
+        if n < hs:
+            self.need = hs
+            return 0
+        total = hs + <Py_ssize_t>_u16(p + hs - 8) + _u16(p + hs - 6) + <Py_ssize_t>_u32(p + hs - 4)
+        if proto == 2 and p[1] == 2 and (p[11] & 1):
+            total += 4
+        if total > self.max_frame:
+            self.fail_reason = f"bolt: frame of {total} bytes over the {self.max_frame} limit"
+            return -1
+        return total
+
+    cdef object parse(self, bytes buf, object mv, Py_ssize_t start, Py_ssize_t n):
+        cdef const unsigned char* p = <const unsigned char*><char*>buf + start
+        cdef BoltFrame f = BoltFrame.__new__(BoltFrame)
+        cdef Py_ssize_t o, hs, cl, hl, bl, end
+        cdef unsigned int want
+        f.proto = p[0]
+        if f.proto == 1:
+            f.ver1 = 1
+            o = 1
+        else:
+            f.ver1 = p[1]
+            o = 2
+        f.type = p[o]
+        f.cmdcode = _u16(p + o + 1)
+        f.ver2 = p[o + 3]
+        f.request_id = _u32(p + o + 4)
+        f.codec = p[o + 8]
+        o += 9
+        if f.proto != 1:
+            f.switch = p[o]
+            o += 1
+        if f.type == BOLT_TYPE_RESPONSE:
+            f.status = _u16(p + o)
+            f.timeout = -1
+            o += 2
+        else:
+            f.timeout = <int>_u32(p + o)
+            o += 4
+        cl = _u16(p + o)
+        hl = _u16(p + o + 2)
+        bl = _u32(p + o + 4)
+        hs = o + 8
+        end = hs + cl + hl + bl
+        f.class_name = buf[start + hs:start + hs + cl]
+        f.header_raw = mv[start + hs + cl:start + hs + cl + hl]
+        f.content = mv[start + hs + cl + hl:start + end]
+        f.raw = mv[start:start + n]
+        f._headers = None
+        f._method = None
+        if f.proto == 2 and f.ver1 == 2 and (f.switch & 1):
+            f.crc = _u32(p + end)
+            if self.verify_crc:
+                want = <unsigned int>_crc32(mv[start:start + end])
+                if want != f.crc:
+                    return make_error(f"bolt: CRC-32 mismatch (frame {f.crc:#010x}, "
+                                      f"computed {want:#010x})", False, f.request_id, f)
+        if f.cmdcode > 2:
+            return make_error(f"bolt: unknown cmdcode {f.cmdcode}", False, f.request_id, f)
+        if hl:
+            hdrs = _parse_header_map(p + hs + cl, hl)
+            if hdrs is None:
+                return make_error("bolt: malformed header map", False, f.request_id, f)
+            f._headers = hdrs
+        else:
+            f._headers = []
+        return f
+
+
+cpdef bytes rewrite_request_id(BoltFrame f, unsigned int new_id):
+    """The frame's wire bytes with another request id (CRC recomputed when present)."""
+    cdef const unsigned char[::1] src = f.raw
+    cdef Py_ssize_t n = len(f.raw), o = 5 if f.proto == 1 else 6
+    cdef bytes out = PyBytes_FromStringAndSize(<const char*>&src[0], n)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+    _put32(p + o, new_id)
+    if f.proto == 2 and f.ver1 == 2 and (f.switch & 1):
+        _put32(p + n - 4, <unsigned int>_crc32(memoryview(out)[:n - 4]))
+    return out
+
+
+cpdef bytes heartbeat_ack(BoltFrame req):
+    """The ack for a heartbeat request: type 0, cmdcode 0, status 0, same id and version."""
+    cdef BoltFrame r = BoltFrame(proto=req.proto, type=BOLT_TYPE_RESPONSE, cmdcode=BOLT_CMD_HEARTBEAT,
+                                 request_id=req.request_id, codec=req.codec, status=0,
+                                 ver1=req.ver1, ver2=req.ver2, switch=req.switch)
+    return r.encode()
+
+
+cpdef bytes heartbeat(unsigned int request_id, int proto=1, int codec=1):
+    return BoltFrame(proto=proto, type=BOLT_TYPE_REQUEST, cmdcode=BOLT_CMD_HEARTBEAT,
+                     request_id=request_id, codec=codec, timeout=1000).encode()
+
+
+cpdef bytes error_response(BoltFrame req, int status):
+    """A response to `req` with a non-success status, in the request's version, codec and
+    CRC switch. No class or content: Bolt clients build the error from the status, as for
+    the replies a Bolt server's connection layer sends itself (busy, no processor...)."""
+    cdef BoltFrame r = BoltFrame(proto=req.proto, type=BOLT_TYPE_RESPONSE, cmdcode=BOLT_CMD_RESPONSE,
+                                 request_id=req.request_id, codec=req.codec, status=status,
+                                 ver1=req.ver1, ver2=req.ver2, switch=req.switch)
+    return r.encode()

@@ -1,0 +1,49 @@
+# Dubbo2 codec. See dubbo.pyx for the frame diagram.
+from sofamesh._core.codecs.rpcframe cimport FrameDecoder
+
+cdef enum:
+    DUBBO_OK = 20
+    DUBBO_SERIALIZATION_ERROR = 25
+    DUBBO_CLIENT_TIMEOUT = 30
+    DUBBO_SERVER_TIMEOUT = 31
+    DUBBO_CHANNEL_INACTIVE = 35
+    DUBBO_BAD_REQUEST = 40
+    DUBBO_BAD_RESPONSE = 50
+    DUBBO_SERVICE_NOT_FOUND = 60
+    DUBBO_SERVICE_ERROR = 70
+    DUBBO_SERVER_ERROR = 80
+    DUBBO_CLIENT_ERROR = 90
+    DUBBO_SERVER_THREADPOOL_EXHAUSTED = 100
+
+cdef class DubboFrame:
+    cdef public int flags                       # request 0x80, two-way 0x40, event 0x20, serialization
+    cdef public int status
+    cdef public unsigned long long request_id   # on the wire an i64; ids are opaque
+    cdef public object body                     # memoryview | bytes: zero-copy slice
+    cdef public object raw                      # memoryview | None: the whole frame
+    # request invocation, filled by parse_invocation()
+    cdef public int parsed
+    cdef public int parse_err
+    cdef public str body_error
+    cdef public object dubbo_version            # str | None
+    cdef public object service                  # str | None
+    cdef public object version                  # str | None
+    cdef public object method                   # str | None
+    cdef public object param_types              # str | None
+    cdef public dict attachments                # dict[str, object] | None
+    cdef public Py_ssize_t args_start
+    cdef public Py_ssize_t args_end
+    cdef public Py_ssize_t body_end
+    cpdef int parse_invocation(self)
+    cpdef object response_flag(self)
+    cpdef object error_message(self)
+    cpdef bytes encode(self)
+
+cdef class DubboDecoder(FrameDecoder):
+    pass
+
+cdef Py_ssize_t count_params(str desc)
+cpdef bytes rewrite_request_id(DubboFrame f, unsigned long long new_id)
+cpdef bytes heartbeat_response(DubboFrame req)
+cpdef bytes heartbeat(unsigned long long request_id)
+cpdef bytes error_response(DubboFrame req, int status, str message)
