@@ -1,0 +1,59 @@
+"""Fixtures for the differential suite: the same bootstrap run by real Envoy and by sofamesh.
+
+SOFAMESH_DIFF_CANDIDATE=envoy runs a second Envoy as the candidate: a self-check that the
+normalisations are enough for two identical proxies to agree (the suite must pass then).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+if str(ROOT) not in sys.path:  # `tests.support` is imported as a namespace package from the root
+    sys.path.insert(0, str(ROOT))
+
+from tests.conftest import envoy_binary, free_port, sofamesh_command  # noqa: E402
+from tests.integration.differential import harness  # noqa: E402
+from tests.support.envoy import ProxyProcess  # noqa: E402
+from tests.support.http_upstream import RecordingUpstream  # noqa: E402
+
+
+def _deployment(kind: str, workdir: Path):
+    upstream = RecordingUpstream(["a", "b"]).start()
+    port = free_port()
+    boot = harness.bootstrap(port, free_port(), upstream.ports, free_port())
+    if kind == "envoy":
+        proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir)
+    else:
+        proxy = ProxyProcess.sofamesh(sofamesh_command(), boot, workdir)
+    try:
+        proxy.start()
+    except Exception:
+        upstream.stop()
+        raise
+    return harness.Deployment(kind, port, upstream, proxy)
+
+
+@pytest.fixture(scope="module")
+def envoy_dep(tmp_path_factory):
+    dep = _deployment("envoy", tmp_path_factory.mktemp("envoy"))
+    try:
+        yield dep
+    finally:
+        dep.proxy.stop()
+        dep.upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def candidate_dep(tmp_path_factory):
+    kind = os.environ.get("SOFAMESH_DIFF_CANDIDATE", "sofamesh")
+    dep = _deployment(kind, tmp_path_factory.mktemp(kind))
+    try:
+        yield dep
+    finally:
+        dep.proxy.stop()
+        dep.upstream.stop()

@@ -1,0 +1,520 @@
+"""Differential harness: one bootstrap, two proxies (real Envoy, sofamesh), the same raw bytes to both.
+
+A *deployment* is a proxy process plus its own RecordingUpstream (listeners "a" and "b") and
+a dead port, so recordings never mix. ``observe(deployment, case)`` sends a case's bytes over
+a raw socket and returns an ``Observation``: what the client got (statuses, headers, bodies,
+whether the connection stayed usable) and what the upstream received, both normalised by the
+rules in ``NORMALISATIONS`` (the only place where differences are forgiven).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tests.support.http_upstream import Record, RecordingUpstream
+
+HOST = "main.test"
+ROUTE_TIMEOUT_MS = 15000  # Envoy's default route timeout, sent upstream as x-envoy-expected-rq-timeout-ms
+SLOW_ROUTE_TIMEOUT_S = 0.5
+
+# ------------------------------------------------------------------------------------------
+# The bootstrap: one listener, one inline route table exercising the routing features, STATIC
+# clusters to the recording upstream and one to a port nothing listens on.
+# ------------------------------------------------------------------------------------------
+
+
+def _cluster(name: str, port: int) -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+
+
+def _hdr(key: str, value: str, action: str | None = None) -> dict:
+    out: dict = {"header": {"key": key, "value": value}}
+    if action:
+        out["append_action"] = action
+    return out
+
+
+def route_config() -> dict:
+    main_routes = [
+        {"match": {"path": "/exact"}, "route": {"cluster": "svc_a"}},
+        {"match": {"safe_regex": {"regex": "/regex/[0-9]+"}}, "route": {"cluster": "svc_b"}},
+        {"match": {"prefix": "/hdr", "headers": [
+            {"name": "x-variant", "string_match": {"exact": "b"}}]},
+         "route": {"cluster": "svc_b"}},
+        {"match": {"prefix": "/hdr"}, "route": {"cluster": "svc_a"}},
+        {"match": {"prefix": "/rewrite/"},
+         "route": {"cluster": "svc_a", "prefix_rewrite": "/rewritten/",
+                   "host_rewrite_literal": "rewritten.internal"}},
+        {"match": {"prefix": "/headers"},
+         "route": {"cluster": "svc_a"},
+         "request_headers_to_add": [
+             _hdr("x-added", "route-added", "APPEND_IF_EXISTS_OR_ADD"),
+             _hdr("x-overwrite", "route-value", "OVERWRITE_IF_EXISTS_OR_ADD"),
+             _hdr("x-if-absent", "route-default", "ADD_IF_ABSENT"),
+         ],
+         "request_headers_to_remove": ["x-remove-me"],
+         "response_headers_to_add": [_hdr("x-resp-added", "resp-value")],
+         "response_headers_to_remove": ["x-upstream-secret"]},
+        {"match": {"prefix": "/direct"},
+         "direct_response": {"status": 403, "body": {"inline_string": "denied by route\n"}}},
+        {"match": {"prefix": "/redirect"},
+         "redirect": {"host_redirect": "elsewhere.test", "path_redirect": "/moved"}},
+        {"match": {"prefix": "/weighted-b"},
+         "route": {"weighted_clusters": {"clusters": [
+             {"name": "svc_a", "weight": 0}, {"name": "svc_b", "weight": 100}]}}},
+        {"match": {"prefix": "/weighted"},
+         "route": {"weighted_clusters": {"clusters": [
+             {"name": "svc_a", "weight": 50}, {"name": "svc_b", "weight": 50}]}}},
+        {"match": {"prefix": "/retry"},
+         "route": {"cluster": "svc_a",
+                   "retry_policy": {"retry_on": "5xx", "num_retries": 2}}},
+        {"match": {"prefix": "/dead-retry"},
+         "route": {"cluster": "dead",
+                   "retry_policy": {"retry_on": "connect-failure", "num_retries": 1}}},
+        {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
+        {"match": {"prefix": "/slow"},
+         "route": {"cluster": "svc_a", "timeout": f"{SLOW_ROUTE_TIMEOUT_S}s"}},
+        {"match": {"prefix": "/ws"}, "route": {"cluster": "svc_a"}},
+        {"match": {"prefix": "/a/"}, "route": {"cluster": "svc_a"}},
+    ]
+    return {
+        "name": "differential",
+        "virtual_hosts": [
+            {"name": "main", "domains": [HOST], "routes": main_routes},
+            {"name": "wild", "domains": ["*.wild.test"],
+             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc_b"}}],
+             "request_headers_to_add": [_hdr("x-vhost", "wild")]},
+        ],
+    }
+
+
+def bootstrap(listen_port: int, admin_port: int, upstream_ports: dict[str, int], dead_port: int,
+              extra_http_filters: list[dict] | None = None) -> dict:
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                 "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "route_config": route_config(),
+        "http_filters": [*(extra_http_filters or []), {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+            }],
+            "clusters": [
+                _cluster("svc_a", upstream_ports["a"]),
+                _cluster("svc_b", upstream_ports["b"]),
+                _cluster("dead", dead_port),
+            ],
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Normalisations: the ONLY differences forgiven between Envoy and sofamesh. Each has a reason.
+# ------------------------------------------------------------------------------------------
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def _uuid(v: str) -> str:
+    # A malformed id is left as is, so it shows up as a divergence.
+    return "<uuid4>" if UUID_RE.match(v) else v
+
+
+def _expected_timeout(v: str) -> str:
+    # On a retry Envoy sends the route budget minus the time already spent (whole ms, so
+    # sometimes the full budget); that elapsed part is timing.
+    if v.isdigit():
+        for budget in (int(SLOW_ROUTE_TIMEOUT_S * 1000), ROUTE_TIMEOUT_MS):
+            if budget - 1000 < int(v) <= budget:
+                return f"<{budget} minus elapsed>"
+    return v
+
+
+def _retry_records(records: list[dict]) -> list[dict]:
+    """Apply the x-envoy-expected-rq-timeout-ms rule to every upstream request but the first."""
+    out = records[:1]
+    for rec in records[1:]:
+        hdrs = [(k, _expected_timeout(v) if k == "x-envoy-expected-rq-timeout-ms" else v)
+                for k, v in rec["headers"]]
+        out.append({**rec, "headers": hdrs})
+    return out
+
+
+NORMALISATIONS: dict[str, tuple[str, Callable]] = {
+    "header-name-case": (
+        "Field names are case-insensitive (RFC 9110 5.1); Envoy's HTTP/1 codec lower-cases them.",
+        str.lower),
+    "header-order-across-names": (
+        "Only the order of field lines sharing a name is significant (RFC 9110 5.3); lines are "
+        "sorted by name with a stable sort, so same-name order is still compared.",
+        lambda headers: sorted(headers, key=lambda h: h[0])),
+    "x-request-id": (
+        "A fresh random UUID per request; we check it is a version-4 UUID, not which one.",
+        _uuid),
+    "x-envoy-expected-rq-timeout-ms": (
+        "On upstream requests after the first in a case (retries): the route timeout minus time "
+        "already spent, so timing; the first request's value (the configured budget) is exact.",
+        _expected_timeout),
+    "weighted-50-50": (
+        "Random weighted picks: for the 50/50 route we compare the set of clusters seen over "
+        "40 requests (and each distinct upstream request), not which request went where.", None),
+    "date": ("Wall-clock time of the reply.", lambda v: "<date>"),
+    "server": ("The product name (Envoy writes `envoy`); presence is still compared.",
+               lambda v: "<server>"),
+    "x-envoy-upstream-service-time": (
+        "Milliseconds the upstream took: timing, not behaviour; presence is still compared.",
+        lambda v: "<ms>" if v.isdigit() else v),
+    "large-body": (
+        "Bodies over 512 bytes are compared by length and SHA-256 so a diff stays readable.",
+        lambda b: b if len(b) <= 512 else f"<{len(b)} bytes sha256:{hashlib.sha256(b).hexdigest()[:16]}>"),
+    "upstream-chunk-boundaries": (
+        "A proxy may re-chunk a chunked body; the upstream's de-framed bytes and the fact that "
+        "it was chunked are compared, not where chunks split.", None),
+    "upstream-connection-reuse": (
+        "Which pooled upstream connection served a request is a pool detail; not compared.", None),
+}
+
+_VALUE_RULES = {"x-request-id": _uuid, "date": NORMALISATIONS["date"][1],
+                "server": NORMALISATIONS["server"][1],
+                "x-envoy-upstream-service-time": NORMALISATIONS["x-envoy-upstream-service-time"][1]}
+
+
+def norm_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = []
+    for k, v in headers:
+        k = k.lower()
+        rule = _VALUE_RULES.get(k)
+        out.append((k, rule(v) if rule else v))
+    return NORMALISATIONS["header-order-across-names"][1](out)
+
+
+def norm_body(body: bytes) -> bytes | str:
+    return NORMALISATIONS["large-body"][1](body)
+
+
+# ------------------------------------------------------------------------------------------
+# Raw HTTP/1.1 client
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    complete: bool  # False: the connection ended inside the body
+    framing: str
+
+    def header(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name]
+
+
+class Reader:
+    def __init__(self, sock: socket.socket, timeout: float):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.buf = bytearray()
+        self.eof = False
+        self.error = ""
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        try:
+            data = self.sock.recv(262144)
+        except socket.timeout:
+            self.error = "timeout"
+            self.eof = True
+            return False
+        except OSError as e:  # reset
+            self.error = type(e).__name__
+            self.eof = True
+            return False
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def until_peek(self) -> bool:
+        """Wait (up to the socket timeout) for bytes, without consuming them."""
+        if self.buf:
+            return True
+        ok = self._fill()
+        if not ok and self.error == "timeout":
+            self.eof = False  # a timeout here only means nothing came (no interim response)
+            self.error = ""
+        return ok
+
+    def until(self, sep: bytes) -> bytes | None:
+        while True:
+            i = self.buf.find(sep)
+            if i >= 0:
+                out = bytes(self.buf[: i + len(sep)])
+                del self.buf[: i + len(sep)]
+                return out
+            if not self._fill():
+                return None
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill():
+                break
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def rest(self) -> bytes:
+        while self._fill():
+            pass
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+
+def read_response(r: Reader, method: str = "GET") -> Response | None:
+    head = r.until(b"\r\n\r\n")
+    if head is None:
+        return None
+    lines = head[:-4].split(b"\r\n")
+    version, _, rest = lines[0].decode("latin-1").partition(" ")
+    code, _, reason = rest.partition(" ")
+    headers = []
+    for line in lines[1:]:
+        k, _, v = line.decode("latin-1").partition(":")
+        headers.append((k, v.strip()))
+    resp = Response(int(code), reason, version, headers, b"", True, "none")
+    lower = {k.lower(): v for k, v in headers}
+    if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
+        return resp
+    if "chunked" in lower.get("transfer-encoding", "").lower():
+        resp.framing = "chunked"
+        body = bytearray()
+        while True:
+            line = r.until(b"\r\n")
+            if line is None:
+                resp.complete = False
+                break
+            size = int(line[:-2].split(b";")[0], 16)
+            if size == 0:
+                while (t := r.until(b"\r\n")) not in (b"\r\n", None):
+                    pass
+                break
+            chunk = r.exact(size + 2)
+            body += chunk[:size]
+            if len(chunk) < size + 2:
+                resp.complete = False
+                break
+        resp.body = bytes(body)
+    elif "content-length" in lower:
+        resp.framing = "content-length"
+        n = int(lower["content-length"])
+        resp.body = r.exact(n)
+        resp.complete = len(resp.body) == n
+    else:
+        resp.framing = "eof"
+        resp.body = r.rest()
+    return resp
+
+
+# ------------------------------------------------------------------------------------------
+# Cases and observations
+# ------------------------------------------------------------------------------------------
+
+def request(method: str, path: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"",
+            host: str | None = HOST, chunked: bool = False, version: str = "HTTP/1.1",
+            content_length: bool | None = None) -> bytes:
+    lines = [f"{method} {path} {version}"]
+    if host is not None:
+        lines.append(f"Host: {host}")
+    for k, v in headers or []:
+        lines.append(f"{k}: {v}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+        pieces = [body[i: i + 7] for i in range(0, len(body), 7)]
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    else:
+        if content_length or (content_length is None and (body or method in ("POST", "PUT"))):
+            lines.append(f"Content-Length: {len(body)}")
+        payload = body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+
+PROBE = request("GET", "/a/probe", [("x-probe", "1")])
+
+
+@dataclass
+class Case:
+    id: str
+    send: bytes | list[bytes]  # a list is sent piece by piece, 50 ms apart
+    expect: list[int | None]  # what Envoy must answer, None: no response (checks the case itself)
+    methods: list[str] = field(default_factory=list)  # per response, for HEAD framing
+    probe: bool = True  # after the responses, does the connection still serve a request?
+    kind: str = "plain"  # plain | expect100 | websocket | weighted
+    note: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.expect)
+
+
+@dataclass
+class Observation:
+    responses: list  # per response: status line, normalised headers, body, completeness
+    connection: str  # "open" (a probe request got an answer) or "closed"
+    upstream: list  # normalised Records, in arrival order
+    extra: dict = field(default_factory=dict)
+
+    def statuses(self) -> list[int]:
+        return [r["status"] if r is not None else None for r in self.responses]
+
+
+def norm_response(resp: Response | None) -> dict | None:
+    if resp is None:
+        return None
+    return {
+        "status": resp.status,
+        "status_line": f"{resp.version} {resp.status} {resp.reason}",
+        "headers": norm_headers(resp.headers),
+        "body": norm_body(resp.body),
+        "complete": resp.complete,
+        "framing": resp.framing,
+    }
+
+
+def norm_record(rec: Record) -> dict:
+    return {
+        "listener": rec.listener,
+        "request_line": f"{rec.method} {rec.target} {rec.version}",
+        "headers": norm_headers(rec.headers),
+        "body": norm_body(rec.body),
+        "framing": rec.framing,
+        "trailers": norm_headers(rec.trailers),
+    }
+
+
+@dataclass
+class Deployment:
+    name: str
+    port: int
+    upstream: RecordingUpstream
+    proxy: object  # tests.support.envoy.ProxyProcess
+
+    def connect(self, timeout: float = 5.0) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+
+def _send(sock: socket.socket, data: bytes | list[bytes]) -> None:
+    pieces = data if isinstance(data, list) else [data]
+    for i, piece in enumerate(pieces):
+        if i:
+            time.sleep(0.05)
+        try:
+            sock.sendall(piece)
+        except OSError:
+            return  # the proxy may close on a bad request before we finish writing
+
+
+def _probe(sock: socket.socket, r: Reader) -> str:
+    """Whether the connection still serves a request after the case's responses."""
+    if r.eof:
+        return "closed"
+    try:
+        sock.sendall(PROBE)
+    except OSError:
+        return "closed"
+    resp = read_response(r)
+    if resp is None:
+        return "closed"
+    return "open" if resp.status == 200 and resp.complete else f"probe-got-{resp.status}"
+
+
+def observe(dep: Deployment, case: Case) -> Observation:
+    dep.upstream.clear()
+    extra: dict = {}
+    with dep.connect() as sock:
+        r = Reader(sock, timeout=5.0)
+        if case.kind == "expect100":
+            head, body = case.send  # type: ignore[misc]
+            sock.sendall(head)
+            r.sock.settimeout(1.0)
+            interim = read_response(r, "GET") if r.until_peek() else None
+            r.sock.settimeout(5.0)
+            extra["interim"] = norm_response(interim)
+            sock.sendall(body)
+            responses = [read_response(r, "POST")]
+        elif case.kind == "websocket":
+            sock.sendall(case.send)  # type: ignore[arg-type]
+            resp = read_response(r, "GET")
+            responses = [resp]
+            if resp is not None and resp.status == 101:
+                sock.sendall(b"ping-1")
+                got = r.exact(len(b"echo:ping-1"))
+                sock.sendall(b"ping-2")
+                got += r.exact(len(b"echo:ping-2"))
+                extra["tunnel"] = got
+            sock.shutdown(socket.SHUT_WR)
+            extra["after_close"] = r.rest()
+        elif case.kind == "weighted":
+            seen = []
+            responses = []
+            for _ in range(40):
+                sock.sendall(case.send)  # type: ignore[arg-type]
+                resp = read_response(r)
+                responses.append(resp)
+                seen += resp.header("x-upstream-name") if resp else []
+            extra["clusters_seen"] = sorted(set(seen))
+            # Which cluster served the first request is random: keep only what must match.
+            responses = [{"status": x.status, "complete": x.complete} if x else None
+                         for x in responses]
+        else:
+            _send(sock, case.send)
+            methods = case.methods or ["GET"] * case.n
+            responses = [read_response(r, m) for m in methods]
+        if case.kind == "websocket":
+            connection = "closed" if r.eof else "open"
+        elif case.probe:
+            connection = _probe(sock, r)
+        else:
+            connection = "not-probed"
+        extra_reader_error = r.error
+    records = dep.upstream.snapshot()
+    # The probe request is ours, not the case's.
+    records = [rec for rec in records if not rec.header("x-probe")]
+    if case.kind == "weighted":
+        dedup = {repr(norm_record(rec)): norm_record(rec) for rec in records}
+        return Observation(responses, connection,
+                           [dedup[k] for k in sorted(dedup)], extra)
+    if extra_reader_error == "timeout":
+        extra["client_timeout"] = True
+    return Observation([norm_response(x) for x in responses], connection,
+                       _retry_records([norm_record(rec) for rec in records]), extra)
+

@@ -1,0 +1,138 @@
+"""The same raw requests through real Envoy 1.40 and through sofamesh: what clients and upstreams see must match.
+
+Each case first checks Envoy's answer against ``expect`` (so a case that no longer tests what
+it says fails loudly), then requires sofamesh's normalised observation to equal Envoy's.
+Normalisations live in ``harness.NORMALISATIONS``; divergences found are in DIVERGENCES.md.
+"""
+
+from __future__ import annotations
+
+import pprint
+
+import pytest
+
+from tests.integration.differential.harness import HOST, Case, observe, request
+
+C = Case
+R = request
+
+
+def _huge_headers(total: int) -> list[tuple[str, str]]:
+    return [(f"x-big-{i}", "v" * 1000) for i in range(total // 1024 + 1)]
+
+
+HEAD_100 = (b"POST /a/expect HTTP/1.1\r\nHost: main.test\r\nContent-Length: 11\r\n"
+            b"Expect: 100-continue\r\n\r\n")
+
+CASES: list[Case] = [
+    # --- methods and bodies -------------------------------------------------------------------
+    C("get", R("GET", "/a/get?x=1&y=two", [("User-Agent", "diff/1"), ("X-Dup", "1"), ("X-Dup", "2")]),
+      [200]),
+    C("head", R("HEAD", "/a/head"), [200], methods=["HEAD"]),
+    C("post-content-length", R("POST", "/a/post", [("Content-Type", "text/plain")], b"hello world"), [200]),
+    C("post-empty-body", R("POST", "/a/empty", body=b""), [200]),
+    C("put-chunked", R("PUT", "/a/put", body=b"chunked body " * 5, chunked=True), [200]),
+    C("post-chunked-trailers",
+      b"POST /a/trailers HTTP/1.1\r\nHost: main.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+      b"5\r\nhello\r\n0\r\nx-trailer: t1\r\n\r\n", [200]),
+    C("delete", R("DELETE", "/a/item/7"), [200]),
+    C("options", R("OPTIONS", "/a/opt"), [200]),
+    C("patch", R("PATCH", "/a/patch", body=b'{"k": 1}'), [200]),
+    C("upload-1MiB", R("POST", "/a/upload", body=bytes(range(256)) * 4096), [200]),
+    C("upload-chunked-split-writes",
+      [b"POST /a/split HTTP/1.1\r\nHost: main.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+       b"4\r\nwiki\r\n", b"5\r\npedia\r\n", b"0\r\n\r\n"], [200]),
+    C("download-1MiB", R("GET", "/a/big", [("x-upstream-action", "size=1048576")]), [200]),
+    C("upstream-chunked-reply", R("GET", "/a/chunked", [("x-upstream-action", "chunked,size=100")]), [200]),
+    C("upstream-eof-delimited-reply", R("GET", "/a/eof", [("x-upstream-action", "eof-body")]), [200]),
+    C("upstream-connection-close", R("GET", "/a/uclose", [("x-upstream-action", "close")]), [200]),
+    C("upstream-status-passthrough", R("GET", "/a/teapot", [("x-upstream-action", "status=418")]), [418]),
+    C("upstream-204", R("GET", "/a/nocontent", [("x-upstream-action", "status=204")]), [204]),
+    # --- connection management ----------------------------------------------------------------
+    C("client-connection-close", R("GET", "/a/bye", [("Connection", "close")]), [200]),
+    C("http10-rejected", R("GET", "/a/old", version="HTTP/1.0"), [426]),
+    C("pipelined-3", R("GET", "/a/p1") + R("POST", "/a/p2", body=b"two") + R("GET", "/a/p3"),
+      [200, 200, 200]),
+    # Envoy answers a pipelined request that gets a local reply, then closes the connection.
+    C("pipelined-with-404", R("GET", "/a/q1") + R("GET", "/nowhere") + R("GET", "/a/q3"),
+      [200, 404, None]),
+    C("pipelined-head-then-get", R("HEAD", "/a/h1") + R("GET", "/a/h2"), [200, 200],
+      methods=["HEAD", "GET"]),
+    C("expect-100-continue", [HEAD_100, b"hello world"], [200], kind="expect100"),
+    C("hop-by-hop-headers",
+      R("GET", "/a/hop", [("Connection", "keep-alive, x-hop"), ("X-Hop", "1"),
+                          ("Keep-Alive", "timeout=5"), ("Proxy-Connection", "keep-alive"),
+                          ("TE", "trailers")]), [200]),
+    C("client-x-forwarded-for", R("GET", "/a/xff", [("X-Forwarded-For", "203.0.113.7")]), [200]),
+    C("websocket-upgrade",
+      R("GET", "/ws/chat", [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                            ("Sec-WebSocket-Version", "13"), ("x-upstream-action", "ws")]),
+      [101], kind="websocket"),
+    # --- routing ------------------------------------------------------------------------------
+    C("route-path-exact", R("GET", "/exact"), [200]),
+    C("route-path-exact-no-prefix-match", R("GET", "/exact/more"), [404]),
+    C("route-regex", R("GET", "/regex/123"), [200]),
+    C("route-regex-full-match-only", R("GET", "/regex/123x"), [404]),
+    C("route-header-match", R("GET", "/hdr", [("x-variant", "b")]), [200]),
+    C("route-header-mismatch-falls-through", R("GET", "/hdr", [("x-variant", "c")]), [200]),
+    C("route-prefix-and-host-rewrite", R("GET", "/rewrite/x/y?q=1"), [200]),
+    C("route-header-add-remove",
+      R("GET", "/headers", [("x-added", "client"), ("x-overwrite", "client"), ("x-remove-me", "gone"),
+                            ("x-upstream-action", "secret")]), [200]),
+    C("route-header-add-if-absent-present", R("GET", "/headers", [("x-if-absent", "client")]), [200]),
+    C("route-direct-response", R("GET", "/direct/x"), [403]),
+    C("route-redirect", R("GET", "/redirect/x?q=1"), [301]),
+    C("route-weighted-0-100", R("GET", "/weighted-b"), [200]),
+    C("route-weighted-50-50", R("GET", "/weighted"), [200] * 40, kind="weighted"),
+    C("vhost-wildcard-suffix", R("GET", "/any", host="api.wild.test"), [200]),
+    C("vhost-unknown-host-404", R("GET", "/a/x", host="unknown.test"), [404]),
+    C("vhost-host-with-port-404", R("GET", "/a/x", host=f"{HOST}:80"), [404]),
+    C("no-route-404", R("GET", "/nothing/here"), [404]),
+    C("path-not-normalised", R("GET", "/a/%2e%2e/b//c"), [200]),
+    C("absolute-form-target", R("GET", f"http://{HOST}/a/abs", host=HOST), [200]),
+    # --- upstream failures, timeouts, retries -------------------------------------------------
+    C("dead-upstream-503", R("GET", "/dead"), [503]),
+    C("dead-upstream-connect-failure-retry", R("GET", "/dead-retry"), [503]),
+    C("upstream-timeout-504", R("GET", "/slow", [("x-upstream-action", "delay=1500")]), [504]),
+    C("upstream-closes-mid-response", R("GET", "/a/mid", [("x-upstream-action", "close-mid")]), [200]),
+    C("upstream-closes-before-reply", R("GET", "/a/early", [("x-upstream-action", "close-early")]), [503]),
+    C("retry-5xx-recovers", R("GET", "/retry", [("x-case-id", "r1"), ("x-upstream-action", "fail=1")]),
+      [200]),
+    C("retry-5xx-exhausted", R("GET", "/retry", [("x-case-id", "r2"), ("x-upstream-action", "fail=9")]),
+      [503]),
+    C("no-retry-without-policy", R("GET", "/a/r", [("x-case-id", "r3"), ("x-upstream-action", "fail=1")]),
+      [503]),
+    # --- bad requests -------------------------------------------------------------------------
+    C("garbage", b"HELLO THERE\r\n\r\n", [400]),
+    C("binary-garbage", bytes(range(1, 200)) + b"\r\n\r\n", [400]),
+    C("bad-header-line", b"GET /a/x HTTP/1.1\r\nHost: main.test\r\nNo colon here\r\n\r\n", [400]),
+    C("space-before-colon", b"GET /a/x HTTP/1.1\r\nHost: main.test\r\nX-Bad : v\r\n\r\n", [400]),
+    C("nul-in-header-value", b"GET /a/x HTTP/1.1\r\nHost: main.test\r\nX-Bad: a\x00b\r\n\r\n", [400]),
+    C("huge-headers-61KiB", R("GET", "/a/huge", _huge_headers(61 * 1024)), [431]),
+    C("bad-chunk-size",
+      b"POST /a/chunk HTTP/1.1\r\nHost: main.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+      [400]),
+    C("content-length-and-chunked",
+      b"POST /a/smuggle HTTP/1.1\r\nHost: main.test\r\nContent-Length: 5\r\n"
+      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", [400]),
+    C("conflicting-content-lengths",
+      b"POST /a/cl HTTP/1.1\r\nHost: main.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+      [400]),
+    C("negative-content-length",
+      b"POST /a/cl HTTP/1.1\r\nHost: main.test\r\nContent-Length: -1\r\n\r\n", [400]),
+    C("missing-host", R("GET", "/a/nohost", host=None), [400]),
+]
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_same_as_envoy(case: Case, envoy_dep, candidate_dep) -> None:
+    want = observe(envoy_dep, case)
+    assert want.statuses() == case.expect, (
+        f"Envoy answered {want.statuses()} (expected {case.expect}): the case itself is wrong\n"
+        + pprint.pformat(want))
+    got = observe(candidate_dep, case)
+    assert got == want, (
+        f"{candidate_dep.name} diverges from Envoy on {case.id}\n--- Envoy:\n{pprint.pformat(want)}"
+        f"\n--- {candidate_dep.name}:\n{pprint.pformat(got)}")
