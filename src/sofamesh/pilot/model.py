@@ -39,6 +39,10 @@ class Instance:
     locality: Locality = Locality()
     registry: str = "api"  # origin: "api", "zookeeper", "consul", "kubernetes", "sofaregistry"
     namespace: str = "default"
+    # The service port this instance serves. 0 means "the service's only port" (or, when the
+    # service has no declared ports, the instance's own port). Lets two instances on one host
+    # (different ports) back the same service port, as a Kubernetes targetPort does.
+    service_port: int = 0
 
     @property
     def label_dict(self) -> dict[str, str]:

@@ -1,0 +1,160 @@
+"""`sofamesh pilot`: the control plane process (xDS server + registry REST API)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+log = logging.getLogger("sofamesh.pilot")
+
+
+def _hostport(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SystemExit(f"sofamesh pilot: {flag} {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sofamesh pilot", description="xDS control plane over several service registries")
+    p.add_argument("--xds-address", default=None, help="ADS gRPC address (default 127.0.0.1:15010)")
+    p.add_argument("--api-address", default=None, help="registry REST API address (default 127.0.0.1:15020)")
+    p.add_argument("--outbound-port", type=int, default=None, help="sidecar outbound HTTP listener port (default 15001)")
+    p.add_argument("--listener-address", default=None,
+                   help="address the generated sidecar listeners bind (default 0.0.0.0)")
+    p.add_argument("--store", default=None,
+                   help="'embedded' (default), 'embedded:DIR' or etcd://host:port")
+    p.add_argument("--data-dir", default=None, help="embedded store directory (default ./sofamesh-pilot-data)")
+    p.add_argument("--config", default=None, help="YAML config: registries list and any of these options")
+    p.add_argument("--debounce-ms", type=float, default=None, help="push debounce (default 100)")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def load_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise SystemExit(f"sofamesh pilot: --config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise SystemExit(f"sofamesh pilot: --config {path}: invalid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"sofamesh pilot: --config {path}: expected a mapping at the top level")
+    regs = cfg.get("registries", [])
+    if not isinstance(regs, list) or not all(isinstance(r, dict) for r in regs):
+        raise SystemExit(f"sofamesh pilot: --config {path}: registries: expected a list of mappings")
+    return cfg
+
+
+def build_registries(cfg: dict) -> list:
+    """Adapters named in the config, through `sofamesh.pilot.registries.build(cfg)`."""
+    regs = cfg.get("registries") or []
+    if not regs:
+        return []
+    try:
+        from sofamesh.pilot.registries import build  # type: ignore[attr-defined]
+    except ImportError as e:
+        kinds = ", ".join(str(r.get("type", r.get("name", "?"))) for r in regs)
+        raise SystemExit(f"sofamesh pilot: config names registries ({kinds}) but the registry "
+                         f"adapters are not available: {e}") from None
+    out = []
+    for i, rc in enumerate(regs):
+        try:
+            out.append(build(rc))
+        except Exception as e:  # noqa: BLE001 - a config error, reported with its place
+            raise SystemExit(f"sofamesh pilot: config registries[{i}]: {e}") from None
+    names = [r.name for r in out]
+    if len(set(names)) != len(names) or "api" in names:
+        raise SystemExit(f"sofamesh pilot: registry names must be unique and not 'api': {names}")
+    return out
+
+
+async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None:
+    from sofamesh.pilot.api import ApiRegistry, RestApi
+    from sofamesh.pilot.core import Pilot
+    from sofamesh.pilot.generate import Generator
+    from sofamesh.pilot.store import StoreError, open_store
+
+    try:
+        store = open_store(opts["store"], opts["data_dir"])
+    except StoreError as e:
+        raise SystemExit(f"sofamesh pilot: {e}") from None
+    try:
+        await store.open()
+    except Exception as e:  # noqa: BLE001
+        raise SystemExit(f"sofamesh pilot: cannot open store {opts['store'] or 'embedded'}: {e}") from None
+    gen = Generator(outbound_port=opts["outbound_port"], listener_address=opts["listener_address"])
+    api_reg = ApiRegistry(store)
+    pilot = Pilot([api_reg] + opts["registries"], gen=gen, debounce=opts["debounce"])
+    api = RestApi(store, pilot, api_reg)
+    stop = stop or asyncio.Event()
+    try:
+        await pilot.start()
+        xh, xp = opts["xds_address"]
+        xds_port = await pilot.ads.start(f"{xh}:{xp}")
+        ah, ap = opts["api_address"]
+        api_port = await api.start(ah, ap)
+        log.info("pilot ready: xDS %s:%d, API http://%s:%d, store %s", xh, xds_port, ah, api_port, store.kind)
+        print(f"sofamesh pilot: xds={xh}:{xds_port} api=http://{ah}:{api_port} store={store.kind}",
+              flush=True)
+        if ready is not None:
+            ready(pilot, api)
+        await stop.wait()
+    finally:
+        await api.stop()
+        await pilot.ads.stop()
+        await pilot.stop()
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    cfg = load_config(args.config)
+
+    def pick(flag, key, default):
+        return flag if flag is not None else cfg.get(key, default)
+
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    opts = {
+        "xds_address": _hostport(pick(args.xds_address, "xds_address", "127.0.0.1:15010"), "--xds-address"),
+        "api_address": _hostport(pick(args.api_address, "api_address", "127.0.0.1:15020"), "--api-address"),
+        "outbound_port": int(pick(args.outbound_port, "outbound_port", 15001)),
+        "listener_address": pick(args.listener_address, "listener_address", "0.0.0.0"),
+        "store": pick(args.store, "store", None),
+        "data_dir": pick(args.data_dir, "data_dir", os.path.join(os.getcwd(), "sofamesh-pilot-data")),
+        "debounce": float(pick(args.debounce_ms, "debounce_ms", 100)) / 1000.0,
+        "registries": build_registries(cfg),
+    }
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(opts, stop=stop)
+
+    try:
+        asyncio.run(amain())
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"sofamesh pilot: {e}", file=sys.stderr)
+        return 1
+    return 0

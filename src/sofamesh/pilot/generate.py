@@ -1,0 +1,431 @@
+"""Service model -> Envoy v3 resources (clusters, endpoints, listeners, routes), cached per service.
+
+Each resource is built once when its service changes and kept as the serialized
+`google.protobuf.Any` plus the wire chunks the ADS server splices into responses, so a push
+to many clients never re-serializes a message. Versions are content hashes: two pilots with
+the same model serve byte-identical resources under identical versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2
+
+from sofamesh.pilot.model import Instance, Port, Service
+
+log = logging.getLogger("sofamesh.pilot.generate")
+
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+TYPES = (CDS, EDS, LDS, RDS)  # make-before-break push order
+SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds"}
+
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
+H2_PROTOCOLS = ("http2", "grpc")
+_HCM_URL = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_TCP_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+_H2_OPTS_URL = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# Host names Envoy accepts as virtual host domains (no wildcards from registries).
+_DOMAIN_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.\-]{0,251}[A-Za-z0-9_])?$")
+
+
+# --- protobuf wire helpers: responses are spliced from cached chunks --------------------------
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def ld_field(num: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (strings, bytes, sub-messages)."""
+    return varint(num << 3 | 2) + varint(len(data)) + data
+
+
+class Resource:
+    """One xDS resource: its name, content-hash version and the serialized Any."""
+
+    __slots__ = ("name", "type_url", "version", "any", "_sotw", "_delta")
+
+    def __init__(self, name: str, type_url: str, body: bytes):
+        self.name = name
+        self.type_url = type_url
+        self.any = ld_field(1, type_url.encode()) + ld_field(2, body)
+        self.version = hashlib.blake2b(self.any, digest_size=8).hexdigest()
+        self._sotw: bytes | None = None
+        self._delta: bytes | None = None
+
+    def sotw_chunk(self) -> bytes:
+        """`DiscoveryResponse.resources` (field 2) entry."""
+        if self._sotw is None:
+            self._sotw = ld_field(2, self.any)
+        return self._sotw
+
+    def delta_chunk(self) -> bytes:
+        """`DeltaDiscoveryResponse.resources` (field 2) entry: a `Resource{name, version, any}`."""
+        if self._delta is None:
+            inner = ld_field(3, self.name.encode()) + ld_field(1, self.version.encode())
+            self._delta = ld_field(2, inner + ld_field(2, self.any))
+        return self._delta
+
+    def message(self):
+        """The decoded Any (tests, debug endpoints)."""
+        return any_pb2.Any.FromString(self.any)
+
+    def __repr__(self) -> str:
+        return f"Resource({SHORT.get(self.type_url, self.type_url)}:{self.name}@{self.version})"
+
+
+def _res(name: str, type_url: str, msg) -> Resource:
+    return Resource(name, type_url, msg.SerializeToString(deterministic=True))
+
+
+def _any(type_url: str, msg) -> any_pb2.Any:
+    return any_pb2.Any(type_url=type_url, value=msg.SerializeToString(deterministic=True))
+
+
+def cluster_name(service: str, port: int) -> str:
+    return f"outbound|{port}||{service}"
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+# --- per-service generation ------------------------------------------------------------------
+
+
+def service_ports(svc: Service, instances: list[Instance]) -> tuple[Port, ...]:
+    """The service's ports: declared ones, else derived from what its instances serve."""
+    if svc.ports:
+        return svc.ports
+    seen: dict[int, Port] = {}
+    for inst in instances:
+        num = inst.service_port or inst.port
+        if num not in seen:
+            seen[num] = Port(number=num, protocol=inst.protocol)
+    return tuple(seen[n] for n in sorted(seen))
+
+
+def port_instances(ports: tuple[Port, ...], port: Port, instances: list[Instance]) -> list[Instance]:
+    single = len(ports) == 1
+    out = []
+    for inst in instances:
+        sp = inst.service_port
+        if sp == port.number or (sp == 0 and (single or inst.port == port.number)):
+            out.append(inst)
+    return out
+
+
+def build_cluster(name: str, protocol: str) -> cluster_pb2.Cluster:
+    c = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+    )
+    c.connect_timeout.FromMilliseconds(5000)
+    c.eds_cluster_config.eds_config.CopyFrom(_ads())
+    if protocol in H2_PROTOCOLS:
+        opts = http_protocol_options_pb2.HttpProtocolOptions()
+        opts.explicit_http_config.http2_protocol_options.SetInParent()
+        c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
+            _any(_H2_OPTS_URL, opts)
+        )
+    return c
+
+
+def build_load_assignment(name: str, instances: list[Instance]) -> endpoint_pb2.ClusterLoadAssignment:
+    """Endpoints grouped by locality; each locality carries `load_balancing_weight` (the sum of
+    its endpoints' weights) because grpc's xDS client ignores localities without one."""
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    by_loc: dict[tuple[str, str, str], list[Instance]] = {}
+    for inst in instances:
+        loc = inst.locality
+        by_loc.setdefault((loc.region, loc.zone, loc.sub_zone), []).append(inst)
+    for key in sorted(by_loc):
+        insts = sorted(by_loc[key], key=lambda i: (i.address, i.port, i.instance_id))
+        lle = cla.endpoints.add()
+        lle.locality.CopyFrom(base_pb2.Locality(region=key[0], zone=key[1], sub_zone=key[2]))
+        total = 0
+        for inst in insts:
+            w = max(1, min(int(inst.weight), 128))
+            total += w
+            ep = lle.lb_endpoints.add()
+            sa = ep.endpoint.address.socket_address
+            sa.address = inst.address
+            sa.port_value = inst.port
+            ep.health_status = (
+                health_check_pb2.HealthStatus.HEALTHY
+                if inst.healthy
+                else health_check_pb2.HealthStatus.UNHEALTHY
+            )
+            ep.load_balancing_weight.value = w
+        lle.load_balancing_weight.value = total
+    return cla
+
+
+def build_vhost(svc: str, port: Port, cluster: str, bare_name: bool) -> route_components_pb2.VirtualHost:
+    domains = [f"{svc}:{port.number}"]
+    if bare_name:
+        domains.insert(0, svc)
+    vh = route_components_pb2.VirtualHost(name=f"{svc}:{port.number}", domains=domains)
+    r = vh.routes.add()
+    r.match.prefix = "/"
+    r.route.cluster = cluster
+    if port.protocol in H2_PROTOCOLS:
+        r.route.timeout.FromSeconds(0)  # streams: no whole-request timeout
+    return vh
+
+
+def _hcm(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO)
+    hcm.rds.config_source.CopyFrom(_ads())
+    hcm.rds.route_config_name = route_name
+    f = hcm.http_filters.add()
+    f.name = "envoy.filters.http.router"
+    f.typed_config.CopyFrom(_any(_ROUTER_URL, router_pb2.Router()))
+    return hcm
+
+
+def build_api_listener(name: str, route_name: str) -> listener_pb2.Listener:
+    """For proxyless gRPC (grpcio's xDS client): a listener it asks for by target name."""
+    lst = listener_pb2.Listener(name=name)
+    lst.api_listener.CopyFrom(api_listener_pb2.ApiListener())
+    lst.api_listener.api_listener.CopyFrom(_any(_HCM_URL, _hcm(name, route_name)))
+    return lst
+
+
+def build_http_listener(address: str, port: int, route_name: str) -> listener_pb2.Listener:
+    lst = listener_pb2.Listener(name=f"{address}_{port}")
+    lst.address.socket_address.address = address
+    lst.address.socket_address.port_value = port
+    fc = lst.filter_chains.add()
+    f = fc.filters.add()
+    f.name = "envoy.filters.network.http_connection_manager"
+    f.typed_config.CopyFrom(_any(_HCM_URL, _hcm(f"outbound_{port}", route_name)))
+    return lst
+
+
+def build_tcp_listener(address: str, port: int, cluster: str) -> listener_pb2.Listener:
+    lst = listener_pb2.Listener(name=f"{address}_{port}")
+    lst.address.socket_address.address = address
+    lst.address.socket_address.port_value = port
+    fc: listener_components_pb2.FilterChain = lst.filter_chains.add()
+    f = fc.filters.add()
+    f.name = "envoy.filters.network.tcp_proxy"
+    tp = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    f.typed_config.CopyFrom(_any(_TCP_URL, tp))
+    return lst
+
+
+@dataclass
+class ServiceOutput:
+    """What one service contributes; compared per resource to find what changed."""
+
+    key: tuple  # (Service, instances) the output was built from
+    clusters: dict[str, Resource] = field(default_factory=dict)
+    endpoints: dict[str, Resource] = field(default_factory=dict)
+    api_listeners: dict[str, Resource] = field(default_factory=dict)
+    routes: dict[str, Resource] = field(default_factory=dict)  # per-service route configs (gRPC)
+    vhosts: list[tuple[str, bytes]] = field(default_factory=list)  # (domain set key, VirtualHost bytes)
+    vhost_domains: list[list[str]] = field(default_factory=list)
+    tcp_ports: list[tuple[int, str]] = field(default_factory=list)  # (port, cluster)
+
+
+def build_service(svc: Service, instances: list[Instance]) -> ServiceOutput:
+    out = ServiceOutput(key=(svc, tuple(instances)))
+    ports = service_ports(svc, instances)
+    first_http = True
+    for port in ports:
+        cname = cluster_name(svc.name, port.number)
+        out.clusters[cname] = _res(cname, CDS, build_cluster(cname, port.protocol))
+        members = port_instances(ports, port, instances)
+        out.endpoints[cname] = _res(cname, EDS, build_load_assignment(cname, members))
+        if port.protocol in HTTP_PROTOCOLS:
+            vh = build_vhost(svc.name, port, cname, bare_name=first_http)
+            out.vhosts.append((vh.name, vh.SerializeToString(deterministic=True)))
+            out.vhost_domains.append(list(vh.domains))
+            # proxyless gRPC: listener and route config named after the target authority
+            target = f"{svc.name}:{port.number}"
+            rc = route_pb2.RouteConfiguration(name=target)
+            only = rc.virtual_hosts.add()
+            only.CopyFrom(vh)
+            only.domains[:] = ["*"]
+            out.routes[target] = _res(target, RDS, rc)
+            out.api_listeners[target] = _res(target, LDS, build_api_listener(target, target))
+            if first_http:
+                out.api_listeners[svc.name] = _res(svc.name, LDS, build_api_listener(svc.name, target))
+            first_http = False
+        else:  # tcp and the RPC protocols (dubbo, bolt, hsf) ride on TCP through Envoy
+            out.tcp_ports.append((port.number, cname))
+    return out
+
+
+# --- the whole model -------------------------------------------------------------------------
+
+
+@dataclass
+class Changes:
+    """What one `Generator.update` changed: names per type, plus the removed resources
+    themselves (kept so a make-before-break push can still include them in phase one)."""
+
+    changed: dict[str, set[str]] = field(default_factory=lambda: {t: set() for t in TYPES})
+    removed: dict[str, dict[str, Resource]] = field(default_factory=lambda: {t: {} for t in TYPES})
+    wildcard_changed: dict[str, bool] = field(default_factory=lambda: {t: False for t in TYPES})
+    removed_wild: dict[str, set[str]] = field(default_factory=lambda: {t: set() for t in TYPES})
+
+    def empty(self) -> bool:
+        return not any(self.changed.values()) and not any(self.removed.values())
+
+
+class Generator:
+    """Holds the current resources; `update(model)` rebuilds only the services that changed."""
+
+    def __init__(self, outbound_port: int = 15001, listener_address: str = "0.0.0.0"):
+        self.outbound_port = outbound_port
+        self.listener_address = listener_address
+        self.route_name = str(outbound_port)
+        self.services: dict[str, ServiceOutput] = {}
+        # type -> name -> Resource. `wild` is what a wildcard subscriber gets (api listeners
+        # are served only by name: Envoy must not receive them over LDS).
+        self.all: dict[str, dict[str, Resource]] = {t: {} for t in TYPES}
+        self.wild: dict[str, dict[str, Resource]] = {t: {} for t in TYPES}
+        self.digest: dict[str, int] = {t: 0 for t in TYPES}
+        self.skipped: dict[str, int] = {"bad_name": 0, "duplicate_domain": 0, "port_conflict": 0}
+        self.problems: list[str] = []
+
+    def version(self, type_url: str) -> str:
+        """Type-wide version: a hash over every resource of the type (same model, same string)."""
+        return f"{self.digest[type_url]:016x}"
+
+    def _set(self, t: str, res: Resource, wildcard: bool, ch: Changes) -> None:
+        old = self.all[t].get(res.name)
+        if old is not None and old.version == res.version:
+            return
+        if old is not None:
+            self.digest[t] ^= int(old.version, 16)
+        self.digest[t] ^= int(res.version, 16)
+        self.all[t][res.name] = res
+        if wildcard:
+            self.wild[t][res.name] = res
+            ch.wildcard_changed[t] = True
+        ch.changed[t].add(res.name)
+        ch.removed[t].pop(res.name, None)
+        ch.removed_wild[t].discard(res.name)
+
+    def _del(self, t: str, name: str, ch: Changes) -> None:
+        old = self.all[t].pop(name, None)
+        if old is None:
+            return
+        self.digest[t] ^= int(old.version, 16)
+        if self.wild[t].pop(name, None) is not None:
+            ch.wildcard_changed[t] = True
+            ch.removed_wild[t].add(name)
+        ch.removed[t][name] = old
+        ch.changed[t].discard(name)
+
+    def update(self, services: dict[str, Service], instances: dict[str, list[Instance]]) -> Changes:
+        ch = Changes()
+        structural = False  # vhosts or tcp listeners changed: rebuild the shared resources
+        names = set(services) | {n for n, v in instances.items() if v}
+        for name in sorted(names):
+            if not _DOMAIN_RE.match(name):
+                self.skipped["bad_name"] += 1
+                self._problem(f"service name {name!r} is not a valid host name: skipped")
+                continue
+            svc = services.get(name) or Service(name=name)
+            insts = instances.get(name, [])
+            key = (svc, tuple(insts))
+            prev = self.services.get(name)
+            if prev is not None and prev.key == key:
+                continue
+            out = build_service(svc, insts)
+            self._apply(prev, out, ch)
+            if prev is None or prev.vhosts != out.vhosts or prev.tcp_ports != out.tcp_ports:
+                structural = True
+            self.services[name] = out
+        for name in [n for n in self.services if n not in names or not _DOMAIN_RE.match(n)]:
+            self._apply(self.services.pop(name), None, ch)
+            structural = True
+        if structural or not self.all[LDS]:
+            self._build_shared(ch)
+        return ch
+
+    def _apply(self, prev: ServiceOutput | None, out: ServiceOutput | None, ch: Changes) -> None:
+        pairs = ((CDS, "clusters", True), (EDS, "endpoints", True), (LDS, "api_listeners", False),
+                 (RDS, "routes", True))
+        for t, attr, wildcard in pairs:
+            new = getattr(out, attr) if out is not None else {}
+            if prev is not None:
+                for n in getattr(prev, attr):
+                    if n not in new:
+                        self._del(t, n, ch)
+            for res in new.values():
+                self._set(t, res, wildcard, ch)
+
+    def _build_shared(self, ch: Changes) -> None:
+        """The outbound HTTP listener + its route config (all services' vhosts), and one
+        tcp_proxy listener per TCP service port."""
+        seen_domains: set[str] = set()
+        chunks = [ld_field(1, self.route_name.encode())]
+        tcp: dict[int, str] = {}
+        for name in sorted(self.services):
+            out = self.services[name]
+            for (vname, vbytes), domains in zip(out.vhosts, out.vhost_domains):
+                low = [d.lower() for d in domains]
+                if any(d in seen_domains for d in low):
+                    self.skipped["duplicate_domain"] += 1
+                    self._problem(f"virtual host {vname}: domain already taken: skipped")
+                    continue
+                seen_domains.update(low)
+                chunks.append(ld_field(2, vbytes))  # RouteConfiguration.virtual_hosts
+            for port, cname in out.tcp_ports:
+                if port == self.outbound_port or port in tcp:
+                    self.skipped["port_conflict"] += 1
+                    self._problem(f"tcp port {port} of {cname} already in use: no listener")
+                    continue
+                tcp[port] = cname
+        self._set(RDS, Resource(self.route_name, RDS, b"".join(chunks)), True, ch)
+        listeners = {}
+        http = build_http_listener(self.listener_address, self.outbound_port, self.route_name)
+        listeners[http.name] = _res(http.name, LDS, http)
+        for port, cname in sorted(tcp.items()):
+            lst = build_tcp_listener(self.listener_address, port, cname)
+            listeners[lst.name] = _res(lst.name, LDS, lst)
+        for n in [n for n in self.wild[LDS] if n not in listeners]:
+            self._del(LDS, n, ch)
+        for res in listeners.values():
+            self._set(LDS, res, True, ch)
+
+    def _problem(self, text: str) -> None:
+        log.warning("%s", text)
+        self.problems.append(text)
+        del self.problems[:-100]

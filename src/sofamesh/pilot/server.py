@@ -1,0 +1,501 @@
+"""ADS over gRPC: state-of-the-world and incremental (delta) xDS streams over one Generator.
+
+Each stream has a writer task. Requests and model pushes only mark per-type work (dirty
+full-state types, names to send, removals); the writer then builds responses from the current
+state in make-before-break order (CDS, EDS, LDS, RDS, then removals), so bursts coalesce and
+a slow client never sees a stale queue. Responses are spliced from cached wire chunks
+(`generate.Resource`), never re-serialized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from sofamesh.pilot.generate import CDS, EDS, LDS, RDS, SHORT, TYPES, Changes, Generator, ld_field
+
+log = logging.getLogger("sofamesh.pilot.xds")
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+FULL_STATE = (LDS, CDS)  # SotW: a response carries every subscribed resource; absence = removal
+REMOVAL_ORDER = (LDS, RDS, CDS, EDS)
+_nonces = itertools.count(1)
+
+
+class Metrics:
+    """Plain counters and gauges, exported as Prometheus text by the REST server."""
+
+    def __init__(self) -> None:
+        self.counters: Counter[tuple[str, tuple]] = Counter()
+        self.gauges: dict[tuple[str, tuple], float] = {}
+
+    def inc(self, name: str, n: int = 1, **labels: str) -> None:
+        self.counters[(name, tuple(sorted(labels.items())))] += n
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self.gauges[(name, tuple(sorted(labels.items())))] = value
+
+    def get(self, name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return self.counters.get(key, self.gauges.get(key, 0))
+
+    def prometheus(self) -> str:
+        lines = []
+        for kind, table in (("counter", self.counters), ("gauge", self.gauges)):
+            names = sorted({k[0] for k in table})
+            for n in names:
+                lines.append(f"# TYPE {n} {kind}")
+                for (name, labels), v in sorted(table.items()):
+                    if name == n:
+                        lab = ",".join(f'{k}="{val}"' for k, val in labels)
+                        lines.append(f"{n}{{{lab}}} {v}" if lab else f"{n} {v}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Watch:
+    """One resource type on one stream."""
+
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    subscribed: bool = False  # the client asked for this type at all
+    dirty: bool = False  # full-state type: resend the whole set
+    pending: set[str] = field(default_factory=set)  # named resources to (re)send
+    removed: dict = field(default_factory=dict)  # name -> old Resource, for make-before-break
+    nonce: str = ""  # last nonce sent
+    version_sent: str = ""
+    version_acked: str = ""
+    nack: dict | None = None  # last NACK: {version, nonce, error, time}
+    sent: dict[str, str] = field(default_factory=dict)  # delta: name -> version the client has
+    must_reply: bool = False  # delta: answer the first request even with nothing to send
+
+
+class Connection:
+    def __init__(self, server: "AdsServer", peer: str, delta: bool):
+        self.server = server
+        self.id = f"{peer}-{next(_nonces)}"
+        self.peer = peer
+        self.delta = delta
+        self.node_id = ""
+        self.node_cluster = ""
+        self.metadata: dict = {}
+        self.connected_at = time.time()
+        self.watches: dict[str, Watch] = {}
+        self.wake = asyncio.Event()
+        self.responses = 0
+
+    def watch(self, type_url: str) -> Watch:
+        w = self.watches.get(type_url)
+        if w is None:
+            w = self.watches[type_url] = Watch()
+        return w
+
+    # --- model changes -------------------------------------------------------------------
+
+    def on_change(self, ch: Changes) -> bool:
+        """Mark what this stream must receive; True if anything."""
+        gen = self.server.gen
+        hit = False
+        for t, w in self.watches.items():
+            if not w.subscribed:
+                continue
+            changed, removed = ch.changed[t], ch.removed[t]
+            if self.delta:
+                names = changed & w.names
+                if w.wildcard:
+                    names |= {n for n in changed if n in gen.wild[t]}
+                gone = {n: r for n, r in removed.items() if n in w.sent}
+                if names:
+                    w.pending |= names
+                    hit = True
+                if gone:
+                    w.removed.update(gone)
+                    hit = True
+            elif t in FULL_STATE:
+                if w.wildcard:
+                    touched = ch.wildcard_changed[t]
+                    gone = {n: removed[n] for n in ch.removed_wild[t]}
+                else:
+                    touched = bool(changed & w.names) or any(n in w.names for n in removed)
+                    gone = {n: r for n, r in removed.items() if n in w.names}
+                if touched or gone:
+                    w.dirty = True
+                    w.removed.update(gone)
+                    hit = True
+            else:
+                names = changed & w.names
+                if names:
+                    w.pending |= names
+                    hit = True
+        if hit:
+            self.wake.set()
+        return hit
+
+    # --- writer ----------------------------------------------------------------------------
+
+    def build_responses(self) -> list[bytes]:
+        """Everything owed now, in make-before-break order."""
+        out: list[bytes] = []
+        phase2: list[str] = []
+        for t in TYPES:
+            w = self.watches.get(t)
+            if w is None or not w.subscribed:
+                continue
+            if self.delta:
+                r = self._delta_updates(t, w)
+                if w.removed:
+                    phase2.append(t)
+            else:
+                r = self._sotw(t, w, keep_removed=True)
+                if w.removed and t in FULL_STATE:
+                    phase2.append(t)
+                else:
+                    w.removed.clear()
+            if r is not None:
+                out.append(r)
+        for t in REMOVAL_ORDER:
+            if t not in phase2:
+                continue
+            w = self.watches[t]
+            r = self._delta_removals(t, w) if self.delta else self._sotw(t, w, keep_removed=False, force=True)
+            if r is not None:
+                out.append(r)
+        return out
+
+    def _nonce(self, t: str, w: Watch, version: str) -> str:
+        nonce = f"{next(_nonces):x}"
+        w.nonce = nonce
+        w.version_sent = version
+        self.responses += 1
+        return nonce
+
+    def _sotw(self, t: str, w: Watch, keep_removed: bool, force: bool = False) -> bytes | None:
+        gen = self.server.gen
+        res_all = gen.all[t]
+        if t in FULL_STATE:
+            if not (w.dirty or force):
+                return None
+            w.dirty = False
+            if w.wildcard:
+                items = list(gen.wild[t].values())
+            else:
+                items = [res_all[n] for n in sorted(w.names) if n in res_all]
+            if keep_removed and w.removed:
+                present = {r.name for r in items}
+                items += [r for n, r in w.removed.items() if n not in present]
+            if not keep_removed:
+                w.removed.clear()
+        else:
+            if not w.pending:
+                return None
+            items = [res_all[n] for n in sorted(w.pending) if n in res_all]
+            w.pending.clear()
+            if not items:
+                return None
+        version = gen.version(t)
+        nonce = self._nonce(t, w, version)
+        body = [ld_field(1, version.encode())]
+        body.extend(r.sotw_chunk() for r in items)
+        body.append(ld_field(4, t.encode()))
+        body.append(ld_field(5, nonce.encode()))
+        body.append(self.server.control_plane)
+        self.server.metrics.inc("pilot_xds_pushes_total", type=SHORT[t], mode="sotw")
+        return b"".join(body)
+
+    def _delta_updates(self, t: str, w: Watch) -> bytes | None:
+        if not w.pending and not w.must_reply:
+            return None
+        res_all = self.server.gen.all[t]
+        items = []
+        for n in sorted(w.pending):
+            r = res_all.get(n)
+            if r is not None and w.sent.get(n) != r.version:
+                items.append(r)
+                w.sent[n] = r.version
+        w.pending.clear()
+        if not items and not w.must_reply:
+            return None
+        w.must_reply = False
+        if not items and w.removed:
+            # the initial reply carries the removals itself (phase two has nothing to do)
+            gone = [n for n in sorted(w.removed) if n not in res_all]
+            for n in gone:
+                w.sent.pop(n, None)
+            w.removed.clear()
+            return self._delta_response(t, w, [], gone)
+        return self._delta_response(t, w, items, ())
+
+    def _delta_removals(self, t: str, w: Watch) -> bytes | None:
+        res_all = self.server.gen.all[t]
+        gone = [n for n in sorted(w.removed) if n not in res_all and w.sent.pop(n, None) is not None]
+        w.removed.clear()
+        if not gone:
+            return None
+        return self._delta_response(t, w, [], gone)
+
+    def _delta_response(self, t: str, w: Watch, items: list, removed) -> bytes:
+        version = self.server.gen.version(t)
+        nonce = self._nonce(t, w, version)
+        body = [ld_field(1, version.encode())]
+        body.extend(r.delta_chunk() for r in items)
+        body.append(ld_field(4, t.encode()))
+        body.append(ld_field(5, nonce.encode()))
+        body.extend(ld_field(6, n.encode()) for n in removed)
+        body.append(self.server.delta_control_plane)
+        self.server.metrics.inc("pilot_xds_pushes_total", type=SHORT[t], mode="delta")
+        return b"".join(body)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def _node(self, node) -> None:
+        if node is not None and node.id and not self.node_id:
+            self.node_id = node.id
+            self.node_cluster = node.cluster
+            try:
+                from google.protobuf import json_format
+
+                self.metadata = json_format.MessageToDict(node.metadata)
+            except Exception:  # noqa: BLE001 - metadata is informational only
+                self.metadata = {}
+
+    def _ack_or_nack(self, t: str, w: Watch, nonce: str, version: str, error) -> bool:
+        """Returns False when the request answers a stale nonce (ignored, per the xDS spec)."""
+        if not nonce:
+            return True
+        if nonce != w.nonce:
+            self.server.metrics.inc("pilot_xds_stale_nonce_total", type=SHORT.get(t, t))
+            return self.delta  # delta: subscription changes still apply
+        if error is not None and (error.code or error.message):
+            w.nack = {"version": w.version_sent, "nonce": nonce, "error": error.message,
+                      "code": error.code, "time": time.time()}
+            self.server.metrics.inc("pilot_xds_nacks_total", type=SHORT.get(t, t))
+            log.warning("NACK from %s for %s version %s: %s", self.node_id or self.peer,
+                        SHORT.get(t, t), w.version_sent, error.message)
+            self.server.record_nack(self, t, w.nack)
+        else:
+            w.version_acked = version or w.version_sent
+            self.server.metrics.inc("pilot_xds_acks_total", type=SHORT.get(t, t))
+            self.server.on_ack(self, t, nonce)
+        return True
+
+    def on_sotw_request(self, req: discovery_pb2.DiscoveryRequest) -> None:
+        self._node(req.node if req.HasField("node") else None)
+        t = req.type_url
+        if t not in TYPES:
+            self.server.metrics.inc("pilot_xds_unknown_type_total")
+            log.info("%s asked for unsupported type %s", self.node_id, t)
+            return
+        w = self.watch(t)
+        initial = not req.response_nonce
+        if not self._ack_or_nack(t, w, req.response_nonce, req.version_info,
+                                 req.error_detail if req.HasField("error_detail") else None):
+            return
+        names = set(req.resource_names)
+        wildcard = t in FULL_STATE and (not names or "*" in names)
+        names.discard("*")
+        changed = wildcard != w.wildcard or names != w.names
+        new = names - w.names
+        w.wildcard, w.names = wildcard, names
+        if initial or not w.subscribed:
+            w.subscribed = True
+            w.dirty = True
+            w.pending |= names
+        elif changed:
+            w.dirty = True
+            w.pending |= new
+        else:
+            return
+        self.wake.set()
+
+    def on_delta_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        self._node(req.node if req.HasField("node") else None)
+        t = req.type_url
+        if t not in TYPES:
+            self.server.metrics.inc("pilot_xds_unknown_type_total")
+            return
+        w = self.watch(t)
+        if not self._ack_or_nack(t, w, req.response_nonce, "",
+                                 req.error_detail if req.HasField("error_detail") else None):
+            return
+        gen = self.server.gen
+        sub = set(req.resource_names_subscribe)
+        unsub = set(req.resource_names_unsubscribe)
+        first = not w.subscribed
+        if first:
+            w.subscribed = True
+            w.must_reply = True
+            if t in FULL_STATE and (not sub or "*" in sub):
+                w.wildcard = True
+            # what the client already has (reconnect): send only what differs
+            w.sent = dict(req.initial_resource_versions)
+        if "*" in sub:
+            w.wildcard = True
+        if "*" in unsub:
+            w.wildcard = False
+        sub.discard("*")
+        unsub.discard("*")
+        w.names |= sub
+        w.names -= unsub
+        for n in unsub:
+            w.sent.pop(n, None)
+        if first:
+            interest = set(gen.wild[t]) if w.wildcard else set()
+            interest |= w.names
+            w.pending |= {n for n in interest if n in gen.all[t]}
+            # resources the client holds that no longer exist
+            for n in list(w.sent):
+                if n not in gen.all[t] and (w.wildcard or n in w.names):
+                    w.removed[n] = None
+        else:
+            w.pending |= {n for n in sub if n in gen.all[t] and n not in w.sent}
+        if w.pending or w.removed or w.must_reply:
+            self.wake.set()
+
+    def describe(self) -> dict:
+        return {
+            "id": self.id,
+            "node": self.node_id,
+            "cluster": self.node_cluster,
+            "peer": self.peer,
+            "mode": "delta" if self.delta else "sotw",
+            "connected_at": self.connected_at,
+            "responses": self.responses,
+            "types": {
+                SHORT[t]: {
+                    "wildcard": w.wildcard,
+                    "names": len(w.names),
+                    "version_sent": w.version_sent,
+                    "version_acked": w.version_acked,
+                    "nonce": w.nonce,
+                    "nack": w.nack,
+                }
+                for t, w in self.watches.items()
+            },
+        }
+
+
+class AdsServer:
+    """The pilot's xDS endpoint. `push(changes)` fans a model change out to streams."""
+
+    def __init__(self, gen: Generator, metrics: Metrics | None = None):
+        self.gen = gen
+        self.metrics = metrics or Metrics()
+        self.connections: dict[str, Connection] = {}
+        self.nacks: list[dict] = []  # recent NACKs, newest last (debug endpoint)
+        self.ack_listeners: list = []  # callables(conn, type_url, nonce): tests and benchmarks
+        ident = f"sofamesh-pilot@{socket.gethostname()}"
+        cp = ld_field(1, ident.encode())  # core.v3.ControlPlane.identifier
+        self.control_plane = ld_field(6, cp)
+        self.delta_control_plane = ld_field(7, cp)
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def record_nack(self, conn: Connection, t: str, nack: dict) -> None:
+        self.nacks.append({"node": conn.node_id, "connection": conn.id, "type": SHORT[t], **nack})
+        del self.nacks[:-200]
+
+    def on_ack(self, conn: Connection, t: str, nonce: str) -> None:
+        for cb in self.ack_listeners:
+            cb(conn, t, nonce)
+
+    def push(self, ch: Changes) -> int:
+        """Hand a model change to every stream; returns how many streams it concerns."""
+        if ch.empty():
+            return 0
+        n = sum(1 for c in list(self.connections.values()) if c.on_change(ch))
+        self.metrics.inc("pilot_xds_push_events_total")
+        return n
+
+    # --- gRPC plumbing -----------------------------------------------------------------------
+
+    async def start(self, address: str) -> int:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", 512 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_time_ms", 30000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        handlers = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._sotw_stream,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=bytes,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._delta_stream,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=bytes,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot bind xDS address {address}")
+        await server.start()
+        self._server = server
+        self.port = port
+        return port
+
+    async def stop(self, grace: float = 0.5) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def _sotw_stream(self, request_iterator, context):
+        await self._serve(context, delta=False)
+
+    async def _delta_stream(self, request_iterator, context):
+        await self._serve(context, delta=True)
+
+    async def _serve(self, context, delta: bool) -> None:
+        conn = Connection(self, context.peer(), delta)
+        self.connections[conn.id] = conn
+        self.metrics.set("pilot_xds_connections", len(self.connections))
+        mode = "delta" if delta else "sotw"
+        self.metrics.inc("pilot_xds_streams_total", mode=mode)
+        writer = asyncio.ensure_future(self._writer(conn, context))
+        try:
+            while True:
+                req = await context.read()
+                if req is grpc.aio.EOF:
+                    break
+                try:
+                    if delta:
+                        conn.on_delta_request(req)
+                    else:
+                        conn.on_sotw_request(req)
+                except Exception:  # noqa: BLE001 - a bad request never takes the server down
+                    self.metrics.inc("pilot_xds_bad_requests_total")
+                    log.exception("bad xDS request from %s", conn.peer)
+                if writer.done():
+                    break
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            writer.cancel()
+            try:
+                await writer
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            self.connections.pop(conn.id, None)
+            self.metrics.set("pilot_xds_connections", len(self.connections))
+            log.info("xDS stream closed: %s (%s)", conn.node_id or conn.peer, mode)
+
+    async def _writer(self, conn: Connection, context) -> None:
+        while True:
+            await conn.wake.wait()
+            conn.wake.clear()
+            for msg in conn.build_responses():
+                await context.write(msg)

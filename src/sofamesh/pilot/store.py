@@ -1,0 +1,347 @@
+"""Where the open registry API keeps its instances: an embedded on-disk store or etcd.
+
+Both keep an in-memory mirror (`records[service][instance_id] -> record dict`) and call
+`listener(service)` after every change, whether it came through this process or (etcd)
+another pilot replica. TTLs: the embedded store expires instances itself (heartbeats live in
+memory; after a restart every stored instance gets one fresh TTL, since no heartbeat could
+reach a stopped pilot); the etcd store attaches each instance to an etcd lease, so expiry is
+shared by every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+import os
+import sqlite3
+import time
+from typing import Callable
+from urllib.parse import urlparse
+
+log = logging.getLogger("sofamesh.pilot.store")
+
+Listener = Callable[[str], None]
+
+
+class StoreError(Exception):
+    pass
+
+
+class BaseStore:
+    kind = "base"
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, dict]] = {}
+        self.listeners: list[Listener] = []
+        self.expired = 0
+
+    def _emit(self, service: str) -> None:
+        for cb in self.listeners:
+            try:
+                cb(service)
+            except Exception:  # noqa: BLE001
+                log.exception("store listener failed")
+
+    def _mirror_put(self, service: str, iid: str, rec: dict) -> None:
+        self.records.setdefault(service, {})[iid] = rec
+
+    def _mirror_del(self, service: str, iid: str) -> bool:
+        insts = self.records.get(service)
+        if not insts or iid not in insts:
+            return False
+        del insts[iid]
+        if not insts:
+            del self.records[service]
+        return True
+
+    def get(self, service: str, iid: str) -> dict | None:
+        return self.records.get(service, {}).get(iid)
+
+    def expires_in(self, service: str, iid: str) -> float | None:
+        return None
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def put(self, service: str, iid: str, rec: dict) -> None:
+        raise NotImplementedError
+
+    async def heartbeat(self, service: str, iid: str) -> bool:
+        raise NotImplementedError
+
+    async def delete(self, service: str, iid: str) -> bool:
+        raise NotImplementedError
+
+
+class EmbeddedStore(BaseStore):
+    """SQLite in `data_dir/registry.db` (WAL, synchronous=FULL: a registration acknowledged
+    is on disk). Heartbeats touch memory only."""
+
+    kind = "embedded"
+
+    def __init__(self, data_dir: str, reap_interval: float = 0.2):
+        super().__init__()
+        self.data_dir = data_dir
+        self.reap_interval = reap_interval
+        self._db: sqlite3.Connection | None = None
+        self._deadline: dict[tuple[str, str], float] = {}
+        self._heap: list[tuple[float, str, str]] = []
+        self._reaper: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        path = os.path.join(self.data_dir, "registry.db")
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS instances (service TEXT NOT NULL, instance_id TEXT NOT NULL,"
+            " record TEXT NOT NULL, PRIMARY KEY (service, instance_id))"
+        )
+        self._db = db
+        now = time.monotonic()
+        for service, iid, body in db.execute("SELECT service, instance_id, record FROM instances"):
+            try:
+                rec = json.loads(body)
+            except ValueError:
+                log.error("unreadable stored record %s/%s: dropped", service, iid)
+                continue
+            self._mirror_put(service, iid, rec)
+            self._arm(service, iid, rec, now)
+        log.info("embedded store %s: %d services loaded", path,
+                 len(self.records))
+        self._reaper = asyncio.ensure_future(self._reap_loop())
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            try:
+                await self._reaper
+            except asyncio.CancelledError:
+                pass
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _arm(self, service: str, iid: str, rec: dict, now: float) -> None:
+        ttl = rec.get("ttl_seconds") or 0
+        if ttl > 0:
+            deadline = now + ttl
+            self._deadline[(service, iid)] = deadline
+            heapq.heappush(self._heap, (deadline, service, iid))
+        else:
+            self._deadline.pop((service, iid), None)
+
+    def expires_in(self, service: str, iid: str) -> float | None:
+        d = self._deadline.get((service, iid))
+        return None if d is None else max(0.0, d - time.monotonic())
+
+    async def _write(self, sql: str, args: tuple) -> None:
+        db = self._db
+        if db is None:
+            raise StoreError("store is closed")
+        async with self._lock:  # one writer; the fsync runs off the event loop
+            await asyncio.to_thread(db.execute, sql, args)
+
+    async def put(self, service: str, iid: str, rec: dict) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO instances (service, instance_id, record) VALUES (?, ?, ?)",
+            (service, iid, json.dumps(rec, sort_keys=True)),
+        )
+        self._mirror_put(service, iid, rec)
+        self._arm(service, iid, rec, time.monotonic())
+        self._emit(service)
+
+    async def heartbeat(self, service: str, iid: str) -> bool:
+        rec = self.get(service, iid)
+        if rec is None:
+            return False
+        self._arm(service, iid, rec, time.monotonic())
+        return True
+
+    async def delete(self, service: str, iid: str) -> bool:
+        if self.get(service, iid) is None:
+            return False
+        await self._write("DELETE FROM instances WHERE service = ? AND instance_id = ?", (service, iid))
+        self._deadline.pop((service, iid), None)
+        if self._mirror_del(service, iid):
+            self._emit(service)
+        return True
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                await self.reap()
+            except Exception:  # noqa: BLE001 - keep reaping
+                log.exception("TTL reaper failed")
+
+    async def reap(self) -> int:
+        now = time.monotonic()
+        n = 0
+        while self._heap and self._heap[0][0] <= now:
+            deadline, service, iid = heapq.heappop(self._heap)
+            if self._deadline.get((service, iid)) != deadline:
+                continue  # refreshed since (stale heap entry)
+            log.info("instance %s/%s: TTL lapsed, removed", service, iid)
+            self.expired += 1
+            await self.delete(service, iid)
+            n += 1
+        return n
+
+
+class EtcdStore(BaseStore):
+    """Instances under `<prefix>/<service>/<instance_id>` as JSON, each on its own lease
+    when it has a TTL. Every replica watches the prefix, so all mirrors converge."""
+
+    kind = "etcd"
+
+    def __init__(self, host: str, port: int, prefix: str = "/sofamesh/registry/instances/"):
+        super().__init__()
+        self.host, self.port = host, port
+        self.prefix = prefix.encode()
+        self._client = None
+        self._watcher: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+
+    def _key(self, service: str, iid: str) -> bytes:
+        return self.prefix + f"{service}/{iid}".encode()
+
+    def _split(self, key: bytes) -> tuple[str, str] | None:
+        rest = key[len(self.prefix):].decode(errors="replace")
+        service, sep, iid = rest.partition("/")
+        return (service, iid) if sep else None
+
+    async def open(self) -> None:
+        import aetcd
+
+        self._client = aetcd.Client(host=self.host, port=self.port, timeout=10)
+        await self._load()
+        self._watcher = asyncio.ensure_future(self._watch_loop())
+
+    async def _load(self) -> int:
+        rng = await self._client.get_prefix(self.prefix)
+        fresh: dict[str, dict[str, dict]] = {}
+        for kv in rng:
+            parts = self._split(kv.key)
+            if parts is None:
+                continue
+            try:
+                rec = json.loads(kv.value)
+            except ValueError:
+                log.error("unreadable etcd record %r: ignored", kv.key)
+                continue
+            fresh.setdefault(parts[0], {})[parts[1]] = rec
+        touched = set(fresh) | set(self.records)
+        self.records = fresh
+        for s in touched:
+            self._emit(s)
+        return rng.header.revision
+
+    async def _watch_loop(self) -> None:
+        rev = None
+        while not self._stopping:
+            try:
+                if rev is None:
+                    rev = await self._load()
+                watch = await self._client.watch_prefix(self.prefix, start_revision=rev + 1)
+                async for ev in watch:
+                    parts = self._split(ev.kv.key)
+                    rev = max(rev, ev.kv.mod_revision)
+                    if parts is None:
+                        continue
+                    service, iid = parts
+                    if ev.kind == "PUT":
+                        try:
+                            self._mirror_put(service, iid, json.loads(ev.kv.value))
+                        except ValueError:
+                            continue
+                        self._emit(service)
+                    elif self._mirror_del(service, iid):
+                        self._emit(service)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - etcd away: re-list when it is back
+                log.warning("etcd watch failed (%s): retrying", e)
+                rev = None
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if self._client is not None:
+            await self._client.close()
+
+    async def put(self, service: str, iid: str, rec: dict) -> None:
+        old = self.get(service, iid)
+        ttl = rec.get("ttl_seconds") or 0
+        rec = dict(rec)
+        lease_id = None
+        if ttl > 0:
+            lease = await self._client.lease(max(1, int(round(ttl))))
+            lease_id = lease.id
+            rec["lease"] = lease_id
+        await self._client.put(self._key(service, iid), json.dumps(rec, sort_keys=True).encode(),
+                               lease=lease_id)
+        if old and old.get("lease") and old.get("lease") != lease_id:
+            try:
+                await self._client.revoke_lease(old["lease"])
+            except Exception:  # noqa: BLE001 - already expired
+                pass
+        self._mirror_put(service, iid, rec)
+        self._emit(service)
+
+    async def heartbeat(self, service: str, iid: str) -> bool:
+        rec = self.get(service, iid)
+        if rec is None:
+            got = await self._client.get(self._key(service, iid))
+            if got is None:
+                return False
+            rec = json.loads(got.value)
+        lease_id = rec.get("lease")
+        if not lease_id:
+            return True
+        reply = await self._client.refresh_lease(lease_id)
+        return reply is not None and reply.TTL > 0
+
+    def expires_in(self, service: str, iid: str) -> float | None:
+        return None
+
+    async def delete(self, service: str, iid: str) -> bool:
+        rec = self.get(service, iid)
+        res = await self._client.delete(self._key(service, iid), prev_kv=True)
+        if rec and rec.get("lease"):
+            try:
+                await self._client.revoke_lease(rec["lease"])
+            except Exception:  # noqa: BLE001
+                pass
+        found = res is not None and (getattr(res, "deleted", 1) or 0) > 0
+        if self._mirror_del(service, iid):
+            self._emit(service)
+            found = True
+        return bool(found)
+
+
+def open_store(spec: str | None, data_dir: str) -> BaseStore:
+    """`None`/"embedded" -> EmbeddedStore(data_dir); "etcd://host:port[/prefix]" -> EtcdStore."""
+    if not spec or spec == "embedded":
+        return EmbeddedStore(data_dir)
+    if spec.startswith("embedded:"):
+        return EmbeddedStore(spec[len("embedded:"):])
+    u = urlparse(spec)
+    if u.scheme == "etcd":
+        if not u.hostname or not u.port:
+            raise StoreError(f"--store {spec!r}: expected etcd://host:port")
+        prefix = (u.path.rstrip("/") + "/") if u.path and u.path != "/" else "/sofamesh/registry/instances/"
+        return EtcdStore(u.hostname, u.port, prefix)
+    raise StoreError(f"--store {spec!r}: expected 'embedded', 'embedded:DIR' or etcd://host:port")
