@@ -245,6 +245,11 @@ def load(opts: Options) -> tuple[Any, Any]:
     """(bootstrap, validation report); raises ConfigError."""
     from sofamesh.config import load_bootstrap, validate_bootstrap
 
+    factory = os.environ.get("SOFAMESH_SERVER_FACTORY")
+    if factory:  # an embedded Server registers the filters it implements at import
+        import importlib
+
+        importlib.import_module(factory.partition(":")[0])
     bootstrap = load_bootstrap(
         opts.config_path or None,
         config_yaml=opts.config_yaml or None,

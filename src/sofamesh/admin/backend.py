@@ -1,0 +1,134 @@
+"""What the admin API reads and commands: one in-process Server, or a pool of workers.
+
+Both present the same plain-data view, so the handlers do not care where the Server runs:
+- `snapshot()`: stats, a `Store.snapshot()` (summed over workers);
+- `topology()`: {"listeners": [{name, address: [host, port]}],
+  "clusters": [{name, hosts: [{address, port, weight, healthy, stats: {name: int}}]}]};
+- commands: health fail/ok, drain listeners, reset counters, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
+                 "rq_total")
+HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
+
+
+def _num(v: Any) -> int:
+    v = getattr(v, "value", v)
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
+def describe_server(server: Any) -> dict:
+    """Plain data for a Server honouring the contract in docs/ARCHITECTURE.md."""
+    listeners = []
+    for li in server.listeners:
+        addr = li.address
+        listeners.append({"name": li.name, "address": [str(addr[0]), int(addr[1])]})
+    clusters = []
+    for name, ci in server.clusters.items():
+        hosts = []
+        for h in getattr(ci, "hosts", ()) or ():
+            stats = {}
+            src = getattr(h, "stats", None)
+            for s in HOST_COUNTERS + HOST_GAUGES:
+                if isinstance(src, dict) and s in src:
+                    stats[s] = _num(src[s])
+                else:
+                    stats[s] = _num(getattr(h, s, 0))
+            hosts.append({
+                "address": str(h.address),
+                "port": int(h.port),
+                "weight": int(getattr(h, "weight", 1) or 1),
+                "healthy": bool(getattr(h, "healthy", True)),
+                "hostname": str(getattr(h, "hostname", "") or ""),
+                "stats": stats,
+            })
+        clusters.append({"name": getattr(ci, "name", name), "hosts": hosts})
+    return {"listeners": listeners, "clusters": clusters}
+
+
+def merge_topologies(tops: list[dict]) -> dict:
+    """Workers see the same listeners and clusters; host stats add up."""
+    if not tops:
+        return {"listeners": [], "clusters": []}
+    base = tops[0]
+    out = {"listeners": base["listeners"], "clusters": []}
+    for ci, c in enumerate(base["clusters"]):
+        hosts = []
+        for hi, h in enumerate(c["hosts"]):
+            h = {**h, "stats": dict(h["stats"])}
+            for t in tops[1:]:
+                try:
+                    other = t["clusters"][ci]["hosts"][hi]
+                except (IndexError, KeyError):
+                    continue
+                for k, v in other["stats"].items():
+                    h["stats"][k] = h["stats"].get(k, 0) + v
+                h["healthy"] = h["healthy"] and other["healthy"]
+            hosts.append(h)
+        out["clusters"].append({"name": c["name"], "hosts": hosts})
+    return out
+
+
+class Backend(Protocol):
+    workers: int
+
+    async def snapshot(self) -> dict: ...
+    async def topology(self) -> dict: ...
+    async def set_health_failed(self, failed: bool) -> None: ...
+    async def drain_listeners(self, inbound_only: bool, graceful: bool) -> None: ...
+    async def reset_counters(self) -> None: ...
+    async def set_log_levels(self, levels: dict[str, str]) -> None: ...
+    def live_workers(self) -> int: ...
+
+
+def apply_log_levels(levels: dict[str, str]) -> None:
+    from sofamesh.proxy.cli import _PY_LEVEL
+
+    for comp, lvl in levels.items():
+        name = "sofamesh" if comp == "*" else f"sofamesh.{comp}"
+        logging.getLogger(name).setLevel(_PY_LEVEL[lvl])
+
+
+class LocalBackend:
+    """The Server runs in this process (`--concurrency 1`)."""
+
+    workers = 1
+
+    def __init__(self, server: Any, store: Any) -> None:
+        self.server = server
+        self.store = store
+
+    async def snapshot(self) -> dict:
+        return self.store.snapshot()
+
+    async def topology(self) -> dict:
+        return describe_server(self.server)
+
+    async def set_health_failed(self, failed: bool) -> None:
+        self.server.health_failed = failed
+
+    async def drain_listeners(self, inbound_only: bool, graceful: bool) -> None:
+        await self.server.drain_listeners(inbound_only=inbound_only, graceful=graceful)
+
+    async def reset_counters(self) -> None:
+        self.store.reset_counters()
+
+    async def set_log_levels(self, levels: dict[str, str]) -> None:
+        apply_log_levels(levels)
+
+    def live_workers(self) -> int:
+        return 1
+
+
+async def gather_dicts(coros: list) -> list[dict]:
+    res = await asyncio.gather(*coros, return_exceptions=True)
+    return [r for r in res if isinstance(r, dict)]

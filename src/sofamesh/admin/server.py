@@ -1,0 +1,131 @@
+"""The admin listener: a small HTTP/1.1 server on asyncio (not a hot path).
+
+Keep-alive, Content-Length request bodies, HEAD; one request at a time per connection.
+Bad requests get 400 and the connection closes; nothing a client sends reaches the loop's
+exception handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+from typing import Any
+
+from sofamesh.admin.handlers import AdminState, Response, dispatch
+
+log = logging.getLogger("sofamesh.admin")
+
+MAX_HEAD = 64 * 1024
+MAX_BODY = 1024 * 1024
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Payload Too Large", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class AdminServer:
+    def __init__(self, state: AdminState) -> None:
+        self.state = state
+        self.server: asyncio.base_events.Server | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self.server = await asyncio.start_server(self._client, host, port, reuse_address=True)
+        sock = self.server.sockets[0]
+        self.address = sock.getsockname()[:2]
+        return self.address
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+
+    def _count(self, name: str) -> None:
+        c = self.state.admin_stats.counter(name)
+        c.value += 1
+        c.used = True
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._count("http.admin.downstream_cx_total")
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                except asyncio.LimitOverrunError:
+                    await self._send(writer, "GET", Response(431, "headers too large\n"), False)
+                    return
+                if len(head) > MAX_HEAD:
+                    await self._send(writer, "GET", Response(431, "headers too large\n"), False)
+                    return
+                try:
+                    method, target, version, headers = _parse_head(head)
+                except ValueError as e:
+                    self._count("http.admin.downstream_rq_rx_reset")
+                    await self._send(writer, "GET", Response(400, f"{e}\n"), False)
+                    return
+                length = headers.get("content-length", "0")
+                if not length.isdigit() or int(length) > MAX_BODY:
+                    await self._send(writer, method, Response(413 if length.isdigit() else 400,
+                                                              "bad body\n"), False)
+                    return
+                if int(length):
+                    await reader.readexactly(int(length))
+                conn = headers.get("connection", "").lower()
+                keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
+                self._count("http.admin.downstream_rq_total")
+                resp = await dispatch(self.state, method, target)
+                self._count(f"http.admin.downstream_rq_{resp.status // 100}xx")
+                await self._send(writer, method, resp, keep)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            try:
+                writer.close()
+            except Exception:  # pragma: no cover
+                pass
+
+    @staticmethod
+    async def _send(writer: Any, method: str, resp: Response, keep: bool) -> None:
+        body = resp.data()
+        lines = [
+            f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Unknown')}",
+            f"content-type: {resp.content_type}",
+            "cache-control: no-cache, max-age=0",
+            "x-content-type-options: nosniff",
+            f"date: {email.utils.formatdate(usegmt=True)}",
+            "server: sofamesh",
+            f"content-length: {len(body)}",
+        ]
+        for k, v in resp.headers.items():
+            lines.append(f"{k}: {v}")
+        if not keep:
+            lines.append("connection: close")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if method == "HEAD" else body))
+        await writer.drain()
+
+
+def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
+        raise ValueError("bad request") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
+        raise ValueError("malformed request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        k, sep, v = line.partition(":")
+        if not sep or not k or k != k.strip():
+            raise ValueError("malformed header")
+        headers[k.lower()] = v.strip()
+    return parts[0].upper(), parts[1], parts[2], headers

@@ -1,0 +1,227 @@
+"""Envoy's stats output formats from a `Store.snapshot()`: text, JSON, Prometheus.
+
+Prometheus names use Envoy's default tag extraction: a regex per tag, whose first group
+is cut from the name and whose second group is the tag value, e.g.
+`cluster.backend.upstream_rq_200` -> `envoy_cluster_upstream_rq{envoy_response_code="200",
+envoy_cluster_name="backend"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Iterable
+
+# Envoy's default tag extractors (name, regex, required substring), in Envoy's order.
+TAG_EXTRACTORS: list[tuple[str, re.Pattern[str], str]] = [
+    (name, re.compile(rx), sub)
+    for name, rx, sub in [
+        ("envoy.response_code", r"_rq(_(\d{3}))$", "_rq_"),
+        ("envoy.response_code_class", r"_rq_((\d))xx$", "_rq_"),
+        ("envoy.http_conn_manager_prefix", r"^listener(?=\.).*?\.http\.((.*?)\.)", ".http."),
+        ("envoy.worker_id", r"^listener\..*?\.worker_((\d+)\.)", "worker_"),
+        ("envoy.http_conn_manager_prefix", r"^http\.((.*?)\.)", "http."),
+        ("envoy.http_user_agent", r"^http\.(?:.*?)\.user_agent\.((.*?)\.)", ".user_agent."),
+        ("envoy.virtual_host", r"^vhost\.((.*?)\.)", "vhost."),
+        ("envoy.virtual_cluster", r"^vhost\.(?:.*?)\.vcluster\.((.*?)\.)", ".vcluster."),
+        ("envoy.cluster_name", r"^cluster\.((.*?)\.)", "cluster."),
+        ("envoy.listener_address",
+         r"^listener\.(((?:[_.\d]*|[_\[\]aAbBcCdDeEfF\d]*))\.)", "listener."),
+        ("envoy.tcp_prefix", r"^tcp\.((.*?)\.)", "tcp."),
+        ("envoy.udp_prefix", r"^udp\.((.*?)\.)", "udp."),
+        ("envoy.redis_prefix", r"^redis\.((.*?)\.)", "redis."),
+        ("envoy.ratelimit_prefix", r"^ratelimit\.((.*?)\.)", "ratelimit."),
+        ("envoy.local_http_ratelimit_prefix", r"^http_local_rate_limit\.((.*?)\.)",
+         "http_local_rate_limit."),
+        ("envoy.rbac_prefix", r"^http\.(?:.*?)\.rbac\.((.*?)\.)", ".rbac."),
+        ("envoy.ssl_cipher", r"^listener\..*?\.ssl\.cipher(\.(.*?))$", ".ssl.cipher."),
+        ("envoy.dns_filter_prefix", r"^dns_filter\.((.*?)\.)", "dns_filter."),
+        ("envoy.thrift_prefix", r"^thrift\.((.*?)\.)", "thrift."),
+        ("envoy.dubbo_prefix", r"^dubbo\.((.*?)\.)", "dubbo."),
+        ("envoy.proxy_protocol_prefix", r"^proxy_proto\.((.*?)\.)", "proxy_proto."),
+    ]
+]
+_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def extract_tags(name: str) -> tuple[str, list[tuple[str, str]]]:
+    """(tag-extracted name, [(tag name, value)]) as Envoy's default extractors give."""
+    cuts: list[tuple[int, int]] = []
+    tags: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for tag, rx, sub in TAG_EXTRACTORS:
+        if sub not in name or tag in seen:
+            continue
+        m = rx.search(name)
+        if not m:
+            continue
+        s, e = m.span(1)
+        if any(s < ce and cs < e for cs, ce in cuts):
+            continue
+        cuts.append((s, e))
+        tags.append((tag, m.group(2)))
+        seen.add(tag)
+    if not cuts:
+        return name, []
+    out, pos = [], 0
+    for s, e in sorted(cuts):
+        out.append(name[pos:s])
+        pos = e
+    out.append(name[pos:])
+    base = "".join(out)
+    base = re.sub(r"\.\.+", ".", base).strip(".")
+    return base, tags
+
+
+def prom_name(base: str) -> str:
+    return "envoy_" + _BAD_CHARS.sub("_", base)
+
+
+def prom_label(tag: str) -> str:
+    return _BAD_CHARS.sub("_", tag)
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(tags: list[tuple[str, str]], extra: str = "") -> str:
+    parts = [f'{prom_label(k)}="{_escape(v)}"' for k, v in tags]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}"
+
+
+def _fmt_num(v: float) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _select(names: Iterable[str], rx: re.Pattern[str] | None, used: set[str] | None,
+            values: dict[str, Any] | None = None) -> list[str]:
+    out = []
+    for n in names:
+        if rx is not None and not rx.search(n):
+            continue
+        if used is not None and n not in used and not (values and values.get(n)):
+            continue
+        out.append(n)
+    return sorted(out)
+
+
+def _used_set(snap: dict, usedonly: bool) -> set[str] | None:
+    return set(snap.get("used", ())) if usedonly else None
+
+
+QUANTILES = (0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 100)
+
+
+def _quantile(h: dict, bounds: tuple[float, ...], q: float) -> float | None:
+    counts = h["counts"]
+    total = sum(counts)
+    if total == 0:
+        return None
+    target = q * total
+    seen = 0.0
+    lo = 0.0
+    for i, c in enumerate(counts):
+        hi = bounds[i] if i < len(bounds) else (lo * 2 or 1.0)
+        if c and seen + c >= target:
+            return lo + (hi - lo) * ((target - seen) / c)
+        seen += c
+        lo = hi
+    return lo
+
+
+def text(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tuple) -> str:
+    used = _used_set(snap, usedonly)
+    vals: dict[str, int] = {**snap["gauges"], **snap["counters"]}
+    lines = [f"{n}: {vals[n]}" for n in _select(vals, rx, used, vals)]
+    for n in _select(snap["histograms"], rx, used):
+        h = snap["histograms"][n]
+        if not h["count"]:
+            lines.append(f"{n}: No recorded values")
+            continue
+        qs = []
+        for q in QUANTILES:
+            v = _quantile(h, bounds, q / 100)
+            qs.append(f"P{q:g}({_fmt_num(round(v, 6)) if v is not None else 'nan'},"
+                      f"{_fmt_num(round(v, 6)) if v is not None else 'nan'})")
+        lines.append(f"{n}: " + " ".join(qs))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def as_json(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tuple) -> str:
+    used = _used_set(snap, usedonly)
+    vals: dict[str, int] = {**snap["gauges"], **snap["counters"]}
+    stats: list[dict[str, Any]] = [
+        {"name": n, "value": vals[n]} for n in _select(vals, rx, used, vals)
+    ]
+    hnames = _select(snap["histograms"], rx, used)
+    if hnames or not usedonly:
+        computed = []
+        for n in hnames:
+            h = snap["histograms"][n]
+            values = []
+            for q in QUANTILES:
+                v = _quantile(h, bounds, q / 100)
+                values.append({"interval": None, "cumulative": v})
+            computed.append({"name": n, "values": values})
+        stats.append({"histograms": {"supported_quantiles": list(QUANTILES),
+                                     "computed_quantiles": computed}})
+    return json.dumps({"stats": stats}, separators=(",", ":"))
+
+
+def prometheus(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tuple) -> str:
+    used = _used_set(snap, usedonly)
+    out: list[str] = []
+
+    def group(kind: str, source: dict[str, Any]) -> dict[str, list[tuple[list, str]]]:
+        by: dict[str, list[tuple[list, str]]] = {}
+        for n in _select(source, rx, used, source if kind != "histogram" else None):
+            base, tags = extract_tags(n)
+            by.setdefault(prom_name(base), []).append((tags, n))
+        return by
+
+    for kind, src in (("counter", snap["counters"]), ("gauge", snap["gauges"])):
+        for pname, items in sorted(group(kind, src).items()):
+            out.append(f"# TYPE {pname} {kind}")
+            for tags, n in items:
+                out.append(f"{pname}{_labels(tags)} {src[n]}")
+    for pname, items in sorted(group("histogram", snap["histograms"]).items()):
+        out.append(f"# TYPE {pname} histogram")
+        for tags, n in items:
+            h = snap["histograms"][n]
+            cum = 0
+            for i, c in enumerate(h["counts"]):
+                cum += c
+                le = _fmt_num(float(bounds[i])) if i < len(bounds) else "+Inf"
+                le_label = 'le="' + le + '"'
+                out.append(f"{pname}_bucket{_labels(tags, le_label)} {cum}")
+            s = h["sum"]
+            out.append(f"{pname}_sum{_labels(tags)} {_fmt_num(s) if not math.isnan(s) else 'NaN'}")
+            out.append(f"{pname}_count{_labels(tags)} {h['count']}")
+    return "\n".join(out) + "\n"
+
+
+def merge(snaps: list[dict]) -> dict:
+    """Sums worker snapshots: counters and gauges add, histogram buckets add, `used` unions."""
+    out: dict[str, Any] = {"counters": {}, "gauges": {}, "histograms": {}, "used": set()}
+    for s in snaps:
+        for k in ("counters", "gauges"):
+            d = out[k]
+            for n, v in s[k].items():
+                d[n] = d.get(n, 0) + v
+        for n, h in s["histograms"].items():
+            cur = out["histograms"].get(n)
+            if cur is None:
+                out["histograms"][n] = {"counts": list(h["counts"]), "sum": h["sum"],
+                                        "count": h["count"]}
+            else:
+                cur["counts"] = [a + b for a, b in zip(cur["counts"], h["counts"])]
+                cur["sum"] += h["sum"]
+                cur["count"] += h["count"]
+        out["used"] |= set(s.get("used", ()))
+    return out

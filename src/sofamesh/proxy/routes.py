@@ -1,0 +1,243 @@
+"""Compiles an Envoy v3 RouteConfiguration into sofamesh's immutable route tables."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sofamesh._core import router as R
+from sofamesh.proxy.errors import UnsupportedConfig
+
+DEFAULT_TIMEOUT_S = 15.0
+REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+
+
+def _dur(d: Any) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def string_matcher(m: Any, path: str) -> R.StringMatcher:
+    kind = m.WhichOneof("match_pattern")
+    ic = bool(m.ignore_case)
+    if kind == "exact":
+        return R.StringMatcher(R.S_EXACT, m.exact, ic)
+    if kind == "prefix":
+        return R.StringMatcher(R.S_PREFIX, m.prefix, ic)
+    if kind == "suffix":
+        return R.StringMatcher(R.S_SUFFIX, m.suffix, ic)
+    if kind == "contains":
+        return R.StringMatcher(R.S_CONTAINS, m.contains, ic)
+    if kind == "safe_regex":
+        return R.StringMatcher(R.S_REGEX, m.safe_regex.regex, False)
+    raise UnsupportedConfig(f"{path}: string matcher {kind!r} is not supported")
+
+
+def header_matcher(h: Any, path: str) -> R.HeaderMatcher:
+    kind = h.WhichOneof("header_match_specifier")
+    inv = bool(h.invert_match)
+    if kind is None:
+        return R.HeaderMatcher(h.name, None, True, inv)
+    if kind == "present_match":
+        return R.HeaderMatcher(h.name, None, bool(h.present_match), inv)
+    if kind == "exact_match":
+        return R.HeaderMatcher(h.name, R.StringMatcher(R.S_EXACT, h.exact_match), True, inv)
+    if kind == "prefix_match":
+        return R.HeaderMatcher(h.name, R.StringMatcher(R.S_PREFIX, h.prefix_match), True, inv)
+    if kind == "suffix_match":
+        return R.HeaderMatcher(h.name, R.StringMatcher(R.S_SUFFIX, h.suffix_match), True, inv)
+    if kind == "contains_match":
+        return R.HeaderMatcher(h.name, R.StringMatcher(R.S_CONTAINS, h.contains_match), True,
+                               inv)
+    if kind == "safe_regex_match":
+        return R.HeaderMatcher(h.name, R.StringMatcher(R.S_REGEX, h.safe_regex_match.regex),
+                               True, inv)
+    if kind == "range_match":
+        sm = R.StringMatcher(R.S_RANGE, b"", False, h.range_match.start, h.range_match.end)
+        return R.HeaderMatcher(h.name, sm, True, inv)
+    if kind == "string_match":
+        return R.HeaderMatcher(h.name, string_matcher(h.string_match, f"{path}.string_match"),
+                               True, inv)
+    raise UnsupportedConfig(f"{path}: header matcher {kind!r} is not supported")
+
+
+def query_matcher(q: Any, path: str) -> R.QueryMatcher:
+    kind = q.WhichOneof("query_parameter_match_specifier")
+    if kind == "string_match":
+        return R.QueryMatcher(q.name, string_matcher(q.string_match, f"{path}.string_match"))
+    return R.QueryMatcher(q.name, None)
+
+
+def header_ops(adds: Any, removes: Any) -> tuple[list, list, list]:
+    """(always-add lines, names to remove, add-if-absent) from HeaderValueOption lists."""
+    add, remove, if_absent = [], list(removes), []
+    for hv in adds:
+        action = hv.append_action
+        if hv.HasField("append") and not hv.append.value:
+            action = 2  # OVERWRITE_IF_EXISTS_OR_ADD
+        key, value = hv.header.key, hv.header.value or hv.header.raw_value.decode("latin-1")
+        if action == 1:  # ADD_IF_ABSENT
+            if_absent.append((key, value))
+        elif action == 2:
+            remove.append(key)
+            add.append((key, value))
+        elif action == 3:  # OVERWRITE_IF_EXISTS: only when present - approximated as remove+add
+            remove.append(key)
+            add.append((key, value))
+        else:
+            add.append((key, value))
+    return add, remove, if_absent
+
+
+def compile_route_config(
+    rc: Any,
+    *,
+    clusters: set[str] | None = None,
+    per_filter: Callable[[str, Any, str], Any] | None = None,
+    path: str = "route_config",
+    strip_port: bool = False,
+) -> R.RouteTable:
+    """RouteTable from envoy.config.route.v3.RouteConfiguration.
+
+    clusters: when given, a route to a cluster not in the set is a config error (Envoy's
+    validate_clusters for static routes). per_filter(name, Any, path) compiles a
+    typed_per_filter_config entry."""
+    g_add, g_rm, g_abs = header_ops(rc.request_headers_to_add, rc.request_headers_to_remove)
+    g_radd, g_rrm, _ = header_ops(rc.response_headers_to_add, rc.response_headers_to_remove)
+    vhosts = []
+    for vi, vh in enumerate(rc.virtual_hosts):
+        vpath = f"{path}.virtual_hosts[{vi}]"
+        if vh.require_tls:
+            raise UnsupportedConfig(f"{vpath}.require_tls is not supported")
+        v_add, v_rm, v_abs = header_ops(vh.request_headers_to_add, vh.request_headers_to_remove)
+        v_radd, v_rrm, _ = header_ops(vh.response_headers_to_add, vh.response_headers_to_remove)
+        v_pf = {}
+        for name, anycfg in vh.typed_per_filter_config.items():
+            if per_filter is not None:
+                v_pf[name] = per_filter(name, anycfg, f"{vpath}.typed_per_filter_config[{name}]")
+        routes = []
+        for ri, r in enumerate(vh.routes):
+            rpath = f"{vpath}.routes[{ri}]"
+            routes.append(_route(r, rpath, vh.name, clusters, per_filter, v_pf,
+                                 (v_add + g_add, v_rm + g_rm, v_abs + g_abs),
+                                 (v_radd + g_radd, v_rrm + g_rrm)))
+        vhosts.append((list(vh.domains), R.VirtualHost(vh.name, routes)))
+    return R.RouteTable(vhosts, strip_port)
+
+
+def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> R.Route:
+    m = r.match
+    kw: dict[str, Any] = {"name": r.name, "vhost_name": vh_name}
+    spec = m.WhichOneof("path_specifier")
+    if spec == "prefix":
+        kw.update(path_kind=R.PATH_PREFIX, path=m.prefix)
+    elif spec == "path":
+        kw.update(path_kind=R.PATH_EXACT, path=m.path)
+    elif spec == "safe_regex":
+        kw.update(path_kind=R.PATH_REGEX, path=m.safe_regex.regex)
+    elif spec == "path_separated_prefix":
+        kw.update(path_kind=R.PATH_SEPARATED_PREFIX, path=m.path_separated_prefix)
+    else:
+        raise UnsupportedConfig(f"{rpath}.match: path specifier {spec!r} is not supported")
+    if m.HasField("case_sensitive"):
+        kw["case_sensitive"] = m.case_sensitive.value
+    if m.HasField("runtime_fraction"):
+        raise UnsupportedConfig(f"{rpath}.match.runtime_fraction is not supported")
+    kw["headers"] = [header_matcher(h, f"{rpath}.match.headers[{i}]")
+                     for i, h in enumerate(m.headers)]
+    kw["queries"] = [query_matcher(q, f"{rpath}.match.query_parameters[{i}]")
+                     for i, q in enumerate(m.query_parameters)]
+    r_add, r_rm, r_abs = header_ops(r.request_headers_to_add, r.request_headers_to_remove)
+    rr_add, rr_rm, _ = header_ops(r.response_headers_to_add, r.response_headers_to_remove)
+    kw.update(req_add=r_add + req_ops[0], req_remove=r_rm + req_ops[1],
+              req_add_if_absent=r_abs + req_ops[2], resp_add=rr_add + resp_ops[0],
+              resp_remove=rr_rm + resp_ops[1])
+    pf = dict(v_pf)
+    for name, anycfg in r.typed_per_filter_config.items():
+        if per_filter is not None:
+            pf[name] = per_filter(name, anycfg, f"{rpath}.typed_per_filter_config[{name}]")
+    kw["filter_config"] = pf
+    action = r.WhichOneof("action")
+    if action == "route":
+        _route_action(r.route, f"{rpath}.route", kw, clusters)
+    elif action == "direct_response":
+        d = r.direct_response
+        body = b""
+        if d.HasField("body"):
+            src = d.body.WhichOneof("specifier")
+            if src == "inline_string":
+                body = d.body.inline_string.encode()
+            elif src == "inline_bytes":
+                body = d.body.inline_bytes
+            elif src == "filename":
+                with open(d.body.filename, "rb") as f:
+                    body = f.read()
+        kw.update(action=R.ACTION_DIRECT, status=d.status, body=body)
+    elif action == "redirect":
+        d = r.redirect
+        kw.update(action=R.ACTION_REDIRECT, status=REDIRECT_CODES.get(d.response_code, 301))
+        if d.https_redirect:
+            kw["location_scheme"] = "https"
+        elif d.scheme_redirect:
+            kw["location_scheme"] = d.scheme_redirect
+        if d.host_redirect:
+            kw["location_host"] = d.host_redirect
+        if d.port_redirect:
+            kw["location_port"] = str(d.port_redirect)
+        rw = d.WhichOneof("path_rewrite_specifier")
+        if rw == "path_redirect":
+            kw["location_path"] = d.path_redirect
+        elif rw == "prefix_rewrite":
+            kw["location_prefix"] = d.prefix_rewrite
+        elif rw is not None:
+            raise UnsupportedConfig(f"{rpath}.redirect.{rw} is not supported")
+        kw["strip_query"] = d.strip_query
+    else:
+        raise UnsupportedConfig(f"{rpath}: route action {action!r} is not supported")
+    return R.Route(**kw)
+
+
+def _route_action(a, apath, kw, clusters) -> None:
+    spec = a.WhichOneof("cluster_specifier")
+    if spec == "cluster":
+        kw.update(action=R.ACTION_CLUSTER, cluster=a.cluster)
+        names = [a.cluster]
+    elif spec == "weighted_clusters":
+        w = [(c.name, c.weight.value) for c in a.weighted_clusters.clusters]
+        kw.update(action=R.ACTION_WEIGHTED, cluster=w[0][0] if w else None, weighted=w)
+        names = [n for n, _ in w]
+    else:
+        raise UnsupportedConfig(f"{apath}: cluster specifier {spec!r} is not supported")
+    if clusters is not None:
+        for n in names:
+            if n not in clusters:
+                raise UnsupportedConfig(f"{apath}: route refers to unknown cluster {n!r}")
+    if a.prefix_rewrite:
+        kw["prefix_rewrite"] = a.prefix_rewrite
+    if a.HasField("regex_rewrite"):
+        raise UnsupportedConfig(f"{apath}.regex_rewrite is not supported")
+    hr = a.WhichOneof("host_rewrite_specifier")
+    if hr == "host_rewrite_literal":
+        kw["host_rewrite"] = a.host_rewrite_literal
+    elif hr is not None and hr != "auto_host_rewrite":
+        raise UnsupportedConfig(f"{apath}.{hr} is not supported")
+    kw["timeout"] = _dur(a.timeout) if a.HasField("timeout") else DEFAULT_TIMEOUT_S
+    if a.HasField("retry_policy"):
+        rp = a.retry_policy
+        bits = 0
+        for tok in rp.retry_on.split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            if tok not in R.RETRY_ON:
+                raise UnsupportedConfig(f"{apath}.retry_policy.retry_on: {tok!r} is not "
+                                        "supported")
+            bits |= R.RETRY_ON[tok]
+        kw["retry_on"] = bits
+        kw["num_retries"] = rp.num_retries.value if rp.HasField("num_retries") else 1
+        kw["retry_statuses"] = list(rp.retriable_status_codes)
+        if rp.HasField("per_try_timeout"):
+            raise UnsupportedConfig(f"{apath}.retry_policy.per_try_timeout is not supported")
+    ups = []
+    for i, u in enumerate(a.upgrade_configs):
+        if not u.HasField("enabled") or u.enabled.value:
+            ups.append(u.upgrade_type)
+    kw["upgrades"] = ups

@@ -1,0 +1,436 @@
+"""Runs the sidecar: the admin API in the main process and the Server in N workers.
+
+`--concurrency 1`: one process; the Server and the admin share one uvloop loop.
+`--concurrency N` (N > 1): N worker processes, each running a Server on the same
+listeners (SO_REUSEPORT; listeners configured with port 0 get one port, reserved by the
+main process with a bound, never-listening SO_REUSEPORT socket, and written into the
+workers' bootstrap). The main process serves admin and supervises the workers:
+
+    main process (admin, supervisor)
+       | socketpair per worker: frames = 4-byte big-endian length + JSON
+       |   main -> worker: {"op": "snapshot" | "topology" | "health" | "drain" |
+       |                    "reset_counters" | "log_levels" | "stop", ...}
+       |   worker -> main: one reply frame per request
+       v
+    worker i: Server(bootstrap, stats=Store(), options) on its own uvloop loop
+
+Stats are summed on request: /stats asks every worker for `Store.snapshot()` and adds
+them up (admin.stats_format.merge). A worker that dies is logged, counted in
+`server.worker_deaths` and restarted; SIGTERM, SIGINT or /quitquitquit stop them all.
+A worker exits by itself when the main process goes away (its socket reaches EOF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+from sofamesh.admin.backend import describe_server, merge_topologies
+
+log = logging.getLogger("sofamesh.main")
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 5.0
+
+
+def server_factory() -> Any:
+    """The Server class: `sofamesh.proxy.server.Server`, or `$SOFAMESH_SERVER_FACTORY`
+    (`module:attr`) to embed another implementation of the same contract."""
+    spec = os.environ.get("SOFAMESH_SERVER_FACTORY", "sofamesh.proxy.server:Server")
+    mod, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a runtime dependency
+        return asyncio.new_event_loop()
+
+
+def run(bootstrap: Any, opts: Any, report: Any = None) -> int:
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        if opts.concurrency <= 1:
+            return runner.run(_serve_single(bootstrap, opts, report))
+        return runner.run(_serve_pool(bootstrap, opts, report))
+
+
+def _admin_address(bootstrap: Any) -> tuple[str, int] | None:
+    if not bootstrap.HasField("admin") or not bootstrap.admin.HasField("address"):
+        return None
+    sa = bootstrap.admin.address.socket_address
+    return sa.address or "127.0.0.1", sa.port_value
+
+
+async def _start_admin(bootstrap: Any, opts: Any, backend: Any) -> tuple[Any, Any]:
+    from sofamesh.admin.handlers import AdminState
+    from sofamesh.admin.server import AdminServer
+
+    state = AdminState(bootstrap, opts, backend)
+    admin = AdminServer(state)
+    addr = _admin_address(bootstrap)
+    if addr is not None:
+        bound = await admin.start(*addr)
+        log.info("admin address: %s:%d", bound[0], bound[1])
+        if opts.admin_address_path:
+            with open(opts.admin_address_path, "w") as f:
+                f.write(f"{bound[0]}:{bound[1]}")
+    return state, admin
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, quit_event.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover
+            pass
+
+
+def _count_passthrough(store: Any, report: Any) -> None:
+    if report is not None and report.passthrough:
+        g = store.gauge("server.passthrough_filters")
+        g.value = len(report.passthrough)
+        g.used = True
+
+
+async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
+    from sofamesh._core.stats import Store
+    from sofamesh.admin.backend import LocalBackend
+    from sofamesh.admin.handlers import STATE_LIVE
+
+    store = Store()
+    _count_passthrough(store, report)
+    try:
+        server = server_factory()(bootstrap, stats=store, options=opts)
+    except Exception as e:
+        log.critical("error initializing server: %s", e)
+        return 1
+    backend = LocalBackend(server, store)
+    state, admin = await _start_admin(bootstrap, opts, backend)
+    _install_signals(asyncio.get_running_loop(), state.quit)
+    try:
+        await server.start()
+    except Exception as e:
+        log.critical("error initializing server: %s", e)
+        await admin.stop()
+        return 1
+    if opts.mode == "init_only":
+        await server.stop()
+        await admin.stop()
+        return 0
+    state.state = STATE_LIVE
+    log.info("all dependencies initialized. starting workers")
+    await state.quit.wait()
+    log.info("shutting down")
+    await admin.stop()
+    await server.stop()
+    return 0
+
+
+# ---- the pool ------------------------------------------------------------------------
+
+async def _read_frame(reader: asyncio.StreamReader) -> dict:
+    n = struct.unpack(">I", await reader.readexactly(4))[0]
+    return json.loads(await reader.readexactly(n))
+
+
+def _frame(obj: Any) -> bytes:
+    data = json.dumps(obj, default=_json_default).encode()
+    return struct.pack(">I", len(data)) + data
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def reserve_ports(bootstrap: Any) -> tuple[Any, list[socket.socket]]:
+    """A copy of `bootstrap` where each port-0 listener has a real port, and the sockets
+    holding those ports (bound with SO_REUSEPORT, never listening, so they get no traffic)."""
+    b = copy.deepcopy(bootstrap)
+    held = []
+    for lst in b.static_resources.listeners:
+        sa = lst.address.socket_address
+        if lst.address.HasField("socket_address") and sa.port_value == 0:
+            fam = socket.AF_INET6 if ":" in sa.address else socket.AF_INET
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((sa.address or "0.0.0.0", 0))
+            sa.port_value = s.getsockname()[1]
+            held.append(s)
+    return b, held
+
+
+class Worker:
+    """The main process's handle on one worker process."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: subprocess.Popen | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.lock = asyncio.Lock()
+        self.ready = False
+        self.last_topology: dict | None = None
+
+    async def spawn(self, bootstrap_bin: bytes, opts: Any) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sofamesh.proxy.workers", str(child.fileno())],
+            pass_fds=[child.fileno()], env=env, start_new_session=False,
+        )
+        child.close()
+        self.reader, self.writer = await asyncio.open_connection(sock=parent)
+        d = opts.to_dict()
+        d["worker_index"] = self.index
+        self.writer.write(_frame({"options": d,
+                                  "bootstrap": base64.b64encode(bootstrap_bin).decode()}))
+        await self.writer.drain()
+        msg = await asyncio.wait_for(_read_frame(self.reader), READY_TIMEOUT_S)
+        if "error" in msg:
+            raise RuntimeError(f"worker {self.index}: {msg['error']}")
+        self.last_topology = msg.get("topology")
+        self.ready = True
+
+    async def request(self, op: str, timeout: float = 5.0, **kw: Any) -> dict:
+        if not self.ready or self.writer is None or self.reader is None:
+            raise ConnectionError(f"worker {self.index} is not running")
+        async with self.lock:
+            self.writer.write(_frame({"op": op, **kw}))
+            await self.writer.drain()
+            return await asyncio.wait_for(_read_frame(self.reader), timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.alive():
+            try:
+                await self.request("stop", timeout=STOP_TIMEOUT_S)
+            except Exception:
+                pass
+        if self.writer is not None:
+            self.writer.close()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.ready = False
+
+
+class PoolBackend:
+    """Admin's view of N workers: requests fan out, results are summed."""
+
+    def __init__(self, workers: list[Worker], store: Any) -> None:
+        self.pool = workers
+        self.store = store  # the main process's own stats (worker deaths, ...)
+        self.workers = len(workers)
+        self.health_failed = False
+
+    def live(self) -> list[Worker]:
+        return [w for w in self.pool if w.ready and w.alive()]
+
+    async def _all(self, op: str, **kw: Any) -> list[dict]:
+        res = await asyncio.gather(*(w.request(op, **kw) for w in self.live()),
+                                   return_exceptions=True)
+        return [r for r in res if isinstance(r, dict)]
+
+    async def snapshot(self) -> dict:
+        from sofamesh.admin.stats_format import merge
+
+        return merge([*await self._all("snapshot"), self.store.snapshot()])
+
+    async def topology(self) -> dict:
+        tops = await self._all("topology")
+        if not tops:
+            cached = [w.last_topology for w in self.pool if w.last_topology]
+            tops = cached[:1]
+        return merge_topologies(tops)
+
+    async def set_health_failed(self, failed: bool) -> None:
+        self.health_failed = failed
+        await self._all("health", failed=failed)
+
+    async def drain_listeners(self, inbound_only: bool, graceful: bool) -> None:
+        await self._all("drain", inbound_only=inbound_only, graceful=graceful)
+
+    async def reset_counters(self) -> None:
+        self.store.reset_counters()
+        await self._all("reset_counters")
+
+    async def set_log_levels(self, levels: dict[str, str]) -> None:
+        await self._all("log_levels", levels=levels)
+
+    def live_workers(self) -> int:
+        return len(self.live())
+
+
+async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
+    from sofamesh._core.stats import Store
+    from sofamesh.admin.handlers import STATE_LIVE
+
+    wb, held = reserve_ports(bootstrap)
+    bootstrap_bin = wb.SerializeToString()
+    store = Store()
+    _count_passthrough(store, report)
+    pool = [Worker(i) for i in range(opts.concurrency)]
+    backend = PoolBackend(pool, store)
+    state, admin = await _start_admin(wb, opts, backend)
+    _install_signals(asyncio.get_running_loop(), state.quit)
+    try:
+        await asyncio.gather(*(w.spawn(bootstrap_bin, opts) for w in pool))
+    except Exception as e:
+        log.critical("error initializing workers: %s", e)
+        await asyncio.gather(*(w.stop() for w in pool))
+        await admin.stop()
+        return 1
+    if opts.mode == "init_only":
+        await asyncio.gather(*(w.stop() for w in pool))
+        await admin.stop()
+        return 0
+    state.state = STATE_LIVE
+    log.info("all dependencies initialized. %d workers started", len(pool))
+    deaths = store.counter("server.worker_deaths")
+    deaths.used = True
+
+    async def supervise() -> None:
+        while not state.quit.is_set():
+            await asyncio.sleep(0.1)
+            for w in pool:
+                if w.ready and not w.alive():
+                    code = w.proc.returncode if w.proc else None
+                    log.error("worker %d exited (status %s); restarting", w.index, code)
+                    deaths.value += 1
+                    w.ready = False
+                    if w.writer is not None:
+                        w.writer.close()
+                    try:
+                        await w.spawn(bootstrap_bin, opts)
+                        if backend.health_failed:
+                            await w.request("health", failed=True)
+                    except Exception as e:
+                        log.error("worker %d failed to restart: %s", w.index, e)
+
+    sup = asyncio.create_task(supervise())
+    await state.quit.wait()
+    log.info("shutting down")
+    sup.cancel()
+    try:
+        await sup
+    except asyncio.CancelledError:
+        pass
+    await admin.stop()
+    await asyncio.gather(*(w.stop() for w in pool))
+    for s in held:
+        s.close()
+    return 0
+
+
+# ---- inside a worker -------------------------------------------------------------------
+
+async def _worker_main(fd: int) -> int:
+    from sofamesh._core.stats import Store
+    from sofamesh.admin.backend import apply_log_levels
+    from sofamesh.config import protos
+    from sofamesh.proxy.cli import Options, setup_logging
+
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    init = await _read_frame(reader)
+    opts = Options(**init["options"])
+    setup_logging(opts)
+    wlog = logging.getLogger("sofamesh.main")
+    protos.import_all()  # typed_config Anys resolve by type URL
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+    bootstrap = bootstrap_pb2.Bootstrap.FromString(base64.b64decode(init["bootstrap"]))
+    store = Store()
+    try:
+        server = server_factory()(bootstrap, stats=store, options=opts)
+        await server.start()
+    except Exception as e:
+        wlog.critical("worker %d: error initializing server: %s", opts.worker_index, e)
+        writer.write(_frame({"error": f"{type(e).__name__}: {e}"}))
+        await writer.drain()
+        return 1
+    writer.write(_frame({"ready": True, "topology": describe_server(server)}))
+    await writer.drain()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles ^C
+
+    async def commands() -> None:
+        while True:
+            try:
+                msg = await _read_frame(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                stop.set()  # main process gone
+                return
+            op = msg.get("op")
+            reply: dict[str, Any] = {"ok": True}
+            try:
+                if op == "snapshot":
+                    reply = store.snapshot()
+                elif op == "topology":
+                    reply = describe_server(server)
+                elif op == "health":
+                    server.health_failed = bool(msg.get("failed"))
+                elif op == "drain":
+                    await server.drain_listeners(inbound_only=bool(msg.get("inbound_only")),
+                                                 graceful=bool(msg.get("graceful")))
+                elif op == "reset_counters":
+                    store.reset_counters()
+                elif op == "log_levels":
+                    apply_log_levels(msg.get("levels", {}))
+                elif op == "stop":
+                    stop.set()
+                else:
+                    reply = {"error": f"unknown op {op!r}"}
+            except Exception as e:  # reported to admin, the worker keeps serving
+                wlog.exception("worker command %s failed", op)
+                reply = {"error": f"{type(e).__name__}: {e}"}
+            writer.write(_frame(reply))
+            await writer.drain()
+            if op == "stop":
+                return
+
+    task = asyncio.create_task(commands())
+    await stop.wait()
+    try:
+        await server.stop()
+    finally:
+        task.cancel()
+        writer.close()
+    return 0
+
+
+def worker_entry(argv: list[str]) -> int:
+    fd = int(argv[0])
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(_worker_main(fd))
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_entry(sys.argv[1:]))
