@@ -377,6 +377,7 @@ class Case:
     methods: list[str] = field(default_factory=list)  # per response, for HEAD framing
     probe: bool = True  # after the responses, does the connection still serve a request?
     kind: str = "plain"  # plain | expect100 | websocket | weighted
+    shut_wr: bool = False  # half-close our side after sending
     note: str = ""
 
     @property
@@ -497,6 +498,8 @@ def observe(dep: Deployment, case: Case) -> Observation:
                          for x in responses]
         else:
             _send(sock, case.send)
+            if case.shut_wr:
+                sock.shutdown(socket.SHUT_WR)
             methods = case.methods or ["GET"] * case.n
             responses = [read_response(r, m) for m in methods]
         if case.kind == "websocket":

@@ -122,6 +122,18 @@ CASES: list[Case] = [
     C("negative-content-length",
       b"POST /a/cl HTTP/1.1\r\nHost: main.test\r\nContent-Length: -1\r\n\r\n", [400]),
     C("missing-host", R("GET", "/a/nohost", host=None), [400]),
+    C("transfer-encoding-not-chunked",
+      b"POST /a/te HTTP/1.1\r\nHost: main.test\r\nTransfer-Encoding: gzip\r\n\r\nabc", [501]),
+    C("request-line-70KiB", R("GET", "/a/" + "x" * 70 * 1024), [431]),
+    C("invalid-method-token", b"G@T /a/x HTTP/1.1\r\nHost: main.test\r\n\r\n", [400]),
+    # Envoy 1.40's parser is lenient here: bare LF line ends and obs-fold are accepted.
+    C("bare-lf-line-endings", b"GET /a/lf HTTP/1.1\nHost: main.test\n\n", [200]),
+    C("obs-fold-header", b"GET /a/x HTTP/1.1\r\nHost: main.test\r\nX-Fold: a\r\n b\r\n\r\n", [200]),
+    C("body-shorter-than-content-length-then-close",
+      b"POST /a/short HTTP/1.1\r\nHost: main.test\r\nContent-Length: 100\r\n\r\nonly-this", [None],
+      probe=False, shut_wr=True),
+    # Envoy's default max_headers_count is 100: Host plus 100 is one too many.
+    C("many-small-headers-101", R("GET", "/a/many", [(f"x-h{i}", str(i)) for i in range(100)]), [431]),
 ]
 
 
