@@ -108,6 +108,22 @@ class PilotProcess:
         assert status in (200, 201), (status, out)
         return out
 
+    def config(self, kind: str) -> dict:
+        """Names -> versions the pilot serves now for `kind` (cds, eds, lds, rds)."""
+        status, out = http("GET", f"{self.api}/debug/config?type={kind}")
+        assert status == 200, out
+        return out[kind]["resources"]
+
+    def wait_config(self, kind: str, pred, timeout: float = 5.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            cfg = self.config(kind)
+            if pred(cfg):
+                return cfg
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pilot {kind} config never matched: {cfg}")
+            time.sleep(0.05)
+
     def deregister(self, service: str, iid: str) -> None:
         status, out = http("DELETE", f"{self.api}/v1/services/{service}/instances/{iid}")
         assert status == 204, (status, out)
