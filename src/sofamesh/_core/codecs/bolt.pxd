@@ -1,7 +1,7 @@
 # SOFA Bolt v1/v2 codec. See bolt.pyx for the frame diagrams.
 from sofamesh._core.codecs.rpcframe cimport FrameDecoder
 
-cdef enum:
+cpdef enum BoltType:
     BOLT_TYPE_RESPONSE = 0
     BOLT_TYPE_REQUEST = 1
     BOLT_TYPE_ONEWAY = 2
@@ -9,7 +9,7 @@ cdef enum:
     BOLT_CMD_REQUEST = 1
     BOLT_CMD_RESPONSE = 2
 
-cdef enum:
+cpdef enum BoltStatus:
     STATUS_SUCCESS = 0
     STATUS_ERROR = 1
     STATUS_SERVER_EXCEPTION = 2

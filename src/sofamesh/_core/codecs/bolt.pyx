@@ -371,3 +371,8 @@ cpdef bytes error_response(BoltFrame req, int status):
                                  request_id=req.request_id, codec=req.codec, status=status,
                                  ver1=req.ver1, ver2=req.ver2, switch=req.switch)
     return r.encode()
+
+
+# Python-level names for the C enums (bolt.STATUS_TIMEOUT, bolt.BOLT_TYPE_ONEWAY, ...)
+for _e in (BoltType, BoltStatus):
+    globals().update({_m.name: int(_m) for _m in _e})

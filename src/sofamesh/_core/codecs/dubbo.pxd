@@ -1,7 +1,7 @@
 # Dubbo2 codec. See dubbo.pyx for the frame diagram.
 from sofamesh._core.codecs.rpcframe cimport FrameDecoder
 
-cdef enum:
+cpdef enum DubboStatus:
     DUBBO_OK = 20
     DUBBO_SERIALIZATION_ERROR = 25
     DUBBO_CLIENT_TIMEOUT = 30

@@ -300,3 +300,6 @@ def encode_response(unsigned long long request_id, value_raw=b"", int flag=1):
     body = bytes((0x90 + flag,)) + bytes(value_raw)
     return DubboFrame(request_id, request=False, two_way=False, status=DUBBO_OK,
                       body=body).encode()
+
+
+globals().update({_m.name: int(_m) for _m in DubboStatus})

@@ -736,8 +736,15 @@ cdef class H1Cursor:
         self.depth -= 1
         return self.err
 
+    @property
+    def offset(self):
+        return self.pos
+
     def py_skip(self):
         return self.skip()
+
+    def py_read_str(self):
+        return self.read_str()
 
 
 cpdef object sofa_request_method(object content):

@@ -1,7 +1,7 @@
 # HSF v1 framing. See hsf.pyx for the frame diagram.
 from sofamesh._core.codecs.rpcframe cimport FrameDecoder
 
-cdef enum:
+cpdef enum HsfKind:
     HSF_REQUEST = 0
     HSF_RESPONSE = 1
     HSF_HEARTBEAT = 2

@@ -167,3 +167,6 @@ cdef class HsfDecoder(FrameDecoder):
             o += sl
         f.props = mv[start + o:start + n]
         return f
+
+
+globals().update({_m.name: int(_m) for _m in HsfKind})
