@@ -13,7 +13,7 @@ implement `model.Exporter` and have `exports = True`. Each has a `stats` dict of
 (parse errors, watch errors, reconnects, ...) for the pilot to expose.
 
 A bad entry raises `RegistryConfigError` whose message names the field, e.g.
-`registries[0].hosts: required`.
+`hosts: required` (or `registries[0].hosts: required` when `path="registries[0]"` is given).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ __all__ = ["RegistryConfigError", "build", "TYPES"]
 TYPES = ("zookeeper", "consul", "kubernetes")
 
 
-def build(cfg: dict[str, Any], *, path: str = "registries[]") -> Registry:
-    """Build one adapter from its config entry. `path` prefixes error messages (the pilot
-    passes e.g. `registries[2]`)."""
+def build(cfg: dict[str, Any], *, path: str = "") -> Registry:
+    """Build one adapter from its config entry. `path`, if given (e.g. `registries[2]`),
+    prefixes the field named in error messages."""
     if not isinstance(cfg, dict):
-        raise RegistryConfigError(f"{path}: expected a mapping, got {type(cfg).__name__}")
+        raise RegistryConfigError(f"{path or 'registry'}: expected a mapping, got {type(cfg).__name__}")
     kind = cfg.get("type")
+    where = f"{path}.type" if path else "type"
     if kind == "zookeeper":
         from .zookeeper import ZooKeeperRegistry
 
@@ -47,5 +48,5 @@ def build(cfg: dict[str, Any], *, path: str = "registries[]") -> Registry:
 
         return KubernetesRegistry.from_config(cfg, path=path)
     if kind == "sofaregistry":
-        raise RegistryConfigError(f"{path}.type: 'sofaregistry' is not supported yet")
-    raise RegistryConfigError(f"{path}.type: must be one of {', '.join(TYPES)}, got {kind!r}")
+        raise RegistryConfigError(f"{where}: 'sofaregistry' is not supported yet")
+    raise RegistryConfigError(f"{where}: must be one of {', '.join(TYPES)}, got {kind!r}")

@@ -24,10 +24,11 @@ class Fields:
         self.path = path
         unknown = sorted(set(cfg) - known - {"type"})
         if unknown:
-            raise RegistryConfigError(f"{path}.{unknown[0]}: unknown field")
+            raise self.err(unknown[0], "unknown field")
 
     def err(self, key: str, msg: str) -> RegistryConfigError:
-        return RegistryConfigError(f"{self.path}.{key}: {msg}")
+        where = f"{self.path}.{key}" if self.path else key
+        return RegistryConfigError(f"{where}: {msg}")
 
     def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         v = self.cfg.get(key, default)

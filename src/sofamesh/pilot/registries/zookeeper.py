@@ -394,12 +394,9 @@ class ZooKeeperRegistry(SnapshotHolder):
             return
         want: dict[str, str] = {}
         for name, insts in instances.items():
-            svc = services.get(name)
-            if svc is not None and svc.registry == self.name:
-                continue  # never export back what we read
             for inst in insts:
                 if inst.registry == self.name or not inst.healthy:
-                    continue
+                    continue  # never export back what we read (the model may be merged)
                 if inst.protocol not in self.export_protocols:
                     continue
                 path, iface = self._export_path(name, inst)

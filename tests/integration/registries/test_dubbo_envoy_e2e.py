@@ -1,0 +1,144 @@
+"""End to end: a Dubbo provider registered in real ZooKeeper becomes a cluster that real
+Envoy 1.40, on ADS from `sofamesh pilot --config`, shows in /clusters and proxies a TCP
+connection to.
+
+The provider listens on the IPv6 loopback [::1] and registers `dubbo://[::1]:<port>/...`:
+the pilot gives Dubbo services a tcp_proxy listener on the service's own port, which Envoy
+binds on 127.0.0.1, so provider and listener share the port number on different loopback
+addresses (as a sidecar's outbound listener and a remote provider would on two hosts).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import threading
+import time
+from urllib.parse import quote_plus
+
+import pytest
+from kazoo.client import KazooClient
+
+from tests.conftest import envoy_binary, free_port
+from tests.integration.pilot.conftest import PilotProcess, ads_bootstrap
+from tests.support.envoy import ProxyProcess, admin_get
+
+pytestmark = [pytest.mark.envoy, pytest.mark.timeout(90)]
+
+IFACE = "org.apache.dubbo.demo.GreetingService"
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                return
+            self.request.sendall(b"provider:" + data)
+
+
+class _V6Server(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def free_port_both() -> int:
+    """A port free on 127.0.0.1 (for Envoy's listener) and on [::1] (for the provider)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no port free on both loopbacks")
+
+
+def wait_until(pred, timeout: float, what: str):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+
+
+def through_envoy(port: int, payload: bytes) -> bytes | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+    except OSError:
+        return None
+
+
+def test_dubbo_provider_in_zookeeper_reached_through_envoy(zookeeper, tmp_path):
+    port = free_port_both()
+    echo = _V6Server(("::1", port), _Echo)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+
+    provider = KazooClient(hosts=zookeeper.hosts, timeout=2.0)
+    provider.start(timeout=10)
+    root = "/e2e/dubbo"
+    url = (f"dubbo://[::1]:{port}/{IFACE}?anyhost=false&application=greeting-provider"
+           f"&deprecated=false&dubbo=2.0.2&dynamic=true&generic=false&interface={IFACE}"
+           f"&methods=greet&pid=1&release=2.7.23&side=provider&timestamp=1700000000000"
+           f"&version=1.0.0")
+    provider.ensure_path(f"{root}/{IFACE}/providers")
+    provider.create(f"{root}/{IFACE}/providers/{quote_plus(url, safe='*')}", b"", ephemeral=True)
+
+    cfg = tmp_path / "pilot.yaml"
+    cfg.write_text(json.dumps({"registries": [
+        {"type": "zookeeper", "hosts": zookeeper.hosts, "root": root}]}))
+    pilot = PilotProcess(tmp_path / "pilot", extra=["--config", str(cfg)])
+    admin = free_port()
+    envoy = ProxyProcess.envoy(envoy_binary(), ads_bootstrap(pilot.xds_port, admin, False),
+                               tmp_path / "envoy")
+    cluster = f"outbound|{port}||{IFACE}"
+    try:
+        pilot.start()
+        envoy.start()
+
+        def endpoint_line() -> str | None:
+            _, text = admin_get(admin, "/clusters")
+            for line in text.splitlines():
+                if line.startswith(f"{cluster}::[::1]:{port}::health_flags::"):
+                    return line
+            return None
+
+        line = wait_until(endpoint_line, 15, f"{cluster} endpoint in Envoy /clusters")
+        assert line.endswith("::healthy"), line
+        _, text = admin_get(admin, "/clusters")
+        assert f"{cluster}::[::1]:{port}::weight::100" in text  # Dubbo's default weight
+
+        reply = wait_until(lambda: through_envoy(port, b"hello dubbo"), 10,
+                           "a TCP connection through Envoy's listener")
+        assert reply == b"provider:hello dubbo"
+        _, stats = admin_get(admin, "/stats")
+        key = f"cluster.{cluster}.upstream_cx_total: "
+        [cx] = [int(ln[len(key):]) for ln in stats.splitlines() if ln.startswith(key)]
+        assert cx >= 1
+
+        # the provider dies (its ZooKeeper session ends): Envoy loses the endpoint
+        provider.stop()
+        provider.close()
+        wait_until(lambda: endpoint_line() is None, 10, "endpoint removal")
+    finally:
+        envoy.stop()
+        pilot.stop()
+        echo.shutdown()
+        echo.server_close()
+        try:
+            provider.stop()
+            provider.close()
+        except Exception:  # noqa: BLE001 - already closed above
+            pass
