@@ -1,0 +1,170 @@
+"""End-to-end HTTP/1.1 benchmark: nginx upstream, Envoy 1.40 and sofamesh side by side, CPU per request.
+
+    .venv/bin/python benchmarks/http1_e2e.py [--quick] [--duration 10] [--connections 50] [--json out.json]
+
+Layout (2 cores): each proxy runs alone, `--concurrency 1`, pinned to core 0; nginx (one
+worker process) and wrk (one thread, keep-alive, fixed connections) share core 1. Both
+proxies get the same Envoy v3 bootstrap: access log off, envoy.filters.http.local_ratelimit
+(with a bucket no run can empty) then the router, one STATIC cluster to nginx. A direct
+wrk -> nginx run is the baseline (its CPU column is nginx's own cost per request).
+
+CPU per request = the proxy's utime + stime (all threads, all worker processes) from
+/proc/<pid>/stat, delta over the measured wrk run / the requests wrk completed in it.
+Prints a table and JSON; exits 1 if a proxy failed to start, to proxy, or served errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from lib import nginx, wrk  # noqa: E402
+from lib.bootstrap import BENCH_HOST, bootstrap  # noqa: E402
+from lib.proc import Proc, cpu_seconds, free_port, http_get, process_tree  # noqa: E402
+
+
+def envoy_binary() -> str:
+    return os.environ.get("SOFAMESH_ENVOY") or str(ROOT / ".venv-envoy" / "bin" / "envoy")
+
+
+def sofamesh_command() -> list[str]:
+    exe = shutil.which("sofamesh", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "sofamesh"]
+
+
+def proxy_argv(kind: str, config: Path) -> list[str]:
+    common = ["--concurrency", "1", "-l", "warning", "-c", str(config)]
+    if kind == "envoy":
+        return [envoy_binary(), *common, "--disable-hot-restart",
+                "--base-id", str(os.getpid() % 50000 + 1)]
+    return [*sofamesh_command(), "proxy", *common]
+
+
+def measure(url: str, args, pids_fn=None) -> dict:
+    """Warm up, then one measured wrk run; CPU of pids_fn() processes over the measured run."""
+    if args.warmup > 0:
+        wrk.run(url, args.connections, args.warmup, args.load_core, BENCH_HOST)
+    pids = pids_fn() if pids_fn else []
+    cpu0 = cpu_seconds(pids)
+    res = wrk.run(url, args.connections, args.duration, args.load_core, BENCH_HOST)
+    cpu1 = cpu_seconds(pids)
+    row = {
+        "requests": res.requests,
+        "seconds": round(res.seconds, 3),
+        "rps": round(res.rps, 1),
+        "p50_ms": round(res.p50_ms, 3),
+        "p99_ms": round(res.p99_ms, 3),
+        "non_2xx": res.non_2xx,
+        "socket_errors": res.socket_errors,
+        "cpu_s": round(cpu1 - cpu0, 3),
+        "cpu_us_per_req": round((cpu1 - cpu0) * 1e6 / res.requests, 2) if res.requests else None,
+        "processes": len(pids),
+    }
+    if res.non_2xx or res.socket_errors:
+        row["error"] = f"{res.non_2xx} non-2xx responses, {res.socket_errors} socket errors"
+    return row
+
+
+def run_proxy(kind: str, workdir: Path, upstream_port: int, args) -> dict:
+    port, admin = free_port(), free_port()
+    config = workdir / f"{kind}.json"
+    config.write_text(json.dumps(bootstrap(port, admin, upstream_port), indent=1))
+    proc = Proc(kind, proxy_argv(kind, config), workdir / f"{kind}.log", args.proxy_core)
+    try:
+        proc.start()
+        proc.wait_ready(lambda: http_get(admin, "/ready")[0] == 200 and http_get(port)[0] == 200)
+        status, body = http_get(port)
+        if status != 200 or body != nginx.BODY.encode():
+            raise RuntimeError(f"{kind} answered {status} {body[:200]!r}, not nginx's body")
+        row = measure(f"http://127.0.0.1:{port}/", args, lambda: process_tree(proc.pid))
+        if proc.p.poll() is not None:
+            row["error"] = f"{kind} exited with {proc.p.returncode} during the run"
+        return row
+    except Exception as e:  # noqa: BLE001 - reported in the table and the exit status
+        return {"error": f"{type(e).__name__}: {e}"[:2000]}
+    finally:
+        proc.stop()
+
+
+def ratios(a: dict, b: dict) -> dict:
+    out = {}
+    for key in ("cpu_us_per_req", "rps", "p50_ms", "p99_ms"):
+        if a.get(key) and b.get(key):
+            out[key] = round(a[key] / b[key], 3)
+    return out
+
+
+def table(results: dict) -> str:
+    cols = ("cpu_us_per_req", "rps", "p50_ms", "p99_ms", "requests", "cpu_s")
+    head = f"{'target':<22}" + "".join(f"{c:>16}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name, row in results["runs"].items():
+        if "cpu_us_per_req" not in row:
+            lines.append(f"{name:<22}  ERROR {row.get('error', '')[:300]}")
+            continue
+        label = name + (" (cpu: nginx)" if name == "direct" else "")
+        lines.append(f"{label:<22}" + "".join(f"{row[c]!s:>16}" for c in cols))
+        if row.get("error"):
+            lines.append(f"{'':<22}  ERROR {row['error']}")
+    r = results.get("ratio_sofamesh_over_envoy")
+    if r:
+        lines.append(f"{'sofamesh / envoy':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 s, 10 connections")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per target")
+    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per target")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--proxies", default="envoy,sofamesh")
+    ap.add_argument("--proxy-core", type=int, default=0)
+    ap.add_argument("--load-core", type=int, default=1, help="core for wrk and nginx")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.connections = 2.0, 1.0, 10
+
+    results: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "layout": {"proxy_core": args.proxy_core, "wrk_and_nginx_core": args.load_core,
+                   "connections": args.connections, "duration_s": args.duration,
+                   "warmup_s": args.warmup, "wrk_threads": 1, "proxy_concurrency": 1},
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="sofamesh-bench-") as tmp:
+        workdir = Path(tmp)
+        up_port = free_port()
+        upstream = nginx.start(workdir, up_port, args.load_core)
+        try:
+            results["runs"]["direct"] = measure(f"http://127.0.0.1:{up_port}/", args,
+                                                lambda: process_tree(upstream.pid))
+            for kind in [p.strip() for p in args.proxies.split(",") if p.strip()]:
+                results["runs"][kind] = run_proxy(kind, workdir, up_port, args)
+        finally:
+            upstream.stop()
+    runs = results["runs"]
+    if "envoy" in runs and "sofamesh" in runs:
+        results["ratio_sofamesh_over_envoy"] = ratios(runs["sofamesh"], runs["envoy"])
+    print(table(results))
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 1 if any("error" in row for row in runs.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Helpers for the end-to-end benchmarks: processes pinned to cores, CPU accounting, nginx, wrk."""

@@ -1,0 +1,52 @@
+"""The fixed upstream for HTTP benchmarks: Debian's nginx, one worker process, a small static body."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .proc import Proc, http_get
+
+BODY = "hello from the benchmark upstream\n"
+
+_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 4096; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 "{body}";
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    path = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(path).exists():
+        raise RuntimeError("nginx not found: run `bash ci/install.d/bench.sh` (as root)")
+    return path
+
+
+def start(workdir: Path, port: int, core: int | None) -> Proc:
+    conf = workdir / "nginx.conf"
+    conf.write_text(_CONF.format(dir=workdir, port=port, body=BODY.replace("\n", "\\n")))
+    proc = Proc("nginx", [nginx_binary(), "-p", str(workdir), "-c", str(conf)],
+                workdir / "nginx.log", core).start()
+    proc.wait_ready(lambda: http_get(port)[0] == 200, timeout=10)
+    return proc

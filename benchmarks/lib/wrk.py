@@ -1,0 +1,56 @@
+"""Run wrk (keep-alive HTTP/1.1 load) pinned to a core and parse its --latency report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"unparsable wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+    raw: str
+
+
+def parse(out: str) -> WrkResult:
+    m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
+    if not m:
+        raise ValueError(f"wrk output without a request count:\n{out}")
+    requests = int(m.group(1))
+    seconds = float(m.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return WrkResult(
+        requests=requests, seconds=seconds, rps=rps,
+        p50_ms=_ms(lat["50"]), p99_ms=_ms(lat["99"]),
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+        socket_errors=sum(int(x) for x in errs.groups()) if errs else 0,
+        raw=out,
+    )
+
+
+def run(url: str, connections: int, seconds: float, core: int | None, host: str,
+        threads: int = 1) -> WrkResult:
+    argv = (["taskset", "-c", str(core)] if core is not None else []) + [
+        "wrk", "--latency", "-t", str(threads), "-c", str(connections),
+        "-d", f"{max(1, round(seconds))}s", "-H", f"Host: {host}", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return parse(out.stdout)
