@@ -15,7 +15,7 @@ import socket
 import socketserver
 import threading
 import time
-from urllib.parse import quote_plus
+from urllib.parse import parse_qs, quote_plus, unquote_plus, urlsplit
 
 import pytest
 from kazoo.client import KazooClient
@@ -142,3 +142,44 @@ def test_dubbo_provider_in_zookeeper_reached_through_envoy(zookeeper, tmp_path):
             provider.close()
         except Exception:  # noqa: BLE001 - already closed above
             pass
+
+
+def test_pilot_exports_mesh_dubbo_services_to_zookeeper(zookeeper, tmp_path):
+    """Registry sync through the pilot: a Dubbo service registered with the pilot's REST API
+    appears in ZooKeeper where a Dubbo consumer looks, and goes when it is deregistered."""
+    root = "/sync/dubbo"
+    iface = "com.example.mesh.InventoryService"
+    cfg = tmp_path / "pilot.yaml"
+    cfg.write_text(json.dumps({"registries": [
+        {"type": "zookeeper", "hosts": zookeeper.hosts, "root": root, "export": True}]}))
+    pilot = PilotProcess(tmp_path / "pilot", extra=["--config", str(cfg)])
+    consumer = KazooClient(hosts=zookeeper.hosts, timeout=2.0)
+    consumer.start(timeout=10)
+
+    def providers() -> list[str]:
+        path = f"{root}/{iface}/providers"
+        return [unquote_plus(c) for c in consumer.get_children(path)] if consumer.exists(path) else []
+
+    try:
+        pilot.start()
+        pilot.register(iface, "inv-1", address="127.0.0.1", port=20880, protocol="dubbo",
+                       labels={"version": "3.1.0", "methods": "reserve,release"}, ttl_seconds=60)
+        pilot.register("web", "web-1", address="127.0.0.1", port=8080, protocol="http",
+                       ttl_seconds=60)
+        [url] = wait_until(providers, 10, "the exported provider node")
+        parts = urlsplit(url)
+        params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        assert (parts.scheme, parts.hostname, parts.port) == ("dubbo", "127.0.0.1", 20880)
+        assert params["interface"] == iface and params["side"] == "provider"
+        assert params["version"] == "3.1.0" and params["methods"] == "reserve,release"
+        assert not consumer.exists(f"{root}/web")  # HTTP services are not Dubbo providers
+        # the pilot serves one cluster for it, from the REST registration only
+        cds = pilot.config("cds")
+        assert [n for n in cds if iface in n] == [f"outbound|20880||{iface}"]
+
+        pilot.deregister(iface, "inv-1")
+        wait_until(lambda: providers() == [], 10, "the exported node's removal")
+    finally:
+        pilot.stop()
+        consumer.stop()
+        consumer.close()
