@@ -1,0 +1,108 @@
+# HTTP/1.1 message heads and body framing, sans-IO, for the proxy hot path.
+#
+# Contract: `parse_request` / `parse_response` fill a reusable `Head` with offsets into the
+# bytes object they were given (no Python object per header); the proxy re-renders heads by
+# memcpy of the kept lines. `BodyReader.feed` walks body bytes that are passed through as
+# they are and says how many belong to the current message and when it ends.
+# Return values: > 0 head length, 0 need more bytes, < 0 one of the H1_E_* errors.
+
+cdef enum:
+    H1_MAX_HEADERS = 128
+
+cdef enum:
+    H1_NEED_MORE = 0
+    H1_E_BAD = -1           # malformed: 400 and close
+    H1_E_TOO_LARGE = -2     # head over the size limit: 431
+    H1_E_TOO_MANY = -3      # more headers than allowed: 431
+    H1_E_NOT_IMPL = -4      # unknown transfer-coding on a request: 501
+
+# Headers the proxy treats specially, classified once while parsing.
+cdef enum:
+    HK_OTHER = 0
+    HK_HOST = 1
+    HK_CONTENT_LENGTH = 2
+    HK_TRANSFER_ENCODING = 3
+    HK_CONNECTION = 4
+    HK_KEEP_ALIVE = 5
+    HK_PROXY_CONNECTION = 6
+    HK_UPGRADE = 7
+    HK_EXPECT = 8
+    HK_TE = 9
+    HK_XFF = 10
+    HK_X_REQUEST_ID = 11
+    HK_X_FORWARDED_PROTO = 12
+    HK_SERVER = 13
+    HK_DATE = 14
+    HK_USER_AGENT = 15
+    HK_EXPECTED_TIMEOUT = 16    # x-envoy-expected-rq-timeout-ms
+
+cdef enum:
+    FR_NONE = 0
+    FR_LENGTH = 1
+    FR_CHUNKED = 2
+    FR_EOF = 3
+
+cdef struct h1_hdr:
+    int name_off
+    int name_len
+    int value_off
+    int value_len
+    int kind
+    int skip        # set by the proxy to drop this line when re-rendering
+
+
+cdef class Head:
+    cdef bytes raw                  # the bytes the offsets point into
+    cdef Py_ssize_t start           # offset of the head inside raw
+    cdef const char* base           # raw's data + start
+    cdef int length                 # head length including the blank line
+    cdef int nhdr
+    cdef h1_hdr hdrs[H1_MAX_HEADERS]
+    cdef int line_len               # request/status line without CRLF
+    cdef int method_len             # request: method is base[0:method_len]
+    cdef int path_off
+    cdef int path_len
+    cdef int minor                  # HTTP/1.<minor>
+    cdef int status                 # response
+    cdef int reason_off
+    cdef int reason_len
+    cdef long long content_length   # -1 when absent
+    cdef bint chunked
+    cdef bint te_other              # a transfer-encoding other than chunked
+    cdef bint conn_close
+    cdef bint conn_keep_alive
+    cdef bint conn_upgrade
+    cdef bint expect_continue
+    cdef bint is_head_method
+    cdef int host_idx
+    cdef int upgrade_idx
+    cdef int xff_idx
+    cdef int xrid_idx
+    cdef int xfp_idx
+
+    cdef void reset(self) noexcept
+    cdef int find(self, const char* name, int n) noexcept
+    cdef bytes value_at(self, int i)
+    cdef bytes name_at(self, int i)
+    cdef bytes method(self)
+    cdef bytes path(self)
+    cdef bytes host(self)
+    cdef int framing(self) noexcept      # request body framing: FR_NONE/LENGTH/CHUNKED
+
+
+cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
+                       int max_headers) except -100
+cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) except -100
+
+
+cdef class BodyReader:
+    cdef int mode                   # FR_*
+    cdef long long remaining        # LENGTH: bytes left; CHUNKED: bytes left in this chunk
+    cdef int cstate
+    cdef int trailer_bytes
+    cdef int size_digits
+    cdef bint done
+    cdef unsigned long long seen    # body bytes seen (framing included for chunked)
+
+    cdef void start(self, int mode, long long length) noexcept
+    cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) noexcept   # -1: malformed

@@ -1,0 +1,602 @@
+# HTTP/1.1 head parser and body framing (RFC 9112); see http1.pxd for the contract.
+#
+#   request-line = method SP request-target SP "HTTP/1." DIGIT CRLF
+#   status-line  = "HTTP/1." DIGIT SP 3DIGIT SP reason-phrase CRLF
+#   header-field = token ":" OWS field-value OWS CRLF        (no obs-fold)
+#   chunked-body = *( hex-size [ ";" ext ] CRLF data CRLF ) "0" [ ";" ext ] CRLF *trailer CRLF
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from libc.string cimport memchr, memcmp
+
+cdef extern from "string.h" nogil:
+    void* memmem(const void* h, size_t hl, const void* n, size_t nl)
+    int strncasecmp(const char* a, const char* b, size_t n)
+
+# RFC 9110 tchar
+cdef unsigned char TCHAR[256]
+cdef unsigned char HEXVAL[256]
+
+
+cdef void _init_tables() noexcept:
+    cdef int c
+    for c in range(256):
+        TCHAR[c] = 0
+        HEXVAL[c] = 255
+    for c in range(ord('0'), ord('9') + 1):
+        TCHAR[c] = 1
+        HEXVAL[c] = c - ord('0')
+    for c in range(ord('a'), ord('z') + 1):
+        TCHAR[c] = 1
+    for c in range(ord('A'), ord('Z') + 1):
+        TCHAR[c] = 1
+    for c in range(6):
+        HEXVAL[ord('a') + c] = 10 + c
+        HEXVAL[ord('A') + c] = 10 + c
+    for c in b"!#$%&'*+-.^_`|~":
+        TCHAR[c] = 1
+
+
+_init_tables()
+
+
+cdef inline bint _ieq(const char* p, int n, const char* lit, int ln) noexcept:
+    return n == ln and strncasecmp(p, lit, n) == 0
+
+
+cdef int _classify(const char* p, int n) noexcept:
+    if n == 4:
+        if strncasecmp(p, "host", 4) == 0:
+            return HK_HOST
+        if strncasecmp(p, "date", 4) == 0:
+            return HK_DATE
+    elif n == 2:
+        if strncasecmp(p, "te", 2) == 0:
+            return HK_TE
+    elif n == 6:
+        if strncasecmp(p, "expect", 6) == 0:
+            return HK_EXPECT
+        if strncasecmp(p, "server", 6) == 0:
+            return HK_SERVER
+    elif n == 7:
+        if strncasecmp(p, "upgrade", 7) == 0:
+            return HK_UPGRADE
+    elif n == 10:
+        if strncasecmp(p, "connection", 10) == 0:
+            return HK_CONNECTION
+        if strncasecmp(p, "keep-alive", 10) == 0:
+            return HK_KEEP_ALIVE
+        if strncasecmp(p, "user-agent", 10) == 0:
+            return HK_USER_AGENT
+    elif n == 12:
+        if strncasecmp(p, "x-request-id", 12) == 0:
+            return HK_X_REQUEST_ID
+    elif n == 14:
+        if strncasecmp(p, "content-length", 14) == 0:
+            return HK_CONTENT_LENGTH
+    elif n == 15:
+        if strncasecmp(p, "x-forwarded-for", 15) == 0:
+            return HK_XFF
+    elif n == 16:
+        if strncasecmp(p, "proxy-connection", 16) == 0:
+            return HK_PROXY_CONNECTION
+    elif n == 17:
+        if strncasecmp(p, "transfer-encoding", 17) == 0:
+            return HK_TRANSFER_ENCODING
+        if strncasecmp(p, "x-forwarded-proto", 17) == 0:
+            return HK_X_FORWARDED_PROTO
+    elif n == 30:
+        if strncasecmp(p, "x-envoy-expected-rq-timeout-ms", 30) == 0:
+            return HK_EXPECTED_TIMEOUT
+    return HK_OTHER
+
+
+cdef class Head:
+    def __cinit__(self):
+        self.reset()
+
+    cdef void reset(self) noexcept:
+        self.nhdr = 0
+        self.length = 0
+        self.line_len = 0
+        self.method_len = 0
+        self.path_off = 0
+        self.path_len = 0
+        self.minor = 1
+        self.status = 0
+        self.reason_off = 0
+        self.reason_len = 0
+        self.content_length = -1
+        self.chunked = False
+        self.te_other = False
+        self.conn_close = False
+        self.conn_keep_alive = False
+        self.conn_upgrade = False
+        self.expect_continue = False
+        self.is_head_method = False
+        self.host_idx = -1
+        self.upgrade_idx = -1
+        self.xff_idx = -1
+        self.xrid_idx = -1
+        self.xfp_idx = -1
+
+    cdef int find(self, const char* name, int n) noexcept:
+        cdef int i
+        for i in range(self.nhdr):
+            if self.hdrs[i].name_len == n and \
+                    strncasecmp(self.base + self.hdrs[i].name_off, name, n) == 0:
+                return i
+        return -1
+
+    cdef bytes value_at(self, int i):
+        return PyBytes_FromStringAndSize(self.base + self.hdrs[i].value_off,
+                                         self.hdrs[i].value_len)
+
+    cdef bytes name_at(self, int i):
+        return PyBytes_FromStringAndSize(self.base + self.hdrs[i].name_off,
+                                         self.hdrs[i].name_len).lower()
+
+    cdef bytes method(self):
+        return PyBytes_FromStringAndSize(self.base, self.method_len)
+
+    cdef bytes path(self):
+        return PyBytes_FromStringAndSize(self.base + self.path_off, self.path_len)
+
+    cdef bytes host(self):
+        if self.host_idx < 0:
+            return b""
+        return self.value_at(self.host_idx)
+
+    cdef int framing(self) noexcept:
+        if self.chunked:
+            return FR_CHUNKED
+        if self.content_length > 0:
+            return FR_LENGTH
+        return FR_NONE
+
+    # Python API (tests, filters, tools) ---------------------------------------------
+    @property
+    def head_length(self):
+        return self.length
+
+    @property
+    def method_bytes(self):
+        return self.method()
+
+    @property
+    def target(self):
+        return self.path()
+
+    @property
+    def version_minor(self):
+        return self.minor
+
+    @property
+    def status_code(self):
+        return self.status
+
+    @property
+    def reason(self):
+        return PyBytes_FromStringAndSize(self.base + self.reason_off, self.reason_len)
+
+    @property
+    def headers(self):
+        """list[tuple[bytes, bytes]]: (lower-case name, value) in order."""
+        return [(self.name_at(i), self.value_at(i)) for i in range(self.nhdr)]
+
+    @property
+    def body_length(self):
+        return self.content_length
+
+    @property
+    def is_chunked(self):
+        return self.chunked
+
+    @property
+    def keep_alive(self):
+        if self.conn_close:
+            return False
+        if self.minor == 0:
+            return self.conn_keep_alive
+        return True
+
+    @property
+    def upgrade(self):
+        return self.conn_upgrade and self.upgrade_idx >= 0
+
+    @property
+    def expects_continue(self):
+        return self.expect_continue
+
+    def get(self, name):
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        cdef bytes b = name
+        cdef int i = self.find(b, len(b))
+        return None if i < 0 else self.value_at(i)
+
+
+cdef int _parse_connection(Head h, const char* v, int n) noexcept:
+    # comma-separated tokens, case-insensitive
+    cdef int i = 0, s, e
+    while i < n:
+        while i < n and (v[i] == 32 or v[i] == 9 or v[i] == 44):
+            i += 1
+        s = i
+        while i < n and v[i] != 44:
+            i += 1
+        e = i
+        while e > s and (v[e - 1] == 32 or v[e - 1] == 9):
+            e -= 1
+        if _ieq(v + s, e - s, "close", 5):
+            h.conn_close = True
+        elif _ieq(v + s, e - s, "keep-alive", 10):
+            h.conn_keep_alive = True
+        elif _ieq(v + s, e - s, "upgrade", 7):
+            h.conn_upgrade = True
+    return 0
+
+
+cdef int _parse_te(Head h, const char* v, int n) noexcept:
+    # Only "chunked" as the final coding frames the body; anything else is "other".
+    cdef int i = n
+    while i > 0 and (v[i - 1] == 32 or v[i - 1] == 9):
+        i -= 1
+    if i >= 7 and strncasecmp(v + i - 7, "chunked", 7) == 0 and \
+            (i == 7 or v[i - 8] == 44 or v[i - 8] == 32 or v[i - 8] == 9):
+        if i == 7:
+            h.chunked = True
+        else:
+            # "gzip, chunked": a coding before chunked; the proxy cannot decode it
+            h.chunked = True
+            h.te_other = True
+    else:
+        h.te_other = True
+    return 0
+
+
+cdef int _parse_headers(Head h, const char* base, int pos, int end, int max_headers) noexcept:
+    # base[pos:end] holds header lines, each ending in CRLF; end is at the blank line.
+    cdef const char* p
+    cdef const char* colon
+    cdef const char* cr
+    cdef int line_end, name_len, vs, ve, i, k
+    cdef long long cl
+    cdef unsigned char c
+    while pos < end:
+        p = base + pos
+        cr = <const char*>memchr(p, 13, end + 2 - pos)
+        if cr == NULL or cr[1] != 10:
+            return H1_E_BAD
+        line_end = <int>(cr - base)
+        if p[0] == 32 or p[0] == 9:
+            return H1_E_BAD     # obs-fold
+        colon = <const char*>memchr(p, 58, line_end - pos)
+        if colon == NULL:
+            return H1_E_BAD
+        name_len = <int>(colon - p)
+        if name_len == 0:
+            return H1_E_BAD
+        for i in range(name_len):
+            if not TCHAR[<unsigned char>p[i]]:
+                return H1_E_BAD
+        vs = pos + name_len + 1
+        while vs < line_end and (base[vs] == 32 or base[vs] == 9):
+            vs += 1
+        ve = line_end
+        while ve > vs and (base[ve - 1] == 32 or base[ve - 1] == 9):
+            ve -= 1
+        for i in range(vs, ve):
+            c = <unsigned char>base[i]
+            if (c < 32 and c != 9) or c == 127:
+                return H1_E_BAD
+        if h.nhdr >= max_headers or h.nhdr >= H1_MAX_HEADERS:
+            return H1_E_TOO_MANY
+        k = _classify(p, name_len)
+        i = h.nhdr
+        h.hdrs[i].name_off = pos
+        h.hdrs[i].name_len = name_len
+        h.hdrs[i].value_off = vs
+        h.hdrs[i].value_len = ve - vs
+        h.hdrs[i].kind = k
+        h.hdrs[i].skip = 0
+        h.nhdr += 1
+        if k == HK_CONTENT_LENGTH:
+            if ve == vs:
+                return H1_E_BAD
+            cl = 0
+            for i in range(vs, ve):
+                c = <unsigned char>base[i]
+                if c < 48 or c > 57:
+                    return H1_E_BAD
+                cl = cl * 10 + (c - 48)
+                if cl > 0x7fffffffffffffLL:
+                    return H1_E_BAD
+            if h.content_length >= 0 and h.content_length != cl:
+                return H1_E_BAD
+            h.content_length = cl
+        elif k == HK_TRANSFER_ENCODING:
+            _parse_te(h, base + vs, ve - vs)
+        elif k == HK_CONNECTION:
+            _parse_connection(h, base + vs, ve - vs)
+        elif k == HK_HOST:
+            if h.host_idx >= 0:
+                return H1_E_BAD   # two Host headers (RFC 9112 3.2)
+            h.host_idx = h.nhdr - 1
+        elif k == HK_UPGRADE:
+            h.upgrade_idx = h.nhdr - 1
+        elif k == HK_EXPECT:
+            if _ieq(base + vs, ve - vs, "100-continue", 12):
+                h.expect_continue = True
+        elif k == HK_XFF:
+            if h.xff_idx < 0:
+                h.xff_idx = h.nhdr - 1
+        elif k == HK_X_REQUEST_ID:
+            h.xrid_idx = h.nhdr - 1
+        elif k == HK_X_FORWARDED_PROTO:
+            h.xfp_idx = h.nhdr - 1
+        pos = line_end + 2
+    return 0
+
+
+cdef inline int _find_end(const char* p, Py_ssize_t n) noexcept:
+    cdef const char* e = <const char*>memmem(p, n, b"\r\n\r\n", 4)
+    if e == NULL:
+        return -1
+    return <int>(e - p)
+
+
+cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
+                       int max_headers) except -100:
+    cdef Py_ssize_t avail = PyBytes_GET_SIZE(data) - start
+    cdef const char* base = PyBytes_AS_STRING(data) + start
+    cdef int end, i, sp1, sp2, r
+    # Tolerate empty lines before a request (RFC 9112 2.2).
+    cdef int skip = 0
+    while skip + 1 < avail and base[skip] == 13 and base[skip + 1] == 10:
+        skip += 2
+    if skip:
+        r = parse_request(h, data, start + skip, max_bytes, max_headers)
+        return r + skip if r > 0 else r
+    end = _find_end(base, avail if avail < max_bytes + 4 else max_bytes + 4)
+    if end < 0:
+        return H1_E_TOO_LARGE if avail > max_bytes else H1_NEED_MORE
+    if end + 4 > max_bytes:
+        return H1_E_TOO_LARGE
+    h.reset()
+    h.raw = data
+    h.start = start
+    h.base = base
+    h.length = end + 4
+    # request line
+    cdef const char* cr = <const char*>memchr(base, 13, end + 2)
+    cdef int le = <int>(cr - base)
+    h.line_len = le
+    sp1 = 0
+    while sp1 < le and TCHAR[<unsigned char>base[sp1]]:
+        sp1 += 1
+    if sp1 == 0 or sp1 >= le or base[sp1] != 32:
+        return H1_E_BAD
+    h.method_len = sp1
+    sp2 = sp1 + 1
+    while sp2 < le and base[sp2] != 32:
+        if <unsigned char>base[sp2] <= 32 or <unsigned char>base[sp2] == 127:
+            return H1_E_BAD
+        sp2 += 1
+    if sp2 == sp1 + 1 or sp2 + 9 != le or memcmp(base + sp2 + 1, b"HTTP/1.", 7) != 0:
+        return H1_E_BAD
+    if base[le - 1] == 49:
+        h.minor = 1
+    elif base[le - 1] == 48:
+        h.minor = 0
+    else:
+        return H1_E_BAD
+    h.path_off = sp1 + 1
+    h.path_len = sp2 - sp1 - 1
+    h.is_head_method = sp1 == 4 and memcmp(base, b"HEAD", 4) == 0
+    r = _parse_headers(h, base, le + 2, end + 2, max_headers)
+    if r < 0:
+        return r
+    if h.chunked or h.te_other:
+        if h.content_length >= 0:
+            return H1_E_BAD       # both framings: request smuggling
+        if h.te_other:
+            return H1_E_NOT_IMPL
+    return h.length
+
+
+cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) except -100:
+    cdef Py_ssize_t avail = PyBytes_GET_SIZE(data) - start
+    cdef const char* base = PyBytes_AS_STRING(data) + start
+    cdef int end, le, i, r
+    end = _find_end(base, avail if avail < max_bytes + 4 else max_bytes + 4)
+    if end < 0:
+        return H1_E_TOO_LARGE if avail > max_bytes else H1_NEED_MORE
+    h.reset()
+    h.raw = data
+    h.start = start
+    h.base = base
+    h.length = end + 4
+    cdef const char* cr = <const char*>memchr(base, 13, end + 2)
+    le = <int>(cr - base)
+    h.line_len = le
+    if le < 12 or memcmp(base, b"HTTP/1.", 7) != 0 or base[8] != 32:
+        return H1_E_BAD
+    if base[7] == 49:
+        h.minor = 1
+    elif base[7] == 48:
+        h.minor = 0
+    else:
+        return H1_E_BAD
+    h.status = 0
+    for i in range(9, 12):
+        if base[i] < 48 or base[i] > 57:
+            return H1_E_BAD
+        h.status = h.status * 10 + (base[i] - 48)
+    if h.status < 100 or (le > 12 and base[12] != 32):
+        return H1_E_BAD
+    h.reason_off = 13 if le > 12 else 12
+    h.reason_len = le - h.reason_off
+    r = _parse_headers(h, base, le + 2, end + 2, H1_MAX_HEADERS)
+    if r < 0:
+        return r
+    return h.length
+
+
+# Body framing -------------------------------------------------------------------------
+
+cdef enum:
+    CS_SIZE = 0
+    CS_SIZE_MORE = 1
+    CS_EXT = 2
+    CS_SIZE_LF = 3
+    CS_DATA = 4
+    CS_DATA_CR = 5
+    CS_DATA_LF = 6
+    CS_TRAILER_START = 7
+    CS_TRAILER_LINE = 8
+    CS_TRAILER_LF = 9
+    CS_END_LF = 10
+
+DEF MAX_TRAILER = 65536
+
+
+cdef class BodyReader:
+    def __cinit__(self):
+        self.start(FR_NONE, 0)
+
+    cdef void start(self, int mode, long long length) noexcept:
+        self.mode = mode
+        self.remaining = length
+        self.cstate = CS_SIZE
+        self.trailer_bytes = 0
+        self.size_digits = 0
+        self.seen = 0
+        self.done = mode == FR_NONE or (mode == FR_LENGTH and length <= 0)
+
+    cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) noexcept:
+        cdef Py_ssize_t i = 0, take
+        cdef unsigned char c, v
+        if self.done:
+            return 0
+        if self.mode == FR_LENGTH:
+            take = n if n < self.remaining else <Py_ssize_t>self.remaining
+            self.remaining -= take
+            self.seen += take
+            if self.remaining == 0:
+                self.done = True
+            return take
+        if self.mode == FR_EOF:
+            self.seen += n
+            return n
+        while i < n:
+            c = <unsigned char>p[i]
+            if self.cstate == CS_DATA:
+                take = n - i
+                if take > self.remaining:
+                    take = <Py_ssize_t>self.remaining
+                self.remaining -= take
+                i += take
+                if self.remaining == 0:
+                    self.cstate = CS_DATA_CR
+                continue
+            if self.cstate == CS_SIZE or self.cstate == CS_SIZE_MORE:
+                v = HEXVAL[c]
+                if v != 255:
+                    if self.size_digits >= 15:
+                        return -1
+                    self.remaining = self.remaining * 16 + v
+                    self.size_digits += 1
+                    self.cstate = CS_SIZE_MORE
+                elif self.cstate == CS_SIZE:
+                    return -1
+                elif c == 13:
+                    self.cstate = CS_SIZE_LF
+                elif c == 59 or c == 32 or c == 9:
+                    self.cstate = CS_EXT
+                else:
+                    return -1
+            elif self.cstate == CS_EXT:
+                if c == 13:
+                    self.cstate = CS_SIZE_LF
+                elif c == 10 or (c < 32 and c != 9):
+                    return -1
+                else:
+                    self.trailer_bytes += 1
+                    if self.trailer_bytes > MAX_TRAILER:
+                        return -1
+            elif self.cstate == CS_SIZE_LF:
+                if c != 10:
+                    return -1
+                self.size_digits = 0
+                if self.remaining == 0:
+                    self.cstate = CS_TRAILER_START
+                else:
+                    self.cstate = CS_DATA
+            elif self.cstate == CS_DATA_CR:
+                if c != 13:
+                    return -1
+                self.cstate = CS_DATA_LF
+            elif self.cstate == CS_DATA_LF:
+                if c != 10:
+                    return -1
+                self.cstate = CS_SIZE
+                self.remaining = 0
+            elif self.cstate == CS_TRAILER_START:
+                if c == 13:
+                    self.cstate = CS_END_LF
+                else:
+                    self.cstate = CS_TRAILER_LINE
+            elif self.cstate == CS_TRAILER_LINE:
+                self.trailer_bytes += 1
+                if self.trailer_bytes > MAX_TRAILER:
+                    return -1
+                if c == 13:
+                    self.cstate = CS_TRAILER_LF
+            elif self.cstate == CS_TRAILER_LF:
+                if c != 10:
+                    return -1
+                self.cstate = CS_TRAILER_START
+            elif self.cstate == CS_END_LF:
+                if c != 10:
+                    return -1
+                i += 1
+                self.seen += i
+                self.done = True
+                return i
+            i += 1
+        self.seen += i
+        return i
+
+    # Python API (tests)
+    def begin(self, int mode, long long length=0):
+        self.start(mode, length)
+
+    def feed_bytes(self, bytes data):
+        """Bytes of `data` that belong to the body; -1 when the framing is malformed."""
+        return self.feed(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+    @property
+    def complete(self):
+        return self.done
+
+
+MODE_NONE = FR_NONE
+MODE_LENGTH = FR_LENGTH
+MODE_CHUNKED = FR_CHUNKED
+MODE_EOF = FR_EOF
+E_BAD = H1_E_BAD
+E_TOO_LARGE = H1_E_TOO_LARGE
+E_TOO_MANY = H1_E_TOO_MANY
+E_NOT_IMPL = H1_E_NOT_IMPL
+
+
+def parse_request_head(bytes data, Py_ssize_t start=0, int max_bytes=61440,
+                       int max_headers=100):
+    """(result, Head): result > 0 head length, 0 need more, < 0 an E_* error."""
+    cdef Head h = Head()
+    return parse_request(h, data, start, max_bytes, max_headers), h
+
+
+def parse_response_head(bytes data, Py_ssize_t start=0, int max_bytes=61440):
+    cdef Head h = Head()
+    return parse_response(h, data, start, max_bytes), h

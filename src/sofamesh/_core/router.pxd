@@ -1,0 +1,121 @@
+# Compiled, immutable route tables: virtual hosts by :authority, routes by path and headers.
+#
+# Contract: built once per route configuration (sofamesh.proxy.routes compiles the proto),
+# never mutated afterwards; a config change builds a new RouteTable and swaps the reference.
+# `RouteTable.match(head)` runs per request with C string compares only.
+
+from sofamesh._core.codecs.http1 cimport Head
+
+cdef enum:
+    PM_PREFIX = 0
+    PM_PATH = 1
+    PM_REGEX = 2
+    PM_SEP_PREFIX = 3       # path_separated_prefix
+
+cdef enum:
+    SM_EXACT = 0
+    SM_PREFIX = 1
+    SM_SUFFIX = 2
+    SM_CONTAINS = 3
+    SM_REGEX = 4
+    SM_PRESENT = 5
+    SM_RANGE = 6
+
+cdef enum:
+    RA_CLUSTER = 0
+    RA_WEIGHTED = 1
+    RA_DIRECT = 2
+    RA_REDIRECT = 3
+
+# retry_on bits
+cdef enum:
+    RETRY_5XX = 1
+    RETRY_GATEWAY = 2
+    RETRY_CONNECT_FAILURE = 4
+    RETRY_RESET = 8
+    RETRY_RETRIABLE_4XX = 16
+    RETRY_REFUSED_STREAM = 32
+    RETRY_STATUS_CODES = 64
+
+cdef unsigned long long rng_next() noexcept   # xorshift64*, seeded from os.urandom
+
+
+cdef class StringMatcher:
+    cdef int kind                   # SM_*
+    cdef bytes value                # lower-cased when ignore_case
+    cdef bint ignore_case
+    cdef object regex               # re.Pattern[bytes] | None
+    cdef long long lo, hi           # SM_RANGE: [lo, hi)
+    cdef bint matches(self, bytes v)
+
+
+cdef class HeaderMatcher:
+    cdef bytes name                 # lower-case header name
+    cdef StringMatcher sm           # None: present_match
+    cdef bint present               # present_match value
+    cdef bint invert
+    cdef bint matches(self, Head h)
+
+
+cdef class QueryMatcher:
+    cdef bytes name
+    cdef StringMatcher sm           # None: present_match
+    cdef bint matches(self, dict query)
+
+
+cdef class Route:
+    cdef readonly object name       # str
+    cdef int pm                     # PM_*
+    cdef bytes pvalue               # lower-cased when not case_sensitive
+    cdef bint case_sensitive
+    cdef object regex               # re.Pattern[bytes] | None
+    cdef tuple headers              # tuple[HeaderMatcher, ...]
+    cdef tuple queries              # tuple[QueryMatcher, ...]
+    cdef readonly int action        # RA_*
+    cdef readonly object cluster    # str
+    cdef tuple wc_names             # weighted clusters: names
+    cdef tuple wc_cum               # cumulative weights
+    cdef unsigned long long wc_total
+    cdef readonly bytes prefix_rewrite    # None: no rewrite
+    cdef readonly bytes host_rewrite      # None: no rewrite
+    cdef readonly double timeout          # seconds; 0: none
+    cdef readonly bytes timeout_line      # b"x-envoy-expected-rq-timeout-ms: N\r\n" or b""
+    cdef readonly int retry_on            # RETRY_* bits
+    cdef readonly int num_retries
+    cdef readonly frozenset retry_statuses  # frozenset[int]
+    cdef readonly int status              # direct response / redirect status
+    cdef readonly bytes body              # direct response body
+    cdef readonly bytes location_scheme   # redirect parts; None keeps the request's
+    cdef readonly bytes location_host
+    cdef readonly bytes location_port
+    cdef readonly bytes location_path
+    cdef readonly bytes location_prefix
+    cdef readonly bint strip_query
+    cdef readonly bytes req_add           # rendered "name: value\r\n" lines (route+vhost+config)
+    cdef readonly frozenset req_remove    # frozenset[bytes] lower-case names
+    cdef readonly tuple req_add_if_absent # tuple[(bytes name, bytes line)]
+    cdef readonly bytes resp_add
+    cdef readonly frozenset resp_remove
+    cdef readonly dict filter_config      # per-filter config: {filter name: message}
+    cdef readonly frozenset upgrades      # frozenset[bytes], enabled upgrade types ('websocket')
+    cdef readonly object vhost_name
+    cdef bint path_matches(self, const char* p, int n, int qpos)
+    cdef bint matches(self, Head h)
+    cpdef str pick_cluster(self)
+
+
+cdef class VirtualHost:
+    cdef readonly object name       # str
+    cdef tuple routes               # tuple[Route, ...]
+    cdef Route match(self, Head h)
+
+
+cdef class RouteTable:
+    cdef dict exact                 # bytes -> VirtualHost
+    cdef tuple suffixes             # tuple[(bytes, VirtualHost)], longest first
+    cdef tuple prefixes             # tuple[(bytes, VirtualHost)], longest first
+    cdef VirtualHost default        # "*" or None
+    cdef bint strip_port
+    cdef bint only_default
+    cdef VirtualHost select(self, bytes host)
+    cdef Route route(self, Head h)

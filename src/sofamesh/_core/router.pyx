@@ -1,0 +1,378 @@
+# Compiled route tables (Envoy RouteConfiguration semantics); see router.pxd.
+
+import os
+import re
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from libc.string cimport memcmp, memchr
+from sofamesh._core.codecs.http1 cimport Head
+
+cdef extern from "string.h" nogil:
+    int strncasecmp(const char* a, const char* b, size_t n)
+    void* memmem(const void* h, size_t hl, const void* n, size_t nl)
+
+cdef unsigned long long _rng = int.from_bytes(os.urandom(8), "little") | 1
+
+
+cdef unsigned long long rng_next() noexcept:
+    global _rng
+    _rng ^= _rng >> 12
+    _rng ^= _rng << 25
+    _rng ^= _rng >> 27
+    return _rng * 0x2545F4914F6CDD1DULL
+
+
+def random_u64():
+    return rng_next()
+
+
+cdef class StringMatcher:
+    def __init__(self, int kind, value=b"", bint ignore_case=False, long long lo=0,
+                 long long hi=0):
+        self.kind = kind
+        self.ignore_case = ignore_case
+        if isinstance(value, str):
+            value = value.encode()
+        self.value = value.lower() if ignore_case else value
+        self.regex = re.compile(self.value) if kind == SM_REGEX else None
+        self.lo = lo
+        self.hi = hi
+
+    cdef bint matches(self, bytes v):
+        cdef Py_ssize_t n, m
+        if self.kind == SM_PRESENT:
+            return True
+        if self.kind == SM_REGEX:
+            return self.regex.fullmatch(v) is not None
+        if self.kind == SM_RANGE:
+            try:
+                x = int(v)
+            except ValueError:
+                return False
+            return self.lo <= x < self.hi
+        if self.ignore_case:
+            v = v.lower()
+        if self.kind == SM_EXACT:
+            return v == self.value
+        n = PyBytes_GET_SIZE(v)
+        m = PyBytes_GET_SIZE(self.value)
+        if self.kind == SM_PREFIX:
+            return n >= m and memcmp(PyBytes_AS_STRING(v), PyBytes_AS_STRING(self.value), m) == 0
+        if self.kind == SM_SUFFIX:
+            return n >= m and memcmp(PyBytes_AS_STRING(v) + n - m,
+                                     PyBytes_AS_STRING(self.value), m) == 0
+        if self.kind == SM_CONTAINS:
+            return self.value in v
+        return False
+
+    def test(self, value):
+        return self.matches(value)
+
+
+cdef class HeaderMatcher:
+    def __init__(self, name, StringMatcher sm=None, bint present=True, bint invert=False):
+        if isinstance(name, str):
+            name = name.encode()
+        self.name = name.lower()
+        self.sm = sm
+        self.present = present
+        self.invert = invert
+
+    cdef bint matches(self, Head h):
+        # Several headers of one name match as their values joined by "," (Envoy).
+        cdef int i, found = 0
+        cdef list vals = None
+        cdef bytes v = None
+        cdef int n = <int>PyBytes_GET_SIZE(self.name)
+        cdef const char* nm = PyBytes_AS_STRING(self.name)
+        cdef bint r
+        for i in range(h.nhdr):
+            if h.hdrs[i].skip == 0 and h.hdrs[i].name_len == n and \
+                    strncasecmp(h.base + h.hdrs[i].name_off, nm, n) == 0:
+                if v is None:
+                    v = h.value_at(i)
+                else:
+                    v = v + b"," + h.value_at(i)
+        if self.sm is None:
+            r = (v is not None) == self.present
+        elif v is None:
+            return False        # a value matcher never matches an absent header
+        else:
+            r = self.sm.matches(v)
+        return (not r) if self.invert else r
+
+
+cdef class QueryMatcher:
+    def __init__(self, name, StringMatcher sm=None):
+        if isinstance(name, str):
+            name = name.encode()
+        self.name = name
+        self.sm = sm
+
+    cdef bint matches(self, dict query):
+        v = query.get(self.name)
+        if v is None:
+            return False
+        if self.sm is None:
+            return True
+        return self.sm.matches(v)
+
+
+cdef dict _parse_query(bytes path):
+    cdef dict out = {}
+    cdef Py_ssize_t q = path.find(b"?")
+    if q < 0:
+        return out
+    qs = path[q + 1:]
+    h = qs.find(b"#")
+    if h >= 0:
+        qs = qs[:h]
+    for part in qs.split(b"&"):
+        if not part:
+            continue
+        k, sep, v = part.partition(b"=")
+        if k not in out:
+            out[k] = v
+    return out
+
+
+cdef class Route:
+    def __init__(self, *, name="", int path_kind=PM_PREFIX, path=b"/",
+                 bint case_sensitive=True, headers=(), queries=(), int action=RA_CLUSTER,
+                 cluster=None, weighted=(), prefix_rewrite=None, host_rewrite=None,
+                 double timeout=15.0, int retry_on=0, int num_retries=0, retry_statuses=(),
+                 int status=0, body=b"", location_scheme=None, location_host=None,
+                 location_port=None, location_path=None, location_prefix=None,
+                 bint strip_query=False, req_add=(), req_remove=(), req_add_if_absent=(),
+                 resp_add=(), resp_remove=(), filter_config=None, upgrades=(),
+                 vhost_name=""):
+        self.name = name
+        self.pm = path_kind
+        if isinstance(path, str):
+            path = path.encode()
+        self.case_sensitive = case_sensitive
+        self.pvalue = path if case_sensitive else path.lower()
+        self.regex = re.compile(path) if path_kind == PM_REGEX else None
+        self.headers = tuple(headers)
+        self.queries = tuple(queries)
+        self.action = action
+        self.cluster = cluster
+        names, cum, total = [], [], 0
+        for cname, w in weighted:
+            total += int(w)
+            names.append(cname)
+            cum.append(total)
+        self.wc_names = tuple(names)
+        self.wc_cum = tuple(cum)
+        self.wc_total = total
+        if action == RA_WEIGHTED and total == 0:
+            raise ValueError("weighted_clusters: total weight is 0")
+        self.prefix_rewrite = _b(prefix_rewrite)
+        self.host_rewrite = _b(host_rewrite)
+        self.timeout = timeout
+        self.timeout_line = (b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(timeout * 1000)
+                             if timeout > 0 else b"")
+        self.retry_on = retry_on
+        self.num_retries = num_retries
+        self.retry_statuses = frozenset(retry_statuses)
+        self.status = status
+        self.body = _b(body) or b""
+        self.location_scheme = _b(location_scheme)
+        self.location_host = _b(location_host)
+        self.location_port = _b(location_port)
+        self.location_path = _b(location_path)
+        self.location_prefix = _b(location_prefix)
+        self.strip_query = strip_query
+        self.req_add = b"".join(_line(k, v) for k, v in req_add)
+        self.req_remove = frozenset(_b(k).lower() for k in req_remove)
+        self.req_add_if_absent = tuple((_b(k).lower(), _line(k, v)) for k, v in req_add_if_absent)
+        self.resp_add = b"".join(_line(k, v) for k, v in resp_add)
+        self.resp_remove = frozenset(_b(k).lower() for k in resp_remove)
+        self.filter_config = dict(filter_config or {})
+        self.upgrades = frozenset(_b(u).lower() for u in upgrades)
+        self.vhost_name = vhost_name
+
+    cdef bint path_matches(self, const char* p, int n, int qpos):
+        cdef int m = <int>PyBytes_GET_SIZE(self.pvalue)
+        cdef const char* v = PyBytes_AS_STRING(self.pvalue)
+        if self.pm == PM_PREFIX:
+            if n < m:
+                return False
+            if self.case_sensitive:
+                return memcmp(p, v, m) == 0
+            return strncasecmp(p, v, m) == 0
+        if self.pm == PM_PATH:
+            if qpos != m:
+                return False
+            if self.case_sensitive:
+                return memcmp(p, v, m) == 0
+            return strncasecmp(p, v, m) == 0
+        if self.pm == PM_SEP_PREFIX:
+            if qpos < m or memcmp(p, v, m) != 0:
+                return False
+            return qpos == m or p[m] == 47
+        if self.pm == PM_REGEX:
+            return self.regex.fullmatch(PyBytes_FromStringAndSize(p, qpos)) is not None
+        return False
+
+    cdef bint matches(self, Head h):
+        cdef const char* p = h.base + h.path_off
+        cdef int n = h.path_len
+        cdef const char* q = <const char*>memchr(p, 63, n)
+        cdef int qpos = n if q == NULL else <int>(q - p)
+        cdef HeaderMatcher hm
+        cdef QueryMatcher qm
+        if not self.path_matches(p, n, qpos):
+            return False
+        for hm in self.headers:
+            if not hm.matches(h):
+                return False
+        if self.queries:
+            query = _parse_query(h.path())
+            for qm in self.queries:
+                if not qm.matches(query):
+                    return False
+        return True
+
+    cpdef str pick_cluster(self):
+        cdef unsigned long long r
+        cdef Py_ssize_t i
+        if self.action != RA_WEIGHTED:
+            return self.cluster
+        r = rng_next() % self.wc_total
+        for i in range(len(self.wc_cum)):
+            if r < <unsigned long long>self.wc_cum[i]:
+                return self.wc_names[i]
+        return self.wc_names[len(self.wc_names) - 1]
+
+    def __repr__(self):
+        return f"Route({self.name!r}, {self.pvalue!r} -> {self.cluster!r})"
+
+
+cdef bytes _b(v):
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v.encode("latin-1")
+    return bytes(v)
+
+
+cdef bytes _line(k, v):
+    return _b(k) + b": " + _b(v) + b"\r\n"
+
+
+cdef class VirtualHost:
+    def __init__(self, name, routes):
+        self.name = name
+        self.routes = tuple(routes)
+
+    cdef Route match(self, Head h):
+        cdef Route r
+        for r in self.routes:
+            if r.matches(h):
+                return r
+        return None
+
+    def __repr__(self):
+        return f"VirtualHost({self.name!r})"
+
+
+cdef class RouteTable:
+    """Virtual hosts by domain, Envoy's precedence: exact, then the longest `*.suffix`,
+    then the longest `prefix.*`, then `*`."""
+
+    def __init__(self, vhosts, bint strip_port=False):
+        """vhosts: iterable of (domains: list[str], VirtualHost)."""
+        self.exact = {}
+        suffixes, prefixes = [], []
+        self.default = None
+        self.strip_port = strip_port
+        seen = set()
+        for domains, vh in vhosts:
+            for d in domains:
+                d = d.lower()
+                if d in seen:
+                    raise ValueError(f"domain {d!r} appears in more than one virtual host")
+                seen.add(d)
+                if d == "*":
+                    self.default = vh
+                elif d.startswith("*"):
+                    suffixes.append((d[1:].encode(), vh))
+                elif d.endswith("*"):
+                    prefixes.append((d[:len(d) - 1].encode(), vh))
+                else:
+                    self.exact[d.encode()] = vh
+        suffixes.sort(key=lambda t: -len(t[0]))
+        prefixes.sort(key=lambda t: -len(t[0]))
+        self.suffixes = tuple(suffixes)
+        self.prefixes = tuple(prefixes)
+        self.only_default = not self.exact and not suffixes and not prefixes
+
+    cdef VirtualHost select(self, bytes host):
+        cdef bytes s
+        cdef VirtualHost vh
+        cdef Py_ssize_t n = len(host)
+        if host:
+            host = host.lower()
+            if self.strip_port and not host.endswith(b"]"):
+                i = host.rfind(b":")
+                if i > 0:
+                    host = host[:i]
+                    n = i
+            vh = self.exact.get(host)
+            if vh is not None:
+                return vh
+            for s, vh in self.suffixes:
+                # "*.foo.com" needs at least one character before ".foo.com"
+                if n > len(s) and host.endswith(s):
+                    return vh
+            for s, vh in self.prefixes:
+                if n > len(s) and host.startswith(s):
+                    return vh
+        return self.default
+
+    cdef Route route(self, Head h):
+        cdef VirtualHost vh
+        if self.only_default:
+            vh = self.default
+        else:
+            vh = self.select(h.host())
+        if vh is None:
+            return None
+        return vh.match(h)
+
+    # Python API (tests, admin)
+    def select_host(self, host):
+        if isinstance(host, str):
+            host = host.encode()
+        return self.select(host)
+
+    def match(self, Head h):
+        return self.route(h)
+
+
+# Python-visible constants for the compiler in sofamesh.proxy.routes
+PATH_PREFIX = PM_PREFIX
+PATH_EXACT = PM_PATH
+PATH_REGEX = PM_REGEX
+PATH_SEPARATED_PREFIX = PM_SEP_PREFIX
+S_EXACT = SM_EXACT
+S_PREFIX = SM_PREFIX
+S_SUFFIX = SM_SUFFIX
+S_CONTAINS = SM_CONTAINS
+S_REGEX = SM_REGEX
+S_PRESENT = SM_PRESENT
+S_RANGE = SM_RANGE
+ACTION_CLUSTER = RA_CLUSTER
+ACTION_WEIGHTED = RA_WEIGHTED
+ACTION_DIRECT = RA_DIRECT
+ACTION_REDIRECT = RA_REDIRECT
+RETRY_ON = {
+    "5xx": RETRY_5XX,
+    "gateway-error": RETRY_GATEWAY,
+    "connect-failure": RETRY_CONNECT_FAILURE,
+    "reset": RETRY_RESET,
+    "retriable-4xx": RETRY_RETRIABLE_4XX,
+    "refused-stream": RETRY_REFUSED_STREAM,
+    "retriable-status-codes": RETRY_STATUS_CODES,
+}

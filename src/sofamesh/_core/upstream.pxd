@@ -1,0 +1,96 @@
+# Upstream clusters: hosts, load balancers and circuit-breaker state.
+#
+# Contract: a Cluster's `hosts` tuple is replaced whole (DNS refresh builds new Host objects
+# and calls set_hosts); `choose()` runs per request in C. Connection pools live on Host
+# (`idle`, `waiting`) and are driven by sofamesh._core.http_proxy.
+
+from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+
+cdef enum:
+    LB_ROUND_ROBIN = 0
+    LB_LEAST_REQUEST = 1
+    LB_RANDOM = 2
+
+
+cdef class Host:
+    cdef readonly str address
+    cdef readonly int port
+    cdef readonly str hostname          # DNS name this host was resolved from ("" for STATIC)
+    cdef public int weight
+    cdef public bint healthy
+    cdef public long long rq_active
+    cdef public long long cx_active
+    cdef public unsigned long long rq_total
+    cdef public unsigned long long rq_success
+    cdef public unsigned long long rq_error
+    cdef public unsigned long long rq_timeout
+    cdef public unsigned long long cx_total
+    cdef public unsigned long long cx_connect_fail
+    cdef public list idle               # list[http_proxy.UpstreamConn], keep-alive pool
+    cdef public object waiting          # collections.deque[DownstreamConn] waiting for a conn
+    cdef long long cw                   # smooth weighted round robin state
+    cdef public bint removed            # dropped from the cluster (DNS change)
+
+
+cdef class Cluster:
+    cdef readonly str name
+    cdef public object config           # envoy.config.cluster.v3.Cluster
+    cdef readonly tuple hosts           # tuple[Host, ...]
+    cdef int lb_policy
+    cdef bint weighted
+    cdef unsigned long long rr
+    cdef int choice_count
+    cdef public double connect_timeout
+    cdef public long long max_connections
+    cdef public long long max_pending
+    cdef public long long max_requests
+    cdef public long long max_retries
+    cdef public long long cx_active
+    cdef public long long rq_active
+    cdef public long long pending_active
+    cdef public long long retries_active
+    cdef public int per_connection_buffer_limit
+    cdef public int max_requests_per_connection
+    cdef public bint auto_host
+    # stats
+    cdef Store store
+    cdef str prefix
+    cdef dict code_counters               # int -> Counter
+    cdef public Counter upstream_rq_total
+    cdef public Counter upstream_rq_completed
+    cdef public Counter upstream_rq_1xx
+    cdef public Counter upstream_rq_2xx
+    cdef public Counter upstream_rq_3xx
+    cdef public Counter upstream_rq_4xx
+    cdef public Counter upstream_rq_5xx
+    cdef public Counter upstream_rq_timeout
+    cdef public Counter upstream_rq_retry
+    cdef public Counter upstream_rq_retry_success
+    cdef public Counter upstream_rq_retry_overflow
+    cdef public Counter upstream_rq_pending_total
+    cdef public Counter upstream_rq_pending_overflow
+    cdef public Counter upstream_rq_tx_reset
+    cdef public Counter upstream_rq_rx_reset
+    cdef public Counter upstream_cx_total
+    cdef public Counter upstream_cx_http1_total
+    cdef public Counter upstream_cx_connect_fail
+    cdef public Counter upstream_cx_connect_timeout
+    cdef public Counter upstream_cx_overflow
+    cdef public Counter upstream_cx_none_healthy
+    cdef public Counter upstream_cx_destroy
+    cdef public Counter upstream_cx_destroy_local
+    cdef public Counter upstream_cx_destroy_remote
+    cdef public Counter upstream_cx_protocol_error
+    cdef public Counter upstream_cx_rx_bytes_total
+    cdef public Counter upstream_cx_tx_bytes_total
+    cdef public Gauge upstream_cx_active
+    cdef public Gauge upstream_rq_active
+    cdef public Gauge upstream_rq_pending_active
+    cdef public Gauge membership_total
+    cdef public Gauge membership_healthy
+    cdef public Histogram upstream_rq_time
+    cdef public Histogram upstream_cx_connect_ms
+
+    cdef Host choose(self)
+    cdef Host _first_healthy(self)
+    cdef void count_status(self, int status)

@@ -1,0 +1,182 @@
+# Upstream clusters, hosts and load balancers (Envoy semantics); see upstream.pxd.
+
+from collections import deque
+
+from sofamesh._core.router cimport rng_next
+from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+
+LB_POLICIES = {"ROUND_ROBIN": LB_ROUND_ROBIN, "LEAST_REQUEST": LB_LEAST_REQUEST,
+               "RANDOM": LB_RANDOM}
+
+
+cdef class Host:
+    def __init__(self, str address, int port, int weight=1, str hostname=""):
+        self.address = address
+        self.port = port
+        self.hostname = hostname
+        self.weight = weight if weight > 0 else 1
+        self.healthy = True
+        self.idle = []
+        self.waiting = deque()
+        self.cw = 0
+        self.removed = False
+
+    def __repr__(self):
+        return f"Host({self.address}:{self.port} w={self.weight})"
+
+
+cdef class Cluster:
+    def __init__(self, str name, Store store, *, hosts=(), str lb_policy="ROUND_ROBIN",
+                 double connect_timeout=5.0, long long max_connections=1024,
+                 long long max_pending=1024, long long max_requests=1024,
+                 long long max_retries=3, int choice_count=2, config=None,
+                 int per_connection_buffer_limit=1048576, int max_requests_per_connection=0,
+                 bint auto_host=False):
+        if lb_policy not in LB_POLICIES:
+            raise ValueError(f"unsupported lb_policy {lb_policy}")
+        self.name = name
+        self.config = config
+        self.lb_policy = LB_POLICIES[lb_policy]
+        self.choice_count = choice_count if choice_count >= 2 else 2
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.max_requests = max_requests
+        self.max_retries = max_retries
+        self.per_connection_buffer_limit = per_connection_buffer_limit
+        self.max_requests_per_connection = max_requests_per_connection
+        self.auto_host = auto_host
+        self.rr = 0
+        self.store = store
+        self.prefix = f"cluster.{name}."
+        self.code_counters = {}
+        p = self.prefix
+        for stat in ("upstream_rq_total", "upstream_rq_completed", "upstream_rq_1xx",
+                     "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
+                     "upstream_rq_5xx", "upstream_rq_timeout", "upstream_rq_retry",
+                     "upstream_rq_retry_success", "upstream_rq_retry_overflow",
+                     "upstream_rq_pending_total", "upstream_rq_pending_overflow",
+                     "upstream_rq_tx_reset", "upstream_rq_rx_reset", "upstream_cx_total",
+                     "upstream_cx_http1_total", "upstream_cx_connect_fail",
+                     "upstream_cx_connect_timeout", "upstream_cx_overflow",
+                     "upstream_cx_none_healthy", "upstream_cx_destroy",
+                     "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
+                     "upstream_cx_protocol_error", "upstream_cx_rx_bytes_total",
+                     "upstream_cx_tx_bytes_total"):
+            setattr(self, stat, store.counter(p + stat))
+        self.upstream_cx_active = store.gauge(p + "upstream_cx_active")
+        self.upstream_rq_active = store.gauge(p + "upstream_rq_active")
+        self.upstream_rq_pending_active = store.gauge(p + "upstream_rq_pending_active")
+        self.membership_total = store.gauge(p + "membership_total")
+        self.membership_healthy = store.gauge(p + "membership_healthy")
+        self.upstream_rq_time = store.histogram(p + "upstream_rq_time")
+        self.upstream_cx_connect_ms = store.histogram(p + "upstream_cx_connect_ms")
+        self.set_hosts(hosts)
+
+    def set_hosts(self, hosts):
+        """Replaces the host set (a DNS refresh); hosts that stay keep their pools."""
+        cdef Host h
+        old = {(h.address, h.port): h for h in (self.hosts or ())}
+        new = []
+        for h in hosts:
+            prev = old.pop((h.address, h.port), None)
+            if prev is not None:
+                prev.weight = h.weight
+                new.append(prev)
+            else:
+                new.append(h)
+        for h in old.values():
+            h.removed = True
+            for c in h.idle:
+                c.close()
+            h.idle = []
+        self.hosts = tuple(new)
+        self.weighted = len({h.weight for h in new}) > 1
+        self.membership_total.set(len(new))
+        self.membership_healthy.set(sum(1 for h in new if h.healthy))
+
+    cdef Host choose(self):
+        cdef Host h, best, c
+        cdef Py_ssize_t n = len(self.hosts), i, k, healthy = 0
+        cdef long long total
+        cdef double score, bscore
+        if n == 0:
+            return None
+        if n == 1:
+            h = self.hosts[0]
+            return h if h.healthy else None
+        if self.lb_policy == LB_ROUND_ROBIN:
+            if self.weighted:
+                # smooth weighted round robin: deterministic, spreads heavy hosts out
+                best = None
+                total = 0
+                for h in self.hosts:
+                    if not h.healthy:
+                        continue
+                    h.cw += h.weight
+                    total += h.weight
+                    if best is None or h.cw > best.cw:
+                        best = h
+                if best is not None:
+                    best.cw -= total
+                return best
+            for k in range(n):
+                self.rr += 1
+                h = self.hosts[self.rr % n]
+                if h.healthy:
+                    return h
+            return None
+        if self.lb_policy == LB_RANDOM:
+            for k in range(n):
+                h = self.hosts[rng_next() % n]
+                if h.healthy:
+                    return h
+            return self._first_healthy()
+        # LEAST_REQUEST: power of N choices; weighted hosts score rq_active/weight (Envoy's
+        # active_request_bias 1.0).
+        best = None
+        bscore = 0
+        for k in range(self.choice_count):
+            c = self.hosts[rng_next() % n]
+            if not c.healthy:
+                continue
+            score = (c.rq_active + 1.0) / c.weight
+            if best is None or score < bscore:
+                best = c
+                bscore = score
+        if best is None:
+            return self._first_healthy()
+        return best
+
+    cdef Host _first_healthy(self):
+        cdef Host h
+        for h in self.hosts:
+            if h.healthy:
+                return h
+        return None
+
+    cdef void count_status(self, int status):
+        cdef int cls = status // 100
+        cdef Counter c
+        if cls == 2:
+            self.upstream_rq_2xx.inc()
+        elif cls == 5:
+            self.upstream_rq_5xx.inc()
+        elif cls == 4:
+            self.upstream_rq_4xx.inc()
+        elif cls == 3:
+            self.upstream_rq_3xx.inc()
+        else:
+            self.upstream_rq_1xx.inc()
+        c = self.code_counters.get(status)
+        if c is None:
+            c = self.store.counter(f"{self.prefix}upstream_rq_{status}")
+            self.code_counters[status] = c
+        c.inc()
+
+    # Python API (tests, admin)
+    def pick(self):
+        return self.choose()
+
+    def __repr__(self):
+        return f"Cluster({self.name!r}, {len(self.hosts)} hosts)"

@@ -1,0 +1,1 @@
+"""Built-in HTTP filters, one module each, registered by name (see ../registry.py)."""

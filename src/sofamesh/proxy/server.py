@@ -1,0 +1,367 @@
+"""The sidecar Server: builds listeners and clusters from an Envoy v3 Bootstrap and runs them.
+
+Contract (docs/ARCHITECTURE.md, "Server contract"): Server(bootstrap, stats, options);
+await start(); .listeners, .clusters, .health_failed; await drain_listeners(); await stop().
+Config is compiled here (Python, once); per-request work happens in sofamesh._core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from sofamesh._core.http_proxy import HcmConfig, HttpFilter
+from sofamesh._core.stats import Store
+from sofamesh._core.upstream import Cluster, Host
+from sofamesh.proxy.access_log import FileAccessLog
+from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.routes import compile_route_config
+
+log = logging.getLogger("sofamesh.proxy")
+
+HCM_NAMES = ("envoy.filters.network.http_connection_manager",
+             "envoy.http_connection_manager")
+HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager")
+ROUTER_NAMES = ("envoy.filters.http.router", "envoy.router")
+FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+
+def _dur(d: Any) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+@dataclass
+class ListenerInfo:
+    name: str
+    address: tuple[str, int]
+    config: Any  # envoy.config.listener.v3.Listener
+    hcm: Any = None  # HcmConfig
+    server: Any = None  # asyncio.Server
+    direction: str = "UNSPECIFIED"  # INBOUND / OUTBOUND / UNSPECIFIED
+    draining: bool = False
+
+
+@dataclass
+class _ClusterRuntime:
+    cluster: Cluster
+    dns_task: Any = None
+    dns_targets: list = field(default_factory=list)
+
+
+class Server:
+    def __init__(self, bootstrap: Any, stats: Store | None = None, options: Any = None):
+        from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+            http_connection_manager_pb2,
+        )
+
+        self.bootstrap = bootstrap
+        self.stats = stats if stats is not None else Store()
+        self.options = options
+        self.listeners: list[ListenerInfo] = []
+        self.clusters: dict[str, Cluster] = {}
+        self.health_failed = False
+        self._rt: dict[str, _ClusterRuntime] = {}
+        self._access_logs: list[FileAccessLog] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+
+    # ---------------------------------------------------------------- build
+    def _build_clusters(self) -> None:
+        from envoy.config.cluster.v3 import cluster_pb2
+
+        for i, c in enumerate(self.bootstrap.static_resources.clusters):
+            path = f"static_resources.clusters[{i}]"
+            if c.name in self.clusters:
+                raise UnsupportedConfig(f"{path}.name: duplicate cluster {c.name!r}")
+            ctype = cluster_pb2.Cluster.DiscoveryType.Name(c.type)
+            if c.WhichOneof("cluster_discovery_type") == "cluster_type":
+                raise UnsupportedConfig(f"{path}.cluster_type: custom clusters are not supported")
+            if ctype not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS"):
+                raise UnsupportedConfig(f"{path}.type: {ctype} clusters are not supported")
+            lb = cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)
+            if lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"):
+                raise UnsupportedConfig(f"{path}.lb_policy: {lb} is not supported")
+            kw: dict[str, Any] = {"lb_policy": lb, "config": c}
+            if c.HasField("connect_timeout"):
+                kw["connect_timeout"] = _dur(c.connect_timeout)
+            for t in c.circuit_breakers.thresholds:
+                if t.priority != 0:
+                    continue
+                if t.HasField("max_connections"):
+                    kw["max_connections"] = t.max_connections.value
+                if t.HasField("max_pending_requests"):
+                    kw["max_pending"] = t.max_pending_requests.value
+                if t.HasField("max_requests"):
+                    kw["max_requests"] = t.max_requests.value
+                if t.HasField("max_retries"):
+                    kw["max_retries"] = t.max_retries.value
+            if c.HasField("per_connection_buffer_limit_bytes"):
+                kw["per_connection_buffer_limit"] = c.per_connection_buffer_limit_bytes.value
+            if c.HasField("max_requests_per_connection"):
+                kw["max_requests_per_connection"] = c.max_requests_per_connection.value
+            if c.HasField("least_request_lb_config") and \
+                    c.least_request_lb_config.HasField("choice_count"):
+                kw["choice_count"] = c.least_request_lb_config.choice_count.value
+            if c.health_checks:
+                log.warning("%s.health_checks: active health checking is not implemented; "
+                            "hosts stay healthy", path)
+            hosts, targets = [], []
+            for ei, e in enumerate(c.load_assignment.endpoints):
+                for li, lbe in enumerate(e.lb_endpoints):
+                    sa = lbe.endpoint.address.socket_address
+                    epath = f"{path}.load_assignment.endpoints[{ei}].lb_endpoints[{li}]"
+                    if not sa.address:
+                        raise UnsupportedConfig(f"{epath}.endpoint.address: only socket "
+                                                "addresses are supported")
+                    w = lbe.load_balancing_weight.value if lbe.HasField(
+                        "load_balancing_weight") else 1
+                    if ctype == "STATIC":
+                        try:
+                            socket.inet_pton(socket.AF_INET6 if ":" in sa.address
+                                             else socket.AF_INET, sa.address)
+                        except OSError:
+                            raise UnsupportedConfig(
+                                f"{epath}.endpoint.address.socket_address.address: STATIC "
+                                f"clusters need IP addresses, got {sa.address!r}") from None
+                        hosts.append(Host(sa.address, sa.port_value, w))
+                    else:
+                        targets.append((sa.address, sa.port_value, w))
+            cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
+            self.clusters[c.name] = cl
+            self._rt[c.name] = _ClusterRuntime(cl, dns_targets=targets)
+
+    def _per_filter(self, name: str, anycfg: Any, path: str) -> Any:
+        from sofamesh.filters import registry
+
+        spec = registry.lookup("http", name) or registry.lookup("http", anycfg.type_url)
+        if spec is None:
+            raise UnsupportedConfig(f"{path}: unknown HTTP filter {name!r}")
+        compile_route = spec.extra.get("route_config")
+        if compile_route is None:
+            raise UnsupportedConfig(f"{path}: filter {name!r} has no per-route config")
+        return compile_route(anycfg, {"stats": self.stats, "loop": self._loop, "path": path})
+
+    def _build_hcm(self, li: int, listener: Any, fi: int, f: Any, stat_name: str) -> HcmConfig:
+        from envoy.extensions.filters.network.http_connection_manager.v3 import (
+            http_connection_manager_pb2 as hcm_pb2,
+        )
+
+        from sofamesh.filters import registry
+
+        path = f"static_resources.listeners[{li}].filter_chains[0].filters[{fi}]"
+        hcm = hcm_pb2.HttpConnectionManager()
+        if not f.typed_config.Unpack(hcm):
+            raise UnsupportedConfig(f"{path}.typed_config: expected HttpConnectionManager")
+        if hcm.WhichOneof("route_specifier") != "route_config":
+            raise UnsupportedConfig(f"{path}.typed_config: only an inline route_config is "
+                                    "supported")
+        if hcm.codec_type not in (0, 1):  # AUTO, HTTP1
+            raise UnsupportedConfig(f"{path}.typed_config.codec_type: only HTTP/1.1")
+        routes = compile_route_config(
+            hcm.route_config, clusters=set(self.clusters), per_filter=self._per_filter,
+            path=f"{path}.typed_config.route_config",
+            strip_port=hcm.strip_any_host_port)
+        filters: list[HttpFilter] = []
+        n = len(hcm.http_filters)
+        ctx = {"stats": self.stats, "loop": self._loop, "stat_prefix": hcm.stat_prefix}
+        for i, hf in enumerate(hcm.http_filters):
+            fpath = f"{path}.typed_config.http_filters[{i}]"
+            if hf.name in ROUTER_NAMES or hf.typed_config.type_url.endswith(
+                    "envoy.extensions.filters.http.router.v3.Router"):
+                if i != n - 1:
+                    raise UnsupportedConfig(f"{fpath}: the router must be the last filter")
+                continue
+            spec = registry.lookup("http", hf.name) or registry.lookup(
+                "http", hf.typed_config.type_url)
+            if spec is None:
+                if hf.is_optional:
+                    continue
+                raise UnsupportedConfig(f"{fpath}: unknown HTTP filter {hf.name!r}")
+            if spec.passthrough:
+                continue
+            filt = spec.factory(hf.typed_config, {**ctx, "path": fpath, "name": hf.name})
+            if filt is not None:
+                filters.append(filt)
+        if n == 0 or not (hcm.http_filters[n - 1].name in ROUTER_NAMES or
+                          hcm.http_filters[n - 1].typed_config.type_url.endswith("Router")):
+            raise UnsupportedConfig(f"{path}.typed_config.http_filters: the last filter must "
+                                    "be envoy.filters.http.router")
+        access_log = None
+        for ai, al in enumerate(hcm.access_log):
+            apath = f"{path}.typed_config.access_log[{ai}]"
+            if al.typed_config.type_url != FILE_LOG_TYPE:
+                raise UnsupportedConfig(f"{apath}: only envoy.access_loggers.file is supported")
+            from envoy.extensions.access_loggers.file.v3 import file_pb2
+
+            fl = file_pb2.FileAccessLog()
+            al.typed_config.Unpack(fl)
+            if fl.WhichOneof("access_log_format") is not None:
+                raise UnsupportedConfig(f"{apath}.typed_config: only Envoy's default log "
+                                        "format is supported")
+            if al.HasField("filter"):
+                raise UnsupportedConfig(f"{apath}.filter is not supported")
+            if access_log is not None:
+                raise UnsupportedConfig(f"{apath}: one access log per listener is supported")
+            access_log = FileAccessLog(fl.path, self._loop)
+            self._access_logs.append(access_log)
+        ups = [u.upgrade_type.encode() for u in hcm.upgrade_configs
+               if not u.HasField("enabled") or u.enabled.value]
+        max_headers = 100
+        if hcm.common_http_protocol_options.HasField("max_headers_count"):
+            max_headers = hcm.common_http_protocol_options.max_headers_count.value
+        buffer_limit = 1024 * 1024
+        if listener.HasField("per_connection_buffer_limit_bytes"):
+            buffer_limit = listener.per_connection_buffer_limit_bytes.value
+        return HcmConfig(
+            self._loop, self.stats, hcm.stat_prefix, routes, self.clusters, filters,
+            use_remote_address=hcm.use_remote_address.value,
+            generate_request_id=(hcm.generate_request_id.value
+                                 if hcm.HasField("generate_request_id") else True),
+            accept_http_10=hcm.http_protocol_options.accept_http_10,
+            max_head_bytes=(hcm.max_request_headers_kb.value * 1024
+                            if hcm.HasField("max_request_headers_kb") else 60 * 1024),
+            max_headers=max_headers,
+            buffer_limit=buffer_limit,
+            upgrades=ups,
+            server_name=(hcm.server_name or "envoy").encode(),
+            access_log=access_log,
+            listener_stat_name=stat_name,
+        )
+
+    # ---------------------------------------------------------------- run
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._build_clusters()
+        for rt in self._rt.values():
+            if rt.dns_targets:
+                await self._resolve(rt)
+                rate = 5.0
+                cfg = rt.cluster.config
+                if cfg.HasField("dns_refresh_rate"):
+                    rate = max(_dur(cfg.dns_refresh_rate), 0.001)
+                rt.dns_task = self._loop.create_task(self._dns_loop(rt, rate))
+        reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
+        for li, lst in enumerate(self.bootstrap.static_resources.listeners):
+            await self._start_listener(li, lst, reuse_port)
+
+    async def _start_listener(self, li: int, lst: Any, reuse_port: bool) -> None:
+        from envoy.config.core.v3 import base_pb2
+
+        path = f"static_resources.listeners[{li}]"
+        sa = lst.address.socket_address
+        if not sa.address:
+            raise UnsupportedConfig(f"{path}.address: only socket addresses are supported")
+        if len(lst.filter_chains) != 1:
+            raise UnsupportedConfig(f"{path}.filter_chains: exactly one filter chain is "
+                                    "supported")
+        chain = lst.filter_chains[0]
+        if chain.HasField("filter_chain_match") or chain.HasField("transport_socket"):
+            raise UnsupportedConfig(f"{path}.filter_chains[0]: filter_chain_match and "
+                                    "transport_socket are not supported")
+        hcm_cfg = None
+        stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
+        for fi, f in enumerate(chain.filters):
+            if f.name in HCM_NAMES or f.typed_config.type_url == HCM_TYPE:
+                if hcm_cfg is not None:
+                    raise UnsupportedConfig(f"{path}.filter_chains[0].filters[{fi}]: one "
+                                            "http_connection_manager per chain")
+                hcm_cfg = self._build_hcm(li, lst, fi, f, stat_name)
+            else:
+                raise UnsupportedConfig(f"{path}.filter_chains[0].filters[{fi}]: network "
+                                        f"filter {f.name!r} is not supported")
+        if hcm_cfg is None:
+            raise UnsupportedConfig(f"{path}.filter_chains[0].filters: no "
+                                    "http_connection_manager")
+        assert self._loop is not None
+        srv = await self._loop.create_server(
+            hcm_cfg.protocol_factory, sa.address, sa.port_value,
+            reuse_port=reuse_port or None, backlog=1024,
+            reuse_address=True)
+        bound = srv.sockets[0].getsockname()
+        info = ListenerInfo(
+            name=lst.name or f"{sa.address}_{sa.port_value}",
+            address=(bound[0], bound[1]), config=lst, hcm=hcm_cfg, server=srv,
+            direction=base_pb2.TrafficDirection.Name(lst.traffic_direction))
+        self.listeners.append(info)
+        g = self.stats.gauge("listener_manager.total_listeners_active")
+        g.value = len(self.listeners)
+        g.used = True
+
+    async def _resolve(self, rt: _ClusterRuntime) -> None:
+        assert self._loop is not None
+        hosts = []
+        cfg = rt.cluster.config
+        logical = cfg is not None and cfg.type == 2  # LOGICAL_DNS: first address only
+        for name, port, w in rt.dns_targets:
+            try:
+                infos = await self._loop.getaddrinfo(name, port, type=socket.SOCK_STREAM,
+                                                     family=socket.AF_INET)
+            except OSError as e:
+                log.warning("cluster %s: DNS resolution of %s failed: %s",
+                            rt.cluster.name, name, e)
+                self.stats.counter(f"cluster.{rt.cluster.name}.update_failure").inc()
+                return
+            seen = set()
+            for info in infos:
+                ip = info[4][0]
+                if ip not in seen:
+                    seen.add(ip)
+                    hosts.append(Host(ip, port, w, name))
+                    if logical:
+                        break
+        self.stats.counter(f"cluster.{rt.cluster.name}.update_success").inc()
+        rt.cluster.set_hosts(hosts)
+
+    async def _dns_loop(self, rt: _ClusterRuntime, rate: float) -> None:
+        while True:
+            await asyncio.sleep(rate)
+            await self._resolve(rt)
+
+    async def drain_listeners(self, inbound_only: bool = False, graceful: bool = False) -> None:
+        """Stops accepting; graceful: existing connections get `connection: close` on their
+        next response and close after it."""
+        for li in self.listeners:
+            if inbound_only and li.direction != "INBOUND":
+                continue
+            li.draining = True
+            li.hcm.draining = True
+            if li.server is not None:
+                li.server.close()
+            if not graceful:
+                for c in list(li.hcm.conns):
+                    # idle connections close now; busy ones close after their response
+                    if not c.busy():
+                        c.close()
+
+    async def stop(self) -> None:
+        for rt in self._rt.values():
+            if rt.dns_task is not None:
+                rt.dns_task.cancel()
+        for li in self.listeners:
+            li.hcm.draining = True
+            if li.server is not None:
+                li.server.close()
+        for li in self.listeners:
+            for c in list(li.hcm.conns):
+                c.close()
+        for cl in self.clusters.values():
+            for h in cl.hosts:
+                for c in list(h.idle):
+                    c.close()
+        for al in self._access_logs:
+            al.close()
+        self._access_logs = []
+        for li in self.listeners:
+            if li.server is not None:
+                try:
+                    await asyncio.wait_for(li.server.wait_closed(), 1.0)
+                except (asyncio.TimeoutError, Exception):
+                    pass
+        await asyncio.sleep(0)
