@@ -238,7 +238,13 @@ async def server_info(st: AdminState, q: dict[str, str], method: str) -> Respons
         ignore_unknown_fields=True,
     )
     info.node.CopyFrom(st.bootstrap.node)
-    return Response(200, _to_json(info, defaults=True), JSON)
+    body = json.loads(_to_json(info, defaults=True))
+    body["hot_restart_initializing"] = False  # Envoy 1.40 field newer than xds-protos' proto
+    clo = st.options.command_line_options()
+    for k, v in clo.items():  # options newer than xds-protos' CommandLineOptions
+        body["command_line_options"].setdefault(k, v)
+
+    return Response(200, json.dumps(body, indent=1) + "\n", JSON)
 
 
 async def _stats(st: AdminState, q: dict[str, str], fmt: str | None = None) -> Response:
@@ -515,23 +521,23 @@ async def logging_(st: AdminState, q: dict[str, str], method: str) -> Response:
     if "level" in q:
         lvl = q["level"].lower()
         if lvl not in LOG_LEVELS:
-            return Response(404, _logging_usage())
+            return Response(400, _logging_usage())
         levels["*"] = lvl
         levels.update({c: lvl for c in _COMPONENTS})
     elif "paths" in q:
         for spec in q["paths"].split(","):
             comp, _, lvl = spec.partition(":")
             if comp not in _COMPONENTS or lvl.lower() not in LOG_LEVELS:
-                return Response(404, _logging_usage())
+                return Response(400, _logging_usage())
             levels[comp] = lvl.lower()
     else:
         for k, v in q.items():
             if k in _COMPONENTS and v.lower() in LOG_LEVELS:
                 levels[k] = v.lower()
             elif k in _COMPONENTS and not v:
-                return Response(404, _logging_usage())
+                return Response(400, _logging_usage())
         if q and not levels:
-            return Response(404, _logging_usage())
+            return Response(400, _logging_usage())
     if levels:
         apply_log_levels(levels)
         await st.backend.set_log_levels(levels)
@@ -539,7 +545,8 @@ async def logging_(st: AdminState, q: dict[str, str], method: str) -> Response:
 
 
 def _logging_usage() -> str:
-    return ("usage: /logging?<name>=<level> (change single level)\n"
+    return ("error: unknown logger level\n\n"
+            "usage: /logging?<name>=<level> (change single level)\n"
             "usage: /logging?paths=name1:level1,name2:level2,... (change multiple levels)\n"
             "usage: /logging?level=<level> (change all levels)\n"
             "levels: trace debug info warning error critical off\n" + _active_loggers())
@@ -569,7 +576,7 @@ async def dispatch(st: AdminState, method: str, target: str) -> Response:
         return Response(404, "invalid path. " + _usage())
     fn, need, _ = entry
     if need == "POST" and method != "POST":
-        return Response(405, "Method Not Allowed\n")
+        return Response(405, f"Method {method} not allowed, POST required.")
     if method not in ("GET", "HEAD", "POST"):
         return Response(405, "Method Not Allowed\n")
     try:

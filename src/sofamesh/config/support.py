@@ -28,6 +28,30 @@ def extension_supported(type_url: str) -> bool:
     return type_url in _EXTENSIONS
 
 
+# Filters and extensions the proxy core (sofamesh.proxy.server) handles natively rather
+# than through the filter registry: the HTTP connection manager, the router, the file
+# access log. Keep in step with server.py's HCM_NAMES / ROUTER_NAMES / FILE_LOG_TYPE.
+CORE_FILTERS: dict[str, tuple[str, ...]] = {
+    "network": (
+        "envoy.filters.network.http_connection_manager",
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+        ".HttpConnectionManager",
+    ),
+    "http": (
+        "envoy.filters.http.router",
+        "envoy.router",
+        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+    ),
+    "listener": (),
+}
+register_extension("type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                   "sofamesh.proxy.access_log")
+
+
+def core_filter(kind: str, name_or_type_url: str) -> bool:
+    return name_or_type_url in CORE_FILTERS.get(kind, ())
+
+
 # Types whose only job is to carry an opaque config for a pass-through filter.
 TYPED_STRUCT_TYPES = (
     "type.googleapis.com/xds.type.v3.TypedStruct",
@@ -87,6 +111,20 @@ GAPS: list[Gap] = [
     Gap("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "codec_type", "HTTP/2 and HTTP/3 downstream codecs are not implemented by sofamesh",
         values=("HTTP2", "HTTP3")),
+    Gap("envoy.config.listener.v3.FilterChain", "filter_chain_match",
+        "filter chain matching is not implemented by sofamesh"),
+    Gap("envoy.config.listener.v3.Listener", "listener_filters_timeout",
+        "listener filters are not implemented by sofamesh"),
+    Gap("envoy.config.accesslog.v3.AccessLog", "filter",
+        "access log filters are not implemented by sofamesh"),
+    Gap("envoy.extensions.access_loggers.file.v3.FileAccessLog", "log_format",
+        "access log formats other than Envoy's default are not implemented by sofamesh"),
+    Gap("envoy.extensions.access_loggers.file.v3.FileAccessLog", "format",
+        "access log formats other than Envoy's default are not implemented by sofamesh"),
+    Gap("envoy.extensions.access_loggers.file.v3.FileAccessLog", "json_format",
+        "access log formats other than Envoy's default are not implemented by sofamesh"),
+    Gap("envoy.extensions.access_loggers.file.v3.FileAccessLog", "typed_json_format",
+        "access log formats other than Envoy's default are not implemented by sofamesh"),
     Gap("envoy.config.route.v3.RouteAction", "request_mirror_policies",
         "request mirroring is not implemented by sofamesh"),
     Gap("envoy.config.route.v3.RouteAction", "cluster_specifier_plugin",

@@ -153,6 +153,10 @@ class _Checker:
         else:
             spec = registry.lookup(kind, url) if url else registry.lookup(kind, fname)
             key = url or fname
+            if spec is None and not url and support.core_filter(kind, fname):
+                return support_on
+        if spec is None and support.core_filter(kind, key):
+            return support_on
         if spec is None:
             if support_on:
                 self.unsupported(
@@ -185,6 +189,9 @@ class _Checker:
                     self.unsupported(join(path, gap.field), f"{vname}: {gap.note}")
                 elif fd.has_presence or fd.is_repeated or v:
                     self.unsupported(join(path, gap.field), gap.note)
+        if support_on and name == "envoy.config.listener.v3.Listener" and len(m.filter_chains) > 1:
+            self.unsupported(join(path, "filter_chains"),
+                             "more than one filter chain per listener: not implemented by sofamesh")
         if name == "envoy.config.core.v3.DataSource":
             if m.WhichOneof("specifier") == "filename" and not self._exists(m.filename):
                 self.reference(join(path, "filename"), f"Invalid path: {m.filename}")

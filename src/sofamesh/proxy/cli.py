@@ -53,7 +53,7 @@ class Options:
     disable_hot_restart: bool = False
     local_address_ip_version: str = "v4"
     file_flush_interval_msec: int = 10000
-    file_flush_min_size_kb: int = 64
+    file_flush_min_size_kb: int = 0  # 0: unset (Envoy default 64 KB, shown as 0 like Envoy)
     allow_unknown_static_fields: bool = False
     reject_unknown_dynamic_fields: bool = False
     skip_deprecated_logs: bool = False
@@ -104,7 +104,8 @@ class Options:
             "enable_core_dump": self.enable_core_dump,
             "stats_tag": [],
             "file_flush_interval": f"{self.file_flush_interval_msec / 1000:g}s",
-            "file_flush_min_size_kb": self.file_flush_min_size_kb,
+            "file_flush_min_size": self.file_flush_min_size_kb * 1024,
+            "log_stacktrace_single_entry": False,
             "drain_time": f"{self.drain_time_s}s",
             "parent_shutdown_time": f"{self.parent_shutdown_time_s}s",
             "skip_deprecated_logs": self.skip_deprecated_logs,
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--disable-hot-restart", action="store_true")
     a("--local-address-ip-version", choices=("v4", "v6"), default="v4")
     a("--file-flush-interval-msec", type=int, default=10000)
-    a("--file-flush-min-size-kb", type=int, default=64)
+    a("--file-flush-min-size-kb", type=int, default=0)
     a("--allow-unknown-static-fields", action="store_true")
     a("--reject-unknown-dynamic-fields", action="store_true")
     a("--ignore-unknown-dynamic-fields", action="store_true")
