@@ -21,6 +21,7 @@ from tests.support.http_upstream import Record, RecordingUpstream
 HOST = "main.test"
 ROUTE_TIMEOUT_MS = 15000  # Envoy's default route timeout, sent upstream as x-envoy-expected-rq-timeout-ms
 SLOW_ROUTE_TIMEOUT_S = 0.5
+CLIENT_TIMEOUT_S = 3.0  # longest legitimate wait: Envoy's 1 s delayed close, the 0.5 s route timeout
 
 # ------------------------------------------------------------------------------------------
 # The bootstrap: one listener, one inline route table exercising the routing features, STATIC
@@ -462,13 +463,13 @@ def observe(dep: Deployment, case: Case) -> Observation:
     dep.upstream.clear()
     extra: dict = {}
     with dep.connect() as sock:
-        r = Reader(sock, timeout=5.0)
+        r = Reader(sock, timeout=CLIENT_TIMEOUT_S)
         if case.kind == "expect100":
             head, body = case.send  # type: ignore[misc]
             sock.sendall(head)
             r.sock.settimeout(1.0)
             interim = read_response(r, "GET") if r.until_peek() else None
-            r.sock.settimeout(5.0)
+            r.sock.settimeout(CLIENT_TIMEOUT_S)
             extra["interim"] = norm_response(interim)
             sock.sendall(body)
             responses = [read_response(r, "POST")]

@@ -137,14 +137,26 @@ CASES: list[Case] = [
 ]
 
 
+def _observe_alive(dep, case: Case):
+    """Observe a case; a proxy that dies on it (or is already dead) fails the test by name."""
+    proc = dep.proxy.proc
+    assert proc.poll() is None, f"{dep.name} is not running (exit {proc.returncode}):\n{dep.proxy.log_text()}"
+    try:
+        obs = observe(dep, case)
+    except OSError as e:
+        pytest.fail(f"{dep.name}: {e!r} on {case.id}\n{dep.proxy.log_text()}")
+    assert proc.poll() is None, f"{dep.name} died on {case.id}:\n{dep.proxy.log_text()}"
+    return obs
+
+
 @pytest.mark.envoy
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_same_as_envoy(case: Case, envoy_dep, candidate_dep) -> None:
-    want = observe(envoy_dep, case)
+    want = _observe_alive(envoy_dep, case)
     assert want.statuses() == case.expect, (
         f"Envoy answered {want.statuses()} (expected {case.expect}): the case itself is wrong\n"
         + pprint.pformat(want))
-    got = observe(candidate_dep, case)
+    got = _observe_alive(candidate_dep, case)
     assert got == want, (
         f"{candidate_dep.name} diverges from Envoy on {case.id}\n--- Envoy:\n{pprint.pformat(want)}"
         f"\n--- {candidate_dep.name}:\n{pprint.pformat(got)}")
