@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, Protocol
 
 HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
@@ -78,6 +79,24 @@ def merge_topologies(tops: list[dict]) -> dict:
     return out
 
 
+_LISTENER_CX = re.compile(r"^(listener\.(?:.+?))\.(downstream_cx_(?:total|active))$")
+
+
+def add_worker_stats(snap: dict, index: int) -> dict:
+    """Envoy's per-worker listener stats (`listener.<addr>.worker_<i>.downstream_cx_total`,
+    `..._active`) from one worker's snapshot; they stay apart when snapshots are summed."""
+    for kind in ("counters", "gauges"):
+        src = snap[kind]
+        for name in list(src):
+            m = _LISTENER_CX.match(name)
+            if m and ".worker_" not in name:
+                wname = f"{m.group(1)}.worker_{index}.{m.group(2)}"
+                src[wname] = src[name]
+                if name in snap.get("used", ()):
+                    snap["used"] = set(snap["used"]) | {wname}
+    return snap
+
+
 class Backend(Protocol):
     workers: int
 
@@ -108,7 +127,7 @@ class LocalBackend:
         self.store = store
 
     async def snapshot(self) -> dict:
-        return self.store.snapshot()
+        return add_worker_stats(self.store.snapshot(), 0)
 
     async def topology(self) -> dict:
         return describe_server(self.server)

@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-from sofamesh.admin.backend import describe_server, merge_topologies
+from sofamesh.admin.backend import add_worker_stats, describe_server, merge_topologies
 
 log = logging.getLogger("sofamesh.main")
 
@@ -259,7 +259,11 @@ class PoolBackend:
     async def snapshot(self) -> dict:
         from sofamesh.admin.stats_format import merge
 
-        return merge([*await self._all("snapshot"), self.store.snapshot()])
+        live = self.live()
+        res = await asyncio.gather(*(w.request("snapshot") for w in live),
+                                   return_exceptions=True)
+        snaps = [add_worker_stats(r, w.index) for w, r in zip(live, res) if isinstance(r, dict)]
+        return merge([*snaps, self.store.snapshot()])
 
     async def topology(self) -> dict:
         tops = await self._all("topology")

@@ -13,7 +13,7 @@ from tests.conftest import ROOT, envoy_binary, free_port, sofamesh_command
 CONTRACT = "tests.integration.admin.contract_server:ContractServer"
 # The admin/worker tests exercise the contract, so they run on the test double until the
 # data plane's Server is usable (it is still being written at the time of this commit).
-USE_CONTRACT_SERVER = True
+USE_CONTRACT_SERVER = False
 
 
 def proxy_env(contract: bool | None = None) -> dict[str, str]:

@@ -1,0 +1,174 @@
+"""`sofamesh proxy --concurrency 2`: two worker processes share one listener (SO_REUSEPORT),
+both serve, admin sums their stats, a dead worker is restarted, and SIGTERM or
+/quitquitquit stop them all."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.admin.helpers import get, post, start_sofamesh, stop, write_bootstrap
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802
+        body = b"hello"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # noqa: ANN002
+        pass
+
+
+@pytest.fixture
+def upstream():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def two_workers(tmp_path, upstream):
+    admin = free_port()
+    cfg = write_bootstrap(tmp_path / "b.yaml", admin=admin, port=0, upstream=upstream)
+    proc = start_sofamesh(cfg, admin, "--concurrency", "2")
+    try:
+        yield proc, admin
+    finally:
+        kids = _children(proc.pid)
+        stop(proc)
+        for k in kids:  # nothing may outlive the test
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _stats(admin: int) -> dict[str, int]:
+    out = {}
+    for line in get(admin, "/stats")[1].splitlines():
+        k, _, v = line.partition(": ")
+        if v.lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
+def _listener_port(admin: int) -> int:
+    return int(get(admin, "/listeners")[1].strip().rsplit(":", 1)[1])
+
+
+def _fetch(port: int) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/", headers={"connection": "close"})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def _wait(pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_two_workers_both_serve_and_stats_sum(two_workers):
+    proc, admin = two_workers
+    port = _listener_port(admin)
+    assert port > 0
+    assert len(_children(proc.pid)) == 2
+    n = 60
+    for _ in range(n):
+        assert _fetch(port) == (200, b"hello")
+    s = _stats(admin)
+    assert s["server.concurrency"] == 2
+    assert s["listener_manager.workers_started"] == 2
+    assert s["http.ingress_http.downstream_rq_total"] == n
+    assert s["http.ingress_http.downstream_rq_2xx"] == n
+    per_worker = {k: v for k, v in s.items()
+                  if ".worker_" in k and k.endswith("downstream_cx_total")}
+    assert len(per_worker) == 2, per_worker
+    assert all(v > 0 for v in per_worker.values()), per_worker  # both workers accepted
+    assert sum(per_worker.values()) == n
+    prom = get(admin, "/stats/prometheus")[1]
+    assert ('envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="ingress_http"} '
+            f"{n}") in prom.splitlines()
+    assert post(admin, "/reset_counters") == (200, "OK\n")
+    assert _stats(admin)["http.ingress_http.downstream_rq_total"] == 0
+
+
+def test_dead_worker_is_restarted(two_workers):
+    proc, admin = two_workers
+    port = _listener_port(admin)
+    victim = _children(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    _wait(lambda: _stats(admin).get("server.worker_deaths") == 1)
+    _wait(lambda: _stats(admin)["listener_manager.workers_started"] == 2
+          and len(_children(proc.pid)) == 2 and victim not in _children(proc.pid))
+    for _ in range(10):
+        assert _fetch(port) == (200, b"hello")
+    assert get(admin, "/ready") == (200, "LIVE\n")
+
+
+def test_quitquitquit_stops_all(two_workers):
+    proc, admin = two_workers
+    kids = _children(proc.pid)
+    assert post(admin, "/quitquitquit") == (200, "OK\n")
+    assert proc.wait(15) == 0
+    for k in kids:
+        _wait(lambda k=k: not os.path.exists(f"/proc/{k}") or _zombie(k))
+
+
+def test_sigterm_stops_all(two_workers):
+    proc, admin = two_workers
+    kids = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    for k in kids:
+        _wait(lambda k=k: not os.path.exists(f"/proc/{k}") or _zombie(k))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_healthcheck_fail_reaches_workers(two_workers):
+    proc, admin = two_workers
+    assert post(admin, "/healthcheck/fail") == (200, "OK\n")
+    assert get(admin, "/ready") == (503, "DRAINING\n")
+    assert _stats(admin)["server.live"] == 0
+    assert post(admin, "/healthcheck/ok") == (200, "OK\n")
+    assert get(admin, "/ready") == (200, "LIVE\n")
