@@ -43,6 +43,8 @@ def _int(body: dict, name: str, lo: int, hi: int, default: int | None = None) ->
     v = body.get(name, default)
     if v is None:
         return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)  # JSON has one number type: 8080.0 is the integer 8080
     if isinstance(v, bool) or not isinstance(v, int):
         raise BadRequest(name, f"must be an integer from {lo} to {hi}")
     if not lo <= v <= hi:
@@ -71,8 +73,6 @@ def validate_instance(body: Any) -> dict:
     if protocol not in PROTOCOLS:
         raise BadRequest("protocol", f"must be one of {', '.join(PROTOCOLS)}")
     labels = body.get("labels", {})
-    if labels is None:
-        labels = {}
     if not isinstance(labels, dict):
         raise BadRequest("labels", "must be an object of string values")
     for k, v in labels.items():
@@ -81,8 +81,6 @@ def validate_instance(body: Any) -> dict:
         if not isinstance(v, str) or len(v) > 1024:
             raise BadRequest(f"labels.{k}", "must be a string (at most 1024 characters)")
     ttl = body.get("ttl_seconds", 0)
-    if ttl is None:
-        ttl = 0
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 <= ttl <= MAX_TTL:
         raise BadRequest("ttl_seconds", f"must be a number from 0 (no expiry) to {MAX_TTL}")
     weight = _int(body, "weight", 1, 128, 1)
@@ -90,7 +88,7 @@ def validate_instance(body: Any) -> dict:
     healthy = body.get("healthy", True)
     if not isinstance(healthy, bool):
         raise BadRequest("healthy", "must be true or false")
-    loc = body.get("locality") or {}
+    loc = body.get("locality", {})
     if not isinstance(loc, dict):
         raise BadRequest("locality", "must be an object with region, zone, sub_zone")
     for k, v in loc.items():
