@@ -1,0 +1,83 @@
+"""Two pilot replicas on one real etcd share the registry and serve the same xDS."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from sofamesh.pilot.generate import CDS, EDS
+from tests.integration.pilot.conftest import PilotProcess, http
+from tests.support.servers import EtcdServer
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def fetch(xds_port: int, type_url: str, names=()) -> discovery_pb2.DiscoveryResponse:
+    """One SotW request/response with a plain gRPC client."""
+    with grpc.insecure_channel(f"127.0.0.1:{xds_port}") as ch:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch)
+        req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names))
+        req.node.id = "sidecar~127.0.0.1~cmp.ns~ns.svc.cluster.local"
+        call = stub.StreamAggregatedResources(iter([req]), timeout=5)
+        try:
+            return next(call)
+        finally:
+            call.cancel()
+
+
+def test_replicas_share_registrations_and_serve_identical_xds(etcd, tmp_path):
+    store = f"etcd://{etcd.endpoint}/sofamesh-test-{time.monotonic_ns()}"
+    a = PilotProcess(tmp_path / "a", store=store)
+    b = PilotProcess(tmp_path / "b", store=store)
+    a.start()
+    try:
+        b.start()
+        try:
+            a.register("shop", "s1", address="127.0.0.1", port=8001, service_port=80, ttl_seconds=30)
+            a.register("shop", "s2", address="127.0.0.1", port=8002, service_port=80, weight=2)
+            b.register("cart", "c1", address="127.0.0.1", port=8101, ttl_seconds=2)
+            want = {"outbound|80||shop", "outbound|8101||cart"}
+            for p in (a, b):
+                p.wait_config("cds", lambda c: set(c) == want)
+            # same resources under the same versions, byte for byte, from both replicas
+            for t, names in ((CDS, ()), (EDS, sorted(want))):
+                ra, rb = fetch(a.xds_port, t, names), fetch(b.xds_port, t, names)
+                assert ra.version_info == rb.version_info
+                assert sorted(x.SerializeToString() for x in ra.resources) == \
+                    sorted(x.SerializeToString() for x in rb.resources)
+                assert len(ra.resources) == len(want)
+            # heartbeats through the other replica keep cart (registered on b) alive past its TTL
+            for _ in range(6):
+                assert http("PUT", a.api + "/v1/services/cart/instances/c1/heartbeat")[0] == 200
+                time.sleep(0.5)
+            assert "outbound|8101||cart" in b.config("cds")
+            # a deregistration on b reaches a
+            b.deregister("shop", "s2")
+            a.wait_config("eds", lambda c: c.get("outbound|80||shop") == b.config("eds").get("outbound|80||shop"))
+            _, out = http("GET", a.api + "/v1/services/shop")
+            assert [i["instance_id"] for i in out["instances"]] == ["s1"]
+            # without heartbeats the etcd lease lapses: both replicas drop cart
+            for p in (a, b):
+                p.wait_config("cds", lambda c: set(c) == {"outbound|80||shop"}, timeout=8)
+        finally:
+            b.stop()
+        # a replica restarted later reads the shared registry back
+        b2 = PilotProcess(tmp_path / "b2", store=store)
+        b2.start()
+        try:
+            b2.wait_config("cds", lambda c: set(c) == {"outbound|80||shop"})
+        finally:
+            b2.stop()
+    finally:
+        a.stop()
