@@ -307,6 +307,11 @@ class _Checker:
                                f"error adding listener named '{lst.name}': "
                                "listener with same name already exists")
             lseen.add(lst.name)
+            if not (lst.HasField("address") or lst.HasField("api_listener")
+                    or lst.HasField("internal_listener")):
+                self.reference(f"static_resources.listeners[{i}].address",
+                               f"error adding listener named '{lst.name}': "
+                               "address is necessary")
 
 
 def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Report:
