@@ -268,11 +268,8 @@ cdef class DownstreamConn:
             self._internal_error(exc)
 
     def eof_received(self):
-        # A client half-close while its request is in flight: keep going only if the
-        # request is complete (Envoy does the same for HTTP/1.1).
-        if self.in_request and self.req_done and not self.upgrade:
-            self.close_after = True
-            return True
+        # A client FIN closes the connection and resets an in-flight request, as Envoy
+        # does for HTTP/1.1 (no half-close support on HTTP streams).
         return False
 
     def connection_lost(self, exc):
@@ -345,8 +342,9 @@ cdef class DownstreamConn:
                 k = self.body.feed(PyBytes_AS_STRING(data) + off, n - off)
                 if k < 0:
                     cfg.cx_protocol_error.inc()
-                    if self.resp_started or self.up is not None:
+                    if self.resp_started:
                         return self._reset()
+                    self.resp_flags = "DPE"
                     return self._local_reply(400, b"Bad Request", b"", True)
                 if self.state == DS_BODY and k > 0:
                     self.bytes_rx += k

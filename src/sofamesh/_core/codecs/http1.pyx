@@ -466,7 +466,7 @@ cdef class BodyReader:
 
     cdef void start(self, int mode, long long length) noexcept:
         self.mode = mode
-        self.remaining = length
+        self.remaining = length if mode == FR_LENGTH else 0
         self.cstate = CS_SIZE
         self.trailer_bytes = 0
         self.size_digits = 0

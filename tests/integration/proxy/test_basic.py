@@ -1,0 +1,180 @@
+"""HTTP/1.1 proxying through a real upstream: keep-alive, framing, Envoy's headers and stats."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from .conftest import bootstrap, cluster, route, vhost
+
+
+async def test_keep_alive_get_reuses_one_upstream_connection(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p.client()
+    for i in range(3):
+        r = await c.request(path=f"/item/{i}?q=1", headers={"user-agent": "t"})
+        assert r.status == 200
+        assert r.json()["path"] == f"/item/{i}?q=1"
+        assert r.header("server") == "envoy"
+        assert r.header("date")
+        assert r.header("x-envoy-upstream-service-time") is not None
+        assert r.upstream_header("host") == "example.com"
+        assert r.upstream_header("x-forwarded-proto") == "http"
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                            r.upstream_header("x-request-id"))
+        assert r.upstream_header("x-envoy-expected-rq-timeout-ms") == "15000"
+    await c.close()
+    assert up.connections == 1
+    assert p.counter("http.ingress.downstream_rq_total") == 3
+    assert p.counter("http.ingress.downstream_rq_2xx") == 3
+    assert p.counter("cluster.up.upstream_rq_total") == 3
+    assert p.counter("cluster.up.upstream_rq_200") == 3
+    assert p.counter("cluster.up.upstream_cx_total") == 1
+    assert p.gauge("cluster.up.upstream_cx_active") == 1
+    await asyncio.sleep(0.05)
+    assert p.gauge("http.ingress.downstream_cx_active") == 0
+    assert p.counter("http.ingress.downstream_cx_total") == 1
+
+
+async def test_existing_request_id_and_hop_by_hop_headers(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p.client()
+    r = await c.request(headers={"x-request-id": "abc", "connection": "keep-alive",
+                                 "keep-alive": "timeout=5", "proxy-connection": "x",
+                                 "te": "trailers", "x-custom": "v"})
+    names = [k for k, _ in r.json()["headers"]]
+    assert r.upstream_header("x-request-id") == "abc"
+    assert r.upstream_header("x-custom") == "v"
+    for hop in ("connection", "keep-alive", "proxy-connection", "te"):
+        assert hop not in names
+    await c.close()
+
+
+async def test_pipelined_requests_answer_in_order(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p.client()
+    await c.send(b"".join(b"GET /p/%d HTTP/1.1\r\nhost: a\r\n\r\n" % i for i in range(5)) +
+                 b"POST /p/5 HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc")
+    for i in range(6):
+        r = await c.response()
+        assert r.status == 200
+        assert r.json()["path"] == f"/p/{i}"
+    assert r.json()["body_length"] == 3
+    await c.close()
+
+
+async def test_request_bodies_content_length_and_chunked(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p.client()
+    r = await c.request("POST", "/sink", body=b"x" * 100000)
+    assert r.body == b"100000"
+    await c.send(b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\ntrailer: 1\r\n\r\n")
+    r = await c.response()
+    assert r.json()["body_length"] == 11
+    assert r.upstream_header("transfer-encoding") == "chunked"
+    # split at every byte: framing state survives arbitrary reads
+    raw = b"POST /sink HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    for b in raw:
+        c.writer.write(bytes([b]))
+        await c.writer.drain()
+        await asyncio.sleep(0)
+    r = await c.response()
+    assert r.body == b"3"
+    await c.close()
+
+
+async def test_response_framings(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p.client()
+    r = await c.request(path="/chunked/3")
+    assert r.header("transfer-encoding") == "chunked"
+    assert r.body == b"chunk-0;chunk-1;chunk-2;"
+    # a body delimited by the upstream closing is re-framed as chunked for HTTP/1.1
+    r = await c.request(path="/eof")
+    assert r.header("transfer-encoding") == "chunked"
+    assert r.body == b"body until eof"
+    r = await c.request("HEAD", "/head")
+    assert r.status == 200 and r.body == b"" and int(r.header("content-length")) > 0
+    r = await c.request(path="/status/204")
+    assert r.status == 204 and r.body == b""
+    r = await c.request(path="/after")
+    assert r.status == 200 and r.json()["path"] == "/after"
+    await c.close()
+
+
+async def test_expect_100_continue(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p.client()
+    await c.send(b"POST /sink HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\n"
+                 b"content-length: 4\r\n\r\n")
+    interim = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 2)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await c.send(b"body")
+    r = await c.response()
+    assert r.status == 200 and r.body == b"4"
+    await c.close()
+
+
+async def test_connection_close_and_http10(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p.client()
+    r = await c.request(headers={"connection": "close"})
+    assert r.status == 200 and r.header("connection") == "close"
+    assert await c.closed()
+    c = await p.client()
+    await c.send(b"GET / HTTP/1.0\r\n\r\n")
+    r = await c.response()
+    assert r.status == 426 and r.body == b"Upgrade Required"
+    assert await c.closed()
+
+
+async def test_x_forwarded_for_with_use_remote_address(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])],
+                              use_remote_address=True))
+    c = await p.client()
+    r = await c.request()
+    assert r.upstream_header("x-forwarded-for") == "127.0.0.1"
+    r = await c.request(headers={"x-forwarded-for": "10.0.0.1"})
+    assert r.upstream_header("x-forwarded-for") == "10.0.0.1, 127.0.0.1"
+    await c.close()
+    # without use_remote_address the header passes untouched and is not added
+    p2 = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p2.client()
+    r = await c.request()
+    assert r.upstream_header("x-forwarded-for") is None
+    r = await c.request(headers={"x-forwarded-for": "10.0.0.1"})
+    assert r.upstream_header("x-forwarded-for") == "10.0.0.1"
+    await c.close()
+
+
+async def test_websocket_upgrade_is_tunnelled_only_when_enabled(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])],
+                              upgrade_configs=[{"upgrade_type": "websocket"}]))
+    c = await p.client()
+    await c.send(b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"sec-websocket-version: 13\r\n\r\n")
+    r = await c.response()
+    assert r.status == 101 and r.header("upgrade") == "websocket"
+    await c.send(b"\x81\x05hello")
+    assert await asyncio.wait_for(c.reader.readexactly(7), 2) == b"\x81\x05hello"
+    await c.close()
+    await asyncio.sleep(0.05)
+    assert p.counter("http.ingress.downstream_cx_upgrades_total") == 1
+    p2 = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p2.client()
+    await c.send(b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+    r = await c.response()
+    assert r.status == 403
+    assert p2.counter("http.ingress.downstream_rq_ws_on_non_ws_route") == 1
+    await c.close()
