@@ -162,12 +162,10 @@ def _check_string(v: str, r: Any) -> str | None:
     if has("well_known_regex") and v:
         strict = not has("strict") or r.strict
         wk = r.well_known_regex
-        if wk == 1:  # HTTP_HEADER_NAME
-            if not (_HEADER_NAME if strict else _LOOSE).match(v):
-                return "value does not match regex pattern " + repr(_HEADER_NAME.pattern)
-        elif wk == 2:  # HTTP_HEADER_VALUE
-            if not (_HEADER_VALUE if strict else _LOOSE).match(v):
-                return "value does not match regex pattern " + repr(_HEADER_VALUE.pattern)
+        if wk in (1, 2):  # HTTP_HEADER_NAME, HTTP_HEADER_VALUE
+            rx = _LOOSE if not strict else (_HEADER_NAME if wk == 1 else _HEADER_VALUE)
+            if not rx.match(v):
+                return "value does not match regex pattern " + repr(rx.pattern)
     return None
 
 
