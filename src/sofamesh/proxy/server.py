@@ -30,6 +30,11 @@ ROUTER_NAMES = ("envoy.filters.http.router", "envoy.router")
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
+def _bump(c: Any) -> None:
+    c.value += 1
+    c.used = True
+
+
 def _dur(d: Any) -> float:
     return d.seconds + d.nanos / 1e9
 
@@ -306,7 +311,7 @@ class Server:
             except OSError as e:
                 log.warning("cluster %s: DNS resolution of %s failed: %s",
                             rt.cluster.name, name, e)
-                self.stats.counter(f"cluster.{rt.cluster.name}.update_failure").inc()
+                _bump(self.stats.counter(f"cluster.{rt.cluster.name}.update_failure"))
                 return
             seen = set()
             for info in infos:
@@ -316,7 +321,7 @@ class Server:
                     hosts.append(Host(ip, port, w, name))
                     if logical:
                         break
-        self.stats.counter(f"cluster.{rt.cluster.name}.update_success").inc()
+        _bump(self.stats.counter(f"cluster.{rt.cluster.name}.update_success"))
         rt.cluster.set_hosts(hosts)
 
     async def _dns_loop(self, rt: _ClusterRuntime, rate: float) -> None:
