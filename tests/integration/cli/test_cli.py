@@ -1,0 +1,85 @@
+"""`sofamesh proxy` as pilot-agent starts it: Envoy's flags, exit codes and outputs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+from tests.conftest import free_port, sofamesh_command
+from tests.integration.admin.helpers import get, proxy_env, start_sofamesh, stop, write_bootstrap
+
+
+def run(*args: str, cwd=None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*sofamesh_command(), "proxy", *args], capture_output=True, text=True,
+                          timeout=timeout, env=proxy_env(), cwd=cwd)
+
+
+def test_version_and_bad_flag():
+    r = run("--version")
+    assert r.returncode == 0
+    assert "version: " in r.stdout and "/0.1.0/Clean/RELEASE/" in r.stdout
+    r = run("--no-such-flag")
+    assert r.returncode == 1 and "PARSE ERROR" in r.stderr
+    r = run("--concurrency", "two")
+    assert r.returncode == 1 and "PARSE ERROR" in r.stderr
+    r = run("--component-log-level", "upstream")
+    assert r.returncode == 1 and "component log level not correctly specified" in r.stderr
+
+
+def test_pilot_agent_command_line(tmp_path):
+    """The flags Istio's pilot-agent passes, all accepted and reflected in /server_info."""
+    admin = free_port()
+    cfg = write_bootstrap(tmp_path / "envoy-rev.json.yaml", admin=admin, upstream=free_port())
+    addr_file = tmp_path / "admin.addr"
+    proc = start_sofamesh(
+        cfg, admin,
+        "--drain-time-s", "45", "--drain-strategy", "immediate",
+        "--parent-shutdown-time-s", "60", "--local-address-ip-version", "v4",
+        "--file-flush-interval-msec", "1000", "--file-flush-min-size-kb", "16",
+        "--disable-hot-restart", "--allow-unknown-static-fields", "--skip-deprecated-logs",
+        "--component-log-level", "misc:error,upstream:warning", "--log-format", "%v",
+        "--concurrency", "1", "--service-node", "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local",
+        "--service-cluster", "pod.ns", "--base-id", "1", "--restart-epoch", "0",
+        "--enable-core-dump", "--config-yaml", "node: {metadata: {ISTIO_VERSION: '1.22'}}",
+        "--admin-address-path", str(addr_file),
+    )
+    try:
+        info = json.loads(get(admin, "/server_info")[1])
+        o = info["command_line_options"]
+        assert o["drain_time"] == "45s" and o["drain_strategy"] == "Immediate"
+        assert o["parent_shutdown_time"] == "60s" and o["file_flush_interval"] == "1s"
+        assert o["disable_hot_restart"] is True and o["allow_unknown_static_fields"] is True
+        assert o["component_log_level"] == "misc:error,upstream:warning"
+        assert o["base_id"] == "1" and o["enable_core_dump"] is True
+        assert info["node"]["id"] == "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local"
+        assert info["node"]["cluster"] == "pod.ns"
+        assert info["node"]["metadata"]["ISTIO_VERSION"] == "1.22"  # --config-yaml merged
+        assert addr_file.read_text() == f"127.0.0.1:{admin}"
+    finally:
+        stop(proc)
+    assert proc.returncode == 0  # SIGTERM is a clean exit, as in Envoy
+
+
+def test_listener_bind_failure_exits_1(tmp_path):
+    admin = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = write_bootstrap(tmp_path / "b.yaml", admin=admin, port=port, upstream=free_port())
+        r = run("-c", str(cfg), "--concurrency", "1", timeout=60)
+    assert r.returncode == 1
+    assert "error initializing" in r.stderr
+
+
+def test_init_only_and_validate_modes(tmp_path):
+    admin = free_port()
+    cfg = write_bootstrap(tmp_path / "b.yaml", admin=admin, upstream=free_port())
+    r = run("-c", str(cfg), "--mode", "init_only", "--concurrency", "1")
+    assert r.returncode == 0, r.stderr
+    r = run("-c", str(cfg), "--mode", "validate")
+    assert (r.returncode, r.stdout) == (0, f"configuration '{cfg}' OK\n")
+    r = run("-c", str(tmp_path / "missing.yaml"), "--mode", "validate")
+    assert r.returncode == 1
+    assert f"Invalid path: {tmp_path / 'missing.yaml'}" in r.stderr
