@@ -41,7 +41,7 @@ class Provider:
     `<root>/<iface>/providers`, an ephemeral node per exported service."""
 
     def __init__(self, hosts: str) -> None:
-        self.zk = KazooClient(hosts=hosts, timeout=2.0)
+        self.zk = KazooClient(hosts=hosts, timeout=4.0)
         self.zk.start(timeout=10)
 
     def register(self, root: str, iface: str, node: str) -> str:
@@ -281,3 +281,70 @@ async def test_unreachable_zookeeper_does_not_block_start(unused_port):
         assert reg.stats["connect_timeouts"] == 1
     finally:
         await reg.stop()
+
+
+def expire_session(hosts: str, zk: KazooClient) -> None:
+    """Expire `zk`'s session the way ZooKeeper's own tests do: a second client attaches to
+    the same session id and password and closes it."""
+    session_id, password = zk.client_id
+    thief = KazooClient(hosts=hosts, client_id=(session_id, password), timeout=2.0)
+    thief.start(timeout=10)
+    thief.stop()
+    thief.close()
+
+
+async def test_session_expiry_rewatches_and_reexports(adapter_factory, zookeeper, provider,
+                                                      root):
+    provider.register(root, IFACE, dubbo_node("10.0.0.1", 20880, IFACE))
+    reg, _ = await adapter_factory(root, export=True)
+    mesh = "com.example.Exported"
+    await reg.export({mesh: Service(mesh)}, {
+        mesh: [Instance(mesh, "e", "127.0.0.40", 20880, protocol="dubbo", registry="api")]})
+    assert len(provider.zk.get_children(f"{root}/{mesh}/providers")) == 1
+
+    expire_session(zookeeper.hosts, reg._zk)
+    await until(lambda: reg.stats["sessions_lost"] == 1, what="session loss seen")
+    # the ephemeral export went with the old session; the new session writes it again
+    await until(lambda: len(provider.zk.get_children(f"{root}/{mesh}/providers")) == 1,
+                timeout=10, what="export re-created on the new session")
+    # what ZooKeeper had is still served, and watches work on the new session
+    assert [i.address for i in reg.snapshot().instances[IFACE]] == ["10.0.0.1"]
+    provider.register(root, IFACE, dubbo_node("10.0.0.2", 20880, IFACE))
+    await until(lambda: len(reg.snapshot().instances.get(IFACE, [])) == 2,
+                what="watch after a new session")
+
+
+async def test_zookeeper_restart(root):
+    """The server goes away and comes back on the same port: the adapter keeps its last
+    snapshot meanwhile and watches again after reconnecting."""
+    from tests.support.servers import ZooKeeperServer
+
+    server = ZooKeeperServer()
+    reg = None
+    p = None
+    try:
+        server.start()
+        p = Provider(server.hosts)
+        p.register(root, IFACE, dubbo_node("10.0.0.1", 20880, IFACE))
+        reg = registries.build({"type": "zookeeper", "hosts": server.hosts, "root": root,
+                                "session_timeout": 30})
+        await reg.start(lambda n: None)
+        assert IFACE in reg.snapshot().services
+
+        server.kill()
+        await until(lambda: reg.stats["disconnects"] >= 1, what="disconnect seen")
+        assert IFACE in reg.snapshot().services  # no flapping while ZooKeeper is away
+        await asyncio.to_thread(server.start)
+        # the provider reconnects (its session may or may not have outlived the restart:
+        # the server caps sessions at 20 ticks) and registers a second node
+        await until(lambda: p.zk.connected, timeout=10, what="provider reconnected")
+        await asyncio.to_thread(p.register, root, IFACE, dubbo_node("10.0.0.2", 20880, IFACE))
+        await until(lambda: "10.0.0.2" in {i.address for i in
+                                           reg.snapshot().instances.get(IFACE, [])},
+                    timeout=15, what="watch after reconnect")
+    finally:
+        if reg is not None:
+            await reg.stop()
+        if p is not None:
+            p.close()
+        server.stop()
