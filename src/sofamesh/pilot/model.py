@@ -69,7 +69,11 @@ class Snapshot:
 class Registry(Protocol):
     """What a registry adapter offers the pilot. `start` begins watching and calls
     `on_change(self.name)` whenever its snapshot changes; the pilot then reads `snapshot()`
-    and merges all registries into one model (debounced)."""
+    and merges all registries into one model (debounced).
+
+    A snapshot is immutable once returned: publish a change as new lists/dicts, never by
+    mutating ones handed out before (the pilot skips a service whose instance list is the
+    very object it saw last time)."""
 
     name: str
 

@@ -90,7 +90,8 @@ class EmbeddedStore(BaseStore):
         self._deadline: dict[tuple[str, str], float] = {}
         self._heap: list[tuple[float, str, str]] = []
         self._reaper: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
+        self._pending: list[tuple[str, tuple, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
 
     async def open(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -123,6 +124,11 @@ class EmbeddedStore(BaseStore):
                 await self._reaper
             except asyncio.CancelledError:
                 pass
+        if self._flusher is not None:
+            try:
+                await self._flusher  # acknowledged writes reach the disk before closing
+            except Exception:  # noqa: BLE001
+                pass
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -141,11 +147,42 @@ class EmbeddedStore(BaseStore):
         return None if d is None else max(0.0, d - time.monotonic())
 
     async def _write(self, sql: str, args: tuple) -> None:
+        """Group commit: writes that arrive while a commit is in flight share the next one
+        (one fsync for the batch). Returns once this write is durable."""
+        if self._db is None:
+            raise StoreError("store is closed")
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((sql, args, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self._commit, [(sql, args) for sql, args, _ in batch])
+            except Exception as e:  # noqa: BLE001 - every waiter learns the write failed
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreError(f"store write failed: {e}"))
+                continue
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _commit(self, batch: list[tuple[str, tuple]]) -> None:
         db = self._db
         if db is None:
             raise StoreError("store is closed")
-        async with self._lock:  # one writer; the fsync runs off the event loop
-            await asyncio.to_thread(db.execute, sql, args)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in batch:
+                db.execute(sql, args)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     async def put(self, service: str, iid: str, rec: dict) -> None:
         await self._write(
