@@ -89,9 +89,8 @@ class AdminState:
 
     # ---- stats ----------------------------------------------------------------------
     def server_state(self) -> int:
-        if self.state != STATE_LIVE:
-            return self.state
-        return STATE_DRAINING if self.draining else STATE_LIVE
+        # As in Envoy, /drain_listeners does not change server.state or /ready.
+        return self.state
 
     async def snapshot(self) -> dict:
         from sofamesh.proxy.cli import version_string  # noqa: F401 - keeps imports light
@@ -113,8 +112,7 @@ class AdminState:
             if state in (STATE_LIVE, STATE_DRAINING) else 0,
             "listener_manager.total_listeners_active": len(top["listeners"]),
             "listener_manager.total_listeners_warming": 0,
-            "listener_manager.total_listeners_draining": len(top["listeners"])
-            if self.draining else 0,
+            "listener_manager.total_listeners_draining": 0,
             "cluster_manager.active_clusters": len(top["clusters"]),
             "cluster_manager.warming_clusters": 0,
         }
@@ -496,8 +494,7 @@ async def hc_ok(st: AdminState, q: dict[str, str], method: str) -> Response:
 async def drain(st: AdminState, q: dict[str, str], method: str) -> Response:
     inbound = "inboundonly" in q
     graceful = "graceful" in q
-    if not inbound:
-        st.draining = True
+    st.draining = st.draining or not inbound
     await st.backend.drain_listeners(inbound, graceful)
     return Response(200, "OK\n")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import time
 
 import pytest
 
@@ -211,3 +213,36 @@ def test_runtime_certs_memory_logging(pair):
     assert e == s == 400
     e, s = both(pair, lambda p: get(p, "/config_dump?resource=bogus"))
     assert e == s == (404, "bogus not found in config dump\n") or (e[0] == s[0] == 404)
+
+
+def test_drain_listeners_keeps_server_live(tmp_path):
+    """Own pair: draining stops the listeners, so it cannot share the module's processes."""
+    upstream = free_port()
+    ea, sa = free_port(), free_port()
+    envoy = start_envoy(write_bootstrap(tmp_path / "e.yaml", admin=ea, upstream=upstream), ea)
+    try:
+        sm = start_sofamesh(write_bootstrap(tmp_path / "s.yaml", admin=sa, upstream=upstream),
+                            sa, "--concurrency", "1")
+        try:
+            pair = {"envoy": ea, "sofamesh": sa}
+            ports = both(pair, lambda p: int(get(p, "/listeners")[1].strip().rsplit(":", 1)[1]))
+            assert both(pair, lambda p: post(p, "/drain_listeners?inboundonly")) == \
+                ((200, "OK\n"),) * 2
+            assert both(pair, lambda p: post(p, "/drain_listeners")) == ((200, "OK\n"),) * 2
+            for port in ports:  # stopped at once (not graceful): new connections refused
+                deadline = time.monotonic() + 5
+                while True:
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    except ConnectionRefusedError:
+                        break
+                    assert time.monotonic() < deadline, f"listener {port} still accepting"
+                    time.sleep(0.05)
+            e, s = both(pair, lambda p: get(p, "/ready"))
+            assert e == s == (200, "LIVE\n")
+            e, s = both(pair, lambda p: get(p, "/stats?filter=^server\\.state$")[1])
+            assert e == s == "server.state: 0\n"
+        finally:
+            stop(sm)
+    finally:
+        stop(envoy)
