@@ -6,6 +6,9 @@ import importlib
 _BUILTIN = [
     "sofamesh.filters.http.router",
     "sofamesh.filters.http.local_ratelimit",
+    "sofamesh.filters.network.dubbo_proxy",
+    "sofamesh.filters.network.bolt_proxy",
+    "sofamesh.filters.network.tcp_proxy",
 ]
 
 for _name in _BUILTIN:

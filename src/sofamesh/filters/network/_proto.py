@@ -25,14 +25,17 @@ PROTO_DIR = Path(os.environ.get("SOFAMESH_PROTO_DIR", _ROOT / "proto"))
 GEN_DIR = Path(__file__).resolve().parents[2] / "_gen"
 
 
-def _deps_set() -> descriptor_pb2.FileDescriptorSet:
-    """The transitive imports of our .proto, from the Python descriptors in the pool."""
+def _import_deps() -> None:
     from envoy.config.core.v3 import base_pb2  # noqa: F401
     from envoy.config.route.v3 import route_components_pb2  # noqa: F401
     from envoy.type.matcher.v3 import string_pb2  # noqa: F401
     from envoy.type.v3 import range_pb2  # noqa: F401
     from google.protobuf import any_pb2  # noqa: F401
 
+
+def _deps_set() -> descriptor_pb2.FileDescriptorSet:
+    """The transitive imports of our .proto, from the Python descriptors in the pool."""
+    _import_deps()
     pool = descriptor_pool.Default()
     out = descriptor_pb2.FileDescriptorSet()
     seen: set[str] = set()
@@ -93,6 +96,7 @@ def _load() -> None:
             os.replace(tmp, cache)
         except OSError:
             pass  # a read-only install compiles each time
+    _import_deps()
     fds = descriptor_pb2.FileDescriptorSet.FromString(raw)
     for fdp in fds.file:
         pool.Add(fdp)

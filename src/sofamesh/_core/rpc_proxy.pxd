@@ -1,0 +1,137 @@
+# RPC proxy hot path (Bolt, Dubbo): downstream connections, routing by service/method,
+# request ids rewritten onto a small pool of multiplexed upstream connections.
+#
+# Contract: RpcProxyConfig is built once per listener by sofamesh.filters.network (Python,
+# from the Envoy config) and is immutable but for its connection pools; its route table
+# is swapped whole. `protocol_factory()` gives the asyncio Protocol for each accepted
+# connection. Clusters are sofamesh._core.upstream.Cluster objects shared with HTTP.
+
+from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+from sofamesh._core.upstream cimport Cluster, Host
+
+cdef enum:
+    P_BOLT = 1
+    P_DUBBO = 2
+
+cdef enum:
+    SM_EXACT = 0
+    SM_PREFIX = 1
+    SM_SUFFIX = 2
+    SM_CONTAINS = 3
+    SM_REGEX = 4
+    SM_ANY = 5
+
+
+cdef class StrMatch:
+    cdef int kind
+    cdef str value
+    cdef bint ignore_case
+    cdef object regex                   # re.Pattern | None
+    cdef bint match(self, object s)
+
+
+cdef class HeaderMatch:
+    cdef str name
+    cdef StrMatch sm                    # None: present_match
+    cdef bint present
+    cdef bint invert
+    cdef bint match(self, object value)
+
+
+cdef class RpcRoute:
+    cdef StrMatch method                # None: any method
+    cdef list headers                   # list[HeaderMatch]
+    cdef str cluster                    # "" when weighted
+    cdef list weighted                  # list[tuple[str, int]]
+    cdef long long total_weight
+    cdef str pick_cluster(self)
+
+
+cdef class RpcRouteConfig:
+    cdef str interface                  # "*" any
+    cdef str group                      # "" any
+    cdef str version                    # "" any
+    cdef list routes                    # list[RpcRoute]
+    cdef bint needs_method
+    cdef bint needs_headers
+
+
+cdef class RpcRouteTable:
+    cdef list configs                   # list[RpcRouteConfig]
+    cdef dict cache                     # (service, method) -> RpcRoute, header-free routes only
+    cdef RpcRoute match(self, int proto, object frame)
+
+
+cdef class RpcStats:
+    cdef Counter request, request_twoway, request_oneway, request_event
+    cdef Counter request_decoding_error, request_decoding_success
+    cdef Counter response, response_success, response_error, response_decoding_error
+    cdef Counter local_response_success, local_response_error
+    cdef Counter route_missing, unknown_cluster, no_healthy_upstream
+    cdef Counter upstream_rq_timeout, upstream_reset, cx_total
+    cdef Counter cx_destroy_local_with_active_rq, cx_destroy_remote_with_active_rq
+    cdef Gauge request_active, cx_active
+    cdef Histogram request_time_ms
+
+
+cdef class Pending:
+    cdef DownstreamConn down
+    cdef object frame                   # BoltFrame | DubboFrame: the original request
+    cdef unsigned long long orig_id
+    cdef double start
+    cdef double deadline
+    cdef Cluster cluster
+    cdef Host host
+
+
+cdef class UpstreamConn:
+    cdef RpcProxyConfig cfg
+    cdef Cluster cluster
+    cdef Host host
+    cdef object transport
+    cdef object decoder                 # BoltDecoder | DubboDecoder
+    cdef dict pending                   # dict[int, Pending] by upstream request id
+    cdef list out                       # list[bytes] queued until connected / flushed
+    cdef bint connected
+    cdef bint closed
+    cdef bint dirty
+    cdef unsigned long long next_id
+    cdef void send(self, bytes data)
+    cdef void flush(self)
+    cdef void fail_all(self, int why)
+    cdef void _done_c(self, Pending p, double now, bint ok)
+
+
+cdef class DownstreamConn:
+    cdef RpcProxyConfig cfg
+    cdef object transport
+    cdef object decoder
+    cdef list out                       # list[bytes] replies gathered during one read
+    cdef list dirty                     # list[UpstreamConn] with queued requests
+    cdef bint closed
+    cdef long long active
+    cdef void write(self, bytes data)
+    cdef void flush(self)
+    cdef void handle_bolt(self, object f)
+    cdef void handle_dubbo(self, object f)
+    cdef void forward(self, object f, unsigned long long orig_id, bint oneway, double timeout_s)
+    cdef void local_error(self, object f, int why)
+
+
+cdef class RpcProxyConfig:
+    cdef public int proto
+    cdef public str stat_prefix
+    cdef public RpcRouteTable table
+    cdef public dict clusters           # dict[str, Cluster]
+    cdef public object loop
+    cdef public double default_timeout
+    cdef public int max_frame
+    cdef public int conns_per_host
+    cdef public bint draining
+    cdef public set conns               # set[DownstreamConn]
+    cdef dict pools                     # dict[Host, list[UpstreamConn]]
+    cdef dict rr                        # dict[Host, int]
+    cdef RpcStats st
+    cdef object sweeper                 # asyncio.TimerHandle | None
+    cdef UpstreamConn upstream_for(self, Cluster cluster, Host host)
+    cdef void arm_sweeper(self)

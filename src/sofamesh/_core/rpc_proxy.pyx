@@ -1,0 +1,758 @@
+# RPC proxy hot path (Bolt, Dubbo): see rpc_proxy.pxd for the contract.
+#
+#   client --frames--> DownstreamConn --route(service, method, headers)--> Cluster.choose()
+#        <--ids restored-- UpstreamConn (a few per host, multiplexed, ids rewritten) <--> server
+#
+# Per read, a connection decodes every complete frame, routes each, and queues the bytes
+# on the chosen upstream connections; the queues are written once at the end of the read
+# (one writelines per upstream), and replies gathered the same way on the way back.
+# Heartbeats are answered locally. Failures are answered with the protocol's own error
+# reply carrying the client's request id: Bolt status codes, Dubbo status bytes.
+
+import re
+
+from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+from sofamesh._core.upstream cimport Cluster, Host
+from sofamesh._core.codecs.rpcframe cimport ProtocolError
+from sofamesh._core.codecs.bolt cimport (
+    BoltFrame, BoltDecoder, rewrite_request_id as bolt_rewrite, heartbeat_ack as bolt_hb_ack,
+    error_response as bolt_error,
+)
+from sofamesh._core.codecs.dubbo cimport (
+    DubboFrame, DubboDecoder, rewrite_request_id as dubbo_rewrite,
+    heartbeat_response as dubbo_hb_reply, error_response as dubbo_error,
+)
+from sofamesh._core.router cimport rng_next
+
+cdef enum:
+    WHY_NO_ROUTE = 1
+    WHY_UNKNOWN_CLUSTER = 2
+    WHY_NO_HEALTHY = 3
+    WHY_TIMEOUT = 4
+    WHY_RESET = 5
+    WHY_CONNECT_FAIL = 6
+    WHY_CODEC = 7
+    WHY_DRAINING = 8
+
+# Bolt status per failure (MOSN's mapping of the same conditions).
+cdef int _bolt_status(int why) noexcept:
+    if why == WHY_NO_ROUTE or why == WHY_UNKNOWN_CLUSTER:
+        return 6        # NO_PROCESSOR
+    if why == WHY_TIMEOUT:
+        return 7        # TIMEOUT
+    if why == WHY_CODEC:
+        return 9        # CODEC_EXCEPTION
+    if why == WHY_DRAINING:
+        return 4        # SERVER_THREADPOOL_BUSY
+    return 0x10         # CONNECTION_CLOSED: no healthy host, reset, connect failure
+
+# Dubbo status per failure (as Envoy's dubbo_proxy answers them).
+cdef int _dubbo_status(int why) noexcept:
+    if why == WHY_NO_ROUTE or why == WHY_UNKNOWN_CLUSTER:
+        return 60       # SERVICE_NOT_FOUND
+    if why == WHY_TIMEOUT:
+        return 31       # SERVER_TIMEOUT
+    if why == WHY_CODEC:
+        return 40       # BAD_REQUEST
+    return 80           # SERVER_ERROR
+
+_WHY_TEXT = {
+    WHY_NO_ROUTE: "no route", WHY_UNKNOWN_CLUSTER: "unknown cluster",
+    WHY_NO_HEALTHY: "no healthy upstream", WHY_TIMEOUT: "upstream request timeout",
+    WHY_RESET: "upstream connection reset", WHY_CONNECT_FAIL: "upstream connect failure",
+    WHY_CODEC: "protocol error", WHY_DRAINING: "proxy draining",
+}
+
+
+cdef class StrMatch:
+    def __init__(self, int kind, str value="", bint ignore_case=False):
+        self.kind = kind
+        self.ignore_case = ignore_case
+        self.value = value.lower() if ignore_case else value
+        self.regex = re.compile(value) if kind == SM_REGEX else None
+
+    cdef bint match(self, object s):
+        if s is None:
+            return False
+        if self.kind == SM_ANY:
+            return True
+        if self.ignore_case:
+            s = s.lower()
+        if self.kind == SM_EXACT:
+            return s == self.value
+        if self.kind == SM_PREFIX:
+            return s.startswith(self.value)
+        if self.kind == SM_SUFFIX:
+            return s.endswith(self.value)
+        if self.kind == SM_CONTAINS:
+            return self.value in s
+        return self.regex.fullmatch(s) is not None
+
+
+cdef class HeaderMatch:
+    def __init__(self, str name, StrMatch sm=None, bint present=False, bint invert=False):
+        self.name = name
+        self.sm = sm
+        self.present = present
+        self.invert = invert
+
+    cdef bint match(self, object value):
+        cdef bint ok
+        if self.sm is None:
+            ok = (value is not None) == self.present
+        else:
+            ok = self.sm.match(value)
+        return ok != self.invert
+
+
+cdef class RpcRoute:
+    def __init__(self, StrMatch method, list headers, str cluster="", list weighted=None):
+        self.method = method
+        self.headers = headers
+        self.cluster = cluster
+        self.weighted = weighted or []
+        self.total_weight = sum(w for _, w in self.weighted)
+
+    cdef str pick_cluster(self):
+        cdef long long r
+        if not self.weighted:
+            return self.cluster
+        r = <long long>(rng_next() % <unsigned long long>(self.total_weight or 1))
+        for name, w in self.weighted:
+            if r < w:
+                return name
+            r -= w
+        return self.weighted[len(self.weighted) - 1][0]
+
+
+cdef class RpcRouteConfig:
+    def __init__(self, str interface, str group, str version, list routes):
+        self.interface = interface
+        self.group = group
+        self.version = version
+        self.routes = routes
+        self.needs_method = any((<RpcRoute>r).method is not None for r in routes)
+        self.needs_headers = any((<RpcRoute>r).headers for r in routes)
+
+
+cdef inline object _bolt_header(BoltFrame f, str name):
+    return f.header(name)
+
+
+cdef class RpcRouteTable:
+    def __init__(self, list configs):
+        self.configs = configs
+        self.cache = {}
+
+    cdef RpcRoute match(self, int proto, object frame):
+        cdef RpcRouteConfig rc
+        cdef RpcRoute r
+        cdef HeaderMatch hm
+        cdef BoltFrame bf
+        cdef DubboFrame df
+        cdef str iface, group = None, version = None
+        if proto == P_BOLT:
+            bf = <BoltFrame>frame
+            service = bf.service()
+            if service is None:
+                return None
+            parts = service.split(":")
+            iface = parts[0]
+            version = parts[1] if len(parts) > 1 else ""
+            group = parts[2] if len(parts) > 2 else ""
+        else:
+            df = <DubboFrame>frame
+            service = df.service
+            if service is None:
+                return None
+            iface = service
+            version = df.version or ""
+            group = (df.attachments or {}).get("group") or ""
+        for rc in self.configs:
+            if rc.interface != "*" and rc.interface != iface and rc.interface != service:
+                continue
+            if rc.group and rc.group != group:
+                continue
+            if rc.version and rc.version != version:
+                continue
+            method = None
+            if rc.needs_method:
+                method = bf.method() if proto == P_BOLT else df.method
+            for r in rc.routes:
+                if r.method is not None and not r.method.match(method):
+                    continue
+                ok = True
+                for hm in r.headers:
+                    if proto == P_BOLT:
+                        v = bf.header(hm.name)
+                    else:
+                        v = (df.attachments or {}).get(hm.name)
+                        if v is not None and not isinstance(v, str):
+                            v = str(v)
+                    if not hm.match(v):
+                        ok = False
+                        break
+                if ok:
+                    return r
+        return None
+
+    def route_for_test(self, int proto, frame):
+        r = self.match(proto, frame)
+        return None if r is None else r.pick_cluster()
+
+
+cdef class RpcStats:
+    """Envoy dubbo_proxy-style stats under <bolt|dubbo>.<stat_prefix>."""
+
+    def __init__(self, Store store, str prefix):
+        self.request = store.counter(prefix + "request")
+        self.request_twoway = store.counter(prefix + "request_twoway")
+        self.request_oneway = store.counter(prefix + "request_oneway")
+        self.request_event = store.counter(prefix + "request_event")
+        self.request_decoding_error = store.counter(prefix + "request_decoding_error")
+        self.request_decoding_success = store.counter(prefix + "request_decoding_success")
+        self.response = store.counter(prefix + "response")
+        self.response_success = store.counter(prefix + "response_success")
+        self.response_error = store.counter(prefix + "response_error")
+        self.response_decoding_error = store.counter(prefix + "response_decoding_error")
+        self.local_response_success = store.counter(prefix + "local_response_success")
+        self.local_response_error = store.counter(prefix + "local_response_error")
+        self.route_missing = store.counter(prefix + "route_missing")
+        self.unknown_cluster = store.counter(prefix + "unknown_cluster")
+        self.no_healthy_upstream = store.counter(prefix + "no_healthy_upstream")
+        self.upstream_rq_timeout = store.counter(prefix + "upstream_rq_timeout")
+        self.upstream_reset = store.counter(prefix + "upstream_reset")
+        self.cx_total = store.counter(prefix + "cx_total")
+        self.cx_destroy_local_with_active_rq = store.counter(prefix + "cx_destroy_local_with_active_rq")
+        self.cx_destroy_remote_with_active_rq = store.counter(prefix + "cx_destroy_remote_with_active_rq")
+        self.request_active = store.gauge(prefix + "request_active")
+        self.cx_active = store.gauge(prefix + "cx_active")
+        self.request_time_ms = store.histogram(prefix + "request_time_ms")
+
+
+cdef class Pending:
+    pass
+
+
+cdef class UpstreamConn:
+    """One upstream connection carrying many downstream requests (ids rewritten)."""
+
+    def __init__(self, RpcProxyConfig cfg, Cluster cluster, Host host):
+        self.cfg = cfg
+        self.cluster = cluster
+        self.host = host
+        self.transport = None
+        self.decoder = BoltDecoder(cfg.max_frame) if cfg.proto == P_BOLT \
+            else DubboDecoder(cfg.max_frame)
+        self.pending = {}
+        self.out = []
+        self.connected = False
+        self.closed = False
+        self.dirty = False
+        self.next_id = 1
+
+    # asyncio.Protocol
+    def connection_made(self, transport):
+        self.transport = transport
+        self.connected = True
+        if self.out:
+            self.flush()
+
+    def data_received(self, data):
+        cdef Pending p
+        cdef DownstreamConn d
+        cdef list touched = []
+        cdef double now
+        cdef int proto = self.cfg.proto
+        cdef RpcStats st = self.cfg.st
+        self.cluster.upstream_cx_rx_bytes_total.add(len(data))
+        frames = (<BoltDecoder>self.decoder).feed(data) if proto == P_BOLT \
+            else (<DubboDecoder>self.decoder).feed(data)
+        now = self.cfg.loop.time()
+        for f in frames:
+            if isinstance(f, ProtocolError):
+                st.response_decoding_error.inc()
+                if (<ProtocolError>f).fatal:
+                    self.cluster.upstream_cx_protocol_error.inc()
+                    self.abort(WHY_RESET)
+                    break
+                rid = (<ProtocolError>f).request_id
+                if rid >= 0 and rid in self.pending:
+                    p = self.pending.pop(rid)
+                    self._done_c(p, now, False)
+                    p.down.local_error(p.frame, WHY_CODEC)
+                    if p.down not in touched:
+                        touched.append(p.down)
+                continue
+            if proto == P_BOLT:
+                if (<BoltFrame>f).type != 0:
+                    if (<BoltFrame>f).cmdcode == 0 and self.transport is not None:
+                        self.transport.write(bolt_hb_ack(<BoltFrame>f))  # server's heartbeat
+                    continue
+                rid = (<BoltFrame>f).request_id
+            else:
+                if (<DubboFrame>f).flags & 0x80:
+                    if (<DubboFrame>f).flags & 0x20 and (<DubboFrame>f).flags & 0x40 \
+                            and self.transport is not None:
+                        self.transport.write(dubbo_hb_reply(<DubboFrame>f))
+                    continue
+                rid = (<DubboFrame>f).request_id
+            p = self.pending.pop(rid, None)
+            if p is None:
+                continue  # timed out already, or a reply to a heartbeat we did not send
+            d = p.down
+            st.response.inc()
+            if proto == P_BOLT:
+                ok = (<BoltFrame>f).status == 0
+                out = bolt_rewrite(<BoltFrame>f, <unsigned int>p.orig_id)
+            else:
+                ok = (<DubboFrame>f).status == 20
+                out = dubbo_rewrite(<DubboFrame>f, p.orig_id)
+            if ok:
+                st.response_success.inc()
+            else:
+                st.response_error.inc()
+            self._done_c(p, now, ok)
+            if not d.closed:
+                d.write(out)
+                if d not in touched:
+                    touched.append(d)
+        for d in touched:
+            d.flush()
+
+    cdef void _done_c(self, Pending p, double now, bint ok):
+        cdef double ms = (now - p.start) * 1000.0
+        self.cluster.upstream_rq_completed.inc()
+        self.cluster.upstream_rq_active.dec()
+        self.cluster.rq_active -= 1
+        self.cluster.upstream_rq_time.record(ms)
+        self.cfg.st.request_time_ms.record(ms)
+        self.cfg.st.request_active.dec()
+        self.host.rq_active -= 1
+        if ok:
+            self.host.rq_success += 1
+        else:
+            self.host.rq_error += 1
+        p.down.active -= 1
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        was_connected = self.connected
+        self.connected = False
+        self.transport = None
+        self.cluster.upstream_cx_active.dec()
+        self.cluster.cx_active -= 1
+        self.host.cx_active -= 1
+        self.cluster.upstream_cx_destroy.inc()
+        self.cluster.upstream_cx_destroy_remote.inc()
+        self._remove()
+        if self.pending:
+            self.fail_all(WHY_RESET if was_connected else WHY_CONNECT_FAIL)
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+    cdef void send(self, bytes data):
+        self.out.append(data)
+        self.cluster.upstream_cx_tx_bytes_total.add(len(data))
+
+    cdef void flush(self):
+        self.dirty = False
+        if not self.connected or not self.out:
+            return
+        if len(self.out) == 1:
+            self.transport.write(self.out[0])
+        else:
+            self.transport.writelines(self.out)
+        self.out = []
+
+    cdef void fail_all(self, int why):
+        cdef Pending p
+        cdef list touched = []
+        cdef double now = self.cfg.loop.time()
+        pend = self.pending
+        self.pending = {}
+        self.out = []
+        for p in pend.values():
+            self.cfg.st.upstream_reset.inc()
+            self.cluster.upstream_rq_rx_reset.inc()
+            self._done_c(p, now, False)
+            p.down.local_error(p.frame, why)
+            if p.down not in touched:
+                touched.append(p.down)
+        for d in touched:
+            (<DownstreamConn>d).flush()
+
+    def abort(self, int why=WHY_RESET):
+        self._remove()
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.pending:
+            self.fail_all(why)
+
+    def _remove(self):
+        pool = self.cfg.pools.get(self.host)
+        if pool is not None and self in pool:
+            pool.remove(self)
+
+    def connect_failed(self, exc):
+        self.closed = True
+        self.cluster.upstream_cx_connect_fail.inc()
+        self.host.cx_connect_fail += 1
+        self.cluster.upstream_cx_active.dec()
+        self.cluster.cx_active -= 1
+        self.host.cx_active -= 1
+        self._remove()
+        if self.pending:
+            self.fail_all(WHY_CONNECT_FAIL)
+
+    def sweep(self, double now):
+        """Answers requests past their deadline with a timeout reply (the upstream reply,
+        if it comes later, is dropped)."""
+        cdef Pending p
+        cdef list touched = []
+        expired = [k for k, p in self.pending.items() if p.deadline <= now]
+        for k in expired:
+            p = self.pending.pop(k)
+            self.cfg.st.upstream_rq_timeout.inc()
+            self.cluster.upstream_rq_timeout.inc()
+            self.host.rq_timeout += 1
+            self._done_c(p, now, False)
+            p.down.local_error(p.frame, WHY_TIMEOUT)
+            if p.down not in touched:
+                touched.append(p.down)
+        for d in touched:
+            (<DownstreamConn>d).flush()
+        return len(self.pending)
+
+
+cdef class DownstreamConn:
+    def __init__(self, RpcProxyConfig cfg):
+        self.cfg = cfg
+        self.transport = None
+        self.decoder = BoltDecoder(cfg.max_frame) if cfg.proto == P_BOLT \
+            else DubboDecoder(cfg.max_frame)
+        self.out = []
+        self.dirty = []
+        self.closed = False
+        self.active = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.cfg.conns.add(self)
+        self.cfg.st.cx_total.inc()
+        self.cfg.st.cx_active.inc()
+
+    def data_received(self, data):
+        cdef UpstreamConn u
+        frames = (<BoltDecoder>self.decoder).feed(data) if self.cfg.proto == P_BOLT \
+            else (<DubboDecoder>self.decoder).feed(data)
+        for f in frames:
+            if self.cfg.proto == P_BOLT:
+                self.handle_bolt(f)
+            else:
+                self.handle_dubbo(f)
+            if self.closed:
+                break
+        for u in self.dirty:
+            u.flush()
+        self.dirty = []
+        self.flush()
+
+    def feed_first(self, data):
+        """Hands over bytes already read by a protocol sniffer."""
+        self.data_received(data)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.cfg.conns.discard(self)
+        self.cfg.st.cx_active.dec()
+        if self.active > 0:
+            self.cfg.st.cx_destroy_remote_with_active_rq.inc()
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+    def close(self):
+        if self.transport is not None and not self.closed:
+            if self.active > 0:
+                self.cfg.st.cx_destroy_local_with_active_rq.inc()
+            self.transport.close()
+
+    def busy(self):
+        return self.active > 0
+
+    cdef void write(self, bytes data):
+        self.out.append(data)
+
+    cdef void flush(self):
+        if not self.out or self.closed:
+            self.out = []
+            return
+        if len(self.out) == 1:
+            self.transport.write(self.out[0])
+        else:
+            self.transport.writelines(self.out)
+        self.out = []
+
+    cdef void local_error(self, object f, int why):
+        """The protocol's own error reply for request `f` (its id as the client sent it)."""
+        cdef RpcStats st = self.cfg.st
+        st.local_response_error.inc()
+        if self.closed:
+            return
+        if self.cfg.proto == P_BOLT:
+            if (<BoltFrame>f).type == 2:
+                return  # oneway: nothing to answer
+            self.write(bolt_error(<BoltFrame>f, _bolt_status(why)))
+        else:
+            if not ((<DubboFrame>f).flags & 0x40):
+                return
+            msg = _WHY_TEXT.get(why, "error")
+            if why == WHY_NO_ROUTE:
+                msg = f"dubbo proxy: no route for interface '{(<DubboFrame>f).service}'"
+            self.write(dubbo_error(<DubboFrame>f, _dubbo_status(why), msg))
+
+    cdef void handle_bolt(self, object obj):
+        cdef BoltFrame f
+        cdef ProtocolError e
+        cdef RpcStats st = self.cfg.st
+        if isinstance(obj, ProtocolError):
+            e = <ProtocolError>obj
+            st.request_decoding_error.inc()
+            if e.fatal:
+                self.flush()
+                self.close()
+                self.closed = True
+            elif e.frame is not None and (<BoltFrame>e.frame).type != 0:
+                self.local_error(e.frame, WHY_CODEC)
+            return
+        f = <BoltFrame>obj
+        st.request_decoding_success.inc()
+        if f.cmdcode == 0:
+            st.request_event.inc()
+            if f.type != 0:
+                self.write(bolt_hb_ack(f))
+                st.local_response_success.inc()
+            return
+        if f.type == 0:
+            return  # a response from a client: nothing to do with it
+        st.request.inc()
+        if f.type == 2:
+            st.request_oneway.inc()
+        else:
+            st.request_twoway.inc()
+        self.forward(f, f.request_id, f.type == 2,
+                     f.timeout / 1000.0 if f.timeout > 0 else self.cfg.default_timeout)
+
+    cdef void handle_dubbo(self, object obj):
+        cdef DubboFrame f
+        cdef ProtocolError e
+        cdef RpcStats st = self.cfg.st
+        if isinstance(obj, ProtocolError):
+            e = <ProtocolError>obj
+            st.request_decoding_error.inc()
+            if e.fatal:
+                self.flush()
+                self.close()
+                self.closed = True
+            return
+        f = <DubboFrame>obj
+        if not (f.flags & 0x80):
+            st.request_decoding_success.inc()
+            return  # a response (e.g. to nothing we sent): drop
+        if f.flags & 0x20:
+            st.request_decoding_success.inc()
+            st.request_event.inc()
+            if f.flags & 0x40:
+                self.write(dubbo_hb_reply(f))
+                st.local_response_success.inc()
+            return
+        if f.parse_invocation() != 0:
+            st.request_decoding_error.inc()
+            self.local_error(f, WHY_CODEC)
+            return
+        st.request_decoding_success.inc()
+        st.request.inc()
+        if f.flags & 0x40:
+            st.request_twoway.inc()
+        else:
+            st.request_oneway.inc()
+        timeout = self.cfg.default_timeout
+        t = f.attachments.get("timeout")
+        if t is not None:
+            try:
+                tv = int(t)
+                if tv > 0:
+                    timeout = tv / 1000.0
+            except (TypeError, ValueError):
+                pass
+        self.forward(f, f.request_id, not (f.flags & 0x40), timeout)
+
+    cdef void forward(self, object f, unsigned long long orig_id, bint oneway, double timeout_s):
+        cdef RpcProxyConfig cfg = self.cfg
+        cdef RpcStats st = cfg.st
+        cdef RpcRoute r
+        cdef Cluster cl
+        cdef Host h
+        cdef UpstreamConn u
+        cdef Pending p
+        cdef unsigned long long nid
+        if cfg.draining:
+            self.local_error(f, WHY_DRAINING)
+            return
+        r = cfg.table.match(cfg.proto, f)
+        if r is None:
+            st.route_missing.inc()
+            self.local_error(f, WHY_NO_ROUTE)
+            return
+        cl = cfg.clusters.get(r.pick_cluster())
+        if cl is None:
+            st.unknown_cluster.inc()
+            self.local_error(f, WHY_UNKNOWN_CLUSTER)
+            return
+        h = cl.choose()
+        if h is None:
+            st.no_healthy_upstream.inc()
+            cl.upstream_cx_none_healthy.inc()
+            self.local_error(f, WHY_NO_HEALTHY)
+            return
+        u = cfg.upstream_for(cl, h)
+        nid = u.next_id
+        u.next_id += 1
+        if cfg.proto == P_BOLT:
+            if u.next_id > 0x7fffffff:
+                u.next_id = 1
+            data = bolt_rewrite(<BoltFrame>f, <unsigned int>nid)
+        else:
+            data = dubbo_rewrite(<DubboFrame>f, nid)
+        cl.upstream_rq_total.inc()
+        h.rq_total += 1
+        if not oneway:
+            p = Pending.__new__(Pending)
+            p.down = self
+            p.frame = f
+            p.orig_id = orig_id
+            p.start = cfg.loop.time()
+            p.deadline = p.start + timeout_s
+            p.cluster = cl
+            p.host = h
+            u.pending[nid] = p
+            self.active += 1
+            cl.upstream_rq_active.inc()
+            cl.rq_active += 1
+            h.rq_active += 1
+            st.request_active.inc()
+            cfg.arm_sweeper()
+        else:
+            cl.upstream_rq_completed.inc()
+        u.send(data)
+        if not u.dirty:
+            u.dirty = True
+            self.dirty.append(u)
+
+
+cdef class RpcProxyConfig:
+    def __init__(self, int proto, str stat_prefix, RpcRouteTable table, dict clusters,
+                 Store store, loop, double default_timeout=3.0, int max_frame=16 << 20,
+                 int conns_per_host=2):
+        self.proto = proto
+        self.stat_prefix = stat_prefix
+        self.table = table
+        self.clusters = clusters
+        self.loop = loop
+        self.default_timeout = default_timeout
+        self.max_frame = max_frame
+        self.conns_per_host = conns_per_host if conns_per_host > 0 else 1
+        self.draining = False
+        self.conns = set()
+        self.pools = {}
+        self.rr = {}
+        self.st = RpcStats(store, f"{'bolt' if proto == P_BOLT else 'dubbo'}.{stat_prefix}.")
+        self.sweeper = None
+
+    def protocol_factory(self):
+        return DownstreamConn(self)
+
+    cdef UpstreamConn upstream_for(self, Cluster cluster, Host host):
+        cdef list pool = self.pools.get(host)
+        cdef UpstreamConn u
+        cdef long long i
+        if pool is None:
+            pool = []
+            self.pools[host] = pool
+        if len(pool) < self.conns_per_host:
+            u = UpstreamConn(self, cluster, host)
+            pool.append(u)
+            cluster.upstream_cx_total.inc()
+            cluster.upstream_cx_active.inc()
+            cluster.cx_active += 1
+            host.cx_total += 1
+            host.cx_active += 1
+            self.loop.create_task(self._connect(u))
+            return u
+        i = self.rr.get(host, 0)
+        self.rr[host] = i + 1
+        return pool[i % len(pool)]
+
+    async def _connect(self, UpstreamConn u):
+        try:
+            await self.loop.create_connection(lambda: u, u.host.address, u.host.port)
+        except OSError as exc:
+            u.connect_failed(exc)
+
+    cdef void arm_sweeper(self):
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(0.05, self._sweep)
+
+    def _sweep(self):
+        cdef UpstreamConn u
+        self.sweeper = None
+        now = self.loop.time()
+        left = 0
+        for pool in list(self.pools.values()):
+            for u in list(pool):
+                if u.pending:
+                    left += u.sweep(now)
+        if left:
+            self.arm_sweeper()
+
+    def close_all(self):
+        """Closes every downstream and upstream connection (stop)."""
+        cdef UpstreamConn u
+        self.draining = True
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        for d in list(self.conns):
+            d.close()
+        for pool in list(self.pools.values()):
+            for u in list(pool):
+                if u.transport is not None:
+                    u.transport.close()
+
+    @property
+    def stats(self):
+        return self.st
+
+    @property
+    def upstream_connections(self):
+        return sum(len(p) for p in self.pools.values())
+
+
+PROTO_BOLT = P_BOLT
+PROTO_DUBBO = P_DUBBO
+SM = {"exact": SM_EXACT, "prefix": SM_PREFIX, "suffix": SM_SUFFIX, "contains": SM_CONTAINS,
+      "regex": SM_REGEX, "any": SM_ANY}

@@ -1,0 +1,187 @@
+# tcp_proxy (Envoy's envoy.filters.network.tcp_proxy): each downstream connection gets its
+# own upstream connection to a host of the cluster; bytes flow both ways untouched. Used
+# for HSF ports (opaque TCP) and any other TCP. Half-close is propagated; back-pressure
+# pauses the reading side while the writing side's buffer is full.
+
+from sofamesh._core.upstream cimport Cluster, Host
+from sofamesh._core.stats cimport Counter, Gauge, Store
+from sofamesh._core.router cimport rng_next
+
+
+cdef class TcpProxyConfig:
+    def __init__(self, str stat_prefix, list weighted, dict clusters, Store store, loop,
+                 double connect_timeout=5.0):
+        p = f"tcp.{stat_prefix}."
+        self.stat_prefix = stat_prefix
+        self.weighted = weighted
+        self.total_weight = sum(w for _, w in weighted)
+        self.clusters = clusters
+        self.loop = loop
+        self.connect_timeout = connect_timeout
+        self.conns = set()
+        self.draining = False
+        self.downstream_cx_total = store.counter(p + "downstream_cx_total")
+        self.downstream_cx_no_route = store.counter(p + "downstream_cx_no_route")
+        self.upstream_flush_total = store.counter(p + "upstream_flush_total")
+        self.downstream_cx_rx_bytes_total = store.counter(p + "downstream_cx_rx_bytes_total")
+        self.downstream_cx_tx_bytes_total = store.counter(p + "downstream_cx_tx_bytes_total")
+        self.idle_timeout = store.counter(p + "idle_timeout")
+        self.downstream_cx_active = store.gauge(p + "downstream_cx_active")
+
+    cdef str pick(self):
+        cdef long long r
+        if len(self.weighted) == 1:
+            return self.weighted[0][0]
+        r = <long long>(rng_next() % <unsigned long long>(self.total_weight or 1))
+        for name, w in self.weighted:
+            if r < w:
+                return name
+            r -= w
+        return self.weighted[len(self.weighted) - 1][0]
+
+    def protocol_factory(self):
+        return TcpDownstream(self)
+
+    def close_all(self):
+        self.draining = True
+        for d in list(self.conns):
+            d.close()
+
+
+cdef class TcpUpstream:
+    def __init__(self, TcpDownstream down, Cluster cluster, Host host):
+        self.down = down
+        self.cluster = cluster
+        self.host = host
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.down.upstream_ready()
+
+    def data_received(self, data):
+        self.cluster.upstream_cx_rx_bytes_total.add(len(data))
+        self.down.cfg.downstream_cx_tx_bytes_total.add(len(data))
+        if not self.down.closed:
+            self.down.transport.write(data)
+
+    def eof_received(self):
+        if not self.down.closed and self.down.transport.can_write_eof():
+            self.down.transport.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc):
+        self.transport = None
+        self.cluster.upstream_cx_active.dec()
+        self.cluster.cx_active -= 1
+        self.host.cx_active -= 1
+        self.cluster.upstream_cx_destroy.inc()
+        self.down.close()
+
+    def pause_writing(self):
+        if not self.down.closed:
+            self.down.transport.pause_reading()
+
+    def resume_writing(self):
+        if not self.down.closed:
+            self.down.transport.resume_reading()
+
+
+cdef class TcpDownstream:
+    def __init__(self, TcpProxyConfig cfg):
+        self.cfg = cfg
+        self.transport = None
+        self.up = None
+        self.early = []
+        self.closed = False
+        self.up_ready = False
+
+    def connection_made(self, transport):
+        cdef Cluster cl
+        cdef Host h
+        self.transport = transport
+        self.cfg.conns.add(self)
+        self.cfg.downstream_cx_total.inc()
+        self.cfg.downstream_cx_active.inc()
+        cl = self.cfg.clusters.get(self.cfg.pick())
+        h = cl.choose() if cl is not None else None
+        if h is None:
+            self.cfg.downstream_cx_no_route.inc()
+            if cl is not None:
+                cl.upstream_cx_none_healthy.inc()
+            transport.close()
+            return
+        self.up = TcpUpstream(self, cl, h)
+        cl.upstream_cx_total.inc()
+        cl.upstream_cx_active.inc()
+        cl.cx_active += 1
+        h.cx_total += 1
+        h.cx_active += 1
+        transport.pause_reading()
+        self.cfg.loop.create_task(self._connect())
+
+    async def _connect(self):
+        cdef TcpUpstream up = self.up
+        try:
+            await self.cfg.loop.create_connection(lambda: up, up.host.address, up.host.port)
+        except OSError:
+            up.cluster.upstream_cx_connect_fail.inc()
+            up.host.cx_connect_fail += 1
+            up.cluster.upstream_cx_active.dec()
+            up.cluster.cx_active -= 1
+            up.host.cx_active -= 1
+            self.close()
+
+    def upstream_ready(self):
+        self.up_ready = True
+        if self.closed:
+            self.up.transport.close()
+            return
+        if self.early:
+            self.up.transport.writelines(self.early)
+            self.early = []
+        self.transport.resume_reading()
+
+    def data_received(self, data):
+        self.cfg.downstream_cx_rx_bytes_total.add(len(data))
+        if self.up_ready and self.up.transport is not None:
+            self.up.cluster.upstream_cx_tx_bytes_total.add(len(data))
+            self.up.transport.write(data)
+        else:
+            self.early.append(bytes(data))
+
+    def feed_first(self, data):
+        self.early.append(bytes(data))
+
+    def eof_received(self):
+        if self.up is not None and self.up.transport is not None and \
+                self.up.transport.can_write_eof():
+            self.up.transport.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc):
+        if not self.closed:
+            self.closed = True
+        self.cfg.conns.discard(self)
+        self.cfg.downstream_cx_active.dec()
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.close()
+
+    def pause_writing(self):
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.pause_reading()
+
+    def resume_writing(self):
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.resume_reading()
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def busy(self):
+        return False

@@ -1,0 +1,34 @@
+"""sofamesh.filters.network.bolt_proxy: routes SOFA Bolt by service and method (BoltProxy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sofamesh._core.rpc_proxy import PROTO_BOLT, RpcProxyConfig
+from sofamesh.filters import registry
+from sofamesh.filters.network import _proto
+from sofamesh.filters.network.rpc_routes import compile_routes
+from sofamesh.proxy.errors import UnsupportedConfig
+
+NAMES = ("sofamesh.filters.network.bolt_proxy",)
+TYPE_URL = _proto.TYPE_URL
+
+
+def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
+    path = ctx.get("path", "bolt_proxy")
+    cfg = _proto.BoltProxy()
+    if not typed_config.Unpack(cfg):
+        raise UnsupportedConfig(f"{path}.typed_config: expected BoltProxy")
+    for i, f in enumerate(cfg.bolt_filters):
+        raise UnsupportedConfig(f"{path}.typed_config.bolt_filters[{i}]: bolt filter "
+                                f"{f.name!r} is not supported")
+    table = compile_routes(cfg.route_config, ctx["clusters"], f"{path}.typed_config")
+    timeout = cfg.default_timeout_ms / 1000.0 if cfg.default_timeout_ms else 3.0
+    return RpcProxyConfig(PROTO_BOLT, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"],
+                          ctx["loop"], timeout)
+
+
+SPEC = registry.register(registry.FilterSpec(
+    kind="network", names=NAMES, type_urls=(TYPE_URL,), factory=build,
+    extra={"terminal": True, "sniff": "bolt"},
+))

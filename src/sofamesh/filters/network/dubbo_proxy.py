@@ -1,0 +1,40 @@
+"""envoy.filters.network.dubbo_proxy: Envoy's DubboProxy config, proxied by the Cython core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sofamesh._core.rpc_proxy import PROTO_DUBBO, RpcProxyConfig
+from sofamesh.filters import registry
+from sofamesh.filters.network.rpc_routes import compile_routes
+from sofamesh.proxy.errors import UnsupportedConfig
+
+NAMES = ("envoy.filters.network.dubbo_proxy",)
+TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy"
+
+
+def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
+    from envoy.extensions.filters.network.dubbo_proxy.v3 import dubbo_proxy_pb2
+
+    path = ctx.get("path", "dubbo_proxy")
+    cfg = dubbo_proxy_pb2.DubboProxy()
+    if not typed_config.Unpack(cfg):
+        raise UnsupportedConfig(f"{path}.typed_config: expected DubboProxy")
+    if cfg.WhichOneof("route_specifier") == "drds":
+        raise UnsupportedConfig(f"{path}.typed_config.drds: dynamic routes are not supported")
+    for i, f in enumerate(cfg.dubbo_filters):
+        if f.name not in ("envoy.filters.dubbo.router",):
+            raise UnsupportedConfig(f"{path}.typed_config.dubbo_filters[{i}]: dubbo filter "
+                                    f"{f.name!r} is not supported")
+    routes = cfg.route_config
+    if cfg.WhichOneof("route_specifier") == "multiple_route_config":
+        routes = cfg.multiple_route_config.route_config
+    table = compile_routes(routes, ctx["clusters"], f"{path}.typed_config")
+    return RpcProxyConfig(PROTO_DUBBO, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"],
+                          ctx["loop"])
+
+
+SPEC = registry.register(registry.FilterSpec(
+    kind="network", names=NAMES, type_urls=(TYPE_URL,), factory=build,
+    extra={"terminal": True, "sniff": "dubbo"},
+))

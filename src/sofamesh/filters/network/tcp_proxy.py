@@ -1,0 +1,47 @@
+"""envoy.filters.network.tcp_proxy: opaque TCP to a cluster (HSF ports, anything else)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sofamesh._core.rpc_tcp import TcpProxyConfig
+from sofamesh.filters import registry
+from sofamesh.proxy.errors import UnsupportedConfig
+
+NAMES = ("envoy.filters.network.tcp_proxy", "envoy.tcp_proxy")
+TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    path = ctx.get("path", "tcp_proxy")
+    cfg = tcp_proxy_pb2.TcpProxy()
+    if not typed_config.Unpack(cfg):
+        raise UnsupportedConfig(f"{path}.typed_config: expected TcpProxy")
+    clusters = ctx["clusters"]
+    which = cfg.WhichOneof("cluster_specifier")
+    if which == "cluster":
+        weighted = [(cfg.cluster, 1)]
+    elif which == "weighted_clusters":
+        weighted = [(c.name, c.weight) for c in cfg.weighted_clusters.clusters if c.weight > 0]
+    else:
+        raise UnsupportedConfig(f"{path}.typed_config: cluster or weighted_clusters is required")
+    for name, _ in weighted:
+        if name not in clusters:
+            raise UnsupportedConfig(f"{path}.typed_config: unknown cluster {name!r}")
+    for field in ("idle_timeout", "access_log", "hash_policy", "tunneling_config",
+                  "max_downstream_connection_duration", "on_demand"):
+        fd = cfg.DESCRIPTOR.fields_by_name.get(field)
+        if fd is None:
+            continue
+        present = len(getattr(cfg, field)) if fd.label == fd.LABEL_REPEATED else cfg.HasField(field)
+        if present:
+            raise UnsupportedConfig(f"{path}.typed_config.{field} is not supported")
+    return TcpProxyConfig(cfg.stat_prefix, weighted, clusters, ctx["stats"], ctx["loop"])
+
+
+SPEC = registry.register(registry.FilterSpec(
+    kind="network", names=NAMES, type_urls=(TYPE_URL,), factory=build,
+    extra={"terminal": True},
+))

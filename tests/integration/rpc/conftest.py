@@ -1,0 +1,160 @@
+"""RPC integration helpers: real peers (sofa-rpc-node, dubbo-remoting, anthunder), a sofamesh
+process with the network filters, bootstraps for Bolt/Dubbo/TCP listeners."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port, sofamesh_command
+from tests.support.envoy import ProxyProcess, admin_get
+
+PEERS = ROOT / "tests" / "peers"
+BOLT_TYPE = "type.googleapis.com/sofamesh.filters.network.bolt_proxy.v1.BoltProxy"
+DUBBO_TYPE = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy"
+TCP_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+            ".HttpConnectionManager")
+SERVER_FACTORY = "sofamesh.filters.network.rpc_server:Server"
+SERVICE = "com.nodejs.test.TestService"
+
+
+def node_ready() -> Path:
+    if not (PEERS / "node_modules" / "sofa-rpc-node").is_dir():
+        pytest.fail("npm peers are not installed: run `bash ci/install.sh test` "
+                    "(ci/install.d/rpc-peers.sh)")
+    return PEERS
+
+
+class NodeServer:
+    """tests/peers/rpc_server.js: a sofa-rpc-node server (Bolt, or Dubbo) on 127.0.0.1:0."""
+
+    def __init__(self, dubbo: bool = False, tag: str = "server"):
+        self.argv = ["node", str(node_ready() / "rpc_server.js"), "--tag", tag]
+        if dubbo:
+            self.argv.append("--dubbo")
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> NodeServer:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, cwd=PEERS)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 20)
+        if not ready:
+            self.stop()
+            raise RuntimeError("node rpc server did not start")
+        line = self.proc.stdout.readline()
+        self.port = json.loads(line)["port"]
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self) -> NodeServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def node_client(port: int, calls: list[dict], mode: str = "bolt", repeat: int = 1,
+                timeout: float = 30) -> list[dict]:
+    """Runs tests/peers/rpc_client.js against 127.0.0.1:port; its per-call results."""
+    argv = ["node", str(node_ready() / "rpc_client.js"), "--target", f"127.0.0.1:{port}",
+            "--calls", json.dumps(calls), "--repeat", str(repeat)]
+    if mode == "dubbo":
+        argv.append("--dubbo")
+    elif mode == "bolt2":
+        argv.append("--bolt2-crc")
+    out = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=PEERS, text=True)
+    try:
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise AssertionError(f"client failed: {out.stdout!r} {out.stderr[-2000:]!r}") from None
+    assert isinstance(res, list), res
+    return res
+
+
+def cluster(name: str, ports: list[int], connect_timeout: str = "1s") -> dict:
+    return {
+        "name": name, "type": "STATIC", "connect_timeout": connect_timeout,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                         "port_value": p}}}}
+            for p in ports]}]},
+    }
+
+
+def listener(name: str, port: int, filters: list[dict]) -> dict:
+    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1",
+                                                         "port_value": port}},
+            "filter_chains": [{"filters": filters}]}
+
+
+def dubbo_filter(routes: list[dict], stat_prefix: str = "dubbo_in") -> dict:
+    return {"name": "envoy.filters.network.dubbo_proxy", "typed_config": {
+        "@type": DUBBO_TYPE, "stat_prefix": stat_prefix, "protocol_type": "Dubbo",
+        "serialization_type": "Hessian2", "route_config": routes}}
+
+
+def bolt_filter(routes: list[dict], stat_prefix: str = "bolt_in", **extra) -> dict:
+    return {"name": "sofamesh.filters.network.bolt_proxy", "typed_config": {
+        "@type": BOLT_TYPE, "stat_prefix": stat_prefix, "route_config": routes, **extra}}
+
+
+def tcp_filter(cluster_name: str, stat_prefix: str = "tcp_in") -> dict:
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": TCP_TYPE, "stat_prefix": stat_prefix, "cluster": cluster_name}}
+
+
+def route_config(interface: str, cluster_name: str, method: str | None = None, **kw) -> dict:
+    match: dict = {}
+    if method is not None:
+        match["method"] = {"name": {"exact": method}}
+    return {"name": f"rc_{interface}", "interface": interface,
+            "routes": [{"match": match, "route": {"cluster": cluster_name}}], **kw}
+
+
+def bootstrap(listeners: list[dict], clusters: list[dict]) -> dict:
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                 "port_value": free_port()}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+def sofamesh(boot: dict, workdir: Path, taskset: str | None = None) -> ProxyProcess:
+    argv = [*sofamesh_command(), "proxy", "--concurrency", "1", "-l", "warning"]
+    env = {**os.environ, "SOFAMESH_SERVER_FACTORY": SERVER_FACTORY}
+    return ProxyProcess("sofamesh", argv, boot, workdir, taskset=taskset, env=env)
+
+
+def stats(proxy: ProxyProcess) -> dict[str, int]:
+    port = int(proxy.bootstrap["admin"]["address"]["socket_address"]["port_value"])
+    status, body = admin_get(port, "/stats")
+    assert status == 200, body
+    out = {}
+    for line in body.splitlines():
+        k, _, v = line.partition(": ")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            pass
+    return out
+
+
+def wait_stat(proxy: ProxyProcess, name: str, want: int, timeout: float = 3.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = stats(proxy).get(name, 0)
+        if v >= want or time.monotonic() > deadline:
+            return v
+        time.sleep(0.05)
