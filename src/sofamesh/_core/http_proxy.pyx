@@ -860,6 +860,9 @@ cdef class DownstreamConn:
         if not self.req_done:
             self.close_after = True
             cfg.rq_response_before_rq_complete.inc()
+        if cfg.draining and not self.close_after:
+            self.close_after = True
+            cfg.cx_drain_close.inc()
         if status == 101 and self.upgrade:
             framing = FR_NONE
         elif framing == FR_EOF:

@@ -1,0 +1,85 @@
+"""The Server contract the admin API and CLI rely on (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sofamesh._core.stats import Store
+from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.server import Server
+
+from .conftest import bootstrap, cluster, route, vhost
+
+
+async def test_listeners_and_clusters_are_described(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [(up.port, 5)])]))
+    li = p.server.listeners[0]
+    assert li.name == "l0" and li.address[0] == "127.0.0.1" and li.address[1] > 0
+    assert li.config.name == "l0"
+    ci = p.server.clusters["up"]
+    assert ci.name == "up" and ci.config.name == "up"
+    (h,) = ci.hosts
+    assert (h.address, h.port, h.weight, h.healthy) == ("127.0.0.1", up.port, 5, True)
+    c = await p.client()
+    await c.request()
+    await c.request(path="/status/500")
+    assert (h.rq_total, h.rq_success, h.rq_error, h.cx_total, h.cx_active) == (2, 1, 1, 1, 1)
+    await c.close()
+    assert p.server.health_failed is False
+
+
+async def test_graceful_drain_closes_after_the_response(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
+    c = await p.client()
+    assert (await c.request()).status == 200
+    await c.send(b"GET /slow/100 HTTP/1.1\r\nhost: a\r\n\r\n")
+    await asyncio.sleep(0.02)
+    await p.server.drain_listeners(graceful=True)
+    r = await c.response()
+    assert r.status == 200 and r.header("connection") == "close"
+    assert await c.closed()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", p.port)
+
+
+async def test_stop_closes_everything(upstreams):
+    up = await upstreams()
+    srv = Server(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]), stats=Store())
+    await srv.start()
+    port = srv.listeners[0].address[1]
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    await r.readuntil(b"\r\n\r\n")
+    await srv.stop()
+    assert await asyncio.wait_for(r.read(), 2) is not None
+    await asyncio.sleep(0.05)
+    assert up.protocols == set()   # pooled upstream connections closed too
+    w.close()
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda b: b.static_resources.clusters[0].__setattr__("lb_policy", 2), "lb_policy"),
+    (lambda b: b.static_resources.listeners[0].filter_chains[0].filters[0].__setattr__(
+        "name", "envoy.filters.network.tcp_proxy") or
+        b.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.__setattr__(
+        "type_url", "type.googleapis.com/x"), "filters[0]"),
+])
+async def test_unsupported_config_names_the_field(upstreams, mutate, field):
+    up = await upstreams()
+    bs = bootstrap([vhost([route("/")])], [cluster("up", [up.port])])
+    mutate(bs)
+    srv = Server(bs, stats=Store())
+    with pytest.raises(UnsupportedConfig, match=field):
+        await srv.start()
+    await srv.stop()
+
+
+async def test_route_to_unknown_cluster_is_a_config_error():
+    srv = Server(bootstrap([vhost([route("/", "missing")])], []), stats=Store())
+    with pytest.raises(UnsupportedConfig, match="unknown cluster 'missing'"):
+        await srv.start()
+    await srv.stop()
