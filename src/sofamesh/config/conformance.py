@@ -108,11 +108,29 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def gaps_table(rows: list[Row]) -> str:
+    """Which unimplemented feature stops how many of the configs Envoy accepts."""
+    counts: dict[str, set[str]] = {}
+    for r in rows:
+        if r.envoy != "accepted":
+            continue
+        for p in r.problems:
+            if p.kind == "unsupported":
+                what = re.sub(r"^\w+: ", "", p.message) if ": " in p.message[:12] else p.message
+                counts.setdefault(what, set()).add(r.file)
+    out = ["| not implemented by sofamesh | configs it stops |", "|---|---|"]
+    for what, files in sorted(counts.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        out.append(f"| {_cell(what)} | {len(files)} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     folder = args[0] if args else "."
     rows = run(folder)
     print(markdown(rows))
+    print()
+    print(gaps_table(rows))
     n_ok = sum(r.agrees for r in rows)
     print(f"\n{n_ok}/{len(rows)} agree with Envoy; "
           f"{sum(r.sofamesh == 'accepted' for r in rows)} accepted, "

@@ -90,7 +90,7 @@ GAPS: list[Gap] = [
         "stats sinks are not implemented by sofamesh"),
     Gap("envoy.config.cluster.v3.Cluster", "type",
         "cluster discovery type is not implemented by sofamesh",
-        values=("EDS", "LOGICAL_DNS", "ORIGINAL_DST")),
+        values=("EDS", "ORIGINAL_DST")),
     Gap("envoy.config.cluster.v3.Cluster", "cluster_type",
         "custom cluster types are not implemented by sofamesh"),
     Gap("envoy.config.cluster.v3.Cluster", "health_checks",
