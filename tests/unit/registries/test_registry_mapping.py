@@ -44,6 +44,13 @@ def test_parse_ipv6_and_triple():
     assert dubbo_url.PROTOCOL_MAP[u.protocol] == "grpc"
 
 
+def test_parse_dubbo_python_triple_node():
+    # what apache-dubbo (dubbo-python 3.0) registers for a Triple server
+    u = dubbo_url.parse_node_name("tri%3A%2F%2F127.0.0.1%3A38585%3Fservice%3Dorg.example.Greeter")
+    assert (u.protocol, u.host, u.port, u.interface, u.side) == (
+        "tri", "127.0.0.1", 38585, "org.example.Greeter", "provider")
+
+
 @pytest.mark.parametrize("bad", [
     "", "nonsense", "dubbo://host-without-port/Iface", "dubbo://:20880/Iface",
     "dubbo://10.0.0.1:99999/Iface", "dubbo://10.0.0.1:20880/",

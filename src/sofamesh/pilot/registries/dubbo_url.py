@@ -107,7 +107,9 @@ def parse_url(url: str) -> ProviderURL:
     if port is None or port <= 0:
         raise DubboURLError(f"no port in {url!r}")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    interface = params.get("interface") or parts.path.lstrip("/")
+    # Java Dubbo puts the interface in the path and `interface=`; dubbo-python (Triple)
+    # writes `tri://host:port?service=<name>` with no path
+    interface = params.get("interface") or parts.path.lstrip("/") or params.get("service", "")
     if not interface:
         raise DubboURLError(f"no interface in {url!r}")
     return ProviderURL(parts.scheme, host, port, interface, params)

@@ -1,0 +1,58 @@
+"""A real Dubbo peer for tests: Apache's dubbo-python (PyPI `apache-dubbo`), Triple protocol,
+ZooKeeper registry. Run as a separate process (dubbo-python's bootstrap is a process-wide
+singleton with its own threads):
+
+    python -m tests.support.dubbo_peer provider <zk-hosts|-> <port> <service>
+        serves unary method `greet` (returns b"hello " + request) on 127.0.0.1:<port>,
+        registered in ZooKeeper unless <zk-hosts> is "-"; prints "READY"; exits on stdin EOF.
+    python -m tests.support.dubbo_peer consumer <zk-hosts> <service> <message>
+        finds <service> through ZooKeeper as a Dubbo consumer does, calls `greet`, prints
+        "RESULT <repr of the reply>".
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def provider(zk: str, port: int, service: str) -> None:
+    import dubbo
+    from dubbo.configs import RegistryConfig, ServiceConfig
+    from dubbo.proxy.handlers import RpcMethodHandler, RpcServiceHandler
+
+    def greet(message: bytes) -> bytes:
+        return b"hello " + message
+
+    handler = RpcServiceHandler(
+        service_name=service,
+        method_handlers=[RpcMethodHandler.unary(method=greet, method_name="greet")],
+    )
+    config = ServiceConfig(service_handler=handler, host="127.0.0.1", port=port)
+    if zk == "-":
+        server = dubbo.Server(config)
+    else:
+        bootstrap = dubbo.Dubbo(registry_config=RegistryConfig.from_url(f"zookeeper://{zk}"))
+        server = bootstrap.create_server(config)
+    server.start()
+    print("READY", flush=True)
+    sys.stdin.read()
+
+
+def consumer(zk: str, service: str, message: str) -> None:
+    import dubbo
+    from dubbo.configs import ReferenceConfig, RegistryConfig
+
+    bootstrap = dubbo.Dubbo(registry_config=RegistryConfig.from_url(f"zookeeper://{zk}"))
+    client = bootstrap.create_client(ReferenceConfig(protocol="tri", service=service))
+    call = client.unary(method_name="greet")
+    print(f"RESULT {call(message.encode())!r}", flush=True)
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    if mode == "provider":
+        provider(args[0], int(args[1]), args[2])
+    elif mode == "consumer":
+        consumer(args[0], args[1], args[2])
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
