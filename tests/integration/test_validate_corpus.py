@@ -3,6 +3,7 @@ own repository (fixtures/envoy-examples/envoy-verdicts.tsv, taken with that fold
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -63,7 +64,9 @@ def test_validate_as_a_process(corpus_copy):
     )
     assert ok.returncode == 1
     assert "module 'lib.mylibrary' not found" in ok.stderr
-    assert "[critical][main] error initializing configuration 'lua_envoy.yaml'" in ok.stderr
+    # Envoy's default log line: [time][thread][critical][main] [file:line] message
+    assert re.search(r"\]\[critical\]\[main\] \[[^\]]+:\d+\] error initializing "
+                     r"configuration 'lua_envoy.yaml'", ok.stderr), ok.stderr
     (corpus_copy / "lib").mkdir(exist_ok=True)
     (corpus_copy / "lib" / "mylibrary.lua").write_text("return {}\n")
     again = subprocess.run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import time
 from typing import Any
 
 from sofamesh.admin.handlers import AdminState, Response, dispatch
@@ -23,11 +24,65 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
+def admin_log_paths(bootstrap: Any) -> list[str]:
+    """The admin access logs of a bootstrap (FileAccessLog entries, deprecated path)."""
+    from sofamesh.config import protos
+
+    paths = []
+    adm = bootstrap.admin
+    if adm.access_log_path:
+        paths.append(adm.access_log_path)
+    for al in adm.access_log:
+        fl = protos.unpack_any(al.typed_config)
+        if fl is not None and getattr(fl, "path", ""):
+            paths.append(fl.path)
+    return paths
+
+
+class AccessLog:
+    """Envoy's default access log format, one line per admin request."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.files = []
+        for p in paths:
+            try:
+                self.files.append(open(p, "a", buffering=1))  # noqa: SIM115 - lives with the server
+            except OSError as e:
+                log.error("admin access log %s: %s", p, e)
+
+    def write(self, method: str, target: str, version: str, status: int, rx: int, tx: int,
+              started: float, headers: dict[str, str]) -> None:
+        if not self.files:
+            return
+        t = time.gmtime(started)
+        ms = int((started % 1) * 1000)
+        start = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ms:03d}Z"
+        dur = int((time.time() - started) * 1000)
+
+        def h(name: str) -> str:
+            return headers.get(name) or "-"
+
+        line = (f'[{start}] "{method} {target} {version}" {status} - {rx} {tx} {dur} - '
+                f'"{h("x-forwarded-for")}" "{h("user-agent")}" "{h("x-request-id")}" '
+                f'"{h("host")}" "-"\n')
+        for f in self.files:
+            try:
+                f.write(line)
+            except OSError:  # a full disk must not stop admin
+                pass
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        self.files = []
+
+
 class AdminServer:
     def __init__(self, state: AdminState) -> None:
         self.state = state
         self.server: asyncio.base_events.Server | None = None
         self.address: tuple[str, int] | None = None
+        self.access_log = AccessLog(admin_log_paths(state.bootstrap))
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.server = await asyncio.start_server(self._client, host, port, reuse_address=True)
@@ -36,6 +91,7 @@ class AdminServer:
         return self.address
 
     async def stop(self) -> None:
+        self.access_log.close()
         if self.server is not None:
             self.server.close()
             try:
@@ -73,6 +129,7 @@ class AdminServer:
                     await self._send(writer, method, Response(413 if length.isdigit() else 400,
                                                               "bad body\n"), False)
                     return
+                started = time.time()
                 if int(length):
                     await reader.readexactly(int(length))
                 conn = headers.get("connection", "").lower()
@@ -81,6 +138,8 @@ class AdminServer:
                 resp = await dispatch(self.state, method, target)
                 self._count(f"http.admin.downstream_rq_{resp.status // 100}xx")
                 await self._send(writer, method, resp, keep)
+                self.access_log.write(method, target, version, resp.status, int(length),
+                                      len(resp.data()), started, headers)
                 if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):

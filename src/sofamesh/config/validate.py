@@ -170,6 +170,13 @@ class _Checker:
 
     # -- per message type --------------------------------------------------------------
     def check_message(self, m: Message, name: str, path: str, support_on: bool) -> None:
+        allowed = support.SUPPORTED_FIELDS.get(name)
+        if support_on and allowed is not None:
+            for fd, _ in m.ListFields():
+                if fd.name not in allowed:
+                    self.unsupported(join(path, fd.name),
+                                     f"{name.rsplit('.', 1)[-1]}.{fd.name} is not implemented "
+                                     "by sofamesh")
         if support_on:
             for gap in support.gaps_for(name):
                 fd = m.DESCRIPTOR.fields_by_name.get(gap.field)

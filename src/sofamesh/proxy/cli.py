@@ -7,7 +7,9 @@ Exit codes follow Envoy: 0 on success (`--mode validate`: "configuration 'FILE' 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import os
 import sys
 import time
@@ -200,18 +202,73 @@ def parse_options(argv: list[str]) -> Options:
 
 
 class _EnvoyFormatter(logging.Formatter):
-    """Envoy's default log line: `[2024-01-01 00:00:00.000][pid][info][main] message`."""
+    """Envoy's `--log-format` (spdlog pattern flags) applied to Python log records.
+
+    Supported flags: %Y %m %d %H %M %S %T %e %f %F %z %t %P %l %L %n %v %_ %j %g %s %# %@
+    %! %%; colour markers (%^ %$) are dropped. Default: Envoy's
+    `[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v`.
+    """
 
     _LEVEL = {5: "trace", 10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+    _FLAG = re.compile(r"%(.)")
+
+    def __init__(self, pattern: str = Options.log_format) -> None:
+        super().__init__()
+        self.pattern = pattern
 
     def format(self, record: logging.LogRecord) -> str:
-        t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        comp = record.name.rsplit(".", 1)[-1]
-        lvl = self._LEVEL.get(record.levelno, record.levelname.lower())
+        lt = time.localtime(record.created)
         msg = record.getMessage()
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
-        return f"[{t}.{int(record.msecs):03d}][{record.process}][{lvl}][{comp}] {msg}"
+        lvl = self._LEVEL.get(record.levelno, record.levelname.lower())
+        frac = record.created % 1
+
+        def sub(m: re.Match[str]) -> str:
+            f = m.group(1)
+            if f == "v":
+                return msg
+            if f == "_":
+                return msg.replace("\n", "\\n")
+            if f == "j":
+                return json.dumps(msg)[1:-1]
+            if f == "l":
+                return lvl
+            if f == "L":
+                return lvl[:1].upper()
+            if f == "n":
+                return record.name.rsplit(".", 1)[-1]
+            if f == "t":
+                return str(record.thread or record.process)
+            if f == "P":
+                return str(record.process)
+            if f == "e":
+                return f"{int(frac * 1e3):03d}"
+            if f == "f":
+                return f"{int(frac * 1e6):06d}"
+            if f == "F":
+                return f"{int(frac * 1e9):09d}"
+            if f == "T":
+                return time.strftime("%H:%M:%S", lt)
+            if f in "YmdHMSz":
+                return time.strftime("%" + f, lt)
+            if f == "g":
+                return record.pathname
+            if f == "s":
+                return record.filename
+            if f == "#":
+                return str(record.lineno)
+            if f == "@":
+                return f"{record.filename}:{record.lineno}"
+            if f == "!":
+                return record.funcName
+            if f in "^$":
+                return ""
+            if f == "%":
+                return "%"
+            return m.group(0)
+
+        return self._FLAG.sub(sub, self.pattern)
 
 
 def setup_logging(opts: Options) -> None:
@@ -223,7 +280,7 @@ def setup_logging(opts: Options) -> None:
         handler = logging.FileHandler(opts.log_path)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_EnvoyFormatter())
+    handler.setFormatter(_EnvoyFormatter(opts.log_format))
     root.addHandler(handler)
     root.setLevel(_PY_LEVEL[opts.log_level])
     root.propagate = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 
@@ -83,3 +84,29 @@ def test_init_only_and_validate_modes(tmp_path):
     r = run("-c", str(tmp_path / "missing.yaml"), "--mode", "validate")
     assert r.returncode == 1
     assert f"Invalid path: {tmp_path / 'missing.yaml'}" in r.stderr
+
+
+def test_log_format_and_admin_access_log(tmp_path):
+    admin = free_port()
+    cfg = write_bootstrap(tmp_path / "b.yaml", admin=admin, upstream=free_port())
+    alog = tmp_path / "admin_access.log"
+    overlay = ("admin: {access_log: [{name: envoy.access_loggers.file, typed_config: "
+               "{'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+               f"FileAccessLog, path: '{alog}'}}}}]}}")
+    proc = start_sofamesh(cfg, admin, "--concurrency", "1", "--config-yaml", overlay,
+                          "--log-format", "%L|%n|%v")
+    try:
+        assert get(admin, "/ready?x=1") == (200, "LIVE\n")
+    finally:
+        stop(proc)
+    lines = alog.read_text().splitlines()
+    line = [x for x in lines if "/ready?x=1" in x][-1]
+    assert re.fullmatch(r'\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "GET /ready\?x=1 HTTP/1.1" '
+                        r'200 - 0 5 \d+ - "-" "[^"]*" "-" "127\.0\.0\.1:\d+" "-"', line), line
+
+
+def test_log_format_flag_shapes_log_lines(tmp_path):
+    r = run("-c", str(tmp_path / "missing.yaml"), "--mode", "validate",
+            "--log-format", "%L|%n|%v")
+    assert r.returncode == 1
+    assert f"C|main|error initializing configuration '{tmp_path / 'missing.yaml'}'" in r.stderr
