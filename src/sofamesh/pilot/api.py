@@ -316,6 +316,15 @@ class RestApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = self.pilot.metrics.prometheus() if self.pilot is not None else ""
+        if self.pilot is not None:
+            lines = []
+            for reg in self.pilot.registries:
+                for k, v in sorted(dict(getattr(reg, "stats", None) or {}).items()):
+                    if isinstance(v, (int, float)):
+                        lines.append(f'pilot_registry_stat{{registry="{reg.name}",stat="{k}"}} {v}')
+            if self.store is not None:
+                lines.append(f"pilot_store_expired_total {self.store.expired}")
+            text += "".join(line + "\n" for line in lines)
         return web.Response(text=text, content_type="text/plain")
 
     async def debug_connections(self, request: web.Request) -> web.Response:

@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--outbound-port", type=int, default=None, help="sidecar outbound HTTP listener port (default 15001)")
     p.add_argument("--listener-address", default=None,
                    help="address the generated sidecar listeners bind (default 0.0.0.0)")
+    p.add_argument("--tcp-port-offset", type=int, default=None,
+                   help="TCP services' listeners bind service port + N (default 0; for explicit-proxy "
+                        "sidecars sharing a host with the services they call)")
     p.add_argument("--store", default=None,
                    help="'embedded' (default), 'embedded:DIR' or etcd://host:port")
     p.add_argument("--data-dir", default=None, help="embedded store directory (default ./sofamesh-pilot-data)")
@@ -69,9 +72,9 @@ def build_registries(cfg: dict) -> list:
     out = []
     for i, rc in enumerate(regs):
         try:
-            out.append(build(rc))
-        except Exception as e:  # noqa: BLE001 - a config error, reported with its place
-            raise SystemExit(f"sofamesh pilot: config registries[{i}]: {e}") from None
+            out.append(build(rc, path=f"registries[{i}]"))
+        except Exception as e:  # noqa: BLE001 - a config error; the message names the field
+            raise SystemExit(f"sofamesh pilot: config: {e}") from None
     names = [r.name for r in out]
     if len(set(names)) != len(names) or "api" in names:
         raise SystemExit(f"sofamesh pilot: registry names must be unique and not 'api': {names}")
@@ -92,7 +95,8 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         await store.open()
     except Exception as e:  # noqa: BLE001
         raise SystemExit(f"sofamesh pilot: cannot open store {opts['store'] or 'embedded'}: {e}") from None
-    gen = Generator(outbound_port=opts["outbound_port"], listener_address=opts["listener_address"])
+    gen = Generator(outbound_port=opts["outbound_port"], listener_address=opts["listener_address"],
+                    tcp_port_offset=opts.get("tcp_port_offset", 0))
     api_reg = ApiRegistry(store)
     pilot = Pilot([api_reg] + opts["registries"], gen=gen, debounce=opts["debounce"])
     api = RestApi(store, pilot, api_reg)
@@ -118,6 +122,16 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
+
+
+def _main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
 
     def pick(flag, key, default):
@@ -130,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "api_address": _hostport(pick(args.api_address, "api_address", "127.0.0.1:15020"), "--api-address"),
         "outbound_port": int(pick(args.outbound_port, "outbound_port", 15001)),
         "listener_address": pick(args.listener_address, "listener_address", "0.0.0.0"),
+        "tcp_port_offset": int(pick(args.tcp_port_offset, "tcp_port_offset", 0)),
         "store": pick(args.store, "store", None),
         "data_dir": pick(args.data_dir, "data_dir", os.path.join(os.getcwd(), "sofamesh-pilot-data")),
         "debounce": float(pick(args.debounce_ms, "debounce_ms", 100)) / 1000.0,
@@ -151,9 +166,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(amain())
-    except SystemExit as e:
-        print(e, file=sys.stderr)
-        return 2
     except OSError as e:
         print(f"sofamesh pilot: {e}", file=sys.stderr)
         return 1

@@ -64,6 +64,7 @@ class Pilot:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._export_task: asyncio.Task | None = None
+        self._export_again = False
         self.rebuilds = 0
         self.last_rebuild_ms = 0.0
         self.change_listeners: list = []  # callables(Changes): after each push (benchmarks)
@@ -152,16 +153,25 @@ class Pilot:
             cb(ch)
 
     def _export(self) -> None:
-        exporters = [r for r in self.registries if hasattr(r, "export")]
-        if not exporters or (self._export_task is not None and not self._export_task.done()):
+        """Hand the merged model to registries that publish it back (e.g. ZooKeeper sync).
+        One export runs at a time; a change during it triggers one more with the newest model."""
+        exporters = [r for r in self.registries
+                     if callable(getattr(r, "export", None)) and getattr(r, "exports", True)]
+        if not exporters:
+            return
+        self._export_again = True
+        if self._export_task is not None and not self._export_task.done():
             return
 
         async def run() -> None:
-            for r in exporters:
-                try:
-                    await r.export(self.services, self.instances)
-                except Exception:  # noqa: BLE001
-                    self.metrics.inc("pilot_export_errors_total", registry=r.name)
-                    log.exception("export to %s failed", r.name)
+            while self._export_again:
+                self._export_again = False
+                services, instances = self.services, self.instances
+                for r in exporters:
+                    try:
+                        await r.export(services, instances)
+                    except Exception:  # noqa: BLE001
+                        self.metrics.inc("pilot_export_errors_total", registry=r.name)
+                        log.exception("export to %s failed", r.name)
 
         self._export_task = asyncio.ensure_future(run())

@@ -311,8 +311,10 @@ class Changes:
 class Generator:
     """Holds the current resources; `update(model)` rebuilds only the services that changed."""
 
-    def __init__(self, outbound_port: int = 15001, listener_address: str = "0.0.0.0"):
+    def __init__(self, outbound_port: int = 15001, listener_address: str = "0.0.0.0",
+                 tcp_port_offset: int = 0):
         self.outbound_port = outbound_port
+        self.tcp_port_offset = tcp_port_offset
         self.listener_address = listener_address
         self.route_name = str(outbound_port)
         self.services: dict[str, ServiceOutput] = {}
@@ -417,7 +419,8 @@ class Generator:
                 seen_domains.update(low)
                 chunks.append(ld_field(2, vbytes))  # RouteConfiguration.virtual_hosts
             for port, cname in out.tcp_ports:
-                if port == self.outbound_port or port in tcp:
+                port += self.tcp_port_offset
+                if port == self.outbound_port or port in tcp or not 0 < port < 65536:
                     self.skipped["port_conflict"] += 1
                     self._problem(f"tcp port {port} of {cname} already in use: no listener")
                     continue
