@@ -114,6 +114,7 @@ class AdminServer:
                     return
                 except asyncio.LimitOverrunError:
                     await self._send(writer, "GET", Response(431, "headers too large\n"), False)
+                    await _linger(reader, writer)
                     return
                 if len(head) > MAX_HEAD:
                     await self._send(writer, "GET", Response(431, "headers too large\n"), False)
@@ -123,6 +124,7 @@ class AdminServer:
                 except ValueError as e:
                     self._count("http.admin.downstream_rq_rx_reset")
                     await self._send(writer, "GET", Response(400, f"{e}\n"), False)
+                    await _linger(reader, writer)
                     return
                 length = headers.get("content-length", "0")
                 if not length.isdigit() or int(length) > MAX_BODY:
@@ -168,6 +170,24 @@ class AdminServer:
             lines.append("connection: close")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if method == "HEAD" else body))
         await writer.drain()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: Any) -> None:
+    """Lingering close: after an error reply, stop sending and discard what the client is
+    still sending (bounded), so the close does not reset the connection before the client
+    has read the reply."""
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        deadline = time.monotonic() + 1.0
+        budget = 4 * 1024 * 1024
+        while budget > 0 and time.monotonic() < deadline:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+            if not chunk:
+                break
+            budget -= len(chunk)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        pass
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
