@@ -30,8 +30,8 @@ import copy
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -106,11 +106,11 @@ class FakeKubeAPI:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "FakeKubeAPI":
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     # ---- test controls ---------------------------------------------------------------
@@ -127,8 +127,9 @@ class FakeKubeAPI:
         md["resourceVersion"] = str(self.rv)
         md["uid"] = old["metadata"]["uid"] if old else str(uuid.uuid4())
         md["creationTimestamp"] = (
-            old["metadata"]["creationTimestamp"] if old
-            else datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            old["metadata"]["creationTimestamp"]
+            if old
+            else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         )
         obj["apiVersion"] = KINDS[kind][0]
         self.objects[key] = obj
@@ -152,11 +153,16 @@ class FakeKubeAPI:
         for w in self.watchers:
             if w.bookmarks:
                 api_version = KINDS[w.kind][0]
-                w.queue.put_nowait({
-                    "type": "BOOKMARK",
-                    "object": {"kind": w.kind, "apiVersion": api_version,
-                               "metadata": {"resourceVersion": str(self.rv)}},
-                })
+                w.queue.put_nowait(
+                    {
+                        "type": "BOOKMARK",
+                        "object": {
+                            "kind": w.kind,
+                            "apiVersion": api_version,
+                            "metadata": {"resourceVersion": str(self.rv)},
+                        },
+                    }
+                )
 
     def expire_watches(self) -> None:
         for w in self.watchers:
@@ -182,8 +188,9 @@ class FakeKubeAPI:
         return [q for _, p, q in self.requests if p.endswith(plural) and parse_bool(q.get("watch"))]
 
     def list_requests(self, plural: str) -> list[dict[str, str]]:
-        return [q for _, p, q in self.requests
-                if p.endswith(plural) and not parse_bool(q.get("watch"))]
+        return [
+            q for _, p, q in self.requests if p.endswith(plural) and not parse_bool(q.get("watch"))
+        ]
 
     # ---- server ----------------------------------------------------------------------
 
@@ -194,7 +201,7 @@ class FakeKubeAPI:
             if w.kind == kind and w.namespace in ("", ns):
                 w.queue.put_nowait(event)
 
-    def _handler(self, kind: str, namespaced: bool):  # noqa: ANN202
+    def _handler(self, kind: str, namespaced: bool):
         async def handle(request: web.Request) -> web.StreamResponse:
             q = dict(request.query)
             if self.partitioned:
@@ -232,9 +239,16 @@ class FakeKubeAPI:
             rv = int(rv_s) if rv_s else 0
         except ValueError:
             return web.json_response(
-                {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                 "message": f"invalid resourceVersion {rv_s!r}", "reason": "BadRequest",
-                 "code": 400}, status=400)
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "message": f"invalid resourceVersion {rv_s!r}",
+                    "reason": "BadRequest",
+                    "code": 400,
+                },
+                status=400,
+            )
         expired = rv != 0 and rv < self.compacted
         if expired and self.expire_as_http:
             return web.json_response(status_410(rv, self.compacted), status=410)
@@ -266,7 +280,7 @@ class FakeKubeAPI:
                     break
                 try:
                     ev = await asyncio.wait_for(w.queue.get(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 if ev is _CLOSE:
                     break
@@ -285,8 +299,13 @@ class FakeKubeAPI:
         return resp
 
 
-def service(name: str, ns: str = "default", ports: list[dict] | None = None,
-            labels: dict[str, str] | None = None, **spec: Any) -> dict:
+def service(
+    name: str,
+    ns: str = "default",
+    ports: list[dict] | None = None,
+    labels: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict:
     """A Service object as `kubectl get -o json` shows it (ClusterIP by default)."""
     return {
         "kind": "Service",
@@ -301,17 +320,21 @@ def service(name: str, ns: str = "default", ports: list[dict] | None = None,
             "selector": {"app": name},
             "sessionAffinity": "None",
             "internalTrafficPolicy": "Cluster",
-            "ports": ports or [{"name": "http", "port": 80, "protocol": "TCP",
-                                "targetPort": 8080}],
+            "ports": ports or [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
             **spec,
         },
         "status": {"loadBalancer": {}},
     }
 
 
-def endpoint_slice(service_name: str, slice_name: str, ns: str = "default",
-                   ports: list[dict] | None = None, endpoints: list[dict] | None = None,
-                   address_type: str = "IPv4") -> dict:
+def endpoint_slice(
+    service_name: str,
+    slice_name: str,
+    ns: str = "default",
+    ports: list[dict] | None = None,
+    endpoints: list[dict] | None = None,
+    address_type: str = "IPv4",
+) -> dict:
     """An EndpointSlice as the EndpointSlice controller writes it."""
     return {
         "kind": "EndpointSlice",
@@ -324,21 +347,33 @@ def endpoint_slice(service_name: str, slice_name: str, ns: str = "default",
                 "kubernetes.io/service-name": service_name,
                 "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
             },
-            "ownerReferences": [{
-                "apiVersion": "v1", "kind": "Service", "name": service_name,
-                "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{ns}/{service_name}")),
-                "controller": True, "blockOwnerDeletion": True,
-            }],
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "name": service_name,
+                    "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{ns}/{service_name}")),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "addressType": address_type,
-        "ports": ports if ports is not None else [{"name": "http", "port": 8080,
-                                                   "protocol": "TCP"}],
+        "ports": ports
+        if ports is not None
+        else [{"name": "http", "port": 8080, "protocol": "TCP"}],
         "endpoints": endpoints or [],
     }
 
 
-def endpoint(ip: str, pod: str, ready: bool | None = True, zone: str = "zone-a",
-             node: str = "node-1", ns: str = "default") -> dict:
+def endpoint(
+    ip: str,
+    pod: str,
+    ready: bool | None = True,
+    zone: str = "zone-a",
+    node: str = "node-1",
+    ns: str = "default",
+) -> dict:
     cond: dict[str, bool] = {}
     if ready is not None:
         cond = {"ready": ready, "serving": ready, "terminating": False}
@@ -347,6 +382,10 @@ def endpoint(ip: str, pod: str, ready: bool | None = True, zone: str = "zone-a",
         "conditions": cond,
         "nodeName": node,
         "zone": zone,
-        "targetRef": {"kind": "Pod", "namespace": ns, "name": pod,
-                      "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, pod))},
+        "targetRef": {
+            "kind": "Pod",
+            "namespace": ns,
+            "name": pod,
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, pod)),
+        },
     }

@@ -50,8 +50,7 @@ class _Process:
         self.proc: subprocess.Popen | None = None
 
     def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -61,8 +60,6 @@ class _Process:
                 env={**os.environ, **(env or {})},
                 start_new_session=True,  # its own process group: killed whole at stop()
             )
-        finally:
-            log.close()
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -70,7 +67,7 @@ class _Process:
         except OSError:
             return ""
 
-    def _wait(self, ready, timeout: float) -> None:  # noqa: ANN001
+    def _wait(self, ready, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -103,7 +100,7 @@ class _Process:
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         try:
             self.start()
         except BaseException:
@@ -111,7 +108,7 @@ class _Process:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -119,7 +116,7 @@ class _Process:
 
 
 def _http_get(url: str, timeout: float = 1.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read()
 
 
@@ -158,9 +155,15 @@ class ZooKeeperServer(_Process):
         java = shutil.which("java") or "/usr/bin/java"
         self._spawn(
             [
-                java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                java,
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
                 "-Dzookeeper.jmx.log4j.disable=true",
-                "-cp", cp, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg),
+                "-cp",
+                cp,
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                str(cfg),
             ]
         )
         self._wait(self._ruok, 30.0)
@@ -195,19 +198,30 @@ class EtcdServer(_Process):
         self._spawn(
             [
                 etcd,
-                "--name", "test",
-                "--data-dir", str(self.dir / "data"),
-                "--listen-client-urls", self.url,
-                "--advertise-client-urls", self.url,
-                "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"test={peer}",
-                "--initial-cluster-state", "new",
-                "--log-level", "warn",
+                "--name",
+                "test",
+                "--data-dir",
+                str(self.dir / "data"),
+                "--listen-client-urls",
+                self.url,
+                "--advertise-client-urls",
+                self.url,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"test={peer}",
+                "--initial-cluster-state",
+                "new",
+                "--log-level",
+                "warn",
             ],
             env={"ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")},
         )
-        self._wait(lambda: json.loads(_http_get(self.url + "/health")).get("health") == "true", 30.0)
+        self._wait(
+            lambda: json.loads(_http_get(self.url + "/health")).get("health") == "true", 30.0
+        )
 
 
 def consul_binary() -> str:
@@ -235,21 +249,31 @@ class ConsulAgent(_Process):
     def start(self) -> None:
         self._spawn(
             [
-                consul_binary(), "agent", "-dev",
-                "-node", "sofamesh-test",
-                "-bind", "127.0.0.1",
-                "-client", "127.0.0.1",
-                "-http-port", str(self.port),
-                "-dns-port", "-1",
-                "-grpc-port", "-1",
-                "-serf-lan-port", str(free_port()),
-                "-serf-wan-port", str(free_port()),
-                "-server-port", str(free_port()),
-                "-log-level", "warn",
+                consul_binary(),
+                "agent",
+                "-dev",
+                "-node",
+                "sofamesh-test",
+                "-bind",
+                "127.0.0.1",
+                "-client",
+                "127.0.0.1",
+                "-http-port",
+                str(self.port),
+                "-dns-port",
+                "-1",
+                "-grpc-port",
+                "-1",
+                "-serf-lan-port",
+                str(free_port()),
+                "-serf-wan-port",
+                str(free_port()),
+                "-server-port",
+                str(free_port()),
+                "-log-level",
+                "warn",
             ]
         )
         self._wait(lambda: json.loads(_http_get(self.http_addr + "/v1/status/leader")) != "", 30.0)
         # the agent answers before its node is in the catalog; wait for that too
-        self._wait(
-            lambda: bool(json.loads(_http_get(self.http_addr + "/v1/catalog/nodes"))), 30.0
-        )
+        self._wait(lambda: bool(json.loads(_http_get(self.http_addr + "/v1/catalog/nodes"))), 30.0)

@@ -16,7 +16,7 @@ from sofamesh.pilot import registries
 pytestmark = pytest.mark.timeout(60)
 
 
-async def until(pred, timeout: float = 5.0, what: str = "condition"):  # noqa: ANN001
+async def until(pred, timeout: float = 5.0, what: str = "condition"):
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = pred()
@@ -41,8 +41,9 @@ def name() -> str:
 async def adapter(consul_agent, name):
     # `services:` limits it to this test's service (the module shares one agent);
     # wait 30s: changes must arrive through blocking queries waking up, not by polling
-    reg = registries.build({"type": "consul", "address": consul_agent.http_addr,
-                            "services": [name], "wait": 30})
+    reg = registries.build(
+        {"type": "consul", "address": consul_agent.http_addr, "services": [name], "wait": 30}
+    )
     changes: list[str] = []
     await reg.start(changes.append)
     try:
@@ -51,29 +52,40 @@ async def adapter(consul_agent, name):
         await reg.stop()
 
 
-def register_spring_style(api, name: str, iid: str, port: int, check, **kw):  # noqa: ANN001
+def register_spring_style(api, name: str, iid: str, port: int, check, **kw):
     """What Spring Cloud Consul's ConsulServiceRegistry sends: ID = app-name-port(-hash),
     Meta with its metadata (secure, zone, ...), Tags, Address, Port, one check."""
     api.agent.service.register(
-        name, service_id=iid, address="127.0.0.1", port=port, check=check,
+        name,
+        service_id=iid,
+        address="127.0.0.1",
+        port=port,
+        check=check,
         meta={"secure": "false", "zone": "zone-a", "version": "v2", **kw.pop("meta", {})},
-        tags=kw.pop("tags", ["spring", "team=payments"]), **kw,
+        tags=kw.pop("tags", ["spring", "team=payments"]),
+        **kw,
     )
 
 
 async def test_ttl_service_health_follows_its_check(agent_api, adapter, name):
     reg, changes = adapter
     iid = f"{name}-8081"
-    register_spring_style(agent_api, name, iid, 8081, consul.Check.ttl("30s"),
-                          weights={"Passing": 5, "Warning": 1})
+    register_spring_style(
+        agent_api, name, iid, 8081, consul.Check.ttl("30s"), weights={"Passing": 5, "Warning": 1}
+    )
     try:
         # a TTL check starts critical: present, not healthy
         [inst] = await until(lambda: reg.snapshot().instances.get(name), what="registration")
         assert not inst.healthy
         assert (inst.address, inst.port, inst.instance_id) == ("127.0.0.1", 8081, iid)
         assert inst.protocol == "http" and inst.weight == 5
-        assert inst.label_dict == {"secure": "false", "zone": "zone-a", "version": "v2",
-                                   "team": "payments", "consul.tags": "spring"}
+        assert inst.label_dict == {
+            "secure": "false",
+            "zone": "zone-a",
+            "version": "v2",
+            "team": "payments",
+            "consul.tags": "spring",
+        }
         assert inst.locality.region == "dc1" and inst.locality.zone == "zone-a"
         assert inst.registry == "consul"
         svc = reg.snapshot().services[name]
@@ -96,6 +108,7 @@ async def test_ttl_service_health_follows_its_check(agent_api, adapter, name):
 
 async def test_http_check_and_two_instances(agent_api, adapter, name, unused_port):
     reg, _ = adapter
+
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "UP"})
 
@@ -108,19 +121,35 @@ async def test_http_check_and_two_instances(agent_api, adapter, name, unused_por
     up_id, down_id = f"{name}-a", f"{name}-b"
     try:
         register_spring_style(
-            agent_api, name, up_id, unused_port,
-            consul.Check.http(f"http://127.0.0.1:{unused_port}/actuator/health", "1s", "1s"))
+            agent_api,
+            name,
+            up_id,
+            unused_port,
+            consul.Check.http(f"http://127.0.0.1:{unused_port}/actuator/health", "1s", "1s"),
+        )
         register_spring_style(
-            agent_api, name, down_id, 9,  # nothing listens on the discard port
-            consul.Check.http("http://127.0.0.1:9/actuator/health", "1s", "1s"))
-        await until(lambda: {i.instance_id: i.healthy
-                             for i in reg.snapshot().instances.get(name, [])}
-                    == {up_id: True, down_id: False}, timeout=10, what="HTTP checks")
+            agent_api,
+            name,
+            down_id,
+            9,  # nothing listens on the discard port
+            consul.Check.http("http://127.0.0.1:9/actuator/health", "1s", "1s"),
+        )
+        await until(
+            lambda: (
+                {i.instance_id: i.healthy for i in reg.snapshot().instances.get(name, [])}
+                == {up_id: True, down_id: False}
+            ),
+            timeout=10,
+            what="HTTP checks",
+        )
 
         # the healthy one's server goes away: its HTTP check fails
         await runner.cleanup()
-        await until(lambda: not any(i.healthy for i in reg.snapshot().instances[name]),
-                    timeout=10, what="HTTP check failing")
+        await until(
+            lambda: not any(i.healthy for i in reg.snapshot().instances[name]),
+            timeout=10,
+            what="HTTP check failing",
+        )
     finally:
         await runner.cleanup()
         agent_api.agent.service.deregister(up_id)
@@ -129,12 +158,15 @@ async def test_http_check_and_two_instances(agent_api, adapter, name, unused_por
 
 async def test_protocol_from_meta_and_catalog_filters(agent_api, consul_agent, name):
     other = f"{name}-grpc"
-    reg = registries.build({"type": "consul", "address": consul_agent.http_addr,
-                            "services": [name, other]})
-    agent_api.agent.service.register(other, service_id=other, address="127.0.0.1", port=9090,
-                                     meta={"protocol": "grpc"})
-    agent_api.agent.service.register(name, service_id=name, address="127.0.0.1", port=9091,
-                                     meta={"protocol": "carrier-pigeon"})
+    reg = registries.build(
+        {"type": "consul", "address": consul_agent.http_addr, "services": [name, other]}
+    )
+    agent_api.agent.service.register(
+        other, service_id=other, address="127.0.0.1", port=9090, meta={"protocol": "grpc"}
+    )
+    agent_api.agent.service.register(
+        name, service_id=name, address="127.0.0.1", port=9091, meta={"protocol": "carrier-pigeon"}
+    )
     try:
         await reg.start(lambda n: None)
         snap = reg.snapshot()
@@ -151,8 +183,9 @@ async def test_protocol_from_meta_and_catalog_filters(agent_api, consul_agent, n
 
 async def test_consul_down_then_up(unused_port):
     """No agent at start: start() returns, errors are counted, the pilot keeps serving."""
-    reg = registries.build({"type": "consul", "address": f"http://127.0.0.1:{unused_port}",
-                            "connect_timeout": 0.5})
+    reg = registries.build(
+        {"type": "consul", "address": f"http://127.0.0.1:{unused_port}", "connect_timeout": 0.5}
+    )
     try:
         await reg.start(lambda n: None)
         assert reg.snapshot().services == {}

@@ -10,6 +10,7 @@ addresses (as a sidecar's outbound listener and a remote provider would on two h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import socketserver
@@ -57,7 +58,7 @@ def free_port_both() -> int:
     raise RuntimeError("no port free on both loopbacks")
 
 
-def wait_until(pred, timeout: float, what: str):  # noqa: ANN001
+def wait_until(pred, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -89,20 +90,24 @@ def test_dubbo_provider_in_zookeeper_reached_through_envoy(zookeeper, tmp_path):
     provider = KazooClient(hosts=zookeeper.hosts, timeout=2.0)
     provider.start(timeout=10)
     root = "/e2e/dubbo"
-    url = (f"dubbo://[::1]:{port}/{IFACE}?anyhost=false&application=greeting-provider"
-           f"&deprecated=false&dubbo=2.0.2&dynamic=true&generic=false&interface={IFACE}"
-           f"&methods=greet&pid=1&release=2.7.23&side=provider&timestamp=1700000000000"
-           f"&version=1.0.0")
+    url = (
+        f"dubbo://[::1]:{port}/{IFACE}?anyhost=false&application=greeting-provider"
+        f"&deprecated=false&dubbo=2.0.2&dynamic=true&generic=false&interface={IFACE}"
+        f"&methods=greet&pid=1&release=2.7.23&side=provider&timestamp=1700000000000"
+        f"&version=1.0.0"
+    )
     provider.ensure_path(f"{root}/{IFACE}/providers")
     provider.create(f"{root}/{IFACE}/providers/{quote_plus(url, safe='*')}", b"", ephemeral=True)
 
     cfg = tmp_path / "pilot.yaml"
-    cfg.write_text(json.dumps({"registries": [
-        {"type": "zookeeper", "hosts": zookeeper.hosts, "root": root}]}))
+    cfg.write_text(
+        json.dumps({"registries": [{"type": "zookeeper", "hosts": zookeeper.hosts, "root": root}]})
+    )
     pilot = PilotProcess(tmp_path / "pilot", extra=["--config", str(cfg)])
     admin = free_port()
-    envoy = ProxyProcess.envoy(envoy_binary(), ads_bootstrap(pilot.xds_port, admin, False),
-                               tmp_path / "envoy")
+    envoy = ProxyProcess.envoy(
+        envoy_binary(), ads_bootstrap(pilot.xds_port, admin, False), tmp_path / "envoy"
+    )
     cluster = f"outbound|{port}||{IFACE}"
     try:
         pilot.start()
@@ -120,12 +125,15 @@ def test_dubbo_provider_in_zookeeper_reached_through_envoy(zookeeper, tmp_path):
         _, text = admin_get(admin, "/clusters")
         assert f"{cluster}::[::1]:{port}::weight::100" in text  # Dubbo's default weight
 
-        reply = wait_until(lambda: through_envoy(port, b"hello dubbo"), 10,
-                           "a TCP connection through Envoy's listener")
+        reply = wait_until(
+            lambda: through_envoy(port, b"hello dubbo"),
+            10,
+            "a TCP connection through Envoy's listener",
+        )
         assert reply == b"provider:hello dubbo"
         _, stats = admin_get(admin, "/stats")
         key = f"cluster.{cluster}.upstream_cx_total: "
-        [cx] = [int(ln[len(key):]) for ln in stats.splitlines() if ln.startswith(key)]
+        [cx] = [int(ln[len(key) :]) for ln in stats.splitlines() if ln.startswith(key)]
         assert cx >= 1
 
         # the provider dies (its ZooKeeper session ends): Envoy loses the endpoint
@@ -137,11 +145,9 @@ def test_dubbo_provider_in_zookeeper_reached_through_envoy(zookeeper, tmp_path):
         pilot.stop()
         echo.shutdown()
         echo.server_close()
-        try:
+        with contextlib.suppress(Exception):  # already closed in the test body
             provider.stop()
             provider.close()
-        except Exception:  # noqa: BLE001 - already closed above
-            pass
 
 
 def test_pilot_exports_mesh_dubbo_services_to_zookeeper(zookeeper, tmp_path):
@@ -150,22 +156,39 @@ def test_pilot_exports_mesh_dubbo_services_to_zookeeper(zookeeper, tmp_path):
     root = "/sync/dubbo"
     iface = "com.example.mesh.InventoryService"
     cfg = tmp_path / "pilot.yaml"
-    cfg.write_text(json.dumps({"registries": [
-        {"type": "zookeeper", "hosts": zookeeper.hosts, "root": root, "export": True}]}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "registries": [
+                    {"type": "zookeeper", "hosts": zookeeper.hosts, "root": root, "export": True}
+                ]
+            }
+        )
+    )
     pilot = PilotProcess(tmp_path / "pilot", extra=["--config", str(cfg)])
     consumer = KazooClient(hosts=zookeeper.hosts, timeout=2.0)
     consumer.start(timeout=10)
 
     def providers() -> list[str]:
         path = f"{root}/{iface}/providers"
-        return [unquote_plus(c) for c in consumer.get_children(path)] if consumer.exists(path) else []
+        return (
+            [unquote_plus(c) for c in consumer.get_children(path)] if consumer.exists(path) else []
+        )
 
     try:
         pilot.start()
-        pilot.register(iface, "inv-1", address="127.0.0.1", port=20880, protocol="dubbo",
-                       labels={"version": "3.1.0", "methods": "reserve,release"}, ttl_seconds=60)
-        pilot.register("web", "web-1", address="127.0.0.1", port=8080, protocol="http",
-                       ttl_seconds=60)
+        pilot.register(
+            iface,
+            "inv-1",
+            address="127.0.0.1",
+            port=20880,
+            protocol="dubbo",
+            labels={"version": "3.1.0", "methods": "reserve,release"},
+            ttl_seconds=60,
+        )
+        pilot.register(
+            "web", "web-1", address="127.0.0.1", port=8080, protocol="http", ttl_seconds=60
+        )
         [url] = wait_until(providers, 10, "the exported provider node")
         parts = urlsplit(url)
         params = {k: v[0] for k, v in parse_qs(parts.query).items()}

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 FQDN = "reviews.shop.svc.cluster.local"
 
 
-async def until(pred, timeout: float = 5.0, what: str = "condition"):  # noqa: ANN001
+async def until(pred, timeout: float = 5.0, what: str = "condition"):
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = pred()
@@ -40,20 +40,45 @@ async def api():
 
 
 def seed(api: FakeKubeAPI) -> None:
-    api.apply(service("reviews", "shop", ports=[
-        {"name": "http-web", "port": 80, "protocol": "TCP", "targetPort": 9080},
-        {"name": "grpc", "port": 7070, "protocol": "TCP", "targetPort": 7070,
-         "appProtocol": "grpc"},
-        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-    ]))
-    api.apply(endpoint_slice("reviews", "reviews-abc12", "shop", ports=[
-        {"name": "http-web", "port": 9080, "protocol": "TCP"},
-        {"name": "grpc", "port": 7070, "protocol": "TCP", "appProtocol": "grpc"},
-    ], endpoints=[
-        endpoint("10.244.1.5", "reviews-v1-7d9f-x1", ns="shop", zone="zone-a"),
-        endpoint("10.244.2.6", "reviews-v2-5c8b-y2", ns="shop", ready=False, zone="zone-b",
-                 node="node-2"),
-    ]))
+    api.apply(
+        service(
+            "reviews",
+            "shop",
+            ports=[
+                {"name": "http-web", "port": 80, "protocol": "TCP", "targetPort": 9080},
+                {
+                    "name": "grpc",
+                    "port": 7070,
+                    "protocol": "TCP",
+                    "targetPort": 7070,
+                    "appProtocol": "grpc",
+                },
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            ],
+        )
+    )
+    api.apply(
+        endpoint_slice(
+            "reviews",
+            "reviews-abc12",
+            "shop",
+            ports=[
+                {"name": "http-web", "port": 9080, "protocol": "TCP"},
+                {"name": "grpc", "port": 7070, "protocol": "TCP", "appProtocol": "grpc"},
+            ],
+            endpoints=[
+                endpoint("10.244.1.5", "reviews-v1-7d9f-x1", ns="shop", zone="zone-a"),
+                endpoint(
+                    "10.244.2.6",
+                    "reviews-v2-5c8b-y2",
+                    ns="shop",
+                    ready=False,
+                    zone="zone-b",
+                    node="node-2",
+                ),
+            ],
+        )
+    )
 
 
 class _Resp:
@@ -71,14 +96,18 @@ async def test_fake_speaks_what_the_official_client_reads(api):
         [svc] = svcs.items
         assert svc.metadata.name == "reviews" and svc.metadata.namespace == "shop"
         assert [(p.name, p.port, p.target_port, p.app_protocol) for p in svc.spec.ports][:2] == [
-            ("http-web", 80, 9080, None), ("grpc", 7070, 7070, "grpc")]
+            ("http-web", 80, 9080, None),
+            ("grpc", 7070, 7070, "grpc"),
+        ]
         slices = await disc.list_namespaced_endpoint_slice("shop")
         [sl] = slices.items
         assert isinstance(sl, k8s.V1EndpointSlice) and sl.address_type == "IPv4"
-        assert [(e.addresses, e.conditions.ready, e.zone, e.target_ref.name)
-                for e in sl.endpoints] == [
+        assert [
+            (e.addresses, e.conditions.ready, e.zone, e.target_ref.name) for e in sl.endpoints
+        ] == [
             (["10.244.1.5"], True, "zone-a", "reviews-v1-7d9f-x1"),
-            (["10.244.2.6"], False, "zone-b", "reviews-v2-5c8b-y2")]
+            (["10.244.2.6"], False, "zone-b", "reviews-v2-5c8b-y2"),
+        ]
 
         # the official watch client reads the fake's watch stream
         rv = svcs.metadata.resource_version
@@ -86,11 +115,11 @@ async def test_fake_speaks_what_the_official_client_reads(api):
         events = []
         api.apply(service("ratings", "shop"))
         api.delete("Service", "shop", "ratings")
-        async with w.stream(core.list_service_for_all_namespaces, resource_version=rv,
-                            timeout_seconds=1) as stream:
+        async with w.stream(
+            core.list_service_for_all_namespaces, resource_version=rv, timeout_seconds=1
+        ) as stream:
             async for ev in stream:
-                events.append((ev["type"], ev["object"].metadata.name,
-                               type(ev["object"]).__name__))
+                events.append((ev["type"], ev["object"].metadata.name, type(ev["object"]).__name__))
                 if len(events) == 2:
                     w.stop()
         assert events == [("ADDED", "ratings", "V1Service"), ("DELETED", "ratings", "V1Service")]
@@ -103,8 +132,7 @@ async def test_fake_speaks_what_the_official_client_reads(api):
 
 @pytest.fixture
 async def adapter(api):
-    reg = registries.build({"type": "kubernetes", "api_server": api.url,
-                            "watch_timeout": 30})
+    reg = registries.build({"type": "kubernetes", "api_server": api.url, "watch_timeout": 30})
     changes: list[str] = []
     try:
         yield reg, changes
@@ -114,8 +142,9 @@ async def adapter(api):
 
 async def test_list_maps_services_and_endpoint_slices(api, adapter):
     seed(api)
-    api.apply(service("legacy", "shop", type="ExternalName", externalName="db.example.com",
-                      ports=[]))
+    api.apply(
+        service("legacy", "shop", type="ExternalName", externalName="db.example.com", ports=[])
+    )
     reg, changes = adapter
     await reg.start(changes.append)
     snap = reg.snapshot()
@@ -123,10 +152,14 @@ async def test_list_maps_services_and_endpoint_slices(api, adapter):
     svc = snap.services[FQDN]
     assert svc.namespace == "shop" and svc.registry == "kubernetes"
     assert [(p.number, p.protocol, p.name) for p in svc.ports] == [
-        (80, "http", "http-web"), (7070, "grpc", "grpc")]
+        (80, "http", "http-web"),
+        (7070, "grpc", "grpc"),
+    ]
     assert dict(svc.labels) == {"app": "reviews"}
-    got = {(i.address, i.port, i.service_port, i.protocol, i.healthy, i.locality.zone)
-           for i in snap.instances[FQDN]}
+    got = {
+        (i.address, i.port, i.service_port, i.protocol, i.healthy, i.locality.zone)
+        for i in snap.instances[FQDN]
+    }
     assert got == {
         ("10.244.1.5", 9080, 80, "http", True, "zone-a"),
         ("10.244.1.5", 7070, 7070, "grpc", True, "zone-a"),
@@ -149,21 +182,41 @@ async def test_watch_follows_changes_from_the_listed_version(api, adapter):
         assert q["allowWatchBookmarks"] == "true"
 
     # a pod becomes ready, a new pod is added (the controller updates the slice)
-    api.apply(endpoint_slice("reviews", "reviews-abc12", "shop", ports=[
-        {"name": "http-web", "port": 9080, "protocol": "TCP"},
-    ], endpoints=[
-        endpoint("10.244.1.5", "reviews-v1-7d9f-x1", ns="shop"),
-        endpoint("10.244.2.6", "reviews-v2-5c8b-y2", ns="shop"),
-        endpoint("10.244.3.7", "reviews-v3-1a2b-z3", ns="shop", ready=None),  # unknown: ready
-    ]))
-    await until(lambda: sorted((i.address, i.healthy) for i in reg.snapshot().instances[FQDN])
-                == [("10.244.1.5", True), ("10.244.2.6", True), ("10.244.3.7", True)],
-                what="slice update")
+    api.apply(
+        endpoint_slice(
+            "reviews",
+            "reviews-abc12",
+            "shop",
+            ports=[
+                {"name": "http-web", "port": 9080, "protocol": "TCP"},
+            ],
+            endpoints=[
+                endpoint("10.244.1.5", "reviews-v1-7d9f-x1", ns="shop"),
+                endpoint("10.244.2.6", "reviews-v2-5c8b-y2", ns="shop"),
+                endpoint(
+                    "10.244.3.7", "reviews-v3-1a2b-z3", ns="shop", ready=None
+                ),  # unknown: ready
+            ],
+        )
+    )
+    await until(
+        lambda: (
+            sorted((i.address, i.healthy) for i in reg.snapshot().instances[FQDN])
+            == [("10.244.1.5", True), ("10.244.2.6", True), ("10.244.3.7", True)]
+        ),
+        what="slice update",
+    )
 
     # a second slice for the same service (the controller splits large services)
-    api.apply(endpoint_slice("reviews", "reviews-def34", "shop", ports=[
-        {"name": "http-web", "port": 9080, "protocol": "TCP"}],
-        endpoints=[endpoint("10.244.4.8", "reviews-v3-9x", ns="shop")]))
+    api.apply(
+        endpoint_slice(
+            "reviews",
+            "reviews-def34",
+            "shop",
+            ports=[{"name": "http-web", "port": 9080, "protocol": "TCP"}],
+            endpoints=[endpoint("10.244.4.8", "reviews-v3-9x", ns="shop")],
+        )
+    )
     await until(lambda: len(reg.snapshot().instances[FQDN]) == 4, what="second slice")
 
     api.delete("Service", "shop", "reviews")
@@ -201,16 +254,27 @@ async def test_410_expired_relists(as_http, adapter, api):
     # server's history is compacted past the version the pilot holds
     api.partition()
     api.delete("EndpointSlice", "shop", "reviews-abc12")
-    api.apply(endpoint_slice("reviews", "reviews-new99", "shop", ports=[
-        {"name": "http-web", "port": 9080, "protocol": "TCP"}],
-        endpoints=[endpoint("10.244.9.9", "reviews-v4-q", ns="shop")]))
+    api.apply(
+        endpoint_slice(
+            "reviews",
+            "reviews-new99",
+            "shop",
+            ports=[{"name": "http-web", "port": 9080, "protocol": "TCP"}],
+            endpoints=[endpoint("10.244.9.9", "reviews-v4-q", ns="shop")],
+        )
+    )
     api.compact()
     await asyncio.sleep(0.3)
     api.heal()
 
-    await until(lambda: [(i.address, i.service_port) for i in
-                         reg.snapshot().instances.get(FQDN, [])] == [("10.244.9.9", 80)],
-                timeout=10, what="state after relist")
+    await until(
+        lambda: (
+            [(i.address, i.service_port) for i in reg.snapshot().instances.get(FQDN, [])]
+            == [("10.244.9.9", 80)]
+        ),
+        timeout=10,
+        what="state after relist",
+    )
     assert reg.stats["endpointslices_relists"] >= 1
     assert len(api.list_requests("endpointslices")) >= 2
     assert reg.stats["endpointslices_watch_errors"] >= 1  # the 503s while partitioned
@@ -222,12 +286,16 @@ async def test_expired_error_event_on_an_open_watch(api, adapter):
     await reg.start(lambda n: None)
     await until(lambda: len(api.watchers) == 2, what="watches")
     api.expire_watches()
-    await until(lambda: reg.stats["services_relists"] == 1 and
-                reg.stats["endpointslices_relists"] == 1, what="relists")
+    await until(
+        lambda: reg.stats["services_relists"] == 1 and reg.stats["endpointslices_relists"] == 1,
+        what="relists",
+    )
     await until(lambda: len(api.watchers) == 2, what="watching again")
     api.apply(service("ratings", "shop"))
-    await until(lambda: "ratings.shop.svc.cluster.local" in reg.snapshot().services,
-                what="events after relist")
+    await until(
+        lambda: "ratings.shop.svc.cluster.local" in reg.snapshot().services,
+        what="events after relist",
+    )
 
 
 async def test_bad_watch_lines_are_counted_and_skipped(api, adapter):
@@ -238,8 +306,10 @@ async def test_bad_watch_lines_are_counted_and_skipped(api, adapter):
     api.inject_raw(b"{not json")
     api.inject_raw(b'{"type": "ADDED", "object": {"metadata": {}}}')
     api.apply(service("ratings", "shop"))
-    await until(lambda: "ratings.shop.svc.cluster.local" in reg.snapshot().services,
-                what="good event after bad ones")
+    await until(
+        lambda: "ratings.shop.svc.cluster.local" in reg.snapshot().services,
+        what="good event after bad ones",
+    )
     assert reg.stats["bad_events"] == 4  # two bad lines, on each of the two watches
     assert FQDN in reg.snapshot().services
 
@@ -249,14 +319,22 @@ async def test_namespaced_and_bearer_token(api, tmp_path):
     api.apply(service("web", "other"))
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    reg = registries.build({"type": "kubernetes", "api_server": api.url,
-                            "namespaces": ["shop"], "token_file": str(token)})
+    reg = registries.build(
+        {
+            "type": "kubernetes",
+            "api_server": api.url,
+            "namespaces": ["shop"],
+            "token_file": str(token),
+        }
+    )
     try:
         await reg.start(lambda n: None)
         assert set(reg.snapshot().services) == {FQDN}
         paths = {p for _, p, _ in api.requests}
-        assert paths == {"/api/v1/namespaces/shop/services",
-                         "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"}
+        assert paths == {
+            "/api/v1/namespaces/shop/services",
+            "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
+        }
         assert set(api.authorizations) == {"Bearer s3cret"}
     finally:
         await reg.stop()

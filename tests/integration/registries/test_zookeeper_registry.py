@@ -69,7 +69,7 @@ def provider(zookeeper):
         p.close()
 
 
-async def until(pred, timeout: float = 5.0, what: str = "condition"):  # noqa: ANN001
+async def until(pred, timeout: float = 5.0, what: str = "condition"):
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = pred()
@@ -84,7 +84,7 @@ async def until(pred, timeout: float = 5.0, what: str = "condition"):  # noqa: A
 async def adapter_factory(zookeeper):
     made = []
 
-    async def make(root: str, **extra):  # noqa: ANN003
+    async def make(root: str, **extra):
         cfg = {"type": "zookeeper", "hosts": zookeeper.hosts, "root": root, **extra}
         reg = registries.build(cfg)
         changes: list[str] = []
@@ -103,8 +103,11 @@ IFACE = "org.apache.dubbo.demo.DemoService"
 
 
 async def test_existing_provider_appears_as_service(adapter_factory, provider, root):
-    provider.register(root, IFACE, dubbo_node("10.1.2.3", 20880, IFACE, version="1.0.0",
-                                              group="blue", weight="50"))
+    provider.register(
+        root,
+        IFACE,
+        dubbo_node("10.1.2.3", 20880, IFACE, version="1.0.0", group="blue", weight="50"),
+    )
     reg, changes = await adapter_factory(root)
     snap = reg.snapshot()
     assert set(snap.services) == {IFACE}
@@ -138,15 +141,23 @@ async def test_watch_sees_providers_come_and_go(adapter_factory, zookeeper, prov
     try:
         other.register(root, IFACE, dubbo_node("10.0.0.2", 20881, IFACE))
         insts = await until(
-            lambda: len(reg.snapshot().instances.get(IFACE, [])) == 2 and
-            reg.snapshot().instances[IFACE], what="second provider")
+            lambda: (
+                len(reg.snapshot().instances.get(IFACE, [])) == 2
+                and reg.snapshot().instances[IFACE]
+            ),
+            what="second provider",
+        )
         assert {(i.address, i.port, i.weight) for i in insts} == {
-            ("10.0.0.1", 20880, 100), ("10.0.0.2", 20881, 100)}
+            ("10.0.0.1", 20880, 100),
+            ("10.0.0.2", 20881, 100),
+        }
 
         # explicit removal of a node
         provider.zk.delete(p1)
-        await until(lambda: [i.address for i in reg.snapshot().instances.get(IFACE, [])]
-                    == ["10.0.0.2"], what="removal")
+        await until(
+            lambda: [i.address for i in reg.snapshot().instances.get(IFACE, [])] == ["10.0.0.2"],
+            what="removal",
+        )
     finally:
         # the provider process dies: its session ends, the ephemeral node goes
         other.close()
@@ -170,7 +181,7 @@ async def test_bad_nodes_are_counted_and_skipped(adapter_factory, provider, root
     provider.register(root, IFACE, dubbo_node("10.0.0.4", 20880, IFACE, weight="heavy"))
     provider.register(root, IFACE, dubbo_node("10.0.0.5", 20880, IFACE))
     # a consumer-side URL that landed under providers/ is not a provider
-    provider.register(root, IFACE, dubbo_node("10.0.0.6", 0 or 1, IFACE, side="consumer"))
+    provider.register(root, IFACE, dubbo_node("10.0.0.6", 1, IFACE, side="consumer"))
     reg, _ = await adapter_factory(root)
     assert [i.address for i in reg.snapshot().instances[IFACE]] == ["10.0.0.5"]
     assert reg.stats["parse_errors"] == 3
@@ -193,8 +204,15 @@ def consumer_read(zk: KazooClient, root: str, iface: str) -> list[dict]:
         url = unquote_plus(child)
         parts = urlsplit(url)
         params = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        out.append({"scheme": parts.scheme, "host": parts.hostname, "port": parts.port,
-                    "path": parts.path.lstrip("/"), **params})
+        out.append(
+            {
+                "scheme": parts.scheme,
+                "host": parts.hostname,
+                "port": parts.port,
+                "path": parts.path.lstrip("/"),
+                **params,
+            }
+        )
     return out
 
 
@@ -208,12 +226,27 @@ async def test_export_writes_consumable_provider_nodes(adapter_factory, provider
     }
     instances = {
         mesh_iface: [
-            Instance(mesh_iface, "a", "127.0.0.11", 20880, protocol="dubbo", registry="api",
-                     labels=(("group", "g1"), ("methods", "greet"), ("version", "2.0.0"))),
-            Instance(mesh_iface, "b", "127.0.0.12", 20880, protocol="dubbo", registry="api",
-                     weight=7),
-            Instance(mesh_iface, "c", "127.0.0.13", 20880, protocol="dubbo", registry="api",
-                     healthy=False),
+            Instance(
+                mesh_iface,
+                "a",
+                "127.0.0.11",
+                20880,
+                protocol="dubbo",
+                registry="api",
+                labels=(("group", "g1"), ("methods", "greet"), ("version", "2.0.0")),
+            ),
+            Instance(
+                mesh_iface, "b", "127.0.0.12", 20880, protocol="dubbo", registry="api", weight=7
+            ),
+            Instance(
+                mesh_iface,
+                "c",
+                "127.0.0.13",
+                20880,
+                protocol="dubbo",
+                registry="api",
+                healthy=False,
+            ),
         ],
         "web": [Instance("web", "w", "127.0.0.20", 8080, protocol="http", registry="api")],
     }
@@ -260,21 +293,24 @@ async def test_export_skips_own_services_and_recreates_deleted_nodes(
     mesh = "com.example.Other"
     services = dict(snap.services) | {mesh: Service(mesh, registry="api")}
     instances = dict(snap.instances) | {
-        mesh: [Instance(mesh, "x", "127.0.0.30", 20880, protocol="dubbo", registry="api")]}
+        mesh: [Instance(mesh, "x", "127.0.0.30", 20880, protocol="dubbo", registry="api")]
+    }
     await reg.export(services, instances)
     # its own Dubbo provider is not written back next to itself
     assert [u["host"] for u in consumer_read(provider.zk, root, IFACE)] == ["10.0.0.1"]
     # someone deletes our exported node: the adapter notices and writes it again
     [child] = provider.zk.get_children(f"{root}/{mesh}/providers")
     provider.zk.delete(f"{root}/{mesh}/providers/{child}")
-    await until(lambda: provider.zk.get_children(f"{root}/{mesh}/providers"),
-                what="re-created export")
+    await until(
+        lambda: provider.zk.get_children(f"{root}/{mesh}/providers"), what="re-created export"
+    )
     assert IFACE in reg.snapshot().services and mesh not in reg.snapshot().services
 
 
 async def test_unreachable_zookeeper_does_not_block_start(unused_port):
-    reg = registries.build({"type": "zookeeper", "hosts": f"127.0.0.1:{unused_port}",
-                            "connect_timeout": 0.3})
+    reg = registries.build(
+        {"type": "zookeeper", "hosts": f"127.0.0.1:{unused_port}", "connect_timeout": 0.3}
+    )
     try:
         await reg.start(lambda name: None)
         assert reg.snapshot().services == {}
@@ -293,25 +329,30 @@ def expire_session(hosts: str, zk: KazooClient) -> None:
     thief.close()
 
 
-async def test_session_expiry_rewatches_and_reexports(adapter_factory, zookeeper, provider,
-                                                      root):
+async def test_session_expiry_rewatches_and_reexports(adapter_factory, zookeeper, provider, root):
     provider.register(root, IFACE, dubbo_node("10.0.0.1", 20880, IFACE))
     reg, _ = await adapter_factory(root, export=True)
     mesh = "com.example.Exported"
-    await reg.export({mesh: Service(mesh)}, {
-        mesh: [Instance(mesh, "e", "127.0.0.40", 20880, protocol="dubbo", registry="api")]})
+    await reg.export(
+        {mesh: Service(mesh)},
+        {mesh: [Instance(mesh, "e", "127.0.0.40", 20880, protocol="dubbo", registry="api")]},
+    )
     assert len(provider.zk.get_children(f"{root}/{mesh}/providers")) == 1
 
     expire_session(zookeeper.hosts, reg._zk)
     await until(lambda: reg.stats["sessions_lost"] == 1, what="session loss seen")
     # the ephemeral export went with the old session; the new session writes it again
-    await until(lambda: len(provider.zk.get_children(f"{root}/{mesh}/providers")) == 1,
-                timeout=10, what="export re-created on the new session")
+    await until(
+        lambda: len(provider.zk.get_children(f"{root}/{mesh}/providers")) == 1,
+        timeout=10,
+        what="export re-created on the new session",
+    )
     # what ZooKeeper had is still served, and watches work on the new session
     assert [i.address for i in reg.snapshot().instances[IFACE]] == ["10.0.0.1"]
     provider.register(root, IFACE, dubbo_node("10.0.0.2", 20880, IFACE))
-    await until(lambda: len(reg.snapshot().instances.get(IFACE, [])) == 2,
-                what="watch after a new session")
+    await until(
+        lambda: len(reg.snapshot().instances.get(IFACE, [])) == 2, what="watch after a new session"
+    )
 
 
 async def test_zookeeper_restart(root):
@@ -326,8 +367,9 @@ async def test_zookeeper_restart(root):
         server.start()
         p = Provider(server.hosts)
         p.register(root, IFACE, dubbo_node("10.0.0.1", 20880, IFACE))
-        reg = registries.build({"type": "zookeeper", "hosts": server.hosts, "root": root,
-                                "session_timeout": 30})
+        reg = registries.build(
+            {"type": "zookeeper", "hosts": server.hosts, "root": root, "session_timeout": 30}
+        )
         await reg.start(lambda n: None)
         assert IFACE in reg.snapshot().services
 
@@ -339,9 +381,11 @@ async def test_zookeeper_restart(root):
         # the server caps sessions at 20 ticks) and registers a second node
         await until(lambda: p.zk.connected, timeout=10, what="provider reconnected")
         await asyncio.to_thread(p.register, root, IFACE, dubbo_node("10.0.0.2", 20880, IFACE))
-        await until(lambda: "10.0.0.2" in {i.address for i in
-                                           reg.snapshot().instances.get(IFACE, [])},
-                    timeout=15, what="watch after reconnect")
+        await until(
+            lambda: "10.0.0.2" in {i.address for i in reg.snapshot().instances.get(IFACE, [])},
+            timeout=15,
+            what="watch after reconnect",
+        )
     finally:
         if reg is not None:
             await reg.stop()

@@ -48,13 +48,25 @@ def test_parse_dubbo_python_triple_node():
     # what apache-dubbo (dubbo-python 3.0) registers for a Triple server
     u = dubbo_url.parse_node_name("tri%3A%2F%2F127.0.0.1%3A38585%3Fservice%3Dorg.example.Greeter")
     assert (u.protocol, u.host, u.port, u.interface, u.side) == (
-        "tri", "127.0.0.1", 38585, "org.example.Greeter", "provider")
+        "tri",
+        "127.0.0.1",
+        38585,
+        "org.example.Greeter",
+        "provider",
+    )
 
 
-@pytest.mark.parametrize("bad", [
-    "", "nonsense", "dubbo://host-without-port/Iface", "dubbo://:20880/Iface",
-    "dubbo://10.0.0.1:99999/Iface", "dubbo://10.0.0.1:20880/",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "nonsense",
+        "dubbo://host-without-port/Iface",
+        "dubbo://:20880/Iface",
+        "dubbo://10.0.0.1:99999/Iface",
+        "dubbo://10.0.0.1:20880/",
+    ],
+)
 def test_bad_urls_raise(bad):
     with pytest.raises(dubbo_url.DubboURLError):
         dubbo_url.parse_url(bad)
@@ -67,26 +79,40 @@ def test_bad_weight_raises():
 
 
 def test_format_is_java_urlencoded_and_parses_back():
-    url = dubbo_url.format_url("com.example.Svc", "10.0.0.2", 20881, params={
-        "version": "2.0", "group": "", "methods": "a,b", dubbo_url.EXPORT_MARK: "zk"})
+    url = dubbo_url.format_url(
+        "com.example.Svc",
+        "10.0.0.2",
+        20881,
+        params={"version": "2.0", "group": "", "methods": "a,b", dubbo_url.EXPORT_MARK: "zk"},
+    )
     node = dubbo_url.encode_node_name(url)
     assert "/" not in node and ":" not in node and "," not in node  # one ZooKeeper path segment
     assert unquote_plus(node) == url
     u = dubbo_url.parse_node_name(node)
     assert (u.host, u.port, u.interface, u.version, u.side) == (
-        "10.0.0.2", 20881, "com.example.Svc", "2.0", "provider")
+        "10.0.0.2",
+        20881,
+        "com.example.Svc",
+        "2.0",
+        "provider",
+    )
     assert "group" not in u.params  # empty params are left out, as Dubbo does
     assert u.exported_by_mesh
 
 
-_token = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF,
-                               blacklist_characters="&=#?%"), min_size=1, max_size=12)
+_token = st.text(
+    st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_characters="&=#?%"),
+    min_size=1,
+    max_size=12,
+)
 
 
-@given(host=st.ip_addresses().map(str), port=st.integers(1, 65535),
-       iface=st.from_regex(r"[a-z][a-z0-9]{0,8}(\.[A-Za-z][A-Za-z0-9]{0,8}){0,4}", fullmatch=True),
-       params=st.dictionaries(st.from_regex(r"[a-z][a-z.]{0,10}", fullmatch=True), _token,
-                              max_size=5))
+@given(
+    host=st.ip_addresses().map(str),
+    port=st.integers(1, 65535),
+    iface=st.from_regex(r"[a-z][a-z0-9]{0,8}(\.[A-Za-z][A-Za-z0-9]{0,8}){0,4}", fullmatch=True),
+    params=st.dictionaries(st.from_regex(r"[a-z][a-z.]{0,10}", fullmatch=True), _token, max_size=5),
+)
 def test_format_parse_roundtrip(host, port, iface, params):
     params.pop("interface", None)
     url = dubbo_url.format_url(iface, host, port, params=params)
@@ -99,22 +125,25 @@ def test_format_parse_roundtrip(host, port, iface, params):
 # ---- config ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cfg, msg", [
-    ({"type": "zookeeper"}, "hosts: required"),
-    ({"type": "zookeeper", "hosts": "h:1", "root": "dubbo"}, "root: must be an absolute path"),
-    ({"type": "zookeeper", "hosts": "h:1", "export": "yes"}, "export: expected true or false"),
-    ({"type": "zookeeper", "hosts": "h:1", "export_protocols": ["smoke"]}, "export_protocols"),
-    ({"type": "zookeeper", "hosts": "h:1", "export_address": "nohost"}, "export_address"),
-    ({"type": "zookeeper", "hosts": "h:1", "hots": 1}, "hots: unknown field"),
-    ({"type": "consul", "address": "127.0.0.1:8500"}, "address: expected http://"),
-    ({"type": "consul", "wait": 0}, "wait: expected a number"),
-    ({"type": "consul", "wait": 900}, "wait: Consul caps"),
-    ({"type": "kubernetes"}, "api_server: required"),
-    ({"type": "kubernetes", "api_server": "10.0.0.1:443"}, "api_server: expected an http"),
-    ({"type": "kubernetes", "api_server": "https://k", "namespaces": "a"}, None),
-    ({"type": "eureka"}, "type: must be one of zookeeper, consul, kubernetes"),
-    ({"type": "sofaregistry"}, "type: 'sofaregistry' is not supported"),
-])
+@pytest.mark.parametrize(
+    "cfg, msg",
+    [
+        ({"type": "zookeeper"}, "hosts: required"),
+        ({"type": "zookeeper", "hosts": "h:1", "root": "dubbo"}, "root: must be an absolute path"),
+        ({"type": "zookeeper", "hosts": "h:1", "export": "yes"}, "export: expected true or false"),
+        ({"type": "zookeeper", "hosts": "h:1", "export_protocols": ["smoke"]}, "export_protocols"),
+        ({"type": "zookeeper", "hosts": "h:1", "export_address": "nohost"}, "export_address"),
+        ({"type": "zookeeper", "hosts": "h:1", "hots": 1}, "hots: unknown field"),
+        ({"type": "consul", "address": "127.0.0.1:8500"}, "address: expected http://"),
+        ({"type": "consul", "wait": 0}, "wait: expected a number"),
+        ({"type": "consul", "wait": 900}, "wait: Consul caps"),
+        ({"type": "kubernetes"}, "api_server: required"),
+        ({"type": "kubernetes", "api_server": "10.0.0.1:443"}, "api_server: expected an http"),
+        ({"type": "kubernetes", "api_server": "https://k", "namespaces": "a"}, None),
+        ({"type": "eureka"}, "type: must be one of zookeeper, consul, kubernetes"),
+        ({"type": "sofaregistry"}, "type: 'sofaregistry' is not supported"),
+    ],
+)
 def test_config_errors_name_the_field(cfg, msg):
     if msg is None:
         reg = registries.build(cfg)
@@ -149,12 +178,21 @@ def test_in_cluster(monkeypatch):
 
 
 def _entry(checks, **svc):
-    base = {"ID": "orders-8080", "Service": "orders", "Tags": ["secure=false", "primary"],
-            "Address": "10.0.0.9", "Port": 8080, "Meta": {"zone": "z1", "protocol": "grpc"},
-            "Weights": {"Passing": 3, "Warning": 1}}
+    base = {
+        "ID": "orders-8080",
+        "Service": "orders",
+        "Tags": ["secure=false", "primary"],
+        "Address": "10.0.0.9",
+        "Port": 8080,
+        "Meta": {"zone": "z1", "protocol": "grpc"},
+        "Weights": {"Passing": 3, "Warning": 1},
+    }
     base.update(svc)
-    return {"Node": {"Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1"},
-            "Service": base, "Checks": checks}
+    return {
+        "Node": {"Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1"},
+        "Service": base,
+        "Checks": checks,
+    }
 
 
 PASS = {"CheckID": "serfHealth", "Status": "passing"}
@@ -162,12 +200,17 @@ PASS = {"CheckID": "serfHealth", "Status": "passing"}
 
 def test_consul_entry_mapping():
     reg = ConsulRegistry()
-    svc, [inst] = reg._build("orders", [_entry([PASS, {"CheckID": "service:orders-8080",
-                                                       "Status": "passing"}])])
+    svc, [inst] = reg._build(
+        "orders", [_entry([PASS, {"CheckID": "service:orders-8080", "Status": "passing"}])]
+    )
     assert (inst.address, inst.port, inst.protocol, inst.weight) == ("10.0.0.9", 8080, "grpc", 3)
     assert inst.healthy and inst.instance_id == "orders-8080"
-    assert inst.label_dict == {"secure": "false", "zone": "z1", "protocol": "grpc",
-                               "consul.tags": "primary"}
+    assert inst.label_dict == {
+        "secure": "false",
+        "zone": "z1",
+        "protocol": "grpc",
+        "consul.tags": "primary",
+    }
     assert (inst.locality.region, inst.locality.zone) == ("dc1", "z1")
     assert [(p.number, p.protocol) for p in svc.ports] == [(8080, "grpc")]
 
@@ -182,8 +225,9 @@ def test_consul_only_passing_is_healthy(status):
 def test_consul_node_address_and_bad_entries():
     reg = ConsulRegistry()
     svc_ok = _entry([], Address="")
-    out = reg._build("orders", [svc_ok, {"Node": {}, "Service": {"Port": "x"}}, {"nope": 1},
-                                _entry([], Port=0)])
+    out = reg._build(
+        "orders", [svc_ok, {"Node": {}, "Service": {"Port": "x"}}, {"nope": 1}, _entry([], Port=0)]
+    )
     assert out is not None
     _, insts = out
     assert [i.address for i in insts] == ["10.0.0.1"]  # the node's address
@@ -202,36 +246,54 @@ def test_consul_duplicate_ids_on_two_nodes():
 # ---- Kubernetes mapping ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("port, proto", [
-    ({"name": "http", "port": 80}, "http"),
-    ({"name": "http-web", "port": 80}, "http"),
-    ({"name": "grpc-api", "port": 80}, "grpc"),
-    ({"name": "web", "port": 80, "appProtocol": "http2"}, "http2"),
-    ({"name": "web", "port": 80, "appProtocol": "kubernetes.io/h2c"}, "http2"),
-    ({"name": "dubbo", "port": 20880}, "dubbo"),
-    ({"name": "mysql", "port": 3306}, "tcp"),
-    ({"name": "", "port": 80}, "tcp"),
-    ({"name": "dns", "port": 53, "protocol": "UDP"}, None),
-    ({"name": "x", "port": 1, "protocol": "SCTP"}, None),
-])
+@pytest.mark.parametrize(
+    "port, proto",
+    [
+        ({"name": "http", "port": 80}, "http"),
+        ({"name": "http-web", "port": 80}, "http"),
+        ({"name": "grpc-api", "port": 80}, "grpc"),
+        ({"name": "web", "port": 80, "appProtocol": "http2"}, "http2"),
+        ({"name": "web", "port": 80, "appProtocol": "kubernetes.io/h2c"}, "http2"),
+        ({"name": "dubbo", "port": 20880}, "dubbo"),
+        ({"name": "mysql", "port": 3306}, "tcp"),
+        ({"name": "", "port": 80}, "tcp"),
+        ({"name": "dns", "port": 53, "protocol": "UDP"}, None),
+        ({"name": "x", "port": 1, "protocol": "SCTP"}, None),
+    ],
+)
 def test_kube_port_protocol(port, proto):
     assert port_protocol(port) == proto
 
 
 def test_kube_service_mapping_unnamed_port_ipv6_and_fqdn_slices():
     reg = KubernetesRegistry("http://unused")
-    obj = {"metadata": {"name": "db", "namespace": "data"},
-           "spec": {"ports": [{"port": 5432, "targetPort": 5432, "protocol": "TCP"}]}}
+    obj = {
+        "metadata": {"name": "db", "namespace": "data"},
+        "spec": {"ports": [{"port": 5432, "targetPort": 5432, "protocol": "TCP"}]},
+    }
     slices = [
-        {"metadata": {"name": "db-1"}, "addressType": "IPv6",
-         "ports": [{"port": 15432, "protocol": "TCP"}],
-         "endpoints": [{"addresses": ["fd00::7"], "conditions": {"ready": False,
-                                                                 "terminating": True}}]},
-        {"metadata": {"name": "db-2"}, "addressType": "FQDN",
-         "ports": [{"port": 5432}], "endpoints": [{"addresses": ["db.example.com"]}]},
+        {
+            "metadata": {"name": "db-1"},
+            "addressType": "IPv6",
+            "ports": [{"port": 15432, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["fd00::7"], "conditions": {"ready": False, "terminating": True}}
+            ],
+        },
+        {
+            "metadata": {"name": "db-2"},
+            "addressType": "FQDN",
+            "ports": [{"port": 5432}],
+            "endpoints": [{"addresses": ["db.example.com"]}],
+        },
     ]
     svc, [inst] = reg._service("data", "db", obj, slices)
     assert svc.name == "db.data.svc.cluster.local"
     assert (inst.address, inst.port, inst.service_port, inst.protocol, inst.healthy) == (
-        "fd00::7", 15432, 5432, "tcp", False)
+        "fd00::7",
+        15432,
+        5432,
+        "tcp",
+        False,
+    )
     assert inst.instance_id == "fd00::7:15432"

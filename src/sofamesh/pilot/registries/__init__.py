@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import RegistryConfigError
 from ..model import Registry
+from ._base import RegistryConfigError
 
-__all__ = ["RegistryConfigError", "build", "TYPES"]
+__all__ = ["TYPES", "RegistryConfigError", "build"]
 
 TYPES = ("zookeeper", "consul", "kubernetes")
 
@@ -32,7 +32,9 @@ def build(cfg: dict[str, Any], *, path: str = "") -> Registry:
     """Build one adapter from its config entry. `path`, if given (e.g. `registries[2]`),
     prefixes the field named in error messages."""
     if not isinstance(cfg, dict):
-        raise RegistryConfigError(f"{path or 'registry'}: expected a mapping, got {type(cfg).__name__}")
+        raise RegistryConfigError(
+            f"{path or 'registry'}: expected a mapping, got {type(cfg).__name__}"
+        )
     kind = cfg.get("type")
     where = f"{path}.type" if path else "type"
     if kind == "zookeeper":

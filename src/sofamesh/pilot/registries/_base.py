@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..model import Instance, Service, Snapshot
 
@@ -30,7 +31,7 @@ class Fields:
         where = f"{self.path}.{key}" if self.path else key
         return RegistryConfigError(f"{where}: {msg}")
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         v = self.cfg.get(key, default)
         if v is None:
             if required:

@@ -20,9 +20,11 @@ http); weight = Weights.Passing; locality region = the datacenter, zone = Meta `
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -74,27 +76,37 @@ class ConsulRegistry(SnapshotHolder):
         self._catalog_seen = asyncio.Event()
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], *, path: str) -> "ConsulRegistry":
+    def from_config(cls, cfg: dict[str, Any], *, path: str) -> ConsulRegistry:
         f = Fields(
             cfg,
             path,
             {
-                "name", "address", "namespace", "datacenter", "token", "exclude", "services",
-                "wait", "min_interval", "connect_timeout",
+                "name",
+                "address",
+                "namespace",
+                "datacenter",
+                "token",
+                "exclude",
+                "services",
+                "wait",
+                "min_interval",
+                "connect_timeout",
             },
         )
-        address = f.str("address", "http://127.0.0.1:8500")
+        address = f.text("address", "http://127.0.0.1:8500")
         if not address.startswith(("http://", "https://")):
-            raise f.err("address", f"expected http://host:port or https://host:port, got {address!r}")
+            raise f.err(
+                "address", f"expected http://host:port or https://host:port, got {address!r}"
+            )
         wait = f.num("wait", 30.0, minimum=0.1)
         if wait > 600:
             raise f.err("wait", "Consul caps blocking queries at 600s")
         return cls(
             address,
-            name=f.str("name", "consul") or "consul",
-            namespace=f.str("namespace", "default") or "default",
-            datacenter=f.str("datacenter"),
-            token=f.str("token"),
+            name=f.text("name", "consul") or "consul",
+            namespace=f.text("namespace", "default") or "default",
+            datacenter=f.text("datacenter"),
+            token=f.text("token"),
             exclude=f.str_list("exclude", ("consul",)),
             services=f.str_list("services"),
             wait=wait,
@@ -120,12 +132,16 @@ class ConsulRegistry(SnapshotHolder):
             await asyncio.wait_for(self._catalog_seen.wait(), self.connect_timeout)
             while self._pending and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.01)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if not self._catalog_seen.is_set() or self._pending:
             self.stats["connect_timeouts"] += 1
-            log.warning("registry %s: Consul %s: no full read within %.1fs; still trying",
-                        self.name, self.address, self.connect_timeout)
+            log.warning(
+                "registry %s: Consul %s: no full read within %.1fs; still trying",
+                self.name,
+                self.address,
+                self.connect_timeout,
+            )
 
     async def stop(self) -> None:
         tasks = [t for t in [self._catalog_task, *self._service_tasks.values()] if t]
@@ -168,7 +184,7 @@ class ConsulRegistry(SnapshotHolder):
                 body, new_index = await self._query(path, index)
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConsulQueryError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 - network or bad data: count, retry, keep serving
                 self.stats["watch_errors"] += 1
                 log.warning("registry %s: %s: %s; retrying in %.1fs", self.name, path, e, backoff)
                 await asyncio.sleep(backoff)
@@ -177,13 +193,12 @@ class ConsulRegistry(SnapshotHolder):
             backoff = 0.2
             try:
                 handle(body)
-            except Exception:  # noqa: BLE001 - bad data from Consul: count, keep watching
+            except Exception:
                 self.stats["bad_responses"] += 1
                 log.exception("registry %s: %s: could not use the response", self.name, path)
             if new_index < index:
                 new_index = 0  # the index went backwards (e.g. a restarted server): reset
-            if new_index < 1:
-                new_index = 1
+            new_index = max(new_index, 1)
             if new_index == index:
                 # nothing changed and it returned anyway: do not spin
                 elapsed = asyncio.get_running_loop().time() - started
@@ -198,7 +213,8 @@ class ConsulRegistry(SnapshotHolder):
         if not isinstance(body, dict):
             raise ConsulQueryError(f"catalog: expected an object, got {type(body).__name__}")
         wanted = {
-            n for n in body
+            n
+            for n in body
             if isinstance(n, str) and n not in self.exclude and (not self.only or n in self.only)
         }
         for gone in set(self._service_tasks) - wanted:
@@ -211,7 +227,7 @@ class ConsulRegistry(SnapshotHolder):
             self._service_tasks[new] = asyncio.create_task(
                 self._blocking_loop(
                     f"/v1/health/service/{quote(new, safe='')}",
-                    lambda body, svc=new: self._on_health(svc, body),
+                    functools.partial(self._on_health, new),
                 ),
                 name=f"consul:{self.name}:{new}",
             )
@@ -279,8 +295,9 @@ class ConsulRegistry(SnapshotHolder):
             healthy = all(isinstance(c, dict) and c.get("Status") == "passing" for c in checks)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             self.stats["bad_entries"] += 1
-            log.warning("registry %s: service %s: skipping a bad health entry: %s",
-                        self.name, service, e)
+            log.warning(
+                "registry %s: service %s: skipping a bad health entry: %s", self.name, service, e
+            )
             return None
         labels: dict[str, str] = {}
         bare: list[str] = []

@@ -61,9 +61,10 @@ class ProviderURL:
 
     @property
     def enabled(self) -> bool:
-        return self.params.get("enabled", "true") != "false" and self.params.get(
-            "disabled", "false"
-        ) != "true"
+        return (
+            self.params.get("enabled", "true") != "false"
+            and self.params.get("disabled", "false") != "true"
+        )
 
     @property
     def side(self) -> str:

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import ssl
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -84,7 +85,7 @@ class Expired(Exception):
 class _ResourceWatch:
     """List + watch of one resource collection; keeps objects by (namespace, name)."""
 
-    def __init__(self, owner: "KubernetesRegistry", kind: str, path: str) -> None:
+    def __init__(self, owner: KubernetesRegistry, kind: str, path: str) -> None:
         self.owner = owner
         self.kind = kind
         self.path = path
@@ -107,10 +108,16 @@ class _ResourceWatch:
             except Expired:
                 stats[f"{self.kind}_relists"] += 1
                 self.rv = None
-            except (aiohttp.ClientError, asyncio.TimeoutError, KubeAPIError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 - network or bad data: count, retry, keep serving
                 stats[f"{self.kind}_watch_errors"] += 1
-                log.warning("registry %s: %s %s: %s; retrying in %.1fs",
-                            self.owner.name, self.kind, self.path, e, backoff)
+                log.warning(
+                    "registry %s: %s %s: %s; retrying in %.1fs",
+                    self.owner.name,
+                    self.kind,
+                    self.path,
+                    e,
+                    backoff,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -145,8 +152,11 @@ class _ResourceWatch:
             total=None, sock_connect=10.0, sock_read=self.owner.watch_timeout + 30.0
         )
         async with session.get(
-            self.owner.api_server + self.path, params=params,
-            headers=self.owner._headers(), ssl=self.owner._ssl, timeout=timeout,
+            self.owner.api_server + self.path,
+            params=params,
+            headers=self.owner._headers(),
+            ssl=self.owner._ssl,
+            timeout=timeout,
         ) as resp:
             if resp.status == 410:
                 raise Expired()
@@ -161,7 +171,7 @@ class _ResourceWatch:
                     nl = buf.find(b"\n")
                     if nl < 0:
                         break
-                    line, buf = buf[:nl], buf[nl + 1:]
+                    line, buf = buf[:nl], buf[nl + 1 :]
                     if line.strip():
                         self._event(line)
             if buf.strip():
@@ -177,8 +187,9 @@ class _ResourceWatch:
                 raise TypeError("object is not a mapping")
         except (ValueError, KeyError, TypeError) as e:
             stats["bad_events"] += 1
-            log.warning("registry %s: %s: bad watch event (%s): %.200r",
-                        self.owner.name, self.kind, e, line)
+            log.warning(
+                "registry %s: %s: bad watch event (%s): %.200r", self.owner.name, self.kind, e, line
+            )
             return
         if etype == "ERROR":
             code = obj.get("code")
@@ -249,26 +260,34 @@ class KubernetesRegistry(SnapshotHolder):
         self.watch_timeout = watch_timeout
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool | None = None
+        self._ssl: ssl.SSLContext | bool = True
         self._watches: list[_ResourceWatch] = []
         self._tasks: list[asyncio.Task] = []
         self._dirty = asyncio.Event()
         self._rebuild_task: asyncio.Task | None = None
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], *, path: str) -> "KubernetesRegistry":
+    def from_config(cls, cfg: dict[str, Any], *, path: str) -> KubernetesRegistry:
         f = Fields(
             cfg,
             path,
             {
-                "name", "api_server", "in_cluster", "namespaces", "domain", "token",
-                "token_file", "ca_file", "insecure_skip_tls_verify", "watch_timeout",
+                "name",
+                "api_server",
+                "in_cluster",
+                "namespaces",
+                "domain",
+                "token",
+                "token_file",
+                "ca_file",
+                "insecure_skip_tls_verify",
+                "watch_timeout",
                 "connect_timeout",
             },
         )
-        api_server = f.str("api_server")
-        token_file = f.str("token_file")
-        ca_file = f.str("ca_file")
+        api_server = f.text("api_server")
+        token_file = f.text("token_file")
+        ca_file = f.text("ca_file")
         if f.bool("in_cluster", False):
             host = os.environ.get("KUBERNETES_SERVICE_HOST")
             port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
@@ -286,10 +305,10 @@ class KubernetesRegistry(SnapshotHolder):
         watch_timeout = f.num("watch_timeout", 300.0, minimum=1.0)
         return cls(
             api_server,
-            name=f.str("name", "kubernetes") or "kubernetes",
+            name=f.text("name", "kubernetes") or "kubernetes",
             namespaces=f.str_list("namespaces"),
-            domain=f.str("domain", "cluster.local") or "cluster.local",
-            token=f.str("token"),
+            domain=f.text("domain", "cluster.local") or "cluster.local",
+            token=f.text("token"),
             token_file=token_file,
             ca_file=ca_file,
             insecure_skip_tls_verify=f.bool("insecure_skip_tls_verify", False),
@@ -317,8 +336,11 @@ class KubernetesRegistry(SnapshotHolder):
         for ns in self.namespaces or ("",):
             nsp = f"/namespaces/{ns}" if ns else ""
             self._watches.append(_ResourceWatch(self, "services", f"/api/v1{nsp}/services"))
-            self._watches.append(_ResourceWatch(
-                self, "endpointslices", f"/apis/discovery.k8s.io/v1{nsp}/endpointslices"))
+            self._watches.append(
+                _ResourceWatch(
+                    self, "endpointslices", f"/apis/discovery.k8s.io/v1{nsp}/endpointslices"
+                )
+            )
         self._tasks = [
             asyncio.create_task(w.run(), name=f"kubernetes:{self.name}:{w.path}")
             for w in self._watches
@@ -329,10 +351,14 @@ class KubernetesRegistry(SnapshotHolder):
                 asyncio.gather(*(w.listed.wait() for w in self._watches)), self.connect_timeout
             )
             self._rebuild()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats["connect_timeouts"] += 1
-            log.warning("registry %s: API server %s: no full list within %.1fs; still trying",
-                        self.name, self.api_server, self.connect_timeout)
+            log.warning(
+                "registry %s: API server %s: no full list within %.1fs; still trying",
+                self.name,
+                self.api_server,
+                self.connect_timeout,
+            )
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._rebuild_task] if self._rebuild_task else [])]
@@ -373,7 +399,7 @@ class KubernetesRegistry(SnapshotHolder):
                 raise KubeAPIError(resp.status, _status_message(body))
         data = json.loads(body)
         if not isinstance(data, dict):
-            raise ValueError("expected a JSON object")
+            raise TypeError("expected a JSON object")
         return data
 
     # ---- model -----------------------------------------------------------------------
@@ -468,18 +494,20 @@ class KubernetesRegistry(SnapshotHolder):
                         iid = f"{ref.get('name') or addr}:{target}"
                         if len(ports) > 1:  # two service ports may share one targetPort
                             iid += f"/{port.number}"
-                        insts.append(Instance(
-                            service=fq,
-                            instance_id=iid,
-                            address=str(addr),
-                            port=target,
-                            protocol=port.protocol,
-                            labels=sorted_labels(labels),
-                            healthy=healthy,
-                            locality=Locality(zone=str(ep.get("zone") or "")),
-                            registry=self.name,
-                            namespace=ns,
-                            service_port=port.number,
-                        ))
+                        insts.append(
+                            Instance(
+                                service=fq,
+                                instance_id=iid,
+                                address=str(addr),
+                                port=target,
+                                protocol=port.protocol,
+                                labels=sorted_labels(labels),
+                                healthy=healthy,
+                                locality=Locality(zone=str(ep.get("zone") or "")),
+                                registry=self.name,
+                                namespace=ns,
+                                service_port=port.number,
+                            )
+                        )
         insts.sort(key=lambda i: (i.service_port, i.instance_id, i.address))
         return svc, insts

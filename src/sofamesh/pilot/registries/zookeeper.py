@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
@@ -84,37 +85,45 @@ class ZooKeeperRegistry(SnapshotHolder):
         self._export_dirty = False
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], *, path: str) -> "ZooKeeperRegistry":
+    def from_config(cls, cfg: dict[str, Any], *, path: str) -> ZooKeeperRegistry:
         f = Fields(
             cfg,
             path,
             {
-                "name", "hosts", "root", "namespace", "export", "export_protocols",
-                "export_address", "export_application", "session_timeout", "connect_timeout",
+                "name",
+                "hosts",
+                "root",
+                "namespace",
+                "export",
+                "export_protocols",
+                "export_address",
+                "export_application",
+                "session_timeout",
+                "connect_timeout",
             },
         )
         protocols = f.str_list("export_protocols", ("dubbo",))
         for p in protocols:
             if p not in PROTOCOL_MAP.values() and p != "tcp":
                 raise f.err("export_protocols", f"unknown protocol {p!r}")
-        export_address = f.str("export_address")
+        export_address = f.text("export_address")
         if export_address:
             try:
                 _parse_hostport(export_address)
             except ValueError as e:
                 raise f.err("export_address", str(e)) from None
-        root = f.str("root", "/dubbo")
+        root = f.text("root", "/dubbo")
         if not root.startswith("/"):
             raise f.err("root", f"must be an absolute path, got {root!r}")
         return cls(
-            f.str("hosts", required=True),
-            name=f.str("name", "zookeeper") or "zookeeper",
+            f.text("hosts", required=True),
+            name=f.text("name", "zookeeper") or "zookeeper",
             root=root,
-            namespace=f.str("namespace", "default") or "default",
+            namespace=f.text("namespace", "default") or "default",
             export=f.bool("export", False),
             export_protocols=protocols,
             export_address=export_address,
-            export_application=f.str("export_application", "sofamesh") or "sofamesh",
+            export_application=f.text("export_application", "sofamesh") or "sofamesh",
             session_timeout=f.num("session_timeout", 10.0, minimum=1.0),
             connect_timeout=f.num("connect_timeout", 10.0, minimum=0.0),
         )
@@ -142,11 +151,13 @@ class ZooKeeperRegistry(SnapshotHolder):
         self._task = asyncio.create_task(self._run(), name=f"zookeeper:{self.name}")
         try:
             await asyncio.wait_for(self._synced.wait(), self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats["connect_timeouts"] += 1
             log.warning(
                 "registry %s: ZooKeeper %s not reachable within %.1fs; still trying",
-                self.name, self.hosts, self.connect_timeout,
+                self.name,
+                self.hosts,
+                self.connect_timeout,
             )
 
     async def stop(self) -> None:
@@ -202,7 +213,7 @@ class ZooKeeperRegistry(SnapshotHolder):
             return
         prefix = self.root + "/"
         if path.startswith(prefix):
-            rest = path[len(prefix):]
+            rest = path[len(prefix) :]
             iface = rest.split("/", 1)[0]
             if iface:
                 self._mark(iface)
@@ -287,7 +298,11 @@ class ZooKeeperRegistry(SnapshotHolder):
                     # an exported node we count as there may have gone, e.g. another
                     # replica's that left with its session: create it ourselves
                     for p, w in self._export_want.items():
-                        if w == iface and p in self._export_have and p.rsplit("/", 1)[1] not in kids:
+                        if (
+                            w == iface
+                            and p in self._export_have
+                            and p.rsplit("/", 1)[1] not in kids
+                        ):
                             self._export_have.discard(p)
                             self._export_dirty = True
         self._rebuild(changed)
@@ -427,9 +442,16 @@ class ZooKeeperRegistry(SnapshotHolder):
             host, port = self.export_address
         else:
             host, port = inst.address, inst.port
-        scheme = "dubbo" if inst.protocol == "dubbo" else (
-            "tri" if inst.protocol in ("grpc", "http2") else "rest" if inst.protocol == "http"
-            else inst.protocol
+        scheme = (
+            "dubbo"
+            if inst.protocol == "dubbo"
+            else (
+                "tri"
+                if inst.protocol in ("grpc", "http2")
+                else "rest"
+                if inst.protocol == "http"
+                else inst.protocol
+            )
         )
         url = dubbo_url.format_url(iface, host, port, protocol=scheme, params=params)
         node = dubbo_url.encode_node_name(url)
@@ -464,7 +486,7 @@ def _close_client(zk: KazooClient) -> None:
     try:
         zk.stop()
         zk.close()
-    except Exception:  # noqa: BLE001 - shutting down anyway
+    except Exception:
         log.debug("closing kazoo client failed", exc_info=True)
 
 
