@@ -42,7 +42,7 @@ def who(port: int, host: str) -> str | None:
     return body.split()[0].removeprefix("upstream=")
 
 
-def wait_until(pred, timeout: float, what: str):  # noqa: ANN001
+def wait_until(pred, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -53,7 +53,7 @@ def wait_until(pred, timeout: float, what: str):  # noqa: ANN001
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 
 
-def start_pilot_and_envoy(tmp_path, registries: list[dict]):  # noqa: ANN001, ANN201
+def start_pilot_and_envoy(tmp_path, registries: list[dict]):
     cfg = tmp_path / "pilot.yaml"
     cfg.write_text(json.dumps({"registries": registries}))
     pilot = PilotProcess(tmp_path / "pilot", extra=["--config", str(cfg)])
@@ -155,7 +155,7 @@ async def test_kubernetes_service_routed_by_envoy(tmp_path):
         async def seen(n: int = 10) -> set:
             return {await asyncio.to_thread(who, out, fqdn) for _ in range(n)}
 
-        async def until(pred, timeout: float, what: str) -> None:  # noqa: ANN001
+        async def until(pred, timeout: float, what: str) -> None:
             deadline = time.monotonic() + timeout
             last = None
             while time.monotonic() < deadline:
@@ -165,7 +165,7 @@ async def test_kubernetes_service_routed_by_envoy(tmp_path):
                 await asyncio.sleep(0.05)
             raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
-        async def only(*names: str):  # noqa: ANN202
+        async def only(*names: str):
             s = await seen()
             return True if s == set(names) else s
 
