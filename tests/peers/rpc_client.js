@@ -45,6 +45,6 @@ if (args.includes('--dubbo')) {
     }));
     out.push(...results);
   }
-  process.stdout.write(JSON.stringify(out) + '\n');
-  process.exit(0);
+  // exit only once the (possibly large) line is flushed to the pipe
+  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
 })().catch(e => { process.stdout.write(JSON.stringify({ fatal: String(e && e.stack || e) }) + '\n'); process.exit(2); });

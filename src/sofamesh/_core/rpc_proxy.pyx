@@ -56,11 +56,14 @@ cdef int _dubbo_status(int why) noexcept:
         return 40       # BAD_REQUEST
     return 80           # SERVER_ERROR
 
+# Error texts for Dubbo replies, worded as Envoy's dubbo_proxy words them.
 _WHY_TEXT = {
-    WHY_NO_ROUTE: "no route", WHY_UNKNOWN_CLUSTER: "unknown cluster",
-    WHY_NO_HEALTHY: "no healthy upstream", WHY_TIMEOUT: "upstream request timeout",
-    WHY_RESET: "upstream connection reset", WHY_CONNECT_FAIL: "upstream connect failure",
-    WHY_CODEC: "protocol error", WHY_DRAINING: "proxy draining",
+    WHY_NO_ROUTE: "dubbo router: no route", WHY_UNKNOWN_CLUSTER: "dubbo router: unknown cluster",
+    WHY_NO_HEALTHY: "dubbo upstream request: no healthy upstream",
+    WHY_TIMEOUT: "dubbo upstream request: timeout",
+    WHY_RESET: "dubbo upstream request: remote connection failure (reset)",
+    WHY_CONNECT_FAIL: "dubbo upstream request: remote connection failure",
+    WHY_CODEC: "dubbo proxy: bad request", WHY_DRAINING: "dubbo proxy: draining",
 }
 
 
@@ -522,7 +525,7 @@ cdef class DownstreamConn:
                 return
             msg = _WHY_TEXT.get(why, "error")
             if why == WHY_NO_ROUTE:
-                msg = f"dubbo proxy: no route for interface '{(<DubboFrame>f).service}'"
+                msg = f"dubbo router: no route for interface '{(<DubboFrame>f).service}'"
             self.write(dubbo_error(<DubboFrame>f, _dubbo_status(why), msg))
 
     cdef void handle_bolt(self, object obj):

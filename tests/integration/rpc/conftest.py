@@ -78,7 +78,8 @@ def node_client(port: int, calls: list[dict], mode: str = "bolt", repeat: int = 
     try:
         res = json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        raise AssertionError(f"client failed: {out.stdout!r} {out.stderr[-2000:]!r}") from None
+        raise AssertionError(f"client failed: {out.stdout[:500]!r}... "
+                             f"{out.stderr[-2000:]!r}") from None
     assert isinstance(res, list), res
     return res
 
@@ -158,3 +159,89 @@ def wait_stat(proxy: ProxyProcess, name: str, want: int, timeout: float = 3.0) -
         if v >= want or time.monotonic() > deadline:
             return v
         time.sleep(0.05)
+
+
+class RawUpstream:
+    """A loopback TCP server for failure cases: 'silent' reads and records, 'reset' closes a
+    connection on its first bytes, 'echo' sends every byte back."""
+
+    def __init__(self, mode: str):
+        import socket
+        import threading
+
+        self.mode = mode
+        self.received = bytearray()
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._stop = False
+        self._conns: list = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop:
+            try:
+                c, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                self._conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c) -> None:
+        try:
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                with self._lock:
+                    self.received += d
+                if self.mode == "reset":
+                    break
+                if self.mode == "echo":
+                    c.sendall(d)
+        except OSError:
+            pass
+        finally:
+            if self.mode != "silent":
+                c.close()
+
+    def __enter__(self) -> RawUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._sock.close()
+        with self._lock:
+            for c in self._conns:
+                try:
+                    c.close()
+                except OSError:
+                    pass
+
+
+def raw_exchange(port: int, data: bytes, decoder, want: int, timeout: float = 3.0) -> list:
+    """Sends `data` to 127.0.0.1:port and decodes replies until `want` frames (or timeout)."""
+    import socket
+
+    frames: list = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        deadline = time.monotonic() + timeout
+        while len(frames) < want and time.monotonic() < deadline:
+            s.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                d = s.recv(65536)
+            except TimeoutError:
+                break
+            if not d:
+                break
+            frames += decoder.feed(d)
+    return frames
