@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from sofamesh.config.conformance import reason_key, read_verdicts
+from sofamesh.config.conformance import read_verdicts, reason_key
 from sofamesh.proxy import cli
 from tests.conftest import SHARED, sofamesh_command
 
@@ -50,27 +50,34 @@ def test_verdict_matches_envoy(name, verdict, reason, corpus_copy, monkeypatch, 
     assert rc == 1, out + err
     assert "OK" not in out
     key = reason_key(reason)
-    reasons = [
-        line for line in err.splitlines() if "not implemented by sofamesh" not in line
-    ]
+    reasons = [line for line in err.splitlines() if "not implemented by sofamesh" not in line]
     assert any(key[:90] in line for line in reasons), (key, err)
 
 
 def test_validate_as_a_process(corpus_copy):
     """The real command line, as a separate process, Envoy's stdout/exit code contract."""
-    ok = subprocess.run(
+    ok = subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
         [*sofamesh_command(), "proxy", "--mode", "validate", "-c", "lua_envoy.yaml"],
-        cwd=corpus_copy, capture_output=True, text=True, timeout=60,
+        cwd=corpus_copy,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert ok.returncode == 1
     assert "module 'lib.mylibrary' not found" in ok.stderr
     # Envoy's default log line: [time][thread][critical][main] [file:line] message
-    assert re.search(r"\]\[critical\]\[main\] \[[^\]]+:\d+\] error initializing "
-                     r"configuration 'lua_envoy.yaml'", ok.stderr), ok.stderr
+    assert re.search(
+        r"\]\[critical\]\[main\] \[[^\]]+:\d+\] error initializing "
+        r"configuration 'lua_envoy.yaml'",
+        ok.stderr,
+    ), ok.stderr
     (corpus_copy / "lib").mkdir(exist_ok=True)
     (corpus_copy / "lib" / "mylibrary.lua").write_text("return {}\n")
-    again = subprocess.run(
+    again = subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
         [*sofamesh_command(), "proxy", "--mode", "validate", "-c", "lua_envoy.yaml"],
-        cwd=corpus_copy, capture_output=True, text=True, timeout=60,
+        cwd=corpus_copy,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "module 'lib.mylibrary' not found" not in again.stderr

@@ -14,8 +14,7 @@ import logging
 import re
 from typing import Any, Protocol
 
-HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
-                 "rq_total")
+HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total")
 HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
 
 
@@ -44,14 +43,16 @@ def describe_server(server: Any) -> dict:
                     stats[s] = _num(src[s])
                 else:
                     stats[s] = _num(getattr(h, s, 0))
-            hosts.append({
-                "address": str(h.address),
-                "port": int(h.port),
-                "weight": int(getattr(h, "weight", 1) or 1),
-                "healthy": bool(getattr(h, "healthy", True)),
-                "hostname": str(getattr(h, "hostname", "") or ""),
-                "stats": stats,
-            })
+            hosts.append(
+                {
+                    "address": str(h.address),
+                    "port": int(h.port),
+                    "weight": int(getattr(h, "weight", 1) or 1),
+                    "healthy": bool(getattr(h, "healthy", True)),
+                    "hostname": str(getattr(h, "hostname", "") or ""),
+                    "stats": stats,
+                }
+            )
         clusters.append({"name": getattr(ci, "name", name), "hosts": hosts})
     return {"listeners": listeners, "clusters": clusters}
 

@@ -13,8 +13,9 @@ import os
 import re
 import resource
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from google.protobuf import json_format
@@ -31,8 +32,12 @@ STATE_NAMES = {0: "LIVE", 1: "DRAINING", 2: "PRE_INITIALIZING", 3: "INITIALIZING
 TEXT = "text/plain; charset=UTF-8"
 JSON = "application/json"
 HTML = "text/html; charset=UTF-8"
-DEFAULT_THRESHOLDS = {"max_connections": 1024, "max_pending_requests": 1024,
-                      "max_requests": 1024, "max_retries": 3}
+DEFAULT_THRESHOLDS = {
+    "max_connections": 1024,
+    "max_pending_requests": 1024,
+    "max_requests": 1024,
+    "max_retries": 3,
+}
 
 
 @dataclass
@@ -47,10 +52,15 @@ class Response:
 
 
 def _to_json(msg: Any, *, defaults: bool = False) -> str:
-    return json_format.MessageToJson(
-        msg, indent=1, preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=defaults,
-    ) + "\n"
+    return (
+        json_format.MessageToJson(
+            msg,
+            indent=1,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=defaults,
+        )
+        + "\n"
+    )
 
 
 def _ts(t: float) -> Timestamp:
@@ -109,7 +119,8 @@ class AdminState:
             "server.version": 0,
             "server.memory_allocated": _rss_bytes(),
             "listener_manager.workers_started": self.backend.live_workers()
-            if state in (STATE_LIVE, STATE_DRAINING) else 0,
+            if state in (STATE_LIVE, STATE_DRAINING)
+            else 0,
             "listener_manager.total_listeners_active": len(top["listeners"]),
             "listener_manager.total_listeners_warming": 0,
             "listener_manager.total_listeners_draining": 0,
@@ -144,8 +155,9 @@ class AdminState:
         for lst in b.static_resources.listeners:
             sl = listeners.static_listeners.add(last_updated=when)
             sl.listener.Pack(lst)
-            for chain in [*lst.filter_chains] + ([lst.default_filter_chain]
-                                                 if lst.HasField("default_filter_chain") else []):
+            for chain in [*lst.filter_chains] + (
+                [lst.default_filter_chain] if lst.HasField("default_filter_chain") else []
+            ):
                 for flt in chain.filters:
                     if not flt.typed_config.type_url.endswith(".HttpConnectionManager"):
                         continue
@@ -153,8 +165,14 @@ class AdminState:
                     if hcm is not None and hcm.HasField("route_config"):
                         sr = routes.static_route_configs.add(last_updated=when)
                         sr.route_config.Pack(hcm.route_config)
-        dumps: list[Any] = [boot, clusters, listeners, cds.ScopedRoutesConfigDump(), routes,
-                            cd.SecretsConfigDump()]
+        dumps: list[Any] = [
+            boot,
+            clusters,
+            listeners,
+            cds.ScopedRoutesConfigDump(),
+            routes,
+            cd.SecretsConfigDump(),
+        ]
         if include_eds:
             eds = cds.EndpointsConfigDump()
             for c in b.static_resources.clusters:
@@ -232,7 +250,8 @@ async def server_info(st: AdminState, q: dict[str, str], method: str) -> Respons
     info.uptime_all_epochs.seconds = up
     info.hot_restart_version = "disabled"
     json_format.ParseDict(
-        st.options.command_line_options(), info.command_line_options,
+        st.options.command_line_options(),
+        info.command_line_options,
         ignore_unknown_fields=True,
     )
     info.node.CopyFrom(st.bootstrap.node)
@@ -263,7 +282,7 @@ async def _stats(st: AdminState, q: dict[str, str], fmt: str | None = None) -> R
         return Response(200, stats_format.prometheus(snap, rx, usedonly, DEFAULT_BOUNDS), TEXT)
     if fmt in ("text", ""):
         return Response(200, stats_format.text(snap, rx, usedonly, DEFAULT_BOUNDS), TEXT)
-    return Response(400, f"usage: /stats?format=(html|active-html|json|prometheus|text)\n")
+    return Response(400, "usage: /stats?format=(html|active-html|json|prometheus|text)\n")
 
 
 @route("/stats", "print server stats")
@@ -315,7 +334,9 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
                 hs = cs.host_statuses.add()
                 hs.address.socket_address.address = h["address"]
                 hs.address.socket_address.port_value = h["port"]
-                for name, v in sorted(h["stats"].items(), key=lambda kv: (kv[0] in HOST_GAUGES, kv[0])):
+                for name, v in sorted(
+                    h["stats"].items(), key=lambda kv: (kv[0] in HOST_GAUGES, kv[0])
+                ):
                     s = hs.stats.add(name=name, value=v)
                     if name in HOST_GAUGES:
                         s.type = 1  # GAUGE
@@ -340,7 +361,9 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
             for k, v in sorted(h["stats"].items()):
                 lines.append(f"{hp}::{k}::{v}")
             lines.append(f"{hp}::hostname::{h.get('hostname', '')}")
-            lines.append(f"{hp}::health_flags::{'healthy' if h['healthy'] else '/failed_eds_health'}")
+            lines.append(
+                f"{hp}::health_flags::{'healthy' if h['healthy'] else '/failed_eds_health'}"
+            )
             lines.append(f"{hp}::weight::{h['weight']}")
             for k in ("region", "zone", "sub_zone"):
                 lines.append(f"{hp}::{k}::")
@@ -363,8 +386,9 @@ async def listeners(st: AdminState, q: dict[str, str], method: str) -> Response:
             ls.local_address.socket_address.address = li["address"][0]
             ls.local_address.socket_address.port_value = li["address"][1]
         return Response(200, _to_json(msg), JSON)
-    body = "".join(f"{li['name']}::{li['address'][0]}:{li['address'][1]}\n"
-                   for li in top["listeners"])
+    body = "".join(
+        f"{li['name']}::{li['address'][0]}:{li['address'][1]}\n" for li in top["listeners"]
+    )
     return Response(200, body)
 
 
@@ -506,8 +530,20 @@ async def reset(st: AdminState, q: dict[str, str], method: str) -> Response:
     return Response(200, "OK\n")
 
 
-_COMPONENTS = ("admin", "config", "connection", "conn_handler", "filter", "http", "main",
-               "pool", "router", "runtime", "upstream", "misc")
+_COMPONENTS = (
+    "admin",
+    "config",
+    "connection",
+    "conn_handler",
+    "filter",
+    "http",
+    "main",
+    "pool",
+    "router",
+    "runtime",
+    "upstream",
+    "misc",
+)
 
 
 @route("/logging", "query/change logging levels", "POST")
@@ -542,11 +578,13 @@ async def logging_(st: AdminState, q: dict[str, str], method: str) -> Response:
 
 
 def _logging_usage() -> str:
-    return ("error: unknown logger level\n\n"
-            "usage: /logging?<name>=<level> (change single level)\n"
-            "usage: /logging?paths=name1:level1,name2:level2,... (change multiple levels)\n"
-            "usage: /logging?level=<level> (change all levels)\n"
-            "levels: trace debug info warning error critical off\n" + _active_loggers())
+    return (
+        "error: unknown logger level\n\n"
+        "usage: /logging?<name>=<level> (change single level)\n"
+        "usage: /logging?paths=name1:level1,name2:level2,... (change multiple levels)\n"
+        "usage: /logging?level=<level> (change all levels)\n"
+        "levels: trace debug info warning error critical off\n" + _active_loggers()
+    )
 
 
 def _active_loggers() -> str:

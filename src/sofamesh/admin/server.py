@@ -19,9 +19,16 @@ log = logging.getLogger("sofamesh.admin")
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 1024 * 1024
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Payload Too Large", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def admin_log_paths(bootstrap: Any) -> list[str]:
@@ -34,8 +41,9 @@ def admin_log_paths(bootstrap: Any) -> list[str]:
         paths.append(adm.access_log_path)
     for al in adm.access_log:
         fl = protos.unpack_any(al.typed_config)
-        if fl is not None and getattr(fl, "path", ""):
-            paths.append(fl.path)
+        path = str(getattr(fl, "path", "") or "")
+        if path:
+            paths.append(path)
     return paths
 
 
@@ -50,8 +58,17 @@ class AccessLog:
             except OSError as e:
                 log.error("admin access log %s: %s", p, e)
 
-    def write(self, method: str, target: str, version: str, status: int, rx: int, tx: int,
-              started: float, headers: dict[str, str]) -> None:
+    def write(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        status: int,
+        rx: int,
+        tx: int,
+        started: float,
+        headers: dict[str, str],
+    ) -> None:
         if not self.files:
             return
         t = time.gmtime(started)
@@ -62,9 +79,11 @@ class AccessLog:
         def h(name: str) -> str:
             return headers.get(name) or "-"
 
-        line = (f'[{start}] "{method} {target} {version}" {status} - {rx} {tx} {dur} - '
-                f'"{h("x-forwarded-for")}" "{h("user-agent")}" "{h("x-request-id")}" '
-                f'"{h("host")}" "-"\n')
+        line = (
+            f'[{start}] "{method} {target} {version}" {status} - {rx} {tx} {dur} - '
+            f'"{h("x-forwarded-for")}" "{h("user-agent")}" "{h("x-request-id")}" '
+            f'"{h("host")}" "-"\n'
+        )
         for f in self.files:
             try:
                 f.write(line)
@@ -96,8 +115,8 @@ class AdminServer:
             self.server.close()
             try:
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
-            except (asyncio.TimeoutError, Exception):
-                pass
+            except (TimeoutError, OSError):
+                log.debug("admin listener did not close in time")
 
     def _count(self, name: str) -> None:
         c = self.state.admin_stats.counter(name)
@@ -128,8 +147,12 @@ class AdminServer:
                     return
                 length = headers.get("content-length", "0")
                 if not length.isdigit() or int(length) > MAX_BODY:
-                    await self._send(writer, method, Response(413 if length.isdigit() else 400,
-                                                              "bad body\n"), False)
+                    await self._send(
+                        writer,
+                        method,
+                        Response(413 if length.isdigit() else 400, "bad body\n"),
+                        False,
+                    )
                     return
                 started = time.time()
                 if int(length):
@@ -140,8 +163,16 @@ class AdminServer:
                 resp = await dispatch(self.state, method, target)
                 self._count(f"http.admin.downstream_rq_{resp.status // 100}xx")
                 await self._send(writer, method, resp, keep)
-                self.access_log.write(method, target, version, resp.status, int(length),
-                                      len(resp.data()), started, headers)
+                self.access_log.write(
+                    method,
+                    target,
+                    version,
+                    resp.status,
+                    int(length),
+                    len(resp.data()),
+                    started,
+                    headers,
+                )
                 if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -149,7 +180,7 @@ class AdminServer:
         finally:
             try:
                 writer.close()
-            except Exception:  # pragma: no cover
+            except Exception:  # pragma: no cover  # noqa: BLE001, S110
                 pass
 
     @staticmethod
@@ -168,7 +199,9 @@ class AdminServer:
             lines.append(f"{k}: {v}")
         if not keep:
             lines.append("connection: close")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if method == "HEAD" else body))
+        writer.write(
+            ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if method == "HEAD" else body)
+        )
         await writer.drain()
 
 
@@ -186,7 +219,7 @@ async def _linger(reader: asyncio.StreamReader, writer: Any) -> None:
             if not chunk:
                 break
             budget -= len(chunk)
-    except (asyncio.TimeoutError, ConnectionError, OSError):
+    except (TimeoutError, ConnectionError, OSError):
         pass
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # Envoy's default tag extractors (name, regex, required substring), in Envoy's order.
 TAG_EXTRACTORS: list[tuple[str, re.Pattern[str], str]] = [
@@ -26,14 +27,20 @@ TAG_EXTRACTORS: list[tuple[str, re.Pattern[str], str]] = [
         ("envoy.virtual_host", r"^vhost\.((.*?)\.)", "vhost."),
         ("envoy.virtual_cluster", r"^vhost\.(?:.*?)\.vcluster\.((.*?)\.)", ".vcluster."),
         ("envoy.cluster_name", r"^cluster\.((.*?)\.)", "cluster."),
-        ("envoy.listener_address",
-         r"^listener\.(((?:[_.\d]*|[_\[\]aAbBcCdDeEfF\d]*))\.)", "listener."),
+        (
+            "envoy.listener_address",
+            r"^listener\.(((?:[_.\d]*|[_\[\]aAbBcCdDeEfF\d]*))\.)",
+            "listener.",
+        ),
         ("envoy.tcp_prefix", r"^tcp\.((.*?)\.)", "tcp."),
         ("envoy.udp_prefix", r"^udp\.((.*?)\.)", "udp."),
         ("envoy.redis_prefix", r"^redis\.((.*?)\.)", "redis."),
         ("envoy.ratelimit_prefix", r"^ratelimit\.((.*?)\.)", "ratelimit."),
-        ("envoy.local_http_ratelimit_prefix", r"^http_local_rate_limit\.((.*?)\.)",
-         "http_local_rate_limit."),
+        (
+            "envoy.local_http_ratelimit_prefix",
+            r"^http_local_rate_limit\.((.*?)\.)",
+            "http_local_rate_limit.",
+        ),
         ("envoy.rbac_prefix", r"^http\.(?:.*?)\.rbac\.((.*?)\.)", ".rbac."),
         ("envoy.ssl_cipher", r"^listener\..*?\.ssl\.cipher(\.(.*?))$", ".ssl.cipher."),
         ("envoy.dns_filter_prefix", r"^dns_filter\.((.*?)\.)", "dns_filter."),
@@ -99,8 +106,12 @@ def _fmt_num(v: float) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _select(names: Iterable[str], rx: re.Pattern[str] | None, used: set[str] | None,
-            values: dict[str, Any] | None = None) -> list[str]:
+def _select(
+    names: Iterable[str],
+    rx: re.Pattern[str] | None,
+    used: set[str] | None,
+    values: dict[str, Any] | None = None,
+) -> list[str]:
     out = []
     for n in names:
         if rx is not None and not rx.search(n):
@@ -147,8 +158,10 @@ def text(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tuple) 
         qs = []
         for q in QUANTILES:
             v = _quantile(h, bounds, q / 100)
-            qs.append(f"P{q:g}({_fmt_num(round(v, 6)) if v is not None else 'nan'},"
-                      f"{_fmt_num(round(v, 6)) if v is not None else 'nan'})")
+            qs.append(
+                f"P{q:g}({_fmt_num(round(v, 6)) if v is not None else 'nan'},"
+                f"{_fmt_num(round(v, 6)) if v is not None else 'nan'})"
+            )
         lines.append(f"{n}: " + " ".join(qs))
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -169,8 +182,9 @@ def as_json(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tupl
                 v = _quantile(h, bounds, q / 100)
                 values.append({"interval": None, "cumulative": v})
             computed.append({"name": n, "values": values})
-        stats.append({"histograms": {"supported_quantiles": list(QUANTILES),
-                                     "computed_quantiles": computed}})
+        stats.append(
+            {"histograms": {"supported_quantiles": list(QUANTILES), "computed_quantiles": computed}}
+        )
     return json.dumps({"stats": stats}, separators=(",", ":"))
 
 
@@ -217,8 +231,11 @@ def merge(snaps: list[dict]) -> dict:
         for n, h in s["histograms"].items():
             cur = out["histograms"].get(n)
             if cur is None:
-                out["histograms"][n] = {"counts": list(h["counts"]), "sum": h["sum"],
-                                        "count": h["count"]}
+                out["histograms"][n] = {
+                    "counts": list(h["counts"]),
+                    "sum": h["sum"],
+                    "count": h["count"],
+                }
             else:
                 cur["counts"] = [a + b for a, b in zip(cur["counts"], h["counts"])]
                 cur["sum"] += h["sum"]

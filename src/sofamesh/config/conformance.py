@@ -96,9 +96,7 @@ def markdown(rows: list[Row]) -> str:
         shown = r.problems
         if r.envoy == "rejected":
             shown = sorted(r.problems, key=lambda p: p.kind == "unsupported")
-        why = "; ".join(
-            f"`{p.path}`: {p.message}" if p.path else p.message for p in shown[:3]
-        )
+        why = "; ".join(f"`{p.path}`: {p.message}" if p.path else p.message for p in shown[:3])
         if len(shown) > 3:
             why += f"; ... ({len(shown) - 3} more)"
         out.append(
@@ -132,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(gaps_table(rows))
     n_ok = sum(r.agrees for r in rows)
-    print(f"\n{n_ok}/{len(rows)} agree with Envoy; "
-          f"{sum(r.sofamesh == 'accepted' for r in rows)} accepted, "
-          f"{sum(r.sofamesh == 'unsupported' for r in rows)} refused as not implemented, "
-          f"{sum(r.sofamesh == 'rejected' for r in rows)} rejected.")
+    print(
+        f"\n{n_ok}/{len(rows)} agree with Envoy; "
+        f"{sum(r.sofamesh == 'accepted' for r in rows)} accepted, "
+        f"{sum(r.sofamesh == 'unsupported' for r in rows)} refused as not implemented, "
+        f"{sum(r.sofamesh == 'rejected' for r in rows)} rejected."
+    )
     return 0 if n_ok == len(rows) else 1
 
 

@@ -89,7 +89,7 @@ def _clean(v: Any) -> Any:
 
 def parse_yaml(text: str, where: str = "") -> dict:
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError(f"Unable to parse YAML {where}: {e}".replace("  ", " ")) from None
     if data is None:
@@ -126,11 +126,11 @@ class _Normaliser:
             if f is None:
                 p = join(path, key)
                 if self.allow_unknown:
-                    self.warnings.append(f"{p}: unknown field ignored (--allow-unknown-static-fields)")
+                    self.warnings.append(
+                        f"{p}: unknown field ignored (--allow-unknown-static-fields)"
+                    )
                     continue
-                self.problems.append(
-                    Problem(p, f"unknown field '{key}' in {full}", "parse")
-                )
+                self.problems.append(Problem(p, f"unknown field '{key}' in {full}", "parse"))
                 continue
             out[key] = self.field(val, f, join(path, f.name))
         return out
@@ -172,9 +172,7 @@ class _Normaliser:
             if name.startswith(PASSTHROUGH_NAMESPACES):
                 rest = {k: v for k, v in obj.items() if k != "@type"}
                 return {"@type": TYPED_STRUCT, "type_url": url, "value": rest}
-            self.problems.append(
-                Problem(path, f"could not find @type '{url}'", "unknown_type")
-            )
+            self.problems.append(Problem(path, f"could not find @type '{url}'", "unknown_type"))
             return obj
         if desc.full_name in _WKT_SCALAR:
             return obj
@@ -217,7 +215,7 @@ def parse_file(path: str, msg: Any, *, allow_unknown: bool = False) -> Any:
     if path.endswith(".pb"):
         try:
             msg.ParseFromString(raw)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported, the process keeps running
             raise ConfigError(f"Unable to parse binary proto {where}: {e}") from None
         return msg
     if path.endswith(".pb_text"):
@@ -251,9 +249,7 @@ def load_bootstrap(
     from envoy.config.bootstrap.v3 import bootstrap_pb2
 
     if path is None and not config_yaml:
-        raise ConfigError(
-            "At least one of --config-path or --config-yaml should be non-empty"
-        )
+        raise ConfigError("At least one of --config-path or --config-yaml should be non-empty")
     bootstrap = bootstrap_pb2.Bootstrap()
     if path is not None:
         parse_file(os.fspath(path), bootstrap, allow_unknown=allow_unknown_fields)

@@ -10,7 +10,8 @@ Any fields are unpacked and validated as the message they hold.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -19,13 +20,29 @@ from sofamesh.config import protos
 from sofamesh.config.errors import Problem, join
 
 _NUMBER_KINDS = {
-    "float", "double", "int32", "int64", "uint32", "uint64", "sint32", "sint64",
-    "fixed32", "fixed64", "sfixed32", "sfixed64",
+    "float",
+    "double",
+    "int32",
+    "int64",
+    "uint32",
+    "uint64",
+    "sint32",
+    "sint64",
+    "fixed32",
+    "fixed64",
+    "sfixed32",
+    "sfixed64",
 }
 _WRAPPERS = {
-    "google.protobuf.DoubleValue", "google.protobuf.FloatValue", "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value", "google.protobuf.Int32Value", "google.protobuf.UInt32Value",
-    "google.protobuf.BoolValue", "google.protobuf.StringValue", "google.protobuf.BytesValue",
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.BoolValue",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
 }
 # protoc-gen-validate's well-known HTTP header regexes (strict mode).
 _HEADER_NAME = re.compile(r"^:?[0-9a-zA-Z!#$%&'*+\-.^_|~`]+$")
@@ -289,9 +306,10 @@ class Validator:
                         self.add(path, "value is required")
                     if fr.message.skip:
                         return
-                if kind in ("any", "duration", "timestamp"):
-                    if getattr(fr, kind).required and not present:
-                        self.add(path, "value is required")
+                if kind in ("any", "duration", "timestamp") and (
+                    getattr(fr, kind).required and not present
+                ):
+                    self.add(path, "value is required")
             if not present:
                 return
             self._one(getattr(m, f.name), f, fr, path)

@@ -48,7 +48,7 @@ def import_all() -> None:
                         mod = rel.replace(os.sep, ".")
                         try:
                             importlib.import_module(mod)
-                        except Exception as e:  # a broken module must not hide the others
+                        except Exception as e:  # a broken module must not hide the others  # noqa: BLE001
                             _failures[mod] = f"{type(e).__name__}: {e}"
         _imported = True
 

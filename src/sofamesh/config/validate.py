@@ -34,12 +34,28 @@ _ISTIO_NAMES = ("istio.", "io.istio.")
 _ISTIO_TYPES = ("istio.", "io.istio.", "stats.PluginConfig")
 # LuaJIT's default package.path / cpath, relative entries resolved from the working dir.
 _LUA_PATHS = (
-    "./?.lua", "/usr/local/share/luajit-2.1/?.lua", "/usr/local/share/lua/5.1/?.lua",
-    "/usr/local/share/lua/5.1/?/init.lua", "./?.so", "/usr/local/lib/lua/5.1/?.so",
+    "./?.lua",
+    "/usr/local/share/luajit-2.1/?.lua",
+    "/usr/local/share/lua/5.1/?.lua",
+    "/usr/local/share/lua/5.1/?/init.lua",
+    "./?.so",
+    "/usr/local/lib/lua/5.1/?.so",
 )
 _LUA_REQUIRE = re.compile(r"""\brequire\s*\(?\s*["']([A-Za-z0-9_.\-]+)["']""")
-_LUA_BUILTIN = {"string", "table", "math", "io", "os", "coroutine", "debug", "package",
-                "bit", "jit", "ffi", "utf8"}
+_LUA_BUILTIN = {
+    "string",
+    "table",
+    "math",
+    "io",
+    "os",
+    "coroutine",
+    "debug",
+    "package",
+    "bit",
+    "jit",
+    "ffi",
+    "utf8",
+}
 
 
 @dataclass
@@ -73,9 +89,7 @@ class _Checker:
             inner = protos.unpack_any(m)
             if inner is not None:
                 if support_on and not support.extension_supported(m.type_url):
-                    self.unsupported(
-                        path, f"extension {m.type_url} is not implemented by sofamesh"
-                    )
+                    self.unsupported(path, f"extension {m.type_url} is not implemented by sofamesh")
                     support_on = False
                 self.walk(inner, path, support_on)
             return
@@ -124,8 +138,10 @@ class _Checker:
                 registry.lookup("http", key) is not None
                 or registry.lookup("http", url) is not None
                 or support.extension_supported(url)
-                or any(url in spec.extra.get("per_route_type_urls", ()) for spec in
-                       registry.registered("http"))
+                or any(
+                    url in spec.extra.get("per_route_type_urls", ())
+                    for spec in registry.registered("http")
+                )
             ):
                 self.unsupported(path, f"per-route config {url} is not implemented by sofamesh")
                 support_on = False
@@ -174,9 +190,10 @@ class _Checker:
         if support_on and allowed is not None:
             for fd, _ in m.ListFields():
                 if fd.name not in allowed:
-                    self.unsupported(join(path, fd.name),
-                                     f"{name.rsplit('.', 1)[-1]}.{fd.name} is not implemented "
-                                     "by sofamesh")
+                    self.unsupported(
+                        join(path, fd.name),
+                        f"{name.rsplit('.', 1)[-1]}.{fd.name} is not implemented by sofamesh",
+                    )
         if support_on:
             for gap in support.gaps_for(name):
                 fd = m.DESCRIPTOR.fields_by_name.get(gap.field)
@@ -185,9 +202,8 @@ class _Checker:
                 if fd.is_repeated:
                     if len(getattr(m, gap.field)) == 0:
                         continue
-                elif fd.has_presence:
-                    if not m.HasField(gap.field):
-                        continue
+                elif fd.has_presence and not m.HasField(gap.field):
+                    continue
                 v = getattr(m, gap.field)
                 if gap.values:
                     vname = fd.enum_type.values_by_number[v].name if fd.enum_type else v
@@ -197,8 +213,10 @@ class _Checker:
                 elif fd.has_presence or fd.is_repeated or v:
                     self.unsupported(join(path, gap.field), gap.note)
         if support_on and name == "envoy.config.listener.v3.Listener" and len(m.filter_chains) > 1:
-            self.unsupported(join(path, "filter_chains"),
-                             "more than one filter chain per listener: not implemented by sofamesh")
+            self.unsupported(
+                join(path, "filter_chains"),
+                "more than one filter chain per listener: not implemented by sofamesh",
+            )
         if name == "envoy.config.core.v3.DataSource":
             if m.WhichOneof("specifier") == "filename" and not self._exists(m.filename):
                 self.reference(join(path, "filename"), f"Invalid path: {m.filename}")
@@ -268,7 +286,7 @@ class _Checker:
                         continue
                     base = (
                         f"static_resources.listeners[{li}]."
-                        f"{'filter_chains[%d]' % ci if ci >= 0 else 'default_filter_chain'}"
+                        f"{f'filter_chains[{ci}]' if ci >= 0 else 'default_filter_chain'}"
                         f".filters[{fi}].typed_config.route_config"
                     )
                     for vi, vh in enumerate(rc.virtual_hosts):
@@ -279,8 +297,9 @@ class _Checker:
                             a = r.route
                             spec = a.WhichOneof("cluster_specifier")
                             if spec == "cluster" and a.cluster not in static:
-                                self.reference(join(rp, "cluster"),
-                                               f"route: unknown cluster '{a.cluster}'")
+                                self.reference(
+                                    join(rp, "cluster"), f"route: unknown cluster '{a.cluster}'"
+                                )
                             elif spec == "weighted_clusters":
                                 for wi, wc in enumerate(a.weighted_clusters.clusters):
                                     if wc.name and wc.name not in static:
@@ -304,21 +323,29 @@ class _Checker:
         seen: dict[str, int] = {}
         for i, c in enumerate(bootstrap.static_resources.clusters):
             if c.name in seen:
-                self.reference(f"static_resources.clusters[{i}].name",
-                               f"cluster manager: duplicate cluster '{c.name}'")
+                self.reference(
+                    f"static_resources.clusters[{i}].name",
+                    f"cluster manager: duplicate cluster '{c.name}'",
+                )
             seen[c.name] = i
         lseen: set[str] = set()
         for i, lst in enumerate(bootstrap.static_resources.listeners):
             if lst.name and lst.name in lseen:
-                self.reference(f"static_resources.listeners[{i}].name",
-                               f"error adding listener named '{lst.name}': "
-                               "listener with same name already exists")
+                self.reference(
+                    f"static_resources.listeners[{i}].name",
+                    f"error adding listener named '{lst.name}': "
+                    "listener with same name already exists",
+                )
             lseen.add(lst.name)
-            if not (lst.HasField("address") or lst.HasField("api_listener")
-                    or lst.HasField("internal_listener")):
-                self.reference(f"static_resources.listeners[{i}].address",
-                               f"error adding listener named '{lst.name}': "
-                               "address is necessary")
+            if not (
+                lst.HasField("address")
+                or lst.HasField("api_listener")
+                or lst.HasField("internal_listener")
+            ):
+                self.reference(
+                    f"static_resources.listeners[{i}].address",
+                    f"error adding listener named '{lst.name}': address is necessary",
+                )
 
 
 def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Report:

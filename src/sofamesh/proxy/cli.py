@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, NoReturn
 
 from sofamesh import __version__
 
@@ -22,8 +22,13 @@ log = logging.getLogger("sofamesh.main")
 
 LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 _PY_LEVEL = {
-    "trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-    "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL,
+    "trace": 5,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
     "off": logging.CRITICAL + 10,
 }
 BUILD_SHA = "0000000000000000000000000000000000000000"
@@ -118,7 +123,7 @@ class Options:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # Envoy: "PARSE ERROR", exit 1
+    def error(self, message: str) -> NoReturn:  # Envoy: "PARSE ERROR", exit 1
         sys.stderr.write(f"PARSE ERROR: {message}\n\n{self.format_usage()}")
         raise SystemExit(1)
 
@@ -163,8 +168,7 @@ def parse_options(argv: list[str]) -> Options:
     ns = build_parser().parse_args(argv)
     if ns.concurrency is None:
         ns.concurrency = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    if ns.concurrency < 1:
-        ns.concurrency = 1
+    ns.concurrency = max(ns.concurrency, 1)
     for spec in filter(None, ns.component_log_level.split(",")):
         comp, _, lvl = spec.partition(":")
         if not comp or lvl.lower() not in LOG_LEVELS:
@@ -209,7 +213,14 @@ class _EnvoyFormatter(logging.Formatter):
     `[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v`.
     """
 
-    _LEVEL = {5: "trace", 10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+    _LEVEL: ClassVar[dict[int, str]] = {
+        5: "trace",
+        10: "debug",
+        20: "info",
+        30: "warning",
+        40: "error",
+        50: "critical",
+    }
     _FLAG = re.compile(r"%(.)")
 
     def __init__(self, pattern: str = Options.log_format) -> None:

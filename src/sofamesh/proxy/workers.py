@@ -87,7 +87,7 @@ async def _start_admin(bootstrap: Any, opts: Any, backend: Any) -> tuple[Any, An
         bound = await admin.start(*addr)
         log.info("admin address: %s:%d", bound[0], bound[1])
         if opts.admin_address_path:
-            with open(opts.admin_address_path, "w") as f:
+            with open(opts.admin_address_path, "w") as f:  # noqa: ASYNC230 - once, at start
                 f.write(f"{bound[0]}:{bound[1]}")
     return state, admin
 
@@ -116,7 +116,7 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     _count_passthrough(store, report)
     try:
         server = server_factory()(bootstrap, stats=store, options=opts)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         log.critical("error initializing server: %s", e)
         return 1
     backend = LocalBackend(server, store)
@@ -124,7 +124,7 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     _install_signals(asyncio.get_running_loop(), state.quit)
     try:
         await server.start()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         log.critical("error initializing server: %s", e)
         await admin.stop()
         return 1
@@ -142,6 +142,7 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
 
 
 # ---- the pool ------------------------------------------------------------------------
+
 
 async def _read_frame(reader: asyncio.StreamReader) -> dict:
     n = struct.unpack(">I", await reader.readexactly(4))[0]
@@ -192,16 +193,19 @@ class Worker:
     async def spawn(self, bootstrap_bin: bytes, opts: Any) -> None:
         parent, child = socket.socketpair()
         env = dict(os.environ)
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec only; waits are polled
             [sys.executable, "-m", "sofamesh.proxy.workers", str(child.fileno())],
-            pass_fds=[child.fileno()], env=env, start_new_session=False,
+            pass_fds=[child.fileno()],
+            env=env,
+            start_new_session=False,
         )
         child.close()
         self.reader, self.writer = await asyncio.open_connection(sock=parent)
         d = opts.to_dict()
         d["worker_index"] = self.index
-        self.writer.write(_frame({"options": d,
-                                  "bootstrap": base64.b64encode(bootstrap_bin).decode()}))
+        self.writer.write(
+            _frame({"options": d, "bootstrap": base64.b64encode(bootstrap_bin).decode()})
+        )
         await self.writer.drain()
         msg = await asyncio.wait_for(_read_frame(self.reader), READY_TIMEOUT_S)
         if "error" in msg:
@@ -226,8 +230,8 @@ class Worker:
         if self.alive():
             try:
                 await self.request("stop", timeout=STOP_TIMEOUT_S)
-            except Exception:
-                pass
+            except Exception as e:  # noqa: BLE001 - the worker is killed below
+                log.debug("worker %d did not answer stop: %s", self.index, e)
         if self.writer is not None:
             self.writer.close()
         deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -252,16 +256,16 @@ class PoolBackend:
         return [w for w in self.pool if w.ready and w.alive()]
 
     async def _all(self, op: str, **kw: Any) -> list[dict]:
-        res = await asyncio.gather(*(w.request(op, **kw) for w in self.live()),
-                                   return_exceptions=True)
+        res = await asyncio.gather(
+            *(w.request(op, **kw) for w in self.live()), return_exceptions=True
+        )
         return [r for r in res if isinstance(r, dict)]
 
     async def snapshot(self) -> dict:
         from sofamesh.admin.stats_format import merge
 
         live = self.live()
-        res = await asyncio.gather(*(w.request("snapshot") for w in live),
-                                   return_exceptions=True)
+        res = await asyncio.gather(*(w.request("snapshot") for w in live), return_exceptions=True)
         snaps = [add_worker_stats(r, w.index) for w, r in zip(live, res) if isinstance(r, dict)]
         return merge([*snaps, self.store.snapshot()])
 
@@ -304,7 +308,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     _install_signals(asyncio.get_running_loop(), state.quit)
     try:
         await asyncio.gather(*(w.spawn(bootstrap_bin, opts) for w in pool))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         log.critical("error initializing workers: %s", e)
         await asyncio.gather(*(w.stop() for w in pool))
         await admin.stop()
@@ -333,7 +337,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
                         await w.spawn(bootstrap_bin, opts)
                         if backend.health_failed:
                             await w.request("health", failed=True)
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - reported, the process keeps running
                         log.error("worker %d failed to restart: %s", w.index, e)
 
     sup = asyncio.create_task(supervise())
@@ -352,6 +356,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
 
 
 # ---- inside a worker -------------------------------------------------------------------
+
 
 async def _worker_main(fd: int) -> int:
     from sofamesh._core.stats import Store
@@ -373,7 +378,7 @@ async def _worker_main(fd: int) -> int:
     try:
         server = server_factory()(bootstrap, stats=store, options=opts)
         await server.start()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         wlog.critical("worker %d: error initializing server: %s", opts.worker_index, e)
         writer.write(_frame({"error": f"{type(e).__name__}: {e}"}))
         await writer.drain()
@@ -402,8 +407,10 @@ async def _worker_main(fd: int) -> int:
                 elif op == "health":
                     server.health_failed = bool(msg.get("failed"))
                 elif op == "drain":
-                    await server.drain_listeners(inbound_only=bool(msg.get("inbound_only")),
-                                                 graceful=bool(msg.get("graceful")))
+                    await server.drain_listeners(
+                        inbound_only=bool(msg.get("inbound_only")),
+                        graceful=bool(msg.get("graceful")),
+                    )
                 elif op == "reset_counters":
                     store.reset_counters()
                 elif op == "log_levels":
@@ -412,7 +419,7 @@ async def _worker_main(fd: int) -> int:
                     stop.set()
                 else:
                     reply = {"error": f"unknown op {op!r}"}
-            except Exception as e:  # reported to admin, the worker keeps serving
+            except Exception as e:  # reported to admin, the worker keeps serving  # noqa: BLE001
                 wlog.exception("worker command %s failed", op)
                 reply = {"error": f"{type(e).__name__}: {e}"}
             writer.write(_frame(reply))

@@ -54,7 +54,9 @@ class ContractServer:
             for ep in c.load_assignment.endpoints:
                 for lb in ep.lb_endpoints:
                     sa = lb.endpoint.address.socket_address
-                    hosts.append(Host(sa.address, sa.port_value, lb.load_balancing_weight.value or 1))
+                    hosts.append(
+                        Host(sa.address, sa.port_value, lb.load_balancing_weight.value or 1)
+                    )
             self.clusters[c.name] = ClusterInfo(c.name, c, hosts)
         for lst in self.bootstrap.static_resources.listeners:
             sa = lst.address.socket_address
@@ -87,8 +89,9 @@ class ContractServer:
                         c.value += 1
                         c.used = True
                     body = str(os.getpid()).encode()
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
-                                 % (len(body), body))
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                    )
                     await writer.drain()
             except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
                 pass
@@ -111,11 +114,17 @@ def _register_test_filters() -> None:
     """The filters this test double stands in for, unless the real ones are registered."""
     from sofamesh.filters import registry
 
-    hcm = ("envoy.filters.network.http_connection_manager",
-           "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-           ".HttpConnectionManager")
-    router = ("envoy.filters.http.router",
-              "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")
+    hcm = (
+        "envoy.filters.network.http_connection_manager",
+        (
+            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+            ".HttpConnectionManager"
+        ),
+    )
+    router = (
+        "envoy.filters.http.router",
+        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+    )
     for kind, (name, url) in (("network", hcm), ("http", router)):
         if registry.lookup(kind, url) is None:
             registry.register(registry.FilterSpec(kind, (name,), (url,), factory=lambda *a: None))

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, envoy_binary, free_port, sofamesh_command
+from tests.conftest import ROOT, envoy_binary, sofamesh_command
 
 CONTRACT = "tests.integration.admin.contract_server:ContractServer"
 # The admin/worker tests exercise the contract, so they run on the test double until the
@@ -107,11 +107,15 @@ def wait_live(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     raise AssertionError("admin never became LIVE")
 
 
-def start_sofamesh(config: Path, admin: int, *extra: str, contract: bool | None = None,
-                   cwd: Path | None = None) -> subprocess.Popen:
+def start_sofamesh(
+    config: Path, admin: int, *extra: str, contract: bool | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
     proc = subprocess.Popen(
         [*sofamesh_command(), "proxy", "-c", str(config), "-l", "info", *extra],
-        env=proxy_env(contract), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=proxy_env(contract),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         cwd=cwd,
     )
     try:
@@ -124,9 +128,20 @@ def start_sofamesh(config: Path, admin: int, *extra: str, contract: bool | None 
 
 def start_envoy(config: Path, admin: int, *extra: str) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [envoy_binary(), "-c", str(config), "-l", "error", "--disable-hot-restart",
-         "--concurrency", "1", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            envoy_binary(),
+            "-c",
+            str(config),
+            "-l",
+            "error",
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         wait_live(admin, proc)

@@ -18,15 +18,16 @@ from tests.integration.admin.contract_server import ContractServer
 
 @pytest.fixture
 async def admin():
-    b = load_bootstrap(None, config_yaml="static_resources: {clusters: [{name: c, "
-                                         "connect_timeout: 1s}]}")
+    b = load_bootstrap(
+        None, config_yaml="static_resources: {clusters: [{name: c, connect_timeout: 1s}]}"
+    )
     store = Store()
     server = ContractServer(b, store, Options())
     await server.start()
     st = AdminState(b, Options(), LocalBackend(server, store))
     st.state = STATE_LIVE
     srv = AdminServer(st)
-    host, port = await srv.start("127.0.0.1", 0)
+    _host, port = await srv.start("127.0.0.1", 0)
     try:
         yield port, st
     finally:
@@ -46,9 +47,12 @@ async def exchange(port: int, data: bytes, until_close: bool = True) -> bytes:
 
 async def test_pipelined_keepalive_and_head(admin):
     port, _ = admin
-    out = await exchange(port, b"GET /ready HTTP/1.1\r\nhost: a\r\n\r\n"
-                               b"HEAD /ready HTTP/1.1\r\nhost: a\r\n\r\n"
-                               b"GET /ready HTTP/1.1\r\nconnection: close\r\n\r\n")
+    out = await exchange(
+        port,
+        b"GET /ready HTTP/1.1\r\nhost: a\r\n\r\n"
+        b"HEAD /ready HTTP/1.1\r\nhost: a\r\n\r\n"
+        b"GET /ready HTTP/1.1\r\nconnection: close\r\n\r\n",
+    )
     assert out.count(b"HTTP/1.1 200 OK") == 3
     assert out.count(b"LIVE\n") == 2  # HEAD has no body
     assert out.endswith(b"LIVE\n")
@@ -56,20 +60,25 @@ async def test_pipelined_keepalive_and_head(admin):
 
 async def test_post_with_body(admin):
     port, st = admin
-    out = await exchange(port, b"POST /healthcheck/fail HTTP/1.1\r\ncontent-length: 3\r\n"
-                               b"connection: close\r\n\r\nabc")
+    out = await exchange(
+        port,
+        b"POST /healthcheck/fail HTTP/1.1\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc",
+    )
     assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"OK\n")
     assert st.health_failed
 
 
-@pytest.mark.parametrize("garbage", [
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # a TLS hello
-    b"GET\r\n\r\n",
-    b"GET / HTTP/1.1\r\nno-colon-here\r\n\r\n",
-    b"GET / HTTP/1.1\r\ncontent-length: -5\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # a TLS hello
+        b"GET\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno-colon-here\r\n\r\n",
+        b"GET / HTTP/1.1\r\ncontent-length: -5\r\n\r\n",
+    ],
+)
 async def test_bad_requests_get_400_and_admin_keeps_serving(admin, garbage):
-    port, st = admin
+    port, _st = admin
     out = await exchange(port, garbage)
     assert out.startswith(b"HTTP/1.1 400 Bad Request"), out
     ok = await exchange(port, b"GET /ready HTTP/1.1\r\nconnection: close\r\n\r\n")
@@ -85,12 +94,15 @@ async def test_oversized_headers_get_431(admin):
 
 
 async def test_client_vanishing_mid_request(admin):
-    port, st = admin
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+    port, _st = admin
+    _r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(b"GET /stats HTTP/1.1\r\ncontent-length: 100\r\n\r\npartial")
     await w.drain()
     w.close()
     await asyncio.sleep(0.05)
-    ok = await exchange(port, b"GET /stats?filter=^http\\.admin\\.downstream_cx_total$ HTTP/1.1"
-                              b"\r\nconnection: close\r\n\r\n")
+    ok = await exchange(
+        port,
+        b"GET /stats?filter=^http\\.admin\\.downstream_cx_total$ HTTP/1.1"
+        b"\r\nconnection: close\r\n\r\n",
+    )
     assert b"http.admin.downstream_cx_total: " in ok

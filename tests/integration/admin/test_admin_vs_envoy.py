@@ -13,7 +13,13 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.admin.helpers import (
-    get, post, request, start_envoy, start_sofamesh, stop, write_bootstrap,
+    get,
+    post,
+    request,
+    start_envoy,
+    start_sofamesh,
+    stop,
+    write_bootstrap,
 )
 
 pytestmark = pytest.mark.envoy
@@ -26,8 +32,12 @@ def pair(tmp_path_factory):
     ea, sa = free_port(), free_port()
     envoy = start_envoy(write_bootstrap(d / "envoy.yaml", admin=ea, upstream=upstream), ea)
     try:
-        sm = start_sofamesh(write_bootstrap(d / "sofamesh.yaml", admin=sa, upstream=upstream), sa,
-                            "--concurrency", "1")
+        sm = start_sofamesh(
+            write_bootstrap(d / "sofamesh.yaml", admin=sa, upstream=upstream),
+            sa,
+            "--concurrency",
+            "1",
+        )
     except BaseException:
         stop(envoy)
         raise
@@ -59,16 +69,30 @@ def test_ready_and_server_info(pair):
     assert s["state"] == e["state"] == "LIVE"
     assert re.fullmatch(r"[0-9a-f]{40}/[\d.]+/Clean/RELEASE/\w+", s["version"])
     assert set(s["command_line_options"]) == set(e["command_line_options"])
-    for k in ("concurrency", "mode", "drain_strategy", "log_format", "drain_time",
-              "parent_shutdown_time", "local_address_ip_version", "file_flush_interval"):
+    for k in (
+        "concurrency",
+        "mode",
+        "drain_strategy",
+        "log_format",
+        "drain_time",
+        "parent_shutdown_time",
+        "local_address_ip_version",
+        "file_flush_interval",
+    ):
         assert s["command_line_options"][k] == e["command_line_options"][k], k
     assert s["node"]["id"] == e["node"]["id"] == "n1"
 
 
 def test_post_only_endpoints_refuse_get(pair):
-    for path in ("/healthcheck/fail", "/healthcheck/ok", "/quitquitquit", "/reset_counters",
-                 "/drain_listeners", "/logging"):
-        e, s = both(pair, lambda p: request(p, "GET", path))
+    for path in (
+        "/healthcheck/fail",
+        "/healthcheck/ok",
+        "/quitquitquit",
+        "/reset_counters",
+        "/drain_listeners",
+        "/logging",
+    ):
+        e, s = both(pair, lambda p, path=path: request(p, "GET", path))
         assert e[0] == s[0] == 405, path
         assert e[2] == s[2] == "Method GET not allowed, POST required.", path
     e, s = both(pair, lambda p: get(p, "/no/such/endpoint")[0])
@@ -90,9 +114,13 @@ def test_healthcheck_fail_makes_ready_draining(pair):
 
 
 SERVER_STATS = {
-    "server.state": 0, "server.live": 1, "server.concurrency": 1,
-    "listener_manager.workers_started": 1, "listener_manager.total_listeners_active": 1,
-    "cluster_manager.active_clusters": 1, "cluster.backend.membership_healthy": 1,
+    "server.state": 0,
+    "server.live": 1,
+    "server.concurrency": 1,
+    "listener_manager.workers_started": 1,
+    "listener_manager.total_listeners_active": 1,
+    "cluster_manager.active_clusters": 1,
+    "cluster.backend.membership_healthy": 1,
     "cluster.backend.membership_total": 1,
 }
 
@@ -120,12 +148,15 @@ def test_stats_text_json_and_filter(pair):
     hist = [x for x in s["stats"] if "histograms" in x]
     ehist = [x for x in e["stats"] if "histograms" in x]
     assert keyshape(hist[0])["histograms"].keys() == keyshape(ehist[0])["histograms"].keys()
-    assert hist[0]["histograms"]["supported_quantiles"] == \
-        ehist[0]["histograms"]["supported_quantiles"]
+    assert (
+        hist[0]["histograms"]["supported_quantiles"]
+        == ehist[0]["histograms"]["supported_quantiles"]
+    )
     e, s = both(pair, lambda p: get(p, "/stats?filter=^cluster_manager\\.active_clusters$"))
     assert e == s == (200, "cluster_manager.active_clusters: 1\n")
-    e, s = both(pair, lambda p: json.loads(
-        get(p, "/stats?format=json&usedonly&filter=^server\\.state$")[1]))
+    e, s = both(
+        pair, lambda p: json.loads(get(p, "/stats?format=json&usedonly&filter=^server\\.state$")[1])
+    )
     assert e == s == {"stats": [{"name": "server.state", "value": 0}]}
 
 
@@ -187,20 +218,22 @@ def test_config_dump(pair):
     assert [c["@type"] for c in e["configs"]] == [c["@type"] for c in s["configs"]]
     assert e["configs"][0]["cluster"] == s["configs"][0]["cluster"]
     e, s = both(pair, lambda p: json.loads(get(p, "/config_dump")[1]))
-    lst = [c for c in s["configs"] if c["@type"].endswith("ListenersConfigDump")][0]
-    elst = [c for c in e["configs"] if c["@type"].endswith("ListenersConfigDump")][0]
+    lst = next(c for c in s["configs"] if c["@type"].endswith("ListenersConfigDump"))
+    elst = next(c for c in e["configs"] if c["@type"].endswith("ListenersConfigDump"))
     assert keyshape(lst) == keyshape(elst)
     assert lst["static_listeners"][0]["listener"] == elst["static_listeners"][0]["listener"]
     routes = [c for c in s["configs"] if c["@type"].endswith("RoutesConfigDump")]
     eroutes = [c for c in e["configs"] if c["@type"].endswith("RoutesConfigDump")]
     assert keyshape(routes) == keyshape(eroutes)
     e, s = both(pair, lambda p: get(p, "/config_dump?resource=dynamic_active_clusters"))
-    assert e == s == (200, "{}\n") or (e[0] == s[0] == 200 and json.loads(e[1]) == json.loads(s[1]) == {})
+    assert e == s == (200, "{}\n") or (
+        e[0] == s[0] == 200 and json.loads(e[1]) == json.loads(s[1]) == {}
+    )
 
 
 def test_runtime_certs_memory_logging(pair):
     for path in ("/runtime", "/certs", "/memory"):
-        e, s = both(pair, lambda p: json.loads(get(p, path)[1]))
+        e, s = both(pair, lambda p, path=path: json.loads(get(p, path)[1]))
         assert keyshape(e).keys() == keyshape(s).keys(), path
     e, s = both(pair, lambda p: post(p, "/logging"))
     assert e[0] == s[0] == 200
@@ -208,7 +241,8 @@ def test_runtime_certs_memory_logging(pair):
     e, s = both(pair, lambda p: post(p, "/logging?level=bogus"))
     assert e[0] == s[0] == 400
     assert e[1].startswith("error: unknown logger level") and s[1].startswith(
-        "error: unknown logger level")
+        "error: unknown logger level"
+    )
     e, s = both(pair, lambda p: get(p, "/stats?filter=(")[0])
     assert e == s == 400
     e, s = both(pair, lambda p: get(p, "/config_dump?resource=bogus"))
@@ -221,13 +255,19 @@ def test_drain_listeners_keeps_server_live(tmp_path):
     ea, sa = free_port(), free_port()
     envoy = start_envoy(write_bootstrap(tmp_path / "e.yaml", admin=ea, upstream=upstream), ea)
     try:
-        sm = start_sofamesh(write_bootstrap(tmp_path / "s.yaml", admin=sa, upstream=upstream),
-                            sa, "--concurrency", "1")
+        sm = start_sofamesh(
+            write_bootstrap(tmp_path / "s.yaml", admin=sa, upstream=upstream),
+            sa,
+            "--concurrency",
+            "1",
+        )
         try:
             pair = {"envoy": ea, "sofamesh": sa}
             ports = both(pair, lambda p: int(get(p, "/listeners")[1].strip().rsplit(":", 1)[1]))
-            assert both(pair, lambda p: post(p, "/drain_listeners?inboundonly")) == \
-                ((200, "OK\n"),) * 2
+            assert (
+                both(pair, lambda p: post(p, "/drain_listeners?inboundonly"))
+                == ((200, "OK\n"),) * 2
+            )
             assert both(pair, lambda p: post(p, "/drain_listeners")) == ((200, "OK\n"),) * 2
             for port in ports:  # stopped at once (not graceful): new connections refused
                 deadline = time.monotonic() + 5

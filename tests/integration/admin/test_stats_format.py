@@ -12,24 +12,50 @@ from sofamesh._core.stats import DEFAULT_BOUNDS, Store
 from sofamesh.admin import stats_format as sf
 
 
-@pytest.mark.parametrize(("name", "base", "tags"), [
-    ("cluster.backend.upstream_rq_total", "cluster.upstream_rq_total",
-     [("envoy.cluster_name", "backend")]),
-    ("cluster.backend.upstream_rq_503", "cluster.upstream_rq",
-     [("envoy.response_code", "503"), ("envoy.cluster_name", "backend")]),
-    ("http.ingress_http.downstream_rq_2xx", "http.downstream_rq_xx",
-     [("envoy.response_code_class", "2"), ("envoy.http_conn_manager_prefix", "ingress_http")]),
-    ("listener.127.0.0.1_8080.http.ingress_http.downstream_rq_5xx", "listener.http.downstream_rq_xx",
-     [("envoy.response_code_class", "5"), ("envoy.http_conn_manager_prefix", "ingress_http"),
-      ("envoy.listener_address", "127.0.0.1_8080")]),
-    ("listener.127.0.0.1_8080.worker_1.downstream_cx_total",
-     "listener.worker_downstream_cx_total",
-     [("envoy.worker_id", "1"), ("envoy.listener_address", "127.0.0.1_8080")]),
-    ("listener.[__1]_8080.downstream_cx_total", "listener.downstream_cx_total",
-     [("envoy.listener_address", "[__1]_8080")]),
-    ("server.live", "server.live", []),
-    ("cluster_manager.active_clusters", "cluster_manager.active_clusters", []),
-])
+@pytest.mark.parametrize(
+    ("name", "base", "tags"),
+    [
+        (
+            "cluster.backend.upstream_rq_total",
+            "cluster.upstream_rq_total",
+            [("envoy.cluster_name", "backend")],
+        ),
+        (
+            "cluster.backend.upstream_rq_503",
+            "cluster.upstream_rq",
+            [("envoy.response_code", "503"), ("envoy.cluster_name", "backend")],
+        ),
+        (
+            "http.ingress_http.downstream_rq_2xx",
+            "http.downstream_rq_xx",
+            [
+                ("envoy.response_code_class", "2"),
+                ("envoy.http_conn_manager_prefix", "ingress_http"),
+            ],
+        ),
+        (
+            "listener.127.0.0.1_8080.http.ingress_http.downstream_rq_5xx",
+            "listener.http.downstream_rq_xx",
+            [
+                ("envoy.response_code_class", "5"),
+                ("envoy.http_conn_manager_prefix", "ingress_http"),
+                ("envoy.listener_address", "127.0.0.1_8080"),
+            ],
+        ),
+        (
+            "listener.127.0.0.1_8080.worker_1.downstream_cx_total",
+            "listener.worker_downstream_cx_total",
+            [("envoy.worker_id", "1"), ("envoy.listener_address", "127.0.0.1_8080")],
+        ),
+        (
+            "listener.[__1]_8080.downstream_cx_total",
+            "listener.downstream_cx_total",
+            [("envoy.listener_address", "[__1]_8080")],
+        ),
+        ("server.live", "server.live", []),
+        ("cluster_manager.active_clusters", "cluster_manager.active_clusters", []),
+    ],
+)
 def test_tag_extraction_matches_envoy(name, base, tags):
     assert sf.extract_tags(name) == (base, tags)
 
@@ -64,9 +90,10 @@ def test_text_usedonly_filter_and_histograms():
     full = sf.text(snap, None, False, DEFAULT_BOUNDS)
     assert "cluster.backend.upstream_rq_timeout: 0\n" in full
     assert "cluster.backend.upstream_cx_connect_ms: No recorded values\n" in full
-    line = [x for x in full.splitlines() if x.startswith("cluster.backend.upstream_rq_time:")][0]
-    assert re.fullmatch(r"cluster\.backend\.upstream_rq_time: (P[\d.]+\([\d.]+,[\d.]+\) ?){10}",
-                        line)
+    line = next(x for x in full.splitlines() if x.startswith("cluster.backend.upstream_rq_time:"))
+    assert re.fullmatch(
+        r"cluster\.backend\.upstream_rq_time: (P[\d.]+\([\d.]+,[\d.]+\) ?){10}", line
+    )
     used = sf.text(snap, None, True, DEFAULT_BOUNDS)
     assert "upstream_rq_timeout" not in used and "upstream_rq_total: 5" in used
     only = sf.text(snap, re.compile(r"rq_total$"), False, DEFAULT_BOUNDS)
@@ -80,8 +107,7 @@ def test_json_shape():
     hist = body["stats"][-1]["histograms"]
     assert hist["supported_quantiles"] == [0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 100]
     q = {x["name"]: x["values"] for x in hist["computed_quantiles"]}
-    assert q["cluster.backend.upstream_cx_connect_ms"][0] == {"interval": None,
-                                                              "cumulative": None}
+    assert q["cluster.backend.upstream_cx_connect_ms"][0] == {"interval": None, "cumulative": None}
     assert 1.0 <= q["cluster.backend.upstream_rq_time"][2]["cumulative"] <= 5.0
 
 
@@ -94,7 +120,8 @@ def test_prometheus_histogram_and_types():
     assert "# TYPE envoy_cluster_upstream_rq_time histogram" in lines
     assert 'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="backend",le="5"} 0' in lines
     assert 'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="backend",le="10"} 1' in lines
-    assert ('envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="backend",le="+Inf"} 2'
-            in lines)
+    assert (
+        'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="backend",le="+Inf"} 2' in lines
+    )
     assert 'envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="backend"} 707' in lines
     assert 'envoy_cluster_upstream_rq_time_count{envoy_cluster_name="backend"} 2' in lines

@@ -12,8 +12,15 @@ from tests.integration.admin.helpers import get, proxy_env, start_sofamesh, stop
 
 
 def run(*args: str, cwd=None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*sofamesh_command(), "proxy", *args], capture_output=True, text=True,
-                          timeout=timeout, env=proxy_env(), cwd=cwd)
+    return subprocess.run(
+        check=False,
+        args=[*sofamesh_command(), "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=proxy_env(),
+        cwd=cwd,
+    )
 
 
 def test_version_and_bad_flag():
@@ -34,16 +41,42 @@ def test_pilot_agent_command_line(tmp_path):
     cfg = write_bootstrap(tmp_path / "envoy-rev.json.yaml", admin=admin, upstream=free_port())
     addr_file = tmp_path / "admin.addr"
     proc = start_sofamesh(
-        cfg, admin,
-        "--drain-time-s", "45", "--drain-strategy", "immediate",
-        "--parent-shutdown-time-s", "60", "--local-address-ip-version", "v4",
-        "--file-flush-interval-msec", "1000", "--file-flush-min-size-kb", "16",
-        "--disable-hot-restart", "--allow-unknown-static-fields", "--skip-deprecated-logs",
-        "--component-log-level", "misc:error,upstream:warning", "--log-format", "%v",
-        "--concurrency", "1", "--service-node", "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local",
-        "--service-cluster", "pod.ns", "--base-id", "1", "--restart-epoch", "0",
-        "--enable-core-dump", "--config-yaml", "node: {metadata: {ISTIO_VERSION: '1.22'}}",
-        "--admin-address-path", str(addr_file),
+        cfg,
+        admin,
+        "--drain-time-s",
+        "45",
+        "--drain-strategy",
+        "immediate",
+        "--parent-shutdown-time-s",
+        "60",
+        "--local-address-ip-version",
+        "v4",
+        "--file-flush-interval-msec",
+        "1000",
+        "--file-flush-min-size-kb",
+        "16",
+        "--disable-hot-restart",
+        "--allow-unknown-static-fields",
+        "--skip-deprecated-logs",
+        "--component-log-level",
+        "misc:error,upstream:warning",
+        "--log-format",
+        "%v",
+        "--concurrency",
+        "1",
+        "--service-node",
+        "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local",
+        "--service-cluster",
+        "pod.ns",
+        "--base-id",
+        "1",
+        "--restart-epoch",
+        "0",
+        "--enable-core-dump",
+        "--config-yaml",
+        "node: {metadata: {ISTIO_VERSION: '1.22'}}",
+        "--admin-address-path",
+        str(addr_file),
     )
     try:
         info = json.loads(get(admin, "/server_info")[1])
@@ -90,23 +123,28 @@ def test_log_format_and_admin_access_log(tmp_path):
     admin = free_port()
     cfg = write_bootstrap(tmp_path / "b.yaml", admin=admin, upstream=free_port())
     alog = tmp_path / "admin_access.log"
-    overlay = ("admin: {access_log: [{name: envoy.access_loggers.file, typed_config: "
-               "{'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
-               f"FileAccessLog, path: '{alog}'}}}}]}}")
-    proc = start_sofamesh(cfg, admin, "--concurrency", "1", "--config-yaml", overlay,
-                          "--log-format", "%L|%n|%v")
+    overlay = (
+        "admin: {access_log: [{name: envoy.access_loggers.file, typed_config: "
+        "{'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+        f"FileAccessLog, path: '{alog}'}}}}]}}"
+    )
+    proc = start_sofamesh(
+        cfg, admin, "--concurrency", "1", "--config-yaml", overlay, "--log-format", "%L|%n|%v"
+    )
     try:
         assert get(admin, "/ready?x=1") == (200, "LIVE\n")
     finally:
         stop(proc)
     lines = alog.read_text().splitlines()
     line = [x for x in lines if "/ready?x=1" in x][-1]
-    assert re.fullmatch(r'\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "GET /ready\?x=1 HTTP/1.1" '
-                        r'200 - 0 5 \d+ - "-" "[^"]*" "-" "127\.0\.0\.1:\d+" "-"', line), line
+    assert re.fullmatch(
+        r'\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "GET /ready\?x=1 HTTP/1.1" '
+        r'200 - 0 5 \d+ - "-" "[^"]*" "-" "127\.0\.0\.1:\d+" "-"',
+        line,
+    ), line
 
 
 def test_log_format_flag_shapes_log_lines(tmp_path):
-    r = run("-c", str(tmp_path / "missing.yaml"), "--mode", "validate",
-            "--log-format", "%L|%n|%v")
+    r = run("-c", str(tmp_path / "missing.yaml"), "--mode", "validate", "--log-format", "%L|%n|%v")
     assert r.returncode == 1
     assert f"C|main|error initializing configuration '{tmp_path / 'missing.yaml'}'" in r.stderr

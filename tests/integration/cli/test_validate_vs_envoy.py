@@ -12,8 +12,10 @@ from tests.conftest import envoy_binary
 
 pytestmark = pytest.mark.envoy
 
-EP = ("{load_assignment: {cluster_name: a, endpoints: [{lb_endpoints: [{endpoint: {address: "
-      "{socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]}}")
+EP = (
+    "{load_assignment: {cluster_name: a, endpoints: [{lb_endpoints: [{endpoint: {address: "
+    "{socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]}}"
+)
 HCM = """
 static_resources:
   clusters: [{name: backend, connect_timeout: 1s}]
@@ -41,64 +43,156 @@ static_resources:
 
 # (id, config, extra flags, sofamesh must say (substrings), field path sofamesh must name)
 CASES = [
-    ("accepted-lowercase-enums",
-     "static_resources: {clusters: [{name: a, lb_policy: round_robin, type: static, "
-     "connect_timeout: 1s}]}", [], [], ""),
+    (
+        "accepted-lowercase-enums",
+        (
+            "static_resources: {clusters: [{name: a, lb_policy: round_robin, type: static, "
+            "connect_timeout: 1s}]}"
+        ),
+        [],
+        [],
+        "",
+    ),
     ("accepted-hcm", HCM % "backend", [], [], ""),
-    ("unknown-route-cluster", HCM % "nope", [], ["route: unknown cluster 'nope'"],
-     "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
-     ".virtual_hosts[0].routes[0].route.cluster"),
-    ("empty-cluster-name", 'static_resources: {clusters: [{name: "", connect_timeout: 1s}]}',
-     [], ["value length must be at least 1 characters"], "static_resources.clusters[0].name"),
-    ("zero-connect-timeout", "static_resources: {clusters: [{name: a, connect_timeout: 0s}]}",
-     [], ["value must be greater than 0s"], "static_resources.clusters[0].connect_timeout"),
-    ("unknown-field", "static_resources: {clusters: [{name: a, bogus: 1}]}", [],
-     ["bogus"], "static_resources.clusters[0].bogus"),
-    ("unknown-field-allowed", "static_resources: {clusters: [{name: a, bogus: 1}]}",
-     ["--allow-unknown-static-fields"], [], ""),
-    ("unknown-enum", "static_resources: {clusters: [{name: a, lb_policy: NOPE}]}", [],
-     ["NOPE"], ""),
-    ("duplicate-cluster", "static_resources: {clusters: [{name: a}, {name: a}]}", [],
-     ["duplicate cluster 'a'"], "static_resources.clusters[1].name"),
-    ("unknown-type",
-     "static_resources: {clusters: [{name: a, typed_extension_protocol_options: "
-     "{x: {'@type': type.googleapis.com/no.such.Type}}}]}", [],
-     ["could not find @type 'type.googleapis.com/no.such.Type'"],
-     "static_resources.clusters[0].typed_extension_protocol_options['x']"),
+    (
+        "unknown-route-cluster",
+        HCM % "nope",
+        [],
+        ["route: unknown cluster 'nope'"],
+        (
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
+            ".virtual_hosts[0].routes[0].route.cluster"
+        ),
+    ),
+    (
+        "empty-cluster-name",
+        'static_resources: {clusters: [{name: "", connect_timeout: 1s}]}',
+        [],
+        ["value length must be at least 1 characters"],
+        "static_resources.clusters[0].name",
+    ),
+    (
+        "zero-connect-timeout",
+        "static_resources: {clusters: [{name: a, connect_timeout: 0s}]}",
+        [],
+        ["value must be greater than 0s"],
+        "static_resources.clusters[0].connect_timeout",
+    ),
+    (
+        "unknown-field",
+        "static_resources: {clusters: [{name: a, bogus: 1}]}",
+        [],
+        ["bogus"],
+        "static_resources.clusters[0].bogus",
+    ),
+    (
+        "unknown-field-allowed",
+        "static_resources: {clusters: [{name: a, bogus: 1}]}",
+        ["--allow-unknown-static-fields"],
+        [],
+        "",
+    ),
+    (
+        "unknown-enum",
+        "static_resources: {clusters: [{name: a, lb_policy: NOPE}]}",
+        [],
+        ["NOPE"],
+        "",
+    ),
+    (
+        "duplicate-cluster",
+        "static_resources: {clusters: [{name: a}, {name: a}]}",
+        [],
+        ["duplicate cluster 'a'"],
+        "static_resources.clusters[1].name",
+    ),
+    (
+        "unknown-type",
+        (
+            "static_resources: {clusters: [{name: a, typed_extension_protocol_options: "
+            "{x: {'@type': type.googleapis.com/no.such.Type}}}]}"
+        ),
+        [],
+        ["could not find @type 'type.googleapis.com/no.such.Type'"],
+        "static_resources.clusters[0].typed_extension_protocol_options['x']",
+    ),
     ("bad-yaml", "static_resources: [", [], ["YAML"], ""),
-    ("listener-without-address", "static_resources: {listeners: [{name: l}]}", [],
-     ["address is necessary"], "static_resources.listeners[0].address"),
-    ("port-out-of-range",
-     "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 70000}}}", [],
-     ["value must be less than or equal to 65535"],
-     "admin.address.socket_address.port_value"),
-    ("missing-file",
-     "static_resources: {clusters: [{name: a, transport_socket: {name: tls, typed_config: "
-     "{'@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-     "UpstreamTlsContext, common_tls_context: {validation_context: {trusted_ca: "
-     "{filename: /nonexistent/ca.pem}}}}}}]}", [],
-     ["Invalid path: /nonexistent/ca.pem"], "trusted_ca.filename"),
-    ("config-yaml-merge-rejects", "static_resources: {clusters: [{name: a}]}",
-     ["--config-yaml", "static_resources: {clusters: [{name: a}]}"],
-     ["duplicate cluster 'a'"], ""),
-    ("config-yaml-merge-accepts", "node: {id: x}",
-     ["--config-yaml", "static_resources: {clusters: [{name: b, connect_timeout: 2s}]}"],
-     [], ""),
-    ("endpoint-without-port", f"static_resources: {{clusters: [{{name: a, {EP[1:-1]}}}]}}"
-     .replace(", port_value: 8080", ""), [], ["value is required"],
-     "port_specifier"),
+    (
+        "listener-without-address",
+        "static_resources: {listeners: [{name: l}]}",
+        [],
+        ["address is necessary"],
+        "static_resources.listeners[0].address",
+    ),
+    (
+        "port-out-of-range",
+        "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 70000}}}",
+        [],
+        ["value must be less than or equal to 65535"],
+        "admin.address.socket_address.port_value",
+    ),
+    (
+        "missing-file",
+        (
+            "static_resources: {clusters: [{name: a, transport_socket: {name: tls, typed_config: "
+            "{'@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "UpstreamTlsContext, common_tls_context: {validation_context: {trusted_ca: "
+            "{filename: /nonexistent/ca.pem}}}}}}]}"
+        ),
+        [],
+        ["Invalid path: /nonexistent/ca.pem"],
+        "trusted_ca.filename",
+    ),
+    (
+        "config-yaml-merge-rejects",
+        "static_resources: {clusters: [{name: a}]}",
+        ["--config-yaml", "static_resources: {clusters: [{name: a}]}"],
+        ["duplicate cluster 'a'"],
+        "",
+    ),
+    (
+        "config-yaml-merge-accepts",
+        "node: {id: x}",
+        ["--config-yaml", "static_resources: {clusters: [{name: b, connect_timeout: 2s}]}"],
+        [],
+        "",
+    ),
+    (
+        "endpoint-without-port",
+        f"static_resources: {{clusters: [{{name: a, {EP[1:-1]}}}]}}".replace(
+            ", port_value: 8080", ""
+        ),
+        [],
+        ["value is required"],
+        "port_specifier",
+    ),
 ]
 
 
 def _envoy(path, flags):
-    r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), *flags,
-                        "--disable-hot-restart", "-l", "critical"],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        check=False,
+        args=[
+            envoy_binary(),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            *flags,
+            "--disable-hot-restart",
+            "-l",
+            "critical",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return r.returncode, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize(("config", "flags", "says", "field_path"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("config", "flags", "says", "field_path"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_same_verdict_as_envoy(config, flags, says, field_path, tmp_path, monkeypatch, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(config)

@@ -20,14 +20,14 @@ from tests.integration.admin.helpers import get, post, start_sofamesh, stop, wri
 class _Upstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         body = b"hello"
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args):  # noqa: ANN002
+    def log_message(self, *args):
         pass
 
 
@@ -114,14 +114,16 @@ def test_two_workers_both_serve_and_stats_sum(two_workers):
     assert s["listener_manager.workers_started"] == 2
     assert s["http.ingress_http.downstream_rq_total"] == n
     assert s["http.ingress_http.downstream_rq_2xx"] == n
-    per_worker = {k: v for k, v in s.items()
-                  if ".worker_" in k and k.endswith("downstream_cx_total")}
+    per_worker = {
+        k: v for k, v in s.items() if ".worker_" in k and k.endswith("downstream_cx_total")
+    }
     assert len(per_worker) == 2, per_worker
     assert all(v > 0 for v in per_worker.values()), per_worker  # both workers accepted
     assert sum(per_worker.values()) == n
     prom = get(admin, "/stats/prometheus")[1]
-    assert ('envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="ingress_http"} '
-            f"{n}") in prom.splitlines()
+    assert (
+        f'envoy_http_downstream_rq_total{{envoy_http_conn_manager_prefix="ingress_http"}} {n}'
+    ) in prom.splitlines()
     assert post(admin, "/reset_counters") == (200, "OK\n")
     assert _stats(admin)["http.ingress_http.downstream_rq_total"] == 0
 
@@ -132,8 +134,13 @@ def test_dead_worker_is_restarted(two_workers):
     victim = _children(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     _wait(lambda: _stats(admin).get("server.worker_deaths") == 1)
-    _wait(lambda: _stats(admin)["listener_manager.workers_started"] == 2
-          and len(_children(proc.pid)) == 2 and victim not in _children(proc.pid))
+    _wait(
+        lambda: (
+            _stats(admin)["listener_manager.workers_started"] == 2
+            and len(_children(proc.pid)) == 2
+            and victim not in _children(proc.pid)
+        )
+    )
     for _ in range(10):
         assert _fetch(port) == (200, b"hello")
     assert get(admin, "/ready") == (200, "LIVE\n")
@@ -149,7 +156,7 @@ def test_quitquitquit_stops_all(two_workers):
 
 
 def test_sigterm_stops_all(two_workers):
-    proc, admin = two_workers
+    proc, _admin = two_workers
     kids = _children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
@@ -166,7 +173,7 @@ def _zombie(pid: int) -> bool:
 
 
 def test_healthcheck_fail_reaches_workers(two_workers):
-    proc, admin = two_workers
+    _proc, admin = two_workers
     assert post(admin, "/healthcheck/fail") == (200, "OK\n")
     assert get(admin, "/ready") == (503, "DRAINING\n")
     assert _stats(admin)["server.live"] == 0

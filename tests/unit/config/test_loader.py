@@ -8,29 +8,30 @@ import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import text_format
 
-from sofamesh.config import ConfigError, load_bootstrap, validate_bootstrap
-from sofamesh.config import protos
+from sofamesh.config import ConfigError, load_bootstrap, protos, validate_bootstrap
 
-HCM_URL = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-           ".HttpConnectionManager")
+HCM_URL = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
 LISTENER = """
 static_resources:
   listeners:
   - name: l
-    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 10000}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
-          "@type": %s
+          "@type": {}
           stat_prefix: x
           codec_type: auto
-          route_config: {virtual_hosts: [{name: a, domains: ["*"], routes: [{match: {prefix: "/"}, direct_response: {status: 200}}]}]}
+          route_config: {{virtual_hosts: [{{name: a, domains: ["*"], routes: [{{match: {{prefix: "/"}}, direct_response: {{status: 200}}}}]}}]}}
           http_filters:
-          %s
+          {}
           - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-""" % (HCM_URL, "%s")
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+""".format(HCM_URL, "%s")
 
 
 def write(tmp_path, text, name="b.yaml"):
@@ -40,22 +41,30 @@ def write(tmp_path, text, name="b.yaml"):
 
 
 def hcm_of(b):
-    return protos.unpack_any(b.static_resources.listeners[0].filter_chains[0].filters[0]
-                             .typed_config)
+    return protos.unpack_any(
+        b.static_resources.listeners[0].filter_chains[0].filters[0].typed_config
+    )
 
 
 def test_lowercase_enums_inside_any_are_normalised(tmp_path):
     b = load_bootstrap(write(tmp_path, LISTENER % ""))
     assert hcm_of(b).codec_type == 0  # AUTO
-    b = load_bootstrap(write(tmp_path, "static_resources: {clusters: [{name: a, "
-                                       "type: strict_dns, lb_policy: least_request}]}"))
+    b = load_bootstrap(
+        write(
+            tmp_path,
+            "static_resources: {clusters: [{name: a, type: strict_dns, lb_policy: least_request}]}",
+        )
+    )
     c = b.static_resources.clusters[0]
     assert (c.type, c.lb_policy) == (1, 1)
 
 
 def test_json_with_camel_case_names(tmp_path):
-    doc = {"staticResources": {"clusters": [{"name": "a", "connectTimeout": "0.25s",
-                                             "lbPolicy": "random"}]}}
+    doc = {
+        "staticResources": {
+            "clusters": [{"name": "a", "connectTimeout": "0.25s", "lbPolicy": "random"}]
+        }
+    }
     b = load_bootstrap(write(tmp_path, json.dumps(doc), "b.json"))
     c = b.static_resources.clusters[0]
     assert c.connect_timeout.ToMilliseconds() == 250 and c.lb_policy == 3
@@ -72,10 +81,12 @@ def test_binary_and_text_proto(tmp_path):
 
 
 def test_config_yaml_merges_like_proto_merge_from(tmp_path):
-    p = write(tmp_path, "node: {id: file, cluster: c}\n"
-                        "static_resources: {clusters: [{name: a, connect_timeout: 1s}]}")
-    b = load_bootstrap(p, config_yaml="node: {id: flag}\n"
-                                      "static_resources: {clusters: [{name: b}]}")
+    p = write(
+        tmp_path,
+        "node: {id: file, cluster: c}\n"
+        "static_resources: {clusters: [{name: a, connect_timeout: 1s}]}",
+    )
+    b = load_bootstrap(p, config_yaml="node: {id: flag}\nstatic_resources: {clusters: [{name: b}]}")
     assert b.node.id == "flag" and b.node.cluster == "c"  # scalars replaced, rest kept
     assert [c.name for c in b.static_resources.clusters] == ["a", "b"]  # repeated appended
     only = load_bootstrap(None, config_yaml="node: {id: only}")
@@ -86,20 +97,28 @@ def test_config_yaml_merges_like_proto_merge_from(tmp_path):
 
 def test_unknown_field_names_its_path(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_bootstrap(write(tmp_path, LISTENER.replace("stat_prefix: x", "stat_prefix: x\n"
-                                                        "          no_such: 1") % ""))
+        load_bootstrap(
+            write(
+                tmp_path,
+                LISTENER.replace("stat_prefix: x", "stat_prefix: x\n          no_such: 1") % "",
+            )
+        )
     p = e.value.problems[0]
-    assert p.path == ("static_resources.listeners[0].filter_chains[0].filters[0]"
-                      ".typed_config.no_such")
+    assert p.path == (
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.no_such"
+    )
     assert "HttpConnectionManager" in p.message
-    b = load_bootstrap(write(tmp_path, "static_resources: {clusters: [{name: a, x: 1}]}"),
-                       allow_unknown_fields=True)
+    b = load_bootstrap(
+        write(tmp_path, "static_resources: {clusters: [{name: a, x: 1}]}"),
+        allow_unknown_fields=True,
+    )
     assert b.static_resources.clusters[0].name == "a"
 
 
 def test_unknown_type_names_its_path(tmp_path):
-    bad = LISTENER % ("- name: f\n            typed_config: {'@type': "
-                      "type.googleapis.com/acme.Filter}")
+    bad = LISTENER % (
+        "- name: f\n            typed_config: {'@type': type.googleapis.com/acme.Filter}"
+    )
     with pytest.raises(ConfigError) as e:
         load_bootstrap(write(tmp_path, bad))
     p = e.value.problems[0]
@@ -109,12 +128,14 @@ def test_unknown_type_names_its_path(tmp_path):
 
 
 def test_istio_filters_pass_through(tmp_path):
-    istio = ("- name: istio.metadata_exchange\n"
-             "            typed_config: {'@type': type.googleapis.com/io.istio.http"
-             ".peer_metadata.Config, upstream_discovery: [{istio_headers: {}}]}\n"
-             "          - name: istio.stats\n"
-             "            typed_config: {'@type': type.googleapis.com/udpa.type.v1.TypedStruct,"
-             " type_url: type.googleapis.com/stats.PluginConfig, value: {disable_host_header_fallback: true}}")
+    istio = (
+        "- name: istio.metadata_exchange\n"
+        "            typed_config: {'@type': type.googleapis.com/io.istio.http"
+        ".peer_metadata.Config, upstream_discovery: [{istio_headers: {}}]}\n"
+        "          - name: istio.stats\n"
+        "            typed_config: {'@type': type.googleapis.com/udpa.type.v1.TypedStruct,"
+        " type_url: type.googleapis.com/stats.PluginConfig, value: {disable_host_header_fallback: true}}"
+    )
     b = load_bootstrap(write(tmp_path, LISTENER % istio), validate=False)
     hf = hcm_of(b).http_filters[0]
     assert hf.typed_config.type_url == "type.googleapis.com/xds.type.v3.TypedStruct"
@@ -123,31 +144,51 @@ def test_istio_filters_pass_through(tmp_path):
 
 
 def test_unimplemented_filter_is_an_error_naming_it(tmp_path):
-    f = ("- name: envoy.filters.http.buffer\n"
-         "            typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http"
-         ".buffer.v3.Buffer, max_request_bytes: 1024}")
+    f = (
+        "- name: envoy.filters.http.buffer\n"
+        "            typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http"
+        ".buffer.v3.Buffer, max_request_bytes: 1024}"
+    )
     with pytest.raises(ConfigError) as e:
         load_bootstrap(write(tmp_path, LISTENER % f))
     assert e.value.unsupported_only
     (p,) = e.value.problems
-    assert p.path == ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
-                      ".http_filters[0].typed_config")
-    assert p.message == ("http filter type.googleapis.com/envoy.extensions.filters.http.buffer"
-                         ".v3.Buffer is not implemented by sofamesh")
+    assert p.path == (
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+        ".http_filters[0].typed_config"
+    )
+    assert p.message == (
+        "http filter type.googleapis.com/envoy.extensions.filters.http.buffer"
+        ".v3.Buffer is not implemented by sofamesh"
+    )
 
 
 def test_unimplemented_core_field_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_bootstrap(write(tmp_path, "static_resources: {clusters: [{name: a, type: EDS, "
-                                       "eds_cluster_config: {eds_config: {ads: {}}}}]}"))
+        load_bootstrap(
+            write(
+                tmp_path,
+                "static_resources: {clusters: [{name: a, type: EDS, "
+                "eds_cluster_config: {eds_config: {ads: {}}}}]}",
+            )
+        )
     assert [str(p) for p in e.value.problems] == [
-        "static_resources.clusters[0].type: EDS: cluster discovery type is not implemented "
-        "by sofamesh"]
+        (
+            "static_resources.clusters[0].type: EDS: cluster discovery type is not implemented "
+            "by sofamesh"
+        )
+    ]
 
 
 def test_yaml_details(tmp_path):
-    b = load_bootstrap(write(tmp_path, "node: {id: 2024-01-01, metadata: {when: 2024-01-01}}\n"
-                                       "ignored_anchor: !ignore &a {x: 1}\n"), validate=False)
+    b = load_bootstrap(
+        write(
+            tmp_path,
+            "node: {id: 2024-01-01, metadata: {when: 2024-01-01}}\n"
+            "ignored_anchor: !ignore &a {x: 1}\n",
+        ),
+        validate=False,
+    )
     assert b.node.id == "2024-01-01"
     assert b.node.metadata["when"] == "2024-01-01"
     with pytest.raises(ConfigError, match="Unable to parse YAML"):
@@ -157,9 +198,11 @@ def test_yaml_details(tmp_path):
 
 
 def test_lua_require_is_resolved_from_the_working_dir(tmp_path, monkeypatch):
-    lua = ("- name: envoy.filters.http.lua\n"
-           "            typed_config: {'@type': type.googleapis.com/envoy.extensions.filters"
-           ".http.lua.v3.Lua, default_source_code: {inline_string: \"local m = require('lib.m')\"}}")
+    lua = (
+        "- name: envoy.filters.http.lua\n"
+        "            typed_config: {'@type': type.googleapis.com/envoy.extensions.filters"
+        ".http.lua.v3.Lua, default_source_code: {inline_string: \"local m = require('lib.m')\"}}"
+    )
     p = write(tmp_path, LISTENER % lua)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as e:

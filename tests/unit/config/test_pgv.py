@@ -17,8 +17,10 @@ def msgs(m):
 def test_string_min_len_and_duration_gt():
     c = cluster_pb2.Cluster()
     c.connect_timeout.SetInParent()
-    assert msgs(c) == ["name: value length must be at least 1 characters",
-                       "connect_timeout: value must be greater than 0s"]
+    assert msgs(c) == [
+        "name: value length must be at least 1 characters",
+        "connect_timeout: value must be greater than 0s",
+    ]
 
 
 def test_enum_defined_only():
@@ -38,8 +40,9 @@ def test_uint32_range_and_nested_paths():
     sa = b.admin.address.socket_address
     sa.address = "127.0.0.1"
     sa.port_value = 70000
-    assert msgs(b) == ["admin.address.socket_address.port_value: value must be less than or "
-                       "equal to 65535"]
+    assert msgs(b) == [
+        ("admin.address.socket_address.port_value: value must be less than or equal to 65535")
+    ]
 
 
 def test_repeated_min_items():
