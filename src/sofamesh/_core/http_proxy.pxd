@@ -140,6 +140,7 @@ cdef class DownstreamConn:
     cdef public unsigned long long bytes_tx
     cdef public str upstream_host
     cdef public int service_ms
+    cdef bytes out_head                 # response head not yet written (joins the body)
 
     cdef int _process(self, bytes data, Py_ssize_t off) except -1
     cdef int _on_head(self) except -1
@@ -166,6 +167,7 @@ cdef class DownstreamConn:
     cdef bint _can_retry(self, int bit)
     cdef int _schedule_retry(self) except -1
     cdef int _write(self, bytes data) except -1
+    cdef int _flush_out(self) except -1
     cdef int _end_request_stats(self, int status) except -1
     cdef int _reset(self) except -1
 
@@ -192,3 +194,4 @@ cdef class UpstreamConn:
     cdef int release(self) except -1
     cdef int abort(self) except -1
     cdef void _gone(self)
+    cdef int _feed(self, DownstreamConn d, bytes data) except -1
