@@ -35,7 +35,7 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
         fd = cfg.DESCRIPTOR.fields_by_name.get(field)
         if fd is None:
             continue
-        present = len(getattr(cfg, field)) if fd.label == fd.LABEL_REPEATED else cfg.HasField(field)
+        present = len(getattr(cfg, field)) if fd.is_repeated else cfg.HasField(field)
         if present:
             raise UnsupportedConfig(f"{path}.typed_config.{field} is not supported")
     return TcpProxyConfig(cfg.stat_prefix, weighted, clusters, ctx["stats"], ctx["loop"])

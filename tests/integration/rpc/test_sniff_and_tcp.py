@@ -1,0 +1,100 @@
+"""One listener carrying HTTP/1.1, Bolt and Dubbo (told apart by the first bytes, as MOSN's
+Auto), and tcp_proxy passing an HSF port through untouched."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+
+from sofamesh._core.codecs import bolt, hsf
+from tests.support.http_upstream import RecordingUpstream
+
+from .conftest import (
+    HCM_TYPE,
+    SERVICE,
+    NodeServer,
+    RawUpstream,
+    bolt_filter,
+    bootstrap,
+    cluster,
+    dubbo_filter,
+    free_port,
+    golden_hsf,
+    listener,
+    node_client,
+    raw_exchange,
+    route_config,
+    sofamesh,
+    stats,
+    tcp_filter,
+)
+
+
+
+def hcm(cluster_name: str) -> dict:
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": HCM_TYPE, "stat_prefix": "ingress_http",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+
+
+def test_one_listener_http_bolt_and_dubbo(tmp_path):
+    web = RecordingUpstream(("web",)).start()
+    try:
+        with NodeServer(tag="b1") as b1, NodeServer(dubbo=True, tag="d1") as d1:
+            port = free_port()
+            boot = bootstrap(
+                [listener("auto", port, [
+                    hcm("web"),
+                    bolt_filter([route_config(SERVICE, "bolt_up")]),
+                    dubbo_filter([{"name": "d", "interface": SERVICE, "routes": [
+                        {"match": {"method": {"name": {"safe_regex": {"regex": ".*"}}}},
+                         "route": {"cluster": "dubbo_up"}}]}]),
+                ])],
+                [cluster("web", [web.ports["web"]]), cluster("bolt_up", [b1.port]),
+                 cluster("dubbo_up", [d1.port])])
+            with sofamesh(boot, tmp_path) as proxy:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/hello")
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                assert resp.status == 200
+                assert web.wait_records(1)[0].target == "/hello"
+                assert node_client(port, [{"method": "who"}]) == [{"ok": True, "result": "b1"}]
+                assert node_client(port, [{"method": "who"}], mode="bolt2") == [
+                    {"ok": True, "result": "b1"}]
+                assert node_client(port, [{"method": "who"}], mode="dubbo") == [
+                    {"ok": True, "result": "d1"}]
+                # a heartbeat on the shared port is answered by the Bolt filter
+                (ack,) = raw_exchange(port, bolt.heartbeat(5), bolt.BoltDecoder(), 1)
+                assert ack.request_id == 5 and ack.cmdcode == 0
+                s = stats(proxy)
+                assert s["bolt.bolt_in.request"] >= 2 and s["dubbo.dubbo_in.request"] >= 1
+    finally:
+        web.stop()
+
+
+def test_tcp_proxy_passes_hsf_through(tmp_path):
+    req = golden_hsf()
+    hb = hsf.HsfFrame(kind=hsf.HSF_HEARTBEAT, request_id=3).encode()
+    with RawUpstream("echo") as echo:
+        port = free_port()
+        boot = bootstrap([listener("hsf", port, [tcp_filter("hsf_up", "hsf")])],
+                         [cluster("hsf_up", [echo.port])])
+        with sofamesh(boot, tmp_path) as proxy:
+            out = raw_exchange(port, req + hb, hsf.HsfDecoder(), 2)
+            assert [f.encode() for f in out] == [req, hb]
+            assert out[0].service == "com.test.pandora.hsf.HelloService:1.0.0.daily"
+            assert bytes(echo.received) == req + hb
+            # half-close: the client's FIN reaches the server, whose FIN comes back
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+                s.sendall(b"ping")
+                assert s.recv(4) == b"ping"
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(10) == b""
+            st = stats(proxy)
+            assert st["tcp.hsf.downstream_cx_total"] >= 2
+            assert st["cluster.hsf_up.upstream_cx_total"] >= 2
