@@ -22,6 +22,8 @@ log = logging.getLogger("sofamesh.pilot")
 def merge(snapshots: list[Snapshot]) -> tuple[dict[str, Service], dict[str, list[Instance]]]:
     """One model over all registries: instances of one service name are pooled; declared ports
     are the union by number (first registry's protocol wins)."""
+    if len(snapshots) == 1:  # the common case: nothing to pool
+        return dict(snapshots[0].services), dict(snapshots[0].instances)
     services: dict[str, Service] = {}
     instances: dict[str, list[Instance]] = {}
     for snap in snapshots:

@@ -291,6 +291,9 @@ def build_service(svc: Service, instances: list[Instance]) -> ServiceOutput:
     return out
 
 
+_NO_INSTANCES: list[Instance] = []
+
+
 # --- the whole model -------------------------------------------------------------------------
 
 
@@ -325,6 +328,7 @@ class Generator:
         self.digest: dict[str, int] = {t: 0 for t in TYPES}
         self.skipped: dict[str, int] = {"bad_name": 0, "duplicate_domain": 0, "port_conflict": 0}
         self.problems: list[str] = []
+        self._bad_names: set[str] = set()
 
     def version(self, type_url: str) -> str:
         """Type-wide version: a hash over every resource of the type (same model, same string)."""
@@ -359,18 +363,21 @@ class Generator:
     def update(self, services: dict[str, Service], instances: dict[str, list[Instance]]) -> Changes:
         ch = Changes()
         structural = False  # vhosts or tcp listeners changed: rebuild the shared resources
-        names = set(services) | {n for n, v in instances.items() if v}
-        for name in sorted(names):
-            if not _DOMAIN_RE.match(name):
-                self.skipped["bad_name"] += 1
-                self._problem(f"service name {name!r} is not a valid host name: skipped")
-                continue
+        names = set(services)
+        names.update(n for n, v in instances.items() if v)
+        for name in names:
             svc = services.get(name)
-            insts = instances.get(name, [])
+            insts = instances.get(name) or _NO_INSTANCES
             prev = self.services.get(name)
             # PERF (benchmarks/pilot_scale.py): registries hand back the same list object for
             # an unchanged service, so most services are skipped without comparing instances.
             if prev is not None and prev.src is insts and prev.svc is svc:
+                continue
+            if not _DOMAIN_RE.match(name):
+                if name not in self._bad_names:
+                    self._bad_names.add(name)
+                    self.skipped["bad_name"] += 1
+                    self._problem(f"service name {name!r} is not a valid host name: skipped")
                 continue
             svc_ = svc or Service(name=name)
             key = (svc_, tuple(insts))
@@ -383,9 +390,10 @@ class Generator:
             if prev is None or prev.vhosts != out.vhosts or prev.tcp_ports != out.tcp_ports:
                 structural = True
             self.services[name] = out
-        for name in [n for n in self.services if n not in names or not _DOMAIN_RE.match(n)]:
+        for name in [n for n in self.services if n not in names]:
             self._apply(self.services.pop(name), None, ch)
             structural = True
+        self._bad_names &= names
         if structural or not self.all[LDS]:
             self._build_shared(ch)
         return ch

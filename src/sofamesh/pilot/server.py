@@ -14,6 +14,7 @@ import itertools
 import logging
 import socket
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -76,6 +77,7 @@ class Watch:
     nack: dict | None = None  # last NACK: {version, nonce, error, time}
     sent: dict[str, str] = field(default_factory=dict)  # delta: name -> version the client has
     must_reply: bool = False  # delta: answer the first request even with nothing to send
+    names_key: tuple = ()  # SotW: (length, hash) of the last request's serialized name list
 
 
 class Connection:
@@ -184,25 +186,32 @@ class Connection:
             if not (w.dirty or force):
                 return None
             w.dirty = False
+            extra: list = []
             if w.wildcard:
-                items = list(gen.wild[t].values())
+                shared = self.server.wild_chunks(t)  # PERF: one join for every wildcard stream
+                items = []
+                if keep_removed and w.removed:
+                    extra = [r for n, r in w.removed.items() if n not in gen.wild[t]]
             else:
+                shared = b""
                 items = [res_all[n] for n in sorted(w.names) if n in res_all]
-            if keep_removed and w.removed:
-                present = {r.name for r in items}
-                items += [r for n, r in w.removed.items() if n not in present]
+                if keep_removed and w.removed:
+                    present = {r.name for r in items}
+                    extra = [r for n, r in w.removed.items() if n not in present]
+            items += extra
             if not keep_removed:
                 w.removed.clear()
         else:
             if not w.pending:
                 return None
+            shared = b""
             items = [res_all[n] for n in sorted(w.pending) if n in res_all]
             w.pending.clear()
             if not items:
                 return None
         version = gen.version(t)
         nonce = self._nonce(t, w, version)
-        body = [ld_field(1, version.encode())]
+        body = [ld_field(1, version.encode()), shared]
         body.extend(r.sotw_chunk() for r in items)
         body.append(ld_field(4, t.encode()))
         body.append(ld_field(5, nonce.encode()))
@@ -298,9 +307,20 @@ class Connection:
         if not self._ack_or_nack(t, w, req.response_nonce, req.version_info,
                                  req.error_detail if req.HasField("error_detail") else None):
             return
-        names = set(req.resource_names)
+        # PERF (benchmarks/pilot_scale.py): every ACK repeats the client's whole name list
+        # (10,000 EDS names for a big mesh). Compare it as bytes, and share one frozenset
+        # among the streams that subscribe the same names.
+        for f in ("node", "version_info", "response_nonce", "error_detail"):
+            req.ClearField(f)
+        raw = req.SerializeToString(deterministic=True)
+        key = (len(raw), hash(raw))
+        if key == w.names_key and w.subscribed and not initial:
+            return
+        w.names_key = key
+        names = self.server.intern_names(t, key, req.resource_names)
         wildcard = t in FULL_STATE and (not names or "*" in names)
-        names.discard("*")
+        if "*" in names:
+            names = frozenset(names - {"*"})
         changed = wildcard != w.wildcard or names != w.names
         new = names - w.names
         w.wildcard, w.names = wildcard, names
@@ -397,6 +417,24 @@ class AdsServer:
         self.delta_control_plane = ld_field(7, cp)
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self._names: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._wild: dict[str, tuple[str, bytes]] = {}
+
+    def intern_names(self, t: str, key: tuple, names) -> frozenset:
+        got = self._names.get((t, key))
+        if got is None:
+            got = frozenset(names)
+            self._names[(t, key)] = got
+        return got
+
+    def wild_chunks(self, t: str) -> bytes:
+        """Every wildcard resource of `t` as spliced `resources` fields, joined once per version."""
+        version = self.gen.version(t)
+        cached = self._wild.get(t)
+        if cached is None or cached[0] != version:
+            cached = (version, b"".join(r.sotw_chunk() for r in self.gen.wild[t].values()))
+            self._wild[t] = cached
+        return cached[1]
 
     def record_nack(self, conn: Connection, t: str, nack: dict) -> None:
         self.nacks.append({"node": conn.node_id, "connection": conn.id, "type": SHORT[t], **nack})
@@ -410,6 +448,9 @@ class AdsServer:
         """Hand a model change to every stream; returns how many streams it concerns."""
         if ch.empty():
             return 0
+        for t, flag in ch.wildcard_changed.items():
+            if flag:
+                self._wild.pop(t, None)
         n = sum(1 for c in list(self.connections.values()) if c.on_change(ch))
         self.metrics.inc("pilot_xds_push_events_total")
         return n
