@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -28,9 +29,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from lib import nginx, wrk  # noqa: E402
-from lib.bootstrap import BENCH_HOST, bootstrap  # noqa: E402
-from lib.proc import Proc, cpu_seconds, free_port, http_get, process_tree  # noqa: E402
+from lib import nginx, wrk
+from lib.bootstrap import BENCH_HOST, bootstrap
+from lib.proc import Proc, cpu_seconds, free_port, http_get, process_tree
 
 
 def envoy_binary() -> str:
@@ -75,25 +76,37 @@ def measure(url: str, args, pids_fn=None) -> dict:
     return row
 
 
-def run_proxy(kind: str, workdir: Path, upstream_port: int, args) -> dict:
+def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Proc, int]:
     port, admin = free_port(), free_port()
     config = workdir / f"{kind}.json"
     config.write_text(json.dumps(bootstrap(port, admin, upstream_port), indent=1))
     proc = Proc(kind, proxy_argv(kind, config), workdir / f"{kind}.log", args.proxy_core)
+    proc.start()
     try:
-        proc.start()
         proc.wait_ready(lambda: http_get(admin, "/ready")[0] == 200 and http_get(port)[0] == 200)
         status, body = http_get(port)
         if status != 200 or body != nginx.BODY.encode():
             raise RuntimeError(f"{kind} answered {status} {body[:200]!r}, not nginx's body")
-        row = measure(f"http://127.0.0.1:{port}/", args, lambda: process_tree(proc.pid))
-        if proc.p.poll() is not None:
-            row["error"] = f"{kind} exited with {proc.p.returncode} during the run"
-        return row
-    except Exception as e:  # noqa: BLE001 - reported in the table and the exit status
-        return {"error": f"{type(e).__name__}: {e}"[:2000]}
-    finally:
+    except Exception:
         proc.stop()
+        raise
+    return proc, port
+
+
+def median_row(rows: list[dict]) -> dict:
+    """Per-metric median over rounds, with each round's figures kept under "rounds"."""
+    good = [r for r in rows if "cpu_us_per_req" in r]
+    out: dict = {}
+    if good:
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "requests", "cpu_s"):
+            out[key] = statistics.median(r[key] for r in good)
+        out["cpu_us_per_req_min_max"] = [min(r["cpu_us_per_req"] for r in good),
+                                         max(r["cpu_us_per_req"] for r in good)]
+    errors = [r["error"] for r in rows if "error" in r]
+    if errors:
+        out["error"] = "; ".join(errors)
+    out["rounds"] = rows
+    return out
 
 
 def ratios(a: dict, b: dict) -> dict:
@@ -106,14 +119,17 @@ def ratios(a: dict, b: dict) -> dict:
 
 def table(results: dict) -> str:
     cols = ("cpu_us_per_req", "rps", "p50_ms", "p99_ms", "requests", "cpu_s")
-    head = f"{'target':<22}" + "".join(f"{c:>16}" for c in cols)
-    lines = [head, "-" * len(head)]
+    head = f"{'target':<22}" + "".join(f"{c:>16}" for c in cols) + f"{'cpu_us min..max':>18}"
+    lines = [f"medians over {results['layout']['rounds']} interleaved round(s); load average "
+             f"{results['loadavg_1m_before']} before, {results.get('loadavg_1m_after')} after",
+             head, "-" * len(head)]
     for name, row in results["runs"].items():
         if "cpu_us_per_req" not in row:
             lines.append(f"{name:<22}  ERROR {row.get('error', '')[:300]}")
             continue
         label = name + (" (cpu: nginx)" if name == "direct" else "")
-        lines.append(f"{label:<22}" + "".join(f"{row[c]!s:>16}" for c in cols))
+        lo, hi = row["cpu_us_per_req_min_max"]
+        lines.append(f"{label:<22}" + "".join(f"{row[c]!s:>16}" for c in cols) + f"{f'{lo}..{hi}':>18}")
         if row.get("error"):
             lines.append(f"{'':<22}  ERROR {row['error']}")
     r = results.get("ratio_sofamesh_over_envoy")
@@ -128,39 +144,68 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per target")
     ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per target")
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported")
     ap.add_argument("--proxies", default="envoy,sofamesh")
     ap.add_argument("--proxy-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1, help="core for wrk and nginx")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.connections = 2.0, 1.0, 10
+        args.duration, args.warmup, args.connections, args.rounds = 2.0, 1.0, 10, 1
 
     results: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
+        # Other work on the machine shows up as noise; recorded so a reader can judge a run.
+        "loadavg_1m_before": round(os.getloadavg()[0], 2),
         "layout": {"proxy_core": args.proxy_core, "wrk_and_nginx_core": args.load_core,
                    "connections": args.connections, "duration_s": args.duration,
-                   "warmup_s": args.warmup, "wrk_threads": 1, "proxy_concurrency": 1},
+                   "warmup_s": args.warmup, "rounds": args.rounds, "wrk_threads": 1,
+                   "proxy_concurrency": 1},
         "runs": {},
     }
+    kinds = [p.strip() for p in args.proxies.split(",") if p.strip()]
     with tempfile.TemporaryDirectory(prefix="sofamesh-bench-") as tmp:
         workdir = Path(tmp)
         up_port = free_port()
         upstream = nginx.start(workdir, up_port, args.load_core)
+        procs: dict[str, tuple[Proc, int]] = {}
+        rows: dict[str, list[dict]] = {k: [] for k in ["direct", *kinds]}
         try:
-            results["runs"]["direct"] = measure(f"http://127.0.0.1:{up_port}/", args,
-                                                lambda: process_tree(upstream.pid))
-            for kind in [p.strip() for p in args.proxies.split(",") if p.strip()]:
-                results["runs"][kind] = run_proxy(kind, workdir, up_port, args)
+            for kind in kinds:
+                try:
+                    procs[kind] = start_proxy(kind, workdir, up_port, args)
+                except Exception as e:  # noqa: BLE001 - reported in the table and exit status
+                    rows[kind].append({"error": f"{type(e).__name__}: {e}"[:2000]})
+            # Rounds interleave the targets (order alternating), so noise from other work on
+            # the machine hits every target alike; the table shows per-metric medians.
+            for rnd in range(args.rounds):
+                order = ["direct", *(kinds if rnd % 2 == 0 else kinds[::-1])]
+                for kind in order:
+                    if kind == "direct":
+                        rows[kind].append(measure(f"http://127.0.0.1:{up_port}/", args,
+                                                  lambda: process_tree(upstream.pid)))
+                    elif kind in procs:
+                        proc, port = procs[kind]
+                        row = measure(f"http://127.0.0.1:{port}/", args,
+                                      lambda p=proc: process_tree(p.pid))
+                        if proc.p.poll() is not None:
+                            row["error"] = f"{kind} exited with {proc.p.returncode} during the run"
+                        rows[kind].append(row)
+                args.warmup = min(args.warmup, 1.0)  # later rounds only need a short warm-up
         finally:
+            for proc, _ in procs.values():
+                proc.stop()
             upstream.stop()
+    results["runs"] = {k: median_row(v) for k, v in rows.items()}
+    results["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     runs = results["runs"]
     if "envoy" in runs and "sofamesh" in runs:
         results["ratio_sofamesh_over_envoy"] = ratios(runs["sofamesh"], runs["envoy"])
     print(table(results))
     print(json.dumps(results, indent=1))
+    print(table(results))  # again, after the JSON, so the summary is the last thing on screen
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 1 if any("error" in row for row in runs.values()) else 0

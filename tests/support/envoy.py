@@ -19,6 +19,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 _base_ids = itertools.count(os.getpid() % 10000 * 100)
 
@@ -95,13 +96,10 @@ class ProxyProcess:
             return ""
 
     def start(self, timeout: float = 30.0) -> ProxyProcess:
-        log = open(self.log_path, "wb")
-        try:
+        with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=self.env,
                                          start_new_session=True)
-        finally:
-            log.close()
         aport = admin_port(self.bootstrap)
         ports = listener_ports(self.bootstrap)
         deadline = time.monotonic() + timeout
@@ -138,7 +136,7 @@ class ProxyProcess:
                 pass
             self.proc.wait(timeout=5)
 
-    def __enter__(self) -> ProxyProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

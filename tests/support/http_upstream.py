@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 MAX_HEAD = 256 * 1024
 
@@ -186,7 +187,7 @@ class RecordingUpstream:
         for t in self._threads:
             t.join(timeout=2)
 
-    def __enter__(self) -> RecordingUpstream:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

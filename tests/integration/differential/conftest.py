@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:  # `tests.support` is imported as a namespace package from the root
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import envoy_binary, free_port, sofamesh_command  # noqa: E402
-from tests.integration.differential import harness  # noqa: E402
-from tests.support.envoy import ProxyProcess  # noqa: E402
-from tests.support.http_upstream import RecordingUpstream  # noqa: E402
+from tests.conftest import envoy_binary, free_port, sofamesh_command
+from tests.integration.differential import harness
+from tests.support.envoy import ProxyProcess
+from tests.support.http_upstream import RecordingUpstream
 
 
 def _deployment(kind: str, workdir: Path):

@@ -13,8 +13,8 @@ import hashlib
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from tests.support.http_upstream import Record, RecordingUpstream
 
@@ -171,19 +171,19 @@ NORMALISATIONS: dict[str, tuple[str, Callable]] = {
         "Field names are case-insensitive (RFC 9110 5.1); Envoy's HTTP/1 codec lower-cases them.",
         str.lower),
     "header-order-across-names": (
-        "Only the order of field lines sharing a name is significant (RFC 9110 5.3); lines are "
-        "sorted by name with a stable sort, so same-name order is still compared.",
+        ("Only the order of field lines sharing a name is significant (RFC 9110 5.3); lines are "
+         "sorted by name with a stable sort, so same-name order is still compared."),
         lambda headers: sorted(headers, key=lambda h: h[0])),
     "x-request-id": (
         "A fresh random UUID per request; we check it is a version-4 UUID, not which one.",
         _uuid),
     "x-envoy-expected-rq-timeout-ms": (
-        "On upstream requests after the first in a case (retries): the route timeout minus time "
-        "already spent, so timing; the first request's value (the configured budget) is exact.",
+        ("On upstream requests after the first in a case (retries): the route timeout minus time "
+         "already spent, so timing; the first request's value (the configured budget) is exact."),
         _expected_timeout),
     "weighted-50-50": (
-        "Random weighted picks: for the 50/50 route we compare the set of clusters seen over "
-        "40 requests (and each distinct upstream request), not which request went where.", None),
+        ("Random weighted picks: for the 50/50 route we compare the set of clusters seen over "
+        "40 requests (and each distinct upstream request), not which request went where."), None),
     "date": ("Wall-clock time of the reply.", lambda v: "<date>"),
     "server": ("The product name (Envoy writes `envoy`); presence is still compared.",
                lambda v: "<server>"),
@@ -194,8 +194,8 @@ NORMALISATIONS: dict[str, tuple[str, Callable]] = {
         "Bodies over 512 bytes are compared by length and SHA-256 so a diff stays readable.",
         lambda b: b if len(b) <= 512 else f"<{len(b)} bytes sha256:{hashlib.sha256(b).hexdigest()[:16]}>"),
     "upstream-chunk-boundaries": (
-        "A proxy may re-chunk a chunked body; the upstream's de-framed bytes and the fact that "
-        "it was chunked are compared, not where chunks split.", None),
+        ("A proxy may re-chunk a chunked body; the upstream's de-framed bytes and the fact that "
+        "it was chunked are compared, not where chunks split."), None),
     "upstream-connection-reuse": (
         "Which pooled upstream connection served a request is a pool detail; not compared.", None),
 }
@@ -249,7 +249,7 @@ class Reader:
             return False
         try:
             data = self.sock.recv(262144)
-        except socket.timeout:
+        except TimeoutError:
             self.error = "timeout"
             self.eof = True
             return False
@@ -324,7 +324,7 @@ def read_response(r: Reader, method: str = "GET") -> Response | None:
                 break
             size = int(line[:-2].split(b";")[0], 16)
             if size == 0:
-                while (t := r.until(b"\r\n")) not in (b"\r\n", None):
+                while r.until(b"\r\n") not in (b"\r\n", None):
                     pass
                 break
             chunk = r.exact(size + 2)
