@@ -43,6 +43,9 @@ def describe_server(server: Any) -> dict:
                     stats[s] = _num(src[s])
                 else:
                     stats[s] = _num(getattr(h, s, 0))
+            waiting = getattr(h, "waiting", None)
+            if waiting is not None and not stats["rq_pending_active"]:
+                stats["rq_pending_active"] = len(waiting)
             hosts.append(
                 {
                     "address": str(h.address),

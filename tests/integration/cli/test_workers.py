@@ -5,6 +5,7 @@ both serve, admin sums their stats, a dead worker is restarted, and SIGTERM or
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import threading
@@ -77,6 +78,11 @@ def _stats(admin: int) -> dict[str, int]:
     return out
 
 
+def upstream_port(admin: int) -> int:
+    clusters = json.loads(get(admin, "/clusters?format=json")[1])["cluster_statuses"]
+    return clusters[0]["host_statuses"][0]["address"]["socket_address"]["port_value"]
+
+
 def _listener_port(admin: int) -> int:
     return int(get(admin, "/listeners")[1].strip().rsplit(":", 1)[1])
 
@@ -120,6 +126,11 @@ def test_two_workers_both_serve_and_stats_sum(two_workers):
     assert len(per_worker) == 2, per_worker
     assert all(v > 0 for v in per_worker.values()), per_worker  # both workers accepted
     assert sum(per_worker.values()) == n
+    clusters = json.loads(get(admin, "/clusters?format=json")[1])["cluster_statuses"]
+    host = clusters[0]["host_statuses"][0]
+    hstats = {x["name"]: int(x.get("value", 0)) for x in host["stats"]}  # uint64: a JSON string
+    assert hstats["rq_total"] == n  # summed over both workers' upstream hosts
+    assert f"backend::127.0.0.1:{upstream_port(admin)}::rq_total::{n}" in get(admin, "/clusters")[1]
     prom = get(admin, "/stats/prometheus")[1]
     assert (
         f'envoy_http_downstream_rq_total{{envoy_http_conn_manager_prefix="ingress_http"}} {n}'
