@@ -274,6 +274,19 @@ async def _stats(st: AdminState, q: dict[str, str], fmt: str | None = None) -> R
             return Response(400, f"Invalid re2 regex: {e}\n")
     usedonly = "usedonly" in q
     snap = await st.snapshot()
+    kind = q.get("type", "All")
+    keep = {
+        "All": ("counters", "gauges", "histograms"),
+        "Counters": ("counters",),
+        "Gauges": ("gauges",),
+        "Histograms": ("histograms",),
+        "TextReadouts": (),
+    }.get(kind)
+    if keep is None:
+        return Response(400, f"invalid type={kind}\n")
+    for k in ("counters", "gauges", "histograms"):
+        if k not in keep:
+            snap[k] = {}
     from sofamesh._core.stats import DEFAULT_BOUNDS
 
     if fmt == "json":

@@ -286,3 +286,16 @@ def test_drain_listeners_keeps_server_live(tmp_path):
             stop(sm)
     finally:
         stop(envoy)
+
+
+def test_stats_type_filter(pair):
+    def names(p, t):
+        return {
+            x.split(":")[0] for x in get(p, f"/stats?type={t}&filter=^server\\.")[1].splitlines()
+        }
+
+    for t in ("Counters", "Gauges"):
+        e, s = both(pair, lambda p, t=t: names(p, t))
+        assert {"server.state", "server.live"} & e == {"server.state", "server.live"} & s, t
+    e, s = both(pair, lambda p: get(p, "/stats?type=Bogus")[0])
+    assert e == s == 400
