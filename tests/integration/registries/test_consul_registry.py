@@ -193,3 +193,37 @@ async def test_consul_down_then_up(unused_port):
         assert reg.stats["watch_errors"] >= 1
     finally:
         await reg.stop()
+
+
+async def test_more_services_than_connections(agent_api, consul_agent, name):
+    """Watches beyond the connection pool queue for a slot: slower, but nothing is lost."""
+    names = [f"{name}-{i}" for i in range(4)]
+    for n in names:
+        agent_api.agent.service.register(
+            n, service_id=n, address="127.0.0.1", port=7000, check=consul.Check.ttl("60s")
+        )
+    reg = registries.build(
+        {
+            "type": "consul",
+            "address": consul_agent.http_addr,
+            "services": names,
+            "wait": 1,
+            "max_connections": 2,  # the catalog watch and one service watch at a time
+        }
+    )
+    try:
+        await reg.start(lambda n: None)
+        assert set(reg.snapshot().services) == set(names)
+        assert reg.stats["watches_queued"] == 3
+        for n in names:
+            agent_api.agent.check.ttl_pass(f"service:{n}")
+        await until(
+            lambda: all(reg.snapshot().instances[n][0].healthy for n in names),
+            timeout=15,
+            what="every queued watch to see its change",
+        )
+        assert reg.stats["watch_errors"] == 0
+    finally:
+        await reg.stop()
+        for n in names:
+            agent_api.agent.service.deregister(n)

@@ -55,6 +55,7 @@ class ConsulRegistry(SnapshotHolder):
         services: tuple[str, ...] = (),
         wait: float = 30.0,
         min_interval: float = 0.05,
+        max_connections: int = 100,
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(name)
@@ -66,6 +67,7 @@ class ConsulRegistry(SnapshotHolder):
         self.only = set(services)
         self.wait = wait
         self.min_interval = min_interval
+        self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._catalog_task: asyncio.Task | None = None
@@ -74,6 +76,7 @@ class ConsulRegistry(SnapshotHolder):
         self._built: dict[str, tuple[Service, list[Instance]]] = {}
         self._pending: set[str] = set()  # services whose first health read is outstanding
         self._catalog_seen = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_connections - 1)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], *, path: str) -> ConsulRegistry:
@@ -90,6 +93,7 @@ class ConsulRegistry(SnapshotHolder):
                 "services",
                 "wait",
                 "min_interval",
+                "max_connections",
                 "connect_timeout",
             },
         )
@@ -111,6 +115,7 @@ class ConsulRegistry(SnapshotHolder):
             services=f.str_list("services"),
             wait=wait,
             min_interval=f.num("min_interval", 0.05),
+            max_connections=int(f.num("max_connections", 100, minimum=2)),
             connect_timeout=f.num("connect_timeout", 10.0),
         )
 
@@ -121,8 +126,14 @@ class ConsulRegistry(SnapshotHolder):
         first health read, so the pilot's first push has them."""
         self._on_change = on_change
         headers = {"X-Consul-Token": self.token} if self.token else {}
+        # One blocking query per watched service holds one connection. The pool is bounded
+        # (Consul's agent allows 200 HTTP connections per client by default); beyond it the
+        # watches queue for a slot, each freed within `wait`, so updates slow down but none
+        # is lost. Queue time is not a timeout: only connect and read are.
+        self._slots = asyncio.Semaphore(self.max_connections - 1)  # one is the catalog's
         self._session = aiohttp.ClientSession(
             headers=headers,
+            connector=aiohttp.TCPConnector(limit=self.max_connections),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
         )
         self._catalog_seen = asyncio.Event()
@@ -163,7 +174,9 @@ class ConsulRegistry(SnapshotHolder):
         if self.datacenter:
             params["dc"] = self.datacenter
         # Consul adds up to wait/16 of jitter; allow for it and a slow network
-        timeout = aiohttp.ClientTimeout(total=self.wait * 1.1 + 10.0, sock_connect=5.0)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=5.0, sock_read=self.wait * 1.1 + 10.0
+        )
         async with self._session.get(self.address + path, params=params, timeout=timeout) as r:
             if r.status != 200:
                 text = (await r.text())[:200]
@@ -175,13 +188,20 @@ class ConsulRegistry(SnapshotHolder):
                 new_index = 0
         return body, new_index
 
-    async def _blocking_loop(self, path: str, handle: Callable[[Any], None]) -> None:
+    async def _blocking_loop(
+        self, path: str, handle: Callable[[Any], None], slots: asyncio.Semaphore | None = None
+    ) -> None:
         index = 0
         backoff = 0.2
         while True:
             started = asyncio.get_running_loop().time()
             try:
-                body, new_index = await self._query(path, index)
+                if slots is None:
+                    body, new_index = await self._query(path, index)
+                else:
+                    # a fair (FIFO, no barging) share of the connection pool
+                    async with slots:
+                        body, new_index = await self._query(path, index)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - network or bad data: count, retry, keep serving
@@ -228,9 +248,12 @@ class ConsulRegistry(SnapshotHolder):
                 self._blocking_loop(
                     f"/v1/health/service/{quote(new, safe='')}",
                     functools.partial(self._on_health, new),
+                    self._slots,
                 ),
                 name=f"consul:{self.name}:{new}",
             )
+        # watches beyond the connection pool wait for a slot (see start())
+        self.stats["watches_queued"] = max(0, len(self._service_tasks) + 1 - self.max_connections)
         self._catalog_seen.set()
         self._publish()
 
