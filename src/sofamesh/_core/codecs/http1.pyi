@@ -1,0 +1,33 @@
+MODE_NONE: int
+MODE_LENGTH: int
+MODE_CHUNKED: int
+MODE_EOF: int
+E_BAD: int
+E_TOO_LARGE: int
+E_TOO_MANY: int
+E_NOT_IMPL: int
+
+class Head:
+    head_length: int
+    method_bytes: bytes
+    target: bytes
+    version_minor: int
+    status_code: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body_length: int
+    is_chunked: bool
+    keep_alive: bool
+    upgrade: bool
+    expects_continue: bool
+    def get(self, name: str | bytes) -> bytes | None: ...
+
+class BodyReader:
+    complete: bool
+    def begin(self, mode: int, length: int = 0) -> None: ...
+    def feed_bytes(self, data: bytes) -> int: ...
+
+def parse_request_head(
+    data: bytes, start: int = 0, max_bytes: int = 61440, max_headers: int = 100
+) -> tuple[int, Head]: ...
+def parse_response_head(data: bytes, start: int = 0, max_bytes: int = 61440) -> tuple[int, Head]: ...

@@ -1,0 +1,67 @@
+from typing import Any, Iterable
+
+from sofamesh._core.codecs.http1 import Head
+
+PATH_PREFIX: int
+PATH_EXACT: int
+PATH_REGEX: int
+PATH_SEPARATED_PREFIX: int
+S_EXACT: int
+S_PREFIX: int
+S_SUFFIX: int
+S_CONTAINS: int
+S_REGEX: int
+S_PRESENT: int
+S_RANGE: int
+ACTION_CLUSTER: int
+ACTION_WEIGHTED: int
+ACTION_DIRECT: int
+ACTION_REDIRECT: int
+RETRY_ON: dict[str, int]
+
+def random_u64() -> int: ...
+
+class StringMatcher:
+    def __init__(self, kind: int, value: str | bytes = b"", ignore_case: bool = False,
+                 lo: int = 0, hi: int = 0) -> None: ...
+    def test(self, value: bytes) -> bool: ...
+
+class HeaderMatcher:
+    def __init__(self, name: str | bytes, sm: StringMatcher | None = None,
+                 present: bool = True, invert: bool = False) -> None: ...
+
+class QueryMatcher:
+    def __init__(self, name: str | bytes, sm: StringMatcher | None = None) -> None: ...
+
+class Route:
+    name: str
+    action: int
+    cluster: str | None
+    prefix_rewrite: bytes | None
+    host_rewrite: bytes | None
+    timeout: float
+    timeout_line: bytes
+    retry_on: int
+    num_retries: int
+    retry_statuses: frozenset[int]
+    status: int
+    body: bytes
+    req_add: bytes
+    req_remove: frozenset[bytes]
+    resp_add: bytes
+    resp_remove: frozenset[bytes]
+    filter_config: dict[str, Any]
+    upgrades: frozenset[bytes]
+    vhost_name: str
+    def __init__(self, **kw: Any) -> None: ...
+    def pick_cluster(self) -> str: ...
+
+class VirtualHost:
+    name: str
+    def __init__(self, name: str, routes: Iterable[Route]) -> None: ...
+
+class RouteTable:
+    def __init__(self, vhosts: Iterable[tuple[list[str], VirtualHost]],
+                 strip_port: bool = False) -> None: ...
+    def select_host(self, host: str | bytes) -> VirtualHost | None: ...
+    def match(self, h: Head) -> Route | None: ...

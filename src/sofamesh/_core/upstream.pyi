@@ -1,0 +1,46 @@
+from collections import deque
+from typing import Any, Iterable
+
+from sofamesh._core.stats import Counter, Gauge, Histogram, Store
+
+LB_POLICIES: dict[str, int]
+
+class Host:
+    address: str
+    port: int
+    hostname: str
+    weight: int
+    healthy: bool
+    rq_active: int
+    cx_active: int
+    rq_total: int
+    rq_success: int
+    rq_error: int
+    rq_timeout: int
+    cx_total: int
+    cx_connect_fail: int
+    idle: list[Any]
+    waiting: deque[Any]
+    removed: bool
+    def __init__(self, address: str, port: int, weight: int = 1, hostname: str = "") -> None: ...
+
+class Cluster:
+    name: str
+    config: Any
+    hosts: tuple[Host, ...]
+    connect_timeout: float
+    max_connections: int
+    max_pending: int
+    max_requests: int
+    max_retries: int
+    upstream_rq_total: Counter
+    upstream_cx_active: Gauge
+    upstream_rq_time: Histogram
+    def __init__(self, name: str, store: Store, *, hosts: Iterable[Host] = (),
+                 lb_policy: str = "ROUND_ROBIN", connect_timeout: float = 5.0,
+                 max_connections: int = 1024, max_pending: int = 1024,
+                 max_requests: int = 1024, max_retries: int = 3, choice_count: int = 2,
+                 config: Any = None, per_connection_buffer_limit: int = 1048576,
+                 max_requests_per_connection: int = 0, auto_host: bool = False) -> None: ...
+    def set_hosts(self, hosts: Iterable[Host]) -> None: ...
+    def pick(self) -> Host | None: ...
