@@ -330,6 +330,25 @@ def load(opts: Options) -> tuple[Any, Any]:
     return bootstrap, report
 
 
+def server_check(bootstrap: Any, opts: Options) -> str | None:
+    """The Server's own start-up checks without binding anything, if it offers them
+    (optional contract: `Server.check(bootstrap, options) -> None`, raising on a config it
+    cannot run), as Envoy's validate mode builds everything but the sockets."""
+    from sofamesh.proxy.workers import server_factory
+
+    try:
+        check = getattr(server_factory(), "check", None)
+    except Exception as e:  # noqa: BLE001 - a broken Server import is the answer here
+        return f"server unavailable: {e}"
+    if check is None:
+        return None
+    try:
+        check(bootstrap, opts)
+    except Exception as e:  # noqa: BLE001 - its message is the reason to report
+        return str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_options(argv)
@@ -349,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     for path, what in report.passthrough:
         log.warning("%s: filter %s is passed through (not implemented by sofamesh)", path, what)
     if opts.mode == "validate":
+        problem = server_check(bootstrap, opts)
+        if problem:
+            log.critical("error initializing configuration '%s': %s", name, problem)
+            return 1
         print(f"configuration '{name}' OK")
         return 0
     from sofamesh.proxy.workers import run

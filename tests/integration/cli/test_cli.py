@@ -148,3 +148,15 @@ def test_log_format_flag_shapes_log_lines(tmp_path):
     r = run("-c", str(tmp_path / "missing.yaml"), "--mode", "validate", "--log-format", "%L|%n|%v")
     assert r.returncode == 1
     assert f"C|main|error initializing configuration '{tmp_path / 'missing.yaml'}'" in r.stderr
+
+
+def test_validate_runs_the_servers_own_check(tmp_path):
+    cfg = write_bootstrap(tmp_path / "b.yaml", admin=free_port(), upstream=free_port())
+    env = proxy_env(contract=True)
+    cmd = [*sofamesh_command(), "proxy", "--mode", "validate", "-c", str(cfg)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert ok.returncode == 0, ok.stderr
+    cfg.write_text(cfg.read_text().replace("name: ingress", "name: refused-by-server"))
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert bad.returncode == 1
+    assert "static_resources.listeners[0].name: refused by the server" in bad.stderr
