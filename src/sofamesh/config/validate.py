@@ -13,6 +13,7 @@ Three passes, every finding with its field path:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -282,6 +283,12 @@ class _Checker:
                     if hcm is None or not hcm.HasField("route_config"):
                         continue
                     rc = hcm.route_config
+                    hbase = (
+                        f"static_resources.listeners[{li}].filter_chains[{ci}]"
+                        f".filters[{fi}].typed_config"
+                    )
+                    self.check_http_filter_order(hcm, hbase)
+                    self.check_domains(rc, f"{hbase}.route_config")
                     if rc.HasField("validate_clusters") and not rc.validate_clusters.value:
                         continue
                     base = (
@@ -314,6 +321,32 @@ class _Checker:
                                         f"route: unknown cluster '{mp.cluster}'",
                                     )
 
+    def check_http_filter_order(self, hcm: Message, path: str) -> None:
+        n = len(hcm.http_filters)
+        for i, hf in enumerate(hcm.http_filters):
+            url = hf.typed_config.type_url
+            is_router = url.endswith(".router.v3.Router") or (
+                not url and hf.name in ("envoy.filters.http.router", "envoy.router")
+            )
+            if is_router and i != n - 1:
+                self.reference(
+                    f"{path}.http_filters[{i}]",
+                    f"Error: terminal filter named {hf.name} of type envoy.filters.http.router "
+                    "must be the last filter in a http filter chain.",
+                )
+
+    def check_domains(self, rc: Message, path: str) -> None:
+        seen: set[str] = set()
+        for vi, vh in enumerate(rc.virtual_hosts):
+            for di, d in enumerate(vh.domains):
+                if d in seen:
+                    self.reference(
+                        f"{path}.virtual_hosts[{vi}].domains[{di}]",
+                        "Only unique values for domains are permitted. Duplicate entry of "
+                        f"domain {d} in route {rc.name}",
+                    )
+                seen.add(d)
+
     @staticmethod
     def _chains(lst: Message) -> list[Message]:
         chains = list(lst.filter_chains)
@@ -328,6 +361,31 @@ class _Checker:
                     f"cluster manager: duplicate cluster '{c.name}'",
                 )
             seen[c.name] = i
+        for i, c in enumerate(bootstrap.static_resources.clusters):
+            if c.WhichOneof("cluster_discovery_type") == "type" and c.type == 0:  # STATIC
+                for ei, e in enumerate(c.load_assignment.endpoints):
+                    for hi, lbe in enumerate(e.lb_endpoints):
+                        sa = lbe.endpoint.address.socket_address
+                        if sa.address and not sa.resolver_name and not _is_ip(sa.address):
+                            self.reference(
+                                f"static_resources.clusters[{i}].load_assignment.endpoints[{ei}]"
+                                f".lb_endpoints[{hi}].endpoint.address.socket_address.address",
+                                f"malformed IP address: {sa.address}. Consider setting "
+                                "resolver_name or setting cluster type to 'STRICT_DNS' or "
+                                "'LOGICAL_DNS'",
+                            )
+        addrs: dict[tuple[str, int, int], str] = {}
+        for i, lst in enumerate(bootstrap.static_resources.listeners):
+            sa = lst.address.socket_address
+            if lst.address.HasField("socket_address") and sa.port_value:
+                key = (sa.address, sa.port_value, sa.protocol)
+                if key in addrs:
+                    self.reference(
+                        f"static_resources.listeners[{i}].address",
+                        f"error adding listener: '{lst.name}' has duplicate address "
+                        f"'{sa.address}:{sa.port_value}' as existing listener",
+                    )
+                addrs[key] = lst.name
         lseen: set[str] = set()
         for i, lst in enumerate(bootstrap.static_resources.listeners):
             if lst.name and lst.name in lseen:
@@ -346,6 +404,14 @@ class _Checker:
                     f"static_resources.listeners[{i}].address",
                     f"error adding listener named '{lst.name}': address is necessary",
                 )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Report:

@@ -158,6 +158,49 @@ CASES = [
         "",
     ),
     (
+        "duplicate-listener-address",
+        "static_resources: {clusters: [{name: c}], listeners: ["
+        + ", ".join(
+            f"{{name: {n}, address: {{socket_address: {{address: 127.0.0.1, port_value: 10000}}}}}}"
+            for n in "ab"
+        )
+        + "]}",
+        [],
+        ["'b' has duplicate address '127.0.0.1:10000' as existing listener"],
+        "static_resources.listeners[1].address",
+    ),
+    (
+        "duplicate-domain",
+        (HCM % "backend").replace('domains: ["*"]', 'domains: ["a", "a"]'),
+        [],
+        ["Only unique values for domains are permitted. Duplicate entry of domain a"],
+        "route_config.virtual_hosts[0].domains[1]",
+    ),
+    (
+        "router-not-last",
+        (HCM % "backend").replace(
+            "          http_filters:\n",
+            "          http_filters:\n          - name: envoy.filters.http.router\n"
+            "            typed_config: {'@type': type.googleapis.com/envoy.extensions.filters"
+            ".http.router.v3.Router}\n",
+        ),
+        [],
+        [
+            "terminal filter named envoy.filters.http.router of type envoy.filters.http.router "
+            "must be the last filter"
+        ],
+        "typed_config.http_filters[0]",
+    ),
+    (
+        "static-cluster-hostname",
+        "static_resources: {clusters: [{name: a, type: STATIC, load_assignment: {cluster_name: "
+        "a, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "
+        "foo.local, port_value: 1}}}}]}]}}]}",
+        [],
+        ["malformed IP address: foo.local"],
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0]",
+    ),
+    (
         "endpoint-without-port",
         f"static_resources: {{clusters: [{{name: a, {EP[1:-1]}}}]}}".replace(
             ", port_value: 8080", ""
