@@ -186,16 +186,20 @@ CASES = [
         ),
         [],
         [
-            "terminal filter named envoy.filters.http.router of type envoy.filters.http.router "
-            "must be the last filter"
+            (
+                "terminal filter named envoy.filters.http.router of type envoy.filters.http.router "
+                "must be the last filter"
+            )
         ],
         "typed_config.http_filters[0]",
     ),
     (
         "static-cluster-hostname",
-        "static_resources: {clusters: [{name: a, type: STATIC, load_assignment: {cluster_name: "
-        "a, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "
-        "foo.local, port_value: 1}}}}]}]}}]}",
+        (
+            "static_resources: {clusters: [{name: a, type: STATIC, load_assignment: {cluster_name: "
+            "a, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "
+            "foo.local, port_value: 1}}}}]}]}}]}"
+        ),
         [],
         ["malformed IP address: foo.local"],
         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0]",
