@@ -77,6 +77,7 @@ class Watch:
     nack: dict | None = None  # last NACK: {version, nonce, error, time}
     sent: dict[str, str] = field(default_factory=dict)  # delta: name -> version the client has
     must_reply: bool = False  # delta: answer the first request even with nothing to send
+    recent: dict = field(default_factory=dict)  # delta: nonce -> version, last few responses
     names_key: tuple = ()  # SotW: (length, hash) of the last request's serialized name list
 
 
@@ -176,6 +177,10 @@ class Connection:
         nonce = f"{next(_nonces):x}"
         w.nonce = nonce
         w.version_sent = version
+        if self.delta:  # several delta responses of one type may be in flight at once
+            w.recent[nonce] = version
+            if len(w.recent) > 16:
+                del w.recent[next(iter(w.recent))]
         self.responses += 1
         return nonce
 
@@ -279,18 +284,19 @@ class Connection:
         """Returns False when the request answers a stale nonce (ignored, per the xDS spec)."""
         if not nonce:
             return True
-        if nonce != w.nonce:
+        if nonce != w.nonce and not (self.delta and nonce in w.recent):
             self.server.metrics.inc("pilot_xds_stale_nonce_total", type=SHORT.get(t, t))
             return self.delta  # delta: subscription changes still apply
+        sent = w.recent.get(nonce, w.version_sent) if self.delta else w.version_sent
         if error is not None and (error.code or error.message):
-            w.nack = {"version": w.version_sent, "nonce": nonce, "error": error.message,
+            w.nack = {"version": sent, "nonce": nonce, "error": error.message,
                       "code": error.code, "time": time.time()}
             self.server.metrics.inc("pilot_xds_nacks_total", type=SHORT.get(t, t))
             log.warning("NACK from %s for %s version %s: %s", self.node_id or self.peer,
-                        SHORT.get(t, t), w.version_sent, error.message)
+                        SHORT.get(t, t), sent, error.message)
             self.server.record_nack(self, t, w.nack)
         else:
-            w.version_acked = version or w.version_sent
+            w.version_acked = version or sent
             self.server.metrics.inc("pilot_xds_acks_total", type=SHORT.get(t, t))
             self.server.on_ack(self, t, nonce)
         return True
