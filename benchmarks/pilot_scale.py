@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,12 +98,19 @@ async def client_worker(xds_port: int, n: int, clusters: list[str], route: str) 
             await call.write(discovery_pb2.DiscoveryRequest(type_url=t, resource_names=names[t]))
         seen: set[str] = set()
         async for resp in call:
-            await call.write(discovery_pb2.DiscoveryRequest(
-                type_url=resp.type_url, version_info=resp.version_info, response_nonce=resp.nonce,
-                resource_names=names[resp.type_url]))
+            await call.write(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=resp.type_url,
+                    version_info=resp.version_info,
+                    response_nonce=resp.nonce,
+                    resource_names=names[resp.type_url],
+                )
+            )
             t_ack = time.monotonic()
             if live["on"]:
-                out.write(f"ACK {i} {resp.type_url.rsplit('.', 1)[-1]} {t_ack:.6f} {len(resp.resources)}\n")
+                out.write(
+                    f"ACK {i} {resp.type_url.rsplit('.', 1)[-1]} {t_ack:.6f} {len(resp.resources)}\n"
+                )
                 out.flush()
             elif len(seen) < 4:
                 seen.add(resp.type_url)
@@ -132,10 +138,28 @@ class Pilot:
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.log = open(workdir / "pilot.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sofamesh", "pilot", "--xds-address", f"127.0.0.1:{self.xds}",
-             "--api-address", f"127.0.0.1:{self.api_port}", "--outbound-port", str(self.outbound),
-             "--listener-address", "127.0.0.1", "--data-dir", str(workdir / "data"), "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "sofamesh",
+                "pilot",
+                "--xds-address",
+                f"127.0.0.1:{self.xds}",
+                "--api-address",
+                f"127.0.0.1:{self.api_port}",
+                "--outbound-port",
+                str(self.outbound),
+                "--listener-address",
+                "127.0.0.1",
+                "--data-dir",
+                str(workdir / "data"),
+                "--log-level",
+                "warning",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -159,7 +183,11 @@ class Pilot:
 async def populate(api: str, services: int, per: int, concurrency: int = 32) -> float:
     import aiohttp
 
-    jobs = [(f"svc-{s}", f"i{k}", 20000 + (s * per + k) % 40000) for s in range(services) for k in range(per)]
+    jobs = [
+        (f"svc-{s}", f"i{k}", 20000 + (s * per + k) % 40000)
+        for s in range(services)
+        for k in range(per)
+    ]
     t0 = time.perf_counter()
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=conn) as http:
@@ -167,8 +195,12 @@ async def populate(api: str, services: int, per: int, concurrency: int = 32) -> 
 
         async def worker() -> None:
             for svc, iid, port in it:
-                body = {"address": f"10.{port // 256 % 256}.{port % 256}.{len(iid)}", "port": port,
-                        "service_port": SVC_PORT, "labels": {"app": svc}}
+                body = {
+                    "address": f"10.{port // 256 % 256}.{port % 256}.{len(iid)}",
+                    "port": port,
+                    "service_port": SVC_PORT,
+                    "labels": {"app": svc},
+                }
                 async with http.put(f"{api}/v1/services/{svc}/instances/{iid}", json=body) as r:
                     if r.status not in (200, 201):
                         raise RuntimeError(f"PUT {svc}/{iid}: {r.status} {await r.text()}")
@@ -188,25 +220,49 @@ def envoy_full_config(pilot: Pilot, n_clusters: int, delta: bool, workdir: Path)
     cfg.write_text(json.dumps(ads_bootstrap(pilot.xds, admin, delta)))
     log = open(workdir / f"envoy-{'delta' if delta else 'sotw'}.log", "wb")
     t0 = time.monotonic()
-    proc = subprocess.Popen([str(envoy), "-c", str(cfg), "--concurrency", "1", "-l", "warning",
-                             "--disable-hot-restart", "--base-id", str(900 + int(delta))],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    want = {"cluster_manager.active_clusters": n_clusters + 1, "cluster_manager.warming_clusters": 0,
-            "listener_manager.total_listeners_active": 1}
+    proc = subprocess.Popen(
+        [
+            str(envoy),
+            "-c",
+            str(cfg),
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+            "--disable-hot-restart",
+            "--base-id",
+            str(900 + int(delta)),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    want = {
+        "cluster_manager.active_clusters": n_clusters + 1,
+        "cluster_manager.warming_clusters": 0,
+        "listener_manager.total_listeners_active": 1,
+    }
     try:
         while True:
             if time.monotonic() - t0 > 300 or proc.poll() is not None:
                 raise RuntimeError("envoy did not get the full config")
             try:
                 with urllib.request.urlopen(
-                        f"http://127.0.0.1:{admin}/stats?filter=^(cluster_manager|listener_manager|http\\.outbound)",
-                        timeout=5) as r:
-                    stats = dict(line.split(": ", 1) for line in r.read().decode().splitlines() if ": " in line)
+                    f"http://127.0.0.1:{admin}/stats?filter=^(cluster_manager|listener_manager|http\\.outbound)",
+                    timeout=5,
+                ) as r:
+                    stats = dict(
+                        line.split(": ", 1)
+                        for line in r.read().decode().splitlines()
+                        if ": " in line
+                    )
             except OSError:
                 time.sleep(0.05)
                 continue
-            rds_ok = any(k.endswith(".rds.%d.update_success" % pilot.outbound) and int(v) > 0
-                         for k, v in stats.items())
+            rds_ok = any(
+                k.endswith(".rds.%d.update_success" % pilot.outbound) and int(v) > 0
+                for k, v in stats.items()
+            )
             if rds_ok and all(int(stats.get(k, -1)) == v for k, v in want.items()):
                 return time.monotonic() - t0
             time.sleep(0.05)
@@ -222,9 +278,23 @@ class Clients:
         self.events: list[tuple[int, str, float]] = []
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--client-worker", "--xds-port", str(pilot.xds), "--clients", str(n),
-             "--services", str(services), "--route", str(pilot.outbound)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
+            [
+                sys.executable,
+                __file__,
+                "--client-worker",
+                "--xds-port",
+                str(pilot.xds),
+                "--clients",
+                str(n),
+                "--services",
+                str(services),
+                "--route",
+                str(pilot.outbound),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -260,8 +330,12 @@ class Clients:
 
 
 def put(api: str, svc: str, iid: str, body: dict) -> None:
-    req = urllib.request.Request(f"{api}/v1/services/{svc}/instances/{iid}", data=json.dumps(body).encode(),
-                                 method="PUT", headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"{api}/v1/services/{svc}/instances/{iid}",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={"content-type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         assert r.status in (200, 201)
 
@@ -286,7 +360,11 @@ def main() -> int:
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="pilot-scale-"))
-    res: dict = {"services": args.services, "instances": args.services * args.per_service, "clients": args.clients}
+    res: dict = {
+        "services": args.services,
+        "instances": args.services * args.per_service,
+        "clients": args.clients,
+    }
     pilot = Pilot(work)
     clients = None
     try:
@@ -318,7 +396,12 @@ def main() -> int:
         for k in range(args.changes):
             svc = f"svc-{rng.randrange(args.services)}"
             t0 = time.monotonic()
-            put(pilot.api, svc, f"extra-{k}", {"address": "10.200.0.1", "port": 30000 + k, "service_port": SVC_PORT})
+            put(
+                pilot.api,
+                svc,
+                f"extra-{k}",
+                {"address": "10.200.0.1", "port": 30000 + k, "service_port": SVC_PORT},
+            )
             lat = clients.wait_acks("ClusterLoadAssignment", t0)
             eds_lat += lat
             worst.append(max(lat))
@@ -329,7 +412,12 @@ def main() -> int:
         new_lat: list[float] = []
         for k in range(args.new_services):
             t0 = time.monotonic()
-            put(pilot.api, f"fresh-{k}", "i0", {"address": "10.201.0.1", "port": 31000 + k, "service_port": SVC_PORT})
+            put(
+                pilot.api,
+                f"fresh-{k}",
+                "i0",
+                {"address": "10.201.0.1", "port": 31000 + k, "service_port": SVC_PORT},
+            )
             new_lat += clients.wait_acks("Cluster", t0)
             time.sleep(0.5)
         res["new_service_to_cds_ack_p50_ms"] = round(pct(new_lat, 50) * 1000, 1)

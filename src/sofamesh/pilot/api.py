@@ -28,8 +28,17 @@ INSTANCE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,253}$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./\-]{0,252})$")
 MAX_TTL = 86400
 MAX_BODY = 64 * 1024
-FIELDS = {"address", "port", "protocol", "labels", "ttl_seconds", "weight", "locality",
-          "service_port", "healthy"}
+FIELDS = {
+    "address",
+    "port",
+    "protocol",
+    "labels",
+    "ttl_seconds",
+    "weight",
+    "locality",
+    "service_port",
+    "healthy",
+}
 
 
 class BadRequest(Exception):
@@ -165,8 +174,9 @@ class ApiRegistry:
 
 
 def _error(status: int, field: str, message: str) -> web.Response:
-    return web.json_response({"error": f"{field}: {message}", "field": field, "message": message},
-                             status=status)
+    return web.json_response(
+        {"error": f"{field}: {message}", "field": field, "message": message}, status=status
+    )
 
 
 def _public(service: str, iid: str, rec: dict, store: BaseStore) -> dict:
@@ -180,8 +190,9 @@ def _public(service: str, iid: str, rec: dict, store: BaseStore) -> dict:
 
 
 class RestApi:
-    def __init__(self, store: BaseStore, pilot: "Pilot | None" = None,
-                 registry: ApiRegistry | None = None):
+    def __init__(
+        self, store: BaseStore, pilot: Pilot | None = None, registry: ApiRegistry | None = None
+    ):
         self.store = store
         self.pilot = pilot
         self.registry = registry
@@ -238,16 +249,23 @@ class RestApi:
         rec = validate_instance(body)
         created = self.store.get(service, iid) is None
         await self.store.put(service, iid, rec)
-        return web.json_response(_public(service, iid, rec, self.store), status=201 if created else 200)
+        return web.json_response(
+            _public(service, iid, rec, self.store), status=201 if created else 200
+        )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         service, iid = self._names(request)
         if not await self.store.heartbeat(service, iid):
             return _error(404, "instance_id", f"{service}/{iid} is not registered (expired?)")
         rec = self.store.get(service, iid) or {}
-        return web.json_response({"service": service, "instance_id": iid,
-                                  "ttl_seconds": rec.get("ttl_seconds", 0),
-                                  "expires_in": self.store.expires_in(service, iid)})
+        return web.json_response(
+            {
+                "service": service,
+                "instance_id": iid,
+                "ttl_seconds": rec.get("ttl_seconds", 0),
+                "expires_in": self.store.expires_in(service, iid),
+            }
+        )
 
     async def delete_instance(self, request: web.Request) -> web.Response:
         service, iid = self._names(request)
@@ -260,11 +278,15 @@ class RestApi:
         if self.pilot is not None:
             from sofamesh.pilot.core import merge
 
-            snaps = [self.registry.snapshot() if r is self.registry else self.pilot.snapshots.get(r.name)
-                     for r in self.pilot.registries]
+            snaps = [
+                self.registry.snapshot() if r is self.registry else self.pilot.snapshots.get(r.name)
+                for r in self.pilot.registries
+            ]
             return merge([s for s in snaps if s is not None])
-        inst = {s: [record_to_instance(s, i, r) for i, r in sorted(recs.items())]
-                for s, recs in self.store.records.items()}
+        inst = {
+            s: [record_to_instance(s, i, r) for i, r in sorted(recs.items())]
+            for s, recs in self.store.records.items()
+        }
         return {}, inst
 
     async def list_services(self, request: web.Request) -> web.Response:
@@ -273,12 +295,18 @@ class RestApi:
         for name in sorted(set(services) | set(instances)):
             insts = instances.get(name, [])
             svc = services.get(name)
-            out.append({
-                "name": name,
-                "namespace": svc.namespace if svc else (insts[0].namespace if insts else "default"),
-                "instances": len(insts),
-                "registries": sorted({i.registry for i in insts} | ({svc.registry} if svc else set())),
-            })
+            out.append(
+                {
+                    "name": name,
+                    "namespace": svc.namespace
+                    if svc
+                    else (insts[0].namespace if insts else "default"),
+                    "instances": len(insts),
+                    "registries": sorted(
+                        {i.registry for i in insts} | ({svc.registry} if svc else set())
+                    ),
+                }
+            )
         return web.json_response({"services": out})
 
     async def get_service(self, request: web.Request) -> web.Response:
@@ -291,11 +319,19 @@ class RestApi:
         items = []
         for i in insts or []:
             d = {
-                "instance_id": i.instance_id, "address": i.address, "port": i.port,
-                "protocol": i.protocol, "labels": dict(i.labels), "weight": i.weight,
-                "healthy": i.healthy, "registry": i.registry,
-                "locality": {"region": i.locality.region, "zone": i.locality.zone,
-                             "sub_zone": i.locality.sub_zone},
+                "instance_id": i.instance_id,
+                "address": i.address,
+                "port": i.port,
+                "protocol": i.protocol,
+                "labels": dict(i.labels),
+                "weight": i.weight,
+                "healthy": i.healthy,
+                "registry": i.registry,
+                "locality": {
+                    "region": i.locality.region,
+                    "zone": i.locality.zone,
+                    "sub_zone": i.locality.sub_zone,
+                },
             }
             if i.service_port:
                 d["service_port"] = i.service_port
@@ -307,8 +343,10 @@ class RestApi:
                     if exp is not None:
                         d["expires_in"] = round(exp, 3)
             items.append(d)
-        ports = [{"number": p.number, "protocol": p.protocol, "name": p.name}
-                 for p in (svc.ports if svc else ())]
+        ports = [
+            {"number": p.number, "protocol": p.protocol, "name": p.name}
+            for p in (svc.ports if svc else ())
+        ]
         return web.json_response({"name": service, "ports": ports, "instances": items})
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -336,11 +374,13 @@ class RestApi:
 
     async def debug_problems(self, request: web.Request) -> web.Response:
         p = self.pilot
-        return web.json_response({
-            "generate": list(p.gen.problems) if p else [],
-            "skipped": dict(p.gen.skipped) if p else {},
-            "registries": dict(p.registry_errors) if p else {},
-        })
+        return web.json_response(
+            {
+                "generate": list(p.gen.problems) if p else [],
+                "skipped": dict(p.gen.skipped) if p else {},
+                "registries": dict(p.registry_errors) if p else {},
+            }
+        )
 
     async def debug_config(self, request: web.Request) -> web.Response:
         """Names and versions per type (`?type=cds|eds|lds|rds`)."""
@@ -353,8 +393,10 @@ class RestApi:
         for t, name in SHORT.items():
             if want and want != name:
                 continue
-            out[name] = {"version": self.pilot.gen.version(t),
-                         "resources": {n: r.version for n, r in sorted(self.pilot.gen.all[t].items())}}
+            out[name] = {
+                "version": self.pilot.gen.version(t),
+                "resources": {n: r.version for n, r in sorted(self.pilot.gen.all[t].items())},
+            }
         return web.json_response(out)
 
     async def start(self, host: str, port: int) -> int:

@@ -20,19 +20,40 @@ def _hostport(text: str, flag: str) -> tuple[str, int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sofamesh pilot", description="xDS control plane over several service registries")
+    p = argparse.ArgumentParser(
+        prog="sofamesh pilot", description="xDS control plane over several service registries"
+    )
     p.add_argument("--xds-address", default=None, help="ADS gRPC address (default 127.0.0.1:15010)")
-    p.add_argument("--api-address", default=None, help="registry REST API address (default 127.0.0.1:15020)")
-    p.add_argument("--outbound-port", type=int, default=None, help="sidecar outbound HTTP listener port (default 15001)")
-    p.add_argument("--listener-address", default=None,
-                   help="address the generated sidecar listeners bind (default 0.0.0.0)")
-    p.add_argument("--tcp-port-offset", type=int, default=None,
-                   help="TCP services' listeners bind service port + N (default 0; for explicit-proxy "
-                        "sidecars sharing a host with the services they call)")
-    p.add_argument("--store", default=None,
-                   help="'embedded' (default), 'embedded:DIR' or etcd://host:port")
-    p.add_argument("--data-dir", default=None, help="embedded store directory (default ./sofamesh-pilot-data)")
-    p.add_argument("--config", default=None, help="YAML config: registries list and any of these options")
+    p.add_argument(
+        "--api-address", default=None, help="registry REST API address (default 127.0.0.1:15020)"
+    )
+    p.add_argument(
+        "--outbound-port",
+        type=int,
+        default=None,
+        help="sidecar outbound HTTP listener port (default 15001)",
+    )
+    p.add_argument(
+        "--listener-address",
+        default=None,
+        help="address the generated sidecar listeners bind (default 0.0.0.0)",
+    )
+    p.add_argument(
+        "--tcp-port-offset",
+        type=int,
+        default=None,
+        help="TCP services' listeners bind service port + N (default 0; for explicit-proxy "
+        "sidecars sharing a host with the services they call)",
+    )
+    p.add_argument(
+        "--store", default=None, help="'embedded' (default), 'embedded:DIR' or etcd://host:port"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="embedded store directory (default ./sofamesh-pilot-data)"
+    )
+    p.add_argument(
+        "--config", default=None, help="YAML config: registries list and any of these options"
+    )
     p.add_argument("--debounce-ms", type=float, default=None, help="push debounce (default 100)")
     p.add_argument("--log-level", default="info")
     return p
@@ -54,7 +75,9 @@ def load_config(path: str | None) -> dict:
         raise SystemExit(f"sofamesh pilot: --config {path}: expected a mapping at the top level")
     regs = cfg.get("registries", [])
     if not isinstance(regs, list) or not all(isinstance(r, dict) for r in regs):
-        raise SystemExit(f"sofamesh pilot: --config {path}: registries: expected a list of mappings")
+        raise SystemExit(
+            f"sofamesh pilot: --config {path}: registries: expected a list of mappings"
+        )
     return cfg
 
 
@@ -67,8 +90,10 @@ def build_registries(cfg: dict) -> list:
         from sofamesh.pilot.registries import build  # type: ignore[attr-defined]
     except ImportError as e:
         kinds = ", ".join(str(r.get("type", r.get("name", "?"))) for r in regs)
-        raise SystemExit(f"sofamesh pilot: config names registries ({kinds}) but the registry "
-                         f"adapters are not available: {e}") from None
+        raise SystemExit(
+            f"sofamesh pilot: config names registries ({kinds}) but the registry "
+            f"adapters are not available: {e}"
+        ) from None
     out = []
     for i, rc in enumerate(regs):
         try:
@@ -94,9 +119,14 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     try:
         await store.open()
     except Exception as e:  # noqa: BLE001
-        raise SystemExit(f"sofamesh pilot: cannot open store {opts['store'] or 'embedded'}: {e}") from None
-    gen = Generator(outbound_port=opts["outbound_port"], listener_address=opts["listener_address"],
-                    tcp_port_offset=opts.get("tcp_port_offset", 0))
+        raise SystemExit(
+            f"sofamesh pilot: cannot open store {opts['store'] or 'embedded'}: {e}"
+        ) from None
+    gen = Generator(
+        outbound_port=opts["outbound_port"],
+        listener_address=opts["listener_address"],
+        tcp_port_offset=opts.get("tcp_port_offset", 0),
+    )
     api_reg = ApiRegistry(store)
     pilot = Pilot([api_reg] + opts["registries"], gen=gen, debounce=opts["debounce"])
     api = RestApi(store, pilot, api_reg)
@@ -107,9 +137,18 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         xds_port = await pilot.ads.start(f"{xh}:{xp}")
         ah, ap = opts["api_address"]
         api_port = await api.start(ah, ap)
-        log.info("pilot ready: xDS %s:%d, API http://%s:%d, store %s", xh, xds_port, ah, api_port, store.kind)
-        print(f"sofamesh pilot: xds={xh}:{xds_port} api=http://{ah}:{api_port} store={store.kind}",
-              flush=True)
+        log.info(
+            "pilot ready: xDS %s:%d, API http://%s:%d, store %s",
+            xh,
+            xds_port,
+            ah,
+            api_port,
+            store.kind,
+        )
+        print(
+            f"sofamesh pilot: xds={xh}:{xds_port} api=http://{ah}:{api_port} store={store.kind}",
+            flush=True,
+        )
         if ready is not None:
             ready(pilot, api)
         await stop.wait()
@@ -137,16 +176,24 @@ def _main(args: argparse.Namespace) -> int:
     def pick(flag, key, default):
         return flag if flag is not None else cfg.get(key, default)
 
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     opts = {
-        "xds_address": _hostport(pick(args.xds_address, "xds_address", "127.0.0.1:15010"), "--xds-address"),
-        "api_address": _hostport(pick(args.api_address, "api_address", "127.0.0.1:15020"), "--api-address"),
+        "xds_address": _hostport(
+            pick(args.xds_address, "xds_address", "127.0.0.1:15010"), "--xds-address"
+        ),
+        "api_address": _hostport(
+            pick(args.api_address, "api_address", "127.0.0.1:15020"), "--api-address"
+        ),
         "outbound_port": int(pick(args.outbound_port, "outbound_port", 15001)),
         "listener_address": pick(args.listener_address, "listener_address", "0.0.0.0"),
         "tcp_port_offset": int(pick(args.tcp_port_offset, "tcp_port_offset", 0)),
         "store": pick(args.store, "store", None),
-        "data_dir": pick(args.data_dir, "data_dir", os.path.join(os.getcwd(), "sofamesh-pilot-data")),
+        "data_dir": pick(
+            args.data_dir, "data_dir", os.path.join(os.getcwd(), "sofamesh-pilot-data")
+        ),
         "debounce": float(pick(args.debounce_ms, "debounce_ms", 100)) / 1000.0,
         "registries": build_registries(cfg),
     }

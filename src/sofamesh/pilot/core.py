@@ -35,8 +35,12 @@ def merge(snapshots: list[Snapshot]) -> tuple[dict[str, Service], dict[str, list
                 have = {p.number for p in prev.ports}
                 extra = tuple(p for p in svc.ports if p.number not in have)
                 if extra:
-                    ports: tuple[Port, ...] = tuple(sorted(prev.ports + extra, key=lambda p: p.number))
-                    services[name] = Service(prev.name, prev.namespace, ports, prev.labels, prev.registry)
+                    ports: tuple[Port, ...] = tuple(
+                        sorted(prev.ports + extra, key=lambda p: p.number)
+                    )
+                    services[name] = Service(
+                        prev.name, prev.namespace, ports, prev.labels, prev.registry
+                    )
         for name, insts in snap.instances.items():
             if not insts:
                 continue
@@ -48,8 +52,14 @@ def merge(snapshots: list[Snapshot]) -> tuple[dict[str, Service], dict[str, list
 
 
 class Pilot:
-    def __init__(self, registries: list, gen: Generator | None = None, debounce: float = 0.1,
-                 max_delay: float = 1.0, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        registries: list,
+        gen: Generator | None = None,
+        debounce: float = 0.1,
+        max_delay: float = 1.0,
+        metrics: Metrics | None = None,
+    ):
         self.metrics = metrics or Metrics()
         self.gen = gen or Generator()
         self.ads = AdsServer(self.gen, self.metrics)
@@ -95,15 +105,15 @@ class Pilot:
         for reg in self.registries:
             try:
                 await reg.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("registry %s failed to stop", reg.name)
         for t in (self._task, self._export_task):
             if t is not None:
                 t.cancel()
                 try:
                     await t
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                    pass
+                except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
+                    log.debug("ignored during shutdown/cleanup: %r", e)
 
     async def _loop(self) -> None:
         while True:
@@ -120,7 +130,7 @@ class Pilot:
                 await asyncio.sleep(due - now)
             try:
                 self.rebuild()
-            except Exception:  # noqa: BLE001 - keep serving the last good model
+            except Exception:
                 self.metrics.inc("pilot_rebuild_errors_total")
                 log.exception("model rebuild failed")
 
@@ -133,12 +143,13 @@ class Pilot:
             try:
                 self.snapshots[reg.name] = reg.snapshot()
                 self.registry_errors.pop(reg.name, None)
-            except Exception as e:  # noqa: BLE001 - keep that registry's last good snapshot
+            except Exception as e:
                 self.registry_errors[reg.name] = f"snapshot failed: {e}"
                 self.metrics.inc("pilot_registry_errors_total", registry=reg.name)
                 log.exception("registry %s snapshot failed; keeping the last good one", reg.name)
-        self.services, self.instances = merge([self.snapshots[r.name] for r in self.registries
-                                               if r.name in self.snapshots])
+        self.services, self.instances = merge(
+            [self.snapshots[r.name] for r in self.registries if r.name in self.snapshots]
+        )
         ch = self.gen.update(self.services, self.instances)
         n = self.ads.push(ch)
         self.rebuilds += 1
@@ -148,8 +159,12 @@ class Pilot:
         self.metrics.set("pilot_instances", sum(len(v) for v in self.instances.values()))
         self.metrics.set("pilot_last_rebuild_ms", round(self.last_rebuild_ms, 3))
         if not ch.empty():
-            log.info("model rebuilt in %.1f ms: %s; pushed to %d streams", self.last_rebuild_ms,
-                     {k.rsplit(".", 1)[-1]: len(v) for k, v in ch.changed.items() if v}, n)
+            log.info(
+                "model rebuilt in %.1f ms: %s; pushed to %d streams",
+                self.last_rebuild_ms,
+                {k.rsplit(".", 1)[-1]: len(v) for k, v in ch.changed.items() if v},
+                n,
+            )
             self._export()
         for cb in self.change_listeners:
             cb(ch)
@@ -157,8 +172,11 @@ class Pilot:
     def _export(self) -> None:
         """Hand the merged model to registries that publish it back (e.g. ZooKeeper sync).
         One export runs at a time; a change during it triggers one more with the newest model."""
-        exporters = [r for r in self.registries
-                     if callable(getattr(r, "export", None)) and getattr(r, "exports", True)]
+        exporters = [
+            r
+            for r in self.registries
+            if callable(getattr(r, "export", None)) and getattr(r, "exports", True)
+        ]
         if not exporters:
             return
         self._export_again = True
@@ -172,7 +190,7 @@ class Pilot:
                 for r in exporters:
                     try:
                         await r.export(services, instances)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         self.metrics.inc("pilot_export_errors_total", registry=r.name)
                         log.exception("export to %s failed", r.name)
 

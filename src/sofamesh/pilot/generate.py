@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -70,7 +70,7 @@ def ld_field(num: int, data: bytes) -> bytes:
 class Resource:
     """One xDS resource: its name, content-hash version and the serialized Any."""
 
-    __slots__ = ("name", "type_url", "version", "any", "_sotw", "_delta")
+    __slots__ = ("_delta", "_sotw", "any", "name", "type_url", "version")
 
     def __init__(self, name: str, type_url: str, body: bytes):
         self.name = name
@@ -135,7 +135,9 @@ def service_ports(svc: Service, instances: list[Instance]) -> tuple[Port, ...]:
     return tuple(seen[n] for n in sorted(seen))
 
 
-def port_instances(ports: tuple[Port, ...], port: Port, instances: list[Instance]) -> list[Instance]:
+def port_instances(
+    ports: tuple[Port, ...], port: Port, instances: list[Instance]
+) -> list[Instance]:
     single = len(ports) == 1
     out = []
     for inst in instances:
@@ -156,13 +158,15 @@ def build_cluster(name: str, protocol: str) -> cluster_pb2.Cluster:
     if protocol in H2_PROTOCOLS:
         opts = http_protocol_options_pb2.HttpProtocolOptions()
         opts.explicit_http_config.http2_protocol_options.SetInParent()
-        c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
-            _any(_H2_OPTS_URL, opts)
-        )
+        c.typed_extension_protocol_options[
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ].CopyFrom(_any(_H2_OPTS_URL, opts))
     return c
 
 
-def build_load_assignment(name: str, instances: list[Instance]) -> endpoint_pb2.ClusterLoadAssignment:
+def build_load_assignment(
+    name: str, instances: list[Instance]
+) -> endpoint_pb2.ClusterLoadAssignment:
     """Endpoints grouped by locality; each locality carries `load_balancing_weight` (the sum of
     its endpoints' weights) because grpc's xDS client ignores localities without one."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
@@ -192,7 +196,9 @@ def build_load_assignment(name: str, instances: list[Instance]) -> endpoint_pb2.
     return cla
 
 
-def build_vhost(svc: str, port: Port, cluster: str, bare_name: bool) -> route_components_pb2.VirtualHost:
+def build_vhost(
+    svc: str, port: Port, cluster: str, bare_name: bool
+) -> route_components_pb2.VirtualHost:
     domains = [f"{svc}:{port.number}"]
     if bare_name:
         domains.insert(0, svc)
@@ -206,7 +212,9 @@ def build_vhost(svc: str, port: Port, cluster: str, bare_name: bool) -> route_co
 
 
 def _hcm(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
-    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO)
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
+    )
     hcm.rds.config_source.CopyFrom(_ads())
     hcm.rds.route_config_name = route_name
     f = hcm.http_filters.add()
@@ -257,7 +265,9 @@ class ServiceOutput:
     endpoints: dict[str, Resource] = field(default_factory=dict)
     api_listeners: dict[str, Resource] = field(default_factory=dict)
     routes: dict[str, Resource] = field(default_factory=dict)  # per-service route configs (gRPC)
-    vhosts: list[tuple[str, bytes]] = field(default_factory=list)  # (domain set key, VirtualHost bytes)
+    vhosts: list[tuple[str, bytes]] = field(
+        default_factory=list
+    )  # (domain set key, VirtualHost bytes)
     vhost_domains: list[list[str]] = field(default_factory=list)
     tcp_ports: list[tuple[int, str]] = field(default_factory=list)  # (port, cluster)
 
@@ -284,7 +294,9 @@ def build_service(svc: Service, instances: list[Instance]) -> ServiceOutput:
             out.routes[target] = _res(target, RDS, rc)
             out.api_listeners[target] = _res(target, LDS, build_api_listener(target, target))
             if first_http:
-                out.api_listeners[svc.name] = _res(svc.name, LDS, build_api_listener(svc.name, target))
+                out.api_listeners[svc.name] = _res(
+                    svc.name, LDS, build_api_listener(svc.name, target)
+                )
             first_http = False
         else:  # tcp and the RPC protocols (dubbo, bolt, hsf) ride on TCP through Envoy
             out.tcp_ports.append((port.number, cname))
@@ -314,8 +326,12 @@ class Changes:
 class Generator:
     """Holds the current resources; `update(model)` rebuilds only the services that changed."""
 
-    def __init__(self, outbound_port: int = 15001, listener_address: str = "0.0.0.0",
-                 tcp_port_offset: int = 0):
+    def __init__(
+        self,
+        outbound_port: int = 15001,
+        listener_address: str = "0.0.0.0",
+        tcp_port_offset: int = 0,
+    ):
         self.outbound_port = outbound_port
         self.tcp_port_offset = tcp_port_offset
         self.listener_address = listener_address
@@ -399,8 +415,12 @@ class Generator:
         return ch
 
     def _apply(self, prev: ServiceOutput | None, out: ServiceOutput | None, ch: Changes) -> None:
-        pairs = ((CDS, "clusters", True), (EDS, "endpoints", True), (LDS, "api_listeners", False),
-                 (RDS, "routes", True))
+        pairs = (
+            (CDS, "clusters", True),
+            (EDS, "endpoints", True),
+            (LDS, "api_listeners", False),
+            (RDS, "routes", True),
+        )
         for t, attr, wildcard in pairs:
             new = getattr(out, attr) if out is not None else {}
             if prev is not None:

@@ -24,7 +24,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sofamesh register", description=__doc__.split("\n\n")[0])
     p.add_argument("--pilot", default="http://127.0.0.1:15020", help="pilot REST API base URL")
     p.add_argument("--service", required=True)
-    p.add_argument("--id", dest="instance_id", required=True, help="instance id, unique in the service")
+    p.add_argument(
+        "--id", dest="instance_id", required=True, help="instance id, unique in the service"
+    )
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--protocol", default="http")
@@ -35,14 +37,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--region", default=None)
     p.add_argument("--zone", default=None)
     p.add_argument("--sub-zone", default=None)
-    p.add_argument("--interval", type=float, default=None, help="heartbeat interval (default ttl/3)")
+    p.add_argument(
+        "--interval", type=float, default=None, help="heartbeat interval (default ttl/3)"
+    )
     p.add_argument("--once", action="store_true", help="register and exit (no heartbeats)")
     return p
 
 
-def _request(method: str, url: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, dict]:
+def _request(
+    method: str, url: str, body: dict | None = None, timeout: float = 5.0
+) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             raw, status = r.read(), r.status
@@ -61,13 +69,22 @@ def body_from(args: argparse.Namespace) -> dict:
         if not sep or not k:
             raise SystemExit(f"sofamesh register: --label {item!r}: expected KEY=VALUE")
         labels[k] = v
-    body: dict = {"address": args.address, "port": args.port, "protocol": args.protocol,
-                  "labels": labels, "ttl_seconds": args.ttl}
+    body: dict = {
+        "address": args.address,
+        "port": args.port,
+        "protocol": args.protocol,
+        "labels": labels,
+        "ttl_seconds": args.ttl,
+    }
     if args.weight is not None:
         body["weight"] = args.weight
     if args.service_port is not None:
         body["service_port"] = args.service_port
-    loc = {k: v for k, v in (("region", args.region), ("zone", args.zone), ("sub_zone", args.sub_zone)) if v}
+    loc = {
+        k: v
+        for k, v in (("region", args.region), ("zone", args.zone), ("sub_zone", args.sub_zone))
+        if v
+    }
     if loc:
         body["locality"] = loc
     return body
@@ -84,12 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             status, out = _request("PUT", url, body)
         except OSError as e:
-            print(f"sofamesh register: pilot unreachable ({e}); retrying", file=sys.stderr, flush=True)
+            print(
+                f"sofamesh register: pilot unreachable ({e}); retrying", file=sys.stderr, flush=True
+            )
             return False
         if status >= 400:
             # a rejected body will not get better by retrying
             raise SystemExit(f"sofamesh register: {status} {out.get('error', out)}")
-        print(f"registered {args.service}/{args.instance_id} at {args.address}:{args.port}", flush=True)
+        print(
+            f"registered {args.service}/{args.instance_id} at {args.address}:{args.port}",
+            flush=True,
+        )
         return True
 
     registered = False
@@ -112,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sofamesh register: heartbeat failed ({e})", file=sys.stderr, flush=True)
             continue
         if status == 404:
-            print("sofamesh register: pilot no longer knows the instance; registering again",
-                  file=sys.stderr, flush=True)
+            print(
+                "sofamesh register: pilot no longer knows the instance; registering again",
+                file=sys.stderr,
+                flush=True,
+            )
             register()
     try:
         status, _ = _request("DELETE", url)

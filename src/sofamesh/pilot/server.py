@@ -82,7 +82,7 @@ class Watch:
 
 
 class Connection:
-    def __init__(self, server: "AdsServer", peer: str, delta: bool):
+    def __init__(self, server: AdsServer, peer: str, delta: bool):
         self.server = server
         self.id = f"{peer}-{next(_nonces)}"
         self.peer = peer
@@ -168,7 +168,11 @@ class Connection:
             if t not in phase2:
                 continue
             w = self.watches[t]
-            r = self._delta_removals(t, w) if self.delta else self._sotw(t, w, keep_removed=False, force=True)
+            r = (
+                self._delta_removals(t, w)
+                if self.delta
+                else self._sotw(t, w, keep_removed=False, force=True)
+            )
             if r is not None:
                 out.append(r)
         return out
@@ -249,7 +253,9 @@ class Connection:
 
     def _delta_removals(self, t: str, w: Watch) -> bytes | None:
         res_all = self.server.gen.all[t]
-        gone = [n for n in sorted(w.removed) if n not in res_all and w.sent.pop(n, None) is not None]
+        gone = [
+            n for n in sorted(w.removed) if n not in res_all and w.sent.pop(n, None) is not None
+        ]
         w.removed.clear()
         if not gone:
             return None
@@ -289,11 +295,21 @@ class Connection:
             return self.delta  # delta: subscription changes still apply
         sent = w.recent.get(nonce, w.version_sent) if self.delta else w.version_sent
         if error is not None and (error.code or error.message):
-            w.nack = {"version": sent, "nonce": nonce, "error": error.message,
-                      "code": error.code, "time": time.time()}
+            w.nack = {
+                "version": sent,
+                "nonce": nonce,
+                "error": error.message,
+                "code": error.code,
+                "time": time.time(),
+            }
             self.server.metrics.inc("pilot_xds_nacks_total", type=SHORT.get(t, t))
-            log.warning("NACK from %s for %s version %s: %s", self.node_id or self.peer,
-                        SHORT.get(t, t), sent, error.message)
+            log.warning(
+                "NACK from %s for %s version %s: %s",
+                self.node_id or self.peer,
+                SHORT.get(t, t),
+                sent,
+                error.message,
+            )
             self.server.record_nack(self, t, w.nack)
         else:
             w.version_acked = version or sent
@@ -310,8 +326,13 @@ class Connection:
             return
         w = self.watch(t)
         initial = not req.response_nonce
-        if not self._ack_or_nack(t, w, req.response_nonce, req.version_info,
-                                 req.error_detail if req.HasField("error_detail") else None):
+        if not self._ack_or_nack(
+            t,
+            w,
+            req.response_nonce,
+            req.version_info,
+            req.error_detail if req.HasField("error_detail") else None,
+        ):
             return
         # PERF (benchmarks/pilot_scale.py): every ACK repeats the client's whole name list
         # (10,000 EDS names for a big mesh). Compare it as bytes, and share one frozenset
@@ -348,8 +369,9 @@ class Connection:
             self.server.metrics.inc("pilot_xds_unknown_type_total")
             return
         w = self.watch(t)
-        if not self._ack_or_nack(t, w, req.response_nonce, "",
-                                 req.error_detail if req.HasField("error_detail") else None):
+        if not self._ack_or_nack(
+            t, w, req.response_nonce, "", req.error_detail if req.HasField("error_detail") else None
+        ):
             return
         gen = self.server.gen
         sub = set(req.resource_names_subscribe)
@@ -486,7 +508,9 @@ class AdsServer:
                 response_serializer=bytes,
             ),
         }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),)
+        )
         port = server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot bind xDS address {address}")
@@ -523,7 +547,7 @@ class AdsServer:
                         conn.on_delta_request(req)
                     else:
                         conn.on_sotw_request(req)
-                except Exception:  # noqa: BLE001 - a bad request never takes the server down
+                except Exception:
                     self.metrics.inc("pilot_xds_bad_requests_total")
                     log.exception("bad xDS request from %s", conn.peer)
                 if writer.done():
@@ -534,8 +558,8 @@ class AdsServer:
             writer.cancel()
             try:
                 await writer
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+            except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
+                log.debug("ignored during shutdown/cleanup: %r", e)
             self.connections.pop(conn.id, None)
             self.metrics.set("pilot_xds_connections", len(self.connections))
             log.info("xDS stream closed: %s (%s)", conn.node_id or conn.peer, mode)

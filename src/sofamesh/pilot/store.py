@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 log = logging.getLogger("sofamesh.pilot.store")
@@ -41,7 +41,7 @@ class BaseStore:
         for cb in self.listeners:
             try:
                 cb(service)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("store listener failed")
 
     def _mirror_put(self, service: str, iid: str, rec: dict) -> None:
@@ -113,8 +113,7 @@ class EmbeddedStore(BaseStore):
                 continue
             self._mirror_put(service, iid, rec)
             self._arm(service, iid, rec, now)
-        log.info("embedded store %s: %d services loaded", path,
-                 len(self.records))
+        log.info("embedded store %s: %d services loaded", path, len(self.records))
         self._reaper = asyncio.ensure_future(self._reap_loop())
 
     async def close(self) -> None:
@@ -127,8 +126,8 @@ class EmbeddedStore(BaseStore):
         if self._flusher is not None:
             try:
                 await self._flusher  # acknowledged writes reach the disk before closing
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as e:  # noqa: BLE001
+                log.debug("ignored during shutdown/cleanup: %r", e)
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -203,7 +202,9 @@ class EmbeddedStore(BaseStore):
     async def delete(self, service: str, iid: str) -> bool:
         if self.get(service, iid) is None:
             return False
-        await self._write("DELETE FROM instances WHERE service = ? AND instance_id = ?", (service, iid))
+        await self._write(
+            "DELETE FROM instances WHERE service = ? AND instance_id = ?", (service, iid)
+        )
         self._deadline.pop((service, iid), None)
         if self._mirror_del(service, iid):
             self._emit(service)
@@ -214,7 +215,7 @@ class EmbeddedStore(BaseStore):
             await asyncio.sleep(self.reap_interval)
             try:
                 await self.reap()
-            except Exception:  # noqa: BLE001 - keep reaping
+            except Exception:
                 log.exception("TTL reaper failed")
 
     async def reap(self) -> int:
@@ -250,7 +251,7 @@ class EtcdStore(BaseStore):
         return self.prefix + f"{service}/{iid}".encode()
 
     def _split(self, key: bytes) -> tuple[str, str] | None:
-        rest = key[len(self.prefix):].decode(errors="replace")
+        rest = key[len(self.prefix) :].decode(errors="replace")
         service, sep, iid = rest.partition("/")
         return (service, iid) if sep else None
 
@@ -314,8 +315,8 @@ class EtcdStore(BaseStore):
             self._watcher.cancel()
             try:
                 await self._watcher
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+            except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
+                log.debug("ignored during shutdown/cleanup: %r", e)
         if self._client is not None:
             await self._client.close()
 
@@ -325,16 +326,17 @@ class EtcdStore(BaseStore):
         rec = dict(rec)
         lease_id = None
         if ttl > 0:
-            lease = await self._client.lease(max(1, int(round(ttl))))
+            lease = await self._client.lease(max(1, round(ttl)))
             lease_id = lease.id
             rec["lease"] = lease_id
-        await self._client.put(self._key(service, iid), json.dumps(rec, sort_keys=True).encode(),
-                               lease=lease_id)
+        await self._client.put(
+            self._key(service, iid), json.dumps(rec, sort_keys=True).encode(), lease=lease_id
+        )
         if old and old.get("lease") and old.get("lease") != lease_id:
             try:
                 await self._client.revoke_lease(old["lease"])
-            except Exception:  # noqa: BLE001 - already expired
-                pass
+            except Exception as e:  # noqa: BLE001 - already expired
+                log.debug("ignored during shutdown/cleanup: %r", e)
         self._mirror_put(service, iid, rec)
         self._emit(service)
 
@@ -360,8 +362,8 @@ class EtcdStore(BaseStore):
         if rec and rec.get("lease"):
             try:
                 await self._client.revoke_lease(rec["lease"])
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as e:  # noqa: BLE001
+                log.debug("ignored during shutdown/cleanup: %r", e)
         found = res is not None and (getattr(res, "deleted", 1) or 0) > 0
         if self._mirror_del(service, iid):
             self._emit(service)
@@ -374,11 +376,15 @@ def open_store(spec: str | None, data_dir: str) -> BaseStore:
     if not spec or spec == "embedded":
         return EmbeddedStore(data_dir)
     if spec.startswith("embedded:"):
-        return EmbeddedStore(spec[len("embedded:"):])
+        return EmbeddedStore(spec[len("embedded:") :])
     u = urlparse(spec)
     if u.scheme == "etcd":
         if not u.hostname or not u.port:
             raise StoreError(f"--store {spec!r}: expected etcd://host:port")
-        prefix = (u.path.rstrip("/") + "/") if u.path and u.path != "/" else "/sofamesh/registry/instances/"
+        prefix = (
+            (u.path.rstrip("/") + "/")
+            if u.path and u.path != "/"
+            else "/sofamesh/registry/instances/"
+        )
         return EtcdStore(u.hostname, u.port, prefix)
     raise StoreError(f"--store {spec!r}: expected 'embedded', 'embedded:DIR' or etcd://host:port")

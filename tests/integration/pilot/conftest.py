@@ -20,9 +20,12 @@ NODE_ID = "sidecar~127.0.0.1~pod.ns~ns.svc.cluster.local"
 
 def http(method: str, url: str, body=None, timeout: float = 5.0) -> tuple[int, dict | str]:
     """A tiny blocking HTTP client: (status, parsed JSON or text)."""
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             status, raw = r.status, r.read()
@@ -37,8 +40,13 @@ def http(method: str, url: str, body=None, timeout: float = 5.0) -> tuple[int, d
 class PilotProcess:
     """`sofamesh pilot` on free loopback ports, its log in the test's tmp dir."""
 
-    def __init__(self, workdir: Path, store: str | None = None, extra: list[str] | None = None,
-                 data_dir: Path | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        store: str | None = None,
+        extra: list[str] | None = None,
+        data_dir: Path | None = None,
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.xds_port = free_port()
@@ -55,18 +63,35 @@ class PilotProcess:
         return f"http://127.0.0.1:{self.api_port}"
 
     def argv(self) -> list[str]:
-        argv = [*sofamesh_command(), "pilot", "--xds-address", f"127.0.0.1:{self.xds_port}",
-                "--api-address", f"127.0.0.1:{self.api_port}", "--outbound-port", str(self.outbound_port),
-                "--listener-address", "127.0.0.1", "--data-dir", str(self.data_dir), *self.extra]
+        argv = [
+            *sofamesh_command(),
+            "pilot",
+            "--xds-address",
+            f"127.0.0.1:{self.xds_port}",
+            "--api-address",
+            f"127.0.0.1:{self.api_port}",
+            "--outbound-port",
+            str(self.outbound_port),
+            "--listener-address",
+            "127.0.0.1",
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra,
+        ]
         if self.store:
             argv += ["--store", self.store]
         return argv
 
-    def start(self, timeout: float = 20.0) -> "PilotProcess":
+    def start(self, timeout: float = 20.0) -> PilotProcess:
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -133,8 +158,11 @@ def ads_bootstrap(xds_port: int, admin: int, delta: bool, node_id: str = NODE_ID
     """An Istio-style Envoy bootstrap: everything but the xDS cluster comes over ADS."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
-        "node": {"id": node_id, "cluster": "test.ns",
-                 "metadata": {"NAMESPACE": "ns", "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": "1.24.0"}},
+        "node": {
+            "id": node_id,
+            "cluster": "test.ns",
+            "metadata": {"NAMESPACE": "ns", "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": "1.24.0"},
+        },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "dynamic_resources": {
             "ads_config": {
@@ -146,18 +174,40 @@ def ads_bootstrap(xds_port: int, admin: int, delta: bool, node_id: str = NODE_ID
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {"clusters": [{
-            "name": "xds-grpc",
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                }},
-            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
-        }]},
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds-grpc",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds-grpc",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": xds_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
     }
 
 

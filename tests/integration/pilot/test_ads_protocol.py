@@ -40,8 +40,18 @@ class MemoryRegistry:
         return Snapshot(services={}, instances={k: list(v) for k, v in self.instances.items()})
 
     def set(self, service: str, *ports: int, weight: int = 1) -> None:
-        self.instances[service] = [Instance(service, f"{service}-{p}", "127.0.0.1", p, weight=weight,
-                                            service_port=80, registry="mem") for p in ports]
+        self.instances[service] = [
+            Instance(
+                service,
+                f"{service}-{p}",
+                "127.0.0.1",
+                p,
+                weight=weight,
+                service_port=80,
+                registry="mem",
+            )
+            for p in ports
+        ]
         self._cb(self.name)
 
     def drop(self, service: str) -> None:
@@ -52,7 +62,9 @@ class MemoryRegistry:
 @pytest.fixture
 async def env():
     reg = MemoryRegistry()
-    pilot = Pilot([reg], gen=Generator(outbound_port=15001, listener_address="127.0.0.1"), debounce=0.05)
+    pilot = Pilot(
+        [reg], gen=Generator(outbound_port=15001, listener_address="127.0.0.1"), debounce=0.05
+    )
     await pilot.start()
     port = await pilot.ads.start("127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -97,8 +109,9 @@ class Sotw(Stream):
         self.first = True
 
     async def ask(self, t, names=(), version="", nonce="", error=None):
-        req = discovery_pb2.DiscoveryRequest(type_url=t, resource_names=list(names), version_info=version,
-                                             response_nonce=nonce)
+        req = discovery_pb2.DiscoveryRequest(
+            type_url=t, resource_names=list(names), version_info=version, response_nonce=nonce
+        )
         if self.first:
             req.node.id = self.node
             self.first = False
@@ -107,12 +120,14 @@ class Sotw(Stream):
         await self.call.write(req)
 
 
-
 def names_of(r) -> list[str]:
     out = []
     for a in r.resources:
-        msg = {CDS: cluster_pb2.Cluster, EDS: endpoint_pb2.ClusterLoadAssignment,
-               RDS: route_pb2.RouteConfiguration}.get(r.type_url)
+        msg = {
+            CDS: cluster_pb2.Cluster,
+            EDS: endpoint_pb2.ClusterLoadAssignment,
+            RDS: route_pb2.RouteConfiguration,
+        }.get(r.type_url)
         if msg is None:
             from envoy.config.listener.v3 import listener_pb2
 
@@ -142,8 +157,9 @@ async def test_sotw_versions_ack_and_only_changed_types(env):
     e2 = await c.recv()
     assert e2.type_url == EDS and e2.version_info != e.version_info and e2.nonce != e.nonce
     cla = endpoint_pb2.ClusterLoadAssignment.FromString(e2.resources[0].value)
-    assert sorted(lb.endpoint.address.socket_address.port_value
-                  for lb in cla.endpoints[0].lb_endpoints) == [9001, 9002]
+    assert sorted(
+        lb.endpoint.address.socket_address.port_value for lb in cla.endpoints[0].lb_endpoints
+    ) == [9001, 9002]
     await c.ask(EDS, ["outbound|80||reviews"], e2.version_info, e2.nonce)
     await c.nothing()
     conn = next(iter(pilot.ads.connections.values()))
@@ -219,8 +235,9 @@ async def test_changes_are_debounced_into_one_push(env):
         await asyncio.sleep(0.002)
     r = await c.recv()
     cla = endpoint_pb2.ClusterLoadAssignment.FromString(r.resources[0].value)
-    assert sorted(lb.endpoint.address.socket_address.port_value
-                  for lb in cla.endpoints[0].lb_endpoints) == [9001, 10019]
+    assert sorted(
+        lb.endpoint.address.socket_address.port_value for lb in cla.endpoints[0].lb_endpoints
+    ) == [9001, 10019]
     await c.nothing()
     assert pilot.rebuilds - before <= 2
 
@@ -260,9 +277,12 @@ class Delta(Stream):
         self.first = True
 
     async def ask(self, t, sub=(), unsub=(), initial=None, nonce="", error=None):
-        req = discovery_pb2.DeltaDiscoveryRequest(type_url=t, resource_names_subscribe=list(sub),
-                                                  resource_names_unsubscribe=list(unsub),
-                                                  response_nonce=nonce)
+        req = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=t,
+            resource_names_subscribe=list(sub),
+            resource_names_unsubscribe=list(unsub),
+            response_nonce=nonce,
+        )
         if initial:
             for k, v in initial.items():
                 req.initial_resource_versions[k] = v
@@ -272,7 +292,6 @@ class Delta(Stream):
         if error:
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(req)
-
 
 
 async def test_delta_versions_removals_and_reconnect(env):
@@ -306,7 +325,10 @@ async def test_delta_versions_removals_and_reconnect(env):
 
     # reconnect with what the client holds: only differences come back
     c2 = Delta(stub)
-    held = {"outbound|80||a": pilot.gen.all[CDS]["outbound|80||a"].version, "outbound|80||gone": "x"}
+    held = {
+        "outbound|80||a": pilot.gen.all[CDS]["outbound|80||a"].version,
+        "outbound|80||gone": "x",
+    }
     reg.set("c", 9003)
     await asyncio.sleep(0.2)
     await c2.ask(CDS, initial=held)

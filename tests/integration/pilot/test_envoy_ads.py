@@ -58,8 +58,9 @@ def stat(admin: int, name: str) -> int:
 def test_envoy_routes_by_registration_weight_and_expiry(pilot, tmp_path, mode):
     up = RecordingUpstream(["alpha", "beta", "gamma"]).start()
     admin = free_port()
-    envoy = ProxyProcess.envoy(envoy_binary(), ads_bootstrap(pilot.xds_port, admin, mode == "delta"),
-                               tmp_path / "envoy")
+    envoy = ProxyProcess.envoy(
+        envoy_binary(), ads_bootstrap(pilot.xds_port, admin, mode == "delta"), tmp_path / "envoy"
+    )
     try:
         t_start = time.monotonic()
         envoy.start()
@@ -75,15 +76,28 @@ def test_envoy_routes_by_registration_weight_and_expiry(pilot, tmp_path, mode):
             return upstream_of(body) if status == 200 else f"status {status}"
 
         # 1. a registered instance is routed to, by service name and by name:port
-        pilot.register("reviews", "r-alpha", address="127.0.0.1", port=up.ports["alpha"],
-                       service_port=9080, ttl_seconds=60)
+        pilot.register(
+            "reviews",
+            "r-alpha",
+            address="127.0.0.1",
+            port=up.ports["alpha"],
+            service_port=9080,
+            ttl_seconds=60,
+        )
         wait_until(lambda: who() == "alpha", 10, "reviews -> alpha")
         assert who("reviews:9080") == "alpha"
         assert who("nosuch") == "status 404"
 
         # 2. a second instance with weight 3 takes about three quarters of the traffic
-        pilot.register("reviews", "r-beta", address="127.0.0.1", port=up.ports["beta"],
-                       service_port=9080, weight=3, ttl_seconds=60)
+        pilot.register(
+            "reviews",
+            "r-beta",
+            address="127.0.0.1",
+            port=up.ports["beta"],
+            service_port=9080,
+            weight=3,
+            ttl_seconds=60,
+        )
         wait_until(lambda: who() == "beta", 5, "beta to receive traffic")
         seen = Counter(who() for _ in range(400))
         assert set(seen) == {"alpha", "beta"}, seen
@@ -98,12 +112,21 @@ def test_envoy_routes_by_registration_weight_and_expiry(pilot, tmp_path, mode):
 
         # 4. TTL expiry without heartbeats: gamma (ttl 1 s) stops receiving within 2 s of expiry
         t_reg = time.monotonic()
-        pilot.register("reviews", "r-gamma", address="127.0.0.1", port=up.ports["gamma"],
-                       service_port=9080, ttl_seconds=1)
+        pilot.register(
+            "reviews",
+            "r-gamma",
+            address="127.0.0.1",
+            port=up.ports["gamma"],
+            service_port=9080,
+            ttl_seconds=1,
+        )
         wait_until(lambda: "gamma" in {who() for _ in range(10)}, 5, "gamma serving")
         expiry = t_reg + 1.0
-        wait_until(lambda: all(who() == "alpha" for _ in range(20)), expiry + 2.0 - time.monotonic(),
-                   "gamma expired")
+        wait_until(
+            lambda: all(who() == "alpha" for _ in range(20)),
+            expiry + 2.0 - time.monotonic(),
+            "gamma expired",
+        )
         assert time.monotonic() < expiry + 2.0
 
         # Envoy accepted every update the pilot sent, and says who it got them from
@@ -136,8 +159,9 @@ def test_envoy_survives_pilot_restart(pilot, tmp_path, mode):
     holds) and takes new registrations from the restarted pilot, which kept the old ones."""
     up = RecordingUpstream(["alpha", "beta"]).start()
     admin = free_port()
-    envoy = ProxyProcess.envoy(envoy_binary(), ads_bootstrap(pilot.xds_port, admin, mode == "delta"),
-                               tmp_path / "envoy")
+    envoy = ProxyProcess.envoy(
+        envoy_binary(), ads_bootstrap(pilot.xds_port, admin, mode == "delta"), tmp_path / "envoy"
+    )
     try:
         envoy.start()
 
@@ -148,13 +172,19 @@ def test_envoy_survives_pilot_restart(pilot, tmp_path, mode):
                 return None
             return upstream_of(body) if status == 200 else f"status {status}"
 
-        pilot.register("cart", "c-alpha", address="127.0.0.1", port=up.ports["alpha"], service_port=80)
+        pilot.register(
+            "cart", "c-alpha", address="127.0.0.1", port=up.ports["alpha"], service_port=80
+        )
         wait_until(lambda: who() == "alpha", 10, "cart -> alpha")
         pilot.stop()
         assert all(who() == "alpha" for _ in range(10))  # last good config keeps serving
         pilot.start()
-        pilot.register("cart", "c-beta", address="127.0.0.1", port=up.ports["beta"], service_port=80)
-        wait_until(lambda: {who() for _ in range(20)} == {"alpha", "beta"}, 15, "both after restart")
+        pilot.register(
+            "cart", "c-beta", address="127.0.0.1", port=up.ports["beta"], service_port=80
+        )
+        wait_until(
+            lambda: {who() for _ in range(20)} == {"alpha", "beta"}, 15, "both after restart"
+        )
         assert stat(admin, "cluster_manager.cds.update_rejected") == 0
     finally:
         envoy.stop()

@@ -44,7 +44,9 @@ def test_replicas_share_registrations_and_serve_identical_xds(etcd, tmp_path):
     try:
         b.start()
         try:
-            a.register("shop", "s1", address="127.0.0.1", port=8001, service_port=80, ttl_seconds=30)
+            a.register(
+                "shop", "s1", address="127.0.0.1", port=8001, service_port=80, ttl_seconds=30
+            )
             a.register("shop", "s2", address="127.0.0.1", port=8002, service_port=80, weight=2)
             b.register("cart", "c1", address="127.0.0.1", port=8101, ttl_seconds=2)
             want = {"outbound|80||shop", "outbound|8101||cart"}
@@ -54,8 +56,9 @@ def test_replicas_share_registrations_and_serve_identical_xds(etcd, tmp_path):
             for t, names in ((CDS, ()), (EDS, sorted(want))):
                 ra, rb = fetch(a.xds_port, t, names), fetch(b.xds_port, t, names)
                 assert ra.version_info == rb.version_info
-                assert sorted(x.SerializeToString() for x in ra.resources) == \
-                    sorted(x.SerializeToString() for x in rb.resources)
+                assert sorted(x.SerializeToString() for x in ra.resources) == sorted(
+                    x.SerializeToString() for x in rb.resources
+                )
                 assert len(ra.resources) == len(want)
             # heartbeats through the other replica keep cart (registered on b) alive past its TTL
             for _ in range(6):
@@ -64,7 +67,10 @@ def test_replicas_share_registrations_and_serve_identical_xds(etcd, tmp_path):
             assert "outbound|8101||cart" in b.config("cds")
             # a deregistration on b reaches a
             b.deregister("shop", "s2")
-            a.wait_config("eds", lambda c: c.get("outbound|80||shop") == b.config("eds").get("outbound|80||shop"))
+            a.wait_config(
+                "eds",
+                lambda c: c.get("outbound|80||shop") == b.config("eds").get("outbound|80||shop"),
+            )
             _, out = http("GET", a.api + "/v1/services/shop")
             assert [i["instance_id"] for i in out["instances"]] == ["s1"]
             # without heartbeats the etcd lease lapses: both replicas drop cart

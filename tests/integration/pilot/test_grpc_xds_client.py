@@ -26,8 +26,11 @@ def _echo_server(name: str) -> tuple[grpc.Server, int]:
         return f"{name}:{request.decode()}".encode()
 
     handler = grpc.method_handlers_generic_handler(
-        "sofamesh.test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
+        "sofamesh.test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)}
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)]
+    )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -36,14 +39,32 @@ def _echo_server(name: str) -> tuple[grpc.Server, int]:
 
 def _run_client(pilot, tmp_path, target: str, n: int) -> list[str]:
     boot = tmp_path / "xds-bootstrap.json"
-    boot.write_text(json.dumps({
-        "xds_servers": [{"server_uri": f"127.0.0.1:{pilot.xds_port}",
-                         "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {"id": "sidecar~127.0.0.1~client.ns~ns.svc.cluster.local", "cluster": "client"},
-    }))
+    boot.write_text(
+        json.dumps(
+            {
+                "xds_servers": [
+                    {
+                        "server_uri": f"127.0.0.1:{pilot.xds_port}",
+                        "channel_creds": [{"type": "insecure"}],
+                        "server_features": ["xds_v3"],
+                    }
+                ],
+                "node": {
+                    "id": "sidecar~127.0.0.1~client.ns~ns.svc.cluster.local",
+                    "cluster": "client",
+                },
+            }
+        )
+    )
     env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(boot))
-    r = subprocess.run([sys.executable, "-c", CLIENT, target, str(n)], env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", CLIENT, target, str(n)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout.split()
 
@@ -52,10 +73,26 @@ def test_grpc_xds_client_calls_registered_server(pilot, tmp_path):
     a, pa = _echo_server("a")
     b, pb = _echo_server("b")
     try:
-        pilot.register("greeter", "g-a", address="127.0.0.1", port=pa, protocol="grpc",
-                       service_port=50051, ttl_seconds=60, locality={"region": "r1", "zone": "z1"})
-        pilot.register("greeter", "g-b", address="127.0.0.1", port=pb, protocol="grpc",
-                       service_port=50051, ttl_seconds=60, locality={"region": "r1", "zone": "z2"})
+        pilot.register(
+            "greeter",
+            "g-a",
+            address="127.0.0.1",
+            port=pa,
+            protocol="grpc",
+            service_port=50051,
+            ttl_seconds=60,
+            locality={"region": "r1", "zone": "z1"},
+        )
+        pilot.register(
+            "greeter",
+            "g-b",
+            address="127.0.0.1",
+            port=pb,
+            protocol="grpc",
+            service_port=50051,
+            ttl_seconds=60,
+            locality={"region": "r1", "zone": "z2"},
+        )
         out = _run_client(pilot, tmp_path, "xds:///greeter:50051", 20)
         assert len(out) == 20
         assert all(line.endswith(f":ping-{i}") for i, line in enumerate(out))

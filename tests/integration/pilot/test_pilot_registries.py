@@ -70,8 +70,10 @@ def test_dubbo_provider_in_zookeeper_is_reachable_through_envoy(zookeeper, tmp_p
     echo = EchoServer()
     root = f"/dubbo-{time.monotonic_ns()}"
     iface = "com.example.Greeter"
-    url = (f"dubbo://127.0.0.1:{echo.port}/{iface}?anyhost=true&application=demo&dubbo=2.0.2"
-           f"&interface={iface}&methods=sayHello&side=provider&timestamp=1")
+    url = (
+        f"dubbo://127.0.0.1:{echo.port}/{iface}?anyhost=true&application=demo&dubbo=2.0.2"
+        f"&interface={iface}&methods=sayHello&side=provider&timestamp=1"
+    )
     zk = KazooClient(hosts=zookeeper.hosts)
     zk.start(timeout=15)
     # Envoy's tcp_proxy listener for the service port must not collide with the provider's own
@@ -79,11 +81,19 @@ def test_dubbo_provider_in_zookeeper_is_reachable_through_envoy(zookeeper, tmp_p
     listen = free_port()
     offset = listen - echo.port
     cfg = tmp_path / "pilot.yaml"
-    cfg.write_text(yaml.safe_dump({"registries": [{"type": "zookeeper", "hosts": zookeeper.hosts, "root": root}],
-                                   "tcp_port_offset": offset}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "registries": [{"type": "zookeeper", "hosts": zookeeper.hosts, "root": root}],
+                "tcp_port_offset": offset,
+            }
+        )
+    )
     pilot = PilotProcess(tmp_path, extra=["--config", str(cfg)])
     admin = free_port()
-    envoy = ProxyProcess.envoy(envoy_binary(), ads_bootstrap(pilot.xds_port, admin, delta=False), tmp_path / "envoy")
+    envoy = ProxyProcess.envoy(
+        envoy_binary(), ads_bootstrap(pilot.xds_port, admin, delta=False), tmp_path / "envoy"
+    )
     try:
         pilot.start()
         envoy.start()
@@ -92,7 +102,9 @@ def test_dubbo_provider_in_zookeeper_is_reachable_through_envoy(zookeeper, tmp_p
         pilot.wait_config("cds", lambda c: cluster in c, timeout=10)
         deadline = time.monotonic() + 10
         while (got := roundtrip(listen, b"hello dubbo")) != b"echo:hello dubbo":
-            assert time.monotonic() < deadline, f"no tcp path through Envoy: {got!r}\n{envoy.log_text()}"
+            assert time.monotonic() < deadline, (
+                f"no tcp path through Envoy: {got!r}\n{envoy.log_text()}"
+            )
             time.sleep(0.1)
         # one model: the REST API's services sit beside ZooKeeper's
         pilot.register("web", "w1", address="127.0.0.1", port=8080)
@@ -117,12 +129,31 @@ def test_dubbo_provider_in_zookeeper_is_reachable_through_envoy(zookeeper, tmp_p
 def test_bad_registry_entry_names_the_field(tmp_path):
     cfg = tmp_path / "pilot.yaml"
     cfg.write_text(yaml.safe_dump({"registries": [{"type": "zookeeper"}]}))
-    r = subprocess.run([*sofamesh_command(), "pilot", "--config", str(cfg), "--xds-address", "127.0.0.1:0",
-                        "--api-address", "127.0.0.1:0", "--data-dir", str(tmp_path / "d")],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            *sofamesh_command(),
+            "pilot",
+            "--config",
+            str(cfg),
+            "--xds-address",
+            "127.0.0.1:0",
+            "--api-address",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert "registries[0].hosts" in r.stderr, r.stderr
     cfg.write_text("registries: {not: a list}\n")
-    r = subprocess.run([*sofamesh_command(), "pilot", "--config", str(cfg)], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        [*sofamesh_command(), "pilot", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode != 0 and "registries" in r.stderr

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -45,7 +43,9 @@ def check(schema: dict, value) -> None:
 def response_schema(path: str, method: str, status: int) -> dict | None:
     op = ROOT["paths"][path][method]
     resp = op["responses"].get(str(status))
-    assert resp is not None, f"{method.upper()} {path} answered {status}, not declared in openapi.yaml"
+    assert resp is not None, (
+        f"{method.upper()} {path} answered {status}, not declared in openapi.yaml"
+    )
     if "$ref" in resp:
         resp = ROOT["components"]["responses"][resp["$ref"].rsplit("/", 1)[-1]]
     content = resp.get("content")
@@ -64,18 +64,34 @@ INST = "/v1/services/{service}/instances/{instance_id}"
 
 
 def test_every_operation_matches_the_spec(pilot):
-    s, out = call(pilot, "put", INST, "/v1/services/reviews/instances/r1",
-                  {"address": "127.0.0.1", "port": 8080, "protocol": "http", "labels": {"v": "1"},
-                   "ttl_seconds": 10})
+    s, out = call(
+        pilot,
+        "put",
+        INST,
+        "/v1/services/reviews/instances/r1",
+        {
+            "address": "127.0.0.1",
+            "port": 8080,
+            "protocol": "http",
+            "labels": {"v": "1"},
+            "ttl_seconds": 10,
+        },
+    )
     assert s == 201 and out["instance_id"] == "r1" and out["labels"] == {"v": "1"}
-    s, out = call(pilot, "put", INST, "/v1/services/reviews/instances/r1",
-                  {"address": "::1", "port": 8081, "weight": 5, "locality": {"zone": "z1"}})
+    s, out = call(
+        pilot,
+        "put",
+        INST,
+        "/v1/services/reviews/instances/r1",
+        {"address": "::1", "port": 8081, "weight": 5, "locality": {"zone": "z1"}},
+    )
     assert s == 200 and out["address"] == "::1" and out["weight"] == 5
     s, out = call(pilot, "put", INST + "/heartbeat", "/v1/services/reviews/instances/r1/heartbeat")
     assert s == 200
     s, out = call(pilot, "get", "/v1/services", "/v1/services")
-    assert s == 200 and out["services"] == [{"name": "reviews", "namespace": "default", "instances": 1,
-                                             "registries": ["api"]}]
+    assert s == 200 and out["services"] == [
+        {"name": "reviews", "namespace": "default", "instances": 1, "registries": ["api"]}
+    ]
     s, out = call(pilot, "get", "/v1/services/{service}", "/v1/services/reviews")
     assert s == 200 and [i["port"] for i in out["instances"]] == [8081]
     assert out["instances"][0]["locality"] == {"region": "", "zone": "z1", "sub_zone": ""}
@@ -87,27 +103,36 @@ def test_every_operation_matches_the_spec(pilot):
     assert s == 404
     s, out = call(pilot, "put", INST + "/heartbeat", "/v1/services/reviews/instances/r1/heartbeat")
     assert s == 404 and out["field"] == "instance_id"
-    s, out = call(pilot, "put", INST, "/v1/services/bad*name/instances/r1", {"address": "127.0.0.1", "port": 1})
+    s, out = call(
+        pilot,
+        "put",
+        INST,
+        "/v1/services/bad*name/instances/r1",
+        {"address": "127.0.0.1", "port": 1},
+    )
     assert s == 400 and out["field"] == "service"
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"port": 80}, "address"),
-    ({"address": "not-an-ip", "port": 80}, "address"),
-    ({"address": "127.0.0.1"}, "port"),
-    ({"address": "127.0.0.1", "port": 70000}, "port"),
-    ({"address": "127.0.0.1", "port": "80"}, "port"),
-    ({"address": "127.0.0.1", "port": 80, "protocol": "smtp"}, "protocol"),
-    ({"address": "127.0.0.1", "port": 80, "labels": {"a": 1}}, "labels.a"),
-    ({"address": "127.0.0.1", "port": 80, "labels": []}, "labels"),
-    ({"address": "127.0.0.1", "port": 80, "ttl_seconds": -1}, "ttl_seconds"),
-    ({"address": "127.0.0.1", "port": 80, "ttl_seconds": "10"}, "ttl_seconds"),
-    ({"address": "127.0.0.1", "port": 80, "weight": 0}, "weight"),
-    ({"address": "127.0.0.1", "port": 80, "locality": {"planet": "x"}}, "locality.planet"),
-    ({"address": "127.0.0.1", "port": 80, "colour": "red"}, "colour"),
-    ([1, 2], "body"),
-    (b"{not json", "body"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"port": 80}, "address"),
+        ({"address": "not-an-ip", "port": 80}, "address"),
+        ({"address": "127.0.0.1"}, "port"),
+        ({"address": "127.0.0.1", "port": 70000}, "port"),
+        ({"address": "127.0.0.1", "port": "80"}, "port"),
+        ({"address": "127.0.0.1", "port": 80, "protocol": "smtp"}, "protocol"),
+        ({"address": "127.0.0.1", "port": 80, "labels": {"a": 1}}, "labels.a"),
+        ({"address": "127.0.0.1", "port": 80, "labels": []}, "labels"),
+        ({"address": "127.0.0.1", "port": 80, "ttl_seconds": -1}, "ttl_seconds"),
+        ({"address": "127.0.0.1", "port": 80, "ttl_seconds": "10"}, "ttl_seconds"),
+        ({"address": "127.0.0.1", "port": 80, "weight": 0}, "weight"),
+        ({"address": "127.0.0.1", "port": 80, "locality": {"planet": "x"}}, "locality.planet"),
+        ({"address": "127.0.0.1", "port": 80, "colour": "red"}, "colour"),
+        ([1, 2], "body"),
+        (b"{not json", "body"),
+    ],
+)
 def test_bad_bodies_get_400_naming_the_field(pilot, body, field):
     status, out = call(pilot, "put", INST, "/v1/services/s/instances/i", body)
     assert status == 400 and out["field"] == field, out
@@ -116,19 +141,38 @@ def test_bad_bodies_get_400_naming_the_field(pilot, body, field):
 
 # Bodies drawn at random: the server accepts exactly what the spec's request schema accepts.
 _REQ = ROOT["components"]["schemas"]["InstanceRegistration"]
-_value = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.floats(-1, 90000, allow_nan=False),
-                   st.text(max_size=5), st.sampled_from(["127.0.0.1", "::1", "10.1.2.3", "1.2.3", "tcp", "grpc"]))
+_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 70000),
+    st.floats(-1, 90000, allow_nan=False),
+    st.text(max_size=5),
+    st.sampled_from(["127.0.0.1", "::1", "10.1.2.3", "1.2.3", "tcp", "grpc"]),
+)
 _fields = {
-    "address": st.one_of(st.sampled_from(["127.0.0.1", "::1", "10.1.2.3", "999.1.1.1", "host", ""]), _value),
+    "address": st.one_of(
+        st.sampled_from(["127.0.0.1", "::1", "10.1.2.3", "999.1.1.1", "host", ""]), _value
+    ),
     "port": st.one_of(st.integers(-1, 70000), _value),
     "protocol": st.one_of(st.sampled_from(["http", "grpc", "tcp", "dubbo", "smtp"]), _value),
-    "labels": st.one_of(st.dictionaries(st.sampled_from(["app", "v", "k8s.io/x"]),
-                                        st.one_of(st.text(max_size=3), st.integers())), _value),
+    "labels": st.one_of(
+        st.dictionaries(
+            st.sampled_from(["app", "v", "k8s.io/x"]), st.one_of(st.text(max_size=3), st.integers())
+        ),
+        _value,
+    ),
     "ttl_seconds": st.one_of(st.floats(-1, 90000, allow_nan=False), st.integers(-1, 90000), _value),
     "weight": st.one_of(st.integers(-1, 200), _value),
-    "locality": st.one_of(st.fixed_dictionaries({}, optional={"region": st.text(max_size=3),
-                                                              "zone": st.one_of(st.text(max_size=3), st.integers())}),
-                          _value),
+    "locality": st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "region": st.text(max_size=3),
+                "zone": st.one_of(st.text(max_size=3), st.integers()),
+            },
+        ),
+        _value,
+    ),
     "service_port": st.one_of(st.integers(0, 70000), _value),
     "healthy": st.one_of(st.booleans(), _value),
     "extra": _value,
@@ -178,7 +222,9 @@ def test_restart_loses_no_registration(tmp_path):
     p = PilotProcess(tmp_path / "a", data_dir=data)
     p.start()
     try:
-        p.register("durable", "d1", address="127.0.0.1", port=7001, ttl_seconds=30, labels={"v": "1"})
+        p.register(
+            "durable", "d1", address="127.0.0.1", port=7001, ttl_seconds=30, labels={"v": "1"}
+        )
         p.register("durable", "d2", address="127.0.0.1", port=7002)
         p.register("durable", "d3", address="127.0.0.1", port=7003)
         p.deregister("durable", "d3")
@@ -188,9 +234,13 @@ def test_restart_loses_no_registration(tmp_path):
     p2.start()
     try:
         _, out = http("GET", p2.api + "/v1/services/durable")
-        assert [(i["instance_id"], i["port"], i["labels"]) for i in out["instances"]] == \
-            [("d1", 7001, {"v": "1"}), ("d2", 7002, {})]
+        assert [(i["instance_id"], i["port"], i["labels"]) for i in out["instances"]] == [
+            ("d1", 7001, {"v": "1"}),
+            ("d2", 7002, {}),
+        ]
         assert out["instances"][0]["expires_in"] > 25  # a fresh TTL after the restart
-        p2.wait_config("eds", lambda c: "outbound|7001||durable" in c and "outbound|7002||durable" in c)
+        p2.wait_config(
+            "eds", lambda c: "outbound|7001||durable" in c and "outbound|7002||durable" in c
+        )
     finally:
         p2.stop()

@@ -16,7 +16,7 @@ from sofamesh.pilot.model import Instance, Locality, Port, Service
 
 
 def inst(svc, iid, port, **kw):
-    return Instance(svc, iid, "10.0.0.%d" % (port % 250), port, **kw)
+    return Instance(svc, iid, f"10.0.0.{port % 250}", port, **kw)
 
 
 def decode(res: Resource, msg):
@@ -37,17 +37,24 @@ def test_cluster_endpoints_weights_localities_health():
     c = decode(g.all[CDS]["outbound|9080||reviews"], cluster_pb2.Cluster)
     assert c.type == cluster_pb2.Cluster.EDS and c.eds_cluster_config.eds_config.HasField("ads")
     cla = decode(g.all[EDS]["outbound|9080||reviews"], endpoint_pb2.ClusterLoadAssignment)
-    assert [(l.locality.zone, l.load_balancing_weight.value) for l in cla.endpoints] == [("z1", 4), ("z2", 1)]
+    assert [(l.locality.zone, l.load_balancing_weight.value) for l in cla.endpoints] == [
+        ("z1", 4),
+        ("z2", 1),
+    ]
     z1 = cla.endpoints[0].lb_endpoints
-    assert [(e.endpoint.address.socket_address.port_value, e.load_balancing_weight.value) for e in z1] == \
-        [(9001, 3), (9002, 1)]
+    assert [
+        (e.endpoint.address.socket_address.port_value, e.load_balancing_weight.value) for e in z1
+    ] == [(9001, 3), (9002, 1)]
     assert cla.endpoints[1].lb_endpoints[0].health_status == health_check_pb2.HealthStatus.UNHEALTHY
 
 
 def test_routes_listener_and_tcp_proxy():
     g = Generator(outbound_port=15001, listener_address="127.0.0.1")
     g.update(
-        {"db": Service("db", ports=(Port(5432, "tcp"),)), "api": Service("api", ports=(Port(80, "http"), Port(81, "grpc")))},
+        {
+            "db": Service("db", ports=(Port(5432, "tcp"),)),
+            "api": Service("api", ports=(Port(80, "http"), Port(81, "grpc"))),
+        },
         {"db": [inst("db", "1", 5432)], "api": [inst("api", "1", 80), inst("api", "2", 81)]},
     )
     rc = decode(g.all[RDS]["15001"], route_pb2.RouteConfiguration)
@@ -56,16 +63,25 @@ def test_routes_listener_and_tcp_proxy():
     assert rc.virtual_hosts[1].routes[0].route.cluster == "outbound|81||api"
     # gRPC port: the upstream cluster speaks HTTP/2
     c81 = decode(g.all[CDS]["outbound|81||api"], cluster_pb2.Cluster)
-    assert "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" in c81.typed_extension_protocol_options
+    assert (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        in c81.typed_extension_protocol_options
+    )
     # only the instance on port 81 backs port 81
     cla = decode(g.all[EDS]["outbound|81||api"], endpoint_pb2.ClusterLoadAssignment)
-    assert [e.endpoint.address.socket_address.port_value for e in cla.endpoints[0].lb_endpoints] == [81]
+    assert [
+        e.endpoint.address.socket_address.port_value for e in cla.endpoints[0].lb_endpoints
+    ] == [81]
     wild = set(g.wild[LDS])
     assert wild == {"127.0.0.1_15001", "127.0.0.1_5432"}
     lst = decode(g.all[LDS]["127.0.0.1_15001"], listener_pb2.Listener)
     hcm = http_connection_manager_pb2.HttpConnectionManager.FromString(
-        lst.filter_chains[0].filters[0].typed_config.value)
-    assert hcm.rds.route_config_name == "15001" and hcm.http_filters[-1].name == "envoy.filters.http.router"
+        lst.filter_chains[0].filters[0].typed_config.value
+    )
+    assert (
+        hcm.rds.route_config_name == "15001"
+        and hcm.http_filters[-1].name == "envoy.filters.http.router"
+    )
     tcp = decode(g.all[LDS]["127.0.0.1_5432"], listener_pb2.Listener)
     tp = tcp_proxy_pb2.TcpProxy.FromString(tcp.filter_chains[0].filters[0].typed_config.value)
     assert tp.cluster == "outbound|5432||db"
@@ -82,7 +98,9 @@ def test_only_changed_services_are_rebuilt_and_versions_are_content_hashes():
     g2.update({}, dict(reversed(list(model.items()))))
     for t in (CDS, EDS, LDS, RDS):  # same model, same versions (replicas agree)
         assert g1.version(t) == g2.version(t)
-        assert {n: r.version for n, r in g1.all[t].items()} == {n: r.version for n, r in g2.all[t].items()}
+        assert {n: r.version for n, r in g1.all[t].items()} == {
+            n: r.version for n, r in g2.all[t].items()
+        }
     before = {n: r for n, r in g1.all[EDS].items()}
     model2 = dict(model)
     model2["s7"] = model["s7"] + [inst("s7", "2", 9999, service_port=8007)]
@@ -93,14 +111,23 @@ def test_only_changed_services_are_rebuilt_and_versions_are_content_hashes():
     # a removed service: its resources are reported removed and the route config changes
     del model2["s3"]
     ch = g1.update({}, model2)
-    assert set(ch.removed[CDS]) == {"outbound|8003||s3"} and "outbound|8003||s3" in ch.removed_wild[CDS]
+    assert (
+        set(ch.removed[CDS]) == {"outbound|8003||s3"}
+        and "outbound|8003||s3" in ch.removed_wild[CDS]
+    )
     assert ch.changed[RDS] == {"15001"}
 
 
 def test_bad_names_and_duplicate_domains_are_skipped_not_fatal():
     g = Generator()
-    g.update({}, {"ok": [inst("ok", "1", 80)], "bad name*": [inst("bad name*", "1", 81)],
-                  "OK": [inst("OK", "1", 80)]})
+    g.update(
+        {},
+        {
+            "ok": [inst("ok", "1", 80)],
+            "bad name*": [inst("bad name*", "1", 81)],
+            "OK": [inst("OK", "1", 80)],
+        },
+    )
     rc = decode(g.all[RDS]["15001"], route_pb2.RouteConfiguration)
     assert len(rc.virtual_hosts) == 1  # "OK" and "ok" collide case-insensitively
     assert g.skipped["bad_name"] == 1 and g.skipped["duplicate_domain"] == 1
@@ -111,10 +138,17 @@ def test_spliced_responses_parse_as_the_real_messages():
     g = Generator()
     g.update({}, {"a": [inst("a", "1", 80)]})
     res = list(g.all[CDS].values())
-    body = ld_field(1, b"v1") + b"".join(r.sotw_chunk() for r in res) + ld_field(4, CDS.encode()) + ld_field(5, b"n1")
+    body = (
+        ld_field(1, b"v1")
+        + b"".join(r.sotw_chunk() for r in res)
+        + ld_field(4, CDS.encode())
+        + ld_field(5, b"n1")
+    )
     m = discovery_pb2.DiscoveryResponse.FromString(body)
     assert m.version_info == "v1" and m.nonce == "n1" and m.type_url == CDS
     assert m.resources[0].SerializeToString() == res[0].any
-    d = discovery_pb2.DeltaDiscoveryResponse.FromString(b"".join(r.delta_chunk() for r in res) + ld_field(6, b"gone"))
+    d = discovery_pb2.DeltaDiscoveryResponse.FromString(
+        b"".join(r.delta_chunk() for r in res) + ld_field(6, b"gone")
+    )
     assert d.resources[0].name == res[0].name and d.resources[0].version == res[0].version
     assert d.removed_resources == ["gone"]
