@@ -330,6 +330,17 @@ def load(opts: Options) -> tuple[Any, Any]:
     return bootstrap, report
 
 
+def _enable_core_dump() -> None:
+    """`--enable-core-dump`: raise the core file size limit to the hard limit."""
+    import resource
+
+    try:
+        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+    except (ValueError, OSError) as e:
+        log.warning("--enable-core-dump: %s", e)
+
+
 def server_check(bootstrap: Any, opts: Options) -> str | None:
     """The Server's own start-up checks without binding anything, if it offers them
     (optional contract: `Server.check(bootstrap, options) -> None`, raising on a config it
@@ -357,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsofamesh  version: {version_string()}\n")
         return 0
     setup_logging(opts)
+    if opts.enable_core_dump:
+        _enable_core_dump()
     from sofamesh.config import ConfigError
 
     name = opts.config_path or "--config-yaml"

@@ -7,6 +7,8 @@ import re
 import socket
 import subprocess
 
+import pytest
+
 from tests.conftest import free_port, sofamesh_command
 from tests.integration.admin.helpers import get, proxy_env, start_sofamesh, stop, write_bootstrap
 
@@ -95,14 +97,15 @@ def test_pilot_agent_command_line(tmp_path):
     assert proc.returncode == 0  # SIGTERM is a clean exit, as in Envoy
 
 
-def test_listener_bind_failure_exits_1(tmp_path):
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_listener_bind_failure_exits_1(tmp_path, concurrency):
     admin = free_port()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         cfg = write_bootstrap(tmp_path / "b.yaml", admin=admin, port=port, upstream=free_port())
-        r = run("-c", str(cfg), "--concurrency", "1", timeout=60)
+        r = run("-c", str(cfg), "--concurrency", concurrency, timeout=60)
     assert r.returncode == 1
     assert "error initializing" in r.stderr
 
