@@ -120,9 +120,9 @@ def ratios(a: dict, b: dict) -> dict:
 def table(results: dict) -> str:
     cols = ("cpu_us_per_req", "rps", "p50_ms", "p99_ms", "requests", "cpu_s")
     head = f"{'target':<22}" + "".join(f"{c:>16}" for c in cols) + f"{'cpu_us min..max':>18}"
-    lines = [f"medians over {results['layout']['rounds']} interleaved round(s); load average "
-             f"{results['loadavg_1m_before']} before, {results.get('loadavg_1m_after')} after",
-             head, "-" * len(head)]
+    title = (f"medians over {results['layout']['rounds']} interleaved round(s); load average "
+             f"{results['loadavg_1m_before']} before, {results.get('loadavg_1m_after')} after")
+    lines = [title, head, "-" * len(head)]
     for name, row in results["runs"].items():
         if "cpu_us_per_req" not in row:
             lines.append(f"{name:<22}  ERROR {row.get('error', '')[:300]}")

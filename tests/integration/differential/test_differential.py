@@ -103,6 +103,15 @@ CASES: list[Case] = [
       [503]),
     C("no-retry-without-policy", R("GET", "/a/r", [("x-case-id", "r3"), ("x-upstream-action", "fail=1")]),
       [503]),
+    # --- Envoy's x-envoy-* request headers: with this bootstrap Envoy does not honour the retry
+    # and timeout ones (and strips them); a client's own x-request-id is kept. ----------------
+    C("client-x-request-id-kept", R("GET", "/a/rid", [("x-request-id", "client-chosen-id-1")]), [200]),
+    C("client-x-envoy-retry-on", R("GET", "/a/rr", [("x-case-id", "r4"), ("x-upstream-action", "fail=1"),
+                                                   ("x-envoy-retry-on", "5xx")]), [503]),
+    C("client-x-envoy-upstream-rq-timeout-ms",
+      R("GET", "/a/t", [("x-upstream-action", "delay=1000"), ("x-envoy-upstream-rq-timeout-ms", "300")]),
+      [200]),
+    C("fragment-in-target", R("GET", "/a/frag#part"), [400]),
     # --- bad requests -------------------------------------------------------------------------
     C("garbage", b"HELLO THERE\r\n\r\n", [400]),
     C("binary-garbage", bytes(range(1, 200)) + b"\r\n\r\n", [400]),
