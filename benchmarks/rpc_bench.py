@@ -43,28 +43,49 @@ def bolt_request() -> bytes:
     from sofamesh._core.codecs import bolt
 
     return bolt.BoltFrame(
-        request_id=1, codec=1, timeout=3000, class_name=bolt.SOFA_REQUEST_CLASS,
-        headers={"service": SERVICE, "sofa_head_method_name": "echo",
-                 "sofa_head_target_app": "bench", "rpc_trace_context.sofaTraceId": "0a1b2c3d4e",
-                 "rpc_trace_context.sofaRpcId": "0"},
-        content=b"\x91" * 64).encode()
+        request_id=1,
+        codec=1,
+        timeout=3000,
+        class_name=bolt.SOFA_REQUEST_CLASS,
+        headers={
+            "service": SERVICE,
+            "sofa_head_method_name": "echo",
+            "sofa_head_target_app": "bench",
+            "rpc_trace_context.sofaTraceId": "0a1b2c3d4e",
+            "rpc_trace_context.sofaRpcId": "0",
+        },
+        content=b"\x91" * 64,
+    ).encode()
 
 
 def bolt_response() -> bytes:
     from sofamesh._core.codecs import bolt
 
-    return bolt.BoltFrame(type=0, cmdcode=2, request_id=1, codec=1, status=0,
-                          class_name=bolt.SOFA_RESPONSE_CLASS, content=b"\x91" * 64).encode()
+    return bolt.BoltFrame(
+        type=0,
+        cmdcode=2,
+        request_id=1,
+        codec=1,
+        status=0,
+        class_name=bolt.SOFA_RESPONSE_CLASS,
+        content=b"\x91" * 64,
+    ).encode()
 
 
 def dubbo_request() -> bytes:
     from sofamesh._core.codecs import dubbo
     from sofamesh._core.codecs.hessian import h2_encode_simple
 
-    return dubbo.encode_request(1, "2.0.2", DUBBO_SERVICE, "1.0", "echo", "Ljava/lang/String;",
-                                h2_encode_simple("x" * 64),
-                                {"path": DUBBO_SERVICE, "interface": DUBBO_SERVICE,
-                                 "version": "1.0", "timeout": "3000"})
+    return dubbo.encode_request(
+        1,
+        "2.0.2",
+        DUBBO_SERVICE,
+        "1.0",
+        "echo",
+        "Ljava/lang/String;",
+        h2_encode_simple("x" * 64),
+        {"path": DUBBO_SERVICE, "interface": DUBBO_SERVICE, "version": "1.0", "timeout": "3000"},
+    )
 
 
 def dubbo_response() -> bytes:
@@ -161,7 +182,7 @@ def load(proto: str, port: int, conns: int, inflight: int, warmup: float, durati
         loop = asyncio.get_running_loop()
         clients = []
         for _ in range(conns):
-            t, c = await loop.create_connection(Client, "127.0.0.1", port)
+            t, _c = await loop.create_connection(Client, "127.0.0.1", port)
             t.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             clients.append(t)
         await asyncio.sleep(warmup)
@@ -176,12 +197,19 @@ def load(proto: str, port: int, conns: int, inflight: int, warmup: float, durati
             t.close()
         lat = sorted(state["lat"])
         n = len(lat)
-        print(json.dumps({
-            "requests": state["done"], "errors": state["errors"], "seconds": elapsed,
-            "rps": state["done"] / elapsed if elapsed else 0,
-            "p50_ms": lat[n // 2] * 1000 if n else None,
-            "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1000 if n else None,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "requests": state["done"],
+                    "errors": state["errors"],
+                    "seconds": elapsed,
+                    "rps": state["done"] / elapsed if elapsed else 0,
+                    "p50_ms": lat[n // 2] * 1000 if n else None,
+                    "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1000 if n else None,
+                }
+            ),
+            flush=True,
+        )
 
     uvloop.run(main())
 
@@ -198,38 +226,98 @@ def sofamesh_argv() -> list[str]:
 
 def bootstrap(proto: str, listen: int, admin: int, upstream: int) -> dict:
     if proto == "bolt":
-        flt = {"name": "sofamesh.filters.network.bolt_proxy", "typed_config": {
-            "@type": "type.googleapis.com/sofamesh.filters.network.bolt_proxy.v1.BoltProxy",
-            "stat_prefix": "bench", "route_config": [{
-                "name": "bench", "interface": SERVICE.split(":")[0],
-                "routes": [{"match": {"method": {"name": {"exact": "echo"}}},
-                            "route": {"cluster": "upstream"}}]}]}}
+        flt = {
+            "name": "sofamesh.filters.network.bolt_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/sofamesh.filters.network.bolt_proxy.v1.BoltProxy",
+                "stat_prefix": "bench",
+                "route_config": [
+                    {
+                        "name": "bench",
+                        "interface": SERVICE.split(":")[0],
+                        "routes": [
+                            {
+                                "match": {"method": {"name": {"exact": "echo"}}},
+                                "route": {"cluster": "upstream"},
+                            }
+                        ],
+                    }
+                ],
+            },
+        }
     else:
-        flt = {"name": "envoy.filters.network.dubbo_proxy", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3"
-                     ".DubboProxy",
-            "stat_prefix": "bench", "protocol_type": "Dubbo", "serialization_type": "Hessian2",
-            "route_config": [{"name": "bench", "interface": DUBBO_SERVICE, "routes": [
-                {"match": {"method": {"name": {"exact": "echo"}}},
-                 "route": {"cluster": "upstream"}}]}]}}
+        flt = {
+            "name": "envoy.filters.network.dubbo_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3"
+                ".DubboProxy",
+                "stat_prefix": "bench",
+                "protocol_type": "Dubbo",
+                "serialization_type": "Hessian2",
+                "route_config": [
+                    {
+                        "name": "bench",
+                        "interface": DUBBO_SERVICE,
+                        "routes": [
+                            {
+                                "match": {"method": {"name": {"exact": "echo"}}},
+                                "route": {"cluster": "upstream"},
+                            }
+                        ],
+                    }
+                ],
+            },
+        }
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
-            "listeners": [{"name": "bench", "address": {"socket_address": {
-                "address": "127.0.0.1", "port_value": listen}},
-                "filter_chains": [{"filters": [flt]}]}],
-            "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
-                          "load_assignment": {"cluster_name": "upstream", "endpoints": [{
-                              "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                                  "address": "127.0.0.1", "port_value": upstream}}}}]}]}}],
+            "listeners": [
+                {
+                    "name": "bench",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                    "filter_chains": [{"filters": [flt]}],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "upstream",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": upstream,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
         },
     }
 
 
 def _spawn(argv, core, env=None, log=None):
-    return subprocess.Popen(["taskset", "-c", str(core), *argv], stdout=subprocess.PIPE,
-                            stderr=log or subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env=env, text=True, start_new_session=True)
+    return subprocess.Popen(
+        ["taskset", "-c", str(core), *argv],
+        stdout=subprocess.PIPE,
+        stderr=log or subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _kill(p):
@@ -262,26 +350,61 @@ def run_case(proto: str, target: str, args, workdir: Path) -> dict:
             port, admin = free_port(), free_port()
             cfg = workdir / f"{target}-{proto}.json"
             cfg.write_text(json.dumps(bootstrap(proto, port, admin, up_port)))
-            log = open(workdir / f"{target}-{proto}.log", "w")
             if target == "envoy":
-                argv = [envoy_binary(), "--concurrency", "1", "-l", "error",
-                        "--disable-hot-restart", "-c", str(cfg)]
+                argv = [
+                    envoy_binary(),
+                    "--concurrency",
+                    "1",
+                    "-l",
+                    "error",
+                    "--disable-hot-restart",
+                    "-c",
+                    str(cfg),
+                ]
                 env = None
             else:
-                argv = [*sofamesh_argv(), "proxy", "--concurrency", "1", "-l", "error",
-                        "-c", str(cfg)]
-                env = {**os.environ,
-                       "SOFAMESH_SERVER_FACTORY": "sofamesh.filters.network.rpc_server:Server"}
-            proxy = _spawn(argv, 0, env=env, log=log)
+                argv = [
+                    *sofamesh_argv(),
+                    "proxy",
+                    "--concurrency",
+                    "1",
+                    "-l",
+                    "error",
+                    "-c",
+                    str(cfg),
+                ]
+                env = {
+                    **os.environ,
+                    "SOFAMESH_SERVER_FACTORY": "sofamesh.filters.network.rpc_server:Server",
+                }
+            with open(workdir / f"{target}-{proto}.log", "w") as log:
+                proxy = _spawn(argv, 0, env=env, log=log)
             deadline = time.monotonic() + 30
             while not accepts(port):
                 if proxy.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{target} did not start: "
-                                       f"{(workdir / f'{target}-{proto}.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"{target} did not start: "
+                        f"{(workdir / f'{target}-{proto}.log').read_text()[-2000:]}"
+                    )
                 time.sleep(0.05)
-        gen = _spawn([*me, "--load", proto, "--port", str(port), "--connections",
-                      str(args.connections), "--inflight", str(args.inflight),
-                      "--warmup", str(args.warmup), "--duration", str(args.duration)], 1)
+        gen = _spawn(
+            [
+                *me,
+                "--load",
+                proto,
+                "--port",
+                str(port),
+                "--connections",
+                str(args.connections),
+                "--inflight",
+                str(args.inflight),
+                "--warmup",
+                str(args.warmup),
+                "--duration",
+                str(args.duration),
+            ],
+            1,
+        )
         pids = process_tree(proxy.pid) if proxy else []
         assert gen.stdout.readline().strip() == "measure-start"
         c0 = cpu_seconds(pids) if pids else 0.0
@@ -289,8 +412,9 @@ def run_case(proto: str, target: str, args, workdir: Path) -> dict:
         c1 = cpu_seconds(pids) if pids else 0.0
         res = json.loads(gen.stdout.readline())
         gen.wait(10)
-        res["cpu_us_per_req"] = ((c1 - c0) / res["requests"] * 1e6
-                                 if pids and res["requests"] else None)
+        res["cpu_us_per_req"] = (
+            (c1 - c0) / res["requests"] * 1e6 if pids and res["requests"] else None
+        )
         res["proxy_cpu_s"] = c1 - c0 if pids else None
         return res
     finally:
@@ -317,8 +441,10 @@ def main() -> int:
         return 0
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for proto, targets in (("dubbo", ("direct", "envoy", "sofamesh")),
-                               ("bolt", ("direct", "sofamesh"))):
+        for proto, targets in (
+            ("dubbo", ("direct", "envoy", "sofamesh")),
+            ("bolt", ("direct", "sofamesh")),
+        ):
             for target in targets:
                 key = f"{proto}/{target}"
                 results[key] = run_case(proto, target, args, Path(tmp))
@@ -336,14 +462,24 @@ def main() -> int:
     print(f"\n{'case':18}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'proxy us/req':>14}{'errors':>8}")
     for key, r in results.items():
         cpu = f"{r['cpu_us_per_req']:.1f}" if r["cpu_us_per_req"] is not None else "-"
-        print(f"{key:18}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{cpu:>14}"
-              f"{r['errors']:>8}")
+        print(
+            f"{key:18}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{cpu:>14}"
+            f"{r['errors']:>8}"
+        )
     print()
     for k, v in ratios.items():
         print(f"{k:36} {v:.2f}")
-    out = {"config": {"connections": args.connections, "inflight": args.inflight,
-                      "duration_s": args.duration, "proxy_core": 0, "load_core": 1},
-           "results": results, "ratios": ratios}
+    out = {
+        "config": {
+            "connections": args.connections,
+            "inflight": args.inflight,
+            "duration_s": args.duration,
+            "proxy_core": 0,
+            "load_core": 1,
+        },
+        "results": results,
+        "ratios": ratios,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 1 if any(r["errors"] or not r["requests"] for r in results.values()) else 0

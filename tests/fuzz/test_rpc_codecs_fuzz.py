@@ -43,11 +43,11 @@ def mutated(draw, corpus: list[bytes]) -> bytes:
         elif op == "set":
             data[i] = draw(st.sampled_from([0, 0xFF, 0x7F, 0x80, 0x4F, 0x6F, 0x43, 0x5A, 0x7A]))
         elif op == "cut":
-            del data[i:i + draw(st.integers(1, 16))]
+            del data[i : i + draw(st.integers(1, 16))]
         elif op == "insert":
             data[i:i] = draw(st.binary(min_size=1, max_size=8))
         else:  # a length field grown or shrunk
-            data[i:i + 4] = draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big")
+            data[i : i + 4] = draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big")
     return bytes(data)
 
 

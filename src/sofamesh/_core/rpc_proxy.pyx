@@ -11,7 +11,7 @@
 
 import re
 
-from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+from sofamesh._core.stats cimport Store
 from sofamesh._core.upstream cimport Cluster, Host
 from sofamesh._core.codecs.rpcframe cimport ProtocolError
 from sofamesh._core.codecs.bolt cimport (
@@ -226,8 +226,10 @@ cdef class RpcStats:
         self.upstream_rq_timeout = store.counter(prefix + "upstream_rq_timeout")
         self.upstream_reset = store.counter(prefix + "upstream_reset")
         self.cx_total = store.counter(prefix + "cx_total")
-        self.cx_destroy_local_with_active_rq = store.counter(prefix + "cx_destroy_local_with_active_rq")
-        self.cx_destroy_remote_with_active_rq = store.counter(prefix + "cx_destroy_remote_with_active_rq")
+        self.cx_destroy_local_with_active_rq = store.counter(
+            prefix + "cx_destroy_local_with_active_rq")
+        self.cx_destroy_remote_with_active_rq = store.counter(
+            prefix + "cx_destroy_remote_with_active_rq")
         self.request_active = store.gauge(prefix + "request_active")
         self.cx_active = store.gauge(prefix + "cx_active")
         self.request_time_ms = store.histogram(prefix + "request_time_ms")

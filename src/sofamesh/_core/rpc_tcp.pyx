@@ -4,7 +4,7 @@
 # pauses the reading side while the writing side's buffer is full.
 
 from sofamesh._core.upstream cimport Cluster, Host
-from sofamesh._core.stats cimport Counter, Gauge, Store
+from sofamesh._core.stats cimport Store
 from sofamesh._core.router cimport rng_next
 
 

@@ -9,6 +9,7 @@ import select
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -19,16 +20,19 @@ PEERS = ROOT / "tests" / "peers"
 BOLT_TYPE = "type.googleapis.com/sofamesh.filters.network.bolt_proxy.v1.BoltProxy"
 DUBBO_TYPE = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy"
 TCP_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-            ".HttpConnectionManager")
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
 SERVER_FACTORY = "sofamesh.filters.network.rpc_server:Server"
 SERVICE = "com.nodejs.test.TestService"
 
 
 def node_ready() -> Path:
     if not (PEERS / "node_modules" / "sofa-rpc-node").is_dir():
-        pytest.fail("npm peers are not installed: run `bash ci/install.sh test` "
-                    "(ci/install.d/rpc-peers.sh)")
+        pytest.fail(
+            "npm peers are not installed: run `bash ci/install.sh test` (ci/install.d/rpc-peers.sh)"
+        )
     return PEERS
 
 
@@ -43,8 +47,13 @@ class NodeServer:
         self.port = 0
 
     def start(self) -> NodeServer:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, cwd=PEERS)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=PEERS,
+        )
         ready, _, _ = select.select([self.proc.stdout], [], [], 20)
         if not ready:
             self.stop()
@@ -58,76 +67,126 @@ class NodeServer:
             self.proc.kill()
             self.proc.wait(5)
 
-    def __enter__(self) -> NodeServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def node_client(port: int, calls: list[dict], mode: str = "bolt", repeat: int = 1,
-                timeout: float = 30) -> list[dict]:
+def node_client(
+    port: int, calls: list[dict], mode: str = "bolt", repeat: int = 1, timeout: float = 30
+) -> list[dict]:
     """Runs tests/peers/rpc_client.js against 127.0.0.1:port; its per-call results."""
-    argv = ["node", str(node_ready() / "rpc_client.js"), "--target", f"127.0.0.1:{port}",
-            "--calls", json.dumps(calls), "--repeat", str(repeat)]
+    argv = [
+        "node",
+        str(node_ready() / "rpc_client.js"),
+        "--target",
+        f"127.0.0.1:{port}",
+        "--calls",
+        json.dumps(calls),
+        "--repeat",
+        str(repeat),
+    ]
     if mode == "dubbo":
         argv.append("--dubbo")
     elif mode == "bolt2":
         argv.append("--bolt2-crc")
-    out = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=PEERS, text=True)
+    out = subprocess.run(
+        argv, capture_output=True, timeout=timeout, cwd=PEERS, text=True, check=False
+    )
     try:
         res = json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        raise AssertionError(f"client failed: {out.stdout[:500]!r}... "
-                             f"{out.stderr[-2000:]!r}") from None
+        raise AssertionError(
+            f"client failed: {out.stdout[:500]!r}... {out.stderr[-2000:]!r}"
+        ) from None
     assert isinstance(res, list), res
     return res
 
 
 def cluster(name: str, ports: list[int], connect_timeout: str = "1s") -> dict:
     return {
-        "name": name, "type": "STATIC", "connect_timeout": connect_timeout,
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                         "port_value": p}}}}
-            for p in ports]}]},
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": p}
+                                }
+                            }
+                        }
+                        for p in ports
+                    ]
+                }
+            ],
+        },
     }
 
 
 def listener(name: str, port: int, filters: list[dict]) -> dict:
-    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1",
-                                                         "port_value": port}},
-            "filter_chains": [{"filters": filters}]}
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": filters}],
+    }
 
 
 def dubbo_filter(routes: list[dict], stat_prefix: str = "dubbo_in") -> dict:
-    return {"name": "envoy.filters.network.dubbo_proxy", "typed_config": {
-        "@type": DUBBO_TYPE, "stat_prefix": stat_prefix, "protocol_type": "Dubbo",
-        "serialization_type": "Hessian2", "route_config": routes}}
+    return {
+        "name": "envoy.filters.network.dubbo_proxy",
+        "typed_config": {
+            "@type": DUBBO_TYPE,
+            "stat_prefix": stat_prefix,
+            "protocol_type": "Dubbo",
+            "serialization_type": "Hessian2",
+            "route_config": routes,
+        },
+    }
 
 
 def bolt_filter(routes: list[dict], stat_prefix: str = "bolt_in", **extra) -> dict:
-    return {"name": "sofamesh.filters.network.bolt_proxy", "typed_config": {
-        "@type": BOLT_TYPE, "stat_prefix": stat_prefix, "route_config": routes, **extra}}
+    return {
+        "name": "sofamesh.filters.network.bolt_proxy",
+        "typed_config": {
+            "@type": BOLT_TYPE,
+            "stat_prefix": stat_prefix,
+            "route_config": routes,
+            **extra,
+        },
+    }
 
 
 def tcp_filter(cluster_name: str, stat_prefix: str = "tcp_in") -> dict:
-    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-        "@type": TCP_TYPE, "stat_prefix": stat_prefix, "cluster": cluster_name}}
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {"@type": TCP_TYPE, "stat_prefix": stat_prefix, "cluster": cluster_name},
+    }
 
 
 def route_config(interface: str, cluster_name: str, method: str | None = None, **kw) -> dict:
     match: dict = {}
     if method is not None:
         match["method"] = {"name": {"exact": method}}
-    return {"name": f"rc_{interface}", "interface": interface,
-            "routes": [{"match": match, "route": {"cluster": cluster_name}}], **kw}
+    return {
+        "name": f"rc_{interface}",
+        "interface": interface,
+        "routes": [{"match": match, "route": {"cluster": cluster_name}}],
+        **kw,
+    }
 
 
 def bootstrap(listeners: list[dict], clusters: list[dict]) -> dict:
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                 "port_value": free_port()}}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}
+        },
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
@@ -212,7 +271,7 @@ class RawUpstream:
             if self.mode != "silent":
                 c.close()
 
-    def __enter__(self) -> RawUpstream:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

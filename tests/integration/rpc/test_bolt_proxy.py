@@ -53,17 +53,28 @@ def world(tmp_path_factory):
     while ant._server is None and time.monotonic() < deadline:
         time.sleep(0.02)
     ant_port = ant._server.sockets[0].getsockname()[1]
-    with NodeServer(tag="s1") as s1, NodeServer(tag="s2") as s2, \
-            RawUpstream("silent") as silent, RawUpstream("reset") as reset:
+    with (
+        NodeServer(tag="s1") as s1,
+        NodeServer(tag="s2") as s2,
+        RawUpstream("silent") as silent,
+        RawUpstream("reset") as reset,
+    ):
         port = free_port()
         routes = [
-            {"name": "node", "interface": SERVICE, "routes": [
-                {"match": {"method": {"name": {"exact": "who"}},
-                           "headers": [{"name": "service", "string_match": {
-                               "prefix": SERVICE}}]},
-                 "route": {"cluster": "node2"}},
-                {"match": {}, "route": {"cluster": "node1"}},
-            ]},
+            {
+                "name": "node",
+                "interface": SERVICE,
+                "routes": [
+                    {
+                        "match": {
+                            "method": {"name": {"exact": "who"}},
+                            "headers": [{"name": "service", "string_match": {"prefix": SERVICE}}],
+                        },
+                        "route": {"cluster": "node2"},
+                    },
+                    {"match": {}, "route": {"cluster": "node1"}},
+                ],
+            },
             route_config(ANT_IFACE, "ant"),
             route_config("com.raw.Silent", "silent"),
             route_config("com.raw.Reset", "reset"),
@@ -72,16 +83,26 @@ def world(tmp_path_factory):
         dead = free_port()
         boot = bootstrap(
             [listener("bolt", port, [bolt_filter(routes, default_timeout_ms=400)])],
-            [cluster("node1", [s1.port]), cluster("node2", [s2.port]), cluster("ant", [ant_port]),
-             cluster("silent", [silent.port]), cluster("reset", [reset.port]),
-             cluster("dead", [dead])])
+            [
+                cluster("node1", [s1.port]),
+                cluster("node2", [s2.port]),
+                cluster("ant", [ant_port]),
+                cluster("silent", [silent.port]),
+                cluster("reset", [reset.port]),
+                cluster("dead", [dead]),
+            ],
+        )
         with sofamesh(boot, tmp_path_factory.mktemp("bolt")) as proxy:
             yield {"proxy": proxy, "port": port, "silent": silent, "reset": reset}
     ant.shutdown()
 
 
-CALLS = [{"method": "plus", "args": [1, 2]}, {"method": "fail", "args": ["boom"]},
-         {"method": "echo", "args": ["héllo"]}, {"method": "who"}]
+CALLS = [
+    {"method": "plus", "args": [1, 2]},
+    {"method": "fail", "args": ["boom"]},
+    {"method": "echo", "args": ["héllo"]},
+    {"method": "who"},
+]
 
 
 def check_results(res):
@@ -97,7 +118,7 @@ def check_results(res):
 def test_sofa_rpc_node_through_sofamesh(world, mode):
     res = node_client(world["port"], CALLS, mode=mode, repeat=3)
     for i in range(3):
-        check_results(res[4 * i:4 * i + 4])
+        check_results(res[4 * i : 4 * i + 4])
 
 
 def test_requests_multiplexed_over_a_small_upstream_pool(world):
@@ -109,15 +130,27 @@ def test_requests_multiplexed_over_a_small_upstream_pool(world):
         assert [r["result"] for r in res] == [2 * i for i in range(40)]
     after = stats(proxy)
     assert after["bolt.bolt_in.cx_total"] - before.get("bolt.bolt_in.cx_total", 0) >= 3
-    assert after["cluster.node1.upstream_rq_total"] - before.get(
-        "cluster.node1.upstream_rq_total", 0) == 120
+    assert (
+        after["cluster.node1.upstream_rq_total"] - before.get("cluster.node1.upstream_rq_total", 0)
+        == 120
+    )
     # every downstream connection shares the same few upstream connections
     assert after["cluster.node1.upstream_cx_total"] <= 2
+    # admin /clusters shows the RPC cluster's hosts like HTTP ones
+    from tests.support.envoy import admin_get
+
+    aport = int(proxy.bootstrap["admin"]["address"]["socket_address"]["port_value"])
+    status, body = admin_get(aport, "/clusters")
+    assert status == 200
+    host = [ln for ln in body.splitlines() if ln.startswith("node1::127.0.0.1:")]
+    counts = {ln.split("::")[2]: ln.split("::")[3] for ln in host}
+    assert int(counts["rq_total"]) >= 120 and int(counts["rq_success"]) >= 120
+    assert int(counts["cx_active"]) in (1, 2) and counts["rq_active"] == "0"
 
 
 def test_anthunder_client_and_server_through_sofamesh(world, monkeypatch):
-    import anthunder.client.base as base
     from anthunder import SERVICE_MAP, Client
+    from anthunder.client import base
     from mytracer import SpanContext
 
     class _NoMesh:  # the client would otherwise look for a mesh agent on 127.0.0.1:12220
@@ -133,16 +166,24 @@ def test_anthunder_client_and_server_through_sofamesh(world, monkeypatch):
 
 
 def _req(rid: int, service: str, **kw) -> bytes:
-    return bolt.BoltFrame(request_id=rid, class_name=bolt.SOFA_REQUEST_CLASS,
-                          headers={"service": service, "sofa_head_method_name": "m"},
-                          content=b"\x91", **kw).encode()
+    return bolt.BoltFrame(
+        request_id=rid,
+        class_name=bolt.SOFA_REQUEST_CLASS,
+        headers={"service": service, "sofa_head_method_name": "m"},
+        content=b"\x91",
+        **kw,
+    ).encode()
 
 
 def test_heartbeat_answered_locally(world):
     proxy = world["proxy"]
-    out = raw_exchange(world["port"], bolt.heartbeat(4242) + bolt.heartbeat(7, proto=2), bolt.BoltDecoder(), 2)
+    out = raw_exchange(
+        world["port"], bolt.heartbeat(4242) + bolt.heartbeat(7, proto=2), bolt.BoltDecoder(), 2
+    )
     assert [(f.request_id, f.cmdcode, f.type, f.status, f.proto) for f in out] == [
-        (4242, 0, 0, 0, 1), (7, 0, 0, 0, 2)]
+        (4242, 0, 0, 0, 1),
+        (7, 0, 0, 0, 2),
+    ]
     assert wait_stat(proxy, "bolt.bolt_in.request_event", 2) >= 2
 
 
@@ -154,23 +195,31 @@ def test_no_route_is_a_no_processor_reply_with_the_request_id(world):
 
 
 def test_no_healthy_upstream_and_connect_failure(world):
-    out = raw_exchange(world["port"], _req(5, "com.raw.Dead:1.0") + _req(6, "com.raw.Dead:1.0"),
-                       bolt.BoltDecoder(), 2)
+    out = raw_exchange(
+        world["port"],
+        _req(5, "com.raw.Dead:1.0") + _req(6, "com.raw.Dead:1.0"),
+        bolt.BoltDecoder(),
+        2,
+    )
     assert sorted((f.request_id, f.status) for f in out) == [
-        (5, bolt.STATUS_CONNECTION_CLOSED), (6, bolt.STATUS_CONNECTION_CLOSED)]
+        (5, bolt.STATUS_CONNECTION_CLOSED),
+        (6, bolt.STATUS_CONNECTION_CLOSED),
+    ]
     assert stats(world["proxy"])["cluster.dead.upstream_cx_connect_fail"] >= 1
 
 
 def test_upstream_timeout_reply(world):
     # the request's own timeout (250 ms) bounds the upstream wait
     t0 = time.monotonic()
-    out = raw_exchange(world["port"], _req(77, "com.raw.Silent:1.0", timeout=250),
-                       bolt.BoltDecoder(), 1)
+    out = raw_exchange(
+        world["port"], _req(77, "com.raw.Silent:1.0", timeout=250), bolt.BoltDecoder(), 1
+    )
     assert [(f.request_id, f.status) for f in out] == [(77, bolt.STATUS_TIMEOUT)]
     assert 0.2 < time.monotonic() - t0 < 2.0
     # with no timeout in the request, the BoltProxy default (400 ms here) applies
-    out = raw_exchange(world["port"], _req(78, "com.raw.Silent:1.0", timeout=-1),
-                       bolt.BoltDecoder(), 1)
+    out = raw_exchange(
+        world["port"], _req(78, "com.raw.Silent:1.0", timeout=-1), bolt.BoltDecoder(), 1
+    )
     assert [(f.request_id, f.status) for f in out] == [(78, bolt.STATUS_TIMEOUT)]
     # the upstream saw the request under another id, with the content intact
     got = bolt.BoltDecoder().feed(bytes(world["silent"].received))
@@ -186,8 +235,13 @@ def test_upstream_reset_reply(world):
 
 def test_oneway_is_forwarded_and_not_answered(world):
     before = len(world["silent"].received)
-    out = raw_exchange(world["port"], _req(1, "com.raw.Silent:1.0", type=bolt.BOLT_TYPE_ONEWAY),
-                       bolt.BoltDecoder(), 1, timeout=0.5)
+    out = raw_exchange(
+        world["port"],
+        _req(1, "com.raw.Silent:1.0", type=bolt.BOLT_TYPE_ONEWAY),
+        bolt.BoltDecoder(),
+        1,
+        timeout=0.5,
+    )
     assert out == []
     deadline = time.monotonic() + 2
     while len(world["silent"].received) == before and time.monotonic() < deadline:
@@ -199,7 +253,7 @@ def test_oneway_is_forwarded_and_not_answered(world):
 def test_malformed_frame_is_a_codec_exception_and_garbage_closes(world):
     bad = bytearray(_req(12, "com.raw.Silent:1.0"))
     off = 22 + len(bolt.SOFA_REQUEST_CLASS)
-    bad[off:off + 4] = (0x7FFF).to_bytes(4, "big")  # header-map key length past its end
+    bad[off : off + 4] = (0x7FFF).to_bytes(4, "big")  # header-map key length past its end
     out = raw_exchange(world["port"], bytes(bad), bolt.BoltDecoder(), 1)
     assert [(f.request_id, f.status) for f in out] == [(12, bolt.STATUS_CODEC_EXCEPTION)]
     import socket

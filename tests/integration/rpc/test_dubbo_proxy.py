@@ -31,24 +31,43 @@ from .conftest import (
 
 def any_method(cluster_name: str) -> dict:
     # Envoy requires a method matcher on every route
-    return {"match": {"method": {"name": {"safe_regex": {"regex": ".*"}}}},
-            "route": {"cluster": cluster_name}}
+    return {
+        "match": {"method": {"name": {"safe_regex": {"regex": ".*"}}}},
+        "route": {"cluster": cluster_name},
+    }
 
 
 def dubbo_routes() -> list[dict]:
     return [
-        {"name": "node", "interface": SERVICE, "routes": [
-            {"match": {"method": {"name": {"exact": "who"}}}, "route": {"cluster": "d2"}},
-            {"match": {"method": {"name": {"prefix": "p"}}}, "route": {"cluster": "d1"}},
-            {"match": {"method": {"name": {"exact": "echo"}}}, "route": {"cluster": "d1"}},
-            {"match": {"method": {"name": {"exact": "fail"}}}, "route": {"cluster": "d1"}},
-        ]},
-        {"name": "grouped", "interface": "svc.Grouped", "group": "blue",
-         "routes": [any_method("silent")]},
-        {"name": "hdr", "interface": "svc.Headers", "routes": [
-            {"match": {"method": {"name": {"exact": "m"}},
-                       "headers": [{"name": "tenant", "string_match": {"exact": "t1"}}]},
-             "route": {"cluster": "silent"}}]},
+        {
+            "name": "node",
+            "interface": SERVICE,
+            "routes": [
+                {"match": {"method": {"name": {"exact": "who"}}}, "route": {"cluster": "d2"}},
+                {"match": {"method": {"name": {"prefix": "p"}}}, "route": {"cluster": "d1"}},
+                {"match": {"method": {"name": {"exact": "echo"}}}, "route": {"cluster": "d1"}},
+                {"match": {"method": {"name": {"exact": "fail"}}}, "route": {"cluster": "d1"}},
+            ],
+        },
+        {
+            "name": "grouped",
+            "interface": "svc.Grouped",
+            "group": "blue",
+            "routes": [any_method("silent")],
+        },
+        {
+            "name": "hdr",
+            "interface": "svc.Headers",
+            "routes": [
+                {
+                    "match": {
+                        "method": {"name": {"exact": "m"}},
+                        "headers": [{"name": "tenant", "string_match": {"exact": "t1"}}],
+                    },
+                    "route": {"cluster": "silent"},
+                }
+            ],
+        },
         {"name": "dead", "interface": "svc.Dead", "routes": [any_method("dead")]},
         {"name": "reset", "interface": "svc.Reset", "routes": [any_method("reset")]},
         {"name": "silent", "interface": "svc.Silent", "routes": [any_method("silent")]},
@@ -57,8 +76,12 @@ def dubbo_routes() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def peers():
-    with NodeServer(dubbo=True, tag="d1") as d1, NodeServer(dubbo=True, tag="d2") as d2, \
-            RawUpstream("silent") as silent, RawUpstream("reset") as reset:
+    with (
+        NodeServer(dubbo=True, tag="d1") as d1,
+        NodeServer(dubbo=True, tag="d2") as d2,
+        RawUpstream("silent") as silent,
+        RawUpstream("reset") as reset,
+    ):
         yield {"d1": d1, "d2": d2, "silent": silent, "reset": reset}
 
 
@@ -66,9 +89,14 @@ def make_boot(peers) -> tuple[dict, int]:
     port = free_port()
     boot = bootstrap(
         [listener("dubbo", port, [dubbo_filter(dubbo_routes())])],
-        [cluster("d1", [peers["d1"].port]), cluster("d2", [peers["d2"].port]),
-         cluster("silent", [peers["silent"].port]), cluster("reset", [peers["reset"].port]),
-         cluster("dead", [free_port()])])
+        [
+            cluster("d1", [peers["d1"].port]),
+            cluster("d2", [peers["d2"].port]),
+            cluster("silent", [peers["silent"].port]),
+            cluster("reset", [peers["reset"].port]),
+            cluster("dead", [free_port()]),
+        ],
+    )
     return boot, port
 
 
@@ -79,14 +107,19 @@ def mesh(peers, tmp_path_factory):
         yield {"proxy": proxy, "port": port, **peers}
 
 
-CALLS = [{"method": "plus", "args": [40, 2]}, {"method": "fail", "args": ["boom"]},
-         {"method": "echo", "args": ["héllo wörld ✓"]}, {"method": "echo", "args": ["y" * 70000]},
-         {"method": "who"}]
+CALLS = [
+    {"method": "plus", "args": [40, 2]},
+    {"method": "fail", "args": ["boom"]},
+    {"method": "echo", "args": ["héllo wörld ✓"]},
+    {"method": "echo", "args": ["y" * 70000]},
+    {"method": "who"},
+]
 
 
 def _req(rid: int, service: str, method: str = "m", version: str = "1.0", **att) -> bytes:
-    return dubbo.encode_request(rid, "2.0.2", service, version, method, "I",
-                                h2_encode_simple(1), att)
+    return dubbo.encode_request(
+        rid, "2.0.2", service, version, method, "I", h2_encode_simple(1), att
+    )
 
 
 def test_dubbo_remoting_through_sofamesh(mesh):
@@ -105,15 +138,18 @@ def test_group_and_attachment_header_routing(mesh):
     silent = mesh["silent"]
     before = len(silent.received)
     # group "blue" routes; another group has no route
-    out = raw_exchange(mesh["port"], _req(1, "svc.Grouped", group="red", timeout="200"),
-                       dubbo.DubboDecoder(), 1)
+    out = raw_exchange(
+        mesh["port"], _req(1, "svc.Grouped", group="red", timeout="200"), dubbo.DubboDecoder(), 1
+    )
     assert [(f.request_id, f.status) for f in out] == [(1, dubbo.DUBBO_SERVICE_NOT_FOUND)]
-    out = raw_exchange(mesh["port"], _req(2, "svc.Grouped", group="blue", timeout="200"),
-                       dubbo.DubboDecoder(), 1)
+    out = raw_exchange(
+        mesh["port"], _req(2, "svc.Grouped", group="blue", timeout="200"), dubbo.DubboDecoder(), 1
+    )
     assert [(f.request_id, f.status) for f in out] == [(2, dubbo.DUBBO_SERVER_TIMEOUT)]
     # an attachment matched as a header, read after the arguments
-    out = raw_exchange(mesh["port"], _req(3, "svc.Headers", tenant="t1", timeout="200"),
-                       dubbo.DubboDecoder(), 1)
+    out = raw_exchange(
+        mesh["port"], _req(3, "svc.Headers", tenant="t1", timeout="200"), dubbo.DubboDecoder(), 1
+    )
     assert out[0].status == dubbo.DUBBO_SERVER_TIMEOUT
     out = raw_exchange(mesh["port"], _req(4, "svc.Headers", tenant="t2"), dubbo.DubboDecoder(), 1)
     assert out[0].status == dubbo.DUBBO_SERVICE_NOT_FOUND
@@ -124,10 +160,12 @@ def test_group_and_attachment_header_routing(mesh):
 
 
 def test_local_replies_carry_the_request_id(mesh):
-    cases = [("svc.Dead", dubbo.DUBBO_SERVER_ERROR, "remote connection failure"),
-             ("svc.Reset", dubbo.DUBBO_SERVER_ERROR, "remote connection failure"),
-             ("svc.Silent", dubbo.DUBBO_SERVER_TIMEOUT, "timeout"),
-             ("svc.Nowhere", dubbo.DUBBO_SERVICE_NOT_FOUND, "no route for interface 'svc.Nowhere'")]
+    cases = [
+        ("svc.Dead", dubbo.DUBBO_SERVER_ERROR, "remote connection failure"),
+        ("svc.Reset", dubbo.DUBBO_SERVER_ERROR, "remote connection failure"),
+        ("svc.Silent", dubbo.DUBBO_SERVER_TIMEOUT, "timeout"),
+        ("svc.Nowhere", dubbo.DUBBO_SERVICE_NOT_FOUND, "no route for interface 'svc.Nowhere'"),
+    ]
     for i, (svc, status, text) in enumerate(cases):
         rid = (1 << 62) + i
         (f,) = raw_exchange(mesh["port"], _req(rid, svc, timeout="300"), dubbo.DubboDecoder(), 1)
@@ -143,8 +181,7 @@ def test_heartbeat_answered_locally_and_oneway(mesh):
     assert stats(proxy).get("cluster.d1.upstream_cx_total", 0) == before
     silent = mesh["silent"]
     n = len(silent.received)
-    oneway = dubbo.encode_request(9, "2.0.2", "svc.Silent", "1.0", "m", "", b"", {},
-                                  two_way=False)
+    oneway = dubbo.encode_request(9, "2.0.2", "svc.Silent", "1.0", "m", "", b"", {}, two_way=False)
     assert raw_exchange(mesh["port"], oneway, dubbo.DubboDecoder(), 1, timeout=0.4) == []
     deadline = time.monotonic() + 2
     while len(silent.received) == n and time.monotonic() < deadline:
@@ -157,8 +194,10 @@ def test_bad_body_is_bad_request_and_bad_magic_closes(mesh):
     frame = dubbo.DubboFrame(77, body=b"\x05\x32\x2e\x30\x2e\x32\x40").encode()
     (f,) = raw_exchange(mesh["port"], frame, dubbo.DubboDecoder(), 1)
     assert (f.request_id, f.status) == (77, dubbo.DUBBO_BAD_REQUEST)
-    assert raw_exchange(mesh["port"], b"\xda\xbc" + bytes(20), dubbo.DubboDecoder(), 1,
-                        timeout=1) == []
+    assert (
+        raw_exchange(mesh["port"], b"\xda\xbc" + bytes(20), dubbo.DubboDecoder(), 1, timeout=1)
+        == []
+    )
     assert stats(mesh["proxy"])["dubbo.dubbo_in.request_decoding_error"] >= 2
 
 
@@ -169,16 +208,20 @@ def test_envoy_dubbo_proxy_and_sofamesh_agree(peers, tmp_path):
     calls = [c for c in CALLS] + [{"method": "plus", "args": [i, 1]} for i in range(30)]
     raw = _req(41, "svc.Nowhere") + _req(42, "svc.Dead") + dubbo.heartbeat(43)
     seen = {}
-    for name, proc in (("envoy", ProxyProcess.envoy(envoy_binary(), boot, tmp_path / "e")),
-                       ("sofamesh", sofamesh(boot, tmp_path / "s"))):
+    for name, proc in (
+        ("envoy", ProxyProcess.envoy(envoy_binary(), boot, tmp_path / "e")),
+        ("sofamesh", sofamesh(boot, tmp_path / "s")),
+    ):
         with proc:
             results = node_client(port, calls, mode="dubbo", repeat=2)
             frames = raw_exchange(port, raw, dubbo.DubboDecoder(), 3)
-            seen[name] = (results, sorted((f.request_id, f.status, f.flags) for f in frames),
-                          {f.request_id: f for f in frames})
+            seen[name] = (
+                results,
+                sorted((f.request_id, f.status, f.flags) for f in frames),
+                {f.request_id: f for f in frames},
+            )
     assert seen["envoy"][0] == seen["sofamesh"][0]  # every client-visible result
-    assert seen["envoy"][1] == seen["sofamesh"][1] == [
-        (41, 60, 2), (42, 80, 2), (43, 20, 0x22)]
+    assert seen["envoy"][1] == seen["sofamesh"][1] == [(41, 60, 2), (42, 80, 2), (43, 20, 0x22)]
     # Envoy writes a flag before the error text; sofamesh writes the bare string, as
     # Dubbo's own codec does for a non-OK status. The text is the same.
     e41, s41 = seen["envoy"][2][41], seen["sofamesh"][2][41]

@@ -30,14 +30,31 @@ from .conftest import (
 )
 
 
-
 def hcm(cluster_name: str) -> dict:
-    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-        "@type": HCM_TYPE, "stat_prefix": "ingress_http",
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-            {"match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": "ingress_http",
+            "route_config": {
+                "virtual_hosts": [
+                    {
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster_name}}],
+                    }
+                ]
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    },
+                }
+            ],
+        },
+    }
 
 
 def test_one_listener_http_bolt_and_dubbo(tmp_path):
@@ -46,15 +63,40 @@ def test_one_listener_http_bolt_and_dubbo(tmp_path):
         with NodeServer(tag="b1") as b1, NodeServer(dubbo=True, tag="d1") as d1:
             port = free_port()
             boot = bootstrap(
-                [listener("auto", port, [
-                    hcm("web"),
-                    bolt_filter([route_config(SERVICE, "bolt_up")]),
-                    dubbo_filter([{"name": "d", "interface": SERVICE, "routes": [
-                        {"match": {"method": {"name": {"safe_regex": {"regex": ".*"}}}},
-                         "route": {"cluster": "dubbo_up"}}]}]),
-                ])],
-                [cluster("web", [web.ports["web"]]), cluster("bolt_up", [b1.port]),
-                 cluster("dubbo_up", [d1.port])])
+                [
+                    listener(
+                        "auto",
+                        port,
+                        [
+                            hcm("web"),
+                            bolt_filter([route_config(SERVICE, "bolt_up")]),
+                            dubbo_filter(
+                                [
+                                    {
+                                        "name": "d",
+                                        "interface": SERVICE,
+                                        "routes": [
+                                            {
+                                                "match": {
+                                                    "method": {
+                                                        "name": {"safe_regex": {"regex": ".*"}}
+                                                    }
+                                                },
+                                                "route": {"cluster": "dubbo_up"},
+                                            }
+                                        ],
+                                    }
+                                ]
+                            ),
+                        ],
+                    )
+                ],
+                [
+                    cluster("web", [web.ports["web"]]),
+                    cluster("bolt_up", [b1.port]),
+                    cluster("dubbo_up", [d1.port]),
+                ],
+            )
             with sofamesh(boot, tmp_path) as proxy:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 conn.request("GET", "/hello")
@@ -65,9 +107,11 @@ def test_one_listener_http_bolt_and_dubbo(tmp_path):
                 assert web.wait_records(1)[0].target == "/hello"
                 assert node_client(port, [{"method": "who"}]) == [{"ok": True, "result": "b1"}]
                 assert node_client(port, [{"method": "who"}], mode="bolt2") == [
-                    {"ok": True, "result": "b1"}]
+                    {"ok": True, "result": "b1"}
+                ]
                 assert node_client(port, [{"method": "who"}], mode="dubbo") == [
-                    {"ok": True, "result": "d1"}]
+                    {"ok": True, "result": "d1"}
+                ]
                 # a heartbeat on the shared port is answered by the Bolt filter
                 (ack,) = raw_exchange(port, bolt.heartbeat(5), bolt.BoltDecoder(), 1)
                 assert ack.request_id == 5 and ack.cmdcode == 0
@@ -82,8 +126,9 @@ def test_tcp_proxy_passes_hsf_through(tmp_path):
     hb = hsf.HsfFrame(kind=hsf.HSF_HEARTBEAT, request_id=3).encode()
     with RawUpstream("echo") as echo:
         port = free_port()
-        boot = bootstrap([listener("hsf", port, [tcp_filter("hsf_up", "hsf")])],
-                         [cluster("hsf_up", [echo.port])])
+        boot = bootstrap(
+            [listener("hsf", port, [tcp_filter("hsf_up", "hsf")])], [cluster("hsf_up", [echo.port])]
+        )
         with sofamesh(boot, tmp_path) as proxy:
             out = raw_exchange(port, req + hb, hsf.HsfDecoder(), 2)
             assert [f.encode() for f in out] == [req, hb]

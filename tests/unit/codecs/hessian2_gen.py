@@ -18,8 +18,14 @@ def w_str(s: str, form: str = "auto") -> bytes:
     if form == "chunked" and len(s) >= 2:
         half = len(s) // 2
         a, b = s[:half], s[half:]
-        return (b"R" + _units(a).to_bytes(2, "big") + a.encode()
-                + b"S" + _units(b).to_bytes(2, "big") + b.encode())
+        return (
+            b"R"
+            + _units(a).to_bytes(2, "big")
+            + a.encode()
+            + b"S"
+            + _units(b).to_bytes(2, "big")
+            + b.encode()
+        )
     if form == "S" or n > 1023:
         return b"S" + n.to_bytes(2, "big") + raw
     if n <= 31:
@@ -74,8 +80,11 @@ def w_binary(b: bytes) -> bytes:
 # pyhessian 1.2.0 drops characters 0x7a-0x7f inside R/S chunks and counts a 4-byte UTF-8
 # sequence as one unit where Java (UTF-16) counts two: keep oracle strings clear of both.
 _text = st.text(
-    alphabet=st.characters(max_codepoint=0xFFFF, exclude_characters="z{|}~\x7f",
-                           exclude_categories=("Cs",)), max_size=40)
+    alphabet=st.characters(
+        max_codepoint=0xFFFF, exclude_characters="z{|}~\x7f", exclude_categories=("Cs",)
+    ),
+    max_size=40,
+)
 
 scalars = st.one_of(
     st.none().map(lambda _: (b"N", None)),
@@ -98,8 +107,9 @@ def values(draw, depth: int = 0) -> bytes:
     with a fresh definition each time, so a value is self-contained."""
     if depth >= 3:
         return draw(scalars)[0]
-    kind = draw(st.sampled_from(["scalar", "scalar", "list", "vlist", "tlist", "map", "tmap",
-                                 "object"]))
+    kind = draw(
+        st.sampled_from(["scalar", "scalar", "list", "vlist", "tlist", "map", "tmap", "object"])
+    )
     if kind == "scalar":
         return draw(scalars)[0]
     if kind == "object":
@@ -114,8 +124,9 @@ def values(draw, depth: int = 0) -> bytes:
     if kind == "tlist":
         return b"V" + w_str("[int") + w_int(len(items)) + b"".join(items)
     if kind in ("map", "tmap"):
-        keys = draw(st.lists(st.integers(0, 1000), min_size=len(items), max_size=len(items),
-                             unique=True))
+        keys = draw(
+            st.lists(st.integers(0, 1000), min_size=len(items), max_size=len(items), unique=True)
+        )
         body = b"".join(w_int(k) + v for k, v in zip(keys, items))
         head = b"H" if kind == "map" else b"M" + w_str("java.util.HashMap")
         return head + body + b"Z"
@@ -129,5 +140,11 @@ def objects(draw) -> bytes:
     before it in the stream."""
     fields = draw(st.lists(scalars, min_size=3, max_size=3))
     names = b"".join(w_str(f"f{i}") for i in range(len(fields)))
-    return (b"C" + w_str("com.example.Obj") + w_int(len(fields)) + names + b"\x60"
-            + b"".join(f[0] for f in fields))
+    return (
+        b"C"
+        + w_str("com.example.Obj")
+        + w_int(len(fields))
+        + names
+        + b"\x60"
+        + b"".join(f[0] for f in fields)
+    )

@@ -30,10 +30,21 @@ def test_golden_decodes_to_last_byte_and_reencodes(name):
     assert bytes(f.raw) == data
     assert f.encode() == data
     # a frame rebuilt from its parsed fields (not the raw header map) gives the same bytes
-    g = bolt.BoltFrame(proto=f.proto, type=f.type, cmdcode=f.cmdcode, request_id=f.request_id,
-                       codec=f.codec, timeout=f.timeout, status=f.status,
-                       class_name=f.class_name, headers=f.headers(), content=bytes(f.content),
-                       ver1=f.ver1, ver2=f.ver2, switch=f.switch)
+    g = bolt.BoltFrame(
+        proto=f.proto,
+        type=f.type,
+        cmdcode=f.cmdcode,
+        request_id=f.request_id,
+        codec=f.codec,
+        timeout=f.timeout,
+        status=f.status,
+        class_name=f.class_name,
+        headers=f.headers(),
+        content=bytes(f.content),
+        ver1=f.ver1,
+        ver2=f.ver2,
+        switch=f.switch,
+    )
     assert g.encode() == data
 
 
@@ -86,8 +97,12 @@ def test_many_frames_in_one_read_whole_byte_by_byte_and_random_splits():
 
 def test_a_large_frame_split_in_many_reads():
     content = bytes(range(256)) * 4096  # 1 MiB
-    data = bolt.BoltFrame(request_id=7, class_name=bolt.SOFA_REQUEST_CLASS,
-                          headers={"service": "a.B:1.0"}, content=content).encode()
+    data = bolt.BoltFrame(
+        request_id=7,
+        class_name=bolt.SOFA_REQUEST_CLASS,
+        headers={"service": "a.B:1.0"},
+        content=content,
+    ).encode()
     dec = bolt.BoltDecoder()
     frames = feed_chunks(dec, data, list(range(1000, len(data), 1000)))
     assert len(frames) == 1 and bytes(frames[0].content) == content
@@ -96,20 +111,36 @@ def test_a_large_frame_split_in_many_reads():
 @pytest.mark.parametrize("status", sorted(bolt.STATUS_NAMES))
 @pytest.mark.parametrize("proto,ver1,switch", [(1, 1, 0), (2, 1, 0), (2, 2, 1), (2, 2, 0)])
 def test_every_response_status_round_trips(status, proto, ver1, switch):
-    f = bolt.BoltFrame(proto=proto, ver1=ver1, switch=switch, type=0, cmdcode=2, request_id=99,
-                       status=status, class_name=bolt.SOFA_RESPONSE_CLASS, content=b"\x91")
+    f = bolt.BoltFrame(
+        proto=proto,
+        ver1=ver1,
+        switch=switch,
+        type=0,
+        cmdcode=2,
+        request_id=99,
+        status=status,
+        class_name=bolt.SOFA_RESPONSE_CLASS,
+        content=b"\x91",
+    )
     data = f.encode()
     assert len(data) == (20 if proto == 1 else 22) + len(bolt.SOFA_RESPONSE_CLASS) + 1 + (
-        4 if (ver1 == 2 and switch & 1) else 0)
+        4 if (ver1 == 2 and switch & 1) else 0
+    )
     g = bolt.BoltDecoder().feed(data)[0]
     assert (g.status, g.request_id, g.proto, g.type, g.is_request) == (status, 99, proto, 0, False)
     assert g.encode() == data
 
 
 def test_v2_crc_written_on_encode_and_checked_on_decode():
-    f = bolt.BoltFrame(proto=2, ver1=2, switch=1, request_id=5,
-                       class_name=bolt.SOFA_REQUEST_CLASS, headers=[("service", "x:1.0")],
-                       content=b"abc")
+    f = bolt.BoltFrame(
+        proto=2,
+        ver1=2,
+        switch=1,
+        request_id=5,
+        class_name=bolt.SOFA_REQUEST_CLASS,
+        headers=[("service", "x:1.0")],
+        content=b"abc",
+    )
     data = f.encode()
     assert int.from_bytes(data[-4:], "big") == zlib.crc32(data[:-4])
     assert isinstance(bolt.BoltDecoder().feed(data)[0], bolt.BoltFrame)

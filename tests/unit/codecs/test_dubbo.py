@@ -26,9 +26,16 @@ def test_golden_decodes_to_last_byte_and_reencodes(name):
     # the hessian reader accounted for every byte of the body
     assert f.body_end == len(f.body)
     # the body rebuilt from the decoded fields, the argument bytes and the attachments
-    again = dubbo.encode_request(f.request_id, f.dubbo_version, f.service, f.version, f.method,
-                                 f.param_types, bytes(f.body[f.args_start:f.args_end]),
-                                 f.attachments)
+    again = dubbo.encode_request(
+        f.request_id,
+        f.dubbo_version,
+        f.service,
+        f.version,
+        f.method,
+        f.param_types,
+        bytes(f.body[f.args_start : f.args_end]),
+        f.attachments,
+    )
     assert again == data
 
 
@@ -38,8 +45,11 @@ def test_benchmark_vector_fields():
     assert f.request_id == 76
     f.parse_invocation()
     assert (f.dubbo_version, f.service, f.version, f.method) == (
-        "2.6.2", "com.raycloud.notify.api.service.NotifyJobRequest", "2.0.1-vpc-test",
-        "stopNotifyJob")
+        "2.6.2",
+        "com.raycloud.notify.api.service.NotifyJobRequest",
+        "2.0.1-vpc-test",
+        "stopNotifyJob",
+    )
     assert len(f.attachments) == 8
     assert f.attachments["timeout"] == "5000"
     assert f.attachments["a.s.u"] == "/auth/test"
@@ -58,15 +68,24 @@ def test_complex_vector_reaches_attachments_after_class_definitions():
 
 def test_group_version_timeout_any_key_after_complex_args():
     # an object argument (class def + instance), a typed list, a nested map, a ref
-    args = (b"C\x0bcom.a.Thing\x92\x01a\x01b"  # class def: 2 fields
-            b"`\x05hello\x57\x91\x92\x93Z"      # instance: "hello", [1, 2, 3]
-            b"\x72\x0a[java.lang\x91\x92"        # typed fixed list of 2
-            b"H\x01kH\x01x\x91ZZ"              # {"k": {"x": 1}}
-            b"Q\x90")                            # ref to object 0
+    args = (
+        b"C\x0bcom.a.Thing\x92\x01a\x01b"  # class def: 2 fields
+        b"`\x05hello\x57\x91\x92\x93Z"  # instance: "hello", [1, 2, 3]
+        b"\x72\x0a[java.lang\x91\x92"  # typed fixed list of 2
+        b"H\x01kH\x01x\x91ZZ"  # {"k": {"x": 1}}
+        b"Q\x90"
+    )  # ref to object 0
     att = {"group": "g1", "version": "1.2", "timeout": "250", "x-user": "u"}
-    data = dubbo.encode_request(9, "2.0.2", "com.a.Svc", "1.2", "go",
-                                "Lcom/a/Thing;[Ljava/lang/String;Ljava/util/Map;Ljava/lang/Object;",
-                                args, att)
+    data = dubbo.encode_request(
+        9,
+        "2.0.2",
+        "com.a.Svc",
+        "1.2",
+        "go",
+        "Lcom/a/Thing;[Ljava/lang/String;Ljava/util/Map;Ljava/lang/Object;",
+        args,
+        att,
+    )
     (f,) = dubbo.DubboDecoder().feed(data)
     assert f.parse_invocation() == 0, f.body_error
     assert f.attachments == att and f.group == "g1"
@@ -154,7 +173,7 @@ def test_size_limit_and_negative_length():
 
 def test_truncated_body_is_a_value_not_an_exception():
     data = bytearray(golden("dubbo_complexData.bin"))
-    cut = bytes(data[:16 + 700])
+    cut = bytes(data[: 16 + 700])
     f = dubbo.DubboFrame(10, body=cut[16:])
     assert f.parse_invocation() != 0 and f.body_error
     f2 = dubbo.DubboFrame(10, body=b"\x05\x32\x2e\x30\x2e\x32\xff\xff")

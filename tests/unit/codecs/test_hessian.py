@@ -75,7 +75,7 @@ def test_golden_dubbo_arguments_skip_like_the_oracle():
             assert c.py_skip() == 0
         _, used = oracle(body[start:], nargs)
         assert c.offset - start == used
-        att, used2 = oracle(body[c.offset:])
+        att, used2 = oracle(body[c.offset :])
         assert isinstance(att[0], dict) and c.offset + used2 == len(body)
         assert hessian.H2Cursor(body, c.offset).py_read_map() == att[0]
 
@@ -110,13 +110,33 @@ def test_sofa_request_method_from_pre_final_hessian():
 
 def test_pre_final_dialect_skips_a_sofa_response():
     data = golden("bolt_node_0.bin")
-    content = data[22 + 46:-4]
+    content = data[22 + 46 : -4]
     c = hessian.H1Cursor(content)
     assert c.py_skip() == 0 and c.offset == len(content)
 
 
-@pytest.mark.parametrize("v", [None, True, False, 0, -16, 47, 48, -2048, 2047, 262143,
-                               -262144, 2**31 - 1, -(2**31), 2**40, "", "abc", "x" * 2000])
+@pytest.mark.parametrize(
+    "v",
+    [
+        None,
+        True,
+        False,
+        0,
+        -16,
+        47,
+        48,
+        -2048,
+        2047,
+        262143,
+        -262144,
+        2**31 - 1,
+        -(2**31),
+        2**40,
+        "",
+        "abc",
+        "x" * 2000,
+    ],
+)
 def test_simple_encoder_round_trips_through_the_oracle(v):
     data = hessian.h2_encode_simple(v)
     vals, used = oracle(data)

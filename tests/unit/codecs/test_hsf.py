@@ -21,8 +21,16 @@ def test_golden_request_to_last_byte_and_back():
     assert [bytes(t) for t in f.types] == [b"java.lang.String"]
     assert [bytes(a) for a in f.args] == [b"\x05world"]
     assert bytes(f.props).startswith(b"H") and bytes(f.props).endswith(b"Z")
-    g = hsf.HsfFrame(service=f.service, method=f.method, types=f.types, args=f.args,
-                     props=bytes(f.props), timeout=2000, ext=f.ext, request_id=f.request_id)
+    g = hsf.HsfFrame(
+        service=f.service,
+        method=f.method,
+        types=f.types,
+        args=f.args,
+        props=bytes(f.props),
+        timeout=2000,
+        ext=f.ext,
+        request_id=f.request_id,
+    )
     assert g.encode() == data
 
 

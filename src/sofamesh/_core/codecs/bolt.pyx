@@ -24,7 +24,7 @@ from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from zlib import crc32 as _crc32
 
-from sofamesh._core.codecs.rpcframe cimport FrameDecoder, ProtocolError, make_error
+from sofamesh._core.codecs.rpcframe cimport FrameDecoder, make_error
 from sofamesh._core.codecs.hessian cimport sofa_request_method
 
 STATUS_NAMES = {
@@ -43,7 +43,8 @@ SERVER_EXCEPTION_CLASS = b"com.alipay.remoting.rpc.exception.RpcServerException"
 
 
 cdef inline unsigned int _u32(const unsigned char* p) noexcept:
-    return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
+    return ((<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16)
+            | (<unsigned int>p[2] << 8) | p[3])
 
 
 cdef inline unsigned int _u16(const unsigned char* p) noexcept:
@@ -136,7 +137,8 @@ cdef class BoltFrame:
         self.switch = switch
         self.timeout = timeout
         self.status = status
-        self.class_name = bytes(class_name) if not isinstance(class_name, str) else class_name.encode()
+        self.class_name = (class_name.encode() if isinstance(class_name, str)
+                           else bytes(class_name))
         self._headers = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
         self.header_raw = encode_header_map(self._headers)
         self.content = content
@@ -352,7 +354,8 @@ cpdef bytes rewrite_request_id(BoltFrame f, unsigned int new_id):
 
 cpdef bytes heartbeat_ack(BoltFrame req):
     """The ack for a heartbeat request: type 0, cmdcode 0, status 0, same id and version."""
-    cdef BoltFrame r = BoltFrame(proto=req.proto, type=BOLT_TYPE_RESPONSE, cmdcode=BOLT_CMD_HEARTBEAT,
+    cdef BoltFrame r = BoltFrame(proto=req.proto, type=BOLT_TYPE_RESPONSE,
+                                 cmdcode=BOLT_CMD_HEARTBEAT,
                                  request_id=req.request_id, codec=req.codec, status=0,
                                  ver1=req.ver1, ver2=req.ver2, switch=req.switch)
     return r.encode()
@@ -367,7 +370,8 @@ cpdef bytes error_response(BoltFrame req, int status):
     """A response to `req` with a non-success status, in the request's version, codec and
     CRC switch. No class or content: Bolt clients build the error from the status, as for
     the replies a Bolt server's connection layer sends itself (busy, no processor...)."""
-    cdef BoltFrame r = BoltFrame(proto=req.proto, type=BOLT_TYPE_RESPONSE, cmdcode=BOLT_CMD_RESPONSE,
+    cdef BoltFrame r = BoltFrame(proto=req.proto, type=BOLT_TYPE_RESPONSE,
+                                 cmdcode=BOLT_CMD_RESPONSE,
                                  request_id=req.request_id, codec=req.codec, status=status,
                                  ver1=req.ver1, ver2=req.ver2, switch=req.switch)
     return r.encode()

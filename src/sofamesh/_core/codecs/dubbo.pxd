@@ -16,7 +16,7 @@ cpdef enum DubboStatus:
     DUBBO_SERVER_THREADPOOL_EXHAUSTED = 100
 
 cdef class DubboFrame:
-    cdef public int flags                       # request 0x80, two-way 0x40, event 0x20, serialization
+    cdef public int flags                       # 0x80 request, 0x40 two-way, 0x20 event | serial.
     cdef public int status
     cdef public unsigned long long request_id   # on the wire an i64; ids are opaque
     cdef public object body                     # memoryview | bytes: zero-copy slice

@@ -20,7 +20,7 @@
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
-from sofamesh._core.codecs.rpcframe cimport FrameDecoder, ProtocolError, make_error
+from sofamesh._core.codecs.rpcframe cimport FrameDecoder
 from sofamesh._core.codecs.hessian cimport H2Cursor, h2_encode_str
 from sofamesh._core.codecs.hessian import h2_encode_map
 

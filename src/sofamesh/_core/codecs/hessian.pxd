@@ -41,7 +41,8 @@ cdef class H2Cursor:
     cdef int skip(self)             # skip one value; returns err
     cdef long long read_int(self)   # an int or long value; err set if not one
     cdef object read_str(self)      # str, or None for null; err set if neither
-    cdef object read_simple(self)   # None/bool/int/float/str; a complex value is skipped -> Ellipsis
+    # None/bool/int/str; any other value is skipped and read as Ellipsis
+    cdef object read_simple(self)
     cdef dict read_map(self)        # an untyped (H) or typed (M) map of simple values
     cdef int skip_type(self)
     cdef int skip_string_chars(self, Py_ssize_t nchars)

@@ -16,13 +16,13 @@
 #
 # Heartbeat: magic 0x0c, 18 bytes, request id u64 at offset 6.
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from sofamesh._core.codecs.rpcframe cimport FrameDecoder, ProtocolError, make_error
+from sofamesh._core.codecs.rpcframe cimport FrameDecoder, make_error
 
 
 cdef inline unsigned int _u32(const unsigned char* p) noexcept:
-    return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
+    return ((<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16)
+            | (<unsigned int>p[2] << 8) | p[3])
 
 
 cdef inline unsigned long long _u64(const unsigned char* p) noexcept:

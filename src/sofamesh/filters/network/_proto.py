@@ -51,10 +51,13 @@ def _deps_set() -> descriptor_pb2.FileDescriptorSet:
         fd.CopyToProto(fdp)
         out.file.append(fdp)
 
-    for name in ("envoy/config/core/v3/base.proto",
-                 "envoy/config/route/v3/route_components.proto",
-                 "envoy/type/matcher/v3/string.proto", "envoy/type/v3/range.proto",
-                 "google/protobuf/any.proto"):
+    for name in (
+        "envoy/config/core/v3/base.proto",
+        "envoy/config/route/v3/route_components.proto",
+        "envoy/type/matcher/v3/string.proto",
+        "envoy/type/v3/range.proto",
+        "google/protobuf/any.proto",
+    ):
         add(name)
     return out
 
@@ -66,10 +69,15 @@ def _compile(src: Path) -> bytes:
         deps = Path(tmp) / "deps.pb"
         out = Path(tmp) / "out.pb"
         deps.write_bytes(_deps_set().SerializeToString())
-        rc = protoc.main([
-            "protoc", f"--descriptor_set_in={deps}", f"--proto_path={PROTO_DIR}",
-            f"--descriptor_set_out={out}", PROTO_REL,
-        ])
+        rc = protoc.main(
+            [
+                "protoc",
+                f"--descriptor_set_in={deps}",
+                f"--proto_path={PROTO_DIR}",
+                f"--descriptor_set_out={out}",
+                PROTO_REL,
+            ]
+        )
         if rc != 0 or not out.exists():
             raise RuntimeError(f"protoc failed ({rc}) on {src}")
         return out.read_bytes()
@@ -106,4 +114,5 @@ _load()
 _pool = descriptor_pool.Default()
 BoltProxy = message_factory.GetMessageClass(_pool.FindMessageTypeByName(FULL_NAME))
 RouteConfiguration = message_factory.GetMessageClass(
-    _pool.FindMessageTypeByName("sofamesh.filters.network.bolt_proxy.v1.RouteConfiguration"))
+    _pool.FindMessageTypeByName("sofamesh.filters.network.bolt_proxy.v1.RouteConfiguration")
+)

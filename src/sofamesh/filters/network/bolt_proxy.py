@@ -20,15 +20,22 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
     if not typed_config.Unpack(cfg):
         raise UnsupportedConfig(f"{path}.typed_config: expected BoltProxy")
     for i, f in enumerate(cfg.bolt_filters):
-        raise UnsupportedConfig(f"{path}.typed_config.bolt_filters[{i}]: bolt filter "
-                                f"{f.name!r} is not supported")
+        raise UnsupportedConfig(
+            f"{path}.typed_config.bolt_filters[{i}]: bolt filter {f.name!r} is not supported"
+        )
     table = compile_routes(cfg.route_config, ctx["clusters"], f"{path}.typed_config")
     timeout = cfg.default_timeout_ms / 1000.0 if cfg.default_timeout_ms else 3.0
-    return RpcProxyConfig(PROTO_BOLT, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"],
-                          ctx["loop"], timeout)
+    return RpcProxyConfig(
+        PROTO_BOLT, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"], ctx["loop"], timeout
+    )
 
 
-SPEC = registry.register(registry.FilterSpec(
-    kind="network", names=NAMES, type_urls=(TYPE_URL,), factory=build,
-    extra={"terminal": True, "sniff": "bolt"},
-))
+SPEC = registry.register(
+    registry.FilterSpec(
+        kind="network",
+        names=NAMES,
+        type_urls=(TYPE_URL,),
+        factory=build,
+        extra={"terminal": True, "sniff": "bolt"},
+    )
+)

@@ -24,17 +24,24 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
         raise UnsupportedConfig(f"{path}.typed_config.drds: dynamic routes are not supported")
     for i, f in enumerate(cfg.dubbo_filters):
         if f.name not in ("envoy.filters.dubbo.router",):
-            raise UnsupportedConfig(f"{path}.typed_config.dubbo_filters[{i}]: dubbo filter "
-                                    f"{f.name!r} is not supported")
+            raise UnsupportedConfig(
+                f"{path}.typed_config.dubbo_filters[{i}]: dubbo filter {f.name!r} is not supported"
+            )
     routes = cfg.route_config
     if cfg.WhichOneof("route_specifier") == "multiple_route_config":
         routes = cfg.multiple_route_config.route_config
     table = compile_routes(routes, ctx["clusters"], f"{path}.typed_config")
-    return RpcProxyConfig(PROTO_DUBBO, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"],
-                          ctx["loop"])
+    return RpcProxyConfig(
+        PROTO_DUBBO, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"], ctx["loop"]
+    )
 
 
-SPEC = registry.register(registry.FilterSpec(
-    kind="network", names=NAMES, type_urls=(TYPE_URL,), factory=build,
-    extra={"terminal": True, "sniff": "dubbo"},
-))
+SPEC = registry.register(
+    registry.FilterSpec(
+        kind="network",
+        names=NAMES,
+        type_urls=(TYPE_URL,),
+        factory=build,
+        extra={"terminal": True, "sniff": "dubbo"},
+    )
+)

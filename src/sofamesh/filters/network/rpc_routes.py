@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sofamesh._core.rpc_proxy import SM, HeaderMatch, RpcRoute, RpcRouteConfig, RpcRouteTable, StrMatch
+from sofamesh._core.rpc_proxy import (
+    SM,
+    HeaderMatch,
+    RpcRoute,
+    RpcRouteConfig,
+    RpcRouteTable,
+    StrMatch,
+)
 from sofamesh.proxy.errors import UnsupportedConfig
 
 
@@ -30,8 +37,9 @@ def header_matcher(h: Any, path: str) -> HeaderMatch:
     if which == "present_match":
         return HeaderMatch(h.name, None, h.present_match, inv)
     if which == "string_match":
-        return HeaderMatch(h.name, string_matcher(h.string_match, f"{path}.string_match"),
-                           False, inv)
+        return HeaderMatch(
+            h.name, string_matcher(h.string_match, f"{path}.string_match"), False, inv
+        )
     if which == "exact_match":
         return HeaderMatch(h.name, StrMatch(SM["exact"], h.exact_match), False, inv)
     if which == "prefix_match":
@@ -54,25 +62,31 @@ def compile_routes(route_configs: Any, clusters: dict, path: str) -> RpcRouteTab
             rpath = f"{cpath}.routes[{ri}]"
             mm = r.match.method
             if len(mm.params_match):
-                raise UnsupportedConfig(f"{rpath}.match.method.params_match: parameter "
-                                        "matching is not supported")
+                raise UnsupportedConfig(
+                    f"{rpath}.match.method.params_match: parameter matching is not supported"
+                )
             method = None
             if r.match.HasField("method") and mm.HasField("name"):
                 method = string_matcher(mm.name, f"{rpath}.match.method.name")
-            headers = [header_matcher(h, f"{rpath}.match.headers[{hi}]")
-                       for hi, h in enumerate(r.match.headers)]
+            headers = [
+                header_matcher(h, f"{rpath}.match.headers[{hi}]")
+                for hi, h in enumerate(r.match.headers)
+            ]
             which = r.route.WhichOneof("cluster_specifier")
             if which == "cluster":
                 if r.route.cluster not in clusters:
-                    raise UnsupportedConfig(f"{rpath}.route.cluster: unknown cluster "
-                                            f"{r.route.cluster!r}")
+                    raise UnsupportedConfig(
+                        f"{rpath}.route.cluster: unknown cluster {r.route.cluster!r}"
+                    )
                 routes.append(RpcRoute(method, headers, r.route.cluster, None))
             elif which == "weighted_clusters":
                 ws = []
                 for wi, wc in enumerate(r.route.weighted_clusters.clusters):
                     if wc.name not in clusters:
-                        raise UnsupportedConfig(f"{rpath}.route.weighted_clusters.clusters"
-                                                f"[{wi}].name: unknown cluster {wc.name!r}")
+                        raise UnsupportedConfig(
+                            f"{rpath}.route.weighted_clusters.clusters"
+                            f"[{wi}].name: unknown cluster {wc.name!r}"
+                        )
                     w = wc.weight.value if wc.HasField("weight") else 1
                     if w > 0:
                         ws.append((wc.name, w))
@@ -80,7 +94,8 @@ def compile_routes(route_configs: Any, clusters: dict, path: str) -> RpcRouteTab
                     raise UnsupportedConfig(f"{rpath}.route.weighted_clusters: no weight")
                 routes.append(RpcRoute(method, headers, "", ws))
             else:
-                raise UnsupportedConfig(f"{rpath}.route: a cluster or weighted_clusters is "
-                                        "required")
+                raise UnsupportedConfig(
+                    f"{rpath}.route: a cluster or weighted_clusters is required"
+                )
         configs.append(RpcRouteConfig(rc.interface or "*", rc.group, rc.version, routes))
     return RpcRouteTable(configs)

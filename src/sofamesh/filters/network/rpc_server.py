@@ -54,7 +54,7 @@ class _Chain:
 class _Sniffer:
     """Reads the first bytes, then hands the connection to the protocol they name."""
 
-    __slots__ = ("routes", "transport", "inner")
+    __slots__ = ("inner", "routes", "transport")
 
     def __init__(self, routes: dict[str, Any]):
         self.routes = routes
@@ -123,8 +123,10 @@ class Server(base.Server):
             raise UnsupportedConfig(f"{path}.address: only socket addresses are supported")
         chain = chains[0]
         if chain.HasField("filter_chain_match") or chain.HasField("transport_socket"):
-            raise UnsupportedConfig(f"{path}.filter_chains[0]: filter_chain_match and "
-                                    "transport_socket are not supported")
+            raise UnsupportedConfig(
+                f"{path}.filter_chains[0]: filter_chain_match and "
+                "transport_socket are not supported"
+            )
         stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
         routes: dict[str, Any] = {}
         parts: list[Any] = []
@@ -137,13 +139,19 @@ class Server(base.Server):
                 built: Any = hcm_cfg
             else:
                 spec = registry.lookup("network", f.typed_config.type_url) or registry.lookup(
-                    "network", f.name)
+                    "network", f.name
+                )
                 if spec is None or not spec.extra.get("terminal"):
-                    raise UnsupportedConfig(f"{fpath}: network filter {f.name!r} is not "
-                                            "supported")
-                built = spec.factory(f.typed_config, {
-                    "stats": self.stats, "loop": self._loop, "clusters": self.clusters,
-                    "path": fpath})
+                    raise UnsupportedConfig(f"{fpath}: network filter {f.name!r} is not supported")
+                built = spec.factory(
+                    f.typed_config,
+                    {
+                        "stats": self.stats,
+                        "loop": self._loop,
+                        "clusters": self.clusters,
+                        "path": fpath,
+                    },
+                )
                 kind = spec.extra.get("sniff", "tcp")
             if kind in routes:
                 raise UnsupportedConfig(f"{fpath}: a second {kind} filter in one chain")
@@ -152,19 +160,32 @@ class Server(base.Server):
         if len(parts) == 1:
             factory = parts[0].protocol_factory
         else:
+
             def factory() -> _Sniffer:
                 return _Sniffer(routes)
+
         assert self._loop is not None
         srv = await self._loop.create_server(
-            factory, sa.address, sa.port_value, reuse_port=reuse_port or None, backlog=1024,
-            reuse_address=True)
+            factory,
+            sa.address,
+            sa.port_value,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+            reuse_address=True,
+        )
         bound = srv.sockets[0].getsockname()
         view = _Chain(parts)
         self.network_chains.append(view)
-        self.listeners.append(base.ListenerInfo(
-            name=lst.name or f"{sa.address}_{sa.port_value}",
-            address=(bound[0], bound[1]), config=lst, hcm=view, server=srv,
-            direction=base_pb2.TrafficDirection.Name(lst.traffic_direction)))
+        self.listeners.append(
+            base.ListenerInfo(
+                name=lst.name or f"{sa.address}_{sa.port_value}",
+                address=(bound[0], bound[1]),
+                config=lst,
+                hcm=view,
+                server=srv,
+                direction=base_pb2.TrafficDirection.Name(lst.traffic_direction),
+            )
+        )
         g = self.stats.gauge("listener_manager.total_listeners_active")
         g.value = len(self.listeners)
         g.used = True

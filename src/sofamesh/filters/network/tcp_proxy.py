@@ -30,8 +30,14 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
     for name, _ in weighted:
         if name not in clusters:
             raise UnsupportedConfig(f"{path}.typed_config: unknown cluster {name!r}")
-    for field in ("idle_timeout", "access_log", "hash_policy", "tunneling_config",
-                  "max_downstream_connection_duration", "on_demand"):
+    for field in (
+        "idle_timeout",
+        "access_log",
+        "hash_policy",
+        "tunneling_config",
+        "max_downstream_connection_duration",
+        "on_demand",
+    ):
         fd = cfg.DESCRIPTOR.fields_by_name.get(field)
         if fd is None:
             continue
@@ -41,7 +47,12 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
     return TcpProxyConfig(cfg.stat_prefix, weighted, clusters, ctx["stats"], ctx["loop"])
 
 
-SPEC = registry.register(registry.FilterSpec(
-    kind="network", names=NAMES, type_urls=(TYPE_URL,), factory=build,
-    extra={"terminal": True},
-))
+SPEC = registry.register(
+    registry.FilterSpec(
+        kind="network",
+        names=NAMES,
+        type_urls=(TYPE_URL,),
+        factory=build,
+        extra={"terminal": True},
+    )
+)
