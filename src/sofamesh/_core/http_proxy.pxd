@@ -161,6 +161,7 @@ cdef class DownstreamConn:
     cdef int _resume(self, int reason) except -1
     cdef int _arm_timer(self) except -1
     cdef int _request_complete(self) except -1
+    cdef int _data_filters(self, BodyReader body, bint encode) except -1
     cdef bytes _location(self)
     cdef bint _removed(self, Head h, int i)
     cdef int _flush_up(self) except -1

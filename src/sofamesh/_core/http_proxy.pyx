@@ -350,6 +350,10 @@ cdef class DownstreamConn:
                     self.bytes_rx += k
                     self._send_up(data if (off == 0 and k == n) else data[off:off + k])
                 off += k
+                if self.body.chunks is not None and self.state == DS_BODY:
+                    self._data_filters(self.body, False)
+                    if self.state == DS_CLOSED:
+                        return 0
                 if self.body.done:
                     if self.state == DS_DRAIN:
                         self.state = DS_HEAD
@@ -366,6 +370,33 @@ cdef class DownstreamConn:
                 return 0
             else:
                 return 0
+        return 0
+
+    cdef int _data_filters(self, BodyReader body, bint encode) except -1:
+        """Hands the decoded payload to filters that asked for data (observe, or reply
+        locally to abort); the bytes themselves already went on as they came."""
+        cdef HttpFilter f
+        cdef list chunks = body.chunks
+        cdef Py_ssize_t i, j, nf = len(self.cfg.filters)
+        cdef bint end
+        if not chunks and not body.done:
+            return 0
+        body.chunks = []
+        if not chunks:
+            chunks = [b""]
+        for i in range(len(chunks)):
+            end = body.done and i == len(chunks) - 1
+            for j in range(nf):
+                f = self.cfg.filters[nf - 1 - j] if encode else self.cfg.filters[j]
+                if not f.wants_data:
+                    continue
+                if encode:
+                    f.encode_data(self, chunks[i], end)
+                else:
+                    f.decode_data(self, chunks[i], end)
+                if self.state == DS_CLOSED or (not encode and self.resp_started and
+                                               self.up is None):
+                    return 0
         return 0
 
     cdef int _request_complete(self) except -1:
@@ -414,6 +445,7 @@ cdef class DownstreamConn:
             self.wall_start = cfg.loop.time()
         fr = h.framing()
         self.body.start(fr, h.content_length)
+        self.body.chunks = [] if cfg.any_data else None
         self.state = DS_BODY if fr != FR_NONE else DS_WAIT
         if fr == FR_NONE:
             self.req_done = True
@@ -1444,6 +1476,7 @@ cdef class UpstreamConn:
                             (self.head.minor == 0 and not self.head.conn_keep_alive):
                         self.reusable = False
                     self.body.start(framing, self.head.content_length)
+                    self.body.chunks = [] if d.cfg.any_data else None
                     self.state = US_BODY
                     if not d._on_upstream_head(self, self.head, framing):
                         return 0
@@ -1469,6 +1502,10 @@ cdef class UpstreamConn:
                     if k > 0:
                         d._on_upstream_body(data if (off == 0 and k == n) else data[off:off + k])
                     off += k
+                    if self.body.chunks is not None:
+                        d._data_filters(self.body, True)
+                        if self.ds is not d:
+                            return 0
                     if self.body.done:
                         if off < n:
                             self.reusable = False

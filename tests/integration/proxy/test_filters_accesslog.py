@@ -153,3 +153,45 @@ async def test_file_access_log_default_format(upstreams, proxy, tmp_path):
            r'\d+ "-" "ua/1" "rid-1" "h.example" "127.0.0.1:\d+"')
     assert re.fullmatch(pat, lines[0]), lines[0]
     assert '"GET /nope HTTP/1.1" 404 NR 0 0 ' in lines[1]
+
+
+class BodyCounter(HttpFilter):
+    """Sees decoded request and response payloads; rejects request bodies containing 'evil'."""
+
+    seen: dict = {}
+
+    def decode_data(self, s, data, end_stream):
+        st = self.seen.setdefault("req", [])
+        st.append((data, end_stream))
+        if b"evil" in data:
+            s.send_local_reply(403, b"body rejected")
+        return FILTER_CONTINUE_
+
+    def encode_data(self, s, data, end_stream):
+        self.seen.setdefault("resp", []).append((data, end_stream))
+        return FILTER_CONTINUE_
+
+
+register(FilterSpec(kind="http", names=("test.body_counter",),
+                    type_urls=("type.googleapis.com/google.protobuf.Struct",),
+                    factory=lambda cfg, ctx: BodyCounter("test.body_counter", True, False)))
+
+
+async def test_data_filters_see_decoded_payload_both_ways(upstreams, proxy):
+    up = await upstreams()
+    f = {"name": "test.body_counter",
+         "typed_config": {"@type": "type.googleapis.com/google.protobuf.Struct", "value": {}}}
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])], filters=[f]))
+    c = await p.client()
+    BodyCounter.seen.clear()
+    await c.send(b"POST /chunked/2 HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+                 b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
+    r = await c.response()
+    assert r.body == b"chunk-0;chunk-1;"
+    assert b"".join(d for d, _ in BodyCounter.seen["req"]) == b"abcde"
+    assert BodyCounter.seen["req"][-1][1] is True
+    assert b"".join(d for d, _ in BodyCounter.seen["resp"]) == b"chunk-0;chunk-1;"
+    assert BodyCounter.seen["resp"][-1][1] is True
+    r = await c.request("POST", "/sink", body=b"some evil payload")
+    assert r.status == 403 and r.body == b"body rejected"
+    await c.close()

@@ -103,6 +103,9 @@ cdef class BodyReader:
     cdef int size_digits
     cdef bint done
     cdef unsigned long long seen    # body bytes seen (framing included for chunked)
+    cdef public list chunks         # list[bytes] | None: decoded payload, when collecting
 
     cdef void start(self, int mode, long long length) noexcept
-    cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) noexcept   # -1: malformed
+    # bytes of p that belong to this body; -1 malformed. When `chunks` is a list, the
+    # decoded payload (chunk framing removed) is appended to it as bytes.
+    cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) except -2

@@ -473,7 +473,7 @@ cdef class BodyReader:
         self.seen = 0
         self.done = mode == FR_NONE or (mode == FR_LENGTH and length <= 0)
 
-    cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) except -2:
         cdef Py_ssize_t i = 0, take
         cdef unsigned char c, v
         if self.done:
@@ -482,11 +482,15 @@ cdef class BodyReader:
             take = n if n < self.remaining else <Py_ssize_t>self.remaining
             self.remaining -= take
             self.seen += take
+            if self.chunks is not None and take:
+                self.chunks.append(PyBytes_FromStringAndSize(p, take))
             if self.remaining == 0:
                 self.done = True
             return take
         if self.mode == FR_EOF:
             self.seen += n
+            if self.chunks is not None and n:
+                self.chunks.append(PyBytes_FromStringAndSize(p, n))
             return n
         while i < n:
             c = <unsigned char>p[i]
@@ -494,6 +498,8 @@ cdef class BodyReader:
                 take = n - i
                 if take > self.remaining:
                     take = <Py_ssize_t>self.remaining
+                if self.chunks is not None and take:
+                    self.chunks.append(PyBytes_FromStringAndSize(p + i, take))
                 self.remaining -= take
                 i += take
                 if self.remaining == 0:
@@ -574,6 +580,10 @@ cdef class BodyReader:
     def feed_bytes(self, bytes data):
         """Bytes of `data` that belong to the body; -1 when the framing is malformed."""
         return self.feed(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+    def collect(self, bint on=True):
+        """Start (or stop) collecting the decoded payload in `chunks`."""
+        self.chunks = [] if on else None
 
     @property
     def complete(self):
