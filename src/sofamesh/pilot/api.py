@@ -7,6 +7,7 @@ The same HTTP server carries the pilot's debug endpoints and Prometheus metrics.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sofamesh.pilot.model import PROTOCOLS, Instance, Locality, Snapshot
-from sofamesh.pilot.store import BaseStore
+from sofamesh.pilot.store import BaseStore, StoreError
 
 if TYPE_CHECKING:
     from sofamesh.pilot.core import Pilot
@@ -229,6 +230,19 @@ class RestApi:
             if e.status >= 400 and e.content_type != "application/json":
                 return _error(e.status, "path", e.reason)
             raise
+        except (StoreError, OSError, asyncio.TimeoutError) as e:
+            # the store (etcd) is unreachable or failed: the caller may retry; nothing half-done
+            log.warning("store error on %s %s: %s", request.method, request.path, e)
+            if self.pilot is not None:
+                self.pilot.metrics.inc("pilot_api_store_errors_total")
+            return _error(503, "store", f"unavailable: {e}")
+        except Exception as e:  # noqa: BLE001 - e.g. the etcd client's own errors
+            if type(e).__module__.split(".")[0] not in ("aetcd", "grpc", "sqlite3"):
+                raise
+            log.warning("store error on %s %s: %r", request.method, request.path, e)
+            if self.pilot is not None:
+                self.pilot.metrics.inc("pilot_api_store_errors_total")
+            return _error(503, "store", f"unavailable: {e}")
 
     def _names(self, request: web.Request) -> tuple[str, str]:
         service = request.match_info["service"]

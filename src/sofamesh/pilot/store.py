@@ -238,9 +238,16 @@ class EtcdStore(BaseStore):
 
     kind = "etcd"
 
-    def __init__(self, host: str, port: int, prefix: str = "/sofamesh/registry/instances/"):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        prefix: str = "/sofamesh/registry/instances/",
+        timeout: float = 3.0,
+    ):
         super().__init__()
         self.host, self.port = host, port
+        self.timeout = timeout
         self.prefix = prefix.encode()
         self._client = None
         self._watcher: asyncio.Task | None = None
@@ -258,7 +265,7 @@ class EtcdStore(BaseStore):
     async def open(self) -> None:
         import aetcd
 
-        self._client = aetcd.Client(host=self.host, port=self.port, timeout=10)
+        self._client = aetcd.Client(host=self.host, port=self.port, timeout=self.timeout)
         await self._load()
         self._watcher = asyncio.ensure_future(self._watch_loop())
 

@@ -87,3 +87,49 @@ def test_replicas_share_registrations_and_serve_identical_xds(etcd, tmp_path):
             b2.stop()
     finally:
         a.stop()
+
+
+def test_etcd_outage_is_a_503_and_the_pilot_keeps_serving(tmp_path):
+    etcd = EtcdServer()
+    etcd.start()
+    p = PilotProcess(tmp_path, store=f"etcd://{etcd.endpoint}")
+    try:
+        p.start()
+        p.register("inv", "i1", address="127.0.0.1", port=8001)
+        p.wait_config("cds", lambda c: "outbound|8001||inv" in c)
+        etcd.kill()
+        status, out = http(
+            "PUT",
+            p.api + "/v1/services/inv/instances/i2",
+            {"address": "127.0.0.1", "port": 8002},
+            timeout=30,
+        )
+        assert status == 503 and out["field"] == "store", out
+        # what was known keeps being served, over the API and over xDS
+        assert [
+            i["instance_id"] for i in http("GET", p.api + "/v1/services/inv")[1]["instances"]
+        ] == ["i1"]
+        assert "outbound|8001||inv" in p.config("cds")
+        assert fetch(p.xds_port, CDS).resources
+        # etcd back: writes work again and the watch picks up where it left off
+        eds_before = p.config("eds")["outbound|8001||inv"]
+        etcd.start()
+        deadline = time.monotonic() + 20
+        while http(
+            "PUT",
+            p.api + "/v1/services/inv/instances/i2",
+            {"address": "127.0.0.1", "port": 8001},
+            timeout=30,
+        )[0] not in (200, 201):
+            assert time.monotonic() < deadline, "store never came back"
+            time.sleep(0.3)
+        p.wait_config(
+            "eds", lambda c: c.get("outbound|8001||inv") not in (None, eds_before), timeout=10
+        )
+        _, out = http("GET", p.api + "/v1/services/inv")
+        assert [i["instance_id"] for i in out["instances"]] == ["i1", "i2"]
+        _, metrics = http("GET", p.api + "/metrics")
+        assert "pilot_api_store_errors_total" in metrics
+    finally:
+        p.stop()
+        etcd.stop()
