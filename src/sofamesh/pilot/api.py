@@ -7,7 +7,6 @@ The same HTTP server carries the pilot's debug endpoints and Prometheus metrics.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -230,13 +229,13 @@ class RestApi:
             if e.status >= 400 and e.content_type != "application/json":
                 return _error(e.status, "path", e.reason)
             raise
-        except (StoreError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, StoreError, OSError) as e:
             # the store (etcd) is unreachable or failed: the caller may retry; nothing half-done
             log.warning("store error on %s %s: %s", request.method, request.path, e)
             if self.pilot is not None:
                 self.pilot.metrics.inc("pilot_api_store_errors_total")
             return _error(503, "store", f"unavailable: {e}")
-        except Exception as e:  # noqa: BLE001 - e.g. the etcd client's own errors
+        except Exception as e:  # the etcd client's own error types
             if type(e).__module__.split(".")[0] not in ("aetcd", "grpc", "sqlite3"):
                 raise
             log.warning("store error on %s %s: %r", request.method, request.path, e)
