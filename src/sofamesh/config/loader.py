@@ -219,6 +219,7 @@ def parse_file(path: str, msg: Any, *, allow_unknown: bool = False) -> Any:
             raise ConfigError(f"Unable to parse binary proto {where}: {e}") from None
         return msg
     if path.endswith(".pb_text"):
+        protos.import_all()  # `[type.googleapis.com/...]` Any expansions need every type
         try:
             text_format.Parse(raw.decode(), msg, descriptor_pool=protos.pool())
         except text_format.ParseError as e:

@@ -1,8 +1,11 @@
-"""Envoy's v3 API messages (xds-protos): import every generated module once, find types by URL.
+"""Envoy's v3 API messages (xds-protos): find types by URL, importing their modules lazily.
 
 `json_format` resolves an Any's `@type` only for message types already in the default
-descriptor pool, so every `*_pb2` module under `envoy`, `xds`, `udpa` and `validate` is
-imported once, lazily, the first time a type is looked up (about 0.8 s; cached after).
+descriptor pool. A type is looked up first in the pool, then by importing the generated
+modules of its proto package (`envoy.extensions.filters.http.router.v3` -> every `*_pb2`
+in that folder), and only if that fails, every `*_pb2` module under `envoy`, `xds`,
+`udpa` and `validate` (`import_all`, about 0.6 s, once). A typical bootstrap so loads in
+a fraction of the time the full import takes.
 """
 
 from __future__ import annotations
@@ -53,13 +56,41 @@ def import_all() -> None:
         _imported = True
 
 
+_packages_done: set[str] = set()
+
+
+def _import_package(pkg: str) -> bool:
+    """Imports every `*_pb2` module of one proto package; False if it is not a folder."""
+    if pkg in _packages_done:
+        return True
+    if not pkg.startswith(tuple(p + "." for p in PACKAGES)):
+        return False
+    try:
+        mod = importlib.import_module(pkg)
+    except ImportError:
+        return False
+    for base in getattr(mod, "__path__", ()):
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for fn in names:
+            if fn.endswith("_pb2.py"):
+                try:
+                    importlib.import_module(f"{pkg}.{fn[:-3]}")
+                except Exception as e:  # noqa: BLE001 - recorded; other modules still load
+                    _failures[f"{pkg}.{fn[:-3]}"] = f"{type(e).__name__}: {e}"
+    _packages_done.add(pkg)
+    return True
+
+
 def import_failures() -> dict[str, str]:
     """Generated modules that failed to import (module -> error); empty when all is well."""
     return dict(_failures)
 
 
 def pool() -> descriptor_pool.DescriptorPool:
-    import_all()
+    """The default pool: message types become findable through `find_descriptor`."""
     return descriptor_pool.Default()
 
 
@@ -73,10 +104,49 @@ def find_descriptor(type_url_or_name: str) -> Descriptor | None:
     name = type_name(type_url_or_name)
     if not name:
         return None
+    p = descriptor_pool.Default()
     try:
-        return pool().FindMessageTypeByName(name)
+        return p.FindMessageTypeByName(name)
     except KeyError:
-        return None
+        pass
+    # a.b.v3.Msg (or a.b.v3.Outer.Inner): try the enclosing packages, innermost first
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if _import_package(".".join(parts[:i])):
+            try:
+                return p.FindMessageTypeByName(name)
+            except KeyError:
+                continue
+    if not _imported:
+        import_all()
+        try:
+            return p.FindMessageTypeByName(name)
+        except KeyError:
+            return None
+    return None
+
+
+def ensure_types(msg: Message) -> None:
+    """Imports the modules of every Any type inside `msg` (recursively), so that code
+    handed the message can unpack them; e.g. a worker given a serialized Bootstrap."""
+    desc = msg.DESCRIPTOR
+    if desc.full_name == "google.protobuf.Any":
+        inner = unpack_any(msg)
+        if inner is not None:
+            ensure_types(inner)
+        return
+    for f, val in msg.ListFields():  # type: ignore[attr-defined]
+        if f.message_type is None:
+            continue
+        if f.message_type.GetOptions().map_entry:
+            if f.message_type.fields_by_name["value"].message_type is not None:
+                for v in val.values():
+                    ensure_types(v)
+        elif f.is_repeated:
+            for v in val:
+                ensure_types(v)
+        else:
+            ensure_types(val)
 
 
 def message_class(desc: Descriptor) -> type[Message]:

@@ -370,10 +370,10 @@ async def _worker_main(fd: int) -> int:
     opts = Options(**init["options"])
     setup_logging(opts)
     wlog = logging.getLogger("sofamesh.main")
-    protos.import_all()  # typed_config Anys resolve by type URL
     from envoy.config.bootstrap.v3 import bootstrap_pb2
 
     bootstrap = bootstrap_pb2.Bootstrap.FromString(base64.b64decode(init["bootstrap"]))
+    protos.ensure_types(bootstrap)  # typed_config Anys unpack by type URL
     store = Store()
     try:
         server = server_factory()(bootstrap, stats=store, options=opts)

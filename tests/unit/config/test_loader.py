@@ -214,3 +214,28 @@ def test_lua_require_is_resolved_from_the_working_dir(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as e:
         load_bootstrap(p)
     assert e.value.unsupported_only  # the file is there; Lua itself is not implemented
+
+
+def test_types_load_lazily_by_package(tmp_path):
+    """A fresh process resolves the bootstrap's Any types by importing only their packages;
+    the full import of every API module happens only for a type it cannot place."""
+    import subprocess
+    import sys
+
+    p = write(tmp_path, LISTENER % "")
+    code = (
+        "import sys\n"
+        "from sofamesh.config import load_bootstrap, protos\n"
+        f"b = load_bootstrap({str(p)!r})\n"
+        "assert not protos._imported, 'full import not needed'\n"
+        "assert protos.find_descriptor('type.googleapis.com/envoy.extensions.filters.http"
+        ".lua.v3.Lua') is not None\n"
+        "assert not protos._imported\n"
+        "assert protos.find_descriptor('type.googleapis.com/no.such.Type') is None\n"
+        "assert protos._imported\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert r.stdout.strip() == "ok", r.stderr
