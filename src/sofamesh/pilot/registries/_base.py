@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -71,8 +72,9 @@ class Fields:
 
 
 class SnapshotHolder:
-    """The adapter's current view; `publish` swaps it and calls on_change only when the
-    content differs (services and instances compared as values)."""
+    """The adapter's current view. `update` applies per-service changes and `publish`
+    replaces everything; either swaps in a new Snapshot (the old one is never mutated: the
+    pilot may still hold it) and calls on_change only when the content differs."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -85,11 +87,42 @@ class SnapshotHolder:
 
     def publish(self, services: dict[str, Service], instances: dict[str, list[Instance]]) -> bool:
         for insts in instances.values():
-            insts.sort(key=lambda i: (i.instance_id, i.address, i.port))
+            insts.sort(key=_instance_order)
         new = Snapshot(services=services, instances=instances)
         old = self._snapshot
         if new.services == old.services and new.instances == old.instances:
             return False
+        self._swap(new)
+        return True
+
+    def update(self, changes: dict[str, tuple[Service, list[Instance]] | None]) -> bool:
+        """Per-service changes (None: the service is gone). Costs O(changed services), not
+        O(all): only the changed entries are compared."""
+        old = self._snapshot
+        real: dict[str, tuple[Service, list[Instance]] | None] = {}
+        for name, entry in changes.items():
+            if entry is None:
+                if name in old.services or name in old.instances:
+                    real[name] = None
+                continue
+            svc, insts = entry
+            insts = sorted(insts, key=_instance_order)
+            if old.services.get(name) != svc or old.instances.get(name) != insts:
+                real[name] = (svc, insts)
+        if not real:
+            return False
+        services = dict(old.services)
+        instances = dict(old.instances)
+        for name, entry in real.items():
+            if entry is None:
+                services.pop(name, None)
+                instances.pop(name, None)
+            else:
+                services[name], instances[name] = entry
+        self._swap(Snapshot(services=services, instances=instances))
+        return True
+
+    def _swap(self, new: Snapshot) -> None:
         self._snapshot = new
         self.stats["snapshot_updates"] += 1
         if self._on_change is not None:
@@ -97,8 +130,13 @@ class SnapshotHolder:
                 self._on_change(self.name)
             except Exception:  # the pilot's callback must not break the watch loop
                 log.exception("registry %s: on_change callback failed", self.name)
-        return True
+
+
+def _instance_order(i: Instance) -> tuple[str, str, int]:
+    return (i.instance_id, i.address, i.port)
 
 
 def sorted_labels(d: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((str(k), str(v)) for k, v in d.items()))
+    """Labels as the model keeps them; strings interned, as registries repeat the same keys
+    and values (application, versions, zones) across thousands of instances."""
+    return tuple(sorted((sys.intern(str(k)), sys.intern(str(v))) for k, v in d.items()))

@@ -72,8 +72,6 @@ class ConsulRegistry(SnapshotHolder):
         self._session: aiohttp.ClientSession | None = None
         self._catalog_task: asyncio.Task | None = None
         self._service_tasks: dict[str, asyncio.Task] = {}
-        self._entries: dict[str, list[dict]] = {}  # service -> health entries
-        self._built: dict[str, tuple[Service, list[Instance]]] = {}
         self._pending: set[str] = set()  # services whose first health read is outstanding
         self._catalog_seen = asyncio.Event()
         self._slots = asyncio.Semaphore(max_connections - 1)
@@ -237,11 +235,11 @@ class ConsulRegistry(SnapshotHolder):
             for n in body
             if isinstance(n, str) and n not in self.exclude and (not self.only or n in self.only)
         }
+        removed: dict[str, tuple[Service, list[Instance]] | None] = {}
         for gone in set(self._service_tasks) - wanted:
             self._service_tasks.pop(gone).cancel()
-            self._entries.pop(gone, None)
-            self._built.pop(gone, None)
             self._pending.discard(gone)
+            removed[gone] = None
         for new in sorted(wanted - set(self._service_tasks)):
             self._pending.add(new)
             self._service_tasks[new] = asyncio.create_task(
@@ -255,7 +253,7 @@ class ConsulRegistry(SnapshotHolder):
         # watches beyond the connection pool wait for a slot (see start())
         self.stats["watches_queued"] = max(0, len(self._service_tasks) + 1 - self.max_connections)
         self._catalog_seen.set()
-        self._publish()
+        self.update(removed)
 
     def _on_health(self, service: str, body: Any) -> None:
         if service not in self._service_tasks:
@@ -263,17 +261,7 @@ class ConsulRegistry(SnapshotHolder):
         self._pending.discard(service)
         if not isinstance(body, list):
             raise ConsulQueryError(f"health {service}: expected a list")
-        built = self._build(service, body)
-        if built is None:
-            self._built.pop(service, None)
-        else:
-            self._built[service] = built
-        self._publish()
-
-    def _publish(self) -> None:
-        services = {n: s for n, (s, _) in self._built.items()}
-        instances = {n: list(i) for n, (_, i) in self._built.items()}
-        self.publish(services, instances)
+        self.update({service: self._build(service, body)})
 
     # ---- mapping -----------------------------------------------------------------------
 

@@ -137,7 +137,7 @@ class _ResourceWatch:
         self.objects = objects
         self.rv = str(rv)
         self.owner.stats[f"{self.kind}_lists"] += 1
-        self.owner._changed()
+        self.owner._changed_all()
 
     async def _watch(self) -> None:
         params = {
@@ -206,6 +206,7 @@ class _ResourceWatch:
         if key is None or etype not in ("ADDED", "MODIFIED", "DELETED"):
             stats["bad_events"] += 1
             return
+        old = self.objects.get(key)
         if etype == "DELETED":
             self.objects.pop(key, None)
         else:
@@ -213,7 +214,7 @@ class _ResourceWatch:
         if rv:
             self.rv = str(rv)
         stats["events"] += 1
-        self.owner._changed()
+        self.owner._changed_obj(self.kind, key, old, None if etype == "DELETED" else obj)
 
 
 def _key(obj: Any) -> tuple[str, str] | None:
@@ -221,6 +222,14 @@ def _key(obj: Any) -> tuple[str, str] | None:
     if not isinstance(md, dict) or not md.get("name"):
         return None
     return (str(md.get("namespace") or ""), str(md["name"]))
+
+
+def _slice_owner(obj: dict | None) -> str | None:
+    if not obj:
+        return None
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    owner = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    return str(owner) if owner else None
 
 
 def _status_message(body: bytes) -> str:
@@ -265,6 +274,10 @@ class KubernetesRegistry(SnapshotHolder):
         self._tasks: list[asyncio.Task] = []
         self._dirty = asyncio.Event()
         self._rebuild_task: asyncio.Task | None = None
+        self._full = True
+        self._dirty_keys: set[tuple[str, str]] = set()
+        self._svc_idx: dict[tuple[str, str], dict] = {}
+        self._slice_idx: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], *, path: str) -> KubernetesRegistry:
@@ -404,11 +417,34 @@ class KubernetesRegistry(SnapshotHolder):
 
     # ---- model -----------------------------------------------------------------------
 
-    def _changed(self) -> None:
+    def _changed_all(self) -> None:
+        self._full = True
+        self._dirty.set()
+
+    def _changed_obj(
+        self, kind: str, key: tuple[str, str], old: dict | None, new: dict | None
+    ) -> None:
+        if kind == "services":
+            if new is None:
+                self._svc_idx.pop(key, None)
+            else:
+                self._svc_idx[key] = new
+            self._dirty_keys.add(key)
+        else:
+            for obj in (old, new):
+                owner = _slice_owner(obj)
+                if owner is not None:
+                    skey = (key[0], owner)
+                    self._dirty_keys.add(skey)
+                    self._slice_idx.get(skey, {}).pop(key, None)
+            owner = _slice_owner(new)
+            if new is not None and owner is not None:
+                self._slice_idx.setdefault((key[0], owner), {})[key] = new
         self._dirty.set()
 
     async def _rebuilder(self) -> None:
-        # Coalesces a burst of events (a relist, a rollout) into one rebuild.
+        # Coalesces a burst of events (a relist, a rollout) into one rebuild; single events
+        # rebuild only the services they touch.
         while True:
             await self._dirty.wait()
             await asyncio.sleep(0)  # let the rest of the buffered events land first
@@ -420,30 +456,42 @@ class KubernetesRegistry(SnapshotHolder):
         return f"{name}.{namespace}.svc.{self.domain}"
 
     def _rebuild(self) -> None:
-        svc_objs: dict[tuple[str, str], dict] = {}
-        slices: dict[tuple[str, str], list[dict]] = {}
-        for w in self._watches:
-            if w.kind == "services":
-                svc_objs.update(w.objects)
-            else:
-                for (ns, _), sl in w.objects.items():
-                    owner = ((sl.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
-                    if owner:
-                        slices.setdefault((ns, owner), []).append(sl)
-        services: dict[str, Service] = {}
-        instances: dict[str, list[Instance]] = {}
-        for (ns, name), obj in svc_objs.items():
-            try:
-                built = self._service(ns, name, obj, slices.get((ns, name), []))
-            except (TypeError, ValueError, AttributeError, KeyError) as e:
-                self.stats["bad_objects"] += 1
-                log.warning("registry %s: service %s/%s: %s", self.name, ns, name, e)
-                continue
-            if built is not None:
-                svc, insts = built
-                services[svc.name] = svc
-                instances[svc.name] = insts
-        self.publish(services, instances)
+        if self._full:
+            self._full = False
+            self._dirty_keys.clear()
+            self._svc_idx = {}
+            self._slice_idx = {}
+            for w in self._watches:
+                if w.kind == "services":
+                    self._svc_idx.update(w.objects)
+                else:
+                    for key, sl in w.objects.items():
+                        owner = _slice_owner(sl)
+                        if owner is not None:
+                            self._slice_idx.setdefault((key[0], owner), {})[key] = sl
+            services: dict[str, Service] = {}
+            instances: dict[str, list[Instance]] = {}
+            for key in self._svc_idx:
+                built = self._build_key(key)
+                if built is not None:
+                    services[built[0].name] = built[0]
+                    instances[built[0].name] = built[1]
+            self.publish(services, instances)
+            return
+        keys, self._dirty_keys = self._dirty_keys, set()
+        self.update({self.fqdn(name, ns): self._build_key((ns, name)) for ns, name in keys})
+
+    def _build_key(self, key: tuple[str, str]) -> tuple[Service, list[Instance]] | None:
+        obj = self._svc_idx.get(key)
+        if obj is None:
+            return None
+        ns, name = key
+        try:
+            return self._service(ns, name, obj, list(self._slice_idx.get(key, {}).values()))
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
+            self.stats["bad_objects"] += 1
+            log.warning("registry %s: service %s/%s: %s", self.name, ns, name, e)
+            return None
 
     def _service(
         self, ns: str, name: str, obj: dict, slices: list[dict]

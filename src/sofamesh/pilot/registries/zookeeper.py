@@ -76,8 +76,7 @@ class ZooKeeperRegistry(SnapshotHolder):
         self._connected = False
         self._interfaces: set[str] = set()
         self._children: dict[str, list[str]] = {}  # interface -> provider node names
-        self._parsed: dict[str, ProviderURL | None] = {}  # node name -> parsed (None: bad)
-        self._built: dict[str, tuple[Service, list[Instance]]] = {}  # interface -> model
+        self._bad: set[str] = set()  # node names that did not parse (counted once)
         # export state: desired node paths, and those this session created
         self._export_want: dict[str, str] = {}  # full path -> interface
         self._export_have: set[str] = set()
@@ -276,8 +275,7 @@ class ZooKeeperRegistry(SnapshotHolder):
             now = set(names)
             gone = self._interfaces - now
             for iface in gone:
-                for node in self._children.pop(iface, ()):
-                    self._parsed.pop(node, None)
+                self._bad.difference_update(self._children.pop(iface, ()))
             dirty |= now - self._interfaces
             self._interfaces = now
             changed = set(gone)
@@ -291,8 +289,8 @@ class ZooKeeperRegistry(SnapshotHolder):
                 *(self._children_or_watch(f"{self.root}/{i}/providers") for i in ifaces)
             )
             for iface, kids in zip(ifaces, results):
-                for node in set(self._children.get(iface, ())) - set(kids):
-                    self._parsed.pop(node, None)
+                if self._bad:
+                    self._bad.difference_update(set(self._children.get(iface, ())) - set(kids))
                 self._children[iface] = kids
                 if self.exports:
                     # an exported node we count as there may have gone, e.g. another
@@ -322,31 +320,24 @@ class ZooKeeperRegistry(SnapshotHolder):
                 # created in between: read it again
 
     def _rebuild(self, changed: set[str]) -> None:
-        """Recompute the interfaces in `changed` (cached per interface) and publish."""
+        """Recompute the interfaces in `changed` only and publish the difference: a change
+        to one interface costs O(its providers), whatever the registry's size."""
+        changes: dict[str, tuple[Service, list[Instance]] | None] = {}
         for iface in changed:
             kids = self._children.get(iface)
-            built = self._build_interface(kids) if kids else None
-            if built is None:
-                self._built.pop(iface, None)
-            else:
-                self._built[iface] = built
-        services: dict[str, Service] = {}
-        instances: dict[str, list[Instance]] = {}
-        for svc, insts in self._built.values():
-            services[svc.name] = svc
-            instances[svc.name] = list(insts)
-        self.publish(services, instances)
+            changes[iface] = self._build_interface(iface, kids) if kids else None
+        self.update(changes)
 
-    def _build_interface(self, kids: list[str]) -> tuple[Service, list[Instance]] | None:
+    def _build_interface(
+        self, iface: str, kids: list[str]
+    ) -> tuple[Service, list[Instance]] | None:
         by_id: dict[str, tuple[int, Instance]] = {}
         ports: Counter[tuple[int, str, str]] = Counter()
-        iface = ""
         for node in kids:
             url = self._parse(node)
             if url is None or url.exported_by_mesh or url.side != "provider":
                 continue
-            inst = self._instance(url)
-            iface = url.interface
+            inst = self._instance(url, iface)
             try:
                 ts = int(url.params.get("timestamp", "0"))
             except ValueError:
@@ -366,27 +357,26 @@ class ZooKeeperRegistry(SnapshotHolder):
             labels=(("interface", iface),),
             registry=self.name,
         )
-        return svc, sorted((i for _, i in by_id.values()), key=lambda i: i.instance_id)
+        return svc, [i for _, i in by_id.values()]
 
     def _parse(self, node: str) -> ProviderURL | None:
-        if node in self._parsed:
-            return self._parsed[node]
-        url: ProviderURL | None
+        """Parsed on each rebuild of its interface (cheap; keeping 50k parsed URLs is not)."""
         try:
             url = dubbo_url.parse_node_name(node)
             _ = url.weight  # a bad weight is a bad node, found now rather than later
+            return url
         except DubboURLError as e:
-            self.stats["parse_errors"] += 1
-            log.warning("registry %s: ignoring provider node %r: %s", self.name, node, e)
-            url = None
-        self._parsed[node] = url
-        return url
+            if node not in self._bad:
+                self._bad.add(node)
+                self.stats["parse_errors"] += 1
+                log.warning("registry %s: ignoring provider node %r: %s", self.name, node, e)
+            return None
 
-    def _instance(self, url: ProviderURL) -> Instance:
+    def _instance(self, url: ProviderURL, service: str) -> Instance:
         proto = PROTOCOL_MAP.get(url.protocol, "tcp")
         weight = url.weight
         return Instance(
-            service=url.interface,
+            service=service,
             instance_id=url.instance_id,
             address=url.host,
             port=url.port,
