@@ -178,11 +178,21 @@ def reserve_ports(bootstrap: Any) -> tuple[Any, list[socket.socket]]:
     return b, held
 
 
+RESTART_QUICK_S = 5.0
+
+
+def _backoff(failures: int) -> float:
+    return 0.0 if failures <= 0 else min(30.0, 0.5 * 2 ** (failures - 1))
+
+
 class Worker:
     """The main process's handle on one worker process."""
 
     def __init__(self, index: int) -> None:
         self.index = index
+        self.started_at = 0.0
+        self.failures = 0  # consecutive quick deaths
+        self.next_restart = 0.0
         self.proc: subprocess.Popen | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -323,22 +333,42 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     deaths.used = True
 
     async def supervise() -> None:
+        # A worker that dies within RESTART_QUICK_S of starting is restarted after a
+        # doubling delay (0.5 s .. 30 s), so a crash loop does not spin.
+        for w in pool:
+            w.started_at = time.monotonic()
         while not state.quit.is_set():
             await asyncio.sleep(0.1)
             for w in pool:
-                if w.ready and not w.alive():
+                if w.alive() or state.quit.is_set():
+                    continue
+                now = time.monotonic()
+                if w.ready:  # a death just noticed
                     code = w.proc.returncode if w.proc else None
-                    log.error("worker %d exited (status %s); restarting", w.index, code)
                     deaths.value += 1
                     w.ready = False
                     if w.writer is not None:
                         w.writer.close()
-                    try:
-                        await w.spawn(bootstrap_bin, opts)
-                        if backend.health_failed:
-                            await w.request("health", failed=True)
-                    except Exception as e:  # noqa: BLE001 - reported, the process keeps running
-                        log.error("worker %d failed to restart: %s", w.index, e)
+                    quick = now - w.started_at < RESTART_QUICK_S
+                    w.failures = w.failures + 1 if quick else 0
+                    w.next_restart = now + _backoff(w.failures)
+                    log.error(
+                        "worker %d exited (status %s); restarting in %.1f s",
+                        w.index,
+                        code,
+                        w.next_restart - now,
+                    )
+                if now < w.next_restart:
+                    continue
+                try:
+                    w.started_at = now
+                    await w.spawn(bootstrap_bin, opts)
+                    if backend.health_failed:
+                        await w.request("health", failed=True)
+                except Exception as e:  # noqa: BLE001 - reported, the process keeps running
+                    w.failures += 1
+                    w.next_restart = time.monotonic() + _backoff(w.failures)
+                    log.error("worker %d failed to restart: %s", w.index, e)
 
     sup = asyncio.create_task(supervise())
     await state.quit.wait()
