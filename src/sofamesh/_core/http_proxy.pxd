@@ -117,6 +117,7 @@ cdef class DownstreamConn:
     cdef double t_start
     cdef double t_upstream
     cdef double deadline
+    cdef double timer_at                # when the armed timer fires (mono clock)
     cdef object timer
     cdef bint timer_armed
     cdef bint close_after

@@ -167,3 +167,17 @@ async def test_client_disconnect_mid_request_is_counted(upstreams, proxy):
     c = await p.client()
     assert (await c.request()).status == 200
     await c.close()
+
+
+async def test_shorter_timeout_after_a_longer_one_on_the_same_connection(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(bootstrap([vhost([route("/long", timeout="30s"),
+                                      route("/", timeout="0.2s")])],
+                              [cluster("up", [up.port])]))
+    c = await p.client()
+    assert (await c.request(path="/long")).status == 200     # arms a 30 s timer
+    t0 = asyncio.get_running_loop().time()
+    r = await c.request(path="/slow/2000")
+    assert r.status == 504
+    assert asyncio.get_running_loop().time() - t0 < 1.0
+    await c.close()
