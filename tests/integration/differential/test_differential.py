@@ -21,8 +21,9 @@ def _huge_headers(total: int) -> list[tuple[str, str]]:
     return [(f"x-big-{i}", "v" * 1000) for i in range(total // 1024 + 1)]
 
 
-HEAD_100 = (b"POST /a/expect HTTP/1.1\r\nHost: main.test\r\nContent-Length: 11\r\n"
-            b"Expect: 100-continue\r\n\r\n")
+def _head_100(path: str) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: main.test\r\nContent-Length: 11\r\n"
+            "Expect: 100-continue\r\n\r\n").encode()
 
 CASES: list[Case] = [
     # --- methods and bodies -------------------------------------------------------------------
@@ -58,7 +59,9 @@ CASES: list[Case] = [
       [200, 404, None]),
     C("pipelined-head-then-get", R("HEAD", "/a/h1") + R("GET", "/a/h2"), [200, 200],
       methods=["HEAD", "GET"]),
-    C("expect-100-continue", [HEAD_100, b"hello world"], [200], kind="expect100"),
+    C("expect-100-continue", [_head_100("/a/expect"), b"hello world"], [200], kind="expect100"),
+    C("expect-100-no-route", [_head_100("/nowhere"), b"hello world"], [404], kind="expect100"),
+    C("expect-100-direct-response", [_head_100("/direct/e"), b"hello world"], [403], kind="expect100"),
     C("hop-by-hop-headers",
       R("GET", "/a/hop", [("Connection", "keep-alive, x-hop"), ("X-Hop", "1"),
                           ("Keep-Alive", "timeout=5"), ("Proxy-Connection", "keep-alive"),
@@ -89,6 +92,8 @@ CASES: list[Case] = [
     C("vhost-unknown-host-404", R("GET", "/a/x", host="unknown.test"), [404]),
     C("vhost-host-with-port-404", R("GET", "/a/x", host=f"{HOST}:80"), [404]),
     C("no-route-404", R("GET", "/nothing/here"), [404]),
+    C("no-route-404-post-with-body", R("POST", "/nothing/here", body=b"x" * 1000), [404]),
+    C("direct-response-post-chunked", R("POST", "/direct/p", body=b"y" * 100, chunked=True), [403]),
     C("path-not-normalised", R("GET", "/a/%2e%2e/b//c"), [200]),
     C("absolute-form-target", R("GET", f"http://{HOST}/a/abs", host=HOST), [200]),
     # --- upstream failures, timeouts, retries -------------------------------------------------
