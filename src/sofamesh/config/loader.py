@@ -46,7 +46,12 @@ _WKT_SCALAR = {
 TYPED_STRUCT = "type.googleapis.com/xds.type.v3.TypedStruct"
 # Type-URL namespaces of filters a mesh control plane sends that xds-protos cannot decode
 # (Istio's own protos): carried as TypedStruct so the listener is not rejected (XDS.md).
-PASSTHROUGH_NAMESPACES = ("istio.", "io.istio.")
+PASSTHROUGH_NAMESPACES = ("istio.", "io.istio.", "envoy.tcp.metadataexchange.", "stats.")
+_FILTER_MESSAGES = (
+    "envoy.config.listener.v3.Filter",
+    "envoy.config.listener.v3.ListenerFilter",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+)
 
 
 class _Loader(yaml.SafeLoader):
@@ -121,6 +126,18 @@ class _Normaliser:
             return obj  # json_format reports shape errors with its own wording
         fields = _field_map(desc)
         out: dict[str, Any] = {}
+        if full in _FILTER_MESSAGES and str(obj.get("name", "")).startswith("istio."):
+            tc = obj.get("typed_config")
+            if (
+                isinstance(tc, dict)
+                and isinstance(tc.get("@type"), str)
+                and (protos.find_descriptor(tc["@type"]) is None)
+            ):  # an Istio filter's own proto: carried opaquely, passed through
+                rest = {k: v for k, v in tc.items() if k != "@type"}
+                obj = {
+                    **obj,
+                    "typed_config": {"@type": TYPED_STRUCT, "type_url": tc["@type"], "value": rest},
+                }
         for key, val in obj.items():
             f = fields.get(key)
             if f is None:
