@@ -61,6 +61,15 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def parse_node_id(node_id: str) -> dict | None:
+    """Istio's `type~ip~pod.namespace~namespace.svc.cluster.local`, or None if not that shape."""
+    parts = node_id.split("~")
+    if len(parts) != 4 or parts[0] not in ("sidecar", "router", "waypoint"):
+        return None
+    pod, _, ns = parts[2].partition(".")
+    return {"type": parts[0], "ip": parts[1], "pod": pod, "namespace": ns, "domain": parts[3]}
+
+
 @dataclass
 class Watch:
     """One resource type on one stream."""
@@ -89,6 +98,7 @@ class Connection:
         self.delta = delta
         self.node_id = ""
         self.node_cluster = ""
+        self.node_info: dict | None = None
         self.metadata: dict = {}
         self.connected_at = time.time()
         self.watches: dict[str, Watch] = {}
@@ -279,6 +289,9 @@ class Connection:
         if node is not None and node.id and not self.node_id:
             self.node_id = node.id
             self.node_cluster = node.cluster
+            self.node_info = parse_node_id(node.id)
+            if self.node_info is None:  # served all the same; proxyless gRPC ids vary
+                self.server.metrics.inc("pilot_xds_non_istio_node_ids_total")
             try:
                 from google.protobuf import json_format
 
@@ -411,6 +424,7 @@ class Connection:
         return {
             "id": self.id,
             "node": self.node_id,
+            "node_info": self.node_info,
             "cluster": self.node_cluster,
             "peer": self.peer,
             "mode": "delta" if self.delta else "sotw",

@@ -164,6 +164,13 @@ async def test_sotw_versions_ack_and_only_changed_types(env):
     await c.nothing()
     conn = next(iter(pilot.ads.connections.values()))
     assert conn.node_id == NODE
+    assert conn.describe()["node_info"] == {
+        "type": "sidecar",
+        "ip": "127.0.0.1",
+        "pod": "pod",
+        "namespace": "ns",
+        "domain": "ns.svc.cluster.local",
+    }
     assert conn.watches[EDS].version_acked == e2.version_info
 
 

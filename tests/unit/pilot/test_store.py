@@ -1,0 +1,74 @@
+"""The embedded store: durable group commits, TTL reaping, heartbeats, reload after restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sofamesh.pilot.store import EmbeddedStore, StoreError, open_store
+
+
+async def test_concurrent_puts_are_all_durable(tmp_path):
+    s = EmbeddedStore(str(tmp_path))
+    await s.open()
+    seen: list[str] = []
+    s.listeners.append(seen.append)
+    await asyncio.gather(
+        *(s.put(f"svc{i % 7}", f"i{i}", {"address": "10.0.0.1", "port": i + 1}) for i in range(200))
+    )
+    assert await s.delete("svc0", "i0") is True
+    assert await s.delete("svc0", "i0") is False
+    await s.close()
+    assert len(seen) == 201
+    s2 = EmbeddedStore(str(tmp_path))
+    await s2.open()
+    try:
+        assert sum(len(v) for v in s2.records.values()) == 199
+        assert s2.get("svc3", "i3") == {"address": "10.0.0.1", "port": 4}
+        assert s2.get("svc0", "i0") is None
+    finally:
+        await s2.close()
+
+
+async def test_ttl_reaping_and_heartbeats(tmp_path):
+    s = EmbeddedStore(str(tmp_path), reap_interval=3600)  # reap by hand
+    await s.open()
+    try:
+        await s.put("a", "keep", {"address": "10.0.0.1", "port": 1, "ttl_seconds": 0.2})
+        await s.put("a", "lapse", {"address": "10.0.0.1", "port": 2, "ttl_seconds": 0.2})
+        await s.put("a", "forever", {"address": "10.0.0.1", "port": 3, "ttl_seconds": 0})
+        await asyncio.sleep(0.12)
+        assert await s.heartbeat("a", "keep") is True
+        assert await s.heartbeat("a", "nosuch") is False
+        await asyncio.sleep(0.12)
+        assert await s.reap() == 1
+        assert sorted(s.records["a"]) == ["forever", "keep"]
+        assert s.expires_in("a", "forever") is None and 0 < s.expires_in("a", "keep") <= 0.2
+        await asyncio.sleep(0.25)
+        assert await s.reap() == 1 and sorted(s.records["a"]) == ["forever"]
+        assert s.expired == 2
+    finally:
+        await s.close()
+
+
+async def test_reopened_store_gives_each_instance_a_fresh_ttl(tmp_path):
+    s = EmbeddedStore(str(tmp_path), reap_interval=3600)
+    await s.open()
+    await s.put("a", "x", {"address": "10.0.0.1", "port": 1, "ttl_seconds": 5})
+    await s.close()
+    s2 = EmbeddedStore(str(tmp_path), reap_interval=3600)
+    await s2.open()
+    try:
+        assert 4.5 < s2.expires_in("a", "x") <= 5
+    finally:
+        await s2.close()
+
+
+def test_store_specs():
+    assert open_store(None, "/tmp/x").kind == "embedded"
+    assert open_store("etcd://127.0.0.1:2379", "/tmp/x").kind == "etcd"
+    with pytest.raises(StoreError, match="etcd://host:port"):
+        open_store("etcd://nohost", "/tmp/x")
+    with pytest.raises(StoreError, match="expected"):
+        open_store("redis://x:1", "/tmp/x")
