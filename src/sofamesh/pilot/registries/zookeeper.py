@@ -37,6 +37,7 @@ from .dubbo_url import EXPORT_MARK, PROTOCOL_MAP, DubboURLError, ProviderURL
 log = logging.getLogger("sofamesh.pilot.registries.zookeeper")
 
 _ROOT = "\0root"  # dirty-set key for the root's children
+READ_WINDOW = 256  # providers reads in flight during a resync
 
 
 class ZooKeeperRegistry(SnapshotHolder):
@@ -285,9 +286,15 @@ class ZooKeeperRegistry(SnapshotHolder):
         changed |= dirty
         if dirty:
             ifaces = sorted(dirty)
-            results = await asyncio.gather(
-                *(self._children_or_watch(f"{self.root}/{i}/providers") for i in ifaces)
-            )
+            # a bounded window of reads in flight: pipelined, without queueing thousands
+            # of requests on the one ZooKeeper connection at once
+            window = asyncio.Semaphore(READ_WINDOW)
+
+            async def read(iface: str) -> list[str]:
+                async with window:
+                    return await self._children_or_watch(f"{self.root}/{iface}/providers")
+
+            results = await asyncio.gather(*(read(i) for i in ifaces))
             for iface, kids in zip(ifaces, results):
                 if self._bad:
                     self._bad.difference_update(set(self._children.get(iface, ())) - set(kids))
