@@ -276,7 +276,15 @@ class PoolBackend:
 
         live = self.live()
         res = await asyncio.gather(*(w.request("snapshot") for w in live), return_exceptions=True)
-        snaps = [add_worker_stats(r, w.index) for w, r in zip(live, res) if isinstance(r, dict)]
+        snaps = []
+        for w, r in zip(live, res):
+            if isinstance(r, dict) and "counters" in r:
+                snaps.append(add_worker_stats(r, w.index))
+            else:  # a worker that does not answer: its stats are missing, and that shows
+                c = self.store.counter("server.worker_stats_unavailable")
+                c.value += 1
+                c.used = True
+                log.warning("worker %d did not return its stats: %r", w.index, r)
         return merge([*snaps, self.store.snapshot()])
 
     async def topology(self) -> dict:
