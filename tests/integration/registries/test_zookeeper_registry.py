@@ -392,3 +392,17 @@ async def test_zookeeper_restart(root):
         if p is not None:
             p.close()
         server.stop()
+
+
+async def test_export_address_advertises_a_gateway(adapter_factory, provider, root):
+    """With `export_address`, Dubbo consumers are pointed at one mesh address (e.g. an
+    ingress sidecar) instead of each instance: one node per interface/group/version."""
+    reg, _ = await adapter_factory(root, export=True, export_address="127.0.0.50:20880")
+    mesh = "com.example.Gateway"
+    insts = [
+        Instance(mesh, f"i{n}", f"127.0.0.{60 + n}", 20880 + n, protocol="dubbo", registry="api")
+        for n in range(3)
+    ]
+    await reg.export({mesh: Service(mesh)}, {mesh: insts})
+    urls = consumer_read(provider.zk, root, mesh)
+    assert [(u["host"], u["port"]) for u in urls] == [("127.0.0.50", 20880)]
