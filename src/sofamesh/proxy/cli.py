@@ -378,6 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log.critical("error initializing configuration '%s': %s", name, e)
         return 1
+    except Exception as e:  # e.g. a filter module that fails to import
+        log.critical(
+            "error initializing configuration '%s': %s: %s",
+            name,
+            type(e).__name__,
+            e,
+            exc_info=opts.log_level in ("trace", "debug"),
+        )
+        return 1
     for path, what in report.passthrough:
         log.warning("%s: filter %s is passed through (not implemented by sofamesh)", path, what)
     if opts.mode == "validate":
