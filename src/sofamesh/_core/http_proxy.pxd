@@ -149,7 +149,7 @@ cdef class DownstreamConn:
     cdef int _router(self) except -1
     cdef int _render_upstream_head(self) except -1
     cdef int _send_up(self, bytes data) except -1
-    cdef int _assign(self) except -1
+    cdef int _assign(self, Host host) except -1
     cdef int _attach(self, UpstreamConn c) except -1
     cdef int _fail(self, int kind, UpstreamConn c) except -1
     cdef bint _on_upstream_head(self, UpstreamConn c, Head rh, int framing) except -1

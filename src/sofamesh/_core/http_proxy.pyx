@@ -518,6 +518,10 @@ cdef class DownstreamConn:
             return self._local_reply(503, RESET_BEFORE + b"reset reason: overflow", b"", False)
         cl.rq_active += 1
         cl.upstream_rq_active.inc()
+        self.host = None
+        if route.auto_host:
+            # the Host header names the chosen endpoint, so pick it before rendering
+            self.host = cl.choose()
         self._render_upstream_head()
         if route.retry_on and route.num_retries > 0 and not self.upgrade:
             self.retry_body = []
@@ -527,7 +531,7 @@ cdef class DownstreamConn:
         self.attempts = 1
         if self.req_done:
             self._arm_timer()
-        return self._assign()
+        return self._assign(self.host)
 
     cdef bytes _location(self):
         cdef Route r = self.route
@@ -584,8 +588,8 @@ cdef class DownstreamConn:
         wb.add(" HTTP/1.1\r\nhost: ", 17)
         if route.host_rewrite is not None:
             wb.add_bytes(route.host_rewrite)
-        elif self.cluster.auto_host and self.cluster.hosts:
-            pass    # filled per host at send time is not worth it: STRICT_DNS hostname below
+        elif route.auto_host and self.host is not None and self.host.hostname:
+            wb.add_bytes(self.host.hostname.encode())
         elif h.host_idx >= 0:
             wb.add(h.base + h.hdrs[h.host_idx].value_off, h.hdrs[h.host_idx].value_len)
         wb.add("\r\n", 2)
@@ -683,9 +687,10 @@ cdef class DownstreamConn:
         self._resume(P_QUEUE)
         return 0
 
-    cdef int _assign(self) except -1:
+    cdef int _assign(self, Host host) except -1:
         cdef Cluster cl = self.cluster
-        cdef Host host = cl.choose()
+        if host is None:
+            host = cl.choose()
         cdef UpstreamConn c
         if host is None:
             cl.upstream_cx_none_healthy.inc()
@@ -755,7 +760,7 @@ cdef class DownstreamConn:
             return
         self.up_queue = [self.up_head] + list(self.retry_body or ())
         self.up_queued = 0
-        self._assign()
+        self._assign(None)
 
     cdef int _fail(self, int kind, UpstreamConn c) except -1:
         cdef Cluster cl = self.cluster

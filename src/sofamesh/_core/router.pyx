@@ -140,6 +140,7 @@ cdef class Route:
     def __init__(self, *, name="", int path_kind=PM_PREFIX, path=b"/",
                  bint case_sensitive=True, headers=(), queries=(), int action=RA_CLUSTER,
                  cluster=None, weighted=(), prefix_rewrite=None, host_rewrite=None,
+                 bint auto_host=False,
                  double timeout=15.0, int retry_on=0, int num_retries=0, retry_statuses=(),
                  int status=0, body=b"", location_scheme=None, location_host=None,
                  location_port=None, location_path=None, location_prefix=None,
@@ -169,6 +170,7 @@ cdef class Route:
             raise ValueError("weighted_clusters: total weight is 0")
         self.prefix_rewrite = _b(prefix_rewrite)
         self.host_rewrite = _b(host_rewrite)
+        self.auto_host = auto_host
         self.timeout = timeout
         self.timeout_line = (b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(timeout * 1000)
                              if timeout > 0 else b"")

@@ -51,7 +51,6 @@ cdef class Cluster:
     cdef public long long retries_active
     cdef public int per_connection_buffer_limit
     cdef public int max_requests_per_connection
-    cdef public bint auto_host
     # stats
     cdef Store store
     cdef str prefix

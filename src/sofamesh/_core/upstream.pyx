@@ -30,8 +30,7 @@ cdef class Cluster:
                  double connect_timeout=5.0, long long max_connections=1024,
                  long long max_pending=1024, long long max_requests=1024,
                  long long max_retries=3, int choice_count=2, config=None,
-                 int per_connection_buffer_limit=1048576, int max_requests_per_connection=0,
-                 bint auto_host=False):
+                 int per_connection_buffer_limit=1048576, int max_requests_per_connection=0):
         if lb_policy not in LB_POLICIES:
             raise ValueError(f"unsupported lb_policy {lb_policy}")
         self.name = name
@@ -45,7 +44,6 @@ cdef class Cluster:
         self.max_retries = max_retries
         self.per_connection_buffer_limit = per_connection_buffer_limit
         self.max_requests_per_connection = max_requests_per_connection
-        self.auto_host = auto_host
         self.rr = 0
         self.store = store
         self.prefix = f"cluster.{name}."

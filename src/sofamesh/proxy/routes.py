@@ -217,7 +217,9 @@ def _route_action(a, apath, kw, clusters) -> None:
     hr = a.WhichOneof("host_rewrite_specifier")
     if hr == "host_rewrite_literal":
         kw["host_rewrite"] = a.host_rewrite_literal
-    elif hr is not None and hr != "auto_host_rewrite":
+    elif hr == "auto_host_rewrite":
+        kw["auto_host"] = a.auto_host_rewrite.value
+    elif hr is not None:
         raise UnsupportedConfig(f"{apath}.{hr} is not supported")
     kw["timeout"] = _dur(a.timeout) if a.HasField("timeout") else DEFAULT_TIMEOUT_S
     if a.HasField("retry_policy"):

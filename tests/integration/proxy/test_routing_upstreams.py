@@ -131,6 +131,23 @@ async def test_least_request_prefers_the_idle_host(upstreams, proxy):
     await c.close()
 
 
+async def test_circuit_breaker_max_requests(upstreams, proxy):
+    up = await upstreams()
+    cb = {"thresholds": [{"max_requests": 1}]}
+    p = await proxy(bootstrap([vhost([route("/")])],
+                              [cluster("up", [up.port], circuit_breakers=cb)]))
+    a, b = await p.client(), await p.client()
+    await a.send(b"GET /slow/200 HTTP/1.1\r\nhost: a\r\n\r\n")
+    await asyncio.sleep(0.05)
+    r = await b.request()
+    assert r.status == 503 and r.body.endswith(b"reset reason: overflow")
+    assert (await a.response()).status == 200
+    assert (await b.request()).status == 200
+    assert p.counter("cluster.up.upstream_rq_pending_overflow") == 1
+    await a.close()
+    await b.close()
+
+
 async def test_circuit_breaker_pending_overflow(upstreams, proxy):
     up = await upstreams()
     cb = {"thresholds": [{"max_connections": 1, "max_pending_requests": 1}]}
@@ -195,7 +212,8 @@ async def test_strict_dns_cluster_resolves_localhost(upstreams, proxy):
     c_ = cluster("up", [up.port], type="STRICT_DNS", dns_refresh_rate="0.2s")
     c_["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
         "socket_address"]["address"] = "localhost"
-    p = await proxy(bootstrap([vhost([route("/")])], [c_]))
+    p = await proxy(bootstrap([vhost([route("/auto", auto_host_rewrite=True), route("/")])],
+                              [c_]))
     hosts = p.server.clusters["up"].hosts
     assert [(h.address, h.hostname) for h in hosts] == [("127.0.0.1", "localhost")]
     c = await p.client()
@@ -204,4 +222,6 @@ async def test_strict_dns_cluster_resolves_localhost(upstreams, proxy):
     assert p.server.clusters["up"].hosts[0] is hosts[0]
     assert (await c.request()).status == 200
     assert up.connections == 1
+    r = await c.request(path="/auto", host="outside.example")
+    assert r.upstream_header("host") == "localhost"
     await c.close()
