@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,7 +71,16 @@ class _Watcher:
 
 
 class FakeKubeAPI:
-    def __init__(self, expire_as_http: bool = False) -> None:
+    def __init__(
+        self,
+        expire_as_http: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+    ) -> None:
+        """`ssl_context`: serve HTTPS as a real API server does; `token`: require
+        `Authorization: Bearer <token>` (401 Unauthorized Status otherwise)."""
+        self.ssl_context = ssl_context
+        self.token = token
         self.expire_as_http = expire_as_http
         self.rv = 1
         self.compacted = 0  # watches from a version below this get 410
@@ -85,7 +95,8 @@ class FakeKubeAPI:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         app = web.Application()
@@ -96,7 +107,7 @@ class FakeKubeAPI:
             )
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -208,6 +219,19 @@ class FakeKubeAPI:
                 return web.Response(status=503, text="unreachable")
             self.requests.append((request.method, request.path, q))
             self.authorizations.append(request.headers.get("Authorization", ""))
+            if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+                return web.json_response(
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Failure",
+                        "message": "Unauthorized",
+                        "reason": "Unauthorized",
+                        "code": 401,
+                    },
+                    status=401,
+                )
             ns = request.match_info.get("ns", "") if namespaced else ""
             if parse_bool(q.get("watch")):
                 return await self._watch(request, kind, ns, q)

@@ -338,3 +338,92 @@ async def test_namespaced_and_bearer_token(api, tmp_path):
         assert set(api.authorizations) == {"Bearer s3cret"}
     finally:
         await reg.stop()
+
+
+def make_tls(tmp_path):  # noqa: ANN001, ANN201
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl CLI needed for the TLS test"
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=tmp_path, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=sofamesh-test-ca",
+    )
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=kube-apiserver")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+    return ctx, tmp_path / "ca.crt"
+
+
+async def test_https_with_ca_file_and_token(tmp_path):
+    ctx, ca = make_tls(tmp_path)
+    fake = FakeKubeAPI(ssl_context=ctx, token="t0ken")
+    await fake.start()
+    regs = []
+    try:
+        seed(fake)
+        good = registries.build(
+            {"type": "kubernetes", "api_server": fake.url, "ca_file": str(ca), "token": "t0ken"}
+        )
+        regs.append(good)
+        await good.start(lambda n: None)
+        assert FQDN in good.snapshot().services
+
+        # an unknown CA is refused; so is a wrong token: nothing served, errors counted
+        no_ca = registries.build(
+            {"type": "kubernetes", "api_server": fake.url, "token": "t0ken", "connect_timeout": 0.5}
+        )
+        bad_token = registries.build(
+            {
+                "type": "kubernetes",
+                "api_server": fake.url,
+                "ca_file": str(ca),
+                "token": "nope",
+                "connect_timeout": 0.5,
+            }
+        )
+        regs += [no_ca, bad_token]
+        for reg in (no_ca, bad_token):
+            await reg.start(lambda n: None)
+            assert reg.snapshot().services == {}
+            assert reg.stats["services_watch_errors"] >= 1
+        assert "Bearer nope" in fake.authorizations
+    finally:
+        for reg in regs:
+            await reg.stop()
+        await fake.stop()
