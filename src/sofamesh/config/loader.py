@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import yaml
@@ -209,10 +210,36 @@ def dict_to_message(data: dict, msg: Any, *, allow_unknown: bool = False, where:
             clean, msg, ignore_unknown_fields=allow_unknown, descriptor_pool=protos.pool()
         )
     except json_format.ParseError as e:
+        path, reason = _parse_error_path(str(e))
         raise ConfigError(
-            [Problem("", f"Unable to parse JSON as proto {where}: {e}".replace("  ", " "), "parse")]
+            [
+                Problem(
+                    path,
+                    f"Unable to parse JSON as proto {where}: {reason}".replace("  ", " "),
+                    "parse",
+                )
+            ]
         ) from None
     return msg
+
+
+_AT = re.compile(r"\s+at (?:\w+)\.([\w.\[\]'\"-]*[\w\]])\.*$")
+_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+
+
+def _parse_error_path(text: str) -> tuple[str, str]:
+    """json_format's nested "Failed to parse a field: Failed to parse b field: reason at
+    Msg.a.b[0]" -> ("a.b[0]", "reason")."""
+    path = ""
+    m = _AT.search(text)
+    if m:
+        path = m.group(1)
+        text = text[: m.start()]
+    names = _FIELD.findall(text)
+    reason = _FIELD.split(text)[-1].strip() if names else text
+    if not path and names:
+        path = ".".join(names)
+    return path, reason.rstrip(".")
 
 
 def _read(path: str) -> bytes:

@@ -239,3 +239,13 @@ def test_types_load_lazily_by_package(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_bad_values_name_their_path(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(
+            write(tmp_path, "static_resources: {clusters: [{name: a, connect_timeout: abc}]}")
+        )
+    (p,) = e.value.problems
+    assert p.path == "static_resources.clusters[0].connect_timeout"
+    assert 'Duration must end with letter "s": abc' in p.message
