@@ -29,10 +29,10 @@ from urllib.parse import quote_plus
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kazoo.client import KazooClient  # noqa: E402
+from kazoo.client import KazooClient
 
-from sofamesh.pilot import registries  # noqa: E402
-from tests.support.servers import ZooKeeperServer  # noqa: E402
+from sofamesh.pilot import registries
+from tests.support.servers import ZooKeeperServer
 
 
 def rss_mb() -> float:

@@ -340,7 +340,7 @@ async def test_namespaced_and_bearer_token(api, tmp_path):
         await reg.stop()
 
 
-def make_tls(tmp_path):  # noqa: ANN001, ANN201
+def make_tls(tmp_path):
     """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
     import shutil
     import ssl
