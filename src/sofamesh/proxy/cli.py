@@ -263,8 +263,10 @@ class _EnvoyFormatter(logging.Formatter):
                 return time.strftime("%H:%M:%S", lt)
             if f in "YmdHMSz":
                 return time.strftime("%" + f, lt)
-            if f == "g":
-                return record.pathname
+            if f == "g":  # source path from the package root, as Envoy's `source/...`
+                pn = record.pathname
+                i = pn.rfind("/sofamesh/")
+                return pn[i + 1 :] if i >= 0 else pn
             if f == "s":
                 return record.filename
             if f == "#":
