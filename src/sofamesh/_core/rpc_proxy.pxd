@@ -109,7 +109,10 @@ cdef class DownstreamConn:
     cdef list out                       # list[bytes] replies gathered during one read
     cdef list dirty                     # list[UpstreamConn] with queued requests
     cdef bint closed
+    cdef bint reading                   # transport reading (not paused by flow control)
+    cdef bint write_paused              # the client's socket buffer is full
     cdef long long active
+    cdef void set_reading(self)
     cdef void write(self, bytes data)
     cdef void flush(self)
     cdef void handle_bolt(self, object f)
@@ -128,6 +131,7 @@ cdef class RpcProxyConfig:
     cdef public int max_frame
     cdef public int conns_per_host
     cdef public bint draining
+    cdef public int upstream_paused     # upstream connections whose write buffer is full
     cdef public set conns               # set[DownstreamConn]
     cdef dict pools                     # dict[Host, list[UpstreamConn]]
     cdef dict rr                        # dict[Host, int]

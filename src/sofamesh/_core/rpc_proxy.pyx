@@ -9,6 +9,8 @@
 # Heartbeats are answered locally. Failures are answered with the protocol's own error
 # reply carrying the client's request id: Bolt status codes, Dubbo status bytes.
 
+import asyncio
+import logging
 import re
 
 from sofamesh._core.stats cimport Store
@@ -57,6 +59,8 @@ cdef int _dubbo_status(int why) noexcept:
     return 80           # SERVER_ERROR
 
 # Error texts for Dubbo replies, worded as Envoy's dubbo_proxy words them.
+log = logging.getLogger("sofamesh.rpc")
+
 _WHY_TEXT = {
     WHY_NO_ROUTE: "dubbo router: no route", WHY_UNKNOWN_CLUSTER: "dubbo router: unknown cluster",
     WHY_NO_HEALTHY: "dubbo upstream request: no healthy upstream",
@@ -358,10 +362,19 @@ cdef class UpstreamConn:
             self.fail_all(WHY_RESET if was_connected else WHY_CONNECT_FAIL)
 
     def pause_writing(self):
-        pass
+        # The upstream is not keeping up: stop reading requests from every client of
+        # this listener until its buffer drains (requests share upstream connections).
+        self.cfg.upstream_paused += 1
+        if self.cfg.upstream_paused == 1:
+            for d in self.cfg.conns:
+                (<DownstreamConn>d).set_reading()
 
     def resume_writing(self):
-        pass
+        if self.cfg.upstream_paused > 0:
+            self.cfg.upstream_paused -= 1
+            if self.cfg.upstream_paused == 0:
+                for d in self.cfg.conns:
+                    (<DownstreamConn>d).set_reading()
 
     cdef void send(self, bytes data):
         self.out.append(data)
@@ -447,10 +460,14 @@ cdef class DownstreamConn:
         self.dirty = []
         self.closed = False
         self.active = 0
+        self.reading = True
+        self.write_paused = False
 
     def connection_made(self, transport):
         self.transport = transport
         self.cfg.conns.add(self)
+        if self.cfg.upstream_paused:
+            self.set_reading()
         self.cfg.st.cx_total.inc()
         self.cfg.st.cx_active.inc()
 
@@ -485,10 +502,23 @@ cdef class DownstreamConn:
             self.cfg.st.cx_destroy_remote_with_active_rq.inc()
 
     def pause_writing(self):
-        pass
+        # This client is not reading its responses: stop taking its requests.
+        self.write_paused = True
+        self.set_reading()
 
     def resume_writing(self):
-        pass
+        self.write_paused = False
+        self.set_reading()
+
+    cdef void set_reading(self):
+        cdef bint want = not self.write_paused and self.cfg.upstream_paused == 0
+        if self.closed or self.transport is None or want == self.reading:
+            return
+        self.reading = want
+        if want:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     def close(self):
         if self.transport is not None and not self.closed:
@@ -538,6 +568,8 @@ cdef class DownstreamConn:
             e = <ProtocolError>obj
             st.request_decoding_error.inc()
             if e.fatal:
+                log.debug("bolt.%s: closing a client connection: %s", self.cfg.stat_prefix,
+                          e.reason)
                 self.flush()
                 self.close()
                 self.closed = True
@@ -570,6 +602,8 @@ cdef class DownstreamConn:
             e = <ProtocolError>obj
             st.request_decoding_error.inc()
             if e.fatal:
+                log.debug("dubbo.%s: closing a client connection: %s", self.cfg.stat_prefix,
+                          e.reason)
                 self.flush()
                 self.close()
                 self.closed = True
@@ -682,6 +716,7 @@ cdef class RpcProxyConfig:
         self.max_frame = max_frame
         self.conns_per_host = conns_per_host if conns_per_host > 0 else 1
         self.draining = False
+        self.upstream_paused = 0
         self.conns = set()
         self.pools = {}
         self.rr = {}
@@ -714,7 +749,12 @@ cdef class RpcProxyConfig:
 
     async def _connect(self, UpstreamConn u):
         try:
-            await self.loop.create_connection(lambda: u, u.host.address, u.host.port)
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: u, u.host.address, u.host.port),
+                u.cluster.connect_timeout)
+        except asyncio.TimeoutError as exc:
+            u.cluster.upstream_cx_connect_timeout.inc()
+            u.connect_failed(exc)
         except OSError as exc:
             u.connect_failed(exc)
 

@@ -222,7 +222,7 @@ def wait_stat(proxy: ProxyProcess, name: str, want: int, timeout: float = 3.0) -
 
 class RawUpstream:
     """A loopback TCP server for failure cases: 'silent' reads and records, 'reset' closes a
-    connection on its first bytes, 'echo' sends every byte back."""
+    connection on its first bytes, 'echo' sends every byte back, 'stall' never reads."""
 
     def __init__(self, mode: str):
         import socket
@@ -254,6 +254,8 @@ class RawUpstream:
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c) -> None:
+        if self.mode == "stall":
+            return
         try:
             while True:
                 d = c.recv(65536)
