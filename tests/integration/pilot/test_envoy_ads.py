@@ -148,6 +148,19 @@ def test_envoy_routes_by_registration_weight_and_expiry(pilot, tmp_path, mode):
         assert len(mine) == 1 and mine[0]["mode"] == mode
         assert mine[0]["types"]["cds"]["version_acked"] == mine[0]["types"]["cds"]["version_sent"]
         assert all(t["nack"] is None for t in mine[0]["types"].values())
+
+        # 5. the last instance leaves: the service's route goes (404) and so does its cluster
+        pilot.deregister("reviews", "r-alpha")
+        wait_until(lambda: who() == "status 404", 2.0, "reviews route removed")
+
+        def cluster_gone() -> bool:
+            _, clusters = admin_get(admin, "/clusters?format=json")
+            names = {c["name"] for c in json.loads(clusters)["cluster_statuses"]}
+            return "outbound|9080||reviews" not in names and "xds-grpc" in names
+
+        wait_until(cluster_gone, 5, "cluster removed from Envoy")
+        assert stat(admin, "cluster_manager.cds.update_rejected") == 0
+        assert stat(admin, "listener_manager.lds.update_rejected") == 0
     finally:
         envoy.stop()
         up.stop()
