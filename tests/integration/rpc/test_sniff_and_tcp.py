@@ -143,3 +143,41 @@ def test_tcp_proxy_passes_hsf_through(tmp_path):
             st = stats(proxy)
             assert st["tcp.hsf.downstream_cx_total"] >= 2
             assert st["cluster.hsf_up.upstream_cx_total"] >= 2
+
+
+def test_two_workers_serve_bolt_and_dubbo_and_sum_stats(tmp_path):
+    with NodeServer(tag="s1") as s1, NodeServer(dubbo=True, tag="d1") as d1:
+        bp, dp = free_port(), free_port()
+        boot = bootstrap(
+            [
+                listener("bolt", bp, [bolt_filter([route_config(SERVICE, "bolt_up")])]),
+                listener(
+                    "dubbo",
+                    dp,
+                    [
+                        dubbo_filter(
+                            [
+                                {
+                                    "name": "d",
+                                    "interface": SERVICE,
+                                    "routes": [{"match": {}, "route": {"cluster": "dubbo_up"}}],
+                                }
+                            ]
+                        )
+                    ],
+                ),
+            ],
+            [cluster("bolt_up", [s1.port]), cluster("dubbo_up", [d1.port])],
+        )
+        proxy = sofamesh(boot, tmp_path)
+        proxy.argv[proxy.argv.index("--concurrency") + 1] = "2"
+        with proxy:
+            for _ in range(4):  # new connections, spread over the workers by SO_REUSEPORT
+                assert node_client(bp, [{"method": "plus", "args": [2, 2]}]) == [
+                    {"ok": True, "result": 4}
+                ]
+                assert node_client(dp, [{"method": "echo", "args": ["e"]}], mode="dubbo") == [
+                    {"ok": True, "result": "e"}
+                ]
+            s = stats(proxy)
+            assert s["bolt.bolt_in.request"] == 4 and s["dubbo.dubbo_in.request"] == 4
