@@ -218,6 +218,29 @@ class _Checker:
                 join(path, "filter_chains"),
                 "more than one filter chain per listener: not implemented by sofamesh",
             )
+        if name == "envoy.type.matcher.v3.RegexMatcher":
+            err = re2_error(m.regex)
+            if err:
+                self.reference(join(path, "regex"), err)
+        elif name == "envoy.config.route.v3.WeightedCluster":
+            total = sum(c.weight.value for c in m.clusters)
+            if m.clusters and total == 0:
+                self.reference(
+                    path, "Sum of weights in the weighted_cluster must be greater than 0."
+                )
+        elif name == "envoy.config.listener.v3.Listener" and (
+            m.HasField("address")
+            and not m.filter_chains
+            and not m.HasField("default_filter_chain")
+            and not m.HasField("api_listener")
+            and m.address.socket_address.protocol != 1  # UDP: listener filters only
+            and not m.HasField("udp_listener_config")
+        ):
+            sa = m.address.socket_address
+            self.reference(
+                join(path, "filter_chains"),
+                f"error adding listener '{sa.address}:{sa.port_value}': no filter chains specified",
+            )
         if name == "envoy.config.core.v3.DataSource":
             if m.WhichOneof("specifier") == "filename" and not self._exists(m.filename):
                 self.reference(join(path, "filename"), f"Invalid path: {m.filename}")
@@ -404,6 +427,30 @@ class _Checker:
                     f"static_resources.listeners[{i}].address",
                     f"error adding listener named '{lst.name}': address is necessary",
                 )
+
+
+_RE2_PERL_OP = re.compile(r"\(\?(<=|<!|=|!|>)")
+_RE2_BAD_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*(\\[1-9ZG])")
+_RE2_ONLY = re.compile(r"\\[pPzC]")
+
+
+def re2_error(pattern: str) -> str | None:
+    """Why RE2 (Envoy's regex engine) refuses `pattern`, as far as can be told here: Perl
+    operators and escapes RE2 lacks, else whatever Python's engine refuses, unless the
+    pattern uses RE2-only syntax Python cannot parse."""
+    m = _RE2_PERL_OP.search(pattern)
+    if m:
+        return f"invalid perl operator: (?{m.group(1)}"
+    m = _RE2_BAD_ESCAPE.search(pattern)
+    if m:
+        return f"invalid escape sequence: {m.group(1)}"
+    if _RE2_ONLY.search(pattern):
+        return None
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return f"invalid regex '{pattern}': {e}"
+    return None
 
 
 def _is_ip(text: str) -> bool:

@@ -205,6 +205,58 @@ CASES = [
         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0]",
     ),
     (
+        "regex-lookahead",
+        (HCM % "backend").replace('match: {prefix: "/"}', 'match: {safe_regex: {regex: "(?=a)b"}}'),
+        [],
+        ["invalid perl operator: (?="],
+        "routes[0].match.safe_regex.regex",
+    ),
+    (
+        "regex-backreference",
+        (HCM % "backend").replace(
+            'match: {prefix: "/"}', r'match: {safe_regex: {regex: "(a)\\1"}}'
+        ),
+        [],
+        ["invalid escape sequence: \\1"],
+        "routes[0].match.safe_regex.regex",
+    ),
+    (
+        "regex-unbalanced",
+        (HCM % "backend").replace('match: {prefix: "/"}', 'match: {safe_regex: {regex: "a(b"}}'),
+        [],
+        ["a(b"],
+        "routes[0].match.safe_regex.regex",
+    ),
+    (
+        "regex-ok",
+        (HCM % "backend").replace(
+            'match: {prefix: "/"}', r'match: {safe_regex: {regex: "/a[0-9]+\\.b"}}'
+        ),
+        [],
+        [],
+        "",
+    ),
+    (
+        "weights-sum-zero",
+        (HCM % "backend").replace(
+            "route: {cluster: backend}",
+            "route: {weighted_clusters: {clusters: [{name: backend, weight: 0}]}}",
+        ),
+        [],
+        ["Sum of weights in the weighted_cluster must be greater than 0."],
+        "route.weighted_clusters",
+    ),
+    (
+        "listener-without-filter-chains",
+        (
+            "static_resources: {listeners: [{name: l, address: {socket_address: {address: "
+            "127.0.0.1, port_value: 10000}}}]}"
+        ),
+        [],
+        ["error adding listener '127.0.0.1:10000': no filter chains specified"],
+        "static_resources.listeners[0].filter_chains",
+    ),
+    (
         "endpoint-without-port",
         f"static_resources: {{clusters: [{{name: a, {EP[1:-1]}}}]}}".replace(
             ", port_value: 8080", ""
