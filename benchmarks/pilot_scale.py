@@ -209,16 +209,99 @@ async def populate(api: str, services: int, per: int, concurrency: int = 32) -> 
     return time.perf_counter() - t0
 
 
-def envoy_full_config(pilot: Pilot, n_clusters: int, delta: bool, workdir: Path) -> float:
+def fetch_all(pilot: Pilot, n_services: int) -> dict[str, list]:
+    """Every resource the pilot serves a sidecar, over one SotW stream (decoded)."""
+    import grpc
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.config.route.v3 import route_pb2
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+    msgs = {
+        CDS: cluster_pb2.Cluster,
+        EDS: endpoint_pb2.ClusterLoadAssignment,
+        LDS: listener_pb2.Listener,
+        RDS: route_pb2.RouteConfiguration,
+    }
+    names = {
+        CDS: [],
+        LDS: [],
+        RDS: [str(pilot.outbound)],
+        EDS: [f"outbound|{SVC_PORT}||svc-{s}" for s in range(n_services)],
+    }
+    reqs = []
+    for t in (CDS, EDS, LDS, RDS):
+        r = discovery_pb2.DiscoveryRequest(type_url=t, resource_names=names[t])
+        r.node.id = "sidecar~127.0.0.1~dump.ns~ns.svc.cluster.local"
+        reqs.append(r)
+    opts = [("grpc.max_receive_message_length", 512 * 1024 * 1024)]
+    out: dict[str, list] = {}
+    with grpc.insecure_channel(f"127.0.0.1:{pilot.xds}", options=opts) as ch:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch).StreamAggregatedResources(iter(reqs))
+        for resp in call:
+            out.setdefault(resp.type_url, []).extend(
+                msgs[resp.type_url].FromString(a.value) for a in resp.resources
+            )
+            if len(out) == 4:
+                call.cancel()
+                break
+    return out
+
+
+def static_bootstrap(res: dict[str, list], admin: int) -> dict:
+    """The same config as a static file: clusters STATIC with their endpoints inline, the
+    listener with its route config inline (Envoy's own baseline, no xDS)."""
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+    from google.protobuf import json_format
+
+    import sofamesh.pilot.generate  # noqa: F401 - registers the Any types json_format resolves
+
+    cla = {c.cluster_name: c for c in res[EDS]}
+    routes = {r.name: r for r in res[RDS]}
+    clusters = []
+    for c in res[CDS]:
+        c.type = c.STATIC
+        c.ClearField("eds_cluster_config")
+        c.load_assignment.CopyFrom(cla[c.name])
+        clusters.append(json_format.MessageToDict(c, preserving_proto_field_name=True))
+    listeners = []
+    for lst in res[LDS]:
+        f = lst.filter_chains[0].filters[0]
+        hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
+        hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
+        hcm.ClearField("rds")
+        f.typed_config.Pack(hcm)
+        listeners.append(json_format.MessageToDict(lst, preserving_proto_field_name=True))
+    return {
+        "node": {"id": "sidecar~127.0.0.1~static.ns~ns.svc.cluster.local", "cluster": "bench"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"clusters": clusters, "listeners": listeners},
+    }
+
+
+def envoy_full_config(
+    pilot: Pilot, n_clusters: int, mode: str, workdir: Path, static: dict | None = None
+) -> float:
     """Seconds from Envoy's start until every cluster is active (none warming) and the
-    outbound listener and its route config are in place."""
+    outbound listener is active with its routes (mode: sotw, delta, or static)."""
     from tests.integration.pilot.conftest import ads_bootstrap
 
     envoy = ROOT / ".venv-envoy" / "bin" / "envoy"
     admin = free_port()
-    cfg = workdir / f"envoy-{'delta' if delta else 'sotw'}.json"
-    cfg.write_text(json.dumps(ads_bootstrap(pilot.xds, admin, delta)))
-    log = open(workdir / f"envoy-{'delta' if delta else 'sotw'}.log", "wb")
+    cfg = workdir / f"envoy-{mode}.json"
+    if mode == "static":
+        assert static is not None
+        static["admin"]["address"]["socket_address"]["port_value"] = admin
+        boot = static
+        extra = 0
+    else:
+        boot = ads_bootstrap(pilot.xds, admin, mode == "delta")
+        extra = 1  # the static xds-grpc cluster
+    cfg.write_text(json.dumps(boot))
+    log = open(workdir / f"envoy-{mode}.log", "wb")  # noqa: SIM115 - closed in finally
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [
@@ -231,21 +314,21 @@ def envoy_full_config(pilot: Pilot, n_clusters: int, delta: bool, workdir: Path)
             "warning",
             "--disable-hot-restart",
             "--base-id",
-            str(900 + int(delta)),
+            str(900 + ("sotw", "delta", "static").index(mode)),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     want = {
-        "cluster_manager.active_clusters": n_clusters + 1,
+        "cluster_manager.active_clusters": n_clusters + extra,
         "cluster_manager.warming_clusters": 0,
         "listener_manager.total_listeners_active": 1,
     }
     try:
         while True:
             if time.monotonic() - t0 > 300 or proc.poll() is not None:
-                raise RuntimeError("envoy did not get the full config")
+                raise RuntimeError(f"envoy ({mode}) did not get the full config")
             try:
                 with urllib.request.urlopen(
                     f"http://127.0.0.1:{admin}/stats?filter=^(cluster_manager|listener_manager|http\\.outbound)",
@@ -259,8 +342,8 @@ def envoy_full_config(pilot: Pilot, n_clusters: int, delta: bool, workdir: Path)
             except OSError:
                 time.sleep(0.05)
                 continue
-            rds_ok = any(
-                k.endswith(".rds.%d.update_success" % pilot.outbound) and int(v) > 0
+            rds_ok = mode == "static" or any(
+                k.endswith(f".rds.{pilot.outbound}.update_success") and int(v) > 0
                 for k, v in stats.items()
             )
             if rds_ok and all(int(stats.get(k, -1)) == v for k, v in want.items()):
@@ -377,9 +460,10 @@ def main() -> int:
         time.sleep(0.5)
         res["rss_loaded_mb"] = round(rss_mb(pilot.proc.pid), 1)
         res["rebuild_ms_last"] = metric(pilot.api, "pilot_last_rebuild_ms")
-        for delta in (False, True):
-            key = "envoy_full_config_seconds_" + ("delta" if delta else "sotw")
-            res[key] = round(envoy_full_config(pilot, args.services, delta, work), 2)
+        static = static_bootstrap(fetch_all(pilot, args.services), 0)
+        for mode in ("static", "sotw", "delta"):
+            key = "envoy_full_config_seconds_" + mode
+            res[key] = round(envoy_full_config(pilot, args.services, mode, work, static), 2)
             print(f"{key}: {res[key]}", flush=True)
 
         clients = Clients(pilot, args.clients, args.services)
