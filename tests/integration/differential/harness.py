@@ -392,6 +392,7 @@ class Observation:
     connection: str  # "open" (a probe request got an answer) or "closed"
     upstream: list  # normalised Records, in arrival order
     extra: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # non-zero deltas of COMPARED_STATS over the case
 
     def statuses(self) -> list[int]:
         return [r["status"] if r is not None else None for r in self.responses]
@@ -459,7 +460,47 @@ def _probe(sock: socket.socket, r: Reader) -> str:
     return "open" if resp.status == 200 and resp.complete else f"probe-got-{resp.status}"
 
 
+# Envoy stat names whose change over a case must match (operators alert on these). Cluster
+# stats of svc_a and svc_b are summed (the 50/50 weighted route picks at random; which cluster
+# served a request is already compared through the upstream records).
+COMPARED_STATS = [
+    *(f"http.ingress.{n}" for n in (
+        "downstream_rq_total", "downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
+        "downstream_rq_4xx", "downstream_rq_5xx", "no_route", "rq_direct_response", "rq_redirect",
+        "downstream_cx_protocol_error")),
+    *(f"cluster.svc.{n}" for n in (
+        "upstream_rq_total", "upstream_rq_2xx", "upstream_rq_4xx", "upstream_rq_5xx",
+        "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_timeout")),
+    "cluster.dead.upstream_cx_connect_fail",
+    "cluster.dead.upstream_rq_retry",
+]
+
+
+def stats_snapshot(dep: Deployment) -> dict[str, int]:
+    from tests.support.envoy import admin_get, admin_port
+
+    status, text = admin_get(admin_port(dep.proxy.bootstrap), "/stats")
+    if status != 200:
+        raise OSError(f"{dep.name} admin /stats answered {status}")
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if not sep or not value.strip().isdigit():
+            continue
+        name = name.replace("cluster.svc_a.", "cluster.svc.").replace("cluster.svc_b.", "cluster.svc.")
+        out[name] = out.get(name, 0) + int(value)
+    return {k: out.get(k, 0) for k in COMPARED_STATS}
+
+
 def observe(dep: Deployment, case: Case) -> Observation:
+    before = stats_snapshot(dep)
+    obs = _observe(dep, case)
+    after = stats_snapshot(dep)
+    obs.stats = {k: after[k] - before[k] for k in COMPARED_STATS if after[k] != before[k]}
+    return obs
+
+
+def _observe(dep: Deployment, case: Case) -> Observation:
     dep.upstream.clear()
     extra: dict = {}
     with dep.connect() as sock:
