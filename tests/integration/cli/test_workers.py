@@ -190,3 +190,13 @@ def test_healthcheck_fail_reaches_workers(two_workers):
     assert _stats(admin)["server.live"] == 0
     assert post(admin, "/healthcheck/ok") == (200, "OK\n")
     assert get(admin, "/ready") == (200, "LIVE\n")
+
+
+def test_workers_exit_when_the_main_process_dies(two_workers):
+    proc, _admin = two_workers
+    kids = _children(proc.pid)
+    assert len(kids) == 2
+    proc.kill()  # no chance to stop them: they notice their socket closing
+    proc.wait(10)
+    for k in kids:
+        _wait(lambda k=k: not os.path.exists(f"/proc/{k}") or _zombie(k))
