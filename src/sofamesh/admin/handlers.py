@@ -485,7 +485,12 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         if isinstance(v, dict):
             out.update(_flatten(v, key))
         else:
-            out[key] = "true" if v is True else "false" if v is False else v
+            if v is True or v is False:
+                out[key] = "true" if v else "false"
+            elif isinstance(v, float) and v.is_integer():
+                out[key] = str(int(v))
+            else:
+                out[key] = str(v)
     return out
 
 

@@ -299,3 +299,44 @@ def test_stats_type_filter(pair):
         assert {"server.state", "server.live"} & e == {"server.state", "server.live"} & s, t
     e, s = both(pair, lambda p: get(p, "/stats?type=Bogus")[0])
     assert e == s == 400
+
+
+RUNTIME = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+layered_runtime:
+  layers:
+  - name: static_layer_0
+    static_layer:
+      overload: {{global_downstream_max_connections: 50000}}
+      envoy.reloadable_features.foo: true
+      ratio: 0.5
+      x: "str"
+  - name: admin
+    admin_layer: {{}}
+"""
+
+
+def test_runtime_layers_and_runtime_modify(tmp_path):
+    ea, sa = free_port(), free_port()
+    (tmp_path / "e.yaml").write_text(RUNTIME.format(admin=ea))
+    (tmp_path / "s.yaml").write_text(RUNTIME.format(admin=sa))
+    envoy = start_envoy(tmp_path / "e.yaml", ea)
+    try:
+        sm = start_sofamesh(tmp_path / "s.yaml", sa, "--concurrency", "1")
+        try:
+            pair = {"envoy": ea, "sofamesh": sa}
+            e, s = both(pair, lambda p: json.loads(get(p, "/runtime")[1]))
+            assert e == s
+            assert s["entries"]["overload.global_downstream_max_connections"]["final_value"] == (
+                "50000"
+            )
+            e, s = both(pair, lambda p: post(p, "/runtime_modify?x=y&z=1"))
+            assert e == s == (200, "OK\n")
+            e, s = both(pair, lambda p: json.loads(get(p, "/runtime")[1]))
+            assert e == s
+            assert s["entries"]["x"] == {"layer_values": ["str", "y"], "final_value": "y"}
+        finally:
+            stop(sm)
+    finally:
+        stop(envoy)
