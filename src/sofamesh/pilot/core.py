@@ -90,8 +90,9 @@ class Pilot:
         self._wake.set()
 
     async def start(self) -> None:
-        self.rebuild()  # the shared listener/route exist before any registry speaks
-        self._task = asyncio.ensure_future(self._loop())
+        """Start every registry (each waits for its first full read, or its connect timeout),
+        then build the model at once: serve xDS only after this, so a restarted pilot never
+        hands a reconnecting sidecar an empty model (Delta would remove everything it has)."""
         for reg in self.registries:
             try:
                 await reg.start(self.on_change)
@@ -100,6 +101,9 @@ class Pilot:
                 self.metrics.inc("pilot_registry_errors_total", registry=reg.name)
                 log.exception("registry %s failed to start", reg.name)
                 raise
+        self._dirty = {r.name for r in self.registries}
+        self.rebuild()
+        self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
         for reg in self.registries:

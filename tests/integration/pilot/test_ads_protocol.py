@@ -358,3 +358,47 @@ async def test_delta_nack_is_recorded(env):
     await c.nothing()
     assert pilot.metrics.get("pilot_xds_nacks_total", type="cds") == 1
     assert pilot.ads.nacks[-1]["error"] == "rejected"
+
+
+async def test_model_is_complete_before_xds_is_served():
+    """A (re)started pilot builds from every registry's first read before serving, so a
+    reconnecting Delta client never sees an empty model (which would remove its config)."""
+    reg = MemoryRegistry()
+    reg.instances["a"] = [Instance("a", "a-1", "127.0.0.1", 9001, service_port=80, registry="mem")]
+    pilot = Pilot([reg], debounce=10.0)  # a debounced rebuild would come far too late
+    await pilot.start()
+    try:
+        assert "outbound|80||a" in pilot.gen.all[CDS]
+        assert "outbound|80||a" in pilot.gen.all[EDS]
+    finally:
+        await pilot.stop()
+
+
+async def test_nacks_are_listed_on_the_debug_endpoint(env):
+    import aiohttp
+
+    from sofamesh.pilot.api import RestApi
+    from sofamesh.pilot.store import BaseStore
+
+    pilot, reg, stub = env
+    reg.set("a", 9001)
+    await asyncio.sleep(0.2)
+    api = RestApi(BaseStore(), pilot)
+    port = await api.start("127.0.0.1", 0)
+    try:
+        c = Sotw(stub)
+        await c.ask(CDS)
+        r = await c.recv()
+        await c.ask(CDS, (), "", r.nonce, error="no such filter")
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/debug/nacks") as resp:
+                nacks = (await resp.json())["nacks"]
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                metrics = await resp.text()
+        assert [(n["node"], n["type"], n["version"], n["error"]) for n in nacks] == [
+            (NODE, "cds", r.version_info, "no such filter")
+        ]
+        assert 'pilot_xds_nacks_total{type="cds"} 1' in metrics
+    finally:
+        await api.stop()
