@@ -469,6 +469,13 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
     checker.walk(bootstrap, "", True)
     checker.check_route_clusters(bootstrap)
     checker.check_names(bootstrap)
+    for i, layer in enumerate(bootstrap.layered_runtime.layers):
+        if layer.HasField("static_layer") and layer.static_layer.fields:
+            keys = ", ".join(sorted(layer.static_layer.fields))
+            checker.report.warnings.append(
+                f"layered_runtime.layers[{i}].static_layer: runtime values are served by "
+                f"/runtime but sofamesh acts on none of them ({keys})"
+            )
     problems += checker.problems
     if problems:
         order = {"parse": 0, "unknown_type": 0, "constraint": 1, "reference": 2, "unsupported": 3}

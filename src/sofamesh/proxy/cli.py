@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             exc_info=opts.log_level in ("trace", "debug"),
         )
         return 1
+    for warning in report.warnings:
+        log.warning("%s", warning)
     for path, what in report.passthrough:
         log.warning("%s: filter %s is passed through (not implemented by sofamesh)", path, what)
     if opts.mode == "validate":
