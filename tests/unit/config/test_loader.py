@@ -249,3 +249,31 @@ def test_bad_values_name_their_path(tmp_path):
     (p,) = e.value.problems
     assert p.path == "static_resources.clusters[0].connect_timeout"
     assert 'Duration must end with letter "s": abc' in p.message
+
+
+def test_static_runtime_is_accepted_with_a_warning(tmp_path):
+    b = load_bootstrap(
+        write(
+            tmp_path,
+            "layered_runtime: {layers: [{name: s, static_layer: "
+            "{overload: {global_downstream_max_connections: 10}}}, "
+            "{name: a, admin_layer: {}}]}",
+        ),
+        validate=False,
+    )
+    report = validate_bootstrap(b)
+    assert report.warnings == [
+        ("layered_runtime.layers[0].static_layer: runtime values are served by /runtime but "
+        "sofamesh acts on none of them (overload)")
+    ]
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(
+            write(
+                tmp_path,
+                "layered_runtime: {layers: [{name: d, disk_layer: "
+                f"{{symlink_root: '{tmp_path}/current'}}}}]}}",
+            )
+        )
+    assert [str(p) for p in e.value.problems] == [
+        "layered_runtime.layers[0].disk_layer: disk runtime layer is not implemented by sofamesh"
+    ]
