@@ -322,7 +322,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     _count_passthrough(store, report)
     pool = [Worker(i) for i in range(opts.concurrency)]
     backend = PoolBackend(pool, store)
-    state, admin = await _start_admin(wb, opts, backend)
+    state, admin = await _start_admin(bootstrap, opts, backend)  # config_dump: as given
     _install_signals(asyncio.get_running_loop(), state.quit)
     try:
         await asyncio.gather(*(w.spawn(bootstrap_bin, opts) for w in pool))
