@@ -190,8 +190,10 @@ class ZooKeeperRegistry(SnapshotHolder):
         if state == KazooState.CONNECTED:
             self._connected = True
             self.stats["connects"] += 1
-            # After a reconnect (same or new session) re-read everything and re-arm watches;
-            # after a new session our ephemeral exports are gone: recreate them.
+            # After any reconnect re-read everything and re-arm watches: a new session has
+            # none, and kazoo's restored watches (same session) proved unreliable across a
+            # server restart. The last snapshot is served meanwhile and only differences are
+            # published. After a new session our ephemeral exports are gone: recreate them.
             self._mark(_ROOT)
             for iface in self._interfaces:
                 self._mark(iface)
