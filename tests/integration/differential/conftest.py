@@ -2,6 +2,7 @@
 
 SOFAMESH_DIFF_CANDIDATE=envoy runs a second Envoy as the candidate: a self-check that the
 normalisations are enough for two identical proxies to agree (the suite must pass then).
+SOFAMESH_DIFF_CONCURRENCY=N runs the candidate with --concurrency N (default 1; Envoy always 1).
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from tests.support.envoy import ProxyProcess
 from tests.support.http_upstream import RecordingUpstream
 
 
-def _deployment(kind: str, workdir: Path):
+def _deployment(kind: str, workdir: Path, concurrency: int = 1):
     upstream = RecordingUpstream(["a", "b"]).start()
     port = free_port()
     boot = harness.bootstrap(port, free_port(), upstream.ports, free_port())
     if kind == "envoy":
-        proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir)
+        proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir, concurrency=concurrency)
     else:
-        proxy = ProxyProcess.sofamesh(sofamesh_command(), boot, workdir)
+        proxy = ProxyProcess.sofamesh(sofamesh_command(), boot, workdir, concurrency=concurrency)
     try:
         proxy.start()
     except Exception:
@@ -51,7 +52,8 @@ def envoy_dep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def candidate_dep(tmp_path_factory):
     kind = os.environ.get("SOFAMESH_DIFF_CANDIDATE", "sofamesh")
-    dep = _deployment(kind, tmp_path_factory.mktemp(kind))
+    concurrency = int(os.environ.get("SOFAMESH_DIFF_CONCURRENCY", "1"))
+    dep = _deployment(kind, tmp_path_factory.mktemp(kind), concurrency)
     try:
         yield dep
     finally:
