@@ -218,3 +218,19 @@ def test_unknown_cmdcode_is_a_counted_error_with_the_request_id():
     f = bolt.BoltFrame(cmdcode=9, request_id=12, class_name=b"X").encode()
     out = bolt.BoltDecoder().feed(f)
     assert isinstance(out[0], ProtocolError) and out[0].request_id == 12
+
+
+def test_single_header_lookup_agrees_with_the_full_map():
+    data = golden("bolt_py_1.bin")
+    full = bolt.BoltDecoder().feed(data)[0].headers()
+    for k, v in full:
+        # a fresh frame: the lookup reads the wire bytes, not the decoded list
+        assert bolt.BoltDecoder().feed(data)[0].header(k) == v
+    assert bolt.BoltDecoder().feed(data)[0].header("absent") is None
+
+
+def test_bad_utf8_in_a_header_is_replaced_not_fatal():
+    f = bolt.BoltFrame(headers=[("service", "a.B:1.0"), ("k", "v")], class_name=b"X").encode()
+    bad = f.replace(b"\x00\x00\x00\x01v", b"\x00\x00\x00\x01\xff")
+    g = bolt.BoltDecoder().feed(bad)[0]
+    assert g.service() == "a.B:1.0" and g.header("k") == "\ufffd"

@@ -36,11 +36,14 @@ cdef class BoltFrame:
     cdef public int timeout             # requests, ms (-1 none)
     cdef public int status              # responses, STATUS_*
     cdef public bytes class_name
-    cdef public object header_raw       # memoryview | bytes: the header map's wire bytes
+    cdef readonly object header_raw     # memoryview | bytes: the header map's wire bytes
     cdef public object content          # memoryview | bytes: zero-copy slice of the input
     cdef public object raw              # memoryview | None: the whole frame as received
     cdef public unsigned int crc        # the CRC-32 as received (v2 with switch bit 0)
     cdef list _headers                  # list[tuple[str|None, str|None]] | None (lazy)
+    cdef bytes _base                    # the bytes the header map lives in
+    cdef Py_ssize_t _hoff               # its offset there
+    cdef Py_ssize_t _hlen               # its length (structure checked by the decoder)
     cdef object _method                 # str | None, cached
     cpdef list headers(self)
     cpdef object header(self, str name)
