@@ -406,3 +406,34 @@ async def test_export_address_advertises_a_gateway(adapter_factory, provider, ro
     await reg.export({mesh: Service(mesh)}, {mesh: insts})
     urls = consumer_read(provider.zk, root, mesh)
     assert [(u["host"], u["port"]) for u in urls] == [("127.0.0.50", 20880)]
+
+
+async def test_digest_auth(adapter_factory, zookeeper, root):
+    """A registry locked with a digest ACL (Dubbo's registry username/password): readable
+    with `auth`, refused (and counted) without."""
+    from kazoo.security import make_digest_acl
+
+    acl = [make_digest_acl("dubbo", "s3cret", all=True)]
+    owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "dubbo:s3cret")])
+    owner.start(timeout=10)
+    try:
+        path = root
+        for part in [f"{IFACE}", "providers"]:
+            owner.ensure_path(path.rsplit("/", 1)[0])
+            if not owner.exists(path):
+                owner.create(path, b"", acl=acl)
+            path = f"{path}/{part}"
+        owner.create(path, b"", acl=acl)
+        owner.create(
+            f"{path}/{dubbo_node('10.0.0.77', 20880, IFACE)}", b"", acl=acl, ephemeral=True
+        )
+
+        locked, _ = await adapter_factory(root, connect_timeout=1)
+        assert locked.snapshot().services == {}
+        assert locked.stats["sync_errors"] >= 1
+
+        reg, _ = await adapter_factory(root, auth="dubbo:s3cret")
+        assert [i.address for i in reg.snapshot().instances[IFACE]] == ["10.0.0.77"]
+    finally:
+        owner.stop()
+        owner.close()

@@ -134,6 +134,10 @@ def test_format_parse_roundtrip(host, port, iface, params):
         ({"type": "zookeeper", "hosts": "h:1", "export_protocols": ["smoke"]}, "export_protocols"),
         ({"type": "zookeeper", "hosts": "h:1", "export_address": "nohost"}, "export_address"),
         ({"type": "zookeeper", "hosts": "h:1", "hots": 1}, "hots: unknown field"),
+        (
+            {"type": "zookeeper", "hosts": "h:1", "auth": "nopassword"},
+            "auth: expected user:password",
+        ),
         ({"type": "consul", "address": "127.0.0.1:8500"}, "address: expected http://"),
         ({"type": "consul", "wait": 0}, "wait: expected a number"),
         ({"type": "consul", "wait": 900}, "wait: Consul caps"),

@@ -55,6 +55,7 @@ class ZooKeeperRegistry(SnapshotHolder):
         export_address: str = "",
         export_application: str = "sofamesh",
         session_timeout: float = 10.0,
+        auth: str = "",
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(name)
@@ -66,6 +67,7 @@ class ZooKeeperRegistry(SnapshotHolder):
         self.export_address = _parse_hostport(export_address) if export_address else None
         self.export_application = export_application
         self.session_timeout = session_timeout
+        self.auth = auth  # "user:password": ZooKeeper digest auth, as Dubbo's username/password
         self.connect_timeout = connect_timeout
 
         self._zk: KazooClient | None = None
@@ -99,6 +101,7 @@ class ZooKeeperRegistry(SnapshotHolder):
                 "export_address",
                 "export_application",
                 "session_timeout",
+                "auth",
                 "connect_timeout",
             },
         )
@@ -125,6 +128,7 @@ class ZooKeeperRegistry(SnapshotHolder):
             export_address=export_address,
             export_application=f.text("export_application", "sofamesh") or "sofamesh",
             session_timeout=f.num("session_timeout", 10.0, minimum=1.0),
+            auth=_check_auth(f, f.text("auth")),
             connect_timeout=f.num("connect_timeout", 10.0, minimum=0.0),
         )
 
@@ -143,6 +147,7 @@ class ZooKeeperRegistry(SnapshotHolder):
         self._zk = KazooClient(
             hosts=self.hosts,
             timeout=self.session_timeout,
+            auth_data=[("digest", self.auth)] if self.auth else None,
             connection_retry=retry,
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
         )
@@ -487,6 +492,12 @@ def _close_client(zk: KazooClient) -> None:
         zk.close()
     except Exception:
         log.debug("closing kazoo client failed", exc_info=True)
+
+
+def _check_auth(f: Fields, auth: str) -> str:
+    if auth and (":" not in auth or auth.startswith(":")):
+        raise f.err("auth", "expected user:password")
+    return auth
 
 
 def _parse_hostport(s: str) -> tuple[str, int]:
