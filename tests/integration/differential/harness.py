@@ -306,6 +306,8 @@ def read_response(r: Reader, method: str = "GET") -> Response | None:
     lines = head[:-4].split(b"\r\n")
     version, _, rest = lines[0].decode("latin-1").partition(" ")
     code, _, reason = rest.partition(" ")
+    if not code.isdigit():  # a proxy that answers garbage is a divergence, not a harness crash
+        return Response(0, f"unparsable status line {lines[0][:200]!r}", version, [], b"", False, "none")
     headers = []
     for line in lines[1:]:
         k, _, v = line.decode("latin-1").partition(":")
@@ -322,7 +324,11 @@ def read_response(r: Reader, method: str = "GET") -> Response | None:
             if line is None:
                 resp.complete = False
                 break
-            size = int(line[:-2].split(b";")[0], 16)
+            try:
+                size = int(line[:-2].split(b";")[0], 16)
+            except ValueError:
+                resp.complete = False
+                break
             if size == 0:
                 while r.until(b"\r\n") not in (b"\r\n", None):
                     pass
@@ -335,7 +341,7 @@ def read_response(r: Reader, method: str = "GET") -> Response | None:
         resp.body = bytes(body)
     elif "content-length" in lower:
         resp.framing = "content-length"
-        n = int(lower["content-length"])
+        n = int(lower["content-length"]) if lower["content-length"].isdigit() else 0
         resp.body = r.exact(n)
         resp.complete = len(resp.body) == n
     else:
