@@ -76,7 +76,23 @@ def measure(url: str, args, pids_fn=None) -> dict:
     return row
 
 
-def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Proc, int]:
+RL_OK = "bench_rl.http_local_rate_limit.ok"
+
+
+def rl_ok(admin: int) -> int | None:
+    """Requests the local_ratelimit filter let through (Envoy's counter), from admin /stats."""
+    try:
+        _, text = http_get(admin, "/stats")
+    except OSError:
+        return None
+    for line in text.decode("utf-8", "replace").splitlines():
+        name, _, value = line.partition(": ")
+        if name == RL_OK and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Proc, int, int]:
     port, admin = free_port(), free_port()
     config = workdir / f"{kind}.json"
     config.write_text(json.dumps(bootstrap(port, admin, upstream_port), indent=1))
@@ -90,7 +106,7 @@ def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Pro
     except Exception:
         proc.stop()
         raise
-    return proc, port
+    return proc, port, admin
 
 
 def median_row(rows: list[dict]) -> dict:
@@ -170,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         up_port = free_port()
         upstream = nginx.start(workdir, up_port, args.load_core)
-        procs: dict[str, tuple[Proc, int]] = {}
+        procs: dict[str, tuple[Proc, int, int]] = {}
         rows: dict[str, list[dict]] = {k: [] for k in ["direct", *kinds]}
         try:
             for kind in kinds:
@@ -187,15 +203,23 @@ def main(argv: list[str] | None = None) -> int:
                         rows[kind].append(measure(f"http://127.0.0.1:{up_port}/", args,
                                                   lambda: process_tree(upstream.pid)))
                     elif kind in procs:
-                        proc, port = procs[kind]
+                        proc, port, admin = procs[kind]
+                        rl0 = rl_ok(admin)
                         row = measure(f"http://127.0.0.1:{port}/", args,
                                       lambda p=proc: process_tree(p.pid))
+                        rl1 = rl_ok(admin)
+                        # Fairness: the rate-limit filter must have run on every request (the
+                        # counter also moves during the warm-up, hence >=).
+                        row["ratelimit_ok"] = None if rl0 is None or rl1 is None else rl1 - rl0
+                        if row["ratelimit_ok"] is None or row["ratelimit_ok"] < row["requests"]:
+                            row["error"] = (f"{RL_OK} moved by {row['ratelimit_ok']} for "
+                                            f"{row['requests']} requests: the filter did not run")
                         if proc.p.poll() is not None:
                             row["error"] = f"{kind} exited with {proc.p.returncode} during the run"
                         rows[kind].append(row)
                 args.warmup = min(args.warmup, 1.0)  # later rounds only need a short warm-up
         finally:
-            for proc, _ in procs.values():
+            for proc, _, _ in procs.values():
                 proc.stop()
             upstream.stop()
     results["runs"] = {k: median_row(v) for k, v in rows.items()}
