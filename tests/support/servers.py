@@ -238,9 +238,12 @@ class ConsulAgent(_Process):
 
     name = "consul"
 
-    def __init__(self) -> None:
+    def __init__(self, hcl: tuple[str, ...] = (), token: str = "") -> None:
+        """`hcl`: extra agent config (e.g. ACLs); `token`: the token readiness checks send."""
         super().__init__()
         self.port = free_port()
+        self.hcl = hcl
+        self.token = token
 
     @property
     def http_addr(self) -> str:
@@ -272,8 +275,16 @@ class ConsulAgent(_Process):
                 str(free_port()),
                 "-log-level",
                 "warn",
+                *(arg for h in self.hcl for arg in ("-hcl", h)),
             ]
         )
-        self._wait(lambda: json.loads(_http_get(self.http_addr + "/v1/status/leader")) != "", 30.0)
+        self._wait(lambda: json.loads(self._get("/v1/status/leader")) != "", 30.0)
         # the agent answers before its node is in the catalog; wait for that too
-        self._wait(lambda: bool(json.loads(_http_get(self.http_addr + "/v1/catalog/nodes"))), 30.0)
+        self._wait(lambda: bool(json.loads(self._get("/v1/catalog/nodes"))), 30.0)
+
+    def _get(self, path: str) -> bytes:
+        req = urllib.request.Request(self.http_addr + path)
+        if self.token:
+            req.add_header("X-Consul-Token", self.token)
+        with urllib.request.urlopen(req, timeout=1.0) as r:  # loopback only
+            return r.read()

@@ -227,3 +227,32 @@ async def test_more_services_than_connections(agent_api, consul_agent, name):
         await reg.stop()
         for n in names:
             agent_api.agent.service.deregister(n)
+
+
+async def test_acl_token():
+    """An agent with ACLs on (default deny): the catalog is only visible with a token."""
+    from tests.support.servers import ConsulAgent
+
+    root = "root-token-0000-0000-000000000001"
+    agent = ConsulAgent(
+        hcl=(f'acl {{ enabled = true default_policy = "deny" tokens {{ master = "{root}" }} }}',),
+        token=root,
+    )
+    regs = []
+    try:
+        await asyncio.to_thread(agent.start)
+        api = consul.Consul(host="127.0.0.1", port=agent.port, token=root)
+        api.agent.service.register(
+            "billing", service_id="billing-1", address="127.0.0.1", port=8443
+        )
+        anon = registries.build({"type": "consul", "address": agent.http_addr})
+        authed = registries.build({"type": "consul", "address": agent.http_addr, "token": root})
+        regs += [anon, authed]
+        await anon.start(lambda n: None)
+        await authed.start(lambda n: None)
+        assert anon.snapshot().services == {}  # Consul filters what the token may not read
+        assert [i.instance_id for i in authed.snapshot().instances["billing"]] == ["billing-1"]
+    finally:
+        for reg in regs:
+            await reg.stop()
+        await asyncio.to_thread(agent.stop)
