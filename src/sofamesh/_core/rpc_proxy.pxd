@@ -58,7 +58,6 @@ cdef class RpcRouteConfig:
 
 cdef class RpcRouteTable:
     cdef list configs                   # list[RpcRouteConfig]
-    cdef dict cache                     # (service, method) -> RpcRoute, header-free routes only
     cdef RpcRoute match(self, int proto, object frame)
 
 
@@ -130,7 +129,8 @@ cdef class RpcProxyConfig:
     cdef public double default_timeout
     cdef public int max_frame
     cdef public int conns_per_host
-    cdef public bint draining
+    cdef bint _draining                 # the listener drains: Dubbo clients were told READONLY
+    cdef bint _stopped                  # close_all(): new requests are refused
     cdef public int upstream_paused     # upstream connections whose write buffer is full
     cdef public set conns               # set[DownstreamConn]
     cdef dict pools                     # dict[Host, list[UpstreamConn]]

@@ -149,7 +149,6 @@ cdef inline object _bolt_header(BoltFrame f, str name):
 cdef class RpcRouteTable:
     def __init__(self, list configs):
         self.configs = configs
-        self.cache = {}
 
     cdef RpcRoute match(self, int proto, object frame):
         cdef RpcRouteConfig rc
@@ -649,7 +648,7 @@ cdef class DownstreamConn:
         cdef UpstreamConn u
         cdef Pending p
         cdef unsigned long long nid
-        if cfg.draining:
+        if cfg._stopped:
             self.local_error(f, WHY_DRAINING)
             return
         r = cfg.table.match(cfg.proto, f)
@@ -715,7 +714,8 @@ cdef class RpcProxyConfig:
         self.default_timeout = default_timeout
         self.max_frame = max_frame
         self.conns_per_host = conns_per_host if conns_per_host > 0 else 1
-        self.draining = False
+        self._draining = False
+        self._stopped = False
         self.upstream_paused = 0
         self.conns = set()
         self.pools = {}
@@ -777,7 +777,8 @@ cdef class RpcProxyConfig:
     def close_all(self):
         """Closes every downstream and upstream connection (stop)."""
         cdef UpstreamConn u
-        self.draining = True
+        self._draining = True
+        self._stopped = True
         if self.sweeper is not None:
             self.sweeper.cancel()
             self.sweeper = None
@@ -787,6 +788,23 @@ cdef class RpcProxyConfig:
             for u in list(pool):
                 if u.transport is not None:
                     u.transport.close()
+
+    @property
+    def draining(self):
+        return self._draining
+
+    @draining.setter
+    def draining(self, bint v):
+        """Set by the Server's drain: requests keep being served; Dubbo clients are sent a
+        READONLY event ("R") so they move new calls to other providers."""
+        cdef DownstreamConn d
+        if v and not self._draining and self.proto == P_DUBBO:
+            event = DubboFrame(0, request=True, two_way=False, event=True,
+                               body=b"\x01R").encode()
+            for d in list(self.conns):
+                if not d.closed and d.transport is not None:
+                    d.transport.write(event)
+        self._draining = v
 
     @property
     def stats(self):

@@ -228,3 +228,27 @@ def test_envoy_dubbo_proxy_and_sofamesh_agree(peers, tmp_path):
     c = H2Cursor(bytes(e41.body))
     c.py_read_simple()
     assert c.py_read_str() == s41.error_message()
+
+
+def test_graceful_drain_sends_readonly_and_keeps_serving(peers, tmp_path):
+    import http.client
+    import socket
+
+    boot, port = make_boot(peers)
+    with sofamesh(boot, tmp_path) as proxy:
+        aport = int(proxy.bootstrap["admin"]["address"]["socket_address"]["port_value"])
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            s.sendall(dubbo.heartbeat(1))  # the connection is established and served
+            dec = dubbo.DubboDecoder()
+            assert dec.feed(s.recv(1000))[0].is_event
+            conn = http.client.HTTPConnection("127.0.0.1", aport, timeout=3)
+            conn.request("POST", "/drain_listeners?graceful")
+            assert conn.getresponse().status == 200
+            conn.close()
+            (ev,) = dec.feed(s.recv(1000))
+            assert ev.is_request and ev.is_event and not ev.two_way
+            assert bytes(ev.body) == b"\x01R"  # READONLY: move new calls elsewhere
+            # requests already on their way are still answered
+            s.sendall(_req(8, "svc.Nowhere"))
+            (r,) = dec.feed(s.recv(1000))
+            assert (r.request_id, r.status) == (8, dubbo.DUBBO_SERVICE_NOT_FOUND)
