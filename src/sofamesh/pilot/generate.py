@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -123,28 +124,51 @@ def _ads() -> config_source_pb2.ConfigSource:
 # --- per-service generation ------------------------------------------------------------------
 
 
-def service_ports(svc: Service, instances: list[Instance]) -> tuple[Port, ...]:
-    """The service's ports: declared ones, else derived from what its instances serve."""
+def _most_common(values: list) -> object:
+    counts = Counter(values)
+    return min(counts, key=lambda v: (-counts[v], v))
+
+
+def assign_ports(svc: Service, instances: list[Instance]) -> list[tuple[Port, list[Instance]]]:
+    """Each service port with the instances behind it.
+
+    Declared ports: an instance serves port p if its `service_port` is p, or if its
+    `service_port` is 0 and the service has one port or the instance listens on p.
+    No declared ports: instances with a `service_port` group by it; the others join the
+    group of their own port if there is one, else all of them share one port, the port most
+    of them listen on (ties: the lowest), as a registry without service ports (the REST API,
+    Consul, ZooKeeper) means "these instances are the service"."""
     if svc.ports:
-        return svc.ports
-    seen: dict[int, Port] = {}
-    for inst in instances:
-        num = inst.service_port or inst.port
-        if num not in seen:
-            seen[num] = Port(number=num, protocol=inst.protocol)
-    return tuple(seen[n] for n in sorted(seen))
-
-
-def port_instances(
-    ports: tuple[Port, ...], port: Port, instances: list[Instance]
-) -> list[Instance]:
-    single = len(ports) == 1
-    out = []
-    for inst in instances:
-        sp = inst.service_port
-        if sp == port.number or (sp == 0 and (single or inst.port == port.number)):
-            out.append(inst)
-    return out
+        single = len(svc.ports) == 1
+        return [
+            (
+                p,
+                [
+                    i
+                    for i in instances
+                    if i.service_port == p.number
+                    or (i.service_port == 0 and (single or i.port == p.number))
+                ],
+            )
+            for p in svc.ports
+        ]
+    groups: dict[int, list[Instance]] = {}
+    for i in instances:
+        if i.service_port:
+            groups.setdefault(i.service_port, []).append(i)
+    rest = []
+    for i in instances:
+        if not i.service_port:
+            if i.port in groups:
+                groups[i.port].append(i)
+            else:
+                rest.append(i)
+    if rest:
+        groups.setdefault(int(_most_common([i.port for i in rest])), []).extend(rest)  # type: ignore[call-overload]
+    return [
+        (Port(n, str(_most_common([i.protocol for i in groups[n]]))), groups[n])
+        for n in sorted(groups)
+    ]
 
 
 def build_cluster(name: str, protocol: str) -> cluster_pb2.Cluster:
@@ -274,12 +298,11 @@ class ServiceOutput:
 
 def build_service(svc: Service, instances: list[Instance]) -> ServiceOutput:
     out = ServiceOutput(key=(svc, tuple(instances)))
-    ports = service_ports(svc, instances)
+    assigned = assign_ports(svc, instances)
     first_http = True
-    for port in ports:
+    for port, members in assigned:
         cname = cluster_name(svc.name, port.number)
         out.clusters[cname] = _res(cname, CDS, build_cluster(cname, port.protocol))
-        members = port_instances(ports, port, instances)
         out.endpoints[cname] = _res(cname, EDS, build_load_assignment(cname, members))
         if port.protocol in HTTP_PROTOCOLS:
             vh = build_vhost(svc.name, port, cname, bare_name=first_http)

@@ -152,3 +152,38 @@ def test_spliced_responses_parse_as_the_real_messages():
     )
     assert d.resources[0].name == res[0].name and d.resources[0].version == res[0].version
     assert d.removed_resources == ["gone"]
+
+
+def test_instances_without_service_port_form_one_service_port():
+    g = Generator()
+    # a REST/Consul-style service: instances on different ports, no service port anywhere
+    g.update({}, {"pay": [inst("pay", "a", 8080), inst("pay", "b", 8081), inst("pay", "c", 8081)]})
+    assert set(g.all[CDS]) == {"outbound|8081||pay"}  # the port most of them use
+    cla = decode(g.all[EDS]["outbound|8081||pay"], endpoint_pb2.ClusterLoadAssignment)
+    assert sorted(
+        e.endpoint.address.socket_address.port_value for e in cla.endpoints[0].lb_endpoints
+    ) == [8080, 8081, 8081]
+    # explicit service ports split; an implicit instance on an explicit port joins it
+    g.update(
+        {},
+        {
+            "pay": [
+                inst("pay", "a", 9000, service_port=80),
+                inst("pay", "b", 9001, service_port=443),
+                inst("pay", "c", 443),
+                inst("pay", "d", 7777),
+            ]
+        },
+    )
+    members = {
+        n: sorted(
+            e.endpoint.address.socket_address.port_value
+            for e in decode(r, endpoint_pb2.ClusterLoadAssignment).endpoints[0].lb_endpoints
+        )
+        for n, r in g.all[EDS].items()
+    }
+    assert members == {
+        "outbound|80||pay": [9000],
+        "outbound|443||pay": [443, 9001],
+        "outbound|7777||pay": [7777],
+    }
