@@ -86,6 +86,7 @@ class Watch:
     nack: dict | None = None  # last NACK: {version, nonce, error, time}
     sent: dict[str, str] = field(default_factory=dict)  # delta: name -> version the client has
     must_reply: bool = False  # delta: answer the first request even with nothing to send
+    acked_nonce: str = ""  # nonce of the last response the client ACKed
     recent: dict = field(default_factory=dict)  # delta: nonce -> version, last few responses
     names_key: tuple = ()  # SotW: (length, hash) of the last request's serialized name list
 
@@ -140,7 +141,7 @@ class Connection:
                     touched = bool(changed & w.names) or any(n in w.names for n in removed)
                     gone = {n: r for n, r in removed.items() if n in w.names}
                 if touched or gone:
-                    w.dirty = True
+                    w.dirty = t in FULL_STATE
                     w.removed.update(gone)
                     hit = True
             else:
@@ -326,6 +327,7 @@ class Connection:
             self.server.record_nack(self, t, w.nack)
         else:
             w.version_acked = version or sent
+            w.acked_nonce = nonce
             self.server.metrics.inc("pilot_xds_acks_total", type=SHORT.get(t, t))
             self.server.on_ack(self, t, nonce)
         return True
@@ -366,10 +368,10 @@ class Connection:
         w.wildcard, w.names = wildcard, names
         if initial or not w.subscribed:
             w.subscribed = True
-            w.dirty = True
+            w.dirty = t in FULL_STATE
             w.pending |= names
         elif changed:
-            w.dirty = True
+            w.dirty = t in FULL_STATE
             w.pending |= new
         else:
             return
@@ -420,6 +422,18 @@ class Connection:
         if w.pending or w.removed or w.must_reply:
             self.wake.set()
 
+    @staticmethod
+    def status(w: Watch) -> str:
+        """As istioctl proxy-status puts it: SYNCED (last push ACKed, nothing owed), NACKED
+        (last push rejected), STALE (a push in flight or owed), NOT SENT."""
+        if not w.nonce:
+            return "NOT SENT"
+        if w.nack is not None and w.nack.get("nonce") == w.nonce:
+            return "NACKED"
+        if w.acked_nonce == w.nonce and not (w.dirty or w.pending or w.removed):
+            return "SYNCED"
+        return "STALE"
+
     def describe(self) -> dict:
         return {
             "id": self.id,
@@ -438,6 +452,7 @@ class Connection:
                     "version_acked": w.version_acked,
                     "nonce": w.nonce,
                     "nack": w.nack,
+                    "status": self.status(w),
                 }
                 for t, w in self.watches.items()
             },

@@ -188,6 +188,7 @@ async def test_nack_is_recorded_and_not_retried(env):
     assert pilot.ads.nacks[-1]["version"] == r.version_info and pilot.ads.nacks[-1]["node"] == NODE
     conn = next(iter(pilot.ads.connections.values()))
     assert conn.watches[CDS].version_acked == ""
+    assert conn.describe()["types"]["cds"]["status"] == "NACKED"
     # the next real change is pushed as usual
     reg.set("ratings", 9100)
     r2 = await c.recv()
