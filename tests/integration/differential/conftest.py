@@ -23,10 +23,16 @@ from tests.support.envoy import ProxyProcess
 from tests.support.http_upstream import RecordingUpstream
 
 
-def _deployment(kind: str, workdir: Path, concurrency: int = 1):
+def _candidate() -> tuple[str, int]:
+    return (os.environ.get("SOFAMESH_DIFF_CANDIDATE", "sofamesh"),
+            int(os.environ.get("SOFAMESH_DIFF_CONCURRENCY", "1")))
+
+
+def _deployment(kind: str, workdir: Path, concurrency: int = 1, extra_routes=None):
     upstream = RecordingUpstream(["a", "b"]).start()
     port = free_port()
-    boot = harness.bootstrap(port, free_port(), upstream.ports, free_port())
+    boot = harness.bootstrap(port, free_port(), upstream.ports, free_port(),
+                             extra_routes=extra_routes)
     if kind == "envoy":
         proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir, concurrency=concurrency)
     else:
@@ -51,11 +57,31 @@ def envoy_dep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def candidate_dep(tmp_path_factory):
-    kind = os.environ.get("SOFAMESH_DIFF_CANDIDATE", "sofamesh")
-    concurrency = int(os.environ.get("SOFAMESH_DIFF_CONCURRENCY", "1"))
+    kind, concurrency = _candidate()
     dep = _deployment(kind, tmp_path_factory.mktemp(kind), concurrency)
     try:
         yield dep
     finally:
         dep.proxy.stop()
         dep.upstream.stop()
+
+
+@pytest.fixture
+def feature_pair(tmp_path):
+    """Start (envoy, candidate) deployments with extra routes; both stopped at teardown."""
+    started: list = []
+
+    def start(extra_routes: list[dict]):
+        kind, concurrency = _candidate()
+        envoy = _deployment("envoy", tmp_path / "envoy", 1, extra_routes)
+        started.append(envoy)
+        candidate = _deployment(kind, tmp_path / kind, concurrency, extra_routes)
+        started.append(candidate)
+        return envoy, candidate
+
+    try:
+        yield start
+    finally:
+        for dep in started:
+            dep.proxy.stop()
+            dep.upstream.stop()

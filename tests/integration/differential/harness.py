@@ -49,7 +49,18 @@ def _hdr(key: str, value: str, action: str | None = None) -> dict:
     return out
 
 
-def route_config() -> dict:
+# Routes whose features a proxy might reject at start-up: each runs in its own small
+# deployment (test_feature_routes), so one unsupported field fails one named test, not all.
+FEATURE_ROUTES: dict[str, dict] = {
+    "regex_rewrite": {
+        "match": {"prefix": "/regex-rewrite/"},
+        "route": {"cluster": "svc_a", "regex_rewrite": {
+            "pattern": {"regex": "^/regex-rewrite/([a-z]+)/(\\d+)$"},
+            "substitution": "/items/\\2/\\1"}}},
+}
+
+
+def route_config(extra_routes: list[dict] | None = None) -> dict:
     main_routes = [
         {"match": {"path": "/exact"}, "route": {"cluster": "svc_a"}},
         {"match": {"safe_regex": {"regex": "/regex/[0-9]+"}}, "route": {"cluster": "svc_b"}},
@@ -90,12 +101,23 @@ def route_config() -> dict:
         {"match": {"prefix": "/slow"},
          "route": {"cluster": "svc_a", "timeout": f"{SLOW_ROUTE_TIMEOUT_S}s"}},
         {"match": {"prefix": "/ws"}, "route": {"cluster": "svc_a"}},
+        {"match": {"prefix": "/qp", "query_parameters": [
+            {"name": "v", "string_match": {"exact": "2"}}]}, "route": {"cluster": "svc_b"}},
+        {"match": {"prefix": "/qp"}, "route": {"cluster": "svc_a"}},
+        {"match": {"prefix": "/CaseLess", "case_sensitive": False}, "route": {"cluster": "svc_b"}},
+        {"match": {"prefix": "/present", "headers": [{"name": "x-flag", "present_match": True}]},
+         "route": {"cluster": "svc_b"}},
+        {"match": {"prefix": "/present"}, "route": {"cluster": "svc_a"}},
+        *(extra_routes or []),
         {"match": {"prefix": "/a/"}, "route": {"cluster": "svc_a"}},
     ]
     return {
         "name": "differential",
         "virtual_hosts": [
             {"name": "main", "domains": [HOST], "routes": main_routes},
+            {"name": "prefixed", "domains": ["pre.*"],
+             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc_b"}}],
+             "request_headers_to_add": [_hdr("x-vhost", "prefixed")]},
             {"name": "wild", "domains": ["*.wild.test"],
              "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc_b"}}],
              "request_headers_to_add": [_hdr("x-vhost", "wild")]},
@@ -104,13 +126,14 @@ def route_config() -> dict:
 
 
 def bootstrap(listen_port: int, admin_port: int, upstream_ports: dict[str, int], dead_port: int,
-              extra_http_filters: list[dict] | None = None) -> dict:
+              extra_http_filters: list[dict] | None = None,
+              extra_routes: list[dict] | None = None) -> dict:
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
                  "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "upgrade_configs": [{"upgrade_type": "websocket"}],
-        "route_config": route_config(),
+        "route_config": route_config(extra_routes),
         "http_filters": [*(extra_http_filters or []), {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},

@@ -11,7 +11,7 @@ import pprint
 
 import pytest
 
-from tests.integration.differential.harness import HOST, Case, observe, request
+from tests.integration.differential.harness import FEATURE_ROUTES, HOST, Case, observe, request
 
 C = Case
 R = request
@@ -88,6 +88,12 @@ CASES: list[Case] = [
     C("route-redirect", R("GET", "/redirect/x?q=1"), [301]),
     C("route-weighted-0-100", R("GET", "/weighted-b"), [200]),
     C("route-weighted-50-50", R("GET", "/weighted"), [200] * 40, kind="weighted"),
+    C("route-query-parameter-match", R("GET", "/qp?u=1&v=2"), [200]),
+    C("route-query-parameter-mismatch", R("GET", "/qp?v=3"), [200]),
+    C("route-case-insensitive-prefix", R("GET", "/caseless/X"), [200]),
+    C("route-header-present", R("GET", "/present", [("x-flag", "")]), [200]),
+    C("route-header-absent", R("GET", "/present"), [200]),
+    C("vhost-wildcard-prefix", R("GET", "/p", host="pre.example"), [200]),
     C("vhost-wildcard-suffix", R("GET", "/any", host="api.wild.test"), [200]),
     C("vhost-unknown-host-404", R("GET", "/a/x", host="unknown.test"), [404]),
     C("vhost-host-with-port-404", R("GET", "/a/x", host=f"{HOST}:80"), [404]),
@@ -174,3 +180,17 @@ def test_same_as_envoy(case: Case, envoy_dep, candidate_dep) -> None:
     assert got == want, (
         f"{candidate_dep.name} diverges from Envoy on {case.id}\n--- Envoy:\n{pprint.pformat(want)}"
         f"\n--- {candidate_dep.name}:\n{pprint.pformat(got)}")
+
+
+# Each runs in its own deployment with one extra route (harness.FEATURE_ROUTES), so a proxy
+# that rejects the feature at start-up fails this test by name and nothing else.
+FEATURE_CASES: list[tuple[str, Case]] = [
+    ("regex_rewrite", C("route-regex-rewrite", R("GET", "/regex-rewrite/abc/42"), [200])),
+]
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize(("feature", "case"), FEATURE_CASES, ids=[c.id for _, c in FEATURE_CASES])
+def test_feature_route_same_as_envoy(feature: str, case: Case, feature_pair) -> None:
+    envoy_dep, candidate_dep = feature_pair([FEATURE_ROUTES[feature]])
+    test_same_as_envoy(case, envoy_dep, candidate_dep)
