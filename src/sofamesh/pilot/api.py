@@ -375,6 +375,7 @@ class RestApi:
                         lines.append(f'pilot_registry_stat{{registry="{reg.name}",stat="{k}"}} {v}')
             if self.store is not None:
                 lines.append(f"pilot_store_expired_total {self.store.expired}")
+                lines.append(f"pilot_store_relists_total {getattr(self.store, 'relists', 0)}")
             text += "".join(line + "\n" for line in lines)
         return web.Response(text=text, content_type="text/plain")
 

@@ -253,6 +253,7 @@ class EtcdStore(BaseStore):
         self._watcher: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self._stopping = False
+        self.relists = 0
 
     def _key(self, service: str, iid: str) -> bytes:
         return self.prefix + f"{service}/{iid}".encode()
@@ -309,10 +310,16 @@ class EtcdStore(BaseStore):
                         self._emit(service)
                     elif self._mirror_del(service, iid):
                         self._emit(service)
+                # the server ended the watch (e.g. its revision was compacted): re-list
+                log.info("etcd watch ended at revision %s: re-listing", rev)
+                self.relists += 1
+                rev = None
+                await asyncio.sleep(0.5)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - etcd away: re-list when it is back
                 log.warning("etcd watch failed (%s): retrying", e)
+                self.relists += 1
                 rev = None
                 await asyncio.sleep(1.0)
 
