@@ -110,6 +110,7 @@ def test_hessian_readers_return_codes(blob):
     while c.offset < len(blob) and c.py_skip() == 0:
         pass
     hessian.H2Cursor(blob).py_read_map()
+    hessian.H2Cursor(blob).py_read_map_keys((b"group", b"timeout"))
     hessian.H2Cursor(blob).py_read_str()
     h1 = hessian.H1Cursor(blob)
     h1.py_skip()
@@ -123,3 +124,8 @@ def test_dubbo_bodies_mutated(data):
     f = dubbo.DubboFrame(1, body=body)
     rc = f.parse_invocation()
     assert (rc == 0) == (f.body_error is None)
+    g = dubbo.DubboFrame(1, body=body)
+    rc2 = g.parse_invocation((b"group", b"timeout"))
+    assert (rc2 == 0) == (g.body_error is None)
+    if rc == 0:  # the keys-only reader skips (does not decode) the other strings
+        assert rc2 == 0

@@ -58,6 +58,7 @@ cdef class RpcRouteConfig:
 
 cdef class RpcRouteTable:
     cdef list configs                   # list[RpcRouteConfig]
+    cdef readonly tuple dubbo_keys      # tuple[bytes, ...]: attachments routing/timeouts read
     cdef RpcRoute match(self, int proto, object frame)
 
 

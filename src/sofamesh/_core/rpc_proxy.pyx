@@ -148,7 +148,18 @@ cdef inline object _bolt_header(BoltFrame f, str name):
 
 cdef class RpcRouteTable:
     def __init__(self, list configs):
+        cdef RpcRouteConfig rc
+        cdef RpcRoute r
+        cdef HeaderMatch hm
         self.configs = configs
+        # Dubbo attachments the proxy reads: group, timeout and every header matcher's name;
+        # the others are skipped without decoding.
+        keys = {"group", "timeout"}
+        for rc in configs:
+            for r in rc.routes:
+                for hm in r.headers:
+                    keys.add(hm.name)
+        self.dubbo_keys = tuple(sorted(k.encode() for k in keys))
 
     cdef RpcRoute match(self, int proto, object frame):
         cdef RpcRouteConfig rc
@@ -618,7 +629,7 @@ cdef class DownstreamConn:
                 self.write(dubbo_hb_reply(f))
                 st.local_response_success.inc()
             return
-        if f.parse_invocation() != 0:
+        if f.parse_invocation(self.cfg.table.dubbo_keys) != 0:
             st.request_decoding_error.inc()
             self.local_error(f, WHY_CODEC)
             return

@@ -183,3 +183,14 @@ def test_truncated_body_is_a_value_not_an_exception():
 def test_unsupported_serialization_is_reported():
     f = dubbo.DubboFrame(1, serialization=6, body=b"{}")
     assert f.parse_invocation() != 0 and "serialization" in f.body_error
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_wanted_attachments_only(name):
+    (full,) = dubbo.DubboDecoder().feed(golden(name))
+    full.parse_invocation()
+    (f,) = dubbo.DubboDecoder().feed(golden(name))
+    assert f.parse_invocation((b"timeout", b"group", b"interface", b"nope")) == 0
+    want = {k: v for k, v in full.attachments.items() if k in ("timeout", "group", "interface")}
+    assert f.attachments == want and "timeout" in want
+    assert f.body_end == len(f.body)

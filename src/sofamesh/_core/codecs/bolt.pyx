@@ -105,9 +105,9 @@ cdef object _parse_header_map(const unsigned char* p, Py_ssize_t n):
 cdef bint _check_header_map(const unsigned char* p, Py_ssize_t n) noexcept:
     """The header map's lengths add up (no allocation; strings are decoded on use)."""
     cdef Py_ssize_t pos = 0
-    cdef int ln, i
+    cdef int ln
     while pos < n:
-        for i in range(2):
+        for _ in range(2):
             if n - pos < 4:
                 return False
             ln = <int>_u32(p + pos)

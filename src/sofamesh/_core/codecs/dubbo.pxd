@@ -34,7 +34,7 @@ cdef class DubboFrame:
     cdef public Py_ssize_t args_start
     cdef public Py_ssize_t args_end
     cdef public Py_ssize_t body_end
-    cpdef int parse_invocation(self)
+    cpdef int parse_invocation(self, tuple wanted=*)
     cpdef object response_flag(self)
     cpdef object error_message(self)
     cpdef bytes encode(self)

@@ -117,9 +117,10 @@ cdef class DubboFrame:
         b = self.body
         return (self.flags & 0x20) != 0 and (len(b) == 0 or (len(b) == 1 and b[0] == 0x4e))
 
-    cpdef int parse_invocation(self):
+    cpdef int parse_invocation(self, tuple wanted=None):
         """Decode a request body's routing fields and attachments (once). Returns 0, or an
-        H_ERR_* code with `body_error` set; never raises."""
+        H_ERR_* code with `body_error` set; never raises. With `wanted` (attachment keys as
+        UTF-8 bytes), only those attachments are decoded (the others are skipped)."""
         cdef H2Cursor c
         cdef Py_ssize_t nargs
         if self.parsed:
@@ -157,7 +158,7 @@ cdef class DubboFrame:
                 return self.parse_err
             self.args_end = c.pos
             if c.pos < c.end:
-                self.attachments = c.read_map()
+                self.attachments = c.read_map() if wanted is None else c.read_map_keys(wanted)
                 if c.err:
                     self.body_error = f"dubbo: bad attachments (hessian error {c.err} at {c.pos})"
                     self.parse_err = c.err

@@ -44,6 +44,7 @@ cdef class H2Cursor:
     # None/bool/int/str; any other value is skipped and read as Ellipsis
     cdef object read_simple(self)
     cdef dict read_map(self)        # an untyped (H) or typed (M) map of simple values
+    cdef dict read_map_keys(self, tuple wanted)  # only the keys in wanted (UTF-8 bytes)
     cdef int skip_type(self)
     cdef int skip_string_chars(self, Py_ssize_t nchars)
 

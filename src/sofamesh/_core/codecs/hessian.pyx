@@ -30,6 +30,7 @@
 #   0x77 'w' long as int, 4 bytes; ints/longs/short strings/binaries as in the final spec.
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memcmp
 
 
 cdef inline Py_ssize_t _utf8_span(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
@@ -436,6 +437,63 @@ cdef class H2Cursor:
                 out[k] = v
         return out
 
+    cdef dict read_map_keys(self, tuple wanted):
+        """Like read_map, but only the entries whose (string) key is in `wanted` (UTF-8
+        bytes) are decoded; the rest are skipped without allocating."""
+        cdef dict out = {}
+        cdef unsigned char b
+        cdef Py_ssize_t n, kstart, klen
+        cdef bytes w
+        if not self._need(1):
+            return out
+        b = self.p[self.pos]
+        if b != 0x48 and b != 0x4d:
+            self.fail(H_ERR_BAD_TAG)
+            return out
+        self.pos += 1
+        if b == 0x4d and self.skip_type():
+            return out
+        while self.err == H_OK:
+            if not self._need(1):
+                break
+            b = self.p[self.pos]
+            if b == 0x5a:
+                self.pos += 1
+                break
+            if b <= 0x1f or 0x30 <= b <= 0x33 or b == 0x53:
+                if b <= 0x1f:
+                    self.pos += 1
+                    n = b
+                elif b <= 0x33:
+                    if not self._need(2):
+                        break
+                    n = ((b - 0x30) << 8) | self.p[self.pos + 1]
+                    self.pos += 2
+                else:
+                    if not self._need(3):
+                        break
+                    n = (self.p[self.pos + 1] << 8) | self.p[self.pos + 2]
+                    self.pos += 3
+                kstart = self.pos
+                if self.skip_string_chars(n):
+                    break
+                klen = self.pos - kstart
+                matched = None
+                for w in wanted:
+                    if len(w) == klen and memcmp(self.p + kstart, <const char*>w, klen) == 0:
+                        matched = w
+                        break
+                if matched is not None:
+                    v = self.read_simple()
+                    if self.err == H_OK and v is not ...:
+                        out[(<bytes>matched).decode()] = v
+                else:
+                    self.skip()
+            else:
+                self.skip()
+                self.skip()
+        return out
+
     # Python-facing helpers (tests, control plane); the codecs use the cdef methods.
     def py_skip(self):
         """Skip one value; returns the error code (0 = ok)."""
@@ -449,6 +507,9 @@ cdef class H2Cursor:
 
     def py_read_simple(self):
         return self.read_simple()
+
+    def py_read_map_keys(self, tuple wanted):
+        return self.read_map_keys(wanted)
 
 
 cdef class H1Cursor:
