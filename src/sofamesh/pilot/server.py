@@ -75,7 +75,7 @@ class Watch:
     """One resource type on one stream."""
 
     wildcard: bool = False
-    names: set[str] = field(default_factory=set)
+    names: set[str] | frozenset[str] = field(default_factory=set)  # SotW: interned frozenset
     subscribed: bool = False  # the client asked for this type at all
     dirty: bool = False  # full-state type: resend the whole set
     pending: set[str] = field(default_factory=set)  # named resources to (re)send

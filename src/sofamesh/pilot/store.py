@@ -18,6 +18,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlparse
 
 log = logging.getLogger("sofamesh.pilot.store")
@@ -249,7 +250,7 @@ class EtcdStore(BaseStore):
         self.host, self.port = host, port
         self.timeout = timeout
         self.prefix = prefix.encode()
-        self._client = None
+        self._client: Any = None  # aetcd.Client once opened
         self._watcher: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self._stopping = False
