@@ -36,6 +36,21 @@ def fetch(xds_port: int, type_url: str, names=()) -> discovery_pb2.DiscoveryResp
             call.cancel()
 
 
+def fetch_delta(xds_port: int, type_url: str, initial: dict | None = None):
+    """One Delta request (wildcard) and its first response."""
+    with grpc.insecure_channel(f"127.0.0.1:{xds_port}") as ch:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch)
+        req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url)
+        req.node.id = "sidecar~127.0.0.1~cmp.ns~ns.svc.cluster.local"
+        for k, v in (initial or {}).items():
+            req.initial_resource_versions[k] = v
+        call = stub.DeltaAggregatedResources(iter([req]), timeout=5)
+        try:
+            return next(call)
+        finally:
+            call.cancel()
+
+
 def test_replicas_share_registrations_and_serve_identical_xds(etcd, tmp_path):
     store = f"etcd://{etcd.endpoint}/sofamesh-test-{time.monotonic_ns()}"
     a = PilotProcess(tmp_path / "a", store=store)
@@ -60,6 +75,14 @@ def test_replicas_share_registrations_and_serve_identical_xds(etcd, tmp_path):
                     x.SerializeToString() for x in rb.resources
                 )
                 assert len(ra.resources) == len(want)
+            # a Delta client moving from one replica to the other has nothing resent: the
+            # per-resource versions are content hashes, identical on both
+            first = fetch_delta(a.xds_port, CDS)
+            held = {r.name: r.version for r in first.resources}
+            assert set(held) == want
+            again = fetch_delta(b.xds_port, CDS, held)
+            assert not again.resources and not again.removed_resources
+            assert again.system_version_info == first.system_version_info
             # heartbeats through the other replica keep cart (registered on b) alive past its TTL
             for _ in range(6):
                 assert http("PUT", a.api + "/v1/services/cart/instances/c1/heartbeat")[0] == 200
