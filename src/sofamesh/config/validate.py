@@ -104,8 +104,6 @@ class _Checker:
             if f.message_type is None:
                 continue
             p = join(path, f.name)
-            if name == HCM and f.name == "http_filters":
-                pass
             if f.message_type.GetOptions().map_entry:
                 vt = f.message_type.fields_by_name["value"]
                 if vt.message_type is None:
@@ -174,6 +172,12 @@ class _Checker:
                 return support_on
         if spec is None and support.core_filter(kind, key):
             return support_on
+        if spec is None and getattr(m, "is_optional", False):
+            # Envoy skips an optional filter it does not have; so does the Server.
+            self.report.warnings.append(
+                f"{path}: optional {kind} filter {key} is not implemented by sofamesh; skipped"
+            )
+            return False
         if spec is None:
             if support_on:
                 self.unsupported(

@@ -263,8 +263,10 @@ def test_static_runtime_is_accepted_with_a_warning(tmp_path):
     )
     report = validate_bootstrap(b)
     assert report.warnings == [
-        ("layered_runtime.layers[0].static_layer: runtime values are served by /runtime but "
-        "sofamesh acts on none of them (overload)")
+        (
+            "layered_runtime.layers[0].static_layer: runtime values are served by /runtime but "
+            "sofamesh acts on none of them (overload)"
+        )
     ]
     with pytest.raises(ConfigError) as e:
         load_bootstrap(
@@ -276,4 +278,20 @@ def test_static_runtime_is_accepted_with_a_warning(tmp_path):
         )
     assert [str(p) for p in e.value.problems] == [
         "layered_runtime.layers[0].disk_layer: disk runtime layer is not implemented by sofamesh"
+    ]
+
+
+def test_optional_unknown_filter_is_skipped_with_a_warning(tmp_path):
+    f = (
+        "- name: envoy.filters.http.buffer\n"
+        "            is_optional: true\n"
+        "            typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http"
+        ".buffer.v3.Buffer, max_request_bytes: 1024}"
+    )
+    b = load_bootstrap(write(tmp_path, LISTENER % f), validate=False)
+    report = validate_bootstrap(b)
+    assert report.warnings == [
+        ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]:"
+        " optional http filter type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+        " is not implemented by sofamesh; skipped")
     ]
