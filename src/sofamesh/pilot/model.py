@@ -12,21 +12,21 @@ from typing import Protocol
 PROTOCOLS = ("http", "http2", "grpc", "tcp", "dubbo", "bolt", "hsf")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Port:
     number: int
     protocol: str = "http"  # one of PROTOCOLS
     name: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Locality:
     region: str = ""
     zone: str = ""
     sub_zone: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Instance:
     service: str  # the service's name (hostname in the mesh, e.g. "reviews" or a Dubbo interface)
     instance_id: str  # unique within (registry, service)
@@ -49,7 +49,7 @@ class Instance:
         return dict(self.labels)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     name: str
     namespace: str = "default"

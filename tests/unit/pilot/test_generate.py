@@ -85,10 +85,15 @@ def test_routes_listener_and_tcp_proxy():
     tcp = decode(g.all[LDS]["127.0.0.1_5432"], listener_pb2.Listener)
     tp = tcp_proxy_pb2.TcpProxy.FromString(tcp.filter_chains[0].filters[0].typed_config.value)
     assert tp.cluster == "outbound|5432||db"
-    # proxyless gRPC listeners exist by name only
-    for name in ("api", "api:80", "api:81"):
+    # proxyless gRPC listeners exist by name only, for gRPC ports only
+    for name in ("api", "api:81"):
         assert name in g.all[LDS] and name not in g.wild[LDS]
-        assert decode(g.all[LDS][name], listener_pb2.Listener).HasField("api_listener")
+        lst = decode(g.all[LDS][name], listener_pb2.Listener)
+        hcm = http_connection_manager_pb2.HttpConnectionManager.FromString(
+            lst.api_listener.api_listener.value
+        )
+        assert hcm.rds.route_config_name == "api:81"
+    assert "api:80" not in g.all[LDS] and "api:80" not in g.all[RDS]
 
 
 def test_only_changed_services_are_rebuilt_and_versions_are_content_hashes():
