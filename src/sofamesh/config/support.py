@@ -164,6 +164,16 @@ GAPS: list[Gap] = [
         values=("HTTP2", "HTTP3"),
     ),
     Gap(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        "config_discovery",
+        "filter config discovery (ECDS) is not implemented by sofamesh",
+    ),
+    Gap(
+        "envoy.config.listener.v3.Filter",
+        "config_discovery",
+        "filter config discovery (ECDS) is not implemented by sofamesh",
+    ),
+    Gap(
         "envoy.config.listener.v3.FilterChain",
         "filter_chain_match",
         "filter chain matching is not implemented by sofamesh",
