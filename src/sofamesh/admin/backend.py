@@ -110,7 +110,15 @@ class Backend(Protocol):
     async def drain_listeners(self, inbound_only: bool, graceful: bool) -> None: ...
     async def reset_counters(self) -> None: ...
     async def set_log_levels(self, levels: dict[str, str]) -> None: ...
+    async def reopen_logs(self) -> None: ...
     def live_workers(self) -> int: ...
+
+
+def reopen_server_logs(server: Any) -> None:
+    """The Server's access logs, if it offers `reopen_logs()` (optional contract)."""
+    fn = getattr(server, "reopen_logs", None)
+    if fn is not None:
+        fn()
 
 
 def apply_log_levels(levels: dict[str, str]) -> None:
@@ -147,6 +155,9 @@ class LocalBackend:
 
     async def set_log_levels(self, levels: dict[str, str]) -> None:
         apply_log_levels(levels)
+
+    async def reopen_logs(self) -> None:
+        reopen_server_logs(self.server)
 
     def live_workers(self) -> int:
         return 1

@@ -96,6 +96,12 @@ class AdminState:
         self.quit = asyncio.Event()
         self.admin_stats = Store()  # the admin listener's own http.admin.* stats
         self.overrides: dict[str, str] = {}
+        self.reopen_hooks: list[Callable[[], None]] = []
+
+    async def reopen_logs(self) -> None:
+        for hook in self.reopen_hooks:
+            hook()
+        await self.backend.reopen_logs()
 
     # ---- stats ----------------------------------------------------------------------
     def server_state(self) -> int:
@@ -613,6 +619,12 @@ def _active_loggers() -> str:
         lvl = logging.getLogger(f"sofamesh.{c}").getEffectiveLevel()
         lines.append(f"  {c}: {_EnvoyFormatter._LEVEL.get(lvl, 'off')}")
     return "\n".join(lines) + "\n"
+
+
+@route("/reopen_logs", "reopen access logs", "POST")
+async def reopen_logs(st: AdminState, q: dict[str, str], method: str) -> Response:
+    await st.reopen_logs()
+    return Response(200, "OK\n")
 
 
 @route("/quitquitquit", "exit the server", "POST")

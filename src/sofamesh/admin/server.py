@@ -51,6 +51,7 @@ class AccessLog:
     """Envoy's default access log format, one line per admin request."""
 
     def __init__(self, paths: list[str]) -> None:
+        self.paths = list(paths)
         self.files = []
         for p in paths:
             try:
@@ -95,6 +96,11 @@ class AccessLog:
             f.close()
         self.files = []
 
+    def reopen(self) -> None:
+        """Envoy's /reopen_logs and SIGUSR1: after logrotate moved the files."""
+        self.close()
+        self.files = AccessLog(self.paths).files
+
 
 class AdminServer:
     def __init__(self, state: AdminState) -> None:
@@ -102,6 +108,7 @@ class AdminServer:
         self.server: asyncio.base_events.Server | None = None
         self.address: tuple[str, int] | None = None
         self.access_log = AccessLog(admin_log_paths(state.bootstrap))
+        state.reopen_hooks.append(self.access_log.reopen)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.server = await asyncio.start_server(self._client, host, port, reuse_address=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
 import os
 import re
 import sys
@@ -290,7 +291,8 @@ def setup_logging(opts: Options) -> None:
     root.handlers.clear()
     handler: logging.Handler
     if opts.log_path:
-        handler = logging.FileHandler(opts.log_path)
+        # reopens by itself when logrotate moves the file, as Envoy does on SIGUSR1
+        handler = logging.handlers.WatchedFileHandler(opts.log_path)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_EnvoyFormatter(opts.log_format))
@@ -372,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(opts)
     if opts.enable_core_dump:
         _enable_core_dump()
+    if opts.restart_epoch > 0:
+        log.warning(
+            "hot restart is not implemented by sofamesh: --restart-epoch %d starts a fresh process",
+            opts.restart_epoch,
+        )
     from sofamesh.config import ConfigError
 
     name = opts.config_path or "--config-yaml"

@@ -37,7 +37,12 @@ import sys
 import time
 from typing import Any
 
-from sofamesh.admin.backend import add_worker_stats, describe_server, merge_topologies
+from sofamesh.admin.backend import (
+    add_worker_stats,
+    describe_server,
+    merge_topologies,
+    reopen_server_logs,
+)
 
 log = logging.getLogger("sofamesh.main")
 
@@ -92,12 +97,11 @@ async def _start_admin(bootstrap: Any, opts: Any, backend: Any) -> tuple[Any, An
     return state, admin
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> None:
+def _install_signals(loop: asyncio.AbstractEventLoop, state: Any) -> None:
+    """SIGTERM/SIGINT stop; SIGUSR1 reopens the logs (Envoy's signals)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, quit_event.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover
-            pass
+        loop.add_signal_handler(sig, state.quit.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(state.reopen_logs()))
 
 
 def _count_passthrough(store: Any, report: Any) -> None:
@@ -121,7 +125,7 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
         return 1
     backend = LocalBackend(server, store)
     state, admin = await _start_admin(bootstrap, opts, backend)
-    _install_signals(asyncio.get_running_loop(), state.quit)
+    _install_signals(asyncio.get_running_loop(), state)
     try:
         await server.start()
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
@@ -308,6 +312,9 @@ class PoolBackend:
     async def set_log_levels(self, levels: dict[str, str]) -> None:
         await self._all("log_levels", levels=levels)
 
+    async def reopen_logs(self) -> None:
+        await self._all("reopen_logs")
+
     def live_workers(self) -> int:
         return len(self.live())
 
@@ -323,7 +330,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     pool = [Worker(i) for i in range(opts.concurrency)]
     backend = PoolBackend(pool, store)
     state, admin = await _start_admin(bootstrap, opts, backend)  # config_dump: as given
-    _install_signals(asyncio.get_running_loop(), state.quit)
+    _install_signals(asyncio.get_running_loop(), state)
     try:
         await asyncio.gather(*(w.spawn(bootstrap_bin, opts) for w in pool))
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
@@ -453,6 +460,8 @@ async def _worker_main(fd: int) -> int:
                     store.reset_counters()
                 elif op == "log_levels":
                     apply_log_levels(msg.get("levels", {}))
+                elif op == "reopen_logs":
+                    reopen_server_logs(server)
                 elif op == "stop":
                     stop.set()
                 else:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
 from tests.conftest import free_port, sofamesh_command
-from tests.integration.admin.helpers import get, proxy_env, start_sofamesh, stop, write_bootstrap
+from tests.integration.admin.helpers import (
+    get,
+    post,
+    proxy_env,
+    start_sofamesh,
+    stop,
+    write_bootstrap,
+)
 
 
 def run(*args: str, cwd=None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -122,6 +131,14 @@ def test_init_only_and_validate_modes(tmp_path):
     assert f"Invalid path: {tmp_path / 'missing.yaml'}" in r.stderr
 
 
+def _wait_for_text(path, text: str) -> None:
+    """The access log line is written just after the reply is sent."""
+    deadline = time.monotonic() + 5
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never reached {path}"
+        time.sleep(0.02)
+
+
 def test_log_format_and_admin_access_log(tmp_path):
     admin = free_port()
     cfg = write_bootstrap(tmp_path / "b.yaml", admin=admin, upstream=free_port())
@@ -136,6 +153,22 @@ def test_log_format_and_admin_access_log(tmp_path):
     )
     try:
         assert get(admin, "/ready?x=1") == (200, "LIVE\n")
+        _wait_for_text(alog, "/ready?x=1")
+        # logrotate: move the file away, then reopen (admin endpoint, then SIGUSR1)
+        alog.rename(tmp_path / "admin_access.log.1")
+        assert post(admin, "/reopen_logs") == (200, "OK\n")
+        assert get(admin, "/ready?after=reopen") == (200, "LIVE\n")
+        _wait_for_text(alog, "/ready?after=reopen")
+        alog.rename(tmp_path / "admin_access.log.2")
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not alog.exists():
+            assert time.monotonic() < deadline, "SIGUSR1 did not reopen the access log"
+            time.sleep(0.05)
+        assert get(admin, "/ready?after=usr1") == (200, "LIVE\n")
+        _wait_for_text(alog, "/ready?after=usr1")
+        alog.rename(tmp_path / "admin_access.log.3")  # the first line is checked below
+        (tmp_path / "admin_access.log.1").rename(alog)
     finally:
         stop(proc)
     lines = alog.read_text().splitlines()
