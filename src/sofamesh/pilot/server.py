@@ -565,33 +565,46 @@ class AdsServer:
         self.metrics.set("pilot_xds_connections", len(self.connections))
         mode = "delta" if delta else "sotw"
         self.metrics.inc("pilot_xds_streams_total", mode=mode)
+        reader = asyncio.ensure_future(self._reader(conn, context))
         writer = asyncio.ensure_future(self._writer(conn, context))
+        failed = None
+        try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done() and not writer.cancelled() and writer.exception() is not None:
+                failed = writer.exception()
+        finally:
+            for t in (reader, writer):
+                t.cancel()
+            for t in (reader, writer):
+                try:
+                    await t
+                except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
+                    log.debug("ignored during shutdown/cleanup: %r", e)
+            self.connections.pop(conn.id, None)
+            self.metrics.set("pilot_xds_connections", len(self.connections))
+            log.info("xDS stream closed: %s (%s)", conn.node_id or conn.peer, mode)
+        if failed is not None and not isinstance(failed, grpc.aio.AioRpcError):
+            # a bug of ours: end this stream so the client reconnects to a fresh state
+            self.metrics.inc("pilot_xds_internal_errors_total")
+            log.error("xDS stream to %s failed", conn.node_id or conn.peer, exc_info=failed)
+            await context.abort(grpc.StatusCode.INTERNAL, "pilot internal error; reconnect")
+
+    async def _reader(self, conn: Connection, context) -> None:
         try:
             while True:
                 req = await context.read()
                 if req is grpc.aio.EOF:
-                    break
+                    return
                 try:
-                    if delta:
+                    if conn.delta:
                         conn.on_delta_request(req)
                     else:
                         conn.on_sotw_request(req)
-                except Exception:
+                except Exception:  # a bad request never takes the server down
                     self.metrics.inc("pilot_xds_bad_requests_total")
                     log.exception("bad xDS request from %s", conn.peer)
-                if writer.done():
-                    break
-        except (asyncio.CancelledError, grpc.aio.AioRpcError):
-            pass
-        finally:
-            writer.cancel()
-            try:
-                await writer
-            except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
-                log.debug("ignored during shutdown/cleanup: %r", e)
-            self.connections.pop(conn.id, None)
-            self.metrics.set("pilot_xds_connections", len(self.connections))
-            log.info("xDS stream closed: %s (%s)", conn.node_id or conn.peer, mode)
+        except grpc.aio.AioRpcError:
+            return
 
     async def _writer(self, conn: Connection, context) -> None:
         while True:

@@ -213,7 +213,7 @@ async def test_stale_nonce_is_ignored(env):
 
 
 async def test_pushes_reach_only_nodes_whose_resources_changed(env):
-    pilot, reg, stub = env
+    _pilot, reg, stub = env
     reg.set("a", 9001)
     reg.set("b", 9002)
     await asyncio.sleep(0.2)
@@ -251,7 +251,7 @@ async def test_changes_are_debounced_into_one_push(env):
 
 
 async def test_make_before_break_order(env):
-    pilot, reg, stub = env
+    _pilot, reg, stub = env
     reg.set("old", 9001)
     await asyncio.sleep(0.2)
     c = Sotw(stub)
@@ -403,3 +403,33 @@ async def test_nacks_are_listed_on_the_debug_endpoint(env):
         assert 'pilot_xds_nacks_total{type="cds"} 1' in metrics
     finally:
         await api.stop()
+
+
+async def test_internal_error_ends_only_that_stream(env, monkeypatch):
+    from sofamesh.pilot import server as server_mod
+
+    pilot, reg, stub = env
+    reg.set("a", 9001)
+    await asyncio.sleep(0.2)
+    real = server_mod.Connection.build_responses
+
+    def broken(self):
+        if self.node_id.endswith("broken"):
+            raise RuntimeError("generator bug")
+        return real(self)
+
+    monkeypatch.setattr(server_mod.Connection, "build_responses", broken)
+    bad = stub.StreamAggregatedResources()
+    req = discovery_pb2.DiscoveryRequest(type_url=CDS)
+    req.node.id = "broken"
+    await bad.write(req)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(bad.read(), 3)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert pilot.metrics.get("pilot_xds_internal_errors_total") == 1
+    # every other stream, and the server, carry on
+    c = Sotw(stub)
+    await c.ask(CDS)
+    r = await c.recv()
+    assert names_of(r) == ["outbound|80||a"]
+    assert pilot.metrics.get("pilot_xds_connections") == 1
