@@ -35,10 +35,16 @@ cdef class BoltFrame:
     cdef public int switch              # v2 only; bit 0: CRC-32 appended
     cdef public int timeout             # requests, ms (-1 none)
     cdef public int status              # responses, STATUS_*
-    cdef public bytes class_name
-    cdef readonly object header_raw     # memoryview | bytes: the header map's wire bytes
-    cdef public object content          # memoryview | bytes: zero-copy slice of the input
-    cdef public object raw              # memoryview | None: the whole frame as received
+    # class_name / header_raw / content / raw are properties: a decoded frame keeps only
+    # offsets into the read it came from and slices (zero copy) on first use.
+    cdef bytes _class_name              # None until used (decoded frames)
+    cdef object _header_raw             # memoryview | bytes | None
+    cdef object _content                # memoryview | bytes | None
+    cdef object _raw                    # memoryview | None
+    cdef object _mv                     # memoryview of _base (decoded frames) | None
+    cdef Py_ssize_t _coff, _clen        # class name in _base
+    cdef Py_ssize_t _boff, _blen        # content in _base
+    cdef Py_ssize_t _roff, _rlen        # the whole frame in _base
     cdef public unsigned int crc        # the CRC-32 as received (v2 with switch bit 0)
     cdef list _headers                  # list[tuple[str|None, str|None]] | None (lazy)
     cdef bytes _base                    # the bytes the header map lives in

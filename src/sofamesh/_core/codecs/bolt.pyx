@@ -171,17 +171,50 @@ cdef class BoltFrame:
         self.switch = switch
         self.timeout = timeout
         self.status = status
-        self.class_name = (class_name.encode() if isinstance(class_name, str)
-                           else bytes(class_name))
+        self._class_name = (class_name.encode() if isinstance(class_name, str)
+                            else bytes(class_name))
         self._headers = list(headers.items()) if isinstance(headers, dict) \
             else list(headers or [])
-        self.header_raw = encode_header_map(self._headers)
-        self._base = self.header_raw
+        self._header_raw = encode_header_map(self._headers)
+        self._base = self._header_raw
         self._hoff = 0
-        self._hlen = len(self.header_raw)
-        self.content = content
-        self.raw = None
+        self._hlen = len(self._header_raw)
+        self._content = content
+        self._raw = None
+        self._mv = None
         self.crc = 0
+
+    @property
+    def class_name(self):
+        if self._class_name is None:
+            self._class_name = self._base[self._coff:self._coff + self._clen]
+        return self._class_name
+
+    @class_name.setter
+    def class_name(self, v):
+        self._class_name = v.encode() if isinstance(v, str) else bytes(v)
+
+    @property
+    def header_raw(self):
+        if self._header_raw is None:
+            self._header_raw = self._mv[self._hoff:self._hoff + self._hlen]
+        return self._header_raw
+
+    @property
+    def content(self):
+        if self._content is None:
+            self._content = self._mv[self._boff:self._boff + self._blen]
+        return self._content
+
+    @content.setter
+    def content(self, v):
+        self._content = v
+
+    @property
+    def raw(self):
+        if self._raw is None and self._mv is not None:
+            self._raw = self._mv[self._roff:self._roff + self._rlen]
+        return self._raw
 
     @property
     def is_request(self):
@@ -232,17 +265,23 @@ cdef class BoltFrame:
         if self._method is not None:
             return self._method
         v = self.header("sofa_head_method_name")
-        if v is None and self.codec == 1 and len(self.content):
-            v = sofa_request_method(self.content)
+        if v is None and self.codec == 1:
+            if self._mv is not None:
+                if self._blen:
+                    v = sofa_request_method(self._base, self._boff, self._boff + self._blen)
+            elif len(self.content):
+                v = sofa_request_method(self.content)
         self._method = v
         return v
 
     cpdef bytes encode(self):
         """The frame's wire bytes from its fields (CRC written when the switch says so)."""
         cdef Py_ssize_t hs = _hdr_size(self.proto, self.type)
+        cdef bytes cls = self.class_name
+        content = self.content
         cdef bytes hdr_map = bytes(self.header_raw) if self._headers is None \
             else encode_header_map(self._headers)
-        cdef Py_ssize_t cl = len(self.class_name), hl = len(hdr_map), bl = len(self.content)
+        cdef Py_ssize_t cl = len(cls), hl = len(hdr_map), bl = len(content)
         cdef bint crc = self.proto == 2 and self.ver1 == 2 and (self.switch & 1)
         cdef Py_ssize_t total = hs + cl + hl + bl + (4 if crc else 0)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
@@ -274,12 +313,12 @@ cdef class BoltFrame:
         _put16(p + o + 2, hl)
         _put32(p + o + 4, bl)
         o += 8
-        memcpy(p + o, PyBytes_AS_STRING(self.class_name), cl)
+        memcpy(p + o, PyBytes_AS_STRING(cls), cl)
         o += cl
         memcpy(p + o, PyBytes_AS_STRING(hdr_map), hl)
         o += hl
         if bl:
-            cv = self.content
+            cv = content
             memcpy(p + o, &cv[0], bl)
         o += bl
         if crc:
@@ -359,10 +398,16 @@ cdef class BoltDecoder(FrameDecoder):
         bl = _u32(p + o + 4)
         hs = o + 8
         end = hs + cl + hl + bl
-        f.class_name = buf[start + hs:start + hs + cl]
-        f.header_raw = mv[start + hs + cl:start + hs + cl + hl]
-        f.content = mv[start + hs + cl + hl:start + end]
-        f.raw = mv[start:start + n]
+        f._base = buf
+        f._mv = mv
+        f._coff = start + hs
+        f._clen = cl
+        f._hoff = start + hs + cl
+        f._hlen = hl
+        f._boff = start + hs + cl + hl
+        f._blen = bl
+        f._roff = start
+        f._rlen = n
         f._headers = None
         f._method = None
         if f.proto == 2 and f.ver1 == 2 and (f.switch & 1):
@@ -374,9 +419,6 @@ cdef class BoltDecoder(FrameDecoder):
                                       f"computed {want:#010x})", False, f.request_id, f)
         if f.cmdcode > 2:
             return make_error(f"bolt: unknown cmdcode {f.cmdcode}", False, f.request_id, f)
-        f._base = buf
-        f._hoff = start + hs + cl
-        f._hlen = hl
         if hl and not _check_header_map(p + hs + cl, hl):
             f._hlen = 0
             f._headers = []
@@ -386,9 +428,14 @@ cdef class BoltDecoder(FrameDecoder):
 
 cpdef bytes rewrite_request_id(BoltFrame f, unsigned int new_id):
     """The frame's wire bytes with another request id (CRC recomputed when present)."""
-    cdef const unsigned char[::1] src = f.raw
-    cdef Py_ssize_t n = len(f.raw), o = 5 if f.proto == 1 else 6
-    cdef bytes out = PyBytes_FromStringAndSize(<const char*>&src[0], n)
+    cdef Py_ssize_t n, o = 5 if f.proto == 1 else 6
+    cdef bytes out
+    if f._mv is not None:  # decoded: copy the frame from the read it arrived in
+        n = f._rlen
+        out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(f._base) + f._roff, n)
+    else:
+        out = f.encode()
+        n = len(out)
     cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
     _put32(p + o, new_id)
     if f.proto == 2 and f.ver1 == 2 and (f.switch & 1):

@@ -19,8 +19,13 @@ cdef class DubboFrame:
     cdef public int flags                       # 0x80 request, 0x40 two-way, 0x20 event | serial.
     cdef public int status
     cdef public unsigned long long request_id   # on the wire an i64; ids are opaque
-    cdef public object body                     # memoryview | bytes: zero-copy slice
-    cdef public object raw                      # memoryview | None: the whole frame
+    # body / raw are properties: a decoded frame keeps offsets into its read and slices
+    # (zero copy) on first use.
+    cdef object _body                           # memoryview | bytes | None
+    cdef object _raw                            # memoryview | None
+    cdef bytes _base                            # the read a decoded frame came from
+    cdef object _mv                             # memoryview of _base | None
+    cdef Py_ssize_t _boff, _blen, _roff
     # request invocation, filled by parse_invocation()
     cdef public int parsed
     cdef public int parse_err

@@ -92,9 +92,27 @@ cdef class DubboFrame:
         if event:
             self.flags |= 0x20
         self.status = status
-        self.body = body
-        self.raw = None
+        self._body = body
+        self._raw = None
+        self._mv = None
         self.parsed = 0
+
+    @property
+    def body(self):
+        if self._body is None:
+            self._body = self._mv[self._boff:self._boff + self._blen]
+        return self._body
+
+    @body.setter
+    def body(self, v):
+        self._body = v
+        self._mv = None
+
+    @property
+    def raw(self):
+        if self._raw is None and self._mv is not None:
+            self._raw = self._mv[self._roff:self._roff + 16 + self._blen]
+        return self._raw
 
     @property
     def is_request(self):
@@ -132,7 +150,10 @@ cdef class DubboFrame:
                 self.body_error = f"dubbo: serialization {self.flags & 0x1f} not supported"
                 self.parse_err = 100
                 return self.parse_err
-            c = H2Cursor(self.body)
+            if self._mv is not None:
+                c = H2Cursor(self._base, self._boff, self._boff + self._blen)
+            else:
+                c = H2Cursor(self.body)
             self.dubbo_version = c.read_str()
             self.service = c.read_str()
             self.version = c.read_str()
@@ -148,7 +169,8 @@ cdef class DubboFrame:
                 self.body_error = f"dubbo: bad parameter descriptor {desc!r}"
                 self.parse_err = 101
                 return self.parse_err
-            self.args_start = c.pos
+            base = c.pos - (self._boff if self._mv is not None else 0)
+            self.args_start = base
             for _ in range(nargs):
                 if c.skip():
                     break
@@ -156,7 +178,7 @@ cdef class DubboFrame:
                 self.body_error = f"dubbo: bad argument (hessian error {c.err} at {c.pos})"
                 self.parse_err = c.err
                 return self.parse_err
-            self.args_end = c.pos
+            self.args_end = c.pos - (self._boff if self._mv is not None else 0)
             if c.pos < c.end:
                 self.attachments = c.read_map() if wanted is None else c.read_map_keys(wanted)
                 if c.err:
@@ -165,7 +187,7 @@ cdef class DubboFrame:
                     return self.parse_err
             else:
                 self.attachments = {}
-            self.body_end = c.pos
+            self.body_end = c.pos - (self._boff if self._mv is not None else 0)
         except Exception as exc:  # belt and braces: untrusted bytes never raise out
             self.body_error = f"dubbo: {exc!r}"
             self.parse_err = 102
@@ -250,16 +272,21 @@ cdef class DubboDecoder(FrameDecoder):
         f.flags = p[2]
         f.status = p[3]
         f.request_id = _u64(p + 4)
-        f.body = mv[start + 16:start + n]
-        f.raw = mv[start:start + n]
+        f._base = buf
+        f._mv = mv
+        f._boff = start + 16
+        f._blen = n - 16
+        f._roff = start
         f.parsed = 0
         return f
 
 
 cpdef bytes rewrite_request_id(DubboFrame f, unsigned long long new_id):
-    cdef const unsigned char[::1] src = f.raw
-    cdef Py_ssize_t n = len(f.raw)
-    cdef bytes out = PyBytes_FromStringAndSize(<const char*>&src[0], n)
+    cdef bytes out
+    if f._mv is not None:  # decoded: copy the frame from the read it arrived in
+        out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(f._base) + f._roff, 16 + f._blen)
+    else:
+        out = f.encode()
     _put64(<unsigned char*>PyBytes_AS_STRING(out) + 4, new_id)
     return out
 

@@ -72,5 +72,5 @@ cdef class H1Cursor:
     cdef int skip_string_chars(self, Py_ssize_t nchars)
 
 
-cpdef object sofa_request_method(object content)
+cpdef object sofa_request_method(object content, Py_ssize_t start=*, Py_ssize_t end=*)
 cpdef bytes h2_encode_str(str s)

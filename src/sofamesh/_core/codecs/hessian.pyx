@@ -29,6 +29,7 @@
 #   'd' date 8   'S'/'s' string chunk u16   'B'/'b' binary chunk u16   'g' 'h' 'i' 'j' 'k' doubles
 #   0x77 'w' long as int, 4 bytes; ints/longs/short strings/binaries as in the final spec.
 
+from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memcmp
 
@@ -77,6 +78,10 @@ cdef class H2Cursor:
         if n == 0:
             self.p = <const unsigned char*>b""
             self._owner = b""
+        elif type(data) is bytes:
+            # PERF: rpc_bench (dubbo): no buffer acquisition for the common case
+            self._owner = data
+            self.p = <const unsigned char*>PyBytes_AS_STRING(data)
         else:
             view = data
             self._owner = view
@@ -526,6 +531,9 @@ cdef class H1Cursor:
         if n == 0:
             self.p = <const unsigned char*>b""
             self._owner = b""
+        elif type(data) is bytes:
+            self._owner = data
+            self.p = <const unsigned char*>PyBytes_AS_STRING(data)
         else:
             view = data
             self._owner = view
@@ -808,7 +816,7 @@ cdef class H1Cursor:
         return self.read_str()
 
 
-cpdef object sofa_request_method(object content):
+cpdef object sofa_request_method(object content, Py_ssize_t start=0, Py_ssize_t end=-1):
     """The `methodName` field of a SofaRequest in SOFA's pre-final Hessian, or None.
 
     Reads the leading class definition, then the instance's fields up to methodName
@@ -818,7 +826,7 @@ cpdef object sofa_request_method(object content):
     cdef long long ref
     cdef list names
     try:
-        c = H1Cursor(content)
+        c = H1Cursor(content, start, end)
         if not c._need(1) or c.p[c.pos] != 0x4f:
             return None
         c.pos += 1
