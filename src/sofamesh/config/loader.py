@@ -81,15 +81,20 @@ def _construct_ignore(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
 _Loader.add_constructor("!ignore", _construct_ignore)
 
 
-def _clean(v: Any) -> Any:
+def _clean(v: Any, stack: tuple[int, ...] = ()) -> Any:
+    """String keys, `!ignore` dropped; a YAML alias that contains itself is an error."""
+    if isinstance(v, (dict, list)):
+        if id(v) in stack:
+            raise ConfigError("Unable to convert YAML as JSON: an alias refers to itself")
+        stack = (*stack, id(v))
     if isinstance(v, dict):
         return {
-            str(k): _clean(x)
+            str(k): _clean(x, stack)
             for k, x in v.items()
             if k is not _IGNORED and x is not _IGNORED and not isinstance(k, _Ignored)
         }
     if isinstance(v, list):
-        return [_clean(x) for x in v if x is not _IGNORED]
+        return [_clean(x, stack) for x in v if x is not _IGNORED]
     return v
 
 

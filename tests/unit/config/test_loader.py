@@ -291,7 +291,17 @@ def test_optional_unknown_filter_is_skipped_with_a_warning(tmp_path):
     b = load_bootstrap(write(tmp_path, LISTENER % f), validate=False)
     report = validate_bootstrap(b)
     assert report.warnings == [
-        ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]:"
-        " optional http filter type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
-        " is not implemented by sofamesh; skipped")
+        (
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]:"
+            " optional http filter type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+            " is not implemented by sofamesh; skipped"
+        )
     ]
+
+
+def test_self_referencing_yaml_alias_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="an alias refers to itself"):
+        load_bootstrap(write(tmp_path, "node: {metadata: {a: &x [*x]}}"))
+    # an alias used twice (no cycle) is fine
+    b = load_bootstrap(write(tmp_path, "node: {id: &i n1, cluster: *i}"))
+    assert b.node.cluster == "n1"
