@@ -128,8 +128,17 @@ class _Normaliser:
         full = desc.full_name
         if full == "google.protobuf.Any":
             return self.any(obj, path)
-        if full in _WKT_SCALAR or not isinstance(obj, dict):
-            return obj  # json_format reports shape errors with its own wording
+        if full in _WKT_SCALAR:
+            return obj  # json_format reports their value errors with its own wording
+        if not isinstance(obj, dict):
+            self.problems.append(
+                Problem(
+                    path,
+                    f"expected an object ({full}), got {type(obj).__name__} {obj!r:.40}",
+                    "parse",
+                )
+            )
+            return obj
         fields = _field_map(desc)
         out: dict[str, Any] = {}
         if full in _FILTER_MESSAGES and str(obj.get("name", "")).startswith("istio."):
