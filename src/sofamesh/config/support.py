@@ -174,6 +174,16 @@ GAPS: list[Gap] = [
         "filter config discovery (ECDS) is not implemented by sofamesh",
     ),
     Gap(
+        "envoy.config.core.v3.Address",
+        "pipe",
+        "unix domain socket (pipe) addresses are not implemented by sofamesh",
+    ),
+    Gap(
+        "envoy.config.core.v3.Address",
+        "envoy_internal_address",
+        "internal addresses are not implemented by sofamesh",
+    ),
+    Gap(
         "envoy.config.listener.v3.FilterChain",
         "filter_chain_match",
         "filter chain matching is not implemented by sofamesh",
