@@ -17,6 +17,10 @@ separated list of ``key`` or ``key=value``:
     close-early    close the connection without replying at all
     ws             reply 101 Switching Protocols and echo raw bytes until the peer closes
     secret         add an ``x-upstream-secret`` response header (for response_headers_to_remove)
+    garbage-reply  answer bytes that are not HTTP, then close
+    huge-headers=N add N KiB of response headers
+    interim-100    send ``100 Continue`` before the final response
+    trailers       reply chunked with a trailer field (``x-upstream-trailer: t``)
 
 Attempts per ``x-case-id`` are counted (retry tests read ``attempts(case_id)``).
 """
@@ -286,6 +290,11 @@ class RecordingUpstream:
             time.sleep(int(action["delay"]) / 1000)
         if "close-early" in action:
             return False
+        if "garbage-reply" in action:
+            sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+            return False
+        if "interim-100" in action:
+            sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         status = int(action.get("status", "200"))
         if "fail" in action and attempt <= int(action["fail"]):
             status = 503
@@ -314,6 +323,8 @@ class RecordingUpstream:
         ]
         if "secret" in action:
             head.append("x-upstream-secret: hide-me")
+        for i in range(int(action.get("huge-headers", "0"))):
+            head.append(f"x-big-{i}: " + "h" * 1000)
         keep = rec.version == "HTTP/1.1" and "close" not in [
             v.lower() for v in rec.header("connection")
         ]
@@ -333,6 +344,9 @@ class RecordingUpstream:
         elif "eof-body" in action:
             payload = body
             keep = False
+        elif "trailers" in action:
+            head.append("transfer-encoding: chunked")
+            payload = b"%x\r\n%s\r\n0\r\nx-upstream-trailer: t\r\n\r\n" % (len(body), body)
         elif "chunked" in action:
             head.append("transfer-encoding: chunked")
             thirds = [body[: len(body) // 3], body[len(body) // 3 : 2 * len(body) // 3], body[2 * len(body) // 3 :]]
