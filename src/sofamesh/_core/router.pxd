@@ -79,6 +79,8 @@ cdef class Route:
     cdef readonly bytes prefix_rewrite    # None: no rewrite
     cdef readonly bytes host_rewrite      # None: no rewrite
     cdef readonly bint auto_host          # Host becomes the upstream host's DNS name
+    cdef readonly object rx_rewrite       # re.Pattern[bytes] | None: regex_rewrite pattern
+    cdef readonly bytes rx_subst          # its substitution (\\1 group references)
     cdef readonly double timeout          # seconds; 0: none
     cdef readonly bytes timeout_line      # b"x-envoy-expected-rq-timeout-ms: N\r\n" or b""
     cdef readonly int retry_on            # RETRY_* bits

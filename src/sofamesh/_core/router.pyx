@@ -140,7 +140,7 @@ cdef class Route:
     def __init__(self, *, name="", int path_kind=PM_PREFIX, path=b"/",
                  bint case_sensitive=True, headers=(), queries=(), int action=RA_CLUSTER,
                  cluster=None, weighted=(), prefix_rewrite=None, host_rewrite=None,
-                 bint auto_host=False,
+                 bint auto_host=False, regex_rewrite=None, regex_substitution=b"",
                  double timeout=15.0, int retry_on=0, int num_retries=0, retry_statuses=(),
                  int status=0, body=b"", location_scheme=None, location_host=None,
                  location_port=None, location_path=None, location_prefix=None,
@@ -171,6 +171,8 @@ cdef class Route:
         self.prefix_rewrite = _b(prefix_rewrite)
         self.host_rewrite = _b(host_rewrite)
         self.auto_host = auto_host
+        self.rx_rewrite = re.compile(_b(regex_rewrite)) if regex_rewrite is not None else None
+        self.rx_subst = _b(regex_substitution) or b""
         self.timeout = timeout
         self.timeout_line = (b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(timeout * 1000)
                              if timeout > 0 else b"")

@@ -213,7 +213,8 @@ def _route_action(a, apath, kw, clusters) -> None:
     if a.prefix_rewrite:
         kw["prefix_rewrite"] = a.prefix_rewrite
     if a.HasField("regex_rewrite"):
-        raise UnsupportedConfig(f"{apath}.regex_rewrite is not supported")
+        kw["regex_rewrite"] = a.regex_rewrite.pattern.regex
+        kw["regex_substitution"] = a.regex_rewrite.substitution
     hr = a.WhichOneof("host_rewrite_specifier")
     if hr == "host_rewrite_literal":
         kw["host_rewrite"] = a.host_rewrite_literal

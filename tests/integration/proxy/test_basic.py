@@ -41,14 +41,20 @@ async def test_existing_request_id_and_hop_by_hop_headers(upstreams, proxy):
     up = await upstreams()
     p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
     c = await p.client()
-    r = await c.request(headers={"x-request-id": "abc", "connection": "keep-alive",
+    r = await c.request(headers={"x-request-id": "abc", "connection": "keep-alive, x-hop",
                                  "keep-alive": "timeout=5", "proxy-connection": "x",
-                                 "te": "trailers", "x-custom": "v"})
+                                 "te": "gzip", "x-hop": "1", "x-custom": "v",
+                                 "x-envoy-retry-on": "5xx",
+                                 "x-envoy-upstream-rq-timeout-ms": "10"})
     names = [k for k, _ in r.json()["headers"]]
     assert r.upstream_header("x-request-id") == "abc"
     assert r.upstream_header("x-custom") == "v"
-    for hop in ("connection", "keep-alive", "proxy-connection", "te"):
+    # hop-by-hop, Connection-nominated and Envoy's router control headers stop here
+    for hop in ("connection", "keep-alive", "proxy-connection", "te", "x-hop",
+                "x-envoy-retry-on", "x-envoy-upstream-rq-timeout-ms"):
         assert hop not in names
+    r = await c.request(headers={"te": "trailers"})   # the one TE Envoy forwards
+    assert r.upstream_header("te") == "trailers"
     await c.close()
 
 

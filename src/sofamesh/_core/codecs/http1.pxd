@@ -8,6 +8,7 @@
 
 cdef enum:
     H1_MAX_HEADERS = 128
+    H1_MAX_TOKENS = 8
 
 cdef enum:
     H1_NEED_MORE = 0
@@ -15,6 +16,7 @@ cdef enum:
     H1_E_TOO_LARGE = -2     # head over the size limit: 431
     H1_E_TOO_MANY = -3      # more headers than allowed: 431
     H1_E_NOT_IMPL = -4      # unknown transfer-coding on a request: 501
+    H1_E_BAD_TARGET = -5    # request-target Envoy rejects (a fragment): 400, empty body
 
 # Headers the proxy treats specially, classified once while parsing.
 cdef enum:
@@ -35,6 +37,8 @@ cdef enum:
     HK_DATE = 14
     HK_USER_AGENT = 15
     HK_EXPECTED_TIMEOUT = 16    # x-envoy-expected-rq-timeout-ms
+    HK_ENVOY_CONTROL = 17       # x-envoy-retry-on & co: read and removed by Envoy's router
+    HK_TE_TRAILERS = 18         # "te: trailers", the one TE value Envoy forwards
 
 cdef enum:
     FR_NONE = 0
@@ -79,6 +83,11 @@ cdef class Head:
     cdef int xff_idx
     cdef int xrid_idx
     cdef int xfp_idx
+    cdef int abs_host_off           # absolute-form target: its authority
+    cdef int abs_host_len           # 0: origin-form
+    cdef int ntok                   # Connection: tokens other than close/keep-alive/upgrade
+    cdef int tok_off[H1_MAX_TOKENS]
+    cdef int tok_len[H1_MAX_TOKENS]
 
     cdef void reset(self) noexcept
     cdef int find(self, const char* name, int n) noexcept
@@ -87,6 +96,7 @@ cdef class Head:
     cdef bytes method(self)
     cdef bytes path(self)
     cdef bytes host(self)
+    cdef bint nominated(self, int i) noexcept
     cdef int framing(self) noexcept      # request body framing: FR_NONE/LENGTH/CHUNKED
 
 
@@ -104,6 +114,9 @@ cdef class BodyReader:
     cdef bint done
     cdef unsigned long long seen    # body bytes seen (framing included for chunked)
     cdef public list chunks         # list[bytes] | None: decoded payload, when collecting
+    cdef Py_ssize_t fwd             # of the last feed, the leading bytes to pass on
+    cdef bint trailers_dropped      # chunked trailers are not passed on (Envoy's default);
+                                    # whoever forwards appends the final CRLF when done
 
     cdef void start(self, int mode, long long length) noexcept
     # bytes of p that belong to this body; -1 malformed. When `chunks` is a list, the

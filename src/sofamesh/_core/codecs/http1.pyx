@@ -84,9 +84,18 @@ cdef int _classify(const char* p, int n) noexcept:
             return HK_TRANSFER_ENCODING
         if strncasecmp(p, "x-forwarded-proto", 17) == 0:
             return HK_X_FORWARDED_PROTO
-    elif n == 30:
-        if strncasecmp(p, "x-envoy-expected-rq-timeout-ms", 30) == 0:
+    if n > 8 and strncasecmp(p, "x-envoy-", 8) == 0:
+        if n == 30 and strncasecmp(p, "x-envoy-expected-rq-timeout-ms", 30) == 0:
             return HK_EXPECTED_TIMEOUT
+        # request headers Envoy's router reads and removes
+        if (n == 16 and strncasecmp(p + 8, "retry-on", 8) == 0) or \
+                (n == 21 and strncasecmp(p + 8, "retry-grpc-on", 13) == 0) or \
+                (n == 19 and strncasecmp(p + 8, "max-retries", 11) == 0) or \
+                (n >= 19 and strncasecmp(p + 8, "upstream-rq", 11) == 0) or \
+                (n >= 17 and strncasecmp(p + 8, "retriable", 9) == 0) or \
+                (n >= 13 and strncasecmp(p + 8, "hedge", 5) == 0) or \
+                (n == 30 and strncasecmp(p + 8, "upstream-alt-stat-name", 22) == 0):
+            return HK_ENVOY_CONTROL
     return HK_OTHER
 
 
@@ -118,6 +127,8 @@ cdef class Head:
         self.xff_idx = -1
         self.xrid_idx = -1
         self.xfp_idx = -1
+        self.abs_host_len = 0
+        self.ntok = 0
 
     cdef int find(self, const char* name, int n) noexcept:
         cdef int i
@@ -142,9 +153,21 @@ cdef class Head:
         return PyBytes_FromStringAndSize(self.base + self.path_off, self.path_len)
 
     cdef bytes host(self):
+        if self.abs_host_len:
+            return PyBytes_FromStringAndSize(self.base + self.abs_host_off, self.abs_host_len)
         if self.host_idx < 0:
             return b""
         return self.value_at(self.host_idx)
+
+    cdef bint nominated(self, int i) noexcept:
+        """Header i is named in Connection: (hop-by-hop, RFC 9110 7.6.1)."""
+        cdef int t
+        for t in range(self.ntok):
+            if self.tok_len[t] == self.hdrs[i].name_len and strncasecmp(
+                    self.base + self.tok_off[t], self.base + self.hdrs[i].name_off,
+                    self.tok_len[t]) == 0:
+                return True
+        return False
 
     cdef int framing(self) noexcept:
         if self.chunked:
@@ -215,8 +238,9 @@ cdef class Head:
         return None if i < 0 else self.value_at(i)
 
 
-cdef int _parse_connection(Head h, const char* v, int n) noexcept:
-    # comma-separated tokens, case-insensitive
+cdef int _parse_connection(Head h, const char* base, int off, int n) noexcept:
+    # comma-separated tokens, case-insensitive; other tokens name hop-by-hop headers
+    cdef const char* v = base + off
     cdef int i = 0, s, e
     while i < n:
         while i < n and (v[i] == 32 or v[i] == 9 or v[i] == 44):
@@ -227,12 +251,18 @@ cdef int _parse_connection(Head h, const char* v, int n) noexcept:
         e = i
         while e > s and (v[e - 1] == 32 or v[e - 1] == 9):
             e -= 1
+        if e == s:
+            continue
         if _ieq(v + s, e - s, "close", 5):
             h.conn_close = True
         elif _ieq(v + s, e - s, "keep-alive", 10):
             h.conn_keep_alive = True
         elif _ieq(v + s, e - s, "upgrade", 7):
             h.conn_upgrade = True
+        elif h.ntok < H1_MAX_TOKENS:
+            h.tok_off[h.ntok] = off + s
+            h.tok_len[h.ntok] = e - s
+            h.ntok += 1
     return 0
 
 
@@ -255,19 +285,22 @@ cdef int _parse_te(Head h, const char* v, int n) noexcept:
 
 
 cdef int _parse_headers(Head h, const char* base, int pos, int end, int max_headers) noexcept:
-    # base[pos:end] holds header lines, each ending in CRLF; end is at the blank line.
+    # base[pos:end] holds header lines, each ending in LF (CRLF or a bare LF, as Envoy
+    # accepts); end is where the blank line starts.
     cdef const char* p
     cdef const char* colon
-    cdef const char* cr
+    cdef const char* lf
     cdef int line_end, name_len, vs, ve, i, k
     cdef long long cl
     cdef unsigned char c
     while pos < end:
         p = base + pos
-        cr = <const char*>memchr(p, 13, end + 2 - pos)
-        if cr == NULL or cr[1] != 10:
+        lf = <const char*>memchr(p, 10, end - pos)
+        if lf == NULL:
             return H1_E_BAD
-        line_end = <int>(cr - base)
+        line_end = <int>(lf - base)
+        if line_end > pos and base[line_end - 1] == 13:
+            line_end -= 1
         if p[0] == 32 or p[0] == 9:
             return H1_E_BAD     # obs-fold
         colon = <const char*>memchr(p, 58, line_end - pos)
@@ -317,7 +350,7 @@ cdef int _parse_headers(Head h, const char* base, int pos, int end, int max_head
         elif k == HK_TRANSFER_ENCODING:
             _parse_te(h, base + vs, ve - vs)
         elif k == HK_CONNECTION:
-            _parse_connection(h, base + vs, ve - vs)
+            _parse_connection(h, base, vs, ve - vs)
         elif k == HK_HOST:
             if h.host_idx >= 0:
                 return H1_E_BAD   # two Host headers (RFC 9112 3.2)
@@ -334,42 +367,65 @@ cdef int _parse_headers(Head h, const char* base, int pos, int end, int max_head
             h.xrid_idx = h.nhdr - 1
         elif k == HK_X_FORWARDED_PROTO:
             h.xfp_idx = h.nhdr - 1
-        pos = line_end + 2
+        elif k == HK_TE:
+            if _ieq(base + vs, ve - vs, "trailers", 8):
+                h.hdrs[h.nhdr - 1].kind = HK_TE_TRAILERS
+        pos = <int>(lf - base) + 1
     return 0
 
 
-cdef inline int _find_end(const char* p, Py_ssize_t n) noexcept:
-    cdef const char* e = <const char*>memmem(p, n, b"\r\n\r\n", 4)
-    if e == NULL:
-        return -1
-    return <int>(e - p)
+cdef int _find_end(const char* p, Py_ssize_t n) noexcept:
+    """Length of the head (through its blank line, CRLF or bare LF), or -1."""
+    cdef const char* q
+    cdef Py_ssize_t pos = 0
+    while pos < n:
+        q = <const char*>memchr(p + pos, 10, n - pos)
+        if q == NULL:
+            return -1
+        pos = q - p + 1
+        if pos < n and p[pos] == 10:
+            return <int>(pos + 1)
+        if pos + 1 < n and p[pos] == 13 and p[pos + 1] == 10:
+            return <int>(pos + 2)
+        if pos + 1 >= n:
+            return -1
+    return -1
+
+
+cdef inline int _line_end(const char* base, int hl) noexcept:
+    """Length of the first line without its CRLF/LF."""
+    cdef const char* q = <const char*>memchr(base, 10, hl)
+    cdef int le = <int>(q - base)
+    if le > 0 and base[le - 1] == 13:
+        le -= 1
+    return le
 
 
 cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
                        int max_headers) except -100:
     cdef Py_ssize_t avail = PyBytes_GET_SIZE(data) - start
     cdef const char* base = PyBytes_AS_STRING(data) + start
-    cdef int end, i, sp1, sp2, r
+    cdef int hl, i, sp1, sp2, r, le, t
+    cdef bint frag = False
     # Tolerate empty lines before a request (RFC 9112 2.2).
     cdef int skip = 0
-    while skip + 1 < avail and base[skip] == 13 and base[skip + 1] == 10:
-        skip += 2
+    while skip < avail and (base[skip] == 10 or (base[skip] == 13 and skip + 1 < avail and
+                                                  base[skip + 1] == 10)):
+        skip += 1 if base[skip] == 10 else 2
     if skip:
         r = parse_request(h, data, start + skip, max_bytes, max_headers)
         return r + skip if r > 0 else r
-    end = _find_end(base, avail if avail < max_bytes + 4 else max_bytes + 4)
-    if end < 0:
+    hl = _find_end(base, avail if avail < max_bytes + 4 else max_bytes + 4)
+    if hl < 0:
         return H1_E_TOO_LARGE if avail > max_bytes else H1_NEED_MORE
-    if end + 4 > max_bytes:
+    if hl > max_bytes:
         return H1_E_TOO_LARGE
     h.reset()
     h.raw = data
     h.start = start
     h.base = base
-    h.length = end + 4
-    # request line
-    cdef const char* cr = <const char*>memchr(base, 13, end + 2)
-    cdef int le = <int>(cr - base)
+    h.length = hl
+    le = _line_end(base, hl)
     h.line_len = le
     sp1 = 0
     while sp1 < le and TCHAR[<unsigned char>base[sp1]]:
@@ -381,6 +437,8 @@ cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
     while sp2 < le and base[sp2] != 32:
         if <unsigned char>base[sp2] <= 32 or <unsigned char>base[sp2] == 127:
             return H1_E_BAD
+        if base[sp2] == 35:     # '#': a fragment is not part of a request-target
+            frag = True
         sp2 += 1
     if sp2 == sp1 + 1 or sp2 + 9 != le or memcmp(base + sp2 + 1, b"HTTP/1.", 7) != 0:
         return H1_E_BAD
@@ -390,10 +448,27 @@ cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
         h.minor = 0
     else:
         return H1_E_BAD
+    if frag:
+        return H1_E_BAD_TARGET
     h.path_off = sp1 + 1
     h.path_len = sp2 - sp1 - 1
+    # absolute-form (RFC 9112 3.2.2): route on its path, its authority is the host
+    if h.path_len > 7 and base[h.path_off] != 47 and \
+            (strncasecmp(base + h.path_off, "http://", 7) == 0 or
+             (h.path_len > 8 and strncasecmp(base + h.path_off, "https://", 8) == 0)):
+        t = h.path_off + (7 if base[h.path_off + 4] == 58 else 8)
+        i = t
+        while i < sp2 and base[i] != 47 and base[i] != 63:
+            i += 1
+        if i == t or i == sp2 or base[i] != 47:
+            return H1_E_BAD
+        h.abs_host_off = t
+        h.abs_host_len = i - t
+        h.path_len = sp2 - i
+        h.path_off = i
     h.is_head_method = sp1 == 4 and memcmp(base, b"HEAD", 4) == 0
-    r = _parse_headers(h, base, le + 2, end + 2, max_headers)
+    r = _parse_headers(h, base, le + (2 if base[le] == 13 else 1), hl - (2 if base[hl - 2] == 13
+                                                                          else 1), max_headers)
     if r < 0:
         return r
     if h.chunked or h.te_other:
@@ -407,17 +482,16 @@ cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
 cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) except -100:
     cdef Py_ssize_t avail = PyBytes_GET_SIZE(data) - start
     cdef const char* base = PyBytes_AS_STRING(data) + start
-    cdef int end, le, i, r
-    end = _find_end(base, avail if avail < max_bytes + 4 else max_bytes + 4)
-    if end < 0:
+    cdef int hl, le, i, r
+    hl = _find_end(base, avail if avail < max_bytes + 4 else max_bytes + 4)
+    if hl < 0:
         return H1_E_TOO_LARGE if avail > max_bytes else H1_NEED_MORE
     h.reset()
     h.raw = data
     h.start = start
     h.base = base
-    h.length = end + 4
-    cdef const char* cr = <const char*>memchr(base, 13, end + 2)
-    le = <int>(cr - base)
+    h.length = hl
+    le = _line_end(base, hl)
     h.line_len = le
     if le < 12 or memcmp(base, b"HTTP/1.", 7) != 0 or base[8] != 32:
         return H1_E_BAD
@@ -436,7 +510,8 @@ cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) exc
         return H1_E_BAD
     h.reason_off = 13 if le > 12 else 12
     h.reason_len = le - h.reason_off
-    r = _parse_headers(h, base, le + 2, end + 2, H1_MAX_HEADERS)
+    r = _parse_headers(h, base, le + (2 if base[le] == 13 else 1), hl - (2 if base[hl - 2] == 13
+                                                                          else 1), H1_MAX_HEADERS)
     if r < 0:
         return r
     return h.length
@@ -471,15 +546,19 @@ cdef class BodyReader:
         self.trailer_bytes = 0
         self.size_digits = 0
         self.seen = 0
+        self.fwd = 0
+        self.trailers_dropped = False
         self.done = mode == FR_NONE or (mode == FR_LENGTH and length <= 0)
 
     cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) except -2:
         cdef Py_ssize_t i = 0, take
         cdef unsigned char c, v
+        self.fwd = 0
         if self.done:
             return 0
         if self.mode == FR_LENGTH:
             take = n if n < self.remaining else <Py_ssize_t>self.remaining
+            self.fwd = take
             self.remaining -= take
             self.seen += take
             if self.chunks is not None and take:
@@ -488,10 +567,12 @@ cdef class BodyReader:
                 self.done = True
             return take
         if self.mode == FR_EOF:
+            self.fwd = n
             self.seen += n
             if self.chunks is not None and n:
                 self.chunks.append(PyBytes_FromStringAndSize(p, n))
             return n
+        self.fwd = 0 if self.trailers_dropped else -1
         while i < n:
             c = <unsigned char>p[i]
             if self.cstate == CS_DATA:
@@ -551,6 +632,9 @@ cdef class BodyReader:
                 if c == 13:
                     self.cstate = CS_END_LF
                 else:
+                    if not self.trailers_dropped:
+                        self.trailers_dropped = True
+                        self.fwd = i
                     self.cstate = CS_TRAILER_LINE
             elif self.cstate == CS_TRAILER_LINE:
                 self.trailer_bytes += 1
@@ -568,9 +652,13 @@ cdef class BodyReader:
                 i += 1
                 self.seen += i
                 self.done = True
+                if self.fwd < 0:
+                    self.fwd = i
                 return i
             i += 1
         self.seen += i
+        if self.fwd < 0:
+            self.fwd = i
         return i
 
     # Python API (tests)
@@ -589,6 +677,15 @@ cdef class BodyReader:
     def complete(self):
         return self.done
 
+    @property
+    def forward_length(self):
+        """Of the last feed, how many leading bytes to pass on (trailers are dropped)."""
+        return self.fwd
+
+    @property
+    def dropped_trailers(self):
+        return self.trailers_dropped
+
 
 MODE_NONE = FR_NONE
 MODE_LENGTH = FR_LENGTH
@@ -598,6 +695,7 @@ E_BAD = H1_E_BAD
 E_TOO_LARGE = H1_E_TOO_LARGE
 E_TOO_MANY = H1_E_TOO_MANY
 E_NOT_IMPL = H1_E_NOT_IMPL
+E_BAD_TARGET = H1_E_BAD_TARGET
 
 
 def parse_request_head(bytes data, Py_ssize_t start=0, int max_bytes=61440,
