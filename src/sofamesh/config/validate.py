@@ -222,6 +222,19 @@ class _Checker:
                 join(path, "filter_chains"),
                 "more than one filter chain per listener: not implemented by sofamesh",
             )
+        if support_on and name == HCM:
+            # what the Server (proxy/server.py _build_hcm) cannot run yet
+            if not m.http_filters:
+                self.unsupported(
+                    join(path, "http_filters"),
+                    "an HTTP filter chain without envoy.filters.http.router: "
+                    "not implemented by sofamesh",
+                )
+            if len(m.access_log) > 1:
+                self.unsupported(
+                    join(path, "access_log"),
+                    "more than one access log per connection manager: not implemented by sofamesh",
+                )
         if name == "envoy.type.matcher.v3.RegexMatcher":
             err = re2_error(m.regex)
             if err:
