@@ -58,8 +58,8 @@ class _Sniffer:
 
     def __init__(self, routes: dict[str, Any]):
         self.routes = routes
-        self.transport = None
-        self.inner = None
+        self.transport: Any = None
+        self.inner: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
