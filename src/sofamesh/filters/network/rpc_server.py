@@ -104,91 +104,100 @@ def _is_hcm(f: Any) -> bool:
     return f.name in base.HCM_NAMES or f.typed_config.type_url == base.HCM_TYPE
 
 
+async def start_network_listener(server: Any, li: int, lst: Any, reuse_port: bool) -> bool:
+    """Starts listener `lst` if its chain holds network filters (alone or with an HCM, then
+    sniffed); False for an HCM-only chain, left to the base Server. The hook for
+    sofamesh.proxy.server.Server._start_listener: `if await start_network_listener(self, li,
+    lst, reuse_port): return`, and `view.close_all()` for `server.network_chains` in stop()."""
+    from envoy.config.core.v3 import base_pb2
+
+    from sofamesh.filters import registry
+
+    chains = lst.filter_chains
+    if len(chains) != 1 or all(_is_hcm(f) for f in chains[0].filters):
+        return False
+    path = f"static_resources.listeners[{li}]"
+    sa = lst.address.socket_address
+    if not sa.address:
+        raise UnsupportedConfig(f"{path}.address: only socket addresses are supported")
+    chain = chains[0]
+    if chain.HasField("filter_chain_match") or chain.HasField("transport_socket"):
+        raise UnsupportedConfig(
+            f"{path}.filter_chains[0]: filter_chain_match and transport_socket are not supported"
+        )
+    stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
+    routes: dict[str, Any] = {}
+    parts: list[Any] = []
+    for fi, f in enumerate(chain.filters):
+        fpath = f"{path}.filter_chains[0].filters[{fi}]"
+        built: Any
+        if _is_hcm(f):
+            built = server._build_hcm(li, lst, fi, f, stat_name)
+            kind = "http"
+        else:
+            spec = registry.lookup("network", f.typed_config.type_url) or registry.lookup(
+                "network", f.name
+            )
+            if spec is None or not spec.extra.get("terminal"):
+                raise UnsupportedConfig(f"{fpath}: network filter {f.name!r} is not supported")
+            built = spec.factory(
+                f.typed_config,
+                {
+                    "stats": server.stats,
+                    "loop": server._loop,
+                    "clusters": server.clusters,
+                    "path": fpath,
+                },
+            )
+            kind = spec.extra.get("sniff", "tcp")
+        if kind in routes:
+            raise UnsupportedConfig(f"{fpath}: a second {kind} filter in one chain")
+        routes[kind] = built.protocol_factory
+        parts.append(built)
+    if len(parts) == 1:
+        factory = parts[0].protocol_factory
+    else:
+
+        def factory() -> _Sniffer:
+            return _Sniffer(routes)
+
+    srv = await server._loop.create_server(
+        factory,
+        sa.address,
+        sa.port_value,
+        reuse_port=reuse_port or None,
+        backlog=1024,
+        reuse_address=True,
+    )
+    bound = srv.sockets[0].getsockname()
+    view = _Chain(parts)
+    if not hasattr(server, "network_chains"):
+        server.network_chains = []
+    server.network_chains.append(view)
+    server.listeners.append(
+        base.ListenerInfo(
+            name=lst.name or f"{sa.address}_{sa.port_value}",
+            address=(bound[0], bound[1]),
+            config=lst,
+            hcm=view,
+            server=srv,
+            direction=base_pb2.TrafficDirection.Name(lst.traffic_direction),
+        )
+    )
+    g = server.stats.gauge("listener_manager.total_listeners_active")
+    g.value = len(server.listeners)
+    g.used = True
+    return True
+
+
 class Server(base.Server):
     def __init__(self, *a: Any, **kw: Any):
         super().__init__(*a, **kw)
         self.network_chains: list[_Chain] = []
 
     async def _start_listener(self, li: int, lst: Any, reuse_port: bool) -> None:
-        from envoy.config.core.v3 import base_pb2
-
-        from sofamesh.filters import registry
-
-        chains = lst.filter_chains
-        if len(chains) != 1 or all(_is_hcm(f) for f in chains[0].filters):
-            return await super()._start_listener(li, lst, reuse_port)
-        path = f"static_resources.listeners[{li}]"
-        sa = lst.address.socket_address
-        if not sa.address:
-            raise UnsupportedConfig(f"{path}.address: only socket addresses are supported")
-        chain = chains[0]
-        if chain.HasField("filter_chain_match") or chain.HasField("transport_socket"):
-            raise UnsupportedConfig(
-                f"{path}.filter_chains[0]: filter_chain_match and "
-                "transport_socket are not supported"
-            )
-        stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
-        routes: dict[str, Any] = {}
-        parts: list[Any] = []
-        hcm_cfg = None
-        for fi, f in enumerate(chain.filters):
-            fpath = f"{path}.filter_chains[0].filters[{fi}]"
-            if _is_hcm(f):
-                hcm_cfg = self._build_hcm(li, lst, fi, f, stat_name)
-                kind = "http"
-                built: Any = hcm_cfg
-            else:
-                spec = registry.lookup("network", f.typed_config.type_url) or registry.lookup(
-                    "network", f.name
-                )
-                if spec is None or not spec.extra.get("terminal"):
-                    raise UnsupportedConfig(f"{fpath}: network filter {f.name!r} is not supported")
-                built = spec.factory(
-                    f.typed_config,
-                    {
-                        "stats": self.stats,
-                        "loop": self._loop,
-                        "clusters": self.clusters,
-                        "path": fpath,
-                    },
-                )
-                kind = spec.extra.get("sniff", "tcp")
-            if kind in routes:
-                raise UnsupportedConfig(f"{fpath}: a second {kind} filter in one chain")
-            routes[kind] = built.protocol_factory
-            parts.append(built)
-        if len(parts) == 1:
-            factory = parts[0].protocol_factory
-        else:
-
-            def factory() -> _Sniffer:
-                return _Sniffer(routes)
-
-        assert self._loop is not None
-        srv = await self._loop.create_server(
-            factory,
-            sa.address,
-            sa.port_value,
-            reuse_port=reuse_port or None,
-            backlog=1024,
-            reuse_address=True,
-        )
-        bound = srv.sockets[0].getsockname()
-        view = _Chain(parts)
-        self.network_chains.append(view)
-        self.listeners.append(
-            base.ListenerInfo(
-                name=lst.name or f"{sa.address}_{sa.port_value}",
-                address=(bound[0], bound[1]),
-                config=lst,
-                hcm=view,
-                server=srv,
-                direction=base_pb2.TrafficDirection.Name(lst.traffic_direction),
-            )
-        )
-        g = self.stats.gauge("listener_manager.total_listeners_active")
-        g.value = len(self.listeners)
-        g.used = True
+        if not await start_network_listener(self, li, lst, reuse_port):
+            await super()._start_listener(li, lst, reuse_port)
 
     async def stop(self) -> None:
         for view in self.network_chains:
