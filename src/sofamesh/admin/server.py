@@ -107,6 +107,7 @@ class AdminServer:
         self.state = state
         self.server: asyncio.base_events.Server | None = None
         self.address: tuple[str, int] | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
         self.access_log = AccessLog(admin_log_paths(state.bootstrap))
         state.reopen_hooks.append(self.access_log.reopen)
 
@@ -117,13 +118,21 @@ class AdminServer:
         return self.address
 
     async def stop(self) -> None:
-        self.access_log.close()
+        """Stops listening and closes idle keep-alive connections, so that every handler
+        ends by itself before the loop goes away (none is left to be cancelled)."""
         if self.server is not None:
             self.server.close()
+        for w in list(self._clients):
+            w.close()
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while self._clients and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.server is not None:
             try:
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
             except (TimeoutError, OSError):
                 log.debug("admin listener did not close in time")
+        self.access_log.close()
 
     def _count(self, name: str) -> None:
         c = self.state.admin_stats.counter(name)
@@ -132,6 +141,7 @@ class AdminServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count("http.admin.downstream_cx_total")
+        self._clients.add(writer)
         try:
             while True:
                 try:
@@ -185,10 +195,8 @@ class AdminServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
-            try:
-                writer.close()
-            except Exception:  # pragma: no cover  # noqa: BLE001, S110
-                pass
+            self._clients.discard(writer)
+            writer.close()
 
     @staticmethod
     async def _send(writer: Any, method: str, resp: Response, keep: bool) -> None:

@@ -106,3 +106,25 @@ async def test_client_vanishing_mid_request(admin):
         b"\r\nconnection: close\r\n\r\n",
     )
     assert b"http.admin.downstream_cx_total: " in ok
+
+
+async def test_stop_closes_idle_keepalive_connections():
+    """A client holding a keep-alive connection open must not leave a handler behind to be
+    cancelled at loop shutdown (the autouse fixture fails on any loop exception)."""
+    b = load_bootstrap(None, config_yaml="node: {id: x}")
+    store = Store()
+    server = ContractServer(b, store, Options())
+    await server.start()
+    st = AdminState(b, Options(), LocalBackend(server, store))
+    st.state = STATE_LIVE
+    srv = AdminServer(st)
+    _, port = await srv.start("127.0.0.1", 0)
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET /ready HTTP/1.1\r\n\r\n")
+    await w.drain()
+    assert (await r.readuntil(b"LIVE\n")).startswith(b"HTTP/1.1 200 OK")
+    await srv.stop()  # the client is still connected, idle
+    assert srv._clients == set()
+    assert await asyncio.wait_for(r.read(), 2) == b""  # closed by the server
+    w.close()
+    await server.stop()
