@@ -10,6 +10,8 @@ cdef class TcpProxyConfig:
     cdef public double connect_timeout
     cdef public set conns               # set[TcpDownstream]
     cdef public bint draining
+    cdef public double idle_timeout_s   # 0: none
+    cdef object sweeper                 # asyncio.TimerHandle | None
     cdef long long total_weight
     cdef Counter downstream_cx_total, downstream_cx_no_route, upstream_flush_total
     cdef Counter downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total
@@ -30,3 +32,4 @@ cdef class TcpDownstream:
     cdef list early                     # list[bytes] read before the upstream connected
     cdef bint closed
     cdef bint up_ready
+    cdef double last_active             # loop time of the last byte either way

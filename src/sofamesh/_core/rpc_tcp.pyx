@@ -10,7 +10,7 @@ from sofamesh._core.router cimport rng_next
 
 cdef class TcpProxyConfig:
     def __init__(self, str stat_prefix, list weighted, dict clusters, Store store, loop,
-                 double connect_timeout=5.0):
+                 double connect_timeout=5.0, double idle_timeout_s=3600.0):
         p = f"tcp.{stat_prefix}."
         self.stat_prefix = stat_prefix
         self.weighted = weighted
@@ -20,6 +20,8 @@ cdef class TcpProxyConfig:
         self.connect_timeout = connect_timeout
         self.conns = set()
         self.draining = False
+        self.idle_timeout_s = idle_timeout_s
+        self.sweeper = None
         self.downstream_cx_total = store.counter(p + "downstream_cx_total")
         self.downstream_cx_no_route = store.counter(p + "downstream_cx_no_route")
         self.upstream_flush_total = store.counter(p + "upstream_flush_total")
@@ -42,8 +44,28 @@ cdef class TcpProxyConfig:
     def protocol_factory(self):
         return TcpDownstream(self)
 
+    def arm_sweeper(self):
+        if self.sweeper is None and self.idle_timeout_s > 0:
+            self.sweeper = self.loop.call_later(min(self.idle_timeout_s / 4, 1.0), self._sweep)
+
+    def _sweep(self):
+        """Closes connections with no bytes either way for idle_timeout (Envoy's
+        tcp_proxy idle_timeout, 1 h by default)."""
+        cdef TcpDownstream d
+        self.sweeper = None
+        deadline = self.loop.time() - self.idle_timeout_s
+        for d in list(self.conns):
+            if d.last_active <= deadline and not d.closed:
+                self.idle_timeout.inc()
+                d.close()
+        if self.conns:
+            self.arm_sweeper()
+
     def close_all(self):
         self.draining = True
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for d in list(self.conns):
             d.close()
 
@@ -60,6 +82,7 @@ cdef class TcpUpstream:
         self.down.upstream_ready()
 
     def data_received(self, data):
+        self.down.last_active = self.down.cfg.loop.time()
         self.cluster.upstream_cx_rx_bytes_total.add(len(data))
         self.down.cfg.downstream_cx_tx_bytes_total.add(len(data))
         if not self.down.closed:
@@ -101,7 +124,9 @@ cdef class TcpDownstream:
         cdef Cluster cl
         cdef Host h
         self.transport = transport
+        self.last_active = self.cfg.loop.time()
         self.cfg.conns.add(self)
+        self.cfg.arm_sweeper()
         self.cfg.downstream_cx_total.inc()
         self.cfg.downstream_cx_active.inc()
         cl = self.cfg.clusters.get(self.cfg.pick())
@@ -144,6 +169,7 @@ cdef class TcpDownstream:
         self.transport.resume_reading()
 
     def data_received(self, data):
+        self.last_active = self.cfg.loop.time()
         self.cfg.downstream_cx_rx_bytes_total.add(len(data))
         if self.up_ready and self.up.transport is not None:
             self.up.cluster.upstream_cx_tx_bytes_total.add(len(data))

@@ -181,3 +181,21 @@ def test_two_workers_serve_bolt_and_dubbo_and_sum_stats(tmp_path):
                 ]
             s = stats(proxy)
             assert s["bolt.bolt_in.request"] == 4 and s["dubbo.dubbo_in.request"] == 4
+
+
+def test_tcp_proxy_idle_timeout(tmp_path):
+    import time
+
+    with RawUpstream("echo") as echo:
+        port = free_port()
+        flt = tcp_filter("up", "idle")
+        flt["typed_config"]["idle_timeout"] = "0.3s"
+        boot = bootstrap([listener("t", port, [flt])], [cluster("up", [echo.port])])
+        with sofamesh(boot, tmp_path) as proxy:
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+                s.sendall(b"hi")
+                assert s.recv(2) == b"hi"
+                t0 = time.monotonic()
+                assert s.recv(10) == b""  # closed by the proxy once idle
+                assert 0.2 < time.monotonic() - t0 < 2.5
+            assert stats(proxy)["tcp.idle.idle_timeout"] == 1

@@ -30,8 +30,10 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
     for name, _ in weighted:
         if name not in clusters:
             raise UnsupportedConfig(f"{path}.typed_config: unknown cluster {name!r}")
+    idle = 3600.0  # Envoy's default
+    if cfg.HasField("idle_timeout"):
+        idle = cfg.idle_timeout.seconds + cfg.idle_timeout.nanos / 1e9  # 0 disables
     for field in (
-        "idle_timeout",
         "access_log",
         "hash_policy",
         "tunneling_config",
@@ -44,7 +46,9 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
         present = len(getattr(cfg, field)) if fd.is_repeated else cfg.HasField(field)
         if present:
             raise UnsupportedConfig(f"{path}.typed_config.{field} is not supported")
-    return TcpProxyConfig(cfg.stat_prefix, weighted, clusters, ctx["stats"], ctx["loop"])
+    return TcpProxyConfig(
+        cfg.stat_prefix, weighted, clusters, ctx["stats"], ctx["loop"], idle_timeout_s=idle
+    )
 
 
 SPEC = registry.register(
