@@ -64,3 +64,12 @@ def test_size_limit():
     dec = hsf.HsfDecoder(max_frame=1 << 20)
     out = dec.feed(bytes(bad))
     assert out[0].fatal and "limit" in out[0].reason and dec.buffered == 0
+
+
+def test_byte_by_byte():
+    data = golden("hsf_mosn2018_req.bin")
+    hb = hsf.HsfFrame(kind=hsf.HSF_HEARTBEAT, request_id=9).encode()
+    stream = data + hb + data
+    dec = hsf.HsfDecoder()
+    got = feed_chunks(dec, stream, list(range(1, len(stream))))
+    assert [f.encode() for f in got] == [data, hb, data] and dec.buffered == 0
