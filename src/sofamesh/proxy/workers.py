@@ -201,6 +201,7 @@ class Worker:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.lock = asyncio.Lock()
+        self.seq = 0  # request ids: a late reply to a timed-out request is skipped
         self.ready = False
         self.last_topology: dict | None = None
 
@@ -221,8 +222,13 @@ class Worker:
             _frame({"options": d, "bootstrap": base64.b64encode(bootstrap_bin).decode()})
         )
         await self.writer.drain()
-        msg = await asyncio.wait_for(_read_frame(self.reader), READY_TIMEOUT_S)
+        try:
+            msg = await asyncio.wait_for(_read_frame(self.reader), READY_TIMEOUT_S)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
+            self._kill()
+            raise RuntimeError(f"worker {self.index} did not start: {type(e).__name__}") from None
         if "error" in msg:
+            self._kill()
             raise RuntimeError(f"worker {self.index}: {msg['error']}")
         self.last_topology = msg.get("topology")
         self.ready = True
@@ -231,9 +237,24 @@ class Worker:
         if not self.ready or self.writer is None or self.reader is None:
             raise ConnectionError(f"worker {self.index} is not running")
         async with self.lock:
-            self.writer.write(_frame({"op": op, **kw}))
+            self.seq += 1
+            seq = self.seq
+            self.writer.write(_frame({"op": op, "id": seq, **kw}))
             await self.writer.drain()
-            return await asyncio.wait_for(_read_frame(self.reader), timeout)
+
+            async def reply() -> dict:
+                assert self.reader is not None
+                while True:
+                    msg = await _read_frame(self.reader)
+                    if msg.pop("_id", seq) == seq:
+                        return msg
+
+            return await asyncio.wait_for(reply(), timeout)
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -469,6 +490,8 @@ async def _worker_main(fd: int) -> int:
             except Exception as e:  # reported to admin, the worker keeps serving  # noqa: BLE001
                 wlog.exception("worker command %s failed", op)
                 reply = {"error": f"{type(e).__name__}: {e}"}
+            if isinstance(reply, dict) and "id" in msg:
+                reply["_id"] = msg["id"]
             writer.write(_frame(reply))
             await writer.drain()
             if op == "stop":
