@@ -295,3 +295,32 @@ def test_backpressure_when_the_upstream_stops_reading(world):
     # kernel buffers on both hops hold a few MB; without flow control the proxy would
     # have taken all 256 MB into memory within the 3 s
     assert sent < 64 * 1024 * 1024, sent
+
+
+def test_garbage_and_mutated_frames_never_stop_the_proxy(world):
+    import random
+    import socket
+
+    rng = random.Random(7)
+    good = _req(5, "com.nobody.Svc:1.0")
+    for i in range(60):
+        blob = bytearray(good * 3)
+        for _ in range(rng.randrange(1, 8)):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        if i % 3 == 0:
+            blob = bytearray(rng.randbytes(rng.randrange(1, 200)))
+        with socket.create_connection(("127.0.0.1", world["port"]), timeout=2) as s:
+            s.sendall(bytes(blob))
+            s.shutdown(socket.SHUT_WR)
+            try:
+                while s.recv(65536):
+                    pass
+            except (TimeoutError, ConnectionResetError):
+                pass
+    # still serving, and the bad input was counted
+    out = raw_exchange(world["port"], good, bolt.BoltDecoder(), 1)
+    assert [(f.request_id, f.status) for f in out] == [(5, bolt.STATUS_NO_PROCESSOR)]
+    assert node_client(world["port"], [{"method": "plus", "args": [2, 3]}]) == [
+        {"ok": True, "result": 5}
+    ]
+    assert stats(world["proxy"])["bolt.bolt_in.request_decoding_error"] >= 20
