@@ -12,6 +12,18 @@ from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# Scheduling niceness for every benchmark process (set once by the script's --nice); a negative
+# value keeps other work on a shared machine from preempting the measured processes.
+NICE = 0
+
+
+def pin(argv: list[str], core: int | None) -> list[str]:
+    """argv run on one core (taskset) at the benchmark's niceness."""
+    prefix = ["nice", "-n", str(NICE)] if NICE else []
+    if core is not None:
+        prefix += ["taskset", "-c", str(core)]
+    return prefix + argv
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -77,7 +89,7 @@ class Proc:
 
     def __init__(self, name: str, argv: list[str], log: Path, core: int | None = None):
         self.name = name
-        self.argv = (["taskset", "-c", str(core)] if core is not None else []) + argv
+        self.argv = pin(argv, core)
         self.log = log
         self.p: subprocess.Popen | None = None
 

@@ -6,6 +6,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from . import proc
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
@@ -49,8 +51,8 @@ def parse(out: str) -> WrkResult:
 
 def run(url: str, connections: int, seconds: float, core: int | None, host: str,
         threads: int = 1) -> WrkResult:
-    argv = (["taskset", "-c", str(core)] if core is not None else []) + [
+    argv = proc.pin([
         "wrk", "--latency", "-t", str(threads), "-c", str(connections),
-        "-d", f"{max(1, round(seconds))}s", "-H", f"Host: {host}", url]
+        "-d", f"{max(1, round(seconds))}s", "-H", f"Host: {host}", url], core)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return parse(out.stdout)
