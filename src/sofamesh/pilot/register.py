@@ -22,7 +22,13 @@ from urllib.parse import quote
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sofamesh register", description=__doc__.split("\n\n")[0])
-    p.add_argument("--pilot", default="http://127.0.0.1:15020", help="pilot REST API base URL")
+    p.add_argument(
+        "--pilot",
+        action="append",
+        default=None,
+        help="pilot REST API base URL; repeat (or comma-separate) for replicas sharing a store: "
+        "the next is tried when one is unreachable (default http://127.0.0.1:15020)",
+    )
     p.add_argument("--service", required=True)
     p.add_argument(
         "--id", dest="instance_id", required=True, help="instance id, unique in the service"
@@ -93,23 +99,49 @@ def body_from(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     body = body_from(args)
-    base = args.pilot.rstrip("/")
-    url = f"{base}/v1/services/{quote(args.service, safe='')}/instances/{quote(args.instance_id, safe='')}"
+    bases = [
+        u.strip().rstrip("/")
+        for arg in (args.pilot or ["http://127.0.0.1:15020"])
+        for u in arg.split(",")
+        if u.strip()
+    ]
+    path = (
+        f"/v1/services/{quote(args.service, safe='')}/instances/{quote(args.instance_id, safe='')}"
+    )
     stop = threading.Event()
+    current = [0]
+
+    def call(method: str, suffix: str = "", payload: dict | None = None, timeout: float = 5.0):
+        """Try the pilot that worked last, then the others; OSError if none answers (5xx too)."""
+        last: Exception = OSError("no pilot")
+        for k in range(len(bases)):
+            i = (current[0] + k) % len(bases)
+            try:
+                status, out = _request(method, bases[i] + path + suffix, payload, timeout)
+            except OSError as e:
+                last = e
+                continue
+            if status >= 500:
+                last = OSError(f"{bases[i]}: {status} {out.get('error', out)}")
+                continue
+            current[0] = i
+            return status, out
+        raise last
 
     def register() -> bool:
         try:
-            status, out = _request("PUT", url, body)
+            status, out = call("PUT", "", body)
         except OSError as e:
             print(
-                f"sofamesh register: pilot unreachable ({e}); retrying", file=sys.stderr, flush=True
+                f"sofamesh register: pilot unavailable ({e}); retrying", file=sys.stderr, flush=True
             )
             return False
         if status >= 400:
             # a rejected body will not get better by retrying
             raise SystemExit(f"sofamesh register: {status} {out.get('error', out)}")
         print(
-            f"registered {args.service}/{args.instance_id} at {args.address}:{args.port}",
+            f"registered {args.service}/{args.instance_id} at {args.address}:{args.port} "
+            f"via {bases[current[0]]}",
             flush=True,
         )
         return True
@@ -129,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ttl <= 0:
             continue
         try:
-            status, _ = _request("PUT", url + "/heartbeat", timeout=max(1.0, interval))
+            status, _ = call("PUT", "/heartbeat", timeout=max(1.0, interval))
         except OSError as e:
             print(f"sofamesh register: heartbeat failed ({e})", file=sys.stderr, flush=True)
             continue
@@ -141,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             register()
     try:
-        status, _ = _request("DELETE", url)
+        status, _ = call("DELETE")
         print(f"deregistered {args.service}/{args.instance_id} ({status})", flush=True)
     except OSError as e:
         print(f"sofamesh register: deregistration failed ({e})", file=sys.stderr, flush=True)

@@ -92,3 +92,33 @@ def test_register_rejects_bad_body_with_the_field(pilot):
         timeout=20,
     )
     assert r.returncode != 0 and "address" in (r.stderr + r.stdout)
+
+
+def test_register_falls_over_to_the_next_pilot(pilot):
+    from tests.conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = subprocess.run(
+        [
+            *sofamesh_command(),
+            "register",
+            "--pilot",
+            f"{dead},{pilot.api}",
+            "--service",
+            "ha",
+            "--id",
+            "1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "81",
+            "--once",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"via {pilot.api}" in r.stdout
+    assert [i["instance_id"] for i in instances(pilot, "ha")] == ["1"]
