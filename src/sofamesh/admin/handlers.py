@@ -111,10 +111,9 @@ class AdminState:
     async def snapshot(self) -> dict:
         from sofamesh.proxy.cli import version_string  # noqa: F401 - keeps imports light
 
-        snaps = [await self.backend.snapshot(), self.admin_stats.snapshot()]
-        snap = stats_format.merge(snaps)
+        worker_snap, top = await asyncio.gather(self.backend.snapshot(), self.backend.topology())
+        snap = stats_format.merge([worker_snap, self.admin_stats.snapshot()])
         g = snap["gauges"]
-        top = await self.backend.topology()
         state = self.server_state()
         own = {
             "server.state": state,

@@ -15,7 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.admin.helpers import get, post, start_sofamesh, stop, write_bootstrap
+from tests.integration.admin.helpers import (
+    get,
+    post,
+    request,
+    start_sofamesh,
+    stop,
+    write_bootstrap,
+)
 
 
 class _Upstream(BaseHTTPRequestHandler):
@@ -69,9 +76,9 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _stats(admin: int) -> dict[str, int]:
+def _stats(admin: int, timeout: float = 5.0) -> dict[str, int]:
     out = {}
-    for line in get(admin, "/stats")[1].splitlines():
+    for line in request(admin, "GET", "/stats", timeout=timeout)[2].splitlines():
         k, _, v = line.partition(": ")
         if v.lstrip("-").isdigit():
             out[k] = int(v)
@@ -200,3 +207,24 @@ def test_workers_exit_when_the_main_process_dies(two_workers):
     proc.wait(10)
     for k in kids:
         _wait(lambda k=k: not os.path.exists(f"/proc/{k}") or _zombie(k))
+
+
+def test_stopped_worker_is_reported_then_answers_again(two_workers):
+    """A worker that does not answer (SIGSTOP) leaves a visible gap, not wrong sums; once it
+    runs again, its late reply is skipped and the next answers line up."""
+    proc, admin = two_workers
+    port = _listener_port(admin)
+    for _ in range(10):
+        assert _fetch(port) == (200, b"hello")
+    frozen = _children(proc.pid)[0]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        s = _stats(admin, timeout=20)  # waits for the frozen worker's timeout
+        assert s["server.worker_stats_unavailable"] == 1
+        assert s["http.ingress_http.downstream_rq_total"] <= 10
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    for _ in range(3):  # each answer is the right one, not the late one
+        s = _stats(admin)
+        assert s["http.ingress_http.downstream_rq_total"] == 10
+        assert s["server.worker_stats_unavailable"] == 1
