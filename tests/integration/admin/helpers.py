@@ -11,8 +11,8 @@ from pathlib import Path
 from tests.conftest import ROOT, envoy_binary, sofamesh_command
 
 CONTRACT = "tests.integration.admin.contract_server:ContractServer"
-# The admin/worker tests exercise the contract, so they run on the test double until the
-# data plane's Server is usable (it is still being written at the time of this commit).
+# Subprocess tests run the data plane's real Server; the contract test double
+# (contract_server.py) serves the in-process admin tests and the Server.check() hook test.
 USE_CONTRACT_SERVER = False
 
 
