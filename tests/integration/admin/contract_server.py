@@ -116,25 +116,3 @@ class ContractServer:
         for s in self._servers:
             s.close()
 
-
-def _register_test_filters() -> None:
-    """The filters this test double stands in for, unless the real ones are registered."""
-    from sofamesh.filters import registry
-
-    hcm = (
-        "envoy.filters.network.http_connection_manager",
-        (
-            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-            ".HttpConnectionManager"
-        ),
-    )
-    router = (
-        "envoy.filters.http.router",
-        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-    )
-    for kind, (name, url) in (("network", hcm), ("http", router)):
-        if registry.lookup(kind, url) is None:
-            registry.register(registry.FilterSpec(kind, (name,), (url,), factory=lambda *a: None))
-
-
-_register_test_filters()
