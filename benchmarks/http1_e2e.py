@@ -55,10 +55,12 @@ def proxy_argv(kind: str, config: Path) -> list[str]:
 def measure(url: str, args, pids_fn=None) -> dict:
     """Warm up, then one measured wrk run; CPU of pids_fn() processes over the measured run."""
     if args.warmup > 0:
-        wrk.run(url, args.connections, args.warmup, args.load_core, BENCH_HOST)
+        wrk.run(url, args.connections, args.warmup, args.load_core, BENCH_HOST,
+                pace_ms=args.pace_ms)
     pids = pids_fn() if pids_fn else []
     cpu0 = cpu_seconds(pids)
-    res = wrk.run(url, args.connections, args.duration, args.load_core, BENCH_HOST)
+    res = wrk.run(url, args.connections, args.duration, args.load_core, BENCH_HOST,
+                  pace_ms=args.pace_ms)
     cpu1 = cpu_seconds(pids)
     row = {
         "requests": res.requests,
@@ -169,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1, help="core for wrk and nginx")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--pace-ms", type=int, default=0,
+                    help="each connection waits this long between requests, so every target "
+                         "runs at about the same rate (CPU per request at equal load); "
+                         "0: as fast as each target goes")
     ap.add_argument("--nice", type=int, default=0,
                     help="niceness for nginx, the proxies and wrk alike (e.g. -10 on a busy machine)")
     args = ap.parse_args(argv)
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1m_before": round(os.getloadavg()[0], 2),
         "layout": {"proxy_core": args.proxy_core, "wrk_and_nginx_core": args.load_core,
                    "connections": args.connections, "duration_s": args.duration, "nice": args.nice,
+                   "pace_ms": args.pace_ms,
                    "warmup_s": args.warmup, "rounds": args.rounds, "wrk_threads": 1,
                    "proxy_concurrency": 1},
         "runs": {},

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import proc
 
@@ -50,9 +52,16 @@ def parse(out: str) -> WrkResult:
 
 
 def run(url: str, connections: int, seconds: float, core: int | None, host: str,
-        threads: int = 1) -> WrkResult:
+        threads: int = 1, pace_ms: int = 0, workdir: str | None = None) -> WrkResult:
+    """Closed-loop keep-alive load; pace_ms > 0 makes each connection wait that long between
+    requests (a wrk Lua delay()), so every target gets about the same request rate."""
+    script = []
+    if pace_ms > 0:
+        path = Path(workdir or tempfile.gettempdir()) / f"wrk-pace-{pace_ms}.lua"
+        path.write_text(f"function delay()\n  return {int(pace_ms)}\nend\n")
+        script = ["-s", str(path)]
     argv = proc.pin([
-        "wrk", "--latency", "-t", str(threads), "-c", str(connections),
+        "wrk", "--latency", "-t", str(threads), "-c", str(connections), *script,
         "-d", f"{max(1, round(seconds))}s", "-H", f"Host: {host}", url], core)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return parse(out.stdout)
