@@ -179,6 +179,9 @@ def build_cluster(name: str, protocol: str) -> cluster_pb2.Cluster:
     )
     c.connect_timeout.FromMilliseconds(5000)
     c.eds_cluster_config.eds_config.CopyFrom(_ads())
+    # A registry's "unhealthy" is a verdict, not a hint: no panic mode (Envoy's default sends
+    # to every host once under half are healthy).
+    c.common_lb_config.healthy_panic_threshold.value = 0
     if protocol in H2_PROTOCOLS:
         opts = http_protocol_options_pb2.HttpProtocolOptions()
         opts.explicit_http_config.http2_protocol_options.SetInParent()

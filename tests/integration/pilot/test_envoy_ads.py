@@ -87,6 +87,25 @@ def test_envoy_routes_by_registration_weight_and_expiry(pilot, tmp_path, mode):
         wait_until(lambda: who() == "alpha", 10, "reviews -> alpha")
         assert who("reviews:9080") == "alpha"
         assert who("nosuch") == "status 404"
+        eds_one = pilot.config("eds")["outbound|9080||reviews"]
+
+        # 1b. instances the registry calls unhealthy get nothing, even when they are most
+        for i, name in enumerate(("beta", "gamma")):
+            pilot.register(
+                "reviews",
+                f"r-sick{i}",
+                address="127.0.0.1",
+                port=up.ports[name],
+                service_port=9080,
+                healthy=False,
+            )
+        wait_until(
+            lambda: pilot.config("eds")["outbound|9080||reviews"] != eds_one, 5, "EDS update"
+        )
+        time.sleep(0.5)
+        assert {who() for _ in range(30)} == {"alpha"}
+        for i in range(2):
+            pilot.deregister("reviews", f"r-sick{i}")
 
         # 2. a second instance with weight 3 takes about three quarters of the traffic
         pilot.register(
