@@ -25,6 +25,7 @@ def _head_100(path: str) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: main.test\r\nContent-Length: 11\r\n"
             "Expect: 100-continue\r\n\r\n").encode()
 
+
 CASES: list[Case] = [
     # --- methods and bodies -------------------------------------------------------------------
     C("get", R("GET", "/a/get?x=1&y=two", [("User-Agent", "diff/1"), ("X-Dup", "1"), ("X-Dup", "2")]),
