@@ -209,3 +209,33 @@ def test_bolt_route_matching_service_header_and_method():
     assert route("a.B:1.0", "other", zone="z1") == "c1"
     assert route("a.B:2.0", "m") == "c2"  # the catch-all config: zone is not z9
     assert route("x.Y:1.0", zone="z9") is None
+
+
+def test_weighted_clusters_split_by_weight():
+    t = _table(
+        [
+            {
+                "interface": "a.B",
+                "routes": [
+                    {
+                        "match": {"method": {"name": {"exact": "m"}}},
+                        "route": {
+                            "weighted_clusters": {
+                                "clusters": [
+                                    {"name": "c1", "weight": 1},
+                                    {"name": "c2", "weight": 3},
+                                ]
+                            }
+                        },
+                    }
+                ],
+            }
+        ],
+        "dubbo",
+    )
+    (f,) = dubbo.DubboDecoder().feed(
+        dubbo.encode_request(1, "2.0.2", "a.B", "1.0", "m", "I", h2_encode_simple(1), {})
+    )
+    f.parse_invocation()
+    picks = [t.route_for_test(PROTO_DUBBO, f) for _ in range(4000)]
+    assert 0.2 < picks.count("c1") / 4000 < 0.3 and set(picks) == {"c1", "c2"}
