@@ -115,4 +115,3 @@ class ContractServer:
     async def stop(self) -> None:
         for s in self._servers:
             s.close()
-
