@@ -126,6 +126,7 @@ cdef class DownstreamConn:
     cdef bint resp_chunk_encode
     cdef bint in_request
     cdef bint more_data                 # bytes of a pipelined request follow this head
+    cdef bint drop_pipelined            # closing after a local reply drops what follows
     cdef bint upgrade
     cdef bint stopped
     cdef int fidx

@@ -16,7 +16,8 @@ from libc.time cimport time, time_t
 from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport (
     Head, BodyReader, parse_request, parse_response, h1_hdr,
-    H1_E_BAD, H1_E_TOO_LARGE, H1_E_TOO_MANY, H1_E_NOT_IMPL, H1_E_BAD_TARGET,
+    H1_E_BAD, H1_E_TOO_LARGE, H1_E_TOO_MANY, H1_E_NOT_IMPL, H1_E_BAD_TARGET, H1_E_OBS_FOLD,
+    unfold_head,
     FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
     HK_OTHER, HK_HOST, HK_CONTENT_LENGTH, HK_TRANSFER_ENCODING, HK_CONNECTION,
     HK_KEEP_ALIVE, HK_PROXY_CONNECTION, HK_UPGRADE, HK_EXPECT, HK_TE, HK_XFF,
@@ -363,6 +364,11 @@ cdef class DownstreamConn:
                 if r == 0:
                     self.pending = data[off:] if off else data
                     return 0
+                if r == H1_E_OBS_FOLD:
+                    data = unfold_head(data, off, self.head.length)
+                    off = 0
+                    n = PyBytes_GET_SIZE(data)
+                    continue
                 if r < 0:
                     return self._error_reply(r)
                 off += r
@@ -452,6 +458,7 @@ cdef class DownstreamConn:
         self.resp_chunk_encode = False
         self.req_done = False
         self.close_after = False
+        self.drop_pipelined = False
         self.upgrade = False
         self.stopped = False
         self.attempts = 0
@@ -634,8 +641,8 @@ cdef class DownstreamConn:
             wb.add_bytes(route.host_rewrite)
         elif route.auto_host and self.host is not None and self.host.hostname:
             wb.add_bytes(self.host.hostname.encode())
-        elif h.abs_host_len:
-            wb.add(h.base + h.abs_host_off, h.abs_host_len)
+        elif h.abs_host_len or h.host2_idx >= 0:
+            wb.add_bytes(h.host())
         elif h.host_idx >= 0:
             wb.add(h.base + h.hdrs[h.host_idx].value_off, h.hdrs[h.host_idx].value_len)
         wb.add("\r\n", 2)
@@ -822,6 +829,7 @@ cdef class DownstreamConn:
     cdef int _fail(self, int kind, UpstreamConn c) except -1:
         cdef Cluster cl = self.cluster
         cdef bytes body, reason
+        cdef int code = 503
         if self.host is not None and c is not None:
             self.host.rq_active -= 1
         if c is not None:
@@ -838,7 +846,7 @@ cdef class DownstreamConn:
         if self.host is not None:
             self.host.rq_error += 1
         if cl is not None and kind != F_NO_HEALTHY:
-            cl.count_status(504 if kind == F_TIMEOUT else 503)
+            cl.count_status(504 if kind == F_TIMEOUT else 502 if kind == F_PROTOCOL else 503)
         if kind == F_NO_HEALTHY:
             self.resp_flags = "UH"
             return self._local_reply(503, b"no healthy upstream", b"", not self.req_done)
@@ -857,6 +865,7 @@ cdef class DownstreamConn:
         elif kind == F_PROTOCOL:
             self.resp_flags = "UPE"
             reason = b"protocol error"
+            code = 502         # Envoy: a reply it cannot parse is a bad gateway
         else:
             self.resp_flags = "UC"
             reason = b"connection termination"
@@ -865,7 +874,7 @@ cdef class DownstreamConn:
             body = RESET_BEFORE + b"retried and the latest reset reason: " + reason
         else:
             body = RESET_BEFORE + b"reset reason: " + reason
-        return self._local_reply(503, body, b"", not self.req_done)
+        return self._local_reply(code, body, b"", not self.req_done)
 
     cdef int _arm_timer(self) except -1:
         cdef Route r = self.route
@@ -1121,7 +1130,7 @@ cdef class DownstreamConn:
             return 0
         self._end_request_stats(self.resp_status)
         if self.close_after or self.cfg.draining:
-            if self.req_done and (self.more_data or self.pending is not None):
+            if self.drop_pipelined:
                 # the pipelined request behind is dropped unanswered; Envoy had begun it
                 self.cfg.rq_total.inc()
                 self.cfg.rq_http1_total.inc()
@@ -1159,6 +1168,7 @@ cdef class DownstreamConn:
         cdef bint announce = close or cfg.draining or not self.req_done or self.close_after
         if announce or self.more_data or self.pending is not None:
             self.close_after = True
+            self.drop_pipelined = not announce
         self.resp_status = code
         self.resp_started = True
         wb.add("HTTP/1.1 ", 9)

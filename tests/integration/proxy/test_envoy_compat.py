@@ -39,6 +39,9 @@ async def test_request_target_forms(upstreams, proxy):
     await c.send(b"GET /a/lf HTTP/1.1\nhost: a\nx-lf: 1\n\n")     # bare LF line ends
     r = await c.response()
     assert r.status == 200 and r.upstream_header("x-lf") == "1"
+    await c.send(b"GET /a/fold HTTP/1.1\r\nhost: a\r\nx-fold: a\r\n b\r\n\r\n")
+    r = await c.response()
+    assert r.upstream_header("x-fold") == "a b"           # obs-fold joined, as Envoy does
     await c.send(b"GET /a/frag#part HTTP/1.1\r\nhost: a\r\n\r\n")
     r = await c.response()
     assert r.status == 400 and r.body == b"" and r.header("connection") == "close"

@@ -101,7 +101,7 @@ async def test_malformed_requests_are_400_and_close(upstreams, proxy):
         b"GARBAGE\r\n\r\n",
         b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: abc\r\n\r\n",
         b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
-        b"GET / HTTP/1.1\r\nhost: a\r\n folded: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded: x\r\nhost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nbad header: x\r\n\r\n",
         b"GET / HTTP/2.0\r\nhost: a\r\n\r\n",
         b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",

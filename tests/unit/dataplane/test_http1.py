@@ -50,13 +50,13 @@ def test_leading_empty_lines_and_offset():
     (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", http1.E_BAD),
     (b"GET / HTTP/1.1\r\n: empty\r\n\r\n", http1.E_BAD),
     (b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\nx: a\r\n folded\r\n\r\n", http1.E_BAD),
+    (b"GET / HTTP/1.1\r\n folded: first\r\n\r\n", http1.E_BAD),
     (b"GET / HTTP/1.1\r\nx: a\rb\r\n\r\n", http1.E_BAD),
     (b"GET / HTTP/1.1\r\nx: a\x00b\r\n\r\n", http1.E_BAD),
     (b"GET / HTTP/1.1\r\ncontent-length: 1x\r\n\r\n", http1.E_BAD),
     (b"GET / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n", http1.E_BAD),
     (b"GET / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", http1.E_BAD),
+    (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nhost: c\r\n\r\n", http1.E_BAD),
     (b"GET / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
      http1.E_BAD),
     (b"GET / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", http1.E_NOT_IMPL),
@@ -171,3 +171,14 @@ def test_agrees_with_llhttp(method, path, headers, split):
     assert h.method_bytes == hp.get_method()
     assert h.target == seen["url"]
     assert h.headers == seen["headers"]
+
+
+def test_obs_fold_is_unfolded_like_envoy():
+    raw = b"GET / HTTP/1.1\r\nhost: a\r\nx-fold: a\r\n  b\r\n\tc\r\nz: 1\r\n\r\nBODY"
+    n, h = http1.parse_request_head(raw)
+    assert n == http1.E_OBS_FOLD
+    fixed = http1.unfold_head(raw, 0, h.head_length)
+    assert fixed.endswith(b"\r\n\r\nBODY")
+    n, h = http1.parse_request_head(fixed)
+    assert n == len(fixed) - 4 and h.get("x-fold") == b"a b c" and h.get("z") == b"1"
+    assert http1.parse_response_head(b"HTTP/1.1 200 OK\r\nx: a\r\n b\r\n\r\n")[0] == http1.E_BAD

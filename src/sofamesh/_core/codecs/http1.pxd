@@ -17,6 +17,7 @@ cdef enum:
     H1_E_TOO_MANY = -3      # more headers than allowed: 431
     H1_E_NOT_IMPL = -4      # unknown transfer-coding on a request: 501
     H1_E_BAD_TARGET = -5    # request-target Envoy rejects (a fragment): 400, empty body
+    H1_E_OBS_FOLD = -6      # a folded header line: unfold the head (unfold_head) and retry
 
 # Headers the proxy treats specially, classified once while parsing.
 cdef enum:
@@ -83,6 +84,7 @@ cdef class Head:
     cdef int xff_idx
     cdef int xrid_idx
     cdef int xfp_idx
+    cdef int host2_idx              # a second Host header (joined with ",")
     cdef int abs_host_off           # absolute-form target: its authority
     cdef int abs_host_len           # 0: origin-form
     cdef int ntok                   # Connection: tokens other than close/keep-alive/upgrade
@@ -103,6 +105,7 @@ cdef class Head:
 cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
                        int max_headers) except -100
 cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) except -100
+cpdef bytes unfold_head(bytes data, Py_ssize_t start, Py_ssize_t head_len)
 
 
 cdef class BodyReader:

@@ -129,6 +129,7 @@ cdef class Head:
         self.xfp_idx = -1
         self.abs_host_len = 0
         self.ntok = 0
+        self.host2_idx = -1
 
     cdef int find(self, const char* name, int n) noexcept:
         cdef int i
@@ -157,6 +158,8 @@ cdef class Head:
             return PyBytes_FromStringAndSize(self.base + self.abs_host_off, self.abs_host_len)
         if self.host_idx < 0:
             return b""
+        if self.host2_idx >= 0:
+            return self.value_at(self.host_idx) + b"," + self.value_at(self.host2_idx)
         return self.value_at(self.host_idx)
 
     cdef bint nominated(self, int i) noexcept:
@@ -302,7 +305,8 @@ cdef int _parse_headers(Head h, const char* base, int pos, int end, int max_head
         if line_end > pos and base[line_end - 1] == 13:
             line_end -= 1
         if p[0] == 32 or p[0] == 9:
-            return H1_E_BAD     # obs-fold
+            # obs-fold: Envoy accepts it and joins the lines with a space
+            return H1_E_OBS_FOLD if h.nhdr > 0 and h.status == 0 else H1_E_BAD
         colon = <const char*>memchr(p, 58, line_end - pos)
         if colon == NULL:
             return H1_E_BAD
@@ -353,8 +357,12 @@ cdef int _parse_headers(Head h, const char* base, int pos, int end, int max_head
             _parse_connection(h, base, vs, ve - vs)
         elif k == HK_HOST:
             if h.host_idx >= 0:
-                return H1_E_BAD   # two Host headers (RFC 9112 3.2)
-            h.host_idx = h.nhdr - 1
+                # Envoy joins repeated Host headers into one :authority ("a,b")
+                if h.host2_idx >= 0:
+                    return H1_E_BAD
+                h.host2_idx = h.nhdr - 1
+            else:
+                h.host_idx = h.nhdr - 1
         elif k == HK_UPGRADE:
             h.upgrade_idx = h.nhdr - 1
         elif k == HK_EXPECT:
@@ -696,6 +704,15 @@ E_TOO_LARGE = H1_E_TOO_LARGE
 E_TOO_MANY = H1_E_TOO_MANY
 E_NOT_IMPL = H1_E_NOT_IMPL
 E_BAD_TARGET = H1_E_BAD_TARGET
+E_OBS_FOLD = H1_E_OBS_FOLD
+
+_FOLD = __import__("re").compile(rb"\r?\n[ \t]+")
+
+
+cpdef bytes unfold_head(bytes data, Py_ssize_t start, Py_ssize_t head_len):
+    """data with its head (data[start:start+head_len]) unfolded: each obs-fold becomes one
+    space; the bytes after the head are kept. Rare path (parse_request said H1_E_OBS_FOLD)."""
+    return _FOLD.sub(b" ", data[start:start + head_len]) + data[start + head_len:]
 
 
 def parse_request_head(bytes data, Py_ssize_t start=0, int max_bytes=61440,
