@@ -350,6 +350,9 @@ class Changes:
     removed: dict[str, dict[str, Resource]] = field(default_factory=lambda: {t: {} for t in TYPES})
     wildcard_changed: dict[str, bool] = field(default_factory=lambda: {t: False for t in TYPES})
     removed_wild: dict[str, set[str]] = field(default_factory=lambda: {t: set() for t in TYPES})
+    # Clusters replaced in place: a replaced Envoy cluster warms again and waits for its
+    # endpoints, but its EDS subscription did not change, so no request asks for them.
+    clusters_updated: set[str] = field(default_factory=set)
 
     def empty(self) -> bool:
         return not any(self.changed.values()) and not any(self.removed.values())
@@ -388,6 +391,8 @@ class Generator:
             return
         if old is not None:
             self.digest[t] ^= int(old.version, 16)
+            if t == CDS:
+                ch.clusters_updated.add(res.name)
         self.digest[t] ^= int(res.version, 16)
         self.all[t][res.name] = res
         if wildcard:

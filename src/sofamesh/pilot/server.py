@@ -122,6 +122,12 @@ class Connection:
             if not w.subscribed:
                 continue
             changed, removed = ch.changed[t], ch.removed[t]
+            if t == EDS and ch.clusters_updated:
+                again = ch.clusters_updated & w.names
+                if again:  # resend the endpoints of replaced clusters (they warm again)
+                    changed = changed | again
+                    for n in again:
+                        w.sent.pop(n, None)
             if self.delta:
                 names = changed & w.names
                 if w.wildcard:

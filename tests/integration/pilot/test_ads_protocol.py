@@ -433,3 +433,35 @@ async def test_internal_error_ends_only_that_stream(env, monkeypatch):
     r = await c.recv()
     assert names_of(r) == ["outbound|80||a"]
     assert pilot.metrics.get("pilot_xds_connections") == 1
+
+
+async def test_replaced_cluster_gets_its_endpoints_again(env):
+    """A cluster replaced in place (here: http -> grpc, so HTTP/2 upstream) warms again in
+    Envoy; its EDS subscription is unchanged, so the pilot resends the endpoints unasked."""
+    _pilot, reg, stub = env
+    reg.set("a", 9001)
+    await asyncio.sleep(0.2)
+    for delta in (False, True):
+        c = Delta(stub) if delta else Sotw(stub)
+        await c.ask(CDS)
+        r = await c.recv()
+        await (c.ask(CDS, nonce=r.nonce) if delta else c.ask(CDS, (), r.version_info, r.nonce))
+        await (c.ask(EDS, sub=["outbound|80||a"]) if delta else c.ask(EDS, ["outbound|80||a"]))
+        e = await c.recv()
+        await (
+            c.ask(EDS, nonce=e.nonce)
+            if delta
+            else c.ask(EDS, ["outbound|80||a"], e.version_info, e.nonce)
+        )
+        await c.nothing(0.2)
+        proto = "grpc" if not delta else "http"
+        reg.instances["a"] = [
+            Instance(
+                "a", "a-9001", "127.0.0.1", 9001, protocol=proto, service_port=80, registry="mem"
+            )
+        ]
+        reg._cb(reg.name)
+        first, second = await c.recv(), await c.recv()
+        assert (first.type_url, second.type_url) == (CDS, EDS)
+        got = [x.name for x in second.resources] if delta else names_of(second)
+        assert got == ["outbound|80||a"]
