@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent import futures
 
 import grpc
+import pytest
 
 CLIENT = r"""
 import sys, grpc
@@ -107,3 +109,39 @@ def test_grpc_xds_client_calls_registered_server(pilot, tmp_path):
     finally:
         a.stop(0)
         b.stop(0)
+
+
+@pytest.mark.envoy
+def test_grpc_through_envoy_sidecar(pilot, tmp_path):
+    """The same service reached through a real Envoy on the pilot's config: the gRPC port's
+    cluster speaks HTTP/2 upstream and the route carries no request timeout."""
+    from tests.conftest import envoy_binary, free_port
+    from tests.integration.pilot.conftest import ads_bootstrap
+    from tests.support.envoy import ProxyProcess
+
+    a, pa = _echo_server("a")
+    admin = free_port()
+    envoy = ProxyProcess.envoy(
+        envoy_binary(), ads_bootstrap(pilot.xds_port, admin, delta=True), tmp_path / "envoy"
+    )
+    try:
+        envoy.start()
+        pilot.register(
+            "greeter", "g-a", address="127.0.0.1", port=pa, protocol="grpc", service_port=50051
+        )
+        opts = [("grpc.default_authority", "greeter:50051")]
+        deadline = time.monotonic() + 10
+        with grpc.insecure_channel(f"127.0.0.1:{pilot.outbound_port}", options=opts) as ch:
+            call = ch.unary_unary("/sofamesh.test.Echo/Say")
+            while True:
+                try:
+                    assert call(b"via-envoy", timeout=2) == b"a:via-envoy"
+                    break
+                except grpc.RpcError as e:
+                    assert time.monotonic() < deadline, (
+                        f"{e.code()} {e.details()}\n{envoy.log_text()}"
+                    )
+                    time.sleep(0.1)
+    finally:
+        envoy.stop()
+        a.stop(0)
