@@ -66,7 +66,9 @@ cdef class RpcStats:
     cdef Counter request, request_twoway, request_oneway, request_event
     cdef Counter request_decoding_error, request_decoding_success
     cdef Counter response, response_success, response_error, response_decoding_error
-    cdef Counter local_response_success, local_response_error
+    cdef Counter local_response_success, local_response_error, local_response_business_exception
+    cdef Counter response_decoding_success, response_business_exception
+    cdef Counter response_error_caused_connection_close
     cdef Counter route_missing, unknown_cluster, no_healthy_upstream
     cdef Counter upstream_rq_timeout, upstream_reset, cx_total
     cdef Counter cx_destroy_local_with_active_rq, cx_destroy_remote_with_active_rq

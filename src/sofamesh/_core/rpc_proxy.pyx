@@ -234,6 +234,13 @@ cdef class RpcStats:
         self.response_decoding_error = store.counter(prefix + "response_decoding_error")
         self.local_response_success = store.counter(prefix + "local_response_success")
         self.local_response_error = store.counter(prefix + "local_response_error")
+        self.local_response_business_exception = store.counter(
+            prefix + "local_response_business_exception")
+        self.response_decoding_success = store.counter(prefix + "response_decoding_success")
+        self.response_business_exception = store.counter(
+            prefix + "response_business_exception")
+        self.response_error_caused_connection_close = store.counter(
+            prefix + "response_error_caused_connection_close")
         self.route_missing = store.counter(prefix + "route_missing")
         self.unknown_cluster = store.counter(prefix + "unknown_cluster")
         self.no_healthy_upstream = store.counter(prefix + "no_healthy_upstream")
@@ -292,6 +299,7 @@ cdef class UpstreamConn:
             if isinstance(f, ProtocolError):
                 st.response_decoding_error.inc()
                 if (<ProtocolError>f).fatal:
+                    st.response_error_caused_connection_close.inc()
                     self.cluster.upstream_cx_protocol_error.inc()
                     self.abort(WHY_RESET)
                     break
@@ -316,6 +324,7 @@ cdef class UpstreamConn:
                         self.transport.write(dubbo_hb_reply(<DubboFrame>f))
                     continue
                 rid = (<DubboFrame>f).request_id
+            st.response_decoding_success.inc()
             p = self.pending.pop(rid, None)
             if p is None:
                 continue  # timed out already, or a reply to a heartbeat we did not send
@@ -326,6 +335,9 @@ cdef class UpstreamConn:
                 out = bolt_rewrite(<BoltFrame>f, <unsigned int>p.orig_id)
             else:
                 ok = (<DubboFrame>f).status == 20
+                if ok and (<DubboFrame>f)._blen and (
+                        (<DubboFrame>f)._base[(<DubboFrame>f)._boff] in (0x90, 0x93)):
+                    st.response_business_exception.inc()  # flag 0/3: the call threw
                 out = dubbo_rewrite(<DubboFrame>f, p.orig_id)
             if ok:
                 st.response_success.inc()
@@ -555,7 +567,8 @@ cdef class DownstreamConn:
     cdef void local_error(self, object f, int why):
         """The protocol's own error reply for request `f` (its id as the client sent it)."""
         cdef RpcStats st = self.cfg.st
-        st.local_response_error.inc()
+        # Envoy counts its local error replies (AppException) as business exceptions
+        st.local_response_business_exception.inc()
         if self.closed:
             return
         if self.cfg.proto == P_BOLT:
@@ -587,15 +600,15 @@ cdef class DownstreamConn:
                 self.local_error(e.frame, WHY_CODEC)
             return
         f = <BoltFrame>obj
-        st.request_decoding_success.inc()
         if f.cmdcode == 0:
+            # heartbeats: counted as events only, answered here (as Envoy's dubbo_proxy)
             st.request_event.inc()
             if f.type != 0:
                 self.write(bolt_hb_ack(f))
-                st.local_response_success.inc()
             return
         if f.type == 0:
             return  # a response from a client: nothing to do with it
+        st.request_decoding_success.inc()
         st.request.inc()
         if f.type == 2:
             st.request_oneway.inc()
@@ -620,14 +633,12 @@ cdef class DownstreamConn:
             return
         f = <DubboFrame>obj
         if not (f.flags & 0x80):
-            st.request_decoding_success.inc()
             return  # a response (e.g. to nothing we sent): drop
         if f.flags & 0x20:
-            st.request_decoding_success.inc()
+            # events (heartbeats): counted as events only, answered here, as Envoy does
             st.request_event.inc()
             if f.flags & 0x40:
                 self.write(dubbo_hb_reply(f))
-                st.local_response_success.inc()
             return
         if f.parse_invocation(self.cfg.table.dubbo_keys) != 0:
             st.request_decoding_error.inc()

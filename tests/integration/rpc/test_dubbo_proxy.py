@@ -215,10 +215,13 @@ def test_envoy_dubbo_proxy_and_sofamesh_agree(peers, tmp_path):
         with proc:
             results = node_client(port, calls, mode="dubbo", repeat=2)
             frames = raw_exchange(port, raw, dubbo.DubboDecoder(), 3)
+            time.sleep(0.2)  # let the last counters land
+            counters = {k: v for k, v in stats(proc).items() if k.startswith("dubbo.")}
             seen[name] = (
                 results,
                 sorted((f.request_id, f.status, f.flags) for f in frames),
                 {f.request_id: f for f in frames},
+                counters,
             )
     assert seen["envoy"][0] == seen["sofamesh"][0]  # every client-visible result
     assert seen["envoy"][1] == seen["sofamesh"][1] == [(41, 60, 2), (42, 80, 2), (43, 20, 0x22)]
@@ -228,6 +231,31 @@ def test_envoy_dubbo_proxy_and_sofamesh_agree(peers, tmp_path):
     c = H2Cursor(bytes(e41.body))
     c.py_read_simple()
     assert c.py_read_str() == s41.error_message()
+    # the filter's stats, by Envoy's names, agree
+    same = (
+        "request",
+        "request_event",
+        "request_decoding_success",
+        "request_decoding_error",
+        "request_oneway",
+        "request_active",
+        "response",
+        "response_success",
+        "response_error",
+        "response_decoding_success",
+        "response_decoding_error",
+        "local_response_success",
+        "local_response_error",
+        "local_response_business_exception",
+        "response_error_caused_connection_close",
+        "cx_destroy_local_with_active_rq",
+        "cx_destroy_remote_with_active_rq",
+    )
+    env, mesh_ = seen["envoy"][3], seen["sofamesh"][3]
+    assert {k: env.get(f"dubbo.dubbo_in.{k}") for k in same} == {
+        k: mesh_.get(f"dubbo.dubbo_in.{k}") for k in same
+    }
+    assert env["dubbo.dubbo_in.request"] == 72
 
 
 def test_graceful_drain_sends_readonly_and_keeps_serving(peers, tmp_path):
