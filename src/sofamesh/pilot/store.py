@@ -184,14 +184,22 @@ class EmbeddedStore(BaseStore):
             raise
         db.execute("COMMIT")
 
+    # The mirror changes when a write is queued, so mirror and disk see writes in one order
+    # (a DELETE racing a PUT ends the same in both); a failed write restores the mirror.
+
     async def put(self, service: str, iid: str, rec: dict) -> None:
-        await self._write(
-            "INSERT OR REPLACE INTO instances (service, instance_id, record) VALUES (?, ?, ?)",
-            (service, iid, json.dumps(rec, sort_keys=True)),
-        )
+        prev = self.get(service, iid)
         self._mirror_put(service, iid, rec)
         self._arm(service, iid, rec, time.monotonic())
         self._emit(service)
+        try:
+            await self._write(
+                "INSERT OR REPLACE INTO instances (service, instance_id, record) VALUES (?, ?, ?)",
+                (service, iid, json.dumps(rec, sort_keys=True)),
+            )
+        except StoreError:
+            self._restore(service, iid, rec, prev)
+            raise
 
     async def heartbeat(self, service: str, iid: str) -> bool:
         rec = self.get(service, iid)
@@ -201,15 +209,31 @@ class EmbeddedStore(BaseStore):
         return True
 
     async def delete(self, service: str, iid: str) -> bool:
-        if self.get(service, iid) is None:
+        prev = self.get(service, iid)
+        if prev is None:
             return False
-        await self._write(
-            "DELETE FROM instances WHERE service = ? AND instance_id = ?", (service, iid)
-        )
         self._deadline.pop((service, iid), None)
-        if self._mirror_del(service, iid):
-            self._emit(service)
+        self._mirror_del(service, iid)
+        self._emit(service)
+        try:
+            await self._write(
+                "DELETE FROM instances WHERE service = ? AND instance_id = ?", (service, iid)
+            )
+        except StoreError:
+            self._restore(service, iid, None, prev)
+            raise
         return True
+
+    def _restore(self, service: str, iid: str, ours: dict | None, prev: dict | None) -> None:
+        if self.get(service, iid) is not ours:
+            return  # a later write already replaced ours
+        if prev is None:
+            self._mirror_del(service, iid)
+            self._deadline.pop((service, iid), None)
+        else:
+            self._mirror_put(service, iid, prev)
+            self._arm(service, iid, prev, time.monotonic())
+        self._emit(service)
 
     async def _reap_loop(self) -> None:
         while True:

@@ -72,3 +72,42 @@ def test_store_specs():
         open_store("etcd://nohost", "/tmp/x")
     with pytest.raises(StoreError, match="expected"):
         open_store("redis://x:1", "/tmp/x")
+
+
+async def test_racing_put_and_delete_end_the_same_in_memory_and_on_disk(tmp_path):
+    s = EmbeddedStore(str(tmp_path), reap_interval=3600)
+    await s.open()
+    rec = {"address": "10.0.0.1", "port": 1}
+    await s.put("a", "x", rec)
+    # DELETE then PUT queued before either commits: the PUT wins, everywhere
+    await asyncio.gather(s.delete("a", "x"), s.put("a", "x", {"address": "10.0.0.2", "port": 2}))
+    assert s.get("a", "x") == {"address": "10.0.0.2", "port": 2}
+    # PUT then DELETE: gone, everywhere
+    await asyncio.gather(s.put("a", "y", rec), s.delete("a", "x"))
+    assert s.get("a", "x") is None
+    await s.close()
+    s2 = EmbeddedStore(str(tmp_path), reap_interval=3600)
+    await s2.open()
+    try:
+        assert s2.get("a", "x") is None and s2.get("a", "y") == rec
+    finally:
+        await s2.close()
+
+
+async def test_a_failed_write_restores_the_mirror(tmp_path):
+    s = EmbeddedStore(str(tmp_path), reap_interval=3600)
+    await s.open()
+    try:
+        await s.put("a", "x", {"address": "10.0.0.1", "port": 1})
+        s._db.execute("DROP TABLE instances")  # every later write fails
+        with pytest.raises(StoreError):
+            await s.put("a", "x", {"address": "10.0.0.9", "port": 9})
+        assert s.get("a", "x") == {"address": "10.0.0.1", "port": 1}
+        with pytest.raises(StoreError):
+            await s.delete("a", "x")
+        assert s.get("a", "x") == {"address": "10.0.0.1", "port": 1}
+        with pytest.raises(StoreError):
+            await s.put("b", "new", {"address": "10.0.0.3", "port": 3})
+        assert s.get("b", "new") is None
+    finally:
+        await s.close()
