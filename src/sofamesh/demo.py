@@ -55,22 +55,30 @@ class EchoUpstream(asyncio.Protocol):
         self.body_len += len(body)
 
     def on_message_complete(self) -> None:
-        body = json.dumps({
-            "method": self.parser.get_method().decode(),
-            "path": self.url.decode("latin-1"),
-            "headers": self.headers,
-            "body_length": self.body_len,
-        }).encode() + b"\n"
+        body = (
+            json.dumps(
+                {
+                    "method": self.parser.get_method().decode(),
+                    "path": self.url.decode("latin-1"),
+                    "headers": self.headers,
+                    "body_length": self.body_len,
+                }
+            ).encode()
+            + b"\n"
+        )
         keep = self.parser.should_keep_alive()
         self.transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n"
-            % (len(body), b"" if keep else b"connection: close\r\n") + body)
+            % (len(body), b"" if keep else b"connection: close\r\n")
+            + body
+        )
         if not keep:
             self.transport.close()
 
 
-def load_demo_bootstrap(listen_port: int | None, upstream_port: int | None,
-                        admin_port: int | None) -> Any:
+def load_demo_bootstrap(
+    listen_port: int | None, upstream_port: int | None, admin_port: int | None
+) -> Any:
     text = resources.files("sofamesh.examples").joinpath("demo.yaml").read_text()
     try:
         from sofamesh.config import load_bootstrap
@@ -116,13 +124,16 @@ async def run(args: argparse.Namespace) -> int:
         admin = AdminServer(state)
         sa = bs.admin.address.socket_address
         admin_addr = await admin.start(sa.address, sa.port_value)
-    except Exception as e:  # admin is a convenience here; the demo runs without it
+    except (ImportError, OSError, ValueError) as e:  # a convenience: the demo runs without it
         print(f"admin API not started: {e}", file=sys.stderr)
         admin = None
     li = server.listeners[0]
     print(f"demo upstream: http://127.0.0.1:{up_port}", flush=True)
-    print(f"sidecar:       http://{li.address[0]}:{li.address[1]}  "
-          f"(try: curl -i http://{li.address[0]}:{li.address[1]}/hello/world)", flush=True)
+    print(
+        f"sidecar:       http://{li.address[0]}:{li.address[1]}  "
+        f"(try: curl -i http://{li.address[0]}:{li.address[1]}/hello/world)",
+        flush=True,
+    )
     if admin_addr:
         print(f"admin:         http://{admin_addr[0]}:{admin_addr[1]}/stats", flush=True)
     print("Ctrl-C to stop", flush=True)
@@ -142,11 +153,17 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sofamesh demo", description=__doc__.splitlines()[0])
     p.add_argument("--listen-port", type=int, default=None, help="sidecar port (default 10000)")
-    p.add_argument("--upstream-port", type=int, default=None,
-                   help="demo upstream port (default 18080)")
+    p.add_argument(
+        "--upstream-port", type=int, default=None, help="demo upstream port (default 18080)"
+    )
     p.add_argument("--admin-port", type=int, default=None, help="admin port (default 9901)")
-    p.add_argument("--exit-after", type=float, default=None, metavar="SECONDS",
-                   help="stop after SECONDS (for scripts and tests)")
+    p.add_argument(
+        "--exit-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after SECONDS (for scripts and tests)",
+    )
     args = p.parse_args(argv)
     import uvloop
 

@@ -10,26 +10,25 @@ import asyncio
 import email.utils
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
-from libc.string cimport memchr
 from libc.time cimport time, time_t
 
 from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport (
     Head, BodyReader, parse_request, parse_response, h1_hdr,
-    H1_E_BAD, H1_E_TOO_LARGE, H1_E_TOO_MANY, H1_E_NOT_IMPL, H1_E_BAD_TARGET, H1_E_OBS_FOLD,
+    H1_E_TOO_LARGE, H1_E_TOO_MANY, H1_E_NOT_IMPL, H1_E_BAD_TARGET, H1_E_OBS_FOLD,
     unfold_head,
     FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
-    HK_OTHER, HK_HOST, HK_CONTENT_LENGTH, HK_TRANSFER_ENCODING, HK_CONNECTION,
+    HK_OTHER, HK_HOST, HK_TRANSFER_ENCODING, HK_CONNECTION,
     HK_KEEP_ALIVE, HK_PROXY_CONNECTION, HK_UPGRADE, HK_EXPECT, HK_TE, HK_XFF,
-    HK_X_REQUEST_ID, HK_X_FORWARDED_PROTO, HK_SERVER, HK_DATE, HK_EXPECTED_TIMEOUT,
-    HK_ENVOY_CONTROL, HK_TE_TRAILERS,
+    HK_X_FORWARDED_PROTO, HK_SERVER, HK_DATE, HK_EXPECTED_TIMEOUT,
+    HK_ENVOY_CONTROL,
 )
 from sofamesh._core.router cimport (
-    Route, RouteTable, rng_next, RA_CLUSTER, RA_WEIGHTED, RA_DIRECT, RA_REDIRECT,
+    Route, RouteTable, rng_next, RA_DIRECT, RA_REDIRECT,
     RETRY_5XX, RETRY_GATEWAY, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_RETRIABLE_4XX,
     RETRY_STATUS_CODES,
 )
-from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+from sofamesh._core.stats cimport Store
 from sofamesh._core.upstream cimport Cluster, Host
 
 cdef extern from "time.h" nogil:
@@ -804,8 +803,8 @@ cdef class DownstreamConn:
     cdef int _schedule_retry(self) except -1:
         cdef Cluster cl = self.cluster
         cdef double base = 0.025
-        cdef int i
-        for i in range(self.attempts - 1):
+        cdef int _i
+        for _i in range(self.attempts - 1):
             if base < 0.25:
                 base *= 2
         cl.upstream_rq_retry.inc()

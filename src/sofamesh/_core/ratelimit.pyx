@@ -2,7 +2,7 @@
 
 from sofamesh._core.http_proxy cimport HttpFilter, DownstreamConn, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.router cimport rng_next
-from sofamesh._core.stats cimport Counter, Store
+from sofamesh._core.stats cimport Store
 
 cdef extern from "time.h" nogil:
     ctypedef int clockid_t

@@ -96,7 +96,7 @@ cdef class Route:
     cdef readonly bint strip_query
     cdef readonly bytes req_add           # rendered "name: value\r\n" lines (route+vhost+config)
     cdef readonly frozenset req_remove    # frozenset[bytes] lower-case names
-    cdef readonly tuple req_add_if_absent # tuple[(bytes name, bytes line)]
+    cdef readonly tuple req_add_if_absent  # tuple[(bytes name, bytes line)]
     cdef readonly bytes resp_add
     cdef readonly frozenset resp_remove
     cdef readonly dict filter_config      # per-filter config: {filter name: message}

@@ -80,8 +80,7 @@ cdef class HeaderMatcher:
 
     cdef bint matches(self, Head h):
         # Several headers of one name match as their values joined by "," (Envoy).
-        cdef int i, found = 0
-        cdef list vals = None
+        cdef int i
         cdef bytes v = None
         cdef int n = <int>PyBytes_GET_SIZE(self.name)
         cdef const char* nm = PyBytes_AS_STRING(self.name)
@@ -130,7 +129,7 @@ cdef dict _parse_query(bytes path):
     for part in qs.split(b"&"):
         if not part:
             continue
-        k, sep, v = part.partition(b"=")
+        k, _, v = part.partition(b"=")
         if k not in out:
             out[k] = v
     return out

@@ -3,7 +3,7 @@
 from collections import deque
 
 from sofamesh._core.router cimport rng_next
-from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+from sofamesh._core.stats cimport Counter, Store
 
 LB_POLICIES = {"ROUND_ROBIN": LB_ROUND_ROBIN, "LEAST_REQUEST": LB_LEAST_REQUEST,
                "RANDOM": LB_RANDOM}
@@ -95,7 +95,7 @@ cdef class Cluster:
 
     cdef Host choose(self):
         cdef Host h, best, c
-        cdef Py_ssize_t n = len(self.hosts), i, k, healthy = 0
+        cdef Py_ssize_t n = len(self.hosts), _k
         cdef long long total
         cdef double score, bscore
         if n == 0:
@@ -118,14 +118,14 @@ cdef class Cluster:
                 if best is not None:
                     best.cw -= total
                 return best
-            for k in range(n):
+            for _k in range(n):
                 self.rr += 1
                 h = self.hosts[self.rr % n]
                 if h.healthy:
                     return h
             return None
         if self.lb_policy == LB_RANDOM:
-            for k in range(n):
+            for _k in range(n):
                 h = self.hosts[rng_next() % n]
                 if h.healthy:
                     return h
@@ -134,7 +134,7 @@ cdef class Cluster:
         # active_request_bias 1.0).
         best = None
         bscore = 0
-        for k in range(self.choice_count):
+        for _k in range(self.choice_count):
             c = self.hosts[rng_next() % n]
             if not c.healthy:
                 continue

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sofamesh._core import router as R
 from sofamesh.proxy.errors import UnsupportedConfig
@@ -45,17 +46,18 @@ def header_matcher(h: Any, path: str) -> R.HeaderMatcher:
     if kind == "suffix_match":
         return R.HeaderMatcher(h.name, R.StringMatcher(R.S_SUFFIX, h.suffix_match), True, inv)
     if kind == "contains_match":
-        return R.HeaderMatcher(h.name, R.StringMatcher(R.S_CONTAINS, h.contains_match), True,
-                               inv)
+        return R.HeaderMatcher(h.name, R.StringMatcher(R.S_CONTAINS, h.contains_match), True, inv)
     if kind == "safe_regex_match":
-        return R.HeaderMatcher(h.name, R.StringMatcher(R.S_REGEX, h.safe_regex_match.regex),
-                               True, inv)
+        return R.HeaderMatcher(
+            h.name, R.StringMatcher(R.S_REGEX, h.safe_regex_match.regex), True, inv
+        )
     if kind == "range_match":
         sm = R.StringMatcher(R.S_RANGE, b"", False, h.range_match.start, h.range_match.end)
         return R.HeaderMatcher(h.name, sm, True, inv)
     if kind == "string_match":
-        return R.HeaderMatcher(h.name, string_matcher(h.string_match, f"{path}.string_match"),
-                               True, inv)
+        return R.HeaderMatcher(
+            h.name, string_matcher(h.string_match, f"{path}.string_match"), True, inv
+        )
     raise UnsupportedConfig(f"{path}: header matcher {kind!r} is not supported")
 
 
@@ -76,10 +78,7 @@ def header_ops(adds: Any, removes: Any) -> tuple[list, list, list]:
         key, value = hv.header.key, hv.header.value or hv.header.raw_value.decode("latin-1")
         if action == 1:  # ADD_IF_ABSENT
             if_absent.append((key, value))
-        elif action == 2:
-            remove.append(key)
-            add.append((key, value))
-        elif action == 3:  # OVERWRITE_IF_EXISTS: only when present - approximated as remove+add
+        elif action == 2 or action == 3:
             remove.append(key)
             add.append((key, value))
         else:
@@ -116,9 +115,18 @@ def compile_route_config(
         routes = []
         for ri, r in enumerate(vh.routes):
             rpath = f"{vpath}.routes[{ri}]"
-            routes.append(_route(r, rpath, vh.name, clusters, per_filter, v_pf,
-                                 (v_add + g_add, v_rm + g_rm, v_abs + g_abs),
-                                 (v_radd + g_radd, v_rrm + g_rrm)))
+            routes.append(
+                _route(
+                    r,
+                    rpath,
+                    vh.name,
+                    clusters,
+                    per_filter,
+                    v_pf,
+                    (v_add + g_add, v_rm + g_rm, v_abs + g_abs),
+                    (v_radd + g_radd, v_rrm + g_rrm),
+                )
+            )
         vhosts.append((list(vh.domains), R.VirtualHost(vh.name, routes)))
     return R.RouteTable(vhosts, strip_port)
 
@@ -141,15 +149,22 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
         kw["case_sensitive"] = m.case_sensitive.value
     if m.HasField("runtime_fraction"):
         raise UnsupportedConfig(f"{rpath}.match.runtime_fraction is not supported")
-    kw["headers"] = [header_matcher(h, f"{rpath}.match.headers[{i}]")
-                     for i, h in enumerate(m.headers)]
-    kw["queries"] = [query_matcher(q, f"{rpath}.match.query_parameters[{i}]")
-                     for i, q in enumerate(m.query_parameters)]
+    kw["headers"] = [
+        header_matcher(h, f"{rpath}.match.headers[{i}]") for i, h in enumerate(m.headers)
+    ]
+    kw["queries"] = [
+        query_matcher(q, f"{rpath}.match.query_parameters[{i}]")
+        for i, q in enumerate(m.query_parameters)
+    ]
     r_add, r_rm, r_abs = header_ops(r.request_headers_to_add, r.request_headers_to_remove)
     rr_add, rr_rm, _ = header_ops(r.response_headers_to_add, r.response_headers_to_remove)
-    kw.update(req_add=r_add + req_ops[0], req_remove=r_rm + req_ops[1],
-              req_add_if_absent=r_abs + req_ops[2], resp_add=rr_add + resp_ops[0],
-              resp_remove=rr_rm + resp_ops[1])
+    kw.update(
+        req_add=r_add + req_ops[0],
+        req_remove=r_rm + req_ops[1],
+        req_add_if_absent=r_abs + req_ops[2],
+        resp_add=rr_add + resp_ops[0],
+        resp_remove=rr_rm + resp_ops[1],
+    )
     pf = dict(v_pf)
     for name, anycfg in r.typed_per_filter_config.items():
         if per_filter is not None:
@@ -231,8 +246,7 @@ def _route_action(a, apath, kw, clusters) -> None:
             if not tok:
                 continue
             if tok not in R.RETRY_ON:
-                raise UnsupportedConfig(f"{apath}.retry_policy.retry_on: {tok!r} is not "
-                                        "supported")
+                raise UnsupportedConfig(f"{apath}.retry_policy.retry_on: {tok!r} is not supported")
             bits |= R.RETRY_ON[tok]
         kw["retry_on"] = bits
         kw["num_retries"] = rp.num_retries.value if rp.HasField("num_retries") else 1

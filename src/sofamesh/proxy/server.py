@@ -22,10 +22,11 @@ from sofamesh.proxy.routes import compile_route_config
 
 log = logging.getLogger("sofamesh.proxy")
 
-HCM_NAMES = ("envoy.filters.network.http_connection_manager",
-             "envoy.http_connection_manager")
-HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network."
-            "http_connection_manager.v3.HttpConnectionManager")
+HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network."
+    "http_connection_manager.v3.HttpConnectionManager"
+)
 ROUTER_NAMES = ("envoy.filters.http.router", "envoy.router")
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
@@ -108,30 +109,40 @@ class Server:
                 kw["per_connection_buffer_limit"] = c.per_connection_buffer_limit_bytes.value
             if c.HasField("max_requests_per_connection"):
                 kw["max_requests_per_connection"] = c.max_requests_per_connection.value
-            if c.HasField("least_request_lb_config") and \
-                    c.least_request_lb_config.HasField("choice_count"):
+            if c.HasField("least_request_lb_config") and c.least_request_lb_config.HasField(
+                "choice_count"
+            ):
                 kw["choice_count"] = c.least_request_lb_config.choice_count.value
             if c.health_checks:
-                log.warning("%s.health_checks: active health checking is not implemented; "
-                            "hosts stay healthy", path)
+                log.warning(
+                    "%s.health_checks: active health checking is not implemented; "
+                    "hosts stay healthy",
+                    path,
+                )
             hosts, targets = [], []
             for ei, e in enumerate(c.load_assignment.endpoints):
                 for li, lbe in enumerate(e.lb_endpoints):
                     sa = lbe.endpoint.address.socket_address
                     epath = f"{path}.load_assignment.endpoints[{ei}].lb_endpoints[{li}]"
                     if not sa.address:
-                        raise UnsupportedConfig(f"{epath}.endpoint.address: only socket "
-                                                "addresses are supported")
-                    w = lbe.load_balancing_weight.value if lbe.HasField(
-                        "load_balancing_weight") else 1
+                        raise UnsupportedConfig(
+                            f"{epath}.endpoint.address: only socket addresses are supported"
+                        )
+                    w = (
+                        lbe.load_balancing_weight.value
+                        if lbe.HasField("load_balancing_weight")
+                        else 1
+                    )
                     if ctype == "STATIC":
                         try:
-                            socket.inet_pton(socket.AF_INET6 if ":" in sa.address
-                                             else socket.AF_INET, sa.address)
+                            socket.inet_pton(
+                                socket.AF_INET6 if ":" in sa.address else socket.AF_INET, sa.address
+                            )
                         except OSError:
                             raise UnsupportedConfig(
                                 f"{epath}.endpoint.address.socket_address.address: STATIC "
-                                f"clusters need IP addresses, got {sa.address!r}") from None
+                                f"clusters need IP addresses, got {sa.address!r}"
+                            ) from None
                         hosts.append(Host(sa.address, sa.port_value, w))
                     else:
                         targets.append((sa.address, sa.port_value, w))
@@ -162,26 +173,32 @@ class Server:
         if not f.typed_config.Unpack(hcm):
             raise UnsupportedConfig(f"{path}.typed_config: expected HttpConnectionManager")
         if hcm.WhichOneof("route_specifier") != "route_config":
-            raise UnsupportedConfig(f"{path}.typed_config: only an inline route_config is "
-                                    "supported")
+            raise UnsupportedConfig(
+                f"{path}.typed_config: only an inline route_config is supported"
+            )
         if hcm.codec_type not in (0, 1):  # AUTO, HTTP1
             raise UnsupportedConfig(f"{path}.typed_config.codec_type: only HTTP/1.1")
         routes = compile_route_config(
-            hcm.route_config, clusters=set(self.clusters), per_filter=self._per_filter,
+            hcm.route_config,
+            clusters=set(self.clusters),
+            per_filter=self._per_filter,
             path=f"{path}.typed_config.route_config",
-            strip_port=hcm.strip_any_host_port)
+            strip_port=hcm.strip_any_host_port,
+        )
         filters: list[HttpFilter] = []
         n = len(hcm.http_filters)
         ctx = {"stats": self.stats, "loop": self._loop, "stat_prefix": hcm.stat_prefix}
         for i, hf in enumerate(hcm.http_filters):
             fpath = f"{path}.typed_config.http_filters[{i}]"
             if hf.name in ROUTER_NAMES or hf.typed_config.type_url.endswith(
-                    "envoy.extensions.filters.http.router.v3.Router"):
+                "envoy.extensions.filters.http.router.v3.Router"
+            ):
                 if i != n - 1:
                     raise UnsupportedConfig(f"{fpath}: the router must be the last filter")
                 continue
             spec = registry.lookup("http", hf.name) or registry.lookup(
-                "http", hf.typed_config.type_url)
+                "http", hf.typed_config.type_url
+            )
             if spec is None:
                 if hf.is_optional:
                     continue
@@ -191,10 +208,14 @@ class Server:
             filt = spec.factory(hf.typed_config, {**ctx, "path": fpath, "name": hf.name})
             if filt is not None:
                 filters.append(filt)
-        if n == 0 or not (hcm.http_filters[n - 1].name in ROUTER_NAMES or
-                          hcm.http_filters[n - 1].typed_config.type_url.endswith("Router")):
-            raise UnsupportedConfig(f"{path}.typed_config.http_filters: the last filter must "
-                                    "be envoy.filters.http.router")
+        if n == 0 or not (
+            hcm.http_filters[n - 1].name in ROUTER_NAMES
+            or hcm.http_filters[n - 1].typed_config.type_url.endswith("Router")
+        ):
+            raise UnsupportedConfig(
+                f"{path}.typed_config.http_filters: the last filter must "
+                "be envoy.filters.http.router"
+            )
         access_log = None
         for ai, al in enumerate(hcm.access_log):
             apath = f"{path}.typed_config.access_log[{ai}]"
@@ -205,16 +226,20 @@ class Server:
             fl = file_pb2.FileAccessLog()
             al.typed_config.Unpack(fl)
             if fl.WhichOneof("access_log_format") is not None:
-                raise UnsupportedConfig(f"{apath}.typed_config: only Envoy's default log "
-                                        "format is supported")
+                raise UnsupportedConfig(
+                    f"{apath}.typed_config: only Envoy's default log format is supported"
+                )
             if al.HasField("filter"):
                 raise UnsupportedConfig(f"{apath}.filter is not supported")
             if access_log is not None:
                 raise UnsupportedConfig(f"{apath}: one access log per listener is supported")
             access_log = FileAccessLog(fl.path, self._loop)
             self._access_logs.append(access_log)
-        ups = [u.upgrade_type.encode() for u in hcm.upgrade_configs
-               if not u.HasField("enabled") or u.enabled.value]
+        ups = [
+            u.upgrade_type.encode()
+            for u in hcm.upgrade_configs
+            if not u.HasField("enabled") or u.enabled.value
+        ]
         max_headers = 100
         if hcm.common_http_protocol_options.HasField("max_headers_count"):
             max_headers = hcm.common_http_protocol_options.max_headers_count.value
@@ -222,13 +247,22 @@ class Server:
         if listener.HasField("per_connection_buffer_limit_bytes"):
             buffer_limit = listener.per_connection_buffer_limit_bytes.value
         return HcmConfig(
-            self._loop, self.stats, hcm.stat_prefix, routes, self.clusters, filters,
+            self._loop,
+            self.stats,
+            hcm.stat_prefix,
+            routes,
+            self.clusters,
+            filters,
             use_remote_address=hcm.use_remote_address.value,
-            generate_request_id=(hcm.generate_request_id.value
-                                 if hcm.HasField("generate_request_id") else True),
+            generate_request_id=(
+                hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
+            ),
             accept_http_10=hcm.http_protocol_options.accept_http_10,
-            max_head_bytes=(hcm.max_request_headers_kb.value * 1024
-                            if hcm.HasField("max_request_headers_kb") else 60 * 1024),
+            max_head_bytes=(
+                hcm.max_request_headers_kb.value * 1024
+                if hcm.HasField("max_request_headers_kb")
+                else 60 * 1024
+            ),
             max_headers=max_headers,
             buffer_limit=buffer_limit,
             upgrades=ups,
@@ -264,36 +298,48 @@ class Server:
         if not sa.address:
             raise UnsupportedConfig(f"{path}.address: only socket addresses are supported")
         if len(lst.filter_chains) != 1:
-            raise UnsupportedConfig(f"{path}.filter_chains: exactly one filter chain is "
-                                    "supported")
+            raise UnsupportedConfig(f"{path}.filter_chains: exactly one filter chain is supported")
         chain = lst.filter_chains[0]
         if chain.HasField("filter_chain_match") or chain.HasField("transport_socket"):
-            raise UnsupportedConfig(f"{path}.filter_chains[0]: filter_chain_match and "
-                                    "transport_socket are not supported")
+            raise UnsupportedConfig(
+                f"{path}.filter_chains[0]: filter_chain_match and "
+                "transport_socket are not supported"
+            )
         hcm_cfg = None
         stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
         for fi, f in enumerate(chain.filters):
             if f.name in HCM_NAMES or f.typed_config.type_url == HCM_TYPE:
                 if hcm_cfg is not None:
-                    raise UnsupportedConfig(f"{path}.filter_chains[0].filters[{fi}]: one "
-                                            "http_connection_manager per chain")
+                    raise UnsupportedConfig(
+                        f"{path}.filter_chains[0].filters[{fi}]: one "
+                        "http_connection_manager per chain"
+                    )
                 hcm_cfg = self._build_hcm(li, lst, fi, f, stat_name)
             else:
-                raise UnsupportedConfig(f"{path}.filter_chains[0].filters[{fi}]: network "
-                                        f"filter {f.name!r} is not supported")
+                raise UnsupportedConfig(
+                    f"{path}.filter_chains[0].filters[{fi}]: network "
+                    f"filter {f.name!r} is not supported"
+                )
         if hcm_cfg is None:
-            raise UnsupportedConfig(f"{path}.filter_chains[0].filters: no "
-                                    "http_connection_manager")
+            raise UnsupportedConfig(f"{path}.filter_chains[0].filters: no http_connection_manager")
         assert self._loop is not None
         srv = await self._loop.create_server(
-            hcm_cfg.protocol_factory, sa.address, sa.port_value,
-            reuse_port=reuse_port or None, backlog=1024,
-            reuse_address=True)
+            hcm_cfg.protocol_factory,
+            sa.address,
+            sa.port_value,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+            reuse_address=True,
+        )
         bound = srv.sockets[0].getsockname()
         info = ListenerInfo(
             name=lst.name or f"{sa.address}_{sa.port_value}",
-            address=(bound[0], bound[1]), config=lst, hcm=hcm_cfg, server=srv,
-            direction=base_pb2.TrafficDirection.Name(lst.traffic_direction))
+            address=(bound[0], bound[1]),
+            config=lst,
+            hcm=hcm_cfg,
+            server=srv,
+            direction=base_pb2.TrafficDirection.Name(lst.traffic_direction),
+        )
         self.listeners.append(info)
         g = self.stats.gauge("listener_manager.total_listeners_active")
         g.value = len(self.listeners)
@@ -306,11 +352,11 @@ class Server:
         logical = cfg is not None and cfg.type == 2  # LOGICAL_DNS: first address only
         for name, port, w in rt.dns_targets:
             try:
-                infos = await self._loop.getaddrinfo(name, port, type=socket.SOCK_STREAM,
-                                                     family=socket.AF_INET)
+                infos = await self._loop.getaddrinfo(
+                    name, port, type=socket.SOCK_STREAM, family=socket.AF_INET
+                )
             except OSError as e:
-                log.warning("cluster %s: DNS resolution of %s failed: %s",
-                            rt.cluster.name, name, e)
+                log.warning("cluster %s: DNS resolution of %s failed: %s", rt.cluster.name, name, e)
                 _bump(self.stats.counter(f"cluster.{rt.cluster.name}.update_failure"))
                 return
             seen = set()
@@ -367,6 +413,6 @@ class Server:
             if li.server is not None:
                 try:
                     await asyncio.wait_for(li.server.wait_closed(), 1.0)
-                except (asyncio.TimeoutError, Exception):
-                    pass
+                except TimeoutError:
+                    log.debug("listener %s: connections still closing after 1 s", li.name)
         await asyncio.sleep(0)

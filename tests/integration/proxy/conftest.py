@@ -22,38 +22,67 @@ from sofamesh.proxy.server import Server
 
 from .upstream import start_upstream, stop_upstream
 
-HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-       "HttpConnectionManager")
-ROUTER = {"name": "envoy.filters.http.router",
-          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http."
-                                    "router.v3.Router"}}
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
 
 
 def cluster(name: str, ports: list, **extra: Any) -> dict:
     eps = []
     for p in ports:
         port, w = (p, None) if isinstance(p, int) else p
-        e: dict = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                               "port_value": port}}}}
+        e: dict = {
+            "endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+            }
+        }
         if w is not None:
             e["load_balancing_weight"] = w
         eps.append(e)
-    c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
-         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]}}
+    c = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]},
+    }
     c.update(extra)
     return c
 
 
 def bootstrap(virtual_hosts: list, clusters: list, *, filters: list = (), **hcm: Any) -> Any:
-    h = {"@type": HCM, "stat_prefix": "ingress", "route_config": {"virtual_hosts": virtual_hosts},
-         "http_filters": list(filters) + [ROUTER]}
+    h = {
+        "@type": HCM,
+        "stat_prefix": "ingress",
+        "route_config": {"virtual_hosts": virtual_hosts},
+        "http_filters": list(filters) + [ROUTER],
+    }
     h.update(hcm)
-    d = {"static_resources": {
-        "listeners": [{"name": "l0", "address": {"socket_address": {
-            "address": "127.0.0.1", "port_value": 0}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": h}]}]}],
-        "clusters": clusters}}
+    d = {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "l0",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": h,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        }
+    }
     return json_format.ParseDict(d, bootstrap_pb2.Bootstrap())
 
 
@@ -127,7 +156,7 @@ class Client:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def connect(self) -> "Client":
+    async def connect(self) -> Client:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         return self
 
@@ -140,14 +169,24 @@ class Client:
     async def response(self, head: bool = False, timeout: float = 5) -> Response:
         return await asyncio.wait_for(read_response(self.reader, head), timeout)
 
-    async def request(self, method: str = "GET", path: str = "/", headers: dict | None = None,
-                      body: bytes = b"", host: str = "example.com") -> Response:
+    async def request(
+        self,
+        method: str = "GET",
+        path: str = "/",
+        headers: dict | None = None,
+        body: bytes = b"",
+        host: str = "example.com",
+    ) -> Response:
         h = {"host": host}
         if body:
             h["content-length"] = str(len(body))
         h.update(headers or {})
-        raw = f"{method} {path} HTTP/1.1\r\n".encode() + b"".join(
-            f"{k}: {v}\r\n".encode() for k, v in h.items()) + b"\r\n" + body
+        raw = (
+            f"{method} {path} HTTP/1.1\r\n".encode()
+            + b"".join(f"{k}: {v}\r\n".encode() for k, v in h.items())
+            + b"\r\n"
+            + body
+        )
         await self.send(raw)
         return await self.response(head=method == "HEAD")
 
@@ -155,7 +194,7 @@ class Client:
         """True when the proxy closed the connection (EOF) within timeout."""
         try:
             data = await asyncio.wait_for(self.reader.read(1), timeout)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return False
         return data == b""
 
@@ -164,8 +203,8 @@ class Client:
             self.writer.close()
             try:
                 await self.writer.wait_closed()
-            except Exception:
-                pass
+            except (ConnectionError, OSError):
+                pass  # the proxy closed or reset it first: nothing left to close
 
 
 class Proxy:

@@ -21,8 +21,10 @@ async def test_keep_alive_get_reuses_one_upstream_connection(upstreams, proxy):
         assert r.header("x-envoy-upstream-service-time") is not None
         assert r.upstream_header("host") == "example.com"
         assert r.upstream_header("x-forwarded-proto") == "http"
-        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
-                            r.upstream_header("x-request-id"))
+        assert re.fullmatch(
+            r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+            r.upstream_header("x-request-id"),
+        )
         assert r.upstream_header("x-envoy-expected-rq-timeout-ms") == "15000"
     await c.close()
     assert up.connections == 1
@@ -41,19 +43,34 @@ async def test_existing_request_id_and_hop_by_hop_headers(upstreams, proxy):
     up = await upstreams()
     p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
     c = await p.client()
-    r = await c.request(headers={"x-request-id": "abc", "connection": "keep-alive, x-hop",
-                                 "keep-alive": "timeout=5", "proxy-connection": "x",
-                                 "te": "gzip", "x-hop": "1", "x-custom": "v",
-                                 "x-envoy-retry-on": "5xx",
-                                 "x-envoy-upstream-rq-timeout-ms": "10"})
+    r = await c.request(
+        headers={
+            "x-request-id": "abc",
+            "connection": "keep-alive, x-hop",
+            "keep-alive": "timeout=5",
+            "proxy-connection": "x",
+            "te": "gzip",
+            "x-hop": "1",
+            "x-custom": "v",
+            "x-envoy-retry-on": "5xx",
+            "x-envoy-upstream-rq-timeout-ms": "10",
+        }
+    )
     names = [k for k, _ in r.json()["headers"]]
     assert r.upstream_header("x-request-id") == "abc"
     assert r.upstream_header("x-custom") == "v"
     # hop-by-hop, Connection-nominated and Envoy's router control headers stop here
-    for hop in ("connection", "keep-alive", "proxy-connection", "te", "x-hop",
-                "x-envoy-retry-on", "x-envoy-upstream-rq-timeout-ms"):
+    for hop in (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "x-hop",
+        "x-envoy-retry-on",
+        "x-envoy-upstream-rq-timeout-ms",
+    ):
         assert hop not in names
-    r = await c.request(headers={"te": "trailers"})   # the one TE Envoy forwards
+    r = await c.request(headers={"te": "trailers"})  # the one TE Envoy forwards
     assert r.upstream_header("te") == "trailers"
     await c.close()
 
@@ -62,8 +79,10 @@ async def test_pipelined_requests_answer_in_order(upstreams, proxy):
     up = await upstreams()
     p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
     c = await p.client()
-    await c.send(b"".join(b"GET /p/%d HTTP/1.1\r\nhost: a\r\n\r\n" % i for i in range(5)) +
-                 b"POST /p/5 HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc")
+    await c.send(
+        b"".join(b"GET /p/%d HTTP/1.1\r\nhost: a\r\n\r\n" % i for i in range(5))
+        + b"POST /p/5 HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc"
+    )
     for i in range(6):
         r = await c.response()
         assert r.status == 200
@@ -78,13 +97,17 @@ async def test_request_bodies_content_length_and_chunked(upstreams, proxy):
     c = await p.client()
     r = await c.request("POST", "/sink", body=b"x" * 100000)
     assert r.body == b"100000"
-    await c.send(b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
-                 b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\ntrailer: 1\r\n\r\n")
+    await c.send(
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\ntrailer: 1\r\n\r\n"
+    )
     r = await c.response()
     assert r.json()["body_length"] == 11
     assert r.upstream_header("transfer-encoding") == "chunked"
     # split at every byte: framing state survives arbitrary reads
-    raw = b"POST /sink HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    raw = (
+        b"POST /sink HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
     for b in raw:
         c.writer.write(bytes([b]))
         await c.writer.drain()
@@ -118,8 +141,9 @@ async def test_expect_100_continue(upstreams, proxy):
     up = await upstreams()
     p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
     c = await p.client()
-    await c.send(b"POST /sink HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\n"
-                 b"content-length: 4\r\n\r\n")
+    await c.send(
+        b"POST /sink HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n"
+    )
     interim = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 2)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     await c.send(b"body")
@@ -144,8 +168,9 @@ async def test_connection_close_and_http10(upstreams, proxy):
 
 async def test_x_forwarded_for_with_use_remote_address(upstreams, proxy):
     up = await upstreams()
-    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])],
-                              use_remote_address=True))
+    p = await proxy(
+        bootstrap([vhost([route("/")])], [cluster("up", [up.port])], use_remote_address=True)
+    )
     c = await p.client()
     r = await c.request()
     assert r.upstream_header("x-forwarded-for") == "127.0.0.1"
@@ -164,12 +189,19 @@ async def test_x_forwarded_for_with_use_remote_address(upstreams, proxy):
 
 async def test_websocket_upgrade_is_tunnelled_only_when_enabled(upstreams, proxy):
     up = await upstreams()
-    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])],
-                              upgrade_configs=[{"upgrade_type": "websocket"}]))
+    p = await proxy(
+        bootstrap(
+            [vhost([route("/")])],
+            [cluster("up", [up.port])],
+            upgrade_configs=[{"upgrade_type": "websocket"}],
+        )
+    )
     c = await p.client()
-    await c.send(b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
-                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                 b"sec-websocket-version: 13\r\n\r\n")
+    await c.send(
+        b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"sec-websocket-version: 13\r\n\r\n"
+    )
     r = await c.response()
     assert r.status == 101 and r.header("upgrade") == "websocket"
     await c.send(b"\x81\x05hello")
@@ -179,7 +211,9 @@ async def test_websocket_upgrade_is_tunnelled_only_when_enabled(upstreams, proxy
     assert p.counter("http.ingress.downstream_cx_upgrades_total") == 1
     p2 = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
     c = await p2.client()
-    await c.send(b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+    await c.send(
+        b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+    )
     r = await c.response()
     assert r.status == 403
     assert p2.counter("http.ingress.downstream_rq_ws_on_non_ws_route") == 1

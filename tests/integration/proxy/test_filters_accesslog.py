@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import ClassVar
 
 from sofamesh._core.http_proxy import FILTER_CONTINUE_, FILTER_STOP_, HttpFilter
 from sofamesh.filters.registry import FilterSpec, register
@@ -15,21 +16,30 @@ HUNDRED = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runti
 
 
 def lrl(max_tokens: int = 2, interval: str = "60s", **kw) -> dict:
-    cfg = {"@type": LRL_TYPE, "stat_prefix": "lrl",
-           "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": max_tokens,
-                            "fill_interval": interval},
-           "filter_enabled": HUNDRED, "filter_enforced": HUNDRED,
-           "response_headers_to_add": [{"append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                                        "header": {"key": "x-local-rate-limit",
-                                                   "value": "true"}}]}
+    cfg = {
+        "@type": LRL_TYPE,
+        "stat_prefix": "lrl",
+        "token_bucket": {
+            "max_tokens": max_tokens,
+            "tokens_per_fill": max_tokens,
+            "fill_interval": interval,
+        },
+        "filter_enabled": HUNDRED,
+        "filter_enforced": HUNDRED,
+        "response_headers_to_add": [
+            {
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                "header": {"key": "x-local-rate-limit", "value": "true"},
+            }
+        ],
+    }
     cfg.update(kw)
     return {"name": "envoy.filters.http.local_ratelimit", "typed_config": cfg}
 
 
 async def test_local_ratelimit_429_and_stats(upstreams, proxy):
     up = await upstreams()
-    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])],
-                              filters=[lrl(2)]))
+    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])], filters=[lrl(2)]))
     c = await p.client()
     assert (await c.request()).status == 200
     assert (await c.request()).status == 200
@@ -37,7 +47,7 @@ async def test_local_ratelimit_429_and_stats(upstreams, proxy):
     assert r.status == 429 and r.body == b"local_rate_limited"
     assert r.header("x-local-rate-limit") == "true"
     assert r.header("content-type") == "text/plain"
-    r = await c.request()        # connection still usable, still limited
+    r = await c.request()  # connection still usable, still limited
     assert r.status == 429
     assert len(up.requests) == 2
     assert p.counter("lrl.http_local_rate_limit.enabled") == 4
@@ -50,8 +60,9 @@ async def test_local_ratelimit_429_and_stats(upstreams, proxy):
 
 async def test_local_ratelimit_refills(upstreams, proxy):
     up = await upstreams()
-    p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])],
-                              filters=[lrl(1, "0.2s")]))
+    p = await proxy(
+        bootstrap([vhost([route("/")])], [cluster("up", [up.port])], filters=[lrl(1, "0.2s")])
+    )
     c = await p.client()
     assert (await c.request()).status == 200
     assert (await c.request()).status == 429
@@ -75,15 +86,22 @@ async def test_local_ratelimit_not_enforced_only_counts(upstreams, proxy):
 
 async def test_local_ratelimit_per_route_config(upstreams, proxy):
     up = await upstreams()
-    base = {"name": "envoy.filters.http.local_ratelimit",
-            "typed_config": {"@type": LRL_TYPE, "stat_prefix": "global"}}
+    base = {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {"@type": LRL_TYPE, "stat_prefix": "global"},
+    }
     per_route = lrl(1)["typed_config"]
     per_route["stat_prefix"] = "limited_route"
-    vh = vhost([
-        {"match": {"prefix": "/limited"}, "route": {"cluster": "up"},
-         "typed_per_filter_config": {"envoy.filters.http.local_ratelimit": per_route}},
-        route("/"),
-    ])
+    vh = vhost(
+        [
+            {
+                "match": {"prefix": "/limited"},
+                "route": {"cluster": "up"},
+                "typed_per_filter_config": {"envoy.filters.http.local_ratelimit": per_route},
+            },
+            route("/"),
+        ]
+    )
     p = await proxy(bootstrap([vh], [cluster("up", [up.port])], filters=[base]))
     c = await p.client()
     for _ in range(3):
@@ -111,15 +129,22 @@ class HeaderAuth(HttpFilter):
         return FILTER_CONTINUE_
 
 
-register(FilterSpec(kind="http", names=("test.header_auth",),
-                    type_urls=("type.googleapis.com/google.protobuf.Empty",),
-                    factory=lambda cfg, ctx: HeaderAuth("test.header_auth", False, False)))
+register(
+    FilterSpec(
+        kind="http",
+        names=("test.header_auth",),
+        type_urls=("type.googleapis.com/google.protobuf.Empty",),
+        factory=lambda cfg, ctx: HeaderAuth("test.header_auth", False, False),
+    )
+)
 
 
 async def test_python_filter_plugs_in_before_the_router(upstreams, proxy):
     up = await upstreams()
-    f = {"name": "test.header_auth",
-         "typed_config": {"@type": "type.googleapis.com/google.protobuf.Empty"}}
+    f = {
+        "name": "test.header_auth",
+        "typed_config": {"@type": "type.googleapis.com/google.protobuf.Empty"},
+    }
     p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])], filters=[f]))
     c = await p.client()
     r = await c.request()
@@ -136,21 +161,29 @@ async def test_python_filter_plugs_in_before_the_router(upstreams, proxy):
 async def test_file_access_log_default_format(upstreams, proxy, tmp_path):
     up = await upstreams()
     path = tmp_path / "access.log"
-    al = [{"name": "envoy.access_loggers.file", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        "path": str(path)}}]
-    p = await proxy(bootstrap([vhost([route("/api")])], [cluster("up", [up.port])],
-                              access_log=al))
+    al = [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": str(path),
+            },
+        }
+    ]
+    p = await proxy(bootstrap([vhost([route("/api")])], [cluster("up", [up.port])], access_log=al))
     c = await p.client()
-    await c.request(path="/api/x", headers={"user-agent": "ua/1", "x-request-id": "rid-1"},
-                    host="h.example")
+    await c.request(
+        path="/api/x", headers={"user-agent": "ua/1", "x-request-id": "rid-1"}, host="h.example"
+    )
     await c.request(path="/nope")
     await c.close()
-    await p.server.stop()     # flushes the batch
+    await p.server.stop()  # flushes the batch
     lines = path.read_text().splitlines()
     assert len(lines) == 2
-    pat = (r'\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "GET /api/x HTTP/1.1" 200 - 0 \d+ \d+ '
-           r'\d+ "-" "ua/1" "rid-1" "h.example" "127.0.0.1:\d+"')
+    pat = (
+        r'\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "GET /api/x HTTP/1.1" 200 - 0 \d+ \d+ '
+        r'\d+ "-" "ua/1" "rid-1" "h.example" "127.0.0.1:\d+"'
+    )
     assert re.fullmatch(pat, lines[0]), lines[0]
     assert '"GET /nope HTTP/1.1" 404 NR 0 0 ' in lines[1]
 
@@ -158,7 +191,7 @@ async def test_file_access_log_default_format(upstreams, proxy, tmp_path):
 class BodyCounter(HttpFilter):
     """Sees decoded request and response payloads; rejects request bodies containing 'evil'."""
 
-    seen: dict = {}
+    seen: ClassVar[dict] = {}
 
     def decode_data(self, s, data, end_stream):
         st = self.seen.setdefault("req", [])
@@ -172,20 +205,29 @@ class BodyCounter(HttpFilter):
         return FILTER_CONTINUE_
 
 
-register(FilterSpec(kind="http", names=("test.body_counter",),
-                    type_urls=("type.googleapis.com/google.protobuf.Struct",),
-                    factory=lambda cfg, ctx: BodyCounter("test.body_counter", True, False)))
+register(
+    FilterSpec(
+        kind="http",
+        names=("test.body_counter",),
+        type_urls=("type.googleapis.com/google.protobuf.Struct",),
+        factory=lambda cfg, ctx: BodyCounter("test.body_counter", True, False),
+    )
+)
 
 
 async def test_data_filters_see_decoded_payload_both_ways(upstreams, proxy):
     up = await upstreams()
-    f = {"name": "test.body_counter",
-         "typed_config": {"@type": "type.googleapis.com/google.protobuf.Struct", "value": {}}}
+    f = {
+        "name": "test.body_counter",
+        "typed_config": {"@type": "type.googleapis.com/google.protobuf.Struct", "value": {}},
+    }
     p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])], filters=[f]))
     c = await p.client()
     BodyCounter.seen.clear()
-    await c.send(b"POST /chunked/2 HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
-                 b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
+    await c.send(
+        b"POST /chunked/2 HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    )
     r = await c.response()
     assert r.body == b"chunk-0;chunk-1;"
     assert b"".join(d for d, _ in BodyCounter.seen["req"]) == b"abcde"

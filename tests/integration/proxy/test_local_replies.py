@@ -13,8 +13,9 @@ RESET = "upstream connect error or disconnect/reset before headers. "
 
 async def test_no_route_is_404_and_keeps_the_connection(upstreams, proxy):
     up = await upstreams()
-    p = await proxy(bootstrap([vhost([route("/api")], domains=["a.com"])],
-                              [cluster("up", [up.port])]))
+    p = await proxy(
+        bootstrap([vhost([route("/api")], domains=["a.com"])], [cluster("up", [up.port])])
+    )
     c = await p.client()
     r = await c.request(path="/other", host="a.com")
     assert r.status == 404 and r.body == b"" and r.header("content-length") == "0"
@@ -44,8 +45,12 @@ async def test_connect_failure_is_503_with_envoys_body(proxy):
 
 
 async def test_no_healthy_upstream(proxy):
-    p = await proxy(bootstrap([vhost([route("/", "empty")])], [
-        {"name": "empty", "type": "STATIC", "load_assignment": {"cluster_name": "empty"}}]))
+    p = await proxy(
+        bootstrap(
+            [vhost([route("/", "empty")])],
+            [{"name": "empty", "type": "STATIC", "load_assignment": {"cluster_name": "empty"}}],
+        )
+    )
     c = await p.client()
     r = await c.request()
     assert r.status == 503 and r.body == b"no healthy upstream"
@@ -87,8 +92,9 @@ async def test_headers_too_large_is_431_and_close(upstreams, proxy):
     assert r.header("connection") == "close"
     assert await c.closed()
     c = await p.client()
-    await c.send(b"GET / HTTP/1.1\r\nhost: a\r\n" +
-                 b"".join(b"h%d: 1\r\n" % i for i in range(101)) + b"\r\n")
+    await c.send(
+        b"GET / HTTP/1.1\r\nhost: a\r\n" + b"".join(b"h%d: 1\r\n" % i for i in range(101)) + b"\r\n"
+    )
     r = await c.response()
     assert r.status == 431
     assert p.counter("http.ingress.downstream_rq_header_overflow") == 2
@@ -114,7 +120,7 @@ async def test_malformed_requests_are_400_and_close(upstreams, proxy):
         assert r.header("connection") == "close"
         assert await c.closed(), raw
     c = await p.client()
-    await c.send(b"GET / HTTP/1.1\r\n\r\n")   # HTTP/1.1 without Host
+    await c.send(b"GET / HTTP/1.1\r\n\r\n")  # HTTP/1.1 without Host
     r = await c.response()
     assert r.status == 400 and r.body == b""
     c = await p.client()
@@ -130,15 +136,30 @@ async def test_malformed_requests_are_400_and_close(upstreams, proxy):
 
 
 async def test_direct_response_and_redirect(upstreams, proxy):
-    p = await proxy(bootstrap([vhost([
-        {"match": {"path": "/health"}, "direct_response": {"status": 200,
-                                                            "body": {"inline_string": "ok"}}},
-        {"match": {"prefix": "/old"}, "redirect": {"prefix_rewrite": "/new",
-                                                    "response_code": "FOUND"}},
-        {"match": {"prefix": "/secure"}, "redirect": {"https_redirect": True}},
-        {"match": {"prefix": "/moved"}, "redirect": {"host_redirect": "b.com",
-                                                      "path_redirect": "/there"}},
-    ])], []))
+    p = await proxy(
+        bootstrap(
+            [
+                vhost(
+                    [
+                        {
+                            "match": {"path": "/health"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                        },
+                        {
+                            "match": {"prefix": "/old"},
+                            "redirect": {"prefix_rewrite": "/new", "response_code": "FOUND"},
+                        },
+                        {"match": {"prefix": "/secure"}, "redirect": {"https_redirect": True}},
+                        {
+                            "match": {"prefix": "/moved"},
+                            "redirect": {"host_redirect": "b.com", "path_redirect": "/there"},
+                        },
+                    ]
+                )
+            ],
+            [],
+        )
+    )
     c = await p.client()
     r = await c.request(path="/health")
     assert (r.status, r.body, r.header("content-type")) == (200, b"ok", "text/plain")
@@ -148,7 +169,7 @@ async def test_direct_response_and_redirect(upstreams, proxy):
     assert r.status == 301 and r.header("location") == "https://a.com/secure/p"
     r = await c.request(path="/moved?q=2", host="a.com")
     assert r.status == 301 and r.header("location") == "http://b.com/there?q=2"
-    assert p.counter("http.ingress.rq_direct_response") == 4   # Envoy counts redirects too
+    assert p.counter("http.ingress.rq_direct_response") == 4  # Envoy counts redirects too
     await c.close()
 
 
@@ -170,11 +191,14 @@ async def test_client_disconnect_mid_request_is_counted(upstreams, proxy):
 
 async def test_shorter_timeout_after_a_longer_one_on_the_same_connection(upstreams, proxy):
     up = await upstreams()
-    p = await proxy(bootstrap([vhost([route("/long", timeout="30s"),
-                                      route("/", timeout="0.2s")])],
-                              [cluster("up", [up.port])]))
+    p = await proxy(
+        bootstrap(
+            [vhost([route("/long", timeout="30s"), route("/", timeout="0.2s")])],
+            [cluster("up", [up.port])],
+        )
+    )
     c = await p.client()
-    assert (await c.request(path="/long")).status == 200     # arms a 30 s timer
+    assert (await c.request(path="/long")).status == 200  # arms a 30 s timer
     t0 = asyncio.get_running_loop().time()
     r = await c.request(path="/slow/2000")
     assert r.status == 504

@@ -4,11 +4,8 @@ through in bounded memory with backpressure, and the demo works as the README sa
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
@@ -38,14 +35,17 @@ def run_proxy(tmp_path):
         bs.static_resources.listeners[0].address.socket_address.port_value = port
         cfg = tmp_path / f"proxy{len(procs)}.json"
         cfg.write_text(json_format.MessageToJson(bs))
-        p = subprocess.Popen(sofamesh_command() + ["proxy", "-c", str(cfg), "--concurrency", "1",
-                                                   "-l", "warning"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.Popen(
+            sofamesh_command() + ["proxy", "-c", str(cfg), "--concurrency", "1", "-l", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         procs.append(p)
         deadline = time.time() + 15
         while time.time() < deadline:
             try:
                 import socket
+
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 return p, port
             except OSError:
@@ -68,8 +68,9 @@ def run_proxy(tmp_path):
 
 async def test_one_gigabyte_each_way_in_bounded_memory(upstreams, run_proxy):
     up = await upstreams()
-    proc, port = run_proxy(bootstrap([vhost([route("/", timeout="0s")])],
-                                     [cluster("up", [up.port])]))
+    proc, port = run_proxy(
+        bootstrap([vhost([route("/", timeout="0s")])], [cluster("up", [up.port])])
+    )
     c = await Client(port).connect()
     # download: the upstream writes 1 GB as fast as the proxy lets it
     await c.send(b"GET /big/%d HTTP/1.1\r\nhost: a\r\n\r\n" % GB)
@@ -97,8 +98,17 @@ async def test_one_gigabyte_each_way_in_bounded_memory(upstreams, run_proxy):
 
 def test_demo_command_serves_and_exits(tmp_path):
     port = free_port()
-    cmd = sofamesh_command() + ["demo", "--listen-port", str(port), "--upstream-port", "0",
-                                "--admin-port", "0", "--exit-after", "4"]
+    cmd = sofamesh_command() + [
+        "demo",
+        "--listen-port",
+        str(port),
+        "--upstream-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--exit-after",
+        "4",
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = ""

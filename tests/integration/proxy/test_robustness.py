@@ -14,9 +14,23 @@ VALID = [
     b"POST /sink HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     b"GET /chunked/2 HTTP/1.1\r\nhost: x\r\n\r\n",
 ]
-JUNK = [b"\x00", b"\r\n", b"\n", b" ", b":", b"\xff", b"HTTP/1.1", b"\r\n\r\n", b"0\r\n",
-        b"content-length: 99999999999999999999\r\n", b"transfer-encoding: chunked\r\n",
-        b"GET", b"\t", b";", b"ffffffffffffffffff\r\n"]
+JUNK = [
+    b"\x00",
+    b"\r\n",
+    b"\n",
+    b" ",
+    b":",
+    b"\xff",
+    b"HTTP/1.1",
+    b"\r\n\r\n",
+    b"0\r\n",
+    b"content-length: 99999999999999999999\r\n",
+    b"transfer-encoding: chunked\r\n",
+    b"GET",
+    b"\t",
+    b";",
+    b"ffffffffffffffffff\r\n",
+]
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -47,7 +61,7 @@ async def _exchange(port: int, payload: bytes) -> bytes:
             if not chunk:
                 return out
             out += chunk
-    except (ConnectionError, asyncio.TimeoutError):
+    except (TimeoutError, ConnectionError):
         return b""
     finally:
         w.close()
@@ -95,7 +109,7 @@ async def test_bad_upstream_responses_become_502_or_reset(proxy):
         b"HTTP/1.1 200 OK\r\nx: " + b"a" * 70000 + b"\r\n\r\n",
     ]
     for reply in replies:
-        srv = await loop.create_server(lambda: BadUpstream(reply), "127.0.0.1", 0)
+        srv = await loop.create_server(lambda r=reply: BadUpstream(r), "127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
         p = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [port])]))
         c = await p.client()
@@ -104,7 +118,7 @@ async def test_bad_upstream_responses_become_502_or_reset(proxy):
             r = await c.response()
             status = r.status
         except (asyncio.IncompleteReadError, ConnectionError):
-            status = None          # reset mid-response, as Envoy does
+            status = None  # reset mid-response, as Envoy does
         # unparsable: 502 "... reset reason: protocol error" (Envoy); mid-body: reset
         assert status in (None, 502) or (status == 200 and b"content-length: 10" in reply)
         if status == 502:

@@ -11,23 +11,37 @@ from .conftest import bootstrap, cluster, route, vhost
 
 
 async def test_virtual_host_precedence_and_matchers(upstreams, proxy):
-    ups = {n: await upstreams(n) for n in ("exact", "suffix", "prefix", "star", "hdr", "qry",
-                                           "rx", "path")}
+    ups = {
+        n: await upstreams(n)
+        for n in ("exact", "suffix", "prefix", "star", "hdr", "qry", "rx", "path")
+    }
     vhs = [
         vhost([route("/", "exact")], ["api.example.com"], name="exact"),
         vhost([route("/", "suffix")], ["*.example.com"], name="suffix"),
         vhost([route("/", "prefix")], ["api.*"], name="prefix"),
-        vhost([
-            {"match": {"prefix": "/", "headers": [{"name": "x-canary",
-                                                   "string_match": {"exact": "yes"}}]},
-             "route": {"cluster": "hdr"}},
-            {"match": {"prefix": "/", "query_parameters": [{"name": "v",
-                                                            "string_match": {"exact": "2"}}]},
-             "route": {"cluster": "qry"}},
-            {"match": {"safe_regex": {"regex": "/items/[0-9]+"}}, "route": {"cluster": "rx"}},
-            {"match": {"path": "/exact"}, "route": {"cluster": "path"}},
-            route("/", "star"),
-        ], ["*"], name="star"),
+        vhost(
+            [
+                {
+                    "match": {
+                        "prefix": "/",
+                        "headers": [{"name": "x-canary", "string_match": {"exact": "yes"}}],
+                    },
+                    "route": {"cluster": "hdr"},
+                },
+                {
+                    "match": {
+                        "prefix": "/",
+                        "query_parameters": [{"name": "v", "string_match": {"exact": "2"}}],
+                    },
+                    "route": {"cluster": "qry"},
+                },
+                {"match": {"safe_regex": {"regex": "/items/[0-9]+"}}, "route": {"cluster": "rx"}},
+                {"match": {"path": "/exact"}, "route": {"cluster": "path"}},
+                route("/", "star"),
+            ],
+            ["*"],
+            name="star",
+        ),
     ]
     p = await proxy(bootstrap(vhs, [cluster(n, [u.port]) for n, u in ups.items()]))
     c = await p.client()
@@ -53,14 +67,23 @@ async def test_virtual_host_precedence_and_matchers(upstreams, proxy):
 
 async def test_rewrites_and_header_mutations(upstreams, proxy):
     up = await upstreams()
-    vh = vhost([{
-        "match": {"prefix": "/api/"},
-        "route": {"cluster": "up", "prefix_rewrite": "/v2/", "host_rewrite_literal": "svc.local"},
-        "request_headers_to_add": [{"header": {"key": "x-route", "value": "r1"}}],
-        "request_headers_to_remove": ["x-secret"],
-        "response_headers_to_add": [{"header": {"key": "x-resp", "value": "yes"}}],
-        "response_headers_to_remove": ["content-type"],
-    }], request_headers_to_add=[{"header": {"key": "x-vhost", "value": "v"}}])
+    vh = vhost(
+        [
+            {
+                "match": {"prefix": "/api/"},
+                "route": {
+                    "cluster": "up",
+                    "prefix_rewrite": "/v2/",
+                    "host_rewrite_literal": "svc.local",
+                },
+                "request_headers_to_add": [{"header": {"key": "x-route", "value": "r1"}}],
+                "request_headers_to_remove": ["x-secret"],
+                "response_headers_to_add": [{"header": {"key": "x-resp", "value": "yes"}}],
+                "response_headers_to_remove": ["content-type"],
+            }
+        ],
+        request_headers_to_add=[{"header": {"key": "x-vhost", "value": "v"}}],
+    )
     p = await proxy(bootstrap([vh], [cluster("up", [up.port])]))
     c = await p.client()
     r = await c.request(path="/api/users?id=1", headers={"x-secret": "s", "x-keep": "k"})
@@ -78,8 +101,18 @@ async def test_rewrites_and_header_mutations(upstreams, proxy):
 
 async def test_weighted_clusters_split_traffic(upstreams, proxy):
     a, b = await upstreams("a"), await upstreams("b")
-    vh = vhost([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
-        {"name": "a", "weight": 80}, {"name": "b", "weight": 20}]}}}])
+    vh = vhost(
+        [
+            {
+                "match": {"prefix": "/"},
+                "route": {
+                    "weighted_clusters": {
+                        "clusters": [{"name": "a", "weight": 80}, {"name": "b", "weight": 20}]
+                    }
+                },
+            }
+        ]
+    )
     p = await proxy(bootstrap([vh], [cluster("a", [a.port]), cluster("b", [b.port])]))
     c = await p.client()
     seen = collections.Counter()
@@ -97,8 +130,7 @@ async def test_round_robin_and_weights_across_hosts(upstreams, proxy):
     assert got.count("a") == 3 and got.count("b") == 3
     assert got[0] != got[1]
     await c.close()
-    p2 = await proxy(bootstrap([vhost([route("/")])],
-                               [cluster("up", [(a.port, 3), (b.port, 1)])]))
+    p2 = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [(a.port, 3), (b.port, 1)])]))
     c = await p2.client()
     got = [(await c.request()).json()["upstream"] for _ in range(8)]
     assert got.count("a") == 6 and got.count("b") == 2
@@ -107,10 +139,13 @@ async def test_round_robin_and_weights_across_hosts(upstreams, proxy):
 
 async def test_least_request_prefers_the_idle_host(upstreams, proxy):
     a, b = await upstreams("a"), await upstreams("b")
-    p = await proxy(bootstrap([vhost([route("/")])],
-                              [cluster("up", [a.port, b.port], lb_policy="LEAST_REQUEST")]))
+    p = await proxy(
+        bootstrap(
+            [vhost([route("/")])], [cluster("up", [a.port, b.port], lb_policy="LEAST_REQUEST")]
+        )
+    )
     busy = []
-    for _ in range(4):     # four slow requests in flight
+    for _ in range(4):  # four slow requests in flight
         c = await p.client()
         await c.send(b"GET /slow/400 HTTP/1.1\r\nhost: a\r\n\r\n")
         busy.append(c)
@@ -122,8 +157,7 @@ async def test_least_request_prefers_the_idle_host(upstreams, proxy):
         r = await c.request()
         assert r.status == 200
     # with 2 choices, fast requests go to the host with fewer active requests
-    counts = collections.Counter(x["upstream"] for x in a.requests + b.requests
-                                 if x["path"] == "/")
+    counts = collections.Counter(x["upstream"] for x in a.requests + b.requests if x["path"] == "/")
     assert sum(counts.values()) == 10
     for b_ in busy:
         assert (await b_.response()).status == 200
@@ -134,8 +168,9 @@ async def test_least_request_prefers_the_idle_host(upstreams, proxy):
 async def test_circuit_breaker_max_requests(upstreams, proxy):
     up = await upstreams()
     cb = {"thresholds": [{"max_requests": 1}]}
-    p = await proxy(bootstrap([vhost([route("/")])],
-                              [cluster("up", [up.port], circuit_breakers=cb)]))
+    p = await proxy(
+        bootstrap([vhost([route("/")])], [cluster("up", [up.port], circuit_breakers=cb)])
+    )
     a, b = await p.client(), await p.client()
     await a.send(b"GET /slow/200 HTTP/1.1\r\nhost: a\r\n\r\n")
     await asyncio.sleep(0.05)
@@ -151,8 +186,9 @@ async def test_circuit_breaker_max_requests(upstreams, proxy):
 async def test_circuit_breaker_pending_overflow(upstreams, proxy):
     up = await upstreams()
     cb = {"thresholds": [{"max_connections": 1, "max_pending_requests": 1}]}
-    p = await proxy(bootstrap([vhost([route("/")])],
-                              [cluster("up", [up.port], circuit_breakers=cb)]))
+    p = await proxy(
+        bootstrap([vhost([route("/")])], [cluster("up", [up.port], circuit_breakers=cb)])
+    )
     clients = [await p.client() for _ in range(3)]
     for c in clients:
         await c.send(b"GET /slow/200 HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -160,7 +196,7 @@ async def test_circuit_breaker_pending_overflow(upstreams, proxy):
     rs = [await c.response() for c in clients]
     codes = sorted(r.status for r in rs)
     assert codes == [200, 200, 503]
-    over = [r for r in rs if r.status == 503][0]
+    over = next(r for r in rs if r.status == 503)
     assert over.body.endswith(b"reset reason: overflow")
     assert p.counter("cluster.up.upstream_rq_pending_overflow") == 1
     assert p.counter("cluster.up.upstream_cx_overflow") >= 1
@@ -180,7 +216,7 @@ async def test_retry_on_5xx_and_connect_failure(upstreams, proxy):
     assert p.counter("cluster.up.upstream_rq_retry_success") == 1
     up.flaky = 0
     r = await c.request("POST", path="/flaky/5", body=b"payload")
-    assert r.status == 503 and r.body == b"flaky"     # retries exhausted: last answer
+    assert r.status == 503 and r.body == b"flaky"  # retries exhausted: last answer
     assert [x["body_length"] for x in up.requests[-3:]] == [7, 7, 7]
     await c.close()
     dead = free_port()
@@ -211,14 +247,14 @@ async def test_strict_dns_cluster_resolves_localhost(upstreams, proxy):
     up = await upstreams()
     c_ = cluster("up", [up.port], type="STRICT_DNS", dns_refresh_rate="0.2s")
     c_["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
-        "socket_address"]["address"] = "localhost"
-    p = await proxy(bootstrap([vhost([route("/auto", auto_host_rewrite=True), route("/")])],
-                              [c_]))
+        "socket_address"
+    ]["address"] = "localhost"
+    p = await proxy(bootstrap([vhost([route("/auto", auto_host_rewrite=True), route("/")])], [c_]))
     hosts = p.server.clusters["up"].hosts
     assert [(h.address, h.hostname) for h in hosts] == [("127.0.0.1", "localhost")]
     c = await p.client()
     assert (await c.request()).status == 200
-    await asyncio.sleep(0.3)    # a refresh keeps the same host object and its pool
+    await asyncio.sleep(0.3)  # a refresh keeps the same host object and its pool
     assert p.server.clusters["up"].hosts[0] is hosts[0]
     assert (await c.request()).status == 200
     assert up.connections == 1

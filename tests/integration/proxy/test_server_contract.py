@@ -58,17 +58,29 @@ async def test_stop_closes_everything(upstreams):
     await srv.stop()
     assert await asyncio.wait_for(r.read(), 2) is not None
     await asyncio.sleep(0.05)
-    assert up.protocols == set()   # pooled upstream connections closed too
+    assert up.protocols == set()  # pooled upstream connections closed too
     w.close()
 
 
-@pytest.mark.parametrize("mutate,field", [
-    (lambda b: b.static_resources.clusters[0].__setattr__("lb_policy", 2), "lb_policy"),
-    (lambda b: b.static_resources.listeners[0].filter_chains[0].filters[0].__setattr__(
-        "name", "envoy.filters.network.tcp_proxy") or
-        b.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.__setattr__(
-        "type_url", "type.googleapis.com/x"), "filters[0]"),
-])
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda b: b.static_resources.clusters[0].__setattr__("lb_policy", 2), "lb_policy"),
+        (
+            lambda b: (
+                b.static_resources.listeners[0]
+                .filter_chains[0]
+                .filters[0]
+                .__setattr__("name", "envoy.filters.network.tcp_proxy")
+                or b.static_resources.listeners[0]
+                .filter_chains[0]
+                .filters[0]
+                .typed_config.__setattr__("type_url", "type.googleapis.com/x")
+            ),
+            "filters[0]",
+        ),
+    ],
+)
 async def test_unsupported_config_names_the_field(upstreams, mutate, field):
     up = await upstreams()
     bs = bootstrap([vhost([route("/")])], [cluster("up", [up.port])])

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 
 from sofamesh._core.codecs import http1
 
-REQ = (b"POST /a/b?c=d HTTP/1.1\r\nHost: Example.com\r\nContent-Length: 5\r\n"
-       b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nExpect: 100-continue\r\n"
-       b"X-Forwarded-For: 1.1.1.1\r\nX-Empty:\r\nX-Spaces:   v  \t\r\n\r\nhello")
+REQ = (
+    b"POST /a/b?c=d HTTP/1.1\r\nHost: Example.com\r\nContent-Length: 5\r\n"
+    b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nExpect: 100-continue\r\n"
+    b"X-Forwarded-For: 1.1.1.1\r\nX-Empty:\r\nX-Spaces:   v  \t\r\n\r\nhello"
+)
 
 
 def test_request_head_fields():
@@ -40,27 +42,29 @@ def test_leading_empty_lines_and_offset():
     assert n == len(data) - 4 and h.target == b"/"
 
 
-@pytest.mark.parametrize("raw,err", [
-    (b"GARBAGE\r\n\r\n", http1.E_BAD),
-    (b"GET  / HTTP/1.1\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.2\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/2.0\r\n\r\n", http1.E_BAD),
-    (b"GET /a b HTTP/1.1\r\n\r\n", http1.E_BAD),
-    (b"G(T / HTTP/1.1\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\n: empty\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\n folded: first\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\nx: a\rb\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\nx: a\x00b\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\ncontent-length: 1x\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nhost: c\r\n\r\n", http1.E_BAD),
-    (b"GET / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
-     http1.E_BAD),
-    (b"GET / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", http1.E_NOT_IMPL),
-])
+@pytest.mark.parametrize(
+    "raw,err",
+    [
+        (b"GARBAGE\r\n\r\n", http1.E_BAD),
+        (b"GET  / HTTP/1.1\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.2\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/2.0\r\n\r\n", http1.E_BAD),
+        (b"GET /a b HTTP/1.1\r\n\r\n", http1.E_BAD),
+        (b"G(T / HTTP/1.1\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\n: empty\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\n folded: first\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\nx: a\rb\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\nx: a\x00b\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\ncontent-length: 1x\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nhost: c\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n", http1.E_BAD),
+        (b"GET / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", http1.E_NOT_IMPL),
+    ],
+)
 def test_malformed_heads(raw, err):
     assert http1.parse_request_head(raw)[0] == err
 
@@ -84,8 +88,9 @@ def test_response_heads():
     assert n > 0 and h.status_code == 200 and h.version_minor == 0 and h.reason == b""
     assert http1.parse_response_head(b"HTTP/1.1 2x0 OK\r\n\r\n")[0] == http1.E_BAD
     assert http1.parse_response_head(b"ICY 200 OK\r\n\r\n")[0] == http1.E_BAD
-    n, h = http1.parse_response_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
-                                     b"connection: close\r\n\r\n")
+    n, h = http1.parse_response_head(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
     assert h.is_chunked and not h.keep_alive
 
 
@@ -119,10 +124,18 @@ def test_chunked_whole_bytewise_and_random_splits():
         assert _feed_in_pieces(data, cuts) == (len(CHUNKED), True)
 
 
-@pytest.mark.parametrize("bad", [
-    b"z\r\n", b"5\r\nhelloX\r\n", b"5\nhello", b"5\r\nhello\r\r", b"\r\n",
-    b"fffffffffffffffff\r\n", b"5;a\x01\r\n",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"z\r\n",
+        b"5\r\nhelloX\r\n",
+        b"5\nhello",
+        b"5\r\nhello\r\r",
+        b"\r\n",
+        b"fffffffffffffffff\r\n",
+        b"5;a\x01\r\n",
+    ],
+)
 def test_chunked_errors(bad):
     assert _feed_in_pieces(bad, [])[0] == -1
 
@@ -143,16 +156,22 @@ VALUE = st.text("abcdefghijklmnopqrstuvwxyz0123456789 ;=,/._-", max_size=30).map
 
 
 @settings(max_examples=200, deadline=None)
-@given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
-       path=st.text("abcdefghijklmnopqrstuvwxyz0123456789/?=&%-._~", max_size=40),
-       headers=st.lists(st.tuples(TOKEN, VALUE), max_size=12),
-       split=st.integers(min_value=0, max_value=400))
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
+    path=st.text("abcdefghijklmnopqrstuvwxyz0123456789/?=&%-._~", max_size=40),
+    headers=st.lists(st.tuples(TOKEN, VALUE), max_size=12),
+    split=st.integers(min_value=0, max_value=400),
+)
 def test_agrees_with_llhttp(method, path, headers, split):
     """Differential: the same bytes through httptools (llhttp) give the same head."""
-    headers = [(k, v) for k, v in headers
-               if k not in ("content-length", "transfer-encoding", "host")]
-    raw = (f"{method} /{path} HTTP/1.1\r\nhost: h\r\n" +
-           "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode()
+    headers = [
+        (k, v) for k, v in headers if k not in ("content-length", "transfer-encoding", "host")
+    ]
+    raw = (
+        f"{method} /{path} HTTP/1.1\r\nhost: h\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        + "\r\n"
+    ).encode()
     seen: dict = {"headers": []}
 
     class P:

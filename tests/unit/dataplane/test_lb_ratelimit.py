@@ -28,7 +28,7 @@ def test_weighted_round_robin_is_smooth_and_exact():
     c = Cluster("c", Store(), hosts=hosts(5, 1, 1))
     seq = [c.pick().port for _ in range(7)]
     assert collections.Counter(seq) == {1000: 5, 1001: 1, 1002: 1}
-    assert seq[0] == 1000 and seq[1] == 1000 and 1001 in seq[2:5]   # spread, not 5 in a row
+    assert seq[0] == 1000 and seq[1] == 1000 and 1001 in seq[2:5]  # spread, not 5 in a row
 
 
 def test_least_request_avoids_busy_hosts():
@@ -37,8 +37,7 @@ def test_least_request_avoids_busy_hosts():
     seen = collections.Counter(c.pick().port for _ in range(1000))
     # two random choices: the busy host only wins when both choices land on it (~25%)
     assert seen[1001] > 650
-    c2 = Cluster("c", Store(), hosts=hosts(1, 1, 1, 1), lb_policy="LEAST_REQUEST",
-                 choice_count=4)
+    c2 = Cluster("c", Store(), hosts=hosts(1, 1, 1, 1), lb_policy="LEAST_REQUEST", choice_count=4)
     c2.hosts[2].rq_active = -1  # the least loaded
     # P(a choice hits it) = 1 - (3/4)^4 = 68%, against 44% with two choices
     assert collections.Counter(c2.pick().port for _ in range(400))[1002] > 230
@@ -64,8 +63,14 @@ def test_cluster_stats_use_envoy_names():
     s = Store()
     Cluster("svc", s, hosts=hosts(1))
     names = set(s.counters())
-    for n in ("upstream_rq_total", "upstream_cx_total", "upstream_cx_connect_fail",
-              "upstream_rq_timeout", "upstream_rq_retry", "upstream_rq_pending_overflow"):
+    for n in (
+        "upstream_rq_total",
+        "upstream_cx_total",
+        "upstream_cx_connect_fail",
+        "upstream_rq_timeout",
+        "upstream_rq_retry",
+        "upstream_rq_pending_overflow",
+    ):
         assert f"cluster.svc.{n}" in names
     assert "cluster.svc.upstream_cx_active" in s.gauges()
 
@@ -76,5 +81,5 @@ def test_token_bucket_refills_per_interval():
     assert b.try_consume(100.9) is False
     assert b.try_consume(101.0) is True and b.try_consume(101.0) is True
     assert b.try_consume(101.5) is False
-    assert b.try_consume(110.0) is True          # capped at max_tokens
+    assert b.try_consume(110.0) is True  # capped at max_tokens
     assert b.available == 2

@@ -118,8 +118,9 @@ cdef class BodyReader:
     cdef unsigned long long seen    # body bytes seen (framing included for chunked)
     cdef public list chunks         # list[bytes] | None: decoded payload, when collecting
     cdef Py_ssize_t fwd             # of the last feed, the leading bytes to pass on
-    cdef bint trailers_dropped      # chunked trailers are not passed on (Envoy's default);
-                                    # whoever forwards appends the final CRLF when done
+    # chunked trailers are not passed on (Envoy's default); whoever forwards appends the
+    # final CRLF when done
+    cdef bint trailers_dropped
 
     cdef void start(self, int mode, long long length) noexcept
     # bytes of p that belong to this body; -1 malformed. When `chunks` is a list, the

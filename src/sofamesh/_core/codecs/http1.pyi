@@ -6,6 +6,8 @@ E_BAD: int
 E_TOO_LARGE: int
 E_TOO_MANY: int
 E_NOT_IMPL: int
+E_BAD_TARGET: int
+E_OBS_FOLD: int
 
 class Head:
     head_length: int
@@ -24,6 +26,10 @@ class Head:
 
 class BodyReader:
     complete: bool
+    forward_length: int
+    dropped_trailers: bool
+    chunks: list[bytes] | None
+    def collect(self, on: bool = True) -> None: ...
     def begin(self, mode: int, length: int = 0) -> None: ...
     def feed_bytes(self, data: bytes) -> int: ...
 
@@ -31,3 +37,4 @@ def parse_request_head(
     data: bytes, start: int = 0, max_bytes: int = 61440, max_headers: int = 100
 ) -> tuple[int, Head]: ...
 def parse_response_head(data: bytes, start: int = 0, max_bytes: int = 61440) -> tuple[int, Head]: ...
+def unfold_head(data: bytes, start: int, head_len: int) -> bytes: ...

@@ -400,6 +400,11 @@ cdef int _find_end(const char* p, Py_ssize_t n) noexcept:
     return -1
 
 
+cdef inline int _blank_at(const char* base, int hl) noexcept:
+    """Where the blank line that ends a head of length hl starts."""
+    return hl - 2 if base[hl - 2] == 13 else hl - 1
+
+
 cdef inline int _line_end(const char* base, int hl) noexcept:
     """Length of the first line without its CRLF/LF."""
     cdef const char* q = <const char*>memchr(base, 10, hl)
@@ -417,9 +422,13 @@ cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
     cdef bint frag = False
     # Tolerate empty lines before a request (RFC 9112 2.2).
     cdef int skip = 0
-    while skip < avail and (base[skip] == 10 or (base[skip] == 13 and skip + 1 < avail and
-                                                  base[skip + 1] == 10)):
-        skip += 1 if base[skip] == 10 else 2
+    while skip < avail:
+        if base[skip] == 10:
+            skip += 1
+        elif base[skip] == 13 and skip + 1 < avail and base[skip + 1] == 10:
+            skip += 2
+        else:
+            break
     if skip:
         r = parse_request(h, data, start + skip, max_bytes, max_headers)
         return r + skip if r > 0 else r
@@ -475,8 +484,8 @@ cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
         h.path_len = sp2 - i
         h.path_off = i
     h.is_head_method = sp1 == 4 and memcmp(base, b"HEAD", 4) == 0
-    r = _parse_headers(h, base, le + (2 if base[le] == 13 else 1), hl - (2 if base[hl - 2] == 13
-                                                                          else 1), max_headers)
+    r = _parse_headers(h, base, le + (2 if base[le] == 13 else 1), _blank_at(base, hl),
+                       max_headers)
     if r < 0:
         return r
     if h.chunked or h.te_other:
@@ -518,8 +527,8 @@ cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) exc
         return H1_E_BAD
     h.reason_off = 13 if le > 12 else 12
     h.reason_len = le - h.reason_off
-    r = _parse_headers(h, base, le + (2 if base[le] == 13 else 1), hl - (2 if base[hl - 2] == 13
-                                                                          else 1), H1_MAX_HEADERS)
+    r = _parse_headers(h, base, le + (2 if base[le] == 13 else 1), _blank_at(base, hl),
+                       H1_MAX_HEADERS)
     if r < 0:
         return r
     return h.length

@@ -37,8 +37,7 @@ def compile_config(typed_config: Any, context: dict) -> Any:
 def factory(typed_config: Any, context: dict) -> Any:
     from sofamesh._core.ratelimit import LocalRateLimitFilter
 
-    return LocalRateLimitFilter(compile_config(typed_config, context),
-                                context.get("name") or NAME)
+    return LocalRateLimitFilter(compile_config(typed_config, context), context.get("name") or NAME)
 
 
 SPEC = register(

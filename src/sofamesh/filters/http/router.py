@@ -7,7 +7,7 @@ is last and does not instantiate anything for it.
 from sofamesh.filters.registry import FilterSpec, register
 
 
-def _factory(typed_config, context):  # noqa: ANN001
+def _factory(typed_config, context):
     return None  # the router is the proxy core itself
 
 
