@@ -279,6 +279,8 @@ class EtcdStore(BaseStore):
         self._ready = asyncio.Event()
         self._stopping = False
         self.relists = 0
+        self._revs: dict[tuple[str, str], int] = {}  # etcd revision of each key's last change
+        self._floor = 0  # revision of the last full list
 
     def _key(self, service: str, iid: str) -> bytes:
         return self.prefix + f"{service}/{iid}".encode()
@@ -298,6 +300,7 @@ class EtcdStore(BaseStore):
     async def _load(self) -> int:
         rng = await self._client.get_prefix(self.prefix)
         fresh: dict[str, dict[str, dict]] = {}
+        revs: dict[tuple[str, str], int] = {}
         for kv in rng:
             parts = self._split(kv.key)
             if parts is None:
@@ -308,11 +311,27 @@ class EtcdStore(BaseStore):
                 log.error("unreadable etcd record %r: ignored", kv.key)
                 continue
             fresh.setdefault(parts[0], {})[parts[1]] = rec
+            revs[parts] = kv.mod_revision
         touched = set(fresh) | set(self.records)
         self.records = fresh
+        self._revs = revs
+        self._floor = rng.header.revision
         for s in touched:
             self._emit(s)
         return rng.header.revision
+
+    def _apply(self, service: str, iid: str, rec: dict | None, rev: int) -> None:
+        """Apply one change at etcd revision `rev` unless the mirror already holds a newer
+        one (a local write's reply and the watch event for it arrive in either order)."""
+        key = (service, iid)
+        if rev <= self._revs.get(key, self._floor):
+            return
+        self._revs[key] = rev
+        if rec is not None:
+            self._mirror_put(service, iid, rec)
+        elif not self._mirror_del(service, iid):
+            return
+        self._emit(service)
 
     async def _watch_loop(self) -> None:
         rev = None
@@ -329,12 +348,13 @@ class EtcdStore(BaseStore):
                     service, iid = parts
                     if ev.kind == "PUT":
                         try:
-                            self._mirror_put(service, iid, json.loads(ev.kv.value))
+                            rec = json.loads(ev.kv.value)
                         except ValueError:
+                            log.error("unreadable etcd record %r: ignored", ev.kv.key)
                             continue
-                        self._emit(service)
-                    elif self._mirror_del(service, iid):
-                        self._emit(service)
+                        self._apply(service, iid, rec, ev.kv.mod_revision)
+                    else:  # for a DELETE event, mod_revision is the deletion's revision
+                        self._apply(service, iid, None, ev.kv.mod_revision)
                 # the server ended the watch (e.g. its revision was compacted): re-list
                 log.info("etcd watch ended at revision %s: re-listing", rev)
                 self.relists += 1
@@ -368,16 +388,15 @@ class EtcdStore(BaseStore):
             lease = await self._client.lease(max(1, round(ttl)))
             lease_id = lease.id
             rec["lease"] = lease_id
-        await self._client.put(
+        res = await self._client.put(
             self._key(service, iid), json.dumps(rec, sort_keys=True).encode(), lease=lease_id
         )
+        self._apply(service, iid, rec, res.header.revision)
         if old and old.get("lease") and old.get("lease") != lease_id:
             try:
                 await self._client.revoke_lease(old["lease"])
             except Exception as e:  # noqa: BLE001 - already expired
                 log.debug("ignored during shutdown/cleanup: %r", e)
-        self._mirror_put(service, iid, rec)
-        self._emit(service)
 
     async def heartbeat(self, service: str, iid: str) -> bool:
         rec = self.get(service, iid)
@@ -398,16 +417,17 @@ class EtcdStore(BaseStore):
     async def delete(self, service: str, iid: str) -> bool:
         rec = self.get(service, iid)
         res = await self._client.delete(self._key(service, iid), prev_kv=True)
+        found = res is not None and (getattr(res, "deleted", 1) or 0) > 0
+        if found:
+            self._apply(service, iid, None, res.header.revision)
+        elif self._mirror_del(service, iid):  # etcd had it no more: our mirror was stale
+            self._emit(service)
         if rec and rec.get("lease"):
             try:
                 await self._client.revoke_lease(rec["lease"])
             except Exception as e:  # noqa: BLE001
                 log.debug("ignored during shutdown/cleanup: %r", e)
-        found = res is not None and (getattr(res, "deleted", 1) or 0) > 0
-        if self._mirror_del(service, iid):
-            self._emit(service)
-            found = True
-        return bool(found)
+        return found
 
 
 def open_store(spec: str | None, data_dir: str) -> BaseStore:
