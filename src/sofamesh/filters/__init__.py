@@ -9,6 +9,7 @@ _BUILTIN = [
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",
+    "sofamesh.filters.network.auto",
     "sofamesh.filters.istio",
 ]
 

@@ -57,6 +57,16 @@ def hcm(cluster_name: str) -> dict:
     }
 
 
+def auto_filter(filters: list[dict]) -> dict:
+    return {
+        "name": "sofamesh.filters.network.auto",
+        "typed_config": {
+            "@type": "type.googleapis.com/sofamesh.filters.network.auto.v1.Auto",
+            "filters": filters,
+        },
+    }
+
+
 def test_one_listener_http_bolt_and_dubbo(tmp_path):
     web = RecordingUpstream(("web",)).start()
     try:
@@ -68,26 +78,32 @@ def test_one_listener_http_bolt_and_dubbo(tmp_path):
                         "auto",
                         port,
                         [
-                            hcm("web"),
-                            bolt_filter([route_config(SERVICE, "bolt_up")]),
-                            dubbo_filter(
+                            auto_filter(
                                 [
-                                    {
-                                        "name": "d",
-                                        "interface": SERVICE,
-                                        "routes": [
+                                    hcm("web"),
+                                    bolt_filter([route_config(SERVICE, "bolt_up")]),
+                                    dubbo_filter(
+                                        [
                                             {
-                                                "match": {
-                                                    "method": {
-                                                        "name": {"safe_regex": {"regex": ".*"}}
+                                                "name": "d",
+                                                "interface": SERVICE,
+                                                "routes": [
+                                                    {
+                                                        "match": {
+                                                            "method": {
+                                                                "name": {
+                                                                    "safe_regex": {"regex": ".*"}
+                                                                }
+                                                            }
+                                                        },
+                                                        "route": {"cluster": "dubbo_up"},
                                                     }
-                                                },
-                                                "route": {"cluster": "dubbo_up"},
+                                                ],
                                             }
-                                        ],
-                                    }
+                                        ]
+                                    ),
                                 ]
-                            ),
+                            )
                         ],
                     )
                 ],
