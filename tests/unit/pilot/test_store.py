@@ -111,3 +111,19 @@ async def test_a_failed_write_restores_the_mirror(tmp_path):
         assert s.get("b", "new") is None
     finally:
         await s.close()
+
+
+def test_etcd_mirror_keeps_the_newest_revision():
+    from sofamesh.pilot.store import EtcdStore
+
+    s = EtcdStore("127.0.0.1", 2379)
+    seen: list[str] = []
+    s.listeners.append(seen.append)
+    s._apply("a", "x", {"port": 2}, 12)  # the watch delivered a newer write first
+    s._apply("a", "x", {"port": 1}, 10)  # our own older PUT's reply comes back late
+    assert s.get("a", "x") == {"port": 2}
+    s._apply("a", "x", {"port": 2}, 12)  # the same event twice: applied once
+    s._apply("a", "x", None, 13)
+    s._apply("a", "x", {"port": 2}, 12)  # a stale PUT after the delete does not resurrect it
+    assert s.get("a", "x") is None
+    assert seen == ["a", "a"]
