@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import re
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -146,6 +147,7 @@ class ApiRegistry:
         self.store = store
         self._on_change = None
         self._cache: dict[str, list[Instance]] = {}
+        self.stats: Counter[str] = Counter()
         self._dirty: set[str] = set(store.records)
         store.listeners.append(self._store_changed)
 
@@ -164,9 +166,16 @@ class ApiRegistry:
 
     def snapshot(self) -> Snapshot:
         for s in self._dirty:
-            recs = self.store.records.get(s)
-            if recs:
-                self._cache[s] = [record_to_instance(s, i, r) for i, r in sorted(recs.items())]
+            insts = []
+            for i, r in sorted((self.store.records.get(s) or {}).items()):
+                try:
+                    insts.append(record_to_instance(s, i, r))
+                except (KeyError, TypeError, ValueError) as e:
+                    # e.g. written into etcd by hand: skip that one, keep the rest moving
+                    self.stats["bad_records"] += 1
+                    log.warning("registry api: ignoring stored record %s/%s: %r", s, i, e)
+            if insts:
+                self._cache[s] = insts
             else:
                 self._cache.pop(s, None)
         self._dirty.clear()

@@ -127,3 +127,15 @@ def test_etcd_mirror_keeps_the_newest_revision():
     s._apply("a", "x", {"port": 2}, 12)  # a stale PUT after the delete does not resurrect it
     assert s.get("a", "x") is None
     assert seen == ["a", "a"]
+
+
+def test_api_registry_skips_a_bad_stored_record():
+    from sofamesh.pilot.api import ApiRegistry
+    from sofamesh.pilot.store import BaseStore
+
+    st = BaseStore()
+    st.records["svc"] = {"good": {"address": "10.0.0.1", "port": 80}, "bad": {"port": "eighty"}}
+    reg = ApiRegistry(st)
+    snap = reg.snapshot()
+    assert [i.instance_id for i in snap.instances["svc"]] == ["good"]
+    assert reg.stats["bad_records"] == 1
