@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 from tests.conftest import free_port
 
@@ -204,3 +206,35 @@ async def test_shorter_timeout_after_a_longer_one_on_the_same_connection(upstrea
     assert r.status == 504
     assert asyncio.get_running_loop().time() - t0 < 1.0
     await c.close()
+
+
+async def test_connect_timeout_is_503_connection_timeout(proxy):
+    # A listener whose accept queue is full drops SYNs: connects hang until the timeout.
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0)
+    port = ls.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            fillers.append(s)
+        await asyncio.sleep(0.1)
+        p = await proxy(bootstrap([vhost([route("/", "blackhole")])],
+                                  [cluster("blackhole", [port], connect_timeout="0.3s")]))
+        c = await p.client()
+        t0 = asyncio.get_running_loop().time()
+        r = await c.request()
+        assert r.status == 503
+        assert r.body.decode() == RESET + "reset reason: connection timeout"
+        assert 0.25 < asyncio.get_running_loop().time() - t0 < 2
+        assert p.counter("cluster.blackhole.upstream_cx_connect_timeout") == 1
+        assert p.counter("cluster.blackhole.upstream_cx_connect_fail") == 1
+        await c.close()
+    finally:
+        for s in fillers:
+            s.close()
+        ls.close()
