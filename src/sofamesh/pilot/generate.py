@@ -9,6 +9,7 @@ the same model serve byte-identical resources under identical versions.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import re
 from collections import Counter
@@ -297,6 +298,21 @@ class ServiceOutput:
     )  # (domain set key, VirtualHost bytes)
     vhost_domains: list[list[str]] = field(default_factory=list)
     tcp_ports: list[tuple[int, str]] = field(default_factory=list)  # (port, cluster)
+    bad: list[str] = field(default_factory=list)  # instances left out, with the reason
+
+
+def _endpoint_ok(inst: Instance, bad: list[str]) -> bool:
+    """Envoy rejects a whole EDS update over one endpoint that is not an IP:port; such an
+    instance (a host name from a registry, a port out of range) is left out and reported."""
+    if not 0 < inst.port < 65536:
+        bad.append(f"{inst.service}/{inst.instance_id}: port {inst.port} out of range")
+        return False
+    try:
+        ipaddress.ip_address(inst.address)
+    except ValueError:
+        bad.append(f"{inst.service}/{inst.instance_id}: address {inst.address!r} is not an IP")
+        return False
+    return True
 
 
 def build_service(svc: Service, instances: list[Instance]) -> ServiceOutput:
@@ -306,7 +322,8 @@ def build_service(svc: Service, instances: list[Instance]) -> ServiceOutput:
     for port, members in assigned:
         cname = cluster_name(svc.name, port.number)
         out.clusters[cname] = _res(cname, CDS, build_cluster(cname, port.protocol))
-        out.endpoints[cname] = _res(cname, EDS, build_load_assignment(cname, members))
+        good = [i for i in members if _endpoint_ok(i, out.bad)]
+        out.endpoints[cname] = _res(cname, EDS, build_load_assignment(cname, good))
         if port.protocol in HTTP_PROTOCOLS:
             vh = build_vhost(svc.name, port, cname, bare_name=first_http)
             out.vhosts.append((vh.name, vh.SerializeToString(deterministic=True)))
@@ -377,7 +394,12 @@ class Generator:
         self.all: dict[str, dict[str, Resource]] = {t: {} for t in TYPES}
         self.wild: dict[str, dict[str, Resource]] = {t: {} for t in TYPES}
         self.digest: dict[str, int] = {t: 0 for t in TYPES}
-        self.skipped: dict[str, int] = {"bad_name": 0, "duplicate_domain": 0, "port_conflict": 0}
+        self.skipped: dict[str, int] = {
+            "bad_name": 0,
+            "duplicate_domain": 0,
+            "port_conflict": 0,
+            "bad_endpoint": 0,
+        }
         self.problems: list[str] = []
         self._bad_names: set[str] = set()
 
@@ -443,6 +465,10 @@ class Generator:
             if prev is None or prev.vhosts != out.vhosts or prev.tcp_ports != out.tcp_ports:
                 structural = True
             self.services[name] = out
+            if out.bad and (prev is None or prev.bad != out.bad):
+                self.skipped["bad_endpoint"] += len(out.bad)
+                for text in out.bad:
+                    self._problem(f"{text}: endpoint left out")
         for name in [n for n in self.services if n not in names]:
             self._apply(self.services.pop(name), None, ch)
             structural = True

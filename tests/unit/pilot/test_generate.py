@@ -192,3 +192,24 @@ def test_instances_without_service_port_form_one_service_port():
         "outbound|443||pay": [443, 9001],
         "outbound|7777||pay": [7777],
     }
+
+
+def test_endpoints_envoy_would_reject_are_left_out_and_reported():
+    g = Generator()
+    good = inst("svc", "ok", 8080)
+    g.update(
+        {},
+        {
+            "svc": [
+                good,
+                Instance("svc", "named", "db.example", 8080),
+                Instance("svc", "zero", "10.0.0.2", 0, service_port=8080),
+            ]
+        },
+    )
+    cla = decode(g.all[EDS]["outbound|8080||svc"], endpoint_pb2.ClusterLoadAssignment)
+    assert [e.endpoint.address.socket_address.address for e in cla.endpoints[0].lb_endpoints] == [
+        good.address
+    ]
+    assert g.skipped["bad_endpoint"] == 2
+    assert any("db.example" in p for p in g.problems)
