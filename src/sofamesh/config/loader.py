@@ -176,8 +176,9 @@ class _Normaliser:
             vf = f.message_type.fields_by_name["value"]
             return {k: self.single(v, vf, f"{path}[{k!r}]") for k, v in val.items()}
         if f.is_repeated:
-            if not isinstance(val, list):
-                return val
+            # Envoy's JSON parser takes one value for a repeated field, and splices the
+            # items of a nested list into it (`[a, [], [b]]` is `[a, b]`).
+            val = _flatten(val) if isinstance(val, list) else [val]
             return [self.single(v, f, f"{path}[{i}]") for i, v in enumerate(val)]
         return self.single(val, f, path)
 
@@ -211,6 +212,16 @@ class _Normaliser:
         inner = self.message({k: v for k, v in obj.items() if k != "@type"}, desc, path)
         inner["@type"] = url
         return inner
+
+
+def _flatten(items: list) -> list:
+    out: list = []
+    for v in items:
+        if isinstance(v, list):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
 
 
 def dict_to_message(data: dict, msg: Any, *, allow_unknown: bool = False, where: str = "") -> Any:

@@ -26,6 +26,10 @@ from sofamesh.config.errors import ConfigError, Problem, join
 from sofamesh.config.pgv import validate_message
 
 HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_TLS_CONTEXTS = (
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+)
 _FILTER_KIND = {
     "envoy.config.listener.v3.ListenerFilter": "listener",
     "envoy.config.listener.v3.Filter": "network",
@@ -72,6 +76,7 @@ class _Checker:
         self.base_dir = base_dir
         self.problems: list[Problem] = []
         self.report = Report()
+        self.static_clusters: set[str] = set()
 
     def unsupported(self, path: str, msg: str) -> None:
         self.problems.append(Problem(path, msg, "unsupported"))
@@ -211,7 +216,8 @@ class _Checker:
                     continue
                 v = getattr(m, gap.field)
                 if gap.values:
-                    vname = fd.enum_type.values_by_number[v].name if fd.enum_type else v
+                    ev = fd.enum_type.values_by_number.get(v) if fd.enum_type else None
+                    vname = ev.name if ev is not None else v  # undefined: PGV reports it
                     if vname not in gap.values:
                         continue
                     self.unsupported(join(path, gap.field), f"{vname}: {gap.note}")
@@ -235,6 +241,34 @@ class _Checker:
                     join(path, "access_log"),
                     "more than one access log per connection manager: not implemented by sofamesh",
                 )
+        if name in _TLS_CONTEXTS:
+            self.check_tls(m, name, path)
+        if (name in _FILTER_KIND or name == "envoy.config.accesslog.v3.AccessLog") and not (
+            m.HasField("typed_config")
+            or (
+                "config_discovery" in m.DESCRIPTOR.fields_by_name and m.HasField("config_discovery")
+            )
+        ):
+            self.reference(
+                path, f"Didn't find a registered implementation for '{m.name}' with type URL: ''"
+            )
+        if (  # xDS channels are made at start-up from static clusters
+            name == "envoy.config.core.v3.GrpcService.EnvoyGrpc"
+            and path.startswith("dynamic_resources")
+            and m.cluster_name not in self.static_clusters
+        ):
+            self.reference(
+                join(path, "cluster_name"), f"Unknown gRPC client cluster '{m.cluster_name}'"
+            )
+        if (
+            name.startswith("envoy.config.trace.")
+            and "collector_cluster" in (m.DESCRIPTOR.fields_by_name)
+            and m.collector_cluster
+            and m.collector_cluster not in self.static_clusters
+        ):
+            self.reference(
+                join(path, "collector_cluster"), f"tracer: unknown cluster '{m.collector_cluster}'"
+            )
         if name == "envoy.type.matcher.v3.RegexMatcher":
             err = re2_error(m.regex)
             if err:
@@ -287,6 +321,65 @@ class _Checker:
         ):
             self.check_lua(m, path)
 
+    def _data(self, ds: Message) -> bytes | None:
+        """A DataSource's bytes (None when its file is missing: reported elsewhere)."""
+        which = ds.WhichOneof("specifier")
+        if which == "inline_string":
+            return ds.inline_string.encode()
+        if which == "inline_bytes":
+            return bytes(ds.inline_bytes)
+        if which == "filename":
+            p = (
+                ds.filename
+                if os.path.isabs(ds.filename)
+                else os.path.join(self.base_dir, ds.filename)
+            )
+            try:
+                with open(p, "rb") as f:
+                    return f.read()
+            except OSError:
+                return None
+        return None
+
+    def check_tls(self, m: Message, name: str, path: str) -> None:
+        """What Envoy checks when it builds a TLS context: the PEM it can read, and that a
+        server context has a certificate."""
+        ctx = m.common_tls_context
+        cpath = join(path, "common_tls_context")
+        for i, cert in enumerate(ctx.tls_certificates):
+            if cert.HasField("private_key") and not cert.HasField("certificate_chain"):
+                self.reference(
+                    f"{cpath}.tls_certificates[{i}]",
+                    "Failed to load incomplete certificate from : certificate chain not set",
+                )
+            for field_name, marker, what in (
+                ("certificate_chain", b"-----BEGIN CERTIFICATE-----", "certificate chain"),
+                ("private_key", b"PRIVATE KEY-----", "private key"),
+            ):
+                if not cert.HasField(field_name):
+                    continue
+                ds = getattr(cert, field_name)
+                data = self._data(ds)
+                if data is not None and marker not in data:
+                    where = ds.filename if ds.WhichOneof("specifier") == "filename" else "<inline>"
+                    self.reference(
+                        f"{cpath}.tls_certificates[{i}].{field_name}",
+                        f"Failed to load {what} from {where}",
+                    )
+        providers = (
+            "tls_certificate_provider_instance",
+            "custom_tls_certificate_selector",
+            "tls_certificate_certificate_provider",
+            "tls_certificate_certificate_provider_instance",
+        )
+        if (
+            name.endswith("DownstreamTlsContext")
+            and not ctx.tls_certificates
+            and not ctx.tls_certificate_sds_secret_configs
+            and not any(p in ctx.DESCRIPTOR.fields_by_name and ctx.HasField(p) for p in providers)
+        ):
+            self.reference(cpath, "No TLS certificates found for server context")
+
     def check_lua(self, m: Message, path: str) -> None:
         sources: list[tuple[str, Message]] = []
         for fname in ("default_source_code", "source_code"):
@@ -316,18 +409,25 @@ class _Checker:
         static = {c.name for c in bootstrap.static_resources.clusters}
         for li, lst in enumerate(bootstrap.static_resources.listeners):
             for ci, chain in enumerate(self._chains(lst)):
+                self.check_terminal(
+                    list(chain.filters),
+                    "network",
+                    f"static_resources.listeners[{li}].filter_chains[{ci}].filters",
+                )
                 for fi, flt in enumerate(chain.filters):
                     if flt.typed_config.type_url.rsplit("/", 1)[-1] != HCM:
                         continue
                     hcm = protos.unpack_any(flt.typed_config)
-                    if hcm is None or not hcm.HasField("route_config"):
+                    if hcm is None:
                         continue
-                    rc = hcm.route_config
                     hbase = (
                         f"static_resources.listeners[{li}].filter_chains[{ci}]"
                         f".filters[{fi}].typed_config"
                     )
-                    self.check_http_filter_order(hcm, hbase)
+                    self.check_terminal(list(hcm.http_filters), "http", f"{hbase}.http_filters")
+                    if not hcm.HasField("route_config"):
+                        continue
+                    rc = hcm.route_config
                     self.check_domains(rc, f"{hbase}.route_config")
                     if rc.HasField("validate_clusters") and not rc.validate_clusters.value:
                         continue
@@ -361,18 +461,29 @@ class _Checker:
                                         f"route: unknown cluster '{mp.cluster}'",
                                     )
 
-    def check_http_filter_order(self, hcm: Message, path: str) -> None:
-        n = len(hcm.http_filters)
-        for i, hf in enumerate(hcm.http_filters):
-            url = hf.typed_config.type_url
-            is_router = url.endswith(".router.v3.Router") or (
-                not url and hf.name in ("envoy.filters.http.router", "envoy.router")
-            )
-            if is_router and i != n - 1:
+    def check_terminal(self, filters: list, chain: str, path: str) -> None:
+        """Envoy's rule: a terminal filter (router, http_connection_manager, tcp_proxy, ...)
+        ends its chain, and a chain does not end with a known non-terminal filter."""
+        n = len(filters)
+        for i, f in enumerate(filters):
+            ext = _ext_name(f)
+            if ext in TERMINAL[chain] and i != n - 1:
                 self.reference(
-                    f"{path}.http_filters[{i}]",
-                    f"Error: terminal filter named {hf.name} of type envoy.filters.http.router "
-                    "must be the last filter in a http filter chain.",
+                    f"{path}[{i}]",
+                    f"Error: terminal filter named {f.name} of type {ext} must be the last "
+                    f"filter in a {chain} filter chain.",
+                )
+        if n:
+            last = filters[-1]
+            ext = _ext_name(last)
+            known_non_terminal = (
+                ext not in TERMINAL[chain] if chain == "http" else ext in NON_TERMINAL_NETWORK
+            )
+            if ext and known_non_terminal and not getattr(last, "is_optional", False):
+                self.reference(
+                    f"{path}[{n - 1}]",
+                    f"Error: non-terminal filter named {last.name} of type {ext} is the last "
+                    f"filter in a {chain} filter chain.",
                 )
 
     def check_domains(self, rc: Message, path: str) -> None:
@@ -414,6 +525,31 @@ class _Checker:
                                 "resolver_name or setting cluster type to 'STRICT_DNS' or "
                                 "'LOGICAL_DNS'",
                             )
+        bound = [("admin.address", bootstrap.admin.address)] if bootstrap.HasField("admin") else []
+        bound += [
+            (f"static_resources.listeners[{i}].address", lst.address)
+            for i, lst in enumerate(bootstrap.static_resources.listeners)
+        ]
+        for p, addr in bound:
+            sa = addr.socket_address
+            if (
+                addr.HasField("socket_address")
+                and sa.address
+                and not sa.resolver_name
+                and not _is_ip(sa.address)
+            ):
+                self.reference(f"{p}.socket_address.address", f"malformed IP address: {sa.address}")
+        dyn = bootstrap.dynamic_resources
+        if (
+            bootstrap.HasField("dynamic_resources")
+            and dyn.HasField("ads_config")
+            and not (bootstrap.node.id and bootstrap.node.cluster)
+        ):
+            self.reference(
+                "node",
+                "ads: node 'id' and 'cluster' are required. Set it either in "
+                "'node' config or via --service-node and --service-cluster options.",
+            )
         addrs: dict[tuple[str, int, int], str] = {}
         for i, lst in enumerate(bootstrap.static_resources.listeners):
             sa = lst.address.socket_address
@@ -470,6 +606,58 @@ def re2_error(pattern: str) -> str | None:
     return None
 
 
+# Envoy's extension names of filters that end a chain, and network filters that cannot.
+TERMINAL = {
+    "http": {"envoy.filters.http.router", "envoy.filters.http.upstream_codec"},
+    "network": {
+        "envoy.filters.network.http_connection_manager",
+        "envoy.filters.network.tcp_proxy",
+        "envoy.filters.network.redis_proxy",
+        "envoy.filters.network.dubbo_proxy",
+        "envoy.filters.network.thrift_proxy",
+        "envoy.filters.network.echo",
+        "envoy.filters.network.direct_response",
+        "envoy.filters.network.rocketmq_proxy",
+        "envoy.filters.network.generic_proxy",
+        "envoy.filters.network.kafka_mesh",
+        "envoy.filters.network.bolt_proxy",
+    },
+}
+NON_TERMINAL_NETWORK = {
+    f"envoy.filters.network.{n}"
+    for n in (
+        "rbac",
+        "local_ratelimit",
+        "ratelimit",
+        "ext_authz",
+        "connection_limit",
+        "mongo_proxy",
+        "mysql_proxy",
+        "postgres_proxy",
+        "kafka_broker",
+        "zookeeper_proxy",
+        "sni_cluster",
+        "client_ssl_auth",
+        "wasm",
+        "set_filter_state",
+        "sni_dynamic_forward_proxy",
+    )
+}
+
+
+def _ext_name(flt: Message) -> str:
+    """A filter's Envoy extension name from its typed_config type
+    (`envoy.extensions.filters.http.cors.v3.Cors` -> `envoy.filters.http.cors`), or from its
+    name when it has no typed_config; "" when it cannot be told (TypedStruct, other)."""
+    url = flt.typed_config.type_url if flt.HasField("typed_config") else ""
+    if not url:
+        return flt.name if flt.name.startswith("envoy.filters.") else ""
+    parts = protos.type_name(url).split(".")
+    if len(parts) >= 6 and parts[:3] == ["envoy", "extensions", "filters"]:
+        return ".".join(["envoy", "filters", parts[3], parts[4]])
+    return ""
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -482,6 +670,7 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
     """Validates a Bootstrap; returns a Report or raises ConfigError listing every problem
     (Envoy's rejections first, then what sofamesh does not implement)."""
     checker = _Checker(base_dir or os.getcwd())
+    checker.static_clusters = {c.name for c in bootstrap.static_resources.clusters}
     problems = validate_message(bootstrap)
     checker.walk(bootstrap, "", True)
     checker.check_route_clusters(bootstrap)
