@@ -226,6 +226,13 @@ class Proxy:
         return await Client(self.port).connect()
 
 
+def pytest_asyncio_loop_factories(config, item):
+    """The proxy runs on uvloop in production (workers, demo): test it there too."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
+
+
 @pytest.fixture
 async def upstreams():
     """A factory of real upstream servers, all stopped at teardown."""

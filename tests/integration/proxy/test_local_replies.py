@@ -223,8 +223,12 @@ async def test_connect_timeout_is_503_connection_timeout(proxy):
                 s.connect(("127.0.0.1", port))
             fillers.append(s)
         await asyncio.sleep(0.1)
-        p = await proxy(bootstrap([vhost([route("/", "blackhole")])],
-                                  [cluster("blackhole", [port], connect_timeout="0.3s")]))
+        p = await proxy(
+            bootstrap(
+                [vhost([route("/", "blackhole")])],
+                [cluster("blackhole", [port], connect_timeout="0.3s")],
+            )
+        )
         c = await p.client()
         t0 = asyncio.get_running_loop().time()
         r = await c.request()

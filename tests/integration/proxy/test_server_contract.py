@@ -96,3 +96,9 @@ async def test_route_to_unknown_cluster_is_a_config_error():
     with pytest.raises(UnsupportedConfig, match="unknown cluster 'missing'"):
         await srv.start()
     await srv.stop()
+
+
+async def test_runs_on_uvloop():
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
