@@ -100,6 +100,25 @@ def test_bolt_proxy_loads_through_json_format():
             "params_match",
         ),
         (bolt_filter([{"interface": "a.B", "routes": [{"match": {}}]}]), "routes[0].route"),
+        (
+            dubbo_filter(
+                [
+                    {
+                        "interface": "a.B",
+                        "routes": [
+                            {
+                                "match": {"method": {"name": {"exact": "m"}}},
+                                "route": {
+                                    "cluster": "c1",
+                                    "metadata_match": {"filter_metadata": {"envoy.lb": {"v": "1"}}},
+                                },
+                            }
+                        ],
+                    }
+                ]
+            ),
+            "metadata_match",
+        ),
     ],
 )
 async def test_bad_configs_fail_at_start_naming_the_field(flt, where):

@@ -72,6 +72,10 @@ def compile_routes(route_configs: Any, clusters: dict, path: str) -> RpcRouteTab
                 header_matcher(h, f"{rpath}.match.headers[{hi}]")
                 for hi, h in enumerate(r.match.headers)
             ]
+            if r.route.HasField("metadata_match"):
+                raise UnsupportedConfig(
+                    f"{rpath}.route.metadata_match: endpoint metadata matching is not supported"
+                )
             which = r.route.WhichOneof("cluster_specifier")
             if which == "cluster":
                 if r.route.cluster not in clusters:
