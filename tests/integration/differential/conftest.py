@@ -28,11 +28,11 @@ def _candidate() -> tuple[str, int]:
             int(os.environ.get("SOFAMESH_DIFF_CONCURRENCY", "1")))
 
 
-def _deployment(kind: str, workdir: Path, concurrency: int = 1, extra_routes=None):
+def _deployment(kind: str, workdir: Path, concurrency: int = 1, feature=None):
     upstream = RecordingUpstream(["a", "b"]).start()
     port = free_port()
     boot = harness.bootstrap(port, free_port(), upstream.ports, free_port(),
-                             extra_routes=extra_routes)
+                             feature=feature)
     if kind == "envoy":
         proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir, concurrency=concurrency)
     else:
@@ -68,14 +68,14 @@ def candidate_dep(tmp_path_factory):
 
 @pytest.fixture
 def feature_pair(tmp_path):
-    """Start (envoy, candidate) deployments with extra routes; both stopped at teardown."""
+    """Start (envoy, candidate) deployments with a harness.Feature; both stopped at teardown."""
     started: list = []
 
-    def start(extra_routes: list[dict]):
+    def start(feature):
         kind, concurrency = _candidate()
-        envoy = _deployment("envoy", tmp_path / "envoy", 1, extra_routes)
+        envoy = _deployment("envoy", tmp_path / "envoy", 1, feature)
         started.append(envoy)
-        candidate = _deployment(kind, tmp_path / kind, concurrency, extra_routes)
+        candidate = _deployment(kind, tmp_path / kind, concurrency, feature)
         started.append(candidate)
         return envoy, candidate
 

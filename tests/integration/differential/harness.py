@@ -49,14 +49,72 @@ def _hdr(key: str, value: str, action: str | None = None) -> dict:
     return out
 
 
-# Routes whose features a proxy might reject at start-up: each runs in its own small
-# deployment (test_feature_routes), so one unsupported field fails one named test, not all.
-FEATURE_ROUTES: dict[str, dict] = {
-    "regex_rewrite": {
+@dataclass
+class Feature:
+    """Config a proxy might reject at start-up, run in its own small deployment
+    (test_feature_same_as_envoy) so one unsupported field fails one named test, not all.
+    Routes go before the catch-all `/a/`; `hcm` is merged into the HttpConnectionManager;
+    `clusters(ports)` returns extra clusters given the upstream ports {"a": .., "b": ..}."""
+
+    routes: list[dict] = field(default_factory=list)
+    hcm: dict = field(default_factory=dict)
+    clusters: Callable[[dict[str, int]], list[dict]] | None = None
+
+
+def _two_endpoint_cluster(name: str, ports: dict[str, int], weights: tuple[int, int] | None = None,
+                          **extra) -> dict:
+    eps = []
+    for i, key in enumerate(("a", "b")):
+        ep: dict = {"endpoint": {"address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": ports[key]}}}}
+        if weights:
+            ep["load_balancing_weight"] = weights[i]
+        eps.append(ep)
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]},
+            **extra}
+
+
+FEATURES: dict[str, Feature] = {
+    "regex_rewrite": Feature(routes=[{
         "match": {"prefix": "/regex-rewrite/"},
         "route": {"cluster": "svc_a", "regex_rewrite": {
             "pattern": {"regex": "^/regex-rewrite/([a-z]+)/(\\d+)$"},
-            "substitution": "/items/\\2/\\1"}}},
+            "substitution": "/items/\\2/\\1"}}}]),
+    "round_robin_2_endpoints": Feature(
+        routes=[{"match": {"prefix": "/rr"}, "route": {"cluster": "svc_rr"}}],
+        clusters=lambda ports: [_two_endpoint_cluster("svc_rr", ports, lb_policy="ROUND_ROBIN")]),
+    "weighted_endpoints_3_1": Feature(
+        routes=[{"match": {"prefix": "/wrr"}, "route": {"cluster": "svc_wrr"}}],
+        clusters=lambda ports: [_two_endpoint_cluster("svc_wrr", ports, (3, 1),
+                                                      lb_policy="ROUND_ROBIN")]),
+    "strict_dns_localhost": Feature(
+        routes=[{"match": {"prefix": "/dns"}, "route": {"cluster": "svc_dns"}}],
+        clusters=lambda ports: [{
+            "name": "svc_dns", "type": "STRICT_DNS", "connect_timeout": "1s",
+            "dns_lookup_family": "V4_ONLY",
+            "load_assignment": {"cluster_name": "svc_dns", "endpoints": [{"lb_endpoints": [{
+                "endpoint": {"address": {"socket_address": {
+                    "address": "localhost", "port_value": ports["a"]}}}}]}]}}]),
+    "circuit_breaker_max_requests_1": Feature(
+        routes=[{"match": {"prefix": "/cb"}, "route": {"cluster": "svc_cb"}}],
+        clusters=lambda ports: [{**_cluster("svc_cb", ports["a"]), "circuit_breakers": {
+            "thresholds": [{"max_requests": 1, "max_pending_requests": 1}]}}]),
+    "retry_on_reset": Feature(routes=[{
+        "match": {"prefix": "/retry-reset"},
+        "route": {"cluster": "svc_a", "retry_policy": {"retry_on": "reset", "num_retries": 2}}}]),
+    "retry_on_gateway_error": Feature(routes=[{
+        "match": {"prefix": "/retry-gw"},
+        "route": {"cluster": "svc_a", "retry_policy": {"retry_on": "gateway-error",
+                                                       "num_retries": 1}}}]),
+    "use_remote_address": Feature(hcm={"use_remote_address": True}),
+    "via_header": Feature(hcm={"via": "sofa-test"}),
+    "no_request_id": Feature(hcm={"generate_request_id": False}),
+    "max_request_headers_kb_8": Feature(hcm={"max_request_headers_kb": 8}),
+    "max_headers_count_10": Feature(hcm={"common_http_protocol_options": {"max_headers_count": 10}}),
+    "accept_http_10": Feature(hcm={"http_protocol_options": {"accept_http_10": True}}),
+    "normalize_path_merge_slashes": Feature(hcm={"normalize_path": True, "merge_slashes": True}),
+    "strip_any_host_port": Feature(hcm={"strip_any_host_port": True}),
 }
 
 
@@ -127,18 +185,20 @@ def route_config(extra_routes: list[dict] | None = None) -> dict:
 
 def bootstrap(listen_port: int, admin_port: int, upstream_ports: dict[str, int], dead_port: int,
               extra_http_filters: list[dict] | None = None,
-              extra_routes: list[dict] | None = None) -> dict:
+              feature: Feature | None = None) -> dict:
+    feature = feature or Feature()
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
                  "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "upgrade_configs": [{"upgrade_type": "websocket"}],
-        "route_config": route_config(extra_routes),
+        "route_config": route_config(feature.routes),
         "http_filters": [*(extra_http_filters or []), {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         }],
     }
+    hcm.update(feature.hcm)
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
@@ -152,6 +212,7 @@ def bootstrap(listen_port: int, admin_port: int, upstream_ports: dict[str, int],
                 _cluster("svc_a", upstream_ports["a"]),
                 _cluster("svc_b", upstream_ports["b"]),
                 _cluster("dead", dead_port),
+                *(feature.clusters(upstream_ports) if feature.clusters else []),
             ],
         },
     }
@@ -207,6 +268,9 @@ NORMALISATIONS: dict[str, tuple[str, Callable]] = {
     "weighted-50-50": (
         ("Random weighted picks: for the 50/50 route we compare the set of clusters seen over "
         "40 requests (and each distinct upstream request), not which request went where."), None),
+    "lb-starting-point": (
+        ("A load balancer's starting host may be random: over 40 requests we compare the pick "
+         "pattern with hosts relabelled by frequency, rotated to a canonical start."), None),
     "date": ("Wall-clock time of the reply.", lambda v: "<date>"),
     "server": ("The product name (Envoy writes `envoy`); presence is still compared.",
                lambda v: "<server>"),
@@ -222,6 +286,14 @@ NORMALISATIONS: dict[str, tuple[str, Callable]] = {
     "upstream-connection-reuse": (
         "Which pooled upstream connection served a request is a pool detail; not compared.", None),
 }
+
+def lb_pattern(seq: list[str]) -> str:
+    """NORMALISATIONS["lb-starting-point"]: hosts relabelled by how often they were picked
+    (H most, then L...), the sequence rotated to its smallest rotation."""
+    order = sorted(set(seq), key=lambda h: (-seq.count(h), seq.index(h)))
+    text = "".join("HLMNOP"[order.index(h)] for h in seq)
+    return min(text[i:] + text[:i] for i in range(len(text))) if text else text
+
 
 _VALUE_RULES = {"x-request-id": _uuid, "date": NORMALISATIONS["date"][1],
                 "server": NORMALISATIONS["server"][1],
@@ -406,7 +478,7 @@ class Case:
     expect: list[int | None]  # what Envoy must answer, None: no response (checks the case itself)
     methods: list[str] = field(default_factory=list)  # per response, for HEAD framing
     probe: bool = True  # after the responses, does the connection still serve a request?
-    kind: str = "plain"  # plain | expect100 | websocket | weighted
+    kind: str = "plain"  # plain | expect100 | websocket | weighted | sequence | concurrent
     shut_wr: bool = False  # half-close our side after sending
     note: str = ""
 
@@ -555,6 +627,33 @@ def _observe(dep: Deployment, case: Case) -> Observation:
                 extra["tunnel"] = got
             sock.shutdown(socket.SHUT_WR)
             extra["after_close"] = r.rest()
+        elif case.kind == "concurrent":
+            # send[0] on this connection, then send[1] on a second one while the first is in
+            # flight; responses are [second, first] in the order they are read.
+            first, second = case.send  # type: ignore[misc]
+            sock.sendall(first)
+            time.sleep(0.2)
+            with dep.connect() as sock2:
+                r2 = Reader(sock2, timeout=CLIENT_TIMEOUT_S)
+                sock2.sendall(second)
+                responses = [read_response(r2)]
+            responses.append(read_response(r))
+        elif case.kind == "sequence":
+            # Which endpoint served each of 40 requests on one connection, relabelled by order
+            # of first appearance (a load balancer's starting point may be random).
+            labels: dict[str, str] = {}
+            seq = []
+            responses = []
+            for _ in range(40):
+                sock.sendall(case.send)  # type: ignore[arg-type]
+                resp = read_response(r)
+                responses.append(resp)
+                name = (resp.header("x-upstream-name") or ["-"])[0] if resp else "none"
+                seq.append(labels.setdefault(name, f"h{len(labels) + 1}"))
+            extra["sequence"] = lb_pattern(seq)
+            extra["counts"] = sorted(seq.count(v) for v in set(seq))
+            responses = [{"status": x.status, "complete": x.complete} if x else None
+                         for x in responses]
         elif case.kind == "weighted":
             seen = []
             responses = []
@@ -575,6 +674,8 @@ def _observe(dep: Deployment, case: Case) -> Observation:
             responses = [read_response(r, m) for m in methods]
         if case.kind == "websocket":
             connection = "closed" if r.eof else "open"
+        elif case.kind == "concurrent":
+            connection = "not-probed"
         elif case.probe:
             connection = _probe(sock, r)
         else:
@@ -583,7 +684,7 @@ def _observe(dep: Deployment, case: Case) -> Observation:
     records = dep.upstream.snapshot()
     # The probe request is ours, not the case's.
     records = [rec for rec in records if not rec.header("x-probe")]
-    if case.kind == "weighted":
+    if case.kind in ("weighted", "sequence"):
         dedup = {repr(norm_record(rec)): norm_record(rec) for rec in records}
         return Observation(responses, connection,
                            [dedup[k] for k in sorted(dedup)], extra)

@@ -11,7 +11,7 @@ import pprint
 
 import pytest
 
-from tests.integration.differential.harness import FEATURE_ROUTES, HOST, Case, observe, request
+from tests.integration.differential.harness import FEATURES, HOST, Case, observe, request
 
 C = Case
 R = request
@@ -207,15 +207,40 @@ def test_same_as_envoy(case: Case, envoy_dep, candidate_dep) -> None:
         f"\n--- {candidate_dep.name}:\n{pprint.pformat(got)}")
 
 
-# Each runs in its own deployment with one extra route (harness.FEATURE_ROUTES), so a proxy
-# that rejects the feature at start-up fails this test by name and nothing else.
+# Each runs in its own deployment (harness.FEATURES: extra routes, clusters or HCM fields), so
+# a proxy that rejects the feature at start-up fails that test by name and nothing else.
 FEATURE_CASES: list[tuple[str, Case]] = [
     ("regex_rewrite", C("route-regex-rewrite", R("GET", "/regex-rewrite/abc/42"), [200])),
+    ("round_robin_2_endpoints", C("lb-round-robin", R("GET", "/rr"), [200] * 40, kind="sequence")),
+    ("weighted_endpoints_3_1", C("lb-weighted-endpoints-3-1", R("GET", "/wrr"), [200] * 40,
+                                 kind="sequence")),
+    ("strict_dns_localhost", C("cluster-strict-dns", R("GET", "/dns/x"), [200])),
+    ("circuit_breaker_max_requests_1",
+     C("circuit-breaker-max-requests", [R("GET", "/cb/1", [("x-upstream-action", "delay=800")]),
+                                        R("GET", "/cb/2")], [503, 200], kind="concurrent")),
+    ("retry_on_reset", C("retry-on-reset", R("GET", "/retry-reset", [
+        ("x-case-id", "rr1"), ("x-upstream-action", "close-early")]), [503])),
+    ("retry_on_gateway_error", C("retry-on-gateway-error", R("POST", "/retry-gw", [
+        ("x-case-id", "rg1"), ("x-upstream-action", "status=502")], b"body-sent-twice"), [502])),
+    # A loopback peer: Envoy appends the host's own address (not 127.0.0.1) to
+    # x-forwarded-for and sets x-envoy-external-address: 127.0.0.1.
+    ("use_remote_address", C("hcm-use-remote-address", R("GET", "/a/ura"), [200])),
+    ("use_remote_address", C("hcm-use-remote-address-client-xff", R("GET", "/a/ura", [
+        ("X-Forwarded-For", "203.0.113.7")]), [200])),
+    ("via_header", C("hcm-via", R("GET", "/a/via"), [200])),
+    ("no_request_id", C("hcm-generate-request-id-false", R("GET", "/a/noid"), [200])),
+    ("max_request_headers_kb_8", C("hcm-max-request-headers-kb-8", R("GET", "/a/h8", _huge_headers(9 * 1024)),
+                                   [431])),
+    ("max_headers_count_10", C("hcm-max-headers-count-10",
+                               R("GET", "/a/h10", [(f"x-h{i}", "v") for i in range(10)]), [431])),
+    ("accept_http_10", C("hcm-accept-http-10", R("GET", "/a/old", version="HTTP/1.0"), [200])),
+    ("normalize_path_merge_slashes", C("hcm-normalize-path", R("GET", "/x/../a//b/%2e/c"), [200])),
+    ("strip_any_host_port", C("hcm-strip-any-host-port", R("GET", "/a/p", host=f"{HOST}:8080"), [200])),
 ]
 
 
 @pytest.mark.envoy
 @pytest.mark.parametrize(("feature", "case"), FEATURE_CASES, ids=[c.id for _, c in FEATURE_CASES])
-def test_feature_route_same_as_envoy(feature: str, case: Case, feature_pair) -> None:
-    envoy_dep, candidate_dep = feature_pair([FEATURE_ROUTES[feature]])
+def test_feature_same_as_envoy(feature: str, case: Case, feature_pair) -> None:
+    envoy_dep, candidate_dep = feature_pair(FEATURES[feature])
     test_same_as_envoy(case, envoy_dep, candidate_dep)
