@@ -134,7 +134,7 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     try:
         await pilot.start()
         xh, xp = opts["xds_address"]
-        xds_port = await pilot.ads.start(f"{xh}:{xp}")
+        xds_port = await pilot.ads.start(f"[{xh}]:{xp}" if ":" in xh else f"{xh}:{xp}")
         ah, ap = opts["api_address"]
         api_port = await api.start(ah, ap)
         log.info(
