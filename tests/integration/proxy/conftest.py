@@ -233,6 +233,25 @@ def pytest_asyncio_loop_factories(config, item):
     return {"uvloop": uvloop.new_event_loop}
 
 
+@pytest.fixture(autouse=True)
+async def _fail_on_uvloop_exceptions():
+    """tests/conftest.py patches asyncio's BaseEventLoop, which uvloop does not use: any
+    exception that reaches this loop's handler fails the test here."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+
+    def handler(lp, context):  # noqa: ANN001
+        errors.append(context)
+        lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    yield
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    if errors:
+        pytest.fail(f"unhandled event-loop exceptions: {errors!r}")
+
+
 @pytest.fixture
 async def upstreams():
     """A factory of real upstream servers, all stopped at teardown."""
