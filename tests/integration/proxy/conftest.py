@@ -240,7 +240,7 @@ async def _fail_on_uvloop_exceptions():
     loop = asyncio.get_running_loop()
     errors: list[dict] = []
 
-    def handler(lp, context):  # noqa: ANN001
+    def handler(lp, context):
         errors.append(context)
         lp.default_exception_handler(context)
 
