@@ -39,6 +39,7 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
         "tunneling_config",
         "max_downstream_connection_duration",
         "on_demand",
+        "metadata_match",
     ):
         fd = cfg.DESCRIPTOR.fields_by_name.get(field)
         if fd is None:
@@ -46,6 +47,10 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
         present = len(getattr(cfg, field)) if fd.is_repeated else cfg.HasField(field)
         if present:
             raise UnsupportedConfig(f"{path}.typed_config.{field} is not supported")
+    if cfg.HasField("max_connect_attempts") and cfg.max_connect_attempts.value > 1:
+        raise UnsupportedConfig(
+            f"{path}.typed_config.max_connect_attempts: one connect attempt is supported"
+        )
     return TcpProxyConfig(
         cfg.stat_prefix, weighted, clusters, ctx["stats"], ctx["loop"], idle_timeout_s=idle
     )
