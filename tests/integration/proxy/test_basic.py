@@ -218,3 +218,19 @@ async def test_websocket_upgrade_is_tunnelled_only_when_enabled(upstreams, proxy
     assert r.status == 403
     assert p2.counter("http.ingress.downstream_rq_ws_on_non_ws_route") == 1
     await c.close()
+
+
+async def test_deep_pipeline_with_a_small_buffer_limit_pauses_and_resumes(upstreams, proxy):
+    up = await upstreams()
+    bs = bootstrap([vhost([route("/")])], [cluster("up", [up.port])])
+    bs.static_resources.listeners[0].per_connection_buffer_limit_bytes.value = 1024
+    p = await proxy(bs)
+    c = await p.client()
+    n = 300
+    c.writer.write(b"".join(b"GET /slow/1?i=%d HTTP/1.1\r\nhost: a\r\n\r\n" % i for i in range(n)))
+    for i in range(n):
+        r = await c.response()
+        assert r.status == 200 and r.body == b"slow"
+    assert [x["path"] for x in up.requests] == [f"/slow/1?i={i}" for i in range(n)]
+    assert (await c.request()).status == 200
+    await c.close()
