@@ -98,6 +98,8 @@ def world(tmp_path_factory):
         with sofamesh(boot, tmp_path_factory.mktemp("bolt")) as proxy:
             yield {"proxy": proxy, "port": port, "silent": silent, "reset": reset}
     ant.shutdown()
+    ant._loop.call_soon_threadsafe(ant._loop.stop)
+    t.join(5)
 
 
 CALLS = [
