@@ -49,57 +49,61 @@ def world(tmp_path_factory):
     ant.handler.register_interface(ANT_IFACE, _AntEcho)
     t = threading.Thread(target=ant.run_forever, daemon=True)
     t.start()
-    deadline = time.monotonic() + 10
-    while ant._server is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    ant_port = ant._server.sockets[0].getsockname()[1]
-    with (
-        NodeServer(tag="s1") as s1,
-        NodeServer(tag="s2") as s2,
-        RawUpstream("silent") as silent,
-        RawUpstream("reset") as reset,
-        RawUpstream("stall") as stall,
-    ):
-        port = free_port()
-        routes = [
-            {
-                "name": "node",
-                "interface": SERVICE,
-                "routes": [
-                    {
-                        "match": {
-                            "method": {"name": {"exact": "who"}},
-                            "headers": [{"name": "service", "string_match": {"prefix": SERVICE}}],
+    try:
+        deadline = time.monotonic() + 10
+        while ant._server is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ant_port = ant._server.sockets[0].getsockname()[1]
+        with (
+            NodeServer(tag="s1") as s1,
+            NodeServer(tag="s2") as s2,
+            RawUpstream("silent") as silent,
+            RawUpstream("reset") as reset,
+            RawUpstream("stall") as stall,
+        ):
+            port = free_port()
+            routes = [
+                {
+                    "name": "node",
+                    "interface": SERVICE,
+                    "routes": [
+                        {
+                            "match": {
+                                "method": {"name": {"exact": "who"}},
+                                "headers": [
+                                    {"name": "service", "string_match": {"prefix": SERVICE}}
+                                ],
+                            },
+                            "route": {"cluster": "node2"},
                         },
-                        "route": {"cluster": "node2"},
-                    },
-                    {"match": {}, "route": {"cluster": "node1"}},
+                        {"match": {}, "route": {"cluster": "node1"}},
+                    ],
+                },
+                route_config(ANT_IFACE, "ant"),
+                route_config("com.raw.Silent", "silent"),
+                route_config("com.raw.Reset", "reset"),
+                route_config("com.raw.Dead", "dead"),
+                route_config("com.raw.Stall", "stall"),
+            ]
+            dead = free_port()
+            boot = bootstrap(
+                [listener("bolt", port, [bolt_filter(routes, default_timeout_ms=400)])],
+                [
+                    cluster("node1", [s1.port]),
+                    cluster("node2", [s2.port]),
+                    cluster("ant", [ant_port]),
+                    cluster("silent", [silent.port]),
+                    cluster("reset", [reset.port]),
+                    cluster("dead", [dead]),
+                    cluster("stall", [stall.port]),
                 ],
-            },
-            route_config(ANT_IFACE, "ant"),
-            route_config("com.raw.Silent", "silent"),
-            route_config("com.raw.Reset", "reset"),
-            route_config("com.raw.Dead", "dead"),
-            route_config("com.raw.Stall", "stall"),
-        ]
-        dead = free_port()
-        boot = bootstrap(
-            [listener("bolt", port, [bolt_filter(routes, default_timeout_ms=400)])],
-            [
-                cluster("node1", [s1.port]),
-                cluster("node2", [s2.port]),
-                cluster("ant", [ant_port]),
-                cluster("silent", [silent.port]),
-                cluster("reset", [reset.port]),
-                cluster("dead", [dead]),
-                cluster("stall", [stall.port]),
-            ],
-        )
-        with sofamesh(boot, tmp_path_factory.mktemp("bolt")) as proxy:
-            yield {"proxy": proxy, "port": port, "silent": silent, "reset": reset}
-    ant.shutdown()
-    ant._loop.call_soon_threadsafe(ant._loop.stop)
-    t.join(5)
+            )
+            with sofamesh(boot, tmp_path_factory.mktemp("bolt")) as proxy:
+                yield {"proxy": proxy, "port": port, "silent": silent, "reset": reset}
+    finally:
+        ant.shutdown()
+        ant._loop.call_soon_threadsafe(ant._loop.stop)
+        t.join(5)
 
 
 CALLS = [
