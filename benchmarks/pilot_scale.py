@@ -70,7 +70,7 @@ def metric(api: str, name: str) -> float:
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 # --- the 100 ADS clients (run in a child process) ------------------------------------------
@@ -136,7 +136,7 @@ class Pilot:
         self.api_port = free_port()
         self.outbound = free_port()
         self.api = f"http://127.0.0.1:{self.api_port}"
-        self.log = open(workdir / "pilot.log", "wb")
+        self.log = open(workdir / "pilot.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
                 sys.executable,

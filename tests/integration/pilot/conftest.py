@@ -83,7 +83,7 @@ class PilotProcess:
         return argv
 
     def start(self, timeout: float = 20.0) -> PilotProcess:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed after Popen
         try:
             self.proc = subprocess.Popen(
                 self.argv(),
