@@ -1480,16 +1480,18 @@ cdef class UpstreamConn:
         self.rq_count += 1
         if self.closed:
             return 0
-        if host.removed or (cl.max_requests_per_connection and
-                            self.rq_count >= cl.max_requests_per_connection):
+        if cl.max_requests_per_connection and self.rq_count >= cl.max_requests_per_connection:
             return self.abort()
         self.state = US_IDLE
+        # requests queued for this host go first, even if the host was just removed
         while host.waiting:
             w = host.waiting.popleft()
             cl.pending_active -= 1
             cl.upstream_rq_pending_active.dec()
             if w.state != DS_CLOSED and w.in_request:
                 return w._attach(self)
+        if host.removed:
+            return self.abort()
         host.idle.append(self)
         return 0
 

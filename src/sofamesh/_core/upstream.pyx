@@ -80,6 +80,7 @@ cdef class Cluster:
             prev = old.pop((h.address, h.port), None)
             if prev is not None:
                 prev.weight = h.weight
+                prev.healthy = h.healthy
                 new.append(prev)
             else:
                 new.append(h)

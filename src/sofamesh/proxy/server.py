@@ -375,6 +375,38 @@ class Server:
             await asyncio.sleep(rate)
             await self._resolve(rt)
 
+    # ---------------------------------------------------------------- live updates
+    def set_route_config(self, listener: str, route_config: Any) -> None:
+        """Compiles an envoy.config.route.v3.RouteConfiguration and swaps it into the named
+        listener's HTTP connection manager (what RDS does). Requests already routed keep
+        their route; the next request on any connection uses the new table. Routes to
+        clusters that do not exist answer 503 (`http.<prefix>.no_cluster`), as with RDS."""
+        for li in self.listeners:
+            if li.name == listener:
+                li.hcm.routes = compile_route_config(
+                    route_config,
+                    per_filter=self._per_filter,
+                    path=f"route_config[{route_config.name or listener}]",
+                )
+                return
+        raise KeyError(f"no listener named {listener!r}")
+
+    def set_endpoints(self, cluster: str, load_assignment: Any) -> None:
+        """Replaces a cluster's hosts from an envoy.config.endpoint.v3.ClusterLoadAssignment
+        (what EDS does). Hosts that stay keep their connection pools; removed hosts' idle
+        connections close. Endpoints marked UNHEALTHY, DRAINING or TIMEOUT are kept but
+        not chosen."""
+        cl = self.clusters[cluster]
+        hosts = []
+        for e in load_assignment.endpoints:
+            for lbe in e.lb_endpoints:
+                sa = lbe.endpoint.address.socket_address
+                w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
+                h = Host(sa.address, sa.port_value, w)
+                h.healthy = lbe.health_status not in (2, 3, 4)  # UNHEALTHY, DRAINING, TIMEOUT
+                hosts.append(h)
+        cl.set_hosts(hosts)
+
     async def drain_listeners(self, inbound_only: bool = False, graceful: bool = False) -> None:
         """Stops accepting; graceful: existing connections get `connection: close` on their
         next response and close after it."""

@@ -102,3 +102,64 @@ async def test_runs_on_uvloop():
     import uvloop
 
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+async def test_live_route_and_endpoint_updates(upstreams, proxy):
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.config.route.v3 import route_pb2
+    from google.protobuf import json_format
+
+    a, b = await upstreams("a"), await upstreams("b")
+    p = await proxy(
+        bootstrap([vhost([route("/")])], [cluster("up", [a.port]), cluster("other", [b.port])])
+    )
+    c = await p.client()
+    assert (await c.request()).json()["upstream"] == "a"
+    rc = json_format.ParseDict(
+        {"name": "rds", "virtual_hosts": [vhost([route("/", "other")])]},
+        route_pb2.RouteConfiguration(),
+    )
+    p.server.set_route_config("l0", rc)
+    assert (await c.request()).json()["upstream"] == "b"  # same connection, new table
+    rc2 = json_format.ParseDict(
+        {"virtual_hosts": [vhost([route("/", "gone")])]}, route_pb2.RouteConfiguration()
+    )
+    p.server.set_route_config("l0", rc2)
+    r = await c.request()
+    assert r.status == 503 and p.counter("http.ingress.no_cluster") == 1
+    p.server.set_route_config("l0", rc)
+    cla = json_format.ParseDict(
+        {
+            "cluster_name": "other",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": a.port}
+                                }
+                            }
+                        },
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": b.port}
+                                }
+                            },
+                            "health_status": "UNHEALTHY",
+                        },
+                    ]
+                }
+            ],
+        },
+        endpoint_pb2.ClusterLoadAssignment(),
+    )
+    p.server.set_endpoints("other", cla)
+    for _ in range(3):
+        assert (await c.request()).json()["upstream"] == "a"
+    assert p.gauge("cluster.other.membership_total") == 2
+    assert p.gauge("cluster.other.membership_healthy") == 1
+    await c.close()
+    with pytest.raises(KeyError):
+        p.server.set_route_config("nope", rc)
