@@ -51,6 +51,7 @@ cdef class HcmConfig:
     cdef public frozenset upgrades          # frozenset[bytes] enabled on every route
     cdef public bytes server_line           # b"server: envoy\r\n"
     cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
+    cdef public double idle_timeout         # seconds without a request before closing; 0: off
     cdef public bint draining
     cdef public set conns                   # set[DownstreamConn] alive
     cdef public object listener_name
@@ -76,6 +77,7 @@ cdef class HcmConfig:
     cdef Counter cx_tx_bytes_total
     cdef Counter cx_upgrades_total
     cdef Counter cx_drain_close
+    cdef Counter cx_idle_timeout
     cdef Counter rq_response_before_rq_complete
     cdef Counter no_route
     cdef Counter no_cluster
@@ -163,6 +165,7 @@ cdef class DownstreamConn:
     cdef int _pause(self, int reason) except -1
     cdef int _resume(self, int reason) except -1
     cdef int _arm_timer(self) except -1
+    cdef int _arm_idle(self) except -1
     cdef int _request_complete(self) except -1
     cdef int _data_filters(self, BodyReader body, bint encode) except -1
     cdef bytes _location(self)

@@ -181,7 +181,8 @@ cdef class HcmConfig:
                  filters=(), *, bint use_remote_address=False, bint generate_request_id=True,
                  bint accept_http_10=False, int max_head_bytes=60 * 1024,
                  int max_headers=100, int buffer_limit=1024 * 1024, upgrades=(),
-                 bytes server_name=b"envoy", access_log=None, str listener_stat_name=""):
+                 bytes server_name=b"envoy", access_log=None, str listener_stat_name="",
+                 double idle_timeout=3600.0):
         cdef HttpFilter f
         self.loop = loop
         self.stat_prefix = stat_prefix
@@ -199,6 +200,7 @@ cdef class HcmConfig:
         self.upgrades = frozenset(u.lower() for u in upgrades)
         self.server_line = b"server: " + server_name + b"\r\n"
         self.access_log = access_log
+        self.idle_timeout = idle_timeout
         self.draining = False
         self.conns = set()
         self.listener_name = listener_stat_name
@@ -229,6 +231,7 @@ cdef class HcmConfig:
         self.cx_tx_bytes_total = c(p + "downstream_cx_tx_bytes_total")
         self.cx_upgrades_total = c(p + "downstream_cx_upgrades_total")
         self.cx_drain_close = c(p + "downstream_cx_drain_close")
+        self.cx_idle_timeout = c(p + "downstream_cx_idle_timeout")
         self.no_route = c(p + "no_route")
         self.no_cluster = c(p + "no_cluster")
         self.rq_direct_response = c(p + "rq_direct_response")
@@ -275,6 +278,7 @@ cdef class DownstreamConn:
         cfg.listener_cx_total.inc()
         cfg.listener_cx_active.inc()
         cfg.conns.add(self)
+        self._arm_idle()
 
     def data_received(self, bytes data):
         self.cfg.cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
@@ -892,11 +896,37 @@ cdef class DownstreamConn:
         self.timer = self.cfg.loop.call_later(r.timeout, self._on_timer)
         return 0
 
+    cdef int _arm_idle(self) except -1:
+        """No request in flight: the connection closes after the HCM idle_timeout."""
+        cdef double t = self.cfg.idle_timeout
+        if t <= 0:
+            return 0
+        self.deadline = mono() + t
+        if self.timer is not None:
+            if self.timer_at <= self.deadline + 0.001:
+                return 0
+            self.timer.cancel()
+        self.timer_at = self.deadline
+        self.timer = self.cfg.loop.call_later(t, self._on_timer)
+        return 0
+
     def _on_timer(self):
         cdef double now = mono()
         self.timer = None
-        if self.state == DS_CLOSED or not self.in_request or self.resp_started and \
-                self.resp_status == 101 or self.cluster is None:
+        if self.state == DS_CLOSED:
+            return
+        if not self.in_request and self.state != DS_TUNNEL:
+            if self.cfg.idle_timeout <= 0:
+                return
+            if now + 0.0005 < self.deadline:
+                self.timer_at = self.deadline
+                self.timer = self.cfg.loop.call_later(self.deadline - now, self._on_timer)
+                return
+            self.cfg.cx_idle_timeout.inc()
+            self.close()
+            return
+        if self.resp_started and self.resp_status == 101 or self.cluster is None or \
+                self.route is None or self.route.timeout <= 0:
             return
         if self.req_done and now + 0.0005 < self.deadline:
             self.timer_at = self.deadline
@@ -1141,6 +1171,7 @@ cdef class DownstreamConn:
             self.state = DS_HEAD
         elif self.state == DS_BODY:
             self.state = DS_DRAIN
+        self._arm_idle()
         if self.pending is not None:
             p = self.pending
             self.pending = None

@@ -243,6 +243,9 @@ class Server:
         max_headers = 100
         if hcm.common_http_protocol_options.HasField("max_headers_count"):
             max_headers = hcm.common_http_protocol_options.max_headers_count.value
+        idle_timeout = 3600.0  # Envoy's default for HTTP connections
+        if hcm.common_http_protocol_options.HasField("idle_timeout"):
+            idle_timeout = _dur(hcm.common_http_protocol_options.idle_timeout)
         buffer_limit = 1024 * 1024
         if listener.HasField("per_connection_buffer_limit_bytes"):
             buffer_limit = listener.per_connection_buffer_limit_bytes.value
@@ -269,6 +272,7 @@ class Server:
             server_name=(hcm.server_name or "envoy").encode(),
             access_log=access_log,
             listener_stat_name=stat_name,
+            idle_timeout=idle_timeout,
         )
 
     # ---------------------------------------------------------------- run

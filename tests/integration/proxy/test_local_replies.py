@@ -242,3 +242,24 @@ async def test_connect_timeout_is_503_connection_timeout(proxy):
         for s in fillers:
             s.close()
         ls.close()
+
+
+async def test_idle_connections_close_after_idle_timeout(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(
+        bootstrap(
+            [vhost([route("/", timeout="0s")])],
+            [cluster("up", [up.port])],
+            common_http_protocol_options={"idle_timeout": "0.3s"},
+        )
+    )
+    idle = await p.client()
+    partial = await p.client()
+    await partial.send(b"GET / HTTP/1.1\r\nhost: a\r\n")  # a head that never ends
+    busy = await p.client()
+    r = await busy.request(path="/slow/500")  # a request in flight is not idle
+    assert r.status == 200
+    assert (await busy.request()).status == 200
+    assert await idle.closed(2) and await partial.closed(2)
+    assert await busy.closed(2)  # idle again after its requests
+    assert p.counter("http.ingress.downstream_cx_idle_timeout") == 3
