@@ -52,6 +52,10 @@ cdef class HcmConfig:
     cdef public bytes server_line           # b"server: envoy\r\n"
     cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
+    cdef public int server_mode             # server_header_transformation enum value
+    cdef public bint rid_in_response        # always_set_request_id_in_response
+    cdef public bytes via_line              # b"via: <via>\r\n" or b""
+    cdef public bint skip_xff_append
     cdef public bint draining
     cdef public set conns                   # set[DownstreamConn] alive
     cdef public object listener_name

@@ -74,6 +74,12 @@ cdef enum:
     F_PROTOCOL = 5
     F_TIMEOUT = 6
 
+# server_header_transformation (Envoy's enum values)
+cdef enum:
+    SERVER_OVERWRITE = 0
+    SERVER_APPEND_IF_ABSENT = 1
+    SERVER_PASS_THROUGH = 2
+
 # pause reasons (bits)
 cdef enum:
     P_UPSTREAM_FULL = 1     # upstream write buffer above high water
@@ -182,7 +188,8 @@ cdef class HcmConfig:
                  bint accept_http_10=False, int max_head_bytes=60 * 1024,
                  int max_headers=100, int buffer_limit=1024 * 1024, upgrades=(),
                  bytes server_name=b"envoy", access_log=None, str listener_stat_name="",
-                 double idle_timeout=3600.0):
+                 double idle_timeout=3600.0, int server_mode=0, bint rid_in_response=False,
+                 via=b"", bint skip_xff_append=False):
         cdef HttpFilter f
         self.loop = loop
         self.stat_prefix = stat_prefix
@@ -201,6 +208,10 @@ cdef class HcmConfig:
         self.server_line = b"server: " + server_name + b"\r\n"
         self.access_log = access_log
         self.idle_timeout = idle_timeout
+        self.server_mode = server_mode
+        self.rid_in_response = rid_in_response
+        self.via_line = b"via: " + via + b"\r\n" if via else b""
+        self.skip_xff_append = skip_xff_append
         self.draining = False
         self.conns = set()
         self.listener_name = listener_stat_name
@@ -659,7 +670,8 @@ cdef class DownstreamConn:
                     continue
                 if (k == HK_UPGRADE or k == HK_CONNECTION) and not self.upgrade:
                     continue
-                if (k == HK_XFF or k == HK_X_FORWARDED_PROTO) and cfg.use_remote_address:
+                if cfg.use_remote_address and (k == HK_X_FORWARDED_PROTO or
+                                               (k == HK_XFF and not cfg.skip_xff_append)):
                     continue
             if hd.skip or (h.ntok and h.nominated(i)):
                 continue
@@ -673,12 +685,14 @@ cdef class DownstreamConn:
             # Envoy frames a body-less request explicitly, except for these methods
             wb.add("content-length: 0\r\n", 19)
         if cfg.use_remote_address:
-            wb.add("x-forwarded-for: ", 17)
-            if h.xff_idx >= 0:
-                wb.add(h.base + h.hdrs[h.xff_idx].value_off, h.hdrs[h.xff_idx].value_len)
-                wb.add(", ", 2)
-            wb.add_bytes(self.remote_ip)
-            wb.add("\r\nx-forwarded-proto: http\r\n", 27)
+            if not cfg.skip_xff_append:
+                wb.add("x-forwarded-for: ", 17)
+                if h.xff_idx >= 0:
+                    wb.add(h.base + h.hdrs[h.xff_idx].value_off, h.hdrs[h.xff_idx].value_len)
+                    wb.add(", ", 2)
+                wb.add_bytes(self.remote_ip)
+                wb.add("\r\n", 2)
+            wb.add("x-forwarded-proto: http\r\n", 25)
         elif h.xfp_idx < 0:
             wb.add("x-forwarded-proto: http\r\n", 25)
         if h.xrid_idx < 0:
@@ -688,6 +702,10 @@ cdef class DownstreamConn:
                 wb.add_bytes(rid)
                 wb.add("\r\n", 2)
                 self.request_id = rid
+        elif cfg.rid_in_response:
+            self.request_id = h.value_at(h.xrid_idx)
+        if cfg.via_line:
+            wb.add_bytes(cfg.via_line)
         wb.add_bytes(route.timeout_line)
         if (route.prefix_rewrite is not None and route.pm == 0) or \
                 route.rx_rewrite is not None:
@@ -972,6 +990,7 @@ cdef class DownstreamConn:
         cdef h1_hdr* hd
         cdef HttpFilter f
         cdef Py_ssize_t j
+        cdef bint up_server = False
         if status >= 500:
             rbit = RETRY_5XX
             if status == 502 or status == 503 or status == 504:
@@ -1019,8 +1038,12 @@ cdef class DownstreamConn:
             k = hd.kind
             if k != HK_OTHER:
                 if k == HK_KEEP_ALIVE or k == HK_PROXY_CONNECTION or \
-                        k == HK_TRANSFER_ENCODING or k == HK_SERVER or k == HK_DATE:
+                        k == HK_TRANSFER_ENCODING or k == HK_DATE:
                     continue
+                if k == HK_SERVER:
+                    if cfg.server_mode == SERVER_OVERWRITE:
+                        continue
+                    up_server = True
                 if (k == HK_UPGRADE or k == HK_CONNECTION) and \
                         not (status == 101 and self.upgrade):
                     continue
@@ -1030,8 +1053,16 @@ cdef class DownstreamConn:
                 continue
             wb.add(rh.base + hd.name_off, hd.value_off + hd.value_len - hd.name_off)
             wb.add("\r\n", 2)
-        wb.add_bytes(cfg.server_line)
+        if cfg.server_mode == SERVER_OVERWRITE or \
+                (cfg.server_mode == SERVER_APPEND_IF_ABSENT and not up_server):
+            wb.add_bytes(cfg.server_line)
         wb.add_bytes(date_line())
+        if cfg.via_line:
+            wb.add_bytes(cfg.via_line)
+        if cfg.rid_in_response and self.request_id is not None:
+            wb.add("x-request-id: ", 14)
+            wb.add_bytes(self.request_id)
+            wb.add("\r\n", 2)
         if status != 101 or not self.upgrade:
             wb.add("x-envoy-upstream-service-time: ", 31)
             wb.add_uint(self.service_ms)
@@ -1211,7 +1242,8 @@ cdef class DownstreamConn:
             wb.add_uint(PyBytes_GET_SIZE(body))
             wb.add("\r\ncontent-type: text/plain\r\n", 28)
         wb.add_bytes(date_line())
-        wb.add_bytes(cfg.server_line)
+        if cfg.server_mode != SERVER_PASS_THROUGH:
+            wb.add_bytes(cfg.server_line)
         if extra:
             wb.add_bytes(extra)
         if self.resp_add_extra is not None:

@@ -273,6 +273,10 @@ class Server:
             access_log=access_log,
             listener_stat_name=stat_name,
             idle_timeout=idle_timeout,
+            server_mode=hcm.server_header_transformation,
+            rid_in_response=hcm.always_set_request_id_in_response,
+            via=hcm.via.encode(),
+            skip_xff_append=hcm.skip_xff_append,
         )
 
     # ---------------------------------------------------------------- run

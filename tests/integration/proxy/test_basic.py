@@ -234,3 +234,40 @@ async def test_deep_pipeline_with_a_small_buffer_limit_pauses_and_resumes(upstre
     assert [x["path"] for x in up.requests] == [f"/slow/1?i={i}" for i in range(n)]
     assert (await c.request()).status == 200
     await c.close()
+
+
+async def test_hcm_header_options(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(
+        bootstrap(
+            [vhost([route("/")])],
+            [cluster("up", [up.port])],
+            server_header_transformation="PASS_THROUGH",
+            always_set_request_id_in_response=True,
+            via="sofamesh-test",
+            use_remote_address=True,
+            skip_xff_append=True,
+        )
+    )
+    c = await p.client()
+    r = await c.request(path="/status/200", headers={"x-request-id": "rid-7"})
+    assert r.header("server") == "test-upstream"  # PASS_THROUGH keeps the upstream's
+    assert r.header("x-request-id") == "rid-7"
+    assert r.header("via") == "sofamesh-test"
+    r = await c.request(headers={"x-forwarded-for": "10.1.1.1"})
+    assert r.upstream_header("via") == "sofamesh-test"
+    assert r.upstream_header("x-forwarded-for") == "10.1.1.1"  # not appended
+    assert r.upstream_header("x-request-id") == r.header("x-request-id")  # generated one
+    await c.close()
+    p2 = await proxy(
+        bootstrap(
+            [vhost([route("/")])],
+            [cluster("up", [up.port])],
+            server_header_transformation="APPEND_IF_ABSENT",
+        )
+    )
+    c = await p2.client()
+    assert (await c.request(path="/status/200")).header("server") == "test-upstream"
+    r = await c.request(path="/eof")  # the upstream sends no server header here
+    assert r.header("server") == "envoy"
+    await c.close()
