@@ -26,6 +26,12 @@ from sofamesh.config.errors import ConfigError, Problem, join
 from sofamesh.config.pgv import validate_message
 
 HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+# Messages naming an extension whose typed_config Envoy 1.40 requires.
+_NAMED_EXTENSIONS = (
+    "envoy.config.accesslog.v3.AccessLog",
+    "envoy.config.trace.v3.Tracing.Http",
+    "envoy.config.core.v3.TransportSocket",
+)
 _TLS_CONTEXTS = (
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -228,6 +234,55 @@ class _Checker:
                 join(path, "filter_chains"),
                 "more than one filter chain per listener: not implemented by sofamesh",
             )
+        if name == HCM:
+            seen_upgrades: set[str] = set()
+            for i, u in enumerate(m.upgrade_configs):
+                key = u.upgrade_type.lower()
+                if key in seen_upgrades:
+                    self.reference(
+                        f"{path}.upgrade_configs[{i}]",
+                        f"Error: multiple upgrade configs with the same name: '{u.upgrade_type}'",
+                    )
+                seen_upgrades.add(key)
+        if name == "envoy.config.trace.v3.ZipkinConfig" and not (
+            ("collector_service" in m.DESCRIPTOR.fields_by_name and m.HasField("collector_service"))
+            or (m.collector_cluster and m.collector_endpoint)
+        ):
+            self.reference(
+                path,
+                "collector_cluster and collector_endpoint must be specified "
+                "when not using collector_service",
+            )
+        if name == "envoy.config.listener.v3.Listener" and len(m.filter_chains) > 1:
+            seen_matchers: dict[bytes, int] = {}
+            for i, ch in enumerate(m.filter_chains):
+                key = ch.filter_chain_match.SerializeToString(deterministic=True)
+                if key in seen_matchers:
+                    sa = m.address.socket_address
+                    self.reference(
+                        f"{path}.filter_chains[{i}].filter_chain_match",
+                        f"error adding listener '{sa.address}:{sa.port_value}': filter chain "
+                        f"'{ch.name}' has the same matching rules defined as "
+                        f"'{m.filter_chains[seen_matchers[key]].name}'",
+                    )
+                seen_matchers.setdefault(key, i)
+        if (
+            name == "envoy.config.core.v3.ApiConfigSource"
+            and m.api_type in (2, 3, 5, 6)  # the gRPC types, plain and aggregated
+            and not m.grpc_services
+            and not m.cluster_names
+        ):
+            self.reference(
+                path, "API configs must have either a gRPC service or a cluster name defined"
+            )
+        if name == "envoy.config.bootstrap.v3.LayeredRuntime":
+            seen_layers: set[str] = set()
+            for i, layer in enumerate(m.layers):
+                if layer.name in seen_layers:
+                    self.reference(
+                        f"{path}.layers[{i}].name", f"Duplicate layer name: {layer.name}"
+                    )
+                seen_layers.add(layer.name)
         if support_on and name == HCM:
             # what the Server (proxy/server.py _build_hcm) cannot run yet
             if not m.http_filters:
@@ -243,7 +298,7 @@ class _Checker:
                 )
         if name in _TLS_CONTEXTS:
             self.check_tls(m, name, path)
-        if (name in _FILTER_KIND or name == "envoy.config.accesslog.v3.AccessLog") and not (
+        if (name in _FILTER_KIND or name in _NAMED_EXTENSIONS) and not (
             m.HasField("typed_config")
             or (
                 "config_discovery" in m.DESCRIPTOR.fields_by_name and m.HasField("config_discovery")
@@ -347,6 +402,11 @@ class _Checker:
         ctx = m.common_tls_context
         cpath = join(path, "common_tls_context")
         for i, cert in enumerate(ctx.tls_certificates):
+            if cert.HasField("certificate_chain") and not cert.HasField("private_key"):
+                self.reference(
+                    f"{cpath}.tls_certificates[{i}]",
+                    "Failed to load incomplete private key from path: ",
+                )
             if cert.HasField("private_key") and not cert.HasField("certificate_chain"):
                 self.reference(
                     f"{cpath}.tls_certificates[{i}]",
@@ -513,11 +573,16 @@ class _Checker:
                 )
             seen[c.name] = i
         for i, c in enumerate(bootstrap.static_resources.clusters):
-            if c.WhichOneof("cluster_discovery_type") == "type" and c.type == 0:  # STATIC
+            if c.WhichOneof("cluster_discovery_type") in ("type", None) and c.type == 0:  # STATIC
                 for ei, e in enumerate(c.load_assignment.endpoints):
                     for hi, lbe in enumerate(e.lb_endpoints):
                         sa = lbe.endpoint.address.socket_address
-                        if sa.address and not sa.resolver_name and not _is_ip(sa.address):
+                        if lbe.endpoint.address.WhichOneof("address") not in (
+                            "socket_address",
+                            None,
+                        ):
+                            continue  # pipe / internal: refused elsewhere if unsupported
+                        if not sa.resolver_name and not _is_ip(sa.address):
                             self.reference(
                                 f"static_resources.clusters[{i}].load_assignment.endpoints[{ei}]"
                                 f".lb_endpoints[{hi}].endpoint.address.socket_address.address",
@@ -551,7 +616,10 @@ class _Checker:
                 "'node' config or via --service-node and --service-cluster options.",
             )
         addrs: dict[tuple[str, int, int], str] = {}
+        same = _identical_repeats(bootstrap.static_resources.listeners)
         for i, lst in enumerate(bootstrap.static_resources.listeners):
+            if i in same:
+                continue  # Envoy ignores a listener added twice with the same config
             sa = lst.address.socket_address
             if lst.address.HasField("socket_address") and sa.port_value:
                 key = (sa.address, sa.port_value, sa.protocol)
@@ -564,6 +632,8 @@ class _Checker:
                 addrs[key] = lst.name
         lseen: set[str] = set()
         for i, lst in enumerate(bootstrap.static_resources.listeners):
+            if i in same:
+                continue
             if lst.name and lst.name in lseen:
                 self.reference(
                     f"static_resources.listeners[{i}].name",
@@ -656,6 +726,18 @@ def _ext_name(flt: Message) -> str:
     if len(parts) >= 6 and parts[:3] == ["envoy", "extensions", "filters"]:
         return ".".join(["envoy", "filters", parts[3], parts[4]])
     return ""
+
+
+def _identical_repeats(items: Any) -> set[int]:
+    """Indexes of named items that repeat an earlier item exactly."""
+    seen: set[bytes] = set()
+    out = set()
+    for i, it in enumerate(items):
+        key = it.SerializeToString(deterministic=True)
+        if key in seen and it.name:  # unnamed ones get distinct generated names
+            out.add(i)
+        seen.add(key)
+    return out
 
 
 def _is_ip(text: str) -> bool:
