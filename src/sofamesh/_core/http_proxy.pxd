@@ -56,6 +56,11 @@ cdef class HcmConfig:
     cdef public bint rid_in_response        # always_set_request_id_in_response
     cdef public bytes via_line              # b"via: <via>\r\n" or b""
     cdef public bint skip_xff_append
+    cdef public bytes local_ip              # appended to x-forwarded-for for loopback peers
+    cdef public bint preserve_external_request_id
+    cdef public bint normalize_path
+    cdef public bint merge_slashes
+    cdef public bint strip_any_host_port
     cdef public bint draining
     cdef public set conns                   # set[DownstreamConn] alive
     cdef public object listener_name
@@ -102,6 +107,7 @@ cdef class DownstreamConn:
     cdef HcmConfig cfg
     cdef object transport
     cdef public bytes remote_ip
+    cdef bytes xff_ip                   # what use_remote_address appends to x-forwarded-for
     cdef int remote_port
     cdef int state
     cdef bytes pending

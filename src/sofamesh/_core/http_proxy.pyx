@@ -20,7 +20,7 @@ from sofamesh._core.codecs.http1 cimport (
     FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
     HK_OTHER, HK_HOST, HK_TRANSFER_ENCODING, HK_CONNECTION,
     HK_KEEP_ALIVE, HK_PROXY_CONNECTION, HK_UPGRADE, HK_EXPECT, HK_TE, HK_XFF,
-    HK_X_FORWARDED_PROTO, HK_SERVER, HK_DATE, HK_EXPECTED_TIMEOUT,
+    HK_X_FORWARDED_PROTO, HK_X_REQUEST_ID, HK_SERVER, HK_DATE, HK_EXPECTED_TIMEOUT,
     HK_ENVOY_CONTROL,
 )
 from sofamesh._core.router cimport (
@@ -148,6 +148,91 @@ cdef bytes uuid4():
     return PyBytes_FromStringAndSize(out, 36)
 
 
+cdef bint _needs_normalizing(Head h, bint merge) noexcept:
+    """The path has dot segments, percent escapes (or, with merge, '//')."""
+    cdef const char* p = h.base + h.path_off
+    cdef int i, n = h.path_len
+    for i in range(n):
+        if p[i] == 63:
+            return False
+        if p[i] == 37:
+            return True
+        if p[i] == 46 and i > 0 and p[i - 1] == 47:
+            return True
+        if merge and p[i] == 47 and i > 0 and p[i - 1] == 47:
+            return True
+    return False
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _canonical_path(bytes path, bint normalize, bint merge):
+    """Envoy's normalize_path (RFC 3986: unreserved %XX decoded, dot segments removed)
+    and merge_slashes, on the path without its query. Rare path (config-enabled)."""
+    if normalize:
+        out = bytearray()
+        i = 0
+        while i < len(path):
+            c = path[i]
+            if c == 37 and i + 2 < len(path) + 0 and i + 2 <= len(path) - 1:
+                try:
+                    v = int(path[i + 1:i + 3], 16)
+                except ValueError:
+                    v = -1
+                if v >= 0 and v in _UNRESERVED:
+                    out.append(v)
+                    i += 3
+                    continue
+                if v >= 0:
+                    out += b"%" + path[i + 1:i + 3].upper()
+                    i += 3
+                    continue
+            out.append(c)
+            i += 1
+        path = bytes(out)
+    if merge:
+        while b"//" in path:
+            path = path.replace(b"//", b"/")
+    if normalize:
+        segs = []
+        parts = path.split(b"/")
+        for j, seg in enumerate(parts[1:]):
+            last = j == len(parts) - 2
+            if seg == b".":
+                if last:
+                    segs.append(b"")
+            elif seg == b"..":
+                if segs:
+                    segs.pop()
+                if last:
+                    segs.append(b"")
+            else:
+                segs.append(seg)
+        path = b"/" + b"/".join(segs)
+    return path
+
+
+def normalize_request_path(bytes data, Py_ssize_t off, int path_off, int path_len,
+                           bint normalize, bint merge):
+    """data with the request-target's path canonicalised, or None if unchanged."""
+    target = data[off + path_off:off + path_off + path_len]
+    q = target.find(b"?")
+    path, query = (target, b"") if q < 0 else (target[:q], target[q:])
+    new = _canonical_path(path, normalize, merge)
+    if new == path:
+        return None
+    return data[off:off + path_off] + new + query + data[off + path_off + path_len:]
+
+
+cdef bytes _strip_port(bytes host):
+    cdef Py_ssize_t i
+    if host.endswith(b"]"):
+        return host
+    i = host.rfind(b":")
+    return host[:i] if i > 0 else host
+
+
 cdef inline bint _no_cl_method(Head h) noexcept:
     cdef const char* m = h.base
     cdef int n = h.method_len
@@ -189,7 +274,9 @@ cdef class HcmConfig:
                  int max_headers=100, int buffer_limit=1024 * 1024, upgrades=(),
                  bytes server_name=b"envoy", access_log=None, str listener_stat_name="",
                  double idle_timeout=3600.0, int server_mode=0, bint rid_in_response=False,
-                 via=b"", bint skip_xff_append=False):
+                 via=b"", bint skip_xff_append=False, bytes local_ip=b"127.0.0.1",
+                 bint preserve_external_request_id=False, bint normalize_path=False,
+                 bint merge_slashes=False, bint strip_any_host_port=False):
         cdef HttpFilter f
         self.loop = loop
         self.stat_prefix = stat_prefix
@@ -212,6 +299,11 @@ cdef class HcmConfig:
         self.rid_in_response = rid_in_response
         self.via_line = b"via: " + via + b"\r\n" if via else b""
         self.skip_xff_append = skip_xff_append
+        self.local_ip = local_ip
+        self.preserve_external_request_id = preserve_external_request_id
+        self.normalize_path = normalize_path
+        self.merge_slashes = merge_slashes
+        self.strip_any_host_port = strip_any_host_port
         self.draining = False
         self.conns = set()
         self.listener_name = listener_stat_name
@@ -282,6 +374,9 @@ cdef class DownstreamConn:
         if peer:
             self.remote_ip = peer[0].encode()
             self.remote_port = peer[1]
+            # Envoy appends its own address to x-forwarded-for for a loopback peer
+            self.xff_ip = cfg.local_ip if (self.remote_ip.startswith(b"127.") or
+                                           self.remote_ip == b"::1") else self.remote_ip
         cfg.cx_total.inc()
         cfg.cx_http1_total.inc()
         cfg.cx_active.inc()
@@ -383,6 +478,16 @@ cdef class DownstreamConn:
                     off = 0
                     n = PyBytes_GET_SIZE(data)
                     continue
+                if r > 0 and (cfg.normalize_path or cfg.merge_slashes) and \
+                        _needs_normalizing(self.head, cfg.merge_slashes):
+                    fixed = normalize_request_path(data, off, self.head.path_off,
+                                                   self.head.path_len, cfg.normalize_path,
+                                                   cfg.merge_slashes)
+                    if fixed is not None:
+                        data = fixed
+                        off = 0
+                        n = PyBytes_GET_SIZE(data)
+                        continue
                 if r < 0:
                     return self._error_reply(r)
                 off += r
@@ -572,7 +677,8 @@ cdef class DownstreamConn:
         if cl.rq_active >= cl.max_requests:
             cl.upstream_rq_pending_overflow.inc()
             self.resp_flags = "UO"
-            return self._local_reply(503, RESET_BEFORE + b"reset reason: overflow", b"", False)
+            return self._local_reply(503, RESET_BEFORE + b"reset reason: overflow",
+                                     b"x-envoy-overloaded: true\r\n", False)
         cl.rq_active += 1
         cl.upstream_rq_active.inc()
         self.host = None
@@ -634,6 +740,9 @@ cdef class DownstreamConn:
         cdef h1_hdr* hd
         cdef bint check_remove = bool(route.req_remove) or self.req_remove_extra is not None
         cdef bytes rid
+        # an edge proxy replaces a client's x-request-id (Envoy's preserve_external_request_id)
+        cdef bint regen = h.xrid_idx < 0 or (cfg.use_remote_address and cfg.generate_request_id
+                                             and not cfg.preserve_external_request_id)
         wb.add(h.base, h.method_len)
         wb.add(" ", 1)
         if route.prefix_rewrite is not None and route.pm == 0:
@@ -655,8 +764,8 @@ cdef class DownstreamConn:
             wb.add_bytes(route.host_rewrite)
         elif route.auto_host and self.host is not None and self.host.hostname:
             wb.add_bytes(self.host.hostname.encode())
-        elif h.abs_host_len or h.host2_idx >= 0:
-            wb.add_bytes(h.host())
+        elif h.abs_host_len or h.host2_idx >= 0 or cfg.strip_any_host_port:
+            wb.add_bytes(_strip_port(h.host()) if cfg.strip_any_host_port else h.host())
         elif h.host_idx >= 0:
             wb.add(h.base + h.hdrs[h.host_idx].value_off, h.hdrs[h.host_idx].value_len)
         wb.add("\r\n", 2)
@@ -672,6 +781,8 @@ cdef class DownstreamConn:
                     continue
                 if cfg.use_remote_address and (k == HK_X_FORWARDED_PROTO or
                                                (k == HK_XFF and not cfg.skip_xff_append)):
+                    continue
+                if k == HK_X_REQUEST_ID and regen:
                     continue
             if hd.skip or (h.ntok and h.nominated(i)):
                 continue
@@ -689,13 +800,17 @@ cdef class DownstreamConn:
                 wb.add("x-forwarded-for: ", 17)
                 if h.xff_idx >= 0:
                     wb.add(h.base + h.hdrs[h.xff_idx].value_off, h.hdrs[h.xff_idx].value_len)
-                    wb.add(", ", 2)
-                wb.add_bytes(self.remote_ip)
+                    wb.add(",", 1)
+                wb.add_bytes(self.xff_ip)
                 wb.add("\r\n", 2)
             wb.add("x-forwarded-proto: http\r\n", 25)
+            # an edge request (no internal_address_config): Envoy names the peer
+            wb.add("x-envoy-external-address: ", 26)
+            wb.add_bytes(self.remote_ip)
+            wb.add("\r\n", 2)
         elif h.xfp_idx < 0:
             wb.add("x-forwarded-proto: http\r\n", 25)
-        if h.xrid_idx < 0:
+        if regen:
             if cfg.generate_request_id:
                 rid = uuid4()
                 wb.add("x-request-id: ", 14)
@@ -850,6 +965,7 @@ cdef class DownstreamConn:
     cdef int _fail(self, int kind, UpstreamConn c) except -1:
         cdef Cluster cl = self.cluster
         cdef bytes body, reason
+        cdef bytes extra = b""
         cdef int code = 503
         if self.host is not None and c is not None:
             self.host.rq_active -= 1
@@ -877,6 +993,7 @@ cdef class DownstreamConn:
         if kind == F_OVERFLOW:
             self.resp_flags = "UO"
             reason = b"overflow"
+            extra = b"x-envoy-overloaded: true\r\n"
         elif kind == F_CONNECT_FAIL:
             self.resp_flags = "UF"
             reason = b"remote connection failure"
@@ -895,7 +1012,7 @@ cdef class DownstreamConn:
             body = RESET_BEFORE + b"retried and the latest reset reason: " + reason
         else:
             body = RESET_BEFORE + b"reset reason: " + reason
-        return self._local_reply(code, body, b"", not self.req_done)
+        return self._local_reply(code, body, extra, not self.req_done)
 
     cdef int _arm_timer(self) except -1:
         cdef Route r = self.route
@@ -1028,7 +1145,7 @@ cdef class DownstreamConn:
                 self.resp_chunk_encode = True
             else:
                 self.close_after = True
-        wb.add("HTTP/1.1 ", 9)
+        wb.add("HTTP/1.1 " if self.head.minor else "HTTP/1.0 ", 9)
         wb.add(rh.base + 9, 3)
         wb.add(" ", 1)
         wb.add_bytes(REASONS.get(status, b"Unknown"))
@@ -1232,7 +1349,7 @@ cdef class DownstreamConn:
             self.drop_pipelined = not announce
         self.resp_status = code
         self.resp_started = True
-        wb.add("HTTP/1.1 ", 9)
+        wb.add("HTTP/1.1 " if self.head.minor or code == 426 else "HTTP/1.0 ", 9)
         wb.add_uint(code)
         wb.add(" ", 1)
         wb.add_bytes(REASONS.get(code, b"Unknown"))

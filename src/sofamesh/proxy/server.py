@@ -31,6 +31,19 @@ ROUTER_NAMES = ("envoy.filters.http.router", "envoy.router")
 FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
+def _local_ip() -> str:
+    """This host's primary IPv4 address, which Envoy appends to x-forwarded-for for a
+    loopback peer: the source address of the default route (a UDP connect sends nothing)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.1", 9))
+        return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        s.close()
+
+
 def _bump(c: Any) -> None:
     c.value += 1
     c.used = True
@@ -277,6 +290,11 @@ class Server:
             rid_in_response=hcm.always_set_request_id_in_response,
             via=hcm.via.encode(),
             skip_xff_append=hcm.skip_xff_append,
+            local_ip=_local_ip().encode(),
+            preserve_external_request_id=hcm.preserve_external_request_id,
+            normalize_path=hcm.normalize_path.value,
+            merge_slashes=hcm.merge_slashes,
+            strip_any_host_port=hcm.strip_any_host_port,
         )
 
     # ---------------------------------------------------------------- run

@@ -167,15 +167,20 @@ async def test_connection_close_and_http10(upstreams, proxy):
 
 
 async def test_x_forwarded_for_with_use_remote_address(upstreams, proxy):
+    from sofamesh.proxy.server import _local_ip
+
     up = await upstreams()
     p = await proxy(
         bootstrap([vhost([route("/")])], [cluster("up", [up.port])], use_remote_address=True)
     )
+    me = _local_ip()  # Envoy appends its own address, not 127.0.0.1, for a loopback peer
     c = await p.client()
-    r = await c.request()
-    assert r.upstream_header("x-forwarded-for") == "127.0.0.1"
+    r = await c.request(headers={"x-request-id": "client-chosen"})
+    assert r.upstream_header("x-forwarded-for") == me
+    assert r.upstream_header("x-envoy-external-address") == "127.0.0.1"
+    assert r.upstream_header("x-request-id") != "client-chosen"  # edge: regenerated
     r = await c.request(headers={"x-forwarded-for": "10.0.0.1"})
-    assert r.upstream_header("x-forwarded-for") == "10.0.0.1, 127.0.0.1"
+    assert r.upstream_header("x-forwarded-for") == f"10.0.0.1,{me}"
     await c.close()
     # without use_remote_address the header passes untouched and is not added
     p2 = await proxy(bootstrap([vhost([route("/")])], [cluster("up", [up.port])]))
@@ -247,6 +252,7 @@ async def test_hcm_header_options(upstreams, proxy):
             via="sofamesh-test",
             use_remote_address=True,
             skip_xff_append=True,
+            preserve_external_request_id=True,
         )
     )
     c = await p.client()

@@ -115,3 +115,26 @@ async def test_local_reply_closes_with_unread_body_or_pipelined_requests(upstrea
     assert r.status == 404 and r.header("connection") is None
     assert await c.closed()  # the third request is never answered
     assert [x["path"] for x in up.requests] == ["/a/1"]
+
+
+async def test_path_normalisation_host_port_stripping_and_http10(upstreams, proxy):
+    up = await upstreams()
+    p = await proxy(
+        bootstrap(
+            [vhost([route("/a/")])],
+            [cluster("up", [up.port])],
+            normalize_path=True,
+            merge_slashes=True,
+            strip_any_host_port=True,
+            http_protocol_options={"accept_http_10": True},
+        )
+    )
+    c = await p.client()
+    r = await c.request(path="/x/../a//b/%2e/c%7e?q=/../", host="main.test:8080")
+    assert r.status == 200
+    assert r.json()["path"] == "/a/b/c~?q=/../"  # the query is left alone
+    assert r.upstream_header("host") == "main.test"
+    await c.send(b"GET /a/old HTTP/1.0\r\nhost: main.test\r\n\r\n")
+    r = await c.response()
+    assert r.raw_head.startswith(b"HTTP/1.0 200 OK\r\n") and r.header("connection") == "close"
+    assert await c.closed()

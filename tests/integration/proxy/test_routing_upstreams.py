@@ -198,6 +198,7 @@ async def test_circuit_breaker_pending_overflow(upstreams, proxy):
     assert codes == [200, 200, 503]
     over = next(r for r in rs if r.status == 503)
     assert over.body.endswith(b"reset reason: overflow")
+    assert over.header("x-envoy-overloaded") == "true"
     assert p.counter("cluster.up.upstream_rq_pending_overflow") == 1
     assert p.counter("cluster.up.upstream_cx_overflow") >= 1
     assert up.connections == 1
