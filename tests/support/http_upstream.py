@@ -22,7 +22,8 @@ separated list of ``key`` or ``key=value``:
     interim-100    send ``100 Continue`` before the final response
     trailers       reply chunked with a trailer field (``x-upstream-trailer: t``)
 
-Attempts per ``x-case-id`` are counted (retry tests read ``attempts(case_id)``).
+Attempts per listener and ``x-case-id`` are counted (``attempts(case_id)``), and each reply
+says which attempt it answers (``x-upstream-attempt``), so retries are visible.
 """
 
 from __future__ import annotations
@@ -207,9 +208,11 @@ class RecordingUpstream:
         with self._lock:
             return list(self.records)
 
-    def attempts(self, case_id: str) -> int:
+    def attempts(self, case_id: str, listener: str | None = None) -> int:
         with self._lock:
-            return self._attempts.get(case_id, 0)
+            return sum(n for key, n in self._attempts.items()
+                       if key.partition("/")[2] == case_id
+                       and (listener is None or key.partition("/")[0] == listener))
 
     def wait_records(self, n: int, timeout: float = 2.0) -> list[Record]:
         deadline = time.monotonic() + timeout
@@ -280,7 +283,8 @@ class RecordingUpstream:
         rec = Record(name, method, target, version, headers, body, framing, trailers, conn_id)
         with self._cond:
             self.records.append(rec)
-            attempt = self._attempts[case_id] = self._attempts.get(case_id, 0) + 1
+            key = f"{name}/{case_id}"  # per listener: a mirrored copy is not an attempt
+            attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
             self._cond.notify_all()
         return self._reply(name, conn, rec, action, attempt)
 

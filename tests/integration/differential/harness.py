@@ -53,7 +53,7 @@ def _hdr(key: str, value: str, action: str | None = None) -> dict:
 class Feature:
     """Config a proxy might reject at start-up, run in its own small deployment
     (test_feature_same_as_envoy) so one unsupported field fails one named test, not all.
-    Routes go before the catch-all `/a/`; `hcm` is merged into the HttpConnectionManager;
+    Routes go first in the main virtual host; `hcm` is merged into the HttpConnectionManager;
     `clusters(ports)` returns extra clusters given the upstream ports {"a": .., "b": ..}."""
 
     routes: list[dict] = field(default_factory=list)
@@ -115,6 +115,29 @@ FEATURES: dict[str, Feature] = {
     "accept_http_10": Feature(hcm={"http_protocol_options": {"accept_http_10": True}}),
     "normalize_path_merge_slashes": Feature(hcm={"normalize_path": True, "merge_slashes": True}),
     "strip_any_host_port": Feature(hcm={"strip_any_host_port": True}),
+    "server_name": Feature(hcm={"server_name": "sofa-edge"}),
+    "server_header_pass_through": Feature(hcm={"server_header_transformation": "PASS_THROUGH"}),
+    "request_id_in_response": Feature(hcm={"always_set_request_id_in_response": True}),
+    "retriable_status_codes": Feature(routes=[{
+        "match": {"prefix": "/retry-418"},
+        "route": {"cluster": "svc_a", "retry_policy": {
+            "retry_on": "retriable-status-codes", "retriable_status_codes": [418],
+            "num_retries": 1}}}]),
+    "per_try_timeout": Feature(routes=[{
+        "match": {"prefix": "/per-try"},
+        "route": {"cluster": "svc_a", "timeout": "5s", "retry_policy": {
+            "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.3s"}}}]),
+    "header_formatters": Feature(routes=[{
+        "match": {"prefix": "/fmt"},
+        "route": {"cluster": "svc_a"},
+        "request_headers_to_add": [
+            _hdr("x-client-ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+            _hdr("x-proto", "%PROTOCOL%")],
+        "response_headers_to_add": [_hdr("x-upstream-cluster", "%UPSTREAM_CLUSTER%"),
+                                    _hdr("x-echo-agent", "%REQ(user-agent)%")]}]),
+    "request_mirror": Feature(routes=[{
+        "match": {"prefix": "/mirror"},
+        "route": {"cluster": "svc_a", "request_mirror_policies": [{"cluster": "svc_b"}]}}]),
 }
 
 
@@ -166,9 +189,10 @@ def route_config(extra_routes: list[dict] | None = None) -> dict:
         {"match": {"prefix": "/present", "headers": [{"name": "x-flag", "present_match": True}]},
          "route": {"cluster": "svc_b"}},
         {"match": {"prefix": "/present"}, "route": {"cluster": "svc_a"}},
-        *(extra_routes or []),
         {"match": {"prefix": "/a/"}, "route": {"cluster": "svc_a"}},
     ]
+    # A feature's routes go first, so no prefix route above can shadow them.
+    main_routes = [*(extra_routes or []), *main_routes]
     return {
         "name": "differential",
         "virtual_hosts": [
@@ -271,9 +295,14 @@ NORMALISATIONS: dict[str, tuple[str, Callable]] = {
     "lb-starting-point": (
         ("A load balancer's starting host may be random: over 40 requests we compare the pick "
          "pattern with hosts relabelled by frequency, rotated to a canonical start."), None),
+    "mirror-arrival-order": (
+        ("A mirrored request is fire-and-forget: whether it reaches its upstream before or "
+         "after the main one is a race, so those cases sort upstream requests by listener."),
+        None),
     "date": ("Wall-clock time of the reply.", lambda v: "<date>"),
-    "server": ("The product name (Envoy writes `envoy`); presence is still compared.",
-               lambda v: "<server>"),
+    "server": (("The product's default name (`envoy` / `sofamesh`) is masked; presence is still "
+                "compared, and any other value (server_name, an upstream's own) exactly."),
+               lambda v: "<server>" if v in ("envoy", "sofamesh") else v),
     "x-envoy-upstream-service-time": (
         "Milliseconds the upstream took: timing, not behaviour; presence is still compared.",
         lambda v: "<ms>" if v.isdigit() else v),
@@ -480,6 +509,8 @@ class Case:
     probe: bool = True  # after the responses, does the connection still serve a request?
     kind: str = "plain"  # plain | expect100 | websocket | weighted | sequence | concurrent
     shut_wr: bool = False  # half-close our side after sending
+    upstream_requests: int = 0  # wait (up to 2 s) until the upstream has seen this many
+    unordered_upstream: bool = False  # NORMALISATIONS["mirror-arrival-order"]
     note: str = ""
 
     @property
@@ -597,6 +628,15 @@ def observe(dep: Deployment, case: Case) -> Observation:
     before = stats_snapshot(dep)
     obs = _observe(dep, case)
     after = stats_snapshot(dep)
+    if case.upstream_requests:
+        # Background upstream requests (mirrors) finish after the client's answer: wait until
+        # the counters stop moving.
+        for _ in range(20):
+            time.sleep(0.1)
+            again = stats_snapshot(dep)
+            if again == after:
+                break
+            after = again
     obs.stats = {k: after[k] - before[k] for k in COMPARED_STATS if after[k] != before[k]}
     return obs
 
@@ -681,9 +721,13 @@ def _observe(dep: Deployment, case: Case) -> Observation:
         else:
             connection = "not-probed"
         extra_reader_error = r.error
+    if case.upstream_requests:
+        dep.upstream.wait_records(case.upstream_requests + (connection == "open"))
     records = dep.upstream.snapshot()
     # The probe request is ours, not the case's.
     records = [rec for rec in records if not rec.header("x-probe")]
+    if case.unordered_upstream:
+        records.sort(key=lambda rec: (rec.listener, repr(rec.headers)))
     if case.kind in ("weighted", "sequence"):
         dedup = {repr(norm_record(rec)): norm_record(rec) for rec in records}
         return Observation(responses, connection,

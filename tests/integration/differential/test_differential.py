@@ -236,6 +236,16 @@ FEATURE_CASES: list[tuple[str, Case]] = [
     ("accept_http_10", C("hcm-accept-http-10", R("GET", "/a/old", version="HTTP/1.0"), [200])),
     ("normalize_path_merge_slashes", C("hcm-normalize-path", R("GET", "/x/../a//b/%2e/c"), [200])),
     ("strip_any_host_port", C("hcm-strip-any-host-port", R("GET", "/a/p", host=f"{HOST}:8080"), [200])),
+    ("server_name", C("hcm-server-name", R("GET", "/a/sn"), [200])),
+    ("server_header_pass_through", C("hcm-server-header-pass-through", R("GET", "/a/pt"), [200])),
+    ("request_id_in_response", C("hcm-request-id-in-response", R("GET", "/a/rid"), [200])),
+    ("retriable_status_codes", C("retry-retriable-status-codes", R("GET", "/retry-418", [
+        ("x-case-id", "r418"), ("x-upstream-action", "status=418")]), [418])),
+    ("per_try_timeout", C("retry-per-try-timeout", R("GET", "/per-try", [
+        ("x-case-id", "pt1"), ("x-upstream-action", "delay=700")]), [504])),
+    ("header_formatters", C("route-header-formatters", R("GET", "/fmt", [("User-Agent", "fmt/1")]), [200])),
+    ("request_mirror", C("route-request-mirror", R("POST", "/mirror", body=b"mirrored"), [200],
+                         upstream_requests=2, unordered_upstream=True)),
 ]
 
 
