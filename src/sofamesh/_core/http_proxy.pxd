@@ -130,6 +130,7 @@ cdef class DownstreamConn:
     cdef double t_upstream
     cdef double deadline
     cdef double timer_at                # when the armed timer fires (mono clock)
+    cdef double try_deadline            # this attempt's per_try_timeout deadline; 0: none
     cdef object timer
     cdef bint timer_armed
     cdef bint close_after
@@ -176,6 +177,7 @@ cdef class DownstreamConn:
     cdef int _resume(self, int reason) except -1
     cdef int _arm_timer(self) except -1
     cdef int _arm_idle(self) except -1
+    cdef int _arm_at(self, double when) except -1
     cdef int _request_complete(self) except -1
     cdef int _data_filters(self, BodyReader body, bint encode) except -1
     cdef bytes _location(self)

@@ -592,6 +592,7 @@ cdef class DownstreamConn:
         self.retry_ok = False
         self.retry_bytes = 0
         self.request_id = None
+        self.try_deadline = 0
         self.service_ms = -1
         self.upstream_host = "-"
         if self.req_add_extra is not None:
@@ -922,6 +923,9 @@ cdef class DownstreamConn:
             if self.cfg.access_log is not None else "-"
         c.start(self, self.head.is_head_method, self.upgrade)
         self.t_upstream = mono()
+        if self.route.per_try_timeout > 0:
+            self.try_deadline = self.t_upstream + self.route.per_try_timeout
+            self._arm_at(self.try_deadline)
         if c.connected:
             self._flush_up()
         return 0
@@ -1031,6 +1035,16 @@ cdef class DownstreamConn:
         self.timer = self.cfg.loop.call_later(r.timeout, self._on_timer)
         return 0
 
+    cdef int _arm_at(self, double when) except -1:
+        """Makes sure the connection timer fires no later than `when` (mono clock)."""
+        if self.timer is not None:
+            if self.timer_at <= when + 0.001:
+                return 0
+            self.timer.cancel()
+        self.timer_at = when
+        self.timer = self.cfg.loop.call_later(max(when - mono(), 0.0), self._on_timer)
+        return 0
+
     cdef int _arm_idle(self) except -1:
         """No request in flight: the connection closes after the HCM idle_timeout."""
         cdef double t = self.cfg.idle_timeout
@@ -1061,15 +1075,36 @@ cdef class DownstreamConn:
             self.close()
             return
         if self.resp_started and self.resp_status == 101 or self.cluster is None or \
-                self.route is None or self.route.timeout <= 0:
-            return
-        if self.req_done and now + 0.0005 < self.deadline:
-            self.timer_at = self.deadline
-            self.timer = self.cfg.loop.call_later(self.deadline - now, self._on_timer)
+                self.route is None or (self.route.timeout <= 0 and self.try_deadline <= 0):
             return
         if not self.req_done:
             return
-        self.cluster.upstream_rq_timeout.inc()
+        cdef double due = self.deadline if self.route.timeout > 0 else 0
+        if self.try_deadline > 0 and (due == 0 or self.try_deadline < due):
+            due = self.try_deadline
+        if now + 0.0005 < due:
+            self.timer_at = due
+            self.timer = self.cfg.loop.call_later(due - now, self._on_timer)
+            return
+        cdef bint per_try = False
+        if due == self.try_deadline and (self.route.timeout <= 0 or now + 0.0005 < self.deadline):
+            # this attempt ran out of time: retry it if the policy allows (Envoy)
+            per_try = True
+            self.try_deadline = 0
+            self.cluster.upstream_rq_per_try_timeout.inc()
+            if self.up is not None and not self.resp_started:
+                u = self.up
+                self.up = None
+                self.host.rq_active -= 1
+                (<UpstreamConn>u).ds = None
+                (<UpstreamConn>u).abort()
+                if self._can_retry(RETRY_5XX | RETRY_GATEWAY | RETRY_RESET):
+                    self._schedule_retry()
+                    if self.route.timeout > 0:
+                        self._arm_at(self.deadline)
+                    return
+        if not per_try:
+            self.cluster.upstream_rq_timeout.inc()
         if self.host is not None:
             self.host.rq_timeout += 1
         if self.up is not None:
@@ -1125,6 +1160,7 @@ cdef class DownstreamConn:
             return False
         if self.attempts > 1 and not rbit:
             self.cluster.upstream_rq_retry_success.inc()
+        self.try_deadline = 0
         self.resp_status = status
         self.service_ms = <int>((mono() - self.t_upstream) * 1000)
         if cfg.any_encode:

@@ -85,6 +85,7 @@ cdef class Route:
     cdef readonly bytes timeout_line      # b"x-envoy-expected-rq-timeout-ms: N\r\n" or b""
     cdef readonly int retry_on            # RETRY_* bits
     cdef readonly int num_retries
+    cdef readonly double per_try_timeout  # seconds; 0: none
     cdef readonly frozenset retry_statuses  # frozenset[int]
     cdef readonly int status              # direct response / redirect status
     cdef readonly bytes body              # direct response body

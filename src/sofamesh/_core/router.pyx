@@ -141,6 +141,7 @@ cdef class Route:
                  cluster=None, weighted=(), prefix_rewrite=None, host_rewrite=None,
                  bint auto_host=False, regex_rewrite=None, regex_substitution=b"",
                  double timeout=15.0, int retry_on=0, int num_retries=0, retry_statuses=(),
+                 double per_try_timeout=0.0,
                  int status=0, body=b"", location_scheme=None, location_host=None,
                  location_port=None, location_path=None, location_prefix=None,
                  bint strip_query=False, req_add=(), req_remove=(), req_add_if_absent=(),
@@ -173,10 +174,15 @@ cdef class Route:
         self.rx_rewrite = re.compile(_b(regex_rewrite)) if regex_rewrite is not None else None
         self.rx_subst = _b(regex_substitution) or b""
         self.timeout = timeout
-        self.timeout_line = (b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(timeout * 1000)
-                             if timeout > 0 else b"")
+        # Envoy announces the shorter of the route and per-try timeouts
+        expected = timeout
+        if per_try_timeout > 0 and (expected <= 0 or per_try_timeout < expected):
+            expected = per_try_timeout
+        self.timeout_line = (b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(expected * 1000)
+                             if expected > 0 else b"")
         self.retry_on = retry_on
         self.num_retries = num_retries
+        self.per_try_timeout = per_try_timeout
         self.retry_statuses = frozenset(retry_statuses)
         self.status = status
         self.body = _b(body) or b""

@@ -63,6 +63,7 @@ cdef class Cluster:
     cdef public Counter upstream_rq_4xx
     cdef public Counter upstream_rq_5xx
     cdef public Counter upstream_rq_timeout
+    cdef public Counter upstream_rq_per_try_timeout
     cdef public Counter upstream_rq_retry
     cdef public Counter upstream_rq_retry_success
     cdef public Counter upstream_rq_retry_overflow

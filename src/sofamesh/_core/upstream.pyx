@@ -51,7 +51,8 @@ cdef class Cluster:
         p = self.prefix
         for stat in ("upstream_rq_total", "upstream_rq_completed", "upstream_rq_1xx",
                      "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
-                     "upstream_rq_5xx", "upstream_rq_timeout", "upstream_rq_retry",
+                     "upstream_rq_5xx", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
+                     "upstream_rq_retry",
                      "upstream_rq_retry_success", "upstream_rq_retry_overflow",
                      "upstream_rq_pending_total", "upstream_rq_pending_overflow",
                      "upstream_rq_tx_reset", "upstream_rq_rx_reset", "upstream_cx_total",

@@ -252,7 +252,7 @@ def _route_action(a, apath, kw, clusters) -> None:
         kw["num_retries"] = rp.num_retries.value if rp.HasField("num_retries") else 1
         kw["retry_statuses"] = list(rp.retriable_status_codes)
         if rp.HasField("per_try_timeout"):
-            raise UnsupportedConfig(f"{apath}.retry_policy.per_try_timeout is not supported")
+            kw["per_try_timeout"] = _dur(rp.per_try_timeout)
     ups = []
     for i, u in enumerate(a.upgrade_configs):
         if not u.HasField("enabled") or u.enabled.value:

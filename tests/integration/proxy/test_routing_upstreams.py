@@ -262,3 +262,26 @@ async def test_strict_dns_cluster_resolves_localhost(upstreams, proxy):
     r = await c.request(path="/auto", host="outside.example")
     assert r.upstream_header("host") == "localhost"
     await c.close()
+
+
+async def test_per_try_timeout_retries_then_504(upstreams, proxy):
+    up = await upstreams()
+    rp = {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.2s"}
+    p = await proxy(
+        bootstrap([vhost([route("/", timeout="5s", retry_policy=rp)])], [cluster("up", [up.port])])
+    )
+    c = await p.client()
+    t0 = asyncio.get_running_loop().time()
+    r = await c.request(path="/slow/1000")
+    assert r.status == 504 and r.body == b"upstream request timeout"
+    assert asyncio.get_running_loop().time() - t0 < 1.0  # two short tries, not 5 s
+    assert [x["path"] for x in up.requests] == ["/slow/1000", "/slow/1000"]
+    assert (
+        up.requests[0]["headers"][-1] == ["x-envoy-expected-rq-timeout-ms", "200"]
+        or dict(up.requests[0]["headers"])["x-envoy-expected-rq-timeout-ms"] == "200"
+    )
+    assert p.counter("cluster.up.upstream_rq_per_try_timeout") == 2
+    assert p.counter("cluster.up.upstream_rq_retry") == 1
+    r = await c.request(path="/slow/10")  # a fast attempt is unaffected
+    assert r.status == 200
+    await c.close()
