@@ -276,10 +276,7 @@ async def test_per_try_timeout_retries_then_504(upstreams, proxy):
     assert r.status == 504 and r.body == b"upstream request timeout"
     assert asyncio.get_running_loop().time() - t0 < 1.0  # two short tries, not 5 s
     assert [x["path"] for x in up.requests] == ["/slow/1000", "/slow/1000"]
-    assert (
-        up.requests[0]["headers"][-1] == ["x-envoy-expected-rq-timeout-ms", "200"]
-        or dict(up.requests[0]["headers"])["x-envoy-expected-rq-timeout-ms"] == "200"
-    )
+    assert dict(up.requests[0]["headers"])["x-envoy-expected-rq-timeout-ms"] == "200"
     assert p.counter("cluster.up.upstream_rq_per_try_timeout") == 2
     assert p.counter("cluster.up.upstream_rq_retry") == 1
     r = await c.request(path="/slow/10")  # a fast attempt is unaffected
