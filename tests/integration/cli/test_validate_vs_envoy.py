@@ -280,24 +280,34 @@ CASES = [
         "http-chain-ends-non-terminal",
         (HCM % "backend").replace(ROUTER, CORS),
         [],
-        ["Error: non-terminal filter named envoy.filters.http.cors of type "
-         "envoy.filters.http.cors is the last filter in a http filter chain."],
+        [
+            (
+                "Error: non-terminal filter named envoy.filters.http.cors of type "
+                "envoy.filters.http.cors is the last filter in a http filter chain."
+            )
+        ],
         "typed_config.http_filters[0]",
     ),
     (
         "network-chain-ends-non-terminal",
         NET_RL,
         [],
-        ["Error: non-terminal filter named rl of type envoy.filters.network.local_ratelimit is "
-         "the last filter in a network filter chain."],
+        [
+            (
+                "Error: non-terminal filter named rl of type envoy.filters.network.local_ratelimit is "
+                "the last filter in a network filter chain."
+            )
+        ],
         "static_resources.listeners[0].filter_chains[0].filters[0]",
     ),
     (
         "listener-hostname",
-        "static_resources: {listeners: [{name: l, address: {socket_address: {address: "
-        "localhost, port_value: 10000}}, filter_chains: [{filters: [{name: t, typed_config: "
-        "{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, "
-        "stat_prefix: s, cluster: c}}]}]}]}",
+        (
+            "static_resources: {listeners: [{name: l, address: {socket_address: {address: "
+            "localhost, port_value: 10000}}, filter_chains: [{filters: [{name: t, typed_config: "
+            "{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, "
+            "stat_prefix: s, cluster: c}}]}]}]}"
+        ),
         [],
         ["malformed IP address: localhost"],
         "static_resources.listeners[0].address.socket_address.address",
@@ -311,33 +321,39 @@ CASES = [
     ),
     (
         "ads-without-node",
-        "dynamic_resources: {ads_config: {api_type: GRPC, transport_api_version: V3, "
-        "grpc_services: [{envoy_grpc: {cluster_name: xds}}]}, cds_config: {ads: {}, "
-        "resource_api_version: V3}}\nstatic_resources: {clusters: [{name: xds, "
-        "type: STATIC, load_assignment: {cluster_name: xds, endpoints: [{lb_endpoints: "
-        "[{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}}]}",
+        (
+            "dynamic_resources: {ads_config: {api_type: GRPC, transport_api_version: V3, "
+            "grpc_services: [{envoy_grpc: {cluster_name: xds}}]}, cds_config: {ads: {}, "
+            "resource_api_version: V3}}\nstatic_resources: {clusters: [{name: xds, "
+            "type: STATIC, load_assignment: {cluster_name: xds, endpoints: [{lb_endpoints: "
+            "[{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}}]}"
+        ),
         [],
         ["ads: node 'id' and 'cluster' are required"],
         "node",
     ),
     (
         "tls-bad-inline-key",
-        "static_resources: {clusters: [{name: a, transport_socket: {name: tls, typed_config: "
-        "{'@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-        "UpstreamTlsContext, common_tls_context: {tls_certificates: [{certificate_chain: "
-        "{inline_string: 'nope'}, private_key: {inline_string: 'nope'}}]}}}}]}",
+        (
+            "static_resources: {clusters: [{name: a, transport_socket: {name: tls, typed_config: "
+            "{'@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "UpstreamTlsContext, common_tls_context: {tls_certificates: [{certificate_chain: "
+            "{inline_string: 'nope'}, private_key: {inline_string: 'nope'}}]}}}}]}"
+        ),
         [],
         ["Failed to load certificate chain from <inline>"],
         "tls_certificates[0].certificate_chain",
     ),
     (
         "tls-server-without-certificates",
-        "static_resources: {listeners: [{name: l, address: {socket_address: {address: "
-        "127.0.0.1, port_value: 10000}}, filter_chains: [{transport_socket: {name: tls, "
-        "typed_config: {'@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-        "DownstreamTlsContext, common_tls_context: {}}}, filters: [{name: t, typed_config: "
-        "{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, "
-        "stat_prefix: s, cluster: c}}]}]}], clusters: [{name: c}]}",
+        (
+            "static_resources: {listeners: [{name: l, address: {socket_address: {address: "
+            "127.0.0.1, port_value: 10000}}, filter_chains: [{transport_socket: {name: tls, "
+            "typed_config: {'@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "DownstreamTlsContext, common_tls_context: {}}}, filters: [{name: t, typed_config: "
+            "{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, "
+            "stat_prefix: s, cluster: c}}]}]}], clusters: [{name: c}]}"
+        ),
         [],
         ["No TLS certificates found for server context"],
         "transport_socket.typed_config.common_tls_context",
