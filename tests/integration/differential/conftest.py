@@ -28,21 +28,36 @@ def _candidate() -> tuple[str, int]:
             int(os.environ.get("SOFAMESH_DIFF_CONCURRENCY", "1")))
 
 
+_BIND_RACE = ("cannot bind", "Address already in use", "EADDRINUSE")
+
+
 def _deployment(kind: str, workdir: Path, concurrency: int = 1, feature=None):
     upstream = RecordingUpstream(["a", "b"]).start()
-    port = free_port()
-    boot = harness.bootstrap(port, free_port(), upstream.ports, free_port(),
-                             feature=feature)
-    if kind == "envoy":
-        proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir, concurrency=concurrency)
-    else:
-        proxy = ProxyProcess.sofamesh(sofamesh_command(), boot, workdir, concurrency=concurrency)
-    try:
-        proxy.start()
-    except Exception:
-        upstream.stop()
-        raise
-    return harness.Deployment(kind, port, upstream, proxy)
+    for attempt in range(3):
+        # free_port() releases the port before the proxy binds it; on a busy machine another
+        # process can take it in between. Only that start-up failure is retried.
+        port = free_port()
+        boot = harness.bootstrap(port, free_port(), upstream.ports, free_port(),
+                                 feature=feature)
+        if kind == "envoy":
+            proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir, concurrency=concurrency)
+        else:
+            proxy = ProxyProcess.sofamesh(sofamesh_command(), boot, workdir,
+                                          concurrency=concurrency)
+        try:
+            proxy.start()
+            return harness.Deployment(kind, port, upstream, proxy)
+        except RuntimeError as e:
+            proxy.stop()
+            if attempt < 2 and any(s in str(e) for s in _BIND_RACE):
+                continue
+            upstream.stop()
+            raise
+        except Exception:
+            proxy.stop()
+            upstream.stop()
+            raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,7 @@ class Feature:
     routes: list[dict] = field(default_factory=list)
     hcm: dict = field(default_factory=dict)
     clusters: Callable[[dict[str, int]], list[dict]] | None = None
+    http_filters: list[dict] = field(default_factory=list)  # before the router
 
 
 def _two_endpoint_cluster(name: str, ports: dict[str, int], weights: tuple[int, int] | None = None,
@@ -75,7 +76,34 @@ def _two_endpoint_cluster(name: str, ports: dict[str, int], weights: tuple[int, 
             **extra}
 
 
+_LRL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+
+
+def _local_ratelimit(max_tokens: int | None) -> dict:
+    cfg: dict = {"@type": _LRL, "stat_prefix": "diff_rl"}
+    if max_tokens is not None:
+        cfg.update({
+            "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": max_tokens,
+                             "fill_interval": "3600s"},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                               "runtime_key": "diff_rl_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                                "runtime_key": "diff_rl_enforced"},
+            "response_headers_to_add": [_hdr("x-local-rate-limit", "true")],
+        })
+    return cfg
+
+
 FEATURES: dict[str, Feature] = {
+    "local_ratelimit_listener_bucket_2": Feature(http_filters=[{
+        "name": "envoy.filters.http.local_ratelimit", "typed_config": _local_ratelimit(2)}]),
+    # The filter in the chain with no bucket of its own; one route carries a per-route bucket.
+    "local_ratelimit_per_route_bucket_1": Feature(
+        http_filters=[{"name": "envoy.filters.http.local_ratelimit",
+                       "typed_config": _local_ratelimit(None)}],
+        routes=[{"match": {"prefix": "/limited"}, "route": {"cluster": "svc_a"},
+                 "typed_per_filter_config": {
+                     "envoy.filters.http.local_ratelimit": _local_ratelimit(1)}}]),
     "regex_rewrite": Feature(routes=[{
         "match": {"prefix": "/regex-rewrite/"},
         "route": {"cluster": "svc_a", "regex_rewrite": {
@@ -217,7 +245,7 @@ def bootstrap(listen_port: int, admin_port: int, upstream_ports: dict[str, int],
         "stat_prefix": "ingress",
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "route_config": route_config(feature.routes),
-        "http_filters": [*(extra_http_filters or []), {
+        "http_filters": [*(extra_http_filters or []), *feature.http_filters, {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         }],
@@ -605,6 +633,7 @@ COMPARED_STATS = [
         "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_timeout")),
     "cluster.dead.upstream_cx_connect_fail",
     "cluster.dead.upstream_rq_retry",
+    *(f"diff_rl.http_local_rate_limit.{n}" for n in ("enabled", "enforced", "ok", "rate_limited")),
 ]
 
 

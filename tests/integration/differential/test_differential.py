@@ -210,6 +210,12 @@ def test_same_as_envoy(case: Case, envoy_dep, candidate_dep) -> None:
 # Each runs in its own deployment (harness.FEATURES: extra routes, clusters or HCM fields), so
 # a proxy that rejects the feature at start-up fails that test by name and nothing else.
 FEATURE_CASES: list[tuple[str, Case]] = [
+    ("local_ratelimit_listener_bucket_2", C("local-ratelimit-bucket-2",
+                                            R("GET", "/a/l1") + R("GET", "/a/l2") + R("GET", "/a/l3"),
+                                            [200, 200, 429], probe=False)),
+    ("local_ratelimit_per_route_bucket_1", C("local-ratelimit-per-route",
+                                             R("GET", "/limited/1") + R("GET", "/limited/2")
+                                             + R("GET", "/a/free"), [200, 429, None])),
     ("regex_rewrite", C("route-regex-rewrite", R("GET", "/regex-rewrite/abc/42"), [200])),
     ("round_robin_2_endpoints", C("lb-round-robin", R("GET", "/rr"), [200] * 40, kind="sequence")),
     ("weighted_endpoints_3_1", C("lb-weighted-endpoints-3-1", R("GET", "/wrr"), [200] * 40,
