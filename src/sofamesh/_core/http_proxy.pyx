@@ -225,6 +225,73 @@ def normalize_request_path(bytes data, Py_ssize_t off, int path_off, int path_le
     return data[off:off + path_off] + new + query + data[off + path_off + path_len:]
 
 
+cdef bytes _fmt_address(host, port):
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}".encode()
+
+
+cdef bytes _fmt_op(DownstreamConn s, str op, str arg):
+    """One Envoy header command operator (see sofamesh.proxy.routes.FORMAT_OPERATORS)."""
+    if op == "DOWNSTREAM_REMOTE_ADDRESS" or op == "DOWNSTREAM_DIRECT_REMOTE_ADDRESS":
+        return _fmt_address(s.remote_ip, s.remote_port)
+    if op == "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" or \
+            op == "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT":
+        return s.remote_ip
+    if op == "DOWNSTREAM_LOCAL_ADDRESS" or op == "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":
+        local = s.transport.get_extra_info("sockname") if s.transport is not None else None
+        if not local:
+            return b""
+        if op == "DOWNSTREAM_LOCAL_ADDRESS":
+            return _fmt_address(local[0], local[1])
+        return local[0].encode()
+    if op == "PROTOCOL":
+        return b"HTTP/1.1" if s.head.minor else b"HTTP/1.0"
+    if op == "UPSTREAM_CLUSTER":
+        return s.cluster.name.encode() if s.cluster is not None else b""
+    if op == "UPSTREAM_HOST" or op == "UPSTREAM_REMOTE_ADDRESS":
+        if s.host is None or s.t_upstream == 0:
+            return b""      # request headers are formatted before a host is chosen
+        return _fmt_address(s.host.address, s.host.port)
+    if op == "REQ":
+        name, _, limit = arg.partition(":")
+        for alt in name.split("?"):
+            alt = alt.strip().lower()
+            if alt == ":authority":
+                v = s.head.host()
+            elif alt == ":path":
+                v = s.head.path()
+            elif alt == ":method":
+                v = s.head.method()
+            else:
+                v = s.get_request_header(alt)
+            if v:
+                return v[:int(limit)] if limit.isdigit() else v
+        return b""
+    if op == "HOSTNAME":
+        import socket
+        return socket.gethostname().encode()
+    return b""
+
+
+cdef int _add_formatted(DownstreamConn s, tuple dyn, WriteBuf wb) except -1:
+    """Header values with %OPERATORS%, evaluated for this request; Envoy leaves a header
+    out when its value comes out empty."""
+    cdef list out
+    for name, parts in dyn:
+        out = []
+        for p in parts:
+            out.append(p if isinstance(p, bytes) else _fmt_op(s, p[0], p[1]))
+        v = b"".join(out)
+        if v:
+            wb.add_bytes(name)
+            wb.add(": ", 2)
+            wb.add_bytes(v)
+            wb.add("\r\n", 2)
+    return 0
+
+
 cdef bytes _strip_port(bytes host):
     cdef Py_ssize_t i
     if host.endswith(b"]"):
@@ -593,6 +660,7 @@ cdef class DownstreamConn:
         self.retry_bytes = 0
         self.request_id = None
         self.try_deadline = 0
+        self.t_upstream = 0
         self.service_ms = -1
         self.upstream_host = "-"
         if self.req_add_extra is not None:
@@ -834,6 +902,8 @@ cdef class DownstreamConn:
             wb.add("\r\n", 2)
         if route.req_add:
             wb.add_bytes(route.req_add)
+        if route.req_dyn:
+            _add_formatted(self, route.req_dyn, wb)
         if route.req_add_if_absent:
             for name, line in route.req_add_if_absent:
                 if h.find(<bytes>name, <int>len(name)) < 0:
@@ -1222,6 +1292,8 @@ cdef class DownstreamConn:
             wb.add("\r\n", 2)
         if route.resp_add:
             wb.add_bytes(route.resp_add)
+        if route.resp_dyn:
+            _add_formatted(self, route.resp_dyn, wb)
         if self.resp_add_extra is not None:
             for line in self.resp_add_extra:
                 wb.add_bytes(line)

@@ -99,6 +99,8 @@ cdef class Route:
     cdef readonly frozenset req_remove    # frozenset[bytes] lower-case names
     cdef readonly tuple req_add_if_absent  # tuple[(bytes name, bytes line)]
     cdef readonly bytes resp_add
+    cdef readonly tuple req_dyn           # tuple[(bytes name, parts)]: values with %OPERATORS%
+    cdef readonly tuple resp_dyn
     cdef readonly frozenset resp_remove
     cdef readonly dict filter_config      # per-filter config: {filter name: message}
     cdef readonly frozenset upgrades      # frozenset[bytes], enabled upgrade types ('websocket')

@@ -145,7 +145,8 @@ cdef class Route:
                  int status=0, body=b"", location_scheme=None, location_host=None,
                  location_port=None, location_path=None, location_prefix=None,
                  bint strip_query=False, req_add=(), req_remove=(), req_add_if_absent=(),
-                 resp_add=(), resp_remove=(), filter_config=None, upgrades=(),
+                 resp_add=(), resp_remove=(), filter_config=None, upgrades=(), req_dyn=(),
+                 resp_dyn=(),
                  vhost_name=""):
         self.name = name
         self.pm = path_kind
@@ -197,6 +198,8 @@ cdef class Route:
         self.req_add_if_absent = tuple((_b(k).lower(), _line(k, v)) for k, v in req_add_if_absent)
         self.resp_add = b"".join(_line(k, v) for k, v in resp_add)
         self.resp_remove = frozenset(_b(k).lower() for k in resp_remove)
+        self.req_dyn = tuple(req_dyn)
+        self.resp_dyn = tuple(resp_dyn)
         self.filter_config = dict(filter_config or {})
         self.upgrades = frozenset(_b(u).lower() for u in upgrades)
         self.vhost_name = vhost_name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,63 @@ def query_matcher(q: Any, path: str) -> R.QueryMatcher:
     if kind == "string_match":
         return R.QueryMatcher(q.name, string_matcher(q.string_match, f"{path}.string_match"))
     return R.QueryMatcher(q.name, None)
+
+
+# Envoy's header value command operators that sofamesh evaluates (per request, in Python:
+# configs that use them pay for it, others do not).
+FORMAT_OPERATORS = frozenset(
+    {
+        "DOWNSTREAM_REMOTE_ADDRESS",
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
+        "DOWNSTREAM_LOCAL_ADDRESS",
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+        "PROTOCOL",
+        "UPSTREAM_CLUSTER",
+        "UPSTREAM_HOST",
+        "UPSTREAM_REMOTE_ADDRESS",
+        "REQ",
+        "HOSTNAME",
+    }
+)
+_FORMAT = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?%|%%")
+
+
+def parse_format(value: str, path: str) -> list | None:
+    """None for a plain value; else parts: bytes literals and (operator, argument)."""
+    if "%" not in value:
+        return None
+    parts: list = []
+    pos = 0
+    for m in _FORMAT.finditer(value):
+        if m.start() > pos:
+            parts.append(value[pos : m.start()].encode("latin-1"))
+        pos = m.end()
+        if m.group(0) == "%%":
+            parts.append(b"%")
+            continue
+        op = m.group(1)
+        if op not in FORMAT_OPERATORS:
+            raise UnsupportedConfig(f"{path}: header value operator %{op}% is not supported")
+        parts.append((op, m.group(2) or ""))
+    if pos < len(value):
+        parts.append(value[pos:].encode("latin-1"))
+    if all(isinstance(p, bytes) for p in parts):
+        return None
+    return parts
+
+
+def split_dynamic(adds: list, path: str) -> tuple[list, list]:
+    """(plain (key, value) pairs, (key bytes, parts) pairs with command operators)."""
+    plain, dyn = [], []
+    for key, value in adds:
+        parts = parse_format(value, path)
+        if parts is None:
+            plain.append((key, value.replace("%%", "%")))
+        else:
+            dyn.append((key.encode("latin-1"), tuple(parts)))
+    return plain, dyn
 
 
 def header_ops(adds: Any, removes: Any) -> tuple[list, list, list]:
@@ -158,12 +216,16 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
     ]
     r_add, r_rm, r_abs = header_ops(r.request_headers_to_add, r.request_headers_to_remove)
     rr_add, rr_rm, _ = header_ops(r.response_headers_to_add, r.response_headers_to_remove)
+    req_plain, req_dyn = split_dynamic(r_add + req_ops[0], f"{rpath}.request_headers_to_add")
+    resp_plain, resp_dyn = split_dynamic(rr_add + resp_ops[0], f"{rpath}.response_headers_to_add")
     kw.update(
-        req_add=r_add + req_ops[0],
+        req_add=req_plain,
         req_remove=r_rm + req_ops[1],
         req_add_if_absent=r_abs + req_ops[2],
-        resp_add=rr_add + resp_ops[0],
+        resp_add=resp_plain,
         resp_remove=rr_rm + resp_ops[1],
+        req_dyn=req_dyn,
+        resp_dyn=resp_dyn,
     )
     pf = dict(v_pf)
     for name, anycfg in r.typed_per_filter_config.items():

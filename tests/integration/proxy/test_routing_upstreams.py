@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 
+import pytest
+
 from tests.conftest import free_port
 
 from .conftest import bootstrap, cluster, route, vhost
@@ -282,3 +284,63 @@ async def test_per_try_timeout_retries_then_504(upstreams, proxy):
     r = await c.request(path="/slow/10")  # a fast attempt is unaffected
     assert r.status == 200
     await c.close()
+
+
+async def test_header_value_operators(upstreams, proxy):
+    up = await upstreams()
+    vh = vhost(
+        [
+            {
+                "match": {"prefix": "/"},
+                "route": {"cluster": "up"},
+                "request_headers_to_add": [
+                    {
+                        "header": {
+                            "key": "x-client-ip",
+                            "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                        }
+                    },
+                    {
+                        "header": {
+                            "key": "x-mix",
+                            "value": "p=%PROTOCOL% ua=%REQ(user-agent)% 100%%",
+                        }
+                    },
+                    {"header": {"key": "x-empty", "value": "%REQ(x-absent)%"}},
+                ],
+                "response_headers_to_add": [
+                    {"header": {"key": "x-cluster", "value": "%UPSTREAM_CLUSTER%"}},
+                    {"header": {"key": "x-host", "value": "%UPSTREAM_HOST%"}},
+                ],
+            }
+        ]
+    )
+    p = await proxy(bootstrap([vh], [cluster("up", [up.port])]))
+    c = await p.client()
+    r = await c.request(headers={"user-agent": "fmt/1"})
+    assert r.upstream_header("x-client-ip") == "127.0.0.1"
+    assert r.upstream_header("x-mix") == "p=HTTP/1.1 ua=fmt/1 100%"
+    assert r.upstream_header("x-empty") is None  # empty values are left out, as in Envoy
+    assert r.header("x-cluster") == "up"
+    assert r.header("x-host") == f"127.0.0.1:{up.port}"
+    await c.close()
+
+
+async def test_unknown_header_operator_is_a_config_error():
+    from sofamesh._core.stats import Store
+    from sofamesh.proxy.errors import UnsupportedConfig
+    from sofamesh.proxy.server import Server
+
+    vh = vhost(
+        [
+            {
+                "match": {"prefix": "/"},
+                "route": {"cluster": "up"},
+                "request_headers_to_add": [{"header": {"key": "x", "value": "%NOPE%"}}],
+            }
+        ]
+    )
+    srv = Server(bootstrap([vh], [cluster("up", [1])]), stats=Store())
+    with pytest.raises(UnsupportedConfig, match=r"request_headers_to_add.*%NOPE%"):
+        await srv.start()
+    await srv.stop()
