@@ -97,6 +97,7 @@ cdef class UpstreamConn:
     cdef bint connected
     cdef bint closed
     cdef bint dirty
+    cdef bint paused                    # counted in cfg.upstream_paused (its buffer is full)
     cdef unsigned long long next_id
     cdef void send(self, bytes data)
     cdef void flush(self)

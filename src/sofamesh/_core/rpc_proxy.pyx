@@ -275,6 +275,7 @@ cdef class UpstreamConn:
         self.connected = False
         self.closed = False
         self.dirty = False
+        self.paused = False
         self.next_id = 1
 
     # asyncio.Protocol
@@ -382,16 +383,25 @@ cdef class UpstreamConn:
         self._remove()
         if self.pending:
             self.fail_all(WHY_RESET if was_connected else WHY_CONNECT_FAIL)
+        # the transport never calls resume_writing for a connection that died full:
+        # without this, the listener would stop reading its clients for good
+        self.resume_writing()
 
     def pause_writing(self):
         # The upstream is not keeping up: stop reading requests from every client of
         # this listener until its buffer drains (requests share upstream connections).
+        if self.paused:
+            return
+        self.paused = True
         self.cfg.upstream_paused += 1
         if self.cfg.upstream_paused == 1:
             for d in self.cfg.conns:
                 (<DownstreamConn>d).set_reading()
 
     def resume_writing(self):
+        if not self.paused:
+            return
+        self.paused = False
         if self.cfg.upstream_paused > 0:
             self.cfg.upstream_paused -= 1
             if self.cfg.upstream_paused == 0:

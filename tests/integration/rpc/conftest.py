@@ -287,6 +287,21 @@ class RawUpstream:
                 except OSError:
                     pass
 
+    def kill(self) -> None:
+        """Dies: stops listening and resets every connection (RST, unread bytes dropped)."""
+        import socket
+        import struct
+
+        self._stop = True
+        self._sock.close()
+        with self._lock:
+            for c in self._conns:
+                try:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    c.close()
+                except OSError:
+                    pass
+
 
 def raw_exchange(port: int, data: bytes, decoder, want: int, timeout: float = 3.0) -> list:
     """Sends `data` to 127.0.0.1:port and decodes replies until `want` frames (or timeout)."""
