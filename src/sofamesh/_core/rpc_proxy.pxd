@@ -114,6 +114,7 @@ cdef class DownstreamConn:
     cdef bint closed
     cdef bint reading                   # transport reading (not paused by flow control)
     cdef bint write_paused              # the client's socket buffer is full
+    cdef bytes held                     # a read that came while paused, taken on resume
     cdef long long active
     cdef void set_reading(self)
     cdef void write(self, bytes data)

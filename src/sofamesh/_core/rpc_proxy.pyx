@@ -494,6 +494,7 @@ cdef class DownstreamConn:
         self.active = 0
         self.reading = True
         self.write_paused = False
+        self.held = None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -505,6 +506,12 @@ cdef class DownstreamConn:
 
     def data_received(self, data):
         cdef UpstreamConn u
+        if not self.reading:
+            # uvloop starts reading after connection_made even if it paused there: hold
+            # this read (nothing more comes once paused) until the listener reads again
+            self.transport.pause_reading()
+            self.held = data if self.held is None else self.held + data
+            return
         frames = (<BoltDecoder>self.decoder).feed(data) if self.cfg.proto == P_BOLT \
             else (<DubboDecoder>self.decoder).feed(data)
         for f in frames:
@@ -549,8 +556,16 @@ cdef class DownstreamConn:
         self.reading = want
         if want:
             self.transport.resume_reading()
+            if self.held is not None:
+                self.cfg.loop.call_soon(self._take_held)
         else:
             self.transport.pause_reading()
+
+    def _take_held(self):
+        data = self.held
+        self.held = None
+        if data is not None and not self.closed:
+            self.data_received(data)
 
     def close(self):
         if self.transport is not None and not self.closed:

@@ -1,6 +1,6 @@
 """Flow control of the RPC proxy when an upstream stops reading: clients of the listener are
-not read while its buffer is full, and are read again once that upstream connection is gone
-(the transport never says "resume" for a connection that died full)."""
+not read while its buffer is full (new ones included), and are read again once that upstream
+connection is gone (the transport never says "resume" for a connection that died full)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,11 @@ def _flood(s: socket.socket, frame: bytes, limit: float = 15.0) -> tuple[int, in
     sent = off = 0
     start = last = time.monotonic()
     while time.monotonic() - last < 1.0:
-        assert time.monotonic() - start < limit, f"the proxy kept reading ({sent} bytes)"
+        # kernel buffers on both hops hold a few MB; without flow control the proxy
+        # would take everything into memory
+        assert sent < 64 * 1024 * 1024 and time.monotonic() - start < limit, (
+            f"the proxy kept reading ({sent} bytes)"
+        )
         try:
             n = s.send(memoryview(frame)[off:])
         except BlockingIOError:
@@ -89,9 +93,18 @@ def test_clients_are_read_again_after_a_full_upstream_dies(tmp_path):
             socket.create_connection(("127.0.0.1", port), timeout=3) as c1,
         ):
             assert proxy is not None
-            sent, off = _flood(c1, big)
-            # buffers on both hops hold a few MB; the proxy itself stopped reading
-            assert sent < 64 * 1024 * 1024, sent
+            _, off = _flood(c1, big)
+
+            # a client that connects now is not read either (its requests would go to
+            # the same full buffers)
+            c2 = socket.create_connection(("127.0.0.1", port), timeout=3)
+            c2.sendall(_req(3, "com.nobody.Svc:1.0"))
+            c2.settimeout(0.5)
+            try:
+                early = c2.recv(65536)
+            except TimeoutError:
+                early = None
+            assert early is None, early
 
             stall.kill()
             # the requests held for the dead upstream are answered, and the client is read
@@ -101,8 +114,10 @@ def test_clients_are_read_again_after_a_full_upstream_dies(tmp_path):
             tail = memoryview(big)[off:] if off else b""
             c1.sendall(bytes(tail) + _req(2, "com.nobody.Svc:1.0"))
             frames = _replies_until(c1, 2, timeout=10)
-            assert [f.status for f in frames if f.request_id == 2] == [
-                bolt.STATUS_NO_PROCESSOR
-            ]
+            assert [f.status for f in frames if f.request_id == 2] == [bolt.STATUS_NO_PROCESSOR]
             failed = [f.status for f in frames if f.request_id == 1]
             assert failed and set(failed) == {bolt.STATUS_CONNECTION_CLOSED}, set(failed)
+            # and the request the second client sent while paused is served now
+            with c2:
+                got = _replies_until(c2, 3, timeout=10)
+            assert [(f.request_id, f.status) for f in got] == [(3, bolt.STATUS_NO_PROCESSOR)]
