@@ -37,8 +37,10 @@ def _deployment(kind: str, workdir: Path, concurrency: int = 1, feature=None):
         # free_port() releases the port before the proxy binds it; on a busy machine another
         # process can take it in between. Only that start-up failure is retried.
         port = free_port()
+        access_log = workdir / "access.log" if feature and feature.access_log else None
         boot = harness.bootstrap(port, free_port(), upstream.ports, free_port(),
-                                 feature=feature)
+                                 feature=feature,
+                                 access_log_path=str(access_log) if access_log else None)
         if kind == "envoy":
             proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir, concurrency=concurrency)
         else:
@@ -46,7 +48,7 @@ def _deployment(kind: str, workdir: Path, concurrency: int = 1, feature=None):
                                           concurrency=concurrency)
         try:
             proxy.start()
-            return harness.Deployment(kind, port, upstream, proxy)
+            return harness.Deployment(kind, port, upstream, proxy, access_log)
         except RuntimeError as e:
             proxy.stop()
             if attempt < 2 and any(s in str(e) for s in _BIND_RACE):

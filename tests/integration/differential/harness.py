@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.support.http_upstream import Record, RecordingUpstream
 
@@ -60,6 +61,7 @@ class Feature:
     hcm: dict = field(default_factory=dict)
     clusters: Callable[[dict[str, int]], list[dict]] | None = None
     http_filters: list[dict] = field(default_factory=list)  # before the router
+    access_log: bool = False  # a file access log in Envoy's default format
 
 
 def _two_endpoint_cluster(name: str, ports: dict[str, int], weights: tuple[int, int] | None = None,
@@ -95,6 +97,7 @@ def _local_ratelimit(max_tokens: int | None) -> dict:
 
 
 FEATURES: dict[str, Feature] = {
+    "access_log": Feature(access_log=True),
     "local_ratelimit_listener_bucket_2": Feature(http_filters=[{
         "name": "envoy.filters.http.local_ratelimit", "typed_config": _local_ratelimit(2)}]),
     # The filter in the chain with no bucket of its own; one route carries a per-route bucket.
@@ -237,7 +240,7 @@ def route_config(extra_routes: list[dict] | None = None) -> dict:
 
 def bootstrap(listen_port: int, admin_port: int, upstream_ports: dict[str, int], dead_port: int,
               extra_http_filters: list[dict] | None = None,
-              feature: Feature | None = None) -> dict:
+              feature: Feature | None = None, access_log_path: str | None = None) -> dict:
     feature = feature or Feature()
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
@@ -251,6 +254,11 @@ def bootstrap(listen_port: int, admin_port: int, upstream_ports: dict[str, int],
         }],
     }
     hcm.update(feature.hcm)
+    if feature.access_log:
+        assert access_log_path, "a feature with an access log needs access_log_path"
+        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": access_log_path}}]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
@@ -326,6 +334,11 @@ NORMALISATIONS: dict[str, tuple[str, Callable]] = {
     "mirror-arrival-order": (
         ("A mirrored request is fire-and-forget: whether it reaches its upstream before or "
          "after the main one is a race, so those cases sort upstream requests by listener."),
+        None),
+    "access-log": (
+        ("Access log lines in Envoy's default format are compared field by field except the "
+         "start time, the duration and the upstream service time (timing), with the request id "
+         "checked as a UUID and upstream ports named by cluster (each proxy has its own)."),
         None),
     "date": ("Wall-clock time of the reply.", lambda v: "<date>"),
     "server": (("The product's default name (`envoy` / `sofamesh`) is masked; presence is still "
@@ -539,6 +552,7 @@ class Case:
     shut_wr: bool = False  # half-close our side after sending
     upstream_requests: int = 0  # wait (up to 2 s) until the upstream has seen this many
     unordered_upstream: bool = False  # NORMALISATIONS["mirror-arrival-order"]
+    access_log_lines: int = 0  # with an access log: wait (up to 3 s) for this many lines
     note: str = ""
 
     @property
@@ -588,6 +602,7 @@ class Deployment:
     port: int
     upstream: RecordingUpstream
     proxy: object  # tests.support.envoy.ProxyProcess
+    access_log: Path | None = None
 
     def connect(self, timeout: float = 5.0) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
@@ -653,9 +668,54 @@ def stats_snapshot(dep: Deployment) -> dict[str, int]:
     return {k: out.get(k, 0) for k in COMPARED_STATS}
 
 
+# Envoy's default access log format (FileAccessLog without a format): one request a line.
+ACCESS_LOG_RE = re.compile(
+    r'^\[(?P<start>[^\]]+)\] "(?P<request>[^"]*)" (?P<code>\d+) (?P<flags>\S+) '
+    r'(?P<bytes_received>\d+) (?P<bytes_sent>\d+) (?P<duration>\d+) (?P<service_time>\S+) '
+    r'"(?P<xff>[^"]*)" "(?P<user_agent>[^"]*)" "(?P<request_id>[^"]*)" "(?P<authority>[^"]*)" '
+    r'"(?P<upstream_host>[^"]*)"$')
+
+
+def norm_access_log(line: str, dep: Deployment) -> dict | str:
+    """NORMALISATIONS["access-log"]; a line not in Envoy's default format stays raw."""
+    m = ACCESS_LOG_RE.match(line)
+    if not m:
+        return line
+    out = m.groupdict()
+    del out["start"], out["duration"]
+    out["service_time"] = "<ms>" if out["service_time"].isdigit() else out["service_time"]
+    out["request_id"] = _uuid(out["request_id"])
+    for cluster in dep.proxy.bootstrap["static_resources"]["clusters"]:  # type: ignore[attr-defined]
+        eps = [ep for group in cluster["load_assignment"]["endpoints"] for ep in group["lb_endpoints"]]
+        for i, ep in enumerate(eps):
+            port = ep["endpoint"]["address"]["socket_address"]["port_value"]
+            if out["upstream_host"] == f"127.0.0.1:{port}":
+                out["upstream_host"] = f"<{cluster['name']}[{i}]>"
+    return out
+
+
+def _access_log_lines(dep: Deployment) -> list[str]:
+    try:
+        return dep.access_log.read_text().splitlines()  # type: ignore[union-attr]
+    except FileNotFoundError:
+        return []
+
+
 def observe(dep: Deployment, case: Case) -> Observation:
     before = stats_snapshot(dep)
+    log_before = len(_access_log_lines(dep)) if dep.access_log else 0
     obs = _observe(dep, case)
+    if dep.access_log:
+        # Envoy writes its access log file from a flush thread: the first line of a fresh
+        # proxy comes at once, later ones up to its flush interval later. Our probe
+        # request's line is not the case's and is left out.
+        deadline = time.monotonic() + 3
+        while True:
+            lines = [x for x in _access_log_lines(dep)[log_before:] if '"GET /a/probe ' not in x]
+            if len(lines) >= case.access_log_lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        obs.extra["access_log"] = [norm_access_log(x, dep) for x in lines]
     after = stats_snapshot(dep)
     if case.upstream_requests:
         # Background upstream requests (mirrors) finish after the client's answer: wait until

@@ -210,6 +210,13 @@ def test_same_as_envoy(case: Case, envoy_dep, candidate_dep) -> None:
 # Each runs in its own deployment (harness.FEATURES: extra routes, clusters or HCM fields), so
 # a proxy that rejects the feature at start-up fails that test by name and nothing else.
 FEATURE_CASES: list[tuple[str, Case]] = [
+    ("access_log", C("access-log-200", R("POST", "/a/log?q=1", [("User-Agent", "diff/1")], b"12345"),
+                     [200], access_log_lines=1)),
+    ("access_log", C("access-log-404-no-route", R("GET", "/nowhere", [("User-Agent", "diff/1")]), [404],
+                     access_log_lines=1)),
+    ("access_log", C("access-log-503-dead", R("GET", "/dead", [("User-Agent", "diff/1")]), [503],
+                     access_log_lines=1)),
+    ("access_log", C("access-log-400-bad-request", b"HELLO\r\n\r\n", [400], access_log_lines=1)),
     ("local_ratelimit_listener_bucket_2", C("local-ratelimit-bucket-2",
                                             R("GET", "/a/l1") + R("GET", "/a/l2") + R("GET", "/a/l3"),
                                             [200, 200, 429], probe=False)),
