@@ -87,6 +87,9 @@ class Server:
         self._access_logs: list[FileAccessLog] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
+        # listeners whose chain is one network filter (dubbo_proxy, bolt_proxy, tcp_proxy,
+        # sniffing): sofamesh.filters.network.rpc_server builds them
+        self.network_chains: list[Any] = []
 
     # ---------------------------------------------------------------- build
     def _build_clusters(self) -> None:
@@ -319,6 +322,11 @@ class Server:
     async def _start_listener(self, li: int, lst: Any, reuse_port: bool) -> None:
         from envoy.config.core.v3 import base_pb2
 
+        from sofamesh.filters.network.rpc_server import start_network_listener
+
+        if await start_network_listener(self, li, lst, reuse_port):
+            return
+
         path = f"static_resources.listeners[{li}]"
         sa = lst.address.socket_address
         if not sa.address:
@@ -443,7 +451,7 @@ class Server:
             li.hcm.draining = True
             if li.server is not None:
                 li.server.close()
-            if not graceful:
+            if not graceful and isinstance(li.hcm, HcmConfig):
                 for c in list(li.hcm.conns):
                     # idle connections close now; busy ones close after their response
                     if not c.busy():
@@ -457,9 +465,12 @@ class Server:
             li.hcm.draining = True
             if li.server is not None:
                 li.server.close()
+        for view in self.network_chains:
+            view.close_all()
         for li in self.listeners:
-            for c in list(li.hcm.conns):
-                c.close()
+            if isinstance(li.hcm, HcmConfig):
+                for c in list(li.hcm.conns):
+                    c.close()
         for cl in self.clusters.values():
             for h in cl.hosts:
                 for c in list(h.idle):

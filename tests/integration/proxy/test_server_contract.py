@@ -163,3 +163,29 @@ async def test_live_route_and_endpoint_updates(upstreams, proxy):
     await c.close()
     with pytest.raises(KeyError):
         p.server.set_route_config("nope", rc)
+
+
+async def test_network_filter_listeners_start_in_the_base_server(upstreams):
+    """A tcp_proxy chain is started by the network-filter hook (filters/network/rpc_server),
+    next to an HCM listener, without a Server subclass."""
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+
+    up = await upstreams()
+    bs = bootstrap([vhost([route("/")])], [cluster("up", [up.port])])
+    tcp = bs.static_resources.listeners.add()
+    tcp.CopyFrom(bs.static_resources.listeners[0])
+    tcp.name = "tcp"
+    f = tcp.filter_chains[0].filters[0]
+    f.name = "envoy.filters.network.tcp_proxy"
+    f.typed_config.Pack(tcp_proxy_pb2.TcpProxy(stat_prefix="raw", cluster="up"))
+    srv = Server(bs, stats=Store())
+    await srv.start()
+    try:
+        assert [li.name for li in srv.listeners] == ["l0", "tcp"]
+        r, w = await asyncio.open_connection("127.0.0.1", srv.listeners[1].address[1])
+        w.write(b"GET /through-tcp HTTP/1.1\r\nhost: a\r\n\r\n")
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"server: test-upstream" in head
+        w.close()
+    finally:
+        await srv.stop()
