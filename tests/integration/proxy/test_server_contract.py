@@ -168,7 +168,7 @@ async def test_live_route_and_endpoint_updates(upstreams, proxy):
 async def test_network_filter_listeners_start_in_the_base_server(upstreams):
     """A tcp_proxy chain is started by the network-filter hook (filters/network/rpc_server),
     next to an HCM listener, without a Server subclass."""
-    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
     up = await upstreams()
     bs = bootstrap([vhost([route("/")])], [cluster("up", [up.port])])
