@@ -1,3 +1,4 @@
+import asyncio
 from typing import Any, Iterable
 
 from sofamesh._core.router import Route, RouteTable
@@ -8,7 +9,7 @@ FILTER_CONTINUE_: int
 FILTER_STOP_: int
 REASONS: dict[int, bytes]
 
-class DownstreamConn:
+class DownstreamConn(asyncio.Protocol):
     remote_ip: bytes
     route: Route | None
     cluster: Cluster | None
@@ -64,7 +65,12 @@ class HcmConfig:
                  accept_http_10: bool = False, max_head_bytes: int = 61440,
                  max_headers: int = 100, buffer_limit: int = 1048576,
                  upgrades: Iterable[bytes] = (), server_name: bytes = b"envoy",
-                 access_log: Any = None, listener_stat_name: str = "") -> None: ...
+                 access_log: Any = None, listener_stat_name: str = "",
+                 idle_timeout: float = 3600.0, server_mode: int = 0,
+                 rid_in_response: bool = False, via: bytes = b"",
+                 skip_xff_append: bool = False, local_ip: bytes = b"127.0.0.1",
+                 preserve_external_request_id: bool = False, normalize_path: bool = False,
+                 merge_slashes: bool = False, strip_any_host_port: bool = False) -> None: ...
     def protocol_factory(self) -> DownstreamConn: ...
 
 class UpstreamConn:

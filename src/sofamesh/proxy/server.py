@@ -395,7 +395,7 @@ class Server:
                 return
             seen = set()
             for info in infos:
-                ip = info[4][0]
+                ip = str(info[4][0])
                 if ip not in seen:
                     seen.add(ip)
                     hosts.append(Host(ip, port, w, name))
