@@ -92,7 +92,7 @@ def test_chunked_reader_in_pieces(body, cuts):
     r = http1.BodyReader()
     r.begin(http1.MODE_CHUNKED)
     pos = 0
-    for cut in sorted(set(c for c in cuts if c < len(body))) + [len(body)]:
+    for cut in sorted({c for c in cuts if c < len(body)}) + [len(body)]:
         piece = body[pos:cut]
         k = r.feed_bytes(piece)
         if k < 0:
