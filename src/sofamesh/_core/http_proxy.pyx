@@ -518,6 +518,7 @@ cdef class DownstreamConn:
         if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
+            self.cluster.retries_active -= 1
         self.transport = None
 
     def pause_writing(self):
@@ -1013,11 +1014,14 @@ cdef class DownstreamConn:
 
     cdef int _schedule_retry(self) except -1:
         cdef Cluster cl = self.cluster
-        cdef double base = 0.025
+        # Envoy's backoff: full jitter over base * 2^(attempt-1), capped at max_interval
+        cdef double base = self.route.retry_base
         cdef int _i
         for _i in range(self.attempts - 1):
-            if base < 0.25:
+            if base < self.route.retry_max:
                 base *= 2
+        if base > self.route.retry_max:
+            base = self.route.retry_max
         cl.upstream_rq_retry.inc()
         cl.retries_active += 1
         self.attempts += 1

@@ -86,6 +86,8 @@ cdef class Route:
     cdef readonly int retry_on            # RETRY_* bits
     cdef readonly int num_retries
     cdef readonly double per_try_timeout  # seconds; 0: none
+    cdef readonly double retry_base       # retry_back_off.base_interval (s), Envoy: 25 ms
+    cdef readonly double retry_max        # retry_back_off.max_interval (s), Envoy: 10x base
     cdef readonly frozenset retry_statuses  # frozenset[int]
     cdef readonly int status              # direct response / redirect status
     cdef readonly bytes body              # direct response body

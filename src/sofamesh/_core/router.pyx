@@ -141,7 +141,7 @@ cdef class Route:
                  cluster=None, weighted=(), prefix_rewrite=None, host_rewrite=None,
                  bint auto_host=False, regex_rewrite=None, regex_substitution=b"",
                  double timeout=15.0, int retry_on=0, int num_retries=0, retry_statuses=(),
-                 double per_try_timeout=0.0,
+                 double per_try_timeout=0.0, double retry_base=0.025, double retry_max=0.0,
                  int status=0, body=b"", location_scheme=None, location_host=None,
                  location_port=None, location_path=None, location_prefix=None,
                  bint strip_query=False, req_add=(), req_remove=(), req_add_if_absent=(),
@@ -184,6 +184,8 @@ cdef class Route:
         self.retry_on = retry_on
         self.num_retries = num_retries
         self.per_try_timeout = per_try_timeout
+        self.retry_base = retry_base
+        self.retry_max = retry_max if retry_max > 0 else retry_base * 10
         self.retry_statuses = frozenset(retry_statuses)
         self.status = status
         self.body = _b(body) or b""

@@ -315,6 +315,10 @@ def _route_action(a, apath, kw, clusters) -> None:
         kw["retry_statuses"] = list(rp.retriable_status_codes)
         if rp.HasField("per_try_timeout"):
             kw["per_try_timeout"] = _dur(rp.per_try_timeout)
+        if rp.HasField("retry_back_off"):
+            kw["retry_base"] = _dur(rp.retry_back_off.base_interval)
+            if rp.retry_back_off.HasField("max_interval"):
+                kw["retry_max"] = _dur(rp.retry_back_off.max_interval)
     ups = []
     for i, u in enumerate(a.upgrade_configs):
         if not u.HasField("enabled") or u.enabled.value:

@@ -344,3 +344,26 @@ async def test_unknown_header_operator_is_a_config_error():
     with pytest.raises(UnsupportedConfig, match=r"request_headers_to_add.*%NOPE%"):
         await srv.start()
     await srv.stop()
+
+
+async def test_client_gone_during_retry_backoff_frees_the_retry_budget(upstreams, proxy):
+    up = await upstreams()
+    rp = {
+        "retry_on": "5xx",
+        "num_retries": 5,
+        "retry_back_off": {"base_interval": "1s", "max_interval": "2s"},
+    }
+    p = await proxy(bootstrap([vhost([route("/", retry_policy=rp)])], [cluster("up", [up.port])]))
+    for _ in range(5):  # more than max_retries (3) abandoned retries in a row
+        c = await p.client()
+        await c.send(b"GET /status/503 HTTP/1.1\r\nhost: a\r\n\r\n")
+        await asyncio.sleep(0.05)
+        await c.close()
+        await asyncio.sleep(0.05)
+    assert p.server.clusters["up"].retries_active == 0
+    assert p.counter("cluster.up.upstream_rq_retry_overflow") == 0
+    c = await p.client()
+    up.flaky = 0
+    r = await c.request(path="/flaky/1")
+    assert r.status == 200 and p.counter("cluster.up.upstream_rq_retry_success") == 1
+    await c.close()
