@@ -542,13 +542,13 @@ cdef class DownstreamConn:
                     self.pending = data[off:] if off else data
                     return 0
                 if r == H1_E_OBS_FOLD:
-                    data = unfold_head(data, off, self.head.length)
+                    data = unfold_head(data, self.head.start, self.head.length)
                     off = 0
                     n = PyBytes_GET_SIZE(data)
                     continue
                 if r > 0 and (cfg.normalize_path or cfg.merge_slashes) and \
                         _needs_normalizing(self.head, cfg.merge_slashes):
-                    fixed = normalize_request_path(data, off, self.head.path_off,
+                    fixed = normalize_request_path(data, self.head.start, self.head.path_off,
                                                    self.head.path_len, cfg.normalize_path,
                                                    cfg.merge_slashes)
                     if fixed is not None:

@@ -44,6 +44,9 @@ async def test_request_target_forms(upstreams, proxy):
     await c.send(b"GET /a/fold HTTP/1.1\r\nhost: a\r\nx-fold: a\r\n b\r\n\r\n")
     r = await c.response()
     assert r.upstream_header("x-fold") == "a b"  # obs-fold joined, as Envoy does
+    await c.send(b"\r\nGET /a/fold2 HTTP/1.1\r\nhost: a\r\nx-fold: c\r\n d\r\n\r\n")
+    r = await c.response()  # after a stray empty line too
+    assert r.json()["path"] == "/a/fold2" and r.upstream_header("x-fold") == "c d"
     await c.send(b"GET /a/frag#part HTTP/1.1\r\nhost: a\r\n\r\n")
     r = await c.response()
     assert r.status == 400 and r.body == b"" and r.header("connection") == "close"

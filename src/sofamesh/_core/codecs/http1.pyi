@@ -11,6 +11,7 @@ E_OBS_FOLD: int
 
 class Head:
     head_length: int
+    head_start: int
     method_bytes: bytes
     target: bytes
     version_minor: int

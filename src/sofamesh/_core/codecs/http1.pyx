@@ -185,6 +185,11 @@ cdef class Head:
         return self.length
 
     @property
+    def head_start(self):
+        """Where the head starts in the bytes it was parsed from (after any empty lines)."""
+        return self.start
+
+    @property
     def method_bytes(self):
         return self.method()
 
