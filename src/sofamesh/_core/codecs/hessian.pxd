@@ -20,56 +20,54 @@ cdef enum:
     H_MAX_DEPTH = 64
 
 
-cdef class H2Cursor:
-    """Final-spec Hessian 2 reader. Class definitions persist across values (Dubbo writes
-    the whole body with one Hessian2Output)."""
+cdef class HCursor:
+    """What both dialects share: the span, the error code, bounds checks, UTF-8 string
+    characters and int values (they differ only in the second 32-bit int tag)."""
     cdef const unsigned char* p
     cdef Py_ssize_t pos
     cdef Py_ssize_t end
     cdef public int err
     cdef object _owner              # the buffer p points into, kept alive
-    cdef list _class_fields         # list[int]: field count of each class definition
     cdef int depth
+    cdef unsigned char int32_tag    # 0x59 'Y' (Hessian 2.0), 0x77 'w' (SOFA's draft)
 
+    cdef int _open(self, object data, Py_ssize_t start, Py_ssize_t end) except -1
     cdef void fail(self, int code) noexcept
     cdef bint _need(self, Py_ssize_t n) noexcept
+    cdef int skip_string_chars(self, Py_ssize_t nchars)
+    cdef long long read_int(self)   # an int or long value; err set if not one
+
+
+cdef class H2Cursor(HCursor):
+    """Final-spec Hessian 2 reader. Class definitions persist across values (Dubbo writes
+    the whole body with one Hessian2Output)."""
+    cdef list _class_fields         # list[int]: field count of each class definition
+
     cdef int _skip_chunks(self, int binary)
     cdef int _skip_n(self, long long n)
     cdef int _skip_until_z(self, int pairs)
     cdef int _skip_object(self, long long ref)
     cdef int _class_def(self)
     cdef int skip(self)             # skip one value; returns err
-    cdef long long read_int(self)   # an int or long value; err set if not one
     cdef object read_str(self)      # str, or None for null; err set if neither
     # None/bool/int/str; any other value is skipped and read as Ellipsis
     cdef object read_simple(self)
     cdef dict read_map(self)        # an untyped (H) or typed (M) map of simple values
     cdef dict read_map_keys(self, tuple wanted)  # only the keys in wanted (UTF-8 bytes)
     cdef int skip_type(self)
-    cdef int skip_string_chars(self, Py_ssize_t nchars)
 
 
-cdef class H1Cursor:
+cdef class H1Cursor(HCursor):
     """SOFA's pre-final Hessian 2.0 draft ('O' class definition, 'o' instance, 'V' list
     with 't'/'n'/'l', 'M' map, refs 0x4a/0x4b/'R', 'z' end)."""
-    cdef const unsigned char* p
-    cdef Py_ssize_t pos
-    cdef Py_ssize_t end
-    cdef public int err
-    cdef object _owner
     cdef list _classes              # list[list[str]]: field names of each class definition
-    cdef int depth
 
-    cdef void fail(self, int code) noexcept
-    cdef bint _need(self, Py_ssize_t n) noexcept
     cdef int _skip_chunks(self, unsigned char more, unsigned char final)
     cdef int _skip_type_opt(self)
     cdef int _skip_until_z(self, int pairs)
     cdef int _class_def(self)
     cdef int skip(self)
-    cdef long long read_int(self)
     cdef object read_str(self)
-    cdef int skip_string_chars(self, Py_ssize_t nchars)
 
 
 cpdef object sofa_request_method(object content, Py_ssize_t start=*, Py_ssize_t end=*)

@@ -62,10 +62,11 @@ cdef inline Py_ssize_t _utf8_span(const unsigned char* p, Py_ssize_t pos, Py_ssi
     return pos
 
 
-cdef class H2Cursor:
-    def __cinit__(self, object data, Py_ssize_t start=0, Py_ssize_t end=-1):
+cdef class HCursor:
+    cdef int _open(self, object data, Py_ssize_t start, Py_ssize_t end) except -1:
+        """Points the cursor at data[start:end] (each dialect's __cinit__ calls it: a base
+        __cinit__ would cost a second argument parse per cursor)."""
         cdef const unsigned char[::1] view
-        self._class_fields = []
         self.err = H_OK
         self.depth = 0
         n = len(data)
@@ -86,6 +87,7 @@ cdef class H2Cursor:
             view = data
             self._owner = view
             self.p = &view[0]
+        return 0
 
     @property
     def offset(self):
@@ -110,6 +112,64 @@ cdef class H2Cursor:
         else:
             self.pos = e
         return self.err
+
+    cdef long long read_int(self):
+        """An int (or long) value: lengths, class refs, field counts, list sizes."""
+        cdef unsigned char b
+        cdef const unsigned char* q
+        cdef long long v
+        if not self._need(1):
+            return 0
+        b = self.p[self.pos]
+        self.pos += 1
+        q = self.p + self.pos
+        if 0x80 <= b <= 0xbf:
+            return <long long>b - 0x90
+        if 0xc0 <= b <= 0xcf:
+            if not self._need(1):
+                return 0
+            self.pos += 1
+            return ((<long long>b - 0xc8) << 8) | q[0]
+        if 0xd0 <= b <= 0xd7:
+            if not self._need(2):
+                return 0
+            self.pos += 2
+            return ((<long long>b - 0xd4) << 16) | (q[0] << 8) | q[1]
+        if b == 0x49 or b == self.int32_tag:
+            if not self._need(4):
+                return 0
+            self.pos += 4
+            return <int>((<unsigned int>q[0] << 24) | (q[1] << 16) | (q[2] << 8) | q[3])
+        if 0xd8 <= b <= 0xef:
+            return <long long>b - 0xe0
+        if 0xf0 <= b:
+            if not self._need(1):
+                return 0
+            self.pos += 1
+            return ((<long long>b - 0xf8) << 8) | q[0]
+        if 0x38 <= b <= 0x3f:
+            if not self._need(2):
+                return 0
+            self.pos += 2
+            return ((<long long>b - 0x3c) << 16) | (q[0] << 8) | q[1]
+        if b == 0x4c:
+            if not self._need(8):
+                return 0
+            self.pos += 8
+            v = 0
+            for i in range(8):
+                v = (v << 8) | q[i]
+            return v
+        self.pos -= 1
+        self.fail(H_ERR_BAD_TAG)
+        return 0
+
+
+cdef class H2Cursor(HCursor):
+    def __cinit__(self, object data, Py_ssize_t start=0, Py_ssize_t end=-1):
+        self._class_fields = []
+        self.int32_tag = 0x59
+        self._open(data, start, end)
 
     cdef int _skip_chunks(self, int binary):
         """After a non-final chunk: chunks continue until a final one."""
@@ -168,57 +228,6 @@ cdef class H2Cursor:
                 else:
                     self.fail(H_ERR_BAD_TAG)
         return self.err
-
-    cdef long long read_int(self):
-        """An int (or long) value: lengths, class refs, field counts, list sizes."""
-        cdef unsigned char b
-        cdef const unsigned char* q
-        cdef long long v
-        if not self._need(1):
-            return 0
-        b = self.p[self.pos]
-        self.pos += 1
-        q = self.p + self.pos
-        if 0x80 <= b <= 0xbf:
-            return <long long>b - 0x90
-        if 0xc0 <= b <= 0xcf:
-            if not self._need(1):
-                return 0
-            self.pos += 1
-            return ((<long long>b - 0xc8) << 8) | q[0]
-        if 0xd0 <= b <= 0xd7:
-            if not self._need(2):
-                return 0
-            self.pos += 2
-            return ((<long long>b - 0xd4) << 16) | (q[0] << 8) | q[1]
-        if b == 0x49 or b == 0x59:
-            if not self._need(4):
-                return 0
-            self.pos += 4
-            return <int>((<unsigned int>q[0] << 24) | (q[1] << 16) | (q[2] << 8) | q[3])
-        if 0xd8 <= b <= 0xef:
-            return <long long>b - 0xe0
-        if 0xf0 <= b:
-            if not self._need(1):
-                return 0
-            self.pos += 1
-            return ((<long long>b - 0xf8) << 8) | q[0]
-        if 0x38 <= b <= 0x3f:
-            if not self._need(2):
-                return 0
-            self.pos += 2
-            return ((<long long>b - 0x3c) << 16) | (q[0] << 8) | q[1]
-        if b == 0x4c:
-            if not self._need(8):
-                return 0
-            self.pos += 8
-            v = 0
-            for i in range(8):
-                v = (v << 8) | q[i]
-            return v
-        self.pos -= 1
-        self.fail(H_ERR_BAD_TAG)
-        return 0
 
     cdef int skip_type(self):
         """A type: a string (the name) or an int (a reference to an earlier type)."""
@@ -517,97 +526,11 @@ cdef class H2Cursor:
         return self.read_map_keys(wanted)
 
 
-cdef class H1Cursor:
+cdef class H1Cursor(HCursor):
     def __cinit__(self, object data, Py_ssize_t start=0, Py_ssize_t end=-1):
-        cdef const unsigned char[::1] view
         self._classes = []
-        self.err = H_OK
-        self.depth = 0
-        n = len(data)
-        if end < 0 or end > n:
-            end = n
-        self.pos = start if start > 0 else 0
-        self.end = end
-        if n == 0:
-            self.p = <const unsigned char*>b""
-            self._owner = b""
-        elif type(data) is bytes:
-            self._owner = data
-            self.p = <const unsigned char*>PyBytes_AS_STRING(data)
-        else:
-            view = data
-            self._owner = view
-            self.p = &view[0]
-
-    cdef void fail(self, int code) noexcept:
-        if self.err == H_OK:
-            self.err = code
-
-    cdef bint _need(self, Py_ssize_t n) noexcept:
-        if n < 0 or self.end - self.pos < n:
-            self.fail(H_ERR_TRUNCATED)
-            return False
-        return True
-
-    cdef int skip_string_chars(self, Py_ssize_t nchars):
-        cdef Py_ssize_t e = _utf8_span(self.p, self.pos, self.end, nchars)
-        if e == -1:
-            self.fail(H_ERR_TRUNCATED)
-        elif e == -2:
-            self.fail(H_ERR_BAD_UTF8)
-        else:
-            self.pos = e
-        return self.err
-
-    cdef long long read_int(self):
-        cdef unsigned char b
-        cdef const unsigned char* q
-        cdef long long v
-        if not self._need(1):
-            return 0
-        b = self.p[self.pos]
-        self.pos += 1
-        q = self.p + self.pos
-        if 0x80 <= b <= 0xbf:
-            return <long long>b - 0x90
-        if 0xc0 <= b <= 0xcf:
-            if not self._need(1):
-                return 0
-            self.pos += 1
-            return ((<long long>b - 0xc8) << 8) | q[0]
-        if 0xd0 <= b <= 0xd7:
-            if not self._need(2):
-                return 0
-            self.pos += 2
-            return ((<long long>b - 0xd4) << 16) | (q[0] << 8) | q[1]
-        if b == 0x49 or b == 0x77:
-            if not self._need(4):
-                return 0
-            self.pos += 4
-            return <int>((<unsigned int>q[0] << 24) | (q[1] << 16) | (q[2] << 8) | q[3])
-        if 0xd8 <= b <= 0xef:
-            return <long long>b - 0xe0
-        if 0xf0 <= b:
-            if not self._need(1):
-                return 0
-            self.pos += 1
-            return ((<long long>b - 0xf8) << 8) | q[0]
-        if 0x38 <= b <= 0x3f:
-            if not self._need(2):
-                return 0
-            self.pos += 2
-            return ((<long long>b - 0x3c) << 16) | (q[0] << 8) | q[1]
-        if b == 0x4c:
-            if not self._need(8):
-                return 0
-            self.pos += 8
-            v = 0
-            for i in range(8):
-                v = (v << 8) | q[i]
-            return v
-        self.pos -= 1
-        self.fail(H_ERR_BAD_TAG)
-        return 0
+        self.int32_tag = 0x77
+        self._open(data, start, end)
 
     cdef object read_str(self):
         cdef unsigned char b
