@@ -1406,6 +1406,11 @@ cdef class DownstreamConn:
             if self.service_ms >= 0:
                 cl.upstream_rq_time.record(self.service_ms)
         if cfg.access_log is not None:
+            if self.request_id is None and cfg.generate_request_id and \
+                    self.resp_flags != "DPE" and self.head.xrid_idx < 0:
+                # Envoy gives every request an id before routing; a local reply's log
+                # line carries it too
+                self.request_id = uuid4()
             try:
                 cfg.access_log.log(self, ms)
             except Exception:

@@ -186,6 +186,9 @@ async def test_file_access_log_default_format(upstreams, proxy, tmp_path):
     )
     assert re.fullmatch(pat, lines[0]), lines[0]
     assert '"GET /nope HTTP/1.1" 404 NR 0 0 ' in lines[1]
+    assert re.search(
+        r'"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"', lines[1]
+    )
 
 
 class BodyCounter(HttpFilter):
