@@ -3,6 +3,8 @@
 # for HSF ports (opaque TCP) and any other TCP. Half-close is propagated; back-pressure
 # pauses the reading side while the writing side's buffer is full.
 
+import asyncio
+
 from sofamesh._core.upstream cimport Cluster, Host
 from sofamesh._core.stats cimport Store
 from sofamesh._core.router cimport rng_next
@@ -149,8 +151,12 @@ cdef class TcpDownstream:
     async def _connect(self):
         cdef TcpUpstream up = self.up
         try:
-            await self.cfg.loop.create_connection(lambda: up, up.host.address, up.host.port)
-        except OSError:
+            await asyncio.wait_for(
+                self.cfg.loop.create_connection(lambda: up, up.host.address, up.host.port),
+                up.cluster.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, asyncio.TimeoutError):
+                up.cluster.upstream_cx_connect_timeout.inc()
             up.cluster.upstream_cx_connect_fail.inc()
             up.host.cx_connect_fail += 1
             up.cluster.upstream_cx_active.dec()
@@ -175,7 +181,10 @@ cdef class TcpDownstream:
             self.up.cluster.upstream_cx_tx_bytes_total.add(len(data))
             self.up.transport.write(data)
         else:
+            # uvloop starts reading after connection_made even though it paused there:
+            # pause now, so a client cannot pile bytes up while the connect is in progress
             self.early.append(bytes(data))
+            self.transport.pause_reading()
 
     def feed_first(self, data):
         self.early.append(bytes(data))

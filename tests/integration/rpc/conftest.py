@@ -303,6 +303,31 @@ class RawUpstream:
                     pass
 
 
+class Blackhole:
+    """A 127.0.0.1 port whose accept queue is full (listen backlog 0, filled, never
+    accepted): a connect to it hangs, as to a host that drops SYNs."""
+
+    def __enter__(self) -> Self:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(0)
+        self.port = self._sock.getsockname()[1]
+        self._fill = []
+        for _ in range(8):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", self.port))
+            self._fill.append(c)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for c in self._fill:
+            c.close()
+        self._sock.close()
+
+
 def raw_exchange(port: int, data: bytes, decoder, want: int, timeout: float = 3.0) -> list:
     """Sends `data` to 127.0.0.1:port and decodes replies until `want` frames (or timeout)."""
     import socket

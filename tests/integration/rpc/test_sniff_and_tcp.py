@@ -12,6 +12,7 @@ from tests.support.http_upstream import RecordingUpstream
 from .conftest import (
     HCM_TYPE,
     SERVICE,
+    Blackhole,
     NodeServer,
     RawUpstream,
     bolt_filter,
@@ -221,3 +222,38 @@ def test_tcp_proxy_idle_timeout(tmp_path):
                 assert s.recv(10) == b""  # closed by the proxy once idle
                 assert 0.2 < time.monotonic() - t0 < 2.5
             assert stats(proxy)["tcp.idle.idle_timeout"] == base + 1
+
+
+def test_tcp_proxy_connect_timeout_and_no_reading_before_connected(tmp_path):
+    """While the upstream connect is in progress the client is not read (bytes held for a
+    connect that may never finish would grow without bound), and the connect gives up after
+    the cluster's connect_timeout: the client is closed and it is counted."""
+    import time
+
+    with Blackhole() as hole:
+        port = free_port()
+        boot = bootstrap(
+            [listener("t", port, [tcp_filter("up", "hole")])],
+            [cluster("up", [hole.port], connect_timeout="1s")],
+        )
+        with sofamesh(boot, tmp_path) as proxy:
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+                s.setblocking(False)
+                chunk = b"x" * 65536
+                sent = 0
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 0.5 and sent < 64 * 1024 * 1024:
+                    try:
+                        sent += s.send(chunk)
+                    except BlockingIOError:
+                        time.sleep(0.01)
+                # only the kernel's socket buffers (a few MB) took bytes
+                assert sent < 16 * 1024 * 1024, sent
+                s.setblocking(True)
+                s.settimeout(10)
+                try:
+                    assert s.recv(10) == b""  # closed once the connect timed out
+                except ConnectionResetError:
+                    pass
+                assert time.monotonic() - t0 < 5
+            assert stats(proxy)["cluster.up.upstream_cx_connect_timeout"] >= 1
