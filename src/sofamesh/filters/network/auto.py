@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sofamesh.filters import registry
 from sofamesh.filters.network import _proto
+from sofamesh.filters.network._common import register_terminal, unpack
 from sofamesh.filters.network.sniff import Chain
 from sofamesh.proxy.errors import UnsupportedConfig
 
@@ -18,10 +18,8 @@ TYPE_URL = _proto.AUTO_TYPE_URL
 
 
 def build(typed_config: Any, ctx: dict) -> Chain:
-    path = ctx.get("path", "auto")
     cfg = _proto.Auto()
-    if not typed_config.Unpack(cfg):
-        raise UnsupportedConfig(f"{path}.typed_config: expected Auto")
+    path = unpack(typed_config, cfg, ctx, "auto")
     build_terminal = ctx.get("build_terminal")
     if build_terminal is None:
         raise UnsupportedConfig(f"{path}: the server cannot build nested filters")
@@ -39,12 +37,4 @@ def build(typed_config: Any, ctx: dict) -> Chain:
     return Chain(parts, routes)
 
 
-SPEC = registry.register(
-    registry.FilterSpec(
-        kind="network",
-        names=NAMES,
-        type_urls=(TYPE_URL,),
-        factory=build,
-        extra={"terminal": True, "needs_server": True},
-    )
-)
+SPEC = register_terminal(NAMES, TYPE_URL, build, needs_server=True)

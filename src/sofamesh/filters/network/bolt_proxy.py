@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sofamesh._core.rpc_proxy import PROTO_BOLT, RpcProxyConfig
-from sofamesh.filters import registry
 from sofamesh.filters.network import _proto
+from sofamesh.filters.network._common import register_terminal, unpack
 from sofamesh.filters.network.rpc_routes import compile_routes
 from sofamesh.proxy.errors import UnsupportedConfig
 
@@ -15,10 +15,8 @@ TYPE_URL = _proto.TYPE_URL
 
 
 def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
-    path = ctx.get("path", "bolt_proxy")
     cfg = _proto.BoltProxy()
-    if not typed_config.Unpack(cfg):
-        raise UnsupportedConfig(f"{path}.typed_config: expected BoltProxy")
+    path = unpack(typed_config, cfg, ctx, "bolt_proxy")
     for i, f in enumerate(cfg.bolt_filters):
         raise UnsupportedConfig(
             f"{path}.typed_config.bolt_filters[{i}]: bolt filter {f.name!r} is not supported"
@@ -30,12 +28,4 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
     )
 
 
-SPEC = registry.register(
-    registry.FilterSpec(
-        kind="network",
-        names=NAMES,
-        type_urls=(TYPE_URL,),
-        factory=build,
-        extra={"terminal": True, "sniff": "bolt"},
-    )
-)
+SPEC = register_terminal(NAMES, TYPE_URL, build, sniff="bolt")

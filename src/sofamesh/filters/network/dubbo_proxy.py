@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sofamesh._core.rpc_proxy import PROTO_DUBBO, RpcProxyConfig
-from sofamesh.filters import registry
+from sofamesh.filters.network._common import register_terminal, unpack
 from sofamesh.filters.network.rpc_routes import compile_routes
 from sofamesh.proxy.errors import UnsupportedConfig
 
@@ -16,10 +16,8 @@ TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.
 def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
     from envoy.extensions.filters.network.dubbo_proxy.v3 import dubbo_proxy_pb2
 
-    path = ctx.get("path", "dubbo_proxy")
     cfg = dubbo_proxy_pb2.DubboProxy()
-    if not typed_config.Unpack(cfg):
-        raise UnsupportedConfig(f"{path}.typed_config: expected DubboProxy")
+    path = unpack(typed_config, cfg, ctx, "dubbo_proxy")
     if cfg.WhichOneof("route_specifier") == "drds":
         raise UnsupportedConfig(f"{path}.typed_config.drds: dynamic routes are not supported")
     for i, f in enumerate(cfg.dubbo_filters):
@@ -36,12 +34,4 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
     )
 
 
-SPEC = registry.register(
-    registry.FilterSpec(
-        kind="network",
-        names=NAMES,
-        type_urls=(TYPE_URL,),
-        factory=build,
-        extra={"terminal": True, "sniff": "dubbo"},
-    )
-)
+SPEC = register_terminal(NAMES, TYPE_URL, build, sniff="dubbo")

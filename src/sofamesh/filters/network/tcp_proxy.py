@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sofamesh._core.rpc_tcp import TcpProxyConfig
-from sofamesh.filters import registry
+from sofamesh.filters.network._common import register_terminal, unpack
 from sofamesh.proxy.errors import UnsupportedConfig
 
 NAMES = ("envoy.filters.network.tcp_proxy", "envoy.tcp_proxy")
@@ -15,10 +15,8 @@ TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.Tc
 def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
     from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-    path = ctx.get("path", "tcp_proxy")
     cfg = tcp_proxy_pb2.TcpProxy()
-    if not typed_config.Unpack(cfg):
-        raise UnsupportedConfig(f"{path}.typed_config: expected TcpProxy")
+    path = unpack(typed_config, cfg, ctx, "tcp_proxy")
     clusters = ctx["clusters"]
     which = cfg.WhichOneof("cluster_specifier")
     if which == "cluster":
@@ -56,12 +54,4 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
     )
 
 
-SPEC = registry.register(
-    registry.FilterSpec(
-        kind="network",
-        names=NAMES,
-        type_urls=(TYPE_URL,),
-        factory=build,
-        extra={"terminal": True},
-    )
-)
+SPEC = register_terminal(NAMES, TYPE_URL, build)
