@@ -14,6 +14,7 @@ from tests.conftest import envoy_binary, free_port
 from tests.integration.pilot.conftest import ads_bootstrap
 from tests.support.envoy import ProxyProcess, admin_get
 from tests.support.http_upstream import RecordingUpstream
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.envoy
 
@@ -32,17 +33,6 @@ def upstream_of(body: str) -> str:
     """RecordingUpstream answers `upstream=<name> method=...`."""
     m = re.match(r"upstream=(\S+)", body)
     return m.group(1) if m else body
-
-
-def wait_until(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 
 
 def stat(admin: int, name: str) -> int:

@@ -12,19 +12,9 @@ import pytest
 from aiohttp import web
 
 from sofamesh.pilot import registries
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(pred, timeout: float = 5.0, what: str = "condition"):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import json
 import socket
 import socketserver
 import threading
-import time
 from urllib.parse import parse_qs, quote_plus, unquote_plus, urlsplit
 
 import pytest
@@ -24,6 +23,7 @@ from kazoo.client import KazooClient
 from tests.conftest import envoy_binary, free_port
 from tests.integration.pilot.conftest import PilotProcess, ads_bootstrap
 from tests.support.envoy import ProxyProcess, admin_get
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(90)]
 
@@ -56,17 +56,6 @@ def free_port_both() -> int:
         except OSError:
             continue
     raise RuntimeError("no port free on both loopbacks")
-
-
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 
 
 def through_envoy(port: int, payload: bytes) -> bytes | None:

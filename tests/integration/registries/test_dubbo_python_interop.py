@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -20,21 +19,11 @@ import pytest
 from tests.conftest import ROOT, envoy_binary, free_port
 from tests.integration.pilot.conftest import PilotProcess, ads_bootstrap
 from tests.support.envoy import ProxyProcess, admin_get
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
 SERVICE = "org.apache.dubbo.samples.Greeter"
-
-
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 
 
 class DubboProvider:

@@ -12,21 +12,11 @@ from kubernetes_asyncio import watch as k8s_watch
 
 from sofamesh.pilot import registries
 from tests.support.kube_api import FakeKubeAPI, endpoint, endpoint_slice, service, status_410
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
 
 FQDN = "reviews.shop.svc.cluster.local"
-
-
-async def until(pred, timeout: float = 5.0, what: str = "condition"):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from tests.integration.pilot.conftest import PilotProcess, ads_bootstrap
 from tests.support.envoy import ProxyProcess
 from tests.support.http_upstream import RecordingUpstream
 from tests.support.kube_api import FakeKubeAPI, endpoint, endpoint_slice, service
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(90)]
 
@@ -40,17 +41,6 @@ def who(port: int, host: str) -> str | None:
     if status != 200:
         return f"status {status}"
     return body.split()[0].removeprefix("upstream=")
-
-
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 
 
 def start_pilot_and_envoy(tmp_path, registries: list[dict]):

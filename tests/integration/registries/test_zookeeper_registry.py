@@ -11,6 +11,7 @@ from kazoo.client import KazooClient
 
 from sofamesh.pilot import registries
 from sofamesh.pilot.model import Instance, Service
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,17 +68,6 @@ def provider(zookeeper):
         yield p
     finally:
         p.close()
-
-
-async def until(pred, timeout: float = 5.0, what: str = "condition"):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
