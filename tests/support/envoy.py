@@ -56,8 +56,15 @@ def admin_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
 class ProxyProcess:
     """One proxy process started from a bootstrap dict with Envoy's command line."""
 
-    def __init__(self, name: str, argv: list[str], bootstrap: dict, workdir: Path,
-                 taskset: str | None = None, env: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        bootstrap: dict,
+        workdir: Path,
+        taskset: str | None = None,
+        env: dict | None = None,
+    ):
         self.name = name
         self.bootstrap = bootstrap
         self.workdir = Path(workdir)
@@ -72,15 +79,37 @@ class ProxyProcess:
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def envoy(cls, binary: str, bootstrap: dict, workdir: Path, concurrency: int = 1,
-              log_level: str = "warning", taskset: str | None = None) -> ProxyProcess:
-        argv = [binary, "--concurrency", str(concurrency), "-l", log_level,
-                "--base-id", str(next(_base_ids)), "--disable-hot-restart"]
+    def envoy(
+        cls,
+        binary: str,
+        bootstrap: dict,
+        workdir: Path,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        taskset: str | None = None,
+    ) -> ProxyProcess:
+        argv = [
+            binary,
+            "--concurrency",
+            str(concurrency),
+            "-l",
+            log_level,
+            "--base-id",
+            str(next(_base_ids)),
+            "--disable-hot-restart",
+        ]
         return cls("envoy", argv, bootstrap, workdir, taskset)
 
     @classmethod
-    def sofamesh(cls, command: list[str], bootstrap: dict, workdir: Path, concurrency: int = 1,
-                 log_level: str = "warning", taskset: str | None = None) -> ProxyProcess:
+    def sofamesh(
+        cls,
+        command: list[str],
+        bootstrap: dict,
+        workdir: Path,
+        concurrency: int = 1,
+        log_level: str = "warning",
+        taskset: str | None = None,
+    ) -> ProxyProcess:
         argv = [*command, "proxy", "--concurrency", str(concurrency), "-l", log_level]
         return cls("sofamesh", argv, bootstrap, workdir, taskset)
 
@@ -97,16 +126,23 @@ class ProxyProcess:
 
     def start(self, timeout: float = 30.0) -> ProxyProcess:
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
         aport = admin_port(self.bootstrap)
         ports = listener_ports(self.bootstrap)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} at start-up "
-                                   f"({' '.join(self.argv)}):\n{self.log_text()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} at start-up "
+                    f"({' '.join(self.argv)}):\n{self.log_text()}"
+                )
             try:
                 status, _ = admin_get(aport, "/ready", timeout=0.5)
             except OSError:

@@ -210,9 +210,12 @@ class RecordingUpstream:
 
     def attempts(self, case_id: str, listener: str | None = None) -> int:
         with self._lock:
-            return sum(n for key, n in self._attempts.items()
-                       if key.partition("/")[2] == case_id
-                       and (listener is None or key.partition("/")[0] == listener))
+            return sum(
+                n
+                for key, n in self._attempts.items()
+                if key.partition("/")[2] == case_id
+                and (listener is None or key.partition("/")[0] == listener)
+            )
 
     def wait_records(self, n: int, timeout: float = 2.0) -> list[Record]:
         deadline = time.monotonic() + timeout
@@ -288,7 +291,9 @@ class RecordingUpstream:
             self._cond.notify_all()
         return self._reply(name, conn, rec, action, attempt)
 
-    def _reply(self, name: str, conn: _Conn, rec: Record, action: dict[str, str], attempt: int) -> bool:
+    def _reply(
+        self, name: str, conn: _Conn, rec: Record, action: dict[str, str], attempt: int
+    ) -> bool:
         sock = conn.sock
         if "delay" in action:
             time.sleep(int(action["delay"]) / 1000)
@@ -353,7 +358,11 @@ class RecordingUpstream:
             payload = b"%x\r\n%s\r\n0\r\nx-upstream-trailer: t\r\n\r\n" % (len(body), body)
         elif "chunked" in action:
             head.append("transfer-encoding: chunked")
-            thirds = [body[: len(body) // 3], body[len(body) // 3 : 2 * len(body) // 3], body[2 * len(body) // 3 :]]
+            thirds = [
+                body[: len(body) // 3],
+                body[len(body) // 3 : 2 * len(body) // 3],
+                body[2 * len(body) // 3 :],
+            ]
             payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in thirds if c) + b"0\r\n\r\n"
         else:
             head.append(f"content-length: {len(body)}")
@@ -363,7 +372,16 @@ class RecordingUpstream:
 
 
 _REASONS = {
-    200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
-    400: "Bad Request", 404: "Not Found", 418: "I'm a teapot", 500: "Internal Server Error",
-    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    301: "Moved Permanently",
+    302: "Found",
+    400: "Bad Request",
+    404: "Not Found",
+    418: "I'm a teapot",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
