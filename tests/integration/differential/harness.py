@@ -98,6 +98,25 @@ def _local_ratelimit(max_tokens: int | None) -> dict:
 
 FEATURES: dict[str, Feature] = {
     "access_log": Feature(access_log=True),
+    "fault_abort": Feature(http_filters=[{
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": {"http_status": 418,
+                      "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}}]),
+    "ring_hash": Feature(
+        routes=[{"match": {"prefix": "/hash"},
+                 "route": {"cluster": "svc_hash",
+                           "hash_policy": [{"header": {"header_name": "x-user"}}]}}],
+        clusters=lambda ports: [_two_endpoint_cluster("svc_hash", ports, lb_policy="RING_HASH")]),
+    "host_rewrite_header": Feature(routes=[{
+        "match": {"prefix": "/hrh"},
+        "route": {"cluster": "svc_a", "host_rewrite_header": "x-target-host"}}]),
+    "local_reply_config": Feature(hcm={"local_reply_config": {"mappers": [{
+        "filter": {"status_code_filter": {"comparison": {
+            "op": "EQ", "value": {"default_value": 404, "runtime_key": "diff_404"}}}},
+        "status_code": 410,
+        "body": {"inline_string": "gone from here\n"}}]}}),
     "local_ratelimit_listener_bucket_2": Feature(http_filters=[{
         "name": "envoy.filters.http.local_ratelimit", "typed_config": _local_ratelimit(2)}]),
     # The filter in the chain with no bucket of its own; one route carries a per-route bucket.
@@ -329,8 +348,10 @@ NORMALISATIONS: dict[str, tuple[str, Callable]] = {
         ("Random weighted picks: for the 50/50 route we compare the set of clusters seen over "
         "40 requests (and each distinct upstream request), not which request went where."), None),
     "lb-starting-point": (
-        ("A load balancer's starting host may be random: over 40 requests we compare the pick "
-         "pattern with hosts relabelled by frequency, rotated to a canonical start."), None),
+        ("A load balancer's starting host may be random, and a hash ring depends on the hosts' "
+         "ports (each proxy has its own upstream): over 40 requests we compare the pick pattern "
+         "with hosts relabelled by frequency, rotated to a canonical start, not which host."),
+        None),
     "mirror-arrival-order": (
         ("A mirrored request is fire-and-forget: whether it reaches its upstream before or "
          "after the main one is a race, so those cases sort upstream requests by listener."),
@@ -818,7 +839,10 @@ def _observe(dep: Deployment, case: Case) -> Observation:
     if case.unordered_upstream:
         records.sort(key=lambda rec: (rec.listener, repr(rec.headers)))
     if case.kind in ("weighted", "sequence"):
-        dedup = {repr(norm_record(rec)): norm_record(rec) for rec in records}
+        normed = [norm_record(rec) for rec in records]
+        if case.kind == "sequence":  # NORMALISATIONS["lb-starting-point"]: hosts are relabelled
+            normed = [{k: v for k, v in rec.items() if k != "listener"} for rec in normed]
+        dedup = {repr(rec): rec for rec in normed}
         return Observation(responses, connection,
                            [dedup[k] for k in sorted(dedup)], extra)
     if extra_reader_error == "timeout":

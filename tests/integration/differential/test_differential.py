@@ -210,6 +210,12 @@ def test_same_as_envoy(case: Case, envoy_dep, candidate_dep) -> None:
 # Each runs in its own deployment (harness.FEATURES: extra routes, clusters or HCM fields), so
 # a proxy that rejects the feature at start-up fails that test by name and nothing else.
 FEATURE_CASES: list[tuple[str, Case]] = [
+    ("fault_abort", C("http-fault-abort-100", R("GET", "/a/fault"), [418])),
+    ("ring_hash", C("lb-ring-hash-same-key", R("GET", "/hash", [("x-user", "alice")]), [200] * 40,
+                    kind="sequence")),
+    ("host_rewrite_header", C("route-host-rewrite-header",
+                              R("GET", "/hrh", [("x-target-host", "target.internal")]), [200])),
+    ("local_reply_config", C("hcm-local-reply-mapper-404", R("GET", "/nowhere"), [410])),
     ("access_log", C("access-log-200", R("POST", "/a/log?q=1", [("User-Agent", "diff/1")], b"12345"),
                      [200], access_log_lines=1)),
     ("access_log", C("access-log-404-no-route", R("GET", "/nowhere", [("User-Agent", "diff/1")]), [404],
