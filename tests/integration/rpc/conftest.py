@@ -328,6 +328,29 @@ class Blackhole:
         self._sock.close()
 
 
+def send_mutations(port: int, good: bytes, seed: int, prefix: bytes = b"", n: int = 60) -> None:
+    """Sends `n` connections' worth of bad input to 127.0.0.1:port, each closed after: three
+    copies of `good` with a few bytes changed, or (every third) `prefix` + random bytes."""
+    import random
+    import socket
+
+    rng = random.Random(seed)
+    for i in range(n):
+        blob = bytearray(good * 3)
+        for _ in range(rng.randrange(1, 8)):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        if i % 3 == 0:
+            blob = bytearray(prefix + rng.randbytes(rng.randrange(1, 200)))
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(bytes(blob))
+            s.shutdown(socket.SHUT_WR)
+            try:
+                while s.recv(65536):
+                    pass
+            except (TimeoutError, ConnectionResetError):
+                pass
+
+
 def raw_exchange(port: int, data: bytes, decoder, want: int, timeout: float = 3.0) -> list:
     """Sends `data` to 127.0.0.1:port and decodes replies until `want` frames (or timeout)."""
     import socket
