@@ -98,6 +98,7 @@ cdef class UpstreamConn:
     cdef bint closed
     cdef bint dirty
     cdef bint paused                    # counted in cfg.upstream_paused (its buffer is full)
+    cdef bint local_close               # we closed it (protocol error, stop): destroy_local
     cdef unsigned long long next_id
     cdef void send(self, bytes data)
     cdef void flush(self)

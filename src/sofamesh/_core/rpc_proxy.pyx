@@ -276,6 +276,7 @@ cdef class UpstreamConn:
         self.closed = False
         self.dirty = False
         self.paused = False
+        self.local_close = False
         self.next_id = 1
 
     # asyncio.Protocol
@@ -379,7 +380,10 @@ cdef class UpstreamConn:
         self.cluster.cx_active -= 1
         self.host.cx_active -= 1
         self.cluster.upstream_cx_destroy.inc()
-        self.cluster.upstream_cx_destroy_remote.inc()
+        if self.local_close:
+            self.cluster.upstream_cx_destroy_local.inc()
+        else:
+            self.cluster.upstream_cx_destroy_remote.inc()
         self._remove()
         if self.pending:
             self.fail_all(WHY_RESET if was_connected else WHY_CONNECT_FAIL)
@@ -442,6 +446,7 @@ cdef class UpstreamConn:
     def abort(self, int why=WHY_RESET):
         self._remove()
         if self.transport is not None:
+            self.local_close = True
             self.transport.abort()
         elif self.pending:
             self.fail_all(why)
@@ -834,6 +839,7 @@ cdef class RpcProxyConfig:
         for pool in list(self.pools.values()):
             for u in list(pool):
                 if u.transport is not None:
+                    u.local_close = True
                     u.transport.close()
 
     @property

@@ -222,7 +222,8 @@ def wait_stat(proxy: ProxyProcess, name: str, want: int, timeout: float = 3.0) -
 
 class RawUpstream:
     """A loopback TCP server for failure cases: 'silent' reads and records, 'reset' closes a
-    connection on its first bytes, 'echo' sends every byte back, 'stall' never reads."""
+    connection on its first bytes, 'echo' sends every byte back, 'stall' never reads,
+    'garbage' answers every read with bytes that are no protocol's frame."""
 
     def __init__(self, mode: str):
         import socket
@@ -267,6 +268,8 @@ class RawUpstream:
                     break
                 if self.mode == "echo":
                     c.sendall(d)
+                elif self.mode == "garbage":
+                    c.sendall(b"\x07 not a frame")
         except OSError:
             pass
         finally:

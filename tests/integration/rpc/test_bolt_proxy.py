@@ -60,6 +60,7 @@ def world(tmp_path_factory):
             NodeServer(tag="s2") as s2,
             RawUpstream("silent") as silent,
             RawUpstream("reset") as reset,
+            RawUpstream("garbage") as garbage,
         ):
             port = free_port()
             routes = [
@@ -83,6 +84,7 @@ def world(tmp_path_factory):
                 route_config("com.raw.Silent", "silent"),
                 route_config("com.raw.Reset", "reset"),
                 route_config("com.raw.Dead", "dead"),
+                route_config("com.raw.Garbage", "garbage"),
             ]
             dead = free_port()
             boot = bootstrap(
@@ -94,6 +96,7 @@ def world(tmp_path_factory):
                     cluster("silent", [silent.port]),
                     cluster("reset", [reset.port]),
                     cluster("dead", [dead]),
+                    cluster("garbage", [garbage.port]),
                 ],
             )
             with sofamesh(boot, tmp_path_factory.mktemp("bolt")) as proxy:
@@ -281,3 +284,24 @@ def test_garbage_and_mutated_frames_never_stop_the_proxy(world):
         {"ok": True, "result": 5}
     ]
     assert stats(world["proxy"])["bolt.bolt_in.request_decoding_error"] >= 20
+
+
+def test_upstream_garbage_closes_that_connection_and_answers_the_client(world):
+    """An upstream that answers with bytes that are not Bolt: the proxy closes that upstream
+    connection (counted as a protocol error it closed itself), answers the pending request
+    with CONNECTION_CLOSED and the client's id, and goes on serving."""
+    proxy = world["proxy"]
+    out = raw_exchange(world["port"], _req(41, "com.raw.Garbage:1.0"), bolt.BoltDecoder(), 1)
+    assert [(f.request_id, f.status) for f in out] == [(41, bolt.STATUS_CONNECTION_CLOSED)]
+    wait_stat(proxy, "cluster.garbage.upstream_cx_destroy", 1)
+    s = stats(proxy)
+    assert s["cluster.garbage.upstream_cx_protocol_error"] >= 1
+    assert s["bolt.bolt_in.response_decoding_error"] >= 1
+    assert s["bolt.bolt_in.response_error_caused_connection_close"] >= 1
+    assert (
+        s["cluster.garbage.upstream_cx_destroy_local"] == s["cluster.garbage.upstream_cx_destroy"]
+    )
+    assert s["cluster.garbage.upstream_cx_destroy_remote"] == 0
+    assert node_client(world["port"], [{"method": "plus", "args": [1, 1]}]) == [
+        {"ok": True, "result": 2}
+    ]
