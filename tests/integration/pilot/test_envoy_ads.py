@@ -92,7 +92,20 @@ def test_envoy_routes_by_registration_weight_and_expiry(pilot, tmp_path, mode):
         wait_until(
             lambda: pilot.config("eds")["outbound|9080||reviews"] != eds_one, 5, "EDS update"
         )
-        time.sleep(0.5)
+
+        def envoy_has_unhealthy() -> bool:
+            _, text = admin_get(admin, "/clusters")
+            flagged = [
+                ln
+                for ln in text.splitlines()
+                if ln.startswith("outbound|9080||reviews::127.0.0.1:")
+                and "::health_flags::" in ln
+                and "failed_eds_health" in ln
+            ]
+            return len(flagged) == 2
+
+        # Envoy holds the two unhealthy hosts (else the check below would prove nothing)
+        wait_until(envoy_has_unhealthy, 10, "the unhealthy hosts in Envoy's /clusters")
         assert {who() for _ in range(30)} == {"alpha"}
         for i in range(2):
             pilot.deregister("reviews", f"r-sick{i}")
