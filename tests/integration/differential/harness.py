@@ -98,6 +98,8 @@ def _local_ratelimit(max_tokens: int | None) -> dict:
 
 FEATURES: dict[str, Feature] = {
     "access_log": Feature(access_log=True),
+    "request_timeout": Feature(hcm={"request_timeout": "0.5s"}),
+    "stream_idle_timeout": Feature(hcm={"stream_idle_timeout": "0.5s"}),
     "fault_abort": Feature(http_filters=[{
         "name": "envoy.filters.http.fault",
         "typed_config": {

@@ -210,6 +210,11 @@ def test_same_as_envoy(case: Case, envoy_dep, candidate_dep) -> None:
 # Each runs in its own deployment (harness.FEATURES: extra routes, clusters or HCM fields), so
 # a proxy that rejects the feature at start-up fails that test by name and nothing else.
 FEATURE_CASES: list[tuple[str, Case]] = [
+    ("request_timeout", C("hcm-request-timeout-slow-body",
+                          b"POST /a/slow-body HTTP/1.1\r\nHost: main.test\r\nContent-Length: 100\r\n\r\n"
+                          b"only-ten-b", [408])),
+    ("stream_idle_timeout", C("hcm-stream-idle-timeout-slow-upstream",
+                              R("GET", "/a/idle", [("x-upstream-action", "delay=1500")]), [504])),
     ("fault_abort", C("http-fault-abort-100", R("GET", "/a/fault"), [418])),
     ("ring_hash", C("lb-ring-hash-same-key", R("GET", "/hash", [("x-user", "alice")]), [200] * 40,
                     kind="sequence")),
