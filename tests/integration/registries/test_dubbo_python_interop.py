@@ -46,11 +46,15 @@ class DubboProvider:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_until(
-            lambda: b"READY" in log_path.read_bytes() or self.proc.poll() is not None,
-            30,
-            "dubbo-python provider",
-        )
+        try:
+            wait_until(
+                lambda: b"READY" in log_path.read_bytes() or self.proc.poll() is not None,
+                30,
+                "dubbo-python provider",
+            )
+        except BaseException:
+            self.stop()  # not ready in time: the test never gets an object to stop
+            raise
         if self.proc.poll() is not None:
             raise RuntimeError(f"provider exited: {log_path.read_text(errors='replace')}")
 

@@ -54,12 +54,15 @@ class NodeServer:
             stdin=subprocess.DEVNULL,
             cwd=PEERS,
         )
-        ready, _, _ = select.select([self.proc.stdout], [], [], 20)
-        if not ready:
-            self.stop()
-            raise RuntimeError("node rpc server did not start")
-        line = self.proc.stdout.readline()
-        self.port = json.loads(line)["port"]
+        try:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 20)
+            if not ready:
+                raise RuntimeError("node rpc server did not start")
+            line = self.proc.stdout.readline()
+            self.port = json.loads(line)["port"]
+        except BaseException:
+            self.stop()  # __exit__ is not called when __enter__ raises
+            raise
         return self
 
     def stop(self) -> None:
