@@ -10,6 +10,7 @@ import (and is listed in `sofamesh.filters.__init__`), so the claim and the code
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _EXTENSIONS: dict[str, str] = {}  # type URL -> what implements it
@@ -235,31 +236,305 @@ GAPS: list[Gap] = [
     ),
 ]
 
-# Messages checked field by field: a set field not listed here is refused as unsupported.
-# (Elsewhere, the Gaps above and the Server's own start-up checks apply.)
-SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
-    "envoy.config.bootstrap.v3.Bootstrap": (
-        "node",
-        "static_resources",
-        "admin",
-        "layered_runtime",
-        # refused by their own Gap with a specific note:
-        "dynamic_resources",
-        "hds_config",
-        "cluster_manager",
-        "tracing",
-        "stats_sinks",
-        # no effect without a stats sink, which is refused
-        "stats_flush_interval",
-        "stats_flush_on_admin",
-    ),
-    "envoy.config.bootstrap.v3.Admin": (
+# Messages checked field by field (issue 2: nothing silently ignored). For each message
+# type below, a set field must be one the proxy core reads (IMPLEMENTED), one listed in
+# NO_EFFECT with the reason it changes nothing, or one with a Gap (reported with its own
+# note); any other set field is refused as `<path>.<field>: <Message>.<field> is not
+# implemented by sofamesh`. The lists follow what sofamesh.proxy.server, proxy.routes and
+# the filter modules read (docs/ARCHITECTURE.md, "Implemented options"). A data-plane
+# change that reads a new field adds it here in the same commit.
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3."
+_RT = "envoy.config.route.v3."
+_CL = "envoy.config.cluster.v3."
+_EP = "envoy.config.endpoint.v3."
+_LS = "envoy.config.listener.v3."
+IMPLEMENTED: dict[str, tuple[str, ...]] = {
+    "envoy.config.bootstrap.v3.Bootstrap": ("node", "static_resources", "admin", "layered_runtime"),
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters"),
+    "envoy.config.bootstrap.v3.Admin": ("address", "access_log", "access_log_path", "profile_path"),
+    _LS + "Listener": (
+        "name",
         "address",
+        "stat_prefix",
+        "filter_chains",
+        "per_connection_buffer_limit_bytes",
+        "traffic_direction",
+        "listener_filters",  # each judged by the filter registry
+        "bind_to_port",  # true only (ALLOWED_IF)
+        "enable_reuse_port",  # true only
+    ),
+    _LS + "FilterChain": ("filters",),
+    _LS + "Filter": ("name", "typed_config"),
+    _LS + "ListenerFilter": ("name", "typed_config"),
+    _HCM + "HttpConnectionManager": (
+        "codec_type",
+        "stat_prefix",
+        "route_config",
+        "http_filters",
         "access_log",
-        "access_log_path",
-        "profile_path",
+        "use_remote_address",
+        "skip_xff_append",
+        "generate_request_id",
+        "preserve_external_request_id",
+        "always_set_request_id_in_response",
+        "via",
+        "server_name",
+        "server_header_transformation",
+        "max_request_headers_kb",
+        "common_http_protocol_options",
+        "http_protocol_options",
+        "upgrade_configs",
+        "normalize_path",
+        "merge_slashes",
+        "strip_any_host_port",
+    ),
+    _HCM + "HttpFilter": ("name", "typed_config", "is_optional"),
+    _HCM + "HttpConnectionManager.UpgradeConfig": ("upgrade_type", "enabled"),
+    # as HCM common_http_protocol_options (the cluster's is refused as a whole)
+    "envoy.config.core.v3.HttpProtocolOptions": ("idle_timeout", "max_headers_count"),
+    "envoy.config.core.v3.Http1ProtocolOptions": ("accept_http_10",),
+    _RT + "RouteConfiguration": (
+        "name",
+        "virtual_hosts",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        "validate_clusters",  # static cluster references are checked unless false
+    ),
+    _RT + "VirtualHost": (
+        "name",
+        "domains",
+        "routes",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        "typed_per_filter_config",
+    ),
+    _RT + "Route": (
+        "name",
+        "match",
+        "route",
+        "redirect",
+        "direct_response",
+        "typed_per_filter_config",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+    ),
+    _RT + "RouteMatch": (
+        "prefix",
+        "path",
+        "safe_regex",
+        "path_separated_prefix",
+        "case_sensitive",
+        "headers",
+        "query_parameters",
+    ),
+    _RT + "RouteAction": (
+        "cluster",
+        "weighted_clusters",
+        "prefix_rewrite",
+        "regex_rewrite",
+        "host_rewrite_literal",
+        "auto_host_rewrite",
+        "timeout",
+        "retry_policy",
+        "upgrade_configs",
+    ),
+    _RT + "RouteAction.UpgradeConfig": ("upgrade_type", "enabled"),
+    _RT + "RetryPolicy": (
+        "retry_on",
+        "num_retries",
+        "per_try_timeout",
+        "retriable_status_codes",
+        "retry_back_off",
+    ),
+    _RT + "RetryPolicy.RetryBackOff": ("base_interval", "max_interval"),
+    _RT + "WeightedCluster": ("clusters",),
+    _RT + "WeightedCluster.ClusterWeight": ("name", "weight"),
+    _RT + "RedirectAction": (
+        "https_redirect",
+        "scheme_redirect",
+        "host_redirect",
+        "port_redirect",
+        "path_redirect",
+        "prefix_rewrite",
+        "response_code",
+        "strip_query",
+    ),
+    _RT + "DirectResponseAction": ("status", "body"),
+    _RT + "HeaderMatcher": (
+        "name",
+        "exact_match",
+        "safe_regex_match",
+        "range_match",
+        "present_match",
+        "prefix_match",
+        "suffix_match",
+        "contains_match",
+        "string_match",
+        "invert_match",
+    ),
+    _RT + "QueryParameterMatcher": ("name", "string_match", "present_match"),
+    "envoy.type.matcher.v3.StringMatcher": (
+        "exact",
+        "prefix",
+        "suffix",
+        "safe_regex",
+        "contains",
+        "ignore_case",
+    ),
+    "envoy.type.matcher.v3.RegexMatcher": ("regex",),
+    "envoy.config.core.v3.HeaderValueOption": ("header", "append", "append_action"),
+    _CL + "Cluster": (
+        "name",
+        "type",
+        "connect_timeout",
+        "lb_policy",
+        "load_assignment",
+        "circuit_breakers",
+        "per_connection_buffer_limit_bytes",
+        "max_requests_per_connection",
+        "least_request_lb_config",
+        "dns_refresh_rate",
+        "dns_lookup_family",  # V4_ONLY only (ALLOWED_IF): the resolver asks for A records
+        "wait_for_warm_on_init",  # true only: DNS clusters resolve before listeners start
+    ),
+    _CL + "Cluster.LeastRequestLbConfig": ("choice_count",),
+    _CL + "CircuitBreakers": ("thresholds",),
+    _CL + "CircuitBreakers.Thresholds": (
+        "max_connections",
+        "max_pending_requests",
+        "max_requests",
+        "max_retries",
+    ),
+    _EP + "ClusterLoadAssignment": ("endpoints",),
+    _EP + "LocalityLbEndpoints": ("lb_endpoints",),
+    _EP + "LbEndpoint": ("endpoint", "load_balancing_weight", "health_status"),
+    _EP + "Endpoint": ("address",),
+    "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
+    "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config"),
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path",),
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": (
+        "stat_prefix",
+        "cluster",
+        "weighted_clusters",
+        "idle_timeout",
+        "max_connect_attempts",  # 1 only
+    ),
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": ("clusters",),
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": (
+        "name",
+        "weight",
+    ),
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": (
+        "stat_prefix",
+        "status",
+        "token_bucket",
+        "filter_enabled",
+        "filter_enforced",
+        "response_headers_to_add",
     ),
 }
+
+_OPAQUE = "opaque metadata: no sofamesh component reads it, and it changes no traffic"
+_TRACE = "only names or samples trace spans; tracing itself is refused where it is configured"
+# Set fields accepted although they change nothing in sofamesh, and why.
+NO_EFFECT: dict[str, dict[str, str]] = {
+    "envoy.config.bootstrap.v3.Bootstrap": {
+        "stats_flush_interval": "no effect without a stats sink, which is refused",
+        "stats_flush_on_admin": "no effect without a stats sink, which is refused",
+    },
+    _LS + "Listener": {
+        "metadata": _OPAQUE,
+        "ignore_global_conn_limit": "sofamesh has no global connection limit to bypass",
+        "bypass_overload_manager": "sofamesh has no overload manager to bypass",
+    },
+    _LS + "FilterChain": {
+        "name": "a label for xDS updates and config dumps",
+        "metadata": _OPAQUE,
+    },
+    _RT + "RouteConfiguration": {"metadata": _OPAQUE},
+    _RT + "VirtualHost": {"metadata": _OPAQUE},
+    _RT + "Route": {"metadata": _OPAQUE, "decorator": _TRACE, "tracing": _TRACE},
+    "envoy.type.matcher.v3.RegexMatcher": {
+        "google_re2": "deprecated and empty: RE2 syntax is the only engine either way",
+    },
+    _CL + "Cluster": {
+        "metadata": _OPAQUE,
+        # act only with a cluster type or lb_policy that is itself refused (a Gap), and
+        # have no effect with any other, in Envoy as here
+        "eds_cluster_config": "used only by EDS clusters, which are refused",
+        "ring_hash_lb_config": "used only by lb_policy RING_HASH, which is refused",
+        "maglev_lb_config": "used only by lb_policy MAGLEV, which is refused",
+        "original_dst_lb_config": "used only by ORIGINAL_DST clusters, which are refused",
+        "cleanup_interval": "used only by ORIGINAL_DST clusters, which are refused",
+    },
+    _CL + "CircuitBreakers.Thresholds": {
+        "priority": "HIGH thresholds apply only to HIGH priority routes, which are refused "
+        "(RouteAction.priority); DEFAULT thresholds are the ones enforced",
+    },
+    _EP + "ClusterLoadAssignment": {
+        "cluster_name": "names the cluster the assignment belongs to (it is inline)",
+    },
+    _EP + "LocalityLbEndpoints": {
+        "locality": "a label: no zone-aware or locality-weighted balancing reads it "
+        "(common_lb_config, which enables those, is refused)",
+        "load_balancing_weight": "a locality weight acts only with locality-weighted "
+        "balancing (common_lb_config), which is refused",
+        "metadata": _OPAQUE,
+    },
+    _EP + "LbEndpoint": {"metadata": _OPAQUE},
+}
+
+
+def _is_true(v: object) -> bool:
+    return bool(getattr(v, "value", v))
+
+
+# Fields implemented for some values only: (predicate on the value, what is implemented).
+ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
+    (_LS + "Listener", "bind_to_port"): (_is_true, "only true (listeners always bind)"),
+    (_LS + "Listener", "enable_reuse_port"): (
+        _is_true,
+        "only true (SO_REUSEPORT is set whenever there is more than one worker)",
+    ),
+    (_CL + "Cluster", "dns_lookup_family"): (
+        lambda v: v == 1,
+        "only V4_ONLY (the resolver asks for IPv4 addresses)",
+    ),
+    (_CL + "Cluster", "wait_for_warm_on_init"): (
+        _is_true,
+        "only true (DNS clusters are resolved before listeners start)",
+    ),
+    (_EP + "LbEndpoint", "health_status"): (
+        lambda v: v in (0, 1),
+        "only UNKNOWN or HEALTHY in a static cluster",
+    ),
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "max_connect_attempts"): (
+        lambda v: getattr(v, "value", v) <= 1,
+        "only 1 (no connect retries)",
+    ),
+}
+
+# Kept for callers of the previous name: every field accepted per checked message (gap
+# fields are added when checked, see allowed_fields).
+SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(fields) + tuple(NO_EFFECT.get(name, {})) for name, fields in IMPLEMENTED.items()
+}
+
+
+def allowed_fields(message_full_name: str) -> frozenset[str] | None:
+    """The set fields accepted for a message type, or None when it is not checked field by
+    field. Fields with a Gap are included: the Gap reports them with its own note."""
+    base = SUPPORTED_FIELDS.get(message_full_name)
+    if base is None:
+        return None
+    return frozenset(base) | {g.field for g in gaps_for(message_full_name)}
+
 
 _GAPS_BY_MESSAGE: dict[str, list[Gap]] = {}
 for _g in GAPS:

@@ -107,13 +107,17 @@ class _Checker:
             return
         if name.startswith("google.protobuf."):
             return
+        refused = self.check_fields(m, name, path) if support_on else ()
         self.check_message(m, name, path, support_on)
         kind = _FILTER_KIND.get(name)
         if kind is not None:
             support_on = self.check_filter(m, kind, path, support_on)
+        outer = support_on
         for f, val in m.ListFields():
             if f.message_type is None:
                 continue
+            # below a refused field, only Envoy's own checks apply (one finding per field)
+            support_on = outer and f.name not in refused
             p = join(path, f.name)
             if f.message_type.GetOptions().map_entry:
                 vt = f.message_type.fields_by_name["value"]
@@ -201,15 +205,32 @@ class _Checker:
         return support_on
 
     # -- per message type --------------------------------------------------------------
+    def check_fields(self, m: Message, name: str, path: str) -> set[str]:
+        """Refuses every set field of a field-by-field checked message type
+        (`support.IMPLEMENTED`) that the proxy does not act on; returns their names."""
+        allowed = support.allowed_fields(name)
+        refused: set[str] = set()
+        if allowed is None:
+            return refused
+        short = name.rsplit(".", 1)[-1]
+        for fd, value in m.ListFields():
+            if fd.name not in allowed:
+                refused.add(fd.name)
+                self.unsupported(
+                    join(path, fd.name), f"{short}.{fd.name} is not implemented by sofamesh"
+                )
+                continue
+            cond = support.ALLOWED_IF.get((name, fd.name))
+            if cond is not None and not cond[0](value):
+                refused.add(fd.name)
+                shown = _show(fd, value)
+                self.unsupported(
+                    join(path, fd.name),
+                    f"{short}.{fd.name} {shown} is not implemented by sofamesh: {cond[1]}",
+                )
+        return refused
+
     def check_message(self, m: Message, name: str, path: str, support_on: bool) -> None:
-        allowed = support.SUPPORTED_FIELDS.get(name)
-        if support_on and allowed is not None:
-            for fd, _ in m.ListFields():
-                if fd.name not in allowed:
-                    self.unsupported(
-                        join(path, fd.name),
-                        f"{name.rsplit('.', 1)[-1]}.{fd.name} is not implemented by sofamesh",
-                    )
         if support_on:
             for gap in support.gaps_for(name):
                 fd = m.DESCRIPTOR.fields_by_name.get(gap.field)
@@ -726,6 +747,13 @@ def _ext_name(flt: Message) -> str:
     if len(parts) >= 6 and parts[:3] == ["envoy", "extensions", "filters"]:
         return ".".join(["envoy", "filters", parts[3], parts[4]])
     return ""
+
+
+def _show(fd: Any, value: Any) -> str:
+    if fd.enum_type is not None:
+        ev = fd.enum_type.values_by_number.get(value)
+        return ev.name if ev is not None else str(value)
+    return str(getattr(value, "value", value)).lower() if fd.message_type else str(value)
 
 
 def _identical_repeats(items: Any) -> set[int]:
