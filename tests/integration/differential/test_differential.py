@@ -38,6 +38,13 @@ CASES: list[Case] = [
       b"POST /a/trailers HTTP/1.1\r\nHost: main.test\r\nTransfer-Encoding: chunked\r\n\r\n"
       b"5\r\nhello\r\n0\r\nx-trailer: t1\r\n\r\n", [200]),
     C("delete", R("DELETE", "/a/item/7"), [200]),
+    C("trace", R("TRACE", "/a/trace"), [200]),
+    C("get-with-body", R("GET", "/a/gb", body=b"get body", content_length=True), [200]),
+    C("connect-method-not-configured", b"CONNECT main.test:443 HTTP/1.1\r\nHost: main.test:443\r\n\r\n",
+      [404]),
+    C("header-value-inner-whitespace-kept",
+      b"GET /a/ws HTTP/1.1\r\nHost: main.test\r\nX-Trim: \t value with  inner   \t \r\n\r\n", [200]),
+    C("extension-method-purge", R("PURGE", "/a/cache"), [200]),
     C("options", R("OPTIONS", "/a/opt"), [200]),
     C("patch", R("PATCH", "/a/patch", body=b'{"k": 1}'), [200]),
     C("upload-1MiB", R("POST", "/a/upload", body=bytes(range(256)) * 4096), [200]),
