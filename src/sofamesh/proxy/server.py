@@ -71,6 +71,36 @@ class _ClusterRuntime:
     dns_targets: list = field(default_factory=list)
 
 
+class _Unbound:
+    """What Server.check's loop returns for create_server: a server with no socket."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sockets = [self]
+        self._name = (host, port)
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._name
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+class _NoBindLoop:
+    """The running loop, except that create_server binds nothing (Server.check)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_server(self, factory: Any, host: Any, port: Any, **kw: Any) -> _Unbound:
+        return _Unbound(host, port)
+
+
 class Server:
     def __init__(self, bootstrap: Any, stats: Store | None = None, options: Any = None):
         from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
@@ -299,6 +329,40 @@ class Server:
             merge_slashes=hcm.merge_slashes,
             strip_any_host_port=hcm.strip_any_host_port,
         )
+
+    # ---------------------------------------------------------------- check
+    @classmethod
+    def check(cls, bootstrap: Any, options: Any = None) -> None:
+        """`--mode validate` (docs/ARCHITECTURE.md, optional Server hooks): runs start()'s
+        build of clusters, route tables, filters and access logs without binding a socket
+        or resolving DNS, and raises the UnsupportedConfig start() would raise."""
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(cls(bootstrap, Store(), options)._check())
+            finally:
+                loop.close()
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            run()
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as ex:  # inside a running loop: build on a thread
+            ex.submit(run).result()
+
+    async def _check(self) -> None:
+        self._started = True
+        self._loop = _NoBindLoop(asyncio.get_running_loop())  # type: ignore[assignment]
+        try:
+            self._build_clusters()
+            for li, lst in enumerate(self.bootstrap.static_resources.listeners):
+                await self._start_listener(li, lst, False)
+        finally:
+            await self.stop()
 
     # ---------------------------------------------------------------- run
     async def start(self) -> None:
