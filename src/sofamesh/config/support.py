@@ -263,7 +263,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "bind_to_port",  # true only (ALLOWED_IF)
         "enable_reuse_port",  # true only
     ),
-    _LS + "FilterChain": ("filters",),
+    # transport sockets and typed extension options are judged by type URL: an extension
+    # must be registered (register_extension) by the module that implements it
+    _LS + "FilterChain": ("filters", "transport_socket"),
     _LS + "Filter": ("name", "typed_config"),
     _LS + "ListenerFilter": ("name", "typed_config"),
     _HCM + "HttpConnectionManager": (
@@ -402,6 +404,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "dns_refresh_rate",
         "dns_lookup_family",  # V4_ONLY only (ALLOWED_IF): the resolver asks for A records
         "wait_for_warm_on_init",  # true only: DNS clusters resolve before listeners start
+        "transport_socket",  # by type URL (register_extension)
+        "typed_extension_protocol_options",  # by type URL (register_extension)
     ),
     _CL + "Cluster.LeastRequestLbConfig": ("choice_count",),
     _CL + "CircuitBreakers": ("thresholds",),

@@ -1,0 +1,121 @@
+"""The per-message allow-lists of config/support.py (issue 2: nothing silently ignored):
+they name real fields, and validation applies them, including the accepted-without-effect
+fields and the value-restricted ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from sofamesh.config import ConfigError, load_bootstrap, protos, support
+
+
+def _descriptor(full_name: str):
+    return protos.find_descriptor("type.googleapis.com/" + full_name)
+
+
+@pytest.mark.parametrize("message", sorted(support.SUPPORTED_FIELDS))
+def test_allow_list_names_real_fields(message):
+    d = _descriptor(message)
+    assert d is not None, message
+    listed = (
+        set(support.IMPLEMENTED[message])
+        | set(support.NO_EFFECT.get(message, {}))
+        | {f for m, f in support.ALLOWED_IF if m == message}
+    )
+    missing = sorted(f for f in listed if f not in d.fields_by_name)
+    assert not missing, f"{message}: no such fields {missing}"
+    # a value-restricted field must be allowed in the first place
+    for m, f in support.ALLOWED_IF:
+        if m == message:
+            assert f in support.IMPLEMENTED[message]
+
+
+def test_no_effect_fields_carry_a_reason():
+    for message, fields in support.NO_EFFECT.items():
+        assert message in support.IMPLEMENTED, message
+        for field, reason in fields.items():
+            assert len(reason) > 20, (message, field)
+            assert field not in support.IMPLEMENTED[message], (message, field)
+
+
+def _cfg(tmp_path, text: str):
+    p = tmp_path / "b.yaml"
+    p.write_text(text)
+    return load_bootstrap(str(p))
+
+
+CLUSTER = """
+static_resources:
+  clusters:
+  - name: c
+    connect_timeout: 1s
+{extra}
+    load_assignment:
+      cluster_name: c
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}
+"""
+
+
+def test_unimplemented_cluster_field_is_refused_with_its_path(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, CLUSTER.format(extra="    alt_stat_name: other"))
+    assert [str(p) for p in e.value.problems] == [
+        (
+            "static_resources.clusters[0].alt_stat_name: "
+            "Cluster.alt_stat_name is not implemented by sofamesh"
+        )
+    ]
+    assert e.value.unsupported_only
+
+
+def test_no_effect_field_is_accepted(tmp_path):
+    _cfg(tmp_path, CLUSTER.format(extra="    metadata: {filter_metadata: {a: {b: 1}}}"))
+    _cfg(tmp_path, CLUSTER.format(extra="    ring_hash_lb_config: {minimum_ring_size: 1024}"))
+
+
+def test_value_restricted_field(tmp_path):
+    _cfg(tmp_path, CLUSTER.format(extra="    type: STRICT_DNS\n    dns_lookup_family: V4_ONLY"))
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, CLUSTER.format(extra="    type: STRICT_DNS\n    dns_lookup_family: ALL"))
+    assert [str(p) for p in e.value.problems] == [
+        (
+            "static_resources.clusters[0].dns_lookup_family: Cluster.dns_lookup_family ALL is not "
+            "implemented by sofamesh: only V4_ONLY (the resolver asks for IPv4 addresses)"
+        )
+    ]
+
+
+def test_one_finding_per_refused_subtree(tmp_path):
+    """Below a refused field only Envoy's own checks run: an Any inside it is not reported
+    again as an unimplemented extension."""
+    text = """
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    access_log:
+    - name: envoy.access_loggers.stdout
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          route_config: {}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, text)
+    assert [str(p) for p in e.value.problems] == [
+        (
+            "static_resources.listeners[0].access_log: "
+            "Listener.access_log is not implemented by sofamesh"
+        )
+    ]
