@@ -122,6 +122,7 @@ cdef class DownstreamConn:
     cdef list up_queue                  # list[bytes] waiting for the upstream connection
     cdef Py_ssize_t up_queued
     cdef list retry_body                # list[bytes] | None: request body kept for retries
+    cdef list shadows                   # list[ShadowConn] | None: mirrors still taking this request's body
     cdef Py_ssize_t retry_bytes
     cdef bint retry_ok
     cdef int attempts
@@ -182,6 +183,8 @@ cdef class DownstreamConn:
     cdef int _data_filters(self, BodyReader body, bint encode) except -1
     cdef bytes _location(self)
     cdef bint _removed(self, Head h, int i)
+    cdef int _start_shadows(self, Route route) except -1
+    cdef int _drop_shadows(self) except -1
     cdef int _flush_up(self) except -1
     cdef bint _can_retry(self, int bit)
     cdef int _schedule_retry(self) except -1

@@ -512,6 +512,8 @@ cdef class DownstreamConn:
             self.up = None
             u.ds = None
             u.abort()
+        if self.shadows is not None:
+            self._drop_shadows()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -629,6 +631,7 @@ cdef class DownstreamConn:
 
     cdef int _request_complete(self) except -1:
         self.req_done = True
+        self.shadows = None         # the mirrors have the whole body
         if self.state == DS_BODY:
             self.state = DS_WAIT
         if self.in_request and self.cluster is not None and not self.resp_started:
@@ -660,6 +663,8 @@ cdef class DownstreamConn:
         self.retry_ok = False
         self.retry_bytes = 0
         self.request_id = None
+        if self.shadows is not None:
+            self._drop_shadows()
         self.try_deadline = 0
         self.t_upstream = 0
         self.service_ms = -1
@@ -756,6 +761,8 @@ cdef class DownstreamConn:
             # the Host header names the chosen endpoint, so pick it before rendering
             self.host = cl.choose()
         self._render_upstream_head()
+        if route.mirrors and not self.upgrade:
+            self._start_shadows(route)
         if route.retry_on and route.num_retries > 0 and not self.upgrade:
             self.retry_body = []
             self.retry_ok = True
@@ -916,6 +923,35 @@ cdef class DownstreamConn:
         self.up_head = wb.take()
         return 0
 
+    cdef int _start_shadows(self, Route route) except -1:
+        """request_mirror_policies: a copy of the upstream request (host suffixed
+        `-shadow`) to each mirror cluster, fire and forget."""
+        cdef HcmConfig cfg = self.cfg
+        cdef Cluster cl
+        cdef ShadowConn sh
+        for name, share, no_suffix in route.mirrors:
+            if share < 1000000 and <long long>(rng_next() % 1000000) >= share:
+                continue
+            cl = cfg.clusters.get(name)
+            if cl is None:
+                continue
+            shead = _shadow_head(self.up_head, cfg.local_ip, not no_suffix)
+            sh = ShadowConn(cl, cfg.loop, shead, self.head.is_head_method,
+                            route.timeout, min(cfg.buffer_limit, cl.per_connection_buffer_limit))
+            if not self.req_done and not sh.closed:
+                if self.shadows is None:
+                    self.shadows = []
+                self.shadows.append(sh)
+        return 0
+
+    cdef int _drop_shadows(self) except -1:
+        cdef ShadowConn sh
+        cdef list shadows = self.shadows
+        self.shadows = None
+        for sh in shadows:
+            sh.reset()
+        return 0
+
     cdef bint _removed(self, Head h, int i):
         name = h.name_at(i)
         if name in self.route.req_remove:
@@ -925,6 +961,10 @@ cdef class DownstreamConn:
     cdef int _send_up(self, bytes data) except -1:
         cdef UpstreamConn u = self.up
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef ShadowConn sh
+        if self.shadows is not None:
+            for sh in self.shadows:
+                sh.send(data)
         if self.retry_body is not None:
             if self.retry_bytes + n <= self.cfg.buffer_limit:
                 self.retry_body.append(data)
@@ -1668,6 +1708,277 @@ cdef class DownstreamConn:
 
     def request_header_value(self, name):
         return self.get_request_header(name)
+
+
+cdef bytes _shadow_host(bytes host):
+    """Envoy's shadow authority: `-shadow` after the host name, before any port
+    (`a.b:8080` -> `a.b-shadow:8080`)."""
+    cdef Py_ssize_t i = host.rfind(b":")
+    if i > 0 and host.find(b"]", i) < 0 and host[i + 1:].isdigit():
+        return host[:i] + b"-shadow" + host[i:]
+    return host + b"-shadow"
+
+
+cdef bytes _shadow_head(bytes head, bytes local_ip, bint suffix):
+    """The mirror's head: the upstream head as rendered for the main request, sent the way
+    Envoy's async client sends it (x-envoy-internal: true, this node's address appended to
+    x-forwarded-for) with the authority suffixed unless disable_shadow_host_suffix_append."""
+    cdef list lines = head[:-4].split(b"\r\n")
+    cdef list out = [lines[0]]
+    cdef bytes xff = None
+    for i in range(1, len(lines)):
+        ln = lines[i]
+        name, _, val = ln.partition(b":")
+        lname = name.strip().lower()
+        if lname == b"host":
+            if suffix:
+                ln = b"host: " + _shadow_host(val.strip())
+        elif lname == b"x-forwarded-for":
+            xff = val.strip() if xff is None else xff + b"," + val.strip()
+            continue
+        elif lname == b"x-envoy-internal":
+            continue
+        out.append(ln)
+    out.append(b"x-forwarded-for: " + (xff + b"," if xff else b"") + local_ip)
+    out.append(b"x-envoy-internal: true")
+    return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+cdef class ShadowConn:
+    """One mirrored request on its own connection to a host of the mirror cluster. The
+    response is read and discarded; nothing here can delay or fail the main request. At
+    most `limit` bytes wait (for the connect or in the socket's write buffer): a mirror
+    that cannot keep up is reset (counted as the cluster's upstream_rq_tx_reset) instead
+    of buffering without bound or slowing the client down."""
+    cdef Cluster cluster
+    cdef Host host
+    cdef object loop, transport, task, timer
+    cdef list queue
+    cdef Py_ssize_t queued
+    cdef Py_ssize_t limit
+    cdef readonly bint closed
+    cdef bint connected, head_req, in_rq, resp_done
+    cdef Head rhead
+    cdef BodyReader body
+    cdef int rstate                 # 0: head, 1: body
+    cdef bytes pending
+    cdef double t0
+
+    def __cinit__(self, Cluster cluster, loop, bytes head, bint head_req, double timeout,
+                  Py_ssize_t limit):
+        cdef Host host
+        self.cluster = cluster
+        self.loop = loop
+        self.head_req = head_req
+        self.limit = limit if limit > 0 else 1048576
+        self.queue = [head]
+        self.queued = PyBytes_GET_SIZE(head)
+        self.t0 = mono()
+        cluster.upstream_rq_total.inc()
+        if cluster.rq_active >= cluster.max_requests:
+            cluster.upstream_rq_pending_overflow.inc()
+            self.closed = True
+            return
+        host = cluster.choose()
+        if host is None:
+            cluster.upstream_cx_none_healthy.inc()
+            self.closed = True
+            return
+        if cluster.cx_active >= cluster.max_connections:
+            cluster.upstream_cx_overflow.inc()
+            cluster.upstream_rq_pending_overflow.inc()
+            self.closed = True
+            return
+        self.host = host
+        self.in_rq = True
+        cluster.rq_active += 1
+        cluster.upstream_rq_active.inc()
+        host.rq_active += 1
+        host.rq_total += 1
+        cluster.cx_active += 1
+        host.cx_active += 1
+        host.cx_total += 1
+        cluster.upstream_cx_total.inc()
+        cluster.upstream_cx_http1_total.inc()
+        cluster.upstream_cx_active.inc()
+        if timeout > 0:
+            self.timer = loop.call_later(timeout, self._on_timeout)
+        self.task = loop.create_task(self._connect())
+
+    async def _connect(self):
+        cdef Cluster cl = self.cluster
+        cdef double t0 = mono()
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: self, self.host.address, self.host.port),
+                cl.connect_timeout)
+        except asyncio.TimeoutError:
+            cl.upstream_cx_connect_timeout.inc()
+            self._connect_failed()
+        except OSError:
+            self._connect_failed()
+        except asyncio.CancelledError:
+            self._end(False)
+        else:
+            cl.upstream_cx_connect_ms.record((mono() - t0) * 1000.0)
+        finally:
+            self.task = None
+
+    def _connect_failed(self):
+        if self.closed:
+            return
+        self.cluster.upstream_cx_connect_fail.inc()
+        self.host.cx_connect_fail += 1
+        self._end(False)
+
+    cdef int _end(self, bint ok) except -1:
+        """The mirror is over (answered, failed or reset): release its counts once."""
+        cdef Cluster cl = self.cluster
+        cdef Host host = self.host
+        self.closed = True
+        self.queue = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.in_rq:
+            self.in_rq = False
+            cl.rq_active -= 1
+            cl.upstream_rq_active.dec()
+            host.rq_active -= 1
+            if ok:
+                host.rq_success += 1
+                cl.upstream_rq_completed.inc()
+                cl.upstream_rq_time.record((mono() - self.t0) * 1000.0)
+            else:
+                host.rq_error += 1
+        if self.host is not None:
+            self.host = None
+            cl.cx_active -= 1
+            host.cx_active -= 1
+            cl.upstream_cx_active.dec()
+            cl.upstream_cx_destroy.inc()
+        return 0
+
+    cdef int send(self, bytes data) except -1:
+        if self.closed:
+            return 0
+        if self.transport is not None:
+            self.transport.write(data)
+            self.cluster.upstream_cx_tx_bytes_total.add(PyBytes_GET_SIZE(data))
+            if self.transport.get_write_buffer_size() > self.limit:
+                self.reset()
+        else:
+            self.queue.append(data)
+            self.queued += PyBytes_GET_SIZE(data)
+            if self.queued > self.limit:
+                self.reset()
+        return 0
+
+    cdef int reset(self) except -1:
+        """Give up on this mirror (too slow, or the client went away mid-body)."""
+        if self.closed:
+            return 0
+        self.cluster.upstream_rq_tx_reset.inc()
+        if self.transport is not None:
+            self.cluster.upstream_cx_destroy_local.inc()
+            self.transport.abort()
+        elif self.task is not None:
+            self.task.cancel()
+        self._end(False)
+        return 0
+
+    def _on_timeout(self):
+        self.timer = None
+        if not self.closed:
+            self.cluster.upstream_rq_timeout.inc()
+            self.reset()
+
+    def connection_made(self, transport):
+        cdef bytes b
+        self.transport = transport
+        if self.closed:
+            transport.abort()
+            return
+        self.connected = True
+        b = b"".join(self.queue)
+        self.queue = None
+        self.queued = 0
+        transport.write(b)
+        self.cluster.upstream_cx_tx_bytes_total.add(PyBytes_GET_SIZE(b))
+
+    def data_received(self, bytes data):
+        cdef Py_ssize_t off = 0, n, k
+        cdef int r, st, framing
+        self.cluster.upstream_cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
+        if self.closed or self.resp_done:
+            return
+        if self.pending is not None:
+            data = self.pending + data
+            self.pending = None
+        n = PyBytes_GET_SIZE(data)
+        while off < n:
+            if self.rstate == 0:
+                if self.rhead is None:
+                    self.rhead = Head()
+                    self.body = BodyReader()
+                r = parse_response(self.rhead, data, off, 65536)
+                if r == 0:
+                    self.pending = data[off:] if off else data
+                    if PyBytes_GET_SIZE(self.pending) > 65536:
+                        r = -1
+                    else:
+                        return
+                if r < 0:
+                    self.cluster.upstream_cx_protocol_error.inc()
+                    self.reset()
+                    return
+                off += r
+                st = self.rhead.status
+                if st < 200:
+                    continue
+                self.cluster.count_status(st)
+                if self.head_req or st == 204 or st == 304:
+                    framing = FR_NONE
+                elif self.rhead.chunked:
+                    framing = FR_CHUNKED
+                elif self.rhead.content_length >= 0:
+                    framing = FR_LENGTH
+                else:
+                    framing = FR_EOF
+                self.body.start(framing, self.rhead.content_length)
+                self.rstate = 1
+            else:
+                k = self.body.feed(PyBytes_AS_STRING(data) + off, n - off)
+                if k < 0:
+                    self.cluster.upstream_cx_protocol_error.inc()
+                    self.reset()
+                    return
+                off += k
+            if self.rstate == 1 and self.body.done:
+                # answered: the response is discarded and the connection closed
+                self.resp_done = True
+                self.transport.close()
+                self._end(True)
+                return
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.transport = None
+        if not self.closed:
+            if self.rstate == 1 and self.body.mode == FR_EOF:
+                self._end(True)
+            else:
+                self.cluster.upstream_rq_rx_reset.inc()
+                self.cluster.upstream_cx_destroy_remote.inc()
+                self._end(False)
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
 
 
 cdef class UpstreamConn:

@@ -53,6 +53,7 @@ class Route:
     filter_config: dict[str, Any]
     upgrades: frozenset[bytes]
     vhost_name: str
+    mirrors: tuple[tuple[str, int, bool], ...]  # (cluster, share per million, no -shadow suffix)
     def __init__(self, **kw: Any) -> None: ...
     def pick_cluster(self) -> str: ...
 

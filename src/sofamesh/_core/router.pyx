@@ -146,9 +146,10 @@ cdef class Route:
                  location_port=None, location_path=None, location_prefix=None,
                  bint strip_query=False, req_add=(), req_remove=(), req_add_if_absent=(),
                  resp_add=(), resp_remove=(), filter_config=None, upgrades=(), req_dyn=(),
-                 resp_dyn=(),
+                 resp_dyn=(), mirrors=(),
                  vhost_name=""):
         self.name = name
+        self.mirrors = tuple(mirrors)
         self.pm = path_kind
         if isinstance(path, str):
             path = path.encode()

@@ -319,8 +319,38 @@ def _route_action(a, apath, kw, clusters) -> None:
             kw["retry_base"] = _dur(rp.retry_back_off.base_interval)
             if rp.retry_back_off.HasField("max_interval"):
                 kw["retry_max"] = _dur(rp.retry_back_off.max_interval)
+    if a.request_mirror_policies:
+        kw["mirrors"] = _mirrors(a, apath, clusters)
     ups = []
     for i, u in enumerate(a.upgrade_configs):
         if not u.HasField("enabled") or u.enabled.value:
             ups.append(u.upgrade_type)
     kw["upgrades"] = ups
+
+
+# FractionalPercent denominators (HUNDRED, TEN_THOUSAND, MILLION) as parts per million
+_PER_MILLION = {0: 10_000, 1: 100, 2: 1}
+
+
+def _mirrors(a, apath, clusters) -> list:
+    """request_mirror_policies -> [(cluster, share per million, disable_shadow_host_suffix_append)].
+    runtime_fraction uses its default_value (sofamesh has no runtime layer); trace_sampled
+    has no effect without tracing, as in Envoy without a tracer."""
+    out = []
+    for i, mp in enumerate(a.request_mirror_policies):
+        mpath = f"{apath}.request_mirror_policies[{i}]"
+        for name in ("cluster_header", "host_rewrite_literal"):
+            if hasattr(mp, name) and getattr(mp, name):
+                raise UnsupportedConfig(f"{mpath}.{name} is not supported")
+        if hasattr(mp, "request_headers_mutations") and len(mp.request_headers_mutations):
+            raise UnsupportedConfig(f"{mpath}.request_headers_mutations is not supported")
+        if not mp.cluster:
+            raise UnsupportedConfig(f"{mpath}.cluster: a mirror cluster is required")
+        if clusters is not None and mp.cluster not in clusters:
+            raise UnsupportedConfig(f"{mpath}: route refers to unknown cluster {mp.cluster!r}")
+        share = 1_000_000
+        if mp.HasField("runtime_fraction"):
+            dv = mp.runtime_fraction.default_value
+            share = min(1_000_000, dv.numerator * _PER_MILLION.get(dv.denominator, 1))
+        out.append((mp.cluster, share, bool(mp.disable_shadow_host_suffix_append)))
+    return out
