@@ -143,5 +143,7 @@ cdef class RpcProxyConfig:
     cdef dict rr                        # dict[Host, int]
     cdef RpcStats st
     cdef object sweeper                 # asyncio.TimerHandle | None
+    cdef object reaper                  # asyncio.TimerHandle | None: pools of removed hosts
+    cdef public double reap_interval    # seconds between looks for removed hosts (5)
     cdef UpstreamConn upstream_for(self, Cluster cluster, Host host)
     cdef void arm_sweeper(self)

@@ -283,6 +283,9 @@ cdef class UpstreamConn:
     def connection_made(self, transport):
         self.transport = transport
         self.connected = True
+        if self.local_close:  # given up while connecting (its host left the cluster)
+            transport.close()
+            return
         if self.out:
             self.flush()
 
@@ -774,6 +777,8 @@ cdef class RpcProxyConfig:
         self.rr = {}
         self.st = RpcStats(store, f"{'bolt' if proto == P_BOLT else 'dubbo'}.{stat_prefix}.")
         self.sweeper = None
+        self.reaper = None
+        self.reap_interval = 5.0
 
     def protocol_factory(self):
         return DownstreamConn(self)
@@ -785,6 +790,8 @@ cdef class RpcProxyConfig:
         if pool is None:
             pool = []
             self.pools[host] = pool
+            if self.reaper is None and not self._stopped:
+                self.reaper = self.loop.call_later(self.reap_interval, self._reap)
         if len(pool) < self.conns_per_host:
             u = UpstreamConn(self, cluster, host)
             pool.append(u)
@@ -826,6 +833,34 @@ cdef class RpcProxyConfig:
         if left:
             self.arm_sweeper()
 
+    def _reap(self):
+        """Closes the connections to hosts that left their cluster (EDS/DNS update, cluster
+        replaced) once they carry no request: nothing routes to them any more, and they
+        would stay open, and in `pools`, for good."""
+        cdef UpstreamConn u
+        cdef Host h
+        cdef Cluster cl
+        self.reaper = None
+        for h, pool in list(self.pools.items()):
+            if not pool:  # its connections are gone: made again on demand
+                del self.pools[h]
+                self.rr.pop(h, None)
+                continue
+            gone = h.removed
+            if not gone:
+                cl = (<UpstreamConn>pool[0]).cluster
+                gone = self.clusters.get(cl.name) is not cl or h not in cl.hosts
+            if not gone or any((<UpstreamConn>u).pending for u in pool):
+                continue
+            del self.pools[h]
+            self.rr.pop(h, None)
+            for u in pool:
+                u.local_close = True
+                if u.transport is not None:
+                    u.transport.close()
+        if self.pools and not self._stopped:
+            self.reaper = self.loop.call_later(self.reap_interval, self._reap)
+
     def close_all(self):
         """Closes every downstream and upstream connection (stop)."""
         cdef UpstreamConn u
@@ -834,6 +869,9 @@ cdef class RpcProxyConfig:
         if self.sweeper is not None:
             self.sweeper.cancel()
             self.sweeper = None
+        if self.reaper is not None:
+            self.reaper.cancel()
+            self.reaper = None
         for d in list(self.conns):
             d.close()
         for pool in list(self.pools.values()):

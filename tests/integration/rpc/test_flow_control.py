@@ -21,11 +21,11 @@ from .conftest import (
 )
 
 
-def _req(rid: int, service: str, size: int = 1) -> bytes:
+def _req(rid: int, service: str, size: int = 1, timeout_ms: int = 60000) -> bytes:
     return bolt.BoltFrame(
         request_id=rid,
         class_name=bolt.SOFA_REQUEST_CLASS,
-        timeout=60000,
+        timeout=timeout_ms,
         headers={"service": service, "sofa_head_method_name": "m"},
         content=b"\x91" * size,
     ).encode()
@@ -120,3 +120,55 @@ def test_clients_are_read_again_after_a_full_upstream_dies(tmp_path):
             with c2:
                 got = _replies_until(c2, 3, timeout=10)
             assert [(f.request_id, f.status) for f in got] == [(3, bolt.STATUS_NO_PROCESSOR)]
+
+
+async def test_connections_to_hosts_that_left_the_cluster_are_closed():
+    """A host dropped from its cluster (EDS / DNS update) gets no more requests; once its
+    last request is answered its upstream connections are closed, not kept for good."""
+    import asyncio
+    import json
+
+    from sofamesh.config import load_bootstrap
+    from sofamesh.filters.network.rpc_server import Server
+
+    with RawUpstream("silent") as silent:
+        port = free_port()
+        boot = bootstrap(
+            [
+                listener(
+                    "bolt",
+                    port,
+                    [bolt_filter([route_config("com.raw.Silent", "c1")])],
+                )
+            ],
+            [cluster("c1", [silent.port])],
+        )
+        srv = Server(load_bootstrap(config_yaml=json.dumps(boot)))
+        await srv.start()
+        try:
+            (cfg,) = srv.network_chains[0].parts
+            cfg.reap_interval = 0.1
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_req(8, "com.raw.Silent:1.0", timeout_ms=200))
+            dec = bolt.BoltDecoder()
+            frames: list = []
+            while not frames:
+                frames += dec.feed(await asyncio.wait_for(reader.read(65536), 5))
+            assert [(f.request_id, f.status) for f in frames] == [(8, bolt.STATUS_TIMEOUT)]
+            assert cfg.upstream_connections == 1
+            await asyncio.sleep(0.3)
+            assert cfg.upstream_connections == 1  # its host is still in the cluster: kept
+
+            srv.clusters["c1"].set_hosts([])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while cfg.upstream_connections and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            assert cfg.upstream_connections == 0
+            while srv.stats.counter("cluster.c1.upstream_cx_destroy").value == 0:
+                assert loop.time() < deadline, "the upstream connection was not closed"
+                await asyncio.sleep(0.05)
+            assert srv.stats.counter("cluster.c1.upstream_cx_destroy_local").value == 1
+            writer.close()
+        finally:
+            await srv.stop()
