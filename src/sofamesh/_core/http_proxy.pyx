@@ -307,6 +307,9 @@ cdef inline bint _no_cl_method(Head h) noexcept:
         return m[0] == 71 and m[1] == 69 and m[2] == 84          # GET
     if n == 4:
         return m[0] == 72 and m[1] == 69 and m[2] == 65 and m[3] == 68     # HEAD
+    if n == 5:
+        return m[0] == 84 and m[1] == 82 and m[2] == 65 and m[3] == 67 and \
+            m[4] == 69                                             # TRACE
     if n == 6:
         return m[0] == 68 and m[1] == 69 and m[2] == 76 and m[3] == 69 and \
             m[4] == 84 and m[5] == 69                              # DELETE
@@ -687,6 +690,8 @@ cdef class DownstreamConn:
             self.req_done = True
         if h.conn_close or (h.minor == 0 and not h.conn_keep_alive) or cfg.draining:
             self.close_after = True
+        if h.method_len == 7 and h.base[0] == 67 and h.base[1] == 79 and h.base[2] == 78:
+            self.close_after = True     # CONNECT: the connection is never reused (Envoy)
         if h.minor == 0 and not cfg.accept_http_10:
             self.close_after = True
             cfg.cx_protocol_error.inc()
