@@ -141,3 +141,12 @@ def test_simple_encoder_round_trips_through_the_oracle(v):
     data = hessian.h2_encode_simple(v)
     vals, used = oracle(data)
     assert used == len(data) and vals[0] == v
+
+
+def test_chunked_strings_in_each_dialect():
+    # a non-final chunk is 'R' in Hessian 2.0 and 's' in SOFA's draft; 'S' ends both
+    assert hessian.H2Cursor(b"R\x00\x02abS\x00\x01c").py_read_str() == "abc"
+    assert hessian.H1Cursor(b"s\x00\x02abS\x00\x01c").py_read_str() == "abc"
+    for cursor, foreign in ((hessian.H2Cursor, b"s"), (hessian.H1Cursor, b"R")):
+        c = cursor(foreign + b"\x00\x02abS\x00\x01c")
+        assert c.py_read_str() is None and c.err == 7  # H_ERR_NOT_STRING

@@ -22,7 +22,7 @@ cdef enum:
 
 cdef class HCursor:
     """What both dialects share: the span, the error code, bounds checks, UTF-8 string
-    characters and int values (they differ only in the second 32-bit int tag)."""
+    characters, int and string values (they differ there only in a tag or two)."""
     cdef const unsigned char* p
     cdef Py_ssize_t pos
     cdef Py_ssize_t end
@@ -30,12 +30,14 @@ cdef class HCursor:
     cdef object _owner              # the buffer p points into, kept alive
     cdef int depth
     cdef unsigned char int32_tag    # 0x59 'Y' (Hessian 2.0), 0x77 'w' (SOFA's draft)
+    cdef unsigned char str_chunk_tag  # a non-final string chunk: 0x52 'R' / 0x73 's'
 
     cdef int _open(self, object data, Py_ssize_t start, Py_ssize_t end) except -1
     cdef void fail(self, int code) noexcept
     cdef bint _need(self, Py_ssize_t n) noexcept
     cdef int skip_string_chars(self, Py_ssize_t nchars)
     cdef long long read_int(self)   # an int or long value; err set if not one
+    cdef object read_str(self)      # str, or None for null; err set if neither
 
 
 cdef class H2Cursor(HCursor):
@@ -49,7 +51,6 @@ cdef class H2Cursor(HCursor):
     cdef int _skip_object(self, long long ref)
     cdef int _class_def(self)
     cdef int skip(self)             # skip one value; returns err
-    cdef object read_str(self)      # str, or None for null; err set if neither
     # None/bool/int/str; any other value is skipped and read as Ellipsis
     cdef object read_simple(self)
     cdef dict read_map(self)        # an untyped (H) or typed (M) map of simple values
@@ -67,7 +68,6 @@ cdef class H1Cursor(HCursor):
     cdef int _skip_until_z(self, int pairs)
     cdef int _class_def(self)
     cdef int skip(self)
-    cdef object read_str(self)
 
 
 cpdef object sofa_request_method(object content, Py_ssize_t start=*, Py_ssize_t end=*)

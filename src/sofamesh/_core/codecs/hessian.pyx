@@ -164,11 +164,63 @@ cdef class HCursor:
         self.fail(H_ERR_BAD_TAG)
         return 0
 
+    cdef object read_str(self):
+        """A string value (possibly chunked) as str, or None for null."""
+        cdef unsigned char b
+        cdef Py_ssize_t start, n
+        cdef list parts = None
+        if not self._need(1):
+            return None
+        b = self.p[self.pos]
+        if b == 0x4e:
+            self.pos += 1
+            return None
+        while True:
+            if not self._need(1):
+                return None
+            b = self.p[self.pos]
+            self.pos += 1
+            if b <= 0x1f:
+                n = b
+            elif 0x30 <= b <= 0x33:
+                if not self._need(1):
+                    return None
+                n = ((b - 0x30) << 8) | self.p[self.pos]
+                self.pos += 1
+            elif b == self.str_chunk_tag or b == 0x53:
+                if not self._need(2):
+                    return None
+                n = (self.p[self.pos] << 8) | self.p[self.pos + 1]
+                self.pos += 2
+            else:
+                self.pos -= 1
+                self.fail(H_ERR_NOT_STRING)
+                return None
+            start = self.pos
+            if self.skip_string_chars(n):
+                return None
+            try:
+                s = PyUnicode_DecodeUTF8(<const char*>self.p + start, self.pos - start,
+                                         "surrogatepass")
+            except UnicodeDecodeError:
+                self.fail(H_ERR_BAD_UTF8)
+                return None
+            if b == self.str_chunk_tag:
+                if parts is None:
+                    parts = []
+                parts.append(s)
+                continue
+            if parts is not None:
+                parts.append(s)
+                return "".join(parts)
+            return s
+
 
 cdef class H2Cursor(HCursor):
     def __cinit__(self, object data, Py_ssize_t start=0, Py_ssize_t end=-1):
         self._class_fields = []
         self.int32_tag = 0x59
+        self.str_chunk_tag = 0x52
         self._open(data, start, end)
 
     cdef int _skip_chunks(self, int binary):
@@ -356,57 +408,6 @@ cdef class H2Cursor(HCursor):
         self.depth -= 1
         return self.err
 
-    cdef object read_str(self):
-        """A string value (possibly chunked) as str, or None for null."""
-        cdef unsigned char b
-        cdef Py_ssize_t start, n
-        cdef list parts = None
-        if not self._need(1):
-            return None
-        b = self.p[self.pos]
-        if b == 0x4e:
-            self.pos += 1
-            return None
-        while True:
-            if not self._need(1):
-                return None
-            b = self.p[self.pos]
-            self.pos += 1
-            if b <= 0x1f:
-                n = b
-            elif 0x30 <= b <= 0x33:
-                if not self._need(1):
-                    return None
-                n = ((b - 0x30) << 8) | self.p[self.pos]
-                self.pos += 1
-            elif b == 0x52 or b == 0x53:
-                if not self._need(2):
-                    return None
-                n = (self.p[self.pos] << 8) | self.p[self.pos + 1]
-                self.pos += 2
-            else:
-                self.pos -= 1
-                self.fail(H_ERR_NOT_STRING)
-                return None
-            start = self.pos
-            if self.skip_string_chars(n):
-                return None
-            try:
-                s = PyUnicode_DecodeUTF8(<const char*>self.p + start, self.pos - start,
-                                         "surrogatepass")
-            except UnicodeDecodeError:
-                self.fail(H_ERR_BAD_UTF8)
-                return None
-            if b == 0x52:
-                if parts is None:
-                    parts = []
-                parts.append(s)
-                continue
-            if parts is not None:
-                parts.append(s)
-                return "".join(parts)
-            return s
-
     cdef object read_simple(self):
         cdef unsigned char b
         if not self._need(1):
@@ -530,56 +531,8 @@ cdef class H1Cursor(HCursor):
     def __cinit__(self, object data, Py_ssize_t start=0, Py_ssize_t end=-1):
         self._classes = []
         self.int32_tag = 0x77
+        self.str_chunk_tag = 0x73
         self._open(data, start, end)
-
-    cdef object read_str(self):
-        cdef unsigned char b
-        cdef Py_ssize_t start, n
-        cdef list parts = None
-        if not self._need(1):
-            return None
-        if self.p[self.pos] == 0x4e:
-            self.pos += 1
-            return None
-        while True:
-            if not self._need(1):
-                return None
-            b = self.p[self.pos]
-            self.pos += 1
-            if b <= 0x1f:
-                n = b
-            elif 0x30 <= b <= 0x33:
-                if not self._need(1):
-                    return None
-                n = ((b - 0x30) << 8) | self.p[self.pos]
-                self.pos += 1
-            elif b == 0x53 or b == 0x73:
-                if not self._need(2):
-                    return None
-                n = (self.p[self.pos] << 8) | self.p[self.pos + 1]
-                self.pos += 2
-            else:
-                self.pos -= 1
-                self.fail(H_ERR_NOT_STRING)
-                return None
-            start = self.pos
-            if self.skip_string_chars(n):
-                return None
-            try:
-                s = PyUnicode_DecodeUTF8(<const char*>self.p + start, self.pos - start,
-                                         "surrogatepass")
-            except UnicodeDecodeError:
-                self.fail(H_ERR_BAD_UTF8)
-                return None
-            if b == 0x73:
-                if parts is None:
-                    parts = []
-                parts.append(s)
-                continue
-            if parts is not None:
-                parts.append(s)
-                return "".join(parts)
-            return s
 
     cdef int _skip_chunks(self, unsigned char more, unsigned char final):
         cdef unsigned char b
