@@ -822,6 +822,7 @@ cdef class DownstreamConn:
         cdef h1_hdr* hd
         cdef bint check_remove = bool(route.req_remove) or self.req_remove_extra is not None
         cdef bytes rid
+        cdef int hrh = -1
         # an edge proxy replaces a client's x-request-id (Envoy's preserve_external_request_id)
         cdef bint regen = h.xrid_idx < 0 or (cfg.use_remote_address and cfg.generate_request_id
                                              and not cfg.preserve_external_request_id)
@@ -842,7 +843,14 @@ cdef class DownstreamConn:
         else:
             wb.add(h.base + h.path_off, h.path_len)
         wb.add(" HTTP/1.1\r\nhost: ", 17)
-        if route.host_rewrite is not None:
+        if route.host_rewrite_hdr is not None:
+            # host_rewrite_header: the named request header's (non-empty) value
+            hrh = h.find(<bytes>route.host_rewrite_hdr, <int>len(route.host_rewrite_hdr))
+            if hrh >= 0 and h.hdrs[hrh].value_len == 0:
+                hrh = -1
+        if hrh >= 0:
+            wb.add(h.base + h.hdrs[hrh].value_off, h.hdrs[hrh].value_len)
+        elif route.host_rewrite is not None:
             wb.add_bytes(route.host_rewrite)
         elif route.auto_host and self.host is not None and self.host.hostname:
             wb.add_bytes(self.host.hostname.encode())
@@ -909,7 +917,7 @@ cdef class DownstreamConn:
             wb.add("x-envoy-original-path: ", 23)
             wb.add(h.base + h.path_off, h.path_len)
             wb.add("\r\n", 2)
-        if route.host_rewrite is not None or route.auto_host:
+        if route.host_rewrite is not None or route.auto_host or hrh >= 0:
             wb.add("x-envoy-original-host: ", 23)
             wb.add_bytes(h.host())
             wb.add("\r\n", 2)

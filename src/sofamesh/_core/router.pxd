@@ -79,6 +79,7 @@ cdef class Route:
     cdef readonly bytes prefix_rewrite    # None: no rewrite
     cdef readonly bytes host_rewrite      # None: no rewrite
     cdef readonly bint auto_host          # Host becomes the upstream host's DNS name
+    cdef readonly bytes host_rewrite_hdr  # host_rewrite_header: lower-case name, or None
     cdef readonly object rx_rewrite       # re.Pattern[bytes] | None: regex_rewrite pattern
     cdef readonly bytes rx_subst          # its substitution (\\1 group references)
     cdef readonly double timeout          # seconds; 0: none

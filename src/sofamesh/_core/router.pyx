@@ -139,7 +139,7 @@ cdef class Route:
     def __init__(self, *, name="", int path_kind=PM_PREFIX, path=b"/",
                  bint case_sensitive=True, headers=(), queries=(), int action=RA_CLUSTER,
                  cluster=None, weighted=(), prefix_rewrite=None, host_rewrite=None,
-                 bint auto_host=False, regex_rewrite=None, regex_substitution=b"",
+                 bint auto_host=False, host_rewrite_header=None, regex_rewrite=None, regex_substitution=b"",
                  double timeout=15.0, int retry_on=0, int num_retries=0, retry_statuses=(),
                  double per_try_timeout=0.0, double retry_base=0.025, double retry_max=0.0,
                  int status=0, body=b"", location_scheme=None, location_host=None,
@@ -173,6 +173,7 @@ cdef class Route:
         self.prefix_rewrite = _b(prefix_rewrite)
         self.host_rewrite = _b(host_rewrite)
         self.auto_host = auto_host
+        self.host_rewrite_hdr = _b(host_rewrite_header).lower() if host_rewrite_header else None
         self.rx_rewrite = re.compile(_b(regex_rewrite)) if regex_rewrite is not None else None
         self.rx_subst = _b(regex_substitution) or b""
         self.timeout = timeout

@@ -297,6 +297,8 @@ def _route_action(a, apath, kw, clusters) -> None:
         kw["host_rewrite"] = a.host_rewrite_literal
     elif hr == "auto_host_rewrite":
         kw["auto_host"] = a.auto_host_rewrite.value
+    elif hr == "host_rewrite_header":
+        kw["host_rewrite_header"] = a.host_rewrite_header
     elif hr is not None:
         raise UnsupportedConfig(f"{apath}.{hr} is not supported")
     kw["timeout"] = _dur(a.timeout) if a.HasField("timeout") else DEFAULT_TIMEOUT_S

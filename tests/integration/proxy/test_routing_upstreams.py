@@ -367,3 +367,22 @@ async def test_client_gone_during_retry_backoff_frees_the_retry_budget(upstreams
     r = await c.request(path="/flaky/1")
     assert r.status == 200 and p.counter("cluster.up.upstream_rq_retry_success") == 1
     await c.close()
+
+
+async def test_host_rewrite_header(upstreams, proxy):
+    up = await upstreams("up")
+    bs = bootstrap(
+        [vhost([route("/", "up", host_rewrite_header="x-target-host")])], [cluster("up", [up.port])]
+    )
+    p = await proxy(bs)
+    c = await p.client()
+    r = await c.request("GET", "/h", headers={"x-target-host": "target.internal"}, host="a.test")
+    assert r.upstream_header("host") == "target.internal"
+    assert r.upstream_header("x-envoy-original-host") == "a.test"
+    # header absent or empty: the Host stays, nothing recorded
+    r = await c.request("GET", "/h", host="a.test")
+    assert r.upstream_header("host") == "a.test"
+    assert r.upstream_header("x-envoy-original-host") is None
+    r = await c.request("GET", "/h", headers={"x-target-host": ""}, host="a.test")
+    assert r.upstream_header("host") == "a.test"
+    await c.close()
