@@ -221,11 +221,6 @@ GAPS: list[Gap] = [
     ),
     Gap(
         "envoy.config.route.v3.RouteAction",
-        "request_mirror_policies",
-        "request mirroring is not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.config.route.v3.RouteAction",
         "cluster_specifier_plugin",
         "cluster specifier plugins are not implemented by sofamesh",
     ),
@@ -345,6 +340,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "timeout",
         "retry_policy",
         "upgrade_configs",
+        "request_mirror_policies",
+    ),
+    _RT + "RouteAction.RequestMirrorPolicy": (
+        "cluster",
+        "runtime_fraction",  # its default_value (no runtime layer acts)
+        "disable_shadow_host_suffix_append",
     ),
     _RT + "RouteAction.UpgradeConfig": ("upgrade_type", "enabled"),
     _RT + "RetryPolicy": (
@@ -466,6 +467,10 @@ NO_EFFECT: dict[str, dict[str, str]] = {
     _RT + "Route": {"metadata": _OPAQUE, "decorator": _TRACE, "tracing": _TRACE},
     "envoy.type.matcher.v3.RegexMatcher": {
         "google_re2": "deprecated and empty: RE2 syntax is the only engine either way",
+    },
+    _RT + "RouteAction.RequestMirrorPolicy": {
+        "trace_sampled": "marks the mirrored span sampled; tracing itself is refused where "
+        "it is configured",
     },
     _CL + "Cluster": {
         "metadata": _OPAQUE,
