@@ -52,6 +52,8 @@ cdef class HcmConfig:
     cdef public bytes server_line           # b"server: envoy\r\n"
     cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
+    cdef public double request_timeout      # HCM request_timeout (s): whole request received; 0: off
+    cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s): no activity on a stream; 0: off
     cdef public int server_mode             # server_header_transformation enum value
     cdef public bint rid_in_response        # always_set_request_id_in_response
     cdef public bytes via_line              # b"via: <via>\r\n" or b""
@@ -87,6 +89,7 @@ cdef class HcmConfig:
     cdef Counter cx_upgrades_total
     cdef Counter cx_drain_close
     cdef Counter cx_idle_timeout
+    cdef Counter rq_idle_timeout
     cdef Counter rq_response_before_rq_complete
     cdef Counter no_route
     cdef Counter no_cluster
@@ -133,6 +136,9 @@ cdef class DownstreamConn:
     cdef double timer_at                # when the armed timer fires (mono clock)
     cdef double try_deadline            # this attempt's per_try_timeout deadline; 0: none
     cdef object timer
+    cdef object stream_timer            # request_timeout / stream_idle_timeout, when configured
+    cdef double rq_due                  # mono() deadline for the whole request; 0: none
+    cdef double idle_due                # mono() deadline for the next stream activity; 0: none
     cdef bint timer_armed
     cdef bint close_after
     cdef bint req_done
@@ -185,6 +191,7 @@ cdef class DownstreamConn:
     cdef bint _removed(self, Head h, int i)
     cdef int _start_shadows(self, Route route) except -1
     cdef int _drop_shadows(self) except -1
+    cdef int _arm_stream_timer(self) except -1
     cdef int _flush_up(self) except -1
     cdef bint _can_retry(self, int bit)
     cdef int _schedule_retry(self) except -1

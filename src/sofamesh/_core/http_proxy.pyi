@@ -70,7 +70,8 @@ class HcmConfig:
                  rid_in_response: bool = False, via: bytes = b"",
                  skip_xff_append: bool = False, local_ip: bytes = b"127.0.0.1",
                  preserve_external_request_id: bool = False, normalize_path: bool = False,
-                 merge_slashes: bool = False, strip_any_host_port: bool = False) -> None: ...
+                 merge_slashes: bool = False, strip_any_host_port: bool = False,
+                 request_timeout: float = 0.0, stream_idle_timeout: float = 0.0) -> None: ...
     def protocol_factory(self) -> DownstreamConn: ...
 
 class UpstreamConn:

@@ -346,7 +346,8 @@ cdef class HcmConfig:
                  double idle_timeout=3600.0, int server_mode=0, bint rid_in_response=False,
                  via=b"", bint skip_xff_append=False, bytes local_ip=b"127.0.0.1",
                  bint preserve_external_request_id=False, bint normalize_path=False,
-                 bint merge_slashes=False, bint strip_any_host_port=False):
+                 bint merge_slashes=False, bint strip_any_host_port=False,
+                 double request_timeout=0.0, double stream_idle_timeout=0.0):
         cdef HttpFilter f
         self.loop = loop
         self.stat_prefix = stat_prefix
@@ -365,6 +366,8 @@ cdef class HcmConfig:
         self.server_line = b"server: " + server_name + b"\r\n"
         self.access_log = access_log
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.stream_idle_timeout = stream_idle_timeout
         self.server_mode = server_mode
         self.rid_in_response = rid_in_response
         self.via_line = b"via: " + via + b"\r\n" if via else b""
@@ -405,6 +408,7 @@ cdef class HcmConfig:
         self.cx_upgrades_total = c(p + "downstream_cx_upgrades_total")
         self.cx_drain_close = c(p + "downstream_cx_drain_close")
         self.cx_idle_timeout = c(p + "downstream_cx_idle_timeout")
+        self.rq_idle_timeout = c(p + "downstream_rq_idle_timeout")
         self.no_route = c(p + "no_route")
         self.no_cluster = c(p + "no_cluster")
         self.rq_direct_response = c(p + "rq_direct_response")
@@ -577,6 +581,8 @@ cdef class DownstreamConn:
                     return self._local_reply(400, b"Bad Request", b"", True)
                 if self.state == DS_BODY and k > 0:
                     self.bytes_rx += k
+                    if cfg.stream_idle_timeout > 0:
+                        self.idle_due = mono() + cfg.stream_idle_timeout
                     fw = self.body.fwd
                     if fw > 0:
                         self._send_up(data if (off == 0 and fw == n) else data[off:off + fw])
@@ -635,6 +641,7 @@ cdef class DownstreamConn:
     cdef int _request_complete(self) except -1:
         self.req_done = True
         self.shadows = None         # the mirrors have the whole body
+        self.rq_due = 0
         if self.state == DS_BODY:
             self.state = DS_WAIT
         if self.in_request and self.cluster is not None and not self.resp_started:
@@ -682,6 +689,11 @@ cdef class DownstreamConn:
         cfg.rq_active.inc()
         if cfg.access_log is not None:
             self.wall_start = cfg.loop.time()
+        if cfg.request_timeout > 0 or cfg.stream_idle_timeout > 0:
+            self.rq_due = self.t_start + cfg.request_timeout if cfg.request_timeout > 0 else 0
+            self.idle_due = self.t_start + cfg.stream_idle_timeout \
+                if cfg.stream_idle_timeout > 0 else 0
+            self._arm_stream_timer()
         fr = h.framing()
         self.body.start(fr, h.content_length)
         self.body.chunks = [] if cfg.any_data else None
@@ -1172,6 +1184,62 @@ cdef class DownstreamConn:
         self.timer = self.cfg.loop.call_later(max(when - mono(), 0.0), self._on_timer)
         return 0
 
+    cdef int _arm_stream_timer(self) except -1:
+        cdef double due = self.rq_due
+        if self.idle_due > 0 and (due == 0 or self.idle_due < due):
+            due = self.idle_due
+        if self.stream_timer is not None:
+            self.stream_timer.cancel()
+            self.stream_timer = None
+        if due > 0:
+            self.stream_timer = self.cfg.loop.call_later(max(due - mono(), 0.0),
+                                                         self._on_stream_timer)
+        return 0
+
+    def _on_stream_timer(self):
+        """HCM request_timeout (408 `request timeout`) and stream_idle_timeout (`stream
+        timeout`: 504 once the request is complete, 408 before; a reset once the response
+        has started), as Envoy."""
+        cdef HcmConfig cfg = self.cfg
+        cdef double now = mono()
+        self.stream_timer = None
+        if self.state == DS_CLOSED or not self.in_request or self.state == DS_TUNNEL:
+            return
+        try:
+            if self.rq_due > 0 and not self.req_done and now + 0.0005 >= self.rq_due:
+                cfg.rq_timeout.inc()
+                self._abandon_upstream()
+                self._local_reply(408, b"request timeout", b"", True)
+            elif self.idle_due > 0 and now + 0.0005 >= self.idle_due:
+                cfg.rq_idle_timeout.inc()
+                self.resp_flags = "SI"
+                if self.resp_started:
+                    self._reset()
+                else:
+                    self._abandon_upstream()
+                    if self.req_done:
+                        self._local_reply(504, b"stream timeout", b"", False)
+                    else:
+                        self._local_reply(408, b"stream timeout", b"", True)
+            else:
+                self._arm_stream_timer()
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _abandon_upstream(self):
+        """The stream ends before its upstream answered: no retry, no place in a queue."""
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+            self.cluster.retries_active -= 1
+        if self.host is not None and self.up is None:
+            try:
+                self.host.waiting.remove(self)
+                self.cluster.pending_active -= 1
+                self.cluster.upstream_rq_pending_active.dec()
+            except ValueError:
+                pass
+
     cdef int _arm_idle(self) except -1:
         """No request in flight: the connection closes after the HCM idle_timeout."""
         cdef double t = self.cfg.idle_timeout
@@ -1438,6 +1506,9 @@ cdef class DownstreamConn:
         cdef Cluster cl = self.cluster
         cdef double ms = (mono() - self.t_start) * 1000.0
         self.in_request = False
+        if self.stream_timer is not None:
+            self.stream_timer.cancel()
+            self.stream_timer = None
         cfg.rq_active.dec()
         cfg.rq_completed.inc()
         if status:
@@ -2133,6 +2204,8 @@ cdef class UpstreamConn:
 
     def data_received(self, bytes data):
         cdef DownstreamConn d = self.ds
+        if d is not None and d.cfg.stream_idle_timeout > 0:
+            d.idle_due = mono() + d.cfg.stream_idle_timeout
         self._feed(d, data)
         if d is not None and d.out_head is not None:
             d._flush_out()

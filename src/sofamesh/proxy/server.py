@@ -319,6 +319,10 @@ class Server:
             access_log=access_log,
             listener_stat_name=stat_name,
             idle_timeout=idle_timeout,
+            request_timeout=_dur(hcm.request_timeout) if hcm.HasField("request_timeout") else 0.0,
+            stream_idle_timeout=(
+                _dur(hcm.stream_idle_timeout) if hcm.HasField("stream_idle_timeout") else 0.0
+            ),
             server_mode=hcm.server_header_transformation,
             rid_in_response=hcm.always_set_request_id_in_response,
             via=hcm.via.encode(),
