@@ -6,6 +6,7 @@ import importlib
 _BUILTIN = [
     "sofamesh.filters.http.router",
     "sofamesh.filters.http.local_ratelimit",
+    "sofamesh.filters.http.fault",
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",
