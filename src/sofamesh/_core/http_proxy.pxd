@@ -54,6 +54,7 @@ cdef class HcmConfig:
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
     cdef public double request_timeout      # HCM request_timeout (s): whole request received; 0: off
     cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s): no activity on a stream; 0: off
+    cdef public tuple reply_map             # local_reply_config: ((op, value, status, body|None), ...) | None
     cdef public int server_mode             # server_header_transformation enum value
     cdef public bint rid_in_response        # always_set_request_id_in_response
     cdef public bytes via_line              # b"via: <via>\r\n" or b""

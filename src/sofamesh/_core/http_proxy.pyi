@@ -71,7 +71,8 @@ class HcmConfig:
                  skip_xff_append: bool = False, local_ip: bytes = b"127.0.0.1",
                  preserve_external_request_id: bool = False, normalize_path: bool = False,
                  merge_slashes: bool = False, strip_any_host_port: bool = False,
-                 request_timeout: float = 0.0, stream_idle_timeout: float = 0.0) -> None: ...
+                 request_timeout: float = 0.0, stream_idle_timeout: float = 0.0,
+                 reply_map: tuple | None = None) -> None: ...
     def protocol_factory(self) -> DownstreamConn: ...
 
 class UpstreamConn:

@@ -347,7 +347,8 @@ cdef class HcmConfig:
                  via=b"", bint skip_xff_append=False, bytes local_ip=b"127.0.0.1",
                  bint preserve_external_request_id=False, bint normalize_path=False,
                  bint merge_slashes=False, bint strip_any_host_port=False,
-                 double request_timeout=0.0, double stream_idle_timeout=0.0):
+                 double request_timeout=0.0, double stream_idle_timeout=0.0,
+                 tuple reply_map=None):
         cdef HttpFilter f
         self.loop = loop
         self.stat_prefix = stat_prefix
@@ -368,6 +369,7 @@ cdef class HcmConfig:
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.stream_idle_timeout = stream_idle_timeout
+        self.reply_map = reply_map
         self.server_mode = server_mode
         self.rid_in_response = rid_in_response
         self.via_line = b"via: " + via + b"\r\n" if via else b""
@@ -1572,8 +1574,19 @@ cdef class DownstreamConn:
     cdef int _local_reply(self, int code, bytes body, bytes extra, bint close) except -1:
         cdef WriteBuf wb = self.wb
         cdef HcmConfig cfg = self.cfg
+        cdef int op, value, new_status
         if self.resp_started:
             return self._reset()
+        if cfg.reply_map is not None:
+            # local_reply_config: the first mapper matching the status rewrites the reply
+            for op, value, new_status, new_body in cfg.reply_map:
+                if op < 0 or (op == 0 and code == value) or (op == 1 and code >= value) or \
+                        (op == 2 and code <= value) or (op == 3 and code != value):
+                    if new_status:
+                        code = new_status
+                    if new_body is not None:
+                        body = new_body
+                    break
         if self.up is not None:
             u = self.up
             self.up = None

@@ -18,6 +18,7 @@ from sofamesh._core.stats import Store
 from sofamesh._core.upstream import Cluster, Host
 from sofamesh.proxy.access_log import FileAccessLog
 from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.local_reply import compile_local_reply
 from sofamesh.proxy.routes import compile_route_config
 
 log = logging.getLogger("sofamesh.proxy")
@@ -322,6 +323,9 @@ class Server:
             request_timeout=_dur(hcm.request_timeout) if hcm.HasField("request_timeout") else 0.0,
             stream_idle_timeout=(
                 _dur(hcm.stream_idle_timeout) if hcm.HasField("stream_idle_timeout") else 0.0
+            ),
+            reply_map=compile_local_reply(
+                hcm.local_reply_config, f"{path}.typed_config.local_reply_config"
             ),
             server_mode=hcm.server_header_transformation,
             rid_in_response=hcm.always_set_request_id_in_response,
