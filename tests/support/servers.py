@@ -41,6 +41,22 @@ class ServerError(RuntimeError):
     pass
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free 127.0.0.1 ports. Separate free_port() calls can hand back the same
+    port (each releases it before the next asks), and a server given one port twice for two
+    roles fails to start."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 class _Process:
     name = "server"
 
@@ -181,8 +197,7 @@ class EtcdServer(_Process):
 
     def __init__(self) -> None:
         super().__init__()
-        self.port = free_port()
-        self.peer_port = free_port()
+        self.port, self.peer_port = free_ports(2)
 
     @property
     def endpoint(self) -> str:
@@ -241,7 +256,7 @@ class ConsulAgent(_Process):
     def __init__(self, hcl: tuple[str, ...] = (), token: str = "") -> None:
         """`hcl`: extra agent config (e.g. ACLs); `token`: the token readiness checks send."""
         super().__init__()
-        self.port = free_port()
+        self.port, self._serf_lan, self._serf_wan, self._server_port = free_ports(4)
         self.hcl = hcl
         self.token = token
 
@@ -268,11 +283,11 @@ class ConsulAgent(_Process):
                 "-grpc-port",
                 "-1",
                 "-serf-lan-port",
-                str(free_port()),
+                str(self._serf_lan),
                 "-serf-wan-port",
-                str(free_port()),
+                str(self._serf_wan),
                 "-server-port",
-                str(free_port()),
+                str(self._server_port),
                 "-log-level",
                 "warn",
                 *(arg for h in self.hcl for arg in ("-hcl", h)),

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, sofamesh_command
+from tests.conftest import sofamesh_command
+from tests.support.servers import free_ports
 
 NODE_ID = "sidecar~127.0.0.1~pod.ns~ns.svc.cluster.local"
 
@@ -49,9 +50,7 @@ class PilotProcess:
     ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.xds_port = free_port()
-        self.api_port = free_port()
-        self.outbound_port = free_port()
+        self.xds_port, self.api_port, self.outbound_port = free_ports(3)
         self.data_dir = data_dir or self.workdir / "pilot-data"
         self.store = store
         self.extra = extra or []
