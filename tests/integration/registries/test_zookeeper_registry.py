@@ -345,6 +345,7 @@ async def test_session_expiry_rewatches_and_reexports(adapter_factory, zookeeper
     )
 
 
+@pytest.mark.timeout(120)
 async def test_zookeeper_restart(root):
     """The server goes away and comes back on the same port: the adapter keeps its last
     snapshot meanwhile and watches again after reconnecting."""
@@ -369,11 +370,13 @@ async def test_zookeeper_restart(root):
         await asyncio.to_thread(server.start)
         # the provider reconnects (its session may or may not have outlived the restart:
         # the server caps sessions at 20 ticks) and registers a second node
-        await until(lambda: p.zk.connected, timeout=10, what="provider reconnected")
+        # a freshly started JVM on a busy 2-core machine can let the first connects time
+        # out (read timeout ~2/3 of the 4 s session) before it answers: allow for a few
+        await until(lambda: p.zk.connected, timeout=30, what="provider reconnected")
         await asyncio.to_thread(p.register, root, IFACE, dubbo_node("10.0.0.2", 20880, IFACE))
         await until(
             lambda: "10.0.0.2" in {i.address for i in reg.snapshot().instances.get(IFACE, [])},
-            timeout=15,
+            timeout=30,
             what="watch after reconnect",
         )
     finally:
