@@ -28,6 +28,16 @@ def _candidate() -> tuple[str, int]:
             int(os.environ.get("SOFAMESH_DIFF_CONCURRENCY", "1")))
 
 
+def _distinct_ports(n: int, exclude: set[int]) -> list[int]:
+    """n free ports, all different (separate free_port() calls may return the same one)."""
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port()
+        if p not in out and p not in exclude:
+            out.append(p)
+    return out
+
+
 _BIND_RACE = ("cannot bind", "Address already in use", "EADDRINUSE")
 
 
@@ -36,9 +46,9 @@ def _deployment(kind: str, workdir: Path, concurrency: int = 1, feature=None):
     for attempt in range(3):
         # free_port() releases the port before the proxy binds it; on a busy machine another
         # process can take it in between. Only that start-up failure is retried.
-        port = free_port()
+        port, admin, dead = _distinct_ports(3, exclude=set(upstream.ports.values()))
         access_log = workdir / "access.log" if feature and feature.access_log else None
-        boot = harness.bootstrap(port, free_port(), upstream.ports, free_port(),
+        boot = harness.bootstrap(port, admin, upstream.ports, dead,
                                  feature=feature,
                                  access_log_path=str(access_log) if access_log else None)
         if kind == "envoy":
