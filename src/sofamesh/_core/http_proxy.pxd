@@ -192,6 +192,7 @@ cdef class DownstreamConn:
     cdef bint _removed(self, Head h, int i)
     cdef int _start_shadows(self, Route route) except -1
     cdef int _drop_shadows(self) except -1
+    cdef Host _hash_pick(self, Cluster cl, Route route)
     cdef int _arm_stream_timer(self) except -1
     cdef int _flush_up(self) except -1
     cdef bint _can_retry(self, int bit)

@@ -29,7 +29,8 @@ from sofamesh._core.router cimport (
     RETRY_STATUS_CODES,
 )
 from sofamesh._core.stats cimport Store
-from sofamesh._core.upstream cimport Cluster, Host
+from sofamesh._core.upstream cimport Cluster, Host, LB_RING_HASH
+from sofamesh._core.upstream import hash64
 
 cdef extern from "time.h" nogil:
     ctypedef int clockid_t
@@ -776,7 +777,9 @@ cdef class DownstreamConn:
         cl.rq_active += 1
         cl.upstream_rq_active.inc()
         self.host = None
-        if route.auto_host:
+        if route.hash_headers and cl.lb_policy == LB_RING_HASH:
+            self.host = self._hash_pick(cl, route)
+        if route.auto_host and self.host is None:
             # the Host header names the chosen endpoint, so pick it before rendering
             self.host = cl.choose()
         self._render_upstream_head()
@@ -970,6 +973,26 @@ cdef class DownstreamConn:
                     self.shadows = []
                 self.shadows.append(sh)
         return 0
+
+    cdef Host _hash_pick(self, Cluster cl, Route route):
+        """hash_policy headers -> one key (Envoy combines several by rotate-xor) -> the
+        ring's host; no header present: None (the cluster's random pick)."""
+        cdef Head h = self.head
+        cdef int i
+        cdef bint have = False
+        cdef unsigned long long hv = 0, one
+        for name, terminal in route.hash_headers:
+            i = h.find(<bytes>name, <int>len(name))
+            if i < 0:
+                continue
+            one = hash64(h.value_at(i))
+            hv = ((hv << 1) | (hv >> 63)) ^ one if have else one
+            have = True
+            if terminal:
+                break
+        if not have:
+            return None
+        return cl.choose_hash(hv)
 
     cdef int _drop_shadows(self) except -1:
         cdef ShadowConn sh

@@ -108,6 +108,7 @@ cdef class Route:
     cdef readonly dict filter_config      # per-filter config: {filter name: message}
     cdef readonly frozenset upgrades      # frozenset[bytes], enabled upgrade types ('websocket')
     cdef readonly object vhost_name
+    cdef readonly tuple hash_headers      # hash_policy: ((bytes lower-case name, bint terminal), ...)
     cdef readonly tuple mirrors           # tuple[(str cluster, int per-million, bint no_suffix)]: request_mirror_policies
     cdef bint path_matches(self, const char* p, int n, int qpos)
     cdef bint matches(self, Head h)

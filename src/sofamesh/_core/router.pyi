@@ -54,6 +54,7 @@ class Route:
     upgrades: frozenset[bytes]
     vhost_name: str
     mirrors: tuple[tuple[str, int, bool], ...]  # (cluster, share per million, no -shadow suffix)
+    hash_headers: tuple[tuple[bytes, bool], ...]  # hash_policy headers (lower-case, terminal)
     def __init__(self, **kw: Any) -> None: ...
     def pick_cluster(self) -> str: ...
 

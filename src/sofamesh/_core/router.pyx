@@ -146,10 +146,11 @@ cdef class Route:
                  location_port=None, location_path=None, location_prefix=None,
                  bint strip_query=False, req_add=(), req_remove=(), req_add_if_absent=(),
                  resp_add=(), resp_remove=(), filter_config=None, upgrades=(), req_dyn=(),
-                 resp_dyn=(), mirrors=(),
+                 resp_dyn=(), mirrors=(), hash_headers=(),
                  vhost_name=""):
         self.name = name
         self.mirrors = tuple(mirrors)
+        self.hash_headers = tuple((_b(n).lower(), bool(t)) for n, t in hash_headers)
         self.pm = path_kind
         if isinstance(path, str):
             path = path.encode()

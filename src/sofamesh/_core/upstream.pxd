@@ -10,6 +10,7 @@ cdef enum:
     LB_ROUND_ROBIN = 0
     LB_LEAST_REQUEST = 1
     LB_RANDOM = 2
+    LB_RING_HASH = 3
 
 
 cdef class Host:
@@ -36,7 +37,10 @@ cdef class Cluster:
     cdef readonly str name
     cdef public object config           # envoy.config.cluster.v3.Cluster
     cdef readonly tuple hosts           # tuple[Host, ...]
-    cdef int lb_policy
+    cdef readonly int lb_policy
+    cdef list ring_keys                 # RING_HASH: sorted 64-bit points
+    cdef list ring_hosts                # RING_HASH: the host of each point
+    cdef public int ring_size           # RING_HASH: minimum_ring_size (Envoy: 1024)
     cdef bint weighted
     cdef unsigned long long rr
     cdef int choice_count
@@ -92,5 +96,6 @@ cdef class Cluster:
     cdef public Histogram upstream_cx_connect_ms
 
     cdef Host choose(self)
+    cdef Host choose_hash(self, unsigned long long h)
     cdef Host _first_healthy(self)
     cdef void count_status(self, int status)

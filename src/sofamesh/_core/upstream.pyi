@@ -5,6 +5,8 @@ from sofamesh._core.stats import Counter, Gauge, Histogram, Store
 
 LB_POLICIES: dict[str, int]
 
+def hash64(data: bytes) -> int: ...
+
 class Host:
     address: str
     port: int
@@ -28,6 +30,8 @@ class Cluster:
     name: str
     config: Any
     hosts: tuple[Host, ...]
+    lb_policy: int
+    ring_size: int
     connect_timeout: float
     max_connections: int
     max_pending: int

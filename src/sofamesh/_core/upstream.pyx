@@ -1,12 +1,19 @@
 # Upstream clusters, hosts and load balancers (Envoy semantics); see upstream.pxd.
 
+import hashlib
+from bisect import bisect_left
 from collections import deque
 
 from sofamesh._core.router cimport rng_next
 from sofamesh._core.stats cimport Counter, Store
 
 LB_POLICIES = {"ROUND_ROBIN": LB_ROUND_ROBIN, "LEAST_REQUEST": LB_LEAST_REQUEST,
-               "RANDOM": LB_RANDOM}
+               "RANDOM": LB_RANDOM, "RING_HASH": LB_RING_HASH}
+
+
+def hash64(bytes data):
+    """The 64-bit hash of ring points and request hash keys."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 cdef class Host:
@@ -30,12 +37,14 @@ cdef class Cluster:
                  double connect_timeout=5.0, long long max_connections=1024,
                  long long max_pending=1024, long long max_requests=1024,
                  long long max_retries=3, int choice_count=2, config=None,
-                 int per_connection_buffer_limit=1048576, int max_requests_per_connection=0):
+                 int per_connection_buffer_limit=1048576, int max_requests_per_connection=0,
+                 int ring_size=1024):
         if lb_policy not in LB_POLICIES:
             raise ValueError(f"unsupported lb_policy {lb_policy}")
         self.name = name
         self.config = config
         self.lb_policy = LB_POLICIES[lb_policy]
+        self.ring_size = ring_size if ring_size > 0 else 1024
         self.choice_count = choice_count if choice_count >= 2 else 2
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
@@ -92,8 +101,39 @@ cdef class Cluster:
             h.idle = []
         self.hosts = tuple(new)
         self.weighted = len({h.weight for h in new}) > 1
+        if self.lb_policy == LB_RING_HASH:
+            self._build_ring()
         self.membership_total.set(len(new))
         self.membership_healthy.set(sum(1 for h in new if h.healthy))
+
+    def _build_ring(self):
+        """Consistent hash ring (Envoy's RING_HASH): each host gets points in proportion
+        to its weight, at least ring_size in all; a key maps to the next point clockwise."""
+        cdef Host h
+        cdef long long total = sum(h.weight for h in self.hosts)
+        pts = []
+        for h in self.hosts:
+            n = max(1, (self.ring_size * h.weight + total - 1) // total) if total else 0
+            key = f"{h.address}:{h.port}_".encode()
+            for i in range(n):
+                pts.append((hash64(key + str(i).encode()), h))
+        pts.sort(key=lambda p: p[0])
+        self.ring_keys = [p[0] for p in pts]
+        self.ring_hosts = [p[1] for p in pts]
+
+    cdef Host choose_hash(self, unsigned long long hv):
+        """RING_HASH: the host owning hv's point, or the next healthy one clockwise."""
+        cdef Host h
+        cdef Py_ssize_t n, i, k
+        if self.lb_policy != LB_RING_HASH or not self.ring_keys:
+            return self.choose()
+        n = len(self.ring_keys)
+        i = bisect_left(self.ring_keys, hv)
+        for k in range(n):
+            h = self.ring_hosts[(i + k) % n]
+            if h.healthy:
+                return h
+        return None
 
     cdef Host choose(self):
         cdef Host h, best, c
@@ -126,7 +166,8 @@ cdef class Cluster:
                 if h.healthy:
                     return h
             return None
-        if self.lb_policy == LB_RANDOM:
+        if self.lb_policy == LB_RANDOM or self.lb_policy == LB_RING_HASH:
+            # RING_HASH without a hash key: a random host, as Envoy
             for _k in range(n):
                 h = self.hosts[rng_next() % n]
                 if h.healthy:

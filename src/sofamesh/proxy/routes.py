@@ -323,6 +323,18 @@ def _route_action(a, apath, kw, clusters) -> None:
                 kw["retry_max"] = _dur(rp.retry_back_off.max_interval)
     if a.request_mirror_policies:
         kw["mirrors"] = _mirrors(a, apath, clusters)
+    if a.hash_policy:
+        hh = []
+        for i, hp in enumerate(a.hash_policy):
+            kind = hp.WhichOneof("policy_specifier")
+            if kind != "header":
+                raise UnsupportedConfig(f"{apath}.hash_policy[{i}].{kind} is not supported")
+            if hp.header.HasField("regex_rewrite"):
+                raise UnsupportedConfig(
+                    f"{apath}.hash_policy[{i}].header.regex_rewrite is not supported"
+                )
+            hh.append((hp.header.header_name, hp.terminal))
+        kw["hash_headers"] = hh
     ups = []
     for i, u in enumerate(a.upgrade_configs):
         if not u.HasField("enabled") or u.enabled.value:

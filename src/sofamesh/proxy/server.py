@@ -136,9 +136,11 @@ class Server:
             if ctype not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS"):
                 raise UnsupportedConfig(f"{path}.type: {ctype} clusters are not supported")
             lb = cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)
-            if lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"):
+            if lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"):
                 raise UnsupportedConfig(f"{path}.lb_policy: {lb} is not supported")
             kw: dict[str, Any] = {"lb_policy": lb, "config": c}
+            if lb == "RING_HASH" and c.ring_hash_lb_config.HasField("minimum_ring_size"):
+                kw["ring_size"] = min(c.ring_hash_lb_config.minimum_ring_size.value, 1 << 20)
             if c.HasField("connect_timeout"):
                 kw["connect_timeout"] = _dur(c.connect_timeout)
             for t in c.circuit_breakers.thresholds:

@@ -386,3 +386,23 @@ async def test_host_rewrite_header(upstreams, proxy):
     r = await c.request("GET", "/h", headers={"x-target-host": ""}, host="a.test")
     assert r.upstream_header("host") == "a.test"
     await c.close()
+
+
+async def test_ring_hash_keeps_a_key_on_one_host(upstreams, proxy):
+    a, b = await upstreams("a"), await upstreams("b")
+    bs = bootstrap(
+        [vhost([route("/", "ring", hash_policy=[{"header": {"header_name": "x-user"}}])])],
+        [cluster("ring", [a.port, b.port], lb_policy="RING_HASH")],
+    )
+    p = await proxy(bs)
+    c = await p.client()
+    owner = {}
+    for key in range(16):
+        seen = set()
+        for _ in range(4):
+            r = await c.request("GET", "/k", headers={"x-user": f"user-{key}"})
+            seen.add(r.json()["upstream"])
+        assert len(seen) == 1, f"key {key} went to {seen}"
+        owner[key] = seen.pop()
+    assert set(owner.values()) == {"a", "b"}  # the ring spreads keys over both hosts
+    await c.close()

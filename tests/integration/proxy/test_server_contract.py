@@ -65,7 +65,10 @@ async def test_stop_closes_everything(upstreams):
 @pytest.mark.parametrize(
     "mutate,field",
     [
-        (lambda b: b.static_resources.clusters[0].__setattr__("lb_policy", 2), "lb_policy"),
+        (
+            lambda b: b.static_resources.clusters[0].__setattr__("lb_policy", 5),
+            "lb_policy",
+        ),  # MAGLEV
         (
             lambda b: (
                 b.static_resources.listeners[0]
