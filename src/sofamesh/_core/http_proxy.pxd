@@ -52,9 +52,9 @@ cdef class HcmConfig:
     cdef public bytes server_line           # b"server: envoy\r\n"
     cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
-    cdef public double request_timeout      # HCM request_timeout (s): whole request received; 0: off
-    cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s): no activity on a stream; 0: off
-    cdef public tuple reply_map             # local_reply_config: ((op, value, status, body|None), ...) | None
+    cdef public double request_timeout      # HCM request_timeout (s); 0: off
+    cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s); 0: off
+    cdef public tuple reply_map             # local_reply_config: ((op, value, status, body), ...)
     cdef public int server_mode             # server_header_transformation enum value
     cdef public bint rid_in_response        # always_set_request_id_in_response
     cdef public bytes via_line              # b"via: <via>\r\n" or b""
@@ -126,7 +126,7 @@ cdef class DownstreamConn:
     cdef list up_queue                  # list[bytes] waiting for the upstream connection
     cdef Py_ssize_t up_queued
     cdef list retry_body                # list[bytes] | None: request body kept for retries
-    cdef list shadows                   # list[ShadowConn] | None: mirrors still taking this request's body
+    cdef list shadows                   # list[ShadowConn] | None: mirrors still taking the body
     cdef Py_ssize_t retry_bytes
     cdef bint retry_ok
     cdef int attempts

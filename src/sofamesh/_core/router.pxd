@@ -108,8 +108,8 @@ cdef class Route:
     cdef readonly dict filter_config      # per-filter config: {filter name: message}
     cdef readonly frozenset upgrades      # frozenset[bytes], enabled upgrade types ('websocket')
     cdef readonly object vhost_name
-    cdef readonly tuple hash_headers      # hash_policy: ((bytes lower-case name, bint terminal), ...)
-    cdef readonly tuple mirrors           # tuple[(str cluster, int per-million, bint no_suffix)]: request_mirror_policies
+    cdef readonly tuple hash_headers      # hash_policy: ((bytes lower name, bint terminal), ...)
+    cdef readonly tuple mirrors           # request_mirror_policies: ((cluster, ppm, no_suffix),)
     cdef bint path_matches(self, const char* p, int n, int qpos)
     cdef bint matches(self, Head h)
     cpdef str pick_cluster(self)
