@@ -135,7 +135,7 @@ GAPS: list[Gap] = [
         "envoy.config.cluster.v3.Cluster",
         "lb_policy",
         "load balancing policy is not implemented by sofamesh",
-        values=("RING_HASH", "MAGLEV", "CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG"),
+        values=("MAGLEV", "CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG"),
     ),
     Gap(
         "envoy.config.listener.v3.Listener",
@@ -224,11 +224,6 @@ GAPS: list[Gap] = [
         "cluster_specifier_plugin",
         "cluster specifier plugins are not implemented by sofamesh",
     ),
-    Gap(
-        "envoy.config.route.v3.RouteAction",
-        "hash_policy",
-        "hash policies are not implemented by sofamesh",
-    ),
 ]
 
 # Messages checked field by field (issue 2: nothing silently ignored). For each message
@@ -284,6 +279,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "normalize_path",
         "merge_slashes",
         "strip_any_host_port",
+        "request_timeout",
+        "stream_idle_timeout",
+        "local_reply_config",
     ),
     _HCM + "HttpFilter": ("name", "typed_config", "is_optional"),
     _HCM + "HttpConnectionManager.UpgradeConfig": ("upgrade_type", "enabled"),
@@ -341,7 +339,13 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "retry_policy",
         "upgrade_configs",
         "request_mirror_policies",
+        "host_rewrite_header",
+        "hash_policy",
     ),
+    _RT + "RouteAction.HashPolicy": ("header", "terminal"),
+    _RT + "RouteAction.HashPolicy.Header": ("header_name",),
+    _HCM + "LocalReplyConfig": ("mappers",),
+    _HCM + "ResponseMapper": ("filter", "status_code", "body"),
     _RT + "RouteAction.RequestMirrorPolicy": (
         "cluster",
         "runtime_fraction",  # its default_value (no runtime layer acts)
@@ -392,7 +396,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     "envoy.type.matcher.v3.RegexMatcher": ("regex",),
     "envoy.config.core.v3.HeaderValueOption": ("header", "append", "append_action"),
+    _CL + "Cluster.RingHashLbConfig": ("minimum_ring_size",),
     _CL + "Cluster": (
+        "ring_hash_lb_config",
         "name",
         "type",
         "connect_timeout",
@@ -477,7 +483,6 @@ NO_EFFECT: dict[str, dict[str, str]] = {
         # act only with a cluster type or lb_policy that is itself refused (a Gap), and
         # have no effect with any other, in Envoy as here
         "eds_cluster_config": "used only by EDS clusters, which are refused",
-        "ring_hash_lb_config": "used only by lb_policy RING_HASH, which is refused",
         "maglev_lb_config": "used only by lb_policy MAGLEV, which is refused",
         "original_dst_lb_config": "used only by ORIGINAL_DST clusters, which are refused",
         "cleanup_interval": "used only by ORIGINAL_DST clusters, which are refused",
