@@ -118,32 +118,6 @@ def _lrl(**extra) -> dict:
 # allow-lists every one of these validated and the Server ran without acting on it.
 IGNORED_BEFORE: list[tuple[str, Callable[[dict], None], str]] = [
     (
-        "hcm_stream_idle_timeout",
-        lambda b: _hcm(b).update(stream_idle_timeout="1s"),
-        f"{HCM}.stream_idle_timeout",
-    ),
-    (
-        "hcm_local_reply_config",
-        lambda b: _hcm(b).update(
-            local_reply_config={
-                "mappers": [
-                    {
-                        "filter": {
-                            "status_code_filter": {
-                                "comparison": {
-                                    "op": "EQ",
-                                    "value": {"default_value": 404, "runtime_key": "k"},
-                                }
-                            }
-                        },
-                        "status_code": 410,
-                    }
-                ]
-            }
-        ),
-        f"{HCM}.local_reply_config",
-    ),
-    (
         "http_filter_disabled",
         lambda b: _hcm(b)["http_filters"].insert(
             0,
@@ -253,7 +227,7 @@ def _run_refused(cfg: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "case", ["hcm_stream_idle_timeout", "endpoint_unhealthy", "listener_bind_to_port_false"]
+    "case", ["http_filter_disabled", "endpoint_unhealthy", "listener_bind_to_port_false"]
 )
 def test_proxy_refuses_to_start(case, tmp_path):
     mutate, path = next((m, p) for i, m, p in IGNORED_BEFORE if i == case)
