@@ -13,7 +13,7 @@ import pytest
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "tests" / "fixtures"  # copied in with provenance: tests/fixtures/README.md
 
 
 def free_port() -> int:
@@ -40,11 +40,6 @@ def sofamesh_command() -> list[str]:
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
-
-
-@pytest.fixture
-def shared_dir() -> Path:
-    return SHARED
 
 
 _LOOP_ERRORS: list[dict] = []

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from sofamesh._core.codecs import bolt, dubbo, hessian, hsf
 from sofamesh._core.codecs.rpcframe import ProtocolError
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "protocols"
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "protocols"
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
 
 def seeds(prefix: str) -> list[bytes]:
-    files = sorted(SHARED.glob(f"{prefix}*.bin")) + sorted(CORPUS.glob(f"{prefix}*.bin"))
+    files = sorted(GOLDEN.glob(f"{prefix}*.bin")) + sorted(CORPUS.glob(f"{prefix}*.bin"))
     assert files, prefix
     return [f.read_bytes() for f in files]
 

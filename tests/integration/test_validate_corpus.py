@@ -11,9 +11,9 @@ import pytest
 
 from sofamesh.config.conformance import read_verdicts, reason_key
 from sofamesh.proxy import cli
-from tests.conftest import SHARED, sofamesh_command
+from tests.conftest import FIXTURES, sofamesh_command
 
-CORPUS = SHARED / "fixtures" / "envoy-examples"
+CORPUS = FIXTURES / "envoy-examples"
 VERDICTS = read_verdicts(str(CORPUS))
 
 

@@ -14,11 +14,11 @@ import yaml
 
 from sofamesh.config import ConfigError, load_bootstrap
 from sofamesh.config.conformance import read_verdicts
-from tests.conftest import SHARED, envoy_binary
+from tests.conftest import FIXTURES, envoy_binary
 
 pytestmark = pytest.mark.envoy
 
-CORPUS = SHARED / "fixtures" / "envoy-examples"
+CORPUS = FIXTURES / "envoy-examples"
 ACCEPTED = [f for f, v, _ in read_verdicts(str(CORPUS)) if v == "accepted"]
 MUTATIONS = ("delete", "empty_str", "zero", "neg", "bad_enum", "dup_item", "empty_list", "0s")
 PER_SEED = 25

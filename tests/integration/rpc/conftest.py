@@ -378,7 +378,7 @@ def raw_exchange(port: int, data: bytes, decoder, want: int, timeout: float = 3.
 
 
 def golden_hsf() -> bytes:
-    path = ROOT.parent / "shared" / "fixtures" / "protocols" / "hsf_mosn2018_req.bin"
+    path = ROOT / "tests" / "fixtures" / "protocols" / "hsf_mosn2018_req.bin"
     if not path.exists():
         pytest.fail(f"golden vector {path} is missing")
     return path.read_bytes()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "protocols"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "protocols"
 DATA = Path(__file__).resolve().parent / "data"
 
 
