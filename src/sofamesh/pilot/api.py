@@ -42,6 +42,11 @@ FIELDS = {
 }
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its request was read whole: nothing to answer,
+    and not the store's fault (counted in pilot_api_client_disconnects_total)."""
+
+
 class BadRequest(Exception):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
@@ -231,6 +236,11 @@ class RestApi:
             if self.pilot is not None:
                 self.pilot.metrics.inc("pilot_api_bad_requests_total")
             return _error(400, e.field, e.message)
+        except ClientGone as e:
+            log.debug("client left during %s %s: %s", request.method, request.path, e)
+            if self.pilot is not None:
+                self.pilot.metrics.inc("pilot_api_client_disconnects_total")
+            return web.Response(status=499)  # nobody reads it: the connection is gone
         except web.HTTPRequestEntityTooLarge:
             self.bad_requests += 1
             return _error(413, "body", f"larger than {MAX_BODY} bytes")
@@ -263,9 +273,14 @@ class RestApi:
 
     async def put_instance(self, request: web.Request) -> web.Response:
         service, iid = self._names(request)
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except ConnectionError as e:  # aiohttp's "Connection lost": the client left mid-body
+            raise ClientGone(str(e) or type(e).__name__) from None
         try:
             body = json.loads(raw) if raw else None
+        except RecursionError:
+            raise BadRequest("body", "JSON nested too deeply") from None
         except ValueError as e:
             raise BadRequest("body", f"invalid JSON: {e}") from None
         rec = validate_instance(body)

@@ -243,3 +243,76 @@ def test_restart_loses_no_registration(tmp_path):
         p2.wait_config("eds", lambda c: set(c) == {"outbound|7001||durable"})
     finally:
         p2.stop()
+
+
+def _metric(pilot, name: str) -> float:
+    _, text = http("GET", pilot.api + "/metrics")
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 32000 + b"]" * 32000,  # 64,000 bytes of nested arrays
+        # labels nested 10,000 deep, about 60 KB
+        b'{"address": "127.0.0.1", "port": 80, "labels": '
+        + b'{"a":' * 10000
+        + b'"x"'
+        + b"}" * 10000
+        + b"}",
+    ],
+    ids=["nested-arrays", "nested-labels"],
+)
+def test_deeply_nested_json_is_a_400_naming_the_body(pilot, raw):
+    """Probed: the JSON parser's RecursionError became a 500 with a traceback in the log."""
+    assert len(raw) <= 64 * 1024
+    status, out = http("PUT", pilot.api + "/v1/services/deep/instances/d1", raw)
+    assert status == 400, (status, out)
+    assert out["field"] == "body" and "nested too deeply" in out["message"], out
+    assert "RecursionError" not in pilot.log_text() and "Traceback" not in pilot.log_text()
+    # the pilot still serves everyone else
+    assert (
+        http(
+            "PUT",
+            pilot.api + "/v1/services/deep/instances/d2",
+            {"address": "127.0.0.1", "port": 80},
+        )[0]
+        == 201
+    )
+
+
+def test_clients_dropping_mid_body_are_not_store_errors(pilot):
+    """Probed: each client that closed before sending its whole body was logged as a store
+    error and counted in pilot_api_store_errors_total, although the store was healthy."""
+    import socket
+
+    host, port = "127.0.0.1", pilot.api_port
+    dropped = 300
+    for i in range(dropped):
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(
+                f"PUT /v1/services/drop/instances/i{i} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                '{"address": "127.0.0.1"'.encode()
+            )
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    deadline = time.monotonic() + 5
+    while _metric(pilot, "pilot_api_client_disconnects_total") < dropped:
+        assert time.monotonic() < deadline, pilot.log_text()
+        time.sleep(0.05)
+    assert _metric(pilot, "pilot_api_client_disconnects_total") == dropped
+    assert _metric(pilot, "pilot_api_store_errors_total") == 0
+    assert "store error" not in pilot.log_text()
+    # nothing half-registered, and the store still takes registrations
+    assert http("GET", pilot.api + "/v1/services/drop")[0] == 404
+    assert (
+        http(
+            "PUT",
+            pilot.api + "/v1/services/drop/instances/ok",
+            {"address": "127.0.0.1", "port": 80},
+        )[0]
+        == 201
+    )
