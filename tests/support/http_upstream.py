@@ -21,6 +21,10 @@ separated list of ``key`` or ``key=value``:
     huge-headers=N add N KiB of response headers
     interim-100    send ``100 Continue`` before the final response
     trailers       reply chunked with a trailer field (``x-upstream-trailer: t``)
+    cl-and-chunked reply chunked (three chunks) and also say ``content-length: 5`` (desync bait)
+    dup-cl         send the content-length line twice, same value
+    dup-cl-differ  send two content-length lines, the second one larger by one
+    cl-list        one content-length line holding the value twice (``content-length: N, N``)
 
 Attempts per listener and ``x-case-id`` are counted (``attempts(case_id)``), and each reply
 says which attempt it answers (``x-upstream-attempt``), so retries are visible.
@@ -344,7 +348,10 @@ class RecordingUpstream:
         if status in (204, 304):
             payload = b""  # no body and no framing headers (RFC 9110 6.4.1)
         elif rec.method == "HEAD":
-            head.append(f"content-length: {len(body)}")
+            if "cl-and-chunked" in action:
+                head += ["content-length: 5", "transfer-encoding: chunked"]
+            else:
+                head.append(f"content-length: {len(body)}")
             payload = b""
         elif "close-mid" in action:
             head.append("content-length: 1000")
@@ -356,7 +363,9 @@ class RecordingUpstream:
         elif "trailers" in action:
             head.append("transfer-encoding: chunked")
             payload = b"%x\r\n%s\r\n0\r\nx-upstream-trailer: t\r\n\r\n" % (len(body), body)
-        elif "chunked" in action:
+        elif "chunked" in action or "cl-and-chunked" in action:
+            if "cl-and-chunked" in action:
+                head.append("content-length: 5")
             head.append("transfer-encoding: chunked")
             thirds = [
                 body[: len(body) // 3],
@@ -364,6 +373,15 @@ class RecordingUpstream:
                 body[2 * len(body) // 3 :],
             ]
             payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in thirds if c) + b"0\r\n\r\n"
+        elif "dup-cl" in action:
+            head += [f"content-length: {len(body)}"] * 2
+            payload = body
+        elif "dup-cl-differ" in action:
+            head += [f"content-length: {len(body)}", f"content-length: {len(body) + 1}"]
+            payload = body
+        elif "cl-list" in action:
+            head.append(f"content-length: {len(body)}, {len(body)}")
+            payload = body
         else:
             head.append(f"content-length: {len(body)}")
             payload = body

@@ -668,7 +668,8 @@ COMPARED_STATS = [
         "downstream_cx_protocol_error")),
     *(f"cluster.svc.{n}" for n in (
         "upstream_rq_total", "upstream_rq_2xx", "upstream_rq_4xx", "upstream_rq_5xx",
-        "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_timeout")),
+        "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_timeout",
+        "upstream_rq_502", "upstream_cx_protocol_error")),
     "cluster.dead.upstream_cx_connect_fail",
     "cluster.dead.upstream_rq_retry",
     *(f"diff_rl.http_local_rate_limit.{n}" for n in ("enabled", "enforced", "ok", "rate_limited")),

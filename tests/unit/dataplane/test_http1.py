@@ -76,9 +76,25 @@ def test_size_and_count_limits():
     many = b"GET / HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(11)) + b"\r\n"
     assert http1.parse_request_head(many, max_headers=10)[0] == http1.E_TOO_MANY
     assert http1.parse_request_head(many, max_headers=11)[0] == len(many)
-    # identical content-length twice is allowed (RFC 9110 8.6)
-    ok = b"GET / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n"
-    assert http1.parse_request_head(ok)[1].body_length == 3
+
+
+@pytest.mark.parametrize("cl", [
+    b"content-length: 3\r\ncontent-length: 3\r\n",   # identical: Envoy 1.40 refuses it too
+    b"content-length: 3\r\ncontent-length: 4\r\n",
+    b"content-length: 3, 3\r\n",
+])
+def test_repeated_content_length_refused_both_ways(cl):
+    assert http1.parse_request_head(b"POST / HTTP/1.1\r\n" + cl + b"\r\n")[0] == http1.E_BAD
+    assert http1.parse_response_head(b"HTTP/1.1 200 OK\r\n" + cl + b"\r\n")[0] == http1.E_BAD
+
+
+def test_response_with_length_and_chunked_refused():
+    # passing both on lets a client that reads by length desync (issue 7)
+    for te in (b"chunked", b"gzip, chunked"):
+        raw = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: " + te + b"\r\n\r\n"
+        assert http1.parse_response_head(raw)[0] == http1.E_BAD
+    raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"
+    assert http1.parse_response_head(raw)[0] == http1.E_BAD
 
 
 def test_response_heads():

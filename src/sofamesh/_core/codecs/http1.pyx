@@ -353,7 +353,9 @@ cdef int _parse_headers(Head h, const char* base, int pos, int end, int max_head
                 cl = cl * 10 + (c - 48)
                 if cl > 0x7fffffffffffffLL:
                     return H1_E_BAD
-            if h.content_length >= 0 and h.content_length != cl:
+            if h.content_length >= 0:
+                # Envoy 1.40 refuses any repeated content-length, even with the same value
+                # (RFC 9110 8.6 would allow it): 400 for a request, 502 for a response.
                 return H1_E_BAD
             h.content_length = cl
         elif k == HK_TRANSFER_ENCODING:
@@ -536,6 +538,9 @@ cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) exc
                        H1_MAX_HEADERS)
     if r < 0:
         return r
+    if h.chunked and h.content_length >= 0:
+        # both framings: a client reading by length would desync (Envoy: 502 protocol error)
+        return H1_E_BAD
     return h.length
 
 
