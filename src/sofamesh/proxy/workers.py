@@ -13,6 +13,9 @@ workers' bootstrap). The main process serves admin and supervises the workers:
        |   worker -> main: one reply frame per request
        v
     worker i: Server(bootstrap, stats=Store(), options) on its own uvloop loop
+       + maps the token bucket region (a memfd the main process creates and keeps;
+         its fd is inherited and named in the init frame as "buckets_fd"), so every
+         local_ratelimit bucket is one slot shared by all workers (_core/ratelimit.pyx)
 
 Stats are summed on request: /stats asks every worker for `Store.snapshot()` and adds
 them up (admin.stats_format.merge). A worker that dies is logged, counted in
@@ -205,12 +208,15 @@ class Worker:
         self.ready = False
         self.last_topology: dict | None = None
 
-    async def spawn(self, bootstrap_bin: bytes, opts: Any) -> None:
+    async def spawn(self, bootstrap_bin: bytes, opts: Any, buckets_fd: int = -1) -> None:
+        """Starts the worker process. `buckets_fd` (>= 0): the shared token bucket region
+        (`ratelimit.BucketRegion`), inherited at the same number and named in the init frame."""
         parent, child = socket.socketpair()
         env = dict(os.environ)
+        fds = [child.fileno()] + ([buckets_fd] if buckets_fd >= 0 else [])
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec only; waits are polled
             [sys.executable, "-m", "sofamesh.proxy.workers", str(child.fileno())],
-            pass_fds=[child.fileno()],
+            pass_fds=fds,
             env=env,
             start_new_session=False,
         )
@@ -218,9 +224,10 @@ class Worker:
         self.reader, self.writer = await asyncio.open_connection(sock=parent)
         d = opts.to_dict()
         d["worker_index"] = self.index
-        self.writer.write(
-            _frame({"options": d, "bootstrap": base64.b64encode(bootstrap_bin).decode()})
-        )
+        init = {"options": d, "bootstrap": base64.b64encode(bootstrap_bin).decode()}
+        if buckets_fd >= 0:
+            init["buckets_fd"] = buckets_fd
+        self.writer.write(_frame(init))
         await self.writer.drain()
         try:
             msg = await asyncio.wait_for(_read_frame(self.reader), READY_TIMEOUT_S)
@@ -341,9 +348,13 @@ class PoolBackend:
 
 
 async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
+    from sofamesh._core.ratelimit import BucketRegion
     from sofamesh._core.stats import Store
     from sofamesh.admin.handlers import STATE_LIVE
 
+    # Token buckets shared by all workers (local_ratelimit), kept for the life of the
+    # pool: a restarted worker maps the same region and finds its buckets' tokens.
+    buckets = BucketRegion.create()
     wb, held = reserve_ports(bootstrap)
     bootstrap_bin = wb.SerializeToString()
     store = Store()
@@ -353,7 +364,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     state, admin = await _start_admin(bootstrap, opts, backend)  # config_dump: as given
     _install_signals(asyncio.get_running_loop(), state)
     try:
-        await asyncio.gather(*(w.spawn(bootstrap_bin, opts) for w in pool))
+        await asyncio.gather(*(w.spawn(bootstrap_bin, opts, buckets.fd) for w in pool))
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         log.critical("error initializing workers: %s", e)
         await asyncio.gather(*(w.stop() for w in pool))
@@ -398,7 +409,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
                     continue
                 try:
                     w.started_at = now
-                    await w.spawn(bootstrap_bin, opts)
+                    await w.spawn(bootstrap_bin, opts, buckets.fd)
                     if backend.health_failed:
                         await w.request("health", failed=True)
                 except Exception as e:  # noqa: BLE001 - reported, the process keeps running
@@ -418,6 +429,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     await asyncio.gather(*(w.stop() for w in pool))
     for s in held:
         s.close()
+    buckets.close()
     return 0
 
 
@@ -438,6 +450,11 @@ async def _worker_main(fd: int) -> int:
     wlog = logging.getLogger("sofamesh.main")
     from envoy.config.bootstrap.v3 import bootstrap_pb2
 
+    if "buckets_fd" in init:  # before any bucket is built: see ratelimit.share_buckets
+        from sofamesh._core.ratelimit import BucketRegion, share_buckets
+
+        share_buckets(BucketRegion.attach(init["buckets_fd"]))
+        os.close(init["buckets_fd"])
     bootstrap = bootstrap_pb2.Bootstrap.FromString(base64.b64decode(init["bootstrap"]))
     protos.ensure_types(bootstrap)  # typed_config Anys unpack by type URL
     store = Store()

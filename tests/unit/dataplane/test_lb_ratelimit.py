@@ -82,4 +82,5 @@ def test_token_bucket_refills_per_interval():
     assert b.try_consume(101.0) is True and b.try_consume(101.0) is True
     assert b.try_consume(101.5) is False
     assert b.try_consume(110.0) is True  # capped at max_tokens
-    assert b.available == 2
+    assert b.available_at(110.0) == 2
+    assert b.available_at(111.0) == 3 and b.available == 3  # full again by now
