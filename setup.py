@@ -26,7 +26,7 @@ SRC = Path("src")
 PROTO = Path("proto")
 # One FileDescriptorSet for every proto/**/*.proto: filters/network/_proto.py reads it.
 PROTO_SET = Path("sofamesh", "_gen", "protos.binpb")
-_IMPORT = re.compile(r'^\s*import\s+(?:public\s+|weak\s+)?"([^"]+)"\s*;', re.M)
+_IMPORT = re.compile(r'^\s*import\s+(?:public\s+|weak\s+)?"([^"]+)"\s*;', re.MULTILINE)
 
 
 def compile_protos() -> bytes:
@@ -75,7 +75,7 @@ def compile_protos() -> bytes:
         return out.read_bytes()
 
 
-class build_protos(Command):  # noqa: N801 - setuptools command names are lower case
+class build_protos(Command):
     description = f"compile proto/ into {PROTO_SET}"
     user_options = [("inplace", "i", "write into src/ (what an editable install reads)")]
     boolean_options = ["inplace"]
@@ -108,7 +108,7 @@ class build_protos(Command):  # noqa: N801 - setuptools command names are lower 
         return {str(Path(self.build_lib, PROTO_SET)): str(SRC / PROTO_SET)}
 
 
-class build_with_protos(build):  # noqa: N801
+class build_with_protos(build):
     sub_commands = [("build_protos", None), *build.sub_commands]
 
 

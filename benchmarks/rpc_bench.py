@@ -361,7 +361,6 @@ def run_case(proto: str, target: str, args, workdir: Path) -> dict:
                     "-c",
                     str(cfg),
                 ]
-                env = None
             else:
                 argv = [
                     *sofamesh_argv(),
@@ -373,12 +372,8 @@ def run_case(proto: str, target: str, args, workdir: Path) -> dict:
                     "-c",
                     str(cfg),
                 ]
-                env = {
-                    **os.environ,
-                    "SOFAMESH_SERVER_FACTORY": "sofamesh.filters.network.rpc_server:Server",
-                }
             with open(workdir / f"{target}-{proto}.log", "w") as log:
-                proxy = _spawn(argv, 0, env=env, log=log)
+                proxy = _spawn(argv, 0, log=log)
             deadline = time.monotonic() + 30
             while not accepts(port):
                 if proxy.poll() is not None or time.monotonic() > deadline:

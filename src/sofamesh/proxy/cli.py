@@ -318,11 +318,6 @@ def load(opts: Options) -> tuple[Any, Any]:
     """(bootstrap, validation report); raises ConfigError."""
     from sofamesh.config import load_bootstrap, validate_bootstrap
 
-    factory = os.environ.get("SOFAMESH_SERVER_FACTORY")
-    if factory:  # an embedded Server registers the filters it implements at import
-        import importlib
-
-        importlib.import_module(factory.partition(":")[0])
     bootstrap = load_bootstrap(
         opts.config_path or None,
         config_yaml=opts.config_yaml or None,
@@ -346,19 +341,12 @@ def _enable_core_dump() -> None:
 
 
 def server_check(bootstrap: Any, opts: Options) -> str | None:
-    """The Server's own start-up checks without binding anything, if it offers them
-    (optional contract: `Server.check(bootstrap, options) -> None`, raising on a config it
-    cannot run), as Envoy's validate mode builds everything but the sockets."""
-    from sofamesh.proxy.workers import server_factory
+    """The Server's own start-up checks without binding anything (`Server.check`, raising
+    on a config it cannot run), as Envoy's validate mode builds everything but the sockets."""
+    from sofamesh.proxy.server import Server
 
     try:
-        check = getattr(server_factory(), "check", None)
-    except Exception as e:  # noqa: BLE001 - a broken Server import is the answer here
-        return f"server unavailable: {e}"
-    if check is None:
-        return None
-    try:
-        check(bootstrap, opts)
+        Server.check(bootstrap, opts)
     except Exception as e:  # noqa: BLE001 - its message is the reason to report
         return str(e)
     return None

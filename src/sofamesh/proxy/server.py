@@ -54,6 +54,11 @@ def _dur(d: Any) -> float:
     return d.seconds + d.nanos / 1e9
 
 
+def _network_spec(registry: Any, f: Any) -> Any:
+    """The registered network filter a listener's filter names (by type URL, else name)."""
+    return registry.lookup("network", f.typed_config.type_url) or registry.lookup("network", f.name)
+
+
 @dataclass
 class ListenerInfo:
     name: str
@@ -118,8 +123,8 @@ class Server:
         self._access_logs: list[FileAccessLog] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
-        # listeners whose chain is one network filter (dubbo_proxy, bolt_proxy, tcp_proxy,
-        # sniffing): sofamesh.filters.network.rpc_server builds them
+        # listeners whose terminal filter is not the HCM (dubbo_proxy, bolt_proxy,
+        # tcp_proxy, auto): closed with their connections in stop()
         self.network_chains: list[Any] = []
 
     # ---------------------------------------------------------------- build
@@ -394,12 +399,13 @@ class Server:
             await self._start_listener(li, lst, reuse_port)
 
     async def _start_listener(self, li: int, lst: Any, reuse_port: bool) -> None:
+        """Binds listener `lst`: one filter chain whose last filter is a terminal network
+        filter (http_connection_manager, or one from the filter registry: dubbo_proxy,
+        bolt_proxy, tcp_proxy, auto); filters before it may only be pass-through ones."""
         from envoy.config.core.v3 import base_pb2
 
-        from sofamesh.filters.network.rpc_server import start_network_listener
-
-        if await start_network_listener(self, li, lst, reuse_port):
-            return
+        from sofamesh.filters import registry
+        from sofamesh.filters.network.sniff import Chain
 
         path = f"static_resources.listeners[{li}]"
         sa = lst.address.socket_address
@@ -413,26 +419,28 @@ class Server:
                 f"{path}.filter_chains[0]: filter_chain_match and "
                 "transport_socket are not supported"
             )
-        hcm_cfg = None
-        stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
-        for fi, f in enumerate(chain.filters):
-            if f.name in HCM_NAMES or f.typed_config.type_url == HCM_TYPE:
-                if hcm_cfg is not None:
-                    raise UnsupportedConfig(
-                        f"{path}.filter_chains[0].filters[{fi}]: one "
-                        "http_connection_manager per chain"
-                    )
-                hcm_cfg = self._build_hcm(li, lst, fi, f, stat_name)
-            else:
+        fpath = f"{path}.filter_chains[0].filters"
+        if not chain.filters:
+            raise UnsupportedConfig(f"{fpath}: no terminal network filter")
+        last = len(chain.filters) - 1
+        for fi, f in enumerate(chain.filters[:last]):
+            spec = _network_spec(registry, f)
+            if spec is None or not spec.passthrough:
                 raise UnsupportedConfig(
-                    f"{path}.filter_chains[0].filters[{fi}]: network "
-                    f"filter {f.name!r} is not supported"
+                    f"{fpath}[{fi}]: network filter {f.name!r} is not supported (one terminal "
+                    "network filter per chain; list several under sofamesh.filters.network.auto "
+                    "to sniff the protocol)"
                 )
-        if hcm_cfg is None:
-            raise UnsupportedConfig(f"{path}.filter_chains[0].filters: no http_connection_manager")
+        stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
+        _, built = self._build_terminal(li, lst, last, chain.filters[last], stat_name)
+        if isinstance(built, HcmConfig):
+            view: Any = built
+        else:
+            view = built if isinstance(built, Chain) else Chain([built])
+            self.network_chains.append(view)
         assert self._loop is not None
         srv = await self._loop.create_server(
-            hcm_cfg.protocol_factory,
+            view.protocol_factory,
             sa.address,
             sa.port_value,
             reuse_port=reuse_port or None,
@@ -444,7 +452,7 @@ class Server:
             name=lst.name or f"{sa.address}_{sa.port_value}",
             address=(bound[0], bound[1]),
             config=lst,
-            hcm=hcm_cfg,
+            hcm=view,
             server=srv,
             direction=base_pb2.TrafficDirection.Name(lst.traffic_direction),
         )
@@ -452,6 +460,33 @@ class Server:
         g = self.stats.gauge("listener_manager.total_listeners_active")
         g.value = len(self.listeners)
         g.used = True
+
+    def _build_terminal(
+        self, li: int, lst: Any, fi: int, f: Any, stat_name: str, fpath: str = ""
+    ) -> tuple[str, Any]:
+        """(sniff kind, built filter) for a terminal network filter. Filters that nest
+        others (auto) build them through ctx["build_terminal"](filter, path)."""
+        from sofamesh.filters import registry
+
+        fpath = fpath or f"static_resources.listeners[{li}].filter_chains[0].filters[{fi}]"
+        if f.name in HCM_NAMES or f.typed_config.type_url == HCM_TYPE:
+            return "http", self._build_hcm(li, lst, fi, f, stat_name)
+        spec = _network_spec(registry, f)
+        if spec is None or not spec.extra.get("terminal"):
+            raise UnsupportedConfig(f"{fpath}: network filter {f.name!r} is not supported")
+        built = spec.factory(
+            f.typed_config,
+            {
+                "stats": self.stats,
+                "loop": self._loop,
+                "clusters": self.clusters,
+                "path": fpath,
+                "build_terminal": lambda inner, ipath: self._build_terminal(
+                    li, lst, fi, inner, stat_name, ipath
+                ),
+            },
+        )
+        return spec.extra.get("sniff", "tcp"), built
 
     async def _resolve(self, rt: _ClusterRuntime) -> None:
         assert self._loop is not None

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import importlib
 import json
 import logging
 import os
@@ -51,14 +50,6 @@ log = logging.getLogger("sofamesh.main")
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
-
-
-def server_factory() -> Any:
-    """The Server class: `sofamesh.proxy.server.Server`, or `$SOFAMESH_SERVER_FACTORY`
-    (`module:attr`) to embed another implementation of the same contract."""
-    spec = os.environ.get("SOFAMESH_SERVER_FACTORY", "sofamesh.proxy.server:Server")
-    mod, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(mod), attr)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -118,11 +109,12 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     from sofamesh._core.stats import Store
     from sofamesh.admin.backend import LocalBackend
     from sofamesh.admin.handlers import STATE_LIVE
+    from sofamesh.proxy.server import Server
 
     store = Store()
     _count_passthrough(store, report)
     try:
-        server = server_factory()(bootstrap, stats=store, options=opts)
+        server = Server(bootstrap, stats=store, options=opts)
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         log.critical("error initializing server: %s", e)
         return 1
@@ -457,9 +449,11 @@ async def _worker_main(fd: int) -> int:
         os.close(init["buckets_fd"])
     bootstrap = bootstrap_pb2.Bootstrap.FromString(base64.b64decode(init["bootstrap"]))
     protos.ensure_types(bootstrap)  # typed_config Anys unpack by type URL
+    from sofamesh.proxy.server import Server
+
     store = Store()
     try:
-        server = server_factory()(bootstrap, stats=store, options=opts)
+        server = Server(bootstrap, stats=store, options=opts)
         await server.start()
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         wlog.critical("worker %d: error initializing server: %s", opts.worker_index, e)

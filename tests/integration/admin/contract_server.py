@@ -48,13 +48,6 @@ class ContractServer:
         self.drained = False
         self._servers: list[asyncio.base_events.Server] = []
 
-    @staticmethod
-    def check(bootstrap: Any, options: Any) -> None:
-        """The optional start-up check `--mode validate` calls (no sockets)."""
-        for i, lst in enumerate(bootstrap.static_resources.listeners):
-            if lst.name == "refused-by-server":
-                raise ValueError(f"static_resources.listeners[{i}].name: refused by the server")
-
     async def start(self) -> None:
         for c in self.bootstrap.static_resources.clusters:
             hosts = []

@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import http.client
-import os
 import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, envoy_binary, sofamesh_command
-
-CONTRACT = "tests.integration.admin.contract_server:ContractServer"
-# Subprocess tests run the data plane's real Server; the contract test double
-# (contract_server.py) serves the in-process admin tests and the Server.check() hook test.
-USE_CONTRACT_SERVER = False
-
-
-def proxy_env(contract: bool | None = None) -> dict[str, str]:
-    """Environment for a `sofamesh proxy` process. Until the data plane's Server exists,
-    the contract test double (contract_server.py) stands in for it."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if contract is None:
-        contract = USE_CONTRACT_SERVER
-    if contract:
-        env["SOFAMESH_SERVER_FACTORY"] = CONTRACT
-    return env
-
+from tests.conftest import envoy_binary, sofamesh_command
 
 BOOTSTRAP = """
 node: {{id: n1, cluster: c1}}
@@ -108,11 +89,10 @@ def wait_live(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def start_sofamesh(
-    config: Path, admin: int, *extra: str, contract: bool | None = None, cwd: Path | None = None
+    config: Path, admin: int, *extra: str, cwd: Path | None = None
 ) -> subprocess.Popen:
     proc = subprocess.Popen(
         [*sofamesh_command(), "proxy", "-c", str(config), "-l", "info", *extra],
-        env=proxy_env(contract),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

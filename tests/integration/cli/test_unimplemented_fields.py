@@ -18,7 +18,7 @@ import pytest
 from sofamesh.proxy import cli
 from sofamesh.proxy.server import Server
 from tests.conftest import free_port, sofamesh_command
-from tests.integration.admin.helpers import proxy_env, start_sofamesh, stop
+from tests.integration.admin.helpers import start_sofamesh, stop
 from tests.support.http_upstream import RecordingUpstream
 
 HCM_TYPE = (
@@ -219,7 +219,6 @@ def test_validate_refuses_option_it_would_ignore(mutate, path, tmp_path, capsys)
 def _run_refused(cfg: Path) -> subprocess.CompletedProcess:
     return subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
         [*sofamesh_command(), "proxy", "-c", str(cfg), "--concurrency", "1", "-l", "info"],
-        env=proxy_env(),
         capture_output=True,
         text=True,
         timeout=60,

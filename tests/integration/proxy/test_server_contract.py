@@ -169,8 +169,8 @@ async def test_live_route_and_endpoint_updates(upstreams, proxy):
 
 
 async def test_network_filter_listeners_start_in_the_base_server(upstreams):
-    """A tcp_proxy chain is started by the network-filter hook (filters/network/rpc_server),
-    next to an HCM listener, without a Server subclass."""
+    """A tcp_proxy chain (a terminal network filter from the registry) starts next to an
+    HCM listener in the one Server."""
     from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
     up = await upstreams()
@@ -189,6 +189,37 @@ async def test_network_filter_listeners_start_in_the_base_server(upstreams):
         w.write(b"GET /through-tcp HTTP/1.1\r\nhost: a\r\n\r\n")
         head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 200") and b"server: test-upstream" in head
+        w.close()
+    finally:
+        await srv.stop()
+
+
+@pytest.mark.parametrize(("name", "starts"), [("istio.metadata_exchange", True), ("x.rbac", False)])
+async def test_only_pass_through_filters_may_precede_the_terminal_one(upstreams, name, starts):
+    """Istio's network filters (registered pass-through) ahead of the HCM are skipped; any
+    other filter there is refused, naming it."""
+    from xds.type.v3 import typed_struct_pb2
+
+    up = await upstreams()
+    bs = bootstrap([vhost([route("/")])], [cluster("up", [up.port])])
+    filters = bs.static_resources.listeners[0].filter_chains[0].filters
+    hcm = type(filters[0])()
+    hcm.CopyFrom(filters[0])
+    del filters[:]
+    first = filters.add(name=name)
+    first.typed_config.Pack(typed_struct_pb2.TypedStruct(type_url="type.googleapis.com/x.Y"))
+    filters.add().CopyFrom(hcm)
+    srv = Server(bs, stats=Store())
+    try:
+        if not starts:
+            with pytest.raises(UnsupportedConfig, match=r"filters\[0\]: network filter 'x.rbac'"):
+                await srv.start()
+            return
+        await srv.start()
+        r, w = await asyncio.open_connection("127.0.0.1", srv.listeners[0].address[1])
+        w.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
         w.close()
     finally:
         await srv.stop()

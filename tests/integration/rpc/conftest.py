@@ -4,7 +4,6 @@ process with the network filters, bootstraps for Bolt/Dubbo/TCP listeners."""
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 import time
@@ -24,7 +23,6 @@ HCM_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
     ".HttpConnectionManager"
 )
-SERVER_FACTORY = "sofamesh.filters.network.rpc_server:Server"
 SERVICE = "com.nodejs.test.TestService"
 
 
@@ -196,8 +194,7 @@ def bootstrap(listeners: list[dict], clusters: list[dict]) -> dict:
 
 def sofamesh(boot: dict, workdir: Path, taskset: str | None = None) -> ProxyProcess:
     argv = [*sofamesh_command(), "proxy", "--concurrency", "1", "-l", "warning"]
-    env = {**os.environ, "SOFAMESH_SERVER_FACTORY": SERVER_FACTORY}
-    return ProxyProcess("sofamesh", argv, boot, workdir, taskset=taskset, env=env)
+    return ProxyProcess("sofamesh", argv, boot, workdir, taskset=taskset)
 
 
 def stats(proxy: ProxyProcess) -> dict[str, int]:

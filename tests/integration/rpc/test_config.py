@@ -14,8 +14,8 @@ from sofamesh.config import load_bootstrap
 from sofamesh.filters import registry
 from sofamesh.filters.network import _proto
 from sofamesh.filters.network.rpc_routes import compile_routes
-from sofamesh.filters.network.rpc_server import Server
 from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.server import Server
 
 from .conftest import bolt_filter, bootstrap, cluster, dubbo_filter, listener
 

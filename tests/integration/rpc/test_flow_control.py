@@ -129,7 +129,7 @@ async def test_connections_to_hosts_that_left_the_cluster_are_closed():
     import json
 
     from sofamesh.config import load_bootstrap
-    from sofamesh.filters.network.rpc_server import Server
+    from sofamesh.proxy.server import Server
 
     with RawUpstream("silent") as silent:
         port = free_port()
