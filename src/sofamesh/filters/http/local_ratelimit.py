@@ -4,6 +4,10 @@ Filter-level config applies to every request; `typed_per_filter_config` on a vir
 or route replaces it there. Over the limit: 429 (or `status`), body `local_rate_limited`,
 plus `response_headers_to_add`. Stats: `<stat_prefix>.http_local_rate_limit.{enabled,
 enforced,rate_limited,ok}`.
+
+With `--concurrency N` a bucket is shared by the N worker processes (a slot of the
+`BucketRegion` the main process creates, keyed by the config path passed as `context["path"]`),
+so the configured rate holds for the whole proxy, as in Envoy (`_core/ratelimit.pyx`).
 """
 
 from __future__ import annotations
