@@ -27,6 +27,7 @@
 # parameters keeps its tokens. Slots are never freed: a region holds REGION_SLOTS distinct
 # buckets; past that a bucket stays private to its worker (counted, logged).
 
+cimport cython
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
@@ -105,6 +106,7 @@ cdef inline int64_t _to_ns(double seconds) noexcept:
     return <int64_t>(seconds * 1e9 + 0.5)
 
 
+@cython.cdivision(True)  # el > 0 and interval_ns > 0: C division, no sign fix-ups
 cdef inline uint64_t _filled(BucketSlot* s, uint64_t per_fill, int64_t interval_ns,
                              int64_t now_ns) noexcept nogil:
     cdef int64_t el = now_ns - s.base_ns
