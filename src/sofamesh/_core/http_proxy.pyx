@@ -1078,6 +1078,7 @@ cdef class DownstreamConn:
     cdef int _attach(self, UpstreamConn c) except -1:
         cdef Host host = c.host
         self.up = c
+        self._resume(P_UPSTREAM_FULL)     # a retry: the previous connection's pause is moot
         host.rq_active += 1
         host.rq_total += 1
         self.upstream_host = host.address + ":" + str(host.port) \
@@ -1585,6 +1586,10 @@ cdef class DownstreamConn:
             self.state = DS_HEAD
         elif self.state == DS_BODY:
             self.state = DS_DRAIN
+        # The upstream connection that was full is gone (pooled, aborted or failed): its
+        # resume_writing would go to another stream, so nothing else clears this pause and
+        # the next request on this connection would never be read.
+        self._resume(P_UPSTREAM_FULL)
         self._arm_idle()
         if self.pending is not None:
             p = self.pending
@@ -2211,6 +2216,12 @@ cdef class UpstreamConn:
         if cl.max_requests_per_connection and self.rq_count >= cl.max_requests_per_connection:
             return self.abort()
         self.state = US_IDLE
+        # The stream's client may have paused our reading (DownstreamConn.pause_writing) in
+        # the very read that completed its response; its resume_writing no longer reaches
+        # us, and a paused pooled connection would never read the next stream's response
+        # (issue 7: a reply lost after a 5 MB one). Idle connections read, to see a close.
+        if self.transport is not None:
+            self.transport.resume_reading()
         # requests queued for this host go first, even if the host was just removed
         while host.waiting:
             w = host.waiting.popleft()
@@ -2373,6 +2384,10 @@ cdef class UpstreamConn:
                 self.cluster.upstream_cx_destroy_remote.inc()
                 d._fail(F_RESET, self)
             else:
+                if st == US_BODY:
+                    # a length- or chunk-framed body cut short: Envoy's codec counts a
+                    # protocol error (differential case upstream-closes-mid-response)
+                    self.cluster.upstream_cx_protocol_error.inc()
                 self.cluster.upstream_rq_rx_reset.inc()
                 d._reset()
         except Exception as exc2:
