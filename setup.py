@@ -113,6 +113,9 @@ class build_with_protos(build):
 
 
 def _extensions():
+    if not list((SRC / "sofamesh" / "_core").rglob("*.pyx")):
+        # an sdist that lost its sources would otherwise build a pure wheel that cannot start
+        raise RuntimeError("no .pyx under src/sofamesh/_core: the source tree is incomplete")
     exts = []
     for pyx in sorted((SRC / "sofamesh" / "_core").rglob("*.pyx")):
         mod = ".".join(pyx.relative_to(SRC).with_suffix("").parts)
