@@ -115,6 +115,8 @@ class AdminState:
         snap = stats_format.merge([worker_snap, self.admin_stats.snapshot()])
         g = snap["gauges"]
         state = self.server_state()
+        dyn = self.dynamic()
+        counts = dyn.counts() if dyn is not None else {}
         own = {
             "server.state": state,
             "server.live": int(state == STATE_LIVE and not self.health_failed),
@@ -127,10 +129,10 @@ class AdminState:
             if state in (STATE_LIVE, STATE_DRAINING)
             else 0,
             "listener_manager.total_listeners_active": len(top["listeners"]),
-            "listener_manager.total_listeners_warming": 0,
-            "listener_manager.total_listeners_draining": 0,
+            "listener_manager.total_listeners_warming": counts.get("warming_listeners", 0),
+            "listener_manager.total_listeners_draining": counts.get("draining_listeners", 0),
             "cluster_manager.active_clusters": len(top["clusters"]),
-            "cluster_manager.warming_clusters": 0,
+            "cluster_manager.warming_clusters": counts.get("warming_clusters", 0),
         }
         g.update(own)
         for c in top["clusters"]:
@@ -139,6 +141,12 @@ class AdminState:
             g[f"cluster.{c['name']}.membership_healthy"] = healthy
         snap["used"] |= set(own)
         return snap
+
+    def dynamic(self) -> Any:
+        """The xDS-fed resources (sofamesh.proxy.dynamic.DynamicConfig) when the Server runs
+        in this process with dynamic_resources, else None."""
+        server = getattr(self.backend, "server", None)
+        return getattr(server, "dynamic", None)
 
     # ---- config dump -----------------------------------------------------------------
     def config_dumps(self, include_eds: bool) -> list[Any]:
@@ -170,6 +178,11 @@ class AdminState:
                     if hcm is not None and hcm.HasField("route_config"):
                         sr = routes.static_route_configs.add(last_updated=when)
                         sr.route_config.Pack(hcm.route_config)
+        dyn = self.dynamic()
+        if dyn is not None:
+            from sofamesh.admin.dynamic_dump import add_dynamic
+
+            add_dynamic(dyn, clusters, listeners, routes)
         dumps: list[Any] = [
             boot,
             clusters,
@@ -188,6 +201,10 @@ class AdminState:
                     if not la.cluster_name:
                         la.cluster_name = c.name
                     se.endpoint_config.Pack(la)
+            if dyn is not None:
+                from sofamesh.admin.dynamic_dump import add_dynamic_endpoints
+
+                add_dynamic_endpoints(dyn, eds)
             dumps.insert(2, eds)
         return dumps
 
@@ -330,7 +347,11 @@ def _thresholds(cluster_cfg: Any | None) -> list[dict[str, Any]]:
 
 
 def _cluster_cfgs(st: AdminState) -> dict[str, Any]:
-    return {c.name: c for c in st.bootstrap.static_resources.clusters}
+    cfgs = {c.name: c for c in st.bootstrap.static_resources.clusters}
+    dyn = st.dynamic()
+    if dyn is not None:
+        cfgs.update({n: dc.config for n, dc in dyn.active_clusters.items()})
+    return cfgs
 
 
 @route("/clusters", "upstream cluster status")
@@ -343,6 +364,8 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
         msg = clusters_pb2.Clusters()
         for c in top["clusters"]:
             cs = msg.cluster_statuses.add(name=c["name"], observability_name=c["name"])
+            dyn = st.dynamic()
+            cs.added_via_api = dyn is not None and c["name"] in dyn.active_clusters
             for t in _thresholds(cfgs.get(c["name"])):
                 th = cs.circuit_breakers.thresholds.add()
                 th.priority = 1 if t["priority"] == "HIGH" else 0
@@ -373,7 +396,9 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
             p = "default_priority" if t["priority"] == "DEFAULT" else "high_priority"
             for k in DEFAULT_THRESHOLDS:
                 lines.append(f"{n}::{p}::{k}::{t[k]}")
-        lines.append(f"{n}::added_via_api::false")
+        dyn = st.dynamic()
+        via_api = dyn is not None and n in dyn.active_clusters
+        lines.append(f"{n}::added_via_api::{'true' if via_api else 'false'}")
         for h in c["hosts"]:
             hp = f"{n}::{h['address']}:{h['port']}"
             for k, v in sorted(h["stats"].items()):

@@ -80,11 +80,6 @@ class Gap:
 GAPS: list[Gap] = [
     Gap(
         "envoy.config.bootstrap.v3.Bootstrap",
-        "dynamic_resources",
-        "xDS client (LDS/CDS/ADS subscriptions) is not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.config.bootstrap.v3.Bootstrap",
         "hds_config",
         "health discovery service is not implemented by sofamesh",
     ),
@@ -114,7 +109,7 @@ GAPS: list[Gap] = [
         "envoy.config.cluster.v3.Cluster",
         "type",
         "cluster discovery type is not implemented by sofamesh",
-        values=("EDS", "ORIGINAL_DST"),
+        values=("ORIGINAL_DST",),
     ),
     Gap(
         "envoy.config.cluster.v3.Cluster",
@@ -152,11 +147,6 @@ GAPS: list[Gap] = [
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "tracing",
         "tracing is not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "rds",
-        "RDS (route discovery) is not implemented by sofamesh",
     ),
     Gap(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -239,7 +229,36 @@ _CL = "envoy.config.cluster.v3."
 _EP = "envoy.config.endpoint.v3."
 _LS = "envoy.config.listener.v3."
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
-    "envoy.config.bootstrap.v3.Bootstrap": ("node", "static_resources", "admin", "layered_runtime"),
+    "envoy.config.bootstrap.v3.Bootstrap": (
+        "node",
+        "static_resources",
+        "dynamic_resources",
+        "admin",
+        "layered_runtime",
+    ),
+    # xDS (sofamesh.xds): ADS over one envoy_grpc service, state of the world or Delta;
+    # LDS, CDS, EDS and RDS through it. api_config_source / path_config_source: refused.
+    "envoy.config.bootstrap.v3.Bootstrap.DynamicResources": (
+        "ads_config",
+        "cds_config",
+        "lds_config",
+    ),
+    "envoy.config.core.v3.ApiConfigSource": (
+        "api_type",  # GRPC or DELTA_GRPC (ALLOWED_IF)
+        "transport_api_version",
+        "grpc_services",
+        "set_node_on_first_message_only",
+    ),
+    "envoy.config.core.v3.GrpcService": ("envoy_grpc",),
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc": ("cluster_name",),
+    "envoy.config.core.v3.ConfigSource": (
+        "ads",
+        "resource_api_version",
+        "initial_fetch_timeout",
+    ),
+    _CL + "Cluster.EdsClusterConfig": ("eds_config", "service_name"),
+    _HCM + "Rds": ("config_source", "route_config_name"),
+    _CL + "Cluster.CommonLbConfig": ("healthy_panic_threshold",),  # 0 only (ALLOWED_IF)
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters"),
     "envoy.config.bootstrap.v3.Admin": ("address", "access_log", "access_log_path", "profile_path"),
     _LS + "Listener": (
@@ -262,6 +281,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "codec_type",
         "stat_prefix",
         "route_config",
+        "rds",
         "http_filters",
         "access_log",
         "use_remote_address",
@@ -413,6 +433,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "wait_for_warm_on_init",  # true only: DNS clusters resolve before listeners start
         "transport_socket",  # by type URL (register_extension)
         "typed_extension_protocol_options",  # by type URL (register_extension)
+        "eds_cluster_config",
+        "common_lb_config",
     ),
     _CL + "Cluster.LeastRequestLbConfig": ("choice_count",),
     _CL + "CircuitBreakers": ("thresholds",),
@@ -482,7 +504,6 @@ NO_EFFECT: dict[str, dict[str, str]] = {
         "metadata": _OPAQUE,
         # act only with a cluster type or lb_policy that is itself refused (a Gap), and
         # have no effect with any other, in Envoy as here
-        "eds_cluster_config": "used only by EDS clusters, which are refused",
         "maglev_lb_config": "used only by lb_policy MAGLEV, which is refused",
         "original_dst_lb_config": "used only by ORIGINAL_DST clusters, which are refused",
         "cleanup_interval": "used only by ORIGINAL_DST clusters, which are refused",
@@ -528,11 +549,36 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
         lambda v: v in (0, 1),
         "only UNKNOWN or HEALTHY in a static cluster",
     ),
+    ("envoy.config.core.v3.ApiConfigSource", "api_type"): (
+        lambda v: v in (2, 3),
+        "only GRPC and DELTA_GRPC (over ADS)",
+    ),
+    (_CL + "Cluster.CommonLbConfig", "healthy_panic_threshold"): (
+        lambda v: getattr(v, "value", v) == 0,
+        "only 0: sofamesh never sends to unhealthy hosts (no panic mode)",
+    ),
     ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "max_connect_attempts"): (
         lambda v: getattr(v, "value", v) <= 1,
         "only 1 (no connect retries)",
     ),
 }
+
+# ALLOWED_IF rules that hold for static resources only: an EDS ClusterLoadAssignment's
+# health statuses are implemented (unhealthy, draining and timed-out hosts get no traffic).
+STATIC_ONLY: set[tuple[str, str]] = {(_EP + "LbEndpoint", "health_status")}
+
+# The xDS gRPC client's static cluster may ask for HTTP/2 (Istio's xds-grpc does): the
+# client speaks HTTP/2 whatever it says. Anything else in these options is refused.
+UPSTREAM_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def grpc_http_options_ok(opts: object) -> bool:
+    fields = [f.name for f, _ in opts.ListFields()]  # type: ignore[attr-defined]
+    return fields == ["explicit_http_config"] and (
+        opts.explicit_http_config.WhichOneof("protocol_config")  # type: ignore[attr-defined]
+        == "http2_protocol_options"
+    )
+
 
 # Kept for callers of the previous name: every field accepted per checked message (gap
 # fields are added when checked, see allowed_fields).

@@ -83,6 +83,10 @@ class _Checker:
         self.problems: list[Problem] = []
         self.report = Report()
         self.static_clusters: set[str] = set()
+        self.dynamic = False  # checking an xDS resource rather than a bootstrap
+        self.has_ads = False  # the bootstrap has dynamic_resources.ads_config
+        # static clusters the xDS gRPC client talks to (their HTTP/2 options are its own)
+        self.grpc_cluster_paths: tuple[str, ...] = ()
 
     def unsupported(self, path: str, msg: str) -> None:
         self.problems.append(Problem(path, msg, "unsupported"))
@@ -100,6 +104,13 @@ class _Checker:
         if name == "google.protobuf.Any":
             inner = protos.unpack_any(m)
             if inner is not None:
+                if (
+                    support_on
+                    and m.type_url == support.UPSTREAM_HTTP_OPTIONS
+                    and path.startswith(self.grpc_cluster_paths)
+                    and support.grpc_http_options_ok(inner)
+                ):
+                    return  # the xDS gRPC client speaks HTTP/2 to its cluster anyway
                 if support_on and not support.extension_supported(m.type_url):
                     self.unsupported(path, f"extension {m.type_url} is not implemented by sofamesh")
                     support_on = False
@@ -221,6 +232,8 @@ class _Checker:
                 )
                 continue
             cond = support.ALLOWED_IF.get((name, fd.name))
+            if self.dynamic and (name, fd.name) in support.STATIC_ONLY:
+                cond = None
             if cond is not None and not cond[0](value):
                 refused.add(fd.name)
                 shown = _show(fd, value)
@@ -372,6 +385,13 @@ class _Checker:
             if m.WhichOneof("specifier") == "filename" and not self._exists(m.filename):
                 self.reference(join(path, "filename"), f"Invalid path: {m.filename}")
         elif name == "envoy.config.core.v3.ConfigSource":
+            if support_on and m.HasField("ads") and not (self.has_ads or self.dynamic):
+                # Envoy starts and skips what uses it, with a warning; sofamesh refuses it
+                self.unsupported(
+                    join(path, "ads"),
+                    "ADS must be configured to support an ADS config source "
+                    "(dynamic_resources.ads_config)",
+                )
             p = None
             if m.HasField("path_config_source"):
                 p = m.path_config_source.path
@@ -781,6 +801,14 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
     (Envoy's rejections first, then what sofamesh does not implement)."""
     checker = _Checker(base_dir or os.getcwd())
     checker.static_clusters = {c.name for c in bootstrap.static_resources.clusters}
+    dyn = bootstrap.dynamic_resources
+    checker.has_ads = bootstrap.HasField("dynamic_resources") and dyn.HasField("ads_config")
+    grpc_clusters = {g.envoy_grpc.cluster_name for g in dyn.ads_config.grpc_services}
+    checker.grpc_cluster_paths = tuple(
+        f"static_resources.clusters[{i}].typed_extension_protocol_options"
+        for i, c in enumerate(bootstrap.static_resources.clusters)
+        if c.name in grpc_clusters
+    )
     problems = validate_message(bootstrap)
     checker.walk(bootstrap, "", True)
     checker.check_route_clusters(bootstrap)
@@ -807,3 +835,44 @@ def check(bootstrap: Message, **kw: Any) -> list[Problem]:
     except ConfigError as e:
         return e.problems
     return []
+
+
+_RESOURCE_TYPES = {
+    "envoy.config.cluster.v3.Cluster",
+    "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    "envoy.config.listener.v3.Listener",
+    "envoy.config.route.v3.RouteConfiguration",
+}
+
+
+def validate_resource(resource: Message, *, path: str = "") -> list[Problem]:
+    """Every problem with one xDS resource (Cluster, ClusterLoadAssignment, Listener,
+    RouteConfiguration), with field paths relative to it: Envoy's constraints, then what
+    sofamesh does not implement, as for a bootstrap. The xDS client NACKs with these."""
+    name = resource.DESCRIPTOR.full_name
+    if name not in _RESOURCE_TYPES:
+        raise ValueError(f"not an xDS resource type: {name}")
+    checker = _Checker(os.getcwd())
+    checker.dynamic = True
+    problems = validate_message(resource, path)
+    checker.walk(resource, path, True)
+    if name == "envoy.config.route.v3.RouteConfiguration":
+        checker.check_domains(resource, path)
+    elif name == "envoy.config.listener.v3.Listener":
+        for ci, chain in enumerate(resource.filter_chains):
+            fpath = join(path, f"filter_chains[{ci}].filters")
+            checker.check_terminal(list(chain.filters), "network", fpath)
+            for fi, flt in enumerate(chain.filters):
+                if flt.typed_config.type_url.rsplit("/", 1)[-1] != HCM:
+                    continue
+                hcm = protos.unpack_any(flt.typed_config)
+                if hcm is None:
+                    continue
+                hpath = f"{fpath}[{fi}].typed_config"
+                checker.check_terminal(list(hcm.http_filters), "http", f"{hpath}.http_filters")
+                if hcm.HasField("route_config"):
+                    checker.check_domains(hcm.route_config, f"{hpath}.route_config")
+    problems += checker.problems
+    order = {"parse": 0, "unknown_type": 0, "constraint": 1, "reference": 2, "unsupported": 3}
+    problems.sort(key=lambda p: order.get(p.kind, 4))
+    return problems

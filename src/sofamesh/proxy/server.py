@@ -54,6 +54,11 @@ def _dur(d: Any) -> float:
     return d.seconds + d.nanos / 1e9
 
 
+def _listener_path(li: int | str) -> str:
+    """A static listener's index, or the path an xDS listener's errors start with."""
+    return li if isinstance(li, str) else f"static_resources.listeners[{li}]"
+
+
 def _network_spec(registry: Any, f: Any) -> Any:
     """The registered network filter a listener's filter names (by type URL, else name)."""
     return registry.lookup("network", f.typed_config.type_url) or registry.lookup("network", f.name)
@@ -126,83 +131,93 @@ class Server:
         # listeners whose terminal filter is not the HCM (dubbo_proxy, bolt_proxy,
         # tcp_proxy, auto): closed with their connections in stop()
         self.network_chains: list[Any] = []
+        self.dynamic: Any = None  # sofamesh.proxy.dynamic.DynamicConfig with dynamic_resources
 
     # ---------------------------------------------------------------- build
     def _build_clusters(self) -> None:
-        from envoy.config.cluster.v3 import cluster_pb2
-
         for i, c in enumerate(self.bootstrap.static_resources.clusters):
             path = f"static_resources.clusters[{i}]"
             if c.name in self.clusters:
                 raise UnsupportedConfig(f"{path}.name: duplicate cluster {c.name!r}")
-            ctype = cluster_pb2.Cluster.DiscoveryType.Name(c.type)
-            if c.WhichOneof("cluster_discovery_type") == "cluster_type":
-                raise UnsupportedConfig(f"{path}.cluster_type: custom clusters are not supported")
-            if ctype not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS"):
-                raise UnsupportedConfig(f"{path}.type: {ctype} clusters are not supported")
-            lb = cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)
-            if lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"):
-                raise UnsupportedConfig(f"{path}.lb_policy: {lb} is not supported")
-            kw: dict[str, Any] = {"lb_policy": lb, "config": c}
-            if lb == "RING_HASH" and c.ring_hash_lb_config.HasField("minimum_ring_size"):
-                kw["ring_size"] = min(c.ring_hash_lb_config.minimum_ring_size.value, 1 << 20)
-            if c.HasField("connect_timeout"):
-                kw["connect_timeout"] = _dur(c.connect_timeout)
-            for t in c.circuit_breakers.thresholds:
-                if t.priority != 0:
-                    continue
-                if t.HasField("max_connections"):
-                    kw["max_connections"] = t.max_connections.value
-                if t.HasField("max_pending_requests"):
-                    kw["max_pending"] = t.max_pending_requests.value
-                if t.HasField("max_requests"):
-                    kw["max_requests"] = t.max_requests.value
-                if t.HasField("max_retries"):
-                    kw["max_retries"] = t.max_retries.value
-            if c.HasField("per_connection_buffer_limit_bytes"):
-                kw["per_connection_buffer_limit"] = c.per_connection_buffer_limit_bytes.value
-            if c.HasField("max_requests_per_connection"):
-                kw["max_requests_per_connection"] = c.max_requests_per_connection.value
-            if c.HasField("least_request_lb_config") and c.least_request_lb_config.HasField(
-                "choice_count"
-            ):
-                kw["choice_count"] = c.least_request_lb_config.choice_count.value
-            if c.health_checks:
-                log.warning(
-                    "%s.health_checks: active health checking is not implemented; "
-                    "hosts stay healthy",
-                    path,
-                )
-            hosts, targets = [], []
-            for ei, e in enumerate(c.load_assignment.endpoints):
-                for li, lbe in enumerate(e.lb_endpoints):
-                    sa = lbe.endpoint.address.socket_address
-                    epath = f"{path}.load_assignment.endpoints[{ei}].lb_endpoints[{li}]"
-                    if not sa.address:
-                        raise UnsupportedConfig(
-                            f"{epath}.endpoint.address: only socket addresses are supported"
-                        )
-                    w = (
-                        lbe.load_balancing_weight.value
-                        if lbe.HasField("load_balancing_weight")
-                        else 1
+            rt = self._build_cluster(c, path)
+            self.clusters[c.name] = rt.cluster
+            self._rt[c.name] = rt
+
+    def _build_cluster(self, c: Any, path: str) -> _ClusterRuntime:
+        """One cluster, not yet in `self.clusters` (static ones at start-up, CDS ones when
+        they arrive). EDS clusters start with no hosts (sofamesh.proxy.dynamic fills them)."""
+        from envoy.config.cluster.v3 import cluster_pb2
+
+        ctype = cluster_pb2.Cluster.DiscoveryType.Name(c.type)
+        if c.WhichOneof("cluster_discovery_type") == "cluster_type":
+            raise UnsupportedConfig(f"{path}.cluster_type: custom clusters are not supported")
+        if ctype not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS"):
+            raise UnsupportedConfig(f"{path}.type: {ctype} clusters are not supported")
+        if ctype == "EDS" and (
+            c.eds_cluster_config.eds_config.WhichOneof("config_source_specifier") != "ads"
+        ):
+            raise UnsupportedConfig(
+                f"{path}.eds_cluster_config.eds_config: only `ads: {{}}` is implemented"
+            )
+        lb = cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)
+        if lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"):
+            raise UnsupportedConfig(f"{path}.lb_policy: {lb} is not supported")
+        kw: dict[str, Any] = {"lb_policy": lb, "config": c}
+        if lb == "RING_HASH" and c.ring_hash_lb_config.HasField("minimum_ring_size"):
+            kw["ring_size"] = min(c.ring_hash_lb_config.minimum_ring_size.value, 1 << 20)
+        if c.HasField("connect_timeout"):
+            kw["connect_timeout"] = _dur(c.connect_timeout)
+        for t in c.circuit_breakers.thresholds:
+            if t.priority != 0:
+                continue
+            if t.HasField("max_connections"):
+                kw["max_connections"] = t.max_connections.value
+            if t.HasField("max_pending_requests"):
+                kw["max_pending"] = t.max_pending_requests.value
+            if t.HasField("max_requests"):
+                kw["max_requests"] = t.max_requests.value
+            if t.HasField("max_retries"):
+                kw["max_retries"] = t.max_retries.value
+        if c.HasField("per_connection_buffer_limit_bytes"):
+            kw["per_connection_buffer_limit"] = c.per_connection_buffer_limit_bytes.value
+        if c.HasField("max_requests_per_connection"):
+            kw["max_requests_per_connection"] = c.max_requests_per_connection.value
+        if c.HasField("least_request_lb_config") and c.least_request_lb_config.HasField(
+            "choice_count"
+        ):
+            kw["choice_count"] = c.least_request_lb_config.choice_count.value
+        if c.health_checks:
+            log.warning(
+                "%s.health_checks: active health checking is not implemented; hosts stay healthy",
+                path,
+            )
+        hosts, targets = [], []
+        for ei, e in enumerate(c.load_assignment.endpoints):
+            for li, lbe in enumerate(e.lb_endpoints):
+                sa = lbe.endpoint.address.socket_address
+                epath = f"{path}.load_assignment.endpoints[{ei}].lb_endpoints[{li}]"
+                if not sa.address:
+                    raise UnsupportedConfig(
+                        f"{epath}.endpoint.address: only socket addresses are supported"
                     )
-                    if ctype == "STATIC":
-                        try:
-                            socket.inet_pton(
-                                socket.AF_INET6 if ":" in sa.address else socket.AF_INET, sa.address
-                            )
-                        except OSError:
-                            raise UnsupportedConfig(
-                                f"{epath}.endpoint.address.socket_address.address: STATIC "
-                                f"clusters need IP addresses, got {sa.address!r}"
-                            ) from None
-                        hosts.append(Host(sa.address, sa.port_value, w))
-                    else:
-                        targets.append((sa.address, sa.port_value, w))
-            cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
-            self.clusters[c.name] = cl
-            self._rt[c.name] = _ClusterRuntime(cl, dns_targets=targets)
+                w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
+                if ctype == "STATIC":
+                    try:
+                        socket.inet_pton(
+                            socket.AF_INET6 if ":" in sa.address else socket.AF_INET, sa.address
+                        )
+                    except OSError:
+                        raise UnsupportedConfig(
+                            f"{epath}.endpoint.address.socket_address.address: STATIC "
+                            f"clusters need IP addresses, got {sa.address!r}"
+                        ) from None
+                    hosts.append(Host(sa.address, sa.port_value, w))
+                else:
+                    targets.append((sa.address, sa.port_value, w))
+        if ctype == "EDS":
+            hosts, targets = [], []  # an EDS cluster's inline load_assignment is unused (Envoy)
+        cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
+        return _ClusterRuntime(cl, dns_targets=targets)
 
     def _per_filter(self, name: str, anycfg: Any, path: str) -> Any:
         from sofamesh.filters import registry
@@ -215,20 +230,33 @@ class Server:
             raise UnsupportedConfig(f"{path}: filter {name!r} has no per-route config")
         return compile_route(anycfg, {"stats": self.stats, "loop": self._loop, "path": path})
 
-    def _build_hcm(self, li: int, listener: Any, fi: int, f: Any, stat_name: str) -> HcmConfig:
+    def _build_hcm(
+        self, li: int | str, listener: Any, fi: int, f: Any, stat_name: str
+    ) -> HcmConfig:
         from envoy.extensions.filters.network.http_connection_manager.v3 import (
             http_connection_manager_pb2 as hcm_pb2,
         )
 
         from sofamesh.filters import registry
 
-        path = f"static_resources.listeners[{li}].filter_chains[0].filters[{fi}]"
+        path = f"{_listener_path(li)}.filter_chains[0].filters[{fi}]"
         hcm = hcm_pb2.HttpConnectionManager()
         if not f.typed_config.Unpack(hcm):
             raise UnsupportedConfig(f"{path}.typed_config: expected HttpConnectionManager")
-        if hcm.WhichOneof("route_specifier") != "route_config":
+        spec_kind = hcm.WhichOneof("route_specifier")
+        if spec_kind == "rds":
+            # RDS: no routes (404) until sofamesh.proxy.dynamic swaps the table in; the
+            # listener is not served before that (it warms), as in Envoy
+            if hcm.rds.config_source.WhichOneof("config_source_specifier") != "ads":
+                raise UnsupportedConfig(
+                    f"{path}.typed_config.rds.config_source: only `ads: {{}}` is implemented"
+                )
+            from envoy.config.route.v3 import route_pb2
+
+            hcm.route_config.CopyFrom(route_pb2.RouteConfiguration(name=hcm.rds.route_config_name))
+        elif spec_kind != "route_config":
             raise UnsupportedConfig(
-                f"{path}.typed_config: only an inline route_config is supported"
+                f"{path}.typed_config: only an inline route_config or rds is supported"
             )
         if hcm.codec_type not in (0, 1):  # AUTO, HTTP1
             raise UnsupportedConfig(f"{path}.typed_config.codec_type: only HTTP/1.1")
@@ -397,17 +425,61 @@ class Server:
         reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
         for li, lst in enumerate(self.bootstrap.static_resources.listeners):
             await self._start_listener(li, lst, reuse_port)
+        if self.bootstrap.HasField("dynamic_resources"):
+            await self._start_xds()
+
+    async def _start_xds(self) -> None:
+        """dynamic_resources: the ADS client (sofamesh.xds) feeds sofamesh.proxy.dynamic.
+        Returns once the initial fetch is done or timed out (Envoy's init: /ready and
+        server.state stay INITIALIZING until then)."""
+        from sofamesh.proxy.dynamic import DynamicConfig
+
+        if int(getattr(self.options, "concurrency", 1) or 1) > 1:
+            raise UnsupportedConfig(
+                "dynamic_resources: xDS with --concurrency N > 1 (one stream for every "
+                "worker) is not implemented by sofamesh; run with --concurrency 1"
+            )
+        self.dynamic = DynamicConfig(self)
+        await self.dynamic.start()
 
     async def _start_listener(self, li: int, lst: Any, reuse_port: bool) -> None:
-        """Binds listener `lst`: one filter chain whose last filter is a terminal network
-        filter (http_connection_manager, or one from the filter registry: dubbo_proxy,
-        bolt_proxy, tcp_proxy, auto); filters before it may only be pass-through ones."""
+        """Binds listener `lst` (see _listener_view for what its chain may hold)."""
         from envoy.config.core.v3 import base_pb2
 
+        sa = lst.address.socket_address
+        view = self._listener_view(li, lst)
+        assert self._loop is not None
+        srv = await self._loop.create_server(
+            view.protocol_factory,
+            sa.address,
+            sa.port_value,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+            reuse_address=True,
+        )
+        bound = srv.sockets[0].getsockname()
+        info = ListenerInfo(
+            name=lst.name or f"{sa.address}_{sa.port_value}",
+            address=(bound[0], bound[1]),
+            config=lst,
+            hcm=view,
+            server=srv,
+            direction=base_pb2.TrafficDirection.Name(lst.traffic_direction),
+        )
+        self.listeners.append(info)
+        g = self.stats.gauge("listener_manager.total_listeners_active")
+        g.value = len(self.listeners)
+        g.used = True
+
+    def _listener_view(self, li: int | str, lst: Any) -> Any:
+        """What a listener's socket serves: one filter chain whose last filter is a terminal
+        network filter (http_connection_manager, or one from the filter registry: dubbo_proxy,
+        bolt_proxy, tcp_proxy, auto); filters before it may only be pass-through ones.
+        Network chains are added to `network_chains` (closed in stop())."""
         from sofamesh.filters import registry
         from sofamesh.filters.network.sniff import Chain
 
-        path = f"static_resources.listeners[{li}]"
+        path = _listener_path(li)
         sa = lst.address.socket_address
         if not sa.address:
             raise UnsupportedConfig(f"{path}.address: only socket addresses are supported")
@@ -438,37 +510,16 @@ class Server:
         else:
             view = built if isinstance(built, Chain) else Chain([built])
             self.network_chains.append(view)
-        assert self._loop is not None
-        srv = await self._loop.create_server(
-            view.protocol_factory,
-            sa.address,
-            sa.port_value,
-            reuse_port=reuse_port or None,
-            backlog=1024,
-            reuse_address=True,
-        )
-        bound = srv.sockets[0].getsockname()
-        info = ListenerInfo(
-            name=lst.name or f"{sa.address}_{sa.port_value}",
-            address=(bound[0], bound[1]),
-            config=lst,
-            hcm=view,
-            server=srv,
-            direction=base_pb2.TrafficDirection.Name(lst.traffic_direction),
-        )
-        self.listeners.append(info)
-        g = self.stats.gauge("listener_manager.total_listeners_active")
-        g.value = len(self.listeners)
-        g.used = True
+        return view
 
     def _build_terminal(
-        self, li: int, lst: Any, fi: int, f: Any, stat_name: str, fpath: str = ""
+        self, li: int | str, lst: Any, fi: int, f: Any, stat_name: str, fpath: str = ""
     ) -> tuple[str, Any]:
         """(sniff kind, built filter) for a terminal network filter. Filters that nest
         others (auto) build them through ctx["build_terminal"](filter, path)."""
         from sofamesh.filters import registry
 
-        fpath = fpath or f"static_resources.listeners[{li}].filter_chains[0].filters[{fi}]"
+        fpath = fpath or f"{_listener_path(li)}.filter_chains[0].filters[{fi}]"
         if f.name in HCM_NAMES or f.typed_config.type_url == HCM_TYPE:
             return "http", self._build_hcm(li, lst, fi, f, stat_name)
         spec = _network_spec(registry, f)
@@ -567,6 +618,8 @@ class Server:
                         c.close()
 
     async def stop(self) -> None:
+        if self.dynamic is not None:
+            await self.dynamic.stop()
         for rt in self._rt.values():
             if rt.dns_task is not None:
                 rt.dns_task.cancel()

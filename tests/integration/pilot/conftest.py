@@ -210,6 +210,22 @@ def ads_bootstrap(xds_port: int, admin: int, delta: bool, node_id: str = NODE_ID
     }
 
 
+# The sidecars the pilot's end-to-end tests run: real Envoy 1.40 and the sofamesh proxy,
+# both started as users start them, from the same ADS bootstrap.
+SIDECARS = ("envoy", "sofamesh")
+
+
+def ads_sidecar(kind: str, xds_port: int, admin: int, delta: bool, workdir: Path):
+    """A ProxyProcess (not started) of `kind` fed by the pilot at `xds_port`."""
+    from tests.conftest import envoy_binary
+    from tests.support.envoy import ProxyProcess
+
+    bootstrap = ads_bootstrap(xds_port, admin, delta)
+    if kind == "envoy":
+        return ProxyProcess.envoy(envoy_binary(), bootstrap, workdir)
+    return ProxyProcess.sofamesh(sofamesh_command(), bootstrap, workdir)
+
+
 @pytest.fixture
 def pilot(tmp_path):
     p = PilotProcess(tmp_path)

@@ -172,10 +172,23 @@ def test_unimplemented_core_field_is_an_error(tmp_path):
                 "eds_cluster_config: {eds_config: {ads: {}}}}]}",
             )
         )
+    # EDS clusters are implemented over ADS; without an ads_config Envoy skips the cluster
+    # with a warning, sofamesh refuses it
     assert [str(p) for p in e.value.problems] == [
         (
-            "static_resources.clusters[0].type: EDS: cluster discovery type is not implemented "
-            "by sofamesh"
+            "static_resources.clusters[0].eds_cluster_config.eds_config.ads: ADS must be "
+            "configured to support an ADS config source (dynamic_resources.ads_config)"
+        )
+    ]
+    assert e.value.unsupported_only
+    with pytest.raises(ConfigError) as e:
+        load_bootstrap(
+            write(tmp_path, "static_resources: {clusters: [{name: a, outlier_detection: {}}]}")
+        )
+    assert [str(p) for p in e.value.problems] == [
+        (
+            "static_resources.clusters[0].outlier_detection: outlier detection is not "
+            "implemented by sofamesh"
         )
     ]
 

@@ -1,0 +1,662 @@
+"""Dynamic clusters, endpoints, listeners and routes: what the xDS client applies to a Server.
+
+The `Applier` of sofamesh.xds.client. Each resource is validated as a bootstrap is
+(`config.validate.validate_resource`, then the Server's own build), and either applied or
+reported by name (the client NACKs with it) while its last good version keeps serving.
+Nothing live is mutated: a new cluster, route table or listener view is built aside and
+swapped in by one reference, so requests in flight finish on what they started with and
+no connection is dropped:
+
+    CDS  -> Server._build_cluster -> warming (EDS: until its endpoints, DNS: until the first
+            resolution) -> server.clusters[name] = cluster   (looked up by name per request)
+    EDS  -> Cluster.set_hosts (hosts that stay keep their pools)
+    LDS  -> Server._listener_view -> warming (HCM rds: until its routes) -> the listening
+            socket's _Acceptor.view = view (same address: the socket stays; else a new
+            socket starts serving and the old one closes); the old view drains
+    RDS  -> compile_route_config -> HcmConfig.routes = table
+
+A draining view gets no new connection; its HTTP/1 connections close after their next
+response (`connection: close`), and whatever is left closes after --drain-time-s, as
+Envoy's listener drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sofamesh._core.http_proxy import HcmConfig
+from sofamesh._core.upstream import Host
+from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.routes import compile_route_config
+from sofamesh.xds.client import CDS, EDS, LDS, AdsClient, Update
+
+log = logging.getLogger("sofamesh.xds")
+
+_HCM_URL = (
+    "type.googleapis.com/envoy.extensions.filters.network."
+    "http_connection_manager.v3.HttpConnectionManager"
+)
+
+
+_EDS_STATS = (
+    "update_attempt",
+    "update_success",
+    "update_rejected",
+    "update_empty",
+    "update_no_rebuild",
+)
+_RDS_STATS = (
+    "update_attempt",
+    "update_success",
+    "update_rejected",
+    "update_empty",
+    "config_reload",
+)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _bump(stats: Any, name: str) -> None:
+    c = stats.counter(name)
+    c.value += 1
+    c.used = True
+
+
+def _problems_text(problems: list) -> str:
+    return "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in problems)
+
+
+def hosts_from_assignment(cla: Any) -> list[Host]:
+    """Hosts of an envoy.config.endpoint.v3.ClusterLoadAssignment. UNHEALTHY, DRAINING and
+    TIMEOUT endpoints are kept but not chosen (as Server.set_endpoints)."""
+    hosts = []
+    for ei, e in enumerate(cla.endpoints):
+        for hi, lbe in enumerate(e.lb_endpoints):
+            sa = lbe.endpoint.address.socket_address
+            try:
+                socket.inet_pton(
+                    socket.AF_INET6 if ":" in sa.address else socket.AF_INET, sa.address
+                )
+            except OSError:
+                raise UnsupportedConfig(
+                    f"endpoints[{ei}].lb_endpoints[{hi}].endpoint.address.socket_address"
+                    f".address: malformed IP address: {sa.address}"
+                ) from None
+            w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
+            h = Host(sa.address, sa.port_value, w)
+            h.healthy = lbe.health_status not in (2, 3, 4)  # UNHEALTHY, DRAINING, TIMEOUT
+            hosts.append(h)
+    return hosts
+
+
+def _rds_of(lst: Any) -> tuple[str | None, Any]:
+    """(route config name, HttpConnectionManager) when the listener's terminal filter is
+    an HCM with rds; (None, hcm or None) otherwise."""
+    from sofamesh.config import protos
+
+    if len(lst.filter_chains) != 1 or not lst.filter_chains[0].filters:
+        return None, None
+    f = lst.filter_chains[0].filters[-1]
+    if f.typed_config.type_url != _HCM_URL:
+        return None, None
+    hcm = protos.unpack_any(f.typed_config)
+    if hcm is not None and hcm.HasField("rds"):
+        return hcm.rds.route_config_name, hcm
+    return None, hcm
+
+
+def _nested_rds(msg: Any) -> bool:
+    """Whether an HCM with rds hides inside a message (e.g. the auto filter's list)."""
+    from sofamesh.config import protos
+
+    for fd, val in msg.ListFields():
+        if fd.message_type is None:
+            continue
+        items = val if fd.is_repeated else [val]
+        for v in items:
+            if fd.message_type.full_name == "google.protobuf.Any":
+                inner = protos.unpack_any(v)
+                if inner is None:
+                    continue
+                if v.type_url == _HCM_URL and inner.HasField("rds"):
+                    return True
+                if _nested_rds(inner):
+                    return True
+            elif not fd.message_type.GetOptions().map_entry and _nested_rds(v):
+                return True
+    return False
+
+
+class _Acceptor:
+    """A listening socket's protocol factory: the listener's current view, so an update on
+    the same address swaps what new connections get without closing the socket."""
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+
+    def __call__(self) -> Any:
+        return self.view.protocol_factory()
+
+
+@dataclass
+class _DynCluster:
+    name: str
+    version: str
+    config: Any  # envoy.config.cluster.v3.Cluster
+    raw: bytes
+    rt: Any  # proxy.server._ClusterRuntime
+    eds_name: str | None
+    updated: float = field(default_factory=_now)
+    task: Any = None  # first DNS resolution
+
+
+@dataclass
+class _DynListener:
+    name: str
+    version: str
+    config: Any  # envoy.config.listener.v3.Listener
+    raw: bytes
+    view: Any  # HcmConfig or network Chain
+    address: tuple[str, int]
+    acceptor: _Acceptor
+    server: Any  # asyncio.Server of its socket
+    rds: str | None
+    hcm: Any  # the HCM proto when the terminal filter is one
+    updated: float = field(default_factory=_now)
+    info: Any = None  # proxy.server.ListenerInfo once active
+
+
+@dataclass
+class _Held:
+    version: str
+    msg: Any
+    raw: bytes
+    updated: float = field(default_factory=_now)
+
+
+class DynamicConfig:
+    """Dynamic resources of one Server; `start()` runs the ADS client until initialized."""
+
+    def __init__(self, server: Any) -> None:
+        from sofamesh.xds.settings import AdsSettings
+
+        self.server = server
+        self.stats = server.stats
+        self.settings = AdsSettings.from_bootstrap(server.bootstrap)
+        self.static_clusters = {c.name for c in server.bootstrap.static_resources.clusters}
+        self.static_listeners = {li.name for li in server.listeners}
+        self.active_clusters: dict[str, _DynCluster] = {}
+        self.warming_clusters: dict[str, _DynCluster] = {}
+        self.endpoints: dict[str, _Held] = {}
+        self.active_listeners: dict[str, _DynListener] = {}
+        self.warming_listeners: dict[str, _DynListener] = {}
+        self.draining: list[Any] = []  # views still finishing their connections
+        self.routes: dict[str, _Held] = {}
+        self.type_versions: dict[str, str] = {}
+        self.static_rds: list[tuple[Any, Any, str]] = []  # (ListenerInfo, hcm proto, name)
+        self.client = AdsClient(self.settings, self, self.stats)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        for li in self.server.listeners:  # static listeners whose HCM uses rds
+            name, hcm = _rds_of(li.config)
+            if name is not None:
+                self.static_rds.append((li, hcm, name))
+        self.client.start()
+        await self.client.initialized.wait()
+        self._gauges()
+
+    async def stop(self) -> None:
+        await self.client.stop()
+        for t in list(self._tasks):
+            t.cancel()
+        for dc in [*self.active_clusters.values(), *self.warming_clusters.values()]:
+            self._cancel_dns(dc)
+        for dl in self.warming_listeners.values():
+            if dl.server is not None and (
+                dl.name not in self.active_listeners
+                or self.active_listeners[dl.name].server is not dl.server
+            ):
+                dl.server.close()
+        for view in self.draining:
+            self._close_view(view)
+
+    # ------------------------------------------------------------ Applier protocol
+    def names(self, type_url: str) -> set[str]:
+        if type_url == EDS:
+            return {
+                dc.eds_name
+                for dc in [*self.active_clusters.values(), *self.warming_clusters.values()]
+                if dc.eds_name
+            }
+        names = {n for _, _, n in self.static_rds}
+        for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
+            if dl.rds:
+                names.add(dl.rds)
+        return names
+
+    def warming(self, kind: str) -> int:
+        if kind == "clusters":
+            return len(self.warming_clusters)
+        static_waiting = sum(1 for _, _, n in self.static_rds if n not in self.routes)
+        return len(self.warming_listeners) + static_waiting
+
+    def end_warming(self, kind: str) -> None:
+        if kind == "clusters":
+            for dc in list(self.warming_clusters.values()):
+                self._activate_cluster(dc)
+        else:
+            for dl in list(self.warming_listeners.values()):
+                t = asyncio.get_running_loop().create_task(self._activate_listener(dl))
+                self._keep(t)
+        self._gauges()
+
+    async def apply(self, up: Update) -> dict[str, str]:
+        self.type_versions[up.type_url] = up.version
+        if up.type_url == CDS:
+            errors = self._apply_clusters(up)
+        elif up.type_url == EDS:
+            errors = self._apply_endpoints(up)
+        elif up.type_url == LDS:
+            errors = await self._apply_listeners(up)
+        else:
+            errors = await self._apply_routes(up)
+        self._gauges()
+        return errors
+
+    # ------------------------------------------------------------ clusters (CDS)
+    def _apply_clusters(self, up: Update) -> dict[str, str]:
+        from sofamesh.config.validate import validate_resource
+
+        errors = {}
+        for name, (version, c) in up.resources.items():
+            try:
+                if name in self.static_clusters:
+                    raise UnsupportedConfig(
+                        f"'{name}' is a static cluster and cannot be added or updated by CDS"
+                    )
+                raw = c.SerializeToString(deterministic=True)
+                cur = self.warming_clusters.get(name) or self.active_clusters.get(name)
+                if cur is not None and cur.raw == raw:
+                    continue  # unchanged: no rebuild, its version stays (Envoy)
+                problems = validate_resource(c)
+                if problems:
+                    raise UnsupportedConfig(_problems_text(problems))
+                rt = self.server._build_cluster(c, "")
+            except (UnsupportedConfig, ValueError) as e:
+                errors[name] = f"Error adding/updating cluster(s) {name}: {str(e).lstrip('.')}"
+                continue
+            eds = None
+            if c.type == 3:  # EDS
+                eds = c.eds_cluster_config.service_name or name
+            self._add_cluster(_DynCluster(name, version, c, raw, rt, eds))
+        gone = list(up.removed)
+        if up.full_state:
+            gone = [
+                n for n in [*self.active_clusters, *self.warming_clusters] if n not in up.resources
+            ]
+        for n in dict.fromkeys(gone):
+            self._remove_cluster(n)
+        return errors
+
+    def _add_cluster(self, dc: _DynCluster) -> None:
+        if dc.eds_name is not None:
+            for n in _EDS_STATS:  # shown from the start, zeros included (Envoy)
+                self.stats.counter(f"cluster.{dc.name}.{n}")
+        old = self.warming_clusters.pop(dc.name, None)
+        if old is not None:
+            self._cancel_dns(old)
+        if dc.eds_name is not None:
+            held = self.endpoints.get(dc.eds_name)
+            if held is not None:  # an update of a cluster whose endpoints are known
+                dc.rt.cluster.set_hosts(hosts_from_assignment(held.msg))
+                self._activate_cluster(dc)
+            else:
+                self.warming_clusters[dc.name] = dc
+            return
+        if dc.rt.dns_targets:
+            self.warming_clusters[dc.name] = dc
+            dc.task = asyncio.get_running_loop().create_task(self._first_resolution(dc))
+            return
+        self._activate_cluster(dc)
+
+    async def _first_resolution(self, dc: _DynCluster) -> None:
+        await self.server._resolve(dc.rt)
+        if self.warming_clusters.get(dc.name) is dc:
+            self._activate_cluster(dc)
+            self._gauges()
+            self.client.poke()
+
+    def _activate_cluster(self, dc: _DynCluster) -> None:
+        srv = self.server
+        self.warming_clusters.pop(dc.name, None)
+        prev = self.active_clusters.get(dc.name)
+        old_rt = srv._rt.get(dc.name)
+        srv.clusters[dc.name] = dc.rt.cluster  # requests look clusters up by name
+        srv._rt[dc.name] = dc.rt
+        self.active_clusters[dc.name] = dc
+        if dc.rt.dns_targets and dc.rt.dns_task is None:
+            cfg = dc.config
+            rate = 5.0
+            if cfg.HasField("dns_refresh_rate"):
+                rate = max(cfg.dns_refresh_rate.ToNanoseconds() / 1e9, 0.001)
+            dc.rt.dns_task = asyncio.get_running_loop().create_task(srv._dns_loop(dc.rt, rate))
+        if prev is not None and old_rt is not None and old_rt is not dc.rt:
+            self._retire(old_rt)
+        _bump(
+            self.stats,
+            "cluster_manager.cluster_modified" if prev else "cluster_manager.cluster_added",
+        )
+
+    def _retire(self, rt: Any) -> None:
+        """A replaced or removed cluster: no new requests reach it; its idle connections
+        close, busy ones finish their request."""
+        if rt.dns_task is not None:
+            rt.dns_task.cancel()
+        for h in rt.cluster.hosts or ():
+            for c in list(h.idle):
+                c.close()
+
+    def _cancel_dns(self, dc: _DynCluster) -> None:
+        if dc.task is not None:
+            dc.task.cancel()
+
+    def _remove_cluster(self, name: str) -> None:
+        w = self.warming_clusters.pop(name, None)
+        if w is not None:
+            self._cancel_dns(w)
+        dc = self.active_clusters.pop(name, None)
+        if dc is not None:
+            self.server.clusters.pop(name, None)
+            rt = self.server._rt.pop(name, None)
+            if rt is not None:
+                self._retire(rt)
+            _bump(self.stats, "cluster_manager.cluster_removed")
+
+    # ------------------------------------------------------------ endpoints (EDS)
+    def _apply_endpoints(self, up: Update) -> dict[str, str]:
+        from sofamesh.config.validate import validate_resource
+
+        errors = {}
+        every = [*self.active_clusters.values(), *self.warming_clusters.values()]
+        for name, (version, cla) in up.resources.items():
+            users = [dc for dc in every if dc.eds_name == name]
+            for dc in users:
+                _bump(self.stats, f"cluster.{dc.name}.update_attempt")
+            raw = cla.SerializeToString(deterministic=True)
+            held = self.endpoints.get(name)
+            if (
+                held is not None
+                and held.raw == raw
+                and not any(dc.name in self.warming_clusters for dc in users)
+            ):
+                for dc in users:
+                    _bump(self.stats, f"cluster.{dc.name}.update_no_rebuild")
+                continue
+            try:
+                problems = validate_resource(cla)
+                if problems:
+                    raise UnsupportedConfig(_problems_text(problems))
+                hosts_from_assignment(cla)  # checks every address before anything changes
+            except (UnsupportedConfig, ValueError) as e:
+                errors[name] = f"ClusterLoadAssignment {name}: {e}"
+                for dc in users:
+                    _bump(self.stats, f"cluster.{dc.name}.update_rejected")
+                continue
+            self.endpoints[name] = _Held(version, cla, raw)
+            for dc in users:
+                dc.rt.cluster.set_hosts(hosts_from_assignment(cla))
+                _bump(self.stats, f"cluster.{dc.name}.update_success")
+                if not cla.endpoints:
+                    _bump(self.stats, f"cluster.{dc.name}.update_empty")
+                if dc.name in self.warming_clusters:
+                    self._activate_cluster(dc)
+        for name in up.removed:  # Delta: the assignment is gone, so are its hosts
+            self.endpoints.pop(name, None)
+            for dc in every:
+                if dc.eds_name == name:
+                    dc.rt.cluster.set_hosts([])
+        return errors
+
+    # ------------------------------------------------------------ listeners (LDS)
+    async def _apply_listeners(self, up: Update) -> dict[str, str]:
+        errors = {}
+        for name, (version, lst) in up.resources.items():
+            try:
+                await self._set_listener(name, version, lst)
+            except (UnsupportedConfig, ValueError, OSError) as e:
+                errors[name] = f"Error adding/updating listener(s) {name}: {str(e).lstrip('.')}"
+        gone = list(up.removed)
+        if up.full_state:
+            gone = [
+                n
+                for n in [*self.active_listeners, *self.warming_listeners]
+                if n not in up.resources
+            ]
+        for n in dict.fromkeys(gone):
+            self._remove_listener(n)
+        return errors
+
+    async def _set_listener(self, name: str, version: str, lst: Any) -> None:
+        from sofamesh.config.validate import validate_resource
+
+        if name in self.static_listeners:
+            raise UnsupportedConfig(f"'{name}' is a static listener and cannot be updated by LDS")
+        raw = lst.SerializeToString(deterministic=True)
+        cur = self.warming_listeners.get(name) or self.active_listeners.get(name)
+        if cur is not None and cur.raw == raw:
+            return  # unchanged: its version stays (Envoy)
+        problems = validate_resource(lst)
+        if problems:
+            raise UnsupportedConfig(_problems_text(problems))
+        if lst.HasField("api_listener"):
+            raise UnsupportedConfig("api_listener: API listeners are for gRPC clients")
+        if _nested_rds(lst) and _rds_of(lst)[0] is None:
+            raise UnsupportedConfig(
+                "filter_chains[0].filters: rds is implemented for a terminal "
+                "http_connection_manager only (not nested in another filter)"
+            )
+        srv = self.server
+        n_chains = len(srv.network_chains)
+        view = srv._listener_view("", lst)
+        if len(srv.network_chains) > n_chains:  # dynamic views are tracked here, not there
+            del srv.network_chains[n_chains:]
+        rds, hcm = _rds_of(lst)
+        sa = lst.address.socket_address
+        addr = (sa.address, sa.port_value)
+        active = self.active_listeners.get(name)
+        old_warming = self.warming_listeners.pop(name, None)
+        if old_warming is not None and (active is None or old_warming.server is not active.server):
+            old_warming.server.close()
+        if active is not None and active.address == addr:
+            acceptor, server = active.acceptor, active.server  # same socket, new view
+        else:
+            acceptor = _Acceptor(view)
+            reuse_port = int(getattr(srv.options, "concurrency", 1) or 1) > 1
+            server = await srv._loop.create_server(
+                acceptor,
+                sa.address,
+                sa.port_value,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+                reuse_address=True,
+                start_serving=False,
+            )
+        bound = server.sockets[0].getsockname()
+        dl = _DynListener(name, version, lst, raw, view, addr, acceptor, server, rds, hcm)
+        for n in _RDS_STATS if rds is not None else ():
+            self.stats.counter(f"http.{hcm.stat_prefix}.rds.{rds}.{n}")
+        dl.address = (bound[0], bound[1]) if addr[1] == 0 else addr
+        if rds is not None and rds in self.routes:
+            view.routes = self._compile_routes(self.routes[rds].msg, hcm, rds)
+        if rds is not None and rds not in self.routes:
+            self.warming_listeners[name] = dl  # until its routes arrive (RDS)
+            return
+        await self._activate_listener(dl)
+
+    async def _activate_listener(self, dl: _DynListener) -> None:
+        from envoy.config.core.v3 import base_pb2
+
+        from sofamesh.proxy.server import ListenerInfo
+
+        self.warming_listeners.pop(dl.name, None)
+        old = self.active_listeners.get(dl.name)
+        if old is not None and old.server is dl.server:
+            dl.acceptor.view = dl.view  # new connections get the new view at once
+        else:
+            await dl.server.start_serving()
+            if old is not None:
+                old.server.close()  # stop accepting
+        info = ListenerInfo(
+            name=dl.name,
+            address=dl.address,
+            config=dl.config,
+            hcm=dl.view,
+            server=dl.server,
+            direction=base_pb2.TrafficDirection.Name(dl.config.traffic_direction),
+        )
+        dl.info = info
+        lst = self.server.listeners
+        if old is not None and old.info in lst:
+            lst[lst.index(old.info)] = info
+        else:
+            lst.append(info)
+        self.active_listeners[dl.name] = dl
+        if old is not None:
+            self._drain(old.view)
+            _bump(self.stats, "listener_manager.listener_modified")
+        else:
+            _bump(self.stats, "listener_manager.listener_added")
+        self._gauges()
+
+    def _remove_listener(self, name: str) -> None:
+        w = self.warming_listeners.pop(name, None)
+        dl = self.active_listeners.pop(name, None)
+        if w is not None and (dl is None or w.server is not dl.server):
+            w.server.close()
+        if dl is None:
+            return
+        dl.server.close()  # stop accepting; the connections drain
+        if dl.info in self.server.listeners:
+            self.server.listeners.remove(dl.info)
+        self._drain(dl.view)
+        _bump(self.stats, "listener_manager.listener_removed")
+
+    def _drain(self, view: Any) -> None:
+        view.draining = True
+        self.draining.append(view)
+        t = asyncio.get_running_loop().create_task(self._finish_drain(view))
+        self._keep(t)
+
+    async def _finish_drain(self, view: Any) -> None:
+        deadline = time.monotonic() + float(getattr(self.server.options, "drain_time_s", 600))
+        try:
+            while view.conns and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            self._close_view(view)
+            if view in self.draining:
+                self.draining.remove(view)
+            self._gauges()
+
+    @staticmethod
+    def _close_view(view: Any) -> None:
+        if isinstance(view, HcmConfig):
+            for c in list(view.conns):
+                c.close()
+        else:
+            view.close_all()
+
+    # ------------------------------------------------------------ routes (RDS)
+    def _rds_users(self, name: str) -> list[tuple[Any, Any, str]]:
+        """(view, hcm proto, stat prefix) of every listener that uses route config `name`."""
+        out = []
+        for li, hcm, n in self.static_rds:
+            if n == name:
+                out.append((li.hcm, hcm, hcm.stat_prefix))
+        for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
+            if dl.rds == name:
+                out.append((dl.view, dl.hcm, dl.hcm.stat_prefix))
+        return out
+
+    def _compile_routes(self, rc: Any, hcm: Any, name: str) -> Any:
+        return compile_route_config(
+            rc,
+            per_filter=self.server._per_filter,
+            path=f"route_config[{name}]",
+            strip_port=hcm.strip_any_host_port,
+        )
+
+    async def _apply_routes(self, up: Update) -> dict[str, str]:
+        from envoy.config.route.v3 import route_pb2
+
+        from sofamesh.config.validate import validate_resource
+
+        errors = {}
+        for name, (version, rc) in up.resources.items():
+            users = self._rds_users(name)
+            for _, _, prefix in users:
+                _bump(self.stats, f"http.{prefix}.rds.{name}.update_attempt")
+            raw = rc.SerializeToString(deterministic=True)
+            held = self.routes.get(name)
+            if held is not None and held.raw == raw:
+                for _, _, prefix in users:
+                    _bump(self.stats, f"http.{prefix}.rds.{name}.update_empty")
+                continue
+            try:
+                problems = validate_resource(rc)
+                if problems:
+                    raise UnsupportedConfig(_problems_text(problems))
+                tables = [self._compile_routes(rc, hcm, name) for _, hcm, _ in users]
+            except (UnsupportedConfig, ValueError) as e:
+                errors[name] = f"RouteConfiguration {name}: {e}"
+                for _, _, prefix in users:
+                    _bump(self.stats, f"http.{prefix}.rds.{name}.update_rejected")
+                continue
+            self.routes[name] = _Held(version, rc, raw)
+            for (view, _, prefix), table in zip(users, tables):
+                view.routes = table  # one reference: the next request uses it
+                _bump(self.stats, f"http.{prefix}.rds.{name}.update_success")
+                _bump(self.stats, f"http.{prefix}.rds.{name}.config_reload")
+            await self._activate_ready(name)
+        for name in up.removed:  # Delta: an empty route table (404) as Envoy
+            self.routes.pop(name, None)
+            empty = route_pb2.RouteConfiguration(name=name)
+            for view, hcm, _ in self._rds_users(name):
+                view.routes = self._compile_routes(empty, hcm, name)
+        return errors
+
+    async def _activate_ready(self, route_name: str) -> None:
+        for dl in list(self.warming_listeners.values()):
+            if dl.rds == route_name:
+                await self._activate_listener(dl)
+
+    # ------------------------------------------------------------ stats, dumps
+    def _keep(self, t: asyncio.Task) -> None:
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _gauges(self) -> None:
+        for name, v in (
+            ("cluster_manager.warming_clusters", len(self.warming_clusters)),
+            ("listener_manager.total_listeners_warming", len(self.warming_listeners)),
+            ("listener_manager.total_listeners_draining", len(self.draining)),
+        ):
+            g = self.stats.gauge(name)
+            g.value = v
+            g.used = True
+
+    def counts(self) -> dict[str, int]:
+        """For admin: warming and draining counts (active ones are in the topology)."""
+        return {
+            "warming_clusters": len(self.warming_clusters),
+            "warming_listeners": len(self.warming_listeners),
+            "draining_listeners": len(self.draining),
+        }

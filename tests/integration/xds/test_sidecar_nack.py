@@ -1,0 +1,267 @@
+"""A test xDS server (grpc.aio, in this process) feeds the sofamesh sidecar, started as users
+start it (`sofamesh proxy -c`), over SotW and Delta ADS: a config with an error is NACKed
+with `error_detail` naming the field, the last good config keeps serving, and the next good
+push is taken."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import itertools
+import time
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2, json_format
+
+from tests.conftest import free_port, sofamesh_command
+from tests.integration.pilot.conftest import ads_bootstrap
+from tests.support.envoy import ProxyProcess, admin_get
+from tests.support.http_upstream import RecordingUpstream
+
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
+
+
+def cluster(port: int, **extra) -> cluster_pb2.Cluster:
+    d = {
+        "name": "app",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "app",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        **extra,
+    }
+    return json_format.ParseDict(d, cluster_pb2.Cluster())
+
+
+def listener(port: int, **hcm_extra) -> listener_pb2.Listener:
+    from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+        http_connection_manager_pb2,
+    )
+
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": "ingress",
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+        **hcm_extra,
+    }
+    d = {
+        "name": "ingress",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    return json_format.ParseDict(d, listener_pb2.Listener())
+
+
+class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """Serves `self.resources[type_url]` (version, [messages]) on request and on push();
+    records every request the client sends."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, tuple[str, list]] = {}
+        self.requests: list = []
+        self.queues: list[asyncio.Queue] = []
+        self.nonces = itertools.count(1)
+        self.sent: dict[str, str] = {}  # type -> last nonce sent
+        self.pushed: dict[str, int] = {}  # type -> last nonce sent before the last push
+
+    def push(self, type_url: str, version: str, msgs: list) -> str:
+        self.resources[type_url] = (version, msgs)
+        self.pushed[type_url] = int(self.sent.get(type_url, "0"))
+        for q in self.queues:
+            q.put_nowait(type_url)
+        return version
+
+    def _nonce(self, type_url: str) -> str:
+        n = str(next(self.nonces))
+        self.sent[type_url] = n
+        return n
+
+    async def _serve(self, requests, make):
+        q: asyncio.Queue = asyncio.Queue()
+        self.queues.append(q)
+
+        async def read() -> None:
+            async for req in requests:
+                self.requests.append(req)
+                if not req.response_nonce and req.type_url in self.resources:
+                    q.put_nowait(req.type_url)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                t = await q.get()
+                yield make(t)
+        finally:
+            reader.cancel()
+            self.queues.remove(q)
+
+    async def StreamAggregatedResources(self, requests, context):
+        def make(t: str):
+            version, msgs = self.resources[t]
+            r = discovery_pb2.DiscoveryResponse(
+                type_url=t, version_info=version, nonce=self._nonce(t)
+            )
+            for m in msgs:
+                a = any_pb2.Any()
+                a.Pack(m)
+                r.resources.append(a)
+            return r
+
+        async for r in self._serve(requests, make):
+            yield r
+
+    async def DeltaAggregatedResources(self, requests, context):
+        def make(t: str):
+            version, msgs = self.resources[t]
+            r = discovery_pb2.DeltaDiscoveryResponse(
+                type_url=t, system_version_info=version, nonce=self._nonce(t)
+            )
+            for m in msgs:
+                res = r.resources.add(name=m.name, version=version)
+                res.resource.Pack(m)
+            return r
+
+        async for r in self._serve(requests, make):
+            yield r
+
+    async def answer(self, type_url: str, timeout: float = 10.0):
+        """The client's request answering the newest response of `type_url` sent after the
+        last push (ACK or NACK)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            nonce = self.sent.get(type_url)
+            if nonce is not None and int(nonce) > self.pushed.get(type_url, 0):
+                for r in self.requests:
+                    if r.type_url == type_url and r.response_nonce == nonce:
+                        return r
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no answer to the last {type_url} push")
+
+
+def who(port: int) -> str:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/")
+        r = c.getresponse()
+        body = r.read().decode()
+        return body.split()[0].removeprefix("upstream=") if r.status == 200 else str(r.status)
+    finally:
+        c.close()
+
+
+def stat(admin: int, name: str) -> int:
+    _, text = admin_get(admin, f"/stats?filter=^{name}$")
+    for line in text.splitlines():
+        k, _, v = line.partition(": ")
+        if k == name:
+            return int(v)
+    return -1
+
+
+@pytest.mark.parametrize("mode", ["sotw", "delta"])
+async def test_nack_names_the_field_keeps_last_good_and_recovers(tmp_path, mode):
+    delta = mode == "delta"
+    up = RecordingUpstream(["alpha", "beta", "gamma"]).start()
+    ads = ScriptedAds()
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    xds_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    lport, admin = free_port(), free_port()
+    ads.push(CDS, "1", [cluster(up.ports["alpha"])])
+    ads.push(LDS, "1", [listener(lport)])
+    proxy = ProxyProcess.sofamesh(
+        sofamesh_command(), ads_bootstrap(xds_port, admin, delta), tmp_path / "sidecar"
+    )
+    try:
+        await asyncio.to_thread(proxy.start)
+        assert (await ads.answer(CDS)).error_detail.code == 0
+        assert (await ads.answer(LDS)).error_detail.code == 0
+        assert await asyncio.to_thread(who, lport) == "alpha"
+
+        # 1. a cluster with an unimplemented lb_policy (and a new endpoint): NACKed by name
+        ads.push(CDS, "2", [cluster(up.ports["beta"], lb_policy="MAGLEV")])
+        nack = await ads.answer(CDS)
+        assert nack.error_detail.code == 3  # INVALID_ARGUMENT
+        assert "app" in nack.error_detail.message
+        assert "lb_policy" in nack.error_detail.message, nack.error_detail.message
+        if not delta:
+            assert nack.version_info == "1"  # the last good version
+        # ... the last good cluster keeps serving
+        assert {await asyncio.to_thread(who, lport) for _ in range(5)} == {"alpha"}
+        assert await asyncio.to_thread(stat, admin, "cluster_manager.cds.update_rejected") == 1
+
+        # 2. a listener with an unimplemented HCM field: NACKed naming its path
+        ads.push(LDS, "2", [listener(lport, tracing={})])
+        nack = await ads.answer(LDS)
+        assert nack.error_detail.code == 3
+        assert "ingress" in nack.error_detail.message
+        assert "filter_chains[0].filters[0].typed_config.tracing" in nack.error_detail.message
+        assert await asyncio.to_thread(who, lport) == "alpha"
+        assert await asyncio.to_thread(stat, admin, "listener_manager.lds.update_rejected") == 1
+
+        # 3. the next good pushes are taken: ACKed with their versions, traffic follows
+        ads.push(CDS, "3", [cluster(up.ports["gamma"])])
+        ack = await ads.answer(CDS)
+        assert ack.error_detail.code == 0 and not ack.error_detail.message
+        if not delta:
+            assert ack.version_info == "3"
+        ads.push(LDS, "3", [listener(lport, server_name="sidecar-test")])
+        assert (await ads.answer(LDS)).error_detail.code == 0
+        assert await asyncio.to_thread(who, lport) == "gamma"
+        assert await asyncio.to_thread(stat, admin, "cluster_manager.cds.update_success") == 2
+        assert await asyncio.to_thread(stat, admin, "listener_manager.lds.update_success") == 2
+        # one stream, the node sent once (set_node_on_first_message_only)
+        with_node = [r for r in ads.requests if r.HasField("node")]
+        assert len(with_node) == 1 and with_node[0].node.id.startswith("sidecar~")
+    finally:
+        await asyncio.to_thread(proxy.stop)
+        await server.stop(None)
+        up.stop()
