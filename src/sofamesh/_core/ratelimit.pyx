@@ -31,6 +31,7 @@ cimport cython
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.unistd cimport close
 
 from sofamesh._core.http_proxy cimport HttpFilter, DownstreamConn, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.router cimport rng_next
@@ -253,11 +254,7 @@ cdef class BucketRegion:
         if self.mem != NULL:
             munmap(self.mem, self.size)
         if self.fd >= 0:
-            import os
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
+            close(self.fd)  # no Python import here: it may run at interpreter shutdown
 
 
 def bucket_key(str path, uint64_t max_tokens, uint64_t tokens_per_fill,
