@@ -6,9 +6,12 @@ os.write per batch (every `flush_interval` seconds or `max_batch` lines), never 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
+
+log = logging.getLogger("sofamesh.access_log")
 
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
@@ -37,6 +40,7 @@ class FileAccessLog:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._timer: Any = None
         self.dropped = 0
+        self.reopen_failed = 0
 
     def log(self, s: Any, duration_ms: float) -> None:
         """Called by the proxy when a request ends; `s` is the stream (DownstreamConn)."""
@@ -80,6 +84,22 @@ class FileAccessLog:
                 data = data[n:]
         except OSError:
             self.dropped += 1
+
+    def reopen(self) -> None:
+        """POST /reopen_logs and SIGUSR1, as Envoy: what is buffered goes to the file open
+        now, later lines to the path opened anew (logrotate moved the old file away). If the
+        path cannot be opened, the old file is kept and the failure counted."""
+        self.flush()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as e:
+            self.reopen_failed += 1
+            log.warning(
+                "access log %s: cannot reopen (%s); still writing the old file", self.path, e
+            )
+            return
+        os.close(self.fd)
+        self.fd = fd
 
     def close(self) -> None:
         if self._timer is not None:

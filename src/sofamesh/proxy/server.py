@@ -617,6 +617,11 @@ class Server:
                     if not c.busy():
                         c.close()
 
+    def reopen_logs(self) -> None:
+        """Reopens every access log file (admin POST /reopen_logs, SIGUSR1)."""
+        for al in self._access_logs:
+            al.reopen()
+
     async def stop(self) -> None:
         if self.dynamic is not None:
             await self.dynamic.stop()
