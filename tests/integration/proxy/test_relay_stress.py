@@ -90,7 +90,8 @@ async def _small_exchanges(port: int, stop: float, rng: random.Random, stats: di
                 except TimeoutError:
                     stats["stalled"] += 1
                     raise AssertionError(
-                        f"a chunked reply never arrived after {stats['small']} exchanges") from None
+                        f"a chunked reply never arrived after {stats['small']} exchanges"
+                    ) from None
                 assert resp.body == b"chunk-0;chunk-1;chunk-2;"
                 stats["small"] += 1
             if rng.random() < 0.02:  # now and then a fresh client connection

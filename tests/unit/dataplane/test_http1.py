@@ -78,11 +78,14 @@ def test_size_and_count_limits():
     assert http1.parse_request_head(many, max_headers=11)[0] == len(many)
 
 
-@pytest.mark.parametrize("cl", [
-    b"content-length: 3\r\ncontent-length: 3\r\n",   # identical: Envoy 1.40 refuses it too
-    b"content-length: 3\r\ncontent-length: 4\r\n",
-    b"content-length: 3, 3\r\n",
-])
+@pytest.mark.parametrize(
+    "cl",
+    [
+        b"content-length: 3\r\ncontent-length: 3\r\n",  # identical: Envoy 1.40 refuses it too
+        b"content-length: 3\r\ncontent-length: 4\r\n",
+        b"content-length: 3, 3\r\n",
+    ],
+)
 def test_repeated_content_length_refused_both_ways(cl):
     assert http1.parse_request_head(b"POST / HTTP/1.1\r\n" + cl + b"\r\n")[0] == http1.E_BAD
     assert http1.parse_response_head(b"HTTP/1.1 200 OK\r\n" + cl + b"\r\n")[0] == http1.E_BAD
