@@ -1,4 +1,5 @@
-"""Consul and Kubernetes registrations reach real Envoy 1.40 through `sofamesh pilot`:
+"""Consul and Kubernetes registrations reach real Envoy 1.40 and the sofamesh sidecar (over
+Delta ADS) through `sofamesh pilot`:
 a Spring-Cloud-style Consul service and a Kubernetes Service with its EndpointSlice become
 routes Envoy serves on the pilot's outbound HTTP listener, and health changes in the
 registry change where Envoy sends traffic."""
@@ -13,9 +14,8 @@ import time
 import consul
 import pytest
 
-from tests.conftest import envoy_binary, free_port
-from tests.integration.pilot.conftest import PilotProcess, ads_bootstrap
-from tests.support.envoy import ProxyProcess
+from tests.conftest import free_port
+from tests.integration.pilot.conftest import SIDECARS, PilotProcess, ads_sidecar
 from tests.support.http_upstream import RecordingUpstream
 from tests.support.kube_api import FakeKubeAPI, endpoint, endpoint_slice, service
 from tests.support.wait import wait_until
@@ -43,13 +43,13 @@ def who(port: int, host: str) -> str | None:
     return body.split()[0].removeprefix("upstream=")
 
 
-def start_pilot_and_envoy(tmp_path, registries: list[dict]):
+def start_pilot_and_envoy(tmp_path, registries: list[dict], sidecar: str = "envoy"):
+    """Envoy on SotW ADS (as before), the sofamesh sidecar on Delta (Istio's default)."""
     cfg = tmp_path / "pilot.yaml"
     cfg.write_text(json.dumps({"registries": registries}))
     pilot = PilotProcess(tmp_path / "pilot", extra=["--config", str(cfg)])
-    envoy = ProxyProcess.envoy(
-        envoy_binary(), ads_bootstrap(pilot.xds_port, free_port(), False), tmp_path / "envoy"
-    )
+    delta = sidecar != "envoy"
+    envoy = ads_sidecar(sidecar, pilot.xds_port, free_port(), delta, tmp_path / sidecar)
     try:
         pilot.start()
         envoy.start()
@@ -60,7 +60,8 @@ def start_pilot_and_envoy(tmp_path, registries: list[dict]):
     return pilot, envoy
 
 
-def test_consul_service_routed_by_envoy_while_passing(consul_agent, tmp_path):
+@pytest.mark.parametrize("sidecar", SIDECARS)
+def test_consul_service_routed_by_envoy_while_passing(consul_agent, tmp_path, sidecar):
     api = consul.Consul(host="127.0.0.1", port=consul_agent.port)
     up = RecordingUpstream(["alpha", "beta"]).start()
     name = "orders-svc"
@@ -79,6 +80,7 @@ def test_consul_service_routed_by_envoy_while_passing(consul_agent, tmp_path):
         pilot, envoy = start_pilot_and_envoy(
             tmp_path,
             [{"type": "consul", "address": consul_agent.http_addr, "services": [name]}],
+            sidecar,
         )
         out = pilot.outbound_port
         # only the passing instance gets traffic (beta's TTL check is still critical)
@@ -101,7 +103,8 @@ def test_consul_service_routed_by_envoy_while_passing(consul_agent, tmp_path):
             api.agent.service.deregister(f"{name}-{inst}")
 
 
-async def test_kubernetes_service_routed_by_envoy(tmp_path):
+@pytest.mark.parametrize("sidecar", SIDECARS)
+async def test_kubernetes_service_routed_by_envoy(tmp_path, sidecar):
     up = RecordingUpstream(["pod1", "pod2"]).start()
     fake = FakeKubeAPI()
     await fake.start()
@@ -139,6 +142,7 @@ async def test_kubernetes_service_routed_by_envoy(tmp_path):
             start_pilot_and_envoy,
             tmp_path,
             [{"type": "kubernetes", "api_server": fake.url, "watch_timeout": 30}],
+            sidecar,
         )
         out = pilot.outbound_port
 

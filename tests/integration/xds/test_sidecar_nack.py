@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import itertools
-import time
 
 import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, json_format
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from google.protobuf import json_format
 
 from tests.conftest import free_port, sofamesh_command
 from tests.integration.pilot.conftest import ads_bootstrap
 from tests.support.envoy import ProxyProcess, admin_get
 from tests.support.http_upstream import RecordingUpstream
+from tests.support.xds_server import ScriptedAds
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -97,92 +96,6 @@ def listener(port: int, **hcm_extra) -> listener_pb2.Listener:
         ],
     }
     return json_format.ParseDict(d, listener_pb2.Listener())
-
-
-class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """Serves `self.resources[type_url]` (version, [messages]) on request and on push();
-    records every request the client sends."""
-
-    def __init__(self) -> None:
-        self.resources: dict[str, tuple[str, list]] = {}
-        self.requests: list = []
-        self.queues: list[asyncio.Queue] = []
-        self.nonces = itertools.count(1)
-        self.sent: dict[str, str] = {}  # type -> last nonce sent
-        self.pushed: dict[str, int] = {}  # type -> last nonce sent before the last push
-
-    def push(self, type_url: str, version: str, msgs: list) -> str:
-        self.resources[type_url] = (version, msgs)
-        self.pushed[type_url] = int(self.sent.get(type_url, "0"))
-        for q in self.queues:
-            q.put_nowait(type_url)
-        return version
-
-    def _nonce(self, type_url: str) -> str:
-        n = str(next(self.nonces))
-        self.sent[type_url] = n
-        return n
-
-    async def _serve(self, requests, make):
-        q: asyncio.Queue = asyncio.Queue()
-        self.queues.append(q)
-
-        async def read() -> None:
-            async for req in requests:
-                self.requests.append(req)
-                if not req.response_nonce and req.type_url in self.resources:
-                    q.put_nowait(req.type_url)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while True:
-                t = await q.get()
-                yield make(t)
-        finally:
-            reader.cancel()
-            self.queues.remove(q)
-
-    async def StreamAggregatedResources(self, requests, context):
-        def make(t: str):
-            version, msgs = self.resources[t]
-            r = discovery_pb2.DiscoveryResponse(
-                type_url=t, version_info=version, nonce=self._nonce(t)
-            )
-            for m in msgs:
-                a = any_pb2.Any()
-                a.Pack(m)
-                r.resources.append(a)
-            return r
-
-        async for r in self._serve(requests, make):
-            yield r
-
-    async def DeltaAggregatedResources(self, requests, context):
-        def make(t: str):
-            version, msgs = self.resources[t]
-            r = discovery_pb2.DeltaDiscoveryResponse(
-                type_url=t, system_version_info=version, nonce=self._nonce(t)
-            )
-            for m in msgs:
-                res = r.resources.add(name=m.name, version=version)
-                res.resource.Pack(m)
-            return r
-
-        async for r in self._serve(requests, make):
-            yield r
-
-    async def answer(self, type_url: str, timeout: float = 10.0):
-        """The client's request answering the newest response of `type_url` sent after the
-        last push (ACK or NACK)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            nonce = self.sent.get(type_url)
-            if nonce is not None and int(nonce) > self.pushed.get(type_url, 0):
-                for r in self.requests:
-                    if r.type_url == type_url and r.response_nonce == nonce:
-                        return r
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no answer to the last {type_url} push")
 
 
 def who(port: int) -> str:
