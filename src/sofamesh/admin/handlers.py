@@ -144,7 +144,11 @@ class AdminState:
 
     def dynamic(self) -> Any:
         """The xDS-fed resources (sofamesh.proxy.dynamic.DynamicConfig) when the Server runs
-        in this process with dynamic_resources, else None."""
+        in this process with dynamic_resources; with workers, the main process's copy of what
+        they all accepted (sofamesh.proxy.pool_xds.PoolApplier); else None."""
+        pooled = getattr(self.backend, "dynamic", None)
+        if pooled is not None:
+            return pooled
         server = getattr(self.backend, "server", None)
         return getattr(server, "dynamic", None)
 

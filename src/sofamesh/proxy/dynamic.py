@@ -201,7 +201,11 @@ class DynamicConfig:
         self.routes: dict[str, _Held] = {}
         self.type_versions: dict[str, str] = {}
         self.static_rds: list[tuple[Any, Any, str]] = []  # (ListenerInfo, hcm proto, name)
-        self.client = AdsClient(self.settings, self, self.stats)
+        # a worker of a pool is fed by the main process's stream (proxy.pool_xds.WorkerFeed)
+        feed = getattr(server, "xds_feed", None)
+        self.client: Any = (
+            feed.bind(self) if feed is not None else AdsClient(self.settings, self, self.stats)
+        )
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:

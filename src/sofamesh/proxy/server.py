@@ -132,6 +132,8 @@ class Server:
         # tcp_proxy, auto): closed with their connections in stop()
         self.network_chains: list[Any] = []
         self.dynamic: Any = None  # sofamesh.proxy.dynamic.DynamicConfig with dynamic_resources
+        # set by proxy.workers in a pool's worker: the main process's ADS stream feeds it
+        self.xds_feed: Any = None  # proxy.pool_xds.WorkerFeed
 
     # ---------------------------------------------------------------- build
     def _build_clusters(self) -> None:
@@ -423,10 +425,15 @@ class Server:
                     rate = max(_dur(cfg.dns_refresh_rate), 0.001)
                 rt.dns_task = self._loop.create_task(self._dns_loop(rt, rate))
         reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
+        # a pool's worker serves only once it has the pool's current xDS config
+        serve = self.xds_feed is None or not self.bootstrap.HasField("dynamic_resources")
         for li, lst in enumerate(self.bootstrap.static_resources.listeners):
-            await self._start_listener(li, lst, reuse_port)
+            await self._start_listener(li, lst, reuse_port, serve)
         if self.bootstrap.HasField("dynamic_resources"):
             await self._start_xds()
+        for info in self.listeners if not serve else ():
+            if info.server is not None and not info.server.is_serving():
+                await info.server.start_serving()
 
     async def _start_xds(self) -> None:
         """dynamic_resources: the ADS client (sofamesh.xds) feeds sofamesh.proxy.dynamic.
@@ -434,15 +441,17 @@ class Server:
         server.state stay INITIALIZING until then)."""
         from sofamesh.proxy.dynamic import DynamicConfig
 
-        if int(getattr(self.options, "concurrency", 1) or 1) > 1:
+        if int(getattr(self.options, "concurrency", 1) or 1) > 1 and self.xds_feed is None:
             raise UnsupportedConfig(
-                "dynamic_resources: xDS with --concurrency N > 1 (one stream for every "
-                "worker) is not implemented by sofamesh; run with --concurrency 1"
+                "dynamic_resources: with --concurrency N > 1 the worker pool's main process "
+                "holds the one xDS stream (sofamesh.proxy.workers); this Server has no feed"
             )
         self.dynamic = DynamicConfig(self)
         await self.dynamic.start()
 
-    async def _start_listener(self, li: int, lst: Any, reuse_port: bool) -> None:
+    async def _start_listener(
+        self, li: int, lst: Any, reuse_port: bool, serve: bool = True
+    ) -> None:
         """Binds listener `lst` (see _listener_view for what its chain may hold)."""
         from envoy.config.core.v3 import base_pb2
 
@@ -456,6 +465,7 @@ class Server:
             reuse_port=reuse_port or None,
             backlog=1024,
             reuse_address=True,
+            start_serving=serve,
         )
         bound = srv.sockets[0].getsockname()
         info = ListenerInfo(

@@ -9,13 +9,18 @@ workers' bootstrap). The main process serves admin and supervises the workers:
     main process (admin, supervisor)
        | socketpair per worker: frames = 4-byte big-endian length + JSON
        |   main -> worker: {"op": "snapshot" | "topology" | "health" | "drain" |
-       |                    "reset_counters" | "log_levels" | "stop", ...}
-       |   worker -> main: one reply frame per request
+       |                    "reset_counters" | "log_levels" | "reopen_logs" | "stop" |
+       |                    "xds_apply" | "xds_end_warming", "id": n, ...}
+       |   worker -> main: one reply frame per request ({"_id": n, ...}), and events
+       |                   ({"event": "xds_state", ...}: a dynamic cluster warmed)
        v
     worker i: Server(bootstrap, stats=Store(), options) on its own uvloop loop
        + maps the token bucket region (a memfd the main process creates and keeps;
          its fd is inherited and named in the init frame as "buckets_fd"), so every
          local_ratelimit bucket is one slot shared by all workers (_core/ratelimit.pyx)
+
+With `dynamic_resources`, the main process holds the one ADS stream and every worker
+applies each update before it is ACKed (sofamesh.proxy.pool_xds).
 
 Stats are summed on request: /stats asks every worker for `Store.snapshot()` and adds
 them up (admin.stats_format.merge). A worker that dies is logged, counted in
@@ -31,6 +36,7 @@ import copy
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import struct
@@ -195,14 +201,19 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.lock = asyncio.Lock()
-        self.seq = 0  # request ids: a late reply to a timed-out request is skipped
+        self.seq = 0  # request ids: a late reply to a timed-out request is dropped
+        self.pending: dict[int, asyncio.Future] = {}  # request id -> its reply
         self.ready = False
         self.last_topology: dict | None = None
+        self.on_event: Any = None  # callable(index, frame) for frames that are not replies
+        self._reading: asyncio.Task | None = None
 
-    async def spawn(self, bootstrap_bin: bytes, opts: Any, buckets_fd: int = -1) -> None:
+    async def spawn(
+        self, bootstrap_bin: bytes, opts: Any, buckets_fd: int = -1, xds: Any = None
+    ) -> None:
         """Starts the worker process. `buckets_fd` (>= 0): the shared token bucket region
-        (`ratelimit.BucketRegion`), inherited at the same number and named in the init frame."""
+        (`ratelimit.BucketRegion`), inherited at the same number and named in the init frame.
+        `xds`: (updates, ended) from `PoolApplier.replay()`, applied before the worker serves."""
         parent, child = socket.socketpair()
         env = dict(os.environ)
         fds = [child.fileno()] + ([buckets_fd] if buckets_fd >= 0 else [])
@@ -219,6 +230,8 @@ class Worker:
         init = {"options": d, "bootstrap": base64.b64encode(bootstrap_bin).decode()}
         if buckets_fd >= 0:
             init["buckets_fd"] = buckets_fd
+        if xds is not None:
+            init["xds"], init["xds_ended"] = xds
         self.writer.write(_frame(init))
         await self.writer.drain()
         try:
@@ -231,24 +244,42 @@ class Worker:
             raise RuntimeError(f"worker {self.index}: {msg['error']}")
         self.last_topology = msg.get("topology")
         self.ready = True
+        if "xds_state" in msg and self.on_event is not None:
+            self.on_event(self.index, {"event": "xds_state", "state": msg["xds_state"]})
+        self._reading = asyncio.get_running_loop().create_task(self._read_loop(self.reader))
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        """Hands replies to their requests, events to `on_event`, until the worker goes."""
+        try:
+            while True:
+                msg = await _read_frame(reader)
+                fut = self.pending.pop(msg.pop("_id", None), None)
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(msg)
+                elif "event" in msg and self.on_event is not None:
+                    self.on_event(self.index, msg)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError(f"worker {self.index} went away"))
+            self.pending.clear()
 
     async def request(self, op: str, timeout: float = 5.0, **kw: Any) -> dict:
         if not self.ready or self.writer is None or self.reader is None:
             raise ConnectionError(f"worker {self.index} is not running")
-        async with self.lock:
-            self.seq += 1
-            seq = self.seq
+        self.seq += 1
+        seq = self.seq
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.pending[seq] = fut
+        try:
             self.writer.write(_frame({"op": op, "id": seq, **kw}))
             await self.writer.drain()
-
-            async def reply() -> dict:
-                assert self.reader is not None
-                while True:
-                    msg = await _read_frame(self.reader)
-                    if msg.pop("_id", seq) == seq:
-                        return msg
-
-            return await asyncio.wait_for(reply(), timeout)
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self.pending.pop(seq, None)
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -268,6 +299,8 @@ class Worker:
                 log.debug("worker %d did not answer stop: %s", self.index, e)
         if self.writer is not None:
             self.writer.close()
+        if self._reading is not None:
+            self._reading.cancel()
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while self.proc.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -280,11 +313,12 @@ class Worker:
 class PoolBackend:
     """Admin's view of N workers: requests fan out, results are summed."""
 
-    def __init__(self, workers: list[Worker], store: Any) -> None:
+    def __init__(self, workers: list[Worker], store: Any, dynamic: Any = None) -> None:
         self.pool = workers
         self.store = store  # the main process's own stats (worker deaths, ...)
         self.workers = len(workers)
         self.health_failed = False
+        self.dynamic = dynamic  # pool_xds.PoolApplier with dynamic_resources (admin's dumps)
 
     def live(self) -> list[Worker]:
         return [w for w in self.pool if w.ready and w.alive()]
@@ -300,9 +334,11 @@ class PoolBackend:
 
         live = self.live()
         res = await asyncio.gather(*(w.request("snapshot") for w in live), return_exceptions=True)
-        snaps = []
+        snaps: list[dict] = []
         for w, r in zip(live, res):
             if isinstance(r, dict) and "counters" in r:
+                if snaps and self.dynamic is not None:
+                    _drop_xds_stats(r)  # counted once, as Envoy's main thread counts them
                 snaps.append(add_worker_stats(r, w.index))
             else:  # a worker that does not answer: its stats are missing, and that shows
                 c = self.store.counter("server.worker_stats_unavailable")
@@ -339,6 +375,21 @@ class PoolBackend:
         return len(self.live())
 
 
+# Stats of applying xDS updates: every worker applies each update, Envoy counts it once.
+_XDS_STAT = re.compile(
+    r"^(cluster_manager\.cluster_(added|modified|removed)"
+    r"|listener_manager\.listener_(added|modified|removed)"
+    r"|cluster\..+\.update_(attempt|success|rejected|empty|no_rebuild|failure)"
+    r"|http\..+\.rds\..+\.(update_\w+|config_reload))$"
+)
+
+
+def _drop_xds_stats(snap: dict) -> None:
+    for kind in ("counters", "gauges"):
+        for name in [n for n in snap[kind] if _XDS_STAT.match(n)]:
+            del snap[kind][name]
+
+
 async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     from sofamesh._core.ratelimit import BucketRegion
     from sofamesh._core.stats import Store
@@ -352,17 +403,34 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     store = Store()
     _count_passthrough(store, report)
     pool = [Worker(i) for i in range(opts.concurrency)]
-    backend = PoolBackend(pool, store)
+    xds = None
+    if bootstrap.HasField("dynamic_resources"):
+        from sofamesh.proxy.pool_xds import PoolApplier
+
+        xds = PoolApplier(pool)
+        for w in pool:
+            w.on_event = lambda i, msg: xds.on_state(i, msg["state"])
+    backend = PoolBackend(pool, store, xds)
     state, admin = await _start_admin(bootstrap, opts, backend)  # config_dump: as given
     _install_signals(asyncio.get_running_loop(), state)
+    client = None
     try:
-        await asyncio.gather(*(w.spawn(bootstrap_bin, opts, buckets.fd) for w in pool))
+        await asyncio.gather(
+            *(w.spawn(bootstrap_bin, opts, buckets.fd, xds.replay() if xds else None) for w in pool)
+        )
+        if xds is not None:  # the one stream; LIVE once its initial fetch is done
+            client = _start_pool_client(bootstrap, xds, store)
+            await client.initialized.wait()
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         log.critical("error initializing workers: %s", e)
+        if client is not None:
+            await client.stop()
         await asyncio.gather(*(w.stop() for w in pool))
         await admin.stop()
         return 1
     if opts.mode == "init_only":
+        if client is not None:
+            await client.stop()
         await asyncio.gather(*(w.stop() for w in pool))
         await admin.stop()
         return 0
@@ -401,7 +469,11 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
                     continue
                 try:
                     w.started_at = now
-                    await w.spawn(bootstrap_bin, opts, buckets.fd)
+                    if xds is None:
+                        await w.spawn(bootstrap_bin, opts, buckets.fd)
+                    else:  # under the update lock: it gets the current config, misses none
+                        async with xds.lock:
+                            await w.spawn(bootstrap_bin, opts, buckets.fd, xds.replay())
                     if backend.health_failed:
                         await w.request("health", failed=True)
                 except Exception as e:  # noqa: BLE001 - reported, the process keeps running
@@ -418,11 +490,24 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     except asyncio.CancelledError:
         pass
     await admin.stop()
+    if client is not None:
+        await client.stop()
     await asyncio.gather(*(w.stop() for w in pool))
     for s in held:
         s.close()
     buckets.close()
     return 0
+
+
+def _start_pool_client(bootstrap: Any, xds: Any, store: Any) -> Any:
+    """The pool's one ADS client, in the main process (its stats go to the main's store)."""
+    from sofamesh.xds.client import AdsClient
+    from sofamesh.xds.settings import AdsSettings
+
+    client = AdsClient(AdsSettings.from_bootstrap(bootstrap), xds, store)
+    xds.client = client
+    client.start()
+    return client
 
 
 # ---- inside a worker -------------------------------------------------------------------
@@ -452,15 +537,27 @@ async def _worker_main(fd: int) -> int:
     from sofamesh.proxy.server import Server
 
     store = Store()
+    feed = None
+    if "xds" in init:  # the main process's ADS stream feeds this worker
+        from sofamesh.proxy.pool_xds import WorkerFeed
+
+        feed = WorkerFeed(init["xds"], init.get("xds_ended", []), lambda m: writer.write(_frame(m)))
     try:
         server = Server(bootstrap, stats=store, options=opts)
+        server.xds_feed = feed
         await server.start()
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         wlog.critical("worker %d: error initializing server: %s", opts.worker_index, e)
         writer.write(_frame({"error": f"{type(e).__name__}: {e}"}))
         await writer.drain()
         return 1
-    writer.write(_frame({"ready": True, "topology": describe_server(server)}))
+    ready: dict[str, Any] = {"ready": True, "topology": describe_server(server)}
+    if feed is not None:
+        from sofamesh.proxy.pool_xds import worker_state
+
+        ready["xds_state"] = worker_state(server.dynamic)
+        feed.live = True
+    writer.write(_frame(ready))
     await writer.drain()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -494,6 +591,16 @@ async def _worker_main(fd: int) -> int:
                     apply_log_levels(msg.get("levels", {}))
                 elif op == "reopen_logs":
                     reopen_server_logs(server)
+                elif op == "xds_apply":
+                    from sofamesh.proxy.pool_xds import decode_update, worker_state
+
+                    errors = await server.dynamic.apply(decode_update(msg["update"]))
+                    reply = {"errors": errors, "state": worker_state(server.dynamic)}
+                elif op == "xds_end_warming":
+                    from sofamesh.proxy.pool_xds import worker_state
+
+                    server.dynamic.end_warming(msg["kind"])
+                    reply = {"state": worker_state(server.dynamic)}
                 elif op == "stop":
                     stop.set()
                 else:

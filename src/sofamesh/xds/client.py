@@ -89,7 +89,7 @@ class _Sub:
     received: bool = False  # a response arrived
 
 
-def _message_class(type_url: str) -> Any:
+def message_class(type_url: str) -> Any:
     if type_url == CDS:
         from envoy.config.cluster.v3 import cluster_pb2
 
@@ -324,7 +324,7 @@ class AdsClient:
         """items: (name as the response gives it, version, Any)."""
         from sofamesh.config import protos
 
-        cls = _message_class(type_url)
+        cls = message_class(type_url)
         up = Update(type_url, "", {}, [], False)
         for i, (name, version, anymsg) in enumerate(items):
             key = name or f"resources[{i}]"

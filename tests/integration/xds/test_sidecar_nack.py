@@ -118,8 +118,10 @@ def stat(admin: int, name: str) -> int:
     return -1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("mode", ["sotw", "delta"])
-async def test_nack_names_the_field_keeps_last_good_and_recovers(tmp_path, mode):
+async def test_nack_names_the_field_keeps_last_good_and_recovers(tmp_path, mode, workers):
+    """With 2 workers the main process's one stream NACKs what the workers reject."""
     delta = mode == "delta"
     up = RecordingUpstream(["alpha", "beta", "gamma"]).start()
     ads = ScriptedAds()
@@ -131,7 +133,10 @@ async def test_nack_names_the_field_keeps_last_good_and_recovers(tmp_path, mode)
     ads.push(CDS, "1", [cluster(up.ports["alpha"])])
     ads.push(LDS, "1", [listener(lport)])
     proxy = ProxyProcess.sofamesh(
-        sofamesh_command(), ads_bootstrap(xds_port, admin, delta), tmp_path / "sidecar"
+        sofamesh_command(),
+        ads_bootstrap(xds_port, admin, delta),
+        tmp_path / "sidecar",
+        concurrency=workers,
     )
     try:
         await asyncio.to_thread(proxy.start)
@@ -147,8 +152,9 @@ async def test_nack_names_the_field_keeps_last_good_and_recovers(tmp_path, mode)
         assert "lb_policy" in nack.error_detail.message, nack.error_detail.message
         if not delta:
             assert nack.version_info == "1"  # the last good version
-        # ... the last good cluster keeps serving
-        assert {await asyncio.to_thread(who, lport) for _ in range(5)} == {"alpha"}
+        assert nack.error_detail.message.count("lb_policy") == 1  # once, not per worker
+        # ... the last good cluster keeps serving (new connections: every worker)
+        assert {await asyncio.to_thread(who, lport) for _ in range(20)} == {"alpha"}
         assert await asyncio.to_thread(stat, admin, "cluster_manager.cds.update_rejected") == 1
 
         # 2. a listener with an unimplemented HCM field: NACKed naming its path
@@ -168,7 +174,7 @@ async def test_nack_names_the_field_keeps_last_good_and_recovers(tmp_path, mode)
             assert ack.version_info == "3"
         ads.push(LDS, "3", [listener(lport, server_name="sidecar-test")])
         assert (await ads.answer(LDS)).error_detail.code == 0
-        assert await asyncio.to_thread(who, lport) == "gamma"
+        assert {await asyncio.to_thread(who, lport) for _ in range(20)} == {"gamma"}
         assert await asyncio.to_thread(stat, admin, "cluster_manager.cds.update_success") == 2
         assert await asyncio.to_thread(stat, admin, "listener_manager.lds.update_success") == 2
         # one stream, the node sent once (set_node_on_first_message_only)

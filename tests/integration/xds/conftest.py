@@ -1,0 +1,3 @@
+"""xDS sidecar fixtures: the pilot's (a real `sofamesh pilot` process)."""
+
+from tests.integration.pilot.conftest import pilot  # noqa: F401 - a fixture
