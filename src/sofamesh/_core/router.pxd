@@ -2,9 +2,10 @@
 #
 # Contract: built once per route configuration (sofamesh.proxy.routes compiles the proto),
 # never mutated afterwards; a config change builds a new RouteTable and swaps the reference.
-# `RouteTable.match(head)` runs per request with C string compares only.
+# `RouteTable.route(headers)` runs per request with C string compares only, on the
+# protocol-neutral `headers.HeaderMap` (any codec's request headers).
 
-from sofamesh._core.codecs.http1 cimport Head
+from sofamesh._core.headers cimport HeaderMap
 
 cdef enum:
     PM_PREFIX = 0
@@ -54,7 +55,7 @@ cdef class HeaderMatcher:
     cdef StringMatcher sm           # None: present_match
     cdef bint present               # present_match value
     cdef bint invert
-    cdef bint matches(self, Head h)
+    cdef bint matches(self, HeaderMap h)
 
 
 cdef class QueryMatcher:
@@ -111,14 +112,14 @@ cdef class Route:
     cdef readonly tuple hash_headers      # hash_policy: ((bytes lower name, bint terminal), ...)
     cdef readonly tuple mirrors           # request_mirror_policies: ((cluster, ppm, no_suffix),)
     cdef bint path_matches(self, const char* p, int n, int qpos)
-    cdef bint matches(self, Head h)
+    cdef bint matches(self, HeaderMap h)
     cpdef str pick_cluster(self)
 
 
 cdef class VirtualHost:
     cdef readonly object name       # str
     cdef tuple routes               # tuple[Route, ...]
-    cdef Route match(self, Head h)
+    cdef Route match(self, HeaderMap h)
 
 
 cdef class RouteTable:
@@ -129,4 +130,4 @@ cdef class RouteTable:
     cdef bint strip_port
     cdef bint only_default
     cdef VirtualHost select(self, bytes host)
-    cdef Route route(self, Head h)
+    cdef Route route(self, HeaderMap h)

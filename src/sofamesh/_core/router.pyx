@@ -5,7 +5,7 @@ import re
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from libc.string cimport memcmp, memchr
-from sofamesh._core.codecs.http1 cimport Head
+from sofamesh._core.headers cimport HeaderMap
 
 cdef extern from "string.h" nogil:
     int strncasecmp(const char* a, const char* b, size_t n)
@@ -78,20 +78,10 @@ cdef class HeaderMatcher:
         self.present = present
         self.invert = invert
 
-    cdef bint matches(self, Head h):
+    cdef bint matches(self, HeaderMap h):
         # Several headers of one name match as their values joined by "," (Envoy).
-        cdef int i
-        cdef bytes v = None
-        cdef int n = <int>PyBytes_GET_SIZE(self.name)
-        cdef const char* nm = PyBytes_AS_STRING(self.name)
+        cdef bytes v = h.get_all(self.name)
         cdef bint r
-        for i in range(h.nhdr):
-            if h.hdrs[i].skip == 0 and h.hdrs[i].name_len == n and \
-                    strncasecmp(h.base + h.hdrs[i].name_off, nm, n) == 0:
-                if v is None:
-                    v = h.value_at(i)
-                else:
-                    v = v + b"," + h.value_at(i)
         if self.sm is None:
             r = (v is not None) == self.present
         elif v is None:
@@ -233,9 +223,9 @@ cdef class Route:
             return self.regex.fullmatch(PyBytes_FromStringAndSize(p, qpos)) is not None
         return False
 
-    cdef bint matches(self, Head h):
-        cdef const char* p = h.base + h.path_off
-        cdef int n = h.path_len
+    cdef bint matches(self, HeaderMap h):
+        cdef int n
+        cdef const char* p = h.path_ptr(&n)
         cdef const char* q = <const char*>memchr(p, 63, n)
         cdef int qpos = n if q == NULL else <int>(q - p)
         cdef HeaderMatcher hm
@@ -284,7 +274,7 @@ cdef class VirtualHost:
         self.name = name
         self.routes = tuple(routes)
 
-    cdef Route match(self, Head h):
+    cdef Route match(self, HeaderMap h):
         cdef Route r
         for r in self.routes:
             if r.matches(h):
@@ -349,12 +339,12 @@ cdef class RouteTable:
                     return vh
         return self.default
 
-    cdef Route route(self, Head h):
+    cdef Route route(self, HeaderMap h):
         cdef VirtualHost vh
         if self.only_default:
             vh = self.default
         else:
-            vh = self.select(h.host())
+            vh = self.select(h.authority())
         if vh is None:
             return None
         return vh.match(h)
@@ -365,7 +355,7 @@ cdef class RouteTable:
             host = host.encode()
         return self.select(host)
 
-    def match(self, Head h):
+    def match(self, HeaderMap h):
         return self.route(h)
 
 

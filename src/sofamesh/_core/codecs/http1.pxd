@@ -5,6 +5,9 @@
 # memcpy of the kept lines. `BodyReader.feed` walks body bytes that are passed through as
 # they are and says how many belong to the current message and when it ends.
 # Return values: > 0 head length, 0 need more bytes, < 0 one of the H1_E_* errors.
+# A `Head` is the HTTP/1 `headers.HeaderMap`: what the stream, filters and route table see.
+
+from sofamesh._core.headers cimport HeaderMap
 
 cdef enum:
     H1_MAX_HEADERS = 128
@@ -56,7 +59,7 @@ cdef struct h1_hdr:
     int skip        # set by the proxy to drop this line when re-rendering
 
 
-cdef class Head:
+cdef class Head(HeaderMap):
     cdef bytes raw                  # the bytes the offsets point into
     cdef Py_ssize_t start           # offset of the head inside raw
     cdef const char* base           # raw's data + start
@@ -92,12 +95,20 @@ cdef class Head:
     cdef int tok_len[H1_MAX_TOKENS]
 
     cdef void reset(self) noexcept
-    cdef int find(self, const char* name, int n) noexcept
-    cdef bytes value_at(self, int i)
+    cdef int find(self, const char* name, int n) noexcept    # removed entries included
+    cdef bytes host(self)
+    # HeaderMap
+    cdef int count(self) noexcept
+    cdef bint live(self, int i) noexcept
+    cdef int find_from(self, const char* name, int n, int start) noexcept
     cdef bytes name_at(self, int i)
+    cdef bytes value_at(self, int i)
+    cdef int remove_at(self, int i) except -1
     cdef bytes method(self)
     cdef bytes path(self)
-    cdef bytes host(self)
+    cdef const char* path_ptr(self, int* n) noexcept
+    cdef bytes authority(self)
+    cdef int get_status(self) noexcept
     cdef bint nominated(self, int i) noexcept
     cdef int framing(self) noexcept      # request body framing: FR_NONE/LENGTH/CHUNKED
 

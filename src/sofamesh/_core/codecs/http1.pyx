@@ -162,6 +162,35 @@ cdef class Head:
             return self.value_at(self.host_idx) + b"," + self.value_at(self.host2_idx)
         return self.value_at(self.host_idx)
 
+    # HeaderMap ---------------------------------------------------------------------------
+    cdef int count(self) noexcept:
+        return self.nhdr
+
+    cdef bint live(self, int i) noexcept:
+        return self.hdrs[i].skip == 0
+
+    cdef int find_from(self, const char* name, int n, int start) noexcept:
+        cdef int i
+        for i in range(start, self.nhdr):
+            if self.hdrs[i].skip == 0 and self.hdrs[i].name_len == n and \
+                    strncasecmp(self.base + self.hdrs[i].name_off, name, n) == 0:
+                return i
+        return -1
+
+    cdef int remove_at(self, int i) except -1:
+        self.hdrs[i].skip = 1
+        return 0
+
+    cdef const char* path_ptr(self, int* n) noexcept:
+        n[0] = self.path_len
+        return self.base + self.path_off
+
+    cdef bytes authority(self):
+        return self.host()
+
+    cdef int get_status(self) noexcept:
+        return self.status
+
     cdef bint nominated(self, int i) noexcept:
         """Header i is named in Connection: (hop-by-hop, RFC 9110 7.6.1)."""
         cdef int t

@@ -1,0 +1,41 @@
+# Protocol-neutral HTTP header maps: what filters, the route table and the router see.
+#
+# Contract: a HeaderMap is one header block (request, response or trailers) with its
+# pseudo-headers (:method, :path, :authority, :status) kept apart from the entries.
+# Codecs fill it and encode it; nothing above a codec knows how it is stored. HTTP/1
+# (`codecs.http1.Head`) is a view of offsets into the received bytes (no Python object
+# per header); `HeaderList` owns name/value bytes (HTTP/2's decoded blocks, trailers,
+# locally built replies). Entries are indexed 0..count()-1; a removed entry stays in
+# place but is no longer `live` (indices stay valid while a filter walks the map).
+# Names are compared case-insensitively; `name_at` returns them lower-case.
+
+cdef class HeaderMap:
+    cdef int count(self) noexcept
+    cdef bint live(self, int i) noexcept
+    # next live entry at or after `start` named `name` (n bytes); -1: none
+    cdef int find_from(self, const char* name, int n, int start) noexcept
+    cdef bytes name_at(self, int i)
+    cdef bytes value_at(self, int i)
+    cdef int remove_at(self, int i) except -1
+    cdef bytes method(self)
+    cdef bytes path(self)
+    # :path as a view: pointer into memory the map keeps alive, length in *n
+    cdef const char* path_ptr(self, int* n) noexcept
+    cdef bytes authority(self)
+    cdef int get_status(self) noexcept
+    # every live value named `name` (lower-case) joined by ","; None when absent
+    cdef bytes get_all(self, bytes name)
+    cdef int remove(self, bytes name) except -1
+
+
+cdef class HeaderList(HeaderMap):
+    cdef public list names          # list[bytes], lower-case
+    cdef public list values         # list[bytes]
+    cdef list dead                  # list[bool] | None: removed entries
+    cdef public bytes method_       # :method (requests), None otherwise
+    cdef public bytes path_         # :path
+    cdef public bytes authority_    # :authority
+    cdef public bytes scheme        # :scheme
+    cdef public int status          # :status (responses), 0 otherwise
+
+    cdef int add(self, bytes name, bytes value) except -1
