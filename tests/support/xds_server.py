@@ -75,15 +75,22 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             yield r
 
     async def DeltaAggregatedResources(self, requests, context):
+        held: dict[str, set[str]] = {}  # type -> names this stream was sent
+
         def make(t: str):
             version, msgs = self.resources[t]
             r = discovery_pb2.DeltaDiscoveryResponse(
                 type_url=t, system_version_info=version, nonce=self._nonce(t)
             )
+            names = set()
             for m in msgs:
                 name = m.cluster_name if hasattr(m, "cluster_name") else m.name  # EDS
+                names.add(name)
                 res = r.resources.add(name=name, version=version)
                 res.resource.Pack(m)
+            # what the last push no longer lists is removed, as a Delta server says it
+            r.removed_resources.extend(sorted(held.get(t, set()) - names))
+            held[t] = names
             return r
 
         async for r in self._serve(requests, make):
