@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "proxy": ("sofamesh.proxy.cli", "main", "run the sidecar (Envoy-compatible flags)"),
     "pilot": ("sofamesh.pilot.cli", "main", "run the control plane (xDS + registry API)"),
     "register": ("sofamesh.pilot.register", "main", "register a service instance with a pilot"),
-    "demo": ("sofamesh.demo", "main", "start a demo upstream and the sidecar on the bundled config"),
+    "demo": ("sofamesh.demo", "main", "start a small mesh: pilot, two apps, a sidecar each"),
 }
 
 

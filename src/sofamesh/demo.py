@@ -1,8 +1,11 @@
-"""`sofamesh demo`: a demo upstream plus the sidecar on the bundled examples/demo.yaml.
+"""`sofamesh demo`: a small mesh (pilot, two apps, a sidecar in front of each: demo_mesh.py);
+`sofamesh demo --simple`: a demo upstream plus one sidecar on the bundled examples/demo.yaml.
 
-    sofamesh demo                       # sidecar :10000 -> demo upstream :18080, admin :9901
+    sofamesh demo                       # the mesh; prints the commands to try
+    sofamesh demo --free-ports --exit-after 30
+    sofamesh demo --simple              # sidecar :10000 -> demo upstream :18080, admin :9901
     curl -i http://127.0.0.1:10000/any/path
-    sofamesh demo --listen-port 0 --upstream-port 0 --admin-port 0 --exit-after 5
+    sofamesh demo --simple --listen-port 0 --upstream-port 0 --admin-port 0 --exit-after 5
 
 The demo upstream answers every request with a JSON echo of what it received (method, path,
 headers, body length), so you can see what the sidecar adds on the way.
@@ -152,11 +155,28 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sofamesh demo", description=__doc__.splitlines()[0])
-    p.add_argument("--listen-port", type=int, default=None, help="sidecar port (default 10000)")
     p.add_argument(
-        "--upstream-port", type=int, default=None, help="demo upstream port (default 18080)"
+        "--simple",
+        action="store_true",
+        help="one sidecar in front of a demo upstream, static config (no pilot)",
     )
-    p.add_argument("--admin-port", type=int, default=None, help="admin port (default 9901)")
+    p.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="the mesh on any free ports instead of the defaults (15001.., 9901, 18081..)",
+    )
+    p.add_argument(
+        "--listen-port", type=int, default=None, help="--simple: sidecar port (default 10000)"
+    )
+    p.add_argument(
+        "--upstream-port",
+        type=int,
+        default=None,
+        help="--simple: demo upstream port (default 18080)",
+    )
+    p.add_argument(
+        "--admin-port", type=int, default=None, help="--simple: admin port (default 9901)"
+    )
     p.add_argument(
         "--exit-after",
         type=float,
@@ -167,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import uvloop
 
-    try:
-        return uvloop.run(run(args))
-    except KeyboardInterrupt:
-        return 0
+    simple_only = (args.listen_port, args.upstream_port, args.admin_port)
+    if not args.simple and any(v is not None for v in simple_only):
+        p.error("--listen-port, --upstream-port and --admin-port go with --simple")
+    if args.simple:
+        try:
+            return uvloop.run(run(args))
+        except KeyboardInterrupt:
+            return 0
+    from sofamesh import demo_mesh
+
+    return uvloop.run(demo_mesh.run(args.free_ports, args.exit_after))

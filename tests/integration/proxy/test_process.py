@@ -100,6 +100,7 @@ def test_demo_command_serves_and_exits(tmp_path):
     port = free_port()
     cmd = sofamesh_command() + [
         "demo",
+        "--simple",
         "--listen-port",
         str(port),
         "--upstream-port",
