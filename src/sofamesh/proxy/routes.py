@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,8 @@ from sofamesh.proxy.errors import UnsupportedConfig
 
 DEFAULT_TIMEOUT_S = 15.0
 REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+
+log = logging.getLogger("sofamesh.config")
 
 
 def _dur(d: Any) -> float:
@@ -142,6 +145,23 @@ def header_ops(adds: Any, removes: Any) -> tuple[list, list, list]:
         else:
             add.append((key, value))
     return add, remove, if_absent
+
+
+# Retry conditions Envoy 1.40 knows that sofamesh does not act on yet: valid config, so they
+# are refused as a gap, never as invalid (the gRPC ones arrive with HTTP/2, issue 9).
+RETRY_ON_NOT_IMPLEMENTED = frozenset(
+    {
+        "reset-before-request",
+        "envoy-ratelimited",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
 
 
 def compile_route_config(
@@ -309,9 +329,15 @@ def _route_action(a, apath, kw, clusters) -> None:
             tok = tok.strip()
             if not tok:
                 continue
-            if tok not in R.RETRY_ON:
-                raise UnsupportedConfig(f"{apath}.retry_policy.retry_on: {tok!r} is not supported")
-            bits |= R.RETRY_ON[tok]
+            if tok in R.RETRY_ON:
+                bits |= R.RETRY_ON[tok]
+            elif tok in RETRY_ON_NOT_IMPLEMENTED:
+                raise UnsupportedConfig(
+                    f"{apath}.retry_policy.retry_on: {tok!r} is not implemented by sofamesh "
+                    "(a valid Envoy retry condition)"
+                )
+            else:  # Envoy ignores a condition it does not know; so does sofamesh, aloud
+                log.warning("%s.retry_policy.retry_on: unknown condition %r ignored", apath, tok)
         kw["retry_on"] = bits
         kw["num_retries"] = rp.num_retries.value if rp.HasField("num_retries") else 1
         kw["retry_statuses"] = list(rp.retriable_status_codes)
