@@ -1,0 +1,293 @@
+# HTTP/2 connection (RFC 9113), sans-IO, for the server (downstream) and client (upstream)
+# ends: the API a connection manager drives. Frames, state and limits live in
+# http2_conn.pyx (frame diagrams there), streams in http2_streams.pyx.
+#
+#   conn = Connection(client_side=False, max_concurrent_streams=100, ...)
+#   transport.write(conn.data_to_send())        # our SETTINGS (+ preface on a client)
+#   for ev in conn.feed(received_bytes): ...    # RequestHeaders, Data, Trailers, ...
+#   conn.send_headers(sid, [(b":status", b"200")]); conn.send_data(sid, body, True)
+#   conn.acknowledge_received_data(sid, len(ev.data))   # after consuming: windows reopen
+#   transport.write(conn.data_to_send())
+
+from cpython.bytes cimport PyBytes_GET_SIZE
+
+from sofamesh._core.codecs.http2_conn cimport ConnectionCore, GONE_RESET_SENT, PHASE_CLOSED
+from sofamesh._core.codecs.http2_frames cimport *
+from sofamesh._core.codecs.http2_streams cimport (
+    ACT_OK, ACT_USAGE, IN_SEND_DATA, IN_SEND_END_STREAM, IN_SEND_HEADERS, IN_SEND_RST,
+    ST_CLOSED, Stream, new_stream, transition,
+)
+
+from sofamesh._core.codecs.http2_events import (  # noqa: F401  (re-exported)
+    ConnectionError, Data, Event, GoAway, InformationalResponse, PingAcked, PingReceived,
+    RequestHeaders, ResponseHeaders, SettingsAcked, SettingsReceived, StreamReset, Trailers,
+    WindowUpdated,
+)
+from sofamesh._core.codecs.http2_frames import PREFACE  # noqa: F401
+
+NO_ERROR = ERR_NO_ERROR
+PROTOCOL_ERROR = ERR_PROTOCOL_ERROR
+INTERNAL_ERROR = ERR_INTERNAL_ERROR
+FLOW_CONTROL_ERROR = ERR_FLOW_CONTROL_ERROR
+SETTINGS_TIMEOUT = ERR_SETTINGS_TIMEOUT
+STREAM_CLOSED = ERR_STREAM_CLOSED
+FRAME_SIZE_ERROR = ERR_FRAME_SIZE_ERROR
+REFUSED_STREAM = ERR_REFUSED_STREAM
+CANCEL = ERR_CANCEL
+COMPRESSION_ERROR = ERR_COMPRESSION_ERROR
+CONNECT_ERROR = ERR_CONNECT_ERROR
+ENHANCE_YOUR_CALM = ERR_ENHANCE_YOUR_CALM
+INADEQUATE_SECURITY = ERR_INADEQUATE_SECURITY
+HTTP_1_1_REQUIRED = ERR_HTTP_1_1_REQUIRED
+
+HEADER_TABLE_SIZE = SETTINGS_HEADER_TABLE_SIZE
+ENABLE_PUSH = SETTINGS_ENABLE_PUSH
+MAX_CONCURRENT_STREAMS = SETTINGS_MAX_CONCURRENT_STREAMS
+INITIAL_WINDOW_SIZE = SETTINGS_INITIAL_WINDOW_SIZE
+MAX_FRAME_SIZE = SETTINGS_MAX_FRAME_SIZE
+MAX_HEADER_LIST_SIZE = SETTINGS_MAX_HEADER_LIST_SIZE
+ENABLE_CONNECT_PROTOCOL = SETTINGS_ENABLE_CONNECT_PROTOCOL
+
+STATE_NAMES = ("idle", "open", "half_closed_local", "half_closed_remote", "closed")
+
+
+class UsageError(RuntimeError):
+    """The caller asked for something the connection or stream state forbids."""
+
+
+cdef class Connection(ConnectionCore):
+
+    # -- streams we open (client side) -------------------------------------------------
+
+    def get_next_available_stream_id(self):
+        if self._next_local_id > MAX_STREAM_ID:
+            raise UsageError("stream ids exhausted: open a new connection")
+        return self._next_local_id
+
+    @property
+    def stream_ids_exhausted(self):
+        return self._next_local_id > MAX_STREAM_ID
+
+    @property
+    def can_open_stream(self):
+        return (self.client_side and self._phase != PHASE_CLOSED and not self.goaway_received
+                and self._next_local_id <= MAX_STREAM_ID
+                and <unsigned int>self._local_open < self._remote_max_concurrent)
+
+    cdef Stream _open_local(self, unsigned int stream_id, list headers):
+        cdef Stream s
+        if not self.client_side:
+            raise UsageError("a server does not open streams (push is not supported)")
+        if stream_id < self._next_local_id or not (stream_id & 1) or stream_id > MAX_STREAM_ID:
+            raise UsageError("stream id %d is not the next odd id" % stream_id)
+        if self.goaway_received:
+            raise UsageError("the peer sent GOAWAY: no new streams")
+        if <unsigned int>self._local_open >= self._remote_max_concurrent:
+            raise UsageError("the peer's max_concurrent_streams is reached")
+        self._next_local_id = stream_id + 2
+        s = new_stream(stream_id, False, self._remote_iws, self._local_iws)
+        for item in headers:
+            if item[0] == b":method":
+                s.head_request = item[1] == b"HEAD"
+                break
+        self._streams[stream_id] = s
+        self._local_open += 1
+        return s
+
+    cdef Stream _stream(self, unsigned int stream_id):
+        cdef Stream s
+        if self._phase == PHASE_CLOSED:
+            raise UsageError("the connection is closed")
+        s = self._streams.get(stream_id)
+        if s is None:
+            raise UsageError("stream %d is not open" % stream_id)
+        return s
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send_headers(self, unsigned int stream_id, list headers, bint end_stream=False):
+        """Request, response or (with end_stream) trailers. Names must be lower-case bytes.
+        Trailers given while DATA waits for window leave after that DATA."""
+        cdef Stream s
+        if self._phase == PHASE_CLOSED:
+            raise UsageError("the connection is closed")
+        s = self._streams.get(stream_id)
+        if s is None:
+            s = self._open_local(stream_id, headers)
+        elif s.pending_bytes:
+            if not end_stream or s.pending_end:
+                raise UsageError("headers behind queued DATA must be trailers")
+            s.pending_trailers = headers
+            s.pending_end = True
+            return
+        if transition(s, IN_SEND_HEADERS) != ACT_OK:
+            raise UsageError("cannot send HEADERS on stream %d in state %s"
+                             % (stream_id, STATE_NAMES[s.state]))
+        self._write_headers(s, headers, end_stream)
+        if end_stream:
+            self._end_local(s)
+        self._check_outbound()
+
+    def send_trailers(self, unsigned int stream_id, list headers):
+        self.send_headers(stream_id, headers, True)
+
+    def send_data(self, unsigned int stream_id, data, bint end_stream=False):
+        """Queue DATA; it leaves as the peer's windows allow (see outbound_buffered)."""
+        cdef Stream s = self._stream(stream_id)
+        cdef bytes b = bytes(data)
+        if s.pending_end or transition(s, IN_SEND_DATA) != ACT_OK or not s.sent_headers:
+            raise UsageError("cannot send DATA on stream %d in state %s"
+                             % (stream_id, STATE_NAMES[s.state]))
+        if PyBytes_GET_SIZE(b):
+            if s.pending is None:
+                s.pending = []
+            s.pending.append(b)
+            s.pending_bytes += PyBytes_GET_SIZE(b)
+        if end_stream:
+            s.pending_end = True
+        self._flush_stream(s)
+        self._check_outbound()
+
+    def end_stream(self, unsigned int stream_id):
+        self.send_data(stream_id, b"", True)
+
+    def reset_stream(self, unsigned int stream_id, unsigned int error_code=ERR_CANCEL):
+        cdef Stream s
+        if self._phase == PHASE_CLOSED:
+            return
+        s = self._streams.get(stream_id)
+        if s is None:
+            return
+        transition(s, IN_SEND_RST)
+        self.c.tx_reset += 1
+        self._out.header(4, FT_RST_STREAM, 0, stream_id)
+        self._out.put_u32(error_code)
+        self._close_stream(s, GONE_RESET_SENT)
+        self._control_written()
+
+    def acknowledge_received_data(self, unsigned int stream_id, long long n):
+        """The caller consumed n bytes of DATA on stream_id: give the window back."""
+        if n < 0:
+            raise ValueError("negative byte count")
+        self._give_back(self._streams.get(stream_id), n)
+        self._check_outbound()
+
+    def ping(self, bytes opaque=b"\0" * 8):
+        if PyBytes_GET_SIZE(opaque) != 8:
+            raise ValueError("PING carries 8 octets")
+        if self._phase == PHASE_CLOSED:
+            raise UsageError("the connection is closed")
+        self._out.header(8, FT_PING, 0, 0)
+        self._out.put(<const unsigned char*><const char*>opaque, 8)
+        self._control_written()
+
+    def goaway(self, unsigned int error_code=ERR_NO_ERROR, last_stream_id=None,
+               bytes debug_data=b""):
+        """GOAWAY. With NO_ERROR it is a graceful drain: streams up to last_stream_id
+        (default: the highest the peer opened) go on; later ones are ignored. Sending
+        MAX_STREAM_ID first and the real id later is Envoy's two-step drain."""
+        cdef unsigned int last
+        if self._phase == PHASE_CLOSED:
+            return
+        last = self._highest_remote_id if last_stream_id is None else last_stream_id
+        self._out.header(8 + PyBytes_GET_SIZE(debug_data), FT_GOAWAY, 0, 0)
+        self._out.put_u32(last)
+        self._out.put_u32(error_code)
+        self._out.put(<const unsigned char*><const char*>debug_data,
+                      PyBytes_GET_SIZE(debug_data))
+        self.goaway_sent = True
+        self._goaway_last_id = last
+        self.c.goaway_sent += 1
+        if error_code != ERR_NO_ERROR:
+            self._phase = PHASE_CLOSED
+        self._check_outbound()
+
+    def update_settings(self, dict settings):
+        """Send SETTINGS; they apply when the peer acknowledges (SettingsAcked)."""
+        if self._phase == PHASE_CLOSED:
+            raise UsageError("the connection is closed")
+        for ident, v in settings.items():
+            if ident == SETTINGS_INITIAL_WINDOW_SIZE:
+                if v > MAX_WINDOW:
+                    raise ValueError("initial window over 2^31-1")
+                self._stream_window_target = v
+            elif ident == SETTINGS_MAX_FRAME_SIZE and not (
+                    DEFAULT_MAX_FRAME <= v <= MAX_MAX_FRAME):
+                raise ValueError("max frame size out of range")
+            elif ident == SETTINGS_MAX_HEADER_LIST_SIZE:
+                self._dec.max_header_list_size = v
+        self._write_settings(dict(settings))
+
+    def data_to_send(self):
+        """The bytes queued for the peer (and the outbound flood counts start over)."""
+        return self._out.take()
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def closed(self):
+        """A connection error ended it (a GOAWAY is queued): flush, then close."""
+        return self._phase == PHASE_CLOSED
+
+    @property
+    def open_inbound_streams(self):
+        return self._remote_open
+
+    @property
+    def open_outbound_streams(self):
+        return self._local_open
+
+    @property
+    def highest_remote_stream_id(self):
+        return self._highest_remote_id
+
+    @property
+    def remote_goaway_last_stream_id(self):
+        return self._remote_goaway_last_id
+
+    @property
+    def local_settings(self):
+        return dict(self._local_settings)
+
+    @property
+    def remote_settings(self):
+        return dict(self._remote_settings)
+
+    @property
+    def remote_max_concurrent_streams(self):
+        return self._remote_max_concurrent
+
+    @property
+    def remote_max_frame_size(self):
+        return self._remote_max_frame
+
+    @property
+    def outbound_connection_window(self):
+        return self._conn_send_window
+
+    @property
+    def inbound_connection_window(self):
+        return self._conn_recv_window
+
+    def stream_state(self, unsigned int stream_id):
+        cdef Stream s = self._streams.get(stream_id)
+        return "closed" if s is None else STATE_NAMES[s.state]
+
+    def outbound_window(self, unsigned int stream_id):
+        cdef Stream s = self._streams.get(stream_id)
+        return 0 if s is None else min(s.send_window, self._conn_send_window)
+
+    def inbound_window(self, unsigned int stream_id):
+        cdef Stream s = self._streams.get(stream_id)
+        return 0 if s is None else s.recv_window
+
+    def outbound_buffered(self, unsigned int stream_id):
+        """DATA bytes queued on the stream, waiting for the peer's window."""
+        cdef Stream s = self._streams.get(stream_id)
+        return 0 if s is None else s.pending_bytes
+
+    @property
+    def stats(self):
+        """Counters under Envoy's http2.* names (plus connection_errors, stream_errors,
+        continuation_flood, too_many_premature_resets)."""
+        return dict(self.c)
