@@ -11,6 +11,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "proxy": ("sofamesh.proxy.cli", "main", "run the sidecar (Envoy-compatible flags)"),
     "pilot": ("sofamesh.pilot.cli", "main", "run the control plane (xDS + registry API)"),
     "register": ("sofamesh.pilot.register", "main", "register a service instance with a pilot"),
+    "proxy-status": (
+        "sofamesh.pilot.proxy_status",
+        "main",
+        "which sidecars a pilot serves, and whether each is in sync",
+    ),
     "demo": ("sofamesh.demo", "main", "start a small mesh: pilot, two apps, a sidecar each"),
 }
 
@@ -18,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def _usage() -> str:
     lines = ["usage: sofamesh COMMAND [ARGS...]", "", "commands:"]
     for name, (_, _, text) in COMMANDS.items():
-        lines.append(f"  {name:<10} {text}")
+        lines.append(f"  {name:<13} {text}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -240,6 +241,15 @@ def _sofamesh() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "sofamesh"]
 
 
+def _sofamesh_shown() -> list[str]:
+    """The command as the user types it: `sofamesh` when it is on PATH as this one."""
+    cmd = _sofamesh()
+    found = shutil.which("sofamesh")
+    if found and os.path.realpath(found) == os.path.realpath(cmd[0]):
+        return ["sofamesh"]
+    return cmd
+
+
 def _spawn(name: str, argv: list[str], workdir: str) -> Child:
     log = os.path.join(workdir, f"{name}.log")
     with open(log, "wb") as f:
@@ -337,6 +347,8 @@ Try:
   for i in 1 2 3 4; do curl -s -H 'host: hello' http://127.0.0.1:{out2}/; done
   # what the pilot told sidecar 1: its clusters and endpoints (admin API)
   curl -s http://127.0.0.1:{ports["admin1"]}/clusters | grep hello
+  # the sidecars the pilot serves, and whether each has ACKed its latest config
+  {" ".join(_sofamesh_shown())} proxy-status --pilot {api}
 Ctrl-C to stop"""
 
 
@@ -379,7 +391,7 @@ async def run(free_ports: bool, exit_after: float | None) -> int:
         for i in (1, 2):
             name = f"hello-{i}"
             srv = await loop.create_server(
-                lambda n=name: HelloApp(n), "127.0.0.1", ports[f"app{i}"]
+                functools.partial(HelloApp, name), "127.0.0.1", ports[f"app{i}"]
             )
             apps.append(srv)
             # the app registers itself: its address is its sidecar's inbound listener

@@ -405,7 +405,8 @@ class RestApi:
 
     async def debug_connections(self, request: web.Request) -> web.Response:
         conns = [c.describe() for c in self.pilot.ads.connections.values()] if self.pilot else []
-        return web.json_response({"connections": conns})
+        ident = self.pilot.ads.identifier if self.pilot else ""
+        return web.json_response({"pilot": ident, "connections": conns})
 
     async def debug_nacks(self, request: web.Request) -> web.Response:
         return web.json_response({"nacks": list(self.pilot.ads.nacks) if self.pilot else []})

@@ -17,6 +17,7 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -70,6 +71,19 @@ def parse_node_id(node_id: str) -> dict | None:
     return {"type": parts[0], "ip": parts[1], "pod": pod, "namespace": ns, "domain": parts[3]}
 
 
+def _user_agent(node: Any) -> str:
+    """`name/version` from a Node's user agent fields (Envoy: envoy/1.40.0)."""
+    kind = node.WhichOneof("user_agent_version_type")
+    if kind == "user_agent_version":
+        version = node.user_agent_version
+    elif kind == "user_agent_build_version":
+        v = node.user_agent_build_version.version
+        version = f"{v.major_number}.{v.minor_number}.{v.patch}"
+    else:
+        version = ""
+    return "/".join(x for x in (node.user_agent_name, version) if x)
+
+
 @dataclass
 class Watch:
     """One resource type on one stream."""
@@ -101,6 +115,7 @@ class Connection:
         self.node_cluster = ""
         self.node_info: dict | None = None
         self.metadata: dict = {}
+        self.user_agent = ""  # "<user_agent_name>/<version>" from the node, e.g. envoy/1.40.0
         self.connected_at = time.time()
         self.watches: dict[str, Watch] = {}
         self.wake = asyncio.Event()
@@ -297,6 +312,7 @@ class Connection:
             self.node_id = node.id
             self.node_cluster = node.cluster
             self.node_info = parse_node_id(node.id)
+            self.user_agent = _user_agent(node)
             if self.node_info is None:  # served all the same; proxyless gRPC ids vary
                 self.server.metrics.inc("pilot_xds_non_istio_node_ids_total")
             try:
@@ -446,6 +462,9 @@ class Connection:
             "node": self.node_id,
             "node_info": self.node_info,
             "cluster": self.node_cluster,
+            "cluster_id": str(self.metadata.get("CLUSTER_ID", "")),
+            "user_agent": self.user_agent,
+            "istio_version": str(self.metadata.get("ISTIO_VERSION", "")),
             "peer": self.peer,
             "mode": "delta" if self.delta else "sotw",
             "connected_at": self.connected_at,
@@ -475,6 +494,7 @@ class AdsServer:
         self.nacks: list[dict] = []  # recent NACKs, newest last (debug endpoint)
         self.ack_listeners: list = []  # callables(conn, type_url, nonce): tests and benchmarks
         ident = f"sofamesh-pilot@{socket.gethostname()}"
+        self.identifier = ident  # DiscoveryResponse.control_plane, and proxy-status's PILOT
         cp = ld_field(1, ident.encode())  # core.v3.ControlPlane.identifier
         self.control_plane = ld_field(6, cp)
         self.delta_control_plane = ld_field(7, cp)

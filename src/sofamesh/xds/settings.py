@@ -33,7 +33,7 @@ class AdsSettings:
     target: str  # grpc target host:port
     cluster: str  # the static cluster it came from
     delta: bool
-    node: Any  # envoy.config.core.v3.Node, sent as given
+    node: Any  # envoy.config.core.v3.Node, sent as given plus the user agent (as Envoy)
     node_first_only: bool
     cds: bool  # cds_config is ads: subscribe to clusters
     lds: bool  # lds_config is ads: subscribe to listeners
@@ -74,11 +74,18 @@ class AdsSettings:
             src = getattr(dyn, key)
             if dyn.HasField(key) and src.WhichOneof("config_source_specifier") != "ads":
                 raise UnsupportedConfig(f"dynamic_resources.{key}: only `ads: {{}}` is implemented")
+        from sofamesh import __version__
+
+        node = type(bootstrap.node)()
+        node.CopyFrom(bootstrap.node)
+        # as Envoy, which always names itself (envoy, its build version) in the node it sends
+        node.user_agent_name = "sofamesh"
+        node.user_agent_version = __version__
         return cls(
             target=target,
             cluster=name,
             delta=ads.api_type == DELTA_GRPC,
-            node=bootstrap.node,
+            node=node,
             node_first_only=ads.set_node_on_first_message_only,
             cds=dyn.HasField("cds_config"),
             lds=dyn.HasField("lds_config"),

@@ -71,8 +71,9 @@ def test_demo_mesh_commands_and_ctrl_c(tmp_path):
         assert lines and lines[-1] == "Ctrl-C to stop", text
         tries = lines[lines.index("Try:") + 1 : -1]
         commands = [t.strip() for t in tries if not t.strip().startswith("#")]
-        assert len(commands) == 4, commands
-        call1, deregister, call2, admin = commands
+        assert len(commands) == 5, commands
+        call1, deregister, call2, admin, status = commands
+        assert " proxy-status --pilot http://127.0.0.1:" in status
         assert "host: hello" in call1 and "DELETE" in deregister and "/clusters" in admin
         workdir = re.search(r"logs\s+(\S+)", text).group(1)
         assert os.path.isdir(workdir)
@@ -103,7 +104,13 @@ def test_demo_mesh_commands_and_ctrl_c(tmp_path):
         }
         assert len(hosts) == 1, hosts
 
-        # 4. Ctrl-C: everything stops, nothing is left, the temporary directory is gone
+        # 4. proxy-status: both sidecars, clusters / endpoints / routes ACKed (no LDS asked)
+        rows = {ln.split()[0]: ln.split() for ln in sh(status).splitlines()[1:]}
+        assert set(rows) == {"hello-1.demo", "hello-2.demo"}, rows
+        for r in rows.values():
+            assert r[2:7] == ["SYNCED", "NOT", "SENT", "SYNCED", "SYNCED"], r
+
+        # 5. Ctrl-C: everything stops, nothing is left, the temporary directory is gone
         demo.send_signal(signal.SIGINT)
         assert demo.wait(20) == 0
         rest = demo.stdout.read()
