@@ -29,8 +29,11 @@ cdef class HeaderMap:
 
 
 cdef class HeaderList(HeaderMap):
-    cdef public list names          # list[bytes], lower-case
-    cdef public list values         # list[bytes]
+    # list[tuple[bytes, bytes]] (lower-case names), as an HPACK decoder yields them: an
+    # HTTP/2 header block is adopted without a copy, its pseudo-headers (the first
+    # `first` entries) skipped
+    cdef public list pairs
+    cdef public int first
     cdef list dead                  # list[bool] | None: removed entries
     cdef public bytes method_       # :method (requests), None otherwise
     cdef public bytes path_         # :path

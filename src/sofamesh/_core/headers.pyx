@@ -110,8 +110,8 @@ cdef class HeaderMap:
 cdef class HeaderList(HeaderMap):
     def __init__(self, items=(), *, method=None, path=None, authority=None, scheme=None,
                  int status=0):
-        self.names = []
-        self.values = []
+        self.pairs = []
+        self.first = 0
         self.dead = None
         self.method_ = method
         self.path_ = path
@@ -121,6 +121,28 @@ cdef class HeaderList(HeaderMap):
         for k, v in items:
             self.append(k, v)
 
+    @staticmethod
+    def adopt(list pairs, int first=0):
+        """A map over a decoded header list (not copied); entries before `first` are the
+        pseudo-headers, read into method/path/authority/scheme/status."""
+        cdef HeaderList h = HeaderList()
+        cdef int i
+        h.pairs = pairs
+        h.first = first
+        for i in range(first):
+            k, v = pairs[i]
+            if k == b":method":
+                h.method_ = v
+            elif k == b":path":
+                h.path_ = v
+            elif k == b":authority":
+                h.authority_ = v
+            elif k == b":scheme":
+                h.scheme = v
+            elif k == b":status":
+                h.status = int(v)
+        return h
+
     def append(self, name, value):
         if isinstance(name, str):
             name = name.encode("latin-1")
@@ -129,37 +151,38 @@ cdef class HeaderList(HeaderMap):
         self.add((<bytes>name).lower(), value)
 
     cdef int add(self, bytes name, bytes value) except -1:
-        self.names.append(name)
-        self.values.append(value)
+        self.pairs.append((name, value))
         if self.dead is not None:
             self.dead.append(False)
         return 0
 
     cdef int count(self) noexcept:
-        return <int>len(self.names)
+        return <int>len(self.pairs)
 
     cdef bint live(self, int i) noexcept:
-        return self.dead is None or not self.dead[i]
+        return i >= self.first and (self.dead is None or not self.dead[i])
 
     cdef int find_from(self, const char* name, int n, int start) noexcept:
         cdef int i
         cdef bytes k
-        for i in range(start, <int>len(self.names)):
-            k = <bytes>self.names[i]
+        if start < self.first:
+            start = self.first
+        for i in range(start, <int>len(self.pairs)):
+            k = <bytes>(<tuple>self.pairs[i])[0]
             if PyBytes_GET_SIZE(k) == n and strncasecmp(PyBytes_AS_STRING(k), name, n) == 0 \
                     and (self.dead is None or not self.dead[i]):
                 return i
         return -1
 
     cdef bytes name_at(self, int i):
-        return self.names[i]
+        return (<tuple>self.pairs[i])[0]
 
     cdef bytes value_at(self, int i):
-        return self.values[i]
+        return (<tuple>self.pairs[i])[1]
 
     cdef int remove_at(self, int i) except -1:
         if self.dead is None:
-            self.dead = [False] * len(self.names)
+            self.dead = [False] * len(self.pairs)
         self.dead[i] = True
         return 0
 

@@ -9,7 +9,7 @@
 
 from libc.stdint cimport int64_t, uint64_t
 
-from sofamesh._core.http_proxy cimport HttpFilter, DownstreamConn
+from sofamesh._core.http_stream cimport HttpFilter, HttpStream
 from sofamesh._core.stats cimport Counter
 
 

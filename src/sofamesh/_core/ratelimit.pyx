@@ -33,7 +33,7 @@ from libc.string cimport memset
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from posix.unistd cimport close
 
-from sofamesh._core.http_proxy cimport HttpFilter, DownstreamConn, FILTER_CONTINUE, FILTER_STOP
+from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.router cimport rng_next
 from sofamesh._core.stats cimport Store
 
@@ -414,7 +414,7 @@ cdef class LocalRateLimitFilter(HttpFilter):
         HttpFilter.__init__(self, name)
         self.default = default
 
-    cpdef int decode_headers(self, DownstreamConn s, bint end_stream) except -1:
+    cpdef int decode_headers(self, HttpStream s, bint end_stream) except -1:
         cdef LocalRateLimit lim = self.default
         cdef object per_route
         if s.route is not None and s.route.filter_config:

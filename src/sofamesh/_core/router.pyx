@@ -90,6 +90,9 @@ cdef class HeaderMatcher:
             r = self.sm.matches(v)
         return (not r) if self.invert else r
 
+    def test(self, HeaderMap h):
+        return self.matches(h)
+
 
 cdef class QueryMatcher:
     def __init__(self, name, StringMatcher sm=None):

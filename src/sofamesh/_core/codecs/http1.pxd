@@ -7,7 +7,7 @@
 # Return values: > 0 head length, 0 need more bytes, < 0 one of the H1_E_* errors.
 # A `Head` is the HTTP/1 `headers.HeaderMap`: what the stream, filters and route table see.
 
-from sofamesh._core.headers cimport HeaderMap
+from sofamesh._core.headers cimport HeaderMap, HeaderList
 
 cdef enum:
     H1_MAX_HEADERS = 128
@@ -137,3 +137,10 @@ cdef class BodyReader:
     # bytes of p that belong to this body; -1 malformed. When `chunks` is a list, the
     # decoded payload (chunk framing removed) is appended to it as bytes.
     cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) except -2
+
+
+# Chunked trailers <-> the protocol-neutral map. `parse_trailers` takes the trailer section
+# as received (field lines then the blank line); malformed lines are dropped.
+# `encode_trailers` renders the section that ends a chunked body after its last chunk.
+cdef HeaderList parse_trailers(bytes raw)
+cdef bytes encode_trailers(HeaderList t)

@@ -8,6 +8,8 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from libc.string cimport memchr, memcmp
 
+from sofamesh._core.headers cimport HeaderMap, HeaderList
+
 cdef extern from "string.h" nogil:
     void* memmem(const void* h, size_t hl, const void* n, size_t nl)
     int strncasecmp(const char* a, const char* b, size_t n)
@@ -741,6 +743,40 @@ cdef class BodyReader:
     @property
     def dropped_trailers(self):
         return self.trailers_dropped
+
+
+# Trailers ---------------------------------------------------------------------------
+
+cdef HeaderList parse_trailers(bytes raw):
+    cdef HeaderList t = HeaderList()
+    cdef bytes line, name
+    for line in raw.split(b"\r\n"):
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name or not all(TCHAR[c] for c in name):
+            continue
+        t.add(name.lower(), value.strip(b" \t"))
+    return t
+
+
+cdef bytes encode_trailers(HeaderList t):
+    cdef list out = []
+    cdef int i
+    for i in range(t.count()):
+        if t.live(i):
+            out.append(t.name_at(i) + b": " + t.value_at(i) + b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def trailers_from_bytes(bytes raw):
+    """Python API (tests): the HeaderList parsed from a trailer section."""
+    return parse_trailers(raw)
+
+
+def trailers_to_bytes(HeaderList t):
+    return encode_trailers(t)
 
 
 MODE_NONE = FR_NONE

@@ -1,0 +1,63 @@
+# Connection pools behind one interface (Envoy's ConnectionPool::Instance), and what a
+# pooled connection tells the stream it serves (the router's upstream request).
+#
+# Contract: the router asks `ConnPool.new_stream(host, cb)` for an upstream stream; the pool
+# either calls `cb._attach(conn)` at once (an idle connection, or a new one that is still
+# connecting), queues `cb` until a connection frees up, or returns POOL_OVERFLOW (circuit
+# breaker: the caller fails the request). A `PoolConn` is one upstream stream: HTTP/1 gives
+# the whole connection to it, HTTP/2 will give one stream of a multiplexed connection.
+# Once the response is complete the stream calls `release()` (keep-alive) or `abort()`.
+# Pools and connections never reach into the stream: they only call UpstreamCallbacks.
+
+from sofamesh._core.codecs.http1 cimport BodyReader
+from sofamesh._core.headers cimport HeaderMap, HeaderList
+from sofamesh._core.upstream cimport Cluster, Host
+
+cdef class UpstreamCallbacks
+
+cdef enum:
+    POOL_ATTACHED = 0       # cb._attach(conn) was called
+    POOL_QUEUED = 1         # cb waits for a connection (cancel() to give up)
+    POOL_OVERFLOW = 2       # max_pending reached: fail the request
+
+
+cdef class PoolConn:
+    cdef Cluster cluster
+    cdef Host host
+    cdef object transport           # asyncio.Transport | None
+    cdef UpstreamCallbacks ds       # the stream served, or None
+    cdef bint connected
+    cdef bint closed
+    cdef bint reusable
+    cdef int start(self, UpstreamCallbacks ds, bint head_req, bint upgrade) except -1
+    cdef int write(self, bytes data) except -1      # request bytes in this connection's codec
+    cdef int release(self) except -1
+    cdef int abort(self) except -1
+
+
+cdef class UpstreamCallbacks:
+    # pool
+    cdef bint _wants_connection(self)
+    cdef int _attach(self, PoolConn c) except -1
+    cdef int _fail(self, int kind, PoolConn c) except -1
+    cdef int _flush_up(self) except -1            # connected: send what was queued
+    # response decoding
+    cdef int _upstream_read(self) except -1       # bytes arrived (stream idle timer)
+    cdef int _after_upstream_read(self) except -1
+    cdef bint _collect_response_data(self)        # decoded payload wanted (encode filters)
+    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, int framing) except -1
+    cdef int _on_upstream_body(self, bytes data) except -1
+    cdef int _on_upstream_trailers(self, HeaderList trailers) except -1
+    cdef int _data_filters(self, BodyReader body, bint encode) except -1
+    cdef int _on_upstream_complete(self, PoolConn c) except -1
+    cdef int _reset(self) except -1               # the response broke off: reset the stream
+    cdef int _write(self, bytes data) except -1   # tunnel bytes for the downstream
+    cdef int _tunnel_closed(self) except -1
+    # flow control
+    cdef int _pause(self, int reason) except -1
+    cdef int _resume(self, int reason) except -1
+
+
+cdef class ConnPool:
+    cdef int new_stream(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1
+    cdef int cancel(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1

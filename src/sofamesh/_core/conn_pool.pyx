@@ -1,0 +1,78 @@
+# Connection pool and upstream-stream interfaces; see conn_pool.pxd for the contract.
+
+from sofamesh._core.headers cimport HeaderMap, HeaderList
+
+
+cdef class PoolConn:
+    cdef int start(self, UpstreamCallbacks ds, bint head_req, bint upgrade) except -1:
+        raise NotImplementedError
+
+    cdef int write(self, bytes data) except -1:
+        raise NotImplementedError
+
+    cdef int release(self) except -1:
+        raise NotImplementedError
+
+    cdef int abort(self) except -1:
+        raise NotImplementedError
+
+
+cdef class UpstreamCallbacks:
+    cdef bint _wants_connection(self):
+        return False
+
+    cdef int _attach(self, PoolConn c) except -1:
+        raise NotImplementedError
+
+    cdef int _fail(self, int kind, PoolConn c) except -1:
+        raise NotImplementedError
+
+    cdef int _flush_up(self) except -1:
+        raise NotImplementedError
+
+    cdef int _upstream_read(self) except -1:
+        return 0
+
+    cdef int _after_upstream_read(self) except -1:
+        return 0
+
+    cdef bint _collect_response_data(self):
+        return False
+
+    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, int framing) except -1:
+        raise NotImplementedError
+
+    cdef int _on_upstream_body(self, bytes data) except -1:
+        raise NotImplementedError
+
+    cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
+        return 0
+
+    cdef int _data_filters(self, BodyReader body, bint encode) except -1:
+        return 0
+
+    cdef int _on_upstream_complete(self, PoolConn c) except -1:
+        raise NotImplementedError
+
+    cdef int _reset(self) except -1:
+        raise NotImplementedError
+
+    cdef int _write(self, bytes data) except -1:
+        raise NotImplementedError
+
+    cdef int _tunnel_closed(self) except -1:
+        return 0
+
+    cdef int _pause(self, int reason) except -1:
+        return 0
+
+    cdef int _resume(self, int reason) except -1:
+        return 0
+
+
+cdef class ConnPool:
+    cdef int new_stream(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1:
+        raise NotImplementedError
+
+    cdef int cancel(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1:
+        raise NotImplementedError

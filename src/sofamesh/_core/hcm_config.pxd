@@ -1,0 +1,82 @@
+# The compiled http_connection_manager: settings, route table, filters and stats of one
+# listener, shared by all its connections and streams. Immutable but for `routes` (and
+# `clusters`), which a config change swaps whole; the next request sees the new one.
+
+from sofamesh._core.conn_pool cimport ConnPool
+from sofamesh._core.router cimport RouteTable
+from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+
+
+cdef class HcmConfig:
+    cdef public object loop
+    cdef public str stat_prefix
+    cdef public RouteTable routes
+    cdef public dict clusters               # dict[str, Cluster]
+    cdef public tuple filters               # tuple[HttpFilter, ...] (router excluded)
+    cdef public bint any_encode
+    cdef public bint any_data
+    cdef public bint use_remote_address
+    cdef public bint generate_request_id
+    cdef public bint accept_http_10
+    cdef public int max_head_bytes
+    cdef public int max_headers
+    cdef public int buffer_limit
+    cdef public frozenset upgrades          # frozenset[bytes] enabled on every route
+    cdef public bytes server_line           # b"server: envoy\r\n"
+    cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
+    cdef public double idle_timeout         # seconds without a request before closing; 0: off
+    cdef public double request_timeout      # HCM request_timeout (s); 0: off
+    cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s); 0: off
+    cdef public tuple reply_map             # local_reply_config: ((op, value, status, body), ...)
+    cdef public int server_mode             # server_header_transformation enum value
+    cdef public bint rid_in_response        # always_set_request_id_in_response
+    cdef public bytes via_line              # b"via: <via>\r\n" or b""
+    cdef public bint skip_xff_append
+    cdef public bytes local_ip              # appended to x-forwarded-for for loopback peers
+    cdef public bint preserve_external_request_id
+    cdef public bint normalize_path
+    cdef public bint merge_slashes
+    cdef public bint strip_any_host_port
+    cdef public bint draining
+    cdef public bint enable_trailers     # http_protocol_options.enable_trailers
+    cdef ConnPool pool                  # HTTP/1 upstream pool
+    cdef public set conns                   # set[DownstreamConn] alive
+    cdef public object listener_name
+    cdef Counter rq_total
+    cdef Counter rq_http1_total
+    cdef Counter rq_1xx
+    cdef Counter rq_2xx
+    cdef Counter rq_3xx
+    cdef Counter rq_4xx
+    cdef Counter rq_5xx
+    cdef Counter rq_completed
+    cdef Counter rq_rx_reset
+    cdef Counter rq_tx_reset
+    cdef Counter rq_timeout
+    cdef Counter rq_ws_on_non_ws_route
+    cdef Counter cx_total
+    cdef Counter cx_http1_total
+    cdef Counter cx_destroy
+    cdef Counter cx_destroy_remote
+    cdef Counter cx_destroy_local
+    cdef Counter cx_protocol_error
+    cdef Counter cx_rx_bytes_total
+    cdef Counter cx_tx_bytes_total
+    cdef Counter cx_upgrades_total
+    cdef Counter cx_drain_close
+    cdef Counter cx_idle_timeout
+    cdef Counter rq_idle_timeout
+    cdef Counter rq_response_before_rq_complete
+    cdef Counter no_route
+    cdef Counter no_cluster
+    cdef Counter rq_direct_response
+    cdef Counter rq_redirect
+    cdef Counter rq_header_overflow
+    cdef Counter rq_overload_close
+    cdef Gauge cx_active
+    cdef Gauge cx_http1_active
+    cdef Gauge rq_active
+    cdef Gauge cx_upgrades_active
+    cdef Histogram rq_time
+    cdef Counter listener_cx_total
+    cdef Gauge listener_cx_active

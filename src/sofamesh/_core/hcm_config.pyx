@@ -1,0 +1,106 @@
+# The compiled http_connection_manager; see hcm_config.pxd.
+
+from sofamesh._core.http1_upstream cimport Http1ConnPool
+from sofamesh._core.router cimport RouteTable
+from sofamesh._core.stats cimport Store
+
+# codec name -> connection factory(HcmConfig): the connection modules register themselves
+# (http_proxy: "http1"), so this layer does not import them.
+_codecs = {}
+
+
+def register_codec(str name, factory):
+    _codecs[name] = factory
+
+
+cdef class HcmConfig:
+    def __init__(self, loop, Store store, str stat_prefix, RouteTable routes, dict clusters,
+                 filters=(), *, bint use_remote_address=False, bint generate_request_id=True,
+                 bint accept_http_10=False, int max_head_bytes=60 * 1024,
+                 int max_headers=100, int buffer_limit=1024 * 1024, upgrades=(),
+                 bytes server_name=b"envoy", access_log=None, str listener_stat_name="",
+                 double idle_timeout=3600.0, int server_mode=0, bint rid_in_response=False,
+                 via=b"", bint skip_xff_append=False, bytes local_ip=b"127.0.0.1",
+                 bint preserve_external_request_id=False, bint normalize_path=False,
+                 bint merge_slashes=False, bint strip_any_host_port=False,
+                 double request_timeout=0.0, double stream_idle_timeout=0.0,
+                 tuple reply_map=None, bint enable_trailers=False):
+        self.loop = loop
+        self.stat_prefix = stat_prefix
+        self.routes = routes
+        self.clusters = clusters
+        self.filters = tuple(filters)
+        self.any_encode = any(f.wants_encode for f in self.filters)
+        self.any_data = any(f.wants_data for f in self.filters)
+        self.use_remote_address = use_remote_address
+        self.generate_request_id = generate_request_id
+        self.accept_http_10 = accept_http_10
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.buffer_limit = buffer_limit
+        self.upgrades = frozenset(u.lower() for u in upgrades)
+        self.server_line = b"server: " + server_name + b"\r\n"
+        self.access_log = access_log
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.stream_idle_timeout = stream_idle_timeout
+        self.reply_map = reply_map
+        self.server_mode = server_mode
+        self.rid_in_response = rid_in_response
+        self.via_line = b"via: " + via + b"\r\n" if via else b""
+        self.skip_xff_append = skip_xff_append
+        self.local_ip = local_ip
+        self.preserve_external_request_id = preserve_external_request_id
+        self.normalize_path = normalize_path
+        self.merge_slashes = merge_slashes
+        self.strip_any_host_port = strip_any_host_port
+        self.draining = False
+        self.enable_trailers = enable_trailers
+        self.pool = Http1ConnPool(loop)
+        self.conns = set()
+        self.listener_name = listener_stat_name
+        p = f"http.{stat_prefix}."
+        c = (<object>store).counter
+        self.rq_total = c(p + "downstream_rq_total")
+        self.rq_http1_total = c(p + "downstream_rq_http1_total")
+        self.rq_1xx = c(p + "downstream_rq_1xx")
+        self.rq_2xx = c(p + "downstream_rq_2xx")
+        self.rq_3xx = c(p + "downstream_rq_3xx")
+        self.rq_4xx = c(p + "downstream_rq_4xx")
+        self.rq_5xx = c(p + "downstream_rq_5xx")
+        self.rq_completed = c(p + "downstream_rq_completed")
+        self.rq_rx_reset = c(p + "downstream_rq_rx_reset")
+        self.rq_tx_reset = c(p + "downstream_rq_tx_reset")
+        self.rq_timeout = c(p + "downstream_rq_timeout")
+        self.rq_ws_on_non_ws_route = c(p + "downstream_rq_ws_on_non_ws_route")
+        self.rq_response_before_rq_complete = c(p + "downstream_rq_response_before_rq_complete")
+        self.rq_header_overflow = c(p + "downstream_rq_header_overflow")
+        self.rq_overload_close = c(p + "downstream_rq_overload_close")
+        self.cx_total = c(p + "downstream_cx_total")
+        self.cx_http1_total = c(p + "downstream_cx_http1_total")
+        self.cx_destroy = c(p + "downstream_cx_destroy")
+        self.cx_destroy_remote = c(p + "downstream_cx_destroy_remote")
+        self.cx_destroy_local = c(p + "downstream_cx_destroy_local")
+        self.cx_protocol_error = c(p + "downstream_cx_protocol_error")
+        self.cx_rx_bytes_total = c(p + "downstream_cx_rx_bytes_total")
+        self.cx_tx_bytes_total = c(p + "downstream_cx_tx_bytes_total")
+        self.cx_upgrades_total = c(p + "downstream_cx_upgrades_total")
+        self.cx_drain_close = c(p + "downstream_cx_drain_close")
+        self.cx_idle_timeout = c(p + "downstream_cx_idle_timeout")
+        self.rq_idle_timeout = c(p + "downstream_rq_idle_timeout")
+        self.no_route = c(p + "no_route")
+        self.no_cluster = c(p + "no_cluster")
+        self.rq_direct_response = c(p + "rq_direct_response")
+        self.rq_redirect = c(p + "rq_redirect")
+        self.cx_active = store.gauge(p + "downstream_cx_active")
+        self.cx_http1_active = store.gauge(p + "downstream_cx_http1_active")
+        self.rq_active = store.gauge(p + "downstream_rq_active")
+        self.cx_upgrades_active = store.gauge(p + "downstream_cx_upgrades_active")
+        self.rq_time = store.histogram(p + "downstream_rq_time")
+        lp = f"listener.{listener_stat_name}." if listener_stat_name else "listener.unnamed."
+        self.listener_cx_total = c(lp + "downstream_cx_total")
+        self.listener_cx_active = store.gauge(lp + "downstream_cx_active")
+
+    def protocol_factory(self):
+        """A new downstream connection (asyncio protocol) of the registered codec."""
+        return _codecs["http1"](self)

@@ -1,0 +1,623 @@
+# HTTP/1.1 upstream: the connection pool (one request per connection at a time, kept
+# alive on Host.idle, waiters on Host.waiting) and its connections; request mirrors.
+# See conn_pool.pxd for the interface the router uses.
+
+import asyncio
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from sofamesh._core.codecs.http1 cimport (
+    Head, BodyReader, parse_response, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
+)
+from sofamesh._core.conn_pool cimport (
+    PoolConn, UpstreamCallbacks, ConnPool, POOL_ATTACHED, POOL_QUEUED, POOL_OVERFLOW,
+)
+from sofamesh._core.http_common cimport (
+    mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, PAUSE_UPSTREAM_FULL,
+)
+from sofamesh._core.upstream cimport Cluster, Host
+
+# upstream connection states
+cdef enum:
+    US_CONNECTING = 0
+    US_IDLE = 1
+    US_HEAD = 2
+    US_BODY = 3
+    US_TUNNEL = 4
+    US_CLOSED = 5
+
+
+cdef class Http1ConnPool(ConnPool):
+    """HTTP/1.1: a request gets a whole connection; idle ones wait on Host.idle."""
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    cdef int new_stream(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1:
+        cdef UpstreamConn c
+        while host.idle:
+            c = host.idle.pop()
+            if c.connected and not c.closed:
+                cb._attach(c)
+                return POOL_ATTACHED
+        if cl.cx_active < cl.max_connections:
+            c = UpstreamConn(cl, host, self.loop)
+            cl.upstream_rq_pending_total.inc()
+            cb._attach(c)
+            return POOL_ATTACHED
+        cl.upstream_cx_overflow.inc()
+        if cl.pending_active >= cl.max_pending:
+            cl.upstream_rq_pending_overflow.inc()
+            return POOL_OVERFLOW
+        cl.upstream_rq_pending_total.inc()
+        cl.pending_active += 1
+        cl.upstream_rq_pending_active.inc()
+        host.waiting.append(cb)
+        return POOL_QUEUED
+
+    cdef int cancel(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1:
+        try:
+            host.waiting.remove(cb)
+        except ValueError:
+            return 0
+        cl.pending_active -= 1
+        cl.upstream_rq_pending_active.dec()
+        return 0
+
+
+cdef bytes _shadow_host(bytes host):
+    """Envoy's shadow authority: `-shadow` after the host name, before any port
+    (`a.b:8080` -> `a.b-shadow:8080`)."""
+    cdef Py_ssize_t i = host.rfind(b":")
+    if i > 0 and host.find(b"]", i) < 0 and host[i + 1:].isdigit():
+        return host[:i] + b"-shadow" + host[i:]
+    return host + b"-shadow"
+
+
+cdef bytes shadow_head(bytes head, bytes local_ip, bint suffix):
+    """The mirror's head: the upstream head as rendered for the main request, sent the way
+    Envoy's async client sends it (x-envoy-internal: true, this node's address appended to
+    x-forwarded-for) with the authority suffixed unless disable_shadow_host_suffix_append."""
+    cdef list lines = head[:-4].split(b"\r\n")
+    cdef list out = [lines[0]]
+    cdef bytes xff = None
+    for i in range(1, len(lines)):
+        ln = lines[i]
+        name, _, val = ln.partition(b":")
+        lname = name.strip().lower()
+        if lname == b"host":
+            if suffix:
+                ln = b"host: " + _shadow_host(val.strip())
+        elif lname == b"x-forwarded-for":
+            xff = val.strip() if xff is None else xff + b"," + val.strip()
+            continue
+        elif lname == b"x-envoy-internal":
+            continue
+        out.append(ln)
+    out.append(b"x-forwarded-for: " + (xff + b"," if xff else b"") + local_ip)
+    out.append(b"x-envoy-internal: true")
+    return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+cdef class ShadowConn:
+    """One mirrored request on its own connection to a host of the mirror cluster. The
+    response is read and discarded; nothing here can delay or fail the main request. At
+    most `limit` bytes wait (for the connect or in the socket's write buffer): a mirror
+    that cannot keep up is reset (counted as the cluster's upstream_rq_tx_reset) instead
+    of buffering without bound or slowing the client down."""
+    def __cinit__(self, Cluster cluster, loop, bytes head, bint head_req, double timeout,
+                  Py_ssize_t limit):
+        cdef Host host
+        self.cluster = cluster
+        self.loop = loop
+        self.head_req = head_req
+        self.limit = limit if limit > 0 else 1048576
+        self.queue = [head]
+        self.queued = PyBytes_GET_SIZE(head)
+        self.t0 = mono()
+        cluster.upstream_rq_total.inc()
+        if cluster.rq_active >= cluster.max_requests:
+            cluster.upstream_rq_pending_overflow.inc()
+            self.closed = True
+            return
+        host = cluster.choose()
+        if host is None:
+            cluster.upstream_cx_none_healthy.inc()
+            self.closed = True
+            return
+        if cluster.cx_active >= cluster.max_connections:
+            cluster.upstream_cx_overflow.inc()
+            cluster.upstream_rq_pending_overflow.inc()
+            self.closed = True
+            return
+        self.host = host
+        self.in_rq = True
+        cluster.rq_active += 1
+        cluster.upstream_rq_active.inc()
+        host.rq_active += 1
+        host.rq_total += 1
+        cluster.cx_active += 1
+        host.cx_active += 1
+        host.cx_total += 1
+        cluster.upstream_cx_total.inc()
+        cluster.upstream_cx_http1_total.inc()
+        cluster.upstream_cx_active.inc()
+        if timeout > 0:
+            self.timer = loop.call_later(timeout, self._on_timeout)
+        self.task = loop.create_task(self._connect())
+
+    async def _connect(self):
+        cdef Cluster cl = self.cluster
+        cdef double t0 = mono()
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: self, self.host.address, self.host.port),
+                cl.connect_timeout)
+        except asyncio.TimeoutError:
+            cl.upstream_cx_connect_timeout.inc()
+            self._connect_failed()
+        except OSError:
+            self._connect_failed()
+        except asyncio.CancelledError:
+            self._end(False)
+        else:
+            cl.upstream_cx_connect_ms.record((mono() - t0) * 1000.0)
+        finally:
+            self.task = None
+
+    def _connect_failed(self):
+        if self.closed:
+            return
+        self.cluster.upstream_cx_connect_fail.inc()
+        self.host.cx_connect_fail += 1
+        self._end(False)
+
+    cdef int _end(self, bint ok) except -1:
+        """The mirror is over (answered, failed or reset): release its counts once."""
+        cdef Cluster cl = self.cluster
+        cdef Host host = self.host
+        self.closed = True
+        self.queue = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.in_rq:
+            self.in_rq = False
+            cl.rq_active -= 1
+            cl.upstream_rq_active.dec()
+            host.rq_active -= 1
+            if ok:
+                host.rq_success += 1
+                cl.upstream_rq_completed.inc()
+                cl.upstream_rq_time.record((mono() - self.t0) * 1000.0)
+            else:
+                host.rq_error += 1
+        if self.host is not None:
+            self.host = None
+            cl.cx_active -= 1
+            host.cx_active -= 1
+            cl.upstream_cx_active.dec()
+            cl.upstream_cx_destroy.inc()
+        return 0
+
+    cdef int send(self, bytes data) except -1:
+        if self.closed:
+            return 0
+        if self.transport is not None:
+            self.transport.write(data)
+            self.cluster.upstream_cx_tx_bytes_total.add(PyBytes_GET_SIZE(data))
+            if self.transport.get_write_buffer_size() > self.limit:
+                self.reset()
+        else:
+            self.queue.append(data)
+            self.queued += PyBytes_GET_SIZE(data)
+            if self.queued > self.limit:
+                self.reset()
+        return 0
+
+    cdef int reset(self) except -1:
+        """Give up on this mirror (too slow, or the client went away mid-body)."""
+        if self.closed:
+            return 0
+        self.cluster.upstream_rq_tx_reset.inc()
+        if self.transport is not None:
+            self.cluster.upstream_cx_destroy_local.inc()
+            self.transport.abort()
+        elif self.task is not None:
+            self.task.cancel()
+        self._end(False)
+        return 0
+
+    def _on_timeout(self):
+        self.timer = None
+        if not self.closed:
+            self.cluster.upstream_rq_timeout.inc()
+            self.reset()
+
+    def connection_made(self, transport):
+        cdef bytes b
+        self.transport = transport
+        if self.closed:
+            transport.abort()
+            return
+        self.connected = True
+        b = b"".join(self.queue)
+        self.queue = None
+        self.queued = 0
+        transport.write(b)
+        self.cluster.upstream_cx_tx_bytes_total.add(PyBytes_GET_SIZE(b))
+
+    def data_received(self, bytes data):
+        cdef Py_ssize_t off = 0, n, k
+        cdef int r, st, framing
+        self.cluster.upstream_cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
+        if self.closed or self.resp_done:
+            return
+        if self.pending is not None:
+            data = self.pending + data
+            self.pending = None
+        n = PyBytes_GET_SIZE(data)
+        while off < n:
+            if self.rstate == 0:
+                if self.rhead is None:
+                    self.rhead = Head()
+                    self.body = BodyReader()
+                r = parse_response(self.rhead, data, off, 65536)
+                if r == 0:
+                    self.pending = data[off:] if off else data
+                    if PyBytes_GET_SIZE(self.pending) > 65536:
+                        r = -1
+                    else:
+                        return
+                if r < 0:
+                    self.cluster.upstream_cx_protocol_error.inc()
+                    self.reset()
+                    return
+                off += r
+                st = self.rhead.status
+                if st < 200:
+                    continue
+                self.cluster.count_status(st)
+                if self.head_req or st == 204 or st == 304:
+                    framing = FR_NONE
+                elif self.rhead.chunked:
+                    framing = FR_CHUNKED
+                elif self.rhead.content_length >= 0:
+                    framing = FR_LENGTH
+                else:
+                    framing = FR_EOF
+                self.body.start(framing, self.rhead.content_length)
+                self.rstate = 1
+            else:
+                k = self.body.feed(PyBytes_AS_STRING(data) + off, n - off)
+                if k < 0:
+                    self.cluster.upstream_cx_protocol_error.inc()
+                    self.reset()
+                    return
+                off += k
+            if self.rstate == 1 and self.body.done:
+                # answered: the response is discarded and the connection closed
+                self.resp_done = True
+                self.transport.close()
+                self._end(True)
+                return
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.transport = None
+        if not self.closed:
+            if self.rstate == 1 and self.body.mode == FR_EOF:
+                self._end(True)
+            else:
+                self.cluster.upstream_rq_rx_reset.inc()
+                self.cluster.upstream_cx_destroy_remote.inc()
+                self._end(False)
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+
+cdef class UpstreamConn(PoolConn):
+    """An HTTP/1.1 connection to one host; serves one stream at a time (keep-alive)."""
+    def __cinit__(self, Cluster cluster, Host host, loop):
+        self.cluster = cluster
+        self.host = host
+        self.loop = loop
+        self.head = Head()
+        self.body = BodyReader()
+        self.state = US_CONNECTING
+        self.pending = None
+        self.reusable = True
+        self.connected = False
+        self.closed = False
+        cluster.cx_active += 1
+        host.cx_active += 1
+        host.cx_total += 1
+        cluster.upstream_cx_total.inc()
+        cluster.upstream_cx_http1_total.inc()
+        cluster.upstream_cx_active.inc()
+        self.task = loop.create_task(self._connect())
+
+    async def _connect(self):
+        cdef Cluster cl = self.cluster
+        cdef double t0 = mono()
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: self, self.host.address, self.host.port),
+                cl.connect_timeout)
+        except asyncio.TimeoutError:
+            cl.upstream_cx_connect_timeout.inc()
+            self._connect_failed(FAIL_CONNECT_TIMEOUT)
+        except OSError:
+            self._connect_failed(FAIL_CONNECT)
+        except asyncio.CancelledError:
+            self._connect_failed(-1)
+        else:
+            cl.upstream_cx_connect_ms.record((mono() - t0) * 1000.0)
+        finally:
+            self.task = None
+
+    def _connect_failed(self, int kind):
+        cdef UpstreamCallbacks d = self.ds
+        if self.closed:
+            return
+        self.closed = True
+        self.state = US_CLOSED
+        self._gone()
+        if kind >= 0:
+            self.cluster.upstream_cx_connect_fail.inc()
+            self.host.cx_connect_fail += 1
+        self.ds = None
+        if d is not None:
+            try:
+                d._fail(kind if kind >= 0 else FAIL_RESET, self)
+            except Exception as exc:
+                (<object>d)._internal_error(exc)
+        self._serve_waiting_after_failure()
+
+    def _serve_waiting_after_failure(self):
+        # Requests queued on the host behind a failed connect would otherwise wait forever.
+        cdef Host host = self.host
+        cdef UpstreamCallbacks w
+        cdef Cluster cl = self.cluster
+        while host.waiting and cl.cx_active < cl.max_connections:
+            w = host.waiting.popleft()
+            cl.pending_active -= 1
+            cl.upstream_rq_pending_active.dec()
+            if w._wants_connection():
+                w._attach(UpstreamConn(cl, host, self.loop))
+
+    cdef void _gone(self):
+        cdef Cluster cl = self.cluster
+        cl.cx_active -= 1
+        self.host.cx_active -= 1
+        cl.upstream_cx_active.dec()
+        cl.upstream_cx_destroy.inc()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.cluster.per_connection_buffer_limit)
+        if self.closed:         # timed out or cancelled meanwhile
+            transport.abort()
+            return
+        self.connected = True
+        if self.ds is not None:
+            self.state = US_HEAD
+            self.ds._flush_up()
+        else:
+            self.state = US_IDLE
+            self.release()
+
+    cdef int start(self, UpstreamCallbacks ds, bint head_req, bint upgrade) except -1:
+        self.ds = ds
+        self.head_req = head_req
+        self.upgrade = upgrade
+        self.pending = None
+        if self.connected:
+            self.state = US_HEAD
+        return 0
+
+    cdef int release(self) except -1:
+        cdef Host host = self.host
+        cdef UpstreamCallbacks w
+        cdef Cluster cl = self.cluster
+        self.ds = None
+        self.rq_count += 1
+        if self.closed:
+            return 0
+        if cl.max_requests_per_connection and self.rq_count >= cl.max_requests_per_connection:
+            return self.abort()
+        self.state = US_IDLE
+        # The stream's client may have paused our reading (DownstreamConn.pause_writing) in
+        # the very read that completed its response; its resume_writing no longer reaches
+        # us, and a paused pooled connection would never read the next stream's response
+        # (issue 7: a reply lost after a 5 MB one). Idle connections read, to see a close.
+        if self.transport is not None:
+            self.transport.resume_reading()
+        # requests queued for this host go first, even if the host was just removed
+        while host.waiting:
+            w = host.waiting.popleft()
+            cl.pending_active -= 1
+            cl.upstream_rq_pending_active.dec()
+            if w._wants_connection():
+                return w._attach(self)
+        if host.removed:
+            return self.abort()
+        host.idle.append(self)
+        return 0
+
+    cdef int abort(self) except -1:
+        self.ds = None
+        self.reusable = False
+        if self.closed:
+            return 0
+        if self.transport is not None:
+            self.cluster.upstream_cx_destroy_local.inc()
+            self.transport.abort()
+        elif self.task is not None:
+            self.task.cancel()
+        return 0
+
+    cdef int write(self, bytes data) except -1:
+        self.transport.write(data)
+        self.cluster.upstream_cx_tx_bytes_total.add(PyBytes_GET_SIZE(data))
+        return 0
+
+    def close(self):
+        self.abort()
+
+    def data_received(self, bytes data):
+        cdef UpstreamCallbacks d = self.ds
+        if d is not None:
+            d._upstream_read()
+        self._feed(d, data)
+        if d is not None:
+            d._after_upstream_read()
+
+    cdef int _feed(self, UpstreamCallbacks d, bytes data) except -1:
+        cdef Py_ssize_t off = 0, n, k, fw
+        cdef int r, st, framing
+        self.cluster.upstream_cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
+        if self.state == US_TUNNEL:
+            if d is not None:
+                d._write(data)
+            return 0
+        if d is None or self.state == US_IDLE:
+            # bytes nobody asked for: the connection cannot be trusted any more
+            self.cluster.upstream_cx_protocol_error.inc()
+            self.abort()
+            return 0
+        try:
+            if self.pending is not None:
+                data = self.pending + data
+                self.pending = None
+            n = PyBytes_GET_SIZE(data)
+            while off < n:
+                if self.state == US_HEAD:
+                    r = parse_response(self.head, data, off, 65536)
+                    if r == 0:
+                        self.pending = data[off:] if off else data
+                        return 0
+                    if r < 0:
+                        self.cluster.upstream_cx_protocol_error.inc()
+                        self.ds = None
+                        self.abort()
+                        d._fail(FAIL_PROTOCOL, self)
+                        return 0
+                    off += r
+                    st = self.head.status
+                    if st < 200 and not (st == 101 and self.upgrade):
+                        continue        # interim response: Envoy answered 100 itself
+                    if self.head_req or st == 204 or st == 304 or st == 101:
+                        framing = FR_NONE
+                    elif self.head.chunked:
+                        framing = FR_CHUNKED
+                    elif self.head.content_length >= 0:
+                        framing = FR_LENGTH
+                    else:
+                        framing = FR_EOF
+                    if self.head.conn_close or framing == FR_EOF or \
+                            (self.head.minor == 0 and not self.head.conn_keep_alive):
+                        self.reusable = False
+                    self.body.start(framing, self.head.content_length)
+                    self.body.chunks = [] if d._collect_response_data() else None
+                    self.state = US_BODY
+                    if not d._on_upstream_head(self, self.head, framing):
+                        return 0
+                    if st == 101 and self.upgrade:
+                        self.state = US_TUNNEL
+                        if off < n:
+                            d._write(data[off:])
+                        return 0
+                    if self.body.done:
+                        if off < n:
+                            self.reusable = False
+                        self.state = US_IDLE
+                        d._on_upstream_complete(self)
+                        return 0
+                elif self.state == US_BODY:
+                    k = self.body.feed(PyBytes_AS_STRING(data) + off, n - off)
+                    if k < 0:
+                        self.cluster.upstream_cx_protocol_error.inc()
+                        self.ds = None
+                        self.abort()
+                        d._reset()
+                        return 0
+                    if k > 0:
+                        fw = self.body.fwd
+                        if fw > 0:
+                            d._on_upstream_body(data if (off == 0 and fw == n)
+                                                else data[off:off + fw])
+                        if self.body.done and self.body.trailers_dropped:
+                            d._on_upstream_trailers(None)
+                    off += k
+                    if self.body.chunks is not None:
+                        d._data_filters(self.body, True)
+                        if self.ds is not d:
+                            return 0
+                    if self.body.done:
+                        if off < n:
+                            self.reusable = False
+                        self.state = US_IDLE
+                        d._on_upstream_complete(self)
+                        return 0
+                else:
+                    return 0
+        except Exception as exc:
+            self.ds = None
+            self.abort()
+            (<object>d)._internal_error(exc)
+        return 0
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        cdef UpstreamCallbacks d = self.ds
+        cdef int st = self.state
+        if self.closed:
+            return
+        self.closed = True
+        self.connected = False
+        self.state = US_CLOSED
+        self._gone()
+        if exc is None and d is None:
+            self.cluster.upstream_cx_destroy_remote.inc()
+        try:
+            self.host.idle.remove(self)
+        except ValueError:
+            pass
+        self.ds = None
+        if d is None:
+            return
+        try:
+            if st == US_BODY and self.body.mode == FR_EOF:
+                d._on_upstream_complete(None)
+            elif st == US_TUNNEL:
+                d._tunnel_closed()
+            elif st == US_HEAD or st == US_CONNECTING:
+                self.cluster.upstream_cx_destroy_remote.inc()
+                d._fail(FAIL_RESET, self)
+            else:
+                if st == US_BODY:
+                    # a length- or chunk-framed body cut short: Envoy's codec counts a
+                    # protocol error (differential case upstream-closes-mid-response)
+                    self.cluster.upstream_cx_protocol_error.inc()
+                self.cluster.upstream_rq_rx_reset.inc()
+                d._reset()
+        except Exception as exc2:
+            (<object>d)._internal_error(exc2)
+
+    def pause_writing(self):
+        # the upstream reads slower than our client sends: stop reading the client
+        if self.ds is not None:
+            self.ds._pause(PAUSE_UPSTREAM_FULL)
+
+    def resume_writing(self):
+        if self.ds is not None:
+            self.ds._resume(PAUSE_UPSTREAM_FULL)

@@ -1,0 +1,58 @@
+# Shared by the HTTP stream layer: clock, enums, reason phrases, date and request ids.
+
+from sofamesh._core.codecs.http1 cimport Head
+
+cdef extern from "time.h" nogil:
+    ctypedef int clockid_t
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clk, timespec* ts)
+    clockid_t CLOCK_MONOTONIC
+
+
+cdef inline double mono() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# stream states (of the downstream request/response exchange)
+cdef enum:
+    DS_HEAD = 0         # waiting for a request head
+    DS_BODY = 1         # request body streaming upstream
+    DS_WAIT = 2         # request complete, response in progress
+    DS_DRAIN = 3        # discarding a request body after a local reply
+    DS_TUNNEL = 4       # upgraded: raw bytes both ways
+    DS_CLOSED = 5
+
+# why an upstream request failed (ConnPool -> UpstreamCallbacks._fail)
+cdef enum:
+    FAIL_NO_HEALTHY = 0
+    FAIL_OVERFLOW = 1
+    FAIL_CONNECT = 2
+    FAIL_CONNECT_TIMEOUT = 3
+    FAIL_RESET = 4
+    FAIL_PROTOCOL = 5
+    FAIL_TIMEOUT = 6
+
+# server_header_transformation (Envoy's enum values)
+cdef enum:
+    SERVER_OVERWRITE = 0
+    SERVER_APPEND_IF_ABSENT = 1
+    SERVER_PASS_THROUGH = 2
+
+# why downstream reading is paused (bits)
+cdef enum:
+    PAUSE_UPSTREAM_FULL = 1     # upstream write buffer above high water
+    PAUSE_PIPELINE = 2          # too many pipelined bytes buffered
+    PAUSE_QUEUE = 4             # body queued while the upstream connects
+
+
+cdef bytes reason_phrase(int code)
+cdef bytes date_line()
+cdef bytes uuid4()
+cdef bint needs_normalizing(Head h, bint merge) noexcept
+cdef bytes fmt_address(host, port)
+cdef bytes strip_port(bytes host)
+cdef bint no_cl_method(Head h) noexcept

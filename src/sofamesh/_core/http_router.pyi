@@ -1,0 +1,3 @@
+from sofamesh._core.http_stream import HttpStream
+
+class RouterStream(HttpStream): ...

@@ -1,0 +1,106 @@
+# The HTTP stream: one request/response exchange as filters and the router see it, and the
+# HttpFilter interface.
+#
+# Contract: filters get an HttpStream (`s`) and use only its stream API (method, path,
+# authority, get_request_header, add_request_header, send_local_reply, ...; Cython code may
+# read `s.route`, `s.cluster`, `s.filter_state`). Request headers are read through the
+# `headers.HeaderMap` interface. Layers by inheritance, each its own module: HttpStream
+# (this: state + filter API) <- http_router.RouterStream (cluster, host, retries, mirrors,
+# upstream pool callbacks) <- a codec's connection (http_proxy.DownstreamConn for HTTP/1.1,
+# one stream at a time per connection), which implements the abstract methods below.
+
+from sofamesh._core.buffer cimport WriteBuf
+from sofamesh._core.codecs.http1 cimport Head, BodyReader
+from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks
+from sofamesh._core.hcm_config cimport HcmConfig
+from sofamesh._core.router cimport Route
+from sofamesh._core.upstream cimport Cluster, Host
+
+cdef enum:
+    FILTER_CONTINUE = 0
+    FILTER_STOP = 1
+
+
+cdef class HttpStream(UpstreamCallbacks)
+
+
+cdef class HttpFilter:
+    """Base of HTTP filters. Shared by every stream of a listener: per-stream state goes
+    on the stream (`s.filter_state`)."""
+    cdef readonly str name
+    cdef public bint wants_data         # decode_data/encode_data are called
+    cdef public bint wants_encode       # encode_headers is called
+    cpdef int decode_headers(self, HttpStream s, bint end_stream) except -1
+    cpdef int decode_data(self, HttpStream s, bytes data, bint end_stream) except -1
+    cpdef int encode_headers(self, HttpStream s, int status, bint end_stream) except -1
+    cpdef int encode_data(self, HttpStream s, bytes data, bint end_stream) except -1
+
+
+cdef class HttpStream(UpstreamCallbacks):
+    cdef HcmConfig cfg
+    cdef object transport
+    cdef public bytes remote_ip
+    cdef bytes xff_ip                   # what use_remote_address appends to x-forwarded-for
+    cdef int remote_port
+    cdef int state
+    cdef bytes pending
+    cdef Head head
+    cdef BodyReader body
+    cdef WriteBuf wb
+    cdef public Route route
+    cdef public Cluster cluster
+    cdef Host host
+    cdef PoolConn up                    # the upstream stream serving this request
+    cdef bytes up_head                  # rendered request head for the upstream
+    cdef list up_queue                  # list[bytes] waiting for the upstream connection
+    cdef Py_ssize_t up_queued
+    cdef list retry_body                # list[bytes] | None: request body kept for retries
+    cdef list shadows                   # list[http1_upstream.ShadowConn] | None: mirrors taking the body
+    cdef Py_ssize_t retry_bytes
+    cdef bint retry_ok
+    cdef int attempts
+    cdef object retry_timer
+    cdef double t_start
+    cdef double t_upstream
+    cdef double deadline
+    cdef double timer_at                # when the armed timer fires (mono clock)
+    cdef double try_deadline            # this attempt's per_try_timeout deadline; 0: none
+    cdef object timer
+    cdef object stream_timer            # request_timeout / stream_idle_timeout, when configured
+    cdef double rq_due                  # mono() deadline for the whole request; 0: none
+    cdef double idle_due                # mono() deadline for the next stream activity; 0: none
+    cdef bint timer_armed
+    cdef bint close_after
+    cdef bint req_done
+    cdef bint resp_started
+    cdef bint resp_chunk_encode
+    cdef bint in_request
+    cdef bint more_data                 # bytes of a pipelined request follow this head
+    cdef bint drop_pipelined            # closing after a local reply drops what follows
+    cdef bint upgrade
+    cdef bint stopped
+    cdef int fidx
+    cdef int pause_mask
+    cdef public int resp_status
+    cdef public str resp_flags
+    cdef public object filter_state     # dict | None, per-stream filter state
+    cdef list req_add_extra             # list[bytes] rendered lines from filters
+    cdef list resp_add_extra
+    cdef set req_remove_extra
+    cdef public bytes request_id
+    cdef public double wall_start
+    cdef public unsigned long long bytes_rx
+    cdef public unsigned long long bytes_tx
+    cdef public str upstream_host
+    cdef public int service_ms
+    cdef bytes out_head                 # response head not yet written (joins the body)
+    cdef list trailers_raw              # list[bytes] | None: request trailer block being read
+
+    # implemented by the codec's connection
+    cdef int _decode_continue(self) except -1
+    cdef int _local_reply(self, int code, bytes body, bytes extra, bint close) except -1
+    cdef int _flush_out(self) except -1
+
+
+# header values with %OPERATORS%, evaluated for this stream (route header add)
+cdef int add_formatted(HttpStream s, tuple dyn, WriteBuf wb) except -1

@@ -1,0 +1,199 @@
+# The HTTP stream and the HttpFilter interface; see http_stream.pxd for the contract.
+
+from sofamesh._core.buffer cimport WriteBuf
+from sofamesh._core.headers cimport HeaderMap
+from sofamesh._core.http_common cimport fmt_address, DS_CLOSED, DS_TUNNEL
+
+
+cdef class HttpFilter:
+    def __init__(self, str name="", bint wants_data=False, bint wants_encode=False):
+        self.name = name
+        self.wants_data = wants_data
+        self.wants_encode = wants_encode
+
+    cpdef int decode_headers(self, HttpStream s, bint end_stream) except -1:
+        return FILTER_CONTINUE
+
+    cpdef int decode_data(self, HttpStream s, bytes data, bint end_stream) except -1:
+        return FILTER_CONTINUE
+
+    cpdef int encode_headers(self, HttpStream s, int status, bint end_stream) except -1:
+        return FILTER_CONTINUE
+
+    cpdef int encode_data(self, HttpStream s, bytes data, bint end_stream) except -1:
+        return FILTER_CONTINUE
+
+
+cdef class HttpStream(UpstreamCallbacks):
+    cdef int _decode_continue(self) except -1:
+        raise NotImplementedError
+
+    cdef int _local_reply(self, int code, bytes body, bytes extra, bint close) except -1:
+        raise NotImplementedError
+
+    cdef int _flush_out(self) except -1:
+        raise NotImplementedError
+
+    # stream API for filters --------------------------------------------------------------
+    @property
+    def method(self):
+        return self.head.method()
+
+    @property
+    def path(self):
+        return self.head.path()
+
+    @property
+    def authority(self):
+        return self.head.authority()
+
+    @property
+    def protocol(self):
+        return "HTTP/1.1" if self.head.minor == 1 else "HTTP/1.0"
+
+    @property
+    def config(self):
+        return self.cfg
+
+    @property
+    def downstream_remote_address(self):
+        return (self.remote_ip.decode(), self.remote_port)
+
+    def get_request_header(self, name):
+        """The first value of a request header (name: str or bytes, any case), or None."""
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        cdef bytes b = name
+        cdef HeaderMap h = self.head
+        cdef int i = h.find_from(b, <int>len(b), 0)
+        if i < 0:
+            return None
+        return h.value_at(i)
+
+    def request_headers(self):
+        cdef HeaderMap h = self.head
+        return [(h.name_at(i), h.value_at(i)) for i in range(h.count()) if h.live(i)]
+
+    def add_request_header(self, name, value):
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        if isinstance(value, str):
+            value = value.encode("latin-1")
+        if self.req_add_extra is None:
+            self._init_extra()
+        self.req_add_extra.append(name + b": " + value + b"\r\n")
+
+    def remove_request_header(self, name):
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        if self.req_add_extra is None:
+            self._init_extra()
+        self.req_remove_extra.add(name.lower())
+
+    def add_response_header(self, name, value):
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        if isinstance(value, str):
+            value = value.encode("latin-1")
+        if self.req_add_extra is None:
+            self._init_extra()
+        self.resp_add_extra.append(name + b": " + value + b"\r\n")
+
+    def _init_extra(self):
+        self.req_add_extra = []
+        self.resp_add_extra = []
+        self.req_remove_extra = set()
+        self.filter_state = {}
+
+    def route_filter_config(self, str name):
+        if self.route is None:
+            return None
+        return self.route.filter_config.get(name)
+
+    def send_local_reply(self, int code, body=b"", headers=(), str flags=""):
+        """Replies without the upstream (a filter denying a request, say)."""
+        if isinstance(body, str):
+            body = body.encode()
+        extra = b"".join((k.encode() if isinstance(k, str) else k) + b": " +
+                         (v.encode() if isinstance(v, str) else v) + b"\r\n"
+                         for k, v in headers)
+        if flags:
+            self.resp_flags = flags
+        self._local_reply(code, body, extra, False)
+
+    def continue_decoding(self):
+        """Resumes the filter chain after a filter returned FILTER_STOP."""
+        if self.stopped and self.in_request and not self.resp_started:
+            self._decode_continue()
+
+    def busy(self):
+        return self.in_request or self.state == DS_TUNNEL
+
+    def close(self):
+        """Closes the connection (after flushing what was written)."""
+        self.close_after = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def request_header_value(self, name):
+        return self.get_request_header(name)
+
+
+cdef bytes _fmt_op(HttpStream s, str op, str arg):
+    """One Envoy header command operator (see sofamesh.proxy.routes.FORMAT_OPERATORS)."""
+    if op == "DOWNSTREAM_REMOTE_ADDRESS" or op == "DOWNSTREAM_DIRECT_REMOTE_ADDRESS":
+        return fmt_address(s.remote_ip, s.remote_port)
+    if op == "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" or \
+            op == "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT":
+        return s.remote_ip
+    if op == "DOWNSTREAM_LOCAL_ADDRESS" or op == "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":
+        local = s.transport.get_extra_info("sockname") if s.transport is not None else None
+        if not local:
+            return b""
+        if op == "DOWNSTREAM_LOCAL_ADDRESS":
+            return fmt_address(local[0], local[1])
+        return local[0].encode()
+    if op == "PROTOCOL":
+        return b"HTTP/1.1" if s.head.minor else b"HTTP/1.0"
+    if op == "UPSTREAM_CLUSTER":
+        return s.cluster.name.encode() if s.cluster is not None else b""
+    if op == "UPSTREAM_HOST" or op == "UPSTREAM_REMOTE_ADDRESS":
+        if s.host is None or s.t_upstream == 0:
+            return b""      # request headers are formatted before a host is chosen
+        return fmt_address(s.host.address, s.host.port)
+    if op == "REQ":
+        name, _, limit = arg.partition(":")
+        for alt in name.split("?"):
+            alt = alt.strip().lower()
+            if alt == ":authority":
+                v = s.head.host()
+            elif alt == ":path":
+                v = s.head.path()
+            elif alt == ":method":
+                v = s.head.method()
+            else:
+                v = s.get_request_header(alt)
+            if v:
+                return v[:int(limit)] if limit.isdigit() else v
+        return b""
+    if op == "HOSTNAME":
+        import socket
+        return socket.gethostname().encode()
+    return b""
+
+
+cdef int add_formatted(HttpStream s, tuple dyn, WriteBuf wb) except -1:
+    """Header values with %OPERATORS%, evaluated for this request; Envoy leaves a header
+    out when its value comes out empty."""
+    cdef list out
+    for name, parts in dyn:
+        out = []
+        for p in parts:
+            out.append(p if isinstance(p, bytes) else _fmt_op(s, p[0], p[1]))
+        v = b"".join(out)
+        if v:
+            wb.add_bytes(name)
+            wb.add(": ", 2)
+            wb.add_bytes(v)
+            wb.add("\r\n", 2)
+    return 0
