@@ -14,16 +14,21 @@ from cpython.bytes cimport PyBytes_GET_SIZE
 from sofamesh._core.codecs.http2_conn cimport ConnectionCore, GONE_RESET_SENT, PHASE_CLOSED
 from sofamesh._core.codecs.http2_frames cimport *
 from sofamesh._core.codecs.http2_streams cimport (
-    ACT_OK, ACT_USAGE, IN_SEND_DATA, IN_SEND_END_STREAM, IN_SEND_HEADERS, IN_SEND_RST,
-    ST_CLOSED, Stream, new_stream, transition,
+    ACT_OK, IN_SEND_DATA, IN_SEND_HEADERS, IN_SEND_RST, Stream, new_stream, transition,
 )
 
-from sofamesh._core.codecs.http2_events import (  # noqa: F401  (re-exported)
+from sofamesh._core.codecs.http2_events import (
     ConnectionError, Data, Event, GoAway, InformationalResponse, PingAcked, PingReceived,
     RequestHeaders, ResponseHeaders, SettingsAcked, SettingsReceived, StreamReset, Trailers,
     WindowUpdated,
 )
-from sofamesh._core.codecs.http2_frames import PREFACE  # noqa: F401
+from sofamesh._core.codecs.http2_frames import PREFACE
+
+__all__ = [
+    "Connection", "UsageError", "PREFACE", "ConnectionError", "Data", "Event", "GoAway",
+    "InformationalResponse", "PingAcked", "PingReceived", "RequestHeaders", "ResponseHeaders",
+    "SettingsAcked", "SettingsReceived", "StreamReset", "Trailers", "WindowUpdated",
+]
 
 NO_ERROR = ERR_NO_ERROR
 PROTOCOL_ERROR = ERR_PROTOCOL_ERROR

@@ -30,21 +30,15 @@ from sofamesh._core.codecs.http2_events cimport (
     new_response_headers, new_stream_reset, new_window_updated,
 )
 from sofamesh._core.codecs.http2_streams cimport (
-    ACT_IGNORE, ACT_OK, ACT_PROTOCOL, ACT_STREAM_CLOSED, ACT_USAGE, IN_RECV_DATA,
-    IN_RECV_END_STREAM, IN_RECV_HEADERS, IN_RECV_RST, IN_SEND_DATA, IN_SEND_END_STREAM,
-    IN_SEND_HEADERS, IN_SEND_RST, ST_CLOSED, ST_HALF_CLOSED_REMOTE, ST_OPEN,
-    ST_HALF_CLOSED_LOCAL, new_stream, transition, validate_request, validate_response,
-    validate_trailers,
+    ACT_OK, ACT_PROTOCOL, IN_RECV_DATA, IN_RECV_END_STREAM, IN_RECV_HEADERS, IN_RECV_RST,
+    IN_SEND_END_STREAM, ST_CLOSED, ST_HALF_CLOSED_LOCAL, ST_OPEN, new_stream, transition,
+    validate_request, validate_response, validate_trailers,
 )
 
 from sofamesh._core.codecs.http2_frames import PREFACE
 
 cdef bytes _PREFACE = PREFACE
 cdef int GONE_KEEP = 1024           # closed streams remembered for late frames
-
-
-cdef inline int _act_code(int act) noexcept:
-    return ERR_STREAM_CLOSED if act == ACT_STREAM_CLOSED else ERR_PROTOCOL_ERROR
 
 
 cdef class ConnectionCore:
@@ -550,7 +544,8 @@ cdef class ConnectionCore:
                 self._enc.set_max_table_size(min(v, self._table_size_cap))
             elif ident == SETTINGS_MAX_HEADER_LIST_SIZE:
                 self._remote_max_header_list = v
-            elif ident == SETTINGS_ENABLE_CONNECT_PROTOCOL or ident == SETTINGS_NO_RFC7540_PRIORITIES:
+            elif (ident == SETTINGS_ENABLE_CONNECT_PROTOCOL
+                  or ident == SETTINGS_NO_RFC7540_PRIORITIES):
                 if v > 1:
                     return self._conn_error(ERR_PROTOCOL_ERROR, "bad boolean SETTINGS value")
             else:
