@@ -4,6 +4,7 @@ through a sofamesh sidecar fed by a scripted ADS server while N route (RDS) and 
 throughput with and without updates, and each update's push-to-ACK time.
 
     .venv/bin/python benchmarks/xds_updates.py [--updates 100] [--interval-ms 20] [--delta]
+        [--concurrency 2]   # N workers: one stream in the main process, ACK after all applied
 
 Two nginx upstreams; each RDS update flips the route between clusters `a` and `b`, each
 EDS update flips cluster `a`'s endpoints between the two nginx ports. Sidecar pinned to core
@@ -150,6 +151,7 @@ async def main(args: argparse.Namespace) -> None:
         sofamesh_command(),
         ads_bootstrap(xds_port, admin, args.delta),
         work / "sidecar",
+        concurrency=args.concurrency,
         taskset="0",
     )
     await asyncio.to_thread(sidecar.start)
@@ -189,7 +191,8 @@ async def main(args: argparse.Namespace) -> None:
 
     print(
         f"mode: {'delta' if args.delta else 'sotw'}; {args.updates} updates, "
-        f"{args.interval_ms} ms apart, wrk -c 50 (core 1), sidecar on core 0"
+        f"{args.interval_ms} ms apart, wrk -c 50 (core 1), sidecar on core 0 "
+        f"(--concurrency {args.concurrency})"
     )
     print(
         f"without updates: {base.rps:.0f} req/s, p99 {base.p99_ms:.2f} ms, "
@@ -208,4 +211,5 @@ if __name__ == "__main__":
     ap.add_argument("--updates", type=int, default=100)
     ap.add_argument("--interval-ms", type=int, default=20)
     ap.add_argument("--delta", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=1)
     asyncio.run(main(ap.parse_args()))

@@ -17,6 +17,7 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def __init__(self) -> None:
         self.resources: dict[str, tuple[str, list]] = {}
+        self.removed: dict[str, tuple] = {}  # type -> names a Delta response removes
         self.requests: list = []
         self.queues: list[asyncio.Queue] = []
         self.nonces = itertools.count(1)
@@ -25,8 +26,11 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.answered: dict[str, float] = {}  # nonce -> when its ACK/NACK arrived
         self.pushed: dict[str, int] = {}  # type -> last nonce sent before the last push
 
-    def push(self, type_url: str, version: str, msgs: list) -> str:
+    def push(self, type_url: str, version: str, msgs: list, removed: tuple = ()) -> str:
+        """Serves `msgs` from now on. SotW: the whole set. Delta: the resources sent (what
+        changed), and `removed` names in removed_resources."""
         self.resources[type_url] = (version, msgs)
+        self.removed[type_url] = tuple(removed)
         self.pushed[type_url] = int(self.sent.get(type_url, "0"))
         for q in self.queues:
             q.put_nowait(type_url)
@@ -75,22 +79,16 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             yield r
 
     async def DeltaAggregatedResources(self, requests, context):
-        held: dict[str, set[str]] = {}  # type -> names this stream was sent
-
         def make(t: str):
             version, msgs = self.resources[t]
             r = discovery_pb2.DeltaDiscoveryResponse(
                 type_url=t, system_version_info=version, nonce=self._nonce(t)
             )
-            names = set()
             for m in msgs:
                 name = m.cluster_name if hasattr(m, "cluster_name") else m.name  # EDS
-                names.add(name)
                 res = r.resources.add(name=name, version=version)
                 res.resource.Pack(m)
-            # what the last push no longer lists is removed, as a Delta server says it
-            r.removed_resources.extend(sorted(held.get(t, set()) - names))
-            held[t] = names
+            r.removed_resources.extend(self.removed.get(t, ()))
             return r
 
         async for r in self._serve(requests, make):

@@ -184,7 +184,7 @@ async def test_rpc_listeners_and_clusters_over_xds(tmp_path, mode):
             assert await call(who, ports["auto"], "dubbo") == "d2"
 
             # LDS without the tcp_proxy listener: it stops accepting; the others stay
-            ads.push(LDS, "2", listeners(ports, ("dubbo", "bolt", "auto")))
+            ads.push(LDS, "2", listeners(ports, ("dubbo", "bolt", "auto")), removed=["tcp"])
             await ads.acked(LDS)
             await call(wait_until, lambda: tcp_roundtrip(ports["tcp"], b"x") is None, 5, "tcp gone")
             assert await call(who, ports["bolt"], "bolt") == "b1"
