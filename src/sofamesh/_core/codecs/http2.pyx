@@ -9,9 +9,12 @@
 #   conn.acknowledge_received_data(sid, len(ev.data))   # after consuming: windows reopen
 #   transport.write(conn.data_to_send())
 
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
-from sofamesh._core.codecs.http2_conn cimport ConnectionCore, GONE_RESET_SENT, PHASE_CLOSED
+from sofamesh._core.codecs.hpack cimport Decoder, Encoder
+from sofamesh._core.codecs.http2_conn cimport (
+    ConnectionCore, GONE_RESET_SENT, PHASE_CLOSED, PHASE_PREFACE, PHASE_SETTINGS,
+)
 from sofamesh._core.codecs.http2_frames cimport *
 from sofamesh._core.codecs.http2_streams cimport (
     ACT_OK, IN_SEND_DATA, IN_SEND_HEADERS, IN_SEND_RST, Stream, new_stream, transition,
@@ -23,6 +26,8 @@ from sofamesh._core.codecs.http2_events import (
     WindowUpdated,
 )
 from sofamesh._core.codecs.http2_frames import PREFACE
+
+cdef bytes _PREFACE = PREFACE
 
 __all__ = [
     "Connection", "UsageError", "PREFACE", "ConnectionError", "Data", "Event", "GoAway",
@@ -61,6 +66,84 @@ class UsageError(RuntimeError):
 
 
 cdef class Connection(ConnectionCore):
+
+    def __init__(self, bint client_side=False, *,
+                 unsigned int max_concurrent_streams=MAX_STREAM_ID,
+                 long long initial_stream_window_size=268435456,
+                 long long initial_connection_window_size=268435456,
+                 unsigned int max_header_list_size=61440,
+                 int max_headers_count=100,
+                 unsigned int hpack_table_size=4096,
+                 unsigned int max_frame_size=DEFAULT_MAX_FRAME,
+                 int max_outbound_frames=10000,
+                 int max_outbound_control_frames=1000,
+                 int max_consecutive_inbound_frames_with_empty_payload=1,
+                 int max_inbound_priority_frames_per_stream=100,
+                 int max_inbound_window_update_frames_per_data_frame_sent=10,
+                 int premature_reset_total_stream_count=500,
+                 Py_ssize_t max_header_block_size=0):
+        if not (DEFAULT_WINDOW <= initial_connection_window_size <= MAX_WINDOW):
+            raise ValueError("initial_connection_window_size out of range")
+        if not (0 <= initial_stream_window_size <= MAX_WINDOW):
+            raise ValueError("initial_stream_window_size out of range")
+        if not (DEFAULT_MAX_FRAME <= max_frame_size <= MAX_MAX_FRAME):
+            raise ValueError("max_frame_size out of range")
+        self.client_side = client_side
+        self._phase = PHASE_SETTINGS if client_side else PHASE_PREFACE
+        self._out = FrameBuffer()
+        # the peer's encoder starts at 4096; a smaller bound applies once acknowledged
+        self._dec = Decoder(4096, max_header_list_size, max_header_list_size,
+                            max_headers_count)
+        self._enc = Encoder()
+        self._table_size_cap = hpack_table_size
+        self._streams = {}
+        self._gone = {}
+        self._blocked = {}
+        self._events = []
+        self._inbuf = None
+        self._next_local_id = 1 if client_side else 2
+        self._pending_local = []
+        self._local_settings = {}
+        self._remote_settings = {}
+        self._local_max_concurrent = max_concurrent_streams
+        self._local_iws = DEFAULT_WINDOW
+        self._max_inbound_frame = max_frame_size
+        self._remote_max_concurrent = MAX_STREAM_ID
+        self._remote_iws = DEFAULT_WINDOW
+        self._remote_max_frame = DEFAULT_MAX_FRAME
+        self._remote_max_header_list = 0xffffffff
+        self._conn_send_window = DEFAULT_WINDOW
+        self._conn_recv_window = initial_connection_window_size
+        self._conn_window_target = initial_connection_window_size
+        self._stream_window_target = initial_stream_window_size
+        self.max_outbound_frames = max_outbound_frames
+        self.max_outbound_control_frames = max_outbound_control_frames
+        self.max_consecutive_inbound_frames_with_empty_payload = \
+            max_consecutive_inbound_frames_with_empty_payload
+        self.max_inbound_priority_frames_per_stream = max_inbound_priority_frames_per_stream
+        self.max_inbound_window_update_frames_per_data_frame_sent = \
+            max_inbound_window_update_frames_per_data_frame_sent
+        self.premature_reset_total_stream_count = premature_reset_total_stream_count
+        self.max_header_block_size = (max_header_block_size if max_header_block_size > 0
+                                      else max_header_list_size + 16384)
+        settings = {SETTINGS_MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+                    SETTINGS_INITIAL_WINDOW_SIZE: initial_stream_window_size,
+                    SETTINGS_MAX_HEADER_LIST_SIZE: max_header_list_size}
+        if client_side:
+            settings[SETTINGS_ENABLE_PUSH] = 0
+        if hpack_table_size != 4096:
+            settings[SETTINGS_HEADER_TABLE_SIZE] = hpack_table_size
+        if max_frame_size != DEFAULT_MAX_FRAME:
+            settings[SETTINGS_MAX_FRAME_SIZE] = max_frame_size
+        if client_side:
+            self._out.reserve(PREFACE_LEN)
+            self._out.put(<const unsigned char*>PyBytes_AS_STRING(_PREFACE), PREFACE_LEN)
+        self._write_settings(settings)
+        if initial_connection_window_size > DEFAULT_WINDOW:
+            self._out.header(4, FT_WINDOW_UPDATE, 0, 0)
+            self._out.put_u32(<unsigned int>(initial_connection_window_size - DEFAULT_WINDOW))
+        self._out.frames = 0
+        self._out.control_frames = 0
 
     # -- streams we open (client side) -------------------------------------------------
 
