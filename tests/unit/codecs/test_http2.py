@@ -733,3 +733,31 @@ def test_table_matches_rfc_9113_figure_2():
     assert t(3, 5)[1] == 1  # half-closed (remote), recv DATA: STREAM_CLOSED
     assert t(0, 5)[1] == 2  # idle, recv DATA: connection PROTOCOL_ERROR
     assert t(2, 1)[1] == 4  # half-closed (local), send DATA: usage error
+
+
+def test_our_client_uploads_through_h2_server_windows_on_three_streams():
+    """Queued DATA on several streams leaves as the h2 server's WINDOW_UPDATEs arrive."""
+    peer, ours = client()
+    bodies = {sid: bytes([sid]) * (150_000 + sid) for sid in (1, 3, 5)}
+    for sid, body in bodies.items():
+        ours.send_headers(sid, [(b":method", b"PUT"), *REQ[1:]])
+        ours.send_data(sid, body, end_stream=True)
+    got: dict[int, list[bytes]] = {1: [], 3: [], 5: []}
+    ended = set()
+    for _ in range(500):
+        _, pev = pump(peer, ours)
+        for e in pev:
+            if isinstance(e, he.DataReceived):
+                got[e.stream_id].append(e.data)
+                peer.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+            elif isinstance(e, he.StreamEnded):
+                ended.add(e.stream_id)
+        if ended == {1, 3, 5}:
+            break
+    assert {sid: b"".join(v) for sid, v in got.items()} == bodies
+    assert all(ours.stream_state(sid) == "half_closed_local" for sid in bodies)
+    for sid in bodies:
+        peer.send_headers(sid, [(":status", "201")], end_stream=True)
+    ev, _ = pump(peer, ours)
+    assert [e.status for e in of(ev, H.ResponseHeaders)] == [201, 201, 201]
+    assert ours.open_outbound_streams == 0
