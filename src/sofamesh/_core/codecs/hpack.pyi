@@ -1,3 +1,5 @@
+from typing import TypeAlias
+
 OK: int
 E_TRUNCATED: int
 E_INTEGER: int
@@ -15,7 +17,7 @@ class HpackError(ValueError):
     code: int
     def __init__(self, code: int) -> None: ...
 
-Header = tuple[bytes, bytes]
+Header: TypeAlias = tuple[bytes, bytes]
 
 class Decoder:
     max_header_list_size: int
