@@ -463,6 +463,53 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "name",
         "weight",
     ),
+    # RBAC (sofamesh.filters.http.rbac, sofamesh.filters.network.rbac): Principal
+    # `authenticated` (no TLS yet), metadata, filter_state, matcher trees, CEL conditions and
+    # audit logging are refused by path
+    "envoy.extensions.filters.http.rbac.v3.RBAC": (
+        "rules",
+        "rules_stat_prefix",
+        "shadow_rules",
+        "shadow_rules_stat_prefix",
+    ),
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": ("rbac",),
+    "envoy.extensions.filters.network.rbac.v3.RBAC": (
+        "rules",
+        "shadow_rules",
+        "shadow_rules_stat_prefix",
+        "stat_prefix",
+        "enforcement_type",  # ONE_TIME_ON_FIRST_BYTE only (ALLOWED_IF)
+    ),
+    "envoy.config.rbac.v3.RBAC": ("action", "policies"),
+    "envoy.config.rbac.v3.Policy": ("permissions", "principals"),
+    "envoy.config.rbac.v3.Permission": (
+        "and_rules",
+        "or_rules",
+        "any",
+        "header",
+        "url_path",
+        "destination_ip",
+        "destination_port",
+        "destination_port_range",
+        "not_rule",
+        "requested_server_name",  # always empty: no TLS yet
+    ),
+    "envoy.config.rbac.v3.Permission.Set": ("rules",),
+    "envoy.config.rbac.v3.Principal": (
+        "and_ids",
+        "or_ids",
+        "any",
+        "source_ip",
+        "direct_remote_ip",
+        "remote_ip",
+        "header",
+        "url_path",
+        "not_id",
+    ),
+    "envoy.config.rbac.v3.Principal.Set": ("ids",),
+    "envoy.type.matcher.v3.PathMatcher": ("path",),
+    "envoy.config.core.v3.CidrRange": ("address_prefix", "prefix_len"),
+    "envoy.type.v3.Int32Range": ("start", "end"),
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": (
         "stat_prefix",
         "status",
@@ -556,6 +603,10 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
     (_CL + "Cluster.CommonLbConfig", "healthy_panic_threshold"): (
         lambda v: getattr(v, "value", v) == 0,
         "only 0: sofamesh never sends to unhealthy hosts (no panic mode)",
+    ),
+    ("envoy.extensions.filters.network.rbac.v3.RBAC", "enforcement_type"): (
+        lambda v: v == 0,
+        "only ONE_TIME_ON_FIRST_BYTE (a connection is checked once, at its first bytes)",
     ),
     ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "max_connect_attempts"): (
         lambda v: getattr(v, "value", v) <= 1,

@@ -7,10 +7,12 @@ _BUILTIN = [
     "sofamesh.filters.http.router",
     "sofamesh.filters.http.local_ratelimit",
     "sofamesh.filters.http.fault",
+    "sofamesh.filters.http.rbac",
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",
     "sofamesh.filters.network.auto",
+    "sofamesh.filters.network.rbac",
     "sofamesh.filters.istio",
 ]
 

@@ -505,8 +505,15 @@ class Server:
         if not chain.filters:
             raise UnsupportedConfig(f"{fpath}: no terminal network filter")
         last = len(chain.filters) - 1
+        gates = []  # filters that check a connection before the terminal one (network rbac)
         for fi, f in enumerate(chain.filters[:last]):
             spec = _network_spec(registry, f)
+            if spec is not None and spec.extra.get("wraps"):
+                gates.append(
+                    (fi, spec.factory(f.typed_config, {"stats": self.stats, "loop": self._loop,
+                                                       "path": f"{fpath}[{fi}]"}))
+                )
+                continue
             if spec is None or not spec.passthrough:
                 raise UnsupportedConfig(
                     f"{fpath}[{fi}]: network filter {f.name!r} is not supported (one terminal "
@@ -516,9 +523,15 @@ class Server:
         stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
         _, built = self._build_terminal(li, lst, last, chain.filters[last], stat_name)
         if isinstance(built, HcmConfig):
+            if gates:
+                raise UnsupportedConfig(
+                    f"{fpath}[{gates[0][0]}]: network filter {chain.filters[gates[0][0]].name!r} "
+                    "in front of an http_connection_manager is not implemented by sofamesh"
+                )
             view: Any = built
         else:
             view = built if isinstance(built, Chain) else Chain([built])
+            view.gates = [g for _, g in gates]
             self.network_chains.append(view)
         return view
 

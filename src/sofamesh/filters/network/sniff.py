@@ -68,8 +68,22 @@ class Chain:
     def __init__(self, parts: list[Any], routes: dict[str, Any] | None = None):
         self.parts = parts
         self.routes = routes
+        # filters before the terminal one that check a connection first (network rbac):
+        # each has `wrap(factory) -> factory`, the first listed sees the connection first
+        self.gates: list[Any] = []
+        self._gated: Any = None  # the gated factory, made on first use
 
     def protocol_factory(self) -> Any:
+        if self.gates:
+            if self._gated is None:
+                make = self._inner_protocol
+                for g in reversed(self.gates):
+                    make = g.wrap(make)
+                self._gated = make
+            return self._gated()
+        return self._inner_protocol()
+
+    def _inner_protocol(self) -> Any:
         if self.routes is None:
             return self.parts[0].protocol_factory()
         return Sniffer(self.routes)

@@ -1,0 +1,93 @@
+# Compiled RBAC policies (Envoy's envoy.config.rbac.v3 model): one engine checks HTTP
+# requests (rbac_http), connections (the network filter, RbacGate) and RPC calls (rpc_proxy).
+#
+# Contract: a caller hands the engine an RbacRequest subclass, which says how to read the
+# connection's addresses and the request's headers, pseudo-headers and path; the engine
+# reads only what its rules need, when they need it (addresses are resolved once per check,
+# lazily). Engines are compiled once per config by sofamesh.filters.http.rbac (Python, from
+# the proto) and never mutated; a new config builds new engines. String and header
+# matchers are router.pxd's, shared with the HTTP route table.
+
+from sofamesh._core.router cimport StringMatcher, HeaderMatcher
+from sofamesh._core.stats cimport Counter, Store
+
+cdef enum:
+    RBAC_ALLOW = 0
+    RBAC_DENY = 1
+    RBAC_LOG = 2
+
+# which address an IP or port rule reads (RbacRequest.addr / port index)
+cdef enum:
+    ADDR_DIRECT = 0     # direct_remote_ip, source_ip: the connection's peer
+    ADDR_REMOTE = 1     # remote_ip: the original client (HTTP: x-forwarded-for unless
+                        # use_remote_address), else the peer
+    ADDR_LOCAL = 2      # destination_ip / destination_port: the connection's local end
+
+cdef struct rbac_ip:
+    int family                  # 0: unknown (matches no range), 4 or 6
+    unsigned char b[16]         # network order; IPv4 in b[0:4]
+
+# the n bytes at `s` as an IPv4/IPv6 address; out.family 0 when they are not one
+cdef int rbac_parse_ip(const char* s, Py_ssize_t n, rbac_ip* out) noexcept
+
+
+cdef class RbacRequest:
+    """What a check reads. Reused from one check to the next (`begin` clears it)."""
+    cdef int have                   # bit (1 << ADDR_*): addr/port resolved for this check
+    cdef rbac_ip addr[3]            # by ADDR_*
+    cdef int port[3]
+    cdef bytes path_nq              # url_path cache for this check (None: not read yet)
+    cdef void begin(self) noexcept
+    cdef int ensure(self, int which) except -1      # resolves addr[which] once per check
+    # overridden by each kind of caller:
+    cdef int resolve(self, int which) except -1     # fills addr[which] and port[which]
+    cdef object header(self, bytes name)            # bytes | None, values joined by ","
+    cdef object path(self)                          # bytes | None: path with its query
+
+
+cdef class RbacRule:
+    cdef int matches(self, RbacRequest r) except -1    # 1 / 0
+
+
+cdef class RbacEngine:
+    cdef readonly int action                # RBAC_*
+    cdef readonly tuple names               # tuple[str, ...]: policy names, Envoy's order
+    cdef tuple perms                        # tuple[RbacRule, ...]: per policy, any permission
+    cdef tuple principals                   # tuple[RbacRule, ...]: per policy, any principal
+    cdef readonly frozenset header_names    # frozenset[str]: every header name rules read
+    # index of the first policy that matches, -1 if none
+    cdef int first_match(self, RbacRequest r) except -2
+    # 1 allowed / 0 denied by the action; *policy = the matched policy index or -1
+    cdef int allows(self, RbacRequest r, int* policy) except -1
+
+
+cdef class RbacPolicies:
+    """What applies to a request: the enforced and the shadow engine (either may be None),
+    a filter's own or a route's override (RBACPerRoute)."""
+    cdef readonly RbacEngine engine
+    cdef readonly RbacEngine shadow
+
+
+cdef class RbacStats:
+    cdef Counter allowed, denied, shadow_allowed, shadow_denied
+    # checks `p` against `r`, counts; 1 allowed / 0 denied (*policy: the enforced engine's
+    # matched policy index, -1 none)
+    cdef int check(self, RbacPolicies p, RbacRequest r, int* policy) except -1
+
+
+cdef class NetworkRbac:
+    """The network filter: checks a connection once, at its first bytes (Envoy's
+    ONE_TIME_ON_FIRST_BYTE), and closes it when denied."""
+    cdef readonly RbacPolicies policies
+    cdef RbacStats st
+    cdef readonly str stat_prefix
+
+
+cdef class RbacGate:
+    """An asyncio protocol in front of a listener's protocol until the connection's first
+    bytes are checked; then the transport moves to the inner protocol (set_protocol)."""
+    cdef NetworkRbac cfg
+    cdef object inner                       # the terminal filter's protocol
+    cdef object transport
+    cdef bint decided
+    cdef int decide(self) except -1         # 1 allowed (moved aside) / 0 denied (aborted)

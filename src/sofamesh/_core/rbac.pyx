@@ -1,0 +1,412 @@
+# Compiled RBAC policies and the network RBAC gate; see rbac.pxd for the contract.
+#
+#   policy  = any(permissions) and any(principals)
+#   ALLOW:  allowed iff some policy matches     DENY: allowed iff none matches
+#   LOG:    always allowed (the match is only recorded)
+#
+# Policies are tried in name order (Envoy keeps them in a std::map), so the "matched
+# policy" reported is the first by name.
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy, memchr
+
+from sofamesh._core.router cimport StringMatcher, HeaderMatcher
+from sofamesh._core.stats cimport Counter, Store
+
+cdef extern from "arpa/inet.h" nogil:
+    int inet_pton(int af, const char* src, void* dst)
+
+cdef extern from "sys/socket.h" nogil:
+    int AF_INET
+    int AF_INET6
+
+
+cdef int rbac_parse_ip(const char* s, Py_ssize_t n, rbac_ip* out) noexcept:
+    cdef char buf[64]
+    out.family = 0
+    if n <= 0 or n >= 64:
+        return 0
+    memcpy(buf, s, n)
+    buf[n] = 0
+    if memchr(buf, 58, n) != NULL:      # ':'
+        if inet_pton(AF_INET6, buf, out.b) == 1:
+            out.family = 6
+    elif inet_pton(AF_INET, buf, out.b) == 1:
+        out.family = 4
+    return 0
+
+
+cdef inline bint _in_range(rbac_ip* a, rbac_ip* net, int plen) noexcept:
+    cdef int i, full, rest
+    cdef unsigned char mask
+    if a.family == 0 or a.family != net.family:
+        return False
+    full = plen >> 3
+    for i in range(full):
+        if a.b[i] != net.b[i]:
+            return False
+    rest = plen & 7
+    if rest:
+        mask = <unsigned char>(0xff << (8 - rest))
+        if (a.b[full] & mask) != (net.b[full] & mask):
+            return False
+    return True
+
+
+cdef class RbacRequest:
+    cdef void begin(self) noexcept:
+        self.have = 0
+        self.path_nq = None
+
+    cdef int ensure(self, int which) except -1:
+        if not (self.have & (1 << which)):
+            self.addr[which].family = 0
+            self.port[which] = -1
+            self.resolve(which)
+            self.have |= 1 << which
+        return 0
+
+    cdef int resolve(self, int which) except -1:
+        return 0
+
+    cdef object header(self, bytes name):
+        return None
+
+    cdef object path(self):
+        return None
+
+
+cdef bytes _url_path(RbacRequest r):
+    """The path without query and fragment (what Envoy's url_path matches), or None."""
+    cdef bytes p
+    cdef const char* c
+    cdef Py_ssize_t i, n
+    if r.path_nq is None:
+        p = r.path()
+        if p is None:
+            return None
+        c = PyBytes_AS_STRING(p)
+        n = PyBytes_GET_SIZE(p)
+        for i in range(n):
+            if c[i] == 63 or c[i] == 35:      # '?' '#'
+                p = p[:i]
+                break
+        r.path_nq = p
+    return r.path_nq
+
+
+# -- rules (permissions and principals) -------------------------------------------------
+
+cdef class RbacRule:
+    cdef int matches(self, RbacRequest r) except -1:
+        return 0
+
+
+cdef class AnyRule(RbacRule):
+    cdef int matches(self, RbacRequest r) except -1:
+        return 1
+
+
+cdef class NotRule(RbacRule):
+    cdef RbacRule inner
+
+    def __init__(self, RbacRule inner):
+        self.inner = inner
+
+    cdef int matches(self, RbacRequest r) except -1:
+        return 0 if self.inner.matches(r) else 1
+
+
+cdef class AndRule(RbacRule):
+    cdef tuple rules        # tuple[RbacRule, ...]
+
+    def __init__(self, rules):
+        self.rules = tuple(rules)
+
+    cdef int matches(self, RbacRequest r) except -1:
+        cdef RbacRule x
+        for x in self.rules:
+            if not x.matches(r):
+                return 0
+        return 1
+
+
+cdef class OrRule(RbacRule):
+    cdef tuple rules        # tuple[RbacRule, ...]
+
+    def __init__(self, rules):
+        self.rules = tuple(rules)
+
+    cdef int matches(self, RbacRequest r) except -1:
+        cdef RbacRule x
+        for x in self.rules:
+            if x.matches(r):
+                return 1
+        return 0
+
+
+cdef class HeaderRule(RbacRule):
+    """A route-table HeaderMatcher on the request's headers; names starting with ':' (and
+    `host`, which Envoy keeps as :authority) are read as pseudo-headers by the caller."""
+    cdef HeaderMatcher hm
+
+    def __init__(self, HeaderMatcher hm):
+        self.hm = hm
+
+    cdef int matches(self, RbacRequest r) except -1:
+        cdef HeaderMatcher hm = self.hm
+        cdef object v = r.header(hm.name)
+        cdef bint ok
+        # the same outcome as HeaderMatcher.matches on a HeaderMap, for a value read by
+        # the caller (HTTP map, pseudo-header or RPC attachment)
+        if hm.sm is None:
+            ok = (v is not None) == hm.present
+        elif v is None:
+            return 0
+        else:
+            ok = hm.sm.matches(<bytes>v)
+        return 1 if ok != hm.invert else 0
+
+    @property
+    def name(self):
+        return self.hm.name
+
+
+cdef class PathRule(RbacRule):
+    """url_path: the path without its query string."""
+    cdef StringMatcher sm
+
+    def __init__(self, StringMatcher sm):
+        self.sm = sm
+
+    cdef int matches(self, RbacRequest r) except -1:
+        cdef bytes p = _url_path(r)
+        if p is None:
+            return 0
+        return 1 if self.sm.matches(p) else 0
+
+
+cdef class IpRule(RbacRule):
+    cdef int which          # ADDR_*
+    cdef rbac_ip net
+    cdef int plen
+
+    def __init__(self, int which, str address, int prefix_len):
+        cdef bytes a = address.encode()
+        rbac_parse_ip(PyBytes_AS_STRING(a), PyBytes_GET_SIZE(a), &self.net)
+        if self.net.family == 0:
+            raise ValueError(f"malformed IP address: {address}")
+        if prefix_len > (32 if self.net.family == 4 else 128) or prefix_len < 0:
+            raise ValueError(f"invalid prefix length {prefix_len} for {address}")
+        self.which = which
+        self.plen = prefix_len
+
+    cdef int matches(self, RbacRequest r) except -1:
+        r.ensure(self.which)
+        return 1 if _in_range(&r.addr[self.which], &self.net, self.plen) else 0
+
+
+cdef class PortRule(RbacRule):
+    """destination_port (one port) and destination_port_range ([lo, hi))."""
+    cdef int lo, hi
+
+    def __init__(self, int lo, int hi):
+        self.lo = lo
+        self.hi = hi
+
+    cdef int matches(self, RbacRequest r) except -1:
+        cdef int p
+        r.ensure(ADDR_LOCAL)
+        p = r.port[ADDR_LOCAL]
+        return 1 if self.lo <= p < self.hi else 0
+
+
+cdef class ServerNameRule(RbacRule):
+    """requested_server_name: sofamesh has no TLS yet, so the name is always empty."""
+    cdef StringMatcher sm
+
+    def __init__(self, StringMatcher sm):
+        self.sm = sm
+
+    cdef int matches(self, RbacRequest r) except -1:
+        return 1 if self.sm.matches(b"") else 0
+
+
+# -- engines -----------------------------------------------------------------------------
+
+cdef class RbacEngine:
+    def __init__(self, int action, policies, header_names=()):
+        """policies: [(name, [permission RbacRule], [principal RbacRule])]."""
+        ordered = sorted(policies, key=lambda p: p[0])
+        self.action = action
+        self.names = tuple(p[0] for p in ordered)
+        self.perms = tuple(_any_of(p[1]) for p in ordered)
+        self.principals = tuple(_any_of(p[2]) for p in ordered)
+        self.header_names = frozenset(header_names)
+
+    cdef int first_match(self, RbacRequest r) except -2:
+        cdef Py_ssize_t i
+        cdef RbacRule perm, who
+        for i in range(len(self.names)):
+            perm = <RbacRule>self.perms[i]
+            if perm.matches(r):
+                who = <RbacRule>self.principals[i]
+                if who.matches(r):
+                    return <int>i
+        return -1
+
+    cdef int allows(self, RbacRequest r, int* policy) except -1:
+        cdef int m = self.first_match(r)
+        policy[0] = m
+        if self.action == RBAC_ALLOW:
+            return 1 if m >= 0 else 0
+        if self.action == RBAC_DENY:
+            return 0 if m >= 0 else 1
+        return 1    # LOG
+
+    def check(self, RbacRequest r):
+        """(allowed, matched policy name or None): for tests and tools."""
+        cdef int pol = -1
+        r.begin()
+        ok = self.allows(r, &pol)
+        return bool(ok), (self.names[pol] if pol >= 0 else None)
+
+
+cdef RbacRule _any_of(rules):
+    rules = tuple(rules)
+    if len(rules) == 1:
+        return rules[0]
+    return OrRule(rules)
+
+
+cdef class RbacPolicies:
+    def __init__(self, RbacEngine engine=None, RbacEngine shadow=None):
+        self.engine = engine
+        self.shadow = shadow
+
+    @property
+    def header_names(self):
+        out = set()
+        if self.engine is not None:
+            out |= self.engine.header_names
+        if self.shadow is not None:
+            out |= self.shadow.header_names
+        return frozenset(out)
+
+
+cdef class RbacStats:
+    def __init__(self, Store store, str prefix, str shadow_prefix):
+        """Counters `<prefix>allowed|denied` and `<shadow_prefix>shadow_allowed|denied`."""
+        self.allowed = store.counter(prefix + "allowed")
+        self.denied = store.counter(prefix + "denied")
+        self.shadow_allowed = store.counter(shadow_prefix + "shadow_allowed")
+        self.shadow_denied = store.counter(shadow_prefix + "shadow_denied")
+
+    cdef int check(self, RbacPolicies p, RbacRequest r, int* policy) except -1:
+        cdef int ignored = -1
+        policy[0] = -1
+        r.begin()
+        if p.shadow is not None:
+            if p.shadow.allows(r, &ignored):
+                self.shadow_allowed.inc()
+            else:
+                self.shadow_denied.inc()
+        if p.engine is None:
+            return 1
+        if p.engine.allows(r, policy):
+            self.allowed.inc()
+            return 1
+        self.denied.inc()
+        return 0
+
+
+# -- the network filter ------------------------------------------------------------------
+
+cdef class _ConnRequest(RbacRequest):
+    """A connection: addresses only (no headers, no path)."""
+    cdef object transport
+
+    cdef int resolve(self, int which) except -1:
+        cdef bytes ip
+        info = self.transport.get_extra_info("sockname" if which == ADDR_LOCAL else "peername")
+        if not info:
+            return 0
+        ip = str(info[0]).encode()
+        rbac_parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), &self.addr[which])
+        self.port[which] = info[1]
+        return 0
+
+
+cdef class NetworkRbac:
+    def __init__(self, RbacPolicies policies, Store store, str stat_prefix,
+                 str shadow_stat_prefix=""):
+        """Stats as Envoy's network filter names them: `<stat_prefix>.rbac.allowed|denied`,
+        `<stat_prefix>.rbac.<shadow_rules_stat_prefix>shadow_allowed|denied`."""
+        base = stat_prefix if stat_prefix.endswith(".") else stat_prefix + "."
+        self.policies = policies
+        self.stat_prefix = stat_prefix
+        self.st = RbacStats(store, base + "rbac.", base + "rbac." + shadow_stat_prefix)
+
+    def wrap(self, factory):
+        """A protocol factory putting a gate in front of `factory`'s protocols."""
+        def gated():
+            return RbacGate(self, factory())
+        return gated
+
+    def check_transport(self, transport):
+        """(allowed, matched policy name or None) for a connection: counts, as a check."""
+        cdef _ConnRequest r = _ConnRequest.__new__(_ConnRequest)
+        cdef int pol = -1
+        r.transport = transport
+        ok = self.st.check(self.policies, r, &pol)
+        eng = self.policies.engine
+        return bool(ok), (eng.names[pol] if pol >= 0 else None)
+
+
+cdef class RbacGate:
+    def __init__(self, NetworkRbac cfg, inner):
+        self.cfg = cfg
+        self.inner = inner
+        self.transport = None
+        self.decided = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.inner.connection_made(transport)
+
+    cdef int decide(self) except -1:
+        self.decided = True
+        ok, _ = self.cfg.check_transport(self.transport)
+        if ok:
+            self.transport.set_protocol(self.inner)
+            return 1
+        # Envoy closes without flushing (NoFlush): nothing the inner filter queued leaves
+        self.transport.abort()
+        return 0
+
+    def data_received(self, data):
+        if not self.decided and not self.decide():
+            return
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        if not self.decided and not self.decide():
+            return False
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc):
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self):
+        self.inner.pause_writing()
+
+    def resume_writing(self):
+        self.inner.resume_writing()
+
+
+ACTION_ALLOW = RBAC_ALLOW
+ACTION_DENY = RBAC_DENY
+ACTION_LOG = RBAC_LOG
+ADDRESS_DIRECT = ADDR_DIRECT
+ADDRESS_REMOTE = ADDR_REMOTE
+ADDRESS_LOCAL = ADDR_LOCAL

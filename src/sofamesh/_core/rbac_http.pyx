@@ -1,0 +1,114 @@
+# envoy.filters.http.rbac; see rbac_http.pxd.
+#
+# Envoy's decodeHeaders: the shadow engine is checked (and counted) first, then the
+# enforced one; a denial is a local 403 `RBAC: access denied`. A route's RBACPerRoute
+# replaces both engines (an empty one turns RBAC off there); stats stay the filter's.
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from sofamesh._core.headers cimport HeaderMap
+from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE, FILTER_STOP
+from sofamesh._core.rbac cimport (
+    RbacPolicies, RbacRequest, RbacStats, rbac_parse_ip, ADDR_DIRECT, ADDR_REMOTE, ADDR_LOCAL,
+)
+from sofamesh._core.stats cimport Store
+
+cdef bytes _DENIED = b"RBAC: access denied"
+cdef bytes _XFF = b"x-forwarded-for"
+
+
+cdef class HttpRbacRequest(RbacRequest):
+    cdef int resolve(self, int which) except -1:
+        cdef bytes ip
+        cdef const char* p
+        cdef Py_ssize_t n, i, end
+        if which == ADDR_LOCAL:
+            t = self.s.transport
+            info = t.get_extra_info("sockname") if t is not None else None
+            if info:
+                ip = str(info[0]).encode()
+                rbac_parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), &self.addr[which])
+                self.port[which] = info[1]
+            return 0
+        ip = self.s.remote_ip
+        if which == ADDR_REMOTE and not self.s.cfg.use_remote_address:
+            # Envoy's original client address without use_remote_address: the last
+            # x-forwarded-for entry when it is an IP address, else the peer
+            xff = self.h.get_all(_XFF)
+            if xff is not None:
+                p = PyBytes_AS_STRING(xff)
+                n = PyBytes_GET_SIZE(xff)
+                end = n
+                while end > 0 and (p[end - 1] == 32 or p[end - 1] == 9):
+                    end -= 1
+                i = end
+                while i > 0 and p[i - 1] != 44:     # ','
+                    i -= 1
+                while i < end and (p[i] == 32 or p[i] == 9):
+                    i += 1
+                rbac_parse_ip(p + i, end - i, &self.addr[which])
+                if self.addr[which].family != 0:
+                    return 0
+        rbac_parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), &self.addr[which])
+        self.port[which] = -1
+        return 0
+
+    cdef object header(self, bytes name):
+        cdef HeaderMap h = self.h
+        cdef const char* c = PyBytes_AS_STRING(name)
+        if c[0] == 58:      # ':' pseudo-headers, as Envoy's header map holds them
+            if name == b":method":
+                return h.method()
+            if name == b":path":
+                return h.path()
+            if name == b":authority":
+                return h.authority()
+            if name == b":scheme":
+                return b"http"      # no TLS yet
+            return None
+        if name == b"host":         # Envoy keeps Host as :authority
+            return h.authority()
+        return h.get_all(name)
+
+    cdef object path(self):
+        return self.h.path()
+
+
+cdef class RbacFilter(HttpFilter):
+    def __init__(self, RbacPolicies policies, Store store, str stat_prefix,
+                 str rules_stat_prefix="", str shadow_rules_stat_prefix="",
+                 str name="envoy.filters.http.rbac"):
+        """Stats `http.<stat_prefix>.rbac.<rules_stat_prefix>allowed|denied` and
+        `http.<stat_prefix>.rbac.<shadow_rules_stat_prefix>shadow_allowed|denied`."""
+        HttpFilter.__init__(self, name)
+        base = f"http.{stat_prefix}.rbac."
+        self.policies = policies
+        self.st = RbacStats(store, base + rules_stat_prefix, base + shadow_rules_stat_prefix)
+        self.req = HttpRbacRequest.__new__(HttpRbacRequest)
+
+    cpdef int decode_headers(self, HttpStream s, bint end_stream) except -1:
+        cdef RbacPolicies p = self.policies
+        cdef HttpRbacRequest r = self.req
+        cdef int policy = -1
+        cdef int ok
+        cdef dict per_route
+        if s.route is not None:
+            per_route = s.route.filter_config
+            if per_route:
+                o = per_route.get(self.name)
+                if o is not None:
+                    p = <RbacPolicies>o
+        if p.engine is None and p.shadow is None:
+            return FILTER_CONTINUE
+        r.s = s
+        r.h = <HeaderMap>s.head
+        try:
+            ok = self.st.check(p, r, &policy)
+        finally:
+            r.s = None
+            r.h = None
+        if ok:
+            return FILTER_CONTINUE
+        # Envoy's details: rbac_access_denied_matched_policy[<policy>|none]
+        s.send_local_reply(403, _DENIED)
+        return FILTER_STOP
