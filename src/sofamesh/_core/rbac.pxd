@@ -19,8 +19,9 @@ cdef enum:
 # which address an IP or port rule reads (RbacRequest.addr / port index)
 cdef enum:
     ADDR_DIRECT = 0     # direct_remote_ip, source_ip: the connection's peer
-    ADDR_REMOTE = 1     # remote_ip: the original client (HTTP: x-forwarded-for unless
-                        # use_remote_address), else the peer
+    # remote_ip: the original client (HTTP: x-forwarded-for's last entry unless
+    # use_remote_address), else the peer
+    ADDR_REMOTE = 1
     ADDR_LOCAL = 2      # destination_ip / destination_port: the connection's local end
 
 cdef struct rbac_ip:

@@ -11,7 +11,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcpy, memchr
 
 from sofamesh._core.router cimport StringMatcher, HeaderMatcher
-from sofamesh._core.stats cimport Counter, Store
+from sofamesh._core.stats cimport Store
 
 cdef extern from "arpa/inet.h" nogil:
     int inet_pton(int af, const char* src, void* dst)

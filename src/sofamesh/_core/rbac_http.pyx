@@ -9,7 +9,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.rbac cimport (
-    RbacPolicies, RbacRequest, RbacStats, rbac_parse_ip, ADDR_DIRECT, ADDR_REMOTE, ADDR_LOCAL,
+    RbacPolicies, RbacRequest, RbacStats, rbac_parse_ip, ADDR_REMOTE, ADDR_LOCAL,
 )
 from sofamesh._core.stats cimport Store
 

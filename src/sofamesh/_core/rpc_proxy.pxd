@@ -6,12 +6,23 @@
 # is swapped whole. `protocol_factory()` gives the asyncio Protocol for each accepted
 # connection. Clusters are sofamesh._core.upstream.Cluster objects shared with HTTP.
 
+from sofamesh._core.rbac cimport NetworkRbac, RbacRequest
 from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
 from sofamesh._core.upstream cimport Cluster, Host
 
 cdef enum:
     P_BOLT = 1
     P_DUBBO = 2
+
+# route keys of a request, read the same way for every protocol (rpc_key)
+cdef enum:
+    RK_SERVICE = 0      # the interface
+    RK_METHOD = 1
+    RK_VERSION = 2
+    RK_GROUP = 3
+
+cdef object rpc_key(int proto, object frame, int key)          # str | None
+cdef object rpc_header(int proto, object frame, str name)      # str | None: header/attachment
 
 cdef enum:
     SM_EXACT = 0
@@ -124,6 +135,15 @@ cdef class DownstreamConn:
     cdef void handle_dubbo(self, object f)
     cdef void forward(self, object f, unsigned long long orig_id, bint oneway, double timeout_s)
     cdef void local_error(self, object f, int why)
+    cdef bint rbac_allows(self, object f) except -1
+
+
+cdef class RpcRbacRequest(RbacRequest):
+    """A call as RBAC reads it: `:service`, `:method`, `:version`, `:group` pseudo-headers,
+    other names from the headers/attachments, addresses from the client connection."""
+    cdef int proto
+    cdef object frame                   # BoltFrame | DubboFrame
+    cdef object transport               # the client connection
 
 
 cdef class RpcProxyConfig:
@@ -145,5 +165,10 @@ cdef class RpcProxyConfig:
     cdef object sweeper                 # asyncio.TimerHandle | None
     cdef object reaper                  # asyncio.TimerHandle | None: pools of removed hosts
     cdef public double reap_interval    # seconds between looks for removed hosts (5)
+    cdef public NetworkRbac rbac        # sofamesh.filters.rpc.rbac, or None
+    cdef RpcRbacRequest rbac_req        # reused: checks never overlap
+    cdef tuple _keys_src                # the table's dubbo_keys _keys was made from
+    cdef tuple _keys                    # tuple[bytes, ...]: attachments routing and RBAC read
     cdef UpstreamConn upstream_for(self, Cluster cluster, Host host)
+    cdef tuple dubbo_keys(self)
     cdef void arm_sweeper(self)

@@ -25,6 +25,8 @@ from sofamesh._core.codecs.dubbo cimport (
     heartbeat_response as dubbo_hb_reply, error_response as dubbo_error,
 )
 from sofamesh._core.router cimport rng_next
+from sofamesh._core.rbac cimport NetworkRbac, RbacRequest, rbac_parse_ip, ADDR_LOCAL
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 cdef enum:
     WHY_NO_ROUTE = 1
@@ -35,6 +37,7 @@ cdef enum:
     WHY_CONNECT_FAIL = 6
     WHY_CODEC = 7
     WHY_DRAINING = 8
+    WHY_RBAC = 9
 
 # Bolt status per failure (MOSN's mapping of the same conditions).
 cdef int _bolt_status(int why) noexcept:
@@ -46,6 +49,8 @@ cdef int _bolt_status(int why) noexcept:
         return 9        # CODEC_EXCEPTION
     if why == WHY_DRAINING:
         return 4        # SERVER_THREADPOOL_BUSY
+    if why == WHY_RBAC:
+        return 2        # SERVER_EXCEPTION
     return 0x10         # CONNECTION_CLOSED: no healthy host, reset, connect failure
 
 # Dubbo status per failure (as Envoy's dubbo_proxy answers them).
@@ -56,6 +61,8 @@ cdef int _dubbo_status(int why) noexcept:
         return 31       # SERVER_TIMEOUT
     if why == WHY_CODEC:
         return 40       # BAD_REQUEST
+    if why == WHY_RBAC:
+        return 70       # SERVICE_ERROR: what a provider answers when its own filter refuses
     return 80           # SERVER_ERROR
 
 # Error texts for Dubbo replies, worded as Envoy's dubbo_proxy words them.
@@ -68,7 +75,69 @@ _WHY_TEXT = {
     WHY_RESET: "dubbo upstream request: remote connection failure (reset)",
     WHY_CONNECT_FAIL: "dubbo upstream request: remote connection failure",
     WHY_CODEC: "dubbo proxy: bad request", WHY_DRAINING: "dubbo proxy: draining",
+    WHY_RBAC: "RBAC: access denied",
 }
+
+
+# -- the route keys of a request, one place for every protocol --------------------------
+
+cdef object rpc_key(int proto, object frame, int key):
+    cdef BoltFrame bf
+    cdef DubboFrame df
+    if proto == P_BOLT:
+        bf = <BoltFrame>frame
+        if key == RK_METHOD:
+            return bf.method()
+        service = bf.service()          # interface[:version[:group]]
+        if service is None:
+            return None
+        parts = service.split(":")
+        if key == RK_SERVICE:
+            return parts[0]
+        if key == RK_VERSION:
+            return parts[1] if len(parts) > 1 else None
+        return parts[2] if len(parts) > 2 else None
+    df = <DubboFrame>frame
+    if key == RK_SERVICE:
+        return df.service
+    if key == RK_METHOD:
+        return df.method
+    if key == RK_VERSION:
+        return df.version
+    return (df.attachments or {}).get("group")
+
+
+cdef object rpc_header(int proto, object frame, str name):
+    if proto == P_BOLT:
+        return (<BoltFrame>frame).header(name)
+    v = ((<DubboFrame>frame).attachments or {}).get(name)
+    if v is not None and not isinstance(v, str):
+        v = str(v)
+    return v
+
+
+cdef dict _PSEUDO = {b":service": RK_SERVICE, b":method": RK_METHOD,
+                     b":version": RK_VERSION, b":group": RK_GROUP}
+
+
+cdef class RpcRbacRequest(RbacRequest):
+    cdef int resolve(self, int which) except -1:
+        cdef bytes ip
+        info = self.transport.get_extra_info("sockname" if which == ADDR_LOCAL else "peername") \
+            if self.transport is not None else None
+        if info:
+            ip = str(info[0]).encode()
+            rbac_parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), &self.addr[which])
+            self.port[which] = info[1]
+        return 0
+
+    cdef object header(self, bytes name):
+        if name[:1] == b":":
+            key = _PSEUDO.get(name)
+            v = rpc_key(self.proto, self.frame, key) if key is not None else None
+        else:
+            v = rpc_header(self.proto, self.frame, name.decode("latin-1"))
+        return None if v is None else (<str>v).encode()
 
 
 cdef class StrMatch:
@@ -616,6 +685,20 @@ cdef class DownstreamConn:
                 msg = f"dubbo router: no route for interface '{(<DubboFrame>f).service}'"
             self.write(dubbo_error(<DubboFrame>f, _dubbo_status(why), msg))
 
+    cdef bint rbac_allows(self, object f) except -1:
+        cdef RpcProxyConfig cfg = self.cfg
+        cdef NetworkRbac nr = cfg.rbac
+        cdef RpcRbacRequest r = cfg.rbac_req
+        cdef int policy = -1
+        r.proto = cfg.proto
+        r.frame = f
+        r.transport = self.transport
+        try:
+            return nr.st.check(nr.policies, r, &policy)
+        finally:
+            r.frame = None
+            r.transport = None
+
     cdef void handle_bolt(self, object obj):
         cdef BoltFrame f
         cdef ProtocolError e
@@ -673,7 +756,7 @@ cdef class DownstreamConn:
             if f.flags & 0x40:
                 self.write(dubbo_hb_reply(f))
             return
-        if f.parse_invocation(self.cfg.table.dubbo_keys) != 0:
+        if f.parse_invocation(self.cfg.dubbo_keys()) != 0:
             st.request_decoding_error.inc()
             self.local_error(f, WHY_CODEC)
             return
@@ -705,6 +788,9 @@ cdef class DownstreamConn:
         cdef unsigned long long nid
         if cfg._stopped:
             self.local_error(f, WHY_DRAINING)
+            return
+        if cfg.rbac is not None and not self.rbac_allows(f):
+            self.local_error(f, WHY_RBAC)
             return
         r = cfg.table.match(cfg.proto, f)
         if r is None:
@@ -779,6 +865,21 @@ cdef class RpcProxyConfig:
         self.sweeper = None
         self.reaper = None
         self.reap_interval = 5.0
+        self.rbac = None
+        self.rbac_req = RpcRbacRequest.__new__(RpcRbacRequest)
+        self._keys_src = None
+        self._keys = None
+
+    cdef tuple dubbo_keys(self):
+        """The attachments a Dubbo request's parse decodes: routing's and RBAC's."""
+        cdef tuple t = self.table.dubbo_keys
+        if self.rbac is None:
+            return t
+        if t is not self._keys_src:
+            names = {n.encode() for n in self.rbac.policies.header_names if not n.startswith(":")}
+            self._keys = tuple(sorted(set(t) | names))
+            self._keys_src = t
+        return self._keys
 
     def protocol_factory(self):
         return DownstreamConn(self)

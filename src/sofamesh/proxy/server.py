@@ -510,8 +510,13 @@ class Server:
             spec = _network_spec(registry, f)
             if spec is not None and spec.extra.get("wraps"):
                 gates.append(
-                    (fi, spec.factory(f.typed_config, {"stats": self.stats, "loop": self._loop,
-                                                       "path": f"{fpath}[{fi}]"}))
+                    (
+                        fi,
+                        spec.factory(
+                            f.typed_config,
+                            {"stats": self.stats, "loop": self._loop, "path": f"{fpath}[{fi}]"},
+                        ),
+                    )
                 )
                 continue
             if spec is None or not spec.passthrough:

@@ -60,8 +60,7 @@ class _Compiler:
                 for i, p in enumerate(pol.permissions)
             ]
             who = [
-                self.principal(p, f"{ppath}.principals[{i}]")
-                for i, p in enumerate(pol.principals)
+                self.principal(p, f"{ppath}.principals[{i}]") for i, p in enumerate(pol.principals)
             ]
             if not perms or not who:
                 raise UnsupportedConfig(f"{ppath}: a policy needs permissions and principals")

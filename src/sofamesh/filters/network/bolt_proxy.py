@@ -7,8 +7,8 @@ from typing import Any
 from sofamesh._core.rpc_proxy import PROTO_BOLT, RpcProxyConfig
 from sofamesh.filters.network import _proto
 from sofamesh.filters.network._common import register_terminal, unpack
+from sofamesh.filters.network.rbac import build_rpc_filters
 from sofamesh.filters.network.rpc_routes import compile_routes
-from sofamesh.proxy.errors import UnsupportedConfig
 
 NAMES = ("sofamesh.filters.network.bolt_proxy",)
 TYPE_URL = _proto.TYPE_URL
@@ -17,15 +17,19 @@ TYPE_URL = _proto.TYPE_URL
 def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
     cfg = _proto.BoltProxy()
     path = unpack(typed_config, cfg, ctx, "bolt_proxy")
-    for i, f in enumerate(cfg.bolt_filters):
-        raise UnsupportedConfig(
-            f"{path}.typed_config.bolt_filters[{i}]: bolt filter {f.name!r} is not supported"
-        )
+    rbac = build_rpc_filters(
+        cfg.bolt_filters,
+        ("sofamesh.filters.bolt.router",),
+        ctx["stats"],
+        f"{path}.typed_config.bolt_filters",
+    )
     table = compile_routes(cfg.route_config, ctx["clusters"], f"{path}.typed_config")
     timeout = cfg.default_timeout_ms / 1000.0 if cfg.default_timeout_ms else 3.0
-    return RpcProxyConfig(
+    proxy = RpcProxyConfig(
         PROTO_BOLT, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"], ctx["loop"], timeout
     )
+    proxy.rbac = rbac
+    return proxy
 
 
 SPEC = register_terminal(NAMES, TYPE_URL, build, sniff="bolt")

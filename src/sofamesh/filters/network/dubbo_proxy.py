@@ -6,6 +6,7 @@ from typing import Any
 
 from sofamesh._core.rpc_proxy import PROTO_DUBBO, RpcProxyConfig
 from sofamesh.filters.network._common import register_terminal, unpack
+from sofamesh.filters.network.rbac import build_rpc_filters
 from sofamesh.filters.network.rpc_routes import compile_routes
 from sofamesh.proxy.errors import UnsupportedConfig
 
@@ -20,18 +21,21 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
     path = unpack(typed_config, cfg, ctx, "dubbo_proxy")
     if cfg.WhichOneof("route_specifier") == "drds":
         raise UnsupportedConfig(f"{path}.typed_config.drds: dynamic routes are not supported")
-    for i, f in enumerate(cfg.dubbo_filters):
-        if f.name not in ("envoy.filters.dubbo.router",):
-            raise UnsupportedConfig(
-                f"{path}.typed_config.dubbo_filters[{i}]: dubbo filter {f.name!r} is not supported"
-            )
+    rbac = build_rpc_filters(
+        cfg.dubbo_filters,
+        ("envoy.filters.dubbo.router",),
+        ctx["stats"],
+        f"{path}.typed_config.dubbo_filters",
+    )
     routes = cfg.route_config
     if cfg.WhichOneof("route_specifier") == "multiple_route_config":
         routes = cfg.multiple_route_config.route_config
     table = compile_routes(routes, ctx["clusters"], f"{path}.typed_config")
-    return RpcProxyConfig(
+    proxy = RpcProxyConfig(
         PROTO_DUBBO, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"], ctx["loop"]
     )
+    proxy.rbac = rbac
+    return proxy
 
 
 SPEC = register_terminal(NAMES, TYPE_URL, build, sniff="dubbo")

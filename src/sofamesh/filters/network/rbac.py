@@ -82,6 +82,7 @@ def build_rpc_filters(filters: Any, router_names: tuple[str, ...], store: Any, p
 register_extension(TYPE_URL, __name__)
 
 SPEC = register(
-    FilterSpec(kind="network", names=(NAME,), type_urls=(TYPE_URL,), factory=factory,
-               extra={"wraps": True})
+    FilterSpec(
+        kind="network", names=(NAME,), type_urls=(TYPE_URL,), factory=factory, extra={"wraps": True}
+    )
 )
