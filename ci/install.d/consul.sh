@@ -9,7 +9,9 @@ dest=.cache/consul
 bin=$dest/usr/bin/consul
 version=${CONSUL_DEB_VERSION:-1.8.7+dfsg1-2+b3}
 
-if [ -x "$bin" ] && "$bin" version 2>/dev/null | grep -q 'Consul v1\.8\.7'; then
+# The version is read whole before it is matched: `consul version | grep -q` (or `| head`)
+# may close the pipe early, and under pipefail consul's SIGPIPE (exit 141) failed the install.
+if [ -x "$bin" ] && [[ "$("$bin" version 2>/dev/null || true)" == *"Consul v1.8.7"* ]]; then
   exit 0
 fi
 
@@ -35,4 +37,5 @@ deb=$(ls "$work"/consul_*.deb)
 rm -rf "$dest"
 mkdir -p "$dest"
 dpkg-deb -x "$deb" "$dest"
-"$bin" version | head -1 >&2
+out=$("$bin" version)
+printf '%s\n' "${out%%$'\n'*}" >&2
