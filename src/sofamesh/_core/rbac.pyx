@@ -294,13 +294,19 @@ cdef class RbacPolicies:
         return frozenset(out)
 
 
+def _join(str prefix, str name):
+    return prefix + name if not prefix or prefix.endswith(".") else prefix + "." + name
+
+
 cdef class RbacStats:
     def __init__(self, Store store, str prefix, str shadow_prefix):
-        """Counters `<prefix>allowed|denied` and `<shadow_prefix>shadow_allowed|denied`."""
-        self.allowed = store.counter(prefix + "allowed")
-        self.denied = store.counter(prefix + "denied")
-        self.shadow_allowed = store.counter(shadow_prefix + "shadow_allowed")
-        self.shadow_denied = store.counter(shadow_prefix + "shadow_denied")
+        """Counters `<prefix>.allowed|denied` and `<shadow_prefix>.shadow_allowed|denied`,
+        joined as Envoy's statPrefixJoin does (no second dot after a prefix ending in one:
+        rules_stat_prefix "r." and "r" both give `...rbac.r.allowed`)."""
+        self.allowed = store.counter(_join(prefix, "allowed"))
+        self.denied = store.counter(_join(prefix, "denied"))
+        self.shadow_allowed = store.counter(_join(shadow_prefix, "shadow_allowed"))
+        self.shadow_denied = store.counter(_join(shadow_prefix, "shadow_denied"))
 
     cdef int check(self, RbacPolicies p, RbacRequest r, int* policy) except -1:
         cdef int ignored = -1

@@ -96,6 +96,61 @@ def _local_ratelimit(max_tokens: int | None) -> dict:
     return cfg
 
 
+_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+_RBAC_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+
+
+def _rbac_policy(permissions: list[dict], principals: list[dict]) -> dict:
+    return {"permissions": permissions, "principals": principals}
+
+
+def _rbac_hdr(name: str, exact: str | None = None) -> dict:
+    if exact is None:
+        return {"header": {"name": name, "present_match": True}}
+    return {"header": {"name": name, "string_match": {"exact": exact}}}
+
+
+def _rbac_ip(kind: str, prefix: str, plen: int) -> dict:
+    return {kind: {"address_prefix": prefix, "prefix_len": plen}}
+
+
+# The harness's probe request (x-probe) is allowed by every enforced ALLOW rule set.
+_RBAC_PROBE = _rbac_policy([_rbac_hdr("x-probe")], [{"any": True}])
+
+
+def _rbac_filter(rules: dict | None, shadow: dict | None = None, **extra) -> list[dict]:
+    cfg: dict = {"@type": _RBAC, **extra}
+    if rules is not None:
+        cfg["rules"] = rules
+    if shadow is not None:
+        cfg["shadow_rules"] = shadow
+    return [{"name": "envoy.filters.http.rbac", "typed_config": cfg}]
+
+
+_RBAC_ALLOW = {"action": "ALLOW", "policies": {
+    "probe": _RBAC_PROBE,
+    "get-public-from-loopback": _rbac_policy(
+        [{"and_rules": {"rules": [_rbac_hdr(":method", "GET"),
+                                  {"url_path": {"path": {"prefix": "/a/public"}}}]}}],
+        [_rbac_ip("direct_remote_ip", "127.0.0.1", 32)]),
+    "admin-role": _rbac_policy([{"any": True}], [_rbac_hdr("x-role", "admin")]),
+    "xff-client-10": _rbac_policy([{"url_path": {"path": {"prefix": "/a/xff"}}}],
+                                  [_rbac_ip("remote_ip", "10.0.0.0", 8)]),
+    "put-not-from-10": _rbac_policy(
+        [_rbac_hdr(":method", "PUT")],
+        [{"not_id": _rbac_ip("direct_remote_ip", "10.0.0.0", 8)}]),
+    "authority-and-port": _rbac_policy(
+        [{"and_rules": {"rules": [_rbac_hdr(":authority", "port.test"),
+                                  {"destination_port_range": {"start": 1, "end": 65536}},
+                                  _rbac_ip("destination_ip", "127.0.0.0", 8)]}}],
+        [{"any": True}]),
+    "exact-query-path": _rbac_policy([_rbac_hdr(":path", "/a/q?x=1")], [{"any": True}]),
+    "not-path": _rbac_policy(
+        [{"and_rules": {"rules": [{"not_rule": {"url_path": {"path": {"prefix": "/a/"}}}},
+                                  _rbac_hdr("x-not", "1")]}}],
+        [{"any": True}]),
+}}
+
 FEATURES: dict[str, Feature] = {
     "access_log": Feature(access_log=True),
     "request_timeout": Feature(hcm={"request_timeout": "0.5s"}),
@@ -187,6 +242,31 @@ FEATURES: dict[str, Feature] = {
             _hdr("x-proto", "%PROTOCOL%")],
         "response_headers_to_add": [_hdr("x-upstream-cluster", "%UPSTREAM_CLUSTER%"),
                                     _hdr("x-echo-agent", "%REQ(user-agent)%")]}]),
+    "rbac_allow": Feature(http_filters=_rbac_filter(_RBAC_ALLOW)),
+    "rbac_deny_shadow": Feature(access_log=True, http_filters=_rbac_filter(
+        {"action": "DENY", "policies": {
+            "blocked-path": _rbac_policy([{"url_path": {"path": {"prefix": "/a/blocked"}}}],
+                                         [{"any": True}]),
+            "blocked-ua": _rbac_policy([{"any": True}], [_rbac_hdr("user-agent", "badbot/1")])}},
+        {"action": "ALLOW", "policies": {
+            "shadow-ok": _rbac_policy([_rbac_hdr("x-shadow-ok")], [{"any": True}])}},
+        shadow_rules_stat_prefix="shadow_")),
+    "rbac_log": Feature(http_filters=_rbac_filter({"action": "LOG", "policies": {
+        "all": _rbac_policy([{"any": True}], [{"any": True}])}})),
+    # The filter allows only admins; one route turns RBAC off, another replaces the rules.
+    "rbac_per_route": Feature(
+        http_filters=_rbac_filter({"action": "ALLOW", "policies": {
+            "probe": _RBAC_PROBE,
+            "admin-role": _rbac_policy([{"any": True}], [_rbac_hdr("x-role", "admin")])}},
+            rules_stat_prefix="rules_"),
+        routes=[
+            {"match": {"prefix": "/rbac-off"}, "route": {"cluster": "svc_a"},
+             "typed_per_filter_config": {"envoy.filters.http.rbac": {"@type": _RBAC_ROUTE}}},
+            {"match": {"prefix": "/rbac-route"}, "route": {"cluster": "svc_b"},
+             "typed_per_filter_config": {"envoy.filters.http.rbac": {
+                 "@type": _RBAC_ROUTE, "rbac": {"rules": {"action": "DENY", "policies": {
+                     "deny-flag": _rbac_policy([_rbac_hdr("x-deny")], [{"any": True}])}}}}}},
+        ]),
     "request_mirror": Feature(routes=[{
         "match": {"prefix": "/mirror"},
         "route": {"cluster": "svc_a", "request_mirror_policies": [{"cluster": "svc_b"}]}}]),
@@ -673,6 +753,9 @@ COMPARED_STATS = [
     "cluster.dead.upstream_cx_connect_fail",
     "cluster.dead.upstream_rq_retry",
     *(f"diff_rl.http_local_rate_limit.{n}" for n in ("enabled", "enforced", "ok", "rate_limited")),
+    *(f"http.ingress.rbac.{n}" for n in (
+        "allowed", "denied", "shadow_allowed", "shadow_denied", "rules_.allowed", "rules_.denied",
+        "shadow_.shadow_allowed", "shadow_.shadow_denied")),
 ]
 
 
