@@ -33,6 +33,7 @@ from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.upstream import Host
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config
+from sofamesh.xds.checks import ResourceChecks
 from sofamesh.xds.client import CDS, EDS, LDS, AdsClient, Update
 
 log = logging.getLogger("sofamesh.xds")
@@ -200,6 +201,13 @@ class DynamicConfig:
         self.draining: list[Any] = []  # views still finishing their connections
         self.routes: dict[str, _Held] = {}
         self.type_versions: dict[str, str] = {}
+        # PERF(benchmarks/xds_scale.py): the clusters of each EDS name, and the names EDS
+        # asks for, kept as clusters come and go: finding them by scanning every cluster
+        # made each endpoint update O(clusters) and a 10k-service start O(clusters^2)
+        # (40% of it).
+        self._eds_index: dict[str, set[str]] = {}  # EDS name -> cluster names
+        self._eds_names: set[str] | None = None  # names(EDS), None: recompute
+        self.checks = ResourceChecks()
         self.static_rds: list[tuple[Any, Any, str]] = []  # (ListenerInfo, hcm proto, name)
         # a worker of a pool is fed by the main process's stream (proxy.pool_xds.WorkerFeed)
         feed = getattr(server, "xds_feed", None)
@@ -235,11 +243,13 @@ class DynamicConfig:
     # ------------------------------------------------------------ Applier protocol
     def names(self, type_url: str) -> set[str]:
         if type_url == EDS:
-            return {
-                dc.eds_name
-                for dc in [*self.active_clusters.values(), *self.warming_clusters.values()]
-                if dc.eds_name
-            }
+            if self._eds_names is None:
+                self._eds_names = {
+                    dc.eds_name
+                    for dc in [*self.active_clusters.values(), *self.warming_clusters.values()]
+                    if dc.eds_name
+                }
+            return set(self._eds_names)
         names = {n for _, _, n in self.static_rds}
         for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
             if dl.rds:
@@ -277,8 +287,6 @@ class DynamicConfig:
 
     # ------------------------------------------------------------ clusters (CDS)
     def _apply_clusters(self, up: Update) -> dict[str, str]:
-        from sofamesh.config.validate import validate_resource
-
         errors = {}
         for name, (version, c) in up.resources.items():
             try:
@@ -290,7 +298,7 @@ class DynamicConfig:
                 cur = self.warming_clusters.get(name) or self.active_clusters.get(name)
                 if cur is not None and cur.raw == raw:
                     continue  # unchanged: no rebuild, its version stays (Envoy)
-                problems = validate_resource(c)
+                problems = self.checks.check(c)
                 if problems:
                     raise UnsupportedConfig(_problems_text(problems))
                 rt = self.server._build_cluster(c, "")
@@ -310,8 +318,20 @@ class DynamicConfig:
             self._remove_cluster(n)
         return errors
 
+    def _eds_users(self, eds_name: str) -> list[_DynCluster]:
+        """Active and warming clusters fed by EDS resource `eds_name` (a cluster being
+        replaced may be both)."""
+        out = []
+        for n in self._eds_index.get(eds_name, ()):
+            for dc in (self.active_clusters.get(n), self.warming_clusters.get(n)):
+                if dc is not None and dc.eds_name == eds_name:
+                    out.append(dc)
+        return out
+
     def _add_cluster(self, dc: _DynCluster) -> None:
+        self._eds_names = None
         if dc.eds_name is not None:
+            self._eds_index.setdefault(dc.eds_name, set()).add(dc.name)
             for n in _EDS_STATS:  # shown from the start, zeros included (Envoy)
                 self.stats.counter(f"cluster.{dc.name}.{n}")
         old = self.warming_clusters.pop(dc.name, None)
@@ -373,10 +393,14 @@ class DynamicConfig:
             dc.task.cancel()
 
     def _remove_cluster(self, name: str) -> None:
+        self._eds_names = None
         w = self.warming_clusters.pop(name, None)
         if w is not None:
             self._cancel_dns(w)
         dc = self.active_clusters.pop(name, None)
+        for gone in (w, dc):
+            if gone is not None and gone.eds_name is not None:
+                self._eds_index.get(gone.eds_name, set()).discard(name)
         if dc is not None:
             self.server.clusters.pop(name, None)
             rt = self.server._rt.pop(name, None)
@@ -386,12 +410,9 @@ class DynamicConfig:
 
     # ------------------------------------------------------------ endpoints (EDS)
     def _apply_endpoints(self, up: Update) -> dict[str, str]:
-        from sofamesh.config.validate import validate_resource
-
         errors = {}
-        every = [*self.active_clusters.values(), *self.warming_clusters.values()]
         for name, (version, cla) in up.resources.items():
-            users = [dc for dc in every if dc.eds_name == name]
+            users = self._eds_users(name)
             for dc in users:
                 _bump(self.stats, f"cluster.{dc.name}.update_attempt")
             raw = cla.SerializeToString(deterministic=True)
@@ -405,18 +426,19 @@ class DynamicConfig:
                     _bump(self.stats, f"cluster.{dc.name}.update_no_rebuild")
                 continue
             try:
-                problems = validate_resource(cla)
+                problems = self.checks.check(cla)
                 if problems:
                     raise UnsupportedConfig(_problems_text(problems))
-                hosts_from_assignment(cla)  # checks every address before anything changes
+                hosts = hosts_from_assignment(cla)  # checks every address before any change
             except (UnsupportedConfig, ValueError) as e:
                 errors[name] = f"ClusterLoadAssignment {name}: {e}"
                 for dc in users:
                     _bump(self.stats, f"cluster.{dc.name}.update_rejected")
                 continue
             self.endpoints[name] = _Held(version, cla, raw)
-            for dc in users:
-                dc.rt.cluster.set_hosts(hosts_from_assignment(cla))
+            for i, dc in enumerate(users):
+                # a Host carries its cluster's pools: each cluster gets its own
+                dc.rt.cluster.set_hosts(hosts if i == 0 else hosts_from_assignment(cla))
                 _bump(self.stats, f"cluster.{dc.name}.update_success")
                 if not cla.endpoints:
                     _bump(self.stats, f"cluster.{dc.name}.update_empty")
@@ -424,9 +446,8 @@ class DynamicConfig:
                     self._activate_cluster(dc)
         for name in up.removed:  # Delta: the assignment is gone, so are its hosts
             self.endpoints.pop(name, None)
-            for dc in every:
-                if dc.eds_name == name:
-                    dc.rt.cluster.set_hosts([])
+            for dc in self._eds_users(name):
+                dc.rt.cluster.set_hosts([])
         return errors
 
     # ------------------------------------------------------------ listeners (LDS)
@@ -449,15 +470,13 @@ class DynamicConfig:
         return errors
 
     async def _set_listener(self, name: str, version: str, lst: Any) -> None:
-        from sofamesh.config.validate import validate_resource
-
         if name in self.static_listeners:
             raise UnsupportedConfig(f"'{name}' is a static listener and cannot be updated by LDS")
         raw = lst.SerializeToString(deterministic=True)
         cur = self.warming_listeners.get(name) or self.active_listeners.get(name)
         if cur is not None and cur.raw == raw:
             return  # unchanged: its version stays (Envoy)
-        problems = validate_resource(lst)
+        problems = self.checks.check(lst)
         if problems:
             raise UnsupportedConfig(_problems_text(problems))
         if lst.HasField("api_listener"):
@@ -601,8 +620,6 @@ class DynamicConfig:
     async def _apply_routes(self, up: Update) -> dict[str, str]:
         from envoy.config.route.v3 import route_pb2
 
-        from sofamesh.config.validate import validate_resource
-
         errors = {}
         for name, (version, rc) in up.resources.items():
             users = self._rds_users(name)
@@ -615,7 +632,7 @@ class DynamicConfig:
                     _bump(self.stats, f"http.{prefix}.rds.{name}.update_empty")
                 continue
             try:
-                problems = validate_resource(rc)
+                problems = self.checks.check(rc)
                 if problems:
                     raise UnsupportedConfig(_problems_text(problems))
                 tables = [self._compile_routes(rc, hcm, name) for _, hcm, _ in users]
