@@ -8,8 +8,13 @@
 # the whole connection to it, HTTP/2 will give one stream of a multiplexed connection.
 # Once the response is complete the stream calls `release()` (keep-alive) or `abort()`.
 # Pools and connections never reach into the stream: they only call UpstreamCallbacks.
+#
+# Both directions carry a protocol-neutral message: a HeaderMap, decoded body pieces with
+# end_stream, and trailers (which end the stream). The connection's codec frames them
+# (HTTP/1: content-length, chunked, or until close) and buffers what it encodes before it
+# is connected. An upgraded HTTP/1 exchange (101) then carries raw bytes both ways:
+# `write` and `_write`.
 
-from sofamesh._core.codecs.http1 cimport BodyReader
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.upstream cimport Cluster, Host
 
@@ -30,7 +35,10 @@ cdef class PoolConn:
     cdef bint closed
     cdef bint reusable
     cdef int start(self, UpstreamCallbacks ds, bint head_req, bint upgrade) except -1
-    cdef int write(self, bytes data) except -1      # request bytes in this connection's codec
+    cdef int encode_headers(self, HeaderMap h, bint end_stream) except -1
+    cdef int encode_data(self, bytes data, bint end_stream) except -1
+    cdef int encode_trailers(self, HeaderMap trailers) except -1
+    cdef int write(self, bytes data) except -1      # raw bytes of an upgraded tunnel
     cdef int release(self) except -1
     cdef int abort(self) except -1
 
@@ -40,16 +48,14 @@ cdef class UpstreamCallbacks:
     cdef bint _wants_connection(self)
     cdef int _attach(self, PoolConn c) except -1
     cdef int _fail(self, int kind, PoolConn c) except -1
-    cdef int _flush_up(self) except -1            # connected: send what was queued
     # response decoding
     cdef int _upstream_read(self) except -1       # bytes arrived (stream idle timer)
     cdef int _after_upstream_read(self) except -1
-    cdef bint _collect_response_data(self)        # decoded payload wanted (encode filters)
-    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, int framing) except -1
-    cdef int _on_upstream_body(self, bytes data) except -1
-    cdef int _on_upstream_trailers(self, HeaderList trailers) except -1
-    cdef int _data_filters(self, BodyReader body, bint encode) except -1
-    cdef int _on_upstream_complete(self, PoolConn c) except -1
+    # False: the stream gave the connection up (a retry): stop decoding this response
+    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, bint end_stream) except -1
+    cdef int _on_upstream_data(self, bytes data, bint end_stream) except -1
+    cdef int _on_upstream_trailers(self, HeaderList trailers) except -1   # ends the response
+    cdef int _on_upstream_complete(self, PoolConn c) except -1    # after the end: release c
     cdef int _reset(self) except -1               # the response broke off: reset the stream
     cdef int _write(self, bytes data) except -1   # tunnel bytes for the downstream
     cdef int _tunnel_closed(self) except -1

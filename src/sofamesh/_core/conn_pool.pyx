@@ -7,6 +7,15 @@ cdef class PoolConn:
     cdef int start(self, UpstreamCallbacks ds, bint head_req, bint upgrade) except -1:
         raise NotImplementedError
 
+    cdef int encode_headers(self, HeaderMap h, bint end_stream) except -1:
+        raise NotImplementedError
+
+    cdef int encode_data(self, bytes data, bint end_stream) except -1:
+        raise NotImplementedError
+
+    cdef int encode_trailers(self, HeaderMap trailers) except -1:
+        raise NotImplementedError
+
     cdef int write(self, bytes data) except -1:
         raise NotImplementedError
 
@@ -27,29 +36,20 @@ cdef class UpstreamCallbacks:
     cdef int _fail(self, int kind, PoolConn c) except -1:
         raise NotImplementedError
 
-    cdef int _flush_up(self) except -1:
-        raise NotImplementedError
-
     cdef int _upstream_read(self) except -1:
         return 0
 
     cdef int _after_upstream_read(self) except -1:
         return 0
 
-    cdef bint _collect_response_data(self):
-        return False
-
-    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, int framing) except -1:
+    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, bint end_stream) except -1:
         raise NotImplementedError
 
-    cdef int _on_upstream_body(self, bytes data) except -1:
+    cdef int _on_upstream_data(self, bytes data, bint end_stream) except -1:
         raise NotImplementedError
 
     cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
-        return 0
-
-    cdef int _data_filters(self, BodyReader body, bint encode) except -1:
-        return 0
+        raise NotImplementedError
 
     cdef int _on_upstream_complete(self, PoolConn c) except -1:
         raise NotImplementedError

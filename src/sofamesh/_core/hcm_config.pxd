@@ -22,7 +22,7 @@ cdef class HcmConfig:
     cdef public int max_headers
     cdef public int buffer_limit
     cdef public frozenset upgrades          # frozenset[bytes] enabled on every route
-    cdef public bytes server_line           # b"server: envoy\r\n"
+    cdef public bytes server_name           # the server header's value (b"envoy")
     cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
     cdef public double request_timeout      # HCM request_timeout (s); 0: off
@@ -30,7 +30,7 @@ cdef class HcmConfig:
     cdef public tuple reply_map             # local_reply_config: ((op, value, status, body), ...)
     cdef public int server_mode             # server_header_transformation enum value
     cdef public bint rid_in_response        # always_set_request_id_in_response
-    cdef public bytes via_line              # b"via: <via>\r\n" or b""
+    cdef public bytes via                   # the via header's value, or None
     cdef public bint skip_xff_append
     cdef public bytes local_ip              # appended to x-forwarded-for for loopback peers
     cdef public bint preserve_external_request_id

@@ -39,7 +39,7 @@ cdef class HcmConfig:
         self.max_headers = max_headers
         self.buffer_limit = buffer_limit
         self.upgrades = frozenset(u.lower() for u in upgrades)
-        self.server_line = b"server: " + server_name + b"\r\n"
+        self.server_name = server_name
         self.access_log = access_log
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
@@ -47,7 +47,7 @@ cdef class HcmConfig:
         self.reply_map = reply_map
         self.server_mode = server_mode
         self.rid_in_response = rid_in_response
-        self.via_line = b"via: " + via + b"\r\n" if via else b""
+        self.via = via or None
         self.skip_xff_append = skip_xff_append
         self.local_ip = local_ip
         self.preserve_external_request_id = preserve_external_request_id

@@ -8,6 +8,18 @@
 # locally built replies). Entries are indexed 0..count()-1; a removed entry stays in
 # place but is no longer `live` (indices stay valid while a filter walks the map).
 # Names are compared case-insensitively; `name_at` returns them lower-case.
+#
+# Mutations (filters, the connection manager and the router change headers before a codec
+# encodes them): `add` appends an entry (indexed after the existing ones), `remove_at` /
+# `remove` mark entries dead, `set_path` / `set_authority` replace the pseudo-headers.
+# An HTTP/1 Head keeps them as an overlay on its offsets, so an unmodified head can still
+# be encoded by copying its bytes.
+
+# Request headers Envoy's router consumes and never forwards (retry overrides, the
+# expected timeout, ...): x-envoy-retry-on, x-envoy-max-retries, x-envoy-upstream-rq-*, ...
+cdef bint router_control_name(const char* p, int n) noexcept
+
+cdef class HeaderList
 
 cdef class HeaderMap:
     cdef int count(self) noexcept
@@ -26,6 +38,14 @@ cdef class HeaderMap:
     # every live value named `name` (lower-case) joined by ","; None when absent
     cdef bytes get_all(self, bytes name)
     cdef int remove(self, bytes name) except -1
+    cdef int add(self, bytes name, bytes value) except -1    # name lower-case
+    cdef int add_flat(self, tuple flat) except -1   # (name, value, name, value, ...)
+    cdef int set_path(self, bytes path) except -1
+    cdef int set_authority(self, bytes authority) except -1
+    # removes the router-control headers (router_control_name) and x-envoy-expected-rq-timeout-ms
+    cdef int remove_router_controls(self) except -1
+    # a HeaderList with this map's live entries and pseudo-headers (mirrors, tests)
+    cdef HeaderList copy(self)
 
 
 cdef class HeaderList(HeaderMap):
@@ -40,5 +60,3 @@ cdef class HeaderList(HeaderMap):
     cdef public bytes authority_    # :authority
     cdef public bytes scheme        # :scheme
     cdef public int status          # :status (responses), 0 otherwise
-
-    cdef int add(self, bytes name, bytes value) except -1

@@ -6,6 +6,19 @@ cdef extern from "string.h" nogil:
     int strncasecmp(const char* a, const char* b, size_t n)
 
 
+cdef bint router_control_name(const char* p, int n) noexcept:
+    if n <= 8 or strncasecmp(p, "x-envoy-", 8) != 0:
+        return False
+    return (n == 30 and strncasecmp(p + 8, "expected-rq-timeout-ms", 22) == 0) or \
+        (n == 16 and strncasecmp(p + 8, "retry-on", 8) == 0) or \
+        (n == 21 and strncasecmp(p + 8, "retry-grpc-on", 13) == 0) or \
+        (n == 19 and strncasecmp(p + 8, "max-retries", 11) == 0) or \
+        (n >= 19 and strncasecmp(p + 8, "upstream-rq", 11) == 0) or \
+        (n >= 17 and strncasecmp(p + 8, "retriable", 9) == 0) or \
+        (n >= 13 and strncasecmp(p + 8, "hedge", 5) == 0) or \
+        (n == 30 and strncasecmp(p + 8, "upstream-alt-stat-name", 22) == 0)
+
+
 cdef class HeaderMap:
     """Interface: every method is overridden by a concrete map (HeaderList, http1.Head)."""
 
@@ -65,6 +78,41 @@ cdef class HeaderMap:
             self.remove_at(i)
             i = self.find_from(p, n, i + 1)
         return 0
+
+    cdef int add(self, bytes name, bytes value) except -1:
+        raise NotImplementedError
+
+    cdef int add_flat(self, tuple flat) except -1:
+        cdef Py_ssize_t i
+        for i in range(0, len(flat), 2):
+            self.add(<bytes>flat[i], <bytes>flat[i + 1])
+        return 0
+
+    cdef int set_path(self, bytes path) except -1:
+        raise NotImplementedError
+
+    cdef int set_authority(self, bytes authority) except -1:
+        raise NotImplementedError
+
+    cdef int remove_router_controls(self) except -1:
+        cdef int i
+        cdef bytes k
+        for i in range(self.count()):
+            if self.live(i):
+                k = self.name_at(i)
+                if router_control_name(PyBytes_AS_STRING(k), <int>PyBytes_GET_SIZE(k)):
+                    self.remove_at(i)
+        return 0
+
+    cdef HeaderList copy(self):
+        cdef HeaderList h = HeaderList(method=self.method() or None, path=self.path() or None,
+                                       authority=self.authority() or None,
+                                       status=self.get_status())
+        cdef int i
+        for i in range(self.count()):
+            if self.live(i):
+                h.add(self.name_at(i), self.value_at(i))
+        return h
 
     # Python API (filters written in Python, tests) -------------------------------------
     def __len__(self):
@@ -151,6 +199,9 @@ cdef class HeaderList(HeaderMap):
         self.add((<bytes>name).lower(), value)
 
     cdef int add(self, bytes name, bytes value) except -1:
+        if self.first and self.dead is None:
+            # adopted HPACK list: appending must not change the decoder's list
+            self.pairs = list(self.pairs)
         self.pairs.append((name, value))
         if self.dead is not None:
             self.dead.append(False)
@@ -184,6 +235,14 @@ cdef class HeaderList(HeaderMap):
         if self.dead is None:
             self.dead = [False] * len(self.pairs)
         self.dead[i] = True
+        return 0
+
+    cdef int set_path(self, bytes path) except -1:
+        self.path_ = path
+        return 0
+
+    cdef int set_authority(self, bytes authority) except -1:
+        self.authority_ = authority
         return 0
 
     cdef bytes method(self):

@@ -1,7 +1,9 @@
 # HTTP/1.1 upstream connection pool and connections (conn_pool.pxd interfaces), mirrors.
 
+from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport Head, BodyReader
 from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks, ConnPool
+from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.upstream cimport Cluster, Host
 
 
@@ -17,14 +19,16 @@ cdef class ShadowConn:
     cdef Py_ssize_t queued
     cdef Py_ssize_t limit
     cdef readonly bint closed
-    cdef bint connected, head_req, in_rq, resp_done
+    cdef bint connected, head_req, in_rq, resp_done, chunked
     cdef Head rhead
     cdef BodyReader body
     cdef int rstate                 # 0: head, 1: body
     cdef bytes pending
     cdef double t0
     cdef int _end(self, bint ok) except -1
-    cdef int send(self, bytes data) except -1
+    cdef int _send(self, bytes data) except -1
+    cdef int send_data(self, bytes data, bint end_stream) except -1
+    cdef int send_trailers(self, HeaderList trailers) except -1
     cdef int reset(self) except -1
 
 
@@ -32,14 +36,18 @@ cdef class UpstreamConn(PoolConn):
     cdef object loop
     cdef Head head
     cdef BodyReader body
+    cdef WriteBuf wb
     cdef int state
     cdef bytes pending
     cdef int rq_count
     cdef bint head_req
     cdef bint upgrade
+    cdef bint chunked               # the request body is chunk-encoded
+    cdef list out                   # list[bytes] | None: encoded before the connection is up
+    cdef Py_ssize_t out_len
+    cdef list trailer_raw           # list[bytes] | None: the response's trailer section
     cdef object task
     cdef void _gone(self)
+    cdef int _send(self, bytes data) except -1
     cdef int _feed(self, UpstreamCallbacks d, bytes data) except -1
-
-
-cdef bytes shadow_head(bytes head, bytes local_ip, bint suffix)
+    cdef int _body(self, UpstreamCallbacks d, bytes data, Py_ssize_t off, Py_ssize_t k) except -1

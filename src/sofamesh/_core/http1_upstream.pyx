@@ -6,14 +6,20 @@ import asyncio
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
+from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport (
-    Head, BodyReader, parse_response, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
+    Head, BodyReader, parse_response, parse_trailers, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
 )
+from sofamesh._core.codecs.http1_encode cimport (
+    encode_request_head, encode_chunk, encode_last_chunk,
+)
+from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.conn_pool cimport (
     PoolConn, UpstreamCallbacks, ConnPool, POOL_ATTACHED, POOL_QUEUED, POOL_OVERFLOW,
 )
 from sofamesh._core.http_common cimport (
     mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, PAUSE_UPSTREAM_FULL,
+    PAUSE_QUEUE,
 )
 from sofamesh._core.upstream cimport Cluster, Host
 
@@ -65,53 +71,22 @@ cdef class Http1ConnPool(ConnPool):
         return 0
 
 
-cdef bytes _shadow_host(bytes host):
-    """Envoy's shadow authority: `-shadow` after the host name, before any port
-    (`a.b:8080` -> `a.b-shadow:8080`)."""
-    cdef Py_ssize_t i = host.rfind(b":")
-    if i > 0 and host.find(b"]", i) < 0 and host[i + 1:].isdigit():
-        return host[:i] + b"-shadow" + host[i:]
-    return host + b"-shadow"
-
-
-cdef bytes shadow_head(bytes head, bytes local_ip, bint suffix):
-    """The mirror's head: the upstream head as rendered for the main request, sent the way
-    Envoy's async client sends it (x-envoy-internal: true, this node's address appended to
-    x-forwarded-for) with the authority suffixed unless disable_shadow_host_suffix_append."""
-    cdef list lines = head[:-4].split(b"\r\n")
-    cdef list out = [lines[0]]
-    cdef bytes xff = None
-    for i in range(1, len(lines)):
-        ln = lines[i]
-        name, _, val = ln.partition(b":")
-        lname = name.strip().lower()
-        if lname == b"host":
-            if suffix:
-                ln = b"host: " + _shadow_host(val.strip())
-        elif lname == b"x-forwarded-for":
-            xff = val.strip() if xff is None else xff + b"," + val.strip()
-            continue
-        elif lname == b"x-envoy-internal":
-            continue
-        out.append(ln)
-    out.append(b"x-forwarded-for: " + (xff + b"," if xff else b"") + local_ip)
-    out.append(b"x-envoy-internal: true")
-    return b"\r\n".join(out) + b"\r\n\r\n"
-
-
 cdef class ShadowConn:
     """One mirrored request on its own connection to a host of the mirror cluster. The
     response is read and discarded; nothing here can delay or fail the main request. At
     most `limit` bytes wait (for the connect or in the socket's write buffer): a mirror
     that cannot keep up is reset (counted as the cluster's upstream_rq_tx_reset) instead
     of buffering without bound or slowing the client down."""
-    def __cinit__(self, Cluster cluster, loop, bytes head, bint head_req, double timeout,
-                  Py_ssize_t limit):
+    def __cinit__(self, Cluster cluster, loop, HeaderMap headers, bint end_stream,
+                  bint head_req, double timeout, Py_ssize_t limit):
         cdef Host host
+        cdef WriteBuf wb = WriteBuf(1024)
         self.cluster = cluster
         self.loop = loop
         self.head_req = head_req
         self.limit = limit if limit > 0 else 1048576
+        self.chunked = encode_request_head(wb, headers, end_stream, False) == FR_CHUNKED
+        head = wb.take()
         self.queue = [head]
         self.queued = PyBytes_GET_SIZE(head)
         self.t0 = mono()
@@ -200,7 +175,29 @@ cdef class ShadowConn:
             cl.upstream_cx_destroy.inc()
         return 0
 
-    cdef int send(self, bytes data) except -1:
+    cdef int send_data(self, bytes data, bint end_stream) except -1:
+        cdef WriteBuf wb
+        if self.closed:
+            return 0
+        if self.chunked:
+            wb = WriteBuf(PyBytes_GET_SIZE(data) + 32)
+            encode_chunk(wb, data)
+            if end_stream:
+                encode_last_chunk(wb, None)
+            data = wb.take()
+        if data:
+            self._send(data)
+        return 0
+
+    cdef int send_trailers(self, HeaderList trailers) except -1:
+        cdef WriteBuf wb
+        if self.chunked and not self.closed:
+            wb = WriteBuf(256)
+            encode_last_chunk(wb, trailers)
+            self._send(wb.take())
+        return 0
+
+    cdef int _send(self, bytes data) except -1:
         if self.closed:
             return 0
         if self.transport is not None:
@@ -330,6 +327,7 @@ cdef class UpstreamConn(PoolConn):
         self.loop = loop
         self.head = Head()
         self.body = BodyReader()
+        self.wb = WriteBuf(2048)
         self.state = US_CONNECTING
         self.pending = None
         self.reusable = True
@@ -406,9 +404,14 @@ cdef class UpstreamConn(PoolConn):
             transport.abort()
             return
         self.connected = True
+        if self.out is not None:
+            b = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+            self.out = None
+            self.out_len = 0
+            self.write(b)
         if self.ds is not None:
             self.state = US_HEAD
-            self.ds._flush_up()
+            self.ds._resume(PAUSE_QUEUE)
         else:
             self.state = US_IDLE
             self.release()
@@ -418,8 +421,57 @@ cdef class UpstreamConn(PoolConn):
         self.head_req = head_req
         self.upgrade = upgrade
         self.pending = None
+        self.trailer_raw = None
         if self.connected:
             self.state = US_HEAD
+        return 0
+
+    # request encoding (conn_pool.pxd) --------------------------------------------------
+    cdef int encode_headers(self, HeaderMap h, bint end_stream) except -1:
+        self.chunked = encode_request_head(self.wb, h, end_stream, self.upgrade) == FR_CHUNKED
+        return self._send(self.wb.take())
+
+    cdef int encode_data(self, bytes data, bint end_stream) except -1:
+        cdef WriteBuf wb
+        if not self.chunked:
+            if PyBytes_GET_SIZE(data):
+                self._send(data)
+            return 0
+        wb = self.wb
+        if PyBytes_GET_SIZE(data) > 32768:
+            wb.add_hex(PyBytes_GET_SIZE(data))
+            wb.add("\r\n", 2)
+            self._send(wb.take())
+            self._send(data)
+            wb.add("\r\n", 2)
+        else:
+            encode_chunk(wb, data)
+        if end_stream:
+            encode_last_chunk(wb, None)
+        if wb.len:
+            self._send(wb.take())
+        return 0
+
+    cdef int encode_trailers(self, HeaderMap trailers) except -1:
+        if self.chunked:
+            encode_last_chunk(self.wb, trailers)
+            self._send(self.wb.take())
+        return 0
+
+    cdef int _send(self, bytes data) except -1:
+        """Encoded request bytes: written, or kept until the connection is up (the stream
+        stops reading its client while more than the buffer limit waits here)."""
+        if self.connected:
+            return self.write(data)
+        if self.closed:
+            return 0
+        if self.out is None:
+            self.out = [data]
+        else:
+            self.out.append(data)
+        self.out_len += PyBytes_GET_SIZE(data)
+        if self.out_len > self.cluster.per_connection_buffer_limit and self.ds is not None:
+            self.ds._pause(PAUSE_QUEUE)
         return 0
 
     cdef int release(self) except -1:
@@ -464,8 +516,11 @@ cdef class UpstreamConn(PoolConn):
         return 0
 
     cdef int write(self, bytes data) except -1:
-        self.transport.write(data)
-        self.cluster.upstream_cx_tx_bytes_total.add(PyBytes_GET_SIZE(data))
+        if not self.connected:
+            return self._send(data)
+        if self.transport is not None:
+            self.transport.write(data)
+            self.cluster.upstream_cx_tx_bytes_total.add(PyBytes_GET_SIZE(data))
         return 0
 
     def close(self):
@@ -480,7 +535,7 @@ cdef class UpstreamConn(PoolConn):
             d._after_upstream_read()
 
     cdef int _feed(self, UpstreamCallbacks d, bytes data) except -1:
-        cdef Py_ssize_t off = 0, n, k, fw
+        cdef Py_ssize_t off = 0, n, k
         cdef int r, st, framing
         self.cluster.upstream_cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
         if self.state == US_TUNNEL:
@@ -524,21 +579,18 @@ cdef class UpstreamConn(PoolConn):
                     if self.head.conn_close or framing == FR_EOF or \
                             (self.head.minor == 0 and not self.head.conn_keep_alive):
                         self.reusable = False
+                    self.head.drop_connection_headers(False, st == 101 and self.upgrade)
                     self.body.start(framing, self.head.content_length)
-                    self.body.chunks = [] if d._collect_response_data() else None
+                    self.body.chunks = [] if framing == FR_CHUNKED else None
                     self.state = US_BODY
-                    if not d._on_upstream_head(self, self.head, framing):
+                    if not d._on_upstream_head(self, self.head,
+                                               self.body.done and st != 101) or \
+                            self.ds is not d:
                         return 0
                     if st == 101 and self.upgrade:
                         self.state = US_TUNNEL
                         if off < n:
                             d._write(data[off:])
-                        return 0
-                    if self.body.done:
-                        if off < n:
-                            self.reusable = False
-                        self.state = US_IDLE
-                        d._on_upstream_complete(self)
                         return 0
                 elif self.state == US_BODY:
                     k = self.body.feed(PyBytes_AS_STRING(data) + off, n - off)
@@ -549,29 +601,50 @@ cdef class UpstreamConn(PoolConn):
                         d._reset()
                         return 0
                     if k > 0:
-                        fw = self.body.fwd
-                        if fw > 0:
-                            d._on_upstream_body(data if (off == 0 and fw == n)
-                                                else data[off:off + fw])
-                        if self.body.done and self.body.trailers_dropped:
-                            d._on_upstream_trailers(None)
-                    off += k
-                    if self.body.chunks is not None:
-                        d._data_filters(self.body, True)
+                        self._body(d, data, off, k)
                         if self.ds is not d:
                             return 0
-                    if self.body.done:
-                        if off < n:
-                            self.reusable = False
-                        self.state = US_IDLE
-                        d._on_upstream_complete(self)
-                        return 0
+                    off += k
                 else:
+                    return 0
+                if self.state == US_BODY and self.body.done:
+                    if off < n:
+                        self.reusable = False
+                    self.state = US_IDLE
+                    d._on_upstream_complete(self)
                     return 0
         except Exception as exc:
             self.ds = None
             self.abort()
             (<object>d)._internal_error(exc)
+        return 0
+
+    cdef int _body(self, UpstreamCallbacks d, bytes data, Py_ssize_t off, Py_ssize_t k) except -1:
+        """k bytes of response body at data[off:]: decoded payload (and trailers) to d."""
+        cdef BodyReader b = self.body
+        cdef list chunks
+        cdef Py_ssize_t fw
+        if b.mode != FR_CHUNKED:
+            return d._on_upstream_data(data if (off == 0 and k == PyBytes_GET_SIZE(data))
+                                       else data[off:off + k], b.done)
+        chunks = b.chunks
+        if chunks:
+            b.chunks = []
+            d._on_upstream_data(chunks[0] if len(chunks) == 1 else b"".join(chunks), False)
+            if self.ds is not d:
+                return 0
+        if b.trailers_dropped:
+            fw = b.fwd
+            if k > fw:
+                if self.trailer_raw is None:
+                    self.trailer_raw = []
+                self.trailer_raw.append(data[off + fw:off + k])
+        if b.done:
+            if self.trailer_raw is not None:
+                raw = b"".join(self.trailer_raw)
+                self.trailer_raw = None
+                return d._on_upstream_trailers(parse_trailers(raw))
+            return d._on_upstream_data(b"", True)
         return 0
 
     def eof_received(self):
@@ -597,6 +670,7 @@ cdef class UpstreamConn(PoolConn):
             return
         try:
             if st == US_BODY and self.body.mode == FR_EOF:
+                d._on_upstream_data(b"", True)
                 d._on_upstream_complete(None)
             elif st == US_TUNNEL:
                 d._tunnel_closed()

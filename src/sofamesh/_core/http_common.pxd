@@ -49,10 +49,8 @@ cdef enum:
     PAUSE_QUEUE = 4             # body queued while the upstream connects
 
 
-cdef bytes reason_phrase(int code)
-cdef bytes date_line()
+cdef bytes date_value()               # the date header's value, cached per second
 cdef bytes uuid4()
 cdef bint needs_normalizing(Head h, bint merge) noexcept
 cdef bytes fmt_address(host, port)
 cdef bytes strip_port(bytes host)
-cdef bint no_cl_method(Head h) noexcept

@@ -8,46 +8,17 @@ from libc.time cimport time, time_t
 from sofamesh._core.codecs.http1 cimport Head
 from sofamesh._core.router cimport rng_next
 
-# Envoy writes reason phrases from its own table (any other code: "Unknown").
-REASONS = {
-    100: b"Continue", 101: b"Switching Protocols", 102: b"Processing", 103: b"Early Hints",
-    200: b"OK", 201: b"Created", 202: b"Accepted", 203: b"Non-Authoritative Information",
-    204: b"No Content", 205: b"Reset Content", 206: b"Partial Content",
-    207: b"Multi-Status", 208: b"Already Reported", 226: b"IM Used",
-    300: b"Multiple Choices", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
-    304: b"Not Modified", 305: b"Use Proxy", 307: b"Temporary Redirect",
-    308: b"Permanent Redirect", 400: b"Bad Request", 401: b"Unauthorized",
-    402: b"Payment Required", 403: b"Forbidden", 404: b"Not Found",
-    405: b"Method Not Allowed", 406: b"Not Acceptable",
-    407: b"Proxy Authentication Required", 408: b"Request Timeout", 409: b"Conflict",
-    410: b"Gone", 411: b"Length Required", 412: b"Precondition Failed",
-    413: b"Payload Too Large", 414: b"URI Too Long", 415: b"Unsupported Media Type",
-    416: b"Range Not Satisfiable", 417: b"Expectation Failed", 421: b"Misdirected Request",
-    422: b"Unprocessable Entity", 423: b"Locked", 424: b"Failed Dependency",
-    426: b"Upgrade Required", 428: b"Precondition Required", 429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
-    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
-    506: b"Variant Also Negotiates", 507: b"Insufficient Storage", 508: b"Loop Detected",
-    510: b"Not Extended", 511: b"Network Authentication Required",
-}
-
-
-cdef bytes reason_phrase(int code):
-    return REASONS.get(code, b"Unknown")
-
-
 cdef time_t _date_t = 0
-cdef bytes _date_line = b""
+cdef bytes _date_value = b""
 
 
-cdef bytes date_line():
-    global _date_t, _date_line
+cdef bytes date_value():
+    global _date_t, _date_value
     cdef time_t t = time(NULL)
     if t != _date_t:
         _date_t = t
-        _date_line = b"date: " + email.utils.formatdate(t, usegmt=True).encode() + b"\r\n"
-    return _date_line
+        _date_value = email.utils.formatdate(t, usegmt=True).encode()
+    return _date_value
 
 
 cdef const char* HEX = "0123456789abcdef"
@@ -163,21 +134,3 @@ cdef bytes strip_port(bytes host):
         return host
     i = host.rfind(b":")
     return host[:i] if i > 0 else host
-
-
-cdef bint no_cl_method(Head h) noexcept:
-    cdef const char* m = h.base
-    cdef int n = h.method_len
-    if n == 3:
-        return m[0] == 71 and m[1] == 69 and m[2] == 84          # GET
-    if n == 4:
-        return m[0] == 72 and m[1] == 69 and m[2] == 65 and m[3] == 68     # HEAD
-    if n == 5:
-        return m[0] == 84 and m[1] == 82 and m[2] == 65 and m[3] == 67 and \
-            m[4] == 69                                             # TRACE
-    if n == 6:
-        return m[0] == 68 and m[1] == 69 and m[2] == 76 and m[3] == 69 and \
-            m[4] == 84 and m[5] == 69                              # DELETE
-    if n == 7:
-        return m[0] == 67 and m[1] == 79 and m[2] == 78            # CONNECT
-    return False

@@ -8,7 +8,6 @@
 # Per-request work allocates the request and response head bytes and nothing else on the
 # keep-alive GET path.
 
-from sofamesh._core.codecs.http1 cimport BodyReader
 from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
@@ -20,7 +19,11 @@ cdef class DownstreamConn(RouterStream):
     cdef int _process(self, bytes data, Py_ssize_t off) except -1
     cdef int _on_head(self) except -1
     cdef int _request_complete(self) except -1
-    cdef int _request_trailers(self, bytes data, Py_ssize_t start, Py_ssize_t end) except -1
+    cdef int _request_body(self, bytes data, Py_ssize_t off, Py_ssize_t k) except -1
+    cdef int _decode_data(self, bytes data, bint end_stream) except -1
+    cdef int _tunnel_up(self, bytes data) except -1
+    cdef int _encode_headers(self, HeaderMap h, bint end_stream, bint announce_close) except -1
+    cdef int _encode_data(self, bytes data, bint end_stream) except -1
     cdef int _finish(self) except -1
     cdef int _error_reply(self, int err) except -1
     cdef int _arm_idle(self) except -1
@@ -28,16 +31,14 @@ cdef class DownstreamConn(RouterStream):
     cdef int _end_request_stats(self, int status) except -1
     # HttpStream / UpstreamCallbacks
     cdef int _decode_continue(self) except -1
-    cdef int _local_reply(self, int code, bytes body, bytes extra, bint close) except -1
+    cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1
     cdef int _flush_out(self) except -1
     cdef bint _wants_connection(self)
     cdef int _upstream_read(self) except -1
     cdef int _after_upstream_read(self) except -1
-    cdef bint _collect_response_data(self)
-    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rmap, int framing) except -1
-    cdef int _on_upstream_body(self, bytes data) except -1
+    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, bint end_stream) except -1
+    cdef int _on_upstream_data(self, bytes data, bint end_stream) except -1
     cdef int _on_upstream_trailers(self, HeaderList trailers) except -1
-    cdef int _data_filters(self, BodyReader body, bint encode) except -1
     cdef int _on_upstream_complete(self, PoolConn c) except -1
     cdef int _reset(self) except -1
     cdef int _write(self, bytes data) except -1

@@ -12,22 +12,24 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport (
-    Head, BodyReader, parse_request, h1_hdr, parse_trailers, encode_trailers,
+    Head, BodyReader, parse_request, parse_trailers,
     H1_E_TOO_LARGE, H1_E_TOO_MANY, H1_E_NOT_IMPL, H1_E_BAD_TARGET, H1_E_OBS_FOLD,
-    unfold_head, FR_NONE, FR_CHUNKED, FR_EOF,
-    HK_OTHER, HK_TRANSFER_ENCODING, HK_CONNECTION, HK_KEEP_ALIVE, HK_PROXY_CONNECTION,
-    HK_UPGRADE, HK_SERVER, HK_DATE,
+    unfold_head, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
+)
+from sofamesh._core.codecs.http1_encode cimport (
+    response_framing, encode_response_head, encode_chunk, encode_last_chunk,
 )
 from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
-    mono, date_line, reason_phrase, uuid4, needs_normalizing,
+    mono, date_value, uuid4, needs_normalizing,
     DS_HEAD, DS_BODY, DS_WAIT, DS_DRAIN, DS_TUNNEL, DS_CLOSED,
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT, SERVER_PASS_THROUGH,
     PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE, PAUSE_QUEUE,
 )
 from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP, add_formatted
+from cpython.bytes cimport PyBytes_FromFormat
 from sofamesh._core.http_router cimport RouterStream
 from sofamesh._core.upstream cimport Cluster, Host
 from sofamesh._core.router cimport (
@@ -75,10 +77,7 @@ cdef class DownstreamConn(RouterStream):
     def data_received(self, bytes data):
         self.cfg.cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
         if self.state == DS_TUNNEL:
-            if self.up is not None and self.up.transport is not None:
-                self.up.transport.write(data)
-            else:
-                self._send_up(data)
+            self._tunnel_up(data)
             return
         if self.state == DS_CLOSED:
             return
@@ -185,25 +184,19 @@ cdef class DownstreamConn(RouterStream):
                     if self.resp_started:
                         return self._reset()
                     self.resp_flags = "DPE"
-                    return self._local_reply(400, b"Bad Request", b"", True)
+                    return self._local_reply(400, b"Bad Request", None, True)
                 if self.state == DS_BODY and k > 0:
                     self.bytes_rx += k
                     if cfg.stream_idle_timeout > 0:
                         self.idle_due = mono() + cfg.stream_idle_timeout
-                    fw = self.body.fwd
-                    if fw > 0:
-                        self._send_up(data if (off == 0 and fw == n) else data[off:off + fw])
-                    if self.body.trailers_dropped:
-                        self._request_trailers(data, off + fw, off + k)
-                off += k
-                if self.body.chunks is not None and self.state == DS_BODY:
-                    self._data_filters(self.body, False)
+                    self._request_body(data, off, k)
                     if self.state == DS_CLOSED:
                         return 0
+                off += k
                 if self.body.done:
                     if self.state == DS_DRAIN:
                         self.state = DS_HEAD
-                    else:
+                    elif self.state == DS_BODY:
                         self._request_complete()
             elif self.state == DS_WAIT:
                 # pipelined request: keep it until this response is done
@@ -212,37 +205,64 @@ cdef class DownstreamConn(RouterStream):
                     self._pause(PAUSE_PIPELINE)
                 return 0
             elif self.state == DS_TUNNEL:
-                self._send_up(data[off:] if off else data)
+                self._tunnel_up(data[off:] if off else data)
                 return 0
             else:
                 return 0
         return 0
 
-    cdef int _data_filters(self, BodyReader body, bint encode) except -1:
-        """Hands the decoded payload to filters that asked for data (observe, or reply
-        locally to abort); the bytes themselves already went on as they came."""
+    cdef int _request_body(self, bytes data, Py_ssize_t off, Py_ssize_t k) except -1:
+        """k bytes of request body at data[off:]: decoded payload (and trailers) to the
+        stream; chunk framing stays in the codec."""
+        cdef BodyReader b = self.body
+        cdef list chunks
+        cdef Py_ssize_t fw
+        if b.mode != FR_CHUNKED:
+            return self._decode_data(data if (off == 0 and k == PyBytes_GET_SIZE(data))
+                                     else data[off:off + k], b.done)
+        chunks = b.chunks
+        if chunks:
+            b.chunks = []
+            self._decode_data(chunks[0] if len(chunks) == 1 else b"".join(chunks), False)
+            if not self.in_request or self.state == DS_CLOSED:
+                return 0
+        if b.trailers_dropped:
+            fw = b.fwd
+            if k > fw and self.cfg.enable_trailers:
+                if self.trailers_raw is None:
+                    self.trailers_raw = []
+                self.trailers_raw.append(data[off + fw:off + k])
+        if b.done:
+            if self.trailers_raw is not None:
+                raw = b"".join(self.trailers_raw)
+                self.trailers_raw = None
+                return self._send_trailers(parse_trailers(raw))
+            return self._decode_data(b"", True)
+        return 0
+
+    cdef int _decode_data(self, bytes data, bint end_stream) except -1:
+        """Request body for the filters that asked for data, then the router."""
         cdef HttpFilter f
-        cdef list chunks = body.chunks
-        cdef Py_ssize_t i, j, nf = len(self.cfg.filters)
-        cdef bint end
-        if not chunks and not body.done:
-            return 0
-        body.chunks = []
-        if not chunks:
-            chunks = [b""]
-        for i in range(len(chunks)):
-            end = body.done and i == len(chunks) - 1
-            for j in range(nf):
-                f = self.cfg.filters[nf - 1 - j] if encode else self.cfg.filters[j]
-                if not f.wants_data:
-                    continue
-                if encode:
-                    f.encode_data(self, chunks[i], end)
-                else:
-                    f.decode_data(self, chunks[i], end)
-                if self.state == DS_CLOSED or (not encode and self.resp_started and
-                                               self.up is None):
-                    return 0
+        cdef tuple filters
+        cdef Py_ssize_t j
+        if self.cfg.any_data:
+            filters = self.cfg.filters
+            for j in range(len(filters)):
+                f = filters[j]
+                if f.wants_data:
+                    f.decode_data(self, data, end_stream)
+                    if self.state == DS_CLOSED or (self.resp_started and self.up is None):
+                        return 0
+        if self.resp_started and self.up is None:
+            return 0            # answered locally: the body is dropped
+        return self._send_data(data, end_stream)
+
+    cdef int _tunnel_up(self, bytes data) except -1:
+        if self.up is not None:
+            self.up.write(data)
+        else:
+            self.up_queue.append(data)
+            self.up_queued += PyBytes_GET_SIZE(data)
         return 0
 
     cdef int _request_complete(self) except -1:
@@ -279,6 +299,10 @@ cdef class DownstreamConn(RouterStream):
         self.retry_body = None
         self.retry_ok = False
         self.retry_bytes = 0
+        self.up_queue = []
+        self.up_queued = 0
+        self.req_trailers = None
+        self.trailers_raw = None
         self.request_id = None
         if self.shadows is not None:
             self._drop_shadows()
@@ -286,11 +310,8 @@ cdef class DownstreamConn(RouterStream):
         self.t_upstream = 0
         self.service_ms = -1
         self.upstream_host = "-"
-        if self.req_add_extra is not None:
-            self.req_add_extra = None
-            self.resp_add_extra = None
-            self.req_remove_extra = None
-            self.filter_state = None
+        self.resp_add_extra = None
+        self.filter_state = None
         cfg.rq_total.inc()
         cfg.rq_http1_total.inc()
         cfg.rq_active.inc()
@@ -303,10 +324,12 @@ cdef class DownstreamConn(RouterStream):
             self._arm_stream_timer()
         fr = h.framing()
         self.body.start(fr, h.content_length)
-        self.body.chunks = [] if cfg.any_data else None
+        self.body.chunks = [] if fr == FR_CHUNKED else None
         self.state = DS_BODY if fr != FR_NONE else DS_WAIT
+        self.head_req = h.is_head_method
         if fr == FR_NONE:
             self.req_done = True
+        self.up_end = self.req_done
         if h.conn_close or (h.minor == 0 and not h.conn_keep_alive) or cfg.draining:
             self.close_after = True
         if h.method_len == 7 and h.base[0] == 67 and h.base[1] == 79 and h.base[2] == 78:
@@ -314,11 +337,12 @@ cdef class DownstreamConn(RouterStream):
         if h.minor == 0 and not cfg.accept_http_10:
             self.close_after = True
             cfg.cx_protocol_error.inc()
-            return self._local_reply(426, b"Upgrade Required", b"", True)
+            return self._local_reply(426, b"Upgrade Required", None, True)
         if h.host_idx < 0 and h.abs_host_len == 0 and h.minor == 1:
-            return self._local_reply(400, b"", b"", True)
+            return self._local_reply(400, b"", None, True)
         if h.conn_upgrade and h.upgrade_idx >= 0:
             self.upgrade = True
+        h.drop_connection_headers(True, self.upgrade)
         if h.expect_continue and fr != FR_NONE:
             # Envoy answers 100-continue itself and does not forward Expect.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -328,7 +352,7 @@ cdef class DownstreamConn(RouterStream):
             up = h.value_at(h.upgrade_idx).lower()
             if up not in cfg.upgrades and (self.route is None or up not in self.route.upgrades):
                 cfg.rq_ws_on_non_ws_route.inc()
-                return self._local_reply(403, b"", b"", True)
+                return self._local_reply(403, b"", None, True)
             cfg.cx_upgrades_total.inc()
             cfg.cx_upgrades_active.inc()
         self.fidx = 0
@@ -376,7 +400,7 @@ cdef class DownstreamConn(RouterStream):
             if self.rq_due > 0 and not self.req_done and now + 0.0005 >= self.rq_due:
                 cfg.rq_timeout.inc()
                 self._abandon_upstream()
-                self._local_reply(408, b"request timeout", b"", True)
+                self._local_reply(408, b"request timeout", None, True)
             elif self.idle_due > 0 and now + 0.0005 >= self.idle_due:
                 cfg.rq_idle_timeout.inc()
                 self.resp_flags = "SI"
@@ -385,9 +409,9 @@ cdef class DownstreamConn(RouterStream):
                 else:
                     self._abandon_upstream()
                     if self.req_done:
-                        self._local_reply(504, b"stream timeout", b"", False)
+                        self._local_reply(504, b"stream timeout", None, False)
                     else:
-                        self._local_reply(408, b"stream timeout", b"", True)
+                        self._local_reply(408, b"stream timeout", None, True)
             else:
                 self._arm_stream_timer()
         except Exception as exc:
@@ -421,53 +445,19 @@ cdef class DownstreamConn(RouterStream):
             self._flush_out()
         return 0
 
-    cdef bint _collect_response_data(self):
-        return self.cfg.any_data
-
     cdef int _tunnel_closed(self) except -1:
         self.close_after = True
         if self.transport is not None:
             self.transport.close()
         return 0
 
-    cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
-        """The upstream response's chunked body ended; its trailers (None: dropped by the
-        upstream codec) end the downstream body (HTTP/1: the last chunk's trailer section)."""
-        if trailers is not None and self.cfg.enable_trailers and not self.resp_chunk_encode:
-            self._write(encode_trailers(trailers))
-        else:
-            self._on_upstream_body(b"\r\n")
-        return 0
-
-    cdef int _request_trailers(self, bytes data, Py_ssize_t start, Py_ssize_t end) except -1:
-        """Bytes of the request's chunked trailer section (after the last chunk): passed on
-        as trailers with http_protocol_options.enable_trailers, else dropped (Envoy)."""
-        if self.cfg.enable_trailers:
-            if self.trailers_raw is None:
-                self.trailers_raw = []
-            if end > start:
-                self.trailers_raw.append(data[start:end])
-            if self.body.done:
-                raw = b"".join(self.trailers_raw)
-                self.trailers_raw = None
-                self._send_up(encode_trailers(parse_trailers(raw)))
-        elif self.body.done:
-            self._send_up(b"\r\n")
-        return 0
-
     # response path ----------------------------------------------------------------------
-    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rmap, int framing) except -1:
-        # PERF(benchmarks/http1_e2e.py): an HTTP/1 upstream's head is re-rendered line by
-        # line by memcpy from the received bytes (http1.Head is the HeaderMap).
-        cdef Head rh = <Head>rmap
+    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, bint end_stream) except -1:
         cdef HcmConfig cfg = self.cfg
         cdef Route route = self.route
-        cdef WriteBuf wb = self.wb
-        cdef int status = rh.status, i, k, rbit = 0
-        cdef h1_hdr* hd
+        cdef int status = rh.get_status(), rbit = 0
         cdef HttpFilter f
         cdef Py_ssize_t j
-        cdef bint up_server = False
         if status >= 500:
             rbit = RETRY_5XX
             if status == 502 or status == 503 or status == 504:
@@ -492,76 +482,40 @@ cdef class DownstreamConn(RouterStream):
             for j in range(len(cfg.filters) - 1, -1, -1):
                 f = cfg.filters[j]
                 if f.wants_encode:
-                    f.encode_headers(self, status, framing == FR_NONE)
+                    f.encode_headers(self, status, end_stream)
         if not self.req_done:
             self.close_after = True
             cfg.rq_response_before_rq_complete.inc()
         if cfg.draining and not self.close_after:
             self.close_after = True
             cfg.cx_drain_close.inc()
-        if status == 101 and self.upgrade:
-            framing = FR_NONE
-        elif framing == FR_EOF:
-            if self.head.minor == 1:
-                self.resp_chunk_encode = True
-            else:
-                self.close_after = True
-        wb.add("HTTP/1.1 " if self.head.minor else "HTTP/1.0 ", 9)
-        wb.add(rh.base + 9, 3)
-        wb.add(" ", 1)
-        wb.add_bytes(reason_phrase(status))
-        wb.add("\r\n", 2)
-        for i in range(rh.nhdr):
-            hd = &rh.hdrs[i]
-            k = hd.kind
-            if k != HK_OTHER:
-                if k == HK_KEEP_ALIVE or k == HK_PROXY_CONNECTION or \
-                        k == HK_TRANSFER_ENCODING or k == HK_DATE:
-                    continue
-                if k == HK_SERVER:
-                    if cfg.server_mode == SERVER_OVERWRITE:
-                        continue
-                    up_server = True
-                if (k == HK_UPGRADE or k == HK_CONNECTION) and \
-                        not (status == 101 and self.upgrade):
-                    continue
-            if rh.ntok and rh.nominated(i):
-                continue
-            if route.resp_remove and rh.name_at(i) in route.resp_remove:
-                continue
-            wb.add(rh.base + hd.name_off, hd.value_off + hd.value_len - hd.name_off)
-            wb.add("\r\n", 2)
-        if cfg.server_mode == SERVER_OVERWRITE or \
-                (cfg.server_mode == SERVER_APPEND_IF_ABSENT and not up_server):
-            wb.add_bytes(cfg.server_line)
-        wb.add_bytes(date_line())
-        if cfg.via_line:
-            wb.add_bytes(cfg.via_line)
+        # the connection manager's response mutations (Envoy's order of additions)
+        if cfg.server_mode == SERVER_OVERWRITE:
+            rh.remove(b"server")
+            rh.add(b"server", cfg.server_name)
+        elif cfg.server_mode == SERVER_APPEND_IF_ABSENT and \
+                rh.find_from("server", 6, 0) < 0:
+            rh.add(b"server", cfg.server_name)
+        rh.remove(b"date")
+        rh.add(b"date", date_value())
+        if cfg.via:
+            rh.add(b"via", cfg.via)
         if cfg.rid_in_response and self.request_id is not None:
-            wb.add("x-request-id: ", 14)
-            wb.add_bytes(self.request_id)
-            wb.add("\r\n", 2)
+            rh.add(b"x-request-id", self.request_id)
         if status != 101 or not self.upgrade:
-            wb.add("x-envoy-upstream-service-time: ", 31)
-            wb.add_uint(self.service_ms)
-            wb.add("\r\n", 2)
+            rh.add(b"x-envoy-upstream-service-time", PyBytes_FromFormat("%d", self.service_ms))
+        if route.resp_remove:
+            for name in route.resp_remove:
+                rh.remove(<bytes>name)
         if route.resp_add:
-            wb.add_bytes(route.resp_add)
+            rh.add_flat(route.resp_add)
         if route.resp_dyn:
-            add_formatted(self, route.resp_dyn, wb)
+            add_formatted(self, route.resp_dyn, rh)
         if self.resp_add_extra is not None:
-            for line in self.resp_add_extra:
-                wb.add_bytes(line)
-        if framing == FR_CHUNKED or self.resp_chunk_encode:
-            wb.add("transfer-encoding: chunked\r\n", 28)
-        if self.close_after and status != 101:
-            wb.add("connection: close\r\n", 19)
-        wb.add("\r\n", 2)
+            rh.add_flat(tuple(self.resp_add_extra))
         self.resp_started = True
-        # PERF(benchmarks/http1_e2e.py): the head waits for the first body bytes so a small
-        # response leaves in one write(2) instead of two.
-        self.out_head = wb.take()
         self.cluster.count_status(status)
+        self._encode_headers(rh, end_stream, self.close_after and status != 101)
         if status == 101 and self.upgrade:
             self._flush_out()
             self.state = DS_TUNNEL
@@ -569,6 +523,91 @@ cdef class DownstreamConn(RouterStream):
                 self.timer.cancel()
                 self.timer = None
         return True
+
+    cdef int _on_upstream_data(self, bytes data, bint end_stream) except -1:
+        cdef HttpFilter f
+        cdef Py_ssize_t j
+        cdef tuple filters
+        self.bytes_tx += PyBytes_GET_SIZE(data)
+        if self.cfg.any_data:
+            filters = self.cfg.filters
+            for j in range(len(filters) - 1, -1, -1):
+                f = filters[j]
+                if f.wants_data:
+                    f.encode_data(self, data, end_stream)
+                    if self.state == DS_CLOSED:
+                        return 0
+        return self._encode_data(data, end_stream)
+
+    cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
+        """The upstream response ended with trailers: forwarded with
+        http_protocol_options.enable_trailers on a chunked response, else dropped (Envoy)."""
+        if self.cfg.enable_trailers and self.resp_framing == FR_CHUNKED:
+            encode_last_chunk(self.wb, trailers)
+            return self._write(self.wb.take())
+        return self._encode_data(b"", True)
+
+    cdef int _on_upstream_complete(self, PoolConn c) except -1:
+        self._flush_out()
+        self.up = None
+        if self.host is not None:
+            self.host.rq_active -= 1
+            if self.resp_status < 500:
+                self.host.rq_success += 1
+            else:
+                self.host.rq_error += 1
+        if c is not None and c.reusable and self.req_done:
+            c.release()
+        elif c is not None:
+            c.abort()
+        return self._finish()
+
+    # HTTP/1 response encoding ------------------------------------------------------------
+    cdef int _encode_headers(self, HeaderMap h, bint end_stream, bint announce_close) except -1:
+        """Renders the response head; it waits for the first body bytes (out_head)."""
+        cdef int status = h.get_status()
+        cdef int minor = 1 if (self.head.minor or status == 426) else 0
+        cdef int framing
+        if status == 101 and self.upgrade:
+            framing = FR_NONE
+        else:
+            framing = response_framing(h, minor, end_stream)
+            if framing == FR_EOF:
+                self.close_after = True
+                announce_close = True
+        self.resp_framing = framing
+        encode_response_head(self.wb, h, minor, framing, announce_close)
+        # PERF(benchmarks/http1_e2e.py): the head waits for the first body bytes so a small
+        # response leaves in one write(2) instead of two.
+        self.out_head = self.wb.take()
+        if end_stream:
+            self._flush_out()
+        return 0
+
+    cdef int _encode_data(self, bytes data, bint end_stream) except -1:
+        cdef WriteBuf wb
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if self.head_req:
+            n = 0
+        if self.resp_framing == FR_CHUNKED:
+            wb = self.wb
+            if n > 32768:
+                wb.add_hex(n)
+                wb.add("\r\n", 2)
+                self._write(wb.take())
+                self._write(data)
+                wb.add("\r\n", 2)
+            elif n:
+                encode_chunk(wb, data)
+            if end_stream:
+                encode_last_chunk(wb, None)
+            if wb.len:
+                self._write(wb.take())
+        elif n:
+            self._write(data)
+        if end_stream:
+            self._flush_out()
+        return 0
 
     cdef int _write(self, bytes data) except -1:
         cdef bytes h = self.out_head
@@ -592,44 +631,6 @@ cdef class DownstreamConn(RouterStream):
                 self.transport.write(h)
                 self.cfg.cx_tx_bytes_total.add(PyBytes_GET_SIZE(h))
         return 0
-
-    cdef int _on_upstream_body(self, bytes data) except -1:
-        cdef WriteBuf wb
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        self.bytes_tx += n
-        if self.resp_chunk_encode:
-            wb = self.wb
-            wb.add_hex(n)
-            wb.add("\r\n", 2)
-            if n <= 32768:
-                wb.add_bytes(data)
-                wb.add("\r\n", 2)
-                self._write(wb.take())
-            else:
-                self._write(wb.take())
-                self._write(data)
-                self._write(b"\r\n")
-        else:
-            self._write(data)
-        return 0
-
-    cdef int _on_upstream_complete(self, PoolConn c) except -1:
-        if self.resp_chunk_encode:
-            self._write(b"0\r\n\r\n")
-        else:
-            self._flush_out()
-        self.up = None
-        if self.host is not None:
-            self.host.rq_active -= 1
-            if self.resp_status < 500:
-                self.host.rq_success += 1
-            else:
-                self.host.rq_error += 1
-        if c is not None and c.reusable and self.req_done:
-            c.release()
-        elif c is not None:
-            c.abort()
-        return self._finish()
 
     cdef int _end_request_stats(self, int status) except -1:
         cdef HcmConfig cfg = self.cfg
@@ -690,6 +691,7 @@ cdef class DownstreamConn(RouterStream):
             self.state = DS_HEAD
         elif self.state == DS_BODY:
             self.state = DS_DRAIN
+            self.body.chunks = None
         # The upstream connection that was full is gone (pooled, aborted or failed): its
         # resume_writing would go to another stream, so nothing else clears this pause and
         # the next request on this connection would never be read.
@@ -703,9 +705,9 @@ cdef class DownstreamConn(RouterStream):
                 self._process(p, 0)
         return 0
 
-    cdef int _local_reply(self, int code, bytes body, bytes extra, bint close) except -1:
-        cdef WriteBuf wb = self.wb
+    cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1:
         cdef HcmConfig cfg = self.cfg
+        cdef HeaderList resp
         cdef int op, value, new_status
         if self.resp_started:
             return self._reset()
@@ -735,32 +737,23 @@ cdef class DownstreamConn(RouterStream):
             self.drop_pipelined = not announce
         self.resp_status = code
         self.resp_started = True
-        wb.add("HTTP/1.1 " if self.head.minor or code == 426 else "HTTP/1.0 ", 9)
-        wb.add_uint(code)
-        wb.add(" ", 1)
-        wb.add_bytes(reason_phrase(code))
-        wb.add("\r\n", 2)
+        resp = HeaderList(status=code)
         if body:
-            wb.add("content-length: ", 16)
-            wb.add_uint(PyBytes_GET_SIZE(body))
-            wb.add("\r\ncontent-type: text/plain\r\n", 28)
-        wb.add_bytes(date_line())
+            resp.add(b"content-length", PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body)))
+            resp.add(b"content-type", b"text/plain")
+        resp.add(b"date", date_value())
         if cfg.server_mode != SERVER_PASS_THROUGH:
-            wb.add_bytes(cfg.server_line)
-        if extra:
-            wb.add_bytes(extra)
+            resp.add(b"server", cfg.server_name)
+        if extra is not None:
+            resp.add_flat(extra)
         if self.resp_add_extra is not None:
-            for line in self.resp_add_extra:
-                wb.add_bytes(line)
-        if announce:
-            wb.add("connection: close\r\n", 19)
+            resp.add_flat(tuple(self.resp_add_extra))
         if not body:
-            wb.add("content-length: 0\r\n", 19)
-        wb.add("\r\n", 2)
-        if body and not self.head.is_head_method:
-            wb.add_bytes(body)
+            resp.add(b"content-length", b"0")
+        self._encode_headers(resp, not body, announce)
+        if body:
+            self._encode_data(body, True)
         self.bytes_tx = PyBytes_GET_SIZE(body)
-        self._write(wb.take())
         if self.state == DS_DRAIN and not self.body.done:
             self._end_request_stats(code)
             return 0
@@ -786,14 +779,14 @@ cdef class DownstreamConn(RouterStream):
         self.state = DS_WAIT
         self.pending = None
         if err == H1_E_BAD_TARGET:
-            return self._local_reply(400, b"", b"", True)
+            return self._local_reply(400, b"", None, True)
         cfg.cx_protocol_error.inc()
         if err == H1_E_TOO_LARGE or err == H1_E_TOO_MANY:
             cfg.rq_header_overflow.inc()
-            return self._local_reply(431, b"Request Header Fields Too Large", b"", True)
+            return self._local_reply(431, b"Request Header Fields Too Large", None, True)
         if err == H1_E_NOT_IMPL:
-            return self._local_reply(501, b"Not Implemented", b"", True)
-        return self._local_reply(400, b"Bad Request", b"", True)
+            return self._local_reply(501, b"Not Implemented", None, True)
+        return self._local_reply(400, b"Bad Request", None, True)
 
     cdef int _reset(self) except -1:
         """Abort the downstream connection mid-response (Envoy resets the stream)."""

@@ -1,7 +1,12 @@
 # The router filter's part of a stream (see http_stream.pxd for the layering).
+#
+# Contract: the router sees the stream's request as a HeaderMap and decoded body pieces;
+# `_mutate_request` applies Envoy's upstream header mutations to the map once, and every
+# upstream stream (a try, a retry, a mirror) encodes the map in its own codec
+# (PoolConn.encode_headers / encode_data / encode_trailers), replaying the buffered body.
 
-from sofamesh._core.codecs.http1 cimport Head
 from sofamesh._core.conn_pool cimport PoolConn
+from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_stream cimport HttpStream
 from sofamesh._core.router cimport Route
 from sofamesh._core.upstream cimport Cluster, Host
@@ -10,13 +15,13 @@ from sofamesh._core.upstream cimport Cluster, Host
 cdef class RouterStream(HttpStream):
     cdef int _router(self) except -1
     cdef bytes _location(self)
-    cdef int _render_upstream_head(self) except -1
+    cdef int _mutate_request(self, HeaderMap h) except -1
     cdef int _start_shadows(self, Route route) except -1
     cdef Host _hash_pick(self, Cluster cl, Route route)
     cdef int _drop_shadows(self) except -1
-    cdef bint _removed(self, Head h, int i)
-    cdef int _send_up(self, bytes data) except -1
-    cdef int _flush_up(self) except -1
+    cdef int _send_data(self, bytes data, bint end_stream) except -1
+    cdef int _send_trailers(self, HeaderList trailers) except -1
+    cdef int _replay(self, PoolConn c) except -1
     cdef int _assign(self, Host host) except -1
     cdef int _attach(self, PoolConn c) except -1
     cdef bint _can_retry(self, int bit)

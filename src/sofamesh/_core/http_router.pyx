@@ -4,17 +4,12 @@
 
 from cpython.bytes cimport PyBytes_GET_SIZE
 
-from sofamesh._core.buffer cimport WriteBuf
-from sofamesh._core.codecs.http1 cimport (
-    Head, h1_hdr, HK_OTHER, HK_HOST, HK_TRANSFER_ENCODING, HK_CONNECTION, HK_KEEP_ALIVE,
-    HK_PROXY_CONNECTION, HK_UPGRADE, HK_EXPECT, HK_TE, HK_XFF, HK_X_FORWARDED_PROTO,
-    HK_X_REQUEST_ID, HK_EXPECTED_TIMEOUT, HK_ENVOY_CONTROL,
-)
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig
-from sofamesh._core.http1_upstream cimport ShadowConn, shadow_head
+from sofamesh._core.headers cimport HeaderMap, HeaderList
+from sofamesh._core.http1_upstream cimport ShadowConn
 from sofamesh._core.http_common cimport (
-    mono, uuid4, strip_port, no_cl_method, DS_CLOSED, DS_TUNNEL,
+    mono, uuid4, strip_port, DS_CLOSED, DS_TUNNEL,
     FAIL_NO_HEALTHY, FAIL_OVERFLOW, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET,
     FAIL_PROTOCOL, FAIL_TIMEOUT, PAUSE_QUEUE, PAUSE_UPSTREAM_FULL,
 )
@@ -27,6 +22,32 @@ from sofamesh._core.upstream cimport Cluster, Host, LB_RING_HASH
 from sofamesh._core.upstream import hash64
 
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
+cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
+
+
+cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix):
+    """A mirror's request headers: the upstream request's, sent the way Envoy's async
+    client sends them (x-envoy-internal: true, this node's address appended to
+    x-forwarded-for), the authority suffixed `-shadow` unless
+    disable_shadow_host_suffix_append."""
+    cdef HeaderList m = h.copy()
+    cdef bytes xff = m.get_all(b"x-forwarded-for")
+    if suffix:
+        m.authority_ = shadow_host(m.authority())
+    m.remove(b"x-forwarded-for")
+    m.remove(b"x-envoy-internal")
+    m.add(b"x-forwarded-for", (xff + b"," if xff else b"") + local_ip)
+    m.add(b"x-envoy-internal", b"true")
+    return m
+
+
+cdef bytes shadow_host(bytes host):
+    """Envoy's shadow authority: `-shadow` after the host name, before any port
+    (`a.b:8080` -> `a.b-shadow:8080`)."""
+    cdef Py_ssize_t i = host.rfind(b":")
+    if i > 0 and host.find(b"]", i) < 0 and host[i + 1:].isdigit():
+        return host[:i] + b"-shadow" + host[i:]
+    return host + b"-shadow"
 
 
 cdef class RouterStream(HttpStream):
@@ -37,42 +58,44 @@ cdef class RouterStream(HttpStream):
         if route is None:
             cfg.no_route.inc()
             self.resp_flags = "NR"
-            return self._local_reply(404, b"", b"", False)
+            return self._local_reply(404, b"", None, False)
         if route.action == RA_DIRECT:
             cfg.rq_direct_response.inc()
-            return self._local_reply(route.status, route.body, b"", False)
+            return self._local_reply(route.status, route.body, None, False)
         if route.action == RA_REDIRECT:
             cfg.rq_direct_response.inc()    # Envoy counts redirects here too
-            return self._local_reply(route.status, b"", self._location(), False)
+            return self._local_reply(route.status, b"", (b"location", self._location()),
+                                     False)
         name = route.pick_cluster()
         cl = cfg.clusters.get(name)
         if cl is None:
             cfg.no_cluster.inc()
             self.resp_flags = "NC"
-            return self._local_reply(503, b"", b"", False)
+            return self._local_reply(503, b"", None, False)
         self.cluster = cl
         cl.upstream_rq_total.inc()
         if cl.rq_active >= cl.max_requests:
             cl.upstream_rq_pending_overflow.inc()
             self.resp_flags = "UO"
             return self._local_reply(503, RESET_BEFORE + b"reset reason: overflow",
-                                     b"x-envoy-overloaded: true\r\n", False)
+                                     OVERLOADED, False)
         cl.rq_active += 1
         cl.upstream_rq_active.inc()
         self.host = None
         if route.hash_headers and cl.lb_policy == LB_RING_HASH:
             self.host = self._hash_pick(cl, route)
         if route.auto_host and self.host is None:
-            # the Host header names the chosen endpoint, so pick it before rendering
+            # the Host header names the chosen endpoint, so pick it before the rewrite
             self.host = cl.choose()
-        self._render_upstream_head()
+        self._mutate_request(self.head)
         if route.mirrors and not self.upgrade:
             self._start_shadows(route)
         if route.retry_on and route.num_retries > 0 and not self.upgrade:
-            self.retry_body = []
-            self.retry_ok = True
-        self.up_queue = [self.up_head]
-        self.up_queued = PyBytes_GET_SIZE(self.up_head)
+            self.retry_body = list(self.up_queue)
+            self.retry_bytes = self.up_queued
+            self.retry_ok = self.retry_bytes <= cfg.buffer_limit
+            if not self.retry_ok:
+                self.retry_body = None
         self.attempts = 1
         if self.req_done:
             self._arm_timer()
@@ -80,9 +103,9 @@ cdef class RouterStream(HttpStream):
 
     cdef bytes _location(self):
         cdef Route r = self.route
-        cdef Head h = self.head
+        cdef HeaderMap h = self.head
         cdef bytes path = h.path()
-        cdef bytes host = h.host()
+        cdef bytes host = h.authority()
         cdef bytes scheme = r.location_scheme or b"http"
         if r.location_host is not None:
             if b":" in host and not host.endswith(b"]"):
@@ -111,129 +134,85 @@ cdef class RouterStream(HttpStream):
             q = path.find(b"?")
             if q >= 0:
                 path = path[:q]
-        return b"location: " + scheme + b"://" + host + path + b"\r\n"
+        return scheme + b"://" + host + path
 
-    cdef int _render_upstream_head(self) except -1:
+    cdef int _mutate_request(self, HeaderMap h) except -1:
+        """The request as the upstream gets it (Envoy's router and connection manager
+        header mutations), applied to the stream's request headers; every try and every
+        mirror encodes the result in its own codec."""
         cdef HcmConfig cfg = self.cfg
-        cdef Head h = self.head
         cdef Route route = self.route
-        cdef WriteBuf wb = self.wb
-        cdef int i, k
-        cdef h1_hdr* hd
-        cdef bint check_remove = bool(route.req_remove) or self.req_remove_extra is not None
-        cdef bytes rid
-        cdef int hrh = -1
+        cdef bytes rid, path, v, host
+        cdef int i, hrh = -1
+        cdef int xrid = h.find_from("x-request-id", 12, 0)
         # an edge proxy replaces a client's x-request-id (Envoy's preserve_external_request_id)
-        cdef bint regen = h.xrid_idx < 0 or (cfg.use_remote_address and cfg.generate_request_id
-                                             and not cfg.preserve_external_request_id)
-        wb.add(h.base, h.method_len)
-        wb.add(" ", 1)
-        if route.prefix_rewrite is not None and route.pm == 0:
-            wb.add_bytes(route.prefix_rewrite)
-            k = <int>PyBytes_GET_SIZE(route.pvalue)
-            wb.add(h.base + h.path_off + k, h.path_len - k)
-        elif route.rx_rewrite is not None:
+        cdef bint regen = xrid < 0 or (cfg.use_remote_address and cfg.generate_request_id
+                                       and not cfg.preserve_external_request_id)
+        cdef bint rewrite = (route.prefix_rewrite is not None and route.pm == 0) or \
+            route.rx_rewrite is not None
+        h.remove_router_controls()
+        if route.req_remove:
+            for name in route.req_remove:
+                h.remove(<bytes>name)
+        if rewrite:
             path = h.path()
-            q = path.find(b"?")
-            if q < 0:
-                wb.add_bytes(route.rx_rewrite.sub(route.rx_subst, path))
+            if route.rx_rewrite is None:
+                h.set_path(route.prefix_rewrite + path[PyBytes_GET_SIZE(route.pvalue):])
             else:
-                wb.add_bytes(route.rx_rewrite.sub(route.rx_subst, path[:q]))
-                wb.add_bytes(path[q:])
-        else:
-            wb.add(h.base + h.path_off, h.path_len)
-        wb.add(" HTTP/1.1\r\nhost: ", 17)
+                q = path.find(b"?")
+                if q < 0:
+                    h.set_path(route.rx_rewrite.sub(route.rx_subst, path))
+                else:
+                    h.set_path(route.rx_rewrite.sub(route.rx_subst, path[:q]) + path[q:])
+            h.add(b"x-envoy-original-path", path)
         if route.host_rewrite_hdr is not None:
             # host_rewrite_header: the named request header's (non-empty) value
-            hrh = h.find(<bytes>route.host_rewrite_hdr, <int>len(route.host_rewrite_hdr))
-            if hrh >= 0 and h.hdrs[hrh].value_len == 0:
+            hrh = h.find_from(<bytes>route.host_rewrite_hdr, <int>len(route.host_rewrite_hdr), 0)
+            if hrh >= 0 and not h.value_at(hrh):
                 hrh = -1
-        if hrh >= 0:
-            wb.add(h.base + h.hdrs[hrh].value_off, h.hdrs[hrh].value_len)
-        elif route.host_rewrite is not None:
-            wb.add_bytes(route.host_rewrite)
-        elif route.auto_host and self.host is not None and self.host.hostname:
-            wb.add_bytes(self.host.hostname.encode())
-        elif h.abs_host_len or h.host2_idx >= 0 or cfg.strip_any_host_port:
-            wb.add_bytes(strip_port(h.host()) if cfg.strip_any_host_port else h.host())
-        elif h.host_idx >= 0:
-            wb.add(h.base + h.hdrs[h.host_idx].value_off, h.hdrs[h.host_idx].value_len)
-        wb.add("\r\n", 2)
-        for i in range(h.nhdr):
-            hd = &h.hdrs[i]
-            k = hd.kind
-            if k != HK_OTHER:
-                if k == HK_HOST or k == HK_KEEP_ALIVE or k == HK_PROXY_CONNECTION or \
-                        k == HK_TE or k == HK_TRANSFER_ENCODING or k == HK_EXPECT or \
-                        k == HK_EXPECTED_TIMEOUT or k == HK_ENVOY_CONTROL:
-                    continue
-                if (k == HK_UPGRADE or k == HK_CONNECTION) and not self.upgrade:
-                    continue
-                if cfg.use_remote_address and (k == HK_X_FORWARDED_PROTO or
-                                               (k == HK_XFF and not cfg.skip_xff_append)):
-                    continue
-                if k == HK_X_REQUEST_ID and regen:
-                    continue
-            if hd.skip or (h.ntok and h.nominated(i)):
-                continue
-            if check_remove and self._removed(h, i):
-                continue
-            wb.add(h.base + hd.name_off, hd.value_off + hd.value_len - hd.name_off)
-            wb.add("\r\n", 2)
-        if h.chunked:
-            wb.add("transfer-encoding: chunked\r\n", 28)
-        elif h.content_length < 0 and not self.upgrade and not no_cl_method(h):
-            # Envoy frames a body-less request explicitly, except for these methods
-            wb.add("content-length: 0\r\n", 19)
+        if hrh >= 0 or route.host_rewrite is not None or route.auto_host:
+            host = h.authority()
+            if hrh >= 0:
+                h.set_authority(h.value_at(hrh))
+            elif route.host_rewrite is not None:
+                h.set_authority(route.host_rewrite)
+            elif self.host is not None and self.host.hostname:
+                h.set_authority(self.host.hostname.encode())
+            h.add(b"x-envoy-original-host", host)
+        elif cfg.strip_any_host_port:
+            h.set_authority(strip_port(h.authority()))
         if cfg.use_remote_address:
             if not cfg.skip_xff_append:
-                wb.add("x-forwarded-for: ", 17)
-                if h.xff_idx >= 0:
-                    wb.add(h.base + h.hdrs[h.xff_idx].value_off, h.hdrs[h.xff_idx].value_len)
-                    wb.add(",", 1)
-                wb.add_bytes(self.xff_ip)
-                wb.add("\r\n", 2)
-            wb.add("x-forwarded-proto: http\r\n", 25)
+                v = h.get_all(b"x-forwarded-for")
+                h.remove(b"x-forwarded-for")
+                h.add(b"x-forwarded-for", v + b"," + self.xff_ip if v else self.xff_ip)
+            h.remove(b"x-forwarded-proto")
+            h.add(b"x-forwarded-proto", b"http")
             # an edge request (no internal_address_config): Envoy names the peer
-            wb.add("x-envoy-external-address: ", 26)
-            wb.add_bytes(self.remote_ip)
-            wb.add("\r\n", 2)
-        elif h.xfp_idx < 0:
-            wb.add("x-forwarded-proto: http\r\n", 25)
+            h.add(b"x-envoy-external-address", self.remote_ip)
+        elif h.find_from("x-forwarded-proto", 17, 0) < 0:
+            h.add(b"x-forwarded-proto", b"http")
         if regen:
+            if xrid >= 0:
+                h.remove(b"x-request-id")
             if cfg.generate_request_id:
                 rid = uuid4()
-                wb.add("x-request-id: ", 14)
-                wb.add_bytes(rid)
-                wb.add("\r\n", 2)
+                h.add(b"x-request-id", rid)
                 self.request_id = rid
         elif cfg.rid_in_response:
-            self.request_id = h.value_at(h.xrid_idx)
-        if cfg.via_line:
-            wb.add_bytes(cfg.via_line)
-        wb.add_bytes(route.timeout_line)
-        if (route.prefix_rewrite is not None and route.pm == 0) or \
-                route.rx_rewrite is not None:
-            wb.add("x-envoy-original-path: ", 23)
-            wb.add(h.base + h.path_off, h.path_len)
-            wb.add("\r\n", 2)
-        if route.host_rewrite is not None or route.auto_host or hrh >= 0:
-            wb.add("x-envoy-original-host: ", 23)
-            wb.add_bytes(h.host())
-            wb.add("\r\n", 2)
+            self.request_id = h.value_at(xrid)
+        if cfg.via:
+            h.add(b"via", cfg.via)
+        if route.timeout_hdr:
+            h.add_flat(route.timeout_hdr)
         if route.req_add:
-            wb.add_bytes(route.req_add)
+            h.add_flat(route.req_add)
         if route.req_dyn:
-            add_formatted(self, route.req_dyn, wb)
+            add_formatted(self, route.req_dyn, h)
         if route.req_add_if_absent:
-            for name, line in route.req_add_if_absent:
-                if h.find(<bytes>name, <int>len(name)) < 0:
-                    wb.add_bytes(line)
-        if self.req_add_extra is not None:
-            for line in self.req_add_extra:
-                wb.add_bytes(line)
-        wb.add("\r\n", 2)
-        self.up_head = wb.take()
+            for name, value in route.req_add_if_absent:
+                if h.find_from(<bytes>name, <int>len(name), 0) < 0:
+                    h.add(<bytes>name, <bytes>value)
         return 0
 
     cdef int _start_shadows(self, Route route) except -1:
@@ -242,30 +221,38 @@ cdef class RouterStream(HttpStream):
         cdef HcmConfig cfg = self.cfg
         cdef Cluster cl
         cdef ShadowConn sh
+        cdef bint end = self.up_end and self.req_trailers is None and not self.up_queue
         for name, share, no_suffix in route.mirrors:
             if share < 1000000 and <long long>(rng_next() % 1000000) >= share:
                 continue
             cl = cfg.clusters.get(name)
             if cl is None:
                 continue
-            shead = shadow_head(self.up_head, cfg.local_ip, not no_suffix)
-            sh = ShadowConn(cl, cfg.loop, shead, self.head.is_head_method,
-                            route.timeout, min(cfg.buffer_limit, cl.per_connection_buffer_limit))
+            sh = ShadowConn(cl, cfg.loop, mirror_headers(self.head, cfg.local_ip, not no_suffix),
+                            end, self.head_req, route.timeout,
+                            min(cfg.buffer_limit, cl.per_connection_buffer_limit))
+            for data in self.up_queue:
+                sh.send_data(data, False)
             if not self.req_done and not sh.closed:
                 if self.shadows is None:
                     self.shadows = []
                 self.shadows.append(sh)
+            elif not end:
+                if self.req_trailers is not None:
+                    sh.send_trailers(self.req_trailers)
+                else:
+                    sh.send_data(b"", True)
         return 0
 
     cdef Host _hash_pick(self, Cluster cl, Route route):
         """hash_policy headers -> one key (Envoy combines several by rotate-xor) -> the
         ring's host; no header present: None (the cluster's random pick)."""
-        cdef Head h = self.head
+        cdef HeaderMap h = self.head
         cdef int i
         cdef bint have = False
         cdef unsigned long long hv = 0, one
         for name, terminal in route.hash_headers:
-            i = h.find(<bytes>name, <int>len(name))
+            i = h.find_from(<bytes>name, <int>len(name), 0)
             if i < 0:
                 continue
             one = hash64(h.value_at(i))
@@ -285,19 +272,16 @@ cdef class RouterStream(HttpStream):
             sh.reset()
         return 0
 
-    cdef bint _removed(self, Head h, int i):
-        name = h.name_at(i)
-        if name in self.route.req_remove:
-            return True
-        return self.req_remove_extra is not None and name in self.req_remove_extra
-
-    cdef int _send_up(self, bytes data) except -1:
+    cdef int _send_data(self, bytes data, bint end_stream) except -1:
+        """Decoded request body for the upstream (and mirrors, and the retry buffer)."""
         cdef PoolConn u = self.up
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef ShadowConn sh
+        if end_stream:
+            self.up_end = True
         if self.shadows is not None:
             for sh in self.shadows:
-                sh.send(data)
+                sh.send_data(data, end_stream)
         if self.retry_body is not None:
             if self.retry_bytes + n <= self.cfg.buffer_limit:
                 self.retry_body.append(data)
@@ -305,8 +289,8 @@ cdef class RouterStream(HttpStream):
             else:
                 self.retry_body = None      # too big to replay: no retries for this one
                 self.retry_ok = False
-        if u is not None and u.connected:
-            u.write(data)
+        if u is not None:
+            u.encode_data(data, end_stream)
         else:
             self.up_queue.append(data)
             self.up_queued += n
@@ -314,18 +298,29 @@ cdef class RouterStream(HttpStream):
                 self._pause(PAUSE_QUEUE)
         return 0
 
-    cdef int _flush_up(self) except -1:
-        cdef PoolConn u = self.up
-        cdef bytes b
-        if not self.up_queue:
-            return 0
-        if len(self.up_queue) == 1:
-            b = self.up_queue[0]
-        else:
-            b = b"".join(self.up_queue)
+    cdef int _send_trailers(self, HeaderList trailers) except -1:
+        cdef ShadowConn sh
+        self.up_end = True
+        self.req_trailers = trailers
+        if self.shadows is not None:
+            for sh in self.shadows:
+                sh.send_trailers(trailers)
+        if self.up is not None:
+            self.up.encode_trailers(trailers)
+        return 0
+
+    cdef int _replay(self, PoolConn c) except -1:
+        """A new upstream stream gets the request so far: headers, then the queued body."""
+        cdef list q = self.up_queue
+        cdef Py_ssize_t i, last = len(q) - 1
+        cdef bint fin = self.up_end and self.req_trailers is None
         self.up_queue = []
         self.up_queued = 0
-        u.write(b)
+        c.encode_headers(self.head, fin and last < 0)
+        for i in range(last + 1):
+            c.encode_data(<bytes>q[i], fin and i == last)
+        if self.up_end and self.req_trailers is not None:
+            c.encode_trailers(self.req_trailers)
         self._resume(PAUSE_QUEUE)
         return 0
 
@@ -349,14 +344,12 @@ cdef class RouterStream(HttpStream):
         host.rq_total += 1
         self.upstream_host = host.address + ":" + str(host.port) \
             if self.cfg.access_log is not None else "-"
-        c.start(self, self.head.is_head_method, self.upgrade)
+        c.start(self, self.head_req, self.upgrade)
         self.t_upstream = mono()
         if self.route.per_try_timeout > 0:
             self.try_deadline = self.t_upstream + self.route.per_try_timeout
             self._arm_at(self.try_deadline)
-        if c.connected:
-            self._flush_up()
-        return 0
+        return self._replay(c)
 
     cdef bint _can_retry(self, int bit):
         cdef Route r = self.route
@@ -392,7 +385,7 @@ cdef class RouterStream(HttpStream):
         self.cluster.retries_active -= 1
         if self.state == DS_CLOSED or not self.in_request:
             return
-        self.up_queue = [self.up_head] + list(self.retry_body or ())
+        self.up_queue = list(self.retry_body or ())
         self.up_queued = 0
         self.cluster.upstream_rq_total.inc()
         self._assign(None)
@@ -400,7 +393,7 @@ cdef class RouterStream(HttpStream):
     cdef int _fail(self, int kind, PoolConn c) except -1:
         cdef Cluster cl = self.cluster
         cdef bytes body, reason
-        cdef bytes extra = b""
+        cdef tuple extra = None
         cdef int code = 503
         if self.host is not None and c is not None:
             self.host.rq_active -= 1
@@ -421,14 +414,14 @@ cdef class RouterStream(HttpStream):
             cl.count_status(504 if kind == FAIL_TIMEOUT else 502 if kind == FAIL_PROTOCOL else 503)
         if kind == FAIL_NO_HEALTHY:
             self.resp_flags = "UH"
-            return self._local_reply(503, b"no healthy upstream", b"", not self.req_done)
+            return self._local_reply(503, b"no healthy upstream", None, not self.req_done)
         if kind == FAIL_TIMEOUT:
             self.resp_flags = "UT"
-            return self._local_reply(504, b"upstream request timeout", b"", not self.req_done)
+            return self._local_reply(504, b"upstream request timeout", None, not self.req_done)
         if kind == FAIL_OVERFLOW:
             self.resp_flags = "UO"
             reason = b"overflow"
-            extra = b"x-envoy-overloaded: true\r\n"
+            extra = OVERLOADED
         elif kind == FAIL_CONNECT:
             self.resp_flags = "UF"
             reason = b"remote connection failure"

@@ -13,6 +13,7 @@ from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport Head, BodyReader
 from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks
 from sofamesh._core.hcm_config cimport HcmConfig
+from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.router cimport Route
 from sofamesh._core.upstream cimport Cluster, Host
 
@@ -51,10 +52,11 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef public Cluster cluster
     cdef Host host
     cdef PoolConn up                    # the upstream stream serving this request
-    cdef bytes up_head                  # rendered request head for the upstream
-    cdef list up_queue                  # list[bytes] waiting for the upstream connection
+    cdef list up_queue                  # list[bytes]: decoded request body not yet upstream
     cdef Py_ssize_t up_queued
-    cdef list retry_body                # list[bytes] | None: request body kept for retries
+    cdef bint up_end                    # the request's end (last data or trailers) was seen
+    cdef HeaderList req_trailers        # request trailers to forward, or None
+    cdef list retry_body                # list[bytes] | None: decoded request body for retries
     cdef list shadows                   # list[http1_upstream.ShadowConn] | None: mirrors taking the body
     cdef Py_ssize_t retry_bytes
     cdef bint retry_ok
@@ -78,15 +80,15 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef bint more_data                 # bytes of a pipelined request follow this head
     cdef bint drop_pipelined            # closing after a local reply drops what follows
     cdef bint upgrade
+    cdef bint head_req                  # a HEAD request: the response has no body
+    cdef int resp_framing               # the downstream codec's framing of the response body
     cdef bint stopped
     cdef int fidx
     cdef int pause_mask
     cdef public int resp_status
     cdef public str resp_flags
     cdef public object filter_state     # dict | None, per-stream filter state
-    cdef list req_add_extra             # list[bytes] rendered lines from filters
-    cdef list resp_add_extra
-    cdef set req_remove_extra
+    cdef list resp_add_extra            # list[bytes] | None: name, value, ... added by filters
     cdef public bytes request_id
     cdef public double wall_start
     cdef public unsigned long long bytes_rx
@@ -98,9 +100,10 @@ cdef class HttpStream(UpstreamCallbacks):
 
     # implemented by the codec's connection
     cdef int _decode_continue(self) except -1
-    cdef int _local_reply(self, int code, bytes body, bytes extra, bint close) except -1
+    # extra: (name, value, ...) response headers, or None
+    cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1
     cdef int _flush_out(self) except -1
 
 
-# header values with %OPERATORS%, evaluated for this stream (route header add)
-cdef int add_formatted(HttpStream s, tuple dyn, WriteBuf wb) except -1
+# header values with %OPERATORS%, evaluated for this stream, added to h (route header add)
+cdef int add_formatted(HttpStream s, tuple dyn, HeaderMap h) except -1

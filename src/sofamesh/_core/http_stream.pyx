@@ -1,6 +1,5 @@
 # The HTTP stream and the HttpFilter interface; see http_stream.pxd for the contract.
 
-from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_common cimport fmt_address, DS_CLOSED, DS_TUNNEL
 
@@ -28,7 +27,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _decode_continue(self) except -1:
         raise NotImplementedError
 
-    cdef int _local_reply(self, int code, bytes body, bytes extra, bint close) except -1:
+    cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1:
         raise NotImplementedError
 
     cdef int _flush_out(self) except -1:
@@ -75,35 +74,28 @@ cdef class HttpStream(UpstreamCallbacks):
         return [(h.name_at(i), h.value_at(i)) for i in range(h.count()) if h.live(i)]
 
     def add_request_header(self, name, value):
+        """Adds a request header; later filters and the upstream see it."""
         if isinstance(name, str):
             name = name.encode("latin-1")
         if isinstance(value, str):
             value = value.encode("latin-1")
-        if self.req_add_extra is None:
-            self._init_extra()
-        self.req_add_extra.append(name + b": " + value + b"\r\n")
+        self.head.add((<bytes>name).lower(), value)
 
     def remove_request_header(self, name):
         if isinstance(name, str):
             name = name.encode("latin-1")
-        if self.req_add_extra is None:
-            self._init_extra()
-        self.req_remove_extra.add(name.lower())
+        self.head.remove((<bytes>name).lower())
 
     def add_response_header(self, name, value):
+        """Adds a header to the response, proxied or local."""
         if isinstance(name, str):
             name = name.encode("latin-1")
         if isinstance(value, str):
             value = value.encode("latin-1")
-        if self.req_add_extra is None:
-            self._init_extra()
-        self.resp_add_extra.append(name + b": " + value + b"\r\n")
-
-    def _init_extra(self):
-        self.req_add_extra = []
-        self.resp_add_extra = []
-        self.req_remove_extra = set()
-        self.filter_state = {}
+        if self.resp_add_extra is None:
+            self.resp_add_extra = []
+        self.resp_add_extra.append((<bytes>name).lower())
+        self.resp_add_extra.append(value)
 
     def route_filter_config(self, str name):
         if self.route is None:
@@ -114,12 +106,13 @@ cdef class HttpStream(UpstreamCallbacks):
         """Replies without the upstream (a filter denying a request, say)."""
         if isinstance(body, str):
             body = body.encode()
-        extra = b"".join((k.encode() if isinstance(k, str) else k) + b": " +
-                         (v.encode() if isinstance(v, str) else v) + b"\r\n"
-                         for k, v in headers)
+        extra = []
+        for k, v in headers:
+            extra.append((k.encode() if isinstance(k, str) else k).lower())
+            extra.append(v.encode() if isinstance(v, str) else v)
         if flags:
             self.resp_flags = flags
-        self._local_reply(code, body, extra, False)
+        self._local_reply(code, body, tuple(extra) if extra else None, False)
 
     def continue_decoding(self):
         """Resumes the filter chain after a filter returned FILTER_STOP."""
@@ -166,7 +159,7 @@ cdef bytes _fmt_op(HttpStream s, str op, str arg):
         for alt in name.split("?"):
             alt = alt.strip().lower()
             if alt == ":authority":
-                v = s.head.host()
+                v = s.head.authority()
             elif alt == ":path":
                 v = s.head.path()
             elif alt == ":method":
@@ -182,7 +175,7 @@ cdef bytes _fmt_op(HttpStream s, str op, str arg):
     return b""
 
 
-cdef int add_formatted(HttpStream s, tuple dyn, WriteBuf wb) except -1:
+cdef int add_formatted(HttpStream s, tuple dyn, HeaderMap h) except -1:
     """Header values with %OPERATORS%, evaluated for this request; Envoy leaves a header
     out when its value comes out empty."""
     cdef list out
@@ -192,8 +185,5 @@ cdef int add_formatted(HttpStream s, tuple dyn, WriteBuf wb) except -1:
             out.append(p if isinstance(p, bytes) else _fmt_op(s, p[0], p[1]))
         v = b"".join(out)
         if v:
-            wb.add_bytes(name)
-            wb.add(": ", 2)
-            wb.add_bytes(v)
-            wb.add("\r\n", 2)
+            h.add((<bytes>name).lower(), v)
     return 0

@@ -84,7 +84,7 @@ cdef class Route:
     cdef readonly object rx_rewrite       # re.Pattern[bytes] | None: regex_rewrite pattern
     cdef readonly bytes rx_subst          # its substitution (\\1 group references)
     cdef readonly double timeout          # seconds; 0: none
-    cdef readonly bytes timeout_line      # b"x-envoy-expected-rq-timeout-ms: N\r\n" or b""
+    cdef readonly tuple timeout_hdr       # (b"x-envoy-expected-rq-timeout-ms", b"N") or ()
     cdef readonly int retry_on            # RETRY_* bits
     cdef readonly int num_retries
     cdef readonly double per_try_timeout  # seconds; 0: none
@@ -99,10 +99,11 @@ cdef class Route:
     cdef readonly bytes location_path
     cdef readonly bytes location_prefix
     cdef readonly bint strip_query
-    cdef readonly bytes req_add           # rendered "name: value\r\n" lines (route+vhost+config)
+    # header mutations (route + virtual host + route config), names lower-case
+    cdef readonly tuple req_add           # (name, value, name, value, ...): HeaderMap.add_flat
     cdef readonly frozenset req_remove    # frozenset[bytes] lower-case names
-    cdef readonly tuple req_add_if_absent  # tuple[(bytes name, bytes line)]
-    cdef readonly bytes resp_add
+    cdef readonly tuple req_add_if_absent  # tuple[(bytes name, bytes value)]
+    cdef readonly tuple resp_add          # (name, value, ...)
     cdef readonly tuple req_dyn           # tuple[(bytes name, parts)]: values with %OPERATORS%
     cdef readonly tuple resp_dyn
     cdef readonly frozenset resp_remove

@@ -40,15 +40,15 @@ class Route:
     prefix_rewrite: bytes | None
     host_rewrite: bytes | None
     timeout: float
-    timeout_line: bytes
+    timeout_hdr: tuple[bytes, ...]
     retry_on: int
     num_retries: int
     retry_statuses: frozenset[int]
     status: int
     body: bytes
-    req_add: bytes
+    req_add: tuple[bytes, ...]
     req_remove: frozenset[bytes]
-    resp_add: bytes
+    resp_add: tuple[bytes, ...]
     resp_remove: frozenset[bytes]
     filter_config: dict[str, Any]
     upgrades: frozenset[bytes]

@@ -176,8 +176,8 @@ cdef class Route:
         expected = timeout
         if per_try_timeout > 0 and (expected <= 0 or per_try_timeout < expected):
             expected = per_try_timeout
-        self.timeout_line = (b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(expected * 1000)
-                             if expected > 0 else b"")
+        self.timeout_hdr = ((b"x-envoy-expected-rq-timeout-ms", b"%d" % int(expected * 1000))
+                            if expected > 0 else ())
         self.retry_on = retry_on
         self.num_retries = num_retries
         self.per_try_timeout = per_try_timeout
@@ -192,10 +192,10 @@ cdef class Route:
         self.location_path = _b(location_path)
         self.location_prefix = _b(location_prefix)
         self.strip_query = strip_query
-        self.req_add = b"".join(_line(k, v) for k, v in req_add)
+        self.req_add = _flat(req_add)
         self.req_remove = frozenset(_b(k).lower() for k in req_remove)
-        self.req_add_if_absent = tuple((_b(k).lower(), _line(k, v)) for k, v in req_add_if_absent)
-        self.resp_add = b"".join(_line(k, v) for k, v in resp_add)
+        self.req_add_if_absent = tuple((_b(k).lower(), _b(v)) for k, v in req_add_if_absent)
+        self.resp_add = _flat(resp_add)
         self.resp_remove = frozenset(_b(k).lower() for k in resp_remove)
         self.req_dyn = tuple(req_dyn)
         self.resp_dyn = tuple(resp_dyn)
@@ -268,8 +268,13 @@ cdef bytes _b(v):
     return bytes(v)
 
 
-cdef bytes _line(k, v):
-    return _b(k) + b": " + _b(v) + b"\r\n"
+cdef tuple _flat(pairs):
+    """((name, value), ...) -> (lower-case name, value, name, value, ...)."""
+    cdef list out = []
+    for k, v in pairs:
+        out.append(_b(k).lower())
+        out.append(_b(v))
+    return tuple(out)
 
 
 cdef class VirtualHost:

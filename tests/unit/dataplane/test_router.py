@@ -239,15 +239,16 @@ def test_action_details_compile():
     )
     route = t.match(head())
     assert (
-        route.timeout == 2.5 and route.timeout_line == b"x-envoy-expected-rq-timeout-ms: 2500\r\n"
+        route.timeout == 2.5
+        and route.timeout_hdr == (b"x-envoy-expected-rq-timeout-ms", b"2500")
     )
     assert route.num_retries == 3 and route.retry_on != 0
     assert route.prefix_rewrite == b"/x" and route.upgrades == frozenset({b"websocket"})
-    assert route.req_add == b"k: v\r\no: w\r\n" and route.req_remove == frozenset({b"o"})
+    assert route.req_add == (b"k", b"v", b"o", b"w") and route.req_remove == frozenset({b"o"})
     t0 = table(
         [vh("v", ["*"], [{"match": {"prefix": "/"}, "route": {"cluster": "c", "timeout": "0s"}}])]
     )
-    assert t0.match(head()).timeout_line == b""
+    assert t0.match(head()).timeout_hdr == ()
 
 
 def test_unknown_cluster_and_unsupported_fields_name_the_path():

@@ -93,6 +93,10 @@ cdef class Head(HeaderMap):
     cdef int ntok                   # Connection: tokens other than close/keep-alive/upgrade
     cdef int tok_off[H1_MAX_TOKENS]
     cdef int tok_len[H1_MAX_TOKENS]
+    # mutations (headers.pxd): entries nhdr.. are `added` pairs; a removed one's name is None
+    cdef list added                 # list[bytes | None] | None: name, value, name, value, ...
+    cdef bytes path_set             # :path replaced (a rewrite), or None
+    cdef bytes authority_set        # :authority replaced (a host rewrite), or None
 
     cdef void reset(self) noexcept
     cdef int find(self, const char* name, int n) noexcept    # removed entries included
@@ -109,6 +113,15 @@ cdef class Head(HeaderMap):
     cdef const char* path_ptr(self, int* n) noexcept
     cdef bytes authority(self)
     cdef int get_status(self) noexcept
+    cdef int add(self, bytes name, bytes value) except -1
+    cdef int set_path(self, bytes path) except -1
+    cdef int set_authority(self, bytes authority) except -1
+    cdef int remove_router_controls(self) except -1
+    # HTTP/1 connection-specific lines (RFC 9110 7.6.1: Connection and the headers it names,
+    # Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade; on a request also TE other
+    # than "trailers" and Expect, which the codec answered) are removed before the message
+    # leaves the codec; `keep_upgrade` keeps Connection/Upgrade of an upgrade exchange.
+    cdef int drop_connection_headers(self, bint request, bint keep_upgrade) except -1
     cdef bint nominated(self, int i) noexcept
     cdef int framing(self) noexcept      # request body framing: FR_NONE/LENGTH/CHUNKED
 

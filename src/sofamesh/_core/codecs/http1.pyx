@@ -8,7 +8,7 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from libc.string cimport memchr, memcmp
 
-from sofamesh._core.headers cimport HeaderMap, HeaderList
+from sofamesh._core.headers cimport HeaderMap, HeaderList, router_control_name
 
 cdef extern from "string.h" nogil:
     void* memmem(const void* h, size_t hl, const void* n, size_t nl)
@@ -86,18 +86,10 @@ cdef int _classify(const char* p, int n) noexcept:
             return HK_TRANSFER_ENCODING
         if strncasecmp(p, "x-forwarded-proto", 17) == 0:
             return HK_X_FORWARDED_PROTO
-    if n > 8 and strncasecmp(p, "x-envoy-", 8) == 0:
+    if n > 8 and router_control_name(p, n):
         if n == 30 and strncasecmp(p, "x-envoy-expected-rq-timeout-ms", 30) == 0:
             return HK_EXPECTED_TIMEOUT
-        # request headers Envoy's router reads and removes
-        if (n == 16 and strncasecmp(p + 8, "retry-on", 8) == 0) or \
-                (n == 21 and strncasecmp(p + 8, "retry-grpc-on", 13) == 0) or \
-                (n == 19 and strncasecmp(p + 8, "max-retries", 11) == 0) or \
-                (n >= 19 and strncasecmp(p + 8, "upstream-rq", 11) == 0) or \
-                (n >= 17 and strncasecmp(p + 8, "retriable", 9) == 0) or \
-                (n >= 13 and strncasecmp(p + 8, "hedge", 5) == 0) or \
-                (n == 30 and strncasecmp(p + 8, "upstream-alt-stat-name", 22) == 0):
-            return HK_ENVOY_CONTROL
+        return HK_ENVOY_CONTROL
     return HK_OTHER
 
 
@@ -132,6 +124,9 @@ cdef class Head:
         self.abs_host_len = 0
         self.ntok = 0
         self.host2_idx = -1
+        self.added = None
+        self.path_set = None
+        self.authority_set = None
 
     cdef int find(self, const char* name, int n) noexcept:
         cdef int i
@@ -142,10 +137,14 @@ cdef class Head:
         return -1
 
     cdef bytes value_at(self, int i):
+        if i >= self.nhdr:
+            return <bytes>self.added[2 * (i - self.nhdr) + 1]
         return PyBytes_FromStringAndSize(self.base + self.hdrs[i].value_off,
                                          self.hdrs[i].value_len)
 
     cdef bytes name_at(self, int i):
+        if i >= self.nhdr:
+            return <bytes>self.added[2 * (i - self.nhdr)]
         return PyBytes_FromStringAndSize(self.base + self.hdrs[i].name_off,
                                          self.hdrs[i].name_len).lower()
 
@@ -153,6 +152,8 @@ cdef class Head:
         return PyBytes_FromStringAndSize(self.base, self.method_len)
 
     cdef bytes path(self):
+        if self.path_set is not None:
+            return self.path_set
         return PyBytes_FromStringAndSize(self.base + self.path_off, self.path_len)
 
     cdef bytes host(self):
@@ -166,28 +167,93 @@ cdef class Head:
 
     # HeaderMap ---------------------------------------------------------------------------
     cdef int count(self) noexcept:
-        return self.nhdr
+        if self.added is None:
+            return self.nhdr
+        return self.nhdr + <int>(len(self.added) >> 1)
 
     cdef bint live(self, int i) noexcept:
+        if i >= self.nhdr:
+            return self.added[2 * (i - self.nhdr)] is not None
         return self.hdrs[i].skip == 0
 
     cdef int find_from(self, const char* name, int n, int start) noexcept:
-        cdef int i
+        cdef int i, k
+        cdef object o
         for i in range(start, self.nhdr):
             if self.hdrs[i].skip == 0 and self.hdrs[i].name_len == n and \
                     strncasecmp(self.base + self.hdrs[i].name_off, name, n) == 0:
                 return i
+        if self.added is not None:
+            k = start - self.nhdr if start > self.nhdr else 0
+            while 2 * k < len(self.added):
+                o = self.added[2 * k]
+                if o is not None and PyBytes_GET_SIZE(<bytes>o) == n and \
+                        strncasecmp(PyBytes_AS_STRING(<bytes>o), name, n) == 0:
+                    return self.nhdr + k
+                k += 1
         return -1
 
     cdef int remove_at(self, int i) except -1:
-        self.hdrs[i].skip = 1
+        if i >= self.nhdr:
+            self.added[2 * (i - self.nhdr)] = None
+        else:
+            self.hdrs[i].skip = 1
+        return 0
+
+    cdef int add(self, bytes name, bytes value) except -1:
+        if self.added is None:
+            self.added = [name, value]
+        else:
+            self.added.append(name)
+            self.added.append(value)
+        return 0
+
+    cdef int add_flat(self, tuple flat) except -1:
+        if self.added is None:
+            self.added = list(flat)
+        else:
+            self.added.extend(flat)
+        return 0
+
+    cdef int set_path(self, bytes path) except -1:
+        self.path_set = path
+        return 0
+
+    cdef int set_authority(self, bytes authority) except -1:
+        self.authority_set = authority
+        return 0
+
+    cdef int remove_router_controls(self) except -1:
+        cdef int i, k
+        for i in range(self.nhdr):
+            k = self.hdrs[i].kind
+            if k == HK_EXPECTED_TIMEOUT or k == HK_ENVOY_CONTROL:
+                self.hdrs[i].skip = 1
+        if self.added is not None:
+            HeaderMap.remove_router_controls(self)
+        return 0
+
+    cdef int drop_connection_headers(self, bint request, bint keep_upgrade) except -1:
+        cdef int i, k
+        for i in range(self.nhdr):
+            k = self.hdrs[i].kind
+            if k == HK_KEEP_ALIVE or k == HK_PROXY_CONNECTION or k == HK_TRANSFER_ENCODING or \
+                    (request and (k == HK_TE or k == HK_EXPECT)) or \
+                    (not keep_upgrade and (k == HK_UPGRADE or k == HK_CONNECTION)) or \
+                    (self.ntok and self.nominated(i)):
+                self.hdrs[i].skip = 1
         return 0
 
     cdef const char* path_ptr(self, int* n) noexcept:
+        if self.path_set is not None:
+            n[0] = <int>PyBytes_GET_SIZE(self.path_set)
+            return PyBytes_AS_STRING(self.path_set)
         n[0] = self.path_len
         return self.base + self.path_off
 
     cdef bytes authority(self):
+        if self.authority_set is not None:
+            return self.authority_set
         return self.host()
 
     cdef int get_status(self) noexcept:
