@@ -1,4 +1,3 @@
-from collections import deque
 from typing import Any, Iterable
 
 from sofamesh._core.stats import Counter, Gauge, Histogram, Store
@@ -6,6 +5,9 @@ from sofamesh._core.stats import Counter, Gauge, Histogram, Store
 LB_POLICIES: dict[str, int]
 
 def hash64(data: bytes) -> int: ...
+
+class WaitQueue(list[Any]):
+    def popleft(self) -> Any: ...
 
 class Host:
     address: str
@@ -22,7 +24,7 @@ class Host:
     cx_total: int
     cx_connect_fail: int
     idle: list[Any]
-    waiting: deque[Any]
+    waiting: WaitQueue
     removed: bool
     def __init__(self, address: str, port: int, weight: int = 1, hostname: str = "") -> None: ...
 

@@ -208,6 +208,7 @@ class DynamicConfig:
         self._eds_index: dict[str, set[str]] = {}  # EDS name -> cluster names
         self._eds_names: set[str] | None = None  # names(EDS), None: recompute
         self.checks = ResourceChecks()
+        self._compiled_vhosts: dict[str, dict[bytes, tuple]] = {}  # route config -> reuse
         self.static_rds: list[tuple[Any, Any, str]] = []  # (ListenerInfo, hcm proto, name)
         # a worker of a pool is fed by the main process's stream (proxy.pool_xds.WorkerFeed)
         feed = getattr(server, "xds_feed", None)
@@ -615,6 +616,7 @@ class DynamicConfig:
             per_filter=self.server._per_filter,
             path=f"route_config[{name}]",
             strip_port=hcm.strip_any_host_port,
+            reuse=self._compiled_vhosts.setdefault(name, {}),
         )
 
     async def _apply_routes(self, up: Update) -> dict[str, str]:
@@ -649,6 +651,7 @@ class DynamicConfig:
             await self._activate_ready(name)
         for name in up.removed:  # Delta: an empty route table (404) as Envoy
             self.routes.pop(name, None)
+            self._compiled_vhosts.pop(name, None)
             empty = route_pb2.RouteConfiguration(name=name)
             for view, hcm, _ in self._rds_users(name):
                 view.routes = self._compile_routes(empty, hcm, name)

@@ -7,6 +7,7 @@ import itertools
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 
 from sofamesh.config.validate import validate_resource
@@ -120,3 +121,48 @@ def test_a_different_shape_takes_the_full_check():
 @pytest.mark.parametrize("a,b", list(itertools.combinations(["x", "outbound|80||y", "z.ns"], 2)))
 def test_names_do_not_change_the_verdict(a, b):
     assert validate_resource(cluster(a)) == validate_resource(cluster(b)) == []
+
+
+def route_config(rc_name, hosts, **vh_over):
+    vhs = []
+    for h in hosts:
+        vh = {
+            "name": f"{h}:80",
+            "domains": [h, f"{h}:80"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": f"outbound|80||{h}"}}],
+        }
+        vh.update(vh_over)
+        vhs.append(vh)
+    return json_format.ParseDict(
+        {"name": rc_name, "virtual_hosts": vhs}, route_pb2.RouteConfiguration()
+    )
+
+
+def test_route_config_hosts_are_checked_by_shape_and_kept_between_versions():
+    checks = ResourceChecks()
+    assert checks.check(route_config("80", [f"s{i}" for i in range(100)])) == []
+    first = checks.full
+    assert first <= 3  # the head and one host shape
+    assert checks.check(route_config("80", [f"s{i}" for i in range(101)])) == []
+    assert checks.full == first
+
+
+@pytest.mark.parametrize(
+    "rc",
+    [
+        route_config("80", ["a", "b", "a"]),  # a domain twice
+        route_config("80", ["a"], domains=[]),
+        route_config("80", ["a"], name=""),
+        route_config("80", ["a"], domains=["*bad*"]),
+        route_config("80", ["a"], routes=[{"match": {"prefix": "/"}, "route": {"cluster": ""}}]),
+        route_config(
+            "80",
+            ["a"],
+            routes=[{"match": {"prefix": "/"}, "route": {"cluster": "c", "priority": "HIGH"}}],
+        ),
+    ],
+)
+def test_route_config_by_parts_agrees_with_the_full_check(rc):
+    checks = ResourceChecks()
+    checks.check(route_config("80", ["x", "y"]))  # shapes already known
+    assert checks.check(rc) == validate_resource(rc)
