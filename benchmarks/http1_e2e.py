@@ -1,12 +1,17 @@
 """End-to-end HTTP/1.1 benchmark: nginx upstream, Envoy 1.40 and sofamesh side by side, CPU per request.
 
     .venv/bin/python benchmarks/http1_e2e.py [--quick] [--duration 10] [--connections 50] [--json out.json]
+        [--rbac 20]
 
 Layout (2 cores): each proxy runs alone, `--concurrency 1`, pinned to core 0; nginx (one
 worker process) and wrk (one thread, keep-alive, fixed connections) share core 1. Both
 proxies get the same Envoy v3 bootstrap: access log off, envoy.filters.http.local_ratelimit
 (with a bucket no run can empty) then the router, one STATIC cluster to nginx. A direct
 wrk -> nginx run is the baseline (its CPU column is nginx's own cost per request).
+
+`--rbac N` also runs each proxy with envoy.filters.http.rbac in front (N ALLOW policies, only
+the last lets the benchmark's requests through: every request runs all N; lib/bootstrap.rbac)
+as targets `<proxy>+rbac`, and reports the on/off ratio per proxy.
 
 CPU per request = the proxy's utime + stime (all threads, all worker processes) from
 /proc/<pid>/stat, delta over the measured wrk run / the requests wrk completed in it.
@@ -45,6 +50,7 @@ def sofamesh_command() -> list[str]:
 
 
 def proxy_argv(kind: str, config: Path) -> list[str]:
+    kind = kind.split("+")[0]
     common = ["--concurrency", "1", "-l", "warning", "-c", str(config)]
     if kind == "envoy":
         return [envoy_binary(), *common, "--disable-hot-restart",
@@ -80,9 +86,10 @@ def measure(url: str, args, pids_fn=None) -> dict:
 
 
 RL_OK = "bench_rl.http_local_rate_limit.ok"
+RBAC_ALLOWED = "http.bench.rbac.allowed"
 
 
-def rl_ok(admin: int) -> int | None:
+def rl_ok(admin: int, stat: str = RL_OK) -> int | None:
     """Requests the local_ratelimit filter let through (Envoy's counter), from admin /stats."""
     try:
         _, text = http_get(admin, "/stats")
@@ -90,16 +97,18 @@ def rl_ok(admin: int) -> int | None:
         return None
     for line in text.decode("utf-8", "replace").splitlines():
         name, _, value = line.partition(": ")
-        if name == RL_OK and value.strip().isdigit():
+        if name == stat and value.strip().isdigit():
             return int(value)
     return None
 
 
 def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Proc, int, int]:
     port, admin = free_port(), free_port()
-    config = workdir / f"{kind}.json"
-    config.write_text(json.dumps(bootstrap(port, admin, upstream_port), indent=1))
-    proc = Proc(kind, proxy_argv(kind, config), workdir / f"{kind}.log", args.proxy_core)
+    config = workdir / f"{kind.replace('+', '_')}.json"
+    rbac_n = args.rbac if kind.endswith("+rbac") else 0
+    config.write_text(json.dumps(bootstrap(port, admin, upstream_port, rbac_n), indent=1))
+    proc = Proc(kind, proxy_argv(kind, config), workdir / f"{kind.replace('+', '_')}.log",
+                args.proxy_core)
     proc.start()
     try:
         proc.wait_ready(lambda: http_get(admin, "/ready")[0] == 200 and http_get(port)[0] == 200)
@@ -154,6 +163,12 @@ def table(results: dict) -> str:
     r = results.get("ratio_sofamesh_over_envoy")
     if r:
         lines.append(f"{'sofamesh / envoy':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols))
+    r = results.get("ratio_sofamesh_over_envoy_rbac")
+    if r:
+        lines.append(f"{'sofamesh/envoy +rbac':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols))
+    if results.get("rbac_on_over_off_cpu"):
+        lines.append("RBAC on / off, CPU per request: " + ", ".join(
+            f"{k} {v}" for k, v in results["rbac_on_over_off_cpu"].items()))
     if results.get("cpu_ratio_per_round"):
         lines.append(f"sofamesh / envoy CPU per request, round by round: "
                      f"{', '.join(map(str, results['cpu_ratio_per_round']))}")
@@ -175,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="each connection waits this long between requests, so every target "
                          "runs at about the same rate (CPU per request at equal load); "
                          "0: as fast as each target goes")
+    ap.add_argument("--rbac", type=int, default=0,
+                    help="also run each proxy with an RBAC filter of this many policies")
     ap.add_argument("--nice", type=int, default=0,
                     help="niceness for nginx, the proxies and wrk alike (e.g. -10 on a busy machine)")
     args = ap.parse_args(argv)
@@ -196,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }
     kinds = [p.strip() for p in args.proxies.split(",") if p.strip()]
+    if args.rbac:
+        kinds += [f"{k}+rbac" for k in kinds]
+        results["layout"]["rbac_policies"] = args.rbac
     with tempfile.TemporaryDirectory(prefix="sofamesh-bench-") as tmp:
         workdir = Path(tmp)
         up_port = free_port()
@@ -222,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                         row = measure(f"http://127.0.0.1:{port}/", args,
                                       lambda p=proc: process_tree(p.pid))
                         rl1 = rl_ok(admin)
+                        if kind.endswith("+rbac"):
+                            rb = rl_ok(admin, RBAC_ALLOWED)
+                            row["rbac_allowed"] = rb
+                            if rb is None or rb < row["requests"]:
+                                row["error"] = (f"{RBAC_ALLOWED} is {rb} after {row['requests']}"
+                                                " requests: the RBAC filter did not run")
                         # Fairness: the rate-limit filter must have run on every request (the
                         # counter also moves during the warm-up, hence >=).
                         row["ratelimit_ok"] = None if rl0 is None or rl1 is None else rl1 - rl0
@@ -246,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
             round(s["cpu_us_per_req"] / e["cpu_us_per_req"], 3)
             for s, e in zip(runs["sofamesh"]["rounds"], runs["envoy"]["rounds"])
             if s.get("cpu_us_per_req") and e.get("cpu_us_per_req")]
+    for k in kinds:
+        on, off = runs.get(f"{k}+rbac"), runs.get(k)
+        if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
+            results.setdefault("rbac_on_over_off_cpu", {})[k] = round(
+                on["cpu_us_per_req"] / off["cpu_us_per_req"], 3)
+    if "envoy+rbac" in runs and "sofamesh+rbac" in runs:
+        results["ratio_sofamesh_over_envoy_rbac"] = ratios(runs["sofamesh+rbac"],
+                                                           runs["envoy+rbac"])
     print(table(results))
     print(json.dumps(results, indent=1))
     print(table(results))  # again, after the JSON, so the summary is the last thing on screen

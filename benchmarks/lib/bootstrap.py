@@ -7,6 +7,7 @@ HCM = ("type.googleapis.com/envoy.extensions.filters.network."
 LOCAL_RATELIMIT = ("type.googleapis.com/envoy.extensions.filters.http."
                    "local_ratelimit.v3.LocalRateLimit")
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 BENCH_HOST = "bench.local"
 
 
@@ -29,7 +30,36 @@ def local_ratelimit() -> dict:
     }
 
 
-def bootstrap(listen_port: int, admin_port: int, upstream_port: int) -> dict:
+def rbac(n: int) -> dict:
+    """envoy.filters.http.rbac, ALLOW, n policies of which only the last by name lets the
+    benchmark's requests through, so every request runs all n. Istio-like shapes: paths,
+    methods, tenant headers, client ranges from x-forwarded-for, loopback peers."""
+    policies = {}
+    for i in range(n - 1):
+        if i % 2:
+            # the permission matches (GET), the principal does not (no x-forwarded-for)
+            perm = {"header": {"name": ":method", "string_match": {"exact": "GET"}}}
+            who = [{"remote_ip": {"address_prefix": f"10.{i}.0.0", "prefix_len": 16}},
+                   {"header": {"name": "x-caller", "string_match": {"exact": f"svc-{i}"}}}]
+        else:
+            # the permission does not match
+            perm = {"or_rules": {"rules": [
+                {"url_path": {"path": {"prefix": f"/api/v{i}/"}}},
+                {"header": {"name": "x-tenant", "string_match": {"exact": f"tenant-{i}"}}}]}}
+            who = [{"direct_remote_ip": {"address_prefix": "127.0.0.1", "prefix_len": 32}}]
+        policies[f"policy-{i:02d}"] = {"permissions": [perm], "principals": who}
+    policies[f"policy-{n - 1:02d}"] = {
+        "permissions": [{"and_rules": {"rules": [
+            {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
+            {"url_path": {"path": {"prefix": "/"}}}]}}],
+        "principals": [{"direct_remote_ip": {"address_prefix": "127.0.0.0", "prefix_len": 8}}],
+    }
+    return {"name": "envoy.filters.http.rbac",
+            "typed_config": {"@type": RBAC, "rules": {"action": "ALLOW", "policies": policies}}}
+
+
+def bootstrap(listen_port: int, admin_port: int, upstream_port: int,
+              rbac_policies: int = 0) -> dict:
     hcm = {
         "@type": HCM,
         "stat_prefix": "bench",
@@ -41,7 +71,7 @@ def bootstrap(listen_port: int, admin_port: int, upstream_port: int) -> dict:
                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
             }],
         },
-        "http_filters": [local_ratelimit(),
+        "http_filters": [*([rbac(rbac_policies)] if rbac_policies else []), local_ratelimit(),
                          {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
     return {

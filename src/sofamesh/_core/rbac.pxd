@@ -24,6 +24,21 @@ cdef enum:
     ADDR_REMOTE = 1
     ADDR_LOCAL = 2      # destination_ip / destination_port: the connection's local end
 
+# pseudo-headers a header rule names, resolved when the rule is compiled; each is read at
+# most once per check (RbacRequest.pseudo caches it)
+cdef enum:
+    PSEUDO_NONE = 0         # an ordinary header
+    PSEUDO_METHOD = 1       # :method (HTTP method, RPC method)
+    PSEUDO_PATH = 2         # :path, with its query
+    PSEUDO_AUTHORITY = 3    # :authority
+    PSEUDO_HOST = 4         # `host`: HTTP keeps it as :authority (Envoy); RPC: a header
+    PSEUDO_SCHEME = 5       # :scheme
+    PSEUDO_SERVICE = 6      # :service (RPC interface)
+    PSEUDO_VERSION = 7      # :version (RPC)
+    PSEUDO_GROUP = 8        # :group (RPC)
+    PSEUDO_OTHER = 9        # any other ':' name
+    PSEUDO_COUNT = 10
+
 cdef struct rbac_ip:
     int family                  # 0: unknown (matches no range), 4 or 6
     unsigned char b[16]         # network order; IPv4 in b[0:4]
@@ -38,12 +53,15 @@ cdef class RbacRequest:
     cdef rbac_ip addr[3]            # by ADDR_*
     cdef int port[3]
     cdef bytes path_nq              # url_path cache for this check (None: not read yet)
+    cdef int pseudo_have            # bit (1 << PSEUDO_*): pv[i] read for this check
+    cdef list pv                    # list[bytes | None], PSEUDO_COUNT long, reused
     cdef void begin(self) noexcept
     cdef int ensure(self, int which) except -1      # resolves addr[which] once per check
+    cdef object pseudo(self, int which)             # read_pseudo(which), once per check
     # overridden by each kind of caller:
     cdef int resolve(self, int which) except -1     # fills addr[which] and port[which]
     cdef object header(self, bytes name)            # bytes | None, values joined by ","
-    cdef object path(self)                          # bytes | None: path with its query
+    cdef object read_pseudo(self, int which)        # bytes | None (PSEUDO_PATH: the path)
 
 
 cdef class RbacRule:

@@ -10,6 +10,7 @@ from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.rbac cimport (
     RbacPolicies, RbacRequest, RbacStats, rbac_parse_ip, ADDR_REMOTE, ADDR_LOCAL,
+    PSEUDO_METHOD, PSEUDO_PATH, PSEUDO_AUTHORITY, PSEUDO_HOST, PSEUDO_SCHEME,
 )
 from sofamesh._core.stats cimport Store
 
@@ -54,24 +55,19 @@ cdef class HttpRbacRequest(RbacRequest):
         return 0
 
     cdef object header(self, bytes name):
-        cdef HeaderMap h = self.h
-        cdef const char* c = PyBytes_AS_STRING(name)
-        if c[0] == 58:      # ':' pseudo-headers, as Envoy's header map holds them
-            if name == b":method":
-                return h.method()
-            if name == b":path":
-                return h.path()
-            if name == b":authority":
-                return h.authority()
-            if name == b":scheme":
-                return b"http"      # no TLS yet
-            return None
-        if name == b"host":         # Envoy keeps Host as :authority
-            return h.authority()
-        return h.get_all(name)
+        return self.h.get_all(name)
 
-    cdef object path(self):
-        return self.h.path()
+    cdef object read_pseudo(self, int which):
+        # pseudo-headers as Envoy's header map holds them
+        if which == PSEUDO_METHOD:
+            return self.h.method()
+        if which == PSEUDO_PATH:
+            return self.h.path()
+        if which == PSEUDO_AUTHORITY or which == PSEUDO_HOST:
+            return self.h.authority()       # Envoy keeps Host as :authority
+        if which == PSEUDO_SCHEME:
+            return b"http"                  # no TLS yet
+        return None
 
 
 cdef class RbacFilter(HttpFilter):

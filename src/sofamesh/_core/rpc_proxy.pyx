@@ -25,7 +25,10 @@ from sofamesh._core.codecs.dubbo cimport (
     heartbeat_response as dubbo_hb_reply, error_response as dubbo_error,
 )
 from sofamesh._core.router cimport rng_next
-from sofamesh._core.rbac cimport NetworkRbac, RbacRequest, rbac_parse_ip, ADDR_LOCAL
+from sofamesh._core.rbac cimport (
+    NetworkRbac, RbacRequest, rbac_parse_ip, ADDR_LOCAL, PSEUDO_HOST, PSEUDO_SERVICE,
+    PSEUDO_METHOD, PSEUDO_VERSION, PSEUDO_GROUP,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 cdef enum:
@@ -116,10 +119,6 @@ cdef object rpc_header(int proto, object frame, str name):
     return v
 
 
-cdef dict _PSEUDO = {b":service": RK_SERVICE, b":method": RK_METHOD,
-                     b":version": RK_VERSION, b":group": RK_GROUP}
-
-
 cdef class RpcRbacRequest(RbacRequest):
     cdef int resolve(self, int which) except -1:
         cdef bytes ip
@@ -132,11 +131,22 @@ cdef class RpcRbacRequest(RbacRequest):
         return 0
 
     cdef object header(self, bytes name):
-        if name[:1] == b":":
-            key = _PSEUDO.get(name)
-            v = rpc_key(self.proto, self.frame, key) if key is not None else None
+        v = rpc_header(self.proto, self.frame, name.decode("latin-1"))
+        return None if v is None else (<str>v).encode()
+
+    cdef object read_pseudo(self, int which):
+        if which == PSEUDO_HOST:
+            return self.header(b"host")
+        if which == PSEUDO_SERVICE:
+            v = rpc_key(self.proto, self.frame, RK_SERVICE)
+        elif which == PSEUDO_METHOD:
+            v = rpc_key(self.proto, self.frame, RK_METHOD)
+        elif which == PSEUDO_VERSION:
+            v = rpc_key(self.proto, self.frame, RK_VERSION)
+        elif which == PSEUDO_GROUP:
+            v = rpc_key(self.proto, self.frame, RK_GROUP)
         else:
-            v = rpc_header(self.proto, self.frame, name.decode("latin-1"))
+            return None
         return None if v is None else (<str>v).encode()
 
 
