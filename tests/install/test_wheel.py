@@ -24,12 +24,13 @@ import yaml
 
 from tests.conftest import ROOT, free_port
 from tests.integration.rpc.conftest import (
-    HCM_TYPE,
     SERVICE,
     NodeServer,
+    auto_filter,
     bolt_filter,
     cluster,
     dubbo_filter,
+    hcm,
     listener,
     node_client,
     route_config,
@@ -179,33 +180,6 @@ def test_the_wheel_carries_every_compiled_extension(installed):
         assert str(installed.venv) in files[mod], (mod, files[mod])
 
 
-def _hcm(cluster_name: str) -> dict:
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": HCM_TYPE,
-            "stat_prefix": "ingress_http",
-            "route_config": {
-                "virtual_hosts": [
-                    {
-                        "name": "all",
-                        "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster_name}}],
-                    }
-                ]
-            },
-            "http_filters": [
-                {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                    },
-                }
-            ],
-        },
-    }
-
-
 def _dubbo() -> dict:
     any_method = {"method": {"name": {"safe_regex": {"regex": ".*"}}}}
     return dubbo_filter(
@@ -219,21 +193,13 @@ def _dubbo() -> dict:
     )
 
 
-def _auto() -> dict:
-    return {
-        "name": "sofamesh.filters.network.auto",
-        "typed_config": {
-            "@type": "type.googleapis.com/sofamesh.filters.network.auto.v1.Auto",
-            "filters": [_hcm("web"), bolt_filter([route_config(SERVICE, "bolt_up")]), _dubbo()],
-        },
-    }
-
-
 CHAINS = {
-    "http": lambda: [_hcm("web")],
+    "http": lambda: [hcm("web")],
     "dubbo": lambda: [_dubbo()],
     "bolt": lambda: [bolt_filter([route_config(SERVICE, "bolt_up")])],
-    "auto": lambda: [_auto()],
+    "auto": lambda: [
+        auto_filter([hcm("web"), bolt_filter([route_config(SERVICE, "bolt_up")]), _dubbo()])
+    ],
 }
 
 

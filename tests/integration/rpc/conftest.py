@@ -164,6 +164,43 @@ def bolt_filter(routes: list[dict], stat_prefix: str = "bolt_in", **extra) -> di
     }
 
 
+def hcm(cluster_name: str) -> dict:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": "ingress_http",
+            "route_config": {
+                "virtual_hosts": [
+                    {
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster_name}}],
+                    }
+                ]
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    },
+                }
+            ],
+        },
+    }
+
+
+def auto_filter(filters: list[dict]) -> dict:
+    return {
+        "name": "sofamesh.filters.network.auto",
+        "typed_config": {
+            "@type": "type.googleapis.com/sofamesh.filters.network.auto.v1.Auto",
+            "filters": filters,
+        },
+    }
+
+
 def tcp_filter(cluster_name: str, stat_prefix: str = "tcp_in") -> dict:
     return {
         "name": "envoy.filters.network.tcp_proxy",

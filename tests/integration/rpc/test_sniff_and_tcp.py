@@ -10,17 +10,18 @@ from sofamesh._core.codecs import bolt, hsf
 from tests.support.http_upstream import RecordingUpstream
 
 from .conftest import (
-    HCM_TYPE,
     SERVICE,
     Blackhole,
     NodeServer,
     RawUpstream,
+    auto_filter,
     bolt_filter,
     bootstrap,
     cluster,
     dubbo_filter,
     free_port,
     golden_hsf,
+    hcm,
     listener,
     node_client,
     raw_exchange,
@@ -29,43 +30,6 @@ from .conftest import (
     stats,
     tcp_filter,
 )
-
-
-def hcm(cluster_name: str) -> dict:
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": HCM_TYPE,
-            "stat_prefix": "ingress_http",
-            "route_config": {
-                "virtual_hosts": [
-                    {
-                        "name": "all",
-                        "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster_name}}],
-                    }
-                ]
-            },
-            "http_filters": [
-                {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                    },
-                }
-            ],
-        },
-    }
-
-
-def auto_filter(filters: list[dict]) -> dict:
-    return {
-        "name": "sofamesh.filters.network.auto",
-        "typed_config": {
-            "@type": "type.googleapis.com/sofamesh.filters.network.auto.v1.Auto",
-            "filters": filters,
-        },
-    }
 
 
 def test_one_listener_http_bolt_and_dubbo(tmp_path):
