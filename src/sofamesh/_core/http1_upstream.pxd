@@ -1,7 +1,8 @@
 # HTTP/1.1 upstream connection pool and connections (conn_pool.pxd interfaces), mirrors.
 
 from sofamesh._core.buffer cimport WriteBuf
-from sofamesh._core.codecs.http1 cimport Head, BodyReader
+from sofamesh._core.codecs.http1 cimport Head
+from sofamesh._core.codecs.http1_body cimport BodyReader
 from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks, ConnPool
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.upstream cimport Cluster, Host

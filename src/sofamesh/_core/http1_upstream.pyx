@@ -7,8 +7,9 @@ import asyncio
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from sofamesh._core.buffer cimport WriteBuf
-from sofamesh._core.codecs.http1 cimport (
-    Head, BodyReader, parse_response, parse_trailers, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
+from sofamesh._core.codecs.http1 cimport Head, parse_response
+from sofamesh._core.codecs.http1_body cimport (
+    BodyReader, parse_trailers, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
 )
 from sofamesh._core.codecs.http1_encode cimport (
     encode_request_head, encode_chunk, encode_last_chunk,

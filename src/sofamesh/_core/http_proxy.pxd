@@ -28,7 +28,6 @@ cdef class DownstreamConn(RouterStream):
     cdef int _error_reply(self, int err) except -1
     cdef int _arm_idle(self) except -1
     cdef int _arm_stream_timer(self) except -1
-    cdef int _end_request_stats(self, int status) except -1
     # HttpStream / UpstreamCallbacks
     cdef int _decode_continue(self) except -1
     cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1

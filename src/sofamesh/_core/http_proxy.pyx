@@ -3,18 +3,22 @@
 # stats, access log. See http_proxy.pxd; the stream layers are in http_stream.pxd.
 #
 # Request path:  data_received -> parse_request (C) -> RouteTable.route (C) -> filters ->
-#                the router (http_router) renders the upstream head -> a pooled stream.
-# Response path: the pool's connection parses the head -> _on_upstream_head renders the
-#                downstream head -> body bytes passed through as they came.
+#                the router (http_router) mutates the request HeaderMap -> a pooled upstream
+#                stream encodes it (headers, then decoded body pieces / trailers).
+# Response path: the pool's connection parses the head -> _on_upstream_head (router and
+#                connection-manager mutations) -> the HTTP/1 encoder (codecs/http1_encode)
+#                renders it; body pieces are re-framed (content-length: as they are).
 # No coroutine, future or task per request: only new upstream connections use a task.
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
 
 from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport (
-    Head, BodyReader, parse_request, parse_trailers,
-    H1_E_TOO_LARGE, H1_E_TOO_MANY, H1_E_NOT_IMPL, H1_E_BAD_TARGET, H1_E_OBS_FOLD,
-    unfold_head, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
+    Head, parse_request, H1_E_TOO_LARGE, H1_E_TOO_MANY, H1_E_NOT_IMPL, H1_E_BAD_TARGET,
+    H1_E_OBS_FOLD, unfold_head,
+)
+from sofamesh._core.codecs.http1_body cimport (
+    BodyReader, parse_trailers, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
 )
 from sofamesh._core.codecs.http1_encode cimport (
     response_framing, encode_response_head, encode_chunk, encode_last_chunk,
@@ -28,13 +32,9 @@ from sofamesh._core.http_common cimport (
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT, SERVER_PASS_THROUGH,
     PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE, PAUSE_QUEUE,
 )
-from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP, add_formatted
-from cpython.bytes cimport PyBytes_FromFormat
+from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.http_router cimport RouterStream
 from sofamesh._core.upstream cimport Cluster, Host
-from sofamesh._core.router cimport (
-    Route, RETRY_5XX, RETRY_GATEWAY, RETRY_RETRIABLE_4XX, RETRY_STATUS_CODES,
-)
 from sofamesh._core.http_common import normalize_request_path
 from sofamesh._core import hcm_config as _hcm_config
 from sofamesh._core import http_stream as _http_stream
@@ -454,30 +454,11 @@ cdef class DownstreamConn(RouterStream):
     # response path ----------------------------------------------------------------------
     cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, bint end_stream) except -1:
         cdef HcmConfig cfg = self.cfg
-        cdef Route route = self.route
-        cdef int status = rh.get_status(), rbit = 0
+        cdef int status = rh.get_status()
         cdef HttpFilter f
         cdef Py_ssize_t j
-        if status >= 500:
-            rbit = RETRY_5XX
-            if status == 502 or status == 503 or status == 504:
-                rbit |= RETRY_GATEWAY
-        elif status == 409:
-            rbit = RETRY_RETRIABLE_4XX
-        if route.retry_statuses and status in route.retry_statuses:
-            rbit |= RETRY_STATUS_CODES
-        if rbit and self._can_retry(rbit):
-            self.host.rq_active -= 1
-            self.up = None
-            c.ds = None
-            c.abort()
-            self._schedule_retry()
-            return False
-        if self.attempts > 1 and not rbit:
-            self.cluster.upstream_rq_retry_success.inc()
-        self.try_deadline = 0
-        self.resp_status = status
-        self.service_ms = <int>((mono() - self.t_upstream) * 1000)
+        if not self._router_response(c, rh):
+            return False        # retried
         if cfg.any_encode:
             for j in range(len(cfg.filters) - 1, -1, -1):
                 f = cfg.filters[j]
@@ -502,15 +483,6 @@ cdef class DownstreamConn(RouterStream):
             rh.add(b"via", cfg.via)
         if cfg.rid_in_response and self.request_id is not None:
             rh.add(b"x-request-id", self.request_id)
-        if status != 101 or not self.upgrade:
-            rh.add(b"x-envoy-upstream-service-time", PyBytes_FromFormat("%d", self.service_ms))
-        if route.resp_remove:
-            for name in route.resp_remove:
-                rh.remove(<bytes>name)
-        if route.resp_add:
-            rh.add_flat(route.resp_add)
-        if route.resp_dyn:
-            add_formatted(self, route.resp_dyn, rh)
         if self.resp_add_extra is not None:
             rh.add_flat(tuple(self.resp_add_extra))
         self.resp_started = True
@@ -630,46 +602,6 @@ cdef class DownstreamConn(RouterStream):
             if self.transport is not None:
                 self.transport.write(h)
                 self.cfg.cx_tx_bytes_total.add(PyBytes_GET_SIZE(h))
-        return 0
-
-    cdef int _end_request_stats(self, int status) except -1:
-        cdef HcmConfig cfg = self.cfg
-        cdef Cluster cl = self.cluster
-        cdef double ms = (mono() - self.t_start) * 1000.0
-        self.in_request = False
-        if self.stream_timer is not None:
-            self.stream_timer.cancel()
-            self.stream_timer = None
-        cfg.rq_active.dec()
-        cfg.rq_completed.inc()
-        if status:
-            if status < 200:
-                cfg.rq_1xx.inc()
-            elif status < 300:
-                cfg.rq_2xx.inc()
-            elif status < 400:
-                cfg.rq_3xx.inc()
-            elif status < 500:
-                cfg.rq_4xx.inc()
-            else:
-                cfg.rq_5xx.inc()
-        cfg.rq_time.record(ms)
-        if cl is not None:
-            cl.rq_active -= 1
-            cl.upstream_rq_active.dec()
-            cl.upstream_rq_completed.inc()
-            if self.service_ms >= 0:
-                cl.upstream_rq_time.record(self.service_ms)
-        if cfg.access_log is not None:
-            if self.request_id is None and cfg.generate_request_id and \
-                    self.resp_flags != "DPE" and self.head.xrid_idx < 0:
-                # Envoy gives every request an id before routing; a local reply's log
-                # line carries it too
-                self.request_id = uuid4()
-            try:
-                cfg.access_log.log(self, ms)
-            except Exception:
-                pass
         return 0
 
     cdef int _finish(self) except -1:

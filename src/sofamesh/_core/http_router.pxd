@@ -16,6 +16,7 @@ cdef class RouterStream(HttpStream):
     cdef int _router(self) except -1
     cdef bytes _location(self)
     cdef int _mutate_request(self, HeaderMap h) except -1
+    cdef bint _router_response(self, PoolConn c, HeaderMap rh) except -1
     cdef int _start_shadows(self, Route route) except -1
     cdef Host _hash_pick(self, Cluster cl, Route route)
     cdef int _drop_shadows(self) except -1

@@ -2,7 +2,7 @@
 # cluster's connection pool; retries (with Envoy's backoff), per-try and route timeouts,
 # request mirrors, and the upstream request head. See http_router.pxd.
 
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig
@@ -16,7 +16,8 @@ from sofamesh._core.http_common cimport (
 from sofamesh._core.http_stream cimport HttpStream, add_formatted
 from sofamesh._core.router cimport (
     Route, rng_next, RA_DIRECT, RA_REDIRECT,
-    RETRY_5XX, RETRY_GATEWAY, RETRY_CONNECT_FAILURE, RETRY_RESET,
+    RETRY_5XX, RETRY_GATEWAY, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_RETRIABLE_4XX,
+    RETRY_STATUS_CODES,
 )
 from sofamesh._core.upstream cimport Cluster, Host, LB_RING_HASH
 from sofamesh._core.upstream import hash64
@@ -214,6 +215,42 @@ cdef class RouterStream(HttpStream):
                 if h.find_from(<bytes>name, <int>len(name), 0) < 0:
                     h.add(<bytes>name, <bytes>value)
         return 0
+
+    cdef bint _router_response(self, PoolConn c, HeaderMap rh) except -1:
+        """The response head from the upstream: retry it (False) or take it, with the
+        router's response mutations (service time, the route's header adds/removes)."""
+        cdef Route route = self.route
+        cdef int status = rh.get_status(), rbit = 0
+        if status >= 500:
+            rbit = RETRY_5XX
+            if status == 502 or status == 503 or status == 504:
+                rbit |= RETRY_GATEWAY
+        elif status == 409:
+            rbit = RETRY_RETRIABLE_4XX
+        if route.retry_statuses and status in route.retry_statuses:
+            rbit |= RETRY_STATUS_CODES
+        if rbit and self._can_retry(rbit):
+            self.host.rq_active -= 1
+            self.up = None
+            c.ds = None
+            c.abort()
+            self._schedule_retry()
+            return False
+        if self.attempts > 1 and not rbit:
+            self.cluster.upstream_rq_retry_success.inc()
+        self.try_deadline = 0
+        self.resp_status = status
+        self.service_ms = <int>((mono() - self.t_upstream) * 1000)
+        if status != 101 or not self.upgrade:
+            rh.add(b"x-envoy-upstream-service-time", PyBytes_FromFormat("%d", self.service_ms))
+        if route.resp_remove:
+            for name in route.resp_remove:
+                rh.remove(<bytes>name)
+        if route.resp_add:
+            rh.add_flat(route.resp_add)
+        if route.resp_dyn:
+            add_formatted(self, route.resp_dyn, rh)
+        return True
 
     cdef int _start_shadows(self, Route route) except -1:
         """request_mirror_policies: a copy of the upstream request (host suffixed

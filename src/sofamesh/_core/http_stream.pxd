@@ -10,7 +10,8 @@
 # one stream at a time per connection), which implements the abstract methods below.
 
 from sofamesh._core.buffer cimport WriteBuf
-from sofamesh._core.codecs.http1 cimport Head, BodyReader
+from sofamesh._core.codecs.http1 cimport Head
+from sofamesh._core.codecs.http1_body cimport BodyReader
 from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
@@ -97,6 +98,8 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef public int service_ms
     cdef bytes out_head                 # response head not yet written (joins the body)
     cdef list trailers_raw              # list[bytes] | None: request trailer block being read
+
+    cdef int _end_request_stats(self, int status) except -1
 
     # implemented by the codec's connection
     cdef int _decode_continue(self) except -1

@@ -1,7 +1,8 @@
 # The HTTP stream and the HttpFilter interface; see http_stream.pxd for the contract.
 
 from sofamesh._core.headers cimport HeaderMap
-from sofamesh._core.http_common cimport fmt_address, DS_CLOSED, DS_TUNNEL
+from sofamesh._core.http_common cimport fmt_address, mono, uuid4, DS_CLOSED, DS_TUNNEL
+from sofamesh._core.upstream cimport Cluster
 
 
 cdef class HttpFilter:
@@ -32,6 +33,49 @@ cdef class HttpStream(UpstreamCallbacks):
 
     cdef int _flush_out(self) except -1:
         raise NotImplementedError
+
+    cdef int _end_request_stats(self, int status) except -1:
+        """The stream ended (answered, reset or abandoned): connection manager and cluster
+        stats, then the access log."""
+        cdef HcmConfig cfg = self.cfg
+        cdef Cluster cl = self.cluster
+        cdef double ms = (mono() - self.t_start) * 1000.0
+        self.in_request = False
+        if self.stream_timer is not None:
+            self.stream_timer.cancel()
+            self.stream_timer = None
+        cfg.rq_active.dec()
+        cfg.rq_completed.inc()
+        if status:
+            if status < 200:
+                cfg.rq_1xx.inc()
+            elif status < 300:
+                cfg.rq_2xx.inc()
+            elif status < 400:
+                cfg.rq_3xx.inc()
+            elif status < 500:
+                cfg.rq_4xx.inc()
+            else:
+                cfg.rq_5xx.inc()
+        cfg.rq_time.record(ms)
+        if cl is not None:
+            cl.rq_active -= 1
+            cl.upstream_rq_active.dec()
+            cl.upstream_rq_completed.inc()
+            if self.service_ms >= 0:
+                cl.upstream_rq_time.record(self.service_ms)
+        if cfg.access_log is not None:
+            if self.request_id is None and cfg.generate_request_id and \
+                    self.resp_flags != "DPE" and \
+                    self.head.find_from("x-request-id", 12, 0) < 0:
+                # Envoy gives every request an id before routing; a local reply's log
+                # line carries it too
+                self.request_id = uuid4()
+            try:
+                cfg.access_log.log(self, ms)
+            except Exception:
+                pass
+        return 0
 
     # stream API for filters --------------------------------------------------------------
     @property

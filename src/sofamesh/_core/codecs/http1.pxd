@@ -1,12 +1,12 @@
 # HTTP/1.1 message heads and body framing, sans-IO, for the proxy hot path.
 #
 # Contract: `parse_request` / `parse_response` fill a reusable `Head` with offsets into the
-# bytes object they were given (no Python object per header); the proxy re-renders heads by
-# memcpy of the kept lines. `BodyReader.feed` walks body bytes that are passed through as
-# they are and says how many belong to the current message and when it ends.
+# bytes object they were given (no Python object per header); codecs/http1_encode renders
+# heads (a Head by memcpy of its kept lines). Bodies: codecs/http1_body.
 # Return values: > 0 head length, 0 need more bytes, < 0 one of the H1_E_* errors.
 # A `Head` is the HTTP/1 `headers.HeaderMap`: what the stream, filters and route table see.
 
+from sofamesh._core.codecs.http1_body cimport FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 
 cdef enum:
@@ -43,12 +43,6 @@ cdef enum:
     HK_EXPECTED_TIMEOUT = 16    # x-envoy-expected-rq-timeout-ms
     HK_ENVOY_CONTROL = 17       # x-envoy-retry-on & co: read and removed by Envoy's router
     HK_TE_TRAILERS = 18         # "te: trailers", the one TE value Envoy forwards
-
-cdef enum:
-    FR_NONE = 0
-    FR_LENGTH = 1
-    FR_CHUNKED = 2
-    FR_EOF = 3
 
 cdef struct h1_hdr:
     int name_off
@@ -130,30 +124,3 @@ cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
                        int max_headers) except -100
 cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) except -100
 cpdef bytes unfold_head(bytes data, Py_ssize_t start, Py_ssize_t head_len)
-
-
-cdef class BodyReader:
-    cdef int mode                   # FR_*
-    cdef long long remaining        # LENGTH: bytes left; CHUNKED: bytes left in this chunk
-    cdef int cstate
-    cdef int trailer_bytes
-    cdef int size_digits
-    cdef bint done
-    cdef unsigned long long seen    # body bytes seen (framing included for chunked)
-    cdef public list chunks         # list[bytes] | None: decoded payload, when collecting
-    cdef Py_ssize_t fwd             # of the last feed, the leading bytes to pass on
-    # chunked trailers are not passed on (Envoy's default); whoever forwards appends the
-    # final CRLF when done
-    cdef bint trailers_dropped
-
-    cdef void start(self, int mode, long long length) noexcept
-    # bytes of p that belong to this body; -1 malformed. When `chunks` is a list, the
-    # decoded payload (chunk framing removed) is appended to it as bytes.
-    cdef Py_ssize_t feed(self, const char* p, Py_ssize_t n) except -2
-
-
-# Chunked trailers <-> the protocol-neutral map. `parse_trailers` takes the trailer section
-# as received (field lines then the blank line); malformed lines are dropped.
-# `encode_trailers` renders the section that ends a chunked body after its last chunk.
-cdef HeaderList parse_trailers(bytes raw)
-cdef bytes encode_trailers(HeaderList t)

@@ -25,14 +25,7 @@ class Head:
     expects_continue: bool
     def get(self, name: str | bytes) -> bytes | None: ...
 
-class BodyReader:
-    complete: bool
-    forward_length: int
-    dropped_trailers: bool
-    chunks: list[bytes] | None
-    def collect(self, on: bool = True) -> None: ...
-    def begin(self, mode: int, length: int = 0) -> None: ...
-    def feed_bytes(self, data: bytes) -> int: ...
+from sofamesh._core.codecs.http1_body import BodyReader as BodyReader
 
 def parse_request_head(
     data: bytes, start: int = 0, max_bytes: int = 61440, max_headers: int = 100

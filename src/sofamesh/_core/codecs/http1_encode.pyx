@@ -8,9 +8,8 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from sofamesh._core.buffer cimport WriteBuf
-from sofamesh._core.codecs.http1 cimport (
-    Head, h1_hdr, HK_HOST, FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF,
-)
+from sofamesh._core.codecs.http1 cimport Head, h1_hdr, HK_HOST
+from sofamesh._core.codecs.http1_body cimport FR_NONE, FR_LENGTH, FR_CHUNKED, FR_EOF
 from sofamesh._core.headers cimport HeaderMap
 
 cdef extern from "string.h" nogil:
