@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "which sidecars a pilot serves, and whether each is in sync",
     ),
+    "mixer": ("sofamesh.mixer.cli", "main", "global quota, rate-limit and access log services"),
     "demo": ("sofamesh.demo", "main", "start a small mesh: pilot, two apps, a sidecar each"),
 }
 

@@ -1,0 +1,92 @@
+"""Istio-style request metrics from access log entries, rendered as Prometheus text.
+
+Series: `istio_requests_total{reporter,source,destination,response_code}` (counter) and
+`istio_request_duration_milliseconds{...}` (histogram with Istio's default buckets). A report
+grows the counts of the series it names, so memory grows with distinct series, not requests.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+# Istio's default buckets for istio_request_duration_milliseconds
+DURATION_BUCKETS_MS = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+    600000, 1800000, 3600000,
+)  # fmt: skip
+
+Labels = tuple[str, str, str, str]  # reporter, source, destination, response_code
+LABEL_NAMES = ("reporter", "source", "destination", "response_code")
+
+
+@dataclass
+class Series:
+    count: int = 0
+    duration_sum: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS_MS))
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+class RequestMetrics:
+    def __init__(self) -> None:
+        self.series: dict[Labels, Series] = {}
+        self.entries = 0  # access log entries received
+        self.streams = 0  # access log streams opened
+
+    def record(self, labels: Labels, duration_ms: float) -> None:
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = Series()
+        s.count += 1
+        s.duration_sum += duration_ms
+        i = bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)
+        if i < len(s.buckets):
+            s.buckets[i] += 1  # cumulated when rendered
+        self.entries += 1
+
+    def total(self, **match: str) -> int:
+        """Sum of istio_requests_total over the series whose labels equal `match`."""
+        idx = {n: i for i, n in enumerate(LABEL_NAMES)}
+        return sum(
+            s.count for k, s in self.series.items() if all(k[idx[n]] == v for n, v in match.items())
+        )
+
+    def render(self) -> list[str]:
+        out = [
+            "# HELP istio_requests_total Requests reported to the mixer.",
+            "# TYPE istio_requests_total counter",
+        ]
+        items = sorted(self.series.items())
+        for k, s in items:
+            out.append(f"istio_requests_total{_labels(LABEL_NAMES, k)} {s.count}")
+        out += [
+            "# HELP istio_request_duration_milliseconds Request duration (ms).",
+            "# TYPE istio_request_duration_milliseconds histogram",
+        ]
+        for k, s in items:
+            cum = 0
+            for le, n in zip(DURATION_BUCKETS_MS, s.buckets, strict=True):
+                cum += n
+                lab = _labels(LABEL_NAMES, k, f'le="{_num(le)}"')
+                out.append(f"istio_request_duration_milliseconds_bucket{lab} {cum}")
+            lab = _labels(LABEL_NAMES, k, 'le="+Inf"')
+            out.append(f"istio_request_duration_milliseconds_bucket{lab} {s.count}")
+            lab = _labels(LABEL_NAMES, k)
+            out.append(f"istio_request_duration_milliseconds_sum{lab} {_num(s.duration_sum)}")
+            out.append(f"istio_request_duration_milliseconds_count{lab} {s.count}")
+        return out

@@ -1,0 +1,174 @@
+"""Global quota for the Rate Limit Quota Service (RLQS, `envoy.service.rate_limit_quota.v3`).
+
+`QuotaState` is sans-IO (a clock is passed in): sidecars report per-bucket usage
+(`num_requests_allowed + num_requests_denied` over the interval = the demand they saw), and
+each report is answered with the reporter's share of the bucket's global limit as a token
+bucket with a TTL. Shares are max-min fair (water-filling): a sidecar asking for less than an
+equal share gets what it asks for, the rest is split among the others; what nobody asks for
+is split equally, as headroom, so the shares always add up to the limit.
+
+Envoy 1.40 reads a token bucket assignment as `tokens_per_fill / whole seconds of
+fill_interval` (a fractional interval truncates to 0 and divides by it), so shares are
+rounded to whole requests per second with a 1 s interval, by largest remainder so that the
+rounded shares still add up to the limit. An unchanged assignment is sent again unchanged:
+Envoy then keeps its token bucket (and its tokens) instead of starting a new, full one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sofamesh.mixer.policy import Policy
+
+BucketKey = tuple[str, tuple[tuple[str, str], ...]]  # (domain, sorted bucket_id items)
+
+
+@dataclass
+class Demand:
+    rate: float  # requests/s the sidecar saw in its last interval (allowed + denied)
+    seen: float  # clock() of the last report
+    allowed_total: int = 0
+    denied_total: int = 0
+
+
+@dataclass
+class Assignment:
+    requests_per_second: int  # tokens_per_fill with a 1 s fill_interval
+    max_tokens: int
+
+
+@dataclass
+class BucketState:
+    limit: float
+    clients: dict[str, Demand] = field(default_factory=dict)
+    assigned: dict[str, Assignment] = field(default_factory=dict)
+
+
+def fair_shares(limit: float, demands: dict[str, float]) -> dict[str, float]:
+    """Max-min fair split of `limit`; leftover (when total demand is below it) split equally."""
+    if not demands:
+        return {}
+    shares: dict[str, float] = {}
+    remaining = limit
+    order = sorted(demands, key=lambda c: (demands[c], c))
+    for k, c in enumerate(order):
+        equal = remaining / (len(order) - k)
+        shares[c] = min(max(demands[c], 0.0), equal)
+        remaining -= shares[c]
+    if remaining > 1e-9:
+        extra = remaining / len(order)
+        for c in shares:
+            shares[c] += extra
+    return shares
+
+
+def round_shares(shares: dict[str, float], total: int) -> dict[str, int]:
+    """Whole requests/s adding up to `total` (largest remainder); each share at least 1."""
+    floors = {c: math.floor(s) for c, s in shares.items()}
+    left = total - sum(floors.values())
+    by_remainder = sorted(shares, key=lambda c: (floors[c] - shares[c], c))
+    for c in by_remainder[: max(left, 0)]:
+        floors[c] += 1
+    return {c: max(n, 1) for c, n in floors.items()}
+
+
+class QuotaState:
+    """Global quota per (domain, bucket_id): demand per sidecar, fair shares, assignments."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        clock: Callable[[], float],
+        ttl: float = 5.0,
+        burst_fraction: float = 0.1,
+        change_threshold: float = 0.05,
+    ):
+        self.policy = policy
+        self.clock = clock
+        self.ttl = ttl  # assignment_time_to_live; a sidecar silent for this long leaves the share
+        self.burst_fraction = burst_fraction  # max_tokens = this fraction of a second's share
+        self.change_threshold = change_threshold  # smaller relative changes keep the assignment
+        self.buckets: dict[BucketKey, BucketState] = {}
+
+    def report(
+        self,
+        client: str,
+        domain: str,
+        usages: list[tuple[dict[str, str], int, int, float]],
+    ) -> list[tuple[dict[str, str], Assignment | None]]:
+        """One usage report: (bucket_id, allowed, denied, seconds elapsed) per bucket. Returns
+        the assignment for each bucket (None: no quota rule, the sidecar is told ALLOW_ALL)."""
+        now = self.clock()
+        out: list[tuple[dict[str, str], Assignment | None]] = []
+        for bucket_id, allowed, denied, elapsed in usages:
+            rule = self.policy.quota_for(domain, bucket_id)
+            if rule is None:
+                out.append((bucket_id, None))
+                continue
+            key: BucketKey = (domain, tuple(sorted(bucket_id.items())))
+            b = self.buckets.get(key)
+            if b is None or b.limit != rule.requests_per_second:
+                b = self.buckets[key] = BucketState(rule.requests_per_second)
+            d = b.clients.get(client)
+            if d is not None and elapsed <= 0:
+                elapsed = now - d.seen  # Envoy reports whole seconds: 0 for a short interval
+            rate = (
+                (allowed + denied) / max(elapsed, 1e-3) if elapsed > 0 else float(allowed + denied)
+            )
+            if d is None:
+                d = b.clients[client] = Demand(rate, now)
+            else:
+                d.rate, d.seen = rate, now
+            d.allowed_total += allowed
+            d.denied_total += denied
+            self._expire(b, now)
+            out.append((bucket_id, self._assign(b, client)))
+        return out
+
+    def forget(self, client: str) -> None:
+        """The sidecar's stream ended: its share goes back to the others at their next report."""
+        for b in self.buckets.values():
+            b.clients.pop(client, None)
+            b.assigned.pop(client, None)
+
+    def _expire(self, b: BucketState, now: float) -> None:
+        for c in [c for c, d in b.clients.items() if now - d.seen > self.ttl]:
+            del b.clients[c]
+            b.assigned.pop(c, None)
+
+    def _assign(self, b: BucketState, client: str) -> Assignment:
+        total = max(round(b.limit), 1)
+        shares = round_shares(
+            fair_shares(float(total), {c: d.rate for c, d in b.clients.items()}), total
+        )
+        n = shares[client]
+        old = b.assigned.get(client)
+        if old is not None and abs(old.requests_per_second - n) <= self.change_threshold * max(
+            old.requests_per_second, 1
+        ):
+            return old
+        a = Assignment(n, max(1, round(n * self.burst_fraction)))
+        b.assigned[client] = a
+        return a
+
+    def snapshot(self) -> list[dict]:
+        """Per bucket and sidecar: limit, demand, assignment, totals (for /metrics)."""
+        rows = []
+        for (domain, items), b in sorted(self.buckets.items()):
+            for c, d in sorted(b.clients.items()):
+                a = b.assigned.get(c)
+                rows.append(
+                    {
+                        "domain": domain,
+                        "bucket": ",".join(f"{k}={v}" for k, v in items),
+                        "client": c,
+                        "limit": b.limit,
+                        "demand": d.rate,
+                        "assigned": a.requests_per_second if a else 0,
+                        "allowed": d.allowed_total,
+                        "denied": d.denied_total,
+                    }
+                )
+        return rows

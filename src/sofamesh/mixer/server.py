@@ -1,0 +1,115 @@
+"""The mixer process: gRPC services on one address, Prometheus `/metrics` and `/healthz` on another.
+
+mixer = Mixer(policy)
+grpc_port, http_port = await mixer.start(("127.0.0.1", 15030), ("127.0.0.1", 15031))
+...
+await mixer.stop()
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from aiohttp import web
+from envoy.service.accesslog.v3 import als_pb2_grpc
+from envoy.service.rate_limit_quota.v3 import rlqs_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
+from sofamesh.mixer.metrics import RequestMetrics, _labels
+from sofamesh.mixer.policy import Policy
+from sofamesh.mixer.quota import QuotaState
+from sofamesh.mixer.ratelimit import RateLimiter
+from sofamesh.mixer.services import AccessLogService, QuotaService, RateLimitService
+
+
+class AddressInUse(OSError):
+    pass
+
+
+class Mixer:
+    def __init__(self, policy: Policy, quota_ttl: float = 5.0):
+        self.policy = policy
+        self.quota = QuotaState(policy, time.monotonic, ttl=quota_ttl)
+        self.limiter = RateLimiter(policy, time.time)
+        self.metrics = RequestMetrics()
+        self.quota_service = QuotaService(self.quota)
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+
+    async def start(
+        self, grpc_address: tuple[str, int], http_address: tuple[str, int]
+    ) -> tuple[int, int]:
+        # SO_REUSEPORT off: a second mixer on the same port must fail, not share the port
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        rlqs_pb2_grpc.add_RateLimitQuotaServiceServicer_to_server(self.quota_service, server)
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(self.limiter), server)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogService(self.metrics), server)
+        host, port = grpc_address
+        try:
+            grpc_port = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as e:
+            raise AddressInUse(f"--grpc-address {host}:{port}: {e}") from None
+        if grpc_port == 0:
+            raise AddressInUse(f"--grpc-address {host}:{port}: cannot bind")
+        await server.start()
+        self._grpc = server
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, http_address[0], http_address[1], reuse_port=False)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            await self.stop()
+            raise AddressInUse(f"--http-address {http_address[0]}:{http_address[1]}: {e}") from e
+        self._http = runner
+        http_port = runner.addresses[0][1]
+        return grpc_port, http_port
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.5)
+            self._grpc = None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text="\n".join(self.render()) + "\n", content_type="text/plain", charset="utf-8"
+        )
+
+    def render(self) -> list[str]:
+        out = self.metrics.render()
+        out += [
+            "# TYPE sofamesh_mixer_access_log_entries_total counter",
+            f"sofamesh_mixer_access_log_entries_total {self.metrics.entries}",
+            "# TYPE sofamesh_mixer_access_log_streams_total counter",
+            f"sofamesh_mixer_access_log_streams_total {self.metrics.streams}",
+            "# TYPE sofamesh_mixer_ratelimit_checks_total counter",
+            f'sofamesh_mixer_ratelimit_checks_total{{code="OK"}} {self.limiter.ok}',
+            f'sofamesh_mixer_ratelimit_checks_total{{code="OVER_LIMIT"}} {self.limiter.over_limit}',
+            "# TYPE sofamesh_mixer_quota_reports_total counter",
+            f"sofamesh_mixer_quota_reports_total {self.quota_service.reports}",
+        ]
+        rows = self.quota.snapshot()
+        names = ("domain", "bucket", "client")
+        for metric, key, kind in (
+            ("sofamesh_mixer_quota_limit", "limit", "gauge"),
+            ("sofamesh_mixer_quota_demand", "demand", "gauge"),
+            ("sofamesh_mixer_quota_assigned", "assigned", "gauge"),
+            ("sofamesh_mixer_quota_allowed_total", "allowed", "counter"),
+            ("sofamesh_mixer_quota_denied_total", "denied", "counter"),
+        ):
+            out.append(f"# TYPE {metric} {kind}")
+            for r in rows:
+                lab = _labels(names, (r["domain"], r["bucket"], r["client"]))
+                out.append(f"{metric}{lab} {r[key]:g}")
+        return out
