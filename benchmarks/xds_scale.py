@@ -7,7 +7,9 @@ REST, no store, no debounce) over Delta ADS.
     .venv/bin/python benchmarks/xds_scale.py --services 10000 --clients 100 --proxies none
 
 Per N services (one HTTP port each, 5 instances on 127.0.0.1-5 at one local upstream; one
-EDS cluster and one virtual host per service, as the pilot generates them):
+EDS cluster and one virtual host per service, as the pilot generates them: by default a scope
+and a route config per service (scoped RDS), with --one-route-config one route config of all
+virtual hosts, the shape of the Envoy anchor figures in issue 8):
   * ready: proxy started -> `/ready` 200, every cluster active (none warming), the route
     config(s) ACKed, and a request for the last service routed to the upstream (200);
   * RSS: VmRSS summed over every process of the proxy, once ready;
@@ -49,6 +51,7 @@ ENVOY = str(ROOT / ".venv-envoy" / "bin" / "envoy")
 T = "type.googleapis.com/envoy."
 CDS, EDS = T + "config.cluster.v3.Cluster", T + "config.endpoint.v3.ClusterLoadAssignment"
 LDS, RDS = T + "config.listener.v3.Listener", T + "config.route.v3.RouteConfiguration"
+SRDS = T + "config.route.v3.ScopedRouteConfiguration"
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -113,11 +116,13 @@ class Upstream:
 class Model:
     """N services through the pilot's generator; `add`/`move` make one change each."""
 
-    def __init__(self, n: int, listen_port: int, upstream_port: int) -> None:
+    def __init__(self, n: int, listen_port: int, upstream_port: int, scoped: bool) -> None:
         from sofamesh.pilot.generate import Generator
 
         self.up = upstream_port
-        self.gen = Generator(outbound_port=listen_port, listener_address="127.0.0.1")
+        self.gen = Generator(
+            outbound_port=listen_port, listener_address="127.0.0.1", scoped_routes=scoped
+        )
         self.services: dict = {}
         self.instances: dict = {}
         self.n = 0
@@ -181,7 +186,7 @@ async def run_proxy(kind: str, n: int, args, up: Upstream, work: Path) -> dict:
     lport = proc.free_port()
     aport = proc.free_port()
     t0 = time.monotonic()
-    model = Model(n, lport, up.port)
+    model = Model(n, lport, up.port, not args.one_route_config)
     gen_s = time.monotonic() - t0
     feed = Feed(model)
     await feed.start()
@@ -213,7 +218,12 @@ async def run_proxy(kind: str, n: int, args, up: Upstream, work: Path) -> dict:
     argv += ["-c", str(d / "bootstrap.json")]
     p = proc.Proc(kind, argv, d / "proxy.log", core=0)
     last = f"svc{n - 1:05d}"
-    out: dict = {"proxy": kind, "services": n, "generate_s": round(gen_s, 2)}
+    out: dict = {
+        "proxy": kind,
+        "services": n,
+        "routes": "one route config" if args.one_route_config else "scoped (per service)",
+        "generate_s": round(gen_s, 2),
+    }
     t_start = time.monotonic()
     p.start()
     try:
@@ -320,6 +330,9 @@ async def changes(feed: Feed, model: Model, reps: int, lport: int) -> dict:
 
 async def client_main(port: int, k: int) -> None:
     import grpc
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
     from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
     from sofamesh.xds.client import message_class
@@ -343,8 +356,10 @@ async def client_main(port: int, k: int) -> None:
         first.node.id = f"sidecar~127.0.0.{i % 250 + 1}~bench-{i}.ns~ns.svc.cluster.local"
         q.put_nowait(first)
         q.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=LDS))
-        have: dict[str, set] = {CDS: set(), EDS: set(), LDS: set(), RDS: set()}
+        have: dict[str, set] = {CDS: set(), EDS: set(), LDS: set(), SRDS: set(), RDS: set()}
         subscribed: dict[str, set] = {EDS: set(), RDS: set()}
+        want_rds: set = set()  # from listeners (rds) and scopes (SRDS)
+        scoped = False
         seen: set = set()
         async for resp in call:
             t = resp.type_url
@@ -352,28 +367,28 @@ async def client_main(port: int, k: int) -> None:
             for r in resp.resources:  # parse as a proxy must
                 m = cls.FromString(r.resource.value)
                 have[t].add(r.name)
-                if t == LDS:
-                    for fc in m.filter_chains:
-                        for f in fc.filters:
-                            if f.typed_config.type_url.endswith("HttpConnectionManager"):
-                                from envoy.extensions.filters.network.http_connection_manager.v3 import (
-                                    http_connection_manager_pb2 as hcm_pb2,
-                                )
-
-                                hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
-                                if hcm.HasField("rds"):
-                                    subscribed.setdefault("want_rds", set()).add(
-                                        hcm.rds.route_config_name
-                                    )
+                if t == SRDS:
+                    want_rds.add(m.route_configuration_name)
+                if t != LDS:
+                    continue
+                for fc in m.filter_chains:
+                    for f in fc.filters:
+                        if f.typed_config.type_url.endswith("HttpConnectionManager"):
+                            hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
+                            if hcm.HasField("rds"):
+                                want_rds.add(hcm.rds.route_config_name)
+                            elif hcm.HasField("scoped_routes") and not scoped:
+                                scoped = True
+                                q.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=SRDS))
             for n in resp.removed_resources:
                 have[t].discard(n)
             q.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=t, response_nonce=resp.nonce))
             if live["on"]:
                 out.write(f"ACK {i} {t.rsplit('.', 1)[-1]} {time.monotonic():.6f}\n")
                 out.flush()
-            for st, src in ((EDS, have[CDS]), (RDS, subscribed.get("want_rds", set()))):
+            for st, src in ((EDS, have[CDS]), (RDS, want_rds)):
                 new = src - subscribed[st]
-                if new and (st == EDS or t in (LDS, RDS) or subscribed[RDS]):
+                if new:
                     subscribed[st] |= new
                     q.put_nowait(
                         discovery_pb2.DeltaDiscoveryRequest(
@@ -381,7 +396,7 @@ async def client_main(port: int, k: int) -> None:
                         )
                     )
             seen.add(t)
-            if len(seen) == 4 and not live["on"] and i not in ready:
+            if len(seen) == 4 + scoped and not live["on"] and i not in ready:
                 ready[i] = True
                 ready["n"] -= 1
                 if ready["n"] == 0:
@@ -392,8 +407,8 @@ async def client_main(port: int, k: int) -> None:
     await asyncio.gather(*(one(i) for i in range(k)))
 
 
-async def run_clients(n: int, k: int, reps: int, up: Upstream) -> dict:
-    model = Model(n, proc.free_port(), up.port)
+async def run_clients(n: int, k: int, reps: int, up: Upstream, scoped: bool) -> dict:
+    model = Model(n, proc.free_port(), up.port, scoped)
     feed = Feed(model)
     await feed.start()
     child = subprocess.Popen(  # noqa: ASYNC220 - starts at once; read by a thread
@@ -446,6 +461,7 @@ async def run_clients(n: int, k: int, reps: int, up: Upstream) -> dict:
     return {
         "clients": k,
         "services": n,
+        "scoped_routes": scoped,
         "initial_s": round(initial_s, 2),
         "new_service_p50_ms": round(statistics.median(lats) * 1000, 1),
         "new_service_p99_ms": round(pct(lats, 99) * 1000, 1),
@@ -466,7 +482,9 @@ async def main(args) -> None:
             results.append(r)
     clients = None
     if args.clients:
-        clients = await run_clients(args.clients_services, args.clients, args.changes or 5, up)
+        clients = await run_clients(
+            args.clients_services, args.clients, args.changes or 5, up, not args.one_route_config
+        )
         print(json.dumps(clients), flush=True)
     print()
     print(
@@ -511,5 +529,10 @@ if __name__ == "__main__":
     ap.add_argument("--clients-services", type=int, default=10000)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--json")
+    ap.add_argument(
+        "--one-route-config",
+        action="store_true",
+        help="the pilot without scoped routes: one route config of every service",
+    )
     ap.add_argument("--wrap", default="", help="prefix for the sofamesh command (a profiler)")
     asyncio.run(main(ap.parse_args()))

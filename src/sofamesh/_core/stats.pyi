@@ -22,7 +22,25 @@ class Histogram:
     def quantile(self, q: float) -> float | None: ...
     def reset(self) -> None: ...
 
+class StatGroup:
+    counters: tuple[str, ...]
+    gauges: tuple[str, ...]
+    histograms: tuple[str, ...]
+    c: tuple[Counter, ...]
+    g: tuple[Gauge, ...]
+    h: tuple[Histogram, ...]
+    def __init__(
+        self, counters: tuple[str, ...], gauges: tuple[str, ...], histograms: tuple[str, ...]
+    ) -> None: ...
+
 class Store:
+    def group(
+        self,
+        prefix: str,
+        counters: tuple[str, ...] = (),
+        gauges: tuple[str, ...] = (),
+        histograms: tuple[str, ...] = (),
+    ) -> StatGroup: ...
     def counter(self, name: str) -> Counter: ...
     def gauge(self, name: str) -> Gauge: ...
     def histogram(self, name: str) -> Histogram: ...

@@ -3,6 +3,9 @@ from typing import Any, Iterable
 from sofamesh._core.stats import Counter, Gauge, Histogram, Store
 
 LB_POLICIES: dict[str, int]
+CLUSTER_COUNTERS: tuple[str, ...]
+CLUSTER_GAUGES: tuple[str, ...]
+CLUSTER_HISTOGRAMS: tuple[str, ...]
 
 def hash64(data: bytes) -> int: ...
 

@@ -45,6 +45,24 @@ cdef class Host:
         return f"Host({self.address}:{self.port} w={self.weight})"
 
 
+CLUSTER_COUNTERS = (
+    "upstream_rq_total", "upstream_rq_completed", "upstream_rq_1xx", "upstream_rq_2xx",
+    "upstream_rq_3xx", "upstream_rq_4xx", "upstream_rq_5xx", "upstream_rq_timeout",
+    "upstream_rq_per_try_timeout", "upstream_rq_retry", "upstream_rq_retry_success",
+    "upstream_rq_retry_overflow", "upstream_rq_pending_total", "upstream_rq_pending_overflow",
+    "upstream_rq_tx_reset", "upstream_rq_rx_reset", "upstream_cx_total",
+    "upstream_cx_http1_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
+    "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_cx_destroy",
+    "upstream_cx_destroy_local", "upstream_cx_destroy_remote", "upstream_cx_protocol_error",
+    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
+)
+CLUSTER_GAUGES = (
+    "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+    "membership_total", "membership_healthy",
+)
+CLUSTER_HISTOGRAMS = ("upstream_rq_time", "upstream_cx_connect_ms")
+
+
 cdef class Cluster:
     def __init__(self, str name, Store store, *, hosts=(), str lb_policy="ROUND_ROBIN",
                  double connect_timeout=5.0, long long max_connections=1024,
@@ -70,28 +88,15 @@ cdef class Cluster:
         self.store = store
         self.prefix = f"cluster.{name}."
         self.code_counters = {}
-        p = self.prefix
-        for stat in ("upstream_rq_total", "upstream_rq_completed", "upstream_rq_1xx",
-                     "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
-                     "upstream_rq_5xx", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
-                     "upstream_rq_retry",
-                     "upstream_rq_retry_success", "upstream_rq_retry_overflow",
-                     "upstream_rq_pending_total", "upstream_rq_pending_overflow",
-                     "upstream_rq_tx_reset", "upstream_rq_rx_reset", "upstream_cx_total",
-                     "upstream_cx_http1_total", "upstream_cx_connect_fail",
-                     "upstream_cx_connect_timeout", "upstream_cx_overflow",
-                     "upstream_cx_none_healthy", "upstream_cx_destroy",
-                     "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
-                     "upstream_cx_protocol_error", "upstream_cx_rx_bytes_total",
-                     "upstream_cx_tx_bytes_total"):
-            setattr(self, stat, store.counter(p + stat))
-        self.upstream_cx_active = store.gauge(p + "upstream_cx_active")
-        self.upstream_rq_active = store.gauge(p + "upstream_rq_active")
-        self.upstream_rq_pending_active = store.gauge(p + "upstream_rq_pending_active")
-        self.membership_total = store.gauge(p + "membership_total")
-        self.membership_healthy = store.gauge(p + "membership_healthy")
-        self.upstream_rq_time = store.histogram(p + "upstream_rq_time")
-        self.upstream_cx_connect_ms = store.histogram(p + "upstream_cx_connect_ms")
+        # PERF(benchmarks/xds_scale.py): the cluster's stats as one StatGroup (named only
+        # when /stats reads them); a cluster rebuilt under its name gets the same group.
+        grp = store.group(self.prefix, CLUSTER_COUNTERS, CLUSTER_GAUGES, CLUSTER_HISTOGRAMS)
+        for stat, c in zip(CLUSTER_COUNTERS, grp.c):
+            setattr(self, stat, c)
+        for stat, g in zip(CLUSTER_GAUGES, grp.g):
+            setattr(self, stat, g)
+        for stat, h in zip(CLUSTER_HISTOGRAMS, grp.h):
+            setattr(self, stat, h)
         self.set_hosts(hosts)
 
     def set_hosts(self, hosts):

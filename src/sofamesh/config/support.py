@@ -282,6 +282,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "stat_prefix",
         "route_config",
         "rds",
+        "scoped_routes",  # over ADS, one header fragment (checked by xds/scoped.py)
         "http_filters",
         "access_log",
         "use_remote_address",

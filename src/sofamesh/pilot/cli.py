@@ -46,6 +46,13 @@ def parser() -> argparse.ArgumentParser:
         "sidecars sharing a host with the services they call)",
     )
     p.add_argument(
+        "--scoped-routes",
+        choices=("true", "false"),
+        default=None,
+        help="a scope and a route config per service (default true), or one route config of "
+        "every service on the outbound listener (false)",
+    )
+    p.add_argument(
         "--store", default=None, help="'embedded' (default), 'embedded:DIR' or etcd://host:port"
     )
     p.add_argument(
@@ -126,6 +133,7 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         outbound_port=opts["outbound_port"],
         listener_address=opts["listener_address"],
         tcp_port_offset=opts.get("tcp_port_offset", 0),
+        scoped_routes=opts.get("scoped_routes", True),
     )
     api_reg = ApiRegistry(store)
     pilot = Pilot([api_reg] + opts["registries"], gen=gen, debounce=opts["debounce"])
@@ -207,6 +215,8 @@ def _main(args: argparse.Namespace) -> int:
         "outbound_port": int(pick(args.outbound_port, "outbound_port", 15001)),
         "listener_address": pick(args.listener_address, "listener_address", "0.0.0.0"),
         "tcp_port_offset": int(pick(args.tcp_port_offset, "tcp_port_offset", 0)),
+        "scoped_routes": str(pick(args.scoped_routes, "scoped_routes", True)).lower()
+        in ("true", "1", "yes"),
         "store": pick(args.store, "store", None),
         "data_dir": pick(
             args.data_dir, "data_dir", os.path.join(os.getcwd(), "sofamesh-pilot-data")

@@ -19,7 +19,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -36,8 +36,9 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-TYPES = (CDS, EDS, LDS, RDS)  # make-before-break push order
-SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds"}
+SRDS = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+TYPES = (CDS, EDS, LDS, SRDS, RDS)  # make-before-break push order
+SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", SRDS: "srds", RDS: "rds"}
 
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
 H2_PROTOCOLS = ("http2", "grpc")
@@ -239,12 +240,24 @@ def build_vhost(
     return vh
 
 
-def _hcm(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
+def _hcm(stat_prefix: str, route_name: str, scoped: bool = False) -> hcm_pb2.HttpConnectionManager:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
     )
-    hcm.rds.config_source.CopyFrom(_ads())
-    hcm.rds.route_config_name = route_name
+    if scoped:
+        # Scoped RDS: the scope is the Host header's name (before ":"), one scope and one
+        # route config per service (ScopedRouteConfiguration over ADS, then RDS by name)
+        sr = hcm.scoped_routes
+        sr.name = route_name
+        hv = sr.scope_key_builder.fragments.add().header_value_extractor
+        hv.name = ":authority"
+        hv.element_separator = ":"
+        hv.index = 0
+        sr.rds_config_source.CopyFrom(_ads())
+        sr.scoped_rds.scoped_rds_config_source.CopyFrom(_ads())
+    else:
+        hcm.rds.config_source.CopyFrom(_ads())
+        hcm.rds.route_config_name = route_name
     f = hcm.http_filters.add()
     f.name = "envoy.filters.http.router"
     f.typed_config.CopyFrom(_any(_ROUTER_URL, router_pb2.Router()))
@@ -259,15 +272,28 @@ def build_api_listener(name: str, route_name: str) -> listener_pb2.Listener:
     return lst
 
 
-def build_http_listener(address: str, port: int, route_name: str) -> listener_pb2.Listener:
+def build_http_listener(
+    address: str, port: int, route_name: str, scoped: bool = False
+) -> listener_pb2.Listener:
     lst = listener_pb2.Listener(name=f"{address}_{port}")
     lst.address.socket_address.address = address
     lst.address.socket_address.port_value = port
     fc = lst.filter_chains.add()
     f = fc.filters.add()
     f.name = "envoy.filters.network.http_connection_manager"
-    f.typed_config.CopyFrom(_any(_HCM_URL, _hcm(f"outbound_{port}", route_name)))
+    f.typed_config.CopyFrom(_any(_HCM_URL, _hcm(f"outbound_{port}", route_name, scoped)))
     return lst
+
+
+def scope_name(route_name: str, service: str) -> str:
+    """The scope and route config of one service under the outbound listener's routes."""
+    return f"{route_name}|{service}"
+
+
+def build_scope(name: str, service: str) -> scoped_route_pb2.ScopedRouteConfiguration:
+    sc = scoped_route_pb2.ScopedRouteConfiguration(name=name, route_configuration_name=name)
+    sc.key.fragments.add().string_key = service
+    return sc
 
 
 def build_tcp_listener(address: str, port: int, cluster: str) -> listener_pb2.Listener:
@@ -292,7 +318,8 @@ class ServiceOutput:
     clusters: dict[str, Resource] = field(default_factory=dict)
     endpoints: dict[str, Resource] = field(default_factory=dict)
     api_listeners: dict[str, Resource] = field(default_factory=dict)
-    routes: dict[str, Resource] = field(default_factory=dict)  # per-service route configs (gRPC)
+    routes: dict[str, Resource] = field(default_factory=dict)  # per-service route configs
+    scopes: dict[str, Resource] = field(default_factory=dict)  # its scope (scoped routes)
     vhosts: list[tuple[str, bytes]] = field(
         default_factory=list
     )  # (domain set key, VirtualHost bytes)
@@ -315,7 +342,10 @@ def _endpoint_ok(inst: Instance, bad: list[str]) -> bool:
     return True
 
 
-def build_service(svc: Service, instances: list[Instance]) -> ServiceOutput:
+def build_service(
+    svc: Service, instances: list[Instance], route_name: str | None = None
+) -> ServiceOutput:
+    """route_name: with scoped routes, the outbound route name its scope goes under."""
     out = ServiceOutput(key=(svc, tuple(instances)))
     assigned = assign_ports(svc, instances)
     first_http = first_grpc = True
@@ -349,6 +379,12 @@ def build_service(svc: Service, instances: list[Instance]) -> ServiceOutput:
             port.protocol not in HTTP_PROTOCOLS
         ):  # tcp and the RPC protocols (dubbo, bolt, hsf) ride on TCP through Envoy
             out.tcp_ports.append((port.number, cname))
+    if route_name is not None and out.vhosts:
+        name = scope_name(route_name, svc.name)
+        chunks = [ld_field(1, name.encode())]
+        chunks += [ld_field(2, vbytes) for _, vbytes in out.vhosts]
+        out.routes[name] = Resource(name, RDS, b"".join(chunks))
+        out.scopes[name] = _res(name, SRDS, build_scope(name, svc.name))
     return out
 
 
@@ -383,8 +419,13 @@ class Generator:
         outbound_port: int = 15001,
         listener_address: str = "0.0.0.0",
         tcp_port_offset: int = 0,
+        scoped_routes: bool = True,
     ):
         self.outbound_port = outbound_port
+        # PERF(benchmarks/xds_scale.py): one scope and one route config per service (scoped
+        # RDS), so a new service costs each sidecar its own scope and routes, not the whole
+        # 0.7 MB route config of a 10,000-service mesh; False: one route config, all hosts.
+        self.scoped_routes = scoped_routes
         self.tcp_port_offset = tcp_port_offset
         self.listener_address = listener_address
         self.route_name = str(outbound_port)
@@ -459,7 +500,7 @@ class Generator:
             if prev is not None and prev.key == key:
                 prev.src, prev.svc = insts, svc
                 continue
-            out = build_service(svc_, insts)
+            out = build_service(svc_, insts, self.route_name if self.scoped_routes else None)
             out.src, out.svc = insts, svc
             self._apply(prev, out, ch)
             if prev is None or prev.vhosts != out.vhosts or prev.tcp_ports != out.tcp_ports:
@@ -482,6 +523,7 @@ class Generator:
             (CDS, "clusters", True),
             (EDS, "endpoints", True),
             (LDS, "api_listeners", False),
+            (SRDS, "scopes", True),
             (RDS, "routes", True),
         )
         for t, attr, wildcard in pairs:
@@ -494,8 +536,8 @@ class Generator:
                 self._set(t, res, wildcard, ch)
 
     def _build_shared(self, ch: Changes) -> None:
-        """The outbound HTTP listener + its route config (all services' vhosts), and one
-        tcp_proxy listener per TCP service port."""
+        """The outbound HTTP listener, the route config of all services' vhosts (named by
+        the outbound port), and one tcp_proxy listener per TCP service port."""
         seen_domains: set[str] = set()
         chunks = [ld_field(1, self.route_name.encode())]
         tcp: dict[int, str] = {}
@@ -516,9 +558,13 @@ class Generator:
                     self._problem(f"tcp port {port} of {cname} already in use: no listener")
                     continue
                 tcp[port] = cname
+        # with scoped routes, still served to whoever asks for it by name (a sidecar with a
+        # static listener and rds, e.g. `sofamesh demo`); the generated listener does not
         self._set(RDS, Resource(self.route_name, RDS, b"".join(chunks)), True, ch)
         listeners = {}
-        http = build_http_listener(self.listener_address, self.outbound_port, self.route_name)
+        http = build_http_listener(
+            self.listener_address, self.outbound_port, self.route_name, self.scoped_routes
+        )
         listeners[http.name] = _res(http.name, LDS, http)
         for port, cname in sorted(tcp.items()):
             lst = build_tcp_listener(self.listener_address, port, cname)

@@ -22,13 +22,25 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from sofamesh.pilot.generate import CDS, EDS, LDS, RDS, SHORT, TYPES, Changes, Generator, ld_field
+from sofamesh.pilot.generate import (
+    CDS,
+    EDS,
+    LDS,
+    RDS,
+    SHORT,
+    SRDS,
+    TYPES,
+    Changes,
+    Generator,
+    ld_field,
+)
 
 log = logging.getLogger("sofamesh.pilot.xds")
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-FULL_STATE = (LDS, CDS)  # SotW: a response carries every subscribed resource; absence = removal
-REMOVAL_ORDER = (LDS, RDS, CDS, EDS)
+# SotW: a response carries every subscribed resource; absence = removal (wildcard types)
+FULL_STATE = (LDS, CDS, SRDS)
+REMOVAL_ORDER = (LDS, SRDS, RDS, CDS, EDS)
 _nonces = itertools.count(1)
 
 

@@ -14,6 +14,8 @@ no connection is dropped:
             socket's _Acceptor.view = view (same address: the socket stays; else a new
             socket starts serving and the old one closes); the old view drains
     RDS  -> compile_route_config -> HcmConfig.routes = table
+    SRDS -> scopes (xds/scoped.py); RDS of each scope's route config -> its virtual hosts;
+            HCMs with scoped_routes get one table of every scope's hosts
 
 A draining view gets no new connection; its HTTP/1 connections close after their next
 response (`connection: close`), and whatever is left closes after --drain-time-s, as
@@ -32,9 +34,10 @@ from typing import Any
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.upstream import Host
 from sofamesh.proxy.errors import UnsupportedConfig
-from sofamesh.proxy.routes import compile_route_config
+from sofamesh.proxy.routes import compile_route_config, compile_vhosts
 from sofamesh.xds.checks import ResourceChecks
-from sofamesh.xds.client import CDS, EDS, LDS, AdsClient, Update
+from sofamesh.xds.client import CDS, EDS, LDS, SRDS, AdsClient, Update
+from sofamesh.xds.scoped import Scopes, check_domains
 
 log = logging.getLogger("sofamesh.xds")
 
@@ -113,6 +116,10 @@ def _rds_of(lst: Any) -> tuple[str | None, Any]:
     return None, hcm
 
 
+def _scoped_of(hcm: Any) -> bool:
+    return hcm is not None and hcm.HasField("scoped_routes")
+
+
 def _nested_rds(msg: Any) -> bool:
     """Whether an HCM with rds hides inside a message (e.g. the auto filter's list)."""
     from sofamesh.config import protos
@@ -172,6 +179,7 @@ class _DynListener:
     hcm: Any  # the HCM proto when the terminal filter is one
     updated: float = field(default_factory=_now)
     info: Any = None  # proxy.server.ListenerInfo once active
+    scoped: bool = False  # the HCM routes by scopes (SRDS)
 
 
 @dataclass
@@ -206,10 +214,12 @@ class DynamicConfig:
         # made each endpoint update O(clusters) and a 10k-service start O(clusters^2)
         # (40% of it).
         self._eds_index: dict[str, set[str]] = {}  # EDS name -> cluster names
-        self._eds_names: set[str] | None = None  # names(EDS), None: recompute
+        self._names: dict[str, frozenset[str]] = {}  # names(type), cleared on any change
         self.checks = ResourceChecks()
         self._compiled_vhosts: dict[str, dict[bytes, tuple]] = {}  # route config -> reuse
         self.static_rds: list[tuple[Any, Any, str]] = []  # (ListenerInfo, hcm proto, name)
+        self.static_scoped: list[tuple[Any, Any]] = []  # (ListenerInfo, hcm proto)
+        self.scopes = Scopes()
         # a worker of a pool is fed by the main process's stream (proxy.pool_xds.WorkerFeed)
         feed = getattr(server, "xds_feed", None)
         self.client: Any = (
@@ -222,6 +232,8 @@ class DynamicConfig:
             name, hcm = _rds_of(li.config)
             if name is not None:
                 self.static_rds.append((li, hcm, name))
+            elif _scoped_of(hcm):
+                self.static_scoped.append((li, hcm))
         self.client.start()
         await self.client.initialized.wait()
         self._gauges()
@@ -242,25 +254,38 @@ class DynamicConfig:
             self._close_view(view)
 
     # ------------------------------------------------------------ Applier protocol
-    def names(self, type_url: str) -> set[str]:
+    def names(self, type_url: str) -> frozenset[str]:
+        # PERF(benchmarks/xds_scale.py): the client asks after every response; at 10,000
+        # services recomputing them cost ~3 ms of each endpoint update
+        got = self._names.get(type_url)
+        if got is None:
+            got = self._names[type_url] = frozenset(self._compute_names(type_url))
+        return got
+
+    def _compute_names(self, type_url: str) -> set[str]:
         if type_url == EDS:
-            if self._eds_names is None:
-                self._eds_names = {
-                    dc.eds_name
-                    for dc in [*self.active_clusters.values(), *self.warming_clusters.values()]
-                    if dc.eds_name
-                }
-            return set(self._eds_names)
+            return {
+                dc.eds_name
+                for dc in [*self.active_clusters.values(), *self.warming_clusters.values()]
+                if dc.eds_name
+            }
+        scoped = bool(self._scoped_users())
+        if type_url == SRDS:
+            return {"*"} if scoped else set()
         names = {n for _, _, n in self.static_rds}
         for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
             if dl.rds:
                 names.add(dl.rds)
+        if scoped:
+            names.update(self.scopes.route_keys())
         return names
 
     def warming(self, kind: str) -> int:
         if kind == "clusters":
             return len(self.warming_clusters)
         static_waiting = sum(1 for _, _, n in self.static_rds if n not in self.routes)
+        if not self.scopes.ready():
+            static_waiting += len(self.static_scoped)
         return len(self.warming_listeners) + static_waiting
 
     def end_warming(self, kind: str) -> None:
@@ -275,12 +300,17 @@ class DynamicConfig:
 
     async def apply(self, up: Update) -> dict[str, str]:
         self.type_versions[up.type_url] = up.version
+        if up.type_url != EDS:  # listeners, scopes and clusters decide the names
+            self._names.clear()
         if up.type_url == CDS:
             errors = self._apply_clusters(up)
         elif up.type_url == EDS:
             errors = self._apply_endpoints(up)
         elif up.type_url == LDS:
             errors = await self._apply_listeners(up)
+        elif up.type_url == SRDS:
+            errors = self.scopes.apply(up, _Held)
+            await self._refresh_scoped()
         else:
             errors = await self._apply_routes(up)
         self._gauges()
@@ -330,11 +360,11 @@ class DynamicConfig:
         return out
 
     def _add_cluster(self, dc: _DynCluster) -> None:
-        self._eds_names = None
+        self._names.clear()
         if dc.eds_name is not None:
             self._eds_index.setdefault(dc.eds_name, set()).add(dc.name)
-            for n in _EDS_STATS:  # shown from the start, zeros included (Envoy)
-                self.stats.counter(f"cluster.{dc.name}.{n}")
+            # shown from the start, zeros included (Envoy); PERF: a StatGroup (stats.pyx)
+            self.stats.group(f"cluster.{dc.name}.", _EDS_STATS)
         old = self.warming_clusters.pop(dc.name, None)
         if old is not None:
             self._cancel_dns(old)
@@ -394,7 +424,7 @@ class DynamicConfig:
             dc.task.cancel()
 
     def _remove_cluster(self, name: str) -> None:
-        self._eds_names = None
+        self._names.clear()
         w = self.warming_clusters.pop(name, None)
         if w is not None:
             self._cancel_dns(w)
@@ -518,10 +548,13 @@ class DynamicConfig:
         for n in _RDS_STATS if rds is not None else ():
             self.stats.counter(f"http.{hcm.stat_prefix}.rds.{rds}.{n}")
         dl.address = (bound[0], bound[1]) if addr[1] == 0 else addr
+        dl.scoped = _scoped_of(hcm)
         if rds is not None and rds in self.routes:
             view.routes = self._compile_routes(self.routes[rds].msg, hcm, rds)
-        if rds is not None and rds not in self.routes:
-            self.warming_listeners[name] = dl  # until its routes arrive (RDS)
+        if dl.scoped:
+            view.routes = self.scopes.table(hcm.strip_any_host_port)
+        if (rds is not None and rds not in self.routes) or (dl.scoped and not self.scopes.ready()):
+            self.warming_listeners[name] = dl  # until its routes arrive (RDS, SRDS)
             return
         await self._activate_listener(dl)
 
@@ -610,6 +643,46 @@ class DynamicConfig:
                 out.append((dl.view, dl.hcm, dl.hcm.stat_prefix))
         return out
 
+    def _scoped_users(self) -> list[tuple[Any, Any]]:
+        """(view, hcm proto) of every listener whose HCM routes by scopes."""
+        out = [(li.hcm, hcm) for li, hcm in self.static_scoped]
+        for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
+            if dl.scoped:
+                out.append((dl.view, dl.hcm))
+        return out
+
+    async def _refresh_scoped(self) -> None:
+        """Every scoped HCM gets the table of the scopes held now; listeners waiting for
+        their scopes' routes go active once all have arrived."""
+        for name, key in self.scopes.route_keys().items():
+            held = self.routes.get(name)
+            # a route config held before a scope named it
+            if (
+                held is not None
+                and name not in self.scopes.entries
+                and self._scoped_route(name, held.msg, key) is not None
+            ):
+                log.warning("xds: route config %s does not fit scope %s", name, key)
+        for view, hcm in self._scoped_users():
+            view.routes = self.scopes.table(hcm.strip_any_host_port)
+        if self.scopes.ready():
+            for dl in list(self.warming_listeners.values()):
+                if dl.scoped and (dl.rds is None or dl.rds in self.routes):
+                    await self._activate_listener(dl)
+
+    def _scoped_route(self, name: str, rc: Any, key: str) -> str | None:
+        """Compiles the route config of scope `key`; its problem, if any."""
+        problem = check_domains(rc, key, [hcm.scoped_routes for _, hcm in self._scoped_users()])
+        if problem is not None:
+            return problem
+        self.scopes.entries[name] = compile_vhosts(
+            rc,
+            per_filter=self.server._per_filter,
+            path=f"route_config[{name}]",
+            reuse=self._compiled_vhosts.setdefault(name, {}),
+        )
+        return None
+
     def _compile_routes(self, rc: Any, hcm: Any, name: str) -> Any:
         return compile_route_config(
             rc,
@@ -623,13 +696,19 @@ class DynamicConfig:
         from envoy.config.route.v3 import route_pb2
 
         errors = {}
+        scope_keys = self.scopes.route_keys()
+        scoped_changed = False
         for name, (version, rc) in up.resources.items():
             users = self._rds_users(name)
             for _, _, prefix in users:
                 _bump(self.stats, f"http.{prefix}.rds.{name}.update_attempt")
             raw = rc.SerializeToString(deterministic=True)
             held = self.routes.get(name)
-            if held is not None and held.raw == raw:
+            if (
+                held is not None
+                and held.raw == raw
+                and (name not in scope_keys or name in self.scopes.entries)
+            ):
                 for _, _, prefix in users:
                     _bump(self.stats, f"http.{prefix}.rds.{name}.update_empty")
                 continue
@@ -638,6 +717,11 @@ class DynamicConfig:
                 if problems:
                     raise UnsupportedConfig(_problems_text(problems))
                 tables = [self._compile_routes(rc, hcm, name) for _, hcm, _ in users]
+                if name in scope_keys:
+                    problem = self._scoped_route(name, rc, scope_keys[name])
+                    if problem is not None:
+                        raise UnsupportedConfig(problem)
+                    scoped_changed = True
             except (UnsupportedConfig, ValueError) as e:
                 errors[name] = f"RouteConfiguration {name}: {e}"
                 for _, _, prefix in users:
@@ -652,9 +736,13 @@ class DynamicConfig:
         for name in up.removed:  # Delta: an empty route table (404) as Envoy
             self.routes.pop(name, None)
             self._compiled_vhosts.pop(name, None)
+            if self.scopes.entries.pop(name, None) is not None:
+                scoped_changed = True
             empty = route_pb2.RouteConfiguration(name=name)
             for view, hcm, _ in self._rds_users(name):
                 view.routes = self._compile_routes(empty, hcm, name)
+        if scoped_changed:
+            await self._refresh_scoped()
         return errors
 
     async def _activate_ready(self, route_name: str) -> None:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sofamesh.xds.client import CDS, EDS, LDS, ORDER, RDS, Update, message_class
+from sofamesh.xds.client import CDS, EDS, LDS, ORDER, RDS, SRDS, Update, message_class
 
 log = logging.getLogger("sofamesh.xds")
 
@@ -70,6 +70,7 @@ def worker_state(dyn: Any) -> dict:
     return {
         "eds": sorted(dyn.names(EDS)),
         "rds": sorted(dyn.names(RDS)),
+        "srds": sorted(dyn.names(SRDS)),
         "warming_clusters": sorted(dyn.warming_clusters),
         "warming_listeners": sorted(dyn.warming_listeners),
         "warming_static": dyn.warming("listeners") - len(dyn.warming_listeners),
@@ -202,7 +203,7 @@ class PoolApplier:
         return [s for i, s in self.states.items() if i in live]
 
     def names(self, type_url: str) -> set[str]:
-        key = "eds" if type_url == EDS else "rds"
+        key = {EDS: "eds", SRDS: "srds"}.get(type_url, "rds")
         out: set[str] = set()
         for s in self._states():
             out.update(s.get(key, ()))
@@ -246,7 +247,7 @@ class PoolApplier:
                 self.type_versions.get(t, ""),
                 {n: (h.version, h.msg) for n, h in table.items()},
                 [],
-                t in (CDS, LDS),
+                t in (CDS, LDS, SRDS),
             )
             ups.append(encode_update(up, {n: h.raw for n, h in table.items()}))
         return ups, list(self.ended)

@@ -173,7 +173,20 @@ def compile_route_config(
     strip_port: bool = False,
     reuse: dict[bytes, tuple] | None = None,
 ) -> R.RouteTable:
-    """RouteTable from envoy.config.route.v3.RouteConfiguration.
+    """RouteTable from envoy.config.route.v3.RouteConfiguration (see compile_vhosts)."""
+    vhosts = compile_vhosts(rc, clusters=clusters, per_filter=per_filter, path=path, reuse=reuse)
+    return R.RouteTable(vhosts, strip_port)
+
+
+def compile_vhosts(
+    rc: Any,
+    *,
+    clusters: set[str] | None = None,
+    per_filter: Callable[[str, Any, str], Any] | None = None,
+    path: str = "route_config",
+    reuse: dict[bytes, tuple] | None = None,
+) -> list[tuple[list[str], R.VirtualHost]]:
+    """(domains, VirtualHost) of each virtual host of a RouteConfiguration.
 
     clusters: when given, a route to a cluster not in the set is a config error (Envoy's
     validate_clusters for static routes). per_filter(name, Any, path) compiles a
@@ -229,7 +242,7 @@ def compile_route_config(
         if key and not any(r.typed_per_filter_config for r in vh.routes):
             reuse[key] = entry  # type: ignore[index]
         vhosts.append(entry)
-    return R.RouteTable(vhosts, strip_port)
+    return vhosts
 
 
 def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> R.Route:

@@ -256,9 +256,18 @@ class Server:
             from envoy.config.route.v3 import route_pb2
 
             hcm.route_config.CopyFrom(route_pb2.RouteConfiguration(name=hcm.rds.route_config_name))
+        elif spec_kind == "scoped_routes":
+            # scoped RDS: sofamesh.proxy.dynamic merges the scopes' tables (xds/scoped.py)
+            from sofamesh.xds.scoped import check_scoped_routes
+
+            check_scoped_routes(hcm.scoped_routes, f"{path}.typed_config.scoped_routes")
+            from envoy.config.route.v3 import route_pb2
+
+            hcm.route_config.CopyFrom(route_pb2.RouteConfiguration(name=hcm.scoped_routes.name))
         elif spec_kind != "route_config":
             raise UnsupportedConfig(
-                f"{path}.typed_config: only an inline route_config or rds is supported"
+                f"{path}.typed_config: only an inline route_config, rds or scoped_routes is "
+                "supported"
             )
         if hcm.codec_type not in (0, 1):  # AUTO, HTTP1
             raise UnsupportedConfig(f"{path}.typed_config.codec_type: only HTTP/1.1")

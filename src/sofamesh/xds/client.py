@@ -5,6 +5,7 @@ Envoy's order (what the pilot and Istio expect):
     CDS (wildcard) --> clusters; EDS clusters warm --> EDS (their names)
         all clusters warm, or the CDS initial_fetch_timeout passed -->
     LDS (wildcard) --> listeners; HCMs with rds warm --> RDS (their route config names)
+        HCMs with scoped_routes warm --> SRDS (wildcard) --> RDS (the scopes' route configs)
         all listeners warm, or the LDS initial_fetch_timeout passed --> initialized
 
 Each response is handed to an `Applier` (sofamesh.proxy.dynamic.DynamicConfig), which
@@ -35,9 +36,11 @@ CDS = _T + "config.cluster.v3.Cluster"
 EDS = _T + "config.endpoint.v3.ClusterLoadAssignment"
 LDS = _T + "config.listener.v3.Listener"
 RDS = _T + "config.route.v3.RouteConfiguration"
-ORDER = (CDS, EDS, LDS, RDS)
-FULL_STATE = (CDS, LDS)  # SotW: a response lists all of them; absent ones are removed
-SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds"}
+SRDS = _T + "config.route.v3.ScopedRouteConfiguration"
+ORDER = (CDS, EDS, LDS, SRDS, RDS)
+# wildcard types; SotW: a response lists all of them, absent ones are removed
+FULL_STATE = (CDS, LDS, SRDS)
+SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", SRDS: "srds", RDS: "rds"}
 _RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -68,7 +71,8 @@ class Applier(Protocol):
         """Applies what is valid; returns {resource name: error} for what is not."""
 
     def names(self, type_url: str) -> set[str]:
-        """The EDS / RDS resource names the current clusters / listeners need."""
+        """The EDS / RDS resource names the current clusters / listeners need; SRDS: {"*"}
+        once a listener uses scoped routes."""
 
     def warming(self, kind: str) -> int:
         """How many clusters / listeners wait for their endpoints / routes."""
@@ -102,6 +106,10 @@ def message_class(type_url: str) -> Any:
         from envoy.config.listener.v3 import listener_pb2
 
         return listener_pb2.Listener
+    if type_url == SRDS:
+        from envoy.config.route.v3 import scoped_route_pb2
+
+        return scoped_route_pb2.ScopedRouteConfiguration
     from envoy.config.route.v3 import route_pb2
 
     return route_pb2.RouteConfiguration
@@ -178,11 +186,11 @@ class AdsClient:
             or not st.cds
             or ((cds.received and self.applier.warming("clusters") == 0) or self._cds_expired)
         )
-        # EDS as clusters need it; RDS only once the clusters are warm (Envoy's order)
-        for t in (EDS, RDS) if clusters_done else (EDS,):
+        # EDS as clusters need it; SRDS and RDS only once the clusters are warm (Envoy)
+        for t in (EDS, SRDS, RDS) if clusters_done else (EDS,):
             sub = self.subs[t]
-            want = frozenset(self.applier.names(t))
-            if want != sub.names or (want and not sub.started):
+            want = frozenset(self.applier.names(t))  # the same object while unchanged
+            if (want is not sub.names and want != sub.names) or (want and not sub.started):
                 sub.names = want
                 sub.started = True
                 self._send_subscription(sub)
@@ -369,7 +377,7 @@ class AdsClient:
             up = self._decode(t, [("", resp.version_info, a) for a in resp.resources])
             up.version = resp.version_info
             up.full_state = t in FULL_STATE
-        if t in FULL_STATE:
+        if t in (CDS, LDS):
             self._bump(f"{self._prefix(t)}.update_attempt")
         try:
             errors = dict(up.errors)
@@ -387,12 +395,12 @@ class AdsClient:
         if errors:
             detail = "; ".join(f"{msg}" for msg in errors.values())
             log.warning("xds: rejected %s update %r: %s", SHORT[t], up.version, detail)
-            if t in FULL_STATE:
+            if t in (CDS, LDS):
                 self._bump(f"{self._prefix(t)}.update_rejected")
         else:
             if not self.settings.delta:
                 sub.version = resp.version_info
-            if t in FULL_STATE:
+            if t in (CDS, LDS):
                 self._bump(f"{self._prefix(t)}.update_success")
         self._ack(sub, resp.nonce, errors)
         self.poke()

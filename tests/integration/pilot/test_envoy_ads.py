@@ -185,7 +185,7 @@ def test_envoy_routes_by_registration_weight_and_expiry(pilot, tmp_path, mode, s
         assert mine[0]["types"]["cds"]["version_acked"] == mine[0]["types"]["cds"]["version_sent"]
         assert all(t["nack"] is None for t in mine[0]["types"].values())
         assert {k: t["status"] for k, t in mine[0]["types"].items()} == dict.fromkeys(
-            ("cds", "eds", "lds", "rds"), "SYNCED"
+            ("cds", "eds", "lds", "srds", "rds"), "SYNCED"
         )
 
         # 5. the last instance leaves: the service's route goes (404) and so does its cluster

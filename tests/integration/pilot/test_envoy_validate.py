@@ -1,7 +1,9 @@
 """Envoy 1.40's own judge (`--mode validate`) accepts everything the generator makes, for every
 protocol: HTTP, HTTP/2 and gRPC clusters, tcp_proxy listeners (tcp, dubbo, bolt, hsf), weights,
-localities, unhealthy endpoints. The xDS-only parts are inlined (EDS -> load_assignment, RDS ->
-route_config) as Envoy would hold them after the pushes."""
+localities, unhealthy endpoints, with scoped routes (a scope and route config per service) and
+without (one route config). The xDS-only parts are inlined (EDS -> load_assignment, RDS ->
+route_config, SRDS -> scoped_route_configurations_list) as Envoy would hold them after the
+pushes."""
 
 from __future__ import annotations
 
@@ -12,20 +14,21 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import json_format
 
-from sofamesh.pilot.generate import CDS, EDS, LDS, RDS, Generator
+from sofamesh.pilot.generate import CDS, EDS, LDS, RDS, SRDS, Generator
 from sofamesh.pilot.model import PROTOCOLS, Instance, Locality, Port, Service
 from tests.conftest import envoy_binary
 
 pytestmark = pytest.mark.envoy
 
 
-def test_generated_config_passes_envoy_validate(tmp_path):
+@pytest.mark.parametrize("scoped", [True, False], ids=["scoped-routes", "one-route-config"])
+def test_generated_config_passes_envoy_validate(tmp_path, scoped):
     services, instances = {}, {}
     for i, proto in enumerate(PROTOCOLS):
         name = f"svc-{proto}"
@@ -43,7 +46,7 @@ def test_generated_config_passes_envoy_validate(tmp_path):
             )
             for k in range(3)
         ]
-    gen = Generator(outbound_port=15001, listener_address="127.0.0.1")
+    gen = Generator(outbound_port=15001, listener_address="127.0.0.1", scoped_routes=scoped)
     gen.update(services, instances)
     cla = {
         n: endpoint_pb2.ClusterLoadAssignment.FromString(r.message().value)
@@ -66,8 +69,18 @@ def test_generated_config_passes_envoy_validate(tmp_path):
         f = lst.filter_chains[0].filters[0]
         if f.name == "envoy.filters.network.http_connection_manager":
             hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
-            hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
-            hcm.ClearField("rds")
+            if hcm.HasField("scoped_routes"):
+                sr = hcm.scoped_routes
+                assert scoped and len(gen.all[SRDS]) == 3  # http, http2, grpc
+                for r in gen.all[SRDS].values():
+                    sc = scoped_route_pb2.ScopedRouteConfiguration.FromString(r.message().value)
+                    sc.route_configuration.CopyFrom(routes[sc.route_configuration_name])
+                    sc.ClearField("route_configuration_name")
+                    sr.scoped_route_configurations_list.scoped_route_configurations.append(sc)
+            else:
+                assert not scoped
+                hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
+                hcm.ClearField("rds")
             f.typed_config.Pack(hcm)
         listeners.append(json_format.MessageToDict(lst, preserving_proto_field_name=True))
     # 1 HTTP listener + a tcp_proxy listener per non-HTTP protocol

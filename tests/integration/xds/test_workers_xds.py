@@ -96,7 +96,7 @@ def test_two_workers_one_stream(pilot, tmp_path, mode):
         mine = [c for c in conns["connections"] if c["node"].startswith("sidecar~127.0.0.1~")]
         assert len(mine) == 1, conns
         assert {k: t["status"] for k, t in mine[0]["types"].items()} == dict.fromkeys(
-            ("cds", "eds", "lds", "rds"), "SYNCED"
+            ("cds", "eds", "lds", "srds", "rds"), "SYNCED"
         )
         s = stats(admin)
         assert s["control_plane.connected_state"] == 1

@@ -6,12 +6,12 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from sofamesh.pilot.generate import CDS, EDS, LDS, RDS, Generator, Resource, ld_field
+from sofamesh.pilot.generate import CDS, EDS, LDS, RDS, SRDS, Generator, Resource, ld_field
 from sofamesh.pilot.model import Instance, Locality, Port, Service
 
 
@@ -78,10 +78,26 @@ def test_routes_listener_and_tcp_proxy():
     hcm = http_connection_manager_pb2.HttpConnectionManager.FromString(
         lst.filter_chains[0].filters[0].typed_config.value
     )
-    assert (
-        hcm.rds.route_config_name == "15001"
-        and hcm.http_filters[-1].name == "envoy.filters.http.router"
+    # scoped routes: the Host's name picks the service's scope, which names its route config
+    sr = hcm.scoped_routes
+    hv = sr.scope_key_builder.fragments[0].header_value_extractor
+    assert (hv.name, hv.element_separator, hv.index) == (":authority", ":", 0)
+    assert hcm.http_filters[-1].name == "envoy.filters.http.router"
+    scope = decode(g.all[SRDS]["15001|api"], scoped_route_pb2.ScopedRouteConfiguration)
+    assert scope.route_configuration_name == "15001|api"
+    assert [f.string_key for f in scope.key.fragments] == ["api"]
+    own = decode(g.all[RDS]["15001|api"], route_pb2.RouteConfiguration)
+    assert own.virtual_hosts == rc.virtual_hosts  # the service's hosts, and only them
+    assert set(g.all[SRDS]) == {"15001|api"}  # db is TCP: no scope
+    plain = Generator(outbound_port=15001, listener_address="127.0.0.1", scoped_routes=False)
+    plain.update(
+        {"api": Service("api", ports=(Port(80, "http"),))}, {"api": [inst("api", "1", 80)]}
     )
+    lst = decode(plain.all[LDS]["127.0.0.1_15001"], listener_pb2.Listener)
+    hcm = http_connection_manager_pb2.HttpConnectionManager.FromString(
+        lst.filter_chains[0].filters[0].typed_config.value
+    )
+    assert hcm.rds.route_config_name == "15001" and not plain.all[SRDS]
     tcp = decode(g.all[LDS]["127.0.0.1_5432"], listener_pb2.Listener)
     tp = tcp_proxy_pb2.TcpProxy.FromString(tcp.filter_chains[0].filters[0].typed_config.value)
     assert tp.cluster == "outbound|5432||db"
