@@ -452,6 +452,15 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
     "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config"),
     "envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path",),
+    # envoy.access_loggers.http_grpc (sofamesh.proxy.grpc_access_log)
+    "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig": ("common_config",),
+    "envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig": (
+        "log_name",
+        "grpc_service",
+        "transport_api_version",  # V3 only (the only version Envoy 1.40 has)
+        "buffer_flush_interval",
+        "buffer_size_bytes",
+    ),  # grpc_service: envoy_grpc.cluster_name (GrpcService is listed above, for ADS)
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": (
         "stat_prefix",
         "cluster",

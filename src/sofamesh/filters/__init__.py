@@ -14,6 +14,7 @@ _BUILTIN = [
     "sofamesh.filters.network.auto",
     "sofamesh.filters.network.rbac",
     "sofamesh.filters.istio",
+    "sofamesh.proxy.grpc_access_log",  # access logger envoy.access_loggers.http_grpc
 ]
 
 for _name in _BUILTIN:

@@ -125,7 +125,7 @@ class Server:
         self.clusters: dict[str, Cluster] = {}
         self.health_failed = False
         self._rt: dict[str, _ClusterRuntime] = {}
-        self._access_logs: list[FileAccessLog] = []
+        self._access_logs: list[Any] = []  # FileAccessLog | access_loggers' loggers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         # listeners whose terminal filter is not the HCM (dubbo_proxy, bolt_proxy,
@@ -313,7 +313,18 @@ class Server:
         for ai, al in enumerate(hcm.access_log):
             apath = f"{path}.typed_config.access_log[{ai}]"
             if al.typed_config.type_url != FILE_LOG_TYPE:
-                raise UnsupportedConfig(f"{apath}: only envoy.access_loggers.file is supported")
+                from sofamesh.proxy.access_loggers import factory_for
+
+                build = factory_for(al.typed_config.type_url)
+                if build is None:
+                    raise UnsupportedConfig(f"{apath}: access logger not supported")
+                if al.HasField("filter"):
+                    raise UnsupportedConfig(f"{apath}.filter is not supported")
+                if access_log is not None:
+                    raise UnsupportedConfig(f"{apath}: one access log per listener is supported")
+                access_log = build(al.typed_config, self._loop, self, apath)
+                self._access_logs.append(access_log)
+                continue
             from envoy.extensions.access_loggers.file.v3 import file_pb2
 
             fl = file_pb2.FileAccessLog()

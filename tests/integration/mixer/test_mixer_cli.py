@@ -34,6 +34,7 @@ def test_busy_grpc_port_is_refused(tmp_path):
                 "--http-address",
                 "127.0.0.1:0",
             ],
+            check=False,
             capture_output=True,
             text=True,
             timeout=20,
@@ -58,6 +59,7 @@ def test_busy_http_port_is_refused(tmp_path):
                 "--http-address",
                 f"127.0.0.1:{port}",
             ],
+            check=False,
             capture_output=True,
             text=True,
             timeout=20,
@@ -70,6 +72,7 @@ def test_bad_policy_names_the_entry(tmp_path):
     bad.write_text("quotas:\n  - bucket: {name: x}\n    requests_per_second: -1\n")
     r = subprocess.run(
         [*sofamesh_command(), "mixer", "--config", str(bad), "--grpc-address", "127.0.0.1:0"],
+        check=False,
         capture_output=True,
         text=True,
         timeout=20,
