@@ -35,6 +35,10 @@ def describe_server(server: Any) -> dict:
     clusters = []
     for name, ci in server.clusters.items():
         hosts = []
+        # active health checking (proxy.health_check.CheckedCluster): flags per host, and
+        # the EDS health apart from them (Host.healthy is both)
+        hc_flags = getattr(ci, "hc_flags", None) or {}
+        eds_healthy = getattr(ci, "eds_healthy", None)
         for h in getattr(ci, "hosts", ()) or ():
             stats = {}
             src = getattr(h, "stats", None)
@@ -52,6 +56,12 @@ def describe_server(server: Any) -> dict:
                     "port": int(h.port),
                     "weight": int(getattr(h, "weight", 1) or 1),
                     "healthy": bool(getattr(h, "healthy", True)),
+                    "eds_healthy": bool(
+                        eds_healthy.get((h.address, h.port), True)
+                        if eds_healthy is not None
+                        else getattr(h, "healthy", True)
+                    ),
+                    "hc_flags": int(hc_flags.get((h.address, h.port), 0)),
                     "hostname": str(getattr(h, "hostname", "") or ""),
                     "stats": stats,
                 }

@@ -358,8 +358,28 @@ def _cluster_cfgs(st: AdminState) -> dict[str, Any]:
     return cfgs
 
 
+def _health_status(hs: Any, h: dict) -> None:
+    """envoy.admin.v3.HostHealthStatus from a topology host (proxy.health_check flags)."""
+    from sofamesh.proxy import health_check as hc
+
+    f = h.get("hc_flags", 0)
+    hs.eds_health_status = 1 if h.get("eds_healthy", h["healthy"]) else 2
+    if f & hc.FAILED_ACTIVE_HC:
+        hs.failed_active_health_check = True
+    if f & hc.DEGRADED_ACTIVE_HC:
+        hs.failed_active_degraded_check = True
+    if f & hc.PENDING_ACTIVE_HC:
+        hs.pending_active_hc = True
+    if f & hc.EXCLUDED_VIA_IMMEDIATE_HC_FAIL:
+        hs.excluded_via_immediate_hc_fail = True
+    if f & hc.ACTIVE_HC_TIMEOUT:
+        hs.active_hc_timeout = True
+
+
 @route("/clusters", "upstream cluster status")
 async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
+    from sofamesh.proxy.health_check import health_flags_text
+
     top = await st.backend.topology()
     cfgs = _cluster_cfgs(st)
     if q.get("format") == "json":
@@ -385,9 +405,7 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
                     s = hs.stats.add(name=name, value=v)
                     if name in HOST_GAUGES:
                         s.type = 1  # GAUGE
-                hs.health_status.eds_health_status = 1 if h["healthy"] else 2
-                if not h["healthy"]:
-                    hs.health_status.failed_active_health_check = False
+                _health_status(hs.health_status, h)
                 hs.weight = h["weight"]
                 hs.hostname = h.get("hostname", "")
                 hs.locality.SetInParent()
@@ -409,7 +427,8 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
                 lines.append(f"{hp}::{k}::{v}")
             lines.append(f"{hp}::hostname::{h.get('hostname', '')}")
             lines.append(
-                f"{hp}::health_flags::{'healthy' if h['healthy'] else '/failed_eds_health'}"
+                f"{hp}::health_flags::"
+                + health_flags_text(h.get("hc_flags", 0), h.get("eds_healthy", h["healthy"]))
             )
             lines.append(f"{hp}::weight::{h['weight']}")
             for k in ("region", "zone", "sub_zone"):

@@ -118,11 +118,6 @@ GAPS: list[Gap] = [
     ),
     Gap(
         "envoy.config.cluster.v3.Cluster",
-        "health_checks",
-        "active health checking is not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.config.cluster.v3.Cluster",
         "outlier_detection",
         "outlier detection is not implemented by sofamesh",
     ),
@@ -436,7 +431,42 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "typed_extension_protocol_options",  # by type URL (register_extension)
         "eds_cluster_config",
         "common_lb_config",
+        "health_checks",  # one (proxy/health_check.py)
     ),
+    # active health checking (proxy/health_check.py, proxy/health_probes.py)
+    "envoy.config.core.v3.HealthCheck": (
+        "timeout",
+        "interval",
+        "initial_jitter",
+        "interval_jitter",
+        "interval_jitter_percent",
+        "unhealthy_threshold",
+        "healthy_threshold",
+        "reuse_connection",
+        "http_health_check",
+        "tcp_health_check",
+        "grpc_health_check",
+        "no_traffic_interval",
+        "no_traffic_healthy_interval",
+        "unhealthy_interval",
+        "unhealthy_edge_interval",
+        "healthy_edge_interval",
+        "event_log_path",  # JSON HealthCheckEvent lines
+        "always_log_health_check_failures",
+    ),
+    "envoy.config.core.v3.HealthCheck.HttpHealthCheck": (
+        "host",
+        "path",
+        "request_headers_to_add",  # literal values
+        "request_headers_to_remove",
+        "expected_statuses",
+        "retriable_statuses",
+        "codec_client_type",  # HTTP1 only (ALLOWED_IF)
+        "method",  # GET only (ALLOWED_IF)
+    ),
+    "envoy.config.core.v3.HealthCheck.TcpHealthCheck": ("send", "receive"),
+    "envoy.config.core.v3.HealthCheck.GrpcHealthCheck": ("service_name", "authority"),
+    "envoy.config.core.v3.HealthCheck.Payload": ("text", "binary"),
     _CL + "Cluster.LeastRequestLbConfig": ("choice_count",),
     _CL + "CircuitBreakers": ("thresholds",),
     _CL + "CircuitBreakers.Thresholds": (
@@ -605,6 +635,14 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
     (_EP + "LbEndpoint", "health_status"): (
         lambda v: v in (0, 1),
         "only UNKNOWN or HEALTHY in a static cluster",
+    ),
+    ("envoy.config.core.v3.HealthCheck.HttpHealthCheck", "codec_client_type"): (
+        lambda v: v == 0,
+        "only HTTP1 (health checks speak HTTP/1.1)",
+    ),
+    ("envoy.config.core.v3.HealthCheck.HttpHealthCheck", "method"): (
+        lambda v: v in (0, 1),
+        "only GET",
     ),
     ("envoy.config.core.v3.ApiConfigSource", "api_type"): (
         lambda v: v in (2, 3),

@@ -434,6 +434,8 @@ class DynamicConfig:
                 self._eds_index.get(gone.eds_name, set()).discard(name)
         if dc is not None:
             self.server.clusters.pop(name, None)
+            if self.server.health_link is not None:  # its health checks stop
+                self.server.health_link.remove(name)
             rt = self.server._rt.pop(name, None)
             if rt is not None:
                 self._retire(rt)

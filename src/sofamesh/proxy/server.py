@@ -134,6 +134,9 @@ class Server:
         self.dynamic: Any = None  # sofamesh.proxy.dynamic.DynamicConfig with dynamic_resources
         # set by proxy.workers in a pool's worker: the main process's ADS stream feeds it
         self.xds_feed: Any = None  # proxy.pool_xds.WorkerFeed
+        # active health checking (proxy.health_check): a LocalLink made by the first checked
+        # cluster, or a RemoteLink set by proxy.workers (the main process checks)
+        self.health_link: Any = None
 
     # ---------------------------------------------------------------- build
     def _build_clusters(self) -> None:
@@ -188,11 +191,11 @@ class Server:
             "choice_count"
         ):
             kw["choice_count"] = c.least_request_lb_config.choice_count.value
+        hc = None
         if c.health_checks:
-            log.warning(
-                "%s.health_checks: active health checking is not implemented; hosts stay healthy",
-                path,
-            )
+            from sofamesh.proxy import health_check
+
+            hc = health_check.parse(c, path)
         hosts, targets = [], []
         for ei, e in enumerate(c.load_assignment.endpoints):
             for li, lbe in enumerate(e.lb_endpoints):
@@ -218,7 +221,14 @@ class Server:
                     targets.append((sa.address, sa.port_value, w))
         if ctype == "EDS":
             hosts, targets = [], []  # an EDS cluster's inline load_assignment is unused (Envoy)
-        cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
+        if hc is not None:
+            if self.health_link is None:
+                self.health_link = health_check.LocalLink(self.stats)
+            cl = health_check.CheckedCluster(
+                c.name, self.stats, hosts=hosts, hc=hc, link=self.health_link, **kw
+            )
+        else:
+            cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
         return _ClusterRuntime(cl, dns_targets=targets)
 
     def _per_filter(self, name: str, anycfg: Any, path: str) -> Any:
@@ -444,6 +454,10 @@ class Server:
                 if cfg.HasField("dns_refresh_rate"):
                     rate = max(_dur(cfg.dns_refresh_rate), 0.001)
                 rt.dns_task = self._loop.create_task(self._dns_loop(rt, rate))
+        if self.health_link is not None:  # Envoy: clusters initialize after their first checks
+            await self.health_link.start(
+                [c.name for c in self.bootstrap.static_resources.clusters if c.health_checks]
+            )
         reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
         # a pool's worker serves only once it has the pool's current xDS config
         serve = self.xds_feed is None or not self.bootstrap.HasField("dynamic_resources")
@@ -673,6 +687,8 @@ class Server:
     async def stop(self) -> None:
         if self.dynamic is not None:
             await self.dynamic.stop()
+        if self.health_link is not None:
+            self.health_link.stop()
         for rt in self._rt.values():
             if rt.dns_task is not None:
                 rt.dns_task.cancel()

@@ -408,8 +408,16 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
         from sofamesh.proxy.pool_xds import PoolApplier
 
         xds = PoolApplier(pool)
-        for w in pool:
-            w.on_event = lambda i, msg: xds.on_state(i, msg["state"])
+    health = _pool_health(pool, store)
+
+    def on_event(i: int, msg: dict) -> None:
+        if msg.get("event", "").startswith("hc_"):
+            health.on_event(i, msg)
+        elif xds is not None:
+            xds.on_state(i, msg["state"])
+
+    for w in pool:
+        w.on_event = on_event
     backend = PoolBackend(pool, store, xds)
     state, admin = await _start_admin(bootstrap, opts, backend)  # config_dump: as given
     _install_signals(asyncio.get_running_loop(), state)
@@ -421,6 +429,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
         if xds is not None:  # the one stream; LIVE once its initial fetch is done
             client = _start_pool_client(bootstrap, xds, store)
             await client.initialized.wait()
+        await _first_checks(bootstrap, health)
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         log.critical("error initializing workers: %s", e)
         if client is not None:
@@ -490,6 +499,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     except asyncio.CancelledError:
         pass
     await admin.stop()
+    health.stop()
     if client is not None:
         await client.stop()
     await asyncio.gather(*(w.stop() for w in pool))
@@ -497,6 +507,39 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
         s.close()
     buckets.close()
     return 0
+
+
+def _pool_health(pool: list[Worker], store: Any) -> Any:
+    """Active health checks run once, here, as on Envoy's main thread; every change of a
+    host's flags goes to every live worker as an `hc_flags` frame (no reply)."""
+    from sofamesh.proxy.health_check import PoolHealth
+
+    def send_to(index: int, frame: dict) -> None:
+        w = pool[index]
+        if w.ready and w.writer is not None and not w.writer.is_closing():
+            w.writer.write(_frame(frame))
+
+    def broadcast(frame: dict) -> None:
+        data = _frame(frame)
+        for w in pool:
+            if w.ready and w.writer is not None and not w.writer.is_closing():
+                w.writer.write(data)
+
+    return PoolHealth(store, broadcast, send_to)
+
+
+async def _first_checks(bootstrap: Any, health: Any) -> None:
+    """Envoy initializes a checked static cluster after each host's first check."""
+    from sofamesh.proxy.health_check import parse
+
+    names, bound = [], 0.0
+    for c in bootstrap.static_resources.clusters:
+        if c.health_checks:
+            cfg = parse(c, c.name)
+            names.append(c.name)
+            bound = max(bound, cfg.initial_jitter + cfg.timeout)
+    if names:
+        await health.first_round(names, bound + 5.0)
 
 
 def _start_pool_client(bootstrap: Any, xds: Any, store: Any) -> Any:
@@ -542,9 +585,13 @@ async def _worker_main(fd: int) -> int:
         from sofamesh.proxy.pool_xds import WorkerFeed
 
         feed = WorkerFeed(init["xds"], init.get("xds_ended", []), lambda m: writer.write(_frame(m)))
+    from sofamesh.proxy.health_check import RemoteLink
+
     try:
         server = Server(bootstrap, stats=store, options=opts)
         server.xds_feed = feed
+        # health checks run in the main process; this worker applies their results
+        server.health_link = RemoteLink(lambda m: writer.write(_frame(m)))
         await server.start()
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         wlog.critical("worker %d: error initializing server: %s", opts.worker_index, e)
@@ -558,6 +605,7 @@ async def _worker_main(fd: int) -> int:
         ready["xds_state"] = worker_state(server.dynamic)
         feed.live = True
     writer.write(_frame(ready))
+    server.health_link.go_live()  # its events (hc_hosts, ...) follow the ready frame
     await writer.drain()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -572,6 +620,9 @@ async def _worker_main(fd: int) -> int:
                 stop.set()  # main process gone
                 return
             op = msg.get("op")
+            if op == "hc_flags":  # pushed by the main process's health checks: no reply
+                server.health_link.apply(msg)
+                continue
             reply: dict[str, Any] = {"ok": True}
             try:
                 if op == "snapshot":
