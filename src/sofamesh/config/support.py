@@ -253,7 +253,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     _CL + "Cluster.EdsClusterConfig": ("eds_config", "service_name"),
     _HCM + "Rds": ("config_source", "route_config_name"),
-    _CL + "Cluster.CommonLbConfig": ("healthy_panic_threshold",),  # 0 only (ALLOWED_IF)
+    _CL + "Cluster.CommonLbConfig": (
+        "healthy_panic_threshold",  # 0 only (ALLOWED_IF)
+        "update_merge_window",  # read for health check updates (EDS changes apply at once)
+    ),
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters"),
     "envoy.config.bootstrap.v3.Admin": ("address", "access_log", "access_log_path", "profile_path"),
     _LS + "Listener": (

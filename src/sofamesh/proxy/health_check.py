@@ -224,7 +224,7 @@ class ClusterChecker:
         name: str,
         cfg: HcConfig,
         store: Any,
-        publish: Callable[[str, dict], None],
+        publish: Callable[[str, dict, bool], None],
         traffic: Callable[[], bool],
     ) -> None:
         self.name = name
@@ -346,11 +346,12 @@ class ClusterChecker:
                 self.bump("network_failure")
             healthy = False
         st.first_check = False
-        if st.flags != before:
-            self._gauges()
-            self.publish(self.name, self.flags())
+        was_init = self.first_round.is_set()
         if first:
             self._check_first_round()
+        if st.flags != before or was_init != self.first_round.is_set():
+            self._gauges()
+            self.publish(self.name, self.flags(), self.first_round.is_set())
         return self._interval(healthy, changed)
 
     def _interval(self, healthy: bool, changed: int) -> float:
@@ -422,7 +423,7 @@ class HealthManager:
     """Every checked cluster of one sidecar, by name. A cluster rebuilt under its name (CDS)
     with the same health check keeps its hosts' states; another check starts afresh."""
 
-    def __init__(self, store: Any, publish: Callable[[str, dict], None]) -> None:
+    def __init__(self, store: Any, publish: Callable[[str, dict, bool], None]) -> None:
         self.store = store
         self.publish = publish
         self.checkers: dict[str, ClusterChecker] = {}
@@ -444,10 +445,10 @@ class HealthManager:
                     inherit = {k: s.state for k, s in ck.sessions.items()}
             ck = ClusterChecker(name, cfg, self.store, self.publish, traffic)
             self.checkers[name] = ck
-            if self.running:
-                ck.start()
         ck.traffic = traffic
         ck.set_hosts(keys, inherit)
+        if self.running:
+            ck.start()  # a no-op when it runs already
         return ck
 
     def remove(self, name: str) -> None:
@@ -504,6 +505,11 @@ class CheckedCluster(Cluster):
         self.hc_flags: dict[tuple[str, int], int] = {}
         self.eds_healthy: dict[tuple[str, int], bool] = {}
         self.announced = False
+        self.hc_init = False  # the first round of checks is done (Envoy: cluster initialized)
+        lb = kw["config"].common_lb_config
+        self.merge_window = _d(lb, "update_merge_window", 1.0)
+        self.last_update = float("-inf")
+        self.merge_timer: asyncio.TimerHandle | None = None
         super().__init__(*args, **kw)
 
     def set_hosts(self, hosts: Any) -> None:
@@ -519,13 +525,32 @@ class CheckedCluster(Cluster):
         self.announced = True
         self.link.hosts_changed(self, initial)
 
-    def apply_flags(self, flags: dict[tuple[str, int], int]) -> None:
+    def apply_flags(self, flags: dict[tuple[str, int], int], init: bool = False) -> None:
+        """New flags from the checks: shown by admin at once; the load balancer sees them
+        as Envoy's workers do, through the cluster's `update_merge_window` (1 s): the first
+        change after the cluster initialized (its first round of checks) or after a quiet
+        window applies at once, later ones within the window together when it ends."""
         for k, f in flags.items():
             if k in self.hc_flags:
                 self.hc_flags[k] = f
-        self._apply()
+        if not self.hc_init or self.merge_window <= 0:
+            self.hc_init = self.hc_init or init
+            self._apply()
+            self.last_update = float("-inf")  # Envoy: initializing is no merged update
+            return
+        now = time.monotonic()
+        if now - self.last_update > self.merge_window:
+            self._apply()
+        elif self.merge_timer is None:
+            self.merge_timer = asyncio.get_running_loop().call_later(
+                self.merge_window, self._apply
+            )
 
     def _apply(self) -> None:
+        if self.merge_timer is not None:
+            self.merge_timer.cancel()
+            self.merge_timer = None
+        self.last_update = time.monotonic()
         n = 0
         for h in self.hosts:
             k = (h.address, h.port)
@@ -547,17 +572,17 @@ class LocalLink:
         self.clusters: dict[str, CheckedCluster] = {}  # the latest cluster of each name
         self.manager = HealthManager(store, self._publish)
 
-    def _publish(self, name: str, flags: dict) -> None:
+    def _publish(self, name: str, flags: dict, init: bool) -> None:
         cl = self.clusters.get(name)
         if cl is not None:
-            cl.apply_flags(flags)
+            cl.apply_flags(flags, init)
 
     def hosts_changed(self, cl: CheckedCluster, initial: bool = False) -> None:
         if initial and cl.name in self.manager.checkers:
             return
         self.clusters[cl.name] = cl
         ck = self.manager.update(cl.name, cl.hc, cl.host_keys(), cl.traffic)
-        cl.apply_flags(ck.flags())
+        cl.apply_flags(ck.flags(), ck.first_round.is_set())
 
     def remove(self, name: str) -> None:
         self.clusters.pop(name, None)
@@ -595,7 +620,7 @@ class RemoteLink:
             return
         prev = self.clusters.get(cl.name)
         if prev is not None and prev is not cl:  # a rebuilt cluster: flags so far, until pushed
-            cl.apply_flags(prev.hc_flags)
+            cl.apply_flags(prev.hc_flags, prev.hc_init)
         self.clusters[cl.name] = cl
         self._emit(
             {
@@ -613,7 +638,7 @@ class RemoteLink:
     def apply(self, msg: dict) -> None:
         cl = self.clusters.get(msg["cluster"])
         if cl is not None:
-            cl.apply_flags({(a, int(p)): int(f) for a, p, f in msg["flags"]})
+            cl.apply_flags({(a, int(p)): int(f) for a, p, f in msg["flags"]}, msg["init"])
 
     async def start(self, wait_for: list[str]) -> None:
         self._watch = asyncio.get_running_loop().create_task(self._watch_traffic())
@@ -654,15 +679,16 @@ class PoolHealth:
         self.manager.start()
 
     @staticmethod
-    def _frame(name: str, flags: dict) -> dict:
+    def _frame(name: str, flags: dict, init: bool) -> dict:
         return {
             "op": "hc_flags",
             "cluster": name,
             "flags": [[a, p, f] for (a, p), f in flags.items()],
+            "init": init,
         }
 
-    def _publish(self, name: str, flags: dict) -> None:
-        self.broadcast(self._frame(name, flags))
+    def _publish(self, name: str, flags: dict, init: bool) -> None:
+        self.broadcast(self._frame(name, flags, init))
 
     def on_event(self, index: int, msg: dict) -> None:
         ev, name = msg.get("event"), msg.get("cluster", "")
@@ -678,7 +704,7 @@ class PoolHealth:
             keys = [(a, int(p)) for a, p in msg["hosts"]]
             ck = self.manager.update(name, cfg, keys, lambda: name in self.traffic)
             if any(not s.state.first_check for s in ck.sessions.values()):
-                self.send_to(index, self._frame(name, ck.flags()))
+                self.send_to(index, self._frame(name, ck.flags(), ck.first_round.is_set()))
         elif ev == "hc_traffic":
             self.traffic.add(name)
         elif ev == "hc_remove":

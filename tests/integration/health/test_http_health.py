@@ -1,0 +1,143 @@
+"""HTTP active health checks: the same bootstrap through Envoy 1.40 and sofamesh (1 and 2
+workers); a host answering 503 on its health path is taken out after one check (Envoy's
+rule: an active failure ignores unhealthy_threshold), gets no traffic, shows
+`/failed_active_hc` in /clusters and counts in `cluster.c.health_check.*`; it is put back
+after healthy_threshold passing checks."""
+
+from __future__ import annotations
+
+import http.client
+import time
+
+import pytest
+
+from tests.conftest import envoy_binary, sofamesh_command
+from tests.integration.health.helpers import (
+    HealthUpstream,
+    bootstrap,
+    hc_stats,
+    host_flags,
+    wait_flags,
+)
+from tests.support.envoy import ProxyProcess, admin_port, listener_ports
+
+INTERVAL = 0.2
+TIMEOUT = 0.5
+HC = {
+    "timeout": f"{TIMEOUT}s",
+    "interval": f"{INTERVAL}s",
+    "no_traffic_interval": f"{INTERVAL}s",
+    "unhealthy_threshold": 3,
+    "healthy_threshold": 2,
+    "http_health_check": {"path": "/health"},
+}
+
+
+def _get(port: int, n: int) -> list[int]:
+    """n requests, each on a new connection; the upstream ports that answered."""
+    out = []
+    for _ in range(n):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        c.request("GET", "/x")
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        out.append(int(body) if r.status == 200 else -r.status)
+    return out
+
+
+def run_scenario(start_proxy, tmp_path) -> dict:
+    ups = [HealthUpstream() for _ in range(3)]
+    b = bootstrap([u.port for u in ups], HC)
+    try:
+        with start_proxy(b, tmp_path) as _p:
+            a, lport = admin_port(b), listener_ports(b)[0]
+            res: dict = {"start_flags": sorted(host_flags(a).values())}
+            # the first checks ran before /ready (Envoy initializes the cluster after them)
+            res["checked_before_ready"] = all(u.checks for u in ups)
+            res["headers"] = ups[0].checks[0][1]
+            assert sorted(set(_get(lport, 6))) == sorted(u.port for u in ups)
+            bad = ups[1]
+            bad.status = 503
+            res["out_after"] = wait_flags(a, bad.port, "/failed_active_hc", 2.0)
+            before = bad.served
+            answered = _get(lport, 9)
+            res["traffic_to_failed"] = bad.served - before
+            res["answered"] = sorted(set(answered))
+            res["mid_stats"] = hc_stats(a)
+            t_back = time.monotonic()
+            bad.status = 200
+            res["back_after"] = wait_flags(a, bad.port, "healthy", 3.0)
+            # passing checks it took (the last one may land just after the flag flips)
+            res["passes_to_recover"] = bad.checks_since(t_back)
+            res["end_flags"] = sorted(host_flags(a).values())
+            # the load balancer sees it back once the cluster's update_merge_window (1 s)
+            # since the previous change has passed (Envoy merges health updates)
+            t = time.monotonic()
+            while bad.port not in _get(lport, 3) and time.monotonic() - t < 3:
+                time.sleep(0.02)
+            res["traffic_back_after"] = time.monotonic() - t
+            res["end_stats"] = hc_stats(a)
+            # checks per host per second: once per sidecar, whatever the worker count
+            t = time.monotonic()
+            time.sleep(1.0)
+            res["checks_per_s"] = max(u.checks_since(t) for u in ups)
+            return res
+    finally:
+        for u in ups:
+            u.close()
+
+
+def _envoy(b, tmp):
+    return ProxyProcess.envoy(envoy_binary(), b, tmp / "envoy")
+
+
+def _sofamesh(concurrency):
+    def start(b, tmp):
+        return ProxyProcess.sofamesh(sofamesh_command(), b, tmp / "sm", concurrency=concurrency)
+
+    return start
+
+
+def check(res: dict) -> None:
+    assert res["start_flags"] == ["healthy"] * 3
+    assert res["checked_before_ready"]
+    assert res["out_after"] < INTERVAL + TIMEOUT + 0.3  # one check, not unhealthy_threshold
+    assert res["traffic_to_failed"] == 0
+    assert len(res["answered"]) == 2 and min(res["answered"]) > 0
+    m = res["mid_stats"]
+    assert m["health_check.failure"] >= 1
+    assert m["health_check.network_failure"] == 0
+    assert m["health_check.healthy"] == 2
+    assert m["membership_healthy"] == 2
+    assert m["membership_total"] == 3
+    assert m["health_check.attempt"] >= m["health_check.success"] + m["health_check.failure"]
+    # healthy_threshold 2: back after two passing checks, one interval apart
+    assert INTERVAL * 0.8 < res["back_after"] < 3 * INTERVAL + 0.3
+    assert 2 <= res["passes_to_recover"] <= 3
+    assert res["end_flags"] == ["healthy"] * 3
+    assert res["traffic_back_after"] < 1.5
+    e = res["end_stats"]
+    assert e["health_check.healthy"] == 3 and e["membership_healthy"] == 3
+    assert e["health_check.passive_failure"] == 0 and e["health_check.verify_cluster"] == 0
+    assert e["health_check.degraded"] == 0
+    assert res["checks_per_s"] <= 1 / INTERVAL + 1
+
+
+@pytest.mark.envoy
+def test_http_health_check_same_as_envoy(tmp_path):
+    env = run_scenario(_envoy, tmp_path)
+    check(env)  # the scenario's expectations hold for Envoy itself
+    sm = run_scenario(_sofamesh(1), tmp_path)
+    check(sm)
+    assert sm["headers"] == env["headers"]  # host: <cluster name>, user-agent: Envoy/HC
+    names = {n for n in env["end_stats"] if n.startswith("health_check.")}
+    assert names == {n for n in sm["end_stats"] if n.startswith("health_check.")}
+    assert abs(sm["out_after"] - env["out_after"]) < INTERVAL + 0.15
+    assert abs(sm["back_after"] - env["back_after"]) < INTERVAL + 0.15
+    assert abs(sm["traffic_back_after"] - env["traffic_back_after"]) < 0.3
+
+
+def test_http_health_check_two_workers(tmp_path):
+    """--concurrency 2: the main process checks once and every worker follows it."""
+    check(run_scenario(_sofamesh(2), tmp_path))
