@@ -89,23 +89,22 @@ class Scopes:
         self.held: dict[str, Any] = {}  # scope name -> proxy.dynamic._Held
         self.received = False  # an SRDS response arrived
         self.entries: dict[str, list] = {}  # route config name -> [(domains, VirtualHost)]
+        # PERF(benchmarks/xds_scale.py): route config name -> key, read from the messages
+        # once per SRDS update (reading 10,000 of them per RDS update was ~10 ms)
+        self._keys: dict[str, str] = {}
+        self._scope_of: dict[str, str] = {}  # route config name -> scope name
 
     def route_keys(self) -> dict[str, str]:
         """route config name -> its scope's key."""
-        return {
-            h.msg.route_configuration_name: h.msg.key.fragments[0].string_key
-            for h in self.held.values()
-        }
+        return self._keys
 
     def ready(self) -> bool:
         """Every scope's route configuration has arrived (a scoped listener may serve)."""
-        return self.received and all(
-            h.msg.route_configuration_name in self.entries for h in self.held.values()
-        )
+        return self.received and all(n in self.entries for n in self._keys)
 
     def apply(self, up: Any, held_cls: Any) -> dict[str, str]:
         errors = {}
-        keys = {h.msg.key.fragments[0].string_key: n for n, h in self.held.items()}
+        keys = {v: self._scope_of[k] for k, v in self._keys.items()} if self._keys else {}
         for name, (version, sc) in up.resources.items():
             problem = check_scope(sc)
             key = sc.key.fragments[0].string_key if problem is None else ""
@@ -117,6 +116,8 @@ class Scopes:
             raw = sc.SerializeToString(deterministic=True)
             old = self.held.get(name)
             if old is None or old.raw != raw:
+                if old is not None:
+                    keys.pop(old.msg.key.fragments[0].string_key, None)
                 self.held[name] = held_cls(version, sc, raw)
                 keys[key] = name
         gone = list(up.removed)
@@ -125,6 +126,12 @@ class Scopes:
         for n in gone:
             self.held.pop(n, None)
         self.received = True
+        self._keys = {}
+        self._scope_of = {}
+        for n, h in self.held.items():
+            rname = h.msg.route_configuration_name
+            self._keys[rname] = h.msg.key.fragments[0].string_key
+            self._scope_of[rname] = n
         return errors
 
     def table(self, strip_port: bool) -> Any:
@@ -132,6 +139,6 @@ class Scopes:
         from sofamesh._core.router import RouteTable
 
         vhosts = []
-        for h in self.held.values():
-            vhosts += self.entries.get(h.msg.route_configuration_name, ())
+        for rname in self._keys:
+            vhosts += self.entries.get(rname, ())
         return RouteTable(vhosts, strip_port)
