@@ -27,7 +27,7 @@ BucketKey = tuple[str, tuple[tuple[str, str], ...]]  # (domain, sorted bucket_id
 
 @dataclass
 class Demand:
-    rate: float  # requests/s the sidecar saw in its last interval (allowed + denied)
+    rate: float  # requests/s seen in the sidecar's last interval (allowed + denied); inf: unknown
     seen: float  # clock() of the last report
     allowed_total: int = 0
     denied_total: int = 0
@@ -42,6 +42,7 @@ class Assignment:
 @dataclass
 class BucketState:
     limit: float
+    bucket_id: dict[str, str]
     clients: dict[str, Demand] = field(default_factory=dict)
     assigned: dict[str, Assignment] = field(default_factory=dict)
 
@@ -81,7 +82,7 @@ class QuotaState:
         self,
         policy: Policy,
         clock: Callable[[], float],
-        ttl: float = 5.0,
+        ttl: float = 15.0,
         burst_fraction: float = 0.1,
         change_threshold: float = 0.05,
     ):
@@ -91,6 +92,7 @@ class QuotaState:
         self.burst_fraction = burst_fraction  # max_tokens = this fraction of a second's share
         self.change_threshold = change_threshold  # smaller relative changes keep the assignment
         self.buckets: dict[BucketKey, BucketState] = {}
+        self._pushes: dict[str, list[tuple[dict[str, str], Assignment]]] = {}
 
     def report(
         self,
@@ -110,13 +112,15 @@ class QuotaState:
             key: BucketKey = (domain, tuple(sorted(bucket_id.items())))
             b = self.buckets.get(key)
             if b is None or b.limit != rule.requests_per_second:
-                b = self.buckets[key] = BucketState(rule.requests_per_second)
+                b = self.buckets[key] = BucketState(rule.requests_per_second, dict(bucket_id))
             d = b.clients.get(client)
-            if d is not None and elapsed <= 0:
-                elapsed = now - d.seen  # Envoy reports whole seconds: 0 for a short interval
-            rate = (
-                (allowed + denied) / max(elapsed, 1e-3) if elapsed > 0 else float(allowed + denied)
-            )
+            if d is not None:
+                # the mixer's clock between two reports of one stream: Envoy 1.40 truncates
+                # time_elapsed to whole seconds (0 for a report soon after a bucket's first)
+                elapsed = now - d.seen
+            # a bucket's first report (elapsed 0) says nothing of the demand: until the next
+            # one the newcomer asks for as much as any (an equal share), not for nothing
+            rate = (allowed + denied) / max(elapsed, 1e-3) if elapsed > 0 else math.inf
             if d is None:
                 d = b.clients[client] = Demand(rate, now)
             else:
@@ -125,13 +129,34 @@ class QuotaState:
             d.denied_total += denied
             self._expire(b, now)
             out.append((bucket_id, self._assign(b, client)))
+            for other in b.clients:
+                if other != client:
+                    old = b.assigned.get(other)
+                    a = self._assign(b, other)
+                    if a is not old:
+                        self._pushes.setdefault(other, []).append((b.bucket_id, a))
+        return out
+
+    def take_pushes(self) -> dict[str, list[tuple[dict[str, str], Assignment]]]:
+        """Assignments of other sidecars that the last reports changed (beyond the
+        threshold): sent to them now rather than at their next report, so that the shares
+        held at any moment add up to the limit (a newcomer does not wait for the others'
+        reports to get its share, nor do they keep a larger one meanwhile)."""
+        out, self._pushes = self._pushes, {}
         return out
 
     def forget(self, client: str) -> None:
-        """The sidecar's stream ended: its share goes back to the others at their next report."""
+        """The sidecar's stream ended: its share goes back to the others (pushed)."""
+        self._pushes.pop(client, None)
         for b in self.buckets.values():
-            b.clients.pop(client, None)
+            if b.clients.pop(client, None) is None:
+                continue
             b.assigned.pop(client, None)
+            for other in b.clients:
+                old = b.assigned.get(other)
+                a = self._assign(b, other)
+                if a is not old:
+                    self._pushes.setdefault(other, []).append((b.bucket_id, a))
 
     def _expire(self, b: BucketState, now: float) -> None:
         for c in [c for c, d in b.clients.items() if now - d.seen > self.ttl]:

@@ -28,7 +28,7 @@ class AddressInUse(OSError):
 
 
 class Mixer:
-    def __init__(self, policy: Policy, quota_ttl: float = 5.0):
+    def __init__(self, policy: Policy, quota_ttl: float = 15.0):
         self.policy = policy
         self.quota = QuotaState(policy, time.monotonic, ttl=quota_ttl)
         self.limiter = RateLimiter(policy, time.time)
@@ -111,5 +111,6 @@ class Mixer:
             out.append(f"# TYPE {metric} {kind}")
             for r in rows:
                 lab = _labels(names, (r["domain"], r["bucket"], r["client"]))
-                out.append(f"{metric}{lab} {r[key]:g}")
+                v = r[key]
+                out.append(f"{metric}{lab} {'+Inf' if v == float('inf') else format(v, 'g')}")
         return out

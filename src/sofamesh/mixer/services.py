@@ -7,6 +7,7 @@ cores need no locks.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -49,13 +50,28 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
     def __init__(self, state: QuotaState):
         self.state = state
         self.reports = 0
+        self.pushed = 0
+        self._outboxes: dict[str, asyncio.Queue] = {}  # stream -> responses to write
 
-    async def StreamRateLimitQuotas(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        client = f"{context.peer()}#{next(_streams)}"  # one quota share per stream
+    def _response(self, items: list) -> Any:
+        answer = rlqs_pb2.RateLimitQuotaResponse()
+        for bucket_id, a in items:
+            answer.bucket_action.append(_bucket_action(bucket_id, a, self.state.ttl))
+        return answer
+
+    def _push(self) -> None:
+        for other, items in self.state.take_pushes().items():
+            box = self._outboxes.get(other)
+            if box is not None:
+                self.pushed += 1
+                box.put_nowait(self._response(items))
+
+    async def _read(self, client: str, context: grpc.aio.ServicerContext, box: asyncio.Queue):
         try:
-            async for reports in request_iterator:
+            while True:
+                reports = await context.read()
+                if reports is grpc.aio.EOF:
+                    break
                 self.reports += 1
                 usages = [
                     (
@@ -66,21 +82,36 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
                     )
                     for u in reports.bucket_quota_usages
                 ]
-                answer = rlqs_pb2.RateLimitQuotaResponse()
-                for bucket_id, a in self.state.report(client, reports.domain, usages):
-                    answer.bucket_action.append(_bucket_action(bucket_id, a, self.state.ttl))
-                yield answer
+                box.put_nowait(self._response(self.state.report(client, reports.domain, usages)))
+                self._push()
         finally:
+            box.put_nowait(None)
+
+    async def StreamRateLimitQuotas(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        client = f"{context.peer()}#{next(_streams)}"  # one quota share per stream
+        box: asyncio.Queue = asyncio.Queue()
+        self._outboxes[client] = box
+        reader = asyncio.ensure_future(self._read(client, context, box))
+        try:
+            while True:
+                msg = await box.get()
+                if msg is None:
+                    break
+                await context.write(msg)
+        finally:
+            reader.cancel()
+            del self._outboxes[client]
             self.state.forget(client)
+            self._push()
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     def __init__(self, limiter: RateLimiter):
         self.limiter = limiter
 
-    async def ShouldRateLimit(
-        self, request: Any, context: grpc.aio.ServicerContext
-    ) -> Any:
+    async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         descriptors = [[(e.key, e.value) for e in d.entries] for d in request.descriptors]
         verdicts = self.limiter.check(request.domain, descriptors, request.hits_addend or 1)
         resp = rls_pb2.RateLimitResponse()

@@ -290,7 +290,12 @@ class Server:
         )
         filters: list[HttpFilter] = []
         n = len(hcm.http_filters)
-        ctx = {"stats": self.stats, "loop": self._loop, "stat_prefix": hcm.stat_prefix}
+        ctx = {
+            "stats": self.stats,
+            "loop": self._loop,
+            "stat_prefix": hcm.stat_prefix,
+            "clusters": self.clusters,  # live: gRPC clients (RLQS) find their service here
+        }
         for i, hf in enumerate(hcm.http_filters):
             fpath = f"{path}.typed_config.http_filters[{i}]"
             if hf.name in ROUTER_NAMES or hf.typed_config.type_url.endswith(

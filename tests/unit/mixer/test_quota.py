@@ -129,3 +129,22 @@ def test_ratelimiter_fixed_windows_per_value():
 def test_policy_errors_name_the_entry(doc, where):
     with pytest.raises(PolicyError, match=where.replace("[", r"\[").replace("]", r"\]")):
         parse_policy(doc)
+
+
+def test_pushes_rebalance_the_others_at_once():
+    clock = Clock()
+    q = QuotaState(POLICY, clock)
+    b = {"name": "x"}
+    [(_, a1)] = q.report("s1", "mesh", [(b, 500, 0, 1.0)])
+    assert a1 is not None and a1.requests_per_second == 100
+    assert q.take_pushes() == {}
+    # a newcomer with unknown demand (first report, elapsed 0) gets an equal share, and s1's
+    # smaller share is pushed to it now, not at its next report
+    [(_, a2)] = q.report("s2", "mesh", [(b, 1, 0, 0.0)])
+    assert a2 is not None and a2.requests_per_second == 50
+    pushes = q.take_pushes()
+    assert list(pushes) == ["s1"] and pushes["s1"][0][1].requests_per_second == 50
+    assert q.take_pushes() == {}
+    # s2 leaves: s1 gets the whole limit back, pushed
+    q.forget("s2")
+    assert q.take_pushes()["s1"][0][1].requests_per_second == 100
