@@ -161,8 +161,13 @@ def bootstrap(
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {
-                            "address": "127.0.0.1", "port_value": p}}}}
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": p}
+                                }
+                            }
+                        }
                         for p in ports
                     ]
                 }
@@ -205,7 +210,7 @@ def hc_stats(aport: int) -> dict[str, int]:
         name, _, v = line.partition(": ")
         if name.startswith(("cluster.c.health_check.", "cluster.c.membership_")):
             try:
-                out[name[len("cluster.c."):]] = int(v)
+                out[name[len("cluster.c.") :]] = int(v)
             except ValueError:
                 pass
     return out
