@@ -277,7 +277,8 @@ class ClusterChecker:
             self.events.close()
 
     def _check_first_round(self) -> None:
-        if all(not s.state.first_check for s in self.sessions.values()):
+        # no hosts yet (an EDS cluster before its endpoints) is no round
+        if self.sessions and all(not s.state.first_check for s in self.sessions.values()):
             self.first_round.set()
 
     def _gauges(self) -> None:
@@ -473,7 +474,7 @@ class HealthManager:
         while time.monotonic() < deadline:
             cks = [self.checkers.get(n) for n in names]
             if all(ck is not None for ck in cks):
-                waits = [ck.first_round.wait() for ck in cks if ck is not None]
+                waits = [ck.first_round.wait() for ck in cks if ck is not None and ck.sessions]
                 try:
                     await asyncio.wait_for(
                         asyncio.gather(*waits), max(0.0, deadline - time.monotonic())

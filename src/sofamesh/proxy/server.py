@@ -459,6 +459,10 @@ class Server:
                 if cfg.HasField("dns_refresh_rate"):
                     rate = max(_dur(cfg.dns_refresh_rate), 0.001)
                 rt.dns_task = self._loop.create_task(self._dns_loop(rt, rate))
+        if self.health_link is None and self.bootstrap.HasField("dynamic_resources"):
+            from sofamesh.proxy.health_check import LocalLink
+
+            self.health_link = LocalLink(self.stats)  # for CDS clusters with health checks
         if self.health_link is not None:  # Envoy: clusters initialize after their first checks
             await self.health_link.start(
                 [c.name for c in self.bootstrap.static_resources.clusters if c.health_checks]
