@@ -337,11 +337,10 @@ class ClusterChecker:
                 st.flags &= ~PENDING_ACTIVE_HC
                 changed = CHANGED
             if first or self.cfg.always_log_failures:
-                self._log(
-                    session,
-                    "health_check_failure_event",
-                    {"failure_type": _FT[res], "first_check": first},
-                )
+                ev: dict = {"failure_type": _FT[res], "first_check": first}
+                if session.probe.status:  # HTTP: the status that failed the check
+                    ev["http_status_code"] = session.probe.status
+                self._log(session, "health_check_failure_event", ev)
             self.bump("failure")
             if network:
                 self.bump("network_failure")
@@ -399,19 +398,35 @@ class _EventLog:
         self.f = open(path, "a", buffering=1)  # noqa: SIM115 - kept open for the checker's life
 
     def write(self, kind: str, cluster: str, key: tuple[str, int], event: str, body: dict) -> None:
+        """Fields in HealthCheckEvent's field order, as Envoy's JSON prints them."""
         import json
 
-        rec = {
+        now = time.time()
+        ts = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+        )
+        rec: dict = {
             "health_checker_type": _TYPES[kind],
             "host": {
-                "socket_address": {"protocol": "TCP", "address": key[0], "port_value": key[1]}
+                "socket_address": {
+                    "protocol": "TCP",
+                    "address": key[0],
+                    "port_value": key[1],
+                    "resolver_name": "",
+                    "ipv4_compat": False,
+                    "network_namespace_filepath": "",
+                }
             },
             "cluster_name": cluster,
-            event: body,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-            + f".{int(time.time() * 1000) % 1000:03d}Z",
         }
-        self.f.write(json.dumps(rec) + "\n")
+        if event in ("eject_unhealthy_event", "add_healthy_event"):
+            rec[event] = body
+            rec["timestamp"] = ts
+        else:
+            rec["timestamp"] = ts
+            rec[event] = body
+        rec["locality"] = {"region": "", "zone": "", "sub_zone": ""}
+        self.f.write(json.dumps(rec, separators=(",", ":")) + "\n")
 
     def close(self) -> None:
         self.f.close()
@@ -543,9 +558,7 @@ class CheckedCluster(Cluster):
         if now - self.last_update > self.merge_window:
             self._apply()
         elif self.merge_timer is None:
-            self.merge_timer = asyncio.get_running_loop().call_later(
-                self.merge_window, self._apply
-            )
+            self.merge_timer = asyncio.get_running_loop().call_later(self.merge_window, self._apply)
 
     def _apply(self) -> None:
         if self.merge_timer is not None:

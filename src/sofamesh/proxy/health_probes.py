@@ -37,6 +37,7 @@ class Probe:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.exclude = False  # HTTP: x-envoy-immediate-health-check-fail on a failure
+        self.status = 0  # HTTP: the last response's status (0: none)
 
     async def _connect(self) -> None:
         if self.writer is None or self.writer.is_closing():
@@ -62,6 +63,7 @@ class HttpProbe(Probe):
     async def check(self) -> int:
         cfg = self.cfg
         self.exclude = False
+        self.status = 0
         try:
             await self._connect()
             assert self.writer is not None and self.reader is not None
@@ -77,6 +79,7 @@ class HttpProbe(Probe):
             log.debug("health check %s:%d: %s", self.address, self.port, e)
             self.close()
             return FAIL_NETWORK
+        self.status = status
         if not keep or not cfg.reuse_connection:
             self.close()
         if not _in_ranges(status, cfg.expected_statuses):

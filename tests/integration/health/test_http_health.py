@@ -7,6 +7,7 @@ after healthy_threshold passing checks."""
 from __future__ import annotations
 
 import http.client
+import json
 import time
 
 import pytest
@@ -141,3 +142,32 @@ def test_http_health_check_same_as_envoy(tmp_path):
 def test_http_health_check_two_workers(tmp_path):
     """--concurrency 2: the main process checks once and every worker follows it."""
     check(run_scenario(_sofamesh(2), tmp_path))
+
+
+@pytest.mark.envoy
+def test_event_log_same_as_envoy(tmp_path):
+    """event_log_path: the same HealthCheckEvent JSON lines (timestamps aside) as Envoy's."""
+
+    def events(start_proxy, name: str) -> list[dict]:
+        ups = [HealthUpstream() for _ in range(2)]
+        ups[0].status = 503
+        path = tmp_path / f"{name}-events.log"
+        b = bootstrap([u.port for u in ups], {**HC, "event_log_path": str(path)})
+        try:
+            with start_proxy(b, tmp_path):
+                time.sleep(0.3)
+            out = []
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                rec.pop("timestamp")
+                port = rec["host"]["socket_address"]["port_value"]
+                rec["host"]["socket_address"]["port_value"] = [u.port for u in ups].index(port)
+                out.append(rec)
+            return sorted(out, key=json.dumps)
+        finally:
+            for u in ups:
+                u.close()
+
+    env = events(_envoy, "envoy")
+    assert len(env) == 2  # first checks: one failure (503), one added healthy
+    assert events(_sofamesh(1), "sm") == env
