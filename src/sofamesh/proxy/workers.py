@@ -11,8 +11,10 @@ workers' bootstrap). The main process serves admin and supervises the workers:
        |   main -> worker: {"op": "snapshot" | "topology" | "health" | "drain" |
        |                    "reset_counters" | "log_levels" | "reopen_logs" | "stop" |
        |                    "xds_apply" | "xds_end_warming", "id": n, ...}
+       |                   {"op": "hc_flags", ...}: health check results, no id, no reply
        |   worker -> main: one reply frame per request ({"_id": n, ...}), and events
-       |                   ({"event": "xds_state", ...}: a dynamic cluster warmed)
+       |                   ({"event": "xds_state", ...}: a dynamic cluster warmed;
+       |                    "hc_hosts" | "hc_traffic" | "hc_remove": proxy.health_check)
        v
     worker i: Server(bootstrap, stats=Store(), options) on its own uvloop loop
        + maps the token bucket region (a memfd the main process creates and keeps;
