@@ -191,13 +191,13 @@ def bootstrap(
     }
 
 
-def host_flags(aport: int) -> dict[int, str]:
-    """admin /clusters: port -> health_flags of cluster c's hosts."""
+def host_flags(aport: int, cluster: str = "c") -> dict[int, str]:
+    """admin /clusters: port -> health_flags of the cluster's hosts."""
     _, text = admin_get(aport, "/clusters")
     out = {}
     for line in text.splitlines():
         parts = line.split("::")
-        if len(parts) == 4 and parts[0] == "c" and parts[2] == "health_flags":
+        if len(parts) == 4 and parts[0] == cluster and parts[2] == "health_flags":
             out[int(parts[1].rsplit(":", 1)[1])] = parts[3]
     return out
 
@@ -216,11 +216,11 @@ def hc_stats(aport: int) -> dict[str, int]:
     return out
 
 
-def wait_flags(aport: int, port: int, want: str, timeout: float) -> float:
+def wait_flags(aport: int, port: int, want: str, timeout: float, cluster: str = "c") -> float:
     """Seconds until host `port` shows `want` in /clusters; fails after `timeout`."""
     t0 = time.monotonic()
     while True:
-        got = host_flags(aport).get(port)
+        got = host_flags(aport, cluster).get(port)
         if got == want:
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
