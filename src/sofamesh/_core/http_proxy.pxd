@@ -16,6 +16,13 @@ from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE,
 
 
 cdef class DownstreamConn(RouterStream):
+    # Envoy's HTTP/1 pipelining flood check (see _flood): responses Envoy would still count
+    # as queued. resp_pending: written in this run of the event loop (a read, or the parse
+    # resumed after a response); resp_held: a response whose end Envoy's codec flushed with
+    # no bytes (a content-length body), its marker kept until the next response's head.
+    cdef int resp_pending
+    cdef int resp_held
+    cdef bint dispatching               # parsing requests (not an upstream or timer callback)
     cdef int _process(self, bytes data, Py_ssize_t off) except -1
     cdef int _on_head(self) except -1
     cdef int _request_complete(self) except -1
@@ -24,8 +31,9 @@ cdef class DownstreamConn(RouterStream):
     cdef int _tunnel_up(self, bytes data) except -1
     cdef int _encode_headers(self, HeaderMap h, bint end_stream, bint announce_close) except -1
     cdef int _encode_data(self, bytes data, bint end_stream) except -1
-    cdef int _finish(self) except -1
+    cdef int _finish(self, bint held) except -1
     cdef int _error_reply(self, int err) except -1
+    cdef int _flood(self) except -1
     cdef int _arm_idle(self) except -1
     cdef int _arm_stream_timer(self) except -1
     # HttpStream / UpstreamCallbacks

@@ -62,7 +62,10 @@ cdef class RouterStream(HttpStream):
             return self._local_reply(404, b"", None, False)
         if route.action == RA_DIRECT:
             cfg.rq_direct_response.inc()
-            return self._local_reply(route.status, route.body, None, False)
+            # a 3xx direct response names the request's own URL as its location (Envoy)
+            return self._local_reply(route.status, route.body,
+                                     (b"location", self._location())
+                                     if 300 <= route.status < 400 else None, False)
         if route.action == RA_REDIRECT:
             cfg.rq_direct_response.inc()    # Envoy counts redirects here too
             return self._local_reply(route.status, b"", (b"location", self._location()),

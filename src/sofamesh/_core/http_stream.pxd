@@ -78,8 +78,6 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef bint resp_started
     cdef bint resp_chunk_encode
     cdef bint in_request
-    cdef bint more_data                 # bytes of a pipelined request follow this head
-    cdef bint drop_pipelined            # closing after a local reply drops what follows
     cdef bint upgrade
     cdef bint head_req                  # a HEAD request: the response has no body
     cdef int resp_framing               # the downstream codec's framing of the response body

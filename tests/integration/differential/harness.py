@@ -267,6 +267,13 @@ FEATURES: dict[str, Feature] = {
                  "@type": _RBAC_ROUTE, "rbac": {"rules": {"action": "DENY", "policies": {
                      "deny-flag": _rbac_policy([_rbac_hdr("x-deny")], [{"any": True}])}}}}}},
         ]),
+    # direct responses without a body: Envoy's codec frames them by status and method
+    "direct_response_status": Feature(routes=[
+        {"match": {"prefix": "/d204"}, "direct_response": {"status": 204}},
+        {"match": {"prefix": "/d304"}, "direct_response": {"status": 304}},
+        {"match": {"prefix": "/d200"}, "direct_response": {"status": 200}},
+        {"match": {"prefix": "/body200"}, "direct_response": {
+            "status": 200, "body": {"inline_string": "hello"}}}]),
     "request_mirror": Feature(routes=[{
         "match": {"prefix": "/mirror"},
         "route": {"cluster": "svc_a", "request_mirror_policies": [{"cluster": "svc_b"}]}}]),
@@ -655,7 +662,7 @@ class Case:
     shut_wr: bool = False  # half-close our side after sending
     upstream_requests: int = 0  # wait (up to 2 s) until the upstream has seen this many
     unordered_upstream: bool = False  # NORMALISATIONS["mirror-arrival-order"]
-    access_log_lines: int = 0  # with an access log: wait (up to 3 s) for this many lines
+    access_log_lines: int = 0  # with an access log: wait (up to 3 s; 11 s for several: Envoy flushes every 10 s) for this many lines
     note: str = ""
 
     @property
@@ -814,9 +821,9 @@ def observe(dep: Deployment, case: Case) -> Observation:
     obs = _observe(dep, case)
     if dep.access_log:
         # Envoy writes its access log file from a flush thread: the first line of a fresh
-        # proxy comes at once, later ones up to its flush interval later. Our probe
-        # request's line is not the case's and is left out.
-        deadline = time.monotonic() + 3
+        # proxy comes at once, later ones up to its flush interval (10 s by default) later.
+        # Our probe request's line is not the case's and is left out.
+        deadline = time.monotonic() + (3 if case.access_log_lines <= 1 else 11)
         while True:
             lines = [x for x in _access_log_lines(dep)[log_before:] if '"GET /a/probe ' not in x]
             if len(lines) >= case.access_log_lines or time.monotonic() > deadline:
