@@ -123,24 +123,29 @@ def test_mixer_stopped_sidecar_keeps_speed_and_counts_drops(tmp_path, mixer_fact
     p = _sidecar(tmp_path, mixer.grpc_port, upstream.ports["a"], flush="0.05s", size=2048).start()
     try:
         _load(_listen(p), 0.5)  # warm up, stream open
-        up, cpu_up = _measured(p, 2.0)
+        # CPU per request, the least of three runs (other work on a shared box only adds)
+        up = [_measured(p, 1.0) for _ in range(3)]
         assert _stat(p, "access_logs.grpc_access_log.logs_dropped") == 0
         mixer.stop()
         time.sleep(0.3)
-        down, cpu_down = _measured(p, 2.0)
+        c0 = _cpu_seconds(p.pid)
+        time.sleep(2.0)
+        idle = _cpu_seconds(p.pid) - c0
+        down = [_measured(p, 1.0) for _ in range(3)]
         dropped = _stat(p, "access_logs.grpc_access_log.logs_dropped")
         written = _stat(p, "access_logs.grpc_access_log.logs_written")
         served = _stat(p, "http.ingress.downstream_rq_total")
+        cpu_up, cpu_down = min(c for _, c in up), min(c for _, c in down)
         print(
-            f"mixer up: {up} rq in 2 s, {cpu_up:.1f} us CPU/rq; mixer down: {down} rq, "
-            f"{cpu_down:.1f} us CPU/rq; written {written}, dropped {dropped}, served {served}"
+            f"mixer up: {[n for n, _ in up]} rq/s, {cpu_up:.1f} us CPU/rq; mixer down: "
+            f"{[n for n, _ in down]} rq/s, {cpu_down:.1f} us CPU/rq; idle CPU {idle:.2f} s "
+            f"in 2 s; written {written}, dropped {dropped}, served {served}"
         )
-        # the mixer gone costs the request path nothing: CPU per request does not grow
-        # (throughput on a shared 2-core box is too noisy to compare closely; a hot path
-        # that waited on the mixer would lose most of it)
-        assert cpu_down <= 1.3 * cpu_up, (cpu_up, cpu_down)
-        assert down >= 0.5 * up, (up, down)
-        assert dropped > 0.5 * down
+        # the mixer gone costs the request path nothing: no reconnect loop spinning while
+        # idle, and CPU per request does not grow (it drops: no entries are encoded)
+        assert idle < 0.1
+        assert cpu_down <= 1.5 * cpu_up, (cpu_up, cpu_down)
+        assert dropped > 0.5 * sum(n for n, _ in down)
         # every request is written, dropped, or still in the bounded queue / buffer
         assert written + dropped <= served
         assert written + dropped >= served - 64 * 20
