@@ -201,3 +201,54 @@ def test_global_quota_two_sofamesh_one_envoy_uneven_load(tmp_path, mixer_factory
     finally:
         for p in (heavy, light, envoy):
             p.stop()
+
+
+def test_sofamesh_workers_each_a_client_together_the_limit(tmp_path, mixer_factory, upstream):
+    """--concurrency 2: each worker process is an RLQS client and an ALS stream of its own;
+    together they admit the limit and report every request."""
+    from tests.integration.mixer.conftest import wait_metric
+    from tests.integration.mixer.test_sidecar_als import als_logger
+
+    rate, seconds = 50, 10.0
+    mixer = mixer_factory(
+        f"quotas:\n  - bucket: {{name: checkout}}\n    requests_per_second: {rate}\n"
+    )
+    admin, listen = free_ports(2)
+    b = http_bootstrap(
+        node="workers",
+        admin=admin,
+        listen=listen,
+        app=upstream.ports["a"],
+        mixer=mixer.grpc_port,
+        access_log=[als_logger("0.2s")],
+        http_filters=[rlqs_filter(no_assignment="DENY_ALL")],
+    )
+    for c in b["static_resources"]["clusters"]:
+        c.pop("typed_extension_protocol_options", None)
+    p = ProxyProcess.sofamesh(sofamesh_command(), b, tmp_path / "workers", concurrency=2).start()
+    try:
+        pacers = [Pacer(listen, 100, seconds) for _ in range(4)]  # 4 connections, 400/s
+        for t in pacers:
+            t.start()
+        for t in pacers:
+            t.join(seconds + 30)
+        codes: dict[int, int] = {}
+        for t in pacers:
+            assert t.error is None, t.error
+            for k, v in t.codes.items():
+                codes[k] = codes.get(k, 0) + v
+        n = sum(codes.values())
+        print(f"2 workers, limit {rate}/s, {seconds:.0f} s: {codes}")
+        assert set(codes) <= {200, 429}
+        assert abs(codes.get(200, 0) - rate * seconds) <= 0.1 * rate * seconds, codes
+        assert wait_metric(mixer, "istio_requests_total", n, source="workers") == n
+        # two streams (one per worker) share the bucket
+        _, text = mixer.get("/metrics")
+        shares = [
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith("sofamesh_mixer_quota_assigned{")
+        ]
+        assert len(shares) == 2 and sum(shares) == rate, shares
+    finally:
+        p.stop()
