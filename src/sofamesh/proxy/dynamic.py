@@ -73,6 +73,21 @@ def _bump(stats: Any, name: str) -> None:
     c.used = True
 
 
+def _release_free_memory() -> None:
+    """Gives the heap's free pages back to the system (glibc), once the initial config is in.
+
+    PERF(benchmarks/xds_scale.py): decoding the initial responses (MBs of protobuf at
+    10,000 services) leaves freed chunks all over the heap; glibc keeps them mapped."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
 def _problems_text(problems: list) -> str:
     return "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in problems)
 
@@ -252,6 +267,7 @@ class DynamicConfig:
         self.client.start()
         await self.client.initialized.wait()
         self._gauges()
+        _release_free_memory()
 
     async def stop(self) -> None:
         await self.client.stop()

@@ -24,6 +24,7 @@ between threads and are applied between two requests of the data plane, never du
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ _RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 INVALID_ARGUMENT = 3
+_BIG_RESPONSE = 256  # resources: GC paused while applying (see _on_response)
 _TYPE_STATS = (
     "update_attempt",
     "update_success",
@@ -360,6 +362,21 @@ class AdsClient:
         return up
 
     async def _on_response(self, resp: Any) -> None:
+        # PERF(benchmarks/xds_scale.py): a big response allocates tracked objects that all
+        # outlive it, and the cyclic GC's full collections walked everything held so far
+        # (the hosts of 10,000 assignments: 0.35 s with collections, 0.16 s without, beside
+        # the heap of a 10,000-service config). Off while one is applied; refcounting
+        # frees as usual, and collections resume after it.
+        paused = len(resp.resources) >= _BIG_RESPONSE and gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            await self._on_response_inner(resp)
+        finally:
+            if paused:
+                gc.enable()
+
+    async def _on_response_inner(self, resp: Any) -> None:
         t = resp.type_url
         sub = self.subs.get(t)
         if sub is None or not sub.started:
