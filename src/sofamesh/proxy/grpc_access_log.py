@@ -160,6 +160,7 @@ class GrpcAccessLog:
                 response_deserializer=als_pb2.StreamAccessLogsResponse.FromString,
             )()
             first = True
+            n = 0
             try:
                 while not self._closed:
                     batch, n = await self.queue.get()
@@ -171,8 +172,10 @@ class GrpcAccessLog:
                     first = False
                     self.written.value += n
                     backoff = 0.1
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
-                if not first:
+            except Exception as e:  # noqa: BLE001 (any stream failure: drop, reconnect)
+                if not isinstance(e, (grpc.aio.AioRpcError, grpc.aio.UsageError)):
+                    log.warning("access log service %s:%s: %r", *addr, e)
+                elif not first:
                     log.debug("access log service %s:%s: stream ended: %s", *addr, e)
                 self.dropped.value += n  # the batch in hand when the write failed
             finally:

@@ -201,8 +201,8 @@ class RlqsClient:
                 while not self._closed and not reader.done():
                     await asyncio.sleep(self.interval)
                     await call.write(self._report())
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
-                log.debug("%s: RLQS stream to %s:%s ended: %s", self.path, *addr, e)
+            except Exception as e:  # noqa: BLE001 (any stream failure: reconnect, never die)
+                log.debug("%s: RLQS stream to %s:%s ended: %r", self.path, *addr, e)
             finally:
                 reader.cancel()
                 call.cancel()
@@ -218,8 +218,9 @@ class RlqsClient:
                 for act in resp.bucket_action:
                     if dict(act.bucket_id.bucket) == self.bucket_id:
                         self.apply(act)
-        except grpc.aio.AioRpcError:
-            pass
+        except Exception as e:  # noqa: BLE001 (the stream ended: _run reconnects)
+            if not isinstance(e, grpc.aio.AioRpcError):
+                log.warning("%s: RLQS response not applied: %r", self.path, e)
 
     def apply(self, act: Any) -> None:
         """One BucketAction from the server."""
