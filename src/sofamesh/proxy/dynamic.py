@@ -88,6 +88,10 @@ def _release_free_memory() -> None:
         pass  # not glibc
 
 
+def _warm() -> bool:
+    return True
+
+
 def _problems_text(problems: list) -> str:
     return "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in problems)
 
@@ -322,7 +326,7 @@ class DynamicConfig:
     def end_warming(self, kind: str) -> None:
         if kind == "clusters":
             for dc in list(self.warming_clusters.values()):
-                self._activate_cluster(dc)
+                self._activate_cluster(dc, force=True)
         else:
             for dl in list(self.warming_listeners.values()):
                 t = asyncio.get_running_loop().create_task(self._activate_listener(dl))
@@ -413,6 +417,13 @@ class DynamicConfig:
             return
         self._activate_cluster(dc)
 
+    async def _first_checks(self, dc: _DynCluster) -> None:
+        await dc.rt.cluster.wait_warm()
+        if self.warming_clusters.get(dc.name) is dc:
+            self._activate_cluster(dc)
+            self._gauges()
+            self.client.poke()
+
     async def _first_resolution(self, dc: _DynCluster) -> None:
         await self.server._resolve(dc.rt)
         if self.warming_clusters.get(dc.name) is dc:
@@ -420,8 +431,13 @@ class DynamicConfig:
             self._gauges()
             self.client.poke()
 
-    def _activate_cluster(self, dc: _DynCluster) -> None:
+    def _activate_cluster(self, dc: _DynCluster, force: bool = False) -> None:
         srv = self.server
+        if not force and not getattr(dc.rt.cluster, "hc_warm", _warm)():
+            # active health checks: warm until every host had its first check (Envoy)
+            self.warming_clusters[dc.name] = dc
+            dc.task = asyncio.get_running_loop().create_task(self._first_checks(dc))
+            return
         self.warming_clusters.pop(dc.name, None)
         prev = self.active_clusters.get(dc.name)
         old_rt = srv._rt.get(dc.name)

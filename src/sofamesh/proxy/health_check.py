@@ -572,6 +572,15 @@ class CheckedCluster(Cluster):
             n += h.healthy
         self.membership_healthy.value = n
 
+    def hc_warm(self) -> bool:
+        """Every host had its first check, or there is none (Envoy initializes a cluster,
+        and a CDS cluster stops warming, then)."""
+        return self.hc_init or not self.hosts
+
+    async def wait_warm(self) -> None:
+        while not self.hc_warm():  # the first checks end within their timeout
+            await asyncio.sleep(0.01)
+
     def traffic(self) -> bool:
         return bool(self.upstream_cx_total.used)  # Envoy: upstream_cx_total.used()
 

@@ -12,7 +12,8 @@ from tests.support.envoy import admin_get
 
 
 class HealthUpstream:
-    """An HTTP/1.1 upstream on 127.0.0.1:0: `/health` answers `self.status` (200 by default),
+    """An HTTP/1.1 upstream on 127.0.0.1:0: `/health` answers `self.status` (200 by default;
+    0: no answer),
     every other path answers 200 with the port; it records both kinds of request."""
 
     def __init__(self) -> None:
@@ -31,6 +32,9 @@ class HealthUpstream:
                 if self.path.startswith("/health"):
                     up.checks.append((time.monotonic(), dict(self.headers)))
                     code = up.status
+                    if code == 0:  # no answer (a check that times out)
+                        time.sleep(3)
+                        return
                 else:
                     up.served += 1
                     code = 200

@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from tests.conftest import free_port, sofamesh_command
 from tests.integration.health.helpers import HealthUpstream, bootstrap, hc_stats, host_flags
 from tests.integration.pilot.conftest import ads_bootstrap
-from tests.support.envoy import ProxyProcess
+from tests.support.envoy import ProxyProcess, admin_get
 from tests.support.wait import wait_until
 from tests.support.xds_server import ScriptedAds
 
@@ -133,6 +133,54 @@ async def test_cds_cluster_health_checked(tmp_path, workers):
         t = time.monotonic()
         await asyncio.sleep(0.6)
         assert sum(u.checks_since(t) for u in ups) == 0
+    finally:
+        await call(proxy.stop)
+        for u in ups:
+            u.close()
+        await server.stop(None)
+
+
+def _gauge(admin: int, name: str) -> int:
+    _, text = admin_get(admin, "/stats")
+    for line in text.splitlines():
+        k, _, v = line.partition(": ")
+        if k == name:
+            return int(v)
+    return -1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_cds_cluster_warms_until_first_checks(tmp_path, workers):
+    """A cluster added by CDS warms until each host had its first check (Envoy): one host
+    that never answers holds it for the check's timeout; then it is active, that host
+    failed, the other serving."""
+    ads = ScriptedAds()
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    xds_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ups = [HealthUpstream() for _ in range(2)]
+    ups[0].status = 0  # never answers: its first check times out after 0.5 s
+    admin = free_port()
+    b = ads_bootstrap(xds_port, admin, delta=False)
+    ads.push(CDS, "1", [])
+    ads.push(LDS, "1", [])
+    proxy = ProxyProcess.sofamesh(sofamesh_command(), b, tmp_path, concurrency=workers)
+    call = asyncio.to_thread
+    try:
+        await call(proxy.start)
+        ads.push(CDS, "2", [_cluster()])
+        ads.push(EDS, "2", [_cla([u.port for u in ups])])
+        t = time.monotonic()
+        await ads.acked(EDS)
+        assert await call(_gauge, admin, "cluster_manager.warming_clusters") == 1
+        assert await call(host_flags, admin) == {}  # not active: not in /clusters
+        await call(
+            wait_until, lambda: _gauge(admin, "cluster_manager.warming_clusters") == 0, 3, "warm"
+        )
+        assert 0.4 < time.monotonic() - t < 2.0
+        flags = await call(host_flags, admin)
+        assert flags == {ups[0].port: "/failed_active_hc/active_hc_timeout", ups[1].port: "healthy"}
     finally:
         await call(proxy.stop)
         for u in ups:
