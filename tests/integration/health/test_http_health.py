@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -171,3 +173,41 @@ def test_event_log_same_as_envoy(tmp_path):
     env = events(_envoy, "envoy")
     assert len(env) == 2  # first checks: one failure (503), one added healthy
     assert events(_sofamesh(1), "sm") == env
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_restarted_worker_gets_current_health(tmp_path):
+    """--concurrency 2: a worker killed and restarted gets the main process's current flags
+    (its hc_hosts event is answered with them): no traffic to the failed host, none lost."""
+    ups = [HealthUpstream() for _ in range(3)]
+    b = bootstrap([u.port for u in ups], HC)
+    try:
+        with _sofamesh(2)(b, tmp_path) as p:
+            a, lport = admin_port(b), listener_ports(b)[0]
+            bad = ups[1]
+            bad.status = 503
+            wait_flags(a, bad.port, "/failed_active_hc", 2.0)
+            kids = _children(p.pid)
+            assert len(kids) == 2
+            os.kill(kids[0], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                now = _children(p.pid)
+                if len(now) == 2 and kids[0] not in now and hc_stats(a):
+                    break
+                time.sleep(0.05)
+            time.sleep(0.5)  # the new worker serves
+            before = bad.served
+            answered = _get(lport, 30)
+            assert bad.served == before
+            assert sorted(set(answered)) == sorted(u.port for u in ups if u is not bad)
+    finally:
+        for u in ups:
+            u.close()
