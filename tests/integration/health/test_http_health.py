@@ -22,7 +22,7 @@ from tests.integration.health.helpers import (
     host_flags,
     wait_flags,
 )
-from tests.support.envoy import ProxyProcess, admin_port, listener_ports
+from tests.support.envoy import ProxyProcess, admin_get, admin_port, listener_ports
 
 INTERVAL = 0.2
 TIMEOUT = 0.5
@@ -68,6 +68,7 @@ def run_scenario(start_proxy, tmp_path) -> dict:
             res["traffic_to_failed"] = bad.served - before
             res["answered"] = sorted(set(answered))
             res["mid_stats"] = hc_stats(a)
+            res["mid_json"] = _json_health(a, [u.port for u in ups])
             t_back = time.monotonic()
             bad.status = 200
             res["back_after"] = wait_flags(a, bad.port, "healthy", 3.0)
@@ -89,6 +90,18 @@ def run_scenario(start_proxy, tmp_path) -> dict:
     finally:
         for u in ups:
             u.close()
+
+
+def _json_health(aport: int, ports: list[int]) -> list[dict]:
+    """/clusters?format=json: each host's health_status, in the order of `ports`."""
+    _, text = admin_get(aport, "/clusters?format=json")
+    out = []
+    for cs in json.loads(text)["cluster_statuses"]:
+        if cs["name"] == "c":
+            for h in cs["host_statuses"]:
+                port = h["address"]["socket_address"]["port_value"]
+                out.append((ports.index(port), h["health_status"]))
+    return [hs for _, hs in sorted(out)]
 
 
 def _envoy(b, tmp):
@@ -136,6 +149,7 @@ def test_http_health_check_same_as_envoy(tmp_path):
     assert sm["headers"] == env["headers"]  # host: <cluster name>, user-agent: Envoy/HC
     names = {n for n in env["end_stats"] if n.startswith("health_check.")}
     assert names == {n for n in sm["end_stats"] if n.startswith("health_check.")}
+    assert sm["mid_json"] == env["mid_json"]  # failed_active_health_check, eds HEALTHY
     assert abs(sm["out_after"] - env["out_after"]) < INTERVAL + 0.15
     assert abs(sm["back_after"] - env["back_after"]) < INTERVAL + 0.15
     assert abs(sm["traffic_back_after"] - env["traffic_back_after"]) < 0.3
