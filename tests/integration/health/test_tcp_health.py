@@ -113,18 +113,23 @@ def test_tcp_health_check_same_as_envoy(tmp_path, tcp):
     assert abs(sm["back_after"] - env["back_after"]) < INTERVAL + 0.15
 
 
-def test_tcp_receive_mismatch_is_a_failure(tmp_path):
-    """An answer without the expected payload: the connection closes unmatched -> failed."""
+@pytest.mark.envoy
+@pytest.mark.parametrize("proxy", ["envoy", "sofamesh"])
+def test_tcp_receive_mismatch_is_a_failure(tmp_path, proxy):
+    """An answer without the expected payload never matches: the check times out; hosts
+    stay failed with /active_hc_timeout, in both proxies."""
     ups = [PingUpstream() for _ in range(3)]
     hc = _hc({"send": {"text": b"ping".hex()}, "receive": [{"text": b"nope".hex()}]})
     hc["timeout"] = "0.3s"
     b = bootstrap([u.port for u in ups], hc, listener="tcp")
+    start = _envoy if proxy == "envoy" else _sofamesh
     try:
-        with ProxyProcess.sofamesh(sofamesh_command(), b, tmp_path) as _p:
+        with start(b, tmp_path):
             a = admin_port(b)
             assert sorted(host_flags(a).values()) == ["/failed_active_hc/active_hc_timeout"] * 3
             s = hc_stats(a)
             assert s["health_check.healthy"] == 0 and s["health_check.network_failure"] >= 3
+            assert s["health_check.success"] == 0
     finally:
         for u in ups:
             u.stop()
