@@ -225,3 +225,38 @@ def test_restarted_worker_gets_current_health(tmp_path):
     finally:
         for u in ups:
             u.close()
+
+
+@pytest.mark.envoy
+def test_retriable_status_counts_to_threshold_same_as_envoy(tmp_path):
+    """A status in retriable_statuses counts toward unhealthy_threshold (3 checks) instead of
+    failing the host at once; /clusters and the stats as Envoy's."""
+    hc = {
+        **HC,
+        "http_health_check": {
+            "path": "/health",
+            "retriable_statuses": [{"start": 429, "end": 430}],
+        },
+    }
+
+    def run(start_proxy) -> tuple[float, dict, int]:
+        ups = [HealthUpstream() for _ in range(3)]
+        b = bootstrap([u.port for u in ups], hc)
+        try:
+            with start_proxy(b, tmp_path):
+                a = admin_port(b)
+                t = time.monotonic()
+                ups[0].status = 429
+                out = wait_flags(a, ups[0].port, "/failed_active_hc", 3.0)
+                return out, hc_stats(a), ups[0].checks_since(t)
+        finally:
+            for u in ups:
+                u.close()
+
+    env_out, env_stats, env_checks = run(_envoy)
+    sm_out, sm_stats, sm_checks = run(_sofamesh(1))
+    assert 1.5 * INTERVAL < env_out < 3 * INTERVAL + 0.3  # three checks, not one
+    assert abs(sm_out - env_out) < INTERVAL + 0.15
+    assert env_checks in (3, 4) and sm_checks in (3, 4)  # the 4th: a slow admin read
+    for s in (env_stats, sm_stats):
+        assert s["health_check.network_failure"] == 0 and s["health_check.healthy"] == 2
