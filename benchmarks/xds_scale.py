@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import http.server
 import json
 import os
@@ -358,17 +359,17 @@ async def client_main(port: int, k: int) -> None:
         q.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=LDS))
         have: dict[str, set] = {CDS: set(), EDS: set(), LDS: set(), SRDS: set(), RDS: set()}
         subscribed: dict[str, set] = {EDS: set(), RDS: set()}
-        want_rds: set = set()  # from listeners (rds) and scopes (SRDS)
         scoped = False
         seen: set = set()
         async for resp in call:
             t = resp.type_url
             cls = message_class(t)
+            new_rds: set = set()
             for r in resp.resources:  # parse as a proxy must
                 m = cls.FromString(r.resource.value)
                 have[t].add(r.name)
                 if t == SRDS:
-                    want_rds.add(m.route_configuration_name)
+                    new_rds.add(m.route_configuration_name)
                 if t != LDS:
                     continue
                 for fc in m.filter_chains:
@@ -376,7 +377,7 @@ async def client_main(port: int, k: int) -> None:
                         if f.typed_config.type_url.endswith("HttpConnectionManager"):
                             hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
                             if hcm.HasField("rds"):
-                                want_rds.add(hcm.rds.route_config_name)
+                                new_rds.add(hcm.rds.route_config_name)
                             elif hcm.HasField("scoped_routes") and not scoped:
                                 scoped = True
                                 q.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=SRDS))
@@ -386,8 +387,11 @@ async def client_main(port: int, k: int) -> None:
             if live["on"]:
                 out.write(f"ACK {i} {t.rsplit('.', 1)[-1]} {time.monotonic():.6f}\n")
                 out.flush()
-            for st, src in ((EDS, have[CDS]), (RDS, want_rds)):
-                new = src - subscribed[st]
+            # what this response brought (a diff of whole sets per response would cost the
+            # 100 clients of one process more than the pilot's work)
+            fresh = [r.name for r in resp.resources] if t == CDS else ()
+            for st, src in ((EDS, fresh), (RDS, new_rds)):
+                new = {n for n in src if n not in subscribed[st]}
                 if new:
                     subscribed[st] |= new
                     q.put_nowait(
@@ -401,6 +405,10 @@ async def client_main(port: int, k: int) -> None:
                 ready["n"] -= 1
                 if ready["n"] == 0:
                     live["on"] = True
+                    # the clients stand in for 100 Envoys, which have no GC pauses: this
+                    # process's own full collections must not count against the pilot
+                    gc.collect()
+                    gc.freeze()
                     out.write("READY\n")
                     out.flush()
 
@@ -433,6 +441,9 @@ async def run_clients(n: int, k: int, reps: int, up: Upstream, scoped: bool) -> 
         initial_s = time.monotonic() - t0
         await asyncio.sleep(1.0)
         lats: list[float] = []
+        per_change: list[float] = []  # the last client's ACK, per change (ms)
+        server_lats: list[float] = []  # the pilot's clock: push -> each stream's RDS ACK read
+        first_sent: list[float] = []  # push -> the first RDS ACK the pilot read
         bytes_sent: list[int] = []
         for _ in range(reps):
             while not lines.empty():
@@ -452,6 +463,13 @@ async def run_clients(n: int, k: int, reps: int, up: Upstream, scoped: bool) -> 
                 if got[0] == "ACK" and got[2] == "RouteConfiguration":
                     done[got[1]] = float(got[3])
             lats += [t - t0 for t in done.values()]
+            per_change.append(round((max(done.values()) - t0) * 1000, 1))
+            since = [a for a in feed.acks if a[0] >= t0 and a[2] == RDS]
+            last: dict[str, float] = {}
+            for t_ack, conn, _, _ in since:
+                last[conn] = max(last.get(conn, 0.0), t_ack)
+            server_lats += [t - t0 for t in last.values()]
+            first_sent.append(min(t for t, *_ in since) - t0 if since else 0.0)
             bytes_sent.append(sum(c.responses for c in feed.ads.connections.values()) - resp_before)
             await asyncio.sleep(0.3)
     finally:
@@ -466,6 +484,10 @@ async def run_clients(n: int, k: int, reps: int, up: Upstream, scoped: bool) -> 
         "new_service_p50_ms": round(statistics.median(lats) * 1000, 1),
         "new_service_p99_ms": round(pct(lats, 99) * 1000, 1),
         "new_service_max_ms": round(max(lats) * 1000, 1),
+        "pilot_clock_p50_ms": round(statistics.median(server_lats) * 1000, 1),
+        "pilot_clock_p99_ms": round(pct(server_lats, 99) * 1000, 1),
+        "first_ack_p50_ms": round(statistics.median(first_sent) * 1000, 1),
+        "last_client_ms_per_change": per_change,
         "responses_per_change": statistics.median(bytes_sent),
     }
 
