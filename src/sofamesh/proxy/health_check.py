@@ -570,7 +570,7 @@ class CheckedCluster(Cluster):
             k = (h.address, h.port)
             h.healthy = self.eds_healthy.get(k, True) and not self.hc_flags.get(k, 0) & UNUSABLE
             n += h.healthy
-        self.membership_healthy.value = n
+        self.membership_healthy.value = n  # type: ignore[attr-defined]  # not in upstream.pyi
 
     def hc_warm(self) -> bool:
         """Every host had its first check, or there is none (Envoy initializes a cluster,
@@ -582,7 +582,8 @@ class CheckedCluster(Cluster):
             await asyncio.sleep(0.01)
 
     def traffic(self) -> bool:
-        return bool(self.upstream_cx_total.used)  # Envoy: upstream_cx_total.used()
+        # Envoy: upstream_cx_total.used()
+        return bool(self.upstream_cx_total.used)  # type: ignore[attr-defined]
 
     def host_keys(self) -> list[tuple[str, int]]:
         return [(h.address, h.port) for h in self.hosts]
