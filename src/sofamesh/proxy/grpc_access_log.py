@@ -67,15 +67,17 @@ class GrpcAccessLog:
 
     # -- hot path -----------------------------------------------------------------------------
     def log(self, s: Any, duration_ms: float) -> None:
-        path = s.path or b""
-        authority = s.authority or b""
+        if s.resp_flags == "DPE":  # the request head did not parse: nothing to read in it
+            method, path, authority = None, b"", b""
+        else:
+            method, path, authority = s.method, s.path or b"", s.authority or b""
         cl = s.cluster
         self.buffered.append(
             (
                 time.time() - duration_ms / 1000.0,
                 duration_ms,
                 s.resp_status,
-                s.method,
+                method,
                 path,
                 authority,
                 cl.name if cl is not None else "",
@@ -83,7 +85,6 @@ class GrpcAccessLog:
                 s.remote_ip,
                 s.bytes_rx,
                 s.bytes_tx,
-                s.resp_flags,
             )
         )
         self.buffered_bytes += ENTRY_OVERHEAD + len(path) + len(authority)
@@ -114,7 +115,7 @@ class GrpcAccessLog:
 
         msg = als_pb2.StreamAccessLogsMessage()
         entries = msg.http_logs.log_entry
-        for start, ms, status, method, path, authority, cluster, up, rip, rx, tx, _flags in batch:
+        for start, ms, status, method, path, authority, cluster, up, rip, rx, tx in batch:
             e = entries.add()
             e.protocol_version = 2  # HTTP11
             c = e.common_properties
@@ -149,8 +150,8 @@ class GrpcAccessLog:
         backoff = 0.1
         while not self._closed:
             addr = self.target()
-            if addr is None:
-                await self._wait_or_drop(backoff)
+            if addr is None:  # no such cluster (yet): batches queue up, then are dropped
+                await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             channel = grpc.aio.insecure_channel(f"{addr[0]}:{addr[1]}")
@@ -181,12 +182,8 @@ class GrpcAccessLog:
             finally:
                 call.cancel()
                 await channel.close()
-            await self._wait_or_drop(backoff)
+            await asyncio.sleep(backoff)  # batches keep queueing meanwhile (bounded)
             backoff = min(backoff * 2, 5.0)
-
-    async def _wait_or_drop(self, delay: float) -> None:
-        """Between connection attempts: sleep; batches keep queueing (bounded by the queue)."""
-        await asyncio.sleep(delay)
 
     def close(self) -> None:
         self._closed = True

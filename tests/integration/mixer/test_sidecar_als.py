@@ -145,7 +145,9 @@ def test_mixer_stopped_sidecar_keeps_speed_and_counts_drops(tmp_path, mixer_fact
         # idle, and CPU per request does not grow (it drops: no entries are encoded)
         assert idle < 0.1
         assert cpu_down <= 1.5 * cpu_up, (cpu_up, cpu_down)
-        assert dropped > 0.5 * sum(n for n, _ in down)
+        # all but what the bounded queue holds (64 batches of ~14 entries at 2048 bytes)
+        assert dropped > 0
+        assert dropped >= sum(n for n, _ in down) - 64 * 20
         # every request is written, dropped, or still in the bounded queue / buffer
         assert written + dropped <= served
         assert written + dropped >= served - 64 * 20
