@@ -194,7 +194,7 @@ cdef class ShadowConn:
         cdef WriteBuf wb
         if self.chunked and not self.closed:
             wb = WriteBuf(256)
-            encode_last_chunk(wb, trailers)
+            encode_last_chunk(wb, trailers if self.cluster.enable_trailers else None)
             self._send(wb.take())
         return 0
 
@@ -454,8 +454,10 @@ cdef class UpstreamConn(PoolConn):
         return 0
 
     cdef int encode_trailers(self, HeaderMap trailers) except -1:
+        """The request's end, with its trailers if the cluster enables them (Envoy's
+        HTTP/1 client codec writes a bare last chunk otherwise)."""
         if self.chunked:
-            encode_last_chunk(self.wb, trailers)
+            encode_last_chunk(self.wb, trailers if self.cluster.enable_trailers else None)
             self._send(self.wb.take())
         return 0
 
@@ -634,7 +636,9 @@ cdef class UpstreamConn(PoolConn):
             d._on_upstream_data(chunks[0] if len(chunks) == 1 else b"".join(chunks), False)
             if self.ds is not d:
                 return 0
-        if b.trailers_dropped:
+        if b.trailers_dropped and self.cluster.enable_trailers:
+            # Envoy's HTTP/1 client codec decodes a response's trailers only when the
+            # cluster's http_protocol_options.enable_trailers is set
             fw = b.fwd
             if k > fw:
                 if self.trailer_raw is None:

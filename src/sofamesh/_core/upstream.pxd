@@ -55,6 +55,9 @@ cdef class Cluster:
     cdef public long long retries_active
     cdef public int per_connection_buffer_limit
     cdef public int max_requests_per_connection
+    # HttpProtocolOptions explicit_http_config.http_protocol_options.enable_trailers: the
+    # HTTP/1 codec sends request trailers and decodes response trailers (Envoy's default: off)
+    cdef public bint enable_trailers
     # stats
     cdef Store store
     cdef str prefix

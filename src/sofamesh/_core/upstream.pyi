@@ -42,6 +42,7 @@ class Cluster:
     max_pending: int
     max_requests: int
     max_retries: int
+    enable_trailers: bool
     upstream_rq_total: Counter
     upstream_cx_active: Gauge
     upstream_rq_time: Histogram
@@ -50,6 +51,7 @@ class Cluster:
                  max_connections: int = 1024, max_pending: int = 1024,
                  max_requests: int = 1024, max_retries: int = 3, choice_count: int = 2,
                  config: Any = None, per_connection_buffer_limit: int = 1048576,
-                 max_requests_per_connection: int = 0) -> None: ...
+                 max_requests_per_connection: int = 0, ring_size: int = 1024,
+                 enable_trailers: bool = False) -> None: ...
     def set_hosts(self, hosts: Iterable[Host]) -> None: ...
     def pick(self) -> Host | None: ...

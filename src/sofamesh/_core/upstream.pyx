@@ -69,7 +69,7 @@ cdef class Cluster:
                  long long max_pending=1024, long long max_requests=1024,
                  long long max_retries=3, int choice_count=2, config=None,
                  int per_connection_buffer_limit=1048576, int max_requests_per_connection=0,
-                 int ring_size=1024):
+                 int ring_size=1024, bint enable_trailers=False):
         if lb_policy not in LB_POLICIES:
             raise ValueError(f"unsupported lb_policy {lb_policy}")
         self.name = name
@@ -84,6 +84,7 @@ cdef class Cluster:
         self.max_retries = max_retries
         self.per_connection_buffer_limit = per_connection_buffer_limit
         self.max_requests_per_connection = max_requests_per_connection
+        self.enable_trailers = enable_trailers
         self.rr = 0
         self.store = store
         self.prefix = f"cluster.{name}."

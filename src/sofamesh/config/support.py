@@ -306,7 +306,14 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _HCM + "HttpConnectionManager.UpgradeConfig": ("upgrade_type", "enabled"),
     # as HCM common_http_protocol_options (the cluster's is refused as a whole)
     "envoy.config.core.v3.HttpProtocolOptions": ("idle_timeout", "max_headers_count"),
-    "envoy.config.core.v3.Http1ProtocolOptions": ("accept_http_10",),
+    # HCM http_protocol_options, and a cluster's explicit HTTP/1 options (below);
+    # enable_trailers: the HTTP/1 codec on that side decodes and encodes trailers
+    "envoy.config.core.v3.Http1ProtocolOptions": ("accept_http_10", "enable_trailers"),
+    # a cluster's typed_extension_protocol_options (UPSTREAM_HTTP_OPTIONS): HTTP/1 only
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": ("explicit_http_config",),
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": (
+        "http_protocol_options",
+    ),
     _RT + "RouteConfiguration": (
         "name",
         "virtual_hosts",
@@ -669,9 +676,12 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
 # health statuses are implemented (unhealthy, draining and timed-out hosts get no traffic).
 STATIC_ONLY: set[tuple[str, str]] = {(_EP + "LbEndpoint", "health_status")}
 
-# The xDS gRPC client's static cluster may ask for HTTP/2 (Istio's xds-grpc does): the
-# client speaks HTTP/2 whatever it says. Anything else in these options is refused.
+# A cluster's HttpProtocolOptions: explicit HTTP/1 options are read by Server._build_cluster
+# (enable_trailers); other fields are refused field by field (IMPLEMENTED). The xDS gRPC
+# client's static cluster may ask for HTTP/2 (Istio's xds-grpc does): the client speaks
+# HTTP/2 whatever it says.
 UPSTREAM_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+register_extension(UPSTREAM_HTTP_OPTIONS, "sofamesh.proxy.server")
 
 
 def grpc_http_options_ok(opts: object) -> bool:

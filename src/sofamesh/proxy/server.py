@@ -54,6 +54,25 @@ def _dur(d: Any) -> float:
     return d.seconds + d.nanos / 1e9
 
 
+def _upstream_trailers(c: Any) -> bool:
+    """The cluster's typed_extension_protocol_options HttpProtocolOptions
+    explicit_http_config.http_protocol_options.enable_trailers (config/support.py refuses
+    the rest of the message)."""
+    from sofamesh.config.support import UPSTREAM_HTTP_OPTIONS
+
+    for anycfg in c.typed_extension_protocol_options.values():
+        if anycfg.type_url != UPSTREAM_HTTP_OPTIONS:
+            continue
+        from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+        opts = http_protocol_options_pb2.HttpProtocolOptions()
+        anycfg.Unpack(opts)
+        explicit = opts.explicit_http_config
+        if explicit.WhichOneof("protocol_config") == "http_protocol_options":
+            return explicit.http_protocol_options.enable_trailers
+    return False
+
+
 def _listener_path(li: int | str) -> str:
     """A static listener's index, or the path an xDS listener's errors start with."""
     return li if isinstance(li, str) else f"static_resources.listeners[{li}]"
@@ -187,6 +206,8 @@ class Server:
             kw["per_connection_buffer_limit"] = c.per_connection_buffer_limit_bytes.value
         if c.HasField("max_requests_per_connection"):
             kw["max_requests_per_connection"] = c.max_requests_per_connection.value
+        if _upstream_trailers(c):
+            kw["enable_trailers"] = True
         if c.HasField("least_request_lb_config") and c.least_request_lb_config.HasField(
             "choice_count"
         ):
@@ -380,6 +401,7 @@ class Server:
                 hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
             ),
             accept_http_10=hcm.http_protocol_options.accept_http_10,
+            enable_trailers=hcm.http_protocol_options.enable_trailers,
             max_head_bytes=(
                 hcm.max_request_headers_kb.value * 1024
                 if hcm.HasField("max_request_headers_kb")

@@ -151,6 +151,33 @@ _RBAC_ALLOW = {"action": "ALLOW", "policies": {
         [{"any": True}]),
 }}
 
+_UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _http1_options(**http1: object) -> dict:
+    return {_UPSTREAM_HTTP: {"@type": f"type.googleapis.com/{_UPSTREAM_HTTP}",
+                             "explicit_http_config": {"http_protocol_options": http1}}}
+
+
+def _trailer_clusters(ports: dict[str, int]) -> list[dict]:
+    opts = _http1_options(enable_trailers=True)
+    return [{**_cluster("svc_tr", ports["a"]), "typed_extension_protocol_options": opts},
+            {**_cluster("svc_tr_b", ports["b"]), "typed_extension_protocol_options": opts},
+            {**_cluster("svc_plain_options", ports["a"]),
+             "typed_extension_protocol_options": _http1_options()}]
+
+
+_TRAILER_ROUTES = [
+    {"match": {"prefix": "/tr-retry"},
+     "route": {"cluster": "svc_tr", "retry_policy": {"retry_on": "5xx", "num_retries": 1}}},
+    {"match": {"prefix": "/tr-mirror-plain"},
+     "route": {"cluster": "svc_tr", "request_mirror_policies": [{"cluster": "svc_b"}]}},
+    {"match": {"prefix": "/tr-mirror"},
+     "route": {"cluster": "svc_tr", "request_mirror_policies": [{"cluster": "svc_tr_b"}]}},
+    {"match": {"prefix": "/tr-off"}, "route": {"cluster": "svc_plain_options"}},
+    {"match": {"prefix": "/tr"}, "route": {"cluster": "svc_tr"}},
+]
+
 FEATURES: dict[str, Feature] = {
     "access_log": Feature(access_log=True),
     "request_timeout": Feature(hcm={"request_timeout": "0.5s"}),
@@ -267,6 +294,11 @@ FEATURES: dict[str, Feature] = {
                  "@type": _RBAC_ROUTE, "rbac": {"rules": {"action": "DENY", "policies": {
                      "deny-flag": _rbac_policy([_rbac_hdr("x-deny")], [{"any": True}])}}}}}},
         ]),
+    # Trailers (Envoy: the HCM's http_protocol_options.enable_trailers gates the downstream
+    # codec, a cluster's HttpProtocolOptions the upstream one; both are needed either way)
+    "trailers_enabled": Feature(hcm={"http_protocol_options": {"enable_trailers": True}},
+                                routes=_TRAILER_ROUTES, clusters=_trailer_clusters),
+    "trailers_cluster_only": Feature(routes=_TRAILER_ROUTES, clusters=_trailer_clusters),
     # direct responses without a body: Envoy's codec frames them by status and method
     "direct_response_status": Feature(routes=[
         {"match": {"prefix": "/d204"}, "direct_response": {"status": 204}},
@@ -506,6 +538,7 @@ class Response:
     body: bytes
     complete: bool  # False: the connection ended inside the body
     framing: str
+    trailers: list[tuple[str, str]] = field(default_factory=list)  # a chunked body's trailer fields
 
     def header(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name]
@@ -605,8 +638,12 @@ def read_response(r: Reader, method: str = "GET") -> Response | None:
                 resp.complete = False
                 break
             if size == 0:
-                while r.until(b"\r\n") not in (b"\r\n", None):
-                    pass
+                while True:
+                    line = r.until(b"\r\n")
+                    if line in (b"\r\n", None):
+                        break
+                    name, _, value = line[:-2].decode("latin-1").partition(":")
+                    resp.trailers.append((name.strip(), value.strip()))
                 break
             chunk = r.exact(size + 2)
             body += chunk[:size]
@@ -692,6 +729,7 @@ def norm_response(resp: Response | None) -> dict | None:
         "body": norm_body(resp.body),
         "complete": resp.complete,
         "framing": resp.framing,
+        "trailers": norm_headers(resp.trailers),
     }
 
 

@@ -21,6 +21,12 @@ def _huge_headers(total: int) -> list[tuple[str, str]]:
     return [(f"x-big-{i}", "v" * 1000) for i in range(total // 1024 + 1)]
 
 
+def _chunked_with_trailer(path: str, headers: list[tuple[str, str]] = ()) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return (f"POST {path} HTTP/1.1\r\nHost: main.test\r\n{extra}Transfer-Encoding: chunked\r\n\r\n"
+            "5\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t1\r\nx-trailer-two: t2\r\n\r\n").encode()
+
+
 def _head_100(path: str) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: main.test\r\nContent-Length: 11\r\n"
             "Expect: 100-continue\r\n\r\n").encode()
@@ -402,6 +408,37 @@ FEATURE_CASES: list[tuple[str, Case]] = [
     ("rbac_per_route", C("rbac-per-route-filter-rules", R("GET", "/a/x"), [403])),
     ("rbac_per_route", C("rbac-per-route-filter-rules-admin", R("GET", "/a/x", [
         ("x-role", "admin")]), [200])),
+    # trailers both ways: the HCM's enable_trailers and the cluster's (HttpProtocolOptions)
+    ("trailers_enabled", C("trailers-request-forwarded", _chunked_with_trailer("/tr/x"), [200])),
+    ("trailers_enabled", C("trailers-request-dropped-by-cluster", _chunked_with_trailer("/a/x"),
+                           [200])),
+    ("trailers_enabled", C("trailers-request-cluster-options-without-trailers",
+                           _chunked_with_trailer("/tr-off/x"), [200])),
+    ("trailers_enabled", C("trailers-response-forwarded",
+                           R("GET", "/tr/x", [("x-upstream-action", "trailers")]), [200])),
+    ("trailers_enabled", C("trailers-response-dropped-by-cluster",
+                           R("GET", "/a/x", [("x-upstream-action", "trailers")]), [200])),
+    ("trailers_enabled", C("trailers-response-head-request",
+                           R("HEAD", "/tr/x", [("x-upstream-action", "trailers")]), [200],
+                           methods=["HEAD"])),
+    ("trailers_enabled", C("trailers-request-retried",
+                           _chunked_with_trailer("/tr-retry/x", [("x-case-id", "tr1"),
+                                                                 ("x-upstream-action", "fail=1")]),
+                           [200])),
+    ("trailers_enabled", C("trailers-request-mirrored", _chunked_with_trailer("/tr-mirror/x"), [200],
+                           upstream_requests=2, unordered_upstream=True)),
+    ("trailers_enabled", C("trailers-request-mirror-cluster-without",
+                           _chunked_with_trailer("/tr-mirror-plain/x"), [200],
+                           upstream_requests=2, unordered_upstream=True)),
+    ("trailers_enabled", C("trailers-request-then-pipelined",
+                           _chunked_with_trailer("/tr/1") + R("GET", "/tr/2"), [200, 200])),
+    ("trailers_enabled", C("trailers-request-split-writes",
+                           [b"POST /tr/s HTTP/1.1\r\nHost: main.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"5\r\nhello\r\n0\r\nx-a: 1\r\n", b"x-b: 2\r\n\r\n"], [200])),
+    ("trailers_cluster_only", C("trailers-cluster-only-request", _chunked_with_trailer("/tr/x"),
+                                [200])),
+    ("trailers_cluster_only", C("trailers-cluster-only-response",
+                                R("GET", "/tr/x", [("x-upstream-action", "trailers")]), [200])),
     ("direct_response_status", C("direct-response-204", R("GET", "/d204"), [204])),
     ("direct_response_status", C("direct-response-304-location", R("GET", "/d304/x?q=1"), [304])),
     ("direct_response_status", C("direct-response-200-empty", R("GET", "/d200"), [200])),

@@ -119,3 +119,62 @@ static_resources:
             "Listener.access_log is not implemented by sofamesh"
         )
     ]
+
+
+_H1_OPTIONS = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+{opts}"""
+
+
+def test_cluster_http1_trailers_option_is_accepted_and_read(tmp_path):
+    from sofamesh.proxy.server import _upstream_trailers
+
+    b = _cfg(tmp_path, CLUSTER.format(extra=_H1_OPTIONS.format(
+        opts="        explicit_http_config: {http_protocol_options: {enable_trailers: true}}")))
+    assert _upstream_trailers(b.static_resources.clusters[0])
+    b = _cfg(tmp_path, CLUSTER.format(extra=_H1_OPTIONS.format(
+        opts="        explicit_http_config: {http_protocol_options: {}}")))
+    assert not _upstream_trailers(b.static_resources.clusters[0])
+
+
+@pytest.mark.parametrize(("opts", "refused"), [
+    ("        explicit_http_config: {http2_protocol_options: {}}",
+     "explicit_http_config.http2_protocol_options: "
+     "ExplicitHttpConfig.http2_protocol_options is not implemented by sofamesh"),
+    ("        common_http_protocol_options: {idle_timeout: 1s}\n"
+     "        explicit_http_config: {http_protocol_options: {}}",
+     "common_http_protocol_options: "
+     "HttpProtocolOptions.common_http_protocol_options is not implemented by sofamesh"),
+    ("        explicit_http_config: {http_protocol_options: {allow_chunked_length: true}}",
+     "explicit_http_config.http_protocol_options.allow_chunked_length: "
+     "Http1ProtocolOptions.allow_chunked_length is not implemented by sofamesh"),
+])
+def test_cluster_http_options_beyond_http1_trailers_are_refused(tmp_path, opts, refused):
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, CLUSTER.format(extra=_H1_OPTIONS.format(opts=opts)))
+    prefix = ("static_resources.clusters[0].typed_extension_protocol_options"
+              "['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'].")
+    assert [str(p) for p in e.value.problems] == [prefix + refused]
+
+
+def test_hcm_enable_trailers_is_accepted(tmp_path):
+    _cfg(tmp_path, """
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          http_protocol_options: {enable_trailers: true}
+          route_config: {name: r}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+""")
