@@ -433,8 +433,8 @@ FEATURE_CASES: list[tuple[str, Case]] = [
     ("trailers_enabled", C("trailers-request-then-pipelined",
                            _chunked_with_trailer("/tr/1") + R("GET", "/tr/2"), [200, 200])),
     ("trailers_enabled", C("trailers-request-split-writes",
-                           [b"POST /tr/s HTTP/1.1\r\nHost: main.test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                            b"5\r\nhello\r\n0\r\nx-a: 1\r\n", b"x-b: 2\r\n\r\n"], [200])),
+                           [(b"POST /tr/s HTTP/1.1\r\nHost: main.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"5\r\nhello\r\n0\r\nx-a: 1\r\n"), b"x-b: 2\r\n\r\n"], [200])),
     ("trailers_cluster_only", C("trailers-cluster-only-request", _chunked_with_trailer("/tr/x"),
                                 [200])),
     ("trailers_cluster_only", C("trailers-cluster-only-response",

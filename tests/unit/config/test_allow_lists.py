@@ -131,36 +131,69 @@ _H1_OPTIONS = """
 def test_cluster_http1_trailers_option_is_accepted_and_read(tmp_path):
     from sofamesh.proxy.server import _upstream_trailers
 
-    b = _cfg(tmp_path, CLUSTER.format(extra=_H1_OPTIONS.format(
-        opts="        explicit_http_config: {http_protocol_options: {enable_trailers: true}}")))
+    b = _cfg(
+        tmp_path,
+        CLUSTER.format(
+            extra=_H1_OPTIONS.format(
+                opts="        explicit_http_config: {http_protocol_options: {enable_trailers: true}}"
+            )
+        ),
+    )
     assert _upstream_trailers(b.static_resources.clusters[0])
-    b = _cfg(tmp_path, CLUSTER.format(extra=_H1_OPTIONS.format(
-        opts="        explicit_http_config: {http_protocol_options: {}}")))
+    b = _cfg(
+        tmp_path,
+        CLUSTER.format(
+            extra=_H1_OPTIONS.format(
+                opts="        explicit_http_config: {http_protocol_options: {}}"
+            )
+        ),
+    )
     assert not _upstream_trailers(b.static_resources.clusters[0])
 
 
-@pytest.mark.parametrize(("opts", "refused"), [
-    ("        explicit_http_config: {http2_protocol_options: {}}",
-     "explicit_http_config.http2_protocol_options: "
-     "ExplicitHttpConfig.http2_protocol_options is not implemented by sofamesh"),
-    ("        common_http_protocol_options: {idle_timeout: 1s}\n"
-     "        explicit_http_config: {http_protocol_options: {}}",
-     "common_http_protocol_options: "
-     "HttpProtocolOptions.common_http_protocol_options is not implemented by sofamesh"),
-    ("        explicit_http_config: {http_protocol_options: {allow_chunked_length: true}}",
-     "explicit_http_config.http_protocol_options.allow_chunked_length: "
-     "Http1ProtocolOptions.allow_chunked_length is not implemented by sofamesh"),
-])
+@pytest.mark.parametrize(
+    ("opts", "refused"),
+    [
+        (
+            "        explicit_http_config: {http2_protocol_options: {}}",
+            (
+                "explicit_http_config.http2_protocol_options: "
+                "ExplicitHttpConfig.http2_protocol_options is not implemented by sofamesh"
+            ),
+        ),
+        (
+            (
+                "        common_http_protocol_options: {idle_timeout: 1s}\n"
+                "        explicit_http_config: {http_protocol_options: {}}"
+            ),
+            (
+                "common_http_protocol_options: "
+                "HttpProtocolOptions.common_http_protocol_options is not implemented by sofamesh"
+            ),
+        ),
+        (
+            "        explicit_http_config: {http_protocol_options: {allow_chunked_length: true}}",
+            (
+                "explicit_http_config.http_protocol_options.allow_chunked_length: "
+                "Http1ProtocolOptions.allow_chunked_length is not implemented by sofamesh"
+            ),
+        ),
+    ],
+)
 def test_cluster_http_options_beyond_http1_trailers_are_refused(tmp_path, opts, refused):
     with pytest.raises(ConfigError) as e:
         _cfg(tmp_path, CLUSTER.format(extra=_H1_OPTIONS.format(opts=opts)))
-    prefix = ("static_resources.clusters[0].typed_extension_protocol_options"
-              "['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'].")
+    prefix = (
+        "static_resources.clusters[0].typed_extension_protocol_options"
+        "['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']."
+    )
     assert [str(p) for p in e.value.problems] == [prefix + refused]
 
 
 def test_hcm_enable_trailers_is_accepted(tmp_path):
-    _cfg(tmp_path, """
+    _cfg(
+        tmp_path,
+        """
 static_resources:
   listeners:
   - name: l
@@ -177,4 +210,40 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-""")
+""",
+    )
+
+
+def test_cds_cluster_with_http1_trailers_is_accepted_and_http2_refused():
+    """xDS clusters take the same check (validate_resource) and the same build."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    from sofamesh.config.validate import validate_resource
+    from sofamesh.proxy.server import _upstream_trailers
+
+    def cluster(**explicit):
+        c = cluster_pb2.Cluster(name="cds", type=cluster_pb2.Cluster.EDS)
+        c.eds_cluster_config.eds_config.ads.SetInParent()
+        c.connect_timeout.seconds = 1
+        opts = http_protocol_options_pb2.HttpProtocolOptions()
+        for k, v in explicit.items():
+            getattr(opts.explicit_http_config, k).MergeFrom(v)
+        c.typed_extension_protocol_options[
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ].Pack(opts)
+        return c
+
+    from envoy.config.core.v3 import protocol_pb2
+
+    ok = cluster(http_protocol_options=protocol_pb2.Http1ProtocolOptions(enable_trailers=True))
+    assert validate_resource(ok) == []
+    assert _upstream_trailers(ok)
+    h2 = cluster(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
+    assert [p.path for p in validate_resource(h2)] == [
+        (
+            "typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']"
+            ".explicit_http_config.http2_protocol_options"
+        )
+    ]
+    assert not _upstream_trailers(h2)
