@@ -471,6 +471,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "request_headers_to_remove",
         "expected_statuses",
         "retriable_statuses",
+        "service_name_matcher",  # x-envoy-upstream-healthchecked-cluster (verify_cluster)
         "codec_client_type",  # HTTP1 only (ALLOWED_IF)
         "method",  # GET only (ALLOWED_IF)
     ),

@@ -130,6 +130,13 @@ class HcConfig:
                 (200, 201),
             )
             self.retriable_statuses = tuple((r.start, r.end) for r in h.retriable_statuses)
+            self.service_matcher = None
+            if h.HasField("service_name_matcher"):  # x-envoy-upstream-healthchecked-cluster
+                from sofamesh.proxy.routes import string_matcher
+
+                self.service_matcher = string_matcher(
+                    h.service_name_matcher, f"{path}.http_health_check.service_name_matcher"
+                )
             host = h.host or cluster
             headers = [("host", host), ("user-agent", hp.USER_AGENT)]
             remove = {n.lower() for n in h.request_headers_to_remove}
@@ -313,6 +320,8 @@ class ClusterChecker:
                     changed = CHANGED
             self.bump("success")
             healthy = True
+            if session.probe.verified:
+                self.bump("verify_cluster")
         else:
             st.num_healthy = 0
             changed = UNCHANGED
@@ -342,6 +351,8 @@ class ClusterChecker:
                     ev["http_status_code"] = session.probe.status
                 self._log(session, "health_check_failure_event", ev)
             self.bump("failure")
+            if session.probe.verified:
+                self.bump("verify_cluster")
             if network:
                 self.bump("network_failure")
             healthy = False

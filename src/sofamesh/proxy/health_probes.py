@@ -38,6 +38,7 @@ class Probe:
         self.writer: asyncio.StreamWriter | None = None
         self.exclude = False  # HTTP: x-envoy-immediate-health-check-fail on a failure
         self.status = 0  # HTTP: the last response's status (0: none)
+        self.verified = False  # HTTP: service_name_matcher was checked (verify_cluster)
 
     async def _connect(self) -> None:
         if self.writer is None or self.writer.is_closing():
@@ -64,6 +65,7 @@ class HttpProbe(Probe):
         cfg = self.cfg
         self.exclude = False
         self.status = 0
+        self.verified = False
         try:
             await self._connect()
             assert self.writer is not None and self.reader is not None
@@ -88,6 +90,11 @@ class HttpProbe(Probe):
             if _in_ranges(status, cfg.retriable_statuses):
                 return FAIL_RETRIABLE
             return FAIL_ACTIVE
+        if cfg.service_matcher is not None:  # Envoy: after the status, before degraded
+            self.verified = True
+            name = headers.get("x-envoy-upstream-healthchecked-cluster", "")
+            if not cfg.service_matcher.test(name.encode("latin-1")):
+                return FAIL_ACTIVE
         return OK_DEGRADED if "x-envoy-degraded" in headers else OK
 
     @staticmethod

@@ -18,6 +18,7 @@ class HealthUpstream:
 
     def __init__(self) -> None:
         self.status = 200
+        self.headers: dict[str, str] = {}  # added to /health answers
         self.checks: list[tuple[float, dict]] = []  # (time, headers) of each /health
         self.served = 0  # requests other than /health
         up = self
@@ -42,6 +43,9 @@ class HealthUpstream:
                 try:
                     self.send_response(code)
                     self.send_header("content-length", str(len(body)))
+                    if self.path.startswith("/health"):
+                        for k, v in up.headers.items():
+                            self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(body)
                 except OSError:

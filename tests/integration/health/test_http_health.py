@@ -260,3 +260,35 @@ def test_retriable_status_counts_to_threshold_same_as_envoy(tmp_path):
     assert env_checks in (3, 4) and sm_checks in (3, 4)  # the 4th: a slow admin read
     for s in (env_stats, sm_stats):
         assert s["health_check.network_failure"] == 0 and s["health_check.healthy"] == 2
+
+
+@pytest.mark.envoy
+def test_service_name_matcher_same_as_envoy(tmp_path):
+    """service_name_matcher: a host whose x-envoy-upstream-healthchecked-cluster does not
+    match fails at once; verify_cluster counts every checked answer."""
+    hc = {
+        **HC,
+        "http_health_check": {"path": "/health", "service_name_matcher": {"prefix": "good"}},
+    }
+
+    def run(start_proxy) -> tuple[list[str], dict]:
+        ups = [HealthUpstream() for _ in range(3)]
+        ups[0].headers = {"x-envoy-upstream-healthchecked-cluster": "good-svc"}
+        ups[1].headers = {"x-envoy-upstream-healthchecked-cluster": "bad-svc"}
+        b = bootstrap([u.port for u in ups], hc)  # ups[2] sends none: no match either
+        try:
+            with start_proxy(b, tmp_path):
+                a = admin_port(b)
+                flags = host_flags(a)
+                return [flags[u.port] for u in ups], hc_stats(a)
+        finally:
+            for u in ups:
+                u.close()
+
+    env_flags, env_stats = run(_envoy)
+    sm_flags, sm_stats = run(_sofamesh(1))
+    assert env_flags == ["healthy", "/failed_active_hc", "/failed_active_hc"]
+    assert sm_flags == env_flags
+    for s in (env_stats, sm_stats):
+        assert s["health_check.verify_cluster"] >= 3
+        assert s["health_check.healthy"] == 1
