@@ -453,6 +453,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "unhealthy_threshold",
         "healthy_threshold",
         "reuse_connection",
+        "alt_port",
         "http_health_check",
         "tcp_health_check",
         "grpc_health_check",

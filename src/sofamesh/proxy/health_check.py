@@ -115,6 +115,7 @@ class HcConfig:
         self.unhealthy_interval = _d(hc, "unhealthy_interval", self.interval)
         self.unhealthy_edge_interval = _d(hc, "unhealthy_edge_interval", self.unhealthy_interval)
         self.healthy_edge_interval = _d(hc, "healthy_edge_interval", self.interval)
+        self.alt_port = hc.alt_port.value
         self.reuse_connection = (
             hc.reuse_connection.value if hc.HasField("reuse_connection") else True
         )
@@ -193,7 +194,8 @@ class Session:
         self.checker = checker
         self.key = key
         self.state = state
-        self.probe = hp.PROBES[checker.cfg.kind](checker.cfg, key[0], key[1])
+        port = checker.cfg.alt_port or key[1]  # alt_port: checks go there, traffic does not
+        self.probe = hp.PROBES[checker.cfg.kind](checker.cfg, key[0], port)
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:

@@ -249,3 +249,18 @@ def test_event_log(tmp_path):
     assert recs[0]["health_check_failure_event"] == {"failure_type": "NETWORK", "first_check": True}
     assert recs[1]["add_healthy_event"] == {"first_check": False}
     assert recs[0]["cluster_name"] == "c" and recs[0]["health_checker_type"] == "HTTP"
+
+
+def test_alt_port_and_service_name_matcher():
+    r = Rig(alt_port=9901)
+    assert (r.s.probe.address, r.s.probe.port) == ("10.0.0.1", 9901)
+    assert Rig().s.probe.port == 80
+    cfg = hc.parse(
+        _cluster(http_health_check={"path": "/h", "service_name_matcher": {"prefix": "svc"}}),
+        "c",
+    )
+    assert cfg.service_matcher.test(b"svc-a") and not cfg.service_matcher.test(b"other")
+    r = Rig()
+    r.s.probe.verified = True
+    r.run(hp.OK)
+    assert r.stat("verify_cluster") == 1
