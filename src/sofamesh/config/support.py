@@ -464,6 +464,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "healthy_edge_interval",
         "event_log_path",  # JSON HealthCheckEvent lines
         "always_log_health_check_failures",
+        # Envoy 1.40 writes no success events to event_log_path either (checked)
+        "always_log_health_check_success",
     ),
     "envoy.config.core.v3.HealthCheck.HttpHealthCheck": (
         "host",
