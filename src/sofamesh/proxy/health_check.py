@@ -142,14 +142,19 @@ class HcConfig:
             headers = [("host", host), ("user-agent", hp.USER_AGENT)]
             remove = {n.lower() for n in h.request_headers_to_remove}
             headers = [(k, v) for k, v in headers if k not in remove or k == "host"]
-            for o in h.request_headers_to_add:
+            for i, o in enumerate(h.request_headers_to_add):
+                if "%" in o.header.value.replace("%%", ""):
+                    raise UnsupportedConfig(
+                        f"{path}.http_health_check.request_headers_to_add[{i}].header.value: "
+                        "header formatters (%...%) are not implemented in health checks"
+                    )
                 k = o.header.key.lower()
                 append = o.append.value if o.HasField("append") else o.append_action == 0
                 if not append or o.append_action == 2:  # OVERWRITE_IF_EXISTS_OR_ADD
                     headers = [(n, v) for n, v in headers if n != k]
                 if o.append_action == 1 and any(n == k for n, _ in headers):  # ADD_IF_ABSENT
                     continue
-                headers.append((k, o.header.value))
+                headers.append((k, o.header.value.replace("%%", "%")))
             head = f"GET {h.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
             self.http_request = (head + "\r\n").encode("latin-1")
         elif self.kind == "tcp":

@@ -264,3 +264,12 @@ def test_alt_port_and_service_name_matcher():
     r.s.probe.verified = True
     r.run(hp.OK)
     assert r.stat("verify_cluster") == 1
+
+
+def test_header_formatters_are_refused_by_path():
+    add = [{"header": {"key": "x-h", "value": "%UPSTREAM_LOCAL_ADDRESS%"}}]
+    with pytest.raises(UnsupportedConfig, match=r"request_headers_to_add\[0\]\.header\.value"):
+        hc.parse(_cluster(http_health_check={"path": "/", "request_headers_to_add": add}), "c")
+    add = [{"header": {"key": "x-h", "value": "100%%"}}]
+    cfg = hc.parse(_cluster(http_health_check={"path": "/", "request_headers_to_add": add}), "c")
+    assert b"x-h: 100%\r\n" in cfg.http_request
