@@ -15,6 +15,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.conftest import sofamesh_command
@@ -78,11 +79,13 @@ def _hc(service: str = "svc") -> dict:
     }
 
 
-def test_grpc_health_check(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_grpc_health_check(tmp_path, workers):
+    """With 2 workers the checks (grpcio's client) run in the pool's main process."""
     srv = [GrpcHealthServer() for _ in range(3)]
     b = bootstrap([s.port for s in srv], _hc())
     try:
-        with ProxyProcess.sofamesh(sofamesh_command(), b, tmp_path) as _p:
+        with ProxyProcess.sofamesh(sofamesh_command(), b, tmp_path, concurrency=workers):
             a = admin_port(b)
             assert sorted(host_flags(a).values()) == ["healthy"] * 3
             assert srv[0].checks > 0
