@@ -27,14 +27,13 @@ from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
-    mono, date_value, uuid4, needs_normalizing,
+    mono, date_value, needs_normalizing,
     DS_HEAD, DS_BODY, DS_WAIT, DS_DRAIN, DS_TUNNEL, DS_CLOSED,
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT, SERVER_PASS_THROUGH,
-    PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE, PAUSE_QUEUE,
+    PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE,
 )
 from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.http_router cimport RouterStream
-from sofamesh._core.upstream cimport Cluster, Host
 from sofamesh._core.http_common import normalize_request_path
 from sofamesh._core import hcm_config as _hcm_config
 from sofamesh._core import http_stream as _http_stream
@@ -151,7 +150,7 @@ cdef class DownstreamConn(RouterStream):
 
     # request path -----------------------------------------------------------------------
     cdef int _process(self, bytes data, Py_ssize_t off) except -1:
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), k, fw
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), k
         cdef int r
         cdef HcmConfig cfg = self.cfg
         while off < n:

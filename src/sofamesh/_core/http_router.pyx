@@ -147,7 +147,7 @@ cdef class RouterStream(HttpStream):
         cdef HcmConfig cfg = self.cfg
         cdef Route route = self.route
         cdef bytes rid, path, v, host
-        cdef int i, hrh = -1
+        cdef int hrh = -1
         cdef int xrid = h.find_from("x-request-id", 12, 0)
         # an edge proxy replaces a client's x-request-id (Envoy's preserve_external_request_id)
         cdef bint regen = xrid < 0 or (cfg.use_remote_address and cfg.generate_request_id

@@ -58,7 +58,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef bint up_end                    # the request's end (last data or trailers) was seen
     cdef HeaderList req_trailers        # request trailers to forward, or None
     cdef list retry_body                # list[bytes] | None: decoded request body for retries
-    cdef list shadows                   # list[http1_upstream.ShadowConn] | None: mirrors taking the body
+    cdef list shadows                   # list[http1_upstream.ShadowConn] | None: mirrors
     cdef Py_ssize_t retry_bytes
     cdef bint retry_ok
     cdef int attempts
