@@ -227,7 +227,9 @@ def test_sofamesh_workers_each_a_client_together_the_limit(tmp_path, mixer_facto
         c.pop("typed_extension_protocol_options", None)
     p = ProxyProcess.sofamesh(sofamesh_command(), b, tmp_path / "workers", concurrency=2).start()
     try:
-        pacers = [Pacer(listen, 100, seconds) for _ in range(4)]  # 4 connections, 400/s
+        # 16 connections at 25/s (400/s): SO_REUSEPORT spreads connections at random, and with
+        # 4 all of them landed on one worker 1 run in 8 (then only one RLQS client reported)
+        pacers = [Pacer(listen, 25, seconds) for _ in range(16)]
         for t in pacers:
             t.start()
         for t in pacers:

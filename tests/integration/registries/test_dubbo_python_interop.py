@@ -15,6 +15,7 @@ import sys
 
 import grpc
 import pytest
+from kazoo.client import KazooClient
 
 from tests.conftest import ROOT, envoy_binary, free_port
 from tests.integration.pilot.conftest import PilotProcess, ads_bootstrap
@@ -139,6 +140,20 @@ def test_dubbo_python_consumer_finds_exported_mesh_service(zookeeper, tmp_path):
         pilot.register(
             SERVICE, "greeter-1", address="127.0.0.1", port=port, protocol="grpc", ttl_seconds=60
         )
+        # the export is asynchronous (debounce, then a ZooKeeper write), and the consumer reads
+        # the providers once: started too early it found none ("No provider available")
+        zk = KazooClient(hosts=zookeeper.hosts, timeout=4.0)
+        zk.start(timeout=10)
+        try:
+            providers = f"/dubbo/{SERVICE}/providers"
+            wait_until(
+                lambda: zk.exists(providers) and zk.get_children(providers),
+                10,
+                f"the pilot's export under {providers}",
+            )
+        finally:
+            zk.stop()
+            zk.close()
         out = subprocess.run(
             [
                 sys.executable,
