@@ -53,20 +53,27 @@ def proxy_argv(kind: str, config: Path) -> list[str]:
     kind = kind.split("+")[0]
     common = ["--concurrency", "1", "-l", "warning", "-c", str(config)]
     if kind == "envoy":
-        return [envoy_binary(), *common, "--disable-hot-restart",
-                "--base-id", str(os.getpid() % 50000 + 1)]
+        return [
+            envoy_binary(),
+            *common,
+            "--disable-hot-restart",
+            "--base-id",
+            str(os.getpid() % 50000 + 1),
+        ]
     return [*sofamesh_command(), "proxy", *common]
 
 
 def measure(url: str, args, pids_fn=None) -> dict:
     """Warm up, then one measured wrk run; CPU of pids_fn() processes over the measured run."""
     if args.warmup > 0:
-        wrk.run(url, args.connections, args.warmup, args.load_core, BENCH_HOST,
-                pace_ms=args.pace_ms)
+        wrk.run(
+            url, args.connections, args.warmup, args.load_core, BENCH_HOST, pace_ms=args.pace_ms
+        )
     pids = pids_fn() if pids_fn else []
     cpu0 = cpu_seconds(pids)
-    res = wrk.run(url, args.connections, args.duration, args.load_core, BENCH_HOST,
-                  pace_ms=args.pace_ms)
+    res = wrk.run(
+        url, args.connections, args.duration, args.load_core, BENCH_HOST, pace_ms=args.pace_ms
+    )
     cpu1 = cpu_seconds(pids)
     row = {
         "requests": res.requests,
@@ -107,8 +114,9 @@ def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Pro
     config = workdir / f"{kind.replace('+', '_')}.json"
     rbac_n = args.rbac if kind.endswith("+rbac") else 0
     config.write_text(json.dumps(bootstrap(port, admin, upstream_port, rbac_n), indent=1))
-    proc = Proc(kind, proxy_argv(kind, config), workdir / f"{kind.replace('+', '_')}.log",
-                args.proxy_core)
+    proc = Proc(
+        kind, proxy_argv(kind, config), workdir / f"{kind.replace('+', '_')}.log", args.proxy_core
+    )
     proc.start()
     try:
         proc.wait_ready(lambda: http_get(admin, "/ready")[0] == 200 and http_get(port)[0] == 200)
@@ -128,8 +136,10 @@ def median_row(rows: list[dict]) -> dict:
     if good:
         for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "requests", "cpu_s"):
             out[key] = statistics.median(r[key] for r in good)
-        out["cpu_us_per_req_min_max"] = [min(r["cpu_us_per_req"] for r in good),
-                                         max(r["cpu_us_per_req"] for r in good)]
+        out["cpu_us_per_req_min_max"] = [
+            min(r["cpu_us_per_req"] for r in good),
+            max(r["cpu_us_per_req"] for r in good),
+        ]
     errors = [r["error"] for r in rows if "error" in r]
     if errors:
         out["error"] = "; ".join(errors)
@@ -148,8 +158,10 @@ def ratios(a: dict, b: dict) -> dict:
 def table(results: dict) -> str:
     cols = ("cpu_us_per_req", "rps", "p50_ms", "p99_ms", "requests", "cpu_s")
     head = f"{'target':<22}" + "".join(f"{c:>16}" for c in cols) + f"{'cpu_us min..max':>18}"
-    title = (f"medians over {results['layout']['rounds']} interleaved round(s); load average "
-             f"{results['loadavg_1m_before']} before, {results.get('loadavg_1m_after')} after")
+    title = (
+        f"medians over {results['layout']['rounds']} interleaved round(s); load average "
+        f"{results['loadavg_1m_before']} before, {results.get('loadavg_1m_after')} after"
+    )
     lines = [title, head, "-" * len(head)]
     for name, row in results["runs"].items():
         if "cpu_us_per_req" not in row:
@@ -157,7 +169,9 @@ def table(results: dict) -> str:
             continue
         label = name + (" (cpu: nginx)" if name == "direct" else "")
         lo, hi = row["cpu_us_per_req_min_max"]
-        lines.append(f"{label:<22}" + "".join(f"{row[c]!s:>16}" for c in cols) + f"{f'{lo}..{hi}':>18}")
+        lines.append(
+            f"{label:<22}" + "".join(f"{row[c]!s:>16}" for c in cols) + f"{f'{lo}..{hi}':>18}"
+        )
         if row.get("error"):
             lines.append(f"{'':<22}  ERROR {row['error']}")
     r = results.get("ratio_sofamesh_over_envoy")
@@ -165,13 +179,19 @@ def table(results: dict) -> str:
         lines.append(f"{'sofamesh / envoy':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols))
     r = results.get("ratio_sofamesh_over_envoy_rbac")
     if r:
-        lines.append(f"{'sofamesh/envoy +rbac':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols))
+        lines.append(
+            f"{'sofamesh/envoy +rbac':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols)
+        )
     if results.get("rbac_on_over_off_cpu"):
-        lines.append("RBAC on / off, CPU per request: " + ", ".join(
-            f"{k} {v}" for k, v in results["rbac_on_over_off_cpu"].items()))
+        lines.append(
+            "RBAC on / off, CPU per request: "
+            + ", ".join(f"{k} {v}" for k, v in results["rbac_on_over_off_cpu"].items())
+        )
     if results.get("cpu_ratio_per_round"):
-        lines.append(f"sofamesh / envoy CPU per request, round by round: "
-                     f"{', '.join(map(str, results['cpu_ratio_per_round']))}")
+        lines.append(
+            f"sofamesh / envoy CPU per request, round by round: "
+            f"{', '.join(map(str, results['cpu_ratio_per_round']))}"
+        )
     return "\n".join(lines)
 
 
@@ -186,14 +206,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1, help="core for wrk and nginx")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--pace-ms", type=int, default=0,
-                    help="each connection waits this long between requests, so every target "
-                         "runs at about the same rate (CPU per request at equal load); "
-                         "0: as fast as each target goes")
-    ap.add_argument("--rbac", type=int, default=0,
-                    help="also run each proxy with an RBAC filter of this many policies")
-    ap.add_argument("--nice", type=int, default=0,
-                    help="niceness for nginx, the proxies and wrk alike (e.g. -10 on a busy machine)")
+    ap.add_argument(
+        "--pace-ms",
+        type=int,
+        default=0,
+        help="each connection waits this long between requests, so every target "
+        "runs at about the same rate (CPU per request at equal load); "
+        "0: as fast as each target goes",
+    )
+    ap.add_argument(
+        "--rbac",
+        type=int,
+        default=0,
+        help="also run each proxy with an RBAC filter of this many policies",
+    )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness for nginx, the proxies and wrk alike (e.g. -10 on a busy machine)",
+    )
     args = ap.parse_args(argv)
     lib_proc.NICE = args.nice
     if args.quick:
@@ -205,11 +237,18 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         # Other work on the machine shows up as noise; recorded so a reader can judge a run.
         "loadavg_1m_before": round(os.getloadavg()[0], 2),
-        "layout": {"proxy_core": args.proxy_core, "wrk_and_nginx_core": args.load_core,
-                   "connections": args.connections, "duration_s": args.duration, "nice": args.nice,
-                   "pace_ms": args.pace_ms,
-                   "warmup_s": args.warmup, "rounds": args.rounds, "wrk_threads": 1,
-                   "proxy_concurrency": 1},
+        "layout": {
+            "proxy_core": args.proxy_core,
+            "wrk_and_nginx_core": args.load_core,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "nice": args.nice,
+            "pace_ms": args.pace_ms,
+            "warmup_s": args.warmup,
+            "rounds": args.rounds,
+            "wrk_threads": 1,
+            "proxy_concurrency": 1,
+        },
         "runs": {},
     }
     kinds = [p.strip() for p in args.proxies.split(",") if p.strip()]
@@ -234,26 +273,36 @@ def main(argv: list[str] | None = None) -> int:
                 order = ["direct", *(kinds if rnd % 2 == 0 else kinds[::-1])]
                 for kind in order:
                     if kind == "direct":
-                        rows[kind].append(measure(f"http://127.0.0.1:{up_port}/", args,
-                                                  lambda: process_tree(upstream.pid)))
+                        rows[kind].append(
+                            measure(
+                                f"http://127.0.0.1:{up_port}/",
+                                args,
+                                lambda: process_tree(upstream.pid),
+                            )
+                        )
                     elif kind in procs:
                         proc, port, admin = procs[kind]
                         rl0 = rl_ok(admin)
-                        row = measure(f"http://127.0.0.1:{port}/", args,
-                                      lambda p=proc: process_tree(p.pid))
+                        row = measure(
+                            f"http://127.0.0.1:{port}/", args, lambda p=proc: process_tree(p.pid)
+                        )
                         rl1 = rl_ok(admin)
                         if kind.endswith("+rbac"):
                             rb = rl_ok(admin, RBAC_ALLOWED)
                             row["rbac_allowed"] = rb
                             if rb is None or rb < row["requests"]:
-                                row["error"] = (f"{RBAC_ALLOWED} is {rb} after {row['requests']}"
-                                                " requests: the RBAC filter did not run")
+                                row["error"] = (
+                                    f"{RBAC_ALLOWED} is {rb} after {row['requests']}"
+                                    " requests: the RBAC filter did not run"
+                                )
                         # Fairness: the rate-limit filter must have run on every request (the
                         # counter also moves during the warm-up, hence >=).
                         row["ratelimit_ok"] = None if rl0 is None or rl1 is None else rl1 - rl0
                         if row["ratelimit_ok"] is None or row["ratelimit_ok"] < row["requests"]:
-                            row["error"] = (f"{RL_OK} moved by {row['ratelimit_ok']} for "
-                                            f"{row['requests']} requests: the filter did not run")
+                            row["error"] = (
+                                f"{RL_OK} moved by {row['ratelimit_ok']} for "
+                                f"{row['requests']} requests: the filter did not run"
+                            )
                         if proc.p.poll() is not None:
                             row["error"] = f"{kind} exited with {proc.p.returncode} during the run"
                         rows[kind].append(row)
@@ -271,15 +320,18 @@ def main(argv: list[str] | None = None) -> int:
         results["cpu_ratio_per_round"] = [
             round(s["cpu_us_per_req"] / e["cpu_us_per_req"], 3)
             for s, e in zip(runs["sofamesh"]["rounds"], runs["envoy"]["rounds"])
-            if s.get("cpu_us_per_req") and e.get("cpu_us_per_req")]
+            if s.get("cpu_us_per_req") and e.get("cpu_us_per_req")
+        ]
     for k in kinds:
         on, off = runs.get(f"{k}+rbac"), runs.get(k)
         if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
             results.setdefault("rbac_on_over_off_cpu", {})[k] = round(
-                on["cpu_us_per_req"] / off["cpu_us_per_req"], 3)
+                on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
+            )
     if "envoy+rbac" in runs and "sofamesh+rbac" in runs:
-        results["ratio_sofamesh_over_envoy_rbac"] = ratios(runs["sofamesh+rbac"],
-                                                           runs["envoy+rbac"])
+        results["ratio_sofamesh_over_envoy_rbac"] = ratios(
+            runs["sofamesh+rbac"], runs["envoy+rbac"]
+        )
     print(table(results))
     print(json.dumps(results, indent=1))
     print(table(results))  # again, after the JSON, so the summary is the last thing on screen

@@ -45,7 +45,7 @@ def unused_port() -> int:
 _LOOP_ERRORS: list[dict] = []
 
 
-def _collect_loop_error(loop, context) -> None:  # noqa: ANN001
+def _collect_loop_error(loop, context) -> None:
     _LOOP_ERRORS.append(context)
     loop.default_exception_handler(context)
 
@@ -57,7 +57,7 @@ def _new_checking_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def pytest_asyncio_loop_factories(config, item):  # noqa: ANN001, ANN201
+def pytest_asyncio_loop_factories(config, item):
     """pytest-asyncio runs every async test on a checking uvloop loop."""
     return {"uvloop": _new_checking_loop}
 
@@ -68,7 +68,7 @@ def _fail_on_loop_exceptions():
     _LOOP_ERRORS.clear()
     orig = asyncio.BaseEventLoop.default_exception_handler
 
-    def handler(self, context):  # noqa: ANN001
+    def handler(self, context):
         _LOOP_ERRORS.append(context)
         orig(self, context)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-HCM = ("type.googleapis.com/envoy.extensions.filters.network."
-       "http_connection_manager.v3.HttpConnectionManager")
-LOCAL_RATELIMIT = ("type.googleapis.com/envoy.extensions.filters.http."
-                   "local_ratelimit.v3.LocalRateLimit")
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network."
+    "http_connection_manager.v3.HttpConnectionManager"
+)
+LOCAL_RATELIMIT = (
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+)
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 BENCH_HOST = "bench.local"
@@ -22,8 +25,11 @@ def local_ratelimit() -> dict:
         "typed_config": {
             "@type": LOCAL_RATELIMIT,
             "stat_prefix": "bench_rl",
-            "token_bucket": {"max_tokens": 4000000000, "tokens_per_fill": 4000000000,
-                             "fill_interval": "1s"},
+            "token_bucket": {
+                "max_tokens": 4000000000,
+                "tokens_per_fill": 4000000000,
+                "fill_interval": "1s",
+            },
             "filter_enabled": _percent("bench_rl_enabled"),
             "filter_enforced": _percent("bench_rl_enforced"),
         },
@@ -39,57 +45,112 @@ def rbac(n: int) -> dict:
         if i % 2:
             # the permission matches (GET), the principal does not (no x-forwarded-for)
             perm = {"header": {"name": ":method", "string_match": {"exact": "GET"}}}
-            who = [{"remote_ip": {"address_prefix": f"10.{i}.0.0", "prefix_len": 16}},
-                   {"header": {"name": "x-caller", "string_match": {"exact": f"svc-{i}"}}}]
+            who = [
+                {"remote_ip": {"address_prefix": f"10.{i}.0.0", "prefix_len": 16}},
+                {"header": {"name": "x-caller", "string_match": {"exact": f"svc-{i}"}}},
+            ]
         else:
             # the permission does not match
-            perm = {"or_rules": {"rules": [
-                {"url_path": {"path": {"prefix": f"/api/v{i}/"}}},
-                {"header": {"name": "x-tenant", "string_match": {"exact": f"tenant-{i}"}}}]}}
+            perm = {
+                "or_rules": {
+                    "rules": [
+                        {"url_path": {"path": {"prefix": f"/api/v{i}/"}}},
+                        {"header": {"name": "x-tenant", "string_match": {"exact": f"tenant-{i}"}}},
+                    ]
+                }
+            }
             who = [{"direct_remote_ip": {"address_prefix": "127.0.0.1", "prefix_len": 32}}]
         policies[f"policy-{i:02d}"] = {"permissions": [perm], "principals": who}
     policies[f"policy-{n - 1:02d}"] = {
-        "permissions": [{"and_rules": {"rules": [
-            {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
-            {"url_path": {"path": {"prefix": "/"}}}]}}],
+        "permissions": [
+            {
+                "and_rules": {
+                    "rules": [
+                        {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
+                        {"url_path": {"path": {"prefix": "/"}}},
+                    ]
+                }
+            }
+        ],
         "principals": [{"direct_remote_ip": {"address_prefix": "127.0.0.0", "prefix_len": 8}}],
     }
-    return {"name": "envoy.filters.http.rbac",
-            "typed_config": {"@type": RBAC, "rules": {"action": "ALLOW", "policies": policies}}}
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {"@type": RBAC, "rules": {"action": "ALLOW", "policies": policies}},
+    }
 
 
-def bootstrap(listen_port: int, admin_port: int, upstream_port: int,
-              rbac_policies: int = 0) -> dict:
+def bootstrap(
+    listen_port: int, admin_port: int, upstream_port: int, rbac_policies: int = 0
+) -> dict:
     hcm = {
         "@type": HCM,
         "stat_prefix": "bench",
         # No access_log: the benchmark measures proxying with logging off.
         "route_config": {
             "name": "bench",
-            "virtual_hosts": [{
-                "name": "bench", "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
-            }],
+            "virtual_hosts": [
+                {
+                    "name": "bench",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                }
+            ],
         },
-        "http_filters": [*([rbac(rbac_policies)] if rbac_policies else []), local_ratelimit(),
-                         {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": [
+            *([rbac(rbac_policies)] if rbac_policies else []),
+            local_ratelimit(),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
     }
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                 "port_value": admin_port}}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
         "static_resources": {
-            "listeners": [{
-                "name": "bench",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm}]}],
-            }],
-            "clusters": [{
-                "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{
-                    "endpoint": {"address": {"socket_address": {
-                        "address": "127.0.0.1", "port_value": upstream_port}}}}]}]},
-            }],
+            "listeners": [
+                {
+                    "name": "bench",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "upstream",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": upstream_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
         },
     }

@@ -46,7 +46,8 @@ def nginx_binary() -> str:
 def start(workdir: Path, port: int, core: int | None) -> Proc:
     conf = workdir / "nginx.conf"
     conf.write_text(_CONF.format(dir=workdir, port=port, body=BODY.replace("\n", "\\n")))
-    proc = Proc("nginx", [nginx_binary(), "-p", str(workdir), "-c", str(conf)],
-                workdir / "nginx.log", core).start()
+    proc = Proc(
+        "nginx", [nginx_binary(), "-p", str(workdir), "-c", str(conf)], workdir / "nginx.log", core
+    ).start()
     proc.wait_ready(lambda: http_get(port)[0] == 200, timeout=10)
     return proc

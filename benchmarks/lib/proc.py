@@ -79,7 +79,7 @@ def cpu_seconds(pids: list[int]) -> float:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / CLK_TCK
 
@@ -95,8 +95,13 @@ class Proc:
 
     def start(self) -> Proc:
         with open(self.log, "wb") as f:
-            self.p = subprocess.Popen(self.argv, stdout=f, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+            self.p = subprocess.Popen(
+                self.argv,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -114,8 +119,10 @@ class Proc:
         deadline = time.monotonic() + timeout
         while True:
             if self.p.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.p.returncode}: "
-                                   f"{' '.join(self.argv)}\n{self.tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.p.returncode}: "
+                    f"{' '.join(self.argv)}\n{self.tail()}"
+                )
             try:
                 if check():
                     return

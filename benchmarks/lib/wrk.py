@@ -43,16 +43,27 @@ def parse(out: str) -> WrkResult:
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return WrkResult(
-        requests=requests, seconds=seconds, rps=rps,
-        p50_ms=_ms(lat["50"]), p99_ms=_ms(lat["99"]),
+        requests=requests,
+        seconds=seconds,
+        rps=rps,
+        p50_ms=_ms(lat["50"]),
+        p99_ms=_ms(lat["99"]),
         non_2xx=int(non2xx.group(1)) if non2xx else 0,
         socket_errors=sum(int(x) for x in errs.groups()) if errs else 0,
         raw=out,
     )
 
 
-def run(url: str, connections: int, seconds: float, core: int | None, host: str,
-        threads: int = 1, pace_ms: int = 0, workdir: str | None = None) -> WrkResult:
+def run(
+    url: str,
+    connections: int,
+    seconds: float,
+    core: int | None,
+    host: str,
+    threads: int = 1,
+    pace_ms: int = 0,
+    workdir: str | None = None,
+) -> WrkResult:
     """Closed-loop keep-alive load; pace_ms > 0 makes each connection wait that long between
     requests (a wrk Lua delay()), so every target gets about the same request rate."""
     script = []
@@ -60,8 +71,22 @@ def run(url: str, connections: int, seconds: float, core: int | None, host: str,
         path = Path(workdir or tempfile.gettempdir()) / f"wrk-pace-{pace_ms}.lua"
         path.write_text(f"function delay()\n  return {int(pace_ms)}\nend\n")
         script = ["-s", str(path)]
-    argv = proc.pin([
-        "wrk", "--latency", "-t", str(threads), "-c", str(connections), *script,
-        "-d", f"{max(1, round(seconds))}s", "-H", f"Host: {host}", url], core)
+    argv = proc.pin(
+        [
+            "wrk",
+            "--latency",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            *script,
+            "-d",
+            f"{max(1, round(seconds))}s",
+            "-H",
+            f"Host: {host}",
+            url,
+        ],
+        core,
+    )
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return parse(out.stdout)

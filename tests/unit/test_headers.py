@@ -2,7 +2,7 @@
 
 from sofamesh._core.codecs import http1
 from sofamesh._core.headers import HeaderList
-from sofamesh._core.router import HeaderMatcher, StringMatcher, S_EXACT
+from sofamesh._core.router import S_EXACT, HeaderMatcher, StringMatcher
 
 
 def test_header_list_lookup_is_case_insensitive_and_joins_repeats():
@@ -18,13 +18,18 @@ def test_header_list_lookup_is_case_insensitive_and_joins_repeats():
 
 
 def test_adopted_decoded_block_skips_pseudo_headers():
-    pairs = [(b":method", b"POST"), (b":path", b"/a?b"), (b":authority", b"h:1"),
-             (b":scheme", b"http"), (b"te", b"trailers")]
+    pairs = [
+        (b":method", b"POST"),
+        (b":path", b"/a?b"),
+        (b":authority", b"h:1"),
+        (b":scheme", b"http"),
+        (b"te", b"trailers"),
+    ]
     h = HeaderList.adopt(pairs, 4)
     assert (h.method_value, h.path_value, h.authority_value) == (b"POST", b"/a?b", b"h:1")
     assert h.items() == [(b"te", b"trailers")]
     assert h.get_value(":method") is None
-    assert h.pairs is pairs   # not copied
+    assert h.pairs is pairs  # not copied
 
 
 def test_route_header_matcher_reads_any_header_map():

@@ -1,4 +1,5 @@
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sofamesh._core.http_stream import HttpFilter
 from sofamesh._core.router import RouteTable
@@ -16,18 +17,38 @@ class HcmConfig:
     draining: bool
     conns: set[Any]
     access_log: Any
-    def __init__(self, loop: Any, store: Store, stat_prefix: str, routes: RouteTable,
-                 clusters: dict[str, Cluster], filters: Iterable[HttpFilter] = (), *,
-                 use_remote_address: bool = False, generate_request_id: bool = True,
-                 accept_http_10: bool = False, max_head_bytes: int = 61440,
-                 max_headers: int = 100, buffer_limit: int = 1048576,
-                 upgrades: Iterable[bytes] = (), server_name: bytes = b"envoy",
-                 access_log: Any = None, listener_stat_name: str = "",
-                 idle_timeout: float = 3600.0, server_mode: int = 0,
-                 rid_in_response: bool = False, via: bytes = b"",
-                 skip_xff_append: bool = False, local_ip: bytes = b"127.0.0.1",
-                 preserve_external_request_id: bool = False, normalize_path: bool = False,
-                 merge_slashes: bool = False, strip_any_host_port: bool = False,
-                 request_timeout: float = 0.0, stream_idle_timeout: float = 0.0,
-                 reply_map: tuple | None = None, enable_trailers: bool = False) -> None: ...
+    def __init__(
+        self,
+        loop: Any,
+        store: Store,
+        stat_prefix: str,
+        routes: RouteTable,
+        clusters: dict[str, Cluster],
+        filters: Iterable[HttpFilter] = (),
+        *,
+        use_remote_address: bool = False,
+        generate_request_id: bool = True,
+        accept_http_10: bool = False,
+        max_head_bytes: int = 61440,
+        max_headers: int = 100,
+        buffer_limit: int = 1048576,
+        upgrades: Iterable[bytes] = (),
+        server_name: bytes = b"envoy",
+        access_log: Any = None,
+        listener_stat_name: str = "",
+        idle_timeout: float = 3600.0,
+        server_mode: int = 0,
+        rid_in_response: bool = False,
+        via: bytes = b"",
+        skip_xff_append: bool = False,
+        local_ip: bytes = b"127.0.0.1",
+        preserve_external_request_id: bool = False,
+        normalize_path: bool = False,
+        merge_slashes: bool = False,
+        strip_any_host_port: bool = False,
+        request_timeout: float = 0.0,
+        stream_idle_timeout: float = 0.0,
+        reply_map: tuple | None = None,
+        enable_trailers: bool = False,
+    ) -> None: ...
     def protocol_factory(self) -> Any: ...

@@ -16,9 +16,16 @@ class HeaderList(HeaderMap):
     authority_: bytes | None
     scheme: bytes | None
     status: int
-    def __init__(self, items=(), *, method: bytes | None = None, path: bytes | None = None,
-                 authority: bytes | None = None, scheme: bytes | None = None,
-                 status: int = 0) -> None: ...
+    def __init__(
+        self,
+        items=(),
+        *,
+        method: bytes | None = None,
+        path: bytes | None = None,
+        authority: bytes | None = None,
+        scheme: bytes | None = None,
+        status: int = 0,
+    ) -> None: ...
     @staticmethod
     def adopt(pairs: list[tuple[bytes, bytes]], first: int = 0) -> HeaderList: ...
     def append(self, name: str | bytes, value: str | bytes) -> None: ...

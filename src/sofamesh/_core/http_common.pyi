@@ -1,3 +1,3 @@
-
-def normalize_request_path(data: bytes, off: int, path_off: int, path_len: int,
-                           normalize: bool, merge: bool) -> bytes | None: ...
+def normalize_request_path(
+    data: bytes, off: int, path_off: int, path_len: int, normalize: bool, merge: bool
+) -> bytes | None: ...

@@ -1,7 +1,8 @@
 import asyncio
 
 from sofamesh._core.hcm_config import HcmConfig as HcmConfig
-from sofamesh._core.http_stream import HttpFilter as HttpFilter, HttpStream as HttpStream
+from sofamesh._core.http_stream import HttpFilter as HttpFilter
+from sofamesh._core.http_stream import HttpStream as HttpStream
 
 FILTER_CONTINUE_: int
 FILTER_STOP_: int

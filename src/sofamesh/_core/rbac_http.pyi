@@ -6,6 +6,12 @@ class HttpRbacRequest(RbacRequest): ...
 
 class RbacFilter(HttpFilter):
     policies: RbacPolicies
-    def __init__(self, policies: RbacPolicies, store: Store, stat_prefix: str,
-                 rules_stat_prefix: str = ..., shadow_rules_stat_prefix: str = ...,
-                 name: str = ...) -> None: ...
+    def __init__(
+        self,
+        policies: RbacPolicies,
+        store: Store,
+        stat_prefix: str,
+        rules_stat_prefix: str = ...,
+        shadow_rules_stat_prefix: str = ...,
+        name: str = ...,
+    ) -> None: ...

@@ -1,4 +1,5 @@
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sofamesh._core.http_proxy import HttpFilter
 from sofamesh._core.ratelimit import TokenBucket

@@ -1,4 +1,5 @@
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sofamesh._core.codecs.http1 import Head
 
@@ -22,13 +23,24 @@ RETRY_ON: dict[str, int]
 def random_u64() -> int: ...
 
 class StringMatcher:
-    def __init__(self, kind: int, value: str | bytes = b"", ignore_case: bool = False,
-                 lo: int = 0, hi: int = 0) -> None: ...
+    def __init__(
+        self,
+        kind: int,
+        value: str | bytes = b"",
+        ignore_case: bool = False,
+        lo: int = 0,
+        hi: int = 0,
+    ) -> None: ...
     def test(self, value: bytes) -> bool: ...
 
 class HeaderMatcher:
-    def __init__(self, name: str | bytes, sm: StringMatcher | None = None,
-                 present: bool = True, invert: bool = False) -> None: ...
+    def __init__(
+        self,
+        name: str | bytes,
+        sm: StringMatcher | None = None,
+        present: bool = True,
+        invert: bool = False,
+    ) -> None: ...
 
 class QueryMatcher:
     def __init__(self, name: str | bytes, sm: StringMatcher | None = None) -> None: ...
@@ -63,7 +75,8 @@ class VirtualHost:
     def __init__(self, name: str, routes: Iterable[Route]) -> None: ...
 
 class RouteTable:
-    def __init__(self, vhosts: Iterable[tuple[list[str], VirtualHost]],
-                 strip_port: bool = False) -> None: ...
+    def __init__(
+        self, vhosts: Iterable[tuple[list[str], VirtualHost]], strip_port: bool = False
+    ) -> None: ...
     def select_host(self, host: str | bytes) -> VirtualHost | None: ...
     def match(self, h: Head) -> Route | None: ...

@@ -8,10 +8,18 @@ class StrMatch:
     def __init__(self, kind: int, value: str = ..., ignore_case: bool = ...) -> None: ...
 
 class HeaderMatch:
-    def __init__(self, name: str, sm: StrMatch | None = ..., present: bool = ..., invert: bool = ...) -> None: ...
+    def __init__(
+        self, name: str, sm: StrMatch | None = ..., present: bool = ..., invert: bool = ...
+    ) -> None: ...
 
 class RpcRoute:
-    def __init__(self, method: StrMatch | None, headers: list, cluster: str = ..., weighted: list | None = ...) -> None: ...
+    def __init__(
+        self,
+        method: StrMatch | None,
+        headers: list,
+        cluster: str = ...,
+        weighted: list | None = ...,
+    ) -> None: ...
 
 class RpcRouteConfig:
     def __init__(self, interface: str, group: str, version: str, routes: list) -> None: ...
@@ -32,8 +40,17 @@ class RpcProxyConfig:
     draining: bool
     conns: set
     upstream_connections: int
-    def __init__(self, proto: int, stat_prefix: str, table: RpcRouteTable, clusters: dict,
-                 store: Any, loop: Any, default_timeout: float = ..., max_frame: int = ...,
-                 conns_per_host: int = ...) -> None: ...
+    def __init__(
+        self,
+        proto: int,
+        stat_prefix: str,
+        table: RpcRouteTable,
+        clusters: dict,
+        store: Any,
+        loop: Any,
+        default_timeout: float = ...,
+        max_frame: int = ...,
+        conns_per_host: int = ...,
+    ) -> None: ...
     def protocol_factory(self) -> Any: ...
     def close_all(self) -> None: ...

@@ -9,7 +9,15 @@ class TcpProxyConfig:
     conns: set
     draining: bool
     idle_timeout_s: float
-    def __init__(self, stat_prefix: str, weighted: list, clusters: dict, store: Any, loop: Any,
-                 connect_timeout: float = ..., idle_timeout_s: float = ...) -> None: ...
+    def __init__(
+        self,
+        stat_prefix: str,
+        weighted: list,
+        clusters: dict,
+        store: Any,
+        loop: Any,
+        connect_timeout: float = ...,
+        idle_timeout_s: float = ...,
+    ) -> None: ...
     def protocol_factory(self) -> Any: ...
     def close_all(self) -> None: ...

@@ -1,4 +1,5 @@
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sofamesh._core.stats import Counter, Gauge, Histogram, Store
 
@@ -46,12 +47,24 @@ class Cluster:
     upstream_rq_total: Counter
     upstream_cx_active: Gauge
     upstream_rq_time: Histogram
-    def __init__(self, name: str, store: Store, *, hosts: Iterable[Host] = (),
-                 lb_policy: str = "ROUND_ROBIN", connect_timeout: float = 5.0,
-                 max_connections: int = 1024, max_pending: int = 1024,
-                 max_requests: int = 1024, max_retries: int = 3, choice_count: int = 2,
-                 config: Any = None, per_connection_buffer_limit: int = 1048576,
-                 max_requests_per_connection: int = 0, ring_size: int = 1024,
-                 enable_trailers: bool = False) -> None: ...
+    def __init__(
+        self,
+        name: str,
+        store: Store,
+        *,
+        hosts: Iterable[Host] = (),
+        lb_policy: str = "ROUND_ROBIN",
+        connect_timeout: float = 5.0,
+        max_connections: int = 1024,
+        max_pending: int = 1024,
+        max_requests: int = 1024,
+        max_retries: int = 3,
+        choice_count: int = 2,
+        config: Any = None,
+        per_connection_buffer_limit: int = 1048576,
+        max_requests_per_connection: int = 0,
+        ring_size: int = 1024,
+        enable_trailers: bool = False,
+    ) -> None: ...
     def set_hosts(self, hosts: Iterable[Host]) -> None: ...
     def pick(self) -> Host | None: ...

@@ -7,8 +7,9 @@ named in a bootstrap is implemented; the proxy asks it for the factory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 KINDS = ("http", "network", "listener")
 

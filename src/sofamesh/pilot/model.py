@@ -88,4 +88,6 @@ class Exporter(Protocol):
     """A registry that also publishes the mesh's services back (registry sync), e.g. writing
     mesh services into ZooKeeper's Dubbo layout so Dubbo consumers find them."""
 
-    async def export(self, services: dict[str, Service], instances: dict[str, list[Instance]]) -> None: ...
+    async def export(
+        self, services: dict[str, Service], instances: dict[str, list[Instance]]
+    ) -> None: ...

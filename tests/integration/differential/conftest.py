@@ -24,8 +24,10 @@ from tests.support.http_upstream import RecordingUpstream
 
 
 def _candidate() -> tuple[str, int]:
-    return (os.environ.get("SOFAMESH_DIFF_CANDIDATE", "sofamesh"),
-            int(os.environ.get("SOFAMESH_DIFF_CONCURRENCY", "1")))
+    return (
+        os.environ.get("SOFAMESH_DIFF_CANDIDATE", "sofamesh"),
+        int(os.environ.get("SOFAMESH_DIFF_CONCURRENCY", "1")),
+    )
 
 
 def _distinct_ports(n: int, exclude: set[int]) -> list[int]:
@@ -48,14 +50,20 @@ def _deployment(kind: str, workdir: Path, concurrency: int = 1, feature=None):
         # process can take it in between. Only that start-up failure is retried.
         port, admin, dead = _distinct_ports(3, exclude=set(upstream.ports.values()))
         access_log = workdir / "access.log" if feature and feature.access_log else None
-        boot = harness.bootstrap(port, admin, upstream.ports, dead,
-                                 feature=feature,
-                                 access_log_path=str(access_log) if access_log else None)
+        boot = harness.bootstrap(
+            port,
+            admin,
+            upstream.ports,
+            dead,
+            feature=feature,
+            access_log_path=str(access_log) if access_log else None,
+        )
         if kind == "envoy":
             proxy = ProxyProcess.envoy(envoy_binary(), boot, workdir, concurrency=concurrency)
         else:
-            proxy = ProxyProcess.sofamesh(sofamesh_command(), boot, workdir,
-                                          concurrency=concurrency)
+            proxy = ProxyProcess.sofamesh(
+                sofamesh_command(), boot, workdir, concurrency=concurrency
+            )
         try:
             proxy.start()
             return harness.Deployment(kind, port, upstream, proxy, access_log)

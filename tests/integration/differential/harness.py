@@ -20,9 +20,13 @@ from pathlib import Path
 from tests.support.http_upstream import Record, RecordingUpstream
 
 HOST = "main.test"
-ROUTE_TIMEOUT_MS = 15000  # Envoy's default route timeout, sent upstream as x-envoy-expected-rq-timeout-ms
+ROUTE_TIMEOUT_MS = (
+    15000  # Envoy's default route timeout, sent upstream as x-envoy-expected-rq-timeout-ms
+)
 SLOW_ROUTE_TIMEOUT_S = 0.5
-CLIENT_TIMEOUT_S = 3.0  # longest legitimate wait: Envoy's 1 s delayed close, the 0.5 s route timeout
+CLIENT_TIMEOUT_S = (
+    3.0  # longest legitimate wait: Envoy's 1 s delayed close, the 0.5 s route timeout
+)
 
 # ------------------------------------------------------------------------------------------
 # The bootstrap: one listener, one inline route table exercising the routing features, STATIC
@@ -37,8 +41,19 @@ def _cluster(name: str, port: int) -> dict:
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
         },
     }
 
@@ -64,18 +79,26 @@ class Feature:
     access_log: bool = False  # a file access log in Envoy's default format
 
 
-def _two_endpoint_cluster(name: str, ports: dict[str, int], weights: tuple[int, int] | None = None,
-                          **extra) -> dict:
+def _two_endpoint_cluster(
+    name: str, ports: dict[str, int], weights: tuple[int, int] | None = None, **extra
+) -> dict:
     eps = []
     for i, key in enumerate(("a", "b")):
-        ep: dict = {"endpoint": {"address": {"socket_address": {
-            "address": "127.0.0.1", "port_value": ports[key]}}}}
+        ep: dict = {
+            "endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[key]}}
+            }
+        }
         if weights:
             ep["load_balancing_weight"] = weights[i]
         eps.append(ep)
-    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]},
-            **extra}
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]},
+        **extra,
+    }
 
 
 _LRL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
@@ -84,15 +107,24 @@ _LRL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.Loc
 def _local_ratelimit(max_tokens: int | None) -> dict:
     cfg: dict = {"@type": _LRL, "stat_prefix": "diff_rl"}
     if max_tokens is not None:
-        cfg.update({
-            "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": max_tokens,
-                             "fill_interval": "3600s"},
-            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
-                               "runtime_key": "diff_rl_enabled"},
-            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"},
-                                "runtime_key": "diff_rl_enforced"},
-            "response_headers_to_add": [_hdr("x-local-rate-limit", "true")],
-        })
+        cfg.update(
+            {
+                "token_bucket": {
+                    "max_tokens": max_tokens,
+                    "tokens_per_fill": max_tokens,
+                    "fill_interval": "3600s",
+                },
+                "filter_enabled": {
+                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                    "runtime_key": "diff_rl_enabled",
+                },
+                "filter_enforced": {
+                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                    "runtime_key": "diff_rl_enforced",
+                },
+                "response_headers_to_add": [_hdr("x-local-rate-limit", "true")],
+            }
+        )
     return cfg
 
 
@@ -127,53 +159,98 @@ def _rbac_filter(rules: dict | None, shadow: dict | None = None, **extra) -> lis
     return [{"name": "envoy.filters.http.rbac", "typed_config": cfg}]
 
 
-_RBAC_ALLOW = {"action": "ALLOW", "policies": {
-    "probe": _RBAC_PROBE,
-    "get-public-from-loopback": _rbac_policy(
-        [{"and_rules": {"rules": [_rbac_hdr(":method", "GET"),
-                                  {"url_path": {"path": {"prefix": "/a/public"}}}]}}],
-        [_rbac_ip("direct_remote_ip", "127.0.0.1", 32)]),
-    "admin-role": _rbac_policy([{"any": True}], [_rbac_hdr("x-role", "admin")]),
-    "xff-client-10": _rbac_policy([{"url_path": {"path": {"prefix": "/a/xff"}}}],
-                                  [_rbac_ip("remote_ip", "10.0.0.0", 8)]),
-    "put-not-from-10": _rbac_policy(
-        [_rbac_hdr(":method", "PUT")],
-        [{"not_id": _rbac_ip("direct_remote_ip", "10.0.0.0", 8)}]),
-    "authority-and-port": _rbac_policy(
-        [{"and_rules": {"rules": [_rbac_hdr(":authority", "port.test"),
-                                  {"destination_port_range": {"start": 1, "end": 65536}},
-                                  _rbac_ip("destination_ip", "127.0.0.0", 8)]}}],
-        [{"any": True}]),
-    "exact-query-path": _rbac_policy([_rbac_hdr(":path", "/a/q?x=1")], [{"any": True}]),
-    "not-path": _rbac_policy(
-        [{"and_rules": {"rules": [{"not_rule": {"url_path": {"path": {"prefix": "/a/"}}}},
-                                  _rbac_hdr("x-not", "1")]}}],
-        [{"any": True}]),
-}}
+_RBAC_ALLOW = {
+    "action": "ALLOW",
+    "policies": {
+        "probe": _RBAC_PROBE,
+        "get-public-from-loopback": _rbac_policy(
+            [
+                {
+                    "and_rules": {
+                        "rules": [
+                            _rbac_hdr(":method", "GET"),
+                            {"url_path": {"path": {"prefix": "/a/public"}}},
+                        ]
+                    }
+                }
+            ],
+            [_rbac_ip("direct_remote_ip", "127.0.0.1", 32)],
+        ),
+        "admin-role": _rbac_policy([{"any": True}], [_rbac_hdr("x-role", "admin")]),
+        "xff-client-10": _rbac_policy(
+            [{"url_path": {"path": {"prefix": "/a/xff"}}}], [_rbac_ip("remote_ip", "10.0.0.0", 8)]
+        ),
+        "put-not-from-10": _rbac_policy(
+            [_rbac_hdr(":method", "PUT")], [{"not_id": _rbac_ip("direct_remote_ip", "10.0.0.0", 8)}]
+        ),
+        "authority-and-port": _rbac_policy(
+            [
+                {
+                    "and_rules": {
+                        "rules": [
+                            _rbac_hdr(":authority", "port.test"),
+                            {"destination_port_range": {"start": 1, "end": 65536}},
+                            _rbac_ip("destination_ip", "127.0.0.0", 8),
+                        ]
+                    }
+                }
+            ],
+            [{"any": True}],
+        ),
+        "exact-query-path": _rbac_policy([_rbac_hdr(":path", "/a/q?x=1")], [{"any": True}]),
+        "not-path": _rbac_policy(
+            [
+                {
+                    "and_rules": {
+                        "rules": [
+                            {"not_rule": {"url_path": {"path": {"prefix": "/a/"}}}},
+                            _rbac_hdr("x-not", "1"),
+                        ]
+                    }
+                }
+            ],
+            [{"any": True}],
+        ),
+    },
+}
 
 _UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def _http1_options(**http1: object) -> dict:
-    return {_UPSTREAM_HTTP: {"@type": f"type.googleapis.com/{_UPSTREAM_HTTP}",
-                             "explicit_http_config": {"http_protocol_options": http1}}}
+    return {
+        _UPSTREAM_HTTP: {
+            "@type": f"type.googleapis.com/{_UPSTREAM_HTTP}",
+            "explicit_http_config": {"http_protocol_options": http1},
+        }
+    }
 
 
 def _trailer_clusters(ports: dict[str, int]) -> list[dict]:
     opts = _http1_options(enable_trailers=True)
-    return [{**_cluster("svc_tr", ports["a"]), "typed_extension_protocol_options": opts},
-            {**_cluster("svc_tr_b", ports["b"]), "typed_extension_protocol_options": opts},
-            {**_cluster("svc_plain_options", ports["a"]),
-             "typed_extension_protocol_options": _http1_options()}]
+    return [
+        {**_cluster("svc_tr", ports["a"]), "typed_extension_protocol_options": opts},
+        {**_cluster("svc_tr_b", ports["b"]), "typed_extension_protocol_options": opts},
+        {
+            **_cluster("svc_plain_options", ports["a"]),
+            "typed_extension_protocol_options": _http1_options(),
+        },
+    ]
 
 
 _TRAILER_ROUTES = [
-    {"match": {"prefix": "/tr-retry"},
-     "route": {"cluster": "svc_tr", "retry_policy": {"retry_on": "5xx", "num_retries": 1}}},
-    {"match": {"prefix": "/tr-mirror-plain"},
-     "route": {"cluster": "svc_tr", "request_mirror_policies": [{"cluster": "svc_b"}]}},
-    {"match": {"prefix": "/tr-mirror"},
-     "route": {"cluster": "svc_tr", "request_mirror_policies": [{"cluster": "svc_tr_b"}]}},
+    {
+        "match": {"prefix": "/tr-retry"},
+        "route": {"cluster": "svc_tr", "retry_policy": {"retry_on": "5xx", "num_retries": 1}},
+    },
+    {
+        "match": {"prefix": "/tr-mirror-plain"},
+        "route": {"cluster": "svc_tr", "request_mirror_policies": [{"cluster": "svc_b"}]},
+    },
+    {
+        "match": {"prefix": "/tr-mirror"},
+        "route": {"cluster": "svc_tr", "request_mirror_policies": [{"cluster": "svc_tr_b"}]},
+    },
     {"match": {"prefix": "/tr-off"}, "route": {"cluster": "svc_plain_options"}},
     {"match": {"prefix": "/tr"}, "route": {"cluster": "svc_tr"}},
 ]
@@ -182,133 +259,323 @@ FEATURES: dict[str, Feature] = {
     "access_log": Feature(access_log=True),
     "request_timeout": Feature(hcm={"request_timeout": "0.5s"}),
     "stream_idle_timeout": Feature(hcm={"stream_idle_timeout": "0.5s"}),
-    "fault_abort": Feature(http_filters=[{
-        "name": "envoy.filters.http.fault",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-            "abort": {"http_status": 418,
-                      "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}}]),
+    "fault_abort": Feature(
+        http_filters=[
+            {
+                "name": "envoy.filters.http.fault",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                    "abort": {
+                        "http_status": 418,
+                        "percentage": {"numerator": 100, "denominator": "HUNDRED"},
+                    },
+                },
+            }
+        ]
+    ),
     "ring_hash": Feature(
-        routes=[{"match": {"prefix": "/hash"},
-                 "route": {"cluster": "svc_hash",
-                           "hash_policy": [{"header": {"header_name": "x-user"}}]}}],
-        clusters=lambda ports: [_two_endpoint_cluster("svc_hash", ports, lb_policy="RING_HASH")]),
-    "host_rewrite_header": Feature(routes=[{
-        "match": {"prefix": "/hrh"},
-        "route": {"cluster": "svc_a", "host_rewrite_header": "x-target-host"}}]),
-    "local_reply_config": Feature(hcm={"local_reply_config": {"mappers": [{
-        "filter": {"status_code_filter": {"comparison": {
-            "op": "EQ", "value": {"default_value": 404, "runtime_key": "diff_404"}}}},
-        "status_code": 410,
-        "body": {"inline_string": "gone from here\n"}}]}}),
-    "local_ratelimit_listener_bucket_2": Feature(http_filters=[{
-        "name": "envoy.filters.http.local_ratelimit", "typed_config": _local_ratelimit(2)}]),
+        routes=[
+            {
+                "match": {"prefix": "/hash"},
+                "route": {
+                    "cluster": "svc_hash",
+                    "hash_policy": [{"header": {"header_name": "x-user"}}],
+                },
+            }
+        ],
+        clusters=lambda ports: [_two_endpoint_cluster("svc_hash", ports, lb_policy="RING_HASH")],
+    ),
+    "host_rewrite_header": Feature(
+        routes=[
+            {
+                "match": {"prefix": "/hrh"},
+                "route": {"cluster": "svc_a", "host_rewrite_header": "x-target-host"},
+            }
+        ]
+    ),
+    "local_reply_config": Feature(
+        hcm={
+            "local_reply_config": {
+                "mappers": [
+                    {
+                        "filter": {
+                            "status_code_filter": {
+                                "comparison": {
+                                    "op": "EQ",
+                                    "value": {"default_value": 404, "runtime_key": "diff_404"},
+                                }
+                            }
+                        },
+                        "status_code": 410,
+                        "body": {"inline_string": "gone from here\n"},
+                    }
+                ]
+            }
+        }
+    ),
+    "local_ratelimit_listener_bucket_2": Feature(
+        http_filters=[
+            {"name": "envoy.filters.http.local_ratelimit", "typed_config": _local_ratelimit(2)}
+        ]
+    ),
     # The filter in the chain with no bucket of its own; one route carries a per-route bucket.
     "local_ratelimit_per_route_bucket_1": Feature(
-        http_filters=[{"name": "envoy.filters.http.local_ratelimit",
-                       "typed_config": _local_ratelimit(None)}],
-        routes=[{"match": {"prefix": "/limited"}, "route": {"cluster": "svc_a"},
-                 "typed_per_filter_config": {
-                     "envoy.filters.http.local_ratelimit": _local_ratelimit(1)}}]),
-    "regex_rewrite": Feature(routes=[{
-        "match": {"prefix": "/regex-rewrite/"},
-        "route": {"cluster": "svc_a", "regex_rewrite": {
-            "pattern": {"regex": "^/regex-rewrite/([a-z]+)/(\\d+)$"},
-            "substitution": "/items/\\2/\\1"}}}]),
+        http_filters=[
+            {"name": "envoy.filters.http.local_ratelimit", "typed_config": _local_ratelimit(None)}
+        ],
+        routes=[
+            {
+                "match": {"prefix": "/limited"},
+                "route": {"cluster": "svc_a"},
+                "typed_per_filter_config": {
+                    "envoy.filters.http.local_ratelimit": _local_ratelimit(1)
+                },
+            }
+        ],
+    ),
+    "regex_rewrite": Feature(
+        routes=[
+            {
+                "match": {"prefix": "/regex-rewrite/"},
+                "route": {
+                    "cluster": "svc_a",
+                    "regex_rewrite": {
+                        "pattern": {"regex": "^/regex-rewrite/([a-z]+)/(\\d+)$"},
+                        "substitution": "/items/\\2/\\1",
+                    },
+                },
+            }
+        ]
+    ),
     "round_robin_2_endpoints": Feature(
         routes=[{"match": {"prefix": "/rr"}, "route": {"cluster": "svc_rr"}}],
-        clusters=lambda ports: [_two_endpoint_cluster("svc_rr", ports, lb_policy="ROUND_ROBIN")]),
+        clusters=lambda ports: [_two_endpoint_cluster("svc_rr", ports, lb_policy="ROUND_ROBIN")],
+    ),
     "weighted_endpoints_3_1": Feature(
         routes=[{"match": {"prefix": "/wrr"}, "route": {"cluster": "svc_wrr"}}],
-        clusters=lambda ports: [_two_endpoint_cluster("svc_wrr", ports, (3, 1),
-                                                      lb_policy="ROUND_ROBIN")]),
+        clusters=lambda ports: [
+            _two_endpoint_cluster("svc_wrr", ports, (3, 1), lb_policy="ROUND_ROBIN")
+        ],
+    ),
     "strict_dns_localhost": Feature(
         routes=[{"match": {"prefix": "/dns"}, "route": {"cluster": "svc_dns"}}],
-        clusters=lambda ports: [{
-            "name": "svc_dns", "type": "STRICT_DNS", "connect_timeout": "1s",
-            "dns_lookup_family": "V4_ONLY",
-            "load_assignment": {"cluster_name": "svc_dns", "endpoints": [{"lb_endpoints": [{
-                "endpoint": {"address": {"socket_address": {
-                    "address": "localhost", "port_value": ports["a"]}}}}]}]}}]),
+        clusters=lambda ports: [
+            {
+                "name": "svc_dns",
+                "type": "STRICT_DNS",
+                "connect_timeout": "1s",
+                "dns_lookup_family": "V4_ONLY",
+                "load_assignment": {
+                    "cluster_name": "svc_dns",
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {
+                                                "address": "localhost",
+                                                "port_value": ports["a"],
+                                            }
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+            }
+        ],
+    ),
     "circuit_breaker_max_requests_1": Feature(
         routes=[{"match": {"prefix": "/cb"}, "route": {"cluster": "svc_cb"}}],
-        clusters=lambda ports: [{**_cluster("svc_cb", ports["a"]), "circuit_breakers": {
-            "thresholds": [{"max_requests": 1, "max_pending_requests": 1}]}}]),
-    "retry_on_reset": Feature(routes=[{
-        "match": {"prefix": "/retry-reset"},
-        "route": {"cluster": "svc_a", "retry_policy": {"retry_on": "reset", "num_retries": 2}}}]),
-    "retry_on_gateway_error": Feature(routes=[{
-        "match": {"prefix": "/retry-gw"},
-        "route": {"cluster": "svc_a", "retry_policy": {"retry_on": "gateway-error",
-                                                       "num_retries": 1}}}]),
+        clusters=lambda ports: [
+            {
+                **_cluster("svc_cb", ports["a"]),
+                "circuit_breakers": {
+                    "thresholds": [{"max_requests": 1, "max_pending_requests": 1}]
+                },
+            }
+        ],
+    ),
+    "retry_on_reset": Feature(
+        routes=[
+            {
+                "match": {"prefix": "/retry-reset"},
+                "route": {
+                    "cluster": "svc_a",
+                    "retry_policy": {"retry_on": "reset", "num_retries": 2},
+                },
+            }
+        ]
+    ),
+    "retry_on_gateway_error": Feature(
+        routes=[
+            {
+                "match": {"prefix": "/retry-gw"},
+                "route": {
+                    "cluster": "svc_a",
+                    "retry_policy": {"retry_on": "gateway-error", "num_retries": 1},
+                },
+            }
+        ]
+    ),
     "use_remote_address": Feature(hcm={"use_remote_address": True}),
     "via_header": Feature(hcm={"via": "sofa-test"}),
     "no_request_id": Feature(hcm={"generate_request_id": False}),
     "max_request_headers_kb_8": Feature(hcm={"max_request_headers_kb": 8}),
-    "max_headers_count_10": Feature(hcm={"common_http_protocol_options": {"max_headers_count": 10}}),
+    "max_headers_count_10": Feature(
+        hcm={"common_http_protocol_options": {"max_headers_count": 10}}
+    ),
     "accept_http_10": Feature(hcm={"http_protocol_options": {"accept_http_10": True}}),
     "normalize_path_merge_slashes": Feature(hcm={"normalize_path": True, "merge_slashes": True}),
     "strip_any_host_port": Feature(hcm={"strip_any_host_port": True}),
     "server_name": Feature(hcm={"server_name": "sofa-edge"}),
     "server_header_pass_through": Feature(hcm={"server_header_transformation": "PASS_THROUGH"}),
     "request_id_in_response": Feature(hcm={"always_set_request_id_in_response": True}),
-    "retriable_status_codes": Feature(routes=[{
-        "match": {"prefix": "/retry-418"},
-        "route": {"cluster": "svc_a", "retry_policy": {
-            "retry_on": "retriable-status-codes", "retriable_status_codes": [418],
-            "num_retries": 1}}}]),
-    "per_try_timeout": Feature(routes=[{
-        "match": {"prefix": "/per-try"},
-        "route": {"cluster": "svc_a", "timeout": "5s", "retry_policy": {
-            "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.3s"}}}]),
-    "header_formatters": Feature(routes=[{
-        "match": {"prefix": "/fmt"},
-        "route": {"cluster": "svc_a"},
-        "request_headers_to_add": [
-            _hdr("x-client-ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
-            _hdr("x-proto", "%PROTOCOL%")],
-        "response_headers_to_add": [_hdr("x-upstream-cluster", "%UPSTREAM_CLUSTER%"),
-                                    _hdr("x-echo-agent", "%REQ(user-agent)%")]}]),
+    "retriable_status_codes": Feature(
+        routes=[
+            {
+                "match": {"prefix": "/retry-418"},
+                "route": {
+                    "cluster": "svc_a",
+                    "retry_policy": {
+                        "retry_on": "retriable-status-codes",
+                        "retriable_status_codes": [418],
+                        "num_retries": 1,
+                    },
+                },
+            }
+        ]
+    ),
+    "per_try_timeout": Feature(
+        routes=[
+            {
+                "match": {"prefix": "/per-try"},
+                "route": {
+                    "cluster": "svc_a",
+                    "timeout": "5s",
+                    "retry_policy": {
+                        "retry_on": "5xx",
+                        "num_retries": 1,
+                        "per_try_timeout": "0.3s",
+                    },
+                },
+            }
+        ]
+    ),
+    "header_formatters": Feature(
+        routes=[
+            {
+                "match": {"prefix": "/fmt"},
+                "route": {"cluster": "svc_a"},
+                "request_headers_to_add": [
+                    _hdr("x-client-ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+                    _hdr("x-proto", "%PROTOCOL%"),
+                ],
+                "response_headers_to_add": [
+                    _hdr("x-upstream-cluster", "%UPSTREAM_CLUSTER%"),
+                    _hdr("x-echo-agent", "%REQ(user-agent)%"),
+                ],
+            }
+        ]
+    ),
     "rbac_allow": Feature(http_filters=_rbac_filter(_RBAC_ALLOW)),
-    "rbac_deny_shadow": Feature(access_log=True, http_filters=_rbac_filter(
-        {"action": "DENY", "policies": {
-            "blocked-path": _rbac_policy([{"url_path": {"path": {"prefix": "/a/blocked"}}}],
-                                         [{"any": True}]),
-            "blocked-ua": _rbac_policy([{"any": True}], [_rbac_hdr("user-agent", "badbot/1")])}},
-        {"action": "ALLOW", "policies": {
-            "shadow-ok": _rbac_policy([_rbac_hdr("x-shadow-ok")], [{"any": True}])}},
-        shadow_rules_stat_prefix="shadow_")),
-    "rbac_log": Feature(http_filters=_rbac_filter({"action": "LOG", "policies": {
-        "all": _rbac_policy([{"any": True}], [{"any": True}])}})),
+    "rbac_deny_shadow": Feature(
+        access_log=True,
+        http_filters=_rbac_filter(
+            {
+                "action": "DENY",
+                "policies": {
+                    "blocked-path": _rbac_policy(
+                        [{"url_path": {"path": {"prefix": "/a/blocked"}}}], [{"any": True}]
+                    ),
+                    "blocked-ua": _rbac_policy(
+                        [{"any": True}], [_rbac_hdr("user-agent", "badbot/1")]
+                    ),
+                },
+            },
+            {
+                "action": "ALLOW",
+                "policies": {
+                    "shadow-ok": _rbac_policy([_rbac_hdr("x-shadow-ok")], [{"any": True}])
+                },
+            },
+            shadow_rules_stat_prefix="shadow_",
+        ),
+    ),
+    "rbac_log": Feature(
+        http_filters=_rbac_filter(
+            {"action": "LOG", "policies": {"all": _rbac_policy([{"any": True}], [{"any": True}])}}
+        )
+    ),
     # The filter allows only admins; one route turns RBAC off, another replaces the rules.
     "rbac_per_route": Feature(
-        http_filters=_rbac_filter({"action": "ALLOW", "policies": {
-            "probe": _RBAC_PROBE,
-            "admin-role": _rbac_policy([{"any": True}], [_rbac_hdr("x-role", "admin")])}},
-            rules_stat_prefix="rules_"),
+        http_filters=_rbac_filter(
+            {
+                "action": "ALLOW",
+                "policies": {
+                    "probe": _RBAC_PROBE,
+                    "admin-role": _rbac_policy([{"any": True}], [_rbac_hdr("x-role", "admin")]),
+                },
+            },
+            rules_stat_prefix="rules_",
+        ),
         routes=[
-            {"match": {"prefix": "/rbac-off"}, "route": {"cluster": "svc_a"},
-             "typed_per_filter_config": {"envoy.filters.http.rbac": {"@type": _RBAC_ROUTE}}},
-            {"match": {"prefix": "/rbac-route"}, "route": {"cluster": "svc_b"},
-             "typed_per_filter_config": {"envoy.filters.http.rbac": {
-                 "@type": _RBAC_ROUTE, "rbac": {"rules": {"action": "DENY", "policies": {
-                     "deny-flag": _rbac_policy([_rbac_hdr("x-deny")], [{"any": True}])}}}}}},
-        ]),
+            {
+                "match": {"prefix": "/rbac-off"},
+                "route": {"cluster": "svc_a"},
+                "typed_per_filter_config": {"envoy.filters.http.rbac": {"@type": _RBAC_ROUTE}},
+            },
+            {
+                "match": {"prefix": "/rbac-route"},
+                "route": {"cluster": "svc_b"},
+                "typed_per_filter_config": {
+                    "envoy.filters.http.rbac": {
+                        "@type": _RBAC_ROUTE,
+                        "rbac": {
+                            "rules": {
+                                "action": "DENY",
+                                "policies": {
+                                    "deny-flag": _rbac_policy(
+                                        [_rbac_hdr("x-deny")], [{"any": True}]
+                                    )
+                                },
+                            }
+                        },
+                    }
+                },
+            },
+        ],
+    ),
     # Trailers (Envoy: the HCM's http_protocol_options.enable_trailers gates the downstream
     # codec, a cluster's HttpProtocolOptions the upstream one; both are needed either way)
-    "trailers_enabled": Feature(hcm={"http_protocol_options": {"enable_trailers": True}},
-                                routes=_TRAILER_ROUTES, clusters=_trailer_clusters),
+    "trailers_enabled": Feature(
+        hcm={"http_protocol_options": {"enable_trailers": True}},
+        routes=_TRAILER_ROUTES,
+        clusters=_trailer_clusters,
+    ),
     "trailers_cluster_only": Feature(routes=_TRAILER_ROUTES, clusters=_trailer_clusters),
     # direct responses without a body: Envoy's codec frames them by status and method
-    "direct_response_status": Feature(routes=[
-        {"match": {"prefix": "/d204"}, "direct_response": {"status": 204}},
-        {"match": {"prefix": "/d304"}, "direct_response": {"status": 304}},
-        {"match": {"prefix": "/d200"}, "direct_response": {"status": 200}},
-        {"match": {"prefix": "/body200"}, "direct_response": {
-            "status": 200, "body": {"inline_string": "hello"}}}]),
-    "request_mirror": Feature(routes=[{
-        "match": {"prefix": "/mirror"},
-        "route": {"cluster": "svc_a", "request_mirror_policies": [{"cluster": "svc_b"}]}}]),
+    "direct_response_status": Feature(
+        routes=[
+            {"match": {"prefix": "/d204"}, "direct_response": {"status": 204}},
+            {"match": {"prefix": "/d304"}, "direct_response": {"status": 304}},
+            {"match": {"prefix": "/d200"}, "direct_response": {"status": 200}},
+            {
+                "match": {"prefix": "/body200"},
+                "direct_response": {"status": 200, "body": {"inline_string": "hello"}},
+            },
+        ]
+    ),
+    "request_mirror": Feature(
+        routes=[
+            {
+                "match": {"prefix": "/mirror"},
+                "route": {"cluster": "svc_a", "request_mirror_policies": [{"cluster": "svc_b"}]},
+            }
+        ]
+    ),
 }
 
 
@@ -316,49 +583,88 @@ def route_config(extra_routes: list[dict] | None = None) -> dict:
     main_routes = [
         {"match": {"path": "/exact"}, "route": {"cluster": "svc_a"}},
         {"match": {"safe_regex": {"regex": "/regex/[0-9]+"}}, "route": {"cluster": "svc_b"}},
-        {"match": {"prefix": "/hdr", "headers": [
-            {"name": "x-variant", "string_match": {"exact": "b"}}]},
-         "route": {"cluster": "svc_b"}},
+        {
+            "match": {
+                "prefix": "/hdr",
+                "headers": [{"name": "x-variant", "string_match": {"exact": "b"}}],
+            },
+            "route": {"cluster": "svc_b"},
+        },
         {"match": {"prefix": "/hdr"}, "route": {"cluster": "svc_a"}},
-        {"match": {"prefix": "/rewrite/"},
-         "route": {"cluster": "svc_a", "prefix_rewrite": "/rewritten/",
-                   "host_rewrite_literal": "rewritten.internal"}},
-        {"match": {"prefix": "/headers"},
-         "route": {"cluster": "svc_a"},
-         "request_headers_to_add": [
-             _hdr("x-added", "route-added", "APPEND_IF_EXISTS_OR_ADD"),
-             _hdr("x-overwrite", "route-value", "OVERWRITE_IF_EXISTS_OR_ADD"),
-             _hdr("x-if-absent", "route-default", "ADD_IF_ABSENT"),
-         ],
-         "request_headers_to_remove": ["x-remove-me"],
-         "response_headers_to_add": [_hdr("x-resp-added", "resp-value")],
-         "response_headers_to_remove": ["x-upstream-secret"]},
-        {"match": {"prefix": "/direct"},
-         "direct_response": {"status": 403, "body": {"inline_string": "denied by route\n"}}},
-        {"match": {"prefix": "/redirect"},
-         "redirect": {"host_redirect": "elsewhere.test", "path_redirect": "/moved"}},
-        {"match": {"prefix": "/weighted-b"},
-         "route": {"weighted_clusters": {"clusters": [
-             {"name": "svc_a", "weight": 0}, {"name": "svc_b", "weight": 100}]}}},
-        {"match": {"prefix": "/weighted"},
-         "route": {"weighted_clusters": {"clusters": [
-             {"name": "svc_a", "weight": 50}, {"name": "svc_b", "weight": 50}]}}},
-        {"match": {"prefix": "/retry"},
-         "route": {"cluster": "svc_a",
-                   "retry_policy": {"retry_on": "5xx", "num_retries": 2}}},
-        {"match": {"prefix": "/dead-retry"},
-         "route": {"cluster": "dead",
-                   "retry_policy": {"retry_on": "connect-failure", "num_retries": 1}}},
+        {
+            "match": {"prefix": "/rewrite/"},
+            "route": {
+                "cluster": "svc_a",
+                "prefix_rewrite": "/rewritten/",
+                "host_rewrite_literal": "rewritten.internal",
+            },
+        },
+        {
+            "match": {"prefix": "/headers"},
+            "route": {"cluster": "svc_a"},
+            "request_headers_to_add": [
+                _hdr("x-added", "route-added", "APPEND_IF_EXISTS_OR_ADD"),
+                _hdr("x-overwrite", "route-value", "OVERWRITE_IF_EXISTS_OR_ADD"),
+                _hdr("x-if-absent", "route-default", "ADD_IF_ABSENT"),
+            ],
+            "request_headers_to_remove": ["x-remove-me"],
+            "response_headers_to_add": [_hdr("x-resp-added", "resp-value")],
+            "response_headers_to_remove": ["x-upstream-secret"],
+        },
+        {
+            "match": {"prefix": "/direct"},
+            "direct_response": {"status": 403, "body": {"inline_string": "denied by route\n"}},
+        },
+        {
+            "match": {"prefix": "/redirect"},
+            "redirect": {"host_redirect": "elsewhere.test", "path_redirect": "/moved"},
+        },
+        {
+            "match": {"prefix": "/weighted-b"},
+            "route": {
+                "weighted_clusters": {
+                    "clusters": [{"name": "svc_a", "weight": 0}, {"name": "svc_b", "weight": 100}]
+                }
+            },
+        },
+        {
+            "match": {"prefix": "/weighted"},
+            "route": {
+                "weighted_clusters": {
+                    "clusters": [{"name": "svc_a", "weight": 50}, {"name": "svc_b", "weight": 50}]
+                }
+            },
+        },
+        {
+            "match": {"prefix": "/retry"},
+            "route": {"cluster": "svc_a", "retry_policy": {"retry_on": "5xx", "num_retries": 2}},
+        },
+        {
+            "match": {"prefix": "/dead-retry"},
+            "route": {
+                "cluster": "dead",
+                "retry_policy": {"retry_on": "connect-failure", "num_retries": 1},
+            },
+        },
         {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
-        {"match": {"prefix": "/slow"},
-         "route": {"cluster": "svc_a", "timeout": f"{SLOW_ROUTE_TIMEOUT_S}s"}},
+        {
+            "match": {"prefix": "/slow"},
+            "route": {"cluster": "svc_a", "timeout": f"{SLOW_ROUTE_TIMEOUT_S}s"},
+        },
         {"match": {"prefix": "/ws"}, "route": {"cluster": "svc_a"}},
-        {"match": {"prefix": "/qp", "query_parameters": [
-            {"name": "v", "string_match": {"exact": "2"}}]}, "route": {"cluster": "svc_b"}},
+        {
+            "match": {
+                "prefix": "/qp",
+                "query_parameters": [{"name": "v", "string_match": {"exact": "2"}}],
+            },
+            "route": {"cluster": "svc_b"},
+        },
         {"match": {"prefix": "/qp"}, "route": {"cluster": "svc_a"}},
         {"match": {"prefix": "/CaseLess", "case_sensitive": False}, "route": {"cluster": "svc_b"}},
-        {"match": {"prefix": "/present", "headers": [{"name": "x-flag", "present_match": True}]},
-         "route": {"cluster": "svc_b"}},
+        {
+            "match": {"prefix": "/present", "headers": [{"name": "x-flag", "present_match": True}]},
+            "route": {"cluster": "svc_b"},
+        },
         {"match": {"prefix": "/present"}, "route": {"cluster": "svc_a"}},
         {"match": {"prefix": "/a/"}, "route": {"cluster": "svc_a"}},
     ]
@@ -368,46 +674,84 @@ def route_config(extra_routes: list[dict] | None = None) -> dict:
         "name": "differential",
         "virtual_hosts": [
             {"name": "main", "domains": [HOST], "routes": main_routes},
-            {"name": "prefixed", "domains": ["pre.*"],
-             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc_b"}}],
-             "request_headers_to_add": [_hdr("x-vhost", "prefixed")]},
-            {"name": "wild", "domains": ["*.wild.test"],
-             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc_b"}}],
-             "request_headers_to_add": [_hdr("x-vhost", "wild")]},
+            {
+                "name": "prefixed",
+                "domains": ["pre.*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc_b"}}],
+                "request_headers_to_add": [_hdr("x-vhost", "prefixed")],
+            },
+            {
+                "name": "wild",
+                "domains": ["*.wild.test"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc_b"}}],
+                "request_headers_to_add": [_hdr("x-vhost", "wild")],
+            },
         ],
     }
 
 
-def bootstrap(listen_port: int, admin_port: int, upstream_ports: dict[str, int], dead_port: int,
-              extra_http_filters: list[dict] | None = None,
-              feature: Feature | None = None, access_log_path: str | None = None) -> dict:
+def bootstrap(
+    listen_port: int,
+    admin_port: int,
+    upstream_ports: dict[str, int],
+    dead_port: int,
+    extra_http_filters: list[dict] | None = None,
+    feature: Feature | None = None,
+    access_log_path: str | None = None,
+) -> dict:
     feature = feature or Feature()
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                 "http_connection_manager.v3.HttpConnectionManager",
+        "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "route_config": route_config(feature.routes),
-        "http_filters": [*(extra_http_filters or []), *feature.http_filters, {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        }],
+        "http_filters": [
+            *(extra_http_filters or []),
+            *feature.http_filters,
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            },
+        ],
     }
     hcm.update(feature.hcm)
     if feature.access_log:
         assert access_log_path, "a feature with an access log needs access_log_path"
-        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": access_log_path}}]
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": access_log_path,
+                },
+            }
+        ]
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
         "static_resources": {
-            "listeners": [{
-                "name": "ingress",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
-            }],
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": [
                 _cluster("svc_a", upstream_ports["a"]),
                 _cluster("svc_b", upstream_ports["b"]),
@@ -444,8 +788,10 @@ def _retry_records(records: list[dict]) -> list[dict]:
     """Apply the x-envoy-expected-rq-timeout-ms rule to every upstream request but the first."""
     out = records[:1]
     for rec in records[1:]:
-        hdrs = [(k, _expected_timeout(v) if k == "x-envoy-expected-rq-timeout-ms" else v)
-                for k, v in rec["headers"]]
+        hdrs = [
+            (k, _expected_timeout(v) if k == "x-envoy-expected-rq-timeout-ms" else v)
+            for k, v in rec["headers"]
+        ]
         out.append({**rec, "headers": hdrs})
     return out
 
@@ -453,51 +799,87 @@ def _retry_records(records: list[dict]) -> list[dict]:
 NORMALISATIONS: dict[str, tuple[str, Callable]] = {
     "header-name-case": (
         "Field names are case-insensitive (RFC 9110 5.1); Envoy's HTTP/1 codec lower-cases them.",
-        str.lower),
+        str.lower,
+    ),
     "header-order-across-names": (
-        ("Only the order of field lines sharing a name is significant (RFC 9110 5.3); lines are "
-         "sorted by name with a stable sort, so same-name order is still compared."),
-        lambda headers: sorted(headers, key=lambda h: h[0])),
+        (
+            "Only the order of field lines sharing a name is significant (RFC 9110 5.3); lines are "
+            "sorted by name with a stable sort, so same-name order is still compared."
+        ),
+        lambda headers: sorted(headers, key=lambda h: h[0]),
+    ),
     "x-request-id": (
         "A fresh random UUID per request; we check it is a version-4 UUID, not which one.",
-        _uuid),
+        _uuid,
+    ),
     "x-envoy-expected-rq-timeout-ms": (
-        ("On upstream requests after the first in a case (retries): the route timeout minus time "
-         "already spent, so timing; the first request's value (the configured budget) is exact."),
-        _expected_timeout),
+        (
+            "On upstream requests after the first in a case (retries): the route timeout minus time "
+            "already spent, so timing; the first request's value (the configured budget) is exact."
+        ),
+        _expected_timeout,
+    ),
     "weighted-50-50": (
-        ("Random weighted picks: for the 50/50 route we compare the set of clusters seen over "
-        "40 requests (and each distinct upstream request), not which request went where."), None),
+        (
+            "Random weighted picks: for the 50/50 route we compare the set of clusters seen over "
+            "40 requests (and each distinct upstream request), not which request went where."
+        ),
+        None,
+    ),
     "lb-starting-point": (
-        ("A load balancer's starting host may be random, and a hash ring depends on the hosts' "
-         "ports (each proxy has its own upstream): over 40 requests we compare the pick pattern "
-         "with hosts relabelled by frequency, rotated to a canonical start, not which host."),
-        None),
+        (
+            "A load balancer's starting host may be random, and a hash ring depends on the hosts' "
+            "ports (each proxy has its own upstream): over 40 requests we compare the pick pattern "
+            "with hosts relabelled by frequency, rotated to a canonical start, not which host."
+        ),
+        None,
+    ),
     "mirror-arrival-order": (
-        ("A mirrored request is fire-and-forget: whether it reaches its upstream before or "
-         "after the main one is a race, so those cases sort upstream requests by listener."),
-        None),
+        (
+            "A mirrored request is fire-and-forget: whether it reaches its upstream before or "
+            "after the main one is a race, so those cases sort upstream requests by listener."
+        ),
+        None,
+    ),
     "access-log": (
-        ("Access log lines in Envoy's default format are compared field by field except the "
-         "start time, the duration and the upstream service time (timing), with the request id "
-         "checked as a UUID and upstream ports named by cluster (each proxy has its own)."),
-        None),
+        (
+            "Access log lines in Envoy's default format are compared field by field except the "
+            "start time, the duration and the upstream service time (timing), with the request id "
+            "checked as a UUID and upstream ports named by cluster (each proxy has its own)."
+        ),
+        None,
+    ),
     "date": ("Wall-clock time of the reply.", lambda v: "<date>"),
-    "server": (("The product's default name (`envoy` / `sofamesh`) is masked; presence is still "
-                "compared, and any other value (server_name, an upstream's own) exactly."),
-               lambda v: "<server>" if v in ("envoy", "sofamesh") else v),
+    "server": (
+        (
+            "The product's default name (`envoy` / `sofamesh`) is masked; presence is still "
+            "compared, and any other value (server_name, an upstream's own) exactly."
+        ),
+        lambda v: "<server>" if v in ("envoy", "sofamesh") else v,
+    ),
     "x-envoy-upstream-service-time": (
         "Milliseconds the upstream took: timing, not behaviour; presence is still compared.",
-        lambda v: "<ms>" if v.isdigit() else v),
+        lambda v: "<ms>" if v.isdigit() else v,
+    ),
     "large-body": (
         "Bodies over 512 bytes are compared by length and SHA-256 so a diff stays readable.",
-        lambda b: b if len(b) <= 512 else f"<{len(b)} bytes sha256:{hashlib.sha256(b).hexdigest()[:16]}>"),
+        lambda b: (
+            b if len(b) <= 512 else f"<{len(b)} bytes sha256:{hashlib.sha256(b).hexdigest()[:16]}>"
+        ),
+    ),
     "upstream-chunk-boundaries": (
-        ("A proxy may re-chunk a chunked body; the upstream's de-framed bytes and the fact that "
-        "it was chunked are compared, not where chunks split."), None),
+        (
+            "A proxy may re-chunk a chunked body; the upstream's de-framed bytes and the fact that "
+            "it was chunked are compared, not where chunks split."
+        ),
+        None,
+    ),
     "upstream-connection-reuse": (
-        "Which pooled upstream connection served a request is a pool detail; not compared.", None),
+        "Which pooled upstream connection served a request is a pool detail; not compared.",
+        None,
+    ),
 }
+
 
 def lb_pattern(seq: list[str]) -> str:
     """NORMALISATIONS["lb-starting-point"]: hosts relabelled by how often they were picked
@@ -507,9 +889,12 @@ def lb_pattern(seq: list[str]) -> str:
     return min(text[i:] + text[:i] for i in range(len(text))) if text else text
 
 
-_VALUE_RULES = {"x-request-id": _uuid, "date": NORMALISATIONS["date"][1],
-                "server": NORMALISATIONS["server"][1],
-                "x-envoy-upstream-service-time": NORMALISATIONS["x-envoy-upstream-service-time"][1]}
+_VALUE_RULES = {
+    "x-request-id": _uuid,
+    "date": NORMALISATIONS["date"][1],
+    "server": NORMALISATIONS["server"][1],
+    "x-envoy-upstream-service-time": NORMALISATIONS["x-envoy-upstream-service-time"][1],
+}
 
 
 def norm_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -528,6 +913,7 @@ def norm_body(body: bytes) -> bytes | str:
 # ------------------------------------------------------------------------------------------
 # Raw HTTP/1.1 client
 # ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Response:
@@ -615,7 +1001,9 @@ def read_response(r: Reader, method: str = "GET") -> Response | None:
     version, _, rest = lines[0].decode("latin-1").partition(" ")
     code, _, reason = rest.partition(" ")
     if not code.isdigit():  # a proxy that answers garbage is a divergence, not a harness crash
-        return Response(0, f"unparsable status line {lines[0][:200]!r}", version, [], b"", False, "none")
+        return Response(
+            0, f"unparsable status line {lines[0][:200]!r}", version, [], b"", False, "none"
+        )
     headers = []
     for line in lines[1:]:
         k, _, v = line.decode("latin-1").partition(":")
@@ -666,9 +1054,17 @@ def read_response(r: Reader, method: str = "GET") -> Response | None:
 # Cases and observations
 # ------------------------------------------------------------------------------------------
 
-def request(method: str, path: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"",
-            host: str | None = HOST, chunked: bool = False, version: str = "HTTP/1.1",
-            content_length: bool | None = None) -> bytes:
+
+def request(
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    host: str | None = HOST,
+    chunked: bool = False,
+    version: str = "HTTP/1.1",
+    content_length: bool | None = None,
+) -> bytes:
     lines = [f"{method} {path} {version}"]
     if host is not None:
         lines.append(f"Host: {host}")
@@ -676,7 +1072,7 @@ def request(method: str, path: str, headers: list[tuple[str, str]] | None = None
         lines.append(f"{k}: {v}")
     if chunked:
         lines.append("Transfer-Encoding: chunked")
-        pieces = [body[i: i + 7] for i in range(0, len(body), 7)]
+        pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
         payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
     else:
         if content_length or (content_length is None and (body or method in ("POST", "PUT"))):
@@ -787,20 +1183,51 @@ def _probe(sock: socket.socket, r: Reader) -> str:
 # stats of svc_a and svc_b are summed (the 50/50 weighted route picks at random; which cluster
 # served a request is already compared through the upstream records).
 COMPARED_STATS = [
-    *(f"http.ingress.{n}" for n in (
-        "downstream_rq_total", "downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
-        "downstream_rq_4xx", "downstream_rq_5xx", "no_route", "rq_direct_response", "rq_redirect",
-        "downstream_cx_protocol_error")),
-    *(f"cluster.svc.{n}" for n in (
-        "upstream_rq_total", "upstream_rq_2xx", "upstream_rq_4xx", "upstream_rq_5xx",
-        "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_timeout",
-        "upstream_rq_502", "upstream_cx_protocol_error")),
+    *(
+        f"http.ingress.{n}"
+        for n in (
+            "downstream_rq_total",
+            "downstream_rq_1xx",
+            "downstream_rq_2xx",
+            "downstream_rq_3xx",
+            "downstream_rq_4xx",
+            "downstream_rq_5xx",
+            "no_route",
+            "rq_direct_response",
+            "rq_redirect",
+            "downstream_cx_protocol_error",
+        )
+    ),
+    *(
+        f"cluster.svc.{n}"
+        for n in (
+            "upstream_rq_total",
+            "upstream_rq_2xx",
+            "upstream_rq_4xx",
+            "upstream_rq_5xx",
+            "upstream_rq_retry",
+            "upstream_rq_retry_success",
+            "upstream_rq_timeout",
+            "upstream_rq_502",
+            "upstream_cx_protocol_error",
+        )
+    ),
     "cluster.dead.upstream_cx_connect_fail",
     "cluster.dead.upstream_rq_retry",
     *(f"diff_rl.http_local_rate_limit.{n}" for n in ("enabled", "enforced", "ok", "rate_limited")),
-    *(f"http.ingress.rbac.{n}" for n in (
-        "allowed", "denied", "shadow_allowed", "shadow_denied", "rules_.allowed", "rules_.denied",
-        "shadow_.shadow_allowed", "shadow_.shadow_denied")),
+    *(
+        f"http.ingress.rbac.{n}"
+        for n in (
+            "allowed",
+            "denied",
+            "shadow_allowed",
+            "shadow_denied",
+            "rules_.allowed",
+            "rules_.denied",
+            "shadow_.shadow_allowed",
+            "shadow_.shadow_denied",
+        )
+    ),
 ]
 
 
@@ -815,7 +1242,9 @@ def stats_snapshot(dep: Deployment) -> dict[str, int]:
         name, sep, value = line.partition(": ")
         if not sep or not value.strip().isdigit():
             continue
-        name = name.replace("cluster.svc_a.", "cluster.svc.").replace("cluster.svc_b.", "cluster.svc.")
+        name = name.replace("cluster.svc_a.", "cluster.svc.").replace(
+            "cluster.svc_b.", "cluster.svc."
+        )
         out[name] = out.get(name, 0) + int(value)
     return {k: out.get(k, 0) for k in COMPARED_STATS}
 
@@ -823,9 +1252,10 @@ def stats_snapshot(dep: Deployment) -> dict[str, int]:
 # Envoy's default access log format (FileAccessLog without a format): one request a line.
 ACCESS_LOG_RE = re.compile(
     r'^\[(?P<start>[^\]]+)\] "(?P<request>[^"]*)" (?P<code>\d+) (?P<flags>\S+) '
-    r'(?P<bytes_received>\d+) (?P<bytes_sent>\d+) (?P<duration>\d+) (?P<service_time>\S+) '
+    r"(?P<bytes_received>\d+) (?P<bytes_sent>\d+) (?P<duration>\d+) (?P<service_time>\S+) "
     r'"(?P<xff>[^"]*)" "(?P<user_agent>[^"]*)" "(?P<request_id>[^"]*)" "(?P<authority>[^"]*)" '
-    r'"(?P<upstream_host>[^"]*)"$')
+    r'"(?P<upstream_host>[^"]*)"$'
+)
 
 
 def norm_access_log(line: str, dep: Deployment) -> dict | str:
@@ -838,7 +1268,9 @@ def norm_access_log(line: str, dep: Deployment) -> dict | str:
     out["service_time"] = "<ms>" if out["service_time"].isdigit() else out["service_time"]
     out["request_id"] = _uuid(out["request_id"])
     for cluster in dep.proxy.bootstrap["static_resources"]["clusters"]:  # type: ignore[attr-defined]
-        eps = [ep for group in cluster["load_assignment"]["endpoints"] for ep in group["lb_endpoints"]]
+        eps = [
+            ep for group in cluster["load_assignment"]["endpoints"] for ep in group["lb_endpoints"]
+        ]
         for i, ep in enumerate(eps):
             port = ep["endpoint"]["address"]["socket_address"]["port_value"]
             if out["upstream_host"] == f"127.0.0.1:{port}":
@@ -933,8 +1365,9 @@ def _observe(dep: Deployment, case: Case) -> Observation:
                 seq.append(labels.setdefault(name, f"h{len(labels) + 1}"))
             extra["sequence"] = lb_pattern(seq)
             extra["counts"] = sorted(seq.count(v) for v in set(seq))
-            responses = [{"status": x.status, "complete": x.complete} if x else None
-                         for x in responses]
+            responses = [
+                {"status": x.status, "complete": x.complete} if x else None for x in responses
+            ]
         elif case.kind == "weighted":
             seen = []
             responses = []
@@ -945,8 +1378,9 @@ def _observe(dep: Deployment, case: Case) -> Observation:
                 seen += resp.header("x-upstream-name") if resp else []
             extra["clusters_seen"] = sorted(set(seen))
             # Which cluster served the first request is random: keep only what must match.
-            responses = [{"status": x.status, "complete": x.complete} if x else None
-                         for x in responses]
+            responses = [
+                {"status": x.status, "complete": x.complete} if x else None for x in responses
+            ]
         else:
             _send(sock, case.send)
             if case.shut_wr:
@@ -974,10 +1408,12 @@ def _observe(dep: Deployment, case: Case) -> Observation:
         if case.kind == "sequence":  # NORMALISATIONS["lb-starting-point"]: hosts are relabelled
             normed = [{k: v for k, v in rec.items() if k != "listener"} for rec in normed]
         dedup = {repr(rec): rec for rec in normed}
-        return Observation(responses, connection,
-                           [dedup[k] for k in sorted(dedup)], extra)
+        return Observation(responses, connection, [dedup[k] for k in sorted(dedup)], extra)
     if extra_reader_error == "timeout":
         extra["client_timeout"] = True
-    return Observation([norm_response(x) for x in responses], connection,
-                       _retry_records([norm_record(rec) for rec in records]), extra)
-
+    return Observation(
+        [norm_response(x) for x in responses],
+        connection,
+        _retry_records([norm_record(rec) for rec in records]),
+        extra,
+    )

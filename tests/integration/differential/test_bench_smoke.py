@@ -24,7 +24,12 @@ def test_http1_e2e_quick_run_produces_numbers(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "http1_e2e.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=180, cwd=ROOT, check=False)
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     results = json.loads(out.read_text())
     assert set(results["runs"]) == {"direct", "envoy", "sofamesh"}
@@ -33,5 +38,10 @@ def test_http1_e2e_quick_run_produces_numbers(tmp_path: Path) -> None:
         assert row["requests"] > 0 and row["rps"] > 0, (name, row)
         assert row["cpu_us_per_req"] > 0, (name, row)
         assert 0 < row["p50_ms"] <= row["p99_ms"], (name, row)
-    assert set(results["ratio_sofamesh_over_envoy"]) == {"cpu_us_per_req", "rps", "p50_ms", "p99_ms"}
+    assert set(results["ratio_sofamesh_over_envoy"]) == {
+        "cpu_us_per_req",
+        "rps",
+        "p50_ms",
+        "p99_ms",
+    }
     assert "sofamesh / envoy" in proc.stdout  # the table was printed

@@ -238,9 +238,9 @@ def test_action_details_compile():
         ]
     )
     route = t.match(head())
-    assert (
-        route.timeout == 2.5
-        and route.timeout_hdr == (b"x-envoy-expected-rq-timeout-ms", b"2500")
+    assert route.timeout == 2.5 and route.timeout_hdr == (
+        b"x-envoy-expected-rq-timeout-ms",
+        b"2500",
     )
     assert route.num_retries == 3 and route.retry_on != 0
     assert route.prefix_rewrite == b"/x" and route.upgrades == frozenset({b"websocket"})

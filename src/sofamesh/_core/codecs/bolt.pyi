@@ -44,10 +44,22 @@ class BoltFrame:
     is_oneway: bool
     is_heartbeat: bool
     has_crc: bool
-    def __init__(self, proto: int = ..., type: int = ..., cmdcode: int = ..., request_id: int = ...,
-                 codec: int = ..., timeout: int = ..., status: int = ..., class_name: bytes | str = ...,
-                 headers: dict | list | None = ..., content: bytes | memoryview = ...,
-                 ver1: int = ..., ver2: int = ..., switch: int = ...) -> None: ...
+    def __init__(
+        self,
+        proto: int = ...,
+        type: int = ...,
+        cmdcode: int = ...,
+        request_id: int = ...,
+        codec: int = ...,
+        timeout: int = ...,
+        status: int = ...,
+        class_name: bytes | str = ...,
+        headers: dict | list | None = ...,
+        content: bytes | memoryview = ...,
+        ver1: int = ...,
+        ver2: int = ...,
+        switch: int = ...,
+    ) -> None: ...
     def headers(self) -> list[tuple[str | None, str | None]]: ...
     def header(self, name: str) -> str | None: ...
     def service(self) -> str | None: ...

@@ -3,7 +3,9 @@ class ProtocolError:
     fatal: bool
     request_id: int
     frame: object | None
-    def __init__(self, reason: str, fatal: bool = ..., request_id: int = ..., frame: object | None = ...) -> None: ...
+    def __init__(
+        self, reason: str, fatal: bool = ..., request_id: int = ..., frame: object | None = ...
+    ) -> None: ...
 
 class FrameDecoder:
     need: int
