@@ -28,6 +28,7 @@ test-unit: build
 	$(VPY) -m pytest tests/unit -q
 
 lint:
+	$(VENV)/bin/pip install -q ruff mypy cython-lint pycodestyle
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/cython-lint src/sofamesh/_core
