@@ -287,6 +287,9 @@ class RawUpstream:
             except OSError:
                 return
             with self._lock:
+                if self._stop:  # kill() ran between accept() and here: die with the others
+                    _reset(c)
+                    return
                 self.connections += 1
                 self._conns.append(c)
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
@@ -328,19 +331,25 @@ class RawUpstream:
                     pass
 
     def kill(self) -> None:
-        """Dies: stops listening and resets every connection (RST, unread bytes dropped)."""
-        import socket
-        import struct
-
-        self._stop = True
-        self._sock.close()
+        """Dies: stops listening and resets every connection (RST, unread bytes dropped).
+        A connection accepted while this runs is reset by the accept loop (it was missed
+        once: the proxy kept a stalled upstream connection and the test waited forever)."""
         with self._lock:
+            self._stop = True
+            self._sock.close()
             for c in self._conns:
-                try:
-                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    c.close()
-                except OSError:
-                    pass
+                _reset(c)
+
+
+def _reset(c) -> None:
+    import socket
+    import struct
+
+    try:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    except OSError:
+        pass
 
 
 class Blackhole:
