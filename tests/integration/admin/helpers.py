@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.client
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -141,3 +143,23 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
     if proc.stdout:
         proc.stdout.close()
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (a sofamesh pool's worker processes)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def stop_with_workers(proc: subprocess.Popen) -> None:
+    """stop(), then SIGKILL any worker that outlived its pool: nothing may outlive a test."""
+    kids = children(proc.pid)
+    stop(proc)
+    for k in kids:
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -19,7 +19,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.admin.helpers import get, request, start_sofamesh, stop
+from tests.integration.admin.helpers import (
+    children,
+    get,
+    request,
+    start_sofamesh,
+    stop_with_workers,
+)
 
 BOOTSTRAP = """
 admin:
@@ -122,21 +128,7 @@ def two_workers(tmp_path, upstream):
 
     yield start
     for proc in procs:
-        kids = _children(proc.pid)
-        stop(proc)
-        for k in kids:  # nothing may outlive the test
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+        stop_with_workers(proc)
 
 
 def _stats(admin: int) -> dict[str, int]:
@@ -225,11 +217,11 @@ def test_restarted_worker_keeps_the_shared_bucket(two_workers):
     statuses = [_fetch_close(port) for _ in range(60)]
     assert statuses.count(200) == 20 and statuses.count(429) == 40
     assert all(v > 0 for v in _per_worker_cx(_stats(admin)).values())
-    victim = _children(proc.pid)[0]
+    victim = children(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
     while True:
-        kids = _children(proc.pid)
+        kids = children(proc.pid)
         s = _stats(admin)
         if (
             s.get("server.worker_deaths") == 1

@@ -16,11 +16,12 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.admin.helpers import (
+    children,
     get,
     post,
     request,
     start_sofamesh,
-    stop,
+    stop_with_workers,
     write_bootstrap,
 )
 
@@ -59,21 +60,7 @@ def two_workers(tmp_path, upstream):
     try:
         yield proc, admin
     finally:
-        kids = _children(proc.pid)
-        stop(proc)
-        for k in kids:  # nothing may outlive the test
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+        stop_with_workers(proc)
 
 
 def _stats(admin: int, timeout: float = 5.0) -> dict[str, int]:
@@ -118,7 +105,7 @@ def test_two_workers_both_serve_and_stats_sum(two_workers):
     proc, admin = two_workers
     port = _listener_port(admin)
     assert port > 0
-    assert len(_children(proc.pid)) == 2
+    assert len(children(proc.pid)) == 2
     n = 60
     for _ in range(n):
         assert _fetch(port) == (200, b"hello")
@@ -149,14 +136,14 @@ def test_two_workers_both_serve_and_stats_sum(two_workers):
 def test_dead_worker_is_restarted(two_workers):
     proc, admin = two_workers
     port = _listener_port(admin)
-    victim = _children(proc.pid)[0]
+    victim = children(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     _wait(lambda: _stats(admin).get("server.worker_deaths") == 1)
     _wait(
         lambda: (
             _stats(admin)["listener_manager.workers_started"] == 2
-            and len(_children(proc.pid)) == 2
-            and victim not in _children(proc.pid)
+            and len(children(proc.pid)) == 2
+            and victim not in children(proc.pid)
         )
     )
     for _ in range(10):
@@ -166,7 +153,7 @@ def test_dead_worker_is_restarted(two_workers):
 
 def test_quitquitquit_stops_all(two_workers):
     proc, admin = two_workers
-    kids = _children(proc.pid)
+    kids = children(proc.pid)
     assert post(admin, "/quitquitquit") == (200, "OK\n")
     assert proc.wait(15) == 0
     for k in kids:
@@ -175,7 +162,7 @@ def test_quitquitquit_stops_all(two_workers):
 
 def test_sigterm_stops_all(two_workers):
     proc, _admin = two_workers
-    kids = _children(proc.pid)
+    kids = children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     for k in kids:
@@ -201,7 +188,7 @@ def test_healthcheck_fail_reaches_workers(two_workers):
 
 def test_workers_exit_when_the_main_process_dies(two_workers):
     proc, _admin = two_workers
-    kids = _children(proc.pid)
+    kids = children(proc.pid)
     assert len(kids) == 2
     proc.kill()  # no chance to stop them: they notice their socket closing
     proc.wait(10)
@@ -216,7 +203,7 @@ def test_stopped_worker_is_reported_then_answers_again(two_workers):
     port = _listener_port(admin)
     for _ in range(10):
         assert _fetch(port) == (200, b"hello")
-    frozen = _children(proc.pid)[0]
+    frozen = children(proc.pid)[0]
     os.kill(frozen, signal.SIGSTOP)
     try:
         s = _stats(admin, timeout=20)  # waits for the frozen worker's timeout
