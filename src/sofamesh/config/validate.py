@@ -287,7 +287,11 @@ class _Checker:
                 "collector_cluster and collector_endpoint must be specified "
                 "when not using collector_service",
             )
-        if name == "envoy.config.listener.v3.Listener" and len(m.filter_chains) > 1:
+        if (
+            name == "envoy.config.listener.v3.Listener"
+            and len(m.filter_chains) > 1
+            and not m.HasField("filter_chain_matcher")  # Envoy then ignores filter_chain_match
+        ):
             seen_matchers: dict[bytes, int] = {}
             for i, ch in enumerate(m.filter_chains):
                 key = ch.filter_chain_match.SerializeToString(deterministic=True)
