@@ -442,6 +442,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "eds_cluster_config",
         "common_lb_config",
         "health_checks",  # one (proxy/health_check.py)
+        # upstream network filters: Istio's own only, passed through (filters/istio.py;
+        # config/validate.py refuses any other)
+        "filters",
     ),
     # active health checking (proxy/health_check.py, proxy/health_probes.py)
     "envoy.config.core.v3.HealthCheck": (

@@ -40,9 +40,8 @@ _FILTER_KIND = {
     "envoy.config.listener.v3.ListenerFilter": "listener",
     "envoy.config.listener.v3.Filter": "network",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": "http",
+    "envoy.config.cluster.v3.Filter": "upstream",  # Cluster.filters
 }
-_ISTIO_NAMES = ("istio.", "io.istio.")
-_ISTIO_TYPES = ("istio.", "io.istio.", "stats.PluginConfig")
 # LuaJIT's default package.path / cpath, relative entries resolved from the working dir.
 _LUA_PATHS = (
     "./?.lua",
@@ -157,6 +156,12 @@ class _Checker:
     def per_filter(self, key: str, any_msg: Message, path: str, support_on: bool) -> None:
         from sofamesh.filters import registry
 
+        from sofamesh.filters.istio import istio_type
+
+        istio = istio_type(any_msg)
+        if istio is not None and registry.lookup("http", key) is None:
+            self.report.passthrough.append((path, f"per-route config of {key} ({istio})"))
+            return
         if support_on:
             url = any_msg.type_url
             if not (
@@ -178,18 +183,26 @@ class _Checker:
     def check_filter(self, m: Message, kind: str, path: str, support_on: bool) -> bool:
         from sofamesh.filters import registry
 
+        from sofamesh.filters.istio import istio_type
+
         fname = m.name
         url = m.typed_config.type_url if m.HasField("typed_config") else ""
+        istio = istio_type(m.typed_config) if url else None
+        if istio is not None and (kind == "upstream" or registry.lookup(kind, url) is None):
+            # Istio's own filter, by its config type (filters/istio.py): a no-op, counted
+            self.report.passthrough.append((path, f"{fname} ({istio})"))
+            return False
+        if kind == "upstream":  # a cluster's upstream network filters: Istio's only
+            if support_on:
+                self.unsupported(
+                    join(path, "typed_config") if url else join(path, "name"),
+                    f"upstream network filter {url or fname} is not implemented by sofamesh",
+                )
+            return False
         if url in support.TYPED_STRUCT_TYPES:
             inner = protos.unpack_any(m.typed_config)
             inner_url = inner.type_url if inner is not None else ""
             spec = registry.lookup(kind, inner_url) or registry.lookup(kind, fname)
-            if spec is None and (
-                fname.startswith(_ISTIO_NAMES)
-                or protos.type_name(inner_url).startswith(_ISTIO_TYPES)
-            ):
-                self.report.passthrough.append((path, fname or inner_url))
-                return False
             key = inner_url or url
         else:
             spec = registry.lookup(kind, url) if url else registry.lookup(kind, fname)

@@ -46,6 +46,19 @@ def lookup(kind: str, name_or_type_url: str) -> FilterSpec | None:
     return _BY_KEY.get((kind, name_or_type_url))
 
 
+def lookup_filter(kind: str, name: str, typed_config: Any = None) -> FilterSpec | None:
+    """The filter a chain entry names: by its typed_config type URL, else by its name, else
+    (for Istio's own filters, recognised by their config type) the Istio pass-through."""
+    url = typed_config.type_url if typed_config is not None else ""
+    spec = lookup(kind, url) if url else None
+    if spec is None and url:
+        from sofamesh.filters import istio
+
+        if istio.istio_type(typed_config) is not None:
+            return istio.SPECS[kind]
+    return spec or lookup(kind, name)
+
+
 def registered(kind: str) -> list[FilterSpec]:
     _load_builtins()
     seen: dict[int, FilterSpec] = {}

@@ -222,7 +222,9 @@ def compile_vhosts(
         v_pf = {}
         for name, anycfg in vh.typed_per_filter_config.items():
             if per_filter is not None:
-                v_pf[name] = per_filter(name, anycfg, f"{vpath}.typed_per_filter_config[{name}]")
+                c = per_filter(name, anycfg, f"{vpath}.typed_per_filter_config[{name}]")
+                if c is not None:  # None: a passed-through (Istio) filter's config
+                    v_pf[name] = c
         routes = []
         for ri, r in enumerate(vh.routes):
             rpath = f"{vpath}.routes[{ri}]"
@@ -286,7 +288,9 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
     pf = dict(v_pf)
     for name, anycfg in r.typed_per_filter_config.items():
         if per_filter is not None:
-            pf[name] = per_filter(name, anycfg, f"{rpath}.typed_per_filter_config[{name}]")
+            c = per_filter(name, anycfg, f"{rpath}.typed_per_filter_config[{name}]")
+            if c is not None:  # None: a passed-through (Istio) filter's config
+                pf[name] = c
     kw["filter_config"] = pf
     action = r.WhichOneof("action")
     if action == "route":

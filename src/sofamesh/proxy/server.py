@@ -79,8 +79,11 @@ def _listener_path(li: int | str) -> str:
 
 
 def _network_spec(registry: Any, f: Any) -> Any:
-    """The registered network filter a listener's filter names (by type URL, else name)."""
-    return registry.lookup("network", f.typed_config.type_url) or registry.lookup("network", f.name)
+    """The registered network filter a listener's filter names (by type URL, else name;
+    Istio's own filters by their config type: filters/istio.py)."""
+    return registry.lookup_filter(
+        "network", f.name, f.typed_config if f.HasField("typed_config") else None
+    )
 
 
 @dataclass
@@ -255,7 +258,9 @@ class Server:
     def _per_filter(self, name: str, anycfg: Any, path: str) -> Any:
         from sofamesh.filters import registry
 
-        spec = registry.lookup("http", name) or registry.lookup("http", anycfg.type_url)
+        spec = registry.lookup("http", name) or registry.lookup_filter("http", name, anycfg)
+        if spec is not None and spec.extra.get("istio"):
+            return None  # Istio's own per-route config: passed through (filters/istio.py)
         if spec is None:
             raise UnsupportedConfig(f"{path}: unknown HTTP filter {name!r}")
         compile_route = spec.extra.get("route_config")
@@ -325,8 +330,8 @@ class Server:
                 if i != n - 1:
                     raise UnsupportedConfig(f"{fpath}: the router must be the last filter")
                 continue
-            spec = registry.lookup("http", hf.name) or registry.lookup(
-                "http", hf.typed_config.type_url
+            spec = registry.lookup_filter(
+                "http", hf.name, hf.typed_config if hf.HasField("typed_config") else None
             )
             if spec is None:
                 if hf.is_optional:

@@ -194,10 +194,19 @@ async def test_network_filter_listeners_start_in_the_base_server(upstreams):
         await srv.stop()
 
 
-@pytest.mark.parametrize(("name", "starts"), [("istio.metadata_exchange", True), ("x.rbac", False)])
-async def test_only_pass_through_filters_may_precede_the_terminal_one(upstreams, name, starts):
-    """Istio's network filters (registered pass-through) ahead of the HCM are skipped; any
-    other filter there is refused, naming it."""
+@pytest.mark.parametrize(
+    ("name", "type_url", "starts"),
+    [
+        ("istio_authn", "type.googleapis.com/io.istio.network.authn.Config", True),
+        ("istio.metadata_exchange", "type.googleapis.com/x.Y", False),
+        ("x.rbac", "type.googleapis.com/x.Y", False),
+    ],
+)
+async def test_only_pass_through_filters_may_precede_the_terminal_one(
+    upstreams, name, type_url, starts
+):
+    """Istio's network filters (recognised by config type, filters/istio.py) ahead of the
+    HCM are skipped; any other filter there, whatever its name, is refused, naming it."""
     from xds.type.v3 import typed_struct_pb2
 
     up = await upstreams()
@@ -207,12 +216,12 @@ async def test_only_pass_through_filters_may_precede_the_terminal_one(upstreams,
     hcm.CopyFrom(filters[0])
     del filters[:]
     first = filters.add(name=name)
-    first.typed_config.Pack(typed_struct_pb2.TypedStruct(type_url="type.googleapis.com/x.Y"))
+    first.typed_config.Pack(typed_struct_pb2.TypedStruct(type_url=type_url))
     filters.add().CopyFrom(hcm)
     srv = Server(bs, stats=Store())
     try:
         if not starts:
-            with pytest.raises(UnsupportedConfig, match=r"filters\[0\]: network filter 'x.rbac'"):
+            with pytest.raises(UnsupportedConfig, match=rf"filters\[0\]: network filter '{name}'"):
                 await srv.start()
             return
         await srv.start()

@@ -140,7 +140,10 @@ def test_istio_filters_pass_through(tmp_path):
     hf = hcm_of(b).http_filters[0]
     assert hf.typed_config.type_url == "type.googleapis.com/xds.type.v3.TypedStruct"
     report = validate_bootstrap(b)
-    assert [name for _, name in report.passthrough] == ["istio.metadata_exchange", "istio.stats"]
+    assert [name for _, name in report.passthrough] == [
+        "istio.metadata_exchange (io.istio.http.peer_metadata.Config)",
+        "istio.stats (stats.PluginConfig)",
+    ]
 
 
 def test_unimplemented_filter_is_an_error_naming_it(tmp_path):

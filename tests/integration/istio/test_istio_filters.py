@@ -1,0 +1,294 @@
+"""Istio's own filters, as istiod sends them (shapes from the Istio corpus), pass through as a
+no-op: recognised by config type, never by name alone; a warning names each and the gauge
+`server.passthrough_filters` counts them; the chain serves exactly as real Envoy serves it
+without them (Envoy 1.40 has none of them, so it runs the config with them left out)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import FIXTURES, free_port, sofamesh_command
+from tests.integration.admin.helpers import get, request, start_envoy, start_sofamesh, stop
+
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager"
+)
+TS = "type.googleapis.com/udpa.type.v1.TypedStruct"
+NETWORK_ISTIO = [
+    {  # Istio's proto, which xds-protos lacks
+        "name": "istio.metadata_exchange",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+            "protocol": "istio-peer-exchange",
+        },
+    },
+    {
+        "name": "istio_authn",
+        "typed_config": {
+            "@type": TS,
+            "type_url": "type.googleapis.com/io.istio.network.authn.Config",
+        },
+    },
+    {
+        "name": "istio.stats",
+        "typed_config": {
+            "@type": "type.googleapis.com/stats.PluginConfig",
+            "disable_host_header_fallback": True,
+        },
+    },
+]
+HTTP_ISTIO = [
+    {
+        "name": "waypoint_downstream_peer_metadata",
+        "typed_config": {
+            "@type": TS,
+            "type_url": "type.googleapis.com/io.istio.http.peer_metadata.Config",
+            "value": {"downstream_discovery": [{"workload_discovery": {}}]},
+        },
+    },
+    {  # Istio <= 1.18: metadata exchange as a Wasm filter on Istio's null VM
+        "name": "istio.metadata_exchange",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.null",
+                    "code": {"local": {"inline_string": "envoy.wasm.metadata_exchange"}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange"
+                },
+            },
+        },
+    },
+    {
+        "name": "istio.stats",
+        "typed_config": {
+            "@type": TS,
+            "type_url": "type.googleapis.com/stats.PluginConfig",
+            "value": {"disable_host_header_fallback": True},
+        },
+    },
+]
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+
+
+def bootstrap(admin: int, http_port: int, tcp_port: int, upstream: int, istio: bool) -> dict:
+    net = NETWORK_ISTIO if istio else []
+    http = HTTP_ISTIO if istio else []
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "outbound|80||echo"}}
+    if istio:
+        route["typed_per_filter_config"] = {
+            "connect_authority": {
+                "@type": TS,
+                "type_url": "type.googleapis.com/io.istio.http.connect_authority.Config",
+                "value": {"enabled": True},
+            }
+        }
+    hcm = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM,
+            "stat_prefix": "outbound_0.0.0.0_80",
+            "route_config": {
+                "name": "80",
+                "virtual_hosts": [{"name": "echo", "domains": ["*"], "routes": [route]}],
+            },
+            "http_filters": [*http, ROUTER],
+        },
+    }
+    tcp = {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "outbound|81||echo",
+            "cluster": "outbound|80||echo",
+        },
+    }
+    addr = {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}
+    return {
+        "node": {"id": "sidecar~127.0.0.1~a.default~default.svc.cluster.local", "cluster": "a"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "http",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": http_port}
+                    },
+                    "filter_chains": [{"filters": [*net, hcm]}],
+                },
+                {
+                    "name": "tcp",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": tcp_port}},
+                    "filter_chains": [{"filters": [*net, tcp]}],
+                },
+            ],
+            "clusters": [
+                {
+                    "name": "outbound|80||echo",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "outbound|80||echo",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr}}]}],
+                    },
+                }
+            ],
+        },
+    }
+
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        seen = sorted(k.lower() for k in self.headers if not k.lower().startswith("x-"))
+        body = json.dumps({"path": self.path, "headers": seen}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def upstream():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _raw_get(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /tcp HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out.split(b"\r\n\r\n", 1)[1]
+
+
+def _run(proc_start, cfg, admin, http_port, tcp_port):
+    proc = proc_start(cfg, admin)
+    try:
+        status, _, body = request(http_port, "GET", "/a/b?c=1")
+        return proc, (status, json.loads(body), json.loads(_raw_get(tcp_port)))
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def test_istio_filters_pass_through_as_envoy_serves(tmp_path, upstream):
+    results = {}
+    for who, istio, start in (
+        ("envoy", False, start_envoy),
+        ("sofamesh", True, start_sofamesh),
+    ):
+        admin, hp, tp = free_port(), free_port(), free_port()
+        cfg = tmp_path / f"{who}.json"
+        cfg.write_text(json.dumps(bootstrap(admin, hp, tp, upstream, istio)))
+        proc, results[who] = _run(start, cfg, admin, hp, tp)
+        try:
+            if who == "sofamesh":
+                # 3 network filters x 2 listeners, 3 HTTP filters, 1 per-route config
+                assert get(admin, "/stats?filter=^server\\.passthrough_filters$")[1] == (
+                    "server.passthrough_filters: 10\n"
+                )
+        finally:
+            stop(proc)
+    assert results["sofamesh"] == results["envoy"]
+    assert results["envoy"][0] == 200
+
+
+def _validate(tmp_path, doc: dict) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "v.json"
+    cfg.write_text(json.dumps(doc))
+    return subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
+        [*sofamesh_command(), "proxy", "--mode", "validate", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_validate_warns_for_each_istio_filter(tmp_path):
+    r = _validate(tmp_path, bootstrap(free_port(), 0, 0, 1, True))
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "is passed through" in line]
+    assert len(warned) == 10, r.stderr
+    assert any("io.istio.network.authn.Config" in line for line in warned)
+    assert any("envoy.wasm.metadata_exchange (Wasm null VM)" in line for line in warned)
+    assert any("io.istio.http.connect_authority.Config" in line for line in warned)
+
+
+def test_istio_name_alone_is_not_istio(tmp_path):
+    """A filter named like Istio's but configured as something else is judged by its type."""
+    doc = bootstrap(free_port(), 0, 0, 1, False)
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    hcm["typed_config"]["http_filters"].insert(
+        0,
+        {
+            "name": "istio.stats",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+            },
+        },
+    )
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 1
+    assert "http_filters[0].typed_config: http filter type.googleapis.com/envoy.extensions." in (
+        r.stderr
+    )
+    assert "Cors is not implemented by sofamesh" in r.stderr
+
+
+def test_wasm_other_than_istio_null_vm_is_refused(tmp_path):
+    doc = bootstrap(free_port(), 0, 0, 1, False)
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    wasm = json.loads(json.dumps(HTTP_ISTIO[1]))
+    wasm["typed_config"]["config"]["vm_config"]["runtime"] = "envoy.wasm.runtime.v8"
+    hcm["typed_config"]["http_filters"].insert(0, wasm)
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 1
+    assert "wasm.v3.Wasm is not implemented by sofamesh" in r.stderr
+
+
+def test_istio_upstream_filter_on_a_cluster(tmp_path):
+    """Cluster.filters with Istio's metadata exchange (outbound clusters) pass through; any
+    other upstream filter is refused by name."""
+    src = json.loads((FIXTURES / "istio" / "source" / "describe_http_config.json").read_text())
+    dumped = src["configs"][1]["dynamic_active_clusters"][0]["cluster"]["filters"]
+    doc = bootstrap(free_port(), 0, 0, 1, False)
+    doc["static_resources"]["clusters"][0]["filters"] = dumped
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 0, r.stderr
+    assert "istio.metadata_exchange (envoy.tcp.metadataexchange.config.MetadataExchange)" in (
+        r.stderr
+    )
+    doc["static_resources"]["clusters"][0]["filters"] = [
+        {
+            "name": "envoy.filters.network.upstream.metadata_exchange",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+                "stat_prefix": "x",
+            },
+        }
+    ]
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 1
+    assert "clusters[0].filters[0].typed_config: upstream network filter" in r.stderr
