@@ -155,7 +155,6 @@ class _Checker:
 
     def per_filter(self, key: str, any_msg: Message, path: str, support_on: bool) -> None:
         from sofamesh.filters import registry
-
         from sofamesh.filters.istio import istio_type
 
         istio = istio_type(any_msg)
@@ -182,7 +181,6 @@ class _Checker:
     # -- filters ---------------------------------------------------------------------
     def check_filter(self, m: Message, kind: str, path: str, support_on: bool) -> bool:
         from sofamesh.filters import registry
-
         from sofamesh.filters.istio import istio_type
 
         fname = m.name
