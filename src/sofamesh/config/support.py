@@ -170,16 +170,6 @@ GAPS: list[Gap] = [
         "internal addresses are not implemented by sofamesh",
     ),
     Gap(
-        "envoy.config.listener.v3.FilterChain",
-        "filter_chain_match",
-        "filter chain matching is not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.config.listener.v3.Listener",
-        "listener_filters_timeout",
-        "listener filters are not implemented by sofamesh",
-    ),
-    Gap(
         "envoy.config.accesslog.v3.AccessLog",
         "filter",
         "access log filters are not implemented by sofamesh",
@@ -223,6 +213,7 @@ _RT = "envoy.config.route.v3."
 _CL = "envoy.config.cluster.v3."
 _EP = "envoy.config.endpoint.v3."
 _LS = "envoy.config.listener.v3."
+_TLS = "envoy.extensions.transport_sockets.tls.v3."
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.bootstrap.v3.Bootstrap": (
         "node",
@@ -267,12 +258,51 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "per_connection_buffer_limit_bytes",
         "traffic_direction",
         "listener_filters",  # each judged by the filter registry
+        # several chains, TLS and listener filters: proxy/listener_chains.py
+        "default_filter_chain",
+        "listener_filters_timeout",
+        "continue_on_listener_filters_timeout",
         "bind_to_port",  # true only (ALLOWED_IF)
         "enable_reuse_port",  # true only
     ),
     # transport sockets and typed extension options are judged by type URL: an extension
     # must be registered (register_extension) by the module that implements it
-    _LS + "FilterChain": ("filters", "transport_socket"),
+    _LS + "FilterChain": ("filters", "transport_socket", "filter_chain_match"),
+    # proxy/listener_chains.py: Envoy's order of levels, most specific match per level
+    _LS + "FilterChainMatch": (
+        "destination_port",
+        "prefix_ranges",
+        "server_names",
+        "transport_protocol",
+        "application_protocols",
+        "direct_source_prefix_ranges",
+        "source_type",
+        "source_prefix_ranges",
+        "source_ports",
+    ),
+    # envoy.transport_sockets.tls (proxy/tls.py): OpenSSL through Python's ssl
+    _TLS + "DownstreamTlsContext": ("common_tls_context", "require_client_certificate"),
+    _TLS + "UpstreamTlsContext": ("common_tls_context", "sni"),
+    _TLS + "CommonTlsContext": (
+        "tls_params",
+        "tls_certificates",
+        "validation_context",
+        "alpn_protocols",
+    ),
+    _TLS + "TlsParameters": (
+        "tls_minimum_protocol_version",
+        "tls_maximum_protocol_version",
+        "cipher_suites",  # OpenSSL names (Envoy's `[a|b]` groups are listed in order)
+    ),
+    _TLS + "TlsCertificate": ("certificate_chain", "private_key", "password"),
+    _TLS + "CertificateValidationContext": (
+        "trusted_ca",
+        "match_typed_subject_alt_names",  # checked when OpenSSL finishes the handshake
+        "match_subject_alt_names",
+        "crl",
+        "only_verify_leaf_cert_crl",
+    ),
+    _TLS + "SubjectAltNameMatcher": ("san_type", "matcher"),  # not OTHER_NAME (ALLOWED_IF)
     _LS + "Filter": ("name", "typed_config"),
     _LS + "ListenerFilter": ("name", "typed_config"),
     _HCM + "HttpConnectionManager": (
@@ -660,6 +690,10 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
     ("envoy.config.core.v3.HealthCheck.HttpHealthCheck", "method"): (
         lambda v: v in (0, 1),
         "only GET",
+    ),
+    (_TLS + "SubjectAltNameMatcher", "san_type"): (
+        lambda v: v in (1, 2, 3, 4),
+        "only EMAIL, DNS, URI and IP_ADDRESS",
     ),
     ("envoy.config.core.v3.ApiConfigSource", "api_type"): (
         lambda v: v in (2, 3),

@@ -274,11 +274,6 @@ class _Checker:
                     self.unsupported(join(path, gap.field), f"{vname}: {gap.note}")
                 elif fd.has_presence or fd.is_repeated or v:
                     self.unsupported(join(path, gap.field), gap.note)
-        if support_on and name == "envoy.config.listener.v3.Listener" and len(m.filter_chains) > 1:
-            self.unsupported(
-                join(path, "filter_chains"),
-                "more than one filter chain per listener: not implemented by sofamesh",
-            )
         if name == HCM:
             seen_upgrades: set[str] = set()
             for i, u in enumerate(m.upgrade_configs):

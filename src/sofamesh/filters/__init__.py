@@ -15,6 +15,8 @@ _BUILTIN = [
     "sofamesh.filters.network.auto",
     "sofamesh.filters.network.rbac",
     "sofamesh.filters.istio",
+    "sofamesh.filters.listener.inspectors",  # tls_inspector, http_inspector
+    "sofamesh.proxy.tls",  # transport sockets envoy.transport_sockets.tls / raw_buffer
     "sofamesh.proxy.grpc_access_log",  # access logger envoy.access_loggers.http_grpc
 ]
 

@@ -269,7 +269,7 @@ class Server:
         return compile_route(anycfg, {"stats": self.stats, "loop": self._loop, "path": path})
 
     def _build_hcm(
-        self, li: int | str, listener: Any, fi: int, f: Any, stat_name: str
+        self, li: int | str, listener: Any, fi: int, f: Any, stat_name: str, path: str = ""
     ) -> HcmConfig:
         from envoy.extensions.filters.network.http_connection_manager.v3 import (
             http_connection_manager_pb2 as hcm_pb2,
@@ -277,7 +277,7 @@ class Server:
 
         from sofamesh.filters import registry
 
-        path = f"{_listener_path(li)}.filter_chains[0].filters[{fi}]"
+        path = path or f"{_listener_path(li)}.filter_chains[0].filters[{fi}]"
         hcm = hcm_pb2.HttpConnectionManager()
         if not f.typed_config.Unpack(hcm):
             raise UnsupportedConfig(f"{path}.typed_config: expected HttpConnectionManager")
@@ -552,26 +552,31 @@ class Server:
         g.used = True
 
     def _listener_view(self, li: int | str, lst: Any) -> Any:
-        """What a listener's socket serves: one filter chain whose last filter is a terminal
-        network filter (http_connection_manager, or one from the filter registry: dubbo_proxy,
-        bolt_proxy, tcp_proxy, auto); filters before it may only be pass-through ones.
-        Network chains are added to `network_chains` (closed in stop())."""
-        from sofamesh.filters import registry
-        from sofamesh.filters.network.sniff import Chain
+        """What a listener's socket serves: its one plain filter chain, or, with several
+        chains, TLS or listener filters, a `listener_chains.ListenerChains` that picks a
+        chain per connection. Network chains are added to `network_chains` (closed in stop())."""
+        from sofamesh.proxy import listener_chains
 
         path = _listener_path(li)
         sa = lst.address.socket_address
         if not sa.address:
             raise UnsupportedConfig(f"{path}.address: only socket addresses are supported")
-        if len(lst.filter_chains) != 1:
-            raise UnsupportedConfig(f"{path}.filter_chains: exactly one filter chain is supported")
-        chain = lst.filter_chains[0]
-        if chain.HasField("filter_chain_match") or chain.HasField("transport_socket"):
-            raise UnsupportedConfig(
-                f"{path}.filter_chains[0]: filter_chain_match and "
-                "transport_socket are not supported"
-            )
-        fpath = f"{path}.filter_chains[0].filters"
+        if listener_chains.needs_chains(lst):
+            stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
+            view = listener_chains.build(self, li, lst, path, stat_name)
+            self.network_chains.append(view)
+            return view
+        return self._chain_view(li, lst, 0, lst.filter_chains[0], f"{path}.filter_chains[0]")
+
+    def _chain_view(self, li: int | str, lst: Any, ci: int, chain: Any, cpath: str) -> Any:
+        """One filter chain: its last filter is a terminal network filter
+        (http_connection_manager, or one from the filter registry: dubbo_proxy, bolt_proxy,
+        tcp_proxy, auto); filters before it may only be pass-through ones."""
+        from sofamesh.filters import registry
+        from sofamesh.filters.network.sniff import Chain
+
+        sa = lst.address.socket_address
+        fpath = f"{cpath}.filters"
         if not chain.filters:
             raise UnsupportedConfig(f"{fpath}: no terminal network filter")
         last = len(chain.filters) - 1
@@ -596,7 +601,9 @@ class Server:
                     "to sniff the protocol)"
                 )
         stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
-        _, built = self._build_terminal(li, lst, last, chain.filters[last], stat_name)
+        _, built = self._build_terminal(
+            li, lst, last, chain.filters[last], stat_name, f"{fpath}[{last}]"
+        )
         if isinstance(built, HcmConfig):
             if gates:
                 raise UnsupportedConfig(
@@ -619,7 +626,7 @@ class Server:
 
         fpath = fpath or f"{_listener_path(li)}.filter_chains[0].filters[{fi}]"
         if f.name in HCM_NAMES or f.typed_config.type_url == HCM_TYPE:
-            return "http", self._build_hcm(li, lst, fi, f, stat_name)
+            return "http", self._build_hcm(li, lst, fi, f, stat_name, fpath)
         spec = _network_spec(registry, f)
         if spec is None or not spec.extra.get("terminal"):
             raise UnsupportedConfig(f"{fpath}: network filter {f.name!r} is not supported")

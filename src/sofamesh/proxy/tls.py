@@ -1,0 +1,484 @@
+"""envoy.transport_sockets.tls: SSL contexts from Downstream/UpstreamTlsContext, Envoy's ssl.* stats.
+
+OpenSSL through the standard library's `ssl` module, driven by uvloop's own SSLProtocol
+(MemoryBIO): nothing of our own on the record path. What Python's `ssl` cannot do during
+the handshake (SAN matchers, Envoy's stats) is done by `_MeshSSLObject.do_handshake`, the
+context's `sslobject_class`: it runs right after OpenSSL finishes, on the same call, so a
+SAN mismatch fails the handshake (uvloop closes the connection) as Envoy's verify callback
+does, and counts are taken where Envoy takes them.
+
+Contexts are rebuilt, never mutated: `TlsContext.context` is swapped when an SDS secret
+changes; connections keep the SSLContext they were accepted or connected with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from sofamesh.proxy.errors import UnsupportedConfig
+
+log = logging.getLogger("sofamesh.tls")
+
+DOWNSTREAM_TLS = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+TLS_NAMES = ("envoy.transport_sockets.tls", "tls")
+RAW_NAMES = ("envoy.transport_sockets.raw_buffer", "raw_buffer")
+
+# Envoy's default cipher list (BoringSSL names; `[a|b]` is an equal-preference group, which
+# OpenSSL lacks: the group's members are listed in order). TLS 1.3 suites are OpenSSL's.
+DEFAULT_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
+    "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
+)
+_VERSIONS = {
+    1: ssl.TLSVersion.TLSv1,
+    2: ssl.TLSVersion.TLSv1_1,
+    3: ssl.TLSVersion.TLSv1_2,
+    4: ssl.TLSVersion.TLSv1_3,
+}
+# Envoy's counters of a TLS context, created with it (so /stats shows them at 0)
+STAT_NAMES = (
+    "connection_error",
+    "handshake",
+    "session_reused",
+    "no_certificate",
+    "fail_verify_no_cert",
+    "fail_verify_error",
+    "fail_verify_san",
+    "fail_verify_cert_hash",
+)
+_SAN_TYPES = {1: "email", 2: "DNS", 3: "URI", 4: "IP Address"}
+
+
+def data_source(ds: Any, path: str) -> bytes:
+    """An envoy.config.core.v3.DataSource's bytes (inline or file)."""
+    which = ds.WhichOneof("specifier")
+    if which == "inline_string":
+        return ds.inline_string.encode()
+    if which == "inline_bytes":
+        return bytes(ds.inline_bytes)
+    if which == "filename":
+        try:
+            with open(ds.filename, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise UnsupportedConfig(f"{path}.filename: cannot read {ds.filename}: {e}") from None
+    if which == "environment_variable":
+        v = os.environ.get(ds.environment_variable)
+        if v is None:
+            raise UnsupportedConfig(
+                f"{path}.environment_variable: {ds.environment_variable} is not set"
+            )
+        return v.encode()
+    raise UnsupportedConfig(f"{path}: empty data source")
+
+
+def _load_cert_chain(ctx: ssl.SSLContext, chain: bytes, key: bytes, password: bytes | None) -> None:
+    """ssl.load_cert_chain reads files only: hand it memory files (nothing on disk)."""
+    fds = []
+    try:
+        paths = []
+        for data in (chain, key):
+            fd = os.memfd_create("sofamesh-tls", os.MFD_CLOEXEC)
+            fds.append(fd)
+            os.write(fd, data)
+            paths.append(f"/proc/self/fd/{fd}")
+        ctx.load_cert_chain(paths[0], paths[1], password=password)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+class _SanMatcher:
+    """One SubjectAltNameMatcher (or a legacy match_subject_alt_names entry: any type)."""
+
+    __slots__ = ("ignore_case", "kind", "san_type", "value")
+
+    def __init__(self, san_type: str | None, m: Any, path: str) -> None:
+        self.san_type = san_type
+        self.kind = m.WhichOneof("match_pattern")
+        self.ignore_case = bool(m.ignore_case)
+        if self.kind == "safe_regex":
+            import re
+
+            self.value: Any = re.compile(m.safe_regex.regex)
+        elif self.kind in ("exact", "prefix", "suffix", "contains"):
+            v = getattr(m, self.kind)
+            self.value = v.lower() if self.ignore_case else v
+        else:
+            raise UnsupportedConfig(
+                f"{path}: SAN matcher {self.kind!r} is not implemented by sofamesh"
+            )
+
+    def matches(self, san_type: str, value: str) -> bool:
+        if self.san_type is not None and san_type != self.san_type:
+            return False
+        if self.kind == "safe_regex":
+            return self.value.fullmatch(value) is not None
+        v = value.lower() if self.ignore_case else value
+        if self.kind == "exact":
+            if v == self.value:
+                return True
+            # Envoy's DNS SAN match: a certificate's `*.example.com` covers one label
+            if san_type == "DNS" and v.startswith("*.") and "." in self.value:
+                return self.value.split(".", 1)[1] == v[2:] and not self.value.startswith(".")
+            return False
+        if self.kind == "prefix":
+            return v.startswith(self.value)
+        if self.kind == "suffix":
+            return v.endswith(self.value)
+        return self.value in v
+
+
+class _Stats:
+    """Envoy's ssl.* counters under one prefix (`listener.<addr>.ssl.` / `cluster.<c>.ssl.`)."""
+
+    def __init__(self, store: Any, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.c = {n: store.counter(prefix + n) for n in STAT_NAMES}
+
+    def bump(self, name: str) -> None:
+        c = self.c.get(name)
+        if c is None:
+            c = self.c[name] = self.store.counter(self.prefix + name)
+        c.value += 1
+        c.used = True
+
+
+class _MeshSSLObject(ssl.SSLObject):
+    """uvloop's SSLProtocol creates these through the context's `sslobject_class`."""
+
+    def do_handshake(self) -> None:
+        tc: TlsContext = self.context._sofamesh  # type: ignore[attr-defined]
+        try:
+            super().do_handshake()
+        except ssl.SSLCertVerificationError as e:
+            tc.stats.bump("fail_verify_error")  # Envoy: not also a connection_error
+            tc.on_failure(e)
+            raise
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as e:
+            if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in str(e.reason):
+                tc.stats.bump("fail_verify_no_cert")
+            else:
+                tc.stats.bump("connection_error")
+            tc.on_failure(e)
+            raise
+        tc.handshake_done(self)
+
+
+def _peer_sans(sslobj: Any) -> list[tuple[str, str]]:
+    cert = sslobj.getpeercert()
+    return [(str(t), str(v).rstrip("\n")) for t, v in (cert or {}).get("subjectAltName", ())]
+
+
+def spiffe_id(sslobj: Any) -> str | None:
+    """The peer's first URI SAN (its SPIFFE id in a mesh), or None."""
+    for t, v in _peer_sans(sslobj):
+        if t == "URI":
+            return v
+    return None
+
+
+class TlsContext:
+    """A compiled CommonTlsContext for one side. `context` is the SSLContext new
+    connections use (None until its SDS secrets arrive)."""
+
+    def __init__(self, msg: Any, server_side: bool, stats: _Stats, path: str) -> None:
+        self.msg = msg
+        self.server_side = server_side
+        self.stats = stats
+        self.path = path
+        self.context: ssl.SSLContext | None = None
+        self.require_client_cert = server_side and bool(msg.require_client_certificate.value)
+        self.sni = "" if server_side else msg.sni
+        self.san: list[_SanMatcher] = []
+        self.alpn: list[str] = list(msg.common_tls_context.alpn_protocols)
+        self.on_failure: Callable[[Exception], None] = lambda e: None
+        # SDS: secret name -> the Secret message held (tls_certificate / validation_context)
+        self.sds_cert: str = ""
+        self.sds_validation: str = ""
+        self.secrets: dict[str, Any] = {}
+        self.watchers: list[Callable[[], None]] = []  # told when `context` changes
+        ctx = msg.common_tls_context
+        if ctx.tls_certificate_sds_secret_configs:
+            if len(ctx.tls_certificate_sds_secret_configs) > 1 or ctx.tls_certificates:
+                raise UnsupportedConfig(
+                    f"{path}.common_tls_context.tls_certificate_sds_secret_configs: one "
+                    "certificate is implemented by sofamesh"
+                )
+            self.sds_cert = ctx.tls_certificate_sds_secret_configs[0].name
+        if ctx.HasField("validation_context_sds_secret_config"):
+            self.sds_validation = ctx.validation_context_sds_secret_config.name
+        elif ctx.HasField("combined_validation_context"):
+            self.sds_validation = (
+                ctx.combined_validation_context.validation_context_sds_secret_config.name
+            )
+        if not self.sds_cert and not self.sds_validation:
+            self.context = self.build()
+
+    # ---------------------------------------------------------------- building
+    def pending(self) -> list[str]:
+        """SDS secrets still missing (the listener or cluster warms until they arrive)."""
+        return [n for n in (self.sds_cert, self.sds_validation) if n and n not in self.secrets]
+
+    def set_secret(self, name: str, secret: Any) -> None:
+        """An SDS Secret arrived or changed: rebuild (new connections get it; connections
+        already made keep their context, none is dropped)."""
+        self.secrets[name] = secret
+        if self.pending():
+            return
+        self.context = self.build()
+        for w in self.watchers:
+            w()
+
+    def _validation(self) -> Any:
+        ctx = self.msg.common_tls_context
+        if self.sds_validation:
+            from envoy.extensions.transport_sockets.tls.v3 import common_pb2
+
+            v = common_pb2.CertificateValidationContext()
+            if ctx.HasField("combined_validation_context"):
+                v.CopyFrom(ctx.combined_validation_context.default_validation_context)
+            v.MergeFrom(self.secrets[self.sds_validation].validation_context)
+            return v
+        return ctx.validation_context if ctx.HasField("validation_context") else None
+
+    def _certificates(self) -> list[Any]:
+        ctx = self.msg.common_tls_context
+        if self.sds_cert:
+            return [self.secrets[self.sds_cert].tls_certificate]
+        return list(ctx.tls_certificates)
+
+    def build(self) -> ssl.SSLContext:
+        path = self.path + ".common_tls_context"
+        ctx = ssl.SSLContext(
+            ssl.PROTOCOL_TLS_SERVER if self.server_side else ssl.PROTOCOL_TLS_CLIENT
+        )
+        ctx.check_hostname = False
+        ctx.sslobject_class = _MeshSSLObject
+        ctx._sofamesh = self  # type: ignore[attr-defined]
+        params = self.msg.common_tls_context.tls_params
+        lo = _VERSIONS.get(params.tls_minimum_protocol_version, ssl.TLSVersion.TLSv1_2)
+        # Envoy: TLS 1.3 at most for servers, TLS 1.2 for clients, unless set
+        hi = _VERSIONS.get(
+            params.tls_maximum_protocol_version,
+            ssl.TLSVersion.TLSv1_3 if self.server_side else ssl.TLSVersion.TLSv1_2,
+        )
+        ctx.minimum_version = lo
+        ctx.maximum_version = hi
+        ciphers = (
+            ":".join(c.strip("[]").replace("|", ":") for c in params.cipher_suites)
+            if params.cipher_suites
+            else DEFAULT_CIPHERS
+        )
+        try:
+            ctx.set_ciphers(ciphers)
+        except ssl.SSLError:
+            raise UnsupportedConfig(
+                f"{path}.tls_params.cipher_suites: Failed to initialize cipher suites {ciphers}"
+            ) from None
+        if self.alpn:
+            ctx.set_alpn_protocols(self.alpn)
+        certs = self._certificates()
+        if len(certs) > 1:
+            raise UnsupportedConfig(
+                f"{path}.tls_certificates: one certificate per context is implemented by sofamesh"
+            )
+        for i, cert in enumerate(certs):
+            cpath = f"{path}.tls_certificates[{i}]"
+            chain = data_source(cert.certificate_chain, cpath + ".certificate_chain")
+            key = data_source(cert.private_key, cpath + ".private_key")
+            pw = (
+                data_source(cert.password, cpath + ".password")
+                if cert.HasField("password")
+                else None
+            )
+            try:
+                _load_cert_chain(ctx, chain, key, pw)
+            except (ssl.SSLError, OSError) as e:
+                raise UnsupportedConfig(f"{cpath}: Failed to load certificate chain: {e}") from None
+        if self.server_side and not certs:
+            raise UnsupportedConfig(f"{path}: No TLS certificates found for server context")
+        v = self._validation()
+        self.san = []
+        if v is not None and v.HasField("trusted_ca"):
+            ca = data_source(v.trusted_ca, path + ".validation_context.trusted_ca")
+            try:
+                ctx.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+            except (ssl.SSLError, ValueError) as e:
+                raise UnsupportedConfig(
+                    f"{path}.validation_context.trusted_ca: Failed to load trusted CA "
+                    f"certificates: {e}"
+                ) from None
+            if v.HasField("crl"):
+                crl = data_source(v.crl, path + ".validation_context.crl")
+                try:
+                    ctx.load_verify_locations(cadata=crl.decode("ascii", "replace"))
+                except (ssl.SSLError, ValueError) as e:
+                    raise UnsupportedConfig(
+                        f"{path}.validation_context.crl: Failed to load CRL: {e}"
+                    ) from None
+                ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+                if not v.only_verify_leaf_cert_crl:
+                    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+            if self.server_side:
+                ctx.verify_mode = (
+                    ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
+                )
+            else:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            for i, m in enumerate(v.match_typed_subject_alt_names):
+                self.san.append(
+                    _SanMatcher(
+                        _SAN_TYPES.get(m.san_type),
+                        m.matcher,
+                        f"{path}.validation_context.match_typed_subject_alt_names[{i}]",
+                    )
+                )
+            for i, m in enumerate(v.match_subject_alt_names):
+                self.san.append(
+                    _SanMatcher(None, m, f"{path}.validation_context.match_subject_alt_names[{i}]")
+                )
+        elif v is not None and (v.match_typed_subject_alt_names or v.match_subject_alt_names):
+            raise UnsupportedConfig(
+                f"{path}.validation_context: SAN matchers without trusted_ca are not "
+                "implemented by sofamesh"
+            )
+        elif self.require_client_cert:
+            raise UnsupportedConfig(
+                f"{self.path}.require_client_certificate: needs a validation_context with "
+                "trusted_ca (sofamesh verifies every client certificate it asks for)"
+            )
+        else:
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    # ---------------------------------------------------------------- per handshake
+    def handshake_done(self, sslobj: Any) -> None:
+        """Called by _MeshSSLObject once OpenSSL completed the handshake; raising here fails it."""
+        st = self.stats
+        if self.san:
+            sans = _peer_sans(sslobj)
+            if not any(m.matches(t, v) for m in self.san for t, v in sans):
+                st.bump("fail_verify_san")
+                e = ssl.SSLCertVerificationError(
+                    "certificate verify failed: no subject alternative name matched"
+                )
+                self.on_failure(e)
+                raise e
+        st.bump("handshake")
+        if sslobj.session_reused:
+            st.bump("session_reused")
+        if self.server_side and sslobj.getpeercert(binary_form=True) is None:
+            st.bump("no_certificate")
+        cipher = sslobj.cipher()
+        if cipher:
+            st.bump(f"ciphers.{cipher[0]}")
+        version = sslobj.version()
+        if version:
+            st.bump(f"versions.{version}")
+
+
+def parse_transport_socket(ts: Any, path: str) -> Any:
+    """The TLS context message of a TransportSocket (None for raw_buffer)."""
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    url = ts.typed_config.type_url
+    if url == RAW_BUFFER or (not url and ts.name in RAW_NAMES):
+        return None
+    if url == DOWNSTREAM_TLS:
+        msg = tls_pb2.DownstreamTlsContext()
+    elif url == UPSTREAM_TLS:
+        msg = tls_pb2.UpstreamTlsContext()
+    else:
+        raise UnsupportedConfig(
+            f"{path}.typed_config: transport socket {url or ts.name} is not implemented by sofamesh"
+        )
+    ts.typed_config.Unpack(msg)
+    return msg
+
+
+def downstream(ts: Any, store: Any, stat_name: str, path: str) -> TlsContext | None:
+    """A listener filter chain's transport socket, compiled (None: plaintext)."""
+    msg = parse_transport_socket(ts, path)
+    if msg is None:
+        return None
+    if msg.DESCRIPTOR.name != "DownstreamTlsContext":
+        raise UnsupportedConfig(f"{path}.typed_config: a listener needs a DownstreamTlsContext")
+    return TlsContext(
+        msg, True, _Stats(store, f"listener.{stat_name}.ssl."), path + ".typed_config"
+    )
+
+
+def upstream(ts: Any, store: Any, cluster: str, path: str) -> TlsContext | None:
+    """A cluster's transport socket, compiled (None: plaintext)."""
+    msg = parse_transport_socket(ts, path)
+    if msg is None:
+        return None
+    if msg.DESCRIPTOR.name != "UpstreamTlsContext":
+        raise UnsupportedConfig(f"{path}.typed_config: a cluster needs an UpstreamTlsContext")
+    return TlsContext(msg, False, _Stats(store, f"cluster.{cluster}.ssl."), path + ".typed_config")
+
+
+def wrap_server(loop: Any, transport: Any, app_protocol: Any, tc: TlsContext, early: bytes) -> None:
+    """Puts the server side of TLS between `transport` (a plain TCP transport whose
+    protocol is being replaced) and `app_protocol`, and feeds it the bytes a listener
+    filter already read (the ClientHello). app_protocol.connection_made runs after the
+    handshake, with the TLS transport (peer certificate in get_extra_info("ssl_object"))."""
+    ctx = tc.context
+    if ctx is None:  # SDS secret not there yet: Envoy's listener would still be warming
+        tc.stats.bump("connection_error")
+        transport.abort()
+        return
+    sp = _ssl_protocol(loop)(loop, app_protocol, ctx, None, server_side=True)
+    transport.set_protocol(sp)
+    sp.connection_made(transport)
+    view = memoryview(early)
+    while view:
+        buf = sp.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        view = view[n:]
+        sp.buffer_updated(n)
+
+
+def _ssl_protocol(loop: Any) -> Any:
+    try:
+        import uvloop
+
+        if isinstance(loop, uvloop.Loop):
+            from uvloop.loop import SSLProtocol
+
+            return SSLProtocol
+    except ImportError:
+        pass
+    from asyncio.sslproto import SSLProtocol as AioSSLProtocol
+
+    return AioSSLProtocol
+
+
+def ip_san(value: str) -> str:
+    """An IP SAN as Python's ssl prints it (for tests and /certs)."""
+    return str(ipaddress.ip_address(value))
+
+
+def _register() -> None:
+    from sofamesh.config.support import register_extension
+
+    for url in (DOWNSTREAM_TLS, UPSTREAM_TLS, RAW_BUFFER):
+        register_extension(url, "sofamesh.proxy.tls")
+
+
+_register()
