@@ -42,7 +42,8 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.sent_at[n] = time.monotonic()
         return n
 
-    async def _serve(self, requests, make):
+    async def _serve(self, requests, make, types=None):
+        """types: the resource types this stream carries (None: all, ADS)."""
         q: asyncio.Queue = asyncio.Queue()
         self.queues.append(q)
 
@@ -58,12 +59,13 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         try:
             while True:
                 t = await q.get()
-                yield make(t)
+                if types is None or t in types:
+                    yield make(t)
         finally:
             reader.cancel()
             self.queues.remove(q)
 
-    async def StreamAggregatedResources(self, requests, context):
+    async def StreamAggregatedResources(self, requests, context, types=None):
         def make(t: str):
             version, msgs = self.resources[t]
             r = discovery_pb2.DiscoveryResponse(
@@ -75,10 +77,10 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 r.resources.append(a)
             return r
 
-        async for r in self._serve(requests, make):
+        async for r in self._serve(requests, make, types):
             yield r
 
-    async def DeltaAggregatedResources(self, requests, context):
+    async def DeltaAggregatedResources(self, requests, context, types=None):
         def make(t: str):
             version, msgs = self.resources[t]
             r = discovery_pb2.DeltaDiscoveryResponse(
@@ -91,7 +93,7 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             r.removed_resources.extend(self.removed.get(t, ()))
             return r
 
-        async for r in self._serve(requests, make):
+        async for r in self._serve(requests, make, types):
             yield r
 
     async def answer(self, type_url: str, timeout: float = 10.0):
@@ -114,3 +116,62 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if r.error_detail.code:
             raise AssertionError(f"NACK: {r.error_detail.message}")
         return self.answered[r.response_nonce]
+
+
+_T = "type.googleapis.com/envoy."
+# non-aggregated discovery services (api_config_source): service -> (type, SotW, Delta)
+_PER_TYPE = {
+    "cds": (_T + "config.cluster.v3.Cluster", "StreamClusters", "DeltaClusters"),
+    "eds": (_T + "config.endpoint.v3.ClusterLoadAssignment", "StreamEndpoints", "DeltaEndpoints"),
+    "lds": (_T + "config.listener.v3.Listener", "StreamListeners", "DeltaListeners"),
+    "rds": (_T + "config.route.v3.RouteConfiguration", "StreamRoutes", "DeltaRoutes"),
+}
+
+
+class ScriptedXds(ScriptedAds):
+    """ScriptedAds that also serves each type on its own discovery service (CDS, EDS, LDS,
+    RDS: what `api_config_source` streams to); `streams` records which method each stream
+    used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[str] = []
+        for t, sotw, delta in _PER_TYPE.values():
+            setattr(self, sotw, self._per_type(sotw, t, False))
+            setattr(self, delta, self._per_type(delta, t, True))
+            setattr(self, sotw.replace("Stream", "Fetch"), None)  # REST: not served
+
+    def _per_type(self, method: str, type_url: str, delta: bool):
+        base = self.DeltaAggregatedResources if delta else self.StreamAggregatedResources
+
+        async def serve(requests, context):
+            self.streams.append(method)
+            async for r in base(requests, context, {type_url}):
+                yield r
+
+        return serve
+
+    async def StreamAggregatedResources(self, requests, context, types=None):
+        if types is None:
+            self.streams.append("StreamAggregatedResources")
+        async for r in super().StreamAggregatedResources(requests, context, types):
+            yield r
+
+    async def DeltaAggregatedResources(self, requests, context, types=None):
+        if types is None:
+            self.streams.append("DeltaAggregatedResources")
+        async for r in super().DeltaAggregatedResources(requests, context, types):
+            yield r
+
+    def add_to(self, server) -> None:
+        """Registers ADS and the four per-type services on a grpc.aio server."""
+        from envoy.service.cluster.v3 import cds_pb2_grpc
+        from envoy.service.endpoint.v3 import eds_pb2_grpc
+        from envoy.service.listener.v3 import lds_pb2_grpc
+        from envoy.service.route.v3 import rds_pb2_grpc
+
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(self, server)
+        eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(self, server)
+        lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(self, server)
+        rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server(self, server)

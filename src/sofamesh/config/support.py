@@ -221,9 +221,11 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "dynamic_resources",
         "admin",
         "layered_runtime",
+        "stats_config",  # tag extraction and stats matcher (admin/stats_config.py)
     ),
     # xDS (sofamesh.xds): ADS over one envoy_grpc service, state of the world or Delta;
-    # LDS, CDS, EDS and RDS through it. api_config_source / path_config_source: refused.
+    # LDS, CDS, EDS and RDS through it, or each through its own api_config_source (GRPC,
+    # DELTA_GRPC) or a watched file (path_config_source, the deprecated path).
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources": (
         "ads_config",
         "cds_config",
@@ -239,9 +241,14 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.core.v3.GrpcService.EnvoyGrpc": ("cluster_name",),
     "envoy.config.core.v3.ConfigSource": (
         "ads",
+        "api_config_source",
+        "path_config_source",
+        "path",
         "resource_api_version",
         "initial_fetch_timeout",
     ),
+    "envoy.config.core.v3.PathConfigSource": ("path", "watched_directory"),
+    "envoy.config.core.v3.WatchedDirectory": ("path",),
     _CL + "Cluster.EdsClusterConfig": ("eds_config", "service_name"),
     _HCM + "Rds": ("config_source", "route_config_name"),
     _CL + "Cluster.CommonLbConfig": (
@@ -697,7 +704,7 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
     ),
     ("envoy.config.core.v3.ApiConfigSource", "api_type"): (
         lambda v: v in (2, 3),
-        "only GRPC and DELTA_GRPC (over ADS)",
+        "only GRPC and DELTA_GRPC",
     ),
     (_CL + "Cluster.CommonLbConfig", "healthy_panic_threshold"): (
         lambda v: getattr(v, "value", v) == 0,

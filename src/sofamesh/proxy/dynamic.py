@@ -36,7 +36,7 @@ from sofamesh._core.upstream import Host
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config, compile_vhosts
 from sofamesh.xds.checks import ResourceChecks
-from sofamesh.xds.client import CDS, EDS, LDS, SRDS, AdsClient, Update
+from sofamesh.xds.client import CDS, EDS, LDS, RDS, SRDS, AdsClient, Update
 from sofamesh.xds.scoped import Scopes, check_domains
 
 log = logging.getLogger("sofamesh.xds")
@@ -182,6 +182,7 @@ class _DynCluster:
     eds_name: str | None
     updated: float = field(default_factory=_now)
     task: Any = None  # first DNS resolution
+    eds_source: str = "ads"  # its eds_config's source key (xds/settings.py)
 
 
 @dataclass
@@ -199,6 +200,7 @@ class _DynListener:
     updated: float = field(default_factory=_now)
     info: Any = None  # proxy.server.ListenerInfo once active
     scoped: bool = False  # the HCM routes by scopes (SRDS)
+    rds_source: str = "ads"  # its rds.config_source's source key (xds/settings.py)
 
 
 class _Held:
@@ -249,9 +251,11 @@ class DynamicConfig:
         # (40% of it).
         self._eds_index: dict[str, set[str]] = {}  # EDS name -> cluster names
         self._names: dict[str, frozenset[str]] = {}  # names(type), cleared on any change
+        self._sources: dict[str, dict[str, str]] = {}  # sources(type), cleared with _names
         self.checks = ResourceChecks()
         self._compiled_vhosts: dict[str, dict[bytes, tuple]] = {}  # route config -> reuse
         self.static_rds: list[tuple[Any, Any, str]] = []  # (ListenerInfo, hcm proto, name)
+        self.static_rds_sources: dict[str, str] = {}  # route config name -> source key
         self.static_scoped: list[tuple[Any, Any]] = []  # (ListenerInfo, hcm proto)
         self.scopes = Scopes()
         # a worker of a pool is fed by the main process's stream (proxy.pool_xds.WorkerFeed)
@@ -266,6 +270,9 @@ class DynamicConfig:
             name, hcm = _rds_of(li.config)
             if name is not None:
                 self.static_rds.append((li, hcm, name))
+                key = self.settings.key_of(hcm.rds.config_source, "rds.config_source")
+                if key != "ads":
+                    self.static_rds_sources[name] = key
             elif _scoped_of(hcm):
                 self.static_scoped.append((li, hcm))
         self.client.start()
@@ -296,6 +303,33 @@ class DynamicConfig:
         if got is None:
             got = self._names[type_url] = frozenset(self._compute_names(type_url))
         return got
+
+    def sources(self, type_url: str) -> dict[str, str]:
+        """{name: source key} of the EDS / RDS names that do not come over ADS (a cluster's
+        eds_config, an HCM's rds.config_source naming api_config_source or a path)."""
+        got = self._sources.get(type_url)
+        if got is None:
+            got = self._sources[type_url] = self._compute_sources(type_url)
+        return got
+
+    def stat_scopes(self, type_url: str, name: str) -> list[str]:
+        """Stat scopes of EDS / RDS resource `name` (its clusters, its HCMs' rds scopes)."""
+        if type_url == EDS:
+            return [f"cluster.{dc.name}" for dc in self._eds_users(name)]
+        return [f"http.{prefix}.rds.{name}" for _, _, prefix in self._rds_users(name)]
+
+    def _compute_sources(self, type_url: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if type_url == EDS:
+            for dc in [*self.active_clusters.values(), *self.warming_clusters.values()]:
+                if dc.eds_name and dc.eds_source != "ads":
+                    out[dc.eds_name] = dc.eds_source
+        elif type_url == RDS:
+            out.update(self.static_rds_sources)
+            for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
+                if dl.rds and dl.rds_source != "ads":
+                    out[dl.rds] = dl.rds_source
+        return out
 
     def _compute_names(self, type_url: str) -> set[str]:
         if type_url == EDS:
@@ -337,6 +371,7 @@ class DynamicConfig:
         self.type_versions[up.type_url] = up.version
         if up.type_url != EDS:  # listeners, scopes and clusters decide the names
             self._names.clear()
+            self._sources.clear()
         if up.type_url == CDS:
             errors = self._apply_clusters(up)
         elif up.type_url == EDS:
@@ -368,13 +403,16 @@ class DynamicConfig:
                 if problems:
                     raise UnsupportedConfig(_problems_text(problems))
                 rt = self.server._build_cluster(c, "")
+                eds, eds_source = None, "ads"
+                if c.type == 3:  # EDS
+                    eds = c.eds_cluster_config.service_name or name
+                    eds_source = self.settings.key_of(
+                        c.eds_cluster_config.eds_config, "eds_cluster_config.eds_config"
+                    )
             except (UnsupportedConfig, ValueError) as e:
                 errors[name] = f"Error adding/updating cluster(s) {name}: {str(e).lstrip('.')}"
                 continue
-            eds = None
-            if c.type == 3:  # EDS
-                eds = c.eds_cluster_config.service_name or name
-            self._add_cluster(_DynCluster(name, version, c, raw, rt, eds))
+            self._add_cluster(_DynCluster(name, version, c, raw, rt, eds, eds_source=eds_source))
         gone = list(up.removed)
         if up.full_state:
             gone = [
@@ -396,6 +434,7 @@ class DynamicConfig:
 
     def _add_cluster(self, dc: _DynCluster) -> None:
         self._names.clear()
+        self._sources.clear()
         if dc.eds_name is not None:
             self._eds_index.setdefault(dc.eds_name, set()).add(dc.name)
             # shown from the start, zeros included (Envoy); PERF: a StatGroup (stats.pyx)
@@ -472,6 +511,7 @@ class DynamicConfig:
 
     def _remove_cluster(self, name: str) -> None:
         self._names.clear()
+        self._sources.clear()
         w = self.warming_clusters.pop(name, None)
         if w is not None:
             self._cancel_dns(w)
@@ -572,6 +612,13 @@ class DynamicConfig:
         if len(srv.network_chains) > n_chains:  # dynamic views are tracked here, not there
             del srv.network_chains[n_chains:]
         rds, hcm = _rds_of(lst)
+        rds_source = "ads"
+        if rds is not None:
+            rds_source = self.settings.key_of(
+                hcm.rds.config_source,
+                f"filter_chains[0].filters[{len(lst.filter_chains[0].filters) - 1}]"
+                ".typed_config.rds.config_source",
+            )
         sa = lst.address.socket_address
         addr = (sa.address, sa.port_value)
         active = self.active_listeners.get(name)
@@ -594,6 +641,7 @@ class DynamicConfig:
             )
         bound = server.sockets[0].getsockname()
         dl = _DynListener(name, version, lst, raw, view, addr, acceptor, server, rds, hcm)
+        dl.rds_source = rds_source
         for n in _RDS_STATS if rds is not None else ():
             self.stats.counter(f"http.{hcm.stat_prefix}.rds.{rds}.{n}")
         dl.address = (bound[0], bound[1]) if addr[1] == 0 else addr

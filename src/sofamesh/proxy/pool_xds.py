@@ -71,6 +71,9 @@ def worker_state(dyn: Any) -> dict:
         "eds": sorted(dyn.names(EDS)),
         "rds": sorted(dyn.names(RDS)),
         "srds": sorted(dyn.names(SRDS)),
+        # names that come from api_config_source or a file: {name: source key}
+        "eds_sources": dyn.sources(EDS),
+        "rds_sources": dyn.sources(RDS),
         "warming_clusters": sorted(dyn.warming_clusters),
         "warming_listeners": sorted(dyn.warming_listeners),
         "warming_static": dyn.warming("listeners") - len(dyn.warming_listeners),
@@ -207,6 +210,30 @@ class PoolApplier:
         out: set[str] = set()
         for s in self._states():
             out.update(s.get(key, ()))
+        return out
+
+    def sources(self, type_url: str) -> dict[str, str]:
+        key = {EDS: "eds_sources", RDS: "rds_sources"}.get(type_url)
+        out: dict[str, str] = {}
+        for s in self._states() if key else ():
+            out.update(s.get(key, {}))
+        return out
+
+    def stat_scopes(self, type_url: str, name: str) -> list[str]:
+        """As DynamicConfig.stat_scopes, from the clusters and listeners the workers hold."""
+        if type_url == EDS:
+            return [
+                f"cluster.{n}"
+                for n, h in self.held[CDS].items()
+                if h.msg.type == 3 and (h.msg.eds_cluster_config.service_name or n) == name
+            ]
+        from sofamesh.proxy.dynamic import _rds_of
+
+        out = []
+        for h in self.held[LDS].values():
+            rds, hcm = _rds_of(h.msg)
+            if rds == name:
+                out.append(f"http.{hcm.stat_prefix}.rds.{name}")
         return out
 
     def warming(self, kind: str) -> int:

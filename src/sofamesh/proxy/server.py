@@ -180,11 +180,13 @@ class Server:
             raise UnsupportedConfig(f"{path}.cluster_type: custom clusters are not supported")
         if ctype not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS"):
             raise UnsupportedConfig(f"{path}.type: {ctype} clusters are not supported")
-        if ctype == "EDS" and (
-            c.eds_cluster_config.eds_config.WhichOneof("config_source_specifier") != "ads"
-        ):
-            raise UnsupportedConfig(
-                f"{path}.eds_cluster_config.eds_config: only `ads: {{}}` is implemented"
+        if ctype == "EDS":  # ads, api_config_source or a path (sofamesh.xds.settings)
+            from sofamesh.xds.settings import source_spec, static_targets
+
+            source_spec(
+                c.eds_cluster_config.eds_config,
+                f"{path}.eds_cluster_config.eds_config",
+                static_targets(self.bootstrap),
             )
         lb = cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)
         if lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"):
@@ -285,10 +287,13 @@ class Server:
         if spec_kind == "rds":
             # RDS: no routes (404) until sofamesh.proxy.dynamic swaps the table in; the
             # listener is not served before that (it warms), as in Envoy
-            if hcm.rds.config_source.WhichOneof("config_source_specifier") != "ads":
-                raise UnsupportedConfig(
-                    f"{path}.typed_config.rds.config_source: only `ads: {{}}` is implemented"
-                )
+            from sofamesh.xds.settings import source_spec, static_targets
+
+            source_spec(
+                hcm.rds.config_source,
+                f"{path}.typed_config.rds.config_source",
+                static_targets(self.bootstrap),
+            )
             from envoy.config.route.v3 import route_pb2
 
             hcm.route_config.CopyFrom(route_pb2.RouteConfiguration(name=hcm.rds.route_config_name))

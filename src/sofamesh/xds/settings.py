@@ -1,12 +1,24 @@
-"""What a bootstrap's `dynamic_resources` asks of the xDS client, read once at start-up.
+"""What a bootstrap's `dynamic_resources` asks of the xDS client, read once at start-up, and
+where each subscription's config comes from (its ConfigSource).
 
-Only what config validation lets through reaches here (config/support.py): an `ads_config`
-of api_type GRPC (state of the world) or DELTA_GRPC with one `envoy_grpc` service naming a
-static cluster, and `cds_config` / `lds_config` / EDS clusters' `eds_config` that say `ads`.
+Only what config validation lets through reaches here (config/support.py). A ConfigSource
+(`cds_config`, `lds_config`, an EDS cluster's `eds_config`, an HCM's `rds.config_source`)
+is one of:
+
+    ads: {}                      the one ADS stream of `ads_config` (GRPC or DELTA_GRPC)
+    api_config_source            a stream of its own per resource type (Envoy's
+      (GRPC, DELTA_GRPC,           ClusterDiscoveryService/StreamClusters, DeltaClusters,
+       one envoy_grpc cluster)     ...), to the static cluster's first endpoint
+    path_config_source / path    a file holding a DiscoveryResponse, read again when a file
+      (watched_directory)          is moved onto the path (or into the watched directory)
+
+Each source is named by a key (`SourceSpec.key`), a string that describes it whole, so the
+pool's main process can open a source a worker found in a CDS or LDS resource.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +27,7 @@ from sofamesh.proxy.errors import UnsupportedConfig
 # Envoy's default initial_fetch_timeout for every subscription (config_source.proto)
 DEFAULT_INITIAL_FETCH_TIMEOUT = 15.0
 GRPC, DELTA_GRPC = 2, 3  # envoy.config.core.v3.ApiConfigSource.ApiType
+ADS_KEY = "ads"
 
 
 def _seconds(d: Any) -> float:
@@ -28,52 +41,127 @@ def initial_fetch_timeout(source: Any) -> float:
     return DEFAULT_INITIAL_FETCH_TIMEOUT
 
 
+@dataclass(frozen=True)
+class SourceSpec:
+    """One config source: `kind` "ads", "grpc" (a non-aggregated stream) or "path"."""
+
+    kind: str
+    target: str = ""  # grpc target host:port (ads, grpc)
+    cluster: str = ""  # the static cluster it came from (ads, grpc)
+    delta: bool = False
+    node_first_only: bool = False
+    path: str = ""  # path: the file
+    watched_dir: str = ""  # path: a move into this directory reloads the file
+
+    @property
+    def key(self) -> str:
+        if self.kind == "ads":
+            return ADS_KEY
+        if self.kind == "grpc":
+            return json.dumps(["grpc", self.cluster, self.target, self.delta, self.node_first_only])
+        return json.dumps(["path", self.path, self.watched_dir])
+
+    @classmethod
+    def from_key(cls, key: str) -> SourceSpec:
+        v = json.loads(key)
+        if v[0] == "grpc":
+            return cls("grpc", target=v[2], cluster=v[1], delta=v[3], node_first_only=v[4])
+        return cls("path", path=v[1], watched_dir=v[2])
+
+
+def static_targets(bootstrap: Any) -> dict[str, str]:
+    """Static cluster name -> gRPC target of its first endpoint with an address."""
+    out: dict[str, str] = {}
+    for c in bootstrap.static_resources.clusters:
+        for e in c.load_assignment.endpoints:
+            for lbe in e.lb_endpoints:
+                sa = lbe.endpoint.address.socket_address
+                if sa.address and c.name not in out:
+                    host = f"[{sa.address}]" if ":" in sa.address else sa.address
+                    out[c.name] = f"{host}:{sa.port_value}"
+    return out
+
+
+def _grpc_spec(api: Any, path: str, targets: dict[str, str], kind: str) -> SourceSpec:
+    if api.api_type not in (GRPC, DELTA_GRPC):
+        raise UnsupportedConfig(f"{path}.api_type: only GRPC and DELTA_GRPC are implemented")
+    if len(api.grpc_services) != 1 or not api.grpc_services[0].HasField("envoy_grpc"):
+        raise UnsupportedConfig(
+            f"{path}.grpc_services: exactly one envoy_grpc service is implemented"
+        )
+    name = api.grpc_services[0].envoy_grpc.cluster_name
+    target = targets.get(name)
+    if target is None:
+        raise UnsupportedConfig(
+            f"{path}.grpc_services[0].envoy_grpc.cluster_name: static cluster {name!r} "
+            "with an endpoint address is required"
+        )
+    return SourceSpec(
+        kind,
+        target=target,
+        cluster=name,
+        delta=api.api_type == DELTA_GRPC,
+        node_first_only=api.set_node_on_first_message_only,
+    )
+
+
+def source_spec(src: Any, path: str, targets: dict[str, str]) -> SourceSpec:
+    """The SourceSpec of ConfigSource `src` (at config path `path`), else UnsupportedConfig
+    naming the field."""
+    which = src.WhichOneof("config_source_specifier")
+    if which == "ads":
+        return SourceSpec("ads")
+    if which == "api_config_source":
+        return _grpc_spec(src.api_config_source, f"{path}.api_config_source", targets, "grpc")
+    if which == "path_config_source":
+        pcs = src.path_config_source
+        wd = pcs.watched_directory.path if pcs.HasField("watched_directory") else ""
+        return SourceSpec("path", path=pcs.path, watched_dir=wd)
+    if which == "path":
+        return SourceSpec("path", path=src.path)
+    raise UnsupportedConfig(
+        f"{path}: only `ads`, `api_config_source` (GRPC, DELTA_GRPC) and "
+        "`path_config_source` are implemented"
+    )
+
+
 @dataclass
 class AdsSettings:
-    target: str  # grpc target host:port
-    cluster: str  # the static cluster it came from
-    delta: bool
+    ads: SourceSpec | None  # ads_config, when the bootstrap has one
     node: Any  # envoy.config.core.v3.Node, sent as given plus the user agent (as Envoy)
-    node_first_only: bool
-    cds: bool  # cds_config is ads: subscribe to clusters
-    lds: bool  # lds_config is ads: subscribe to listeners
+    cds: str | None  # cds_config's source key: subscribe to clusters
+    lds: str | None  # lds_config's source key: subscribe to listeners
     cds_timeout: float  # seconds, 0 = none
     lds_timeout: float
+    targets: dict[str, str]  # static cluster -> gRPC target (api_config_source)
+
+    @property
+    def target(self) -> str:  # for log lines: the ADS server, else the first gRPC source
+        return self.ads.target if self.ads is not None else ""
+
+    def spec(self, key: str) -> SourceSpec | None:
+        """The source of `key`; None for `ads` when the bootstrap has no ads_config."""
+        if key == ADS_KEY:
+            return self.ads
+        return SourceSpec.from_key(key)
+
+    def key_of(self, src: Any, path: str) -> str:
+        """The source key of ConfigSource `src`, checked (UnsupportedConfig names the field)."""
+        spec = source_spec(src, path, self.targets)
+        if spec.kind == "ads" and self.ads is None:
+            raise UnsupportedConfig(
+                f"{path}.ads: ADS must be configured to support an ADS config source "
+                "(dynamic_resources.ads_config)"
+            )
+        return spec.key
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Any) -> AdsSettings:
         dyn = bootstrap.dynamic_resources
-        path = "dynamic_resources.ads_config"
-        ads = dyn.ads_config
-        if ads.api_type not in (GRPC, DELTA_GRPC):
-            raise UnsupportedConfig(f"{path}.api_type: only GRPC and DELTA_GRPC are implemented")
-        if len(ads.grpc_services) != 1 or not ads.grpc_services[0].HasField("envoy_grpc"):
-            raise UnsupportedConfig(
-                f"{path}.grpc_services: exactly one envoy_grpc service is implemented"
-            )
-        name = ads.grpc_services[0].envoy_grpc.cluster_name
-        target = None
-        for c in bootstrap.static_resources.clusters:
-            if c.name != name:
-                continue
-            for e in c.load_assignment.endpoints:
-                for lbe in e.lb_endpoints:
-                    sa = lbe.endpoint.address.socket_address
-                    if sa.address:
-                        host = f"[{sa.address}]" if ":" in sa.address else sa.address
-                        target = f"{host}:{sa.port_value}"
-                        break
-                if target:
-                    break
-        if target is None:
-            raise UnsupportedConfig(
-                f"{path}.grpc_services[0].envoy_grpc.cluster_name: static cluster {name!r} "
-                "with an endpoint address is required"
-            )
-        for key in ("cds_config", "lds_config"):
-            src = getattr(dyn, key)
-            if dyn.HasField(key) and src.WhichOneof("config_source_specifier") != "ads":
-                raise UnsupportedConfig(f"dynamic_resources.{key}: only `ads: {{}}` is implemented")
+        targets = static_targets(bootstrap)
+        ads = None
+        if dyn.HasField("ads_config"):
+            ads = _grpc_spec(dyn.ads_config, "dynamic_resources.ads_config", targets, "ads")
         from sofamesh import __version__
 
         node = type(bootstrap.node)()
@@ -81,14 +169,17 @@ class AdsSettings:
         # as Envoy, which always names itself (envoy, its build version) in the node it sends
         node.user_agent_name = "sofamesh"
         node.user_agent_version = __version__
-        return cls(
-            target=target,
-            cluster=name,
-            delta=ads.api_type == DELTA_GRPC,
+        st = cls(
+            ads=ads,
             node=node,
-            node_first_only=ads.set_node_on_first_message_only,
-            cds=dyn.HasField("cds_config"),
-            lds=dyn.HasField("lds_config"),
+            cds=None,
+            lds=None,
             cds_timeout=initial_fetch_timeout(dyn.cds_config),
             lds_timeout=initial_fetch_timeout(dyn.lds_config),
+            targets=targets,
         )
+        if dyn.HasField("cds_config"):
+            st.cds = st.key_of(dyn.cds_config, "dynamic_resources.cds_config")
+        if dyn.HasField("lds_config"):
+            st.lds = st.key_of(dyn.lds_config, "dynamic_resources.lds_config")
+        return st
