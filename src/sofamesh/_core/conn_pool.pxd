@@ -14,6 +14,9 @@
 # (HTTP/1: content-length, chunked, or until close) and buffers what it encodes before it
 # is connected. An upgraded HTTP/1 exchange (101) then carries raw bytes both ways:
 # `write` and `_write`.
+#
+# The pool behind a cluster is the one for its protocol (`pool_for`): HTTP/1.1 gives a
+# request a whole connection, HTTP/2 (http2_upstream) a stream of a shared connection.
 
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.upstream cimport Cluster, Host
@@ -41,6 +44,8 @@ cdef class PoolConn:
     cdef int write(self, bytes data) except -1      # raw bytes of an upgraded tunnel
     cdef int release(self) except -1
     cdef int abort(self) except -1
+    # the downstream cannot take more of the response: stop reading it (True) / read again
+    cdef int read_pause(self, bint paused) except -1
 
 
 cdef class UpstreamCallbacks:

@@ -25,6 +25,14 @@ cdef class PoolConn:
     cdef int abort(self) except -1:
         raise NotImplementedError
 
+    cdef int read_pause(self, bint paused) except -1:
+        if self.transport is not None:
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+        return 0
+
 
 cdef class UpstreamCallbacks:
     cdef bint _wants_connection(self):

@@ -40,10 +40,17 @@ cdef class HcmConfig:
     cdef public bint draining
     cdef public bint enable_trailers     # http_protocol_options.enable_trailers
     cdef ConnPool pool                  # HTTP/1 upstream pool
+    cdef ConnPool pool2                 # HTTP/2 upstream pool (clusters with Cluster.h2)
+    cdef public int codec_type              # HCM codec_type: 0 AUTO, 1 HTTP1, 2 HTTP2
+    cdef public dict h2_options             # codecs.http2.Connection keyword arguments
+    cdef public dict h2_stats               # dict[str, Counter]: http2.* codec counters
     cdef public set conns                   # set[DownstreamConn] alive
     cdef public object listener_name
     cdef Counter rq_total
     cdef Counter rq_http1_total
+    cdef Counter rq_http2_total
+    cdef Counter cx_http2_total
+    cdef Gauge cx_http2_active
     cdef Counter rq_1xx
     cdef Counter rq_2xx
     cdef Counter rq_3xx

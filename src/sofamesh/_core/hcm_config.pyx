@@ -1,12 +1,21 @@
 # The compiled http_connection_manager; see hcm_config.pxd.
 
 from sofamesh._core.http1_upstream cimport Http1ConnPool
+from sofamesh._core.http2_upstream cimport Http2ConnPool
 from sofamesh._core.router cimport RouteTable
 from sofamesh._core.stats cimport Store
 
 # codec name -> connection factory(HcmConfig): the connection modules register themselves
 # (http_proxy: "http1"), so this layer does not import them.
 _codecs = {}
+
+# codecs.http2 counters kept per listener (Envoy's http2.* codec stats)
+H2_COUNTERS = (
+    "rx_reset", "tx_reset", "header_overflow", "rx_messaging_error",
+    "inbound_empty_frames_flood", "inbound_priority_frames_flood",
+    "inbound_window_update_frames_flood", "outbound_flood", "outbound_control_flood",
+    "too_many_premature_resets", "goaway_sent", "stream_refused_errors", "trailers",
+)
 
 
 def register_codec(str name, factory):
@@ -24,7 +33,8 @@ cdef class HcmConfig:
                  bint preserve_external_request_id=False, bint normalize_path=False,
                  bint merge_slashes=False, bint strip_any_host_port=False,
                  double request_timeout=0.0, double stream_idle_timeout=0.0,
-                 tuple reply_map=None, bint enable_trailers=False):
+                 tuple reply_map=None, bint enable_trailers=False, int codec_type=0,
+                 dict h2_options=None):
         self.loop = loop
         self.stat_prefix = stat_prefix
         self.routes = routes
@@ -57,12 +67,20 @@ cdef class HcmConfig:
         self.draining = False
         self.enable_trailers = enable_trailers
         self.pool = Http1ConnPool(loop)
+        self.pool2 = Http2ConnPool(loop)
+        self.codec_type = codec_type
+        self.h2_options = h2_options or {}
         self.conns = set()
         self.listener_name = listener_stat_name
         p = f"http.{stat_prefix}."
         c = (<object>store).counter
         self.rq_total = c(p + "downstream_rq_total")
         self.rq_http1_total = c(p + "downstream_rq_http1_total")
+        self.rq_http2_total = c(p + "downstream_rq_http2_total")
+        self.cx_http2_total = c(p + "downstream_cx_http2_total")
+        self.cx_http2_active = store.gauge(p + "downstream_cx_http2_active")
+        # the HTTP/2 codec's counters, under Envoy's names (rooted at http2.)
+        self.h2_stats = {k: c("http2." + k) for k in H2_COUNTERS}
         self.rq_1xx = c(p + "downstream_rq_1xx")
         self.rq_2xx = c(p + "downstream_rq_2xx")
         self.rq_3xx = c(p + "downstream_rq_3xx")
@@ -102,5 +120,9 @@ cdef class HcmConfig:
         self.listener_cx_active = store.gauge(lp + "downstream_cx_active")
 
     def protocol_factory(self):
-        """A new downstream connection (asyncio protocol) of the registered codec."""
-        return _codecs["http1"](self)
+        """A new downstream connection (asyncio protocol) of the registered codec (AUTO:
+        HTTP/1, which hands a connection that opens with HTTP/2's preface to "http2")."""
+        return _codecs["http2" if self.codec_type == 2 else "http1"](self)
+
+    def codec(self, str name):
+        return _codecs[name]

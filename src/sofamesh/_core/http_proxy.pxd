@@ -8,6 +8,7 @@
 # Per-request work allocates the request and response head bytes and nothing else on the
 # keep-alive GET path.
 
+from sofamesh._core.codecs.http1 cimport Head
 from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
@@ -16,6 +17,7 @@ from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE,
 
 
 cdef class DownstreamConn(RouterStream):
+    cdef Head h1                        # the request head (self.head, typed as HTTP/1's)
     # Envoy's HTTP/1 pipelining flood check (see _flood): responses Envoy would still count
     # as queued. resp_pending: written in this run of the event loop (a read, or the parse
     # resumed after a response); resp_held: a response whose end Envoy's codec flushed with
@@ -23,6 +25,9 @@ cdef class DownstreamConn(RouterStream):
     cdef int resp_pending
     cdef int resp_held
     cdef bint dispatching               # parsing requests (not an upstream or timer callback)
+    cdef bint sniff                     # AUTO codec: no byte read yet (HTTP/2 preface?)
+    cdef bint h1_counted                # counted as an HTTP/1 connection
+    cdef int _count_http1(self) except -1
     cdef int _process(self, bytes data, Py_ssize_t off) except -1
     cdef int _on_head(self) except -1
     cdef int _request_complete(self) except -1
@@ -35,9 +40,7 @@ cdef class DownstreamConn(RouterStream):
     cdef int _error_reply(self, int err) except -1
     cdef int _flood(self) except -1
     cdef int _arm_idle(self) except -1
-    cdef int _arm_stream_timer(self) except -1
     # HttpStream / UpstreamCallbacks
-    cdef int _decode_continue(self) except -1
     cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1
     cdef int _flush_out(self) except -1
     cdef bint _wants_connection(self)

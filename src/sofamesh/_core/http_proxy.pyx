@@ -35,8 +35,12 @@ from sofamesh._core.http_common cimport (
 from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.http_router cimport RouterStream
 from sofamesh._core.http_common import normalize_request_path
+from sofamesh._core.codecs.http2_frames import PREFACE as _PREFACE
 from sofamesh._core import hcm_config as _hcm_config
 from sofamesh._core import http_stream as _http_stream
+
+
+cdef bytes H2_PREFACE = _PREFACE
 
 
 cdef class DownstreamConn(RouterStream):
@@ -44,7 +48,8 @@ cdef class DownstreamConn(RouterStream):
         self.cfg = cfg
         self.state = DS_HEAD
         self.pending = None
-        self.head = Head()
+        self.h1 = Head()
+        self.head = self.h1
         self.body = BodyReader()
         self.wb = WriteBuf(2048)
         self.up_queue = []
@@ -65,9 +70,11 @@ cdef class DownstreamConn(RouterStream):
             self.xff_ip = cfg.local_ip if (self.remote_ip.startswith(b"127.") or
                                            self.remote_ip == b"::1") else self.remote_ip
         cfg.cx_total.inc()
-        cfg.cx_http1_total.inc()
         cfg.cx_active.inc()
-        cfg.cx_http1_active.inc()
+        if cfg.codec_type == 0:
+            self.sniff = True           # AUTO: HTTP/1 unless the bytes open with h2's preface
+        else:
+            self._count_http1()
         cfg.listener_cx_total.inc()
         cfg.listener_cx_active.inc()
         cfg.conns.add(self)
@@ -83,6 +90,15 @@ cdef class DownstreamConn(RouterStream):
         if self.pending is not None:
             data = self.pending + data
             self.pending = None
+        if self.sniff:
+            if data[:24] == H2_PREFACE[:PyBytes_GET_SIZE(data)]:
+                if PyBytes_GET_SIZE(data) < 24:
+                    self.pending = data
+                    return
+                self._to_http2(data)
+                return
+            self.sniff = False
+            self._count_http1()
         # a read: the loop has run since, so what earlier callbacks wrote is on its way
         self.resp_pending = 0
         self.dispatching = True
@@ -91,6 +107,29 @@ cdef class DownstreamConn(RouterStream):
         except Exception as exc:       # a bug must not take the process down: count, close
             self._internal_error(exc)
         self.dispatching = False
+
+    cdef int _count_http1(self) except -1:
+        self.h1_counted = True
+        self.cfg.cx_http1_total.inc()
+        self.cfg.cx_http1_active.inc()
+        return 0
+
+    def _to_http2(self, bytes data):
+        """AUTO: the client spoke HTTP/2 (prior knowledge): the connection goes to the
+        HTTP/2 codec's connection with what was read."""
+        cdef HcmConfig cfg = self.cfg
+        transport = self.transport
+        self.sniff = False
+        self.state = DS_CLOSED
+        self.transport = None
+        cfg.conns.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        h2 = cfg.codec("http2")(cfg)
+        transport.set_protocol(h2)
+        h2._adopt(transport)
+        h2.data_received(data)
 
     def eof_received(self):
         # A client FIN closes the connection and resets an in-flight request, as Envoy
@@ -105,7 +144,8 @@ cdef class DownstreamConn(RouterStream):
         prev = self.state
         self.state = DS_CLOSED
         cfg.cx_active.dec()
-        cfg.cx_http1_active.dec()
+        if self.h1_counted:
+            cfg.cx_http1_active.dec()
         cfg.listener_cx_active.dec()
         cfg.cx_destroy.inc()
         if self.close_after or prev == DS_CLOSED:
@@ -141,12 +181,12 @@ cdef class DownstreamConn(RouterStream):
 
     def pause_writing(self):
         # our client reads slower than the upstream sends: stop reading the upstream
-        if self.up is not None and self.up.transport is not None:
-            self.up.transport.pause_reading()
+        if self.up is not None:
+            self.up.read_pause(True)
 
     def resume_writing(self):
-        if self.up is not None and self.up.transport is not None:
-            self.up.transport.resume_reading()
+        if self.up is not None:
+            self.up.read_pause(False)
 
     # request path -----------------------------------------------------------------------
     cdef int _process(self, bytes data, Py_ssize_t off) except -1:
@@ -157,19 +197,19 @@ cdef class DownstreamConn(RouterStream):
             if self.state == DS_HEAD:
                 if self.resp_pending + self.resp_held >= 2:
                     return self._flood()
-                r = parse_request(self.head, data, off, cfg.max_head_bytes, cfg.max_headers)
+                r = parse_request(self.h1, data, off, cfg.max_head_bytes, cfg.max_headers)
                 if r == 0:
                     self.pending = data[off:] if off else data
                     return 0
                 if r == H1_E_OBS_FOLD:
-                    data = unfold_head(data, self.head.start, self.head.length)
+                    data = unfold_head(data, self.h1.start, self.h1.length)
                     off = 0
                     n = PyBytes_GET_SIZE(data)
                     continue
                 if r > 0 and (cfg.normalize_path or cfg.merge_slashes) and \
-                        needs_normalizing(self.head, cfg.merge_slashes):
-                    fixed = normalize_request_path(data, self.head.start, self.head.path_off,
-                                                   self.head.path_len, cfg.normalize_path,
+                        needs_normalizing(self.h1, cfg.merge_slashes):
+                    fixed = normalize_request_path(data, self.h1.start, self.h1.path_off,
+                                                   self.h1.path_len, cfg.normalize_path,
                                                    cfg.merge_slashes)
                     if fixed is not None:
                         data = fixed
@@ -280,7 +320,7 @@ cdef class DownstreamConn(RouterStream):
 
     cdef int _on_head(self) except -1:
         cdef HcmConfig cfg = self.cfg
-        cdef Head h = self.head
+        cdef Head h = self.h1
         cdef int fr
         self.in_request = True
         self.t_start = mono()
@@ -329,6 +369,7 @@ cdef class DownstreamConn(RouterStream):
         self.body.chunks = [] if fr == FR_CHUNKED else None
         self.state = DS_BODY if fr != FR_NONE else DS_WAIT
         self.head_req = h.is_head_method
+        self.http_version = 11 if h.minor else 10
         if fr == FR_NONE:
             self.req_done = True
         self.up_end = self.req_done
@@ -361,65 +402,6 @@ cdef class DownstreamConn(RouterStream):
             cfg.cx_upgrades_active.inc()
         self.fidx = 0
         return self._decode_continue()
-
-    cdef int _decode_continue(self) except -1:
-        cdef HcmConfig cfg = self.cfg
-        cdef HttpFilter f
-        cdef tuple filters = cfg.filters
-        cdef int r
-        while self.fidx < len(filters):
-            f = filters[self.fidx]
-            self.fidx += 1
-            r = f.decode_headers(self, self.req_done)
-            if not self.in_request or self.resp_started or self.state == DS_CLOSED:
-                return 0            # the filter replied locally
-            if r == FILTER_STOP:
-                self.stopped = True
-                return 0
-        self.stopped = False
-        return self._router()
-
-    cdef int _arm_stream_timer(self) except -1:
-        cdef double due = self.rq_due
-        if self.idle_due > 0 and (due == 0 or self.idle_due < due):
-            due = self.idle_due
-        if self.stream_timer is not None:
-            self.stream_timer.cancel()
-            self.stream_timer = None
-        if due > 0:
-            self.stream_timer = self.cfg.loop.call_later(max(due - mono(), 0.0),
-                                                         self._on_stream_timer)
-        return 0
-
-    def _on_stream_timer(self):
-        """HCM request_timeout (408 `request timeout`) and stream_idle_timeout (`stream
-        timeout`: 504 once the request is complete, 408 before; a reset once the response
-        has started), as Envoy."""
-        cdef HcmConfig cfg = self.cfg
-        cdef double now = mono()
-        self.stream_timer = None
-        if self.state == DS_CLOSED or not self.in_request or self.state == DS_TUNNEL:
-            return
-        try:
-            if self.rq_due > 0 and not self.req_done and now + 0.0005 >= self.rq_due:
-                cfg.rq_timeout.inc()
-                self._abandon_upstream()
-                self._local_reply(408, b"request timeout", None, True)
-            elif self.idle_due > 0 and now + 0.0005 >= self.idle_due:
-                cfg.rq_idle_timeout.inc()
-                self.resp_flags = "SI"
-                if self.resp_started:
-                    self._reset()
-                else:
-                    self._abandon_upstream()
-                    if self.req_done:
-                        self._local_reply(504, b"stream timeout", None, False)
-                    else:
-                        self._local_reply(408, b"stream timeout", None, True)
-            else:
-                self._arm_stream_timer()
-        except Exception as exc:
-            self._internal_error(exc)
 
     cdef int _arm_idle(self) except -1:
         """No request in flight: the connection closes after the HCM idle_timeout."""
@@ -463,32 +445,13 @@ cdef class DownstreamConn(RouterStream):
         cdef Py_ssize_t j
         if not self._router_response(c, rh):
             return False        # retried
-        if cfg.any_encode:
-            for j in range(len(cfg.filters) - 1, -1, -1):
-                f = cfg.filters[j]
-                if f.wants_encode:
-                    f.encode_headers(self, status, end_stream)
         if not self.req_done:
             self.close_after = True
             cfg.rq_response_before_rq_complete.inc()
         if cfg.draining and not self.close_after:
             self.close_after = True
             cfg.cx_drain_close.inc()
-        # the connection manager's response mutations (Envoy's order of additions)
-        if cfg.server_mode == SERVER_OVERWRITE:
-            rh.remove(b"server")
-            rh.add(b"server", cfg.server_name)
-        elif cfg.server_mode == SERVER_APPEND_IF_ABSENT and \
-                rh.find_from("server", 6, 0) < 0:
-            rh.add(b"server", cfg.server_name)
-        rh.remove(b"date")
-        rh.add(b"date", date_value())
-        if cfg.via:
-            rh.add(b"via", cfg.via)
-        if cfg.rid_in_response and self.request_id is not None:
-            rh.add(b"x-request-id", self.request_id)
-        if self.resp_add_extra is not None:
-            rh.add_flat(tuple(self.resp_add_extra))
+        self._hcm_response(rh, status, end_stream)
         self.resp_started = True
         self.cluster.count_status(status)
         self._encode_headers(rh, end_stream, self.close_after and status != 101)
@@ -543,7 +506,7 @@ cdef class DownstreamConn(RouterStream):
     cdef int _encode_headers(self, HeaderMap h, bint end_stream, bint announce_close) except -1:
         """Renders the response head; it waits for the first body bytes (out_head)."""
         cdef int status = h.get_status()
-        cdef int minor = 1 if (self.head.minor or status == 426) else 0
+        cdef int minor = 1 if (self.h1.minor or status == 426) else 0
         cdef int framing
         if status == 101 and self.upgrade:
             framing = FR_NONE
@@ -697,7 +660,7 @@ cdef class DownstreamConn(RouterStream):
             # to a HEAD request (HTTP/1.1) an informational transfer-encoding: chunked
             if not self.head_req:
                 resp.add(b"content-length", b"0")
-            elif self.head.minor:
+            elif self.h1.minor:
                 resp.add(b"transfer-encoding", b"chunked")
         self._encode_headers(resp, not body, announce)
         if body:
@@ -714,6 +677,7 @@ cdef class DownstreamConn(RouterStream):
         cdef HcmConfig cfg = self.cfg
         # A malformed request still counts as a request, as in Envoy.
         self.in_request = True
+        self.http_version = 11 if self.h1.minor else 10
         self.t_start = mono()
         self.route = None
         self.cluster = None
@@ -753,6 +717,7 @@ cdef class DownstreamConn(RouterStream):
         Observed with Envoy 1.40 (differential `pipelined-*` cases)."""
         cdef HcmConfig cfg = self.cfg
         self.in_request = True
+        self.http_version = 11 if self.h1.minor else 10
         self.t_start = mono()
         self.route = None
         self.cluster = None
@@ -818,6 +783,7 @@ cdef class DownstreamConn(RouterStream):
 
 
 _hcm_config.register_codec("http1", DownstreamConn)
+from sofamesh._core import http2_server as _http2_server  # registers codec "http2"
 
 FILTER_CONTINUE_ = FILTER_CONTINUE
 FILTER_STOP_ = FILTER_STOP

@@ -9,11 +9,14 @@ from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn
 from sofamesh._core.http_common cimport (
-    mono, uuid4, strip_port, DS_CLOSED, DS_TUNNEL,
+    mono, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
+    SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT,
     FAIL_NO_HEALTHY, FAIL_OVERFLOW, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET,
     FAIL_PROTOCOL, FAIL_TIMEOUT, PAUSE_QUEUE, PAUSE_UPSTREAM_FULL,
 )
-from sofamesh._core.http_stream cimport HttpStream, add_formatted
+from sofamesh._core.http_stream cimport (
+    HttpFilter, HttpStream, add_formatted, FILTER_STOP,
+)
 from sofamesh._core.router cimport (
     Route, rng_next, RA_DIRECT, RA_REDIRECT,
     RETRY_5XX, RETRY_GATEWAY, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_RETRIABLE_4XX,
@@ -104,6 +107,92 @@ cdef class RouterStream(HttpStream):
         if self.req_done:
             self._arm_timer()
         return self._assign(self.host)
+
+    cdef int _decode_continue(self) except -1:
+        cdef HcmConfig cfg = self.cfg
+        cdef HttpFilter f
+        cdef tuple filters = cfg.filters
+        cdef int r
+        while self.fidx < len(filters):
+            f = filters[self.fidx]
+            self.fidx += 1
+            r = f.decode_headers(self, self.req_done)
+            if not self.in_request or self.resp_started or self.state == DS_CLOSED:
+                return 0            # the filter replied locally
+            if r == FILTER_STOP:
+                self.stopped = True
+                return 0
+        self.stopped = False
+        return self._router()
+
+    cdef int _hcm_response(self, HeaderMap rh, int status, bint end_stream) except -1:
+        """A proxied response's head: the encode filters (last to first), then the
+        connection manager's response mutations (Envoy's order of additions)."""
+        cdef HcmConfig cfg = self.cfg
+        cdef HttpFilter f
+        cdef Py_ssize_t j
+        if cfg.any_encode:
+            for j in range(len(cfg.filters) - 1, -1, -1):
+                f = cfg.filters[j]
+                if f.wants_encode:
+                    f.encode_headers(self, status, end_stream)
+        if cfg.server_mode == SERVER_OVERWRITE:
+            rh.remove(b"server")
+            rh.add(b"server", cfg.server_name)
+        elif cfg.server_mode == SERVER_APPEND_IF_ABSENT and \
+                rh.find_from("server", 6, 0) < 0:
+            rh.add(b"server", cfg.server_name)
+        rh.remove(b"date")
+        rh.add(b"date", date_value())
+        if cfg.via:
+            rh.add(b"via", cfg.via)
+        if cfg.rid_in_response and self.request_id is not None:
+            rh.add(b"x-request-id", self.request_id)
+        if self.resp_add_extra is not None:
+            rh.add_flat(tuple(self.resp_add_extra))
+        return 0
+
+    cdef int _arm_stream_timer(self) except -1:
+        cdef double due = self.rq_due
+        if self.idle_due > 0 and (due == 0 or self.idle_due < due):
+            due = self.idle_due
+        if self.stream_timer is not None:
+            self.stream_timer.cancel()
+            self.stream_timer = None
+        if due > 0:
+            self.stream_timer = self.cfg.loop.call_later(max(due - mono(), 0.0),
+                                                         self._on_stream_timer)
+        return 0
+
+    def _on_stream_timer(self):
+        """HCM request_timeout (408 `request timeout`) and stream_idle_timeout (`stream
+        timeout`: 504 once the request is complete, 408 before; a reset once the response
+        has started), as Envoy."""
+        cdef HcmConfig cfg = self.cfg
+        cdef double now = mono()
+        self.stream_timer = None
+        if self.state == DS_CLOSED or not self.in_request or self.state == DS_TUNNEL:
+            return
+        try:
+            if self.rq_due > 0 and not self.req_done and now + 0.0005 >= self.rq_due:
+                cfg.rq_timeout.inc()
+                self._abandon_upstream()
+                self._local_reply(408, b"request timeout", None, True)
+            elif self.idle_due > 0 and now + 0.0005 >= self.idle_due:
+                cfg.rq_idle_timeout.inc()
+                self.resp_flags = "SI"
+                if self.resp_started:
+                    self._reset()
+                else:
+                    self._abandon_upstream()
+                    if self.req_done:
+                        self._local_reply(504, b"stream timeout", None, False)
+                    else:
+                        self._local_reply(408, b"stream timeout", None, True)
+            else:
+                self._arm_stream_timer()
+        except Exception as exc:
+            self._internal_error(exc)
 
     cdef bytes _location(self):
         cdef Route r = self.route
@@ -372,7 +461,9 @@ cdef class RouterStream(HttpStream):
             cl.upstream_cx_none_healthy.inc()
             return self._fail(FAIL_NO_HEALTHY, None)
         self.host = host
-        if self.cfg.pool.new_stream(cl, host, self) == POOL_OVERFLOW:
+        # both pools queue on Host.waiting, so either one's cancel() takes a waiter back
+        if (self.cfg.pool2 if cl.h2 is not None else self.cfg.pool).new_stream(
+                cl, host, self) == POOL_OVERFLOW:
             return self._fail(FAIL_OVERFLOW, None)
         return 0
 

@@ -46,7 +46,8 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int remote_port
     cdef int state
     cdef bytes pending
-    cdef Head head
+    cdef HeaderMap head                 # the request headers (HTTP/1: a codecs.http1.Head)
+    cdef public int http_version        # 10, 11 or 20: the downstream protocol
     cdef BodyReader body
     cdef WriteBuf wb
     cdef public Route route

@@ -92,7 +92,8 @@ cdef class HttpStream(UpstreamCallbacks):
 
     @property
     def protocol(self):
-        return "HTTP/1.1" if self.head.minor == 1 else "HTTP/1.0"
+        v = self.http_version
+        return "HTTP/2" if v == 20 else "HTTP/1.1" if v == 11 else "HTTP/1.0"
 
     @property
     def config(self):
@@ -191,7 +192,8 @@ cdef bytes _fmt_op(HttpStream s, str op, str arg):
             return fmt_address(local[0], local[1])
         return local[0].encode()
     if op == "PROTOCOL":
-        return b"HTTP/1.1" if s.head.minor else b"HTTP/1.0"
+        return b"HTTP/2" if s.http_version == 20 else \
+            b"HTTP/1.1" if s.http_version == 11 else b"HTTP/1.0"
     if op == "UPSTREAM_CLUSTER":
         return s.cluster.name.encode() if s.cluster is not None else b""
     if op == "UPSTREAM_HOST" or op == "UPSTREAM_REMOTE_ADDRESS":

@@ -31,6 +31,7 @@ cdef class Host:
     cdef public object waiting          # collections.deque[DownstreamConn] waiting for a conn
     cdef long long cw                   # smooth weighted round robin state
     cdef public bint removed            # dropped from the cluster (DNS change)
+    cdef public list h2conns            # list[http2_upstream.H2Connection]: multiplexed
 
 
 cdef class Cluster:
@@ -97,6 +98,15 @@ cdef class Cluster:
     cdef public Gauge membership_healthy
     cdef public Histogram upstream_rq_time
     cdef public Histogram upstream_cx_connect_ms
+    # transport_socket / transport_socket_matches (envoy.transport_sockets.tls), or None:
+    # proxy.tls.UpstreamTransport; connect_kw(host) -> create_connection's ssl keywords
+    cdef public object tls
+
+    # HTTP/2 upstream (HttpProtocolOptions explicit_http_config.http2_protocol_options):
+    # (max_concurrent_streams, initial_stream_window_size, initial_connection_window_size),
+    # or None for HTTP/1.1
+    cdef public tuple h2
+    cdef public Counter upstream_cx_http2_total
 
     cdef Host choose(self)
     cdef Host choose_hash(self, unsigned long long h)

@@ -38,6 +38,7 @@ cdef class Host:
         self.healthy = True
         self.idle = []
         self.waiting = WaitQueue()
+        self.h2conns = []
         self.cw = 0
         self.removed = False
 
@@ -54,7 +55,7 @@ CLUSTER_COUNTERS = (
     "upstream_cx_http1_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
     "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_cx_destroy",
     "upstream_cx_destroy_local", "upstream_cx_destroy_remote", "upstream_cx_protocol_error",
-    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
+    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_cx_http2_total",
 )
 CLUSTER_GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
@@ -69,7 +70,7 @@ cdef class Cluster:
                  long long max_pending=1024, long long max_requests=1024,
                  long long max_retries=3, int choice_count=2, config=None,
                  int per_connection_buffer_limit=1048576, int max_requests_per_connection=0,
-                 int ring_size=1024, bint enable_trailers=False):
+                 int ring_size=1024, bint enable_trailers=False, tuple h2=None):
         if lb_policy not in LB_POLICIES:
             raise ValueError(f"unsupported lb_policy {lb_policy}")
         self.name = name
@@ -85,6 +86,7 @@ cdef class Cluster:
         self.per_connection_buffer_limit = per_connection_buffer_limit
         self.max_requests_per_connection = max_requests_per_connection
         self.enable_trailers = enable_trailers
+        self.h2 = h2
         self.rr = 0
         self.store = store
         self.prefix = f"cluster.{name}."
@@ -118,6 +120,8 @@ cdef class Cluster:
             for c in h.idle:
                 c.close()
             h.idle = []
+            for c in list(h.h2conns):
+                c.close()
         self.hosts = tuple(new)
         self.weighted = len({h.weight for h in new}) > 1
         if self.lb_policy == LB_RING_HASH:

@@ -146,8 +146,8 @@ GAPS: list[Gap] = [
     Gap(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "codec_type",
-        "HTTP/2 and HTTP/3 downstream codecs are not implemented by sofamesh",
-        values=("HTTP2", "HTTP3"),
+        "the HTTP/3 downstream codec is not implemented by sofamesh",
+        values=("HTTP3",),
     ),
     Gap(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -331,6 +331,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "max_request_headers_kb",
         "common_http_protocol_options",
         "http_protocol_options",
+        "http2_protocol_options",  # codecs/http2 settings and flood limits (H2_OPTIONS)
         "upgrade_configs",
         "normalize_path",
         "merge_slashes",
@@ -346,10 +347,23 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # HCM http_protocol_options, and a cluster's explicit HTTP/1 options (below);
     # enable_trailers: the HTTP/1 codec on that side decodes and encodes trailers
     "envoy.config.core.v3.Http1ProtocolOptions": ("accept_http_10", "enable_trailers"),
-    # a cluster's typed_extension_protocol_options (UPSTREAM_HTTP_OPTIONS): HTTP/1 only
+    # a cluster's typed_extension_protocol_options (UPSTREAM_HTTP_OPTIONS)
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": ("explicit_http_config",),
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": (
         "http_protocol_options",
+        "http2_protocol_options",  # the cluster's pool is HTTP/2 (http2_upstream)
+    ),
+    # HCM http2_protocol_options (downstream) and a cluster's explicit HTTP/2 options
+    "envoy.config.core.v3.Http2ProtocolOptions": (
+        "max_concurrent_streams",
+        "initial_stream_window_size",
+        "initial_connection_window_size",
+        "hpack_table_size",
+        "max_outbound_frames",
+        "max_outbound_control_frames",
+        "max_consecutive_inbound_frames_with_empty_payload",
+        "max_inbound_priority_frames_per_stream",
+        "max_inbound_window_update_frames_per_data_frame_sent",
     ),
     _RT + "RouteConfiguration": (
         "name",
@@ -390,6 +404,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "case_sensitive",
         "headers",
         "query_parameters",
+        "grpc",  # content-type application/grpc (proxy/routes.py)
     ),
     _RT + "RouteAction": (
         "cluster",

@@ -268,6 +268,14 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
     kw["headers"] = [
         header_matcher(h, f"{rpath}.match.headers[{i}]") for i, h in enumerate(m.headers)
     ]
+    if m.HasField("grpc"):
+        # `grpc: {}`: a gRPC request (Envoy: content-type application/grpc, alone or
+        # followed by + or ;)
+        kw["headers"].append(
+            R.HeaderMatcher(
+                "content-type", R.StringMatcher(R.S_REGEX, r"application/grpc([+;].*)?"), True, False
+            )
+        )
     kw["queries"] = [
         query_matcher(q, f"{rpath}.match.query_parameters[{i}]")
         for i, q in enumerate(m.query_parameters)

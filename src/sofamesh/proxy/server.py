@@ -55,9 +55,30 @@ def _dur(d: Any) -> float:
 
 
 def _upstream_trailers(c: Any) -> bool:
-    """The cluster's typed_extension_protocol_options HttpProtocolOptions
-    explicit_http_config.http_protocol_options.enable_trailers (config/support.py refuses
-    the rest of the message)."""
+    """The cluster's HttpProtocolOptions explicit_http_config.http_protocol_options
+    .enable_trailers (config/support.py refuses the rest of the message)."""
+    explicit = _explicit_http_config(c)
+    if explicit is not None and explicit.WhichOneof("protocol_config") == "http_protocol_options":
+        return explicit.http_protocol_options.enable_trailers
+    return False
+
+
+def _upstream_h2(c: Any) -> tuple | None:
+    """(max_concurrent_streams, initial_stream_window_size, initial_connection_window_size)
+    of a cluster whose HttpProtocolOptions name HTTP/2 (Envoy's defaults where unset), or
+    None: HTTP/1.1."""
+    explicit = _explicit_http_config(c)
+    if explicit is None or explicit.WhichOneof("protocol_config") != "http2_protocol_options":
+        return None
+    o = h2_options(explicit.http2_protocol_options)
+    return (
+        o.get("max_concurrent_streams", 2147483647),
+        o.get("initial_stream_window_size", 268435456),
+        o.get("initial_connection_window_size", 268435456),
+    )
+
+
+def _explicit_http_config(c: Any) -> Any:
     from sofamesh.config.support import UPSTREAM_HTTP_OPTIONS
 
     for anycfg in c.typed_extension_protocol_options.values():
@@ -67,10 +88,28 @@ def _upstream_trailers(c: Any) -> bool:
 
         opts = http_protocol_options_pb2.HttpProtocolOptions()
         anycfg.Unpack(opts)
-        explicit = opts.explicit_http_config
-        if explicit.WhichOneof("protocol_config") == "http_protocol_options":
-            return explicit.http_protocol_options.enable_trailers
-    return False
+        if opts.HasField("explicit_http_config"):
+            return opts.explicit_http_config
+    return None
+
+
+# Http2ProtocolOptions fields (wrappers) -> codecs.http2.Connection keyword arguments
+H2_OPTIONS = (
+    "max_concurrent_streams",
+    "initial_stream_window_size",
+    "initial_connection_window_size",
+    "hpack_table_size",
+    "max_outbound_frames",
+    "max_outbound_control_frames",
+    "max_consecutive_inbound_frames_with_empty_payload",
+    "max_inbound_priority_frames_per_stream",
+    "max_inbound_window_update_frames_per_data_frame_sent",
+)
+
+
+def h2_options(p: Any) -> dict:
+    """The set fields of an Http2ProtocolOptions, as codec keyword arguments."""
+    return {f: getattr(p, f).value for f in H2_OPTIONS if p.HasField(f)}
 
 
 def _listener_path(li: int | str) -> str:
@@ -213,6 +252,9 @@ class Server:
             kw["max_requests_per_connection"] = c.max_requests_per_connection.value
         if _upstream_trailers(c):
             kw["enable_trailers"] = True
+        h2 = _upstream_h2(c)
+        if h2 is not None:
+            kw["h2"] = h2
         if c.HasField("least_request_lb_config") and c.least_request_lb_config.HasField(
             "choice_count"
         ):
@@ -255,6 +297,14 @@ class Server:
             )
         else:
             cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
+        from sofamesh.proxy import tls
+
+        cl.tls = tls.upstream_transport(c, self.stats, path)  # transport_socket(_matches)
+        if cl.tls is not None and hc is not None:
+            raise UnsupportedConfig(
+                f"{path}.health_checks: health checks of a TLS cluster are not implemented "
+                "by sofamesh"
+            )
         return _ClusterRuntime(cl, dns_targets=targets)
 
     def _per_filter(self, name: str, anycfg: Any, path: str) -> Any:
@@ -310,8 +360,8 @@ class Server:
                 f"{path}.typed_config: only an inline route_config, rds or scoped_routes is "
                 "supported"
             )
-        if hcm.codec_type not in (0, 1):  # AUTO, HTTP1
-            raise UnsupportedConfig(f"{path}.typed_config.codec_type: only HTTP/1.1")
+        if hcm.codec_type not in (0, 1, 2):  # AUTO, HTTP1, HTTP2
+            raise UnsupportedConfig(f"{path}.typed_config.codec_type: HTTP/3 is not implemented")
         routes = compile_route_config(
             hcm.route_config,
             clusters=set(self.clusters),
@@ -412,6 +462,8 @@ class Server:
             ),
             accept_http_10=hcm.http_protocol_options.accept_http_10,
             enable_trailers=hcm.http_protocol_options.enable_trailers,
+            codec_type=hcm.codec_type,
+            h2_options=self._h2_downstream(hcm, max_headers),
             max_head_bytes=(
                 hcm.max_request_headers_kb.value * 1024
                 if hcm.HasField("max_request_headers_kb")
@@ -441,6 +493,17 @@ class Server:
             merge_slashes=hcm.merge_slashes,
             strip_any_host_port=hcm.strip_any_host_port,
         )
+
+    @staticmethod
+    def _h2_downstream(hcm: Any, max_headers: int) -> dict:
+        """The HTTP/2 codec's settings for this connection manager: http2_protocol_options,
+        and the header limits it shares with HTTP/1 (max_request_headers_kb,
+        max_headers_count)."""
+        o = h2_options(hcm.http2_protocol_options)
+        o["max_headers_count"] = max_headers
+        if hcm.HasField("max_request_headers_kb"):
+            o["max_header_list_size"] = hcm.max_request_headers_kb.value * 1024
+        return o
 
     # ---------------------------------------------------------------- check
     @classmethod
@@ -710,6 +773,8 @@ class Server:
                 h.healthy = lbe.health_status not in (2, 3, 4)  # UNHEALTHY, DRAINING, TIMEOUT
                 hosts.append(h)
         cl.set_hosts(hosts)
+        if cl.tls is not None:
+            cl.tls.learn(load_assignment)
 
     async def drain_listeners(self, inbound_only: bool = False, graceful: bool = False) -> None:
         """Stops accepting; graceful: existing connections get `connection: close` on their

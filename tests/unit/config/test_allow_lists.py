@@ -155,10 +155,10 @@ def test_cluster_http1_trailers_option_is_accepted_and_read(tmp_path):
     ("opts", "refused"),
     [
         (
-            "        explicit_http_config: {http2_protocol_options: {}}",
+            "        explicit_http_config: {http2_protocol_options: {allow_connect: true}}",
             (
-                "explicit_http_config.http2_protocol_options: "
-                "ExplicitHttpConfig.http2_protocol_options is not implemented by sofamesh"
+                "explicit_http_config.http2_protocol_options.allow_connect: "
+                "Http2ProtocolOptions.allow_connect is not implemented by sofamesh"
             ),
         ),
         (
@@ -214,7 +214,7 @@ static_resources:
     )
 
 
-def test_cds_cluster_with_http1_trailers_is_accepted_and_http2_refused():
+def test_cds_cluster_with_http1_trailers_or_http2_is_accepted_and_h2_connect_refused():
     """xDS clusters take the same check (validate_resource) and the same build."""
     from envoy.config.cluster.v3 import cluster_pb2
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -239,11 +239,17 @@ def test_cds_cluster_with_http1_trailers_is_accepted_and_http2_refused():
     ok = cluster(http_protocol_options=protocol_pb2.Http1ProtocolOptions(enable_trailers=True))
     assert validate_resource(ok) == []
     assert _upstream_trailers(ok)
+    from sofamesh.proxy.server import _upstream_h2
+
     h2 = cluster(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
-    assert [p.path for p in validate_resource(h2)] == [
+    assert validate_resource(h2) == []
+    assert _upstream_h2(h2) == (2147483647, 268435456, 268435456)
+    assert _upstream_h2(ok) is None
+    h2c = cluster(http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True))
+    assert [p.path for p in validate_resource(h2c)] == [
         (
             "typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']"
-            ".explicit_http_config.http2_protocol_options"
+            ".explicit_http_config.http2_protocol_options.allow_connect"
         )
     ]
     assert not _upstream_trailers(h2)
