@@ -127,7 +127,9 @@ cdef class ShadowConn:
         cdef double t0 = mono()
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: self, self.host.address, self.host.port),
+                self.loop.create_connection(
+                    lambda: self, self.host.address, self.host.port,
+                    **(cl.tls.connect_kw(self.host) if cl.tls is not None else {})),
                 cl.connect_timeout)
         except asyncio.TimeoutError:
             cl.upstream_cx_connect_timeout.inc()
@@ -347,7 +349,9 @@ cdef class UpstreamConn(PoolConn):
         cdef double t0 = mono()
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: self, self.host.address, self.host.port),
+                self.loop.create_connection(
+                    lambda: self, self.host.address, self.host.port,
+                    **(cl.tls.connect_kw(self.host) if cl.tls is not None else {})),
                 cl.connect_timeout)
         except asyncio.TimeoutError:
             cl.upstream_cx_connect_timeout.inc()

@@ -920,7 +920,9 @@ cdef class RpcProxyConfig:
     async def _connect(self, UpstreamConn u):
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: u, u.host.address, u.host.port),
+                self.loop.create_connection(
+                    lambda: u, u.host.address, u.host.port,
+                    **(u.cluster.tls.connect_kw(u.host) if u.cluster.tls is not None else {})),
                 u.cluster.connect_timeout)
         except asyncio.TimeoutError as exc:
             u.cluster.upstream_cx_connect_timeout.inc()

@@ -152,7 +152,9 @@ cdef class TcpDownstream:
         cdef TcpUpstream up = self.up
         try:
             await asyncio.wait_for(
-                self.cfg.loop.create_connection(lambda: up, up.host.address, up.host.port),
+                self.cfg.loop.create_connection(
+                    lambda: up, up.host.address, up.host.port,
+                    **(up.cluster.tls.connect_kw(up.host) if up.cluster.tls is not None else {})),
                 up.cluster.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             if isinstance(exc, asyncio.TimeoutError):

@@ -44,6 +44,7 @@ class Cluster:
     max_requests: int
     max_retries: int
     enable_trailers: bool
+    tls: Any  # proxy.tls.UpstreamTransport | None
     upstream_rq_total: Counter
     upstream_cx_active: Gauge
     upstream_rq_time: Histogram

@@ -446,6 +446,8 @@ class DynamicConfig:
             held = self.endpoints.get(dc.eds_name)
             if held is not None:  # an update of a cluster whose endpoints are known
                 dc.rt.cluster.set_hosts(hosts_from_assignment(held.msg))
+                if dc.rt.cluster.tls is not None:  # transport_socket_matches by metadata
+                    dc.rt.cluster.tls.learn(held.msg)
                 self._activate_cluster(dc)
             else:
                 self.warming_clusters[dc.name] = dc
@@ -559,6 +561,8 @@ class DynamicConfig:
             for i, dc in enumerate(users):
                 # a Host carries its cluster's pools: each cluster gets its own
                 dc.rt.cluster.set_hosts(hosts if i == 0 else hosts_from_assignment(cla))
+                if dc.rt.cluster.tls is not None:  # transport_socket_matches by metadata
+                    dc.rt.cluster.tls.learn(cla)
                 _bump(self.stats, f"cluster.{dc.name}.update_success")
                 if not cla.endpoints:
                     _bump(self.stats, f"cluster.{dc.name}.update_empty")

@@ -482,3 +482,71 @@ def _register() -> None:
 
 
 _register()
+
+
+MATCH_NS = "envoy.transport_socket_match"
+
+
+class UpstreamTransport:
+    """A cluster's transport sockets: `transport_socket` and `transport_socket_matches`
+    (the first match whose `match` pairs are all in an endpoint's
+    `metadata.filter_metadata["envoy.transport_socket_match"]`, Istio's `tlsMode: istio`).
+    Hosts carry no metadata: `learn(assignment)` keeps address -> socket, swapped whole."""
+
+    def __init__(self, default: TlsContext | None, matches: list[tuple[dict, TlsContext | None]]):
+        self.default = default
+        self.matches = matches
+        self.by_addr: dict[tuple[str, int], TlsContext | None] = {}
+
+    def contexts(self) -> list[TlsContext]:
+        return [t for t in [self.default, *(m[1] for m in self.matches)] if t is not None]
+
+    def learn(self, cla: Any) -> None:
+        if not self.matches:
+            return
+        from google.protobuf import json_format
+
+        by_addr: dict[tuple[str, int], TlsContext | None] = {}
+        for e in cla.endpoints:
+            for lbe in e.lb_endpoints:
+                sa = lbe.endpoint.address.socket_address
+                md = lbe.metadata.filter_metadata.get(MATCH_NS)
+                fields = json_format.MessageToDict(md) if md is not None else {}
+                for want, tc in self.matches:
+                    if all(fields.get(k) == v for k, v in want.items()):
+                        by_addr[(sa.address, sa.port_value)] = tc
+                        break
+        self.by_addr = by_addr
+
+    def for_host(self, host: Any) -> TlsContext | None:
+        # a DNS cluster's endpoints name hosts by their DNS name (Host.hostname)
+        return self.by_addr.get((host.hostname or host.address, host.port), self.default)
+
+    def connect_kw(self, host: Any) -> dict:
+        """loop.create_connection keywords for a new connection to `host` ({}: plaintext)."""
+        tc = self.for_host(host)
+        if tc is None:
+            return {}
+        if tc.context is None:  # SDS secret not there yet (Envoy's cluster would be warming)
+            tc.stats.bump("connection_error")
+            raise ssl.SSLError("TLS context not ready: waiting for its SDS secret")
+        return {"ssl": tc.context, "server_hostname": tc.sni or ""}
+
+
+def upstream_transport(c: Any, store: Any, path: str) -> UpstreamTransport | None:
+    """The UpstreamTransport of an envoy.config.cluster.v3.Cluster (None: all plaintext)."""
+    from google.protobuf import json_format
+
+    default = None
+    if c.HasField("transport_socket"):
+        default = upstream(c.transport_socket, store, c.name, path + ".transport_socket")
+    matches = []
+    for i, m in enumerate(c.transport_socket_matches):
+        mpath = f"{path}.transport_socket_matches[{i}]"
+        tc = upstream(m.transport_socket, store, c.name, mpath + ".transport_socket")
+        matches.append((json_format.MessageToDict(m.match), tc))
+    if default is None and not any(tc is not None for _, tc in matches):
+        return None
+    t = UpstreamTransport(default, matches)
+    t.learn(c.load_assignment)
+    return t
