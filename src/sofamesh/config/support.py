@@ -475,6 +475,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.type.matcher.v3.RegexMatcher": ("regex",),
     "envoy.config.core.v3.HeaderValueOption": ("header", "append", "append_action"),
     _CL + "Cluster.RingHashLbConfig": ("minimum_ring_size",),
+    _CL + "Cluster.TransportSocketMatch": ("name", "match", "transport_socket"),
     _CL + "Cluster": (
         "ring_hash_lb_config",
         "name",
@@ -490,6 +491,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "dns_lookup_family",  # V4_ONLY only (ALLOWED_IF): the resolver asks for A records
         "wait_for_warm_on_init",  # true only: DNS clusters resolve before listeners start
         "transport_socket",  # by type URL (register_extension)
+        "transport_socket_matches",  # by endpoint metadata (proxy/tls.py UpstreamTransport)
         "typed_extension_protocol_options",  # by type URL (register_extension)
         "eds_cluster_config",
         "common_lb_config",
