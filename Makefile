@@ -35,9 +35,10 @@ lint:
 	$(VENV)/bin/mypy
 
 # The side-by-side benchmarks (sofamesh and Envoy in one run, pinned; figures in
-# benchmarks/RESULTS.md): HTTP/1.1 (~2 min) then Bolt and Dubbo (~1 min).
+# benchmarks/RESULTS.md): HTTP/1.1 (~2 min), HTTP/2 and gRPC (~6 min), then Bolt and Dubbo (~1 min).
 bench: install-test
 	$(VPY) benchmarks/http1_e2e.py
+	$(VPY) benchmarks/h2_bench.py
 	$(VPY) benchmarks/rpc_bench.py
 
 # The pilot at 10k services / 50k instances with a fresh Envoy and 100 ADS clients (~5 min).

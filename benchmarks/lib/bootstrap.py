@@ -154,3 +154,66 @@ def bootstrap(
             ],
         },
     }
+
+
+GRPC_SERVICE = "bench.Echo"
+H2_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _static_cluster(name: str, port: int, http2: bool) -> dict:
+    c: dict = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if http2:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": H2_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return c
+
+
+def h2_bootstrap(
+    listen_port: int, admin_port: int, h1_port: int, h2_port: int, grpc_port: int
+) -> dict:
+    """benchmarks/h2_bench.py: one listener, HCM codec_type AUTO (h2c by prior knowledge),
+    local_ratelimit then the router (as bootstrap()), routes: gRPC requests for bench.Echo
+    (`grpc: {}` match) -> cluster grpc (HTTP/2), /h2/ -> cluster h2 (HTTP/2 to nginx's h2c
+    port), the rest -> cluster h1 (HTTP/1.1 to nginx)."""
+    boot = bootstrap(listen_port, admin_port, h1_port)
+    listener = boot["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["codec_type"] = "AUTO"
+    hcm["route_config"]["virtual_hosts"][0]["routes"] = [
+        {
+            "match": {"prefix": f"/{GRPC_SERVICE}/", "grpc": {}},
+            "route": {"cluster": "grpc"},
+        },
+        {"match": {"prefix": "/h2/"}, "route": {"cluster": "h2"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "h1"}},
+    ]
+    boot["static_resources"]["clusters"] = [
+        _static_cluster("h1", h1_port, False),
+        _static_cluster("h2", h2_port, True),
+        _static_cluster("grpc", grpc_port, True),
+    ]
+    return boot

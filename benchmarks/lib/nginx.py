@@ -32,7 +32,20 @@ http {{
             return 200 "{body}";
         }}
     }}
-}}
+{h2_server}}}
+"""
+
+# A second server speaking h2c with prior knowledge (nginx's `listen ... http2` without TLS):
+# the HTTP/2 upstream of benchmarks/h2_bench.py, same body.
+_H2_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} http2 reuseport backlog=4096;
+        http2_max_concurrent_streams 1024;
+        location / {{
+            default_type text/plain;
+            return 200 "{body}";
+        }}
+    }}
 """
 
 
@@ -43,9 +56,12 @@ def nginx_binary() -> str:
     return path
 
 
-def start(workdir: Path, port: int, core: int | None) -> Proc:
+def start(workdir: Path, port: int, core: int | None, h2_port: int | None = None) -> Proc:
+    """nginx serving HTTP/1.1 on port and, with h2_port, h2c (prior knowledge) on h2_port."""
     conf = workdir / "nginx.conf"
-    conf.write_text(_CONF.format(dir=workdir, port=port, body=BODY.replace("\n", "\\n")))
+    body = BODY.replace("\n", "\\n")
+    h2 = _H2_SERVER.format(port=h2_port, body=body) if h2_port else ""
+    conf.write_text(_CONF.format(dir=workdir, port=port, body=body, h2_server=h2))
     proc = Proc(
         "nginx", [nginx_binary(), "-p", str(workdir), "-c", str(conf)], workdir / "nginx.log", core
     ).start()

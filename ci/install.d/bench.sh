@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs what benchmarks/http1_e2e.py needs: nginx (the fixed upstream) and wrk (the load generator).
+# Installs what benchmarks/http1_e2e.py and h2_bench.py need: nginx (the fixed upstream), wrk (the
+# HTTP/1.1 load generator) and nghttp2-client (h2load, the HTTP/2 one, and nghttp).
 # Idempotent and quiet; never leaves a packaged nginx service running (the benchmark starts its own).
 set -euo pipefail
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 export DEBIAN_FRONTEND=noninteractive
