@@ -1,15 +1,19 @@
 """End-to-end HTTP/2 benchmark: h2load through Envoy 1.40 and sofamesh side by side, CPU per request.
 
     .venv/bin/python benchmarks/h2_bench.py [--quick] [--duration 10] [--rounds 3]
-        [--scenarios h2c-h1,h2c-h2,grpc] [--json out.json] [--nice -10]
+        [--scenarios h2c-h1,h2c-h2,grpc-nginx,grpc] [--json out.json] [--nice -10]
 
 Scenarios (load: `h2load -c 10 -m 10`, 10 h2c connections x 10 concurrent streams, closed loop):
 - `h2c-h1`: GET over h2c to the proxy -> HTTP/1.1 upstream (nginx, `return 200`, 34 bytes);
 - `h2c-h2`: GET over h2c -> HTTP/2 upstream (the same nginx, an h2c `listen ... http2` port);
-- `grpc`: gRPC unary calls (h2load POSTs a framed 24-byte message with content-type
-  application/grpc and te: trailers to /bench.Echo/Echo) -> HTTP/2 upstream, a grpcio (asyncio)
-  server (lib/grpc_backend.py) that echoes it. This backend is Python and is the bottleneck of
-  this scenario: its CPU per request is reported beside the proxies'.
+- `grpc-nginx`: gRPC unary calls (h2load POSTs a length-prefixed 24-byte message with
+  content-type application/grpc and te: trailers) -> HTTP/2 upstream, nginx answering every
+  call with a canned gRPC reply (200, application/grpc, the same message, trailer grpc-status
+  0; lib/nginx.py): gRPC's shape (POST with a body, trailers back) with a fast upstream;
+- `grpc`: the same calls to /bench.Echo/Echo -> HTTP/2 upstream, a grpcio (asyncio) server
+  (lib/grpc_backend.py) that echoes the message. This backend is Python and is the bottleneck
+  of this scenario (about 115 us of CPU per call): the proxies run well below their capacity,
+  where CPU per request is higher for both. Its CPU per request is reported beside the proxies'.
 
 Layout (2 cores), as benchmarks/http1_e2e.py: each proxy runs alone, `--concurrency 1`, pinned
 to core 0 with taskset; the upstreams (nginx: one process; the grpcio server) and h2load (one
@@ -53,12 +57,17 @@ from lib import proc as lib_proc
 from lib.bootstrap import GRPC_SERVICE, h2_bootstrap
 from lib.proc import Proc, cpu_seconds, free_port, http_get, process_tree
 
-GRPC_PAYLOAD = b"sofamesh-h2-bench-012345"  # 24 bytes
+GRPC_PAYLOAD = nginx.GRPC_MESSAGE  # 24 bytes, the same as nginx's canned reply
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 GOAL = 0.5  # issue 9: at most 0.5x Envoy's CPU per request
-SCENARIOS = ("h2c-h1", "h2c-h2", "grpc")
-CLUSTER = {"h2c-h1": "h1", "h2c-h2": "h2", "grpc": "grpc"}
-PATH = {"h2c-h1": "/h1/", "h2c-h2": "/h2/", "grpc": f"/{GRPC_SERVICE}/Echo"}
+SCENARIOS = ("h2c-h1", "h2c-h2", "grpc-nginx", "grpc")
+CLUSTER = {"h2c-h1": "h1", "h2c-h2": "h2", "grpc-nginx": "grpc_nginx", "grpc": "grpc"}
+PATH = {
+    "h2c-h1": "/h1/",
+    "h2c-h2": "/h2/",
+    "grpc-nginx": nginx.GRPC_PATH,
+    "grpc": f"/{GRPC_SERVICE}/Echo",
+}
 
 
 def stats(admin: int) -> dict[str, int]:
@@ -72,11 +81,11 @@ def stats(admin: int) -> dict[str, int]:
     return out
 
 
-def grpc_call(port: int, method: str, payload: bytes) -> bytes:
+def grpc_call(port: int, method: str, payload: bytes, service: str = GRPC_SERVICE) -> bytes:
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        return ch.unary_unary(f"/{GRPC_SERVICE}/{method}")(payload, timeout=10)
+        return ch.unary_unary(f"/{service}/{method}")(payload, timeout=10)
 
 
 def nghttp_get(port: int, path: str) -> bytes:
@@ -107,6 +116,8 @@ class Backends:
                 raise RuntimeError("nginx's h2c port does not answer with the body")
             if grpc_call(self.grpc_port, "Echo", GRPC_PAYLOAD) != GRPC_PAYLOAD:
                 raise RuntimeError("the gRPC backend does not echo")
+            if grpc_call(self.h2_port, "Echo", b"x", nginx.GRPC_SERVICE) != nginx.GRPC_MESSAGE:
+                raise RuntimeError("nginx's canned gRPC reply is not a gRPC reply")
         except Exception:
             self.stop()
             raise
@@ -137,6 +148,8 @@ def start_proxy(kind: str, workdir: Path, b: Backends, args) -> tuple[Proc, int,
                 raise RuntimeError(f"{kind} answered {path} over h2c with {body[:200]!r}")
         if grpc_call(port, "Echo", GRPC_PAYLOAD) != GRPC_PAYLOAD:
             raise RuntimeError(f"{kind} did not pass a gRPC call through")
+        if grpc_call(port, "Echo", GRPC_PAYLOAD, nginx.GRPC_SERVICE) != nginx.GRPC_MESSAGE:
+            raise RuntimeError(f"{kind} did not pass a gRPC call to nginx through")
     except Exception:
         proc.stop()
         raise
@@ -144,7 +157,7 @@ def start_proxy(kind: str, workdir: Path, b: Backends, args) -> tuple[Proc, int,
 
 
 def load(url: str, scenario: str, seconds: float, args, direct: bool) -> h2load.H2loadResult:
-    grpc = scenario == "grpc"
+    grpc = scenario.startswith("grpc")
     return h2load.run(
         url,
         args.connections,
@@ -239,7 +252,7 @@ COLS = ("cpu_us_per_req", "rps", "backend_cpu_us", "mean_ms", "max_ms", "request
 
 def table(results: dict) -> str:
     head = (
-        f"{'scenario / target':<24}"
+        f"{'scenario / target':<30}"
         + "".join(f"{c:>15}" for c in COLS)
         + f"{'cpu_us min..max':>17}"
     )
@@ -257,20 +270,20 @@ def table(results: dict) -> str:
         for name, row in sres["runs"].items():
             label = f"{scen} {name}" + (" (upstream)" if name == "direct" else "")
             if "cpu_us_per_req" not in row:
-                lines.append(f"{label:<24}  ERROR {row.get('error', '')[:300]}")
+                lines.append(f"{label:<30}  ERROR {row.get('error', '')[:300]}")
                 continue
             lo, hi = row["cpu_us_per_req_min_max"]
             lines.append(
-                f"{label:<24}"
+                f"{label:<30}"
                 + "".join(f"{row.get(c, '')!s:>15}" for c in COLS)
                 + f"{f'{lo}..{hi}':>17}"
             )
             if row.get("error"):
-                lines.append(f"{'':<24}  ERROR {row['error'][:300]}")
+                lines.append(f"{'':<30}  ERROR {row['error'][:300]}")
         r = sres.get("ratio_sofamesh_over_envoy")
         if r:
             lines.append(
-                f"{scen + ' sofamesh/envoy':<24}" + "".join(f"{r.get(c, '')!s:>15}" for c in COLS)
+                f"{scen + ' sofamesh/envoy':<30}" + "".join(f"{r.get(c, '')!s:>15}" for c in COLS)
             )
             per = ", ".join(map(str, sres.get("cpu_ratio_per_round", [])))
             c = r.get("cpu_us_per_req")
@@ -279,7 +292,7 @@ def table(results: dict) -> str:
                 if c is None
                 else (" (goal <= 0.5: met)" if c <= GOAL else " (goal <= 0.5: NOT met)")
             )
-            lines.append(f"{'':<24}  CPU/request ratio per round: {per}{verdict}")
+            lines.append(f"{'':<30}  CPU/request ratio per round: {per}{verdict}")
         lines.append("")
     return "\n".join(lines)
 
@@ -371,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                             port = {
                                 "h2c-h1": backends.h1_port,
                                 "h2c-h2": backends.h2_port,
+                                "grpc-nginx": backends.h2_port,
                                 "grpc": backends.grpc_port,
                             }[scen]
                             url = f"http://127.0.0.1:{port}{PATH[scen]}"
@@ -395,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.warmup = min(args.warmup, 1.0)  # later rounds only need a short warm-up
             for kind, (proc, _, admin) in procs.items():
                 st = stats(admin) if proc.p.poll() is None else {}
-                for cl in ("h2", "grpc"):
-                    scen = "h2c-h2" if cl == "h2" else "grpc"
+                for scen in ("h2c-h2", "grpc-nginx", "grpc"):
+                    cl = CLUSTER[scen]
                     if scen in scenarios and st.get(f"cluster.{cl}.upstream_cx_http2_total", 0) < 1:
                         final_errors.append(f"{kind}: cluster {cl} opened no HTTP/2 connection")
         finally:

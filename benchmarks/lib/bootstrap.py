@@ -193,12 +193,18 @@ def _static_cluster(name: str, port: int, http2: bool) -> dict:
 
 
 def h2_bootstrap(
-    listen_port: int, admin_port: int, h1_port: int, h2_port: int, grpc_port: int
+    listen_port: int,
+    admin_port: int,
+    h1_port: int,
+    h2_port: int,
+    grpc_port: int,
+    fast_grpc_service: str = "bench.Fast",
 ) -> dict:
     """benchmarks/h2_bench.py: one listener, HCM codec_type AUTO (h2c by prior knowledge),
     local_ratelimit then the router (as bootstrap()), routes: gRPC requests for bench.Echo
-    (`grpc: {}` match) -> cluster grpc (HTTP/2), /h2/ -> cluster h2 (HTTP/2 to nginx's h2c
-    port), the rest -> cluster h1 (HTTP/1.1 to nginx)."""
+    (`grpc: {}` match) -> cluster grpc (HTTP/2 to the grpcio server), gRPC requests for
+    fast_grpc_service -> cluster grpc_nginx (HTTP/2 to nginx's canned gRPC reply), /h2/ ->
+    cluster h2 (HTTP/2 to nginx's h2c port), the rest -> cluster h1 (HTTP/1.1 to nginx)."""
     boot = bootstrap(listen_port, admin_port, h1_port)
     listener = boot["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
@@ -208,6 +214,10 @@ def h2_bootstrap(
             "match": {"prefix": f"/{GRPC_SERVICE}/", "grpc": {}},
             "route": {"cluster": "grpc"},
         },
+        {
+            "match": {"prefix": f"/{fast_grpc_service}/", "grpc": {}},
+            "route": {"cluster": "grpc_nginx"},
+        },
         {"match": {"prefix": "/h2/"}, "route": {"cluster": "h2"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "h1"}},
     ]
@@ -215,5 +225,6 @@ def h2_bootstrap(
         _static_cluster("h1", h1_port, False),
         _static_cluster("h2", h2_port, True),
         _static_cluster("grpc", grpc_port, True),
+        _static_cluster("grpc_nginx", h2_port, True),
     ]
     return boot

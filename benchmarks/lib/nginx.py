@@ -36,7 +36,10 @@ http {{
 """
 
 # A second server speaking h2c with prior knowledge (nginx's `listen ... http2` without TLS):
-# the HTTP/2 upstream of benchmarks/h2_bench.py, same body.
+# the HTTP/2 upstream of benchmarks/h2_bench.py, same body; and under GRPC_PATH a canned gRPC
+# unary reply (a fast gRPC upstream): status 200, content-type application/grpc, the
+# length-prefixed GRPC_MESSAGE as a static file, trailer grpc-status 0. A POST to a static file
+# is nginx's 405, which error_page turns into an internal GET of the same file, answered 200.
 _H2_SERVER = """\
     server {{
         listen 127.0.0.1:{port} http2 reuseport backlog=4096;
@@ -45,8 +48,18 @@ _H2_SERVER = """\
             default_type text/plain;
             return 200 "{body}";
         }}
+        location /{grpc_service}/ {{
+            root {dir}/www;
+            default_type application/grpc;
+            etag off;
+            add_trailer grpc-status 0;
+            error_page 405 =200 $uri;
+        }}
     }}
 """
+GRPC_SERVICE = "bench.Fast"
+GRPC_PATH = f"/{GRPC_SERVICE}/Echo"
+GRPC_MESSAGE = b"sofamesh-h2-bench-012345"
 
 
 def nginx_binary() -> str:
@@ -60,7 +73,12 @@ def start(workdir: Path, port: int, core: int | None, h2_port: int | None = None
     """nginx serving HTTP/1.1 on port and, with h2_port, h2c (prior knowledge) on h2_port."""
     conf = workdir / "nginx.conf"
     body = BODY.replace("\n", "\\n")
-    h2 = _H2_SERVER.format(port=h2_port, body=body) if h2_port else ""
+    h2 = ""
+    if h2_port:
+        h2 = _H2_SERVER.format(port=h2_port, body=body, dir=workdir, grpc_service=GRPC_SERVICE)
+        reply = workdir / "www" / GRPC_PATH.lstrip("/")
+        reply.parent.mkdir(parents=True, exist_ok=True)
+        reply.write_bytes(b"\0" + len(GRPC_MESSAGE).to_bytes(4, "big") + GRPC_MESSAGE)
     conf.write_text(_CONF.format(dir=workdir, port=port, body=body, h2_server=h2))
     proc = Proc(
         "nginx", [nginx_binary(), "-p", str(workdir), "-c", str(conf)], workdir / "nginx.log", core

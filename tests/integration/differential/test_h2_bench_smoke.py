@@ -1,8 +1,8 @@
 """Keeps benchmarks/h2_bench.py from rotting: a --quick run must produce numbers for every
-scenario (h2c -> HTTP/1.1, h2c -> h2c, gRPC unary) and every target (the upstream alone, Envoy
-1.40, sofamesh), with the benchmark's own checks passing (no failed or non-2xx requests, the
-rate-limit filter and the scenario's cluster counted every request, HTTP/2 upstream
-connections opened, the gRPC server completed every call).
+scenario (h2c -> HTTP/1.1, h2c -> h2c, gRPC unary to nginx and to grpcio) and every target
+(the upstream alone, Envoy 1.40, sofamesh), with the benchmark's own checks passing (no failed
+or non-2xx requests, the rate-limit filter and the scenario's cluster counted every request,
+HTTP/2 upstream connections opened, the gRPC server completed every call).
 
 Never asserts speed: figures belong to the benchmark's report, not to a test.
 """
@@ -37,7 +37,7 @@ def test_h2_bench_quick_run_produces_numbers(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     results = json.loads(out.read_text())
     assert "errors" not in results, results["errors"]
-    assert set(results["scenarios"]) == {"h2c-h1", "h2c-h2", "grpc"}
+    assert set(results["scenarios"]) == {"h2c-h1", "h2c-h2", "grpc-nginx", "grpc"}
     for scen, sres in results["scenarios"].items():
         assert set(sres["runs"]) == {"direct", "envoy", "sofamesh"}, scen
         for name, row in sres["runs"].items():
