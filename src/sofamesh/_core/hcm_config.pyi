@@ -9,6 +9,7 @@ from sofamesh._core.upstream import Cluster
 def register_codec(name: str, factory: Callable[[HcmConfig], Any]) -> None: ...
 
 class HcmConfig:
+    scheme: bytes | None  # b"https" on a TLS filter chain (x-forwarded-proto)
     loop: Any
     stat_prefix: str
     routes: RouteTable

@@ -280,11 +280,11 @@ cdef class RouterStream(HttpStream):
                 h.remove(b"x-forwarded-for")
                 h.add(b"x-forwarded-for", v + b"," + self.xff_ip if v else self.xff_ip)
             h.remove(b"x-forwarded-proto")
-            h.add(b"x-forwarded-proto", b"http")
+            h.add(b"x-forwarded-proto", cfg.scheme if cfg.scheme is not None else b"http")
             # an edge request (no internal_address_config): Envoy names the peer
             h.add(b"x-envoy-external-address", self.remote_ip)
         elif h.find_from("x-forwarded-proto", 17, 0) < 0:
-            h.add(b"x-forwarded-proto", b"http")
+            h.add(b"x-forwarded-proto", cfg.scheme if cfg.scheme is not None else b"http")
         if regen:
             if xrid >= 0:
                 h.remove(b"x-request-id")

@@ -566,6 +566,8 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
                 ch.transport_socket, server.stats, stat_name, cpath + ".transport_socket"
             )
         view = server._chain_view(li, lst, i, ch, cpath)
+        if isinstance(view, HcmConfig) and tls is not None:
+            view.scheme = b"https"  # x-forwarded-proto, as Envoy sets it for TLS
         if isinstance(view, HcmConfig):
             hcm = _hcm_rds(ch)
             if hcm:

@@ -47,6 +47,29 @@ class _Echo(socketserver.BaseRequestHandler):
             self.request.sendall(b"echo:" + data)
 
 
+class _XfpEcho(socketserver.BaseRequestHandler):
+    """HTTP/1.1: answers each request with the x-forwarded-proto it got."""
+
+    def handle(self) -> None:
+        buf = b""
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                xfp = b"-"
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"x-forwarded-proto":
+                        xfp = v.strip()
+                body = b"xfp=" + xfp
+                self.request.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+
+
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -107,7 +130,12 @@ def _tcp(prefix: str, cluster: str = "echo") -> list[dict]:
     ]
 
 
-def _http(prefix: str, body: str) -> list[dict]:
+def _http(prefix: str, body: str, cluster: str = "") -> list[dict]:
+    action: dict = (
+        {"route": {"cluster": cluster}}
+        if cluster
+        else {"direct_response": {"status": 200, "body": {"inline_string": body}}}
+    )
     return [
         {
             "name": "envoy.filters.network.http_connection_manager",
@@ -119,15 +147,7 @@ def _http(prefix: str, body: str) -> list[dict]:
                         {
                             "name": "all",
                             "domains": ["*"],
-                            "routes": [
-                                {
-                                    "match": {"prefix": "/"},
-                                    "direct_response": {
-                                        "status": 200,
-                                        "body": {"inline_string": body},
-                                    },
-                                }
-                            ],
+                            "routes": [{"match": {"prefix": "/"}, **action}],
                         }
                     ]
                 },
@@ -149,7 +169,7 @@ def _addr(port: int) -> dict:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int) -> dict:
+def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int, xfp: int) -> dict:
     ca_file = pki["dir"] / "ca.crt"
     return {
         "admin": {"address": _addr(admin)},
@@ -196,6 +216,20 @@ def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int) -> dict:
                     ],
                 },
                 {
+                    "name": "xfp",
+                    "stat_prefix": "xfp",
+                    "address": _addr(ports["xfp"]),
+                    "listener_filters": [INSPECTOR],
+                    "filter_chains": [
+                        {
+                            "filter_chain_match": {"transport_protocol": "tls"},
+                            "transport_socket": _tls(pki["plainhost"]),
+                            "filters": _http("xfp_tls", "", cluster="xfp"),
+                        },
+                        {"filters": _http("xfp_plain", "", cluster="xfp")},
+                    ],
+                },
+                {
                     "name": "tls13",
                     "stat_prefix": "tls13",
                     "address": _addr(ports["tls13"]),
@@ -219,7 +253,16 @@ def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int) -> dict:
                         "cluster_name": "echo",
                         "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(echo)}}]}],
                     },
-                }
+                },
+                {
+                    "name": "xfp",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "xfp",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(xfp)}}]}],
+                    },
+                },
             ],
         },
     }
@@ -264,7 +307,9 @@ def tls_exchange(port: int, ctx: ssl.SSLContext, sni: str | None, payload: bytes
                 if not d:
                     break
                 got += d
-                if got.startswith(b"echo:") or b"\r\n\r\n" in got and got.endswith(b" ok"):
+                if got.startswith(b"echo:") or (
+                    b"\r\n\r\n" in got and (got.endswith(b" ok") or b"xfp=" in got)
+                ):
                     break
         except (ssl.SSLError, OSError):
             return "rejected"
@@ -324,6 +369,10 @@ def run_cases(pki: dict, ports: dict[str, int]) -> dict[str, str]:
         "mtls expired client cert": tls_exchange(ports["mtls"], c(pki, "expired"), None, GET),
         "mtls unknown CA": tls_exchange(ports["mtls"], c(pki, "stranger"), None, GET),
         "mtls plaintext": plain_exchange(ports["mtls"], GET),
+        "x-forwarded-proto over TLS": tls_exchange(ports["xfp"], c(pki), None, GET),
+        "x-forwarded-proto plaintext beside TLS": plain_exchange(ports["xfp"], GET).split(
+            "\r\n\r\n"
+        )[-1],
         "tls13 with TLS 1.3": tls_exchange(ports["tls13"], c(pki), None, GET),
         "tls13 with TLS 1.2 client": tls_exchange(
             ports["tls13"], c(pki, max_version=ssl.TLSVersion.TLSv1_2), None, GET
@@ -434,16 +483,25 @@ def echo():
     srv.server_close()
 
 
-NAMES = ("sni", "mtls", "tls13")
+NAMES = ("sni", "mtls", "tls13", "xfp")
 
 
 @pytest.fixture(scope="module")
-def results(pki, echo, tmp_path_factory):
+def xfp():
+    srv = _Server(("127.0.0.1", 0), _XfpEcho)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def results(pki, echo, xfp, tmp_path_factory):
     out = {}
     for kind in ("envoy", "sofamesh"):
         ports = {n: free_port() for n in NAMES}
         admin = free_port()
-        b = bootstrap(pki, ports, admin, echo)
+        b = bootstrap(pki, ports, admin, echo, xfp)
         wd = Path(tmp_path_factory.mktemp(kind))
         proc = (
             ProxyProcess.envoy(envoy_binary(), b, wd)
@@ -466,6 +524,8 @@ def test_clients_see_the_same(results):
     assert env["sni a.example.com"].startswith("a.example.com alpn=None")
     assert env["mtls good client"].endswith("HTTP/1.1 200 OK mtls ok")
     assert env["mtls no client cert"] == "rejected"
+    assert env["x-forwarded-proto over TLS"].endswith("200 OK xfp=https"), env
+    assert env["x-forwarded-proto plaintext beside TLS"] == "xfp=http", env
     diffs = {k: (env[k], sofa.get(k)) for k in env if env[k] != sofa.get(k)}
     assert not diffs, diffs
 

@@ -355,9 +355,12 @@ def results(pki, backends, tmp_path_factory):
             else ProxyProcess.sofamesh(sofamesh_command(), b, wd)
         )
         with proc:
+            time.sleep(0.5)  # the start-up probe's connections settle (tcp_proxy connects)
+            before = cluster_stats(admin)
             cases = run_cases(ports)
             time.sleep(0.3)
-            out[kind] = (cases, cluster_stats(admin))
+            after = cluster_stats(admin)
+            out[kind] = (cases, {k: v - before.get(k, 0) for k, v in after.items()})
     return out
 
 
