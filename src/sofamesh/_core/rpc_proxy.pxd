@@ -108,11 +108,19 @@ cdef class UpstreamConn:
     cdef bint connected
     cdef bint closed
     cdef bint dirty
-    cdef bint paused                    # counted in cfg.upstream_paused (its buffer is full)
+    # counted in cfg.upstream_paused: tpaused, or over QUEUE_HIGH bytes queued while connecting
+    cdef bint paused
+    cdef bint tpaused                   # its transport's write buffer is full
     cdef bint local_close               # we closed it (protocol error, stop): destroy_local
     cdef unsigned long long next_id
+    cdef long long queued               # bytes queued before the connect completed
+    cdef object connect_timer           # asyncio.TimerHandle | None: the connect_timeout
+    cdef object connect_task            # asyncio.Task | None: the create_connection
     cdef void send(self, bytes data)
     cdef void flush(self)
+    cdef void _hold(self)
+    cdef void _release(self)
+    cdef void shut(self)
     cdef void fail_all(self, int why)
     cdef void _done_c(self, Pending p, double now, bint ok)
 

@@ -32,6 +32,11 @@ from sofamesh._core.rbac cimport (
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 cdef enum:
+    # bytes queued for a connection still being made above which the listener stops
+    # reading its clients, as for a full socket buffer (uvloop's default high-water mark)
+    QUEUE_HIGH = 64 * 1024
+
+cdef enum:
     WHY_NO_ROUTE = 1
     WHY_UNKNOWN_CLUSTER = 2
     WHY_NO_HEALTHY = 3
@@ -355,11 +360,23 @@ cdef class UpstreamConn:
         self.closed = False
         self.dirty = False
         self.paused = False
+        self.tpaused = False
         self.local_close = False
         self.next_id = 1
+        self.queued = 0
+        self.connect_timer = None
+        self.connect_task = None
 
     # asyncio.Protocol
     def connection_made(self, transport):
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+            self.connect_timer = None
+        if self.closed:
+            # given up at its connect timeout in the loop pass that saw the connect done:
+            # its requests were answered then; nothing is sent on it
+            transport.abort()
+            return
         self.transport = transport
         self.connected = True
         if self.local_close:  # given up while connecting (its host left the cluster)
@@ -367,6 +384,9 @@ cdef class UpstreamConn:
             return
         if self.out:
             self.flush()
+        self.queued = 0
+        if not self.tpaused:
+            self._release()  # what was queued fit in the socket: clients are read again
 
     def data_received(self, data):
         cdef Pending p
@@ -454,10 +474,12 @@ cdef class UpstreamConn:
         return False
 
     def connection_lost(self, exc):
+        self.transport = None
+        if self.closed:
+            return  # given up at its connect timeout, and counted then
         self.closed = True
         was_connected = self.connected
         self.connected = False
-        self.transport = None
         self.cluster.upstream_cx_active.dec()
         self.cluster.cx_active -= 1
         self.host.cx_active -= 1
@@ -471,11 +493,20 @@ cdef class UpstreamConn:
             self.fail_all(WHY_RESET if was_connected else WHY_CONNECT_FAIL)
         # the transport never calls resume_writing for a connection that died full:
         # without this, the listener would stop reading its clients for good
-        self.resume_writing()
+        self.tpaused = False
+        self._release()
 
     def pause_writing(self):
         # The upstream is not keeping up: stop reading requests from every client of
         # this listener until its buffer drains (requests share upstream connections).
+        self.tpaused = True
+        self._hold()
+
+    def resume_writing(self):
+        self.tpaused = False
+        self._release()
+
+    cdef void _hold(self):
         if self.paused:
             return
         self.paused = True
@@ -484,7 +515,7 @@ cdef class UpstreamConn:
             for d in self.cfg.conns:
                 (<DownstreamConn>d).set_reading()
 
-    def resume_writing(self):
+    cdef void _release(self):
         if not self.paused:
             return
         self.paused = False
@@ -497,6 +528,12 @@ cdef class UpstreamConn:
     cdef void send(self, bytes data):
         self.out.append(data)
         self.cluster.upstream_cx_tx_bytes_total.add(len(data))
+        if not self.connected:
+            # requests for a connection being made wait in memory: bounded as a socket
+            # buffer is (a connect can hang until the cluster's connect_timeout)
+            self.queued += len(data)
+            if self.queued > QUEUE_HIGH:
+                self._hold()
 
     cdef void flush(self):
         self.dirty = False
@@ -539,6 +576,11 @@ cdef class UpstreamConn:
             pool.remove(self)
 
     def connect_failed(self, exc):
+        if self.closed:
+            return
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+            self.connect_timer = None
         self.closed = True
         self.cluster.upstream_cx_connect_fail.inc()
         self.host.cx_connect_fail += 1
@@ -548,6 +590,35 @@ cdef class UpstreamConn:
         self._remove()
         if self.pending:
             self.fail_all(WHY_CONNECT_FAIL)
+        self.out = []
+        self.queued = 0
+        self._release()
+
+    def _connect_timeout(self):
+        """The cluster's connect_timeout passed with the connect not done: give it up whole.
+        The connect is cancelled, and if it completes in this same loop pass anyway,
+        connection_made finds the connection closed and sends nothing on it. (Cancelling
+        a create_connection() after connection_made, as asyncio.wait_for() can, closes the
+        transport with no connection_lost: a connection paused by the requests it was
+        given then kept the listener paused for good.)"""
+        self.connect_timer = None
+        if self.connected or self.closed:
+            return
+        self.cluster.upstream_cx_connect_timeout.inc()
+        task = self.connect_task
+        self.connect_failed(None)
+        if task is not None:
+            task.cancel()
+
+    cdef void shut(self):
+        """Closes it from our side: at once if its buffer is full (a peer that does not
+        read would keep a graceful close, and the listener's pause, pending for good)."""
+        self.local_close = True
+        if self.transport is not None:
+            if self.tpaused:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def sweep(self, double now):
         """Answers requests past their deadline with a timeout reply (the upstream reply,
@@ -599,6 +670,10 @@ cdef class DownstreamConn:
             self.transport.pause_reading()
             self.held = data if self.held is None else self.held + data
             return
+        if self.held is not None:
+            # a read held while paused goes first (reading resumed before _take_held ran)
+            data = self.held + data
+            self.held = None
         frames = (<BoltDecoder>self.decoder).feed(data) if self.cfg.proto == P_BOLT \
             else (<DubboDecoder>self.decoder).feed(data)
         for f in frames:
@@ -911,24 +986,27 @@ cdef class RpcProxyConfig:
             cluster.cx_active += 1
             host.cx_total += 1
             host.cx_active += 1
-            self.loop.create_task(self._connect(u))
+            u.connect_timer = self.loop.call_later(cluster.connect_timeout, u._connect_timeout)
+            u.connect_task = self.loop.create_task(self._connect(u))
             return u
         i = self.rr.get(host, 0)
         self.rr[host] = i + 1
         return pool[i % len(pool)]
 
     async def _connect(self, UpstreamConn u):
+        # the connect timeout is u's own timer (_connect_timeout), not asyncio.wait_for()
         try:
-            await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: u, u.host.address, u.host.port,
-                    **(u.cluster.tls.connect_kw(u.host) if u.cluster.tls is not None else {})),
-                u.cluster.connect_timeout)
-        except asyncio.TimeoutError as exc:
-            u.cluster.upstream_cx_connect_timeout.inc()
-            u.connect_failed(exc)
+            await self.loop.create_connection(
+                lambda: u, u.host.address, u.host.port,
+                **(u.cluster.tls.connect_kw(u.host) if u.cluster.tls is not None else {}))
         except OSError as exc:
             u.connect_failed(exc)
+        except asyncio.CancelledError:
+            if not u.closed:  # not by its timeout: the loop is going away
+                u.connect_failed(None)
+                raise
+        finally:
+            u.connect_task = None
 
     cdef void arm_sweeper(self):
         if self.sweeper is None:
@@ -968,9 +1046,7 @@ cdef class RpcProxyConfig:
             del self.pools[h]
             self.rr.pop(h, None)
             for u in pool:
-                u.local_close = True
-                if u.transport is not None:
-                    u.transport.close()
+                (<UpstreamConn>u).shut()
         if self.pools and not self._stopped:
             self.reaper = self.loop.call_later(self.reap_interval, self._reap)
 
@@ -989,9 +1065,7 @@ cdef class RpcProxyConfig:
             d.close()
         for pool in list(self.pools.values()):
             for u in list(pool):
-                if u.transport is not None:
-                    u.local_close = True
-                    u.transport.close()
+                u.shut()
 
     @property
     def draining(self):
