@@ -8,6 +8,9 @@ singleton with its own threads):
     python -m tests.support.dubbo_peer consumer <zk-hosts> <service> <message>
         finds <service> through ZooKeeper as a Dubbo consumer does, calls `greet`, prints
         "RESULT <repr of the reply>".
+    python -m tests.support.dubbo_peer call <host:port> <service> <method> <message>
+        a Triple call straight to <host:port> (a proxy's listener): prints "RESULT <repr>"
+        or "ERROR <exception type>: <text>".
 """
 
 from __future__ import annotations
@@ -48,11 +51,29 @@ def consumer(zk: str, service: str, message: str) -> None:
     print(f"RESULT {call(message.encode())!r}", flush=True)
 
 
+def call(target: str, service: str, method: str, message: str) -> None:
+    import dubbo
+    from dubbo.configs import ReferenceConfig
+
+    host, port = target.rsplit(":", 1)
+    client = dubbo.Client(
+        ReferenceConfig(protocol="tri", service=service, host=host, port=int(port))
+    )
+    try:
+        reply = client.unary(method_name=method)(message.encode())
+    except Exception as exc:  # noqa: BLE001 (printed for the test to read)
+        print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
+    else:
+        print(f"RESULT {reply!r}", flush=True)
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "provider":
         provider(args[0], int(args[1]), args[2])
     elif mode == "consumer":
         consumer(args[0], args[1], args[2])
+    elif mode == "call":
+        call(args[0], args[1], args[2], args[3])
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -73,6 +73,7 @@ cdef class HcmConfig:
     cdef Counter cx_drain_close
     cdef Counter cx_idle_timeout
     cdef Counter rq_idle_timeout
+    cdef Counter rq_max_duration_reached
     cdef Counter rq_response_before_rq_complete
     cdef Counter no_route
     cdef Counter no_cluster

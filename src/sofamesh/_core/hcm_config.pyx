@@ -106,6 +106,7 @@ cdef class HcmConfig:
         self.cx_drain_close = c(p + "downstream_cx_drain_close")
         self.cx_idle_timeout = c(p + "downstream_cx_idle_timeout")
         self.rq_idle_timeout = c(p + "downstream_rq_idle_timeout")
+        self.rq_max_duration_reached = c(p + "downstream_rq_max_duration_reached")
         self.no_route = c(p + "no_route")
         self.no_cluster = c(p + "no_cluster")
         self.rq_direct_response = c(p + "rq_direct_response")

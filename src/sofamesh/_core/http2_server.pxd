@@ -40,7 +40,6 @@ cdef class Http2ServerConn:
 cdef class H2Stream(RouterStream):
     cdef Http2ServerConn conn
     cdef unsigned int sid
-    cdef bint grpc                      # content-type application/grpc*: gRPC local replies
     cdef bint resp_ended                # our END_STREAM (or RST_STREAM) is sent
     cdef bint rst                       # the stream was reset (either side)
     cdef bint paused_up                 # our client's window made us pause the upstream

@@ -459,7 +459,9 @@ cdef class H2Stream(RouterStream):
             # the gRPC status its HTTP status maps to, the body as grpc-message
             resp = HeaderList(status=200)
             resp.add(b"content-type", b"application/grpc")
-            resp.add(b"grpc-status", GRPC_STATUS.get(code, b"2"))
+            # (a stream past its max duration: DEADLINE_EXCEEDED whatever the HTTP status)
+            resp.add(b"grpc-status", b"4" if self.resp_flags == "DT" else
+                     GRPC_STATUS.get(code, b"2"))
             if body:
                 resp.add(b"grpc-message", body)
             body = b""

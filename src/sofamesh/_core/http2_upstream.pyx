@@ -20,7 +20,8 @@ from sofamesh._core.conn_pool cimport (
 )
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
-    mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, PAUSE_UPSTREAM_FULL,
+    mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, FAIL_REMOTE_RESET,
+    FAIL_REFUSED, PAUSE_UPSTREAM_FULL,
 )
 from sofamesh._core.upstream cimport Cluster, Host
 
@@ -330,8 +331,11 @@ cdef class H2Connection:
                         cl.upstream_cx_protocol_error.inc()
                     if s.got_head:
                         d._reset()
+                    elif not (<StreamReset>ev).remote:
+                        d._fail(FAIL_PROTOCOL, s)
                     else:
-                        d._fail(FAIL_RESET if (<StreamReset>ev).remote else FAIL_PROTOCOL, s)
+                        d._fail(FAIL_REFUSED if (<StreamReset>ev).error_code == ERR_REFUSED_STREAM
+                                else FAIL_REMOTE_RESET, s)
                 self.stream_done(s)
             elif t is WindowUpdated:
                 self._window_opened()
@@ -345,7 +349,7 @@ cdef class H2Connection:
                     d = s.ds
                     s.ds = None
                     if d is not None:
-                        d._fail(FAIL_RESET, s)
+                        d._fail(FAIL_REFUSED, s)    # never processed: safe to retry
                 if not self.streams and self.transport is not None:
                     self.transport.close()
             elif t is H2ConnectionError:

@@ -35,6 +35,8 @@ cdef enum:
     FAIL_RESET = 4
     FAIL_PROTOCOL = 5
     FAIL_TIMEOUT = 6
+    FAIL_REMOTE_RESET = 7       # an HTTP/2 upstream reset the stream (RST_STREAM)
+    FAIL_REFUSED = 8            # ... with REFUSED_STREAM, or above its GOAWAY's last id
 
 # server_header_transformation (Envoy's enum values)
 cdef enum:

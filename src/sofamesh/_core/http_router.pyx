@@ -12,7 +12,8 @@ from sofamesh._core.http_common cimport (
     mono, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT,
     FAIL_NO_HEALTHY, FAIL_OVERFLOW, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET,
-    FAIL_PROTOCOL, FAIL_TIMEOUT, PAUSE_QUEUE, PAUSE_UPSTREAM_FULL,
+    FAIL_PROTOCOL, FAIL_TIMEOUT, FAIL_REMOTE_RESET, FAIL_REFUSED, PAUSE_QUEUE,
+    PAUSE_UPSTREAM_FULL,
 )
 from sofamesh._core.http_stream cimport (
     HttpFilter, HttpStream, add_formatted, FILTER_STOP,
@@ -20,7 +21,9 @@ from sofamesh._core.http_stream cimport (
 from sofamesh._core.router cimport (
     Route, rng_next, RA_DIRECT, RA_REDIRECT,
     RETRY_5XX, RETRY_GATEWAY, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_RETRIABLE_4XX,
-    RETRY_STATUS_CODES,
+    RETRY_STATUS_CODES, RETRY_REFUSED_STREAM, RETRY_GRPC, RETRY_GRPC_CANCELLED,
+    RETRY_GRPC_DEADLINE_EXCEEDED, RETRY_GRPC_INTERNAL, RETRY_GRPC_RESOURCE_EXHAUSTED,
+    RETRY_GRPC_UNAVAILABLE,
 )
 from sofamesh._core.upstream cimport Cluster, Host, LB_RING_HASH
 from sofamesh._core.upstream import hash64
@@ -45,6 +48,48 @@ cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix):
     return m
 
 
+cdef int grpc_retry_bit(HeaderMap rh) except -1:
+    """The retry_on bit of a trailers-only gRPC response's grpc-status, or 0."""
+    cdef int i = rh.find_from("grpc-status", 11, 0)
+    cdef bytes v
+    if i < 0:
+        return 0
+    v = rh.value_at(i)
+    if v == b"1":
+        return RETRY_GRPC_CANCELLED
+    if v == b"4":
+        return RETRY_GRPC_DEADLINE_EXCEEDED
+    if v == b"13":
+        return RETRY_GRPC_INTERNAL
+    if v == b"8":
+        return RETRY_GRPC_RESOURCE_EXHAUSTED
+    if v == b"14":
+        return RETRY_GRPC_UNAVAILABLE
+    return 0
+
+
+cdef dict GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 0.001, b"u": 1e-6,
+                        b"n": 1e-9}
+
+
+cdef double grpc_timeout(HeaderMap h, Route route):
+    """A gRPC request's timeout under max_stream_duration.grpc_timeout_header_max (Envoy's
+    router): its grpc-timeout (1-8 digits and a unit) less the offset, capped by the max
+    unless that is 0; absent or invalid: the max (0: none)."""
+    cdef int i = h.find_from("grpc-timeout", 12, 0)
+    cdef double t = 0
+    cdef bytes v
+    if i >= 0:
+        v = h.value_at(i)
+        if 2 <= PyBytes_GET_SIZE(v) <= 9 and v[:-1].isdigit() and v[-1:] in GRPC_UNITS:
+            t = int(v[:-1]) * GRPC_UNITS[v[-1:]]
+            if route.grpc_timeout_offset > 0:
+                t = t - route.grpc_timeout_offset if t > route.grpc_timeout_offset else 0
+    if route.grpc_timeout_max > 0 and (t <= 0 or t > route.grpc_timeout_max):
+        t = route.grpc_timeout_max
+    return t
+
+
 cdef bytes shadow_host(bytes host):
     """Envoy's shadow authority: `-shadow` after the host name, before any port
     (`a.b:8080` -> `a.b-shadow:8080`)."""
@@ -59,6 +104,7 @@ cdef class RouterStream(HttpStream):
         cdef HcmConfig cfg = self.cfg
         cdef Route route = self.route
         cdef Cluster cl
+        cdef double t
         if route is None:
             cfg.no_route.inc()
             self.resp_flags = "NR"
@@ -89,6 +135,12 @@ cdef class RouterStream(HttpStream):
         cl.rq_active += 1
         cl.upstream_rq_active.inc()
         self.host = None
+        if route.grpc_timeout_max >= 0 and self.grpc:
+            # max_stream_duration.grpc_timeout_header_max: the stream's own deadline
+            t = grpc_timeout(self.head, route)
+            if t > 0:
+                self.dur_due = self.t_start + t
+                self._arm_stream_timer()
         if route.hash_headers and cl.lb_policy == LB_RING_HASH:
             self.host = self._hash_pick(cl, route)
         if route.auto_host and self.host is None:
@@ -156,6 +208,8 @@ cdef class RouterStream(HttpStream):
         cdef double due = self.rq_due
         if self.idle_due > 0 and (due == 0 or self.idle_due < due):
             due = self.idle_due
+        if self.dur_due > 0 and (due == 0 or self.dur_due < due):
+            due = self.dur_due
         if self.stream_timer is not None:
             self.stream_timer.cancel()
             self.stream_timer = None
@@ -189,6 +243,17 @@ cdef class RouterStream(HttpStream):
                         self._local_reply(504, b"stream timeout", None, False)
                     else:
                         self._local_reply(408, b"stream timeout", None, True)
+            elif self.dur_due > 0 and now + 0.0005 >= self.dur_due:
+                # the stream's max duration (a gRPC request's grpc-timeout): Envoy's
+                # connection manager answers DEADLINE_EXCEEDED, or resets a started response
+                cfg.rq_max_duration_reached.inc()
+                self.resp_flags = "DT"
+                if self.resp_started:
+                    self._reset()
+                else:
+                    self._abandon_upstream()
+                    self._local_reply(504 if self.req_done else 408,
+                                      b"downstream duration timeout", None, not self.req_done)
             else:
                 self._arm_stream_timer()
         except Exception as exc:
@@ -321,6 +386,8 @@ cdef class RouterStream(HttpStream):
             rbit = RETRY_RETRIABLE_4XX
         if route.retry_statuses and status in route.retry_statuses:
             rbit |= RETRY_STATUS_CODES
+        if route.retry_on & RETRY_GRPC:
+            rbit |= grpc_retry_bit(rh)
         if rbit and self._can_retry(rbit):
             self.host.rq_active -= 1
             self.up = None
@@ -534,8 +601,11 @@ cdef class RouterStream(HttpStream):
             if self._can_retry(RETRY_CONNECT_FAILURE | RETRY_RESET | RETRY_5XX |
                                RETRY_GATEWAY):
                 return self._schedule_retry()
-        elif kind == FAIL_RESET or kind == FAIL_PROTOCOL:
+        elif kind == FAIL_RESET or kind == FAIL_PROTOCOL or kind == FAIL_REMOTE_RESET:
             if self._can_retry(RETRY_RESET | RETRY_5XX | RETRY_GATEWAY):
+                return self._schedule_retry()
+        elif kind == FAIL_REFUSED:
+            if self._can_retry(RETRY_REFUSED_STREAM | RETRY_RESET | RETRY_5XX | RETRY_GATEWAY):
                 return self._schedule_retry()
         if self.resp_started:
             return self._reset()
@@ -563,6 +633,12 @@ cdef class RouterStream(HttpStream):
             self.resp_flags = "UPE"
             reason = b"protocol error"
             code = 502         # Envoy: a reply it cannot parse is a bad gateway
+        elif kind == FAIL_REMOTE_RESET:
+            self.resp_flags = "UR"
+            reason = b"remote reset"
+        elif kind == FAIL_REFUSED:
+            self.resp_flags = "UR"
+            reason = b"remote refused stream reset"
         else:
             self.resp_flags = "UC"
             reason = b"connection termination"

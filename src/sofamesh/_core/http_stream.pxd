@@ -48,6 +48,8 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef bytes pending
     cdef HeaderMap head                 # the request headers (HTTP/1: a codecs.http1.Head)
     cdef public int http_version        # 10, 11 or 20: the downstream protocol
+    cdef public bint grpc               # content-type application/grpc*: a gRPC request
+    cdef double dur_due                 # mono() deadline: the stream's max duration; 0: none
     cdef BodyReader body
     cdef WriteBuf wb
     cdef public Route route

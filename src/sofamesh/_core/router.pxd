@@ -37,6 +37,13 @@ cdef enum:
     RETRY_RETRIABLE_4XX = 16
     RETRY_REFUSED_STREAM = 32
     RETRY_STATUS_CODES = 64
+    # gRPC: the grpc-status of a trailers-only response (Envoy's router reads it there)
+    RETRY_GRPC_CANCELLED = 128
+    RETRY_GRPC_DEADLINE_EXCEEDED = 256
+    RETRY_GRPC_INTERNAL = 512
+    RETRY_GRPC_RESOURCE_EXHAUSTED = 1024
+    RETRY_GRPC_UNAVAILABLE = 2048
+    RETRY_GRPC = 128 | 256 | 512 | 1024 | 2048
 
 cdef unsigned long long rng_next() noexcept   # xorshift64*, seeded from os.urandom
 
@@ -112,6 +119,10 @@ cdef class Route:
     cdef readonly object vhost_name
     cdef readonly tuple hash_headers      # hash_policy: ((bytes lower name, bint terminal), ...)
     cdef readonly tuple mirrors           # request_mirror_policies: ((cluster, ppm, no_suffix),)
+    # max_stream_duration.grpc_timeout_header_max (s): a gRPC request's grpc-timeout is its
+    # timeout, capped by this unless 0; -1: not set (the route timeout applies)
+    cdef readonly double grpc_timeout_max
+    cdef readonly double grpc_timeout_offset  # grpc_timeout_header_offset (s)
     cdef bint path_matches(self, const char* p, int n, int qpos)
     cdef bint matches(self, HeaderMap h)
     cpdef str pick_cluster(self)

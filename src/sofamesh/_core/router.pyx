@@ -141,8 +141,10 @@ cdef class Route:
                  bint strip_query=False, req_add=(), req_remove=(), req_add_if_absent=(),
                  resp_add=(), resp_remove=(), filter_config=None, upgrades=(), req_dyn=(),
                  resp_dyn=(), mirrors=(), hash_headers=(),
-                 vhost_name=""):
+                 vhost_name="", double grpc_timeout_max=-1.0, double grpc_timeout_offset=0.0):
         self.name = name
+        self.grpc_timeout_max = grpc_timeout_max
+        self.grpc_timeout_offset = grpc_timeout_offset
         self.mirrors = tuple(mirrors)
         self.hash_headers = tuple((_b(n).lower(), bool(t)) for n, t in hash_headers)
         self.pm = path_kind
@@ -391,4 +393,9 @@ RETRY_ON = {
     "retriable-4xx": RETRY_RETRIABLE_4XX,
     "refused-stream": RETRY_REFUSED_STREAM,
     "retriable-status-codes": RETRY_STATUS_CODES,
+    "cancelled": RETRY_GRPC_CANCELLED,
+    "deadline-exceeded": RETRY_GRPC_DEADLINE_EXCEEDED,
+    "internal": RETRY_GRPC_INTERNAL,
+    "resource-exhausted": RETRY_GRPC_RESOURCE_EXHAUSTED,
+    "unavailable": RETRY_GRPC_UNAVAILABLE,
 }

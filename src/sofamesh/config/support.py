@@ -406,6 +406,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "query_parameters",
         "grpc",  # content-type application/grpc (proxy/routes.py)
     ),
+    _RT + "RouteAction.MaxStreamDuration": (
+        "grpc_timeout_header_max",
+        "grpc_timeout_header_offset",
+    ),
     _RT + "RouteAction": (
         "cluster",
         "weighted_clusters",
@@ -419,6 +423,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "request_mirror_policies",
         "host_rewrite_header",
         "hash_policy",
+        "max_stream_duration",  # grpc_timeout_header_max / _offset (gRPC request timeouts)
     ),
     _RT + "RouteAction.HashPolicy": ("header", "terminal"),
     _RT + "RouteAction.HashPolicy.Header": ("header_name",),

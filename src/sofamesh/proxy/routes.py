@@ -155,11 +155,6 @@ RETRY_ON_NOT_IMPLEMENTED = frozenset(
         "envoy-ratelimited",
         "retriable-headers",
         "http3-post-connect-failure",
-        "cancelled",
-        "deadline-exceeded",
-        "internal",
-        "resource-exhausted",
-        "unavailable",
     }
 )
 
@@ -273,7 +268,10 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
         # followed by + or ;)
         kw["headers"].append(
             R.HeaderMatcher(
-                "content-type", R.StringMatcher(R.S_REGEX, r"application/grpc([+;].*)?"), True, False
+                "content-type",
+                R.StringMatcher(R.S_REGEX, r"application/grpc([+;].*)?"),
+                True,
+                False,
             )
         )
     kw["queries"] = [
@@ -370,6 +368,15 @@ def _route_action(a, apath, kw, clusters) -> None:
     elif hr is not None:
         raise UnsupportedConfig(f"{apath}.{hr} is not supported")
     kw["timeout"] = _dur(a.timeout) if a.HasField("timeout") else DEFAULT_TIMEOUT_S
+    if a.HasField("max_stream_duration"):
+        # Envoy's "new timeouts": the route timeout no longer applies (nor is announced in
+        # x-envoy-expected-rq-timeout-ms); the stream's max duration does
+        kw["timeout"] = 0.0
+        msd = a.max_stream_duration
+        if msd.HasField("grpc_timeout_header_max"):
+            kw["grpc_timeout_max"] = _dur(msd.grpc_timeout_header_max)
+        if msd.HasField("grpc_timeout_header_offset"):
+            kw["grpc_timeout_offset"] = _dur(msd.grpc_timeout_header_offset)
     if a.HasField("retry_policy"):
         rp = a.retry_policy
         bits = 0

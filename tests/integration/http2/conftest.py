@@ -42,6 +42,8 @@ class EchoServer:
     server: Any = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     seen_metadata: list = field(default_factory=list)
+    calls: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> EchoServer:
         def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
@@ -49,6 +51,15 @@ class EchoServer:
             if req.startswith(b"fail:"):
                 _, code, msg = req.decode().split(":", 2)
                 ctx.abort(grpc.StatusCode[code], msg)
+            if req.startswith(b"flaky:"):
+                # flaky:N:key: UNAVAILABLE for the first N calls with this key
+                _, n, key = req.decode().split(":", 2)
+                with self.lock:
+                    self.calls[key] = self.calls.get(key, 0) + 1
+                    k = self.calls[key]
+                if k <= int(n):
+                    ctx.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+                return b"ok after %d" % k
             if req.startswith(b"sleep:"):
                 end = time.monotonic() + float(req[6:])
                 while time.monotonic() < end and ctx.is_active():
@@ -96,6 +107,51 @@ class EchoServer:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(0)
+
+
+def h2_request(
+    port: int, headers: list[tuple[str, str]], body: bytes = b"", timeout: float = 10.0
+) -> dict:
+    """One request over a fresh h2c connection with the `h2` library (an independent
+    HTTP/2 implementation): {"headers", "data", "trailers", "reset"} as received."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, headers, end_stream=not body)
+    if body:
+        conn.send_data(sid, body, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    out: dict = {"headers": None, "data": b"", "trailers": None, "reset": None}
+    done = False
+    try:
+        while not done:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            for ev in conn.receive_data(chunk):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    out["headers"] = [(k.decode(), v.decode()) for k, v in ev.headers]
+                elif isinstance(ev, h2.events.DataReceived):
+                    out["data"] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    out["trailers"] = [(k.decode(), v.decode()) for k, v in ev.headers]
+                elif isinstance(ev, h2.events.StreamReset):
+                    out["reset"] = ev.error_code
+                    done = True
+                elif isinstance(ev, h2.events.StreamEnded):
+                    done = True
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    return out
 
 
 def _cluster(name: str, port: int, h2: bool, **extra: Any) -> dict:
@@ -157,9 +213,7 @@ def bootstrap(
         "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "codec_type": codec_type,
-        "route_config": {
-            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": r}]
-        },
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": r}]},
         "http_filters": [
             {
                 "name": "envoy.filters.http.router",

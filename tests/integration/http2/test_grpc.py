@@ -52,9 +52,8 @@ def test_sixteen_megabyte_message_both_ways_through_flow_control(proxies):
 
 def test_error_status_and_message_reach_the_client(proxies):
     p = proxies()
-    with p.channel() as ch:
-        with pytest.raises(grpc.RpcError) as e:
-            _unary(ch)(b"fail:INVALID_ARGUMENT:bad thing happened", timeout=10)
+    with p.channel() as ch, pytest.raises(grpc.RpcError) as e:
+        _unary(ch)(b"fail:INVALID_ARGUMENT:bad thing happened", timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert e.value.details() == "bad thing happened"
 
@@ -94,7 +93,7 @@ def test_many_concurrent_calls_on_one_connection(proxies):
                 for j in range(20):
                     msg = b"%d-%d" % (i, j) * 50
                     assert f(msg, timeout=20) == msg
-            except Exception as exc:  # collected: asserted below
+            except Exception as exc:  # noqa: BLE001 (collected: asserted below)
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
@@ -142,3 +141,62 @@ def test_grpc_stats_envoy_users_scrape(proxies):
     assert s["http.ingress.downstream_rq_2xx"] == 3
     assert s["cluster.grpc.upstream_cx_http2_total"] == 1
     assert s["cluster.grpc.upstream_rq_200"] == 3
+
+
+def _grpc_routes(**action) -> list:
+    return [
+        {
+            "match": {"prefix": "/" + SERVICE + "/", "grpc": {}},
+            "route": {"cluster": "grpc", **action},
+        }
+    ]
+
+
+def test_retry_on_grpc_unavailable(proxies):
+    """retry_on: unavailable retries a trailers-only grpc-status 14; resource-exhausted
+    alone does not."""
+    p = proxies(routes=_grpc_routes(retry_policy={"retry_on": "unavailable", "num_retries": 3}))
+    with p.channel() as ch:
+        assert _unary(ch)(b"flaky:2:a", timeout=10) == b"ok after 3"
+        with pytest.raises(grpc.RpcError) as e:
+            _unary(ch)(b"flaky:9:b", timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert e.value.details() == "try again"
+    assert p.echo.calls == {"a": 3, "b": 4}  # 1 try + 3 retries
+    assert p.stats()["cluster.grpc.upstream_rq_retry"] == 5
+
+
+def test_grpc_timeout_header_is_the_stream_deadline(proxies):
+    """Route max_stream_duration.grpc_timeout_header_max: 0s (Envoy's "new timeouts"): the
+    route timeout no longer applies nor is announced upstream, and a gRPC request's
+    grpc-timeout is its stream's deadline: when it passes, the connection manager answers
+    DEADLINE_EXCEEDED "downstream duration timeout" and counts it."""
+    from .conftest import h2_request
+
+    p = proxies(routes=_grpc_routes(max_stream_duration={"grpc_timeout_header_max": "0s"}))
+    with p.channel() as ch:
+        _unary(ch)(b"x", timeout=7)
+    assert "x-envoy-expected-rq-timeout-ms" not in dict(p.echo.seen_metadata[-1])
+    # a raw HTTP/2 client sends grpc-timeout 300m and waits as long as it takes
+    msg = b"sleep:5"
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "svc"),
+        (":path", f"/{SERVICE}/Unary"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("grpc-timeout", "300m"),
+    ]
+    t0 = time.monotonic()
+    out = h2_request(p.port, headers, b"\0" + len(msg).to_bytes(4, "big") + msg)
+    took = time.monotonic() - t0
+    assert 0.25 < took < 3, took
+    h = dict(out["headers"])
+    assert out["trailers"] is None  # trailers-only
+    assert (h[":status"], h["grpc-status"], h["grpc-message"]) == (
+        "200",
+        "4",
+        "downstream duration timeout",
+    )
+    assert p.stats()["http.ingress.downstream_rq_max_duration_reached"] == 1
