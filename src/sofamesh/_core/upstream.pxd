@@ -107,6 +107,11 @@ cdef class Cluster:
     # or None for HTTP/1.1
     cdef public tuple h2
     cdef public Counter upstream_cx_http2_total
+    # common_lb_config.healthy_panic_threshold (percent; Envoy's default 50, 0 = never):
+    # `panic` (set by update_health) makes choose() take any host, healthy or not
+    cdef public double panic_threshold
+    cdef public bint panic
+    cdef public Counter lb_healthy_panic
 
     cdef Host choose(self)
     cdef Host choose_hash(self, unsigned long long h)

@@ -45,6 +45,10 @@ class Cluster:
     max_retries: int
     enable_trailers: bool
     tls: Any  # proxy.tls.UpstreamTransport | None
+    panic_threshold: float  # common_lb_config.healthy_panic_threshold, percent
+    panic: bool
+    lb_healthy_panic: Counter
+    membership_healthy: Gauge
     upstream_rq_total: Counter
     upstream_cx_active: Gauge
     upstream_rq_time: Histogram
@@ -68,4 +72,5 @@ class Cluster:
         enable_trailers: bool = False,
     ) -> None: ...
     def set_hosts(self, hosts: Iterable[Host]) -> None: ...
+    def update_health(self) -> None: ...
     def pick(self) -> Host | None: ...

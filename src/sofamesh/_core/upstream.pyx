@@ -56,6 +56,7 @@ CLUSTER_COUNTERS = (
     "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_cx_destroy",
     "upstream_cx_destroy_local", "upstream_cx_destroy_remote", "upstream_cx_protocol_error",
     "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_cx_http2_total",
+    "lb_healthy_panic",
 )
 CLUSTER_GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
@@ -100,6 +101,7 @@ cdef class Cluster:
             setattr(self, stat, g)
         for stat, h in zip(CLUSTER_HISTOGRAMS, grp.h):
             setattr(self, stat, h)
+        self.panic_threshold = 50.0  # Envoy's default; Server sets the cluster's own
         self.set_hosts(hosts)
 
     def set_hosts(self, hosts):
@@ -127,8 +129,24 @@ cdef class Cluster:
         if self.lb_policy == LB_RING_HASH:
             self._build_ring()
         self.membership_total.set(len(new))
-        self.membership_healthy.set(sum(1 for h in new if h.healthy))
+        self.update_health()
 
+    def update_health(self):
+        """After host health changed (set_hosts, health checks): membership_healthy, and
+        whether the cluster is in panic, as Envoy decides it for one priority: the healthy
+        share is under healthy_panic_threshold and, with Envoy's overprovisioning factor
+        of 1.4, not 100% available (no hosts at all: no panic, nothing to choose)."""
+        cdef Host h
+        cdef Py_ssize_t n = len(self.hosts), healthy = 0
+        for h in self.hosts:
+            if h.healthy:
+                healthy += 1
+        self.membership_healthy.set(healthy)
+        self.panic = (
+            n > 0
+            and 100.0 * healthy < self.panic_threshold * n
+            and 140 * healthy < 100 * n
+        )
     def _build_ring(self):
         """Consistent hash ring (Envoy's RING_HASH): each host gets points in proportion
         to its weight, at least ring_size in all; a key maps to the next point clockwise."""
@@ -152,6 +170,9 @@ cdef class Cluster:
             return self.choose()
         n = len(self.ring_keys)
         i = bisect_left(self.ring_keys, hv)
+        if self.panic:  # every host, healthy or not (Envoy's panic mode)
+            self.lb_healthy_panic.inc()
+            return self.ring_hosts[i % n]
         for k in range(n):
             h = self.ring_hosts[(i + k) % n]
             if h.healthy:
@@ -163,18 +184,22 @@ cdef class Cluster:
         cdef Py_ssize_t n = len(self.hosts), _k
         cdef long long total
         cdef double score, bscore
+        # panic: any host will do (Envoy's panic mode), else the healthy ones only
+        cdef bint anyh = self.panic
         if n == 0:
             return None
+        if anyh:
+            self.lb_healthy_panic.inc()
         if n == 1:
             h = self.hosts[0]
-            return h if h.healthy else None
+            return h if (h.healthy or anyh) else None
         if self.lb_policy == LB_ROUND_ROBIN:
             if self.weighted:
                 # smooth weighted round robin: deterministic, spreads heavy hosts out
                 best = None
                 total = 0
                 for h in self.hosts:
-                    if not h.healthy:
+                    if not (h.healthy or anyh):
                         continue
                     h.cw += h.weight
                     total += h.weight
@@ -186,14 +211,14 @@ cdef class Cluster:
             for _k in range(n):
                 self.rr += 1
                 h = self.hosts[self.rr % n]
-                if h.healthy:
+                if h.healthy or anyh:
                     return h
             return None
         if self.lb_policy == LB_RANDOM or self.lb_policy == LB_RING_HASH:
             # RING_HASH without a hash key: a random host, as Envoy
             for _k in range(n):
                 h = self.hosts[rng_next() % n]
-                if h.healthy:
+                if h.healthy or anyh:
                     return h
             return self._first_healthy()
         # LEAST_REQUEST: power of N choices; weighted hosts score rq_active/weight (Envoy's
@@ -202,7 +227,7 @@ cdef class Cluster:
         bscore = 0
         for _k in range(self.choice_count):
             c = self.hosts[rng_next() % n]
-            if not c.healthy:
+            if not (c.healthy or anyh):
                 continue
             score = (c.rq_active + 1.0) / c.weight
             if best is None or score < bscore:

@@ -252,7 +252,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _CL + "Cluster.EdsClusterConfig": ("eds_config", "service_name"),
     _HCM + "Rds": ("config_source", "route_config_name"),
     _CL + "Cluster.CommonLbConfig": (
-        "healthy_panic_threshold",  # 0 only (ALLOWED_IF)
+        "healthy_panic_threshold",  # panic mode (upstream.pyx Cluster.update_health)
         "update_merge_window",  # read for health check updates (EDS changes apply at once)
     ),
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters"),
@@ -727,10 +727,6 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
     ("envoy.config.core.v3.ApiConfigSource", "api_type"): (
         lambda v: v in (2, 3),
         "only GRPC and DELTA_GRPC",
-    ),
-    (_CL + "Cluster.CommonLbConfig", "healthy_panic_threshold"): (
-        lambda v: getattr(v, "value", v) == 0,
-        "only 0: sofamesh never sends to unhealthy hosts (no panic mode)",
     ),
     ("envoy.extensions.filters.network.rbac.v3.RBAC", "enforcement_type"): (
         lambda v: v == 0,

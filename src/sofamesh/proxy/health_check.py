@@ -583,12 +583,10 @@ class CheckedCluster(Cluster):
             self.merge_timer.cancel()
             self.merge_timer = None
         self.last_update = time.monotonic()
-        n = 0
         for h in self.hosts:
             k = (h.address, h.port)
             h.healthy = self.eds_healthy.get(k, True) and not self.hc_flags.get(k, 0) & UNUSABLE
-            n += h.healthy
-        self.membership_healthy.value = n  # type: ignore[attr-defined]  # not in upstream.pyi
+        self.update_health()  # membership_healthy, and panic mode (upstream.pyx)
 
     def hc_warm(self) -> bool:
         """Every host had its first check, or there is none (Envoy initializes a cluster,

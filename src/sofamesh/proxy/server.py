@@ -300,6 +300,10 @@ class Server:
         from sofamesh.proxy import tls
 
         cl.tls = tls.upstream_transport(c, self.stats, path)  # transport_socket(_matches)
+        lb = c.common_lb_config
+        if lb.HasField("healthy_panic_threshold"):  # else Envoy's 50%
+            cl.panic_threshold = lb.healthy_panic_threshold.value
+            cl.update_health()
         if cl.tls is not None and hc is not None:
             raise UnsupportedConfig(
                 f"{path}.health_checks: health checks of a TLS cluster are not implemented "

@@ -150,9 +150,9 @@ IGNORED_BEFORE: list[tuple[str, Callable[[dict], None], str]] = [
     ),
     (
         "cluster_common_lb_config",
-        # 0 (no panic mode) is what sofamesh does; any other threshold is refused
-        lambda b: _cluster(b).update(common_lb_config={"healthy_panic_threshold": {"value": 50}}),
-        f"{C0}.common_lb_config.healthy_panic_threshold",
+        # healthy_panic_threshold is implemented (panic mode); locality weighting is not
+        lambda b: _cluster(b).update(common_lb_config={"locality_weighted_lb_config": {}}),
+        f"{C0}.common_lb_config.locality_weighted_lb_config",
     ),
     (
         "endpoint_unhealthy",

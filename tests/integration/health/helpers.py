@@ -120,7 +120,8 @@ def bootstrap(
     cluster_extra: dict | None = None,
 ) -> dict:
     """One listener (HCM or tcp_proxy) to cluster `c` of `ports`, checked by `health_check`;
-    healthy_panic_threshold 0 in both proxies (sofamesh has no panic mode)."""
+    healthy_panic_threshold 0 in both proxies (no panic mode: unhealthy hosts get no traffic
+    however few are healthy)."""
     aport, lport = free_port(), free_port()
     if listener == "http":
         terminal = {

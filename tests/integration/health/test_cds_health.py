@@ -51,6 +51,8 @@ def _cluster() -> cluster_pb2.Cluster:
         "connect_timeout": "1s",
         "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
         "health_checks": [HC],
+        # no panic mode: with 1 healthy host of 3, Envoy's default 50% would use all three
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
     }
     return json_format.ParseDict(d, cluster_pb2.Cluster())
 
