@@ -25,6 +25,7 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.sent_at: dict[str, float] = {}  # nonce -> when its response was made
         self.answered: dict[str, float] = {}  # nonce -> when its ACK/NACK arrived
         self.pushed: dict[str, int] = {}  # type -> last nonce sent before the last push
+        self.identifier = ""  # when set, every response's control_plane.identifier
 
     def push(self, type_url: str, version: str, msgs: list, removed: tuple = ()) -> str:
         """Serves `msgs` from now on. SotW: the whole set. Delta: the resources sent (what
@@ -71,6 +72,8 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             r = discovery_pb2.DiscoveryResponse(
                 type_url=t, version_info=version, nonce=self._nonce(t)
             )
+            if self.identifier:
+                r.control_plane.identifier = self.identifier
             for m in msgs:
                 a = any_pb2.Any()
                 a.Pack(m)
@@ -86,6 +89,8 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             r = discovery_pb2.DeltaDiscoveryResponse(
                 type_url=t, system_version_info=version, nonce=self._nonce(t)
             )
+            if self.identifier:
+                r.control_plane.identifier = self.identifier
             for m in msgs:
                 name = m.cluster_name if hasattr(m, "cluster_name") else m.name  # EDS
                 res = r.resources.add(name=name, version=version)

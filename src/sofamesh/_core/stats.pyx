@@ -106,6 +106,9 @@ class StatGroup:
 # Groups of each Store: id(store) -> {prefix: [StatGroup, ...]} (kept here so the Store's
 # layout, which other modules cimport, stays as it is).
 cdef dict _GROUPS = {}
+# Text readouts of each Store (Envoy's TextReadout: a string, e.g. control_plane.identifier):
+# id(store) -> {name: value}; set from Python per config change, never on the hot path.
+cdef dict _TEXTS = {}
 
 
 cdef object _grouped(Store store, str name, int kind):
@@ -138,6 +141,19 @@ cdef class Store:
 
     def __dealloc__(self):
         _GROUPS.pop(id(self), None)
+        _TEXTS.pop(id(self), None)
+
+    def text_readout(self, str name, str value=None):
+        """Envoy's text readout `name`: made empty on first use; set to `value` if given.
+        Returns its value."""
+        texts = _TEXTS.setdefault(id(self), {})
+        if value is not None:
+            texts[name] = value
+        return texts.setdefault(name, "")
+
+    def text_readouts(self):
+        """{name: value} of every text readout."""
+        return dict(_TEXTS.get(id(self), {}))
 
     cpdef Counter counter(self, str name):
         c = self._counters.get(name)
@@ -263,4 +279,10 @@ cdef class Store:
                     hists[name] = {"counts": h.bucket_counts(), "sum": h.sum, "count": h.count}
                     if h.used:
                         used.add(name)
-        return {"counters": counters, "gauges": gauges, "histograms": hists, "used": used}
+        return {
+            "counters": counters,
+            "gauges": gauges,
+            "histograms": hists,
+            "text_readouts": dict(_TEXTS.get(id(self), {})),
+            "used": used,
+        }

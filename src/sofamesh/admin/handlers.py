@@ -302,15 +302,15 @@ async def _stats(st: AdminState, q: dict[str, str], fmt: str | None = None) -> R
     snap = await st.snapshot()
     kind = q.get("type", "All")
     keep = {
-        "All": ("counters", "gauges", "histograms"),
+        "All": ("counters", "gauges", "histograms", "text_readouts"),
         "Counters": ("counters",),
         "Gauges": ("gauges",),
         "Histograms": ("histograms",),
-        "TextReadouts": (),
+        "TextReadouts": ("text_readouts",),
     }.get(kind)
     if keep is None:
         return Response(400, f"invalid type={kind}\n")
-    for k in ("counters", "gauges", "histograms"):
+    for k in ("counters", "gauges", "histograms", "text_readouts"):
         if k not in keep:
             snap[k] = {}
     from sofamesh._core.stats import DEFAULT_BOUNDS
@@ -318,7 +318,11 @@ async def _stats(st: AdminState, q: dict[str, str], fmt: str | None = None) -> R
     if fmt == "json":
         return Response(200, stats_format.as_json(snap, rx, usedonly, DEFAULT_BOUNDS), JSON)
     if fmt == "prometheus":
-        return Response(200, stats_format.prometheus(snap, rx, usedonly, DEFAULT_BOUNDS), TEXT)
+        return Response(
+            200,
+            stats_format.prometheus(snap, rx, usedonly, DEFAULT_BOUNDS, "text_readouts" in q),
+            TEXT,
+        )
     if fmt in ("text", ""):
         return Response(200, stats_format.text(snap, rx, usedonly, DEFAULT_BOUNDS), TEXT)
     return Response(400, "usage: /stats?format=(html|active-html|json|prometheus|text)\n")

@@ -146,10 +146,18 @@ def _quantile(h: dict, bounds: tuple[float, ...], q: float) -> float | None:
     return lo
 
 
+def _texts(snap: dict, rx: re.Pattern[str] | None, usedonly: bool) -> list[tuple[str, str]]:
+    """Text readouts (Envoy's TextReadout), by name; with usedonly, those set."""
+    texts = snap.get("text_readouts", {})
+    return [(n, texts[n]) for n in _select(texts, rx, set() if usedonly else None, texts)]
+
+
 def text(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tuple) -> str:
     used = _used_set(snap, usedonly)
     vals: dict[str, int] = {**snap["gauges"], **snap["counters"]}
-    lines = [f"{n}: {vals[n]}" for n in _select(vals, rx, used, vals)]
+    # Envoy lists text readouts first, their values in quotes (not escaped)
+    lines = [f'{n}: "{v}"' for n, v in _texts(snap, rx, usedonly)]
+    lines += [f"{n}: {vals[n]}" for n in _select(vals, rx, used, vals)]
     for n in _select(snap["histograms"], rx, used):
         h = snap["histograms"][n]
         if not h["count"]:
@@ -169,9 +177,8 @@ def text(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tuple) 
 def as_json(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tuple) -> str:
     used = _used_set(snap, usedonly)
     vals: dict[str, int] = {**snap["gauges"], **snap["counters"]}
-    stats: list[dict[str, Any]] = [
-        {"name": n, "value": vals[n]} for n in _select(vals, rx, used, vals)
-    ]
+    stats: list[dict[str, Any]] = [{"name": n, "value": v} for n, v in _texts(snap, rx, usedonly)]
+    stats += [{"name": n, "value": vals[n]} for n in _select(vals, rx, used, vals)]
     hnames = _select(snap["histograms"], rx, used)
     if hnames or not usedonly:
         computed = []
@@ -188,7 +195,13 @@ def as_json(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tupl
     return json.dumps({"stats": stats}, separators=(",", ":"))
 
 
-def prometheus(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: tuple) -> str:
+def prometheus(
+    snap: dict,
+    rx: re.Pattern[str] | None,
+    usedonly: bool,
+    bounds: tuple,
+    text_readouts: bool = False,  # ?text_readouts: as gauges of value 0 with text_value
+) -> str:
     used = _used_set(snap, usedonly)
     out: list[str] = []
 
@@ -204,6 +217,12 @@ def prometheus(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: t
             out.append(f"# TYPE {pname} {kind}")
             for tags, n in items:
                 out.append(f"{pname}{_labels(tags)} {src[n]}")
+    texts = dict(_texts(snap, rx, usedonly)) if text_readouts else {}
+    for pname, items in sorted(group("text", texts).items()):
+        out.append(f"# TYPE {pname} gauge")
+        for tags, n in items:
+            value = 'text_value="' + _escape(texts[n]) + '"'
+            out.append(f"{pname}{_labels(tags, value)} 0")
     for pname, items in sorted(group("histogram", snap["histograms"]).items()):
         out.append(f"# TYPE {pname} histogram")
         for tags, n in items:
@@ -222,8 +241,17 @@ def prometheus(snap: dict, rx: re.Pattern[str] | None, usedonly: bool, bounds: t
 
 def merge(snaps: list[dict]) -> dict:
     """Sums worker snapshots: counters and gauges add, histogram buckets add, `used` unions."""
-    out: dict[str, Any] = {"counters": {}, "gauges": {}, "histograms": {}, "used": set()}
+    out: dict[str, Any] = {
+        "counters": {},
+        "gauges": {},
+        "histograms": {},
+        "text_readouts": {},
+        "used": set(),
+    }
     for s in snaps:
+        for n, v in s.get("text_readouts", {}).items():  # a set value wins over an empty one
+            if v or n not in out["text_readouts"]:
+                out["text_readouts"][n] = v
         for k in ("counters", "gauges"):
             d = out[k]
             for n, v in s[k].items():

@@ -164,6 +164,11 @@ class AdsClient:
         self._watcher: Any = None  # xds.watch.DirWatcher, once a file source is used
         self.connected = self.stats.gauge("control_plane.connected_state")
         self.connected.used = True
+        if settings.ads is not None:  # shown from the start, as Envoy's
+            self.stats.text_readout("control_plane.identifier")
+            # never anything but 0: sofamesh does not rate-limit its requests, so none wait
+            self.stats.gauge("control_plane.pending_requests").used = True
+            self.stats.counter("control_plane.rate_limit_enforced")
 
     @property
     def subs(self) -> dict[str, _Sub]:
@@ -377,6 +382,9 @@ class AdsClient:
                 self._bump(f"{self._prefix(t)}.update_rejected")
         elif t in (CDS, LDS):
             self._bump(f"{self._prefix(t)}.update_success")
+            # Envoy's text readout of the accepted version (SotW version_info, Delta
+            # system_version_info, a file's version_info)
+            self.stats.text_readout(f"{self._prefix(t)}.version_text", up.version)
         return errors
 
     def stream_failed(self, src: _GrpcStream) -> None:
@@ -421,6 +429,7 @@ class _GrpcStream:
         self._channel: Any = None
         self.failures = 0
         self.up = False  # a response arrived on the current stream
+        self.identifier = ""  # the server's DiscoveryResponse.control_plane.identifier
 
     def mark_connected(self, value: int) -> None:
         """control_plane.connected_state: the ADS stream's, or (api_config_source) each
@@ -434,6 +443,7 @@ class _GrpcStream:
                 g = stats.gauge(f"{scope}.control_plane.connected_state")
                 g.value = value
                 g.used = True
+                stats.text_readout(f"{scope}.control_plane.identifier", self.identifier)
 
     def start(self) -> None:
         if self._task is None:
@@ -575,6 +585,14 @@ class _GrpcStream:
             return
         sub.nonce = resp.nonce
         client = self.client
+        ident = resp.control_plane.identifier
+        if ident != self.identifier and resp.HasField("control_plane"):
+            # Envoy's text readout control_plane.identifier: who serves this stream
+            self.identifier = ident
+            if self.aggregated:
+                client.stats.text_readout("control_plane.identifier", ident)
+            else:
+                self.mark_connected(1)
         if self.spec.delta:
             up = client.decode(
                 t,

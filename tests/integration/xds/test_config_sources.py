@@ -321,6 +321,7 @@ async def test_api_config_source_streams_per_type(tmp_path, upstreams, kind, mod
     over their own discovery service (StreamClusters, StreamEndpoints, ... or Delta*)."""
     delta = mode == "delta"
     xds = ScriptedXds()
+    xds.identifier = "xds-1"
     server = grpc.aio.server()
     xds.add_to(server)
     xds_port = server.add_insecure_port("127.0.0.1:0")
@@ -371,6 +372,10 @@ async def test_api_config_source_streams_per_type(tmp_path, upstreams, kind, mod
                       "http.ingress.rds.local"):  # fmt: skip
             name = f"{scope}.control_plane.connected_state"
             assert await asyncio.to_thread(stat, admin, name) == 1, name
+            _, text = await asyncio.to_thread(
+                admin_get, admin, f"/stats?type=TextReadouts&filter=^{scope}.control_plane"
+            )
+            assert text == f'{scope}.control_plane.identifier: "xds-1"\n', text
     finally:
         if proxy is not None:
             await asyncio.to_thread(proxy.stop)
