@@ -147,6 +147,7 @@ cdef class Cluster:
             and 100.0 * healthy < self.panic_threshold * n
             and 140 * healthy < 100 * n
         )
+
     def _build_ring(self):
         """Consistent hash ring (Envoy's RING_HASH): each host gets points in proportion
         to its weight, at least ring_size in all; a key maps to the next point clockwise."""
