@@ -66,8 +66,17 @@ def describe_server(server: Any) -> dict:
                     "stats": stats,
                 }
             )
-        clusters.append({"name": getattr(ci, "name", name), "hosts": hosts})
-    return {"listeners": listeners, "clusters": clusters}
+        cfg = getattr(ci, "config", None)
+        clusters.append(
+            {
+                "name": getattr(ci, "name", name),
+                "hosts": hosts,
+                "alt_stat_name": getattr(cfg, "alt_stat_name", "") if cfg is not None else "",
+            }
+        )
+    secrets = getattr(server, "secrets", None)  # proxy.sds.SecretManager: TLS contexts
+    certs = secrets.certs() if secrets is not None else []
+    return {"listeners": listeners, "clusters": clusters, "certs": certs}
 
 
 def merge_topologies(tops: list[dict]) -> dict:
@@ -75,7 +84,7 @@ def merge_topologies(tops: list[dict]) -> dict:
     if not tops:
         return {"listeners": [], "clusters": []}
     base = tops[0]
-    out = {"listeners": base["listeners"], "clusters": []}
+    out = {"listeners": base["listeners"], "clusters": [], "certs": base.get("certs", [])}
     for ci, c in enumerate(base["clusters"]):
         hosts = []
         for hi, h in enumerate(c["hosts"]):
@@ -89,7 +98,9 @@ def merge_topologies(tops: list[dict]) -> dict:
                     h["stats"][k] = h["stats"].get(k, 0) + v
                 h["healthy"] = h["healthy"] and other["healthy"]
             hosts.append(h)
-        out["clusters"].append({"name": c["name"], "hosts": hosts})
+        out["clusters"].append(
+            {"name": c["name"], "hosts": hosts, "alt_stat_name": c.get("alt_stat_name", "")}
+        )
     return out
 
 

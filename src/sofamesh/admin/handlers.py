@@ -97,6 +97,7 @@ class AdminState:
         self.admin_stats = Store()  # the admin listener's own http.admin.* stats
         self.overrides: dict[str, str] = {}
         self.reopen_hooks: list[Callable[[], None]] = []
+        self.stats_view: Any = None  # admin.stats_config.StatsView, made on first use
 
     async def reopen_logs(self) -> None:
         for hook in self.reopen_hooks:
@@ -140,7 +141,12 @@ class AdminState:
             g[f"cluster.{c['name']}.membership_total"] = len(c["hosts"])
             g[f"cluster.{c['name']}.membership_healthy"] = healthy
         snap["used"] |= set(own)
-        return snap
+        if self.stats_view is None:
+            from sofamesh.admin.stats_config import from_bootstrap
+
+            self.stats_view = from_bootstrap(self.bootstrap)
+        alt = {c["name"]: c.get("alt_stat_name", "") for c in top["clusters"]}
+        return self.stats_view.apply(snap, alt)
 
     def dynamic(self) -> Any:
         """The xDS-fed resources (sofamesh.proxy.dynamic.DynamicConfig) when the Server runs
@@ -320,7 +326,9 @@ async def _stats(st: AdminState, q: dict[str, str], fmt: str | None = None) -> R
     if fmt == "prometheus":
         return Response(
             200,
-            stats_format.prometheus(snap, rx, usedonly, DEFAULT_BOUNDS, "text_readouts" in q),
+            stats_format.prometheus(
+                snap, rx, usedonly, DEFAULT_BOUNDS, "text_readouts" in q, view=st.stats_view
+            ),
             TEXT,
         )
     if fmt in ("text", ""):

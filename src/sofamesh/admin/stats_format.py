@@ -52,12 +52,41 @@ TAG_EXTRACTORS: list[tuple[str, re.Pattern[str], str]] = [
 _BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def extract_tags(name: str) -> tuple[str, list[tuple[str, str]]]:
-    """(tag-extracted name, [(tag name, value)]) as Envoy's default extractors give."""
+def regex_prefix(rx: str) -> str:
+    """The stat name's first token an extractor's regex requires (`^cluster\\.` -> cluster),
+    or "": Envoy indexes extractors by it, and runs those without one first."""
+    if not rx.startswith("^"):
+        return ""
+    for i in range(1, len(rx)):
+        c = rx[i]
+        if not (c.isalnum() or c == "_"):
+            rest = rx[i:]
+            if i > 1 and (i == len(rx) - 1 or rest.startswith((r"\.", r"(?=\.)"))):
+                return rx[1:i]
+            return ""
+    return ""
+
+
+def _ordered(extractors: list[tuple[str, re.Pattern[str], str]], name: str) -> list:
+    first = name.split(".", 1)[0] if "." in name else None
+    plain = [e for e in extractors if not regex_prefix(e[1].pattern)]
+    indexed = [e for e in extractors if first and regex_prefix(e[1].pattern) == first]
+    return plain + indexed
+
+
+def extract_tags(
+    name: str,
+    extractors: list[tuple[str, re.Pattern[str], str]] | None = None,
+    fixed: list[tuple[str, str]] | tuple = (),
+) -> tuple[str, list[tuple[str, str]]]:
+    """(tag-extracted name, [(tag name, value)]) as Envoy's extractors give: Envoy's
+    defaults, or a bootstrap's stats_config (admin/stats_config.py); fixed-value tags
+    first."""
     cuts: list[tuple[int, int]] = []
-    tags: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for tag, rx, sub in TAG_EXTRACTORS:
+    tags: list[tuple[str, str]] = list(fixed)
+    seen: set[str] = {t for t, _ in fixed}
+    chosen = TAG_EXTRACTORS if extractors is None else _ordered(extractors, name)
+    for tag, rx, sub in chosen:
         if sub not in name or tag in seen:
             continue
         m = rx.search(name)
@@ -67,10 +96,11 @@ def extract_tags(name: str) -> tuple[str, list[tuple[str, str]]]:
         if any(s < ce and cs < e for cs, ce in cuts):
             continue
         cuts.append((s, e))
-        tags.append((tag, m.group(2)))
+        value = m.group(2) if (m.re.groups >= 2 and m.group(2) is not None) else m.group(1)
+        tags.append((tag, value))
         seen.add(tag)
     if not cuts:
-        return name, []
+        return name, tags
     out, pos = [], 0
     for s, e in sorted(cuts):
         out.append(name[pos:s])
@@ -201,14 +231,17 @@ def prometheus(
     usedonly: bool,
     bounds: tuple,
     text_readouts: bool = False,  # ?text_readouts: as gauges of value 0 with text_value
+    view: Any = None,  # admin.stats_config.StatsView: the bootstrap's tag extractors
 ) -> str:
     used = _used_set(snap, usedonly)
+    extractors = view.extractors if view is not None else None
+    fixed = view.fixed if view is not None else ()
     out: list[str] = []
 
     def group(kind: str, source: dict[str, Any]) -> dict[str, list[tuple[list, str]]]:
         by: dict[str, list[tuple[list, str]]] = {}
         for n in _select(source, rx, used, source if kind != "histogram" else None):
-            base, tags = extract_tags(n)
+            base, tags = extract_tags(n, extractors, fixed)
             by.setdefault(prom_name(base), []).append((tags, n))
         return by
 
@@ -227,9 +260,12 @@ def prometheus(
         out.append(f"# TYPE {pname} histogram")
         for tags, n in items:
             h = snap["histograms"][n]
+            custom = view.bounds_for(n) if view is not None else None
             cum = 0
             for i, c in enumerate(h["counts"]):
                 cum += c
+                if custom is not None and i < len(bounds) and bounds[i] not in custom:
+                    continue  # histogram_bucket_settings: only the configured bounds
                 le = _fmt_num(float(bounds[i])) if i < len(bounds) else "+Inf"
                 le_label = 'le="' + le + '"'
                 out.append(f"{pname}_bucket{_labels(tags, le_label)} {cum}")

@@ -222,6 +222,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "admin",
         "layered_runtime",
         "stats_config",  # tag extraction and stats matcher (admin/stats_config.py)
+        "deferred_stat_options",  # cluster traffic stats hidden until used (stats_config.py)
     ),
     # xDS (sofamesh.xds): ADS over one envoy_grpc service, state of the world or Delta;
     # LDS, CDS, EDS and RDS through it, or each through its own api_config_source (GRPC,
@@ -481,7 +482,20 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.core.v3.HeaderValueOption": ("header", "append", "append_action"),
     _CL + "Cluster.RingHashLbConfig": ("minimum_ring_size",),
     _CL + "Cluster.TransportSocketMatch": ("name", "match", "transport_socket"),
+    "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions": ("enable_deferred_creation_stats",),
+    # admin/stats_config.py: Envoy's tag extractors (std::regex syntax) and stats matcher
+    "envoy.config.metrics.v3.StatsConfig": (
+        "stats_tags",
+        "use_all_default_tags",
+        "stats_matcher",
+        "histogram_bucket_settings",  # bounds among the default ones (checked by validate)
+    ),
+    "envoy.config.metrics.v3.HistogramBucketSettings": ("match", "buckets"),
+    "envoy.config.metrics.v3.TagSpecifier": ("tag_name", "regex", "fixed_value"),
+    "envoy.config.metrics.v3.StatsMatcher": ("reject_all", "exclusion_list", "inclusion_list"),
+    "envoy.type.matcher.v3.ListStringMatcher": ("patterns",),
     _CL + "Cluster": (
+        "alt_stat_name",  # the cluster's stats under cluster.<alt_stat_name>.
         "ring_hash_lb_config",
         "name",
         "type",

@@ -319,6 +319,13 @@ class _Checker:
             self.reference(
                 path, "API configs must have either a gRPC service or a cluster name defined"
             )
+        if name == "envoy.config.metrics.v3.StatsConfig":
+            from sofamesh.admin.stats_config import StatsConfigError, StatsView
+
+            try:
+                StatsView(m)
+            except (re.error, StatsConfigError) as e:
+                self.reference(path, f"invalid stats_config: {e}")
         if name == "envoy.config.bootstrap.v3.LayeredRuntime":
             seen_layers: set[str] = set()
             for i, layer in enumerate(m.layers):

@@ -60,11 +60,11 @@ static_resources:
 
 def test_unimplemented_cluster_field_is_refused_with_its_path(tmp_path):
     with pytest.raises(ConfigError) as e:
-        _cfg(tmp_path, CLUSTER.format(extra="    alt_stat_name: other"))
+        _cfg(tmp_path, CLUSTER.format(extra="    respect_dns_ttl: true"))
     assert [str(p) for p in e.value.problems] == [
         (
-            "static_resources.clusters[0].alt_stat_name: "
-            "Cluster.alt_stat_name is not implemented by sofamesh"
+            "static_resources.clusters[0].respect_dns_ttl: "
+            "Cluster.respect_dns_ttl is not implemented by sofamesh"
         )
     ]
     assert e.value.unsupported_only
