@@ -256,7 +256,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "healthy_panic_threshold",  # panic mode (upstream.pyx Cluster.update_health)
         "update_merge_window",  # read for health check updates (EDS changes apply at once)
     ),
-    "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters"),
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters", "secrets"),
     "envoy.config.bootstrap.v3.Admin": ("address", "access_log", "access_log_path", "profile_path"),
     _LS + "Listener": (
         "name",
@@ -296,7 +296,17 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "tls_certificates",
         "validation_context",
         "alpn_protocols",
+        # SDS (proxy/sds.py): static_resources.secrets or sds_config (ADS, gRPC, a file)
+        "tls_certificate_sds_secret_configs",  # one
+        "validation_context_sds_secret_config",
+        "combined_validation_context",
     ),
+    _TLS + "CommonTlsContext.CombinedCertificateValidationContext": (
+        "default_validation_context",
+        "validation_context_sds_secret_config",
+    ),
+    _TLS + "SdsSecretConfig": ("name", "sds_config"),
+    _TLS + "Secret": ("name", "tls_certificate", "validation_context"),
     _TLS + "TlsParameters": (
         "tls_minimum_protocol_version",
         "tls_maximum_protocol_version",

@@ -859,6 +859,7 @@ _RESOURCE_TYPES = {
     "envoy.config.endpoint.v3.ClusterLoadAssignment",
     "envoy.config.listener.v3.Listener",
     "envoy.config.route.v3.RouteConfiguration",
+    "envoy.extensions.transport_sockets.tls.v3.Secret",  # SDS (proxy/sds.py)
 }
 
 

@@ -33,10 +33,11 @@ from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.upstream import Host
+from sofamesh.proxy import sds
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config, compile_vhosts
 from sofamesh.xds.checks import ResourceChecks
-from sofamesh.xds.client import CDS, EDS, LDS, RDS, SRDS, AdsClient, Update
+from sofamesh.xds.client import CDS, EDS, LDS, RDS, SDS, SRDS, AdsClient, Update
 from sofamesh.xds.scoped import Scopes, check_domains
 
 log = logging.getLogger("sofamesh.xds")
@@ -320,6 +321,8 @@ class DynamicConfig:
 
     def _compute_sources(self, type_url: str) -> dict[str, str]:
         out: dict[str, str] = {}
+        if type_url == SDS:  # secrets named by TLS contexts (proxy/sds.py)
+            return sds.manager(self.server).sources()
         if type_url == EDS:
             for dc in [*self.active_clusters.values(), *self.warming_clusters.values()]:
                 if dc.eds_name and dc.eds_source != "ads":
@@ -332,6 +335,8 @@ class DynamicConfig:
         return out
 
     def _compute_names(self, type_url: str) -> set[str]:
+        if type_url == SDS:
+            return sds.manager(self.server).names()
         if type_url == EDS:
             return {
                 dc.eds_name
@@ -350,12 +355,15 @@ class DynamicConfig:
         return names
 
     def warming(self, kind: str) -> int:
+        # TLS contexts waiting for an SDS secret hold the initial fetch as warming
+        # clusters / listeners do (Envoy's init waits for their secrets)
+        tls_waiting = sds.manager(self.server).pending(server_side=kind != "clusters")
         if kind == "clusters":
-            return len(self.warming_clusters)
+            return len(self.warming_clusters) + tls_waiting
         static_waiting = sum(1 for _, _, n in self.static_rds if n not in self.routes)
         if not self.scopes.ready():
             static_waiting += len(self.static_scoped)
-        return len(self.warming_listeners) + static_waiting
+        return len(self.warming_listeners) + static_waiting + tls_waiting
 
     def end_warming(self, kind: str) -> None:
         if kind == "clusters":
@@ -378,6 +386,8 @@ class DynamicConfig:
             errors = self._apply_endpoints(up)
         elif up.type_url == LDS:
             errors = await self._apply_listeners(up)
+        elif up.type_url == SDS:
+            errors = sds.manager(self.server).apply(up)
         elif up.type_url == SRDS:
             errors = self.scopes.apply(up, _Held)
             await self._refresh_scoped()

@@ -565,6 +565,10 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
             tls = tls_mod.downstream(
                 ch.transport_socket, server.stats, stat_name, cpath + ".transport_socket"
             )
+            if tls is not None:
+                from sofamesh.proxy import sds
+
+                sds.manager(server).register(tls)
         view = server._chain_view(li, lst, i, ch, cpath)
         if isinstance(view, HcmConfig) and tls is not None:
             view.scheme = b"https"  # x-forwarded-proto, as Envoy sets it for TLS

@@ -16,6 +16,7 @@ from typing import Any
 from sofamesh._core.http_proxy import HcmConfig, HttpFilter
 from sofamesh._core.stats import Store
 from sofamesh._core.upstream import Cluster, Host
+from sofamesh.proxy import sds
 from sofamesh.proxy.access_log import FileAccessLog
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.local_reply import compile_local_reply
@@ -299,7 +300,7 @@ class Server:
             cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
         from sofamesh.proxy import tls
 
-        cl.tls = tls.upstream_transport(c, self.stats, path)  # transport_socket(_matches)
+        cl.tls = tls.upstream_transport(c, self.stats, path, self)  # transport_socket(_matches)
         lb = c.common_lb_config
         if lb.HasField("healthy_panic_threshold"):  # else Envoy's 50%
             cl.panic_threshold = lb.healthy_panic_threshold.value
@@ -571,8 +572,8 @@ class Server:
         serve = self.xds_feed is None or not self.bootstrap.HasField("dynamic_resources")
         for li, lst in enumerate(self.bootstrap.static_resources.listeners):
             await self._start_listener(li, lst, reuse_port, serve)
-        if self.bootstrap.HasField("dynamic_resources"):
-            await self._start_xds()
+        if self.bootstrap.HasField("dynamic_resources") or sds.needed(self):
+            await self._start_xds()  # (SDS secrets of static listeners/clusters: proxy/sds.py)
         for info in self.listeners if not serve else ():
             if info.server is not None and not info.server.is_serving():
                 await info.server.start_serving()

@@ -203,12 +203,12 @@ class TlsContext:
         self.context: ssl.SSLContext | None = None
         self.require_client_cert = server_side and bool(msg.require_client_certificate.value)
         self.sni = "" if server_side else msg.sni
-        self.san: list[_SanMatcher] = []
         self.alpn: list[str] = list(msg.common_tls_context.alpn_protocols)
         self.on_failure: Callable[[Exception], None] = lambda e: None
         # SDS: secret name -> the Secret message held (tls_certificate / validation_context)
         self.sds_cert: str = ""
         self.sds_validation: str = ""
+        self.sds_configs: list[tuple[Any, str]] = []  # (SdsSecretConfig, its config path)
         self.secrets: dict[str, Any] = {}
         self.watchers: list[Callable[[], None]] = []  # told when `context` changes
         ctx = msg.common_tls_context
@@ -219,11 +219,31 @@ class TlsContext:
                     "certificate is implemented by sofamesh"
                 )
             self.sds_cert = ctx.tls_certificate_sds_secret_configs[0].name
+            self.sds_configs.append(
+                (
+                    ctx.tls_certificate_sds_secret_configs[0],
+                    f"{path}.common_tls_context.tls_certificate_sds_secret_configs[0]",
+                )
+            )
         if ctx.HasField("validation_context_sds_secret_config"):
             self.sds_validation = ctx.validation_context_sds_secret_config.name
+            self.sds_configs.append(
+                (
+                    ctx.validation_context_sds_secret_config,
+                    f"{path}.common_tls_context.validation_context_sds_secret_config",
+                )
+            )
         elif ctx.HasField("combined_validation_context"):
-            self.sds_validation = (
-                ctx.combined_validation_context.validation_context_sds_secret_config.name
+            cvc = ctx.combined_validation_context
+            self.sds_validation = cvc.validation_context_sds_secret_config.name
+            self.sds_configs.append(
+                (
+                    cvc.validation_context_sds_secret_config,
+                    (
+                        f"{path}.common_tls_context.combined_validation_context"
+                        ".validation_context_sds_secret_config"
+                    ),
+                )
             )
         if not self.sds_cert and not self.sds_validation:
             self.context = self.build()
@@ -236,10 +256,19 @@ class TlsContext:
     def set_secret(self, name: str, secret: Any) -> None:
         """An SDS Secret arrived or changed: rebuild (new connections get it; connections
         already made keep their context, none is dropped)."""
+        old = self.secrets.get(name)
         self.secrets[name] = secret
         if self.pending():
             return
-        self.context = self.build()
+        try:
+            ctx = self.build()
+        except UnsupportedConfig:
+            if old is None:
+                del self.secrets[name]
+            else:
+                self.secrets[name] = old  # the last good secret stays in use
+            raise
+        self.context = ctx
         for w in self.watchers:
             w()
 
@@ -312,7 +341,8 @@ class TlsContext:
         if self.server_side and not certs:
             raise UnsupportedConfig(f"{path}: No TLS certificates found for server context")
         v = self._validation()
-        self.san = []
+        san: list[_SanMatcher] = []
+        ctx._sofamesh_san = san  # type: ignore[attr-defined]
         if v is not None and v.HasField("trusted_ca"):
             ca = data_source(v.trusted_ca, path + ".validation_context.trusted_ca")
             try:
@@ -340,7 +370,7 @@ class TlsContext:
             else:
                 ctx.verify_mode = ssl.CERT_REQUIRED
             for i, m in enumerate(v.match_typed_subject_alt_names):
-                self.san.append(
+                san.append(
                     _SanMatcher(
                         _SAN_TYPES.get(m.san_type),
                         m.matcher,
@@ -348,7 +378,7 @@ class TlsContext:
                     )
                 )
             for i, m in enumerate(v.match_subject_alt_names):
-                self.san.append(
+                san.append(
                     _SanMatcher(None, m, f"{path}.validation_context.match_subject_alt_names[{i}]")
                 )
         elif v is not None and (v.match_typed_subject_alt_names or v.match_subject_alt_names):
@@ -369,9 +399,10 @@ class TlsContext:
     def handshake_done(self, sslobj: Any) -> None:
         """Called by _MeshSSLObject once OpenSSL completed the handshake; raising here fails it."""
         st = self.stats
-        if self.san:
+        matchers = sslobj.context._sofamesh_san  # the SAN matchers of this connection's context
+        if matchers:
             sans = _peer_sans(sslobj)
-            if not any(m.matches(t, v) for m in self.san for t, v in sans):
+            if not any(m.matches(t, v) for m in matchers for t, v in sans):
                 st.bump("fail_verify_san")
                 e = ssl.SSLCertVerificationError(
                     "certificate verify failed: no subject alternative name matched"
@@ -533,8 +564,11 @@ class UpstreamTransport:
         return {"ssl": tc.context, "server_hostname": tc.sni or ""}
 
 
-def upstream_transport(c: Any, store: Any, path: str) -> UpstreamTransport | None:
-    """The UpstreamTransport of an envoy.config.cluster.v3.Cluster (None: all plaintext)."""
+def upstream_transport(
+    c: Any, store: Any, path: str, server: Any = None
+) -> UpstreamTransport | None:
+    """The UpstreamTransport of an envoy.config.cluster.v3.Cluster (None: all plaintext);
+    its contexts are registered with the server's SecretManager (SDS, /certs)."""
     from google.protobuf import json_format
 
     default = None
@@ -549,4 +583,9 @@ def upstream_transport(c: Any, store: Any, path: str) -> UpstreamTransport | Non
         return None
     t = UpstreamTransport(default, matches)
     t.learn(c.load_assignment)
+    if server is not None:
+        from sofamesh.proxy import sds
+
+        for tc in t.contexts():
+            sds.manager(server).register(tc)
     return t

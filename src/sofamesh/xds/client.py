@@ -41,10 +41,11 @@ EDS = _T + "config.endpoint.v3.ClusterLoadAssignment"
 LDS = _T + "config.listener.v3.Listener"
 RDS = _T + "config.route.v3.RouteConfiguration"
 SRDS = _T + "config.route.v3.ScopedRouteConfiguration"
-ORDER = (CDS, EDS, LDS, SRDS, RDS)
+SDS = _T + "extensions.transport_sockets.tls.v3.Secret"  # named by TLS contexts (proxy/sds.py)
+ORDER = (CDS, EDS, SDS, LDS, SRDS, RDS)
 # wildcard types; SotW: a response lists all of them, absent ones are removed
 FULL_STATE = (CDS, LDS, SRDS)
-SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", SRDS: "srds", RDS: "rds"}
+SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", SRDS: "srds", RDS: "rds", SDS: "sds"}
 _RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -118,6 +119,10 @@ def message_class(type_url: str) -> Any:
         from envoy.config.route.v3 import scoped_route_pb2
 
         return scoped_route_pb2.ScopedRouteConfiguration
+    if type_url == SDS:
+        from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+        return secret_pb2.Secret
     from envoy.config.route.v3 import route_pb2
 
     return route_pb2.RouteConfiguration
@@ -139,6 +144,8 @@ _SERVICES = {
           "StreamRoutes", "DeltaRoutes"),
     SRDS: ("envoy.service.route.v3.srds_pb2_grpc", "ScopedRoutesDiscoveryServiceStub",
            "StreamScopedRoutes", "DeltaScopedRoutes"),
+    SDS: ("envoy.service.secret.v3.sds_pb2_grpc", "SecretDiscoveryServiceStub",
+          "StreamSecrets", "DeltaSecrets"),
 }  # fmt: skip
 
 
@@ -274,8 +281,9 @@ class AdsClient:
             or cds is None
             or ((cds.received and self.applier.warming("clusters") == 0) or self._cds_expired)
         )
-        # EDS as clusters need it; SRDS and RDS only once the clusters are warm (Envoy)
-        for t in (EDS, SRDS, RDS) if clusters_done else (EDS,):
+        # EDS and SDS as clusters need them; SRDS and RDS only once the clusters are warm
+        # (Envoy); SDS also for listeners (their TLS contexts name secrets)
+        for t in (EDS, SDS, SRDS, RDS) if clusters_done else (EDS, SDS):
             want = frozenset(self.applier.names(t))  # the same object while unchanged
             prev = self._want.get(t)
             if prev is not None and (want is prev or want == prev):
