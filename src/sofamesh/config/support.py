@@ -94,11 +94,6 @@ GAPS: list[Gap] = [
         "rtds_layer",
         "RTDS runtime layer is not implemented by sofamesh",
     ),
-    Gap(
-        "envoy.config.bootstrap.v3.Bootstrap",
-        "cluster_manager",
-        "cluster_manager options (load stats reporting, outlier log): not implemented by sofamesh",
-    ),
     Gap("envoy.config.bootstrap.v3.Bootstrap", "tracing", "tracing is not implemented by sofamesh"),
     Gap(
         "envoy.config.bootstrap.v3.Bootstrap",
@@ -222,6 +217,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "admin",
         "layered_runtime",
         "stats_config",  # tag extraction and stats matcher (admin/stats_config.py)
+        "application_log_config",  # text_format: the log line format (proxy/cli.py)
+        "cluster_manager",  # checked field by field below
+        # Istio's envoy.bootstrap.internal_listener only (ALLOWED_IF, BOOTSTRAP_EXTENSIONS)
+        "bootstrap_extensions",
         "deferred_stat_options",  # cluster traffic stats hidden until used (stats_config.py)
     ),
     # xDS (sofamesh.xds): ADS over one envoy_grpc service, state of the world or Delta;
@@ -493,6 +492,13 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _CL + "Cluster.RingHashLbConfig": ("minimum_ring_size",),
     _CL + "Cluster.TransportSocketMatch": ("name", "match", "transport_socket"),
     "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions": ("enable_deferred_creation_stats",),
+    "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig": ("log_format",),
+    "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat": ("text_format",),
+    # load_stats_config, local_cluster_name, upstream_bind_config: refused
+    "envoy.config.bootstrap.v3.ClusterManager": ("outlier_detection",),
+    "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection": (
+        "event_log_path",  # created at start (proxy/cli.py); outlier detection writes to it
+    ),
     # admin/stats_config.py: Envoy's tag extractors (std::regex syntax) and stats matcher
     "envoy.config.metrics.v3.StatsConfig": (
         "stats_tags",
@@ -668,6 +674,10 @@ NO_EFFECT: dict[str, dict[str, str]] = {
         "stats_flush_interval": "no effect without a stats sink, which is refused",
         "stats_flush_on_admin": "no effect without a stats sink, which is refused",
     },
+    "envoy.config.bootstrap.v3.ClusterManager": {
+        "enable_deferred_cluster_creation": "only when workers build their copies of clusters "
+        "(memory and CPU); traffic, stats and admin output are the same",
+    },
     _LS + "Listener": {
         "metadata": _OPAQUE,
         "ignore_global_conn_limit": "sofamesh has no global connection limit to bypass",
@@ -713,12 +723,47 @@ NO_EFFECT: dict[str, dict[str, str]] = {
 }
 
 
+# Bootstrap extensions accepted, by config type (direct or in a TypedStruct), and why.
+BOOTSTRAP_EXTENSIONS = {
+    "envoy.extensions.bootstrap.internal_listener.v3.InternalListener": (
+        "enables internal listeners; Listener.internal_listener and internal addresses are "
+        "refused where configured, so with any accepted config it changes nothing"
+    ),
+}
+# Fields judged whole by their ALLOWED_IF rule: the walk does not judge what is inside.
+JUDGED_WHOLE = {("envoy.config.bootstrap.v3.Bootstrap", "bootstrap_extensions")}
+
+
+def _bootstrap_extension(ext: object) -> str:
+    """The config type of a TypedExtensionConfig (the one a TypedStruct names, if so)."""
+    tc = ext.typed_config  # type: ignore[attr-defined]
+    url = tc.type_url
+    if url in TYPED_STRUCT_TYPES:
+        from xds.type.v3 import typed_struct_pb2
+
+        ts = typed_struct_pb2.TypedStruct()
+        ts.ParseFromString(tc.value)
+        url = ts.type_url
+    return url.rsplit("/", 1)[-1]
+
+
+def _known_bootstrap_extensions(exts: object) -> bool:
+    return all(_bootstrap_extension(e) in BOOTSTRAP_EXTENSIONS for e in exts)  # type: ignore[attr-defined]
+
+
 def _is_true(v: object) -> bool:
     return bool(getattr(v, "value", v))
 
 
 # Fields implemented for some values only: (predicate on the value, what is implemented).
 ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
+    ("envoy.config.bootstrap.v3.Bootstrap", "bootstrap_extensions"): (
+        _known_bootstrap_extensions,
+        (
+            "only envoy.bootstrap.internal_listener (internal listeners, which it enables, "
+            "are refused where configured, so it changes nothing)"
+        ),
+    ),
     (_LS + "Listener", "bind_to_port"): (_is_true, "only true (listeners always bind)"),
     (_LS + "Listener", "enable_reuse_port"): (
         _is_true,

@@ -127,7 +127,9 @@ class _Checker:
             if f.message_type is None:
                 continue
             # below a refused field, only Envoy's own checks apply (one finding per field)
-            support_on = outer and f.name not in refused
+            support_on = (
+                outer and f.name not in refused and (name, f.name) not in support.JUDGED_WHOLE
+            )
             p = join(path, f.name)
             if f.message_type.GetOptions().map_entry:
                 vt = f.message_type.fields_by_name["value"]

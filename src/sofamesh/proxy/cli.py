@@ -384,6 +384,17 @@ def main(argv: list[str] | None = None) -> int:
             exc_info=opts.log_level in ("trace", "debug"),
         )
         return 1
+    app_format = bootstrap.application_log_config.log_format.text_format
+    if app_format:  # Envoy switches to it once the bootstrap is loaded
+        if any(a == "--log-format" or a.startswith("--log-format=") for a in argv):
+            log.critical(
+                "error initializing configuration '%s': Only one of "
+                "ApplicationLogConfig.log_format or CLI option --log-format can be specified.",
+                name,
+            )
+            return 1
+        opts.log_format = app_format
+        setup_logging(opts)
     for warning in report.warnings:
         log.warning("%s", warning)
     for path, what in report.passthrough:
@@ -395,6 +406,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"configuration '{name}' OK")
         return 0
+    event_log = bootstrap.cluster_manager.outlier_detection.event_log_path
+    if event_log:  # Envoy opens (creates) it at start; outlier detection would write to it
+        try:
+            with open(event_log, "a"):
+                pass
+        except OSError as e:
+            log.critical("error initializing configuration '%s': %s: %s", name, event_log, e)
+            return 1
     from sofamesh.proxy.workers import run
 
     return run(bootstrap, opts, report)
