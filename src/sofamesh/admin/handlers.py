@@ -135,6 +135,10 @@ class AdminState:
             "cluster_manager.active_clusters": len(top["clusters"]),
             "cluster_manager.warming_clusters": counts.get("warming_clusters", 0),
         }
+        for mon in self.bootstrap.overload_manager.resource_monitors:
+            # only monitors whose limit no process reaches are accepted (config/support.py)
+            own[f"overload.{mon.name}.pressure"] = 0
+            snap["counters"].setdefault(f"overload.{mon.name}.failed_updates", 0)
         g.update(own)
         for c in top["clusters"]:
             healthy = sum(1 for h in c["hosts"] if h["healthy"])

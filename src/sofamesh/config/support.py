@@ -217,6 +217,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "admin",
         "layered_runtime",
         "stats_config",  # tag extraction and stats matcher (admin/stats_config.py)
+        # Istio's global_downstream_max_connections at a limit no process reaches (ALLOWED_IF)
+        "overload_manager",
         "application_log_config",  # text_format: the log line format (proxy/cli.py)
         "cluster_manager",  # checked field by field below
         # Istio's envoy.bootstrap.internal_listener only (ALLOWED_IF, BOOTSTRAP_EXTENSIONS)
@@ -492,6 +494,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _CL + "Cluster.RingHashLbConfig": ("minimum_ring_size",),
     _CL + "Cluster.TransportSocketMatch": ("name", "match", "transport_socket"),
     "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions": ("enable_deferred_creation_stats",),
+    # the overload manager (issue 13): its resource monitors only, see DOWNSTREAM_CONNECTIONS
+    "envoy.config.overload.v3.OverloadManager": ("resource_monitors",),
+    "envoy.config.overload.v3.ResourceMonitor": ("name", "typed_config"),
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": (
+        "max_active_downstream_connections",
+    ),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig": ("log_format",),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat": ("text_format",),
     # load_stats_config, local_cluster_name, upstream_bind_config: refused
@@ -751,12 +759,40 @@ def _known_bootstrap_extensions(exts: object) -> bool:
     return all(_bootstrap_extension(e) in BOOTSTRAP_EXTENSIONS for e in exts)  # type: ignore[attr-defined]
 
 
+# Istio's pilot-agent writes the global connection limit monitor with 2147483647: every
+# connection holds a file descriptor, so a limit at or above the hard RLIMIT_NOFILE is never
+# reached and the monitor changes nothing (its pressure stays 0).
+DOWNSTREAM_CONNECTIONS = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
+    ".DownstreamConnectionsConfig"
+)
+register_extension(DOWNSTREAM_CONNECTIONS, "sofamesh.config.support (an unreachable limit)")
+
+
+def _fd_hard_limit() -> int:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return hard if hard != resource.RLIM_INFINITY else 2**63
+
+
 def _is_true(v: object) -> bool:
     return bool(getattr(v, "value", v))
 
 
 # Fields implemented for some values only: (predicate on the value, what is implemented).
 ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
+    (
+        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+        "max_active_downstream_connections",
+    ): (
+        lambda v: int(v) >= _fd_hard_limit(),  # type: ignore[call-overload]
+        (
+            "only a limit of at least the process's hard open-file limit (RLIMIT_NOFILE), "
+            "which no number of connections can reach: sofamesh does not count connections "
+            "against a global limit (issue 13)"
+        ),
+    ),
     ("envoy.config.bootstrap.v3.Bootstrap", "bootstrap_extensions"): (
         _known_bootstrap_extensions,
         (

@@ -228,3 +228,32 @@ def test_cluster_manager_fields_sofamesh_lacks_are_refused(tmp_path):
         "cluster_manager.local_cluster_name: ClusterManager.local_cluster_name is not "
         "implemented by sofamesh" in r.stderr
     )
+
+
+def test_overload_manager_as_istio_writes_it(tmp_path, upstream):
+    """Istio's global connection limit (2147483647, past any open-file limit): accepted,
+    traffic flows, the monitor's stats read as Envoy's; a reachable limit is refused."""
+    lines = {}
+    for who, start in (("envoy", start_envoy), ("sofamesh", start_sofamesh)):
+        admin, port = free_port(), free_port()
+        doc = bootstrap(admin, port, upstream, overload_manager=ISTIO["overload_manager"])
+        cfg = tmp_path / f"{who}.json"
+        cfg.write_text(json.dumps(doc))
+        proc = start(cfg, admin, *(("--concurrency", "1") if who == "sofamesh" else ()))
+        try:
+            assert request(port, "GET", "/")[0] == 200
+            text = get(admin, "/stats?filter=^overload\\.envoy\\.resource_monitors")[1]
+        finally:
+            stop(proc)
+        lines[who] = set(text.splitlines())
+    assert lines["sofamesh"] == lines["envoy"]
+    assert (
+        "overload.envoy.resource_monitors.global_downstream_max_connections.pressure: 0"
+        in lines["sofamesh"]
+    )
+    doc = bootstrap(free_port(), 0, 1, overload_manager=ISTIO["overload_manager"])
+    mon = doc["overload_manager"]["resource_monitors"][0]["typed_config"]
+    mon["max_active_downstream_connections"] = 100
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 1
+    assert "max_active_downstream_connections 100 is not implemented by sofamesh" in r.stderr
