@@ -154,6 +154,7 @@ cdef class Http2ServerConn:
         cdef HcmConfig cfg = self.cfg
         cdef H2Stream s
         cdef object ev
+        cdef bint counted = False       # an event the codec counted: http2.* is synced
         for ev in events:
             t = type(ev)
             if t is Data:
@@ -183,10 +184,12 @@ cdef class Http2ServerConn:
                     self.idle_timer = None
                 s._begin(adopt((<RequestHeaders>ev).headers), (<RequestHeaders>ev).end_stream)
             elif t is Trailers:
+                counted = True
                 s = self.streams.get((<Trailers>ev).stream_id)
                 if s is not None:
                     s._on_trailers(adopt((<Trailers>ev).headers))
             elif t is StreamReset:
+                counted = True
                 s = self.streams.get((<StreamReset>ev).stream_id)
                 if s is not None:
                     if not (<StreamReset>ev).remote:
@@ -197,14 +200,18 @@ cdef class Http2ServerConn:
                     if s.paused_up:
                         s._check_window()
             elif t is GoAway:
+                counted = True
                 # the client goes away: finish what it opened, then close
                 self.close_when_idle = True
                 if not self.streams:
                     self.close()
             elif t is H2ConnectionError:
+                counted = True
                 cfg.cx_protocol_error.inc()
                 log.debug("HTTP/2 connection error from %s: %s", self.remote_ip,
                           (<H2ConnectionError>ev).reason)
+        if counted:
+            self._sync_stats()
         return 0
 
     cdef int _stream_ended(self, H2Stream s) except -1:
@@ -524,6 +531,8 @@ cdef class H2Stream(RouterStream):
 
     cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
         cdef list t
+        if self.cfg.any_encode:
+            self._encode_trailers(trailers)
         if self.rst or self.conn.closed or self.resp_ended:
             return 0
         t = trailer_list(trailers)

@@ -481,6 +481,8 @@ cdef class DownstreamConn(RouterStream):
     cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
         """The upstream response ended with trailers: forwarded with
         http_protocol_options.enable_trailers on a chunked response, else dropped (Envoy)."""
+        if self.cfg.any_encode:
+            self._encode_trailers(trailers)
         if self.cfg.enable_trailers and self.resp_framing == FR_CHUNKED:
             encode_last_chunk(self.wb, trailers)
             return self._write(self.wb.take())

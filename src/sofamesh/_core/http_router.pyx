@@ -177,6 +177,17 @@ cdef class RouterStream(HttpStream):
         self.stopped = False
         return self._router()
 
+    cdef int _encode_trailers(self, HeaderList trailers) except -1:
+        """The response's trailers to the encode filters (last to first)."""
+        cdef HcmConfig cfg = self.cfg
+        cdef HttpFilter f
+        cdef Py_ssize_t j
+        for j in range(len(cfg.filters) - 1, -1, -1):
+            f = cfg.filters[j]
+            if f.wants_encode:
+                f.encode_trailers(self, trailers)
+        return 0
+
     cdef int _hcm_response(self, HeaderMap rh, int status, bint end_stream) except -1:
         """A proxied response's head: the encode filters (last to first), then the
         connection manager's response mutations (Envoy's order of additions)."""
@@ -184,6 +195,7 @@ cdef class RouterStream(HttpStream):
         cdef HttpFilter f
         cdef Py_ssize_t j
         if cfg.any_encode:
+            self.resp_head = rh
             for j in range(len(cfg.filters) - 1, -1, -1):
                 f = cfg.filters[j]
                 if f.wants_encode:

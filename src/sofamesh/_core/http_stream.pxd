@@ -36,6 +36,8 @@ cdef class HttpFilter:
     cpdef int decode_data(self, HttpStream s, bytes data, bint end_stream) except -1
     cpdef int encode_headers(self, HttpStream s, int status, bint end_stream) except -1
     cpdef int encode_data(self, HttpStream s, bytes data, bint end_stream) except -1
+    # the response ends with trailers (a HeaderList); called for filters with wants_encode
+    cpdef int encode_trailers(self, HttpStream s, object trailers) except -1
 
 
 cdef class HttpStream(UpstreamCallbacks):
@@ -99,6 +101,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef public int service_ms
     cdef bytes out_head                 # response head not yet written (joins the body)
     cdef list trailers_raw              # list[bytes] | None: request trailer block being read
+    cdef HeaderMap resp_head            # the proxied response's headers (encode filters read it)
 
     cdef int _end_request_stats(self, int status) except -1
 

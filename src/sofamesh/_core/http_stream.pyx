@@ -23,6 +23,9 @@ cdef class HttpFilter:
     cpdef int encode_data(self, HttpStream s, bytes data, bint end_stream) except -1:
         return FILTER_CONTINUE
 
+    cpdef int encode_trailers(self, HttpStream s, object trailers) except -1:
+        return FILTER_CONTINUE
+
 
 cdef class HttpStream(UpstreamCallbacks):
     cdef int _decode_continue(self) except -1:
@@ -113,6 +116,21 @@ cdef class HttpStream(UpstreamCallbacks):
         if i < 0:
             return None
         return h.value_at(i)
+
+    def get_response_header(self, name):
+        """The first value of a header of the proxied response (encode filters), or None."""
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        cdef bytes b = name
+        cdef HeaderMap h = self.resp_head
+        if h is None:
+            return None
+        cdef int i = h.find_from(b, <int>len(b), 0)
+        return h.value_at(i) if i >= 0 else None
+
+    @property
+    def upstream_cluster(self):
+        return self.cluster.name if self.cluster is not None else None
 
     def request_headers(self):
         cdef HeaderMap h = self.head

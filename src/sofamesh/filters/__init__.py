@@ -9,6 +9,7 @@ _BUILTIN = [
     "sofamesh.filters.http.fault",
     "sofamesh.filters.http.rbac",
     "sofamesh.filters.http.rate_limit_quota",
+    "sofamesh.filters.http.grpc_stats",
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",

@@ -199,6 +199,7 @@ def bootstrap(
     routes: list | None = None,
     hcm: dict | None = None,
     clusters: list | None = None,
+    filters: list | None = None,
 ) -> dict:
     """One listener (HCM `codec_type`), clusters: grpc (HTTP/2 to the echo server), h1
     (HTTP/1.1 recording upstream), h2dead (HTTP/2, nothing listening)."""
@@ -215,6 +216,7 @@ def bootstrap(
         "codec_type": codec_type,
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": r}]},
         "http_filters": [
+            *(filters or []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {

@@ -1,0 +1,186 @@
+"""Instructions per proxied request, counted by valgrind (callgrind): a repeatable figure for
+hot-path changes on a noisy machine, where CPU-time benchmarks wander by 10-20 %.
+
+    .venv/bin/python benchmarks/instr_per_request.py [--requests 2000] [--proto h1|h2]
+        [--src DIR]
+
+`sofamesh proxy` (the benchmark bootstrap of benchmarks/lib/bootstrap.py: local_ratelimit +
+router, HTTP/1.1 upstream) runs under callgrind; a keep-alive client sends N and then 5N
+small GETs on one connection (HTTP/1.1, or h2c with --proto h2, one stream at a time) to a
+tiny in-process upstream. Instructions per request = (Ir(5N) - Ir(N)) / 4N: start-up and
+shutdown cancel out. --src runs another tree's build (e.g. a git worktree of the previous
+commit, built with `setup.py build_ext --inplace`), for a before/after comparison with the
+same interpreter. valgrind makes the proxy ~50x slower: the figure is instructions, not time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lib.bootstrap import bootstrap
+from lib.proc import free_port
+
+REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello"
+
+
+def _upstream() -> tuple[socket.socket, int]:
+    """A keep-alive HTTP/1.1 upstream answering every request with 5 bytes."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+
+    def serve(c: socket.socket) -> None:
+        buf = b""
+        with c:
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+                while b"\r\n\r\n" in buf:
+                    _, buf = buf.split(b"\r\n\r\n", 1)
+                    c.sendall(REPLY)
+
+    def accept() -> None:
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls, ls.getsockname()[1]
+
+
+def _h1_client(port: int, n: int) -> None:
+    req = b"GET /bench HTTP/1.1\r\nhost: bench.local\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        for _ in range(n):
+            s.sendall(req)
+            got = b""
+            while not got.endswith(b"hello"):
+                d = s.recv(65536)
+                if not d:
+                    raise RuntimeError("proxy closed the connection")
+                got += d
+
+
+def _h2_client(port: int, n: int) -> None:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        c.initiate_connection()
+        s.sendall(c.data_to_send())
+        hdrs = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "bench.local"),
+            (":path", "/bench"),
+        ]
+        for _ in range(n):
+            sid = c.get_next_available_stream_id()
+            c.send_headers(sid, hdrs, end_stream=True)
+            s.sendall(c.data_to_send())
+            done = False
+            while not done:
+                d = s.recv(65536)
+                if not d:
+                    raise RuntimeError("proxy closed the connection")
+                for ev in c.receive_data(d):
+                    if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                        done = True
+                    elif isinstance(ev, h2.events.DataReceived):
+                        c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                s.sendall(c.data_to_send())
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def count(n: int, proto: str, src: str | None) -> int:
+    """Instructions of one proxy run serving n requests (callgrind's total Ir)."""
+    ls, up = _upstream()
+    port, admin = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as td:
+        boot = Path(td) / "b.json"
+        boot.write_text(json.dumps(bootstrap(port, admin, up)))
+        out = Path(td) / "cg.out"
+        env = dict(os.environ)
+        if src:
+            env["PYTHONPATH"] = str(Path(src) / "src")
+        argv = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            "--dump-instr=no",
+            sys.executable,
+            "-m",
+            "sofamesh",
+            "proxy",
+            "-c",
+            str(boot),
+            "--concurrency",
+            "1",
+            "-l",
+            "error",
+        ]
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 300
+            while not _accepts(port):
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(p.stderr.read().decode(errors="replace")[-3000:])
+                time.sleep(0.5)
+            (_h2_client if proto == "h2" else _h1_client)(port, n)
+        finally:
+            p.terminate()
+            err = p.communicate(timeout=300)[1].decode(errors="replace")
+            ls.close()
+        m = re.search(r"Collected : (\d+)", err)
+        if m:
+            return int(m.group(1))
+        text = out.read_text(errors="replace")
+        m = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+        if not m:
+            raise RuntimeError("no callgrind total:\n" + err[-3000:])
+        return int(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--proto", choices=("h1", "h2"), default="h1")
+    ap.add_argument("--src", help="another source tree's build (before/after)")
+    a = ap.parse_args()
+    n1, n2 = a.requests, 5 * a.requests
+    i1, i2 = count(n1, a.proto, a.src), count(n2, a.proto, a.src)
+    per = (i2 - i1) / (n2 - n1)
+    print(
+        f"{a.proto}: {per:,.0f} instructions per request "
+        f"({i1:,} for {n1}, {i2:,} for {n2}){' [' + a.src + ']' if a.src else ''}"
+    )
+
+
+if __name__ == "__main__":
+    main()
