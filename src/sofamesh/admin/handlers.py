@@ -456,6 +456,11 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
     return Response(200, "\n".join(lines) + ("\n" if lines else ""))
 
 
+def _is_pipe(address: list) -> bool:
+    """A listener's [path, 0] (a Unix socket, as Server._start_pipe binds it)."""
+    return address[1] == 0 and str(address[0]).startswith(("/", "@", "."))
+
+
 @route("/listeners", "print listener info")
 async def listeners(st: AdminState, q: dict[str, str], method: str) -> Response:
     top = await st.backend.topology()
@@ -465,11 +470,17 @@ async def listeners(st: AdminState, q: dict[str, str], method: str) -> Response:
         msg = listeners_pb2.Listeners()
         for li in top["listeners"]:
             ls = msg.listener_statuses.add(name=li["name"])
+            if _is_pipe(li["address"]):
+                ls.local_address.pipe.path = li["address"][0]
+                continue
             ls.local_address.socket_address.address = li["address"][0]
             ls.local_address.socket_address.port_value = li["address"][1]
         return Response(200, _to_json(msg), JSON)
     body = "".join(
-        f"{li['name']}::{li['address'][0]}:{li['address'][1]}\n" for li in top["listeners"]
+        f"{li['name']}::{li['address'][0]}\n"
+        if _is_pipe(li["address"])
+        else f"{li['name']}::{li['address'][0]}:{li['address'][1]}\n"
+        for li in top["listeners"]
     )
     return Response(200, body)
 

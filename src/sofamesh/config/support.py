@@ -156,11 +156,6 @@ GAPS: list[Gap] = [
     ),
     Gap(
         "envoy.config.core.v3.Address",
-        "pipe",
-        "unix domain socket (pipe) addresses are not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.config.core.v3.Address",
         "envoy_internal_address",
         "internal addresses are not implemented by sofamesh",
     ),

@@ -86,6 +86,9 @@ class _Checker:
         self.has_ads = False  # the bootstrap has dynamic_resources.ads_config
         # static clusters the xDS gRPC client talks to (their HTTP/2 options are its own)
         self.grpc_cluster_paths: tuple[str, ...] = ()
+        # where a pipe (Unix socket) address is implemented: static listeners, and the
+        # endpoints of static clusters that only xDS/SDS gRPC streams dial (unix:<path>)
+        self.pipe_paths: tuple[str, ...] = ()
 
     def unsupported(self, path: str, msg: str) -> None:
         self.problems.append(Problem(path, msg, "unsupported"))
@@ -328,6 +331,18 @@ class _Checker:
                 StatsView(m)
             except (re.error, StatsConfigError) as e:
                 self.reference(path, f"invalid stats_config: {e}")
+        if (
+            support_on
+            and name == "envoy.config.core.v3.Address"
+            and m.HasField("pipe")
+            and not (self.pipe_paths and path.startswith(self.pipe_paths))
+        ):
+            self.unsupported(
+                join(path, "pipe"),
+                "unix domain socket (pipe) addresses are implemented for static listeners "
+                "and the clusters of xDS/SDS gRPC services only: not implemented by "
+                "sofamesh here",
+            )
         if name == "envoy.config.bootstrap.v3.LayeredRuntime":
             seen_layers: set[str] = set()
             for i, layer in enumerate(m.layers):
@@ -828,6 +843,15 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
         for i, c in enumerate(bootstrap.static_resources.clusters)
         if c.name in grpc_clusters
     )
+    api_clusters = _api_grpc_clusters(bootstrap)
+    checker.pipe_paths = tuple(
+        f"static_resources.listeners[{i}].address"
+        for i in range(len(bootstrap.static_resources.listeners))
+    ) + tuple(
+        f"static_resources.clusters[{i}].load_assignment."
+        for i, c in enumerate(bootstrap.static_resources.clusters)
+        if c.name in api_clusters
+    )
     problems = validate_message(bootstrap)
     checker.walk(bootstrap, "", True)
     checker.check_route_clusters(bootstrap)
@@ -845,6 +869,28 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
         problems.sort(key=lambda p: order.get(p.kind, 4))
         raise ConfigError(problems)
     return checker.report
+
+
+def _api_grpc_clusters(m: Message) -> set[str]:
+    """Clusters named by an ApiConfigSource's envoy_grpc services anywhere in `m` (the xDS
+    and SDS streams, which dial a static cluster's first endpoint: xds/settings.py)."""
+    out: set[str] = set()
+    if m.DESCRIPTOR.full_name == "envoy.config.core.v3.ApiConfigSource":
+        out.update(g.envoy_grpc.cluster_name for g in m.grpc_services if g.HasField("envoy_grpc"))
+    for f, val in m.ListFields():
+        if f.message_type is None:
+            continue
+        if f.message_type.GetOptions().map_entry:
+            vals = list(val.values()) if f.message_type.fields_by_name["value"].message_type else []
+        else:
+            vals = list(val) if f.is_repeated else [val]
+        for v in vals:
+            if v.DESCRIPTOR.full_name == "google.protobuf.Any":
+                v = protos.unpack_any(v)
+                if v is None:
+                    continue
+            out |= _api_grpc_clusters(v)
+    return out
 
 
 def check(bootstrap: Message, **kw: Any) -> list[Problem]:

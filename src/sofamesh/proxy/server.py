@@ -113,6 +113,15 @@ def h2_options(p: Any) -> dict:
     return {f: getattr(p, f).value for f in H2_OPTIONS if p.HasField(f)}
 
 
+def _listener_name(lst: Any) -> str:
+    """A listener's stats name when it has no stat_prefix: `<ip>_<port>`, or a pipe's path
+    (Envoy: listener./run/x.sock.downstream_cx_total)."""
+    if lst.address.HasField("pipe"):
+        return lst.address.pipe.path
+    sa = lst.address.socket_address
+    return f"{sa.address}_{sa.port_value}"
+
+
 def _listener_path(li: int | str) -> str:
     """A static listener's index, or the path an xDS listener's errors start with."""
     return li if isinstance(li, str) else f"static_resources.listeners[{li}]"
@@ -270,6 +279,10 @@ class Server:
             for li, lbe in enumerate(e.lb_endpoints):
                 sa = lbe.endpoint.address.socket_address
                 epath = f"{path}.load_assignment.endpoints[{ei}].lb_endpoints[{li}]"
+                if lbe.endpoint.address.HasField("pipe"):
+                    # a gRPC service's cluster (config/validate.py allows pipes nowhere else):
+                    # the xDS client dials it as unix:<path> (xds/settings.py static_targets)
+                    continue
                 if not sa.address:
                     raise UnsupportedConfig(
                         f"{epath}.endpoint.address: only socket addresses are supported"
@@ -601,18 +614,22 @@ class Server:
         sa = lst.address.socket_address
         view = self._listener_view(li, lst)
         assert self._loop is not None
-        srv = await self._loop.create_server(
-            view.protocol_factory,
-            sa.address,
-            sa.port_value,
-            reuse_port=reuse_port or None,
-            backlog=1024,
-            reuse_address=True,
-            start_serving=serve,
-        )
-        bound = srv.sockets[0].getsockname()
+        if lst.address.HasField("pipe"):
+            srv = await self._start_pipe(lst.address.pipe, view, serve)
+            bound = (lst.address.pipe.path, 0)
+        else:
+            srv = await self._loop.create_server(
+                view.protocol_factory,
+                sa.address,
+                sa.port_value,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+                reuse_address=True,
+                start_serving=serve,
+            )
+            bound = srv.sockets[0].getsockname()
         info = ListenerInfo(
-            name=lst.name or f"{sa.address}_{sa.port_value}",
+            name=lst.name or _listener_name(lst),
             address=(bound[0], bound[1]),
             config=lst,
             hcm=view,
@@ -624,6 +641,30 @@ class Server:
         g.value = len(self.listeners)
         g.used = True
 
+    async def _start_pipe(self, pipe: Any, view: Any, serve: bool) -> Any:
+        """A Unix socket listener, as Envoy binds one: a file at the path is replaced,
+        `@name` is in the abstract namespace, `mode` (when set) is the file's permissions.
+        With several workers each binds its own socket, which the last one owns."""
+        import os
+
+        assert self._loop is not None
+        path = pipe.path
+        if path.startswith("@"):
+            path = "\0" + path[1:]
+        elif not isinstance(self._loop, _NoBindLoop):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if isinstance(self._loop, _NoBindLoop):
+            return _Unbound(pipe.path, 0)
+        srv = await self._loop.create_unix_server(
+            view.protocol_factory, path, backlog=1024, start_serving=serve
+        )
+        if pipe.mode and not path.startswith("\0"):
+            os.chmod(path, pipe.mode)
+        return srv
+
     def _listener_view(self, li: int | str, lst: Any) -> Any:
         """What a listener's socket serves: its one plain filter chain, or, with several
         chains, TLS or listener filters, a `listener_chains.ListenerChains` that picks a
@@ -632,10 +673,10 @@ class Server:
 
         path = _listener_path(li)
         sa = lst.address.socket_address
-        if not sa.address:
-            raise UnsupportedConfig(f"{path}.address: only socket addresses are supported")
+        if not sa.address and not lst.address.HasField("pipe"):
+            raise UnsupportedConfig(f"{path}.address: only socket and pipe addresses are supported")
         if listener_chains.needs_chains(lst):
-            stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
+            stat_name = lst.stat_prefix or _listener_name(lst)
             view = listener_chains.build(self, li, lst, path, stat_name)
             self.network_chains.append(view)
             return view
@@ -648,7 +689,6 @@ class Server:
         from sofamesh.filters import registry
         from sofamesh.filters.network.sniff import Chain
 
-        sa = lst.address.socket_address
         fpath = f"{cpath}.filters"
         if not chain.filters:
             raise UnsupportedConfig(f"{fpath}: no terminal network filter")
@@ -673,7 +713,7 @@ class Server:
                     "network filter per chain; list several under sofamesh.filters.network.auto "
                     "to sniff the protocol)"
                 )
-        stat_name = lst.stat_prefix or f"{sa.address}_{sa.port_value}"
+        stat_name = lst.stat_prefix or _listener_name(lst)
         _, built = self._build_terminal(
             li, lst, last, chain.filters[last], stat_name, f"{fpath}[{last}]"
         )

@@ -70,11 +70,18 @@ class SourceSpec:
 
 
 def static_targets(bootstrap: Any) -> dict[str, str]:
-    """Static cluster name -> gRPC target of its first endpoint with an address."""
+    """Static cluster name -> gRPC target of its first endpoint with an address (a pipe is
+    `unix:<path>`, or `unix-abstract:<name>` for `@name`: Istio's xds-grpc cluster is the
+    pilot-agent's Unix socket)."""
     out: dict[str, str] = {}
     for c in bootstrap.static_resources.clusters:
         for e in c.load_assignment.endpoints:
             for lbe in e.lb_endpoints:
+                addr = lbe.endpoint.address
+                if addr.HasField("pipe") and c.name not in out:
+                    p = addr.pipe.path
+                    out[c.name] = f"unix-abstract:{p[1:]}" if p.startswith("@") else f"unix:{p}"
+                    continue
                 sa = lbe.endpoint.address.socket_address
                 if sa.address and c.name not in out:
                     host = f"[{sa.address}]" if ":" in sa.address else sa.address
