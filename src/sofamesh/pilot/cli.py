@@ -62,6 +62,25 @@ def parser() -> argparse.ArgumentParser:
         "--config", default=None, help="YAML config: registries list and any of these options"
     )
     p.add_argument("--debounce-ms", type=float, default=None, help="push debounce (default 100)")
+    p.add_argument(
+        "--ca",
+        choices=("true", "false"),
+        default=None,
+        help="act as a CA serving SPIFFE identities over SDS (default true)",
+    )
+    p.add_argument(
+        "--trust-domain", default=None, help="SPIFFE trust domain (default cluster.local)"
+    )
+    p.add_argument(
+        "--ca-cert", default=None, help="PEM root certificate to sign with (default: made at start)"
+    )
+    p.add_argument("--ca-key", default=None, help="PEM key of --ca-cert")
+    p.add_argument(
+        "--cert-ttl",
+        type=float,
+        default=None,
+        help="workload certificate lifetime in seconds (default 86400; pushed anew at half life)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -138,6 +157,8 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     api_reg = ApiRegistry(store)
     pilot = Pilot([api_reg] + opts["registries"], gen=gen, debounce=opts["debounce"])
     api = RestApi(store, pilot, api_reg)
+    if opts.get("ca"):
+        pilot.ads.sds = _ca_sds(opts, pilot.metrics)
     stop = stop or asyncio.Event()
     try:
         await pilot.start()
@@ -165,6 +186,25 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         await pilot.ads.stop()
         await pilot.stop()
         await store.close()
+
+
+def _ca_sds(opts: dict, metrics) -> object:
+    """The pilot's CA (its own root, or --ca-cert/--ca-key) serving SDS (pilot/sds.py)."""
+    from sofamesh.pilot.ca import CaError, CertificateAuthority
+    from sofamesh.pilot.sds import PilotSds
+
+    cert = key = None
+    try:
+        if opts.get("ca_cert") or opts.get("ca_key"):
+            with open(opts["ca_cert"] or "", "rb") as f:
+                cert = f.read()
+            with open(opts["ca_key"] or "", "rb") as f:
+                key = f.read()
+        ca = CertificateAuthority(opts["trust_domain"], cert, key, ttl=opts["cert_ttl"])
+    except (OSError, CaError) as e:
+        raise SystemExit(f"sofamesh pilot: CA: {e}") from None
+    log.info("pilot CA: trust domain %s, certificates for %.0f s", ca.trust_domain, ca.ttl)
+    return PilotSds(ca, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +262,11 @@ def _main(args: argparse.Namespace) -> int:
             args.data_dir, "data_dir", os.path.join(os.getcwd(), "sofamesh-pilot-data")
         ),
         "debounce": float(pick(args.debounce_ms, "debounce_ms", 100)) / 1000.0,
+        "ca": str(pick(args.ca, "ca", True)).lower() in ("true", "1", "yes"),
+        "trust_domain": pick(args.trust_domain, "trust_domain", "cluster.local"),
+        "ca_cert": pick(args.ca_cert, "ca_cert", None),
+        "ca_key": pick(args.ca_key, "ca_key", None),
+        "cert_ttl": float(pick(args.cert_ttl, "cert_ttl", 86400)),
         "registries": build_registries(cfg),
     }
     try:

@@ -38,6 +38,8 @@ from sofamesh.pilot.generate import (
 log = logging.getLogger("sofamesh.pilot.xds")
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 # SotW: a response carries every subscribed resource; absence = removal (wildcard types)
 FULL_STATE = (LDS, CDS, SRDS)
 REMOVAL_ORDER = (LDS, SRDS, RDS, CDS, EDS)
@@ -190,7 +192,8 @@ class Connection:
 
     def build_responses(self) -> list[bytes]:
         """Everything owed now, in make-before-break order."""
-        out: list[bytes] = []
+        # identities first: a sidecar's listeners and clusters warm until their secrets
+        out: list[bytes] = self.server.sds.responses(self) if self.server.sds else []
         phase2: list[str] = []
         for t in TYPES:
             w = self.watches.get(t)
@@ -369,6 +372,9 @@ class Connection:
     def on_sotw_request(self, req: discovery_pb2.DiscoveryRequest) -> None:
         self._node(req.node if req.HasField("node") else None)
         t = req.type_url
+        if t == SECRET and self.server.sds is not None:  # per stream: pilot/sds.py
+            self.server.sds.on_request(self, req, delta=False)
+            return
         if t not in TYPES:
             self.server.metrics.inc("pilot_xds_unknown_type_total")
             log.info("%s asked for unsupported type %s", self.node_id, t)
@@ -414,6 +420,9 @@ class Connection:
     def on_delta_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
         self._node(req.node if req.HasField("node") else None)
         t = req.type_url
+        if t == SECRET and self.server.sds is not None:
+            self.server.sds.on_request(self, req, delta=True)
+            return
         if t not in TYPES:
             self.server.metrics.inc("pilot_xds_unknown_type_total")
             return
@@ -479,6 +488,7 @@ class Connection:
             "istio_version": str(self.metadata.get("ISTIO_VERSION", "")),
             "peer": self.peer,
             "mode": "delta" if self.delta else "sotw",
+            "sds": self.server.sds.describe(self) if self.server.sds is not None else None,
             "connected_at": self.connected_at,
             "responses": self.responses,
             "types": {
@@ -512,6 +522,7 @@ class AdsServer:
         self.delta_control_plane = ld_field(7, cp)
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self.sds: Any = None  # pilot.sds.PilotSds when the pilot is a CA
         self._names: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._wild: dict[str, tuple[str, bytes]] = {}
 
@@ -575,8 +586,16 @@ class AdsServer:
                 response_serializer=bytes,
             ),
         }
+        # SDS also standalone (envoy.service.secret.v3): a stream that asks for Secrets only
+        sds_handlers = {
+            "StreamSecrets": handlers["StreamAggregatedResources"],
+            "DeltaSecrets": handlers["DeltaAggregatedResources"],
+        }
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),)
+            (
+                grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),
+                grpc.method_handlers_generic_handler(SDS_SERVICE, sds_handlers),
+            )
         )
         port = server.add_insecure_port(address)
         if port == 0:
@@ -619,6 +638,8 @@ class AdsServer:
                 except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001
                     log.debug("ignored during shutdown/cleanup: %r", e)
             self.connections.pop(conn.id, None)
+            if self.sds is not None:
+                self.sds.forget(conn)
             self.metrics.set("pilot_xds_connections", len(self.connections))
             log.info("xDS stream closed: %s (%s)", conn.node_id or conn.peer, mode)
         if failed is not None and not isinstance(failed, grpc.aio.AioRpcError):
