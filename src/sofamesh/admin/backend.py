@@ -72,11 +72,51 @@ def describe_server(server: Any) -> dict:
                 "name": getattr(ci, "name", name),
                 "hosts": hosts,
                 "alt_stat_name": getattr(cfg, "alt_stat_name", "") if cfg is not None else "",
+                "breakers": _tracked_breakers(ci, cfg),
             }
         )
     secrets = getattr(server, "secrets", None)  # proxy.sds.SecretManager: TLS contexts
     certs = secrets.certs() if secrets is not None else []
     return {"listeners": listeners, "clusters": clusters, "certs": certs}
+
+
+# Envoy's circuit breaker defaults: connections, pending, requests, retries, pools
+_BREAKER_DEFAULTS = (1024, 1024, 1024, 3, 2**64 - 1)
+
+
+def _tracked_breakers(ci: Any, cfg: Any) -> list[list]:
+    """[priority, max cx, pending, rq, retries, pools, then the same 5 in use] for each
+    threshold with track_remaining (Envoy's circuit_breakers.<priority>.remaining_*). DEFAULT
+    is what the Cluster enforces; no HIGH-priority request exists (refused), so none is in
+    use there."""
+    out: list[list] = []
+    if cfg is None:
+        return out
+    for t in cfg.circuit_breakers.thresholds:
+        if not t.track_remaining:
+            continue
+        prio = "high" if t.priority == 1 else "default"
+        limits = [
+            t.max_connections.value if t.HasField("max_connections") else _BREAKER_DEFAULTS[0],
+            t.max_pending_requests.value
+            if t.HasField("max_pending_requests")
+            else _BREAKER_DEFAULTS[1],
+            t.max_requests.value if t.HasField("max_requests") else _BREAKER_DEFAULTS[2],
+            t.max_retries.value if t.HasField("max_retries") else _BREAKER_DEFAULTS[3],
+            _BREAKER_DEFAULTS[4],
+        ]
+        used = [0, 0, 0, 0, 0]
+        if prio == "default":
+            pools = sum(1 for h in getattr(ci, "hosts", ()) or () if getattr(h, "cx_total", 0))
+            used = [
+                int(getattr(ci, "cx_active", 0)),
+                int(getattr(ci, "pending_active", 0)),
+                int(getattr(ci, "rq_active", 0)),
+                int(getattr(ci, "retries_active", 0)),
+                pools,
+            ]
+        out.append([prio, *limits, *used])
+    return out
 
 
 def merge_topologies(tops: list[dict]) -> dict:
@@ -98,8 +138,21 @@ def merge_topologies(tops: list[dict]) -> dict:
                     h["stats"][k] = h["stats"].get(k, 0) + v
                 h["healthy"] = h["healthy"] and other["healthy"]
             hosts.append(h)
+        breakers = [list(b) for b in c.get("breakers", [])]
+        for b in breakers:  # a cluster's circuit breakers are shared: actives add up
+            for t in tops[1:]:
+                for ob in next((x for x in t["clusters"] if x["name"] == c["name"]), {}).get(
+                    "breakers", []
+                ):
+                    if ob[0] == b[0]:
+                        b[5:] = [x + y for x, y in zip(b[5:], ob[5:])]
         out["clusters"].append(
-            {"name": c["name"], "hosts": hosts, "alt_stat_name": c.get("alt_stat_name", "")}
+            {
+                "name": c["name"],
+                "hosts": hosts,
+                "alt_stat_name": c.get("alt_stat_name", ""),
+                "breakers": breakers,
+            }
         )
     return out
 

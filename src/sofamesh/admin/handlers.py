@@ -144,6 +144,10 @@ class AdminState:
             healthy = sum(1 for h in c["hosts"] if h["healthy"])
             g[f"cluster.{c['name']}.membership_total"] = len(c["hosts"])
             g[f"cluster.{c['name']}.membership_healthy"] = healthy
+            for b in c.get("breakers", ()):  # track_remaining (admin/backend.py)
+                p = f"cluster.{c['name']}.circuit_breakers.{b[0]}.remaining_"
+                for i, what in enumerate(("cx", "pending", "rq", "retries", "cx_pools")):
+                    g[p + what] = max(b[1 + i] - b[6 + i], 0)
         snap["used"] |= set(own)
         if self.stats_view is None:
             from sofamesh.admin.stats_config import from_bootstrap

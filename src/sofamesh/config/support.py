@@ -583,6 +583,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "max_pending_requests",
         "max_requests",
         "max_retries",
+        "track_remaining",  # circuit_breakers.<priority>.remaining_* gauges (admin/backend.py)
     ),
     _EP + "ClusterLoadAssignment": ("endpoints",),
     _EP + "LocalityLbEndpoints": ("lb_endpoints",),
