@@ -333,6 +333,24 @@ def alpn_of(port: int, ctx: ssl.SSLContext) -> str:
             return "rejected"
 
 
+def resumed(port: int, ctx: ssl.SSLContext) -> str:
+    """A TLS 1.2 session resumed on a second connection (stateless tickets)."""
+    out = []
+    session = None
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            try:
+                with ctx.wrap_socket(raw, session=session) as s:
+                    s.sendall(GET)
+                    while s.recv(4096):
+                        pass
+                    out.append(str(s.session_reused))
+                    session = s.session
+            except (ssl.SSLError, OSError):
+                return "rejected"
+    return " ".join(out)
+
+
 def plain_exchange(port: int, payload: bytes) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
         s.sendall(payload)
@@ -373,6 +391,9 @@ def run_cases(pki: dict, ports: dict[str, int]) -> dict[str, str]:
         "x-forwarded-proto plaintext beside TLS": plain_exchange(ports["xfp"], GET).split(
             "\r\n\r\n"
         )[-1],
+        "mtls session resumed (TLS 1.2)": resumed(
+            ports["mtls"], c(pki, "client_a", max_version=ssl.TLSVersion.TLSv1_2)
+        ),
         "tls13 with TLS 1.3": tls_exchange(ports["tls13"], c(pki), None, GET),
         "tls13 with TLS 1.2 client": tls_exchange(
             ports["tls13"], c(pki, max_version=ssl.TLSVersion.TLSv1_2), None, GET
@@ -415,12 +436,12 @@ def curl_cases(pki: dict, ports: dict[str, int]) -> dict[str, str]:
         return {}
     d = pki["dir"]
     out = {}
+    cert = ["--cert", str(d / "client_a.crt"), "--key", str(d / "client_a.key")]
     for name, extra in (
-        (
-            "curl mtls client_a",
-            ["--cert", str(d / "client_a.crt"), "--key", str(d / "client_a.key")],
-        ),
-        ("curl mtls no cert", []),
+        ("curl mtls client_a", [*cert, "--http1.1"]),
+        ("curl mtls no cert", ["--http1.1"]),
+        # ALPN h2 selects the HTTP/2 codec of an AUTO connection manager
+        ("curl mtls http2 by ALPN", [*cert, "--http2"]),
     ):
         r = subprocess.run(
             [
@@ -429,10 +450,9 @@ def curl_cases(pki: dict, ports: dict[str, int]) -> dict[str, str]:
                 "-o",
                 "-",
                 "-w",
-                " code=%{http_code}",
+                " code=%{http_code} http=%{http_version}",
                 "--cacert",
                 str(d / "ca.crt"),
-                "--http1.1",
                 *extra,
                 f"https://localhost:{ports['mtls']}/",
             ],
@@ -446,6 +466,7 @@ def curl_cases(pki: dict, ports: dict[str, int]) -> dict[str, str]:
 
 SSL_STATS = (
     "handshake",
+    "session_reused",
     "connection_error",
     "no_certificate",
     "fail_verify_no_cert",
@@ -524,6 +545,8 @@ def test_clients_see_the_same(results):
     assert env["sni a.example.com"].startswith("a.example.com alpn=None")
     assert env["mtls good client"].endswith("HTTP/1.1 200 OK mtls ok")
     assert env["mtls no client cert"] == "rejected"
+    assert env["mtls session resumed (TLS 1.2)"] == "False True", env
+    assert env["curl mtls http2 by ALPN"] == "mtls ok code=200 http=2 exit=False", env
     assert env["x-forwarded-proto over TLS"].endswith("200 OK xfp=https"), env
     assert env["x-forwarded-proto plaintext beside TLS"] == "xfp=http", env
     diffs = {k: (env[k], sofa.get(k)) for k in env if env[k] != sofa.get(k)}
