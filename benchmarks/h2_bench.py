@@ -177,9 +177,16 @@ def measure(kind: str, scenario: str, url: str, args, proxy_pids, backends: Back
     bpids = backends.pids(scenario)
     calls0 = backends.grpc_calls() if scenario == "grpc" else 0
     st0 = stats(admin) if admin else {}
+    attached = None
+    if args.attach and kind in args.attach_to.split(",") and pids:
+        cmd = args.attach.format(pid=pids[0], kind=kind, scenario=scenario, round=args.round)
+        print(f"attach: {cmd}", flush=True)
+        attached = subprocess.Popen(cmd, shell=True)
     cpu0, bcpu0 = cpu_seconds(pids), cpu_seconds(bpids)
     res = load(url, scenario, args.duration, args, kind == "direct")
     cpu1, bcpu1 = cpu_seconds(pids), cpu_seconds(bpids)
+    if attached is not None:
+        attached.wait(timeout=120)
     st1 = stats(admin) if admin else {}
     n = res.requests
     row: dict = {
@@ -315,11 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         "--nice", type=int, default=0, help="niceness for every benchmark process (e.g. -10)"
     )
     ap.add_argument(
-        "--hold",
-        type=float,
-        default=0,
-        help="profiling aid: keep the proxies and upstreams up this many seconds after they "
-        "start (pids printed) before measuring",
+        "--attach",
+        help="profiling aid: a shell command started at the beginning of each measured run of "
+        "--attach-to (and waited for after it), formatted with {pid} (the proxy's main "
+        "process), {kind}, {scenario}, {round}; e.g. 'py-spy record --native -p {pid} -d 8 "
+        "-f raw -o /tmp/{scenario}.txt'. A profiler slows the proxy: such runs' figures are "
+        "not benchmark figures",
+    )
+    ap.add_argument(
+        "--attach-to", default="sofamesh", help="the proxies --attach profiles (comma-separated)"
     )
     args = ap.parse_args(argv)
     lib_proc.NICE = args.nice
@@ -366,15 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as e:  # noqa: BLE001 - reported in the table and exit status
                     for s in scenarios:
                         rows[s][kind].append({"error": f"{type(e).__name__}: {e}"[:2000]})
-            if args.hold:
-                print(
-                    "pids: "
-                    + ", ".join(f"{k}={p.pid}" for k, (p, _, _) in procs.items())
-                    + f", nginx={backends.nginx.pid}, grpc-backend={backends.grpc.pid}",
-                    flush=True,
-                )
-                time.sleep(args.hold)
             for rnd in range(args.rounds):
+                args.round = rnd
                 for scen in scenarios:
                     order = [t for t in targets if t == "direct"] + (
                         kinds if rnd % 2 == 0 else kinds[::-1]
