@@ -9,6 +9,7 @@ import struct
 
 import h2.errors
 import h2.events as he
+import hpack
 import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -340,11 +341,13 @@ def test_priority_is_parsed_and_ignored():
         )
     )
     assert of(ev, H.RequestHeaders)[0].stream_id == 5
-    # depending on itself is a stream error; the wrong length too
-    c.feed(frame(PRIORITY, 0, 7, struct.pack(">IB", 7, 16)))
-    assert rsts_of(c.last) == {7: H.PROTOCOL_ERROR}
-    c.feed(frame(PRIORITY, 0, 9, b"\0" * 4))
-    assert rsts_of(c.last) == {9: H.FRAME_SIZE_ERROR}
+    # as Envoy 1.40: a self-dependency and stream 0 are ignored too (RFC 9113 would reset
+    # the stream / end the connection); only a wrong length ends the connection
+    assert c.feed(frame(PRIORITY, 0, 7, struct.pack(">IB", 7, 16))) == []
+    assert c.feed(frame(PRIORITY, 0, 0, struct.pack(">IB", 1, 16))) == []
+    assert rsts_of(c.last) == {} and not c.conn.closed
+    ev = c.feed(frame(PRIORITY, 0, 9, b"\0" * 4))
+    assert of(ev, H.ConnectionError)[0].error_code == H.FRAME_SIZE_ERROR
 
 
 def test_push_promise_is_refused():
@@ -361,7 +364,8 @@ def test_unknown_frame_types_are_ignored():
     assert not c.conn.closed
 
 
-# -- malformed messages: stream errors ---------------------------------------------------
+# -- malformed messages: the connection ends (Envoy's stream_error_on_invalid_http_messaging
+# false, its default; RFC 9113 8.1.1 would reset the stream) -------------------------------
 
 
 @pytest.mark.parametrize(
@@ -380,20 +384,27 @@ def test_unknown_frame_types_are_ignored():
         [*REQ, (b"upgrade", b"h2c")],
         [*REQ, (b"te", b"gzip")],
         [*REQ, (b"x", b"a\r\nb")],
-        [*REQ, (b"x", b" padded")],
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"abc")],
         [*REQ, (b"bad name", b"1")],
         [*REQ, (b"content-length", b"1x")],
         [(b":method", b"CONNECT"), (b":path", b"/")],
     ],
 )
-def test_malformed_requests_are_stream_errors(headers):
+def test_malformed_requests_end_the_connection(headers):
     c = RawClient()
     ev = c.feed(c.headers(1, headers))
     assert not of(ev, H.RequestHeaders)
-    assert rsts_of(c.last) == {1: H.PROTOCOL_ERROR}
-    assert not c.conn.closed and c.conn.stats["rx_messaging_error"] == 1
-    # the connection goes on
-    assert of(c.feed(c.headers(3)), H.RequestHeaders)
+    assert of(ev, H.ConnectionError)[0].error_code == H.PROTOCOL_ERROR
+    assert goaway_of(c.last)[1] == H.PROTOCOL_ERROR
+    assert c.conn.closed and c.conn.stats["rx_messaging_error"] == 1
+
+
+def test_whitespace_around_a_value_and_options_star_are_taken():
+    c = RawClient()
+    ev = c.feed(c.headers(1, [*REQ, (b"x", b" padded ")]))
+    assert (b"x", b" padded ") in of(ev, H.RequestHeaders)[0].headers
+    star = [(b":method", b"OPTIONS"), (b":scheme", b"http"), (b":path", b"*")]
+    assert of(c.feed(c.headers(3, star)), H.RequestHeaders)
 
 
 def test_valid_connect_and_te_trailers():
@@ -417,21 +428,27 @@ def test_content_length_must_match_data():
 def test_trailers_must_end_the_stream_and_carry_no_pseudo_headers():
     c = RawClient()
     c.feed(c.headers(1, end_stream=False))
-    c.feed(c.headers(1, [(b"x-t", b"1")], end_stream=False))
-    assert rsts_of(c.last) == {1: H.PROTOCOL_ERROR}
+    ev = c.feed(c.headers(1, [(b"x-t", b"1")], end_stream=False))
+    assert of(ev, H.ConnectionError)[0].error_code == H.PROTOCOL_ERROR
+    c = RawClient()
     c.feed(c.headers(3, end_stream=False))
-    c.feed(c.headers(3, [(b":path", b"/")], end_stream=True))
-    assert rsts_of(c.last) == {3: H.PROTOCOL_ERROR}
+    ev = c.feed(c.headers(3, [(b":path", b"/")], end_stream=True))
+    assert of(ev, H.ConnectionError)[0].error_code == H.PROTOCOL_ERROR
 
 
 def test_frames_after_end_stream():
+    # as Envoy 1.40: on a half-closed (remote) stream a connection error STREAM_CLOSED
+    # (the RFC asks for a stream error); on a closed stream frames are ignored (the RFC
+    # asks for STREAM_CLOSED)
     c = RawClient()
-    c.feed(c.headers(1))  # half-closed (remote)
-    c.feed(frame(DATA, 0, 1, b"x"))
-    assert rsts_of(c.last) == {1: H.STREAM_CLOSED}
     c.feed(c.headers(3))
     c.conn.send_headers(3, [(b":status", b"200")], end_stream=True)  # closed
-    ev = c.feed(frame(DATA, 0, 3, b"x"))
+    assert c.feed(frame(DATA, 0, 3, b"x")) == []
+    assert c.feed(c.headers(3, [(b"x-t", b"1")])) == []
+    c.feed(c.headers(5, end_stream=False) + rst(5))  # reset by the peer
+    assert c.feed(frame(DATA, 0, 5, b"x")) == [] and not c.conn.closed
+    c.feed(c.headers(7))  # half-closed (remote)
+    ev = c.feed(frame(DATA, 0, 7, b"x"))
     assert of(ev, H.ConnectionError)[0].error_code == H.STREAM_CLOSED
 
 
@@ -477,7 +494,8 @@ def _fresh(after_settings: bytes):
         (rst(0), H.PROTOCOL_ERROR),
         (rst(1), H.PROTOCOL_ERROR),  # idle stream
         (frame(3, 0, 1, b"\0" * 3), H.FRAME_SIZE_ERROR),
-        (frame(PRIORITY, 0, 0, b"\0" * 5), H.PROTOCOL_ERROR),
+        (frame(PRIORITY, 0, 1, b"\0" * 4), H.FRAME_SIZE_ERROR),
+        (frame(GOAWAY, 0, 0, b"\0\0\0\1" + b"\0" * 4), H.PROTOCOL_ERROR),  # names a client id
         (frame(DATA, 0, 1, b"x" * 16385), H.FRAME_SIZE_ERROR),
         (frame(SETTINGS, ACK, 0) * 2, H.PROTOCOL_ERROR),  # one more ACK than SETTINGS sent
     ],
@@ -504,14 +522,26 @@ def test_bad_preface_and_first_frame():
     assert not conn.closed and of(ev, H.SettingsReceived)
 
 
-def test_window_overflow_on_a_stream_is_a_stream_error():
+def test_window_update_errors_on_a_stream_end_the_connection():
+    # as Envoy 1.40 (the RFC asks for stream errors)
     c = RawClient()
     c.feed(c.headers(1, end_stream=False))
-    c.feed(window_update(1, 2**31 - 1))
-    assert rsts_of(c.last) == {1: H.FLOW_CONTROL_ERROR}
+    ev = c.feed(window_update(1, 2**31 - 1))
+    assert of(ev, H.ConnectionError)[0].error_code == H.FLOW_CONTROL_ERROR
+    c = RawClient()
     c.feed(c.headers(3, end_stream=False))
-    c.feed(window_update(3, 0))
-    assert rsts_of(c.last) == {3: H.PROTOCOL_ERROR}
+    ev = c.feed(window_update(3, 0))
+    assert of(ev, H.ConnectionError)[0].error_code == H.PROTOCOL_ERROR
+
+
+def test_initial_window_size_overflowing_a_stream_resets_it():
+    # as Envoy 1.40: the stream is reset FLOW_CONTROL_ERROR (the RFC ends the connection)
+    c = RawClient()
+    c.feed(c.headers(1, end_stream=False))
+    c.conn.send_headers(1, [(b":status", b"200")])
+    c.feed(window_update(1, 2**31 - 1 - 65535))
+    c.feed(settings((4, 65536)))
+    assert rsts_of(c.last) == {1: H.FLOW_CONTROL_ERROR} and not c.conn.closed
 
 
 def test_data_beyond_the_window():
@@ -530,13 +560,24 @@ def test_data_beyond_the_window():
 
 
 def test_max_concurrent_streams_refuses_extra_streams():
+    # before our SETTINGS are acknowledged the peer may not know the limit: REFUSED_STREAM
+    enc = hpack.Encoder()
+    conn = H.Connection(max_concurrent_streams=2)
+    hd = [
+        frame(HEADERS, END_HEADERS | (0 if s < 5 else END_STREAM), s, enc.encode(REQ))
+        for s in (1, 3, 5, 7)
+    ]
+    ev = conn.feed(PREFACE + settings() + hd[0] + hd[1] + hd[2])
+    assert [e.stream_id for e in of(ev, H.RequestHeaders)] == [1, 3]
+    assert rsts_of(conn.data_to_send()) == {5: H.REFUSED_STREAM}
+    assert conn.stats["stream_refused_errors"] == 1
+    conn.reset_stream(1)
+    assert of(conn.feed(hd[3]), H.RequestHeaders)
+    # once acknowledged, going over it ends the connection, as Envoy 1.40 does
     c = RawClient(max_concurrent_streams=2)
     ev = c.feed(c.headers(1, end_stream=False) + c.headers(3, end_stream=False) + c.headers(5))
     assert [e.stream_id for e in of(ev, H.RequestHeaders)] == [1, 3]
-    assert rsts_of(c.last) == {5: H.REFUSED_STREAM}
-    assert c.conn.stats["stream_refused_errors"] == 1
-    c.conn.reset_stream(1)
-    assert of(c.feed(c.headers(7)), H.RequestHeaders)
+    assert of(ev, H.ConnectionError)[0].error_code == H.PROTOCOL_ERROR
 
 
 def test_rapid_reset_is_detected_and_counted():

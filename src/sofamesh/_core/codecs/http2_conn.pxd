@@ -31,9 +31,9 @@ cdef enum:
 
 # how a stream we no longer keep was closed: what a late frame for it means
 cdef enum:
-    GONE_NORMAL = 0         # both sides ended it: a frame is a connection error STREAM_CLOSED
-    GONE_RESET_SENT = 1     # we reset it: frames in flight are ignored
-    GONE_RESET_RECV = 2     # the peer reset it: a frame is a stream error STREAM_CLOSED
+    GONE_NORMAL = 0         # both sides ended it  } frames on any of these are ignored,
+    GONE_RESET_SENT = 1     # we reset it          } as Envoy 1.40 does (a higher id than
+    GONE_RESET_RECV = 2     # the peer reset it    } any seen is an idle stream: an error)
 
 cdef struct h2_stats:
     unsigned long long rx_reset

@@ -91,6 +91,10 @@ cdef class ConnectionCore:
                 self._conn_error(ERR_FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
                 return n
             if n - off < FRAME_HEADER_LEN + length:
+                if _fixed_length_wrong(p[off + 3], length):
+                    # no need to wait for a payload that cannot be right (Envoy does not)
+                    self._conn_error(ERR_FRAME_SIZE_ERROR, "frame length")
+                    return n
                 break
             self._frame(p[off + 3], p[off + 4], rd_u32(p + off + 5) & 0x7fffffff,
                         p + off + FRAME_HEADER_LEN, length)
@@ -142,19 +146,16 @@ cdef class ConnectionCore:
 
     cdef int _late_frame(self, unsigned int sid, bint data) except -1:
         """A DATA or HEADERS frame for a stream we do not hold."""
-        cdef object how
         if self._is_local_id(sid):
             if sid >= self._next_local_id:
                 return self._conn_error(ERR_PROTOCOL_ERROR, "frame on an idle stream")
         elif sid > self._highest_remote_id:
             if data or self.client_side:
                 return self._conn_error(ERR_PROTOCOL_ERROR, "frame on an idle stream")
-        how = self._gone.get(sid)
-        if how is None or how == GONE_RESET_SENT:
-            return 0
-        if how == GONE_RESET_RECV:
-            return self._stream_error(sid, None, ERR_STREAM_CLOSED, "frame after RST_STREAM")
-        return self._conn_error(ERR_STREAM_CLOSED, "frame on a closed stream")
+        # a closed stream (reset either way, or ended both ways): ignored, as Envoy 1.40
+        # does (RFC 9113 5.1 would answer STREAM_CLOSED; tests/integration/http2/
+        # test_conformance.py 5.1/9-12)
+        return 0
 
     cdef int _on_data(self, unsigned char flags, unsigned int sid,
                       const unsigned char* p, Py_ssize_t n) except -1:
@@ -184,7 +185,8 @@ cdef class ConnectionCore:
             self._give_back(None, n)
             if act == ACT_PROTOCOL:
                 return self._conn_error(ERR_PROTOCOL_ERROR, "DATA in this stream state")
-            return self._stream_error(sid, s, ERR_STREAM_CLOSED, "DATA after END_STREAM")
+            # Envoy ends the connection (the RFC asks for a stream error): conformance 5.1/5
+            return self._conn_error(ERR_STREAM_CLOSED, "DATA after END_STREAM")
         if not s.got_headers:
             self._give_back(None, n)
             self.c.rx_messaging_error += 1
@@ -291,6 +293,10 @@ cdef class ConnectionCore:
             self._highest_remote_id = sid
             self._remote_opened_total += 1
             if self._remote_open >= <int>min(self._local_max_concurrent, 0x7fffffff):
+                if SETTINGS_MAX_CONCURRENT_STREAMS in self._local_settings:
+                    # the peer acknowledged the limit and broke it: Envoy 1.40 ends the
+                    # connection (conformance 5.1.2/1)
+                    return self._conn_error(ERR_PROTOCOL_ERROR, "max_concurrent_streams")
                 self.c.stream_refused_errors += 1
                 return self._stream_error(sid, None, ERR_REFUSED_STREAM,
                                           "max_concurrent_streams")
@@ -302,14 +308,13 @@ cdef class ConnectionCore:
                 self.c.header_overflow += 1
                 return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, "header_overflow")
             if selfdep:
-                return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, "stream depends on itself")
+                return self._conn_error(ERR_PROTOCOL_ERROR, "stream depends on itself")
             req = new_request_headers(sid, headers, end_stream)
             why = validate_request(headers, req)
             if why is None and end_stream and req.content_length > 0:
                 why = "content-length without DATA"
             if why is not None:
-                self.c.rx_messaging_error += 1
-                return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, why)
+                return _messaging_error(self, why)
             s.got_headers = True
             s.content_length = req.content_length
             self._events.append(req)
@@ -320,19 +325,18 @@ cdef class ConnectionCore:
         if act != ACT_OK:
             if act == ACT_PROTOCOL:
                 return self._conn_error(ERR_PROTOCOL_ERROR, "HEADERS in this stream state")
-            return self._stream_error(sid, s, ERR_STREAM_CLOSED, "HEADERS after END_STREAM")
+            return self._conn_error(ERR_STREAM_CLOSED, "HEADERS after END_STREAM")
         if rc:
             self.c.header_overflow += 1
             return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, "header_overflow")
         if selfdep:
-            return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, "stream depends on itself")
+            return self._conn_error(ERR_PROTOCOL_ERROR, "stream depends on itself")
         if not s.got_headers:
             why = validate_response(headers, &status, &cl)
             if why is None and status < 200 and (end_stream or status == 101):
                 why = "1xx ending the stream, or 101"
             if why is not None:
-                self.c.rx_messaging_error += 1
-                return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, why)
+                return _messaging_error(self, why)
             if status < 200:
                 info = InformationalResponse.__new__(InformationalResponse)
                 info.stream_id = sid
@@ -344,17 +348,16 @@ cdef class ConnectionCore:
             # no body may follow: HEAD, 204, 304 (content-length describes another body)
             s.content_length = 0 if (s.head_request or status == 204 or status == 304) else cl
             if end_stream and s.content_length > 0:
-                self.c.rx_messaging_error += 1
-                return self._stream_error(sid, s, ERR_PROTOCOL_ERROR,
-                                          "content-length without DATA")
+                return _messaging_error(self, "content-length without DATA")
             self._events.append(new_response_headers(sid, headers, end_stream, status, cl))
         else:
             why = "trailers without END_STREAM" if not end_stream else validate_trailers(headers)
-            if why is None and s.content_length >= 0 and s.data_received != s.content_length:
-                why = "DATA does not match content-length"
             if why is not None:
+                return _messaging_error(self, why)
+            if s.content_length >= 0 and s.data_received != s.content_length:
                 self.c.rx_messaging_error += 1
-                return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, why)
+                return self._stream_error(sid, s, ERR_PROTOCOL_ERROR,
+                                          "DATA does not match content-length")
             self.c.trailers += 1
             tr = Trailers.__new__(Trailers)
             tr.stream_id = sid
@@ -366,19 +369,15 @@ cdef class ConnectionCore:
 
     cdef int _on_priority(self, unsigned int sid, const unsigned char* p,
                           Py_ssize_t n) except -1:
-        if sid == 0:
-            return self._conn_error(ERR_PROTOCOL_ERROR, "PRIORITY on stream 0")
+        # Envoy 1.40 ignores PRIORITY but for its length: no check of stream 0 or of a
+        # self-dependency (conformance 5.3.1/2, 6.3/1, 6.3/2)
+        if n != 5:
+            return self._conn_error(ERR_FRAME_SIZE_ERROR, "PRIORITY length")
         self._priority_in += 1
         if self._priority_in > <unsigned long long>self.max_inbound_priority_frames_per_stream * (
                 1 + self._remote_opened_total):
             self.c.inbound_priority_frames_flood += 1
             return self._conn_error(ERR_ENHANCE_YOUR_CALM, "inbound_priority_frames_flood")
-        if n != 5:
-            return self._stream_error(sid, self._streams.get(sid), ERR_FRAME_SIZE_ERROR,
-                                      "PRIORITY length")
-        if (rd_u32(p) & 0x7fffffff) == sid:
-            return self._stream_error(sid, self._streams.get(sid), ERR_PROTOCOL_ERROR,
-                                      "stream depends on itself")
         return 0
 
     cdef int _on_rst_stream(self, unsigned int sid, const unsigned char* p,
@@ -454,10 +453,16 @@ cdef class ConnectionCore:
                                             "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1")
                 delta = <long long>v - self._remote_iws
                 self._remote_iws = v
+                over = []
                 for s in self._streams.values():
                     s.send_window += delta
                     if s.send_window > MAX_WINDOW:
-                        return self._conn_error(ERR_FLOW_CONTROL_ERROR, "stream window overflow")
+                        over.append(s)
+                # Envoy resets those streams (FLOW_CONTROL_ERROR); the RFC would end the
+                # connection (conformance 6.9.2/4)
+                for s in over:
+                    self._stream_error(s.stream_id, s, ERR_FLOW_CONTROL_ERROR,
+                                       "stream window overflow")
             elif ident == SETTINGS_MAX_FRAME_SIZE:
                 if v < DEFAULT_MAX_FRAME or v > MAX_MAX_FRAME:
                     return self._conn_error(ERR_PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
@@ -509,12 +514,18 @@ cdef class ConnectionCore:
                         Py_ssize_t n) except -1:
         cdef GoAway g
         cdef Stream s
+        cdef unsigned int last
         if sid != 0:
             return self._conn_error(ERR_PROTOCOL_ERROR, "GOAWAY on a stream")
         if n < 8:
             return self._conn_error(ERR_FRAME_SIZE_ERROR, "GOAWAY length")
+        last = rd_u32(p) & 0x7fffffff
+        if last and not self._is_local_id(last):
+            # the last id counts streams the receiver (we) opened; one of the peer's own
+            # ids there ends the connection, as Envoy 1.40 does (conformance 6.8/3)
+            return self._conn_error(ERR_PROTOCOL_ERROR, "GOAWAY names a stream of its sender")
         g = GoAway.__new__(GoAway)
-        g.last_stream_id = rd_u32(p) & 0x7fffffff
+        g.last_stream_id = last
         g.error_code = rd_u32(p + 4)
         g.debug_data = PyBytes_FromStringAndSize(<const char*>p + 8, n - 8)
         self.goaway_received = True
@@ -555,11 +566,12 @@ cdef class ConnectionCore:
                     else sid > self._highest_remote_id):
                 return self._conn_error(ERR_PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             return 0
+        # Envoy ends the connection for both (the RFC asks for stream errors): 6.9/2, 6.9.1/2
         if inc == 0:
-            return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            return self._conn_error(ERR_PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
         s.send_window += inc
         if s.send_window > MAX_WINDOW:
-            return self._stream_error(sid, s, ERR_FLOW_CONTROL_ERROR, "stream window overflow")
+            return self._conn_error(ERR_FLOW_CONTROL_ERROR, "stream window overflow")
         self._events.append(new_window_updated(sid, inc))
         if s.pending_bytes or s.pending_end:
             self._flush_stream(s)
@@ -751,3 +763,22 @@ cdef class ConnectionCore:
             if s.state != ST_CLOSED:
                 self._flush_stream(s)
         return self._check_outbound()
+
+
+cdef int _messaging_error(ConnectionCore self, str reason) except -1:
+    """A malformed message (RFC 9113 8.1.1): Envoy's default
+    (stream_error_on_invalid_http_messaging false, a knob sofamesh does not take) ends the
+    whole connection; the RFC's stream error is what that knob would give."""
+    self.c.rx_messaging_error += 1
+    return self._conn_error(ERR_PROTOCOL_ERROR, reason)
+
+
+cdef inline bint _fixed_length_wrong(unsigned char ftype, unsigned int length) noexcept:
+    """A control frame whose length field is not its type's fixed size."""
+    if ftype == FT_PING:
+        return length != 8
+    if ftype == FT_RST_STREAM or ftype == FT_WINDOW_UPDATE:
+        return length != 4
+    if ftype == FT_PRIORITY:
+        return length != 5
+    return False

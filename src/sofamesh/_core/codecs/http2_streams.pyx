@@ -160,8 +160,8 @@ cdef str _check_field(bytes name, bytes value):
     for i in range(n):
         if VALUE_BAD[p[i]]:
             return "invalid character in field value"
-    if n and (p[0] == 32 or p[0] == 9 or p[n - 1] == 32 or p[n - 1] == 9):
-        return "whitespace around field value"
+    # whitespace around a value is taken as Envoy 1.40 takes it (RFC 9113 8.2.1 calls the
+    # message malformed): conformance 8.2/8
     # connection-specific fields (RFC 9113 8.2.2)
     p = <const unsigned char*>PyBytes_AS_STRING(name)
     n = PyBytes_GET_SIZE(name)
@@ -252,6 +252,10 @@ cdef str validate_request(list headers, RequestHeaders ev):
             return "missing :scheme or :path"
         if PyBytes_GET_SIZE(ev.path) == 0:
             return "empty :path"
+        # origin-form, or "*" (OPTIONS): Envoy refuses anything else (conformance 8.3.1/9)
+        if PyBytes_AS_STRING(ev.path)[0] != b'/' and not (
+                ev.path == b"*" and ev.method == b"OPTIONS"):
+            return "invalid :path"
     ev.content_length = cl
     return None
 
