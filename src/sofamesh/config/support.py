@@ -346,7 +346,13 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "request_timeout",
         "stream_idle_timeout",
         "local_reply_config",
+        # KEEP_UNCHANGED / IMPLEMENTATION_SPECIFIC_DEFAULT only (ALLOWED_IF): %2F and %5C
+        # stay as they are in the path, as Envoy's default
+        "path_with_escaped_slashes_action",
+        "request_id_extension",  # envoy.request_id.uuid (the one sofamesh generates)
     ),
+    _HCM + "RequestIDExtension": ("typed_config",),
+    "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": (),  # NO_EFFECT lists both
     _HCM + "HttpFilter": ("name", "typed_config", "is_optional"),
     _HCM + "HttpConnectionManager.UpgradeConfig": ("upgrade_type", "enabled"),
     # as HCM common_http_protocol_options (the cluster's is refused as a whole)
@@ -724,6 +730,11 @@ NO_EFFECT: dict[str, dict[str, str]] = {
         "metadata": _OPAQUE,
     },
     _EP + "LbEndpoint": {"metadata": _OPAQUE},
+    "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": {
+        "pack_trace_reason": "alters the UUID only of a traced request; tracing is refused "
+        "where it is configured",
+        "use_request_id_for_trace_sampling": _TRACE,
+    },
 }
 
 
@@ -772,12 +783,27 @@ def _fd_hard_limit() -> int:
     return hard if hard != resource.RLIM_INFINITY else 2**63
 
 
+# HCM request_id_extension: Envoy's UUID request ids, which sofamesh generates (x-request-id,
+# a random version-4 UUID). Its two options only act when a request is traced.
+register_extension(
+    "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+    "sofamesh.proxy.server (x-request-id as Envoy's default)",
+)
+
+
 def _is_true(v: object) -> bool:
     return bool(getattr(v, "value", v))
 
 
 # Fields implemented for some values only: (predicate on the value, what is implemented).
 ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
+    (_HCM + "HttpConnectionManager", "path_with_escaped_slashes_action"): (
+        lambda v: v in (0, 1),
+        (
+            "only KEEP_UNCHANGED and IMPLEMENTATION_SPECIFIC_DEFAULT (escaped slashes are "
+            "kept; rejecting, redirecting or unescaping them is in the HTTP codec's hands)"
+        ),
+    ),
     (
         "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
         "max_active_downstream_connections",
