@@ -25,6 +25,7 @@ Envoy's listener drain.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import time
@@ -37,7 +38,7 @@ from sofamesh.proxy import sds
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config, compile_vhosts
 from sofamesh.xds.checks import ResourceChecks
-from sofamesh.xds.client import CDS, EDS, LDS, RDS, SDS, SRDS, AdsClient, Update
+from sofamesh.xds.client import CDS, EDS, LDS, RDS, SDS, SRDS, AdsClient, Update, gc_paused
 from sofamesh.xds.scoped import Scopes, check_domains
 
 log = logging.getLogger("sofamesh.xds")
@@ -280,6 +281,7 @@ class DynamicConfig:
         await self.client.initialized.wait()
         self._gauges()
         _release_free_memory()
+        gc.freeze()  # the initial config is long-lived: collections skip it (gc_paused)
 
     async def stop(self) -> None:
         await self.client.stop()
@@ -376,6 +378,11 @@ class DynamicConfig:
         self._gauges()
 
     async def apply(self, up: Update) -> dict[str, str]:
+        # a pool's worker is handed updates here, not through AdsClient.apply
+        with gc_paused(up.big):
+            return await self._apply(up)
+
+    async def _apply(self, up: Update) -> dict[str, str]:
         self.type_versions[up.type_url] = up.version
         if up.type_url != EDS:  # listeners, scopes and clusters decide the names
             self._names.clear()

@@ -58,11 +58,16 @@ def decode_update(d: dict) -> Update:
 
     cls = message_class(d["type"])
     resources = {}
+    size = 0
     for name, version, b64 in d["resources"]:
-        msg = cls.FromString(base64.b64decode(b64))
+        raw = base64.b64decode(b64)
+        size += len(raw)
+        msg = cls.FromString(raw)
         protos.ensure_types(msg)
         resources[name] = (version, msg)
-    return Update(d["type"], d["version"], resources, list(d["removed"]), bool(d["full_state"]))
+    up = Update(d["type"], d["version"], resources, list(d["removed"]), bool(d["full_state"]))
+    up.size = size
+    return up
 
 
 def worker_state(dyn: Any) -> dict:

@@ -24,9 +24,11 @@ between threads and are applied between two requests of the data plane, never du
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import random
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,7 +52,8 @@ _RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 INVALID_ARGUMENT = 3
-_BIG_RESPONSE = 256  # resources: GC paused while applying (see _on_response)
+_BIG_RESPONSE = 256  # resources: GC paused while applying, then frozen (gc_paused)
+_BIG_BYTES = 256 * 1024  # or this many bytes of resources (one route config of 10k hosts)
 _TYPE_STATS = (
     "update_attempt",
     "update_success",
@@ -70,6 +73,35 @@ class Update:
     removed: list[str]  # Delta removed_resources
     full_state: bool  # SotW CDS/LDS: resources held and not listed are removed
     errors: dict[str, str] = field(default_factory=dict)  # undecodable, by name
+    size: int = 0  # bytes of the resources as received
+
+    @property
+    def big(self) -> bool:
+        """Applying it makes enough long-lived objects to pause the GC (gc_paused)."""
+        return len(self.resources) >= _BIG_RESPONSE or self.size >= _BIG_BYTES
+
+
+@contextlib.contextmanager
+def gc_paused(on: bool) -> Iterator[None]:
+    """Pauses the cyclic GC while a big update is applied, then freezes what is held.
+
+    PERF(benchmarks/xds_scale.py): a big update allocates tracked objects that all outlive
+    it (clusters, hosts, compiled routes), and collections walked everything held so far:
+    at 10,000 services the first collections after the initial responses cost 60-130 ms,
+    and later full collections 180-520 ms each, every few seconds, on the event loop the
+    data plane shares (a request or an endpoint update waiting behind them). `gc.freeze()`
+    moves what is alive into the permanent generation, which collections skip;
+    refcounting still frees it as usual. The price: an object frozen here that a later
+    update leaves in an unreachable reference cycle is never reclaimed."""
+    paused = on and gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.freeze()
+            gc.enable()
 
 
 class Applier(Protocol):
@@ -338,6 +370,7 @@ class AdsClient:
             if anymsg.type_url != type_url:
                 up.errors[key] = f"resource type {anymsg.type_url} in a {type_url} response"
                 continue
+            up.size += len(anymsg.value)
             msg = cls()
             try:
                 msg.ParseFromString(anymsg.value)
@@ -355,17 +388,9 @@ class AdsClient:
     async def apply(self, sub: _Sub, up: Update, delta: bool) -> dict[str, str]:
         """Applies one decoded response of `sub`; its errors by resource name."""
         t = up.type_url
-        # PERF(benchmarks/xds_scale.py): a big response allocates tracked objects that all
-        # outlive it, and the cyclic GC's full collections walked everything held so far
-        # (the hosts of 10,000 assignments: 0.35 s with collections, 0.16 s without, beside
-        # the heap of a 10,000-service config). Off while one is applied; refcounting
-        # frees as usual, and collections resume after it.
-        paused = len(up.resources) >= _BIG_RESPONSE and gc.isenabled()
-        if paused:
-            gc.disable()
-        try:
-            if t in (CDS, LDS):
-                self._bump(f"{self._prefix(t)}.update_attempt")
+        if t in (CDS, LDS):
+            self._bump(f"{self._prefix(t)}.update_attempt")
+        with gc_paused(up.big):
             async with self._apply_lock:
                 try:
                     errors = dict(up.errors)
@@ -373,9 +398,6 @@ class AdsClient:
                 except Exception as e:
                     log.exception("xds: applying %s failed", SHORT[t])
                     errors = {"*": f"internal error: {type(e).__name__}: {e}"}
-        finally:
-            if paused:
-                gc.enable()
         sub.received = True
         if delta:
             for n, (v, _) in up.resources.items():
