@@ -619,8 +619,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "name",
         "weight",
     ),
-    # RBAC (sofamesh.filters.http.rbac, sofamesh.filters.network.rbac): Principal metadata,
-    # filter_state, matcher trees, CEL conditions and audit logging are refused by path
+    # RBAC (sofamesh.filters.http.rbac, sofamesh.filters.network.rbac): Principal
+    # `authenticated` (no TLS yet), metadata, filter_state, matcher trees, CEL conditions and
+    # audit logging are refused by path
     "envoy.extensions.filters.http.rbac.v3.RBAC": (
         "rules",
         "rules_stat_prefix",
@@ -647,7 +648,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "destination_port",
         "destination_port_range",
         "not_rule",
-        "requested_server_name",  # the TLS SNI (empty for plaintext)
+        "requested_server_name",  # always empty: no TLS yet
     ),
     "envoy.config.rbac.v3.Permission.Set": ("rules",),
     "envoy.config.rbac.v3.Principal": (
@@ -660,10 +661,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "header",
         "url_path",
         "not_id",
-        "authenticated",  # a verified peer certificate (mTLS)
     ),
     "envoy.config.rbac.v3.Principal.Set": ("ids",),
-    "envoy.config.rbac.v3.Principal.Authenticated": ("principal_name",),
     "envoy.type.matcher.v3.PathMatcher": ("path",),
     "envoy.config.core.v3.CidrRange": ("address_prefix", "prefix_len"),
     "envoy.type.v3.Int32Range": ("start", "end"),
