@@ -591,10 +591,20 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "max_retries",
         "track_remaining",  # circuit_breakers.<priority>.remaining_* gauges (admin/backend.py)
     ),
-    _EP + "ClusterLoadAssignment": ("endpoints",),
+    _EP + "ClusterLoadAssignment": (
+        "endpoints",
+        "policy",  # Istio's overprovisioning_factor 140 only, Envoy's default (ALLOWED_IF)
+    ),
+    _EP + "ClusterLoadAssignment.Policy": ("overprovisioning_factor",),
     _EP + "LocalityLbEndpoints": ("lb_endpoints",),
     _EP + "LbEndpoint": ("endpoint", "load_balancing_weight", "health_status"),
-    _EP + "Endpoint": ("address",),
+    _EP + "Endpoint": (
+        "address",
+        # Istio's empty `health_check_config: {}`: every field at its default (checks go to
+        # the endpoint's own address); any field set is refused below
+        "health_check_config",
+    ),
+    _EP + "Endpoint.HealthCheckConfig": (),
     "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
     "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config"),
     "envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path",),
@@ -797,6 +807,10 @@ def _is_true(v: object) -> bool:
 
 # Fields implemented for some values only: (predicate on the value, what is implemented).
 ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
+    (_EP + "ClusterLoadAssignment.Policy", "overprovisioning_factor"): (
+        lambda v: getattr(v, "value", v) == 140,
+        "only 140, Envoy's default (the one panic mode and availability are computed with)",
+    ),
     (_HCM + "HttpConnectionManager", "path_with_escaped_slashes_action"): (
         lambda v: v in (0, 1),
         (
