@@ -422,6 +422,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _RT + "RouteAction.MaxStreamDuration": (
         "grpc_timeout_header_max",
         "grpc_timeout_header_offset",
+        # 0s only (ALLOWED_IF): no limit on the route's streams, as the HCM sets none (its
+        # max_stream_duration is refused)
+        "max_stream_duration",
     ),
     _RT + "RouteAction": (
         "cluster",
@@ -807,6 +810,10 @@ def _is_true(v: object) -> bool:
 
 # Fields implemented for some values only: (predicate on the value, what is implemented).
 ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
+    (_RT + "RouteAction.MaxStreamDuration", "max_stream_duration"): (
+        lambda v: v.seconds == 0 and v.nanos == 0,  # type: ignore[attr-defined]
+        "only 0s, Istio's value: the route's streams have no duration limit",
+    ),
     (_EP + "ClusterLoadAssignment.Policy", "overprovisioning_factor"): (
         lambda v: getattr(v, "value", v) == 140,
         "only 140, Envoy's default (the one panic mode and availability are computed with)",

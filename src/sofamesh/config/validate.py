@@ -807,6 +807,8 @@ def _show(fd: Any, value: Any) -> str:
     if fd.enum_type is not None:
         ev = fd.enum_type.values_by_number.get(value)
         return ev.name if ev is not None else str(value)
+    if fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Duration":
+        return f"{value.seconds + value.nanos / 1e9:g}s"
     return str(getattr(value, "value", value)).lower() if fd.message_type else str(value)
 
 

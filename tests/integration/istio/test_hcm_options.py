@@ -163,3 +163,61 @@ def test_other_escaped_slash_actions_are_refused(tmp_path):
         "HttpConnectionManager.path_with_escaped_slashes_action UNESCAPE_AND_REDIRECT is not "
         "implemented by sofamesh" in r.stderr
     )
+
+
+class _Slow(_Echo):
+    def do_GET(self):
+        import time
+
+        time.sleep(1.2)
+        super().do_GET()
+
+
+def test_istio_route_max_stream_duration_zero_as_envoy(tmp_path):
+    """istiod's `max_stream_duration: {max_stream_duration: 0s, grpc_timeout_header_max:
+    0s}` on every route: no limit, a slow answer arrives through both proxies."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        got = {}
+        for who, start in (("envoy", start_envoy), ("sofamesh", start_sofamesh)):
+            admin, port = free_port(), free_port()
+            doc = bootstrap(admin, port, srv.server_address[1])
+            route = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+                "typed_config"
+            ]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+            route["timeout"] = "0s"
+            route["max_stream_duration"] = {
+                "max_stream_duration": "0s",
+                "grpc_timeout_header_max": "0s",
+            }
+            cfg = tmp_path / f"{who}.json"
+            cfg.write_text(json.dumps(doc))
+            proc = start(cfg, admin, *(("--concurrency", "1") if who == "sofamesh" else ()))
+            try:
+                got[who] = _raw_get(port, "/slow")
+            finally:
+                stop(proc)
+            got[who].pop("rid")
+        assert got["sofamesh"] == got["envoy"] == {"status": 200, "path": "/slow"}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_route_max_stream_duration_limit_is_refused(tmp_path):
+    doc = bootstrap(free_port(), 0, 1)
+    route = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    route["max_stream_duration"] = {"max_stream_duration": "5s"}
+    cfg = tmp_path / "v.json"
+    cfg.write_text(json.dumps(doc))
+    r = subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
+        [*sofamesh_command(), "proxy", "--mode", "validate", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "MaxStreamDuration.max_stream_duration 5s is not implemented by sofamesh" in r.stderr
