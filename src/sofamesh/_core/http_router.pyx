@@ -25,7 +25,8 @@ from sofamesh._core.router cimport (
     RETRY_GRPC_DEADLINE_EXCEEDED, RETRY_GRPC_INTERNAL, RETRY_GRPC_RESOURCE_EXHAUSTED,
     RETRY_GRPC_UNAVAILABLE,
 )
-from sofamesh._core.upstream cimport Cluster, Host, LB_RING_HASH
+from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNECT_FAILED,
+                                      OUTCOME_CONNECT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.upstream import hash64
 
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
@@ -200,14 +201,14 @@ cdef class RouterStream(HttpStream):
                 f = cfg.filters[j]
                 if f.wants_encode:
                     f.encode_headers(self, status, end_stream)
+        rh.remove(b"date")
+        rh.add(b"date", date_value())
         if cfg.server_mode == SERVER_OVERWRITE:
             rh.remove(b"server")
             rh.add(b"server", cfg.server_name)
         elif cfg.server_mode == SERVER_APPEND_IF_ABSENT and \
                 rh.find_from("server", 6, 0) < 0:
             rh.add(b"server", cfg.server_name)
-        rh.remove(b"date")
-        rh.add(b"date", date_value())
         if cfg.via:
             rh.add(b"via", cfg.via)
         if cfg.rid_in_response and self.request_id is not None:
@@ -390,6 +391,7 @@ cdef class RouterStream(HttpStream):
         router's response mutations (service time, the route's header adds/removes)."""
         cdef Route route = self.route
         cdef int status = rh.get_status(), rbit = 0
+        self.host.outcome(status)  # outlier detection: every response head, retried or not
         if status >= 500:
             rbit = RETRY_5XX
             if status == 502 or status == 503 or status == 504:
@@ -552,6 +554,7 @@ cdef class RouterStream(HttpStream):
         self._resume(PAUSE_UPSTREAM_FULL)     # a retry: the previous connection's pause is moot
         host.rq_active += 1
         host.rq_total += 1
+        host.outcome(OUTCOME_CONNECT_SUCCESS)  # outlier detection (Envoy's onPoolReady)
         self.upstream_host = host.address + ":" + str(host.port) \
             if self.cfg.access_log is not None else "-"
         c.start(self, self.head_req, self.upgrade)
@@ -609,6 +612,8 @@ cdef class RouterStream(HttpStream):
             self.host.rq_active -= 1
         if c is not None:
             self.up = None
+        if self.host is not None and kind > FAIL_OVERFLOW and kind != FAIL_TIMEOUT:
+            self.host.outcome(OUTCOME_CONNECT_FAILED)  # outlier detection (Envoy: any reset)
         if kind == FAIL_CONNECT or kind == FAIL_CONNECT_TIMEOUT:
             if self._can_retry(RETRY_CONNECT_FAILURE | RETRY_RESET | RETRY_5XX |
                                RETRY_GATEWAY):
@@ -731,6 +736,7 @@ cdef class RouterStream(HttpStream):
             self.try_deadline = 0
             self.cluster.upstream_rq_per_try_timeout.inc()
             if self.up is not None and not self.resp_started:
+                self.host.outcome(OUTCOME_TIMEOUT)  # outlier detection
                 u = self.up
                 self.up = None
                 self.host.rq_active -= 1
@@ -746,6 +752,7 @@ cdef class RouterStream(HttpStream):
         if self.host is not None:
             self.host.rq_timeout += 1
         if self.up is not None:
+            self.host.outcome(OUTCOME_TIMEOUT)  # outlier detection
             u = self.up
             self.up = None
             self.host.rq_active -= 1

@@ -196,7 +196,7 @@ def reopen_server_logs(server: Any) -> None:
 
 
 def apply_log_levels(levels: dict[str, str]) -> None:
-    from sofamesh.proxy.cli import _PY_LEVEL
+    from sofamesh.logs import PY_LEVEL as _PY_LEVEL
 
     for comp, lvl in levels.items():
         name = "sofamesh" if comp == "*" else f"sofamesh.{comp}"

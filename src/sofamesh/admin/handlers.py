@@ -110,7 +110,7 @@ class AdminState:
         return self.state
 
     async def snapshot(self) -> dict:
-        from sofamesh.proxy.cli import version_string  # noqa: F401 - keeps imports light
+        from sofamesh.logs import version_string  # noqa: F401 - keeps imports light
 
         worker_snap, top = await asyncio.gather(self.backend.snapshot(), self.backend.topology())
         snap = stats_format.merge([worker_snap, self.admin_stats.snapshot()])
@@ -277,7 +277,7 @@ async def ready(st: AdminState, q: dict[str, str], method: str) -> Response:
 async def server_info(st: AdminState, q: dict[str, str], method: str) -> Response:
     from envoy.admin.v3 import server_info_pb2
 
-    from sofamesh.proxy.cli import version_string
+    from sofamesh.logs import version_string
 
     info = server_info_pb2.ServerInfo()
     info.version = version_string()
@@ -651,7 +651,7 @@ _COMPONENTS = (
 
 @route("/logging", "query/change logging levels", "POST")
 async def logging_(st: AdminState, q: dict[str, str], method: str) -> Response:
-    from sofamesh.proxy.cli import LOG_LEVELS
+    from sofamesh.logs import LOG_LEVELS
 
     levels: dict[str, str] = {}
     if "level" in q:
@@ -691,7 +691,7 @@ def _logging_usage() -> str:
 
 
 def _active_loggers() -> str:
-    from sofamesh.proxy.cli import _EnvoyFormatter
+    from sofamesh.logs import EnvoyFormatter as _EnvoyFormatter
 
     lines = ["active loggers:"]
     for c in _COMPONENTS:

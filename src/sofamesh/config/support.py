@@ -31,7 +31,8 @@ def extension_supported(type_url: str) -> bool:
 
 # Filters and extensions the proxy core (sofamesh.proxy.server) handles natively rather
 # than through the filter registry: the HTTP connection manager, the router, the file
-# access log. Keep in step with server.py's HCM_NAMES / ROUTER_NAMES / FILE_LOG_TYPE.
+# access log. Keep in step with filters/network/http_connection_manager.py's NAMES / ROUTER_NAMES /
+# FILE_LOG_TYPE.
 CORE_FILTERS: dict[str, tuple[str, ...]] = {
     "network": (
         "envoy.filters.network.http_connection_manager",
@@ -632,9 +633,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "name",
         "weight",
     ),
-    # RBAC (sofamesh.filters.http.rbac, sofamesh.filters.network.rbac): Principal
-    # `authenticated` (no TLS yet), metadata, filter_state, matcher trees, CEL conditions and
-    # audit logging are refused by path
+    # RBAC (sofamesh.filters.http.rbac, sofamesh.filters.network.rbac): Principal metadata,
+    # filter_state, matcher trees, CEL conditions and audit logging are refused by path
     "envoy.extensions.filters.http.rbac.v3.RBAC": (
         "rules",
         "rules_stat_prefix",
@@ -661,7 +661,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "destination_port",
         "destination_port_range",
         "not_rule",
-        "requested_server_name",  # always empty: no TLS yet
+        "requested_server_name",  # the TLS SNI (empty for plaintext)
     ),
     "envoy.config.rbac.v3.Permission.Set": ("rules",),
     "envoy.config.rbac.v3.Principal": (
@@ -674,8 +674,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "header",
         "url_path",
         "not_id",
+        "authenticated",  # a verified peer certificate (mTLS)
     ),
     "envoy.config.rbac.v3.Principal.Set": ("ids",),
+    "envoy.config.rbac.v3.Principal.Authenticated": ("principal_name",),
     "envoy.type.matcher.v3.PathMatcher": ("path",),
     "envoy.config.core.v3.CidrRange": ("address_prefix", "prefix_len"),
     "envoy.type.v3.Int32Range": ("start", "end"),

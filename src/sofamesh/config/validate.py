@@ -352,7 +352,7 @@ class _Checker:
                     )
                 seen_layers.add(layer.name)
         if support_on and name == HCM:
-            # what the Server (proxy/server.py _build_hcm) cannot run yet
+            # what the Server (filters/network/http_connection_manager.py) cannot run yet
             if not m.http_filters:
                 self.unsupported(
                     join(path, "http_filters"),

@@ -4,6 +4,7 @@ adds one line here and touches no other file."""
 import importlib
 
 _BUILTIN = [
+    "sofamesh.filters.network.http_connection_manager",
     "sofamesh.filters.http.router",
     "sofamesh.filters.http.local_ratelimit",
     "sofamesh.filters.http.fault",

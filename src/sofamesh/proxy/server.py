@@ -13,104 +13,22 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from sofamesh._core.http_proxy import HcmConfig, HttpFilter
+from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.stats import Store
 from sofamesh._core.upstream import Cluster, Host
 from sofamesh.proxy import sds
-from sofamesh.proxy.access_log import FileAccessLog
 from sofamesh.proxy.errors import UnsupportedConfig
-from sofamesh.proxy.local_reply import compile_local_reply
+from sofamesh.proxy.http_options import dur as _dur
+from sofamesh.proxy.http_options import upstream_h2 as _upstream_h2
+from sofamesh.proxy.http_options import upstream_trailers as _upstream_trailers
 from sofamesh.proxy.routes import compile_route_config
 
 log = logging.getLogger("sofamesh.proxy")
-
-HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
-HCM_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network."
-    "http_connection_manager.v3.HttpConnectionManager"
-)
-ROUTER_NAMES = ("envoy.filters.http.router", "envoy.router")
-FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
-
-
-def _local_ip() -> str:
-    """This host's primary IPv4 address, which Envoy appends to x-forwarded-for for a
-    loopback peer: the source address of the default route (a UDP connect sends nothing)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.connect(("192.0.2.1", 9))
-        return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-    finally:
-        s.close()
 
 
 def _bump(c: Any) -> None:
     c.value += 1
     c.used = True
-
-
-def _dur(d: Any) -> float:
-    return d.seconds + d.nanos / 1e9
-
-
-def _upstream_trailers(c: Any) -> bool:
-    """The cluster's HttpProtocolOptions explicit_http_config.http_protocol_options
-    .enable_trailers (config/support.py refuses the rest of the message)."""
-    explicit = _explicit_http_config(c)
-    if explicit is not None and explicit.WhichOneof("protocol_config") == "http_protocol_options":
-        return explicit.http_protocol_options.enable_trailers
-    return False
-
-
-def _upstream_h2(c: Any) -> tuple | None:
-    """(max_concurrent_streams, initial_stream_window_size, initial_connection_window_size)
-    of a cluster whose HttpProtocolOptions name HTTP/2 (Envoy's defaults where unset), or
-    None: HTTP/1.1."""
-    explicit = _explicit_http_config(c)
-    if explicit is None or explicit.WhichOneof("protocol_config") != "http2_protocol_options":
-        return None
-    o = h2_options(explicit.http2_protocol_options)
-    return (
-        o.get("max_concurrent_streams", 2147483647),
-        o.get("initial_stream_window_size", 268435456),
-        o.get("initial_connection_window_size", 268435456),
-    )
-
-
-def _explicit_http_config(c: Any) -> Any:
-    from sofamesh.config.support import UPSTREAM_HTTP_OPTIONS
-
-    for anycfg in c.typed_extension_protocol_options.values():
-        if anycfg.type_url != UPSTREAM_HTTP_OPTIONS:
-            continue
-        from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-
-        opts = http_protocol_options_pb2.HttpProtocolOptions()
-        anycfg.Unpack(opts)
-        if opts.HasField("explicit_http_config"):
-            return opts.explicit_http_config
-    return None
-
-
-# Http2ProtocolOptions fields (wrappers) -> codecs.http2.Connection keyword arguments
-H2_OPTIONS = (
-    "max_concurrent_streams",
-    "initial_stream_window_size",
-    "initial_connection_window_size",
-    "hpack_table_size",
-    "max_outbound_frames",
-    "max_outbound_control_frames",
-    "max_consecutive_inbound_frames_with_empty_payload",
-    "max_inbound_priority_frames_per_stream",
-    "max_inbound_window_update_frames_per_data_frame_sent",
-)
-
-
-def h2_options(p: Any) -> dict:
-    """The set fields of an Http2ProtocolOptions, as codec keyword arguments."""
-    return {f: getattr(p, f).value for f in H2_OPTIONS if p.HasField(f)}
 
 
 def _listener_name(lst: Any) -> str:
@@ -338,191 +256,6 @@ class Server:
             raise UnsupportedConfig(f"{path}: filter {name!r} has no per-route config")
         return compile_route(anycfg, {"stats": self.stats, "loop": self._loop, "path": path})
 
-    def _build_hcm(
-        self, li: int | str, listener: Any, fi: int, f: Any, stat_name: str, path: str = ""
-    ) -> HcmConfig:
-        from envoy.extensions.filters.network.http_connection_manager.v3 import (
-            http_connection_manager_pb2 as hcm_pb2,
-        )
-
-        from sofamesh.filters import registry
-
-        path = path or f"{_listener_path(li)}.filter_chains[0].filters[{fi}]"
-        hcm = hcm_pb2.HttpConnectionManager()
-        if not f.typed_config.Unpack(hcm):
-            raise UnsupportedConfig(f"{path}.typed_config: expected HttpConnectionManager")
-        spec_kind = hcm.WhichOneof("route_specifier")
-        if spec_kind == "rds":
-            # RDS: no routes (404) until sofamesh.proxy.dynamic swaps the table in; the
-            # listener is not served before that (it warms), as in Envoy
-            from sofamesh.xds.settings import source_spec, static_targets
-
-            source_spec(
-                hcm.rds.config_source,
-                f"{path}.typed_config.rds.config_source",
-                static_targets(self.bootstrap),
-            )
-            from envoy.config.route.v3 import route_pb2
-
-            hcm.route_config.CopyFrom(route_pb2.RouteConfiguration(name=hcm.rds.route_config_name))
-        elif spec_kind == "scoped_routes":
-            # scoped RDS: sofamesh.proxy.dynamic merges the scopes' tables (xds/scoped.py)
-            from sofamesh.xds.scoped import check_scoped_routes
-
-            check_scoped_routes(hcm.scoped_routes, f"{path}.typed_config.scoped_routes")
-            from envoy.config.route.v3 import route_pb2
-
-            hcm.route_config.CopyFrom(route_pb2.RouteConfiguration(name=hcm.scoped_routes.name))
-        elif spec_kind != "route_config":
-            raise UnsupportedConfig(
-                f"{path}.typed_config: only an inline route_config, rds or scoped_routes is "
-                "supported"
-            )
-        if hcm.codec_type not in (0, 1, 2):  # AUTO, HTTP1, HTTP2
-            raise UnsupportedConfig(f"{path}.typed_config.codec_type: HTTP/3 is not implemented")
-        routes = compile_route_config(
-            hcm.route_config,
-            clusters=set(self.clusters),
-            per_filter=self._per_filter,
-            path=f"{path}.typed_config.route_config",
-            strip_port=hcm.strip_any_host_port,
-        )
-        filters: list[HttpFilter] = []
-        n = len(hcm.http_filters)
-        ctx = {
-            "stats": self.stats,
-            "loop": self._loop,
-            "stat_prefix": hcm.stat_prefix,
-            "clusters": self.clusters,  # live: gRPC clients (RLQS) find their service here
-        }
-        for i, hf in enumerate(hcm.http_filters):
-            fpath = f"{path}.typed_config.http_filters[{i}]"
-            if hf.name in ROUTER_NAMES or hf.typed_config.type_url.endswith(
-                "envoy.extensions.filters.http.router.v3.Router"
-            ):
-                if i != n - 1:
-                    raise UnsupportedConfig(f"{fpath}: the router must be the last filter")
-                continue
-            spec = registry.lookup_filter(
-                "http", hf.name, hf.typed_config if hf.HasField("typed_config") else None
-            )
-            if spec is None:
-                if hf.is_optional:
-                    continue
-                raise UnsupportedConfig(f"{fpath}: unknown HTTP filter {hf.name!r}")
-            if spec.passthrough:
-                continue
-            filt = spec.factory(hf.typed_config, {**ctx, "path": fpath, "name": hf.name})
-            if filt is not None:
-                filters.append(filt)
-        if n == 0 or not (
-            hcm.http_filters[n - 1].name in ROUTER_NAMES
-            or hcm.http_filters[n - 1].typed_config.type_url.endswith("Router")
-        ):
-            raise UnsupportedConfig(
-                f"{path}.typed_config.http_filters: the last filter must "
-                "be envoy.filters.http.router"
-            )
-        access_log = None
-        for ai, al in enumerate(hcm.access_log):
-            apath = f"{path}.typed_config.access_log[{ai}]"
-            if al.typed_config.type_url != FILE_LOG_TYPE:
-                from sofamesh.proxy.access_loggers import factory_for
-
-                build = factory_for(al.typed_config.type_url)
-                if build is None:
-                    raise UnsupportedConfig(f"{apath}: access logger not supported")
-                if al.HasField("filter"):
-                    raise UnsupportedConfig(f"{apath}.filter is not supported")
-                if access_log is not None:
-                    raise UnsupportedConfig(f"{apath}: one access log per listener is supported")
-                access_log = build(al.typed_config, self._loop, self, apath)
-                self._access_logs.append(access_log)
-                continue
-            from envoy.extensions.access_loggers.file.v3 import file_pb2
-
-            fl = file_pb2.FileAccessLog()
-            al.typed_config.Unpack(fl)
-            if fl.WhichOneof("access_log_format") is not None:
-                raise UnsupportedConfig(
-                    f"{apath}.typed_config: only Envoy's default log format is supported"
-                )
-            if al.HasField("filter"):
-                raise UnsupportedConfig(f"{apath}.filter is not supported")
-            if access_log is not None:
-                raise UnsupportedConfig(f"{apath}: one access log per listener is supported")
-            access_log = FileAccessLog(fl.path, self._loop)
-            self._access_logs.append(access_log)
-        ups = [
-            u.upgrade_type.encode()
-            for u in hcm.upgrade_configs
-            if not u.HasField("enabled") or u.enabled.value
-        ]
-        max_headers = 100
-        if hcm.common_http_protocol_options.HasField("max_headers_count"):
-            max_headers = hcm.common_http_protocol_options.max_headers_count.value
-        idle_timeout = 3600.0  # Envoy's default for HTTP connections
-        if hcm.common_http_protocol_options.HasField("idle_timeout"):
-            idle_timeout = _dur(hcm.common_http_protocol_options.idle_timeout)
-        buffer_limit = 1024 * 1024
-        if listener.HasField("per_connection_buffer_limit_bytes"):
-            buffer_limit = listener.per_connection_buffer_limit_bytes.value
-        return HcmConfig(
-            self._loop,
-            self.stats,
-            hcm.stat_prefix,
-            routes,
-            self.clusters,
-            filters,
-            use_remote_address=hcm.use_remote_address.value,
-            generate_request_id=(
-                hcm.generate_request_id.value if hcm.HasField("generate_request_id") else True
-            ),
-            accept_http_10=hcm.http_protocol_options.accept_http_10,
-            enable_trailers=hcm.http_protocol_options.enable_trailers,
-            codec_type=hcm.codec_type,
-            h2_options=self._h2_downstream(hcm, max_headers),
-            max_head_bytes=(
-                hcm.max_request_headers_kb.value * 1024
-                if hcm.HasField("max_request_headers_kb")
-                else 60 * 1024
-            ),
-            max_headers=max_headers,
-            buffer_limit=buffer_limit,
-            upgrades=ups,
-            server_name=(hcm.server_name or "envoy").encode(),
-            access_log=access_log,
-            listener_stat_name=stat_name,
-            idle_timeout=idle_timeout,
-            request_timeout=_dur(hcm.request_timeout) if hcm.HasField("request_timeout") else 0.0,
-            stream_idle_timeout=(
-                _dur(hcm.stream_idle_timeout) if hcm.HasField("stream_idle_timeout") else 0.0
-            ),
-            reply_map=compile_local_reply(
-                hcm.local_reply_config, f"{path}.typed_config.local_reply_config"
-            ),
-            server_mode=hcm.server_header_transformation,
-            rid_in_response=hcm.always_set_request_id_in_response,
-            via=hcm.via.encode(),
-            skip_xff_append=hcm.skip_xff_append,
-            local_ip=_local_ip().encode(),
-            preserve_external_request_id=hcm.preserve_external_request_id,
-            normalize_path=hcm.normalize_path.value,
-            merge_slashes=hcm.merge_slashes,
-            strip_any_host_port=hcm.strip_any_host_port,
-        )
-
-    @staticmethod
-    def _h2_downstream(hcm: Any, max_headers: int) -> dict:
-        """The HTTP/2 codec's settings for this connection manager: http2_protocol_options,
-        and the header limits it shares with HTTP/1 (max_request_headers_kb,
-        max_headers_count)."""
-        o = h2_options(hcm.http2_protocol_options)
-        o["max_headers_count"] = max_headers
-        if hcm.HasField("max_request_headers_kb"):
-            o["max_header_list_size"] = hcm.max_request_headers_kb.value * 1024
-        return o
-
     # ---------------------------------------------------------------- check
     @classmethod
     def check(cls, bootstrap: Any, options: Any = None) -> None:
@@ -738,8 +471,6 @@ class Server:
         from sofamesh.filters import registry
 
         fpath = fpath or f"{_listener_path(li)}.filter_chains[0].filters[{fi}]"
-        if f.name in HCM_NAMES or f.typed_config.type_url == HCM_TYPE:
-            return "http", self._build_hcm(li, lst, fi, f, stat_name, fpath)
         spec = _network_spec(registry, f)
         if spec is None or not spec.extra.get("terminal"):
             raise UnsupportedConfig(f"{fpath}: network filter {f.name!r} is not supported")
@@ -750,6 +481,9 @@ class Server:
                 "loop": self._loop,
                 "clusters": self.clusters,
                 "path": fpath,
+                "server": self,  # the HCM compiles against the whole server
+                "listener": lst,
+                "stat_name": stat_name,
                 "build_terminal": lambda inner, ipath: self._build_terminal(
                     li, lst, fi, inner, stat_name, ipath
                 ),

@@ -200,3 +200,36 @@ def test_grpc_timeout_header_is_the_stream_deadline(proxies):
         "downstream duration timeout",
     )
     assert p.stats()["http.ingress.downstream_rq_max_duration_reached"] == 1
+
+
+def test_http1_client_to_grpc_upstream_with_trailers(proxies):
+    """HTTP/1.1 -> HTTP/2: a gRPC call made over HTTP/1.1 (te: trailers, a framed message)
+    reaches the HTTP/2 upstream; with the HCM's http_protocol_options.enable_trailers the
+    response's grpc-status comes back in the chunked body's trailer section. Byte for byte
+    as Envoy answers (but the date and the service time)."""
+    import re
+    import socket
+
+    p = proxies(hcm={"http_protocol_options": {"enable_trailers": True}})
+    msg = b"hello-h1"
+    body = b"\0" + len(msg).to_bytes(4, "big") + msg
+    req = (
+        f"POST /{SERVICE}/Unary HTTP/1.1\r\nhost: svc\r\ncontent-type: application/grpc\r\n"
+        f"te: trailers\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(req)
+        data = b""
+        while not data.endswith(b"\r\n\r\n") or b"\r\n0\r\n" not in data:
+            d = s.recv(65536)
+            assert d, data
+            data += d
+    data = re.sub(rb"date: [^\r]*", b"date: D", data)
+    data = re.sub(rb"x-envoy-upstream-service-time: \d+", b"x-envoy-upstream-service-time: T", data)
+    assert data == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+        b"grpc-accept-encoding: identity, deflate, gzip\r\nx-envoy-upstream-service-time: T\r\n"
+        b"date: D\r\nserver: envoy\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"d\r\n\x00\x00\x00\x00\x08hello-h1\r\n"
+        b"0\r\ngrpc-status: 0\r\ngrpc-message: \r\nx-trailer: t-8\r\n\r\n"
+    )

@@ -167,7 +167,7 @@ async def test_connection_close_and_http10(upstreams, proxy):
 
 
 async def test_x_forwarded_for_with_use_remote_address(upstreams, proxy):
-    from sofamesh.proxy.server import _local_ip
+    from sofamesh.filters.network.http_connection_manager import local_ip as _local_ip
 
     up = await upstreams()
     p = await proxy(

@@ -37,12 +37,21 @@ def test_implemented_conditions_compile():
     compile_route_config(_rc("5xx,gateway-error,connect-failure,reset,refused-stream"))
 
 
-@pytest.mark.parametrize("cond", ["unavailable", "cancelled", "deadline-exceeded"])
-def test_istio_default_is_refused_as_not_implemented_not_as_invalid(cond):
-    # Istio's default retry_on; Envoy 1.40 accepts it
-    istio = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+def test_istio_default_and_the_grpc_conditions_compile():
+    """Istio's default retry_on (gRPC conditions included), which Envoy 1.40 accepts."""
+    from sofamesh._core import router as R
+
+    compile_route_config(
+        _rc("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes")
+    )
+    compile_route_config(_rc("cancelled,deadline-exceeded,internal,resource-exhausted"))
+    assert R.RETRY_ON["unavailable"] and R.RETRY_ON["resource-exhausted"]
+
+
+@pytest.mark.parametrize("cond", ["reset-before-request", "envoy-ratelimited", "retriable-headers"])
+def test_envoy_conditions_sofamesh_lacks_are_refused_as_not_implemented(cond):
     with pytest.raises(UnsupportedConfig) as e:
-        compile_route_config(_rc(istio.replace("unavailable", cond)))
+        compile_route_config(_rc("connect-failure," + cond))
     assert "is not implemented by sofamesh" in str(e.value)
     assert "retry_policy.retry_on" in str(e.value)
 

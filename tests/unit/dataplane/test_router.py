@@ -263,7 +263,10 @@ def test_unknown_cluster_and_unsupported_fields_name_the_path():
                     [
                         {
                             "match": {"prefix": "/"},
-                            "route": {"cluster": "c", "retry_policy": {"retry_on": "unavailable"}},
+                            "route": {
+                                "cluster": "c",
+                                "retry_policy": {"retry_on": "retriable-headers"},
+                            },
                         }
                     ],
                 )
