@@ -109,6 +109,20 @@ cdef dict _GROUPS = {}
 # Text readouts of each Store (Envoy's TextReadout: a string, e.g. control_plane.identifier):
 # id(store) -> {name: value}; set from Python per config change, never on the hot path.
 cdef dict _TEXTS = {}
+# Prefixes (up to the last ".") of stats each Store made by name: id(store) -> set[str];
+# group() adopts such stats, and looks for them only under these prefixes.
+cdef dict _NAMED = {}
+
+
+cdef void _note_named(Store store, str name) except *:
+    """Records every prefix of `name` ending in "." (see _NAMED)."""
+    prefixes = _NAMED.get(id(store))
+    if prefixes is None:
+        prefixes = _NAMED[id(store)] = set()
+    cdef Py_ssize_t i = name.find(".")
+    while i >= 0:
+        prefixes.add(name[:i + 1])
+        i = name.find(".", i + 1)
 
 
 cdef object _grouped(Store store, str name, int kind):
@@ -142,6 +156,7 @@ cdef class Store:
     def __dealloc__(self):
         _GROUPS.pop(id(self), None)
         _TEXTS.pop(id(self), None)
+        _NAMED.pop(id(self), None)
 
     def text_readout(self, str name, str value=None):
         """Envoy's text readout `name`: made empty on first use; set to `value` if given.
@@ -162,6 +177,7 @@ cdef class Store:
             if c is None:
                 c = Counter(name)
                 self._counters[name] = c
+                _note_named(self, name)
         return <Counter>c
 
     cpdef Gauge gauge(self, str name):
@@ -171,6 +187,7 @@ cdef class Store:
             if g is None:
                 g = Gauge(name)
                 self._gauges[name] = g
+                _note_named(self, name)
         return <Gauge>g
 
     cpdef Histogram histogram(self, str name):
@@ -180,6 +197,7 @@ cdef class Store:
             if h is None:
                 h = Histogram(name)
                 self._histograms[name] = h
+                _note_named(self, name)
         return <Histogram>h
 
     def group(self, str prefix, tuple counters=(), tuple gauges=(), tuple histograms=()):
@@ -193,6 +211,11 @@ cdef class Store:
                     grp.histograms == histograms):
                 return grp
         grp = StatGroup(counters, gauges, histograms)
+        # PERF(benchmarks/xds_scale.py): looking every name up was a third of a cluster's
+        # construction; nothing to adopt unless a stat was made by name under the prefix
+        if prefix not in _NAMED.get(id(self), ()):
+            entries.append(grp)
+            return grp
         for names, table, objs in ((counters, self._counters, grp.c),
                                    (gauges, self._gauges, grp.g),
                                    (histograms, self._histograms, grp.h)):
