@@ -9,7 +9,6 @@ import pytest
 
 from sofamesh._core.codecs import bolt, dubbo
 from sofamesh._core.codecs.hessian import h2_encode_simple
-from sofamesh._core.rpc_proxy import PROTO_BOLT, PROTO_DUBBO
 from sofamesh.config import load_bootstrap
 from sofamesh.filters import registry
 from sofamesh.filters.network import _proto
@@ -176,7 +175,7 @@ def test_dubbo_route_matching_interface_group_version_method_headers():
             )
         )
         assert f.parse_invocation() == 0
-        return t.route_for_test(PROTO_DUBBO, f)
+        return t.cluster_for(f)
 
     assert route("a.B", "2.0", "m", group="g") == "c2"
     assert route("a.B", "1.0", "m", group="g") is None
@@ -222,7 +221,7 @@ def test_bolt_route_matching_service_header_and_method():
         if method:
             h["sofa_head_method_name"] = method
         (f,) = bolt.BoltDecoder().feed(bolt.BoltFrame(headers=h, class_name=b"X").encode())
-        return t.route_for_test(PROTO_BOLT, f)
+        return t.cluster_for(f)
 
     assert route("a.B:1.0", "M") == "c2"
     assert route("a.B:1.0", "other", zone="z1") == "c1"
@@ -256,5 +255,5 @@ def test_weighted_clusters_split_by_weight():
         dubbo.encode_request(1, "2.0.2", "a.B", "1.0", "m", "I", h2_encode_simple(1), {})
     )
     f.parse_invocation()
-    picks = [t.route_for_test(PROTO_DUBBO, f) for _ in range(4000)]
+    picks = [t.cluster_for(f) for _ in range(4000)]
     assert 0.2 < picks.count("c1") / 4000 < 0.3 and set(picks) == {"c1", "c2"}

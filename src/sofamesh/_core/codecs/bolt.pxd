@@ -1,5 +1,5 @@
 # SOFA Bolt v1/v2 codec. See bolt.pyx for the frame diagrams.
-from sofamesh._core.codecs.rpcframe cimport FrameDecoder
+from sofamesh._core.codecs.rpcframe cimport FrameDecoder, RpcFrame
 
 cpdef enum BoltType:
     BOLT_TYPE_RESPONSE = 0
@@ -24,7 +24,7 @@ cpdef enum BoltStatus:
     STATUS_SERVER_SERIAL_EXCEPTION = 0x11
     STATUS_SERVER_DESERIAL_EXCEPTION = 0x12
 
-cdef class BoltFrame:
+cdef class BoltFrame(RpcFrame):
     cdef public int proto               # 1 or 2
     cdef public int ver1                # v2 only (1 in v1 frames)
     cdef public int type                # BOLT_TYPE_*
@@ -51,6 +51,7 @@ cdef class BoltFrame:
     cdef Py_ssize_t _hoff               # its offset there
     cdef Py_ssize_t _hlen               # its length (structure checked by the decoder)
     cdef object _method                 # str | None, cached
+    cdef list _svc                      # service() split on ":" ([] if none), cached
     cpdef list headers(self)
     cpdef object header(self, str name)
     cpdef object service(self)

@@ -25,7 +25,10 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from zlib import crc32 as _crc32
 
-from sofamesh._core.codecs.rpcframe cimport FrameDecoder, make_error
+from sofamesh._core.codecs.rpcframe cimport (
+    FrameDecoder, RpcFrame, make_error, RK_SERVICE, RK_METHOD, RK_VERSION, RK_GROUP,
+    RK_SERVICE_ID,
+)
 from sofamesh._core.codecs.hessian cimport sofa_request_method
 
 STATUS_NAMES = {
@@ -156,7 +159,7 @@ cpdef bytes encode_header_map(object headers):
     return b"".join(parts)
 
 
-cdef class BoltFrame:
+cdef class BoltFrame(RpcFrame):
     def __init__(self, int proto=1, int type=BOLT_TYPE_REQUEST, int cmdcode=BOLT_CMD_REQUEST,
                  unsigned int request_id=0, int codec=1, int timeout=-1, int status=0,
                  class_name=b"", headers=None, content=b"", int ver1=1, int ver2=1,
@@ -273,6 +276,27 @@ cdef class BoltFrame:
                 v = sofa_request_method(self.content)
         self._method = v
         return v
+
+    cdef object rpc_key(self, int key):
+        # the service header names the interface, version and group: interface[:version[:group]]
+        cdef list svc = self._svc
+        if key == RK_METHOD:
+            return self.method()
+        if key == RK_SERVICE_ID:
+            return self.service()
+        if svc is None:
+            s = self.service()
+            svc = self._svc = [] if s is None else s.split(":")
+        if key == RK_SERVICE:
+            return svc[0] if svc else None
+        if key == RK_VERSION:
+            return svc[1] if len(svc) > 1 else None
+        if key == RK_GROUP:
+            return svc[2] if len(svc) > 2 else None
+        return None
+
+    cdef object rpc_header(self, str name):
+        return self.header(name)
 
     cpdef bytes encode(self):
         """The frame's wire bytes from its fields (CRC written when the switch says so)."""

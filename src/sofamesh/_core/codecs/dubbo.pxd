@@ -1,5 +1,5 @@
 # Dubbo2 codec. See dubbo.pyx for the frame diagram.
-from sofamesh._core.codecs.rpcframe cimport FrameDecoder
+from sofamesh._core.codecs.rpcframe cimport FrameDecoder, RpcFrame
 
 cpdef enum DubboStatus:
     DUBBO_OK = 20
@@ -15,7 +15,7 @@ cpdef enum DubboStatus:
     DUBBO_CLIENT_ERROR = 90
     DUBBO_SERVER_THREADPOOL_EXHAUSTED = 100
 
-cdef class DubboFrame:
+cdef class DubboFrame(RpcFrame):
     cdef public int flags                       # 0x80 request, 0x40 two-way, 0x20 event | serial.
     cdef public int status
     cdef public unsigned long long request_id   # on the wire an i64; ids are opaque

@@ -20,7 +20,9 @@
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
-from sofamesh._core.codecs.rpcframe cimport FrameDecoder
+from sofamesh._core.codecs.rpcframe cimport (
+    FrameDecoder, RpcFrame, RK_SERVICE, RK_METHOD, RK_VERSION, RK_GROUP, RK_SERVICE_ID,
+)
 from sofamesh._core.codecs.hessian cimport H2Cursor, h2_encode_str
 from sofamesh._core.codecs.hessian import h2_encode_map
 
@@ -80,7 +82,7 @@ def param_count(str desc):
     return count_params(desc)
 
 
-cdef class DubboFrame:
+cdef class DubboFrame(RpcFrame):
     def __init__(self, unsigned long long request_id=0, bint request=True, bint two_way=True,
                  bint event=False, int serialization=HESSIAN2, int status=0, body=b""):
         self.request_id = request_id
@@ -198,6 +200,26 @@ cdef class DubboFrame:
         if self.attachments is None:
             return None
         return self.attachments.get("group")
+
+    # route keys: filled by parse_invocation(); the group is an attachment
+    cdef object rpc_key(self, int key):
+        if key == RK_SERVICE or key == RK_SERVICE_ID:
+            return self.service
+        if key == RK_METHOD:
+            return self.method
+        if key == RK_VERSION:
+            return self.version
+        if key == RK_GROUP:
+            return None if self.attachments is None else self.attachments.get("group")
+        return None
+
+    cdef object rpc_header(self, str name):
+        if self.attachments is None:
+            return None
+        v = self.attachments.get(name)
+        if v is not None and not isinstance(v, str):
+            v = str(v)
+        return v
 
     cpdef object response_flag(self):
         """The result flag of an OK response (0-5), or None."""

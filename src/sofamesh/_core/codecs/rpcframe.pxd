@@ -8,6 +8,23 @@
 #   parse(buf, mv, start, n) -> a frame object, or a ProtocolError (framing intact: the
 #       caller answers it and goes on). Never raises for bad bytes.
 
+# Route keys of a call, read the same way for every protocol (RpcFrame.rpc_key): what the
+# RPC route table and RBAC match on.
+cdef enum:
+    RK_SERVICE = 0      # the interface
+    RK_METHOD = 1
+    RK_VERSION = 2
+    RK_GROUP = 3
+    RK_SERVICE_ID = 4   # the service as the protocol names it whole (Bolt: iface:version:group)
+
+
+cdef class RpcFrame:
+    """A decoded call of an RPC protocol as the protocol-neutral parts of the proxy (route
+    table, RBAC) read it; each codec's frame class implements these."""
+    cdef object rpc_key(self, int key)          # str | None
+    cdef object rpc_header(self, str name)      # str | None: a header (Bolt) / attachment (Dubbo)
+
+
 cdef class ProtocolError:
     cdef readonly str reason
     cdef readonly bint fatal            # framing lost: the connection must close

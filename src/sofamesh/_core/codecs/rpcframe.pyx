@@ -5,6 +5,14 @@
 # is kept; when the header says a big frame is coming, reads are collected in a list and
 # joined once when enough has arrived, so a frame split over many reads costs one copy.
 
+cdef class RpcFrame:
+    cdef object rpc_key(self, int key):
+        return None
+
+    cdef object rpc_header(self, str name):
+        return None
+
+
 cdef class ProtocolError:
     def __init__(self, str reason, bint fatal=False, long long request_id=-1, frame=None):
         self.reason = reason

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sofamesh._core.rpc_proxy import (
+from sofamesh._core.rpc_routes import (
     SM,
     HeaderMatch,
     RpcRoute,
