@@ -2,7 +2,9 @@
 
     python benchmarks/lib/pyspy_summary.py PROFILE.txt [--top 25]
 
-Prints, as shares of all samples:
+Samples whose leaf is epoll_wait/epoll_pwait are dropped (--keep-wait keeps them): py-spy
+--native records the event loop's wait for I/O as activity, so they are mostly idle time.
+Prints, as shares of the remaining samples:
 - the leaf frame's layer (kernel calls through libc, libuv, uvloop's loop.c, CPython's
   object/interpreter code, sofamesh's Cython modules, Python source);
 - self time by leaf function;
@@ -56,8 +58,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("profile", type=Path)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--keep-wait", action="store_true", help="keep epoll_wait/epoll_pwait leaves")
     args = ap.parse_args()
     stacks = parse(args.profile)
+    everything = sum(n for _, n in stacks)
+    if not args.keep_wait:
+        stacks = [
+            (f, n) for f, n in stacks if not f[-1][0].startswith(("epoll_wait", "epoll_pwait"))
+        ]
     total = sum(n for _, n in stacks)
     layers: Counter = Counter()
     leaf: Counter = Counter()
@@ -79,7 +87,10 @@ def main() -> None:
         for name, n in c.most_common(top):
             print(f"  {100 * n / total:5.1f}%  {name}")
 
-    print(f"{args.profile}: {total} samples")
+    print(
+        f"{args.profile}: {everything} samples, {everything - total} waiting in epoll "
+        f"{'kept' if args.keep_wait else 'dropped'}; shares of {total}"
+    )
     show("leaf frame by layer", layers, 20)
     show("self time by leaf function", leaf, args.top)
     show("self time by deepest sofamesh / Python function", owner, args.top)
