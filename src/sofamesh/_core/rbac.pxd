@@ -37,7 +37,11 @@ cdef enum:
     PSEUDO_VERSION = 7      # :version (RPC)
     PSEUDO_GROUP = 8        # :group (RPC)
     PSEUDO_OTHER = 9        # any other ':' name
-    PSEUDO_COUNT = 10
+    # TLS (read from the connection's transport by tls_pseudo, never from a header):
+    PSEUDO_PRINCIPAL = 10   # tuple[bytes]: the verified peer certificate's URI SANs, DNS
+                            # SANs, subject; None when the connection is not TLS
+    PSEUDO_SNI = 11         # the server name the client asked for (b"" without TLS/SNI)
+    PSEUDO_COUNT = 12
 
 cdef struct rbac_ip:
     int family                  # 0: unknown (matches no range), 4 or 6
@@ -45,6 +49,9 @@ cdef struct rbac_ip:
 
 # the n bytes at `s` as an IPv4/IPv6 address; out.family 0 when they are not one
 cdef int rbac_parse_ip(const char* s, Py_ssize_t n, rbac_ip* out) noexcept
+
+# PSEUDO_PRINCIPAL / PSEUDO_SNI of a connection's transport (asyncio transport or None)
+cdef object tls_pseudo(object transport, int which)
 
 
 cdef class RbacRequest:

@@ -252,14 +252,59 @@ cdef class PortRule(RbacRule):
 
 
 cdef class ServerNameRule(RbacRule):
-    """requested_server_name: sofamesh has no TLS yet, so the name is always empty."""
+    """requested_server_name: the TLS SNI (empty for plaintext or no SNI)."""
     cdef StringMatcher sm
 
     def __init__(self, StringMatcher sm):
         self.sm = sm
 
     cdef int matches(self, RbacRequest r) except -1:
-        return 1 if self.sm.matches(b"") else 0
+        v = r.pseudo(PSEUDO_SNI)
+        return 1 if self.sm.matches(v if v is not None else b"") else 0
+
+
+cdef class AuthenticatedRule(RbacRule):
+    """Principal authenticated: a verified peer certificate; with principal_name, its URI
+    SAN, else DNS SAN, else subject must match (Envoy's order)."""
+    cdef StringMatcher sm              # None: any authenticated peer
+
+    def __init__(self, StringMatcher sm=None):
+        self.sm = sm
+
+    cdef int matches(self, RbacRequest r) except -1:
+        v = r.pseudo(PSEUDO_PRINCIPAL)
+        if v is None:
+            return 0                        # not TLS
+        if self.sm is None:
+            return 1                        # any TLS connection (Envoy's, certificate or not)
+        for name in <tuple>v:
+            if self.sm.matches(name):
+                return 1
+        return 0
+
+
+cdef object tls_pseudo(object transport, int which):
+    # per check, only for rules that name TLS facts: Python-level reads are fine here
+    if transport is None:
+        return b"" if which == PSEUDO_SNI else None
+    so = transport.get_extra_info("ssl_object")
+    if so is None:
+        return b"" if which == PSEUDO_SNI else None
+    if which == PSEUDO_SNI:
+        name = getattr(so, "_sofamesh_sni", None)  # recorded by proxy/tls.py's sni_callback
+        return name.encode() if name else b""
+    # the names a principal_name is matched against, in Envoy's order: every URI SAN, every
+    # DNS SAN, then the subject (b"" without a verified certificate)
+    cert = so.getpeercert() or {}
+    sans = cert.get("subjectAltName", ())
+    out = [str(v).encode() for kind in ("URI", "DNS") for t, v in sans if t == kind]
+    # the subject as RFC 2253 writes it (last RDN first), as Envoy prints it
+    _short = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+              "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
+    parts = [f"{_short.get(k, k)}={v}"
+             for rdn in reversed(cert.get("subject", ())) for k, v in rdn]
+    out.append(",".join(parts).encode())
+    return tuple(out)
 
 
 # -- engines -----------------------------------------------------------------------------
@@ -359,8 +404,13 @@ cdef class RbacStats:
 # -- the network filter ------------------------------------------------------------------
 
 cdef class _ConnRequest(RbacRequest):
-    """A connection: addresses only (no headers, no path)."""
+    """A connection: addresses and TLS facts (no headers, no path)."""
     cdef object transport
+
+    cdef object read_pseudo(self, int which):
+        if which == PSEUDO_PRINCIPAL or which == PSEUDO_SNI:
+            return tls_pseudo(self.transport, which)
+        return None
 
     cdef int resolve(self, int which) except -1:
         cdef bytes ip

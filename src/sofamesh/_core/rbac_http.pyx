@@ -11,6 +11,7 @@ from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE,
 from sofamesh._core.rbac cimport (
     RbacPolicies, RbacRequest, RbacStats, rbac_parse_ip, ADDR_REMOTE, ADDR_LOCAL,
     PSEUDO_METHOD, PSEUDO_PATH, PSEUDO_AUTHORITY, PSEUDO_HOST, PSEUDO_SCHEME,
+    PSEUDO_PRINCIPAL, PSEUDO_SNI, tls_pseudo,
 )
 from sofamesh._core.stats cimport Store
 
@@ -66,7 +67,9 @@ cdef class HttpRbacRequest(RbacRequest):
         if which == PSEUDO_AUTHORITY or which == PSEUDO_HOST:
             return self.h.authority()       # Envoy keeps Host as :authority
         if which == PSEUDO_SCHEME:
-            return b"http"                  # no TLS yet
+            return self.s.cfg.scheme if self.s.cfg.scheme is not None else b"http"
+        if which == PSEUDO_PRINCIPAL or which == PSEUDO_SNI:
+            return tls_pseudo(self.s.transport, which)
         return None
 
 

@@ -33,7 +33,7 @@ from sofamesh._core.rpc_upstream cimport (
 )
 from sofamesh._core.rbac cimport (
     NetworkRbac, RbacRequest, rbac_parse_ip, ADDR_LOCAL, PSEUDO_HOST, PSEUDO_SERVICE,
-    PSEUDO_METHOD, PSEUDO_VERSION, PSEUDO_GROUP,
+    PSEUDO_METHOD, PSEUDO_VERSION, PSEUDO_GROUP, PSEUDO_PRINCIPAL, PSEUDO_SNI, tls_pseudo,
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
@@ -96,6 +96,8 @@ cdef class RpcRbacRequest(RbacRequest):
         return None if v is None else (<str>v).encode()
 
     cdef object read_pseudo(self, int which):
+        if which == PSEUDO_PRINCIPAL or which == PSEUDO_SNI:
+            return tls_pseudo(self.transport, which)     # the client connection's TLS
         if which == PSEUDO_HOST:
             return self.header(b"host")
         if which == PSEUDO_SERVICE:

@@ -563,7 +563,11 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
         tls = None
         if ch.HasField("transport_socket"):
             tls = tls_mod.downstream(
-                ch.transport_socket, server.stats, stat_name, cpath + ".transport_socket"
+                ch.transport_socket,
+                server.stats,
+                stat_name,
+                cpath + ".transport_socket",
+                record_sni=lc.inspect_tls,
             )
             if tls is not None:
                 from sofamesh.proxy import sds

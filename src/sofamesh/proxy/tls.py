@@ -178,6 +178,10 @@ class _MeshSSLObject(ssl.SSLObject):
         tc.handshake_done(self)
 
 
+def _remember_sni(sslobj: Any, name: str | None, ctx: Any) -> None:
+    sslobj._sofamesh_sni = name or ""
+
+
 def _peer_sans(sslobj: Any) -> list[tuple[str, str]]:
     cert = sslobj.getpeercert()
     return [(str(t), str(v).rstrip("\n")) for t, v in (cert or {}).get("subjectAltName", ())]
@@ -195,8 +199,13 @@ class TlsContext:
     """A compiled CommonTlsContext for one side. `context` is the SSLContext new
     connections use (None until its SDS secrets arrive)."""
 
-    def __init__(self, msg: Any, server_side: bool, stats: _Stats, path: str) -> None:
+    def __init__(
+        self, msg: Any, server_side: bool, stats: _Stats, path: str, record_sni: bool = False
+    ) -> None:
         self.msg = msg
+        # the listener has a tls_inspector: the SNI is the connection's requested server
+        # name (RBAC requested_server_name); without one Envoy knows none
+        self.record_sni = record_sni
         self.server_side = server_side
         self.stats = stats
         self.path = path
@@ -320,6 +329,8 @@ class TlsContext:
             ) from None
         if self.alpn:
             ctx.set_alpn_protocols(self.alpn)
+        if self.server_side and self.record_sni:
+            ctx.sni_callback = _remember_sni  # RBAC requested_server_name reads it
         certs = self._certificates()
         if len(certs) > 1:
             raise UnsupportedConfig(
@@ -441,7 +452,9 @@ def parse_transport_socket(ts: Any, path: str) -> Any:
     return msg
 
 
-def downstream(ts: Any, store: Any, stat_name: str, path: str) -> TlsContext | None:
+def downstream(
+    ts: Any, store: Any, stat_name: str, path: str, record_sni: bool = False
+) -> TlsContext | None:
     """A listener filter chain's transport socket, compiled (None: plaintext)."""
     msg = parse_transport_socket(ts, path)
     if msg is None:
@@ -449,7 +462,11 @@ def downstream(ts: Any, store: Any, stat_name: str, path: str) -> TlsContext | N
     if msg.DESCRIPTOR.name != "DownstreamTlsContext":
         raise UnsupportedConfig(f"{path}.typed_config: a listener needs a DownstreamTlsContext")
     return TlsContext(
-        msg, True, _Stats(store, f"listener.{stat_name}.ssl."), path + ".typed_config"
+        msg,
+        True,
+        _Stats(store, f"listener.{stat_name}.ssl."),
+        path + ".typed_config",
+        record_sni=record_sni,
     )
 
 

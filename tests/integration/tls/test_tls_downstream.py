@@ -77,7 +77,10 @@ class _Server(socketserver.ThreadingTCPServer):
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def make_pki(d: Path) -> dict:
     ca, other_ca = make_ca("mesh CA"), make_ca("stranger CA")
     out = {
         "dir": d,

@@ -61,9 +61,9 @@ def test_implemented_rules_load(tmp_path):
     [
         (
             "{any: true}",
-            "{authenticated: {principal_name: {exact: spiffe://x}}}",
-            "principals[0].authenticated",
-            "Principal.authenticated is not implemented by sofamesh",
+            "{metadata: {filter: f, path: [{key: k}], value: {present_match: true}}}",
+            "principals[0].metadata",
+            "Principal.metadata is not implemented by sofamesh",
         ),
         (
             "{metadata: {filter: f, path: [{key: k}], value: {present_match: true}}}",
@@ -79,13 +79,13 @@ def test_unimplemented_rules_refused_by_path(tmp_path, permission, principal, pa
     assert [str(p) for p in e.value.problems] == [f"{PFX}.{path}: {message}"]
 
 
-def test_compiler_refuses_authenticated_by_path():
+def test_authenticated_loads_and_compiles(tmp_path):
     from envoy.config.rbac.v3 import rbac_pb2
 
+    from sofamesh._core.rbac import AuthenticatedRule
     from sofamesh.filters.http.rbac import _Compiler
-    from sofamesh.proxy.errors import UnsupportedConfig
 
+    _load(tmp_path, "{requested_server_name: {exact: a.example}}", "{authenticated: {}}")
     p = rbac_pb2.Principal()
     p.authenticated.principal_name.exact = "spiffe://x"
-    with pytest.raises(UnsupportedConfig, match=r"^x\.principals\[0\]\.authenticated: "):
-        _Compiler().principal(p, "x.principals[0]")
+    assert isinstance(_Compiler().principal(p, "x.principals[0]"), AuthenticatedRule)

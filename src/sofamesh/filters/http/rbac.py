@@ -10,9 +10,10 @@ without `rbac` turns the filter off. Stats: `http.<stat_prefix>.rbac.<rules_stat
 The same compiler (`compile_rbac`) serves the network filter and the RPC filter
 (sofamesh.filters.network.rbac). Permissions: any, header, url_path, destination_ip,
 destination_port, destination_port_range, and_rules, or_rules, not_rule,
-requested_server_name (sofamesh has no TLS yet: the name is always empty). Principals: any,
-direct_remote_ip, remote_ip, source_ip, header, url_path, and_ids, or_ids, not_id. Refused
-at start-up, by path: `authenticated` (no TLS yet), metadata, filter_state, matchers,
+requested_server_name (the TLS SNI; empty for plaintext). Principals: any, direct_remote_ip,
+remote_ip, source_ip, header, url_path, and_ids, or_ids, not_id, authenticated (a verified
+peer certificate; principal_name against its URI SAN, else DNS SAN, else subject). Refused
+at start-up, by path: metadata, filter_state, matchers,
 conditions (CEL), `matcher` / `shadow_matcher` trees, audit logging, per-rule stats.
 """
 
@@ -123,7 +124,7 @@ class _Compiler:
         if kind == "not_rule":
             return C.NotRule(self.permission(p.not_rule, kpath))
         if kind == "requested_server_name":
-            # no TLS yet: every connection's requested server name is empty
+            # the TLS SNI (proxy/tls.py records it); empty for plaintext connections
             return C.ServerNameRule(string_matcher(p.requested_server_name, kpath))
         raise UnsupportedConfig(f"{kpath}: Permission.{kind} is not implemented by sofamesh")
 
@@ -153,10 +154,16 @@ class _Compiler:
         if kind == "not_id":
             return C.NotRule(self.principal(p.not_id, kpath))
         if kind == "authenticated":
-            raise UnsupportedConfig(
-                f"{kpath}: Principal.authenticated is not implemented by sofamesh "
-                "(no TLS yet: there is no peer certificate to authenticate)"
-            )
+            # a verified peer certificate (mTLS); principal_name: its URI SAN, else DNS
+            # SAN, else subject (Envoy's order)
+            from sofamesh.proxy.routes import string_matcher
+
+            a = p.authenticated
+            if a.HasField("principal_name"):
+                return C.AuthenticatedRule(
+                    string_matcher(a.principal_name, kpath + ".principal_name")
+                )
+            return C.AuthenticatedRule()
         raise UnsupportedConfig(f"{kpath}: Principal.{kind} is not implemented by sofamesh")
 
 
