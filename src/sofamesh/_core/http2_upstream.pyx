@@ -74,7 +74,7 @@ cdef class H2Connection:
     """One HTTP/2 connection to a host, client side; its streams serve requests."""
 
     def __cinit__(self, Cluster cluster, Host host, loop):
-        cdef tuple o = cluster.h2 or (2147483647, 268435456, 268435456)
+        cdef tuple o = cluster.h2 or (2147483647, 268435456, 268435456, False)
         self.cluster = cluster
         self.host = host
         self.loop = loop

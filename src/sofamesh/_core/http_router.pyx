@@ -542,9 +542,10 @@ cdef class RouterStream(HttpStream):
             cl.upstream_cx_none_healthy.inc()
             return self._fail(FAIL_NO_HEALTHY, None)
         self.host = host
-        # both pools queue on Host.waiting, so either one's cancel() takes a waiter back
-        if (self.cfg.pool2 if cl.h2 is not None else self.cfg.pool).new_stream(
-                cl, host, self) == POOL_OVERFLOW:
+        # both pools queue on Host.waiting, so either one's cancel() takes a waiter back;
+        # h2[3]: HTTP/2 only for HTTP/2 requests (use_downstream_protocol_config)
+        if (self.cfg.pool2 if cl.h2 is not None and (not cl.h2[3] or self.http_version == 20)
+                else self.cfg.pool).new_stream(cl, host, self) == POOL_OVERFLOW:
             return self._fail(FAIL_OVERFLOW, None)
         return 0
 

@@ -114,11 +114,6 @@ GAPS: list[Gap] = [
     ),
     Gap(
         "envoy.config.cluster.v3.Cluster",
-        "outlier_detection",
-        "outlier detection is not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.config.cluster.v3.Cluster",
         "lb_policy",
         "load balancing policy is not implemented by sofamesh",
         values=("MAGLEV", "CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG"),

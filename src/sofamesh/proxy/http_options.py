@@ -12,32 +12,49 @@ def dur(d: Any) -> float:
 
 
 def upstream_trailers(c: Any) -> bool:
-    """The cluster's HttpProtocolOptions explicit_http_config.http_protocol_options
-    .enable_trailers (config/support.py refuses the rest of the message)."""
-    explicit = explicit_http_config(c)
-    if explicit is not None and explicit.WhichOneof("protocol_config") == "http_protocol_options":
-        return explicit.http_protocol_options.enable_trailers
+    """The cluster's HttpProtocolOptions http_protocol_options.enable_trailers (explicit, or
+    for HTTP/1 under use_downstream_protocol_config; config/support.py refuses the rest)."""
+    opts = http_protocol_options(c)
+    if opts is None:
+        return False
+    kind = opts.WhichOneof("upstream_protocol_options")
+    inner = (
+        getattr(opts, kind)
+        if kind in ("explicit_http_config", "use_downstream_protocol_config")
+        else None
+    )
+    if inner is not None and inner.HasField("http_protocol_options"):
+        return inner.http_protocol_options.enable_trailers
     return False
 
 
 def upstream_h2(c: Any) -> tuple | None:
-    """(max_concurrent_streams, initial_stream_window_size, initial_connection_window_size)
-    of a cluster whose HttpProtocolOptions name HTTP/2 (Envoy's defaults where unset), or
-    None: HTTP/1.1."""
-    explicit = explicit_http_config(c)
-    if explicit is None or explicit.WhichOneof("protocol_config") != "http2_protocol_options":
+    """(max_concurrent_streams, initial_stream_window_size, initial_connection_window_size,
+    only_for_h2_downstream) of a cluster that speaks HTTP/2 upstream: always
+    (explicit_http_config.http2_protocol_options), or when the request came over HTTP/2
+    (use_downstream_protocol_config); Envoy's defaults where unset. None: HTTP/1.1 only."""
+    opts = http_protocol_options(c)
+    if opts is None:
         return None
-    o = h2_options(explicit.http2_protocol_options)
+    kind = opts.WhichOneof("upstream_protocol_options")
+    if kind == "explicit_http_config":
+        if opts.explicit_http_config.WhichOneof("protocol_config") != "http2_protocol_options":
+            return None
+        o, downstream = h2_options(opts.explicit_http_config.http2_protocol_options), False
+    elif kind == "use_downstream_protocol_config":
+        o, downstream = h2_options(opts.use_downstream_protocol_config.http2_protocol_options), True
+    else:
+        return None
     return (
         o.get("max_concurrent_streams", 2147483647),
         o.get("initial_stream_window_size", 268435456),
         o.get("initial_connection_window_size", 268435456),
+        downstream,
     )
 
 
-def explicit_http_config(c: Any) -> Any:
-    if not c.typed_extension_protocol_options:  # PERF(benchmarks/xds_scale.py): most have none
-        return None
+def http_protocol_options(c: Any) -> Any:
+    """The cluster's typed_extension_protocol_options HttpProtocolOptions, or None."""
     from sofamesh.config.support import UPSTREAM_HTTP_OPTIONS
 
     for anycfg in c.typed_extension_protocol_options.values():
@@ -47,8 +64,7 @@ def explicit_http_config(c: Any) -> Any:
 
         opts = http_protocol_options_pb2.HttpProtocolOptions()
         anycfg.Unpack(opts)
-        if opts.HasField("explicit_http_config"):
-            return opts.explicit_http_config
+        return opts
     return None
 
 

@@ -72,6 +72,9 @@ class EchoServer:
 
         def stream(req: bytes, ctx: grpc.ServicerContext) -> Iterator[bytes]:
             n = int(req)
+            finished = []
+            # grpcio stops iterating a cancelled call's generator: its end is the sign
+            ctx.add_callback(lambda: finished or self.cancelled.set())
             for i in range(n):
                 if not ctx.is_active():
                     self.cancelled.set()
@@ -79,6 +82,7 @@ class EchoServer:
                 yield b"%d" % i
                 if n > 1000:
                     time.sleep(0.001)
+            finished.append(True)
 
         def collect(it: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
             return b"|".join(it)
@@ -154,7 +158,8 @@ def h2_request(
     return out
 
 
-def _cluster(name: str, port: int, h2: bool, **extra: Any) -> dict:
+def _cluster(name: str, port: int, h2: bool | str, **extra: Any) -> dict:
+    """h2: False (HTTP/1.1), True (HTTP/2), "downstream" (the request's protocol)."""
     c: dict = {
         "name": name,
         "type": "STATIC",
@@ -181,7 +186,11 @@ def _cluster(name: str, port: int, h2: bool, **extra: Any) -> dict:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
                 "HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
+                **(
+                    {"use_downstream_protocol_config": {"http2_protocol_options": {}}}
+                    if h2 == "downstream"
+                    else {"explicit_http_config": {"http2_protocol_options": {}}}
+                ),
             }
         }
     c.update(extra)
@@ -222,7 +231,7 @@ def bootstrap(
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
                 },
-            }
+            },
         ],
     }
     h.update(hcm or {})
@@ -302,7 +311,10 @@ def proxies(request: Any, tmp_path: Path) -> Iterator[Callable[..., Running]]:
         upstream = RecordingUpstream(["a"]).start()
         for attempt in range(3):
             port, admin, dead = _distinct(3)
-            boot = bootstrap(port, admin, echo.port, upstream.ports["a"], dead, **kw)
+            args = dict(kw)
+            if callable(args.get("clusters")):  # clusters(echo_port, h1_port)
+                args["clusters"] = args["clusters"](echo.port, upstream.ports["a"])
+            boot = bootstrap(port, admin, echo.port, upstream.ports["a"], dead, **args)
             work = tmp_path / f"{kind}-{len(started)}-{attempt}"
             if kind == "envoy":
                 proc = ProxyProcess.envoy(envoy_binary(), boot, work)

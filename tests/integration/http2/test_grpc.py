@@ -173,20 +173,27 @@ def test_grpc_timeout_header_is_the_stream_deadline(proxies):
     DEADLINE_EXCEEDED "downstream duration timeout" and counts it."""
     from .conftest import h2_request
 
-    p = proxies(routes=_grpc_routes(max_stream_duration={"grpc_timeout_header_max": "0s"}))
+    msd = {"max_stream_duration": {"grpc_timeout_header_max": "0s"}}
+    routes = _grpc_routes(**msd) + [
+        # an upstream that ignores grpc-timeout (a gRPC server would also time the call
+        # out itself, racing the proxy): the recording upstream, told to answer late
+        {"match": {"prefix": "/slow/", "grpc": {}}, "route": {"cluster": "h1", **msd}}
+    ]
+    p = proxies(routes=routes)
     with p.channel() as ch:
         _unary(ch)(b"x", timeout=7)
     assert "x-envoy-expected-rq-timeout-ms" not in dict(p.echo.seen_metadata[-1])
     # a raw HTTP/2 client sends grpc-timeout 300m and waits as long as it takes
-    msg = b"sleep:5"
+    msg = b"slow"
     headers = [
         (":method", "POST"),
         (":scheme", "http"),
         (":authority", "svc"),
-        (":path", f"/{SERVICE}/Unary"),
+        (":path", "/slow/Unary"),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
         ("grpc-timeout", "300m"),
+        ("x-upstream-action", "delay=3000"),
     ]
     t0 = time.monotonic()
     out = h2_request(p.port, headers, b"\0" + len(msg).to_bytes(4, "big") + msg)
@@ -233,3 +240,35 @@ def test_http1_client_to_grpc_upstream_with_trailers(proxies):
         b"d\r\n\x00\x00\x00\x00\x08hello-h1\r\n"
         b"0\r\ngrpc-status: 0\r\ngrpc-message: \r\nx-trailer: t-8\r\n\r\n"
     )
+
+
+def test_use_downstream_protocol_config(proxies):
+    """use_downstream_protocol_config: an HTTP/2 request goes upstream over HTTP/2 (the
+    gRPC server), an HTTP/1.1 request over HTTP/1.1 (the recording upstream)."""
+    import http.client
+
+    from .conftest import _cluster
+
+    routes = [
+        {"match": {"prefix": "/" + SERVICE + "/"}, "route": {"cluster": "dual_grpc"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "dual_h1"}},
+    ]
+    p = proxies(
+        routes=routes,
+        clusters=lambda grpc_port, h1_port: [
+            _cluster("dual_grpc", grpc_port, "downstream"),
+            _cluster("dual_h1", h1_port, "downstream"),
+        ],
+    )
+    with p.channel() as ch:
+        assert _unary(ch)(b"over h2", timeout=10) == b"over h2"
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+    conn.request("GET", "/plain", headers={"host": "svc"})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 200
+    assert [r.version for r in p.upstream.snapshot()] == ["HTTP/1.1"]
+    s = p.stats()
+    assert s["cluster.dual_grpc.upstream_cx_http2_total"] == 1
+    assert s["cluster.dual_h1.upstream_cx_http1_total"] == 1

@@ -243,7 +243,7 @@ def test_cds_cluster_with_http1_trailers_or_http2_is_accepted_and_h2_connect_ref
 
     h2 = cluster(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
     assert validate_resource(h2) == []
-    assert _upstream_h2(h2) == (2147483647, 268435456, 268435456)
+    assert _upstream_h2(h2) == (2147483647, 268435456, 268435456, False)
     assert _upstream_h2(ok) is None
     h2c = cluster(http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True))
     assert [p.path for p in validate_resource(h2c)] == [
