@@ -357,7 +357,14 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # enable_trailers: the HTTP/1 codec on that side decodes and encodes trailers
     "envoy.config.core.v3.Http1ProtocolOptions": ("accept_http_10", "enable_trailers"),
     # a cluster's typed_extension_protocol_options (UPSTREAM_HTTP_OPTIONS)
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": ("explicit_http_config",),
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": (
+        "explicit_http_config",
+        "use_downstream_protocol_config",  # HTTP/2 upstream for HTTP/2 requests only
+    ),
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig": (
+        "http_protocol_options",
+        "http2_protocol_options",
+    ),
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": (
         "http_protocol_options",
         "http2_protocol_options",  # the cluster's pool is HTTP/2 (http2_upstream)
