@@ -6,6 +6,20 @@
 
 from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
 
+# Host.outcome() results that are not HTTP statuses (Envoy's Outlier::Result)
+cdef enum:
+    OUTCOME_CONNECT_FAILED = -1     # LocalOriginConnectFailed: connect failure, reset
+    OUTCOME_TIMEOUT = -2            # LocalOriginTimeout: request (or per-try) timeout
+    OUTCOME_CONNECT_SUCCESS = -3    # LocalOriginConnectSuccess: a connection for the request
+    OUTCOME_EXT_FAILED = -4         # ExtOriginRequestFailed: an RPC error reply
+    OUTCOME_EXT_SUCCESS = -5        # ExtOriginRequestSuccess: an RPC success reply
+
+# envoy.data.cluster.v3.OutlierEjectionType
+cdef enum:
+    EJECT_CONSECUTIVE_5XX = 0
+    EJECT_CONSECUTIVE_GATEWAY_FAILURE = 1
+    EJECT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE = 3
+
 cdef enum:
     LB_ROUND_ROBIN = 0
     LB_LEAST_REQUEST = 1
@@ -32,6 +46,10 @@ cdef class Host:
     cdef long long cw                   # smooth weighted round robin state
     cdef public bint removed            # dropped from the cluster (DNS change)
     cdef public list h2conns            # list[http2_upstream.H2Connection]: multiplexed
+    # outlier detection (proxy.outlier): the host's OutlierMonitor, or None; the router and
+    # the RPC proxy report each request's outcome (an HTTP status or an OUTCOME_* value)
+    cdef public object outlier          # upstream.OutlierMonitor
+    cdef int outcome(self, int result) except -1
 
 
 cdef class Cluster:
@@ -112,8 +130,34 @@ cdef class Cluster:
     cdef public double panic_threshold
     cdef public bint panic
     cdef public Counter lb_healthy_panic
+    # outlier_detection: proxy.outlier.Detector (told of every set_hosts), or None
+    cdef public object outlier
 
     cdef Host choose(self)
     cdef Host choose_hash(self, unsigned long long h)
     cdef Host _first_healthy(self)
     cdef void count_status(self, int status)
+
+
+cdef class OutlierMonitor:
+    """One host's outlier counters (Envoy's DetectorHostMonitorImpl), fed per request in C;
+    proxy.outlier.Detector owns the ejection decisions, timers and stats."""
+    cdef public object detector         # proxy.outlier.Detector: consecutive(monitor, type)
+    cdef public tuple key               # (address, port)
+    cdef public bint split              # split_external_local_origin_errors
+    cdef public long long max_5xx       # consecutive_5xx
+    cdef public long long max_gw        # consecutive_gateway_failure
+    cdef public long long max_lo        # consecutive_local_origin_failure
+    cdef public long long n_5xx
+    cdef public long long n_gw
+    cdef public long long n_lo
+    # success-rate bucket being written (the Detector swaps it out each interval)
+    cdef public unsigned long long ext_total
+    cdef public unsigned long long ext_success
+    cdef public unsigned long long lo_total
+    cdef public unsigned long long lo_success
+    cdef public bint ejected            # FAILED_OUTLIER_CHECK
+    cdef public bint base_healthy       # the host's health without ejection (EDS, checks)
+    cdef int put(self, int result) except -1
+    cdef int _http(self, int code) except -1
+    cdef int _local(self, bint failed) except -1

@@ -45,6 +45,82 @@ cdef class Host:
     def __repr__(self):
         return f"Host({self.address}:{self.port} w={self.weight})"
 
+    cdef int outcome(self, int result) except -1:
+        """A request's outcome for outlier detection: an HTTP status, or OUTCOME_*."""
+        if self.outlier is None:
+            return 0
+        return (<OutlierMonitor>self.outlier).put(result)
+
+
+cdef class OutlierMonitor:
+    def __init__(self, detector, tuple key, bint split, long long max_5xx, long long max_gw,
+                 long long max_lo):
+        self.detector = detector
+        self.key = key
+        self.split = split
+        self.max_5xx = max_5xx
+        self.max_gw = max_gw
+        self.max_lo = max_lo
+        self.base_healthy = True
+
+    cdef int put(self, int result) except -1:
+        # Envoy's putResult: without the split every result is an HTTP status (a connect
+        # failure 503, a timeout 504, an RPC error 500); with it, local-origin results have
+        # their own consecutive counter and success rate, and RPC errors count as a 503
+        if result > 0:
+            return self._http(result)
+        if not self.split:
+            if result == OUTCOME_CONNECT_FAILED:
+                return self._http(503)
+            if result == OUTCOME_TIMEOUT:
+                return self._http(504)
+            if result == OUTCOME_EXT_FAILED:
+                return self._http(500)
+            if result == OUTCOME_EXT_SUCCESS:
+                return self._http(200)
+            return 0
+        if result == OUTCOME_CONNECT_SUCCESS:
+            return self._local(False)
+        if result == OUTCOME_CONNECT_FAILED or result == OUTCOME_TIMEOUT:
+            return self._local(True)
+        if result == OUTCOME_EXT_FAILED:
+            return self._http(503)
+        self._http(200)
+        return self._local(False)
+
+    cdef int _http(self, int code) except -1:
+        self.ext_total += 1
+        if 500 <= code < 600:
+            if 502 <= code <= 504:
+                self.n_gw += 1
+                if self.n_gw == self.max_gw:
+                    self.detector.consecutive(self, EJECT_CONSECUTIVE_GATEWAY_FAILURE)
+            else:
+                self.n_gw = 0
+            self.n_5xx += 1
+            if self.n_5xx == self.max_5xx:
+                self.detector.consecutive(self, EJECT_CONSECUTIVE_5XX)
+        else:
+            self.ext_success += 1
+            self.n_5xx = 0
+            self.n_gw = 0
+        return 0
+
+    cdef int _local(self, bint failed) except -1:
+        self.lo_total += 1
+        if failed:
+            self.n_lo += 1
+            if self.n_lo == self.max_lo:
+                self.detector.consecutive(self, EJECT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE)
+        else:
+            self.lo_success += 1
+            self.n_lo = 0
+        return 0
+
+    # Python API (proxy.outlier, tests)
+    def report(self, int result):
+        return self.put(result)
+
 
 CLUSTER_COUNTERS = (
     "upstream_rq_total", "upstream_rq_completed", "upstream_rq_1xx", "upstream_rq_2xx",
@@ -113,7 +189,11 @@ cdef class Cluster:
             prev = old.pop((h.address, h.port), None)
             if prev is not None:
                 prev.weight = h.weight
-                prev.healthy = h.healthy
+                if prev.outlier is not None:  # an ejected host stays out (proxy.outlier)
+                    (<OutlierMonitor>prev.outlier).base_healthy = h.healthy
+                    prev.healthy = h.healthy and not (<OutlierMonitor>prev.outlier).ejected
+                else:
+                    prev.healthy = h.healthy
                 new.append(prev)
             else:
                 new.append(h)
@@ -129,6 +209,8 @@ cdef class Cluster:
         if self.lb_policy == LB_RING_HASH:
             self._build_ring()
         self.membership_total.set(len(new))
+        if self.outlier is not None:  # monitors for new hosts, removed ones forgotten
+            self.outlier.hosts_changed()
         self.update_health()
 
     def update_health(self):

@@ -39,6 +39,7 @@ def describe_server(server: Any) -> dict:
         # the EDS health apart from them (Host.healthy is both)
         hc_flags = getattr(ci, "hc_flags", None) or {}
         eds_healthy = getattr(ci, "eds_healthy", None)
+        od = getattr(ci, "outlier", None)  # proxy.outlier.Detector: ejections, success rates
         for h in getattr(ci, "hosts", ()) or ():
             stats = {}
             src = getattr(h, "stats", None)
@@ -59,9 +60,16 @@ def describe_server(server: Any) -> dict:
                     "eds_healthy": bool(
                         eds_healthy.get((h.address, h.port), True)
                         if eds_healthy is not None
+                        else h.outlier.base_healthy  # without an ejection (proxy/outlier.py)
+                        if getattr(h, "outlier", None) is not None
                         else getattr(h, "healthy", True)
                     ),
                     "hc_flags": int(hc_flags.get((h.address, h.port), 0)),
+                    "outlier": bool(od is not None and od.ejected((h.address, h.port))),
+                    "success_rate": od.success_rate((h.address, h.port)) if od else -1.0,
+                    "local_origin_success_rate": (
+                        od.success_rate((h.address, h.port), True) if od else -1.0
+                    ),
                     "hostname": str(getattr(h, "hostname", "") or ""),
                     "stats": stats,
                 }
@@ -137,6 +145,7 @@ def merge_topologies(tops: list[dict]) -> dict:
                 for k, v in other["stats"].items():
                     h["stats"][k] = h["stats"].get(k, 0) + v
                 h["healthy"] = h["healthy"] and other["healthy"]
+                h["outlier"] = h.get("outlier", False) or other.get("outlier", False)
             hosts.append(h)
         breakers = [list(b) for b in c.get("breakers", [])]
         for b in breakers:  # a cluster's circuit breakers are shared: actives add up

@@ -386,6 +386,8 @@ def _health_status(hs: Any, h: dict) -> None:
     hs.eds_health_status = 1 if h.get("eds_healthy", h["healthy"]) else 2
     if f & hc.FAILED_ACTIVE_HC:
         hs.failed_active_health_check = True
+    if h.get("outlier"):
+        hs.failed_outlier_check = True
     if f & hc.DEGRADED_ACTIVE_HC:
         hs.failed_active_degraded_check = True
     if f & hc.PENDING_ACTIVE_HC:
@@ -394,6 +396,11 @@ def _health_status(hs: Any, h: dict) -> None:
         hs.excluded_via_immediate_hc_fail = True
     if f & hc.ACTIVE_HC_TIMEOUT:
         hs.active_hc_timeout = True
+
+
+def _rate(v: float) -> str:
+    """A success rate as Envoy's /clusters prints a double (-1 when not computed)."""
+    return "-1" if v < 0 else f"{v:g}"
 
 
 @route("/clusters", "upstream cluster status")
@@ -426,6 +433,9 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
                     if name in HOST_GAUGES:
                         s.type = 1  # GAUGE
                 _health_status(hs.health_status, h)
+                for k in ("success_rate", "local_origin_success_rate"):  # outlier detection
+                    if h.get(k, -1.0) >= 0:
+                        getattr(hs, k).value = h[k]
                 hs.weight = h["weight"]
                 hs.hostname = h.get("hostname", "")
                 hs.locality.SetInParent()
@@ -448,15 +458,22 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
             lines.append(f"{hp}::hostname::{h.get('hostname', '')}")
             lines.append(
                 f"{hp}::health_flags::"
-                + health_flags_text(h.get("hc_flags", 0), h.get("eds_healthy", h["healthy"]))
+                + health_flags_text(
+                    h.get("hc_flags", 0),
+                    h.get("eds_healthy", h["healthy"]),
+                    h.get("outlier", False),
+                )
             )
             lines.append(f"{hp}::weight::{h['weight']}")
             for k in ("region", "zone", "sub_zone"):
                 lines.append(f"{hp}::{k}::")
             lines.append(f"{hp}::canary::false")
             lines.append(f"{hp}::priority::0")
-            lines.append(f"{hp}::success_rate::-1")
-            lines.append(f"{hp}::local_origin_success_rate::-1")
+            lines.append(f"{hp}::success_rate::{_rate(h.get('success_rate', -1.0))}")
+            lines.append(
+                f"{hp}::local_origin_success_rate::"
+                f"{_rate(h.get('local_origin_success_rate', -1.0))}"
+            )
     return Response(200, "\n".join(lines) + ("\n" if lines else ""))
 
 

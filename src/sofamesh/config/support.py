@@ -546,9 +546,36 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "eds_cluster_config",
         "common_lb_config",
         "health_checks",  # one (proxy/health_check.py)
+        "outlier_detection",  # proxy/outlier.py (not with health_checks: refused there)
         # upstream network filters: Istio's own only, passed through (filters/istio.py;
         # config/validate.py refuses any other)
         "filters",
+    ),
+    # outlier detection (proxy/outlier.py; `monitors` refused there by path)
+    _CL + "OutlierDetection": (
+        "consecutive_5xx",
+        "interval",
+        "base_ejection_time",
+        "max_ejection_percent",
+        "enforcing_consecutive_5xx",
+        "enforcing_success_rate",
+        "success_rate_minimum_hosts",
+        "success_rate_request_volume",
+        "success_rate_stdev_factor",
+        "consecutive_gateway_failure",
+        "enforcing_consecutive_gateway_failure",
+        "split_external_local_origin_errors",
+        "consecutive_local_origin_failure",
+        "enforcing_consecutive_local_origin_failure",
+        "enforcing_local_origin_success_rate",
+        "failure_percentage_threshold",
+        "enforcing_failure_percentage",
+        "enforcing_failure_percentage_local_origin",
+        "failure_percentage_minimum_hosts",
+        "failure_percentage_request_volume",
+        "max_ejection_time",
+        "max_ejection_time_jitter",
+        "always_eject_one_host",
     ),
     # active health checking (proxy/health_check.py, proxy/health_probes.py)
     "envoy.config.core.v3.HealthCheck": (
@@ -700,6 +727,10 @@ NO_EFFECT: dict[str, dict[str, str]] = {
     "envoy.config.bootstrap.v3.Bootstrap": {
         "stats_flush_interval": "no effect without a stats sink, which is refused",
         "stats_flush_on_admin": "no effect without a stats sink, which is refused",
+    },
+    _CL + "OutlierDetection": {
+        "successful_active_health_check_uneject_host": "acts only on a cluster with "
+        "health_checks, and outlier detection on one is refused",
     },
     "envoy.config.bootstrap.v3.ClusterManager": {
         "enable_deferred_cluster_creation": "only when workers build their copies of clusters "

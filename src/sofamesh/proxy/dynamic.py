@@ -520,6 +520,8 @@ class DynamicConfig:
         close, busy ones finish their request."""
         if rt.dns_task is not None:
             rt.dns_task.cancel()
+        if getattr(rt.cluster, "outlier", None) is not None:  # its detector stops (outlier.py)
+            rt.cluster.outlier.stop()
         for h in rt.cluster.hosts or ():
             for c in list(h.idle):
                 c.close()

@@ -54,11 +54,14 @@ COUNTERS = ("attempt", "success", "failure", "network_failure", "passive_failure
 GAUGES = ("healthy", "degraded")
 
 
-def health_flags_text(flags: int, eds_healthy: bool) -> str:
-    """admin /clusters' `health_flags` (Envoy's HostUtility::healthFlagsToString order)."""
+def health_flags_text(flags: int, eds_healthy: bool, outlier: bool = False) -> str:
+    """admin /clusters' `health_flags` (Envoy's HostUtility::healthFlagsToString order);
+    `outlier`: ejected by outlier detection (proxy/outlier.py)."""
     out = ""
     if flags & FAILED_ACTIVE_HC:
         out += "/failed_active_hc"
+    if outlier:
+        out += "/failed_outlier_check"
     if not eds_healthy:
         out += "/failed_eds_health"
     if flags & DEGRADED_ACTIVE_HC:

@@ -126,6 +126,7 @@ class Server:
         # active health checking (proxy.health_check): a LocalLink made by the first checked
         # cluster, or a RemoteLink set by proxy.workers (the main process checks)
         self.health_link: Any = None
+        self._outlier_log: Any = None  # proxy.outlier.EventLog
 
     # ---------------------------------------------------------------- build
     def _build_clusters(self) -> None:
@@ -229,19 +230,35 @@ class Server:
             )
         else:
             cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
-        from sofamesh.proxy import tls
+        from sofamesh.proxy import outlier, tls
 
         cl.tls = tls.upstream_transport(c, self.stats, path, self)  # transport_socket(_matches)
         lb = c.common_lb_config
         if lb.HasField("healthy_panic_threshold"):  # else Envoy's 50%
             cl.panic_threshold = lb.healthy_panic_threshold.value
             cl.update_health()
+        od = outlier.parse(c, path)  # outlier_detection (proxy/outlier.py)
+        if od is not None:
+            cl.outlier = outlier.Detector(cl, od, self.stats, self._outlier_events())
+            cl.outlier.hosts_changed()
         if cl.tls is not None and hc is not None:
             raise UnsupportedConfig(
                 f"{path}.health_checks: health checks of a TLS cluster are not implemented "
                 "by sofamesh"
             )
         return _ClusterRuntime(cl, dns_targets=targets)
+
+    def _outlier_events(self) -> Any:
+        """The bootstrap's cluster_manager.outlier_detection.event_log_path, shared by
+        every cluster's detector (or None)."""
+        path = self.bootstrap.cluster_manager.outlier_detection.event_log_path
+        if not path:
+            return None
+        if self._outlier_log is None:
+            from sofamesh.proxy.outlier import EventLog
+
+            self._outlier_log = EventLog(path)
+        return self._outlier_log
 
     def _per_filter(self, name: str, anycfg: Any, path: str) -> Any:
         from sofamesh.filters import registry
@@ -595,9 +612,13 @@ class Server:
                 for c in list(li.hcm.conns):
                     c.close()
         for cl in self.clusters.values():
+            if cl.outlier is not None:
+                cl.outlier.stop()
             for h in cl.hosts:
                 for c in list(h.idle):
                     c.close()
+        if self._outlier_log is not None:
+            self._outlier_log.close()
         for al in self._access_logs:
             al.close()
         self._access_logs = []

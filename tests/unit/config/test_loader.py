@@ -186,11 +186,11 @@ def test_unimplemented_core_field_is_an_error(tmp_path):
     assert e.value.unsupported_only
     with pytest.raises(ConfigError) as e:
         load_bootstrap(
-            write(tmp_path, "static_resources: {clusters: [{name: a, outlier_detection: {}}]}")
+            write(tmp_path, "static_resources: {clusters: [{name: a, cluster_type: {name: x}}]}")
         )
     assert [str(p) for p in e.value.problems] == [
         (
-            "static_resources.clusters[0].outlier_detection: outlier detection is not "
+            "static_resources.clusters[0].cluster_type: custom cluster types are not "
             "implemented by sofamesh"
         )
     ]

@@ -1,0 +1,295 @@
+"""Outlier detection on an HTTP cluster: the same bootstrap through Envoy 1.40 and sofamesh.
+Three upstreams; one starts answering 503: it is ejected after consecutive_5xx of them, gets
+no traffic, shows `/failed_outlier_check`, and returns on the first interval tick after
+base_ejection_time; failing again it is ejected for twice as long (base * ejections); then
+it stops listening and connection failures eject it (a third time, three times as long). A
+second failing host overflows max_ejection_percent. The outlier_detection.* stats and the
+bootstrap's event log (JSON OutlierDetectionEvent lines) are compared with Envoy's."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import envoy_binary, free_port, sofamesh_command
+from tests.integration.health.helpers import host_flags
+from tests.support.envoy import ProxyProcess, admin_get, admin_port, listener_ports
+
+INTERVAL = 0.5
+BASE = 1.0
+OD = {
+    "consecutive_5xx": 3,
+    "interval": f"{INTERVAL}s",
+    "base_ejection_time": f"{BASE}s",
+    "max_ejection_percent": 50,
+}
+
+
+class Upstream:
+    """HTTP/1.1 on 127.0.0.1: answers `status` with its port as the body, closing each
+    connection (no pooled connection outlives stop()); stop() stops listening (refused)."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.served = 0
+        up = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                up.served += 1
+                body = str(up.port).encode()
+                self.send_response(up.status)
+                self.send_header("content-length", str(len(body)))
+                self.send_header("connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def bootstrap(ports: list[int], od: dict, events: str) -> dict:
+    aport, lport = free_port(), free_port()
+    hcm = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ing",
+            "route_config": {
+                "virtual_hosts": [
+                    {
+                        "name": "v",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}],
+                    }
+                ]
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3"
+                        ".Router"
+                    },
+                }
+            ],
+        },
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": aport}}},
+        "cluster_manager": {"outlier_detection": {"event_log_path": events}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "l",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": lport}},
+                    "filter_chains": [{"filters": [hcm]}],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "c",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "outlier_detection": od,
+                    "load_assignment": {
+                        "cluster_name": "c",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": p,
+                                                }
+                                            }
+                                        }
+                                    }
+                                    for p in ports
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def get(port: int) -> tuple[int, int]:
+    """One request on a new connection: (status, answering upstream port or 0)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+    c.request("GET", "/x")
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    try:
+        return r.status, int(body)
+    except ValueError:
+        return r.status, 0
+
+
+def od_stats(aport: int) -> dict[str, int]:
+    _, text = admin_get(aport, "/stats")
+    out = {}
+    for line in text.splitlines():
+        name, _, v = line.partition(": ")
+        if name.startswith("cluster.c.outlier_detection.") or name in (
+            "cluster.c.membership_healthy",
+            "cluster.c.lb_healthy_panic",
+        ):
+            out[name[len("cluster.c.") :]] = int(v)
+    return out
+
+
+def fail_until_ejected(aport: int, lport: int, bad: int, limit: int = 30) -> tuple[int, int]:
+    """Requests until host `bad` shows /failed_outlier_check: (its failures the client saw,
+    requests sent)."""
+    fails = sent = 0
+    while host_flags(aport).get(bad) != "/failed_outlier_check":
+        assert sent < limit, f"{bad} not ejected after {sent} requests"
+        status, port = get(lport)
+        sent += 1
+        if status >= 500 and port in (bad, 0):
+            fails += 1
+    return fails, sent
+
+
+def wait_back(aport: int, bad: int, timeout: float) -> float:
+    t0 = time.monotonic()
+    while host_flags(aport).get(bad) != "healthy":
+        assert time.monotonic() - t0 < timeout, f"{bad} still ejected after {timeout}s"
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def scenario(start_proxy, tmp_path, name: str) -> dict:
+    ups = [Upstream() for _ in range(3)]
+    ports = [u.port for u in ups]
+    events = tmp_path / f"{name}-outlier.log"
+    b = bootstrap(ports, OD, str(events))
+    res: dict = {}
+    try:
+        with start_proxy(b, tmp_path / name):
+            a, lport = admin_port(b), listener_ports(b)[0]
+            res["start"] = od_stats(a)
+            assert {get(lport)[1] for _ in range(6)} == set(ports)
+            bad = ups[0]
+            bad.status = 503
+            # 1: three 503s in a row eject it
+            res["fails_1"], _ = fail_until_ejected(a, lport, bad.port)
+            t_out = time.monotonic()
+            served = bad.served
+            answered = [get(lport) for _ in range(8)]
+            res["served_while_out"] = bad.served - served
+            res["answers_while_out"] = sorted({p for s, p in answered if s == 200})
+            res["stats_1"] = od_stats(a)
+            res["json_1"] = _json_health(a, ports)
+            # back on the first interval tick after base_ejection_time
+            wait_back(a, bad.port, BASE + 2 * INTERVAL)
+            res["out_1"] = time.monotonic() - t_out
+            # 2: still failing: ejected again, for base * 2
+            res["fails_2"], _ = fail_until_ejected(a, lport, bad.port)
+            t_out = time.monotonic()
+            wait_back(a, bad.port, 2 * BASE + 2 * INTERVAL)
+            res["out_2"] = time.monotonic() - t_out
+            # 3: it stops listening: connection failures (503 to the client) eject it
+            bad.stop()
+            res["fails_3"], _ = fail_until_ejected(a, lport, bad.port)
+            res["stats_3"] = od_stats(a)
+            # a second failing host: ejecting it would exceed max_ejection_percent 50
+            ups[1].status = 503
+            served = ups[1].served
+            while ups[1].served - served < 3:
+                get(lport)
+            time.sleep(0.1)
+            res["flags_overflow"] = host_flags(a)[ups[1].port]
+            res["stats_overflow"] = od_stats(a)
+            time.sleep(0.3)  # Envoy flushes its log file on a timer
+        res["events"] = _events(events, ports)
+        return res
+    finally:
+        for u in ups:
+            u.stop()
+
+
+def _json_health(aport: int, ports: list[int]) -> list[dict]:
+    _, text = admin_get(aport, "/clusters?format=json")
+    out = []
+    for cs in json.loads(text)["cluster_statuses"]:
+        if cs["name"] == "c":
+            for h in cs["host_statuses"]:
+                port = h["address"]["socket_address"]["port_value"]
+                out.append((ports.index(port), h["health_status"]))
+    return [hs for _, hs in sorted(out)]
+
+
+def _events(path, ports: list[int]) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        ev = json.loads(line)
+        assert ev.pop("timestamp").endswith("Z")
+        ev["upstream_url"] = ports.index(int(ev["upstream_url"].rsplit(":", 1)[1]))
+        out.append(ev)
+    return out
+
+
+def check(res: dict) -> None:
+    """What Envoy 1.40 does (the test holds for Envoy itself)."""
+    assert res["fails_1"] == 3 and res["fails_2"] == 3 and res["fails_3"] == 3
+    assert res["served_while_out"] == 0 and len(res["answers_while_out"]) == 2
+    s1 = res["stats_1"]
+    assert s1["outlier_detection.ejections_active"] == 1
+    assert s1["outlier_detection.ejections_enforced_consecutive_5xx"] == 1
+    assert s1["outlier_detection.ejections_detected_consecutive_5xx"] == 1
+    assert s1["membership_healthy"] == 2
+    assert res["json_1"][0].get("failed_outlier_check") is True
+    assert BASE - 0.05 <= res["out_1"] <= BASE + INTERVAL + 0.3
+    assert 2 * BASE - 0.05 <= res["out_2"] <= 2 * BASE + INTERVAL + 0.3
+    assert res["flags_overflow"] == "healthy"
+    so = res["stats_overflow"]
+    assert so["outlier_detection.ejections_overflow"] >= 1
+    assert so["outlier_detection.ejections_active"] == 1
+
+
+@pytest.mark.envoy
+def test_outlier_ejection_same_as_envoy(tmp_path):
+    env = scenario(lambda b, d: ProxyProcess.envoy(envoy_binary(), b, d), tmp_path, "envoy")
+    check(env)
+    sm = scenario(lambda b, d: ProxyProcess.sofamesh(sofamesh_command(), b, d), tmp_path, "sm")
+    check(sm)
+    for k in ("start", "stats_1", "stats_3", "stats_overflow"):
+        assert sm[k] == env[k], k
+    assert sm["json_1"] == env["json_1"]
+    for k in ("fails_1", "fails_2", "fails_3", "served_while_out"):
+        assert sm[k] == env[k], k
+    assert abs(sm["out_1"] - env["out_1"]) < INTERVAL + 0.2
+    assert abs(sm["out_2"] - env["out_2"]) < INTERVAL + 0.2
+
+    def strip(evs):  # whole seconds since the last action may round either way
+        return [{k: v for k, v in e.items() if k != "secs_since_last_action"} for e in evs]
+
+    assert strip(sm["events"]) == strip(env["events"])
+    assert [sorted(e) for e in sm["events"]] == [sorted(e) for e in env["events"]]
