@@ -30,7 +30,9 @@ cdef class Http2ServerConn:
     cdef bint close_when_idle           # draining: GOAWAY sent, close after the last stream
     cdef object idle_timer
     cdef dict stats_seen                # codec counters already added to cfg.h2_stats
-    cdef int flush(self) except -1
+    cdef bint flush_pending             # a write of what the codec queued is scheduled
+    cdef int flush(self) except -1      # schedule the write (once per loop turn)
+    cdef int write_now(self) except -1
     cdef int _dispatch(self, list events) except -1
     cdef int _stream_ended(self, H2Stream s) except -1
     cdef int _sync_stats(self) except -1

@@ -36,7 +36,9 @@ cdef class H2Connection:
     cdef int max_streams                # the cluster's max_concurrent_streams
     cdef bint can_take(self)
     cdef H2UpStream open_stream(self)
-    cdef int flush(self) except -1
+    cdef bint flush_pending             # a write of what the codec queued is scheduled
+    cdef int flush(self) except -1      # schedule the write (once per loop turn)
+    cdef int write_now(self) except -1
     cdef int stream_done(self, H2UpStream s) except -1
     cdef int _dispatch(self, list events) except -1
     cdef int _fail_all(self, int kind) except -1

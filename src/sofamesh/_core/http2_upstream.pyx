@@ -159,6 +159,18 @@ cdef class H2Connection:
         return s
 
     cdef int flush(self) except -1:
+        """Requests encoded in one turn of the event loop share a write(2) (see
+        Http2ServerConn.flush)."""
+        if self.transport is not None and not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self._flush_now)
+        return 0
+
+    def _flush_now(self):
+        self.flush_pending = False
+        self.write_now()
+
+    cdef int write_now(self) except -1:
         cdef bytes out
         if self.transport is None:
             return 0
@@ -174,7 +186,7 @@ cdef class H2Connection:
         if self.closed:
             return 0
         if self.draining and not self.streams:
-            self.flush()
+            self.write_now()
             if self.transport is not None:
                 self.transport.close()
             elif self.task is not None:
@@ -238,7 +250,7 @@ cdef class H2Connection:
         if not self.streams and not self.closed:
             if self.transport is not None:
                 self.codec.goaway(ERR_NO_ERROR)
-                self.flush()
+                self.write_now()
                 self.transport.close()
             elif self.task is not None:
                 self.task.cancel()
@@ -253,7 +265,7 @@ cdef class H2Connection:
         self.connected = True
         for s in self.streams.values():
             (<H2UpStream>s).connected = True
-        self.flush()        # preface, SETTINGS and the requests encoded meanwhile
+        self.write_now()    # preface, SETTINGS and the requests encoded meanwhile
 
     def data_received(self, bytes data):
         self.cluster.upstream_cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
@@ -264,9 +276,11 @@ cdef class H2Connection:
             self.cluster.upstream_cx_protocol_error.inc()
             self.transport.abort()
             return
-        self.flush()
         if self.codec.closed and self.transport is not None:
+            self.write_now()
             self.transport.close()
+        else:
+            self.flush()
 
     cdef int _dispatch(self, list events) except -1:
         cdef H2UpStream s
