@@ -502,19 +502,24 @@ def wrap_server(loop: Any, transport: Any, app_protocol: Any, tc: TlsContext, ea
         sp.buffer_updated(n)
 
 
-def _ssl_protocol(loop: Any) -> Any:
-    try:
-        import uvloop
+_PROTOCOLS: dict[type, Any] = {}
 
-        if isinstance(loop, uvloop.Loop):
+
+def _ssl_protocol(loop: Any) -> Any:
+    """uvloop's SSLProtocol on a uvloop loop, asyncio's otherwise (looked up once per type)."""
+    cls = _PROTOCOLS.get(type(loop))
+    if cls is None:
+        try:
+            import uvloop
             from uvloop.loop import SSLProtocol
 
-            return SSLProtocol
-    except ImportError:
-        pass
-    from asyncio.sslproto import SSLProtocol as AioSSLProtocol
-
-    return AioSSLProtocol
+            uv = isinstance(loop, uvloop.Loop)
+        except ImportError:
+            uv = False
+        if not uv:
+            from asyncio.sslproto import SSLProtocol
+        cls = _PROTOCOLS[type(loop)] = SSLProtocol
+    return cls
 
 
 def ip_san(value: str) -> str:
