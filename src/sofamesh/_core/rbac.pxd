@@ -38,8 +38,9 @@ cdef enum:
     PSEUDO_GROUP = 8        # :group (RPC)
     PSEUDO_OTHER = 9        # any other ':' name
     # TLS (read from the connection's transport by tls_pseudo, never from a header):
-    PSEUDO_PRINCIPAL = 10   # tuple[bytes]: the verified peer certificate's URI SANs, DNS
-                            # SANs, subject; None when the connection is not TLS
+    # tuple[bytes]: the verified peer certificate's URI SANs, DNS SANs, subject; None
+    # when the connection is not TLS
+    PSEUDO_PRINCIPAL = 10
     PSEUDO_SNI = 11         # the server name the client asked for (b"" without TLS/SNI)
     PSEUDO_COUNT = 12
 

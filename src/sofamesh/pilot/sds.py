@@ -152,7 +152,9 @@ class PilotSds:
             for s in secrets:
                 r.resources.add().Pack(s)
             out = r.SerializeToString()
-        self.metrics.inc("pilot_xds_pushes_total", type="sds", mode="delta" if conn.delta else "sotw")
+        self.metrics.inc(
+            "pilot_xds_pushes_total", type="sds", mode="delta" if conn.delta else "sotw"
+        )
         return [out]
 
     def _rotation_time(self, issued: Issued) -> float:

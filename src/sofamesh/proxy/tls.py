@@ -511,7 +511,7 @@ def _ssl_protocol(loop: Any) -> Any:
     if cls is None:
         try:
             import uvloop
-            from uvloop.loop import SSLProtocol
+            from uvloop.loop import SSLProtocol  # type: ignore[attr-defined]
 
             uv = isinstance(loop, uvloop.Loop)
         except ImportError:
