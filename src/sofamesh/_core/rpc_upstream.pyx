@@ -10,7 +10,8 @@
 import asyncio
 
 from sofamesh._core.stats cimport Store
-from sofamesh._core.upstream cimport Cluster, Host
+from sofamesh._core.upstream cimport (Cluster, Host, OUTCOME_CONNECT_FAILED, OUTCOME_EXT_FAILED,
+                                      OUTCOME_EXT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.codecs.rpcframe cimport ProtocolError
 from sofamesh._core.codecs.bolt cimport (
     BoltFrame, BoltDecoder, rewrite_request_id as bolt_rewrite, heartbeat_ack as bolt_hb_ack,
@@ -147,6 +148,7 @@ cdef class UpstreamConn:
                 if rid >= 0 and rid in self.pending:
                     p = self.pending.pop(rid)
                     self._done_c(p, now, False)
+                    self.host.outcome(OUTCOME_EXT_FAILED)  # outlier detection
                     p.down.local_error(p.frame, WHY_CODEC)
                     if p.down not in touched:
                         touched.append(p.down)
@@ -184,6 +186,7 @@ cdef class UpstreamConn:
             else:
                 st.response_error.inc()
             self._done_c(p, now, ok)
+            self.host.outcome(OUTCOME_EXT_SUCCESS if ok else OUTCOME_EXT_FAILED)  # outlier
             if not d.closed:
                 d.write(out)
                 if d not in touched:
@@ -292,6 +295,7 @@ cdef class UpstreamConn:
             self.cfg.st.upstream_reset.inc()
             self.cluster.upstream_rq_rx_reset.inc()
             self._done_c(p, now, False)
+            self.host.outcome(OUTCOME_CONNECT_FAILED)  # outlier detection (a local origin)
             p.down.local_error(p.frame, why)
             if p.down not in touched:
                 touched.append(p.down)
@@ -368,6 +372,7 @@ cdef class UpstreamConn:
             self.cluster.upstream_rq_timeout.inc()
             self.host.rq_timeout += 1
             self._done_c(p, now, False)
+            self.host.outcome(OUTCOME_TIMEOUT)  # outlier detection
             p.down.local_error(p.frame, WHY_TIMEOUT)
             if p.down not in touched:
                 touched.append(p.down)
