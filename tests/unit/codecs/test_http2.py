@@ -602,18 +602,40 @@ def test_streams_answered_before_reset_are_not_premature():
 
 
 def test_continuation_flood_is_bounded():
-    """CVE-2024-27316: HEADERS then CONTINUATION frames that never end."""
+    """CVE-2024-27316: HEADERS then CONTINUATION frames that never end. Past
+    max_header_block_size the stream is reset INTERNAL_ERROR (as Envoy 1.40 does) and the
+    rest is decoded piece by piece, nothing kept: memory stays bounded, the connection
+    serves on and the HPACK table stays in step."""
     c = RawClient(max_header_list_size=8192)
+    assert c.conn.max_header_block_size == 8192 + 16384
     ev = c.feed(frame(HEADERS, 0, 1, c.block()))
-    chunk = frame(CONTINUATION, 0, 1, b"\x40\x01a\x01b" * 100)
-    for _ in range(100):
+    chunk = frame(CONTINUATION, 0, 1, b"\x40\x01a\x01b" * 2000)  # 12 KB, each field indexed
+    out = b""
+    for _ in range(400):  # 4.8 MB
         ev += c.feed(chunk)
+        out += c.last
+    assert not c.conn.closed and not of(ev, H.ConnectionError)
+    assert rsts_of(out) == {1: H.INTERNAL_ERROR}
+    assert c.conn.stats["continuation_flood"] == 1
+    assert c.conn.stats["header_list_size_too_large"] == 1
+    # the block ends with one more indexed field; the table took every field of it
+    ev = c.feed(frame(CONTINUATION, END_HEADERS, 1, b"\x40\x01a\x01c"))
+    assert not of(ev, H.RequestHeaders) and not c.conn.closed
+    lit = b"".join(b"\x00" + bytes([len(k)]) + k + bytes([len(v)]) + v for k, v in REQ)
+    ev = c.feed(frame(HEADERS, END_HEADERS | END_STREAM, 3, lit + b"\xbe"))  # index 62
+    assert of(ev, H.RequestHeaders)[0].headers[-1] == (b"a", b"c")
+
+
+def test_continuation_flood_with_one_endless_field_ends_the_connection():
+    c = RawClient(max_header_list_size=8192)
+    c.feed(frame(HEADERS, 0, 1, c.block()))
+    # a literal announcing a 1 MB value: no piece can be decoded before it ends
+    ev = c.feed(frame(CONTINUATION, 0, 1, b"\x00\x01a\x7f\xc1\xff\x3f"))
+    for _ in range(100):
+        ev += c.feed(frame(CONTINUATION, 0, 1, b"v" * 16000))
         if c.conn.closed:
             break
-    errs = of(ev, H.ConnectionError)
-    assert errs and errs[0].error_code == H.ENHANCE_YOUR_CALM
-    assert c.conn.stats["continuation_flood"] == 1
-    assert c.conn.max_header_block_size == 8192 + 16384
+    assert of(ev, H.ConnectionError)[0].error_code == H.ENHANCE_YOUR_CALM
 
 
 def test_hpack_bomb_resets_the_stream_and_keeps_the_table():
@@ -623,8 +645,9 @@ def test_hpack_bomb_resets_the_stream_and_keeps_the_table():
     blk = c.block() + big + b"\xbe" * 1000
     ev = c.feed(frame(HEADERS, END_HEADERS | END_STREAM, 1, blk))
     assert not of(ev, H.RequestHeaders)
-    assert rsts_of(c.last) == {1: H.PROTOCOL_ERROR}
-    assert c.conn.stats["header_overflow"] == 1 and not c.conn.closed
+    # as Envoy 1.40: RST_STREAM INTERNAL_ERROR, counted as header_list_size_too_large
+    assert rsts_of(c.last) == {1: H.INTERNAL_ERROR}
+    assert c.conn.stats["header_list_size_too_large"] == 1 and not c.conn.closed
     # the peer's encoder and our decoder still agree: the entry is index 62 (after the
     # four request fields the oracle encoder added)
     ev = c.feed(frame(HEADERS, END_HEADERS | END_STREAM, 3, c.block() + b"\xbe"))
@@ -634,7 +657,7 @@ def test_hpack_bomb_resets_the_stream_and_keeps_the_table():
 def test_too_many_headers_is_header_overflow():
     c = RawClient(max_headers_count=10)
     c.feed(c.headers(1, REQ + [(b"x-%d" % i, b"v") for i in range(10)]))
-    assert rsts_of(c.last) == {1: H.PROTOCOL_ERROR} and c.conn.stats["header_overflow"] == 1
+    assert rsts_of(c.last) == {1: H.INTERNAL_ERROR} and c.conn.stats["header_overflow"] == 1
 
 
 @pytest.mark.parametrize("flood", ["settings", "ping"])

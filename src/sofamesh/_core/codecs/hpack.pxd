@@ -12,6 +12,10 @@
 #   connection is lost (HTTP/2 COMPRESSION_ERROR). The HPACK_E_LIMIT codes mean the whole
 #   block was decoded and the table is in step, but the header list broke a limit:
 #   a stream-level error (HTTP/2 resets the stream or answers 431).
+#   With `done`, a prefix of a block may be given: done[0] is set to the end of the last
+#   complete representation (HPACK_E_TRUNCATED then only means "more to come"), and the
+#   table has taken every representation before it: a block too large to buffer is
+#   decoded piece by piece to keep the table in step (HTTP/2 CONTINUATION floods).
 # - `Encoder.encode_block(headers)` returns the block for a list of (name, value) bytes
 #   tuples (names lower-case already), emitting any pending table-size update first.
 
@@ -48,7 +52,8 @@ cdef class Decoder:
     cdef public int max_headers     # 0: no limit
     cdef readonly Py_ssize_t last_list_size   # RFC size of the last decoded list
 
-    cdef int decode_block(self, const unsigned char* p, Py_ssize_t n, list out) except -100
+    cdef int decode_block(self, const unsigned char* p, Py_ssize_t n, list out,
+                          Py_ssize_t* done=*) except -100
     cdef void set_allowed_table_size(self, Py_ssize_t size) noexcept
     cdef int _evict(self, Py_ssize_t limit) except -1
     cdef int _insert(self, object entry, Py_ssize_t size) except -1

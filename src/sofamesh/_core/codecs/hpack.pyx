@@ -230,7 +230,8 @@ cdef class Decoder:
         self._size += size
         return 0
 
-    cdef int decode_block(self, const unsigned char* p, Py_ssize_t n, list out) except -100:
+    cdef int decode_block(self, const unsigned char* p, Py_ssize_t n, list out,
+                          Py_ssize_t* done=NULL) except -100:
         cdef Py_ssize_t pos = 0, v = 0, idx, slen, nlen, vlen, fsize, total = 0
         cdef Py_ssize_t count = 0, ndyn, dpos
         cdef int rc, limit_err = 0
@@ -240,7 +241,11 @@ cdef class Decoder:
         cdef const unsigned char* vp
         cdef tuple entry
         cdef bytes name, value
+        if done != NULL:
+            done[0] = 0
         while pos < n:
+            if done != NULL:
+                done[0] = pos       # every representation before pos is complete
             b = p[pos]
             if b & 0x20 and not (b & 0xc0):
                 # dynamic table size update: only before the first field
@@ -371,7 +376,9 @@ cdef class Decoder:
                         value = PyBytes_FromStringAndSize(<const char*>vp, vlen)
                         entry = (name, value)
                     self._insert(entry, fsize + HPACK_ENTRY_OVERHEAD)
-        if not fields and self._update_required:
+        if done != NULL:
+            done[0] = pos
+        elif not fields and self._update_required:
             return HPACK_E_UPDATE_POSITION
         self.last_list_size = total
         return limit_err

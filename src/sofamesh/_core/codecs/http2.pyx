@@ -124,6 +124,8 @@ cdef class Connection(ConnectionCore):
         self.max_inbound_window_update_frames_per_data_frame_sent = \
             max_inbound_window_update_frames_per_data_frame_sent
         self.premature_reset_total_stream_count = premature_reset_total_stream_count
+        # a block is buffered up to this size; past it the stream is reset and the rest
+        # decoded piece by piece without keeping anything (CVE-2024-27316)
         self.max_header_block_size = (max_header_block_size if max_header_block_size > 0
                                       else max_header_list_size + 16384)
         settings = {SETTINGS_MAX_CONCURRENT_STREAMS: max_concurrent_streams,
@@ -376,6 +378,6 @@ cdef class Connection(ConnectionCore):
 
     @property
     def stats(self):
-        """Counters under Envoy's http2.* names (plus connection_errors, stream_errors,
-        continuation_flood, too_many_premature_resets)."""
+        """Counters under Envoy's http2.* names (header_list_size_too_large among them; plus
+        connection_errors, stream_errors, continuation_flood, too_many_premature_resets)."""
         return dict(self.c)

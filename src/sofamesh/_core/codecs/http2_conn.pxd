@@ -52,6 +52,7 @@ cdef struct h2_stats:
     unsigned long long trailers
     unsigned long long connection_errors
     unsigned long long stream_errors
+    unsigned long long header_list_size_too_large
 
 
 cdef class ConnectionCore:
@@ -102,6 +103,8 @@ cdef class ConnectionCore:
     cdef bint _cont_end_stream
     cdef bint _cont_selfdep
     cdef bytearray _cont_block
+    cdef bint _cont_discard             # the block went over the limit: stream reset,
+    #                                     decoded piece by piece only to keep HPACK in step
 
     # GOAWAY
     cdef readonly bint goaway_sent

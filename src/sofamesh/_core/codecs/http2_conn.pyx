@@ -22,7 +22,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.string cimport memcmp
 
-from sofamesh._core.codecs.hpack cimport HPACK_E_LIMIT
+from sofamesh._core.codecs.hpack cimport (
+    HPACK_E_HEADER_TOO_LARGE, HPACK_E_LIMIT, HPACK_E_LIST_TOO_LARGE, HPACK_E_TRUNCATED,
+)
 from sofamesh._core.codecs.http2_frames cimport *
 from sofamesh._core.codecs.http2_events cimport (
     ConnectionError, GoAway, InformationalResponse, PingAcked, PingReceived, RequestHeaders,
@@ -235,7 +237,7 @@ cdef class ConnectionCore:
                 return 0
             if frag > self.max_header_block_size:
                 self.c.continuation_flood += 1
-                self.c.header_overflow += 1
+                self.c.header_list_size_too_large += 1
                 return self._conn_error(ERR_ENHANCE_YOUR_CALM, "header block too large")
             self._cont_sid = sid
             self._cont_end_stream = flags & FLAG_END_STREAM
@@ -252,13 +254,13 @@ cdef class ConnectionCore:
         cdef bytearray block
         if self._cont_sid == 0 or sid != self._cont_sid:
             return self._conn_error(ERR_PROTOCOL_ERROR, "unexpected CONTINUATION")
-        # CVE-2024-27316: a block that never ends is cut off at max_header_block_size
-        if PyByteArray_GET_SIZE(self._cont_block) + n > self.max_header_block_size:
-            self.c.continuation_flood += 1
-            self.c.header_overflow += 1
-            return self._conn_error(ERR_ENHANCE_YOUR_CALM, "header block too large")
         if n:
             self._cont_block += (<const char*>p)[:n]
+        # CVE-2024-27316: a block past max_header_block_size resets its stream and is only
+        # decoded (piece by piece, nothing kept) to keep HPACK in step, as Envoy does
+        if (self._cont_discard
+                or PyByteArray_GET_SIZE(self._cont_block) > self.max_header_block_size):
+            return _discard_block(self, sid, flags & FLAG_END_HEADERS, n == 0)
         if not (flags & FLAG_END_HEADERS):
             return self._empty_frame(n == 0)
         self._empty_frame(False)
@@ -305,8 +307,7 @@ cdef class ConnectionCore:
             self._remote_open += 1
             transition(s, IN_RECV_HEADERS)
             if rc:
-                self.c.header_overflow += 1
-                return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, "header_overflow")
+                return _header_limit(self, sid, s, rc)
             if selfdep:
                 return self._conn_error(ERR_PROTOCOL_ERROR, "stream depends on itself")
             req = new_request_headers(sid, headers, end_stream)
@@ -327,8 +328,7 @@ cdef class ConnectionCore:
                 return self._conn_error(ERR_PROTOCOL_ERROR, "HEADERS in this stream state")
             return self._conn_error(ERR_STREAM_CLOSED, "HEADERS after END_STREAM")
         if rc:
-            self.c.header_overflow += 1
-            return self._stream_error(sid, s, ERR_PROTOCOL_ERROR, "header_overflow")
+            return _header_limit(self, sid, s, rc)
         if selfdep:
             return self._conn_error(ERR_PROTOCOL_ERROR, "stream depends on itself")
         if not s.got_headers:
@@ -782,3 +782,54 @@ cdef inline bint _fixed_length_wrong(unsigned char ftype, unsigned int length) n
     if ftype == FT_PRIORITY:
         return length != 5
     return False
+
+
+cdef int _header_limit(ConnectionCore self, unsigned int sid, Stream s, int rc) except -1:
+    """A header list over max_request_headers_kb or max_headers_count: the stream is reset
+    INTERNAL_ERROR and counted as Envoy 1.40 counts it (http2.header_list_size_too_large
+    for the size, http2.header_overflow for the count)."""
+    if rc == HPACK_E_LIST_TOO_LARGE or rc == HPACK_E_HEADER_TOO_LARGE:
+        self.c.header_list_size_too_large += 1
+    else:
+        self.c.header_overflow += 1
+    return self._stream_error(sid, s, ERR_INTERNAL_ERROR, "header list over the limits")
+
+
+cdef int _discard_block(ConnectionCore self, unsigned int sid, bint end,
+                        bint empty) except -1:
+    cdef list junk = []
+    cdef Py_ssize_t done = 0
+    cdef int rc
+    cdef Stream s
+    cdef bytearray blk = self._cont_block
+    if not self._cont_discard:
+        self._cont_discard = True
+        self.c.continuation_flood += 1
+        self.c.header_list_size_too_large += 1
+        s = self._streams.get(sid)
+        if (s is None and not self.client_side and not self._is_local_id(sid)
+                and sid > self._highest_remote_id):
+            # a stream that never opened: it counts as opened, and reset
+            self._highest_remote_id = sid
+            self._remote_opened_total += 1
+        self._stream_error(sid, s, ERR_INTERNAL_ERROR, "header list over the limits")
+        if self._phase == PHASE_CLOSED:
+            return 0
+    if end:
+        rc = self._dec.decode_block(<const unsigned char*>PyByteArray_AS_STRING(blk),
+                                    PyByteArray_GET_SIZE(blk), junk)
+        self._cont_block = None
+        self._cont_sid = 0
+        self._cont_discard = False
+        if rc < 0 and rc > HPACK_E_LIMIT:
+            return self._conn_error(ERR_COMPRESSION_ERROR, "HPACK: %d" % rc)
+        return 0
+    rc = self._dec.decode_block(<const unsigned char*>PyByteArray_AS_STRING(blk),
+                                PyByteArray_GET_SIZE(blk), junk, &done)
+    if rc < 0 and rc > HPACK_E_LIMIT and rc != HPACK_E_TRUNCATED:
+        return self._conn_error(ERR_COMPRESSION_ERROR, "HPACK: %d" % rc)
+    del blk[:done]
+    if PyByteArray_GET_SIZE(blk) > self.max_header_block_size:
+        # one field larger than the whole allowance: no piece to decode
+        return self._conn_error(ERR_ENHANCE_YOUR_CALM, "header field too large")
+    return self._empty_frame(empty)
