@@ -31,6 +31,9 @@ cdef class Http2ServerConn:
     cdef object idle_timer
     cdef dict stats_seen                # codec counters already added to cfg.h2_stats
     cdef bint flush_pending             # a write of what the codec queued is scheduled
+    cdef object rt_timer                # the streams' route / per-try deadlines (arm_at)
+    cdef double rt_due
+    cdef int arm_at(self, double when) except -1
     cdef int flush(self) except -1      # schedule the write (once per loop turn)
     cdef int write_now(self) except -1
     cdef int _dispatch(self, list events) except -1

@@ -24,6 +24,7 @@ from sofamesh._core.http_common cimport (
 )
 from sofamesh._core.http_stream cimport HttpFilter
 from sofamesh._core.http_router cimport RouterStream
+from sofamesh._core.router cimport Route
 from sofamesh._core.stats cimport Counter
 
 from sofamesh._core.codecs.http2 import Connection as _Connection
@@ -116,6 +117,9 @@ cdef class Http2ServerConn:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+        if self.rt_timer is not None:
+            self.rt_timer.cancel()
+            self.rt_timer = None
         for s in list(self.streams.values()):
             try:
                 s._on_reset(True)
@@ -259,6 +263,35 @@ cdef class Http2ServerConn:
             self.idle_timer = self.cfg.loop.call_later(t, self._on_idle)
         return 0
 
+    cdef int arm_at(self, double when) except -1:
+        """A stream's route or per-try deadline: one timer per connection, armed for the
+        earliest (PERF(benchmarks/h2_bench.py): a timer per request cost ~3%; streams with
+        the same route timeout never re-arm it)."""
+        if self.rt_timer is None or when < self.rt_due - 0.001:
+            if self.rt_timer is not None:
+                self.rt_timer.cancel()
+            self.rt_due = when
+            self.rt_timer = self.cfg.loop.call_later(max(when - mono(), 0.0), self._on_rt_timer)
+        return 0
+
+    def _on_rt_timer(self):
+        cdef H2Stream s
+        cdef double now = mono(), due = 0
+        self.rt_timer = None
+        for s in list(self.streams.values()):
+            if s.timer_at <= 0:
+                continue
+            if s.timer_at <= now + 0.0005:
+                s.timer_at = 0
+                s._on_timer()
+            elif due == 0 or s.timer_at < due:
+                due = s.timer_at
+        for s in list(self.streams.values()):     # re-armed by _on_timer
+            if s.timer_at > 0 and (due == 0 or s.timer_at < due):
+                due = s.timer_at
+        if due > 0 and not self.closed:
+            self.arm_at(due)
+
     def _on_idle(self):
         self.idle_timer = None
         if self.closed or self.streams:
@@ -392,6 +425,7 @@ cdef class H2Stream(RouterStream):
             u.abort()
         if self.shadows is not None:
             self._drop_shadows()
+        self.timer_at = 0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -408,11 +442,26 @@ cdef class H2Stream(RouterStream):
         self.state = DS_CLOSED
         if self.in_request:
             self._end_request_stats(self.resp_status)
+        self.timer_at = 0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.conn.flush()
         return self.conn._stream_ended(self)
+
+    # timers: the connection's (see Http2ServerConn.arm_at) --------------------------------
+    cdef int _arm_timer(self) except -1:
+        cdef Route r = self.route
+        if r is None or r.timeout <= 0:
+            return 0
+        self.deadline = mono() + r.timeout
+        return self._arm_at(self.deadline)
+
+    cdef int _arm_at(self, double when) except -1:
+        if self.timer_at > 0 and self.timer_at <= when + 0.001:
+            return 0
+        self.timer_at = when
+        return self.conn.arm_at(when)
 
     # encoding --------------------------------------------------------------------------
     cdef int _h2_headers(self, list headers, bint end_stream) except -1:
@@ -589,6 +638,7 @@ cdef class H2Stream(RouterStream):
         self.state = DS_CLOSED
         if self.in_request:
             self._end_request_stats(self.resp_status)
+        self.timer_at = 0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -555,7 +555,8 @@ cdef class RouterStream(HttpStream):
         self._resume(PAUSE_UPSTREAM_FULL)     # a retry: the previous connection's pause is moot
         host.rq_active += 1
         host.rq_total += 1
-        host.outcome(OUTCOME_CONNECT_SUCCESS)  # outlier detection (Envoy's onPoolReady)
+        if c.connected:  # outlier detection (Envoy's onPoolReady); else http1_upstream's
+            host.outcome(OUTCOME_CONNECT_SUCCESS)
         self.upstream_host = host.address + ":" + str(host.port) \
             if self.cfg.access_log is not None else "-"
         c.start(self, self.head_req, self.upgrade)
@@ -727,8 +728,7 @@ cdef class RouterStream(HttpStream):
         if self.try_deadline > 0 and (due == 0 or self.try_deadline < due):
             due = self.try_deadline
         if now + 0.0005 < due:
-            self.timer_at = due
-            self.timer = self.cfg.loop.call_later(due - now, self._on_timer)
+            self._arm_at(due)       # (a codec may keep the timer itself: H2Stream)
             return
         cdef bint per_try = False
         if due == self.try_deadline and (self.route.timeout <= 0 or now + 0.0005 < self.deadline):
