@@ -22,7 +22,7 @@ from sofamesh._core.http_common cimport (
     mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, PAUSE_UPSTREAM_FULL,
     PAUSE_QUEUE,
 )
-from sofamesh._core.upstream cimport Cluster, Host
+from sofamesh._core.upstream cimport Cluster, Host, OUTCOME_CONNECT_SUCCESS
 
 # upstream connection states
 cdef enum:
@@ -415,6 +415,7 @@ cdef class UpstreamConn(PoolConn):
             self.out_len = 0
             self.write(b)
         if self.ds is not None:
+            self.host.outcome(OUTCOME_CONNECT_SUCCESS)  # outlier detection: pool ready
             self.state = US_HEAD
             self.ds._resume(PAUSE_QUEUE)
         else:

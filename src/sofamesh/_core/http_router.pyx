@@ -728,7 +728,8 @@ cdef class RouterStream(HttpStream):
         if self.try_deadline > 0 and (due == 0 or self.try_deadline < due):
             due = self.try_deadline
         if now + 0.0005 < due:
-            self._arm_at(due)       # (a codec may keep the timer itself: H2Stream)
+            self.timer_at = due
+            self.timer = self.cfg.loop.call_later(due - now, self._on_timer)
             return
         cdef bint per_try = False
         if due == self.try_deadline and (self.route.timeout <= 0 or now + 0.0005 < self.deadline):

@@ -66,16 +66,11 @@ cdef class OutlierMonitor:
     cdef int put(self, int result) except -1:
         # Envoy's putResult: without the split every result is an HTTP status (a connect
         # failure 503, a timeout 504, an RPC error 500); with it, local-origin results have
-        # their own consecutive counter and success rate, and any failed request (an HTTP
-        # status >= 500, an RPC error) counts as a 503, any other as a 200 that also ends
-        # a run of local-origin failures (Envoy 1.40's router reports ExtOriginRequest*)
+        # their own consecutive counter and success rate, and an RPC error counts as a 503.
+        # An HTTP response's status is counted as it is either way (Envoy 1.40's router:
+        # a 500 is no gateway failure with the split either; checked against the binary)
         if result > 0:
-            if not self.split:
-                return self._http(result)
-            if result >= 500:
-                return self._http(503)
-            self._http(200)
-            return self._local(False)
+            return self._http(result)
         if not self.split:
             if result == OUTCOME_CONNECT_FAILED:
                 return self._http(503)

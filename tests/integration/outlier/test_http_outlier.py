@@ -293,3 +293,120 @@ def test_outlier_ejection_same_as_envoy(tmp_path):
 
     assert strip(sm["events"]) == strip(env["events"])
     assert [sorted(e) for e in sm["events"]] == [sorted(e) for e in env["events"]]
+
+
+RATES = {
+    "consecutive_5xx": 1000,
+    "consecutive_gateway_failure": 1000,
+    "interval": "1s",
+    "base_ejection_time": "3s",
+    "max_ejection_percent": 100,
+    "success_rate_minimum_hosts": 3,
+    "success_rate_request_volume": 10,
+    "success_rate_stdev_factor": 1000,
+    "enforcing_success_rate": 0,  # detected and logged, not enforced
+    "failure_percentage_minimum_hosts": 3,
+    "failure_percentage_request_volume": 10,
+    "failure_percentage_threshold": 50,
+    "enforcing_failure_percentage": 100,
+}
+
+
+def rates_scenario(start_proxy, tmp_path, name: str) -> dict:
+    """A host answering only 503s, below every consecutive threshold: over one interval
+    with enough requests its success rate (0 against 100 and 100: under mean - 1 stdev) is
+    detected, not enforced, and its failure percentage (100 >= 50) ejects it."""
+    ups = [Upstream() for _ in range(3)]
+    ports = [u.port for u in ups]
+    events = tmp_path / f"{name}-rates.log"
+    b = bootstrap(ports, RATES, str(events))
+    res: dict = {}
+    try:
+        with start_proxy(b, tmp_path / name):
+            a, lport = admin_port(b), listener_ports(b)[0]
+            ups[0].status = 503
+            t0 = time.monotonic()
+            while host_flags(a).get(ports[0]) != "/failed_outlier_check":
+                assert time.monotonic() - t0 < 5, "not ejected by failure percentage"
+                for _ in range(6):
+                    get(lport)
+            res["stats"] = od_stats(a)
+            _, text = admin_get(a, "/clusters")
+            res["rates"] = sorted(
+                (ports.index(int(p.split("::")[1].rsplit(":", 1)[1])), p.split("::")[3])
+                for p in text.splitlines()
+                if p.split("::")[2:3] == ["success_rate"]
+            )
+            time.sleep(0.3)
+        res["events"] = _events(events, ports)
+        return res
+    finally:
+        for u in ups:
+            u.stop()
+
+
+SPLIT = {
+    "split_external_local_origin_errors": True,
+    "consecutive_local_origin_failure": 3,
+    "consecutive_gateway_failure": 2,  # enforcing_consecutive_gateway_failure: 0 (default)
+    "consecutive_5xx": 1000,
+    "interval": "0.5s",
+    "base_ejection_time": "1s",
+    "max_ejection_percent": 100,
+}
+
+
+def split_scenario(start_proxy, tmp_path, name: str) -> dict:
+    """split_external_local_origin_errors: a 500 counts as a gateway failure (a failed
+    request is a 503 to the detector), detected and not enforced; connection failures eject
+    by consecutive_local_origin_failure."""
+    ups = [Upstream() for _ in range(3)]
+    ports = [u.port for u in ups]
+    events = tmp_path / f"{name}-split.log"
+    b = bootstrap(ports, SPLIT, str(events))
+    res: dict = {}
+    try:
+        with start_proxy(b, tmp_path / name):
+            a, lport = admin_port(b), listener_ports(b)[0]
+            ups[0].status = 500
+            while ups[0].served < 2:
+                get(lport)
+            ups[0].status = 200
+            time.sleep(0.1)
+            res["stats_500"] = od_stats(a)
+            res["flags_500"] = host_flags(a)[ports[0]]
+            ups[1].stop()
+            res["fails"], _ = fail_until_ejected(a, lport, ports[1])
+            res["stats_lo"] = od_stats(a)
+            time.sleep(0.3)
+        res["events"] = _events(events, ports)
+        return res
+    finally:
+        for u in ups:
+            u.stop()
+
+
+@pytest.mark.envoy
+def test_rates_and_split_same_as_envoy(tmp_path):
+    envoy = lambda b, d: ProxyProcess.envoy(envoy_binary(), b, d)  # noqa: E731
+    sm = lambda b, d: ProxyProcess.sofamesh(sofamesh_command(), b, d)  # noqa: E731
+    env_r, sm_r = rates_scenario(envoy, tmp_path, "envoy"), rates_scenario(sm, tmp_path, "sm")
+    s = env_r["stats"]
+    assert s["outlier_detection.ejections_enforced_failure_percentage"] == 1
+    assert s["outlier_detection.ejections_detected_success_rate"] >= 1
+    assert s["outlier_detection.ejections_enforced_success_rate"] == 0
+    assert sm_r["stats"] == env_r["stats"]
+    assert sm_r["rates"] == env_r["rates"]
+    strip = lambda evs: [  # noqa: E731
+        {k: v for k, v in e.items() if k != "secs_since_last_action"} for e in evs
+    ]
+    assert strip(sm_r["events"]) == strip(env_r["events"])
+
+    env_s, sm_s = split_scenario(envoy, tmp_path, "envoy"), split_scenario(sm, tmp_path, "sm")
+    s = env_s["stats_lo"]
+    assert s["outlier_detection.ejections_enforced_consecutive_local_origin_failure"] == 1
+    assert env_s["fails"] == 3
+    assert env_s["flags_500"] == "healthy"
+    for k in ("stats_500", "flags_500", "fails", "stats_lo"):
+        assert sm_s[k] == env_s[k], k
+    assert strip(sm_s["events"]) == strip(env_s["events"])
