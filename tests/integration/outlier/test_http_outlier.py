@@ -388,8 +388,8 @@ def split_scenario(start_proxy, tmp_path, name: str) -> dict:
 
 @pytest.mark.envoy
 def test_rates_and_split_same_as_envoy(tmp_path):
-    envoy = lambda b, d: ProxyProcess.envoy(envoy_binary(), b, d)  # noqa: E731
-    sm = lambda b, d: ProxyProcess.sofamesh(sofamesh_command(), b, d)  # noqa: E731
+    envoy = lambda b, d: ProxyProcess.envoy(envoy_binary(), b, d)
+    sm = lambda b, d: ProxyProcess.sofamesh(sofamesh_command(), b, d)
     env_r, sm_r = rates_scenario(envoy, tmp_path, "envoy"), rates_scenario(sm, tmp_path, "sm")
     s = env_r["stats"]
     assert s["outlier_detection.ejections_enforced_failure_percentage"] == 1
@@ -397,9 +397,7 @@ def test_rates_and_split_same_as_envoy(tmp_path):
     assert s["outlier_detection.ejections_enforced_success_rate"] == 0
     assert sm_r["stats"] == env_r["stats"]
     assert sm_r["rates"] == env_r["rates"]
-    strip = lambda evs: [  # noqa: E731
-        {k: v for k, v in e.items() if k != "secs_since_last_action"} for e in evs
-    ]
+    strip = lambda evs: [{k: v for k, v in e.items() if k != "secs_since_last_action"} for e in evs]
     assert strip(sm_r["events"]) == strip(env_r["events"])
 
     env_s, sm_s = split_scenario(envoy, tmp_path, "envoy"), split_scenario(sm, tmp_path, "sm")
