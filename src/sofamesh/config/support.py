@@ -527,6 +527,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.type.matcher.v3.ListStringMatcher": ("patterns",),
     _CL + "Cluster": (
         "alt_stat_name",  # the cluster's stats under cluster.<alt_stat_name>.
+        # on a cluster of pipes only (Istio's xds-grpc): TCP keepalive has no TCP socket to
+        # act on; refused elsewhere by config/validate.py
+        "upstream_connection_options",
         "ring_hash_lb_config",
         "name",
         "type",

@@ -221,21 +221,77 @@ def _http_get(port: int) -> tuple[int, bytes]:
         c.close()
 
 
-def test_pipe_on_a_data_plane_cluster_is_refused(tmp_path, upstream):
-    doc = bootstrap(free_port(), str(tmp_path / "x.sock"), upstream, None)
-    ep = doc["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
-    ep["lb_endpoints"][0]["endpoint"]["address"] = {"pipe": {"path": str(tmp_path / "up.sock")}}
+def _validate(tmp_path, doc: dict) -> subprocess.CompletedProcess:
     cfg = tmp_path / "v.json"
     cfg.write_text(json.dumps(doc))
-    r = subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
+    return subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
         [*sofamesh_command(), "proxy", "--mode", "validate", "-c", str(cfg)],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def _pipe_cluster(name: str, path: str) -> dict:
+    """Istio's sds-grpc / xds-grpc shape: HTTP/2, endpoints on a Unix socket, keepalive."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3"
+                ".HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": path}}}}]}],
+        },
+    }
+
+
+def test_cluster_of_pipes_accepted_unless_traffic_goes_to_it(tmp_path, upstream):
+    """Istio's sds-grpc (named by SDS configs that arrive later): accepted; a route to a
+    cluster of pipes, or a pipe beside TCP endpoints, refused by path."""
+    doc = bootstrap(free_port(), str(tmp_path / "x.sock"), upstream, None)
+    doc["static_resources"]["clusters"].append(_pipe_cluster("sds-grpc", "./sds.sock"))
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 0, r.stderr
+
+    route = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    route["cluster"] = "sds-grpc"
+    r = _validate(tmp_path, doc)
     assert r.returncode == 1
     assert (
-        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint"
+        "routes[0].route.cluster: traffic to cluster 'sds-grpc', whose endpoints are pipes "
+        "(Unix sockets), is not implemented by sofamesh" in r.stderr
+    )
+
+    route["cluster"] = "c"
+    eps = doc["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+    eps["lb_endpoints"].append({"endpoint": {"address": {"pipe": {"path": "./up.sock"}}}})
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 1
+    assert (
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[1].endpoint"
         ".address.pipe: unix domain socket (pipe) addresses are implemented for static "
-        "listeners and the clusters of xDS/SDS gRPC services only" in r.stderr
+        "listeners and clusters of pipes only" in r.stderr
+    )
+
+
+def test_tcp_keepalive_refused_on_a_tcp_cluster(tmp_path, upstream):
+    doc = bootstrap(free_port(), str(tmp_path / "x.sock"), upstream, None)
+    doc["static_resources"]["clusters"][0]["upstream_connection_options"] = {
+        "tcp_keepalive": {"keepalive_time": 300}
+    }
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 1
+    assert (
+        "static_resources.clusters[0].upstream_connection_options: Cluster."
+        "upstream_connection_options (TCP keepalive) is not implemented by sofamesh" in r.stderr
     )
