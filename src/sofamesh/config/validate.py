@@ -340,8 +340,8 @@ class _Checker:
             self.unsupported(
                 join(path, "pipe"),
                 "unix domain socket (pipe) addresses are implemented for static listeners "
-                "and the clusters of xDS/SDS gRPC services only: not implemented by "
-                "sofamesh here",
+                "and clusters of pipes only (dialled by xDS/SDS gRPC streams): not "
+                "implemented by sofamesh here",
             )
         if (
             support_on
@@ -858,14 +858,22 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
         if c.name in grpc_clusters
     )
     api_clusters = _api_grpc_clusters(bootstrap)
+    pipe_only = {c.name for c in bootstrap.static_resources.clusters if _pipe_only(c)}
     checker.pipe_paths = tuple(
         f"static_resources.listeners[{i}].address"
         for i in range(len(bootstrap.static_resources.listeners))
     ) + tuple(
-        f"static_resources.clusters[{i}].load_assignment."
+        f"static_resources.clusters[{i}]."
         for i, c in enumerate(bootstrap.static_resources.clusters)
-        if c.name in api_clusters
+        if c.name in api_clusters or c.name in pipe_only
     )
+    for path, name in _cluster_refs(bootstrap.static_resources, "static_resources"):
+        if name in pipe_only:  # the HTTP and TCP pools dial host:port only
+            checker.unsupported(
+                path,
+                f"traffic to cluster '{name}', whose endpoints are pipes (Unix sockets), is "
+                "not implemented by sofamesh (only xDS/SDS gRPC streams dial them)",
+            )
     problems = validate_message(bootstrap)
     checker.walk(bootstrap, "", True)
     checker.check_route_clusters(bootstrap)
@@ -883,6 +891,48 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
         problems.sort(key=lambda p: order.get(p.kind, 4))
         raise ConfigError(problems)
     return checker.report
+
+
+def _pipe_only(c: Message) -> bool:
+    """A cluster whose endpoints are all pipes (Istio's sds-grpc and xds-grpc)."""
+    eps = [lbe.endpoint.address for e in c.load_assignment.endpoints for lbe in e.lb_endpoints]
+    return bool(eps) and all(a.HasField("pipe") for a in eps)
+
+
+_REF_FIELDS = {
+    "envoy.config.route.v3.RouteAction": "cluster",
+    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy": "cluster",
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight": "name",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": "cluster",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": (
+        "name"
+    ),
+}
+
+
+def _cluster_refs(m: Message, path: str) -> Any:
+    """(field path, cluster name) of every route, mirror and tcp_proxy cluster in `m`."""
+    ref = _REF_FIELDS.get(m.DESCRIPTOR.full_name)
+    if ref is not None and getattr(m, ref):
+        yield join(path, ref), getattr(m, ref)
+    for f, val in m.ListFields():
+        if f.message_type is None:
+            continue
+        p = join(path, f.name)
+        if f.message_type.GetOptions().map_entry:
+            if f.message_type.fields_by_name["value"].message_type is None:
+                continue
+            items = [(f"{p}[{k!r}]", v) for k, v in val.items()]
+        elif f.is_repeated:
+            items = [(f"{p}[{i}]", v) for i, v in enumerate(val)]
+        else:
+            items = [(p, val)]
+        for ip, v in items:
+            if v.DESCRIPTOR.full_name == "google.protobuf.Any":
+                v = protos.unpack_any(v)
+                if v is None:
+                    continue
+            yield from _cluster_refs(v, ip)
 
 
 def _api_grpc_clusters(m: Message) -> set[str]:
