@@ -408,3 +408,41 @@ def test_rates_and_split_same_as_envoy(tmp_path):
     for k in ("stats_500", "flags_500", "fails", "stats_lo"):
         assert sm_s[k] == env_s[k], k
     assert strip(sm_s["events"]) == strip(env_s["events"])
+
+
+def test_two_workers_each_eject(tmp_path):
+    """--concurrency 2: each worker process runs its own detector on the requests it
+    proxies (Envoy's detector is one per process): a failing host is ejected by each worker
+    after consecutive_5xx of its own failures, so clients see between 3 and 6 failures, the
+    workers' counters add up in /stats, and the host gets traffic again after the ejection."""
+    ups = [Upstream() for _ in range(3)]
+    ports = [u.port for u in ups]
+    b = bootstrap(ports, OD, str(tmp_path / "events.log"))
+    try:
+        proc = ProxyProcess.sofamesh(sofamesh_command(), b, tmp_path / "sm", concurrency=2)
+        with proc:
+            a, lport = admin_port(b), listener_ports(b)[0]
+            bad = ups[0]
+            bad.status = 503
+            fails = quiet = sent = 0
+            while quiet < 12:  # twelve requests in a row that the failing host did not get
+                assert sent < 200, "the failing host kept getting traffic"
+                before = bad.served
+                status, _ = get(lport)
+                sent += 1
+                fails += status == 503
+                quiet = quiet + 1 if bad.served == before else 0
+            assert 3 <= fails <= 6
+            assert host_flags(a)[bad.port] == "/failed_outlier_check"
+            s = od_stats(a)
+            assert 1 <= s["outlier_detection.ejections_enforced_consecutive_5xx"] <= 2
+            assert s["outlier_detection.ejections_active"] >= 1
+            bad.status = 200
+            t = time.monotonic()
+            while bad.served == before:
+                assert time.monotonic() - t < BASE + INTERVAL + 1.0, "not back"
+                get(lport)
+            assert time.monotonic() - t >= BASE - INTERVAL - 0.3
+    finally:
+        for u in ups:
+            u.stop()
