@@ -159,6 +159,7 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     api = RestApi(store, pilot, api_reg)
     if opts.get("ca"):
         pilot.ads.sds = _ca_sds(opts, pilot.metrics)
+        gen.trust_domain = pilot.ads.sds.ca.trust_domain  # auto mTLS to tlsMode: istio
     stop = stop or asyncio.Event()
     try:
         await pilot.start()

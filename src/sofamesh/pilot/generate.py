@@ -193,6 +193,53 @@ def build_cluster(name: str, protocol: str) -> cluster_pb2.Cluster:
     return c
 
 
+TLS_MODE = "tlsMode"  # an instance label: "istio" = its sidecar takes mutual TLS (Istio's)
+_MATCH_NS = "envoy.transport_socket_match"
+_UPSTREAM_TLS_URL = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+)
+_RAW_URL = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+
+
+def mtls_sockets(c: cluster_pb2.Cluster, sans: list[str], h2: bool) -> None:
+    """Istio's auto mTLS on a cluster: endpoints labelled `tlsMode: istio` get mutual TLS
+    with the identity the pilot's CA gave the caller (SDS `default` and `ROOTCA` over ADS),
+    the destination's SPIFFE ids checked; other endpoints stay plaintext."""
+    from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    up = tls_pb2.UpstreamTlsContext()
+    common = up.common_tls_context
+    cert = common.tls_certificate_sds_secret_configs.add(name="default")
+    cert.sds_config.CopyFrom(_ads())
+    cvc = common.combined_validation_context
+    for san in sans:
+        m = cvc.default_validation_context.match_typed_subject_alt_names.add()
+        m.san_type = 3  # URI
+        m.matcher.exact = san
+    cvc.validation_context_sds_secret_config.name = "ROOTCA"
+    cvc.validation_context_sds_secret_config.sds_config.CopyFrom(_ads())
+    if h2:
+        common.alpn_protocols.append("h2")
+    tm = c.transport_socket_matches.add(name="tlsMode-istio")
+    tm.match.update({TLS_MODE: "istio"})
+    tm.transport_socket.name = "envoy.transport_sockets.tls"
+    tm.transport_socket.typed_config.CopyFrom(_any(_UPSTREAM_TLS_URL, up))
+    raw = c.transport_socket_matches.add(name="tlsMode-disabled")
+    raw.transport_socket.name = "envoy.transport_sockets.raw_buffer"
+    raw.transport_socket.typed_config.CopyFrom(_any(_RAW_URL, raw_buffer_pb2.RawBuffer()))
+
+
+def service_sans(trust_domain: str, svc: str, instances: list[Instance]) -> list[str]:
+    """The SPIFFE ids a service's mTLS endpoints may present: each instance's namespace and
+    `serviceAccount` label (else the service's name, what a sofamesh sidecar's node says)."""
+    out = set()
+    for i in instances:
+        sa = dict(i.labels).get("serviceAccount") or svc
+        out.add(f"spiffe://{trust_domain}/ns/{i.namespace}/sa/{sa}")
+    return sorted(out)
+
+
 def build_load_assignment(
     name: str, instances: list[Instance]
 ) -> endpoint_pb2.ClusterLoadAssignment:
@@ -221,6 +268,9 @@ def build_load_assignment(
                 else health_check_pb2.HealthStatus.UNHEALTHY
             )
             ep.load_balancing_weight.value = w
+            mode = dict(inst.labels).get(TLS_MODE)
+            if mode:  # which of the cluster's transport_socket_matches applies (auto mTLS)
+                ep.metadata.filter_metadata[_MATCH_NS].update({TLS_MODE: mode})
         lle.load_balancing_weight.value = total
     return cla
 
@@ -343,16 +393,25 @@ def _endpoint_ok(inst: Instance, bad: list[str]) -> bool:
 
 
 def build_service(
-    svc: Service, instances: list[Instance], route_name: str | None = None
+    svc: Service, instances: list[Instance], route_name: str | None = None, trust_domain: str = ""
 ) -> ServiceOutput:
-    """route_name: with scoped routes, the outbound route name its scope goes under."""
+    """route_name: with scoped routes, the outbound route name its scope goes under;
+    trust_domain: the pilot's CA (auto mTLS to instances labelled `tlsMode: istio`)."""
     out = ServiceOutput(key=(svc, tuple(instances)))
     assigned = assign_ports(svc, instances)
     first_http = first_grpc = True
     for port, members in assigned:
         cname = cluster_name(svc.name, port.number)
-        out.clusters[cname] = _res(cname, CDS, build_cluster(cname, port.protocol))
+        cl = build_cluster(cname, port.protocol)
         good = [i for i in members if _endpoint_ok(i, out.bad)]
+        tls_members = [i for i in good if dict(i.labels).get(TLS_MODE) == "istio"]
+        if trust_domain and tls_members:  # clusters without such instances are unchanged
+            mtls_sockets(
+                cl,
+                service_sans(trust_domain, svc.name, tls_members),
+                port.protocol in H2_PROTOCOLS,
+            )
+        out.clusters[cname] = _res(cname, CDS, cl)
         out.endpoints[cname] = _res(cname, EDS, build_load_assignment(cname, good))
         if port.protocol in HTTP_PROTOCOLS:
             vh = build_vhost(svc.name, port, cname, bare_name=first_http)
@@ -443,6 +502,7 @@ class Generator:
         }
         self.problems: list[str] = []
         self._bad_names: set[str] = set()
+        self.trust_domain = ""  # set when the pilot is a CA: auto mTLS (mtls_sockets)
 
     def version(self, type_url: str) -> str:
         """Type-wide version: a hash over every resource of the type (same model, same string)."""
@@ -500,7 +560,12 @@ class Generator:
             if prev is not None and prev.key == key:
                 prev.src, prev.svc = insts, svc
                 continue
-            out = build_service(svc_, insts, self.route_name if self.scoped_routes else None)
+            out = build_service(
+                svc_,
+                insts,
+                self.route_name if self.scoped_routes else None,
+                trust_domain=self.trust_domain,
+            )
             out.src, out.svc = insts, svc
             self._apply(prev, out, ch)
             if prev is None or prev.vhosts != out.vhosts or prev.tcp_ports != out.tcp_ports:
