@@ -135,6 +135,9 @@ async def test_panic_mode_as_envoy(tmp_path, kind):
         await ads.acked(EDS)
         await asyncio.sleep(0.3)  # Envoy's workers take the new host set
         assert await asyncio.to_thread(reached, lport, 0) == {"h0", "h1"}
+        # the EDS cluster's own counters (a StatGroup in the sidecar): two accepted updates
+        assert await asyncio.to_thread(stat, admin, "cluster.c0.update_success") == 2
+        assert await asyncio.to_thread(stat, admin, "cluster.c0.update_rejected") == 0
     finally:
         await asyncio.to_thread(proxy.stop)
         await server.stop(None)
