@@ -102,6 +102,70 @@ def _plain_checks() -> tuple:
     return p["cla"], p["lle"], p["lbe"], p["ep"], p["addr"], p["sa"], p["loc"]
 
 
+def _vlen(n: int) -> int:
+    """Bytes of a varint."""
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def _ld(n: int) -> int:
+    """Bytes of a length-delimited field of n bytes (fields 1-15: one-byte tags)."""
+    return 1 + _vlen(n) + n
+
+
+def _slen(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode())
+
+
+def plain_size(cla: Any) -> int:
+    """The serialized size `cla` has if it holds nothing but the fields of a plain
+    assignment, each within its rules; -1 if a rule fails. Equal to `cla.ByteSize()` only
+    when no other field is set (any other field adds bytes).
+
+    PERF(benchmarks/xds_scale.py): asking each message for every field it must not hold
+    (plain_assignment_ok) was 14 us of an assignment of 5 hosts; this is a few."""
+    if not cla.cluster_name:
+        return -1
+    total = _ld(_slen(cla.cluster_name))  # 1: cluster_name
+    for lle in cla.endpoints:  # 2: endpoints
+        size = 0
+        if lle.HasField("locality"):  # 1: region 1, zone 2, sub_zone 3
+            loc = lle.locality
+            n = 0
+            for v in (loc.region, loc.zone, loc.sub_zone):
+                if v:
+                    n += _ld(_slen(v))
+            size += _ld(n)
+        for lbe in lle.lb_endpoints:  # 2: lb_endpoints
+            sa = lbe.endpoint.address.socket_address
+            port = sa.port_value
+            if not sa.address or port > 65535:
+                return -1  # min_len 1; port_value lte 65535
+            n = _ld(_slen(sa.address)) + (1 + _vlen(port) if port else 0)  # 2, 3
+            n = _ld(_ld(_ld(n)))  # Address 1: socket_address, in Endpoint 1, in LbEndpoint 1
+            hs = lbe.health_status
+            if hs:
+                if not 0 < hs <= 5:
+                    return -1  # HealthStatus: defined values only
+                n += 1 + _vlen(hs)  # 2: health_status
+            if lbe.HasField("load_balancing_weight"):  # 4: a UInt32Value, gte 1
+                w = lbe.load_balancing_weight.value
+                if w < 1:
+                    return -1
+                n += _ld(1 + _vlen(w))
+            size += _ld(n)
+        if lle.HasField("load_balancing_weight"):  # 3: a UInt32Value, gte 1
+            w = lle.load_balancing_weight.value
+            if w < 1:
+                return -1
+            size += _ld(1 + _vlen(w))
+        total += _ld(size)
+    return total
+
+
 def plain_assignment_ok(cla: Any) -> bool:
     """True when `cla` is a plain assignment that satisfies every rule; False means "take
     the full check" (which then says what is wrong, if anything)."""
@@ -147,7 +211,7 @@ class ResourceChecks:
 
         kind = msg.DESCRIPTOR.full_name
         if kind == "envoy.config.endpoint.v3.ClusterLoadAssignment":
-            if plain_assignment_ok(msg):
+            if plain_size(msg) == msg.ByteSize() or plain_assignment_ok(msg):
                 return []
             self.full += 1
             return validate_resource(msg)

@@ -11,7 +11,7 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 
 from sofamesh.config.validate import validate_resource
-from sofamesh.xds.checks import ResourceChecks, plain_assignment_ok
+from sofamesh.xds.checks import ResourceChecks, plain_assignment_ok, plain_size
 
 
 def cla(**over):
@@ -78,12 +78,36 @@ def test_plain_assignment_never_accepts_what_the_full_check_refuses(m):
     full = validate_resource(m)
     if plain_assignment_ok(m):
         assert full == [], full
+    if plain_size(m) == m.ByteSize():
+        assert full == [], full
+        assert plain_assignment_ok(m)  # the size shortcut accepts no more than the fields
     assert (ResourceChecks().check(m) == []) == (full == [])
 
 
 def test_the_pilots_assignments_take_the_short_path():
     assert plain_assignment_ok(cla())
     assert plain_assignment_ok(cla(endpoints=[]))
+    for m in (cla(), cla(endpoints=[])):
+        assert plain_size(m) == m.ByteSize()
+
+
+@pytest.mark.parametrize("n", [1, 5, 200])
+def test_plain_size_counts_every_byte(n):
+    """Long names, ports of 1-3 varint bytes, weights, statuses, non-ASCII: sizes agree."""
+    m = cla(cluster_name="c" * 300 + "é")
+    lle = m.endpoints[0]
+    for i in range(n):
+        lbe = lle.lb_endpoints.add()
+        sa = lbe.endpoint.address.socket_address
+        sa.address = f"10.{i % 256}.{i // 256}.1"
+        sa.port_value = (1, 127, 128, 16383, 16384, 65535)[i % 6]
+        lbe.health_status = i % 6
+        if i % 3:
+            lbe.load_balancing_weight.value = (1, 200, 70000)[i % 3]
+    lle.locality.sub_zone = "ü" * 130
+    assert plain_size(m) == m.ByteSize()
+    m.endpoints[0].lb_endpoints[0].endpoint.hostname = "h"
+    assert plain_size(m) != m.ByteSize()
 
 
 def cluster(name, **over):
