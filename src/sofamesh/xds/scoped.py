@@ -138,7 +138,7 @@ class Scopes:
         """One RouteTable of every scope whose routes are known."""
         from sofamesh._core.router import RouteTable
 
-        vhosts = []
+        vhosts: list[Any] = []
         for rname in self._keys:
             vhosts += self.entries.get(rname, ())
         return RouteTable(vhosts, strip_port)
