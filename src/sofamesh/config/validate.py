@@ -1005,4 +1005,30 @@ def validate_resource(resource: Message, *, path: str = "") -> list[Problem]:
     problems += checker.problems
     order = {"parse": 0, "unknown_type": 0, "constraint": 1, "reference": 2, "unsupported": 3}
     problems.sort(key=lambda p: order.get(p.kind, 4))
+    _warn_passthrough(resource, checker.report.passthrough)
     return problems
+
+
+_WARNED: set[tuple[str, str, str]] = set()
+
+
+def _warn_passthrough(resource: Message, found: list[tuple[str, str]]) -> None:
+    """Istio's filters in an xDS resource: a warning naming each, once per resource and
+    filter (istiod resends resources often), as the bootstrap's are warned about at start."""
+    if not found:
+        return
+    import logging
+
+    name = getattr(resource, "name", "") or getattr(resource, "cluster_name", "")
+    for path, what in found:
+        key = (name, path, what)
+        if key in _WARNED or len(_WARNED) >= 65536:
+            continue
+        _WARNED.add(key)
+        logging.getLogger("sofamesh.config").warning(
+            "%s %s: %s: filter %s is passed through (not implemented by sofamesh)",
+            resource.DESCRIPTOR.name,
+            name,
+            path,
+            what,
+        )

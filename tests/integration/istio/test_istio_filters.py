@@ -292,3 +292,130 @@ def test_istio_upstream_filter_on_a_cluster(tmp_path):
     r = _validate(tmp_path, doc)
     assert r.returncode == 1
     assert "clusters[0].filters[0].typed_config: upstream network filter" in r.stderr
+
+
+async def test_istio_filters_over_lds_are_acked_and_pass_through(tmp_path):
+    """As istiod sends them over LDS: Anys of istio protos (raw bytes; xds-protos cannot
+    decode them), TypedStructs, a Wasm null-VM filter. The sidecar ACKs the listener and
+    serves through it."""
+    import asyncio
+    import http.client as hc
+
+    import grpc
+    from envoy.extensions.filters.http.wasm.v3 import wasm_pb2  # noqa: F401 - for json_format
+    from envoy.service.discovery.v3 import ads_pb2_grpc
+    from google.protobuf import any_pb2, json_format, wrappers_pb2  # noqa: F401
+    from xds.type.v3 import typed_struct_pb2
+
+    from tests.integration.pilot.conftest import ads_bootstrap
+    from tests.integration.xds.test_sidecar_nack import CDS, LDS, listener
+    from tests.support.envoy import ProxyProcess
+    from tests.support.xds_server import ScriptedAds
+
+    port, admin = free_port(), free_port()
+    lst = listener(
+        port,
+        route_config={
+            "name": "r",
+            "virtual_hosts": [
+                {
+                    "name": "v",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                        }
+                    ],
+                }
+            ],
+        },
+    )
+    chain = lst.filter_chains[0]
+    hcm_filter = type(chain.filters[0])()
+    hcm_filter.CopyFrom(chain.filters[0])
+    del chain.filters[:]
+    raw = chain.filters.add(name="istio.metadata_exchange")
+    raw.typed_config.CopyFrom(
+        any_pb2.Any(
+            type_url="type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+            value=b"\n\x13istio-peer-exchange",
+        )
+    )
+    authn = chain.filters.add(name="istio_authn")
+    authn.typed_config.Pack(
+        typed_struct_pb2.TypedStruct(type_url="type.googleapis.com/io.istio.network.authn.Config")
+    )
+    chain.filters.add().CopyFrom(hcm_filter)
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    hcm = hcm_pb2.HttpConnectionManager()
+    chain.filters[2].typed_config.Unpack(hcm)
+    router = type(hcm.http_filters[0])()
+    router.CopyFrom(hcm.http_filters[0])
+    del hcm.http_filters[:]
+    for f in HTTP_ISTIO:  # TypedStruct peer metadata, Wasm null VM, TypedStruct stats
+        hf = hcm.http_filters.add()
+        json_format.ParseDict(
+            {
+                "name": f["name"],
+                "typed_config": _as_proto_json(f["typed_config"]),
+            },
+            hf,
+        )
+    hcm.http_filters.add().CopyFrom(router)
+    chain.filters[2].typed_config.Pack(hcm)
+
+    ads = ScriptedAds()
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    xds_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ads.push(CDS, "c1", [])
+    ads.push(LDS, "l1", [lst])
+    proxy = ProxyProcess.sofamesh(
+        sofamesh_command(), ads_bootstrap(xds_port, admin, delta=True), tmp_path
+    )
+    try:
+        await asyncio.to_thread(proxy.start)
+        await ads.acked(LDS)
+
+        def fetch() -> tuple[int, bytes]:
+            c = hc.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                c.request("GET", "/")
+                r = c.getresponse()
+                return r.status, r.read()
+            finally:
+                c.close()
+
+        assert await asyncio.to_thread(fetch) == (200, b"ok")
+        stats = get(admin, "/stats?filter=listener_manager.lds.update_(success|rejected)")[1]
+        assert "listener_manager.lds.update_rejected: 0" in stats
+        log = proxy.log_text()
+        for what in (
+            "filter istio_authn (io.istio.network.authn.Config) is passed through",
+            "filter istio.metadata_exchange (envoy.wasm.metadata_exchange (Wasm null VM))",
+            "filter waypoint_downstream_peer_metadata (io.istio.http.peer_metadata.Config)",
+        ):
+            assert what in log, log
+    finally:
+        await asyncio.to_thread(proxy.stop)
+        await server.stop(None)
+
+
+def _as_proto_json(tc: dict) -> dict:
+    """A typed_config dict as protobuf's JSON mapping reads it (TypedStruct value stays a
+    Struct; the Wasm configuration's Any is packed empty)."""
+    out = json.loads(json.dumps(tc))
+    if out["@type"].endswith("udpa.type.v1.TypedStruct"):
+        out["@type"] = "type.googleapis.com/xds.type.v3.TypedStruct"
+    conf = out.get("config", {})
+    if "configuration" in conf:
+        conf["configuration"] = {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": "{}",
+        }
+    return out
