@@ -226,6 +226,8 @@ class RestApi:
         r.add_get("/debug/problems", self.debug_problems)
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # --secure-api: HTTPS with client certificates (pilot/doors.py adds its middleware)
+        self.ssl_context: Any = None
 
     @web.middleware
     async def _errors(self, request: web.Request, handler):
@@ -441,7 +443,7 @@ class RestApi:
     async def start(self, host: str, port: int) -> int:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=False)
+        site = web.TCPSite(self._runner, host, port, reuse_port=False, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self.port

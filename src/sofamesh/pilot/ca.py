@@ -112,8 +112,17 @@ class CertificateAuthority:
         self.root_pem = self.cert.public_bytes(serialization.Encoding.PEM)
         self.issued = 0
 
-    def issue(self, spiffe: str, ttl: float | None = None) -> Issued:
-        """A new key and a certificate for one SPIFFE id, valid for `ttl` seconds."""
+    def issue(
+        self,
+        spiffe: str,
+        ttl: float | None = None,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+    ) -> Issued:
+        """A new key and a certificate for one SPIFFE id, valid for `ttl` seconds (`dns`,
+        `ips`: extra SANs, for the pilot's own server certificate)."""
+        import ipaddress
+
         life = self.ttl if ttl is None else float(ttl)
         key = ec.generate_private_key(ec.SECP256R1())
         start = _now() - dt.timedelta(seconds=min(60.0, life / 10))  # clock skew
@@ -154,7 +163,13 @@ class CertificateAuthority:
                 critical=False,
             )
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]),
+                x509.SubjectAlternativeName(
+                    [
+                        x509.UniformResourceIdentifier(spiffe),
+                        *(x509.DNSName(d) for d in dns),
+                        *(x509.IPAddress(ipaddress.ip_address(i)) for i in ips),
+                    ]
+                ),
                 critical=True,  # the subject is empty: the SAN is the identity (RFC 5280)
             )
             .sign(self._key, hashes.SHA256())  # type: ignore[arg-type]

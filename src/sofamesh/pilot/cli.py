@@ -76,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ca-key", default=None, help="PEM key of --ca-cert")
     p.add_argument(
+        "--secure-api",
+        choices=("true", "false"),
+        default=None,
+        help="serve the registration API and /debug over mutual TLS (clients need a "
+        "certificate of the pilot's CA; each may write only its own service's instances)",
+    )
+    p.add_argument(
         "--cert-ttl",
         type=float,
         default=None,
@@ -157,9 +164,18 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     api_reg = ApiRegistry(store)
     pilot = Pilot([api_reg] + opts["registries"], gen=gen, debounce=opts["debounce"])
     api = RestApi(store, pilot, api_reg)
+    doors = None
     if opts.get("ca"):
         pilot.ads.sds = _ca_sds(opts, pilot.metrics)
         gen.trust_domain = pilot.ads.sds.ca.trust_domain  # auto mTLS to tlsMode: istio
+    if opts.get("secure_api"):
+        from sofamesh.pilot.doors import LockedDoors
+
+        if pilot.ads.sds is None:
+            raise SystemExit("sofamesh pilot: --secure-api needs the CA (--ca true)")
+        doors = LockedDoors(pilot.ads.sds.ca, opts["api_address"][0], pilot.metrics)
+        api.ssl_context = doors.context
+        api.app.middlewares.append(doors.middleware)
     stop = stop or asyncio.Event()
     try:
         await pilot.start()
@@ -167,16 +183,27 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         xds_port = await pilot.ads.start(f"[{xh}]:{xp}" if ":" in xh else f"{xh}:{xp}")
         ah, ap = opts["api_address"]
         api_port = await api.start(ah, ap)
+        scheme = "https" if doors is not None else "http"
+        if doors is None:
+            log.warning(
+                "registration API and /debug on %s:%d are open (plain HTTP, no client "
+                "authentication): anyone who reaches them may register or delete instances; "
+                "--secure-api locks them with mutual TLS",
+                ah,
+                api_port,
+            )
         log.info(
-            "pilot ready: xDS %s:%d, API http://%s:%d, store %s",
+            "pilot ready: xDS %s:%d, API %s://%s:%d, store %s",
             xh,
             xds_port,
+            scheme,
             ah,
             api_port,
             store.kind,
         )
         print(
-            f"sofamesh pilot: xds={xh}:{xds_port} api=http://{ah}:{api_port} store={store.kind}",
+            f"sofamesh pilot: xds={xh}:{xds_port} api={scheme}://{ah}:{api_port} "
+            f"store={store.kind}",
             flush=True,
         )
         if ready is not None:
@@ -184,6 +211,8 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         await stop.wait()
     finally:
         await api.stop()
+        if doors is not None:
+            doors.close()
         await pilot.ads.stop()
         await pilot.stop()
         await store.close()
@@ -268,6 +297,8 @@ def _main(args: argparse.Namespace) -> int:
         "ca_cert": pick(args.ca_cert, "ca_cert", None),
         "ca_key": pick(args.ca_key, "ca_key", None),
         "cert_ttl": float(pick(args.cert_ttl, "cert_ttl", 86400)),
+        "secure_api": str(pick(args.secure_api, "secure_api", False)).lower()
+        in ("true", "1", "yes"),
         "registries": build_registries(cfg),
     }
     try:
