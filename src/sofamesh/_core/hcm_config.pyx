@@ -15,6 +15,7 @@ H2_COUNTERS = (
     "inbound_empty_frames_flood", "inbound_priority_frames_flood",
     "inbound_window_update_frames_flood", "outbound_flood", "outbound_control_flood",
     "too_many_premature_resets", "goaway_sent", "stream_refused_errors", "trailers",
+    "header_list_size_too_large",
 )
 
 
@@ -81,6 +82,8 @@ cdef class HcmConfig:
         self.cx_http2_active = store.gauge(p + "downstream_cx_http2_active")
         # the HTTP/2 codec's counters, under Envoy's names (rooted at http2.)
         self.h2_stats = {k: c("http2." + k) for k in H2_COUNTERS}
+        # Envoy counts rapid resets as a connection manager stat, not a codec one
+        self.h2_stats["too_many_premature_resets"] = c(p + "downstream_rq_too_many_premature_resets")
         self.rq_1xx = c(p + "downstream_rq_1xx")
         self.rq_2xx = c(p + "downstream_rq_2xx")
         self.rq_3xx = c(p + "downstream_rq_3xx")

@@ -351,6 +351,12 @@ cdef class H2Stream(RouterStream):
             # extended CONNECT (websocket over HTTP/2) is not implemented
             self.resp_flags = "DPE"
             return self._local_reply(403, b"", None, False)
+        if h.find_from("expect", 6, 0) >= 0 and h.get_all(b"expect").lower() == b"100-continue":
+            # Envoy answers 100-continue itself (no proxy_100_continue) and drops the header
+            h.remove(b"expect")
+            if not end_stream:
+                self._h2_headers([(b":status", b"100")], False)
+                self.resp_ended = False
         self.route = cfg.routes.route(h)
         self.fidx = 0
         return self._decode_continue()

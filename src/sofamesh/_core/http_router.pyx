@@ -413,7 +413,9 @@ cdef class RouterStream(HttpStream):
             self.cluster.upstream_rq_retry_success.inc()
         self.try_deadline = 0
         self.resp_status = status
-        self.service_ms = <int>((mono() - self.t_upstream) * 1000)
+        # Envoy's upstream service time runs from the request's last byte sent upstream
+        self.service_ms = <int>((mono() - (self.t_sent if self.t_sent > self.t_upstream
+                                           else self.t_upstream)) * 1000)
         if status != 101 or not self.upgrade:
             rh.add(b"x-envoy-upstream-service-time", PyBytes_FromFormat("%d", self.service_ms))
         if route.resp_remove:
@@ -501,6 +503,8 @@ cdef class RouterStream(HttpStream):
                 self.retry_ok = False
         if u is not None:
             u.encode_data(data, end_stream)
+            if end_stream:
+                self.t_sent = mono()
         else:
             self.up_queue.append(data)
             self.up_queued += n
@@ -517,6 +521,7 @@ cdef class RouterStream(HttpStream):
                 sh.send_trailers(trailers)
         if self.up is not None:
             self.up.encode_trailers(trailers)
+            self.t_sent = mono()
         return 0
 
     cdef int _replay(self, PoolConn c) except -1:
@@ -531,6 +536,8 @@ cdef class RouterStream(HttpStream):
             c.encode_data(<bytes>q[i], fin and i == last)
         if self.up_end and self.req_trailers is not None:
             c.encode_trailers(self.req_trailers)
+        if self.up_end:
+            self.t_sent = self.t_upstream
         self._resume(PAUSE_QUEUE)
         return 0
 
@@ -728,8 +735,7 @@ cdef class RouterStream(HttpStream):
         if self.try_deadline > 0 and (due == 0 or self.try_deadline < due):
             due = self.try_deadline
         if now + 0.0005 < due:
-            self.timer_at = due
-            self.timer = self.cfg.loop.call_later(due - now, self._on_timer)
+            self._arm_at(due)       # (a codec may keep the timer itself: H2Stream)
             return
         cdef bint per_try = False
         if due == self.try_deadline and (self.route.timeout <= 0 or now + 0.0005 < self.deadline):

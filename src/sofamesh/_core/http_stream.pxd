@@ -70,6 +70,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef object retry_timer
     cdef double t_start
     cdef double t_upstream
+    cdef double t_sent                  # the request's end went upstream (service time from it)
     cdef double deadline
     cdef double timer_at                # when the armed timer fires (mono clock)
     cdef double try_deadline            # this attempt's per_try_timeout deadline; 0: none
