@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sofamesh.xds.client import CDS, EDS, LDS, ORDER, RDS, SRDS, Update, message_class
+from sofamesh.xds.client import CDS, EDS, LDS, ORDER, RDS, SDS, SRDS, Update, message_class
 
 log = logging.getLogger("sofamesh.xds")
 
@@ -79,6 +79,10 @@ def worker_state(dyn: Any) -> dict:
         # names that come from api_config_source or a file: {name: source key}
         "eds_sources": dyn.sources(EDS),
         "rds_sources": dyn.sources(RDS),
+        "sds": sorted(dyn.names(SDS)),  # secrets its TLS contexts name (proxy/sds.py)
+        "sds_sources": dyn.sources(SDS),
+        # TLS contexts of clusters still waiting for a secret (they hold the initial fetch)
+        "warming_tls_clusters": dyn.warming("clusters") - len(dyn.warming_clusters),
         "warming_clusters": sorted(dyn.warming_clusters),
         "warming_listeners": sorted(dyn.warming_listeners),
         "warming_static": dyn.warming("listeners") - len(dyn.warming_listeners),
@@ -211,14 +215,14 @@ class PoolApplier:
         return [s for i, s in self.states.items() if i in live]
 
     def names(self, type_url: str) -> set[str]:
-        key = {EDS: "eds", SRDS: "srds"}.get(type_url, "rds")
+        key = {EDS: "eds", SRDS: "srds", SDS: "sds"}.get(type_url, "rds")
         out: set[str] = set()
         for s in self._states():
             out.update(s.get(key, ()))
         return out
 
     def sources(self, type_url: str) -> dict[str, str]:
-        key = {EDS: "eds_sources", RDS: "rds_sources"}.get(type_url)
+        key = {EDS: "eds_sources", RDS: "rds_sources", SDS: "sds_sources"}.get(type_url)
         out: dict[str, str] = {}
         for s in self._states() if key else ():
             out.update(s.get(key, {}))
@@ -243,7 +247,7 @@ class PoolApplier:
 
     def warming(self, kind: str) -> int:
         counts = [
-            len(s.get("warming_clusters", ()))
+            len(s.get("warming_clusters", ())) + s.get("warming_tls_clusters", 0)
             if kind == "clusters"
             else len(s.get("warming_listeners", ())) + s.get("warming_static", 0)
             for s in self._states()

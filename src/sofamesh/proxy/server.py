@@ -347,7 +347,11 @@ class Server:
         server.state stay INITIALIZING until then)."""
         from sofamesh.proxy.dynamic import DynamicConfig
 
-        if int(getattr(self.options, "concurrency", 1) or 1) > 1 and self.xds_feed is None:
+        if (
+            int(getattr(self.options, "concurrency", 1) or 1) > 1
+            and self.xds_feed is None
+            and self.bootstrap.HasField("dynamic_resources")
+        ):  # (without dynamic_resources, each worker reads its SDS files / streams itself)
             raise UnsupportedConfig(
                 "dynamic_resources: with --concurrency N > 1 the worker pool's main process "
                 "holds the one xDS stream (sofamesh.proxy.workers); this Server has no feed"

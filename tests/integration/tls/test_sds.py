@@ -182,7 +182,8 @@ def wait_cn(port: int, ca_pem: bytes, want: str, timeout: float = 10.0) -> str:
 def _start(kind: str, boot: dict, wd: Path) -> ProxyProcess:
     if kind == "envoy":
         return ProxyProcess.envoy(envoy_binary(), boot, wd)
-    return ProxyProcess.sofamesh(sofamesh_command(), boot, wd)
+    workers = 2 if kind.endswith("workers") else 1
+    return ProxyProcess.sofamesh(sofamesh_command(), boot, wd, concurrency=workers)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def ca():
     return make_ca("sds CA")
 
 
-@pytest.mark.parametrize("kind", ["envoy", "sofamesh"])
+@pytest.mark.parametrize("kind", ["envoy", "sofamesh", "sofamesh-2-workers"])
 def test_static_secret(tmp_path, ca, kind):
     port, admin = free_port(), free_port()
     v1 = make_leaf(ca, cn="static-v1")
@@ -206,7 +207,7 @@ def _write_sds_file(path: Path, pair, version: str) -> None:
     os.rename(tmp, path)  # a move onto the path: what Envoy's file watch reacts to
 
 
-@pytest.mark.parametrize("kind", ["envoy", "sofamesh"])
+@pytest.mark.parametrize("kind", ["envoy", "sofamesh", "sofamesh-2-workers"])
 def test_file_sds_rotation_drops_nothing(tmp_path, ca, kind):
     port, admin = free_port(), free_port()
     d = tmp_path / "sds"
@@ -252,7 +253,7 @@ def test_file_sds_rotation_drops_nothing(tmp_path, ca, kind):
             old.close()
 
 
-@pytest.mark.parametrize("kind", ["envoy", "sofamesh"])
+@pytest.mark.parametrize("kind", ["envoy", "sofamesh", "sofamesh-2-workers"])
 async def test_ads_sds_warms_then_rotates(tmp_path, ca, kind):
     ads = ScriptedAds()
     server = grpc.aio.server()
@@ -313,7 +314,7 @@ async def test_ads_sds_warms_then_rotates(tmp_path, ca, kind):
             old.close()
         status, text = await asyncio.to_thread(admin_get, admin, "/certs")
         assert status == 200
-        if kind == "sofamesh":  # /certs names the certificate in use
+        if kind.startswith("sofamesh"):  # /certs names the certificate in use
             doc = json.loads(text)
             assert doc["certificates"][0]["cert_chain"][0]["serial_number"]
     finally:
