@@ -22,13 +22,14 @@ is ejected; the ejection time is min(base * backoff, max_ejection_time) + jitter
 growing by one per ejection (while backoff * base < max + base) and shrinking by one per
 interval a returned host stays in; a host returns only on an interval tick.
 
-Workers (`--concurrency N`): each worker process runs its own Detector on the requests it
-proxies (Envoy's detector is process-wide); the admin stats add the workers' counters up.
+Workers (`--concurrency N`): the main process runs the Detector (PoolOutlier, below); a
+worker counts consecutive failures of its own requests (Envoy shares the counter).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import math
@@ -453,3 +454,305 @@ class Detector:
 def _u32(v: float) -> int:
     """A double set into a uint32 proto field (Envoy's event fields): truncated."""
     return int(v) & 0xFFFFFFFF
+
+
+# ---- worker pools (--concurrency N): one detector, in the main process -----------------
+#
+#   worker: WorkerDetector (per cluster)          main: PoolOutlier -> MainDetector
+#     od_hosts {cluster, od, hosts, token} ------>  (re)builds the cluster's detector
+#     od_consecutive {cluster, key, kind} ------->  Detector.consecutive (eject?)
+#     od_buckets {cluster, b} (each interval) --->  added to the success-rate buckets
+#     od_remove {cluster, token} ---------------->  the last worker's copy gone: stopped
+#     <----------------------------------------- od_flags {cluster, hosts: [a, p, ejected,
+#                                                 success rate, local-origin rate]}
+#
+# Consecutive failures are counted per worker (each worker sees its own requests); the
+# ejection decisions, timers, stats and event log are the main process's, as on Envoy's
+# main thread.
+
+
+class WorkerDetector:
+    """A pool worker's side of a cluster's outlier detection: its hosts' monitors count in
+    C as in one process; thresholds and buckets go to the main process, ejections come
+    back as od_flags."""
+
+    _tokens = 0
+
+    def __init__(self, cluster: Any, cfg: OdConfig, link: WorkerLink) -> None:
+        WorkerDetector._tokens += 1
+        self.token = WorkerDetector._tokens
+        self.cluster = cluster
+        self.cfg = cfg
+        self.link = link
+        self.mons: dict[tuple[str, int], OutlierMonitor] = {}
+        self.rates: dict[tuple[str, int], tuple[float, float]] = {}
+        self._stopped = False
+        self._timer: asyncio.TimerHandle | None = None
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._arm()
+
+    def hosts_changed(self) -> None:
+        cfg = self.cfg
+        seen = {}
+        for h in self.cluster.hosts:
+            key = (h.address, h.port)
+            mon = h.outlier
+            if mon is None or self.mons.get(key) is not mon:
+                mon = OutlierMonitor(
+                    self,
+                    key,
+                    cfg.split,
+                    cfg.consecutive_5xx,
+                    cfg.consecutive_gateway_failure,
+                    cfg.consecutive_local_origin_failure,
+                )
+                mon.base_healthy = h.healthy
+                h.outlier = mon
+            seen[key] = mon
+        self.mons = seen
+        self.link.emit(
+            {
+                "event": "od_hosts",
+                "cluster": self.cluster.name,
+                "token": self.token,
+                "od": base64.b64encode(
+                    self.cluster.config.outlier_detection.SerializeToString()
+                ).decode(),
+                "hosts": [[a, p, bool(m.base_healthy)] for (a, p), m in seen.items()],
+            }
+        )
+        self.link.register(self)
+
+    def consecutive(self, mon: OutlierMonitor, kind: int) -> None:
+        if mon.ejected or self._stopped:
+            return
+        if kind == CONSECUTIVE_5XX:
+            mon.n_5xx = 0
+        elif kind == CONSECUTIVE_GATEWAY_FAILURE:
+            mon.n_gw = 0
+        else:
+            mon.n_lo = 0
+        self.link.emit(
+            {
+                "event": "od_consecutive",
+                "cluster": self.cluster.name,
+                "key": list(mon.key),
+                "kind": kind,
+            }
+        )
+
+    def apply(self, hosts: list) -> None:
+        """od_flags from the main process."""
+        changed = False
+        rates = {}
+        for a, p, ejected, sr, lsr in hosts:
+            key = (a, int(p))
+            rates[key] = (float(sr), float(lsr))
+            mon = self.mons.get(key)
+            if mon is None or bool(ejected) == mon.ejected:
+                continue
+            mon.ejected = bool(ejected)
+            if not ejected:
+                mon.n_5xx = mon.n_gw = mon.n_lo = 0
+            for h in self.cluster.hosts:
+                if h.outlier is mon:
+                    h.healthy = mon.base_healthy and not mon.ejected
+            changed = True
+        self.rates = rates
+        if changed:
+            self.cluster.update_health()
+
+    def ejected(self, key: tuple[str, int]) -> bool:
+        mon = self.mons.get(key)
+        return mon is not None and mon.ejected
+
+    def success_rate(self, key: tuple[str, int], local: bool = False) -> float:
+        return self.rates.get(key, (-1.0, -1.0))[1 if local else 0]
+
+    def _arm(self) -> None:
+        if self._loop is not None and not self._stopped:
+            self._timer = self._loop.call_later(self.cfg.interval_ms / 1000.0, self._tick)
+
+    def _tick(self) -> None:
+        b = []
+        for (a, p), m in self.mons.items():
+            if m.ext_total or m.lo_total:
+                b.append([a, p, m.ext_success, m.ext_total, m.lo_success, m.lo_total])
+                m.ext_success = m.ext_total = m.lo_success = m.lo_total = 0
+        if b:
+            self.link.emit({"event": "od_buckets", "cluster": self.cluster.name, "b": b})
+        self._arm()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.link.emit({"event": "od_remove", "cluster": self.cluster.name, "token": self.token})
+        self.link.unregister(self)
+
+
+class WorkerLink:
+    """A pool worker's channel to the main process (proxy.workers): events queue until the
+    worker's ready frame (go_live); od_flags are applied to the cluster's detector."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.live = False
+        self.queued: list[dict] = []
+        self.detectors: dict[str, WorkerDetector] = {}
+
+    def emit(self, msg: dict) -> None:
+        if self.live:
+            self.send(msg)
+        else:
+            self.queued.append(msg)
+
+    def go_live(self) -> None:
+        self.live = True
+        for m in self.queued:
+            self.send(m)
+        self.queued = []
+
+    def register(self, det: WorkerDetector) -> None:
+        self.detectors[det.cluster.name] = det
+
+    def unregister(self, det: WorkerDetector) -> None:
+        if self.detectors.get(det.cluster.name) is det:
+            del self.detectors[det.cluster.name]
+
+    def apply(self, msg: dict) -> None:
+        det = self.detectors.get(msg.get("cluster", ""))
+        if det is not None:
+            det.apply(msg["hosts"])
+
+
+class _ShimHost:
+    """The main process's view of a worker's host (no pools, no traffic)."""
+
+    __slots__ = ("address", "healthy", "outlier", "port")
+
+    def __init__(self, address: str, port: int, healthy: bool) -> None:
+        self.address = address
+        self.port = port
+        self.healthy = healthy
+        self.outlier: Any = None
+
+
+class _ShimCluster:
+    def __init__(self, name: str, publish: Any) -> None:
+        self.name = name
+        self.hosts: tuple = ()
+        self.publish = publish
+
+    def update_health(self) -> None:
+        self.publish()
+
+
+class MainDetector(Detector):
+    """The pool's detector for one cluster, fed by the workers' events."""
+
+    def __init__(self, name: str, cfg: OdConfig, od: bytes, store: Any, events: Any, pub: Any):
+        self.od = od
+        self.by_key: dict[tuple[str, int], _ShimHost] = {}
+        self.workers: dict[int, int] = {}  # worker index -> token of its copy
+        super().__init__(_ShimCluster(name, lambda: pub(self)), cfg, store, events)
+
+    def set_hosts(self, hosts: list) -> None:
+        keep = {}
+        for a, p, healthy in hosts:
+            key = (a, int(p))
+            h = self.by_key.get(key)
+            if h is None:
+                h = _ShimHost(a, int(p), bool(healthy))
+            elif h.outlier is not None:
+                h.outlier.base_healthy = bool(healthy)
+                h.healthy = bool(healthy) and not h.outlier.ejected
+            keep[key] = h
+        self.by_key = keep
+        self.cluster.hosts = tuple(keep.values())
+        self.hosts_changed()
+
+    def tick(self, now: float) -> None:
+        super().tick(now)
+        self.cluster.publish()  # the interval's success rates, for /clusters
+
+    def flags(self) -> list:
+        return [
+            [a, p, st.mon.ejected, st.rates[0], st.rates[1]] for (a, p), st in self.hosts.items()
+        ]
+
+
+class PoolOutlier:
+    """The main process of a worker pool: one Detector per cluster (Envoy's detector lives
+    on the main thread); every change goes to every worker as od_flags."""
+
+    def __init__(self, store: Any, broadcast: Any, send_to: Any, event_log_path: str) -> None:
+        self.store = store
+        self.broadcast = broadcast
+        self.send_to = send_to
+        self.events = EventLog(event_log_path) if event_log_path else None
+        self.dets: dict[str, MainDetector] = {}
+
+    def _publish(self, det: MainDetector) -> None:
+        if self.dets.get(det.cluster.name) is det:
+            self.broadcast(self._frame(det))
+
+    @staticmethod
+    def _frame(det: MainDetector) -> dict:
+        return {"op": "od_flags", "cluster": det.cluster.name, "hosts": det.flags()}
+
+    def on_event(self, index: int, msg: dict) -> None:
+        try:
+            self._on_event(index, msg)
+        except Exception:  # a worker's event never takes the main process down
+            log.exception("outlier detection event %r", msg.get("event"))
+
+    def _on_event(self, index: int, msg: dict) -> None:
+        ev, name = msg.get("event"), msg.get("cluster", "")
+        det = self.dets.get(name)
+        if ev == "od_hosts":
+            od = base64.b64decode(msg["od"])
+            if det is None or det.od != od:
+                from envoy.config.cluster.v3 import outlier_detection_pb2
+
+                cfg = OdConfig(
+                    outlier_detection_pb2.OutlierDetection.FromString(od), f"cluster {name}"
+                )
+                if det is not None:
+                    det.stop()
+                det = self.dets[name] = MainDetector(
+                    name, cfg, od, self.store, self.events, self._publish
+                )
+            det.workers[index] = int(msg["token"])
+            det.set_hosts(msg["hosts"])
+            self.send_to(index, self._frame(det))
+        elif det is None:
+            return
+        elif ev == "od_consecutive":
+            st = det.hosts.get((msg["key"][0], int(msg["key"][1])))
+            if st is not None:
+                det.consecutive(st.mon, int(msg["kind"]))
+        elif ev == "od_buckets":
+            for a, p, es, et, ls, lt in msg["b"]:
+                st = det.hosts.get((a, int(p)))
+                if st is not None:
+                    st.mon.ext_success += es
+                    st.mon.ext_total += et
+                    st.mon.lo_success += ls
+                    st.mon.lo_total += lt
+        elif ev == "od_remove" and det.workers.get(index) == int(msg["token"]):
+            del det.workers[index]
+            if not det.workers:
+                det.stop()
+                del self.dets[name]
+
+    def stop(self) -> None:
+        for det in self.dets.values():
+            det.stop()
+        self.dets = {}
+        if self.events is not None:
+            self.events.close()

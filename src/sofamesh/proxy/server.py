@@ -127,6 +127,9 @@ class Server:
         # cluster, or a RemoteLink set by proxy.workers (the main process checks)
         self.health_link: Any = None
         self._outlier_log: Any = None  # proxy.outlier.EventLog
+        # set by proxy.workers in a pool's worker: outlier detection decides in the main
+        # process (proxy.outlier.WorkerLink)
+        self.outlier_link: Any = None
 
     # ---------------------------------------------------------------- build
     def _build_clusters(self) -> None:
@@ -239,7 +242,10 @@ class Server:
             cl.update_health()
         od = outlier.parse(c, path)  # outlier_detection (proxy/outlier.py)
         if od is not None:
-            cl.outlier = outlier.Detector(cl, od, self.stats, self._outlier_events())
+            if self.outlier_link is not None:  # a pool's worker
+                cl.outlier = outlier.WorkerDetector(cl, od, self.outlier_link)
+            else:
+                cl.outlier = outlier.Detector(cl, od, self.stats, self._outlier_events())
             cl.outlier.hosts_changed()
         if cl.tls is not None and hc is not None:
             raise UnsupportedConfig(

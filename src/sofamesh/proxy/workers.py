@@ -61,7 +61,6 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
 
 
-
 def settle_gc() -> None:
     """Once the server is up: what start-up built (config, route tables, clusters, the
     interpreter's own objects) moves to the permanent generation, which collections skip,
@@ -72,6 +71,7 @@ def settle_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
+
 
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
@@ -425,10 +425,13 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
 
         xds = PoolApplier(pool)
     health = _pool_health(pool, store)
+    outliers = _pool_outlier(pool, store, bootstrap)
 
     def on_event(i: int, msg: dict) -> None:
         if msg.get("event", "").startswith("hc_"):
             health.on_event(i, msg)
+        elif msg.get("event", "").startswith("od_"):
+            outliers.on_event(i, msg)
         elif xds is not None:
             xds.on_state(i, msg["state"])
 
@@ -516,6 +519,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
         pass
     await admin.stop()
     health.stop()
+    outliers.stop()
     if client is not None:
         await client.stop()
     await asyncio.gather(*(w.stop() for w in pool))
@@ -542,6 +546,27 @@ def _pool_health(pool: list[Worker], store: Any) -> Any:
                 w.writer.write(data)
 
     return PoolHealth(store, broadcast, send_to)
+
+
+def _pool_outlier(pool: list[Worker], store: Any, bootstrap: Any) -> Any:
+    """Outlier detection decides here, as on Envoy's main thread (proxy/outlier.py
+    PoolOutlier): workers send thresholds reached and success-rate buckets, every change
+    goes to every live worker as an `od_flags` frame (no reply)."""
+    from sofamesh.proxy.outlier import PoolOutlier
+
+    def send_to(index: int, frame: dict) -> None:
+        w = pool[index]
+        if w.writer is not None and not w.writer.is_closing():
+            w.writer.write(_frame(frame))
+
+    def broadcast(frame: dict) -> None:
+        data = _frame(frame)
+        for w in pool:
+            if w.ready and w.writer is not None and not w.writer.is_closing():
+                w.writer.write(data)
+
+    path = bootstrap.cluster_manager.outlier_detection.event_log_path
+    return PoolOutlier(store, broadcast, send_to, path)
 
 
 async def _first_checks(bootstrap: Any, health: Any) -> None:
@@ -602,12 +627,15 @@ async def _worker_main(fd: int) -> int:
 
         feed = WorkerFeed(init["xds"], init.get("xds_ended", []), lambda m: writer.write(_frame(m)))
     from sofamesh.proxy.health_check import RemoteLink
+    from sofamesh.proxy.outlier import WorkerLink
 
     try:
         server = Server(bootstrap, stats=store, options=opts)
         server.xds_feed = feed
         # health checks run in the main process; this worker applies their results
         server.health_link = RemoteLink(lambda m: writer.write(_frame(m)))
+        # outlier detection decides in the main process; this worker counts and applies
+        server.outlier_link = WorkerLink(lambda m: writer.write(_frame(m)))
         await server.start()
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
         wlog.critical("worker %d: error initializing server: %s", opts.worker_index, e)
@@ -623,6 +651,7 @@ async def _worker_main(fd: int) -> int:
     writer.write(_frame(ready))
     settle_gc()
     server.health_link.go_live()  # its events (hc_hosts, ...) follow the ready frame
+    server.outlier_link.go_live()  # (od_hosts, ...)
     await writer.drain()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -639,6 +668,9 @@ async def _worker_main(fd: int) -> int:
             op = msg.get("op")
             if op == "hc_flags":  # pushed by the main process's health checks: no reply
                 server.health_link.apply(msg)
+                continue
+            if op == "od_flags":  # pushed by the main process's outlier detection
+                server.outlier_link.apply(msg)
                 continue
             reply: dict[str, Any] = {"ok": True}
             try:
