@@ -69,6 +69,24 @@ cdef int grpc_retry_bit(HeaderMap rh) except -1:
     return 0
 
 
+# Envoy's Grpc::Utility::grpcToHttpStatus, by grpc-status 0..16 (others: 500)
+cdef tuple GRPC_HTTP = (200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500,
+                        503, 500, 401)
+
+
+cdef int grpc_outcome(HeaderMap rh, int status) except -1:
+    """The status outlier detection counts for a gRPC response head (Envoy's router): its
+    grpc-status as an HTTP status when the head carries one (trailers-only), else `status`."""
+    cdef int i = rh.find_from("grpc-status", 11, 0)
+    cdef bytes v
+    if i < 0:
+        return status
+    v = rh.value_at(i)
+    if 1 <= PyBytes_GET_SIZE(v) <= 2 and v.isdigit() and int(v) <= 16:
+        return <int>GRPC_HTTP[int(v)]
+    return 500
+
+
 cdef dict GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 0.001, b"u": 1e-6,
                         b"n": 1e-9}
 
@@ -391,7 +409,8 @@ cdef class RouterStream(HttpStream):
         router's response mutations (service time, the route's header adds/removes)."""
         cdef Route route = self.route
         cdef int status = rh.get_status(), rbit = 0
-        self.host.outcome(status)  # outlier detection: every response head, retried or not
+        # outlier detection: every response head, retried or not
+        self.host.outcome(grpc_outcome(rh, status) if self.grpc else status)
         if status >= 500:
             rbit = RETRY_5XX
             if status == 502 or status == 503 or status == 504:
