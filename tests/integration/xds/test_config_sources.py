@@ -300,6 +300,7 @@ def _grpc_source(delta: bool) -> dict:
             "api_type": "DELTA_GRPC" if delta else "GRPC",
             "transport_api_version": "V3",
             "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+            "set_node_on_first_message_only": True,
         },
         "resource_api_version": "V3",
     }
@@ -353,6 +354,10 @@ async def test_api_config_source_streams_per_type(tmp_path, upstreams, kind, mod
         # each stream asked for its own type only
         for t in (CDS, EDS, LDS, RDS):
             assert any(r.type_url == t for r in xds.requests)
+        # set_node_on_first_message_only: the node once per stream, on its first request
+        with_node = [r for r in xds.requests if r.HasField("node")]
+        assert sorted(r.type_url for r in with_node) == sorted([CDS, EDS, LDS, RDS])
+        assert all(r.node.id.startswith("sidecar~") for r in with_node)
 
         # a route change over RDS's own stream: ACKed, and the routes change
         xds.push(RDS, "2", [_msg(routes("b"))])
