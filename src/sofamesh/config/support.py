@@ -389,6 +389,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "response_headers_to_add",
         "response_headers_to_remove",
         "validate_clusters",  # static cluster references are checked unless false
+        "max_direct_response_body_size_bytes",  # checked as Envoy does (config/validate.py)
     ),
     _RT + "VirtualHost": (
         "name",

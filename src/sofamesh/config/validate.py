@@ -289,6 +289,8 @@ class _Checker:
                         f"Error: multiple upgrade configs with the same name: '{u.upgrade_type}'",
                     )
                 seen_upgrades.add(key)
+        if name == "envoy.config.route.v3.RouteConfiguration":
+            self.check_direct_bodies(m, path)
         if name == "envoy.config.trace.v3.ZipkinConfig" and not (
             ("collector_service" in m.DESCRIPTOR.fields_by_name and m.HasField("collector_service"))
             or (m.collector_cluster and m.collector_endpoint)
@@ -607,6 +609,35 @@ class _Checker:
                                         f"{rp}.request_mirror_policies[{mi}].cluster",
                                         f"route: unknown cluster '{mp.cluster}'",
                                     )
+
+    def check_direct_bodies(self, rc: Message, path: str) -> None:
+        """Envoy's limit on direct response bodies: max_direct_response_body_size_bytes,
+        4096 when unset; a larger inline or file body is a config error."""
+        limit = (
+            rc.max_direct_response_body_size_bytes.value
+            if rc.HasField("max_direct_response_body_size_bytes")
+            else 4096
+        )
+        for vi, vh in enumerate(rc.virtual_hosts):
+            for ri, r in enumerate(vh.routes):
+                if r.WhichOneof("action") != "direct_response":
+                    continue
+                body = r.direct_response.body
+                kind = body.WhichOneof("specifier")
+                if kind in ("inline_string", "inline_bytes"):
+                    size = len(getattr(body, kind))
+                elif kind == "filename" and self._exists(body.filename):
+                    fn = body.filename
+                    size = os.path.getsize(
+                        fn if os.path.isabs(fn) else os.path.join(self.base_dir, fn)
+                    )
+                else:
+                    continue
+                if size > limit:
+                    self.reference(
+                        f"{path}.virtual_hosts[{vi}].routes[{ri}].direct_response.body",
+                        f"response body size is {size} bytes; maximum is {limit}",
+                    )
 
     def check_terminal(self, filters: list, chain: str, path: str) -> None:
         """Envoy's rule: a terminal filter (router, http_connection_manager, tcp_proxy, ...)
