@@ -459,3 +459,44 @@ def test_two_workers_one_detector(tmp_path):
     finally:
         for u in ups:
             u.stop()
+
+
+def retry_scenario(start_proxy, tmp_path, name: str) -> dict:
+    """Istio's retries (retry_on 5xx, 2 retries): every client request succeeds on another
+    host, and each 503 the failing host answers still counts: it is ejected at its third."""
+    ups = [Upstream() for _ in range(3)]
+    ports = [u.port for u in ups]
+    b = bootstrap(ports, OD, str(tmp_path / f"{name}-retry.log"))
+    vh = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"
+    ]["virtual_hosts"][0]
+    vh["routes"][0]["route"]["retry_policy"] = {"retry_on": "5xx", "num_retries": 2}
+    res: dict = {}
+    try:
+        with start_proxy(b, tmp_path / name):
+            a, lport = admin_port(b), listener_ports(b)[0]
+            ups[0].status = 503
+            statuses = [get(lport)[0] for _ in range(15)]
+            res["statuses"] = sorted(set(statuses))
+            res["bad_served"] = ups[0].served
+            res["flags"] = host_flags(a)[ports[0]]
+            res["stats"] = od_stats(a)
+            _, text = admin_get(a, "/stats")
+            res["retries"] = [
+                ln for ln in text.splitlines() if ln.startswith("cluster.c.upstream_rq_retry:")
+            ]
+        return res
+    finally:
+        for u in ups:
+            u.stop()
+
+
+@pytest.mark.envoy
+def test_retried_failures_count_as_envoy(tmp_path):
+    env = retry_scenario(lambda b, d: ProxyProcess.envoy(envoy_binary(), b, d), tmp_path, "envoy")
+    assert env["statuses"] == [200] and env["bad_served"] == 3
+    assert env["flags"] == "/failed_outlier_check"
+    sm = retry_scenario(
+        lambda b, d: ProxyProcess.sofamesh(sofamesh_command(), b, d), tmp_path, "sm"
+    )
+    assert sm == env
