@@ -108,6 +108,20 @@ def _problems_text(problems: list) -> str:
     return "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in problems)
 
 
+def _view_tls(view: Any) -> list[Any]:
+    """The TLS contexts of a listener view (proxy/listener_chains.py), or []."""
+    contexts = getattr(view, "tls_contexts", None)
+    return contexts() if contexts is not None else []
+
+
+def _cluster_tls(cluster: Any) -> list[Any]:
+    return cluster.tls.contexts() if getattr(cluster, "tls", None) is not None else []
+
+
+def _tls_pending(contexts: list[Any]) -> bool:
+    return any(tc.pending() for tc in contexts)
+
+
 def hosts_from_assignment(cla: Any) -> list[Host]:
     """Hosts of an envoy.config.endpoint.v3.ClusterLoadAssignment. UNHEALTHY, DRAINING and
     TIMEOUT endpoints are kept but not chosen (as Server.set_endpoints)."""
@@ -196,6 +210,7 @@ class _DynCluster:
     task: Any = None  # first DNS resolution
     eds_source: str = "ads"  # its eds_config's source key (xds/settings.py)
     eds_stats: Any = None  # stats.StatGroup of _EDS_STATS (EDS clusters)
+    tls_wait: bool = False  # warming until its TLS contexts have their SDS secrets
 
 
 @dataclass
@@ -213,6 +228,7 @@ class _DynListener:
     updated: float = field(default_factory=_now)
     info: Any = None  # proxy.server.ListenerInfo once active
     scoped: bool = False  # the HCM routes by scopes (SRDS)
+    tls_wait: bool = False  # warming until its TLS contexts have their SDS secrets
     rds_source: str = "ads"  # its rds.config_source's source key (xds/settings.py)
 
 
@@ -384,6 +400,7 @@ class DynamicConfig:
                 self._activate_cluster(dc, force=True)
         else:
             for dl in list(self.warming_listeners.values()):
+                # (one still waiting for its SDS secrets stays warming: _activate_listener)
                 t = asyncio.get_running_loop().create_task(self._activate_listener(dl))
                 self._keep(t)
         self._gauges()
@@ -406,6 +423,7 @@ class DynamicConfig:
             errors = await self._apply_listeners(up)
         elif up.type_url == SDS:
             errors = sds.manager(self.server).apply(up)
+            await self._secrets_arrived()
         elif up.type_url == SRDS:
             errors = self.scopes.apply(up, _Held)
             await self._refresh_scoped()
@@ -500,8 +518,24 @@ class DynamicConfig:
             self._gauges()
             self.client.poke()
 
+    async def _secrets_arrived(self) -> None:
+        """Listeners and clusters that warmed only for their SDS secrets go active (Envoy)."""
+        for dc in list(self.warming_clusters.values()):
+            if dc.tls_wait and not _tls_pending(_cluster_tls(dc.rt.cluster)):
+                dc.tls_wait = False
+                self._activate_cluster(dc)
+        for dl in list(self.warming_listeners.values()):
+            if dl.tls_wait and not _tls_pending(_view_tls(dl.view)):
+                dl.tls_wait = False
+                await self._activate_listener(dl)
+
     def _activate_cluster(self, dc: _DynCluster, force: bool = False) -> None:
         srv = self.server
+        if _tls_pending(_cluster_tls(dc.rt.cluster)):
+            # until its secrets arrive (_secrets_arrived), whatever the initial fetch does
+            dc.tls_wait = True
+            self.warming_clusters[dc.name] = dc
+            return
         if not force and not getattr(dc.rt.cluster, "hc_warm", _warm)():
             # active health checks: warm until every host had its first check (Envoy)
             self.warming_clusters[dc.name] = dc
@@ -531,6 +565,7 @@ class DynamicConfig:
         close, busy ones finish their request."""
         if rt.dns_task is not None:
             rt.dns_task.cancel()
+        sds.manager(self.server).forget(_cluster_tls(rt.cluster))  # its secrets: no longer asked
         if getattr(rt.cluster, "outlier", None) is not None:  # its detector stops (outlier.py)
             rt.cluster.outlier.stop()
         for h in rt.cluster.hosts or ():
@@ -694,6 +729,10 @@ class DynamicConfig:
 
         from sofamesh.proxy.server import ListenerInfo
 
+        if _tls_pending(_view_tls(dl.view)):
+            dl.tls_wait = True  # until its secrets arrive (_secrets_arrived)
+            self.warming_listeners[dl.name] = dl
+            return
         self.warming_listeners.pop(dl.name, None)
         old = self.active_listeners.get(dl.name)
         if old is not None and old.server is dl.server:
@@ -738,6 +777,7 @@ class DynamicConfig:
         _bump(self.stats, "listener_manager.listener_removed")
 
     def _drain(self, view: Any) -> None:
+        sds.manager(self.server).forget(_view_tls(view))  # its secrets: no longer asked
         view.draining = True
         self.draining.append(view)
         t = asyncio.get_running_loop().create_task(self._finish_drain(view))

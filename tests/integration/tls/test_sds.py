@@ -320,3 +320,141 @@ async def test_ads_sds_warms_then_rotates(tmp_path, ca, kind):
     finally:
         await asyncio.to_thread(proxy.stop)
         await server.stop(None)
+
+
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def _lds_listener(port: int):
+    from envoy.config.listener.v3 import listener_pb2
+    from google.protobuf import json_format
+
+    lst = bootstrap(port, 0, {"ads": {}, "initial_fetch_timeout": "0s"})["static_resources"][
+        "listeners"
+    ][0]
+    from sofamesh.config import protos
+
+    protos.find_descriptor(TLS_DOWN)
+    protos.find_descriptor(HCM)
+    protos.find_descriptor("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")
+    return json_format.ParseDict(lst, listener_pb2.Listener())
+
+
+def _start_unready(proxy: ProxyProcess, admin: int, timeout: float = 20.0) -> None:
+    """Starts the proxy and waits for its admin API only (not /ready)."""
+    import subprocess
+
+    with open(proxy.log_path, "wb") as log:
+        proxy.proc = subprocess.Popen(
+            proxy.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            admin_get(admin, "/ready", timeout=0.5)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(proxy.log_text())
+
+
+def _stat(admin: int, name: str) -> int:
+    _, text = admin_get(admin, "/stats")
+    for line in text.splitlines():
+        k, _, v = line.partition(": ")
+        if k == name:
+            return int(v)
+    return -1
+
+
+def _plain_listener(port: int):
+    from envoy.config.listener.v3 import listener_pb2
+    from google.protobuf import json_format
+
+    from sofamesh.config import protos
+
+    protos.find_descriptor(HCM)
+    protos.find_descriptor("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")
+
+    lst = {
+        "name": "plain",
+        "address": _addr(port),
+        "filter_chains": [{"filters": [_hcm()]}],
+    }
+    return json_format.ParseDict(lst, listener_pb2.Listener())
+
+
+@pytest.mark.parametrize("kind", ["envoy", "sofamesh"])
+async def test_lds_listener_warms_until_its_secret(tmp_path, ca, kind):
+    """A listener added by LDS (after start-up) that names a secret not there yet warms
+    until the secret arrives, then serves with it; the other listeners serve meanwhile
+    (Envoy's listener warming)."""
+    ads = ScriptedAds()
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    xds_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port, plain, admin = free_port(), free_port(), free_port()
+    ads_src = {"ads": {}, "resource_api_version": "V3"}
+    boot = {
+        "node": {"id": "sidecar~127.0.0.1~a.default~default.svc.cluster.local", "cluster": "a"},
+        "admin": {"address": _addr(admin)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+            },
+            "lds_config": ads_src,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3"
+                            ".HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [
+                            {"lb_endpoints": [{"endpoint": {"address": _addr(xds_port)}}]}
+                        ],
+                    },
+                }
+            ]
+        },
+    }
+    ads.push(LDS, "1", [_plain_listener(plain)])
+    proxy = _start(kind, boot, tmp_path)
+
+    def counts() -> tuple[int, int]:
+        return (
+            _stat(admin, "listener_manager.total_listeners_warming"),
+            _stat(admin, "listener_manager.total_listeners_active"),
+        )
+
+    try:
+        await asyncio.to_thread(proxy.start)
+        await ads.acked(LDS)
+        ads.push(LDS, "2", [_plain_listener(plain), _lds_listener(port)])
+        await ads.acked(LDS)
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(counts) == (1, 1)
+        assert await asyncio.to_thread(new_conn_cn, port, ca.cert_pem) == "rejected"
+        ads.push(SECRET, "1", [_secret_msg(make_leaf(ca, cn="lds-v1"))])
+        await ads.acked(SECRET)
+        assert await asyncio.to_thread(wait_cn, port, ca.cert_pem, "lds-v1") == "lds-v1"
+        assert await asyncio.to_thread(counts) == (0, 2)
+    finally:
+        await asyncio.to_thread(proxy.stop)
+        await server.stop(None)
