@@ -40,6 +40,9 @@ class PortRule(RbacRule):
 class ServerNameRule(RbacRule):
     def __init__(self, sm: StringMatcher) -> None: ...
 
+class AuthenticatedRule(RbacRule):
+    def __init__(self, sm: StringMatcher | None = None) -> None: ...
+
 class RbacEngine:
     action: int
     names: tuple[str, ...]
