@@ -158,11 +158,12 @@ async def test_nack_names_the_field_keeps_last_good_and_recovers(tmp_path, mode,
         assert await asyncio.to_thread(stat, admin, "cluster_manager.cds.update_rejected") == 1
 
         # 2. a listener with an unimplemented HCM field: NACKed naming its path
-        ads.push(LDS, "2", [listener(lport, tracing={})])
+        ads.push(LDS, "2", [listener(lport, http3_protocol_options={})])
         nack = await ads.answer(LDS)
         assert nack.error_detail.code == 3
         assert "ingress" in nack.error_detail.message
-        assert "filter_chains[0].filters[0].typed_config.tracing" in nack.error_detail.message
+        want = "filter_chains[0].filters[0].typed_config.http3_protocol_options"
+        assert want in nack.error_detail.message
         assert await asyncio.to_thread(who, lport) == "alpha"
         assert await asyncio.to_thread(stat, admin, "listener_manager.lds.update_rejected") == 1
 
