@@ -390,6 +390,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "response_headers_to_remove",
         "validate_clusters",  # static cluster references are checked unless false
         "max_direct_response_body_size_bytes",  # checked as Envoy does (config/validate.py)
+        "ignore_port_in_host_matching",  # proxy/routes.py compile_route_config
     ),
     _RT + "VirtualHost": (
         "name",

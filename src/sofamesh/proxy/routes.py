@@ -168,9 +168,12 @@ def compile_route_config(
     strip_port: bool = False,
     reuse: dict[bytes, tuple] | None = None,
 ) -> R.RouteTable:
-    """RouteTable from envoy.config.route.v3.RouteConfiguration (see compile_vhosts)."""
+    """RouteTable from envoy.config.route.v3.RouteConfiguration (see compile_vhosts).
+    The port of the host is left out of domain matching with the HCM's strip_any_host_port
+    (which also rewrites the header) or the route config's ignore_port_in_host_matching
+    (which does not)."""
     vhosts = compile_vhosts(rc, clusters=clusters, per_filter=per_filter, path=path, reuse=reuse)
-    return R.RouteTable(vhosts, strip_port)
+    return R.RouteTable(vhosts, strip_port or rc.ignore_port_in_host_matching)
 
 
 def compile_vhosts(

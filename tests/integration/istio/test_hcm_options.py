@@ -28,7 +28,13 @@ class _Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = json.dumps({"path": self.path, "rid": self.headers.get("x-request-id")}).encode()
+        body = json.dumps(
+            {
+                "path": self.path,
+                "rid": self.headers.get("x-request-id"),
+                "host": self.headers.get("host"),
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -199,7 +205,8 @@ def test_istio_route_max_stream_duration_zero_as_envoy(tmp_path):
             finally:
                 stop(proc)
             got[who].pop("rid")
-        assert got["sofamesh"] == got["envoy"] == {"status": 200, "path": "/slow"}
+        assert got["sofamesh"] == got["envoy"]
+        assert (got["envoy"]["status"], got["envoy"]["path"]) == (200, "/slow")
     finally:
         srv.shutdown()
         srv.server_close()
@@ -221,3 +228,37 @@ def test_route_max_stream_duration_limit_is_refused(tmp_path):
     )
     assert r.returncode == 1
     assert "MaxStreamDuration.max_stream_duration 5s is not implemented by sofamesh" in r.stderr
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_ignore_port_in_host_matching_as_envoy(tmp_path, upstream, ignore):
+    """istiod's gateways set RouteConfiguration.ignore_port_in_host_matching: a Host with
+    a port matches the port-less domain; the Host sent upstream keeps its port."""
+    got = {}
+    for who, start in (("envoy", start_envoy), ("sofamesh", start_sofamesh)):
+        admin, port = free_port(), free_port()
+        doc = bootstrap(admin, port, upstream)
+        rc = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"
+        ]["route_config"]
+        rc["virtual_hosts"][0]["domains"] = ["a.example.com"]
+        if ignore:
+            rc["ignore_port_in_host_matching"] = True
+        cfg = tmp_path / f"{who}.json"
+        cfg.write_text(json.dumps(doc))
+        proc = start(cfg, admin, *(("--concurrency", "1") if who == "sofamesh" else ()))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(
+                    b"GET /p HTTP/1.1\r\nhost: a.example.com:8080\r\nconnection: close\r\n\r\n"
+                )
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+        finally:
+            stop(proc)
+        status = int(data.split(b" ", 2)[1])
+        host = json.loads(data.split(b"\r\n\r\n", 1)[1])["host"] if status == 200 else None
+        got[who] = (status, host)
+    assert got["sofamesh"] == got["envoy"]
+    assert got["envoy"] == ((200, "a.example.com:8080") if ignore else (404, None))
