@@ -153,3 +153,65 @@ def test_bolt_provider_gone_is_ejected(tmp_path):
             od = "cluster.bolt_up.outlier_detection."
             assert s[od + "ejections_detected_consecutive_5xx"] == 1
             assert s[od + "ejections_enforced_total"] == 1
+
+
+class SilentProvider:
+    """Accepts connections and reads, never answers: every call to it times out."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._drain, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _drain(c: socket.socket) -> None:
+        try:
+            while c.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_bolt_timeouts_eject_the_provider(tmp_path):
+    silent = SilentProvider()
+    try:
+        with NodeServer(tag="b1") as b1:
+            c = cluster("bolt_up", [b1.port, silent.port])
+            c["outlier_detection"] = OD
+            lst = listener("bolt", free_port(), [bolt_filter([route_config(SERVICE, "bolt_up")])])
+            b = bootstrap([lst], [c])
+            with sofamesh(b, tmp_path) as p:
+                a, port = admin_port(b), listener_ports(b)[0]
+                # the call's own timeout (400 ms, in the Bolt frame) is the proxy's deadline;
+                # the client gives up at the same moment, so its next call may reach the
+                # silent provider before the proxy's timeout of the third one has counted
+                res = node_client(port, [{"method": "who", "timeout": 400}], "bolt", repeat=14)
+                failed = [r for r in res if not r.get("ok")]
+                assert 3 <= len(failed) <= 4, res
+                assert [r.get("result") for r in res[8:]] == ["b1"] * 6, res
+                assert host_flags(a, "bolt_up")[silent.port] == "/failed_outlier_check"
+                time.sleep(0.5)  # the proxy's own timeout of a call the client gave up on
+                s = stats(p)
+                assert s["cluster.bolt_up.upstream_rq_timeout"] == len(failed)
+                assert (
+                    s["cluster.bolt_up.outlier_detection.ejections_enforced_consecutive_5xx"] == 1
+                )
+    finally:
+        silent.close()
