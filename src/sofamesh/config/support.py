@@ -883,7 +883,10 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
             "are refused where configured, so it changes nothing)"
         ),
     ),
-    (_LS + "Listener", "bind_to_port"): (_is_true, "only true (listeners always bind)"),
+    (_LS + "Listener", "bind_to_port"): (
+        _is_true,
+        "only true for listeners from LDS (a static listener may be left unbound)",
+    ),
     (_LS + "Listener", "enable_reuse_port"): (
         _is_true,
         "only true (SO_REUSEPORT is set whenever there is more than one worker)",
@@ -929,6 +932,10 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
 # ALLOWED_IF rules that hold for static resources only: an EDS ClusterLoadAssignment's
 # health statuses are implemented (unhealthy, draining and timed-out hosts get no traffic).
 STATIC_ONLY: set[tuple[str, str]] = {(_EP + "LbEndpoint", "health_status")}
+# ALLOWED_IF rules that hold for xDS resources only: a static listener with bind_to_port
+# false is built but binds no socket (Server._start_listener), as in Envoy, where only a
+# use_original_dst listener (refused) could hand it a connection.
+DYNAMIC_ONLY: set[tuple[str, str]] = {(_LS + "Listener", "bind_to_port")}
 
 # A cluster's HttpProtocolOptions: explicit HTTP/1 options are read by Server._build_cluster
 # (enable_trailers); other fields are refused field by field (IMPLEMENTED). The xDS gRPC

@@ -250,6 +250,8 @@ class _Checker:
             cond = support.ALLOWED_IF.get((name, fd.name))
             if self.dynamic and (name, fd.name) in support.STATIC_ONLY:
                 cond = None
+            if not self.dynamic and (name, fd.name) in support.DYNAMIC_ONLY:
+                cond = None
             if cond is not None and not cond[0](value):
                 refused.add(fd.name)
                 shown = _show(fd, value)

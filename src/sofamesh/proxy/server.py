@@ -72,7 +72,8 @@ class _ClusterRuntime:
 
 
 class _Unbound:
-    """What Server.check's loop returns for create_server: a server with no socket."""
+    """A server with no socket: what Server.check's loop returns for create_server, and a
+    listener with bind_to_port false."""
 
     def __init__(self, host: str, port: int) -> None:
         self.sockets = [self]
@@ -85,6 +86,12 @@ class _Unbound:
         pass
 
     async def wait_closed(self) -> None:
+        pass
+
+    def is_serving(self) -> bool:
+        return True
+
+    async def start_serving(self) -> None:
         pass
 
 
@@ -374,7 +381,12 @@ class Server:
         sa = lst.address.socket_address
         view = self._listener_view(li, lst)
         assert self._loop is not None
-        if lst.address.HasField("pipe"):
+        if lst.HasField("bind_to_port") and not lst.bind_to_port.value:
+            # built, listed and counted, but no socket: only a use_original_dst listener
+            # (refused) could hand it a connection, as in Envoy
+            srv = _Unbound(sa.address, sa.port_value)
+            bound = (sa.address, sa.port_value)
+        elif lst.address.HasField("pipe"):
             srv = await self._start_pipe(lst.address.pipe, view, serve)
             bound = (lst.address.pipe.path, 0)
         else:
