@@ -336,3 +336,184 @@ def h2_exchange(
         return out
     finally:
         sock.close()
+
+
+class RawH2Upstream:
+    """An HTTP/2 upstream that answers each request with raw frames chosen by the last part
+    of its :path (SCRIPTS below): malformed responses, resets, GOAWAY, PUSH_PROMISE... to
+    see how a proxy's client side takes them. Frames are written by hand; header blocks
+    come from the `hpack` package or are literal bytes."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._stop = False
+        self._conns: list[socket.socket] = []
+        self.paths: list[str] = []
+
+    def start(self) -> RawH2Upstream:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+        for s in [self._sock, *self._conns]:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                c, _ = self._sock.accept()
+            except OSError:
+                return
+            self._conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        import hpack
+
+        dec, enc = hpack.Decoder(), hpack.Encoder()
+        buf = b""
+        blocks: dict[int, bytes] = {}
+        try:
+            while len(buf) < 24:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            buf = buf[24:]
+            sock.sendall(_frame(4, 0, 0, b""))
+            while True:
+                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                    n = int.from_bytes(buf[:3], "big")
+                    ftype, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    payload, buf = buf[9 : 9 + n], buf[9 + n :]
+                    if ftype == 4 and not flags & 1:
+                        sock.sendall(_frame(4, 1, 0, b""))
+                    elif ftype == 6 and not flags & 1:
+                        sock.sendall(_frame(6, 1, 0, payload))
+                    elif ftype in (1, 9):
+                        if ftype == 1:
+                            p = payload
+                            if flags & 0x8:
+                                p = p[1 : len(p) - p[0]]
+                            if flags & 0x20:
+                                p = p[5:]
+                            blocks[sid] = p
+                        else:
+                            blocks[sid] = blocks.get(sid, b"") + payload
+                        if flags & 0x4:
+                            fields = {
+                                _s(k): _s(v) for k, v in dec.decode(blocks.pop(sid), raw=True)
+                            }
+                            script = fields.get(":path", "/").rsplit("/", 1)[-1]
+                            self.paths.append(script)
+                            out = SCRIPTS.get(script, SCRIPTS["ok"])(sid, enc)
+                            if out:
+                                sock.sendall(out)
+                            if script.startswith("close"):
+                                return
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+        except OSError:
+            return
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+    )
+
+
+def _lit(name: bytes, value: bytes) -> bytes:
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def _resp(sid: int, enc, fields, body: bytes | None = b"ok\n", flags: int = 0) -> bytes:
+    blk = enc.encode(fields) if isinstance(fields, list) else fields
+    if body is None:
+        return _frame(1, 0x5 | flags, sid, blk)
+    return _frame(1, 0x4, sid, blk) + _frame(0, 0x1, sid, body)
+
+
+OK_FIELDS = [(":status", "200"), ("content-type", "text/plain")]
+
+SCRIPTS = {
+    "ok": lambda sid, enc: _resp(sid, enc, OK_FIELDS),
+    "upper-name": lambda sid, enc: _resp(
+        sid, enc, _lit(b":status", b"200") + _lit(b"X-Upper", b"1")
+    ),
+    "bad-status": lambda sid, enc: _resp(sid, enc, _lit(b":status", b"2x0")),
+    "no-status": lambda sid, enc: _resp(sid, enc, _lit(b"content-type", b"text/plain")),
+    "connection-field": lambda sid, enc: _resp(
+        sid, enc, _lit(b":status", b"200") + _lit(b"connection", b"close")
+    ),
+    "cl-mismatch": lambda sid, enc: _resp(sid, enc, [*OK_FIELDS, ("content-length", "10")], b"abc"),
+    "push": lambda sid, enc: (
+        _frame(
+            5,
+            0x4,
+            sid,
+            (sid + 1).to_bytes(4, "big")
+            + enc.encode(
+                [(":method", "GET"), (":scheme", "http"), (":path", "/p"), (":authority", "a")]
+            ),
+        )
+        + _resp(sid, enc, OK_FIELDS)
+    ),
+    "rst-refused": lambda sid, enc: _frame(3, 0, sid, (7).to_bytes(4, "big")),
+    "rst-cancel-after-headers": lambda sid, enc: (
+        _frame(1, 0x4, sid, enc.encode(OK_FIELDS)) + _frame(3, 0, sid, (8).to_bytes(4, "big"))
+    ),
+    "goaway-below": lambda sid, enc: _frame(
+        7, 0, 0, (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    ),
+    "close-after-goaway-error": lambda sid, enc: _frame(
+        7, 0, 0, sid.to_bytes(4, "big") + (2).to_bytes(4, "big")
+    ),
+    "informational": lambda sid, enc: (
+        _frame(1, 0x4, sid, enc.encode([(":status", "103"), ("link", "</s.css>")]))
+        + _resp(sid, enc, OK_FIELDS)
+    ),
+    "trailers-pseudo": lambda sid, enc: (
+        _frame(1, 0x4, sid, enc.encode(OK_FIELDS))
+        + _frame(0, 0, sid, b"x")
+        + _frame(1, 0x5, sid, _lit(b":status", b"200"))
+    ),
+    "trailers": lambda sid, enc: (
+        _frame(1, 0x4, sid, enc.encode(OK_FIELDS))
+        + _frame(0, 0, sid, b"x")
+        + _frame(1, 0x5, sid, enc.encode([("grpc-status", "0")]))
+    ),
+    "window-overflow": lambda sid, enc: (
+        _frame(8, 0, sid, (0x7FFFFFFF).to_bytes(4, "big")) + _resp(sid, enc, OK_FIELDS)
+    ),
+    "bad-hpack": lambda sid, enc: _frame(1, 0x5, sid, b"\x80"),
+    "data-after-end": lambda sid, enc: _resp(sid, enc, OK_FIELDS) + _frame(0, 0x1, sid, b"late"),
+    "padding": lambda sid, enc: (
+        _frame(1, 0x4 | 0x8, sid, b"\x03" + enc.encode(OK_FIELDS) + b"\0\0\0")
+        + _frame(0, 0x1 | 0x8, sid, b"\x02ok\n\0\0")
+    ),
+    "close-before-answer": lambda sid, enc: b"",
+    "close-mid-body": lambda sid, enc: (
+        _frame(1, 0x4, sid, enc.encode([*OK_FIELDS, ("content-length", "100")]))
+        + _frame(0, 0, sid, b"x" * 10)
+    ),
+    "204-with-body": lambda sid, enc: _resp(sid, enc, [(":status", "204")], b"body"),
+    "settings-bad": lambda sid, enc: _frame(
+        4, 0, 0, (4).to_bytes(2, "big") + (1 << 31).to_bytes(4, "big")
+    ),
+}

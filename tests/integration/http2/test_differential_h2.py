@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from tests.integration.differential.harness import norm_body, norm_headers
-from tests.support.h2_peers import Exchange, H2RecordingUpstream, h2_exchange
+from tests.support.h2_peers import (
+    SCRIPTS,
+    Exchange,
+    H2RecordingUpstream,
+    RawH2Upstream,
+    h2_exchange,
+)
 
 from .conftest import _cluster
 from .harness import KINDS, alive, start
@@ -30,6 +36,7 @@ ROUTES = [
     },
     {"match": {"prefix": "/dead/"}, "route": {"cluster": "h2dead"}},
     {"match": {"prefix": "/h2rec/"}, "route": {"cluster": "h2rec"}},
+    {"match": {"prefix": "/h2raw/"}, "route": {"cluster": "h2raw"}},
     {"match": {"prefix": "/h1/"}, "route": {"cluster": "h1"}},
 ]
 
@@ -41,17 +48,23 @@ def pair(tmp_path_factory: Any):
     try:
         for kind in KINDS:
             h2up = H2RecordingUpstream().start()
+            raw = RawH2Upstream().start()
             try:
                 r = start(
                     kind,
                     tmp_path_factory,
                     routes=ROUTES,
-                    clusters=[_cluster("h2rec", h2up.port, True)],
+                    clusters=[
+                        _cluster("h2rec", h2up.port, True),
+                        _cluster("h2raw", raw.port, True),
+                    ],
                 )
             except Exception:
                 h2up.stop()
+                raw.stop()
                 raise
             r.h2up = h2up  # type: ignore[attr-defined]
+            r.h2raw = raw  # type: ignore[attr-defined]
             out[kind] = r
         yield out
     finally:
@@ -60,6 +73,7 @@ def pair(tmp_path_factory: Any):
             r.echo.stop()
             r.upstream.stop()
             r.h2up.stop()
+            r.h2raw.stop()
 
 
 def req(path: str, case: str, method: str = "GET", **extra: str) -> list[tuple[str, str]]:
@@ -283,6 +297,22 @@ def _(r: Any, c: str) -> dict:
     return {"first": seen(a), "second": seen(b), "upstream": h2_records(r, c, 2)}
 
 
+# -- h2c -> an HTTP/2 upstream that misbehaves (tests/support/h2_peers.py SCRIPTS) -----------
+def _raw(script: str) -> Case:
+    def run(r: Any, c: str) -> dict:
+        x = h2_exchange(r.port, req("/h2raw/" + script, c), timeout=5)
+        # and the proxy still serves through that cluster afterwards
+        y = h2_exchange(r.port, req("/h2raw/ok", c), timeout=5)
+        return {"client": seen(x), "next": seen(y)}
+
+    return run
+
+
+for script in SCRIPTS:
+    if script != "ok":
+        case(f"h2 upstream misbehaves: {script}")(_raw(script))
+
+
 def _observe(r: Any) -> dict[str, Any]:
     def one(name: str) -> Any:
         try:
@@ -292,7 +322,7 @@ def _observe(r: Any) -> dict[str, Any]:
 
     # cases that make the upstream close its connection run alone, after the others (a
     # stream of another case on that connection would be lost: a difference of pooling)
-    serial = [n for n in CASES if "GOAWAY" in n]
+    serial = [n for n in CASES if "GOAWAY" in n or "misbehaves" in n]
     with ThreadPoolExecutor(max_workers=8) as pool:
         futs = {n: pool.submit(one, n) for n in CASES if n not in serial}
         out = {n: f.result() for n, f in futs.items()}
