@@ -96,7 +96,9 @@ cdef class H2Connection:
         cdef double t0 = mono()
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: self, self.host.address, self.host.port),
+                self.loop.create_connection(
+                    lambda: self, self.host.address, self.host.port,
+                    **(cl.tls.connect_kw(self.host) if cl.tls is not None else {})),
                 cl.connect_timeout)
         except asyncio.TimeoutError:
             cl.upstream_cx_connect_timeout.inc()

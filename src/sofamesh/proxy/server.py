@@ -242,7 +242,8 @@ class Server:
             cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
         from sofamesh.proxy import outlier, tls
 
-        cl.tls = tls.upstream_transport(c, self.stats, path, self)  # transport_socket(_matches)
+        # transport_socket(_matches); an HTTP/2 cluster offers ALPN h2 unless configured (Envoy)
+        cl.tls = tls.upstream_transport(c, self.stats, path, self, h2=kw.get("h2") is not None)
         lb = c.common_lb_config
         if lb.HasField("healthy_panic_threshold"):  # else Envoy's 50%
             cl.panic_threshold = lb.healthy_panic_threshold.value

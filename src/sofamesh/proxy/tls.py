@@ -200,7 +200,13 @@ class TlsContext:
     connections use (None until its SDS secrets arrive)."""
 
     def __init__(
-        self, msg: Any, server_side: bool, stats: _Stats, path: str, record_sni: bool = False
+        self,
+        msg: Any,
+        server_side: bool,
+        stats: _Stats,
+        path: str,
+        record_sni: bool = False,
+        default_alpn: list[str] | None = None,
     ) -> None:
         self.msg = msg
         # the listener has a tls_inspector: the SNI is the connection's requested server
@@ -212,7 +218,9 @@ class TlsContext:
         self.context: ssl.SSLContext | None = None
         self.require_client_cert = server_side and bool(msg.require_client_certificate.value)
         self.sni = "" if server_side else msg.sni
-        self.alpn: list[str] = list(msg.common_tls_context.alpn_protocols)
+        self.alpn: list[str] = list(msg.common_tls_context.alpn_protocols) or list(
+            default_alpn or ()
+        )
         self.on_failure: Callable[[Exception], None] = lambda e: None
         # SDS: secret name -> the Secret message held (tls_certificate / validation_context)
         self.sds_cert: str = ""
@@ -470,14 +478,22 @@ def downstream(
     )
 
 
-def upstream(ts: Any, store: Any, cluster: str, path: str) -> TlsContext | None:
+def upstream(
+    ts: Any, store: Any, cluster: str, path: str, default_alpn: list[str] | None = None
+) -> TlsContext | None:
     """A cluster's transport socket, compiled (None: plaintext)."""
     msg = parse_transport_socket(ts, path)
     if msg is None:
         return None
     if msg.DESCRIPTOR.name != "UpstreamTlsContext":
         raise UnsupportedConfig(f"{path}.typed_config: a cluster needs an UpstreamTlsContext")
-    return TlsContext(msg, False, _Stats(store, f"cluster.{cluster}.ssl."), path + ".typed_config")
+    return TlsContext(
+        msg,
+        False,
+        _Stats(store, f"cluster.{cluster}.ssl."),
+        path + ".typed_config",
+        default_alpn=default_alpn,
+    )
 
 
 def wrap_server(loop: Any, transport: Any, app_protocol: Any, tc: TlsContext, early: bytes) -> None:
@@ -587,19 +603,24 @@ class UpstreamTransport:
 
 
 def upstream_transport(
-    c: Any, store: Any, path: str, server: Any = None
+    c: Any, store: Any, path: str, server: Any = None, h2: bool = False
 ) -> UpstreamTransport | None:
     """The UpstreamTransport of an envoy.config.cluster.v3.Cluster (None: all plaintext);
     its contexts are registered with the server's SecretManager (SDS, /certs)."""
     from google.protobuf import json_format
 
+    alpn = ["h2"] if h2 else []  # Envoy's HTTP/2 pool asks for h2 when the context names none
     default = None
     if c.HasField("transport_socket"):
-        default = upstream(c.transport_socket, store, c.name, path + ".transport_socket")
+        default = upstream(
+            c.transport_socket, store, c.name, path + ".transport_socket", default_alpn=alpn
+        )
     matches = []
     for i, m in enumerate(c.transport_socket_matches):
         mpath = f"{path}.transport_socket_matches[{i}]"
-        tc = upstream(m.transport_socket, store, c.name, mpath + ".transport_socket")
+        tc = upstream(
+            m.transport_socket, store, c.name, mpath + ".transport_socket", default_alpn=alpn
+        )
         matches.append((json_format.MessageToDict(m.match), tc))
     if default is None and not any(tc is not None for _, tc in matches):
         return None
