@@ -96,6 +96,7 @@ def pki(tmp_path_factory):
     for name, leaf in (
         ("backend", make_leaf(ca, cn="backend", dns=("backend.mesh",), ips=())),
         ("client", make_leaf(ca, cn="client", dns=(), uris=(SPIFFE_CLIENT,), ips=())),
+        ("expired", make_leaf(ca, cn="old", dns=("backend.mesh",), ips=(), expired=True)),
     ):
         out[name] = leaf
         out[name + "_files"] = leaf.write(d, name)
@@ -109,6 +110,7 @@ def backends(pki):
     b = {
         "tls": TlsBackend(pki, "backend"),
         "plain": TlsBackend(pki, "backend", plain=True),
+        "expired": TlsBackend(pki, "expired"),
     }
     yield b
     for x in b.values():
@@ -224,6 +226,7 @@ LISTENERS = {
     "tcp_sni": "up_sni",
     "tcp_badsan": "up_badsan",
     "tcp_badca": "up_badca",
+    "tcp_expired": "up_expired",
     "tcp_match": "up_match",
     "http_tls": "up_tls",
 }
@@ -244,6 +247,9 @@ def bootstrap(pki: dict, backends: dict, ports: dict[str, int], admin: int) -> d
                 _cluster("up_sni", [_ep(t)], transport_socket=_up_tls(pki, sni="backend.mesh")),
                 _cluster("up_badsan", [_ep(t)], transport_socket=_up_tls(pki, san="other.mesh")),
                 _cluster("up_badca", [_ep(t)], transport_socket=_up_tls(pki, ca="other.crt")),
+                _cluster(
+                    "up_expired", [_ep(backends["expired"].port)], transport_socket=_up_tls(pki)
+                ),
                 _cluster(
                     "up_match",
                     [_ep(t, "istio"), _ep(p)],
@@ -316,6 +322,7 @@ def run_cases(ports: dict[str, int]) -> dict[str, str]:
         "tcp to TLS upstream, sni": _tcp(ports["tcp_sni"], b"two"),
         "tcp upstream SAN mismatch": _tcp(ports["tcp_badsan"], b"three"),
         "tcp upstream unknown CA": _tcp(ports["tcp_badca"], b"four"),
+        "tcp upstream expired certificate": _tcp(ports["tcp_expired"], b"five"),
         "transport_socket_matches x4": " | ".join(
             sorted(_tcp(ports["tcp_match"], b"m") for _ in range(4))
         ),
@@ -377,6 +384,7 @@ def test_upstream_tls_outcomes_as_envoy(results):
 def test_upstream_ssl_stats_as_envoy(results):
     env, sofa = results["envoy"][1], results["sofamesh"][1]
     assert env.get("cluster.up_badsan.ssl.fail_verify_san", 0) >= 1, env
+    assert env.get("cluster.up_expired.ssl.fail_verify_error", 0) >= 1, env
     diffs = {
         k: (env.get(k), sofa.get(k)) for k in set(env) | set(sofa) if env.get(k) != sofa.get(k)
     }
