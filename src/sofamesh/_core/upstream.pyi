@@ -30,7 +30,35 @@ class Host:
     idle: list[Any]
     waiting: WaitQueue
     removed: bool
+    outlier: OutlierMonitor | None  # outlier detection (proxy/outlier.py)
     def __init__(self, address: str, port: int, weight: int = 1, hostname: str = "") -> None: ...
+
+class OutlierMonitor:
+    detector: Any  # proxy.outlier.Detector | WorkerDetector
+    key: tuple[str, int]
+    split: bool
+    max_5xx: int
+    max_gw: int
+    max_lo: int
+    n_5xx: int
+    n_gw: int
+    n_lo: int
+    ext_total: int
+    ext_success: int
+    lo_total: int
+    lo_success: int
+    ejected: bool
+    base_healthy: bool
+    def __init__(
+        self,
+        detector: Any,
+        key: tuple[str, int],
+        split: bool,
+        max_5xx: int,
+        max_gw: int,
+        max_lo: int,
+    ) -> None: ...
+    def report(self, result: int) -> int: ...
 
 class Cluster:
     name: str
@@ -48,6 +76,7 @@ class Cluster:
     panic_threshold: float  # common_lb_config.healthy_panic_threshold, percent
     panic: bool
     lb_healthy_panic: Counter
+    outlier: Any  # proxy.outlier.Detector | WorkerDetector | None
     membership_healthy: Gauge
     upstream_rq_total: Counter
     upstream_cx_active: Gauge
