@@ -167,11 +167,6 @@ IGNORED_BEFORE: list[tuple[str, Callable[[dict], None], str]] = [
         f"{C0}.load_assignment.endpoints[0].priority",
     ),
     (
-        "listener_bind_to_port_false",
-        lambda b: b["static_resources"]["listeners"][0].update(bind_to_port=False),
-        f"{L0}.bind_to_port",
-    ),
-    (
         "local_ratelimit_request_headers_when_not_enforced",
         lambda b: _hcm(b)["http_filters"].insert(
             0,
@@ -226,9 +221,7 @@ def _run_refused(cfg: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(
-    "case", ["http_filter_disabled", "endpoint_unhealthy", "listener_bind_to_port_false"]
-)
+@pytest.mark.parametrize("case", ["http_filter_disabled", "endpoint_unhealthy"])
 def test_proxy_refuses_to_start(case, tmp_path):
     mutate, path = next((m, p) for i, m, p in IGNORED_BEFORE if i == case)
     b = base(admin=free_port())
