@@ -584,7 +584,6 @@ cdef class H2Stream(RouterStream):
         cdef HttpFilter f
         cdef Py_ssize_t j
         cdef tuple filters
-        self.bytes_tx += PyBytes_GET_SIZE(data)
         if self.cfg.any_data:
             filters = self.cfg.filters
             for j in range(len(filters) - 1, -1, -1):
@@ -593,16 +592,26 @@ cdef class H2Stream(RouterStream):
                     f.encode_data(self, data, end_stream)
                     if self.state == DS_CLOSED:
                         return 0
+                    if self.enc_swap is not None:   # s.replace_data (a compressor)
+                        data = self.enc_swap
+                        self.enc_swap = None
+        self.bytes_tx += PyBytes_GET_SIZE(data)
         if self.head_req:
             data = b""
         return self._h2_data(data, end_stream)
 
     cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
         cdef list t
+        cdef bytes tail = None
         if self.cfg.any_encode:
             self._encode_trailers(trailers)
+            tail = self.enc_swap            # a filter's last body bytes (a compressor's end)
+            self.enc_swap = None
         if self.rst or self.conn.closed or self.resp_ended:
             return 0
+        if tail:
+            self.bytes_tx += PyBytes_GET_SIZE(tail)
+            self._h2_data(tail, False)
         t = trailer_list(trailers)
         if t:
             self.conn.codec.send_trailers(self.sid, t)

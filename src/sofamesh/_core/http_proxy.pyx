@@ -467,7 +467,6 @@ cdef class DownstreamConn(RouterStream):
         cdef HttpFilter f
         cdef Py_ssize_t j
         cdef tuple filters
-        self.bytes_tx += PyBytes_GET_SIZE(data)
         if self.cfg.any_data:
             filters = self.cfg.filters
             for j in range(len(filters) - 1, -1, -1):
@@ -476,17 +475,28 @@ cdef class DownstreamConn(RouterStream):
                     f.encode_data(self, data, end_stream)
                     if self.state == DS_CLOSED:
                         return 0
+                    if self.enc_swap is not None:   # s.replace_data (a compressor)
+                        data = self.enc_swap
+                        self.enc_swap = None
+        self.bytes_tx += PyBytes_GET_SIZE(data)
         return self._encode_data(data, end_stream)
 
     cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
         """The upstream response ended with trailers: forwarded with
         http_protocol_options.enable_trailers on a chunked response, else dropped (Envoy)."""
+        cdef bytes tail = b""
         if self.cfg.any_encode:
             self._encode_trailers(trailers)
+            if self.enc_swap is not None:   # a filter's last body bytes (a compressor's end)
+                tail = self.enc_swap
+                self.enc_swap = None
+                self.bytes_tx += PyBytes_GET_SIZE(tail)
         if self.cfg.enable_trailers and self.resp_framing == FR_CHUNKED:
+            if tail:
+                self._encode_data(tail, False)
             encode_last_chunk(self.wb, trailers)
             return self._write(self.wb.take())
-        return self._encode_data(b"", True)
+        return self._encode_data(tail, True)
 
     cdef int _on_upstream_complete(self, PoolConn c) except -1:
         self._flush_out()

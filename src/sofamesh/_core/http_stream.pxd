@@ -103,6 +103,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef bytes out_head                 # response head not yet written (joins the body)
     cdef list trailers_raw              # list[bytes] | None: request trailer block being read
     cdef HeaderMap resp_head            # the proxied response's headers (encode filters read it)
+    cdef bytes enc_swap                 # set by s.replace_data(): the body bytes passed on instead
 
     cdef int _end_request_stats(self, int status) except -1
 

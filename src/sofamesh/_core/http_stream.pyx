@@ -128,6 +128,30 @@ cdef class HttpStream(UpstreamCallbacks):
         cdef int i = h.find_from(b, <int>len(b), 0)
         return h.value_at(i) if i >= 0 else None
 
+    def set_response_header(self, name, value):
+        """Replaces a header of the proxied response (encode_headers only): Envoy's
+        setInline / setCopy."""
+        self.remove_response_header(name)
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        if isinstance(value, str):
+            value = value.encode("latin-1")
+        if self.resp_head is not None:
+            self.resp_head.add((<bytes>name).lower(), value)
+
+    def remove_response_header(self, name):
+        """Removes a header of the proxied response (encode_headers only). Without
+        content-length the HTTP/1 codec frames the body chunked."""
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        if self.resp_head is not None:
+            self.resp_head.remove((<bytes>name).lower())
+
+    def replace_data(self, data):
+        """From encode_data / encode_trailers: the response body bytes passed on (to the
+        earlier filters, then downstream) instead of the ones the filter was given."""
+        self.enc_swap = bytes(data)
+
     @property
     def upstream_cluster(self):
         return self.cluster.name if self.cluster is not None else None
