@@ -200,6 +200,18 @@ _CL = "envoy.config.cluster.v3."
 _EP = "envoy.config.endpoint.v3."
 _LS = "envoy.config.listener.v3."
 _TLS = "envoy.extensions.transport_sockets.tls.v3."
+_CORS_POLICY = (
+    "allow_origin_string_match",
+    "allow_methods",
+    "allow_headers",
+    "expose_headers",
+    "max_age",
+    "allow_credentials",
+    "filter_enabled",  # its default_value (no runtime layer acts)
+    "shadow_enabled",  # its default_value
+    "allow_private_network_access",
+    "forward_not_matching_preflights",
+)
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.bootstrap.v3.Bootstrap": (
         "node",
@@ -401,6 +413,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "response_headers_to_add",
         "response_headers_to_remove",
         "typed_per_filter_config",
+        "cors",  # deprecated; read by envoy.filters.http.cors (filters/http/cors.py)
     ),
     _RT + "Route": (
         "name",
@@ -445,6 +458,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "host_rewrite_header",
         "hash_policy",
         "max_stream_duration",  # grpc_timeout_header_max / _offset (gRPC request timeouts)
+        "cors",  # deprecated; read by envoy.filters.http.cors (filters/http/cors.py)
     ),
     _RT + "RouteAction.HashPolicy": ("header", "terminal"),
     _RT + "RouteAction.HashPolicy.Header": ("header_name",),
@@ -646,6 +660,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
     "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config"),
     "envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path",),
+    # envoy.access_loggers.stdout / stderr (proxy/stream_access_log.py): the default format
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": (),
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog": (),
     # envoy.access_loggers.http_grpc (sofamesh.proxy.grpc_access_log)
     "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig": ("common_config",),
     "envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig": (
@@ -715,6 +732,11 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.type.matcher.v3.PathMatcher": ("path",),
     "envoy.config.core.v3.CidrRange": ("address_prefix", "prefix_len"),
     "envoy.type.v3.Int32Range": ("start", "end"),
+    # envoy.filters.http.cors (filters/http/cors.py): the filter has no options; the policy
+    # is per route / virtual host (typed_per_filter_config, or the deprecated `cors` fields)
+    "envoy.extensions.filters.http.cors.v3.Cors": (),
+    "envoy.extensions.filters.http.cors.v3.CorsPolicy": _CORS_POLICY,
+    _RT + "CorsPolicy": _CORS_POLICY,
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": (
         "stat_prefix",
         "status",

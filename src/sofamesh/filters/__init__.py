@@ -11,6 +11,7 @@ _BUILTIN = [
     "sofamesh.filters.http.rbac",
     "sofamesh.filters.http.rate_limit_quota",
     "sofamesh.filters.http.grpc_stats",
+    "sofamesh.filters.http.cors",
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",
@@ -20,6 +21,7 @@ _BUILTIN = [
     "sofamesh.filters.listener.inspectors",  # tls_inspector, http_inspector
     "sofamesh.proxy.tls",  # transport sockets envoy.transport_sockets.tls / raw_buffer
     "sofamesh.proxy.grpc_access_log",  # access logger envoy.access_loggers.http_grpc
+    "sofamesh.proxy.stream_access_log",  # envoy.access_loggers.stdout / stderr
 ]
 
 for _name in _BUILTIN:

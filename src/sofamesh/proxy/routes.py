@@ -223,6 +223,10 @@ def compile_vhosts(
                 c = per_filter(name, anycfg, f"{vpath}.typed_per_filter_config[{name}]")
                 if c is not None:  # None: a passed-through (Istio) filter's config
                     v_pf[name] = c
+        if vh.HasField("cors"):  # deprecated; read by the CORS filter without a policy
+            from sofamesh.filters.http import cors
+
+            v_pf[cors.LEGACY_KEY] = cors.compile_legacy(vh.cors, f"{vpath}.cors")
         routes = []
         for ri, r in enumerate(vh.routes):
             rpath = f"{vpath}.routes[{ri}]"
@@ -299,7 +303,14 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
         if per_filter is not None:
             c = per_filter(name, anycfg, f"{rpath}.typed_per_filter_config[{name}]")
             if c is not None:  # None: a passed-through (Istio) filter's config
+                if hasattr(c, "under") and name in pf:
+                    c = c.under(pf[name])  # a policy the virtual host's fills in (CORS)
                 pf[name] = c
+    if r.WhichOneof("action") == "route" and r.route.HasField("cors"):
+        from sofamesh.filters.http import cors
+
+        c = cors.compile_legacy(r.route.cors, f"{rpath}.route.cors")
+        pf[cors.LEGACY_KEY] = c.under(pf.get(cors.LEGACY_KEY))
     kw["filter_config"] = pf
     action = r.WhichOneof("action")
     if action == "route":

@@ -98,6 +98,18 @@ def _load_cert_chain(ctx: ssl.SSLContext, chain: bytes, key: bytes, password: by
             os.close(fd)
 
 
+def _load_crl(ctx: ssl.SSLContext, crl: bytes) -> None:
+    """CRLs load only from a file (`cadata` takes certificates): a memory file again."""
+    if b"-----BEGIN X509 CRL-----" not in crl:
+        raise ValueError("no PEM CRL (-----BEGIN X509 CRL-----) in it")
+    fd = os.memfd_create("sofamesh-crl", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, crl)
+        ctx.load_verify_locations(cafile=f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
 class _SanMatcher:
     """One SubjectAltNameMatcher (or a legacy match_subject_alt_names entry: any type)."""
 
@@ -374,8 +386,8 @@ class TlsContext:
             if v.HasField("crl"):
                 crl = data_source(v.crl, path + ".validation_context.crl")
                 try:
-                    ctx.load_verify_locations(cadata=crl.decode("ascii", "replace"))
-                except (ssl.SSLError, ValueError) as e:
+                    _load_crl(ctx, crl)
+                except (ssl.SSLError, ValueError, OSError) as e:
                     raise UnsupportedConfig(
                         f"{path}.validation_context.crl: Failed to load CRL: {e}"
                     ) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import envoy_binary, free_port, sofamesh_command
-from tests.support.certs import make_ca, make_leaf
+from tests.support.certs import make_ca, make_crl, make_leaf
 from tests.support.envoy import ProxyProcess, admin_get
 
 TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -92,9 +92,11 @@ def make_pki(d: Path) -> dict:
         "client_b": make_leaf(ca, cn="client-b", dns=(), uris=(SPIFFE_B,), ips=()),
         "expired": make_leaf(ca, cn="old", dns=(), uris=(SPIFFE_A,), ips=(), expired=True),
         "stranger": make_leaf(other_ca, cn="stranger", dns=(), uris=(SPIFFE_A,), ips=()),
+        "revoked": make_leaf(ca, cn="revoked", dns=(), uris=(SPIFFE_A,), ips=()),
     }
     (d / "ca.crt").write_bytes(ca.cert_pem)
-    for name in ("client_a", "client_b", "expired", "stranger", "a"):
+    (d / "ca.crl").write_bytes(make_crl(ca, [out["revoked"]]))
+    for name in ("client_a", "client_b", "expired", "stranger", "a", "revoked"):
         out[name].write(d, name)
     return out
 
@@ -122,6 +124,15 @@ def _tls(cert, *, require=False, trusted=None, sans=(), alpn=(), params=None) ->
     if require:
         ctx["require_client_certificate"] = True
     return {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
+
+
+def _crl_tls(pki: dict, leaf_only: bool = True) -> dict:
+    ts = _tls(pki["plainhost"], require=True, trusted=pki["dir"] / "ca.crt")
+    vc = ts["typed_config"]["common_tls_context"]["validation_context"]
+    vc["crl"] = {"filename": str(pki["dir"] / "ca.crl")}
+    if leaf_only:
+        vc["only_verify_leaf_cert_crl"] = True
+    return ts
 
 
 def _tcp(prefix: str, cluster: str = "echo") -> list[dict]:
@@ -230,6 +241,30 @@ def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int, xfp: int)
                             "filters": _http("xfp_tls", "", cluster="xfp"),
                         },
                         {"filters": _http("xfp_plain", "", cluster="xfp")},
+                    ],
+                },
+                {
+                    # a CRL revoking one client certificate (leaf only)
+                    "name": "crl",
+                    "stat_prefix": "crl",
+                    "address": _addr(ports["crl"]),
+                    "filter_chains": [
+                        {
+                            "transport_socket": _crl_tls(pki),
+                            "filters": _http("crl_http", "crl ok"),
+                        }
+                    ],
+                },
+                {
+                    # the same CRL, checked along the whole chain (Envoy's default)
+                    "name": "crl_chain",
+                    "stat_prefix": "crl_chain",
+                    "address": _addr(ports["crl_chain"]),
+                    "filter_chains": [
+                        {
+                            "transport_socket": _crl_tls(pki, leaf_only=False),
+                            "filters": _http("crl_chain_http", "crl ok"),
+                        }
                     ],
                 },
                 {
@@ -397,6 +432,10 @@ def run_cases(pki: dict, ports: dict[str, int]) -> dict[str, str]:
         "mtls session resumed (TLS 1.2)": resumed(
             ports["mtls"], c(pki, "client_a", max_version=ssl.TLSVersion.TLSv1_2)
         ),
+        "crl: good client": tls_exchange(ports["crl"], c(pki, "client_a"), None, GET),
+        "crl: revoked client": tls_exchange(ports["crl"], c(pki, "revoked"), None, GET),
+        "crl chain: good client": tls_exchange(ports["crl_chain"], c(pki, "client_a"), None, GET),
+        "crl chain: revoked client": tls_exchange(ports["crl_chain"], c(pki, "revoked"), None, GET),
         "tls13 with TLS 1.3": tls_exchange(ports["tls13"], c(pki), None, GET),
         "tls13 with TLS 1.2 client": tls_exchange(
             ports["tls13"], c(pki, max_version=ssl.TLSVersion.TLSv1_2), None, GET
@@ -507,7 +546,7 @@ def echo():
     srv.server_close()
 
 
-NAMES = ("sni", "mtls", "tls13", "xfp")
+NAMES = ("sni", "mtls", "tls13", "xfp", "crl", "crl_chain")
 
 
 @pytest.fixture(scope="module")
@@ -548,6 +587,8 @@ def test_clients_see_the_same(results):
     assert env["sni a.example.com"].startswith("a.example.com alpn=None")
     assert env["mtls good client"].endswith("HTTP/1.1 200 OK mtls ok")
     assert env["mtls no client cert"] == "rejected"
+    assert env["crl: good client"].endswith("200 OK crl ok"), env
+    assert env["crl: revoked client"] == "rejected", env
     assert env["mtls session resumed (TLS 1.2)"] == "False True", env
     assert env["curl mtls http2 by ALPN"] == "mtls ok code=200 http=2 exit=False", env
     assert env["x-forwarded-proto over TLS"].endswith("200 OK xfp=https"), env
