@@ -24,6 +24,7 @@ cdef class HcmConfig:
     cdef public frozenset upgrades          # frozenset[bytes] enabled on every route
     cdef public bytes server_name           # the server header's value (b"envoy")
     cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
+    cdef public object tracer               # sofamesh.proxy.tracing.ZipkinTracer | None
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
     cdef public double request_timeout      # HCM request_timeout (s); 0: off
     cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s); 0: off

@@ -52,6 +52,7 @@ cdef class HcmConfig:
         self.upgrades = frozenset(u.lower() for u in upgrades)
         self.server_name = server_name
         self.access_log = access_log
+        self.tracer = None
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.stream_idle_timeout = stream_idle_timeout

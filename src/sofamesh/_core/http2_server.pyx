@@ -603,6 +603,8 @@ cdef class H2Stream(RouterStream):
     cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
         cdef list t
         cdef bytes tail = None
+        if self.trace is not None and self.grpc:
+            self._trace_grpc(trailers)
         if self.cfg.any_encode:
             self._encode_trailers(trailers)
             tail = self.enc_swap            # a filter's last body bytes (a compressor's end)

@@ -354,6 +354,7 @@ cdef class DownstreamConn(RouterStream):
         self.upstream_host = "-"
         self.resp_add_extra = None
         self.filter_state = None
+        self.trace = None
         cfg.rq_total.inc()
         cfg.rq_http1_total.inc()
         cfg.rq_active.inc()
@@ -485,6 +486,8 @@ cdef class DownstreamConn(RouterStream):
         """The upstream response ended with trailers: forwarded with
         http_protocol_options.enable_trailers on a chunked response, else dropped (Envoy)."""
         cdef bytes tail = b""
+        if self.trace is not None and self.grpc:
+            self._trace_grpc(trailers)
         if self.cfg.any_encode:
             self._encode_trailers(trailers)
             if self.enc_swap is not None:   # a filter's last body bytes (a compressor's end)

@@ -29,6 +29,9 @@ from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNE
                                       OUTCOME_CONNECT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.upstream import hash64
 
+# a traced request's upstream headers replace these (proxy/tracing.py B3)
+cdef tuple TRACE_HEADERS = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
+                            b"x-b3-sampled", b"x-b3-flags", b"b3")
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
 
@@ -184,6 +187,8 @@ cdef class RouterStream(HttpStream):
         cdef HttpFilter f
         cdef tuple filters = cfg.filters
         cdef int r
+        if self.fidx == 0 and cfg.tracer is not None and self.trace is None:
+            self.trace = cfg.tracer.start(self)
         while self.fidx < len(filters):
             f = filters[self.fidx]
             self.fidx += 1
@@ -207,12 +212,22 @@ cdef class RouterStream(HttpStream):
                 f.encode_trailers(self, trailers)
         return 0
 
+    cdef int _trace_grpc(self, HeaderMap m) except -1:
+        """A traced gRPC call's status and message (response headers or trailers)."""
+        cdef bytes st = m.get_all(b"grpc-status")
+        if st is not None:
+            self.trace.grpc_status = st
+            self.trace.grpc_message = m.get_all(b"grpc-message")
+        return 0
+
     cdef int _hcm_response(self, HeaderMap rh, int status, bint end_stream) except -1:
         """A proxied response's head: the encode filters (last to first), then the
         connection manager's response mutations (Envoy's order of additions)."""
         cdef HcmConfig cfg = self.cfg
         cdef HttpFilter f
         cdef Py_ssize_t j
+        if self.trace is not None and self.grpc:
+            self._trace_grpc(rh)
         if cfg.any_encode:
             self.resp_head = rh
             for j in range(len(cfg.filters) - 1, -1, -1):
@@ -392,6 +407,15 @@ cdef class RouterStream(HttpStream):
             self.request_id = h.value_at(xrid)
         if cfg.via:
             h.add(b"via", cfg.via)
+        if self.trace is not None:
+            for name in TRACE_HEADERS:
+                h.remove(<bytes>name)
+            hdrs, rid = cfg.tracer.inject(self, self.trace)
+            h.add_flat(<tuple>hdrs)
+            if rid is not None:
+                h.remove(b"x-request-id")
+                h.add(b"x-request-id", <bytes>rid)
+                self.request_id = rid
         if route.timeout_hdr:
             h.add_flat(route.timeout_hdr)
         if route.req_add:

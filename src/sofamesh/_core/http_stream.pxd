@@ -104,6 +104,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef list trailers_raw              # list[bytes] | None: request trailer block being read
     cdef HeaderMap resp_head            # the proxied response's headers (encode filters read it)
     cdef bytes enc_swap                 # set by s.replace_data(): the body bytes passed on instead
+    cdef public object trace            # proxy.tracing.Span of this request, or None
 
     cdef int _end_request_stats(self, int status) except -1
 

@@ -61,6 +61,13 @@ cdef class HttpStream(UpstreamCallbacks):
             else:
                 cfg.rq_5xx.inc()
         cfg.rq_time.record(ms)
+        if self.trace is not None:
+            span = self.trace
+            self.trace = None
+            try:
+                cfg.tracer.finish(self, span, status)
+            except Exception:
+                pass
         if cl is not None:
             cl.rq_active -= 1
             cl.upstream_rq_active.dec()

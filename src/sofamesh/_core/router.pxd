@@ -123,6 +123,7 @@ cdef class Route:
     # timeout, capped by this unless 0; -1: not set (the route timeout applies)
     cdef readonly double grpc_timeout_max
     cdef readonly double grpc_timeout_offset  # grpc_timeout_header_offset (s)
+    cdef readonly str decorator           # decorator.operation: the span's name, or None
     cdef bint path_matches(self, const char* p, int n, int qpos)
     cdef bint matches(self, HeaderMap h)
     cpdef str pick_cluster(self)

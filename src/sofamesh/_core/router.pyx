@@ -141,8 +141,10 @@ cdef class Route:
                  bint strip_query=False, req_add=(), req_remove=(), req_add_if_absent=(),
                  resp_add=(), resp_remove=(), filter_config=None, upgrades=(), req_dyn=(),
                  resp_dyn=(), mirrors=(), hash_headers=(),
-                 vhost_name="", double grpc_timeout_max=-1.0, double grpc_timeout_offset=0.0):
+                 vhost_name="", double grpc_timeout_max=-1.0, double grpc_timeout_offset=0.0,
+                 decorator=None):
         self.name = name
+        self.decorator = decorator or None
         self.grpc_timeout_max = grpc_timeout_max
         self.grpc_timeout_offset = grpc_timeout_offset
         self.mirrors = tuple(mirrors)

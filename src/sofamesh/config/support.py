@@ -131,11 +131,6 @@ GAPS: list[Gap] = [
     ),
     Gap(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "tracing",
-        "tracing is not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "codec_type",
         "the HTTP/3 downstream codec is not implemented by sofamesh",
         values=("HTTP3",),
@@ -347,6 +342,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "common_http_protocol_options",
         "http_protocol_options",
         "http2_protocol_options",  # codecs/http2 settings and flood limits (H2_OPTIONS)
+        "tracing",  # envoy.tracers.zipkin (proxy/tracing.py)
         "upgrade_configs",
         "normalize_path",
         "merge_slashes",
@@ -362,6 +358,29 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _HCM + "RequestIDExtension": ("typed_config",),
     "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": (),  # NO_EFFECT lists both
     _HCM + "HttpFilter": ("name", "typed_config", "is_optional"),
+    _HCM + "HttpConnectionManager.Tracing": (
+        "provider",
+        "random_sampling",
+        "overall_sampling",
+        "client_sampling",  # 100 % only (proxy/tracing.py refuses others)
+        "custom_tags",
+        "max_path_tag_length",
+        "spawn_upstream_span",  # false only (proxy/tracing.py)
+    ),
+    "envoy.config.trace.v3.Tracing.Http": ("name", "typed_config"),
+    "envoy.config.trace.v3.ZipkinConfig": (
+        "collector_cluster",
+        "collector_endpoint",
+        "collector_endpoint_version",  # HTTP_JSON only (proxy/tracing.py)
+        "shared_span_context",
+        "trace_id_128bit",
+        "collector_hostname",
+    ),
+    "envoy.type.tracing.v3.CustomTag": ("tag", "literal", "request_header", "environment"),
+    "envoy.type.tracing.v3.CustomTag.Literal": ("value",),
+    "envoy.type.tracing.v3.CustomTag.Header": ("name", "default_value"),
+    "envoy.type.tracing.v3.CustomTag.Environment": ("name", "default_value"),
+    _RT + "Decorator": ("operation", "propagate"),  # the span's name; propagate true only
     _HCM + "HttpConnectionManager.UpgradeConfig": ("upgrade_type", "enabled"),
     # as HCM common_http_protocol_options (the cluster's is refused as a whole)
     "envoy.config.core.v3.HttpProtocolOptions": ("idle_timeout", "max_headers_count"),
@@ -426,6 +445,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "request_headers_to_remove",
         "response_headers_to_add",
         "response_headers_to_remove",
+        "decorator",  # the trace span's name (proxy/tracing.py)
     ),
     _RT + "RouteMatch": (
         "prefix",
@@ -748,7 +768,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
 }
 
 _OPAQUE = "opaque metadata: no sofamesh component reads it, and it changes no traffic"
-_TRACE = "only names or samples trace spans; tracing itself is refused where it is configured"
+_TRACE = (
+    "sofamesh's tracer samples new traces at random (not by request id) and marks the "
+    "request id of a sampled one (pack_trace_reason's default)"
+)
 # Set fields accepted although they change nothing in sofamesh, and why.
 NO_EFFECT: dict[str, dict[str, str]] = {
     "envoy.config.bootstrap.v3.Bootstrap": {
@@ -774,13 +797,13 @@ NO_EFFECT: dict[str, dict[str, str]] = {
     },
     _RT + "RouteConfiguration": {"metadata": _OPAQUE},
     _RT + "VirtualHost": {"metadata": _OPAQUE},
-    _RT + "Route": {"metadata": _OPAQUE, "decorator": _TRACE, "tracing": _TRACE},
+    _RT + "Route": {"metadata": _OPAQUE},
     "envoy.type.matcher.v3.RegexMatcher": {
         "google_re2": "deprecated and empty: RE2 syntax is the only engine either way",
     },
     _RT + "RouteAction.RequestMirrorPolicy": {
-        "trace_sampled": "marks the mirrored span sampled; tracing itself is refused where "
-        "it is configured",
+        "trace_sampled": "marks a mirrored request's span sampled; sofamesh does not trace "
+        "mirrored requests",
     },
     _CL + "Cluster": {
         "metadata": _OPAQUE,
@@ -806,8 +829,7 @@ NO_EFFECT: dict[str, dict[str, str]] = {
     },
     _EP + "LbEndpoint": {"metadata": _OPAQUE},
     "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": {
-        "pack_trace_reason": "alters the UUID only of a traced request; tracing is refused "
-        "where it is configured",
+        "pack_trace_reason": _TRACE,
         "use_request_id_for_trace_sampling": _TRACE,
     },
 }

@@ -22,6 +22,7 @@ _BUILTIN = [
     "sofamesh.proxy.tls",  # transport sockets envoy.transport_sockets.tls / raw_buffer
     "sofamesh.proxy.grpc_access_log",  # access logger envoy.access_loggers.http_grpc
     "sofamesh.proxy.stream_access_log",  # envoy.access_loggers.stdout / stderr
+    "sofamesh.proxy.tracing",  # tracer envoy.tracers.zipkin
 ]
 
 for _name in _BUILTIN:

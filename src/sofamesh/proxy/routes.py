@@ -270,6 +270,10 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
     kw["headers"] = [
         header_matcher(h, f"{rpath}.match.headers[{i}]") for i, h in enumerate(m.headers)
     ]
+    if r.HasField("decorator"):
+        if r.decorator.HasField("propagate") and not r.decorator.propagate.value:
+            raise UnsupportedConfig(f"{rpath}.decorator.propagate: only true is implemented")
+        kw["decorator"] = r.decorator.operation
     if m.HasField("grpc"):
         # `grpc: {}`: a gRPC request (Envoy: content-type application/grpc, alone or
         # followed by + or ;)

@@ -172,7 +172,7 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
     buffer_limit = 1024 * 1024
     if listener.HasField("per_connection_buffer_limit_bytes"):
         buffer_limit = listener.per_connection_buffer_limit_bytes.value
-    return HcmConfig(
+    cfg = HcmConfig(
         server._loop,
         server.stats,
         hcm.stat_prefix,
@@ -216,6 +216,13 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         merge_slashes=hcm.merge_slashes,
         strip_any_host_port=hcm.strip_any_host_port,
     )
+    if hcm.HasField("tracing"):
+        from sofamesh.proxy import tracing
+
+        cfg.tracer = tracing.build(
+            hcm.tracing, server, hcm.stat_prefix, local_ip(), f"{path}.typed_config.tracing"
+        )
+    return cfg
 
 
 def _h2_downstream(hcm: Any, max_headers: int) -> dict:
