@@ -1,9 +1,9 @@
-"""Outlier detection on Dubbo and Bolt clusters (sofamesh only: Envoy's dubbo_proxy reports
-no request outcome to the outlier detector; sofamesh counts RPC error replies as 5xx and
-connection failures and timeouts as local-origin failures, as Envoy's putResult maps them).
-Real sofa-rpc-node providers and clients; a provider that answers every call with a Dubbo
-error status, and a Bolt provider that goes away, are ejected after consecutive_5xx failed
-calls, and every later call reaches the good provider until the ejection time is over."""
+"""Outlier detection on Dubbo and Bolt clusters. Dubbo against Envoy 1.40's dubbo_proxy:
+a provider that answers every call with an error status (a real sofa-rpc-node provider
+beside it) is ejected after consecutive_5xx error replies, in both proxies, with the same
+flags and stats, and comes back after the ejection time. Bolt (no Envoy peer): a provider
+that goes away (refused connections) or never answers (timeouts) is ejected; calls then
+reach the live provider."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import envoy_binary, free_port
 from tests.integration.health.helpers import host_flags
 from tests.integration.rpc.conftest import (
     SERVICE,
@@ -29,7 +29,7 @@ from tests.integration.rpc.conftest import (
     sofamesh,
     stats,
 )
-from tests.support.envoy import admin_port, listener_ports
+from tests.support.envoy import ProxyProcess, admin_port, listener_ports
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,43 +94,61 @@ def _who(port: int, n: int, mode: str) -> list[dict]:
     return node_client(port, [{"method": "who"}], mode=mode, repeat=n)
 
 
-def test_dubbo_error_replies_eject_the_provider(tmp_path):
+def dubbo_scenario(start_proxy, tmp_path) -> dict:
     bad = DubboErrorProvider()
+    res: dict = {}
     try:
         with NodeServer(dubbo=True, tag="d1") as d1:
             c = cluster("dubbo_up", [d1.port, bad.port])
             c["outlier_detection"] = OD
-            lst = listener(
-                "dubbo", free_port(), [dubbo_filter([route_config(SERVICE, "dubbo_up")])]
-            )
+            # (Envoy's dubbo_proxy wants a match: the method)
+            rc = route_config(SERVICE, "dubbo_up", method="who")
+            lst = listener("dubbo", free_port(), [dubbo_filter([rc])])
             b = bootstrap([lst], [c])
-            with sofamesh(b, tmp_path) as p:
+            with start_proxy(b, tmp_path) as p:
                 a, port = admin_port(b), listener_ports(b)[0]
-                res = _who(port, 12, "dubbo")
-                failed = [r for r in res if not r.get("ok")]
-                # round robin: every second call reached the failing provider until its third
-                # error reply ejected it; every call after that reached d1
-                assert len(failed) == 3, res
-                assert [r.get("result") for r in res[6:]] == ["d1"] * 6, res
-                assert bad.calls == 3
-                assert host_flags(a, "dubbo_up")[bad.port] == "/failed_outlier_check"
-                s = stats(p)
+                res1 = _who(port, 12, "dubbo")
+                # round robin: every second call reached the failing provider until its
+                # third error reply ejected it; every call after that reached d1
+                res["failed_1"] = len([r for r in res1 if not r.get("ok")])
+                res["tail_1"] = [r.get("result") for r in res1[6:]]
+                res["bad_calls_1"] = bad.calls
+                res["flag_1"] = host_flags(a, "dubbo_up")[bad.port]
                 od = "cluster.dubbo_up.outlier_detection."
-                assert s[od + "ejections_enforced_consecutive_5xx"] == 1
-                assert s[od + "ejections_active"] == 1
-                assert s["cluster.dubbo_up.membership_healthy"] == 1
+                s = stats(p)
+                res["stats_1"] = {k: v for k, v in s.items() if k.startswith(od)}
+                res["healthy_1"] = s["cluster.dubbo_up.membership_healthy"]
                 # back after base_ejection_time (on an interval tick), failing again
                 t = time.monotonic()
                 while host_flags(a, "dubbo_up")[bad.port] != "healthy":
                     assert time.monotonic() - t < 2.5
                     time.sleep(0.02)
-                assert time.monotonic() - t > 0.4
-                res = _who(port, 8, "dubbo")
-                assert len([r for r in res if not r.get("ok")]) == 3, res
-                assert bad.calls == 6
-                assert stats(p)[od + "ejections_enforced_consecutive_5xx"] == 2
+                res["back_after"] = time.monotonic() - t
+                res2 = _who(port, 8, "dubbo")
+                res["failed_2"] = len([r for r in res2 if not r.get("ok")])
+                res["bad_calls_2"] = bad.calls
+                s = stats(p)
+                res["stats_2"] = {k: v for k, v in s.items() if k.startswith(od)}
     finally:
         bad.close()
+    return res
+
+
+@pytest.mark.envoy
+def test_dubbo_error_replies_eject_as_envoy(tmp_path):
+    """Envoy 1.40's dubbo_proxy counts an error reply as a failed request: the same
+    ejections, flags and stats in both proxies."""
+    env = dubbo_scenario(lambda b, d: ProxyProcess.envoy(envoy_binary(), b, d / "envoy"), tmp_path)
+    assert env["failed_1"] == 3 and env["tail_1"] == ["d1"] * 6 and env["bad_calls_1"] == 3
+    assert env["flag_1"] == "/failed_outlier_check" and env["healthy_1"] == 1
+    # Envoy ejects on its main thread and its worker learns of it by a post: a call sent
+    # meanwhile can still reach the host (one more failure, now and then)
+    assert env["failed_2"] in (3, 4) and env["bad_calls_2"] == 3 + env["failed_2"]
+    sm = dubbo_scenario(lambda b, d: sofamesh(b, d / "sm"), tmp_path)
+    assert sm["failed_2"] == 3 and sm["bad_calls_2"] == 6
+    for k in ("failed_1", "tail_1", "bad_calls_1", "flag_1", "stats_1", "healthy_1", "stats_2"):
+        assert sm[k] == env[k], k
+    assert abs(env["back_after"] - sm["back_after"]) < 0.6
 
 
 def test_bolt_provider_gone_is_ejected(tmp_path):
