@@ -846,6 +846,12 @@ class DynamicConfig:
         problem = check_domains(rc, key, [hcm.scoped_routes for _, hcm in self._scoped_users()])
         if problem is not None:
             return problem
+        if rc.ignore_port_in_host_matching:
+            return (
+                "ignore_port_in_host_matching: RouteConfiguration.ignore_port_in_host_matching "
+                "in a scope's route configuration is not implemented by sofamesh (the scopes "
+                "share one route table)"
+            )
         self.scopes.entries[name] = compile_vhosts(
             rc,
             per_filter=self.server._per_filter,
