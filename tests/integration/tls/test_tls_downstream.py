@@ -268,6 +268,24 @@ def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int, xfp: int)
                     ],
                 },
                 {
+                    # TLS 1.2 at most, one cipher suite (an equal-preference group of one)
+                    "name": "ciphers",
+                    "stat_prefix": "ciphers",
+                    "address": _addr(ports["ciphers"]),
+                    "filter_chains": [
+                        {
+                            "transport_socket": _tls(
+                                pki["plainhost"],
+                                params={
+                                    "tls_maximum_protocol_version": "TLSv1_2",
+                                    "cipher_suites": ["[ECDHE-ECDSA-AES256-GCM-SHA384]"],
+                                },
+                            ),
+                            "filters": _http("ciphers_http", "ciphers ok"),
+                        }
+                    ],
+                },
+                {
                     "name": "tls13",
                     "stat_prefix": "tls13",
                     "address": _addr(ports["tls13"]),
@@ -389,6 +407,15 @@ def resumed(port: int, ctx: ssl.SSLContext) -> str:
     return " ".join(out)
 
 
+def cipher_of(port: int, ctx: ssl.SSLContext) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+        try:
+            with ctx.wrap_socket(raw) as s:
+                return f"{s.version()} {s.cipher()[0]}"
+        except (ssl.SSLError, OSError):
+            return "rejected"
+
+
 def plain_exchange(port: int, payload: bytes) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
         s.sendall(payload)
@@ -436,6 +463,7 @@ def run_cases(pki: dict, ports: dict[str, int]) -> dict[str, str]:
         "crl: revoked client": tls_exchange(ports["crl"], c(pki, "revoked"), None, GET),
         "crl chain: good client": tls_exchange(ports["crl_chain"], c(pki, "client_a"), None, GET),
         "crl chain: revoked client": tls_exchange(ports["crl_chain"], c(pki, "revoked"), None, GET),
+        "one cipher, TLS 1.2 at most": cipher_of(ports["ciphers"], c(pki)),
         "tls13 with TLS 1.3": tls_exchange(ports["tls13"], c(pki), None, GET),
         "tls13 with TLS 1.2 client": tls_exchange(
             ports["tls13"], c(pki, max_version=ssl.TLSVersion.TLSv1_2), None, GET
@@ -546,7 +574,7 @@ def echo():
     srv.server_close()
 
 
-NAMES = ("sni", "mtls", "tls13", "xfp", "crl", "crl_chain")
+NAMES = ("sni", "mtls", "tls13", "xfp", "crl", "crl_chain", "ciphers")
 
 
 @pytest.fixture(scope="module")
@@ -589,6 +617,7 @@ def test_clients_see_the_same(results):
     assert env["mtls no client cert"] == "rejected"
     assert env["crl: good client"].endswith("200 OK crl ok"), env
     assert env["crl: revoked client"] == "rejected", env
+    assert env["one cipher, TLS 1.2 at most"] == "TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384", env
     assert env["mtls session resumed (TLS 1.2)"] == "False True", env
     assert env["curl mtls http2 by ALPN"] == "mtls ok code=200 http=2 exit=False", env
     assert env["x-forwarded-proto over TLS"].endswith("200 OK xfp=https"), env
