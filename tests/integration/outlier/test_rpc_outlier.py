@@ -233,3 +233,36 @@ def test_bolt_timeouts_eject_the_provider(tmp_path):
                 )
     finally:
         silent.close()
+
+
+def dubbo_gone_scenario(start_proxy, tmp_path) -> dict:
+    with NodeServer(dubbo=True, tag="d1") as d1, NodeServer(dubbo=True, tag="d2") as d2:
+        c = cluster("dubbo_up", [d1.port, d2.port])
+        c["outlier_detection"] = OD
+        rc = route_config(SERVICE, "dubbo_up", method="who")
+        b = bootstrap([listener("dubbo", free_port(), [dubbo_filter([rc])])], [c])
+        with start_proxy(b, tmp_path) as p:
+            a, port = admin_port(b), listener_ports(b)[0]
+            assert {r.get("result") for r in _who(port, 4, "dubbo")} == {"d1", "d2"}
+            d2.stop()
+            time.sleep(0.2)
+            res = _who(port, 12, "dubbo")
+            od = "cluster.dubbo_up.outlier_detection."
+            return {
+                "failed": len([r for r in res if not r.get("ok")]),
+                "tail": [r.get("result") for r in res[6:]],
+                "flags": sorted(host_flags(a, "dubbo_up").values()),
+                "stats": {k: v for k, v in stats(p).items() if k.startswith(od)},
+            }
+
+
+@pytest.mark.envoy
+def test_dubbo_provider_gone_ejected_as_envoy(tmp_path):
+    """A Dubbo provider that goes away: refused connections count as 503s (no split) in
+    Envoy's dubbo_proxy and in sofamesh; the same ejection and stats."""
+    env = dubbo_gone_scenario(
+        lambda b, d: ProxyProcess.envoy(envoy_binary(), b, d / "envoy"), tmp_path
+    )
+    assert env["failed"] == 3 and env["tail"] == ["d1"] * 6
+    assert env["flags"] == ["/failed_outlier_check", "healthy"]
+    assert dubbo_gone_scenario(lambda b, d: sofamesh(b, d / "sm"), tmp_path) == env
