@@ -1,7 +1,7 @@
 """End-to-end HTTP/1.1 benchmark: nginx upstream, Envoy 1.40 and sofamesh side by side, CPU per request.
 
     .venv/bin/python benchmarks/http1_e2e.py [--quick] [--duration 10] [--connections 50] [--json out.json]
-        [--rbac 20]
+        [--rbac 20] [--tracing 1]
 
 Layout (2 cores): each proxy runs alone, `--concurrency 1`, pinned to core 0; nginx (one
 worker process) and wrk (one thread, keep-alive, fixed connections) share core 1. Both
@@ -11,7 +11,9 @@ wrk -> nginx run is the baseline (its CPU column is nginx's own cost per request
 
 `--rbac N` also runs each proxy with envoy.filters.http.rbac in front (N ALLOW policies, only
 the last lets the benchmark's requests through: every request runs all N; lib/bootstrap.rbac)
-as targets `<proxy>+rbac`, and reports the on/off ratio per proxy.
+as targets `<proxy>+rbac`, and reports the on/off ratio per proxy. `--tracing PCT` likewise
+runs `<proxy>+trace` with HCM tracing (envoy.tracers.zipkin, PCT % random sampling; spans
+POSTed to nginx, which refuses them: the cost of making and sending spans is what is measured).
 
 CPU per request = the proxy's utime + stime (all threads, all worker processes) from
 /proc/<pid>/stat, delta over the measured wrk run / the requests wrk completed in it.
@@ -113,7 +115,8 @@ def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Pro
     port, admin = free_port(), free_port()
     config = workdir / f"{kind.replace('+', '_')}.json"
     rbac_n = args.rbac if kind.endswith("+rbac") else 0
-    config.write_text(json.dumps(bootstrap(port, admin, upstream_port, rbac_n), indent=1))
+    trace = args.tracing if kind.endswith("+trace") else None
+    config.write_text(json.dumps(bootstrap(port, admin, upstream_port, rbac_n, trace), indent=1))
     proc = Proc(
         kind, proxy_argv(kind, config), workdir / f"{kind.replace('+', '_')}.log", args.proxy_core
     )
@@ -187,6 +190,16 @@ def table(results: dict) -> str:
             "RBAC on / off, CPU per request: "
             + ", ".join(f"{k} {v}" for k, v in results["rbac_on_over_off_cpu"].items())
         )
+    r = results.get("ratio_sofamesh_over_envoy_trace")
+    if r:
+        lines.append(
+            f"{'sofamesh/envoy +trace':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols)
+        )
+    if results.get("tracing_on_over_off_cpu"):
+        lines.append(
+            "tracing on / off, CPU per request: "
+            + ", ".join(f"{k} {v}" for k, v in results["tracing_on_over_off_cpu"].items())
+        )
     if results.get("cpu_ratio_per_round"):
         lines.append(
             f"sofamesh / envoy CPU per request, round by round: "
@@ -219,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="also run each proxy with an RBAC filter of this many policies",
+    )
+    ap.add_argument(
+        "--tracing",
+        type=float,
+        default=None,
+        help="also run each proxy with Zipkin tracing at this random sampling percent",
     )
     ap.add_argument(
         "--nice",
@@ -255,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rbac:
         kinds += [f"{k}+rbac" for k in kinds]
         results["layout"]["rbac_policies"] = args.rbac
+    if args.tracing is not None:
+        kinds += [f"{k}+trace" for k in kinds if "+" not in k]
+        results["layout"]["tracing_percent"] = args.tracing
     with tempfile.TemporaryDirectory(prefix="sofamesh-bench-") as tmp:
         workdir = Path(tmp)
         up_port = free_port()
@@ -328,6 +350,16 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("rbac_on_over_off_cpu", {})[k] = round(
                 on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
             )
+    for k in kinds:
+        on, off = runs.get(f"{k}+trace"), runs.get(k)
+        if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
+            results.setdefault("tracing_on_over_off_cpu", {})[k] = round(
+                on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
+            )
+    if "envoy+trace" in runs and "sofamesh+trace" in runs:
+        results["ratio_sofamesh_over_envoy_trace"] = ratios(
+            runs["sofamesh+trace"], runs["envoy+trace"]
+        )
     if "envoy+rbac" in runs and "sofamesh+rbac" in runs:
         results["ratio_sofamesh_over_envoy_rbac"] = ratios(
             runs["sofamesh+rbac"], runs["envoy+rbac"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network."
     "http_connection_manager.v3.HttpConnectionManager"
@@ -80,8 +82,30 @@ def rbac(n: int) -> dict:
     }
 
 
+def tracing(percent: float) -> dict:
+    """HCM tracing with envoy.tracers.zipkin at `percent` random sampling; spans go to the
+    `zipkin` cluster (the benchmark's nginx: it answers the POSTs 405, which both proxies
+    count as failed reports; the cost measured is making and sending them)."""
+    return {
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "zipkin",
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+            },
+        },
+        "random_sampling": {"value": percent},
+    }
+
+
 def bootstrap(
-    listen_port: int, admin_port: int, upstream_port: int, rbac_policies: int = 0
+    listen_port: int,
+    admin_port: int,
+    upstream_port: int,
+    rbac_policies: int = 0,
+    tracing_percent: float | None = None,
 ) -> dict:
     hcm = {
         "@type": HCM,
@@ -103,7 +127,9 @@ def bootstrap(
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],
     }
-    return {
+    if tracing_percent is not None:
+        hcm["tracing"] = tracing(tracing_percent)
+    boot = {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
@@ -154,6 +180,11 @@ def bootstrap(
             ],
         },
     }
+    if tracing_percent is not None:
+        zipkin = json.loads(json.dumps(boot["static_resources"]["clusters"][0]))
+        zipkin["name"] = zipkin["load_assignment"]["cluster_name"] = "zipkin"
+        boot["static_resources"]["clusters"].append(zipkin)
+    return boot
 
 
 GRPC_SERVICE = "bench.Echo"
