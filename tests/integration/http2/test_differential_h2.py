@@ -25,6 +25,8 @@ from tests.support.h2_peers import (
     RawH2Upstream,
     h2_exchange,
 )
+from tests.support.h2raw import GOAWAY, H2Client
+from tests.support.h2raw import req as h2req
 
 from .conftest import _cluster
 from .harness import KINDS, alive, start
@@ -54,6 +56,7 @@ def pair(tmp_path_factory: Any):
                     kind,
                     tmp_path_factory,
                     routes=ROUTES,
+                    hcm={"common_http_protocol_options": {"idle_timeout": "1.5s"}},
                     clusters=[
                         _cluster("h2rec", h2up.port, True),
                         _cluster("h2raw", raw.port, True),
@@ -300,6 +303,37 @@ def _(r: Any, c: str) -> dict:
     a = h2_exchange(r.port, req("/h2rec/g1", c, x_upstream_action="goaway"))
     b = h2_exchange(r.port, req("/h2rec/g2", c))
     return {"first": seen(a), "second": seen(b), "upstream": h2_records(r, c, 2)}
+
+
+@case("idle connection: GOAWAY after common_http_protocol_options.idle_timeout, then close")
+def _(r: Any, c: str) -> dict:
+    """Envoy drains an idle HTTP/2 connection in two steps: GOAWAY(NO_ERROR, 2^31-1), then
+    after the HCM drain_timeout (5 s by default) GOAWAY(NO_ERROR, last stream) and close."""
+    with H2Client(r.port, timeout=10) as cl:
+        cl.handshake()
+        cl.request(1, h2req(path="/h1/idle", x_case_id=c))
+        first = cl.outcome(1)
+        t0 = time.monotonic()
+        seen_ = []
+        while time.monotonic() - t0 < 10:
+            f = cl.read_frame(max(0.05, 10 - (time.monotonic() - t0)))
+            if f is None:
+                break
+            if f.type == GOAWAY:
+                seen_.append((f.code, f.last_stream_id, time.monotonic() - t0))
+        closed_at = time.monotonic() - t0 if cl.eof else None
+
+    def when(t: float) -> str:  # idle_timeout 1.5 s, drain_timeout 5 s (Envoy's default)
+        return "after idle_timeout" if t < 4 else "after idle_timeout + drain_timeout"
+
+    last = seen_[-1][2] if seen_ else 0.0
+    return {
+        "first": first.status,
+        "goaways": [(code, sid, when(t)) for code, sid, t in seen_],
+        "closed": None
+        if closed_at is None
+        else ("with the last GOAWAY" if closed_at - last < 2.5 else "later"),
+    }
 
 
 # -- h2c -> an HTTP/2 upstream that misbehaves (tests/support/h2_peers.py SCRIPTS) -----------
