@@ -245,7 +245,8 @@ def test_istio_name_alone_is_not_istio(tmp_path):
         {
             "name": "istio.stats",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": 1024,
             },
         },
     )
@@ -254,7 +255,7 @@ def test_istio_name_alone_is_not_istio(tmp_path):
     assert "http_filters[0].typed_config: http filter type.googleapis.com/envoy.extensions." in (
         r.stderr
     )
-    assert "Cors is not implemented by sofamesh" in r.stderr
+    assert "Buffer is not implemented by sofamesh" in r.stderr
 
 
 def test_wasm_other_than_istio_null_vm_is_refused(tmp_path):
