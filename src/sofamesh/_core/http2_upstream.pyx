@@ -23,7 +23,7 @@ from sofamesh._core.http_common cimport (
     mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, FAIL_REMOTE_RESET,
     FAIL_REFUSED, PAUSE_UPSTREAM_FULL,
 )
-from sofamesh._core.upstream cimport Cluster, Host
+from sofamesh._core.upstream cimport Cluster, Host, OUTCOME_CONNECT_SUCCESS
 
 from sofamesh._core.codecs.http2 import Connection as _Connection, UsageError
 
@@ -267,6 +267,7 @@ cdef class H2Connection:
         self.connected = True
         for s in self.streams.values():
             (<H2UpStream>s).connected = True
+            self.host.outcome(OUTCOME_CONNECT_SUCCESS)  # outlier detection: each pool ready
         self.write_now()    # preface, SETTINGS and the requests encoded meanwhile
 
     def data_received(self, bytes data):
