@@ -22,7 +22,8 @@ from .conftest import EchoServer, Running, _distinct, bootstrap
 KINDS = ["envoy", "sofamesh"]
 
 
-def start(kind: str, tmp: Any, **kw: Any) -> Running:
+def start(kind: str, tmp: Any, extra_args: list[str] | None = None, **kw: Any) -> Running:
+    """`extra_args`: command-line flags both Envoy and sofamesh take (--drain-strategy...)."""
     echo = EchoServer().start()
     upstream = RecordingUpstream(["a"]).start()
     for attempt in range(3):
@@ -33,6 +34,7 @@ def start(kind: str, tmp: Any, **kw: Any) -> Running:
             proc = ProxyProcess.envoy(envoy_binary(), boot, work)
         else:
             proc = ProxyProcess.sofamesh(sofamesh_command(), boot, work)
+        proc.argv += extra_args or []
         try:
             proc.start()
         except RuntimeError as e:

@@ -9,6 +9,7 @@ order across names, large bodies by digest); the two proxies must agree exactly.
 
 from __future__ import annotations
 
+import http.client
 import time
 import traceback
 from collections.abc import Callable
@@ -385,3 +386,58 @@ def test_h2_differential(observed: dict, name: str) -> None:
 
 def test_case_count() -> None:
     assert len(CASES) >= 40
+
+
+def admin_post(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _drain_observation(r: Any) -> dict:
+    """A slow request in flight on an h2 connection when the admin's
+    /drain_listeners?graceful starts an immediate drain: the GOAWAYs the client gets, how
+    the stream ends, and when the connection closes."""
+    with H2Client(r.port, timeout=10) as cl:
+        cl.handshake()
+        cl.request(1, h2req(path="/h1/drain", x_upstream_action="delay=1000"))
+        time.sleep(0.2)
+        admin_post(r.admin, "/drain_listeners?graceful")
+        t0 = time.monotonic()
+        goaways = []
+        status = None
+        ended = None
+        while time.monotonic() - t0 < 8:
+            f = cl.read_frame(max(0.05, 8 - (time.monotonic() - t0)))
+            if f is None:
+                break
+            if f.type == GOAWAY:
+                goaways.append((f.code, f.last_stream_id))
+            elif f.sid == 1 and f.fields and status is None:
+                status = dict(f.fields).get(":status")
+            if f.sid == 1 and f.flags & 1 and f.type in (0, 1):
+                ended = "END_STREAM"
+        return {"stream 1": (status, ended), "goaways": goaways, "closed": cl.eof}
+
+
+def test_graceful_drain_of_an_h2_connection(tmp_path_factory: Any) -> None:
+    seen_ = {}
+    for kind in KINDS:
+        r = start(
+            kind,
+            tmp_path_factory,
+            routes=[{"match": {"prefix": "/"}, "route": {"cluster": "h1"}}],
+            extra_args=["--drain-strategy", "immediate", "--drain-time-s", "2"],
+        )
+        try:
+            seen_[kind] = _drain_observation(r)
+            alive(r)
+        finally:
+            r.proc.stop()
+            r.echo.stop()
+            r.upstream.stop()
+    assert seen_["envoy"]["stream 1"] == ("200", "END_STREAM"), seen_
+    assert seen_["sofamesh"] == seen_["envoy"]
