@@ -207,6 +207,7 @@ _CORS_POLICY = (
     "allow_private_network_access",
     "forward_not_matching_preflights",
 )
+_CMP = "envoy.extensions.filters.http.compressor.v3.Compressor"
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.bootstrap.v3.Bootstrap": (
         "node",
@@ -757,6 +758,31 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.extensions.filters.http.cors.v3.Cors": (),
     "envoy.extensions.filters.http.cors.v3.CorsPolicy": _CORS_POLICY,
     _RT + "CorsPolicy": _CORS_POLICY,
+    # envoy.filters.http.compressor (filters/http/compressor.py, compression.py): response
+    # compression; request_direction_config, choose_first, status_header_enabled and the
+    # deprecated top-level twins are refused
+    _CMP: ("compressor_library", "response_direction_config"),
+    _CMP + ".ResponseDirectionConfig": (
+        "common_config",
+        "disable_on_etag_header",
+        "remove_accept_encoding_header",
+        "uncompressible_response_codes",
+    ),
+    _CMP + ".CommonDirectionConfig": ("enabled", "min_content_length", "content_type"),
+    _CMP + "PerRoute": ("disabled",),
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip": (
+        "memory_level",
+        "compression_level",
+        "compression_strategy",
+        "window_bits",
+    ),
+    "envoy.extensions.compression.brotli.compressor.v3.Brotli": (
+        "quality",
+        "encoder_mode",
+        "window_bits",
+        "input_block_bits",
+    ),
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd": ("compression_level", "enable_checksum"),
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": (
         "stat_prefix",
         "status",
@@ -768,6 +794,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
 }
 
 _OPAQUE = "opaque metadata: no sofamesh component reads it, and it changes no traffic"
+_CHUNK = (
+    "the size of the library's output buffer: how the (de)compressed bytes are cut into "
+    "pieces, not what they are"
+)
 _TRACE = (
     "sofamesh's tracer samples new traces at random (not by request id) and marks the "
     "request id of a sampled one (pack_trace_reason's default)"
@@ -786,6 +816,9 @@ NO_EFFECT: dict[str, dict[str, str]] = {
         "enable_deferred_cluster_creation": "only when workers build their copies of clusters "
         "(memory and CPU); traffic, stats and admin output are the same",
     },
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip": {"chunk_size": _CHUNK},
+    "envoy.extensions.compression.brotli.compressor.v3.Brotli": {"chunk_size": _CHUNK},
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd": {"chunk_size": _CHUNK},
     _LS + "Listener": {
         "metadata": _OPAQUE,
         "ignore_global_conn_limit": "sofamesh has no global connection limit to bypass",

@@ -12,6 +12,7 @@ _BUILTIN = [
     "sofamesh.filters.http.rate_limit_quota",
     "sofamesh.filters.http.grpc_stats",
     "sofamesh.filters.http.cors",
+    "sofamesh.filters.http.compressor",
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",

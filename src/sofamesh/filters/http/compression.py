@@ -1,0 +1,240 @@
+"""Compression libraries for envoy.filters.http.compressor / decompressor, by config type:
+gzip (zlib, standard library), brotli (the `brotli` package) and zstd (`zstandard`), with
+Envoy's defaults. A library gives the content-coding name Envoy writes, its stats prefix,
+and a factory of streaming objects:
+
+    compressor.compress(data, finish) -> bytes   # flushes what it has (Envoy's Flush/Finish)
+    decompressor.decompress(data) -> bytes       # raises Corrupt on bad input
+
+The compressed bytes need not equal Envoy's (Envoy links zlib-ng, its own brotli and zstd
+builds, and chunks differently); what they decompress to does.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_T = "type.googleapis.com/envoy.extensions.compression."
+GZIP_C = _T + "gzip.compressor.v3.Gzip"
+BROTLI_C = _T + "brotli.compressor.v3.Brotli"
+ZSTD_C = _T + "zstd.compressor.v3.Zstd"
+GZIP_D = _T + "gzip.decompressor.v3.Gzip"
+BROTLI_D = _T + "brotli.decompressor.v3.Brotli"
+ZSTD_D = _T + "zstd.decompressor.v3.Zstd"
+
+
+class Corrupt(Exception):
+    """The compressed stream is not valid (or inflates beyond the allowed ratio)."""
+
+
+@dataclass(frozen=True)
+class Library:
+    encoding: str  # the content-coding: gzip, br, zstd
+    stat_prefix: str  # gzip, brotli, zstd
+    make: Callable[[], Any]  # a new streaming (de)compressor
+
+
+def _u32(msg: Any, name: str, default: int) -> int:
+    return getattr(msg, name).value if msg.HasField(name) else default
+
+
+def _refuse(path: str, what: str) -> None:
+    from sofamesh.proxy.errors import UnsupportedConfig
+
+    raise UnsupportedConfig(f"{path}.{what}: not implemented by sofamesh")
+
+
+# -- compressors --------------------------------------------------------------------------
+class _Zlib:
+    __slots__ = ("z",)
+
+    def __init__(self, level: int, wbits: int, mem: int, strategy: int) -> None:
+        self.z = zlib.compressobj(level, zlib.DEFLATED, wbits, mem, strategy)
+
+    def compress(self, data: bytes, finish: bool) -> bytes:
+        out = self.z.compress(data)
+        return out + self.z.flush(zlib.Z_FINISH if finish else zlib.Z_SYNC_FLUSH)
+
+
+class _Brotli:
+    __slots__ = ("b",)
+
+    def __init__(self, **kw: Any) -> None:
+        import brotli
+
+        self.b = brotli.Compressor(**kw)
+
+    def compress(self, data: bytes, finish: bool) -> bytes:
+        out = self.b.process(data) if data else b""
+        return out + (self.b.finish() if finish else self.b.flush())
+
+
+class _Zstd:
+    __slots__ = ("z",)
+
+    def __init__(self, level: int, checksum: bool) -> None:
+        import zstandard
+
+        self.z = zstandard.ZstdCompressor(level=level, write_checksum=checksum).compressobj()
+
+    def compress(self, data: bytes, finish: bool) -> bytes:
+        import zstandard
+
+        out = self.z.compress(data) if data else b""
+        mode = zstandard.COMPRESSOBJ_FLUSH_FINISH if finish else zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        return out + self.z.flush(mode)
+
+
+def compressor_library(any_cfg: Any, path: str) -> Library:
+    """Envoy's defaults: gzip level 6 (DEFAULT_COMPRESSION), memory_level 5, window_bits 12;
+    brotli quality 3, window_bits 18, input_block_bits 24; zstd level 3, no checksum."""
+    url = any_cfg.type_url
+    if url == GZIP_C:
+        from envoy.extensions.compression.gzip.compressor.v3 import gzip_pb2
+
+        m = gzip_pb2.Gzip()
+        any_cfg.Unpack(m)
+        level = m.compression_level or -1  # DEFAULT_COMPRESSION (0) is zlib's -1
+        wbits = 16 + _u32(m, "window_bits", 12)  # 16+: the gzip wrapper
+        mem = _u32(m, "memory_level", 5)
+        strategy = int(m.compression_strategy)  # DEFAULT, FILTERED, HUFFMAN_ONLY, RLE, FIXED
+        zlib.compressobj(level, zlib.DEFLATED, wbits, mem, strategy)  # bad values fail here
+        return Library("gzip", "gzip", lambda: _Zlib(level, wbits, mem, strategy))
+    if url == BROTLI_C:
+        import brotli
+        from envoy.extensions.compression.brotli.compressor.v3 import brotli_pb2
+
+        m = brotli_pb2.Brotli()
+        any_cfg.Unpack(m)
+        if m.disable_literal_context_modeling:
+            _refuse(path, "typed_config.disable_literal_context_modeling")
+        mode = {
+            0: brotli.MODE_GENERIC,
+            1: brotli.MODE_GENERIC,
+            2: brotli.MODE_TEXT,
+            3: brotli.MODE_FONT,
+        }[int(m.encoder_mode)]
+        kw = {
+            "mode": mode,
+            "quality": _u32(m, "quality", 3),
+            "lgwin": _u32(m, "window_bits", 18),
+            "lgblock": _u32(m, "input_block_bits", 24),
+        }
+        return Library("br", "brotli", lambda: _Brotli(**kw))
+    if url == ZSTD_C:
+        from envoy.extensions.compression.zstd.compressor.v3 import zstd_pb2
+
+        m = zstd_pb2.Zstd()
+        any_cfg.Unpack(m)
+        if m.HasField("dictionary"):
+            _refuse(path, "typed_config.dictionary")
+        if m.strategy:
+            _refuse(path, "typed_config.strategy")
+        level = _u32(m, "compression_level", 3)
+        checksum = m.enable_checksum
+        return Library("zstd", "zstd", lambda: _Zstd(level, checksum))
+    from sofamesh.proxy.errors import UnsupportedConfig
+
+    raise UnsupportedConfig(
+        f"{path}.typed_config: compressor library {url} is not implemented by sofamesh"
+    )
+
+
+# -- decompressors ------------------------------------------------------------------------
+class _Inflate:
+    __slots__ = ("ratio", "z")
+
+    def __init__(self, wbits: int, ratio: int) -> None:
+        self.z = zlib.decompressobj(wbits)
+        self.ratio = ratio
+
+    def decompress(self, data: bytes) -> bytes:
+        try:
+            out = self.z.decompress(data, max(len(data), 1) * self.ratio)
+        except zlib.error as e:
+            raise Corrupt(str(e)) from None
+        if self.z.unconsumed_tail:
+            raise Corrupt("inflate ratio exceeded")
+        return out
+
+
+class _Unbrotli:
+    __slots__ = ("b",)
+
+    def __init__(self) -> None:
+        import brotli
+
+        self.b = brotli.Decompressor()
+
+    def decompress(self, data: bytes) -> bytes:
+        import brotli
+
+        try:
+            return self.b.process(data)
+        except brotli.error as e:
+            raise Corrupt(str(e)) from None
+
+
+class _Unzstd:
+    __slots__ = ("z",)
+
+    def __init__(self) -> None:
+        import zstandard
+
+        self.z = zstandard.ZstdDecompressor().decompressobj()
+
+    def decompress(self, data: bytes) -> bytes:
+        import zstandard
+
+        try:
+            return self.z.decompress(data)
+        except zstandard.ZstdError as e:
+            raise Corrupt(str(e)) from None
+
+
+def decompressor_library(any_cfg: Any, path: str) -> Library:
+    """gzip: window_bits (default 15; a stream written with a larger window is refused, as
+    zlib does), max_inflate_ratio (default 100); brotli and zstd with their defaults."""
+    url = any_cfg.type_url
+    if url == GZIP_D:
+        from envoy.extensions.compression.gzip.decompressor.v3 import gzip_pb2
+
+        m = gzip_pb2.Gzip()
+        any_cfg.Unpack(m)
+        wbits = 16 + _u32(m, "window_bits", 15)
+        ratio = _u32(m, "max_inflate_ratio", 100)
+        return Library("gzip", "gzip", lambda: _Inflate(wbits, ratio))
+    if url == BROTLI_D:
+        from envoy.extensions.compression.brotli.decompressor.v3 import brotli_pb2
+
+        m = brotli_pb2.Brotli()
+        any_cfg.Unpack(m)
+        if m.disable_ring_buffer_reallocation:
+            _refuse(path, "typed_config.disable_ring_buffer_reallocation")
+        return Library("br", "brotli", _Unbrotli)
+    if url == ZSTD_D:
+        from envoy.extensions.compression.zstd.decompressor.v3 import zstd_pb2
+
+        m = zstd_pb2.Zstd()
+        any_cfg.Unpack(m)
+        if len(m.dictionaries):
+            _refuse(path, "typed_config.dictionaries")
+        return Library("zstd", "zstd", _Unzstd)
+    from sofamesh.proxy.errors import UnsupportedConfig
+
+    raise UnsupportedConfig(
+        f"{path}.typed_config: decompressor library {url} is not implemented by sofamesh"
+    )
+
+
+def _register() -> None:
+    from sofamesh.config.support import register_extension
+
+    for url in (GZIP_C, BROTLI_C, ZSTD_C, GZIP_D, BROTLI_D, ZSTD_D):
+        register_extension(url, "sofamesh.filters.http.compression")
+
+
+_register()
