@@ -57,7 +57,10 @@ def pair(tmp_path_factory: Any):
                     kind,
                     tmp_path_factory,
                     routes=ROUTES,
-                    hcm={"common_http_protocol_options": {"idle_timeout": "1.5s"}},
+                    hcm={
+                        "common_http_protocol_options": {"idle_timeout": "1.5s"},
+                        "via": "1.1 mesh-test",
+                    },
                     clusters=[
                         _cluster("h2rec", h2up.port, True),
                         _cluster("h2raw", raw.port, True),
@@ -440,4 +443,27 @@ def test_graceful_drain_of_an_h2_connection(tmp_path_factory: Any) -> None:
             r.echo.stop()
             r.upstream.stop()
     assert seen_["envoy"]["stream 1"] == ("200", "END_STREAM"), seen_
+    assert seen_["sofamesh"] == seen_["envoy"]
+
+
+def test_via_on_h2_requests_responses_and_local_replies(tmp_path_factory: Any) -> None:
+    """HCM `via`: added to the request the upstream gets, to the proxied response, and to
+    the proxy's own replies (a direct_response, a 503, a 404)."""
+    seen_ = {}
+    routes = [*ROUTES, {"match": {"prefix": "/"}, "route": {"cluster": "h1"}}]
+    routes = [r for r in routes if r["match"]["prefix"] not in ("/h2rec/", "/h2raw/")]
+    for kind in KINDS:
+        r = start(kind, tmp_path_factory, routes=routes[:-1], hcm={"via": "1.1 mesh-test"})
+        try:
+            out = {}
+            for path in ("/h1/via", "/direct", "/dead/x", "/nowhere"):
+                x = h2_exchange(r.port, req(path, "via"))
+                out[path] = (x.status, dict(x.headers).get("via"))
+            out["upstream"] = [rec["headers"] for rec in h1_records(r, "via")]
+            seen_[kind] = out
+        finally:
+            r.proc.stop()
+            r.echo.stop()
+            r.upstream.stop()
+    assert seen_["envoy"]["/h1/via"] == (200, "1.1 mesh-test"), seen_
     assert seen_["sofamesh"] == seen_["envoy"]
