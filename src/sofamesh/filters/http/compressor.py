@@ -29,7 +29,6 @@ refused). Refused by name: request-direction compression, `status_header_enabled
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from sofamesh._core.http_proxy import FILTER_CONTINUE_, HttpFilter
@@ -243,7 +242,7 @@ class CompressorFilter(HttpFilter):
         if ae is None:
             self._inc("no_accept_header", top=True)
             return False
-        stat, coding = choose(ae, self.lib.encoding if type_ok else "")
+        stat, _ = choose(ae, self.lib.encoding if type_ok else "")
         if stat == "used":
             self._inc("header_compressor_used", top=True)
             return True
