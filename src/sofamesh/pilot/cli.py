@@ -76,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ca-key", default=None, help="PEM key of --ca-cert")
     p.add_argument(
+        "--secure-xds",
+        choices=("true", "false"),
+        default=None,
+        help="serve ADS/SDS over mutual TLS (sidecars need a certificate of the pilot's CA; "
+        "each stream's identity is its certificate's, not what its node says)",
+    )
+    p.add_argument(
         "--secure-api",
         choices=("true", "false"),
         default=None,
@@ -176,6 +183,12 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         doors = LockedDoors(pilot.ads.sds.ca, opts["api_address"][0], pilot.metrics)
         api.ssl_context = doors.context
         api.app.middlewares.append(doors.middleware)
+    if opts.get("secure_xds"):
+        from sofamesh.pilot.doors import xds_credentials
+
+        if pilot.ads.sds is None:
+            raise SystemExit("sofamesh pilot: --secure-xds needs the CA (--ca true)")
+        pilot.ads.credentials = xds_credentials(pilot.ads.sds.ca, opts["xds_address"][0])
     stop = stop or asyncio.Event()
     try:
         await pilot.start()
@@ -298,6 +311,8 @@ def _main(args: argparse.Namespace) -> int:
         "ca_key": pick(args.ca_key, "ca_key", None),
         "cert_ttl": float(pick(args.cert_ttl, "cert_ttl", 86400)),
         "secure_api": str(pick(args.secure_api, "secure_api", False)).lower()
+        in ("true", "1", "yes"),
+        "secure_xds": str(pick(args.secure_xds, "secure_xds", False)).lower()
         in ("true", "1", "yes"),
         "registries": build_registries(cfg),
     }

@@ -59,6 +59,8 @@ class PilotSds:
 
     # ---------------------------------------------------------------- identity
     def identity(self, conn: Any) -> str:
+        if getattr(conn, "peer_identity", ""):
+            return conn.peer_identity  # ADS over mTLS: the certificate decides, not the node
         md = conn.metadata or {}
         info = conn.node_info or {}
         ns = str(md.get("NAMESPACE") or info.get("namespace") or "default")

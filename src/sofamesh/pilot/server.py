@@ -76,6 +76,16 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def _peer_spiffe(auth: dict) -> str:
+    """The spiffe:// URI SAN of a gRPC peer's verified certificate, or ""."""
+    for key in ("x509_uri_subject_alternative_name", "x509_subject_alternative_name"):
+        for v in auth.get(key, ()):
+            s = v.decode() if isinstance(v, bytes) else str(v)
+            if s.startswith("spiffe://"):
+                return s
+    return ""
+
+
 def parse_node_id(node_id: str) -> dict | None:
     """Istio's `type~ip~pod.namespace~namespace.svc.cluster.local`, or None if not that shape."""
     parts = node_id.split("~")
@@ -129,6 +139,9 @@ class Connection:
         self.node_cluster = ""
         self.node_info: dict | None = None
         self.metadata: dict = {}
+        # the URI SAN of the client certificate (ADS over mTLS), else "": then identities
+        # come from the node (pilot/sds.py)
+        self.peer_identity = ""
         self.user_agent = ""  # "<user_agent_name>/<version>" from the node, e.g. envoy/1.40.0
         self.connected_at = time.time()
         self.watches: dict[str, Watch] = {}
@@ -523,6 +536,7 @@ class AdsServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.sds: Any = None  # pilot.sds.PilotSds when the pilot is a CA
+        self.credentials: Any = None  # grpc.ServerCredentials: ADS over mTLS (--secure-xds)
         self._names: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._wild: dict[str, tuple[str, bytes]] = {}
 
@@ -597,7 +611,10 @@ class AdsServer:
                 grpc.method_handlers_generic_handler(SDS_SERVICE, sds_handlers),
             )
         )
-        port = server.add_insecure_port(address)
+        if self.credentials is not None:  # --secure-xds: clients need a certificate of the CA
+            port = server.add_secure_port(address, self.credentials)
+        else:
+            port = server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot bind xDS address {address}")
         await server.start()
@@ -618,6 +635,8 @@ class AdsServer:
 
     async def _serve(self, context, delta: bool) -> None:
         conn = Connection(self, context.peer(), delta)
+        if self.credentials is not None:  # the stream's identity is its certificate's
+            conn.peer_identity = _peer_spiffe(context.auth_context())
         self.connections[conn.id] = conn
         self.metrics.set("pilot_xds_connections", len(self.connections))
         mode = "delta" if delta else "sotw"

@@ -644,3 +644,36 @@ def upstream_transport(
         for tc in t.contexts():
             sds.manager(server).register(tc)
     return t
+
+
+def grpc_channel_tls(bootstrap: Any, cluster: str) -> tuple[bytes, Any, Any, str] | None:
+    """(trusted CA, key, certificate chain, SNI) for a gRPC client (the xDS client) of static
+    cluster `cluster` when its transport socket is TLS, else None. grpcio always verifies
+    the server and its name, so a trusted_ca is required; certificates must be inline or in
+    files (an xDS connection cannot wait for SDS, which it carries)."""
+    for i, c in enumerate(bootstrap.static_resources.clusters):
+        if c.name != cluster or not c.HasField("transport_socket"):
+            continue
+        path = f"static_resources.clusters[{i}].transport_socket"
+        msg = parse_transport_socket(c.transport_socket, path)
+        if msg is None:
+            return None
+        common = msg.common_tls_context
+        cpath = path + ".typed_config.common_tls_context"
+        if (
+            common.tls_certificate_sds_secret_configs
+            or not common.HasField("validation_context")
+            or not common.validation_context.HasField("trusted_ca")
+        ):
+            raise UnsupportedConfig(
+                f"{cpath}: the xDS client's cluster needs inline or file certificates and a "
+                "validation_context trusted_ca (not implemented by sofamesh otherwise)"
+            )
+        ca = data_source(common.validation_context.trusted_ca, cpath + ".validation_context")
+        key = chain = None
+        if common.tls_certificates:
+            cert = common.tls_certificates[0]
+            chain = data_source(cert.certificate_chain, cpath + ".tls_certificates[0]")
+            key = data_source(cert.private_key, cpath + ".tls_certificates[0]")
+        return ca, key, chain, msg.sni
+    return None

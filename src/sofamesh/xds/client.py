@@ -529,10 +529,16 @@ class _GrpcStream:
         import grpc
 
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.spec.target,
-                options=[("grpc.max_receive_message_length", 1 << 30)],
-            )
+            options = [("grpc.max_receive_message_length", 1 << 30)]
+            tls = self.client.settings.channel_tls(self.spec.cluster)
+            if tls is None:
+                self._channel = grpc.aio.insecure_channel(self.spec.target, options=options)
+            else:  # the cluster's UpstreamTlsContext (mTLS to the pilot: --secure-xds)
+                ca, key, chain, sni = tls
+                if sni:
+                    options.append(("grpc.ssl_target_name_override", sni))
+                creds = grpc.ssl_channel_credentials(ca, key, chain)
+                self._channel = grpc.aio.secure_channel(self.spec.target, creds, options=options)
         queue: asyncio.Queue = asyncio.Queue()
         self._queue = queue
         self._first_message = True

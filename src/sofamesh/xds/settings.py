@@ -151,6 +151,15 @@ class AdsSettings:
     cds_timeout: float  # seconds, 0 = none
     lds_timeout: float
     targets: dict[str, str]  # static cluster -> gRPC target (api_config_source)
+    bootstrap: Any = None  # for the gRPC clusters' TLS (channel_tls)
+
+    def channel_tls(self, cluster: str) -> tuple | None:
+        """(CA, key, chain, SNI) when static cluster `cluster` talks TLS (proxy/tls.py)."""
+        if self.bootstrap is None:
+            return None
+        from sofamesh.proxy.tls import grpc_channel_tls
+
+        return grpc_channel_tls(self.bootstrap, cluster)
 
     @property
     def target(self) -> str:  # for log lines: the ADS server, else the first gRPC source
@@ -194,7 +203,10 @@ class AdsSettings:
             cds_timeout=initial_fetch_timeout(dyn.cds_config),
             lds_timeout=initial_fetch_timeout(dyn.lds_config),
             targets=targets,
+            bootstrap=bootstrap,
         )
+        if ads is not None:
+            st.channel_tls(ads.cluster)  # unusable TLS on the ADS cluster: refused at start
         if dyn.HasField("cds_config"):
             st.cds = st.key_of(dyn.cds_config, "dynamic_resources.cds_config")
         if dyn.HasField("lds_config"):
