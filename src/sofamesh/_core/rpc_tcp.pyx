@@ -5,7 +5,8 @@
 
 import asyncio
 
-from sofamesh._core.upstream cimport Cluster, Host
+from sofamesh._core.upstream cimport (Cluster, Host, OUTCOME_CONNECT_FAILED,
+                                      OUTCOME_CONNECT_SUCCESS_FINAL, OUTCOME_TIMEOUT)
 from sofamesh._core.stats cimport Store
 from sofamesh._core.router cimport rng_next
 
@@ -81,6 +82,7 @@ cdef class TcpUpstream:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.host.outcome(OUTCOME_CONNECT_SUCCESS_FINAL)  # outlier detection (Envoy's tcp_proxy)
         self.down.upstream_ready()
 
     def data_received(self, data):
@@ -159,6 +161,9 @@ cdef class TcpDownstream:
         except (OSError, asyncio.TimeoutError) as exc:
             if isinstance(exc, asyncio.TimeoutError):
                 up.cluster.upstream_cx_connect_timeout.inc()
+            # outlier detection, as Envoy's tcp_proxy reports a failed connect
+            up.host.outcome(OUTCOME_TIMEOUT if isinstance(exc, asyncio.TimeoutError)
+                            else OUTCOME_CONNECT_FAILED)
             up.cluster.upstream_cx_connect_fail.inc()
             up.host.cx_connect_fail += 1
             up.cluster.upstream_cx_active.dec()

@@ -13,6 +13,7 @@ cdef enum:
     OUTCOME_CONNECT_SUCCESS = -3    # LocalOriginConnectSuccess: a connection for the request
     OUTCOME_EXT_FAILED = -4         # ExtOriginRequestFailed: an RPC error reply
     OUTCOME_EXT_SUCCESS = -5        # ExtOriginRequestSuccess: an RPC success reply
+    OUTCOME_CONNECT_SUCCESS_FINAL = -6  # LocalOriginConnectSuccessFinal: tcp_proxy connected
 
 # envoy.data.cluster.v3.OutlierEjectionType
 cdef enum:

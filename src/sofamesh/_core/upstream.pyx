@@ -78,10 +78,10 @@ cdef class OutlierMonitor:
                 return self._http(504)
             if result == OUTCOME_EXT_FAILED:
                 return self._http(500)
-            if result == OUTCOME_EXT_SUCCESS:
+            if result == OUTCOME_EXT_SUCCESS or result == OUTCOME_CONNECT_SUCCESS_FINAL:
                 return self._http(200)
             return 0
-        if result == OUTCOME_CONNECT_SUCCESS:
+        if result == OUTCOME_CONNECT_SUCCESS or result == OUTCOME_CONNECT_SUCCESS_FINAL:
             return self._local(False)
         if result == OUTCOME_CONNECT_FAILED or result == OUTCOME_TIMEOUT:
             return self._local(True)
