@@ -148,22 +148,31 @@ def describe(tc: Any) -> dict:
     def details(pem: bytes, path: str) -> list[dict]:
         res = []
         for c in x509.load_pem_x509_certificates(pem) if pem else []:
-            sans = []
+            sans = []  # in the certificate's order, as Envoy lists them
             try:
                 ext = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                sans = [{"uri": u} for u in ext.get_values_for_type(x509.UniformResourceIdentifier)]
-                sans += [{"dns": d} for d in ext.get_values_for_type(x509.DNSName)]
+                for name in ext:
+                    if isinstance(name, x509.DNSName):
+                        sans.append({"dns": name.value})
+                    elif isinstance(name, x509.UniformResourceIdentifier):
+                        sans.append({"uri": name.value})
+                    elif isinstance(name, x509.IPAddress):
+                        sans.append({"ip_address": str(name.value)})
             except x509.ExtensionNotFound:
                 pass
             import datetime as dt
+            import math
 
             now = dt.datetime.now(dt.UTC)
+            left = (c.not_valid_after_utc - now).total_seconds() / 86400
+            serial = c.serial_number
             res.append(
                 {
                     "path": path,
-                    "serial_number": format(c.serial_number, "x"),
+                    # the serial's bytes in hex (even length), as Envoy prints it
+                    "serial_number": serial.to_bytes(max(1, (serial.bit_length() + 7) // 8)).hex(),
                     "subject_alt_names": sans,
-                    "days_until_expiration": str(max((c.not_valid_after_utc - now).days, 0)),
+                    "days_until_expiration": str(max(math.ceil(left), 0)),
                     "valid_from": c.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "expiration_time": c.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 }

@@ -458,3 +458,33 @@ async def test_lds_listener_warms_until_its_secret(tmp_path, ca, kind):
     finally:
         await asyncio.to_thread(proxy.stop)
         await server.stop(None)
+
+
+def test_admin_certs_as_envoy(tmp_path, ca):
+    """/certs lists each TLS context's CA and certificate as Envoy 1.40's does (paths,
+    serial numbers, SANs in certificate order, validity, days until expiration)."""
+    leaf = make_leaf(ca, cn="certs", uris=("spiffe://mesh.test/ns/default/sa/x",))
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    seen = {}
+    for kind in ("envoy", "sofamesh"):
+        port, admin = free_port(), free_port()
+        boot = bootstrap(port, admin, None, {"secrets": [_secret_json(leaf)]})
+        ts = boot["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]
+        ts["typed_config"]["common_tls_context"]["validation_context"] = {
+            "trusted_ca": {"filename": str(tmp_path / "ca.crt")}
+        }
+        with _start(kind, boot, tmp_path / kind):
+            status, text = admin_get(admin, "/certs")
+            assert status == 200
+            seen[kind] = json.loads(text)
+    assert seen["envoy"]["certificates"][0]["cert_chain"][0]["subject_alt_names"]
+    # days_until_expiration: Envoy rounds a day short of a whole number either way from one
+    # run to the next; within one day is the same answer
+    days = {}
+    for kind, doc in seen.items():
+        for c in doc["certificates"]:
+            for group in ("ca_cert", "cert_chain"):
+                for cert in c[group]:
+                    days.setdefault(group, []).append(int(cert.pop("days_until_expiration")))
+    assert all(abs(a - b) <= 1 for a, b in days.values()), days
+    assert seen["sofamesh"] == seen["envoy"]
