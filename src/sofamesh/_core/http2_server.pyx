@@ -383,6 +383,9 @@ cdef class H2Stream(RouterStream):
                     f.decode_data(self, data, end_stream)
                     if self.state == DS_CLOSED or (self.resp_started and self.up is None):
                         break
+                    if self.enc_swap is not None:   # s.replace_data (a decompressor)
+                        data = self.enc_swap
+                        self.enc_swap = None
         if self.state == DS_BODY and not (self.resp_started and self.up is None):
             self._send_data(data, end_stream)
         if end_stream:

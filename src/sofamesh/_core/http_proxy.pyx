@@ -296,6 +296,9 @@ cdef class DownstreamConn(RouterStream):
                     f.decode_data(self, data, end_stream)
                     if self.state == DS_CLOSED or (self.resp_started and self.up is None):
                         return 0
+                    if self.enc_swap is not None:   # s.replace_data (a decompressor)
+                        data = self.enc_swap
+                        self.enc_swap = None
         if self.resp_started and self.up is None:
             return 0            # answered locally: the body is dropped
         return self._send_data(data, end_stream)

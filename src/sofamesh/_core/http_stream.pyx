@@ -156,7 +156,9 @@ cdef class HttpStream(UpstreamCallbacks):
 
     def replace_data(self, data):
         """From encode_data / encode_trailers: the response body bytes passed on (to the
-        earlier filters, then downstream) instead of the ones the filter was given."""
+        earlier filters, then downstream) instead of the ones the filter was given; from
+        decode_data, the request body bytes passed on (to the later filters, then the
+        router)."""
         self.enc_swap = bytes(data)
 
     @property
