@@ -208,6 +208,7 @@ _CORS_POLICY = (
     "forward_not_matching_preflights",
 )
 _CMP = "envoy.extensions.filters.http.compressor.v3.Compressor"
+_DCMP = "envoy.extensions.filters.http.decompressor.v3.Decompressor"
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.bootstrap.v3.Bootstrap": (
         "node",
@@ -783,6 +784,14 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "input_block_bits",
     ),
     "envoy.extensions.compression.zstd.compressor.v3.Zstd": ("compression_level", "enable_checksum"),
+    # envoy.filters.http.decompressor (filters/http/decompressor.py)
+    _DCMP: ("decompressor_library", "request_direction_config", "response_direction_config"),
+    _DCMP + ".RequestDirectionConfig": ("common_config", "advertise_accept_encoding"),
+    _DCMP + ".ResponseDirectionConfig": ("common_config",),
+    _DCMP + ".CommonDirectionConfig": ("enabled", "ignore_no_transform_header"),
+    "envoy.extensions.compression.gzip.decompressor.v3.Gzip": ("window_bits", "max_inflate_ratio"),
+    "envoy.extensions.compression.brotli.decompressor.v3.Brotli": (),
+    "envoy.extensions.compression.zstd.decompressor.v3.Zstd": (),
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": (
         "stat_prefix",
         "status",
@@ -819,6 +828,9 @@ NO_EFFECT: dict[str, dict[str, str]] = {
     "envoy.extensions.compression.gzip.compressor.v3.Gzip": {"chunk_size": _CHUNK},
     "envoy.extensions.compression.brotli.compressor.v3.Brotli": {"chunk_size": _CHUNK},
     "envoy.extensions.compression.zstd.compressor.v3.Zstd": {"chunk_size": _CHUNK},
+    "envoy.extensions.compression.gzip.decompressor.v3.Gzip": {"chunk_size": _CHUNK},
+    "envoy.extensions.compression.brotli.decompressor.v3.Brotli": {"chunk_size": _CHUNK},
+    "envoy.extensions.compression.zstd.decompressor.v3.Zstd": {"chunk_size": _CHUNK},
     _LS + "Listener": {
         "metadata": _OPAQUE,
         "ignore_global_conn_limit": "sofamesh has no global connection limit to bypass",

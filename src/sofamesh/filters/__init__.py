@@ -13,6 +13,7 @@ _BUILTIN = [
     "sofamesh.filters.http.grpc_stats",
     "sofamesh.filters.http.cors",
     "sofamesh.filters.http.compressor",
+    "sofamesh.filters.http.decompressor",
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",
