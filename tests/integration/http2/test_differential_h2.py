@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.differential.harness import norm_body, norm_headers
+from tests.integration.differential.harness import _retry_records, norm_body, norm_headers
 from tests.support.h2_peers import (
     SCRIPTS,
     Exchange,
@@ -466,4 +466,97 @@ def test_via_on_h2_requests_responses_and_local_replies(tmp_path_factory: Any) -
             r.echo.stop()
             r.upstream.stop()
     assert seen_["envoy"]["/h1/via"] == (200, "1.1 mesh-test"), seen_
+    assert seen_["sofamesh"] == seen_["envoy"]
+
+
+H1 = {"cluster": "h1"}
+VARIANTS: dict[str, tuple[dict, list[dict], list[tuple[str, dict[str, str]]]]] = {
+    "server_name": (
+        {"server_name": "mesh-edge"},
+        [{"match": {"prefix": "/"}, "route": H1}],
+        [("/a", {}), ("/b", {})],
+    ),
+    "server_header_transformation PASS_THROUGH": (
+        {"server_header_transformation": "PASS_THROUGH"},
+        [{"match": {"prefix": "/"}, "route": H1}],
+        [("/a", {})],
+    ),
+    "always_set_request_id_in_response": (
+        {"always_set_request_id_in_response": True},
+        [{"match": {"prefix": "/"}, "route": H1}],
+        [("/a", {}), ("/b", {"x-request-id": "given-id"})],
+    ),
+    "use_remote_address": (
+        {"use_remote_address": True},
+        [{"match": {"prefix": "/"}, "route": H1}],
+        [("/a", {}), ("/b", {"x-forwarded-for": "10.0.0.1"})],
+    ),
+    "generate_request_id false": (
+        {"generate_request_id": False},
+        [{"match": {"prefix": "/"}, "route": H1}],
+        [("/a", {})],
+    ),
+    "route timeout 0.5 s, slow upstream: 504": (
+        {},
+        [{"match": {"prefix": "/"}, "route": {"cluster": "h1", "timeout": "0.5s"}}],
+        [("/slow", {"x-upstream-action": "delay=1500"})],
+    ),
+    "retry_on 5xx: a 503 then 200": (
+        {},
+        [
+            {
+                "match": {"prefix": "/"},
+                "route": {"cluster": "h1", "retry_policy": {"retry_on": "5xx", "num_retries": 2}},
+            }
+        ],
+        [("/retry", {"x-upstream-action": "fail=1", "x-case-id": "retry-1"})],
+    ),
+    "request and response headers added and removed by the route": (
+        {},
+        [
+            {
+                "match": {"prefix": "/"},
+                "route": H1,
+                "request_headers_to_add": [{"header": {"key": "x-added", "value": "r"}}],
+                "request_headers_to_remove": ["x-drop"],
+                "response_headers_to_add": [{"header": {"key": "x-resp", "value": "s"}}],
+                "response_headers_to_remove": ["x-upstream-name"],
+            }
+        ],
+        [("/hdrs", {"x-drop": "1", "x-keep": "2"})],
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_hcm_and_route_options_over_h2(tmp_path_factory: Any, variant: str) -> None:
+    hcm, routes, requests = VARIANTS[variant]
+    seen_ = {}
+    for kind in KINDS:
+        r = start(kind, tmp_path_factory, routes=routes, hcm=hcm)
+        try:
+            out = []
+            for i, (path, extra) in enumerate(requests):
+                cid = f"{variant[:10]}-{i}"
+                h = [
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", path),
+                    (":authority", "main.test"),
+                ]
+                h += (
+                    [("x-case-id", cid), *extra.items()]
+                    if "x-case-id" not in extra
+                    else list(extra.items())
+                )
+                x = h2_exchange(r.port, h)
+                n = 2 if "fail=1" in extra.get("x-upstream-action", "") else 1  # with the retry
+                # a retry's x-envoy-expected-rq-timeout-ms is the budget minus elapsed time
+                recs = _retry_records(h1_records(r, extra.get("x-case-id", cid), n))
+                out.append({"client": seen(x), "upstream": recs})
+            seen_[kind] = out
+        finally:
+            r.proc.stop()
+            r.echo.stop()
+            r.upstream.stop()
     assert seen_["sofamesh"] == seen_["envoy"]
