@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig
@@ -113,19 +114,39 @@ def _hello_fields(h: bytes) -> tuple[str, list[str]]:
     return sni, alpn
 
 
+_METHOD = re.compile(rb"[A-Za-z]{1,20}")  # a token: Envoy's inspector waits on text
+_TARGET = re.compile(rb"[!-~]+")  # visible ASCII, no space
+
+
 def parse_http(buf: bytes) -> tuple[int, str]:
-    """http_inspector: (NEED_MORE | NOT_TLS(=not HTTP) | IS_TLS(=HTTP), protocol)."""
+    """http_inspector: (NEED_MORE | NOT_TLS(=not HTTP) | IS_TLS(=HTTP), protocol).
+    `METHOD SP target SP HTTP/1.x CRLF`, or the h2c preface; bytes that cannot begin a
+    request line answer "not HTTP" at once (a client waiting for its echo is not held)."""
     if buf.startswith(b"PRI * HTTP/2.0"):
         return IS_TLS, "h2c"
-    if b"PRI * HTTP/2.0".startswith(buf[:14]) and len(buf) < 14:
+    if len(buf) < 14 and b"PRI * HTTP/2.0".startswith(buf):
         return NEED_MORE, ""
     eol = buf.find(b"\r\n")
-    if eol < 0:
-        return (NEED_MORE, "") if len(buf) < 8192 else (NOT_TLS, "")
-    parts = buf[:eol].split(b" ")
-    if len(parts) == 3 and parts[2] in (b"HTTP/1.1", b"HTTP/1.0"):
-        return IS_TLS, parts[2].decode().lower()
-    return NOT_TLS, ""
+    line = buf[:eol] if eol >= 0 else buf
+    parts = line.split(b" ")
+    if not _METHOD.fullmatch(parts[0]) and not (
+        eol < 0 and len(parts) == 1 and _METHOD.fullmatch(parts[0] + b"A")
+    ):
+        return (NEED_MORE, "") if not parts[0] and eol < 0 else (NOT_TLS, "")
+    if len(parts) >= 2 and parts[1] and not _TARGET.fullmatch(parts[1]):
+        return NOT_TLS, ""
+    if len(parts) > 3:
+        return NOT_TLS, ""
+    if len(parts) == 3:
+        version = parts[2]
+        if eol >= 0:
+            ok = version in (b"HTTP/1.1", b"HTTP/1.0")
+            return (IS_TLS, version.decode().lower()) if ok else (NOT_TLS, "")
+        if not (b"HTTP/1.1".startswith(version) or b"HTTP/1.0".startswith(version)):
+            return NOT_TLS, ""
+    if eol >= 0:
+        return NOT_TLS, ""
+    return (NEED_MORE, "") if len(buf) < 8192 else (NOT_TLS, "")
 
 
 # ------------------------------------------------------------------ matching
@@ -414,10 +435,9 @@ class _Selector:
 
     def eof_received(self) -> bool:
         if not self.done:
-            if not self.buf:  # closed before a byte: Envoy's inspectors count nothing
-                self.abort()
-                return False
-            self._inspect(True)
+            # closed while the listener filters still wait for bytes: as Envoy, the
+            # connection goes without a filter chain and the inspectors count nothing
+            self.abort()
         return False
 
     def connection_lost(self, exc: Any) -> None:
