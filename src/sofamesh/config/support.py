@@ -784,6 +784,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "input_block_bits",
     ),
     "envoy.extensions.compression.zstd.compressor.v3.Zstd": ("compression_level", "enable_checksum"),
+    # envoy.filters.http.csrf (filters/http/csrf.py): filter config and per-route policy
+    "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": (
+        "filter_enabled",  # its default_value (no runtime layer acts)
+        "shadow_enabled",  # its default_value
+        "additional_origins",
+    ),
     # envoy.filters.http.decompressor (filters/http/decompressor.py)
     _DCMP: ("decompressor_library", "request_direction_config", "response_direction_config"),
     _DCMP + ".RequestDirectionConfig": ("common_config", "advertise_accept_encoding"),

@@ -14,6 +14,7 @@ _BUILTIN = [
     "sofamesh.filters.http.cors",
     "sofamesh.filters.http.compressor",
     "sofamesh.filters.http.decompressor",
+    "sofamesh.filters.http.csrf",
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",

@@ -269,8 +269,9 @@ class Side:
     ) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.putrequest(method, path, skip_accept_encoding=True)
-            items = headers.items() if isinstance(headers, dict) else headers or []
+            items = list(headers.items() if isinstance(headers, dict) else headers or [])
+            own_host = any(k.lower() == "host" for k, _ in items)
+            conn.putrequest(method, path, skip_host=own_host, skip_accept_encoding=True)
             for k, v in items:
                 conn.putheader(k, v)
             if body is not None:
