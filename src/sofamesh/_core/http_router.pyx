@@ -477,9 +477,15 @@ cdef class RouterStream(HttpStream):
         cdef Cluster cl
         cdef ShadowConn sh
         cdef bint end = self.up_end and self.req_trailers is None and not self.up_queue
-        for name, share, no_suffix in route.mirrors:
+        cdef int i
+        for name, share, no_suffix, hdr in route.mirrors:
             if share < 1000000 and <long long>(rng_next() % 1000000) >= share:
                 continue
+            if hdr is not None:     # cluster_header: the request names the mirror cluster
+                i = self.head.find_from(hdr, len(<bytes>hdr), 0)
+                if i < 0:
+                    continue
+                name = self.head.value_at(i).decode("latin-1")
             cl = cfg.clusters.get(name)
             if cl is None:
                 continue

@@ -488,6 +488,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _HCM + "ResponseMapper": ("filter", "status_code", "body"),
     _RT + "RouteAction.RequestMirrorPolicy": (
         "cluster",
+        "cluster_header",  # the request header naming the mirror cluster (http_router.pyx)
         "runtime_fraction",  # its default_value (no runtime layer acts)
         "disable_shadow_host_suffix_append",
     ),

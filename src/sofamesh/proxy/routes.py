@@ -446,24 +446,30 @@ _PER_MILLION = {0: 10_000, 1: 100, 2: 1}
 
 
 def _mirrors(a, apath, clusters) -> list:
-    """request_mirror_policies -> [(cluster, share per million, disable_shadow_host_suffix_append)].
-    runtime_fraction uses its default_value (sofamesh has no runtime layer); trace_sampled
-    has no effect without tracing, as in Envoy without a tracer."""
+    """request_mirror_policies -> [(cluster, share per million, disable_shadow_host_suffix_append,
+    cluster_header)]: with cluster_header (lower-case bytes; cluster None) the first value of
+    that request header names the mirror cluster, and a request without it, or naming no
+    cluster, is not mirrored (Envoy). runtime_fraction uses its default_value (sofamesh has
+    no runtime layer); trace_sampled has no effect without tracing, as in Envoy without a
+    tracer."""
     out = []
     for i, mp in enumerate(a.request_mirror_policies):
         mpath = f"{apath}.request_mirror_policies[{i}]"
-        for name in ("cluster_header", "host_rewrite_literal"):
+        for name in ("host_rewrite_literal",):
             if hasattr(mp, name) and getattr(mp, name):
                 raise UnsupportedConfig(f"{mpath}.{name} is not supported")
         if hasattr(mp, "request_headers_mutations") and len(mp.request_headers_mutations):
             raise UnsupportedConfig(f"{mpath}.request_headers_mutations is not supported")
-        if not mp.cluster:
+        hdr = mp.cluster_header.lower().encode("latin-1") if mp.cluster_header else None
+        if not mp.cluster and hdr is None:
             raise UnsupportedConfig(f"{mpath}.cluster: a mirror cluster is required")
-        if clusters is not None and mp.cluster not in clusters:
+        if hdr is None and clusters is not None and mp.cluster not in clusters:
             raise UnsupportedConfig(f"{mpath}: route refers to unknown cluster {mp.cluster!r}")
         share = 1_000_000
         if mp.HasField("runtime_fraction"):
             dv = mp.runtime_fraction.default_value
             share = min(1_000_000, dv.numerator * _PER_MILLION.get(dv.denominator, 1))
-        out.append((mp.cluster, share, bool(mp.disable_shadow_host_suffix_append)))
+        out.append(
+            (mp.cluster or None, share, bool(mp.disable_shadow_host_suffix_append), hdr)
+        )
     return out
