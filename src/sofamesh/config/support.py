@@ -356,6 +356,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         # stay as they are in the path, as Envoy's default
         "path_with_escaped_slashes_action",
         "request_id_extension",  # envoy.request_id.uuid (the one sofamesh generates)
+        "add_user_agent",  # filters/http/hcm_user_agent.py, first in the chain
     ),
     _HCM + "RequestIDExtension": ("typed_config",),
     "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": (),  # NO_EFFECT lists both

@@ -162,6 +162,7 @@ def bootstrap(
     http_filters: list[dict],
     virtual_host: dict | None = None,
     hcm_extra: dict | None = None,
+    node: dict | None = None,
 ) -> dict:
     vh = virtual_host or {"routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}
     vh = {"name": "vh", "domains": ["*"], **vh}
@@ -182,6 +183,7 @@ def bootstrap(
         **(hcm_extra or {}),
     }
     return {
+        **({"node": node} if node else {}),
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": [
@@ -319,7 +321,7 @@ def _distinct(n: int, exclude: set[int]) -> list[int]:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Callable[..., tuple[Side, Side]]]:
-    """pair(http_filters, virtual_host=None, hcm_extra=None) -> (envoy, sofamesh)."""
+    """pair(http_filters, virtual_host=None, hcm_extra=None, node=None) -> (envoy, sofamesh)."""
     started: list[Side] = []
 
     def start_one(kind: str, kw: dict[str, Any]) -> Side:

@@ -128,6 +128,10 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         raise UnsupportedConfig(
             f"{path}.typed_config.http_filters: the last filter must be envoy.filters.http.router"
         )
+    if hcm.add_user_agent.value:  # the connection manager's own header work, first
+        from sofamesh.filters.http.hcm_user_agent import AddUserAgent
+
+        filters.insert(0, AddUserAgent(server.bootstrap.node))
     access_log = None
     for ai, al in enumerate(hcm.access_log):
         apath = f"{path}.typed_config.access_log[{ai}]"
