@@ -239,3 +239,58 @@ def _stranger(d: Path, port: int) -> str:
                 return "rejected" if not s.recv(100) else "answered"
         except (ssl.SSLError, OSError):
             return "rejected"
+
+
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+
+
+def _by_identity(allowed: str) -> dict:
+    return {
+        "name": "sofamesh.filters.rpc.rbac",
+        "config": {
+            "@type": RBAC_TYPE,
+            "stat_prefix": "rpc_rbac",
+            "rules": {
+                "action": "ALLOW",
+                "policies": {
+                    "caller": {
+                        "permissions": [{"any": True}],
+                        "principals": [{"authenticated": {"principal_name": {"exact": allowed}}}],
+                    }
+                },
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize("proto", ["dubbo", "bolt"])
+@pytest.mark.parametrize(("allowed", "ok"), [(ID_OUT, True), (ID_IN, False)])
+def test_rpc_rbac_by_caller_identity(pki, tmp_path, proto, allowed, ok):
+    """The inbound sidecar's RPC RBAC names the caller by its certificate (Principal
+    authenticated): the consumer's identity passes, any other is the protocol's denial."""
+    with NodeServer(dubbo=proto == "dubbo") as app:
+        in_port, out_port = free_port(), free_port()
+        boot_in = inbound(pki, proto, "sofamesh", in_port, free_port(), app.port)
+        tc = boot_in["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        key = "dubbo_filters" if proto == "dubbo" else "bolt_filters"
+        router = [{"name": "envoy.filters.dubbo.router"}] if proto == "dubbo" else []
+        tc["typed_config"][key] = [_by_identity(allowed), *router]
+        pin = _proc("sofamesh", boot_in, tmp_path, "in")
+        pout = _proc(
+            "sofamesh",
+            outbound(pki, proto, "sofamesh", out_port, free_port(), in_port),
+            tmp_path,
+            "out",
+        )
+        with pin, pout:
+            res = node_client(out_port, CALLS[:1], mode=proto)
+            if ok:
+                assert res == [{"ok": True, "result": 42}], res
+            else:
+                assert not res[0]["ok"], res
+                if proto == "dubbo":
+                    assert "RBAC: access denied" in res[0]["error"], res
+            st = stats(pin)
+            assert st[f"rpc_rbac.rbac.{'allowed' if ok else 'denied'}"] == 1, {
+                k: v for k, v in st.items() if "rbac" in k
+            }
