@@ -25,9 +25,13 @@ cdef class HcmConfig:
     cdef public bytes server_name           # the server header's value (b"envoy")
     cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
     cdef public object tracer               # sofamesh.proxy.tracing.ZipkinTracer | None
+    cdef public long long trace_ppm         # new traces sampled per million; -1: no tracing
+    cdef public bint trace_shared           # Zipkin shared_span_context
+    cdef public bint trace_id128            # 128-bit trace ids
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
     cdef public double request_timeout      # HCM request_timeout (s); 0: off
     cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s); 0: off
+    cdef public double drain_timeout        # HCM drain_timeout (s): HTTP/2's two-step GOAWAY
     cdef public tuple reply_map             # local_reply_config: ((op, value, status, body), ...)
     cdef public int server_mode             # server_header_transformation enum value
     cdef public bint rid_in_response        # always_set_request_id_in_response

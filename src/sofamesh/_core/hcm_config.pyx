@@ -53,9 +53,11 @@ cdef class HcmConfig:
         self.server_name = server_name
         self.access_log = access_log
         self.tracer = None
+        self.trace_ppm = -1
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.stream_idle_timeout = stream_idle_timeout
+        self.drain_timeout = 5.0
         self.reply_map = reply_map
         self.server_mode = server_mode
         self.rid_in_response = rid_in_response

@@ -91,9 +91,9 @@ cdef class Http2ServerConn:
             self._internal_error(exc)
             return
         self.flush()
-        if self.codec.closed:
+        if self.codec.closed:           # a connection error: its GOAWAY is queued
             self._sync_stats()
-            self.close()
+            self._close_when_done(True)
 
     def eof_received(self):
         return False
@@ -120,6 +120,9 @@ cdef class Http2ServerConn:
         if self.rt_timer is not None:
             self.rt_timer.cancel()
             self.rt_timer = None
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
         for s in list(self.streams.values()):
             try:
                 s._on_reset(True)
@@ -221,7 +224,7 @@ cdef class Http2ServerConn:
                 # the client goes away: finish what it opened, then close
                 self.close_when_idle = True
                 if not self.streams:
-                    self.close()
+                    self._close_when_done(False)
             elif t is H2ConnectionError:
                 counted = True
                 cfg.cx_protocol_error.inc()
@@ -235,7 +238,9 @@ cdef class Http2ServerConn:
         if self.streams.get(s.sid) is s:
             del self.streams[s.sid]
         if not self.streams:
-            if self.close_when_idle or self.cfg.draining:
+            if self.close_when_idle:
+                self._close_when_done(False)
+            elif self.cfg.draining:
                 self.close()
             else:
                 self._arm_idle()
@@ -303,15 +308,29 @@ cdef class Http2ServerConn:
         return bool(self.streams)
 
     def close(self):
-        """GOAWAY, then close once the streams the client opened are done (at once when
-        none is open)."""
+        """Envoy's graceful drain (idle timeout, listener drain): GOAWAY with the largest
+        stream id (no new streams soon), then after the HCM drain_timeout a GOAWAY naming
+        the last stream taken, and close once those streams are done."""
+        if self.transport is None or self.codec.goaway_sent:
+            return
+        self.codec.goaway(ERR_NO_ERROR, 0x7fffffff)
+        self.write_now()
+        self.drain_timer = self.cfg.loop.call_later(self.cfg.drain_timeout, self._final_goaway)
+
+    def _final_goaway(self):
+        self.drain_timer = None
         if self.transport is None:
             return
-        if not self.codec.goaway_sent:
-            self.codec.goaway(ERR_NO_ERROR)
+        self.codec.goaway(ERR_NO_ERROR)
+        self._close_when_done(False)
+
+    def _close_when_done(self, bint now):
+        """Write what is queued; close now, or once the streams still open are done."""
+        if self.transport is None:
+            return
         self.write_now()
         self.close_when_idle = True
-        if not self.streams:
+        if now or not self.streams:
             self._sync_stats()
             self.transport.close()
 
@@ -553,6 +572,8 @@ cdef class H2Stream(RouterStream):
             resp.add(b"server", cfg.server_name)
         if extra is not None:
             resp.add_flat(extra)
+        if cfg.via:
+            resp.add(b"via", cfg.via)
         if self.resp_add_extra is not None:
             resp.add_flat(tuple(self.resp_add_extra))
         self._h2_headers(response_list(resp), not body or self.head_req)

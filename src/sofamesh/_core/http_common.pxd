@@ -9,12 +9,20 @@ cdef extern from "time.h" nogil:
         long tv_nsec
     int clock_gettime(clockid_t clk, timespec* ts)
     clockid_t CLOCK_MONOTONIC
+    clockid_t CLOCK_REALTIME
 
 
 cdef inline double mono() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline long long wall_us() noexcept:
+    """Microseconds since the epoch (trace span timestamps)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <long long>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
 
 
 # stream states (of the downstream request/response exchange)

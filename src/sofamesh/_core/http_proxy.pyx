@@ -669,6 +669,8 @@ cdef class DownstreamConn(RouterStream):
         resp.add(b"date", date_value())
         if cfg.server_mode != SERVER_PASS_THROUGH:
             resp.add(b"server", cfg.server_name)
+        if cfg.via:
+            resp.add(b"via", cfg.via)
         if extra is not None:
             resp.add_flat(extra)
         if self.resp_add_extra is not None:

@@ -19,6 +19,7 @@ cdef class RouterStream(HttpStream):
     cdef int _hcm_response(self, HeaderMap rh, int status, bint end_stream) except -1
     cdef int _encode_trailers(self, HeaderList trailers) except -1
     cdef int _trace_grpc(self, HeaderMap m) except -1
+    cdef int _inject_trace(self, HeaderMap h) except -1
     cdef bytes _location(self)
     cdef int _mutate_request(self, HeaderMap h) except -1
     cdef bint _router_response(self, PoolConn c, HeaderMap rh) except -1

@@ -2,20 +2,22 @@
 # cluster's connection pool; retries (with Envoy's backoff), per-try and route timeouts,
 # request mirrors, and the upstream request head. See http_router.pxd.
 
-from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_FromFormat, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdio cimport snprintf
 
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn
 from sofamesh._core.http_common cimport (
-    mono, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
+    mono, wall_us, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT,
     FAIL_NO_HEALTHY, FAIL_OVERFLOW, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET,
     FAIL_PROTOCOL, FAIL_TIMEOUT, FAIL_REMOTE_RESET, FAIL_REFUSED, PAUSE_QUEUE,
     PAUSE_UPSTREAM_FULL,
 )
 from sofamesh._core.http_stream cimport (
+    TraceCtx,
     HttpFilter, HttpStream, add_formatted, FILTER_STOP,
 )
 from sofamesh._core.router cimport (
@@ -32,6 +34,46 @@ from sofamesh._core.upstream import hash64
 # a traced request's upstream headers replace these (proxy/tracing.py B3)
 cdef tuple TRACE_HEADERS = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
                             b"x-b3-sampled", b"x-b3-flags", b"b3")
+cdef bytes new_span_id():
+    cdef char buf[17]
+    snprintf(buf, 17, "%016llx", rng_next())
+    return PyBytes_FromStringAndSize(buf, 16)
+
+
+cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
+    """The span context of a request, as Envoy's Zipkin tracer makes it: an incoming B3
+    context continued (shared_span_context: the caller's span id), else a new trace; the
+    connection manager's sampling decision drawn for every request, x-b3-sampled honoured."""
+    cdef TraceCtx t = TraceCtx.__new__(TraceCtx)
+    cdef int i = h.find_from("x-b3-traceid", 12, 0)
+    cdef int j = h.find_from("x-b3-spanid", 11, 0)
+    cdef int k = h.find_from("x-b3-sampled", 12, 0)
+    cdef int p
+    cdef bytes v
+    t.decision = <long long>(rng_next() % 1000000) < cfg.trace_ppm
+    if k >= 0:
+        v = h.value_at(k)
+        t.sampled = v == b"1" or v == b"true" or v == b"d"
+    else:
+        t.sampled = t.decision
+    if i >= 0 and j >= 0:
+        t.trace_id = h.value_at(i)
+        if cfg.trace_shared:
+            t.span_id = h.value_at(j)
+            t.shared = True
+            p = h.find_from("x-b3-parentspanid", 17, 0)
+            t.parent_id = h.value_at(p) if p >= 0 else None
+        else:
+            t.span_id = new_span_id()
+            t.parent_id = h.value_at(j)
+    else:
+        t.span_id = new_span_id()
+        t.trace_id = new_span_id() + t.span_id if cfg.trace_id128 else t.span_id
+        t.shared = cfg.trace_shared
+    t.start_us = wall_us()
+    return t
+
+
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
 
@@ -187,8 +229,12 @@ cdef class RouterStream(HttpStream):
         cdef HttpFilter f
         cdef tuple filters = cfg.filters
         cdef int r
-        if self.fidx == 0 and cfg.tracer is not None and self.trace is None:
-            self.trace = cfg.tracer.start(self)
+        if self.fidx == 0:
+            # forward_client_cert_details SANITIZE (Envoy's default): a client's
+            # x-forwarded-client-cert never reaches the filters or the upstream
+            self.head.remove(b"x-forwarded-client-cert")
+            if cfg.trace_ppm >= 0 and self.trace is None:
+                self.trace = start_trace(self.head, cfg)
         while self.fidx < len(filters):
             f = filters[self.fidx]
             self.fidx += 1
@@ -210,6 +256,25 @@ cdef class RouterStream(HttpStream):
             f = cfg.filters[j]
             if f.wants_encode:
                 f.encode_trailers(self, trailers)
+        return 0
+
+    cdef int _inject_trace(self, HeaderMap h) except -1:
+        """The span's B3 context replaces the caller's on the upstream request; the request
+        id is marked (version nibble 9) when the connection manager sampled the request."""
+        cdef TraceCtx t = self.trace
+        cdef bytes rid = self.request_id
+        for name in TRACE_HEADERS:
+            h.remove(<bytes>name)
+        h.add(b"x-b3-traceid", t.trace_id)
+        h.add(b"x-b3-spanid", t.span_id)
+        if t.parent_id is not None:
+            h.add(b"x-b3-parentspanid", t.parent_id)
+        h.add(b"x-b3-sampled", b"1" if t.sampled else b"0")
+        if t.decision and rid is not None and PyBytes_GET_SIZE(rid) == 36:
+            rid = rid[:14] + b"9" + rid[15:]
+            h.remove(b"x-request-id")
+            h.add(b"x-request-id", rid)
+            self.request_id = rid
         return 0
 
     cdef int _trace_grpc(self, HeaderMap m) except -1:
@@ -408,14 +473,7 @@ cdef class RouterStream(HttpStream):
         if cfg.via:
             h.add(b"via", cfg.via)
         if self.trace is not None:
-            for name in TRACE_HEADERS:
-                h.remove(<bytes>name)
-            hdrs, rid = cfg.tracer.inject(self, self.trace)
-            h.add_flat(<tuple>hdrs)
-            if rid is not None:
-                h.remove(b"x-request-id")
-                h.add(b"x-request-id", <bytes>rid)
-                self.request_id = rid
+            self._inject_trace(h)
         if route.timeout_hdr:
             h.add_flat(route.timeout_hdr)
         if route.req_add:
@@ -659,6 +717,16 @@ cdef class RouterStream(HttpStream):
         self.up_queue = list(self.retry_body or ())
         self.up_queued = 0
         self.cluster.upstream_rq_total.inc()
+        cdef Route r = self.route
+        cdef double left, t
+        if r.timeout_hdr and r.timeout > 0 and self.deadline > 0:
+            # Envoy announces what is left of the route timeout to a retry (or the per-try
+            # timeout, when shorter)
+            left = self.deadline - mono()
+            t = r.per_try_timeout if 0 < r.per_try_timeout < left else left
+            self.head.remove(b"x-envoy-expected-rq-timeout-ms")
+            self.head.add(b"x-envoy-expected-rq-timeout-ms",
+                          PyBytes_FromFormat("%d", <int>(t * 1000) if t > 0 else 0))
         self._assign(None)
 
     cdef int _fail(self, int kind, PoolConn c) except -1:

@@ -26,6 +26,19 @@ cdef enum:
 cdef class HttpStream(UpstreamCallbacks)
 
 
+cdef class TraceCtx:
+    """A traced request's span context (HCM tracing; proxy/tracing.py reports it)."""
+    cdef public bytes trace_id
+    cdef public bytes span_id
+    cdef public bytes parent_id         # None: a root span
+    cdef public bint sampled            # the span is reported (x-b3-sampled, else decision)
+    cdef public bint decision           # the connection manager sampled it (request id mark)
+    cdef public bint shared             # Zipkin shared span context
+    cdef public long long start_us
+    cdef public bytes grpc_status
+    cdef public bytes grpc_message
+
+
 cdef class HttpFilter:
     """Base of HTTP filters. Shared by every stream of a listener: per-stream state goes
     on the stream (`s.filter_state`)."""
@@ -104,7 +117,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef list trailers_raw              # list[bytes] | None: request trailer block being read
     cdef HeaderMap resp_head            # the proxied response's headers (encode filters read it)
     cdef bytes enc_swap                 # set by s.replace_data(): the body bytes passed on instead
-    cdef public object trace            # proxy.tracing.Span of this request, or None
+    cdef public TraceCtx trace          # this request's span context, or None (not traced)
 
     cdef int _end_request_stats(self, int status) except -1
 

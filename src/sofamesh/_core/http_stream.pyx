@@ -27,6 +27,10 @@ cdef class HttpFilter:
         return FILTER_CONTINUE
 
 
+cdef class TraceCtx:
+    pass
+
+
 cdef class HttpStream(UpstreamCallbacks):
     cdef int _decode_continue(self) except -1:
         raise NotImplementedError
@@ -61,13 +65,14 @@ cdef class HttpStream(UpstreamCallbacks):
             else:
                 cfg.rq_5xx.inc()
         cfg.rq_time.record(ms)
-        if self.trace is not None:
-            span = self.trace
+        cdef TraceCtx span = self.trace
+        if span is not None:
             self.trace = None
-            try:
-                cfg.tracer.finish(self, span, status)
-            except Exception:
-                pass
+            if span.sampled:
+                try:
+                    cfg.tracer.finish(self, span, status)
+                except Exception:
+                    pass
         if cl is not None:
             cl.rq_active -= 1
             cl.upstream_rq_active.dec()

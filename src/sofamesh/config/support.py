@@ -345,6 +345,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "http_protocol_options",
         "http2_protocol_options",  # codecs/http2 settings and flood limits (H2_OPTIONS)
         "tracing",  # envoy.tracers.zipkin (proxy/tracing.py)
+        "drain_timeout",  # HTTP/2's two-step GOAWAY (http2_server.close)
         "upgrade_configs",
         "normalize_path",
         "merge_slashes",

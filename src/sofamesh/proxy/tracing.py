@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import time
 import uuid
 from typing import Any
@@ -44,33 +43,6 @@ B3 = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"
 
 def _pct(p: Any, default: float = 100.0) -> float:
     return p.value if p is not None and p.ByteSize() else default
-
-
-class Span:
-    __slots__ = (
-        "decision",
-        "grpc_message",
-        "grpc_status",
-        "parent_id",
-        "sampled",
-        "shared",
-        "span_id",
-        "start_us",
-        "trace_id",
-    )
-
-    def __init__(
-        self, trace_id: str, span_id: str, parent_id: str | None, sampled: bool, shared: bool
-    ) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.sampled = sampled
-        self.shared = shared
-        self.decision = sampled  # the connection manager's (marks the request id)
-        self.grpc_status: bytes | None = None
-        self.grpc_message: bytes | None = None
-        self.start_us = int(time.time() * 1_000_000)
 
 
 class ZipkinTracer:
@@ -143,50 +115,14 @@ class ZipkinTracer:
         self.reports_dropped = st.counter(p + "reports_dropped")
         self.no_cluster = st.counter(p + "reports_skipped_no_cluster")
 
-    # per request -------------------------------------------------------------------------
-    def _id(self) -> str:
-        return f"{random.getrandbits(64):016x}"
+    # per request (the span context is made in Cython: _core/http_router start_trace) ------
+    @property
+    def sample_ppm(self) -> int:
+        """New traces sampled per million: random_sampling x overall_sampling."""
+        return int(self.random * self.overall * 100)
 
-    def start(self, s: Any) -> Span:
-        decision = self._sample()  # Envoy's HCM decision, made for every request
-        tid = s.get_request_header(b"x-b3-traceid")
-        sid = s.get_request_header(b"x-b3-spanid")
-        flag = s.get_request_header(b"x-b3-sampled")
-        sampled = flag in (b"1", b"true", b"d") if flag is not None else decision
-        if tid and sid:
-            if self.shared:
-                span = Span(
-                    tid.decode(), sid.decode(), _hdr(s, b"x-b3-parentspanid"), sampled, True
-                )
-            else:
-                span = Span(tid.decode(), self._id(), sid.decode(), sampled, False)
-        else:
-            span_id = self._id()
-            trace_id = (self._id() + span_id) if self.id128 else span_id
-            span = Span(trace_id, span_id, None, sampled, self.shared)
-        span.decision = decision
-        return span
-
-    def _sample(self) -> bool:
-        return random.random() * 100.0 < self.random * self.overall / 100.0
-
-    def inject(self, s: Any, span: Span) -> tuple[tuple, bytes | None]:
-        """The upstream request's B3 headers, flat (name, value, ...), to replace the
-        caller's (the router removes every name in B3 first), and the request id marked as
-        sampled (Envoy's UUID extension), or None to leave it."""
-        out = [b"x-b3-traceid", span.trace_id.encode(), b"x-b3-spanid", span.span_id.encode()]
-        if span.parent_id:
-            out += [b"x-b3-parentspanid", span.parent_id.encode()]
-        out += [b"x-b3-sampled", b"1" if span.sampled else b"0"]
-        rid = s.request_id
-        marked = None
-        if rid and len(rid) == 36 and span.decision:
-            marked = rid[:14] + b"9" + rid[15:]
-        return tuple(out), marked
-
-    def finish(self, s: Any, span: Span, status: int) -> None:
-        if not span.sampled:
-            return
+    def finish(self, s: Any, span: Any, status: int) -> None:
+        """A sampled request's span (span: _core.http_stream.TraceCtx) to the report buffer."""
         end = int(time.time() * 1_000_000)
         authority = (s.authority or b"").decode("latin-1")
         route = s.route
@@ -233,8 +169,8 @@ class ZipkinTracer:
             elif v:
                 tags[tag] = v
         span_json: dict[str, Any] = {
-            "traceId": span.trace_id,
-            "id": span.span_id,
+            "traceId": span.trace_id.decode("latin-1"),
+            "id": span.span_id.decode("latin-1"),
             "name": name,
             "kind": "SERVER",
             "timestamp": span.start_us,
@@ -244,13 +180,13 @@ class ZipkinTracer:
             "tags": tags,
         }
         if span.parent_id:
-            span_json["parentId"] = span.parent_id
+            span_json["parentId"] = span.parent_id.decode("latin-1")
         if span.shared:
             span_json["shared"] = True
         self._add(span_json)
 
     @staticmethod
-    def _request_id(s: Any, span: Span) -> str:
+    def _request_id(s: Any, span: Any) -> str:
         """The request's id; one the router did not set (a local reply) is made here,
         as Envoy's connection manager gives every request one, marked if sampled."""
         rid = s.request_id or s.get_request_header(b"x-request-id")

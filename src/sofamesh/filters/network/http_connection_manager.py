@@ -220,12 +220,18 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         merge_slashes=hcm.merge_slashes,
         strip_any_host_port=hcm.strip_any_host_port,
     )
+    if hcm.HasField("drain_timeout"):
+        cfg.drain_timeout = dur(hcm.drain_timeout)
     if hcm.HasField("tracing"):
         from sofamesh.proxy import tracing
 
         cfg.tracer = tracing.build(
             hcm.tracing, server, hcm.stat_prefix, local_ip(), f"{path}.typed_config.tracing"
         )
+        if cfg.tracer is not None:
+            cfg.trace_ppm = cfg.tracer.sample_ppm
+            cfg.trace_shared = cfg.tracer.shared
+            cfg.trace_id128 = cfg.tracer.id128
     return cfg
 
 
