@@ -47,7 +47,14 @@ def parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=None, help="heartbeat interval (default ttl/3)"
     )
     p.add_argument("--once", action="store_true", help="register and exit (no heartbeats)")
+    # a pilot run with --secure-api: HTTPS, this workload's certificate of the pilot's CA
+    p.add_argument("--cert", default=None, help="PEM client certificate (https pilots)")
+    p.add_argument("--key", default=None, help="PEM key of --cert")
+    p.add_argument("--cacert", default=None, help="PEM root the pilot's certificate chains to")
     return p
+
+
+_TLS: list = [None]  # the ssl.SSLContext https pilots are called with (main sets it)
 
 
 def _request(
@@ -58,7 +65,7 @@ def _request(
         url, data=data, method=method, headers={"content-type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=_TLS[0]) as r:
             raw, status = r.read(), r.status
     except urllib.error.HTTPError as e:
         raw, status = e.read(), e.code
@@ -99,6 +106,13 @@ def body_from(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     body = body_from(args)
+    if args.cert or args.key or args.cacert:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=args.cacert)
+        if args.cert:
+            ctx.load_cert_chain(args.cert, args.key)
+        _TLS[0] = ctx
     bases = [
         u.strip().rstrip("/")
         for arg in (args.pilot or ["http://127.0.0.1:15020"])

@@ -136,3 +136,39 @@ def test_only_your_own_service(setup):
     assert st == 200
     forbidden = [ln for ln in metrics.splitlines() if ln.startswith("pilot_api_forbidden_total")]
     assert forbidden and float(forbidden[0].split()[-1]) == 3, forbidden
+
+
+def test_sofamesh_register_with_its_certificate(setup):
+    """`sofamesh register --cert/--key/--cacert` against a --secure-api pilot: its own
+    service is written; another service's instance is refused (exit status 1)."""
+    import subprocess
+
+    from tests.conftest import sofamesh_command
+
+    pilot, d = setup
+    base = [
+        *sofamesh_command(),
+        "register",
+        "--pilot",
+        f"https://127.0.0.1:{pilot.api_port}",
+        "--cert",
+        str(d / "svc-a.crt"),
+        "--key",
+        str(d / "svc-a.key"),
+        "--cacert",
+        str(d / "root.crt"),
+        "--port",
+        "9000",
+        "--once",
+    ]
+    ok = subprocess.run(
+        [*base, "--service", "svc-a", "--id", "a-9"], capture_output=True, timeout=30, check=False
+    )
+    assert ok.returncode == 0, ok.stderr
+    _, a = call(pilot, d, "svc-a", "GET", "/v1/services/svc-a")
+    assert [i["instance_id"] for i in a["instances"]] == ["a-9"]
+    bad = subprocess.run(
+        [*base, "--service", "svc-b", "--id", "b-9"], capture_output=True, timeout=30, check=False
+    )
+    assert bad.returncode != 0
+    assert call(pilot, d, "svc-a", "GET", "/v1/services/svc-b")[0] == 404
