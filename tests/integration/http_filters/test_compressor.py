@@ -164,3 +164,38 @@ def test_compressor_options_like_envoy(pair):
     _run(envoy, ours, "gzip", cases)
     _run(envoy, ours, "gzip", cases[1:2], method="HEAD")
     assert _stats(ours) == _stats(envoy)
+
+
+def test_two_compressors_choose_like_envoy(pair):
+    """gzip and brotli in one chain: one decision per response over both (q-values, the
+    first of equals, * the first of the chain, a coding ruled out by q=0 or by its filter's
+    content types), the other compressor overshadowed."""
+    gz = _filter("gzip")
+    br = _filter("br", common_config={"content_type": ["application/json"]})
+    br["typed_config"]["compressor_library"]["name"] = "brotli_lib"
+    envoy, ours = pair(http_filters=[gz, br])
+    cases = []
+    for ae in (
+        "gzip, br",
+        "br, gzip",
+        "br;q=0.9, gzip;q=0.8",
+        "*",
+        "br",
+        "br;q=0, *",
+        "identity, br;q=0.5",
+    ):
+        for ctype in ("text/plain", "application/json"):
+            cases.append(
+                ("/", {"accept-encoding": ae, "x-resp-size": "5000", "x-resp-type": ctype})
+            )
+    for path, h in cases:
+        e = envoy.request("GET", path, h)
+        o = ours.request("GET", path, h)
+        assert (o.status, _headers(o)) == (e.status, _headers(e)), h
+        enc = e.header("content-encoding")
+        if enc:
+            assert LIBS[enc][1](o.body) == LIBS[enc][1](e.body) == TEXT[:5000], h
+        else:
+            assert o.body == e.body, h
+    assert _stats(ours) == _stats(envoy)
+    assert envoy.request("GET", "/", cases[1][1]).header("content-encoding") == "gzip"

@@ -9,9 +9,11 @@ below; no content-type passes), `cache-control` has no `no-transform`, it has no
 `uncompressible_response_codes`. A compressible response gets `vary: Accept-Encoding`
 (appended to a vary that lacks it) whether or not it is compressed. It is compressed when
 the request's Accept-Encoding (kept from the request; removed before the upstream with
-`remove_accept_encoding_header`) chooses this filter's coding: the highest q-value among
-`identity`, `*` and the library's coding wins, q=0 removes a coding; `identity` or no
-valid choice leaves it as it is. Compressed: content-length removed (HTTP/1 goes chunked),
+`remove_accept_encoding_header`) chooses this filter's coding. The choice is made once
+per response for all the chain's compressors whose content types take it (Envoy's shared
+filter state): the highest q-value among `identity`, `*` and their codings wins (the
+first of equals), q=0 rules a coding out, `*` means the chain's first compressor;
+`identity` or no valid choice leaves the response as it is. Compressed: content-length removed (HTTP/1 goes chunked),
 `content-encoding` set, a strong etag removed (a weak one kept), each body piece compressed and
 flushed as it passes (the last one finishes the stream; trailers get the end first).
 
@@ -91,10 +93,16 @@ def _has_token(value: bytes | None, token: bytes) -> bool:
     return any(t.strip().lower() == token for t in value.split(b","))
 
 
-def choose(accept: bytes, coding: str) -> tuple[str, str]:
-    """Envoy's choice for one compressor: (stat, chosen coding) where stat is one of
-    used, overshadowed, identity, wildcard, not_valid."""
-    allowed = {coding} if coding else set()  # "": the content type excludes this compressor
+REGISTERED = "envoy.compression.registered"  # filter_state: the chain's active compressors
+DECISION = "envoy.compression.decision"  # filter_state: the stream's (kind, coding)
+
+
+def choose(accept: bytes, codings: list[str]) -> tuple[str, str]:
+    """Envoy's choice among the chain's compressors that may take the response (codings, in
+    chain order): (kind, coding), kind one of valid, identity, wildcard, not_valid. The
+    highest q-value wins (the first of equals), among those codings, identity and *; q=0
+    rules a coding out; * picks the first compressor of the chain."""
+    allowed = dict.fromkeys(codings)
     pairs: list[tuple[str, float]] = []
     for token in accept.decode("latin-1").split(","):
         if not token.strip():
@@ -111,7 +119,7 @@ def choose(accept: bytes, coding: str) -> tuple[str, str]:
         name = name.strip()
         pairs.append((name, q))
         if not q:
-            allowed.discard(name)
+            allowed.pop(name, None)
     if not pairs or not allowed:
         return "not_valid", "identity"
     choice, best = "identity", 0.0
@@ -123,8 +131,8 @@ def choose(accept: bytes, coding: str) -> tuple[str, str]:
     if choice == "identity":
         return "identity", choice
     if choice == "*":
-        return "wildcard", coding
-    return ("used" if choice == coding else "overshadowed"), choice
+        return "wildcard", next(iter(allowed))
+    return "valid", choice
 
 
 class CompressorFilter(HttpFilter):
@@ -177,7 +185,8 @@ class CompressorFilter(HttpFilter):
         ae = s.get_request_header(b"accept-encoding")
         if s.filter_state is None:
             s.filter_state = {}
-        s.filter_state[self.name] = [ae, None]  # accept-encoding, the stream's compressor
+        s.filter_state[self] = [ae, None]  # accept-encoding, the stream's compressor
+        s.filter_state.setdefault(REGISTERED, []).append(self)
         self._inc("not_compressed", request=True)  # no request compression (refused)
         if ae is not None and self.enabled and self.remove_ae:
             s.remove_request_header(b"accept-encoding")
@@ -193,7 +202,7 @@ class CompressorFilter(HttpFilter):
         return True  # Envoy 1.40: no content-length is long enough (chunked, or to EOF)
 
     def encode_headers(self, s: Any, status: int, end_stream: bool) -> int:
-        st = s.filter_state.get(self.name) if s.filter_state else None
+        st = s.filter_state.get(self) if s.filter_state else None
         if st is None:
             return FILTER_CONTINUE_
         length_ok = self.enabled and self._length_ok(s)
@@ -209,7 +218,7 @@ class CompressorFilter(HttpFilter):
         )
         # Envoy's order: the Accept-Encoding decision (and its stats) only for a body long
         # enough; a content type this compressor does not take leaves no valid choice
-        if not end_stream and length_ok and self._accepts(st[0], type_ok) and others_ok:
+        if not end_stream and length_ok and self._accepts(s, st[0]) and others_ok:
             etag = s.get_response_header(b"etag")
             if etag is not None and etag[:2].lower() != b"w/":
                 s.remove_response_header(b"etag")  # Envoy drops a strong etag
@@ -238,25 +247,32 @@ class CompressorFilter(HttpFilter):
             return False
         return True
 
-    def _accepts(self, ae: bytes | None, type_ok: bool) -> bool:
+    def _accepts(self, s: Any, ae: bytes | None) -> bool:
+        """The Accept-Encoding decision, made once per stream for every compressor of the
+        chain (Envoy keeps it in the filter state); each counts what it means for it."""
         if ae is None:
             self._inc("no_accept_header", top=True)
             return False
-        stat, _ = choose(ae, self.lib.encoding if type_ok else "")
-        if stat == "used":
-            self._inc("header_compressor_used", top=True)
-            return True
-        if stat == "wildcard":
-            self._inc("header_wildcard", top=True)
-            return True
-        self._inc(
-            "header_" + stat if stat != "overshadowed" else "header_compressor_overshadowed",
-            top=True,
-        )
-        return False
+        fs = s.filter_state
+        decision = fs.get(DECISION)
+        if decision is None:
+            ct = s.get_response_header(b"content-type")
+            codings = [
+                f.lib.encoding for f in fs.get(REGISTERED, ()) if ct is None or f._type_ok(ct)
+            ]
+            decision = fs[DECISION] = choose(ae, codings)
+        kind, coding = decision
+        mine = coding == self.lib.encoding
+        if kind == "valid":
+            self._inc(
+                "header_compressor_used" if mine else "header_compressor_overshadowed", top=True
+            )
+            return mine
+        self._inc("header_" + kind, top=True)
+        return kind == "wildcard" and mine
 
     def encode_data(self, s: Any, data: bytes, end_stream: bool) -> int:
-        st = s.filter_state.get(self.name) if s.filter_state else None
+        st = s.filter_state.get(self) if s.filter_state else None
         if st is None or st[1] is None:
             return FILTER_CONTINUE_
         out = st[1].compress(data, end_stream)
@@ -268,7 +284,7 @@ class CompressorFilter(HttpFilter):
         return FILTER_CONTINUE_
 
     def encode_trailers(self, s: Any, trailers: Any) -> int:
-        st = s.filter_state.get(self.name) if s.filter_state else None
+        st = s.filter_state.get(self) if s.filter_state else None
         if st is None or st[1] is None:
             return FILTER_CONTINUE_
         out = st[1].compress(b"", True)

@@ -87,9 +87,9 @@ class DecompressorFilter(HttpFilter):
     def _state(self, s: Any) -> list:
         if s.filter_state is None:
             s.filter_state = {}
-        st = s.filter_state.get(self.name)
+        st = s.filter_state.get(self)
         if st is None:
-            st = s.filter_state[self.name] = [None, None]  # request, response decompressor
+            st = s.filter_state[self] = [None, None]  # request, response decompressor
         return st
 
     def decode_headers(self, s: Any, end_stream: bool) -> int:
@@ -137,7 +137,7 @@ class DecompressorFilter(HttpFilter):
         s.replace_data(out)
 
     def decode_data(self, s: Any, data: bytes, end_stream: bool) -> int:
-        st = s.filter_state.get(self.name) if s.filter_state else None
+        st = s.filter_state.get(self) if s.filter_state else None
         if st is not None and st[0] is not None:
             self._pass(s, self.req, st, 0, data)
         return FILTER_CONTINUE_
@@ -168,7 +168,7 @@ class DecompressorFilter(HttpFilter):
         return FILTER_CONTINUE_
 
     def encode_data(self, s: Any, data: bytes, end_stream: bool) -> int:
-        st = s.filter_state.get(self.name) if s.filter_state else None
+        st = s.filter_state.get(self) if s.filter_state else None
         if st is not None and st[1] is not None:
             self._pass(s, self.resp, st, 1, data)
         return FILTER_CONTINUE_
