@@ -574,6 +574,8 @@ cdef class H2Stream(RouterStream):
             resp.add_flat(extra)
         if cfg.via:
             resp.add(b"via", cfg.via)
+        if cfg.any_encode:  # a local reply passes the encode filters too (Envoy)
+            body = self._local_encode(resp, code, body)
         if self.resp_add_extra is not None:
             resp.add_flat(tuple(self.resp_add_extra))
         self._h2_headers(response_list(resp), not body or self.head_req)

@@ -673,6 +673,8 @@ cdef class DownstreamConn(RouterStream):
             resp.add(b"via", cfg.via)
         if extra is not None:
             resp.add_flat(extra)
+        if cfg.any_encode:  # a local reply passes the encode filters too (Envoy)
+            body = self._local_encode(resp, code, body)
         if self.resp_add_extra is not None:
             resp.add_flat(tuple(self.resp_add_extra))
         if not body and code >= 200 and code != 204 and code != 304:

@@ -166,6 +166,31 @@ cdef class HttpStream(UpstreamCallbacks):
         router)."""
         self.enc_swap = bytes(data)
 
+    def _local_encode(self, HeaderMap resp, int code, bytes body):
+        """A local reply through the encode filters, last to first, as Envoy passes every
+        response: its head (the reply's own headers set, the filters' additions not yet),
+        then its body as one last piece; returns the body to send (a compressor's). Called
+        by the codecs' _local_reply when a filter wants encoding."""
+        cdef HcmConfig cfg = self.cfg
+        cdef HttpFilter f
+        cdef Py_ssize_t j
+        cdef tuple filters = cfg.filters
+        cdef bint end = not body or self.head_req  # a HEAD answer ends with its head
+        self.resp_head = resp
+        for j in range(len(filters) - 1, -1, -1):
+            f = filters[j]
+            if f.wants_encode:
+                f.encode_headers(self, code, end)
+        if not end and cfg.any_data:
+            for j in range(len(filters) - 1, -1, -1):
+                f = filters[j]
+                if f.wants_data:
+                    f.encode_data(self, body, True)
+                    if self.enc_swap is not None:
+                        body = self.enc_swap
+                        self.enc_swap = None
+        return body
+
     @property
     def upstream_cluster(self):
         return self.cluster.name if self.cluster is not None else None

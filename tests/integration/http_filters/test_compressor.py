@@ -199,3 +199,58 @@ def test_two_compressors_choose_like_envoy(pair):
             assert o.body == e.body, h
     assert _stats(ours) == _stats(envoy)
     assert envoy.request("GET", "/", cases[1][1]).header("content-encoding") == "gzip"
+
+
+def test_local_replies_pass_the_compressor_like_envoy(pair):
+    """Envoy passes its own responses through the encode filters: a direct_response body
+    long enough is compressed, a short one and a 404 are not, a CORS preflight answer gets
+    vary; the CORS headers reach a local reply of a later filter's too."""
+    from tests.integration.http_filters.test_cors import CORS_FILTER
+
+    long_body = "direct response body " * 20
+    vhost = {
+        "typed_per_filter_config": {
+            "envoy.filters.http.cors": typed(
+                "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+                allow_origin_string_match=[{"exact": "http://a.example"}],
+                allow_methods="GET",
+            )
+        },
+        "routes": [
+            {
+                "match": {"prefix": "/long"},
+                "direct_response": {"status": 200, "body": {"inline_string": long_body}},
+            },
+            {
+                "match": {"prefix": "/short"},
+                "direct_response": {"status": 503, "body": {"inline_string": "no"}},
+            },
+            {"match": {"prefix": "/up"}, "route": {"cluster": "backend"}},
+        ],
+    }
+    envoy, ours = pair(http_filters=[CORS_FILTER, _filter("gzip")], virtual_host=vhost)
+    cases = [
+        ("GET", "/long", {"accept-encoding": "gzip"}),
+        ("GET", "/long", {}),
+        ("HEAD", "/long", {"accept-encoding": "gzip"}),
+        ("GET", "/short", {"accept-encoding": "gzip"}),
+        ("GET", "/nowhere", {"accept-encoding": "gzip"}),
+        ("OPTIONS", "/up", {"origin": "http://a.example", "access-control-request-method": "GET"}),
+        (
+            "GET",
+            "/up",
+            {"origin": "http://a.example", "accept-encoding": "gzip", "x-resp-size": "100"},
+        ),
+    ]
+    for method, path, h in cases:
+        e = ours_e = envoy.request(method, path, h)
+        o = ours.request(method, path, h)
+        assert (o.status, _headers(o)) == (e.status, _headers(e)), (method, path, h)
+        if ours_e.header("content-encoding") == "gzip":
+            assert (
+                gzip.decompress(o.body) == gzip.decompress(e.body) == long_body.encode()
+                or path == "/up"
+            )
+        else:
+            assert o.body == e.body
+    assert _stats(ours) == _stats(envoy)

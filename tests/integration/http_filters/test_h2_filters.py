@@ -1,10 +1,7 @@
 """The response-rewriting filters over HTTP/2 downstream against Envoy 1.40: compressor (gzip)
-and CORS on one chain, the same response headers and decompressed bodies.
-
-Known divergence, not compared: Envoy passes a filter's own response (a CORS preflight
-answer, a direct_response) through every encode filter, so behind a compressor a preflight
-answer gets `vary: Accept-Encoding` and a long direct_response body is compressed; in
-sofamesh local replies do not pass the encode filters yet."""
+and CORS on one chain, the same response headers and decompressed bodies; a CORS preflight
+answer passes the compressor too (Envoy passes every response through the encode
+filters: it gets `vary: Accept-Encoding`)."""
 
 from __future__ import annotations
 
@@ -37,6 +34,7 @@ def test_compressor_and_cors_over_h2_like_envoy(pair):
         ({"accept_encoding": "gzip", "x_resp_size": "5000", "x_resp_chunked": "1"}, "GET"),
         ({"accept_encoding": "br", "x_resp_size": "5000"}, "GET"),
         ({"x_resp_size": "10", "origin": "http://evil.example"}, "GET"),
+        ({"origin": "http://a.example", "access_control_request_method": "PUT"}, "OPTIONS"),
     ]
     for extra, method in cases:
         eh, eb = _h2(envoy, extra, method)

@@ -179,12 +179,13 @@ class CompressorFilter(HttpFilter):
         c.used = True
 
     def decode_headers(self, s: Any, end_stream: bool) -> int:
-        pr = s.route_filter_config(self.name)
-        if pr is not None and pr.disabled:
-            return FILTER_CONTINUE_
-        ae = s.get_request_header(b"accept-encoding")
         if s.filter_state is None:
             s.filter_state = {}
+        pr = s.route_filter_config(self.name)
+        if pr is not None and pr.disabled:
+            s.filter_state[self] = False  # off for this route, both ways
+            return FILTER_CONTINUE_
+        ae = s.get_request_header(b"accept-encoding")
         s.filter_state[self] = [ae, None]  # accept-encoding, the stream's compressor
         s.filter_state.setdefault(REGISTERED, []).append(self)
         self._inc("not_compressed", request=True)  # no request compression (refused)
@@ -202,9 +203,15 @@ class CompressorFilter(HttpFilter):
         return True  # Envoy 1.40: no content-length is long enough (chunked, or to EOF)
 
     def encode_headers(self, s: Any, status: int, end_stream: bool) -> int:
-        st = s.filter_state.get(self) if s.filter_state else None
-        if st is None:
+        if s.filter_state is None:
+            s.filter_state = {}
+        st = s.filter_state.get(self)
+        if st is False:
             return FILTER_CONTINUE_
+        if st is None:
+            # a response made before this filter saw the request (an earlier filter's local
+            # reply, a CORS preflight answer): no Accept-Encoding known, as in Envoy
+            st = s.filter_state[self] = [None, None]
         length_ok = self.enabled and self._length_ok(s)
         type_ok = self._type_ok(s.get_response_header(b"content-type"))
         others_ok = (
@@ -273,7 +280,7 @@ class CompressorFilter(HttpFilter):
 
     def encode_data(self, s: Any, data: bytes, end_stream: bool) -> int:
         st = s.filter_state.get(self) if s.filter_state else None
-        if st is None or st[1] is None:
+        if not st or st[1] is None:
             return FILTER_CONTINUE_
         out = st[1].compress(data, end_stream)
         if end_stream:
@@ -285,7 +292,7 @@ class CompressorFilter(HttpFilter):
 
     def encode_trailers(self, s: Any, trailers: Any) -> int:
         st = s.filter_state.get(self) if s.filter_state else None
-        if st is None or st[1] is None:
+        if not st or st[1] is None:
             return FILTER_CONTINUE_
         out = st[1].compress(b"", True)
         st[1] = None

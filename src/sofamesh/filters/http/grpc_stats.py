@@ -15,8 +15,8 @@ writes the service with `_` for `.` (with stats_for_all_methods; as in Envoy, no
 allowlist's names). A response that is not gRPC (content-type) has no messages counted. `emit_filter_state` keeps the two message counts in the
 stream's filter state under the filter's name (Envoy's GrpcStatsObject). Not implemented
 (refused at start-up): `enable_upstream_stats` (the per-method upstream_rq_time histogram).
-A call the proxy answers itself (no route, no healthy upstream) is not counted: local
-replies do not pass the encode filters in sofamesh yet.
+A call the proxy answers itself is counted once its cluster is known (no healthy upstream:
+local replies pass the encode filters), not when no route matched (no cluster), as Envoy.
 """
 
 from __future__ import annotations
