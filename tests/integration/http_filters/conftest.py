@@ -11,6 +11,7 @@ ScriptedUpstream is an HTTP/1.1 server whose reply is scripted by request header
     x-resp-etag: E          an etag header
     x-resp-header: k=v      one more response header (repeatable, comma-free)
     x-resp-chunked: 1       the body chunked (three chunks), no content-length
+    x-resp-trailers: 1      chunked, and the last chunk carries `x-trailer: t`
     x-resp-encoding: gzip   the body gzip-compressed, with content-encoding: gzip
     x-resp-echo: 1          the body is the request body as received
 
@@ -144,11 +145,12 @@ class ScriptedUpstream:
             if rec.method == "HEAD":
                 head.append(f"content-length: {len(body)}")
             return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-        if "x-resp-chunked" in hd:
+        if "x-resp-chunked" in hd or "x-resp-trailers" in hd:
             head.append("transfer-encoding: chunked")
             n = len(body)
             parts = [body[: n // 3], body[n // 3 : 2 * n // 3], body[2 * n // 3 :]]
-            payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts if p) + b"0\r\n\r\n"
+            last = b"0\r\nx-trailer: t\r\n\r\n" if "x-resp-trailers" in hd else b"0\r\n\r\n"
+            payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts if p) + last
         else:
             head.append(f"content-length: {len(body)}")
             payload = body
@@ -163,6 +165,7 @@ def bootstrap(
     virtual_host: dict | None = None,
     hcm_extra: dict | None = None,
     node: dict | None = None,
+    cluster_extra: dict | None = None,
 ) -> dict:
     vh = virtual_host or {"routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}
     vh = {"name": "vh", "domains": ["*"], **vh}
@@ -207,6 +210,7 @@ def bootstrap(
                     "name": "backend",
                     "connect_timeout": "1s",
                     "type": "STATIC",
+                    **(cluster_extra or {}),
                     "load_assignment": {
                         "cluster_name": "backend",
                         "endpoints": [
@@ -321,7 +325,8 @@ def _distinct(n: int, exclude: set[int]) -> list[int]:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Callable[..., tuple[Side, Side]]]:
-    """pair(http_filters, virtual_host=None, hcm_extra=None, node=None) -> (envoy, sofamesh)."""
+    """pair(http_filters, virtual_host=None, hcm_extra=None, node=None, cluster_extra=None)
+    -> (envoy, sofamesh)."""
     started: list[Side] = []
 
     def start_one(kind: str, kw: dict[str, Any]) -> Side:

@@ -254,3 +254,48 @@ def test_local_replies_pass_the_compressor_like_envoy(pair):
         else:
             assert o.body == e.body
     assert _stats(ours) == _stats(envoy)
+
+
+def test_compressed_body_ends_before_trailers_like_envoy(pair):
+    """A chunked response with trailers (forwarded with enable_trailers): the compressed
+    stream's end goes out before the trailers, which arrive as Envoy sends them."""
+    import socket
+
+    envoy, ours = pair(
+        http_filters=[_filter("gzip")],
+        hcm_extra={"http_protocol_options": {"enable_trailers": True}},
+        cluster_extra={
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    explicit_http_config={"http_protocol_options": {"enable_trailers": True}},
+                )
+            }
+        },
+    )
+
+    def raw(side) -> tuple[bytes, bytes]:
+        req = (
+            b"GET / HTTP/1.1\r\nhost: x\r\naccept-encoding: gzip\r\nx-resp-size: 5000\r\n"
+            b"x-resp-trailers: 1\r\nconnection: close\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", side.port), timeout=5) as c:
+            c.sendall(req)
+            out = b""
+            while chunk := c.recv(65536):
+                out += chunk
+        head, _, rest = out.partition(b"\r\n\r\n")
+        body, trailers = b"", b""
+        while True:  # de-chunk
+            size_line, _, rest = rest.partition(b"\r\n")
+            n = int(size_line.split(b";")[0], 16)
+            if n == 0:
+                trailers = rest
+                break
+            body, rest = body + rest[:n], rest[n + 2 :]
+        assert b"content-encoding: gzip" in head.lower()
+        return gzip.decompress(body), trailers
+
+    e, o = raw(envoy), raw(ours)
+    assert o == e
+    assert e[0] == TEXT[:5000] and b"x-trailer: t" in e[1]
