@@ -86,7 +86,8 @@ cdef class HcmConfig:
         # the HTTP/2 codec's counters, under Envoy's names (rooted at http2.)
         self.h2_stats = {k: c("http2." + k) for k in H2_COUNTERS}
         # Envoy counts rapid resets as a connection manager stat, not a codec one
-        self.h2_stats["too_many_premature_resets"] = c(p + "downstream_rq_too_many_premature_resets")
+        self.h2_stats["too_many_premature_resets"] = c(
+            p + "downstream_rq_too_many_premature_resets")
         self.rq_1xx = c(p + "downstream_rq_1xx")
         self.rq_2xx = c(p + "downstream_rq_2xx")
         self.rq_3xx = c(p + "downstream_rq_3xx")

@@ -10,7 +10,6 @@ import logging
 
 from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 
-from sofamesh._core.codecs.http2 cimport Connection
 from sofamesh._core.codecs.http2_events cimport (
     RequestHeaders, Data, Trailers, StreamReset, WindowUpdated, GoAway,
     ConnectionError as H2ConnectionError,
@@ -20,7 +19,7 @@ from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
-    mono, date_value, DS_BODY, DS_WAIT, DS_CLOSED, SERVER_PASS_THROUGH, PAUSE_UPSTREAM_FULL,
+    mono, date_value, DS_BODY, DS_WAIT, DS_CLOSED, SERVER_PASS_THROUGH,
 )
 from sofamesh._core.http_stream cimport HttpFilter
 from sofamesh._core.http_router cimport RouterStream

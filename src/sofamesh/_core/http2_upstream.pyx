@@ -9,7 +9,6 @@ import logging
 
 from cpython.bytes cimport PyBytes_GET_SIZE
 
-from sofamesh._core.codecs.http2 cimport Connection
 from sofamesh._core.codecs.http2_events cimport (
     Data, ResponseHeaders, Trailers, StreamReset, WindowUpdated, GoAway,
     ConnectionError as H2ConnectionError,
@@ -25,7 +24,7 @@ from sofamesh._core.http_common cimport (
 )
 from sofamesh._core.upstream cimport Cluster, Host, OUTCOME_CONNECT_SUCCESS
 
-from sofamesh._core.codecs.http2 import Connection as _Connection, UsageError
+from sofamesh._core.codecs.http2 import Connection as _Connection
 
 cdef unsigned int ERR_NO_ERROR = 0
 cdef unsigned int ERR_CANCEL = 8

@@ -29,7 +29,7 @@ from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
     mono, date_value, needs_normalizing,
     DS_HEAD, DS_BODY, DS_WAIT, DS_DRAIN, DS_TUNNEL, DS_CLOSED,
-    SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT, SERVER_PASS_THROUGH,
+    SERVER_PASS_THROUGH,
     PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE,
 )
 from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP
@@ -445,8 +445,6 @@ cdef class DownstreamConn(RouterStream):
     cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, bint end_stream) except -1:
         cdef HcmConfig cfg = self.cfg
         cdef int status = rh.get_status()
-        cdef HttpFilter f
-        cdef Py_ssize_t j
         if not self._router_response(c, rh):
             return False        # retried
         if not self.req_done:
@@ -805,7 +803,7 @@ cdef class DownstreamConn(RouterStream):
 
 
 _hcm_config.register_codec("http1", DownstreamConn)
-from sofamesh._core import http2_server as _http2_server  # registers codec "http2"
+from sofamesh._core import http2_server  # noqa: F401 (registers codec "http2")  # no-cython-lint
 
 FILTER_CONTINUE_ = FILTER_CONTINUE
 FILTER_STOP_ = FILTER_STOP

@@ -719,14 +719,15 @@ cdef class RouterStream(HttpStream):
         self.cluster.upstream_rq_total.inc()
         cdef Route r = self.route
         cdef double left, t
+        cdef int ms
         if r.timeout_hdr and r.timeout > 0 and self.deadline > 0:
             # Envoy announces what is left of the route timeout to a retry (or the per-try
             # timeout, when shorter)
             left = self.deadline - mono()
             t = r.per_try_timeout if 0 < r.per_try_timeout < left else left
+            ms = <int>(t * 1000) if t > 0 else 0
             self.head.remove(b"x-envoy-expected-rq-timeout-ms")
-            self.head.add(b"x-envoy-expected-rq-timeout-ms",
-                          PyBytes_FromFormat("%d", <int>(t * 1000) if t > 0 else 0))
+            self.head.add(b"x-envoy-expected-rq-timeout-ms", PyBytes_FromFormat("%d", ms))
         self._assign(None)
 
     cdef int _fail(self, int kind, PoolConn c) except -1:

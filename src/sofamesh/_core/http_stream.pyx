@@ -1,7 +1,7 @@
 # The HTTP stream and the HttpFilter interface; see http_stream.pxd for the contract.
 
 from sofamesh._core.headers cimport HeaderMap
-from sofamesh._core.http_common cimport fmt_address, mono, uuid4, DS_CLOSED, DS_TUNNEL
+from sofamesh._core.http_common cimport fmt_address, mono, uuid4, DS_TUNNEL
 from sofamesh._core.upstream cimport Cluster
 
 
