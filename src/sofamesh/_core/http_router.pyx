@@ -142,11 +142,15 @@ cdef double grpc_timeout(HeaderMap h, Route route):
     unless that is 0; absent or invalid: the max (0: none)."""
     cdef int i = h.find_from("grpc-timeout", 12, 0)
     cdef double t = 0
-    cdef bytes v
+    cdef bytes v, digits, unit
+    cdef Py_ssize_t n
     if i >= 0:
         v = h.value_at(i)
-        if 2 <= PyBytes_GET_SIZE(v) <= 9 and v[:-1].isdigit() and v[-1:] in GRPC_UNITS:
-            t = int(v[:-1]) * GRPC_UNITS[v[-1:]]
+        n = PyBytes_GET_SIZE(v)
+        digits = v[:n - 1]
+        unit = v[n - 1:n]
+        if 2 <= n <= 9 and digits.isdigit() and unit in GRPC_UNITS:
+            t = int(digits) * GRPC_UNITS[unit]
             if route.grpc_timeout_offset > 0:
                 t = t - route.grpc_timeout_offset if t > route.grpc_timeout_offset else 0
     if route.grpc_timeout_max > 0 and (t <= 0 or t > route.grpc_timeout_max):
