@@ -4,8 +4,9 @@ envoy_bootstrap.json, tests/fixtures/istio/bootstrap_default.json) run for real 
 LIVE, pass the pilot-agent's readiness stats, serve the :15021 readiness route to the agent
 and the :15090 Prometheus scrape with Istio's stat names, and the listener pushed over
 LDS. Changes to the golden, for a test host: ports are free loopback ones (not 0.0.0.0 and
-1500x), the XDS socket lives in the test's folder, and the :15090 listener's compressor
-filters (not in sofamesh; the scrape here asks for no encoding) are left out for both."""
+1500x) and the XDS socket lives in the test's folder. The :15090 listener's three
+compressors (brotli, zstd, gzip in one chain) answer a scrape that accepts them with the
+coding Envoy picks."""
 
 from __future__ import annotations
 
@@ -68,9 +69,6 @@ def istio_bootstrap(xds_sock: str, admin: int, prom: int, ready: int, agent: int
         sa = lst["address"]["socket_address"]
         sa["address"] = "127.0.0.1"
         sa["port_value"] = prom if sa["port_value"] == 15090 else ready
-        for chain in lst["filter_chains"]:
-            hcm = chain["filters"][0]["typed_config"]
-            hcm["http_filters"] = [f for f in hcm["http_filters"] if "compressor" not in f["name"]]
     return b
 
 
@@ -82,6 +80,29 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return r.status, r.read().decode()
     finally:
         c.close()
+
+
+def _get_encoded(port: int, path: str, accept: str) -> tuple[str | None, str]:
+    """The content-encoding of the answer and its text, decompressed."""
+    import gzip
+
+    import brotli
+    import zstandard
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", path, headers={"accept-encoding": accept})
+        r = c.getresponse()
+        data, enc = r.read(), r.getheader("content-encoding")
+    finally:
+        c.close()
+    if enc == "gzip":
+        data = gzip.decompress(data)
+    elif enc == "br":
+        data = brotli.decompress(data)
+    elif enc == "zstd":
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return enc, data.decode()
 
 
 def _stat(text: str, name: str) -> int:
@@ -119,6 +140,10 @@ async def test_pilot_agent_bootstrap_runs_as_on_envoy(tmp_path, agent):
                     "healthz": (await asyncio.to_thread(_get, ready, "/healthz/ready"))[0],
                     "app": await asyncio.to_thread(_get, app, "/"),
                     "scrape": await asyncio.to_thread(_get, prom, "/stats/prometheus"),
+                    "encoded": [
+                        await asyncio.to_thread(_get_encoded, prom, "/stats/prometheus", ae)
+                        for ae in ("gzip", "br", "zstd", "gzip, br, zstd", "zstd;q=0.5, br;q=0.7")
+                    ],
                     # what pilot-agent reads to judge readiness
                     "server.state": _stat(stats, "server.state"),
                     "workers_started": _stat(stats, "listener_manager.workers_started"),
@@ -145,6 +170,11 @@ async def test_pilot_agent_bootstrap_runs_as_on_envoy(tmp_path, agent):
         assert "envoy_server_live{} 1" in body, kind
         assert "envoy_cluster_manager_active_clusters{}" in body, kind
         assert "envoy_http_" not in body, kind  # http.* is outside the inclusion list
+        for _enc, text in s["encoded"]:
+            assert "envoy_server_live{} 1" in text, kind
+    # the same coding chosen among the chain's three compressors
+    assert [e for e, _ in seen["sofamesh"]["encoded"]] == [e for e, _ in seen["envoy"]["encoded"]]
+    assert [e for e, _ in seen["envoy"]["encoded"]] == ["gzip", "br", "zstd", "gzip", "br"]
     env_names = {ln.split("{")[0] for ln in seen["envoy"]["scrape"][1].splitlines()}
     sofa_names = {ln.split("{")[0] for ln in seen["sofamesh"]["scrape"][1].splitlines()}
     for family in (
