@@ -44,3 +44,38 @@ def test_compressor_and_cors_over_h2_like_envoy(pair):
             assert gzip.decompress(ob) == gzip.decompress(eb) == TEXT[:5000]
         else:
             assert ob == eb, extra
+
+
+def test_decompressor_over_h2_like_envoy(pair):
+    """A gzip request body over HTTP/2 reaches the upstream decompressed (in two DATA
+    frames), and a gzip response reaches the client decompressed."""
+    from tests.integration.http_filters.test_decompressor import FILTER
+    from tests.support.h2raw import data
+
+    envoy, ours = pair(http_filters=[FILTER])
+    body = gzip.compress(TEXT[:8000])
+
+    def post(side):
+        with H2Client(side.port) as c:
+            c.handshake()
+            fields = req("POST", "/", "site.example", content_encoding="gzip", x_resp_echo="1")
+            c.send(headers(1, c.block(fields), END_HEADERS))
+            c.send(data(1, body[:100]), data(1, body[100:], END_STREAM))
+            o = c.outcome(1)
+        assert o.kind == "response", o
+        return sorted((k, v) for k, v in o.response_headers or [] if k not in VOLATILE), o.body
+
+    got = post(ours)
+    assert got == post(envoy)
+    assert got[1] == TEXT[:8000]
+    up = [
+        (r.body, sorted((k.lower(), v) for k, v in r.headers if k.lower().startswith("content-")))
+        for r in ours.upstream.records
+    ]
+    assert up == [
+        (r.body, sorted((k.lower(), v) for k, v in r.headers if k.lower().startswith("content-")))
+        for r in envoy.upstream.records
+    ]
+    assert _h2(ours, {"x_resp_size": "5000", "x_resp_encoding": "gzip"}) == _h2(
+        envoy, {"x_resp_size": "5000", "x_resp_encoding": "gzip"}
+    )
