@@ -60,6 +60,8 @@ CASES = [
         None,
     ),
     ("GET", {"x-resp-size": "5000"}, None),
+    # says gzip, is not: the client gets what was decompressed (nothing), the error counted
+    ("GET", {"x-resp-size": "500", "x-resp-header": "content-encoding=gzip"}, None),
     ("POST", {"content-encoding": "gzip", "x-resp-echo": "1"}, BODY),
     ("POST", {"content-encoding": "GZIP", "x-resp-echo": "1"}, BODY),
     ("POST", {"content-encoding": "gzip, identity", "x-resp-echo": "1"}, BODY),
