@@ -798,7 +798,11 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _DCMP + ".RequestDirectionConfig": ("common_config", "advertise_accept_encoding"),
     _DCMP + ".ResponseDirectionConfig": ("common_config",),
     _DCMP + ".CommonDirectionConfig": ("enabled", "ignore_no_transform_header"),
-    "envoy.extensions.compression.gzip.decompressor.v3.Gzip": ("window_bits", "max_inflate_ratio"),
+    "envoy.extensions.compression.gzip.decompressor.v3.Gzip": (
+        "window_bits",
+        "max_inflate_ratio",
+        "chunk_size",  # the output piece max_inflate_ratio is checked after
+    ),
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli": (),
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd": (),
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": (
@@ -837,7 +841,6 @@ NO_EFFECT: dict[str, dict[str, str]] = {
     "envoy.extensions.compression.gzip.compressor.v3.Gzip": {"chunk_size": _CHUNK},
     "envoy.extensions.compression.brotli.compressor.v3.Brotli": {"chunk_size": _CHUNK},
     "envoy.extensions.compression.zstd.compressor.v3.Zstd": {"chunk_size": _CHUNK},
-    "envoy.extensions.compression.gzip.decompressor.v3.Gzip": {"chunk_size": _CHUNK},
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli": {"chunk_size": _CHUNK},
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd": {"chunk_size": _CHUNK},
     _LS + "Listener": {

@@ -133,3 +133,26 @@ def test_gzip_example_uploads_like_envoy(pair):
         assert o.body == e.body, hdrs
     assert _seen(ours) == _seen(envoy)
     assert _stats(ours) == _stats(envoy)
+
+
+def test_inflate_ratio_like_envoy(pair):
+    """A gzip bomb (2 MB of zeros in 2 KB) under the default max_inflate_ratio (100): Envoy
+    passes the output up to the first 4 KiB piece past the ratio, then drops the rest."""
+    f = {
+        "name": "envoy.filters.http.decompressor",
+        "typed_config": typed(
+            "envoy.extensions.filters.http.decompressor.v3.Decompressor",
+            decompressor_library={
+                "name": "upload",
+                "typed_config": typed("envoy.extensions.compression.gzip.decompressor.v3.Gzip"),
+            },
+        ),
+    }
+    envoy, ours = pair(http_filters=[f])
+    bomb = gzip.compress(b"\0" * 2_000_000)
+    for side in (envoy, ours):
+        r = side.request("POST", "/", {"content-encoding": "gzip", "x-resp-echo": "1"}, bomb)
+        assert r.status == 200
+    assert _seen(ours) == _seen(envoy)
+    assert 0 < len(_seen(envoy)[0][1]) < 2_000_000
+    assert _stats(ours) == _stats(envoy)

@@ -4,7 +4,7 @@ Envoy's defaults. A library gives the content-coding name Envoy writes, its stat
 and a factory of streaming objects:
 
     compressor.compress(data, finish) -> bytes   # flushes what it has (Envoy's Flush/Finish)
-    decompressor.decompress(data) -> bytes       # raises Corrupt on bad input
+    decompressor.decompress(data) -> bytes       # on bad input: what came out, and .error set
 
 The compressed bytes need not equal Envoy's (Envoy links zlib-ng, its own brotli and zstd
 builds, and chunks differently); what they decompress to does.
@@ -24,10 +24,6 @@ ZSTD_C = _T + "zstd.compressor.v3.Zstd"
 GZIP_D = _T + "gzip.decompressor.v3.Gzip"
 BROTLI_D = _T + "brotli.decompressor.v3.Brotli"
 ZSTD_D = _T + "zstd.decompressor.v3.Zstd"
-
-
-class Corrupt(Exception):
-    """The compressed stream is not valid (or inflates beyond the allowed ratio)."""
 
 
 @dataclass(frozen=True)
@@ -145,59 +141,90 @@ def compressor_library(any_cfg: Any, path: str) -> Library:
 
 # -- decompressors ------------------------------------------------------------------------
 class _Inflate:
-    __slots__ = ("ratio", "z")
+    """zlib inflate in pieces of chunk_size output bytes, as Envoy's: once the output exceeds
+    max_inflate_ratio times the input given so far, it stops (that piece is kept) and
+    `error` says why; so does invalid input (what came out before it is kept)."""
 
-    def __init__(self, wbits: int, ratio: int) -> None:
+    __slots__ = ("chunk", "error", "ratio", "total_in", "total_out", "z")
+
+    def __init__(self, wbits: int, ratio: int, chunk: int) -> None:
         self.z = zlib.decompressobj(wbits)
         self.ratio = ratio
+        self.chunk = chunk
+        self.total_in = 0
+        self.total_out = 0
+        self.error: str | None = None
 
     def decompress(self, data: bytes) -> bytes:
-        try:
-            out = self.z.decompress(data, max(len(data), 1) * self.ratio)
-        except zlib.error as e:
-            raise Corrupt(str(e)) from None
-        if self.z.unconsumed_tail:
-            raise Corrupt("inflate ratio exceeded")
-        return out
+        if self.error is not None:
+            return b""
+        self.total_in += len(data)
+        out: list[bytes] = []
+        buf = data
+        while True:
+            try:
+                piece = self.z.decompress(buf, self.chunk)
+            except zlib.error as e:
+                self.error = str(e)
+                break
+            buf = self.z.unconsumed_tail
+            if piece:
+                out.append(piece)
+                self.total_out += len(piece)
+                if self.total_out > self.ratio * self.total_in:
+                    self.error = "max_inflate_ratio exceeded"
+                    break
+            if not buf and len(piece) < self.chunk:
+                break
+        return b"".join(out)
 
 
 class _Unbrotli:
-    __slots__ = ("b",)
+    __slots__ = ("b", "error")
 
     def __init__(self) -> None:
         import brotli
 
         self.b = brotli.Decompressor()
+        self.error: str | None = None
 
     def decompress(self, data: bytes) -> bytes:
         import brotli
 
+        if self.error is not None:
+            return b""
         try:
             return self.b.process(data)
         except brotli.error as e:
-            raise Corrupt(str(e)) from None
+            self.error = str(e)
+            return b""
 
 
 class _Unzstd:
-    __slots__ = ("z",)
+    __slots__ = ("error", "z")
 
     def __init__(self) -> None:
         import zstandard
 
         self.z = zstandard.ZstdDecompressor().decompressobj()
+        self.error: str | None = None
 
     def decompress(self, data: bytes) -> bytes:
         import zstandard
 
+        if self.error is not None:
+            return b""
         try:
             return self.z.decompress(data)
         except zstandard.ZstdError as e:
-            raise Corrupt(str(e)) from None
+            self.error = str(e)
+            return b""
 
 
 def decompressor_library(any_cfg: Any, path: str) -> Library:
     """gzip: window_bits (default 15; a stream written with a larger window is refused, as
-    zlib does), max_inflate_ratio (default 100); brotli and zstd with their defaults."""
+    zlib does), max_inflate_ratio (default 100), chunk_size (default 4096: the output piece
+    the ratio is checked after); brotli and zstd with their defaults."""
     url = any_cfg.type_url
     if url == GZIP_D:
         from envoy.extensions.compression.gzip.decompressor.v3 import gzip_pb2
@@ -206,7 +233,8 @@ def decompressor_library(any_cfg: Any, path: str) -> Library:
         any_cfg.Unpack(m)
         wbits = 16 + _u32(m, "window_bits", 15)
         ratio = _u32(m, "max_inflate_ratio", 100)
-        return Library("gzip", "gzip", lambda: _Inflate(wbits, ratio))
+        chunk = _u32(m, "chunk_size", 4096)
+        return Library("gzip", "gzip", lambda: _Inflate(wbits, ratio, chunk))
     if url == BROTLI_D:
         from envoy.extensions.compression.brotli.decompressor.v3 import brotli_pb2
 

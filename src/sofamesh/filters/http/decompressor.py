@@ -10,9 +10,10 @@ body piece is decompressed as it passes. `request_direction_config.advertise_acc
 (default on) appends the coding to the request's accept-encoding when response
 decompression is on. Stats under `http.<stat_prefix>.decompressor.<library name>.<library
 prefix>.{request,response}.{decompressed, not_decompressed, total_compressed_bytes,
-total_uncompressed_bytes}`. A body that is not valid for the coding (or inflates beyond
-gzip's `max_inflate_ratio`) stops there: what was decompressed passes, the rest is
-dropped, and `...decompressor_library.<error>` counts it.
+total_uncompressed_bytes}`. A body that is not valid for the coding, or (gzip) inflates
+beyond `max_inflate_ratio` times its compressed size (checked after each `chunk_size`
+piece of output), stops there: what was decompressed passes, the rest is dropped, and
+`...decompressor_library.zlib_data_error` counts it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from sofamesh._core.http_proxy import FILTER_CONTINUE_, HttpFilter
-from sofamesh.filters.http.compression import Corrupt, decompressor_library
+from sofamesh.filters.http.compression import decompressor_library
 from sofamesh.filters.registry import FilterSpec, register
 
 NAME = "envoy.filters.http.decompressor"
@@ -123,15 +124,12 @@ class DecompressorFilter(HttpFilter):
     def _pass(self, s: Any, d: _Direction, st: list, i: int, data: bytes) -> None:
         out = b""
         dec = st[i]
-        if dec:  # False once the body proved corrupt
-            try:
-                out = dec.decompress(data) if data else b""
-            except Corrupt:
-                st[i] = False  # the rest of the body is dropped
-                if self.errors:
-                    c = self.errors["zlib_data_error"]
-                    c.value += 1
-                    c.used = True
+        if dec is not None and dec.error is None:
+            out = dec.decompress(data) if data else b""
+            if dec.error is not None and self.errors:  # stopped: the rest is dropped
+                c = self.errors["zlib_data_error"]
+                c.value += 1
+                c.used = True
         d.inc("total_compressed_bytes", len(data))
         d.inc("total_uncompressed_bytes", len(out))
         s.replace_data(out)
