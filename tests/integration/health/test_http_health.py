@@ -63,6 +63,10 @@ def run_scenario(start_proxy, tmp_path) -> dict:
             bad = ups[1]
             bad.status = 503
             res["out_after"] = wait_flags(a, bad.port, "/failed_active_hc", 2.0)
+            # with --concurrency N the main process's verdict reaches the workers as a frame
+            # a moment later (their loops may be busy on a loaded machine): admin shows it
+            # first. Envoy's main thread posts to its workers the same way, faster.
+            time.sleep(0.3)
             before = bad.served
             answered = _get(lport, 9)
             res["traffic_to_failed"] = bad.served - before
