@@ -71,4 +71,5 @@ cdef class UpstreamCallbacks:
 
 cdef class ConnPool:
     cdef int new_stream(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1
+    cdef int _queue(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1
     cdef int cancel(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1

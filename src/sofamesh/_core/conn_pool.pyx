@@ -82,5 +82,25 @@ cdef class ConnPool:
     cdef int new_stream(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1:
         raise NotImplementedError
 
+    cdef int _queue(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1:
+        """No connection to give (max_connections reached): wait on Host.waiting, or
+        overflow past the circuit breaker's max_pending."""
+        cl.upstream_cx_overflow.inc()
+        if cl.pending_active >= cl.max_pending:
+            cl.upstream_rq_pending_overflow.inc()
+            return POOL_OVERFLOW
+        cl.upstream_rq_pending_total.inc()
+        cl.pending_active += 1
+        cl.upstream_rq_pending_active.inc()
+        host.waiting.append(cb)
+        return POOL_QUEUED
+
     cdef int cancel(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1:
-        raise NotImplementedError
+        """Takes a waiter back (every pool queues on Host.waiting)."""
+        try:
+            host.waiting.remove(cb)
+        except ValueError:
+            return 0
+        cl.pending_active -= 1
+        cl.upstream_rq_pending_active.dec()
+        return 0

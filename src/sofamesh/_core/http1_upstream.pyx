@@ -16,7 +16,7 @@ from sofamesh._core.codecs.http1_encode cimport (
 )
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.conn_pool cimport (
-    PoolConn, UpstreamCallbacks, ConnPool, POOL_ATTACHED, POOL_QUEUED, POOL_OVERFLOW,
+    PoolConn, UpstreamCallbacks, ConnPool, POOL_ATTACHED,
 )
 from sofamesh._core.http_common cimport (
     mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, PAUSE_UPSTREAM_FULL,
@@ -52,24 +52,7 @@ cdef class Http1ConnPool(ConnPool):
             cl.upstream_rq_pending_total.inc()
             cb._attach(c)
             return POOL_ATTACHED
-        cl.upstream_cx_overflow.inc()
-        if cl.pending_active >= cl.max_pending:
-            cl.upstream_rq_pending_overflow.inc()
-            return POOL_OVERFLOW
-        cl.upstream_rq_pending_total.inc()
-        cl.pending_active += 1
-        cl.upstream_rq_pending_active.inc()
-        host.waiting.append(cb)
-        return POOL_QUEUED
-
-    cdef int cancel(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1:
-        try:
-            host.waiting.remove(cb)
-        except ValueError:
-            return 0
-        cl.pending_active -= 1
-        cl.upstream_rq_pending_active.dec()
-        return 0
+        return self._queue(cl, host, cb)
 
 
 cdef class ShadowConn:
