@@ -466,20 +466,10 @@ cdef class DownstreamConn(RouterStream):
         return True
 
     cdef int _on_upstream_data(self, bytes data, bint end_stream) except -1:
-        cdef HttpFilter f
-        cdef Py_ssize_t j
-        cdef tuple filters
         if self.cfg.any_data:
-            filters = self.cfg.filters
-            for j in range(len(filters) - 1, -1, -1):
-                f = filters[j]
-                if f.wants_data:
-                    f.encode_data(self, data, end_stream)
-                    if self.state == DS_CLOSED:
-                        return 0
-                    if self.enc_swap is not None:   # s.replace_data (a compressor)
-                        data = self.enc_swap
-                        self.enc_swap = None
+            data = self._encode_filters_data(data, end_stream)
+            if data is None:
+                return 0
         self.bytes_tx += PyBytes_GET_SIZE(data)
         return self._encode_data(data, end_stream)
 

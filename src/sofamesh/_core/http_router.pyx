@@ -251,6 +251,23 @@ cdef class RouterStream(HttpStream):
         self.stopped = False
         return self._router()
 
+    cdef bytes _encode_filters_data(self, bytes data, bint end_stream):
+        """Response body through the encode filters (last to first): the bytes to send on
+        (a filter may replace them: s.replace_data), or None if a filter ended the stream."""
+        cdef tuple filters = self.cfg.filters
+        cdef HttpFilter f
+        cdef Py_ssize_t j
+        for j in range(len(filters) - 1, -1, -1):
+            f = filters[j]
+            if f.wants_data:
+                f.encode_data(self, data, end_stream)
+                if self.state == DS_CLOSED:
+                    return None
+                if self.enc_swap is not None:   # s.replace_data (a compressor)
+                    data = self.enc_swap
+                    self.enc_swap = None
+        return data
+
     cdef int _encode_trailers(self, HeaderList trailers) except -1:
         """The response's trailers to the encode filters (last to first)."""
         cdef HcmConfig cfg = self.cfg
