@@ -2,15 +2,16 @@
 # cluster's connection pool; retries (with Envoy's backoff), per-try and route timeouts,
 # request mirrors, and the upstream request head. See http_router.pxd.
 
-from cpython.bytes cimport PyBytes_FromFormat, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdio cimport snprintf
+from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig
+from sofamesh._core.http_grpc cimport grpc_outcome, grpc_retry_bit, grpc_timeout
+from sofamesh._core.http_tracing cimport start_trace
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn
 from sofamesh._core.http_common cimport (
-    mono, wall_us, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
+    mono, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT,
     FAIL_NO_HEALTHY, FAIL_OVERFLOW, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET,
     FAIL_PROTOCOL, FAIL_TIMEOUT, FAIL_REMOTE_RESET, FAIL_REFUSED, PAUSE_QUEUE,
@@ -23,9 +24,7 @@ from sofamesh._core.http_stream cimport (
 from sofamesh._core.router cimport (
     Route, rng_next, RA_DIRECT, RA_REDIRECT,
     RETRY_5XX, RETRY_GATEWAY, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_RETRIABLE_4XX,
-    RETRY_STATUS_CODES, RETRY_REFUSED_STREAM, RETRY_GRPC, RETRY_GRPC_CANCELLED,
-    RETRY_GRPC_DEADLINE_EXCEEDED, RETRY_GRPC_INTERNAL, RETRY_GRPC_RESOURCE_EXHAUSTED,
-    RETRY_GRPC_UNAVAILABLE,
+    RETRY_STATUS_CODES, RETRY_REFUSED_STREAM, RETRY_GRPC,
 )
 from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNECT_FAILED,
                                       OUTCOME_CONNECT_SUCCESS, OUTCOME_TIMEOUT)
@@ -34,46 +33,6 @@ from sofamesh._core.upstream import hash64
 # a traced request's upstream headers replace these (proxy/tracing.py B3)
 cdef tuple TRACE_HEADERS = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
                             b"x-b3-sampled", b"x-b3-flags", b"b3")
-cdef bytes new_span_id():
-    cdef char buf[17]
-    snprintf(buf, 17, "%016llx", rng_next())
-    return PyBytes_FromStringAndSize(buf, 16)
-
-
-cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
-    """The span context of a request, as Envoy's Zipkin tracer makes it: an incoming B3
-    context continued (shared_span_context: the caller's span id), else a new trace; the
-    connection manager's sampling decision drawn for every request, x-b3-sampled honoured."""
-    cdef TraceCtx t = TraceCtx.__new__(TraceCtx)
-    cdef int i = h.find_from("x-b3-traceid", 12, 0)
-    cdef int j = h.find_from("x-b3-spanid", 11, 0)
-    cdef int k = h.find_from("x-b3-sampled", 12, 0)
-    cdef int p
-    cdef bytes v
-    t.decision = <long long>(rng_next() % 1000000) < cfg.trace_ppm
-    if k >= 0:
-        v = h.value_at(k)
-        t.sampled = v == b"1" or v == b"true" or v == b"d"
-    else:
-        t.sampled = t.decision
-    if i >= 0 and j >= 0:
-        t.trace_id = h.value_at(i)
-        if cfg.trace_shared:
-            t.span_id = h.value_at(j)
-            t.shared = True
-            p = h.find_from("x-b3-parentspanid", 17, 0)
-            t.parent_id = h.value_at(p) if p >= 0 else None
-        else:
-            t.span_id = new_span_id()
-            t.parent_id = h.value_at(j)
-    else:
-        t.span_id = new_span_id()
-        t.trace_id = new_span_id() + t.span_id if cfg.trace_id128 else t.span_id
-        t.shared = cfg.trace_shared
-    t.start_us = wall_us()
-    return t
-
-
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
 
@@ -92,70 +51,6 @@ cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix):
     m.add(b"x-forwarded-for", (xff + b"," if xff else b"") + local_ip)
     m.add(b"x-envoy-internal", b"true")
     return m
-
-
-cdef int grpc_retry_bit(HeaderMap rh) except -1:
-    """The retry_on bit of a trailers-only gRPC response's grpc-status, or 0."""
-    cdef int i = rh.find_from("grpc-status", 11, 0)
-    cdef bytes v
-    if i < 0:
-        return 0
-    v = rh.value_at(i)
-    if v == b"1":
-        return RETRY_GRPC_CANCELLED
-    if v == b"4":
-        return RETRY_GRPC_DEADLINE_EXCEEDED
-    if v == b"13":
-        return RETRY_GRPC_INTERNAL
-    if v == b"8":
-        return RETRY_GRPC_RESOURCE_EXHAUSTED
-    if v == b"14":
-        return RETRY_GRPC_UNAVAILABLE
-    return 0
-
-
-# Envoy's Grpc::Utility::grpcToHttpStatus, by grpc-status 0..16 (others: 500)
-cdef tuple GRPC_HTTP = (200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500,
-                        503, 500, 401)
-
-
-cdef int grpc_outcome(HeaderMap rh, int status) except -1:
-    """The status outlier detection counts for a gRPC response head (Envoy's router): its
-    grpc-status as an HTTP status when the head carries one (trailers-only), else `status`."""
-    cdef int i = rh.find_from("grpc-status", 11, 0)
-    cdef bytes v
-    if i < 0:
-        return status
-    v = rh.value_at(i)
-    if 1 <= PyBytes_GET_SIZE(v) <= 2 and v.isdigit() and int(v) <= 16:
-        return <int>GRPC_HTTP[int(v)]
-    return 500
-
-
-cdef dict GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 0.001, b"u": 1e-6,
-                        b"n": 1e-9}
-
-
-cdef double grpc_timeout(HeaderMap h, Route route):
-    """A gRPC request's timeout under max_stream_duration.grpc_timeout_header_max (Envoy's
-    router): its grpc-timeout (1-8 digits and a unit) less the offset, capped by the max
-    unless that is 0; absent or invalid: the max (0: none)."""
-    cdef int i = h.find_from("grpc-timeout", 12, 0)
-    cdef double t = 0
-    cdef bytes v, digits, unit
-    cdef Py_ssize_t n
-    if i >= 0:
-        v = h.value_at(i)
-        n = PyBytes_GET_SIZE(v)
-        digits = v[:n - 1]
-        unit = v[n - 1:n]
-        if 2 <= n <= 9 and digits.isdigit() and unit in GRPC_UNITS:
-            t = int(digits) * GRPC_UNITS[unit]
-            if route.grpc_timeout_offset > 0:
-                t = t - route.grpc_timeout_offset if t > route.grpc_timeout_offset else 0
-    if route.grpc_timeout_max > 0 and (t <= 0 or t > route.grpc_timeout_max):
-        t = route.grpc_timeout_max
-    return t
 
 
 cdef bytes shadow_host(bytes host):

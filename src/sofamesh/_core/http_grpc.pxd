@@ -1,0 +1,11 @@
+# gRPC rules of the router, read from a response's or request's headers.
+
+from sofamesh._core.headers cimport HeaderMap
+from sofamesh._core.router cimport Route
+
+# the retry_on bit of a trailers-only gRPC response's grpc-status, or 0
+cdef int grpc_retry_bit(HeaderMap rh) except -1
+# the HTTP status outlier detection counts for a gRPC response head
+cdef int grpc_outcome(HeaderMap rh, int status) except -1
+# a gRPC request's deadline under max_stream_duration.grpc_timeout_header_max (s; 0: none)
+cdef double grpc_timeout(HeaderMap h, Route route)

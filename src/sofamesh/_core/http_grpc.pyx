@@ -1,0 +1,74 @@
+# gRPC rules of the router (retry conditions, outlier outcomes, grpc-timeout); see
+# http_grpc.pxd.
+
+from cpython.bytes cimport PyBytes_GET_SIZE
+
+from sofamesh._core.headers cimport HeaderMap
+from sofamesh._core.router cimport (
+    Route, RETRY_GRPC_CANCELLED, RETRY_GRPC_DEADLINE_EXCEEDED, RETRY_GRPC_INTERNAL,
+    RETRY_GRPC_RESOURCE_EXHAUSTED, RETRY_GRPC_UNAVAILABLE,
+)
+
+
+cdef int grpc_retry_bit(HeaderMap rh) except -1:
+    """The retry_on bit of a trailers-only gRPC response's grpc-status, or 0."""
+    cdef int i = rh.find_from("grpc-status", 11, 0)
+    cdef bytes v
+    if i < 0:
+        return 0
+    v = rh.value_at(i)
+    if v == b"1":
+        return RETRY_GRPC_CANCELLED
+    if v == b"4":
+        return RETRY_GRPC_DEADLINE_EXCEEDED
+    if v == b"13":
+        return RETRY_GRPC_INTERNAL
+    if v == b"8":
+        return RETRY_GRPC_RESOURCE_EXHAUSTED
+    if v == b"14":
+        return RETRY_GRPC_UNAVAILABLE
+    return 0
+
+
+# Envoy's Grpc::Utility::grpcToHttpStatus, by grpc-status 0..16 (others: 500)
+cdef tuple GRPC_HTTP = (200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500,
+                        503, 500, 401)
+
+
+cdef int grpc_outcome(HeaderMap rh, int status) except -1:
+    """The status outlier detection counts for a gRPC response head (Envoy's router): its
+    grpc-status as an HTTP status when the head carries one (trailers-only), else `status`."""
+    cdef int i = rh.find_from("grpc-status", 11, 0)
+    cdef bytes v
+    if i < 0:
+        return status
+    v = rh.value_at(i)
+    if 1 <= PyBytes_GET_SIZE(v) <= 2 and v.isdigit() and int(v) <= 16:
+        return <int>GRPC_HTTP[int(v)]
+    return 500
+
+
+cdef dict GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 0.001, b"u": 1e-6,
+                        b"n": 1e-9}
+
+
+cdef double grpc_timeout(HeaderMap h, Route route):
+    """A gRPC request's timeout under max_stream_duration.grpc_timeout_header_max (Envoy's
+    router): its grpc-timeout (1-8 digits and a unit) less the offset, capped by the max
+    unless that is 0; absent or invalid: the max (0: none)."""
+    cdef int i = h.find_from("grpc-timeout", 12, 0)
+    cdef double t = 0
+    cdef bytes v, digits, unit
+    cdef Py_ssize_t n
+    if i >= 0:
+        v = h.value_at(i)
+        n = PyBytes_GET_SIZE(v)
+        digits = v[:n - 1]
+        unit = v[n - 1:n]
+        if 2 <= n <= 9 and digits.isdigit() and unit in GRPC_UNITS:
+            t = int(digits) * GRPC_UNITS[unit]
+            if route.grpc_timeout_offset > 0:
+                t = t - route.grpc_timeout_offset if t > route.grpc_timeout_offset else 0
+    if route.grpc_timeout_max > 0 and (t <= 0 or t > route.grpc_timeout_max):
+        t = route.grpc_timeout_max
+    return t
