@@ -623,26 +623,11 @@ cdef class DownstreamConn(RouterStream):
     cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1:
         cdef HcmConfig cfg = self.cfg
         cdef HeaderList resp
-        cdef int op, value, new_status
         if self.resp_started:
             return self._reset()
         if cfg.reply_map is not None:
-            # local_reply_config: the first mapper matching the status rewrites the reply
-            for op, value, new_status, new_body in cfg.reply_map:
-                if op < 0 or (op == 0 and code == value) or (op == 1 and code >= value) or \
-                        (op == 2 and code <= value) or (op == 3 and code != value):
-                    if new_status:
-                        code = new_status
-                    if new_body is not None:
-                        body = new_body
-                    break
-        if self.up is not None:
-            u = self.up
-            self.up = None
-            (<PoolConn>u).ds = None
-            (<PoolConn>u).abort()
-            if self.host is not None:
-                self.host.rq_active -= 1
+            code, body = self._map_reply(code, body)
+        self._drop_upstream()
         # Envoy does not keep a connection whose request body it did not read. Pipelined
         # requests behind a local reply are served, up to the flood check (_flood).
         cdef bint announce = close or cfg.draining or not self.req_done or self.close_after

@@ -19,6 +19,8 @@ cdef class RouterStream(HttpStream):
     cdef int _hcm_response(self, HeaderMap rh, int status, bint end_stream) except -1
     cdef int _encode_trailers(self, HeaderList trailers) except -1
     cdef bytes _encode_filters_data(self, bytes data, bint end_stream)
+    cdef tuple _map_reply(self, int code, bytes body)     # local_reply_config
+    cdef int _drop_upstream(self) except -1
     cdef int _trace_grpc(self, HeaderMap m) except -1
     cdef int _inject_trace(self, HeaderMap h) except -1
     cdef bytes _location(self)

@@ -146,6 +146,30 @@ cdef class RouterStream(HttpStream):
         self.stopped = False
         return self._router()
 
+    cdef tuple _map_reply(self, int code, bytes body):
+        """local_reply_config: the first mapper matching the status rewrites the reply."""
+        cdef int op, value, new_status
+        for op, value, new_status, new_body in self.cfg.reply_map:
+            if op < 0 or (op == 0 and code == value) or (op == 1 and code >= value) or \
+                    (op == 2 and code <= value) or (op == 3 and code != value):
+                if new_status:
+                    code = new_status
+                if new_body is not None:
+                    body = new_body
+                break
+        return code, body
+
+    cdef int _drop_upstream(self) except -1:
+        """A local reply: the upstream stream serving the request, if any, is aborted."""
+        cdef PoolConn u = self.up
+        if u is not None:
+            self.up = None
+            u.ds = None
+            u.abort()
+            if self.host is not None:
+                self.host.rq_active -= 1
+        return 0
+
     cdef bytes _encode_filters_data(self, bytes data, bint end_stream):
         """Response body through the encode filters (last to first): the bytes to send on
         (a filter may replace them: s.replace_data), or None if a filter ended the stream."""
