@@ -716,6 +716,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "rules_stat_prefix",
         "shadow_rules",
         "shadow_rules_stat_prefix",
+        "matcher",  # matcher lists on request headers (filters/http/rbac_matcher.py)
+        "shadow_matcher",
     ),
     "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": ("rbac",),
     "envoy.extensions.filters.network.rbac.v3.RBAC": (

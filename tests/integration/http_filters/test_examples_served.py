@@ -33,6 +33,7 @@ EXAMPLES = [
     "csrf_samesite_envoy.yaml",
     "csrf_crosssite_envoy.yaml",
     "route-mirror_envoy.yaml",
+    "rbac_envoy.yaml",
 ]
 DECODE = {
     "gzip": gzip.decompress,
@@ -46,10 +47,11 @@ EXPECT = {
     "zstd_envoy.yaml": {"compressed"},
     "cors_backend_envoy.yaml": {"origin_valid"},
     "csrf_samesite_envoy.yaml": {"request_invalid"},
+    "rbac_envoy.yaml": {"allowed", "denied"},
     # the frontends carry the CORS filter without a policy: nothing to count; route-mirror
     # has no filter, its mirrors are checked on the upstream
 }
-FILTER_STATS = (".cors.", ".csrf.", ".compressor.", ".decompressor.")
+FILTER_STATS = (".cors.", ".csrf.", ".compressor.", ".decompressor.", ".rbac.")
 
 
 def _walk_addresses(boot: dict, listener_ports: list[int], upstream_port: int) -> None:
@@ -100,6 +102,8 @@ def _requests(path: str) -> list[tuple[str, dict[str, str], bytes | None]]:
         ("GET", {"x-mirror-cluster": "service2"}, None),
         ("GET", {"x-mirror-cluster": "service1"}, None),
         ("GET", {"x-mirror-cluster": "service2-mirror"}, None),
+        ("GET", {"referer": "https://www.envoyproxy.io/docs/envoy/latest/"}, None),
+        ("GET", {"referer": "https://example.com/docs/envoy"}, None),
     ]
 
 

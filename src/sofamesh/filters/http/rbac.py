@@ -14,13 +14,15 @@ requested_server_name (the TLS SNI; empty for plaintext). Principals: any, direc
 remote_ip, source_ip, header, url_path, and_ids, or_ids, not_id, authenticated (a verified
 peer certificate; principal_name against its URI SAN, else DNS SAN, else subject). Refused
 at start-up, by path: metadata, filter_state, matchers,
-conditions (CEL), `matcher` / `shadow_matcher` trees, audit logging, per-rule stats.
+conditions (CEL), audit logging, per-rule stats. The `matcher` / `shadow_matcher` form
+(xds matcher lists on request headers) is rbac_matcher.py's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sofamesh.filters.http import rbac_matcher  # noqa: F401  (registers its extensions)
 from sofamesh.filters.registry import FilterSpec, register
 from sofamesh.proxy.errors import UnsupportedConfig
 
@@ -167,23 +169,29 @@ class _Compiler:
         raise UnsupportedConfig(f"{kpath}: Principal.{kind} is not implemented by sofamesh")
 
 
-def compile_rbac(msg: Any, path: str) -> Any:
+def compile_rbac(msg: Any, path: str, matchers: bool = False) -> Any:
     """RbacPolicies (enforced, shadow) from any message with `rules` / `shadow_rules`
-    (the HTTP or network filter's RBAC). `matcher` trees are refused by path."""
+    (the HTTP or network filter's RBAC). With `matchers` (HTTP), a `matcher` /
+    `shadow_matcher` takes the place of the rules, as in Envoy (rbac_matcher.py); without,
+    they are refused by path."""
     from sofamesh._core.rbac import RbacPolicies
 
-    for f in ("matcher", "shadow_matcher"):
-        if msg.HasField(f):
-            raise UnsupportedConfig(
-                f"{path}.{f}: RBAC matcher trees are not implemented by sofamesh (use rules)"
-            )
-    engine = _Compiler().engine(msg.rules, f"{path}.rules") if msg.HasField("rules") else None
-    shadow = (
-        _Compiler().engine(msg.shadow_rules, f"{path}.shadow_rules")
-        if msg.HasField("shadow_rules")
-        else None
-    )
-    return RbacPolicies(engine, shadow)
+    engines = []
+    for rf, mf in (("rules", "matcher"), ("shadow_rules", "shadow_matcher")):
+        if msg.HasField(mf):
+            if not matchers:
+                raise UnsupportedConfig(
+                    f"{path}.{mf}: RBAC matchers are not implemented by sofamesh for this "
+                    "filter (use rules)"
+                )
+            from sofamesh.filters.http.rbac_matcher import compile_matcher
+
+            engines.append(compile_matcher(getattr(msg, mf), f"{path}.{mf}"))
+        elif msg.HasField(rf):
+            engines.append(_Compiler().engine(getattr(msg, rf), f"{path}.{rf}"))
+        else:
+            engines.append(None)
+    return RbacPolicies(engines[0], engines[1])
 
 
 def _unpack(typed_config: Any, path: str) -> Any:
@@ -204,7 +212,7 @@ def factory(typed_config: Any, context: dict) -> Any:
         raise UnsupportedConfig(
             f"{path}.typed_config.track_per_rule_stats is not implemented by sofamesh"
         )
-    policies = compile_rbac(msg, f"{path}.typed_config")
+    policies = compile_rbac(msg, f"{path}.typed_config", matchers=True)
     return RbacFilter(
         policies,
         context["stats"],
@@ -227,7 +235,7 @@ def route_config(typed_config: Any, context: dict) -> Any:
         raise UnsupportedConfig(f"{path}: expected {PER_ROUTE_TYPE_URL}")
     if not msg.HasField("rbac"):
         return RbacPolicies(None, None)
-    return compile_rbac(msg.rbac, f"{path}.rbac")
+    return compile_rbac(msg.rbac, f"{path}.rbac", matchers=True)
 
 
 SPEC = register(
