@@ -2,6 +2,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sofamesh._core.hcm_config import HcmConfig
+from sofamesh._core.headers import HeaderMap
 from sofamesh._core.router import Route
 from sofamesh._core.upstream import Cluster
 
@@ -24,6 +25,8 @@ class HttpStream:
     config: HcmConfig
     downstream_remote_address: tuple[str, int]
     def get_request_header(self, name: str | bytes) -> bytes | None: ...
+    @property
+    def request_head(self) -> HeaderMap: ...
     def request_headers(self) -> list[tuple[bytes, bytes]]: ...
     def add_request_header(self, name: str | bytes, value: str | bytes) -> None: ...
     def remove_request_header(self, name: str | bytes) -> None: ...

@@ -195,6 +195,11 @@ cdef class HttpStream(UpstreamCallbacks):
     def upstream_cluster(self):
         return self.cluster.name if self.cluster is not None else None
 
+    @property
+    def request_head(self):
+        """The request's HeaderMap (for compiled matchers: router.HeaderMatcher.test)."""
+        return self.head
+
     def request_headers(self):
         cdef HeaderMap h = self.head
         return [(h.name_at(i), h.value_at(i)) for i in range(h.count()) if h.live(i)]

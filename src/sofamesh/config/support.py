@@ -437,6 +437,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "response_headers_to_remove",
         "typed_per_filter_config",
         "cors",  # deprecated; read by envoy.filters.http.cors (filters/http/cors.py)
+        "rate_limits",  # read by envoy.filters.http.ratelimit (filters/http/ratelimit.py)
     ),
     _RT + "Route": (
         "name",
@@ -483,6 +484,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "hash_policy",
         "max_stream_duration",  # grpc_timeout_header_max / _offset (gRPC request timeouts)
         "cors",  # deprecated; read by envoy.filters.http.cors (filters/http/cors.py)
+        "rate_limits",  # read by envoy.filters.http.ratelimit (filters/http/ratelimit.py)
+        "include_vh_rate_limits",
     ),
     _RT + "RouteAction.HashPolicy": ("header", "terminal"),
     _RT + "RouteAction.HashPolicy.Header": ("header_name",),
@@ -807,6 +810,37 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli": (),
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd": (),
+    # envoy.filters.http.ratelimit (filters/http/ratelimit.py): the rate-limit service call
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimit": (
+        "domain",
+        "stage",
+        "request_type",
+        "timeout",
+        "failure_mode_deny",
+        "rate_limit_service",
+        "enable_x_ratelimit_headers",
+        "disable_x_envoy_ratelimited_header",
+        "rate_limited_status",
+        "response_headers_to_add",
+        "status_on_error",
+        "rate_limits",
+    ),
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute": (
+        "vh_rate_limits",
+        "rate_limits",
+        "domain",
+    ),
+    "envoy.config.ratelimit.v3.RateLimitServiceConfig": ("grpc_service", "transport_api_version"),
+    _RT + "RateLimit": ("stage", "actions"),
+    _RT + "RateLimit.Action": (
+        "source_cluster",
+        "destination_cluster",
+        "request_headers",
+        "query_parameters",
+        "remote_address",
+        "generic_key",
+        "header_value_match",
+    ),
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": (
         "stat_prefix",
         "status",

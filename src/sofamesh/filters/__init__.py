@@ -10,6 +10,7 @@ _BUILTIN = [
     "sofamesh.filters.http.fault",
     "sofamesh.filters.http.rbac",
     "sofamesh.filters.http.rate_limit_quota",
+    "sofamesh.filters.http.ratelimit",
     "sofamesh.filters.http.grpc_stats",
     "sofamesh.filters.http.cors",
     "sofamesh.filters.http.compressor",

@@ -223,6 +223,12 @@ def compile_vhosts(
                 c = per_filter(name, anycfg, f"{vpath}.typed_per_filter_config[{name}]")
                 if c is not None:  # None: a passed-through (Istio) filter's config
                     v_pf[name] = c
+        if len(vh.rate_limits):  # read by envoy.filters.http.ratelimit
+            from sofamesh.filters.http import ratelimit
+
+            v_pf[ratelimit.VH_KEY] = ratelimit.compile_rate_limits(
+                vh.rate_limits, f"{vpath}.rate_limits"
+            )
         if vh.HasField("cors"):  # deprecated; read by the CORS filter without a policy
             from sofamesh.filters.http import cors
 
@@ -315,6 +321,12 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
 
         c = cors.compile_legacy(r.route.cors, f"{rpath}.route.cors")
         pf[cors.LEGACY_KEY] = c.under(pf.get(cors.LEGACY_KEY))
+    if r.WhichOneof("action") == "route" and (
+        len(r.route.rate_limits) or r.route.HasField("include_vh_rate_limits")
+    ):
+        from sofamesh.filters.http import ratelimit
+
+        pf[ratelimit.ROUTE_KEY] = ratelimit.compile_route(r.route, f"{rpath}.route")
     kw["filter_config"] = pf
     action = r.WhichOneof("action")
     if action == "route":

@@ -100,6 +100,7 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         "loop": server._loop,
         "stat_prefix": hcm.stat_prefix,
         "clusters": server.clusters,  # live: gRPC clients (RLQS) find their service here
+        "local_cluster": server.bootstrap.node.cluster,  # ratelimit's source_cluster
     }
     for i, hf in enumerate(hcm.http_filters):
         fpath = f"{path}.typed_config.http_filters[{i}]"
