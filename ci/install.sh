@@ -36,6 +36,7 @@ need_apt=()
 [ -f /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v java >/dev/null || need_apt+=(default-jre-headless)
+command -v chromium >/dev/null || need_apt+=(chromium)  # the mixer's web page test
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -26,7 +26,11 @@ def parser() -> argparse.ArgumentParser:
         description="global quota (RLQS), rate-limit service and access log service for a mesh",
     )
     p.add_argument("--grpc-address", default="127.0.0.1:15030", help="gRPC services (HOST:PORT)")
-    p.add_argument("--http-address", default="127.0.0.1:15031", help="/metrics and /healthz")
+    p.add_argument(
+        "--http-address",
+        default="127.0.0.1:15031",
+        help="the web page (/), /api/graph, /metrics and /healthz",
+    )
     p.add_argument("--config", default=None, help="YAML policy: quotas and ratelimits")
     p.add_argument(
         "--quota-ttl",
@@ -35,11 +39,18 @@ def parser() -> argparse.ArgumentParser:
         help="seconds an RLQS assignment lives (assignment_time_to_live), and how long a "
         "silent sidecar keeps its share (default 15: Envoy 1.40 reports every 5 s)",
     )
+    p.add_argument(
+        "--store",
+        default=None,
+        help="etcd://host:port[/prefix]: global quota state shared with the other mixers "
+        "on the same store (default: this process alone)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from sofamesh.mixer.quota_store import QuotaStoreError, parse_store
     from sofamesh.mixer.server import AddressInUse, Mixer
 
     try:
@@ -47,12 +58,18 @@ async def _run(args: argparse.Namespace) -> int:
     except PolicyError as e:
         print(f"sofamesh mixer: --config {e}", file=sys.stderr)
         return 2
-    mixer = Mixer(policy, quota_ttl=args.quota_ttl)
+    if args.store:
+        try:
+            parse_store(args.store)
+        except QuotaStoreError as e:
+            print(f"sofamesh mixer: {e}", file=sys.stderr)
+            return 2
+    mixer = Mixer(policy, quota_ttl=args.quota_ttl, store=args.store)
     ghost, _ = gaddr = _hostport(args.grpc_address, "--grpc-address")
     hhost, _ = haddr = _hostport(args.http_address, "--http-address")
     try:
         gport, hport = await mixer.start(gaddr, haddr)
-    except AddressInUse as e:
+    except (AddressInUse, QuotaStoreError) as e:
         print(f"sofamesh mixer: {e}", file=sys.stderr)
         return 1
     # one line a supervisor (or a test using port 0) can read

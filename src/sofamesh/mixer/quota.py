@@ -12,6 +12,12 @@ fill_interval` (a fractional interval truncates to 0 and divides by it), so shar
 rounded to whole requests per second with a 1 s interval, by largest remainder so that the
 rounded shares still add up to the limit. An unchanged assignment is sent again unchanged:
 Envoy then keeps its token bucket (and its tokens) instead of starting a new, full one.
+
+Several mixers share one limit through a store (`quota_store.EtcdQuotaStore`): each
+publishes its own sidecars' demands (`local_demands`, announced through `listener`) and
+hands the others' to `set_remote`; every mixer then computes the same fair split over all
+sidecars of the bucket (named `<origin>/<client>`, so that ties break alike everywhere) and
+assigns its own sidecars their part of it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class BucketState:
     bucket_id: dict[str, str]
     clients: dict[str, Demand] = field(default_factory=dict)
     assigned: dict[str, Assignment] = field(default_factory=dict)
+    key: BucketKey = ("", ())
 
 
 def fair_shares(limit: float, demands: dict[str, float]) -> dict[str, float]:
@@ -93,6 +100,11 @@ class QuotaState:
         self.change_threshold = change_threshold  # smaller relative changes keep the assignment
         self.buckets: dict[BucketKey, BucketState] = {}
         self._pushes: dict[str, list[tuple[dict[str, str], Assignment]]] = {}
+        self.origin = ""  # this mixer's name in a shared store ("" when alone)
+        # other mixers' sidecars: bucket -> mixer -> client -> local_records() entry
+        self.remote: dict[BucketKey, dict[str, dict[str, dict]]] = {}
+        # called with a bucket whose local demands changed (the store publishes them)
+        self.listener: Callable[[BucketKey], None] | None = None
 
     def report(
         self,
@@ -112,7 +124,9 @@ class QuotaState:
             key: BucketKey = (domain, tuple(sorted(bucket_id.items())))
             b = self.buckets.get(key)
             if b is None or b.limit != rule.requests_per_second:
-                b = self.buckets[key] = BucketState(rule.requests_per_second, dict(bucket_id))
+                b = self.buckets[key] = BucketState(
+                    rule.requests_per_second, dict(bucket_id), key=key
+                )
             d = b.clients.get(client)
             if d is not None:
                 # the mixer's clock between two reports of one stream: Envoy 1.40 truncates
@@ -129,13 +143,54 @@ class QuotaState:
             d.denied_total += denied
             self._expire(b, now)
             out.append((bucket_id, self._assign(b, client)))
-            for other in b.clients:
-                if other != client:
-                    old = b.assigned.get(other)
-                    a = self._assign(b, other)
-                    if a is not old:
-                        self._pushes.setdefault(other, []).append((b.bucket_id, a))
+            self._reassign(b, skip=client)
+            if self.listener is not None:
+                self.listener(key)
         return out
+
+    def _reassign(self, b: BucketState, skip: str | None = None) -> bool:
+        changed = False
+        for other in b.clients:
+            if other != skip:
+                old = b.assigned.get(other)
+                a = self._assign(b, other)
+                if a is not old:
+                    changed = True
+                    self._pushes.setdefault(other, []).append((b.bucket_id, a))
+        return changed
+
+    def local_records(self, key: BucketKey) -> dict[str, dict]:
+        """This mixer's sidecars of a bucket: demand (None: not known yet), assignment and
+        totals, as the store publishes them to the other mixers."""
+        b = self.buckets.get(key)
+        if b is None:
+            return {}
+        out = {}
+        for c, d in b.clients.items():
+            a = b.assigned.get(c)
+            out[c] = {
+                "demand": None if math.isinf(d.rate) else d.rate,
+                "assigned": a.requests_per_second if a else 0,
+                "allowed": d.allowed_total,
+                "denied": d.denied_total,
+            }
+        return out
+
+    def set_remote(self, key: BucketKey, origin: str, records: dict[str, dict]) -> None:
+        """Another mixer's sidecars of a bucket are now `records` ({} when it has none
+        left): this mixer's own sidecars get their new shares (pushed)."""
+        held = self.remote.setdefault(key, {})
+        if records:
+            held[origin] = records
+        elif held.pop(origin, None) is None:
+            if not held:
+                del self.remote[key]
+            return
+        if not held:
+            del self.remote[key]
+        b = self.buckets.get(key)
+        if b is not None and self._reassign(b) and self.listener is not None:
+            self.listener(key)
 
     def take_pushes(self) -> dict[str, list[tuple[dict[str, str], Assignment]]]:
         """Assignments of other sidecars that the last reports changed (beyond the
@@ -148,27 +203,35 @@ class QuotaState:
     def forget(self, client: str) -> None:
         """The sidecar's stream ended: its share goes back to the others (pushed)."""
         self._pushes.pop(client, None)
-        for b in self.buckets.values():
+        for key, b in self.buckets.items():
             if b.clients.pop(client, None) is None:
                 continue
             b.assigned.pop(client, None)
-            for other in b.clients:
-                old = b.assigned.get(other)
-                a = self._assign(b, other)
-                if a is not old:
-                    self._pushes.setdefault(other, []).append((b.bucket_id, a))
+            self._reassign(b)
+            if self.listener is not None:
+                self.listener(key)
 
     def _expire(self, b: BucketState, now: float) -> None:
         for c in [c for c, d in b.clients.items() if now - d.seen > self.ttl]:
             del b.clients[c]
             b.assigned.pop(c, None)
 
+    def _name(self, client: str) -> str:
+        return f"{self.origin}/{client}" if self.origin else client
+
+    def _demands(self, b: BucketState) -> dict[str, float]:
+        """Every sidecar of the bucket, this mixer's and (with a store) the others'."""
+        out = {self._name(c): d.rate for c, d in b.clients.items()}
+        for origin, records in self.remote.get(b.key, {}).items():
+            for c, r in records.items():
+                rate = r.get("demand")
+                out[f"{origin}/{c}"] = math.inf if rate is None else float(rate)
+        return out
+
     def _assign(self, b: BucketState, client: str) -> Assignment:
         total = max(round(b.limit), 1)
-        shares = round_shares(
-            fair_shares(float(total), {c: d.rate for c, d in b.clients.items()}), total
-        )
-        n = shares[client]
+        shares = round_shares(fair_shares(float(total), self._demands(b)), total)
+        n = shares[self._name(client)]
         old = b.assigned.get(client)
         if old is not None and abs(old.requests_per_second - n) <= self.change_threshold * max(
             old.requests_per_second, 1
@@ -197,3 +260,39 @@ class QuotaState:
                     }
                 )
         return rows
+
+    def buckets_view(self) -> list[dict]:
+        """Per bucket: limit, the sum of the shares, and each sidecar (this mixer's and,
+        with a store, the others') with its mixer, demand, share and totals; for the page."""
+        keys = sorted(set(self.buckets) | set(self.remote))
+        out = []
+        for key in keys:
+            domain, items = key
+            b = self.buckets.get(key)
+            if b is not None:
+                limit: float | None = b.limit
+            else:
+                rule = self.policy.quota_for(domain, dict(items))
+                limit = rule.requests_per_second if rule is not None else None
+            clients = [
+                {"mixer": self.origin or "this", "client": c, "local": True, **r}
+                for c, r in sorted(self.local_records(key).items())
+            ]
+            for origin, records in sorted(self.remote.get(key, {}).items()):
+                clients += [
+                    {"mixer": origin, "client": c, "local": False, **r}
+                    for c, r in sorted(records.items())
+                ]
+            out.append(
+                {
+                    "domain": domain,
+                    "bucket": ",".join(f"{k}={v}" for k, v in items),
+                    "limit": limit,
+                    "assigned": sum(c.get("assigned") or 0 for c in clients),
+                    "demand": sum(c.get("demand") or 0 for c in clients),
+                    "allowed": sum(c.get("allowed") or 0 for c in clients),
+                    "denied": sum(c.get("denied") or 0 for c in clients),
+                    "clients": clients,
+                }
+            )
+        return out

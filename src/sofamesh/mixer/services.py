@@ -59,7 +59,8 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
             answer.bucket_action.append(_bucket_action(bucket_id, a, self.state.ttl))
         return answer
 
-    def _push(self) -> None:
+    def push(self) -> None:
+        """Send the assignments that changed meanwhile to the streams they belong to."""
         for other, items in self.state.take_pushes().items():
             box = self._outboxes.get(other)
             if box is not None:
@@ -83,7 +84,7 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
                     for u in reports.bucket_quota_usages
                 ]
                 box.put_nowait(self._response(self.state.report(client, reports.domain, usages)))
-                self._push()
+                self.push()
         finally:
             box.put_nowait(None)
 
@@ -104,7 +105,7 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
             reader.cancel()
             del self._outboxes[client]
             self.state.forget(client)
-            self._push()
+            self.push()
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
