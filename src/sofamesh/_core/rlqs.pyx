@@ -6,13 +6,19 @@
 # and zeroes the counts (take_usage) and swaps in the action the server assigned
 # (set_action): actions are never changed in place, a new one replaces the reference.
 #
+# A filter whose bucket matcher selects some requests (`match`, an RBAC rule over the request
+# headers) lets the others pass uncounted, as Envoy does with a request no matcher selects.
+#
 #     request -> RlqsFilter.decode_headers -> action: ALLOW_ALL  -> count allowed
 #                                                     DENY_ALL   -> count denied, local reply
 #                                                     TOKENS     -> TokenBucket.consume
 
 from libc.stdint cimport int64_t, uint64_t
 
+from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE, FILTER_STOP
+from sofamesh._core.rbac cimport RbacRule
+from sofamesh._core.rbac_http cimport HttpRbacRequest
 from sofamesh._core.ratelimit cimport TokenBucket
 
 cdef extern from "time.h" nogil:
@@ -56,10 +62,15 @@ cdef class RlqsFilter(HttpFilter):
     cdef readonly int status
     cdef readonly bytes body
     cdef readonly tuple headers        # tuple[(bytes, bytes)], added to a denial
+    cdef RbacRule match                # the requests of the bucket; None: every request
+    cdef HttpRbacRequest req           # reused to evaluate `match` (one thread)
 
     def __init__(self, str name, RlqsAction action, on_first, int status=429, bytes body=b"",
-                 headers=()):
+                 headers=(), RbacRule match=None):
         HttpFilter.__init__(self, name)
+        self.match = match
+        if match is not None:
+            self.req = HttpRbacRequest.__new__(HttpRbacRequest)
         self.action = action
         self.on_first = on_first
         self.status = status
@@ -80,9 +91,22 @@ cdef class RlqsFilter(HttpFilter):
         self.denied = 0
         return out
 
+    cdef int _selects(self, HttpStream s) except -1:
+        cdef HttpRbacRequest r = self.req
+        r.s = s
+        r.h = <HeaderMap>s.head
+        r.begin()
+        try:
+            return self.match.matches(r)
+        finally:
+            r.s = None
+            r.h = None
+
     cpdef int decode_headers(self, HttpStream s, bint end_stream) except -1:
         cdef RlqsAction a = self.action
         cdef bint ok
+        if self.match is not None and not self._selects(s):
+            return FILTER_CONTINUE
         if not self.started:
             self.started = True
             self.on_first()  # Envoy reports a new bucket at once

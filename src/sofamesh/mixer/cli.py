@@ -45,6 +45,11 @@ def parser() -> argparse.ArgumentParser:
         help="etcd://host:port[/prefix]: global quota state shared with the other mixers "
         "on the same store (default: this process alone)",
     )
+    p.add_argument(
+        "--pilot",
+        default=None,
+        help="pilot REST API base URL: its rate policies become global quotas (read each second)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -72,6 +77,12 @@ async def _run(args: argparse.Namespace) -> int:
     except (AddressInUse, QuotaStoreError) as e:
         print(f"sofamesh mixer: {e}", file=sys.stderr)
         return 1
+    pilot = None
+    if args.pilot:
+        from sofamesh.mixer.pilot_policy import PilotPolicies
+
+        pilot = PilotPolicies(mixer, args.pilot, policy)
+        pilot.start()
     # one line a supervisor (or a test using port 0) can read
     print(f"sofamesh mixer: grpc {ghost}:{gport} http {hhost}:{hport}", flush=True)
     stop = asyncio.Event()
@@ -79,6 +90,8 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if pilot is not None:
+        await pilot.stop()
     await mixer.stop()
     return 0
 

@@ -95,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="workload certificate lifetime in seconds (default 86400; pushed anew at half life)",
     )
+    p.add_argument(
+        "--mixer",
+        default=None,
+        help="HOST:PORT of `sofamesh mixer`'s gRPC services: rate policies become "
+        "rate_limit_quota filters reporting there (without it they are not enforced)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -156,8 +162,10 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         store = open_store(opts["store"], opts["data_dir"])
     except StoreError as e:
         raise SystemExit(f"sofamesh pilot: {e}") from None
+    policy_store = open_store(opts["store"], opts["data_dir"], kind="policies")
     try:
         await store.open()
+        await policy_store.open()
     except Exception as e:  # noqa: BLE001
         raise SystemExit(
             f"sofamesh pilot: cannot open store {opts['store'] or 'embedded'}: {e}"
@@ -171,6 +179,7 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     api_reg = ApiRegistry(store)
     pilot = Pilot([api_reg] + opts["registries"], gen=gen, debounce=opts["debounce"])
     api = RestApi(store, pilot, api_reg)
+    _policies(opts, policy_store, pilot, api)
     doors = None
     if opts.get("ca"):
         pilot.ads.sds = _ca_sds(opts, pilot.metrics)
@@ -229,6 +238,18 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         await pilot.ads.stop()
         await pilot.stop()
         await store.close()
+        await policy_store.close()
+
+
+def _policies(opts: dict, store, pilot, api) -> None:
+    """Operator policies (pilot/policy.py): REST routes, stored beside the instances; a
+    change (here or, on etcd, through another replica) rebuilds the model."""
+    from sofamesh.pilot.policy import PolicyApi, resolve
+
+    PolicyApi(store).add_routes(api.app)
+    pilot.gen.policy_source = lambda instances: resolve(store, instances)
+    pilot.gen.mixer = opts.get("mixer")
+    store.listeners.append(lambda _service: pilot.on_change("policies"))
 
 
 def _ca_sds(opts: dict, metrics) -> object:
@@ -315,6 +336,9 @@ def _main(args: argparse.Namespace) -> int:
         "secure_xds": str(pick(args.secure_xds, "secure_xds", False)).lower()
         in ("true", "1", "yes"),
         "registries": build_registries(cfg),
+        "mixer": _hostport(args.mixer or cfg["mixer"], "--mixer")
+        if (args.mixer or cfg.get("mixer"))
+        else None,
     }
     try:
         import uvloop

@@ -29,6 +29,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2
 
 from sofamesh.pilot.model import Instance, Port, Service
+from sofamesh.pilot.policy import Resolved
 
 log = logging.getLogger("sofamesh.pilot.generate")
 
@@ -276,7 +277,7 @@ def build_load_assignment(
 
 
 def build_vhost(
-    svc: str, port: Port, cluster: str, bare_name: bool
+    svc: str, port: Port, cluster: str, bare_name: bool, policy: Resolved | None = None
 ) -> route_components_pb2.VirtualHost:
     domains = [f"{svc}:{port.number}"]
     if bare_name:
@@ -287,10 +288,18 @@ def build_vhost(
     r.route.cluster = cluster
     if port.protocol in H2_PROTOCOLS:
         r.route.timeout.FromSeconds(0)  # streams: no whole-request timeout
+    if policy is not None and policy.allow_ips is not None:
+        from sofamesh.pilot.policy_xds import vhost_access
+
+        name, cfg = vhost_access(policy)
+        vh.typed_per_filter_config[name].CopyFrom(cfg)
     return vh
 
 
-def _hcm(stat_prefix: str, route_name: str, scoped: bool = False) -> hcm_pb2.HttpConnectionManager:
+def _hcm(
+    stat_prefix: str, route_name: str, scoped: bool = False, policies: tuple = ()
+) -> hcm_pb2.HttpConnectionManager:
+    """policies: (any access policy, ((service, requests/s), ...)) when some exist."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
     )
@@ -308,6 +317,14 @@ def _hcm(stat_prefix: str, route_name: str, scoped: bool = False) -> hcm_pb2.Htt
     else:
         hcm.rds.config_source.CopyFrom(_ads())
         hcm.rds.route_config_name = route_name
+    if policies:
+        from sofamesh.pilot.policy_xds import add_quota_filter, add_rbac_filter
+
+        access, rates = policies
+        if access:
+            add_rbac_filter(hcm)
+        for service, rps in rates:
+            add_quota_filter(hcm, service, rps)
     f = hcm.http_filters.add()
     f.name = "envoy.filters.http.router"
     f.typed_config.CopyFrom(_any(_ROUTER_URL, router_pb2.Router()))
@@ -323,7 +340,7 @@ def build_api_listener(name: str, route_name: str) -> listener_pb2.Listener:
 
 
 def build_http_listener(
-    address: str, port: int, route_name: str, scoped: bool = False
+    address: str, port: int, route_name: str, scoped: bool = False, policies: tuple = ()
 ) -> listener_pb2.Listener:
     lst = listener_pb2.Listener(name=f"{address}_{port}")
     lst.address.socket_address.address = address
@@ -331,7 +348,8 @@ def build_http_listener(
     fc = lst.filter_chains.add()
     f = fc.filters.add()
     f.name = "envoy.filters.network.http_connection_manager"
-    f.typed_config.CopyFrom(_any(_HCM_URL, _hcm(f"outbound_{port}", route_name, scoped)))
+    hcm = _hcm(f"outbound_{port}", route_name, scoped, policies)
+    f.typed_config.CopyFrom(_any(_HCM_URL, hcm))
     return lst
 
 
@@ -346,11 +364,17 @@ def build_scope(name: str, service: str) -> scoped_route_pb2.ScopedRouteConfigur
     return sc
 
 
-def build_tcp_listener(address: str, port: int, cluster: str) -> listener_pb2.Listener:
+def build_tcp_listener(
+    address: str, port: int, cluster: str, policy: Resolved | None = None
+) -> listener_pb2.Listener:
     lst = listener_pb2.Listener(name=f"{address}_{port}")
     lst.address.socket_address.address = address
     lst.address.socket_address.port_value = port
     fc: listener_components_pb2.FilterChain = lst.filter_chains.add()
+    if policy is not None and policy.allow_ips is not None:
+        from sofamesh.pilot.policy_xds import network_rbac
+
+        fc.filters.append(network_rbac(cluster, policy))
     f = fc.filters.add()
     f.name = "envoy.filters.network.tcp_proxy"
     tp = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
@@ -375,6 +399,7 @@ class ServiceOutput:
     )  # (domain set key, VirtualHost bytes)
     vhost_domains: list[list[str]] = field(default_factory=list)
     tcp_ports: list[tuple[int, str]] = field(default_factory=list)  # (port, cluster)
+    policy: Resolved | None = None  # the service's operator policies (pilot/policy.py)
     bad: list[str] = field(default_factory=list)  # instances left out, with the reason
 
 
@@ -393,11 +418,16 @@ def _endpoint_ok(inst: Instance, bad: list[str]) -> bool:
 
 
 def build_service(
-    svc: Service, instances: list[Instance], route_name: str | None = None, trust_domain: str = ""
+    svc: Service,
+    instances: list[Instance],
+    route_name: str | None = None,
+    trust_domain: str = "",
+    policy: Resolved | None = None,
 ) -> ServiceOutput:
     """route_name: with scoped routes, the outbound route name its scope goes under;
-    trust_domain: the pilot's CA (auto mTLS to instances labelled `tlsMode: istio`)."""
-    out = ServiceOutput(key=(svc, tuple(instances)))
+    trust_domain: the pilot's CA (auto mTLS to instances labelled `tlsMode: istio`);
+    policy: the operator's access and rate policies of the service."""
+    out = ServiceOutput(key=(svc, tuple(instances), policy), policy=policy)
     assigned = assign_ports(svc, instances)
     first_http = first_grpc = True
     for port, members in assigned:
@@ -414,7 +444,7 @@ def build_service(
         out.clusters[cname] = _res(cname, CDS, cl)
         out.endpoints[cname] = _res(cname, EDS, build_load_assignment(cname, good))
         if port.protocol in HTTP_PROTOCOLS:
-            vh = build_vhost(svc.name, port, cname, bare_name=first_http)
+            vh = build_vhost(svc.name, port, cname, bare_name=first_http, policy=policy)
             out.vhosts.append((vh.name, vh.SerializeToString(deterministic=True)))
             out.vhost_domains.append(list(vh.domains))
             first_http = False
@@ -503,6 +533,11 @@ class Generator:
         self.problems: list[str] = []
         self._bad_names: set[str] = set()
         self.trust_domain = ""  # set when the pilot is a CA: auto mTLS (mtls_sockets)
+        # operator policies (pilot/policy.py): instances -> {service: Resolved}; the mixer
+        # (HOST, PORT) rate policies' rate_limit_quota filters report to
+        self.policy_source = None
+        self.mixer: tuple[str, int] | None = None
+        self.policies: dict[str, Resolved] = {}
 
     def version(self, type_url: str) -> str:
         """Type-wide version: a hash over every resource of the type (same model, same string)."""
@@ -541,13 +576,18 @@ class Generator:
         structural = False  # vhosts or tcp listeners changed: rebuild the shared resources
         names = set(services)
         names.update(n for n, v in instances.items() if v)
+        pols = self.policy_source(instances) if self.policy_source is not None else {}
+        if pols != self.policies:
+            structural = True  # the HCM's RBAC / quota filters may change
+            self.policies = pols
         for name in names:
             svc = services.get(name)
             insts = instances.get(name) or _NO_INSTANCES
             prev = self.services.get(name)
+            pol = pols.get(name)
             # PERF (benchmarks/pilot_scale.py): registries hand back the same list object for
             # an unchanged service, so most services are skipped without comparing instances.
-            if prev is not None and prev.src is insts and prev.svc is svc:
+            if prev is not None and prev.src is insts and prev.svc is svc and prev.policy == pol:
                 continue
             if not _DOMAIN_RE.match(name):
                 if name not in self._bad_names:
@@ -556,7 +596,7 @@ class Generator:
                     self._problem(f"service name {name!r} is not a valid host name: skipped")
                 continue
             svc_ = svc or Service(name=name)
-            key = (svc_, tuple(insts))
+            key = (svc_, tuple(insts), pol)
             if prev is not None and prev.key == key:
                 prev.src, prev.svc = insts, svc
                 continue
@@ -565,6 +605,7 @@ class Generator:
                 insts,
                 self.route_name if self.scoped_routes else None,
                 trust_domain=self.trust_domain,
+                policy=pol,
             )
             out.src, out.svc = insts, svc
             self._apply(prev, out, ch)
@@ -605,7 +646,7 @@ class Generator:
         the outbound port), and one tcp_proxy listener per TCP service port."""
         seen_domains: set[str] = set()
         chunks = [ld_field(1, self.route_name.encode())]
-        tcp: dict[int, str] = {}
+        tcp: dict[int, tuple[str, Resolved | None]] = {}
         for name in sorted(self.services):
             out = self.services[name]
             for (vname, vbytes), domains in zip(out.vhosts, out.vhost_domains):
@@ -622,22 +663,49 @@ class Generator:
                     self.skipped["port_conflict"] += 1
                     self._problem(f"tcp port {port} of {cname} already in use: no listener")
                     continue
-                tcp[port] = cname
+                tcp[port] = (cname, out.policy)
         # with scoped routes, still served to whoever asks for it by name (a sidecar with a
         # static listener and rds, e.g. `sofamesh demo`); the generated listener does not
         self._set(RDS, Resource(self.route_name, RDS, b"".join(chunks)), True, ch)
         listeners = {}
         http = build_http_listener(
-            self.listener_address, self.outbound_port, self.route_name, self.scoped_routes
+            self.listener_address,
+            self.outbound_port,
+            self.route_name,
+            self.scoped_routes,
+            self._hcm_policies(ch),
         )
         listeners[http.name] = _res(http.name, LDS, http)
-        for port, cname in sorted(tcp.items()):
-            lst = build_tcp_listener(self.listener_address, port, cname)
+        for port, (cname, pol) in sorted(tcp.items()):
+            lst = build_tcp_listener(self.listener_address, port, cname, pol)
             listeners[lst.name] = _res(lst.name, LDS, lst)
         for n in [n for n in self.wild[LDS] if n not in listeners]:
             self._del(LDS, n, ch)
         for res in listeners.values():
             self._set(LDS, res, True, ch)
+
+    def _hcm_policies(self, ch: Changes) -> tuple:
+        """What the outbound HCM needs for the policies of the services it routes to: the
+        RBAC filter (any access policy) and a quota filter per rate policy (with --mixer);
+        the mixer's cluster is served (or withdrawn) with them."""
+        from sofamesh.pilot.policy_xds import MIXER_CLUSTER, mixer_cluster
+
+        live = {n: p for n, p in self.policies.items() if n in self.services}
+        access = any(p.allow_ips is not None for p in live.values())
+        rates: tuple = ()
+        if self.mixer is not None:
+            rates = tuple(
+                (n, p.requests_per_second)
+                for n, p in sorted(live.items())
+                if p.requests_per_second is not None
+            )
+        elif any(p.requests_per_second is not None for p in live.values()):
+            self._problem("rate policies need the pilot's --mixer: not enforced")
+        if rates and self.mixer is not None:
+            self._set(CDS, _res(MIXER_CLUSTER, CDS, mixer_cluster(*self.mixer)), True, ch)
+        else:
+            self._del(CDS, MIXER_CLUSTER, ch)
+        return (access, rates) if access or rates else ()
 
     def _problem(self, text: str) -> None:
         log.warning("%s", text)

@@ -83,9 +83,10 @@ class EmbeddedStore(BaseStore):
 
     kind = "embedded"
 
-    def __init__(self, data_dir: str, reap_interval: float = 0.2):
+    def __init__(self, data_dir: str, reap_interval: float = 0.2, table: str = "instances"):
         super().__init__()
         self.data_dir = data_dir
+        self.table = table  # "instances"; "policies" for the pilot's policies (pilot/policy.py)
         self.reap_interval = reap_interval
         self._db: sqlite3.Connection | None = None
         self._deadline: dict[tuple[str, str], float] = {}
@@ -101,12 +102,14 @@ class EmbeddedStore(BaseStore):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute(
-            "CREATE TABLE IF NOT EXISTS instances (service TEXT NOT NULL, instance_id TEXT NOT NULL,"
+            f"CREATE TABLE IF NOT EXISTS {self.table} (service TEXT NOT NULL,"
+            " instance_id TEXT NOT NULL,"
             " record TEXT NOT NULL, PRIMARY KEY (service, instance_id))"
         )
         self._db = db
         now = time.monotonic()
-        for service, iid, body in db.execute("SELECT service, instance_id, record FROM instances"):
+        rows = db.execute(f"SELECT service, instance_id, record FROM {self.table}")
+        for service, iid, body in rows:
             try:
                 rec = json.loads(body)
             except ValueError:
@@ -194,7 +197,8 @@ class EmbeddedStore(BaseStore):
         self._emit(service)
         try:
             await self._write(
-                "INSERT OR REPLACE INTO instances (service, instance_id, record) VALUES (?, ?, ?)",
+                f"INSERT OR REPLACE INTO {self.table} (service, instance_id, record)"
+                " VALUES (?, ?, ?)",
                 (service, iid, json.dumps(rec, sort_keys=True)),
             )
         except StoreError:
@@ -217,7 +221,7 @@ class EmbeddedStore(BaseStore):
         self._emit(service)
         try:
             await self._write(
-                "DELETE FROM instances WHERE service = ? AND instance_id = ?", (service, iid)
+                f"DELETE FROM {self.table} WHERE service = ? AND instance_id = ?", (service, iid)
             )
         except StoreError:
             self._restore(service, iid, None, prev)
@@ -430,12 +434,15 @@ class EtcdStore(BaseStore):
         return found
 
 
-def open_store(spec: str | None, data_dir: str) -> BaseStore:
-    """`None`/"embedded" -> EmbeddedStore(data_dir); "etcd://host:port[/prefix]" -> EtcdStore."""
+def open_store(spec: str | None, data_dir: str, kind: str = "instances") -> BaseStore:
+    """`None`/"embedded" -> EmbeddedStore(data_dir); "etcd://host:port[/prefix]" -> EtcdStore.
+    kind "policies": the same place, its own table (embedded) or key prefix (etcd: the
+    instances' prefix with `instances/` replaced by `policies/`, else `<prefix>.policies/`),
+    records keyed (service, policy kind)."""
     if not spec or spec == "embedded":
-        return EmbeddedStore(data_dir)
+        return EmbeddedStore(data_dir, table=kind)
     if spec.startswith("embedded:"):
-        return EmbeddedStore(spec[len("embedded:") :])
+        return EmbeddedStore(spec[len("embedded:") :], table=kind)
     u = urlparse(spec)
     if u.scheme == "etcd":
         if not u.hostname or not u.port:
@@ -445,5 +452,11 @@ def open_store(spec: str | None, data_dir: str) -> BaseStore:
             if u.path and u.path != "/"
             else "/sofamesh/registry/instances/"
         )
+        if kind != "instances":
+            # a sibling of the instances' prefix, never under it (their watch would see it)
+            if prefix.endswith("/instances/"):
+                prefix = f"{prefix[: -len('instances/')]}{kind}/"
+            else:
+                prefix = f"{prefix.rstrip('/')}.{kind}/"
         return EtcdStore(u.hostname, u.port, prefix)
     raise StoreError(f"--store {spec!r}: expected 'embedded', 'embedded:DIR' or etcd://host:port")

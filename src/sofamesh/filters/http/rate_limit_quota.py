@@ -13,7 +13,11 @@ passes, `expired_assignment_behavior` (fallback strategy or reuse of the last as
 `expired_assignment_behavior_timeout`), then no_assignment_behavior again, as Envoy.
 
 Implemented: `rlqs_server.envoy_grpc`, `domain`, `bucket_matchers` with one `on_no_match`
-action (every request in one bucket) whose `bucket_id_builder` entries are `string_value`s,
+action (every request in one bucket) or a `matcher_list` of one matcher (its requests in the
+bucket, the others pass uncounted, as Envoy passes a request no matcher selects) whose
+predicate is request-header `single_predicate`s (`HttpRequestHeaderMatchInput`, a
+`value_match` string matcher) under `or_matcher` / `and_matcher` / `not_matcher` (what the
+pilot's rate policies generate), the bucket's `bucket_id_builder` entries `string_value`s,
 `reporting_interval`, `deny_response_settings.{http_status, http_body,
 response_headers_to_add}`, `no_assignment_behavior`, `expired_assignment_behavior`.
 Refused by path: `matcher_list` / `matcher_tree` (request matching), `custom_value` bucket id
@@ -263,7 +267,7 @@ class RlqsClient:
             self._expiry = self.loop.call_later(timeout, lambda: self._set_assigned(None))
 
 
-def _compile(typed_config: Any, context: dict) -> tuple[Any, Any, dict[str, str]]:
+def _compile(typed_config: Any, context: dict) -> tuple[Any, Any, dict[str, str], Any]:
     from envoy.extensions.filters.http.rate_limit_quota.v3 import rate_limit_quota_pb2 as q
 
     from sofamesh.proxy.errors import UnsupportedConfig
@@ -282,19 +286,34 @@ def _compile(typed_config: Any, context: dict) -> tuple[Any, Any, dict[str, str]
         raise UnsupportedConfig(f"{tpath}.rlqs_server: only envoy_grpc is supported")
     m = cfg.bucket_matchers
     mpath = f"{tpath}.bucket_matchers"
-    if m.WhichOneof("matcher_type") is not None:
+    match = None
+    kind = m.WhichOneof("matcher_type")
+    if (
+        kind == "matcher_list"
+        and len(m.matcher_list.matchers) == 1
+        and not m.HasField("on_no_match")
+    ):
+        one = m.matcher_list.matchers[0]
+        apath = f"{mpath}.matcher_list.matchers[0].on_match.action"
+        match = _predicate(one.predicate, f"{mpath}.matcher_list.matchers[0].predicate")
+        action = one.on_match.action
+        if one.on_match.WhichOneof("on_match") != "action":
+            raise UnsupportedConfig(f"{apath}: expected a RateLimitQuotaBucketSettings action")
+    elif kind is not None:
         raise UnsupportedConfig(
-            f"{mpath}.{m.WhichOneof('matcher_type')}: request matching is not implemented by "
-            "sofamesh (one on_no_match bucket only)"
+            f"{mpath}.{kind}: only a matcher_list of one matcher (without on_no_match) is "
+            "implemented by sofamesh"
         )
-    action = m.on_no_match.action
-    if not m.HasField("on_no_match") or action.typed_config.type_url != SETTINGS_URL:
-        raise UnsupportedConfig(
-            f"{mpath}.on_no_match.action: expected a RateLimitQuotaBucketSettings action"
-        )
+    else:
+        apath = f"{mpath}.on_no_match.action"
+        action = m.on_no_match.action
+        if not m.HasField("on_no_match"):
+            raise UnsupportedConfig(f"{apath}: expected a RateLimitQuotaBucketSettings action")
+    if action.typed_config.type_url != SETTINGS_URL:
+        raise UnsupportedConfig(f"{apath}: expected a RateLimitQuotaBucketSettings action")
     settings = q.RateLimitQuotaBucketSettings()
     action.typed_config.Unpack(settings)
-    spath = f"{mpath}.on_no_match.action.typed_config"
+    spath = f"{apath}.typed_config"
     bucket_id: dict[str, str] = {}
     for k, vb in settings.bucket_id_builder.bucket_id_builder.items():
         if vb.WhichOneof("value_specifier") != "string_value":
@@ -309,13 +328,52 @@ def _compile(typed_config: Any, context: dict) -> tuple[Any, Any, dict[str, str]
         raise UnsupportedConfig(f"{spath}.reporting_interval: required, > 0")
     drs = settings.deny_response_settings
     _refuse(drs, f"{spath}.deny_response_settings", ("grpc_status",))
-    return cfg, settings, bucket_id
+    return cfg, settings, bucket_id, match
+
+
+_HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+
+
+def _predicate(pred: Any, path: str) -> Any:
+    """An xds matcher predicate over request headers as an RBAC rule (_core/rbac.pxd: the
+    same compiled header matchers the RBAC filter runs)."""
+    from envoy.config.route.v3 import route_components_pb2
+    from envoy.type.matcher.v3 import http_inputs_pb2
+
+    from sofamesh._core import rbac as C
+    from sofamesh.filters.http.rbac import _Compiler
+    from sofamesh.proxy.errors import UnsupportedConfig
+
+    kind = pred.WhichOneof("match_type")
+    if kind in ("or_matcher", "and_matcher"):
+        rules = [
+            _predicate(p, f"{path}.{kind}.predicate[{i}]")
+            for i, p in enumerate(getattr(pred, kind).predicate)
+        ]
+        return C.OrRule(rules) if kind == "or_matcher" else C.AndRule(rules)
+    if kind == "not_matcher":
+        return C.NotRule(_predicate(pred.not_matcher, f"{path}.not_matcher"))
+    if kind != "single_predicate":
+        raise UnsupportedConfig(f"{path}: expected a predicate")
+    sp = pred.single_predicate
+    spath = f"{path}.single_predicate"
+    inp = http_inputs_pb2.HttpRequestHeaderMatchInput()
+    if sp.input.typed_config.type_url != _HEADER_INPUT or not sp.input.typed_config.Unpack(inp):
+        raise UnsupportedConfig(
+            f"{spath}.input: only HttpRequestHeaderMatchInput is implemented by sofamesh"
+        )
+    if sp.WhichOneof("matcher") != "value_match":
+        raise UnsupportedConfig(f"{spath}.custom_match is not implemented by sofamesh")
+    hm = route_components_pb2.HeaderMatcher(name=inp.header_name)
+    # xds.type.matcher.v3.StringMatcher and Envoy's have the same fields and numbers
+    hm.string_match.ParseFromString(sp.value_match.SerializeToString())
+    return _Compiler()._header(hm, f"{spath}.value_match")
 
 
 def factory(typed_config: Any, context: dict) -> Any:
     from sofamesh._core.rlqs import ACTION_ALLOW_ALL, RlqsAction, RlqsFilter
 
-    cfg, settings, bucket_id = _compile(typed_config, context)
+    cfg, settings, bucket_id, match = _compile(typed_config, context)
     drs = settings.deny_response_settings
     status = drs.http_status.code if drs.HasField("http_status") and drs.http_status.code else 429
     headers = [
@@ -329,6 +387,7 @@ def factory(typed_config: Any, context: dict) -> Any:
         status,
         drs.http_body.value,
         headers,
+        match,
     )
     client = RlqsClient(
         flt,
