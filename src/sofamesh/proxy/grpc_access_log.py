@@ -3,12 +3,13 @@ service (`envoy.service.accesslog.v3`, e.g. `sofamesh mixer`) over one client st
 
 Hot path (`log`, once per request): copy a few stream fields into a tuple and append it to a
 list; nothing else. Every `buffer_flush_interval` (or once `buffer_size_bytes` of entries are
-buffered) the list becomes one `StreamAccessLogsMessage` put on a bounded queue; a sender task
-writes the queue to the stream, (re)connecting with backoff. When the service is slow or gone
+buffered) the list is put on a bounded queue; a sender task encodes each batch as one
+`StreamAccessLogsMessage` straight to wire bytes (`_core/als_wire`, no protobuf objects: that
+cost more than the proxying) and writes it to the stream, (re)connecting with backoff. When the service is slow or gone
 the queue fills, and further batches are dropped and counted (Envoy's
 `access_logs.grpc_access_log.logs_dropped`); the request path never waits for the service.
 
-    buffered tuples --flush--> queue of messages (bounded) --sender task--> gRPC stream
+    buffered tuples --flush--> queue of batches (bounded) --sender task--> gRPC stream
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import logging
 import time
 from typing import Any
 
+from sofamesh._core.als_wire import encode_http_logs
+
 log = logging.getLogger("sofamesh.access_log")
 
 HTTP_GRPC_TYPE = (
@@ -26,10 +29,6 @@ HTTP_GRPC_TYPE = (
 _METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 ENTRY_OVERHEAD = 120  # approximate encoded size of an entry beyond its path and authority
 MAX_QUEUED_BATCHES = 64  # bounded: with the service gone, at most this many batches wait
-_METHODS = {
-    b"GET": 1, b"HEAD": 2, b"POST": 3, b"PUT": 4, b"DELETE": 5, b"CONNECT": 6, b"OPTIONS": 7,
-    b"TRACE": 8, b"PATCH": 9,
-}  # fmt: skip
 
 
 def _seconds(d: Any, default: float) -> float:
@@ -38,6 +37,10 @@ def _seconds(d: Any, default: float) -> float:
 
 class GrpcAccessLog:
     """One per HCM that configures it; `log(stream, duration_ms)` is what the stream calls."""
+
+    # (batch, serialized Identifier or b"") -> one StreamAccessLogsMessage's bytes; the TCP
+    # logger (tcp_grpc_access_log) has its own
+    encode = staticmethod(encode_http_logs)
 
     def __init__(
         self,
@@ -93,6 +96,16 @@ class GrpcAccessLog:
         elif self._timer is None:
             self._timer = self.loop.call_later(self.flush_interval, self._tick)
 
+    def add_entry(self, entry: tuple, nbytes: int) -> None:
+        """Buffers one entry of `nbytes` (approximately, encoded) for the next batch; `log`
+        does the same inline (the per-request path)."""
+        self.buffered.append(entry)
+        self.buffered_bytes += nbytes
+        if self.buffered_bytes >= self.buffer_size:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self.loop.call_later(self.flush_interval, self._tick)
+
     # -- per batch ------------------------------------------------------------------------------
     def _tick(self) -> None:
         self._timer = None
@@ -109,40 +122,15 @@ class GrpcAccessLog:
         if self._task is None and not self._closed:
             self._task = self.loop.create_task(self._send_loop())
 
-    @staticmethod
-    def _message(batch: list[tuple]) -> Any:
+    # -- the stream ---------------------------------------------------------------------------
+    def _identifier(self) -> bytes:
+        """The serialized Identifier that opens each stream (node and log_name)."""
         from envoy.service.accesslog.v3 import als_pb2
 
-        msg = als_pb2.StreamAccessLogsMessage()
-        entries = msg.http_logs.log_entry
-        for start, ms, status, method, path, authority, cluster, up, rip, rx, tx in batch:
-            e = entries.add()
-            e.protocol_version = 2  # HTTP11
-            c = e.common_properties
-            c.start_time.FromNanoseconds(int(start * 1e9))
-            c.time_to_last_downstream_tx_byte.FromNanoseconds(int(ms * 1e6))
-            c.duration.FromNanoseconds(int(ms * 1e6))
-            if cluster:
-                c.upstream_cluster = cluster
-            if up and up != "-":
-                host, _, port = up.rpartition(":")
-                if port.isdigit():
-                    c.upstream_remote_address.socket_address.address = host
-                    c.upstream_remote_address.socket_address.port_value = int(port)
-            if rip:
-                c.downstream_remote_address.socket_address.address = rip.decode("latin-1")
-            r = e.request
-            r.request_method = _METHODS.get(method or b"", 0)
-            r.scheme = "http"
-            r.authority = authority.decode("latin-1")
-            r.path = path.decode("latin-1")
-            r.request_body_bytes = rx
-            if status:
-                e.response.response_code.value = status
-            e.response.response_body_bytes = tx
-        return msg
+        ident = als_pb2.StreamAccessLogsMessage.Identifier(log_name=self.log_name)
+        ident.node.CopyFrom(self.node)
+        return ident.SerializeToString()
 
-    # -- the stream ---------------------------------------------------------------------------
     async def _send_loop(self) -> None:
         import grpc
         from envoy.service.accesslog.v3 import als_pb2
@@ -157,7 +145,7 @@ class GrpcAccessLog:
             channel = grpc.aio.insecure_channel(f"{addr[0]}:{addr[1]}")
             call = channel.stream_unary(
                 _METHOD,
-                request_serializer=als_pb2.StreamAccessLogsMessage.SerializeToString,
+                request_serializer=None,  # messages are encoded by encode_http_logs already
                 response_deserializer=als_pb2.StreamAccessLogsResponse.FromString,
             )()
             first = True
@@ -165,11 +153,7 @@ class GrpcAccessLog:
             try:
                 while not self._closed:
                     batch, n = await self.queue.get()
-                    msg = self._message(batch)
-                    if first:
-                        msg.identifier.node.CopyFrom(self.node)
-                        msg.identifier.log_name = self.log_name
-                    await call.write(msg)
+                    await call.write(self.encode(batch, self._identifier() if first else b""))
                     first = False
                     self.written.value += n
                     backoff = 0.1
@@ -202,14 +186,23 @@ def build(
     any_config: Any, loop: asyncio.AbstractEventLoop, server: Any, path: str
 ) -> GrpcAccessLog:
     """The factory the Server calls for an HCM `access_log` entry of this type."""
-    from envoy.config.core.v3 import base_pb2
     from envoy.extensions.access_loggers.grpc.v3 import als_pb2
-
-    from sofamesh.proxy.errors import UnsupportedConfig
 
     cfg = als_pb2.HttpGrpcAccessLogConfig()
     any_config.Unpack(cfg)
-    gs = cfg.common_config.grpc_service
+    target, node = grpc_target_and_node(cfg.common_config, server, path)
+    return GrpcAccessLog(cfg, loop, target, node, server.stats)
+
+
+def grpc_target_and_node(common: Any, server: Any, path: str) -> tuple[Any, Any]:
+    """(target, node) of a CommonGrpcAccessLogConfig (http_grpc's and tcp_grpc's): where the
+    service is now (() -> (host, port) | None, from its envoy_grpc cluster) and the Node its
+    stream's first message names."""
+    from envoy.config.core.v3 import base_pb2
+
+    from sofamesh.proxy.errors import UnsupportedConfig
+
+    gs = common.grpc_service
     if gs.WhichOneof("target_specifier") != "envoy_grpc":
         raise UnsupportedConfig(
             f"{path}.typed_config.common_config.grpc_service: only envoy_grpc is supported"
@@ -229,7 +222,7 @@ def build(
     if opts is not None:
         node.id = getattr(opts, "service_node", "") or node.id
         node.cluster = getattr(opts, "service_cluster", "") or node.cluster
-    return GrpcAccessLog(cfg, loop, target, node, server.stats)
+    return target, node
 
 
 def _register() -> None:
