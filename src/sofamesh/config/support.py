@@ -553,8 +553,11 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig": ("log_format",),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat": ("text_format",),
-    # load_stats_config, local_cluster_name, upstream_bind_config: refused
-    "envoy.config.bootstrap.v3.ClusterManager": ("outlier_detection",),
+    # local_cluster_name, upstream_bind_config: refused
+    "envoy.config.bootstrap.v3.ClusterManager": (
+        "outlier_detection",
+        "load_stats_config",  # the LRS client (proxy/load_stats.py; GRPC, one envoy_grpc)
+    ),
     "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection": (
         "event_log_path",  # created at start (proxy/cli.py); outlier detection writes to it
     ),

@@ -316,6 +316,10 @@ class Server:
         self._loop = _NoBindLoop(asyncio.get_running_loop())  # type: ignore[assignment]
         try:
             self._build_clusters()
+            if self.bootstrap.cluster_manager.HasField("load_stats_config"):
+                from sofamesh.proxy.load_stats import check_config
+
+                check_config(self.bootstrap)  # the reporter runs beside the workers
             for li, lst in enumerate(self.bootstrap.static_resources.listeners):
                 await self._start_listener(li, lst, False)
         finally:

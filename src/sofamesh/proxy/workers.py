@@ -54,6 +54,7 @@ from sofamesh.admin.backend import (
     merge_topologies,
     reopen_server_logs,
 )
+from sofamesh.proxy import load_stats
 
 log = logging.getLogger("sofamesh.main")
 
@@ -152,11 +153,14 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
         await server.stop()
         await admin.stop()
         return 0
+    lrs = load_stats.start(bootstrap, backend, store, opts)  # cluster_manager.load_stats_config
     state.state = STATE_LIVE
     settle_gc()
     log.info("all dependencies initialized. starting workers")
     await state.quit.wait()
     log.info("shutting down")
+    if lrs is not None:
+        await lrs.stop()
     await admin.stop()
     await server.stop()
     return 0
@@ -510,8 +514,11 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
                     log.error("worker %d failed to restart: %s", w.index, e)
 
     sup = asyncio.create_task(supervise())
+    lrs = load_stats.start(bootstrap, backend, store, opts)  # cluster_manager.load_stats_config
     await state.quit.wait()
     log.info("shutting down")
+    if lrs is not None:
+        await lrs.stop()
     sup.cancel()
     try:
         await sup
