@@ -150,3 +150,98 @@ def test_page_shows_the_mesh_and_follows_traffic(tmp_path, mixer_factory, upstre
     finally:
         sofamesh.stop()
         envoy.stop()
+
+
+# a shop of 21 services and 24 calls (one cycle: payment calls back into checkout)
+SHOP = [
+    ("ingress", "frontend"), ("frontend", "productpage"), ("productpage", "reviews"),
+    ("productpage", "details"), ("reviews", "ratings"), ("frontend", "cart"),
+    ("cart", "checkout"), ("checkout", "payment"), ("checkout", "shipping"),
+    ("checkout", "email"), ("checkout", "currency"), ("frontend", "recommendation"),
+    ("recommendation", "catalog"), ("frontend", "ads"), ("cart", "redis-cart"),
+    ("payment", "fraud-check"), ("shipping", "outbound|80||quote.shop.svc.cluster.local"),
+    ("frontend", "catalog"), ("catalog", "mysql"), ("ratings", "mongodb"),
+    ("reviews", "catalog"), ("email", "smtp-relay"), ("ads", "catalog"), ("payment", "checkout"),
+]  # fmt: skip
+
+
+def _report(grpc_port: int, calls: list[tuple[str, str, str]]) -> None:
+    """Access log entries over Envoy's ALS wire, one stream per calling service."""
+    import grpc
+    from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+    by_source: dict[str, list[tuple[str, str]]] = {}
+    for src, dst, code in calls:
+        by_source.setdefault(src, []).append((dst, code))
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+        stub = als_pb2_grpc.AccessLogServiceStub(ch)
+        for src, entries in by_source.items():
+            msg = als_pb2.StreamAccessLogsMessage()
+            msg.identifier.node.id = f"{src}-0"
+            msg.identifier.node.cluster = src
+            msg.identifier.log_name = "mesh"
+            for dst, code in entries:
+                e = msg.http_logs.log_entry.add()
+                e.common_properties.upstream_cluster = dst
+                e.common_properties.duration.FromMilliseconds(3)
+                e.response.response_code.value = int(code)
+            stub.StreamAccessLogs(iter([msg]), timeout=10)
+
+
+def test_page_lays_out_twenty_services_readably(tmp_path, mixer_factory):
+    mixer = mixer_factory()
+    calls = [(s, d, "200") for s, d in SHOP for _ in range(10)]
+    calls += [("checkout", "payment", "503")] * 5
+    _report(mixer.grpc_port, calls)
+    with HeadlessChromium(tmp_path) as browser:
+        page = browser.open(f"http://127.0.0.1:{mixer.http_port}/")
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=1400,
+            height=1000,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        page.wait_for("document.querySelectorAll('#edges tbody tr').length === 24")
+        boxes = page.wait_for(
+            "(() => { const g = [...document.querySelectorAll('#graph g.node')];"
+            " return g.length === 21 ? Object.fromEntries(g.map(n => { const r ="
+            " n.querySelector('rect').getBoundingClientRect();"
+            " return [n.dataset.node, [r.left, r.top, r.right, r.bottom]]; })) : null; })()"
+        )
+        assert "quote.shop" in boxes  # Istio's outbound|port||host named by its host
+        svg = page.eval(
+            "(() => { const r = document.getElementById('graph').getBoundingClientRect();"
+            " return [r.left, r.top, r.right, r.bottom]; })()"
+        )
+        names = sorted(boxes)
+        for i, a in enumerate(names):
+            ax0, ay0, ax1, ay1 = boxes[a]
+            # inside the drawing, and no two services on top of each other
+            assert svg[0] <= ax0 and ax1 <= svg[2] and svg[1] <= ay0 and ay1 <= svg[3], a
+            for b in names[i + 1 :]:
+                bx0, by0, bx1, by1 = boxes[b]
+                assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, (a, b)
+        # every call but the one closing the cycle goes left to right
+        leftward = [
+            (s, d)
+            for s, d in SHOP
+            if boxes[s][0] >= boxes[d.split("|")[-1].removesuffix(".svc.cluster.local")][0]
+        ]
+        assert leftward == [("payment", "checkout")]
+        # each edge drawn once; the one with 5 errors in 15 red, the others green
+        health = page.eval(
+            "[...document.querySelectorAll('#graph path.edge')].map(p => p.dataset.health)"
+        )
+        assert sorted(health) == ["bad"] + ["ok"] * 23
+        # clicking a service focuses on its calls: the table keeps only them
+        page.eval(
+            "document.querySelector('#graph g.node[data-node=checkout]')"
+            ".dispatchEvent(new MouseEvent('click', {bubbles: true}))"
+        )
+        focused = page.wait_for(
+            "(() => { const r = [...document.querySelectorAll('#edges tbody tr')]"
+            ".map(tr => tr.dataset.edge); return r.length < 24 ? r.sort() : null; })()"
+        )
+        assert focused == sorted(f"{s} \u2192 {d}" for s, d in SHOP if "checkout" in (s, d))
+        assert page.errors == []
