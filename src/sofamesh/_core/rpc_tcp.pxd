@@ -11,6 +11,7 @@ cdef class TcpProxyConfig:
     cdef public set conns               # set[TcpDownstream]
     cdef public bint draining
     cdef public double idle_timeout_s   # 0: none
+    cdef public tuple access_logs       # tuple[TcpGrpcAccessLog, ...]: log_tcp(entry) at close
     cdef object sweeper                 # asyncio.TimerHandle | None
     cdef long long total_weight
     cdef Counter downstream_cx_total, downstream_cx_no_route, upstream_flush_total
@@ -33,3 +34,15 @@ cdef class TcpDownstream:
     cdef bint closed
     cdef bint up_ready
     cdef double last_active             # loop time of the last byte either way
+    cdef bint eof_in                    # the client half-closed (FIN passed upstream)
+    cdef bint eof_out                   # the upstream half-closed (FIN passed to the client)
+    # for the access log (entry fields: TcpDownstream.log_entry)
+    cdef double wall_start              # time.time() at accept
+    cdef double mono_start              # loop time at accept
+    cdef unsigned long long rx          # bytes from the client (all sent upstream)
+    cdef unsigned long long tx          # bytes from the upstream (all sent to the client)
+    cdef object peer                    # (ip, port) of the client
+    cdef object local                   # (ip, port) the client connected to
+    cdef object up_local                # (ip, port) of our upstream socket, or None
+    cdef str flags                      # Envoy's response flag: "UH", "UF", or ""
+    cdef str fail_reason                # UF: upstream_transport_failure_reason, as Envoy's

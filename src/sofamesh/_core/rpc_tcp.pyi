@@ -9,6 +9,7 @@ class TcpProxyConfig:
     conns: set
     draining: bool
     idle_timeout_s: float
+    access_logs: tuple
     def __init__(
         self,
         stat_prefix: str,
@@ -18,6 +19,7 @@ class TcpProxyConfig:
         loop: Any,
         connect_timeout: float = ...,
         idle_timeout_s: float = ...,
+        access_logs: tuple = ...,
     ) -> None: ...
     def protocol_factory(self) -> Any: ...
     def close_all(self) -> None: ...

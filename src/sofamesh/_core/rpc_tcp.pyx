@@ -1,9 +1,12 @@
 # tcp_proxy (Envoy's envoy.filters.network.tcp_proxy): each downstream connection gets its
 # own upstream connection to a host of the cluster; bytes flow both ways untouched. Used
 # for HSF ports (opaque TCP) and any other TCP. Half-close is propagated; back-pressure
-# pauses the reading side while the writing side's buffer is full.
+# pauses the reading side while the writing side's buffer is full. With `access_log`, each
+# connection's entry (TcpDownstream.log_entry) goes to the loggers when it closes.
 
 import asyncio
+import os
+import time
 
 from sofamesh._core.upstream cimport (Cluster, Host, OUTCOME_CONNECT_FAILED,
                                       OUTCOME_CONNECT_SUCCESS_FINAL, OUTCOME_TIMEOUT)
@@ -13,8 +16,10 @@ from sofamesh._core.router cimport rng_next
 
 cdef class TcpProxyConfig:
     def __init__(self, str stat_prefix, list weighted, dict clusters, Store store, loop,
-                 double connect_timeout=5.0, double idle_timeout_s=3600.0):
+                 double connect_timeout=5.0, double idle_timeout_s=3600.0,
+                 tuple access_logs=()):
         p = f"tcp.{stat_prefix}."
+        self.access_logs = access_logs
         self.stat_prefix = stat_prefix
         self.weighted = weighted
         self.total_weight = sum(w for _, w in weighted)
@@ -82,6 +87,8 @@ cdef class TcpUpstream:
 
     def connection_made(self, transport):
         self.transport = transport
+        if self.down.cfg.access_logs:
+            self.down.up_local = transport.get_extra_info("sockname")
         self.host.outcome(OUTCOME_CONNECT_SUCCESS_FINAL)  # outlier detection (Envoy's tcp_proxy)
         self.down.upstream_ready()
 
@@ -89,10 +96,15 @@ cdef class TcpUpstream:
         self.down.last_active = self.down.cfg.loop.time()
         self.cluster.upstream_cx_rx_bytes_total.add(len(data))
         self.down.cfg.downstream_cx_tx_bytes_total.add(len(data))
+        self.down.tx += len(data)
         if not self.down.closed:
             self.down.transport.write(data)
 
     def eof_received(self):
+        self.down.eof_out = True
+        if self.down.eof_in:
+            self.down.close()   # both ways half-closed: the connection is done (Envoy)
+            return False
         if not self.down.closed and self.down.transport.can_write_eof():
             self.down.transport.write_eof()
             return True
@@ -123,12 +135,19 @@ cdef class TcpDownstream:
         self.early = []
         self.closed = False
         self.up_ready = False
+        self.flags = ""
+        self.fail_reason = ""
 
     def connection_made(self, transport):
         cdef Cluster cl
         cdef Host h
         self.transport = transport
         self.last_active = self.cfg.loop.time()
+        if self.cfg.access_logs:
+            self.wall_start = time.time()
+            self.mono_start = self.last_active
+            self.peer = transport.get_extra_info("peername")
+            self.local = transport.get_extra_info("sockname")
         self.cfg.conns.add(self)
         self.cfg.arm_sweeper()
         self.cfg.downstream_cx_total.inc()
@@ -137,6 +156,7 @@ cdef class TcpDownstream:
         h = cl.choose() if cl is not None else None
         if h is None:
             self.cfg.downstream_cx_no_route.inc()
+            self.flags = "UH"
             if cl is not None:
                 cl.upstream_cx_none_healthy.inc()
             transport.close()
@@ -165,6 +185,9 @@ cdef class TcpDownstream:
             up.host.outcome(OUTCOME_TIMEOUT if isinstance(exc, asyncio.TimeoutError)
                             else OUTCOME_CONNECT_FAILED)
             up.cluster.upstream_cx_connect_fail.inc()
+            self.flags = "UF"
+            if isinstance(exc, OSError) and exc.errno:
+                self.fail_reason = "delayed connect error: " + os.strerror(exc.errno)
             up.host.cx_connect_fail += 1
             up.cluster.upstream_cx_active.dec()
             up.cluster.cx_active -= 1
@@ -184,6 +207,7 @@ cdef class TcpDownstream:
     def data_received(self, data):
         self.last_active = self.cfg.loop.time()
         self.cfg.downstream_cx_rx_bytes_total.add(len(data))
+        self.rx += len(data)
         if self.up_ready and self.up.transport is not None:
             self.up.cluster.upstream_cx_tx_bytes_total.add(len(data))
             self.up.transport.write(data)
@@ -194,9 +218,13 @@ cdef class TcpDownstream:
             self.transport.pause_reading()
 
     def feed_first(self, data):
+        self.rx += len(data)
         self.early.append(bytes(data))
 
     def eof_received(self):
+        self.eof_in = True
+        if self.eof_out:
+            return False        # both ways half-closed: close (connection_lost closes upstream)
         if self.up is not None and self.up.transport is not None and \
                 self.up.transport.can_write_eof():
             self.up.transport.write_eof()
@@ -210,6 +238,24 @@ cdef class TcpDownstream:
         self.cfg.downstream_cx_active.dec()
         if self.up is not None and self.up.transport is not None:
             self.up.transport.close()
+        if self.cfg.access_logs:
+            entry = self.log_entry()
+            for al in self.cfg.access_logs:
+                al.log_tcp(entry)
+
+    def log_entry(self):
+        """(start time s, duration s, client (ip, port), local (ip, port), upstream host
+        (ip, port) or None, upstream local (ip, port) or None (not connected), cluster, bytes
+        received, bytes sent, response flag, upstream failure reason) of this connection,
+        for a TCP access logger."""
+        cdef TcpUpstream up = self.up
+        upstream = cluster = None
+        if up is not None:
+            cluster = up.cluster.name
+            upstream = (up.host.address, up.host.port)
+        return (self.wall_start, self.cfg.loop.time() - self.mono_start, self.peer,
+                self.local, upstream, self.up_local, cluster, self.rx, self.tx, self.flags,
+                self.fail_reason)
 
     def pause_writing(self):
         if self.up is not None and self.up.transport is not None:

@@ -703,8 +703,11 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "buffer_flush_interval",
         "buffer_size_bytes",
     ),  # grpc_service: envoy_grpc.cluster_name (GrpcService is listed above, for ADS)
+    # envoy.access_loggers.tcp_grpc (sofamesh.proxy.tcp_grpc_access_log)
+    "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig": ("common_config",),
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": (
         "stat_prefix",
+        "access_log",  # tcp_grpc loggers (filters/network/tcp_proxy.py)
         "cluster",
         "weighted_clusters",
         "idle_timeout",

@@ -25,6 +25,7 @@ _BUILTIN = [
     "sofamesh.filters.listener.inspectors",  # tls_inspector, http_inspector
     "sofamesh.proxy.tls",  # transport sockets envoy.transport_sockets.tls / raw_buffer
     "sofamesh.proxy.grpc_access_log",  # access logger envoy.access_loggers.http_grpc
+    "sofamesh.proxy.tcp_grpc_access_log",  # envoy.access_loggers.tcp_grpc (tcp_proxy)
     "sofamesh.proxy.stream_access_log",  # envoy.access_loggers.stdout / stderr
     "sofamesh.proxy.tracing",  # tracer envoy.tracers.zipkin
 ]

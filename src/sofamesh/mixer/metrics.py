@@ -1,8 +1,10 @@
 """Istio-style request metrics from access log entries, rendered as Prometheus text.
 
 Series: `istio_requests_total{reporter,source,destination,response_code}` (counter) and
-`istio_request_duration_milliseconds{...}` (histogram with Istio's default buckets). A report
-grows the counts of the series it names, so memory grows with distinct series, not requests.
+`istio_request_duration_milliseconds{...}` (histogram with Istio's default buckets); from TCP
+entries (tcp_grpc), `istio_tcp_connections_closed_total{reporter,source,destination}`,
+`istio_tcp_received_bytes_total` and `istio_tcp_sent_bytes_total`. A report grows the counts
+of the series it names, so memory grows with distinct series, not requests.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ DURATION_BUCKETS_MS = (
 
 Labels = tuple[str, str, str, str]  # reporter, source, destination, response_code
 LABEL_NAMES = ("reporter", "source", "destination", "response_code")
+TCP_LABEL_NAMES = ("reporter", "source", "destination")
 
 
 @dataclass
@@ -45,6 +48,8 @@ def _num(v: float) -> str:
 class RequestMetrics:
     def __init__(self) -> None:
         self.series: dict[Labels, Series] = {}
+        # TCP connections: (reporter, source, destination) -> [closed, received, sent bytes]
+        self.tcp: dict[tuple[str, str, str], list[int]] = {}
         self.entries = 0  # access log entries received
         self.streams = 0  # access log streams opened
 
@@ -57,6 +62,15 @@ class RequestMetrics:
         i = bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)
         if i < len(s.buckets):
             s.buckets[i] += 1  # cumulated when rendered
+        self.entries += 1
+
+    def record_tcp(self, labels: tuple[str, str, str], received: int, sent: int) -> None:
+        t = self.tcp.get(labels)
+        if t is None:
+            t = self.tcp[labels] = [0, 0, 0]
+        t[0] += 1
+        t[1] += received
+        t[2] += sent
         self.entries += 1
 
     def total(self, **match: str) -> int:
@@ -89,4 +103,14 @@ class RequestMetrics:
             lab = _labels(LABEL_NAMES, k)
             out.append(f"istio_request_duration_milliseconds_sum{lab} {_num(s.duration_sum)}")
             out.append(f"istio_request_duration_milliseconds_count{lab} {s.count}")
+        tcp = sorted(self.tcp.items())
+        for i, (name, help_) in enumerate(
+            (
+                ("istio_tcp_connections_closed_total", "TCP connections closed"),
+                ("istio_tcp_received_bytes_total", "Bytes received from the TCP clients"),
+                ("istio_tcp_sent_bytes_total", "Bytes sent to the TCP clients"),
+            )
+        ):
+            out += [f"# HELP {name} {help_} (reported).", f"# TYPE {name} counter"]
+            out += [f"{name}{_labels(TCP_LABEL_NAMES, k)} {t[i]}" for k, t in tcp]
         return out

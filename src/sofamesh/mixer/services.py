@@ -159,4 +159,10 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):
                 self.metrics.record(
                     (reporter, source, c.upstream_cluster or "unknown", code), _duration_ms(c)
                 )
+            for e in msg.tcp_logs.log_entry:  # one per closed connection (tcp_grpc)
+                self.metrics.record_tcp(
+                    (reporter, source, e.common_properties.upstream_cluster or "unknown"),
+                    e.connection_properties.received_bytes,
+                    e.connection_properties.sent_bytes,
+                )
         return als_pb2.StreamAccessLogsResponse()

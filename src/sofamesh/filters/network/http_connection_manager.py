@@ -140,7 +140,7 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
             from sofamesh.proxy.access_loggers import factory_for
 
             build = factory_for(al.typed_config.type_url)
-            if build is None:
+            if build is None or al.typed_config.type_url.endswith(".TcpGrpcAccessLogConfig"):
                 raise UnsupportedConfig(f"{apath}: access logger not supported")
             if al.HasField("filter"):
                 raise UnsupportedConfig(f"{apath}.filter is not supported")

@@ -31,8 +31,8 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
     idle = 3600.0  # Envoy's default
     if cfg.HasField("idle_timeout"):
         idle = cfg.idle_timeout.seconds + cfg.idle_timeout.nanos / 1e9  # 0 disables
+    access_logs = _access_logs(cfg, ctx, path)
     for field in (
-        "access_log",
         "hash_policy",
         "tunneling_config",
         "max_downstream_connection_duration",
@@ -50,8 +50,40 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
             f"{path}.typed_config.max_connect_attempts: one connect attempt is supported"
         )
     return TcpProxyConfig(
-        cfg.stat_prefix, weighted, clusters, ctx["stats"], ctx["loop"], idle_timeout_s=idle
+        cfg.stat_prefix,
+        weighted,
+        clusters,
+        ctx["stats"],
+        ctx["loop"],
+        idle_timeout_s=idle,
+        access_logs=access_logs,
     )
+
+
+def _access_logs(cfg: Any, ctx: dict, path: str) -> tuple:
+    """The `access_log` loggers: each closed connection's entry goes to them (loggers with a
+    `log_tcp`: envoy.access_loggers.tcp_grpc)."""
+    from sofamesh.proxy.access_loggers import factory_for
+
+    out = []
+    server = ctx.get("server")
+    for i, al in enumerate(cfg.access_log):
+        apath = f"{path}.typed_config.access_log[{i}]"
+        if al.HasField("filter"):
+            raise UnsupportedConfig(f"{apath}.filter: access log filters are not supported")
+        url = al.typed_config.type_url
+        build = factory_for(url)
+        logger = build(al.typed_config, ctx["loop"], server, apath) if build else None
+        if logger is None or not hasattr(logger, "log_tcp"):
+            if logger is not None:
+                logger.close()
+            raise UnsupportedConfig(
+                f"{apath}.typed_config: {url.rsplit('/', 1)[-1]} is not implemented by sofamesh "
+                "for tcp_proxy (envoy.access_loggers.tcp_grpc is)"
+            )
+        server._access_logs.append(logger)  # closed with the server's other loggers
+        out.append(logger)
+    return tuple(out)
 
 
 SPEC = register_terminal(NAMES, TYPE_URL, build)
