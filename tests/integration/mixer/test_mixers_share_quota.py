@@ -116,6 +116,44 @@ def test_a_stopped_mixers_sidecars_leave_the_split(tmp_path, etcd, mixer_factory
             p.stop()
 
 
+def test_etcd_outage_mixers_keep_serving_and_catch_up(tmp_path, mixer_factory, upstream):
+    """etcd gone: both mixers keep answering their sidecars with the split they last knew
+    and count the failed writes; etcd back: a change on one mixer reaches the other."""
+    etcd = EtcdServer()
+    etcd.start()
+    try:
+        store = f"etcd://{etcd.endpoint}"
+        a = mixer_factory(POLICY, extra=["--store", store])
+        b = mixer_factory(POLICY, extra=["--store", store])
+        app = upstream.ports["a"]
+        one = _sofamesh(tmp_path, "one", app, a.grpc_port, "DENY_ALL").start()
+        two = _sofamesh(tmp_path, "two", app, b.grpc_port, "DENY_ALL").start()
+        try:
+            pacers = [Pacer(_listen(one), 200, 40.0), Pacer(_listen(two), 200, 40.0)]
+            for t in pacers:
+                t.start()
+            _wait(lambda: a.metric("sofamesh_mixer_quota_assigned") == 50)
+            _wait(lambda: b.metric("sofamesh_mixer_quota_assigned") == 50)
+            etcd.kill()
+            reports = a.metric("sofamesh_mixer_quota_reports_total")
+            _wait(lambda: a.metric("sofamesh_mixer_store_errors_total") > 0)
+            _wait(lambda: b.metric("sofamesh_mixer_store_errors_total") > 0)
+            # still serving its sidecar, with the split it knew
+            _wait(lambda: a.metric("sofamesh_mixer_quota_reports_total") > reports + 2)
+            assert a.metric("sofamesh_mixer_quota_assigned") == 50
+            assert b.metric("sofamesh_mixer_quota_assigned") == 50
+            etcd.start()
+            # b's sidecar leaves; once b can write again, a's sidecar gets the whole limit
+            two.stop()
+            _wait(lambda: a.metric("sofamesh_mixer_quota_assigned") == 100, timeout=30)
+            assert a.metric("sofamesh_mixer_quota_remote_clients") == 0
+        finally:
+            for p in (one, two):
+                p.stop()
+    finally:
+        etcd.stop()
+
+
 def test_store_errors_are_clear(tmp_path):
     policy = tmp_path / "mixer.yaml"
     policy.write_text(POLICY)
