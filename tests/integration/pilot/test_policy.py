@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.mixer.conftest import MixerProcess
 from tests.integration.pilot.conftest import SIDECARS, PilotProcess, ads_sidecar, http
+from tests.integration.pilot.test_rest_api import call as api_call
 from tests.support.http_upstream import RecordingUpstream
 from tests.support.wait import wait_until
 
@@ -39,7 +40,15 @@ def call(port: int, host: str, source: str = "127.0.0.1") -> tuple[int, str]:
 
 
 def policy(pilot: PilotProcess, method: str, service: str, kind: str, body=None):
-    return http(method, f"{pilot.api}/v1/services/{service}/policies/{kind}", body)
+    """One call of /v1/services/{service}/policies/{kind}; its answer checked against the
+    status and schema openapi.yaml declares."""
+    return api_call(
+        pilot,
+        method.lower(),
+        "/v1/services/{service}/policies/{kind}",
+        f"/v1/services/{service}/policies/{kind}",
+        body,
+    )
 
 
 @pytest.mark.parametrize("sidecar", SIDECARS)
@@ -75,7 +84,9 @@ def test_access_policy_lets_only_the_named_service_in_and_delete_reopens(pilot, 
         wait_until(lambda: call(out, "svc-x", "127.0.0.4")[0] == 200, 10, "caller-y's new one")
         assert call(out, "svc-x", "127.0.0.3")[0] == 403
 
-        status, body = http("GET", f"{pilot.api}/v1/services/svc-x/policies")
+        status, body = api_call(
+            pilot, "get", "/v1/services/{service}/policies", "/v1/services/svc-x/policies"
+        )
         assert status == 200 and body["policies"] == {"access": {"allow_from": ["caller-y"]}}
 
         # (d) deleting the policy restores access
@@ -98,7 +109,7 @@ def test_policies_persist_across_a_pilot_restart(tmp_path):
         p.stop()
     p.start()
     try:
-        status, body = http("GET", f"{p.api}/v1/policies")
+        status, body = api_call(p, "get", "/v1/policies", "/v1/policies")
         assert status == 200
         assert body == {
             "policies": [{"service": "svc-x", "kind": "rate", "requests_per_second": 8}]
