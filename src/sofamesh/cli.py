@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "proxy": ("sofamesh.proxy.cli", "main", "run the sidecar (Envoy-compatible flags)"),
     "pilot": ("sofamesh.pilot.cli", "main", "run the control plane (xDS + registry API)"),
     "register": ("sofamesh.pilot.register", "main", "register a service instance with a pilot"),
+    "policy": ("sofamesh.pilot.policy_cli", "main", "who may call a service, and its rate"),
     "proxy-status": (
         "sofamesh.pilot.proxy_status",
         "main",

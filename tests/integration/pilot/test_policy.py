@@ -10,6 +10,7 @@ on loopback); "svc-x takes at most R requests/s in total": two sidecars share R 
 from __future__ import annotations
 
 import http.client as httpc
+import json
 import threading
 import time
 from collections import Counter
@@ -232,3 +233,45 @@ def test_rate_policy_is_one_global_limit_shared_through_the_mixer(tmp_path):
         up.stop()
         pilot.stop()
         mixer.stop()
+
+
+def test_policy_cli_sets_shows_and_removes(pilot):
+    import subprocess
+
+    from tests.conftest import sofamesh_command
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*sofamesh_command(), "policy", "--pilot", pilot.api, *args],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=30,
+        )
+
+    r = run("allow", "svc-x", "--from", "caller-y", "--from", "caller-w")
+    assert r.returncode == 0, r.stderr
+    assert '"allow_from"' in r.stdout and "caller-w" in r.stdout
+    assert run("rate", "svc-x", "50").returncode == 0
+    r = run("list", "svc-x")
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["policies"] == {
+        "access": {"allow_from": ["caller-w", "caller-y"]},
+        "rate": {"requests_per_second": 50},
+    }
+    r = run("rate", "svc-x", "0")
+    assert r.returncode == 1 and "requests_per_second: required: a whole number" in r.stderr
+    assert run("delete", "svc-x", "rate").returncode == 0
+    r = run("delete", "svc-x", "rate")
+    assert r.returncode == 1 and "svc-x has no rate policy" in r.stderr
+    assert json.loads(run("list").stdout) == {
+        "policies": [{"service": "svc-x", "kind": "access", "allow_from": ["caller-w", "caller-y"]}]
+    }
+    r = subprocess.run(
+        [*sofamesh_command(), "policy", "--pilot", "http://127.0.0.1:9", "list"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "no pilot answered" in r.stderr
