@@ -24,10 +24,13 @@ cdef class HcmConfig:
     cdef public frozenset upgrades          # frozenset[bytes] enabled on every route
     cdef public bytes server_name           # the server header's value (b"envoy")
     cdef public object access_log           # sofamesh.proxy.access_log.FileAccessLog | None
-    cdef public object tracer               # sofamesh.proxy.tracing.ZipkinTracer | None
+    cdef public object tracer               # sofamesh.proxy.tracing.Tracer | None
     cdef public long long trace_ppm         # new traces sampled per million; -1: no tracing
     cdef public bint trace_shared           # Zipkin shared_span_context
     cdef public bint trace_id128            # 128-bit trace ids
+    cdef public int trace_kind              # TRACE_B3 / TRACE_W3C (_core/http_tracing.pxd)
+    cdef public long long trace_client_ppm  # x-client-trace-id: traced per million
+    cdef public bint trace_spawn            # spawn_upstream_span: a CLIENT span upstream
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
     cdef public double request_timeout      # HCM request_timeout (s); 0: off
     cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s); 0: off

@@ -7,7 +7,7 @@ from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.http_grpc cimport grpc_outcome, grpc_retry_bit, grpc_timeout
-from sofamesh._core.http_tracing cimport start_trace
+from sofamesh._core.http_tracing cimport inject_trace, start_trace, trace_upstream
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn
 from sofamesh._core.http_common cimport (
@@ -17,10 +17,7 @@ from sofamesh._core.http_common cimport (
     FAIL_PROTOCOL, FAIL_TIMEOUT, FAIL_REMOTE_RESET, FAIL_REFUSED, PAUSE_QUEUE,
     PAUSE_UPSTREAM_FULL,
 )
-from sofamesh._core.http_stream cimport (
-    TraceCtx,
-    HttpFilter, HttpStream, add_formatted, FILTER_STOP,
-)
+from sofamesh._core.http_stream cimport HttpFilter, HttpStream, add_formatted, FILTER_STOP
 from sofamesh._core.router cimport (
     Route, rng_next, RA_DIRECT, RA_REDIRECT,
     RETRY_5XX, RETRY_GATEWAY, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_RETRIABLE_4XX,
@@ -30,9 +27,6 @@ from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNE
                                       OUTCOME_CONNECT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.upstream import hash64
 
-# a traced request's upstream headers replace these (proxy/tracing.py B3)
-cdef tuple TRACE_HEADERS = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
-                            b"x-b3-sampled", b"x-b3-flags", b"b3")
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
 
@@ -199,22 +193,9 @@ cdef class RouterStream(HttpStream):
         return 0
 
     cdef int _inject_trace(self, HeaderMap h) except -1:
-        """The span's B3 context replaces the caller's on the upstream request; the request
-        id is marked (version nibble 9) when the connection manager sampled the request."""
-        cdef TraceCtx t = self.trace
-        cdef bytes rid = self.request_id
-        for name in TRACE_HEADERS:
-            h.remove(<bytes>name)
-        h.add(b"x-b3-traceid", t.trace_id)
-        h.add(b"x-b3-spanid", t.span_id)
-        if t.parent_id is not None:
-            h.add(b"x-b3-parentspanid", t.parent_id)
-        h.add(b"x-b3-sampled", b"1" if t.sampled else b"0")
-        if t.decision and rid is not None and PyBytes_GET_SIZE(rid) == 36:
-            rid = rid[:14] + b"9" + rid[15:]
-            h.remove(b"x-request-id")
-            h.add(b"x-request-id", rid)
-            self.request_id = rid
+        """The span's context replaces the caller's on the upstream request (B3 or W3C);
+        the request id is marked when the connection manager traced the request."""
+        self.request_id = inject_trace(self.trace, h, self.cfg, self.request_id)
         return 0
 
     cdef int _trace_grpc(self, HeaderMap m) except -1:
@@ -231,8 +212,11 @@ cdef class RouterStream(HttpStream):
         cdef HcmConfig cfg = self.cfg
         cdef HttpFilter f
         cdef Py_ssize_t j
-        if self.trace is not None and self.grpc:
-            self._trace_grpc(rh)
+        if self.trace is not None:
+            if self.grpc:
+                self._trace_grpc(rh)
+            if self.trace.child_id is not None:
+                trace_upstream(self.trace, self.up)
         if cfg.any_encode:
             self.resp_head = rh
             for j in range(len(cfg.filters) - 1, -1, -1):
@@ -613,6 +597,8 @@ cdef class RouterStream(HttpStream):
             host.outcome(OUTCOME_CONNECT_SUCCESS)
         self.upstream_host = host.address + ":" + str(host.port) \
             if self.cfg.access_log is not None else "-"
+        if self.trace is not None:
+            self.trace.up_host = host
         c.start(self, self.head_req, self.upgrade)
         self.t_upstream = mono()
         if self.route.per_try_timeout > 0:

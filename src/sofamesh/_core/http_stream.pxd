@@ -27,16 +27,24 @@ cdef class HttpStream(UpstreamCallbacks)
 
 
 cdef class TraceCtx:
-    """A traced request's span context (HCM tracing; proxy/tracing.py reports it)."""
+    """A traced request's span context (HCM tracing; proxy/tracing.py reports it).
+    trace_id None: an unreadable incoming context (Envoy's null span: nothing reported or
+    injected, the request id still marked)."""
     cdef public bytes trace_id
     cdef public bytes span_id
     cdef public bytes parent_id         # None: a root span
     cdef public bint sampled            # the span is reported (x-b3-sampled, else decision)
     cdef public bint decision           # the connection manager sampled it (request id mark)
     cdef public bint shared             # Zipkin shared span context
+    cdef public bint client             # x-client-trace-id forced it (request id mark b)
     cdef public long long start_us
     cdef public bytes grpc_status
     cdef public bytes grpc_message
+    cdef public bytes tracestate        # W3C tracestate carried on, or None
+    cdef public bytes child_id          # spawn_upstream_span: the upstream span's id, or None
+    cdef public long long child_us      # when the upstream span started
+    cdef public object up_host          # upstream.Host the request went to, or None
+    cdef public str up_local            # the upstream connection's local ip:port, or None
 
 
 cdef class HttpFilter:

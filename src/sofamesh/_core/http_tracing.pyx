@@ -1,13 +1,21 @@
 # Trace span contexts made on the hot path (HCM tracing); see http_tracing.pxd.
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdio cimport snprintf
 
+from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig
+from sofamesh._core.http2_upstream cimport H2UpStream
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_common cimport wall_us
 from sofamesh._core.http_stream cimport TraceCtx
 from sofamesh._core.router cimport rng_next
+
+# a traced request's upstream headers replace these
+cdef tuple B3_HEADERS = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
+                         b"x-b3-sampled", b"x-b3-flags", b"b3")
+DEF TRACEPARENT_LEN = 55    # 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
+
 
 cdef bytes new_span_id():
     cdef char buf[17]
@@ -15,17 +23,68 @@ cdef bytes new_span_id():
     return PyBytes_FromStringAndSize(buf, 16)
 
 
+cdef inline int hex_val(char c) noexcept:
+    # plain C arithmetic: Cython would make `c - b'0'` a Python operation
+    if 48 <= c <= 57:           # 0-9
+        return c - 48
+    if 97 <= c <= 102:          # a-f
+        return c - 87
+    if 65 <= c <= 70:           # A-F
+        return c - 55
+    return -1
+
+
+cdef int traceparent_flags(bytes v) noexcept:
+    """The trace flags of a W3C traceparent as Envoy's extractor reads it (55 bytes, four
+    dash-separated hex fields of 2, 32, 16 and 2 digits, ids not all zero); -1: unreadable."""
+    cdef const char* p = PyBytes_AS_STRING(v)
+    cdef Py_ssize_t i
+    cdef bint tid_zero = True, pid_zero = True
+    if PyBytes_GET_SIZE(v) != TRACEPARENT_LEN or p[2] != b'-' or p[35] != b'-' \
+            or p[52] != b'-':
+        return -1
+    for i in range(TRACEPARENT_LEN):
+        if i == 2 or i == 35 or i == 52:
+            continue
+        if hex_val(p[i]) < 0:
+            return -1
+        if p[i] != b'0':
+            if 3 <= i < 35:
+                tid_zero = False
+            elif 36 <= i < 52:
+                pid_zero = False
+    if tid_zero or pid_zero:
+        return -1
+    return hex_val(p[53]) * 16 + hex_val(p[54])
+
+
 cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
-    """The span context of a request, as Envoy's Zipkin tracer makes it: an incoming B3
-    context continued (shared_span_context: the caller's span id), else a new trace; the
-    connection manager's sampling decision drawn for every request, x-b3-sampled honoured."""
+    """The span context of a request. The connection manager's decision is drawn for every
+    request: x-client-trace-id under client_sampling, else random_sampling (both times
+    overall_sampling). Zipkin continues an incoming B3 context (shared_span_context: the
+    caller's span id), x-b3-sampled honoured; OpenTelemetry continues a traceparent (a child
+    of the caller's span, sampled when both the caller and the decision say so)."""
     cdef TraceCtx t = TraceCtx.__new__(TraceCtx)
+    if cfg.trace_client_ppm > 0 and h.find_from("x-client-trace-id", 17, 0) >= 0 and \
+            <long long>(rng_next() % 1000000) < cfg.trace_client_ppm:
+        t.decision = True
+        t.client = True
+    else:
+        t.decision = <long long>(rng_next() % 1000000) < cfg.trace_ppm
+    t.start_us = wall_us()
+    if cfg.trace_kind == TRACE_W3C:
+        start_w3c(t, h)
+    else:
+        start_b3(t, h, cfg)
+    return t
+
+
+cdef int start_b3(TraceCtx t, HeaderMap h, HcmConfig cfg) except -1:
     cdef int i = h.find_from("x-b3-traceid", 12, 0)
     cdef int j = h.find_from("x-b3-spanid", 11, 0)
     cdef int k = h.find_from("x-b3-sampled", 12, 0)
     cdef int p
     cdef bytes v
-    t.decision = <long long>(rng_next() % 1000000) < cfg.trace_ppm
     if k >= 0:
         v = h.value_at(k)
         t.sampled = v == b"1" or v == b"true" or v == b"d"
@@ -45,5 +104,75 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
         t.span_id = new_span_id()
         t.trace_id = new_span_id() + t.span_id if cfg.trace_id128 else t.span_id
         t.shared = cfg.trace_shared
-    t.start_us = wall_us()
-    return t
+    return 0
+
+
+cdef int start_w3c(TraceCtx t, HeaderMap h) except -1:
+    cdef int i = h.find_from("traceparent", 11, 0)
+    cdef int flags
+    cdef bytes v
+    t.span_id = new_span_id()
+    if i < 0:
+        t.trace_id = new_span_id() + new_span_id()
+        t.sampled = t.decision
+        return 0
+    v = h.value_at(i)
+    flags = traceparent_flags(v)
+    if flags < 0:
+        t.trace_id = None       # Envoy's null span
+        t.sampled = False
+        return 0
+    t.trace_id = v[3:35].lower()
+    t.parent_id = v[36:52].lower()
+    t.sampled = t.decision and (flags & 1)
+    t.tracestate = h.get_all(b"tracestate")
+    return 0
+
+
+cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
+    cdef bytes sid
+    if cfg.trace_spawn and t.trace_id is not None:
+        t.child_id = new_span_id()
+        t.child_us = wall_us()
+        sid = t.child_id
+    else:
+        sid = t.span_id
+    # Envoy honours x-envoy-force-trace only from internal requests, and with no
+    # internal_address_config (1.40's default) none is: the header is dropped as external
+    h.remove(b"x-envoy-force-trace")
+    if cfg.trace_kind == TRACE_W3C:
+        if t.trace_id is not None:
+            h.remove(b"traceparent")
+            h.remove(b"tracestate")
+            h.add(b"traceparent", b"00-" + t.trace_id + b"-" + sid +
+                  (b"-01" if t.sampled else b"-00"))
+            h.add(b"tracestate", t.tracestate if t.tracestate is not None else b"")
+    else:
+        for name in B3_HEADERS:
+            h.remove(<bytes>name)
+        h.add(b"x-b3-traceid", t.trace_id)
+        h.add(b"x-b3-spanid", sid)
+        if t.child_id is not None:
+            h.add(b"x-b3-parentspanid", t.span_id)
+        elif t.parent_id is not None:
+            h.add(b"x-b3-parentspanid", t.parent_id)
+        h.add(b"x-b3-sampled", b"1" if t.sampled else b"0")
+    if t.decision and rid is not None and PyBytes_GET_SIZE(rid) == 36:
+        # Envoy's UUID request id carries the trace reason in its version nibble
+        rid = rid[:14] + (b"b" if t.client else b"9") + rid[15:]
+        h.remove(b"x-request-id")
+        h.add(b"x-request-id", rid)
+    return rid
+
+
+cdef int trace_upstream(TraceCtx t, PoolConn c) except -1:
+    cdef object transport, name
+    if c is None or t.up_local is not None:
+        return 0
+    # an HTTP/2 stream's socket is its connection's
+    transport = (<H2UpStream>c).conn.transport if isinstance(c, H2UpStream) else c.transport
+    if transport is not None:
+        name = transport.get_extra_info("sockname")
+        if name:
+            t.up_local = f"{name[0]}:{name[1]}"
+    return 0

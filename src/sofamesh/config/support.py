@@ -239,7 +239,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "grpc_services",
         "set_node_on_first_message_only",
     ),
-    "envoy.config.core.v3.GrpcService": ("envoy_grpc",),
+    # timeout: the call's deadline where a unary call is made (the OTLP export)
+    "envoy.config.core.v3.GrpcService": ("envoy_grpc", "timeout"),
     "envoy.config.core.v3.GrpcService.EnvoyGrpc": ("cluster_name",),
     "envoy.config.core.v3.ConfigSource": (
         "ads",
@@ -344,7 +345,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "common_http_protocol_options",
         "http_protocol_options",
         "http2_protocol_options",  # codecs/http2 settings and flood limits (H2_OPTIONS)
-        "tracing",  # envoy.tracers.zipkin (proxy/tracing.py)
+        "tracing",  # envoy.tracers.zipkin, envoy.tracers.opentelemetry (proxy/tracing*.py)
         "drain_timeout",  # HTTP/2's two-step GOAWAY (http2_server.close)
         "upgrade_configs",
         "normalize_path",
@@ -366,10 +367,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "provider",
         "random_sampling",
         "overall_sampling",
-        "client_sampling",  # 100 % only (proxy/tracing.py refuses others)
+        "client_sampling",  # x-client-trace-id (_core/http_tracing.pyx)
         "custom_tags",
         "max_path_tag_length",
-        "spawn_upstream_span",  # false only (proxy/tracing.py)
+        "spawn_upstream_span",  # OpenTelemetry (Zipkin refuses it: proxy/tracing.py)
     ),
     "envoy.config.trace.v3.Tracing.Http": ("name", "typed_config"),
     "envoy.config.trace.v3.ZipkinConfig": (
@@ -380,6 +381,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "trace_id_128bit",
         "collector_hostname",
     ),
+    # proxy/tracing_otel.py; resource_detectors, sampler and max_cache_size refused
+    "envoy.config.trace.v3.OpenTelemetryConfig": ("grpc_service", "http_service", "service_name"),
+    "envoy.config.core.v3.HttpService": ("http_uri", "request_headers_to_add"),
+    "envoy.config.core.v3.HttpUri": ("uri", "cluster", "timeout"),
     "envoy.type.tracing.v3.CustomTag": ("tag", "literal", "request_header", "environment"),
     "envoy.type.tracing.v3.CustomTag.Literal": ("value",),
     "envoy.type.tracing.v3.CustomTag.Header": ("name", "default_value"),

@@ -1,268 +1,213 @@
-"""HCM `tracing` with `envoy.tracers.zipkin` (HTTP JSON v2), as Envoy 1.40 traces.
+"""HCM `tracing`: what every provider shares, as Envoy 1.40's connection manager traces.
 
-Per request (the connection manager's stream, HTTP/1.1 or HTTP/2):
-- `start(s)` when its headers are in, before the filters: continues an incoming B3 context
-  (x-b3-traceid, x-b3-spanid, x-b3-sampled; with `shared_span_context` (default) the server
-  span shares the caller's span id, else it is a child), or starts a trace; a new trace is
-  sampled with `random_sampling` (Envoy's default 100 %) times `overall_sampling`.
-- `inject(s, h)` when the router builds the upstream request: the B3 headers of this span
-  (incoming ones replaced), and the x-request-id's trace mark (Envoy's UUID extension: the
-  version nibble becomes 9 for a sampled trace).
-- `finish(s, ms)` when the stream ends: a sampled span becomes a Zipkin v2 SERVER span with
-  Envoy's name (the authority) and tags (http.method, http.url, http.status_code,
-  http.protocol, upstream_cluster, response_flags, request/response_size, guid:x-request-id,
-  peer.address, user_agent, component, downstream_cluster, error, custom_tags).
-Spans leave the hot path as reports do: buffered, POSTed as one JSON array to the collector
-cluster when 5 are waiting or every 5 s (Envoy's min_flush_spans and flush_interval_ms), at
-most 10,000 waiting (later ones dropped and counted). Stats: tracing.zipkin.{spans_sent,
-timer_flushed, reports_sent, reports_failed, reports_dropped,
-reports_skipped_no_cluster}. Tracing off costs one attribute test per request.
+Per request (the connection manager's stream, HTTP/1.1 or HTTP/2; the span context is made
+on the hot path, without Python: _core/http_tracing start_trace / inject_trace):
+- the connection manager's sampling decision: x-client-trace-id under `client_sampling`,
+  else `random_sampling` (Envoy's default 100 %), both times `overall_sampling`; a traced
+  request's x-request-id is marked (Envoy's UUID extension: version nibble 9, or b when
+  x-client-trace-id forced it);
+- the provider continues the caller's context (B3 for Zipkin, W3C traceparent for
+  OpenTelemetry) or starts a trace, and replaces it on the upstream request;
+- `finish(s, span, status)` when the stream ends: a sampled span becomes a `SpanRecord`
+  with Envoy's tags (node_id, zone, guid:x-request-id, http.url, http.method,
+  downstream_cluster, user_agent, http.protocol, peer.address, guid:x-client-trace-id,
+  grpc.*, request_size, response_size, component, upstream_cluster, http.status_code,
+  response_flags, error, custom_tags), and with `spawn_upstream_span` a CLIENT child for
+  the upstream request ("router <cluster> egress").
+Records leave the hot path as reports do (`SpanReporter`): buffered, handed to the
+provider's exporter in batches when 5 are waiting or every 5 s (Envoy's min_flush_spans and
+flush_interval_ms), one export in flight, at most 10,000 waiting (later ones dropped and
+counted). Tracing off costs one attribute test per request.
+
+Providers register here (`register_provider`): envoy.tracers.zipkin (proxy/tracing_zipkin),
+envoy.tracers.opentelemetry (proxy/tracing_otel).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sofamesh.proxy.errors import UnsupportedConfig
 
 log = logging.getLogger("sofamesh.tracing")
 
-ZIPKIN_TYPE = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
-ZIPKIN_NAMES = ("envoy.tracers.zipkin", "envoy.zipkin")
 MIN_FLUSH_SPANS = 5
 FLUSH_INTERVAL_S = 5.0
 MAX_PENDING = 10_000
-B3 = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3")
+TRACE_B3, TRACE_W3C = 0, 1  # _core/http_tracing.pxd
+# gRPC codes that are the server's fault (OpenTelemetry's semantic conventions): Envoy tags
+# the span `error` for these
+GRPC_SERVER_ERRORS = frozenset({"2", "4", "12", "13", "14", "15"})
+# response flags of an upstream reset -> Envoy's error.reason on the upstream span
+RESET_REASONS = {
+    "UF": "remote connection failure",
+    "UR": "remote reset",
+    "UC": "connection termination",
+    "UO": "overflow",
+}
 
 
 def _pct(p: Any, default: float = 100.0) -> float:
-    return p.value if p is not None and p.ByteSize() else default
+    """A Percent field's value (p: None when the field is absent; {value: 0} is 0 %)."""
+    return p.value if p is not None else default
 
 
-class ZipkinTracer:
+def _bump(c: Any, n: int = 1) -> None:
+    c.value += n
+    c.used = True
+
+
+def _hdr(s: Any, name: bytes) -> str | None:
+    v = s.get_request_header(name)
+    return v.decode("latin-1") if v is not None else None
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    """One finished span, provider-neutral: what a reporter batches and an exporter encodes.
+    Ids are lower-case hex; times are microseconds since the epoch; tags keep Envoy's order
+    (a tag set twice keeps its first place, as Envoy's span overwrites in place)."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: str  # "SERVER" | "CLIENT"
+    start_us: int
+    end_us: int
+    tags: dict[str, str] = field(default_factory=dict)
+    tracestate: str = ""
+    shared: bool = False  # Zipkin: the span id is the caller's
+
+
+class SpanReporter:
+    """The bounded buffer between the hot path and a collector. `enqueue(record)` never
+    blocks: when MIN_FLUSH_SPANS wait (or a timer of FLUSH_INTERVAL_S fires) the batch goes
+    to `export` (a coroutine: records -> True when the collector took them, False when it
+    failed, None when skipped), one at a time;
+    over MAX_PENDING waiting, records are dropped and counted. counters: sent (spans
+    delivered), timer_flushed, dropped (spans), failed (exports that failed)."""
+
     def __init__(
-        self, tracing: Any, server: Any, stat_prefix: str, local_ip: str, path: str
+        self,
+        loop: Any,
+        export: Callable[[list[SpanRecord]], Any],
+        counters: dict[str, Any],
+        name: str,
     ) -> None:
-        from envoy.config.trace.v3 import zipkin_pb2
-
-        prov = tracing.provider
-        if prov.typed_config.type_url != ZIPKIN_TYPE and prov.name not in ZIPKIN_NAMES:
-            raise UnsupportedConfig(
-                f"{path}.provider: tracer {prov.name or prov.typed_config.type_url!r} is not "
-                "implemented by sofamesh (envoy.tracers.zipkin is)"
-            )
-        z = zipkin_pb2.ZipkinConfig()
-        if not prov.typed_config.Unpack(z):
-            raise UnsupportedConfig(f"{path}.provider.typed_config: expected ZipkinConfig")
-        if z.collector_endpoint_version != 1:  # HTTP_JSON
-            raise UnsupportedConfig(
-                f"{path}.provider.typed_config.collector_endpoint_version: only HTTP_JSON is "
-                "implemented by sofamesh"
-            )
-        if not z.collector_cluster or not z.collector_endpoint:
-            raise UnsupportedConfig(
-                f"{path}.provider.typed_config: collector_cluster and collector_endpoint are "
-                "required"
-            )
-        self.server = server
-        self.cluster = z.collector_cluster
-        self.endpoint = z.collector_endpoint
-        self.hostname = z.collector_hostname or z.collector_cluster
-        self.shared = z.shared_span_context.value if z.HasField("shared_span_context") else True
-        self.id128 = z.trace_id_128bit
-        self.random = _pct(tracing.random_sampling if tracing.HasField("random_sampling") else None)
-        self.overall = _pct(
-            tracing.overall_sampling if tracing.HasField("overall_sampling") else None
-        )
-        self.max_path = (
-            tracing.max_path_tag_length.value if tracing.HasField("max_path_tag_length") else 256
-        )
-        # (tag, value) literal ones, (tag, header name, default) request-header ones
-        self.tags: list[tuple[str, str | None, str]] = []
-        for i, t in enumerate(tracing.custom_tags):
-            kind = t.WhichOneof("type")
-            if kind == "literal":
-                self.tags.append((t.tag, None, t.literal.value))
-            elif kind == "request_header":
-                rh = t.request_header
-                self.tags.append((t.tag, rh.name.lower(), rh.default_value))
-            elif kind == "environment":
-                v = os.environ.get(t.environment.name, t.environment.default_value)
-                self.tags.append((t.tag, None, v))
-            else:
-                raise UnsupportedConfig(
-                    f"{path}.custom_tags[{i}].{kind}: not implemented by sofamesh"
-                )
-        self.local_ip = local_ip
-        self.loop = server._loop
-        self.pending: list[dict] = []
+        self.loop = loop
+        self.export = export
+        self.c = counters
+        self.name = name
+        self.pending: list[SpanRecord] = []
         self.timer: Any = None
-        self.writer: Any = None
-        self.reader: Any = None
         self.busy = False
-        st = server.stats
-        p = "tracing.zipkin."
-        self.spans_sent = st.counter(p + "spans_sent")
-        self.timer_flushed = st.counter(p + "timer_flushed")
-        self.reports_sent = st.counter(p + "reports_sent")
-        self.reports_failed = st.counter(p + "reports_failed")
-        self.reports_dropped = st.counter(p + "reports_dropped")
-        self.no_cluster = st.counter(p + "reports_skipped_no_cluster")
 
-    # per request (the span context is made in Cython: _core/http_router start_trace) ------
-    @property
-    def sample_ppm(self) -> int:
-        """New traces sampled per million: random_sampling x overall_sampling."""
-        return int(self.random * self.overall * 100)
-
-    def finish(self, s: Any, span: Any, status: int) -> None:
-        """A sampled request's span (span: _core.http_stream.TraceCtx) to the report buffer."""
-        end = int(time.time() * 1_000_000)
-        authority = (s.authority or b"").decode("latin-1")
-        route = s.route
-        name = route.decorator if route is not None and route.decorator else authority
-        path = (s.path or b"").decode("latin-1")
-        proto = s.protocol
-        tags = {
-            "component": "proxy",
-            "node_id": "",
-            "guid:x-request-id": self._request_id(s, span),
-            "http.url": ("http://" + authority + path)[: self.max_path],
-            "http.method": (s.method or b"").decode("latin-1"),
-            "downstream_cluster": _hdr(s, b"x-envoy-downstream-service-cluster") or "-",
-            "user_agent": _hdr(s, b"user-agent") or "-",
-            "http.protocol": proto,
-            "peer.address": s.downstream_remote_address[0],
-            "request_size": str(s.bytes_rx),
-            "response_size": str(s.bytes_tx),
-            "response_flags": s.resp_flags,
-            "http.status_code": str(status),
-        }
-        del tags["node_id"]
-        cluster = s.upstream_cluster
-        if cluster is not None:
-            tags["upstream_cluster"] = cluster
-            tags["upstream_cluster.name"] = cluster
-        if s.grpc:  # Envoy's gRPC request and response tags
-            tags["grpc.path"] = path
-            tags["grpc.authority"] = authority
-            tags["grpc.content_type"] = _hdr(s, b"content-type") or ""
-            timeout = _hdr(s, b"grpc-timeout")
-            if timeout is not None:
-                tags["grpc.timeout"] = timeout
-            if span.grpc_status is not None:
-                tags["grpc.status_code"] = span.grpc_status.decode("latin-1")
-                if span.grpc_message:
-                    tags["grpc.message"] = span.grpc_message.decode("latin-1")
-        if status >= 500 or status == 0:
-            tags["error"] = "true"
-        for tag, header, v in self.tags:
-            got = _hdr(s, header.encode()) if header is not None else None
-            if got is not None:
-                tags[tag] = got
-            elif v:
-                tags[tag] = v
-        span_json: dict[str, Any] = {
-            "traceId": span.trace_id.decode("latin-1"),
-            "id": span.span_id.decode("latin-1"),
-            "name": name,
-            "kind": "SERVER",
-            "timestamp": span.start_us,
-            "duration": max(end - span.start_us, 0),
-            "localEndpoint": {"ipv4": self.local_ip, "port": 0},
-            "annotations": [{"timestamp": end, "value": "ss"}],
-            "tags": tags,
-        }
-        if span.parent_id:
-            span_json["parentId"] = span.parent_id.decode("latin-1")
-        if span.shared:
-            span_json["shared"] = True
-        self._add(span_json)
-
-    @staticmethod
-    def _request_id(s: Any, span: Any) -> str:
-        """The request's id; one the router did not set (a local reply) is made here,
-        as Envoy's connection manager gives every request one, marked if sampled."""
-        rid = s.request_id or s.get_request_header(b"x-request-id")
-        if not rid:
-            rid = str(uuid.uuid4()).encode()
-            if span.decision:
-                rid = rid[:14] + b"9" + rid[15:]
-            s.request_id = rid
-        return rid.decode("latin-1")
-
-    # reporting ------------------------------------------------------------------------------
-    def _add(self, span: dict) -> None:
+    def enqueue(self, rec: SpanRecord) -> None:
         if len(self.pending) >= MAX_PENDING:
-            self.reports_dropped.value += 1
-            self.reports_dropped.used = True
+            _bump(self.c["dropped"])
             return
-        self.pending.append(span)
+        self.pending.append(rec)
         if len(self.pending) >= MIN_FLUSH_SPANS:
-            self._flush()
+            self.flush()
         elif self.timer is None:
             self.timer = self.loop.call_later(FLUSH_INTERVAL_S, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
         if self.pending:
-            _bump(self.timer_flushed)
-            self._flush()
+            _bump(self.c["timer_flushed"])
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self.busy or not self.pending:
             return
-        spans, self.pending = self.pending, []
+        batch, self.pending = self.pending, []
         self.busy = True
-        self.loop.create_task(self._send(spans))
+        self.loop.create_task(self._send(batch))
 
-    async def _send(self, spans: list[dict]) -> None:
+    async def _send(self, batch: list[SpanRecord]) -> None:
         try:
-            host = self._host()
-            if host is None:
-                _bump(self.no_cluster)
-                return
-            body = json.dumps(spans, separators=(",", ":")).encode()
-            head = (
-                f"POST {self.endpoint} HTTP/1.1\r\nhost: {self.hostname}\r\n"
-                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-            ).encode()
-            for attempt in range(2):  # a kept-alive connection the collector closed: redial
-                try:
-                    if self.writer is None:
-                        self.reader, self.writer = await asyncio.wait_for(
-                            asyncio.open_connection(host.address, host.port), 5.0
-                        )
-                    self.writer.write(head + body)
-                    status = await asyncio.wait_for(self._response(), 5.0)
-                    break
-                except (TimeoutError, OSError, ConnectionError, EOFError) as e:
-                    self._drop_conn()
-                    if attempt:
-                        raise
-                    log.debug("zipkin collector connection lost (%s); redialing", e)
-            if 200 <= status < 300:
-                self.spans_sent.value += len(spans)
-                self.spans_sent.used = True
-                _bump(self.reports_sent)
-            else:
-                _bump(self.reports_failed)
+            ok = await self.export(batch)
         except Exception as e:  # noqa: BLE001 - a report never takes the proxy down
-            log.warning("zipkin report of %d spans failed: %s", len(spans), e)
-            _bump(self.reports_failed)
-            self._drop_conn()
+            log.warning("%s report of %d spans failed: %s", self.name, len(batch), e)
+            ok = False
         finally:
             self.busy = False
-            if len(self.pending) >= MIN_FLUSH_SPANS:
-                self._flush()
-            elif self.pending and self.timer is None:
-                self.timer = self.loop.call_later(FLUSH_INTERVAL_S, self._on_timer)
+        if ok is None:  # skipped (no collector host): the export counted it
+            pass
+        elif ok:
+            _bump(self.c["sent"], len(batch))
+        else:
+            _bump(self.c["failed"])
+            if "failed_spans" in self.c:
+                _bump(self.c["failed_spans"], len(batch))
+        if len(self.pending) >= MIN_FLUSH_SPANS:
+            self.flush()
+        elif self.pending and self.timer is None:
+            self.timer = self.loop.call_later(FLUSH_INTERVAL_S, self._on_timer)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class HttpCollector:
+    """One kept-alive HTTP/1.1 connection to a collector cluster's first healthy host,
+    redialled once when the collector closed it: `post(...)` -> the response status, or
+    None when the cluster has no host."""
+
+    def __init__(self, server: Any, cluster: str) -> None:
+        self.server = server
+        self.cluster = cluster
+        self.reader: Any = None
+        self.writer: Any = None
+
+    def host(self) -> Any:
+        cl = self.server.clusters.get(self.cluster)
+        if cl is None:
+            return None
+        hosts = [h for h in cl.hosts if h.healthy] or list(cl.hosts)
+        return hosts[0] if hosts else None
+
+    async def post(
+        self,
+        path: str,
+        authority: str,
+        content_type: str,
+        body: bytes,
+        extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        timeout: float = 5.0,
+    ) -> int | None:
+        host = self.host()
+        if host is None:
+            return None
+        lines = [f"POST {path} HTTP/1.1", f"host: {authority}", f"content-type: {content_type}"]
+        lines += [f"{k}: {v}" for k, v in extra]
+        lines.append(f"content-length: {len(body)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        for attempt in range(2):  # a kept-alive connection the collector closed: redial
+            try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.wait_for(
+                        asyncio.open_connection(host.address, host.port), timeout
+                    )
+                self.writer.write(head + body)
+                return await asyncio.wait_for(self._response(), timeout)
+            except (TimeoutError, OSError, ConnectionError, EOFError) as e:
+                self.drop()
+                if attempt:
+                    raise
+                log.debug("collector %s connection lost (%s); redialing", self.cluster, e)
+        return None
 
     async def _response(self) -> int:
         line = await self.reader.readline()
@@ -291,55 +236,275 @@ class ZipkinTracer:
         elif length:
             await self.reader.readexactly(length)
         if close:
-            self._drop_conn()
+            self.drop()
         return status
 
-    def _drop_conn(self) -> None:
+    def drop(self) -> None:
         if self.writer is not None:
             self.writer.close()
         self.writer = self.reader = None
 
-    def _host(self) -> Any:
-        cl = self.server.clusters.get(self.cluster)
-        if cl is None:
-            return None
-        hosts = [h for h in cl.hosts if h.healthy] or list(cl.hosts)
-        return hosts[0] if hosts else None
+
+class Tracer:
+    """What the connection manager holds (HcmConfig.tracer): the sampling settings it copies
+    onto the hot path (`configure`), and `finish` for sampled spans. A provider subclasses
+    it: TRACE_KIND, `server_name`, `keep_empty_tags`, and `report(records)`."""
+
+    TRACE_KIND = TRACE_B3
+    SPAWN = False  # the provider implements spawn_upstream_span
+    keep_empty_tags = True
+    shared = False
+    id128 = False
+
+    def __init__(self, tracing: Any, server: Any, local_ip: str, path: str, egress: bool):
+        self.server = server
+        self.loop = server._loop
+        self.local_ip = local_ip
+        self.egress = egress
+        self.random = _pct(tracing.random_sampling if tracing.HasField("random_sampling") else None)
+        self.overall = _pct(
+            tracing.overall_sampling if tracing.HasField("overall_sampling") else None
+        )
+        self.client = _pct(tracing.client_sampling if tracing.HasField("client_sampling") else None)
+        self.max_path = (
+            tracing.max_path_tag_length.value if tracing.HasField("max_path_tag_length") else 256
+        )
+        self.spawn = tracing.spawn_upstream_span.value
+        if self.spawn and not self.SPAWN:
+            raise UnsupportedConfig(
+                f"{path}.spawn_upstream_span: not implemented by sofamesh for this tracer"
+            )
+        node = getattr(getattr(server, "bootstrap", None), "node", None)
+        self.node_id = node.id if node is not None else ""
+        self.zone = node.locality.zone if node is not None else ""
+        # (tag, value) literal ones, (tag, header name, default) request-header ones
+        self.tags: list[tuple[str, str | None, str]] = []
+        for i, t in enumerate(tracing.custom_tags):
+            kind = t.WhichOneof("type")
+            if kind == "literal":
+                self.tags.append((t.tag, None, t.literal.value))
+            elif kind == "request_header":
+                rh = t.request_header
+                self.tags.append((t.tag, rh.name.lower(), rh.default_value))
+            elif kind == "environment":
+                v = os.environ.get(t.environment.name, t.environment.default_value)
+                self.tags.append((t.tag, None, v))
+            else:
+                raise UnsupportedConfig(
+                    f"{path}.custom_tags[{i}].{kind}: not implemented by sofamesh"
+                )
+
+    # configuration onto the hot path ----------------------------------------------------
+    @property
+    def sample_ppm(self) -> int:
+        """New traces sampled per million: random_sampling x overall_sampling."""
+        return int(self.random * self.overall * 100)
+
+    def configure(self, cfg: Any) -> None:
+        """Copies the sampling settings onto the connection manager's HcmConfig."""
+        cfg.trace_ppm = self.sample_ppm
+        cfg.trace_client_ppm = int(self.client * self.overall * 100)
+        cfg.trace_shared = self.shared
+        cfg.trace_id128 = self.id128
+        cfg.trace_kind = self.TRACE_KIND
+        cfg.trace_spawn = self.spawn
+
+    # per sampled request ----------------------------------------------------------------
+    def server_name(self, s: Any, authority: str) -> str:
+        """The downstream span's name when the route has no decorator."""
+        return "egress" if self.egress else "ingress"
+
+    def finish(self, s: Any, span: Any, status: int) -> None:
+        """A sampled request's spans (span: _core.http_stream.TraceCtx) to the reporter."""
+        end = int(time.time() * 1_000_000)
+        authority = (s.authority or b"").decode("latin-1")
+        route = s.route
+        name = route.decorator if route is not None and route.decorator else None
+        tid = span.trace_id.decode("latin-1")
+        sid = span.span_id.decode("latin-1")
+        records = []
+        if span.child_id is not None:
+            records.append(
+                SpanRecord(
+                    tid,
+                    span.child_id.decode("latin-1"),
+                    sid,
+                    f"router {s.upstream_cluster} egress",
+                    "CLIENT",
+                    span.child_us,
+                    end,
+                    self._upstream_tags(s, span),
+                    (span.tracestate or b"").decode("latin-1"),
+                )
+            )
+        records.append(
+            SpanRecord(
+                tid,
+                sid,
+                span.parent_id.decode("latin-1") if span.parent_id else None,
+                name or self.server_name(s, authority),
+                "CLIENT" if self.egress else "SERVER",
+                span.start_us,
+                end,
+                self._server_tags(s, span, status, authority),
+                (span.tracestate or b"").decode("latin-1"),
+                bool(span.shared),
+            )
+        )
+        self.report(records)
+
+    def report(self, records: list[SpanRecord]) -> None:
+        raise NotImplementedError
+
+    def _server_tags(self, s: Any, span: Any, status: int, authority: str) -> dict[str, str]:
+        path = (s.path or b"").decode("latin-1")
+        tags = {
+            "node_id": self.node_id,
+            "zone": self.zone,
+            "guid:x-request-id": self._request_id(s, span),
+            "http.url": ("http://" + authority + path)[: self.max_path],
+            "http.method": (s.method or b"").decode("latin-1"),
+            "downstream_cluster": _hdr(s, b"x-envoy-downstream-service-cluster") or "-",
+            "user_agent": _hdr(s, b"user-agent") or "-",
+            "http.protocol": s.protocol,
+            "peer.address": s.downstream_remote_address[0],
+        }
+        client = _hdr(s, b"x-client-trace-id")
+        if client is not None:
+            tags["guid:x-client-trace-id"] = client
+        if s.grpc:  # Envoy's gRPC request tags
+            tags["grpc.path"] = path
+            tags["grpc.authority"] = authority
+            tags["grpc.content_type"] = _hdr(s, b"content-type") or ""
+            timeout = _hdr(s, b"grpc-timeout")
+            if timeout is not None:
+                tags["grpc.timeout"] = timeout
+        tags["request_size"] = str(s.bytes_rx)
+        tags["response_size"] = str(s.bytes_tx)
+        tags["component"] = "proxy"
+        self._common_tags(s, tags, status)
+        if s.grpc:
+            self._grpc_tags(span, tags)
+        return self._finish_tags(tags)
+
+    def _upstream_tags(self, s: Any, span: Any) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        if s.grpc:
+            self._grpc_tags(span, tags)
+        responded = s.service_ms >= 0
+        reason = RESET_REASONS.get(s.resp_flags)
+        if not responded and reason is not None:
+            tags["error"] = "true"
+            tags["error.reason"] = reason
+        host = span.up_host
+        cl = s.cluster
+        if not responded and reason is not None or cl is None:
+            tags["http.protocol"] = "-"
+        else:
+            h2 = cl.h2
+            tags["http.protocol"] = (
+                "HTTP/2" if h2 is not None and (not h2[3] or s.http_version == 20) else "HTTP/1.1"
+            )
+        if host is not None:
+            tags["upstream_address"] = f"{host.address}:{host.port}"
+        if span.up_local is not None:  # the upstream connection's own address
+            tags["peer.address"] = span.up_local
+        tags["component"] = "proxy"
+        self._common_tags(s, tags, s.resp_status if responded else 0)
+        return self._finish_tags(tags)
+
+    def _common_tags(self, s: Any, tags: dict[str, str], status: int) -> None:
+        cluster = s.upstream_cluster
+        if cluster is not None:
+            tags["upstream_cluster"] = cluster
+            tags["upstream_cluster.name"] = cluster
+        tags["http.status_code"] = str(status)
+        tags["response_flags"] = s.resp_flags
+        if status >= 500 or status == 0:
+            tags["error"] = "true"
+        for tag, header, v in self.tags:
+            got = _hdr(s, header.encode()) if header is not None else None
+            if got is not None:
+                tags[tag] = got
+            elif v:
+                tags[tag] = v
+
+    @staticmethod
+    def _grpc_tags(span: Any, tags: dict[str, str]) -> None:
+        if span.grpc_status is not None:
+            code = span.grpc_status.decode("latin-1")
+            tags["grpc.status_code"] = code
+            tags["grpc.message"] = (span.grpc_message or b"").decode("latin-1")
+            if code in GRPC_SERVER_ERRORS:
+                tags["error"] = "true"
+
+    def _finish_tags(self, tags: dict[str, str]) -> dict[str, str]:
+        if self.keep_empty_tags:
+            return tags
+        return {k: v for k, v in tags.items() if v}
+
+    @staticmethod
+    def _request_id(s: Any, span: Any) -> str:
+        """The request's id; one the router did not set (a local reply) is made here,
+        as Envoy's connection manager gives every request one, marked if traced."""
+        rid = s.request_id or s.get_request_header(b"x-request-id")
+        if not rid:
+            rid = str(uuid.uuid4()).encode()
+            if span.decision:
+                rid = rid[:14] + (b"b" if span.client else b"9") + rid[15:]
+            s.request_id = rid
+        return rid.decode("latin-1")
 
     def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self._drop_conn()
+        pass
 
 
-def _bump(c: Any) -> None:
-    c.value += 1
-    c.used = True
+# provider registry -------------------------------------------------------------------------
+# type URL or name -> factory(tracing, server, stat_prefix, local_ip, path, egress) -> Tracer
+PROVIDERS: dict[str, Callable[..., Tracer]] = {}
 
 
-def _hdr(s: Any, name: bytes) -> str | None:
-    v = s.get_request_header(name)
-    return v.decode("latin-1") if v is not None else None
-
-
-def build(tracing: Any, server: Any, stat_prefix: str, local_ip: str, path: str) -> Any:
-    """The HCM's tracer, or None when `tracing` has no provider (Envoy then traces
-    nothing: no tracer is configured)."""
-    if not tracing.HasField("provider"):
-        return None
-    for f in ("client_sampling",):
-        if tracing.HasField(f) and _pct(getattr(tracing, f)) != 100.0:
-            raise UnsupportedConfig(f"{path}.{f}: not implemented by sofamesh")
-    if tracing.spawn_upstream_span.value:
-        raise UnsupportedConfig(f"{path}.spawn_upstream_span: not implemented by sofamesh")
-    return ZipkinTracer(tracing, server, stat_prefix, local_ip, path)
-
-
-def _register() -> None:
+def register_provider(type_url: str, names: tuple[str, ...], factory: Callable[..., Tracer]):
+    """A tracer provider: its typed_config type URL (registered as an extension) and names."""
     from sofamesh.config.support import register_extension
 
-    register_extension(ZIPKIN_TYPE, "sofamesh.proxy.tracing")
+    register_extension(type_url, factory.__module__)
+    PROVIDERS[type_url] = factory
+    for n in names:
+        PROVIDERS[n] = factory
 
 
-_register()
+def build(
+    tracing: Any,
+    server: Any,
+    stat_prefix: str,
+    local_ip: str,
+    path: str,
+    egress: bool = False,
+) -> Any:
+    """The HCM's tracer, or None when `tracing` has no provider (Envoy then traces
+    nothing: no tracer is configured). egress: the listener's traffic_direction is
+    OUTBOUND (Envoy's egress operation: CLIENT spans named "egress")."""
+    if not tracing.HasField("provider"):
+        return None
+    prov = tracing.provider
+    factory = PROVIDERS.get(prov.typed_config.type_url) or PROVIDERS.get(prov.name)
+    if factory is None:
+        raise UnsupportedConfig(
+            f"{path}.provider: tracer {prov.name or prov.typed_config.type_url!r} is not "
+            f"implemented by sofamesh (these are: {', '.join(sorted(_names()))})"
+        )
+    return factory(tracing, server, stat_prefix, local_ip, path, egress)
+
+
+def _names() -> set[str]:
+    return {k for k in PROVIDERS if not k.startswith("type.googleapis.com/")}
+
+
+# the providers register themselves (imported last: they subclass what is above)
+from sofamesh.proxy import tracing_otel, tracing_zipkin
+
+ZipkinTracer = tracing_zipkin.ZipkinTracer
+OtelTracer = tracing_otel.OtelTracer
+ZIPKIN_TYPE = tracing_zipkin.ZIPKIN_TYPE
+OTEL_TYPE = tracing_otel.OTEL_TYPE

@@ -227,12 +227,15 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         from sofamesh.proxy import tracing
 
         cfg.tracer = tracing.build(
-            hcm.tracing, server, hcm.stat_prefix, local_ip(), f"{path}.typed_config.tracing"
+            hcm.tracing,
+            server,
+            hcm.stat_prefix,
+            local_ip(),
+            f"{path}.typed_config.tracing",
+            egress=listener.traffic_direction == 2,  # OUTBOUND: Envoy's egress spans
         )
         if cfg.tracer is not None:
-            cfg.trace_ppm = cfg.tracer.sample_ppm
-            cfg.trace_shared = cfg.tracer.shared
-            cfg.trace_id128 = cfg.tracer.id128
+            cfg.tracer.configure(cfg)
     return cfg
 
 
