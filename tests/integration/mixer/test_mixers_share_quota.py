@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import sofamesh_command
 from tests.integration.mixer.test_global_quota import Pacer, _envoy, _listen, _sofamesh
+from tests.support.browser import HeadlessChromium
 from tests.support.http_upstream import RecordingUpstream
 from tests.support.servers import EtcdServer
 
@@ -70,6 +71,17 @@ def test_two_mixers_one_limit(tmp_path, etcd, mixer_factory, upstream):
             "a": a.metric("sofamesh_mixer_quota_assigned"),
             "b": b.metric("sofamesh_mixer_quota_assigned"),
         }
+        # mixer a's page lists the bucket's three sidecars, b's two as its peer's
+        with HeadlessChromium(tmp_path) as browser:
+            page = browser.open(f"http://127.0.0.1:{a.http_port}/")
+            mixers = page.wait_for(
+                "(() => { const r = [...document.querySelectorAll('#quota tr[data-client]')]"
+                ".map(tr => tr.children[1].textContent); return r.length === 3 ? r : null; })()"
+            )
+            assert sum(m.endswith("(peer)") for m in mixers) == 2, mixers
+            assert page.eval(
+                "document.querySelector('#quota tr.bucket [data-col=limit]').textContent"
+            ) == str(rate)
         for t in pacers.values():
             t.join(seconds + 30)
         for name, t in pacers.items():
