@@ -3,6 +3,7 @@
 // (--bolt2-crc), or Dubbo (--dubbo, dubbo-remoting). Runs the calls given as JSON
 // (--calls '[{"method": "plus", "args": [1, 2], "timeout": 3000}, ...]') concurrently
 // and prints one JSON line: [{"ok": true, "result": ...} | {"ok": false, "error": "..."}].
+// --props '{"k": "v"}': request props sent with every call (Dubbo: attachments).
 const bolt = require('sofa-bolt-node');
 const { RpcClient } = require('sofa-rpc-node').client;
 
@@ -11,6 +12,7 @@ const arg = name => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] 
 const target = arg('--target');
 const calls = JSON.parse(arg('--calls') || '[]');
 const repeat = Number(arg('--repeat') || 1);
+const props = arg('--props') ? JSON.parse(arg('--props')) : undefined;
 const logger = { info() {}, warn() {}, debug() {}, error() {} };
 
 let protocol = bolt;
@@ -37,7 +39,7 @@ if (args.includes('--dubbo')) {
   for (let r = 0; r < repeat; r++) {
     const results = await Promise.all(calls.map(async c => {
       try {
-        const result = await consumer.invoke(c.method, c.args || [], { responseTimeout: c.timeout || 3000 });
+        const result = await consumer.invoke(c.method, c.args || [], { responseTimeout: c.timeout || 3000, requestProps: props });
         return { ok: true, result };
       } catch (e) {
         return { ok: false, error: String(e && e.message || e), name: e && e.name };

@@ -3,6 +3,7 @@
 // Bound to 127.0.0.1 (sofa-rpc-node listens on all interfaces: net.Server.listen is wrapped).
 // Prints {"port": N} on stdout once listening. Service com.nodejs.test.TestService:
 //   plus(a, b)  echo(s)  slow(ms) -> "slept"  fail(msg) throws  who() -> this server's tag
+//   props() -> the call's request props as JSON (Dubbo: its attachments, as received)
 const net = require('net');
 const origListen = net.Server.prototype.listen;
 net.Server.prototype.listen = function (port, ...rest) {
@@ -22,12 +23,14 @@ const logger = { info() {}, warn() {}, debug() {}, error: (...a) => console.erro
 const opts = { logger, port: 0 };
 if (dubbo) opts.protocol = require('dubbo-remoting');
 const server = new RpcServer(opts);
+server.createContext = req => ({ req });  // the service methods' `this`: props() reads it
 server.addService({ interfaceName: 'com.nodejs.test.TestService' }, {
   async plus(a, b) { return a + b; },
   async echo(s) { return s; },
   async slow(ms) { await new Promise(r => setTimeout(r, ms)); return 'slept'; },
   async fail(msg) { throw new Error(msg); },
   async who() { return tag; },
+  async props() { return JSON.stringify(this.req.data.requestProps || null); },
 });
 server.on('error', err => console.error(err));
 server.start().then(() => {

@@ -10,6 +10,7 @@
 from sofamesh._core.rbac cimport NetworkRbac, RbacRequest
 from sofamesh._core.codecs.rpcframe cimport RpcFrame
 from sofamesh._core.rpc_routes cimport RpcRouteTable
+from sofamesh._core.rpc_tracing cimport RpcTracing
 from sofamesh._core.rpc_upstream cimport RpcClient, RpcUpstreams
 
 
@@ -41,8 +42,10 @@ cdef class RpcProxyConfig(RpcUpstreams):
     cdef public double default_timeout
     cdef bint _draining                 # the listener drains: Dubbo clients were told READONLY
     cdef public NetworkRbac rbac        # sofamesh.filters.rpc.rbac, or None
+    cdef public RpcTracing tracing      # sofamesh.filters.rpc.tracing, or None (tracing off)
     cdef RpcRbacRequest rbac_req        # reused: checks never overlap
     cdef tuple _keys_src                # the table's header_names _keys was made from
     cdef object _keys_rbac              # the rbac _keys was made with
+    cdef object _keys_tracing           # the tracing _keys was made with
     cdef tuple _keys                    # tuple[bytes, ...]: attachments routing and RBAC read
     cdef tuple dubbo_keys(self)

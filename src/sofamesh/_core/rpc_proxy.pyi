@@ -17,6 +17,7 @@ class RpcProxyConfig:
     max_frame: int
     conns_per_host: int
     draining: bool
+    tracing: Any  # rpc_tracing.RpcTracing | None
     conns: set
     upstream_connections: int
     def __init__(

@@ -35,6 +35,9 @@ from sofamesh._core.rbac cimport (
     NetworkRbac, RbacRequest, rbac_parse_ip, ADDR_LOCAL, PSEUDO_HOST, PSEUDO_SERVICE,
     PSEUDO_METHOD, PSEUDO_VERSION, PSEUDO_GROUP, PSEUDO_PRINCIPAL, PSEUDO_SNI, tls_pseudo,
 )
+from sofamesh._core.rpc_tracing cimport (
+    dubbo_trace_keys, trace_start, trace_request, trace_fail, trace_oneway,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 
@@ -227,6 +230,8 @@ cdef class DownstreamConn:
     cdef void local_error(self, object f, int why):
         """The protocol's own error reply for request `f` (its id as the client sent it)."""
         cdef RpcStats st = self.cfg.st
+        if (<RpcFrame>f).trace is not None:
+            trace_fail(f, why)
         # Envoy counts its local error replies (AppException) as business exceptions
         st.local_response_business_exception.inc()
         if self.closed:
@@ -343,6 +348,8 @@ cdef class DownstreamConn:
         cdef UpstreamConn u
         cdef Pending p
         cdef unsigned long long nid
+        if cfg.tracing is not None:
+            trace_start(cfg.tracing, f, self.transport)
         if cfg._stopped:
             self.local_error(f, WHY_DRAINING)
             return
@@ -368,12 +375,14 @@ cdef class DownstreamConn:
         u = cfg.upstream_for(cl, h)
         nid = u.next_id
         u.next_id += 1
-        if cfg.proto == P_BOLT:
-            if u.next_id > 0x7fffffff:
-                u.next_id = 1
-            data = bolt_rewrite(<BoltFrame>f, <unsigned int>nid)
-        else:
-            data = dubbo_rewrite(<DubboFrame>f, nid)
+        if cfg.proto == P_BOLT and u.next_id > 0x7fffffff:
+            u.next_id = 1
+        data = trace_request(f, nid, cl, h) if (<RpcFrame>f).trace is not None else None
+        if data is None:
+            if cfg.proto == P_BOLT:
+                data = bolt_rewrite(<BoltFrame>f, <unsigned int>nid)
+            else:
+                data = dubbo_rewrite(<DubboFrame>f, nid)
         cl.upstream_rq_total.inc()
         h.rq_total += 1
         if not oneway:
@@ -394,6 +403,8 @@ cdef class DownstreamConn:
             cfg.arm_sweeper()
         else:
             cl.upstream_rq_completed.inc()
+            if (<RpcFrame>f).trace is not None:
+                trace_oneway(f)
         u.send(data)
         if not u.dirty:
             u.dirty = True
@@ -414,6 +425,7 @@ cdef class RpcProxyConfig:
         self._draining = False
         self.rbac = None
         self.rbac_req = RpcRbacRequest.__new__(RpcRbacRequest)
+        self.tracing = None
         self._keys_src = None
         self._keys_rbac = None
         self._keys = None
@@ -422,14 +434,18 @@ cdef class RpcProxyConfig:
         """The attachments a Dubbo request's parse decodes: `group` (a route key), `timeout`,
         and the names the route table's and RBAC's header matchers read."""
         cdef tuple t = self.table.header_names
-        if t is not self._keys_src or self.rbac is not self._keys_rbac:
+        if t is not self._keys_src or self.rbac is not self._keys_rbac \
+                or self.tracing is not self._keys_tracing:
             names = {b"group", b"timeout", *t}
             if self.rbac is not None:
                 names |= {n.encode() for n in self.rbac.policies.header_names
                           if not n.startswith(":")}
+            if self.tracing is not None:
+                names.update(dubbo_trace_keys())
             self._keys = tuple(sorted(names))
             self._keys_src = t
             self._keys_rbac = self.rbac
+            self._keys_tracing = self.tracing
         return self._keys
 
     def protocol_factory(self):

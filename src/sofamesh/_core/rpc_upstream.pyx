@@ -12,7 +12,8 @@ import asyncio
 from sofamesh._core.stats cimport Store
 from sofamesh._core.upstream cimport (Cluster, Host, OUTCOME_CONNECT_FAILED, OUTCOME_EXT_FAILED,
                                       OUTCOME_EXT_SUCCESS, OUTCOME_TIMEOUT)
-from sofamesh._core.codecs.rpcframe cimport ProtocolError
+from sofamesh._core.codecs.rpcframe cimport ProtocolError, RpcFrame
+from sofamesh._core.rpc_tracing cimport trace_reply
 from sofamesh._core.codecs.bolt cimport (
     BoltFrame, BoltDecoder, rewrite_request_id as bolt_rewrite, heartbeat_ack as bolt_hb_ack,
 )
@@ -186,6 +187,8 @@ cdef class UpstreamConn:
             else:
                 st.response_error.inc()
             self._done_c(p, now, ok)
+            if (<RpcFrame>p.frame).trace is not None:
+                trace_reply(p.frame, f)
             self.host.outcome(OUTCOME_EXT_SUCCESS if ok else OUTCOME_EXT_FAILED)  # outlier
             if not d.closed:
                 d.write(out)

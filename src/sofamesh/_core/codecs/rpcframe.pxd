@@ -21,6 +21,7 @@ cdef enum:
 cdef class RpcFrame:
     """A decoded call of an RPC protocol as the protocol-neutral parts of the proxy (route
     table, RBAC) read it; each codec's frame class implements these."""
+    cdef public object trace            # rpc_tracing.RpcSpan | None: the call's spans (traced)
     cdef object rpc_key(self, int key)          # str | None
     cdef object rpc_header(self, str name)      # str | None: a header (Bolt) / attachment (Dubbo)
 

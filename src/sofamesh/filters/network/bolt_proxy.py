@@ -9,6 +9,7 @@ from sofamesh.filters.network import _proto
 from sofamesh.filters.network._common import register_terminal, unpack
 from sofamesh.filters.network.rbac import build_rpc_filters
 from sofamesh.filters.network.rpc_routes import compile_routes
+from sofamesh.proxy import rpc_tracing
 
 NAMES = ("sofamesh.filters.network.bolt_proxy",)
 TYPE_URL = _proto.TYPE_URL
@@ -29,6 +30,9 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
         PROTO_BOLT, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"], ctx["loop"], timeout
     )
     proxy.rbac = rbac
+    proxy.tracing = rpc_tracing.build(
+        cfg.bolt_filters, ctx, PROTO_BOLT, cfg.stat_prefix, f"{path}.typed_config.bolt_filters"
+    )
     return proxy
 
 

@@ -8,6 +8,7 @@ from sofamesh._core.rpc_proxy import PROTO_DUBBO, RpcProxyConfig
 from sofamesh.filters.network._common import register_terminal, unpack
 from sofamesh.filters.network.rbac import build_rpc_filters
 from sofamesh.filters.network.rpc_routes import compile_routes
+from sofamesh.proxy import rpc_tracing
 from sofamesh.proxy.errors import UnsupportedConfig
 
 NAMES = ("envoy.filters.network.dubbo_proxy",)
@@ -35,6 +36,9 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
         PROTO_DUBBO, cfg.stat_prefix, table, ctx["clusters"], ctx["stats"], ctx["loop"]
     )
     proxy.rbac = rbac
+    proxy.tracing = rpc_tracing.build(
+        cfg.dubbo_filters, ctx, PROTO_DUBBO, cfg.stat_prefix, f"{path}.typed_config.dubbo_filters"
+    )
     return proxy
 
 

@@ -32,6 +32,10 @@ from sofamesh.proxy.errors import UnsupportedConfig
 NAME = "envoy.filters.network.rbac"
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 RPC_FILTER_NAME = "sofamesh.filters.rpc.rbac"
+# other RPC filters, built by their own modules: build_rpc_filters passes over them
+RPC_OTHER_FILTERS = {
+    "sofamesh.filters.rpc.tracing",  # proxy/rpc_tracing.py
+}
 
 
 def _network_rbac(typed_config: Any, store: Any, path: str) -> Any:
@@ -69,6 +73,8 @@ def build_rpc_filters(filters: Any, router_names: tuple[str, ...], store: Any, p
         if f.name in router_names:
             if i != len(filters) - 1:
                 raise UnsupportedConfig(f"{fpath}: the router must be the last filter")
+            continue
+        if f.name in RPC_OTHER_FILTERS:
             continue
         if f.name != RPC_FILTER_NAME:
             raise UnsupportedConfig(f"{fpath}: filter {f.name!r} is not supported")

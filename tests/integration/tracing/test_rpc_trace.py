@@ -1,0 +1,529 @@
+"""RPC tracing (sofamesh.filters.rpc.tracing) with real peers: a trace through HTTP -> Bolt
+-> Dubbo hops arrives at a Zipkin receiver as one trace, and each hop forwards the caller's
+context updated, in the caller's convention.
+
+The chain, each app passing the context on as a SOFA app with SOFATracer does (SOFATracer
+takes the B3 span id of an HTTP request as its span id; an RPC it makes is that span's
+child, `<id>.1`; docs/RPC_TRACING.md):
+
+  client --HTTP--> sofamesh HCM (Zipkin) --> web relay (Python; anthunder Bolt client)
+    --Bolt, rpc_trace_context.* headers--> sofamesh bolt_proxy --> Bolt relay (anthunder
+    server; sofa-rpc-node's Dubbo client, dubbo-remoting) --Dubbo, attachment
+    dubbo.rpc.sofa.tracer--> sofamesh dubbo_proxy --> Dubbo server (sofa-rpc-node, dubbo-remoting)
+
+The relays do not report spans: every span the receiver gets is sofamesh's, so the chain has
+no gap only if each hop's SERVER span shares the id the caller's app gave its call and its
+CLIENT span's id is the one the next app receives.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.integration.rpc.conftest import (
+    BOLT_TYPE,
+    DUBBO_TYPE,
+    HCM_TYPE,
+    SERVICE,
+    NodeServer,
+    bootstrap,
+    cluster,
+    free_port,
+    listener,
+    node_ready,
+    stats,
+    wait_stat,
+)
+from tests.integration.rpc.conftest import sofamesh as sofamesh_proc
+
+BRIDGE = "com.alipay.test.BridgeService:1.0"
+CTX_IFACE = "com.alipay.test.ContextService:1.0"
+COLLECTOR = "/api/v2/spans"
+TRACING_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+    ".HttpConnectionManager.Tracing"
+)
+
+
+def fnv(rpc_id: str) -> str:
+    """SOFATracer's Zipkin span id of an rpc id (FNV-1a 64), or a B3 id as it is."""
+    if len(rpc_id) == 16 and all(c in "0123456789abcdef" for c in rpc_id):
+        return rpc_id
+    h = 0xCBF29CE484222325
+    for c in rpc_id:
+        h = ((h ^ ord(c)) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def tracing(pct: float = 100.0) -> dict:
+    return {
+        "@type": TRACING_TYPE,
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "zipkin",
+                "collector_endpoint": COLLECTOR,
+                "collector_endpoint_version": "HTTP_JSON",
+            },
+        },
+        "random_sampling": {"value": pct},
+    }
+
+
+class Receiver:
+    """A Zipkin v2 collector: the JSON spans POSTed to /api/v2/spans."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict] = []
+        lock = threading.Lock()
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.path == COLLECTOR:
+                    with lock:
+                        outer.spans += json.loads(body)
+                self.send_response(202)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def trace(self, trace_id: str, want: int, timeout: float = 20.0) -> list[dict]:
+        deadline = time.monotonic() + timeout  # reports leave every 5 spans or 5 s
+        while True:
+            got = [s for s in self.spans if s["traceId"] == trace_id]
+            if len(got) >= want or time.monotonic() > deadline:
+                return got
+            time.sleep(0.1)
+
+
+def dubbo_call(port: int, method: str, props: dict | None = None, args: list | None = None):
+    """One call by sofa-rpc-node's Dubbo client (dubbo-remoting): props go as attachments."""
+    argv = [
+        "node",
+        str(node_ready() / "rpc_client.js"),
+        "--dubbo",
+        "--target",
+        f"127.0.0.1:{port}",
+        "--calls",
+        json.dumps([{"method": method, "args": args or [], "timeout": 5000}]),
+    ]
+    if props is not None:
+        argv += ["--props", json.dumps(props)]
+    out = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, cwd=node_ready(), check=False
+    )
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])[0]
+    except (IndexError, json.JSONDecodeError):
+        raise AssertionError(
+            f"dubbo client failed: {out.stdout!r} {out.stderr[-2000:]!r}"
+        ) from None
+
+
+class _Context:
+    """anthunder service: answers with the SOFATracer context the call arrived with."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def get(self, body: bytes) -> bytes:
+        return json.dumps({k: str(v) for k, v in self.ctx.baggage.items()}).encode()
+
+
+class _Bridge:
+    """anthunder service (the Bolt relay): calls props() over Dubbo through the mesh with
+    SOFATracer's Dubbo attachment: its client span is the child `<rpc id>.1` of the call's."""
+
+    dubbo_port = 0
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def call(self, body: bytes) -> bytes:
+        b = self.ctx.baggage
+        rid = str(b["sofaRpcId"])
+        attachment = (
+            f"tcid={b['sofaTraceId']}&spid={rid}.1&pspid={rid}&sample={b.get('samp', 'true')}&"
+        )
+        res = dubbo_call(self.dubbo_port, "props", {"dubbo.rpc.sofa.tracer": attachment})
+        return json.dumps({"bolt": {k: str(v) for k, v in b.items()}, "dubbo": res}).encode()
+
+
+def _anthunder_client(monkeypatch_target, port: int):
+    from anthunder import SERVICE_MAP, Client
+    from anthunder.client import base
+
+    class _NoMesh:  # the client would otherwise look for a mesh agent on 127.0.0.1:12220
+        def __init__(self, *a, **k):
+            raise RuntimeError("no mesh in tests")
+
+    monkeypatch_target.setattr(base, "MeshClient", _NoMesh)
+    for iface in (BRIDGE, CTX_IFACE):
+        if iface not in SERVICE_MAP:  # an immutable dict: set once
+            SERVICE_MAP[iface] = ("127.0.0.1", port)
+    return Client("trace_test")
+
+
+def _web_relay(bolt_port: int) -> ThreadingHTTPServer:
+    """The HTTP app: takes the B3 context as SOFATracer's Spring MVC filter does (span id =
+    x-b3-spanid) and calls the Bridge over Bolt with its child `<span id>.1`."""
+    from anthunder import Client
+    from mytracer import SpanContext
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            tid = self.headers.get("x-b3-traceid")
+            sid = self.headers.get("x-b3-spanid")
+            samp = "false" if self.headers.get("x-b3-sampled") == "0" else "true"
+            ctx = SpanContext(sofaTraceId=tid, sofaRpcId=f"{sid}.1", samp=samp)
+            out = Client("web_app").invoke_sync(BRIDGE, "call", b"", spanctx=ctx, timeout_ms=20000)
+            self.send_response(200)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    from anthunder.listener.aio_listener import AioListener
+
+    mp = pytest.MonkeyPatch()
+    receiver = Receiver()
+    ant = AioListener(("127.0.0.1", 0), "bolt_app")
+    ant.handler.register_interface(BRIDGE, _Bridge)
+    ant.handler.register_interface(CTX_IFACE, _Context)
+    t = threading.Thread(target=ant.run_forever, daemon=True)
+    t.start()
+    web = None
+    try:
+        deadline = time.monotonic() + 10
+        while ant._server is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ant_port = ant._server.sockets[0].getsockname()[1]
+        with NodeServer(dubbo=True, tag="dubbo") as dubbo_app:
+            http_port, bolt_port, dubbo_port, quiet_port = (free_port() for _ in range(4))
+            _Bridge.dubbo_port = dubbo_port
+            _anthunder_client(mp, bolt_port)
+            web = _web_relay(bolt_port)
+            router = {"name": "envoy.filters.dubbo.router"}
+
+            def dubbo(port: int, prefix: str, pct: float) -> dict:
+                return listener(
+                    prefix,
+                    port,
+                    [
+                        {
+                            "name": "envoy.filters.network.dubbo_proxy",
+                            "typed_config": {
+                                "@type": DUBBO_TYPE,
+                                "stat_prefix": prefix,
+                                "route_config": [
+                                    {
+                                        "name": "rc",
+                                        "interface": SERVICE,
+                                        "routes": [
+                                            {"match": {}, "route": {"cluster": "dubbo_app"}}
+                                        ],
+                                    }
+                                ],
+                                "dubbo_filters": [
+                                    {
+                                        "name": "sofamesh.filters.rpc.tracing",
+                                        "config": tracing(pct),
+                                    },
+                                    router,
+                                ],
+                            },
+                        }
+                    ],
+                )
+
+            bolt = {
+                "name": "sofamesh.filters.network.bolt_proxy",
+                "typed_config": {
+                    "@type": BOLT_TYPE,
+                    "stat_prefix": "bolt_in",
+                    "route_config": [
+                        {
+                            "name": "rc",
+                            "interface": iface,
+                            "routes": [{"match": {}, "route": {"cluster": "bolt_app"}}],
+                        }
+                        for iface in (BRIDGE, CTX_IFACE)
+                    ],
+                    "bolt_filters": [
+                        {"name": "sofamesh.filters.rpc.tracing", "config": tracing()},
+                        {"name": "sofamesh.filters.bolt.router"},
+                    ],
+                },
+            }
+            hcm = {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": HCM_TYPE,
+                    "stat_prefix": "web",
+                    "tracing": {k: v for k, v in tracing().items() if k != "@type"},
+                    "route_config": {
+                        "virtual_hosts": [
+                            {
+                                "name": "all",
+                                "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "web"}}],
+                            }
+                        ]
+                    },
+                    "http_filters": [
+                        {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http"
+                                ".router.v3.Router"
+                            },
+                        }
+                    ],
+                },
+            }
+            boot = bootstrap(
+                [
+                    listener("web", http_port, [hcm]),
+                    listener("bolt", bolt_port, [bolt]),
+                    dubbo(dubbo_port, "dubbo_in", 100.0),
+                    dubbo(quiet_port, "dubbo_quiet", 0.0),
+                ],
+                [
+                    cluster("web", [web.server_address[1]]),
+                    cluster("bolt_app", [ant_port]),
+                    cluster("dubbo_app", [dubbo_app.port]),
+                    cluster("zipkin", [receiver.port]),
+                ],
+            )
+            with sofamesh_proc(boot, tmp_path_factory.mktemp("rpc_trace")) as proxy:
+                yield {
+                    "proxy": proxy,
+                    "receiver": receiver,
+                    "http": http_port,
+                    "bolt": bolt_port,
+                    "dubbo": dubbo_port,
+                    "quiet": quiet_port,
+                    "monkeypatch": mp,
+                }
+    finally:
+        if web is not None:
+            web.shutdown()
+        receiver.httpd.shutdown()
+        ant.shutdown()
+        ant._loop.call_soon_threadsafe(ant._loop.stop)
+        t.join(5)
+        mp.undo()
+
+
+def _by_id(spans: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for s in spans:
+        out.setdefault(s["id"], []).append(s)
+    return out
+
+
+def test_http_bolt_dubbo_is_one_trace_without_gaps(mesh):
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh['http']}/order", timeout=60) as r:
+        out = json.loads(r.read())
+    # the Bolt app got the web app's call with the mesh's rpc id: <HTTP span id>.1.1
+    bolt_ctx = out["bolt"]
+    trace_id = bolt_ctx["sofaTraceId"]
+    h = bolt_ctx["sofaRpcId"].split(".")[0]
+    assert bolt_ctx["sofaRpcId"] == f"{h}.1.1"
+    # the Dubbo server got the Bolt app's call (<h>.1.1.1) with the mesh's id
+    assert out["dubbo"]["ok"], out
+    att = json.loads(out["dubbo"]["result"])
+    assert att["dubbo.rpc.sofa.tracer"] == (
+        f"tcid={trace_id}&spid={h}.1.1.1.1&pspid={h}.1.1.1&sample=true&"
+    )
+
+    spans = mesh["receiver"].trace(trace_id, 5)
+    assert len(spans) == 5, spans
+    ids = _by_id(spans)
+    http = ids[h][0]
+    assert http["kind"] == "SERVER" and "parentId" not in http
+    assert http["tags"]["upstream_cluster"] == "web"
+    chain = [
+        (f"{h}.1", "SERVER", h, "bolt", f"{BRIDGE}#call"),
+        (f"{h}.1.1", "CLIENT", f"{h}.1", "bolt", f"{BRIDGE}#call"),
+        (f"{h}.1.1.1", "SERVER", f"{h}.1.1", "dubbo", f"{SERVICE}#props"),
+        (f"{h}.1.1.1.1", "CLIENT", f"{h}.1.1.1", "dubbo", f"{SERVICE}#props"),
+    ]
+    for rpc_id, kind, parent, proto, name in chain:
+        (s,) = ids[fnv(rpc_id)]
+        assert s["kind"] == kind, s
+        assert s["parentId"] == fnv(parent), (rpc_id, s)
+        assert s["name"] == name
+        tags = s["tags"]
+        assert tags["rpc.protocol"] == proto
+        assert tags["upstream_cluster"] == ("bolt_app" if proto == "bolt" else "dubbo_app")
+        assert tags["rpc.status_code"] == ("0" if proto == "bolt" else "20")
+        assert tags["rpc.id"] == rpc_id
+        assert "error" not in tags
+        if kind == "SERVER":
+            assert s.get("shared") is True  # the id the caller's app gave its call
+            assert tags["rpc.trace_context"] == "sofatracer"
+            assert tags["peer.address"] == "127.0.0.1"
+    # one trace, every parent present: no gap
+    assert {s["traceId"] for s in spans} == {trace_id}
+    assert all(s.get("parentId") in ids for s in spans if s is not http)
+    # a parent starts before and ends after each of its children
+    for s in spans:
+        if s is http:
+            continue
+        p = ids[s["parentId"]][0]
+        assert p["timestamp"] <= s["timestamp"]
+
+
+def test_bolt_context_forwarded_updated(mesh):
+    from mytracer import SpanContext
+
+    client = _anthunder_client(mesh["monkeypatch"], mesh["bolt"])
+    tid = "0a0fe8ec1580000000001000123"  # SOFATracer's form: IP, millis, sequence, pid
+    ctx = SpanContext(sofaTraceId=tid, sofaRpcId="0.1.2", samp="true", sofaCallerApp="shop")
+    got = json.loads(client.invoke_sync(CTX_IFACE, "get", b"", spanctx=ctx, timeout_ms=5000))
+    # the upstream sees the mesh's call: the caller's first child; the rest as sent
+    assert got == {
+        "sofaTraceId": tid,
+        "sofaRpcId": "0.1.2.1",
+        "samp": "true",
+        "sofaCallerApp": "shop",
+    }
+    spans = mesh["receiver"].trace("00000" + tid, 2)
+    ids = _by_id(spans)
+    (server,) = ids[fnv("0.1.2")]
+    (cl,) = ids[fnv("0.1.2.1")]
+    assert server["parentId"] == fnv("0.1") and server["kind"] == "SERVER"
+    assert cl["parentId"] == server["id"] and cl["kind"] == "CLIENT"
+    assert server["name"] == f"{CTX_IFACE}#get"
+
+
+def _dubbo_ctx(mesh, props: dict | None, port: str = "dubbo", method: str = "props") -> dict:
+    res = dubbo_call(mesh[port], method, props)
+    assert res["ok"], res
+    return json.loads(res["result"])
+
+
+def test_dubbo_contexts_forwarded_updated(mesh):
+    """SOFATracer's attachment, B3 attachments (brave's Dubbo instrumentation) and W3C
+    traceparent: each continued and forwarded in its own convention."""
+    tid = "0a0fe8ec1580000000001000456"
+    sofa = f"tcid={tid}&spid=0.2&pspid=0&sample=true&_sys_zone=gz00a&k%3D=v%26&"
+    att = _dubbo_ctx(mesh, {"dubbo.rpc.sofa.tracer": sofa})
+    # spid/pspid updated, baggage kept byte for byte
+    assert att["dubbo.rpc.sofa.tracer"] == (
+        f"tcid={tid}&spid=0.2.1&pspid=0.2&sample=true&_sys_zone=gz00a&k%3D=v%26&"
+    )
+    spans = mesh["receiver"].trace("00000" + tid, 2)
+    ids = _by_id(spans)
+    assert ids[fnv("0.2")][0]["parentId"] == fnv("0")
+    assert ids[fnv("0.2.1")][0]["parentId"] == fnv("0.2")
+
+    b3 = {
+        "X-B3-TraceId": "463ac35c9f6413ad48485a3953bb6124",
+        "X-B3-SpanId": "a2fb4a1d1a96d312",
+        "X-B3-ParentSpanId": "0020000000000001",
+        "X-B3-Sampled": "1",
+    }
+    att = _dubbo_ctx(mesh, b3)
+    assert att["X-B3-TraceId"] == b3["X-B3-TraceId"]
+    assert att["X-B3-ParentSpanId"] == "a2fb4a1d1a96d312"  # the shared server span
+    new = att["X-B3-SpanId"]
+    assert len(new) == 16 and new != "a2fb4a1d1a96d312" and att["X-B3-Sampled"] == "1"
+    spans = mesh["receiver"].trace(b3["X-B3-TraceId"], 2)
+    ids = _by_id(spans)
+    assert ids["a2fb4a1d1a96d312"][0]["parentId"] == "0020000000000001"
+    assert ids[new][0]["parentId"] == "a2fb4a1d1a96d312"
+
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    att = _dubbo_ctx(mesh, {"traceparent": tp, "tracestate": "congo=t61rcWkgMzE"})
+    ver, trace, span, flags = att["traceparent"].split("-")
+    assert (ver, trace, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    assert span != "00f067aa0ba902b7" and att["tracestate"] == "congo=t61rcWkgMzE"
+    spans = mesh["receiver"].trace(trace, 2)
+    ids = _by_id(spans)
+    server = ids[ids[span][0]["parentId"]][0]
+    assert server["parentId"] == "00f067aa0ba902b7" and server["kind"] == "SERVER"
+
+
+def test_no_context_starts_a_trace_when_sampled(mesh):
+    before = stats(mesh["proxy"]).get("dubbo.dubbo_in.tracing.trace_started", 0)
+    att = _dubbo_ctx(mesh, None)
+    fields = dict(p.split("=", 1) for p in att["dubbo.rpc.sofa.tracer"].split("&") if p)
+    assert fields["spid"] == "0.1" and fields["pspid"] == "0" and fields["sample"] == "true"
+    tid = fields["tcid"]
+    assert len(tid) == 16 and int(tid, 16) >= 0
+    assert wait_stat(mesh["proxy"], "dubbo.dubbo_in.tracing.trace_started", before + 1) > before
+    spans = mesh["receiver"].trace(tid, 2)
+    ids = _by_id(spans)
+    root = ids[fnv("0")][0]
+    assert "parentId" not in root and root["tags"]["rpc.trace_context"] == "new"
+    assert ids[fnv("0.1")][0]["parentId"] == root["id"]
+    # not sampled (random_sampling 0): the call goes as it came, no context added
+    att = _dubbo_ctx(mesh, None, port="quiet")
+    assert "dubbo.rpc.sofa.tracer" not in att
+    # a caller's unsampled context is still forwarded updated, and nothing is reported
+    att = _dubbo_ctx(mesh, {"dubbo.rpc.sofa.tracer": "tcid=abc123&spid=0.3&sample=false&"})
+    assert att["dubbo.rpc.sofa.tracer"] == "tcid=abc123&spid=0.3.1&sample=false&pspid=0.3&"
+
+
+def test_error_and_malformed_context(mesh):
+    # a call that throws: both spans say error
+    tid = "0a0fe8ec1580000000001000789"
+    res = dubbo_call(
+        mesh["dubbo"], "fail", {"dubbo.rpc.sofa.tracer": f"tcid={tid}&spid=0.4&"}, ["boom"]
+    )
+    assert not res["ok"] and "boom" in res["error"]
+    spans = mesh["receiver"].trace("00000" + tid, 2)
+    assert len(spans) == 2 and all(s["tags"]["error"] == "true" for s in spans)
+    # malformed contexts: counted, ignored (a new trace), the calls served
+    proxy = mesh["proxy"]
+    before = stats(proxy).get("dubbo.dubbo_in.tracing.context_malformed", 0)
+    for bad in (
+        {"dubbo.rpc.sofa.tracer": "tcid=not hex!&spid=0.1&"},
+        {"dubbo.rpc.sofa.tracer": "tcid=abc&spid=0..1&"},
+        {"X-B3-TraceId": "xyz", "X-B3-SpanId": "a2fb4a1d1a96d312"},
+        {"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"},
+    ):
+        att = _dubbo_ctx(mesh, bad)
+        assert att["dubbo.rpc.sofa.tracer"].endswith("&spid=0.1&pspid=0&sample=true&"), att
+    assert wait_stat(proxy, "dubbo.dubbo_in.tracing.context_malformed", before + 4) == before + 4
+
+    from mytracer import SpanContext
+
+    client = _anthunder_client(mesh["monkeypatch"], mesh["bolt"])
+    before = stats(proxy).get("bolt.bolt_in.tracing.context_malformed", 0)
+    ctx = SpanContext(sofaTraceId="0a0fe8ec", sofaRpcId="1", samp="true")
+    ctx._baggage = {**ctx.baggage, "sofaTraceId": "trace id with spaces"}
+    got = json.loads(client.invoke_sync(CTX_IFACE, "get", b"", spanctx=ctx, timeout_ms=5000))
+    assert got["sofaRpcId"] == "0.1"  # a new trace's
+    assert wait_stat(proxy, "bolt.bolt_in.tracing.context_malformed", before + 1) == before + 1
