@@ -112,5 +112,6 @@ def test_a_new_instance_of_the_allowed_service_changes_only_the_protected_vhost(
     more = dict(INSTANCES, y=[*INSTANCES["y"], Instance("y", "y3", "10.0.0.3", 1)])
     ch = g.update({}, more)
     assert "15001|x" in ch.changed[RDS]
-    assert ch.changed[RDS] == {"15001|x"}
+    # x's scoped route config, and the one of every vhost served by name (`sofamesh demo`)
+    assert ch.changed[RDS] == {"15001|x", "15001"}
     assert not ch.changed[LDS]  # the listeners already carry the RBAC filter
