@@ -451,3 +451,57 @@ def test_slow_service_stops_only_its_own_streams(tmp_path, upstream):
             assert free_s < 0.5, free_s
         finally:
             p.stop()
+
+
+@pytest.mark.parametrize("body", [b"", b"x" * 70000])
+def test_http2_downstream_as_envoy(tmp_path, upstream, body):
+    """Over HTTP/2 (h2c from the `h2` library), with and without a request body arriving
+    while the stream waits for the service: the same answers, and the body reaches the
+    upstream whole."""
+    from tests.support.h2_peers import h2_exchange
+
+    action = {"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}
+    with (
+        RecordingRls(delay=0.2, over=("blocked",)) as e_rls,
+        RecordingRls(delay=0.2, over=("blocked",)) as s_rls,
+    ):
+        procs = _pair(
+            tmp_path,
+            (e_rls.port, s_rls.port),
+            upstream.ports["a"],
+            http_filters=[ratelimit_filter()],
+            rate_limits=[action],
+        )
+        try:
+            seen = []
+            for p in procs:
+                out = []
+                for user in ("ok", "blocked"):
+                    hdrs = [
+                        (":method", "POST" if body else "GET"),
+                        (":scheme", "http"),
+                        (":authority", "svc"),
+                        (":path", f"/h2/{user}"),
+                        ("x-user", user),
+                    ]
+                    ex = h2_exchange(_listen(p), hdrs, body or None)
+                    h = dict(ex.headers)
+                    out.append(
+                        (
+                            ex.status,
+                            h.get("x-envoy-ratelimited"),
+                            ex.body if ex.status != 200 else b"",
+                            ex.reset,
+                        )
+                    )
+                seen.append(out)
+            assert seen[0] == seen[1]
+            assert [s[0] for s in seen[0]] == [200, 429]
+            assert seen[0][1][1] == "true"
+            got = [r for r in upstream.records if r.target == "/h2/ok"]
+            assert len(got) == 2
+            assert all(r.body == body for r in got)
+            assert not [r for r in upstream.records if r.target == "/h2/blocked"]
+        finally:
+            for p in procs:
+                p.stop()
