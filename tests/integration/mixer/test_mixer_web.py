@@ -66,7 +66,9 @@ ROWS = """Object.fromEntries([...document.querySelectorAll('#edges tbody tr')].m
 
 def _rows_when(page, cond: str, timeout: float = 30.0) -> dict:
     """The edge table's rows once `cond` (JS over `rows`) holds."""
-    return page.wait_for(f"(() => {{ const rows = {ROWS}; return ({cond}) ? rows : null; }})()")
+    return page.wait_for(
+        f"(() => {{ const rows = {ROWS}; return ({cond}) ? rows : null; }})()", timeout
+    )
 
 
 def test_page_shows_the_mesh_and_follows_traffic(tmp_path, mixer_factory, upstream):

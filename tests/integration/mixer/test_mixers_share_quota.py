@@ -101,6 +101,7 @@ def test_two_mixers_one_limit(tmp_path, etcd, mixer_factory, upstream):
         assert abs(shares["a"] + shares["b"] - rate) <= 0.05 * rate + 2, shares
         assert a.metric("sofamesh_mixer_store_errors_total") == 0
         assert b.metric("sofamesh_mixer_store_errors_total") == 0
+        assert "Traceback" not in a.log_path.read_text()  # both mixers log there
     finally:
         for p in (heavy, light, envoy):
             p.stop()
@@ -159,6 +160,7 @@ def test_etcd_outage_mixers_keep_serving_and_catch_up(tmp_path, mixer_factory, u
             two.stop()
             _wait(lambda: a.metric("sofamesh_mixer_quota_assigned") == 100, timeout=30)
             assert a.metric("sofamesh_mixer_quota_remote_clients") == 0
+            assert "Traceback" not in a.log_path.read_text()  # warnings, no exceptions
         finally:
             for p in (one, two):
                 p.stop()
