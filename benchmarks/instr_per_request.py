@@ -1,13 +1,17 @@
 """Instructions per proxied request, counted by valgrind (callgrind): a repeatable figure for
 hot-path changes on a noisy machine, where CPU-time benchmarks wander by 10-20 %.
 
-    .venv/bin/python benchmarks/instr_per_request.py [--requests 2000] [--proto h1|h2]
-        [--src DIR]
+    .venv/bin/python benchmarks/instr_per_request.py [--requests 2000]
+        [--proto h1|h2|bolt|dubbo] [--rpc-tracing PCT] [--src DIR]
 
 `sofamesh proxy` (the benchmark bootstrap of benchmarks/lib/bootstrap.py: local_ratelimit +
 router, HTTP/1.1 upstream) runs under callgrind; a keep-alive client sends N and then 5N
 small GETs on one connection (HTTP/1.1, or h2c with --proto h2, one stream at a time) to a
-tiny in-process upstream. Instructions per request = (Ir(5N) - Ir(N)) / 4N: start-up and
+tiny in-process upstream; with --proto bolt|dubbo, Bolt v1 (SofaRequest, `service` and
+method headers) or Dubbo (hessian2, one string argument) calls one at a time through a
+bolt_proxy / dubbo_proxy listener to an in-process RPC upstream (framed with sofamesh's
+codecs), and --rpc-tracing PCT adds the RPC tracing filter (Zipkin, random_sampling PCT, a
+collector cluster that refuses connections). Instructions per request = (Ir(5N) - Ir(N)) / 4N: start-up and
 shutdown cancel out. --src runs another tree's build (e.g. a git worktree of the previous
 commit, built with `setup.py build_ext --inplace`), for a before/after comparison with the
 same interpreter. valgrind makes the proxy ~50x slower: the figure is instructions, not time.
@@ -110,6 +114,162 @@ def _h2_client(port: int, n: int) -> None:
                 s.sendall(c.data_to_send())
 
 
+RPC_SERVICE = "com.alipay.bench.EchoService"
+
+
+def _rpc_frames(proto: str):
+    from sofamesh._core.codecs import bolt, dubbo
+    from sofamesh._core.codecs.hessian import h2_encode_str
+
+    if proto == "bolt":
+        hdrs = {"service": RPC_SERVICE + ":1.0", "sofa_head_method_name": "echo"}
+
+        def request(i: int) -> bytes:
+            return bolt.BoltFrame(
+                request_id=i,
+                timeout=3000,
+                class_name=bolt.SOFA_REQUEST_CLASS,
+                headers=hdrs,
+                content=b"x" * 64,
+            ).encode()
+
+        def reply(f) -> bytes:
+            return bolt.BoltFrame(
+                type=0, cmdcode=2, request_id=f.request_id, status=0, content=b"y" * 16
+            ).encode()
+
+        return bolt.BoltDecoder, request, reply
+
+    arg = h2_encode_str("x" * 64)
+
+    def request(i: int) -> bytes:
+        return dubbo.encode_request(
+            i, "2.0.2", RPC_SERVICE, None, "echo", "Ljava/lang/String;", arg, {"path": RPC_SERVICE}
+        )
+
+    def reply(f) -> bytes:
+        return dubbo.encode_response(f.request_id, h2_encode_str("y" * 16))
+
+    return dubbo.DubboDecoder, request, reply
+
+
+def _rpc_upstream(proto: str) -> tuple[socket.socket, int]:
+    """An RPC upstream answering every request (framed with sofamesh's codecs)."""
+    decoder, _, reply = _rpc_frames(proto)
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+
+    def serve(c: socket.socket) -> None:
+        dec = decoder()
+        with c:
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                out = [reply(f) for f in dec.feed(d) if getattr(f, "is_request", False)]
+                if out:
+                    c.sendall(b"".join(out))
+
+    def accept() -> None:
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls, ls.getsockname()[1]
+
+
+def _rpc_client(proto: str, port: int, n: int) -> None:
+    decoder, request, _ = _rpc_frames(proto)
+    dec = decoder()
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        for i in range(1, n + 1):
+            s.sendall(request(i))
+            got: list = []
+            while not got:
+                d = s.recv(65536)
+                if not d:
+                    raise RuntimeError("proxy closed the connection")
+                got = dec.feed(d)
+            if proto == "bolt" and got[0].status != 0 or proto == "dubbo" and got[0].status != 20:
+                raise RuntimeError(f"error reply: {got[0]!r}")
+
+
+def _rpc_bootstrap(proto: str, port: int, admin: int, up: int, tracing: float | None) -> dict:
+    def cluster(name: str, p: int) -> dict:
+        ep = {
+            "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}
+        }
+        return {
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [ep]}]},
+        }
+
+    routes = [
+        {
+            "name": "rc",
+            "interface": RPC_SERVICE,
+            "routes": [{"match": {}, "route": {"cluster": "upstream"}}],
+        }
+    ]
+    filters = []
+    if tracing is not None:
+        filters.append(
+            {
+                "name": "sofamesh.filters.rpc.tracing",
+                "config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network"
+                    ".http_connection_manager.v3.HttpConnectionManager.Tracing",
+                    "provider": {
+                        "name": "envoy.tracers.zipkin",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                            "collector_cluster": "zipkin",
+                            "collector_endpoint": "/api/v2/spans",
+                            "collector_endpoint_version": "HTTP_JSON",
+                        },
+                    },
+                    "random_sampling": {"value": tracing},
+                },
+            }
+        )
+    if proto == "bolt":
+        name = "sofamesh.filters.network.bolt_proxy"
+        tc = {
+            "@type": "type.googleapis.com/sofamesh.filters.network.bolt_proxy.v1.BoltProxy",
+            "stat_prefix": "bench",
+            "route_config": routes,
+            "bolt_filters": [*filters, {"name": "sofamesh.filters.bolt.router"}],
+        }
+    else:
+        name = "envoy.filters.network.dubbo_proxy"
+        tc = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3"
+            ".DubboProxy",
+            "stat_prefix": "bench",
+            "route_config": routes,
+            "dubbo_filters": [*filters, {"name": "envoy.filters.dubbo.router"}],
+        }
+    listener = {
+        "name": "rpc",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": name, "typed_config": tc}]}],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": [cluster("upstream", up), cluster("zipkin", free_port())],
+        },
+    }
+
+
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -118,13 +278,19 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def count(n: int, proto: str, src: str | None) -> int:
+def count(n: int, proto: str, src: str | None, rpc_tracing: float | None = None) -> int:
     """Instructions of one proxy run serving n requests (callgrind's total Ir)."""
-    ls, up = _upstream()
+    rpc = proto in ("bolt", "dubbo")
+    ls, up = _rpc_upstream(proto) if rpc else _upstream()
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as td:
         boot = Path(td) / "b.json"
-        boot.write_text(json.dumps(bootstrap(port, admin, up)))
+        cfg = (
+            _rpc_bootstrap(proto, port, admin, up, rpc_tracing)
+            if rpc
+            else bootstrap(port, admin, up)
+        )
+        boot.write_text(json.dumps(cfg))
         out = Path(td) / "cg.out"
         env = dict(os.environ)
         if src:
@@ -152,7 +318,10 @@ def count(n: int, proto: str, src: str | None) -> int:
                 if p.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(p.stderr.read().decode(errors="replace")[-3000:])
                 time.sleep(0.5)
-            (_h2_client if proto == "h2" else _h1_client)(port, n)
+            if rpc:
+                _rpc_client(proto, port, n)
+            else:
+                (_h2_client if proto == "h2" else _h1_client)(port, n)
         finally:
             p.terminate()
             err = p.communicate(timeout=300)[1].decode(errors="replace")
@@ -170,11 +339,13 @@ def count(n: int, proto: str, src: str | None) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--proto", choices=("h1", "h2"), default="h1")
+    ap.add_argument("--proto", choices=("h1", "h2", "bolt", "dubbo"), default="h1")
+    ap.add_argument("--rpc-tracing", type=float, help="bolt/dubbo: RPC tracing at PCT %%")
     ap.add_argument("--src", help="another source tree's build (before/after)")
     a = ap.parse_args()
     n1, n2 = a.requests, 5 * a.requests
-    i1, i2 = count(n1, a.proto, a.src), count(n2, a.proto, a.src)
+    i1 = count(n1, a.proto, a.src, a.rpc_tracing)
+    i2 = count(n2, a.proto, a.src, a.rpc_tracing)
     per = (i2 - i1) / (n2 - n1)
     print(
         f"{a.proto}: {per:,.0f} instructions per request "

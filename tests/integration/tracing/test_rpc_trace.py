@@ -37,6 +37,7 @@ from tests.integration.rpc.conftest import (
     cluster,
     free_port,
     listener,
+    node_client,
     node_ready,
     stats,
     wait_stat,
@@ -227,7 +228,7 @@ def mesh(tmp_path_factory):
         while ant._server is None and time.monotonic() < deadline:
             time.sleep(0.02)
         ant_port = ant._server.sockets[0].getsockname()[1]
-        with NodeServer(dubbo=True, tag="dubbo") as dubbo_app:
+        with NodeServer(dubbo=True, tag="dubbo") as dubbo_app, NodeServer(tag="bolt") as node:
             http_port, bolt_port, dubbo_port, quiet_port = (free_port() for _ in range(4))
             _Bridge.dubbo_port = dubbo_port
             _anthunder_client(mp, bolt_port)
@@ -277,6 +278,13 @@ def mesh(tmp_path_factory):
                             "routes": [{"match": {}, "route": {"cluster": "bolt_app"}}],
                         }
                         for iface in (BRIDGE, CTX_IFACE)
+                    ]
+                    + [
+                        {
+                            "name": "node",
+                            "interface": SERVICE,
+                            "routes": [{"match": {}, "route": {"cluster": "node_bolt"}}],
+                        }
                     ],
                     "bolt_filters": [
                         {"name": "sofamesh.filters.rpc.tracing", "config": tracing()},
@@ -321,6 +329,7 @@ def mesh(tmp_path_factory):
                     cluster("web", [web.server_address[1]]),
                     cluster("bolt_app", [ant_port]),
                     cluster("dubbo_app", [dubbo_app.port]),
+                    cluster("node_bolt", [node.port]),
                     cluster("zipkin", [receiver.port]),
                 ],
             )
@@ -527,3 +536,29 @@ def test_error_and_malformed_context(mesh):
     got = json.loads(client.invoke_sync(CTX_IFACE, "get", b"", spanctx=ctx, timeout_ms=5000))
     assert got["sofaRpcId"] == "0.1"  # a new trace's
     assert wait_stat(proxy, "bolt.bolt_in.tracing.context_malformed", before + 1) == before + 1
+
+
+@pytest.mark.parametrize("mode", ["bolt", "bolt2"])
+def test_bolt_without_context_starts_a_trace(mesh, mode):
+    """sofa-rpc-node's Bolt client sends no trace context: a sampled call gets a new trace
+    injected into its header map (Bolt v2: the CRC recomputed), and sofa-rpc-node's server
+    still answers it."""
+    proxy = mesh["proxy"]
+    before = stats(proxy).get("bolt.bolt_in.tracing.trace_started", 0)
+    res = node_client(mesh["bolt"], [{"method": "plus", "args": [1, 2]}], mode=mode)
+    assert res == [{"ok": True, "result": 3}]
+    assert wait_stat(proxy, "bolt.bolt_in.tracing.trace_started", before + 1) == before + 1
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        new = [
+            s
+            for s in mesh["receiver"].spans
+            if s["name"] == f"{SERVICE}:1.0#plus" and s["tags"].get("rpc.trace_context") == "new"
+        ]
+        if len(new) > (0 if mode == "bolt" else 1):
+            break
+        time.sleep(0.1)
+    root = new[-1]
+    assert "parentId" not in root and root["id"] == fnv("0")
+    assert root["tags"]["upstream_cluster"] == "node_bolt"
+    assert root["tags"]["rpc.status_code"] == "0"
