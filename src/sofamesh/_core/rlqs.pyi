@@ -18,6 +18,7 @@ class RlqsFilter(HttpFilter):
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...]
     current_action: RlqsAction
+    match: Any  # rbac rule selecting its requests, or None
     def __init__(
         self,
         name: str,

@@ -13,7 +13,7 @@
 #                                                     DENY_ALL   -> count denied, local reply
 #                                                     TOKENS     -> TokenBucket.consume
 
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t
 
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE, FILTER_STOP
@@ -42,8 +42,6 @@ cdef inline int64_t _mono_ns() noexcept nogil:
 
 cdef class RlqsAction:
     """One assignment (or fallback) of a bucket: immutable once built."""
-    cdef readonly int kind
-    cdef readonly TokenBucket bucket   # ACTION_TOKENS only
 
     def __init__(self, int kind, TokenBucket bucket=None):
         if kind == ACTION_TOKENS and bucket is None:
@@ -53,17 +51,7 @@ cdef class RlqsAction:
 
 
 cdef class RlqsFilter(HttpFilter):
-    """One bucket (the matcher's on_no_match bucket_id) and its current action."""
-    cdef RlqsAction action
-    cdef uint64_t allowed
-    cdef uint64_t denied
-    cdef bint started
-    cdef object on_first               # () -> None: the first request starts reporting
-    cdef readonly int status
-    cdef readonly bytes body
-    cdef readonly tuple headers        # tuple[(bytes, bytes)], added to a denial
-    cdef RbacRule match                # the requests of the bucket; None: every request
-    cdef HttpRbacRequest req           # reused to evaluate `match` (one thread)
+    """One bucket (the matcher's bucket_id) and its current action."""
 
     def __init__(self, str name, RlqsAction action, on_first, int status=429, bytes body=b"",
                  headers=(), RbacRule match=None):
@@ -102,11 +90,9 @@ cdef class RlqsFilter(HttpFilter):
             r.s = None
             r.h = None
 
-    cpdef int decode_headers(self, HttpStream s, bint end_stream) except -1:
+    cdef int admit(self) except -1:
         cdef RlqsAction a = self.action
         cdef bint ok
-        if self.match is not None and not self._selects(s):
-            return FILTER_CONTINUE
         if not self.started:
             self.started = True
             self.on_first()  # Envoy reports a new bucket at once
@@ -118,7 +104,14 @@ cdef class RlqsFilter(HttpFilter):
             ok = a.bucket.consume(_mono_ns())
         if ok:
             self.allowed += 1
-            return FILTER_CONTINUE
+            return 1
         self.denied += 1
+        return 0
+
+    cpdef int decode_headers(self, HttpStream s, bint end_stream) except -1:
+        if self.match is not None and not self._selects(s):
+            return FILTER_CONTINUE
+        if self.admit():
+            return FILTER_CONTINUE
         s.send_local_reply(self.status, self.body, self.headers, "RFCF")
         return FILTER_STOP

@@ -9,6 +9,7 @@
 
 from sofamesh._core.rbac cimport NetworkRbac, RbacRequest
 from sofamesh._core.codecs.rpcframe cimport RpcFrame
+from sofamesh._core.rpc_quota cimport RpcQuota
 from sofamesh._core.rpc_routes cimport RpcRouteTable
 from sofamesh._core.rpc_tracing cimport RpcTracing
 from sofamesh._core.rpc_upstream cimport RpcClient, RpcUpstreams
@@ -27,6 +28,7 @@ cdef class DownstreamConn(RpcClient):
     cdef void handle_dubbo(self, object f)
     cdef void forward(self, object f, unsigned long long orig_id, bint oneway, double timeout_s)
     cdef bint rbac_allows(self, object f) except -1
+    cdef bint quota_admits(self, object f) except -1    # rpc_quota, for this call
 
 
 cdef class RpcRbacRequest(RbacRequest):
@@ -37,6 +39,7 @@ cdef class RpcRbacRequest(RbacRequest):
 
 
 cdef class RpcProxyConfig(RpcUpstreams):
+    cdef public RpcQuota quota          # sofamesh.filters.rpc quota filters, or None
     cdef public str stat_prefix
     cdef public RpcRouteTable table
     cdef public double default_timeout

@@ -18,6 +18,7 @@ class RpcProxyConfig:
     conns_per_host: int
     draining: bool
     tracing: Any  # rpc_tracing.RpcTracing | None
+    quota: Any  # rpc_quota.RpcQuota | None
     conns: set
     upstream_connections: int
     def __init__(

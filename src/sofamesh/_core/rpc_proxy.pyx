@@ -13,6 +13,7 @@
 import logging
 
 from sofamesh._core.stats cimport Store
+from sofamesh._core.rpc_upstream cimport WHY_QUOTA
 from sofamesh._core.upstream cimport Cluster, Host
 from sofamesh._core.codecs.rpcframe cimport (
     ProtocolError, RpcFrame, RK_SERVICE, RK_METHOD, RK_VERSION, RK_GROUP,
@@ -53,6 +54,8 @@ cdef int _bolt_status(int why) noexcept:
         return 4        # SERVER_THREADPOOL_BUSY
     if why == WHY_RBAC:
         return 2        # SERVER_EXCEPTION
+    if why == WHY_QUOTA:
+        return 4        # SERVER_THREADPOOL_BUSY: sofa-rpc's answer when it sheds load
     return 0x10         # CONNECTION_CLOSED: no healthy host, reset, connect failure
 
 
@@ -66,6 +69,8 @@ cdef int _dubbo_status(int why) noexcept:
         return 40       # BAD_REQUEST
     if why == WHY_RBAC:
         return 70       # SERVICE_ERROR: what a provider answers when its own filter refuses
+    if why == WHY_QUOTA:
+        return 100      # SERVER_THREADPOOL_EXHAUSTED_ERROR: Dubbo's overload answer
     return 80           # SERVER_ERROR
 
 
@@ -79,7 +84,7 @@ _WHY_TEXT = {
     WHY_RESET: "dubbo upstream request: remote connection failure (reset)",
     WHY_CONNECT_FAIL: "dubbo upstream request: remote connection failure",
     WHY_CODEC: "dubbo proxy: bad request", WHY_DRAINING: "dubbo proxy: draining",
-    WHY_RBAC: "RBAC: access denied",
+    WHY_RBAC: "RBAC: access denied", WHY_QUOTA: "rate limited: over the call quota",
 }
 
 
@@ -261,6 +266,17 @@ cdef class DownstreamConn:
             r.frame = None
             r.transport = None
 
+    cdef bint quota_admits(self, object f) except -1:
+        cdef RpcProxyConfig cfg = self.cfg
+        cdef RpcRbacRequest r = cfg.rbac_req       # RBAC's accessor, free between checks
+        r.frame = <RpcFrame>f
+        r.transport = self.transport
+        try:
+            return cfg.quota.admit(r)
+        finally:
+            r.frame = None
+            r.transport = None
+
     cdef void handle_bolt(self, object obj):
         cdef BoltFrame f
         cdef ProtocolError e
@@ -360,6 +376,9 @@ cdef class DownstreamConn:
         if r is None:
             st.route_missing.inc()
             self.local_error(f, WHY_NO_ROUTE)
+            return
+        if cfg.quota is not None and not self.quota_admits(f):
+            self.local_error(f, WHY_QUOTA)
             return
         cl = cfg.clusters.get(r.pick_cluster())
         if cl is None:

@@ -32,6 +32,7 @@ cdef enum:
     WHY_CODEC = 7
     WHY_DRAINING = 8
     WHY_RBAC = 9
+    WHY_QUOTA = 10      # over an RPC quota (rpc_quota)
 
 
 cdef class RpcStats:

@@ -856,6 +856,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "stat_prefix",
         "status",
         "token_bucket",
+        # RPC calls by service and method (filters/network/rpc_quota.py); the HTTP filter
+        # refuses them at load (_core/ratelimit.pyx LocalRateLimit.from_proto)
+        "descriptors",
         "filter_enabled",
         "filter_enforced",
         "response_headers_to_add",

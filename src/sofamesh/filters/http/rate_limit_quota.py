@@ -295,7 +295,11 @@ def _compile(typed_config: Any, context: dict) -> tuple[Any, Any, dict[str, str]
     ):
         one = m.matcher_list.matchers[0]
         apath = f"{mpath}.matcher_list.matchers[0].on_match.action"
-        match = _predicate(one.predicate, f"{mpath}.matcher_list.matchers[0].predicate")
+        match = _predicate(
+            one.predicate,
+            f"{mpath}.matcher_list.matchers[0].predicate",
+            context.get("header_names"),
+        )
         action = one.on_match.action
         if one.on_match.WhichOneof("on_match") != "action":
             raise UnsupportedConfig(f"{apath}: expected a RateLimitQuotaBucketSettings action")
@@ -334,9 +338,10 @@ def _compile(typed_config: Any, context: dict) -> tuple[Any, Any, dict[str, str]
 _HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 
 
-def _predicate(pred: Any, path: str) -> Any:
+def _predicate(pred: Any, path: str, names: set[str] | None = None) -> Any:
     """An xds matcher predicate over request headers as an RBAC rule (_core/rbac.pxd: the
-    same compiled header matchers the RBAC filter runs)."""
+    same compiled header matchers the RBAC filter runs, on HTTP requests and RPC calls);
+    `names` collects the header names it reads."""
     from envoy.config.route.v3 import route_components_pb2
     from envoy.type.matcher.v3 import http_inputs_pb2
 
@@ -347,12 +352,12 @@ def _predicate(pred: Any, path: str) -> Any:
     kind = pred.WhichOneof("match_type")
     if kind in ("or_matcher", "and_matcher"):
         rules = [
-            _predicate(p, f"{path}.{kind}.predicate[{i}]")
+            _predicate(p, f"{path}.{kind}.predicate[{i}]", names)
             for i, p in enumerate(getattr(pred, kind).predicate)
         ]
         return C.OrRule(rules) if kind == "or_matcher" else C.AndRule(rules)
     if kind == "not_matcher":
-        return C.NotRule(_predicate(pred.not_matcher, f"{path}.not_matcher"))
+        return C.NotRule(_predicate(pred.not_matcher, f"{path}.not_matcher", names))
     if kind != "single_predicate":
         raise UnsupportedConfig(f"{path}: expected a predicate")
     sp = pred.single_predicate
@@ -367,6 +372,8 @@ def _predicate(pred: Any, path: str) -> Any:
     hm = route_components_pb2.HeaderMatcher(name=inp.header_name)
     # xds.type.matcher.v3.StringMatcher and Envoy's have the same fields and numbers
     hm.string_match.ParseFromString(sp.value_match.SerializeToString())
+    if names is not None:
+        names.add(inp.header_name.lower())
     return _Compiler()._header(hm, f"{spath}.value_match")
 
 

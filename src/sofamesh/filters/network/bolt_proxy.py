@@ -8,6 +8,7 @@ from sofamesh._core.rpc_proxy import PROTO_BOLT, RpcProxyConfig
 from sofamesh.filters.network import _proto
 from sofamesh.filters.network._common import register_terminal, unpack
 from sofamesh.filters.network.rbac import build_rpc_filters
+from sofamesh.filters.network.rpc_quota import build_rpc_quota
 from sofamesh.filters.network.rpc_routes import compile_routes
 from sofamesh.proxy import rpc_tracing
 
@@ -32,6 +33,9 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
     proxy.rbac = rbac
     proxy.tracing = rpc_tracing.build(
         cfg.bolt_filters, ctx, PROTO_BOLT, cfg.stat_prefix, f"{path}.typed_config.bolt_filters"
+    )
+    proxy.quota = build_rpc_quota(
+        cfg.bolt_filters, ctx, f"bolt.{cfg.stat_prefix}", f"{path}.typed_config.bolt_filters"
     )
     return proxy
 

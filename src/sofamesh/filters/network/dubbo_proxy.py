@@ -7,6 +7,7 @@ from typing import Any
 from sofamesh._core.rpc_proxy import PROTO_DUBBO, RpcProxyConfig
 from sofamesh.filters.network._common import register_terminal, unpack
 from sofamesh.filters.network.rbac import build_rpc_filters
+from sofamesh.filters.network.rpc_quota import build_rpc_quota
 from sofamesh.filters.network.rpc_routes import compile_routes
 from sofamesh.proxy import rpc_tracing
 from sofamesh.proxy.errors import UnsupportedConfig
@@ -38,6 +39,9 @@ def build(typed_config: Any, ctx: dict) -> RpcProxyConfig:
     proxy.rbac = rbac
     proxy.tracing = rpc_tracing.build(
         cfg.dubbo_filters, ctx, PROTO_DUBBO, cfg.stat_prefix, f"{path}.typed_config.dubbo_filters"
+    )
+    proxy.quota = build_rpc_quota(
+        cfg.dubbo_filters, ctx, f"dubbo.{cfg.stat_prefix}", f"{path}.typed_config.dubbo_filters"
     )
     return proxy
 

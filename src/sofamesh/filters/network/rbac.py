@@ -35,6 +35,8 @@ RPC_FILTER_NAME = "sofamesh.filters.rpc.rbac"
 # other RPC filters, built by their own modules: build_rpc_filters passes over them
 RPC_OTHER_FILTERS = {
     "sofamesh.filters.rpc.tracing",  # proxy/rpc_tracing.py
+    "sofamesh.filters.rpc.local_ratelimit",  # filters/network/rpc_quota.py
+    "sofamesh.filters.rpc.rate_limit_quota",  # filters/network/rpc_quota.py
 }
 
 
