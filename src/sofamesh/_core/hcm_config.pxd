@@ -31,6 +31,11 @@ cdef class HcmConfig:
     cdef public int trace_kind              # TRACE_B3 / TRACE_W3C (_core/http_tracing.pxd)
     cdef public long long trace_client_ppm  # x-client-trace-id: traced per million
     cdef public bint trace_spawn            # spawn_upstream_span: a CLIENT span upstream
+    # http.<stat_prefix>.tracing.{random_sampling, client_enabled, not_traceable}: the
+    # connection manager's decision per request (set with the tracer, else None)
+    cdef public Counter trace_random
+    cdef public Counter trace_client
+    cdef public Counter trace_not
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
     cdef public double request_timeout      # HCM request_timeout (s); 0: off
     cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s); 0: off

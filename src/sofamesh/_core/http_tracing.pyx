@@ -71,6 +71,9 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
         t.client = True
     else:
         t.decision = <long long>(rng_next() % 1000000) < cfg.trace_ppm
+    if cfg.trace_random is not None:
+        (cfg.trace_client if t.client else cfg.trace_random if t.decision
+         else cfg.trace_not).inc()
     t.start_us = wall_us()
     if cfg.trace_kind == TRACE_W3C:
         start_w3c(t, h)

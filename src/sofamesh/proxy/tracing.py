@@ -255,6 +255,7 @@ class Tracer:
     keep_empty_tags = True
     shared = False
     id128 = False
+    stat_prefix = ""  # the connection manager's (set by build)
 
     def __init__(self, tracing: Any, server: Any, local_ip: str, path: str, egress: bool):
         self.server = server
@@ -308,6 +309,21 @@ class Tracer:
         cfg.trace_id128 = self.id128
         cfg.trace_kind = self.TRACE_KIND
         cfg.trace_spawn = self.spawn
+        st = self.server.stats
+        p = f"http.{self.stat_prefix}.tracing."
+        counters = {}
+        for name in (
+            "random_sampling",
+            "client_enabled",
+            "not_traceable",
+            "service_forced",
+            "health_check",
+        ):
+            counters[name] = c = st.counter(p + name)
+            c.used = True  # Envoy lists them from the start
+        cfg.trace_random = counters["random_sampling"]
+        cfg.trace_client = counters["client_enabled"]
+        cfg.trace_not = counters["not_traceable"]
 
     # per sampled request ----------------------------------------------------------------
     def server_name(self, s: Any, authority: str) -> str:
@@ -494,7 +510,9 @@ def build(
             f"{path}.provider: tracer {prov.name or prov.typed_config.type_url!r} is not "
             f"implemented by sofamesh (these are: {', '.join(sorted(_names()))})"
         )
-    return factory(tracing, server, stat_prefix, local_ip, path, egress)
+    tracer = factory(tracing, server, stat_prefix, local_ip, path, egress)
+    tracer.stat_prefix = stat_prefix
+    return tracer
 
 
 def _names() -> set[str]:

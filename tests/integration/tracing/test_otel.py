@@ -251,6 +251,16 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
         up,
         stats.get("tracing.opentelemetry.spans_sent"),
     )
+    decisions = {k: v for k, v in stats.items() if k.startswith("http.ingress.tracing.")}
+    SEEN[scenario][p.kind] += (decisions,)
+    traced = 16 - 1  # requests (HTTP and gRPC) but the one with x-client-trace-id
+    assert decisions == {
+        "http.ingress.tracing.client_enabled": 1,
+        "http.ingress.tracing.health_check": 0,
+        "http.ingress.tracing.not_traceable": traced if scenario == "unsampled" else 0,
+        "http.ingress.tracing.random_sampling": 0 if scenario == "unsampled" else traced,
+        "http.ingress.tracing.service_forced": 0,
+    }
     assert len(spans) == n, [(s["name"], s["attrs"].get("http.url")) for s in spans]
     assert stats.get("tracing.opentelemetry.spans_sent") == n
     assert {s["service"] for s in spans} == {"front"}
@@ -319,6 +329,7 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
         assert e[0] == s[0]
         assert e[1] == s[1]
         assert e[2] == s[2]
+        assert e[3] == s[3]
 
 
 # Envoy's own example (examples/opentelemetry): an INBOUND listener and an OUTBOUND one -----
@@ -390,3 +401,87 @@ def test_opentelemetry_example_traced_like_envoy(kind: str, tmp_path: Path) -> N
     EXAMPLE_SEEN[kind] = spans
     if len(EXAMPLE_SEEN) == 2:
         assert EXAMPLE_SEEN["envoy"] == EXAMPLE_SEEN["sofamesh"]
+
+
+# OTLP over HTTP (http_service): protobuf POSTed to the collector ------------------------
+HTTP_SEEN: dict = {}
+
+
+def test_otel_http_service_as_envoy(proxies):  # noqa: F811
+    tracing = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "http_service": {
+                    "http_uri": {
+                        "uri": "http://collector.local:4318/v1/traces",
+                        "cluster": "otel_http",
+                        "timeout": "1s",
+                    },
+                    "request_headers_to_add": [
+                        {"header": {"key": "x-api-key", "value": "k1"}},
+                    ],
+                },
+                "service_name": "front-http",
+            },
+        },
+        "random_sampling": {"value": 100},
+    }
+    # the recording upstream serves the h1 cluster and the collector on one port: the
+    # collector's POSTs are told apart by their path
+    p = proxies(
+        hcm={"tracing": tracing},
+        routes=ROUTES,
+        clusters=lambda grpc_port, h1_port: [_cluster("otel_http", h1_port, False)],
+    )
+    for path, headers in REQUESTS[:6]:
+        conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+        conn.request("GET", path, headers={"host": "svc.local", **headers})
+        conn.getresponse().read()
+        conn.close()
+    deadline = time.monotonic() + 20
+    posts: list = []
+    while time.monotonic() < deadline:
+        posts = [r for r in p.upstream.snapshot() if r.target == "/v1/traces"]
+        n = sum(
+            len(ss.spans)
+            for r in posts
+            for rs in ts.ExportTraceServiceRequest.FromString(r.body).resource_spans
+            for ss in rs.instrumentation_library_spans
+        )
+        if n >= 3:
+            break
+        time.sleep(0.2)
+    spans = []
+    for r in posts:
+        assert r.method == "POST"
+        req = ts.ExportTraceServiceRequest.FromString(r.body)
+        for rs in req.resource_spans:
+            res = {a.key: a.value.string_value for a in rs.resource.attributes}
+            for ss in rs.instrumentation_library_spans:
+                for s in ss.spans:
+                    d = json_format.MessageToDict(s)
+                    spans.append(_norm_span(res, d, f":{p.port}", {}))
+    for s in spans:
+        del s["_tid"], s["_sid"]
+    spans.sort(key=lambda s: s["attrs"]["http.url"])
+    heads = sorted(
+        {
+            (k.lower(), v)
+            for r in posts
+            for k, v in r.headers
+            if k.lower() in ("content-type", "host", "x-api-key", ":authority")
+        }
+    )
+    HTTP_SEEN[p.kind] = (spans, heads)
+    assert [s["attrs"]["http.url"] for s in spans] == [
+        "http://svc.local/flags3",
+        "http://svc.local/plain",
+        "http://svc.local/sampled",
+    ]
+    assert {s["service"] for s in spans} == {"front-http"}
+    assert ("content-type", "application/x-protobuf") in heads
+    assert ("x-api-key", "k1") in heads
+    if len(HTTP_SEEN) == 2:
+        assert HTTP_SEEN["envoy"] == HTTP_SEEN["sofamesh"]
