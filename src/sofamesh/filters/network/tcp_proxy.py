@@ -65,8 +65,8 @@ def _access_logs(cfg: Any, ctx: dict, path: str) -> tuple:
     `log_tcp`: envoy.access_loggers.tcp_grpc)."""
     from sofamesh.proxy.access_loggers import factory_for
 
-    out = []
-    server = ctx.get("server")
+    out: list = []
+    server: Any = ctx.get("server")
     for i, al in enumerate(cfg.access_log):
         apath = f"{path}.typed_config.access_log[{i}]"
         if al.HasField("filter"):
