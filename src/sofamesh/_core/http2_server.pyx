@@ -21,6 +21,7 @@ from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
     mono, date_value, DS_BODY, DS_WAIT, DS_CLOSED, SERVER_PASS_THROUGH,
 )
+from sofamesh._core.http_grpc cimport grpc_local_status, is_grpc_request
 from sofamesh._core.http_stream cimport HttpFilter
 from sofamesh._core.http_router cimport RouterStream
 from sofamesh._core.router cimport Route
@@ -33,16 +34,6 @@ log = logging.getLogger("sofamesh.proxy")
 
 cdef unsigned int ERR_NO_ERROR = 0
 cdef unsigned int ERR_INTERNAL_ERROR = 2
-
-# Envoy's HTTP status -> gRPC status for local replies to gRPC requests
-# (Grpc::Utility::httpToGrpcStatus)
-cdef dict GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14",
-                         502: b"14", 503: b"14", 504: b"14"}
-
-
-cdef bint is_grpc(HeaderList h):
-    cdef int i = h.find_from("content-type", 12, 0)
-    return i >= 0 and h.value_at(i).startswith(b"application/grpc")
 
 
 cdef class Http2ServerConn:
@@ -353,7 +344,7 @@ cdef class H2Stream(RouterStream):
         self.up_end = end_stream
         self.state = DS_WAIT if end_stream else DS_BODY
         self.head_req = h.method_ == b"HEAD"
-        self.grpc = is_grpc(h)
+        self.grpc = is_grpc_request(h)
         self.service_ms = -1
         cfg.rq_total.inc()
         cfg.rq_http2_total.inc()
@@ -542,7 +533,7 @@ cdef class H2Stream(RouterStream):
             resp.add(b"content-type", b"application/grpc")
             # (a stream past its max duration: DEADLINE_EXCEEDED whatever the HTTP status)
             resp.add(b"grpc-status", b"4" if self.resp_flags == "DT" else
-                     GRPC_STATUS.get(code, b"2"))
+                     grpc_local_status(code))
             if body:
                 resp.add(b"grpc-message", body)
             body = b""

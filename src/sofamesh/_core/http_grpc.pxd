@@ -9,3 +9,8 @@ cdef int grpc_retry_bit(HeaderMap rh) except -1
 cdef int grpc_outcome(HeaderMap rh, int status) except -1
 # a gRPC request's deadline under max_stream_duration.grpc_timeout_header_max (s; 0: none)
 cdef double grpc_timeout(HeaderMap h, Route route)
+# the grpc-status of a local reply to a gRPC request with HTTP status `code` (Envoy's
+# Grpc::Utility::httpToGrpcStatus; others: 2, UNKNOWN)
+cdef bytes grpc_local_status(int code)
+# the request's content-type names gRPC (application/grpc...)
+cdef bint is_grpc_request(HeaderMap h)

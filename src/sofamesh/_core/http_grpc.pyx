@@ -72,3 +72,18 @@ cdef double grpc_timeout(HeaderMap h, Route route):
     if route.grpc_timeout_max > 0 and (t <= 0 or t > route.grpc_timeout_max):
         t = route.grpc_timeout_max
     return t
+
+
+# Envoy's HTTP status -> gRPC status for local replies to gRPC requests
+# (Grpc::Utility::httpToGrpcStatus)
+cdef dict GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14",
+                         502: b"14", 503: b"14", 504: b"14"}
+
+
+cdef bytes grpc_local_status(int code):
+    return GRPC_STATUS.get(code, b"2")
+
+
+cdef bint is_grpc_request(HeaderMap h):
+    cdef int i = h.find_from("content-type", 12, 0)
+    return i >= 0 and h.value_at(i).startswith(b"application/grpc")

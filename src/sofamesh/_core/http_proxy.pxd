@@ -27,6 +27,12 @@ cdef class DownstreamConn(RouterStream):
     cdef bint dispatching               # parsing requests (not an upstream or timer callback)
     cdef bint sniff                     # AUTO codec: no byte read yet (HTTP/2 preface?)
     cdef bint h1_counted                # counted as an HTTP/1 connection
+    # a proxied response held whole until it ends (hold_response(): the gRPC HTTP/1.1
+    # bridge), then sent after the encode filters saw all of it (status, headers changed)
+    cdef HeaderMap held_head            # its head, None until the upstream's arrives
+    cdef list held_body                 # list[bytes]; None: not holding
+    cdef bint held_announce
+    cdef int _release_held(self) except -1
     cdef int _count_http1(self) except -1
     cdef int _process(self, bytes data, Py_ssize_t off) except -1
     cdef int _on_head(self) except -1

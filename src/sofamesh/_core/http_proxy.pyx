@@ -32,6 +32,7 @@ from sofamesh._core.http_common cimport (
     SERVER_PASS_THROUGH,
     PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE,
 )
+from sofamesh._core.http_grpc cimport grpc_local_status, is_grpc_request
 from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.http_router cimport RouterStream
 from sofamesh._core.http_common import normalize_request_path
@@ -329,6 +330,8 @@ cdef class DownstreamConn(RouterStream):
         self.t_start = mono()
         self.resp_started = False
         self.resp_chunk_encode = False
+        self.held_body = None
+        self.held_head = None
         self.req_done = False
         self.close_after = False
         self.upgrade = False
@@ -471,6 +474,9 @@ cdef class DownstreamConn(RouterStream):
             if data is None:
                 return 0
         self.bytes_tx += PyBytes_GET_SIZE(data)
+        if self.held_head is not None:
+            self.held_body.append(data)
+            return self._release_held() if end_stream else 0
         return self._encode_data(data, end_stream)
 
     cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
@@ -485,6 +491,9 @@ cdef class DownstreamConn(RouterStream):
                 tail = self.enc_swap
                 self.enc_swap = None
                 self.bytes_tx += PyBytes_GET_SIZE(tail)
+        if self.held_head is not None:      # the trailers end it: no chunked framing left
+            self.held_body.append(tail)
+            return self._release_held()
         if self.cfg.enable_trailers and self.resp_framing == FR_CHUNKED:
             if tail:
                 self._encode_data(tail, False)
@@ -514,6 +523,21 @@ cdef class DownstreamConn(RouterStream):
         cdef int status = h.get_status()
         cdef int minor = 1 if (self.h1.minor or status == 426) else 0
         cdef int framing
+        if self.held_body is not None:
+            if not end_stream and self.held_head is None:
+                self.held_head = h          # the head waits for the response's end
+                self.held_announce = announce_close
+                return 0
+            self.held_body = None           # a headers-only response: nothing to hold
+        if end_stream and isinstance(h, HeaderList) and status >= 200 and status != 204 \
+                and status != 304 and h.find_from("content-length", 14, 0) < 0 \
+                and h.find_from("transfer-encoding", 17, 0) < 0:
+            # a headers-only answer from an HTTP/2 upstream (a gRPC trailers-only one):
+            # Envoy's HTTP/1 codec frames it as it frames a local reply
+            if not self.head_req:
+                h.add(b"content-length", b"0")
+            elif minor:
+                h.add(b"transfer-encoding", b"chunked")
         if status == 101 and self.upgrade:
             framing = FR_NONE
         else:
@@ -620,6 +644,37 @@ cdef class DownstreamConn(RouterStream):
                 self.dispatching = False
         return 0
 
+    cdef int _release_held(self) except -1:
+        """A held response has ended: its head as the encode filters left it, then its
+        body, framed by the head (a content-length a filter set, else chunked)."""
+        cdef HeaderMap h = self.held_head
+        cdef bytes body = b"".join(self.held_body)
+        self.held_head = None
+        self.held_body = None
+        self.resp_status = h.get_status()
+        self._encode_headers(h, not body, self.held_announce)
+        if body:
+            self._encode_data(body, True)
+        return 0
+
+    def hold_response(self):
+        """From a filter's encode_headers: hold this response (head and body) until it
+        ends, so filters can still change its head (set_response_status,
+        set_response_header) when they have seen its body and trailers. A local reply, or
+        a response that ends with its head, is not held."""
+        if self.held_head is None:
+            self.held_body = []
+
+    def set_response_status(self, int code):
+        """Changes the status a held response goes out with (from encode_trailers)."""
+        cdef HeaderMap h = self.held_head
+        if h is None:
+            return
+        if isinstance(h, HeaderList):
+            (<HeaderList>h).status = code
+        elif isinstance(h, Head):
+            (<Head>h).status = code
+
     cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1:
         cdef HcmConfig cfg = self.cfg
         cdef HeaderList resp
@@ -635,10 +690,21 @@ cdef class DownstreamConn(RouterStream):
             self.close_after = True
         self.resp_status = code
         self.resp_started = True
-        resp = HeaderList(status=code)
-        if body:
-            resp.add(b"content-length", PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body)))
-            resp.add(b"content-type", b"text/plain")
+        if is_grpc_request(self.h1):
+            # a gRPC request (over HTTP/1.1 too) gets Envoy's trailers-only gRPC answer:
+            # HTTP 200, the gRPC status the HTTP status maps to, the body as grpc-message
+            resp = HeaderList(status=200)
+            resp.add(b"content-type", b"application/grpc")
+            resp.add(b"grpc-status", b"4" if self.resp_flags == "DT" else
+                     grpc_local_status(code))
+            if body:
+                resp.add(b"grpc-message", body)
+            body = b""
+        else:
+            resp = HeaderList(status=code)
+            if body:
+                resp.add(b"content-length", PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body)))
+                resp.add(b"content-type", b"text/plain")
         resp.add(b"date", date_value())
         if cfg.server_mode != SERVER_PASS_THROUGH:
             resp.add(b"server", cfg.server_name)
@@ -648,6 +714,7 @@ cdef class DownstreamConn(RouterStream):
             resp.add_flat(extra)
         if cfg.any_encode:  # a local reply passes the encode filters too (Envoy)
             body = self._local_encode(resp, code, body)
+            self.held_body = None           # whole already: nothing to hold
         if self.resp_add_extra is not None:
             resp.add_flat(tuple(self.resp_add_extra))
         if not body and code >= 200 and code != 204 and code != 304:

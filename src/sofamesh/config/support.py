@@ -820,6 +820,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "chunk_size",  # the output piece max_inflate_ratio is checked after
     ),
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli": (),
+    # envoy.filters.http.grpc_http1_bridge (filters/http/grpc_http1_bridge.py): the
+    # application/x-protobuf upgrade options are refused
+    "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config": (),
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd": (),
     # envoy.filters.http.ratelimit (filters/http/ratelimit.py): the rate-limit service call
     "envoy.extensions.filters.http.ratelimit.v3.RateLimit": (

@@ -34,6 +34,7 @@ EXAMPLES = [
     "csrf_crosssite_envoy.yaml",
     "route-mirror_envoy.yaml",
     "rbac_envoy.yaml",
+    "grpc-bridge_client_envoy-proxy.yaml",
 ]
 DECODE = {
     "gzip": gzip.decompress,
@@ -104,6 +105,10 @@ def _requests(path: str) -> list[tuple[str, dict[str, str], bytes | None]]:
         ("GET", {"x-mirror-cluster": "service2-mirror"}, None),
         ("GET", {"referer": "https://www.envoyproxy.io/docs/envoy/latest/"}, None),
         ("GET", {"referer": "https://example.com/docs/envoy"}, None),
+        # the gRPC bridge example's virtual host answers to `grpc` only
+        ("POST", {"host": "grpc", "content-type": "application/grpc"}, b"\0\0\0\0\1x"),
+        ("POST", {"host": "grpc", "content-type": "application/grpc", "x-resp-size": "99"}, b""),
+        ("GET", {"host": "grpc", "x-resp-chunked": "1"}, None),
     ]
 
 
