@@ -852,6 +852,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "request_headers",
         "query_parameters",
         "remote_address",
+        "masked_remote_address",
         "generic_key",
         "header_value_match",
     ),

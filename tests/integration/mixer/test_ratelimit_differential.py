@@ -270,6 +270,7 @@ def test_route_actions_send_the_descriptors_envoy_sends(tmp_path, upstream):
             ]
         },
         {"stage": 1, "actions": [{"generic_key": {"descriptor_value": "stage1"}}]},
+        {"actions": [{"masked_remote_address": {"v4_prefix_mask_len": 24}}]},
     ]
     cases = [
         ("/", {}),
@@ -287,7 +288,7 @@ def test_route_actions_send_the_descriptors_envoy_sends(tmp_path, upstream):
             rate_limits=limits,
         )
         try:
-            got = []
+            got: list = []
             for p, rls in zip(procs, (e_rls, s_rls), strict=True):
                 statuses = [_get(p, path, h)[0] for path, h in cases]
                 assert statuses == [200] * len(cases)
@@ -302,6 +303,7 @@ def test_route_actions_send_the_descriptors_envoy_sends(tmp_path, upstream):
                     [("remote_address", "127.0.0.1"), ("destination_cluster", "app")],
                     [("source_cluster", "sidecar")],
                     [("not_beta", "yes")],
+                    [("masked_remote_address", "127.0.0.0/24")],
                 ],
             )
         finally:

@@ -24,7 +24,21 @@ def _limits(doc: list) -> list:
 @pytest.mark.parametrize(
     ("doc", "where"),
     [
-        ([{"actions": [{"masked_remote_address": {}}]}], "r[0].actions[0].masked_remote_address"),
+        (
+            [
+                {
+                    "actions": [
+                        {
+                            "dynamic_metadata": {
+                                "descriptor_key": "k",
+                                "metadata_key": {"key": "a", "path": [{"key": "b"}]},
+                            }
+                        }
+                    ]
+                }
+            ],
+            "r[0].actions[0].dynamic_metadata",
+        ),
         (
             [
                 {"actions": [{"generic_key": {"descriptor_value": "a"}}]},
