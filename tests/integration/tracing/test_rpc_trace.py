@@ -562,3 +562,81 @@ def test_bolt_without_context_starts_a_trace(mesh, mode):
     assert "parentId" not in root and root["id"] == fnv("0")
     assert root["tags"]["upstream_cluster"] == "node_bolt"
     assert root["tags"]["rpc.status_code"] == "0"
+
+
+def test_proxy_replies_are_traced_with_their_flag(mesh):
+    """A call the proxy answers itself (no route) gives a SERVER span only, with Envoy's
+    response flag and the error tag (a raw Dubbo request: no peer sends to a missing
+    interface on purpose)."""
+    import socket
+
+    from sofamesh._core.codecs import dubbo
+
+    tid = "0a0fe8ec1580000000001000999"
+    req = dubbo.encode_request(
+        5,
+        "2.0.2",
+        "com.none.Missing",
+        None,
+        "get",
+        "",
+        b"",
+        {"path": "com.none.Missing", "dubbo.rpc.sofa.tracer": f"tcid={tid}&spid=0.7&"},
+    )
+    with socket.create_connection(("127.0.0.1", mesh["dubbo"]), timeout=10) as s:
+        s.sendall(req)
+        frames: list = []
+        dec = dubbo.DubboDecoder()
+        while not frames:
+            frames = dec.feed(s.recv(65536))
+    assert frames[0].status == dubbo.DUBBO_SERVICE_NOT_FOUND
+    (span,) = mesh["receiver"].trace("00000" + tid, 1)
+    assert span["id"] == fnv("0.7") and span["kind"] == "SERVER"
+    assert span["tags"]["response_flags"] == "NR" and span["tags"]["error"] == "true"
+    assert span["name"] == "com.none.Missing#get"
+    assert "upstream_cluster" not in span["tags"]
+
+
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        ({"spawn_upstream_span": True}, "config.spawn_upstream_span"),
+        ({"custom_tags": [{"tag": "a", "literal": {"value": "b"}}]}, "config.custom_tags"),
+        ({"client_sampling": {"value": 50}}, "config.client_sampling"),
+        ({"provider": {"name": "envoy.tracers.nope"}}, "config.provider"),
+        (None, "dubbo_filters[1]: one sofamesh.filters.rpc.tracing"),
+    ],
+)
+async def test_bad_tracing_configs_fail_at_start_naming_the_field(change, where):
+    from sofamesh.config import load_bootstrap
+    from sofamesh.config.errors import ConfigError
+    from sofamesh.proxy.errors import UnsupportedConfig
+    from sofamesh.proxy.server import Server
+
+    cfg = tracing()
+    entries = [{"name": "sofamesh.filters.rpc.tracing", "config": cfg}]
+    if change is None:
+        entries.append(entries[0])
+    else:
+        cfg.update(change)
+    flt = {
+        "name": "envoy.filters.network.dubbo_proxy",
+        "typed_config": {
+            "@type": DUBBO_TYPE,
+            "stat_prefix": "d",
+            "route_config": [
+                {"interface": "a.B", "routes": [{"match": {}, "route": {"cluster": "zipkin"}}]}
+            ],
+            "dubbo_filters": [*entries, {"name": "envoy.filters.dubbo.router"}],
+        },
+    }
+    boot = bootstrap([listener("l", 0, [flt])], [cluster("zipkin", [1])])
+    srv = None
+    # refused when the bootstrap is read (an unknown provider) or the listener built
+    with pytest.raises(
+        (ConfigError, UnsupportedConfig), match=where.replace("[", r"\[").replace("]", r"\]")
+    ):
+        srv = Server(load_bootstrap(config_yaml=json.dumps(boot)))
+        await srv.start()
+    if srv is not None:
+        await srv.stop()
