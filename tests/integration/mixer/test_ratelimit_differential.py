@@ -64,9 +64,10 @@ class RecordingRls:
     """A rate-limit service that records each request's (domain, descriptors) and answers
     OVER_LIMIT when a descriptor holds an entry value in `over`, after `delay` seconds."""
 
-    def __init__(self, delay: float = 0.0, over: tuple[str, ...] = ()):
+    def __init__(self, delay: float = 0.0, over: tuple[str, ...] = (), extras: bool = False):
         self.delay = delay
         self.over = set(over)
+        self.extras = extras  # answer with headers to add and an over-limit body
         self.requests: list[tuple[str, list[list[tuple[str, str]]]]] = []
         self._lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -91,6 +92,11 @@ class RecordingRls:
             st.current_limit.unit = rls_pb2.RateLimitResponse.RateLimit.MINUTE
             st.limit_remaining = 0 if over else 7
             st.duration_until_reset.seconds = 42
+        if self.extras:
+            resp.response_headers_to_add.add(key="x-rl-resp", value="r1")
+            resp.request_headers_to_add.add(key="x-rl-req", value="q1")
+            if resp.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT:
+                resp.raw_body = b"slow down\n"
         return resp
 
     def __enter__(self) -> Self:
@@ -504,6 +510,50 @@ def test_http2_downstream_as_envoy(tmp_path, upstream, body):
             assert len(got) == 2
             assert all(r.body == body for r in got)
             assert not [r for r in upstream.records if r.target == "/h2/blocked"]
+        finally:
+            for p in procs:
+                p.stop()
+
+
+def test_service_headers_and_body_as_envoy(tmp_path, upstream):
+    """The service's response_headers_to_add (on the answer, allowed or limited),
+    request_headers_to_add (to the upstream request) and raw_body (the 429's body), and
+    the filter's own response_headers_to_add and rate_limited_status."""
+    action = {"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}
+    extra = {
+        "rate_limited_status": {"code": 503},
+        "response_headers_to_add": [{"header": {"key": "x-limited-by", "value": "mixer"}}],
+    }
+    with (
+        RecordingRls(over=("blocked",), extras=True) as e_rls,
+        RecordingRls(over=("blocked",), extras=True) as s_rls,
+    ):
+        procs = _pair(
+            tmp_path,
+            (e_rls.port, s_rls.port),
+            upstream.ports["a"],
+            http_filters=[ratelimit_filter(**extra)],
+            rate_limits=[action],
+        )
+        try:
+            seen = []
+            for p in procs:
+                out = []
+                for user in ("ok", "blocked"):
+                    status, headers, body = _get(p, f"/{user}", {"x-user": user})
+                    keep = {
+                        k: v
+                        for k, v in headers.items()
+                        if k in ("x-rl-resp", "x-limited-by", "x-envoy-ratelimited")
+                    }
+                    out.append((status, keep, body if status != 200 else b""))
+                seen.append(out)
+            assert seen[0] == seen[1]
+            assert seen[0][0] == (200, {"x-rl-resp": "r1"}, b"")
+            assert seen[0][1][0] == 503 and seen[0][1][2] == b"slow down\n"
+            ok = [r for r in upstream.records if r.target == "/ok"]
+            assert len(ok) == 2
+            assert all(("x-rl-req", "q1") in [(k.lower(), v) for k, v in r.headers] for r in ok)
         finally:
             for p in procs:
                 p.stop()
