@@ -320,3 +320,44 @@ def test_pilot_and_register(installed, tmp_path):
         os.killpg(pilot.pid, 15)
         pilot.wait(10)
         log.close()
+
+
+def test_mixer_serves_its_web_page(installed, tmp_path):
+    """The page is package data: the installed mixer serves it and its /api/graph."""
+    grpc_port, http_port = free_ports(2)
+    log = (tmp_path / "mixer.log").open("wb")
+    mixer = subprocess.Popen(
+        [
+            *installed.sofamesh,
+            "mixer",
+            "--grpc-address",
+            f"127.0.0.1:{grpc_port}",
+            "--http-address",
+            f"127.0.0.1:{http_port}",
+        ],
+        cwd=installed.cwd,
+        env=installed.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert mixer.poll() is None, (tmp_path / "mixer.log").read_text()
+            try:
+                graph = _get_json(base + "/api/graph")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "mixer.log").read_text()
+                time.sleep(0.1)
+        assert graph["nodes"] == [] and graph["edges"] == []
+        with urllib.request.urlopen(base + "/", timeout=5) as r:
+            assert r.headers["content-type"].startswith("text/html")
+            page = r.read().decode()
+        assert "<title>sofamesh mixer</title>" in page and 'fetch("api/graph"' in page
+    finally:
+        os.killpg(mixer.pid, 15)
+        mixer.wait(10)
+        log.close()
