@@ -275,3 +275,39 @@ def test_policy_cli_sets_shows_and_removes(pilot):
         timeout=30,
     )
     assert r.returncode == 2 and "no pilot answered" in r.stderr
+
+
+def test_replicas_on_etcd_agree_on_policies(tmp_path):
+    from tests.support.servers import EtcdServer
+
+    etcd = EtcdServer()
+    etcd.start()
+    store = f"etcd://{etcd.endpoint}/sofamesh-policy-{time.monotonic_ns()}"
+    a = PilotProcess(tmp_path / "a", store=store)
+    b = PilotProcess(tmp_path / "b", store=store)
+    b.outbound_port = a.outbound_port  # the same model: the same route names and versions
+    rc = f"{a.outbound_port}|svc-x"
+    try:
+        a.start()
+        b.start()
+        a.register("svc-x", "x1", address="127.0.0.1", port=8001)
+        a.register("caller-y", "y1", address="127.0.0.2", port=9)
+        for p in (a, b):
+            p.wait_config("rds", lambda c: rc in c)
+        before = b.config("rds")[rc]
+        assert policy(a, "PUT", "svc-x", "access", {"allow_from": ["caller-y"]})[0] == 201
+        # b learns it through etcd's watch: it serves what a serves
+        b.wait_config("rds", lambda c: c.get(rc) not in (None, before), timeout=10)
+        a.wait_config("rds", lambda c: c.get(rc) not in (None, before), timeout=10)
+        assert a.config("rds")[rc] == b.config("rds")[rc]
+        assert http("GET", f"{b.api}/v1/policies")[1] == {
+            "policies": [{"service": "svc-x", "kind": "access", "allow_from": ["caller-y"]}]
+        }
+        # a delete through b reaches a
+        assert policy(b, "DELETE", "svc-x", "access")[0] == 204
+        a.wait_config("rds", lambda c: c.get(rc) == before, timeout=10)
+        assert http("GET", f"{a.api}/v1/policies")[1] == {"policies": []}
+    finally:
+        b.stop()
+        a.stop()
+        etcd.stop()
