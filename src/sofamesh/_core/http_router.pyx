@@ -7,7 +7,7 @@ from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.http_grpc cimport grpc_outcome, grpc_retry_bit, grpc_timeout
-from sofamesh._core.http_tracing cimport inject_trace, start_trace, trace_upstream
+from sofamesh._core.http_tracing cimport inject_trace, start_trace
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn
 from sofamesh._core.http_common cimport (
@@ -212,11 +212,8 @@ cdef class RouterStream(HttpStream):
         cdef HcmConfig cfg = self.cfg
         cdef HttpFilter f
         cdef Py_ssize_t j
-        if self.trace is not None:
-            if self.grpc:
-                self._trace_grpc(rh)
-            if self.trace.child_id is not None:
-                trace_upstream(self.trace, self.up)
+        if self.trace is not None and self.grpc:
+            self._trace_grpc(rh)
         if cfg.any_encode:
             self.resp_head = rh
             for j in range(len(cfg.filters) - 1, -1, -1):

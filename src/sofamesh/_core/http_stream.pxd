@@ -44,7 +44,6 @@ cdef class TraceCtx:
     cdef public bytes child_id          # spawn_upstream_span: the upstream span's id, or None
     cdef public long long child_us      # when the upstream span started
     cdef public object up_host          # upstream.Host the request went to, or None
-    cdef public str up_local            # the upstream connection's local ip:port, or None
 
 
 cdef class HttpFilter:

@@ -2,7 +2,6 @@
 # sampled ones): a request's B3 or W3C context continued or started, the sampling decision,
 # the upstream request's trace headers, new 64-bit span ids.
 
-from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_stream cimport TraceCtx
@@ -10,11 +9,10 @@ from sofamesh._core.http_stream cimport TraceCtx
 cdef enum:
     TRACE_B3 = 0        # Zipkin: x-b3-* headers
     TRACE_W3C = 1       # OpenTelemetry: traceparent / tracestate
+    TRACE_SW8 = 2       # SkyWalking: sw8, written by proxy/tracing_skywalking.py at _attach
 
 cdef bytes new_span_id()
 cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg)
 # the span's context onto the upstream request h; returns the request id, marked when the
 # connection manager traced the request (rid: the request's x-request-id or None)
 cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid)
-# spawn_upstream_span: the upstream connection's local address, for the upstream span
-cdef int trace_upstream(TraceCtx t, PoolConn c) except -1

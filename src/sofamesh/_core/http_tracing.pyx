@@ -3,9 +3,7 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdio cimport snprintf
 
-from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig
-from sofamesh._core.http2_upstream cimport H2UpStream
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_common cimport wall_us
 from sofamesh._core.http_stream cimport TraceCtx
@@ -166,16 +164,3 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
         h.remove(b"x-request-id")
         h.add(b"x-request-id", rid)
     return rid
-
-
-cdef int trace_upstream(TraceCtx t, PoolConn c) except -1:
-    cdef object transport, name
-    if c is None or t.up_local is not None:
-        return 0
-    # an HTTP/2 stream's socket is its connection's
-    transport = (<H2UpStream>c).conn.transport if isinstance(c, H2UpStream) else c.transport
-    if transport is not None:
-        name = transport.get_extra_info("sockname")
-        if name:
-            t.up_local = f"{name[0]}:{name[1]}"
-    return 0

@@ -370,7 +370,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "client_sampling",  # x-client-trace-id (_core/http_tracing.pyx)
         "custom_tags",
         "max_path_tag_length",
-        "spawn_upstream_span",  # OpenTelemetry (Zipkin refuses it: proxy/tracing.py)
+        "spawn_upstream_span",  # a CLIENT span per upstream request (proxy/tracing.py)
     ),
     "envoy.config.trace.v3.Tracing.Http": ("name", "typed_config"),
     "envoy.config.trace.v3.ZipkinConfig": (

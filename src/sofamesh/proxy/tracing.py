@@ -422,9 +422,7 @@ class Tracer:
                 "HTTP/2" if h2 is not None and (not h2[3] or s.http_version == 20) else "HTTP/1.1"
             )
         if host is not None:
-            tags["upstream_address"] = f"{host.address}:{host.port}"
-        if span.up_local is not None:  # the upstream connection's own address
-            tags["peer.address"] = span.up_local
+            tags["upstream_address"] = tags["peer.address"] = f"{host.address}:{host.port}"
         tags["component"] = "proxy"
         self._common_tags(s, tags, s.resp_status if responded else 0)
         return self._finish_tags(tags)

@@ -5,7 +5,8 @@ x-b3-spanid, x-b3-sampled; with `shared_span_context` (default) the server span 
 caller's span id, else it is a child), or starts a trace, and writes the span's B3 headers
 on the upstream request (incoming ones replaced). A sampled span becomes a Zipkin v2 SERVER
 span named for the authority (or the route's decorator), with Envoy's tags (proxy/tracing;
-empty ones left out, as Envoy's Zipkin span does). Reports are POSTed as one JSON array to
+empty ones left out, as Envoy's Zipkin span does); with `spawn_upstream_span` a CLIENT
+child "router <cluster> egress" too, whose id (parent: the server span) goes upstream. Reports are POSTed as one JSON array to
 the collector cluster (proxy/tracing SpanReporter). Stats: tracing.zipkin.{spans_sent,
 timer_flushed, reports_sent, reports_failed, reports_dropped, reports_skipped_no_cluster}.
 """
@@ -26,6 +27,7 @@ B3 = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"
 
 class ZipkinTracer(Tracer):
     TRACE_KIND = tracing.TRACE_B3
+    SPAWN = True
     keep_empty_tags = False
 
     def __init__(
@@ -87,7 +89,8 @@ class ZipkinTracer(Tracer):
             "timestamp": r.start_us,
             "duration": max(r.end_us - r.start_us, 0),
             "localEndpoint": {"ipv4": self.local_ip, "port": 0},
-            "annotations": [{"timestamp": r.end_us, "value": "ss"}],
+            # v2 keeps the end event: server send, or client receive (kind says the rest)
+            "annotations": [{"timestamp": r.end_us, "value": "cr" if r.kind == "CLIENT" else "ss"}],
             "tags": r.tags,
         }
         if r.parent_id:

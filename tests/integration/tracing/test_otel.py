@@ -153,14 +153,9 @@ def _norm_span(res: dict, s: dict, port: str, ids: dict[str, str]) -> dict:
         if k in attrs:
             attrs[k] = attrs[k].replace(port, ":PORT")
     if "upstream_address" in attrs:
-        attrs["upstream_address"] = "127.0.0.1:UPSTREAM"
-        # an upstream span's peer.address: the upstream connection's local ip:port. Envoy
-        # has one for a connection that failed (its socket was bound); sofamesh does not
-        # (asyncio never hands it the failed socket), so that one is left out
-        if attrs.get("response_flags") == "UF":
-            attrs.pop("peer.address", None)
-        elif "peer.address" in attrs:
-            attrs["peer.address"] = attrs["peer.address"].rsplit(":", 1)[0] + ":LOCAL"
+        # an upstream span names the host as upstream_address and as peer.address
+        assert attrs["peer.address"] == attrs["upstream_address"]
+        attrs["upstream_address"] = attrs["peer.address"] = "127.0.0.1:UPSTREAM"
     tid, sid, pid = _hex(s["traceId"]), _hex(s["spanId"]), _hex(s.get("parentSpanId"))
     return {
         "name": s["name"],
@@ -224,7 +219,7 @@ def _observe(p, recv: OtlpReceiver, expect_spans: int) -> tuple[list, list, dict
         up.append(entry)
     for s in spans:
         del s["_tid"], s["_sid"]
-    key = lambda s: (s["attrs"].get("http.url", ""), s["kind"], str(s["attrs"]))
+    key = lambda s: (s["attrs"].get("http.url", ""), s["kind"], str(sorted(s["attrs"].items())))
     return sorted(spans, key=key), sorted(up, key=lambda e: e["target"]), p.stats()
 
 
@@ -485,3 +480,31 @@ def test_otel_http_service_as_envoy(proxies):  # noqa: F811
     assert ("x-api-key", "k1") in heads
     if len(HTTP_SEEN) == 2:
         assert HTTP_SEEN["envoy"] == HTTP_SEEN["sofamesh"]
+
+
+@pytest.mark.parametrize("proxies", ["sofamesh"], indirect=True)
+def test_otel_collector_down_is_counted_and_traffic_flows(proxies):  # noqa: F811
+    """No collector listening: every request is still answered; the failed exports are
+    counted (tracing.opentelemetry.reports_failed) and nothing is reported sent."""
+    dead = free_port()
+    tracing = {"provider": otel_provider(), "random_sampling": {"value": 100}}
+    p = proxies(
+        hcm={"tracing": tracing},
+        clusters=lambda grpc_port, h1_port: [_cluster("otel", dead, True)],
+    )
+    for i in range(12):
+        conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+        conn.request("GET", f"/r{i}", headers={"host": "svc.local"})
+        assert conn.getresponse().status == 200
+        conn.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        stats = p.stats()
+        if stats.get("tracing.opentelemetry.reports_failed", 0) >= 2:
+            break
+        time.sleep(0.2)
+    assert stats.get("tracing.opentelemetry.reports_failed", 0) >= 2
+    assert stats.get("tracing.opentelemetry.spans_sent", 0) == 0
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+    conn.request("GET", "/after", headers={"host": "svc.local"})
+    assert conn.getresponse().status == 200

@@ -53,7 +53,7 @@ def _norm_id(v: str | None, root: str | None) -> str | None:
     return "=trace" if v == root else "new"
 
 
-def _run(p) -> tuple[list, list]:
+def _run(p, n: int = 6) -> tuple[list, list]:
     for path, headers in REQUESTS:
         conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
         conn.request("GET", path, headers={"host": "svc.local", **headers})
@@ -63,7 +63,7 @@ def _run(p) -> tuple[list, list]:
         ch.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=10)
     spans: list = []
     deadline = time.monotonic() + 15  # Envoy flushes every 5 s or 5 spans
-    while len(spans) < 6 and time.monotonic() < deadline:
+    while len(spans) < n and time.monotonic() < deadline:
         time.sleep(0.2)
         spans = [
             s for r in p.upstream.snapshot() if r.target == COLLECTOR for s in json.loads(r.body)
@@ -74,8 +74,11 @@ def _run(p) -> tuple[list, list]:
         # the gRPC client names the proxy's own (different) port in its authority
         tags = {k: v.replace(port, ":PORT") for k, v in s["tags"].items()}
         s["name"] = s["name"].replace(port, ":PORT")
-        rid = tags.pop("guid:x-request-id")
+        rid = tags.pop("guid:x-request-id", "-" * 14 + "9")
         assert rid[14] == "9", rid  # sampled: marked in the request id
+        if s["kind"] == "CLIENT":  # an upstream span names the host twice
+            assert tags["peer.address"] == tags["upstream_address"]
+            tags["peer.address"] = tags["upstream_address"] = "UPSTREAM"
         out.append(
             {
                 "name": s["name"],
@@ -105,7 +108,8 @@ def _run(p) -> tuple[list, list]:
                 dict(r.headers)["x-request-id"][14],
             )
         )
-    return sorted(out, key=lambda s: s["tags"]["http.url"]), sorted(up)
+    key = lambda s: (s["tags"].get("http.url", ""), s["kind"], str(sorted(s["tags"].items())))
+    return sorted(out, key=key), sorted(up)
 
 
 SEEN: dict = {}
@@ -132,3 +136,29 @@ def test_zipkin_spans_and_b3_headers_as_envoy(proxies):  # noqa: F811
         assert SEEN["envoy"][0] == SEEN["sofamesh"][0]
         assert SEEN["envoy"][1] == SEEN["sofamesh"][1]
         assert SEEN["envoy"][2] == SEEN["sofamesh"][2] == 6
+
+
+SPAWN_SEEN: dict = {}
+
+
+def test_zipkin_spawn_upstream_span_as_envoy(proxies):  # noqa: F811
+    """spawn_upstream_span: each request that goes upstream also gets a CLIENT span
+    "router <cluster> egress", a child of the server span, whose id the upstream receives
+    (x-b3-parentspanid: the server span)."""
+    p = proxies(
+        hcm={"tracing": {**ZIPKIN, "spawn_upstream_span": True}},
+        routes=ROUTES,
+        clusters=lambda grpc_port, h1_port: [_cluster("zipkin", h1_port, False)],
+    )
+    spans, up = _run(p, 11)
+    SPAWN_SEEN[p.kind] = (spans, up)
+    clients = [s for s in spans if s["kind"] == "CLIENT"]
+    assert len(spans) == 11 and len(clients) == 5  # /nf is answered by the route itself
+    assert all(s["parentId"] in ("=trace", "0000000000000def") for s in clients), clients
+    assert {s["ss"][0] for s in clients} == {"cr"}
+    cont = next(u for u in up if u[0] == "/cont")
+    assert cont[1:5] == ("0000000000000abc", "new", "0000000000000def", "1")
+    if len(SPAWN_SEEN) == 2:
+        for a, b in zip(SPAWN_SEEN["envoy"][0], SPAWN_SEEN["sofamesh"][0], strict=True):
+            assert a == b
+        assert SPAWN_SEEN["envoy"] == SPAWN_SEEN["sofamesh"]
