@@ -27,8 +27,9 @@ from tests.conftest import envoy_binary
 pytestmark = pytest.mark.envoy
 
 
+@pytest.mark.parametrize("policies", [False, True], ids=["", "with-policies"])
 @pytest.mark.parametrize("scoped", [True, False], ids=["scoped-routes", "one-route-config"])
-def test_generated_config_passes_envoy_validate(tmp_path, scoped):
+def test_generated_config_passes_envoy_validate(tmp_path, scoped, policies):
     services, instances = {}, {}
     for i, proto in enumerate(PROTOCOLS):
         name = f"svc-{proto}"
@@ -47,6 +48,22 @@ def test_generated_config_passes_envoy_validate(tmp_path, scoped):
             for k in range(3)
         ]
     gen = Generator(outbound_port=15001, listener_address="127.0.0.1", scoped_routes=scoped)
+    if policies:  # operator policies (pilot/policy_xds.py): RBAC, network RBAC, quota filters
+        from sofamesh.pilot.policy import resolve
+        from sofamesh.pilot.store import BaseStore
+
+        store = BaseStore()
+        store.records = {
+            "svc-http": {
+                "access": {"allow_from": ["svc-grpc"]},
+                "rate": {"requests_per_second": 10},
+            },
+            "svc-grpc": {"rate": {"requests_per_second": 3}},
+            "svc-dubbo": {"access": {"allow_from": ["svc-http", "nobody"]}},
+            "svc-tcp": {"access": {"allow_from": ["nobody"]}},
+        }
+        gen.policy_source = lambda inst: resolve(store, inst)
+        gen.mixer = ("127.0.0.1", 15030)
     gen.update(services, instances)
     cla = {
         n: endpoint_pb2.ClusterLoadAssignment.FromString(r.message().value)
@@ -59,14 +76,20 @@ def test_generated_config_passes_envoy_validate(tmp_path, scoped):
     clusters = []
     for name, r in sorted(gen.all[CDS].items()):
         c = cluster_pb2.Cluster.FromString(r.message().value)
+        if name not in cla:  # the mixer's cluster is static already
+            clusters.append(json_format.MessageToDict(c, preserving_proto_field_name=True))
+            continue
         c.type = cluster_pb2.Cluster.STATIC
         c.ClearField("eds_cluster_config")
         c.load_assignment.CopyFrom(cla[name])
         clusters.append(json_format.MessageToDict(c, preserving_proto_field_name=True))
     listeners = []
+    n_rbac = 0
     for _name, r in sorted(gen.wild[LDS].items()):
         lst = listener_pb2.Listener.FromString(r.message().value)
-        f = lst.filter_chains[0].filters[0]
+        f = lst.filter_chains[0].filters[-1]
+        names = [x.name for x in lst.filter_chains[0].filters]
+        n_rbac += names[0] == "envoy.filters.network.rbac"
         if f.name == "envoy.filters.network.http_connection_manager":
             hcm = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
             if hcm.HasField("scoped_routes"):
@@ -81,8 +104,15 @@ def test_generated_config_passes_envoy_validate(tmp_path, scoped):
                 assert not scoped
                 hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
                 hcm.ClearField("rds")
+            http_filters = [x.name for x in hcm.http_filters]
             f.typed_config.Pack(hcm)
         listeners.append(json_format.MessageToDict(lst, preserving_proto_field_name=True))
+    assert n_rbac == (2 if policies else 0)  # svc-dubbo's and svc-tcp's listeners
+    assert http_filters == (
+        ["envoy.filters.http.rbac", "sofamesh.quota.svc-grpc", "sofamesh.quota.svc-http"]
+        if policies
+        else []
+    ) + ["envoy.filters.http.router"]
     # 1 HTTP listener + a tcp_proxy listener per non-HTTP protocol
     assert len(listeners) == 1 + sum(p not in ("http", "http2", "grpc") for p in PROTOCOLS)
     boot = tmp_path / "static.json"
