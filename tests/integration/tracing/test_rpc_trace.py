@@ -183,11 +183,48 @@ def _anthunder_client(monkeypatch_target, port: int):
     return Client("trace_test")
 
 
-def _web_relay(bolt_port: int) -> ThreadingHTTPServer:
-    """The HTTP app: takes the B3 context as SOFATracer's Spring MVC filter does (span id =
-    x-b3-spanid) and calls the Bridge over Bolt with its child `<span id>.1`."""
+def _bolt_bridge(tid: str, sid: str, sampled: str | None) -> bytes:
+    """A Bolt call to the Bridge as a SOFATracer app makes it while serving a B3 request
+    (SOFATracer takes x-b3-spanid as its span id; its RPC is that span's child `.1`)."""
     from anthunder import Client
     from mytracer import SpanContext
+
+    samp = "false" if sampled == "0" else "true"
+    ctx = SpanContext(sofaTraceId=tid, sofaRpcId=f"{sid}.1", samp=samp)
+    return Client("web_app").invoke_sync(BRIDGE, "call", b"", spanctx=ctx, timeout_ms=20000)
+
+
+def _grpc_relay():
+    """The gRPC app (grpcio): /sofamesh.test.Relay/Call calls the Bridge over Bolt with the
+    B3 context of the call's metadata."""
+    from concurrent import futures
+
+    import grpc
+
+    def call(req: bytes, ctx) -> bytes:
+        md = dict(ctx.invocation_metadata())
+        return _bolt_bridge(md["x-b3-traceid"], md["x-b3-spanid"], md.get("x-b3-sampled"))
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "sofamesh.test.Relay", {"Call": grpc.unary_unary_rpc_method_handler(call)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def _web_relay(grpc_port: int) -> ThreadingHTTPServer:
+    """The HTTP app: /order calls the Bridge over Bolt; /grpc calls the gRPC app through the
+    mesh as a B3-instrumented client does (a client span, child of the request's: new span
+    id, x-b3-parentspanid the request's)."""
+    import secrets
+
+    import grpc
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -195,9 +232,19 @@ def _web_relay(bolt_port: int) -> ThreadingHTTPServer:
         def do_GET(self):
             tid = self.headers.get("x-b3-traceid")
             sid = self.headers.get("x-b3-spanid")
-            samp = "false" if self.headers.get("x-b3-sampled") == "0" else "true"
-            ctx = SpanContext(sofaTraceId=tid, sofaRpcId=f"{sid}.1", samp=samp)
-            out = Client("web_app").invoke_sync(BRIDGE, "call", b"", spanctx=ctx, timeout_ms=20000)
+            sampled = self.headers.get("x-b3-sampled")
+            if self.path == "/grpc":
+                md = [
+                    ("x-b3-traceid", tid),
+                    ("x-b3-spanid", secrets.token_hex(8)),
+                    ("x-b3-parentspanid", sid),
+                    ("x-b3-sampled", sampled or "1"),
+                ]
+                with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+                    call = ch.unary_unary("/sofamesh.test.Relay/Call")
+                    out = call(b"", metadata=md, timeout=30)
+            else:
+                out = _bolt_bridge(tid, sid, sampled)
             self.send_response(200)
             self.send_header("content-length", str(len(out)))
             self.end_headers()
@@ -229,10 +276,13 @@ def mesh(tmp_path_factory):
             time.sleep(0.02)
         ant_port = ant._server.sockets[0].getsockname()[1]
         with NodeServer(dubbo=True, tag="dubbo") as dubbo_app, NodeServer(tag="bolt") as node:
-            http_port, bolt_port, dubbo_port, quiet_port = (free_port() for _ in range(4))
+            http_port, bolt_port, dubbo_port, quiet_port, grpc_port = (
+                free_port() for _ in range(5)
+            )
             _Bridge.dubbo_port = dubbo_port
             _anthunder_client(mp, bolt_port)
-            web = _web_relay(bolt_port)
+            grpc_app, grpc_app_port = _grpc_relay()
+            web = _web_relay(grpc_port)
             router = {"name": "envoy.filters.dubbo.router"}
 
             def dubbo(port: int, prefix: str, pct: float) -> dict:
@@ -318,15 +368,29 @@ def mesh(tmp_path_factory):
                     ],
                 },
             }
+            grpc_hcm = json.loads(json.dumps(hcm))
+            grpc_hcm["typed_config"]["stat_prefix"] = "grpc_in"
+            vh = grpc_hcm["typed_config"]["route_config"]["virtual_hosts"][0]
+            vh["routes"][0]["route"]["cluster"] = "grpc_app"
+            grpc_cluster = cluster("grpc_app", [grpc_app_port])
+            grpc_cluster["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3"
+                    ".HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            }
             boot = bootstrap(
                 [
                     listener("web", http_port, [hcm]),
+                    listener("grpc_in", grpc_port, [grpc_hcm]),
                     listener("bolt", bolt_port, [bolt]),
                     dubbo(dubbo_port, "dubbo_in", 100.0),
                     dubbo(quiet_port, "dubbo_quiet", 0.0),
                 ],
                 [
                     cluster("web", [web.server_address[1]]),
+                    grpc_cluster,
                     cluster("bolt_app", [ant_port]),
                     cluster("dubbo_app", [dubbo_app.port]),
                     cluster("node_bolt", [node.port]),
@@ -346,6 +410,7 @@ def mesh(tmp_path_factory):
     finally:
         if web is not None:
             web.shutdown()
+            grpc_app.stop(0)
         receiver.httpd.shutdown()
         ant.shutdown()
         ant._loop.call_soon_threadsafe(ant._loop.stop)
@@ -640,3 +705,35 @@ async def test_bad_tracing_configs_fail_at_start_naming_the_field(change, where)
         await srv.start()
     if srv is not None:
         await srv.stop()
+
+
+def test_http_grpc_bolt_dubbo_is_one_trace_without_gaps(mesh):
+    """The same chain with a gRPC hop first: the web app calls a gRPC app (grpcio) through
+    the mesh's HCM (HTTP/2, B3 in the metadata), which calls the Bridge over Bolt."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh['http']}/grpc", timeout=60) as r:
+        out = json.loads(r.read())
+    trace_id = out["bolt"]["sofaTraceId"]
+    g = out["bolt"]["sofaRpcId"].split(".")[0]  # the web app's gRPC client span
+    assert out["bolt"]["sofaRpcId"] == f"{g}.1.1"
+    assert json.loads(out["dubbo"]["result"])["dubbo.rpc.sofa.tracer"].startswith(
+        f"tcid={trace_id}&spid={g}.1.1.1.1&pspid={g}.1.1.1&"
+    )
+    spans = mesh["receiver"].trace(trace_id, 6)
+    assert len(spans) == 6, spans
+    ids = _by_id(spans)
+    (grpc_span,) = ids[g]
+    http = ids[grpc_span["parentId"]][0]
+    assert "parentId" not in http and http["tags"]["upstream_cluster"] == "web"
+    assert grpc_span["kind"] == "SERVER" and grpc_span["shared"] is True
+    assert grpc_span["tags"]["grpc.path"] == "/sofamesh.test.Relay/Call"
+    assert grpc_span["tags"]["upstream_cluster"] == "grpc_app"
+    for rpc_id, parent in (
+        (f"{g}.1", g),
+        (f"{g}.1.1", f"{g}.1"),
+        (f"{g}.1.1.1", f"{g}.1.1"),
+        (f"{g}.1.1.1.1", f"{g}.1.1.1"),
+    ):
+        (s,) = ids[fnv(rpc_id)]
+        assert s["parentId"] == fnv(parent)
+    assert {s["traceId"] for s in spans} == {trace_id}
+    assert all(s.get("parentId") in ids for s in spans if s is not http)
