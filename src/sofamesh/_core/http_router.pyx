@@ -26,9 +26,29 @@ from sofamesh._core.router cimport (
 from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNECT_FAILED,
                                       OUTCOME_CONNECT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.upstream import hash64
+from sofamesh._core.http_tracing cimport TRACE_SW8  # SkyWalking: sw8 written at _attach
 
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
+
+
+cdef int decorate(HttpStream s, HeaderMap h, Route route) except -1:
+    """Envoy's decorator propagation for a traced request, whatever the tracer: an egress
+    request carries the route's decorator operation upstream (x-envoy-decorator-operation);
+    an ingress response carries it back to the client, unless the request named its own
+    operation (that header is not passed upstream)."""
+    cdef bytes op = route.decorator.encode()
+    if s.cfg.tracer.egress:
+        h.remove(b"x-envoy-decorator-operation")
+        h.add(b"x-envoy-decorator-operation", op)
+    elif h.find_from("x-envoy-decorator-operation", 27, 0) >= 0:
+        h.remove(b"x-envoy-decorator-operation")
+    else:
+        if s.resp_add_extra is None:
+            s.resp_add_extra = []
+        s.resp_add_extra.append(b"x-envoy-decorator-operation")
+        s.resp_add_extra.append(op)
+    return 0
 
 
 cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix):
@@ -395,6 +415,8 @@ cdef class RouterStream(HttpStream):
             h.add(b"via", cfg.via)
         if self.trace is not None:
             self._inject_trace(h)
+            if route.decorator is not None:
+                decorate(self, h, route)
         if route.timeout_hdr:
             h.add_flat(route.timeout_hdr)
         if route.req_add:
@@ -596,6 +618,8 @@ cdef class RouterStream(HttpStream):
             if self.cfg.access_log is not None else "-"
         if self.trace is not None:
             self.trace.up_host = host
+            if self.cfg.trace_kind == TRACE_SW8 and self.trace.trace_id is not None:
+                self.cfg.tracer.inject(self, self.trace, host)     # SkyWalking's sw8
         c.start(self, self.head_req, self.upgrade)
         self.t_upstream = mono()
         if self.route.per_try_timeout > 0:

@@ -75,9 +75,29 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
     t.start_us = wall_us()
     if cfg.trace_kind == TRACE_W3C:
         start_w3c(t, h)
+    elif cfg.trace_kind == TRACE_SW8:
+        start_sw8(t, h)
     else:
         start_b3(t, h, cfg)
     return t
+
+
+cdef int start_sw8(TraceCtx t, HeaderMap h) except -1:
+    """SkyWalking traces a request that carries a context (sw8) whatever the decision, and
+    starts one when the decision says so; else Envoy's null span. The caller's sw8 is kept
+    (in tracestate) for proxy/tracing_skywalking.py, which makes the ids and writes the
+    upstream sw8 once the upstream host is known."""
+    cdef int i = h.find_from("sw8", 3, 0)
+    t.span_id = b"0"
+    if i >= 0:
+        t.tracestate = h.value_at(i)
+    elif not t.decision:
+        t.trace_id = None
+        t.sampled = False
+        return 0
+    t.trace_id = b""
+    t.sampled = True
+    return 0
 
 
 cdef int start_b3(TraceCtx t, HeaderMap h, HcmConfig cfg) except -1:
@@ -141,7 +161,9 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
     # Envoy honours x-envoy-force-trace only from internal requests, and with no
     # internal_address_config (1.40's default) none is: the header is dropped as external
     h.remove(b"x-envoy-force-trace")
-    if cfg.trace_kind == TRACE_W3C:
+    if cfg.trace_kind == TRACE_SW8:
+        pass    # sw8 names the upstream host: written when it is chosen (RouterStream._attach)
+    elif cfg.trace_kind == TRACE_W3C:
         if t.trace_id is not None:
             h.remove(b"traceparent")
             h.remove(b"tracestate")

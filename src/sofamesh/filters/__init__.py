@@ -28,6 +28,7 @@ _BUILTIN = [
     "sofamesh.proxy.grpc_access_log",  # access logger envoy.access_loggers.http_grpc
     "sofamesh.proxy.tcp_grpc_access_log",  # envoy.access_loggers.tcp_grpc (tcp_proxy)
     "sofamesh.proxy.stream_access_log",  # envoy.access_loggers.stdout / stderr
+    "sofamesh.proxy.tracing_skywalking",  # tracer envoy.tracers.skywalking
     "sofamesh.proxy.tracing",  # tracer envoy.tracers.zipkin
 ]
 
