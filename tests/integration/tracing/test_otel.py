@@ -131,6 +131,9 @@ REQUESTS = [
     ("/flags3", {"traceparent": TP + "03"}),
     ("/garbage", {"traceparent": "garbage"}),
     ("/zero-trace", {"traceparent": "00-" + "0" * 32 + "-" + PID + "-01"}),
+    ("/upper", {"traceparent": TP.upper() + "01"}),
+    ("/longer", {"traceparent": TP + "01-extra"}),
+    ("/version-ff", {"traceparent": "ff" + TP[2:] + "01"}),
     ("/client", {"x-client-trace-id": "abc"}),
     ("/force", {"x-envoy-force-trace": "1"}),
     ("/err", {"x-upstream-action": "status=503"}),
@@ -139,7 +142,13 @@ REQUESTS = [
     ("/dead", {}),
     ("/dec", {"user-agent": "probe/1"}),
 ]
-GRPC_CALLS = [b"ok", b"fail:INTERNAL:boom", b"fail:NOT_FOUND:nf"]
+# (request, metadata): gRPC over HTTP/2, the last one continuing a trace
+GRPC_CALLS = [
+    (b"ok", ()),
+    (b"fail:INTERNAL:boom", ()),
+    (b"fail:NOT_FOUND:nf", ()),
+    (b"ok", (("traceparent", TP + "01"), ("tracestate", "g=1"))),
+]
 
 
 def _norm_span(res: dict, s: dict, port: str, ids: dict[str, str]) -> dict:
@@ -178,9 +187,9 @@ def _observe(p, recv: OtlpReceiver, expect_spans: int) -> tuple[list, list, dict
         conn.getresponse().read()
         conn.close()
     with p.channel() as ch:
-        for body in GRPC_CALLS:
+        for body, md in GRPC_CALLS:
             try:
-                ch.unary_unary(f"/{SERVICE}/Unary")(body, timeout=10)
+                ch.unary_unary(f"/{SERVICE}/Unary")(body, timeout=10, metadata=md)
             except grpc.RpcError:
                 pass
     got = recv.wait(expect_spans)
@@ -198,11 +207,14 @@ def _observe(p, recv: OtlpReceiver, expect_spans: int) -> tuple[list, list, dict
     spans = [_norm_span(res, s, port, ids) for res, s in got]
     by_sid = {s["_sid"]: s for s in spans}
     up = []
-    for r in p.upstream.snapshot():
-        tp = r.header("traceparent")
-        entry = {"target": r.target, "rid-mark": (r.header("x-request-id") or ["?"])[0][14]}
-        entry["force-trace"] = bool(r.header("x-envoy-force-trace"))
-        entry["tracestate"] = r.header("tracestate")
+    received = [(r.target, r.header) for r in p.upstream.snapshot()]
+    for i, md in enumerate(p.echo.seen_metadata):  # what the gRPC server was sent
+        received.append((f"grpc#{i}", lambda k, md=md: [v for n, v in md if n == k]))
+    for target, header in received:
+        tp = header("traceparent")
+        entry = {"target": target, "rid-mark": (header("x-request-id") or ["?"])[0][14]}
+        entry["force-trace"] = bool(header("x-envoy-force-trace"))
+        entry["tracestate"] = header("tracestate")
         if tp and tp[0].count("-") == 3 and tp[0].split("-")[2] != PID:
             ver, tid, sid, flags = tp[0].split("-")
             span = by_sid.get(sid)
@@ -237,7 +249,7 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
             routes=ROUTES,
             clusters=lambda grpc_port, h1_port: [_cluster("otel", recv.port, True)],
         )
-        n = {"sampled": 13, "unsampled": 1, "spawn": 25}[scenario]
+        n = {"sampled": 16, "unsampled": 1, "spawn": 31}[scenario]
         spans, up, stats = _observe(p, recv, n)
     finally:
         recv.stop()
@@ -248,7 +260,7 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
     )
     decisions = {k: v for k, v in stats.items() if k.startswith("http.ingress.tracing.")}
     SEEN[scenario][p.kind] += (decisions,)
-    traced = 16 - 1  # requests (HTTP and gRPC) but the one with x-client-trace-id
+    traced = len(REQUESTS) + len(GRPC_CALLS) - 1  # all but the x-client-trace-id one
     assert decisions == {
         "http.ingress.tracing.client_enabled": 1,
         "http.ingress.tracing.health_check": 0,
@@ -256,7 +268,7 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
         "http.ingress.tracing.random_sampling": 0 if scenario == "unsampled" else traced,
         "http.ingress.tracing.service_forced": 0,
     }
-    assert len(spans) == n, [(s["name"], s["attrs"].get("http.url")) for s in spans]
+    assert len(spans) == n, " ".join(sorted(s["attrs"].get("http.url", s["name"]) for s in spans))
     assert stats.get("tracing.opentelemetry.spans_sent") == n
     assert {s["service"] for s in spans} == {"front"}
     upstream = {e["target"]: e for e in up}
@@ -270,6 +282,9 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
     assert upstream["/garbage"]["traceparent"] == ["garbage"]
     assert upstream["/zero-trace"]["traceparent"] == ["00-" + "0" * 32 + "-" + PID + "-01"]
     assert "http://svc.local/garbage" not in server
+    # Envoy reads the traceparent by its length and hex digits: 55 bytes exactly, any case
+    # of hex, any version
+    assert upstream["/longer"]["traceparent"] == [TP + "01-extra"]
     if scenario == "unsampled":
         # only x-client-trace-id traces (client_sampling 100 %), its request id marked b
         assert [s["attrs"]["http.url"] for s in spans] == ["http://svc.local/client"]
@@ -288,6 +303,8 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
         assert upstream["/sampled"]["tracestate"] == ["k=v"]
         assert upstream["/unsampled"]["traceparent"] == ("00", TID, "unreported", "00")
         assert upstream["/flags3"]["traceparent"] == ("00", TID, hop, "01")
+        assert upstream["/upper"]["traceparent"] == ("00", TID, hop, "01")  # lower-cased
+        assert upstream["/version-ff"]["traceparent"] == ("00", TID, hop, "01")
         assert upstream["/client"]["rid-mark"] == "b"
         assert upstream["/plain"]["rid-mark"] == "9"
         cont = server["http://svc.local/sampled"]
@@ -306,13 +323,19 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
         ]
         assert sorted((s["attrs"]["grpc.status_code"], s["status"]) for s in grpc_spans) == [
             ("0", "UNSET"),
+            ("0", "UNSET"),
             ("13", "STATUS_CODE_ERROR"),
             ("5", "UNSET"),  # NOT_FOUND is not the server's fault
         ]
         assert all(s["attrs"]["http.protocol"] == "HTTP/2" for s in grpc_spans)
+        assert [(s["trace"], s["parent"], s["tracestate"]) for s in grpc_spans].count(
+            (TID, PID, "g=1")
+        ) == 1
+        assert upstream["grpc#3"]["traceparent"] == ("00", TID, hop, "01")
+        assert upstream["grpc#3"]["tracestate"] == ["g=1"]
         if scenario == "spawn":
             clients = [s for s in spans if s["kind"] == "SPAN_KIND_CLIENT"]
-            assert len(clients) == 12  # every traced request that went upstream
+            assert len(clients) == 15  # every traced request that went upstream
             assert all(s["parent"] == "server" for s in clients)
             dead = next(s for s in clients if s["name"] == "router h2dead egress")
             assert dead["attrs"]["error.reason"] == "remote connection failure"
