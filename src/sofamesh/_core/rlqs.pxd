@@ -27,6 +27,7 @@ cdef class RlqsFilter(HttpFilter):
     cdef readonly tuple headers        # tuple[(bytes, bytes)], added to a denial
     cdef readonly RbacRule match       # the requests of the bucket; None: every request
     cdef HttpRbacRequest req           # reused to evaluate `match` (one thread)
+    cdef object __weakref__            # its RLQS client holds it weakly (ends with its config)
     # the bucket's decision for one request, counted for the next report: 1 admit, 0 deny
     cdef int admit(self) except -1
     cdef int _selects(self, HttpStream s) except -1

@@ -227,6 +227,27 @@ def test_rate_policy_is_one_global_limit_shared_through_the_mixer(tmp_path):
         assert len(clients) >= 3, clients  # Envoy and each sofamesh worker
         # svc-w has no rate policy: 40 quick calls all pass
         assert Counter(call(out, "svc-w")[0] for _ in range(40)) == Counter({200: 40})
+
+        # deleting the policy lifts the limit, and the sidecars' RLQS streams for the bucket
+        # end with the filters that opened them (the mixer forgets their shares)
+        assert policy(pilot, "DELETE", "svc-x", "rate")[0] == 204
+        wait_until(
+            lambda: all(call(out, "svc-x")[0] == 200 for _ in range(4 * limit)),
+            15,
+            "svc-x unlimited again",
+        )
+
+        def bucket_rows() -> list[str]:
+            return [
+                ln
+                for ln in mixer.get("/metrics")[1].splitlines()
+                if ln.startswith("sofamesh_mixer_quota_limit{") and "service=svc-x" in ln
+            ]
+
+        try:
+            wait_until(lambda: not bucket_rows(), 20, "the svc-x streams ended")
+        except AssertionError:
+            raise AssertionError(f"still reporting svc-x: {bucket_rows()}") from None
     finally:
         for p in proxies:
             p.stop()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 from sofamesh.filters.registry import FilterSpec, register
@@ -100,6 +101,10 @@ def _same_bucket(a: Any, strategy: Any) -> bool:
     )
 
 
+class _FilterGone(Exception):
+    """The client's filter was dropped with its config: the stream ends."""
+
+
 class RlqsClient:
     """The reporting half for one filter: usage reports out, assignments in."""
 
@@ -113,7 +118,9 @@ class RlqsClient:
         clusters: dict,
         path: str,
     ):
-        self.flt = flt
+        # weak: a listener or route replaced by xDS (e.g. the pilot's policies changing)
+        # drops its filters; the client then ends its stream instead of reporting forever
+        self._flt = weakref.ref(flt)
         self.domain = cfg.domain
         self.cluster = cfg.rlqs_server.envoy_grpc.cluster_name
         self.bucket_id = bucket_id
@@ -167,10 +174,19 @@ class RlqsClient:
         hosts = [h for h in cl.hosts if h.healthy] or list(cl.hosts)
         return hosts[0].address, hosts[0].port
 
+    @property
+    def flt(self) -> Any:
+        """The filter (RlqsFilter), or None once its config is gone."""
+        return self._flt()
+
     def _report(self) -> Any:
         from envoy.service.rate_limit_quota.v3 import rlqs_pb2
 
-        allowed, denied = self.flt.take_usage()
+        flt = self.flt
+        if flt is None:
+            self._closed = True
+            raise _FilterGone(self.path)
+        allowed, denied = flt.take_usage()
         now = self.loop.time()
         msg = rlqs_pb2.RateLimitQuotaUsageReports(domain=self.domain)
         u = msg.bucket_quota_usages.add(num_requests_allowed=allowed, num_requests_denied=denied)
@@ -186,7 +202,7 @@ class RlqsClient:
         from envoy.service.rate_limit_quota.v3 import rlqs_pb2
 
         backoff = 0.1
-        while not self._closed:
+        while not self._closed and self._flt() is not None:
             addr = self._target()
             if addr is None:
                 await asyncio.sleep(backoff)
@@ -253,15 +269,18 @@ class RlqsClient:
         self.assigned = action
         if action is None:
             action = self.default or RlqsAction(ACTION_ALLOW_ALL)
-        self.flt.set_action(action)
+        flt = self.flt
+        if flt is not None:
+            flt.set_action(action)
 
     def _expired(self) -> None:
         self._expiry = None
         if not self.has_expired or (not self.expired_reuse and self.expired_fallback is None):
             self._set_assigned(None)  # back to no_assignment_behavior
             return
-        if self.expired_fallback is not None:
-            self.flt.set_action(self.expired_fallback)
+        flt = self.flt
+        if self.expired_fallback is not None and flt is not None:
+            flt.set_action(self.expired_fallback)
         timeout = self.expired_timeout or 0.0
         if timeout > 0:
             self._expiry = self.loop.call_later(timeout, lambda: self._set_assigned(None))
