@@ -11,6 +11,9 @@ child, `<id>.1`; docs/RPC_TRACING.md):
     server; sofa-rpc-node's Dubbo client, dubbo-remoting) --Dubbo, attachment
     dubbo.rpc.sofa.tracer--> sofamesh dubbo_proxy --> Dubbo server (sofa-rpc-node, dubbo-remoting)
 
+and the same with a gRPC hop first: web relay --gRPC, B3 metadata--> sofamesh HCM (HTTP/2)
+--> gRPC relay (grpcio) --Bolt--> ...
+
 The relays do not report spans: every span the receiver gets is sofamesh's, so the chain has
 no gap only if each hop's SERVER span shares the id the caller's app gave its call and its
 CLIENT span's id is the one the next app receives.
@@ -33,6 +36,7 @@ from tests.integration.rpc.conftest import (
     HCM_TYPE,
     SERVICE,
     NodeServer,
+    RawUpstream,
     bootstrap,
     cluster,
     free_port,
@@ -46,6 +50,7 @@ from tests.integration.rpc.conftest import sofamesh as sofamesh_proc
 
 BRIDGE = "com.alipay.test.BridgeService:1.0"
 CTX_IFACE = "com.alipay.test.ContextService:1.0"
+RAW_IFACE = "com.raw.Record"
 COLLECTOR = "/api/v2/spans"
 TRACING_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -275,7 +280,11 @@ def mesh(tmp_path_factory):
         while ant._server is None and time.monotonic() < deadline:
             time.sleep(0.02)
         ant_port = ant._server.sockets[0].getsockname()[1]
-        with NodeServer(dubbo=True, tag="dubbo") as dubbo_app, NodeServer(tag="bolt") as node:
+        with (
+            NodeServer(dubbo=True, tag="dubbo") as dubbo_app,
+            NodeServer(tag="bolt") as node,
+            RawUpstream("silent") as raw,
+        ):
             http_port, bolt_port, dubbo_port, quiet_port, grpc_port = (
                 free_port() for _ in range(5)
             )
@@ -334,7 +343,12 @@ def mesh(tmp_path_factory):
                             "name": "node",
                             "interface": SERVICE,
                             "routes": [{"match": {}, "route": {"cluster": "node_bolt"}}],
-                        }
+                        },
+                        {
+                            "name": "raw",
+                            "interface": RAW_IFACE,
+                            "routes": [{"match": {}, "route": {"cluster": "raw"}}],
+                        },
                     ],
                     "bolt_filters": [
                         {"name": "sofamesh.filters.rpc.tracing", "config": tracing()},
@@ -394,6 +408,7 @@ def mesh(tmp_path_factory):
                     cluster("bolt_app", [ant_port]),
                     cluster("dubbo_app", [dubbo_app.port]),
                     cluster("node_bolt", [node.port]),
+                    cluster("raw", [raw.port]),
                     cluster("zipkin", [receiver.port]),
                 ],
             )
@@ -406,6 +421,7 @@ def mesh(tmp_path_factory):
                     "dubbo": dubbo_port,
                     "quiet": quiet_port,
                     "monkeypatch": mp,
+                    "raw": raw,
                 }
     finally:
         if web is not None:
@@ -737,3 +753,54 @@ def test_http_grpc_bolt_dubbo_is_one_trace_without_gaps(mesh):
         assert s["parentId"] == fnv(parent)
     assert {s["traceId"] for s in spans} == {trace_id}
     assert all(s.get("parentId") in ids for s in spans if s is not http)
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_bolt_new_rpc_trace_context_forwarded_updated(mesh, v2):
+    """SOFARPC 5.1+ sends SOFATracer's serialized context as one header,
+    new_rpc_trace_context: forwarded with spid/pspid updated, the rest byte for byte (Bolt
+    v2 with CRC: recomputed). No peer here sends this form: the frame is sofamesh's
+    codec's, and a recording upstream shows what arrives."""
+    import socket
+
+    from sofamesh._core.codecs import bolt
+
+    raw = mesh["raw"]
+    tid = "0a0fe8ec158000000000100055" + ("2" if v2 else "1")
+    ctx = f"tcid={tid}&spid=0.3&pspid=0&sample=true&_sys_zone=gz00a&biz=x%26y&"
+    f = bolt.BoltFrame(
+        proto=2 if v2 else 1,
+        ver1=2 if v2 else 1,
+        switch=1 if v2 else 0,
+        request_id=9,
+        timeout=300,
+        class_name=bolt.SOFA_REQUEST_CLASS,
+        headers={
+            "service": RAW_IFACE + ":1.0",
+            "sofa_head_method_name": "m",
+            "new_rpc_trace_context": ctx,
+        },
+        content=b"payload",
+    )
+    before = len(raw.received)
+    with socket.create_connection(("127.0.0.1", mesh["bolt"]), timeout=10) as s:
+        s.sendall(f.encode())
+        deadline = time.monotonic() + 10
+        got: list = []
+        while not got and time.monotonic() < deadline:
+            got = bolt.BoltDecoder().feed(bytes(raw.received[before:]))
+            time.sleep(0.05)
+        s.recv(65536)  # the proxy's timeout reply (the recorder never answers)
+    (fwd,) = got
+    # a frame (not a ProtocolError: the v2 CRC checks out)
+    assert isinstance(fwd, bolt.BoltFrame) and fwd.proto == (2 if v2 else 1), fwd
+    assert bool(fwd.has_crc) == v2
+    assert bytes(fwd.content) == b"payload" and fwd.header("service") == RAW_IFACE + ":1.0"
+    assert fwd.header("new_rpc_trace_context") == (
+        f"tcid={tid}&spid=0.3.1&pspid=0.3&sample=true&_sys_zone=gz00a&biz=x%26y&"
+    )
+    spans = mesh["receiver"].trace("00000" + tid, 2)
+    ids = _by_id(spans)
+    assert ids[fnv("0.3")][0]["parentId"] == fnv("0")
+    client = ids[fnv("0.3.1")][0]
+    assert client["tags"]["response_flags"] == "UT" and client["tags"]["error"] == "true"
