@@ -18,8 +18,9 @@ call's span otherwise carries an unset status. Batches go out as one
 ExportTraceServiceRequest (resource: service.name = `service_name`, telemetry.sdk.*) to
 `grpc_service` (opentelemetry.proto.collector.trace.v1.TraceService/Export on the
 envoy_grpc cluster) or `http_service` (POST application/x-protobuf to http_uri).
-Stats: tracing.opentelemetry.{spans_sent, spans_dropped (the buffer was full),
-timer_flushed, reports_failed (exports the collector did not take)}.
+Stats: tracing.opentelemetry.{spans_sent (delivered: Envoy counts a batch when its export
+starts), spans_dropped (the buffer was full), timer_flushed, reports_failed (exports the
+collector did not take)}.
 Not implemented, refused by name: resource_detectors, sampler, google_grpc.
 """
 
@@ -152,7 +153,8 @@ class OtelTracer(tracing.Tracer):
         scope.instrumentation_library.version = __version__
         for r in batch:
             sp = scope.spans.add(
-                trace_id=bytes.fromhex(r.trace_id),
+                # OTLP trace ids are 16 bytes: a 64-bit one (a B3 context) is zero-extended
+                trace_id=bytes.fromhex(r.trace_id.rjust(32, "0")),
                 span_id=bytes.fromhex(r.span_id),
                 name=r.name,
                 kind=KIND_CLIENT if r.kind == "CLIENT" else KIND_SERVER,
