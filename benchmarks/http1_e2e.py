@@ -14,6 +14,10 @@ the last lets the benchmark's requests through: every request runs all N; lib/bo
 as targets `<proxy>+rbac`, and reports the on/off ratio per proxy. `--tracing PCT` likewise
 runs `<proxy>+trace` with HCM tracing (envoy.tracers.zipkin, PCT % random sampling; spans
 POSTed to nginx, which refuses them: the cost of making and sending spans is what is measured).
+`--mixer` runs `<proxy>+mixer`: Mixer in the sidecar, all on: RBAC of `--rbac` policies (20 when
+unset), envoy.filters.http.rate_limit_quota and the batched envoy.access_loggers.http_grpc,
+both against one `sofamesh mixer` (on the load core; a quota no run can reach), and reports
+the on/off ratio per proxy and the mixer's count of what each proxy reported.
 
 CPU per request = the proxy's utime + stime (all threads, all worker processes) from
 /proc/<pid>/stat, delta over the measured wrk run / the requests wrk completed in it.
@@ -38,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 from lib import nginx, wrk
 from lib import proc as lib_proc
-from lib.bootstrap import BENCH_HOST, bootstrap
+from lib.bootstrap import BENCH_HOST, MIXER_POLICY, bootstrap
 from lib.proc import Proc, cpu_seconds, free_port, http_get, process_tree
 
 
@@ -116,7 +120,11 @@ def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Pro
     config = workdir / f"{kind.replace('+', '_')}.json"
     rbac_n = args.rbac if kind.endswith("+rbac") else 0
     trace = args.tracing if kind.endswith("+trace") else None
-    config.write_text(json.dumps(bootstrap(port, admin, upstream_port, rbac_n, trace), indent=1))
+    mixer = args.mixer_port if kind.endswith("+mixer") else None
+    if mixer is not None:
+        rbac_n = args.rbac or 20
+    boot = bootstrap(port, admin, upstream_port, rbac_n, trace, mixer, node=kind.replace("+", "-"))
+    config.write_text(json.dumps(boot, indent=1))
     proc = Proc(
         kind, proxy_argv(kind, config), workdir / f"{kind.replace('+', '_')}.log", args.proxy_core
     )
@@ -130,6 +138,61 @@ def start_proxy(kind: str, workdir: Path, upstream_port: int, args) -> tuple[Pro
         proc.stop()
         raise
     return proc, port, admin
+
+
+def start_mixer(workdir: Path, core: int) -> tuple[Proc, int, int]:
+    """`sofamesh mixer` on the load core, on free ports, with a quota no run can reach."""
+    grpc_port, http_port = free_port(), free_port()
+    policy = workdir / "mixer.yaml"
+    policy.write_text(MIXER_POLICY)
+    argv = [
+        *sofamesh_command(),
+        "mixer",
+        "--grpc-address",
+        f"127.0.0.1:{grpc_port}",
+        "--http-address",
+        f"127.0.0.1:{http_port}",
+        "--config",
+        str(policy),
+        "--log-level",
+        "warning",
+    ]
+    proc = Proc("mixer", argv, workdir / "mixer.log", core)
+    proc.start()
+    proc.wait_ready(lambda: http_get(http_port, "/metrics")[0] == 200)
+    return proc, grpc_port, http_port
+
+
+def _metric_sum(text: str, name: str, label: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
+def mixer_reports(http_port: int, kinds: list[str], procs: dict, rows: dict) -> dict:
+    """What the mixer counted from each +mixer proxy (after the last flush and report):
+    access-log entries and quota-admitted requests, beside the requests wrk completed in the
+    measured runs (warm-ups add more, so the mixer's counts should be at least that)."""
+    time.sleep(2.5)  # one more buffer flush (1 s) and quota report (1 s) from every proxy
+    _, body = http_get(http_port, "/metrics")
+    text = body.decode("utf-8", "replace")
+    out = {}
+    for kind in kinds:
+        if kind.endswith("+mixer") and kind in procs:
+            node = kind.replace("+", "-")
+            measured = sum(r.get("requests", 0) for r in rows[kind])
+            out[kind] = {
+                "requests_measured": measured,
+                "access_log_entries": int(
+                    _metric_sum(text, "istio_requests_total", f'reporter="{node}"')
+                ),
+                "quota_allowed": int(
+                    _metric_sum(text, "sofamesh_mixer_quota_allowed_total", f'domain="{node}"')
+                ),
+            }
+    return out
 
 
 def median_row(rows: list[dict]) -> dict:
@@ -200,6 +263,18 @@ def table(results: dict) -> str:
             "tracing on / off, CPU per request: "
             + ", ".join(f"{k} {v}" for k, v in results["tracing_on_over_off_cpu"].items())
         )
+    r = results.get("ratio_sofamesh_over_envoy_mixer")
+    if r:
+        lines.append(
+            f"{'sofamesh/envoy +mixer':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols)
+        )
+    if results.get("mixer_on_over_off_cpu"):
+        lines.append(
+            "mixer filters on / off, CPU per request: "
+            + ", ".join(f"{k} {v}" for k, v in results["mixer_on_over_off_cpu"].items())
+        )
+    for kind, rep in results.get("mixer_reports", {}).items():
+        lines.append(f"mixer saw from {kind}: {rep}")
     if results.get("cpu_ratio_per_round"):
         lines.append(
             f"sofamesh / envoy CPU per request, round by round: "
@@ -240,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also run each proxy with Zipkin tracing at this random sampling percent",
     )
     ap.add_argument(
+        "--mixer",
+        action="store_true",
+        help="also run each proxy with RBAC, rate_limit_quota and gRPC access logs to a mixer",
+    )
+    ap.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -277,10 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tracing is not None:
         kinds += [f"{k}+trace" for k in kinds if "+" not in k]
         results["layout"]["tracing_percent"] = args.tracing
+    if args.mixer:
+        kinds += [f"{k}+mixer" for k in kinds if "+" not in k]
+        results["layout"]["mixer_rbac_policies"] = args.rbac or 20
+    mixer_proc = None
     with tempfile.TemporaryDirectory(prefix="sofamesh-bench-") as tmp:
         workdir = Path(tmp)
         up_port = free_port()
         upstream = nginx.start(workdir, up_port, args.load_core)
+        if args.mixer:
+            mixer_proc, args.mixer_port, mixer_http = start_mixer(workdir, args.load_core)
         procs: dict[str, tuple[Proc, int, int]] = {}
         rows: dict[str, list[dict]] = {k: [] for k in ["direct", *kinds]}
         try:
@@ -309,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"http://127.0.0.1:{port}/", args, lambda p=proc: process_tree(p.pid)
                         )
                         rl1 = rl_ok(admin)
-                        if kind.endswith("+rbac"):
+                        if kind.endswith(("+rbac", "+mixer")):
                             rb = rl_ok(admin, RBAC_ALLOWED)
                             row["rbac_allowed"] = rb
                             if rb is None or rb < row["requests"]:
@@ -329,10 +415,14 @@ def main(argv: list[str] | None = None) -> int:
                             row["error"] = f"{kind} exited with {proc.p.returncode} during the run"
                         rows[kind].append(row)
                 args.warmup = min(args.warmup, 1.0)  # later rounds only need a short warm-up
+            if mixer_proc is not None:
+                results["mixer_reports"] = mixer_reports(mixer_http, kinds, procs, rows)
         finally:
             for proc, _, _ in procs.values():
                 proc.stop()
             upstream.stop()
+            if mixer_proc is not None:
+                mixer_proc.stop()
     results["runs"] = {k: median_row(v) for k, v in rows.items()}
     results["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     runs = results["runs"]
@@ -350,6 +440,16 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("rbac_on_over_off_cpu", {})[k] = round(
                 on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
             )
+    for k in kinds:
+        on, off = runs.get(f"{k}+mixer"), runs.get(k)
+        if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
+            results.setdefault("mixer_on_over_off_cpu", {})[k] = round(
+                on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
+            )
+    if "envoy+mixer" in runs and "sofamesh+mixer" in runs:
+        results["ratio_sofamesh_over_envoy_mixer"] = ratios(
+            runs["sofamesh+mixer"], runs["envoy+mixer"]
+        )
     for k in kinds:
         on, off = runs.get(f"{k}+trace"), runs.get(k)
         if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):

@@ -2,7 +2,7 @@
 hot-path changes on a noisy machine, where CPU-time benchmarks wander by 10-20 %.
 
     .venv/bin/python benchmarks/instr_per_request.py [--requests 2000]
-        [--proto h1|h2|bolt|dubbo] [--rpc-tracing PCT] [--src DIR]
+        [--proto h1|h2|bolt|dubbo] [--rpc-tracing PCT] [--src DIR] [--mixer all|rbac|rlqs|als]
 
 `sofamesh proxy` (the benchmark bootstrap of benchmarks/lib/bootstrap.py: local_ratelimit +
 router, HTTP/1.1 upstream) runs under callgrind; a keep-alive client sends N and then 5N
@@ -15,6 +15,9 @@ collector cluster that refuses connections). Instructions per request = (Ir(5N) 
 shutdown cancel out. --src runs another tree's build (e.g. a git worktree of the previous
 commit, built with `setup.py build_ext --inplace`), for a before/after comparison with the
 same interpreter. valgrind makes the proxy ~50x slower: the figure is instructions, not time.
+--mixer adds the Mixer-in-the-sidecar filters of `http1_e2e.py --mixer` (RBAC of 20 policies,
+rate_limit_quota, the gRPC access log, the last two against a real `sofamesh mixer` run
+outside valgrind), or one of them, to see what each costs per request.
 """
 
 from __future__ import annotations
@@ -33,8 +36,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib.bootstrap import bootstrap
+from lib.bootstrap import MIXER_POLICY, bootstrap
 from lib.proc import free_port
+
+
+def _mixer_bootstrap(port: int, admin: int, up: int, part: str, mixer_port: int) -> dict:
+    """bootstrap() with the mixer filters, all of them or one part (rbac, rlqs, als)."""
+    boot = bootstrap(port, admin, up, 20 if part in ("all", "rbac") else 0, None, mixer_port)
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    hcm = hcm["typed_config"]
+    if part not in ("all", "als"):
+        del hcm["access_log"]
+    if part not in ("all", "rlqs"):
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if "quota" not in f["name"]]
+    return boot
+
+
+def _start_mixer(td: str) -> tuple[subprocess.Popen, int]:
+    policy = Path(td) / "mixer.yaml"
+    policy.write_text(MIXER_POLICY)
+    grpc_port = free_port()
+    argv = [sys.executable, "-m", "sofamesh", "mixer", "--grpc-address"]
+    argv += [f"127.0.0.1:{grpc_port}", "--http-address", "127.0.0.1:0", "--config", str(policy)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    p.stdout.readline()  # "sofamesh mixer: grpc ... http ...": it is serving
+    return p, grpc_port
+
 
 REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello"
 
@@ -278,18 +305,27 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def count(n: int, proto: str, src: str | None, rpc_tracing: float | None = None) -> int:
+def count(
+    n: int,
+    proto: str,
+    src: str | None,
+    rpc_tracing: float | None = None,
+    mixer: str | None = None,
+) -> int:
     """Instructions of one proxy run serving n requests (callgrind's total Ir)."""
     rpc = proto in ("bolt", "dubbo")
     ls, up = _rpc_upstream(proto) if rpc else _upstream()
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as td:
         boot = Path(td) / "b.json"
-        cfg = (
-            _rpc_bootstrap(proto, port, admin, up, rpc_tracing)
-            if rpc
-            else bootstrap(port, admin, up)
-        )
+        mixer_proc = None
+        if rpc:
+            cfg = _rpc_bootstrap(proto, port, admin, up, rpc_tracing)
+        elif mixer:
+            mixer_proc, mixer_port = _start_mixer(td)
+            cfg = _mixer_bootstrap(port, admin, up, mixer, mixer_port)
+        else:
+            cfg = bootstrap(port, admin, up)
         boot.write_text(json.dumps(cfg))
         out = Path(td) / "cg.out"
         env = dict(os.environ)
@@ -326,6 +362,9 @@ def count(n: int, proto: str, src: str | None, rpc_tracing: float | None = None)
             p.terminate()
             err = p.communicate(timeout=300)[1].decode(errors="replace")
             ls.close()
+            if mixer_proc is not None:
+                mixer_proc.terminate()
+                mixer_proc.wait()
         m = re.search(r"Collected : (\d+)", err)
         if m:
             return int(m.group(1))
@@ -342,13 +381,18 @@ def main() -> None:
     ap.add_argument("--proto", choices=("h1", "h2", "bolt", "dubbo"), default="h1")
     ap.add_argument("--rpc-tracing", type=float, help="bolt/dubbo: RPC tracing at PCT %%")
     ap.add_argument("--src", help="another source tree's build (before/after)")
+    ap.add_argument(
+        "--mixer",
+        choices=("all", "rbac", "rlqs", "als"),
+        help="with the mixer filters of http1_e2e.py --mixer (all), or one of them",
+    )
     a = ap.parse_args()
     n1, n2 = a.requests, 5 * a.requests
-    i1 = count(n1, a.proto, a.src, a.rpc_tracing)
-    i2 = count(n2, a.proto, a.src, a.rpc_tracing)
+    i1 = count(n1, a.proto, a.src, a.rpc_tracing, a.mixer)
+    i2 = count(n2, a.proto, a.src, a.rpc_tracing, a.mixer)
     per = (i2 - i1) / (n2 - n1)
     print(
-        f"{a.proto}: {per:,.0f} instructions per request "
+        f"{a.proto}{'+mixer:' + a.mixer if a.mixer else ''}: {per:,.0f} instructions per request "
         f"({i1:,} for {n1}, {i2:,} for {n2}){' [' + a.src + ']' if a.src else ''}"
     )
 

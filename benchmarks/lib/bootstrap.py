@@ -100,13 +100,68 @@ def tracing(percent: float) -> dict:
     }
 
 
+RLQ = (
+    "type.googleapis.com/envoy.extensions.filters.http.rate_limit_quota.v3"
+    ".RateLimitQuotaFilterConfig"
+)
+RLQ_BUCKET = (
+    "type.googleapis.com/envoy.extensions.filters.http.rate_limit_quota.v3"
+    ".RateLimitQuotaBucketSettings"
+)
+ALS = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+MIXER_POLICY = "quotas:\n  - bucket: {name: bench}\n    requests_per_second: 1000000000\n"
+
+
+def rate_limit_quota(domain: str) -> dict:
+    """envoy.filters.http.rate_limit_quota: every request in bucket {name: bench} of `domain`
+    (one per proxy, so the mixer's counters tell them apart), usage reported to the `mixer` cluster each second (MIXER_POLICY's limit is too
+    high for any run to reach, so every request is decided locally and admitted)."""
+    settings = {
+        "@type": RLQ_BUCKET,
+        "bucket_id_builder": {"bucket_id_builder": {"name": {"string_value": "bench"}}},
+        "reporting_interval": "1s",
+    }
+    return {
+        "name": "envoy.filters.http.rate_limit_quota",
+        "typed_config": {
+            "@type": RLQ,
+            "domain": domain,
+            "rlqs_server": {"envoy_grpc": {"cluster_name": "mixer"}},
+            "bucket_matchers": {
+                "on_no_match": {"action": {"name": "bucket", "typed_config": settings}}
+            },
+        },
+    }
+
+
+def grpc_access_log() -> dict:
+    """envoy.access_loggers.http_grpc to the `mixer` cluster with Envoy's default buffering
+    (16 KiB or 1 s, whichever first)."""
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": ALS,
+            "common_config": {
+                "log_name": "bench",
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "mixer"}},
+            },
+        },
+    }
+
+
 def bootstrap(
     listen_port: int,
     admin_port: int,
     upstream_port: int,
     rbac_policies: int = 0,
     tracing_percent: float | None = None,
+    mixer_port: int | None = None,
+    node: str = "bench",
 ) -> dict:
+    """The benchmark bootstrap; with mixer_port, the mixer-in-the-sidecar set: RBAC of
+    rbac_policies policies, rate_limit_quota and the batched gRPC access log, the last two
+    talking to `sofamesh mixer` at mixer_port."""
     hcm = {
         "@type": HCM,
         "stat_prefix": "bench",
@@ -123,13 +178,17 @@ def bootstrap(
         },
         "http_filters": [
             *([rbac(rbac_policies)] if rbac_policies else []),
+            *([rate_limit_quota(node)] if mixer_port is not None else []),
             local_ratelimit(),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],
     }
     if tracing_percent is not None:
         hcm["tracing"] = tracing(tracing_percent)
+    if mixer_port is not None:
+        hcm["access_log"] = [grpc_access_log()]
     boot = {
+        "node": {"id": node, "cluster": node},
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
@@ -184,6 +243,8 @@ def bootstrap(
         zipkin = json.loads(json.dumps(boot["static_resources"]["clusters"][0]))
         zipkin["name"] = zipkin["load_assignment"]["cluster_name"] = "zipkin"
         boot["static_resources"]["clusters"].append(zipkin)
+    if mixer_port is not None:
+        boot["static_resources"]["clusters"].append(_static_cluster("mixer", mixer_port, True))
     return boot
 
 

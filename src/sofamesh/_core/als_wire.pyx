@@ -1,35 +1,52 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Protobuf wire encoding of gRPC access log batches, without building protobuf objects.
 
-`encode_http_logs(batch, identifier)` turns the tuples `GrpcAccessLog.log` buffers into the
-bytes of one `envoy.service.accesslog.v3.StreamAccessLogsMessage` (`identifier` = 1, the
-serialized Identifier of the stream's first message or b""; `http_logs` = 2, each tuple one
-`envoy.data.accesslog.v3.HTTPAccessLogEntry`). Building the same message with the protobuf
-runtime cost about 10 us per entry, most of a proxied request's CPU; this costs well under
-one. Field numbers are those of the generated descriptors (tests/unit/test_als_wire.py parses
-the output with them and compares every field).
+`HttpLogBuffer.log(stream, duration_ms)`, once per request, encodes the stream's
+`envoy.data.accesslog.v3.HTTPAccessLogEntry` straight into a byte buffer, and
+`wrap_http_logs(entries, identifier)` makes a batch of them one
+`envoy.service.accesslog.v3.StreamAccessLogsMessage` (`identifier` = 1, the serialized
+Identifier of the stream's first message or b""; `http_logs` = 2). `encode_http_logs` does
+the same from entry tuples. Building the message with the protobuf runtime cost about 10 us
+per entry, most of a proxied request's CPU; this costs a fraction of one. Field numbers are
+those of the generated descriptors (tests/unit/test_als_wire.py parses the output with them
+and compares every field).
 
 Entry tuple: (start_time_s, duration_ms, status, method, path, authority, cluster,
 upstream_host "ip:port" or "-", downstream_remote_ip, request_body_bytes, response_body_bytes).
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove
 
-# HTTPRequestProperties.request_method (envoy.config.core.v3.RequestMethod)
-cdef dict _METHODS = {
-    b"GET": 1, b"HEAD": 2, b"POST": 3, b"PUT": 4, b"DELETE": 5, b"CONNECT": 6, b"OPTIONS": 7,
-    b"TRACE": 8, b"PATCH": 9,
-}  # fmt: skip
-
-DEF MAX_DEPTH = 8
+from sofamesh._core.http_stream cimport HttpStream
+from sofamesh._core.upstream cimport Cluster, Host
 
 
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp)
+    int CLOCK_REALTIME
+
+cdef enum:
+    MAX_DEPTH = 8
+
+
+@cython.final
 cdef class PbWriter:
-    """An append-only protobuf writer; nested messages are opened with begin() and closed with
-    end(), which writes the length in front of the content (moving it by the varint's size)."""
+    """An append-only protobuf writer. The caller reserves room first (`reserve(n)`: at most n
+    more bytes will be written), then writes without checks; nested messages are opened with
+    begin() and closed with end(), which writes the length in front of the content (moving it
+    by the varint's size, reserved by begin)."""
 
     cdef char* buf
     cdef Py_ssize_t pos
@@ -48,7 +65,7 @@ cdef class PbWriter:
     def __dealloc__(self):
         free(self.buf)
 
-    cdef inline int reserve(self, Py_ssize_t n) except -1:
+    cdef int reserve(self, Py_ssize_t n) except -1:
         cdef Py_ssize_t want = self.pos + n
         cdef char* grown
         if want <= self.cap:
@@ -61,62 +78,64 @@ cdef class PbWriter:
         self.buf = grown
         return 0
 
-    cdef inline int varint(self, uint64_t v) except -1:
-        self.reserve(10)
+    cdef inline void varint(self, uint64_t v) noexcept:
         while v >= 0x80:
             self.buf[self.pos] = <char>((v & 0x7F) | 0x80)
             self.pos += 1
             v >>= 7
         self.buf[self.pos] = <char>v
         self.pos += 1
-        return 0
 
-    cdef inline int tag(self, int field, int wire) except -1:
-        return self.varint(<uint64_t>((field << 3) | wire))
+    cdef inline void tag(self, int field, int wire) noexcept:
+        self.varint(<uint64_t>((field << 3) | wire))
 
-    cdef int uint(self, int field, uint64_t v) except -1:
+    cdef inline void uint(self, int field, uint64_t v) noexcept:
+        """A varint field (omitted when 0, as proto3 does). Room: 20 bytes."""
         if v:
             self.tag(field, 0)
             self.varint(v)
-        return 0
 
-    cdef int raw(self, int field, const char* data, Py_ssize_t n) except -1:
+    cdef inline void raw(self, int field, const char* data, Py_ssize_t n) noexcept:
+        """A length-delimited field (omitted when empty). Room: n + 15 bytes."""
         if n <= 0:
-            return 0
+            return
         self.tag(field, 2)
         self.varint(<uint64_t>n)
-        self.reserve(n)
         memcpy(self.buf + self.pos, data, n)
         self.pos += n
-        return 0
 
-    cdef int bytes_(self, int field, bytes b) except -1:
-        return self.raw(field, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
-
-    cdef int latin1(self, int field, bytes b) except -1:
+    cdef inline void latin1(self, int field, const char* data, Py_ssize_t n) noexcept:
         """A string field from wire bytes read as Latin-1 (a protobuf string must be UTF-8):
-        ASCII as it is, anything else re-encoded."""
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(b)
-        cdef Py_ssize_t i, n = PyBytes_GET_SIZE(b)
+        ASCII as it is, other bytes as their two-byte UTF-8. Room: 2n + 15 bytes."""
+        cdef const unsigned char* p = <const unsigned char*>data
+        cdef Py_ssize_t i, high = 0
+        cdef unsigned char c
         for i in range(n):
             if p[i] >= 0x80:
-                return self.bytes_(field, b.decode("latin-1").encode("utf-8"))
-        return self.bytes_(field, b)
+                high += 1
+        if high == 0:
+            self.raw(field, data, n)
+            return
+        self.tag(field, 2)
+        self.varint(<uint64_t>(n + high))
+        for i in range(n):
+            c = p[i]
+            if c < 0x80:
+                self.buf[self.pos] = <char>c
+                self.pos += 1
+            else:
+                self.buf[self.pos] = <char>(0xC0 | (c >> 6))
+                self.buf[self.pos + 1] = <char>(0x80 | (c & 0x3F))
+                self.pos += 2
 
-    cdef int text(self, int field, str s) except -1:
-        if s:
-            self.bytes_(field, s.encode("utf-8"))
-        return 0
-
-    cdef int begin(self, int field) except -1:
-        if self.depth == MAX_DEPTH:
-            raise ValueError("protobuf nesting too deep")
+    cdef inline void begin(self, int field) noexcept:
+        """Opens a nested message (at most MAX_DEPTH deep: the writers here nest 3). Room: 15
+        bytes (its tag and length)."""
         self.tag(field, 2)
         self.starts[self.depth] = self.pos
         self.depth += 1
-        return 0
 
-    cdef int end(self) except -1:
+    cdef inline void end(self) noexcept:
         cdef Py_ssize_t start, n, k
         cdef uint64_t v
         self.depth -= 1
@@ -127,30 +146,29 @@ cdef class PbWriter:
         while v >= 0x80:
             v >>= 7
             k += 1
-        self.reserve(k)
         memmove(self.buf + start + k, self.buf + start, n)
         self.pos = start
         self.varint(<uint64_t>n)
         self.pos = start + k + n
-        return 0
 
-    cdef int seconds_nanos(self, int field, int64_t ns) except -1:
-        """A google.protobuf.Timestamp or Duration of `ns` nanoseconds (ns >= 0)."""
+    cdef inline void seconds_nanos(self, int field, int64_t ns) noexcept:
+        """A google.protobuf.Timestamp or Duration of `ns` nanoseconds (ns >= 0). Room: 40."""
         if ns < 0:
             ns = 0
         self.begin(field)
         self.uint(1, <uint64_t>(ns // 1000000000))
         self.uint(2, <uint64_t>(ns % 1000000000))
-        return self.end()
+        self.end()
 
-    cdef int socket_address(self, int field, str host, uint64_t port) except -1:
-        """An envoy.config.core.v3.Address with its socket_address."""
+    cdef inline void socket_address(self, int field, const char* host, Py_ssize_t n,
+                                    uint64_t port) noexcept:
+        """An envoy.config.core.v3.Address with its socket_address. Room: n + 60."""
         self.begin(field)
         self.begin(1)
-        self.text(2, host)
+        self.raw(2, host, n)
         self.uint(3, port)
         self.end()
-        return self.end()
+        self.end()
 
     cdef bytes take(self):
         cdef bytes out = PyBytes_FromStringAndSize(self.buf, self.pos)
@@ -158,58 +176,211 @@ cdef class PbWriter:
         return out
 
 
-cdef int _http_entry(PbWriter w, tuple e) except -1:
-    cdef double start = e[0]
-    cdef double ms = e[1]
-    cdef object status = e[2]
-    cdef object method = e[3]
-    cdef bytes path = e[4]
-    cdef bytes authority = e[5]
-    cdef str cluster = e[6]
-    cdef object up = e[7]
-    cdef object rip = e[8]
-    cdef int64_t dur_ns = <int64_t>(ms * 1e6)
-    cdef str host, port
+cdef int _method_enum(bytes m) noexcept:
+    """envoy.config.core.v3.RequestMethod of a request method; 0 (unspecified) if none."""
+    cdef const char* p
+    cdef Py_ssize_t n
+    if m is None:
+        return 0
+    p = PyBytes_AS_STRING(m)
+    n = PyBytes_GET_SIZE(m)
+    if n == 3:
+        if memcmp(p, b"GET", 3) == 0:
+            return 1
+        if memcmp(p, b"PUT", 3) == 0:
+            return 4
+    elif n == 4:
+        if memcmp(p, b"POST", 4) == 0:
+            return 3
+        if memcmp(p, b"HEAD", 4) == 0:
+            return 2
+    elif n == 5:
+        if memcmp(p, b"PATCH", 5) == 0:
+            return 9
+        if memcmp(p, b"TRACE", 5) == 0:
+            return 8
+    elif n == 6:
+        if memcmp(p, b"DELETE", 6) == 0:
+            return 5
+    elif n == 7:
+        if memcmp(p, b"OPTIONS", 7) == 0:
+            return 7
+        if memcmp(p, b"CONNECT", 7) == 0:
+            return 6
+    return 0
+
+
+cdef int _http_entry(PbWriter w, int64_t start_ns, int64_t dur_ns, int status, int method,
+                     const char* path, Py_ssize_t path_n, const char* auth, Py_ssize_t auth_n,
+                     const char* cluster, Py_ssize_t cluster_n,
+                     const char* up, Py_ssize_t up_n, int up_port,
+                     const char* rip, Py_ssize_t rip_n, int rport, uint64_t rx,
+                     uint64_t tx) except -1:
+    """One log_entry (HTTPAccessLogEntry) from C values; an absent string has length 0, an
+    absent upstream address up_port < 0."""
+    # room for everything below: fixed parts well under 512 bytes, strings at most doubled
+    w.reserve(512 + 2 * (path_n + auth_n) + cluster_n + up_n + rip_n)
     w.begin(1)  # StreamAccessLogsMessage.HTTPAccessLogEntries.log_entry
     w.begin(1)  # common_properties: AccessLogCommon
-    if rip:
-        w.socket_address(2, (<bytes>rip).decode("latin-1"), 0)  # downstream_remote_address
-    w.seconds_nanos(5, <int64_t>(start * 1e9))  # start_time
+    if rip_n > 0:  # downstream_remote_address (an IP address: ASCII)
+        w.socket_address(2, rip, rip_n, <uint64_t>rport if rport > 0 else 0)
+    w.seconds_nanos(5, start_ns)  # start_time
     w.seconds_nanos(12, dur_ns)  # time_to_last_downstream_tx_byte
-    if up and up != "-":
-        host, _, port = (<str>up).rpartition(":")
-        if port.isdigit():
-            w.socket_address(13, host, int(port))  # upstream_remote_address
-    w.text(15, cluster)  # upstream_cluster
+    if up_port >= 0:
+        w.socket_address(13, up, up_n, <uint64_t>up_port)  # upstream_remote_address
+    w.raw(15, cluster, cluster_n)  # upstream_cluster
     w.seconds_nanos(23, dur_ns)  # duration
     w.end()
     w.uint(2, 2)  # protocol_version: HTTP11
     w.begin(3)  # request: HTTPRequestProperties
-    w.uint(1, _METHODS.get(method or b"", 0))  # request_method
+    w.uint(1, <uint64_t>method)  # request_method
     w.raw(2, "http", 4)  # scheme
-    w.latin1(3, authority)
-    w.latin1(5, path)
-    w.uint(12, <uint64_t>e[9])  # request_body_bytes
+    w.latin1(3, auth, auth_n)  # authority
+    w.latin1(5, path, path_n)  # path
+    w.uint(12, rx)  # request_body_bytes
     w.end()
     w.begin(4)  # response: HTTPResponseProperties
-    if status:
+    if status > 0:
         w.begin(1)  # response_code: UInt32Value
         w.uint(1, <uint64_t>status)
         w.end()
-    w.uint(3, <uint64_t>e[10])  # response_body_bytes
+    w.uint(3, tx)  # response_body_bytes
     w.end()
     w.end()
     return 0
 
 
-def encode_http_logs(list batch, bytes identifier=b""):
-    """The serialized StreamAccessLogsMessage for `batch` (see the module doc)."""
-    cdef PbWriter w = PbWriter(256 + 160 * len(batch))
-    cdef object e
-    if identifier:
-        w.bytes_(1, identifier)
-    w.begin(2)  # http_logs
-    for e in batch:
-        _http_entry(w, <tuple>e)
-    w.end()
+cdef inline const char* _utf8(str s, Py_ssize_t* n) except? NULL:
+    """s's UTF-8 bytes, cached inside the str (no copy); length 0 for None or ''."""
+    if not s:
+        n[0] = 0
+        return ""
+    return PyUnicode_AsUTF8AndSize(s, n)
+
+
+cdef inline const char* _bytes(bytes b, Py_ssize_t* n) noexcept:
+    if b is None:
+        n[0] = 0
+        return ""
+    n[0] = PyBytes_GET_SIZE(b)
+    return PyBytes_AS_STRING(b)
+
+
+cdef bytes _message(bytes identifier, const char* entries, Py_ssize_t n):
+    """StreamAccessLogsMessage bytes: identifier (if any), then http_logs around `entries`
+    (already encoded log_entry fields)."""
+    cdef Py_ssize_t idn = PyBytes_GET_SIZE(identifier)
+    cdef PbWriter w = PbWriter(idn + n + 32)
+    w.raw(1, PyBytes_AS_STRING(identifier), idn)
+    w.tag(2, 2)
+    w.varint(<uint64_t>n)
+    memcpy(w.buf + w.pos, entries, n)
+    w.pos += n
     return w.take()
+
+
+def wrap_http_logs(bytes entries, bytes identifier=b""):
+    """The serialized StreamAccessLogsMessage of entries from HttpLogBuffer.take_entries()."""
+    return _message(identifier, PyBytes_AS_STRING(entries), PyBytes_GET_SIZE(entries))
+
+
+def encode_http_logs(list batch, bytes identifier=b""):
+    """The serialized StreamAccessLogsMessage for `batch`, a list of entry tuples (see the
+    module doc): the same encoder as HttpLogBuffer.log, for entries made elsewhere."""
+    cdef PbWriter w = PbWriter(256 + 160 * len(batch))
+    cdef tuple e
+    cdef Py_ssize_t pn, an, cn, un, rn
+    cdef const char* pp
+    cdef const char* ap
+    cdef const char* cp
+    cdef const char* up
+    cdef const char* rp
+    cdef int port
+    cdef str host, sport
+    for e in batch:
+        host, port = "", -1
+        if e[7] and e[7] != "-":
+            host, _, sport = (<str>e[7]).rpartition(":")
+            if sport.isdigit():
+                port = int(sport)
+        pp = _bytes(e[4], &pn)
+        ap = _bytes(e[5], &an)
+        cp = _utf8(e[6], &cn)
+        up = _utf8(host, &un)
+        rp = _bytes(e[8], &rn)
+        _http_entry(w, <int64_t>(<double>e[0] * 1e9), <int64_t>(<double>e[1] * 1e6),
+                    e[2] or 0, _method_enum(e[3]), pp, pn, ap, an, cp, cn, up, un, port,
+                    rp, rn, 0, e[9], e[10])
+    return _message(identifier, w.buf, w.pos)
+
+
+cdef class HttpLogBuffer:
+    """The per-request half of envoy.access_loggers.http_grpc: `log(stream, duration_ms)`
+    encodes the stream's entry straight into a buffer (no tuple, no protobuf object); the
+    Python half (proxy/grpc_access_log.py, a subclass) sends what `take()` returns. Calls
+    `self.flush()` when `buffer_size` bytes are buffered and `self.arm()` on the first entry
+    after a flush (the flush timer)."""
+
+    cdef PbWriter w
+    cdef public Py_ssize_t count
+    cdef public Py_ssize_t buffer_size
+
+    def __cinit__(self, *args, **kwargs):
+        self.w = PbWriter(4096)
+        self.count = 0
+        self.buffer_size = 16384
+
+    cpdef int log(self, HttpStream s, double duration_ms) except -1:
+        cdef timespec ts
+        cdef int64_t dur_ns = <int64_t>(duration_ms * 1e6)
+        cdef int method = 0, path_n = 0, up_port = -1
+        cdef const char* path = ""
+        cdef bytes authority = None
+        cdef Cluster cl = s.cluster
+        cdef Host host = s.host
+        cdef Py_ssize_t auth_n, cl_n = 0, up_n = 0, rip_n
+        cdef const char* auth
+        cdef const char* cl_p = ""
+        cdef const char* up_p = ""
+        cdef const char* rip
+        clock_gettime(CLOCK_REALTIME, &ts)
+        if s.resp_flags != "DPE":  # else the request head did not parse: nothing to read
+            method = _method_enum(s.head.method())
+            path = s.head.path_ptr(&path_n)
+            authority = s.head.authority()
+        auth = _bytes(authority, &auth_n)
+        if cl is not None:
+            cl_p = _utf8(cl.name, &cl_n)
+        if host is not None and s.upstream_host != "-":  # a connection was attached
+            up_p = _utf8(host.address, &up_n)
+            up_port = host.port
+        rip = _bytes(s.remote_ip, &rip_n)
+        _http_entry(self.w, <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - dur_ns, dur_ns,
+                    s.resp_status, method, path, path_n, auth, auth_n, cl_p, cl_n,
+                    up_p, up_n, up_port, rip, rip_n, s.remote_port, s.bytes_rx, s.bytes_tx)
+        self.count += 1
+        if self.w.pos >= self.buffer_size:
+            self.flush()
+        elif self.count == 1:
+            self.arm()
+        return 0
+
+    def take_entries(self):
+        """(the encoded log_entry fields buffered, their number); empties the buffer.
+        wrap_http_logs() makes them a message."""
+        cdef Py_ssize_t n = self.count
+        cdef bytes out = PyBytes_FromStringAndSize(self.w.buf, self.w.pos)
+        self.w.pos = 0
+        self.count = 0
+        return out, n
+
+    @property
+    def entry_bytes(self):
+        """Bytes of encoded entries buffered."""
+        return self.w.pos
+
+    def flush(self):
+        raise NotImplementedError
+
+    def arm(self):
+        raise NotImplementedError

@@ -1,25 +1,28 @@
 """Envoy's gRPC access log (`envoy.access_loggers.http_grpc`): entries batched to an access log
 service (`envoy.service.accesslog.v3`, e.g. `sofamesh mixer`) over one client stream.
 
-Hot path (`log`, once per request): copy a few stream fields into a tuple and append it to a
-list; nothing else. Every `buffer_flush_interval` (or once `buffer_size_bytes` of entries are
-buffered) the list is put on a bounded queue; a sender task encodes each batch as one
-`StreamAccessLogsMessage` straight to wire bytes (`_core/als_wire`, no protobuf objects: that
-cost more than the proxying) and writes it to the stream, (re)connecting with backoff. When the service is slow or gone
-the queue fills, and further batches are dropped and counted (Envoy's
-`access_logs.grpc_access_log.logs_dropped`); the request path never waits for the service.
+Hot path (`log`, once per request, in Cython: `_core/als_wire.HttpLogBuffer`): the stream's
+HTTPAccessLogEntry is encoded straight to protobuf wire bytes into a buffer (no tuple, no
+protobuf object: those cost more than the proxying). Every `buffer_flush_interval` (or once
+`buffer_size_bytes` of entries are buffered) the buffer becomes one batch on a bounded queue;
+a sender task wraps each batch as one `StreamAccessLogsMessage` and writes it to the stream,
+(re)connecting with backoff. When the service is slow or gone the queue fills, and further
+batches are dropped and counted (Envoy's `access_logs.grpc_access_log.logs_dropped`); the
+request path never waits for the service.
 
-    buffered tuples --flush--> queue of batches (bounded) --sender task--> gRPC stream
+    encoded entries --flush--> queue of batches (bounded) --sender task--> gRPC stream
+
+Subclasses that log something else (tcp_grpc_access_log) buffer entry tuples with `add_entry`
+and their own `encode`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
-from sofamesh._core.als_wire import encode_http_logs
+from sofamesh._core.als_wire import HttpLogBuffer, wrap_http_logs
 
 log = logging.getLogger("sofamesh.access_log")
 
@@ -27,7 +30,6 @@ HTTP_GRPC_TYPE = (
     "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 )
 _METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
-ENTRY_OVERHEAD = 120  # approximate encoded size of an entry beyond its path and authority
 MAX_QUEUED_BATCHES = 64  # bounded: with the service gone, at most this many batches wait
 
 
@@ -35,12 +37,13 @@ def _seconds(d: Any, default: float) -> float:
     return d.ToNanoseconds() / 1e9 if d.ByteSize() else default
 
 
-class GrpcAccessLog:
-    """One per HCM that configures it; `log(stream, duration_ms)` is what the stream calls."""
+class GrpcAccessLog(HttpLogBuffer):
+    """One per HCM that configures it; `log(stream, duration_ms)` (HttpLogBuffer's) is what
+    the stream calls."""
 
     # (batch, serialized Identifier or b"") -> one StreamAccessLogsMessage's bytes; the TCP
     # logger (tcp_grpc_access_log) has its own
-    encode = staticmethod(encode_http_logs)
+    encode = staticmethod(wrap_http_logs)
 
     def __init__(
         self,
@@ -68,43 +71,21 @@ class GrpcAccessLog:
         self._task: asyncio.Task | None = None
         self._closed = False
 
-    # -- hot path -----------------------------------------------------------------------------
-    def log(self, s: Any, duration_ms: float) -> None:
-        if s.resp_flags == "DPE":  # the request head did not parse: nothing to read in it
-            method, path, authority = None, b"", b""
-        else:
-            method, path, authority = s.method, s.path or b"", s.authority or b""
-        cl = s.cluster
-        self.buffered.append(
-            (
-                time.time() - duration_ms / 1000.0,
-                duration_ms,
-                s.resp_status,
-                method,
-                path,
-                authority,
-                cl.name if cl is not None else "",
-                s.upstream_host,
-                s.remote_ip,
-                s.bytes_rx,
-                s.bytes_tx,
-            )
-        )
-        self.buffered_bytes += ENTRY_OVERHEAD + len(path) + len(authority)
-        if self.buffered_bytes >= self.buffer_size:
-            self.flush()
-        elif self._timer is None:
+    # -- hot path: HttpLogBuffer.log (Cython) ----------------------------------------------
+    def arm(self) -> None:
+        """The first entry since a flush: flush it within buffer_flush_interval."""
+        if self._timer is None:
             self._timer = self.loop.call_later(self.flush_interval, self._tick)
 
     def add_entry(self, entry: tuple, nbytes: int) -> None:
-        """Buffers one entry of `nbytes` (approximately, encoded) for the next batch; `log`
-        does the same inline (the per-request path)."""
+        """Buffers one entry tuple of `nbytes` (approximately, encoded) for the next batch,
+        for subclasses whose `encode` takes a list of tuples."""
         self.buffered.append(entry)
         self.buffered_bytes += nbytes
         if self.buffered_bytes >= self.buffer_size:
             self.flush()
-        elif self._timer is None:
-            self._timer = self.loop.call_later(self.flush_interval, self._tick)
+        else:
+            self.arm()
 
     # -- per batch ------------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -112,13 +93,17 @@ class GrpcAccessLog:
         self.flush()
 
     def flush(self) -> None:
-        if not self.buffered:
+        if self.count:  # entries encoded by log()
+            batch, n = self.take_entries()
+        elif self.buffered:  # entry tuples from add_entry()
+            batch, n = self.buffered, len(self.buffered)
+            self.buffered, self.buffered_bytes = [], 0
+        else:
             return
-        batch, self.buffered, self.buffered_bytes = self.buffered, [], 0
         if self.queue.full():
-            self.dropped.value += len(batch)
+            self.dropped.value += n
             return
-        self.queue.put_nowait((batch, len(batch)))
+        self.queue.put_nowait((batch, n))
         if self._task is None and not self._closed:
             self._task = self.loop.create_task(self._send_loop())
 
@@ -145,7 +130,7 @@ class GrpcAccessLog:
             channel = grpc.aio.insecure_channel(f"{addr[0]}:{addr[1]}")
             call = channel.stream_unary(
                 _METHOD,
-                request_serializer=None,  # messages are encoded by encode_http_logs already
+                request_serializer=None,  # self.encode makes the message's bytes
                 response_deserializer=als_pb2.StreamAccessLogsResponse.FromString,
             )()
             first = True
