@@ -226,7 +226,8 @@ cdef int _bolt_ctx(RpcSpan s, BoltFrame f) except -2:
     tid = kv.get("tcid")
     if tid is None:
         return -1
-    return -1 if _sofa(s, tid, kv.get("spid"), kv.get("pspid"), kv.get("sample")) \
+    # no spid: SOFATracer's reader takes the root id, "0"
+    return -1 if _sofa(s, tid, kv.get("spid", "0"), kv.get("pspid"), kv.get("sample")) \
         else CTX_SOFA_NEW
 
 
@@ -250,7 +251,7 @@ cdef int _dubbo_ctx(RpcSpan s, DubboFrame f, bint shared) except -2:
         tid = kv.get("tcid")
         if tid is None:
             return -1
-        return -1 if _sofa(s, tid, kv.get("spid"), kv.get("pspid"), kv.get("sample")) \
+        return -1 if _sofa(s, tid, kv.get("spid", "0"), kv.get("pspid"), kv.get("sample")) \
             else CTX_SOFA_NEW
     tid = _att(a, 0)
     if tid is not None:

@@ -538,6 +538,10 @@ def test_dubbo_contexts_forwarded_updated(mesh):
     assert ids[fnv("0.2")][0]["parentId"] == fnv("0")
     assert ids[fnv("0.2.1")][0]["parentId"] == fnv("0.2")
 
+    # no spid: the root span, as SOFATracer reads it
+    att = _dubbo_ctx(mesh, {"dubbo.rpc.sofa.tracer": f"tcid={tid}&sample=true&"})
+    assert att["dubbo.rpc.sofa.tracer"] == f"tcid={tid}&sample=true&spid=0.1&pspid=0&"
+
     b3 = {
         "X-B3-TraceId": "463ac35c9f6413ad48485a3953bb6124",
         "X-B3-SpanId": "a2fb4a1d1a96d312",
