@@ -39,9 +39,11 @@ from tests.support.envoy import ProxyProcess
 from tests.support.http_upstream import RecordingUpstream
 from tests.support.servers import free_ports
 
-pytestmark = pytest.mark.slow
-
 BUILD_TIMEOUT_S = 900  # compiles every extension on a 2-core machine
+
+# The first test also waits for the module fixture's wheel build (pytest-timeout counts the
+# setup): the suite's 300 s default is too short for that on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT_S + 300)]
 
 
 class Installed:
