@@ -21,7 +21,9 @@ from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
     mono, date_value, DS_BODY, DS_WAIT, DS_CLOSED, SERVER_PASS_THROUGH,
 )
-from sofamesh._core.http_grpc cimport grpc_local_status, is_grpc_request
+from sofamesh._core.http_grpc cimport (
+    grpc_local_status, grpc_message_encode, is_grpc_request,
+)
 from sofamesh._core.http_stream cimport HttpFilter
 from sofamesh._core.http_router cimport RouterStream
 from sofamesh._core.router cimport Route
@@ -535,7 +537,7 @@ cdef class H2Stream(RouterStream):
             resp.add(b"grpc-status", b"4" if self.resp_flags == "DT" else
                      grpc_local_status(code))
             if body:
-                resp.add(b"grpc-message", body)
+                resp.add(b"grpc-message", grpc_message_encode(body))
             body = b""
         else:
             resp = HeaderList(status=code)

@@ -14,3 +14,6 @@ cdef double grpc_timeout(HeaderMap h, Route route)
 cdef bytes grpc_local_status(int code)
 # the request's content-type names gRPC (application/grpc...)
 cdef bint is_grpc_request(HeaderMap h)
+# a grpc-message value: bytes outside ' '..'~' and '%' percent-encoded (gRPC's rule, as
+# Envoy writes a local reply's body there)
+cdef bytes grpc_message_encode(bytes msg)

@@ -1,7 +1,7 @@
 # gRPC rules of the router (retry conditions, outlier outcomes, grpc-timeout); see
 # http_grpc.pxd.
 
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.router cimport (
@@ -87,3 +87,24 @@ cdef bytes grpc_local_status(int code):
 cdef bint is_grpc_request(HeaderMap h):
     cdef int i = h.find_from("content-type", 12, 0)
     return i >= 0 and h.value_at(i).startswith(b"application/grpc")
+
+
+cdef bytes grpc_message_encode(bytes msg):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(msg)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(msg)
+    cdef unsigned char c
+    cdef list out
+    for i in range(n):
+        c = p[i]
+        if c < 0x20 or c > 0x7e or c == 0x25:
+            break
+    else:
+        return msg
+    out = []
+    for i in range(n):
+        c = p[i]
+        if c < 0x20 or c > 0x7e or c == 0x25:
+            out.append(b"%%%02X" % c)
+        else:
+            out.append(msg[i:i + 1])
+    return b"".join(out)

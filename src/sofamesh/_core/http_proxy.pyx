@@ -32,7 +32,9 @@ from sofamesh._core.http_common cimport (
     SERVER_PASS_THROUGH,
     PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE,
 )
-from sofamesh._core.http_grpc cimport grpc_local_status, is_grpc_request
+from sofamesh._core.http_grpc cimport (
+    grpc_local_status, grpc_message_encode, is_grpc_request,
+)
 from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.http_router cimport RouterStream
 from sofamesh._core.http_common import normalize_request_path
@@ -698,7 +700,7 @@ cdef class DownstreamConn(RouterStream):
             resp.add(b"grpc-status", b"4" if self.resp_flags == "DT" else
                      grpc_local_status(code))
             if body:
-                resp.add(b"grpc-message", body)
+                resp.add(b"grpc-message", grpc_message_encode(body))
             body = b""
         else:
             resp = HeaderList(status=code)

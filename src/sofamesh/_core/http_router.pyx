@@ -38,7 +38,7 @@ cdef int decorate(HttpStream s, HeaderMap h, Route route) except -1:
     an ingress response carries it back to the client, unless the request named its own
     operation (that header is not passed upstream)."""
     cdef bytes op = route.decorator.encode()
-    if s.cfg.tracer.egress:
+    if s.cfg.tracer.outbound:
         h.remove(b"x-envoy-decorator-operation")
         h.add(b"x-envoy-decorator-operation", op)
     elif h.find_from("x-envoy-decorator-operation", 27, 0) >= 0:

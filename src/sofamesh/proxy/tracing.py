@@ -256,6 +256,7 @@ class Tracer:
     shared = False
     id128 = False
     stat_prefix = ""  # the connection manager's (set by build)
+    outbound = False  # the listener is OUTBOUND, whatever the spans say (set by build)
 
     def __init__(self, tracing: Any, server: Any, local_ip: str, path: str, egress: bool):
         self.server = server
@@ -510,6 +511,7 @@ def build(
         )
     tracer = factory(tracing, server, stat_prefix, local_ip, path, egress)
     tracer.stat_prefix = stat_prefix
+    tracer.outbound = egress  # the decorator's propagation follows the listener (_core)
     return tracer
 
 
