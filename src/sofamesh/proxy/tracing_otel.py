@@ -122,6 +122,8 @@ class OtelTracer(tracing.Tracer):
             },
             "opentelemetry",
         )
+        for c in self.reporter.c.values():
+            c.used = True  # listed from the start, as Envoy lists them
         self._channel: Any = None
         self._channel_addr: tuple[str, int] | None = None
 

@@ -116,6 +116,10 @@ SCENARIOS = {
     "unsampled": {"random_sampling": {"value": 0}},
     # a CLIENT span for every upstream request, its id sent upstream
     "spawn": {"random_sampling": {"value": 100}, "spawn_upstream_span": True},
+    # overall_sampling 0 % vetoes every decision, x-client-trace-id's too
+    "overall0": {"random_sampling": {"value": 100}, "overall_sampling": {"value": 0}},
+    # client_sampling 0 %: x-client-trace-id forces nothing (random_sampling decides)
+    "client0": {"random_sampling": {"value": 0}, "client_sampling": {"value": 0}},
 }
 ROUTES = [
     {"match": {"prefix": "/" + SERVICE + "/", "grpc": {}}, "route": {"cluster": "grpc"}},
@@ -193,7 +197,9 @@ def _observe(p, recv: OtlpReceiver, expect_spans: int) -> tuple[list, list, dict
             except grpc.RpcError:
                 pass
     got = recv.wait(expect_spans)
-    time.sleep(0.3)  # nothing more should come
+    # nothing more should come; expecting none: past a flush interval (5 s), or a wrong
+    # span would not have been sent yet
+    time.sleep(0.3 if expect_spans else 6.0)
     got = recv.spans()
     port = f":{p.port}"
     # span id -> what it is: the downstream span of a request, or the upstream (router) span
@@ -249,7 +255,7 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
             routes=ROUTES,
             clusters=lambda grpc_port, h1_port: [_cluster("otel", recv.port, True)],
         )
-        n = {"sampled": 16, "unsampled": 1, "spawn": 31}[scenario]
+        n = {"sampled": 16, "unsampled": 1, "spawn": 31, "overall0": 0, "client0": 0}[scenario]
         spans, up, stats = _observe(p, recv, n)
     finally:
         recv.stop()
@@ -260,17 +266,24 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
     )
     decisions = {k: v for k, v in stats.items() if k.startswith("http.ingress.tracing.")}
     SEEN[scenario][p.kind] += (decisions,)
-    traced = len(REQUESTS) + len(GRPC_CALLS) - 1  # all but the x-client-trace-id one
+    total = len(REQUESTS) + len(GRPC_CALLS)
+    client, random_, not_ = {
+        "sampled": (1, total - 1, 0),
+        "spawn": (1, total - 1, 0),
+        "unsampled": (1, 0, total - 1),
+        "overall0": (0, 0, total),
+        "client0": (0, 0, total),
+    }[scenario]
     assert decisions == {
-        "http.ingress.tracing.client_enabled": 1,
+        "http.ingress.tracing.client_enabled": client,
         "http.ingress.tracing.health_check": 0,
-        "http.ingress.tracing.not_traceable": traced if scenario == "unsampled" else 0,
-        "http.ingress.tracing.random_sampling": 0 if scenario == "unsampled" else traced,
+        "http.ingress.tracing.not_traceable": not_,
+        "http.ingress.tracing.random_sampling": random_,
         "http.ingress.tracing.service_forced": 0,
     }
     assert len(spans) == n, " ".join(sorted(s["attrs"].get("http.url", s["name"]) for s in spans))
     assert stats.get("tracing.opentelemetry.spans_sent") == n
-    assert {s["service"] for s in spans} == {"front"}
+    assert {s["service"] for s in spans} == ({"front"} if n else set())
     upstream = {e["target"]: e for e in up}
     server = {
         s["attrs"]["http.url"]: s for s in spans if "http.url" in s["attrs"]
@@ -285,7 +298,11 @@ def test_otel_spans_and_traceparent_as_envoy(proxies, scenario):  # noqa: F811
     # Envoy reads the traceparent by its length and hex digits: 55 bytes exactly, any case
     # of hex, any version
     assert upstream["/longer"]["traceparent"] == [TP + "01-extra"]
-    if scenario == "unsampled":
+    if scenario in ("overall0", "client0"):
+        assert upstream["/client"]["traceparent"][2:] == ("unreported", "00")
+        assert upstream["/client"]["rid-mark"] == "4"
+        assert upstream["/sampled"]["traceparent"] == ("00", TID, "unreported", "00")
+    elif scenario == "unsampled":
         # only x-client-trace-id traces (client_sampling 100 %), its request id marked b
         assert [s["attrs"]["http.url"] for s in spans] == ["http://svc.local/client"]
         assert spans[0]["attrs"]["rid-mark"] == "b"
