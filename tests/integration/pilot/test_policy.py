@@ -101,6 +101,35 @@ def test_access_policy_lets_only_the_named_service_in_and_delete_reopens(pilot, 
         up.stop()
 
 
+@pytest.mark.parametrize("sidecar", SIDECARS)
+def test_access_policy_closes_other_callers_tcp_connections(pilot, tmp_path, sidecar):
+    """A TCP service (Dubbo, Bolt and HSF ride the same tcp_proxy listeners): its listener
+    gets network RBAC with the same principals; a caller not allowed is disconnected."""
+    up = RecordingUpstream(["db"]).start()
+    proxy = ads_sidecar(sidecar, pilot.xds_port, free_port(), False, tmp_path / sidecar)
+    try:
+        proxy.start()
+        sport = free_port()  # the service port: the sidecar's tcp_proxy listener binds it
+        pilot.register(
+            "svc-db",
+            "d1",
+            address="127.0.0.1",
+            port=up.ports["db"],
+            protocol="tcp",
+            service_port=sport,
+        )
+        pilot.register("caller-y", "y1", address="127.0.0.2", port=9)
+        wait_until(lambda: call(sport, "any", "127.0.0.3")[0] == 200, 10, "svc-db open to z")
+        assert policy(pilot, "PUT", "svc-db", "access", {"allow_from": ["caller-y"]})[0] == 201
+        wait_until(lambda: call(sport, "any", "127.0.0.3")[0] == 0, 10, "z disconnected")
+        assert call(sport, "any", "127.0.0.2")[1].startswith("upstream=db")
+        assert policy(pilot, "DELETE", "svc-db", "access")[0] == 204
+        wait_until(lambda: call(sport, "any", "127.0.0.3")[0] == 200, 10, "svc-db open again")
+    finally:
+        proxy.stop()
+        up.stop()
+
+
 def test_policies_persist_across_a_pilot_restart(tmp_path):
     p = PilotProcess(tmp_path).start()
     try:

@@ -25,9 +25,9 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
         weighted = [(c.name, c.weight) for c in cfg.weighted_clusters.clusters if c.weight > 0]
     else:
         raise UnsupportedConfig(f"{path}.typed_config: cluster or weighted_clusters is required")
-    for name, _ in weighted:
-        if name not in clusters:
-            raise UnsupportedConfig(f"{path}.typed_config: unknown cluster {name!r}")
+    # A cluster that does not exist (yet) is not a config error, as in Envoy: each connection
+    # looks it up (none: closed, downstream_cx_no_route, flag UH). Over xDS a listener often
+    # arrives while its cluster still warms (waits for its endpoints).
     idle = 3600.0  # Envoy's default
     if cfg.HasField("idle_timeout"):
         idle = cfg.idle_timeout.seconds + cfg.idle_timeout.nanos / 1e9  # 0 disables
