@@ -387,17 +387,51 @@ def _example_boot(name: str, listen: list[int], admin: int, up: int, collector: 
 EXAMPLE_SEEN: dict = {}
 
 
+EXAMPLES = [
+    "opentelemetry_envoy-1.yaml",
+    "opentelemetry_envoy-2.yaml",
+    "opentelemetry_envoy-front-proxy.yaml",
+]
+
+
+def _example_routes(boot: dict) -> list[list[tuple[str, str, str]]]:
+    """Per listener: (path prefix, decorator, span kind) of each route."""
+    out = []
+    for lst in boot["static_resources"]["listeners"]:
+        kind = (
+            "SPAN_KIND_CLIENT"
+            if lst.get("traffic_direction") == "OUTBOUND"
+            else ("SPAN_KIND_SERVER")
+        )
+        hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
+        out.append(
+            [
+                (r["match"]["prefix"], r["decorator"]["operation"], kind)
+                for vh in hcm["route_config"]["virtual_hosts"]
+                for r in vh["routes"]
+            ]
+        )
+    return out
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
 @pytest.mark.parametrize("kind", ["envoy", "sofamesh"])
-def test_opentelemetry_example_traced_like_envoy(kind: str, tmp_path: Path) -> None:
-    name = "opentelemetry_envoy-1.yaml"
+def test_opentelemetry_example_traced_like_envoy(name: str, kind: str, tmp_path: Path) -> None:
+    """Envoy's examples/opentelemetry configs as they are but for addresses: each route of
+    each listener gets a request without context and one continuing a trace. OUTBOUND
+    listeners (Envoy's egress) write CLIENT spans, named by the route's decorator."""
     recv = OtlpReceiver()
     upstream = RecordingUpstream(["a"]).start()
-    ports = []
-    while len(ports) < 3:
+    text = (FIXTURES / "envoy-examples" / name).read_text()
+    n = len(yaml.safe_load(text)["static_resources"]["listeners"])
+    ports: list[int] = []
+    while len(ports) < n + 1:
         q = free_port()
         if q not in ports:
             ports.append(q)
-    boot = _example_boot(name, ports[:2], ports[2], upstream.ports["a"], recv.port)
+    boot = _example_boot(name, ports[:n], ports[n], upstream.ports["a"], recv.port)
+    routes = _example_routes(boot)
+    expect = []
     proc = (
         ProxyProcess.envoy(envoy_binary(), copy.deepcopy(boot), tmp_path)
         if kind == "envoy"
@@ -405,37 +439,41 @@ def test_opentelemetry_example_traced_like_envoy(kind: str, tmp_path: Path) -> N
     )
     try:
         proc.start()
-        for port in ports[:2]:
-            for headers in ({}, {"traceparent": TP + "01"}):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", "/", headers={"host": "example.com", **headers})
-                assert conn.getresponse().status == 200
-                conn.close()
-        got = recv.wait(4)
-        _, text = admin_get(ports[2], "/stats")
+        for port, lroutes in zip(ports[:n], routes, strict=True):
+            for prefix, op, span_kind in lroutes:
+                for headers in ({}, {"traceparent": TP + "01"}):
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    conn.request("GET", prefix, headers={"host": "example.com", **headers})
+                    assert conn.getresponse().status == 200
+                    conn.close()
+                    ctx = (TID, PID) if headers else ("new", None)
+                    expect.append((op, span_kind, *ctx))
+        got = recv.wait(len(expect))
+        _, stats = admin_get(ports[n], "/stats")
     finally:
         proc.stop()
         recv.stop()
         upstream.stop()
     ids = {_hex(s["spanId"]): "server" for _, s in got}
     spans = sorted(
-        (_norm_span(res, s, f":{ports[0]}", ids) for res, s in got),
-        key=lambda s: (s["name"], s["trace"]),
+        (_norm_span(res, s, ":PORT", ids) for res, s in got),
+        key=lambda s: (s["name"], str(s["trace"]), str(s["parent"])),
     )
     for s in spans:
         del s["_tid"], s["_sid"]
-        s["attrs"]["http.url"] = s["attrs"]["http.url"].replace(f":{ports[1]}", ":PORT")
-    assert [(s["name"], s["kind"], s["trace"], s["parent"]) for s in spans] == [
-        ("routeToEnvoy2", "SPAN_KIND_CLIENT", TID, PID),  # OUTBOUND: Envoy's egress
-        ("routeToEnvoy2", "SPAN_KIND_CLIENT", "new", None),
-        ("routeToService1", "SPAN_KIND_SERVER", TID, PID),
-        ("routeToService1", "SPAN_KIND_SERVER", "new", None),
-    ]
-    assert {s["service"] for s in spans} == {"envoy-1"}
-    assert "tracing.opentelemetry.spans_sent: 4" in text
-    EXAMPLE_SEEN[kind] = spans
-    if len(EXAMPLE_SEEN) == 2:
-        assert EXAMPLE_SEEN["envoy"] == EXAMPLE_SEEN["sofamesh"]
+        for p in ports[:n]:
+            s["attrs"]["http.url"] = s["attrs"]["http.url"].replace(f":{p}", ":PORT")
+    assert sorted(
+        ((s["name"], s["kind"], s["trace"], s["parent"]) for s in spans), key=str
+    ) == sorted(expect, key=str)
+    service = yaml.safe_load(text)["static_resources"]["listeners"][0]["filter_chains"][0][
+        "filters"
+    ][0]["typed_config"]["tracing"]["provider"]["typed_config"]["service_name"]
+    assert {s["service"] for s in spans} == {service}
+    assert f"tracing.opentelemetry.spans_sent: {len(expect)}" in stats
+    EXAMPLE_SEEN.setdefault(name, {})[kind] = spans
+    if len(EXAMPLE_SEEN[name]) == 2:
+        assert EXAMPLE_SEEN[name]["envoy"] == EXAMPLE_SEEN[name]["sofamesh"]
 
 
 # OTLP over HTTP (http_service): protobuf POSTed to the collector ------------------------
