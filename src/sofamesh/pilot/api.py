@@ -211,6 +211,7 @@ class RestApi:
         self.pilot = pilot
         self.registry = registry
         self.bad_requests = 0
+        self.cluster = ""  # --cluster: where this pilot's own instances live (registry sync)
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
         r = self.app.router
         r.add_put("/v1/services/{service}/instances/{instance_id}", self.put_instance)
@@ -346,7 +347,14 @@ class RestApi:
                     ),
                 }
             )
+            if self.cluster:  # registry sync: the clusters its instances live in
+                out[-1]["clusters"] = sorted({self._cluster_of(i) for i in insts})
         return web.json_response({"services": out})
+
+    def _cluster_of(self, inst: Instance) -> str:
+        if inst.registry == "peer":
+            return dict(inst.labels).get("topology.istio.io/cluster", "")  # generate.CLUSTER_LABEL
+        return self.cluster
 
     async def get_service(self, request: web.Request) -> web.Response:
         service, _ = self._names(request)
@@ -366,6 +374,7 @@ class RestApi:
                 "weight": i.weight,
                 "healthy": i.healthy,
                 "registry": i.registry,
+                **({"cluster": self._cluster_of(i)} if self.cluster else {}),
                 "locality": {
                     "region": i.locality.region,
                     "zone": i.locality.zone,

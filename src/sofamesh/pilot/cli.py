@@ -101,6 +101,26 @@ def parser() -> argparse.ArgumentParser:
         help="HOST:PORT of `sofamesh mixer`'s gRPC services: rate policies become "
         "rate_limit_quota filters reporting there (without it they are not enforced)",
     )
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help="this pilot's cluster name: its services carry it, and it serves its catalog "
+        "to peer pilots at /v1/catalog (registry sync)",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="another pilot's registration API (http://HOST:PORT) to exchange service catalogs "
+        "with; repeatable; needs --cluster",
+    )
+    p.add_argument(
+        "--peer-lease",
+        type=float,
+        default=None,
+        help="seconds a silent peer's entries are kept (default 10)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -177,8 +197,13 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         scoped_routes=opts.get("scoped_routes", True),
     )
     api_reg = ApiRegistry(store)
-    pilot = Pilot([api_reg] + opts["registries"], gen=gen, debounce=opts["debounce"])
+    peers = _peer_sync(opts)
+    regs = [api_reg] + opts["registries"] + ([peers] if peers is not None else [])
+    pilot = Pilot(regs, gen=gen, debounce=opts["debounce"])
     api = RestApi(store, pilot, api_reg)
+    if peers is not None:
+        api.cluster = peers.cluster
+        peers.attach(pilot, api.app)
     _policies(opts, policy_store, pilot, api)
     doors = None
     if opts.get("ca"):
@@ -239,6 +264,26 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         await pilot.stop()
         await store.close()
         await policy_store.close()
+
+
+def _peer_sync(opts: dict):
+    """Registry sync (pilot/sync.py): with --cluster, a `peers` registry fed by --peer's."""
+    cluster, urls = opts.get("cluster"), opts.get("peers") or []
+    if urls and not cluster:
+        raise SystemExit("sofamesh pilot: --peer needs --cluster (this pilot's cluster name)")
+    if not cluster:
+        return None
+    from sofamesh.pilot.sync import CLUSTER_RE, PeerSync
+
+    if not CLUSTER_RE.match(cluster):
+        raise SystemExit(f"sofamesh pilot: --cluster {cluster!r}: letters, digits, '.-_' (1-63)")
+    lease = opts.get("peer_lease") or 10.0
+    if lease < 1:
+        raise SystemExit(f"sofamesh pilot: --peer-lease {lease:g}: at least 1 second")
+    try:
+        return PeerSync(cluster, urls, lease=lease)
+    except ValueError as e:
+        raise SystemExit(f"sofamesh pilot: {e}") from None
 
 
 def _policies(opts: dict, store, pilot, api) -> None:
@@ -336,6 +381,9 @@ def _main(args: argparse.Namespace) -> int:
         "secure_xds": str(pick(args.secure_xds, "secure_xds", False)).lower()
         in ("true", "1", "yes"),
         "registries": build_registries(cfg),
+        "cluster": pick(args.cluster, "cluster", None),
+        "peers": list(args.peer or cfg.get("peers") or []),
+        "peer_lease": float(pick(args.peer_lease, "peer_lease", 10.0)),
         "mixer": _hostport(args.mixer or cfg["mixer"], "--mixer")
         if (args.mixer or cfg.get("mixer"))
         else None,

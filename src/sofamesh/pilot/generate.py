@@ -196,6 +196,7 @@ def build_cluster(name: str, protocol: str) -> cluster_pb2.Cluster:
 
 TLS_MODE = "tlsMode"  # an instance label: "istio" = its sidecar takes mutual TLS (Istio's)
 _MATCH_NS = "envoy.transport_socket_match"
+CLUSTER_LABEL = "topology.istio.io/cluster"  # an instance label: the cluster it lives in (Istio's)
 _UPSTREAM_TLS_URL = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
@@ -269,9 +270,13 @@ def build_load_assignment(
                 else health_check_pb2.HealthStatus.UNHEALTHY
             )
             ep.load_balancing_weight.value = w
-            mode = dict(inst.labels).get(TLS_MODE)
+            labels = dict(inst.labels)
+            mode = labels.get(TLS_MODE)
             if mode:  # which of the cluster's transport_socket_matches applies (auto mTLS)
                 ep.metadata.filter_metadata[_MATCH_NS].update({TLS_MODE: mode})
+            owner = labels.get(CLUSTER_LABEL)
+            if owner:  # synced from a peer pilot (pilot/sync.py): the cluster it lives in
+                ep.metadata.filter_metadata["sofamesh"].update({"cluster": owner})
         lle.load_balancing_weight.value = total
     return cla
 
