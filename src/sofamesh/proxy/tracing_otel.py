@@ -32,7 +32,13 @@ from urllib.parse import urlsplit
 
 from sofamesh.proxy import tracing
 from sofamesh.proxy.errors import UnsupportedConfig
-from sofamesh.proxy.tracing import GRPC_SERVER_ERRORS, HttpCollector, SpanRecord, SpanReporter
+from sofamesh.proxy.tracing import (
+    GRPC_SERVER_ERRORS,
+    HttpCollector,
+    SpanRecord,
+    SpanReporter,
+    _bump,
+)
 
 log = logging.getLogger("sofamesh.tracing")
 
@@ -154,17 +160,26 @@ class OtelTracer(tracing.Tracer):
         scope.instrumentation_library.name = "sofamesh"
         scope.instrumentation_library.version = __version__
         for r in batch:
-            sp = scope.spans.add(
+            try:
                 # OTLP trace ids are 16 bytes: a 64-bit one (a B3 context) is zero-extended
-                trace_id=bytes.fromhex(r.trace_id.rjust(32, "0")),
-                span_id=bytes.fromhex(r.span_id),
+                ids = (
+                    bytes.fromhex(r.trace_id.rjust(32, "0")),
+                    bytes.fromhex(r.span_id),
+                    bytes.fromhex(r.parent_id) if r.parent_id else b"",
+                )
+            except ValueError:  # ids that are not hex (a caller's B3 context): not OTLP
+                _bump(self.reporter.c["dropped"])
+                continue
+            sp = scope.spans.add(
+                trace_id=ids[0],
+                span_id=ids[1],
                 name=r.name,
                 kind=KIND_CLIENT if r.kind == "CLIENT" else KIND_SERVER,
                 start_time_unix_nano=r.start_us * 1000,
                 end_time_unix_nano=r.end_us * 1000,
             )
-            if r.parent_id:
-                sp.parent_span_id = bytes.fromhex(r.parent_id)
+            if ids[2]:
+                sp.parent_span_id = ids[2]
             if r.tracestate:
                 sp.trace_state = r.tracestate
             for k, v in r.tags.items():

@@ -123,7 +123,8 @@ def test_span_status_as_envoy_sets_it():
 
 
 def test_otlp_encoding_of_a_batch():
-    t = SimpleNamespace(service_name="front")
+    dropped = _Counter()
+    t = SimpleNamespace(service_name="front", reporter=SimpleNamespace(c={"dropped": dropped}))
     recs = [
         _rec(1, tags={"http.status_code": "503", "error": "true"}),
         SpanRecord(
@@ -138,11 +139,14 @@ def test_otlp_encoding_of_a_batch():
             tracestate="k=v",
         ),
     ]
+    recs.append(SpanRecord("not-hex", "00000000000000ff", None, "x", "SERVER", 1, 2))
     req = ts.ExportTraceServiceRequest.FromString(tracing_otel.OtelTracer.encode(t, recs))
+    assert dropped.value == 1  # a record whose ids are not hex is left out, counted
     rs = req.resource_spans[0]
     res = {a.key: a.value.string_value for a in rs.resource.attributes}
     assert res["service.name"] == "front"
     spans = rs.instrumentation_library_spans[0].spans
+    assert len(spans) == 2
     assert spans[0].kind == 2 and spans[0].status.code == 2 and not spans[0].parent_span_id
     assert spans[0].start_time_unix_nano == 1_000_001_000
     assert [(a.key, a.value.string_value) for a in spans[0].attributes] == [
