@@ -176,6 +176,9 @@ def _quantile(h: dict, bounds: tuple[float, ...], q: float) -> float | None:
     return lo
 
 
+quantile = _quantile  # (histogram, bounds, q): the metrics service sink's summaries
+
+
 def _texts(snap: dict, rx: re.Pattern[str] | None, usedonly: bool) -> list[tuple[str, str]]:
     """Text readouts (Envoy's TextReadout), by name; with usedonly, those set."""
     texts = snap.get("text_readouts", {})

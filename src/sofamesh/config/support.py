@@ -98,8 +98,9 @@ GAPS: list[Gap] = [
     Gap("envoy.config.bootstrap.v3.Bootstrap", "tracing", "tracing is not implemented by sofamesh"),
     Gap(
         "envoy.config.bootstrap.v3.Bootstrap",
-        "stats_sinks",
-        "stats sinks are not implemented by sofamesh",
+        "stats_flush_on_admin",
+        "flushing the stats sinks on admin requests is not implemented by sofamesh (they "
+        "flush every stats_flush_interval)",
     ),
     Gap(
         "envoy.config.cluster.v3.Cluster",
@@ -224,6 +225,18 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         # Istio's envoy.bootstrap.internal_listener only (ALLOWED_IF, BOOTSTRAP_EXTENSIONS)
         "bootstrap_extensions",
         "deferred_stat_options",  # cluster traffic stats hidden until used (stats_config.py)
+        # envoy.stat_sinks.metrics_service only (proxy/metrics_sink.py)
+        "stats_sinks",
+        "stats_flush_interval",
+    ),
+    "envoy.config.metrics.v3.StatsSink": ("name", "typed_config"),
+    "envoy.config.metrics.v3.MetricsServiceConfig": (
+        "grpc_service",  # envoy_grpc to a static cluster (proxy/metrics_sink.check_config)
+        "transport_api_version",  # V3 (or unset), as Envoy 1.40
+        "report_counters_as_deltas",
+        "emit_tags_as_labels",
+        "histogram_emit_mode",
+        "batch_size",
     ),
     # xDS (sofamesh.xds): ADS over one envoy_grpc service, state of the world or Delta;
     # LDS, CDS, EDS and RDS through it, or each through its own api_config_source (GRPC,
@@ -880,10 +893,7 @@ _TRACE = (
 )
 # Set fields accepted although they change nothing in sofamesh, and why.
 NO_EFFECT: dict[str, dict[str, str]] = {
-    "envoy.config.bootstrap.v3.Bootstrap": {
-        "stats_flush_interval": "no effect without a stats sink, which is refused",
-        "stats_flush_on_admin": "no effect without a stats sink, which is refused",
-    },
+    "envoy.config.bootstrap.v3.Bootstrap": {},
     _CL + "OutlierDetection": {
         "successful_active_health_check_uneject_host": "acts only on a cluster with "
         "health_checks, and outlier detection on one is refused",

@@ -911,6 +911,11 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
     checker.walk(bootstrap, "", True)
     checker.check_route_clusters(bootstrap)
     checker.check_names(bootstrap)
+    if bootstrap.stats_sinks:
+        from sofamesh.proxy.metrics_sink import check_config as check_sinks
+
+        for p, msg in check_sinks(bootstrap):
+            checker.unsupported(p, msg)
     for i, layer in enumerate(bootstrap.layered_runtime.layers):
         if layer.HasField("static_layer") and layer.static_layer.fields:
             keys = ", ".join(sorted(layer.static_layer.fields))

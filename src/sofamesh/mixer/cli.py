@@ -50,6 +50,13 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="pilot REST API base URL: its rate policies become global quotas (read each second)",
     )
+    p.add_argument(
+        "--metrics-counters",
+        choices=("cumulative", "delta"),
+        default="cumulative",
+        help="what the sidecars' metrics service sinks send: cumulative counters (Envoy's "
+        "default) or deltas (report_counters_as_deltas)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -69,7 +76,12 @@ async def _run(args: argparse.Namespace) -> int:
         except QuotaStoreError as e:
             print(f"sofamesh mixer: {e}", file=sys.stderr)
             return 2
-    mixer = Mixer(policy, quota_ttl=args.quota_ttl, store=args.store)
+    mixer = Mixer(
+        policy,
+        quota_ttl=args.quota_ttl,
+        store=args.store,
+        metrics_deltas=args.metrics_counters == "delta",
+    )
     ghost, _ = gaddr = _hostport(args.grpc_address, "--grpc-address")
     hhost, _ = haddr = _hostport(args.http_address, "--http-address")
     try:

@@ -54,7 +54,8 @@ def edge_totals(metrics: RequestMetrics) -> dict[Edge, EdgeTotals]:
         e.duration_sum += s.duration_sum
         for i, n in enumerate(s.buckets):
             e.buckets[i] += n
-        e.codes[code] = e.codes.get(code, 0) + s.count
+        if s.count:  # a stats-reported duration histogram has no code (and no count)
+            e.codes[code] = e.codes.get(code, 0) + s.count
         e.reporters.add(reporter)
     return out
 

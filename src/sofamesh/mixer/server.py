@@ -23,6 +23,7 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 from sofamesh.mixer.graph import TrafficGraph
 from sofamesh.mixer.metrics import RequestMetrics, _labels
+from sofamesh.mixer.metrics_service import MetricsReports, MetricsService
 from sofamesh.mixer.policy import Policy
 from sofamesh.mixer.quota import QuotaState
 from sofamesh.mixer.quota_store import EtcdQuotaStore, QuotaStoreError, default_origin
@@ -48,11 +49,13 @@ class Mixer:
         quota_ttl: float = 15.0,
         store: str | None = None,
         origin: str | None = None,
+        metrics_deltas: bool = False,  # --metrics-counters delta
     ):
         self.policy = policy
         self.quota = QuotaState(policy, time.monotonic, ttl=quota_ttl)
         self.limiter = RateLimiter(policy, time.time)
         self.metrics = RequestMetrics()
+        self.reports = MetricsReports(self.metrics, metrics_deltas)
         self.quota_service = QuotaService(self.quota)
         self.graph = TrafficGraph(self.metrics, self.quota, time.monotonic)
         self.store_spec = store
@@ -71,6 +74,7 @@ class Mixer:
         rlqs_pb2_grpc.add_RateLimitQuotaServiceServicer_to_server(self.quota_service, server)
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(self.limiter), server)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLogService(self.metrics), server)
+        server.add_generic_rpc_handlers((MetricsService(self.reports).handler(),))
         host, port = grpc_address
         try:
             grpc_port = server.add_insecure_port(f"{host}:{port}")
@@ -97,6 +101,7 @@ class Mixer:
         app.router.add_get("/", self._index)
         app.router.add_get("/api/graph", self._api_graph)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/metrics/reported", self._reported)
         app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -161,8 +166,25 @@ class Mixer:
             text="\n".join(self.render()) + "\n", content_type="text/plain", charset="utf-8"
         )
 
+    async def _reported(self, request: web.Request) -> web.Response:
+        text = "\n".join(self.reports.render_reported()) + "\n"
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
     def render(self) -> list[str]:
         out = self.metrics.render()
+        r = self.reports
+        out += [
+            "# TYPE sofamesh_mixer_metrics_messages_total counter",
+            f"sofamesh_mixer_metrics_messages_total {r.messages}",
+            "# TYPE sofamesh_mixer_metrics_families_total counter",
+            f"sofamesh_mixer_metrics_families_total {r.families}",
+            "# TYPE sofamesh_mixer_metrics_streams_total counter",
+            f"sofamesh_mixer_metrics_streams_total {r.streams}",
+            "# TYPE sofamesh_mixer_metrics_rejected_total counter",
+            f"sofamesh_mixer_metrics_rejected_total {r.rejected}",
+            "# TYPE sofamesh_mixer_access_log_entries_skipped_total counter",
+            f"sofamesh_mixer_access_log_entries_skipped_total {self.metrics.entries_skipped}",
+        ]
         out += [
             "# TYPE sofamesh_mixer_access_log_entries_total counter",
             f"sofamesh_mixer_access_log_entries_total {self.metrics.entries}",

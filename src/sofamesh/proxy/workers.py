@@ -54,7 +54,7 @@ from sofamesh.admin.backend import (
     merge_topologies,
     reopen_server_logs,
 )
-from sofamesh.proxy import load_stats
+from sofamesh.proxy import load_stats, metrics_sink
 
 log = logging.getLogger("sofamesh.main")
 
@@ -154,11 +154,14 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
         await admin.stop()
         return 0
     lrs = load_stats.start(bootstrap, backend, store, opts)  # cluster_manager.load_stats_config
+    sinks = metrics_sink.start(bootstrap, state, store, opts)  # stats_sinks
     state.state = STATE_LIVE
     settle_gc()
     log.info("all dependencies initialized. starting workers")
     await state.quit.wait()
     log.info("shutting down")
+    for sink in sinks:
+        await sink.stop()
     if lrs is not None:
         await lrs.stop()
     await admin.stop()
@@ -515,8 +518,11 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
 
     sup = asyncio.create_task(supervise())
     lrs = load_stats.start(bootstrap, backend, store, opts)  # cluster_manager.load_stats_config
+    sinks = metrics_sink.start(bootstrap, state, store, opts)  # stats_sinks
     await state.quit.wait()
     log.info("shutting down")
+    for sink in sinks:
+        await sink.stop()
     if lrs is not None:
         await lrs.stop()
     sup.cancel()
