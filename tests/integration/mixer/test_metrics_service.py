@@ -309,6 +309,7 @@ def test_report_bytes_grow_with_series_not_requests(tmp_path, upstream):
             total_after = rec.bytes
             time.sleep(1.2)
             idle = rec.bytes - total_after
+    print(f"flush bytes after 100 requests {small}, after 2000 {large}; idle 1.2 s {idle}")
     # 20x the requests, about the same flush: a few digits longer at most
     assert large < small * 1.05 + 64, (small, large)
     assert idle < 4 * large  # ~2 flushes a second whatever was served before
@@ -352,5 +353,45 @@ def test_service_down_changes_nothing_for_traffic(down, tmp_path, upstream):
             assert _stat(b, "cluster.app.upstream_rq_200") == 1200
     finally:
         hole.close()
+    print(f"1000 requests: {plain:.3f} s without a sink, {sinking:.3f} s with one {down}")
     # full speed: within the noise of a shared machine
     assert sinking < plain * 1.5 + 0.5, (plain, sinking)
+
+
+@pytest.mark.parametrize("kind", ["envoy", "sofamesh"])
+def test_two_workers_with_access_log_and_deltas_counted_once(kind, tmp_path, mixer_factory):
+    """--concurrency 2, counters as deltas to a mixer told so, and the access log to the same
+    mixer: each request is counted once (from the stats), whichever worker served it."""
+    mixer = mixer_factory(extra=["--metrics-counters", "delta"])
+    with RecordingUpstream(["a"]) as up:
+        b = _bootstrap(kind, up.ports["a"], mixer.grpc_port, report_counters_as_deltas=True)
+        hcm = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        hcm["typed_config"]["access_log"] = [
+            {
+                "name": "envoy.access_loggers.http_grpc",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3"
+                    ".HttpGrpcAccessLogConfig",
+                    "common_config": {
+                        "log_name": "both",
+                        "transport_api_version": "V3",
+                        "grpc_service": {"envoy_grpc": {"cluster_name": "mixer"}},
+                        "buffer_flush_interval": "0.1s",
+                    },
+                },
+            }
+        ]
+        if kind == "envoy":
+            p = ProxyProcess.envoy(envoy_binary(), b, tmp_path / kind, concurrency=2)
+        else:
+            p = ProxyProcess.sofamesh(sofamesh_command(), b, tmp_path / kind, concurrency=2)
+        with p.start():
+            assert wait_metric(mixer, "sofamesh_mixer_metrics_messages_total", 1, 30) >= 1
+            for _ in range(8):  # new connections: spread over the workers
+                _send(_listen(b), 5)
+            lab = {"reporter": kind, "destination": "app", "response_code": "200"}
+            assert wait_metric(mixer, "istio_requests_total", 40, 30, **lab) == 40
+            skipped = wait_metric(mixer, "sofamesh_mixer_access_log_entries_skipped_total", 40, 30)
+            assert skipped >= 40  # the access log's entries arrived, and were not counted
+            time.sleep(1.5)  # more delta flushes (of 0) add nothing
+            assert mixer.metric("istio_requests_total", **lab) == 40
