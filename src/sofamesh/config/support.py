@@ -836,6 +836,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # envoy.filters.http.grpc_http1_bridge (filters/http/grpc_http1_bridge.py): the
     # application/x-protobuf upgrade options are refused
     "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config": (),
+    # envoy.filters.http.health_check (filters/http/health_check.py): cache_time refused
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck": (
+        "pass_through_mode",
+        "cluster_min_healthy_percentages",
+        "headers",
+    ),
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd": (),
     # envoy.filters.http.ratelimit (filters/http/ratelimit.py): the rate-limit service call
     "envoy.extensions.filters.http.ratelimit.v3.RateLimit": (

@@ -17,6 +17,7 @@ _BUILTIN = [
     "sofamesh.filters.http.decompressor",
     "sofamesh.filters.http.csrf",
     "sofamesh.filters.http.grpc_http1_bridge",
+    "sofamesh.filters.http.health_check",
     "sofamesh.filters.network.dubbo_proxy",
     "sofamesh.filters.network.bolt_proxy",
     "sofamesh.filters.network.tcp_proxy",

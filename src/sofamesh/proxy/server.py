@@ -119,7 +119,7 @@ class Server:
         self.options = options
         self.listeners: list[ListenerInfo] = []
         self.clusters: dict[str, Cluster] = {}
-        self.health_failed = False
+        self._health_failed = False
         self._rt: dict[str, _ClusterRuntime] = {}
         self._access_logs: list[Any] = []  # FileAccessLog | access_loggers' loggers
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -598,6 +598,20 @@ class Server:
         cl.set_hosts(hosts)
         if cl.tls is not None:
             cl.tls.learn(load_assignment)
+
+    @property
+    def health_failed(self) -> bool:
+        return self._health_failed
+
+    @health_failed.setter
+    def health_failed(self, failed: bool) -> None:
+        """admin /healthcheck/fail and /ok. While failed, as Envoy's drain manager says
+        for every listener (drain_type DEFAULT): connections close after their next
+        response (`connection: close`, HTTP/2 GOAWAY), as when listeners drain."""
+        self._health_failed = failed
+        for li in self.listeners:
+            if li.hcm is not None:
+                li.hcm.draining = failed or li.draining
 
     async def drain_listeners(self, inbound_only: bool = False, graceful: bool = False) -> None:
         """Stops accepting; graceful: existing connections get `connection: close` on their

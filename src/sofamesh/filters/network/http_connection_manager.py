@@ -101,6 +101,7 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         "stat_prefix": hcm.stat_prefix,
         "clusters": server.clusters,  # live: gRPC clients (RLQS) find their service here
         "local_cluster": server.bootstrap.node.cluster,  # ratelimit's source_cluster
+        "server": server,  # health_check: the proxy's health (admin /healthcheck/fail)
     }
     for i, hf in enumerate(hcm.http_filters):
         fpath = f"{path}.typed_config.http_filters[{i}]"
