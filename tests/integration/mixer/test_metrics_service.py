@@ -220,9 +220,21 @@ def _shape(rec: RecordingMetrics, labels: bool, deltas: bool) -> dict:
         vals = [m.counter.value for _, m in rec.values(fam[0], COUNTER, fam[1])]
         return sum(vals) if deltas else max(vals)
 
+    def of_app(fam, m) -> bool:
+        if labels:
+            return any(lp.name == "envoy.cluster_name" and lp.value == "app" for lp in m.label)
+        return fam.name.startswith("cluster.app.")
+
+    families = {
+        (f.name, f.type, tuple(lp.name for lp in f.metric[0].label))
+        for msg in rec.messages
+        for f in msg.envoy_metrics
+        if of_app(f, f.metric[0])
+    }
     summaries = [m for _, m in rec.values(tm[0], SUMMARY, tm[1])]
     hists = [m for _, m in rec.values(tm[0], HISTOGRAM, tm[1])]
     return {
+        "families": families,
         "identifier_first": first.HasField("identifier") and bool(first.identifier.node.id),
         "identifier_later": any(m.HasField("identifier") for m in rec.messages[1:]),
         "upstream_rq_200": counter(rq),
@@ -264,6 +276,18 @@ def test_sofamesh_sends_what_envoy_sends(labels, deltas, tmp_path, upstream):
     envoy, ours = shapes["envoy"], shapes["sofamesh"]
     assert envoy["upstream_rq_200"] == 40 and envoy["histogram_samples"] == 40
     assert envoy["identifier_first"] and not envoy["identifier_later"]
+    # the cluster's families (name, type, label names): sofamesh sends a subset of Envoy's
+    # (Envoy has more cluster stats: external.* sub-scopes, circuit breaker gauges, ...),
+    # including every one the mixer reads
+    fams = ours.pop("families")
+    assert fams <= envoy.pop("families"), fams
+    core = (
+        {"upstream_rq", "upstream_rq_xx", "upstream_rq_total", "upstream_rq_time"}
+        if labels
+        else {"upstream_rq_200", "upstream_rq_2xx", "upstream_rq_total", "upstream_rq_time"}
+    )
+    names = {n.removeprefix("cluster.app.").removeprefix("cluster.") for n, _, _ in fams}
+    assert core <= names, names
     assert ours == envoy
 
 
