@@ -251,6 +251,7 @@ class PeerSync:
         self._n = 0
         self._own: list[dict] = []
         self._relayed: dict[str, int] = {}  # owner -> id() of the section we relay
+        self._entries: dict[str, tuple] = {}  # name -> (Service | None, instances, entry)
         self._changed = asyncio.Event()
         self._encoded: dict[str, bytes] = {}  # requester cluster -> body at this version
 
@@ -336,6 +337,9 @@ class PeerSync:
             except CatalogError as e:
                 self._reject(peer, e.reason, str(e))
                 await asyncio.sleep(1.0)  # its catalog will not change in a hurry
+                continue
+            if version == peer.version and peer.sections:
+                self._alive(peer)  # the same catalog again (a peer that does not long-poll)
                 continue
             peer.cluster, peer.version = cluster, version
             peer.sections = {s.owner: s for s in sections}
@@ -447,12 +451,23 @@ class PeerSync:
             p.snapshots[r.name] for r in p.registries if r is not self and r.name in p.snapshots
         ]
         services, instances = merge(snaps)
-        own = [
-            service_entry(services.get(n), n, instances.get(n, []))
-            for n in sorted(set(services) | set(instances))
-        ]
+        # PERF(benchmarks/registry_sync.py): an unchanged service keeps its entry object, so
+        # a rebuild costs a comparison of instance tuples per service, not a re-encoding
+        cache, fresh = self._entries, {}
+        own, same = [], True
+        for n in sorted(set(services) | set(instances)):
+            svc, insts = services.get(n), instances.get(n, [])
+            hit = cache.get(n)
+            if hit is not None and hit[0] == svc and hit[1] == insts:
+                fresh[n] = hit
+            else:
+                fresh[n] = (svc, insts, service_entry(svc, n, insts))
+                same = False
+            own.append(fresh[n][2])
+        same = same and len(fresh) == len(cache)
+        self._entries = fresh
         relayed = {o: id(s) for o, (_, s) in self._chosen.items()}
-        if own == self._own and relayed == self._relayed:
+        if same and relayed == self._relayed:
             return
         self._own = own
         self._relayed = relayed
