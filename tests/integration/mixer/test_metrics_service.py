@@ -419,3 +419,43 @@ def test_two_workers_with_access_log_and_deltas_counted_once(kind, tmp_path, mix
             assert skipped >= 40  # the access log's entries arrived, and were not counted
             time.sleep(1.5)  # more delta flushes (of 0) add nothing
             assert mixer.metric("istio_requests_total", **lab) == 40
+
+
+def test_web_page_shows_metrics_only_sidecars(tmp_path, mixer_factory):
+    """Two sidecars reporting only stats (Envoy 1.40 calling `ratings`, sofamesh calling
+    `reviews`): the mixer's page, in a real headless Chromium, draws both edges with their
+    requests, codes and latency (from the HISTOGRAM upstream_rq_time)."""
+    from tests.integration.mixer.test_mixer_web import _rows_when
+    from tests.support.browser import HeadlessChromium
+
+    mixer = mixer_factory()
+    with RecordingUpstream(["a", "b"]) as up:
+        procs = []
+        try:
+            for kind, node, dest, port in (
+                ("sofamesh", "productpage", "reviews", up.ports["a"]),
+                ("envoy", "reviews", "ratings", up.ports["b"]),
+            ):
+                b = _bootstrap(node, port, mixer.grpc_port, histogram_emit_mode="HISTOGRAM")
+                b = json.loads(json.dumps(b).replace('"app"', json.dumps(dest)))
+                procs.append(_proxy(kind, b, tmp_path / node).start())
+                _send(_listen(b), 12 if kind == "sofamesh" else 8)
+                if kind == "envoy":
+                    _send(_listen(b), 2, status=503)
+            assert wait_metric(mixer, "istio_requests_total", 22, 30) == 22
+            assert wait_metric(mixer, "istio_request_duration_milliseconds_count", 22, 30) == 22
+            with HeadlessChromium(tmp_path) as browser:
+                page = browser.open(f"http://127.0.0.1:{mixer.http_port}/")
+                rows = _rows_when(
+                    page,
+                    "rows['productpage \\u2192 reviews']?.requests === '12'"
+                    " && rows['reviews \\u2192 ratings']?.requests === '10'",
+                )
+                front, mid = rows["productpage \u2192 reviews"], rows["reviews \u2192 ratings"]
+                assert front["codes"] == "200: 12" and front["reporters"] == "productpage"
+                assert mid["codes"] == "200: 8, 503: 2" and mid["errors"] == "20.0%"
+                assert front["p50"].endswith("ms") and mid["p99"].endswith("ms")
+                assert page.errors == []
+        finally:
+            for p in procs:
+                p.stop()
