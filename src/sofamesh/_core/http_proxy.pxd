@@ -31,6 +31,7 @@ cdef class DownstreamConn(RouterStream):
     # bridge), then sent after the encode filters saw all of it (status, headers changed)
     cdef HeaderMap held_head            # its head, None until the upstream's arrives
     cdef list held_body                 # list[bytes]; None: not holding
+    cdef Py_ssize_t held_size           # bytes in held_body (at most HOLD_LIMIT)
     cdef bint held_announce
     cdef int _release_held(self) except -1
     cdef int _count_http1(self) except -1

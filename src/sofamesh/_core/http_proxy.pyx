@@ -46,6 +46,12 @@ from sofamesh._core import http_stream as _http_stream
 cdef bytes H2_PREFACE = _PREFACE
 
 
+# a held response's most bytes (Envoy's encoder buffer limit: the listener's default
+# per_connection_buffer_limit_bytes, 1 MiB); beyond it the answer is a 500
+cdef Py_ssize_t HOLD_LIMIT = 1024 * 1024
+HOLD_LIMIT_ = HOLD_LIMIT
+
+
 cdef class DownstreamConn(RouterStream):
     def __cinit__(self, HcmConfig cfg):
         self.cfg = cfg
@@ -478,6 +484,13 @@ cdef class DownstreamConn(RouterStream):
         self.bytes_tx += PyBytes_GET_SIZE(data)
         if self.held_head is not None:
             self.held_body.append(data)
+            self.held_size += PyBytes_GET_SIZE(data)
+            if self.held_size > HOLD_LIMIT:
+                # Envoy's responseDataTooLarge: nothing sent yet, so a 500 instead
+                self.held_head = None
+                self.held_body = None
+                self.resp_started = False
+                return self._local_reply(500, b"Internal Server Error", None, False)
             return self._release_held() if end_stream else 0
         return self._encode_data(data, end_stream)
 
@@ -666,6 +679,7 @@ cdef class DownstreamConn(RouterStream):
         a response that ends with its head, is not held."""
         if self.held_head is None:
             self.held_body = []
+            self.held_size = 0
 
     def set_response_status(self, int code):
         """Changes the status a held response goes out with (from encode_trailers)."""

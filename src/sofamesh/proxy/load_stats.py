@@ -39,6 +39,7 @@ log = logging.getLogger("sofamesh.load_stats")
 METHOD = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats"
 SEND_ALL_FEATURE = "envoy.lrs.supports_send_all_clusters"
 RETRY_DELAY_S = 5.0  # Envoy's retry delay once a stream failed
+MIN_INTERVAL_S = 0.1
 
 
 def check_config(bootstrap: Any, path: str = "cluster_manager.load_stats_config") -> str:
@@ -168,7 +169,8 @@ class LoadStatsReporter:
     async def _start_period(self, msg: Any) -> None:
         self.send_all = msg.send_all_clusters
         self.endpoints = msg.report_endpoint_granularity
-        self.interval = msg.load_reporting_interval.ToNanoseconds() / 1e9
+        # a server's 0 (or negative) interval would spin the reporter: at least MIN_INTERVAL_S
+        self.interval = max(msg.load_reporting_interval.ToNanoseconds() / 1e9, MIN_INTERVAL_S)
         top = await self.backend.topology()
         names = [c["name"] for c in top["clusters"]]
         now = time.monotonic()

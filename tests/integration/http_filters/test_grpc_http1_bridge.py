@@ -173,3 +173,28 @@ def test_headers_only_http2_answer_framed_for_http1_client(sides):
         assert _call(o_port, path, body) == e
     status, hs, data = _call(o_port, "/" + SERVICE + "/Nope", _frame(b"x"))
     assert status == 200 and ("content-length", "0") in hs and data == b""
+
+
+def test_held_response_over_the_buffer_limit_answered_500_like_envoy(sides):
+    """A bridged response of more than 1 MiB (Envoy's encoder buffer limit) becomes a 500
+    local reply before anything was sent (for this gRPC request, a trailers-only gRPC
+    answer: grpc-status 2, grpc-message Internal Server Error), counted in rs_too_large;
+    one under it is bridged."""
+    (e_port, e_admin), (o_port, o_admin) = sides
+    for size in (900 * 1024, 1100 * 1024):
+        body = _frame(b"x" * size)
+        e = _call(e_port, "/" + SERVICE + "/Many", body)
+        o = _call(o_port, "/" + SERVICE + "/Many", body)
+        assert o == e, size
+    assert e[0] == 200 and dict(e[1])["grpc-message"] == "Internal Server Error"
+    assert dict(e[1])["grpc-status"] == "2" and e[2] == b""
+
+    def too_large(admin: int) -> int:
+        _, text = admin_get(admin, "/stats")
+        return next(
+            int(v)
+            for k, _, v in (ln.partition(": ") for ln in text.splitlines())
+            if k == "http.ingress.rs_too_large"
+        )
+
+    assert too_large(o_admin) == too_large(e_admin) == 1

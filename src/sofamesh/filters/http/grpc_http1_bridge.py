@@ -6,10 +6,13 @@ A request over HTTP/1.x with content-type application/grpc has its response held
 trailers, their grpc-status (and grpc-message) are copied into the head, a grpc-status that
 is not 0 turns the status into 503, and the body goes out with a content-length (the
 trailers themselves are dropped: HTTP/1.1 has no place for them). A response that ends
-without trailers goes out as it came. HTTP/2 calls pass unchanged.
+without trailers goes out as it came. HTTP/2 calls pass unchanged. A held response over
+1 MiB (Envoy's encoder buffer limit) is replaced by a local 500 (for these gRPC requests a
+trailers-only answer: grpc-status 2, grpc-message Internal Server Error), counted in
+http.<stat_prefix>.rs_too_large.
 
-The filter counts nothing: Envoy 1.40's does not either (its per-method gRPC counters are
-the grpc_stats filter's, filters/http/grpc_stats.py). Refused at start-up, by path: `upgrade_protobuf_to_grpc`, `ignore_query_parameters`
+The filter keeps no gRPC counters: Envoy 1.40's does not either (its per-method gRPC
+counters are the grpc_stats filter's, filters/http/grpc_stats.py). Refused at start-up, by path: `upgrade_protobuf_to_grpc`, `ignore_query_parameters`
 (application/x-protobuf requests framed as gRPC).
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sofamesh._core.http_proxy import FILTER_CONTINUE_, HttpFilter
+from sofamesh._core.http_proxy import FILTER_CONTINUE_, HOLD_LIMIT_, HttpFilter
 from sofamesh.filters.registry import FilterSpec, register
 
 NAME = "envoy.filters.http.grpc_http1_bridge"
@@ -40,8 +43,9 @@ def _is_grpc(ct: bytes | None) -> bool:
 
 
 class GrpcHttp1BridgeFilter(HttpFilter):
-    def __init__(self, name: str = NAME) -> None:
+    def __init__(self, stats: Any, stat_prefix: str, name: str = NAME) -> None:
         super().__init__(name, wants_data=True, wants_encode=True)
+        self.too_large = stats.counter(f"http.{stat_prefix}.rs_too_large")
 
     def _call(self, s: Any) -> _Call | None:
         st = s.filter_state
@@ -62,7 +66,11 @@ class GrpcHttp1BridgeFilter(HttpFilter):
     def encode_data(self, s: Any, data: bytes, end_stream: bool) -> int:
         call = self._call(s)
         if call is not None:
+            before = call.size
             call.size += len(data)
+            if before <= HOLD_LIMIT_ < call.size:  # the connection answers 500 (http_proxy)
+                self.too_large.value += 1
+                self.too_large.used = True
         return FILTER_CONTINUE_
 
     def encode_trailers(self, s: Any, trailers: Any) -> int:
@@ -97,7 +105,9 @@ def factory(typed_config: Any, context: dict) -> GrpcHttp1BridgeFilter:
     for f in ("upgrade_protobuf_to_grpc", "ignore_query_parameters"):
         if getattr(msg, f):
             raise UnsupportedConfig(f"{path}.typed_config.{f} is not implemented by sofamesh")
-    return GrpcHttp1BridgeFilter(context.get("name") or NAME)
+    return GrpcHttp1BridgeFilter(
+        context["stats"], context.get("stat_prefix", ""), context.get("name") or NAME
+    )
 
 
 SPEC = register(FilterSpec(kind="http", names=(NAME,), type_urls=(TYPE_URL,), factory=factory))
