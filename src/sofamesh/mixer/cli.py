@@ -23,7 +23,7 @@ def _hostport(text: str, flag: str) -> tuple[str, int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sofamesh mixer",
-        description="global quota (RLQS), rate-limit service and access log service for a mesh",
+        description="global quota (RLQS), rate-limit, access log and metrics services for a mesh",
     )
     p.add_argument("--grpc-address", default="127.0.0.1:15030", help="gRPC services (HOST:PORT)")
     p.add_argument(
