@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from http.client import HTTPConnection
@@ -242,6 +243,26 @@ def test_three_pilots_each_service_once_with_its_owner(tmp_path, ring):
         stop_all(ps)
 
 
+def test_silent_owner_dropped_everywhere_past_its_lease(tmp_path):
+    """Chain a-b-c: c killed; b keeps c's entries until its lease on c ends, then a loses
+    them too, though a's own peer (b) never stopped answering."""
+    lease = 3.0
+    ps = start_pilots(tmp_path, {"a": ["b"], "b": ["a", "c"], "c": ["b"]}, lease=lease)
+    try:
+        ps["c"].register("svc-c", "c1", address="10.0.0.99", port=8000)
+        wait_until(lambda: "svc-c" in services(ps["a"]), 3.0, "svc-c on a")
+        t_kill = time.monotonic()
+        ps["c"].stop(signal.SIGKILL)
+        while time.monotonic() - t_kill < lease - 1.0:
+            assert "svc-c" in services(ps["a"]), "dropped before the lease ended"
+            time.sleep(0.2)
+        wait_until(lambda: "svc-c" not in services(ps["a"]), 4.0, "svc-c dropped on a")
+        assert "svc-c" not in services(ps["b"])
+        assert peers(ps["a"])["peers"][0]["state"] == "up"  # b: alive all along
+    finally:
+        stop_all(ps)
+
+
 class FakePeer:
     """A stand-in peer pilot answering /v1/catalog with whatever `body` holds (bytes)."""
 
@@ -451,3 +472,19 @@ def test_synced_service_pushed_to_sidecar_with_its_cluster(tmp_path, sidecar):
         envoy.stop()
         up.stop()
         stop_all(ps)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--peer", "http://127.0.0.1:1"], "--peer needs --cluster"),
+        (["--cluster", "a", "--peer", "127.0.0.1:1"], "expected http://HOST:PORT"),
+        (["--cluster", "a b"], "--cluster 'a b'"),
+        (["--cluster", "a", "--peer-lease", "0.5"], "--peer-lease 0.5: at least 1 second"),
+    ],
+)
+def test_bad_sync_flags_refused_at_start(tmp_path, argv, message):
+    p = PilotProcess(tmp_path)
+    p.extra = argv
+    out = subprocess.run(p.argv(), check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr, (out.returncode, out.stderr)
