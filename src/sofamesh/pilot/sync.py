@@ -230,6 +230,10 @@ def _service(entry: Any, where: str, owner: str) -> tuple[str, Service, list[Ins
     return name, Service(name, ns, tuple(sorted(ports, key=lambda p: p.number)), (), "peer"), insts
 
 
+def _rank(peer: Peer, sec: Section) -> tuple[bool, int]:
+    return (peer.state != "up", len(sec.path))
+
+
 class PeerSync:
     """The peers' entries as a `model.Registry` (name "peers") and this pilot's catalog."""
 
@@ -349,15 +353,19 @@ class PeerSync:
 
     def _alive(self, peer: Peer) -> None:
         peer.alive_at = time.monotonic()
-        if peer.state != "up":
+        back = peer.state != "up"
+        if back:
             log.info("peer %s (%s): up", peer.url, peer.cluster or "?")
         peer.state = "up"
         peer.last_error = ""
         peer.answered.set()
         if self.pilot is not None:
             self.pilot.registry_errors.pop(f"peer {peer.url}", None)
+        if back and peer.sections:
+            self._choose()
 
     def _fail(self, peer: Peer, state: str, msg: str) -> None:
+        was_up = peer.state == "up"
         if peer.state in ("up", "connecting"):
             log.warning("peer %s: %s (%s)", peer.url, state, msg)
             if self.pilot is not None:
@@ -366,6 +374,8 @@ class PeerSync:
             peer.state = state
         peer.last_error = msg
         peer.answered.set()
+        if was_up and peer.sections:
+            self._choose()  # another peer may have the same owners first-hand and live
 
     def _reject(self, peer: Peer, reason: str, msg: str) -> None:
         peer.rejected += 1
@@ -405,12 +415,13 @@ class PeerSync:
                 self._choose()
 
     def _choose(self) -> None:
-        """Each owner from the peer with the shortest path to it; publish if that changed."""
+        """Each owner from the peer with the shortest path to it, a peer answering now before
+        one that stopped (two replicas of one pilot: the live one); publish if that changed."""
         chosen: dict[str, tuple[Peer, Section]] = {}
         for peer in self.peers:  # in --peer order: ties go to the first
             for owner, sec in peer.sections.items():
                 have = chosen.get(owner)
-                if have is None or len(sec.path) < len(have[1].path):
+                if have is None or _rank(peer, sec) < _rank(*have):
                     chosen[owner] = (peer, sec)
         same = chosen.keys() == self._chosen.keys() and all(
             chosen[o][1] is self._chosen[o][1] for o in chosen

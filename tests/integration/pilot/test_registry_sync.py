@@ -22,6 +22,7 @@ from tests.integration.pilot.conftest import SIDECARS, PilotProcess, ads_sidecar
 from tests.integration.pilot.test_rest_api import check, response_schema
 from tests.support.envoy import admin_get
 from tests.support.http_upstream import RecordingUpstream
+from tests.support.servers import EtcdServer
 from tests.support.wait import wait_until
 
 
@@ -261,6 +262,53 @@ def test_silent_owner_dropped_everywhere_past_its_lease(tmp_path):
         assert peers(ps["a"])["peers"][0]["state"] == "up"  # b: alive all along
     finally:
         stop_all(ps)
+
+
+@pytest.fixture
+def etcd():
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_replicas_of_one_cluster_as_peers(etcd, tmp_path):
+    """west peers with both replicas of east (one etcd): east's services once; one replica
+    killed, the other's answers are used at once, not the dead one's last catalog."""
+    store = f"etcd://{etcd.endpoint}/sync-{time.monotonic_ns()}"
+    e1 = PilotProcess(tmp_path / "e1", store=store)
+    e2 = PilotProcess(tmp_path / "e2", store=store)
+    west = PilotProcess(tmp_path / "west")
+    for e in (e1, e2):
+        e.extra = ["--cluster", "east"]
+    west.extra = ["--cluster", "west", "--peer", e1.api, "--peer", e2.api]
+    try:
+        e1.start()
+        e2.start()
+        west.start()
+        e1.register("cart", "c1", address="10.3.0.1", port=80)
+        wait_until(lambda: "cart" in services(west), 3.0, "cart on west")
+        time.sleep(0.5)
+        assert services(west)["cart"] == {
+            **services(west)["cart"],
+            "instances": 1,
+            "clusters": ["east"],
+        }
+        e1.stop(signal.SIGKILL)
+        wait_until(lambda: peers(west)["peers"][0]["state"] == "unreachable", 5.0, "e1 down")
+        e2.register("cart", "c2", address="10.3.0.2", port=80)
+        wait_until(lambda: len(service(west, "cart")["instances"]) == 2, 2.0, "c2 through e2")
+        e2.deregister("cart", "c1")
+        wait_until(
+            lambda: [i["address"] for i in service(west, "cart")["instances"]] == ["10.3.0.2"],
+            2.0,
+            "c1 removed through e2",
+        )
+    finally:
+        for p in (west, e2, e1):
+            p.stop()
 
 
 class FakePeer:
