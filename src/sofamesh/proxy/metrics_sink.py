@@ -236,6 +236,10 @@ class MetricsServiceSink:
                 s = fam.metric[0].summary
                 for q in QUANTILES:
                     v = quantile(h, self.bounds, q)
+                    if v is not None and total >= 0:
+                        # no sample exceeds the sum: all-0 ms samples give 0s, as Envoy's
+                        # (which keeps the values) does, not points inside the first bucket
+                        v = min(v, total)
                     s.quantile.add(quantile=q, value=math.nan if v is None else v)
                 s.sample_count = count
                 s.sample_sum = total
