@@ -172,16 +172,16 @@ class Mixer:
 
     def render(self) -> list[str]:
         out = self.metrics.render()
-        r = self.reports
+        rep = self.reports
         out += [
             "# TYPE sofamesh_mixer_metrics_messages_total counter",
-            f"sofamesh_mixer_metrics_messages_total {r.messages}",
+            f"sofamesh_mixer_metrics_messages_total {rep.messages}",
             "# TYPE sofamesh_mixer_metrics_families_total counter",
-            f"sofamesh_mixer_metrics_families_total {r.families}",
+            f"sofamesh_mixer_metrics_families_total {rep.families}",
             "# TYPE sofamesh_mixer_metrics_streams_total counter",
-            f"sofamesh_mixer_metrics_streams_total {r.streams}",
+            f"sofamesh_mixer_metrics_streams_total {rep.streams}",
             "# TYPE sofamesh_mixer_metrics_rejected_total counter",
-            f"sofamesh_mixer_metrics_rejected_total {r.rejected}",
+            f"sofamesh_mixer_metrics_rejected_total {rep.rejected}",
             "# TYPE sofamesh_mixer_access_log_entries_skipped_total counter",
             f"sofamesh_mixer_access_log_entries_skipped_total {self.metrics.entries_skipped}",
         ]

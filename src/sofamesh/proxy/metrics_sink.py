@@ -235,12 +235,12 @@ class MetricsServiceSink:
                 fam = self._family(n, SUMMARY, ts, view)
                 s = fam.metric[0].summary
                 for q in QUANTILES:
-                    v = quantile(h, self.bounds, q)
-                    if v is not None and total >= 0:
+                    qv = quantile(h, self.bounds, q)
+                    if qv is not None and total >= 0:
                         # no sample exceeds the sum: all-0 ms samples give 0s, as Envoy's
                         # (which keeps the values) does, not points inside the first bucket
-                        v = min(v, total)
-                    s.quantile.add(quantile=q, value=math.nan if v is None else v)
+                        qv = min(qv, total)
+                    s.quantile.add(quantile=q, value=math.nan if qv is None else qv)
                 s.sample_count = count
                 s.sample_sum = total
                 yield fam
