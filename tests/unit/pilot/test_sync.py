@@ -141,3 +141,21 @@ def test_shortest_path_wins_and_split_horizon_cuts():
         ]
 
     asyncio.run(run())
+
+
+def test_unchanged_entries_reused_changed_ones_checked_again():
+    first = {"cluster": "b", "version": "1", "owners": [section("b", ["b"], "x", "y")]}
+    (sec,) = parse_catalog(first, "", "a")[2]
+    again = json.loads(json.dumps(first))
+    again["owners"][0]["services"][1]["instances"][0]["port"] = 9090
+    (sec2,) = parse_catalog(again, "b", "a", {"b": sec})[2]
+    assert sec2.model["x"] is sec.model["x"]  # the same objects: the pilot skips it
+    assert sec2.model["y"][1][0].port == 9090
+    again = json.loads(json.dumps(again))  # each answer is a fresh json.loads
+    again["owners"][0]["services"][1]["instances"][0]["port"] = 0
+    with pytest.raises(CatalogError, match=r"services\[1\]\.instances\[0\]\.port"):
+        parse_catalog(again, "b", "a", {"b": sec2})
+    again = json.loads(json.dumps(again))
+    again["owners"][0]["services"][1] = again["owners"][0]["services"][0]  # x twice
+    with pytest.raises(CatalogError, match=r"services\[1\]\.name: 'x' twice"):
+        parse_catalog(again, "b", "a", {"b": sec2})
