@@ -2,7 +2,8 @@
 hot-path changes on a noisy machine, where CPU-time benchmarks wander by 10-20 %.
 
     .venv/bin/python benchmarks/instr_per_request.py [--requests 2000]
-        [--proto h1|h2|bolt|dubbo] [--rpc-tracing PCT] [--src DIR] [--mixer all|rbac|rlqs|als]
+        [--proto h1|h2|bolt|dubbo] [--rpc-tracing PCT] [--tracing PCT] [--src DIR]
+        [--mixer all|rbac|rlqs|als]
 
 `sofamesh proxy` (the benchmark bootstrap of benchmarks/lib/bootstrap.py: local_ratelimit +
 router, HTTP/1.1 upstream) runs under callgrind; a keep-alive client sends N and then 5N
@@ -311,6 +312,7 @@ def count(
     src: str | None,
     rpc_tracing: float | None = None,
     mixer: str | None = None,
+    tracing: float | None = None,
 ) -> int:
     """Instructions of one proxy run serving n requests (callgrind's total Ir)."""
     rpc = proto in ("bolt", "dubbo")
@@ -325,7 +327,7 @@ def count(
             mixer_proc, mixer_port = _start_mixer(td)
             cfg = _mixer_bootstrap(port, admin, up, mixer, mixer_port)
         else:
-            cfg = bootstrap(port, admin, up)
+            cfg = bootstrap(port, admin, up, 0, tracing)
         boot.write_text(json.dumps(cfg))
         out = Path(td) / "cg.out"
         env = dict(os.environ)
@@ -382,17 +384,24 @@ def main() -> None:
     ap.add_argument("--rpc-tracing", type=float, help="bolt/dubbo: RPC tracing at PCT %%")
     ap.add_argument("--src", help="another source tree's build (before/after)")
     ap.add_argument(
+        "--tracing",
+        type=float,
+        help="h1/h2: HCM tracing (Zipkin) at PCT %% random sampling (spans to the upstream)",
+    )
+    ap.add_argument(
         "--mixer",
         choices=("all", "rbac", "rlqs", "als"),
         help="with the mixer filters of http1_e2e.py --mixer (all), or one of them",
     )
     a = ap.parse_args()
     n1, n2 = a.requests, 5 * a.requests
-    i1 = count(n1, a.proto, a.src, a.rpc_tracing, a.mixer)
-    i2 = count(n2, a.proto, a.src, a.rpc_tracing, a.mixer)
+    i1 = count(n1, a.proto, a.src, a.rpc_tracing, a.mixer, a.tracing)
+    i2 = count(n2, a.proto, a.src, a.rpc_tracing, a.mixer, a.tracing)
     per = (i2 - i1) / (n2 - n1)
+    label = a.proto + (f"+mixer:{a.mixer}" if a.mixer else "")
+    label += f"+tracing:{a.tracing:g}%" if a.tracing is not None else ""
     print(
-        f"{a.proto}{'+mixer:' + a.mixer if a.mixer else ''}: {per:,.0f} instructions per request "
+        f"{label}: {per:,.0f} instructions per request "
         f"({i1:,} for {n1}, {i2:,} for {n2}){' [' + a.src + ']' if a.src else ''}"
     )
 
