@@ -210,6 +210,17 @@ def parse_catalog(
     return cluster, version, out
 
 
+def read_catalog(
+    raw: bytes, peer_cluster: str, ours: str, prev: dict[str, Section] | None
+) -> tuple[str, str, list[Section]]:
+    """parse_catalog of an answer's bytes."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise CatalogError("malformed", f"catalog: invalid JSON: {e}") from None
+    return parse_catalog(body, peer_cluster, ours, prev)
+
+
 def _service(entry: Any, where: str, owner: str) -> tuple[str, Service, list[Instance]]:
     if not isinstance(entry, dict):
         raise CatalogError("malformed", f"{where}: must be an object")
@@ -367,13 +378,11 @@ class PeerSync:
                 await asyncio.sleep(1.0)
                 continue
             try:
-                try:
-                    body = json.loads(raw)
-                except (ValueError, RecursionError) as e:
-                    raise CatalogError("malformed", f"catalog: invalid JSON: {e}") from None
-                cluster, version, sections = parse_catalog(
-                    body, peer.cluster, self.cluster, peer.sections
-                )
+                args = (bytes(raw), peer.cluster, self.cluster, peer.sections)
+                if len(raw) > 1 << 20:  # a big catalog: keep serving xDS while reading it
+                    cluster, version, sections = await asyncio.to_thread(read_catalog, *args)
+                else:
+                    cluster, version, sections = read_catalog(*args)
             except CatalogError as e:
                 self._reject(peer, e.reason, str(e))
                 await asyncio.sleep(1.0)  # its catalog will not change in a hurry
@@ -420,9 +429,11 @@ class PeerSync:
             self.pilot.metrics.inc("pilot_sync_rejected_total", peer=peer.url, reason=reason)
             self.pilot.registry_errors[f"peer {peer.url}"] = f"catalog rejected: {msg}"
         peer.last_error = f"catalog rejected: {msg}"
-        if peer.state == "connecting":
-            peer.state = "rejecting"
+        was_up = peer.state == "up"
+        peer.state = "rejecting"
         peer.answered.set()
+        if was_up and peer.sections:
+            self._choose()  # a peer whose answers we cannot use ranks after live ones
 
     async def _lease_loop(self) -> None:
         """A peer silent (or answering only garbage) past the lease loses its entries."""

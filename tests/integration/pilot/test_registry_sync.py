@@ -536,3 +536,22 @@ def test_bad_sync_flags_refused_at_start(tmp_path, argv, message):
     p.extra = argv
     out = subprocess.run(p.argv(), check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr, (out.returncode, out.stderr)
+
+
+def test_big_catalog_read(tmp_path):
+    """A catalog over 1 MB (read off the event loop): all of it listed, the API answering."""
+    fake = FakePeer()
+    names = [f"bulk-{k}" for k in range(12000)]
+    fake.body = catalog("b", "1", [own("b", *names)])
+    assert len(fake.body) > 1 << 20
+    a = PilotProcess(tmp_path / "a")
+    a.extra = ["--cluster", "a", "--peer", f"http://127.0.0.1:{fake.port}"]
+    try:
+        a.start()
+        wait_until(lambda: len(services(a)) == 12000, 30.0, "12000 services listed")
+        fake.body = catalog("b", "2", [own("b", *names[:-1])])
+        wait_until(lambda: "bulk-11999" not in services(a), 5.0, "one removed")
+        assert len(services(a)) == 11999
+    finally:
+        a.stop()
+        fake.close()
