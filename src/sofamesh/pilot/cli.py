@@ -217,6 +217,8 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         doors = LockedDoors(pilot.ads.sds.ca, opts["api_address"][0], pilot.metrics)
         api.ssl_context = doors.context
         api.app.middlewares.append(doors.middleware)
+    if peers is not None and pilot.ads.sds is not None:
+        peers.use_ca(pilot.ads.sds.ca)  # https:// peers: our certificate, our root
     if opts.get("secure_xds"):
         from sofamesh.pilot.doors import xds_credentials
 

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -293,8 +294,33 @@ class PeerSync:
         self._entries: dict[str, tuple] = {}  # name -> (Service | None, instances, entry)
         self._changed = asyncio.Event()
         self._encoded: dict[str, bytes] = {}  # requester cluster -> body at this version
+        self._ca: Any = None  # ca.CertificateAuthority for https:// peers (use_ca)
+        self._tls_ctx: ssl.SSLContext | None = None
+        self._tls_renew_at = 0.0
 
     # -- wiring -------------------------------------------------------------------------
+
+    def use_ca(self, ca) -> None:
+        """Peers at https:// URLs (--secure-api pilots): present a certificate of our CA
+        (ca.CertificateAuthority), the pilot's own identity, and trust that CA's root. Pilots
+        that share a root (--ca-cert/--ca-key) sync; others fail the handshake, named in
+        /v1/peers."""
+        self._ca = ca
+
+    def _tls(self, url: str) -> ssl.SSLContext | bool:
+        if self._ca is None or not url.startswith("https:"):
+            return True  # aiohttp's default: verified against the system's roots
+        now = time.time()
+        if self._tls_ctx is None or now >= self._tls_renew_at:
+            from sofamesh.pilot.ca import spiffe_id
+            from sofamesh.pilot.doors import PILOT_IDENTITY, _load
+
+            issued = self._ca.issue(spiffe_id(self._ca.trust_domain, *PILOT_IDENTITY))
+            ctx = ssl.create_default_context(cadata=self._ca.root_pem.decode())
+            _load(ctx, issued)
+            self._tls_ctx = ctx
+            self._tls_renew_at = now + max((issued.not_after - issued.not_before) / 2, 1.0)
+        return self._tls_ctx
 
     def attach(self, pilot, app: web.Application) -> None:
         self.pilot = pilot
@@ -348,7 +374,10 @@ class PeerSync:
                 params["version"] = peer.version
             try:
                 async with self._session.get(
-                    url, params=params, timeout=ClientTimeout(total=self.wait + 30)
+                    url,
+                    params=params,
+                    timeout=ClientTimeout(total=self.wait + 30),
+                    ssl=self._tls(url),
                 ) as r:
                     status = r.status
                     raw = bytearray()

@@ -555,3 +555,69 @@ def test_big_catalog_read(tmp_path):
     finally:
         a.stop()
         fake.close()
+
+
+def test_secure_api_pilots_sync_over_mutual_tls(tmp_path):
+    """--secure-api pilots sharing a root (--ca-cert/--ca-key) sync over https, each
+    presenting a certificate of its CA; a pilot with a root of its own is refused at the
+    handshake, and the error names it."""
+    from cryptography.hazmat.primitives import serialization
+
+    from sofamesh.pilot.ca import CertificateAuthority, spiffe_id
+    from tests.integration.tls.test_pilot_doors import TD, SecurePilot
+    from tests.integration.tls.test_pilot_doors import call as tls_call
+
+    ca = CertificateAuthority(TD)
+    d = tmp_path / "pki"
+    d.mkdir()
+    (d / "root.crt").write_bytes(ca.root_pem)
+    (d / "root.key").write_bytes(
+        ca._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    issued = ca.issue(spiffe_id(TD, "default", "svc-a"))
+    (d / "svc-a.crt").write_bytes(issued.cert_pem)
+    (d / "svc-a.key").write_bytes(issued.key_pem)
+    shared = ["--trust-domain", TD, "--ca-cert", str(d / "root.crt"), "--ca-key"]
+    shared += [str(d / "root.key"), "--secure-api", "true"]
+    east, west = SecurePilot(tmp_path / "east"), SecurePilot(tmp_path / "west")
+    lone = SecurePilot(tmp_path / "lone")  # a CA root of its own
+    url = {p: f"https://127.0.0.1:{p.api_port}" for p in (east, west, lone)}
+    east.extra = [*shared, "--cluster", "east", "--peer", url[west], "--peer", url[lone]]
+    west.extra = [*shared, "--cluster", "west", "--peer", url[east]]
+    lone.extra = ["--trust-domain", TD, "--secure-api", "true", "--cluster", "lone"]
+    try:
+        for p in (east, west, lone):
+            p.start()
+        inst = {"address": "10.5.0.1", "port": 8080}
+        st, out = tls_call(west, d, "svc-a", "PUT", "/v1/services/svc-a/instances/a1", inst)
+        assert st == 201, out
+
+        def east_services():
+            st, out = tls_call(east, d, "svc-a", "GET", "/v1/services")
+            return {s["name"]: s for s in out["services"]} if st == 200 else {}
+
+        wait_until(lambda: "svc-a" in east_services(), 5.0, "svc-a on east over https")
+        assert east_services()["svc-a"]["clusters"] == ["west"]
+
+        def peer_state() -> dict:
+            _, status = tls_call(east, d, "svc-a", "GET", "/v1/peers")
+            return {p["url"]: p for p in status["peers"]}
+
+        # (lone started after east: first refused connections, then the handshake fails)
+        wait_until(
+            lambda: "CERTIFICATE_VERIFY_FAILED" in peer_state()[url[lone]]["last_error"],
+            5.0,
+            "the stranger's certificate named",
+        )
+        assert peer_state()[url[lone]]["state"] == "unreachable"
+        assert peer_state()[url[west]]["state"] == "up"
+        # nobody without a certificate reads the catalog
+        st, _ = tls_call(east, d, None, "GET", "/v1/catalog?from=x")
+        assert st == "tls-refused"
+    finally:
+        for p in (east, west, lone):
+            p.stop()
