@@ -7,7 +7,7 @@ from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.http_grpc cimport grpc_outcome, grpc_retry_bit, grpc_timeout
-from sofamesh._core.http_tracing cimport inject_trace, start_trace
+from sofamesh._core.http_tracing cimport inject_trace, start_trace, trace_retry
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn
 from sofamesh._core.http_common cimport (
@@ -28,6 +28,12 @@ from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNE
 from sofamesh._core.upstream import hash64
 from sofamesh._core.http_tracing cimport TRACE_SW8  # SkyWalking: sw8 written at _attach
 
+# a failed attempt's error.reason on its upstream span (Envoy's reset reasons)
+cdef dict RESET_REASON = {
+    FAIL_CONNECT: "remote connection failure", FAIL_CONNECT_TIMEOUT: "connection timeout",
+    FAIL_RESET: "remote reset", FAIL_REMOTE_RESET: "remote reset",
+    FAIL_PROTOCOL: "protocol error", FAIL_REFUSED: "remote refused stream reset",
+}
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
 
@@ -49,6 +55,15 @@ cdef int decorate(HttpStream s, HeaderMap h, Route route) except -1:
         s.resp_add_extra.append(b"x-envoy-decorator-operation")
         s.resp_add_extra.append(op)
     return 0
+
+
+cdef int retry_failed(RouterStream s, int kind) except -1:
+    """A failed attempt retried; a traced one with spawn_upstream_span ends its upstream
+    span with Envoy's reset reason first."""
+    if s.trace is not None:
+        s.request_id = trace_retry(s.trace, s.head, s.cfg, s, 0, RESET_REASON.get(kind),
+                                   s.request_id)
+    return s._schedule_retry()
 
 
 cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix):
@@ -451,6 +466,9 @@ cdef class RouterStream(HttpStream):
             self.up = None
             c.ds = None
             c.abort()
+            if self.trace is not None:
+                self.request_id = trace_retry(self.trace, self.head, self.cfg, self, status,
+                                              None, self.request_id)
             self._schedule_retry()
             return False
         if self.attempts > 1 and not rbit:
@@ -686,18 +704,20 @@ cdef class RouterStream(HttpStream):
             self.host.rq_active -= 1
         if c is not None:
             self.up = None
+        if self.trace is not None:
+            self.trace.up_reason = RESET_REASON.get(kind)
         if self.host is not None and kind > FAIL_OVERFLOW and kind != FAIL_TIMEOUT:
             self.host.outcome(OUTCOME_CONNECT_FAILED)  # outlier detection (Envoy: any reset)
         if kind == FAIL_CONNECT or kind == FAIL_CONNECT_TIMEOUT:
             if self._can_retry(RETRY_CONNECT_FAILURE | RETRY_RESET | RETRY_5XX |
                                RETRY_GATEWAY):
-                return self._schedule_retry()
+                return retry_failed(self, kind)
         elif kind == FAIL_RESET or kind == FAIL_PROTOCOL or kind == FAIL_REMOTE_RESET:
             if self._can_retry(RETRY_RESET | RETRY_5XX | RETRY_GATEWAY):
-                return self._schedule_retry()
+                return retry_failed(self, kind)
         elif kind == FAIL_REFUSED:
             if self._can_retry(RETRY_REFUSED_STREAM | RETRY_RESET | RETRY_5XX | RETRY_GATEWAY):
-                return self._schedule_retry()
+                return retry_failed(self, kind)
         if self.resp_started:
             return self._reset()
         if self.host is not None:
@@ -734,7 +754,8 @@ cdef class RouterStream(HttpStream):
             self.resp_flags = "UC"
             reason = b"connection termination"
         if self.attempts > 1:
-            self.resp_flags = "URX"
+            # Envoy 1.40 keeps the last attempt's flag beside the retry limit's (URX,UF)
+            self.resp_flags = "URX," + self.resp_flags
             body = RESET_BEFORE + b"retried and the latest reset reason: " + reason
         else:
             body = RESET_BEFORE + b"reset reason: " + reason
@@ -816,7 +837,7 @@ cdef class RouterStream(HttpStream):
                 (<PoolConn>u).ds = None
                 (<PoolConn>u).abort()
                 if self._can_retry(RETRY_5XX | RETRY_GATEWAY | RETRY_RESET):
-                    self._schedule_retry()
+                    retry_failed(self, FAIL_TIMEOUT)
                     if self.route.timeout > 0:
                         self._arm_at(self.deadline)
                     return

@@ -44,6 +44,8 @@ cdef class TraceCtx:
     cdef public bytes child_id          # spawn_upstream_span: the upstream span's id, or None
     cdef public long long child_us      # when the upstream span started
     cdef public object up_host          # upstream.Host the request went to, or None
+    cdef public int attempt             # spawn_upstream_span: retries before this upstream span
+    cdef public str up_reason           # why the current attempt failed (Envoy's reset reason)
 
 
 cdef class HttpFilter:

@@ -16,3 +16,8 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg)
 # the span's context onto the upstream request h; returns the request id, marked when the
 # connection manager traced the request (rid: the request's x-request-id or None)
 cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid)
+# spawn_upstream_span and a retry: the retried attempt's upstream span is reported
+# (tracer.attempt(s, t, status, reason)) and h gets the next attempt's new span id; returns
+# the request id (as inject_trace)
+cdef bytes trace_retry(TraceCtx t, HeaderMap h, HcmConfig cfg, object s, int status,
+                       str reason, bytes rid)

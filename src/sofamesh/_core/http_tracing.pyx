@@ -186,3 +186,17 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
         h.remove(b"x-request-id")
         h.add(b"x-request-id", rid)
     return rid
+
+
+cdef bytes trace_retry(TraceCtx t, HeaderMap h, HcmConfig cfg, object s, int status,
+                       str reason, bytes rid):
+    if t.child_id is None:
+        return rid
+    if t.sampled:
+        try:
+            cfg.tracer.attempt(s, t, status, reason)
+        except Exception:
+            pass    # a report never fails the request
+    t.attempt += 1
+    t.up_reason = None
+    return inject_trace(t, h, cfg, rid)

@@ -52,6 +52,16 @@ RESET_REASONS = {
     "UC": "connection termination",
     "UO": "overflow",
 }
+# an upstream attempt's own response flag, from its reset reason (_core/http_router)
+REASON_FLAGS = {
+    "remote connection failure": "UF",
+    "connection timeout": "UF",
+    "remote reset": "UR",
+    "remote refused stream reset": "UR",
+    "protocol error": "UPE",
+    "connection termination": "UC",
+    "overflow": "UO",
+}
 
 
 def _pct(p: Any, default: float = 100.0) -> float:
@@ -404,12 +414,45 @@ class Tracer:
             self._grpc_tags(span, tags)
         return self._finish_tags(tags)
 
-    def _upstream_tags(self, s: Any, span: Any) -> dict[str, str]:
+    def attempt(self, s: Any, span: Any, status: int, reason: str | None) -> None:
+        """spawn_upstream_span and a retry: the attempt that is retried ends its upstream
+        span (status: its response's, 0 without one; reason: why it was reset), as Envoy
+        ends one upstream span per attempt. The router then gives the next attempt a new
+        span id (_core/http_tracing trace_retry)."""
+        rec = SpanRecord(
+            span.trace_id.decode("latin-1"),
+            span.child_id.decode("latin-1"),
+            span.span_id.decode("latin-1"),
+            f"router {s.upstream_cluster} egress",
+            "CLIENT",
+            span.child_us,
+            int(time.time() * 1_000_000),
+            self._upstream_tags(s, span, (status, reason)),
+            (span.tracestate or b"").decode("latin-1"),
+        )
+        self.report([rec])
+
+    def _upstream_tags(
+        self, s: Any, span: Any, attempt: tuple[int, str | None] | None = None
+    ) -> dict[str, str]:
         tags: dict[str, str] = {}
-        if s.grpc:
-            self._grpc_tags(span, tags)
-        responded = s.service_ms >= 0
-        reason = RESET_REASONS.get(s.resp_flags)
+        if span.attempt:  # Envoy numbers the attempts after the first
+            tags["retry.count"] = str(span.attempt)
+        if attempt is not None:  # a retried attempt: its own outcome, not the stream's
+            responded, reason = attempt[0] > 0, attempt[1]
+            if responded:  # Envoy cancels the attempt it retries
+                tags["canceled"] = "true"
+        else:
+            if s.grpc:
+                self._grpc_tags(span, tags)
+            responded = s.service_ms >= 0
+            reason = (span.up_reason or RESET_REASONS.get(s.resp_flags)) if not responded else None
+        # the attempt's own flags: its reset's, else the stream's (URX is the stream's only)
+        flags = (
+            REASON_FLAGS.get(reason, "-")
+            if reason
+            else ("-" if attempt is not None else s.resp_flags)
+        )
         if not responded and reason is not None:
             tags["error"] = "true"
             tags["error.reason"] = reason
@@ -425,7 +468,8 @@ class Tracer:
         if host is not None:
             tags["upstream_address"] = tags["peer.address"] = f"{host.address}:{host.port}"
         tags["component"] = "proxy"
-        self._common_tags(s, tags, s.resp_status if responded else 0)
+        self._common_tags(s, tags, attempt[0] if attempt else s.resp_status if responded else 0)
+        tags["response_flags"] = flags
         return self._finish_tags(tags)
 
     def _common_tags(self, s: Any, tags: dict[str, str], status: int) -> None:

@@ -586,3 +586,70 @@ def test_otel_collector_down_is_counted_and_traffic_flows(proxies):  # noqa: F81
     conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
     conn.request("GET", "/after", headers={"host": "svc.local"})
     assert conn.getresponse().status == 200
+
+
+RETRY_SEEN: dict = {}
+
+
+def test_otel_retries_get_an_upstream_span_each_as_envoy(proxies):  # noqa: F811
+    """spawn_upstream_span with retries: every attempt has its own CLIENT span (the retried
+    503 one in error, a refused connection's with its reset reason) and sends its own span
+    id upstream, all children of the one server span."""
+    recv = OtlpReceiver()
+    retry = {"retry_on": "5xx,connect-failure", "num_retries": 1}
+    routes = [
+        {"match": {"prefix": "/dead"}, "route": {"cluster": "h2dead", "retry_policy": retry}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "h1", "retry_policy": retry}},
+    ]
+    try:
+        p = proxies(
+            hcm={"tracing": {"provider": otel_provider(), "spawn_upstream_span": True}},
+            routes=routes,
+            clusters=lambda grpc_port, h1_port: [_cluster("otel", recv.port, True)],
+        )
+        for path, headers in [
+            ("/flaky", {"x-upstream-action": "fail=1", "x-case-id": "c1"}),
+            ("/dead", {}),
+        ]:
+            conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+            conn.request("GET", path, headers={"host": "svc.local", **headers})
+            conn.getresponse().read()
+            conn.close()
+        got = recv.wait(6)
+        time.sleep(0.3)
+        got = recv.spans()
+    finally:
+        recv.stop()
+    ids = {
+        _hex(s["spanId"]): "server" if s["kind"] == "SPAN_KIND_SERVER" else "client" for _, s in got
+    }
+    spans = [_norm_span(res, s, f":{p.port}", ids) for res, s in got]
+    sids = {s.pop("_sid") for s in spans}
+    assert len({s.pop("_tid") for s in spans}) == 2  # one trace per request
+    spans.sort(key=lambda s: (s["kind"], str(sorted(s["attrs"].items()))))
+    clients = [s for s in spans if s["kind"] == "SPAN_KIND_CLIENT"]
+    assert len(spans) == 6 and len(clients) == 4
+    assert all(s["parent"] == "server" for s in clients)
+    assert sorted(s["attrs"]["http.status_code"] for s in clients) == ["0", "0", "200", "503"]
+    assert [
+        s["attrs"].get("error.reason") for s in clients if s["attrs"]["http.status_code"] == "0"
+    ] == ["remote connection failure"] * 2
+    by = {
+        (
+            s["attrs"]["upstream_cluster"],
+            s["attrs"]["http.status_code"],
+            s["attrs"].get("retry.count"),
+        ): s["attrs"]
+        for s in clients
+    }
+    assert by[("h1", "503", None)]["canceled"] == "true"  # the retried attempt
+    assert "canceled" not in by[("h1", "200", "1")]  # the retry, numbered
+    assert by[("h2dead", "0", None)]["response_flags"] == "UF"  # each attempt's own flag
+    assert by[("h2dead", "0", "1")]["response_flags"] == "UF"
+    dead = next(s for s in spans if s["attrs"].get("http.url") == "http://svc.local/dead")
+    assert dead["attrs"]["response_flags"] == "URX,UF"  # the stream's: retries exhausted
+    flaky = [r.header("traceparent")[0].split("-")[2] for r in p.upstream.snapshot()]
+    assert len(flaky) == 2 and len(set(flaky)) == 2 and set(flaky) <= sids
+    RETRY_SEEN[p.kind] = spans
+    if len(RETRY_SEEN) == 2:
+        assert RETRY_SEEN["envoy"] == RETRY_SEEN["sofamesh"]
