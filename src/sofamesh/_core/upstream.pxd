@@ -31,7 +31,8 @@ cdef enum:
 cdef class Host:
     cdef readonly str address
     cdef readonly int port
-    cdef readonly str hostname          # DNS name this host was resolved from ("" for STATIC)
+    # Endpoint.hostname, else the DNS name this host was resolved from ("" for STATIC)
+    cdef public str hostname
     cdef public int weight
     cdef public bint healthy
     cdef public long long rq_active
@@ -50,7 +51,29 @@ cdef class Host:
     # outlier detection (proxy.outlier): the host's OutlierMonitor, or None; the router and
     # the RPC proxy report each request's outcome (an HTTP status or an OUTCOME_* value)
     cdef public object outlier          # upstream.OutlierMonitor
+    # LocalityLbEndpoints: priority level, locality ("region/zone/sub_zone") and its
+    # load_balancing_weight (0: unset); Endpoint.health_check_config.port_value (0: unset)
+    cdef public int priority
+    cdef public str locality
+    cdef public int locality_weight
+    cdef public int hc_port
     cdef int outcome(self, int result) except -1
+
+
+cdef class HostSet:
+    """A priority level, or a locality within one (Envoy's HostSet / locality entry):
+    its hosts and the load balancer's state over them. Built by Cluster.set_hosts only
+    when the cluster has more than one priority or locality-weighted balancing."""
+    cdef readonly tuple hosts           # tuple[Host, ...]
+    cdef unsigned long long rr
+    cdef bint weighted
+    cdef readonly bint panic            # a priority level in panic: any of its hosts
+    cdef readonly int load              # a priority level's share of requests (percent)
+    cdef int load_end                   # cumulative load up to and with this level
+    cdef readonly list localities       # list[HostSet] (locality-weighted), or None
+    cdef readonly int weight            # a locality's load_balancing_weight
+    cdef readonly double effective      # weight x min(1, healthy share x overprovisioning)
+    cdef double cw                      # smooth weighted round robin over localities
 
 
 cdef class Cluster:
@@ -133,8 +156,17 @@ cdef class Cluster:
     cdef public Counter lb_healthy_panic
     # outlier_detection: proxy.outlier.Detector (told of every set_hosts), or None
     cdef public object outlier
+    # priorities and localities (lb_priority.md): ClusterLoadAssignment.policy's
+    # overprovisioning_factor (percent, Envoy's default 140), common_lb_config
+    # .locality_weighted_lb_config, and the priority levels (list[HostSet]) when there
+    # is more than one or localities are weighted; None is the common case's fast path
+    cdef public int overprovisioning
+    cdef public bint locality_weighted
+    cdef readonly list levels
 
     cdef Host choose(self)
+    cdef Host _choose_level(self)
+    cdef Host _pick_in(self, HostSet s, bint anyh)
     cdef Host choose_hash(self, unsigned long long h)
     cdef Host _first_healthy(self)
     cdef void count_status(self, int status)

@@ -41,6 +41,7 @@ cdef class Host:
         self.h2conns = []
         self.cw = 0
         self.removed = False
+        self.locality = ""
 
     def __repr__(self):
         return f"Host({self.address}:{self.port} w={self.weight})"
@@ -124,6 +125,66 @@ cdef class OutlierMonitor:
         return self.put(result)
 
 
+cdef Py_ssize_t _healthy(tuple hosts):
+    cdef Host h
+    cdef Py_ssize_t n = 0
+    for h in hosts:
+        if h.healthy:
+            n += 1
+    return n
+
+
+cdef class HostSet:
+    def __init__(self, tuple hosts):
+        self.hosts = hosts
+        self.weighted = len({(<Host>h).weight for h in hosts}) > 1
+
+
+def level_loads(counts, healthy, int overprovisioning, double panic_threshold):
+    """Envoy's per-priority load and panic (LoadBalancerBase), from each level's host and
+    healthy host counts: ([load percent per level], [panic per level]). Integer
+    arithmetic as Envoy's; the loads add up to 100."""
+    cdef Py_ssize_t k = len(counts), i
+    health = [0] * k
+    for i in range(k):
+        if counts[i]:
+            health[i] = min(100, overprovisioning * healthy[i] // counts[i])
+    total = min(100, sum(health))
+    loads = [0] * k
+    if total > 0:
+        left = 100
+        first = None
+        for i in range(k):
+            if first is None and health[i] > 0:
+                first = i
+            loads[i] = min(left, health[i] * 100 // total)
+            left -= loads[i]
+        if left:
+            loads[first] += left
+    if panic_threshold == 0 and total == 0:
+        loads[0] = 100
+        return loads, [False] * k
+    panic = [False] * k
+    for i in range(k):
+        share = 100.0 * healthy[i] / counts[i] if counts[i] else 0.0
+        panic[i] = total != 100 and share < panic_threshold
+    if all(panic):  # recalculateLoadInTotalPanic: by host counts, healthy or not
+        hosts = sum(counts)
+        loads = [0] * k
+        if hosts == 0:
+            loads[0] = 100
+        else:
+            left = 100
+            for i in range(k):
+                loads[i] = 100 * counts[i] // hosts
+                left -= loads[i]
+            for i in range(k):
+                if counts[i]:
+                    loads[i] += left
+                    break
+    return loads, panic
+
+
 CLUSTER_COUNTERS = (
     "upstream_rq_total", "upstream_rq_completed", "upstream_rq_1xx", "upstream_rq_2xx",
     "upstream_rq_3xx", "upstream_rq_4xx", "upstream_rq_5xx", "upstream_rq_timeout",
@@ -180,6 +241,7 @@ cdef class Cluster:
         for stat, h in zip(CLUSTER_HISTOGRAMS, grp.h):
             setattr(self, stat, h)
         self.panic_threshold = 50.0  # Envoy's default; Server sets the cluster's own
+        self.overprovisioning = 140
         self.set_hosts(hosts)
 
     def set_hosts(self, hosts):
@@ -191,6 +253,11 @@ cdef class Cluster:
             prev = old.pop((h.address, h.port), None)
             if prev is not None:
                 prev.weight = h.weight
+                prev.priority = h.priority
+                prev.locality = h.locality
+                prev.locality_weight = h.locality_weight
+                prev.hc_port = h.hc_port
+                prev.hostname = h.hostname
                 if prev.outlier is not None:  # an ejected host stays out (proxy.outlier)
                     (<OutlierMonitor>prev.outlier).base_healthy = h.healthy
                     prev.healthy = h.healthy and not (<OutlierMonitor>prev.outlier).ejected
@@ -210,6 +277,7 @@ cdef class Cluster:
         self.weighted = len({h.weight for h in new}) > 1
         if self.lb_policy == LB_RING_HASH:
             self._build_ring()
+        self._build_levels()
         self.membership_total.set(len(new))
         if self.outlier is not None:  # monitors for new hosts, removed ones forgotten
             self.outlier.hosts_changed()
@@ -218,19 +286,99 @@ cdef class Cluster:
     def update_health(self):
         """After host health changed (set_hosts, health checks): membership_healthy, and
         whether the cluster is in panic, as Envoy decides it for one priority: the healthy
-        share is under healthy_panic_threshold and, with Envoy's overprovisioning factor
-        of 1.4, not 100% available (no hosts at all: no panic, nothing to choose)."""
+        share is under healthy_panic_threshold and, with the overprovisioning factor, not
+        100% available (no hosts at all: no panic, nothing to choose). With priority
+        levels: each level's load and panic (lb_priority.level_loads)."""
         cdef Host h
         cdef Py_ssize_t n = len(self.hosts), healthy = 0
         for h in self.hosts:
             if h.healthy:
                 healthy += 1
         self.membership_healthy.set(healthy)
+        if self.levels is not None:
+            self._level_health()
+            return
         self.panic = (
             n > 0
             and 100.0 * healthy < self.panic_threshold * n
-            and 140 * healthy < 100 * n
+            and self.overprovisioning * healthy < 100 * n
         )
+
+    def _build_levels(self):
+        """Groups the hosts into priority levels (gaps are empty levels, as in Envoy) and,
+        with locality-weighted balancing, each level into localities in config order.
+        One level without locality weights leaves `levels` None: choose()'s fast path."""
+        cdef Host h
+        cdef HostSet s, loc
+        top = max([h.priority for h in self.hosts], default=0)
+        if (top == 0 and not self.locality_weighted) or self.lb_policy == LB_RING_HASH:
+            self.levels = None
+            return
+        old = {}
+        if self.levels is not None:  # round robin state survives an update
+            for i, s in enumerate(self.levels):
+                old[i] = s
+        grouped = [[] for _ in range(top + 1)]
+        for h in self.hosts:
+            grouped[h.priority].append(h)
+        levels = []
+        for i, hs in enumerate(grouped):
+            s = HostSet(tuple(hs))
+            if i in old:
+                s.rr = (<HostSet>old[i]).rr
+            if self.locality_weighted:
+                by = {}
+                for h in hs:
+                    if h.locality not in by:
+                        by[h.locality] = []
+                    by[h.locality].append(h)
+                s.localities = []
+                for lh in by.values():
+                    loc = HostSet(tuple(lh))
+                    loc.weight = (<Host>lh[0]).locality_weight
+                    s.localities.append(loc)
+            levels.append(s)
+        self.levels = levels
+
+    def _level_health(self):
+        """Envoy's priority load (LoadBalancerBase::recalculatePerPriorityState and
+        recalculatePerPriorityPanic, host counts as weights): a level's availability is
+        min(100, overprovisioning x healthy / hosts); the levels share 100% in order of
+        priority by availability over the normalized total; a level is in panic when the
+        total is under 100 and its healthy share under healthy_panic_threshold; when all
+        levels are, each gets load in proportion to its host count."""
+        cdef HostSet s, loc
+        cdef list levels = self.levels
+        counts = []
+        healthy = []
+        for s in levels:
+            counts.append(len(s.hosts))
+            healthy.append(_healthy(s.hosts))
+        loads, panic = level_loads(counts, healthy, self.overprovisioning, self.panic_threshold)
+        end = 0
+        for i, s in enumerate(levels):
+            s.load = loads[i]
+            end += loads[i]
+            s.load_end = end
+            s.panic = panic[i]
+            if s.localities is not None:
+                for loc in s.localities:
+                    n = len(loc.hosts)
+                    ok = _healthy(loc.hosts)
+                    loc.effective = (
+                        loc.weight * min(1.0, self.overprovisioning / 100.0 * ok / n) if n else 0.0
+                    )
+        self.panic = all(panic)
+
+    def level_state(self):
+        """[(priority, load percent, panic, [(locality weight, effective weight), ...])]
+        (admin, tests); [] without priority levels."""
+        cdef HostSet s, loc
+        out = []
+        for i, s in enumerate(self.levels or ()):
+            locs = [(loc.weight, loc.effective) for loc in (s.localities or ())]
+            out.append((i, s.load, s.panic, locs))
+        return out
 
     def _build_ring(self):
         """Consistent hash ring (Envoy's RING_HASH): each host gets points in proportion
@@ -271,6 +419,8 @@ cdef class Cluster:
         cdef double score, bscore
         # panic: any host will do (Envoy's panic mode), else the healthy ones only
         cdef bint anyh = self.panic
+        if self.levels is not None:
+            return self._choose_level()
         if n == 0:
             return None
         if anyh:
@@ -321,6 +471,88 @@ cdef class Cluster:
         if best is None:
             return self._first_healthy()
         return best
+
+    cdef Host _choose_level(self):
+        """Envoy's choosePriority (a random number mod 100 against the levels' cumulative
+        loads), then in that level: any host in panic, else a locality by smooth weighted
+        round robin over effective weights (locality-weighted), else its healthy hosts."""
+        cdef HostSet s = None, loc, best
+        cdef int r = <int>(rng_next() % 100)
+        cdef double total
+        for s in self.levels:
+            if r < s.load_end:
+                break
+        if s is None or not s.hosts:
+            return None
+        if s.panic:
+            self.lb_healthy_panic.inc()
+            return self._pick_in(s, True)
+        if s.localities is not None:
+            best = None
+            total = 0
+            for loc in s.localities:
+                if loc.effective <= 0:
+                    continue
+                loc.cw += loc.effective
+                total += loc.effective
+                if best is None or loc.cw > best.cw:
+                    best = loc
+            if best is not None:
+                best.cw -= total
+                return self._pick_in(best, False)
+        return self._pick_in(s, False)
+
+    cdef Host _pick_in(self, HostSet s, bint anyh):
+        """choose()'s policies over one level's or locality's hosts."""
+        cdef Host h, best, c
+        cdef tuple hosts = s.hosts
+        cdef Py_ssize_t n = len(hosts), _k
+        cdef long long total
+        cdef double score, bscore
+        if n == 0:
+            return None
+        if self.lb_policy == LB_ROUND_ROBIN:
+            if s.weighted:
+                best = None
+                total = 0
+                for h in hosts:
+                    if not (h.healthy or anyh):
+                        continue
+                    h.cw += h.weight
+                    total += h.weight
+                    if best is None or h.cw > best.cw:
+                        best = h
+                if best is not None:
+                    best.cw -= total
+                return best
+            for _k in range(n):
+                s.rr += 1
+                h = hosts[s.rr % n]
+                if h.healthy or anyh:
+                    return h
+            return None
+        if self.lb_policy == LB_LEAST_REQUEST:
+            best = None
+            bscore = 0
+            for _k in range(self.choice_count):
+                c = hosts[rng_next() % n]
+                if not (c.healthy or anyh):
+                    continue
+                score = (c.rq_active + 1.0) / c.weight
+                if best is None or score < bscore:
+                    best = c
+                    bscore = score
+            if best is not None:
+                return best
+        else:
+            for _k in range(n):
+                h = hosts[rng_next() % n]
+                if h.healthy or anyh:
+                    return h
+        for h in hosts:
+            if h.healthy:
+                return h
+        return None
 
     cdef Host _first_healthy(self):
         cdef Host h

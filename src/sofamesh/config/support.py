@@ -270,7 +270,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _CL + "Cluster.CommonLbConfig": (
         "healthy_panic_threshold",  # panic mode (upstream.pyx Cluster.update_health)
         "update_merge_window",  # read for health check updates (EDS changes apply at once)
+        "locality_weighted_lb_config",  # upstream.pyx Cluster._choose_level
     ),
+    _CL + "Cluster.CommonLbConfig.LocalityWeightedLbConfig": (),
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters", "secrets"),
     "envoy.config.bootstrap.v3.Admin": ("address", "access_log", "access_log_path", "profile_path"),
     _LS + "Listener": (
@@ -694,18 +696,19 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     _EP + "ClusterLoadAssignment": (
         "endpoints",
-        "policy",  # Istio's overprovisioning_factor 140 only, Envoy's default (ALLOWED_IF)
+        "policy",  # overprovisioning_factor: priority loads, panic, locality weights
     ),
     _EP + "ClusterLoadAssignment.Policy": ("overprovisioning_factor",),
-    _EP + "LocalityLbEndpoints": ("lb_endpoints",),
+    # priority levels and locality weights (upstream.pyx Cluster._choose_level)
+    _EP + "LocalityLbEndpoints": ("lb_endpoints", "priority", "locality", "load_balancing_weight"),
+    "envoy.config.core.v3.Locality": ("region", "zone", "sub_zone"),
     _EP + "LbEndpoint": ("endpoint", "load_balancing_weight", "health_status"),
     _EP + "Endpoint": (
         "address",
-        # Istio's empty `health_check_config: {}`: every field at its default (checks go to
-        # the endpoint's own address); any field set is refused below
-        "health_check_config",
+        "health_check_config",  # port_value: health checks go to that port
+        "hostname",  # auto_host_rewrite's host, /clusters hostname
     ),
-    _EP + "Endpoint.HealthCheckConfig": (),
+    _EP + "Endpoint.HealthCheckConfig": ("port_value",),
     "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
     "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config"),
     "envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path",),
@@ -815,7 +818,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "window_bits",
         "input_block_bits",
     ),
-    "envoy.extensions.compression.zstd.compressor.v3.Zstd": ("compression_level", "enable_checksum"),
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd": (
+        "compression_level",
+        "enable_checksum",
+    ),
     # envoy.filters.http.csrf (filters/http/csrf.py): filter config and per-route policy
     "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": (
         "filter_enabled",  # its default_value (no runtime layer acts)
@@ -948,10 +954,6 @@ NO_EFFECT: dict[str, dict[str, str]] = {
         "cluster_name": "names the cluster the assignment belongs to (it is inline)",
     },
     _EP + "LocalityLbEndpoints": {
-        "locality": "a label: no zone-aware or locality-weighted balancing reads it "
-        "(common_lb_config, which enables those, is refused)",
-        "load_balancing_weight": "a locality weight acts only with locality-weighted "
-        "balancing (common_lb_config), which is refused",
         "metadata": _OPAQUE,
     },
     _EP + "LbEndpoint": {"metadata": _OPAQUE},
@@ -1024,10 +1026,6 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
     (_RT + "RouteAction.MaxStreamDuration", "max_stream_duration"): (
         lambda v: v.seconds == 0 and v.nanos == 0,  # type: ignore[attr-defined]
         "only 0s, Istio's value: the route's streams have no duration limit",
-    ),
-    (_EP + "ClusterLoadAssignment.Policy", "overprovisioning_factor"): (
-        lambda v: getattr(v, "value", v) == 140,
-        "only 140, Envoy's default (the one panic mode and availability are computed with)",
     ),
     (_HCM + "HttpConnectionManager", "path_with_escaped_slashes_action"): (
         lambda v: v in (0, 1),

@@ -34,7 +34,7 @@ from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.upstream import Host
-from sofamesh.proxy import sds
+from sofamesh.proxy import localities, sds
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config, compile_vhosts
 from sofamesh.xds.checks import ResourceChecks
@@ -139,7 +139,9 @@ def hosts_from_assignment(cla: Any) -> list[Host]:
                     f".address: malformed IP address: {sa.address}"
                 ) from None
             w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
-            h = Host(sa.address, sa.port_value, w)
+            h = localities.make_host(
+                sa.address, sa.port_value, w, localities.endpoint_attrs(e, lbe)
+            )
             h.healthy = lbe.health_status not in (2, 3, 4)  # UNHEALTHY, DRAINING, TIMEOUT
             hosts.append(h)
     return hosts
@@ -491,7 +493,7 @@ class DynamicConfig:
         if dc.eds_name is not None:
             held = self.endpoints.get(dc.eds_name)
             if held is not None:  # an update of a cluster whose endpoints are known
-                dc.rt.cluster.set_hosts(hosts_from_assignment(held.msg))
+                localities.set_assignment(dc.rt.cluster, held.msg, hosts_from_assignment(held.msg))
                 if dc.rt.cluster.tls is not None:  # transport_socket_matches by metadata
                     dc.rt.cluster.tls.learn(held.msg)
                 self._activate_cluster(dc)
@@ -625,7 +627,9 @@ class DynamicConfig:
             self.endpoints[name] = _Held(version, cla, raw, lazy=True)
             for i, dc in enumerate(users):
                 # a Host carries its cluster's pools: each cluster gets its own
-                dc.rt.cluster.set_hosts(hosts if i == 0 else hosts_from_assignment(cla))
+                localities.set_assignment(
+                    dc.rt.cluster, cla, hosts if i == 0 else hosts_from_assignment(cla)
+                )
                 if dc.rt.cluster.tls is not None:  # transport_socket_matches by metadata
                     dc.rt.cluster.tls.learn(cla)
                 _eds_bump(dc, _SUCCESS)

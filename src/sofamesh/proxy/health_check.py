@@ -202,8 +202,10 @@ class Session:
         self.checker = checker
         self.key = key
         self.state = state
-        port = checker.cfg.alt_port or key[1]  # alt_port: checks go there, traffic does not
-        self.probe = hp.PROBES[checker.cfg.kind](checker.cfg, key[0], port)
+        # alt_port, or the endpoint's health_check_config.port_value: checks go there,
+        # traffic does not
+        self.port = checker.cfg.alt_port or checker.ports.get(key) or key[1]
+        self.probe = hp.PROBES[checker.cfg.kind](checker.cfg, key[0], self.port)
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -249,6 +251,7 @@ class ClusterChecker:
         self.publish = publish
         self.traffic = traffic
         self.sessions: dict[tuple[str, int], Session] = {}
+        self.ports: dict[tuple[str, int], int] = {}  # Endpoint.health_check_config.port_value
         self.running = False
         self.first_round = asyncio.Event()  # set once every host had its first check
         p = f"cluster.{name}.health_check."
@@ -264,10 +267,19 @@ class ClusterChecker:
     def flags(self) -> dict[tuple[str, int], int]:
         return {k: s.state.flags for k, s in self.sessions.items()}
 
-    def set_hosts(self, keys: list[tuple[str, int]], inherit: dict | None = None) -> None:
+    def set_hosts(
+        self,
+        keys: list[tuple[str, int]],
+        inherit: dict | None = None,
+        ports: dict[tuple[str, int], int] | None = None,
+    ) -> None:
         new = dict.fromkeys(keys)
+        self.ports = ports or {}
         for k in [k for k in self.sessions if k not in new]:
             self.sessions.pop(k).stop()
+        for k, s in list(self.sessions.items()):  # its health check port changed: anew
+            if s.port != (self.cfg.alt_port or self.ports.get(k) or k[1]):
+                self.sessions.pop(k).stop()
         for k in new:
             if k not in self.sessions:
                 old = (inherit or {}).get(k)
@@ -472,6 +484,7 @@ class HealthManager:
         cfg: HcConfig,
         keys: list[tuple[str, int]],
         traffic: Callable[[], bool],
+        ports: dict[tuple[str, int], int] | None = None,
     ) -> ClusterChecker:
         ck = self.checkers.get(name)
         inherit = None
@@ -483,7 +496,7 @@ class HealthManager:
             ck = ClusterChecker(name, cfg, self.store, self.publish, traffic)
             self.checkers[name] = ck
         ck.traffic = traffic
-        ck.set_hosts(keys, inherit)
+        ck.set_hosts(keys, inherit, ports)
         if self.running:
             ck.start()  # a no-op when it runs already
         return ck
@@ -607,6 +620,10 @@ class CheckedCluster(Cluster):
     def host_keys(self) -> list[tuple[str, int]]:
         return [(h.address, h.port) for h in self.hosts]
 
+    def hc_ports(self) -> dict[tuple[str, int], int]:
+        """Hosts whose endpoint names a health check port (health_check_config.port_value)."""
+        return {(h.address, h.port): h.hc_port for h in self.hosts if h.hc_port}
+
 
 class LocalLink:
     """One process: the Server's HealthManager checks the cluster; flags apply directly."""
@@ -624,7 +641,7 @@ class LocalLink:
         if initial and cl.name in self.manager.checkers:
             return
         self.clusters[cl.name] = cl
-        ck = self.manager.update(cl.name, cl.hc, cl.host_keys(), cl.traffic)
+        ck = self.manager.update(cl.name, cl.hc, cl.host_keys(), cl.traffic, cl.hc_ports())
         cl.apply_flags(ck.flags(), ck.first_round.is_set())
 
     def remove(self, name: str) -> None:
@@ -671,6 +688,7 @@ class RemoteLink:
                 "cluster": cl.name,
                 "hc": base64.b64encode(cl.config.SerializeToString()).decode(),
                 "hosts": [[a, p] for a, p in cl.host_keys()],
+                "ports": [[a, p, hp] for (a, p), hp in cl.hc_ports().items()],
             }
         )
 
@@ -745,7 +763,8 @@ class PoolHealth:
                 log.error("%s", e)
                 return
             keys = [(a, int(p)) for a, p in msg["hosts"]]
-            ck = self.manager.update(name, cfg, keys, lambda: name in self.traffic)
+            ports = {(a, int(p)): int(hp) for a, p, hp in msg.get("ports", ())}
+            ck = self.manager.update(name, cfg, keys, lambda: name in self.traffic, ports)
             if any(not s.state.first_check for s in ck.sessions.values()):
                 self.send_to(index, self._frame(name, ck.flags(), ck.first_round.is_set()))
         elif ev == "hc_traffic":

@@ -15,8 +15,8 @@ from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.stats import Store
-from sofamesh._core.upstream import Cluster, Host
-from sofamesh.proxy import sds
+from sofamesh._core.upstream import Cluster
+from sofamesh.proxy import localities, sds
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.http_options import dur as _dur
 from sofamesh.proxy.http_options import upstream_h2 as _upstream_h2
@@ -217,6 +217,7 @@ class Server:
                         f"{epath}.endpoint.address: only socket addresses are supported"
                     )
                 w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
+                attrs = localities.endpoint_attrs(e, lbe)
                 if ctype == "STATIC":
                     try:
                         socket.inet_pton(
@@ -227,11 +228,16 @@ class Server:
                             f"{epath}.endpoint.address.socket_address.address: STATIC "
                             f"clusters need IP addresses, got {sa.address!r}"
                         ) from None
-                    hosts.append(Host(sa.address, sa.port_value, w))
+                    hosts.append(localities.make_host(sa.address, sa.port_value, w, attrs))
                 else:
-                    targets.append((sa.address, sa.port_value, w))
+                    targets.append((sa.address, sa.port_value, w, attrs))
         if ctype == "EDS":
             hosts, targets = [], []  # an EDS cluster's inline load_assignment is unused (Envoy)
+        if lb == "RING_HASH" and any(e.priority for e in c.load_assignment.endpoints):
+            raise UnsupportedConfig(
+                f"{path}.load_assignment: priority levels with RING_HASH are not implemented "
+                "by sofamesh"
+            )
         if hc is not None:
             if self.health_link is None:
                 self.health_link = health_check.LocalLink(self.stats)
@@ -248,6 +254,7 @@ class Server:
         if lb.HasField("healthy_panic_threshold"):  # else Envoy's 50%
             cl.panic_threshold = lb.healthy_panic_threshold.value
             cl.update_health()
+        localities.configure(cl, c)  # priority levels, locality weights
         od = outlier.parse(c, path)  # outlier_detection (proxy/outlier.py)
         if od is not None:
             if self.outlier_link is not None:  # a pool's worker
@@ -540,7 +547,7 @@ class Server:
         hosts = []
         cfg = rt.cluster.config
         logical = cfg is not None and cfg.type == 2  # LOGICAL_DNS: first address only
-        for name, port, w in rt.dns_targets:
+        for name, port, w, attrs in rt.dns_targets:
             try:
                 infos = await self._loop.getaddrinfo(
                     name, port, type=socket.SOCK_STREAM, family=socket.AF_INET
@@ -554,7 +561,7 @@ class Server:
                 ip = str(info[4][0])
                 if ip not in seen:
                     seen.add(ip)
-                    hosts.append(Host(ip, port, w, name))
+                    hosts.append(localities.make_host(ip, port, w, attrs, name))
                     if logical:
                         break
         _bump(self.stats.counter(f"cluster.{rt.cluster.name}.update_success"))
@@ -592,10 +599,12 @@ class Server:
             for lbe in e.lb_endpoints:
                 sa = lbe.endpoint.address.socket_address
                 w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
-                h = Host(sa.address, sa.port_value, w)
+                h = localities.make_host(
+                    sa.address, sa.port_value, w, localities.endpoint_attrs(e, lbe)
+                )
                 h.healthy = lbe.health_status not in (2, 3, 4)  # UNHEALTHY, DRAINING, TIMEOUT
                 hosts.append(h)
-        cl.set_hosts(hosts)
+        localities.set_assignment(cl, load_assignment, hosts)
         if cl.tls is not None:
             cl.tls.learn(load_assignment)
 

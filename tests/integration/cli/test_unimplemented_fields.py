@@ -150,9 +150,9 @@ IGNORED_BEFORE: list[tuple[str, Callable[[dict], None], str]] = [
     ),
     (
         "cluster_common_lb_config",
-        # healthy_panic_threshold is implemented (panic mode); locality weighting is not
-        lambda b: _cluster(b).update(common_lb_config={"locality_weighted_lb_config": {}}),
-        f"{C0}.common_lb_config.locality_weighted_lb_config",
+        # healthy_panic_threshold and locality weighting are implemented; zone-aware is not
+        lambda b: _cluster(b).update(common_lb_config={"zone_aware_lb_config": {}}),
+        f"{C0}.common_lb_config.zone_aware_lb_config",
     ),
     (
         "endpoint_unhealthy",
@@ -160,11 +160,6 @@ IGNORED_BEFORE: list[tuple[str, Callable[[dict], None], str]] = [
             health_status="UNHEALTHY"
         ),
         f"{C0}.load_assignment.endpoints[0].lb_endpoints[0].health_status",
-    ),
-    (
-        "locality_priority",
-        lambda b: _cluster(b)["load_assignment"]["endpoints"][0].update(priority=1),
-        f"{C0}.load_assignment.endpoints[0].priority",
     ),
     (
         "local_ratelimit_request_headers_when_not_enforced",

@@ -63,6 +63,8 @@ EXAMPLES = [
     "tls_envoy-https-https.yaml",
     "tls-sni_envoy-client.yaml",
     "websocket_envoy-wss.yaml",
+    # priority levels, locality weights, endpoint hostnames and health check ports
+    "locality-load-balancing_envoy.yaml",
     # not here: dynamic-config-cp (its listeners and clusters come from a control plane)
 ]
 DECODE = {
