@@ -600,8 +600,12 @@ class UpstreamTransport:
         self.by_addr = by_addr
 
     def for_host(self, host: Any) -> TlsContext | None:
-        # a DNS cluster's endpoints name hosts by their DNS name (Host.hostname)
-        return self.by_addr.get((host.hostname or host.address, host.port), self.default)
+        # a DNS cluster's endpoints name hosts by their DNS name (Host.hostname; an IP
+        # endpoint's Host.hostname is its Endpoint.hostname, so its address comes first)
+        key = (host.address, host.port)
+        if key in self.by_addr:
+            return self.by_addr[key]
+        return self.by_addr.get((host.hostname, host.port), self.default)
 
     def connect_kw(self, host: Any) -> dict:
         """loop.create_connection keywords for a new connection to `host` ({}: plaintext)."""
