@@ -71,6 +71,9 @@ def describe_server(server: Any) -> dict:
                         od.success_rate((h.address, h.port), True) if od else -1.0
                     ),
                     "hostname": str(getattr(h, "hostname", "") or ""),
+                    # LocalityLbEndpoints (proxy/localities.py): "region/zone/sub_zone"
+                    "priority": int(getattr(h, "priority", 0) or 0),
+                    "locality": str(getattr(h, "locality", "") or "//"),
                     "stats": stats,
                 }
             )

@@ -439,6 +439,9 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
                 hs.weight = h["weight"]
                 hs.hostname = h.get("hostname", "")
                 hs.locality.SetInParent()
+                region, zone, sub_zone = _locality(h)
+                hs.locality.region, hs.locality.zone, hs.locality.sub_zone = region, zone, sub_zone
+                hs.priority = h.get("priority", 0)
         return Response(200, _to_json(msg), JSON)
     lines = []
     for c in top["clusters"]:
@@ -465,16 +468,23 @@ async def clusters(st: AdminState, q: dict[str, str], method: str) -> Response:
                 )
             )
             lines.append(f"{hp}::weight::{h['weight']}")
-            for k in ("region", "zone", "sub_zone"):
-                lines.append(f"{hp}::{k}::")
+            for k, v in zip(("region", "zone", "sub_zone"), _locality(h)):
+                lines.append(f"{hp}::{k}::{v}")
             lines.append(f"{hp}::canary::false")
-            lines.append(f"{hp}::priority::0")
+            lines.append(f"{hp}::priority::{h.get('priority', 0)}")
             lines.append(f"{hp}::success_rate::{_rate(h.get('success_rate', -1.0))}")
             lines.append(
                 f"{hp}::local_origin_success_rate::"
                 f"{_rate(h.get('local_origin_success_rate', -1.0))}"
             )
     return Response(200, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def _locality(h: dict) -> tuple[str, str, str]:
+    """A host's (region, zone, sub_zone) from backend's "region/zone/sub_zone"."""
+    parts = (h.get("locality") or "//").split("/", 2)
+    parts += [""] * (3 - len(parts))
+    return parts[0], parts[1], parts[2]
 
 
 def _is_pipe(address: list) -> bool:

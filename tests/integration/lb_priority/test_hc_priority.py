@@ -8,6 +8,7 @@ never see a check. Failing a0's health port spills 30% of requests to P1 (P0 at 
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,11 +122,20 @@ def run(start_proxy, tmp_path) -> dict:
             a, lport = admin_port(b), listener_ports(b)[0]
             port_of = {traffic[n].port: n for n in NAMES}
             _, text = admin_get(a, "/clusters")
-            out["hostnames"] = sorted(
-                (port_of[int(p[1].rsplit(":", 1)[1])], p[3])
+            out["hosts"] = sorted(  # /clusters: hostname, locality and priority per host
+                (port_of[int(p[1].rsplit(":", 1)[1])], p[2], p[3])
                 for p in (line.split("::") for line in text.splitlines())
-                if len(p) == 4 and p[0] == "c" and p[2] == "hostname"
+                if len(p) == 4
+                and p[0] == "c"
+                and p[2] in ("hostname", "region", "zone", "sub_zone", "priority")
             )
+            _, js = admin_get(a, "/clusters?format=json")
+            out["json"] = sorted(
+                (port_of[h["address"]["socket_address"]["port_value"]], h.get("hostname"),
+                 json.dumps(h.get("locality"), sort_keys=True), h.get("priority", 0))
+                for cs in json.loads(js)["cluster_statuses"] if cs["name"] == "c"
+                for h in cs["host_statuses"]
+            )  # fmt: skip
             steps = []
             for down in ((), ("a0",), ("a0", "a1"), ()):
                 for n in NAMES:
@@ -147,7 +157,18 @@ def run(start_proxy, tmp_path) -> dict:
 
 
 def check(res: dict) -> None:
-    assert res["hostnames"] == [(n, f"{n}.svc") for n in NAMES]
+    prio = {"a0": 0, "a1": 0, "b0": 1}
+    assert res["hosts"] == sorted(
+        (n, k, v)
+        for n in NAMES
+        for k, v in (
+            ("hostname", f"{n}.svc"),
+            ("region", ""),
+            ("zone", f"z{prio[n]}"),
+            ("sub_zone", ""),
+            ("priority", str(prio[n])),
+        )
+    )
     assert res["host_headers"] == {n: [f"{n}.svc"] for n in NAMES}
     assert res["probes_on_traffic_port"] == 0 and res["checked"]
     all_p0, half, all_p1, back = res["steps"]
@@ -174,7 +195,8 @@ def test_health_checked_failover_as_envoy(tmp_path):
     check(env)  # the expectations hold for Envoy itself
     sm = run(_sofamesh(1), tmp_path)
     check(sm)
-    assert sm["hostnames"] == env["hostnames"]
+    assert sm["hosts"] == env["hosts"]
+    assert sm["json"] == env["json"]
     assert abs(sm["steps"][1]["a1"] - env["steps"][1]["a1"]) <= 1.5 * TOL * N
 
 
