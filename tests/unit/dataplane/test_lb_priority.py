@@ -56,8 +56,9 @@ def test_overprovisioning_factor_changes_the_spill():
     assert level_loads([10, 10], [5, 10], 200, 0.0)[0] == [100, 0]
 
 
-def test_failover_to_p1_and_back():
-    c = Cluster("c", Store(), hosts=[host(1), host(2), host(3, 1)])
+@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"])
+def test_failover_to_p1_and_back(policy):
+    c = Cluster("c", Store(), hosts=[host(1), host(2), host(3, 1)], lb_policy=policy)
     assert c.levels is not None
     assert {c.pick().port for _ in range(50)} == {1, 2}
     for h in c.hosts[:2]:
@@ -69,6 +70,12 @@ def test_failover_to_p1_and_back():
     c.update_health()  # P0 50% healthy: 70% of requests there, only to its healthy host
     got = collections.Counter(c.pick().port for _ in range(4000))
     assert set(got) == {1, 3} and 0.64 < got[1] / 4000 < 0.76
+    assert c.lb_healthy_panic.value == 0
+
+
+def test_ring_hash_keeps_one_ring():
+    c = Cluster("c", Store(), hosts=[host(1), host(2, 1)], lb_policy="RING_HASH")
+    assert c.levels is None  # priorities with RING_HASH are refused at config time
 
 
 def test_one_level_keeps_the_fast_path():
