@@ -11,9 +11,9 @@ small GETs on one connection (HTTP/1.1, or h2c with --proto h2, one stream at a 
 tiny in-process upstream; with --proto bolt|dubbo, Bolt v1 (SofaRequest, `service` and
 method headers) or Dubbo (hessian2, one string argument) calls one at a time through a
 bolt_proxy / dubbo_proxy listener to an in-process RPC upstream (framed with sofamesh's
-codecs), and --rpc-tracing PCT adds the RPC tracing filter (Zipkin, random_sampling PCT, a
-collector cluster that refuses connections). Instructions per request = (Ir(5N) - Ir(N)) / 4N: start-up and
-shutdown cancel out. --src runs another tree's build (e.g. a git worktree of the previous
+codecs), and --rpc-tracing PCT adds the RPC tracing filter (Zipkin, random_sampling PCT, an
+in-process collector answering 202). Instructions per request = (Ir(5N) - Ir(N)) / 4N:
+start-up and shutdown cancel out. --src runs another tree's build (e.g. a git worktree of the previous
 commit, built with `setup.py build_ext --inplace`), for a before/after comparison with the
 same interpreter. valgrind makes the proxy ~50x slower: the figure is instructions, not time.
 --mixer adds the Mixer-in-the-sidecar filters of `http1_e2e.py --mixer` (RBAC of 20 policies,
@@ -227,7 +227,47 @@ def _rpc_client(proto: str, port: int, n: int) -> None:
                 raise RuntimeError(f"error reply: {got[0]!r}")
 
 
-def _rpc_bootstrap(proto: str, port: int, admin: int, up: int, tracing: float | None) -> dict:
+def _collector() -> tuple[socket.socket, int]:
+    """A Zipkin collector that takes every POST (202), keep-alive."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+
+    def serve(c: socket.socket) -> None:
+        buf = b""
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                m = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+                need = int(m.group(1)) if m else 0
+                while len(buf) < need:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf[need:]
+                c.sendall(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+
+    def accept() -> None:
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls, ls.getsockname()[1]
+
+
+def _rpc_bootstrap(
+    proto: str, port: int, admin: int, up: int, tracing: float | None, zipkin: int = 0
+) -> dict:
     def cluster(name: str, p: int) -> dict:
         ep = {
             "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}
@@ -293,7 +333,7 @@ def _rpc_bootstrap(proto: str, port: int, admin: int, up: int, tracing: float | 
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": [listener],
-            "clusters": [cluster("upstream", up), cluster("zipkin", free_port())],
+            "clusters": [cluster("upstream", up), cluster("zipkin", zipkin or free_port())],
         },
     }
 
@@ -317,12 +357,13 @@ def count(
     """Instructions of one proxy run serving n requests (callgrind's total Ir)."""
     rpc = proto in ("bolt", "dubbo")
     ls, up = _rpc_upstream(proto) if rpc else _upstream()
+    zls, zport = _collector() if rpc and rpc_tracing is not None else (None, 0)
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as td:
         boot = Path(td) / "b.json"
         mixer_proc = None
         if rpc:
-            cfg = _rpc_bootstrap(proto, port, admin, up, rpc_tracing)
+            cfg = _rpc_bootstrap(proto, port, admin, up, rpc_tracing, zport)
         elif mixer:
             mixer_proc, mixer_port = _start_mixer(td)
             cfg = _mixer_bootstrap(port, admin, up, mixer, mixer_port)
@@ -364,6 +405,8 @@ def count(
             p.terminate()
             err = p.communicate(timeout=300)[1].decode(errors="replace")
             ls.close()
+            if zls is not None:
+                zls.close()
             if mixer_proc is not None:
                 mixer_proc.terminate()
                 mixer_proc.wait()

@@ -26,15 +26,16 @@ from sofamesh._core.codecs.dubbo cimport DubboFrame, count_params
 from sofamesh._core.codecs.hessian cimport H2Cursor, h2_encode_str
 
 # Bolt header map entries (SOFARPC flattens its request props `rpc_trace_context` map)
-B_TRACE = "rpc_trace_context.sofaTraceId"
-B_RPC = "rpc_trace_context.sofaRpcId"
-B_SAMP = "rpc_trace_context.samp"
-B_NEW = "new_rpc_trace_context"        # SOFARPC >= 5.1 to 5.1+ providers: tcid=..&spid=..
+cdef str B_TRACE = "rpc_trace_context.sofaTraceId"
+cdef str B_RPC = "rpc_trace_context.sofaRpcId"
+cdef str B_SAMP = "rpc_trace_context.samp"
+cdef str B_NEW = "new_rpc_trace_context"   # SOFARPC >= 5.1 to 5.1+ providers: tcid=..&spid=..
 # Dubbo attachments
-D_SOFA = "dubbo.rpc.sofa.tracer"        # SOFATracer's Dubbo filter: tcid=..&spid=..&pspid=..
-D_W3C = "traceparent"
-D_B3 = ("X-B3-TraceId", "X-B3-SpanId", "X-B3-ParentSpanId", "X-B3-Sampled")
-D_B3_LOWER = tuple(k.lower() for k in D_B3)
+cdef str D_SOFA = "dubbo.rpc.sofa.tracer"  # SOFATracer's Dubbo filter: tcid=..&spid=..&pspid=..
+cdef str D_W3C = "traceparent"
+cdef tuple D_B3 = ("X-B3-TraceId", "X-B3-SpanId", "X-B3-ParentSpanId", "X-B3-Sampled")
+cdef tuple D_B3_LOWER = tuple(k.lower() for k in D_B3)
+cdef frozenset D_KEYS = frozenset((D_SOFA, D_W3C) + D_B3 + D_B3_LOWER)
 
 cdef enum:
     P_BOLT = 1                          # rpc_upstream's P_BOLT (not cimported: it cimports us)
@@ -307,9 +308,31 @@ cdef int trace_start(RpcTracing t, object f, object transport) except -1:
         return 0
 
 
+cdef bint _has_ctx(RpcTracing t, object f) except -1:
+    """The call carries a context of a known convention (read cheaply, before a span)."""
+    cdef dict a
+    if t.proto == P_BOLT:
+        return ((<BoltFrame>f).header(B_TRACE) is not None
+                or (<BoltFrame>f).header(B_NEW) is not None)
+    a = (<DubboFrame>f).attachments
+    if a:
+        for k in a:                         # only the keys routing, RBAC and tracing read
+            if k in D_KEYS:
+                return True
+    return False
+
+
 cdef int _start(RpcTracing t, object f, object transport) except -1:
-    cdef RpcSpan s = RpcSpan.__new__(RpcSpan)
+    cdef RpcSpan s
     cdef int found
+    cdef bint drawn = False                 # a new trace's sampling decision was drawn: yes
+    if not _has_ctx(t, f):
+        if <long long>(rng_next() % 1000000) >= t.ppm:
+            # PERF(benchmarks/instr_per_request.py --rpc-tracing): an unsampled call
+            # without context allocates nothing and goes as it came
+            return 0
+        drawn = True
+    s = RpcSpan.__new__(RpcSpan)
     s.cfg = t
     s.status = -1
     if t.proto == P_BOLT:
@@ -323,8 +346,8 @@ cdef int _start(RpcTracing t, object f, object transport) except -1:
         s.status = -1
         found = 0
     if found == 0:
-        if <long long>(rng_next() % 1000000) >= t.ppm:
-            return 0                        # not sampled, nothing to carry: sent as it came
+        if not drawn and <long long>(rng_next() % 1000000) >= t.ppm:
+            return 0                        # a malformed context, not sampled: as it came
         t.started.inc()
         s.fmt = CTX_NONE
         s.sampled = True
