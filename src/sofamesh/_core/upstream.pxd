@@ -156,7 +156,7 @@ cdef class Cluster:
     cdef public Counter lb_healthy_panic
     # outlier_detection: proxy.outlier.Detector (told of every set_hosts), or None
     cdef public object outlier
-    # priorities and localities (lb_priority.md): ClusterLoadAssignment.policy's
+    # priorities and localities (proxy/localities.py reads them): ClusterLoadAssignment.policy's
     # overprovisioning_factor (percent, Envoy's default 140), common_lb_config
     # .locality_weighted_lb_config, and the priority levels (list[HostSet]) when there
     # is more than one or localities are weighted; None is the common case's fast path

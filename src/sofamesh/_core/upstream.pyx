@@ -288,7 +288,7 @@ cdef class Cluster:
         whether the cluster is in panic, as Envoy decides it for one priority: the healthy
         share is under healthy_panic_threshold and, with the overprovisioning factor, not
         100% available (no hosts at all: no panic, nothing to choose). With priority
-        levels: each level's load and panic (lb_priority.level_loads)."""
+        levels: each level's load and panic (level_loads)."""
         cdef Host h
         cdef Py_ssize_t n = len(self.hosts), healthy = 0
         for h in self.hosts:
