@@ -99,6 +99,8 @@ def measure(url: str, args, pids_fn=None) -> dict:
 
 
 RL_OK = "bench_rl.http_local_rate_limit.ok"
+# the "<proxy>+<variant>" targets: (variant, what its on/off line calls it)
+VARIANTS = (("rbac", "RBAC"), ("trace", "tracing"), ("mixer", "mixer filters"))
 RBAC_ALLOWED = "http.bench.rbac.allowed"
 
 
@@ -243,36 +245,19 @@ def table(results: dict) -> str:
     r = results.get("ratio_sofamesh_over_envoy")
     if r:
         lines.append(f"{'sofamesh / envoy':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols))
-    r = results.get("ratio_sofamesh_over_envoy_rbac")
-    if r:
-        lines.append(
-            f"{'sofamesh/envoy +rbac':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols)
-        )
-    if results.get("rbac_on_over_off_cpu"):
-        lines.append(
-            "RBAC on / off, CPU per request: "
-            + ", ".join(f"{k} {v}" for k, v in results["rbac_on_over_off_cpu"].items())
-        )
-    r = results.get("ratio_sofamesh_over_envoy_trace")
-    if r:
-        lines.append(
-            f"{'sofamesh/envoy +trace':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols)
-        )
-    if results.get("tracing_on_over_off_cpu"):
-        lines.append(
-            "tracing on / off, CPU per request: "
-            + ", ".join(f"{k} {v}" for k, v in results["tracing_on_over_off_cpu"].items())
-        )
-    r = results.get("ratio_sofamesh_over_envoy_mixer")
-    if r:
-        lines.append(
-            f"{'sofamesh/envoy +mixer':<22}" + "".join(f"{r.get(c, '')!s:>16}" for c in cols)
-        )
-    if results.get("mixer_on_over_off_cpu"):
-        lines.append(
-            "mixer filters on / off, CPU per request: "
-            + ", ".join(f"{k} {v}" for k, v in results["mixer_on_over_off_cpu"].items())
-        )
+    for variant, label in VARIANTS:
+        r = results.get(f"ratio_sofamesh_over_envoy_{variant}")
+        if r:
+            lines.append(
+                f"{'sofamesh/envoy +' + variant:<22}"
+                + "".join(f"{r.get(c, '')!s:>16}" for c in cols)
+            )
+        on_off = results.get(f"{variant}_on_over_off_cpu")
+        if on_off:
+            lines.append(
+                f"{label} on / off, CPU per request: "
+                + ", ".join(f"{k} {v}" for k, v in on_off.items())
+            )
     for kind, rep in results.get("mixer_reports", {}).items():
         lines.append(f"mixer saw from {kind}: {rep}")
     if results.get("cpu_ratio_per_round"):
@@ -434,36 +419,17 @@ def main(argv: list[str] | None = None) -> int:
             for s, e in zip(runs["sofamesh"]["rounds"], runs["envoy"]["rounds"])
             if s.get("cpu_us_per_req") and e.get("cpu_us_per_req")
         ]
-    for k in kinds:
-        on, off = runs.get(f"{k}+rbac"), runs.get(k)
-        if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
-            results.setdefault("rbac_on_over_off_cpu", {})[k] = round(
-                on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
+    for variant, _ in VARIANTS:
+        for k in kinds:
+            on, off = runs.get(f"{k}+{variant}"), runs.get(k)
+            if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
+                results.setdefault(f"{variant}_on_over_off_cpu", {})[k] = round(
+                    on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
+                )
+        if f"envoy+{variant}" in runs and f"sofamesh+{variant}" in runs:
+            results[f"ratio_sofamesh_over_envoy_{variant}"] = ratios(
+                runs[f"sofamesh+{variant}"], runs[f"envoy+{variant}"]
             )
-    for k in kinds:
-        on, off = runs.get(f"{k}+mixer"), runs.get(k)
-        if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
-            results.setdefault("mixer_on_over_off_cpu", {})[k] = round(
-                on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
-            )
-    if "envoy+mixer" in runs and "sofamesh+mixer" in runs:
-        results["ratio_sofamesh_over_envoy_mixer"] = ratios(
-            runs["sofamesh+mixer"], runs["envoy+mixer"]
-        )
-    for k in kinds:
-        on, off = runs.get(f"{k}+trace"), runs.get(k)
-        if on and off and on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
-            results.setdefault("tracing_on_over_off_cpu", {})[k] = round(
-                on["cpu_us_per_req"] / off["cpu_us_per_req"], 3
-            )
-    if "envoy+trace" in runs and "sofamesh+trace" in runs:
-        results["ratio_sofamesh_over_envoy_trace"] = ratios(
-            runs["sofamesh+trace"], runs["envoy+trace"]
-        )
-    if "envoy+rbac" in runs and "sofamesh+rbac" in runs:
-        results["ratio_sofamesh_over_envoy_rbac"] = ratios(
-            runs["sofamesh+rbac"], runs["envoy+rbac"]
-        )
     print(table(results))
     print(json.dumps(results, indent=1))
     print(table(results))  # again, after the JSON, so the summary is the last thing on screen
