@@ -1,0 +1,717 @@
+"""The fields sofamesh implements, per Envoy message (`IMPLEMENTED`), and the type-name
+prefixes the config tables share. Part of `sofamesh.config.support`, which combines it with
+NO_EFFECT and the gaps into what validation allows.
+"""
+
+from __future__ import annotations
+
+# Messages checked field by field (issue 2: nothing silently ignored). For each message
+# type below, a set field must be one the proxy core reads (IMPLEMENTED), one listed in
+# NO_EFFECT with the reason it changes nothing, or one with a Gap (reported with its own
+# note); any other set field is refused as `<path>.<field>: <Message>.<field> is not
+# implemented by sofamesh`. The lists follow what sofamesh.proxy.server, proxy.routes and
+# the filter modules read (docs/ARCHITECTURE.md, "Implemented options"). A data-plane
+# change that reads a new field adds it here in the same commit.
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3."
+_RT = "envoy.config.route.v3."
+_CL = "envoy.config.cluster.v3."
+_EP = "envoy.config.endpoint.v3."
+_LS = "envoy.config.listener.v3."
+_TLS = "envoy.extensions.transport_sockets.tls.v3."
+_CORS_POLICY = (
+    "allow_origin_string_match",
+    "allow_methods",
+    "allow_headers",
+    "expose_headers",
+    "max_age",
+    "allow_credentials",
+    "filter_enabled",  # its default_value (no runtime layer acts)
+    "shadow_enabled",  # its default_value
+    "allow_private_network_access",
+    "forward_not_matching_preflights",
+)
+_CMP = "envoy.extensions.filters.http.compressor.v3.Compressor"
+_DCMP = "envoy.extensions.filters.http.decompressor.v3.Decompressor"
+IMPLEMENTED: dict[str, tuple[str, ...]] = {
+    "envoy.config.bootstrap.v3.Bootstrap": (
+        "node",
+        "static_resources",
+        "dynamic_resources",
+        "admin",
+        "layered_runtime",
+        "stats_config",  # tag extraction and stats matcher (admin/stats_config.py)
+        # Istio's global_downstream_max_connections at a limit no process reaches (ALLOWED_IF)
+        "overload_manager",
+        "application_log_config",  # text_format: the log line format (proxy/cli.py)
+        "cluster_manager",  # checked field by field below
+        # Istio's envoy.bootstrap.internal_listener only (ALLOWED_IF, BOOTSTRAP_EXTENSIONS)
+        "bootstrap_extensions",
+        "deferred_stat_options",  # cluster traffic stats hidden until used (stats_config.py)
+        # envoy.stat_sinks.metrics_service only (proxy/metrics_sink.py)
+        "stats_sinks",
+        "stats_flush_interval",
+    ),
+    "envoy.config.metrics.v3.StatsSink": ("name", "typed_config"),
+    "envoy.config.metrics.v3.MetricsServiceConfig": (
+        "grpc_service",  # envoy_grpc to a static cluster (proxy/metrics_sink.check_config)
+        "transport_api_version",  # V3 (or unset), as Envoy 1.40
+        "report_counters_as_deltas",
+        "emit_tags_as_labels",
+        "histogram_emit_mode",
+        "batch_size",
+    ),
+    # xDS (sofamesh.xds): ADS over one envoy_grpc service, state of the world or Delta;
+    # LDS, CDS, EDS and RDS through it, or each through its own api_config_source (GRPC,
+    # DELTA_GRPC) or a watched file (path_config_source, the deprecated path).
+    "envoy.config.bootstrap.v3.Bootstrap.DynamicResources": (
+        "ads_config",
+        "cds_config",
+        "lds_config",
+    ),
+    "envoy.config.core.v3.ApiConfigSource": (
+        "api_type",  # GRPC or DELTA_GRPC (ALLOWED_IF)
+        "transport_api_version",
+        "grpc_services",
+        "set_node_on_first_message_only",
+    ),
+    # timeout: the call's deadline where a unary call is made (the OTLP export)
+    "envoy.config.core.v3.GrpcService": ("envoy_grpc", "timeout"),
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc": ("cluster_name",),
+    "envoy.config.core.v3.ConfigSource": (
+        "ads",
+        "api_config_source",
+        "path_config_source",
+        "path",
+        "resource_api_version",
+        "initial_fetch_timeout",
+    ),
+    "envoy.config.core.v3.PathConfigSource": ("path", "watched_directory"),
+    "envoy.config.core.v3.WatchedDirectory": ("path",),
+    _CL + "Cluster.EdsClusterConfig": ("eds_config", "service_name"),
+    _HCM + "Rds": ("config_source", "route_config_name"),
+    _CL + "Cluster.CommonLbConfig": (
+        "healthy_panic_threshold",  # panic mode (upstream.pyx Cluster.update_health)
+        "update_merge_window",  # read for health check updates (EDS changes apply at once)
+        "locality_weighted_lb_config",  # upstream.pyx Cluster._choose_level
+    ),
+    _CL + "Cluster.CommonLbConfig.LocalityWeightedLbConfig": (),
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters", "secrets"),
+    "envoy.config.bootstrap.v3.Admin": ("address", "access_log", "access_log_path", "profile_path"),
+    _LS + "Listener": (
+        "name",
+        "address",
+        "stat_prefix",
+        "filter_chains",
+        "per_connection_buffer_limit_bytes",
+        "traffic_direction",
+        "listener_filters",  # each judged by the filter registry
+        # several chains, TLS and listener filters: proxy/listener_chains.py
+        "default_filter_chain",
+        "listener_filters_timeout",
+        "continue_on_listener_filters_timeout",
+        "bind_to_port",  # true only (ALLOWED_IF)
+        "enable_reuse_port",  # true only
+    ),
+    # transport sockets and typed extension options are judged by type URL: an extension
+    # must be registered (register_extension) by the module that implements it
+    _LS + "FilterChain": ("filters", "transport_socket", "filter_chain_match"),
+    # proxy/listener_chains.py: Envoy's order of levels, most specific match per level
+    _LS + "FilterChainMatch": (
+        "destination_port",
+        "prefix_ranges",
+        "server_names",
+        "transport_protocol",
+        "application_protocols",
+        "direct_source_prefix_ranges",
+        "source_type",
+        "source_prefix_ranges",
+        "source_ports",
+    ),
+    # envoy.transport_sockets.tls (proxy/tls.py): OpenSSL through Python's ssl
+    _TLS + "DownstreamTlsContext": ("common_tls_context", "require_client_certificate"),
+    _TLS + "UpstreamTlsContext": ("common_tls_context", "sni"),
+    _TLS + "CommonTlsContext": (
+        "tls_params",
+        "tls_certificates",
+        "validation_context",
+        "alpn_protocols",
+        # SDS (proxy/sds.py): static_resources.secrets or sds_config (ADS, gRPC, a file)
+        "tls_certificate_sds_secret_configs",  # one
+        "validation_context_sds_secret_config",
+        "combined_validation_context",
+    ),
+    _TLS + "CommonTlsContext.CombinedCertificateValidationContext": (
+        "default_validation_context",
+        "validation_context_sds_secret_config",
+    ),
+    _TLS + "SdsSecretConfig": ("name", "sds_config"),
+    _TLS + "Secret": ("name", "tls_certificate", "validation_context"),
+    _TLS + "TlsParameters": (
+        "tls_minimum_protocol_version",
+        "tls_maximum_protocol_version",
+        "cipher_suites",  # OpenSSL names (Envoy's `[a|b]` groups are listed in order)
+    ),
+    _TLS + "TlsCertificate": ("certificate_chain", "private_key", "password"),
+    _TLS + "CertificateValidationContext": (
+        "trusted_ca",
+        "match_typed_subject_alt_names",  # checked when OpenSSL finishes the handshake
+        "match_subject_alt_names",
+        "crl",
+        "only_verify_leaf_cert_crl",
+    ),
+    _TLS + "SubjectAltNameMatcher": ("san_type", "matcher"),  # not OTHER_NAME (ALLOWED_IF)
+    _LS + "Filter": ("name", "typed_config"),
+    _LS + "ListenerFilter": ("name", "typed_config"),
+    _HCM + "HttpConnectionManager": (
+        "codec_type",
+        "stat_prefix",
+        "route_config",
+        "rds",
+        "scoped_routes",  # over ADS, one header fragment (checked by xds/scoped.py)
+        "http_filters",
+        "access_log",
+        "use_remote_address",
+        "skip_xff_append",
+        "generate_request_id",
+        "preserve_external_request_id",
+        "always_set_request_id_in_response",
+        "via",
+        "server_name",
+        "server_header_transformation",
+        "max_request_headers_kb",
+        "common_http_protocol_options",
+        "http_protocol_options",
+        "http2_protocol_options",  # codecs/http2 settings and flood limits (H2_OPTIONS)
+        "tracing",  # envoy.tracers.zipkin, envoy.tracers.opentelemetry (proxy/tracing*.py)
+        "drain_timeout",  # HTTP/2's two-step GOAWAY (http2_server.close)
+        "upgrade_configs",
+        "normalize_path",
+        "merge_slashes",
+        "strip_any_host_port",
+        "request_timeout",
+        "stream_idle_timeout",
+        "local_reply_config",
+        # KEEP_UNCHANGED / IMPLEMENTATION_SPECIFIC_DEFAULT only (ALLOWED_IF): %2F and %5C
+        # stay as they are in the path, as Envoy's default
+        "path_with_escaped_slashes_action",
+        "request_id_extension",  # envoy.request_id.uuid (the one sofamesh generates)
+        "add_user_agent",  # filters/http/hcm_user_agent.py, first in the chain
+    ),
+    _HCM + "RequestIDExtension": ("typed_config",),
+    "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": (),  # NO_EFFECT lists both
+    _HCM + "HttpFilter": ("name", "typed_config", "is_optional"),
+    _HCM + "HttpConnectionManager.Tracing": (
+        "provider",
+        "random_sampling",
+        "overall_sampling",
+        "client_sampling",  # x-client-trace-id (_core/http_tracing.pyx)
+        "custom_tags",
+        "max_path_tag_length",
+        "spawn_upstream_span",  # a CLIENT span per upstream request (proxy/tracing.py)
+    ),
+    "envoy.config.trace.v3.Tracing.Http": ("name", "typed_config"),
+    "envoy.config.trace.v3.ZipkinConfig": (
+        "collector_cluster",
+        "collector_endpoint",
+        "collector_endpoint_version",  # HTTP_JSON only (proxy/tracing.py)
+        "shared_span_context",
+        "trace_id_128bit",
+        "collector_hostname",
+    ),
+    # proxy/tracing_otel.py; resource_detectors, sampler and max_cache_size refused
+    "envoy.config.trace.v3.OpenTelemetryConfig": ("grpc_service", "http_service", "service_name"),
+    "envoy.config.core.v3.HttpService": ("http_uri", "request_headers_to_add"),
+    "envoy.config.core.v3.HttpUri": ("uri", "cluster", "timeout"),
+    "envoy.type.tracing.v3.CustomTag": ("tag", "literal", "request_header", "environment"),
+    "envoy.type.tracing.v3.CustomTag.Literal": ("value",),
+    "envoy.type.tracing.v3.CustomTag.Header": ("name", "default_value"),
+    "envoy.type.tracing.v3.CustomTag.Environment": ("name", "default_value"),
+    _RT + "Decorator": ("operation", "propagate"),  # the span's name; propagate true only
+    _HCM + "HttpConnectionManager.UpgradeConfig": ("upgrade_type", "enabled"),
+    # as HCM common_http_protocol_options (the cluster's is refused as a whole)
+    "envoy.config.core.v3.HttpProtocolOptions": ("idle_timeout", "max_headers_count"),
+    # HCM http_protocol_options, and a cluster's explicit HTTP/1 options (below);
+    # enable_trailers: the HTTP/1 codec on that side decodes and encodes trailers
+    "envoy.config.core.v3.Http1ProtocolOptions": ("accept_http_10", "enable_trailers"),
+    # a cluster's typed_extension_protocol_options (UPSTREAM_HTTP_OPTIONS)
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": (
+        "explicit_http_config",
+        "use_downstream_protocol_config",  # HTTP/2 upstream for HTTP/2 requests only
+    ),
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig": (
+        "http_protocol_options",
+        "http2_protocol_options",
+    ),
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": (
+        "http_protocol_options",
+        "http2_protocol_options",  # the cluster's pool is HTTP/2 (http2_upstream)
+    ),
+    # HCM http2_protocol_options (downstream) and a cluster's explicit HTTP/2 options
+    "envoy.config.core.v3.Http2ProtocolOptions": (
+        "max_concurrent_streams",
+        "initial_stream_window_size",
+        "initial_connection_window_size",
+        "hpack_table_size",
+        "max_outbound_frames",
+        "max_outbound_control_frames",
+        "max_consecutive_inbound_frames_with_empty_payload",
+        "max_inbound_priority_frames_per_stream",
+        "max_inbound_window_update_frames_per_data_frame_sent",
+    ),
+    _RT + "RouteConfiguration": (
+        "name",
+        "virtual_hosts",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        "validate_clusters",  # static cluster references are checked unless false
+        "max_direct_response_body_size_bytes",  # checked as Envoy does (config/validate.py)
+        "ignore_port_in_host_matching",  # proxy/routes.py compile_route_config
+    ),
+    _RT + "VirtualHost": (
+        "name",
+        "domains",
+        "routes",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        "typed_per_filter_config",
+        "cors",  # deprecated; read by envoy.filters.http.cors (filters/http/cors.py)
+        "rate_limits",  # read by envoy.filters.http.ratelimit (filters/http/ratelimit.py)
+    ),
+    _RT + "Route": (
+        "name",
+        "match",
+        "route",
+        "redirect",
+        "direct_response",
+        "typed_per_filter_config",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        "decorator",  # the trace span's name (proxy/tracing.py)
+    ),
+    _RT + "RouteMatch": (
+        "prefix",
+        "path",
+        "safe_regex",
+        "path_separated_prefix",
+        "case_sensitive",
+        "headers",
+        "query_parameters",
+        "grpc",  # content-type application/grpc (proxy/routes.py)
+    ),
+    _RT + "RouteAction.MaxStreamDuration": (
+        "grpc_timeout_header_max",
+        "grpc_timeout_header_offset",
+        # 0s only (ALLOWED_IF): no limit on the route's streams, as the HCM sets none (its
+        # max_stream_duration is refused)
+        "max_stream_duration",
+    ),
+    _RT + "RouteAction": (
+        "cluster",
+        "weighted_clusters",
+        "prefix_rewrite",
+        "regex_rewrite",
+        "host_rewrite_literal",
+        "auto_host_rewrite",
+        "timeout",
+        "retry_policy",
+        "upgrade_configs",
+        "request_mirror_policies",
+        "host_rewrite_header",
+        "hash_policy",
+        "max_stream_duration",  # grpc_timeout_header_max / _offset (gRPC request timeouts)
+        "cors",  # deprecated; read by envoy.filters.http.cors (filters/http/cors.py)
+        "rate_limits",  # read by envoy.filters.http.ratelimit (filters/http/ratelimit.py)
+        "include_vh_rate_limits",
+    ),
+    _RT + "RouteAction.HashPolicy": ("header", "terminal"),
+    _RT + "RouteAction.HashPolicy.Header": ("header_name",),
+    _HCM + "LocalReplyConfig": ("mappers",),
+    _HCM + "ResponseMapper": ("filter", "status_code", "body"),
+    _RT + "RouteAction.RequestMirrorPolicy": (
+        "cluster",
+        "cluster_header",  # the request header naming the mirror cluster (http_router.pyx)
+        "runtime_fraction",  # its default_value (no runtime layer acts)
+        "disable_shadow_host_suffix_append",
+    ),
+    _RT + "RouteAction.UpgradeConfig": ("upgrade_type", "enabled"),
+    _RT + "RetryPolicy": (
+        "retry_on",
+        "num_retries",
+        "per_try_timeout",
+        "retriable_status_codes",
+        "retry_back_off",
+    ),
+    _RT + "RetryPolicy.RetryBackOff": ("base_interval", "max_interval"),
+    _RT + "WeightedCluster": ("clusters",),
+    _RT + "WeightedCluster.ClusterWeight": ("name", "weight"),
+    _RT + "RedirectAction": (
+        "https_redirect",
+        "scheme_redirect",
+        "host_redirect",
+        "port_redirect",
+        "path_redirect",
+        "prefix_rewrite",
+        "response_code",
+        "strip_query",
+    ),
+    _RT + "DirectResponseAction": ("status", "body"),
+    _RT + "HeaderMatcher": (
+        "name",
+        "exact_match",
+        "safe_regex_match",
+        "range_match",
+        "present_match",
+        "prefix_match",
+        "suffix_match",
+        "contains_match",
+        "string_match",
+        "invert_match",
+    ),
+    _RT + "QueryParameterMatcher": ("name", "string_match", "present_match"),
+    "envoy.type.matcher.v3.StringMatcher": (
+        "exact",
+        "prefix",
+        "suffix",
+        "safe_regex",
+        "contains",
+        "ignore_case",
+    ),
+    "envoy.type.matcher.v3.RegexMatcher": ("regex",),
+    "envoy.config.core.v3.HeaderValueOption": ("header", "append", "append_action"),
+    _CL + "Cluster.RingHashLbConfig": ("minimum_ring_size",),
+    _CL + "Cluster.TransportSocketMatch": ("name", "match", "transport_socket"),
+    "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions": ("enable_deferred_creation_stats",),
+    # the overload manager (issue 13): its resource monitors only, see DOWNSTREAM_CONNECTIONS
+    "envoy.config.overload.v3.OverloadManager": ("resource_monitors",),
+    "envoy.config.overload.v3.ResourceMonitor": ("name", "typed_config"),
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": (
+        "max_active_downstream_connections",
+    ),
+    "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig": ("log_format",),
+    "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat": ("text_format",),
+    # local_cluster_name, upstream_bind_config: refused
+    "envoy.config.bootstrap.v3.ClusterManager": (
+        "outlier_detection",
+        "load_stats_config",  # the LRS client (proxy/load_stats.py; GRPC, one envoy_grpc)
+    ),
+    "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection": (
+        "event_log_path",  # created at start (proxy/cli.py); outlier detection writes to it
+    ),
+    # admin/stats_config.py: Envoy's tag extractors (std::regex syntax) and stats matcher
+    "envoy.config.metrics.v3.StatsConfig": (
+        "stats_tags",
+        "use_all_default_tags",
+        "stats_matcher",
+        "histogram_bucket_settings",  # bounds among the default ones (checked by validate)
+    ),
+    "envoy.config.metrics.v3.HistogramBucketSettings": ("match", "buckets"),
+    "envoy.config.metrics.v3.TagSpecifier": ("tag_name", "regex", "fixed_value"),
+    "envoy.config.metrics.v3.StatsMatcher": ("reject_all", "exclusion_list", "inclusion_list"),
+    "envoy.type.matcher.v3.ListStringMatcher": ("patterns",),
+    _CL + "Cluster": (
+        "alt_stat_name",  # the cluster's stats under cluster.<alt_stat_name>.
+        # on a cluster of pipes only (Istio's xds-grpc): TCP keepalive has no TCP socket to
+        # act on; refused elsewhere by config/validate.py
+        "upstream_connection_options",
+        "ring_hash_lb_config",
+        "name",
+        "type",
+        "connect_timeout",
+        "lb_policy",
+        "load_assignment",
+        "circuit_breakers",
+        "per_connection_buffer_limit_bytes",
+        "max_requests_per_connection",
+        "least_request_lb_config",
+        "dns_refresh_rate",
+        "dns_lookup_family",  # V4_ONLY only (ALLOWED_IF): the resolver asks for A records
+        "wait_for_warm_on_init",  # true only: DNS clusters resolve before listeners start
+        "transport_socket",  # by type URL (register_extension)
+        "transport_socket_matches",  # by endpoint metadata (proxy/tls.py UpstreamTransport)
+        "typed_extension_protocol_options",  # by type URL (register_extension)
+        "eds_cluster_config",
+        "common_lb_config",
+        "health_checks",  # one (proxy/health_check.py)
+        "outlier_detection",  # proxy/outlier.py (not with health_checks: refused there)
+        # upstream network filters: Istio's own only, passed through (filters/istio.py;
+        # config/validate.py refuses any other)
+        "filters",
+    ),
+    # outlier detection (proxy/outlier.py; `monitors` refused there by path)
+    _CL + "OutlierDetection": (
+        "consecutive_5xx",
+        "interval",
+        "base_ejection_time",
+        "max_ejection_percent",
+        "enforcing_consecutive_5xx",
+        "enforcing_success_rate",
+        "success_rate_minimum_hosts",
+        "success_rate_request_volume",
+        "success_rate_stdev_factor",
+        "consecutive_gateway_failure",
+        "enforcing_consecutive_gateway_failure",
+        "split_external_local_origin_errors",
+        "consecutive_local_origin_failure",
+        "enforcing_consecutive_local_origin_failure",
+        "enforcing_local_origin_success_rate",
+        "failure_percentage_threshold",
+        "enforcing_failure_percentage",
+        "enforcing_failure_percentage_local_origin",
+        "failure_percentage_minimum_hosts",
+        "failure_percentage_request_volume",
+        "max_ejection_time",
+        "max_ejection_time_jitter",
+        "always_eject_one_host",
+    ),
+    # active health checking (proxy/health_check.py, proxy/health_probes.py)
+    "envoy.config.core.v3.HealthCheck": (
+        "timeout",
+        "interval",
+        "initial_jitter",
+        "interval_jitter",
+        "interval_jitter_percent",
+        "unhealthy_threshold",
+        "healthy_threshold",
+        "reuse_connection",
+        "alt_port",
+        "http_health_check",
+        "tcp_health_check",
+        "grpc_health_check",
+        "no_traffic_interval",
+        "no_traffic_healthy_interval",
+        "unhealthy_interval",
+        "unhealthy_edge_interval",
+        "healthy_edge_interval",
+        "event_log_path",  # JSON HealthCheckEvent lines
+        "always_log_health_check_failures",
+        # Envoy 1.40 writes no success events to event_log_path either (checked)
+        "always_log_health_check_success",
+    ),
+    "envoy.config.core.v3.HealthCheck.HttpHealthCheck": (
+        "host",
+        "path",
+        "request_headers_to_add",  # literal values
+        "request_headers_to_remove",
+        "expected_statuses",
+        "retriable_statuses",
+        "service_name_matcher",  # x-envoy-upstream-healthchecked-cluster (verify_cluster)
+        "codec_client_type",  # HTTP1 only (ALLOWED_IF)
+        "method",  # GET only (ALLOWED_IF)
+    ),
+    "envoy.config.core.v3.HealthCheck.TcpHealthCheck": ("send", "receive"),
+    "envoy.config.core.v3.HealthCheck.GrpcHealthCheck": ("service_name", "authority"),
+    "envoy.config.core.v3.HealthCheck.Payload": ("text", "binary"),
+    _CL + "Cluster.LeastRequestLbConfig": ("choice_count",),
+    _CL + "CircuitBreakers": ("thresholds",),
+    _CL + "CircuitBreakers.Thresholds": (
+        "max_connections",
+        "max_pending_requests",
+        "max_requests",
+        "max_retries",
+        "track_remaining",  # circuit_breakers.<priority>.remaining_* gauges (admin/backend.py)
+    ),
+    _EP + "ClusterLoadAssignment": (
+        "endpoints",
+        "policy",  # overprovisioning_factor: priority loads, panic, locality weights
+    ),
+    _EP + "ClusterLoadAssignment.Policy": ("overprovisioning_factor",),
+    # priority levels and locality weights (upstream.pyx Cluster._choose_level)
+    _EP + "LocalityLbEndpoints": ("lb_endpoints", "priority", "locality", "load_balancing_weight"),
+    "envoy.config.core.v3.Locality": ("region", "zone", "sub_zone"),
+    _EP + "LbEndpoint": ("endpoint", "load_balancing_weight", "health_status"),
+    _EP + "Endpoint": (
+        "address",
+        "health_check_config",  # port_value: health checks go to that port
+        "hostname",  # auto_host_rewrite's host, /clusters hostname
+    ),
+    _EP + "Endpoint.HealthCheckConfig": ("port_value",),
+    "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
+    "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config"),
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path",),
+    # envoy.access_loggers.stdout / stderr (proxy/stream_access_log.py): the default format
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": (),
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog": (),
+    # envoy.access_loggers.http_grpc (sofamesh.proxy.grpc_access_log)
+    "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig": ("common_config",),
+    "envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig": (
+        "log_name",
+        "grpc_service",
+        "transport_api_version",  # V3 only (the only version Envoy 1.40 has)
+        "buffer_flush_interval",
+        "buffer_size_bytes",
+    ),  # grpc_service: envoy_grpc.cluster_name (GrpcService is listed above, for ADS)
+    # envoy.access_loggers.tcp_grpc (sofamesh.proxy.tcp_grpc_access_log)
+    "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig": ("common_config",),
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": (
+        "stat_prefix",
+        "access_log",  # tcp_grpc loggers (filters/network/tcp_proxy.py)
+        "cluster",
+        "weighted_clusters",
+        "idle_timeout",
+        "max_connect_attempts",  # 1 only
+    ),
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": ("clusters",),
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": (
+        "name",
+        "weight",
+    ),
+    # RBAC (sofamesh.filters.http.rbac, sofamesh.filters.network.rbac): Principal metadata,
+    # filter_state, matcher trees, CEL conditions and audit logging are refused by path
+    "envoy.extensions.filters.http.rbac.v3.RBAC": (
+        "rules",
+        "rules_stat_prefix",
+        "shadow_rules",
+        "shadow_rules_stat_prefix",
+        "matcher",  # matcher lists on request headers (filters/http/rbac_matcher.py)
+        "shadow_matcher",
+    ),
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": ("rbac",),
+    "envoy.extensions.filters.network.rbac.v3.RBAC": (
+        "rules",
+        "shadow_rules",
+        "shadow_rules_stat_prefix",
+        "stat_prefix",
+        "enforcement_type",  # ONE_TIME_ON_FIRST_BYTE only (ALLOWED_IF)
+    ),
+    "envoy.config.rbac.v3.RBAC": ("action", "policies"),
+    "envoy.config.rbac.v3.Policy": ("permissions", "principals"),
+    "envoy.config.rbac.v3.Permission": (
+        "and_rules",
+        "or_rules",
+        "any",
+        "header",
+        "url_path",
+        "destination_ip",
+        "destination_port",
+        "destination_port_range",
+        "not_rule",
+        "requested_server_name",  # the TLS SNI (empty for plaintext)
+    ),
+    "envoy.config.rbac.v3.Permission.Set": ("rules",),
+    "envoy.config.rbac.v3.Principal": (
+        "and_ids",
+        "or_ids",
+        "any",
+        "source_ip",
+        "direct_remote_ip",
+        "remote_ip",
+        "header",
+        "url_path",
+        "not_id",
+        "authenticated",  # a verified peer certificate (mTLS)
+    ),
+    "envoy.config.rbac.v3.Principal.Set": ("ids",),
+    "envoy.config.rbac.v3.Principal.Authenticated": ("principal_name",),
+    "envoy.type.matcher.v3.PathMatcher": ("path",),
+    "envoy.config.core.v3.CidrRange": ("address_prefix", "prefix_len"),
+    "envoy.type.v3.Int32Range": ("start", "end"),
+    # envoy.filters.http.cors (filters/http/cors.py): the filter has no options; the policy
+    # is per route / virtual host (typed_per_filter_config, or the deprecated `cors` fields)
+    "envoy.extensions.filters.http.cors.v3.Cors": (),
+    "envoy.extensions.filters.http.cors.v3.CorsPolicy": _CORS_POLICY,
+    _RT + "CorsPolicy": _CORS_POLICY,
+    # envoy.filters.http.compressor (filters/http/compressor.py, compression.py): response
+    # compression; request_direction_config, choose_first, status_header_enabled and the
+    # deprecated top-level twins are refused
+    _CMP: ("compressor_library", "response_direction_config"),
+    _CMP + ".ResponseDirectionConfig": (
+        "common_config",
+        "disable_on_etag_header",
+        "remove_accept_encoding_header",
+        "uncompressible_response_codes",
+    ),
+    _CMP + ".CommonDirectionConfig": ("enabled", "min_content_length", "content_type"),
+    _CMP + "PerRoute": ("disabled",),
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip": (
+        "memory_level",
+        "compression_level",
+        "compression_strategy",
+        "window_bits",
+    ),
+    "envoy.extensions.compression.brotli.compressor.v3.Brotli": (
+        "quality",
+        "encoder_mode",
+        "window_bits",
+        "input_block_bits",
+    ),
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd": (
+        "compression_level",
+        "enable_checksum",
+    ),
+    # envoy.filters.http.csrf (filters/http/csrf.py): filter config and per-route policy
+    "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": (
+        "filter_enabled",  # its default_value (no runtime layer acts)
+        "shadow_enabled",  # its default_value
+        "additional_origins",
+    ),
+    # envoy.filters.http.decompressor (filters/http/decompressor.py)
+    _DCMP: ("decompressor_library", "request_direction_config", "response_direction_config"),
+    _DCMP + ".RequestDirectionConfig": ("common_config", "advertise_accept_encoding"),
+    _DCMP + ".ResponseDirectionConfig": ("common_config",),
+    _DCMP + ".CommonDirectionConfig": ("enabled", "ignore_no_transform_header"),
+    "envoy.extensions.compression.gzip.decompressor.v3.Gzip": (
+        "window_bits",
+        "max_inflate_ratio",
+        "chunk_size",  # the output piece max_inflate_ratio is checked after
+    ),
+    "envoy.extensions.compression.brotli.decompressor.v3.Brotli": (),
+    # envoy.filters.http.grpc_http1_bridge (filters/http/grpc_http1_bridge.py): the
+    # application/x-protobuf upgrade options are refused
+    "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config": (),
+    # envoy.filters.http.health_check (filters/http/health_check.py): cache_time refused
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck": (
+        "pass_through_mode",
+        "cluster_min_healthy_percentages",
+        "headers",
+    ),
+    "envoy.extensions.compression.zstd.decompressor.v3.Zstd": (),
+    # envoy.filters.http.ratelimit (filters/http/ratelimit.py): the rate-limit service call
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimit": (
+        "domain",
+        "stage",
+        "request_type",
+        "timeout",
+        "failure_mode_deny",
+        "rate_limit_service",
+        "enable_x_ratelimit_headers",
+        "disable_x_envoy_ratelimited_header",
+        "rate_limited_status",
+        "response_headers_to_add",
+        "status_on_error",
+        "rate_limits",
+    ),
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute": (
+        "vh_rate_limits",
+        "rate_limits",
+        "domain",
+    ),
+    "envoy.config.ratelimit.v3.RateLimitServiceConfig": ("grpc_service", "transport_api_version"),
+    _RT + "RateLimit": ("stage", "actions"),
+    _RT + "RateLimit.Action": (
+        "source_cluster",
+        "destination_cluster",
+        "request_headers",
+        "query_parameters",
+        "remote_address",
+        "masked_remote_address",
+        "generic_key",
+        "header_value_match",
+    ),
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": (
+        "stat_prefix",
+        "status",
+        "token_bucket",
+        # RPC calls by service and method (filters/network/rpc_quota.py); the HTTP filter
+        # refuses them at load (_core/ratelimit.pyx LocalRateLimit.from_proto)
+        "descriptors",
+        "filter_enabled",
+        "filter_enforced",
+        "response_headers_to_add",
+    ),
+}
