@@ -481,7 +481,5 @@ def _mirrors(a, apath, clusters) -> list:
         if mp.HasField("runtime_fraction"):
             dv = mp.runtime_fraction.default_value
             share = min(1_000_000, dv.numerator * _PER_MILLION.get(dv.denominator, 1))
-        out.append(
-            (mp.cluster or None, share, bool(mp.disable_shadow_host_suffix_append), hdr)
-        )
+        out.append((mp.cluster or None, share, bool(mp.disable_shadow_host_suffix_append), hdr))
     return out
