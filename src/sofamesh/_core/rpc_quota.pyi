@@ -1,4 +1,5 @@
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sofamesh._core.ratelimit import TokenBucket
 from sofamesh._core.rlqs import RlqsFilter
