@@ -105,6 +105,10 @@ def _call(port: int, path: str, body: bytes, ctype: str = "application/grpc"):
         r = c.getresponse()
         data = r.read()
         hs = sorted((k.lower(), v) for k, v in r.getheaders() if k.lower() not in VOLATILE)
+        # Envoy adds `connection: close` to the trailers-only answer for an unknown method
+        # in some runs and not in others (grpcio resets the stream right after its HEADERS;
+        # seen 1 run in 6): each call has a connection of its own, so it changes nothing here
+        hs = [kv for kv in hs if kv != ("connection", "close")]
         return r.status, hs, data
     finally:
         c.close()
