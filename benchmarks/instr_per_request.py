@@ -67,11 +67,27 @@ def _start_mixer(td: str) -> tuple[subprocess.Popen, int]:
 REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello"
 
 
-def _upstream() -> tuple[socket.socket, int]:
-    """A keep-alive HTTP/1.1 upstream answering every request with 5 bytes."""
+def _listen(serve) -> tuple[socket.socket, int]:
+    """A loopback listener on a free port whose connections each get a `serve(conn)` thread;
+    returns the listening socket (close it to stop) and its port."""
     ls = socket.socket()
     ls.bind(("127.0.0.1", 0))
     ls.listen(16)
+
+    def accept() -> None:
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls, ls.getsockname()[1]
+
+
+def _upstream() -> tuple[socket.socket, int]:
+    """A keep-alive HTTP/1.1 upstream answering every request with 5 bytes."""
 
     def serve(c: socket.socket) -> None:
         buf = b""
@@ -85,16 +101,7 @@ def _upstream() -> tuple[socket.socket, int]:
                     _, buf = buf.split(b"\r\n\r\n", 1)
                     c.sendall(REPLY)
 
-    def accept() -> None:
-        while True:
-            try:
-                c, _ = ls.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return ls, ls.getsockname()[1]
+    return _listen(serve)
 
 
 def _h1_client(port: int, n: int) -> None:
@@ -184,9 +191,6 @@ def _rpc_frames(proto: str):
 def _rpc_upstream(proto: str) -> tuple[socket.socket, int]:
     """An RPC upstream answering every request (framed with sofamesh's codecs)."""
     decoder, _, reply = _rpc_frames(proto)
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(16)
 
     def serve(c: socket.socket) -> None:
         dec = decoder()
@@ -199,16 +203,7 @@ def _rpc_upstream(proto: str) -> tuple[socket.socket, int]:
                 if out:
                     c.sendall(b"".join(out))
 
-    def accept() -> None:
-        while True:
-            try:
-                c, _ = ls.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return ls, ls.getsockname()[1]
+    return _listen(serve)
 
 
 def _rpc_client(proto: str, port: int, n: int) -> None:
@@ -229,9 +224,6 @@ def _rpc_client(proto: str, port: int, n: int) -> None:
 
 def _collector() -> tuple[socket.socket, int]:
     """A Zipkin collector that takes every POST (202), keep-alive."""
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(16)
 
     def serve(c: socket.socket) -> None:
         buf = b""
@@ -253,16 +245,7 @@ def _collector() -> tuple[socket.socket, int]:
                 buf = buf[need:]
                 c.sendall(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
 
-    def accept() -> None:
-        while True:
-            try:
-                c, _ = ls.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return ls, ls.getsockname()[1]
+    return _listen(serve)
 
 
 def _rpc_bootstrap(
