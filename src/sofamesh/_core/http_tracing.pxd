@@ -10,6 +10,10 @@ cdef enum:
     TRACE_B3 = 0        # Zipkin: x-b3-* headers
     TRACE_W3C = 1       # OpenTelemetry: traceparent / tracestate
     TRACE_SW8 = 2       # SkyWalking: sw8, written by proxy/tracing_skywalking.py at _attach
+    # TRACE_PY: the provider's own context, read and written in Python by the tracer's
+    # new_context() -> a TraceCtx subclass, start_context(t, h) and context_headers(t) ->
+    # ((name, value), ...) set on the upstream request (Datadog: proxy/tracing_datadog.py)
+    TRACE_PY = 3
 
 cdef bytes new_span_id()
 cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg)

@@ -71,7 +71,8 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
     overall_sampling). Zipkin continues an incoming B3 context (shared_span_context: the
     caller's span id), x-b3-sampled honoured; OpenTelemetry continues a traceparent (a child
     of the caller's span, sampled when both the caller and the decision say so)."""
-    cdef TraceCtx t = TraceCtx.__new__(TraceCtx)
+    cdef TraceCtx t = TraceCtx.__new__(TraceCtx) if cfg.trace_kind != TRACE_PY \
+        else cfg.tracer.new_context()
     if cfg.trace_client_ppm > 0 and h.find_from("x-client-trace-id", 17, 0) >= 0 and \
             <long long>(rng_next() % 1000000) < cfg.trace_client_ppm:
         t.decision = True
@@ -86,6 +87,8 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
         start_w3c(t, h)
     elif cfg.trace_kind == TRACE_SW8:
         start_sw8(t, h)
+    elif cfg.trace_kind == TRACE_PY:
+        cfg.tracer.start_context(t, h)      # never raises (the provider's contract)
     else:
         start_b3(t, h, cfg)
     return t
@@ -172,6 +175,11 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
     _drop(h, "x-envoy-force-trace", 19)
     if cfg.trace_kind == TRACE_SW8:
         pass    # sw8 names the upstream host: written when it is chosen (RouterStream._attach)
+    elif cfg.trace_kind == TRACE_PY:
+        if t.trace_id is not None:
+            for name, value in cfg.tracer.context_headers(t):
+                h.remove(name)
+                h.add(name, value)
     elif cfg.trace_kind == TRACE_W3C:
         if t.trace_id is not None:
             h.remove(b"traceparent")

@@ -220,6 +220,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     # proxy/tracing_otel.py; resource_detectors, sampler and max_cache_size refused
     "envoy.config.trace.v3.OpenTelemetryConfig": ("grpc_service", "http_service", "service_name"),
+    # proxy/tracing_datadog.py; remote_config (Envoy polls the agent's /v0.7/config) refused
+    "envoy.config.trace.v3.DatadogConfig": (
+        "collector_cluster",
+        "service_name",
+        "collector_hostname",
+    ),
     "envoy.config.core.v3.HttpService": ("http_uri", "request_headers_to_add"),
     "envoy.config.core.v3.HttpUri": ("uri", "cluster", "timeout"),
     "envoy.type.tracing.v3.CustomTag": ("tag", "literal", "request_header", "environment"),

@@ -30,6 +30,7 @@ _BUILTIN = [
     "sofamesh.proxy.tcp_grpc_access_log",  # envoy.access_loggers.tcp_grpc (tcp_proxy)
     "sofamesh.proxy.stream_access_log",  # envoy.access_loggers.stdout / stderr
     "sofamesh.proxy.tracing_skywalking",  # tracer envoy.tracers.skywalking
+    "sofamesh.proxy.tracing_datadog",  # tracer envoy.tracers.datadog
     "sofamesh.proxy.metrics_sink",  # stats sink envoy.stat_sinks.metrics_service
     "sofamesh.proxy.tracing",  # tracer envoy.tracers.zipkin
 ]

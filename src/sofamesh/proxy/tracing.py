@@ -180,6 +180,7 @@ class HttpCollector:
         self.cluster = cluster
         self.reader: Any = None
         self.writer: Any = None
+        self.body = b""  # the last response's body
 
     def host(self) -> Any:
         cl = self.server.clusters.get(self.cluster)
@@ -237,14 +238,16 @@ class HttpCollector:
                 chunked = True
             elif k == "connection" and v == "close":
                 close = True
+        body = b""  # kept for a caller that reads the answer (the Datadog agent's rates)
         if chunked:
             while True:
                 n = int((await self.reader.readline()).split(b";")[0], 16)
-                await self.reader.readexactly(n + 2)
+                body += (await self.reader.readexactly(n + 2))[:n]
                 if n == 0:
                     break
         elif length:
-            await self.reader.readexactly(length)
+            body = await self.reader.readexactly(length)
+        self.body = body
         if close:
             self.drop()
         return status
