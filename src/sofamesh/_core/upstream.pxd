@@ -5,6 +5,7 @@
 # (`idle`, `waiting`) and are driven by sofamesh._core.http_proxy.
 
 from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
+from sofamesh._core.zone_aware cimport ZoneRouting
 
 # Host.outcome() results that are not HTTP statuses (Envoy's Outlier::Result)
 cdef enum:
@@ -163,6 +164,11 @@ cdef class Cluster:
     cdef public int overprovisioning
     cdef public bint locality_weighted
     cdef readonly list levels
+    # zone-aware routing over priority 0 (proxy/zone_aware.py), or None; `watchers`
+    # (dict[str, Callable[[], None]], or None) are called after each update_health: the
+    # zone state of this cluster and of those whose local cluster this is is recomputed
+    cdef public ZoneRouting zone
+    cdef public dict watchers
 
     cdef Host choose(self)
     cdef Host _choose_level(self)

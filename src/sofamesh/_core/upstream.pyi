@@ -1,7 +1,8 @@
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sofamesh._core.stats import Counter, Gauge, Histogram, Store
+from sofamesh._core.zone_aware import ZoneRouting
 
 LB_POLICIES: dict[str, int]
 CLUSTER_COUNTERS: tuple[str, ...]
@@ -60,6 +61,10 @@ class OutlierMonitor:
     ) -> None: ...
     def report(self, result: int) -> int: ...
 
+class HostSet:
+    hosts: tuple[Host, ...]
+    def __init__(self, hosts: tuple[Host, ...]) -> None: ...
+
 class Cluster:
     name: str
     config: Any
@@ -77,6 +82,8 @@ class Cluster:
     panic: bool
     lb_healthy_panic: Counter
     outlier: Any  # proxy.outlier.Detector | WorkerDetector | None
+    zone: ZoneRouting | None  # zone-aware routing (proxy/zone_aware.py)
+    watchers: dict[str, Callable[[], None]] | None  # called after each update_health
     membership_healthy: Gauge
     upstream_rq_total: Counter
     upstream_cx_active: Gauge

@@ -5,6 +5,7 @@ from bisect import bisect_left
 
 from sofamesh._core.router cimport rng_next
 from sofamesh._core.stats cimport Counter, Store
+from sofamesh._core.zone_aware cimport ZONE_FAIL
 
 LB_POLICIES = {"ROUND_ROBIN": LB_ROUND_ROBIN, "LEAST_REQUEST": LB_LEAST_REQUEST,
                "RANDOM": LB_RANDOM, "RING_HASH": LB_RING_HASH}
@@ -297,21 +298,27 @@ cdef class Cluster:
         self.membership_healthy.set(healthy)
         if self.levels is not None:
             self._level_health()
-            return
-        self.panic = (
-            n > 0
-            and 100.0 * healthy < self.panic_threshold * n
-            and self.overprovisioning * healthy < 100 * n
-        )
+        else:
+            self.panic = (
+                n > 0
+                and 100.0 * healthy < self.panic_threshold * n
+                and self.overprovisioning * healthy < 100 * n
+            )
+        if self.watchers:
+            for f in list(self.watchers.values()):
+                f()
 
     def _build_levels(self):
         """Groups the hosts into priority levels (gaps are empty levels, as in Envoy) and,
         with locality-weighted balancing, each level into localities in config order.
-        One level without locality weights leaves `levels` None: choose()'s fast path."""
+        One level without locality weights or zone routing leaves `levels` None:
+        choose()'s fast path."""
         cdef Host h
         cdef HostSet s, loc
         top = max([h.priority for h in self.hosts], default=0)
-        if (top == 0 and not self.locality_weighted) or self.lb_policy == LB_RING_HASH:
+        if (
+            top == 0 and not self.locality_weighted and self.zone is None
+        ) or self.lb_policy == LB_RING_HASH:
             self.levels = None
             return
         old = {}
@@ -475,9 +482,10 @@ cdef class Cluster:
     cdef Host _choose_level(self):
         """Envoy's choosePriority (a random number mod 100 against the levels' cumulative
         loads), then in that level: any host in panic, else a locality by smooth weighted
-        round robin over effective weights (locality-weighted), else its healthy hosts."""
+        round robin over effective weights (locality-weighted), else (priority 0 with zone
+        routing) a locality by zone_aware.ZoneRouting, else its healthy hosts."""
         cdef HostSet s = None, loc, best
-        cdef int r = <int>(rng_next() % 100)
+        cdef int r = <int>(rng_next() % 100), z
         cdef double total
         for s in self.levels:
             if r < s.load_end:
@@ -486,7 +494,15 @@ cdef class Cluster:
             return None
         if s.panic:
             self.lb_healthy_panic.inc()
+            if self.zone is not None and self.zone.fail_on_panic:
+                return None
             return self._pick_in(s, True)
+        if self.zone is not None and s is self.levels[0]:
+            z = self.zone.choose()
+            if z >= 0:
+                return self._pick_in(<HostSet>self.zone.localities[z], False)
+            if z == ZONE_FAIL:
+                return None
         if s.localities is not None:
             best = None
             total = 0

@@ -93,8 +93,14 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "healthy_panic_threshold",  # panic mode (upstream.pyx Cluster.update_health)
         "update_merge_window",  # read for health check updates (EDS changes apply at once)
         "locality_weighted_lb_config",  # upstream.pyx Cluster._choose_level
+        "zone_aware_lb_config",  # proxy/zone_aware.py, _core/zone_aware.pyx
     ),
     _CL + "Cluster.CommonLbConfig.LocalityWeightedLbConfig": (),
+    _CL + "Cluster.CommonLbConfig.ZoneAwareLbConfig": (
+        "routing_enabled",
+        "min_cluster_size",
+        "fail_traffic_on_panic",
+    ),
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters", "secrets"),
     "envoy.config.bootstrap.v3.Admin": ("address", "access_log", "access_log_path", "profile_path"),
     _LS + "Listener": (
@@ -401,8 +407,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig": ("log_format",),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat": ("text_format",),
-    # local_cluster_name, upstream_bind_config: refused
+    # upstream_bind_config: refused
     "envoy.config.bootstrap.v3.ClusterManager": (
+        "local_cluster_name",  # zone-aware routing (proxy/zone_aware.py); a static cluster
         "outlier_detection",
         "load_stats_config",  # the LRS client (proxy/load_stats.py; GRPC, one envoy_grpc)
     ),

@@ -692,6 +692,11 @@ class _Checker:
                     f"cluster manager: duplicate cluster '{c.name}'",
                 )
             seen[c.name] = i
+        local = bootstrap.cluster_manager.local_cluster_name  # zone-aware routing
+        if local and local not in seen:
+            self.reference(
+                "cluster_manager.local_cluster_name", f"local cluster '{local}' must be defined"
+            )
         for i, c in enumerate(bootstrap.static_resources.clusters):
             if c.WhichOneof("cluster_discovery_type") in ("type", None) and c.type == 0:  # STATIC
                 for ei, e in enumerate(c.load_assignment.endpoints):

@@ -34,7 +34,7 @@ from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.upstream import Host
-from sofamesh.proxy import localities, sds
+from sofamesh.proxy import localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config, compile_vhosts
 from sofamesh.xds.checks import ResourceChecks
@@ -568,6 +568,7 @@ class DynamicConfig:
         if rt.dns_task is not None:
             rt.dns_task.cancel()
         sds.manager(self.server).forget(_cluster_tls(rt.cluster))  # its secrets: no longer asked
+        zone_aware.forget(self.server, rt.cluster)  # no longer told of the local cluster
         if getattr(rt.cluster, "outlier", None) is not None:  # its detector stops (outlier.py)
             rt.cluster.outlier.stop()
         for h in rt.cluster.hosts or ():

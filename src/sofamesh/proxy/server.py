@@ -16,7 +16,7 @@ from typing import Any
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.stats import Store
 from sofamesh._core.upstream import Cluster
-from sofamesh.proxy import localities, sds
+from sofamesh.proxy import localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.http_options import dur as _dur
 from sofamesh.proxy.http_options import upstream_h2 as _upstream_h2
@@ -147,6 +147,7 @@ class Server:
             rt = self._build_cluster(c, path)
             self.clusters[c.name] = rt.cluster
             self._rt[c.name] = rt
+        zone_aware.link(self)  # each cluster's zone routing watches the local cluster
 
     def _build_cluster(self, c: Any, path: str) -> _ClusterRuntime:
         """One cluster, not yet in `self.clusters` (static ones at start-up, CDS ones when
@@ -254,6 +255,7 @@ class Server:
         if lb.HasField("healthy_panic_threshold"):  # else Envoy's 50%
             cl.panic_threshold = lb.healthy_panic_threshold.value
             cl.update_health()
+        zone_aware.configure(self, cl, c)  # local_cluster_name, zone_aware_lb_config
         localities.configure(cl, c)  # priority levels, locality weights
         od = outlier.parse(c, path)  # outlier_detection (proxy/outlier.py)
         if od is not None:

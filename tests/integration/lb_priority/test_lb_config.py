@@ -1,5 +1,5 @@
 """What `sofamesh proxy --mode validate` says of priority and locality options Envoy 1.40
-accepts: implemented ones load, the rest are refused by name."""
+accepts: implemented ones load (zone-aware routing too), the rest are refused by name."""
 
 from __future__ import annotations
 
@@ -53,7 +53,26 @@ def test_ring_hash_with_priorities_is_refused_by_name(tmp_path):
     ) in r.stderr, r.stderr
 
 
-def test_zone_aware_routing_is_refused_by_name(tmp_path):
-    r = _validate(tmp_path, _doc("ROUND_ROBIN", zone_aware_lb_config={}))
+@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"])
+def test_zone_aware_routing_loads(tmp_path, policy):
+    """zone_aware_lb_config and a local cluster load (RING_HASH ignores them, as Envoy's
+    ring hash does); a local cluster that is not defined is refused as Envoy refuses it."""
+    doc = _doc(
+        policy,
+        zone_aware_lb_config={
+            "routing_enabled": {"value": 50},
+            "min_cluster_size": 3,
+            "fail_traffic_on_panic": True,
+        },
+    )
+    if policy == "RING_HASH":  # no priority levels with RING_HASH (refused above)
+        for e in doc["static_resources"]["clusters"][0]["load_assignment"]["endpoints"]:
+            e.pop("priority", None)
+    doc["node"] = {"id": "n", "cluster": "c", "locality": {"zone": "a"}}
+    doc["cluster_manager"] = {"local_cluster_name": "c"}
+    r = _validate(tmp_path, doc)
+    assert r.returncode == 0, r.stderr
+    doc["cluster_manager"] = {"local_cluster_name": "nope"}
+    r = _validate(tmp_path, doc)
     assert r.returncode == 1
-    assert "common_lb_config.zone_aware_lb_config" in r.stderr, r.stderr
+    assert "cluster_manager.local_cluster_name: local cluster 'nope' must be defined" in r.stderr
