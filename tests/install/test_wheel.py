@@ -230,6 +230,17 @@ def test_validate_accepts_each_protocol(installed, kind):
     assert f"configuration '{path}' OK" in out.stdout
 
 
+def test_lua_without_lupa_is_refused_by_name(installed):
+    """The wheel's own dependencies leave out lupa (the `lua` extra): Envoy's Lua cluster
+    specifier example is refused by name, with how to get it."""
+    path = ROOT / "tests" / "fixtures" / "envoy-examples" / "lua-cluster-specifier_envoy.yaml"
+    out = installed.run("proxy", "--mode", "validate", "-c", str(path))
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    assert "inline_cluster_specifier_plugin" in text and "needs the lupa package" in text, text
+    assert "pip install 'sofamesh[lua]'" in text, text
+
+
 def test_one_proxy_serves_every_protocol(installed, tmp_path):
     web = RecordingUpstream(("web",)).start()
     try:

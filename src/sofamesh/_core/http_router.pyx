@@ -19,7 +19,7 @@ from sofamesh._core.http_common cimport (
 )
 from sofamesh._core.http_stream cimport HttpFilter, HttpStream, add_formatted, FILTER_STOP
 from sofamesh._core.router cimport (
-    Route, rng_next, RA_DIRECT, RA_REDIRECT,
+    Route, rng_next, RA_DIRECT, RA_REDIRECT, RA_PLUGIN,
     RETRY_5XX, RETRY_GATEWAY, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_RETRIABLE_4XX,
     RETRY_STATUS_CODES, RETRY_REFUSED_STREAM, RETRY_GRPC,
 )
@@ -111,7 +111,10 @@ cdef class RouterStream(HttpStream):
             cfg.rq_direct_response.inc()    # Envoy counts redirects here too
             return self._local_reply(route.status, b"", (b"location", self._location()),
                                      False)
-        name = route.pick_cluster()
+        if route.action == RA_PLUGIN:     # Lua (proxy/lua_cluster.py): never raises
+            name = route.plugin.cluster(self.head, cfg.clusters)
+        else:
+            name = route.pick_cluster()
         cl = cfg.clusters.get(name)
         if cl is None:
             cfg.no_cluster.inc()

@@ -27,6 +27,7 @@ cdef enum:
     RA_WEIGHTED = 1
     RA_DIRECT = 2
     RA_REDIRECT = 3
+    RA_PLUGIN = 4           # a cluster specifier plugin names the cluster per request
 
 # retry_on bits
 cdef enum:
@@ -124,6 +125,8 @@ cdef class Route:
     cdef readonly double grpc_timeout_max
     cdef readonly double grpc_timeout_offset  # grpc_timeout_header_offset (s)
     cdef readonly str decorator           # decorator.operation: the span's name, or None
+    # RA_PLUGIN: proxy.lua_cluster.LuaClusterSpecifier (its cluster(HeaderMap) -> str)
+    cdef readonly object plugin
     cdef bint path_matches(self, const char* p, int n, int qpos)
     cdef bint matches(self, HeaderMap h)
     cpdef str pick_cluster(self)

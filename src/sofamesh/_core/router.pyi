@@ -18,6 +18,7 @@ ACTION_CLUSTER: int
 ACTION_WEIGHTED: int
 ACTION_DIRECT: int
 ACTION_REDIRECT: int
+ACTION_PLUGIN: int
 RETRY_ON: dict[str, int]
 
 def random_u64() -> int: ...
@@ -67,6 +68,7 @@ class Route:
     vhost_name: str
     mirrors: tuple[tuple[str, int, bool], ...]  # (cluster, share per million, no -shadow suffix)
     hash_headers: tuple[tuple[bytes, bool], ...]  # hash_policy headers (lower-case, terminal)
+    plugin: Any  # ACTION_PLUGIN: proxy.lua_cluster.LuaClusterSpecifier, else None
     def __init__(self, **kw: Any) -> None: ...
     def pick_cluster(self) -> str: ...
 

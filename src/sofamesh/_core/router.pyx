@@ -142,8 +142,9 @@ cdef class Route:
                  resp_add=(), resp_remove=(), filter_config=None, upgrades=(), req_dyn=(),
                  resp_dyn=(), mirrors=(), hash_headers=(),
                  vhost_name="", double grpc_timeout_max=-1.0, double grpc_timeout_offset=0.0,
-                 decorator=None):
+                 decorator=None, plugin=None):
         self.name = name
+        self.plugin = plugin
         self.decorator = decorator or None
         self.grpc_timeout_max = grpc_timeout_max
         self.grpc_timeout_offset = grpc_timeout_offset
@@ -169,6 +170,8 @@ cdef class Route:
         self.wc_total = total
         if action == RA_WEIGHTED and total == 0:
             raise ValueError("weighted_clusters: total weight is 0")
+        if action == RA_PLUGIN and plugin is None:
+            raise ValueError("a cluster specifier plugin route needs its plugin")
         self.prefix_rewrite = _b(prefix_rewrite)
         self.host_rewrite = _b(host_rewrite)
         self.auto_host = auto_host
@@ -387,6 +390,7 @@ ACTION_CLUSTER = RA_CLUSTER
 ACTION_WEIGHTED = RA_WEIGHTED
 ACTION_DIRECT = RA_DIRECT
 ACTION_REDIRECT = RA_REDIRECT
+ACTION_PLUGIN = RA_PLUGIN
 RETRY_ON = {
     "5xx": RETRY_5XX,
     "gateway-error": RETRY_GATEWAY,

@@ -280,6 +280,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "validate_clusters",  # static cluster references are checked unless false
         "max_direct_response_body_size_bytes",  # checked as Envoy does (config/validate.py)
         "ignore_port_in_host_matching",  # proxy/routes.py compile_route_config
+        "cluster_specifier_plugins",  # Lua (proxy/lua_cluster.py)
     ),
     _RT + "VirtualHost": (
         "name",
@@ -340,6 +341,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "cors",  # deprecated; read by envoy.filters.http.cors (filters/http/cors.py)
         "rate_limits",  # read by envoy.filters.http.ratelimit (filters/http/ratelimit.py)
         "include_vh_rate_limits",
+        "inline_cluster_specifier_plugin",  # Lua (proxy/lua_cluster.py)
+        "cluster_specifier_plugin",  # names one of RouteConfiguration.cluster_specifier_plugins
     ),
     _RT + "RouteAction.HashPolicy": ("header", "terminal"),
     _RT + "RouteAction.HashPolicy.Header": ("header_name",),

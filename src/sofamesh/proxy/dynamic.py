@@ -862,6 +862,7 @@ class DynamicConfig:
             per_filter=self.server._per_filter,
             path=f"route_config[{name}]",
             reuse=self._compiled_vhosts.setdefault(name, {}),
+            stats=self.server.stats,
         )
         return None
 
@@ -872,6 +873,7 @@ class DynamicConfig:
             path=f"route_config[{name}]",
             strip_port=hcm.strip_any_host_port,
             reuse=self._compiled_vhosts.setdefault(name, {}),
+            stats=self.server.stats,
         )
 
     async def _apply_routes(self, up: Update) -> dict[str, str]:

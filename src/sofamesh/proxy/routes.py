@@ -167,12 +167,15 @@ def compile_route_config(
     path: str = "route_config",
     strip_port: bool = False,
     reuse: dict[bytes, tuple] | None = None,
+    stats: Any = None,
 ) -> R.RouteTable:
     """RouteTable from envoy.config.route.v3.RouteConfiguration (see compile_vhosts).
     The port of the host is left out of domain matching with the HCM's strip_any_host_port
     (which also rewrites the header) or the route config's ignore_port_in_host_matching
     (which does not)."""
-    vhosts = compile_vhosts(rc, clusters=clusters, per_filter=per_filter, path=path, reuse=reuse)
+    vhosts = compile_vhosts(
+        rc, clusters=clusters, per_filter=per_filter, path=path, reuse=reuse, stats=stats
+    )
     return R.RouteTable(vhosts, strip_port or rc.ignore_port_in_host_matching)
 
 
@@ -183,13 +186,15 @@ def compile_vhosts(
     per_filter: Callable[[str, Any, str], Any] | None = None,
     path: str = "route_config",
     reuse: dict[bytes, tuple] | None = None,
+    stats: Any = None,
 ) -> list[tuple[list[str], R.VirtualHost]]:
     """(domains, VirtualHost) of each virtual host of a RouteConfiguration.
 
     clusters: when given, a route to a cluster not in the set is a config error (Envoy's
     validate_clusters for static routes). per_filter(name, Any, path) compiles a
     typed_per_filter_config entry. reuse: compiled virtual hosts of the previous version
-    by their bytes (read, then refilled with this version's), for xDS updates."""
+    by their bytes (read, then refilled with this version's), for xDS updates. stats: the
+    Store counting cluster specifier plugins' script failures (proxy/lua_cluster.py)."""
     g_add, g_rm, g_abs = header_ops(rc.request_headers_to_add, rc.request_headers_to_remove)
     g_radd, g_rrm, _ = header_ops(rc.response_headers_to_add, rc.response_headers_to_remove)
     # PERF(benchmarks/xds_scale.py): one new service at 10,000 resends a route config of
@@ -197,7 +202,13 @@ def compile_vhosts(
     # change is the same compiled object (tables are immutable), unless config-wide header
     # operations or per-filter configs (compiled per call) apply to it.
     old: dict[bytes, tuple] = {}
-    if reuse is not None and clusters is None and not (g_add or g_rm or g_abs or g_radd or g_rrm):
+    # named cluster specifier plugins are compiled per version: a vhost naming one is not reused
+    plugins = _plugins(rc, path, stats)
+    if (
+        reuse is not None
+        and clusters is None
+        and not (g_add or g_rm or g_abs or g_radd or g_rrm or plugins)
+    ):
         old = dict(reuse)
         reuse.clear()
     else:
@@ -246,6 +257,7 @@ def compile_vhosts(
                     v_pf,
                     (v_add + g_add, v_rm + g_rm, v_abs + g_abs),
                     (v_radd + g_radd, v_rrm + g_rrm),
+                    (plugins, stats),
                 )
             )
         entry = (list(vh.domains), R.VirtualHost(vh.name, routes))
@@ -255,7 +267,7 @@ def compile_vhosts(
     return vhosts
 
 
-def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> R.Route:
+def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops, plugin_ctx) -> R.Route:
     m = r.match
     kw: dict[str, Any] = {"name": r.name, "vhost_name": vh_name}
     spec = m.WhichOneof("path_specifier")
@@ -330,7 +342,7 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
     kw["filter_config"] = pf
     action = r.WhichOneof("action")
     if action == "route":
-        _route_action(r.route, f"{rpath}.route", kw, clusters)
+        _route_action(r.route, f"{rpath}.route", kw, clusters, plugin_ctx)
     elif action == "direct_response":
         d = r.direct_response
         body = b""
@@ -368,7 +380,19 @@ def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops) -> 
     return R.Route(**kw)
 
 
-def _route_action(a, apath, kw, clusters) -> None:
+def _plugins(rc: Any, path: str, stats: Any) -> dict[str, Any]:
+    """RouteConfiguration.cluster_specifier_plugins compiled, by extension name."""
+    out: dict[str, Any] = {}
+    for i, p in enumerate(rc.cluster_specifier_plugins):
+        from sofamesh.proxy.lua_cluster import compile_plugin
+
+        out[p.extension.name] = compile_plugin(
+            p.extension, f"{path}.cluster_specifier_plugins[{i}]", stats
+        )
+    return out
+
+
+def _route_action(a, apath, kw, clusters, plugin_ctx=({}, None)) -> None:
     spec = a.WhichOneof("cluster_specifier")
     if spec == "cluster":
         kw.update(action=R.ACTION_CLUSTER, cluster=a.cluster)
@@ -377,6 +401,23 @@ def _route_action(a, apath, kw, clusters) -> None:
         w = [(c.name, c.weight.value) for c in a.weighted_clusters.clusters]
         kw.update(action=R.ACTION_WEIGHTED, cluster=w[0][0] if w else None, weighted=w)
         names = [n for n, _ in w]
+    elif spec == "inline_cluster_specifier_plugin":  # the plugin names the cluster
+        from sofamesh.proxy.lua_cluster import compile_plugin
+
+        plugin = compile_plugin(
+            a.inline_cluster_specifier_plugin.extension, f"{apath}.{spec}", plugin_ctx[1]
+        )
+        kw.update(action=R.ACTION_PLUGIN, cluster=plugin.default, plugin=plugin)
+        names = []
+    elif spec == "cluster_specifier_plugin":
+        plugin = plugin_ctx[0].get(a.cluster_specifier_plugin)
+        if plugin is None:
+            raise UnsupportedConfig(
+                f"{apath}.{spec}: Unknown cluster specifier plugin name: "
+                f"{a.cluster_specifier_plugin} is used in the route"
+            )
+        kw.update(action=R.ACTION_PLUGIN, cluster=plugin.default, plugin=plugin)
+        names = []
     else:
         raise UnsupportedConfig(f"{apath}: cluster specifier {spec!r} is not supported")
     if clusters is not None:

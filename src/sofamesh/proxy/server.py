@@ -586,6 +586,7 @@ class Server:
                     route_config,
                     per_filter=self._per_filter,
                     path=f"route_config[{route_config.name or listener}]",
+                    stats=self.stats,
                 )
                 return
         raise KeyError(f"no listener named {listener!r}")

@@ -65,6 +65,8 @@ EXAMPLES = [
     "websocket_envoy-wss.yaml",
     # priority levels, locality weights, endpoint hostnames and health check ports
     "locality-load-balancing_envoy.yaml",
+    # a Lua cluster specifier: header_key: fake names a cluster the example lacks (503 NC)
+    "lua-cluster-specifier_envoy.yaml",
     # not here: dynamic-config-cp (its listeners and clusters come from a control plane)
 ]
 DECODE = {
@@ -163,6 +165,7 @@ def _requests(path: str) -> list[tuple[str, dict[str, str], bytes | None]]:
         ("POST", {"host": "grpc", "content-type": "application/grpc"}, b"\0\0\0\0\1x"),
         ("POST", {"host": "grpc", "content-type": "application/grpc", "x-resp-size": "99"}, b""),
         ("GET", {"host": "grpc", "x-resp-chunked": "1"}, None),
+        ("GET", {"header_key": "fake"}, None),
     ]
 
 

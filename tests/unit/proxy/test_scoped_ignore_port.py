@@ -17,7 +17,7 @@ def _dynamic() -> DynamicConfig:
     dc._scoped_users = list  # type: ignore[method-assign]
     dc.scopes = Scopes()
     dc._compiled_vhosts = {}
-    dc.server = SimpleNamespace(_per_filter=None)
+    dc.server = SimpleNamespace(_per_filter=None, stats=None)
     return dc
 
 

@@ -92,6 +92,7 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         per_filter=server._per_filter,
         path=f"{path}.typed_config.route_config",
         strip_port=hcm.strip_any_host_port,
+        stats=server.stats,
     )
     filters: list[HttpFilter] = []
     n = len(hcm.http_filters)

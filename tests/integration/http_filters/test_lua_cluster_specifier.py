@@ -1,0 +1,208 @@
+"""The Lua cluster specifier (envoy.router.cluster_specifier_plugin.lua), Envoy 1.40 against
+`sofamesh proxy` on the same config and traffic: an inline plugin and a named one
+(RouteConfiguration.cluster_specifier_plugins) route each request to one of two clusters,
+each on its own upstream. Every request's answer (status, headers, body) and the upstream
+that got it must agree, through the script's paths: a header names the cluster, nil / a
+table / a run-time error give default_cluster, a number is coerced, an unknown cluster is
+the router's 503 (NC), repeated headers are joined, names are case-insensitive, pseudo
+headers and getCluster() read. Load-time failures (syntax, top-level error, no
+envoy_on_route) are rejected by both."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import envoy_binary, sofamesh_command
+from tests.integration.http_filters.conftest import (
+    VOLATILE,
+    ScriptedUpstream,
+    Side,
+    _distinct,
+    bootstrap,
+    typed,
+)
+from tests.support.envoy import ProxyProcess
+
+pytestmark = pytest.mark.envoy
+
+LUA_TYPE = "envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig"
+SCRIPT = """
+function envoy_on_route(route_handle)
+  local h = route_handle:headers()
+  local want = h:get("x-cluster")
+  if want == "error" then error("boom") end
+  if want == "nil" then return nil end
+  if want == "table" then return {} end
+  if want == "number" then return 7 end
+  if want == "indirect" then return h:get(h:get("x-name")) end
+  if want == "upper" then return h:get("X-Other") end
+  if want == "path" then
+    if h:get(":path") == "/named/other" then return "other" end
+    return "backend"
+  end
+  if want == "count" then
+    local c = route_handle:getCluster("other")
+    if c ~= nil and route_handle:getCluster("nope") == nil and c:numPendingRequests() == 0 then
+      return "other"
+    end
+    return "missing"
+  end
+  if want == "badget" then return h:get({}) end
+  return want or "backend"
+end
+"""
+# (x-cluster, extra headers): the traffic sent to both routes
+CASES: list[tuple[str | None, list[tuple[str, str]]]] = [
+    (None, []),
+    ("other", []),
+    ("backend", []),
+    ("missing", []),  # no such cluster: the router's no_cluster answer
+    ("error", []),  # run-time error: default_cluster
+    ("nil", []),
+    ("table", []),
+    ("number", []),  # "7": no such cluster
+    ("indirect", [("x-name", "x-other"), ("x-other", "other")]),
+    ("upper", [("x-other", "other")]),
+    ("upper", [("x-other", "other"), ("x-other", "backend")]),  # "other,backend"
+    ("path", []),
+    ("count", []),
+    ("badget", []),  # a bad argument to get(): a run-time error
+]
+
+
+def _lua(code: str, default: str = "other") -> dict:
+    return {
+        "name": "envoy.router.cluster_specifier_plugin.lua",
+        "typed_config": typed(
+            LUA_TYPE, source_code={"inline_string": code}, default_cluster=default
+        ),
+    }
+
+
+def _boot(port: int, admin: int, up_a: int, up_b: int, code: str = SCRIPT) -> dict:
+    vh = {
+        "routes": [
+            {
+                "match": {"prefix": "/named"},
+                "route": {"cluster_specifier_plugin": "envoy.router.cluster_specifier_plugin.lua"},
+            },
+            {
+                "match": {"prefix": "/"},
+                "route": {"inline_cluster_specifier_plugin": {"extension": _lua(code)}},
+            },
+        ]
+    }
+    boot = bootstrap(port, admin, up_a, [], virtual_host=vh)
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["route_config"]["cluster_specifier_plugins"] = [{"extension": _lua(code)}]
+    other = copy.deepcopy(boot["static_resources"]["clusters"][0])
+    other["name"] = other["load_assignment"]["cluster_name"] = "other"
+    sa = other["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    sa["socket_address"]["port_value"] = up_b
+    boot["static_resources"]["clusters"].append(other)
+    return boot
+
+
+class _Proxy:
+    def __init__(self, kind: str, work: Path) -> None:
+        self.a = ScriptedUpstream().start()
+        self.b = ScriptedUpstream().start()
+        port, admin = _distinct(2, {self.a.port, self.b.port})
+        boot = _boot(port, admin, self.a.port, self.b.port)
+        if kind == "envoy":
+            proc = ProxyProcess.envoy(envoy_binary(), boot, work)
+        else:
+            proc = ProxyProcess.sofamesh(sofamesh_command(), boot, work)
+        self.side = Side(kind, port, admin, proc, self.a)
+        proc.start()
+
+    def send(self, path: str, headers: list[tuple[str, str]]) -> tuple:
+        na, nb = len(self.a.records), len(self.b.records)
+        r = self.side.request("GET", path, [("host", "example.com"), *headers])
+        got = ("a" if len(self.a.records) > na else "") + ("b" if len(self.b.records) > nb else "")
+        return r.status, sorted((k, v) for k, v in r.headers if k not in VOLATILE), r.body, got
+
+    def stop(self) -> None:
+        self.side.proc.stop()
+        self.a.stop()
+        self.b.stop()
+
+
+def test_lua_cluster_specifier_routes_like_envoy(tmp_path):
+    started: list[_Proxy] = []
+    try:
+        envoy = _Proxy("envoy", tmp_path / "envoy")
+        started.append(envoy)
+        ours = _Proxy("sofamesh", tmp_path / "sofamesh")
+        started.append(ours)
+        seen = []
+        for path in ("/inline", "/named/other"):
+            for want, extra in CASES:
+                hs = ([("x-cluster", want)] if want else []) + extra
+                e = envoy.send(path, hs)
+                o = ours.send(path, hs)
+                assert o == e, (path, want, extra)
+                seen.append((path, want, o[0], o[3]))
+        # the comparison covered every outcome: each upstream, and the no-cluster 503
+        assert ("/inline", None, 200, "a") in seen
+        assert ("/inline", "other", 200, "b") in seen
+        assert ("/inline", "error", 200, "b") in seen  # default_cluster
+        assert ("/inline", "nil", 200, "b") in seen
+        assert ("/inline", "missing", 503, "") in seen
+        assert ("/inline", "number", 503, "") in seen
+        assert ("/named/other", "path", 200, "b") in seen
+        assert ("/inline", "count", 200, "b") in seen
+        es, os_ = envoy.side.stats(), ours.side.stats()
+        for k in ("http.ingress.no_cluster", "http.ingress.downstream_rq_2xx"):
+            assert os_.get(k) == es.get(k), k
+        # sofamesh counts what Envoy only logs: 2 routes x (error, badget) and (nil, table)
+        assert os_["cluster_specifier.lua.script_error"] == 4
+        assert os_["cluster_specifier.lua.non_string_return"] == 4
+        assert ours.side.request("GET", "/", [("host", "x")]).status == 200  # still serving
+    finally:
+        for p in started:
+            p.stop()
+
+
+BAD = {
+    "syntax": ("function envoy_on_route(h)\n  return 'a' +\nend\n", "script load error"),
+    "top-level error": ("error('top')\nfunction envoy_on_route(h) return 'a' end\n", "top"),
+    "no envoy_on_route": (
+        "function other(h) return 'a' end\n",
+        "envoy_on_route() function not found",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_script_rejected_by_both(case, tmp_path):
+    code, reason = BAD[case]
+    boot = _boot(10000, 10001, 10002, 10003, code)
+    cfg = tmp_path / "bootstrap.yaml"
+    cfg.write_text(yaml.safe_dump(boot))
+    e = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    o = subprocess.run(
+        [*sofamesh_command(), "proxy", "--mode", "validate", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert e.returncode != 0 and reason in e.stdout + e.stderr, e.stderr[-2000:]
+    assert o.returncode != 0, o.stdout + o.stderr
+    out = o.stdout + o.stderr
+    assert reason in out and "source_code" in out, out[-2000:]
+    if case == "syntax":  # the same Lua message, the same chunk name
+        msg = '[string "function envoy_on_route(h)..."]:3: unexpected symbol'
+        assert msg in e.stderr and msg in out
