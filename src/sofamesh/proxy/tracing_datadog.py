@@ -39,13 +39,13 @@ import json
 import logging
 import os
 import random
-import struct
 import sys
 import time
 import uuid
 from typing import Any
 
-from sofamesh._core.http_stream import TraceCtx
+from sofamesh._core.http_stream import TraceCtx  # type: ignore[attr-defined]  # no stub
+from sofamesh._core.msgpack_span import array_head, pack_span
 from sofamesh.proxy import tracing
 from sofamesh.proxy.errors import UnsupportedConfig
 
@@ -117,68 +117,6 @@ def format_rate(rate: float) -> str:
 
 def _clean(v: str, banned: str) -> str:
     return "".join("_" if (c in banned or not " " <= c <= "~") else c for c in v)
-
-
-# msgpack (https://github.com/msgpack/msgpack/blob/master/spec.md): the subset spans use
-def _pack_str(s: str, out: bytearray) -> None:
-    b = s.encode("utf-8", "surrogateescape")
-    n = len(b)
-    if n < 32:
-        out.append(0xA0 | n)
-    elif n < 0x100:
-        out += b"\xd9" + bytes((n,))
-    elif n < 0x10000:
-        out += b"\xda" + struct.pack(">H", n)
-    else:
-        out += b"\xdb" + struct.pack(">I", n)
-    out += b
-
-
-def _pack_int(v: int, out: bytearray) -> None:
-    if 0 <= v < 128:
-        out.append(v)
-    elif v >= 0:
-        out += b"\xcf" + struct.pack(">Q", v) if v > 0xFFFFFFFF else b"\xce" + struct.pack(">I", v)
-    elif v >= -32:
-        out.append(v & 0xFF)
-    else:
-        out += b"\xd3" + struct.pack(">q", v)
-
-
-def _pack_map_head(n: int, out: bytearray) -> None:
-    if n < 16:
-        out.append(0x80 | n)
-    else:
-        out += b"\xde" + struct.pack(">H", n)
-
-
-def _pack_array_head(n: int) -> bytes:
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 0x10000:
-        return b"\xdc" + struct.pack(">H", n)
-    return b"\xdd" + struct.pack(">I", n)
-
-
-def pack_span(sp: dict[str, Any]) -> bytes:
-    """One span map: str keys; values str, int, float, or str->str / str->float maps."""
-    out = bytearray()
-    _pack_map_head(len(sp), out)
-    for k, v in sp.items():
-        _pack_str(k, out)
-        if isinstance(v, str):
-            _pack_str(v, out)
-        elif isinstance(v, int):
-            _pack_int(v, out)
-        else:  # meta (str values) or metrics (float values)
-            _pack_map_head(len(v), out)
-            for mk, mv in v.items():
-                _pack_str(mk, out)
-                if isinstance(mv, str):
-                    _pack_str(mv, out)
-                else:
-                    out += b"\xcb" + struct.pack(">d", float(mv))
-    return bytes(out)
 
 
 class DatadogTracer(tracing.Tracer):
@@ -290,10 +228,10 @@ class DatadogTracer(tracing.Tracer):
         t.span_id = b"%016x" % sid
 
     @staticmethod
-    def _extract(h: Any, span_tags: dict[str, str]) -> tuple:
+    def _extract(h: Any, span_tags: dict[str, str]) -> tuple | None:
         """(hi, lo, parent, priority, origin, trace tags, extra dd tracestate, other
         vendors' tracestate) of the caller, or None; _Bad when it is unreadable."""
-        dd = None
+        dd: Any = None
         v = h.get_value(b"x-datadog-trace-id")
         pv = h.get_value(b"x-datadog-parent-id")
         if v is not None or pv is not None:
@@ -312,11 +250,11 @@ class DatadogTracer(tracing.Tracer):
                 else:
                     hi = DatadogTracer._decode_tags(raw.decode("latin-1"), ttags, span_tags, lo)
             dd = [hi, lo, pid, prio, origin, ttags, None, None]
-        w3c = None
+        w3c: Any = None
         tp = h.get_value(b"traceparent")
         if tp is not None:
             w3c = DatadogTracer._w3c(tp.decode("latin-1").strip(), h, span_tags)
-        main = dd if dd is not None and dd[1] is not None else w3c
+        main: Any = dd if dd is not None and dd[1] is not None else w3c
         if main is None or main[1] is None:
             if (dd and dd[2] is not None) or (w3c and w3c[2] is not None):
                 raise _Bad("a parent id without a trace id")
@@ -524,7 +462,7 @@ class DatadogTracer(tracing.Tracer):
             "metrics": metrics,
             "type": "web",
         }
-        self._enqueue(_pack_array_head(1) + pack_span(rec))
+        self._enqueue(array_head(1) + pack_span(rec))
 
     def report(self, records: list) -> None:  # spans are encoded whole in finish
         raise NotImplementedError
@@ -550,7 +488,7 @@ class DatadogTracer(tracing.Tracer):
         self.loop.create_task(self._send(batch))
 
     async def _send(self, batch: list[bytes]) -> None:
-        body = _pack_array_head(len(batch)) + b"".join(batch)
+        body = array_head(len(batch)) + b"".join(batch)
         headers = [
             ("x-datadog-trace-count", str(len(batch))),
             ("datadog-meta-lang", "python"),
