@@ -548,11 +548,52 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     _EP + "Endpoint.HealthCheckConfig": ("port_value",),
     "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
-    "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config"),
-    "envoy.extensions.access_loggers.file.v3.FileAccessLog": ("path",),
-    # envoy.access_loggers.stdout / stderr (proxy/stream_access_log.py): the default format
-    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": (),
-    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog": (),
+    # access loggers and their filters (proxy/access_log_config.py, log_filter.py)
+    "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config", "filter"),
+    "envoy.config.accesslog.v3.AccessLogFilter": (
+        "status_code_filter",
+        "duration_filter",
+        "not_health_check_filter",
+        "traceable_filter",
+        "runtime_filter",  # the default fraction: no runtime layer overrides it
+        "and_filter",
+        "or_filter",
+        "header_filter",
+        "response_flag_filter",
+        "grpc_status_filter",
+    ),
+    "envoy.config.accesslog.v3.StatusCodeFilter": ("comparison",),
+    "envoy.config.accesslog.v3.DurationFilter": ("comparison",),
+    "envoy.config.accesslog.v3.ComparisonFilter": ("op", "value"),
+    "envoy.config.core.v3.RuntimeUInt32": ("default_value", "runtime_key"),
+    "envoy.config.accesslog.v3.RuntimeFilter": (
+        "runtime_key",
+        "percent_sampled",
+        "use_independent_randomness",
+    ),
+    "envoy.config.accesslog.v3.AndFilter": ("filters",),
+    "envoy.config.accesslog.v3.OrFilter": ("filters",),
+    "envoy.config.accesslog.v3.HeaderFilter": ("header",),
+    "envoy.config.accesslog.v3.ResponseFlagFilter": ("flags",),
+    "envoy.config.accesslog.v3.GrpcStatusFilter": ("statuses", "exclude"),
+    # file / stdout / stderr formats (proxy/log_format.py); format, json_format and
+    # typed_json_format are FileAccessLog's deprecated forms, which Envoy 1.40 still takes
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog": (
+        "path",
+        "log_format",
+        "format",
+        "json_format",
+        "typed_json_format",
+    ),
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": ("log_format",),
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog": ("log_format",),
+    "envoy.config.core.v3.SubstitutionFormatString": (
+        "text_format",
+        "text_format_source",  # inline_string, inline_bytes, filename
+        "json_format",
+        "omit_empty_values",
+        "content_type",  # what a local reply body would carry; nothing for a log line
+    ),
     # envoy.access_loggers.http_grpc (sofamesh.proxy.grpc_access_log)
     "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig": ("common_config",),
     "envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig": (
@@ -566,7 +607,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig": ("common_config",),
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": (
         "stat_prefix",
-        "access_log",  # tcp_grpc loggers (filters/network/tcp_proxy.py)
+        "access_log",  # file, stdout, stderr, tcp_grpc (proxy/access_log_config.py)
         "cluster",
         "weighted_clusters",
         "idle_timeout",

@@ -153,31 +153,6 @@ GAPS: list[Gap] = [
         "envoy_internal_address",
         "internal addresses are not implemented by sofamesh",
     ),
-    Gap(
-        "envoy.config.accesslog.v3.AccessLog",
-        "filter",
-        "access log filters are not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        "log_format",
-        "access log formats other than Envoy's default are not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        "format",
-        "access log formats other than Envoy's default are not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        "json_format",
-        "access log formats other than Envoy's default are not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        "typed_json_format",
-        "access log formats other than Envoy's default are not implemented by sofamesh",
-    ),
 ]
 
 # Messages checked field by field: IMPLEMENTED (config/implemented.py, with the rules) plus

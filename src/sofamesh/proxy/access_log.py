@@ -1,7 +1,11 @@
-"""Envoy's file access log (`envoy.access_loggers.file`, default format), written in batches.
+"""Envoy's file access log (`envoy.access_loggers.file`), written in batches.
 
-Each finished request formats one line into a list; the list goes to the file with one
-os.write per batch (every `flush_interval` seconds or `max_batch` lines), never per request.
+Each finished request (or tcp_proxy connection) that passes the logger's filter formats one
+line into a list; the list goes to the file with one os.write per batch (every
+`flush_interval` seconds or `max_batch` lines), never per request. Without `log_format` the
+line is Envoy's default one, built by hand below (the cheapest path); with one, it is the
+compiled format of sofamesh.proxy.log_format. AccessLogSet fans one stream out to several
+loggers (an HCM with more than one `access_log`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,9 @@ import os
 import time
 from typing import Any
 
-log = logging.getLogger("sofamesh.access_log")
+from sofamesh.proxy.log_format import DEFAULT_FORMAT
 
-DEFAULT_FORMAT = (
-    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
-    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
-    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
-    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
-)
+log = logging.getLogger("sofamesh.access_log")
 
 
 def _start_time(t: float) -> str:
@@ -31,6 +30,13 @@ def _s(v: bytes | None) -> str:
 
 
 class FileAccessLog:
+    # log_format compiled for HTTP streams / tcp_proxy entries (None: Envoy's default line),
+    # and the filters' predicates (None: every request is logged)
+    fmt: Any = None
+    tcp_fmt: Any = None
+    test: Any = None
+    tcp_test: Any = None
+
     def __init__(self, path: str, loop: Any, flush_interval: float = 1.0, max_batch: int = 512):
         self.path = path
         self.loop = loop
@@ -44,6 +50,13 @@ class FileAccessLog:
 
     def log(self, s: Any, duration_ms: float) -> None:
         """Called by the proxy when a request ends; `s` is the stream (DownstreamConn)."""
+        test = self.test
+        if test is not None and not test(s, duration_ms):
+            return
+        fmt = self.fmt
+        if fmt is not None:
+            self._add(fmt.format(s, duration_ms, time.time_ns() - int(duration_ms * 1e6)))
+            return
         wall = time.time() - duration_ms / 1000.0
         parse_error = s.resp_flags == "DPE"
         if parse_error:
@@ -63,6 +76,27 @@ class FileAccessLog:
             f"{s.bytes_rx} {s.bytes_tx} {int(duration_ms)} {st if st >= 0 else '-'} "
             f'"{xff}" "{ua}" "{rid}" "{authority}" "{s.upstream_host}"\n'
         )
+        self._add(line)
+
+    def log_tcp(self, entry: tuple) -> None:
+        """A tcp_proxy connection closed (entry: rpc_tcp.TcpDownstream.log_entry())."""
+        ms = entry[1] * 1000.0
+        try:
+            test = self.tcp_test
+            if test is not None and not test(entry, ms):
+                return
+            fmt = self.tcp_fmt
+            if fmt is None:
+                from sofamesh.proxy.log_format import compile_text
+
+                fmt = self.tcp_fmt = compile_text(DEFAULT_FORMAT, "access_log", tcp=True)
+            line = fmt.format(entry, ms, int(entry[0] * 1e9))
+        except Exception:  # noqa: BLE001  (the close goes on; the entry is counted lost)
+            self.dropped += 1
+            return
+        self._add(line)
+
+    def _add(self, line: str) -> None:
         self.lines.append(line)
         if len(self.lines) >= self.max_batch:
             self.flush()
@@ -107,3 +141,46 @@ class FileAccessLog:
             self._timer = None
         self.flush()
         os.close(self.fd)
+
+
+class AccessLogSet:
+    """Several loggers on one connection manager: each gets every request (and applies its
+    own filter); one logger failing does not keep the stream from the others."""
+
+    def __init__(self, loggers: list) -> None:
+        self.loggers = tuple(loggers)
+        self.errors = 0
+
+    def log(self, s: Any, duration_ms: float) -> None:
+        for lg in self.loggers:
+            try:
+                lg.log(s, duration_ms)
+            except Exception:  # noqa: BLE001  (a logger failing never stops the others)
+                self.errors += 1
+
+    def log_tcp(self, entry: tuple) -> None:
+        for lg in self.loggers:
+            try:
+                lg.log_tcp(entry)
+            except Exception:  # noqa: BLE001  (a logger failing never stops the others)
+                self.errors += 1
+
+
+class FilteredLog:
+    """A logger of its own kind (the gRPC ALS) behind an access log `filter`."""
+
+    def __init__(self, inner: Any, test: Any, tcp: bool) -> None:
+        self.inner = inner
+        self.test = test
+        if tcp:
+            self.log_tcp = self._log_tcp
+        else:
+            self.log = self._log
+
+    def _log(self, s: Any, duration_ms: float) -> None:
+        if self.test(s, duration_ms):
+            self.inner.log(s, duration_ms)
+
+    def _log_tcp(self, entry: tuple) -> None:
+        if self.test(entry, entry[1] * 1000.0):
+            self.inner.log_tcp(entry)

@@ -1,8 +1,8 @@
-"""envoy.access_loggers.stdout and envoy.access_loggers.stderr: Envoy's default access log
-line (the file logger's format, sofamesh.proxy.access_log) written to the process's standard
-output or standard error, batched as the file log is (one write per batch). `log_format`
-(another format) is refused at start-up. With --concurrency N every worker writes its own
-lines to the same inherited descriptor, each batch in one write(2), as Envoy's workers do.
+"""envoy.access_loggers.stdout and envoy.access_loggers.stderr: the file logger's lines
+(sofamesh.proxy.access_log: Envoy's default line, or `log_format` compiled by
+proxy/log_format) written to the process's standard output or standard error, batched as the
+file log is (one write per batch). With --concurrency N every worker writes its own lines to
+the same inherited descriptor, each batch in one write(2), as Envoy's workers do.
 """
 
 from __future__ import annotations
@@ -40,19 +40,9 @@ class StreamAccessLog(FileAccessLog):
 
 
 def build(any_config: Any, loop: Any, server: Any, path: str) -> StreamAccessLog:
-    from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+    from sofamesh.proxy.access_log_config import _stream_logger
 
-    from sofamesh.proxy.errors import UnsupportedConfig
-
-    out = any_config.type_url == STDOUT_TYPE
-    msg = stream_pb2.StdoutAccessLog() if out else stream_pb2.StderrAccessLog()
-    any_config.Unpack(msg)
-    if msg.HasField("log_format"):
-        raise UnsupportedConfig(
-            f"{path}.typed_config.log_format: access log formats other than Envoy's default "
-            "are not implemented by sofamesh"
-        )
-    return StreamAccessLog(1 if out else 2, loop)
+    return _stream_logger(any_config.type_url, any_config, loop, f"{path}.typed_config", False)
 
 
 def _register() -> None:

@@ -163,10 +163,11 @@ def test_implemented_options_load(tmp_path):
                             + "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
                             "log_format": {"text_format_source": {"inline_string": "%PROTOCOL%\n"}},
                         },
+                        "filter": {"metadata_filter": {}},
                     }
                 ]
             },
-            "StderrAccessLog.log_format",
+            "AccessLogFilter.metadata_filter",
         ),
     ],
 )

@@ -1,5 +1,6 @@
-"""tcp_proxy's access_log: a tcp_grpc logger is built and kept by the server; a logger that
-cannot log TCP connections is refused by path, and an HCM refuses tcp_grpc."""
+"""tcp_proxy's access_log: a tcp_grpc logger is built and kept by the server; a file logger
+with a format and a filter is built too, a filter kind that needs HTTP headers is refused by
+path, and an HCM refuses tcp_grpc."""
 
 from __future__ import annotations
 
@@ -53,6 +54,27 @@ def test_tcp_grpc_logger_is_built():
     assert server._access_logs == [logger]
 
 
-def test_file_logger_on_tcp_proxy_is_refused_by_path():
-    with pytest.raises(UnsupportedConfig, match=r"^lst\.typed_config\.access_log\[0\]"):
-        _build({"name": "f", "typed_config": {"@type": FILE, "path": "/dev/null"}})
+def test_file_logger_on_tcp_proxy_formats_an_entry(tmp_path):
+    path = tmp_path / "tcp.log"
+    fmt = {"text_format_source": {"inline_string": "%UPSTREAM_CLUSTER% %BYTES_SENT% %REQ(X)%\n"}}
+    built, _ = _build(
+        {"name": "f", "typed_config": {"@type": FILE, "path": str(path), "log_format": fmt}}
+    )
+    (logger,) = built.access_logs
+    entry = (1.0, 0.002, ("127.0.0.1", 5), ("127.0.0.1", 6), None, None, "app", 3, 4, "", "")
+    logger.max_batch = 1  # written at once: no flush timer on the (closed) test loop
+    logger.log_tcp(entry)
+    logger.close()
+    assert path.read_text() == "app 4 -\n"
+
+
+def test_header_filter_on_tcp_proxy_is_refused_by_path(tmp_path):
+    flt = {"header_filter": {"header": {"name": "x", "present_match": True}}}
+    with pytest.raises(UnsupportedConfig, match=r"^lst\.typed_config\.access_log\[0\]\.filter"):
+        _build(
+            {
+                "name": "f",
+                "typed_config": {"@type": FILE, "path": str(tmp_path / "x.log")},
+                "filter": flt,
+            }
+        )

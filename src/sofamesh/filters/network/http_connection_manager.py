@@ -11,7 +11,6 @@ from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig, HttpFilter
 from sofamesh.filters.network._common import register_terminal
-from sofamesh.proxy.access_log import FileAccessLog
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.http_options import dur, h2_options
 from sofamesh.proxy.local_reply import compile_local_reply
@@ -23,7 +22,6 @@ TYPE_URL = (
     "http_connection_manager.v3.HttpConnectionManager"
 )
 ROUTER_NAMES = ("envoy.filters.http.router", "envoy.router")
-FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
 def local_ip() -> str:
@@ -135,36 +133,11 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         from sofamesh.filters.http.hcm_user_agent import AddUserAgent
 
         filters.insert(0, AddUserAgent(server.bootstrap.node))
-    access_log = None
-    for ai, al in enumerate(hcm.access_log):
-        apath = f"{path}.typed_config.access_log[{ai}]"
-        if al.typed_config.type_url != FILE_LOG_TYPE:
-            from sofamesh.proxy.access_loggers import factory_for
+    access_log, capture = _access_logs(hcm, server, filters, f"{path}.typed_config")
+    if capture:  # a format or filter reads the response: keep it (log_fields)
+        from sofamesh._core.log_fields import ResponseCapture
 
-            build = factory_for(al.typed_config.type_url)
-            if build is None or al.typed_config.type_url.endswith(".TcpGrpcAccessLogConfig"):
-                raise UnsupportedConfig(f"{apath}: access logger not supported")
-            if al.HasField("filter"):
-                raise UnsupportedConfig(f"{apath}.filter is not supported")
-            if access_log is not None:
-                raise UnsupportedConfig(f"{apath}: one access log per listener is supported")
-            access_log = build(al.typed_config, server._loop, server, apath)
-            server._access_logs.append(access_log)
-            continue
-        from envoy.extensions.access_loggers.file.v3 import file_pb2
-
-        fl = file_pb2.FileAccessLog()
-        al.typed_config.Unpack(fl)
-        if fl.WhichOneof("access_log_format") is not None:
-            raise UnsupportedConfig(
-                f"{apath}.typed_config: only Envoy's default log format is supported"
-            )
-        if al.HasField("filter"):
-            raise UnsupportedConfig(f"{apath}.filter is not supported")
-        if access_log is not None:
-            raise UnsupportedConfig(f"{apath}: one access log per listener is supported")
-        access_log = FileAccessLog(fl.path, server._loop)
-        server._access_logs.append(access_log)
+        filters.insert(0, ResponseCapture())
     ups = [
         u.upgrade_type.encode()
         for u in hcm.upgrade_configs
@@ -239,6 +212,34 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         if cfg.tracer is not None:
             cfg.tracer.configure(cfg)
     return cfg
+
+
+def _access_logs(hcm: Any, server: Any, filters: list, path: str) -> tuple[Any, bool]:
+    """The HCM's access loggers (proxy/access_log_config) and whether they need the response
+    kept. access_log_options' periodic and on-new-request logging are refused by name."""
+    from sofamesh.proxy.access_log_config import build_access_logs
+
+    if not hcm.access_log:
+        return None, False
+    opts = hcm.access_log_options
+    if hcm.HasField("access_log_options"):
+        if (
+            opts.flush_access_log_on_new_request
+            or opts.flush_log_on_tunnel_successfully_established
+        ):
+            raise UnsupportedConfig(
+                f"{path}.access_log_options: flush_access_log_on_new_request and "
+                "flush_log_on_tunnel_successfully_established are not implemented by sofamesh"
+            )
+        if opts.HasField("access_log_flush_interval"):
+            raise UnsupportedConfig(
+                f"{path}.access_log_options.access_log_flush_interval (periodic logging of "
+                "long requests) is not implemented by sofamesh"
+            )
+    from sofamesh.filters.http.health_check import HealthCheckFilter
+
+    hc_names = tuple(f.name for f in filters if isinstance(f, HealthCheckFilter))
+    return build_access_logs(hcm.access_log, server, path, health_check_names=hc_names)
 
 
 def _h2_downstream(hcm: Any, max_headers: int) -> dict:

@@ -61,29 +61,17 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
 
 
 def _access_logs(cfg: Any, ctx: dict, path: str) -> tuple:
-    """The `access_log` loggers: each closed connection's entry goes to them (loggers with a
-    `log_tcp`: envoy.access_loggers.tcp_grpc)."""
-    from sofamesh.proxy.access_loggers import factory_for
+    """The `access_log` loggers (proxy/access_log_config): each closed connection's entry
+    goes to them (`log_tcp`): file, stdout, stderr with their formats and filters, and
+    envoy.access_loggers.tcp_grpc."""
+    from sofamesh.proxy.access_log_config import build_access_logs
 
-    out: list = []
-    server: Any = ctx.get("server")
-    for i, al in enumerate(cfg.access_log):
-        apath = f"{path}.typed_config.access_log[{i}]"
-        if al.HasField("filter"):
-            raise UnsupportedConfig(f"{apath}.filter: access log filters are not supported")
-        url = al.typed_config.type_url
-        build = factory_for(url)
-        logger = build(al.typed_config, ctx["loop"], server, apath) if build else None
-        if logger is None or not hasattr(logger, "log_tcp"):
-            if logger is not None:
-                logger.close()
-            raise UnsupportedConfig(
-                f"{apath}.typed_config: {url.rsplit('/', 1)[-1]} is not implemented by sofamesh "
-                "for tcp_proxy (envoy.access_loggers.tcp_grpc is)"
-            )
-        server._access_logs.append(logger)  # closed with the server's other loggers
-        out.append(logger)
-    return tuple(out)
+    logs, _ = build_access_logs(
+        cfg.access_log, ctx.get("server"), f"{path}.typed_config", tcp=True, loop=ctx["loop"]
+    )
+    if logs is None:
+        return ()
+    return tuple(logs.loggers) if hasattr(logs, "loggers") else (logs,)
 
 
 SPEC = register_terminal(NAMES, TYPE_URL, build)
