@@ -375,11 +375,6 @@ class _Checker:
                     "an HTTP filter chain without envoy.filters.http.router: "
                     "not implemented by sofamesh",
                 )
-            if len(m.access_log) > 1:
-                self.unsupported(
-                    join(path, "access_log"),
-                    "more than one access log per connection manager: not implemented by sofamesh",
-                )
         if name in _TLS_CONTEXTS:
             self.check_tls(m, name, path)
         if (name in _FILTER_KIND or name in _NAMED_EXTENSIONS) and not (
