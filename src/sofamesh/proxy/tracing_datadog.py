@@ -65,6 +65,7 @@ U64 = (1 << 64) - 1
 USER_DROP = -1
 MECH_DEFAULT, MECH_AGENT, MECH_MANUAL = 0, 1, 4
 DEFAULT_KEY = "service:,env:"
+HEALTH_CHECK = "envoy.filters.http.health_check"  # its mark in a stream's filter_state
 
 
 class DatadogContext(TraceCtx):
@@ -424,12 +425,25 @@ class DatadogTracer(tracing.Tracer):
         return out
 
     # the span --------------------------------------------------------------------------
+    def server_name(self, s: Any, authority: str) -> str:
+        """Envoy's operation name: ingress, or egress and the request's host."""
+        return "egress " + authority if self.egress else "ingress"
+
     def finish(self, s: Any, span: Any, status: int) -> None:
         end_ns = time.time_ns()
         authority = (s.authority or b"").decode("latin-1")
         route = s.route
         resource = route.decorator if route is not None and route.decorator else None
         tags = self._server_tags(s, span, status, authority)
+        if "upstream_cluster" not in tags and route is not None and route.cluster:
+            # a filter answered before the router: Envoy's stream already has the route's
+            # cluster (routed before the filters run)
+            tags["upstream_cluster"] = tags["upstream_cluster.name"] = route.cluster
+        fs = s.filter_state
+        if fs and fs.get(HEALTH_CHECK):
+            # Envoy's connection manager unsamples a health check's span (a user drop)
+            span.priority, span.mech = USER_DROP, MECH_MANUAL
+            span.ttags = [kv for kv in span.ttags if kv[0] != "_dd.p.dm"]
         error = 1 if tags.pop("error", None) == "true" else 0
         if "error.reason" in tags:
             tags["error.message"] = tags["error.reason"]

@@ -402,3 +402,91 @@ def test_datadog_refuses_remote_config(tmp_path):
     )
     assert r.returncode != 0
     assert "typed_config.remote_config" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+EXAMPLE_REQUESTS = [
+    ("/plain", {}),
+    ("/cont", {"x-datadog-trace-id": "1234", "x-datadog-parent-id": "5678"}),
+    ("/w3c", {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
+    ("/err", {"x-upstream-action": "status=503"}),
+    ("/healthcheck", {}),
+]
+
+
+def _serve_example(kind: str, tmp_path, agent: Agent) -> tuple:
+    """fixtures/envoy-examples/datadog-tracing_envoy.yaml on loopback ports (its listener,
+    the `http` service and the `dd-agent` collector), EXAMPLE_REQUESTS through it."""
+    import yaml
+
+    from tests.conftest import FIXTURES, envoy_binary, free_port, sofamesh_command
+    from tests.support.envoy import ProxyProcess
+    from tests.support.http_upstream import RecordingUpstream
+
+    boot = yaml.safe_load((FIXTURES / "envoy-examples" / "datadog-tracing_envoy.yaml").read_text())
+    up = RecordingUpstream(["a"]).start()
+    port, admin = free_port(), free_port()
+    boot["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}}
+    lst = boot["static_resources"]["listeners"][0]
+    lst["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+    ports = {"service1": up.ports["a"], "datadog_agent": agent.port}
+    for c in boot["static_resources"]["clusters"]:
+        for e in c["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+            e["endpoint"]["address"]["socket_address"] = {
+                "address": "127.0.0.1",
+                "port_value": ports[c["name"]],
+            }
+    if kind == "envoy":
+        proc = ProxyProcess.envoy(envoy_binary(), boot, tmp_path / kind)
+    else:
+        proc = ProxyProcess.sofamesh(sofamesh_command(), boot, tmp_path / kind)
+    proc.start()
+    try:
+        t0 = time.time()
+        answers = []
+        for path, headers in EXAMPLE_REQUESTS:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", path, headers={"host": "svc.local", **headers})
+            r = conn.getresponse()
+            r.read()
+            answers.append((path, r.status))
+            conn.close()
+        spans = agent.wait(len(EXAMPLE_REQUESTS), timeout=15)
+        up_seen = []
+        for r in up.snapshot():
+            h = {k.lower(): v for k, v in r.headers}
+            up_seen.append(
+                (r.target, {k: v for k, v in h.items() if "datadog" in k or k.startswith("trace")})
+            )
+            assert h["x-foobar-banana"] == ""  # "   " added by the route config, trimmed
+        known = {1234, 5678, 0xB7AD6B7169203331, 0x8448EB211C80319C}
+        return answers, *_norm(spans, up_seen, known, t0)
+    finally:
+        proc.stop()
+        up.stop()
+
+
+def test_example_traced_like_envoy(tmp_path):
+    """Envoy's own Datadog example (OUTBOUND listener: egress spans; a health check filter
+    answering /healthcheck; generate_request_id), served by both: same answers, spans and
+    upstream headers."""
+    seen = {}
+    for kind in ("envoy", "sofamesh"):
+        a = Agent()
+        try:
+            seen[kind] = _serve_example(kind, tmp_path, a)
+        finally:
+            a.stop()
+    e, o = seen["envoy"], seen["sofamesh"]
+    assert o[0] == e[0]
+    assert len(e[1]) >= len(EXAMPLE_REQUESTS) - 1
+    for a, b in zip(e[1], o[1], strict=True):
+        assert a == b, json.dumps([a, b], indent=1)
+    assert o[2] == e[2]
+    by = {s["meta"]["http.url"].rsplit("/", 1)[1]: s for s in o[1]}
+    assert by["plain"]["resource"] == "egress svc.local"
+    assert by["plain"]["service"] == "envoy-demo"
+    assert by["err"]["error"] == 1
+    # the health check filter answered: the span is a user drop, the route's cluster named
+    hc = by["healthcheck"]
+    assert hc["metrics"] == {"_sampling_priority_v1": -1.0}
+    assert hc["meta"]["upstream_cluster"] == "service1"
