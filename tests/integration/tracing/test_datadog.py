@@ -490,3 +490,42 @@ def test_example_traced_like_envoy(tmp_path):
     hc = by["healthcheck"]
     assert hc["metrics"] == {"_sampling_priority_v1": -1.0}
     assert hc["meta"]["upstream_cluster"] == "service1"
+
+
+GRPC_SEEN: dict = {}
+
+
+def test_datadog_grpc_spans_as_envoy(proxies, agent):  # noqa: F811
+    """gRPC over HTTP/2 through the proxy: Envoy's grpc.* tags, and a server-fault status
+    (UNAVAILABLE) marks the span an error even though the HTTP status is 200."""
+    import grpc
+
+    from tests.integration.http2.conftest import SERVICE
+
+    p = proxies(
+        hcm={"tracing": _tracing(random_sampling={"value": 100})},
+        routes=[{"match": {"prefix": "/" + SERVICE + "/"}, "route": {"cluster": "grpc"}}],
+        clusters=lambda grpc_port, h1_port: [_cluster("datadog_agent", agent.port, False)],
+    )
+    t0 = time.time()
+    with p.channel() as ch:
+        assert ch.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=10) == b"x"
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary(f"/{SERVICE}/Unary")(b"fail:UNAVAILABLE:down", timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    spans = agent.wait(2)
+    assert len(spans) == 2
+    port = f":{p.port}"
+    for s in spans:  # the client names the proxy's own port in its authority
+        s["meta"] = {k: v.replace(port, ":PORT") for k, v in s["meta"].items()}
+        # the caller's grpc-timeout as sent: grpcio writes the time left (10S, 9990m, ...)
+        assert re.fullmatch(r"\d+[HMSmun]", s["meta"].pop("grpc.timeout"))
+        s["resource"] = s["resource"].replace(port, ":PORT")
+    norm, _ = _norm(spans, [], set(), t0)
+    GRPC_SEEN[p.kind] = norm
+    by = {s["meta"].get("grpc.status_code"): s for s in norm}
+    assert by["0"]["error"] == 0 and by["14"]["error"] == 1
+    assert by["14"]["meta"]["grpc.message"] == "down"
+    assert by["14"]["meta"]["http.status_code"] == "200"
+    if len(GRPC_SEEN) == 2:
+        assert GRPC_SEEN["envoy"] == GRPC_SEEN["sofamesh"]
