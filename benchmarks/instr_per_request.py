@@ -3,7 +3,7 @@ hot-path changes on a noisy machine, where CPU-time benchmarks wander by 10-20 %
 
     .venv/bin/python benchmarks/instr_per_request.py [--requests 2000]
         [--proto h1|h2|bolt|dubbo] [--rpc-tracing PCT] [--tracing PCT] [--src DIR]
-        [--mixer all|rbac|rlqs|als]
+        [--mixer all|rbac|rlqs|als] [--lua]
 
 `sofamesh proxy` (the benchmark bootstrap of benchmarks/lib/bootstrap.py: local_ratelimit +
 router, HTTP/1.1 upstream) runs under callgrind; a keep-alive client sends N and then 5N
@@ -18,7 +18,9 @@ commit, built with `setup.py build_ext --inplace`), for a before/after compariso
 same interpreter. valgrind makes the proxy ~50x slower: the figure is instructions, not time.
 --mixer adds the Mixer-in-the-sidecar filters of `http1_e2e.py --mixer` (RBAC of 20 policies,
 rate_limit_quota, the gRPC access log, the last two against a real `sofamesh mixer` run
-outside valgrind), or one of them, to see what each costs per request.
+outside valgrind), or one of them, to see what each costs per request. --lua routes with the
+Lua cluster specifier of Envoy's lua-cluster-specifier example (one header read per request;
+its clusters renamed to the benchmark's) instead of `cluster: upstream`.
 """
 
 from __future__ import annotations
@@ -329,6 +331,29 @@ def _accepts(port: int) -> bool:
         return False
 
 
+LUA = False  # --lua
+EXAMPLES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "envoy-examples"
+
+
+def _lua_route(cfg: dict) -> None:
+    """The route's cluster becomes the lua-cluster-specifier example's inline Lua plugin."""
+    import yaml
+
+    ex = yaml.safe_load((EXAMPLES / "lua-cluster-specifier_envoy.yaml").read_text())
+    hcm = ex["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    plugin = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    plugin = plugin["inline_cluster_specifier_plugin"]
+    tc = plugin["extension"]["typed_config"]
+    tc["source_code"]["inline_string"] = tc["source_code"]["inline_string"].replace(
+        "example_cluster", "upstream"
+    )
+    tc["default_cluster"] = "upstream"
+    ours = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    route = ours["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    del route["cluster"]
+    route["inline_cluster_specifier_plugin"] = plugin
+
+
 def count(
     n: int,
     proto: str,
@@ -352,6 +377,8 @@ def count(
             cfg = _mixer_bootstrap(port, admin, up, mixer, mixer_port)
         else:
             cfg = bootstrap(port, admin, up, 0, tracing)
+            if LUA:
+                _lua_route(cfg)
         boot.write_text(json.dumps(cfg))
         out = Path(td) / "cg.out"
         env = dict(os.environ)
@@ -419,13 +446,17 @@ def main() -> None:
         choices=("all", "rbac", "rlqs", "als"),
         help="with the mixer filters of http1_e2e.py --mixer (all), or one of them",
     )
+    ap.add_argument("--lua", action="store_true", help="h1/h2: route through the Lua example")
     a = ap.parse_args()
+    global LUA
+    LUA = a.lua
     n1, n2 = a.requests, 5 * a.requests
     i1 = count(n1, a.proto, a.src, a.rpc_tracing, a.mixer, a.tracing)
     i2 = count(n2, a.proto, a.src, a.rpc_tracing, a.mixer, a.tracing)
     per = (i2 - i1) / (n2 - n1)
     label = a.proto + (f"+mixer:{a.mixer}" if a.mixer else "")
     label += f"+tracing:{a.tracing:g}%" if a.tracing is not None else ""
+    label += "+lua" if a.lua else ""
     print(
         f"{label}: {per:,.0f} instructions per request "
         f"({i1:,} for {n1}, {i2:,} for {n2}){' [' + a.src + ']' if a.src else ''}"

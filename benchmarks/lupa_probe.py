@@ -8,7 +8,8 @@ Runs the Lua source of Envoy's lua-cluster-specifier example (envoy_on_route rea
 request header through route_handle:headers():get() and returns a cluster name) against two
 kinds of handle: Python objects Lua calls back into, and a handle built in Lua per call from
 the one header value the route needs. Prints CPU microseconds per call (process time).
-lupa is not a dependency of sofamesh: this is a probe for the decision, not part of the suite.
+The probe that decided it; the built feature is sofamesh.proxy.lua_cluster (extra sofamesh[lua]),
+measured end to end by benchmarks/lua_cluster.py and instr_per_request.py --lua.
 """
 
 from __future__ import annotations
