@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -361,8 +362,10 @@ def count(
     rpc_tracing: float | None = None,
     mixer: str | None = None,
     tracing: float | None = None,
+    keep: str | None = None,
 ) -> int:
-    """Instructions of one proxy run serving n requests (callgrind's total Ir)."""
+    """Instructions of one proxy run serving n requests (callgrind's total Ir); `keep`: a
+    path to copy callgrind's profile to (for callgrind_annotate)."""
     rpc = proto in ("bolt", "dubbo")
     ls, up = _rpc_upstream(proto) if rpc else _upstream()
     zls, zport = _collector() if rpc and rpc_tracing is not None else (None, 0)
@@ -420,6 +423,8 @@ def count(
             if mixer_proc is not None:
                 mixer_proc.terminate()
                 mixer_proc.wait()
+        if keep:
+            shutil.copyfile(out, f"{keep}.{n}")
         m = re.search(r"Collected : (\d+)", err)
         if m:
             return int(m.group(1))
@@ -447,12 +452,13 @@ def main() -> None:
         help="with the mixer filters of http1_e2e.py --mixer (all), or one of them",
     )
     ap.add_argument("--lua", action="store_true", help="h1/h2: route through the Lua example")
+    ap.add_argument("--profile", help="keep callgrind's profiles as PROFILE.<N> and PROFILE.<5N>")
     a = ap.parse_args()
     global LUA
     LUA = a.lua
     n1, n2 = a.requests, 5 * a.requests
-    i1 = count(n1, a.proto, a.src, a.rpc_tracing, a.mixer, a.tracing)
-    i2 = count(n2, a.proto, a.src, a.rpc_tracing, a.mixer, a.tracing)
+    i1 = count(n1, a.proto, a.src, a.rpc_tracing, a.mixer, a.tracing, a.profile)
+    i2 = count(n2, a.proto, a.src, a.rpc_tracing, a.mixer, a.tracing, a.profile)
     per = (i2 - i1) / (n2 - n1)
     label = a.proto + (f"+mixer:{a.mixer}" if a.mixer else "")
     label += f"+tracing:{a.tracing:g}%" if a.tracing is not None else ""

@@ -44,12 +44,20 @@ cdef enum:
     PSEUDO_SNI = 11         # the server name the client asked for (b"" without TLS/SNI)
     PSEUDO_COUNT = 12
 
+# header names that rules read get a slot (process-wide, first come: at most HEADER_SLOTS
+# names), so that a check reads each such header once however many rules name it
+cdef enum:
+    HEADER_SLOTS = 64
+
 cdef struct rbac_ip:
     int family                  # 0: unknown (matches no range), 4 or 6
     unsigned char b[16]         # network order; IPv4 in b[0:4]
 
 # the n bytes at `s` as an IPv4/IPv6 address; out.family 0 when they are not one
 cdef int rbac_parse_ip(const char* s, Py_ssize_t n, rbac_ip* out) noexcept
+
+# the cache slot of an ordinary header name (RbacRequest.cached_header), -1: none left
+cdef int header_slot(bytes name)
 
 # PSEUDO_PRINCIPAL / PSEUDO_SNI of a connection's transport (asyncio transport or None)
 cdef object tls_pseudo(object transport, int which)
@@ -63,9 +71,13 @@ cdef class RbacRequest:
     cdef bytes path_nq              # url_path cache for this check (None: not read yet)
     cdef int pseudo_have            # bit (1 << PSEUDO_*): pv[i] read for this check
     cdef list pv                    # list[bytes | None], PSEUDO_COUNT long, reused
+    cdef unsigned long long hv_have     # bit (1 << slot): hv[slot] read for this check
+    cdef list hv                    # list[bytes | None], HEADER_SLOTS long, reused
     cdef void begin(self) noexcept
     cdef int ensure(self, int which) except -1      # resolves addr[which] once per check
     cdef object pseudo(self, int which)             # read_pseudo(which), once per check
+    # header(name) once per check for a name with a slot (header_slot), else every time
+    cdef object cached_header(self, int slot, bytes name)
     # overridden by each kind of caller:
     cdef int resolve(self, int which) except -1     # fills addr[which] and port[which]
     cdef object header(self, bytes name)            # bytes | None, values joined by ","

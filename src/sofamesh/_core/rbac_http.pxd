@@ -3,12 +3,15 @@
 
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_stream cimport HttpFilter, HttpStream
-from sofamesh._core.rbac cimport RbacPolicies, RbacRequest, RbacStats
+from sofamesh._core.rbac cimport RbacPolicies, RbacRequest, RbacStats, rbac_ip
 
 
 cdef class HttpRbacRequest(RbacRequest):
     cdef HttpStream s                   # the stream being checked (None between checks)
     cdef HeaderMap h                    # its request headers
+    # the last peer address parsed: a keep-alive connection's requests share its bytes
+    cdef bytes last_ip
+    cdef rbac_ip last_addr
 
 
 cdef class RbacFilter(HttpFilter):

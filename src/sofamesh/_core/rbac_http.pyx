@@ -11,12 +11,13 @@ from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE,
 from sofamesh._core.rbac cimport (
     RbacPolicies, RbacRequest, RbacStats, rbac_parse_ip, ADDR_REMOTE, ADDR_LOCAL,
     PSEUDO_METHOD, PSEUDO_PATH, PSEUDO_AUTHORITY, PSEUDO_HOST, PSEUDO_SCHEME,
-    PSEUDO_PRINCIPAL, PSEUDO_SNI, tls_pseudo,
+    PSEUDO_PRINCIPAL, PSEUDO_SNI, tls_pseudo, header_slot,
 )
 from sofamesh._core.stats cimport Store
 
 cdef bytes _DENIED = b"RBAC: access denied"
 cdef bytes _XFF = b"x-forwarded-for"
+cdef int _XFF_SLOT = header_slot(_XFF)
 
 
 cdef class HttpRbacRequest(RbacRequest):
@@ -36,7 +37,7 @@ cdef class HttpRbacRequest(RbacRequest):
         if which == ADDR_REMOTE and not self.s.cfg.use_remote_address:
             # Envoy's original client address without use_remote_address: the last
             # x-forwarded-for entry when it is an IP address, else the peer
-            xff = self.h.get_all(_XFF)
+            xff = self.cached_header(_XFF_SLOT, _XFF)
             if xff is not None:
                 p = PyBytes_AS_STRING(xff)
                 n = PyBytes_GET_SIZE(xff)
@@ -51,7 +52,10 @@ cdef class HttpRbacRequest(RbacRequest):
                 rbac_parse_ip(p + i, end - i, &self.addr[which])
                 if self.addr[which].family != 0:
                     return 0
-        rbac_parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), &self.addr[which])
+        if ip is not self.last_ip:
+            rbac_parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), &self.last_addr)
+            self.last_ip = ip
+        self.addr[which] = self.last_addr
         self.port[which] = -1
         return 0
 

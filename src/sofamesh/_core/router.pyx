@@ -52,10 +52,11 @@ cdef class StringMatcher:
             return self.lo <= x < self.hi
         if self.ignore_case:
             v = v.lower()
-        if self.kind == SM_EXACT:
-            return v == self.value
         n = PyBytes_GET_SIZE(v)
         m = PyBytes_GET_SIZE(self.value)
+        if self.kind == SM_EXACT:
+            # a C compare, not bytes.__eq__ (RBAC tries many exact matchers per request)
+            return n == m and memcmp(PyBytes_AS_STRING(v), PyBytes_AS_STRING(self.value), m) == 0
         if self.kind == SM_PREFIX:
             return n >= m and memcmp(PyBytes_AS_STRING(v), PyBytes_AS_STRING(self.value), m) == 0
         if self.kind == SM_SUFFIX:
