@@ -15,18 +15,21 @@ and serves on; sofamesh also counts them: `cluster_specifier.lua.non_string_retu
 `cluster_specifier.lua.script_error`). A returned cluster that does not exist is the
 router's no-cluster answer (503, NC), as in Envoy.
 
-PERF(benchmarks/lua_cluster.py): a request costs one call into Lua (~0.5 us with LuaJIT).
-The handle lives in Lua: the values of the header names the source asks for by literal
-(`get("x")`, up to four) are passed as arguments of that call, and only other names call
-back into Python. Routes without a plugin pay one integer compare in the router.
+PERF(benchmarks/lua_cluster.py, instr_per_request.py --lua): a request costs one call into
+Lua (_core/lua_route.pyx). The handle lives in Lua: the values of the header names the source
+asks for by literal (`get("x")`, up to four) are passed as arguments of that call, and only
+other names call back into Python. Routes without a plugin pay one integer compare in the
+router.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import weakref
 from typing import Any
 
+from sofamesh._core.lua_route import LuaRoute
 from sofamesh.config.support import register_extension
 from sofamesh.proxy.errors import UnsupportedConfig
 
@@ -124,72 +127,40 @@ def _literal_names(source: str) -> list[bytes]:
     return names[:_PREFETCH]
 
 
-class LuaClusterSpecifier:
-    """One LuaConfig: cluster(headers, clusters) -> the cluster name for this request."""
+def lua_route(source: str, default_cluster: str, path: str, stats: Any = None) -> LuaRoute:
+    """Loads one LuaConfig's script into a runtime of its own; returns the compiled
+    _core.lua_route.LuaRoute whose cluster(headers, clusters) routes each request."""
+    lua = _runtime(path)
+    # loaded as Envoy loads it (luaL_loadstring, the source as chunk name): same messages
+    err = lua.execute(_LOAD, source.encode())
+    if err is not None:
+        raise UnsupportedConfig(
+            f"{path}.source_code: script load error: {err.decode('utf-8', 'replace')}"
+        )
+    g = lua.globals()
+    fn = g[b"envoy_on_route"]
+    if fn is None or lua.eval(b"type")(fn) != b"function":
+        raise UnsupportedConfig(
+            f"{path}.source_code: envoy_on_route() function not found. Lua will not hook "
+            "cluster specifier."
+        )
+    g[b"python"] = None  # the script sees standard Lua only, as in Envoy
+    names = _literal_names(source)
+    errors, non_string = _counters(stats)
 
-    __slots__ = (
-        "_call",
-        "_clusters",
-        "_errors",
-        "_h",
-        "_lua",
-        "_names",
-        "_non_string",
-        "default",
-    )
-
-    def __init__(self, source: str, default_cluster: str, path: str, stats: Any = None) -> None:
-        self.default = default_cluster
-        self._h: Any = None
-        self._clusters: Any = None
-        self._lua = lua = _runtime(path)
-        # loaded as Envoy loads it (luaL_loadstring, the source as chunk name): same messages
-        err = lua.execute(_LOAD, source.encode())
-        if err is not None:
-            raise UnsupportedConfig(
-                f"{path}.source_code: script load error: {err.decode('utf-8', 'replace')}"
-            )
-        g = lua.globals()
-        fn = g[b"envoy_on_route"]
-        if fn is None or lua.eval(b"type")(fn) != b"function":
-            raise UnsupportedConfig(
-                f"{path}.source_code: envoy_on_route() function not found. Lua will not hook "
-                "cluster specifier."
-            )
-        g[b"python"] = None  # the script sees standard Lua only, as in Envoy
-        self._names = names = _literal_names(source)
-        slots = [n for n in names] + [None] * (_PREFETCH - len(names))
-        self._call = lua.execute(_HANDLE.encode(), fn, self._get_header, self._get_cluster, *slots)
-        self._errors, self._non_string = _counters(stats)
-
-    def cluster(self, h: Any, clusters: Any) -> str:
-        """The cluster name for request headers h (headers.HeaderMap); clusters: the
-        worker's live {name: Cluster}. Never raises for what the script does."""
-        self._h = h
-        self._clusters = clusters
-        names = self._names
-        try:
-            if not names:
-                r = self._call()
-            elif len(names) == 1:
-                r = self._call(h.get_value(names[0]))
-            else:
-                r = self._call(*[h.get_value(n) for n in names])
-        except Exception as e:  # noqa: BLE001 - a callback or lupa failure: Envoy's error path
-            r = (False, repr(e).encode())
-        finally:
-            self._h = self._clusters = None
-        if r.__class__ is bytes:
-            return r.decode("utf-8", "surrogateescape")
+    def on_failure(r: Any) -> None:
         if r is None:
-            _bump(self._non_string, "return value is not string, use default cluster")
+            _bump(non_string, "return value is not string, use default cluster")
         else:
             msg = r[1].decode("utf-8", "replace") if isinstance(r[1], bytes) else str(r[1])
-            _bump(self._errors, f"{msg}, use default cluster")
-        return self.default
+            _bump(errors, f"{msg}, use default cluster")
 
-    def _get_header(self, name: bytes) -> bytes | None:
-        h = self._h
+    route = LuaRoute(default_cluster, [n.lower() for n in names], on_failure)
+    ref = weakref.ref(route)  # no cycle through the Lua registry (see lua_route.pyx)
+
+    def get_header(name: bytes) -> bytes | None:
+        r = ref()
+        h = r.headers if r is not None else None
         if h is None:  # a handle kept by the script past its request
             return None
         if name in _PSEUDO:
@@ -202,11 +173,18 @@ class LuaClusterSpecifier:
             return getattr(h, "scheme", None)
         return h.get_value(name)
 
-    def _get_cluster(self, name: bytes) -> tuple[int, int, int] | None:
-        cl = (self._clusters or {}).get(name.decode("utf-8", "surrogateescape"))
+    def get_cluster(name: bytes) -> tuple[int, int, int] | None:
+        r = ref()
+        clusters = r.clusters if r is not None else None
+        cl = (clusters or {}).get(name.decode("utf-8", "surrogateescape"))
         if cl is None:
             return None
         return (cl.cx_active, cl.rq_active, cl.pending_active)
+
+    slots = [*names] + [None] * (_PREFETCH - len(names))
+    route.call = lua.execute(_HANDLE.encode(), fn, get_header, get_cluster, *slots)
+    route.lua = lua  # the runtime lives as long as the route
+    return route
 
 
 def _counters(stats: Any) -> tuple[Any, Any]:
@@ -227,7 +205,7 @@ def _bump(c: Any, what: str) -> None:
         log.error("script log: %s (%s: %d)", what, c.name, n)
 
 
-def compile_plugin(ext: Any, path: str, stats: Any = None) -> LuaClusterSpecifier:
+def compile_plugin(ext: Any, path: str, stats: Any = None) -> LuaRoute:
     """A ClusterSpecifierPlugin's extension (TypedExtensionConfig) -> its plugin."""
     tc = ext.typed_config
     if tc.type_url != TYPE_URL:
@@ -243,4 +221,4 @@ def compile_plugin(ext: Any, path: str, stats: Any = None) -> LuaClusterSpecifie
 
     epath = f"{path}.extension.typed_config"
     code = data_source(cfg.source_code, f"{epath}.source_code")
-    return LuaClusterSpecifier(code.decode("utf-8", "replace"), cfg.default_cluster, epath, stats)
+    return lua_route(code.decode("utf-8", "replace"), cfg.default_cluster, epath, stats)
