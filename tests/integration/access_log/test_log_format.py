@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from tests.integration.access_log.conftest import file_log
 
@@ -287,3 +288,30 @@ def test_text_omit_empty_values_like_envoy(alpair):
     e, o = envoy.lines(0, 2), ours.lines(0, 2)
     assert [re.sub(r":\d+", ":P", x) for x in o] == [re.sub(r":\d+", ":P", x) for x in e]
     assert o[0] == "[] [direct] [] 202"
+
+
+def test_datadog_example_stdout_format_like_envoy(alpair):
+    """The log_format of Envoy's datadog-tracing example (its stdout logger's), through a file
+    logger on both proxies: the lines match but for times, durations, ids and ports."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "fixtures" / "envoy-examples"
+    doc = yaml.safe_load((root / "datadog-tracing_envoy.yaml").read_text())
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    fmt = hcm["typed_config"]["access_log"][0]["typed_config"]["log_format"]
+    assert "%RESP(X-AMZN-RequestId)%" in fmt["text_format_source"]["inline_string"]
+    envoy, ours = alpair([file_log(0, fmt)], http_filters=[], virtual_host=VHOST)
+    for side in (envoy, ours):
+        _requests(side)
+        side.request("GET", "/api/dd", {"x-resp-header": "x-amzn-requestid=req-7"})
+    e, o = envoy.lines(0, N + 1), ours.lines(0, N + 1)
+    assert len(e) == N + 1 and len(o) == N + 1, (e, o)
+
+    def norm(line: str) -> str:
+        line = re.sub(r"^\[[^]]+\]", "[T]", line)
+        line = re.sub(r'" (\d+) (\S+) (\d+) (\d+) (\d+|-) (\d+|-) "', r'" \1 \2 \3 \4 N N "', line)
+        line = re.sub(r":\d+\b", ":P", line)
+        return re.sub(r'"[0-9a-f]{8}-[0-9a-f-]{27}"', '"UUID"', line)
+
+    assert [norm(x) for x in o] == [norm(x) for x in e]
+    assert '"req-7"' in o[-1]
