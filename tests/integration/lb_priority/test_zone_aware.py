@@ -185,7 +185,12 @@ def _sofamesh(b, tmp):
     return ProxyProcess.sofamesh(sofamesh_command(), b, tmp / "sm")
 
 
+def _sofamesh_2(b, tmp):
+    return ProxyProcess.sofamesh(sofamesh_command(), b, tmp / "sm2", concurrency=2)
+
+
 PROXIES = {"envoy": _envoy, "sofamesh": _sofamesh}
+STARTERS = {**PROXIES, "sofamesh-2-workers": _sofamesh_2}
 
 
 class Upstream:
@@ -408,7 +413,7 @@ def run_steps(kind: str, tmp_path) -> list[tuple[dict[str, int], dict[str, int],
         b = make_bootstrap(
             ups.ports(UP, ups.up), ups.local_ports(), {"min_cluster_size": 3}, checked=True
         )
-        with PROXIES[kind](b, tmp_path / f"steps-{kind}"):
+        with STARTERS[kind](b, tmp_path / f"steps-{kind}"):
             aport = b["admin"]["address"]["socket_address"]["port_value"]
             lport = b["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
             last = zone_stats(aport)
@@ -470,3 +475,168 @@ def test_zone_state_recomputed_on_health_changes(tmp_path):
         ez, sz = by_zone(es), by_zone(ss)
         for z, p in STEPS[i][2].items():
             assert abs(ez.get(z, 0) - sz.get(z, 0)) / N_STEP <= tol(p, N_STEP, 2), (i, ez, sz)
+
+
+def test_zone_state_recomputed_on_health_changes_two_workers(tmp_path):
+    """--concurrency 2: the main process checks both clusters; each worker recomputes."""
+    check_steps(run_steps("sofamesh-2-workers", tmp_path))
+
+
+# EDS assignments of `up` over ADS (min_cluster_size 3; the static local cluster has one
+# peer in each zone): upstream hosts per zone -> the share of each zone, what requests count
+EDS_STEPS = [
+    ({"a": ("a0", "a1"), "b": ("b0", "b1"), "c": ("c0", "c1")}, {"a": 1.0}, "all_directly"),
+    # a1 leaves: a holds 20 % of the upstream, 33 % of the peers: 60 % stay
+    (
+        {"a": ("a0",), "b": ("b0", "b1"), "c": ("c0", "c1")},
+        {"a": 0.6, "b": 0.2, "c": 0.2},
+        "sampled",
+    ),
+    # a2 joins a, c2 joins c: a 2/7 of the upstream -> 8571/10000 stay, the rest to c
+    (
+        {"a": ("a0", "a2"), "b": ("b0", "b1"), "c": ("c0", "c1", "c2")},
+        {"a": 0.8571, "c": 0.1429},
+        "sampled",
+    ),
+    # two hosts: under min_cluster_size, round robin over both
+    ({"a": ("a0",), "b": ("b0",)}, {"a": 0.5, "b": 0.5}, "too_small"),
+]
+
+
+async def run_eds(kind: str, tmp_path) -> list[tuple[dict[str, int], dict[str, int]]]:
+    import asyncio
+
+    import grpc
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.service.discovery.v3 import ads_pb2_grpc
+    from google.protobuf import json_format
+
+    from tests.integration.pilot.conftest import ads_bootstrap
+    from tests.integration.xds.test_sidecar_nack import CDS, LDS, listener
+    from tests.support.xds_server import ScriptedAds
+
+    eds = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    hosts = {f"{z}{i}": Upstream() for z in "abc" for i in range(3)}
+    zone_of = {u.port: n for n, u in hosts.items()}
+    ads = ScriptedAds()
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    xds_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    lport, admin = free_port(), free_port()
+
+    def assignment(spec: dict[str, tuple[str, ...]]) -> endpoint_pb2.ClusterLoadAssignment:
+        eps = [
+            {"locality": {"zone": z}, "lb_endpoints": [_ep(hosts[n].port) for n in names]}
+            for z, names in spec.items()
+        ]
+        return json_format.ParseDict(
+            {"cluster_name": "up", "endpoints": eps}, endpoint_pb2.ClusterLoadAssignment()
+        )
+
+    up = json_format.ParseDict(
+        {
+            "name": "up",
+            "type": "EDS",
+            "connect_timeout": "1s",
+            "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
+            "common_lb_config": {"zone_aware_lb_config": {"min_cluster_size": 3}},
+        },
+        cluster_pb2.Cluster(),
+    )
+    route = {
+        "name": "local",
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
+            }
+        ],
+    }
+    ads.push(CDS, "c1", [up])
+    ads.push(eds, "e0", [assignment(EDS_STEPS[0][0])])
+    ads.push(LDS, "l1", [listener(lport, route_config=route)])
+    boot = ads_bootstrap(xds_port, admin, delta=False)
+    boot["node"]["locality"] = {"zone": "a"}
+    boot["cluster_manager"] = {"local_cluster_name": "local"}
+    peers = {z: [20000 + i] for i, z in enumerate("abc")}  # never dialled
+    boot["static_resources"]["clusters"].append(
+        {
+            "name": "local",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": "local",
+                "endpoints": [
+                    {
+                        "locality": {"zone": z},
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {"address": "127.0.0.2", "port_value": p}
+                                    }
+                                }
+                            }
+                            for p in ports
+                        ],
+                    }
+                    for z, ports in peers.items()
+                ],
+            },
+        }
+    )
+    if kind == "envoy":
+        proxy = ProxyProcess.envoy(envoy_binary(), boot, tmp_path / f"eds-{kind}")
+    else:
+        proxy = ProxyProcess.sofamesh(sofamesh_command(), boot, tmp_path / f"eds-{kind}")
+    out = []
+    try:
+        await asyncio.to_thread(proxy.start)
+        await ads.acked(LDS)
+        for i, (spec, _, _) in enumerate(EDS_STEPS):
+            ads.push(eds, f"e{i + 1}", [assignment(spec)])
+            await ads.acked(eds)
+            await asyncio.sleep(0.5)  # Envoy's workers take the new host set
+            before = await asyncio.to_thread(zone_stats, admin)
+            split = await asyncio.to_thread(send, lport, zone_of, N_SHARES)
+            after = await asyncio.to_thread(zone_stats, admin)
+            out.append((split, {k: after[k] - before[k] for k in after}))
+    finally:
+        await asyncio.to_thread(proxy.stop)
+        await server.stop(None)
+        for u in hosts.values():
+            u.close()
+    return out
+
+
+def check_eds(steps: list[tuple[dict[str, int], dict[str, int]]]) -> None:
+    n = N_SHARES
+    for (split, delta), (spec, shares, counts) in zip(steps, EDS_STEPS, strict=True):
+        zones = by_zone(split)
+        assert set(zones) == set(shares), (spec, zones)
+        for z, p in shares.items():
+            assert abs(zones[z] / n - p) <= tol(p, n), (spec, z, zones)
+        if counts == "all_directly":
+            assert delta["lb_zone_routing_all_directly"] == n, delta
+        elif counts == "sampled":
+            assert delta["lb_zone_routing_sampled"] == zones["a"], (delta, zones)
+            assert delta["lb_zone_routing_cross_zone"] == n - zones["a"], (delta, zones)
+        else:
+            assert split == {"a0": n // 2, "b0": n // 2}, split
+            assert sum(v for k, v in delta.items() if k.startswith("lb_zone_routing")) == 0
+
+
+@pytest.mark.envoy
+async def test_zone_state_recomputed_on_eds_updates(tmp_path):
+    """EDS replaces the upstream's hosts: the zone state follows each assignment as
+    Envoy's does."""
+    got = {kind: await run_eds(kind, tmp_path) for kind in PROXIES}
+    for steps in got.values():
+        check_eds(steps)
+    for i, ((es, _), (ss, _)) in enumerate(zip(got["envoy"], got["sofamesh"], strict=True)):
+        ez, sz = by_zone(es), by_zone(ss)
+        for z, p in EDS_STEPS[i][1].items():
+            assert abs(ez.get(z, 0) - sz.get(z, 0)) / N_SHARES <= tol(p, N_SHARES, 2), (ez, sz)
