@@ -120,7 +120,8 @@ def compile_filter(f: Any, path: str, ctx: FilterContext) -> Test:
         from sofamesh.proxy.routes import header_matcher
 
         m = header_matcher(f.header_filter.header, sub + ".header")
-        return lambda s, ms: s.resp_flags != "DPE" and bool(m.test(s.request_head))
+        test = m.test  # type: ignore[attr-defined]  # HeaderMatcher.test (router.pyx)
+        return lambda s, ms: s.resp_flags != "DPE" and bool(test(s.request_head))
     if kind == "response_flag_filter":
         flags = list(f.response_flag_filter.flags)
         for i, fl in enumerate(flags):

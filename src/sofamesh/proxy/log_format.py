@@ -560,7 +560,7 @@ class TextFormat:
     """A compiled text format: `format(x, ms, ns)` is one line."""
 
     def __init__(self, pieces: list, omit_empty: bool) -> None:
-        self.pieces = tuple(p if p.__class__ is str else p[0] for p in pieces)
+        self.pieces: tuple[Any, ...] = tuple(p if p.__class__ is str else p[0] for p in pieces)
         self.empty = "" if omit_empty else "-"
 
     def format(self, x: Any, ms: float, ns: int) -> str:

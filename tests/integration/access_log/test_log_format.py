@@ -315,3 +315,28 @@ def test_datadog_example_stdout_format_like_envoy(alpair):
 
     assert [norm(x) for x in o] == [norm(x) for x in e]
     assert '"req-7"' in o[-1]
+
+
+def test_text_format_over_http2_like_envoy(alpair):
+    """The same commands for requests that arrive over HTTP/2 (h2c, prior knowledge)."""
+    from tests.support.h2_peers import h2_exchange
+
+    fmt = {"text_format_source": {"inline_string": "|".join(OPS) + "\n"}}
+    envoy, ours = alpair([file_log(0, fmt)], http_filters=[], virtual_host=VHOST)
+    for side in (envoy, ours):
+
+        def req(method: str, path: str, extra: list, body: bytes | None = None, port=side.port):
+            base = [(":method", method), (":scheme", "http"), (":authority", "h2.local:80")]
+            h2_exchange(port, [*base, (":path", path), *extra], body)
+
+        req("GET", "/api/a", [("user-agent", "h2/1"), ("x-multi", "a"), ("x-multi", "b")])
+        req("POST", "/api/b", [("x-resp-status", "503"), ("content-length", "5")], b"hello")
+        req("GET", "/nowhere", [])
+        req("GET", "/direct/x", [])
+    e, o = envoy.lines(0, 4), ours.lines(0, 4)
+    assert len(e) == 4 and len(o) == 4, (e, o)
+    for le, lo in zip(e, o, strict=True):
+        fe, fo = _text_fields(le), _text_fields(lo)
+        diff = [(op, a, b) for op, a, b in zip(OPS, fe, fo, strict=True) if a != b]
+        assert not diff, (le, lo)
+    assert o[0].split("|")[OPS.index("%PROTOCOL%")] == "HTTP/2"
