@@ -340,3 +340,25 @@ def test_text_format_over_http2_like_envoy(alpair):
         diff = [(op, a, b) for op, a, b in zip(OPS, fe, fo, strict=True) if a != b]
         assert not diff, (le, lo)
     assert o[0].split("|")[OPS.index("%PROTOCOL%")] == "HTTP/2"
+
+
+def test_response_trailers_like_envoy(alpair):
+    """TRAILER() reads the upstream's trailers once the cluster parses them
+    (http_protocol_options.enable_trailers), as Envoy does."""
+    opts = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {"enable_trailers": True}},
+        }
+    }
+    fmt = {"text_format": "%REQ(:PATH)% %TRAILER(X-TRAILER)% %TRAILER(X-NONE)% %RESP(SERVER)%\n"}
+    envoy, ours = alpair(
+        [file_log(0, fmt)],
+        http_filters=[],
+        virtual_host=VHOST,
+        cluster_extra={"typed_extension_protocol_options": opts},
+    )
+    for side in (envoy, ours):
+        side.request("GET", "/api/t", {"x-resp-trailers": "1"})
+        side.request("GET", "/api/n", {})
+    assert ours.lines(0, 2) == envoy.lines(0, 2) == ["/api/t t - envoy", "/api/n - - envoy"]
