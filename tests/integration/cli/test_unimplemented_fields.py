@@ -150,9 +150,11 @@ IGNORED_BEFORE: list[tuple[str, Callable[[dict], None], str]] = [
     ),
     (
         "cluster_common_lb_config",
-        # healthy_panic_threshold and locality weighting are implemented; zone-aware is not
-        lambda b: _cluster(b).update(common_lb_config={"zone_aware_lb_config": {}}),
-        f"{C0}.common_lb_config.zone_aware_lb_config",
+        # healthy_panic_threshold, locality weighting and zone-aware routing are implemented
+        lambda b: _cluster(b).update(
+            common_lb_config={"close_connections_on_host_set_change": True}
+        ),
+        f"{C0}.common_lb_config.close_connections_on_host_set_change",
     ),
     (
         "endpoint_unhealthy",

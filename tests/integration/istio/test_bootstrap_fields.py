@@ -221,11 +221,12 @@ def test_bootstrap_extensions_internal_listener_only(tmp_path):
 
 
 def test_cluster_manager_fields_sofamesh_lacks_are_refused(tmp_path):
-    doc = bootstrap(free_port(), 0, 1, cluster_manager={"local_cluster_name": "used"})
+    bind = {"source_address": {"address": "127.0.0.1", "port_value": 0}}
+    doc = bootstrap(free_port(), 0, 1, cluster_manager={"upstream_bind_config": bind})
     r = _validate(tmp_path, doc)
     assert r.returncode == 1
     assert (
-        "cluster_manager.local_cluster_name: ClusterManager.local_cluster_name is not "
+        "cluster_manager.upstream_bind_config: ClusterManager.upstream_bind_config is not "
         "implemented by sofamesh" in r.stderr
     )
 

@@ -134,7 +134,7 @@ def test_a_different_shape_takes_the_full_check():
     assert checks.check(cluster("a")) == []
     bad = cluster("b", lb_policy="MAGLEV")
     assert checks.check(bad) == validate_resource(bad) != []
-    bad2 = cluster("c", common_lb_config={"zone_aware_lb_config": {}})
+    bad2 = cluster("c", common_lb_config={"close_connections_on_host_set_change": True})
     assert checks.check(bad2) != []
     assert checks.full == 3
     # refused shapes are not remembered
