@@ -146,3 +146,33 @@ def test_two_loggers_two_formats_like_envoy(alpair):
         return re.sub(r":\d+", ":P", line)
 
     assert [default(x) for x in ours.lines(2, 2)] == [default(x) for x in envoy.lines(2, 2)]
+
+
+def test_traceable_filter_with_tracing_like_envoy(alpair):
+    """With tracing on the connection manager, traceable_filter logs only requests whose trace
+    the service forced. Envoy 1.40 honours x-envoy-force-trace from internal requests only,
+    and with internal_address_config unset no peer is internal: neither proxy logs any of
+    these (a random, a forced and a client-sampled request), while the unfiltered logger
+    has all three."""
+    tracing = {
+        "random_sampling": {"value": 100},
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": typed(
+                "envoy.config.trace.v3.ZipkinConfig",
+                collector_cluster="backend",
+                collector_endpoint="/api/v2/spans",
+                collector_endpoint_version="HTTP_JSON",
+            ),
+        },
+    }
+    logs = [file_log(0, FMT), file_log(1, FMT, FILTERS["traceable"])]
+    hcm = {"tracing": tracing, "use_remote_address": True}
+    envoy, ours = alpair(logs, http_filters=[], virtual_host=VHOST, hcm_extra=hcm)
+    for side in (envoy, ours):
+        side.request("GET", "/api/plain", {})
+        side.request("GET", "/api/forced", {"x-envoy-force-trace": "true"})
+        side.request("GET", "/api/client", {"x-client-trace-id": "abc"})
+    assert ours.lines(0, 3) == envoy.lines(0, 3)
+    assert len(ours.lines(0, 3)) == 3
+    assert ours.lines(1, 0, settle=0.5) == envoy.lines(1, 0, settle=0.5) == []
