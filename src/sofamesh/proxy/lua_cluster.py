@@ -4,7 +4,7 @@ names the cluster of each request.
 
 What a script sees, as in Envoy (source/extensions/router/cluster_specifiers/lua):
 - `route_handle:headers():get(name)`: the request header's values joined by "," (the name
-  is lower-cased; pseudo-headers `:path`, `:method`, `:authority` too), or nil;
+  is lower-cased; pseudo-headers `:path`, `:method`, `:authority`, `:scheme` too), or nil;
 - `route_handle:getCluster(name)`: nil for an unknown cluster, else an object with
   `numConnections()`, `numRequests()` and `numPendingRequests()`.
 The script is loaded once per configuration in each worker process (a runtime of its own);
@@ -170,7 +170,9 @@ def lua_route(source: str, default_cluster: str, path: str, stats: Any = None) -
                 return h.method_value
             if name == b":authority":
                 return h.authority_value
-            return getattr(h, "scheme", None)
+            # HTTP/2 carries :scheme; an HTTP/1 request's is what the connection manager put
+            # in x-forwarded-proto (the connection's, as Envoy's :scheme), else http
+            return getattr(h, "scheme", None) or h.get_value(b"x-forwarded-proto") or b"http"
         return h.get_value(name)
 
     def get_cluster(name: bytes) -> tuple[int, int, int] | None:

@@ -53,6 +53,10 @@ function envoy_on_route(route_handle)
     return "missing"
   end
   if want == "badget" then return h:get({}) end
+  if want == "scheme" then
+    if h:get(":scheme") == "http" and h:get(":method") == "GET" then return "other" end
+    return "backend"
+  end
   return want or "backend"
 end
 """
@@ -72,6 +76,7 @@ CASES: list[tuple[str | None, list[tuple[str, str]]]] = [
     ("path", []),
     ("count", []),
     ("badget", []),  # a bad argument to get(): a run-time error
+    ("scheme", []),
 ]
 
 
@@ -157,6 +162,7 @@ def test_lua_cluster_specifier_routes_like_envoy(tmp_path):
         assert ("/inline", "number", 503, "") in seen
         assert ("/named/other", "path", 200, "b") in seen
         assert ("/inline", "count", 200, "b") in seen
+        assert ("/inline", "scheme", 200, "b") in seen
         es, os_ = envoy.side.stats(), ours.side.stats()
         for k in ("http.ingress.no_cluster", "http.ingress.downstream_rq_2xx"):
             assert os_.get(k) == es.get(k), k
@@ -206,3 +212,38 @@ def test_bad_script_rejected_by_both(case, tmp_path):
     if case == "syntax":  # the same Lua message, the same chunk name
         msg = '[string "function envoy_on_route(h)..."]:3: unexpected symbol'
         assert msg in e.stderr and msg in out
+
+
+def test_lua_cluster_specifier_over_h2_like_envoy(tmp_path):
+    """The same script for HTTP/2 requests (HPACK-decoded header lists, pseudo-headers)."""
+    from tests.support.h2raw import END_HEADERS, END_STREAM, H2Client, headers, req
+
+    def h2(p: _Proxy, path: str, extra: list[tuple[str, str]]) -> tuple:
+        na, nb = len(p.a.records), len(p.b.records)
+        with H2Client(p.side.port) as c:
+            c.handshake()
+            fields = req("GET", path, "example.com") + extra
+            c.send(headers(1, c.block(fields), END_STREAM | END_HEADERS))
+            o = c.outcome(1)
+        assert o.kind == "response", o
+        hs = sorted((k, v) for k, v in o.response_headers or [] if k not in VOLATILE)
+        got = ("a" if len(p.a.records) > na else "") + ("b" if len(p.b.records) > nb else "")
+        return hs, o.body, got
+
+    started: list[_Proxy] = []
+    try:
+        envoy = _Proxy("envoy", tmp_path / "envoy")
+        started.append(envoy)
+        ours = _Proxy("sofamesh", tmp_path / "sofamesh")
+        started.append(ours)
+        gots = set()
+        for want, extra in CASES:
+            hs = ([("x-cluster", want)] if want else []) + extra
+            e = h2(envoy, "/inline", hs)
+            o = h2(ours, "/inline", hs)
+            assert o == e, (want, extra)
+            gots.add(o[2])
+        assert gots == {"a", "b", ""}  # both upstreams and the no-cluster answer
+    finally:
+        for p in started:
+            p.stop()
