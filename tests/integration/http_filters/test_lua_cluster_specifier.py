@@ -247,3 +247,73 @@ def test_lua_cluster_specifier_over_h2_like_envoy(tmp_path):
     finally:
         for p in started:
             p.stop()
+
+
+def _rds(script: str) -> dict:
+    from tests.integration.xds.test_config_sources import RDS
+
+    name = "envoy.router.cluster_specifier_plugin.lua"
+    return {
+        "@type": RDS,
+        "name": "local",
+        "cluster_specifier_plugins": [{"extension": _lua(script, default="a")}],
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster_specifier_plugin": name}}],
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("kind", ["envoy", "sofamesh", "sofamesh-2-workers"])
+def test_rds_updates_replace_the_script(tmp_path, kind):
+    """Routes from RDS (a watched file) with a named plugin: a new version's script routes
+    the next requests (its virtual host's bytes did not change: only the plugin did), and a
+    script that does not load is an RDS rejection, the last good one serving on."""
+    from tests.conftest import free_port
+    from tests.integration.xds.test_config_sources import (
+        bootstrap as xds_bootstrap,
+    )
+    from tests.integration.xds.test_config_sources import (
+        eventually,
+        listener,
+        move_into_place,
+        response,
+        start,
+        stat,
+        static_cluster,
+        who,
+    )
+    from tests.support.http_upstream import RecordingUpstream
+
+    ups = RecordingUpstream(["alpha", "beta"]).start()
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    lport, admin = free_port(), free_port()
+    rds = cfg / "rds.yaml"
+    rds_src = {"path_config_source": {"path": str(rds)}}
+    (cfg / "lds.yaml").write_text(response(listener(lport, rds_src), version="l1"))
+    to = 'function envoy_on_route(h) return "{}" end\n'
+    rds.write_text(response(_rds(to.format("a")), version="r1"))
+    boot = xds_bootstrap(
+        admin,
+        {"lds_config": {"path": str(cfg / "lds.yaml")}},
+        [
+            {k: v for k, v in static_cluster(n, ups.ports[u]).items() if k != "@type"}
+            for n, u in (("a", "alpha"), ("b", "beta"))
+        ],
+    )
+    proxy = start(kind, boot, tmp_path / kind)
+    try:
+        assert eventually(lambda: who(lport), "alpha") == "alpha"
+        move_into_place(rds, response(_rds(to.format("b")), version="r2"))
+        assert eventually(lambda: who(lport), "beta") == "beta"
+        assert all(who(lport) == "beta" for _ in range(6))  # every worker took it
+        move_into_place(rds, response(_rds("function envoy_on_route(h"), version="r3"))
+        assert eventually(lambda: stat(admin, "http.ingress.rds.local.update_rejected"), 1) == 1
+        assert all(who(lport) == "beta" for _ in range(6))
+    finally:
+        proxy.stop()
+        ups.stop()
