@@ -152,3 +152,14 @@ def route_kind(HttpStream s):
     if r.action == RA_REDIRECT:
         return "redirect"
     return "route"
+
+
+def requested_server_name(HttpStream s):
+    """The TLS SNI the client asked for (recorded by proxy/tls.py's sni_callback on
+    listeners with a tls_inspector, as Envoy records it there), or None."""
+    if s.transport is None:
+        return None
+    so = s.transport.get_extra_info("ssl_object")
+    if so is None:
+        return None
+    return getattr(so, "_sofamesh_sni", None) or None

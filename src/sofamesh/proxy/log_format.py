@@ -378,7 +378,7 @@ def _http_simple() -> dict[str, Getter]:
         "DOWNSTREAM_LOCAL_ADDRESS": local_addr,
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": local_ip,
         "DOWNSTREAM_LOCAL_PORT": local_port,
-        "REQUESTED_SERVER_NAME": lambda s, ms, ns: None,
+        "REQUESTED_SERVER_NAME": lambda s, ms, ns: F.requested_server_name(s),
         "ROUTE_NAME": route_name,
         "HOSTNAME": lambda s, ms, ns: _HOSTNAME,
         "CONNECTION_ID": lambda s, ms, ns: F.connection_id(s),
