@@ -362,3 +362,18 @@ def test_response_trailers_like_envoy(alpair):
         side.request("GET", "/api/t", {"x-resp-trailers": "1"})
         side.request("GET", "/api/n", {})
     assert ours.lines(0, 2) == envoy.lines(0, 2) == ["/api/t t - envoy", "/api/n - - envoy"]
+
+
+def test_deprecated_file_formats_like_envoy(alpair):
+    """FileAccessLog's deprecated `format` and `json_format`, which Envoy 1.40 still takes."""
+    logs = [
+        file_log(0, format="%REQ(:PATH)% %RESPONSE_CODE% %ROUTE_NAME%\n"),
+        file_log(1, json_format={"p": "%REQ(:PATH)%", "c": "%RESPONSE_CODE%", "u": "%REQ(X-U)%"}),
+    ]
+    envoy, ours = alpair(logs, http_filters=[], virtual_host=VHOST)
+    for side in (envoy, ours):
+        side.request("GET", "/api/x", {"x-u": "1"})
+        side.request("GET", "/direct/y", {})
+    assert ours.lines(0, 2) == envoy.lines(0, 2) == ["/api/x 200 api", "/direct/y 202 direct"]
+    assert ours.lines(1, 2) == envoy.lines(1, 2)
+    assert ours.lines(1, 2)[0] == '{"c":200,"p":"/api/x","u":"1"}'
