@@ -51,9 +51,18 @@ _PSEUDO = (b":path", b":method", b":authority", b":scheme")
 _HANDLE = """
 local fn, get_header, get_cluster, n1, n2, n3, n4 = ...
 local pcall, type, tostring, error, lower = pcall, type, tostring, error, string.lower
+local setmetatable = setmetatable
 local v1, v2, v3, v4
-local H = {}
-function H.get(self, name)
+-- read-only objects, as Envoy's userdata: an assignment is a run-time error
+local function sealed(methods)
+  return setmetatable({}, {
+    __index = methods,
+    __newindex = function() error("attempt to modify a read-only Envoy object", 2) end,
+    __metatable = false,
+  })
+end
+local HM = {}
+function HM.get(self, name)
   if name == n1 then return v1 end
   if name == n2 then return v2 end
   if name == n3 then return v3 end
@@ -66,17 +75,19 @@ function H.get(self, name)
   end
   return get_header(lower(name))
 end
+local H = sealed(HM)
 local function count(n) return function() return n end end
-local R = {}
-function R.headers(self) return H end
-function R.getCluster(self, name)
+local RM = {}
+function RM.headers(self) return H end
+function RM.getCluster(self, name)
   if type(name) ~= "string" and type(name) ~= "number" then
     error("bad argument #1 to 'getCluster' (string expected, got " .. type(name) .. ")", 2)
   end
   local c, r, p = get_cluster(tostring(name))
   if c == nil then return nil end
-  return {numConnections = count(c), numRequests = count(r), numPendingRequests = count(p)}
+  return sealed({numConnections = count(c), numRequests = count(r), numPendingRequests = count(p)})
 end
+local R = sealed(RM)
 return function(a1, a2, a3, a4)
   v1, v2, v3, v4 = a1, a2, a3, a4
   local ok, out = pcall(fn, R)

@@ -53,6 +53,14 @@ function envoy_on_route(route_handle)
     return "missing"
   end
   if want == "badget" then return h:get({}) end
+  if want == "assign" then
+    route_handle.cluster = "backend"
+    return "backend"
+  end
+  if want == "assign-headers" then
+    h.get = nil
+    return "backend"
+  end
   if want == "scheme" then
     if h:get(":scheme") == "http" and h:get(":method") == "GET" then return "other" end
     return "backend"
@@ -77,6 +85,9 @@ CASES: list[tuple[str | None, list[tuple[str, str]]]] = [
     ("count", []),
     ("badget", []),  # a bad argument to get(): a run-time error
     ("scheme", []),
+    ("assign", []),  # the handle is read-only (Envoy's userdata): a run-time error
+    ("assign-headers", []),
+    (None, []),  # and the next request is routed as the first was
 ]
 
 
@@ -163,11 +174,13 @@ def test_lua_cluster_specifier_routes_like_envoy(tmp_path):
         assert ("/named/other", "path", 200, "b") in seen
         assert ("/inline", "count", 200, "b") in seen
         assert ("/inline", "scheme", 200, "b") in seen
+        assert ("/inline", "assign-headers", 200, "b") in seen
         es, os_ = envoy.side.stats(), ours.side.stats()
         for k in ("http.ingress.no_cluster", "http.ingress.downstream_rq_2xx"):
             assert os_.get(k) == es.get(k), k
-        # sofamesh counts what Envoy only logs: 2 routes x (error, badget) and (nil, table)
-        assert os_["cluster_specifier.lua.script_error"] == 4
+        # sofamesh counts what Envoy only logs: 2 routes x (error, badget, assign,
+        # assign-headers) and (nil, table)
+        assert os_["cluster_specifier.lua.script_error"] == 8
         assert os_["cluster_specifier.lua.non_string_return"] == 4
         assert ours.side.request("GET", "/", [("host", "x")]).status == 200  # still serving
     finally:
