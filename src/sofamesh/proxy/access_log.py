@@ -36,6 +36,7 @@ class FileAccessLog:
     tcp_fmt: Any = None
     test: Any = None
     tcp_test: Any = None
+    format_errors = 0  # lines lost because formatting one raised (counted per logger)
 
     def __init__(self, path: str, loop: Any, flush_interval: float = 1.0, max_batch: int = 512):
         self.path = path
@@ -50,13 +51,19 @@ class FileAccessLog:
 
     def log(self, s: Any, duration_ms: float) -> None:
         """Called by the proxy when a request ends; `s` is the stream (DownstreamConn)."""
-        test = self.test
-        if test is not None and not test(s, duration_ms):
-            return
         fmt = self.fmt
-        if fmt is not None:
-            self._add(fmt.format(s, duration_ms, time.time_ns() - int(duration_ms * 1e6)))
-            return
+        test = self.test
+        if fmt is not None or test is not None:
+            try:
+                if test is not None and not test(s, duration_ms):
+                    return
+                if fmt is not None:
+                    line = fmt.format(s, duration_ms, time.time_ns() - int(duration_ms * 1e6))
+                    self._add(line)
+                    return
+            except Exception as e:  # noqa: BLE001  (the request is served; its line is lost)
+                self._format_failed(e)
+                return
         wall = time.time() - duration_ms / 1000.0
         parse_error = s.resp_flags == "DPE"
         if parse_error:
@@ -91,10 +98,16 @@ class FileAccessLog:
 
                 fmt = self.tcp_fmt = compile_text(DEFAULT_FORMAT, "access_log", tcp=True)
             line = fmt.format(entry, ms, int(entry[0] * 1e9))
-        except Exception:  # noqa: BLE001  (the close goes on; the entry is counted lost)
-            self.dropped += 1
+        except Exception as e:  # noqa: BLE001  (the close goes on; the entry is counted lost)
+            self._format_failed(e)
             return
         self._add(line)
+
+    def _format_failed(self, e: Exception) -> None:
+        """A line that could not be formatted: counted (format_errors), said once."""
+        self.format_errors += 1
+        if self.format_errors == 1:
+            log.warning("access log %s: a line could not be formatted (%r)", self.path, e)
 
     def _add(self, line: str) -> None:
         self.lines.append(line)
@@ -172,6 +185,7 @@ class FilteredLog:
     def __init__(self, inner: Any, test: Any, tcp: bool) -> None:
         self.inner = inner
         self.test = test
+        self.errors = 0  # filter evaluations that raised (the entry is not sent)
         if tcp:
             self.log_tcp = self._log_tcp
         else:
@@ -182,5 +196,10 @@ class FilteredLog:
             self.inner.log(s, duration_ms)
 
     def _log_tcp(self, entry: tuple) -> None:
-        if self.test(entry, entry[1] * 1000.0):
+        try:
+            keep = self.test(entry, entry[1] * 1000.0)
+        except Exception:  # noqa: BLE001  (the connection's close goes on)
+            self.errors += 1
+            return
+        if keep:
             self.inner.log_tcp(entry)

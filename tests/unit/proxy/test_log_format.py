@@ -96,3 +96,25 @@ def test_text_format_source_from_a_file(tmp_path):
         compile_substitution(
             _sfs({"text_format_source": {"filename": str(tmp_path / "none")}}), "p"
         )
+
+
+def test_a_line_that_cannot_be_formatted_is_counted_not_raised(tmp_path):
+    import asyncio
+    from types import SimpleNamespace
+
+    from sofamesh.proxy.access_log import FileAccessLog
+
+    def boom(x, ms, ns):
+        raise ValueError("bad stream")
+
+    loop = asyncio.new_event_loop()
+    try:
+        lg = FileAccessLog(str(tmp_path / "a.log"), loop)
+        lg.fmt = SimpleNamespace(format=boom)
+        lg.tcp_fmt = SimpleNamespace(format=boom)
+        lg.log(object(), 1.0)
+        lg.log_tcp((1.0, 0.1, None, None, None, None, None, 0, 0, "", ""))
+        assert lg.format_errors == 2 and lg.lines == []
+        lg.close()
+    finally:
+        loop.close()
