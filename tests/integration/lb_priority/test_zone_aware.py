@@ -58,6 +58,7 @@ def make_bootstrap(
     local: dict[str, list[int]],
     zone_cfg: dict | None = None,
     checked: bool = False,
+    lb_policy: str = "ROUND_ROBIN",
 ) -> dict:
     """`up` and `local`: zone -> endpoint ports. With `checked`, both clusters are health
     checked on their endpoints (update_merge_window 0: the balancer sees a change at once)."""
@@ -69,6 +70,7 @@ def make_bootstrap(
     def cluster(name: str, eps: dict[str, list[int]], lb: dict) -> dict:
         c = {
             "name": name,
+            "lb_policy": lb_policy,
             "type": "STATIC",
             "connect_timeout": "1s",
             "common_lb_config": lb,
@@ -151,15 +153,16 @@ def send(lport: int, zone_of: dict[int, str], n: int) -> dict[str, int]:
     return got
 
 
-def zone_stats(aport: int) -> dict[str, int]:
+def zone_stats(aport: int, panic: bool = False) -> dict[str, int]:
+    """cluster.up's zone stats (and lb_healthy_panic)."""
     _, text = admin_get(aport, "/stats")
     out = {}
+    names = ["cluster.up.lb_local_cluster_not_ok", "cluster.up.lb_recalculate_zone_structures"]
+    if panic:
+        names.append("cluster.up.lb_healthy_panic")
     for line in text.splitlines():
         name, _, v = line.partition(": ")
-        if name.startswith("cluster.up.lb_zone_") or name in (
-            "cluster.up.lb_local_cluster_not_ok",
-            "cluster.up.lb_recalculate_zone_structures",
-        ):
+        if name.startswith("cluster.up.lb_zone_") or name in names:
             out[name.removeprefix("cluster.up.")] = int(v)
     return out
 
@@ -261,6 +264,23 @@ CASES = {
         "sampled",
         (),
     ),
+    # the zone is chosen before the host, whatever the policy
+    "sampled_least_request": (
+        {"a": 2, "b": 1, "c": 1},
+        {},
+        None,
+        {"a": 0.6666, "b": 0.1667, "c": 0.1667},
+        "sampled",
+        (),
+    ),
+    "sampled_random": (
+        {"a": 2, "b": 1, "c": 1},
+        {},
+        None,
+        {"a": 0.6666, "b": 0.1667, "c": 0.1667},
+        "sampled",
+        (),
+    ),
     # the local cluster has zones a and b only (Envoy 1.40 routes anyway: no zone count
     # check, no lb_zone_number_differs): all cross-zone traffic goes to c
     "zone_count_differs": (
@@ -313,6 +333,9 @@ CASES = {
 }
 
 
+POLICY = {"sampled_least_request": "LEAST_REQUEST", "sampled_random": "RANDOM"}
+
+
 def _n(name: str) -> int:
     return N_RR if CASES[name][3] is None else N_SHARES
 
@@ -322,7 +345,8 @@ def run_case(name: str, kind: str, tmp_path) -> tuple[dict[str, int], dict[str, 
     ups = Upstreams(local)
     try:
         hosts = up if up is not None else UP
-        b = make_bootstrap(ups.ports(hosts, ups.up), ups.local_ports(), cfg)
+        policy = POLICY.get(name, "ROUND_ROBIN")
+        b = make_bootstrap(ups.ports(hosts, ups.up), ups.local_ports(), cfg, lb_policy=policy)
         with PROXIES[kind](b, tmp_path / name):
             aport = b["admin"]["address"]["socket_address"]["port_value"]
             lport = b["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
@@ -345,7 +369,7 @@ def check_case(name: str, split: dict[str, int], stats: dict[str, int]) -> None:
         for z, p in shares.items():
             assert abs(zones[z] / N - p) <= tol(p, N), (z, zones, shares)
         for z, names in (up or UP).items():  # round robin within a zone
-            if z in zones:
+            if z in zones and name not in POLICY:
                 assert max(split[n] for n in names) - min(split[n] for n in names) <= N // 100
     assert set(stats) == set(ZONE_STATS), stats  # lb_zone_number_differs is gone in 1.40
     assert stats["lb_recalculate_zone_structures"] > 0
@@ -404,33 +428,34 @@ STEPS = [
 N_STEP = 800
 
 
-def run_steps(kind: str, tmp_path) -> list[tuple[dict[str, int], dict[str, int], int]]:
-    """Per step: the split, the stats counted by its requests, and how many times the zone
-    state was recomputed since the previous step's requests."""
+def run_steps(
+    kind: str, tmp_path, steps: list = STEPS, cfg: dict | None = None, n: int = N_STEP
+) -> list[tuple[dict[str, int], dict[str, int], int]]:
+    """Per step: the split, the stats counted by its requests (lb_healthy_panic too), and
+    how many times the zone state was recomputed since the previous step's requests."""
     ups = Upstreams({"a": 1, "b": 1, "c": 1})
     out = []
+    cfg = {"min_cluster_size": 3} if cfg is None else cfg
     try:
-        b = make_bootstrap(
-            ups.ports(UP, ups.up), ups.local_ports(), {"min_cluster_size": 3}, checked=True
-        )
+        b = make_bootstrap(ups.ports(UP, ups.up), ups.local_ports(), cfg, checked=True)
         with STARTERS[kind](b, tmp_path / f"steps-{kind}"):
             aport = b["admin"]["address"]["socket_address"]["port_value"]
             lport = b["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
             last = zone_stats(aport)
-            for up_down, local_down, _, _ in STEPS:
+            for up_down, local_down, _, _ in steps:
                 for table, down, cluster in (
                     (ups.up, up_down, "up"),
                     (ups.local, local_down, "local"),
                 ):
-                    for n, u in table.items():
-                        u.status = 503 if n in down else 200
-                    for n, u in table.items():
-                        want = "/failed_active_hc" if n in down else "healthy"
+                    for h, u in table.items():
+                        u.status = 503 if h in down else 200
+                    for h, u in table.items():
+                        want = "/failed_active_hc" if h in down else "healthy"
                         wait_flags(aport, u.port, want, 5.0, cluster)
                 time.sleep(0.5)  # the balancer takes the flags a moment after /clusters
-                before = zone_stats(aport)
-                split = send(lport, ups.zone_of, N_STEP)
-                after = zone_stats(aport)
+                before = zone_stats(aport, panic=True)
+                split = send(lport, ups.zone_of, n)
+                after = zone_stats(aport, panic=True)
                 recalc = "lb_recalculate_zone_structures"
                 out.append(
                     (split, {k: after[k] - before[k] for k in after}, before[recalc] - last[recalc])
@@ -640,3 +665,23 @@ async def test_zone_state_recomputed_on_eds_updates(tmp_path):
         ez, sz = by_zone(es), by_zone(ss)
         for z, p in EDS_STEPS[i][1].items():
             assert abs(ez.get(z, 0) - sz.get(z, 0)) / N_SHARES <= tol(p, N_SHARES, 2), (ez, sz)
+
+
+# fail_traffic_on_panic: no host for a request that finds the upstream's level or the local
+# cluster in panic (min_cluster_size 3); by_zone() files a 503 under "5"
+FAIL_STEPS = [
+    ((), ("lb0", "lc0"), {"5": 1.0}, "lb_local_cluster_not_ok"),
+    (("a0", "a1", "b0", "b1"), (), {"5": 1.0}, "lb_healthy_panic"),
+    ((), (), {"a": 1.0}, "lb_zone_routing_all_directly"),
+]
+
+
+@pytest.mark.envoy
+def test_fail_traffic_on_panic(tmp_path):
+    n = 200
+    cfg = {"min_cluster_size": 3, "fail_traffic_on_panic": True}
+    for kind in PROXIES:
+        steps = run_steps(kind, tmp_path / kind, FAIL_STEPS, cfg, n)
+        for (split, delta, _), (_, _, shares, counted) in zip(steps, FAIL_STEPS, strict=True):
+            assert by_zone(split) == {z: int(p * n) for z, p in shares.items()}, (kind, split)
+            assert delta[counted] == n, (kind, delta)
