@@ -264,6 +264,8 @@ def _details(s: Any, ms: float, ns: int) -> Any:
 
 
 def _request_duration(s: Any, ms: float, ns: int) -> Any:
+    if s.resp_flags == "DPE":
+        return None  # the request never parsed whole
     t0, sent, done = F.timings(s)
     if done and s.bytes_rx == 0:
         return 0  # a request without a body is whole when its head is

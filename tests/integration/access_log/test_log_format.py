@@ -377,3 +377,19 @@ def test_deprecated_file_formats_like_envoy(alpair):
     assert ours.lines(0, 2) == envoy.lines(0, 2) == ["/api/x 200 api", "/direct/y 202 direct"]
     assert ours.lines(1, 2) == envoy.lines(1, 2)
     assert ours.lines(1, 2)[0] == '{"c":200,"p":"/api/x","u":"1"}'
+
+
+def test_malformed_request_line_like_envoy(alpair):
+    """A request whose head does not parse is logged as Envoy logs it (DPE, 400, no request
+    fields); RESPONSE_CODE_DETAILS (Envoy's codec error detail) is not known to sofamesh."""
+    ops = [op for op in OPS if op != "%RESPONSE_CODE_DETAILS%"]
+    fmt = {"text_format_source": {"inline_string": "|".join(ops) + "\n"}}
+    envoy, ours = alpair([file_log(0, fmt)], http_filters=[], virtual_host=VHOST)
+    for side in (envoy, ours):
+        side.raw(b"GET /a HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n")
+    e, o = envoy.lines(0, 1), ours.lines(0, 1)
+    assert len(e) == 1 and len(o) == 1, (e, o)
+    fe = [_mask(op, v) for op, v in zip(ops, e[0].split("|"), strict=True)]
+    fo = [_mask(op, v) for op, v in zip(ops, o[0].split("|"), strict=True)]
+    assert fo == fe, (e, o)
+    assert "|400|DPE|DownstreamProtocolError|" in o[0]
