@@ -35,6 +35,7 @@ from typing import Any
 
 from sofamesh._core.upstream import LB_POLICIES, Cluster, HostSet
 from sofamesh._core.zone_aware import DIRECT, NO_ROUTING, RESIDUAL, ZoneRouting
+from sofamesh.proxy import localities
 
 # cluster.<name>.<stat>: counted per update (the first three) or per request
 COUNTERS = (
@@ -56,7 +57,8 @@ def _bump(c: Any) -> None:
 
 def _order(keys: Any, local: str | None) -> list[str]:
     """Envoy's HostsPerLocality order: the local locality first (when present), then the
-    others by (region, zone, sub_zone)."""
+    others by (region, zone, sub_zone) (keys are localities.locality_key's
+    "region/zone/sub_zone": a name holding "/" may sort otherwise than in Envoy)."""
     rest = sorted((k for k in keys if k != local), key=lambda k: tuple(k.split("/")))
     return ([local] if local is not None and local in keys else []) + rest
 
@@ -172,10 +174,7 @@ def configure(server: Any, cl: Cluster, c: Any) -> None:
     if not local_name:  # fail_traffic_on_panic only
         return
     node = server.bootstrap.node
-    me = None
-    if node.HasField("locality"):
-        loc = node.locality
-        me = f"{loc.region}/{loc.zone}/{loc.sub_zone}"
+    me = localities.locality_key(node.locality) if node.HasField("locality") else None
     regen = Regen(cl, z, server, local_name, me, min_size)
     cl.watchers = {"zone": regen}
     lc = regen.local()
