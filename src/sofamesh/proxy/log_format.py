@@ -345,6 +345,14 @@ def _http_simple() -> dict[str, Getter]:
         return _str(s.remote_ip)
 
     def cluster(s: Any, ms: float, ns: int) -> Any:
+        # Envoy's observability name: the cluster's alt_stat_name when it has one
+        c = s.cluster
+        if c is None:
+            return None
+        cfg = c.config
+        return (cfg.alt_stat_name or c.name) if cfg is not None else c.name
+
+    def cluster_raw(s: Any, ms: float, ns: int) -> Any:
         c = s.cluster
         return c.name if c is not None else None
 
@@ -369,7 +377,7 @@ def _http_simple() -> dict[str, Getter]:
             None if s.upstream_host == "-" else s.upstream_host
         ),
         "UPSTREAM_CLUSTER": cluster,
-        "UPSTREAM_CLUSTER_RAW": cluster,
+        "UPSTREAM_CLUSTER_RAW": cluster_raw,
         "UPSTREAM_LOCAL_ADDRESS": lambda s, ms, ns: _addr(F.upstream_local(s)),
         "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda s, ms, ns: None,
         "CONNECTION_TERMINATION_DETAILS": lambda s, ms, ns: None,

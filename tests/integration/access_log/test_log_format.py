@@ -393,3 +393,14 @@ def test_malformed_request_line_like_envoy(alpair):
     fo = [_mask(op, v) for op, v in zip(ops, o[0].split("|"), strict=True)]
     assert fo == fe, (e, o)
     assert "|400|DPE|DownstreamProtocolError|" in o[0]
+
+
+def test_upstream_cluster_alt_stat_name_like_envoy(alpair):
+    """UPSTREAM_CLUSTER is the cluster's alt_stat_name when it has one, _RAW its name."""
+    fmt = {"text_format": "%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW%\n"}
+    envoy, ours = alpair(
+        [file_log(0, fmt)], http_filters=[], cluster_extra={"alt_stat_name": "alt"}
+    )
+    for side in (envoy, ours):
+        side.request("GET", "/x", {})
+    assert ours.lines(0, 1) == envoy.lines(0, 1) == ["alt backend"]
