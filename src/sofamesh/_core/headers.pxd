@@ -27,6 +27,9 @@ cdef class HeaderMap:
     # next live entry at or after `start` named `name` (n bytes); -1: none
     cdef int find_from(self, const char* name, int n, int start) noexcept
     cdef bytes name_at(self, int i)
+    # entry i's name as a view (n bytes, any case; valid until the map changes), NULL when
+    # the entry is removed: one pass over the names with no allocation (http_tracing)
+    cdef const char* name_ptr(self, int i, int* n) noexcept
     cdef bytes value_at(self, int i)
     cdef int remove_at(self, int i) except -1
     cdef bytes method(self)

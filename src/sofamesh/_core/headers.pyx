@@ -34,6 +34,10 @@ cdef class HeaderMap:
     cdef bytes name_at(self, int i):
         raise NotImplementedError
 
+    cdef const char* name_ptr(self, int i, int* n) noexcept:
+        n[0] = 0
+        return NULL
+
     cdef bytes value_at(self, int i):
         raise NotImplementedError
 
@@ -227,6 +231,15 @@ cdef class HeaderList(HeaderMap):
 
     cdef bytes name_at(self, int i):
         return (<tuple>self.pairs[i])[0]
+
+    cdef const char* name_ptr(self, int i, int* n) noexcept:
+        cdef bytes k
+        if i < self.first or (self.dead is not None and self.dead[i]):
+            n[0] = 0
+            return NULL
+        k = <bytes>(<tuple>self.pairs[i])[0]
+        n[0] = <int>PyBytes_GET_SIZE(k)
+        return PyBytes_AS_STRING(k)
 
     cdef bytes value_at(self, int i):
         return (<tuple>self.pairs[i])[1]

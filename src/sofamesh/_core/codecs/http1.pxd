@@ -100,6 +100,7 @@ cdef class Head(HeaderMap):
     cdef bint live(self, int i) noexcept
     cdef int find_from(self, const char* name, int n, int start) noexcept
     cdef bytes name_at(self, int i)
+    cdef const char* name_ptr(self, int i, int* n) noexcept
     cdef bytes value_at(self, int i)
     cdef int remove_at(self, int i) except -1
     cdef bytes method(self)

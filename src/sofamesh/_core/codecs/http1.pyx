@@ -143,6 +143,21 @@ cdef class Head:
         return PyBytes_FromStringAndSize(self.base + self.hdrs[i].name_off,
                                          self.hdrs[i].name_len).lower()
 
+    cdef const char* name_ptr(self, int i, int* n) noexcept:
+        cdef object o
+        if i >= self.nhdr:
+            o = self.added[2 * (i - self.nhdr)]
+            if o is None:
+                n[0] = 0
+                return NULL
+            n[0] = <int>PyBytes_GET_SIZE(<bytes>o)
+            return PyBytes_AS_STRING(<bytes>o)
+        if self.hdrs[i].skip:
+            n[0] = 0
+            return NULL
+        n[0] = self.hdrs[i].name_len
+        return self.base + self.hdrs[i].name_off
+
     cdef bytes method(self):
         return PyBytes_FromStringAndSize(self.base, self.method_len)
 
