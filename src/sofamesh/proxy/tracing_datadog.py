@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import time
 import uuid
@@ -111,13 +112,22 @@ def _int(v: str) -> int:
     return int(v)
 
 
+_RATES: dict[float, str] = {}
+
+
 def format_rate(rate: float) -> str:
     """dd-trace-cpp's rate text: 6 decimals, trailing zeros and point stripped."""
-    return f"{rate:.6f}".rstrip("0").rstrip(".")
+    text = _RATES.get(rate)
+    if text is None:
+        text = f"{rate:.6f}".rstrip("0").rstrip(".")
+        if len(_RATES) < 1024:
+            _RATES[rate] = text
+    return text
 
 
-def _clean(v: str, banned: str) -> str:
-    return "".join("_" if (c in banned or not " " <= c <= "~") else c for c in v)
+# tracestate: characters outside 0x20-0x7e and the separators become "_"
+_BAD_KEY = re.compile(r"[^\x21-\x7e]|[,;=]")
+_BAD_VALUE = re.compile(r"[^\x20-\x7e]|[,;~]")
 
 
 class DatadogTracer(tracing.Tracer):
@@ -411,10 +421,11 @@ class DatadogTracer(tracing.Tracer):
         )
         st = f"dd=s:{prio};p:{sid.decode()}"
         if t.origin is not None:
-            st += ";o:" + _clean(t.origin, ",;~").replace("=", "~")
+            st += ";o:" + _BAD_VALUE.sub("_", t.origin).replace("=", "~")
         for k, v in t.ttags:
             if k.startswith("_dd.p.") and k != "_dd.p.tid":
-                st += ";t." + _clean(k[6:], " ,;=") + ":" + _clean(v, ",;~").replace("=", "~")
+                v = _BAD_VALUE.sub("_", v).replace("=", "~")
+                st += ";t." + _BAD_KEY.sub("_", k[6:]) + ":" + v
         if t.dd_extra:
             st += ";" + t.dd_extra
         while len(st) > TRACESTATE_DD_MAX:
