@@ -28,8 +28,9 @@ language/runtime-id/version meta, process_id and priority metrics.
 Reports: the traces finished in the last 2 s (dd-trace-cpp's flush interval), one POST in
 flight (2 s timeout), at most MAX_PENDING traces waiting (later ones dropped and counted in
 tracing.datadog.traces_dropped). Stats as Envoy's: tracing.datadog.reports_sent (agent
-answered 200), reports_dropped (another status), reports_failed (no answer),
-reports_skipped_no_cluster. `remote_config` (Envoy polls the agent's /v0.7/config) is
+answered 200), reports_dropped (another status, or no answer: Envoy's async client answers
+those 503 itself), reports_failed (listed, 0), reports_skipped_no_cluster.
+`remote_config` (Envoy polls the agent's /v0.7/config) and `spawn_upstream_span` are
 refused by name.
 """
 
@@ -530,14 +531,14 @@ class DatadogTracer(tracing.Tracer):
                 timeout=REQUEST_TIMEOUT_S,
             )
         except Exception as e:  # noqa: BLE001 - a report never takes the proxy down
-            log.debug("datadog agent %s: %r", self.cluster, e)
-            status = -1
+            # Envoy's async client turns a refused, reset or timed-out connection into a
+            # local 503/504 answer: counted as a dropped report, not a failed one
+            log.warning("datadog agent %s unreachable (%d traces): %r", self.cluster, len(batch), e)
+            status = 503
         finally:
             self.busy = False
         if status is None:
             tracing._bump(self.c["reports_skipped_no_cluster"])
-        elif status < 0:
-            tracing._bump(self.c["reports_failed"])
         elif status != 200:
             tracing._bump(self.c["reports_dropped"])
             log.warning("datadog agent answered %d to %d traces", status, len(batch))

@@ -50,7 +50,8 @@ class Agent:
 
     def __init__(self) -> None:
         self.reports: list[tuple[str, dict[str, str], Any]] = []
-        self.answer: dict = DEFAULT_RATES
+        self.answer: dict | None = DEFAULT_RATES  # None: not JSON
+        self.status = 200
         self.lock = threading.Lock()
         agent = self
 
@@ -72,8 +73,8 @@ class Agent:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with agent.lock:
                     agent.reports.append((self.path, headers, traces))
-                out = json.dumps(agent.answer).encode()
-                self.send_response(200)
+                out = b"<html>oops" if agent.answer is None else json.dumps(agent.answer).encode()
+                self.send_response(agent.status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(out)))
                 self.end_headers()
@@ -529,3 +530,41 @@ def test_datadog_grpc_spans_as_envoy(proxies, agent):  # noqa: F811
     assert by["14"]["meta"]["http.status_code"] == "200"
     if len(GRPC_SEEN) == 2:
         assert GRPC_SEEN["envoy"] == GRPC_SEEN["sofamesh"]
+
+
+AGENT_TROUBLE: dict = {}
+
+
+@pytest.mark.parametrize("trouble", ["down", "status500", "garbage"])
+def test_datadog_agent_trouble_counted_as_envoy(proxies, agent, trouble):  # noqa: F811
+    """The agent away (nothing listening), answering 500, or answering what is not JSON:
+    requests are still served, the reports counted in the same tracing.datadog.* stats."""
+    from tests.conftest import free_port
+
+    if trouble == "down":
+        port = free_port()
+    else:
+        port = agent.port
+        agent.answer = None if trouble == "garbage" else agent.answer
+        agent.status = 500 if trouble == "status500" else 200
+    p = proxies(
+        hcm={"tracing": _tracing(random_sampling={"value": 100})},
+        routes=ROUTES,
+        clusters=lambda grpc_port, h1_port: [_cluster("datadog_agent", port, False)],
+    )
+    for i in range(3):
+        assert _get(p, f"/t{i}") == 200
+    deadline = time.monotonic() + 15
+    st: dict = {}
+    while time.monotonic() < deadline:
+        st = {k: v for k, v in p.stats().items() if k.startswith("tracing.datadog.")}
+        if sum(st.values()) >= 1:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    st = {k: v for k, v in p.stats().items() if k.startswith("tracing.datadog.")}
+    assert _get(p, "/after") == 200  # still serving
+    AGENT_TROUBLE[(trouble, p.kind)] = st
+    other = AGENT_TROUBLE.get((trouble, "envoy" if p.kind == "sofamesh" else "sofamesh"))
+    if other is not None:
+        assert st == other
