@@ -404,3 +404,16 @@ def test_upstream_cluster_alt_stat_name_like_envoy(alpair):
     for side in (envoy, ours):
         side.request("GET", "/x", {})
     assert ours.lines(0, 1) == envoy.lines(0, 1) == ["alt backend"]
+
+
+def test_json_escaping_like_envoy(alpair):
+    """Header values with quotes, backslashes, tabs and UTF-8 bytes in a JSON line."""
+    fmt = {"json_format": {"v": "%REQ(X-V)%", "m": "a %REQ(X-V)% b"}}
+    envoy, ours = alpair([file_log(0, fmt)], http_filters=[], virtual_host=VHOST)
+    values = ['say "hi"', "back\\slash", "tab\there", "caf\u00e9 \u4e2d".encode().decode("latin-1")]
+    for side in (envoy, ours):
+        for v in values:
+            side.request("GET", "/api/j", [("x-v", v)])
+    assert len(envoy.lines(0, len(values))) == len(ours.lines(0, len(values))) == len(values)
+    assert ours.logs[0].read_bytes() == envoy.logs[0].read_bytes()  # byte for byte
+    assert json.loads(ours.lines(0, 1)[0])["v"] == 'say "hi"'
