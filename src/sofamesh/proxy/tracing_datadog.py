@@ -30,8 +30,10 @@ flight (2 s timeout), at most MAX_PENDING traces waiting (later ones dropped and
 tracing.datadog.traces_dropped). Stats as Envoy's: tracing.datadog.reports_sent (agent
 answered 200), reports_dropped (another status, or no answer: Envoy's async client answers
 those 503 itself), reports_failed (listed, 0), reports_skipped_no_cluster.
-`remote_config` (Envoy polls the agent's /v0.7/config) and `spawn_upstream_span` are
-refused by name.
+With `spawn_upstream_span` each upstream attempt also gets a span ("router <cluster>
+egress", Envoy's upstream tags), sent in the same trace chunk after the local root; the
+upstream's parent id is that span's. `remote_config` (Envoy polls the agent's /v0.7/config)
+is refused by name.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class DatadogContext(TraceCtx):
 
     __slots__ = (
         "dd_extra",
+        "done",
         "hi",
         "lo",
         "mech",
@@ -133,6 +136,7 @@ _BAD_VALUE = re.compile(r"[^\x20-\x7e]|[,;~]")
 
 class DatadogTracer(tracing.Tracer):
     TRACE_KIND = TRACE_PY
+    SPAWN = True
 
     def __init__(
         self, cfg: Any, server: Any, stat_prefix: str, local_ip: str, path: str, egress: bool
@@ -191,6 +195,7 @@ class DatadogTracer(tracing.Tracer):
 
     def _start(self, t: Any, h: Any) -> None:
         t.sampled = True  # every span is reported, with its priority
+        t.done = None
         t.span_tags = {}
         t.origin = t.dd_extra = t.w3c_extra = None
         t.mech = t.rate = None
@@ -404,9 +409,10 @@ class DatadogTracer(tracing.Tracer):
     def context_headers(self, t: Any) -> list[tuple[bytes, bytes]]:
         """The upstream request's x-datadog-* and W3C headers (set: replacing the caller's)."""
         prio = t.priority
+        sid = t.span_id if t.child_id is None else t.child_id  # spawn_upstream_span's
         out = [
             (b"x-datadog-trace-id", b"%d" % t.lo),
-            (b"x-datadog-parent-id", b"%d" % t.sid),
+            (b"x-datadog-parent-id", b"%d" % int(sid, 16)),
             (b"x-datadog-sampling-priority", b"%d" % prio),
         ]
         if t.origin is not None:
@@ -416,7 +422,6 @@ class DatadogTracer(tracing.Tracer):
             t.span_tags["_dd.propagation_error"] = "inject_max_size"
         elif enc:
             out.append((b"x-datadog-tags", enc.encode("latin-1")))
-        sid = t.span_id
         out.append(
             (b"traceparent", b"00-" + t.trace_id + b"-" + sid + (b"-01" if prio > 0 else b"-00"))
         )
@@ -488,7 +493,46 @@ class DatadogTracer(tracing.Tracer):
             "metrics": metrics,
             "type": "web",
         }
-        self._enqueue(array_head(1) + pack_span(rec))
+        chunk = [pack_span(rec)]  # the local root first, as dd-trace-cpp sends a trace
+        if span.done:  # retried attempts' upstream spans
+            chunk += span.done
+        if span.child_id is not None:
+            chunk.append(self._upstream_span(s, span, end_ns, None))
+        self._enqueue(array_head(len(chunk)) + b"".join(chunk))
+
+    def attempt(self, s: Any, span: Any, status: int, reason: str | None) -> None:
+        """spawn_upstream_span and a retry: the retried attempt's span joins the trace."""
+        packed = self._upstream_span(s, span, time.time_ns(), (status, reason))
+        span.done = [*span.done, packed] if span.done else [packed]
+
+    def _upstream_span(self, s: Any, span: Any, end_ns: int, attempt: Any) -> bytes:
+        """spawn_upstream_span's child: "router <cluster> egress", Envoy's upstream tags."""
+        meta = self._upstream_tags(s, span, attempt)
+        error = 1 if meta.pop("error", None) == "true" else 0
+        if "error.reason" in meta:
+            meta["error.message"] = meta["error.reason"]
+        meta["version"] = self.version
+        if span.origin is not None:
+            meta["_dd.origin"] = span.origin
+        meta["language"] = "python"
+        meta["runtime-id"] = self.runtime_id
+        start_ns = span.child_us * 1000
+        return pack_span(
+            {
+                "service": self.service,
+                "name": "envoy.proxy",
+                "resource": f"router {s.upstream_cluster} egress",
+                "trace_id": span.lo,
+                "span_id": int(span.child_id, 16),
+                "parent_id": span.sid,
+                "start": start_ns,
+                "duration": max(end_ns - start_ns, 0),
+                "error": error,
+                "meta": meta,
+                "metrics": {"process_id": self.pid},
+                "type": "web",
+            }
+        )
 
     def report(self, records: list) -> None:  # spans are encoded whole in finish
         raise NotImplementedError

@@ -158,14 +158,19 @@ def _norm(spans: list[dict], up: list, known: set[int], t0: float) -> tuple[list
     are (the span's own id, its trace's)."""
     out = []
     links = {}
-    for s in sorted(spans, key=lambda s: s["meta"].get("http.url", "")):
+    tids = {s["trace_id"]: s["meta"]["_dd.p.tid"] for s in spans if "_dd.p.tid" in s["meta"]}
+    key = lambda s: (s["meta"].get("http.url", ""), s["resource"], s["meta"].get("canceled", ""))
+    for s in sorted(spans, key=key):
         assert s["start"] // 10**9 >= int(t0) - 1 and s["duration"] > 0, s
         ids = Ids(known)
         meta = dict(s["meta"])
         for k in OWN_META:
             assert meta.pop(k), (k, meta)
-        rid = meta.pop("guid:x-request-id")
-        assert len(rid) == 36
+        if "upstream_address" in meta:  # an upstream span names the host (its own port)
+            assert meta["peer.address"] == meta["upstream_address"]
+            meta["peer.address"] = meta["upstream_address"] = "UPSTREAM"
+        rid = meta.pop("guid:x-request-id", "")  # the request's span only
+        assert len(rid) in (0, 36)
         if "_dd.p.tid" in meta:
             meta["_dd.p.tid"] = _tid(meta["_dd.p.tid"], t0)
         metrics = dict(s["metrics"])
@@ -181,7 +186,7 @@ def _norm(spans: list[dict], up: list, known: set[int], t0: float) -> tuple[list
             "parent_id": ids(s["parent_id"]),
             "meta": meta,
             "metrics": metrics,
-            "rid_mark": rid[14],
+            "rid_mark": rid[14:15],
         }
         links[s["span_id"]] = (ids, s)
         out.append(span)
@@ -192,7 +197,7 @@ def _norm(spans: list[dict], up: list, known: set[int], t0: float) -> tuple[list
         ids, s = links[pid]
         assert int(h["x-datadog-trace-id"]) == s["trace_id"]
         tp = h.get("traceparent", "")
-        hi = s["meta"].get("_dd.p.tid", "0" * 16)
+        hi = tids.get(s["trace_id"], "0" * 16)
         hexes = {f"{hi}{s['trace_id']:016x}": "TRACE", f"{s['span_id']:016x}": "SPAN"}
         state = h.get("tracestate", "")
         for k, v in hexes.items():
@@ -568,3 +573,48 @@ def test_datadog_agent_trouble_counted_as_envoy(proxies, agent, trouble):  # noq
     other = AGENT_TROUBLE.get((trouble, "envoy" if p.kind == "sofamesh" else "sofamesh"))
     if other is not None:
         assert st == other
+
+
+SPAWN_ROUTES = [
+    {
+        "match": {"prefix": "/retry"},
+        "route": {"cluster": "h1", "retry_policy": {"retry_on": "5xx", "num_retries": 1}},
+    },
+    *ROUTES,
+]
+SPAWN_SEEN: dict = {}
+
+
+def test_datadog_spawn_upstream_span_as_envoy(proxies, agent):  # noqa: F811
+    """spawn_upstream_span: each upstream attempt gets a "router <cluster> egress" child of
+    the request's span, in the same trace chunk; the upstream's parent id is the child's; a
+    retried attempt's span is there too (its 503 an error)."""
+    p = proxies(
+        hcm={"tracing": _tracing(random_sampling={"value": 100}, spawn_upstream_span=True)},
+        routes=SPAWN_ROUTES,
+        clusters=lambda grpc_port, h1_port: [_cluster("datadog_agent", agent.port, False)],
+    )
+    t0 = time.time()
+    reqs = [
+        ("/new", {}),
+        ("/fail", {"x-upstream-action": "status=500"}),
+        ("/dd", {"x-datadog-trace-id": "1234", "x-datadog-parent-id": "5678"}),
+        ("/nf", {}),
+        ("/retry", {"x-upstream-action": "fail=1", "x-case-id": f"dd-{p.kind}"}),
+    ]
+    for path, headers in reqs:
+        _get(p, path, headers)
+    spans = agent.wait(10)
+    assert len(spans) == 10  # /nf has no upstream; /retry two attempts
+    chunks = [t for _, _, tr in agent.reports for t in tr]
+    assert sorted(len(t) for t in chunks) == [1, 2, 2, 2, 3]
+    assert all(t[0]["parent_id"] in (0, 5678) for t in chunks)  # the local root first
+    norm, heads = _norm(spans, _upstream(p), {1234, 5678}, t0)
+    SPAWN_SEEN[p.kind] = (norm, heads)
+    kids = [s for s in norm if s["resource"] == "router h1 egress"]
+    assert len(kids) == 5 and all(k["parent_id"] != 0 for k in kids)
+    assert sum(k["error"] for k in kids) == 2  # /fail's 500, /retry's first 503
+    if len(SPAWN_SEEN) == 2:
+        for a, b in zip(SPAWN_SEEN["envoy"][0], SPAWN_SEEN["sofamesh"][0], strict=True):
+            assert a == b
+        assert SPAWN_SEEN["envoy"][1] == SPAWN_SEEN["sofamesh"][1]
