@@ -160,6 +160,13 @@ def _addr(a: Any) -> str | None:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+def _wire(text: str) -> str:
+    """Config text (a format's literals, JSON keys, environment values) as the str whose
+    latin-1 encoding, what the loggers write, is its UTF-8 bytes: header values are bytes
+    decoded as latin-1, so one encoding serves both, as Envoy writes both as bytes."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
 def _str(v: bytes | None) -> str | None:
     return v.decode("latin-1") if v else None
 
@@ -483,7 +490,7 @@ class _Compiler:
         elif op == "ENVIRONMENT":
             if not arg:
                 raise UnsupportedConfig(f"{path}: ENVIRONMENT requires parameters")
-            v = os.environ.get(arg, "-")  # read once, as Envoy does at load
+            v = _wire(os.environ.get(arg, "-"))  # read once, as Envoy does at load
             if limit is not None:
                 v = v[:limit]
             return lambda x, ms, ns: v
@@ -543,14 +550,14 @@ class _Compiler:
             if lit:
                 joined = "".join(lit)
                 if joined:
-                    pieces.append(joined)
+                    pieces.append(_wire(joined))
                 lit = []
             op = m.group(1)
             limit = int(m.group(3)) if m.group(3) else None
             pieces.append((self.command(op, m.group(2), limit), op in _NUMERIC))
             i = m.end()
         if lit and "".join(lit):
-            pieces.append("".join(lit))
+            pieces.append(_wire("".join(lit)))
         return pieces
 
 
@@ -636,7 +643,10 @@ def _json_tree(c: _Compiler, value: Any) -> Any:
     from google.protobuf import struct_pb2
 
     if isinstance(value, struct_pb2.Struct):
-        return ("obj", [(k, _json_tree(c, value.fields[k])) for k in sorted(value.fields)])
+        return (
+            "obj",
+            [(_wire(k), _json_tree(c, value.fields[k])) for k in sorted(value.fields)],
+        )
     kind = value.WhichOneof("kind")
     if kind == "struct_value":
         return _json_tree(c, value.struct_value)

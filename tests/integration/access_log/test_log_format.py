@@ -417,3 +417,20 @@ def test_json_escaping_like_envoy(alpair):
     assert len(envoy.lines(0, len(values))) == len(ours.lines(0, len(values))) == len(values)
     assert ours.logs[0].read_bytes() == envoy.logs[0].read_bytes()  # byte for byte
     assert json.loads(ours.lines(0, 1)[0])["v"] == 'say "hi"'
+
+
+def test_utf8_literals_and_keys_like_envoy(alpair):
+    """Non-ASCII text in the format itself (a literal, a JSON key) is written as UTF-8."""
+    logs = [
+        file_log(0, {"text_format": "%REQ(:PATH)% \u2192 %RESPONSE_CODE% \u00e9\n"}),
+        file_log(
+            1, {"json_format": {"cl\u00e9": "%REQ(X-V)%", "\u4e2d": "\u20ac %RESPONSE_CODE%"}}
+        ),
+    ]
+    envoy, ours = alpair(logs, http_filters=[], virtual_host=VHOST)
+    for side in (envoy, ours):
+        side.request("GET", "/api/u", [("x-v", "\u20ac".encode().decode("latin-1"))])
+    for i in (0, 1):
+        assert len(envoy.lines(i, 1)) == len(ours.lines(i, 1)) == 1
+        assert ours.logs[i].read_bytes() == envoy.logs[i].read_bytes()
+    assert ours.logs[0].read_bytes() == "/api/u \u2192 200 \u00e9\n".encode()
