@@ -149,6 +149,14 @@ def build(filters: Any, ctx: dict, proto: int, stat_prefix: str, path: str) -> A
         if tracer is None:
             found = None
             continue
+        if tracer.TRACE_KIND not in (tracing.TRACE_B3, tracing.TRACE_W3C):
+            # SkyWalking and Datadog write their own spans, not SpanRecords
+            tracer.close()
+            raise UnsupportedConfig(
+                f"{fpath}.provider: {msg.provider.name or msg.provider.typed_config.type_url} "
+                "is not implemented for RPC by sofamesh (envoy.tracers.zipkin and "
+                "envoy.tracers.opentelemetry are)"
+            )
         kind = "bolt" if proto == 1 else "dubbo"
         st = ctx["stats"]
         p = f"{kind}.{stat_prefix}.tracing."

@@ -689,6 +689,19 @@ def test_proxy_replies_are_traced_with_their_flag(mesh):
         ({"custom_tags": [{"tag": "a", "literal": {"value": "b"}}]}, "config.custom_tags"),
         ({"client_sampling": {"value": 50}}, "config.client_sampling"),
         ({"provider": {"name": "envoy.tracers.nope"}}, "config.provider"),
+        (
+            {
+                "provider": {
+                    "name": "envoy.tracers.datadog",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.config.trace.v3.DatadogConfig",
+                        "collector_cluster": "zipkin",
+                        "service_name": "mesh",
+                    },
+                }
+            },
+            "config.provider: envoy.tracers.datadog is not implemented for RPC",
+        ),
         (None, "dubbo_filters[1]: one sofamesh.filters.rpc.tracing"),
     ],
 )
