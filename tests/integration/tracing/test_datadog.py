@@ -30,18 +30,15 @@ DEFAULT_RATES = {"rate_by_service": {"service:,env:": 1.0}}
 OWN_META = ("version", "language", "runtime-id")
 
 
-def _tracing(**extra: Any) -> dict:
-    return {
-        "provider": {
-            "name": "envoy.tracers.datadog",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.config.trace.v3.DatadogConfig",
-                "collector_cluster": "datadog_agent",
-                "service_name": "edge",
-            },
-        },
-        **extra,
+def _tracing(hostname: str | None = None, **extra: Any) -> dict:
+    dd = {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.DatadogConfig",
+        "collector_cluster": "datadog_agent",
+        "service_name": "edge",
     }
+    if hostname is not None:
+        dd["collector_hostname"] = hostname
+    return {"provider": {"name": "envoy.tracers.datadog", "typed_config": dd}, **extra}
 
 
 class Agent:
@@ -337,6 +334,7 @@ def test_datadog_sampling_as_envoy(proxies, agent):  # noqa: F811
     p = _start(
         proxies,
         agent,
+        hostname="agent.example",  # the reports' Host (else the cluster's name)
         random_sampling={"value": 0},
         client_sampling={"value": 100},
     )
@@ -379,6 +377,7 @@ def test_datadog_sampling_as_envoy(proxies, agent):  # noqa: F811
     assert by["noprio"]["metrics"] == {"_sampling_priority_v1": -1.0}
     assert by["after"]["metrics"] == {"_sampling_priority_v1": 0.0, "_dd.agent_psr": 0.0}
     assert by["after"]["meta"]["_dd.p.ksr"] == "0"
+    assert {h["host"] for _, h, _ in agent.reports} == {"agent.example"}
     after = next(x for x in heads if x[0] == "/after")
     assert after[3] == "0" and after[6].endswith("-00")
     if len(SAMPLING_SEEN) == 2:
