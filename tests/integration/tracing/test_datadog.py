@@ -230,7 +230,7 @@ def _upstream(p) -> list:
 
 
 REQUESTS = [
-    ("/new", {}),
+    ("/new", {"x-tenant": "t1"}),
     (
         "/dd",
         {
@@ -280,7 +280,11 @@ SEEN: dict = {}
 
 
 def test_datadog_spans_and_headers_as_envoy(proxies, agent):  # noqa: F811
-    p = _start(proxies, agent, random_sampling={"value": 100})
+    tags = [
+        {"tag": "team", "literal": {"value": "mesh"}},
+        {"tag": "tenant", "request_header": {"name": "x-tenant", "default_value": "none"}},
+    ]
+    p = _start(proxies, agent, random_sampling={"value": 100}, custom_tags=tags)
     t0 = time.time()
     for path, headers in REQUESTS:
         _get(p, path, headers)
@@ -294,6 +298,8 @@ def test_datadog_spans_and_headers_as_envoy(proxies, agent):  # noqa: F811
     assert by["dd"]["trace_id"] == 1234 and by["dd"]["parent_id"] == 5678
     assert by["dd"]["meta"]["_dd.origin"] == "synthetics"
     assert by["dd"]["meta"]["_dd.p.usr.id"] == "abc=="
+    assert by["dec"]["meta"]["team"] == "mesh" and by["dec"]["meta"]["tenant"] == "none"
+    assert by["new"]["meta"]["tenant"] == "t1"
     assert by["reject"]["metrics"]["_sampling_priority_v1"] == 0.0
     assert by["fail"]["error"] == 1 and "error" not in by["fail"]["meta"]
     assert by["dec"]["resource"] == "op" and by["new"]["resource"] == "ingress"
