@@ -21,7 +21,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove
 
-from sofamesh._core.http_stream cimport HttpStream
+from sofamesh._core.http_stream cimport HttpStream, StreamLog
 from sofamesh._core.upstream cimport Cluster, Host
 
 
@@ -314,7 +314,7 @@ def encode_http_logs(list batch, bytes identifier=b""):
     return _message(identifier, w.buf, w.pos)
 
 
-cdef class HttpLogBuffer:
+cdef class HttpLogBuffer(StreamLog):
     """The per-request half of envoy.access_loggers.http_grpc: `log(stream, duration_ms)`
     encodes the stream's entry straight into a buffer (no tuple, no protobuf object); the
     Python half (proxy/grpc_access_log.py, a subclass) sends what `take()` returns. Calls
@@ -330,7 +330,11 @@ cdef class HttpLogBuffer:
         self.count = 0
         self.buffer_size = 16384
 
-    cpdef int log(self, HttpStream s, double duration_ms) except -1:
+    def log(self, HttpStream s, double duration_ms):
+        """The stream's entry (Python callers: access log sets, tests)."""
+        self.log_stream(s, duration_ms)
+
+    cdef int log_stream(self, HttpStream s, double duration_ms) except -1:
         cdef timespec ts
         cdef int64_t dur_ns = <int64_t>(duration_ms * 1e6)
         cdef int method = 0, path_n = 0, up_port = -1

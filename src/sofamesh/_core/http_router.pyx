@@ -635,8 +635,7 @@ cdef class RouterStream(HttpStream):
         host.rq_total += 1
         if c.connected:  # outlier detection (Envoy's onPoolReady); else http1_upstream's
             host.outcome(OUTCOME_CONNECT_SUCCESS)
-        self.upstream_host = host.address + ":" + str(host.port) \
-            if self.cfg.access_log is not None else "-"
+        self.upstream_host = host.host_port
         if self.trace is not None:
             self.trace.up_host = host
             if self.cfg.trace_kind == TRACE_SW8 and self.trace.trace_id is not None:

@@ -26,6 +26,12 @@ cdef enum:
 cdef class HttpStream(UpstreamCallbacks)
 
 
+cdef class StreamLog:
+    """An access logger the connection manager calls in C (no Python method call):
+    als_wire.HttpLogBuffer. Other loggers are called by their Python `log(stream, ms)`."""
+    cdef int log_stream(self, HttpStream s, double duration_ms) except -1
+
+
 cdef class TraceCtx:
     """A traced request's span context (HCM tracing; proxy/tracing.py reports it).
     trace_id None: an unreadable incoming context (Envoy's null span: nothing reported or

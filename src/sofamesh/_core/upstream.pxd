@@ -32,6 +32,7 @@ cdef enum:
 cdef class Host:
     cdef readonly str address
     cdef readonly int port
+    cdef readonly str host_port         # "address:port", as access logs write it
     # Endpoint.hostname, else the DNS name this host was resolved from ("" for STATIC)
     cdef public str hostname
     cdef public int weight

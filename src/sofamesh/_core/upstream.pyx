@@ -34,6 +34,7 @@ cdef class Host:
     def __init__(self, str address, int port, int weight=1, str hostname=""):
         self.address = address
         self.port = port
+        self.host_port = f"{address}:{port}"
         self.hostname = hostname
         self.weight = weight if weight > 0 else 1
         self.healthy = True
