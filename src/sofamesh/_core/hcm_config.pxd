@@ -30,6 +30,10 @@ cdef class HcmConfig:
     cdef public bint trace_id128            # 128-bit trace ids
     cdef public int trace_kind              # TRACE_B3 / TRACE_W3C (_core/http_tracing.pxd)
     cdef public long long trace_client_ppm  # x-client-trace-id: traced per million
+    # a caller's request id decides: traced when its bucket (first 8 hex digits % 10000)
+    # is below random and overall sampling (per 10,000); a marked id: below overall
+    cdef public long long trace_random_per10k
+    cdef public long long trace_overall_per10k
     cdef public bint trace_spawn            # spawn_upstream_span: a CLIENT span upstream
     # http.<stat_prefix>.tracing.{random_sampling, client_enabled, not_traceable}: the
     # connection manager's decision per request (set with the tracer, else None)

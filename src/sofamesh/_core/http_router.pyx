@@ -427,7 +427,8 @@ cdef class RouterStream(HttpStream):
                 rid = uuid4()
                 h.add(b"x-request-id", rid)
                 self.request_id = rid
-        elif cfg.rid_in_response:
+        elif cfg.rid_in_response or self.trace is not None:
+            # (a traced request's id gets the trace mark: inject_trace)
             self.request_id = h.value_at(xrid)
         if cfg.via:
             h.add(b"via", cfg.via)

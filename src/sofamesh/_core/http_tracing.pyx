@@ -43,7 +43,8 @@ cdef enum:
     T_B3 = 5            # b3
     T_FORCE = 6         # x-envoy-force-trace
     T_CLIENT = 7        # x-client-trace-id
-    T_COUNT = 8
+    T_RID = 8           # x-request-id
+    T_COUNT = 9
 
 cdef tuple _B3_NAMES = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
                         b"x-b3-sampled", b"x-b3-flags", b"b3")
@@ -67,6 +68,9 @@ cdef int _scan(HeaderMap h, int* idx) noexcept:
                 t = T_B3
         elif (p[0] | 32) != 120 or p[1] != 45:     # "x-": the rest start so
             continue
+        elif n == 12 and (p[2] | 32) == 114:        # 'r'
+            if strncasecmp(p, "x-request-id", 12) == 0:
+                t = T_RID
         elif (p[2] | 32) == 98:                     # "x-b3-..."
             if n == 12:
                 if strncasecmp(p, "x-b3-traceid", 12) == 0:
@@ -91,6 +95,22 @@ cdef int _scan(HeaderMap h, int* idx) noexcept:
         if t >= 0 and idx[t] < 0:
             idx[t] = i
     return 0
+
+
+cdef long long _rid_bucket(bytes rid) noexcept:
+    """Envoy's integer of a UUID request id: its first 8 characters as hex, % 10000;
+    -1 when they are not 8 hex digits."""
+    cdef const char* p = PyBytes_AS_STRING(rid)
+    cdef unsigned long long v = 0
+    cdef int i, d
+    if PyBytes_GET_SIZE(rid) < 8:
+        return -1
+    for i in range(8):
+        d = hex_val(p[i])
+        if d < 0:
+            return -1
+        v = v * 16 + <unsigned long long>d
+    return <long long>(v % 10000)
 
 
 cdef inline int hex_val(char c) noexcept:
@@ -137,11 +157,35 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
     cdef TraceCtx t = TraceCtx.__new__(TraceCtx) if cfg.trace_kind != TRACE_PY \
         else cfg.tracer.new_context()
     cdef int idx[T_COUNT]
-    if cfg.trace_kind == TRACE_B3 or cfg.trace_client_ppm > 0:
-        _scan(h, idx)
-    else:
-        idx[T_CLIENT] = -1
-    if cfg.trace_client_ppm > 0 and idx[T_CLIENT] >= 0 and \
+    cdef bytes rid
+    cdef long long bucket
+    cdef char mark = 0
+    _scan(h, idx)
+    if idx[T_RID] >= 0 and not (cfg.use_remote_address and cfg.generate_request_id and
+                                not cfg.preserve_external_request_id):
+        # Envoy's decision from the caller's request id (kept, not regenerated): an id
+        # another proxy marked traced stays traced; else its value decides, so that every
+        # proxy a request passes makes the same decision; an id that is not hex, never
+        rid = h.value_at(idx[T_RID])
+        bucket = _rid_bucket(rid)
+        if PyBytes_GET_SIZE(rid) == 36:
+            mark = PyBytes_AS_STRING(rid)[14]
+            if mark != b'9' and mark != b'a' and mark != b'b':
+                mark = 0
+        if bucket < 0:
+            t.decision = mark != 0
+            t.client = mark == b'b'
+        elif mark:
+            t.decision = bucket < cfg.trace_overall_per10k
+            t.client = mark == b'b'
+        elif cfg.trace_client_ppm > 0 and idx[T_CLIENT] >= 0 and \
+                <long long>(rng_next() % 1000000) < cfg.trace_client_ppm:
+            t.decision = True
+            t.client = True
+        else:
+            t.decision = bucket < cfg.trace_random_per10k and \
+                bucket < cfg.trace_overall_per10k
+    elif cfg.trace_client_ppm > 0 and idx[T_CLIENT] >= 0 and \
             <long long>(rng_next() % 1000000) < cfg.trace_client_ppm:
         t.decision = True
         t.client = True
@@ -232,6 +276,8 @@ cdef int start_w3c(TraceCtx t, HeaderMap h) except -1:
 
 cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
     cdef bytes sid
+    cdef char mark
+    cdef bint marked
     if cfg.trace_spawn and t.trace_id is not None:
         t.child_id = new_span_id()
         t.child_us = wall_us()
@@ -274,9 +320,18 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
         elif t.parent_id is not None:
             h.add(b"x-b3-parentspanid", t.parent_id)
         h.add(b"x-b3-sampled", b"1" if t.sampled else b"0")
-    if t.decision and rid is not None and PyBytes_GET_SIZE(rid) == 36:
-        # Envoy's UUID request id carries the trace reason in its version nibble
-        rid = rid[:14] + (b"b" if t.client else b"9") + rid[15:]
+    if rid is not None and PyBytes_GET_SIZE(rid) == 36:
+        # Envoy's UUID request id carries the trace reason in its version nibble: a traced
+        # request's id keeps a caller's mark (9, a, b) or gets 9 (b: client-forced); an
+        # untraced one loses a caller's mark (4)
+        mark = PyBytes_AS_STRING(rid)[14]
+        marked = mark == b'9' or mark == b'a' or mark == b'b'
+        if t.decision and not marked:
+            rid = rid[:14] + (b"b" if t.client else b"9") + rid[15:]
+        elif not t.decision and marked:
+            rid = rid[:14] + b"4" + rid[15:]
+        else:
+            return rid
         h.remove(b"x-request-id")
         h.add(b"x-request-id", rid)
     return rid

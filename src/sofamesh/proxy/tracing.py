@@ -319,6 +319,8 @@ class Tracer:
         """Copies the sampling settings onto the connection manager's HcmConfig."""
         cfg.trace_ppm = self.sample_ppm
         cfg.trace_client_ppm = int(self.client * self.overall * 100)
+        cfg.trace_random_per10k = int(self.random * 100)
+        cfg.trace_overall_per10k = int(self.overall * 100)
         cfg.trace_shared = self.shared
         cfg.trace_id128 = self.id128
         cfg.trace_kind = self.TRACE_KIND
