@@ -636,6 +636,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "stat_prefix",
         "enforcement_type",  # ONE_TIME_ON_FIRST_BYTE only (ALLOWED_IF)
     ),
+    # filters/network/connection_limit.py (runtime_enabled refused; --concurrency 1 only)
+    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit": (
+        "stat_prefix",
+        "max_connections",
+        "delay",
+    ),
     "envoy.config.rbac.v3.RBAC": ("action", "policies"),
     "envoy.config.rbac.v3.Policy": ("permissions", "principals"),
     "envoy.config.rbac.v3.Permission": (

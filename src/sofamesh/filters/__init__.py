@@ -23,6 +23,7 @@ _BUILTIN = [
     "sofamesh.filters.network.tcp_proxy",
     "sofamesh.filters.network.auto",
     "sofamesh.filters.network.rbac",
+    "sofamesh.filters.network.connection_limit",
     "sofamesh.filters.istio",
     "sofamesh.filters.listener.inspectors",  # tls_inspector, http_inspector
     "sofamesh.proxy.tls",  # transport sockets envoy.transport_sockets.tls / raw_buffer

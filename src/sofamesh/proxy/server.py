@@ -488,7 +488,12 @@ class Server:
                         fi,
                         spec.factory(
                             f.typed_config,
-                            {"stats": self.stats, "loop": self._loop, "path": f"{fpath}[{fi}]"},
+                            {
+                                "stats": self.stats,
+                                "loop": self._loop,
+                                "path": f"{fpath}[{fi}]",
+                                "server": self,
+                            },
                         ),
                     )
                 )
