@@ -136,7 +136,8 @@ class AdminState:
             "cluster_manager.warming_clusters": counts.get("warming_clusters", 0),
         }
         for mon in self.bootstrap.overload_manager.resource_monitors:
-            # only monitors whose limit no process reaches are accepted (config/support.py)
+            # global_downstream_max_connections (proxy/overload.py): proactive, as in
+            # Envoy its pressure stays 0
             own[f"overload.{mon.name}.pressure"] = 0
             snap["counters"].setdefault(f"overload.{mon.name}.failed_updates", 0)
         g.update(own)

@@ -40,7 +40,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "admin",
         "layered_runtime",
         "stats_config",  # tag extraction and stats matcher (admin/stats_config.py)
-        # Istio's global_downstream_max_connections at a limit no process reaches (ALLOWED_IF)
+        # its global_downstream_max_connections monitor only (proxy/overload.py)
         "overload_manager",
         "application_log_config",  # text_format: the log line format (proxy/cli.py)
         "cluster_manager",  # checked field by field below
@@ -104,6 +104,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ("listeners", "clusters", "secrets"),
     "envoy.config.bootstrap.v3.Admin": ("address", "access_log", "access_log_path", "profile_path"),
     _LS + "Listener": (
+        "ignore_global_conn_limit",  # not limited by the overload manager (proxy/overload.py)
         "name",
         "address",
         "stat_prefix",

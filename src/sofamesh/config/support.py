@@ -184,7 +184,6 @@ NO_EFFECT: dict[str, dict[str, str]] = {
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd": {"chunk_size": _CHUNK},
     _LS + "Listener": {
         "metadata": _OPAQUE,
-        "ignore_global_conn_limit": "sofamesh has no global connection limit to bypass",
         "bypass_overload_manager": "sofamesh has no overload manager to bypass",
     },
     _LS + "FilterChain": {
@@ -255,21 +254,13 @@ def _known_bootstrap_extensions(exts: object) -> bool:
     return all(_bootstrap_extension(e) in BOOTSTRAP_EXTENSIONS for e in exts)  # type: ignore[attr-defined]
 
 
-# Istio's pilot-agent writes the global connection limit monitor with 2147483647: every
-# connection holds a file descriptor, so a limit at or above the hard RLIMIT_NOFILE is never
-# reached and the monitor changes nothing (its pressure stays 0).
+# The global connection limit monitor (proxy/overload.py). Istio's pilot-agent writes it with
+# 2147483647: a limit at or above the hard RLIMIT_NOFILE is never reached and changes nothing.
 DOWNSTREAM_CONNECTIONS = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
     ".DownstreamConnectionsConfig"
 )
-register_extension(DOWNSTREAM_CONNECTIONS, "sofamesh.config.support (an unreachable limit)")
-
-
-def _fd_hard_limit() -> int:
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return hard if hard != resource.RLIM_INFINITY else 2**63
+register_extension(DOWNSTREAM_CONNECTIONS, "sofamesh.proxy.overload")
 
 
 # HCM request_id_extension: Envoy's UUID request ids, which sofamesh generates (x-request-id,
@@ -295,17 +286,6 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
         (
             "only KEEP_UNCHANGED and IMPLEMENTATION_SPECIFIC_DEFAULT (escaped slashes are "
             "kept; rejecting, redirecting or unescaping them is in the HTTP codec's hands)"
-        ),
-    ),
-    (
-        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-        "max_active_downstream_connections",
-    ): (
-        lambda v: int(v) >= _fd_hard_limit(),  # type: ignore[call-overload]
-        (
-            "only a limit of at least the process's hard open-file limit (RLIMIT_NOFILE), "
-            "which no number of connections can reach: sofamesh does not count connections "
-            "against a global limit (issue 13)"
         ),
     ),
     ("envoy.config.bootstrap.v3.Bootstrap", "bootstrap_extensions"): (

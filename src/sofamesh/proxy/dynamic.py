@@ -705,7 +705,7 @@ class DynamicConfig:
             acceptor = _Acceptor(view)
             reuse_port = int(getattr(srv.options, "concurrency", 1) or 1) > 1
             server = await srv._loop.create_server(
-                acceptor,
+                srv.admit(acceptor, lst),
                 sa.address,
                 sa.port_value,
                 reuse_port=reuse_port or None,

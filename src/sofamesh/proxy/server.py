@@ -357,6 +357,10 @@ class Server:
             await self.health_link.start(
                 [c.name for c in self.bootstrap.static_resources.clusters if c.health_checks]
             )
+        from sofamesh.proxy import overload
+
+        # the overload manager's global connection limit (None: none to enforce)
+        self.global_cx = overload.from_bootstrap(self.bootstrap, self.options)
         reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
         # a pool's worker serves only once it has the pool's current xDS config
         serve = self.xds_feed is None or not self.bootstrap.HasField("dynamic_resources")
@@ -401,11 +405,11 @@ class Server:
             srv = _Unbound(sa.address, sa.port_value)
             bound = (sa.address, sa.port_value)
         elif lst.address.HasField("pipe"):
-            srv = await self._start_pipe(lst.address.pipe, view, serve)
+            srv = await self._start_pipe(lst.address.pipe, view, serve, lst)
             bound = (lst.address.pipe.path, 0)
         else:
             srv = await self._loop.create_server(
-                view.protocol_factory,
+                self.admit(view.protocol_factory, lst),
                 sa.address,
                 sa.port_value,
                 reuse_port=reuse_port or None,
@@ -427,7 +431,7 @@ class Server:
         g.value = len(self.listeners)
         g.used = True
 
-    async def _start_pipe(self, pipe: Any, view: Any, serve: bool) -> Any:
+    async def _start_pipe(self, pipe: Any, view: Any, serve: bool, lst: Any) -> Any:
         """A Unix socket listener, as Envoy binds one: a file at the path is replaced,
         `@name` is in the abstract namespace, `mode` (when set) is the file's permissions.
         With several workers each binds its own socket, which the last one owns."""
@@ -445,11 +449,21 @@ class Server:
         if isinstance(self._loop, _NoBindLoop):
             return _Unbound(pipe.path, 0)
         srv = await self._loop.create_unix_server(
-            view.protocol_factory, path, backlog=1024, start_serving=serve
+            self.admit(view.protocol_factory, lst), path, backlog=1024, start_serving=serve
         )
         if pipe.mode and not path.startswith("\0"):
             os.chmod(path, pipe.mode)
         return srv
+
+    def admit(self, factory: Any, lst: Any) -> Any:
+        """Listener `lst`'s protocol factory under the global connection limit, if any
+        (proxy/overload.py)."""
+        gc = getattr(self, "global_cx", None)
+        if gc is None:
+            return factory
+        name = lst.stat_prefix or _listener_name(lst)
+        overflow = self.stats.counter(f"listener.{name}.downstream_global_cx_overflow")
+        return factory if lst.ignore_global_conn_limit else gc.wrap(factory, overflow)
 
     def _listener_view(self, li: int | str, lst: Any) -> Any:
         """What a listener's socket serves: its one plain filter chain, or, with several

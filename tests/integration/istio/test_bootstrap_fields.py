@@ -233,7 +233,8 @@ def test_cluster_manager_fields_sofamesh_lacks_are_refused(tmp_path):
 
 def test_overload_manager_as_istio_writes_it(tmp_path, upstream):
     """Istio's global connection limit (2147483647, past any open-file limit): accepted,
-    traffic flows, the monitor's stats read as Envoy's; a reachable limit is refused."""
+    traffic flows, the monitor's stats read as Envoy's; a reachable limit validates (it is
+    enforced: tests/integration/differential/test_global_connection_limit.py)."""
     lines = {}
     for who, start in (("envoy", start_envoy), ("sofamesh", start_sofamesh)):
         admin, port = free_port(), free_port()
@@ -256,5 +257,4 @@ def test_overload_manager_as_istio_writes_it(tmp_path, upstream):
     mon = doc["overload_manager"]["resource_monitors"][0]["typed_config"]
     mon["max_active_downstream_connections"] = 100
     r = _validate(tmp_path, doc)
-    assert r.returncode == 1
-    assert "max_active_downstream_connections 100 is not implemented by sofamesh" in r.stderr
+    assert r.returncode == 0, r.stderr
