@@ -180,7 +180,9 @@ def test_global_connection_limit_same_as_envoy(tmp_path, echo):  # noqa: F811
     want = _observe("envoy", tmp_path, echo)
     assert want[0] == ("three of three", ["echo", "echo", "echo"]), want
     assert want[1] == ("over the limit", ["closed at once", "closed at once"]), want
-    assert want[2] == ("ignore_global_conn_limit", "echo"), want
+    assert want[2] == ("http over the limit", "closed"), want
+    assert want[3] == ("ignore_global_conn_limit", "echo"), want
+    assert want[6] == ("http admitted", ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"]), want
     got = _observe("sofamesh", tmp_path, echo)
     assert got == want, f"--- Envoy:\n{pprint.pformat(want)}\n--- sofamesh:\n{pprint.pformat(got)}"
 
