@@ -207,3 +207,53 @@ def test_connection_limit_same_as_envoy(tmp_path, echo):
     assert want[8] == ("slow over the limit", "closed late"), want
     got = _observe("sofamesh", tmp_path, echo)
     assert got == want, f"--- Envoy:\n{pprint.pformat(want)}\n--- sofamesh:\n{pprint.pformat(got)}"
+
+
+def _start_fails(tmp_path, boot: dict, *args: str) -> str:
+    import json
+    import subprocess
+
+    cfg = tmp_path / "b.json"
+    cfg.write_text(json.dumps(boot))
+    r = subprocess.run(  # noqa: PLW1510 - the exit code is what is tested
+        [*sofamesh_command(), "proxy", *args, "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0, r.stderr[-2000:]
+    return r.stderr
+
+
+def test_refused_with_workers_and_before_hcm(tmp_path):
+    """What is not implemented fails at start, naming the filter: several workers (each
+    would count its own connections), and the filter in front of an HCM."""
+    boot = bootstrap({"two": free_port(), "slow": free_port()}, free_port(), 1)
+    err = _start_fails(tmp_path, boot, "--concurrency", "2")
+    assert (
+        "envoy.filters.network.connection_limit is implemented by sofamesh with "
+        "--concurrency 1 only" in err
+    ), err[-2000:]
+    chain = boot["static_resources"]["listeners"][0]["filter_chains"][0]
+    chain["filters"][1] = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network"
+            ".http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "web",
+            "route_config": {"name": "r", "virtual_hosts": []},
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    },
+                }
+            ],
+        },
+    }
+    err = _start_fails(tmp_path, boot, "--concurrency", "1")
+    assert (
+        "network filter 'envoy.filters.network.connection_limit' in front of an "
+        "http_connection_manager is not implemented by sofamesh" in err
+    ), err[-2000:]
