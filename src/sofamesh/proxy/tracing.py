@@ -479,6 +479,10 @@ class Tracer:
 
     def _common_tags(self, s: Any, tags: dict[str, str], status: int) -> None:
         cluster = s.upstream_cluster
+        if cluster is None and s.route is not None and s.route.cluster:
+            # a filter answered before the router: Envoy's stream already has the route's
+            # cluster (it routes before the filters run)
+            cluster = s.route.cluster
         if cluster is not None:
             tags["upstream_cluster"] = cluster
             tags["upstream_cluster.name"] = cluster

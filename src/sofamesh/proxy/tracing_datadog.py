@@ -452,10 +452,6 @@ class DatadogTracer(tracing.Tracer):
         route = s.route
         resource = route.decorator if route is not None and route.decorator else None
         tags = self._server_tags(s, span, status, authority)
-        if "upstream_cluster" not in tags and route is not None and route.cluster:
-            # a filter answered before the router: Envoy's stream already has the route's
-            # cluster (routed before the filters run)
-            tags["upstream_cluster"] = tags["upstream_cluster.name"] = route.cluster
         fs = s.filter_state
         if fs and fs.get(HEALTH_CHECK):
             # Envoy's connection manager unsamples a health check's span (a user drop)
