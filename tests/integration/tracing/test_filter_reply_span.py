@@ -10,19 +10,9 @@ import json
 import time
 
 from tests.integration.http2.conftest import _cluster, proxies  # noqa: F401
+from tests.integration.tracing.test_request_id_sampling import zipkin_tracing
 
-ZIPKIN = {
-    "provider": {
-        "name": "envoy.tracers.zipkin",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-            "collector_cluster": "zipkin",
-            "collector_endpoint": "/api/v2/spans",
-            "collector_endpoint_version": "HTTP_JSON",
-        },
-    },
-    "random_sampling": {"value": 100},
-}
+ZIPKIN = zipkin_tracing(100)
 ROUTES = [
     {"match": {"prefix": "/deny"}, "route": {"cluster": "h1"}},
     {"match": {"prefix": "/"}, "route": {"cluster": "h1"}},

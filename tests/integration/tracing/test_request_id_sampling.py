@@ -14,7 +14,8 @@ from tests.integration.http2.conftest import _cluster, proxies  # noqa: F401
 ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster": "h1"}}]
 
 
-def _tracing(pct: float) -> dict:
+def zipkin_tracing(pct: float) -> dict:
+    """HCM tracing: Zipkin (HTTP JSON v2) to the `zipkin` cluster at `pct` % sampling."""
     return {
         "provider": {
             "name": "envoy.tracers.zipkin",
@@ -56,7 +57,7 @@ def _run(p) -> list:
 
 def _case(proxies, pct: float, name: str) -> None:  # noqa: F811
     p = proxies(
-        hcm={"tracing": _tracing(pct)},
+        hcm={"tracing": zipkin_tracing(pct)},
         routes=ROUTES,
         clusters=lambda grpc_port, h1_port: [_cluster("zipkin", h1_port, False)],
     )
