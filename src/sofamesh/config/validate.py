@@ -22,8 +22,12 @@ from typing import Any
 from google.protobuf.message import Message
 
 from sofamesh.config import protos, support
+from sofamesh.config.cluster_refs import _api_grpc_clusters, _cluster_refs, _pipe_only
 from sofamesh.config.errors import ConfigError, Problem, join
+from sofamesh.config.filter_kinds import NON_TERMINAL_NETWORK, TERMINAL, _ext_name
+from sofamesh.config.lua_modules import missing_lua_modules
 from sofamesh.config.pgv import validate_message
+from sofamesh.config.re2 import re2_error
 
 HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 # Messages naming an extension whose typed_config Envoy 1.40 requires.
@@ -41,30 +45,6 @@ _FILTER_KIND = {
     "envoy.config.listener.v3.Filter": "network",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": "http",
     "envoy.config.cluster.v3.Filter": "upstream",  # Cluster.filters
-}
-# LuaJIT's default package.path / cpath, relative entries resolved from the working dir.
-_LUA_PATHS = (
-    "./?.lua",
-    "/usr/local/share/luajit-2.1/?.lua",
-    "/usr/local/share/lua/5.1/?.lua",
-    "/usr/local/share/lua/5.1/?/init.lua",
-    "./?.so",
-    "/usr/local/lib/lua/5.1/?.so",
-)
-_LUA_REQUIRE = re.compile(r"""\brequire\s*\(?\s*["']([A-Za-z0-9_.\-]+)["']""")
-_LUA_BUILTIN = {
-    "string",
-    "table",
-    "math",
-    "io",
-    "os",
-    "coroutine",
-    "debug",
-    "package",
-    "bit",
-    "jit",
-    "ffi",
-    "utf8",
 }
 
 
@@ -543,12 +523,8 @@ class _Checker:
                 text = ds.inline_string or ds.inline_bytes.decode("utf-8", "replace")
                 codes.append((p, text))
         for p, code in codes:
-            for mod in _LUA_REQUIRE.findall(code):
-                if mod.split(".")[0] in _LUA_BUILTIN:
-                    continue
-                rel = mod.replace(".", "/")
-                if not any(self._exists(t.replace("?", rel)) for t in _LUA_PATHS):
-                    self.reference(p, f"script load error: module '{mod}' not found")
+            for mod in missing_lua_modules(code, self._exists):
+                self.reference(p, f"script load error: module '{mod}' not found")
 
     # -- cross references ------------------------------------------------------------
     def check_route_clusters(self, bootstrap: Message) -> None:
@@ -772,82 +748,6 @@ class _Checker:
                 )
 
 
-_RE2_PERL_OP = re.compile(r"\(\?(<=|<!|=|!|>)")
-_RE2_BAD_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*(\\[1-9ZG])")
-_RE2_ONLY = re.compile(r"\\[pPzC]")
-
-
-def re2_error(pattern: str) -> str | None:
-    """Why RE2 (Envoy's regex engine) refuses `pattern`, as far as can be told here: Perl
-    operators and escapes RE2 lacks, else whatever Python's engine refuses, unless the
-    pattern uses RE2-only syntax Python cannot parse."""
-    m = _RE2_PERL_OP.search(pattern)
-    if m:
-        return f"invalid perl operator: (?{m.group(1)}"
-    m = _RE2_BAD_ESCAPE.search(pattern)
-    if m:
-        return f"invalid escape sequence: {m.group(1)}"
-    if _RE2_ONLY.search(pattern):
-        return None
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        return f"invalid regex '{pattern}': {e}"
-    return None
-
-
-# Envoy's extension names of filters that end a chain, and network filters that cannot.
-TERMINAL = {
-    "http": {"envoy.filters.http.router", "envoy.filters.http.upstream_codec"},
-    "network": {
-        "envoy.filters.network.http_connection_manager",
-        "envoy.filters.network.tcp_proxy",
-        "envoy.filters.network.redis_proxy",
-        "envoy.filters.network.dubbo_proxy",
-        "envoy.filters.network.thrift_proxy",
-        "envoy.filters.network.echo",
-        "envoy.filters.network.direct_response",
-        "envoy.filters.network.rocketmq_proxy",
-        "envoy.filters.network.generic_proxy",
-        "envoy.filters.network.kafka_mesh",
-        "envoy.filters.network.bolt_proxy",
-    },
-}
-NON_TERMINAL_NETWORK = {
-    f"envoy.filters.network.{n}"
-    for n in (
-        "rbac",
-        "local_ratelimit",
-        "ratelimit",
-        "ext_authz",
-        "connection_limit",
-        "mongo_proxy",
-        "mysql_proxy",
-        "postgres_proxy",
-        "kafka_broker",
-        "zookeeper_proxy",
-        "sni_cluster",
-        "client_ssl_auth",
-        "wasm",
-        "set_filter_state",
-        "sni_dynamic_forward_proxy",
-    )
-}
-
-
-def _ext_name(flt: Message) -> str:
-    """A filter's Envoy extension name from its typed_config type
-    (`envoy.extensions.filters.http.cors.v3.Cors` -> `envoy.filters.http.cors`), or from its
-    name when it has no typed_config; "" when it cannot be told (TypedStruct, other)."""
-    url = flt.typed_config.type_url if flt.HasField("typed_config") else ""
-    if not url:
-        return flt.name if flt.name.startswith("envoy.filters.") else ""
-    parts = protos.type_name(url).split(".")
-    if len(parts) >= 6 and parts[:3] == ["envoy", "extensions", "filters"]:
-        return ".".join(["envoy", "filters", parts[3], parts[4]])
-    return ""
-
-
 def _show(fd: Any, value: Any) -> str:
     if fd.enum_type is not None:
         ev = fd.enum_type.values_by_number.get(value)
@@ -929,70 +829,6 @@ def validate_bootstrap(bootstrap: Message, *, base_dir: str | None = None) -> Re
         problems.sort(key=lambda p: order.get(p.kind, 4))
         raise ConfigError(problems)
     return checker.report
-
-
-def _pipe_only(c: Message) -> bool:
-    """A cluster whose endpoints are all pipes (Istio's sds-grpc and xds-grpc)."""
-    eps = [lbe.endpoint.address for e in c.load_assignment.endpoints for lbe in e.lb_endpoints]
-    return bool(eps) and all(a.HasField("pipe") for a in eps)
-
-
-_REF_FIELDS = {
-    "envoy.config.route.v3.RouteAction": "cluster",
-    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy": "cluster",
-    "envoy.config.route.v3.WeightedCluster.ClusterWeight": "name",
-    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": "cluster",
-    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": (
-        "name"
-    ),
-}
-
-
-def _cluster_refs(m: Message, path: str) -> Any:
-    """(field path, cluster name) of every route, mirror and tcp_proxy cluster in `m`."""
-    ref = _REF_FIELDS.get(m.DESCRIPTOR.full_name)
-    if ref is not None and getattr(m, ref):
-        yield join(path, ref), getattr(m, ref)
-    for f, val in m.ListFields():
-        if f.message_type is None:
-            continue
-        p = join(path, f.name)
-        if f.message_type.GetOptions().map_entry:
-            if f.message_type.fields_by_name["value"].message_type is None:
-                continue
-            items = [(f"{p}[{k!r}]", v) for k, v in val.items()]
-        elif f.is_repeated:
-            items = [(f"{p}[{i}]", v) for i, v in enumerate(val)]
-        else:
-            items = [(p, val)]
-        for ip, v in items:
-            if v.DESCRIPTOR.full_name == "google.protobuf.Any":
-                v = protos.unpack_any(v)
-                if v is None:
-                    continue
-            yield from _cluster_refs(v, ip)
-
-
-def _api_grpc_clusters(m: Message) -> set[str]:
-    """Clusters named by an ApiConfigSource's envoy_grpc services anywhere in `m` (the xDS
-    and SDS streams, which dial a static cluster's first endpoint: xds/settings.py)."""
-    out: set[str] = set()
-    if m.DESCRIPTOR.full_name == "envoy.config.core.v3.ApiConfigSource":
-        out.update(g.envoy_grpc.cluster_name for g in m.grpc_services if g.HasField("envoy_grpc"))
-    for f, val in m.ListFields():
-        if f.message_type is None:
-            continue
-        if f.message_type.GetOptions().map_entry:
-            vals = list(val.values()) if f.message_type.fields_by_name["value"].message_type else []
-        else:
-            vals = list(val) if f.is_repeated else [val]
-        for v in vals:
-            if v.DESCRIPTOR.full_name == "google.protobuf.Any":
-                v = protos.unpack_any(v)
-                if v is None:
-                    continue
-            out |= _api_grpc_clusters(v)
-    return out
 
 
 def check(bootstrap: Message, **kw: Any) -> list[Problem]:
