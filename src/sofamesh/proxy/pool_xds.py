@@ -236,7 +236,7 @@ class PoolApplier:
                 for n, h in self.held[CDS].items()
                 if h.msg.type == 3 and (h.msg.eds_cluster_config.service_name or n) == name
             ]
-        from sofamesh.proxy.dynamic import _rds_of
+        from sofamesh.proxy.xds_shapes import _rds_of
 
         out = []
         for h in self.held[LDS].values():
