@@ -108,3 +108,11 @@ cdef class HcmConfig:
     # b"https" for an HCM on a TLS filter chain (proxy/listener_chains.py): the scheme
     # x-forwarded-proto carries, as Envoy's (None: b"http")
     cdef public bytes scheme
+
+
+cdef inline bint replaces_request_id(HcmConfig cfg) noexcept:
+    """An edge proxy gives every request a new x-request-id, whatever the caller sent
+    (Envoy's use_remote_address with generate_request_id, unless
+    preserve_external_request_id)."""
+    return cfg.use_remote_address and cfg.generate_request_id and \
+        not cfg.preserve_external_request_id

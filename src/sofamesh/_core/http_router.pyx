@@ -5,7 +5,7 @@
 from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
-from sofamesh._core.hcm_config cimport HcmConfig
+from sofamesh._core.hcm_config cimport HcmConfig, replaces_request_id
 from sofamesh._core.http_grpc cimport grpc_outcome, grpc_retry_bit, grpc_timeout
 from sofamesh._core.http_tracing cimport inject_trace, start_trace, trace_retry
 from sofamesh._core.headers cimport HeaderMap, HeaderList
@@ -374,8 +374,7 @@ cdef class RouterStream(HttpStream):
         cdef int hrh = -1
         cdef int xrid = h.find_from("x-request-id", 12, 0)
         # an edge proxy replaces a client's x-request-id (Envoy's preserve_external_request_id)
-        cdef bint regen = xrid < 0 or (cfg.use_remote_address and cfg.generate_request_id
-                                       and not cfg.preserve_external_request_id)
+        cdef bint regen = xrid < 0 or replaces_request_id(cfg)
         cdef bint rewrite = (route.prefix_rewrite is not None and route.pm == 0) or \
             route.rx_rewrite is not None
         h.remove_router_controls()

@@ -5,7 +5,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 cdef extern from "strings.h" nogil:
     int strncasecmp(const char* a, const char* b, size_t n)
 
-from sofamesh._core.hcm_config cimport HcmConfig
+from sofamesh._core.hcm_config cimport HcmConfig, replaces_request_id
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_common cimport wall_us
 from sofamesh._core.http_stream cimport TraceCtx
@@ -161,8 +161,7 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
     cdef long long bucket
     cdef char mark = 0
     _scan(h, idx)
-    if idx[T_RID] >= 0 and not (cfg.use_remote_address and cfg.generate_request_id and
-                                not cfg.preserve_external_request_id):
+    if idx[T_RID] >= 0 and not replaces_request_id(cfg):
         # Envoy's decision from the caller's request id (kept, not regenerated): an id
         # another proxy marked traced stays traced; else its value decides, so that every
         # proxy a request passes makes the same decision; an id that is not hex, never
