@@ -347,14 +347,13 @@ class _Checker:
                         f"{path}.layers[{i}].name", f"Duplicate layer name: {layer.name}"
                     )
                 seen_layers.add(layer.name)
-        if support_on and name == HCM:
+        if support_on and name == HCM and not m.http_filters:
             # what the Server (filters/network/http_connection_manager.py) cannot run yet
-            if not m.http_filters:
-                self.unsupported(
-                    join(path, "http_filters"),
-                    "an HTTP filter chain without envoy.filters.http.router: "
-                    "not implemented by sofamesh",
-                )
+            self.unsupported(
+                join(path, "http_filters"),
+                "an HTTP filter chain without envoy.filters.http.router: "
+                "not implemented by sofamesh",
+            )
         if name in _TLS_CONTEXTS:
             self.check_tls(m, name, path)
         if (name in _FILTER_KIND or name in _NAMED_EXTENSIONS) and not (
