@@ -26,7 +26,7 @@ from sofamesh._core.router cimport (
 from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNECT_FAILED,
                                       OUTCOME_CONNECT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.upstream import hash64
-from sofamesh._core.http_tracing cimport TRACE_SW8  # SkyWalking: sw8 written at _attach
+from sofamesh._core.http_tracing cimport TRACE_B3, TRACE_SW8  # SkyWalking: sw8 written at _attach
 
 # a failed attempt's error.reason on its upstream span (Envoy's reset reasons)
 cdef dict RESET_REASON = {
@@ -165,7 +165,9 @@ cdef class RouterStream(HttpStream):
             # x-forwarded-client-cert never reaches the filters or the upstream
             self.head.remove(b"x-forwarded-client-cert")
             if cfg.trace_ppm >= 0 and self.trace is None:
-                self.trace = start_trace(self.head, cfg)
+                self.trace = start_trace(self.head, cfg, self.trace_spare)
+                if cfg.trace_kind == TRACE_B3:
+                    self.trace_spare = self.trace
         while self.fidx < len(filters):
             f = filters[self.fidx]
             self.fidx += 1

@@ -52,6 +52,12 @@ cdef class TraceCtx:
     cdef public object up_host          # upstream.Host the request went to, or None
     cdef public int attempt             # spawn_upstream_span: retries before this upstream span
     cdef public str up_reason           # why the current attempt failed (Envoy's reset reason)
+    # B3 (_core/http_tracing): the trace headers the request had when the trace started
+    # (bits T_*), and how many entries its header map (at address hmap) had then: the
+    # upstream request's injection scans only the entries added since
+    cdef int seen
+    cdef int hcount
+    cdef size_t hmap
 
 
 cdef class HttpFilter:
@@ -133,6 +139,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef HeaderMap resp_head            # the proxied response's headers (encode filters read it)
     cdef bytes enc_swap                 # set by s.replace_data(): the body bytes passed on instead
     cdef public TraceCtx trace          # this request's span context, or None (not traced)
+    cdef TraceCtx trace_spare           # B3: the last request's, reused (http_tracing)
 
     cdef int _end_request_stats(self, int status) except -1
 

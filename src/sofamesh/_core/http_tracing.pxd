@@ -16,7 +16,9 @@ cdef enum:
     TRACE_PY = 3
 
 cdef bytes new_span_id()
-cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg)
+# spare: the stream's context of its previous request, reused for B3 (Zipkin copies what it
+# reports when the request ends, so nothing holds a B3 context after its request), or None
+cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg, TraceCtx spare)
 # the span's context onto the upstream request h; returns the request id, marked when the
 # connection manager traced the request (rid: the request's x-request-id or None)
 cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid)

@@ -5,6 +5,10 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 cdef extern from "strings.h" nogil:
     int strncasecmp(const char* a, const char* b, size_t n)
 
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.object cimport PyObject
+
+from sofamesh._core.codecs.http1 cimport Head, h1_hdr
 from sofamesh._core.hcm_config cimport HcmConfig, replaces_request_id
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_common cimport wall_us
@@ -15,14 +19,24 @@ cdef const char* HEX_DIGITS = "0123456789abcdef"
 DEF TRACEPARENT_LEN = 55    # 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
 
 
+cdef char HEX_PAIRS[512]        # byte b -> its two hex digits at 2b
+cdef int _i
+for _i in range(256):
+    HEX_PAIRS[2 * _i] = HEX_DIGITS[_i >> 4]
+    HEX_PAIRS[2 * _i + 1] = HEX_DIGITS[_i & 15]
+
+
 cdef bytes new_span_id():
-    # PERF(benchmarks/instr_per_request.py --tracing 1): snprintf cost ~1,000 instructions
+    # PERF(benchmarks/instr_per_request.py --tracing 1): snprintf cost ~1,000 instructions;
+    # two digits a step from a table
     cdef char buf[16]
     cdef unsigned long long v = rng_next()
-    cdef int i
-    for i in range(15, -1, -1):
-        buf[i] = HEX_DIGITS[v & 15]
-        v >>= 4
+    cdef int i, b
+    for i in range(14, -1, -2):
+        b = <int>(v & 255)
+        buf[i] = HEX_PAIRS[2 * b]
+        buf[i + 1] = HEX_PAIRS[2 * b + 1]
+        v >>= 8
     return PyBytes_FromStringAndSize(buf, 16)
 
 
@@ -46,52 +60,87 @@ cdef enum:
     T_RID = 8           # x-request-id
     T_COUNT = 9
 
+DEF B3_BITS = 63     # 1 << T_TRACEID .. 1 << T_B3
+
 cdef tuple _B3_NAMES = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
                         b"x-b3-sampled", b"x-b3-flags", b"b3")
 
 
-cdef int _scan(HeaderMap h, int* idx) noexcept:
-    """idx[T_*]: the first live entry of each name, -1 when absent.
+cdef inline int _trace_name(const char* p, int n) noexcept:
+    """The T_* of a header name, -1 for any other name."""
+    if n == 2:
+        if strncasecmp(p, "b3", 2) == 0:
+            return T_B3
+        return -1
+    if n < 10 or (p[0] | 32) != 120 or p[1] != 45:     # "x-": the rest start so
+        return -1
+    if n == 12 and (p[2] | 32) == 114:                  # 'r'
+        if strncasecmp(p, "x-request-id", 12) == 0:
+            return T_RID
+    elif (p[2] | 32) == 98:                             # "x-b3-..."
+        if n == 12:
+            if strncasecmp(p, "x-b3-traceid", 12) == 0:
+                return T_TRACEID
+            if strncasecmp(p, "x-b3-sampled", 12) == 0:
+                return T_SAMPLED
+        elif n == 11:
+            if strncasecmp(p, "x-b3-spanid", 11) == 0:
+                return T_SPANID
+        elif n == 17:
+            if strncasecmp(p, "x-b3-parentspanid", 17) == 0:
+                return T_PARENT
+        elif n == 10:
+            if strncasecmp(p, "x-b3-flags", 10) == 0:
+                return T_FLAGS
+    elif n == 17 and (p[2] | 32) == 99:                 # 'c'
+        if strncasecmp(p, "x-client-trace-id", 17) == 0:
+            return T_CLIENT
+    elif n == 19 and (p[2] | 32) == 101:                # 'e'
+        if strncasecmp(p, "x-envoy-force-trace", 19) == 0:
+            return T_FORCE
+    return -1
+
+
+cdef int _scan(HeaderMap h, int* idx, int start) noexcept:
+    """idx[T_*]: the first live entry of each name from entry `start` on, -1 when absent.
     PERF(benchmarks/instr_per_request.py --tracing 0): one pass over the names instead of
-    ten find_from scans per request (~1,300 instructions)."""
-    cdef int i, n, t
+    ten find_from scans per request (~1,300 instructions); an HTTP/1 head's parsed lines
+    and added entries read directly, not through the HeaderMap interface."""
+    cdef int i, n, t, nhdr
     cdef const char* p
+    cdef Head hh
+    cdef h1_hdr* hd
+    cdef list added
+    cdef PyObject* o
     for t in range(T_COUNT):
         idx[t] = -1
-    for i in range(h.count()):
+    if type(h) is Head:
+        hh = <Head>h
+        nhdr = hh.nhdr
+        for i in range(start, nhdr):
+            hd = &hh.hdrs[i]
+            if hd.skip:
+                continue
+            t = _trace_name(hh.base + hd.name_off, hd.name_len)
+            if t >= 0 and idx[t] < 0:
+                idx[t] = i
+        added = hh.added
+        if added is not None:
+            i = start - nhdr if start > nhdr else 0
+            while 2 * i < PyList_GET_SIZE(added):
+                o = PyList_GET_ITEM(added, 2 * i)
+                if o != <PyObject*>None:
+                    t = _trace_name(PyBytes_AS_STRING(<object>o),
+                                    <int>PyBytes_GET_SIZE(<object>o))
+                    if t >= 0 and idx[t] < 0:
+                        idx[t] = nhdr + i
+                i += 1
+        return 0
+    for i in range(start, h.count()):
         p = h.name_ptr(i, &n)
-        if p == NULL or n < 2:
+        if p == NULL:
             continue
-        t = -1
-        if n == 2:
-            if strncasecmp(p, "b3", 2) == 0:
-                t = T_B3
-        elif (p[0] | 32) != 120 or p[1] != 45:     # "x-": the rest start so
-            continue
-        elif n == 12 and (p[2] | 32) == 114:        # 'r'
-            if strncasecmp(p, "x-request-id", 12) == 0:
-                t = T_RID
-        elif (p[2] | 32) == 98:                     # "x-b3-..."
-            if n == 12:
-                if strncasecmp(p, "x-b3-traceid", 12) == 0:
-                    t = T_TRACEID
-                elif strncasecmp(p, "x-b3-sampled", 12) == 0:
-                    t = T_SAMPLED
-            elif n == 11:
-                if strncasecmp(p, "x-b3-spanid", 11) == 0:
-                    t = T_SPANID
-            elif n == 17:
-                if strncasecmp(p, "x-b3-parentspanid", 17) == 0:
-                    t = T_PARENT
-            elif n == 10:
-                if strncasecmp(p, "x-b3-flags", 10) == 0:
-                    t = T_FLAGS
-        elif n == 17:
-            if strncasecmp(p, "x-client-trace-id", 17) == 0:
-                t = T_CLIENT
-        elif n == 19:
-            if strncasecmp(p, "x-envoy-force-trace", 19) == 0:
-                t = T_FORCE
+        t = _trace_name(p, n)
         if t >= 0 and idx[t] < 0:
             idx[t] = i
     return 0
@@ -148,19 +197,53 @@ cdef int traceparent_flags(bytes v) noexcept:
     return hex_val(p[53]) * 16 + hex_val(p[54])
 
 
-cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg):
+cdef inline void _reset(TraceCtx t) noexcept:
+    t.trace_id = None
+    t.span_id = None
+    t.parent_id = None
+    t.sampled = t.decision = t.shared = t.client = False
+    t.start_us = 0
+    t.grpc_status = None
+    t.grpc_message = None
+    t.tracestate = None
+    t.child_id = None
+    t.child_us = 0
+    t.up_host = None
+    t.attempt = 0
+    t.up_reason = None
+    t.seen = t.hcount = 0
+    t.hmap = 0
+
+
+cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg, TraceCtx spare):
     """The span context of a request. The connection manager's decision is drawn for every
     request: x-client-trace-id under client_sampling, else random_sampling (both times
     overall_sampling). Zipkin continues an incoming B3 context (shared_span_context: the
     caller's span id), x-b3-sampled honoured; OpenTelemetry continues a traceparent (a child
     of the caller's span, sampled when both the caller and the decision say so)."""
-    cdef TraceCtx t = TraceCtx.__new__(TraceCtx) if cfg.trace_kind != TRACE_PY \
-        else cfg.tracer.new_context()
+    cdef TraceCtx t
+    if cfg.trace_kind == TRACE_PY:
+        t = cfg.tracer.new_context()
+    elif spare is not None and cfg.trace_kind == TRACE_B3:
+        # PERF(benchmarks/instr_per_request.py --tracing 0): ~120 instructions less than
+        # a new one (free-listed: field set-up and tear-down)
+        t = spare
+        _reset(t)
+    else:
+        t = TraceCtx.__new__(TraceCtx)
     cdef int idx[T_COUNT]
     cdef bytes rid
     cdef long long bucket
     cdef char mark = 0
-    _scan(h, idx)
+    cdef int k
+    _scan(h, idx, 0)
+    if cfg.trace_kind == TRACE_B3:
+        # what inject_trace replaces, so that it scans only the entries added after this
+        for k in range(T_FORCE + 1):
+            if idx[k] >= 0:
+                t.seen |= 1 << k
+        t.hcount = h.count()
+        t.hmap = <size_t><void*>h
     if idx[T_RID] >= 0 and not replaces_request_id(cfg):
         # Envoy's decision from the caller's request id (kept, not regenerated): an id
         # another proxy marked traced stays traced; else its value decides, so that every
@@ -287,9 +370,18 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
     cdef int k
     # Envoy honours x-envoy-force-trace only from internal requests, and with no
     # internal_address_config (1.40's default) none is: the header is dropped as external
+    cdef int seen = 0
     if cfg.trace_kind == TRACE_B3:
-        _scan(h, idx)
-        if idx[T_FORCE] >= 0:
+        if t.hmap == <size_t><void*>h:
+            # the names start_trace saw, and any added since (by filters, by the router)
+            _scan(h, idx, t.hcount)
+            seen = t.seen
+        else:
+            _scan(h, idx, 0)
+        for k in range(T_FORCE + 1):
+            if idx[k] >= 0:
+                seen |= 1 << k
+        if seen & (1 << T_FORCE):
             h.remove(b"x-envoy-force-trace")
     else:
         _drop(h, "x-envoy-force-trace", 19)
@@ -309,9 +401,10 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
             h.add(b"tracestate", t.tracestate if t.tracestate is not None else b"")
     else:
         # remove() only the B3 headers a caller sent (_scan found them)
-        for k in range(T_B3 + 1):
-            if idx[k] >= 0:
-                h.remove(<bytes>_B3_NAMES[k])
+        if seen & B3_BITS:
+            for k in range(T_B3 + 1):
+                if seen & (1 << k):
+                    h.remove(<bytes>_B3_NAMES[k])
         h.add(b"x-b3-traceid", t.trace_id)
         h.add(b"x-b3-spanid", sid)
         if t.child_id is not None:

@@ -25,7 +25,6 @@ envoy.tracers.opentelemetry (proxy/tracing_otel).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.http_collector import HttpCollector  # noqa: F401 (the providers use it)
 
 log = logging.getLogger("sofamesh.tracing")
 
@@ -168,94 +168,6 @@ class SpanReporter:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-
-class HttpCollector:
-    """One kept-alive HTTP/1.1 connection to a collector cluster's first healthy host,
-    redialled once when the collector closed it: `post(...)` -> the response status, or
-    None when the cluster has no host."""
-
-    def __init__(self, server: Any, cluster: str) -> None:
-        self.server = server
-        self.cluster = cluster
-        self.reader: Any = None
-        self.writer: Any = None
-        self.body = b""  # the last response's body
-
-    def host(self) -> Any:
-        cl = self.server.clusters.get(self.cluster)
-        if cl is None:
-            return None
-        hosts = [h for h in cl.hosts if h.healthy] or list(cl.hosts)
-        return hosts[0] if hosts else None
-
-    async def post(
-        self,
-        path: str,
-        authority: str,
-        content_type: str,
-        body: bytes,
-        extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
-        timeout: float = 5.0,
-    ) -> int | None:
-        host = self.host()
-        if host is None:
-            return None
-        lines = [f"POST {path} HTTP/1.1", f"host: {authority}", f"content-type: {content_type}"]
-        lines += [f"{k}: {v}" for k, v in extra]
-        lines.append(f"content-length: {len(body)}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        for attempt in range(2):  # a kept-alive connection the collector closed: redial
-            try:
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.wait_for(
-                        asyncio.open_connection(host.address, host.port), timeout
-                    )
-                self.writer.write(head + body)
-                return await asyncio.wait_for(self._response(), timeout)
-            except (TimeoutError, OSError, ConnectionError, EOFError) as e:
-                self.drop()
-                if attempt:
-                    raise
-                log.debug("collector %s connection lost (%s); redialing", self.cluster, e)
-        return None
-
-    async def _response(self) -> int:
-        line = await self.reader.readline()
-        if not line:
-            raise EOFError("collector closed the connection")
-        status = int(line.split()[1])
-        length, chunked, close = 0, False, False
-        while True:
-            h = await self.reader.readline()
-            if h in (b"\r\n", b"\n", b""):
-                break
-            k, _, v = h.decode("latin-1").partition(":")
-            k, v = k.strip().lower(), v.strip().lower()
-            if k == "content-length":
-                length = int(v)
-            elif k == "transfer-encoding" and "chunked" in v:
-                chunked = True
-            elif k == "connection" and v == "close":
-                close = True
-        body = b""  # kept for a caller that reads the answer (the Datadog agent's rates)
-        if chunked:
-            while True:
-                n = int((await self.reader.readline()).split(b";")[0], 16)
-                body += (await self.reader.readexactly(n + 2))[:n]
-                if n == 0:
-                    break
-        elif length:
-            body = await self.reader.readexactly(length)
-        self.body = body
-        if close:
-            self.drop()
-        return status
-
-    def drop(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.writer = self.reader = None
 
 
 class Tracer:

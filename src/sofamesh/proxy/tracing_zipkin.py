@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sofamesh._core.zipkin_json import ZipkinSpanWriter
 from sofamesh.proxy import tracing
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.tracing import HttpCollector, SpanRecord, SpanReporter, Tracer, _bump
@@ -56,6 +57,8 @@ class ZipkinTracer(Tracer):
         self.shared = z.shared_span_context.value if z.HasField("shared_span_context") else True
         self.id128 = z.trace_id_128bit
         self.collector = HttpCollector(server, self.cluster)
+        # a plain server span's JSON written in C (_core/zipkin_json); the rest here
+        self.writer = ZipkinSpanWriter(local_ip, self.node_id, self.zone, self.max_path, self.tags)
         st = server.stats
         p = "tracing.zipkin."
         self.spans_sent = st.counter(p + "spans_sent")
@@ -76,9 +79,17 @@ class ZipkinTracer(Tracer):
     def server_name(self, s: Any, authority: str) -> str:
         return authority
 
+    def finish(self, s: Any, span: Any, status: int) -> None:
+        js = self.writer.server_span(s, span, status, self.egress)
+        if js is None:
+            super().finish(s, span, status)
+        else:
+            self.reporter.enqueue(js)
+
     def report(self, records: list[SpanRecord]) -> None:
+        # queued as their JSON, as the C writer's spans are
         for r in records:
-            self.reporter.enqueue(r)
+            self.reporter.enqueue(json.dumps(self._json(r), separators=(",", ":")).encode())
 
     def _json(self, r: SpanRecord) -> dict:
         span: dict[str, Any] = {
@@ -99,8 +110,8 @@ class ZipkinTracer(Tracer):
             span["shared"] = True
         return span
 
-    async def _export(self, batch: list[SpanRecord]) -> bool | None:
-        body = json.dumps([self._json(r) for r in batch], separators=(",", ":")).encode()
+    async def _export(self, batch: list[bytes]) -> bool | None:
+        body = b"[" + b",".join(batch) + b"]"
         try:
             status = await self.collector.post(
                 self.endpoint, self.hostname, "application/json", body
