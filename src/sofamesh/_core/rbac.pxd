@@ -88,11 +88,69 @@ cdef class RbacRule:
     cdef int matches(self, RbacRequest r) except -1    # 1 / 0
 
 
+cdef struct rbac_prefix:
+    const char* p                   # the prefix's bytes (kept alive by its RbacInput)
+    Py_ssize_t n
+    int mask                        # its clauses: RbacIndex mask number
+
+
+cdef struct rbac_ip_atom:
+    int which                       # ADDR_*
+    int family                      # 4 or 6
+    unsigned long long bits[2]      # the range's address bytes, masked, as two words
+    unsigned long long keep[2]      # its prefix mask, the same way
+    int mask                        # RbacIndex mask number
+
+
+cdef class RbacInput:
+    """One value the index reads once per check (a header, pseudo-header or the url_path) and
+    the exact values and prefixes its atoms test."""
+    cdef int code                   # PSEUDO_*; -1: the url_path
+    cdef int slot                   # header_slot for an ordinary header
+    cdef bytes name                 # the header name
+    cdef dict exact                 # dict[bytes, int]: value -> mask number (many values)
+    cdef rbac_prefix* exacts        # or the values in an array (a few: compared in C)
+    cdef int nexact
+    cdef rbac_prefix* prefixes
+    cdef int nprefix
+    cdef list keep                  # list[bytes]: what prefixes[i].p points into
+
+
+cdef class RbacIndex:
+    """A policy set's necessary conditions, read in one pass: each policy's rules imply
+    clauses (sets of atoms: a header equal to or starting with a value, the url_path too, an
+    address in a range), every clause of a matching policy has a true atom. A check reads
+    each input once, sets the bits of the clauses its atoms satisfy, and evaluates the
+    rules of only the policies whose clauses all hold."""
+    cdef int nw                             # 64-bit words of a clause bit set
+    cdef unsigned long long* masks          # mask number m: masks[m * nw : (m + 1) * nw]
+    cdef unsigned long long* need           # policy i: need[i * nw : ...], its clauses
+    cdef unsigned long long* sat            # scratch: the clauses satisfied in this check
+    # policy i: 1 when its clauses holding is exactly its rules matching (atoms, and/or of
+    # atoms, any), so they are not evaluated
+    cdef char* exact
+    cdef tuple inputs                       # tuple[RbacInput, ...]
+    cdef rbac_ip_atom* ips
+    cdef int nip
+    cdef int npol
+    # reads the inputs and fills sat; 0
+    cdef int scan(self, RbacRequest r) except -1
+    # 1 if policy i's clauses all hold (after scan)
+    cdef inline bint candidate(self, int i) noexcept:
+        cdef int k
+        cdef unsigned long long* need = self.need + i * self.nw
+        for k in range(self.nw):
+            if (self.sat[k] & need[k]) != need[k]:
+                return False
+        return True
+
+
 cdef class RbacEngine:
     cdef readonly int action                # RBAC_*
     cdef readonly tuple names               # tuple[str, ...]: policy names, Envoy's order
     cdef tuple perms                        # tuple[RbacRule, ...]: per policy, any permission
     cdef tuple principals                   # tuple[RbacRule, ...]: per policy, any principal
+    cdef RbacIndex index                    # None: every policy's rules are evaluated
     cdef readonly frozenset header_names    # frozenset[str]: every header name rules read
     # index of the first policy that matches, -1 if none
     cdef int first_match(self, RbacRequest r) except -2

@@ -55,14 +55,6 @@ class RbacEngine:
     ) -> None: ...
     def check(self, r: RbacRequest) -> tuple[bool, str | None]: ...
 
-class MatcherEngine(RbacEngine):
-    def __init__(
-        self,
-        matchers: Iterable[tuple[RbacRule, int, str]],
-        default: tuple[int, str] | None = ...,
-        header_names: Iterable[str] = ...,
-    ) -> None: ...
-
 class RbacPolicies:
     engine: RbacEngine | None
     shadow: RbacEngine | None

@@ -8,10 +8,14 @@
 # policy" reported is the first by name.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_SET_ITEM
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.string cimport memcpy, memchr
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp, memcpy, memchr, memset
 
-from sofamesh._core.router cimport StringMatcher, HeaderMatcher
+from sofamesh._core.router cimport StringMatcher, HeaderMatcher, SM_EXACT, SM_PREFIX
 from sofamesh._core.stats cimport Store
 
 cdef extern from "arpa/inet.h" nogil:
@@ -54,6 +58,14 @@ cdef inline bint _in_range(rbac_ip* a, rbac_ip* net, int plen) noexcept:
     return True
 
 
+cdef inline void _list_set(list l, Py_ssize_t i, object v) noexcept:
+    """l[i] = v for an index known to be in range (the caches below are fixed-size)."""
+    cdef PyObject* old = PyList_GET_ITEM(l, i)
+    Py_INCREF(v)
+    PyList_SET_ITEM(l, i, v)
+    Py_XDECREF(old)
+
+
 cdef class RbacRequest:
     def __cinit__(self):
         self.pv = [None] * PSEUDO_COUNT
@@ -75,7 +87,7 @@ cdef class RbacRequest:
         if self.hv_have & bit:
             return self.hv[slot]
         v = self.header(name)
-        self.hv[slot] = v
+        _list_set(self.hv, slot, v)
         self.hv_have |= bit
         return v
 
@@ -85,7 +97,7 @@ cdef class RbacRequest:
         if self.pseudo_have & (1 << which):
             return self.pv[which]
         v = self.read_pseudo(which)
-        self.pv[which] = v
+        _list_set(self.pv, which, v)
         self.pseudo_have |= 1 << which
         return v
 
@@ -342,6 +354,252 @@ cdef object tls_pseudo(object transport, int which):
     return tuple(out)
 
 
+# -- the policy index --------------------------------------------------------------------
+#
+# PERF(benchmarks/instr_per_request.py --mixer rbac): trying each of 20 policies rule by rule
+# cost ~340 instructions a policy (6.8k a request) however little of it could match; the
+# index reads each input once and rules out the policies whose necessary atoms are false.
+
+cdef object _atom(RbacRule rule):
+    """The key of an atom the index can test that is true whenever `rule` matches, or None."""
+    cdef HeaderRule h
+    cdef PathRule pr
+    cdef IpRule ip
+    cdef StringMatcher sm
+    if type(rule) is HeaderRule:
+        h = <HeaderRule>rule
+        sm = h.hm.sm
+        if h.hm.invert or h.code == PSEUDO_OTHER:
+            return None
+        inp = ("h", h.hm.name, h.slot) if h.code == PSEUDO_NONE else ("p", h.code)
+    elif type(rule) is PathRule:
+        pr = <PathRule>rule
+        sm = pr.sm
+        inp = ("u",)
+    elif type(rule) is IpRule:
+        ip = <IpRule>rule
+        return ("ip", ip.which, ip.net.family, bytes(ip.net.b[:16]), ip.plen)
+    else:
+        return None
+    if sm is None or sm.ignore_case or (sm.kind != SM_EXACT and sm.kind != SM_PREFIX):
+        return None
+    return (inp, sm.kind, sm.value)
+
+
+cdef list _clauses(RbacRule rule):
+    """Clauses (lists of atom keys) each of which has a true atom whenever `rule` matches;
+    [] when no such clause is known (the rule may match whatever the atoms say)."""
+    cdef list out, union, cl
+    a = _atom(rule)
+    if a is not None:
+        return [[a]]
+    if type(rule) is AndRule:
+        out = []
+        for c in (<AndRule>rule).rules:
+            out += _clauses(c)
+        return out
+    if type(rule) is OrRule:
+        union = []
+        for c in (<OrRule>rule).rules:
+            cl = _clauses(c)
+            if not cl:
+                return []
+            union += min(cl, key=len)
+        return [union]
+    return []          # any, not_rule, ports, TLS, ...: no necessary atom
+
+
+cdef bint _exact(RbacRule rule):
+    """Whether `rule` matches exactly when all its _clauses hold (not only if)."""
+    if type(rule) is AnyRule or _atom(rule) is not None:
+        return True
+    if type(rule) is AndRule:
+        return all(_exact(c) for c in (<AndRule>rule).rules)
+    if type(rule) is OrRule:
+        return all(_exact(c) and len(_clauses(c)) == 1 for c in (<OrRule>rule).rules)
+    return False
+
+
+cdef enum:
+    # an input's exact values up to this many are compared in C (a dict lookup hashes the
+    # value first: ~250 instructions for a method); more go in a dict
+    EXACT_SCAN_MAX = 16
+
+
+cdef rbac_prefix* _strings(list pairs) except NULL:
+    """[(bytes, mask number)] as an array pointing into the bytes (kept by the caller)."""
+    cdef rbac_prefix* out = <rbac_prefix*>calloc(max(1, len(pairs)), sizeof(rbac_prefix))
+    if out == NULL:
+        raise MemoryError()
+    for i, (v, m) in enumerate(pairs):
+        out[i].p = PyBytes_AS_STRING(v)
+        out[i].n = PyBytes_GET_SIZE(v)
+        out[i].mask = m
+    return out
+
+
+cdef class RbacInput:
+    def __cinit__(self):
+        self.prefixes = NULL
+        self.exacts = NULL
+
+    def __dealloc__(self):
+        free(self.prefixes)
+        free(self.exacts)
+
+
+cdef class RbacIndex:
+    def __cinit__(self):
+        self.masks = self.need = self.sat = NULL
+        self.exact = NULL
+        self.ips = NULL
+
+    def __dealloc__(self):
+        free(self.masks)
+        free(self.need)
+        free(self.sat)
+        free(self.exact)
+        free(self.ips)
+
+    def __init__(self, list policy_clauses, list exact_rules):
+        """policy_clauses: per policy (in evaluation order), its clauses (_clauses); exact_rules:
+        per policy, whether they are exactly its rules (_exact)."""
+        cdef RbacInput inp
+        cdef int i, c, m, nclauses = 0
+        by_atom = {}            # atom key -> clause numbers
+        needs = []
+        for clauses in policy_clauses:
+            mine = []
+            for cl in dict.fromkeys(tuple(dict.fromkeys(x)) for x in clauses):
+                for a in cl:
+                    by_atom.setdefault(a, []).append(nclauses)
+                mine.append(nclauses)
+                nclauses += 1
+            needs.append(mine)
+        self.npol = len(policy_clauses)
+        self.nw = max(1, (nclauses + 63) // 64)
+        atoms = list(by_atom)
+        self.masks = <unsigned long long*>calloc(max(1, len(atoms)) * self.nw, 8)
+        self.need = <unsigned long long*>calloc(max(1, self.npol) * self.nw, 8)
+        self.sat = <unsigned long long*>calloc(self.nw, 8)
+        self.exact = <char*>calloc(max(1, self.npol), 1)
+        if self.masks == NULL or self.need == NULL or self.sat == NULL or self.exact == NULL:
+            raise MemoryError()
+        for i in range(self.npol):
+            self.exact[i] = 1 if exact_rules[i] else 0
+        for m, a in enumerate(atoms):
+            for c in by_atom[a]:
+                self.masks[m * self.nw + c // 64] |= (<unsigned long long>1) << (c % 64)
+        for i, mine in enumerate(needs):
+            for c in mine:
+                self.need[i * self.nw + c // 64] |= (<unsigned long long>1) << (c % 64)
+        inputs = {}             # input key -> (exact {value: mask}, [(prefix, mask)])
+        ips = []
+        for m, a in enumerate(atoms):
+            if a[0] == "ip":
+                ips.append((a, m))
+                continue
+            exact, prefixes = inputs.setdefault(a[0], ({}, []))
+            if a[1] == SM_EXACT:
+                exact[a[2]] = m
+            else:
+                prefixes.append((a[2], m))
+        out = []
+        for key, (exact, prefixes) in inputs.items():
+            inp = RbacInput.__new__(RbacInput)
+            inp.code = -1 if key[0] == "u" else (PSEUDO_NONE if key[0] == "h" else key[1])
+            inp.name = key[1] if key[0] == "h" else None
+            inp.slot = key[2] if key[0] == "h" else -1
+            inp.exact = exact if len(exact) > EXACT_SCAN_MAX else None
+            inp.nexact = len(exact) if inp.exact is None else 0
+            inp.exacts = _strings(list(exact.items()) if inp.nexact else [])
+            inp.keep = [p for p, _ in prefixes] + list(exact)
+            inp.nprefix = len(prefixes)
+            inp.prefixes = _strings(prefixes)
+            out.append(inp)
+        self.inputs = tuple(out)
+        self.nip = len(ips)
+        self.ips = <rbac_ip_atom*>calloc(max(1, self.nip), sizeof(rbac_ip_atom))
+        if self.ips == NULL:
+            raise MemoryError()
+        ips.sort(key=lambda am: am[0][1])     # by address kind: each resolved once (scan)
+        for i, (a, m) in enumerate(ips):
+            # the prefix as a byte mask; address and mask read as two words the same way
+            # (memory order), so one AND and compare per word tests the range
+            full, rest = divmod(a[4], 8)
+            keep = bytes([0xff] * full + ([(0xff << (8 - rest)) & 0xff] if rest else []))
+            keep = keep.ljust(16, b"\0")
+            bits = bytes(x & y for x, y in zip(<bytes>a[3], keep))
+            self.ips[i].which = a[1]
+            self.ips[i].family = a[2]
+            memcpy(self.ips[i].keep, <const char*>keep, 16)
+            memcpy(self.ips[i].bits, <const char*>bits, 16)
+            self.ips[i].mask = m
+
+    cdef int scan(self, RbacRequest r) except -1:
+        cdef int nw = self.nw, k, j, which, family = 0
+        cdef unsigned long long a[2]
+        cdef unsigned long long* sat = self.sat
+        cdef unsigned long long* mk
+        cdef tuple inputs = self.inputs
+        cdef RbacInput inp
+        cdef rbac_prefix* pf
+        cdef rbac_ip_atom* ip
+        cdef Py_ssize_t i, n
+        cdef const char* p
+        cdef object v
+        memset(sat, 0, nw * 8)
+        for i in range(PyTuple_GET_SIZE(inputs)):
+            inp = <RbacInput>PyTuple_GET_ITEM(inputs, i)
+            if inp.code < 0:
+                v = _url_path(r)
+            elif inp.code:
+                v = r.pseudo(inp.code)
+            else:
+                v = r.cached_header(inp.slot, inp.name)
+            if v is None:
+                continue
+            if inp.nexact:
+                p = PyBytes_AS_STRING(v)
+                n = PyBytes_GET_SIZE(v)
+                for j in range(inp.nexact):
+                    pf = &inp.exacts[j]
+                    if n == pf.n and memcmp(p, pf.p, n) == 0:
+                        mk = self.masks + pf.mask * nw
+                        for k in range(nw):
+                            sat[k] |= mk[k]
+                        break       # the values are distinct
+            elif inp.exact is not None:
+                m = inp.exact.get(v)
+                if m is not None:
+                    mk = self.masks + <int>m * nw
+                    for k in range(nw):
+                        sat[k] |= mk[k]
+            if inp.nprefix:
+                p = PyBytes_AS_STRING(v)
+                n = PyBytes_GET_SIZE(v)
+                for j in range(inp.nprefix):
+                    pf = &inp.prefixes[j]
+                    if n >= pf.n and memcmp(p, pf.p, pf.n) == 0:
+                        mk = self.masks + pf.mask * nw
+                        for k in range(nw):
+                            sat[k] |= mk[k]
+        which = -1
+        for j in range(self.nip):
+            ip = &self.ips[j]
+            if ip.which != which:
+                which = ip.which
+                r.ensure(which)
+                family = r.addr[which].family
+                memcpy(a, r.addr[which].b, 16)
+            if family == ip.family and (a[0] & ip.keep[0]) == ip.bits[0] and \
+                    (a[1] & ip.keep[1]) == ip.bits[1]:
+                mk = self.masks + ip.mask * nw
+                for k in range(nw):
+                    sat[k] |= mk[k]
+        return 0
+
+
 # -- engines -----------------------------------------------------------------------------
 
 cdef class RbacEngine:
@@ -353,10 +611,41 @@ cdef class RbacEngine:
         self.perms = tuple(_any_of(p[1]) for p in ordered)
         self.principals = tuple(_any_of(p[2]) for p in ordered)
         self.header_names = frozenset(header_names)
+        clauses = [_clauses(self.perms[i]) + _clauses(self.principals[i])
+                   for i in range(len(ordered))]
+        exact = [_exact(self.perms[i]) and _exact(self.principals[i])
+                 for i in range(len(ordered))]
+        self.index = RbacIndex(clauses, exact) if any(clauses) else None
 
     cdef int first_match(self, RbacRequest r) except -2:
         cdef Py_ssize_t i
         cdef tuple perms = self.perms, principals = self.principals
+        cdef RbacIndex idx = self.index
+        cdef unsigned long long sat
+        cdef unsigned long long* need
+        cdef Py_ssize_t n
+        if idx is not None:
+            # only the policies whose necessary atoms hold, in the same order: the same
+            # first match as trying them all
+            idx.scan(r)
+            need = idx.need
+            sat = idx.sat[0]
+            n = idx.npol
+            i = 0
+            while True:
+                if idx.nw == 1:         # (the usual case: up to 64 clauses) a tight loop
+                    while i < n and (need[i] & ~sat):
+                        i += 1
+                else:
+                    while i < n and not idx.candidate(<int>i):
+                        i += 1
+                if i >= n:
+                    return -1
+                if idx.exact[i] or (
+                        (<RbacRule>PyTuple_GET_ITEM(perms, i)).matches(r) and
+                        (<RbacRule>PyTuple_GET_ITEM(principals, i)).matches(r)):
+                    return <int>i
+                i += 1
         for i in range(PyTuple_GET_SIZE(perms)):
             if (<RbacRule>PyTuple_GET_ITEM(perms, i)).matches(r) and \
                     (<RbacRule>PyTuple_GET_ITEM(principals, i)).matches(r):
@@ -529,44 +818,3 @@ ACTION_LOG = RBAC_LOG
 ADDRESS_DIRECT = ADDR_DIRECT
 ADDRESS_REMOTE = ADDR_REMOTE
 ADDRESS_LOCAL = ADDR_LOCAL
-
-
-cdef class MatcherEngine(RbacEngine):
-    """RBAC's `matcher` form (an xds matcher list): the first predicate that matches gives
-    the action (ALLOW and LOG allow, DENY denies); when none matches, `on_no_match`'s
-    action, else a denial (Envoy's default). `names` holds each action's name (the
-    effective policy), the on_no_match action's last."""
-    cdef tuple rules        # tuple[RbacRule, ...]: the predicates, in order
-    cdef tuple allow        # tuple[bool, ...]: by predicate, then on_no_match's
-    cdef bint has_default   # on_no_match set
-
-    def __init__(self, matchers, default=None, header_names=()):
-        """matchers: [(predicate RbacRule, action RBAC_*, name)]; default: (action, name)
-        of on_no_match, or None."""
-        self.action = RBAC_ALLOW
-        self.rules = tuple(m[0] for m in matchers)
-        acts = [m[1] for m in matchers]
-        names = [m[2] for m in matchers]
-        self.has_default = default is not None
-        if default is not None:
-            acts.append(default[0])
-            names.append(default[1])
-        self.allow = tuple(a != RBAC_DENY for a in acts)
-        self.names = tuple(names)
-        self.perms = ()
-        self.principals = ()
-        self.header_names = frozenset(header_names)
-
-    cdef int first_match(self, RbacRequest r) except -2:
-        cdef Py_ssize_t i
-        for i in range(len(self.rules)):
-            if (<RbacRule>self.rules[i]).matches(r):
-                return <int>i
-        return <int>len(self.rules) if self.has_default else -1
-
-    cdef int allows(self, RbacRequest r, int* policy) except -1:
-        cdef int m = self.first_match(r)
-        policy[0] = m
-        if m < 0:
-            return 0
-        return 1 if self.allow[m] else 0

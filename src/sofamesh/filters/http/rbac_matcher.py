@@ -27,7 +27,7 @@ class _MatcherCompiler:
         self.header_names: set[str] = set()
 
     def engine(self, m: Any, path: str) -> Any:
-        from sofamesh._core import rbac as C
+        from sofamesh._core.rbac_matcher import MatcherEngine
 
         if m.WhichOneof("matcher_type") == "matcher_tree":
             raise UnsupportedConfig(
@@ -43,7 +43,7 @@ class _MatcherCompiler:
         default = None
         if m.HasField("on_no_match"):
             default = self.action(m.on_no_match, f"{path}.on_no_match")
-        return C.MatcherEngine(matchers, default, sorted(self.header_names))
+        return MatcherEngine(matchers, default, sorted(self.header_names))
 
     def action(self, om: Any, path: str) -> tuple[int, str]:
         from envoy.config.rbac.v3 import rbac_pb2
