@@ -89,7 +89,8 @@ def test_a_large_batch_and_long_fields_keep_their_lengths():
             st.binary(max_size=300),  # raw request bytes: read as Latin-1, as before
             st.binary(max_size=50),
             st.text(max_size=30),
-            st.sampled_from(["-", "1.2.3.4:1", "[::1]:65535", "bad"]),
+            # a host name over 100 bytes takes the nested-length path of socket_address
+            st.sampled_from(["-", "1.2.3.4:1", "[::1]:65535", "bad", "h" * 150 + ":80"]),
             st.sampled_from([b"", b"127.0.0.1", b"::1"]),
             st.integers(0, 2**40),
             st.integers(0, 2**40),
@@ -108,3 +109,11 @@ def test_any_batch_parses_to_the_same_values(batch):
         assert e.request.request_body_bytes == t[9]
         assert e.response.response_body_bytes == t[10]
         assert e.common_properties.duration.ToNanoseconds() == int(t[1] * 1e6)
+        host, _, port = t[7].rpartition(":")
+        up = e.common_properties.upstream_remote_address.socket_address
+        if port.isdigit():
+            assert (up.address, up.port_value) == (host, int(port))
+        else:
+            assert not e.common_properties.HasField("upstream_remote_address")
+        down = e.common_properties.downstream_remote_address.socket_address
+        assert down.address == t[8].decode()

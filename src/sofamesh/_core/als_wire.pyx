@@ -79,12 +79,15 @@ cdef class PbWriter:
         return 0
 
     cdef inline void varint(self, uint64_t v) noexcept:
+        # through a local pointer: stores through self.buf[self.pos] reload both each byte
+        cdef char* start = self.buf + self.pos
+        cdef char* p = start
         while v >= 0x80:
-            self.buf[self.pos] = <char>((v & 0x7F) | 0x80)
-            self.pos += 1
+            p[0] = <char>((v & 0x7F) | 0x80)
+            p += 1
             v >>= 7
-        self.buf[self.pos] = <char>v
-        self.pos += 1
+        p[0] = <char>v
+        self.pos += (p - start) + 1
 
     cdef inline void tag(self, int field, int wire) noexcept:
         self.varint(<uint64_t>((field << 3) | wire))
@@ -108,14 +111,22 @@ cdef class PbWriter:
         """A string field from wire bytes read as Latin-1 (a protobuf string must be UTF-8):
         ASCII as it is, other bytes as their two-byte UTF-8. Room: 2n + 15 bytes."""
         cdef const unsigned char* p = <const unsigned char*>data
-        cdef Py_ssize_t i, high = 0
+        cdef Py_ssize_t i = 0, high = 0
         cdef unsigned char c
+        cdef uint64_t word, any_high = 0
+        while i + 8 <= n:           # ASCII, the usual case, tested eight bytes at a time
+            memcpy(&word, p + i, 8)
+            any_high |= word
+            i += 8
+        while i < n:
+            any_high |= p[i]
+            i += 1
+        if (any_high & <uint64_t>0x8080808080808080ULL) == 0:
+            self.raw(field, data, n)
+            return
         for i in range(n):
             if p[i] >= 0x80:
                 high += 1
-        if high == 0:
-            self.raw(field, data, n)
-            return
         self.tag(field, 2)
         self.varint(<uint64_t>(n + high))
         for i in range(n):
@@ -129,36 +140,49 @@ cdef class PbWriter:
                 self.pos += 2
 
     cdef inline void begin(self, int field) noexcept:
-        """Opens a nested message (at most MAX_DEPTH deep: the writers here nest 3). Room: 15
-        bytes (its tag and length)."""
+        """Opens a nested message (at most MAX_DEPTH deep: the writers here nest 3), leaving
+        one byte for its length. Room: 15 bytes (its tag and length)."""
         self.tag(field, 2)
         self.starts[self.depth] = self.pos
+        self.pos += 1
         self.depth += 1
 
     cdef inline void end(self) noexcept:
+        # PERF(benchmarks/instr_per_request.py --mixer als): most nested messages are under
+        # 128 bytes, so their one-byte length fits the byte begin() left and nothing moves
+        # (moving every message's content by its length's size cost ~300 instructions an entry)
         cdef Py_ssize_t start, n, k
         cdef uint64_t v
         self.depth -= 1
         start = self.starts[self.depth]
-        n = self.pos - start
+        n = self.pos - start - 1
+        if n < 0x80:
+            self.buf[start] = <char>n
+            return
         k = 1
         v = <uint64_t>n
         while v >= 0x80:
             v >>= 7
             k += 1
-        memmove(self.buf + start + k, self.buf + start, n)
+        memmove(self.buf + start + k, self.buf + start + 1, n)
         self.pos = start
         self.varint(<uint64_t>n)
         self.pos = start + k + n
 
     cdef inline void seconds_nanos(self, int field, int64_t ns) noexcept:
         """A google.protobuf.Timestamp or Duration of `ns` nanoseconds (ns >= 0). Room: 40."""
+        cdef uint64_t sec, nanos
+        cdef char* start
         if ns < 0:
             ns = 0
-        self.begin(field)
-        self.uint(1, <uint64_t>(ns // 1000000000))
-        self.uint(2, <uint64_t>(ns % 1000000000))
-        self.end()
+        sec = <uint64_t>(ns // 1000000000)
+        nanos = <uint64_t>(ns % 1000000000)
+        self.tag(field, 2)
+        start = self.buf + self.pos     # its length (at most 22: one byte), then the fields
+        self.pos += 1
+        self.uint(1, sec)
+        self.uint(2, nanos)
+        start[0] = <char>(self.buf + self.pos - start - 1)
 
     cdef inline void socket_address(self, int field, const char* host, Py_ssize_t n,
                                     uint64_t port) noexcept:
@@ -169,6 +193,11 @@ cdef class PbWriter:
         self.uint(3, port)
         self.end()
         self.end()
+
+    cdef inline void put(self, bytes b) noexcept:
+        """Bytes already encoded, as they are. Room: their length."""
+        memcpy(self.buf + self.pos, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+        self.pos += PyBytes_GET_SIZE(b)
 
     cdef bytes take(self):
         cdef bytes out = PyBytes_FromStringAndSize(self.buf, self.pos)
@@ -215,18 +244,25 @@ cdef int _http_entry(PbWriter w, int64_t start_ns, int64_t dur_ns, int status, i
                      const char* cluster, Py_ssize_t cluster_n,
                      const char* up, Py_ssize_t up_n, int up_port,
                      const char* rip, Py_ssize_t rip_n, int rport, uint64_t rx,
-                     uint64_t tx) except -1:
+                     uint64_t tx, bytes down_field=None, bytes up_field=None) except -1:
     """One log_entry (HTTPAccessLogEntry) from C values; an absent string has length 0, an
-    absent upstream address up_port < 0."""
+    absent upstream address up_port < 0. down_field / up_field: the downstream / upstream
+    address fields already encoded (_address_field), used instead of rip / up."""
     # room for everything below: fixed parts well under 512 bytes, strings at most doubled
-    w.reserve(512 + 2 * (path_n + auth_n) + cluster_n + up_n + rip_n)
+    w.reserve(512 + 2 * (path_n + auth_n) + cluster_n + up_n + rip_n
+              + (PyBytes_GET_SIZE(down_field) if down_field is not None else 0)
+              + (PyBytes_GET_SIZE(up_field) if up_field is not None else 0))
     w.begin(1)  # StreamAccessLogsMessage.HTTPAccessLogEntries.log_entry
     w.begin(1)  # common_properties: AccessLogCommon
-    if rip_n > 0:  # downstream_remote_address (an IP address: ASCII)
+    if down_field is not None:
+        w.put(down_field)
+    elif rip_n > 0:  # downstream_remote_address (an IP address: ASCII)
         w.socket_address(2, rip, rip_n, <uint64_t>rport if rport > 0 else 0)
     w.seconds_nanos(5, start_ns)  # start_time
     w.seconds_nanos(12, dur_ns)  # time_to_last_downstream_tx_byte
-    if up_port >= 0:
+    if up_field is not None:
+        w.put(up_field)
+    elif up_port >= 0:
         w.socket_address(13, up, up_n, <uint64_t>up_port)  # upstream_remote_address
     w.raw(15, cluster, cluster_n)  # upstream_cluster
     w.seconds_nanos(23, dur_ns)  # duration
@@ -248,6 +284,13 @@ cdef int _http_entry(PbWriter w, int64_t start_ns, int64_t dur_ns, int status, i
     w.end()
     w.end()
     return 0
+
+
+cdef bytes _address_field(int field, const char* host, Py_ssize_t n, uint64_t port):
+    """An Address field (socket_address) encoded alone, to be reused by HttpLogBuffer."""
+    cdef PbWriter w = PbWriter(n + 64)
+    w.socket_address(field, host, n, port)
+    return w.take()
 
 
 cdef inline const char* _utf8(str s, Py_ssize_t* n) except? NULL:
@@ -275,6 +318,21 @@ cdef bytes _message(bytes identifier, const char* entries, Py_ssize_t n):
     w.tag(2, 2)
     w.varint(<uint64_t>n)
     memcpy(w.buf + w.pos, entries, n)
+    w.pos += n
+    return w.take()
+
+
+def with_identifier(bytes message, bytes identifier=b""):
+    """A StreamAccessLogsMessage from HttpLogBuffer.take_message() with the stream's
+    Identifier in front (the first message of a stream; b"": the message as it is)."""
+    cdef Py_ssize_t idn = PyBytes_GET_SIZE(identifier)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(message)
+    cdef PbWriter w
+    if idn == 0:
+        return message
+    w = PbWriter(idn + n + 16)
+    w.raw(1, PyBytes_AS_STRING(identifier), idn)
+    memcpy(w.buf + w.pos, PyBytes_AS_STRING(message), n)
     w.pos += n
     return w.take()
 
@@ -314,6 +372,12 @@ def encode_http_logs(list batch, bytes identifier=b""):
     return _message(identifier, w.buf, w.pos)
 
 
+cdef enum:
+    # room left in front of HttpLogBuffer's entries for the http_logs field's tag and length
+    # (a varint of at most 5 bytes), so that take_message() copies the batch once
+    _HEAD = 6
+
+
 cdef class HttpLogBuffer(StreamLog):
     """The per-request half of envoy.access_loggers.http_grpc: `log(stream, duration_ms)`
     encodes the stream's entry straight into a buffer (no tuple, no protobuf object); the
@@ -324,9 +388,19 @@ cdef class HttpLogBuffer(StreamLog):
     cdef PbWriter w
     cdef public Py_ssize_t count
     cdef public Py_ssize_t buffer_size
+    # PERF(benchmarks/instr_per_request.py --mixer als): the address fields of the last
+    # downstream peer and upstream host, encoded once (~110 instructions each an entry):
+    # keyed by the very objects they were made from (kept here, so never reused for others)
+    cdef bytes down_ip                  # s.remote_ip of down_field
+    cdef int down_port
+    cdef bytes down_field               # downstream_remote_address, encoded
+    cdef str up_address                 # Host.address of up_field
+    cdef int up_port
+    cdef bytes up_field                 # upstream_remote_address, encoded
 
     def __cinit__(self, *args, **kwargs):
         self.w = PbWriter(4096)
+        self.w.pos = _HEAD
         self.count = 0
         self.buffer_size = 16384
 
@@ -337,7 +411,7 @@ cdef class HttpLogBuffer(StreamLog):
     cdef int log_stream(self, HttpStream s, double duration_ms) except -1:
         cdef timespec ts
         cdef int64_t dur_ns = <int64_t>(duration_ms * 1e6)
-        cdef int method = 0, path_n = 0, up_port = -1
+        cdef int method = 0, path_n = 0
         cdef const char* path = ""
         cdef bytes authority = None
         cdef Cluster cl = s.cluster
@@ -345,8 +419,9 @@ cdef class HttpLogBuffer(StreamLog):
         cdef Py_ssize_t auth_n, cl_n = 0, up_n = 0, rip_n
         cdef const char* auth
         cdef const char* cl_p = ""
-        cdef const char* up_p = ""
+        cdef const char* up_p
         cdef const char* rip
+        cdef bytes up_field, down_field
         clock_gettime(CLOCK_REALTIME, &ts)
         if s.resp_flags != "DPE":  # else the request head did not parse: nothing to read
             method = _method_enum(s.head.method())
@@ -355,15 +430,28 @@ cdef class HttpLogBuffer(StreamLog):
         auth = _bytes(authority, &auth_n)
         if cl is not None:
             cl_p = _utf8(cl.name, &cl_n)
+        up_field = None
         if host is not None and s.upstream_host != "-":  # a connection was attached
-            up_p = _utf8(host.address, &up_n)
-            up_port = host.port
-        rip = _bytes(s.remote_ip, &rip_n)
+            if host.address is not self.up_address or host.port != self.up_port:
+                up_p = _utf8(host.address, &up_n)
+                self.up_field = _address_field(13, up_p, up_n, <uint64_t>host.port)
+                self.up_address = host.address
+                self.up_port = host.port
+            up_field = self.up_field
+        down_field = None
+        if s.remote_ip is not None and PyBytes_GET_SIZE(s.remote_ip) > 0:
+            if s.remote_ip is not self.down_ip or s.remote_port != self.down_port:
+                rip = _bytes(s.remote_ip, &rip_n)
+                self.down_field = _address_field(
+                    2, rip, rip_n, <uint64_t>s.remote_port if s.remote_port > 0 else 0)
+                self.down_ip = s.remote_ip
+                self.down_port = s.remote_port
+            down_field = self.down_field
         _http_entry(self.w, <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - dur_ns, dur_ns,
                     s.resp_status, method, path, path_n, auth, auth_n, cl_p, cl_n,
-                    up_p, up_n, up_port, rip, rip_n, s.remote_port, s.bytes_rx, s.bytes_tx)
+                    "", 0, -1, "", 0, 0, s.bytes_rx, s.bytes_tx, down_field, up_field)
         self.count += 1
-        if self.w.pos >= self.buffer_size:
+        if self.w.pos - _HEAD >= self.buffer_size:
             self.flush()
         elif self.count == 1:
             self.arm()
@@ -373,15 +461,36 @@ cdef class HttpLogBuffer(StreamLog):
         """(the encoded log_entry fields buffered, their number); empties the buffer.
         wrap_http_logs() makes them a message."""
         cdef Py_ssize_t n = self.count
-        cdef bytes out = PyBytes_FromStringAndSize(self.w.buf, self.w.pos)
-        self.w.pos = 0
+        cdef bytes out = PyBytes_FromStringAndSize(self.w.buf + _HEAD, self.w.pos - _HEAD)
+        self.w.pos = _HEAD
         self.count = 0
         return out, n
+
+    def take_message(self):
+        """(the entries buffered as one StreamAccessLogsMessage without identifier, their
+        number); empties the buffer. with_identifier() adds the identifier a stream's first
+        message carries. PERF(benchmarks/instr_per_request.py --mixer als): one copy of the
+        batch (take_entries + wrap_http_logs copy it twice)."""
+        cdef Py_ssize_t count = self.count
+        cdef Py_ssize_t n = self.w.pos - _HEAD
+        cdef Py_ssize_t k = 1
+        cdef uint64_t v = <uint64_t>n
+        cdef bytes out
+        while v >= 0x80:
+            v >>= 7
+            k += 1
+        self.w.pos = _HEAD - 1 - k      # http_logs (field 2): tag, length, then the entries
+        self.w.tag(2, 2)
+        self.w.varint(<uint64_t>n)
+        out = PyBytes_FromStringAndSize(self.w.buf + _HEAD - 1 - k, 1 + k + n)
+        self.w.pos = _HEAD
+        self.count = 0
+        return out, count
 
     @property
     def entry_bytes(self):
         """Bytes of encoded entries buffered."""
-        return self.w.pos
+        return self.w.pos - _HEAD
 
     def flush(self):
         raise NotImplementedError

@@ -351,8 +351,6 @@ cdef class H2Stream(RouterStream):
         cfg.rq_total.inc()
         cfg.rq_http2_total.inc()
         cfg.rq_active.inc()
-        if cfg.access_log is not None:
-            self.wall_start = cfg.loop.time()
         if cfg.request_timeout > 0 or cfg.stream_idle_timeout > 0:
             self.rq_due = self.t_start + cfg.request_timeout if cfg.request_timeout > 0 else 0
             self.idle_due = self.t_start + cfg.stream_idle_timeout \

@@ -372,8 +372,6 @@ cdef class DownstreamConn(RouterStream):
         cfg.rq_total.inc()
         cfg.rq_http1_total.inc()
         cfg.rq_active.inc()
-        if cfg.access_log is not None:
-            self.wall_start = cfg.loop.time()
         if cfg.request_timeout > 0 or cfg.stream_idle_timeout > 0:
             self.rq_due = self.t_start + cfg.request_timeout if cfg.request_timeout > 0 else 0
             self.idle_due = self.t_start + cfg.stream_idle_timeout \

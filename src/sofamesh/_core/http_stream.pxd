@@ -129,7 +129,6 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef public object filter_state     # dict | None, per-stream filter state
     cdef list resp_add_extra            # list[bytes] | None: name, value, ... added by filters
     cdef public bytes request_id
-    cdef public double wall_start
     cdef public unsigned long long bytes_rx
     cdef public unsigned long long bytes_tx
     cdef public str upstream_host

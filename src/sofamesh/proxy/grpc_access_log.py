@@ -22,7 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
-from sofamesh._core.als_wire import HttpLogBuffer, wrap_http_logs
+from sofamesh._core.als_wire import HttpLogBuffer, with_identifier
 
 log = logging.getLogger("sofamesh.access_log")
 
@@ -43,7 +43,7 @@ class GrpcAccessLog(HttpLogBuffer):
 
     # (batch, serialized Identifier or b"") -> one StreamAccessLogsMessage's bytes; the TCP
     # logger (tcp_grpc_access_log) has its own
-    encode = staticmethod(wrap_http_logs)
+    encode = staticmethod(with_identifier)
 
     def __init__(
         self,
@@ -94,7 +94,7 @@ class GrpcAccessLog(HttpLogBuffer):
 
     def flush(self) -> None:
         if self.count:  # entries encoded by log()
-            batch, n = self.take_entries()
+            batch, n = self.take_message()
         elif self.buffered:  # entry tuples from add_entry()
             batch, n = self.buffered, len(self.buffered)
             self.buffered, self.buffered_bytes = [], 0
