@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install install-test run test test-unit build lint bench bench-pilot clean
+.PHONY: install install-test run test test-unit build lint bench bench-pilot perf-gate perf-baseline clean
 
 install:
 	bash ci/install.sh main
@@ -40,6 +40,14 @@ bench: install-test
 	$(VPY) benchmarks/http1_e2e.py
 	$(VPY) benchmarks/h2_bench.py
 	$(VPY) benchmarks/rpc_bench.py
+
+# The performance-regression gate: the hot path's callgrind instruction counts against
+# benchmarks/perf_baseline.json (the suite runs it too); perf-baseline records a deliberate change.
+perf-gate: install-test
+	$(VPY) benchmarks/perf_gate.py
+
+perf-baseline: install-test
+	$(VPY) benchmarks/perf_gate.py --update
 
 # The pilot at 10k services / 50k instances with a fresh Envoy and 100 ADS clients (~5 min).
 bench-pilot: install-test

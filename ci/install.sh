@@ -37,6 +37,7 @@ need_apt=()
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v java >/dev/null || need_apt+=(default-jre-headless)
 command -v chromium >/dev/null || need_apt+=(chromium)  # the mixer's web page test
+command -v valgrind >/dev/null || need_apt+=(valgrind)  # the performance-regression gate
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
