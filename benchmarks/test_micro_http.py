@@ -9,20 +9,16 @@ numbers come with a peer in the same run; nothing here gates on absolute times.
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import httptools
 import pytest
-from envoy.config.route.v3 import route_pb2
-from google.protobuf import json_format
 
 from sofamesh._core.codecs import http1
-from sofamesh.proxy.routes import compile_route_config
 
-GET = (
-    b"GET /api/v1/users/12345?expand=true HTTP/1.1\r\nHost: api.example.com\r\n"
-    b"User-Agent: wrk/4.2\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
-    b"X-Request-Id: 3f1c1e1e-0a0b-4c4d-8e8f-000011112222\r\nConnection: keep-alive\r\n\r\n"
-)
+sys.path.insert(0, str(Path(__file__).parent / "lib"))
+from perf_workloads import GET, route_table  # the gate's inputs (perf_gate.py)
 
 
 def test_parse_request_head_sofamesh(benchmark):
@@ -49,44 +45,9 @@ def test_parse_request_head_llhttp_peer(benchmark):
     assert benchmark(run).get_method() == b"GET"
 
 
-def _routes(n_vhosts: int, n_routes: int):
-    vhosts = []
-    for v in range(n_vhosts):
-        routes = [
-            {"match": {"prefix": f"/svc{r}/"}, "route": {"cluster": f"c{r}"}}
-            for r in range(n_routes)
-        ]
-        routes.append(
-            {
-                "match": {"safe_regex": {"regex": "/api/v1/users/[0-9]+"}},
-                "route": {"cluster": "users"},
-            }
-        )
-        vhosts.append(
-            {"name": f"vh{v}", "domains": [f"host{v}.example.com", f"*.d{v}.com"], "routes": routes}
-        )
-    vhosts.append(
-        {
-            "name": "api",
-            "domains": ["api.example.com"],
-            "routes": [
-                {
-                    "match": {
-                        "prefix": "/api/v1/users/",
-                        "headers": [{"name": "accept", "string_match": {"exact": "*/*"}}],
-                    },
-                    "route": {"cluster": "users"},
-                }
-            ],
-        }
-    )
-    rc = json_format.ParseDict({"virtual_hosts": vhosts}, route_pb2.RouteConfiguration())
-    return compile_route_config(rc)
-
-
 @pytest.mark.parametrize("size", [(1, 1), (50, 20)], ids=["1x1", "50vh_x_20routes"])
 def test_route_match_sofamesh(benchmark, size):
-    table = _routes(*size)
+    table = route_table(*size)
     _, head = http1.parse_request_head(GET)
     route = benchmark(table.match, head)
     assert route.cluster == "users"

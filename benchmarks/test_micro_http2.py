@@ -12,6 +12,9 @@ here gates on absolute times.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import h2.config
 import h2.connection
 import h2.events
@@ -19,16 +22,9 @@ import pytest
 
 from sofamesh._core.codecs import http2
 
-REQ = [
-    (b":method", b"POST"),
-    (b":scheme", b"http"),
-    (b":path", b"/helloworld.Greeter/SayHello"),
-    (b":authority", b"backend:50051"),
-    (b"content-type", b"application/grpc"),
-    (b"te", b"trailers"),
-    (b"user-agent", b"grpc-python/1.62.0 grpc-c/39.0.0 (linux; chttp2)"),
-    (b"grpc-accept-encoding", b"identity,deflate,gzip"),
-]
+sys.path.insert(0, str(Path(__file__).parent / "lib"))
+from perf_workloads import GRPC_REQ as REQ  # the gate's inputs (perf_gate.py)
+
 BODY = b"\0\0\0\0\x07\n\x05world"
 RESP = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]

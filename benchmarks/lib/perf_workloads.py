@@ -41,7 +41,7 @@ def h1_parse() -> Callable[[], object]:
     return lambda: http1.parse_request_head(GET)
 
 
-def _route_table(n_vhosts: int, n_routes: int):
+def route_table(n_vhosts: int, n_routes: int):
     from envoy.config.route.v3 import route_pb2
     from google.protobuf import json_format
 
@@ -82,7 +82,7 @@ def route_match() -> Callable[[], object]:
     """Route lookup in 50 virtual hosts x 20 routes (domain, prefix, header matcher)."""
     from sofamesh._core.codecs import http1
 
-    table = _route_table(50, 20)
+    table = route_table(50, 20)
     _, head = http1.parse_request_head(GET)
     assert table.match(head).cluster == "users"
     return lambda: table.match(head)
