@@ -76,6 +76,9 @@ cdef class RbacRequest:
     cdef void begin(self) noexcept
     cdef int ensure(self, int which) except -1      # resolves addr[which] once per check
     cdef object pseudo(self, int which)             # read_pseudo(which), once per check
+    # pseudo(which) as a view valid for this check (*p, *n): 1, or 0 when absent. The base
+    # class reads pseudo(); a caller whose map holds the value may lend it without bytes
+    cdef int pseudo_view(self, int which, const char** p, Py_ssize_t* n) except -1
     # header(name) once per check for a name with a slot (header_slot), else every time
     cdef object cached_header(self, int slot, bytes name)
     # overridden by each kind of caller:

@@ -101,6 +101,14 @@ cdef class RbacRequest:
         self.pseudo_have |= 1 << which
         return v
 
+    cdef int pseudo_view(self, int which, const char** p, Py_ssize_t* n) except -1:
+        v = self.pseudo(which)      # kept in pv until the next check: the view stays valid
+        if v is None:
+            return 0
+        p[0] = PyBytes_AS_STRING(v)
+        n[0] = PyBytes_GET_SIZE(v)
+        return 1
+
     cdef int ensure(self, int which) except -1:
         if not (self.have & (1 << which)):
             self.addr[which].family = 0
@@ -145,6 +153,15 @@ def pseudo_code(bytes name):
     if code is not None:
         return code
     return PSEUDO_OTHER if name[:1] == b":" else PSEUDO_NONE
+
+
+cdef inline Py_ssize_t _path_end(const char* c, Py_ssize_t n) noexcept:
+    """The length of the path's part before its query or fragment (url_path)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if c[i] == 63 or c[i] == 35:      # '?' '#'
+            return i
+    return n
 
 
 cdef bytes _url_path(RbacRequest r):
@@ -551,17 +568,26 @@ cdef class RbacIndex:
         memset(sat, 0, nw * 8)
         for i in range(PyTuple_GET_SIZE(inputs)):
             inp = <RbacInput>PyTuple_GET_ITEM(inputs, i)
-            if inp.code < 0:
-                v = _url_path(r)
-            elif inp.code:
-                v = r.pseudo(inp.code)
+            if inp.exact is None and inp.code:
+                # PERF(benchmarks/instr_per_request.py --mixer rbac): a pseudo-header or the
+                # path compared in place (the caller may lend a view: no bytes made)
+                if not r.pseudo_view(PSEUDO_PATH if inp.code < 0 else inp.code, &p, &n):
+                    continue
+                if inp.code < 0:
+                    n = _path_end(p, n)
+                v = None
             else:
-                v = r.cached_header(inp.slot, inp.name)
-            if v is None:
-                continue
-            if inp.nexact:
+                if inp.code < 0:
+                    v = _url_path(r)
+                elif inp.code:
+                    v = r.pseudo(inp.code)
+                else:
+                    v = r.cached_header(inp.slot, inp.name)
+                if v is None:
+                    continue
                 p = PyBytes_AS_STRING(v)
                 n = PyBytes_GET_SIZE(v)
+            if inp.nexact:
                 for j in range(inp.nexact):
                     pf = &inp.exacts[j]
                     if n == pf.n and memcmp(p, pf.p, n) == 0:
@@ -576,8 +602,6 @@ cdef class RbacIndex:
                     for k in range(nw):
                         sat[k] |= mk[k]
             if inp.nprefix:
-                p = PyBytes_AS_STRING(v)
-                n = PyBytes_GET_SIZE(v)
                 for j in range(inp.nprefix):
                     pf = &inp.prefixes[j]
                     if n >= pf.n and memcmp(p, pf.p, pf.n) == 0:

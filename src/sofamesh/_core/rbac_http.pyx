@@ -6,6 +6,7 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
+from sofamesh._core.codecs.http1 cimport Head
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.rbac cimport (
@@ -61,6 +62,21 @@ cdef class HttpRbacRequest(RbacRequest):
 
     cdef object header(self, bytes name):
         return self.h.get_all(name)
+
+    cdef int pseudo_view(self, int which, const char** p, Py_ssize_t* n) except -1:
+        # the method and path as views into the request's header map (no bytes per check)
+        cdef int k
+        cdef Head h1
+        if which == PSEUDO_PATH:
+            p[0] = self.h.path_ptr(&k)
+            n[0] = k
+            return 1
+        if which == PSEUDO_METHOD and type(self.h) is Head:
+            h1 = <Head>self.h
+            p[0] = h1.base
+            n[0] = h1.method_len
+            return 1
+        return RbacRequest.pseudo_view(self, which, p, n)
 
     cdef object read_pseudo(self, int which):
         # pseudo-headers as Envoy's header map holds them

@@ -95,6 +95,9 @@ cdef class Head(HeaderMap):
     cdef void reset(self) noexcept
     cdef int find(self, const char* name, int n) noexcept    # removed entries included
     cdef bytes host(self)
+    # authority() as a view (valid while the head is unchanged; n bytes), NULL when it is
+    # not one piece of the head (two Host headers): then authority() (access logs)
+    cdef const char* authority_ptr(self, Py_ssize_t* n) noexcept
     # HeaderMap
     cdef int count(self) noexcept
     cdef bint live(self, int i) noexcept

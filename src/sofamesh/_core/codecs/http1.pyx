@@ -175,6 +175,22 @@ cdef class Head:
             return self.value_at(self.host_idx) + b"," + self.value_at(self.host2_idx)
         return self.value_at(self.host_idx)
 
+    cdef const char* authority_ptr(self, Py_ssize_t* n) noexcept:
+        # the same choices as authority() and host(), without making bytes
+        if self.authority_set is not None:
+            n[0] = PyBytes_GET_SIZE(self.authority_set)
+            return PyBytes_AS_STRING(self.authority_set)
+        if self.abs_host_len:
+            n[0] = self.abs_host_len
+            return self.base + self.abs_host_off
+        if self.host_idx < 0:
+            n[0] = 0
+            return ""
+        if self.host2_idx >= 0 or self.host_idx >= self.nhdr:
+            return NULL
+        n[0] = self.hdrs[self.host_idx].value_len
+        return self.base + self.hdrs[self.host_idx].value_off
+
     # HeaderMap ---------------------------------------------------------------------------
     cdef int count(self) noexcept:
         if self.added is None:
