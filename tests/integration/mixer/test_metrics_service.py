@@ -355,6 +355,13 @@ def _timed(p: ProxyProcess, port: int, n: int) -> tuple[float, float]:
     return wall, _cpu(p.pid) - c0
 
 
+def _least(p: ProxyProcess, port: int, n: int, runs: int = 3) -> tuple[float, float]:
+    """`_timed` `runs` times: the least wall and the least CPU seconds (other work on a shared
+    machine only adds to either)."""
+    got = [_timed(p, port, n) for _ in range(runs)]
+    return min(w for w, _ in got), min(c for _, c in got)
+
+
 def _stat(b: dict, name: str) -> int:
     _, text = admin_get(admin_port(b), "/stats?filter=" + name.replace(".", "\\."))
     for line in text.splitlines():
@@ -376,11 +383,11 @@ def test_service_down_changes_nothing_for_traffic(down, tmp_path, upstream):
         del base["stats_sinks"]
         with _proxy("sofamesh", base, tmp_path / "plain") as p:
             _send(_listen(base), 200)  # warm
-            plain = _timed(p, _listen(base), 2000)
+            plain = _least(p, _listen(base), 2000)
         b = _bootstrap("sinking", upstream.ports["a"], port, flush="0.1s")
         with _proxy("sofamesh", b, tmp_path / "sink") as p:
             _send(_listen(b), 200)
-            sinking = _timed(p, _listen(b), 2000)
+            sinking = _least(p, _listen(b), 2000)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 failed = _stat(b, "sofamesh.metrics_service.stream_failures")
@@ -389,11 +396,11 @@ def test_service_down_changes_nothing_for_traffic(down, tmp_path, upstream):
                     break
                 time.sleep(0.2)
             assert (failed if down == "refused" else dropped) > 0, (failed, dropped)
-            assert _stat(b, "cluster.app.upstream_rq_200") == 2200
+            assert _stat(b, "cluster.app.upstream_rq_200") == 200 + 3 * 2000
     finally:
         hole.close()
     print(
-        f"2000 requests: {plain[0]:.3f} s, {plain[1]:.2f} s CPU without a sink; "
+        f"2000 requests (least of 3): {plain[0]:.3f} s, {plain[1]:.2f} s CPU without a sink; "
         f"{sinking[0]:.3f} s, {sinking[1]:.2f} s CPU with one {down}"
     )
     # full speed: the proxy's CPU within the noise of a shared machine (the wall time too,

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import envoy_binary
 from tests.support.envoy import ProxyProcess, admin_get
+from tests.support.wait import wait_until
 
 from .conftest import bootstrap, free_port, listener, sofamesh, tcp_filter
 
@@ -32,11 +33,14 @@ def test_connection_to_an_unknown_cluster_is_closed_and_counted(tmp_path, kind):
         return int(text.strip().rpartition(": ")[2])
 
     with proxy:
-        before = no_route()  # the start-up readiness probe connected once
+        # the start-up readiness probe connected once: counted when the proxy's worker has
+        # taken that connection, which on a loaded machine can be after start() returned
+        before = wait_until(no_route, 10, "the readiness probe's connection counted")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"hello")
             try:
                 assert s.recv(100) == b""  # closed without an answer
             except ConnectionResetError:
                 pass
+        wait_until(lambda: no_route() > before, 10, "the connection counted")
         assert no_route() == before + 1
