@@ -15,6 +15,14 @@
 # An HTTP/1 Head keeps them as an overlay on its offsets, so an unmodified head can still
 # be encoded by copying its bytes.
 
+from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    # a bytes entry's length and data through a borrowed pointer (PyList_GET_ITEM of an
+    # `added` list), without the reference counting a typed variable costs
+    Py_ssize_t bytes_len "PyBytes_GET_SIZE"(PyObject* o)
+    char* bytes_ptr "PyBytes_AS_STRING"(PyObject* o)
+
 # Request headers Envoy's router consumes and never forwards (retry overrides, the
 # expected timeout, ...): x-envoy-retry-on, x-envoy-max-retries, x-envoy-upstream-rq-*, ...
 cdef bint router_control_name(const char* p, int n) noexcept

@@ -375,6 +375,8 @@ cdef class RouterStream(HttpStream):
         cdef bytes rid, path, v, host
         cdef int hrh = -1
         cdef int xrid = h.find_from("x-request-id", 12, 0)
+        if self.trace is not None:
+            self.trace.hend = h.count() + 1     # (http_tracing: where the router's own start)
         # an edge proxy replaces a client's x-request-id (Envoy's preserve_external_request_id)
         cdef bint regen = xrid < 0 or replaces_request_id(cfg)
         cdef bint rewrite = (route.prefix_rewrite is not None and route.pm == 0) or \

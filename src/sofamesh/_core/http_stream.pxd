@@ -58,6 +58,9 @@ cdef class TraceCtx:
     cdef int seen
     cdef int hcount
     cdef size_t hmap
+    # 1 + the entry count when the router began its own changes (none is a trace header),
+    # so the injection scans only what filters added; 0: unknown, scan to the end
+    cdef int hend
 
 
 cdef class HttpFilter:

@@ -10,7 +10,7 @@ from cpython.object cimport PyObject
 
 from sofamesh._core.codecs.http1 cimport Head, h1_hdr
 from sofamesh._core.hcm_config cimport HcmConfig, replaces_request_id
-from sofamesh._core.headers cimport HeaderMap
+from sofamesh._core.headers cimport HeaderMap, bytes_len, bytes_ptr
 from sofamesh._core.http_common cimport wall_us
 from sofamesh._core.http_stream cimport TraceCtx
 from sofamesh._core.router cimport rng_next
@@ -101,8 +101,9 @@ cdef inline int _trace_name(const char* p, int n) noexcept:
     return -1
 
 
-cdef int _scan(HeaderMap h, int* idx, int start) noexcept:
-    """idx[T_*]: the first live entry of each name from entry `start` on, -1 when absent.
+cdef int _scan(HeaderMap h, int* idx, int start, int end) noexcept:
+    """idx[T_*]: the first live entry of each name in entries [start, end) (end -1: all
+    from start), -1 when absent.
     PERF(benchmarks/instr_per_request.py --tracing 0): one pass over the names instead of
     ten find_from scans per request (~1,300 instructions); an HTTP/1 head's parsed lines
     and added entries read directly, not through the HeaderMap interface."""
@@ -114,9 +115,11 @@ cdef int _scan(HeaderMap h, int* idx, int start) noexcept:
     cdef PyObject* o
     for t in range(T_COUNT):
         idx[t] = -1
+    if end < 0:
+        end = h.count()
     if type(h) is Head:
         hh = <Head>h
-        nhdr = hh.nhdr
+        nhdr = hh.nhdr if hh.nhdr < end else end
         for i in range(start, nhdr):
             hd = &hh.hdrs[i]
             if hd.skip:
@@ -124,19 +127,19 @@ cdef int _scan(HeaderMap h, int* idx, int start) noexcept:
             t = _trace_name(hh.base + hd.name_off, hd.name_len)
             if t >= 0 and idx[t] < 0:
                 idx[t] = i
+        nhdr = hh.nhdr
         added = hh.added
-        if added is not None:
+        if added is not None and end > nhdr:
             i = start - nhdr if start > nhdr else 0
-            while 2 * i < PyList_GET_SIZE(added):
+            while 2 * i < PyList_GET_SIZE(added) and nhdr + i < end:
                 o = PyList_GET_ITEM(added, 2 * i)
                 if o != <PyObject*>None:
-                    t = _trace_name(PyBytes_AS_STRING(<object>o),
-                                    <int>PyBytes_GET_SIZE(<object>o))
+                    t = _trace_name(bytes_ptr(o), <int>bytes_len(o))
                     if t >= 0 and idx[t] < 0:
                         idx[t] = nhdr + i
                 i += 1
         return 0
-    for i in range(start, h.count()):
+    for i in range(start, end):
         p = h.name_ptr(i, &n)
         if p == NULL:
             continue
@@ -211,7 +214,7 @@ cdef inline void _reset(TraceCtx t) noexcept:
     t.up_host = None
     t.attempt = 0
     t.up_reason = None
-    t.seen = t.hcount = 0
+    t.seen = t.hcount = t.hend = 0
     t.hmap = 0
 
 
@@ -236,7 +239,7 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg, TraceCtx spare):
     cdef long long bucket
     cdef char mark = 0
     cdef int k
-    _scan(h, idx, 0)
+    _scan(h, idx, 0, -1)
     if cfg.trace_kind == TRACE_B3:
         # what inject_trace replaces, so that it scans only the entries added after this
         for k in range(T_FORCE + 1):
@@ -373,11 +376,14 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid):
     cdef int seen = 0
     if cfg.trace_kind == TRACE_B3:
         if t.hmap == <size_t><void*>h:
-            # the names start_trace saw, and any added since (by filters, by the router)
-            _scan(h, idx, t.hcount)
+            # the names start_trace saw, and any added since by filters (the router's own
+            # additions before this are never trace headers); a retry's second injection
+            # scans to the end (the first one's headers are replaced)
+            _scan(h, idx, t.hcount, t.hend - 1 if t.hend > 0 else -1)
+            t.hend = 0
             seen = t.seen
         else:
-            _scan(h, idx, 0)
+            _scan(h, idx, 0, -1)
         for k in range(T_FORCE + 1):
             if idx[k] >= 0:
                 seen |= 1 << k
