@@ -470,9 +470,9 @@ cdef class H2Stream(RouterStream):
     # timers: the connection's (see Http2ServerConn.arm_at) --------------------------------
     cdef int _arm_timer(self) except -1:
         cdef Route r = self.route
-        if r is None or r.timeout <= 0:
+        if r is None or self.rq_timeout <= 0:
             return 0
-        self.deadline = mono() + r.timeout
+        self.deadline = mono() + self.rq_timeout
         return self._arm_at(self.deadline)
 
     cdef int _arm_at(self, double when) except -1:

@@ -9,6 +9,10 @@ cdef int grpc_retry_bit(HeaderMap rh) except -1
 cdef int grpc_outcome(HeaderMap rh, int status) except -1
 # a gRPC request's deadline under max_stream_duration.grpc_timeout_header_max (s; 0: none)
 cdef double grpc_timeout(HeaderMap h, Route route)
+# the router's timeout of a gRPC request on a route with max_grpc_timeout (s; 0: none)
+cdef double grpc_route_timeout(HeaderMap h, Route route)
+# x-envoy-expected-rq-timeout-ms and grpc-timeout for a try under max_grpc_timeout
+cdef int set_grpc_timeout_headers(HeaderMap h, double timeout, double per_try) except -1
 # the grpc-status of a local reply to a gRPC request with HTTP status `code` (Envoy's
 # Grpc::Utility::httpToGrpcStatus; others: 2, UNKNOWN)
 cdef bytes grpc_local_status(int code)

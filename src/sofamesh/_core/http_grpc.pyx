@@ -74,6 +74,87 @@ cdef double grpc_timeout(HeaderMap h, Route route):
     return t
 
 
+cdef long long grpc_timeout_ms(HeaderMap h):
+    """A request's grpc-timeout in ms (Envoy's Grpc::Common::getGrpcTimeout: up to 8
+    digits and a unit, u and n rounded up to whole ms), or -1 when absent or invalid."""
+    cdef int i = h.find_from("grpc-timeout", 12, 0)
+    cdef bytes v, digits
+    cdef Py_ssize_t n
+    cdef long long x
+    cdef char unit
+    if i < 0:
+        return -1
+    v = h.value_at(i)
+    n = PyBytes_GET_SIZE(v)
+    digits = v[:n - 1]
+    if not 2 <= n <= 9 or not digits.isdigit():
+        return -1
+    x = int(digits)
+    unit = PyBytes_AS_STRING(v)[n - 1]
+    if unit == b'H':
+        return x * 3600000
+    if unit == b'M':
+        return x * 60000
+    if unit == b'S':
+        return x * 1000
+    if unit == b'm':
+        return x
+    if unit == b'u':
+        return (x + 999) // 1000
+    if unit == b'n':
+        return (x + 999999) // 1000000
+    return -1
+
+
+cdef double grpc_route_timeout(HeaderMap h, Route route):
+    """The router's timeout for a gRPC request on a route with max_grpc_timeout (Envoy's
+    FilterUtility::finalTimeout): the grpc-timeout (absent: 0), less grpc_timeout_offset
+    only when that leaves more than 0, capped by max_grpc_timeout unless it is 0; the
+    route's own timeout does not apply. Seconds; 0: none."""
+    cdef long long t = grpc_timeout_ms(h)
+    cdef long long off = <long long>(route.grpc_offset * 1000 + 0.5)
+    cdef long long cap = <long long>(route.max_grpc_timeout * 1000 + 0.5)
+    if t < 0:
+        t = 0
+    if off > 0 and off < t:
+        t -= off
+    if cap > 0 and (t == 0 or t > cap):
+        t = cap
+    return t / 1000.0
+
+
+cdef int set_grpc_timeout_headers(HeaderMap h, double timeout, double per_try) except -1:
+    """What a try of a gRPC request under max_grpc_timeout tells the upstream (Envoy's
+    FilterUtility::setTimeoutHeaders): the time left (or the per-try timeout when
+    shorter) in x-envoy-expected-rq-timeout-ms, and the same in grpc-timeout, replacing
+    the caller's (milliseconds; S, M, H once it takes more than 8 digits). No timeout:
+    neither is touched."""
+    cdef double t = timeout
+    cdef long long ms
+    cdef bytes unit = b"m"
+    if per_try > 0 and (t <= 0 or per_try < t):
+        t = per_try
+    if t <= 0:
+        return 0
+    ms = <long long>(t * 1000)
+    if ms < 1:
+        ms = 1
+    h.remove(b"x-envoy-expected-rq-timeout-ms")
+    h.add(b"x-envoy-expected-rq-timeout-ms", b"%d" % ms)
+    if ms >= 100000000:
+        ms //= 1000
+        unit = b"S"
+        if ms >= 100000000:
+            ms //= 60
+            unit = b"M"
+            if ms >= 100000000:
+                ms //= 60
+                unit = b"H"
+    h.remove(b"grpc-timeout")
+    h.add(b"grpc-timeout", b"%d" % ms + unit)
+    return 0
+
+
 # Envoy's HTTP status -> gRPC status for local replies to gRPC requests
 # (Grpc::Utility::httpToGrpcStatus)
 cdef dict GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14",

@@ -6,7 +6,8 @@ from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig, replaces_request_id
-from sofamesh._core.http_grpc cimport grpc_outcome, grpc_retry_bit, grpc_timeout
+from sofamesh._core.http_grpc cimport (grpc_outcome, grpc_retry_bit, grpc_timeout,
+                                       grpc_route_timeout, set_grpc_timeout_headers)
 from sofamesh._core.http_tracing cimport inject_trace, start_trace, trace_retry
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn
@@ -130,6 +131,9 @@ cdef class RouterStream(HttpStream):
         cl.rq_active += 1
         cl.upstream_rq_active.inc()
         self.host = None
+        self.rq_timeout = route.timeout
+        if route.max_grpc_timeout >= 0 and self.grpc:   # RouteAction.max_grpc_timeout
+            self.rq_timeout = grpc_route_timeout(self.head, route)
         if route.grpc_timeout_max >= 0 and self.grpc:
             # max_stream_duration.grpc_timeout_header_max: the stream's own deadline
             t = grpc_timeout(self.head, route)
@@ -439,8 +443,13 @@ cdef class RouterStream(HttpStream):
             self._inject_trace(h)
             if route.decorator is not None:
                 decorate(self, h, route)
-        if route.timeout_hdr:
+        if route.max_grpc_timeout >= 0 and self.grpc:
+            set_grpc_timeout_headers(h, self.rq_timeout, route.per_try_timeout)
+        elif route.timeout_hdr:
             h.add_flat(route.timeout_hdr)
+        if route.attempt_count:     # include_request_attempt_count: this is try 1
+            h.remove(b"x-envoy-attempt-count")
+            h.add(b"x-envoy-attempt-count", b"1")
         if route.req_add:
             h.add_flat(route.req_add)
         if route.req_dyn:
@@ -487,6 +496,9 @@ cdef class RouterStream(HttpStream):
                                            else self.t_upstream)) * 1000)
         if status != 101 or not self.upgrade:
             rh.add(b"x-envoy-upstream-service-time", PyBytes_FromFormat("%d", self.service_ms))
+        if route.attempt_count_resp:
+            rh.remove(b"x-envoy-attempt-count")
+            rh.add(b"x-envoy-attempt-count", PyBytes_FromFormat("%d", self.attempts))
         if route.resp_remove:
             for name in route.resp_remove:
                 rh.remove(<bytes>name)
@@ -691,7 +703,14 @@ cdef class RouterStream(HttpStream):
         cdef Route r = self.route
         cdef double left, t
         cdef int ms
-        if r.timeout_hdr and r.timeout > 0 and self.deadline > 0:
+        if r.attempt_count:
+            self.head.remove(b"x-envoy-attempt-count")
+            self.head.add(b"x-envoy-attempt-count", PyBytes_FromFormat("%d", self.attempts))
+        if r.max_grpc_timeout >= 0 and self.grpc and self.rq_timeout > 0 and self.deadline > 0:
+            # what is left of the gRPC request's timeout, in both headers
+            set_grpc_timeout_headers(self.head, max(self.deadline - mono(), 0.001),
+                                     r.per_try_timeout)
+        elif r.timeout_hdr and r.timeout > 0 and self.deadline > 0:
             # Envoy announces what is left of the route timeout to a retry (or the per-try
             # timeout, when shorter)
             left = self.deadline - mono()
@@ -705,6 +724,7 @@ cdef class RouterStream(HttpStream):
         cdef Cluster cl = self.cluster
         cdef bytes body, reason
         cdef tuple extra = None
+        cdef tuple tries = None     # include_attempt_count_in_response: local replies too
         cdef int code = 503
         if self.host is not None and c is not None:
             self.host.rq_active -= 1
@@ -730,12 +750,14 @@ cdef class RouterStream(HttpStream):
             self.host.rq_error += 1
         if cl is not None and kind != FAIL_NO_HEALTHY:
             cl.count_status(504 if kind == FAIL_TIMEOUT else 502 if kind == FAIL_PROTOCOL else 503)
+        if self.route is not None and self.route.attempt_count_resp:
+            tries = (b"x-envoy-attempt-count", PyBytes_FromFormat("%d", self.attempts))
         if kind == FAIL_NO_HEALTHY:
             self.resp_flags = "UH"
-            return self._local_reply(503, b"no healthy upstream", None, not self.req_done)
+            return self._local_reply(503, b"no healthy upstream", tries, not self.req_done)
         if kind == FAIL_TIMEOUT:
             self.resp_flags = "UT"
-            return self._local_reply(504, b"upstream request timeout", None, not self.req_done)
+            return self._local_reply(504, b"upstream request timeout", tries, not self.req_done)
         if kind == FAIL_OVERFLOW:
             self.resp_flags = "UO"
             reason = b"overflow"
@@ -765,15 +787,17 @@ cdef class RouterStream(HttpStream):
             body = RESET_BEFORE + b"retried and the latest reset reason: " + reason
         else:
             body = RESET_BEFORE + b"reset reason: " + reason
+        if tries is not None:
+            extra = tries if extra is None else extra + tries
         return self._local_reply(code, body, extra, not self.req_done)
 
     cdef int _arm_timer(self) except -1:
         cdef Route r = self.route
         cdef double now
-        if r is None or r.timeout <= 0:
+        if r is None or self.rq_timeout <= 0:
             return 0
         now = mono()
-        self.deadline = now + r.timeout
+        self.deadline = now + self.rq_timeout
         if self.timer is not None:
             if self.timer_at <= self.deadline + 0.001:
                 # PERF(benchmarks/http1_e2e.py): keep-alive requests reuse the armed timer;
@@ -781,7 +805,7 @@ cdef class RouterStream(HttpStream):
                 return 0
             self.timer.cancel()
         self.timer_at = self.deadline
-        self.timer = self.cfg.loop.call_later(r.timeout, self._on_timer)
+        self.timer = self.cfg.loop.call_later(self.rq_timeout, self._on_timer)
         return 0
 
     cdef int _arm_at(self, double when) except -1:
@@ -819,18 +843,18 @@ cdef class RouterStream(HttpStream):
             self.close()
             return
         if self.resp_started and self.resp_status == 101 or self.cluster is None or \
-                self.route is None or (self.route.timeout <= 0 and self.try_deadline <= 0):
+                self.route is None or (self.rq_timeout <= 0 and self.try_deadline <= 0):
             return
         if not self.req_done:
             return
-        cdef double due = self.deadline if self.route.timeout > 0 else 0
+        cdef double due = self.deadline if self.rq_timeout > 0 else 0
         if self.try_deadline > 0 and (due == 0 or self.try_deadline < due):
             due = self.try_deadline
         if now + 0.0005 < due:
             self._arm_at(due)       # (a codec may keep the timer itself: H2Stream)
             return
         cdef bint per_try = False
-        if due == self.try_deadline and (self.route.timeout <= 0 or now + 0.0005 < self.deadline):
+        if due == self.try_deadline and (self.rq_timeout <= 0 or now + 0.0005 < self.deadline):
             # this attempt ran out of time: retry it if the policy allows (Envoy)
             per_try = True
             self.try_deadline = 0
@@ -844,7 +868,7 @@ cdef class RouterStream(HttpStream):
                 (<PoolConn>u).abort()
                 if self._can_retry(RETRY_5XX | RETRY_GATEWAY | RETRY_RESET):
                     retry_failed(self, FAIL_TIMEOUT)
-                    if self.route.timeout > 0:
+                    if self.rq_timeout > 0:
                         self._arm_at(self.deadline)
                     return
         if not per_try:

@@ -124,6 +124,12 @@ cdef class Route:
     # timeout, capped by this unless 0; -1: not set (the route timeout applies)
     cdef readonly double grpc_timeout_max
     cdef readonly double grpc_timeout_offset  # grpc_timeout_header_offset (s)
+    # RouteAction.max_grpc_timeout (s): a gRPC request's grpc-timeout (less grpc_offset when
+    # that leaves more than 0) is the router's timeout, capped by this unless 0; -1: not set
+    cdef readonly double max_grpc_timeout
+    cdef readonly double grpc_offset      # RouteAction.grpc_timeout_offset (s)
+    cdef readonly bint attempt_count      # VirtualHost.include_request_attempt_count
+    cdef readonly bint attempt_count_resp  # VirtualHost.include_attempt_count_in_response
     cdef readonly str decorator           # decorator.operation: the span's name, or None
     # RA_PLUGIN: proxy.lua_cluster.LuaClusterSpecifier (its cluster(HeaderMap) -> str)
     cdef readonly object plugin

@@ -69,6 +69,10 @@ class Route:
     mirrors: tuple[tuple[str, int, bool], ...]  # (cluster, share per million, no -shadow suffix)
     hash_headers: tuple[tuple[bytes, bool], ...]  # hash_policy headers (lower-case, terminal)
     plugin: Any  # ACTION_PLUGIN: proxy.lua_cluster.LuaClusterSpecifier, else None
+    max_grpc_timeout: float  # RouteAction.max_grpc_timeout (s); -1: not set
+    grpc_offset: float  # RouteAction.grpc_timeout_offset (s)
+    attempt_count: bool  # VirtualHost.include_request_attempt_count
+    attempt_count_resp: bool  # VirtualHost.include_attempt_count_in_response
     def __init__(self, **kw: Any) -> None: ...
     def pick_cluster(self) -> str: ...
 

@@ -143,8 +143,14 @@ cdef class Route:
                  resp_add=(), resp_remove=(), filter_config=None, upgrades=(), req_dyn=(),
                  resp_dyn=(), mirrors=(), hash_headers=(),
                  vhost_name="", double grpc_timeout_max=-1.0, double grpc_timeout_offset=0.0,
-                 decorator=None, plugin=None):
+                 decorator=None, plugin=None, double max_grpc_timeout=-1.0,
+                 double grpc_offset=0.0, bint attempt_count=False,
+                 bint attempt_count_resp=False):
         self.name = name
+        self.max_grpc_timeout = max_grpc_timeout
+        self.grpc_offset = grpc_offset
+        self.attempt_count = attempt_count
+        self.attempt_count_resp = attempt_count_resp
         self.plugin = plugin
         self.decorator = decorator or None
         self.grpc_timeout_max = grpc_timeout_max

@@ -294,6 +294,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "typed_per_filter_config",
         "cors",  # deprecated; read by envoy.filters.http.cors (filters/http/cors.py)
         "rate_limits",  # read by envoy.filters.http.ratelimit (filters/http/ratelimit.py)
+        "include_request_attempt_count",  # x-envoy-attempt-count upstream (http_router.pyx)
+        "include_attempt_count_in_response",  # ... and on the response
     ),
     _RT + "Route": (
         "name",
@@ -344,6 +346,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "include_vh_rate_limits",
         "inline_cluster_specifier_plugin",  # Lua (proxy/lua_cluster.py)
         "cluster_specifier_plugin",  # names one of RouteConfiguration.cluster_specifier_plugins
+        "max_grpc_timeout",  # a gRPC request's grpc-timeout as its timeout (http_grpc.pyx)
+        "grpc_timeout_offset",
     ),
     _RT + "RouteAction.HashPolicy": ("header", "terminal"),
     _RT + "RouteAction.HashPolicy.Header": ("header_name",),

@@ -244,6 +244,11 @@ def compile_vhosts(
             from sofamesh.filters.http import cors
 
             v_pf[cors.LEGACY_KEY] = cors.compile_legacy(vh.cors, f"{vpath}.cors")
+        # x-envoy-attempt-count on each upstream attempt / the downstream response
+        vh_kw = {
+            "attempt_count": vh.include_request_attempt_count,
+            "attempt_count_resp": vh.include_attempt_count_in_response,
+        }
         routes = []
         for ri, r in enumerate(vh.routes):
             rpath = f"{vpath}.routes[{ri}]"
@@ -258,6 +263,7 @@ def compile_vhosts(
                     (v_add + g_add, v_rm + g_rm, v_abs + g_abs),
                     (v_radd + g_radd, v_rrm + g_rrm),
                     (plugins, stats),
+                    vh_kw,
                 )
             )
         entry = (list(vh.domains), R.VirtualHost(vh.name, routes))
@@ -267,9 +273,11 @@ def compile_vhosts(
     return vhosts
 
 
-def _route(r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops, plugin_ctx) -> R.Route:
+def _route(
+    r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops, plugin_ctx, vh_kw=None
+) -> R.Route:
     m = r.match
-    kw: dict[str, Any] = {"name": r.name, "vhost_name": vh_name}
+    kw: dict[str, Any] = {"name": r.name, "vhost_name": vh_name, **(vh_kw or {})}
     spec = m.WhichOneof("path_specifier")
     if spec == "prefix":
         kw.update(path_kind=R.PATH_PREFIX, path=m.prefix)
@@ -448,6 +456,12 @@ def _route_action(a, apath, kw, clusters, plugin_ctx=({}, None)) -> None:
             kw["grpc_timeout_max"] = _dur(msd.grpc_timeout_header_max)
         if msd.HasField("grpc_timeout_header_offset"):
             kw["grpc_timeout_offset"] = _dur(msd.grpc_timeout_header_offset)
+    elif a.HasField("max_grpc_timeout"):
+        # the deprecated form (istiod sets 0s): a gRPC request's grpc-timeout is the route
+        # timeout (http_grpc.grpc_route_timeout); ignored under max_stream_duration (Envoy)
+        kw["max_grpc_timeout"] = _dur(a.max_grpc_timeout)
+        if a.HasField("grpc_timeout_offset"):
+            kw["grpc_offset"] = _dur(a.grpc_timeout_offset)
     if a.HasField("retry_policy"):
         rp = a.retry_policy
         bits = 0
