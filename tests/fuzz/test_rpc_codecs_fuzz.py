@@ -129,3 +129,19 @@ def test_dubbo_bodies_mutated(data):
     assert (rc2 == 0) == (g.body_error is None)
     if rc == 0:  # the keys-only reader skips (does not decode) the other strings
         assert rc2 == 0
+
+
+# Regressions found by the atheris campaign (tests/fuzz/atheris_rpc.py)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="H1Cursor.skip() wants another 's'/'S' chunk after an 's' chunk; read_str() and "
+    "the draft's grammar (string ::= 's' b1 b0 <utf8> string) also take a compact final chunk",
+)
+def test_sofa_string_chunk_then_compact_chunk_skips_where_it_reads():
+    blob = b"s\x00\x02ab\x01c" + b"\x90"  # "ab" in an 's' chunk, "c" compact, then int 0
+    r = hessian.H1Cursor(blob)
+    assert r.py_read_str() == "abc" and r.offset == 7
+    k = hessian.H1Cursor(blob)
+    assert k.py_skip() == 0 and k.offset == 7
