@@ -155,6 +155,7 @@ cdef class RouterStream(HttpStream):
             if not self.retry_ok:
                 self.retry_body = None
         self.attempts = 1
+        self.tried_hosts = [] if route.prev_hosts >= 0 else None
         if self.req_done:
             self._arm_timer()
         return self._assign(self.host)
@@ -630,12 +631,23 @@ cdef class RouterStream(HttpStream):
 
     cdef int _assign(self, Host host) except -1:
         cdef Cluster cl = self.cluster
+        cdef int _k
         if host is None:
             host = cl.choose()
+            if self.tried_hosts:
+                # retry_host_predicate previous_hosts: choose again, up to
+                # host_selection_retry_max_attempts times, while the host was tried; the
+                # last choice stands (Envoy)
+                for _k in range(self.route.prev_hosts):
+                    if host is None or host not in self.tried_hosts:
+                        break
+                    host = cl.choose()
         if host is None:
             cl.upstream_cx_none_healthy.inc()
             return self._fail(FAIL_NO_HEALTHY, None)
         self.host = host
+        if self.tried_hosts is not None:
+            self.tried_hosts.append(host)
         # both pools queue on Host.waiting, so either one's cancel() takes a waiter back;
         # h2[3]: HTTP/2 only for HTTP/2 requests (use_downstream_protocol_config)
         if (self.cfg.pool2 if cl.h2 is not None and (not cl.h2[3] or self.http_version == 20)

@@ -110,6 +110,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef double t_sent                  # the request's end went upstream (service time from it)
     cdef double deadline
     cdef double rq_timeout              # the router's timeout of this request (s; 0: none)
+    cdef list tried_hosts               # list[Host]: tried so far (previous_hosts), or None
     cdef double timer_at                # when the armed timer fires (mono clock)
     cdef double try_deadline            # this attempt's per_try_timeout deadline; 0: none
     cdef object timer

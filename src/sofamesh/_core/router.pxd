@@ -130,6 +130,9 @@ cdef class Route:
     cdef readonly double grpc_offset      # RouteAction.grpc_timeout_offset (s)
     cdef readonly bint attempt_count      # VirtualHost.include_request_attempt_count
     cdef readonly bint attempt_count_resp  # VirtualHost.include_attempt_count_in_response
+    # retry_host_predicate previous_hosts: how many times a retry's host is re-chosen while
+    # it is one already tried (host_selection_retry_max_attempts); -1: no predicate
+    cdef readonly int prev_hosts
     cdef readonly str decorator           # decorator.operation: the span's name, or None
     # RA_PLUGIN: proxy.lua_cluster.LuaClusterSpecifier (its cluster(HeaderMap) -> str)
     cdef readonly object plugin

@@ -73,6 +73,7 @@ class Route:
     grpc_offset: float  # RouteAction.grpc_timeout_offset (s)
     attempt_count: bool  # VirtualHost.include_request_attempt_count
     attempt_count_resp: bool  # VirtualHost.include_attempt_count_in_response
+    prev_hosts: int  # previous_hosts: re-choices of a retry's host; -1: no predicate
     def __init__(self, **kw: Any) -> None: ...
     def pick_cluster(self) -> str: ...
 

@@ -206,6 +206,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     _HCM + "RequestIDExtension": ("typed_config",),
     "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": (),  # NO_EFFECT lists both
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate": (),  # no fields
     _HCM + "HttpFilter": ("name", "typed_config", "is_optional"),
     _HCM + "HttpConnectionManager.Tracing": (
         "provider",
@@ -366,6 +367,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "per_try_timeout",
         "retriable_status_codes",
         "retry_back_off",
+        "retry_host_predicate",  # envoy.retry_host_predicates.previous_hosts (proxy/routes.py)
+        "host_selection_retry_max_attempts",
     ),
     _RT + "RetryPolicy.RetryBackOff": ("base_interval", "max_interval"),
     _RT + "WeightedCluster": ("clusters",),

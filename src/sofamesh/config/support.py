@@ -270,6 +270,12 @@ register_extension(
     "sofamesh.proxy.server (x-request-id as Envoy's default)",
 )
 
+# RetryPolicy.retry_host_predicate: a retry avoids the hosts already tried (http_router.pyx)
+register_extension(
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    "sofamesh.proxy.routes (previous_hosts)",
+)
+
 
 def _is_true(v: object) -> bool:
     return bool(getattr(v, "value", v))

@@ -11,6 +11,9 @@ from sofamesh._core import router as R
 from sofamesh.proxy.errors import UnsupportedConfig
 
 DEFAULT_TIMEOUT_S = 15.0
+PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
 REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 
 log = logging.getLogger("sofamesh.config")
@@ -487,6 +490,15 @@ def _route_action(a, apath, kw, clusters, plugin_ctx=({}, None)) -> None:
             kw["retry_base"] = _dur(rp.retry_back_off.base_interval)
             if rp.retry_back_off.HasField("max_interval"):
                 kw["retry_max"] = _dur(rp.retry_back_off.max_interval)
+        for i, pred in enumerate(rp.retry_host_predicate):
+            if pred.typed_config.type_url != PREVIOUS_HOSTS:
+                raise UnsupportedConfig(
+                    f"{apath}.retry_policy.retry_host_predicate[{i}]: {pred.name} "
+                    f"({pred.typed_config.type_url.rsplit('/', 1)[-1]}) is not implemented by "
+                    "sofamesh (only envoy.retry_host_predicates.previous_hosts)"
+                )
+            # a retry re-chooses a host already tried, up to this many times (Envoy's default 1)
+            kw["prev_hosts"] = rp.host_selection_retry_max_attempts or 1
     if a.request_mirror_policies:
         kw["mirrors"] = _mirrors(a, apath, clusters)
     if a.hash_policy:
