@@ -201,19 +201,27 @@ cdef int traceparent_flags(bytes v) noexcept:
 
 
 cdef inline void _reset(TraceCtx t) noexcept:
+    # (a field tested before it is cleared: most are still None after an unsampled request)
     t.trace_id = None
     t.span_id = None
-    t.parent_id = None
+    if t.parent_id is not None:
+        t.parent_id = None
     t.sampled = t.decision = t.shared = t.client = False
     t.start_us = 0
-    t.grpc_status = None
-    t.grpc_message = None
-    t.tracestate = None
-    t.child_id = None
+    if t.grpc_status is not None:
+        t.grpc_status = None
+    if t.grpc_message is not None:
+        t.grpc_message = None
+    if t.tracestate is not None:
+        t.tracestate = None
+    if t.child_id is not None:
+        t.child_id = None
     t.child_us = 0
-    t.up_host = None
+    if t.up_host is not None:
+        t.up_host = None
     t.attempt = 0
-    t.up_reason = None
+    if t.up_reason is not None:
+        t.up_reason = None
     t.seen = t.hcount = t.hend = 0
     t.hmap = 0
 
@@ -279,15 +287,18 @@ cdef TraceCtx start_trace(HeaderMap h, HcmConfig cfg, TraceCtx spare):
     if cfg.trace_random is not None:
         (cfg.trace_client if t.client else cfg.trace_random if t.decision
          else cfg.trace_not).inc()
+    if cfg.trace_kind == TRACE_B3:
+        start_b3(t, h, cfg, idx)
+        if t.sampled:       # (an unreported span needs no time)
+            t.start_us = wall_us()
+        return t
     t.start_us = wall_us()
     if cfg.trace_kind == TRACE_W3C:
         start_w3c(t, h)
     elif cfg.trace_kind == TRACE_SW8:
         start_sw8(t, h)
-    elif cfg.trace_kind == TRACE_PY:
-        cfg.tracer.start_context(t, h)      # never raises (the provider's contract)
     else:
-        start_b3(t, h, cfg, idx)
+        cfg.tracer.start_context(t, h)      # TRACE_PY; never raises (the provider's contract)
     return t
 
 
