@@ -145,3 +145,11 @@ def test_sofa_string_chunk_then_compact_chunk_skips_where_it_reads():
     assert r.py_read_str() == "abc" and r.offset == 7
     k = hessian.H1Cursor(blob)
     assert k.py_skip() == 0 and k.offset == 7
+
+
+@pytest.mark.parametrize("blob", [b"Vl", b"Vn", b"Vl\x00\x00", b"Vt\x00\x01xl\x00"])
+def test_sofa_list_with_truncated_length_stays_in_the_span(blob):
+    # a 'V' list whose 'n'/'l' length runs past the end: an error, the offset still inside
+    c = hessian.H1Cursor(blob)
+    assert c.py_skip() == 1  # H_ERR_TRUNCATED
+    assert c.offset <= len(blob)

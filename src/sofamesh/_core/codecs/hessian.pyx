@@ -670,6 +670,7 @@ cdef class H1Cursor(HCursor):
                 elif self.p[self.pos] == 0x6c:
                     self.pos += 5
                 if self.pos > self.end:
+                    self.pos = self.end     # a truncated length: stay inside the span
                     self.fail(H_ERR_TRUNCATED)
                 self._skip_until_z(0)
         elif b == 0x4d:
