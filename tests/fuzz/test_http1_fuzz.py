@@ -109,11 +109,6 @@ def test_chunked_reader_in_pieces(body, cuts):
 # Regressions found by the atheris campaign (tests/fuzz/atheris_http1.py)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_response takes a head up to 4 bytes over max_bytes (scans max_bytes + 4, "
-    "never compares the head length with the limit as parse_request does)",
-)
 @pytest.mark.parametrize("max_bytes", [12, 13, 14, 15])
 def test_response_head_over_max_bytes_is_too_large(max_bytes):
     # a request head over the limit is refused; the same must hold for a response head

@@ -659,6 +659,8 @@ cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) exc
     hl = _find_end(base, avail if avail < max_bytes + 4 else max_bytes + 4)
     if hl < 0:
         return H1_E_TOO_LARGE if avail > max_bytes else H1_NEED_MORE
+    if hl > max_bytes:      # (the blank line is looked for 4 bytes past the limit)
+        return H1_E_TOO_LARGE
     h.reset()
     h.raw = data
     h.start = start
