@@ -538,9 +538,22 @@ cdef class H1Cursor(HCursor):
         cdef unsigned char b
         cdef Py_ssize_t n
         while self.err == H_OK:
-            if not self._need(3):
+            if not self._need(1):
                 break
             b = self.p[self.pos]
+            if more == 0x73 and (b <= 0x1f or 0x30 <= b <= 0x33):
+                # a compact string ends the chunks, as read_str() takes it (the draft's
+                # string ::= 's' b1 b0 <utf8> string; found by the atheris campaign)
+                self.pos += 1
+                if b <= 0x1f:
+                    self.skip_string_chars(b)
+                elif self._need(1):
+                    n = ((b - 0x30) << 8) | self.p[self.pos]
+                    self.pos += 1
+                    self.skip_string_chars(n)
+                break
+            if not self._need(3):
+                break
             if b != more and b != final:
                 self.fail(H_ERR_BAD_TAG)
                 break
