@@ -5,13 +5,13 @@ counts them in `server.passthrough_filters`."""
 from __future__ import annotations
 
 import http.client
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tests.conftest import free_port
 from tests.integration.admin.helpers import BOOTSTRAP, get, start_sofamesh, stop
+from tests.support.threaded_http import serve_http
 
 ISTIO_FILTERS = """          - name: istio.metadata_exchange
             typed_config:
@@ -40,13 +40,8 @@ class _Upstream(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Upstream) as port:
+        yield port
 
 
 def test_istio_filters_pass_through(tmp_path, upstream):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.admin.helpers import start_envoy, start_sofamesh, stop
 from tests.integration.istio.test_hcm_options import bootstrap
+from tests.support.threaded_http import serve_http
 
 
 class _Flaky(BaseHTTPRequestHandler):
@@ -44,13 +45,8 @@ class _Flaky(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flaky():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Flaky) as port:
+        yield port
 
 
 RETRY = {"retry_on": "5xx", "num_retries": 2, "retry_back_off": {"base_interval": "0.01s"}}

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tests.conftest import FIXTURES, envoy_binary, free_port, sofamesh_command
 from tests.integration.admin.helpers import get, request, start_envoy, start_sofamesh, stop
+from tests.support.threaded_http import serve_http
 
 ISTIO = json.loads((FIXTURES / "istio" / "bootstrap_default.json").read_text())
 HCM = (
@@ -94,13 +94,8 @@ class _Ok(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Ok) as port:
+        yield port
 
 
 def _cluster_stats(text: str, cluster: str) -> set[str]:

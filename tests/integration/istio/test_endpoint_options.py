@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tests.conftest import FIXTURES, free_port, sofamesh_command
 from tests.integration.admin.helpers import request, start_envoy, start_sofamesh, stop
 from tests.integration.istio.test_hcm_options import bootstrap
+from tests.support.threaded_http import serve_http
 
 
 def istio_assignment(upstream: int) -> dict:
@@ -51,13 +51,8 @@ class _Ok(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Ok) as port:
+        yield port
 
 
 def test_istio_assignment_served_as_envoy(tmp_path, upstream):

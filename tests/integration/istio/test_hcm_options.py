@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import free_port, sofamesh_command
 from tests.integration.admin.helpers import start_envoy, start_sofamesh, stop
+from tests.support.threaded_http import serve_http
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -46,13 +47,8 @@ class _Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Echo) as port:
+        yield port
 
 
 def bootstrap(admin: int, port: int, upstream: int, **hcm_extra) -> dict:

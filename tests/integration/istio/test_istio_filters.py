@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tests.conftest import FIXTURES, free_port, sofamesh_command
 from tests.integration.admin.helpers import get, request, start_envoy, start_sofamesh, stop
+from tests.support.threaded_http import serve_http
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -165,13 +165,8 @@ class _Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Echo) as port:
+        yield port
 
 
 def _raw_get(port: int) -> bytes:

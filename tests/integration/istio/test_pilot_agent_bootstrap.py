@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import grpc
 import pytest
@@ -23,6 +22,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from tests.conftest import FIXTURES, envoy_binary, free_port, sofamesh_command
 from tests.integration.xds.test_sidecar_nack import CDS, LDS, listener
 from tests.support.envoy import ProxyProcess
+from tests.support.threaded_http import serve_http
 from tests.support.xds_server import ScriptedAds
 
 
@@ -43,13 +43,8 @@ class _Agent(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def agent():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Agent)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Agent) as port:
+        yield port
 
 
 def istio_bootstrap(xds_sock: str, admin: int, prom: int, ready: int, agent: int) -> dict:

@@ -13,8 +13,7 @@ import os
 import socket
 import stat
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import grpc
 import pytest
@@ -25,6 +24,7 @@ from tests.integration.admin.helpers import get, start_envoy, start_sofamesh, st
 from tests.integration.pilot.conftest import ads_bootstrap
 from tests.integration.xds.test_sidecar_nack import LDS, listener
 from tests.support.envoy import ProxyProcess
+from tests.support.threaded_http import serve_http
 from tests.support.xds_server import ScriptedAds
 
 HCM = (
@@ -50,13 +50,8 @@ class _Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Echo) as port:
+        yield port
 
 
 class _UnixHTTP(http.client.HTTPConnection):

@@ -5,13 +5,13 @@ with a connection held in the pool after a request."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tests.conftest import free_port
 from tests.integration.admin.helpers import get, request, start_envoy, start_sofamesh, stop
+from tests.support.threaded_http import serve_http
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -34,13 +34,8 @@ class _Ok(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_http(_Ok) as port:
+        yield port
 
 
 def bootstrap(admin: int, port: int, upstream: int) -> dict:
