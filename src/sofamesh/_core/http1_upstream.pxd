@@ -12,6 +12,11 @@ cdef class Http1ConnPool(ConnPool):
     cdef object loop                # the worker's event loop
 
 
+# a mirror's request headers (Envoy's async client: x-envoy-internal, this node appended
+# to x-forwarded-for, the authority suffixed -shadow unless `suffix` is off)
+cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix)
+
+
 cdef class ShadowConn:
     cdef Cluster cluster
     cdef Host host

@@ -55,6 +55,31 @@ cdef class Http1ConnPool(ConnPool):
         return self._queue(cl, host, cb)
 
 
+cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix):
+    """A mirror's request headers: the upstream request's, sent the way Envoy's async
+    client sends them (x-envoy-internal: true, this node's address appended to
+    x-forwarded-for), the authority suffixed `-shadow` unless
+    disable_shadow_host_suffix_append."""
+    cdef HeaderList m = h.copy()
+    cdef bytes xff = m.get_all(b"x-forwarded-for")
+    if suffix:
+        m.authority_ = shadow_host(m.authority())
+    m.remove(b"x-forwarded-for")
+    m.remove(b"x-envoy-internal")
+    m.add(b"x-forwarded-for", (xff + b"," if xff else b"") + local_ip)
+    m.add(b"x-envoy-internal", b"true")
+    return m
+
+
+cdef bytes shadow_host(bytes host):
+    """Envoy's shadow authority: `-shadow` after the host name, before any port
+    (`a.b:8080` -> `a.b-shadow:8080`)."""
+    cdef Py_ssize_t i = host.rfind(b":")
+    if i > 0 and host.find(b"]", i) < 0 and host[i + 1:].isdigit():
+        return host[:i] + b"-shadow" + host[i:]
+    return host + b"-shadow"
+
+
 cdef class ShadowConn:
     """One mirrored request on its own connection to a host of the mirror cluster. The
     response is read and discarded; nothing here can delay or fail the main request. At

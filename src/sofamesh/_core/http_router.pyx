@@ -8,9 +8,10 @@ from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig, replaces_request_id
 from sofamesh._core.http_grpc cimport (grpc_outcome, grpc_retry_bit, grpc_timeout,
                                        grpc_route_timeout, set_grpc_timeout_headers)
-from sofamesh._core.http_tracing cimport inject_trace, start_trace, trace_retry
+from sofamesh._core.http_tracing cimport (decorate, inject_trace, start_trace, trace_retry,
+                                          TRACE_B3, TRACE_SW8)
 from sofamesh._core.headers cimport HeaderMap, HeaderList
-from sofamesh._core.http1_upstream cimport ShadowConn
+from sofamesh._core.http1_upstream cimport ShadowConn, mirror_headers
 from sofamesh._core.http_common cimport (
     mono, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT,
@@ -27,7 +28,6 @@ from sofamesh._core.router cimport (
 from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNECT_FAILED,
                                       OUTCOME_CONNECT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.upstream import hash64
-from sofamesh._core.http_tracing cimport TRACE_B3, TRACE_SW8  # SkyWalking: sw8 written at _attach
 
 # a failed attempt's error.reason on its upstream span (Envoy's reset reasons)
 cdef dict RESET_REASON = {
@@ -39,25 +39,6 @@ cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before he
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
 
 
-cdef int decorate(HttpStream s, HeaderMap h, Route route) except -1:
-    """Envoy's decorator propagation for a traced request, whatever the tracer: an egress
-    request carries the route's decorator operation upstream (x-envoy-decorator-operation);
-    an ingress response carries it back to the client, unless the request named its own
-    operation (that header is not passed upstream)."""
-    cdef bytes op = route.decorator.encode()
-    if s.cfg.tracer.outbound:
-        h.remove(b"x-envoy-decorator-operation")
-        h.add(b"x-envoy-decorator-operation", op)
-    elif h.find_from("x-envoy-decorator-operation", 27, 0) >= 0:
-        h.remove(b"x-envoy-decorator-operation")
-    else:
-        if s.resp_add_extra is None:
-            s.resp_add_extra = []
-        s.resp_add_extra.append(b"x-envoy-decorator-operation")
-        s.resp_add_extra.append(op)
-    return 0
-
-
 cdef int retry_failed(RouterStream s, int kind) except -1:
     """A failed attempt retried; a traced one with spawn_upstream_span ends its upstream
     span with Envoy's reset reason first."""
@@ -65,31 +46,6 @@ cdef int retry_failed(RouterStream s, int kind) except -1:
         s.request_id = trace_retry(s.trace, s.head, s.cfg, s, 0, RESET_REASON.get(kind),
                                    s.request_id)
     return s._schedule_retry()
-
-
-cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix):
-    """A mirror's request headers: the upstream request's, sent the way Envoy's async
-    client sends them (x-envoy-internal: true, this node's address appended to
-    x-forwarded-for), the authority suffixed `-shadow` unless
-    disable_shadow_host_suffix_append."""
-    cdef HeaderList m = h.copy()
-    cdef bytes xff = m.get_all(b"x-forwarded-for")
-    if suffix:
-        m.authority_ = shadow_host(m.authority())
-    m.remove(b"x-forwarded-for")
-    m.remove(b"x-envoy-internal")
-    m.add(b"x-forwarded-for", (xff + b"," if xff else b"") + local_ip)
-    m.add(b"x-envoy-internal", b"true")
-    return m
-
-
-cdef bytes shadow_host(bytes host):
-    """Envoy's shadow authority: `-shadow` after the host name, before any port
-    (`a.b:8080` -> `a.b-shadow:8080`)."""
-    cdef Py_ssize_t i = host.rfind(b":")
-    if i > 0 and host.find(b"]", i) < 0 and host[i + 1:].isdigit():
-        return host[:i] + b"-shadow" + host[i:]
-    return host + b"-shadow"
 
 
 cdef class RouterStream(HttpStream):

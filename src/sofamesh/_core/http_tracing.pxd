@@ -4,7 +4,8 @@
 
 from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap
-from sofamesh._core.http_stream cimport TraceCtx
+from sofamesh._core.http_stream cimport HttpStream, TraceCtx
+from sofamesh._core.router cimport Route
 
 cdef enum:
     TRACE_B3 = 0        # Zipkin: x-b3-* headers
@@ -27,3 +28,6 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid)
 # the request id (as inject_trace)
 cdef bytes trace_retry(TraceCtx t, HeaderMap h, HcmConfig cfg, object s, int status,
                        str reason, bytes rid)
+# the route's decorator operation: upstream on an egress request, back to the client on an
+# ingress response (Envoy's decorator propagation, whatever the tracer)
+cdef int decorate(HttpStream s, HeaderMap h, Route route) except -1

@@ -12,8 +12,8 @@ from sofamesh._core.codecs.http1 cimport Head, h1_hdr
 from sofamesh._core.hcm_config cimport HcmConfig, replaces_request_id
 from sofamesh._core.headers cimport HeaderMap, bytes_len, bytes_ptr
 from sofamesh._core.http_common cimport wall_us
-from sofamesh._core.http_stream cimport TraceCtx
-from sofamesh._core.router cimport rng_next
+from sofamesh._core.http_stream cimport HttpStream, TraceCtx
+from sofamesh._core.router cimport Route, rng_next
 
 cdef const char* HEX_DIGITS = "0123456789abcdef"
 DEF TRACEPARENT_LEN = 55    # 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
@@ -458,3 +458,22 @@ cdef bytes trace_retry(TraceCtx t, HeaderMap h, HcmConfig cfg, object s, int sta
     t.attempt += 1
     t.up_reason = None
     return inject_trace(t, h, cfg, rid)
+
+
+cdef int decorate(HttpStream s, HeaderMap h, Route route) except -1:
+    """Envoy's decorator propagation for a traced request, whatever the tracer: an egress
+    request carries the route's decorator operation upstream (x-envoy-decorator-operation);
+    an ingress response carries it back to the client, unless the request named its own
+    operation (that header is not passed upstream)."""
+    cdef bytes op = route.decorator.encode()
+    if s.cfg.tracer.outbound:
+        h.remove(b"x-envoy-decorator-operation")
+        h.add(b"x-envoy-decorator-operation", op)
+    elif h.find_from("x-envoy-decorator-operation", 27, 0) >= 0:
+        h.remove(b"x-envoy-decorator-operation")
+    else:
+        if s.resp_add_extra is None:
+            s.resp_add_extra = []
+        s.resp_add_extra.append(b"x-envoy-decorator-operation")
+        s.resp_add_extra.append(op)
+    return 0
