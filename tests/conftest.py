@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import random
 import shutil
 import socket
 import sys
@@ -16,11 +18,31 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"  # copied in with provenance: tests/fixtures/README.md
 
 
+# Ports for the servers tests start by number (Envoy, sofamesh, peers): below the kernel's
+# ephemeral range (32768-60999 here), where outgoing connections take their source ports, and
+# a slice of its own for each pytest-xdist worker, so that no other process or worker is
+# handed the same port between the check and the bind (Envoy and gRPC would share it
+# silently with SO_REUSEPORT).
+_PORT_BASE = 20000
+_PORT_SLICE = 2000
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_slice = int(_worker[2:]) % 6 if _worker[2:].isdigit() else 0
+# (from a random place in the slice: two test sessions at once do not walk in step)
+_port_next = itertools.count(random.randrange(_PORT_SLICE))
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (bind to 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses now: the next of this worker's slice that a
+    plain bind (no SO_REUSEADDR: a port with connections in TIME_WAIT is passed over) takes."""
+    for _ in range(_PORT_SLICE):
+        port = _PORT_BASE + _slice * _PORT_SLICE + next(_port_next) % _PORT_SLICE
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORT_BASE + _slice * _PORT_SLICE} + {_PORT_SLICE}")
 
 
 def envoy_binary() -> str:
