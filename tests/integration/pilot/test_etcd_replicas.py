@@ -88,14 +88,21 @@ def test_replicas_share_registrations_and_serve_identical_xds(etcd, tmp_path):
                 assert http("PUT", a.api + "/v1/services/cart/instances/c1/heartbeat")[0] == 200
                 time.sleep(0.5)
             assert "outbound|8101||cart" in b.config("cds")
-            # a deregistration on b reaches a
+            # a deregistration on b reaches a (through etcd's watch: a moment later; before
+            # it, both replicas still serve s2 and their EDS would compare equal)
             b.deregister("shop", "s2")
+            deadline = time.monotonic() + 10
+            while True:
+                _, out = http("GET", a.api + "/v1/services/shop")
+                ids = [i["instance_id"] for i in out["instances"]]
+                if ids == ["s1"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert ids == ["s1"]
             a.wait_config(
                 "eds",
                 lambda c: c.get("outbound|80||shop") == b.config("eds").get("outbound|80||shop"),
             )
-            _, out = http("GET", a.api + "/v1/services/shop")
-            assert [i["instance_id"] for i in out["instances"]] == ["s1"]
             # without heartbeats the etcd lease lapses: both replicas drop cart
             for p in (a, b):
                 p.wait_config("cds", lambda c: set(c) == {"outbound|80||shop"}, timeout=8)
