@@ -4,13 +4,17 @@ service (`envoy.service.accesslog.v3`, e.g. `sofamesh mixer`) over one client st
 Hot path (`log`, once per request, in Cython: `_core/als_wire.HttpLogBuffer`): the stream's
 HTTPAccessLogEntry is encoded straight to protobuf wire bytes into a buffer (no tuple, no
 protobuf object: those cost more than the proxying). Every `buffer_flush_interval` (or once
-`buffer_size_bytes` of entries are buffered) the buffer becomes one batch on a bounded queue;
-a sender task wraps each batch as one `StreamAccessLogsMessage` and writes it to the stream,
-(re)connecting with backoff. When the service is slow or gone the queue fills, and further
-batches are dropped and counted (Envoy's `access_logs.grpc_access_log.logs_dropped`); the
-request path never waits for the service.
+`buffer_size_bytes` of entries are buffered) the buffer becomes one batch, wrapped as one
+`StreamAccessLogsMessage` and written to the stream, in the event loop, on sofamesh's own
+HTTP/2 client (`grpc_unary.GrpcUnaryChannel.open_stream`): no task, no thread, nothing between
+batches (grpc.aio's poller thread and wake-ups cost about 2 us a request here).
 
-    encoded entries --flush--> queue of batches (bounded) --sender task--> gRPC stream
+While the stream is (re)connecting, with backoff, batches wait on a bounded queue; when the
+service is slow (its flow-control window stays shut) or gone, further batches are dropped and
+counted (Envoy's `access_logs.grpc_access_log.logs_dropped`); the request path never waits
+for the service.
+
+    encoded entries --flush--> stream open? write : queue of batches (bounded) --open--> write
 
 Subclasses that log something else (tcp_grpc_access_log) buffer entry tuples with `add_entry`
 and their own `encode`.
@@ -20,17 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from sofamesh._core.als_wire import HttpLogBuffer, with_identifier
+from sofamesh.proxy.grpc_unary import ClientStream, GrpcUnaryChannel
 
 log = logging.getLogger("sofamesh.access_log")
 
 HTTP_GRPC_TYPE = (
     "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 )
-_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
-MAX_QUEUED_BATCHES = 64  # bounded: with the service gone, at most this many batches wait
+_METHOD = b"/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+MAX_QUEUED_BATCHES = 64  # bounded: with the service gone or slow, at most this many wait
 
 
 def _seconds(d: Any, default: float) -> float:
@@ -64,11 +70,15 @@ class GrpcAccessLog(HttpLogBuffer):
         )
         self.buffered: list[tuple] = []
         self.buffered_bytes = 0
-        self.queue: asyncio.Queue[tuple[Any, int]] = asyncio.Queue(MAX_QUEUED_BATCHES)
+        self.queue: deque[tuple[Any, int]] = deque()  # batches waiting for a stream
         self.written = stats.counter("access_logs.grpc_access_log.logs_written")
         self.dropped = stats.counter("access_logs.grpc_access_log.logs_dropped")
         self._timer: Any = None
-        self._task: asyncio.Task | None = None
+        self._channel: GrpcUnaryChannel | None = None
+        self._stream: ClientStream | None = None
+        self._first = True  # the stream's next message is its first (carries the Identifier)
+        self._retry: Any = None  # the reconnect timer while backing off
+        self._backoff = 0.1
         self._closed = False
 
     # -- hot path: HttpLogBuffer.log (Cython) ----------------------------------------------
@@ -100,12 +110,14 @@ class GrpcAccessLog(HttpLogBuffer):
             self.buffered, self.buffered_bytes = [], 0
         else:
             return
-        if self.queue.full():
+        if self._stream is not None and self._stream.is_open:
+            self._write(batch, n)
+            return
+        if len(self.queue) >= MAX_QUEUED_BATCHES:
             self.dropped.value += n
             return
-        self.queue.put_nowait((batch, n))
-        if self._task is None and not self._closed:
-            self._task = self.loop.create_task(self._send_loop())
+        self.queue.append((batch, n))
+        self._connect()
 
     # -- the stream ---------------------------------------------------------------------------
     def _identifier(self) -> bytes:
@@ -116,52 +128,70 @@ class GrpcAccessLog(HttpLogBuffer):
         ident.node.CopyFrom(self.node)
         return ident.SerializeToString()
 
-    async def _send_loop(self) -> None:
-        import grpc
-        from envoy.service.accesslog.v3 import als_pb2
+    def _write(self, batch: Any, n: int) -> None:
+        msg = self.encode(batch, self._identifier() if self._first else b"")
+        if self._stream is not None and self._stream.write(msg):
+            self._first = False
+            self.written.value += n
+        else:  # the service's window has been shut for MAX_QUEUED_BATCHES batches
+            self.dropped.value += n
 
-        backoff = 0.1
-        while not self._closed:
-            addr = self.target()
-            if addr is None:  # no such cluster (yet): batches queue up, then are dropped
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            channel = grpc.aio.insecure_channel(f"{addr[0]}:{addr[1]}")
-            call = channel.stream_unary(
-                _METHOD,
-                request_serializer=None,  # self.encode makes the message's bytes
-                response_deserializer=als_pb2.StreamAccessLogsResponse.FromString,
-            )()
-            first = True
-            n = 0
-            try:
-                while not self._closed:
-                    batch, n = await self.queue.get()
-                    await call.write(self.encode(batch, self._identifier() if first else b""))
-                    first = False
-                    self.written.value += n
-                    backoff = 0.1
-            except Exception as e:  # noqa: BLE001 (any stream failure: drop, reconnect)
-                if not isinstance(e, (grpc.aio.AioRpcError, grpc.aio.UsageError)):
-                    log.warning("access log service %s:%s: %r", *addr, e)
-                elif not first:
-                    log.debug("access log service %s:%s: stream ended: %s", *addr, e)
-                self.dropped.value += n  # the batch in hand when the write failed
-            finally:
-                call.cancel()
-                await channel.close()
-            await asyncio.sleep(backoff)  # batches keep queueing meanwhile (bounded)
-            backoff = min(backoff * 2, 5.0)
+    def _connect(self) -> None:
+        """Opens the stream, unless it is open or opening, or a retry is pending."""
+        if self._closed or self._retry is not None:
+            return
+        if self._stream is not None and not self._stream.finished:
+            return
+        addr = self.target()
+        if addr is None:  # no such cluster (yet): batches queue up, then are dropped
+            self._back_off()
+            return
+        ch = self._channel
+        if ch is None or (ch.host, ch.port) != addr or ch.closed:
+            if ch is not None:
+                ch.close()
+            ch = self._channel = GrpcUnaryChannel(self.loop, addr[0], addr[1])
+        self._first = True
+        limit = MAX_QUEUED_BATCHES * max(self.buffer_size, 1024)
+        s = self._stream = ch.open_stream(_METHOD, self._ended, limit, self._opened)
+        if s.is_open:  # the connection was up: opened at once, before it was assigned
+            self._opened()
+
+    def _opened(self) -> None:
+        self._backoff = 0.1
+        while self.queue and self._stream is not None and self._stream.is_open:
+            self._write(*self.queue.popleft())
+
+    def _ended(self, status: int, _response: bytes | None) -> None:
+        """The stream ended: the service answered, refused, or was lost (or never reached)."""
+        if self._closed:
+            return
+        ch = self._channel
+        if ch is not None:
+            log.debug("access log service %s:%s: stream ended, status %d", ch.host, ch.port, status)
+        self._stream = None
+        self._back_off()
+
+    def _back_off(self) -> None:
+        """Reconnects after the backoff (doubling to 5 s), if batches wait by then."""
+        self._retry = self.loop.call_later(self._backoff, self._retry_now)
+        self._backoff = min(self._backoff * 2, 5.0)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        if self.queue:
+            self._connect()
 
     def close(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for t in (self._timer, self._retry):
+            if t is not None:
+                t.cancel()
+        self._timer = self._retry = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self._stream = None
 
     def reopen(self) -> None:
         """Nothing to reopen (POST /reopen_logs is for files)."""

@@ -1,15 +1,24 @@
-"""A gRPC unary client on sofamesh's own sans-IO HTTP/2 codec (`_core/codecs/http2`), for calls
-made per request (envoy.filters.http.ratelimit's ShouldRateLimit). grpc.aio costs about 250 us
-of CPU per unary call; this costs a few tens: no task, no thread, one HTTP/2 connection per
-service host, a stream per call.
+"""A gRPC client on sofamesh's own sans-IO HTTP/2 codec (`_core/codecs/http2`), in the event
+loop: no task, no thread, one HTTP/2 connection per service host, a stream per call.
+grpc.aio costs about 250 us of CPU per unary call and, for a client stream, a poller thread
+and its wake-ups per message; this costs a few tens of us, and nothing between messages.
+
+Unary calls, made per request (envoy.filters.http.ratelimit's ShouldRateLimit):
 
     call(path, message bytes, timeout, done) -> done(grpc_status, response bytes | None)
+
+Client streams, for reports batched off the hot path (the access log service's
+StreamAccessLogs):
+
+    s = open_stream(path, done); s.write(message bytes) -> bool; s.cancel()
 
 `done` is called exactly once: the response (status 0), the server's grpc-status, or a local
 status: DEADLINE_EXCEEDED at `timeout` (the stream is reset), UNAVAILABLE when the connection
 cannot be made or is lost, INTERNAL for a malformed answer. Calls made while the connection
 is being set up, or over the peer's SETTINGS_MAX_CONCURRENT_STREAMS (or refused with
-REFUSED_STREAM for it), wait for a stream.
+REFUSED_STREAM for it), wait for a stream; so do a client stream's messages. A client stream's
+`write` refuses (returns False: the caller drops and counts) once `max_buffered` bytes wait
+for the server's flow-control window, so a slow service never grows the sidecar's memory.
 """
 
 from __future__ import annotations
@@ -29,16 +38,74 @@ Done = Callable[[int, "bytes | None"], None]
 
 
 class _Call:
-    __slots__ = ("body", "done", "finished", "headers", "sid", "status", "timer")
+    __slots__ = (
+        "body",
+        "done",
+        "finished",
+        "headers",
+        "on_open",
+        "sid",
+        "status",
+        "stream",
+        "timer",
+    )
 
-    def __init__(self, headers: list, body: bytes, done: Done) -> None:
+    def __init__(self, headers: list, body: Any, done: Done, stream: bool = False) -> None:
         self.headers = headers
-        self.body = body
+        self.body = body  # a unary call's framed message; a stream's messages not yet sent
         self.done = done
         self.sid = 0
         self.timer: Any = None
         self.status = -1  # grpc-status once seen
         self.finished = False
+        self.stream = stream  # a client stream: open until the server ends it or cancel()
+        self.on_open: Any = None  # a client stream's: called once its HEADERS are sent
+
+
+class ClientStream:
+    """A client-streaming call: `write` frames a message onto the stream (queued until the
+    stream is open), `cancel` resets it. The response, or the status that ended the stream,
+    goes to the `done` given to `open_stream`."""
+
+    __slots__ = ("c", "ch", "max_buffered", "queued")
+
+    def __init__(self, ch: GrpcUnaryChannel, c: _Call, max_buffered: int) -> None:
+        self.ch = ch
+        self.c = c
+        self.max_buffered = max_buffered
+        self.queued = 0  # bytes of messages waiting for the stream to open
+
+    @property
+    def finished(self) -> bool:
+        return self.c.finished
+
+    @property
+    def is_open(self) -> bool:
+        """HEADERS sent and not ended: a write leaves now (as the window allows)."""
+        return bool(self.c.sid) and not self.c.finished
+
+    def write(self, message: bytes) -> bool:
+        """Sends one message; False (nothing sent) when the stream has ended or `max_buffered`
+        bytes already wait to leave."""
+        c = self.c
+        if c.finished:
+            return False
+        framed = b"\x00" + len(message).to_bytes(4, "big") + message
+        codec = self.ch.codec
+        if not c.sid:
+            if self.queued >= self.max_buffered:
+                return False
+            c.body.append(framed)
+            self.queued += len(framed)
+            return True
+        if codec.outbound_buffered(c.sid) >= self.max_buffered:
+            return False
+        codec.send_data(c.sid, framed)
+        self.ch._flush()
+        return True
+
+    def cancel(self) -> None:
+        self.ch._cancel(self.c)
 
 
 def _grpc_status(headers: list) -> int:
@@ -85,6 +152,29 @@ class GrpcUnaryChannel(asyncio.Protocol):
         ]
         c = _Call(headers, b"\x00" + len(message).to_bytes(4, "big") + message, done)
         c.timer = self.loop.call_later(timeout, self._expire, c)
+        self._start(c)
+
+    def open_stream(
+        self, path: bytes, done: Done, max_buffered: int = 1 << 20, on_open: Any = None
+    ) -> ClientStream:
+        """A client-streaming call on `path` (no deadline: it lasts until the server ends it,
+        the connection is lost, or cancel()). `on_open()` is called once its HEADERS are sent
+        (the connection is up and a stream was free)."""
+        headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", path),
+            (b":authority", self.authority),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ]
+        c = _Call(headers, [], done, stream=True)
+        c.on_open = on_open
+        s = ClientStream(self, c, max_buffered)
+        self._start(c)
+        return s
+
+    def _start(self, c: _Call) -> None:
         if self.closed:
             self._finish(c, UNAVAILABLE, None)
             return
@@ -106,7 +196,15 @@ class GrpcUnaryChannel(asyncio.Protocol):
         c.sid = sid
         self.calls[sid] = c
         codec.send_headers(sid, c.headers)
-        codec.send_data(sid, c.body, end_stream=True)
+        if c.stream:
+            for framed in c.body:
+                codec.send_data(sid, framed)
+            c.body = []
+            on_open, c.on_open = c.on_open, None
+            if on_open is not None:
+                on_open()
+        else:
+            codec.send_data(sid, c.body, end_stream=True)
 
     def _flush(self) -> None:
         if self.transport is not None and self.codec is not None:
@@ -123,6 +221,10 @@ class GrpcUnaryChannel(asyncio.Protocol):
         if c.sid:
             self.calls.pop(c.sid, None)
             self.body.pop(c.sid, None)
+            if c.stream and self.codec is not None:
+                # the server answered while our side is still open: close it, so the stream
+                # stops counting against the server's concurrent streams
+                self._reset(c.sid)
         try:
             c.done(status, data)
         except Exception:  # a caller's bug must not break the connection
@@ -132,19 +234,33 @@ class GrpcUnaryChannel(asyncio.Protocol):
         c.timer = None
         if c.finished:
             return
+        self._abandon(c, DEADLINE_EXCEEDED)
+
+    def _cancel(self, c: _Call) -> None:
+        if not c.finished:
+            self._abandon(c, CANCELLED)
+
+    def _abandon(self, c: _Call, status: int) -> None:
+        """Ends a call from our side: its stream reset, or taken off the waiting list."""
         if c.sid and self.codec is not None and c.sid in self.calls:
-            try:
-                self.codec.reset_stream(c.sid, http2.CANCEL)
-            except Exception as e:  # noqa: BLE001 (the stream already ended in the codec)
-                log.debug("gRPC %s:%s: reset: %r", self.host, self.port, e)
-            self._flush()
+            self._reset(c.sid)
         else:
             try:
                 self.waiting.remove(c)
             except ValueError:
                 pass
-        self._finish(c, DEADLINE_EXCEEDED, None)
+        c.stream = False  # reset already
+        self._finish(c, status, None)
         self._drain()
+
+    def _reset(self, sid: int) -> None:
+        if self.codec.stream_state(sid) == "closed":
+            return
+        try:
+            self.codec.reset_stream(sid, http2.CANCEL)
+        except Exception as e:  # noqa: BLE001 (the stream already ended in the codec)
+            log.debug("gRPC %s:%s: reset: %r", self.host, self.port, e)
+        self._flush()
 
     def _drain(self) -> None:
         """Sends waiting calls while the connection has streams free."""
@@ -208,7 +324,7 @@ class GrpcUnaryChannel(asyncio.Protocol):
                 c = self.calls.pop(ev.stream_id, None)
                 if c is None:
                     continue
-                if ev.error_code == http2.REFUSED_STREAM and not c.finished:
+                if ev.error_code == http2.REFUSED_STREAM and not c.finished and not c.stream:
                     # over the server's MAX_CONCURRENT_STREAMS (sent before its SETTINGS
                     # arrived): not processed, so sent again when a stream is free
                     self.body.pop(ev.stream_id, None)
@@ -253,6 +369,6 @@ class GrpcUnaryChannel(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._fail_all(UNAVAILABLE)
         if self.transport is not None:
             self.transport.close()
-        self._fail_all(UNAVAILABLE)

@@ -92,8 +92,8 @@ class MixerProcess:
 def mixer_factory(tmp_path: Path):
     started: list[MixerProcess] = []
 
-    def make(policy: str = "", **kw) -> MixerProcess:
-        m = MixerProcess(tmp_path, policy, **kw).start()
+    def make(policy: str = "", grpc_port: int = 0, **kw) -> MixerProcess:
+        m = MixerProcess(tmp_path, policy, **kw).start(grpc_port=grpc_port)
         started.append(m)
         return m
 
