@@ -72,7 +72,7 @@ cdef class RbacRequest:
     cdef int pseudo_have            # bit (1 << PSEUDO_*): pv[i] read for this check
     cdef list pv                    # list[bytes | None], PSEUDO_COUNT long, reused
     cdef unsigned long long hv_have     # bit (1 << slot): hv[slot] read for this check
-    cdef list hv                    # list[bytes | None], HEADER_SLOTS long, reused
+    cdef list hv                    # list[bytes | tuple | None], HEADER_SLOTS long, reused
     cdef void begin(self) noexcept
     cdef int ensure(self, int which) except -1      # resolves addr[which] once per check
     cdef object pseudo(self, int which)             # read_pseudo(which), once per check
@@ -83,8 +83,14 @@ cdef class RbacRequest:
     cdef object cached_header(self, int slot, bytes name)
     # overridden by each kind of caller:
     cdef int resolve(self, int which) except -1     # fills addr[which] and port[which]
-    cdef object header(self, bytes name)            # bytes | None, values joined by ","
+    # bytes | None; a header sent more than once: a tuple of its values, in order (an RBAC
+    # header rule holds when one of them matches, as Envoy's; joined_header() joins them)
+    cdef object header(self, bytes name)
     cdef object read_pseudo(self, int which)        # bytes | None (PSEUDO_PATH: the path)
+
+
+# a header() value as one bytes: a repeated header's values joined by "," (None stays None)
+cdef object joined_header(object v)
 
 
 cdef class RbacRule:
@@ -138,6 +144,7 @@ cdef class RbacIndex:
     cdef int npol
     # reads the inputs and fills sat; 0
     cdef int scan(self, RbacRequest r) except -1
+    cdef int sat_value(self, RbacInput inp, const char* p, Py_ssize_t n, object v) except -1
     # 1 if policy i's clauses all hold (after scan)
     cdef inline bint candidate(self, int i) noexcept:
         cdef int k

@@ -235,17 +235,29 @@ cdef class OrRule(RbacRule):
         return 0
 
 
+cdef object joined_header(object v):
+    if type(v) is tuple:
+        return b",".join(<tuple>v)
+    return v
+
+
 cdef class HeaderRule(RbacRule):
     """A route-table HeaderMatcher on the request's headers; names starting with ':' (and
-    `host`, which Envoy keeps as :authority) are read as pseudo-headers by the caller."""
+    `host`, which Envoy keeps as :authority) are read as pseudo-headers by the caller.
+
+    A header sent more than once: a permission's or principal's header rule holds when one
+    of its values matches (and an inverted one when none does), as Envoy 1.40's; the matcher
+    form's HttpRequestHeaderMatchInput (each_value False) sees the values joined by ","."""
     cdef HeaderMatcher hm
     cdef int code           # PSEUDO_*
     cdef int slot           # header_slot(name) for an ordinary header
+    cdef bint each_value
 
-    def __init__(self, HeaderMatcher hm):
+    def __init__(self, HeaderMatcher hm, bint each_value=True):
         self.hm = hm
         self.code = pseudo_code(hm.name)
         self.slot = header_slot(hm.name) if self.code == PSEUDO_NONE else -1
+        self.each_value = each_value
 
     cdef int matches(self, RbacRequest r) except -1:
         cdef HeaderMatcher hm = self.hm
@@ -257,6 +269,15 @@ cdef class HeaderRule(RbacRule):
             ok = (v is not None) == hm.present
         elif v is None:
             return 0
+        elif type(v) is tuple:
+            if self.each_value:
+                ok = False
+                for x in <tuple>v:
+                    if hm.sm.matches(<bytes>x):
+                        ok = True
+                        break
+            else:
+                ok = hm.sm.matches(b",".join(<tuple>v))
         else:
             ok = hm.sm.matches(<bytes>v)
         return 1 if ok != hm.invert else 0
@@ -553,6 +574,36 @@ cdef class RbacIndex:
             memcpy(self.ips[i].bits, <const char*>bits, 16)
             self.ips[i].mask = m
 
+    cdef int sat_value(self, RbacInput inp, const char* p, Py_ssize_t n, object v) except -1:
+        """Marks the atoms of `inp` that the value (p, n; `v` its bytes, or None for a
+        view) satisfies."""
+        cdef int nw = self.nw, k, j
+        cdef unsigned long long* sat = self.sat
+        cdef unsigned long long* mk
+        cdef rbac_prefix* pf
+        if inp.nexact:
+            for j in range(inp.nexact):
+                pf = &inp.exacts[j]
+                if n == pf.n and memcmp(p, pf.p, n) == 0:
+                    mk = self.masks + pf.mask * nw
+                    for k in range(nw):
+                        sat[k] |= mk[k]
+                    break       # the values are distinct
+        elif inp.exact is not None:
+            m = inp.exact.get(v)
+            if m is not None:
+                mk = self.masks + <int>m * nw
+                for k in range(nw):
+                    sat[k] |= mk[k]
+        if inp.nprefix:
+            for j in range(inp.nprefix):
+                pf = &inp.prefixes[j]
+                if n >= pf.n and memcmp(p, pf.p, pf.n) == 0:
+                    mk = self.masks + pf.mask * nw
+                    for k in range(nw):
+                        sat[k] |= mk[k]
+        return 0
+
     cdef int scan(self, RbacRequest r) except -1:
         cdef int nw = self.nw, k, j, which, family = 0
         cdef unsigned long long a[2]
@@ -560,7 +611,6 @@ cdef class RbacIndex:
         cdef unsigned long long* mk
         cdef tuple inputs = self.inputs
         cdef RbacInput inp
-        cdef rbac_prefix* pf
         cdef rbac_ip_atom* ip
         cdef Py_ssize_t i, n
         cdef const char* p
@@ -585,29 +635,14 @@ cdef class RbacIndex:
                     v = r.cached_header(inp.slot, inp.name)
                 if v is None:
                     continue
+                if type(v) is tuple:
+                    # a header sent more than once: an atom holds when one value has it
+                    for x in <tuple>v:
+                        self.sat_value(inp, PyBytes_AS_STRING(x), PyBytes_GET_SIZE(x), x)
+                    continue
                 p = PyBytes_AS_STRING(v)
                 n = PyBytes_GET_SIZE(v)
-            if inp.nexact:
-                for j in range(inp.nexact):
-                    pf = &inp.exacts[j]
-                    if n == pf.n and memcmp(p, pf.p, n) == 0:
-                        mk = self.masks + pf.mask * nw
-                        for k in range(nw):
-                            sat[k] |= mk[k]
-                        break       # the values are distinct
-            elif inp.exact is not None:
-                m = inp.exact.get(v)
-                if m is not None:
-                    mk = self.masks + <int>m * nw
-                    for k in range(nw):
-                        sat[k] |= mk[k]
-            if inp.nprefix:
-                for j in range(inp.nprefix):
-                    pf = &inp.prefixes[j]
-                    if n >= pf.n and memcmp(p, pf.p, pf.n) == 0:
-                        mk = self.masks + pf.mask * nw
-                        for k in range(nw):
-                            sat[k] |= mk[k]
+            self.sat_value(inp, p, n, v)
         which = -1
         for j in range(self.nip):
             ip = &self.ips[j]

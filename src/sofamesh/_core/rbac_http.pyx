@@ -12,7 +12,7 @@ from sofamesh._core.http_stream cimport HttpFilter, HttpStream, FILTER_CONTINUE,
 from sofamesh._core.rbac cimport (
     RbacPolicies, RbacRequest, RbacStats, rbac_parse_ip, ADDR_REMOTE, ADDR_LOCAL,
     PSEUDO_METHOD, PSEUDO_PATH, PSEUDO_AUTHORITY, PSEUDO_HOST, PSEUDO_SCHEME,
-    PSEUDO_PRINCIPAL, PSEUDO_SNI, tls_pseudo, header_slot,
+    PSEUDO_PRINCIPAL, PSEUDO_SNI, tls_pseudo, header_slot, joined_header,
 )
 from sofamesh._core.stats cimport Store
 
@@ -38,7 +38,7 @@ cdef class HttpRbacRequest(RbacRequest):
         if which == ADDR_REMOTE and not self.s.cfg.use_remote_address:
             # Envoy's original client address without use_remote_address: the last
             # x-forwarded-for entry when it is an IP address, else the peer
-            xff = self.cached_header(_XFF_SLOT, _XFF)
+            xff = joined_header(self.cached_header(_XFF_SLOT, _XFF))
             if xff is not None:
                 p = PyBytes_AS_STRING(xff)
                 n = PyBytes_GET_SIZE(xff)
@@ -61,7 +61,20 @@ cdef class HttpRbacRequest(RbacRequest):
         return 0
 
     cdef object header(self, bytes name):
-        return self.h.get_all(name)
+        cdef HeaderMap h = self.h
+        cdef int n = <int>PyBytes_GET_SIZE(name)
+        cdef const char* p = PyBytes_AS_STRING(name)
+        cdef int i = h.find_from(p, n, 0), j
+        if i < 0:
+            return None
+        j = h.find_from(p, n, i + 1)
+        if j < 0:
+            return h.value_at(i)
+        out = [h.value_at(i)]
+        while j >= 0:
+            out.append(h.value_at(j))
+            j = h.find_from(p, n, j + 1)
+        return tuple(out)
 
     cdef int pseudo_view(self, int which, const char** p, Py_ssize_t* n) except -1:
         # the method and path as views into the request's header map (no bytes per check)

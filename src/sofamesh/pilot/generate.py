@@ -706,6 +706,14 @@ class Generator:
             )
         elif any(p.requests_per_second is not None for p in live.values()):
             self._problem("rate policies need the pilot's --mixer: not enforced")
+        for n, p in sorted(live.items()):
+            ports = [port for port, _ in self.services[n].tcp_ports]
+            if p.requests_per_second is not None and ports:
+                # tcp_proxy sees connections, not requests: said, not silently ignored
+                self._problem(
+                    f"rate policy of {n}: not enforced on its TCP port(s) "
+                    f"{', '.join(map(str, ports))} (tcp_proxy has no requests to count)"
+                )
         if rates and self.mixer is not None:
             self._set(CDS, _res(MIXER_CLUSTER, CDS, mixer_cluster(*self.mixer)), True, ch)
         else:

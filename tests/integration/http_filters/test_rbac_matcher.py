@@ -54,6 +54,11 @@ CASES = [
     [("x-role", "guest"), ("x-team", "ops")],
     [("x-team", "sales")],
     [("x-role", "ADMIN")],
+    # sent twice: the matcher form's header input is the values joined by "," (Envoy's),
+    # unlike a policy's header rule, which takes either value (test_rbac_index.py)
+    [("x-role", "admin"), ("x-role", "guest"), ("x-team", "ops")],
+    [("x-role", "guest"), ("x-role", "admin")],
+    [("x-team", "ops"), ("x-team", "sales")],
 ]
 
 

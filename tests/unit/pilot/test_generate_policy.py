@@ -103,6 +103,17 @@ def test_rate_policy_needs_the_mixer_and_brings_its_cluster():
     assert any("--mixer" in p for p in g2.problems)
 
 
+def test_rate_policy_on_a_tcp_service_is_reported_not_enforced():
+    g = _gen(
+        {"db": {"rate": {"requests_per_second": 7}}, "x": {"rate": {"requests_per_second": 5}}}
+    )
+    assert [p for p in g.problems if "rate policy" in p] == [
+        "rate policy of db: not enforced on its TCP port(s) 5432 (tcp_proxy has no requests to count)"
+    ]
+    tcp = _listener(g, "127.0.0.1_5432").filter_chains[0].filters
+    assert [f.name for f in tcp] == ["envoy.filters.network.tcp_proxy"]
+
+
 def test_a_new_instance_of_the_allowed_service_changes_only_the_protected_vhost():
     store = BaseStore()
     store.records = {"x": {"access": {"allow_from": ["y"]}}}

@@ -393,7 +393,7 @@ def _predicate(pred: Any, path: str, names: set[str] | None = None) -> Any:
     hm.string_match.ParseFromString(sp.value_match.SerializeToString())
     if names is not None:
         names.add(inp.header_name.lower())
-    return _Compiler()._header(hm, f"{spath}.value_match")
+    return _Compiler()._header(hm, f"{spath}.value_match", each_value=False)
 
 
 def factory(typed_config: Any, context: dict) -> Any:

@@ -70,7 +70,10 @@ class _Compiler:
             policies.append((name, perms, who))
         return C.RbacEngine(action, policies, sorted(self.header_names))
 
-    def _header(self, h: Any, path: str) -> Any:
+    def _header(self, h: Any, path: str, each_value: bool = True) -> Any:
+        """A header rule: on a header sent more than once it holds when one value matches
+        (a permission's or principal's, as Envoy's); `each_value` False: the values joined
+        by "," are matched (an xds matcher's HttpRequestHeaderMatchInput)."""
         from sofamesh._core import rbac as C
         from sofamesh.proxy.routes import header_matcher
 
@@ -78,7 +81,7 @@ class _Compiler:
             if getattr(h, f, False):
                 raise UnsupportedConfig(f"{path}.{f} is not implemented by sofamesh")
         self.header_names.add(h.name.lower())
-        return C.HeaderRule(header_matcher(h, path))
+        return C.HeaderRule(header_matcher(h, path), each_value)
 
     def _path(self, pm: Any, path: str) -> Any:
         from sofamesh._core import rbac as C

@@ -103,7 +103,7 @@ class _MatcherCompiler:
         self.header_names.add(name)
         sm = string_matcher(sp.value_match, f"{path}.value_match")
         # a present header whose (joined) value the string matcher takes; absent: no match
-        return C.HeaderRule(R.HeaderMatcher(name, sm, True, False))
+        return C.HeaderRule(R.HeaderMatcher(name, sm, True, False), False)
 
 
 def compile_matcher(m: Any, path: str) -> Any:
