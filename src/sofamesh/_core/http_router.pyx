@@ -76,7 +76,7 @@ cdef class RouterStream(HttpStream):
         if cl is None:
             cfg.no_cluster.inc()
             self.resp_flags = "NC"
-            return self._local_reply(503, b"", None, False)
+            return self._local_reply(route.cluster_not_found, b"", None, False)
         self.cluster = cl
         cl.upstream_rq_total.inc()
         if cl.rq_active >= cl.max_requests:

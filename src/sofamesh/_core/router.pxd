@@ -133,6 +133,8 @@ cdef class Route:
     # retry_host_predicate previous_hosts: how many times a retry's host is re-chosen while
     # it is one already tried (host_selection_retry_max_attempts); -1: no predicate
     cdef readonly int prev_hosts
+    # RouteAction.cluster_not_found_response_code: the status when the cluster is unknown
+    cdef readonly int cluster_not_found
     cdef readonly str decorator           # decorator.operation: the span's name, or None
     # RA_PLUGIN: proxy.lua_cluster.LuaClusterSpecifier (its cluster(HeaderMap) -> str)
     cdef readonly object plugin

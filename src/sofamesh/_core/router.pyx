@@ -145,9 +145,11 @@ cdef class Route:
                  vhost_name="", double grpc_timeout_max=-1.0, double grpc_timeout_offset=0.0,
                  decorator=None, plugin=None, double max_grpc_timeout=-1.0,
                  double grpc_offset=0.0, bint attempt_count=False,
-                 bint attempt_count_resp=False, int prev_hosts=-1):
+                 bint attempt_count_resp=False, int prev_hosts=-1,
+                 int cluster_not_found=503):
         self.name = name
         self.prev_hosts = prev_hosts
+        self.cluster_not_found = cluster_not_found
         self.max_grpc_timeout = max_grpc_timeout
         self.grpc_offset = grpc_offset
         self.attempt_count = attempt_count

@@ -349,6 +349,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "cluster_specifier_plugin",  # names one of RouteConfiguration.cluster_specifier_plugins
         "max_grpc_timeout",  # a gRPC request's grpc-timeout as its timeout (http_grpc.pyx)
         "grpc_timeout_offset",
+        "cluster_not_found_response_code",  # the local reply's status when it is unknown
     ),
     _RT + "RouteAction.HashPolicy": ("header", "terminal"),
     _RT + "RouteAction.HashPolicy.Header": ("header_name",),

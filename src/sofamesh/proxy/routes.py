@@ -11,6 +11,8 @@ from sofamesh._core import router as R
 from sofamesh.proxy.errors import UnsupportedConfig
 
 DEFAULT_TIMEOUT_S = 15.0
+# RouteAction.ClusterNotFoundResponseCode -> status
+_CLUSTER_NOT_FOUND = {0: 503, 1: 404, 2: 500}
 PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
@@ -499,6 +501,8 @@ def _route_action(a, apath, kw, clusters, plugin_ctx=({}, None)) -> None:
                 )
             # a retry re-chooses a host already tried, up to this many times (Envoy's default 1)
             kw["prev_hosts"] = rp.host_selection_retry_max_attempts or 1
+    if a.cluster_not_found_response_code:  # SERVICE_UNAVAILABLE (0) is the default 503
+        kw["cluster_not_found"] = _CLUSTER_NOT_FOUND[a.cluster_not_found_response_code]
     if a.request_mirror_policies:
         kw["mirrors"] = _mirrors(a, apath, clusters)
     if a.hash_policy:

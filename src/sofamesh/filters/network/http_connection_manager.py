@@ -84,9 +84,12 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         )
     if hcm.codec_type not in (0, 1, 2):  # AUTO, HTTP1, HTTP2
         raise UnsupportedConfig(f"{path}.typed_config.codec_type: HTTP/3 is not implemented")
+    rc = hcm.route_config
+    # validate_clusters: a static route config's cluster references are checked unless false
+    check = not rc.HasField("validate_clusters") or rc.validate_clusters.value
     routes = compile_route_config(
         hcm.route_config,
-        clusters=set(server.clusters),
+        clusters=set(server.clusters) if check else None,
         per_filter=server._per_filter,
         path=f"{path}.typed_config.route_config",
         strip_port=hcm.strip_any_host_port,
