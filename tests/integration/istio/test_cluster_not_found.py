@@ -34,7 +34,7 @@ def _routes() -> dict:
     }
 
 
-def test_cluster_not_found_response_code_as_envoy(pair):
+def test_cluster_not_found_response_code_as_envoy(pair):  # noqa: F811 (the fixture)
     envoy, ours = pair(http_filters=[], hcm_extra={"route_config": _routes()})
     got = {}
     for path in ("/404", "/500", "/503", "/default", "/ok"):
