@@ -85,8 +85,15 @@ def make_leaf(
     ips: tuple[str, ...] = ("127.0.0.1",),
     expired: bool = False,
     days: float = 10,
+    org: str = "",
+    unit: str = "",
 ) -> Pair:
     key = ec.generate_private_key(ec.SECP256R1())
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if unit:
+        subject.insert(0, x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    if org:
+        subject.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.UniformResourceIdentifier(u) for u in uris]
     sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
@@ -96,7 +103,7 @@ def make_leaf(
         start, end = _now() - dt.timedelta(hours=1), _now() + dt.timedelta(days=days)
     b = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

@@ -49,6 +49,11 @@ cdef class HcmConfig:
     cdef public bint rid_in_response        # always_set_request_id_in_response
     cdef public bytes via                   # the via header's value, or None
     cdef public bint skip_xff_append
+    # forward_client_cert_details (XFCC_*: Envoy's enum values) and, for APPEND_FORWARD and
+    # SANITIZE_SET, (transport) -> str | None: the client certificate's details as
+    # set_current_client_cert_details asks (None: not mutual TLS; proxy/xfcc.py)
+    cdef public int xfcc
+    cdef public object xfcc_details
     cdef public bytes local_ip              # appended to x-forwarded-for for loopback peers
     cdef public bint preserve_external_request_id
     cdef public bint normalize_path

@@ -203,6 +203,15 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "path_with_escaped_slashes_action",
         "request_id_extension",  # envoy.request_id.uuid (the one sofamesh generates)
         "add_user_agent",  # filters/http/hcm_user_agent.py, first in the chain
+        "forward_client_cert_details",  # x-forwarded-client-cert (proxy/xfcc.py)
+        "set_current_client_cert_details",
+    ),
+    _HCM + "HttpConnectionManager.SetCurrentClientCertDetails": (
+        "subject",
+        "cert",
+        "chain",  # refused by proxy/xfcc.py: the client's chain is not available
+        "dns",
+        "uri",
     ),
     _HCM + "RequestIDExtension": ("typed_config",),
     "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": (),  # NO_EFFECT lists both

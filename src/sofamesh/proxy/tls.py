@@ -369,6 +369,10 @@ class TlsContext:
                 _load_cert_chain(ctx, chain, key, pw)
             except (ssl.SSLError, OSError) as e:
                 raise UnsupportedConfig(f"{cpath}: Failed to load certificate chain: {e}") from None
+            if self.server_side:  # x-forwarded-client-cert's By= (proxy/xfcc.py)
+                from sofamesh.proxy.xfcc import local_uris
+
+                ctx._sofamesh_local_uris = local_uris(chain)  # type: ignore[attr-defined]
         if self.server_side and not certs:
             raise UnsupportedConfig(f"{path}: No TLS certificates found for server context")
         v = self._validation()

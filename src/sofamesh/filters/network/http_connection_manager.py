@@ -201,6 +201,10 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
     )
     if hcm.HasField("drain_timeout"):
         cfg.drain_timeout = dur(hcm.drain_timeout)
+    if hcm.forward_client_cert_details or hcm.HasField("set_current_client_cert_details"):
+        from sofamesh.proxy.xfcc import configure
+
+        configure(cfg, hcm, f"{path}.typed_config")
     if hcm.HasField("tracing"):
         from sofamesh.proxy import tracing
 
