@@ -41,6 +41,7 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v java >/dev/null || need_apt+=(default-jre-headless)
 command -v chromium >/dev/null || need_apt+=(chromium)  # the mixer's web page test
 command -v valgrind >/dev/null || need_apt+=(valgrind)  # the performance-regression gate
+command -v iptables >/dev/null || need_apt+=(iptables)  # transparent interception test
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

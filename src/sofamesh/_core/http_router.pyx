@@ -629,7 +629,13 @@ cdef class RouterStream(HttpStream):
     cdef int _assign(self, Host host) except -1:
         cdef Cluster cl = self.cluster
         cdef int _k
-        if host is None:
+        if host is None and cl.original_dst is not None:
+            # ORIGINAL_DST (CLUSTER_PROVIDED): the downstream's original destination, or the
+            # x-envoy-original-dst-host header with use_http_header (proxy/original_dst.py)
+            od = cl.original_dst
+            host = od.pick(self.transport, self.head.get_all(od.header) if od.use_header
+                           else None)
+        elif host is None:
             host = cl.choose()
             if self.tried_hosts:
                 # retry_host_predicate previous_hosts: choose again, up to

@@ -153,7 +153,12 @@ cdef class TcpDownstream:
         self.cfg.downstream_cx_total.inc()
         self.cfg.downstream_cx_active.inc()
         cl = self.cfg.clusters.get(self.cfg.pick())
-        h = cl.choose() if cl is not None else None
+        if cl is None:
+            h = None
+        elif cl.original_dst is not None:   # ORIGINAL_DST: proxy/original_dst.py
+            h = cl.original_dst.pick(transport, None)
+        else:
+            h = cl.choose()
         if h is None:
             self.cfg.downstream_cx_no_route.inc()
             self.flags = "UH"

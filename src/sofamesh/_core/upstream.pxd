@@ -170,6 +170,9 @@ cdef class Cluster:
     # zone state of this cluster and of those whose local cluster this is is recomputed
     cdef public ZoneRouting zone
     cdef public dict watchers
+    # ORIGINAL_DST: proxy.original_dst.OriginalDstHosts (pick(transport, header) -> Host),
+    # which the router and tcp_proxy ask instead of choose(); None otherwise
+    cdef public object original_dst
 
     cdef Host choose(self)
     cdef Host _choose_level(self)

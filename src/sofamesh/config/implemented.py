@@ -117,6 +117,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "listener_filters_timeout",
         "continue_on_listener_filters_timeout",
         "bind_to_port",  # true only (ALLOWED_IF)
+        "use_original_dst",  # hands a connection to the listener at its original destination
         "enable_reuse_port",  # true only
     ),
     # transport sockets and typed extension options are judged by type URL: an extension
@@ -448,7 +449,16 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.metrics.v3.TagSpecifier": ("tag_name", "regex", "fixed_value"),
     "envoy.config.metrics.v3.StatsMatcher": ("reject_all", "exclusion_list", "inclusion_list"),
     "envoy.type.matcher.v3.ListStringMatcher": ("patterns",),
+    _CL + "Cluster.OriginalDstLbConfig": (
+        "use_http_header",
+        "http_header_name",
+        "upstream_port_override",
+    ),
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst": (),
     _CL + "Cluster": (
+        # ORIGINAL_DST with CLUSTER_PROVIDED (proxy/original_dst.py)
+        "original_dst_lb_config",
+        "cleanup_interval",
         "alt_stat_name",  # the cluster's stats under cluster.<alt_stat_name>.
         # on a cluster of pipes only (Istio's xds-grpc): TCP keepalive has no TCP socket to
         # act on; refused elsewhere by config/validate.py

@@ -106,12 +106,6 @@ GAPS: list[Gap] = [
     ),
     Gap(
         "envoy.config.cluster.v3.Cluster",
-        "type",
-        "cluster discovery type is not implemented by sofamesh",
-        values=("ORIGINAL_DST",),
-    ),
-    Gap(
-        "envoy.config.cluster.v3.Cluster",
         "cluster_type",
         "custom cluster types are not implemented by sofamesh",
     ),
@@ -119,7 +113,7 @@ GAPS: list[Gap] = [
         "envoy.config.cluster.v3.Cluster",
         "lb_policy",
         "load balancing policy is not implemented by sofamesh",
-        values=("MAGLEV", "CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG"),
+        values=("MAGLEV", "LOAD_BALANCING_POLICY_CONFIG"),
     ),
     Gap(
         "envoy.config.listener.v3.Listener",
@@ -205,8 +199,6 @@ NO_EFFECT: dict[str, dict[str, str]] = {
         # act only with a cluster type or lb_policy that is itself refused (a Gap), and
         # have no effect with any other, in Envoy as here
         "maglev_lb_config": "used only by lb_policy MAGLEV, which is refused",
-        "original_dst_lb_config": "used only by ORIGINAL_DST clusters, which are refused",
-        "cleanup_interval": "used only by ORIGINAL_DST clusters, which are refused",
     },
     _CL + "CircuitBreakers.Thresholds": {
         "priority": "HIGH thresholds apply only to HIGH priority routes, which are refused "
@@ -351,8 +343,8 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
 # health statuses are implemented (unhealthy, draining and timed-out hosts get no traffic).
 STATIC_ONLY: set[tuple[str, str]] = {(_EP + "LbEndpoint", "health_status")}
 # ALLOWED_IF rules that hold for xDS resources only: a static listener with bind_to_port
-# false is built but binds no socket (Server._start_listener), as in Envoy, where only a
-# use_original_dst listener (refused) could hand it a connection.
+# false is built but binds no socket (Server._start_listener), as in Envoy: a
+# use_original_dst listener hands it the connections to its address.
 DYNAMIC_ONLY: set[tuple[str, str]] = {(_LS + "Listener", "bind_to_port")}
 
 # A cluster's HttpProtocolOptions: explicit HTTP/1 options are read by Server._build_cluster

@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig
+from sofamesh.proxy import original_dst
 from sofamesh.proxy import tls as tls_mod
 from sofamesh.proxy.errors import UnsupportedConfig
 
@@ -28,6 +29,7 @@ log = logging.getLogger("sofamesh.proxy")
 
 TLS_INSPECTOR = ("envoy.filters.listener.tls_inspector", "envoy.listener.tls_inspector")
 HTTP_INSPECTOR = ("envoy.filters.listener.http_inspector", "envoy.listener.http_inspector")
+ORIGINAL_DST = ("envoy.filters.listener.original_dst", "envoy.listener.original_dst")
 MAX_CLIENT_HELLO = 16 * 1024  # Envoy's tls_inspector default max_client_hello_size
 
 # parse results
@@ -252,7 +254,7 @@ class _ConnInfo:
     __slots__ = ("alpn", "dst_ip", "dst_port", "sni", "src_ip", "src_port", "transport")
 
     def __init__(self, transport: Any) -> None:
-        local = transport.get_extra_info("sockname") or ("0.0.0.0", 0)
+        local = original_dst.local_address(transport) or ("0.0.0.0", 0)
         peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
         self.dst_ip = _ip(local[0])
         self.dst_port = local[1]
@@ -310,6 +312,9 @@ class ListenerChains:
         self.inspect_http = False
         self.timeout = 15.0
         self.continue_on_timeout = False
+        self.original_dst = False  # envoy.filters.listener.original_dst
+        self.use_original_dst = False  # Listener.use_original_dst: Server.listener_for
+        self.server: Any = None
         self.selecting: set[_Selector] = set()
         self.only: FilterChain | None = None  # the one chain, when it matches everything
         self._draining = False
@@ -418,6 +423,18 @@ class _Selector:
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         lc = self.chains
+        if lc.original_dst:
+            dst = original_dst.restore(transport)
+            if dst is not None and lc.use_original_dst:
+                # Listener.use_original_dst: the listener at the original destination
+                # serves the connection (its own listener filters run), else this one
+                other = lc.server.listener_for(dst)
+                if other is not None and other is not lc:
+                    self.done = True
+                    inner = other.protocol_factory()
+                    transport.set_protocol(inner)
+                    inner.connection_made(transport)
+                    return
         if not (lc.inspect_tls or lc.inspect_http):
             self._hand_over(None)
             return
@@ -537,6 +554,8 @@ def needs_chains(lst: Any) -> bool:
     """Whether a listener needs chain selection (else its one chain serves the socket)."""
     if len(lst.filter_chains) != 1 or lst.HasField("default_filter_chain"):
         return True
+    if lst.use_original_dst.value:
+        return True
     ch = lst.filter_chains[0]
     if ch.HasField("filter_chain_match") or ch.HasField("transport_socket"):
         return True
@@ -549,6 +568,8 @@ def _listener_filter_kind(f: Any) -> str | None:
         return "tls"
     if f.name in HTTP_INSPECTOR or url.endswith("http_inspector.v3.HttpInspector"):
         return "http"
+    if f.name in ORIGINAL_DST or url.endswith("original_dst.v3.OriginalDst"):
+        return "original_dst"
     return None
 
 
@@ -563,12 +584,18 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
             lc.inspect_tls = True
         elif kind == "http":
             lc.inspect_http = True
+        elif kind == "original_dst":
+            lc.original_dst = True
         elif f.HasField("filter_disabled"):
             raise UnsupportedConfig(f"{fpath}.filter_disabled: not implemented by sofamesh")
     if lst.HasField("listener_filters_timeout"):
         t = lst.listener_filters_timeout
         lc.timeout = t.seconds + t.nanos / 1e9
     lc.continue_on_timeout = lst.continue_on_listener_filters_timeout
+    if lst.use_original_dst.value:
+        # Envoy adds the original_dst listener filter itself to such a listener
+        lc.original_dst = lc.use_original_dst = True
+        lc.server = server
     seen: dict[tuple, int] = {}
     rds = set()
     entries = [(i, ch, f"{path}.filter_chains[{i}]") for i, ch in enumerate(lst.filter_chains)]

@@ -8,6 +8,7 @@ Config is compiled here (Python, once); per-request work happens in sofamesh._co
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -51,6 +52,13 @@ def _network_spec(registry: Any, f: Any) -> Any:
     return registry.lookup_filter(
         "network", f.name, f.typed_config if f.HasField("typed_config") else None
     )
+
+
+def _norm_ip(ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ip
 
 
 @dataclass
@@ -118,6 +126,7 @@ class Server:
         self.stats = stats if stats is not None else Store()
         self.options = options
         self.listeners: list[ListenerInfo] = []
+        self._by_address: tuple | None = None  # listener_for's index
         self.clusters: dict[str, Cluster] = {}
         self._health_failed = False
         self._rt: dict[str, _ClusterRuntime] = {}
@@ -157,7 +166,7 @@ class Server:
         ctype = cluster_pb2.Cluster.DiscoveryType.Name(c.type)
         if c.WhichOneof("cluster_discovery_type") == "cluster_type":
             raise UnsupportedConfig(f"{path}.cluster_type: custom clusters are not supported")
-        if ctype not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS"):
+        if ctype not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST"):
             raise UnsupportedConfig(f"{path}.type: {ctype} clusters are not supported")
         if ctype == "EDS":  # ads, api_config_source or a path (sofamesh.xds.settings)
             from sofamesh.xds.settings import source_spec, static_targets
@@ -168,9 +177,15 @@ class Server:
                 static_targets(self.bootstrap),
             )
         lb = cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)
-        if lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"):
+        original = ctype == "ORIGINAL_DST" or lb == "CLUSTER_PROVIDED"
+        if original:
+            from sofamesh.proxy.original_dst import check_cluster
+
+            check_cluster(c, ctype, lb, path)
+        elif lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"):
             raise UnsupportedConfig(f"{path}.lb_policy: {lb} is not supported")
-        kw: dict[str, Any] = {"lb_policy": lb, "config": c}
+        # an ORIGINAL_DST cluster's hosts are made per destination (OriginalDstHosts.pick)
+        kw: dict[str, Any] = {"lb_policy": "ROUND_ROBIN" if original else lb, "config": c}
         if lb == "RING_HASH" and c.ring_hash_lb_config.HasField("minimum_ring_size"):
             kw["ring_size"] = min(c.ring_hash_lb_config.minimum_ring_size.value, 1 << 20)
         if c.HasField("connect_timeout"):
@@ -247,6 +262,10 @@ class Server:
             )
         else:
             cl = Cluster(c.name, self.stats, hosts=hosts, **kw)
+        if original:
+            from sofamesh.proxy.original_dst import OriginalDstHosts
+
+            cl.original_dst = OriginalDstHosts(cl, c, self._loop)
         from sofamesh.proxy import outlier, tls
 
         # transport_socket(_matches); an HTTP/2 cluster offers ALPN h2 unless configured (Envoy)
@@ -400,8 +419,8 @@ class Server:
         view = self._listener_view(li, lst)
         assert self._loop is not None
         if lst.HasField("bind_to_port") and not lst.bind_to_port.value:
-            # built, listed and counted, but no socket: only a use_original_dst listener
-            # (refused) could hand it a connection, as in Envoy
+            # built, listed and counted, but no socket: a use_original_dst listener hands
+            # it the connections to its address (Server.listener_for), as in Envoy
             srv = _Unbound(sa.address, sa.port_value)
             bound = (sa.address, sa.port_value)
         elif lst.address.HasField("pipe"):
@@ -454,6 +473,26 @@ class Server:
         if pipe.mode and not path.startswith("\0"):
             os.chmod(path, pipe.mode)
         return srv
+
+    def listener_for(self, addr: tuple[str, int]) -> Any:
+        """The view of the listener at `addr` (a connection's original destination, for
+        Listener.use_original_dst): the one on that IP and port, else one on 0.0.0.0 / ::
+        and that port, else None (Envoy's findActiveListenerByAddress)."""
+        idx = self._by_address
+        if idx is None or idx[0] != len(self.listeners):
+            exact: dict[tuple[str, int], Any] = {}
+            wild: dict[int, Any] = {}
+            for info in self.listeners:
+                if info.hcm is None or not isinstance(info.address[1], int):
+                    continue
+                ip, port = info.address[0], info.address[1]
+                if ip in ("0.0.0.0", "::"):
+                    wild.setdefault(port, info.hcm)
+                else:
+                    exact.setdefault((_norm_ip(ip), port), info.hcm)
+            idx = self._by_address = (len(self.listeners), exact, wild)
+        view = idx[1].get((_norm_ip(addr[0]), addr[1]))
+        return view if view is not None else idx[2].get(addr[1])
 
     def admit(self, factory: Any, lst: Any) -> Any:
         """Listener `lst`'s protocol factory under the global connection limit, if any

@@ -22,6 +22,7 @@ ACCEPTED = {
     "gateway_k8s_http.json",
     "outbound_http_routes.json",
     "sidecar_outbound_tcp.json",
+    "sidecar_virtual_outbound.json",
 }
 
 
