@@ -5,6 +5,7 @@ cimport cython
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_common cimport fmt_address, mono, uuid4, DS_TUNNEL
 from sofamesh._core.upstream cimport Cluster
+from sofamesh.proxy.original_dst import local_address as _local_address
 
 
 cdef class HttpFilter:
@@ -289,7 +290,7 @@ cdef bytes _fmt_op(HttpStream s, str op, str arg):
             op == "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT":
         return s.remote_ip
     if op == "DOWNSTREAM_LOCAL_ADDRESS" or op == "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":
-        local = s.transport.get_extra_info("sockname") if s.transport is not None else None
+        local = _local_address(s.transport)
         if not local:
             return b""
         if op == "DOWNSTREAM_LOCAL_ADDRESS":

@@ -15,6 +15,7 @@ from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.http_stream cimport HttpFilter, HttpStream
 from sofamesh._core.router cimport Route, RA_DIRECT, RA_REDIRECT
+from sofamesh.proxy.original_dst import local_address as _local_address
 
 # filter_state keys of ResponseCapture
 CAPTURED = "sofamesh.access_log.response"
@@ -55,9 +56,7 @@ cdef class ResponseCapture(HttpFilter):
 
 def local_address(HttpStream s):
     """(ip, port) the downstream connection reached, or None."""
-    if s.transport is None:
-        return None
-    return s.transport.get_extra_info("sockname") or None
+    return _local_address(s.transport)     # the original destination, when restored
 
 
 def remote_port(HttpStream s):

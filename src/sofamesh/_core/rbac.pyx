@@ -17,6 +17,7 @@ from libc.string cimport memcmp, memcpy, memchr, memset
 
 from sofamesh._core.router cimport StringMatcher, HeaderMatcher, SM_EXACT, SM_PREFIX
 from sofamesh._core.stats cimport Store
+from sofamesh.proxy.original_dst import local_address as _local_address
 
 cdef extern from "arpa/inet.h" nogil:
     int inet_pton(int af, const char* src, void* dst)
@@ -795,7 +796,8 @@ cdef class _ConnRequest(RbacRequest):
 
     cdef int resolve(self, int which) except -1:
         cdef bytes ip
-        info = self.transport.get_extra_info("sockname" if which == ADDR_LOCAL else "peername")
+        info = (_local_address(self.transport) if which == ADDR_LOCAL
+                else self.transport.get_extra_info("peername"))
         if not info:
             return 0
         ip = str(info[0]).encode()

@@ -15,6 +15,7 @@ from sofamesh._core.rbac cimport (
     PSEUDO_PRINCIPAL, PSEUDO_SNI, tls_pseudo, header_slot, joined_header,
 )
 from sofamesh._core.stats cimport Store
+from sofamesh.proxy.original_dst import local_address as _local_address
 
 cdef bytes _DENIED = b"RBAC: access denied"
 cdef bytes _XFF = b"x-forwarded-for"
@@ -28,7 +29,7 @@ cdef class HttpRbacRequest(RbacRequest):
         cdef Py_ssize_t n, i, end
         if which == ADDR_LOCAL:
             t = self.s.transport
-            info = t.get_extra_info("sockname") if t is not None else None
+            info = _local_address(t)  # the original destination, when restored
             if info:
                 ip = str(info[0]).encode()
                 rbac_parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), &self.addr[which])

@@ -40,6 +40,7 @@ from sofamesh._core.rpc_tracing cimport (
     dubbo_trace_keys, trace_start, trace_request, trace_fail, trace_oneway,
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from sofamesh.proxy.original_dst import local_address as _local_address
 
 
 # Bolt status per failure (MOSN's mapping of the same conditions).
@@ -91,8 +92,12 @@ _WHY_TEXT = {
 cdef class RpcRbacRequest(RbacRequest):
     cdef int resolve(self, int which) except -1:
         cdef bytes ip
-        info = self.transport.get_extra_info("sockname" if which == ADDR_LOCAL else "peername") \
-            if self.transport is not None else None
+        if self.transport is None:
+            info = None
+        elif which == ADDR_LOCAL:
+            info = _local_address(self.transport)   # the original destination, when restored
+        else:
+            info = self.transport.get_extra_info("peername")
         if info:
             ip = str(info[0]).encode()
             rbac_parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), &self.addr[which])

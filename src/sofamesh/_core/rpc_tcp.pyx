@@ -12,6 +12,7 @@ from sofamesh._core.upstream cimport (Cluster, Host, OUTCOME_CONNECT_FAILED,
                                       OUTCOME_CONNECT_SUCCESS_FINAL, OUTCOME_TIMEOUT)
 from sofamesh._core.stats cimport Store
 from sofamesh._core.router cimport rng_next
+from sofamesh.proxy.original_dst import local_address as _local_address
 
 
 cdef class TcpProxyConfig:
@@ -147,7 +148,7 @@ cdef class TcpDownstream:
             self.wall_start = time.time()
             self.mono_start = self.last_active
             self.peer = transport.get_extra_info("peername")
-            self.local = transport.get_extra_info("sockname")
+            self.local = _local_address(transport)
         self.cfg.conns.add(self)
         self.cfg.arm_sweeper()
         self.cfg.downstream_cx_total.inc()

@@ -48,7 +48,10 @@ def restore(transport: Any) -> tuple[str, int] | None:
             return None
     except OSError:  # no NAT entry: the local address stays the socket's
         return None
-    _RESTORED[transport] = addr
+    try:
+        _RESTORED[transport] = addr
+    except TypeError:  # no weak reference to it: the address is used, not remembered
+        pass
     return addr
 
 
@@ -57,9 +60,13 @@ def local_address(transport: Any) -> tuple[str, int] | None:
     filter restored, else the socket's."""
     if transport is None:
         return None
-    addr = _RESTORED.get(transport)
-    if addr is not None:
-        return addr
+    if _RESTORED:
+        try:
+            addr = _RESTORED.get(transport)
+        except TypeError:  # a transport that takes no weak reference (TLS): never restored
+            addr = None
+        if addr is not None:
+            return addr
     name = transport.get_extra_info("sockname")
     return (name[0], name[1]) if name else None
 

@@ -35,6 +35,7 @@ HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_mana
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 H2 = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+ALS_FILE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
 def _addr(ip: str, port: int) -> dict:
@@ -50,7 +51,7 @@ def _tcp(cluster: str) -> list[dict]:
     ]
 
 
-def _hcm(prefix: str, cluster: str) -> list[dict]:
+def _hcm(prefix: str, cluster: str, log: Path) -> list[dict]:
     return [
         {
             "name": "envoy.filters.network.http_connection_manager",
@@ -58,6 +59,21 @@ def _hcm(prefix: str, cluster: str) -> list[dict]:
                 "@type": HCM,
                 "stat_prefix": prefix,
                 "codec_type": "AUTO",
+                # the downstream's local address is its original destination
+                "access_log": [
+                    {
+                        "name": "envoy.access_loggers.file",
+                        "typed_config": {
+                            "@type": ALS_FILE,
+                            "path": str(log),
+                            "log_format": {
+                                "text_format_source": {
+                                    "inline_string": f"{prefix} %DOWNSTREAM_LOCAL_ADDRESS%\n"
+                                }
+                            },
+                        },
+                    }
+                ],
                 "route_config": {
                     "name": prefix,
                     "virtual_hosts": [
@@ -100,7 +116,7 @@ def _static(name: str, hostport: str, h2: bool = False) -> dict:
     return c
 
 
-def bootstrap() -> dict:
+def bootstrap(log: Path) -> dict:
     return {
         "admin": {"address": _addr("127.0.0.1", 15000)},
         "static_resources": {
@@ -127,14 +143,14 @@ def bootstrap() -> dict:
                     "address": _addr("0.0.0.0", 8080),
                     "bind_to_port": False,
                     "traffic_direction": "OUTBOUND",
-                    "filter_chains": [{"filters": _hcm("outbound_0.0.0.0_8080", "web")}],
+                    "filter_chains": [{"filters": _hcm("outbound_0.0.0.0_8080", "web", log)}],
                 },
                 {
                     "name": "10.77.0.2_9090",
                     "address": _addr("10.77.0.2", 9090),
                     "bind_to_port": False,
                     "traffic_direction": "OUTBOUND",
-                    "filter_chains": [{"filters": _hcm("outbound_10.77.0.2_9090", "grpc")}],
+                    "filter_chains": [{"filters": _hcm("outbound_10.77.0.2_9090", "grpc", log)}],
                 },
             ],
             "clusters": [
@@ -256,7 +272,7 @@ def _stats(ns: Namespace) -> dict[str, int]:
 
 def _start(ns: Namespace, argv: list[str], workdir: Path) -> subprocess.Popen:
     cfg = workdir / "bootstrap.json"
-    cfg.write_text(json.dumps(bootstrap()))
+    cfg.write_text(json.dumps(bootstrap(workdir / "access.log")))
     cfg.chmod(0o644)
     log = open(workdir / "proxy.log", "wb")  # noqa: SIM115 (closed with the process)
     p = subprocess.Popen(
@@ -326,9 +342,10 @@ def _exercise(kind: str, ns: Namespace, workdir: Path) -> dict:
         }
         st = _stats(ns)
         seen["stats"] = {k: st.get(k, 0) for k in STAT_KEYS}
-        return seen
     finally:
         _stop(p)
+    seen["access log"] = sorted((workdir / "access.log").read_text().splitlines())
+    return seen
 
 
 @pytest.fixture
@@ -373,3 +390,4 @@ def test_istio_outbound_interception_as_envoy(namespace):
     assert ours["grpc"].startswith("echo:ping saw:")
     assert ours["tcp passthrough"] == "echo:hello"
     assert ours["stats"]["cluster.PassthroughCluster.upstream_cx_total"] >= 2
+    assert "outbound_0.0.0.0_8080 10.77.0.1:8080" in ours["access log"]
