@@ -1,8 +1,11 @@
-"""Transparent interception as an Istio sidecar runs it, in a network namespace this test
-makes: the iptables rule Istio installs for outbound traffic (every TCP connection the
-applications open to the service range is REDIRECTed to 15001; the proxy's own, by its uid
-1337, is not) sends an unchanged curl, an unchanged gRPC client and a raw TCP client through
-the proxy, which sees each connection's original destination (SO_ORIGINAL_DST).
+"""Transparent interception as an Istio sidecar runs it, in network namespaces this test
+makes. Outbound: the iptables rule Istio installs (every TCP connection the applications
+open to the service range is REDIRECTed to 15001; the proxy's own, by its uid 1337, is not)
+sends an unchanged curl, an unchanged gRPC client and a raw TCP client through the proxy,
+which sees each connection's original destination (SO_ORIGINAL_DST). Inbound: a client in
+another namespace, across a veth link, reaches the server namespace's applications through
+Istio's PREROUTING REDIRECT to 15006 and a virtualInbound listener (original_dst listener
+filter, chains by destination port, InboundPassthroughCluster for the rest).
 
 The proxy's config is Istio's virtualOutbound shape (tests/fixtures/istio
 sidecar_virtual_outbound.json): `virtualOutbound` on 0.0.0.0:15001 with `use_original_dst`
@@ -174,14 +177,14 @@ def bootstrap(log: Path) -> dict:
 
 
 class Namespace:
-    """A network namespace with loopback up, the service addresses on it, and Istio's
-    outbound REDIRECT once `intercept()` is called."""
+    """A network namespace with loopback up and `addresses` on it, and Istio's outbound
+    REDIRECT once `intercept()` is called."""
 
-    def __init__(self) -> None:
+    def __init__(self, addresses: tuple[str, ...] = (WEB, GRPC, TCP, OTHER)) -> None:
         self.name = f"smi-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         self.run(["ip", "link", "set", "lo", "up"])
-        for a in (WEB, GRPC, TCP, OTHER):
+        for a in addresses:
             self.run(["ip", "addr", "add", a.split(":")[0] + "/32", "dev", "lo"])
 
     def argv(self, argv: list[str]) -> list[str]:
@@ -270,9 +273,9 @@ def _stats(ns: Namespace) -> dict[str, int]:
     return out
 
 
-def _start(ns: Namespace, argv: list[str], workdir: Path) -> subprocess.Popen:
+def _start(ns: Namespace, argv: list[str], workdir: Path, config: dict) -> subprocess.Popen:
     cfg = workdir / "bootstrap.json"
-    cfg.write_text(json.dumps(bootstrap(workdir / "access.log")))
+    cfg.write_text(json.dumps(config))
     cfg.chmod(0o644)
     log = open(workdir / "proxy.log", "wb")  # noqa: SIM115 (closed with the process)
     p = subprocess.Popen(
@@ -324,13 +327,14 @@ STAT_KEYS = (
 )
 
 
+def _argv(kind: str) -> list[str]:
+    if kind == "envoy":
+        return [envoy_binary(), "--concurrency", "1", "-l", "warning", "--disable-hot-restart"]
+    return [*sofamesh_command(), "proxy", "--concurrency", "1", "-l", "warning"]
+
+
 def _exercise(kind: str, ns: Namespace, workdir: Path) -> dict:
-    argv = (
-        [envoy_binary(), "--concurrency", "1", "-l", "warning", "--disable-hot-restart"]
-        if kind == "envoy"
-        else [*sofamesh_command(), "proxy", "--concurrency", "1", "-l", "warning"]
-    )
-    p = _start(ns, argv, workdir)
+    p = _start(ns, _argv(kind), workdir, bootstrap(workdir / "access.log"))
     try:
         seen = {
             "curl web": _curl(ns, f"http://{WEB}/hello?x=1"),
@@ -391,3 +395,153 @@ def test_istio_outbound_interception_as_envoy(namespace):
     assert ours["tcp passthrough"] == "echo:hello"
     assert ours["stats"]["cluster.PassthroughCluster.upstream_cx_total"] >= 2
     assert "outbound_0.0.0.0_8080 10.77.0.1:8080" in ours["access log"]
+
+
+# -- inbound: a client in another namespace, Istio's PREROUTING REDIRECT to 15006 ------------
+POD = "10.88.0.2"  # the server namespace's address on the link between the two
+
+
+def inbound_bootstrap(log: Path) -> dict:
+    """Istio's virtualInbound shape: chains by destination port (HTTP 8080, gRPC 9090) to
+    the local applications, anything else to InboundPassthroughCluster (ORIGINAL_DST)."""
+
+    def chain(name: str, port: int, filters: list[dict]) -> dict:
+        return {"name": name, "filter_chain_match": {"destination_port": port}, "filters": filters}
+
+    return {
+        "admin": {"address": _addr("127.0.0.1", 15000)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "virtualInbound",
+                    "address": _addr("0.0.0.0", 15006),
+                    "traffic_direction": "INBOUND",
+                    "listener_filters": [
+                        {
+                            "name": "envoy.filters.listener.original_dst",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters."
+                                "listener.original_dst.v3.OriginalDst"
+                            },
+                        }
+                    ],
+                    "filter_chains": [
+                        chain(
+                            "0.0.0.0_8080",
+                            8080,
+                            _hcm("inbound_0.0.0.0_8080", "inbound|8080||", log),
+                        ),
+                        chain(
+                            "0.0.0.0_9090",
+                            9090,
+                            _hcm("inbound_0.0.0.0_9090", "inbound|9090||", log),
+                        ),
+                        {
+                            "name": "virtualInbound-catchall",
+                            "filters": _tcp("InboundPassthroughCluster"),
+                        },
+                    ],
+                }
+            ],
+            "clusters": [
+                _static("inbound|8080||", "127.0.0.1:8080"),
+                _static("inbound|9090||", "127.0.0.1:9090", h2=True),
+                {
+                    "name": "InboundPassthroughCluster",
+                    "type": "ORIGINAL_DST",
+                    "connect_timeout": "1s",
+                    "lb_policy": "CLUSTER_PROVIDED",
+                },
+            ],
+        },
+    }
+
+
+INBOUND_STATS = (
+    "http.inbound_0.0.0.0_8080.downstream_rq_total",
+    "http.inbound_0.0.0.0_9090.downstream_rq_total",
+    "cluster.inbound|8080||.upstream_rq_total",
+    "cluster.inbound|9090||.upstream_rq_total",
+    "cluster.InboundPassthroughCluster.upstream_cx_total",
+)
+
+
+@pytest.fixture
+def pod():
+    """(client namespace, server namespace): a veth link between them, the server's
+    applications on 0.0.0.0 (HTTP 8080, gRPC 9090, TCP 7070) and Istio's inbound REDIRECT of
+    what arrives on the link to 15006."""
+    if shutil.which("iptables") is None:
+        pytest.fail("iptables is needed (ci/install.sh installs it)")
+    client, server = Namespace(()), Namespace(())
+    apps = None
+    try:
+        veth = f"v{uuid.uuid4().hex[:6]}"
+        subprocess.run(
+            ["ip", "link", "add", veth + "c", "netns", client.name, "type", "veth",
+             "peer", "name", veth + "s", "netns", server.name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        client.run(["ip", "addr", "add", "10.88.0.1/24", "dev", veth + "c"])
+        client.run(["ip", "link", "set", veth + "c", "up"])
+        server.run(["ip", "addr", "add", POD + "/24", "dev", veth + "s"])
+        server.run(["ip", "link", "set", veth + "s", "up"])
+        apps = subprocess.Popen(
+            server.argv([sys.executable, "-m", "tests.support.netns_apps",
+                         "0.0.0.0:8080", "0.0.0.0:9090", "0.0.0.0:7070"]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True,
+        )  # fmt: skip
+        assert apps.stdout is not None
+        assert apps.stdout.readline().strip() == "ready"
+        server.run(
+            ["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-i", veth + "s",
+             "-j", "REDIRECT", "--to-ports", "15006"]
+        )  # fmt: skip
+        yield client, server
+    finally:
+        if apps is not None:
+            if apps.stdin:
+                apps.stdin.close()
+            apps.kill()
+            apps.wait()
+        client.delete()
+        server.delete()
+
+
+def _exercise_inbound(kind: str, client: Namespace, server: Namespace, workdir: Path) -> dict:
+    p = _start(server, _argv(kind), workdir, inbound_bootstrap(workdir / "access.log"))
+    try:
+        seen = {
+            "curl": _curl(client, f"http://{POD}:8080/in?y=2"),
+            "grpc": _py(client, GRPC_CLIENT, f"{POD}:9090"),
+            "tcp passthrough": _py(client, TCP_CLIENT, f"{POD}:7070"),
+            "tcp passthrough, nobody listening": _py(client, TCP_CLIENT, f"{POD}:7071"),
+        }
+        st = _stats(server)
+        seen["stats"] = {k: st.get(k, 0) for k in INBOUND_STATS}
+    finally:
+        _stop(p)
+    seen["access log"] = sorted((workdir / "access.log").read_text().splitlines())
+    return seen
+
+
+def test_istio_inbound_interception_as_envoy(pod):
+    client, server = pod
+    work = Path(tempfile.mkdtemp(prefix="smi-"))
+    work.chmod(0o777)
+    try:
+        got = {}
+        for k in ("envoy", "sofamesh"):
+            (work / k).mkdir()
+            (work / k).chmod(0o777)
+            got[k] = _exercise_inbound(k, client, server, work / k)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ours, envoy = got["sofamesh"], got["envoy"]
+    assert ours == envoy, json.dumps(got, indent=1)
+    assert "x-sidecar-route: inbound_0.0.0.0_8080" in ours["curl"]
+    assert "path=/in?y=2" in ours["curl"]
+    assert ours["grpc"].startswith("echo:ping saw:")
+    assert ours["tcp passthrough"] == "echo:hello"
+    assert ours["stats"]["cluster.InboundPassthroughCluster.upstream_cx_total"] >= 1
+    assert f"inbound_0.0.0.0_8080 {POD}:8080" in ours["access log"]
