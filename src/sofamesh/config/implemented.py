@@ -169,7 +169,19 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     _TLS + "SubjectAltNameMatcher": ("san_type", "matcher"),  # not OTHER_NAME (ALLOWED_IF)
     _LS + "Filter": ("name", "typed_config"),
-    _LS + "ListenerFilter": ("name", "typed_config"),
+    _LS + "ListenerFilter": (
+        "name",
+        "typed_config",
+        "filter_disabled",  # on the inspectors, by destination port (proxy/listener_chains.py)
+    ),
+    _LS + "ListenerFilterChainMatchPredicate": (
+        "or_match",
+        "and_match",
+        "not_match",
+        "any_match",
+        "destination_port_range",
+    ),
+    _LS + "ListenerFilterChainMatchPredicate.MatchSet": ("rules",),
     _HCM + "HttpConnectionManager": (
         "codec_type",
         "stat_prefix",

@@ -312,6 +312,9 @@ class ListenerChains:
         self.inspect_http = False
         self.timeout = 15.0
         self.continue_on_timeout = False
+        # ListenerFilter.filter_disabled of the inspectors: (destination port) -> disabled
+        self.tls_disabled: Any = None
+        self.http_disabled: Any = None
         self.original_dst = False  # envoy.filters.listener.original_dst
         self.use_original_dst = False  # Listener.use_original_dst: Server.listener_for
         self.server: Any = None
@@ -411,7 +414,7 @@ def _bump(c: Any) -> None:
 class _Selector:
     """A connection's protocol until its filter chain is chosen (asyncio Protocol)."""
 
-    __slots__ = ("buf", "chains", "done", "timer", "transport")
+    __slots__ = ("buf", "chains", "done", "http", "timer", "tls", "transport")
 
     def __init__(self, chains: ListenerChains) -> None:
         self.chains = chains
@@ -419,6 +422,8 @@ class _Selector:
         self.buf = b""
         self.timer: Any = None
         self.done = False
+        self.tls = chains.inspect_tls  # the inspectors this connection runs (filter_disabled)
+        self.http = chains.inspect_http
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -435,7 +440,14 @@ class _Selector:
                     transport.set_protocol(inner)
                     inner.connection_made(transport)
                     return
-        if not (lc.inspect_tls or lc.inspect_http):
+        if lc.tls_disabled is not None or lc.http_disabled is not None:
+            # ListenerFilter.filter_disabled: an inspector this connection does not run
+            port = _ConnInfo(transport).dst_port
+            if self.tls and lc.tls_disabled is not None and lc.tls_disabled(port):
+                self.tls = False
+            if self.http and lc.http_disabled is not None and lc.http_disabled(port):
+                self.http = False
+        if not (self.tls or self.http):
             self._hand_over(None)
             return
         lc.selecting.add(self)
@@ -496,7 +508,7 @@ class _Selector:
         info = _ConnInfo(self.transport)
         buf = self.buf
         is_tls = False
-        if lc.inspect_tls:
+        if self.tls:
             state, sni, alpn = parse_client_hello(buf)
             if state == NEED_MORE and not final:
                 if len(buf) > MAX_CLIENT_HELLO:
@@ -513,7 +525,7 @@ class _Selector:
                 _bump(lc.ti["alpn_found" if alpn else "alpn_not_found"])
             else:
                 _bump(lc.ti["tls_not_found"])
-        if lc.inspect_http and not is_tls:
+        if self.http and not is_tls:
             state, proto = parse_http(buf)
             if state == NEED_MORE and not final:
                 return
@@ -579,15 +591,24 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
     for i, f in enumerate(lst.listener_filters):
         kind = _listener_filter_kind(f)
         fpath = f"{path}.listener_filters[{i}]"
+        off = (
+            disabled_when(f.filter_disabled, fpath + ".filter_disabled")
+            if f.HasField("filter_disabled")
+            else None
+        )
         if kind == "tls":
             _check_tls_inspector(f, fpath)
             lc.inspect_tls = True
+            lc.tls_disabled = off
         elif kind == "http":
             lc.inspect_http = True
+            lc.http_disabled = off
         elif kind == "original_dst":
             lc.original_dst = True
-        elif f.HasField("filter_disabled"):
-            raise UnsupportedConfig(f"{fpath}.filter_disabled: not implemented by sofamesh")
+            if off is not None:
+                raise UnsupportedConfig(
+                    f"{fpath}.filter_disabled: on original_dst, not implemented by sofamesh"
+                )
     if lst.HasField("listener_filters_timeout"):
         t = lst.listener_filters_timeout
         lc.timeout = t.seconds + t.nanos / 1e9
@@ -653,6 +674,28 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
             path,
         )
     return lc
+
+
+def disabled_when(p: Any, path: str) -> Any:
+    """A ListenerFilterChainMatchPredicate as (destination port) -> bool."""
+    kind = p.WhichOneof("rule")
+    if kind == "any_match":
+        return lambda port: True
+    if kind == "destination_port_range":
+        lo, hi = p.destination_port_range.start, p.destination_port_range.end
+        return lambda port: lo <= port < hi
+    if kind == "not_match":
+        inner = disabled_when(p.not_match, f"{path}.not_match")
+        return lambda port: not inner(port)
+    if kind in ("or_match", "and_match"):
+        rules = [
+            disabled_when(r, f"{path}.{kind}.rules[{i}]")
+            for i, r in enumerate(getattr(p, kind).rules)
+        ]
+        if kind == "or_match":
+            return lambda port: any(r(port) for r in rules)
+        return lambda port: all(r(port) for r in rules)
+    raise UnsupportedConfig(f"{path}: a predicate ({kind}) not implemented by sofamesh")
 
 
 def _hcm_rds(ch: Any) -> str:

@@ -130,11 +130,6 @@ IGNORED_BEFORE: list[tuple[str, Callable[[dict], None], str]] = [
         f"{HCM}.http_filters[0].disabled",
     ),
     (
-        "route_cluster_not_found_response_code",
-        lambda b: _route(b)["route"].update(cluster_not_found_response_code="NOT_FOUND"),
-        f"{R0}.route.cluster_not_found_response_code",
-    ),
-    (
         "retry_per_try_idle_timeout",
         lambda b: _route(b)["route"].update(
             retry_policy={"retry_on": "5xx", "per_try_idle_timeout": "1s"}
