@@ -7,11 +7,12 @@ TCP echo. Prints "ready" once all three listen."""
 from __future__ import annotations
 
 import socket
-import socketserver
 import sys
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.tcp_echo import EchoHandler, ThreadedServer
 
 
 def _hp(s: str) -> tuple[str, int]:
@@ -37,27 +38,13 @@ class _Web(BaseHTTPRequestHandler):
         pass
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while True:
-            data = self.request.recv(65536)
-            if not data:
-                return
-            self.request.sendall(b"echo:" + data)
-
-
-class _TcpServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
 def main() -> None:
     import grpc
 
     web, rpc, tcp = (_hp(a) for a in sys.argv[1:4])
     httpd = ThreadingHTTPServer(web, _Web)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    echo = _TcpServer(tcp, _Echo)
+    echo = ThreadedServer(tcp, EchoHandler)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:

@@ -139,17 +139,19 @@ class GrpcUnaryChannel(asyncio.Protocol):
         self.body: dict[int, bytearray] = {}
 
     # -- calls ------------------------------------------------------------------------------
-    def call(self, path: bytes, message: bytes, timeout: float, done: Done) -> None:
-        ms = max(int(timeout * 1000), 1)
-        headers = [
+    def _headers(self, path: bytes) -> list[tuple[bytes, bytes]]:
+        return [
             (b":method", b"POST"),
             (b":scheme", b"http"),
             (b":path", path),
             (b":authority", self.authority),
             (b"content-type", b"application/grpc"),
             (b"te", b"trailers"),
-            (b"grpc-timeout", b"%dm" % ms),
         ]
+
+    def call(self, path: bytes, message: bytes, timeout: float, done: Done) -> None:
+        headers = self._headers(path)
+        headers.append((b"grpc-timeout", b"%dm" % max(int(timeout * 1000), 1)))
         c = _Call(headers, b"\x00" + len(message).to_bytes(4, "big") + message, done)
         c.timer = self.loop.call_later(timeout, self._expire, c)
         self._start(c)
@@ -160,15 +162,7 @@ class GrpcUnaryChannel(asyncio.Protocol):
         """A client-streaming call on `path` (no deadline: it lasts until the server ends it,
         the connection is lost, or cancel()). `on_open()` is called once its HEADERS are sent
         (the connection is up and a stream was free)."""
-        headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":path", path),
-            (b":authority", self.authority),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
-        ]
-        c = _Call(headers, [], done, stream=True)
+        c = _Call(self._headers(path), [], done, stream=True)
         c.on_open = on_open
         s = ClientStream(self, c, max_buffered)
         self._start(c)

@@ -119,6 +119,15 @@ def _static(name: str, hostport: str, h2: bool = False) -> dict:
     return c
 
 
+def _original_dst(name: str) -> dict:
+    return {
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "connect_timeout": "1s",
+        "lb_policy": "CLUSTER_PROVIDED",
+    }
+
+
 def bootstrap(log: Path) -> dict:
     return {
         "admin": {"address": _addr("127.0.0.1", 15000)},
@@ -159,12 +168,7 @@ def bootstrap(log: Path) -> dict:
             "clusters": [
                 _static("web", WEB),
                 _static("grpc", GRPC, h2=True),
-                {
-                    "name": "PassthroughCluster",
-                    "type": "ORIGINAL_DST",
-                    "connect_timeout": "1s",
-                    "lb_policy": "CLUSTER_PROVIDED",
-                },
+                _original_dst("PassthroughCluster"),
                 {
                     "name": "BlackHoleCluster",
                     "type": "STATIC",
@@ -446,12 +450,7 @@ def inbound_bootstrap(log: Path) -> dict:
             "clusters": [
                 _static("inbound|8080||", "127.0.0.1:8080"),
                 _static("inbound|9090||", "127.0.0.1:9090", h2=True),
-                {
-                    "name": "InboundPassthroughCluster",
-                    "type": "ORIGINAL_DST",
-                    "connect_timeout": "1s",
-                    "lb_policy": "CLUSTER_PROVIDED",
-                },
+                _original_dst("InboundPassthroughCluster"),
             ],
         },
     }

@@ -30,7 +30,7 @@ class Als(als_pb2_grpc.AccessLogServiceServicer):
         self.stall = stall
         self.release = threading.Event()
         self.ended = threading.Event()
-        self.active_at_end: bool | None = None
+        self.ended_by = ""  # how the requests ended: "end" (half-close) or "cancelled"
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(self, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -39,15 +39,26 @@ class Als(als_pb2_grpc.AccessLogServiceServicer):
     def StreamAccessLogs(self, request_iterator, context):
         if self.stall:
             self.release.wait(20)
+        self.ended_by = "end"
         try:
             for m in request_iterator:
                 self.got.append(m.identifier.log_name)
                 if m.identifier.log_name == "stop":
                     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "enough")
+        except grpc.RpcError:
+            self.ended_by = "cancelled"  # the client reset the stream
+            raise
         finally:
-            self.active_at_end = context.is_active()  # False: the client cancelled
             self.ended.set()
         return als_pb2.StreamAccessLogsResponse()
+
+
+async def _until(cond, seconds: float = 3.0) -> None:
+    """Waits (polling every 10 ms) until cond() holds or `seconds` pass."""
+    for _ in range(int(seconds * 100)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
 
 
 def _msg(name: str, pad: int = 0) -> bytes:
@@ -77,17 +88,11 @@ def test_messages_arrive_in_order_and_the_answer_reaches_done():
             # written before the connection is up: queued in the stream, sent on open
             assert st.write(_msg("m0")) and st.write(_msg("m1"))
             assert not st.is_open
-            for _ in range(100):
-                if st.is_open:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: st.is_open)
             assert st.is_open and opened == [1]
             for i in range(2, 50):
                 assert st.write(_msg(f"m{i}"))
-            for _ in range(300):
-                if len(s.got) == 50:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: len(s.got) == 50)
             got = list(s.got)
             # the client ends its side: the server returns its answer and status OK
             ch.codec.end_stream(st.c.sid)
@@ -97,7 +102,7 @@ def test_messages_arrive_in_order_and_the_answer_reaches_done():
             return got, code, data
 
         got, code, data = _run(go)
-        assert s.active_at_end is True
+        assert s.ended_by == "end"
         assert got == [f"m{i}" for i in range(50)]
         assert code == OK and data == b""
     finally:
@@ -120,10 +125,7 @@ def test_the_servers_status_ends_the_stream_and_writes_are_refused():
             done2 = loop.create_future()
             st2 = ch.open_stream(PATH, lambda code, d: done2.set_result(code))
             st2.write(_msg("again"))
-            for _ in range(300):
-                if "again" in s.got:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: "again" in s.got)
             st2.cancel()
             code2 = await asyncio.wait_for(done2, 5)
             ch.close()
@@ -145,10 +147,7 @@ def test_a_server_that_stops_reading_makes_write_refuse_at_the_bound():
         async def go(loop):
             ch = GrpcUnaryChannel(loop, "127.0.0.1", s.port, 2.0)
             st = ch.open_stream(PATH, lambda code, d: None, max_buffered=256 * 1024)
-            for _ in range(100):
-                if st.is_open:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: st.is_open)
             sent = refused = 0
             # 64 KiB messages: the server's windows (grpcio grows them up to some MiB) fill,
             # then our queue does; from there on every write is refused, not buffered
@@ -183,10 +182,7 @@ def test_cancel_is_a_cancelled_call_for_the_server():
             codes = []
             st = ch.open_stream(PATH, lambda code, d: codes.append(code))
             st.write(_msg("one"))
-            for _ in range(300):
-                if s.got:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: s.got)
             st.cancel()
             await asyncio.sleep(0.05)
             ch.close()
@@ -195,7 +191,7 @@ def test_cancel_is_a_cancelled_call_for_the_server():
         assert _run(go) == [CANCELLED]
         assert s.ended.wait(5)
         assert s.got == ["one"]
-        assert s.active_at_end is False
+        assert s.ended_by == "cancelled"
     finally:
         s.server.stop(0)
 

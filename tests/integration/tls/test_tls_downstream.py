@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import socketserver
 import ssl
 import subprocess
 import threading
@@ -20,6 +19,7 @@ import pytest
 from tests.conftest import envoy_binary, free_port, sofamesh_command
 from tests.support.certs import make_ca, make_crl, make_leaf
 from tests.support.envoy import ProxyProcess, admin_get
+from tests.support.tcp_echo import EchoHandler, ThreadedServer, header_echo
 
 TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 HCM = (
@@ -38,41 +38,9 @@ SPIFFE_A = "spiffe://mesh.local/ns/default/sa/a"
 SPIFFE_B = "spiffe://mesh.local/ns/default/sa/b"
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while True:
-            data = self.request.recv(65536)
-            if not data:
-                return
-            self.request.sendall(b"echo:" + data)
-
-
-class _XfpEcho(socketserver.BaseRequestHandler):
-    """HTTP/1.1: answers each request with the x-forwarded-proto it got."""
-
-    def handle(self) -> None:
-        buf = b""
-        while True:
-            data = self.request.recv(65536)
-            if not data:
-                return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                xfp = b"-"
-                for line in head.split(b"\r\n")[1:]:
-                    k, _, v = line.partition(b":")
-                    if k.strip().lower() == b"x-forwarded-proto":
-                        xfp = v.strip()
-                body = b"xfp=" + xfp
-                self.request.sendall(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-                )
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+_Echo = EchoHandler
+_XfpEcho = header_echo(b"x-forwarded-proto", b"xfp=")  # answers with the x-forwarded-proto
+_Server = ThreadedServer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socketserver
 import subprocess
 import threading
 from pathlib import Path
@@ -20,6 +19,7 @@ from tests.conftest import envoy_binary, free_port, sofamesh_command
 from tests.integration.tls.test_tls_downstream import HCM, SPIFFE_A, _addr, _client_ctx, _tls
 from tests.support.certs import make_ca, make_leaf
 from tests.support.envoy import ProxyProcess
+from tests.support.tcp_echo import ThreadedServer, header_echo
 
 GATEWAY = "spiffe://mesh.local/ns/istio-system/sa/gateway"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -45,35 +45,6 @@ INCOMING = {
     ],
 }
 CLIENTS = ("none", "client_a", "client_org")
-
-
-class _XfccEcho(socketserver.BaseRequestHandler):
-    """HTTP/1.1: answers each request with the x-forwarded-client-cert values it got, one
-    a line (or `-`)."""
-
-    def handle(self) -> None:
-        buf = b""
-        while True:
-            data = self.request.recv(65536)
-            if not data:
-                return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                got = [
-                    line.partition(b":")[2].strip()
-                    for line in head.split(b"\r\n")[1:]
-                    if line.partition(b":")[0].strip().lower() == b"x-forwarded-client-cert"
-                ]
-                body = b"\n".join(got) or b"-"
-                self.request.sendall(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-                )
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +159,7 @@ def _run(kind: str, pki: dict, echo: int, work: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def echo():
-    srv = _Server(("127.0.0.1", 0), _XfccEcho)
+    srv = ThreadedServer(("127.0.0.1", 0), header_echo(b"x-forwarded-client-cert"))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv.server_address[1]
     srv.shutdown()
