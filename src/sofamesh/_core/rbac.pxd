@@ -177,6 +177,10 @@ cdef class RbacPolicies:
 
 cdef class RbacStats:
     cdef Counter allowed, denied, shadow_allowed, shadow_denied
+    # the last check's shadow engine outcome (1 allowed, 0 denied, -1 no shadow engine) and
+    # its matched policy index (-1 none): the HTTP filter's dynamic metadata
+    cdef int shadow_result
+    cdef int shadow_policy
     # checks `p` against `r`, counts; 1 allowed / 0 denied (*policy: the enforced engine's
     # matched policy index, -1 none)
     cdef int check(self, RbacPolicies p, RbacRequest r, int* policy) except -1

@@ -766,14 +766,18 @@ cdef class RbacStats:
         self.shadow_denied = store.counter(_join(shadow_prefix, "shadow_denied"))
 
     cdef int check(self, RbacPolicies p, RbacRequest r, int* policy) except -1:
-        cdef int ignored = -1
+        cdef int shadow = -1
         policy[0] = -1
+        self.shadow_result = -1
         r.begin()
         if p.shadow is not None:
-            if p.shadow.allows(r, &ignored):
+            if p.shadow.allows(r, &shadow):
                 self.shadow_allowed.inc()
+                self.shadow_result = 1
             else:
                 self.shadow_denied.inc()
+                self.shadow_result = 0
+            self.shadow_policy = shadow
         if p.engine is None:
             return 1
         if p.engine.allows(r, policy):

@@ -18,3 +18,4 @@ cdef class RbacFilter(HttpFilter):
     cdef readonly RbacPolicies policies     # the filter's own (per-route config replaces it)
     cdef RbacStats st
     cdef HttpRbacRequest req                # reused: checks never overlap (one thread)
+    cdef str shadow_prefix                  # shadow_rules_stat_prefix (metadata field names)

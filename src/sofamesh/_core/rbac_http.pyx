@@ -18,6 +18,7 @@ from sofamesh._core.stats cimport Store
 from sofamesh.proxy.original_dst import local_address as _local_address
 
 cdef bytes _DENIED = b"RBAC: access denied"
+cdef tuple _META_KEY = ("metadata", "envoy.filters.http.rbac")   # filter_state key
 cdef bytes _XFF = b"x-forwarded-for"
 cdef int _XFF_SLOT = header_slot(_XFF)
 
@@ -118,6 +119,7 @@ cdef class RbacFilter(HttpFilter):
         self.policies = policies
         self.st = RbacStats(store, base + rules_stat_prefix, base + shadow_rules_stat_prefix)
         self.req = HttpRbacRequest.__new__(HttpRbacRequest)
+        self.shadow_prefix = shadow_rules_stat_prefix
 
     cpdef int decode_headers(self, HttpStream s, bint end_stream) except -1:
         cdef RbacPolicies p = self.policies
@@ -140,6 +142,22 @@ cdef class RbacFilter(HttpFilter):
         finally:
             r.s = None
             r.h = None
+        if self.st.shadow_result >= 0:
+            # Envoy's dynamic metadata `envoy.filters.http.rbac`: <shadow_rules_stat_prefix>
+            # shadow_engine_result, and shadow_effective_policy_id when a policy matched
+            # (read by tracing's metadata custom tags, as istiod's dry-run tags do)
+            meta = {self.shadow_prefix + "shadow_engine_result":
+                    "allowed" if self.st.shadow_result else "denied"}
+            if self.st.shadow_policy >= 0:
+                meta[self.shadow_prefix + "shadow_effective_policy_id"] = \
+                    p.shadow.names[self.st.shadow_policy]
+            if s.filter_state is None:
+                s.filter_state = {}
+            old = s.filter_state.get(_META_KEY)
+            if old is None:
+                s.filter_state[_META_KEY] = meta
+            else:                           # a second RBAC filter: fields merge, as Envoy's
+                old.update(meta)
         if ok:
             return FILTER_CONTINUE
         # Envoy's details: rbac_access_denied_matched_policy[<policy>|none]

@@ -74,6 +74,34 @@ def _bump(c: Any, n: int = 1) -> None:
     c.used = True
 
 
+def _metadata_tag(t: Any, path: str) -> tuple[str, str, tuple[str, ...], str]:
+    """A CustomTag.metadata of kind request: (tag, namespace, keys, default_value)."""
+    m = t.metadata
+    if m.kind.WhichOneof("kind") != "request":
+        raise UnsupportedConfig(
+            f"{path}.kind: only request metadata is implemented by sofamesh (the stream's "
+            "dynamic metadata)"
+        )
+    keys = []
+    for j, seg in enumerate(m.metadata_key.path):
+        if seg.WhichOneof("segment") != "key":
+            raise UnsupportedConfig(f"{path}.metadata_key.path[{j}]: only key segments")
+        keys.append(seg.key)
+    return t.tag, m.metadata_key.key, tuple(keys), m.default_value
+
+
+def dynamic_metadata(s: Any, namespace: str, keys: tuple[str, ...]) -> str | None:
+    """A string value of the stream's dynamic metadata (what filters set: RBAC's shadow
+    engine result and policy, proxy/xfcc has none), or None."""
+    fs = s.filter_state
+    v = fs.get(("metadata", namespace)) if fs else None
+    for k in keys:
+        if not isinstance(v, dict):
+            return None
+        v = v.get(k)
+    return v if isinstance(v, str) else None
+
+
 def _hdr(s: Any, name: bytes) -> str | None:
     v = s.get_request_header(name)
     return v.decode("latin-1") if v is not None else None
@@ -206,6 +234,8 @@ class Tracer:
         self.zone = node.locality.zone if node is not None else ""
         # (tag, value) literal ones, (tag, header name, default) request-header ones
         self.tags: list[tuple[str, str | None, str]] = []
+        # (tag, metadata namespace, path of keys, default): request dynamic metadata ones
+        self.meta_tags: list[tuple[str, str, tuple[str, ...], str]] = []
         for i, t in enumerate(tracing.custom_tags):
             kind = t.WhichOneof("type")
             if kind == "literal":
@@ -216,6 +246,8 @@ class Tracer:
             elif kind == "environment":
                 v = os.environ.get(t.environment.name, t.environment.default_value)
                 self.tags.append((t.tag, None, v))
+            elif kind == "metadata":
+                self.meta_tags.append(_metadata_tag(t, f"{path}.custom_tags[{i}].metadata"))
             else:
                 raise UnsupportedConfig(
                     f"{path}.custom_tags[{i}].{kind}: not implemented by sofamesh"
@@ -404,6 +436,12 @@ class Tracer:
             tags["error"] = "true"
         for tag, header, v in self.tags:
             got = _hdr(s, header.encode()) if header is not None else None
+            if got is not None:
+                tags[tag] = got
+            elif v:
+                tags[tag] = v
+        for tag, ns, keys, v in self.meta_tags:
+            got = dynamic_metadata(s, ns, keys)
             if got is not None:
                 tags[tag] = got
             elif v:

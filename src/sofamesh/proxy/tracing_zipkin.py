@@ -80,7 +80,8 @@ class ZipkinTracer(Tracer):
         return authority
 
     def finish(self, s: Any, span: Any, status: int) -> None:
-        js = self.writer.server_span(s, span, status, self.egress)
+        # tags from dynamic metadata: the Python path writes the span
+        js = None if self.meta_tags else self.writer.server_span(s, span, status, self.egress)
         if js is None:
             super().finish(s, span, status)
         else:
