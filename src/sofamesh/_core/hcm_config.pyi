@@ -10,6 +10,10 @@ def register_codec(name: str, factory: Callable[[HcmConfig], Any]) -> None: ...
 
 class HcmConfig:
     scheme: bytes | None  # b"https" on a TLS filter chain (x-forwarded-proto)
+    tracer: Any  # proxy.tracing.Tracer | None
+    drain_timeout: float
+    xfcc: int  # forward_client_cert_details (proxy/xfcc.py)
+    xfcc_details: Any  # (transport) -> str | None
     loop: Any
     stat_prefix: str
     routes: RouteTable
@@ -51,5 +55,7 @@ class HcmConfig:
         stream_idle_timeout: float = 0.0,
         reply_map: tuple | None = None,
         enable_trailers: bool = False,
+        codec_type: int = 0,
+        h2_options: dict | None = None,
     ) -> None: ...
     def protocol_factory(self) -> Any: ...

@@ -6,6 +6,7 @@ PROTO_BOLT: int
 PROTO_DUBBO: int
 
 class RpcProxyConfig:
+    rbac: Any  # _core.rbac.NetworkRbac-style checker of calls, or None
     proto: int
     stat_prefix: str
     table: RpcRouteTable

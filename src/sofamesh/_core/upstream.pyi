@@ -32,6 +32,10 @@ class Host:
     waiting: WaitQueue
     removed: bool
     outlier: OutlierMonitor | None  # outlier detection (proxy/outlier.py)
+    priority: int
+    locality: str
+    locality_weight: int
+    hc_port: int
     def __init__(self, address: str, port: int, weight: int = 1, hostname: str = "") -> None: ...
 
 class OutlierMonitor:
@@ -68,6 +72,7 @@ class HostSet:
 class Cluster:
     name: str
     config: Any
+    original_dst: Any  # proxy.original_dst.OriginalDstHosts | None
     hosts: tuple[Host, ...]
     lb_policy: int
     ring_size: int

@@ -153,9 +153,8 @@ def merge_topologies(tops: list[dict]) -> dict:
         breakers = [list(b) for b in c.get("breakers", [])]
         for b in breakers:  # a cluster's circuit breakers are shared: actives add up
             for t in tops[1:]:
-                for ob in next((x for x in t["clusters"] if x["name"] == c["name"]), {}).get(
-                    "breakers", []
-                ):
+                same: dict = next((x for x in t["clusters"] if x["name"] == c["name"]), {})
+                for ob in same.get("breakers", []):
                     if ob[0] == b[0]:
                         b[5:] = [x + y for x, y in zip(b[5:], ob[5:])]
         out["clusters"].append(

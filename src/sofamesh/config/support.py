@@ -334,7 +334,7 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
         "only ONE_TIME_ON_FIRST_BYTE (a connection is checked once, at its first bytes)",
     ),
     ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "max_connect_attempts"): (
-        lambda v: getattr(v, "value", v) <= 1,
+        lambda v: getattr(v, "value", v) <= 1,  # type: ignore[operator]
         "only 1 (no connect retries)",
     ),
 }

@@ -581,7 +581,9 @@ class Generator:
         structural = False  # vhosts or tcp listeners changed: rebuild the shared resources
         names = set(services)
         names.update(n for n, v in instances.items() if v)
-        pols = self.policy_source(instances) if self.policy_source is not None else {}
+        pols: dict[str, Resolved] = (
+            self.policy_source(instances) if self.policy_source is not None else {}
+        )
         if pols != self.policies:
             structural = True  # the HCM's RBAC / quota filters may change
             self.policies = pols

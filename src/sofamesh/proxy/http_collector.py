@@ -161,6 +161,7 @@ class HttpCollector:
                     _, self.conn = await asyncio.wait_for(
                         loop.create_connection(_Exchange, host.address, host.port), timeout
                     )
+                assert self.conn is not None
                 status, self.body, close = await self.conn.exchange(data, timeout)
                 if close:
                     self.drop()

@@ -254,6 +254,7 @@ class Server:
                 f"{path}.load_assignment: priority levels with RING_HASH are not implemented "
                 "by sofamesh"
             )
+        cl: Cluster
         if hc is not None:
             if self.health_link is None:
                 self.health_link = health_check.LocalLink(self.stats)
@@ -418,6 +419,7 @@ class Server:
         sa = lst.address.socket_address
         view = self._listener_view(li, lst)
         assert self._loop is not None
+        srv: Any
         if lst.HasField("bind_to_port") and not lst.bind_to_port.value:
             # built, listed and counted, but no socket: a use_original_dst listener hands
             # it the connections to its address (Server.listener_for), as in Envoy

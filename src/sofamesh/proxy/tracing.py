@@ -136,7 +136,7 @@ class SpanReporter:
     def __init__(
         self,
         loop: Any,
-        export: Callable[[list[SpanRecord]], Any],
+        export: Callable[[list[Any]], Any],  # SpanRecords, or spans queued as JSON bytes
         counters: dict[str, Any],
         name: str,
     ) -> None:
@@ -148,7 +148,7 @@ class SpanReporter:
         self.timer: Any = None
         self.busy = False
 
-    def enqueue(self, rec: SpanRecord) -> None:
+    def enqueue(self, rec: Any) -> None:  # a SpanRecord, or a span's JSON bytes (Zipkin)
         if len(self.pending) >= MAX_PENDING:
             _bump(self.c["dropped"])
             return
