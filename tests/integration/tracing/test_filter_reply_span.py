@@ -46,6 +46,22 @@ LIMIT = {
 SEEN: dict = {}
 
 
+def collected_spans(p, n: int) -> list:
+    """The Zipkin spans the proxy posted to its upstream, once `n` arrived or 15 s passed
+    (Envoy flushes every 5 s or 5 spans)."""
+    spans: list = []
+    deadline = time.monotonic() + 15
+    while len(spans) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        spans = [
+            s
+            for r in p.upstream.snapshot()
+            if r.target == "/api/v2/spans"
+            for s in json.loads(r.body)
+        ]
+    return spans
+
+
 def test_filter_replies_traced_with_the_route_cluster_as_envoy(proxies):  # noqa: F811
     p = proxies(
         hcm={"tracing": ZIPKIN},
@@ -60,16 +76,7 @@ def test_filter_replies_traced_with_the_route_cluster_as_envoy(proxies):  # noqa
         statuses.append(conn.getresponse().status)
         conn.close()
     assert statuses == [200, 200, 429, 403]
-    spans: list = []
-    deadline = time.monotonic() + 15  # Envoy flushes every 5 s or 5 spans
-    while len(spans) < 4 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        spans = [
-            s
-            for r in p.upstream.snapshot()
-            if r.target == "/api/v2/spans"
-            for s in json.loads(r.body)
-        ]
+    spans = collected_spans(p, 4)
     assert len(spans) == 4
     out = {}
     for s in spans:

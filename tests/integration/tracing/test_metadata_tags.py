@@ -8,10 +8,9 @@ a missing key its `default_value`. Real Envoy and `sofamesh proxy` (Zipkin): the
 from __future__ import annotations
 
 import http.client
-import json
-import time
 
 from tests.integration.http2.conftest import _cluster, proxies  # noqa: F401
+from tests.integration.tracing.test_filter_reply_span import collected_spans
 from tests.integration.tracing.test_request_id_sampling import zipkin_tracing
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -75,16 +74,7 @@ def test_metadata_custom_tags_as_envoy(proxies):  # noqa: F811
         conn.request("GET", path, headers={"host": "svc.local"})
         assert conn.getresponse().status == 200  # shadow rules only: nothing is denied
         conn.close()
-    spans: list = []
-    deadline = time.monotonic() + 15  # Envoy flushes every 5 s or 5 spans
-    while len(spans) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        spans = [
-            s
-            for r in p.upstream.snapshot()
-            if r.target == "/api/v2/spans"
-            for s in json.loads(r.body)
-        ]
+    spans = collected_spans(p, 3)
     assert len(spans) == 3
     out = {
         s["tags"]["http.url"]: {
