@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -206,6 +207,11 @@ class _Running:
         else:
             conn = http.client.HTTPConnection("127.0.0.1", self.ports[i], timeout=10)
         try:
+            # http.client sends the head and the body in two writes: corked, they leave
+            # together, so neither proxy can answer (say, an upstream's failure) before the
+            # request is complete, which would add `connection: close` by timing alone
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             own_host = "host" in headers
             conn.putrequest(method, path, skip_host=own_host, skip_accept_encoding=True)
             if not own_host:
@@ -215,6 +221,7 @@ class _Running:
             if body is not None:
                 conn.putheader("content-length", str(len(body)))
             conn.endheaders(body)
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
             r = conn.getresponse()
             data = r.read()
             hs = sorted(
