@@ -668,6 +668,8 @@ class RemoteLink:
         self.queued: list[dict] = []
         self.used: set[str] = set()
         self._watch: asyncio.Task | None = None
+        self.flagged: set[str] = set()  # clusters the main process has sent flags for
+        self._all_flagged: asyncio.Event | None = None
 
     def _emit(self, msg: dict) -> None:
         if self.live:
@@ -700,6 +702,22 @@ class RemoteLink:
         cl = self.clusters.get(msg["cluster"])
         if cl is not None:
             cl.apply_flags({(a, int(p)): int(f) for a, p, f in msg["flags"]}, msg["init"])
+            self.flagged.add(cl.name)
+            if self._all_flagged is not None and self.flagged >= set(self.clusters):
+                self._all_flagged.set()
+
+    async def current_flags(self, timeout: float) -> bool:
+        """Until the main process has sent this worker the flags of each checked cluster
+        (it answers the hc_hosts events with them once it has checked), or `timeout`: a
+        restarted worker serves no request to a host the pool knows is failed."""
+        if self.flagged >= set(self.clusters):
+            return True
+        self._all_flagged = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._all_flagged.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     async def start(self, wait_for: list[str]) -> None:
         self._watch = asyncio.get_running_loop().create_task(self._watch_traffic())

@@ -127,6 +127,7 @@ class Server:
         self.options = options
         self.listeners: list[ListenerInfo] = []
         self._by_address: tuple | None = None  # listener_for's index
+        self.defer_serving = False  # a pool worker waiting for the pool's health (start)
         self.clusters: dict[str, Cluster] = {}
         self._health_failed = False
         self._rt: dict[str, _ClusterRuntime] = {}
@@ -382,13 +383,22 @@ class Server:
         # the overload manager's global connection limit (None: none to enforce)
         self.global_cx = overload.from_bootstrap(self.bootstrap, self.options)
         reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
-        # a pool's worker serves only once it has the pool's current xDS config
+        # a pool's worker serves only once it has the pool's current xDS config, and with
+        # health-checked clusters the pool's current health (serve_all, by proxy.workers)
         serve = self.xds_feed is None or not self.bootstrap.HasField("dynamic_resources")
+        self.defer_serving = bool(getattr(self.health_link, "clusters", None)) and hasattr(
+            self.health_link, "current_flags"
+        )
         for li, lst in enumerate(self.bootstrap.static_resources.listeners):
-            await self._start_listener(li, lst, reuse_port, serve)
+            await self._start_listener(li, lst, reuse_port, serve and not self.defer_serving)
         if self.bootstrap.HasField("dynamic_resources") or sds.needed(self):
             await self._start_xds()  # (SDS secrets of static listeners/clusters: proxy/sds.py)
-        for info in self.listeners if not serve else ():
+        if not serve and not self.defer_serving:
+            await self.serve_all()
+
+    async def serve_all(self) -> None:
+        """Starts serving the listeners not yet serving."""
+        for info in self.listeners:
             if info.server is not None and not info.server.is_serving():
                 await info.server.start_serving()
 

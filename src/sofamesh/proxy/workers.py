@@ -728,7 +728,12 @@ async def _worker_main(fd: int) -> int:
             if op == "stop":
                 return
 
-    task = asyncio.create_task(commands())
+    task = asyncio.create_task(commands())  # (reads the hc_flags awaited below)
+    if server.defer_serving:  # health-checked clusters: the pool's current flags first
+        if not await server.health_link.current_flags(5.0):
+            wlog.warning("worker %d: no health flags from the main process in 5 s: serving "
+                         "with the initial ones", opts.worker_index)  # fmt: skip
+        await server.serve_all()
     await stop.wait()
     try:
         await server.stop()
