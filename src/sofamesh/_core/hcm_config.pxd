@@ -3,6 +3,7 @@
 # `clusters`), which a config change swaps whole; the next request sees the new one.
 
 from sofamesh._core.conn_pool cimport ConnPool
+from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.router cimport RouteTable
 from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
 
@@ -121,3 +122,8 @@ cdef inline bint replaces_request_id(HcmConfig cfg) noexcept:
     preserve_external_request_id)."""
     return cfg.use_remote_address and cfg.generate_request_id and \
         not cfg.preserve_external_request_id
+
+
+# forward_client_cert_details on a request's headers, before the filters (Envoy's
+# mutateXfccRequestHeader); `transport` is the downstream connection's
+cdef int mutate_xfcc(HcmConfig cfg, HeaderMap head, object transport) except -1

@@ -2,6 +2,7 @@
 
 from sofamesh._core.http1_upstream cimport Http1ConnPool
 from sofamesh._core.http2_upstream cimport Http2ConnPool
+from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.router cimport RouteTable
 from sofamesh._core.stats cimport Store
 
@@ -134,3 +135,47 @@ cdef class HcmConfig:
 
     def codec(self, str name):
         return _codecs[name]
+
+
+cdef bytes _XFCC = b"x-forwarded-client-cert"
+# HttpConnectionManager.ForwardClientCertDetails
+cdef enum:
+    XFCC_SANITIZE = 0
+    XFCC_FORWARD_ONLY = 1
+    XFCC_APPEND_FORWARD = 2
+    XFCC_SANITIZE_SET = 3
+    XFCC_ALWAYS_FORWARD_ONLY = 4
+
+
+cdef int mutate_xfcc(HcmConfig cfg, HeaderMap head, object transport) except -1:
+    """SANITIZE (Envoy's default) removes a client's header; ALWAYS_FORWARD_ONLY keeps it;
+    without mutual TLS the others remove it; FORWARD_ONLY keeps it; APPEND_FORWARD appends
+    this hop's details (cfg.xfcc_details, proxy/xfcc.py), SANITIZE_SET replaces it. A header
+    the client sent more than once leaves as one, its values joined by "," (Envoy keeps
+    x-forwarded-client-cert as one inline header)."""
+    cdef object mine = None
+    cdef bytes old
+    cdef int i
+    if cfg.xfcc == XFCC_SANITIZE:
+        head.remove(_XFCC)
+        return 0
+    if cfg.xfcc != XFCC_ALWAYS_FORWARD_ONLY:
+        mine = cfg.xfcc_details(transport)
+        if mine is None:            # not mutual TLS
+            head.remove(_XFCC)
+            return 0
+    if cfg.xfcc == XFCC_FORWARD_ONLY or cfg.xfcc == XFCC_ALWAYS_FORWARD_ONLY:
+        i = head.find_from(b"x-forwarded-client-cert", 23, 0)
+        if i >= 0 and head.find_from(b"x-forwarded-client-cert", 23, i + 1) >= 0:
+            old = head.get_all(_XFCC)
+            head.remove(_XFCC)
+            head.add(_XFCC, old)
+        return 0
+    v = (<str>mine).encode("utf-8", "surrogateescape")
+    if cfg.xfcc == XFCC_APPEND_FORWARD:
+        old = head.get_all(_XFCC)
+        if old:
+            v = old + b"," + v
+    head.remove(_XFCC)
+    head.add(_XFCC, v)
+    return 0

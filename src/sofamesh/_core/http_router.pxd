@@ -6,7 +6,6 @@
 # (PoolConn.encode_headers / encode_data / encode_trailers), replaying the buffered body.
 
 from sofamesh._core.conn_pool cimport PoolConn
-from sofamesh._core.hcm_config cimport HcmConfig
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_stream cimport HttpStream
 from sofamesh._core.router cimport Route
@@ -26,7 +25,6 @@ cdef class RouterStream(HttpStream):
     cdef int _inject_trace(self, HeaderMap h) except -1
     cdef bytes _location(self)
     cdef int _mutate_request(self, HeaderMap h) except -1
-    cdef int _mutate_xfcc(self, HcmConfig cfg) except -1    # forward_client_cert_details
     cdef bint _router_response(self, PoolConn c, HeaderMap rh) except -1
     cdef int _start_shadows(self, Route route) except -1
     cdef Host _hash_pick(self, Cluster cl, Route route)

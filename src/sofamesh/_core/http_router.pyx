@@ -5,7 +5,7 @@
 from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 
 from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
-from sofamesh._core.hcm_config cimport HcmConfig, replaces_request_id
+from sofamesh._core.hcm_config cimport HcmConfig, mutate_xfcc, replaces_request_id
 from sofamesh._core.http_grpc cimport (grpc_outcome, grpc_retry_bit, grpc_timeout,
                                        grpc_route_timeout, set_grpc_timeout_headers)
 from sofamesh._core.http_tracing cimport (decorate, inject_trace, start_trace, trace_retry,
@@ -36,14 +36,6 @@ cdef dict RESET_REASON = {
     FAIL_PROTOCOL: "protocol error", FAIL_REFUSED: "remote refused stream reset",
 }
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
-cdef bytes _XFCC = b"x-forwarded-client-cert"
-# HttpConnectionManager.ForwardClientCertDetails
-cdef enum:
-    XFCC_SANITIZE = 0
-    XFCC_FORWARD_ONLY = 1
-    XFCC_APPEND_FORWARD = 2
-    XFCC_SANITIZE_SET = 3
-    XFCC_ALWAYS_FORWARD_ONLY = 4
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
 
 
@@ -130,12 +122,7 @@ cdef class RouterStream(HttpStream):
         cdef tuple filters = cfg.filters
         cdef int r
         if self.fidx == 0:
-            if cfg.xfcc == XFCC_SANITIZE:
-                # forward_client_cert_details SANITIZE (Envoy's default): a client's
-                # x-forwarded-client-cert never reaches the filters or the upstream
-                self.head.remove(_XFCC)
-            else:
-                self._mutate_xfcc(cfg)
+            mutate_xfcc(cfg, self.head, self.transport)  # forward_client_cert_details
             if cfg.trace_ppm >= 0 and self.trace is None:
                 self.trace = start_trace(self.head, cfg, self.trace_spare)
                 if cfg.trace_kind == TRACE_B3:
@@ -151,36 +138,6 @@ cdef class RouterStream(HttpStream):
                 return 0
         self.stopped = False
         return self._router()
-
-    cdef int _mutate_xfcc(self, HcmConfig cfg) except -1:
-        """forward_client_cert_details other than SANITIZE, as Envoy's mutateXfccRequestHeader:
-        ALWAYS_FORWARD_ONLY keeps the header; without mutual TLS the others remove it;
-        FORWARD_ONLY keeps it; APPEND_FORWARD appends this hop's details, SANITIZE_SET
-        replaces it. A header the client sent more than once leaves as one, its values
-        joined by "," (Envoy keeps x-forwarded-client-cert as one inline header)."""
-        cdef object mine = None
-        cdef bytes old
-        cdef int i
-        if cfg.xfcc != XFCC_ALWAYS_FORWARD_ONLY:
-            mine = cfg.xfcc_details(self.transport)
-            if mine is None:            # not mutual TLS
-                self.head.remove(_XFCC)
-                return 0
-        if cfg.xfcc == XFCC_FORWARD_ONLY or cfg.xfcc == XFCC_ALWAYS_FORWARD_ONLY:
-            i = self.head.find_from(b"x-forwarded-client-cert", 23, 0)
-            if i >= 0 and self.head.find_from(b"x-forwarded-client-cert", 23, i + 1) >= 0:
-                old = self.head.get_all(_XFCC)
-                self.head.remove(_XFCC)
-                self.head.add(_XFCC, old)
-            return 0
-        v = (<str>mine).encode("utf-8", "surrogateescape")
-        if cfg.xfcc == XFCC_APPEND_FORWARD:
-            old = self.head.get_all(_XFCC)
-            if old:
-                v = old + b"," + v
-        self.head.remove(_XFCC)
-        self.head.add(_XFCC, v)
-        return 0
 
     cdef tuple _map_reply(self, int code, bytes body):
         """local_reply_config: the first mapper matching the status rewrites the reply."""
