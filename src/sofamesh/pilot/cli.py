@@ -121,6 +121,20 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds a silent peer's entries are kept (default 10)",
     )
+    p.add_argument(
+        "--edge",
+        default=None,
+        metavar="IP:PORT",
+        help="this cluster's edge sidecar (a sofamesh proxy whose node id starts router~), as "
+        "this cluster's sidecars reach it: calls to peer clusters that name an edge go "
+        "through it and theirs (mutual TLS, SNI routed); needs --cluster and the CA",
+    )
+    p.add_argument(
+        "--edge-public",
+        default=None,
+        metavar="IP:PORT",
+        help="where the peers' edge sidecars reach this cluster's edge (default: --edge)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -219,6 +233,7 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         api.app.middlewares.append(doors.middleware)
     if peers is not None and pilot.ads.sds is not None:
         peers.use_ca(pilot.ads.sds.ca)  # https:// peers: our certificate, our root
+    _edges(opts, pilot, peers)
     if opts.get("secure_xds"):
         from sofamesh.pilot.doors import xds_credentials
 
@@ -286,6 +301,26 @@ def _peer_sync(opts: dict):
         return PeerSync(cluster, urls, lease=lease)
     except ValueError as e:
         raise SystemExit(f"sofamesh pilot: {e}") from None
+
+
+def _edges(opts: dict, pilot, peers) -> None:
+    """--edge / --edge-public (pilot/edge.py)."""
+    if not opts.get("edge"):
+        if opts.get("edge_public"):
+            raise SystemExit("sofamesh pilot: --edge-public needs --edge")
+        return
+    from sofamesh.pilot.edge import Edges, parse_hostport
+
+    if peers is None:
+        raise SystemExit("sofamesh pilot: --edge needs --cluster (this pilot's cluster name)")
+    if pilot.ads.sds is None:
+        raise SystemExit("sofamesh pilot: --edge needs the CA (--ca true): edges use mutual TLS")
+    try:
+        local = parse_hostport(opts["edge"], "--edge")
+        public = parse_hostport(opts.get("edge_public") or opts["edge"], "--edge-public")
+    except ValueError as e:
+        raise SystemExit(f"sofamesh pilot: {e}") from None
+    pilot.use_edges(Edges(peers.cluster, local, public, peers))
 
 
 def _policies(opts: dict, store, pilot, api) -> None:
@@ -386,6 +421,8 @@ def _main(args: argparse.Namespace) -> int:
         "cluster": pick(args.cluster, "cluster", None),
         "peers": list(args.peer or cfg.get("peers") or []),
         "peer_lease": float(pick(args.peer_lease, "peer_lease", 10.0)),
+        "edge": pick(args.edge, "edge", None),
+        "edge_public": pick(args.edge_public, "edge_public", None),
         "mixer": _hostport(args.mixer or cfg["mixer"], "--mixer")
         if (args.mixer or cfg.get("mixer"))
         else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from sofamesh.pilot.generate import Generator
 from sofamesh.pilot.model import Instance, Port, Service, Snapshot
@@ -80,6 +81,11 @@ class Pilot:
         self.rebuilds = 0
         self.last_rebuild_ms = 0.0
         self.change_listeners: list = []  # callables(Changes): after each push (benchmarks)
+        self.edges: Any = None  # pilot/edge.Edges when the cluster has an edge sidecar
+
+    def use_edges(self, edges) -> None:
+        self.edges = edges
+        self.ads.edge_gen = edges.gen
 
     def on_change(self, name: str) -> None:
         now = time.monotonic()
@@ -154,8 +160,12 @@ class Pilot:
         self.services, self.instances = merge(
             [self.snapshots[r.name] for r in self.registries if r.name in self.snapshots]
         )
+        if self.edges is not None:  # which peer clusters are reached through the edges
+            self.edges.refresh(self.gen)
         ch = self.gen.update(self.services, self.instances)
         n = self.ads.push(ch)
+        if self.edges is not None:
+            n += self.ads.push(self.edges.gen.update(self.services, self.instances), self.edges.gen)
         self.rebuilds += 1
         self.last_rebuild_ms = (time.perf_counter() - t0) * 1000
         self.metrics.inc("pilot_rebuilds_total")

@@ -14,6 +14,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2
@@ -30,6 +31,9 @@ from google.protobuf import any_pb2
 
 from sofamesh.pilot.model import Instance, Port, Service
 from sofamesh.pilot.policy import Resolved
+
+if TYPE_CHECKING:
+    from sofamesh.pilot.edge import EdgeView
 
 log = logging.getLogger("sofamesh.pilot.generate")
 
@@ -243,11 +247,17 @@ def service_sans(trust_domain: str, svc: str, instances: list[Instance]) -> list
 
 
 def build_load_assignment(
-    name: str, instances: list[Instance]
+    name: str, instances: list[Instance], edge: EdgeView | None = None
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Endpoints grouped by locality; each locality carries `load_balancing_weight` (the sum of
-    its endpoints' weights) because grpc's xDS client ignores localities without one."""
+    its endpoints' weights) because grpc's xDS client ignores localities without one.
+    edge: instances owned by a cluster reached through the edges become one endpoint per
+    owner, the local edge, at priority 1 behind the local instances (pilot/edge.py)."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    if edge is not None:
+        instances, remote = edge.split(instances)
+        if remote:
+            edge.add_endpoints(cla, remote, priority=1 if instances else 0)
     by_loc: dict[tuple[str, str, str], list[Instance]] = {}
     for inst in instances:
         loc = inst.locality
@@ -428,17 +438,21 @@ def build_service(
     route_name: str | None = None,
     trust_domain: str = "",
     policy: Resolved | None = None,
+    edge: EdgeView | None = None,
 ) -> ServiceOutput:
     """route_name: with scoped routes, the outbound route name its scope goes under;
     trust_domain: the pilot's CA (auto mTLS to instances labelled `tlsMode: istio`);
-    policy: the operator's access and rate policies of the service."""
-    out = ServiceOutput(key=(svc, tuple(instances), policy), policy=policy)
+    policy: the operator's access and rate policies of the service;
+    edge: the clusters reached through the edge sidecars (pilot/edge.py)."""
+    out = ServiceOutput(key=(svc, tuple(instances), policy, edge), policy=policy)
     assigned = assign_ports(svc, instances)
     first_http = first_grpc = True
     for port, members in assigned:
         cname = cluster_name(svc.name, port.number)
         cl = build_cluster(cname, port.protocol)
         good = [i for i in members if _endpoint_ok(i, out.bad)]
+        if edge is not None:  # before the tlsMode matches: their last one takes any endpoint
+            edge.add_sockets(cl, svc.name, port.number, good, port.protocol in H2_PROTOCOLS)
         tls_members = [i for i in good if dict(i.labels).get(TLS_MODE) == "istio"]
         if trust_domain and tls_members:  # clusters without such instances are unchanged
             mtls_sockets(
@@ -447,7 +461,7 @@ def build_service(
                 port.protocol in H2_PROTOCOLS,
             )
         out.clusters[cname] = _res(cname, CDS, cl)
-        out.endpoints[cname] = _res(cname, EDS, build_load_assignment(cname, good))
+        out.endpoints[cname] = _res(cname, EDS, build_load_assignment(cname, good, edge))
         if port.protocol in HTTP_PROTOCOLS:
             vh = build_vhost(svc.name, port, cname, bare_name=first_http, policy=policy)
             out.vhosts.append((vh.name, vh.SerializeToString(deterministic=True)))
@@ -543,6 +557,8 @@ class Generator:
         self.policy_source = None
         self.mixer: tuple[str, int] | None = None
         self.policies: dict[str, Resolved] = {}
+        # pilot/edge.py: the local edge and the clusters reached through it (None: no edge)
+        self.edge: EdgeView | None = None
 
     def version(self, type_url: str) -> str:
         """Type-wide version: a hash over every resource of the type (same model, same string)."""
@@ -594,7 +610,14 @@ class Generator:
             pol = pols.get(name)
             # PERF (benchmarks/pilot_scale.py): registries hand back the same list object for
             # an unchanged service, so most services are skipped without comparing instances.
-            if prev is not None and prev.src is insts and prev.svc is svc and prev.policy == pol:
+            edge = self.edge if self.edge is not None and self.edge.concerns(insts) else None
+            if (
+                prev is not None
+                and prev.src is insts
+                and prev.svc is svc
+                and prev.policy == pol
+                and prev.key[3] == edge
+            ):
                 continue
             if not _DOMAIN_RE.match(name):
                 if name not in self._bad_names:
@@ -603,7 +626,7 @@ class Generator:
                     self._problem(f"service name {name!r} is not a valid host name: skipped")
                 continue
             svc_ = svc or Service(name=name)
-            key = (svc_, tuple(insts), pol)
+            key = (svc_, tuple(insts), pol, edge)
             if prev is not None and prev.key == key:
                 prev.src, prev.svc = insts, svc
                 continue
@@ -613,6 +636,7 @@ class Generator:
                 self.route_name if self.scoped_routes else None,
                 trust_domain=self.trust_domain,
                 policy=pol,
+                edge=edge,
             )
             out.src, out.svc = insts, svc
             self._apply(prev, out, ch)

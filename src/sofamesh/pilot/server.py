@@ -145,6 +145,9 @@ class Connection:
         self.user_agent = ""  # "<user_agent_name>/<version>" from the node, e.g. envoy/1.40.0
         self.connected_at = time.time()
         self.watches: dict[str, Watch] = {}
+        # what this stream is served: an edge sidecar (a `router` node) gets the edge's
+        # resources when the pilot has an edge (pilot/edge.py), everyone else the sidecars'
+        self.gen: Generator = server.gen
         self.wake = asyncio.Event()
         self.responses = 0
 
@@ -158,7 +161,7 @@ class Connection:
 
     def on_change(self, ch: Changes) -> bool:
         """Mark what this stream must receive; True if anything."""
-        gen = self.server.gen
+        gen = self.gen
         hit = False
         for t, w in self.watches.items():
             if not w.subscribed:
@@ -249,7 +252,7 @@ class Connection:
         return nonce
 
     def _sotw(self, t: str, w: Watch, keep_removed: bool, force: bool = False) -> bytes | None:
-        gen = self.server.gen
+        gen = self.gen
         res_all = gen.all[t]
         if t in FULL_STATE:
             if not (w.dirty or force):
@@ -257,7 +260,7 @@ class Connection:
             w.dirty = False
             extra: list = []
             if w.wildcard:
-                shared = self.server.wild_chunks(t)  # PERF: one join for every wildcard stream
+                shared = self.server.wild_chunks(t, gen)  # PERF: one join for every wildcard stream
                 items = []
                 if keep_removed and w.removed:
                     extra = [r for n, r in w.removed.items() if n not in gen.wild[t]]
@@ -291,7 +294,7 @@ class Connection:
     def _delta_updates(self, t: str, w: Watch) -> bytes | None:
         if not w.pending and not w.must_reply:
             return None
-        res_all = self.server.gen.all[t]
+        res_all = self.gen.all[t]
         items = []
         for n in sorted(w.pending):
             r = res_all.get(n)
@@ -312,7 +315,7 @@ class Connection:
         return self._delta_response(t, w, items, ())
 
     def _delta_removals(self, t: str, w: Watch) -> bytes | None:
-        res_all = self.server.gen.all[t]
+        res_all = self.gen.all[t]
         gone = [
             n for n in sorted(w.removed) if n not in res_all and w.sent.pop(n, None) is not None
         ]
@@ -322,7 +325,7 @@ class Connection:
         return self._delta_response(t, w, [], gone)
 
     def _delta_response(self, t: str, w: Watch, items: list, removed) -> bytes:
-        version = self.server.gen.version(t)
+        version = self.gen.version(t)
         nonce = self._nonce(t, w, version)
         body = [ld_field(1, version.encode())]
         body.extend(r.delta_chunk() for r in items)
@@ -340,6 +343,8 @@ class Connection:
             self.node_id = node.id
             self.node_cluster = node.cluster
             self.node_info = parse_node_id(node.id)
+            if self.node_info and self.node_info["type"] == "router" and self.server.edge_gen:
+                self.gen = self.server.edge_gen
             self.user_agent = _user_agent(node)
             if self.node_info is None:  # served all the same; proxyless gRPC ids vary
                 self.server.metrics.inc("pilot_xds_non_istio_node_ids_total")
@@ -444,7 +449,7 @@ class Connection:
             t, w, req.response_nonce, "", req.error_detail if req.HasField("error_detail") else None
         ):
             return
-        gen = self.server.gen
+        gen = self.gen
         sub = set(req.resource_names_subscribe)
         unsub = set(req.resource_names_unsubscribe)
         first = not w.subscribed
@@ -538,7 +543,8 @@ class AdsServer:
         self.sds: Any = None  # pilot.sds.PilotSds when the pilot is a CA
         self.credentials: Any = None  # grpc.ServerCredentials: ADS over mTLS (--secure-xds)
         self._names: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self._wild: dict[str, tuple[str, bytes]] = {}
+        self._wild: dict[tuple[str, int], tuple[str, bytes]] = {}
+        self.edge_gen: Generator | None = None  # the edge sidecars' resources (pilot/edge.py)
 
     def intern_names(self, t: str, key: tuple, names) -> frozenset:
         got = self._names.get((t, key))
@@ -547,13 +553,13 @@ class AdsServer:
             self._names[(t, key)] = got
         return got
 
-    def wild_chunks(self, t: str) -> bytes:
+    def wild_chunks(self, t: str, gen: Generator) -> bytes:
         """Every wildcard resource of `t` as spliced `resources` fields, joined once per version."""
-        version = self.gen.version(t)
-        cached = self._wild.get(t)
+        version = gen.version(t)
+        cached = self._wild.get((t, id(gen)))
         if cached is None or cached[0] != version:
-            cached = (version, b"".join(r.sotw_chunk() for r in self.gen.wild[t].values()))
-            self._wild[t] = cached
+            cached = (version, b"".join(r.sotw_chunk() for r in gen.wild[t].values()))
+            self._wild[(t, id(gen))] = cached
         return cached[1]
 
     def record_nack(self, conn: Connection, t: str, nack: dict) -> None:
@@ -564,14 +570,16 @@ class AdsServer:
         for cb in self.ack_listeners:
             cb(conn, t, nonce)
 
-    def push(self, ch: Changes) -> int:
-        """Hand a model change to every stream; returns how many streams it concerns."""
+    def push(self, ch: Changes, gen: Generator | None = None) -> int:
+        """Hand a change of `gen` (default: the sidecars' resources) to the streams it serves;
+        returns how many streams it concerns."""
         if ch.empty():
             return 0
+        gen = gen or self.gen
         for t, flag in ch.wildcard_changed.items():
             if flag:
-                self._wild.pop(t, None)
-        n = sum(1 for c in list(self.connections.values()) if c.on_change(ch))
+                self._wild.pop((t, id(gen)), None)
+        n = sum(1 for c in list(self.connections.values()) if c.gen is gen and c.on_change(ch))
         self.metrics.inc("pilot_xds_push_events_total")
         return n
 

@@ -41,6 +41,7 @@ from urllib.parse import urlparse
 from aiohttp import ClientSession, ClientTimeout, web
 
 from sofamesh.pilot.api import SERVICE_RE, BadRequest, record_to_instance, validate_instance
+from sofamesh.pilot.edge import parse_hostport
 from sofamesh.pilot.generate import CLUSTER_LABEL
 from sofamesh.pilot.model import PROTOCOLS, Instance, Port, Service, Snapshot
 
@@ -84,6 +85,7 @@ class Peer:
     alive_at: float = 0.0  # monotonic time of its last good answer (0: never)
     answered: asyncio.Event = field(default_factory=asyncio.Event)  # first answer, good or not
     state: str = "connecting"  # connecting | up | unreachable | expired
+    edge: tuple[str, int] | None = None  # its edge sidecar, from its catalog (pilot/edge.py)
     last_error: str = ""
     rejected: int = 0
     catalogs: int = 0
@@ -127,8 +129,8 @@ def service_entry(svc: Service | None, name: str, insts: list[Instance]) -> dict
 
 def parse_catalog(
     body: Any, peer_cluster: str, ours: str, prev: dict[str, Section] | None = None
-) -> tuple[str, str, list[Section]]:
-    """(cluster, version, sections) of a peer's answer, or CatalogError. Sections whose path
+) -> tuple[str, str, list[Section], tuple[str, int] | None]:
+    """(cluster, version, sections, edge) of a peer's answer, or CatalogError. Sections whose path
     holds our cluster are left out (a loop the peer's split horizon should have cut).
     `prev`: this peer's sections from its last answer, whose unchanged entries are reused.
 
@@ -149,6 +151,12 @@ def parse_catalog(
     version = body.get("version")
     if not isinstance(version, str) or not version:
         raise CatalogError("malformed", "version: must be a non-empty string")
+    edge = None
+    if "edge" in body:  # where the peer's edge sidecar takes calls for what it lists
+        try:
+            edge = parse_hostport(body["edge"] if isinstance(body["edge"], str) else "", "edge")
+        except ValueError as e:
+            raise CatalogError("malformed", str(e)) from None
     owners = body.get("owners")
     if not isinstance(owners, list):
         raise CatalogError("malformed", "owners: must be a list")
@@ -208,12 +216,12 @@ def parse_catalog(
         out.append(Section(owner, list(path), clean, model, kept))
     if cluster not in seen:
         raise CatalogError("malformed", f"owners: no section of the peer's own cluster {cluster!r}")
-    return cluster, version, out
+    return cluster, version, out, edge
 
 
 def read_catalog(
     raw: bytes, peer_cluster: str, ours: str, prev: dict[str, Section] | None
-) -> tuple[str, str, list[Section]]:
+) -> tuple[str, str, list[Section], tuple[str, int] | None]:
     """parse_catalog of an answer's bytes."""
     try:
         body = json.loads(raw)
@@ -297,6 +305,7 @@ class PeerSync:
         self._ca: Any = None  # ca.CertificateAuthority for https:// peers (use_ca)
         self._tls_ctx: ssl.SSLContext | None = None
         self._tls_renew_at = 0.0
+        self.edge = ""  # "IP:PORT" of our edge sidecar as the peers' edges reach it (--edge)
 
     # -- wiring -------------------------------------------------------------------------
 
@@ -362,6 +371,11 @@ class PeerSync:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    def edge_hops(self) -> dict[str, tuple[str, int]]:
+        """Owner cluster -> the edge to send its calls to: the edge of the peer we take the
+        owner's entries from (the owner's own, or a relaying peer's), if that peer has one."""
+        return {o: peer.edge for o, (peer, _) in self._chosen.items() if peer.edge is not None}
+
     # -- the peers' side -----------------------------------------------------------------
 
     async def _poll(self, peer: Peer) -> None:
@@ -409,9 +423,9 @@ class PeerSync:
             try:
                 args = (bytes(raw), peer.cluster, self.cluster, peer.sections)
                 if len(raw) > 1 << 20:  # a big catalog: keep serving xDS while reading it
-                    cluster, version, sections = await asyncio.to_thread(read_catalog, *args)
+                    cluster, version, sections, edge = await asyncio.to_thread(read_catalog, *args)
                 else:
-                    cluster, version, sections = read_catalog(*args)
+                    cluster, version, sections, edge = read_catalog(*args)
             except CatalogError as e:
                 self._reject(peer, e.reason, str(e))
                 await asyncio.sleep(1.0)  # its catalog will not change in a hurry
@@ -419,7 +433,7 @@ class PeerSync:
             if version == peer.version and peer.sections:
                 self._alive(peer)  # the same catalog again (a peer that does not long-poll)
                 continue
-            peer.cluster, peer.version = cluster, version
+            peer.cluster, peer.version, peer.edge = cluster, version, edge
             peer.sections = {s.owner: s for s in sections}
             peer.catalogs += 1
             self._alive(peer)
@@ -577,10 +591,11 @@ class PeerSync:
                 owners.append(
                     {"cluster": owner, "path": [*sec.path, self.cluster], "services": sec.services}
                 )
-            body = json.dumps(
-                {"cluster": self.cluster, "version": self.version, "owners": owners},
-                separators=(",", ":"),
-            ).encode()
+            top: dict[str, Any] = {"cluster": self.cluster, "version": self.version}
+            if self.edge:
+                top["edge"] = self.edge
+            top["owners"] = owners
+            body = json.dumps(top, separators=(",", ":")).encode()
             self._encoded[requester] = body
         return body
 

@@ -44,7 +44,7 @@ def test_catalog_read_into_the_model_with_its_owner():
         "version": "x.1",
         "owners": [section("b", ["b"], "svc-b"), section("c", ["c", "b"], "svc-c")],
     }
-    cluster, version, secs = parse_catalog(body, "", "a")
+    cluster, version, secs, _ = parse_catalog(body, "", "a")
     assert (cluster, version) == ("b", "x.1")
     assert [(s.owner, s.path) for s in secs] == [("b", ["b"]), ("c", ["c", "b"])]
     svc, (inst,) = secs[1].model["svc-c"]
@@ -60,7 +60,7 @@ def test_a_section_through_us_is_a_loop_and_left_out():
         "version": "1",
         "owners": [section("b", ["b"]), section("c", ["c", "a", "b"], "svc-c")],
     }
-    _, _, secs = parse_catalog(body, "b", "a")
+    _, _, secs, _ = parse_catalog(body, "b", "a")
     assert [s.owner for s in secs] == ["b"]
 
 
