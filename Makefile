@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install install-test run test test-unit build lint bench bench-pilot perf-gate perf-baseline clean
+.PHONY: install install-test run test test-multicluster test-unit build lint bench bench-pilot perf-gate perf-baseline clean
 
 install:
 	bash ci/install.sh main
@@ -23,6 +23,10 @@ run: install
 
 test: install-test
 	bash ci/test.sh
+
+# The clusters-in-network-namespaces tests alone (root: they make namespaces and veth links).
+test-multicluster: install-test
+	$(VPY) -m pytest -m multicluster tests/integration -q
 
 test-unit: build
 	$(VPY) -m pytest tests/unit -q

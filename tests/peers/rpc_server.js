@@ -1,15 +1,17 @@
 'use strict';
 // A real sofa-rpc-node RPC server (Bolt by default, Dubbo with --dubbo) for sofamesh's tests.
-// Bound to 127.0.0.1 (sofa-rpc-node listens on all interfaces: net.Server.listen is wrapped).
-// Prints {"port": N} on stdout once listening. Service com.nodejs.test.TestService:
+// Bound to 127.0.0.1, or --host ADDR (sofa-rpc-node listens on all interfaces: net.Server.listen
+// is wrapped). Prints {"port": N} on stdout once listening. Service com.nodejs.test.TestService:
 //   plus(a, b)  echo(s)  slow(ms) -> "slept"  fail(msg) throws  who() -> this server's tag
 //   props() -> the call's request props as JSON (Dubbo: its attachments, as received)
 const net = require('net');
+const hostIdx = process.argv.indexOf('--host');
+const host = hostIdx >= 0 ? process.argv[hostIdx + 1] : '127.0.0.1';
 const origListen = net.Server.prototype.listen;
 net.Server.prototype.listen = function (port, ...rest) {
   if (typeof port === 'number') {
     const cb = rest.find(x => typeof x === 'function');
-    return origListen.call(this, port, '127.0.0.1', cb);
+    return origListen.call(this, port, host, cb);
   }
   return origListen.call(this, port, ...rest);
 };
