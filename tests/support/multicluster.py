@@ -1,14 +1,13 @@
 """Clusters as network namespaces, for tests/integration/multicluster and
 benchmarks/multicluster.py: the namespaces, their links, the pilots, edges and sidecars.
 
-Four network namespaces (no default route anywhere, no forwarding):
-
-    c1 (10.61.1.2) --veth-- e1 (10.61.1.1 | 10.69.0.1) --veth-- e2 (10.69.0.2 | 10.62.1.1) --veth-- c2 (10.62.1.2)
-
-c1 and c2 hold the workloads and their sidecars; e1 and e2 hold each cluster's pilot and
-edge sidecar (`router~` node id). The pilots sync their catalogs over the e1-e2 link
-(`--cluster/--peer`), name their edges (`--edge` for their own sidecars, `--edge-public` for
-the other edge) and sign with one root (`--ca-cert/--ca-key`, as Istio's plugged-in CAs).
+Per cluster i, two namespaces linked by a veth pair: ci (10.6i.1.2, the workloads and their
+sidecars) and ei (10.6i.1.1, the cluster's pilot and its edge sidecar, `router~` node id).
+The edges share one more network, 10.69.0.0/24 (ei is 10.69.0.i), a bridge in namespace
+"wan"; no namespace has a default route and none forwards, so a workload reaches nothing
+outside its cluster. The pilots sync their catalogs over the edge network (`--cluster/
+--peer`), name their edges (`--edge` for their own sidecars, `--edge-public` for the other
+edges) and sign with one root (`--ca-cert/--ca-key`, as Istio's plugged-in CAs).
 """
 
 from __future__ import annotations
@@ -97,7 +96,8 @@ def wait_until(pred, timeout: float, message) -> object:
     raise AssertionError(message())
 
 
-def link(a: Net, a_ip: str, b: Net, b_ip: str) -> None:
+def link(a: Net, a_ip: str, b: Net, b_ip: str) -> str:
+    """A veth pair between a and b, each side up with its address (none if ""); b's device."""
     v = f"v{uuid.uuid4().hex[:7]}"
     subprocess.run(
         ["ip", "link", "add", v + "a", "netns", a.name, "type", "veth",
@@ -105,8 +105,10 @@ def link(a: Net, a_ip: str, b: Net, b_ip: str) -> None:
         check=True, capture_output=True,
     )  # fmt: skip
     for net, ip, dev in ((a, a_ip, v + "a"), (b, b_ip, v + "b")):
-        net.run(["ip", "addr", "add", ip + "/24", "dev", dev])
+        if ip:
+            net.run(["ip", "addr", "add", ip + "/24", "dev", dev])
         net.run(["ip", "link", "set", dev, "up"])
+    return v + "b"
 
 
 def bootstrap(node_id: str, xds: str) -> dict:
@@ -294,45 +296,72 @@ def register_b(net: Net, api: str, ip: str, prefix: str) -> None:
         )
 
 
+def addresses(i: int) -> tuple[str, str, str]:
+    """Cluster i's (workload, edge's side of that link, edge on the edge network)."""
+    return f"10.6{i}.1.2", f"10.6{i}.1.1", f"10.69.0.{i}"
+
+
+def edge_id(i: int) -> str:
+    return f"router~{addresses(i)[1]}~edge.mesh-system~mesh-system.svc.cluster.local"
+
+
+def start_edge(nets: dict[str, Net], i: int) -> None:
+    start_proxy(nets[f"e{i}"], "edge", edge_id(i), "127.0.0.1")
+
+
 @contextlib.contextmanager
-def two_clusters(work: Path, kind: str, rpc: bool = True) -> Iterator[dict[str, Net]]:
-    """The four namespaces running, `kind` ("sofamesh" or "envoy") as every sidecar and edge;
-    b (HTTP 8080, gRPC 9090, TCP 7070) in c2 only, registered with c2's pilot; with `rpc`, a
-    Dubbo and a Bolt server in c2 too (services dubbosvc:20880, boltsvc:12200)."""
-    nets: dict[str, Net] = {}
+def clusters(work: Path, kind: str, peers: dict[int, list[int]]) -> Iterator[dict[str, Net]]:
+    """Clusters 1..n (the keys of `peers`: which pilots each pilot syncs with), `kind`
+    ("sofamesh" or "envoy") as every sidecar and edge. Cluster i: namespace ci (workloads,
+    10.6i.1.2; a sidecar, node a.default, started) linked to ei (10.6i.1.1: its pilot and edge
+    sidecar); the edges share the edge network 10.69.0.0/24 (ei is 10.69.0.i), a bridge in
+    namespace "wan". Nothing else links the clusters, and nothing forwards."""
     nets: dict[str, Net] = {}
     try:
-        for tag in ("c1", "e1", "e2", "c2"):
-            nets[tag] = Net(tag, work, kind)
-        c1, e1, e2, c2 = (nets[t] for t in ("c1", "e1", "e2", "c2"))
-        link(c1, C1, e1, E1_IN)
-        link(e1, E1_OUT, e2, E2_OUT)
-        link(e2, E2_IN, c2, C2)
+        wan = nets["wan"] = Net("wan", work, kind)
+        wan.run(["ip", "link", "add", "br0", "type", "bridge"])
+        wan.run(["ip", "link", "set", "br0", "up"])
         root_cert, root_key = make_ca("sofamesh multicluster root").write(work, "root")
-        for net, name, peer, edge_in, edge_out in (
-            (e1, "c1", E2_OUT, E1_IN, E1_OUT),
-            (e2, "c2", E1_OUT, E2_IN, E2_OUT),
-        ):
-            net.start(
-                "pilot",
-                [
-                    *sofamesh_command(), "pilot", "--cluster", name,
-                    "--peer", f"http://{peer}:15020", "--peer-lease", "3",
-                    "--xds-address", "0.0.0.0:15010", "--api-address", "0.0.0.0:15020",
-                    "--listener-address", "0.0.0.0", "--tcp-port-offset", str(TCP_OFFSET),
-                    "--edge", f"{edge_in}:{EDGE_PORT}", "--edge-public", f"{edge_out}:{EDGE_PORT}",
-                    "--ca-cert", root_cert, "--ca-key", root_key,
-                    "--data-dir", str(net.workdir / "pilot-data"),
-                ],
-            )  # fmt: skip
-        for net in (e1, e2):
+        for i in sorted(peers):
+            c, e = nets[f"c{i}"], nets[f"e{i}"] = Net(f"c{i}", work, kind), Net(f"e{i}", work, kind)
+            work_ip, edge_in, edge_out = addresses(i)
+            link(c, work_ip, e, edge_in)
+            port = link(e, edge_out, wan, "")
+            wan.run(["ip", "link", "set", port, "master", "br0"])
+            argv = [
+                *sofamesh_command(), "pilot", "--cluster", f"c{i}", "--peer-lease", "3",
+                "--xds-address", "0.0.0.0:15010", "--api-address", "0.0.0.0:15020",
+                "--listener-address", "0.0.0.0", "--tcp-port-offset", str(TCP_OFFSET),
+                "--edge", f"{edge_in}:{EDGE_PORT}", "--edge-public", f"{edge_out}:{EDGE_PORT}",
+                "--ca-cert", root_cert, "--ca-key", root_key,
+                "--data-dir", str(e.workdir / "pilot-data"),
+            ]  # fmt: skip
+            for j in peers[i]:
+                argv += ["--peer", f"http://{addresses(j)[2]}:15020"]
+            e.start("pilot", argv)
+        for i in sorted(peers):
+            e = nets[f"e{i}"]
             wait_until(
-                lambda net=net: (
-                    "pilot ready" in net.log("pilot") or "sofamesh pilot: xds=" in net.log("pilot")
-                ),
-                timeout=30,
-                message=lambda net=net: net.log("pilot"),
+                lambda e=e: "sofamesh pilot: xds=" in e.log("pilot"), 30, lambda e=e: e.log("pilot")
             )
+        for i in sorted(peers):
+            start_edge(nets, i)
+            work_ip, edge_in, _ = addresses(i)
+            node = f"sidecar~{work_ip}~a.default~default.svc.cluster.local"
+            start_proxy(nets[f"c{i}"], "sidecar", node, edge_in)
+        yield nets
+    finally:
+        for net in nets.values():
+            net.delete()
+
+
+@contextlib.contextmanager
+def two_clusters(work: Path, kind: str, rpc: bool = True) -> Iterator[dict[str, Net]]:
+    """Clusters 1 and 2 (`clusters`), b (HTTP 8080, gRPC 9090, TCP 7070) in c2 only,
+    registered with c2's pilot; with `rpc`, a Dubbo and a Bolt server in c2 too (services
+    dubbosvc:20880, boltsvc:12200)."""
+    with clusters(work, kind, {1: [2], 2: [1]}) as nets:
+        c2, e2 = nets["c2"], nets["e2"]
         apps(c2, "apps", C2)
         register_b(e2, "127.0.0.1", C2, "c2")
         if rpc:
@@ -340,20 +369,4 @@ def two_clusters(work: Path, kind: str, rpc: bool = True) -> Iterator[dict[str, 
                 actual = rpc_server(c2, proto, C2)
                 register(e2, "127.0.0.1", f"{proto}svc", "c2", {"address": C2, "port": actual,
                          "protocol": proto, "service_port": port})  # fmt: skip
-        start_proxy(
-            e1,
-            "edge",
-            f"router~{E1_IN}~edge.mesh-system~mesh-system.svc.cluster.local",
-            "127.0.0.1",
-        )
-        start_proxy(
-            e2,
-            "edge",
-            f"router~{E2_IN}~edge.mesh-system~mesh-system.svc.cluster.local",
-            "127.0.0.1",
-        )
-        start_proxy(c1, "sidecar", f"sidecar~{C1}~a.default~default.svc.cluster.local", E1_IN)
         yield nets
-    finally:
-        for net in nets.values():
-            net.delete()

@@ -22,6 +22,9 @@ def _hp(s: str) -> tuple[str, int]:
 
 class _Web(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # head and body leave in two writes: without TCP_NODELAY the second waits for the
+    # caller's delayed ACK (40 ms a request on a kept-alive connection)
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         seen = [f"path={self.path}", f"peer={self.client_address[0]}"]

@@ -32,7 +32,7 @@ from tests.support.multicluster import (
     py,
     register_b,
     rpc_call,
-    start_proxy,
+    start_edge,
     stat,
     two_clusters,
     wait_until,
@@ -112,12 +112,7 @@ def test_remote_edge_down_fails_fast_and_recovers(mesh):
         got = py(c1, TCP_CLIENT % (7070 + TCP_OFFSET))
         assert got != "echo:hello over the edges" and time.monotonic() - t0 < 4.0, got
     finally:
-        start_proxy(
-            e2,
-            "edge",
-            f"router~{E2_IN}~edge.mesh-system~mesh-system.svc.cluster.local",
-            "127.0.0.1",
-        )
+        start_edge(mesh, 2)
     t0 = time.monotonic()
     wait_until(lambda: _via(c1) == "c2", 10, lambda: _via(c1))
     assert time.monotonic() - t0 < 5.0
