@@ -310,18 +310,26 @@ def start_edge(nets: dict[str, Net], i: int) -> None:
 
 
 @contextlib.contextmanager
-def clusters(work: Path, kind: str, peers: dict[int, list[int]]) -> Iterator[dict[str, Net]]:
+def clusters(
+    work: Path,
+    kind: str,
+    peers: dict[int, list[int]],
+    pilot_args: dict[int, list[str]] | None = None,
+    before_pilots=None,
+) -> Iterator[dict[str, Net]]:
     """Clusters 1..n (the keys of `peers`: which pilots each pilot syncs with), `kind`
     ("sofamesh" or "envoy") as every sidecar and edge. Cluster i: namespace ci (workloads,
     10.6i.1.2; a sidecar, node a.default, started) linked to ei (10.6i.1.1: its pilot and edge
     sidecar); the edges share the edge network 10.69.0.0/24 (ei is 10.69.0.i), a bridge in
-    namespace "wan". Nothing else links the clusters, and nothing forwards."""
+    namespace "wan". Nothing else links the clusters, and nothing forwards. `pilot_args`:
+    more arguments for pilot i; `before_pilots(nets)`: run once the namespaces are linked."""
     nets: dict[str, Net] = {}
     try:
         wan = nets["wan"] = Net("wan", work, kind)
         wan.run(["ip", "link", "add", "br0", "type", "bridge"])
         wan.run(["ip", "link", "set", "br0", "up"])
         root_cert, root_key = make_ca("sofamesh multicluster root").write(work, "root")
+        pilots: dict[int, list[str]] = {}
         for i in sorted(peers):
             c, e = nets[f"c{i}"], nets[f"e{i}"] = Net(f"c{i}", work, kind), Net(f"e{i}", work, kind)
             work_ip, edge_in, edge_out = addresses(i)
@@ -338,7 +346,11 @@ def clusters(work: Path, kind: str, peers: dict[int, list[int]]) -> Iterator[dic
             ]  # fmt: skip
             for j in peers[i]:
                 argv += ["--peer", f"http://{addresses(j)[2]}:15020"]
-            e.start("pilot", argv)
+            pilots[i] = argv + (pilot_args or {}).get(i, [])
+        if before_pilots is not None:
+            before_pilots(nets)
+        for i in sorted(peers):
+            nets[f"e{i}"].start("pilot", pilots[i])
         for i in sorted(peers):
             e = nets[f"e{i}"]
             wait_until(

@@ -9,7 +9,10 @@ its session ends, so a dead provider leaves the snapshot.
 
 With `export: true` the mesh's Dubbo services (instances with protocol `dubbo`, or those in
 `export_protocols`) are written back as ephemeral provider nodes carrying the params a Dubbo
-consumer matches on (interface, version, group, methods, side=provider), plus a
+consumer matches on (interface, version, group, methods, side=provider), at the instance's
+address, at `export_address` (HOST:PORT), or with `export_address: sidecar` at the
+consumer's own sidecar (127.0.0.1, the service port + the pilot's --tcp-port-offset: its
+tcp_proxy listener, so calls to services in other clusters cross the edges), plus a
 `sofamesh.export` marker: nodes with that marker are never read back as services, so a
 pilot does not re-import what it (or another pilot replica) exported.
 
@@ -64,7 +67,15 @@ class ZooKeeperRegistry(SnapshotHolder):
         self.namespace = namespace
         self.exports = export
         self.export_protocols = export_protocols
-        self.export_address = _parse_hostport(export_address) if export_address else None
+        # "sidecar": each consumer's own sidecar, 127.0.0.1:<service port + the pilot's
+        # --tcp-port-offset> (set by the pilot: sidecar_port_offset); else one HOST:PORT
+        self.export_via_sidecar = export_address == "sidecar"
+        self.export_address = (
+            _parse_hostport(export_address)
+            if export_address and not self.export_via_sidecar
+            else None
+        )
+        self.sidecar_port_offset = 0
         self.export_application = export_application
         self.session_timeout = session_timeout
         self.auth = auth  # "user:password": ZooKeeper digest auth, as Dubbo's username/password
@@ -110,7 +121,7 @@ class ZooKeeperRegistry(SnapshotHolder):
             if p not in PROTOCOL_MAP.values() and p != "tcp":
                 raise f.err("export_protocols", f"unknown protocol {p!r}")
         export_address = f.text("export_address")
-        if export_address:
+        if export_address and export_address != "sidecar":
             try:
                 _parse_hostport(export_address)
             except ValueError as e:
@@ -442,7 +453,9 @@ class ZooKeeperRegistry(SnapshotHolder):
             "weight": str(inst.weight) if inst.weight != dubbo_url.DEFAULT_WEIGHT else "",
             EXPORT_MARK: self.name,
         }
-        if self.export_address is not None:
+        if self.export_via_sidecar:  # the consumer's sidecar: its listener for this port
+            host, port = "127.0.0.1", (inst.service_port or inst.port) + self.sidecar_port_offset
+        elif self.export_address is not None:
             host, port = self.export_address
         else:
             host, port = inst.address, inst.port
