@@ -301,3 +301,24 @@ def test_kube_service_mapping_unnamed_port_ipv6_and_fqdn_slices():
         False,
     )
     assert inst.instance_id == "fd00::7:15432"
+
+
+def test_export_address_sidecar_points_at_the_consumers_sidecar():
+    from sofamesh.pilot.model import Instance
+
+    cfg = {"type": "zookeeper", "hosts": "h:1", "export": True}
+    fixed = registries.build({**cfg, "export_address": "10.0.0.9:20880"})
+    sidecar = registries.build({**cfg, "export_address": "sidecar"})
+    sidecar.sidecar_port_offset = 10000  # the pilot's --tcp-port-offset
+    inst = Instance("com.example.Svc", "i1", "10.62.1.2", 41234, "dubbo", service_port=20880)
+    hostport = {}
+    for reg in (fixed, sidecar, registries.build(cfg)):
+        path, iface = reg._export_path("com.example.Svc", inst)
+        u = dubbo_url.parse_node_name(path.rsplit("/", 1)[1])
+        hostport[reg is fixed, reg is sidecar] = (u.host, u.port)
+        assert iface == "com.example.Svc" and u.exported_by_mesh
+    assert hostport == {
+        (True, False): ("10.0.0.9", 20880),
+        (False, True): ("127.0.0.1", 30880),
+        (False, False): ("10.62.1.2", 41234),
+    }
