@@ -15,13 +15,27 @@ Mapping: address = Service.Address or the node's address; labels = `key=value` t
 Meta (Meta wins); bare tags in label `consul.tags`; protocol from Meta `protocol` (default
 http); weight = Weights.Passing; locality region = the datacenter, zone = Meta `zone`
 (Spring Cloud's zone key).
+
+With `export: true` the mesh's services known from other registries (the REST API, other
+registries, peer clusters) are written into Consul for consumers outside the mesh, such as
+Spring Cloud's discovery client: each instance a catalog entry of the external node
+`export_node` (default `sofamesh`), Service ID `sofamesh-<service>-<instance id>`, Meta
+`protocol` and `sofamesh-export: <this registry's name>` (entries with that mark are never
+read back, so nothing loops), labels as `key=value` tags, weight, and one check whose status
+follows the instance's health (passing or critical, so `?passing` queries skip unhealthy
+instances). The address is the instance's, `export_address: HOST:PORT`, or `sidecar`
+(127.0.0.1 and the service port + the pilot's --tcp-port-offset: the consumer's own
+sidecar). At start and after each change the node's entries are reconciled with the mesh:
+what went is deregistered, including what a previous run left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +55,6 @@ class ConsulQueryError(Exception):
 
 class ConsulRegistry(SnapshotHolder):
     type = "consul"
-    exports = False
 
     def __init__(
         self,
@@ -57,8 +70,21 @@ class ConsulRegistry(SnapshotHolder):
         min_interval: float = 0.05,
         max_connections: int = 100,
         connect_timeout: float = 10.0,
+        export: bool = False,
+        export_node: str = "sofamesh",
+        export_address: str = "",
     ) -> None:
         super().__init__(name)
+        self.exports = export
+        self.export_node = export_node
+        self.export_via_sidecar = export_address == "sidecar"
+        self.export_address = (
+            _hostport(export_address) if export_address and not self.export_via_sidecar else None
+        )
+        self.sidecar_port_offset = 0  # the pilot's --tcp-port-offset (export_address: sidecar)
+        self._exported: dict[str, dict] | None = None  # Service ID -> what we registered
+        self._export_want: dict[str, dict] = {}
+        self._export_task: asyncio.Task | None = None
         self.address = address.rstrip("/")
         self.namespace = namespace
         self.datacenter = datacenter
@@ -93,8 +119,17 @@ class ConsulRegistry(SnapshotHolder):
                 "min_interval",
                 "max_connections",
                 "connect_timeout",
+                "export",
+                "export_node",
+                "export_address",
             },
         )
+        export_address = f.text("export_address")
+        if export_address and export_address != "sidecar":
+            try:
+                _hostport(export_address)
+            except ValueError as e:
+                raise f.err("export_address", str(e)) from None
         address = f.text("address", "http://127.0.0.1:8500")
         if not address.startswith(("http://", "https://")):
             raise f.err(
@@ -115,6 +150,9 @@ class ConsulRegistry(SnapshotHolder):
             min_interval=f.num("min_interval", 0.05),
             max_connections=int(f.num("max_connections", 100, minimum=2)),
             connect_timeout=f.num("connect_timeout", 10.0),
+            export=f.bool("export", False),
+            export_node=f.text("export_node", "sofamesh") or "sofamesh",
+            export_address=export_address,
         )
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -153,7 +191,10 @@ class ConsulRegistry(SnapshotHolder):
             )
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._catalog_task, *self._service_tasks.values()] if t]
+        tasks = [
+            t for t in [self._catalog_task, self._export_task, *self._service_tasks.values()] if t
+        ]
+        self._export_task = None
         self._catalog_task = None
         self._service_tasks.clear()
         for t in tasks:
@@ -263,6 +304,113 @@ class ConsulRegistry(SnapshotHolder):
             raise ConsulQueryError(f"health {service}: expected a list")
         self.update({service: self._build(service, body)})
 
+    # ---- export (export: true) ---------------------------------------------------------
+
+    async def export(
+        self, services: dict[str, Service], instances: dict[str, list[Instance]]
+    ) -> None:
+        """Make the export node's entries match the mesh (model.Exporter). Runs in the
+        background, retried with backoff while Consul fails; the newest model wins."""
+        if not self.exports:
+            return
+        want: dict[str, dict] = {}
+        for name, insts in instances.items():
+            for inst in insts:
+                if inst.registry != self.name:  # never write back what we read
+                    body = self._export_entry(name, inst)
+                    want[body["Service"]["ID"]] = body
+        self._export_want = want
+        if self._export_task is None or self._export_task.done():
+            self._export_task = asyncio.create_task(self._export_loop(), name=f"{self.name}:export")
+
+    async def _export_loop(self) -> None:
+        backoff = 0.2
+        while True:
+            want = self._export_want
+            try:
+                await self._reconcile(want)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Consul down or refusing: retried
+                self.stats["export_errors"] += 1
+                log.warning("registry %s: export: %s; retrying in %.1fs", self.name, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if want is self._export_want:
+                return
+
+    async def _reconcile(self, want: dict[str, dict]) -> None:
+        if self._exported is None:  # first time: what a previous run left on the node
+            node = await self._call("GET", f"/v1/catalog/node/{quote(self.export_node, safe='')}")
+            self._exported = {
+                sid: {}
+                for sid, svc in ((node or {}).get("Services") or {}).items()
+                if (svc.get("Meta") or {}).get(EXPORT_MARK) == self.name
+            }
+        for sid in [sid for sid in self._exported if sid not in want]:
+            body = {"Node": self.export_node, "ServiceID": sid}
+            await self._call("PUT", "/v1/catalog/deregister", body)
+            del self._exported[sid]
+            self.stats["exports_removed"] += 1
+        for sid, body in want.items():
+            if self._exported.get(sid) != body:
+                await self._call("PUT", "/v1/catalog/register", body)
+                self._exported[sid] = body
+                self.stats["exports_written"] += 1
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        if self._session is None:
+            raise ConsulQueryError("not started")
+        params = {"dc": self.datacenter} if self.datacenter else {}
+        data = None if body is None else json.dumps(body)
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with self._session.request(
+            method, self.address + path, params=params, data=data, timeout=timeout
+        ) as r:
+            text = await r.text()
+            if r.status != 200:
+                raise ConsulQueryError(f"{method} {path}: HTTP {r.status}: {text[:200].strip()}")
+            return json.loads(text) if text.strip() else None
+
+    def _export_entry(self, name: str, inst: Instance) -> dict:
+        sid = re.sub(r"[^A-Za-z0-9_.:-]", "-", f"sofamesh-{name}-{inst.instance_id}")
+        if self.export_via_sidecar:  # the consumer's sidecar: its listener for this port
+            host, port = "127.0.0.1", (inst.service_port or inst.port) + self.sidecar_port_offset
+        elif self.export_address is not None:
+            host, port = self.export_address
+        else:
+            host, port = inst.address, inst.port
+        labels = dict(inst.labels)
+        meta = {"protocol": inst.protocol, EXPORT_MARK: self.name}
+        for k, v in sorted(labels.items()):  # Consul's limits: 64 keys, values of 512
+            if _META_KEY.match(k) and k not in meta and len(v) <= 512 and len(meta) < 64:
+                meta[k] = v
+        body: dict[str, Any] = {
+            "Node": self.export_node,
+            "Address": "127.0.0.1",
+            "NodeMeta": {"external-node": "true", "external-probe": "false"},
+            "Service": {
+                "ID": sid,
+                "Service": name,
+                "Address": host,
+                "Port": port,
+                "Tags": [f"{k}={v}" for k, v in sorted(labels.items())],
+                "Meta": meta,
+                "Weights": {"Passing": max(1, int(inst.weight)), "Warning": 1},
+            },
+            "Check": {
+                "Node": self.export_node,
+                "CheckID": f"service:{sid}",
+                "Name": "sofamesh: the instance's health in the mesh",
+                "Status": "passing" if inst.healthy else "critical",
+                "ServiceID": sid,
+            },
+        }
+        if self.datacenter:
+            body["Datacenter"] = self.datacenter
+        return body
+
     # ---- mapping -----------------------------------------------------------------------
 
     def _build(self, service: str, entries: list[Any]) -> tuple[Service, list[Instance]] | None:
@@ -300,6 +448,8 @@ class ConsulRegistry(SnapshotHolder):
             if not address or not 0 < port < 65536:
                 raise ValueError(f"no usable address/port ({address!r}, {port})")
             meta = {str(k): str(v) for k, v in (svc.get("Meta") or {}).items()}
+            if EXPORT_MARK in meta:
+                return None  # written by a pilot (ours or a replica's): not a Consul service
             tags = [str(t) for t in (svc.get("Tags") or [])]
             weights = svc.get("Weights") or {}
             weight = int(weights.get("Passing", 1) or 1)
@@ -338,6 +488,17 @@ class ConsulRegistry(SnapshotHolder):
             registry=self.name,
             namespace=self.namespace,
         )
+
+
+EXPORT_MARK = "sofamesh-export"
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _hostport(s: str) -> tuple[str, int]:
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {s!r}")
+    return host.strip("[]"), int(port)
 
 
 def _replace_id(inst: Instance, iid: str) -> Instance:
