@@ -41,7 +41,9 @@ class Net:
 
     def __init__(self, tag: str, workdir: Path, kind: str) -> None:
         self.kind = kind  # the proxies it runs: "sofamesh" or "envoy"
+        self.tag = tag
         self.name = f"smc-{tag}-{uuid.uuid4().hex[:6]}"
+        self.devs: dict[str, str] = {}  # the namespace at the other end -> our device
         self.workdir = workdir / tag
         self.workdir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["ip", "netns", "add", self.name], check=True)
@@ -104,6 +106,7 @@ def link(a: Net, a_ip: str, b: Net, b_ip: str) -> str:
          "peer", "name", v + "b", "netns", b.name],
         check=True, capture_output=True,
     )  # fmt: skip
+    a.devs[b.tag], b.devs[a.tag] = v + "a", v + "b"
     for net, ip, dev in ((a, a_ip, v + "a"), (b, b_ip, v + "b")):
         if ip:
             net.run(["ip", "addr", "add", ip + "/24", "dev", dev])
@@ -217,6 +220,29 @@ GRPC_CLIENT = """
 import sys, grpc
 ch = grpc.insecure_channel("127.0.0.1:15001", options=[("grpc.default_authority", "b:9090")])
 print(ch.unary_unary("/test.Echo/Echo")(b"ping", timeout=5).decode())
+"""
+
+
+def tx_bytes(net: Net, towards: str) -> int:
+    """Bytes `net` sent on its link towards namespace `towards`."""
+    dev = net.devs[towards]
+    return int(net.run(["cat", f"/sys/class/net/{dev}/statistics/tx_bytes"]).stdout)
+
+
+BULK_CLIENT = """
+import socket
+s = socket.create_connection(("127.0.0.1", %d), timeout=10)
+data = bytes(range(256)) * 4096  # 1 MiB
+s.sendall(data)
+s.settimeout(10)
+got = bytearray()
+while len(got) - got.count(b"echo:") * 5 < len(data):  # the echo prefixes each chunk it got
+    b = s.recv(65536)
+    if not b:
+        break
+    got += b
+back = bytes(got).replace(b"echo:", b"")
+print(len(back), back == data)
 """
 
 TCP_CLIENT = """

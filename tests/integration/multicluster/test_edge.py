@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.multicluster import (
     BOLT_PORT,
+    BULK_CLIENT,
     C1,
     C2,
     DUBBO_PORT,
@@ -35,6 +36,7 @@ from tests.support.multicluster import (
     start_edge,
     stat,
     two_clusters,
+    tx_bytes,
     wait_until,
 )
 
@@ -136,3 +138,16 @@ def test_served_locally_first_and_failing_over_to_the_other_cluster(mesh):
         assert py(c1, GRPC_CLIENT).startswith("echo:ping")
     finally:
         c1.stop("apps")
+
+
+def test_only_the_edge_network_carries_the_traffic_between_clusters(mesh):
+    """1 MiB each way between c1 and c2: c1's only link (to e1), e1's link to the edge network
+    and e2's link into c2 each carry it; c1's routes stay within its own subnet."""
+    c1, e1, e2 = mesh["c1"], mesh["e1"], mesh["e2"]
+    routes = c1.run(["ip", "-4", "route"]).stdout.strip().splitlines()
+    assert [r.split()[0] for r in routes] == ["10.61.1.0/24"], routes
+    assert set(c1.devs) == {"e1"}
+    before = (tx_bytes(c1, "e1"), tx_bytes(e1, "wan"), tx_bytes(e2, "c2"))
+    assert py(c1, BULK_CLIENT % (7070 + TCP_OFFSET)) == f"{1 << 20} True"
+    after = (tx_bytes(c1, "e1"), tx_bytes(e1, "wan"), tx_bytes(e2, "c2"))
+    assert all(a - b >= 1 << 20 for a, b in zip(after, before)), (before, after)
