@@ -85,6 +85,10 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host, n
 
 
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _owner(inst: Instance) -> str | None:
     for k, v in inst.labels:
         if k == CLUSTER_LABEL:
@@ -247,8 +251,7 @@ class Edges:
         self.local = local
         self.public = public
         self.sync = sync  # sync.PeerSync
-        host = f"[{public[0]}]" if ":" in public[0] else public[0]
-        sync.edge = f"{host}:{public[1]}"
+        sync.edge = format_hostport(*public)
         self.gen = EdgeGenerator(cluster, local[1])
 
     def refresh(self, sidecars: Generator) -> None:

@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 from aiohttp import ClientSession, ClientTimeout, web
 
 from sofamesh.pilot.api import SERVICE_RE, BadRequest, record_to_instance, validate_instance
-from sofamesh.pilot.edge import parse_hostport
+from sofamesh.pilot.edge import format_hostport, parse_hostport
 from sofamesh.pilot.generate import CLUSTER_LABEL
 from sofamesh.pilot.model import PROTOCOLS, Instance, Port, Service, Snapshot
 
@@ -646,6 +646,7 @@ class PeerSync:
                     "catalogs": p.catalogs,
                     "rejected": p.rejected,
                     "last_error": p.last_error,
+                    "edge": format_hostport(*p.edge) if p.edge else None,
                 }
             )
         return web.json_response(
@@ -653,6 +654,7 @@ class PeerSync:
                 "cluster": self.cluster,
                 "lease_seconds": self.lease,
                 "version": self.version,
+                "edge": self.edge or None,
                 "peers": out,
             }
         )

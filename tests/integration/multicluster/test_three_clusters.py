@@ -6,6 +6,8 @@ clusters; the edges share one network). sofamesh, then Envoy 1.40, as every side
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.support.multicluster import addresses, apps, clusters, curl, register, stat, wait_until
@@ -58,4 +60,10 @@ def test_calls_relayed_through_the_middle_cluster_both_ways(tmp_path, kind):
         assert _hosts(nets, 3, "edge_out|c1") == {f"{addresses(2)[2]}:15443"}
         assert _hosts(nets, 2, "edge_out|c3") == {f"{addresses(3)[2]}:15443"}
         assert stat(nets["e2"], "cluster.edge_out|c3.upstream_cx_total") >= 1
+        # what the operator sees: each pilot's edge, and each peer's
+        peers = json.loads(nets["e1"].run(["curl", "-s", "http://127.0.0.1:15020/v1/peers"]).stdout)
+        assert peers["edge"] == f"{addresses(1)[2]}:15443"
+        assert [(p["cluster"], p["edge"]) for p in peers["peers"]] == [
+            ("c2", f"{addresses(2)[2]}:15443")
+        ]
         assert stat(nets["e2"], "cluster.edge_out|c1.upstream_cx_total") >= 1
