@@ -145,7 +145,7 @@ def test_format_parse_roundtrip(host, port, iface, params):
         ({"type": "kubernetes", "api_server": "10.0.0.1:443"}, "api_server: expected an http"),
         ({"type": "kubernetes", "api_server": "https://k", "namespaces": "a"}, None),
         ({"type": "eureka"}, "type: must be one of zookeeper, consul, kubernetes"),
-        ({"type": "sofaregistry"}, "type: 'sofaregistry' is not supported"),
+        ({"type": "sofaregistry"}, "address: required"),
     ],
 )
 def test_config_errors_name_the_field(cfg, msg):

@@ -6,6 +6,7 @@
       - {type: zookeeper, hosts: "127.0.0.1:2181", root: /dubbo, export: true}
       - {type: consul, address: "http://127.0.0.1:8500"}
       - {type: kubernetes, api_server: "https://10.0.0.1:443", token_file: ..., ca_file: ...}
+      - {type: sofaregistry, address: "127.0.0.1:9600", data_ids: [com.example.Hello:1.0]}
 
 Every adapter implements `model.Registry` (`name`, `start(on_change)`, `stop()`,
 `snapshot()`); those that can publish the mesh back (`zookeeper` with `export: true`) also
@@ -25,7 +26,7 @@ from ._base import RegistryConfigError
 
 __all__ = ["TYPES", "RegistryConfigError", "build"]
 
-TYPES = ("zookeeper", "consul", "kubernetes")
+TYPES = ("zookeeper", "consul", "kubernetes", "sofaregistry")
 
 
 def build(cfg: dict[str, Any], *, path: str = "") -> Registry:
@@ -50,5 +51,7 @@ def build(cfg: dict[str, Any], *, path: str = "") -> Registry:
 
         return KubernetesRegistry.from_config(cfg, path=path)
     if kind == "sofaregistry":
-        raise RegistryConfigError(f"{where}: 'sofaregistry' is not supported yet")
+        from .sofaregistry import SofaRegistry
+
+        return SofaRegistry.from_config(cfg, path=path)
     raise RegistryConfigError(f"{where}: must be one of {', '.join(TYPES)}, got {kind!r}")
