@@ -324,3 +324,60 @@ def test_pilot_reads_sofaregistry(session, clients, tmp_path):
     # own log about this test's abrupt EDS stream cancels is not the adapter's business)
     log = pilot.log_text()
     assert "registries/sofa" not in log and "Exception in callback" not in log, log
+
+
+def test_pilot_publishes_the_mesh_into_sofaregistry(session, clients, tmp_path):
+    """`export: true`: services registered through the pilot's REST API are published into
+    SOFARegistry, where the real SDK's subscriber gets them; the pilot subscribes to the same
+    dataId and does not read its own publication back; a restarted session server gets
+    everything published again."""
+    cfg = tmp_path / "pilot.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "registries": [
+                    {
+                        "type": "sofaregistry",
+                        "address": session.address,
+                        "data_ids": ["orders"],
+                        "export": True,
+                        "reconnect_max": 0.5,
+                    }
+                ]
+            }
+        )
+    )
+    pilot = PilotProcess(tmp_path, extra=["--config", str(cfg)])
+    pilot.start()
+    datum = (
+        "bolt://10.1.0.{n}:12200?protocol=bolt&sofamesh.export=sofaregistry&version=v1&weight={w}"
+    )
+    try:
+        sub = clients(session)
+        sub.send("subscribe", dataId="orders")
+        pilot.register("orders", "o1", address="10.1.0.5", port=12200, protocol="bolt",
+                       labels={"version": "v1"})  # fmt: skip
+        sub.wait_data("orders", {"DEFAULT_ZONE": [datum.format(n=5, w=1)]})
+        pilot.register("orders", "o2", address="10.1.0.6", port=12200, protocol="bolt",
+                       labels={"version": "v1"}, weight=3)  # fmt: skip
+        both = [datum.format(n=5, w=1), datum.format(n=6, w=3)]
+        sub.wait_data("orders", {"DEFAULT_ZONE": both})
+        # the pilot reads "orders" from SOFARegistry too, and skips its own publication
+        time.sleep(0.5)
+        assert services(pilot) == {"orders": ["api"]}
+        # the session server restarts: the pilot publishes everything again
+        port = session.port
+        session.stop()
+        again = SessionServer(port)
+        try:
+            sub2 = clients(again)
+            sub2.send("subscribe", dataId="orders")
+            sub2.wait_data("orders", {"DEFAULT_ZONE": both}, timeout=15)
+            pilot.deregister("orders", "o1")
+            pilot.deregister("orders", "o2")
+            sub2.wait_data("orders", {})
+            assert metric(pilot, "exports_removed") >= 1
+        finally:
+            again.stop()
+    finally:
+        pilot.stop()

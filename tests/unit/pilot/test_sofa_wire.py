@@ -360,6 +360,8 @@ def test_push_maps_to_services_and_bad_data_is_counted():
         ({"address": "h:1", "discover": True}, "http_address: required"),
         ({"address": "h:1", "data_ids": ["a#@#b"]}, "data_ids: a dataId"),
         ({"address": "h:1", "data_ids": ["a"], "hots": 1}, "hots: unknown field"),
+        ({"address": "h:1", "export": True, "export_address": "x"}, "export_address: expected"),
+        ({"address": "h:1", "export": "yes"}, "export: expected true or false"),
     ],
 )
 def test_config_errors(cfg, msg):

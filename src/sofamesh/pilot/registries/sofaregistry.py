@@ -27,6 +27,17 @@ accepted version for its dataId is counted (`stale_pushes`) and ignored.
 Disconnected, the adapter keeps its last snapshot and redials with backoff (0.2 s doubling
 to `reconnect_max`), then registers every subscriber again; the server pushes anew.
 
+With `export: true` it also writes the mesh's services known from other registries (the
+REST API, other registries, peer clusters) into SOFARegistry, for SOFARPC consumers outside
+the mesh: one publisher per service (dataId = the service's `sofa.data_id` label, else its
+name; this entry's instance_id, group and zone), its data one SOFARPC provider URL per
+healthy instance, `<protocol>://<host>:<port>?protocol=..&weight=..&<labels>&sofamesh.export=
+<this registry's name>` (data with that mark are never read back, so nothing loops). The
+address is the instance's, `export_address: HOST:PORT`, or `sidecar` (127.0.0.1, the service
+port + the pilot's --tcp-port-offset: the consumer's own sidecar). A change republishes with
+a higher version; a service gone is unregistered; after a reconnect everything is published
+again (a session server drops a connection's publishers when it closes).
+
     registries:
       - type: sofaregistry
         address: 127.0.0.1:9600          # session server, Bolt
@@ -49,7 +60,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 
@@ -60,7 +71,10 @@ from .sofa_wire import (
     DEFAULT_GROUP,
     DEFAULT_INSTANCE_ID,
     DEFAULT_ZONE,
+    REGISTER,
+    UNREGISTER,
     Message,
+    PublisherRegister,
     ReceivedData,
     RegisterResponse,
     Result,
@@ -71,6 +85,8 @@ from .sofa_wire import (
 )
 
 log = logging.getLogger("sofamesh.pilot.registries.sofaregistry")
+
+EXPORT_MARK = "sofamesh.export"
 
 PROTOCOL_MAP = {
     "bolt": "bolt",
@@ -102,7 +118,6 @@ class SofaDataError(ValueError):
 
 class SofaRegistry(SnapshotHolder):
     type = "sofaregistry"
-    exports = False
 
     def __init__(
         self,
@@ -120,8 +135,23 @@ class SofaRegistry(SnapshotHolder):
         app_name: str = "sofamesh-pilot",
         connect_timeout: float = 10.0,
         reconnect_max: float = 5.0,
+        export: bool = False,
+        export_address: str = "",
     ) -> None:
         super().__init__(name)
+        self.exports = export
+        self.export_via_sidecar = export_address == "sidecar"
+        self.export_address = (
+            _parse_hostport(export_address)
+            if export_address and not self.export_via_sidecar
+            else None
+        )
+        self.sidecar_port_offset = 0  # the pilot's --tcp-port-offset (export_address: sidecar)
+        self._pub_want: dict[str, list[str]] = {}  # dataId -> the data we should publish
+        self._pub_sent: dict[str, list[str]] = {}  # what this connection's server has
+        self._pub_ids: dict[str, str] = {}  # dataId -> our publisher's registId
+        self._pub_version = 0
+        self._pub_wake = asyncio.Event()
         self.host, self.port = _parse_hostport(address)
         self.namespace = namespace
         self.data_ids = list(dict.fromkeys(data_ids))
@@ -166,8 +196,17 @@ class SofaRegistry(SnapshotHolder):
                 "app_name",
                 "connect_timeout",
                 "reconnect_max",
+                "export",
+                "export_address",
             },
         )
+        export = f.bool("export", False)
+        export_address = f.text("export_address")
+        if export_address and export_address != "sidecar":
+            try:
+                _parse_hostport(export_address)
+            except ValueError as e:
+                raise f.err("export_address", str(e)) from None
         address = f.text("address", required=True)
         try:
             _parse_hostport(address)
@@ -183,8 +222,8 @@ class SofaRegistry(SnapshotHolder):
         if discover and not http_address:
             raise f.err("http_address", "required when discover is true")
         data_ids = f.str_list("data_ids")
-        if not data_ids and not discover:
-            raise f.err("data_ids", "required (or discover: true)")
+        if not data_ids and not discover and not export:
+            raise f.err("data_ids", "required (or discover: true, or export: true)")
         if any(not d or "#@#" in d for d in data_ids):
             raise f.err("data_ids", "a dataId is a non-empty string without '#@#'")
         return cls(
@@ -201,6 +240,8 @@ class SofaRegistry(SnapshotHolder):
             app_name=f.text("app_name", "sofamesh-pilot") or "sofamesh-pilot",
             connect_timeout=f.num("connect_timeout", 10.0),
             reconnect_max=f.num("reconnect_max", 5.0, minimum=0.2),
+            export=export,
+            export_address=export_address,
         )
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -270,6 +311,9 @@ class SofaRegistry(SnapshotHolder):
                 backoff = 0.2
                 if self.discover:
                     helpers.append(asyncio.create_task(self._discover_loop(peer)))
+                if self.exports:
+                    self._pub_sent = {}  # a new connection has none of our publishers
+                    helpers.append(asyncio.create_task(self._publish_loop(peer)))
                 await peer.closed
             except CallError as e:
                 log.warning("registry %s: subscribing failed: %s", self.name, e)
@@ -358,6 +402,80 @@ class SofaRegistry(SnapshotHolder):
                     log.warning("registry %s: listing dataIds at %s: %s", self.name, url, e)
                 await asyncio.sleep(self.discover_interval)
 
+    # ---- export (export: true) ---------------------------------------------------------
+
+    async def export(
+        self, services: dict[str, Service], instances: dict[str, list[Instance]]
+    ) -> None:
+        """What to publish now (model.Exporter); the connection's publish loop sends it."""
+        if not self.exports:
+            return
+        want: dict[str, list[str]] = {}
+        for name, insts in instances.items():
+            data = sorted(
+                {self._export_datum(i) for i in insts if i.registry != self.name and i.healthy}
+            )
+            if data:
+                svc = services.get(name)
+                did = dict(svc.labels).get("sofa.data_id", name) if svc is not None else name
+                want[did] = data
+        self._pub_want = want
+        self._pub_wake.set()
+
+    def _export_datum(self, inst: Instance) -> str:
+        if self.export_via_sidecar:
+            host, port = "127.0.0.1", (inst.service_port or inst.port) + self.sidecar_port_offset
+        elif self.export_address is not None:
+            host, port = self.export_address
+        else:
+            host, port = inst.address, inst.port
+        params = {k: v for k, v in inst.labels if k not in ("zone", "protocol", "weight")}
+        params.update(protocol=inst.protocol, weight=str(inst.weight))
+        params[EXPORT_MARK] = self.name
+        scheme = inst.protocol if inst.protocol in PROTOCOL_MAP else "bolt"
+        return f"{scheme}://{host}:{port}?{urlencode(sorted(params.items()))}"
+
+    async def _publish_loop(self, peer: BoltPeer) -> None:
+        """Bring the server's copy of our publishers to `_pub_want`; a failed call ends the
+        connection (the run loop redials and this starts again, publishing everything)."""
+        while peer.is_open:
+            self._pub_wake.clear()
+            want = self._pub_want
+            for did in [d for d in self._pub_sent if d not in want]:
+                await self._publish(peer, did, [], UNREGISTER)
+                del self._pub_sent[did]
+                self.stats["exports_removed"] += 1
+            for did, data in want.items():
+                if self._pub_sent.get(did) != data:
+                    await self._publish(peer, did, data, REGISTER)
+                    self._pub_sent[did] = data
+                    self.stats["exports_written"] += 1
+            await self._pub_wake.wait()
+
+    async def _publish(self, peer: BoltPeer, did: str, data: list[str], event: str) -> None:
+        self._pub_version += 1
+        reg = PublisherRegister(
+            data_id=did,
+            regist_id=self._pub_ids.setdefault(did, str(uuid.uuid4())),
+            group=self.group,
+            instance_id=self.instance_id,
+            zone=self.zone,
+            app_name=self.app_name,
+            event_type=event,
+            version=self._pub_version,
+            timestamp=int(time.time() * 1000),
+            data_list=data,
+        )
+        try:
+            res = await peer.push(reg, timeout=10.0)
+        except CallError:
+            self.stats["export_errors"] += 1
+            peer.close()
+            raise
+        if not isinstance(res, RegisterResponse) or not res.success or res.refused:
+            self.stats["export_errors"] += 1
+            log.warning("registry %s: publishing %s refused: %s", self.name, did, res)
+
     # ---- pushes ----------------------------------------------------------------------
 
     def _on_request(self, peer: BoltPeer, msg: Message) -> Message | None:
@@ -418,6 +536,8 @@ class SofaRegistry(SnapshotHolder):
         return svc, list(by_id.values())
 
     def _parse(self, did: str, datum: str, dc: str, zone: str) -> Instance | None:
+        if f"{EXPORT_MARK}=" in datum:
+            return None  # what a pilot published (export): never read back
         try:
             return self._instance(did, datum, dc, zone)
         except SofaDataError as e:
