@@ -113,11 +113,20 @@ def test_remote_edge_down_fails_fast_and_recovers(mesh):
         t0 = time.monotonic()
         got = py(c1, TCP_CLIENT % (7070 + TCP_OFFSET))
         assert got != "echo:hello over the edges" and time.monotonic() - t0 < 4.0, got
+        # Dubbo and Bolt callers get an error well before their 3 s call timeout
+        for kind, port in (("dubbo", DUBBO_PORT), ("bolt", BOLT_PORT)):
+            t0 = time.monotonic()
+            results = rpc_call(c1, kind, port)
+            took = time.monotonic() - t0
+            assert [r.get("ok") for r in results] == [False, False], results
+            assert took < 2.5, (kind, took, results)
     finally:
         start_edge(mesh, 2)
     t0 = time.monotonic()
     wait_until(lambda: _via(c1) == "c2", 10, lambda: _via(c1))
     assert time.monotonic() - t0 < 5.0
+    want = [{"ok": True, "result": "c2"}, {"ok": True, "result": 42}]
+    wait_until(lambda: rpc_call(c1, "bolt", BOLT_PORT) == want, 5, lambda: "bolt not back")
 
 
 def test_served_locally_first_and_failing_over_to_the_other_cluster(mesh):
