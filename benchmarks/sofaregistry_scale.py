@@ -11,7 +11,10 @@ dataIds, and measures:
   * publish: every register answered by the emulator;
   * sync: pilot process start until its /metrics show every service and instance
     (connect, 10k SubscriberRegisters, 10k ReceivedData pushes, model, xDS generation);
-  * the pilot's RSS (VmRSS of its process) with the full model.
+  * the pilot's RSS (VmRSS of its process) with the full model;
+  * out to sidecars: a sofamesh sidecar, then Envoy 1.40, fed by that pilot over Delta ADS
+    (`--sidecars sofamesh,envoy`; "" for none): process start until its admin shows every
+    service's cluster active, and its RSS then.
 Prints one JSON line. Not a timed test: figures go to benchmarks/RESULTS.md.
 """
 
@@ -34,7 +37,9 @@ import yaml
 
 from sofamesh.pilot.registries.sofa_conn import BoltPeer
 from sofamesh.pilot.registries.sofa_wire import PublisherRegister, RegisterResponse
-from tests.integration.pilot.conftest import PilotProcess, http
+from tests.integration.pilot.conftest import PilotProcess, ads_bootstrap, http
+from tests.support.envoy import ProxyProcess, admin_get
+from tests.support.servers import free_ports
 
 
 def data_id(k: int) -> str:
@@ -71,6 +76,48 @@ async def publish(port: int, n: int, per: int) -> tuple[BoltPeer, float]:
     return peer, time.perf_counter() - t0
 
 
+def sidecar(kind: str, pilot: PilotProcess, n: int, workdir: Path) -> dict:
+    """A sidecar of `kind` on the pilot's Delta ADS: seconds until all n services' clusters
+    are active, and its RSS (its whole process tree for sofamesh's workers)."""
+    from tests.conftest import envoy_binary, sofamesh_command
+
+    (admin,) = free_ports(1)
+    boot = ads_bootstrap(pilot.xds_port, admin, delta=True)
+    if kind == "envoy":
+        proc = ProxyProcess.envoy(envoy_binary(), boot, workdir)
+    else:
+        proc = ProxyProcess.sofamesh(sofamesh_command(), boot, workdir)
+    t0 = time.perf_counter()
+    proc.start(timeout=300)
+    try:
+        while True:
+            _, text = admin_get(admin, "/stats?filter=cluster_manager.active_clusters", 30)
+            m = re.search(r"cluster_manager.active_clusters: (\d+)", text)
+            if m and int(m.group(1)) >= n:
+                break
+            if time.perf_counter() - t0 > 600:
+                raise SystemExit(f"{kind} never had {n} clusters:\n{proc.log_text()}")
+            time.sleep(0.1)
+        took = time.perf_counter() - t0
+        return {"ready_s": round(took, 2), "rss_mb": round(rss_tree_mb(proc.pid), 1)}
+    finally:
+        proc.stop()
+
+
+def rss_tree_mb(pid: int) -> float:
+    """VmRSS of pid and its descendants (sofamesh's workers are child processes)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += rss_mb(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(k) for k in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return total
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -87,6 +134,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--per-service", type=int, default=5)
+    ap.add_argument("--sidecars", default="sofamesh,envoy")
     args = ap.parse_args()
     n, per = args.services, args.per_service
 
@@ -135,6 +183,9 @@ async def main() -> None:
         assert pilot.proc is not None
         rss = rss_mb(pilot.proc.pid)
         pushes = re.search(r'stat="pushes"} (\S+)', text)
+        sidecars = {}
+        for kind in [k for k in args.sidecars.split(",") if k]:
+            sidecars[kind] = await asyncio.to_thread(sidecar, kind, pilot, n, Path(tmp))
         pilot.stop()
     peer.close()
     emu.kill()
@@ -149,6 +200,7 @@ async def main() -> None:
                 "pilot_synced_s": round(t_sync, 2),
                 "pilot_rss_mb": round(rss, 1),
                 "pushes": int(float(pushes.group(1))) if pushes else None,
+                "sidecars": sidecars,
             }
         )
     )
