@@ -214,8 +214,8 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     peers = _peer_sync(opts)
     regs = [api_reg] + opts["registries"] + ([peers] if peers is not None else [])
     for reg in opts["registries"]:  # `export_address: sidecar`: where the sidecars listen
-        if hasattr(reg, "sidecar_port_offset"):
-            reg.sidecar_port_offset = gen.tcp_port_offset
+        if hasattr(reg, "export_to"):
+            reg.export_to.sidecar_port_offset = gen.tcp_port_offset
     pilot = Pilot(regs, gen=gen, debounce=opts["debounce"])
     api = RestApi(store, pilot, api_reg)
     if peers is not None:

@@ -66,7 +66,7 @@ def test_mesh_services_written_into_consul_and_taken_out(consul_agent, tmp_path)
         pilot.start()
         wait_until(
             lambda: not consul(consul_agent, "GET", f"/v1/catalog/service/{stale}"),
-            5,
+            10,
             "stale entry gone",
         )
         pilot.register(orders, "o1", address="10.1.0.5", port=8080, protocol="http",
@@ -74,7 +74,7 @@ def test_mesh_services_written_into_consul_and_taken_out(consul_agent, tmp_path)
         pilot.register(orders, "o2", address="10.1.0.6", port=8080, protocol="http",
                        healthy=False)  # fmt: skip
         peer.register(payments, "p1", address="10.2.0.7", port=20880, protocol="dubbo")
-        got = wait_until(lambda: passing(consul_agent, orders), 5, "orders in Consul")
+        got = wait_until(lambda: passing(consul_agent, orders), 10, "orders in Consul")
         ((addr, port, meta, tags),) = got  # the unhealthy one is not passing
         assert (addr, port) == ("10.1.0.5", 8080)
         assert meta == {"protocol": "http", "sofamesh-export": "consul", "version": "v2"}
@@ -90,7 +90,7 @@ def test_mesh_services_written_into_consul_and_taken_out(consul_agent, tmp_path)
         )
         # a service of the peer cluster, as this pilot learned it
         ((addr, port, meta, tags),) = wait_until(
-            lambda: passing(consul_agent, payments), 5, "synced payments in Consul"
+            lambda: passing(consul_agent, payments), 10, "synced payments in Consul"
         )
         assert (addr, port, meta["protocol"]) == ("10.2.0.7", 20880, "dubbo")
         assert "topology.istio.io/cluster=b" in tags
@@ -108,7 +108,7 @@ def test_mesh_services_written_into_consul_and_taken_out(consul_agent, tmp_path)
         for name in (orders, payments):
             wait_until(
                 lambda name=name: not consul(consul_agent, "GET", f"/v1/catalog/service/{name}"),
-                5,
+                10,
                 f"{name} gone from Consul",
             )
     finally:
@@ -130,4 +130,4 @@ def test_export_address_must_be_host_port_or_sidecar():
     with pytest.raises(RegistryConfigError, match="export_address"):
         registries.build({"type": "consul", "export": True, "export_address": "nohost"})
     reg = registries.build({"type": "consul", "export": True, "export_address": "sidecar"})
-    assert reg.exports and reg.export_via_sidecar
+    assert reg.exports and reg.export_to.via_sidecar

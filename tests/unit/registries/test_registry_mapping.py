@@ -309,7 +309,7 @@ def test_export_address_sidecar_points_at_the_consumers_sidecar():
     cfg = {"type": "zookeeper", "hosts": "h:1", "export": True}
     fixed = registries.build({**cfg, "export_address": "10.0.0.9:20880"})
     sidecar = registries.build({**cfg, "export_address": "sidecar"})
-    sidecar.sidecar_port_offset = 10000  # the pilot's --tcp-port-offset
+    sidecar.export_to.sidecar_port_offset = 10000  # the pilot's --tcp-port-offset
     inst = Instance("com.example.Svc", "i1", "10.62.1.2", 41234, "dubbo", service_port=20880)
     hostport = {}
     for reg in (fixed, sidecar, registries.build(cfg)):

@@ -71,6 +71,44 @@ class Fields:
         return dict(v)
 
 
+def parse_hostport(s: str) -> tuple[str, int]:
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {s!r}")
+    return host.strip("[]"), int(port)
+
+
+class ExportAddress:
+    """Where a registry that exports the mesh (`export: true`) says an instance is, by its
+    entry's `export_address`: "" the instance's own address; "HOST:PORT" one address for all
+    (a gateway); "sidecar" the consumer's own sidecar, 127.0.0.1 and the instance's service
+    port + the pilot's --tcp-port-offset (`sidecar_port_offset`, set by the pilot: the
+    sidecar's tcp_proxy listener for that port, so calls to other clusters cross the edges)."""
+
+    def __init__(self, spec: str = "") -> None:
+        self.via_sidecar = spec == "sidecar"
+        self.fixed = parse_hostport(spec) if spec and not self.via_sidecar else None
+        self.sidecar_port_offset = 0
+
+    @staticmethod
+    def field(f: Fields) -> str:
+        """The entry's `export_address`, checked."""
+        spec = f.text("export_address")
+        if spec and spec != "sidecar":
+            try:
+                parse_hostport(spec)
+            except ValueError as e:
+                raise f.err("export_address", str(e)) from None
+        return spec
+
+    def of(self, inst: Instance) -> tuple[str, int]:
+        if self.via_sidecar:
+            return "127.0.0.1", (inst.service_port or inst.port) + self.sidecar_port_offset
+        if self.fixed is not None:
+            return self.fixed
+        return inst.address, inst.port
+
+
 class SnapshotHolder:
     """The adapter's current view. `update` applies per-service changes and `publish`
     replaces everything; either swaps in a new Snapshot (the old one is never mutated: the

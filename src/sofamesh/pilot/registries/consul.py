@@ -44,7 +44,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ..model import PROTOCOLS, Instance, Locality, Port, Service
-from ._base import Fields, SnapshotHolder, sorted_labels
+from ._base import ExportAddress, Fields, SnapshotHolder, sorted_labels
 
 log = logging.getLogger("sofamesh.pilot.registries.consul")
 
@@ -77,11 +77,7 @@ class ConsulRegistry(SnapshotHolder):
         super().__init__(name)
         self.exports = export
         self.export_node = export_node
-        self.export_via_sidecar = export_address == "sidecar"
-        self.export_address = (
-            _hostport(export_address) if export_address and not self.export_via_sidecar else None
-        )
-        self.sidecar_port_offset = 0  # the pilot's --tcp-port-offset (export_address: sidecar)
+        self.export_to = ExportAddress(export_address)
         self._exported: dict[str, dict] | None = None  # Service ID -> what we registered
         self._export_want: dict[str, dict] = {}
         self._export_task: asyncio.Task | None = None
@@ -124,12 +120,7 @@ class ConsulRegistry(SnapshotHolder):
                 "export_address",
             },
         )
-        export_address = f.text("export_address")
-        if export_address and export_address != "sidecar":
-            try:
-                _hostport(export_address)
-            except ValueError as e:
-                raise f.err("export_address", str(e)) from None
+        export_address = ExportAddress.field(f)
         address = f.text("address", "http://127.0.0.1:8500")
         if not address.startswith(("http://", "https://")):
             raise f.err(
@@ -375,12 +366,7 @@ class ConsulRegistry(SnapshotHolder):
 
     def _export_entry(self, name: str, inst: Instance) -> dict:
         sid = re.sub(r"[^A-Za-z0-9_.:-]", "-", f"sofamesh-{name}-{inst.instance_id}")
-        if self.export_via_sidecar:  # the consumer's sidecar: its listener for this port
-            host, port = "127.0.0.1", (inst.service_port or inst.port) + self.sidecar_port_offset
-        elif self.export_address is not None:
-            host, port = self.export_address
-        else:
-            host, port = inst.address, inst.port
+        host, port = self.export_to.of(inst)
         labels = dict(inst.labels)
         meta = {"protocol": inst.protocol, EXPORT_MARK: self.name}
         for k, v in sorted(labels.items()):  # Consul's limits: 64 keys, values of 512
@@ -492,13 +478,6 @@ class ConsulRegistry(SnapshotHolder):
 
 EXPORT_MARK = "sofamesh-export"
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def _hostport(s: str) -> tuple[str, int]:
-    host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {s!r}")
-    return host.strip("[]"), int(port)
 
 
 def _replace_id(inst: Instance, iid: str) -> Instance:

@@ -65,7 +65,7 @@ from urllib.parse import parse_qsl, urlencode
 import aiohttp
 
 from ..model import Instance, Locality, Port, Service
-from ._base import Fields, SnapshotHolder, sorted_labels
+from ._base import ExportAddress, Fields, SnapshotHolder, parse_hostport, sorted_labels
 from .sofa_conn import BoltPeer, CallError
 from .sofa_wire import (
     DEFAULT_GROUP,
@@ -140,19 +140,13 @@ class SofaRegistry(SnapshotHolder):
     ) -> None:
         super().__init__(name)
         self.exports = export
-        self.export_via_sidecar = export_address == "sidecar"
-        self.export_address = (
-            _parse_hostport(export_address)
-            if export_address and not self.export_via_sidecar
-            else None
-        )
-        self.sidecar_port_offset = 0  # the pilot's --tcp-port-offset (export_address: sidecar)
+        self.export_to = ExportAddress(export_address)
         self._pub_want: dict[str, list[str]] = {}  # dataId -> the data we should publish
         self._pub_sent: dict[str, list[str]] = {}  # what this connection's server has
         self._pub_ids: dict[str, str] = {}  # dataId -> our publisher's registId
         self._pub_version = 0
         self._pub_wake = asyncio.Event()
-        self.host, self.port = _parse_hostport(address)
+        self.host, self.port = parse_hostport(address)
         self.namespace = namespace
         self.data_ids = list(dict.fromkeys(data_ids))
         self.discover = discover
@@ -201,21 +195,16 @@ class SofaRegistry(SnapshotHolder):
             },
         )
         export = f.bool("export", False)
-        export_address = f.text("export_address")
-        if export_address and export_address != "sidecar":
-            try:
-                _parse_hostport(export_address)
-            except ValueError as e:
-                raise f.err("export_address", str(e)) from None
+        export_address = ExportAddress.field(f)
         address = f.text("address", required=True)
         try:
-            _parse_hostport(address)
+            parse_hostport(address)
         except ValueError as e:
             raise f.err("address", str(e)) from None
         http_address = f.text("http_address")
         if http_address:
             try:
-                _parse_hostport(http_address)
+                parse_hostport(http_address)
             except ValueError as e:
                 raise f.err("http_address", str(e)) from None
         discover = f.bool("discover", False)
@@ -423,12 +412,7 @@ class SofaRegistry(SnapshotHolder):
         self._pub_wake.set()
 
     def _export_datum(self, inst: Instance) -> str:
-        if self.export_via_sidecar:
-            host, port = "127.0.0.1", (inst.service_port or inst.port) + self.sidecar_port_offset
-        elif self.export_address is not None:
-            host, port = self.export_address
-        else:
-            host, port = inst.address, inst.port
+        host, port = self.export_to.of(inst)
         params = {k: v for k, v in inst.labels if k not in ("zone", "protocol", "weight")}
         params.update(protocol=inst.protocol, weight=str(inst.weight))
         params[EXPORT_MARK] = self.name
@@ -560,7 +544,7 @@ class SofaRegistry(SnapshotHolder):
         hostport, _, query = rest.partition("?")
         hostport = hostport.rstrip("/")
         try:
-            host, port = _parse_hostport(hostport)
+            host, port = parse_hostport(hostport)
         except ValueError as e:
             raise SofaDataError(str(e)) from None
         if not _HOST.match(host):
@@ -589,10 +573,3 @@ class SofaRegistry(SnapshotHolder):
             registry=self.name,
             namespace=self.namespace,
         )
-
-
-def _parse_hostport(s: str) -> tuple[str, int]:
-    host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {s!r}")
-    return host.strip("[]"), int(port)

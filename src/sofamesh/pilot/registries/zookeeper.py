@@ -34,7 +34,7 @@ from kazoo.retry import KazooRetry
 
 from ..model import Instance, Port, Service
 from . import dubbo_url
-from ._base import Fields, SnapshotHolder, sorted_labels
+from ._base import ExportAddress, Fields, SnapshotHolder, sorted_labels
 from .dubbo_url import EXPORT_MARK, PROTOCOL_MAP, DubboURLError, ProviderURL
 
 log = logging.getLogger("sofamesh.pilot.registries.zookeeper")
@@ -67,15 +67,7 @@ class ZooKeeperRegistry(SnapshotHolder):
         self.namespace = namespace
         self.exports = export
         self.export_protocols = export_protocols
-        # "sidecar": each consumer's own sidecar, 127.0.0.1:<service port + the pilot's
-        # --tcp-port-offset> (set by the pilot: sidecar_port_offset); else one HOST:PORT
-        self.export_via_sidecar = export_address == "sidecar"
-        self.export_address = (
-            _parse_hostport(export_address)
-            if export_address and not self.export_via_sidecar
-            else None
-        )
-        self.sidecar_port_offset = 0
+        self.export_to = ExportAddress(export_address)
         self.export_application = export_application
         self.session_timeout = session_timeout
         self.auth = auth  # "user:password": ZooKeeper digest auth, as Dubbo's username/password
@@ -120,12 +112,7 @@ class ZooKeeperRegistry(SnapshotHolder):
         for p in protocols:
             if p not in PROTOCOL_MAP.values() and p != "tcp":
                 raise f.err("export_protocols", f"unknown protocol {p!r}")
-        export_address = f.text("export_address")
-        if export_address and export_address != "sidecar":
-            try:
-                _parse_hostport(export_address)
-            except ValueError as e:
-                raise f.err("export_address", str(e)) from None
+        export_address = ExportAddress.field(f)
         root = f.text("root", "/dubbo")
         if not root.startswith("/"):
             raise f.err("root", f"must be an absolute path, got {root!r}")
@@ -453,12 +440,7 @@ class ZooKeeperRegistry(SnapshotHolder):
             "weight": str(inst.weight) if inst.weight != dubbo_url.DEFAULT_WEIGHT else "",
             EXPORT_MARK: self.name,
         }
-        if self.export_via_sidecar:  # the consumer's sidecar: its listener for this port
-            host, port = "127.0.0.1", (inst.service_port or inst.port) + self.sidecar_port_offset
-        elif self.export_address is not None:
-            host, port = self.export_address
-        else:
-            host, port = inst.address, inst.port
+        host, port = self.export_to.of(inst)
         scheme = (
             "dubbo"
             if inst.protocol == "dubbo"
@@ -511,10 +493,3 @@ def _check_auth(f: Fields, auth: str) -> str:
     if auth and (":" not in auth or auth.startswith(":")):
         raise f.err("auth", "expected user:password")
     return auth
-
-
-def _parse_hostport(s: str) -> tuple[str, int]:
-    host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {s!r}")
-    return host.strip("[]"), int(port)
