@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import ROOT, envoy_binary, sofamesh_command
+from tests.integration.pilot.conftest import ads_bootstrap
 from tests.support.certs import make_ca
 
 C1, E1_IN, E1_OUT, E2_OUT, E2_IN, C2 = (
@@ -114,61 +115,10 @@ def link(a: Net, a_ip: str, b: Net, b_ip: str) -> str:
     return v + "b"
 
 
-def bootstrap(node_id: str, xds: str) -> dict:
-    ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
-        "node": {"id": node_id, "cluster": node_id.split("~")[2].split(".")[0]},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "DELTA_GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
-            },
-            "cds_config": ads,
-            "lds_config": ads,
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds,
-                                                    "port_value": 15010,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ]
-        },
-    }
-
-
 def start_proxy(net: Net, key: str, node_id: str, xds: str) -> None:
     """The sidecar or edge `key`, of the kind the mesh runs (net.kind)."""
     cfg = net.workdir / f"{key}.json"
-    cfg.write_text(json.dumps(bootstrap(node_id, xds)))
+    cfg.write_text(json.dumps(ads_bootstrap(15010, 15000, True, node_id, xds_host=xds)))
     if net.kind == "envoy":
         argv = [envoy_binary(), "--disable-hot-restart", "-l", "warning"]
     else:

@@ -153,7 +153,9 @@ class PilotProcess:
         assert status == 204, (status, out)
 
 
-def ads_bootstrap(xds_port: int, admin: int, delta: bool, node_id: str = NODE_ID) -> dict:
+def ads_bootstrap(
+    xds_port: int, admin: int, delta: bool, node_id: str = NODE_ID, xds_host: str = "127.0.0.1"
+) -> dict:
     """An Istio-style Envoy bootstrap: everything but the xDS cluster comes over ADS."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
@@ -194,7 +196,7 @@ def ads_bootstrap(xds_port: int, admin: int, delta: bool, node_id: str = NODE_ID
                                         "endpoint": {
                                             "address": {
                                                 "socket_address": {
-                                                    "address": "127.0.0.1",
+                                                    "address": xds_host,
                                                     "port_value": xds_port,
                                                 }
                                             }
