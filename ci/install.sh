@@ -15,7 +15,7 @@ export DIST_EXTRA_CONFIG="${DIST_EXTRA_CONFIG:-$PWD/ci/build_ext.cfg}"
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$PY" -m venv .venv
-  .venv/bin/pip install -q -U pip
+  .venv/bin/pip install -q -U pip "setuptools>=77"  # make build: SPDX license in pyproject
 fi
 
 if [ "$what" = main ]; then

@@ -61,6 +61,7 @@ cdef class HcmConfig:
     cdef public bint merge_slashes
     cdef public bint strip_any_host_port
     cdef public bint draining
+    cdef public object hand_over          # hot restart: callable(conn) once a conn is idle
     cdef public bint enable_trailers     # http_protocol_options.enable_trailers
     cdef ConnPool pool                  # HTTP/1 upstream pool
     cdef ConnPool pool2                 # HTTP/2 upstream pool (clusters with Cluster.h2)

@@ -20,6 +20,7 @@ class HcmConfig:
     clusters: dict[str, Cluster]
     filters: tuple[HttpFilter, ...]
     draining: bool
+    hand_over: Any
     conns: set[Any]
     access_log: Any
     def __init__(

@@ -70,6 +70,7 @@ cdef class HcmConfig:
         self.merge_slashes = merge_slashes
         self.strip_any_host_port = strip_any_host_port
         self.draining = False
+        self.hand_over = None
         self.enable_trailers = enable_trailers
         self.pool = Http1ConnPool(loop)
         self.pool2 = Http2ConnPool(loop)

@@ -10,6 +10,7 @@
 #                renders it; body pieces are re-framed (content-length: as they are).
 # No coroutine, future or task per request: only new upstream connections use a task.
 
+import os
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
 
 from sofamesh._core.buffer cimport WriteBuf
@@ -139,6 +140,29 @@ cdef class DownstreamConn(RouterStream):
         transport.set_protocol(h2)
         h2._adopt(transport)
         h2.data_received(data)
+
+    def hand_over(self):
+        """Hot restart (proxy/hot_restart.py): a plain HTTP/1.1 connection between requests,
+        with nothing read ahead and nothing left to write, can move to the new process.
+        Returns a duplicate of its descriptor (None when it is not in that state); once the
+        new process has it, `handed_over()` drops this side."""
+        t = self.transport
+        if (self.state != DS_HEAD or self.in_request or self.pending is not None or
+                self.dispatching or self.sniff or t is None or t.get_write_buffer_size() or
+                t.get_extra_info("sslcontext") is not None):
+            return None
+        sock = t.get_extra_info("socket")
+        if sock is None:
+            return None
+        return os.dup(sock.fileno())
+
+    def handed_over(self):
+        """The transport goes without a FIN (the new process's duplicate keeps the socket
+        open): the new process serves the connection from its next byte, still in the
+        kernel's receive queue."""
+        self.close_after = True          # counted as closed here (cx_destroy_local)
+        if self.transport is not None:
+            self.transport.abort()
 
     def eof_received(self):
         # A client FIN closes the connection and resets an in-flight request, as Envoy
@@ -643,6 +667,10 @@ cdef class DownstreamConn(RouterStream):
         # resume_writing would go to another stream, so nothing else clears this pause and
         # the next request on this connection would never be read.
         self._resume(PAUSE_UPSTREAM_FULL)
+        if self.cfg.hand_over is not None and self.state == DS_HEAD and not self.dispatching:
+            # hot restart: the new process takes it from here (not from inside a read: what
+            # follows in that read is this connection's; a later scan hands it over)
+            self.cfg.hand_over(self)
         self._arm_idle()
         if self.pending is not None:
             p = self.pending

@@ -222,9 +222,15 @@ class LocalBackend:
     def __init__(self, server: Any, store: Any) -> None:
         self.server = server
         self.store = store
+        self.inherited: dict | None = None  # hot restart: the previous epoch's counters
 
     async def snapshot(self) -> dict:
-        return add_worker_stats(self.store.snapshot(), 0)
+        snap = add_worker_stats(self.store.snapshot(), 0)
+        if self.inherited is not None:  # added as Envoy's child adds its parent's
+            from sofamesh.admin.stats_format import merge
+
+            snap = merge([snap, self.inherited])
+        return snap
 
     async def topology(self) -> dict:
         return describe_server(self.server)

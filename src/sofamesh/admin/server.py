@@ -111,8 +111,12 @@ class AdminServer:
         self.access_log = AccessLog(admin_log_paths(state.bootstrap))
         state.reopen_hooks.append(self.access_log.reopen)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._client, host, port, reuse_address=True)
+    async def start(self, host: str, port: int, sock: Any = None) -> tuple[str, int]:
+        """Listens on host:port, or on `sock` (the previous epoch's, after a hot restart)."""
+        if sock is not None:
+            self.server = await asyncio.start_server(self._client, sock=sock)
+        else:
+            self.server = await asyncio.start_server(self._client, host, port, reuse_address=True)
         sock = self.server.sockets[0]
         self.address = sock.getsockname()[:2]
         return self.address

@@ -266,9 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(opts)
     if opts.enable_core_dump:
         _enable_core_dump()
-    if opts.restart_epoch > 0:
+    if opts.restart_epoch > 0 and opts.concurrency > 1 and not opts.disable_hot_restart:
         log.warning(
-            "hot restart is not implemented by sofamesh: --restart-epoch %d starts a fresh process",
+            "hot restart with --concurrency > 1 is not implemented by sofamesh: "
+            "--restart-epoch %d starts a fresh process",
             opts.restart_epoch,
         )
     from sofamesh.config import ConfigError

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig
-from sofamesh.proxy import localities, sds, zone_aware
+from sofamesh.proxy import hot_restart, localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config, compile_vhosts
 from sofamesh.proxy.xds_shapes import _nested_rds, _rds_of, _scoped_of, hosts_from_assignment
@@ -631,15 +631,21 @@ class DynamicConfig:
         else:
             acceptor = _Acceptor(view)
             reuse_port = int(getattr(srv.options, "concurrency", 1) or 1) > 1
-            server = await srv._loop.create_server(
-                srv.admit(acceptor, lst),
-                sa.address,
-                sa.port_value,
-                reuse_port=reuse_port or None,
-                backlog=1024,
-                reuse_address=True,
-                start_serving=False,
-            )
+            inherited = hot_restart.take(name)  # the previous epoch's socket (hot restart)
+            if inherited is not None:
+                server = await srv._loop.create_server(
+                    srv.admit(acceptor, lst), sock=inherited, backlog=1024, start_serving=False
+                )
+            else:
+                server = await srv._loop.create_server(
+                    srv.admit(acceptor, lst),
+                    sa.address,
+                    sa.port_value,
+                    reuse_port=reuse_port or None,
+                    backlog=1024,
+                    reuse_address=True,
+                    start_serving=False,
+                )
         bound = server.sockets[0].getsockname()
         dl = _DynListener(name, version, lst, raw, view, addr, acceptor, server, rds, hcm)
         dl.rds_source = rds_source

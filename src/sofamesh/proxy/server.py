@@ -17,7 +17,7 @@ from typing import Any
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.stats import Store
 from sofamesh._core.upstream import Cluster
-from sofamesh.proxy import localities, sds, zone_aware
+from sofamesh.proxy import hot_restart, localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.http_options import dur as _dur
 from sofamesh.proxy.http_options import upstream_h2 as _upstream_h2
@@ -439,15 +439,25 @@ class Server:
             srv = await self._start_pipe(lst.address.pipe, view, serve, lst)
             bound = (lst.address.pipe.path, 0)
         else:
-            srv = await self._loop.create_server(
-                self.admit(view.protocol_factory, lst),
-                sa.address,
-                sa.port_value,
-                reuse_port=reuse_port or None,
-                backlog=1024,
-                reuse_address=True,
-                start_serving=serve,
-            )
+            name = lst.name or _listener_name(lst)
+            inherited = hot_restart.take(name)  # the previous epoch's socket (hot restart)
+            if inherited is not None:
+                srv = await self._loop.create_server(
+                    self.admit(view.protocol_factory, lst),
+                    sock=inherited,
+                    backlog=1024,
+                    start_serving=serve,
+                )
+            else:
+                srv = await self._loop.create_server(
+                    self.admit(view.protocol_factory, lst),
+                    sa.address,
+                    sa.port_value,
+                    reuse_port=reuse_port or None,
+                    backlog=1024,
+                    reuse_address=True,
+                    start_serving=serve,
+                )
             bound = srv.sockets[0].getsockname()
         info = ListenerInfo(
             name=lst.name or _listener_name(lst),
@@ -505,6 +515,18 @@ class Server:
             idx = self._by_address = (len(self.listeners), exact, wild)
         view = idx[1].get((_norm_ip(addr[0]), addr[1]))
         return view if view is not None else idx[2].get(addr[1])
+
+    def adopt(self, name: str, sock: Any) -> bool:
+        """Hot restart: serve a connection the previous epoch handed over (proxy/hot_restart),
+        as if listener `name` had just accepted it. False: no such listener here."""
+        for li in self.listeners:
+            if li.name == name and li.server is not None and not li.draining:
+                factory = self.admit(li.hcm.protocol_factory, li.config)
+                assert self._loop is not None
+                self._loop.create_task(self._loop.connect_accepted_socket(factory, sock))
+                return True
+        log.warning("hot restart: a connection of listener %s: no such listener here", name)
+        return False
 
     def admit(self, factory: Any, lst: Any) -> Any:
         """Listener `lst`'s protocol factory under the global connection limit, if any

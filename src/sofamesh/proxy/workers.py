@@ -100,12 +100,13 @@ def _admin_address(bootstrap: Any) -> tuple[str, int] | None:
 async def _start_admin(bootstrap: Any, opts: Any, backend: Any) -> tuple[Any, Any]:
     from sofamesh.admin.handlers import AdminState
     from sofamesh.admin.server import AdminServer
+    from sofamesh.proxy import hot_restart
 
     state = AdminState(bootstrap, opts, backend)
     admin = AdminServer(state)
     addr = _admin_address(bootstrap)
     if addr is not None:
-        bound = await admin.start(*addr)
+        bound = await admin.start(*addr, sock=hot_restart.take("admin"))
         log.info("admin address: %s:%d", bound[0], bound[1])
         if opts.admin_address_path:
             with open(opts.admin_address_path, "w") as f:  # noqa: ASYNC230 - once, at start
@@ -131,10 +132,16 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     from sofamesh._core.stats import Store
     from sofamesh.admin.backend import LocalBackend
     from sofamesh.admin.handlers import STATE_LIVE
+    from sofamesh.proxy import hot_restart
     from sofamesh.proxy.server import Server
 
     store = Store()
     _count_passthrough(store, report)
+    parent = None  # hot restart: the epoch we take over from (its listening sockets first)
+    if opts.restart_epoch > 0 and not opts.disable_hot_restart and opts.mode == "serve":
+        parent = await asyncio.to_thread(
+            hot_restart.Predecessor.connect, opts.base_id, opts.restart_epoch
+        )
     try:
         server = Server(bootstrap, stats=store, options=opts)
     except Exception as e:  # noqa: BLE001 - reported, the process keeps running
@@ -158,6 +165,10 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     state.state = STATE_LIVE
     settle_gc()
     log.info("all dependencies initialized. starting workers")
+    if not opts.disable_hot_restart:
+        hot_restart.Successor.serve(opts, server, admin, state)
+    if parent is not None:
+        parent.drain(server, backend)
     await state.quit.wait()
     log.info("shutting down")
     for sink in sinks:

@@ -1,0 +1,122 @@
+"""Hot restart (`--restart-epoch`, proxy/hot_restart.py): a new sofamesh takes over from the
+running one without losing a request or resetting a connection.
+
+- Under wrk load (HTTP/1.1 keep-alive), epoch 1 starts, takes the listening sockets and the
+  admin's, and epoch 0 hands it every connection as it comes between requests, then exits
+  by itself: wrk sees no error, no non-2xx answer, no socket error; epoch 1's counters
+  include epoch 0's.
+- An idle keep-alive connection opened to epoch 0 is served by epoch 1 on its next
+  request: the same TCP connection, moved.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sofamesh_command
+from tests.integration.admin.helpers import get, stop, wait_live, write_bootstrap
+from tests.support.http_upstream import RecordingUpstream
+from tests.support.servers import free_ports
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start(config: Path, admin: int, base_id: int, epoch: int, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [*sofamesh_command(), "proxy", "-c", str(config), "-l", "info",
+             "--concurrency", "1", "--base-id", str(base_id), "--restart-epoch", str(epoch),
+             "--parent-shutdown-time-s", "20"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return proc
+
+
+def stats(admin: int) -> dict[str, int]:
+    _, body = get(admin, "/stats")
+    out = {}
+    for line in body.splitlines():
+        k, _, v = line.partition(": ")
+        if v.strip().isdigit():
+            out[k] = int(v)
+    return out
+
+
+@pytest.fixture
+def setup(tmp_path):
+    up = RecordingUpstream(["a"]).start()
+    admin, port = free_ports(2)
+    cfg = write_bootstrap(tmp_path / "proxy.yaml", admin=admin, port=port, upstream=up.ports["a"])
+    base_id = 1000 + os.getpid() % 50000  # our own: other tests' proxies use base id 0
+    procs: list[subprocess.Popen] = []
+    try:
+        yield cfg, admin, port, base_id, procs, tmp_path
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                stop(p)
+        up.stop()
+
+
+def test_upgrade_under_wrk_loses_nothing(setup):
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is needed (ci/install.d/bench.sh installs it)")
+    cfg, admin, port, base_id, procs, tmp = setup
+    old = start(cfg, admin, base_id, 0, tmp / "epoch0.log")
+    procs.append(old)
+    wait_live(admin, old)
+    wrk = subprocess.Popen(
+        ["wrk", "-t1", "-c16", "-d6s", f"http://127.0.0.1:{port}/"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(2.0)
+    new = start(cfg, admin, base_id, 1, tmp / "epoch1.log")
+    procs.append(new)
+    # epoch 0 drains into epoch 1 and exits by itself, well before wrk is done
+    assert old.wait(timeout=30) == 0, (tmp / "epoch0.log").read_text()[-3000:]
+    out, _ = wrk.communicate(timeout=30)
+    assert new.poll() is None, (tmp / "epoch1.log").read_text()[-3000:]
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    assert done > 100, out
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    epoch0 = (tmp / "epoch0.log").read_text()
+    handed = int(re.search(r"drained \((\d+) connections handed over\)", epoch0).group(1))  # type: ignore[union-attr]
+    assert handed >= 1, epoch0
+    s = stats(admin)  # epoch 1 answers on the admin socket it inherited
+    assert s["server.hot_restart.connections_adopted"] == handed
+    assert s["server.hot_restart_epoch"] == 1
+    # epoch 0's counters carried over: every request wrk completed is counted once
+    assert s["http.ingress_http.downstream_rq_2xx"] >= done
+    assert s["http.ingress_http.downstream_rq_2xx"] <= done + 16  # in flight as wrk stopped
+    assert s.get("http.ingress_http.downstream_rq_5xx", 0) == 0
+
+
+def test_idle_keep_alive_connection_moves_to_the_new_process(setup):
+    cfg, admin, port, base_id, procs, tmp = setup
+    old = start(cfg, admin, base_id, 0, tmp / "epoch0.log")
+    procs.append(old)
+    wait_live(admin, old)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/first")
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("connection") != "close"
+    r.read()
+    sock = conn.sock
+    new = start(cfg, admin, base_id, 1, tmp / "epoch1.log")
+    procs.append(new)
+    assert old.wait(timeout=30) == 0, (tmp / "epoch0.log").read_text()[-3000:]
+    conn.request("GET", "/second")  # the same TCP connection: now epoch 1's
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    r.read()
+    assert conn.sock is sock
+    conn.close()
+    assert stats(admin)["server.hot_restart.connections_adopted"] == 1
