@@ -90,6 +90,24 @@ def _check(data: bytes, cuts: list[int], client_side: bool = False):
     assert split.stats == whole.stats
 
 
+def test_where_the_bytes_are_cut_never_changes_the_error():
+    """Found by test_mutated_sessions (CI, 2026-12-04): a first frame that is not SETTINGS
+    and whose payload length is wrong for its type was "frame length" when cut inside its
+    payload and "first frame is not SETTINGS" when whole; likewise a frame other than
+    CONTINUATION after a HEADERS without END_HEADERS."""
+    not_settings = PREFACE + b"\0\0\x01\x02\0\0\0\0\0\x00" + b"\0\0\x04\x04\0\0\0\0\0" + b"x" * 4
+    _check(not_settings, [33])
+    headers_open = (
+        PREFACE
+        + b"\0\0\0\x04\0\0\0\0\0"  # SETTINGS
+        + b"\0\0\x01\x01\x00\0\0\0\x01\x82"  # HEADERS stream 1, no END_HEADERS
+        + b"\0\0\x07\x06\0\0\0\0\0"
+        + b"1234567"  # PING of a wrong length
+    )
+    for cut in range(len(headers_open) - 9, len(headers_open)):
+        _check(headers_open, [cut])
+
+
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(mutated(), st.lists(st.integers(1, 4000), max_size=6))
 def test_mutated_sessions(data, cuts):

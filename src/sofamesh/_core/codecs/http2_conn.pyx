@@ -93,6 +93,15 @@ cdef class ConnectionCore:
                 self._conn_error(ERR_FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
                 return n
             if n - off < FRAME_HEADER_LEN + length:
+                # the checks _frame makes first, in its order, so that how the bytes were cut
+                # never changes which error a connection gets
+                if self._phase == PHASE_SETTINGS and (p[off + 3] != FT_SETTINGS or
+                                                      p[off + 4] & FLAG_ACK):
+                    self._conn_error(ERR_PROTOCOL_ERROR, "first frame is not SETTINGS")
+                    return n
+                if self._cont_sid and p[off + 3] != FT_CONTINUATION:
+                    self._conn_error(ERR_PROTOCOL_ERROR, "expected CONTINUATION")
+                    return n
                 if _fixed_length_wrong(p[off + 3], length):
                     # no need to wait for a payload that cannot be right (Envoy does not)
                     self._conn_error(ERR_FRAME_SIZE_ERROR, "frame length")
