@@ -24,6 +24,7 @@ cdef class DownstreamConn(RpcClient):
     cdef bint reading                   # transport reading (not paused by flow control)
     cdef bint write_paused              # the client's socket buffer is full
     cdef bytes held                     # a read that came while paused, taken on resume
+    cdef bint moving                    # hot restart: stopped reading, to be handed over
     cdef void handle_bolt(self, object f)
     cdef void handle_dubbo(self, object f)
     cdef void forward(self, object f, unsigned long long orig_id, bint oneway, double timeout_s)

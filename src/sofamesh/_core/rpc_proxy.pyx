@@ -11,6 +11,7 @@
 # request id: Bolt status codes, Dubbo status bytes.
 
 import logging
+import os
 
 from sofamesh._core.stats cimport Store
 from sofamesh._core.rpc_upstream cimport WHY_QUOTA
@@ -139,6 +140,7 @@ cdef class DownstreamConn:
         self.reading = True
         self.write_paused = False
         self.held = None
+        self.moving = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -198,7 +200,8 @@ cdef class DownstreamConn:
         self.set_reading()
 
     cdef void set_reading(self):
-        cdef bint want = not self.write_paused and self.cfg.upstream_paused == 0
+        cdef bint want = not self.write_paused and self.cfg.upstream_paused == 0 and \
+            not self.moving
         if self.closed or self.transport is None or want == self.reading:
             return
         self.reading = want
@@ -223,6 +226,32 @@ cdef class DownstreamConn:
 
     def busy(self):
         return self.active > 0
+
+    def hand_over(self):
+        """Hot restart (proxy/hot_restart.py): first call, at a frame boundary (nothing read
+        ahead), stops reading: what the client sends next waits in the kernel. Once the
+        calls in flight are answered and written, returns a duplicate of the descriptor for
+        the new process (None until then); `handed_over()` then drops this side."""
+        t = self.transport
+        if self.closed or t is None or t.get_extra_info("sslcontext") is not None:
+            return None
+        if not self.moving:
+            if self.held is not None or self.decoder.buffered:
+                return None             # mid-frame: read on to the boundary
+            self.moving = True
+            self.set_reading()
+            if self.reading:            # (set_reading only changes what it must)
+                self.reading = False
+                t.pause_reading()
+        if self.active > 0 or self.out or self.held is not None or t.get_write_buffer_size():
+            return None
+        sock = t.get_extra_info("socket")
+        return None if sock is None else os.dup(sock.fileno())
+
+    def handed_over(self):
+        """Gone without a FIN: the new process's duplicate keeps the socket open."""
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
 
     cdef void write(self, bytes data):
         self.out.append(data)

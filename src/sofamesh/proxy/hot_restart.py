@@ -1,6 +1,7 @@
 """Hot restart: `sofamesh proxy --restart-epoch N` takes over from the sofamesh running as epoch
 N-1 (same `--base-id`) and loses nothing: no connection attempt refused or reset, no request
-failed, and the plain HTTP/1.1 connections the old process held move to the new one whole.
+failed, and the plain HTTP/1.1, Dubbo and Bolt connections the old process held move to the
+new one whole.
 
 Every serving sofamesh (`--concurrency 1`, unless `--disable-hot-restart`) listens on the
 abstract Unix socket `@sofamesh_hot_restart.<base id>.<epoch>` (SOCK_SEQPACKET: one message a
@@ -15,6 +16,8 @@ frame, file descriptors attached with SCM_RIGHTS). The new process, epoch N:
      (at once if idle, else when their response is done): the descriptor goes to the new
      process with the listener's name, the old one drops its copy without a FIN, and the
      new process serves the connection from its next byte, which waited in the kernel;
+   - plain Dubbo and Bolt connections stop being read at a frame boundary, and move once
+     the calls in flight are answered (what the client sent meanwhile waits in the kernel);
    - HTTP/2 connections get GOAWAY, and everything else (TLS, RPC, tcp_proxy) drains as
      `/drain_listeners?graceful` does: closed once done, never mid-request;
 3. the old process sends its counters every second while draining and a last time as it
@@ -262,21 +265,27 @@ class Successor:
     async def _drain(self) -> None:
         """Stop accepting, hand over or drain every connection, report, exit."""
         from sofamesh._core.hcm_config import HcmConfig
+        from sofamesh._core.rpc_proxy import RpcProxyConfig
 
         log.info("hot restart: epoch %d takes over; draining into it", self.epoch + 1)
         self.state.draining_for_successor = True
         if self.admin is not None and self.admin.server is not None:
             self.admin.server.close()
-        plain = []
+        movable: list[tuple[str, Any]] = []  # listeners whose connections move whole
+        others = []
         for li in self.server.listeners:
-            if isinstance(li.hcm, HcmConfig):
+            parts = [li.hcm] if isinstance(li.hcm, HcmConfig) else getattr(li.hcm, "parts", [])
+            if parts and all(isinstance(p, (HcmConfig, RpcProxyConfig)) for p in parts):
                 li.draining = True
                 if li.server is not None:
                     li.server.close()
-                li.hcm.hand_over = self._hand_over_cb(li.name)
-                plain.append(li.hcm)
-        others = [li for li in self.server.listeners if not isinstance(li.hcm, HcmConfig)]
-        if others:
+                for p in parts:
+                    if isinstance(p, HcmConfig):  # handed over as its responses end
+                        p.hand_over = self._hand_over_cb(li.name)
+                    movable.append((li.name, p))
+            else:
+                others.append(li)
+        if others:  # TLS, several chains, tcp_proxy: closed once done, never mid-request
             saved = self.server.listeners
             self.server.listeners = others
             try:
@@ -287,15 +296,18 @@ class Successor:
         if dyn is not None:
             for dl in getattr(dyn, "active_listeners", {}).values():
                 dl.server.close()
+        scans = [(self._hand_over_cb(name), view) for name, view in movable]
         deadline = time.monotonic() + self.shutdown_after
         last_stats = 0.0
         while True:
-            for cfg in plain:  # idle ones, those whose response just ended inside a read, h2
-                for c in list(cfg.conns):
+            # idle connections, those whose response ended inside a read, RPC connections
+            # once their calls are answered; HTTP/2 ones get GOAWAY (closed once done)
+            for cb, view in scans:
+                for c in list(view.conns):
                     if hasattr(c, "hand_over"):
-                        cfg.hand_over(c)
+                        cb(c)
                     else:
-                        c.close()  # HTTP/2: GOAWAY, closed once its streams are done
+                        c.close()
             now = time.monotonic()
             if self._open_connections() == 0 or now > deadline:
                 break
@@ -331,6 +343,11 @@ class Successor:
         return cb
 
     def _open_connections(self) -> int:
+        """Connections still here: the listeners' own sets, or their cx_active gauges."""
+        held = sum(len(li.hcm.conns) for li in self.server.listeners if hasattr(li.hcm, "conns"))
+        return max(held, self._active_gauges())
+
+    def _active_gauges(self) -> int:
         n = 0
         for name, g in self.server.stats.gauges().items():
             if (

@@ -120,3 +120,67 @@ def test_idle_keep_alive_connection_moves_to_the_new_process(setup):
     assert conn.sock is sock
     conn.close()
     assert stats(admin)["server.hot_restart.connections_adopted"] == 1
+
+
+def test_dubbo_and_bolt_connections_move_with_their_calls_answered(tmp_path):
+    """Real sofa-rpc-node clients (Bolt, and Dubbo over dubbo-remoting) call through epoch 0
+    without pause while epoch 1 takes over: every call is answered, and each client's one
+    connection is the same throughout (moved, not reconnected)."""
+    import json as _json
+
+    from tests.integration.rpc.conftest import (
+        PEERS,
+        NodeServer,
+        bolt_filter,
+        bootstrap,
+        cluster,
+        dubbo_filter,
+        listener,
+        node_ready,
+        route_config,
+    )
+
+    iface = "com.nodejs.test.TestService"
+    with NodeServer(tag="b") as bolt_up, NodeServer(dubbo=True, tag="d") as dubbo_up:
+        bport, dport = free_ports(2)
+        boot = bootstrap(
+            [
+                listener("bolt", bport, [bolt_filter([route_config(iface, "bolt_up")])]),
+                listener("dubbo", dport, [dubbo_filter([route_config(iface, "dubbo_up")])]),
+            ],
+            [cluster("bolt_up", [bolt_up.port]), cluster("dubbo_up", [dubbo_up.port])],
+        )
+        admin = boot["admin"]["address"]["socket_address"]["port_value"]
+        cfg = tmp_path / "rpc.json"
+        cfg.write_text(_json.dumps(boot))
+        base_id = 60000 + os.getpid() % 5000
+        old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log")
+        new = None
+        clients = []
+        try:
+            wait_live(admin, old)
+            calls = _json.dumps([{"method": "who"}, {"method": "plus", "args": [2, 3]}])
+            for port, extra in ((bport, []), (dport, ["--dubbo"])):
+                argv = ["node", str(node_ready() / "rpc_client.js"), "--target",
+                        f"127.0.0.1:{port}", "--calls", calls, "--repeat", "3000", *extra]  # fmt: skip
+                clients.append(subprocess.Popen(argv, cwd=PEERS, stdout=subprocess.PIPE, text=True))
+            time.sleep(0.5)
+            new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log")
+            assert old.wait(timeout=30) == 0, (tmp_path / "epoch0.log").read_text()[-3000:]
+            for c, tag in zip(clients, ("b", "d")):
+                out, _ = c.communicate(timeout=60)
+                results = _json.loads(out.strip().splitlines()[-1])
+                assert len(results) == 6000
+                bad = [r for r in results if not r.get("ok")]
+                assert not bad, bad[:3]
+                assert {r["result"] for r in results} == {tag, 5}
+            s = stats(admin)
+            assert s["server.hot_restart.connections_adopted"] == 2  # one a client
+            assert s["bolt.bolt_in.cx_total"] >= 1 and s["dubbo.dubbo_in.cx_total"] >= 1
+        finally:
+            for c in clients:
+                if c.poll() is None:
+                    c.kill()
+            for p in (old, new):
+                if p is not None and p.poll() is None:
+                    stop(p)
