@@ -184,3 +184,116 @@ def test_dubbo_and_bolt_connections_move_with_their_calls_answered(tmp_path):
             for p in (old, new):
                 if p is not None and p.poll() is None:
                     stop(p)
+
+
+GRPC_BOOTSTRAP = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: grpc_in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: grpc_in
+          codec_type: AUTO
+          drain_timeout: 0.5s
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: grpc_up, timeout: 0s}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: grpc_up
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: grpc_up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}
+"""
+
+
+def test_grpc_calls_across_an_upgrade_all_succeed(tmp_path):
+    """grpcio clients (HTTP/2) calling without pause while epoch 1 takes over: epoch 0 sends
+    GOAWAY (last stream id 2^31-1, then the real one after the HCM's drain_timeout) and
+    closes each connection once its streams are done; the channels open new connections,
+    to epoch 1. Every call succeeds, and epoch 0 reset no stream."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b"echo:" + request
+
+    upstream = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    upstream.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+            ),
+        )
+    )
+    up_port = upstream.add_insecure_port("127.0.0.1:0")
+    upstream.start()
+    admin, port = free_ports(2)
+    cfg = tmp_path / "grpc.yaml"
+    cfg.write_text(GRPC_BOOTSTRAP.format(admin=admin, port=port, upstream=up_port))
+    base_id = 20000 + os.getpid() % 20000
+    old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log")
+    new = None
+    stop_calls = threading.Event()
+    results: list[str] = []
+
+    def caller(n: int) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/test.Echo/Echo")
+            i = 0
+            while not stop_calls.is_set():
+                try:
+                    got = call(f"{n}-{i}".encode(), timeout=5)
+                    results.append("ok" if got == f"echo:{n}-{i}".encode() else repr(got))
+                except grpc.RpcError as e:
+                    results.append(f"{e.code()}: {e.details()}")
+                i += 1
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    try:
+        wait_live(admin, old)
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log")
+        assert old.wait(timeout=30) == 0, (tmp_path / "epoch0.log").read_text()[-3000:]
+        time.sleep(1.0)  # calls go on against epoch 1 alone
+        stop_calls.set()
+        for t in threads:
+            t.join(timeout=10)
+        bad = [r for r in results if r != "ok"]
+        assert len(results) > 200 and not bad, (len(results), bad[:5])
+        s = stats(admin)  # epoch 0's counters included
+        assert s.get("http.grpc_in.downstream_rq_rx_reset", 0) == 0
+        assert s.get("http.grpc_in.downstream_rq_tx_reset", 0) == 0
+        assert s["http.grpc_in.downstream_rq_completed"] >= len(results)
+        # grpcio's channels share one connection: epoch 0's, then a new one to epoch 1
+        assert s["http.grpc_in.downstream_cx_http2_total"] >= 2
+    finally:
+        stop_calls.set()
+        for p in (old, new):
+            if p is not None and p.poll() is None:
+                stop(p)
+        upstream.stop(0)
