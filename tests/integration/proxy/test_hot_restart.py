@@ -7,6 +7,9 @@ running one without losing a request or resetting a connection.
   include epoch 0's.
 - An idle keep-alive connection opened to epoch 0 is served by epoch 1 on its next
   request: the same TCP connection, moved.
+- Real sofa-rpc-node Bolt and Dubbo clients calling without pause: every call answered,
+  each client's one connection moved.
+- grpcio clients (HTTP/2): GOAWAY, then new connections to epoch 1; every call succeeds.
 """
 
 from __future__ import annotations
