@@ -62,6 +62,8 @@ cdef class HcmConfig:
     cdef public bint strip_any_host_port
     cdef public bint draining
     cdef public object hand_over          # hot restart: callable(conn) once a conn is idle
+    cdef public bint overload_reject      # overload manager: stop_accepting_requests
+    cdef public bint overload_no_keepalive  # overload manager: disable_http_keepalive
     cdef public bint enable_trailers     # http_protocol_options.enable_trailers
     cdef ConnPool pool                  # HTTP/1 upstream pool
     cdef ConnPool pool2                 # HTTP/2 upstream pool (clusters with Cluster.h2)
@@ -105,6 +107,7 @@ cdef class HcmConfig:
     cdef Counter rq_redirect
     cdef Counter rq_header_overflow
     cdef Counter rq_overload_close
+    cdef Counter cx_overload_disable_keepalive
     cdef Gauge cx_active
     cdef Gauge cx_http1_active
     cdef Gauge rq_active

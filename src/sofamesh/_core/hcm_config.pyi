@@ -21,6 +21,8 @@ class HcmConfig:
     filters: tuple[HttpFilter, ...]
     draining: bool
     hand_over: Any
+    overload_reject: bool
+    overload_no_keepalive: bool
     conns: set[Any]
     access_log: Any
     def __init__(

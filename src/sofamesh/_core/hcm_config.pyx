@@ -71,6 +71,8 @@ cdef class HcmConfig:
         self.strip_any_host_port = strip_any_host_port
         self.draining = False
         self.hand_over = None
+        self.overload_reject = False
+        self.overload_no_keepalive = False
         self.enable_trailers = enable_trailers
         self.pool = Http1ConnPool(loop)
         self.pool2 = Http2ConnPool(loop)
@@ -103,6 +105,7 @@ cdef class HcmConfig:
         self.rq_response_before_rq_complete = c(p + "downstream_rq_response_before_rq_complete")
         self.rq_header_overflow = c(p + "downstream_rq_header_overflow")
         self.rq_overload_close = c(p + "downstream_rq_overload_close")
+        self.cx_overload_disable_keepalive = c(p + "downstream_cx_overload_disable_keepalive")
         self.cx_total = c(p + "downstream_cx_total")
         self.cx_http1_total = c(p + "downstream_cx_http1_total")
         self.cx_destroy = c(p + "downstream_cx_destroy")

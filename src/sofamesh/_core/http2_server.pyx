@@ -86,13 +86,16 @@ cdef class Http2ServerConn:
         if self.codec.closed:           # a connection error: its GOAWAY is queued
             self._sync_stats()
             self._close_when_done(True)
+            # Its streams end with it now: connection_lost can come much later (a TLS close
+            # waits for the client's close_notify), and an upstream answering meanwhile
+            # had a closed codec to write to (found by tests/fuzz/proxy_campaign.py).
+            _reset_streams(self, False)     # flag DPE, as Envoy's
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc):
         cdef HcmConfig cfg = self.cfg
-        cdef H2Stream s
         if self.transport is None:
             return
         self.closed = True
@@ -115,12 +118,7 @@ cdef class Http2ServerConn:
         if self.drain_timer is not None:
             self.drain_timer.cancel()
             self.drain_timer = None
-        for s in list(self.streams.values()):
-            try:
-                s._on_reset(True)
-            except Exception as exc2:
-                log.exception("internal error resetting an HTTP/2 stream: %r", exc2)
-        self.streams = {}
+        _reset_streams(self, True)
         self._sync_stats()
 
     def pause_writing(self):
@@ -333,6 +331,19 @@ cdef class Http2ServerConn:
             self.transport.abort()
 
 
+cdef int _reset_streams(Http2ServerConn c, bint remote) except -1:
+    """The connection is gone (remote: the client went) or going after a protocol error:
+    every stream's upstream is abandoned."""
+    cdef H2Stream s
+    for s in list(c.streams.values()):
+        try:
+            s._on_reset(remote)
+        except Exception as exc2:
+            log.exception("internal error resetting an HTTP/2 stream: %r", exc2)
+    c.streams = {}
+    return 0
+
+
 cdef class H2Stream(RouterStream):
     """One request/response exchange of an HTTP/2 connection."""
 
@@ -366,6 +377,8 @@ cdef class H2Stream(RouterStream):
             if not end_stream:
                 self._h2_headers([(b":status", b"100")], False)
                 self.resp_ended = False
+        if cfg.overload_reject:         # overload manager: stop_accepting_requests
+            return self._overloaded()
         self.route = cfg.routes.route(h)
         self.fidx = 0
         return self._decode_continue()

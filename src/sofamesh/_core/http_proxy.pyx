@@ -412,6 +412,9 @@ cdef class DownstreamConn(RouterStream):
         self.up_end = self.req_done
         if h.conn_close or (h.minor == 0 and not h.conn_keep_alive) or cfg.draining:
             self.close_after = True
+        elif cfg.overload_no_keepalive:     # overload manager: disable_http_keepalive
+            self.close_after = True
+            cfg.cx_overload_disable_keepalive.inc()
         if h.method_len == 7 and h.base[0] == 67 and h.base[1] == 79 and h.base[2] == 78:
             self.close_after = True     # CONNECT: the connection is never reused (Envoy)
         if h.minor == 0 and not cfg.accept_http_10:
@@ -429,6 +432,8 @@ cdef class DownstreamConn(RouterStream):
             self.resp_pending += self.resp_held     # Envoy flushes its codec's buffer here
             self.resp_held = 0
             cfg.rq_1xx.inc()
+        if cfg.overload_reject:         # overload manager: stop_accepting_requests
+            return self._overloaded()
         self.route = cfg.routes.route(h)
         if self.upgrade:
             up = h.value_at(h.upgrade_idx).lower()

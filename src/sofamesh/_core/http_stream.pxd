@@ -151,6 +151,7 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _decode_continue(self) except -1
     # extra: (name, value, ...) response headers, or None
     cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1
+    cdef int _overloaded(self) except -1
     cdef int _flush_out(self) except -1
 
 

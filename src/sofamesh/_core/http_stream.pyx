@@ -48,6 +48,13 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef int _decode_continue(self) except -1:
         raise NotImplementedError
 
+    cdef int _overloaded(self) except -1:
+        """The overload manager's stop_accepting_requests (proxy/overload.py): Envoy's 503
+        "envoy overloaded", response flag OM, counted in downstream_rq_overload_close."""
+        self.cfg.rq_overload_close.inc()
+        self.resp_flags = "OM"
+        return self._local_reply(503, b"envoy overloaded", None, False)
+
     cdef int _local_reply(self, int code, bytes body, tuple extra, bint close) except -1:
         raise NotImplementedError
 

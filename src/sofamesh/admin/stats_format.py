@@ -294,7 +294,11 @@ def merge(snaps: list[dict]) -> dict:
         for k in ("counters", "gauges"):
             d = out[k]
             for n, v in s[k].items():
-                d[n] = d.get(n, 0) + v
+                if k == "gauges" and n.startswith("overload."):
+                    # each worker process watches its own memory: the most loaded one speaks
+                    d[n] = max(d.get(n, 0), v)
+                else:
+                    d[n] = d.get(n, 0) + v
         for n, h in s["histograms"].items():
             cur = out["histograms"].get(n)
             if cur is None:

@@ -40,7 +40,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "admin",
         "layered_runtime",
         "stats_config",  # tag extraction and stats matcher (admin/stats_config.py)
-        # its global_downstream_max_connections monitor only (proxy/overload.py)
+        # global_downstream_max_connections, fixed_heap and its actions (proxy/overload.py)
         "overload_manager",
         "application_log_config",  # text_format: the log line format (proxy/cli.py)
         "cluster_manager",  # checked field by field below
@@ -444,12 +444,21 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _CL + "Cluster.RingHashLbConfig": ("minimum_ring_size",),
     _CL + "Cluster.TransportSocketMatch": ("name", "match", "transport_socket"),
     "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions": ("enable_deferred_creation_stats",),
-    # the overload manager (issue 13): its resource monitors only, see DOWNSTREAM_CONNECTIONS
-    "envoy.config.overload.v3.OverloadManager": ("resource_monitors",),
+    # the overload manager (issue 13, proxy/overload.py): global_downstream_max_connections,
+    # fixed_heap and its threshold-triggered actions
+    "envoy.config.overload.v3.OverloadManager": (
+        "resource_monitors",
+        "refresh_interval",
+        "actions",
+    ),
     "envoy.config.overload.v3.ResourceMonitor": ("name", "typed_config"),
+    "envoy.config.overload.v3.OverloadAction": ("name", "triggers"),
+    "envoy.config.overload.v3.Trigger": ("name", "threshold"),
+    "envoy.config.overload.v3.ThresholdTrigger": ("value",),
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": (
         "max_active_downstream_connections",
     ),
+    "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig": ("max_heap_size_bytes",),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig": ("log_format",),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat": ("text_format",),
     # upstream_bind_config: refused

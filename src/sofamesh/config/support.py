@@ -253,6 +253,11 @@ DOWNSTREAM_CONNECTIONS = (
     ".DownstreamConnectionsConfig"
 )
 register_extension(DOWNSTREAM_CONNECTIONS, "sofamesh.proxy.overload")
+# fixed_heap (the process's RSS against max_heap_size_bytes) and its actions (proxy/overload.py)
+register_extension(
+    "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+    "sofamesh.proxy.overload",
+)
 
 
 # HCM request_id_extension: Envoy's UUID request ids, which sofamesh generates (x-request-id,

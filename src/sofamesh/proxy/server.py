@@ -382,6 +382,8 @@ class Server:
 
         # the overload manager's global connection limit (None: none to enforce)
         self.global_cx = overload.from_bootstrap(self.bootstrap, self.options)
+        # fixed_heap and its actions (stop_accepting_requests, disable_http_keepalive, ...)
+        self.heap = overload.HeapManager.from_bootstrap(self, self.bootstrap)
         reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
         # a pool's worker serves only once it has the pool's current xDS config, and with
         # health-checked clusters the pool's current health (serve_all, by proxy.workers)
@@ -393,6 +395,8 @@ class Server:
             await self._start_listener(li, lst, reuse_port, serve and not self.defer_serving)
         if self.bootstrap.HasField("dynamic_resources") or sds.needed(self):
             await self._start_xds()  # (SDS secrets of static listeners/clusters: proxy/sds.py)
+        if self.heap is not None:
+            self.heap.start(self._loop)
         if not serve and not self.defer_serving:
             await self.serve_all()
 
@@ -739,6 +743,9 @@ class Server:
             al.reopen()
 
     async def stop(self) -> None:
+        heap = getattr(self, "heap", None)
+        if heap is not None:
+            heap.stop()
         if self.dynamic is not None:
             await self.dynamic.stop()
         if self.health_link is not None:
