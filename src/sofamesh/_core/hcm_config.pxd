@@ -44,6 +44,7 @@ cdef class HcmConfig:
     cdef public double idle_timeout         # seconds without a request before closing; 0: off
     cdef public double request_timeout      # HCM request_timeout (s); 0: off
     cdef public double stream_idle_timeout  # HCM stream_idle_timeout (s); 0: off
+    cdef public double request_headers_timeout  # HCM request_headers_timeout (s); 0: off
     cdef public double drain_timeout        # HCM drain_timeout (s): HTTP/2's two-step GOAWAY
     cdef public tuple reply_map             # local_reply_config: ((op, value, status, body), ...)
     cdef public int server_mode             # server_header_transformation enum value
@@ -108,6 +109,7 @@ cdef class HcmConfig:
     cdef Counter rq_header_overflow
     cdef Counter rq_overload_close
     cdef Counter cx_overload_disable_keepalive
+    cdef Counter rq_header_timeout
     cdef Gauge cx_active
     cdef Gauge cx_http1_active
     cdef Gauge rq_active

@@ -23,6 +23,7 @@ class HcmConfig:
     hand_over: Any
     overload_reject: bool
     overload_no_keepalive: bool
+    request_headers_timeout: float
     conns: set[Any]
     access_log: Any
     def __init__(

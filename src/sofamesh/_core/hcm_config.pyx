@@ -73,6 +73,7 @@ cdef class HcmConfig:
         self.hand_over = None
         self.overload_reject = False
         self.overload_no_keepalive = False
+        self.request_headers_timeout = 0.0
         self.enable_trailers = enable_trailers
         self.pool = Http1ConnPool(loop)
         self.pool2 = Http2ConnPool(loop)
@@ -106,6 +107,7 @@ cdef class HcmConfig:
         self.rq_header_overflow = c(p + "downstream_rq_header_overflow")
         self.rq_overload_close = c(p + "downstream_rq_overload_close")
         self.cx_overload_disable_keepalive = c(p + "downstream_cx_overload_disable_keepalive")
+        self.rq_header_timeout = c(p + "downstream_rq_header_timeout")
         self.cx_total = c(p + "downstream_cx_total")
         self.cx_http1_total = c(p + "downstream_cx_http1_total")
         self.cx_destroy = c(p + "downstream_cx_destroy")

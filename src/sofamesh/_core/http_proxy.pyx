@@ -52,6 +52,9 @@ cdef bytes H2_PREFACE = _PREFACE
 cdef Py_ssize_t HOLD_LIMIT = 1024 * 1024
 HOLD_LIMIT_ = HOLD_LIMIT
 
+cdef enum:
+    H1_E_TIMEOUT = -1000        # not a parse error: request_headers_timeout (_header_timeout)
+
 
 cdef class DownstreamConn(RouterStream):
     def __cinit__(self, HcmConfig cfg):
@@ -206,6 +209,9 @@ cdef class DownstreamConn(RouterStream):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.hdr_timer is not None:
+            self.hdr_timer.cancel()
+            self.hdr_timer = None
         if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
@@ -233,7 +239,13 @@ cdef class DownstreamConn(RouterStream):
                 r = parse_request(self.h1, data, off, cfg.max_head_bytes, cfg.max_headers)
                 if r == 0:
                     self.pending = data[off:] if off else data
+                    if cfg.request_headers_timeout > 0 and self.hdr_timer is None:
+                        self.hdr_timer = cfg.loop.call_later(cfg.request_headers_timeout,
+                                                             self._header_timeout)
                     return 0
+                if self.hdr_timer is not None:
+                    self.hdr_timer.cancel()
+                    self.hdr_timer = None
                 if r == H1_E_OBS_FOLD:
                     data = unfold_head(data, self.h1.start, self.h1.length)
                     off = 0
@@ -782,6 +794,15 @@ cdef class DownstreamConn(RouterStream):
             self.state = DS_WAIT
         return self._finish(False)
 
+    def _header_timeout(self):
+        """HCM request_headers_timeout: a head still incomplete that long after its first
+        byte gets Envoy's 408 "request header timeout" and the connection closes."""
+        self.hdr_timer = None
+        if self.state != DS_HEAD or self.pending is None or self.transport is None:
+            return
+        self.cfg.rq_header_timeout.inc()
+        self._error_reply(H1_E_TIMEOUT)
+
     cdef int _error_reply(self, int err) except -1:
         cdef HcmConfig cfg = self.cfg
         # A malformed request still counts as a request, as in Envoy.
@@ -802,6 +823,9 @@ cdef class DownstreamConn(RouterStream):
         self.pending = None
         if err == H1_E_BAD_TARGET:
             return self._local_reply(400, b"", None, True)
+        if err == H1_E_TIMEOUT:
+            self.resp_flags = "DT"
+            return self._local_reply(408, b"request header timeout", None, True)
         cfg.cx_protocol_error.inc()
         if err == H1_E_TOO_LARGE or err == H1_E_TOO_MANY:
             cfg.rq_header_overflow.inc()

@@ -209,6 +209,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "merge_slashes",
         "strip_any_host_port",
         "request_timeout",
+        "request_headers_timeout",  # HTTP/1.1: 408 once a partial head is that old
         "stream_idle_timeout",
         "local_reply_config",
         # KEEP_UNCHANGED / IMPLEMENTATION_SPECIFIC_DEFAULT only (ALLOWED_IF): %2F and %5C

@@ -205,6 +205,8 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
         from sofamesh.proxy.xfcc import configure
 
         configure(cfg, hcm, f"{path}.typed_config")
+    if hcm.HasField("request_headers_timeout"):  # a head still partial that long: 408
+        cfg.request_headers_timeout = dur(hcm.request_headers_timeout)
     if hcm.HasField("tracing"):
         from sofamesh.proxy import tracing
 
