@@ -44,7 +44,11 @@ cdef class Http1ConnPool(ConnPool):
         cdef UpstreamConn c
         while host.idle:
             c = host.idle.pop()
-            if c.connected and not c.closed:
+            # closing: the upstream's FIN or reset was read in this turn of the loop and its
+            # connection_lost (which takes it off this list) has not run yet; a write to it
+            # raised (found by tests/fuzz/proxy_campaign.py)
+            if c.connected and not c.closed and c.transport is not None \
+                    and not c.transport.is_closing():
                 cb._attach(c)
                 return POOL_ATTACHED
         if cl.cx_active < cl.max_connections:

@@ -204,6 +204,10 @@ class AdminServer:
 
     @staticmethod
     async def _send(writer: Any, method: str, resp: Response, keep: bool) -> None:
+        if writer.is_closing():
+            # the client went while the answer was made: uvloop raises RuntimeError on a
+            # write to a closed transport (found by tests/fuzz/proxy_campaign.py)
+            return
         body = resp.data()
         lines = [
             f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Unknown')}",
@@ -229,6 +233,8 @@ async def _linger(reader: asyncio.StreamReader, writer: Any) -> None:
     still sending (bounded), so the close does not reset the connection before the client
     has read the reply."""
     try:
+        if writer.is_closing():
+            return
         if writer.can_write_eof():
             writer.write_eof()
         deadline = time.monotonic() + 1.0

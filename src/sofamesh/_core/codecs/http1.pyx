@@ -570,6 +570,44 @@ cdef inline int _line_end(const char* base, int hl) noexcept:
     return le
 
 
+cdef inline int _line_so_far(const char* base, Py_ssize_t avail) noexcept:
+    """A head still incomplete: H1_E_BAD when its first bytes cannot begin a request line
+    (method token SP target SP "HTTP/1."), else H1_NEED_MORE. As Envoy's parser stops at
+    the first bad byte, garbage is refused at once instead of holding the connection open
+    until a blank line that never comes (found by tests/fuzz/proxy_campaign.py)."""
+    cdef Py_ssize_t i = 0, j
+    cdef unsigned char c
+    cdef const char* version = b"HTTP/1."
+    while i < avail and TCHAR[<unsigned char>base[i]]:
+        i += 1
+    if i == avail:
+        return H1_NEED_MORE
+    if i == 0:
+        # only the CR of an empty line before the request (RFC 9112 2.2) may wait
+        return H1_NEED_MORE if avail == 1 and base[0] == 13 else H1_E_BAD
+    if base[i] != 32:
+        return H1_E_BAD
+    i += 1
+    j = i
+    while i < avail:
+        c = <unsigned char>base[i]
+        if c <= 32 or c == 127:
+            break
+        i += 1
+    if i == avail:
+        return H1_NEED_MORE
+    if i == j or base[i] != 32:
+        return H1_E_BAD
+    i += 1
+    j = 0
+    while i < avail and j < 7:
+        if base[i] != version[j]:
+            return H1_E_BAD
+        i += 1
+        j += 1
+    return H1_NEED_MORE
+
+
 cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
                        int max_headers) except -100:
     cdef Py_ssize_t avail = PyBytes_GET_SIZE(data) - start
@@ -590,7 +628,7 @@ cdef int parse_request(Head h, bytes data, Py_ssize_t start, int max_bytes,
         return r + skip if r > 0 else r
     hl = _find_end(base, avail if avail < max_bytes + 4 else max_bytes + 4)
     if hl < 0:
-        return H1_E_TOO_LARGE if avail > max_bytes else H1_NEED_MORE
+        return H1_E_TOO_LARGE if avail > max_bytes else _line_so_far(base, avail)
     if hl > max_bytes:
         return H1_E_TOO_LARGE
     h.reset()
