@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -190,6 +191,24 @@ class _MeshSSLObject(ssl.SSLObject):
         tc.handshake_done(self)
 
 
+def quiet_bad_server_names() -> None:
+    """A ClientHello whose server name is not ASCII: Python's ssl fails to decode it before
+    the sni_callback runs and reports that through sys.unraisablehook, a traceback in the
+    log for every such handshake (which fails: ssl.connection_error counts it). A remote
+    client must not be able to fill the log: those reports are dropped, others go on."""
+    prev = sys.unraisablehook
+    if getattr(prev, "sofamesh_bad_sni", False):
+        return
+
+    def hook(u: Any) -> None:
+        if isinstance(u.exc_value, UnicodeDecodeError) and isinstance(u.object, bytes):
+            return
+        prev(u)
+
+    hook.sofamesh_bad_sni = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _remember_sni(sslobj: Any, name: str | None, ctx: Any) -> None:
     sslobj._sofamesh_sni = name or ""
 
@@ -351,6 +370,7 @@ class TlsContext:
             ctx.set_alpn_protocols(self.alpn)
         if self.server_side and self.record_sni:
             ctx.sni_callback = _remember_sni  # RBAC requested_server_name reads it
+            quiet_bad_server_names()
         certs = self._certificates()
         if len(certs) > 1:
             raise UnsupportedConfig(
