@@ -631,21 +631,10 @@ class DynamicConfig:
         else:
             acceptor = _Acceptor(view)
             reuse_port = int(getattr(srv.options, "concurrency", 1) or 1) > 1
-            inherited = hot_restart.take(name)  # the previous epoch's socket (hot restart)
-            if inherited is not None:
-                server = await srv._loop.create_server(
-                    srv.admit(acceptor, lst), sock=inherited, backlog=1024, start_serving=False
-                )
-            else:
-                server = await srv._loop.create_server(
-                    srv.admit(acceptor, lst),
-                    sa.address,
-                    sa.port_value,
-                    reuse_port=reuse_port or None,
-                    backlog=1024,
-                    reuse_address=True,
-                    start_serving=False,
-                )
+            server = await hot_restart.listen(  # (on the previous epoch's socket, if any)
+                srv._loop, srv.admit(acceptor, lst), name, sa.address, sa.port_value,
+                reuse_port, False,
+            )  # fmt: skip
         bound = server.sockets[0].getsockname()
         dl = _DynListener(name, version, lst, raw, view, addr, acceptor, server, rds, hcm)
         dl.rds_source = rds_source

@@ -58,6 +58,25 @@ def take(name: str) -> socket.socket | None:
     return _inherited.pop(name, None)
 
 
+async def listen(
+    loop: Any, factory: Any, name: str, host: str, port: int, reuse_port: bool, serve: bool
+) -> Any:
+    """A listener's server: on the socket the previous epoch handed over under `name`, else
+    bound to host:port."""
+    sock = take(name)
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock, backlog=1024, start_serving=serve)
+    return await loop.create_server(
+        factory,
+        host,
+        port,
+        reuse_port=reuse_port or None,
+        backlog=1024,
+        reuse_address=True,
+        start_serving=serve,
+    )
+
+
 def _send(sock: socket.socket, msg: dict, fds: list[int] = ()) -> None:  # type: ignore[assignment]
     data = json.dumps(msg, separators=(",", ":")).encode()
     if fds:

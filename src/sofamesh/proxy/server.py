@@ -443,25 +443,15 @@ class Server:
             srv = await self._start_pipe(lst.address.pipe, view, serve, lst)
             bound = (lst.address.pipe.path, 0)
         else:
-            name = lst.name or _listener_name(lst)
-            inherited = hot_restart.take(name)  # the previous epoch's socket (hot restart)
-            if inherited is not None:
-                srv = await self._loop.create_server(
-                    self.admit(view.protocol_factory, lst),
-                    sock=inherited,
-                    backlog=1024,
-                    start_serving=serve,
-                )
-            else:
-                srv = await self._loop.create_server(
-                    self.admit(view.protocol_factory, lst),
-                    sa.address,
-                    sa.port_value,
-                    reuse_port=reuse_port or None,
-                    backlog=1024,
-                    reuse_address=True,
-                    start_serving=serve,
-                )
+            srv = await hot_restart.listen(  # (on the previous epoch's socket, if any)
+                self._loop,
+                self.admit(view.protocol_factory, lst),
+                lst.name or _listener_name(lst),
+                sa.address,
+                sa.port_value,
+                reuse_port,
+                serve,
+            )
             bound = srv.sockets[0].getsockname()
         info = ListenerInfo(
             name=lst.name or _listener_name(lst),
