@@ -263,18 +263,18 @@ class Successor:
             return
 
     async def _listening(self) -> tuple[list[str], list[Any]]:
-        names, socks = [], []
-        for li in self.server.listeners:
-            srv = li.server
-            for s in getattr(srv, "sockets", None) or ():
-                names.append(li.name)
-                socks.append(s)
-                break
+        names: list[str] = []
+        socks: list[Any] = []
         dyn = getattr(self.server, "dynamic", None)
-        for name, dl in (getattr(dyn, "active_listeners", None) or {}).items():
-            for s in getattr(dl.server, "sockets", None) or ():
-                names.append(name)
-                socks.append(s)
+        servers = [(li.name, li.server) for li in self.server.listeners]
+        servers += [
+            (n, dl.server) for n, dl in (getattr(dyn, "active_listeners", None) or {}).items()
+        ]
+        for name, srv in servers:  # (an LDS listener is in both lists)
+            for s in getattr(srv, "sockets", None) or ():
+                if name not in names:
+                    names.append(name)
+                    socks.append(s)
                 break
         if self.admin is not None and self.admin.server is not None:
             names.append("admin")

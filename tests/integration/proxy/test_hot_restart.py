@@ -300,3 +300,46 @@ def test_grpc_calls_across_an_upgrade_all_succeed(tmp_path):
             if p is not None and p.poll() is None:
                 stop(p)
         upstream.stop(0)
+
+
+def test_a_sidecar_fed_by_the_pilot_moves_its_lds_listener_and_connections(tmp_path):
+    """A sidecar whose listeners come over ADS (from `sofamesh pilot`): epoch 1 takes the LDS
+    listener's socket by name before its own LDS arrives, and a kept-alive connection to it
+    moves from epoch 0 to epoch 1."""
+    import json as _json
+
+    from tests.integration.pilot.conftest import PilotProcess, ads_bootstrap
+
+    up = RecordingUpstream(["a"]).start()
+    pilot = PilotProcess(tmp_path / "pilot").start()
+    procs: list[subprocess.Popen] = []
+    try:
+        pilot.register("orders", "o1", address="127.0.0.1", port=up.ports["a"], protocol="http")
+        (admin,) = free_ports(1)
+        cfg = tmp_path / "sidecar.json"
+        cfg.write_text(_json.dumps(ads_bootstrap(pilot.xds_port, admin, delta=True)))
+        base_id = 40000 + os.getpid() % 20000
+        old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log")
+        procs.append(old)
+        wait_live(admin, old)
+        conn = http.client.HTTPConnection("127.0.0.1", pilot.outbound_port, timeout=5)
+        conn.request("GET", "/first", headers={"host": "orders"})
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        r.read()
+        new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log")
+        procs.append(new)
+        assert old.wait(timeout=30) == 0, (tmp_path / "epoch0.log").read_text()[-3000:]
+        conn.request("GET", "/second", headers={"host": "orders"})
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        r.read()
+        conn.close()
+        assert stats(admin)["server.hot_restart.connections_adopted"] == 1
+        assert "took 2 listening sockets" in (tmp_path / "epoch1.log").read_text()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                stop(p)
+        pilot.stop()
+        up.stop()
