@@ -79,7 +79,13 @@ def test_mesh_services_written_into_consul_and_taken_out(consul_agent, tmp_path)
         assert (addr, port) == ("10.1.0.5", 8080)
         assert meta == {"protocol": "http", "sofamesh-export": "consul", "version": "v2"}
         assert tags == ["version=v2"]
-        everything = consul(consul_agent, "GET", f"/v1/health/service/{orders}")
+
+        # o2 (unhealthy) may be written a debounce after o1: wait for both entries
+        def both() -> list | None:
+            got = consul(consul_agent, "GET", f"/v1/health/service/{orders}") or []
+            return got if len(got) == 2 else None
+
+        everything = wait_until(both, 10, "o1 and o2 in Consul")
         assert sorted(c["Status"] for e in everything for c in e["Checks"]) == [
             "critical",
             "passing",
