@@ -108,9 +108,7 @@ class Predecessor:
     def __init__(self, sock: socket.socket, epoch: int) -> None:
         self.sock = sock
         self.epoch = epoch
-        self.counters: dict[str, int] = {}  # the old process's, as last sent
         self.done = threading.Event()
-        self.conns_adopted = 0
 
     @classmethod
     def connect(cls, base_id: int, epoch: int, timeout: float = 5.0) -> Predecessor | None:
@@ -189,13 +187,11 @@ class Predecessor:
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         if server.adopt(name, sock):
-            self.conns_adopted += 1
             server.stats.counter("server.hot_restart.connections_adopted").value += 1
         else:
             sock.close()
 
     def _counters(self, backend: Any, counters: dict[str, int]) -> None:
-        self.counters = counters
         backend.inherited = {"counters": counters, "gauges": {}, "histograms": {}, "used": set()}
 
 
@@ -287,7 +283,6 @@ class Successor:
         from sofamesh._core.rpc_proxy import RpcProxyConfig
 
         log.info("hot restart: epoch %d takes over; draining into it", self.epoch + 1)
-        self.state.draining_for_successor = True
         if self.admin is not None and self.admin.server is not None:
             self.admin.server.close()
         movable: list[tuple[str, Any]] = []  # listeners whose connections move whole
