@@ -56,7 +56,6 @@ class Options:
     # set by the process, not by a flag
     argv: list[str] = field(default_factory=list)
     worker_index: int = -1  # >= 0 inside a worker process
-    restart_listeners: dict = field(default_factory=dict)
 
     def command_line_options(self) -> dict[str, Any]:
         """The `command_line_options` object of Envoy's /server_info (Envoy's JSON names)."""
@@ -266,12 +265,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(opts)
     if opts.enable_core_dump:
         _enable_core_dump()
-    if opts.restart_epoch > 0 and opts.concurrency > 1 and not opts.disable_hot_restart:
-        log.warning(
-            "hot restart with --concurrency > 1 is not implemented by sofamesh: "
-            "--restart-epoch %d starts a fresh process",
-            opts.restart_epoch,
-        )
     from sofamesh.config import ConfigError
 
     name = opts.config_path or "--config-yaml"

@@ -1,31 +1,46 @@
 """Hot restart: `sofamesh proxy --restart-epoch N` takes over from the sofamesh running as epoch
 N-1 (same `--base-id`) and loses nothing: no connection attempt refused or reset, no request
 failed, and the plain HTTP/1.1, Dubbo and Bolt connections the old process held move to the
-new one whole.
+new one whole. Any `--concurrency` on either side: 1 -> 1, 2 -> 2, 1 -> 4, 4 -> 2, ...
 
-Every serving sofamesh (`--concurrency 1`, unless `--disable-hot-restart`) listens on the
-abstract Unix socket `@sofamesh_hot_restart.<base id>.<epoch>` (SOCK_SEQPACKET: one message a
-frame, file descriptors attached with SCM_RIGHTS). The new process, epoch N:
+Two kinds of abstract Unix sockets (SOCK_SEQPACKET: one message a frame, file descriptors
+attached with SCM_RIGHTS) per serving epoch:
 
-1. before it binds anything, connects to epoch N-1's socket and asks for its listening
-   sockets: it gets their descriptors with each listener's name (and the admin's, "admin")
-   and serves on those very sockets (`take`), so their kernel accept queues never close;
-2. once it is LIVE, tells the old process to drain (`Successor.drain` there):
-   - the old process stops accepting (it closes its copies of the listening sockets);
+- the **main** one, `@sofamesh_hot_restart.<base id>.<epoch>`, served by the process that
+  holds the admin API (the only process with `--concurrency 1`, the main process of a pool):
+  it hands over the admin's listening socket and says how many servers the epoch runs and
+  on which ports its port-0 listeners are; told to drain, it drains its servers, sends its
+  counters every second and a last time, and exits;
+- one **server** socket per Server, `...<epoch>.w<j>` (j = 0 with `--concurrency 1`, else
+  the worker's index), served by the process that runs it: it hands over that Server's
+  listening sockets by listener name, then, told to drain, every connection it can move.
+
+The new epoch:
+
+1. before it binds anything, asks the old main socket for the admin socket, then has each
+   of its servers take the listening sockets of old servers: new server i takes those of
+   old servers j with j % N == i (N: the new concurrency), so every old socket, and the
+   connections waiting in its kernel accept queue, is served on without a gap. A new
+   server with no old one of its own (more servers than before) binds a fresh SO_REUSEPORT
+   socket beside them, or, when the old socket does not allow that (`--concurrency 1`
+   binds without SO_REUSEPORT), accepts on a shared copy of old server i % K's;
+2. once it is LIVE, tells the old servers, then the old main, to drain:
+   - the old servers stop accepting (they close their copies of the listening sockets);
    - plain HTTP/1.1 connections are handed over as soon as they are between requests
      (at once if idle, else when their response is done): the descriptor goes to the new
-     process with the listener's name, the old one drops its copy without a FIN, and the
-     new process serves the connection from its next byte, which waited in the kernel;
+     server with the listener's name, the old one drops its copy without a FIN, and the
+     new server serves the connection from its next byte, which waited in the kernel;
    - plain Dubbo and Bolt connections stop being read at a frame boundary, and move once
      the calls in flight are answered (what the client sent meanwhile waits in the kernel);
    - HTTP/2 connections get GOAWAY, and everything else (TLS, RPC, tcp_proxy) drains as
      `/drain_listeners?graceful` does: closed once done, never mid-request;
-3. the old process sends its counters every second while draining and a last time as it
-   exits (its last connection gone, or `--parent-shutdown-time-s` passed); the new process
-   adds them to its own (`/stats`), as Envoy's child adds its parent's.
+3. the old main sends its counters (all its servers', and what it inherited itself) every
+   second while draining and a last time as it exits (its servers drained, or
+   `--parent-shutdown-time-s` passed); the new main adds them to its own (`/stats`), as
+   Envoy's child adds its parent's.
 
-With `--concurrency N > 1`, hot restart is not implemented (a fresh process starts, as
-before, with a warning).
+A server that took several sockets for one listener serves the first as its listener and
+accepts on the others itself (`_serve_extra`); all of them go on to the next epoch.
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("sofamesh.hot_restart")
@@ -45,17 +61,26 @@ MAX_MSG = 60_000  # bytes of JSON a frame (SOCK_SEQPACKET keeps each one whole)
 MAX_FDS = 64  # descriptors a frame
 STATS_EVERY_S = 1.0
 
-# what the new process inherited: name -> listening socket, taken as the listeners start
-_inherited: dict[str, socket.socket] = {}
+# what this process inherited: name -> listening sockets, taken as the listeners start
+_inherited: dict[str, list[socket.socket]] = {}
+# extra listening sockets this process accepts on itself: (name, socket, accept task)
+_extra: list[tuple[str, socket.socket, asyncio.Task]] = []
 
 
-def address(base_id: int, epoch: int) -> str:
-    return f"\0sofamesh_hot_restart.{base_id}.{epoch}"
+def address(base_id: int, epoch: int, server: int | None = None) -> str:
+    tail = "" if server is None else f".w{server}"
+    return f"\0sofamesh_hot_restart.{base_id}.{epoch}{tail}"
 
 
 def take(name: str) -> socket.socket | None:
-    """The listening socket named `name` handed over by the previous epoch, if any."""
-    return _inherited.pop(name, None)
+    """The (first) listening socket named `name` handed over by the previous epoch, if any."""
+    socks = _inherited.get(name)
+    if not socks:
+        return None
+    sock = socks.pop(0)
+    if not socks:
+        del _inherited[name]
+    return sock
 
 
 async def listen(
@@ -77,10 +102,11 @@ async def listen(
     )
 
 
-def _send(sock: socket.socket, msg: dict, fds: list[int] = ()) -> None:  # type: ignore[assignment]
+def _send(sock: socket.socket, msg: dict, fds: Iterable[int] = ()) -> None:
     data = json.dumps(msg, separators=(",", ":")).encode()
+    fds = list(fds)
     if fds:
-        socket.send_fds(sock, [data], list(fds))
+        socket.send_fds(sock, [data], fds)
     else:
         sock.sendall(data)
 
@@ -94,86 +120,95 @@ def _recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
     return json.loads(data), fds
 
 
-def _send_stats(sock: socket.socket, snap: dict, final: bool) -> None:
-    """Counters (what carries over) in frames of at most MAX_MSG bytes."""
-    body = json.dumps({k: v for k, v in snap["counters"].items() if v})
-    parts = [body[i : i + MAX_MSG] for i in range(0, len(body), MAX_MSG)] or [""]
-    for i, part in enumerate(parts):
-        _send(sock, {"op": "stats", "part": part, "more": i < len(parts) - 1, "final": final})
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _ask(addr: str, hello: dict, timeout: float) -> tuple[socket.socket, dict, list[int]]:
+    """Connects to `addr`, says hello, returns the link and the "sockets" answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(addr)
+        _send(sock, hello)
+        msg, fds = _recv(sock)
+    except (OSError, ValueError):
+        sock.close()
+        raise
+    if msg is None or msg.get("op") != "sockets" or len(msg.get("names", ())) != len(fds):
+        _close_fds(fds)
+        sock.close()
+        raise ValueError(f"unexpected answer {msg!r}")
+    sock.settimeout(None)
+    return sock, msg, fds
+
+
+def _adopt_sockets(names: list[str], fds: list[int]) -> None:
+    for name, fd in zip(names, fds):
+        s = socket.socket(fileno=fd)
+        s.setblocking(False)
+        _inherited.setdefault(name, []).append(s)
+
+
+# ---- the new epoch ---------------------------------------------------------------------
 
 
 class Predecessor:
-    """The new process's side: the link to epoch N-1 (or None when it does not answer)."""
+    """The new main's link to the old main (None from `connect` when it does not answer)."""
 
-    def __init__(self, sock: socket.socket, epoch: int) -> None:
+    def __init__(self, sock: socket.socket, epoch: int, msg: dict) -> None:
         self.sock = sock
         self.epoch = epoch
+        self.servers = int(msg.get("servers", 1))  # K: how many servers the old epoch runs
+        self.ports: dict[str, int] = msg.get("ports", {})  # port-0 listeners' real ports
+        self.pid = int(msg.get("pid", 0))
         self.done = threading.Event()
 
     @classmethod
     def connect(cls, base_id: int, epoch: int, timeout: float = 5.0) -> Predecessor | None:
-        """Asks epoch-1 for its listening sockets (filling `take`'s table)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.settimeout(timeout)
+        """Asks epoch-1's main for the admin socket (filling `take`'s table)."""
         try:
-            sock.connect(address(base_id, epoch - 1))
-            _send(sock, {"op": "hello", "epoch": epoch})
-            msg, fds = _recv(sock)
-        except OSError as e:
+            sock, msg, fds = _ask(address(base_id, epoch - 1), {"op": "hello"}, timeout)
+        except (OSError, ValueError) as e:
             log.warning(
                 "hot restart: epoch %d (base id %d) did not answer (%s): starting fresh",
                 epoch - 1,
                 base_id,
                 e,
             )
-            sock.close()
             return None
-        if msg is None or msg.get("op") != "sockets" or len(msg.get("names", ())) != len(fds):
-            for fd in fds:
-                os.close(fd)
-            log.warning("hot restart: epoch %d sent %r: starting fresh", epoch - 1, msg)
-            sock.close()
-            return None
-        for name, fd in zip(msg["names"], fds):
-            s = socket.socket(fileno=fd)
-            s.setblocking(False)
-            _inherited[name] = s
-        log.info("hot restart: took %d listening sockets from epoch %d", len(fds), epoch - 1)
-        sock.settimeout(None)
-        return cls(sock, epoch)
+        _adopt_sockets(msg["names"], fds)
+        return cls(sock, epoch, msg)
 
-    def drain(self, server: Any, backend: Any) -> None:
-        """Once LIVE: the old process drains into this one. A thread reads what it sends
-        (connections handed over, counters) until it says goodbye."""
-        for name, leftover in list(_inherited.items()):  # listeners our config no longer has
-            log.info("hot restart: listener %s is not in this config: its socket closes", name)
-            leftover.close()
-            del _inherited[name]
+    def plan(self, server: int, servers: int) -> dict:
+        """What new server `server` of `servers` takes: the old servers it succeeds, or, with
+        none of its own, the one whose sockets it may share."""
+        primaries = [j for j in range(self.servers) if j % servers == server]
+        share = None if primaries or not self.servers else server % self.servers
+        return {"primaries": primaries, "share": share, "pid": self.pid}
+
+    def drain(self, backend: Any) -> None:
+        """Once LIVE (and the servers told theirs): the old main drains and exits; a thread
+        reads the counters it sends until its last."""
         loop = asyncio.get_running_loop()
         _send(self.sock, {"op": "drain"})
-        threading.Thread(
-            target=self._read, args=(loop, server, backend), name="hot-restart", daemon=True
-        ).start()
+        threading.Thread(target=self._read, args=(loop, backend), daemon=True).start()
 
-    def _read(self, loop: asyncio.AbstractEventLoop, server: Any, backend: Any) -> None:
+    def _read(self, loop: asyncio.AbstractEventLoop, backend: Any) -> None:
         part = ""
         try:
             while True:
                 msg, fds = _recv(self.sock)
+                _close_fds(fds)
                 if msg is None:
                     break
-                op = msg.get("op")
-                if op == "conn" and len(fds) == 1:
-                    loop.call_soon_threadsafe(self._adopt, server, msg.get("name", ""), fds[0])
-                    continue
-                for fd in fds:
-                    os.close(fd)
-                if op == "stats":
+                if msg.get("op") == "stats":
                     part += msg.get("part", "")
                     if not msg.get("more"):
                         counters = json.loads(part) if part else {}
                         part = ""
-                        loop.call_soon_threadsafe(self._counters, backend, counters)
+                        loop.call_soon_threadsafe(_set_inherited, backend, counters)
                         if msg.get("final"):
                             break
         except (OSError, ValueError) as e:
@@ -183,48 +218,192 @@ class Predecessor:
             self.done.set()
             log.info("hot restart: epoch %d is done", self.epoch - 1)
 
-    def _adopt(self, server: Any, name: str, fd: int) -> None:
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        if server.adopt(name, sock):
-            server.stats.counter("server.hot_restart.connections_adopted").value += 1
-        else:
-            sock.close()
 
-    def _counters(self, backend: Any, counters: dict[str, int]) -> None:
-        backend.inherited = {"counters": counters, "gauges": {}, "histograms": {}, "used": set()}
+def _set_inherited(backend: Any, counters: dict[str, int]) -> None:
+    backend.inherited = {"counters": counters, "gauges": {}, "histograms": {}, "used": set()}
 
 
-class Successor:
-    """Every serving process's side: the abstract socket its successor (epoch + 1) asks."""
+class ServerPredecessor:
+    """A new server's link to one old server it succeeds."""
 
-    def __init__(self, base_id: int, epoch: int, server: Any, admin: Any, state: Any) -> None:
+    def __init__(self, sock: socket.socket, epoch: int, index: int) -> None:
+        self.sock = sock
         self.epoch = epoch
+        self.index = index
+
+    def drain(self, loop: asyncio.AbstractEventLoop, server: Any) -> None:
+        _send(self.sock, {"op": "drain"})
+        threading.Thread(target=self._read, args=(loop, server), daemon=True).start()
+
+    def _read(self, loop: asyncio.AbstractEventLoop, server: Any) -> None:
+        try:
+            while True:
+                msg, fds = _recv(self.sock)
+                if msg is None:
+                    break
+                if msg.get("op") == "conn" and len(fds) == 1:
+                    loop.call_soon_threadsafe(_adopt, server, msg.get("name", ""), fds[0])
+                    continue
+                _close_fds(fds)
+                if msg.get("op") == "done":
+                    break
+        except (OSError, ValueError) as e:
+            log.warning("hot restart: link to epoch %d's server %d lost: %s",
+                        self.epoch - 1, self.index, e)  # fmt: skip
+        finally:
+            self.sock.close()
+
+
+def _adopt(server: Any, name: str, fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    if server.adopt(name, sock):
+        server.stats.counter("server.hot_restart.connections_adopted").value += 1
+    else:
+        sock.close()
+
+
+def take_servers(base_id: int, epoch: int, plan: dict) -> list[ServerPredecessor]:
+    """Before the new server binds anything: the listening sockets of the old servers in
+    `plan` (from `Predecessor.plan`) into `take`'s table, and the links they drain over."""
+    links = []
+    taken: list[str] = []
+    for j in plan.get("primaries", ()):
+        try:
+            sock, msg, fds = _ask(address(base_id, epoch - 1, j), {"op": "hello"}, 5.0)
+        except (OSError, ValueError) as e:
+            log.warning("hot restart: epoch %d's server %d did not answer (%s)", epoch - 1, j, e)
+            continue
+        if plan.get("pid") and msg.get("main") != plan["pid"]:
+            _close_fds(fds)
+            sock.close()
+            log.warning("hot restart: %s belongs to another sofamesh (main %s, not %s): "
+                        "give each its own --base-id", address(base_id, epoch - 1, j)[1:],
+                        msg.get("main"), plan["pid"])  # fmt: skip
+            continue
+        _adopt_sockets(msg["names"], fds)
+        taken += msg["names"]
+        links.append(ServerPredecessor(sock, epoch, j))
+    share = plan.get("share")
+    if share is not None:
+        taken += _share(base_id, epoch, share, plan.get("pid"))
+    log.info("hot restart: took %d listening sockets from epoch %d: %s",
+             len(taken), epoch - 1, ", ".join(sorted(taken)))  # fmt: skip
+    return links
+
+
+def _share(base_id: int, epoch: int, j: int, pid: int | None) -> list[str]:
+    """A new server with no old server of its own: per listener, a fresh SO_REUSEPORT socket
+    on old server j's address, or, where that is refused, a copy of j's socket."""
+    try:
+        sock, msg, fds = _ask(address(base_id, epoch - 1, j), {"op": "hello", "share": True}, 5.0)
+    except (OSError, ValueError) as e:
+        log.warning("hot restart: epoch %d's server %d did not answer (%s)", epoch - 1, j, e)
+        return []
+    sock.close()
+    if pid and msg.get("main") != pid:
+        _close_fds(fds)
+        return []
+    for name, fd in zip(msg["names"], fds):
+        old = socket.socket(fileno=fd)
+        fresh = _fresh_beside(old)
+        if fresh is not None:
+            old.close()
+        _adopt_sockets([name], [(fresh or old).detach()])
+    return list(msg["names"])
+
+
+def _fresh_beside(old: socket.socket) -> socket.socket | None:
+    if old.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    s = socket.socket(old.family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(old.getsockname()[:2])
+        s.listen(1024)
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def go_live(server: Any, links: list[ServerPredecessor]) -> None:
+    """The new server is LIVE: its old servers drain into it; inherited sockets beyond the
+    first of a listener are accepted on here; those of listeners this config no longer has
+    close."""
+    loop = asyncio.get_running_loop()
+    names = {li.name for li in server.listeners if li.server is not None}
+    for name, socks in list(_inherited.items()):
+        del _inherited[name]
+        for s in socks:
+            if name in names:
+                task = loop.create_task(_serve_extra(loop, server, name, s))
+                _extra.append((name, s, task))
+            else:
+                log.info("hot restart: listener %s is not in this config: its socket closes",
+                         name)  # fmt: skip
+                s.close()
+    for link in links:
+        link.drain(loop, server)
+
+
+async def _serve_extra(loop: Any, server: Any, name: str, lsock: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = await loop.sock_accept(lsock)
+        except asyncio.CancelledError:
+            raise
+        except OSError as e:
+            if lsock.fileno() < 0:
+                return
+            log.warning("hot restart: accepting on %s: %s", name, e)
+            await asyncio.sleep(0.1)
+            continue
+        conn.setblocking(False)
+        if not server.adopt(name, conn):
+            conn.close()
+
+
+# ---- the old epoch ---------------------------------------------------------------------
+
+
+def _endpoint(addr: str, what: str) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.bind(addr)
+    except OSError as e:  # another process of this base id and epoch: say so, go on
+        s.close()
+        log.info("hot restart: cannot listen for a successor's %s on %s (%s); give each "
+                 "sofamesh its own --base-id to hot-restart it", what, addr[1:], e)  # fmt: skip
+        return None
+    s.listen(4)
+    return s
+
+
+class ServerSuccessor:
+    """A serving Server's side: the socket its successors ask for its listening sockets and
+    drain it over. `start_drain` (from the link or from its main) drains it once;
+    `on_drained` is called when it holds no connection any more."""
+
+    def __init__(
+        self, lsock: socket.socket, server: Any, opts: Any, main_pid: int, on_drained: Callable
+    ) -> None:
+        self.lsock = lsock
         self.server = server
-        self.admin = admin
-        self.state = state
-        self.shutdown_after = float(getattr(state.options, "parent_shutdown_time_s", 900))
+        self.main_pid = main_pid
+        self.on_drained = on_drained
+        self.shutdown_after = float(getattr(opts, "parent_shutdown_time_s", 900))
         self.link: socket.socket | None = None
-        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.lsock.bind(address(base_id, epoch))
-        self.lsock.listen(1)
         self.loop = asyncio.get_running_loop()
         self.handed_over = 0
+        self.draining = False
         threading.Thread(target=self._accept, name="hot-restart", daemon=True).start()
 
     @classmethod
-    def serve(cls, opts: Any, server: Any, admin: Any, state: Any) -> Successor | None:
-        try:
-            return cls(int(opts.base_id), int(opts.restart_epoch), server, admin, state)
-        except OSError as e:  # another process of this base id and epoch: say so, go on
-            log.info(
-                "hot restart: cannot listen for a successor (base id %s, epoch %s: %s); "
-                "give each sofamesh its own --base-id to hot-restart it",
-                opts.base_id,
-                opts.restart_epoch,
-                e,
-            )
-            return None
+    def serve(cls, opts: Any, server: Any, index: int, main_pid: int, on_drained: Callable) -> Any:
+        lsock = _endpoint(address(int(opts.base_id), int(opts.restart_epoch), index), "server")
+        return None if lsock is None else cls(lsock, server, opts, main_pid, on_drained)
 
     def _accept(self) -> None:
         while True:
@@ -234,33 +413,41 @@ class Successor:
                 return
             try:
                 msg, fds = _recv(conn)
-                for fd in fds:
-                    os.close(fd)
+                _close_fds(fds)
                 if msg is None or msg.get("op") != "hello":
                     conn.close()
                     continue
                 names, socks = asyncio.run_coroutine_threadsafe(
                     self._listening(), self.loop
                 ).result(10)
-                _send(conn, {"op": "sockets", "names": names}, [s.fileno() for s in socks])
-                msg, fds = _recv(conn)
-                for fd in fds:
-                    os.close(fd)
-                if msg is None or msg.get("op") != "drain":
-                    conn.close()  # the successor gave up: keep serving
-                    continue
+                answer = {"op": "sockets", "names": names, "main": self.main_pid}
+                _send(conn, answer, [s.fileno() for s in socks])
             except (OSError, ValueError, TimeoutError) as e:
                 log.warning("hot restart: successor link failed: %s", e)
                 conn.close()
                 continue
-            self.link = conn
-            self.lsock.close()
-            asyncio.run_coroutine_threadsafe(self._drain(), self.loop)
+            if msg.get("share"):  # a new server that only shares these sockets
+                conn.close()
+            else:  # the one that succeeds this server: it says when to drain
+                threading.Thread(target=self._await_drain, args=(conn,), daemon=True).start()
+
+    def _await_drain(self, conn: socket.socket) -> None:
+        try:
+            msg, fds = _recv(conn)
+            _close_fds(fds)
+        except (OSError, ValueError) as e:
+            log.warning("hot restart: successor link failed: %s", e)
+            msg = None
+        if msg is None or msg.get("op") != "drain" or self.link is not None:
+            conn.close()  # the successor gave up: keep serving
             return
+        self.link = conn
+        self.loop.call_soon_threadsafe(self.start_drain)
 
     async def _listening(self) -> tuple[list[str], list[Any]]:
         names: list[str] = []
         socks: list[Any] = []
+        seen: set[int] = set()
         dyn = getattr(self.server, "dynamic", None)
         servers = [(li.name, li.server) for li in self.server.listeners]
         servers += [
@@ -268,23 +455,37 @@ class Successor:
         ]
         for name, srv in servers:  # (an LDS listener is in both lists)
             for s in getattr(srv, "sockets", None) or ():
-                if name not in names:
+                if s.fileno() not in seen:
+                    seen.add(s.fileno())
                     names.append(name)
                     socks.append(s)
-                break
-        if self.admin is not None and self.admin.server is not None:
-            names.append("admin")
-            socks.append(self.admin.server.sockets[0])
+        for name, s, _task in _extra:
+            if s.fileno() >= 0 and s.fileno() not in seen:
+                seen.add(s.fileno())
+                names.append(name)
+                socks.append(s)
         return names, socks
 
+    def start_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            try:
+                self.lsock.shutdown(socket.SHUT_RDWR)  # (wakes the accepting thread)
+            except OSError:
+                pass
+            self.lsock.close()
+            self.loop.create_task(self._drain())
+
     async def _drain(self) -> None:
-        """Stop accepting, hand over or drain every connection, report, exit."""
+        """Stop accepting, hand over or drain every connection, say so."""
         from sofamesh._core.hcm_config import HcmConfig
         from sofamesh._core.rpc_proxy import RpcProxyConfig
 
-        log.info("hot restart: epoch %d takes over; draining into it", self.epoch + 1)
-        if self.admin is not None and self.admin.server is not None:
-            self.admin.server.close()
+        log.info("hot restart: the next epoch takes over; draining into it")
+        for _name, s, task in _extra:
+            task.cancel()
+            s.close()
+        _extra.clear()
         movable: list[tuple[str, Any]] = []  # listeners whose connections move whole
         others = []
         for li in self.server.listeners:
@@ -312,7 +513,6 @@ class Successor:
                 dl.server.close()
         scans = [(self._hand_over_cb(name), view) for name, view in movable]
         deadline = time.monotonic() + self.shutdown_after
-        last_stats = 0.0
         while True:
             # idle connections, those whose response ended inside a read, RPC connections
             # once their calls are answered; HTTP/2 ones get GOAWAY (closed once done)
@@ -322,18 +522,18 @@ class Successor:
                         cb(c)
                     else:
                         c.close()
-            now = time.monotonic()
-            if self._open_connections() == 0 or now > deadline:
+            if self._open_connections() == 0 or time.monotonic() > deadline:
                 break
-            if now - last_stats >= STATS_EVERY_S:
-                last_stats = now
-                self._stats(final=False)
             await asyncio.sleep(0.02)
-        self._stats(final=True)
-        log.info("hot restart: drained (%d connections handed over); exiting", self.handed_over)
+        log.info("hot restart: drained (%d connections handed over)", self.handed_over)
         if self.link is not None:
+            try:
+                _send(self.link, {"op": "done"})
+            except OSError:
+                pass
             self.link.close()
-        self.state.quit.set()
+            self.link = None
+        self.on_drained()
 
     def _hand_over_cb(self, name: str) -> Any:
         def cb(conn: Any) -> None:
@@ -373,10 +573,104 @@ class Successor:
                 n += g.value
         return n
 
-    def _stats(self, final: bool) -> None:
+
+class Successor:
+    """The main's side (the process with the admin API): the socket its successor's main
+    asks for the admin socket and the epoch's shape, then tells to drain. `drain_servers`
+    starts its servers' drain; `drained()` says they are done; `backend.snapshot()` gives
+    the counters to send."""
+
+    def __init__(
+        self,
+        lsock: socket.socket,
+        opts: Any,
+        admin: Any,
+        state: Any,
+        backend: Any,
+        shape: dict,
+        drain_servers: Callable,
+        drained: Callable[[], bool],
+    ) -> None:
+        self.lsock = lsock
+        self.admin = admin
+        self.state = state
+        self.backend = backend
+        self.shape = shape  # {"servers": K, "ports": {...}}
+        self.drain_servers = drain_servers
+        self.drained = drained
+        self.shutdown_after = float(getattr(opts, "parent_shutdown_time_s", 900))
+        self.epoch = int(opts.restart_epoch)
+        self.link: socket.socket | None = None
+        self.loop = asyncio.get_running_loop()
+        threading.Thread(target=self._accept, name="hot-restart", daemon=True).start()
+
+    @classmethod
+    def serve(cls, opts: Any, admin: Any, state: Any, backend: Any, shape: dict,
+              drain_servers: Callable, drained: Callable[[], bool]) -> Successor | None:  # fmt: skip
+        lsock = _endpoint(address(int(opts.base_id), int(opts.restart_epoch)), "main")
+        if lsock is None:
+            return None
+        return cls(lsock, opts, admin, state, backend, shape, drain_servers, drained)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                msg, fds = _recv(conn)
+                _close_fds(fds)
+                if msg is None or msg.get("op") != "hello":
+                    conn.close()
+                    continue
+                socks = []
+                if self.admin is not None and self.admin.server is not None:
+                    socks = [self.admin.server.sockets[0]]
+                answer = {"op": "sockets", "names": ["admin"] * len(socks), "pid": os.getpid(),
+                          **self.shape}  # fmt: skip
+                _send(conn, answer, [s.fileno() for s in socks])
+                msg, fds = _recv(conn)
+                _close_fds(fds)
+                if msg is None or msg.get("op") != "drain":
+                    conn.close()  # the successor gave up: keep serving
+                    continue
+            except (OSError, ValueError) as e:
+                log.warning("hot restart: successor link failed: %s", e)
+                conn.close()
+                continue
+            self.link = conn
+            self.lsock.close()
+            asyncio.run_coroutine_threadsafe(self._drain(), self.loop)
+            return
+
+    async def _drain(self) -> None:
+        log.info("hot restart: epoch %d takes over; draining into it", self.epoch + 1)
+        if self.admin is not None and self.admin.server is not None:
+            self.admin.server.close()
+        await self.drain_servers()
+        deadline = time.monotonic() + self.shutdown_after
+        last_stats = time.monotonic()
+        while not self.drained() and time.monotonic() < deadline:
+            if time.monotonic() - last_stats >= STATS_EVERY_S:
+                last_stats = time.monotonic()
+                await self._stats(final=False)
+            await asyncio.sleep(0.02)
+        await self._stats(final=True)
+        log.info("hot restart: drained; exiting")
+        if self.link is not None:
+            self.link.close()
+        self.state.quit.set()
+
+    async def _stats(self, final: bool) -> None:
         if self.link is None:
             return
+        snap = await self.backend.snapshot()
+        body = json.dumps({k: v for k, v in snap["counters"].items() if v})
+        parts = [body[i : i + MAX_MSG] for i in range(0, len(body), MAX_MSG)] or [""]
         try:
-            _send_stats(self.link, self.server.stats.snapshot(), final)
+            for i, part in enumerate(parts):
+                more = i < len(parts) - 1
+                _send(self.link, {"op": "stats", "part": part, "more": more, "final": final})
         except OSError as e:
             log.warning("hot restart: sending counters failed: %s", e)

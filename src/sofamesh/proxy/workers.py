@@ -137,10 +137,12 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
 
     store = Store()
     _count_passthrough(store, report)
-    parent = None  # hot restart: the epoch we take over from (its listening sockets first)
-    if opts.restart_epoch > 0 and not opts.disable_hot_restart and opts.mode == "serve":
-        parent = await asyncio.to_thread(
-            hot_restart.Predecessor.connect, opts.base_id, opts.restart_epoch
+    # hot restart: the epoch we take over from (its admin and listening sockets first)
+    parent = await _predecessor(opts)
+    links: list = []
+    if parent is not None:
+        links = await asyncio.to_thread(
+            hot_restart.take_servers, opts.base_id, opts.restart_epoch, parent.plan(0, 1)
         )
     try:
         server = Server(bootstrap, stats=store, options=opts)
@@ -166,9 +168,10 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     settle_gc()
     log.info("all dependencies initialized. starting workers")
     if not opts.disable_hot_restart:
-        hot_restart.Successor.serve(opts, server, admin, state)
+        _successor_single(opts, server, admin, state, backend)
     if parent is not None:
-        parent.drain(server, backend)
+        hot_restart.go_live(server, links)
+        parent.drain(backend)
     await state.quit.wait()
     log.info("shutting down")
     for sink in sinks:
@@ -178,6 +181,45 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     await admin.stop()
     await server.stop()
     return 0
+
+
+async def _predecessor(opts: Any) -> Any:
+    """Hot restart: the link to the previous epoch's main process (None when there is none
+    to take over from); the servers' links come after, per server (`take_servers`)."""
+    from sofamesh.proxy import hot_restart
+
+    if opts.restart_epoch > 0 and not opts.disable_hot_restart and opts.mode == "serve":
+        return await asyncio.to_thread(
+            hot_restart.Predecessor.connect, opts.base_id, opts.restart_epoch
+        )
+    return None
+
+
+def _port0(listeners: Any) -> dict[str, int]:
+    """Hot restart: the real ports of listeners configured with port 0, by name (the next
+    epoch binds the same ones). `listeners`: (name, configured port, bound port)."""
+    return {name: bound for name, conf, bound in listeners if name and conf == 0 and bound}
+
+
+def _successor_single(opts: Any, server: Any, admin: Any, state: Any, backend: Any) -> None:
+    """`--concurrency 1`: this process is both the main and the one server its successor
+    asks (proxy/hot_restart.py)."""
+    from sofamesh.proxy import hot_restart
+
+    done = asyncio.Event()
+    srv = hot_restart.ServerSuccessor.serve(opts, server, 0, os.getpid(), done.set)
+    if srv is None:
+        return
+
+    async def drain_servers() -> None:
+        srv.start_drain()
+
+    ports = _port0(
+        (li.name, li.config.address.socket_address.port_value, li.address[1])
+        for li in server.listeners
+    )
+    hot_restart.Successor.serve(opts, admin, state, backend, {"servers": 1, "ports": ports},
+                                drain_servers, done.is_set)  # fmt: skip
 
 
 # ---- the pool ------------------------------------------------------------------------
@@ -199,9 +241,13 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def reserve_ports(bootstrap: Any) -> tuple[Any, list[socket.socket]]:
+def reserve_ports(
+    bootstrap: Any, known: dict[str, int] | None = None
+) -> tuple[Any, list[socket.socket]]:
     """A copy of `bootstrap` where each port-0 listener has a real port, and the sockets
-    holding those ports (bound with SO_REUSEPORT, never listening, so they get no traffic)."""
+    holding those ports (bound with SO_REUSEPORT, never listening, so they get no traffic).
+    `known` (hot restart): the previous epoch's ports by listener name, kept (held when the
+    previous epoch's sockets allow it; its sockets, which this epoch takes, hold them)."""
     b = copy.deepcopy(bootstrap)
     held = []
     for lst in b.static_resources.listeners:
@@ -211,7 +257,13 @@ def reserve_ports(bootstrap: Any) -> tuple[Any, list[socket.socket]]:
             s = socket.socket(fam, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind((sa.address or "0.0.0.0", 0))
+            port = (known or {}).get(lst.name, 0)
+            try:
+                s.bind((sa.address or "0.0.0.0", port))
+            except OSError:  # the previous epoch bound it without SO_REUSEPORT
+                s.close()
+                sa.port_value = port
+                continue
             sa.port_value = s.getsockname()[1]
             held.append(s)
     return b, held
@@ -243,11 +295,17 @@ class Worker:
         self._reading: asyncio.Task | None = None
 
     async def spawn(
-        self, bootstrap_bin: bytes, opts: Any, buckets_fd: int = -1, xds: Any = None
+        self,
+        bootstrap_bin: bytes,
+        opts: Any,
+        buckets_fd: int = -1,
+        xds: Any = None,
+        hot: dict | None = None,
     ) -> None:
         """Starts the worker process. `buckets_fd` (>= 0): the shared token bucket region
         (`ratelimit.BucketRegion`), inherited at the same number and named in the init frame.
-        `xds`: (updates, ended) from `PoolApplier.replay()`, applied before the worker serves."""
+        `xds`: (updates, ended) from `PoolApplier.replay()`, applied before the worker serves.
+        `hot`: hot restart, the previous epoch's servers it takes over (`Predecessor.plan`)."""
         parent, child = socket.socketpair()
         env = dict(os.environ)
         fds = [child.fileno()] + ([buckets_fd] if buckets_fd >= 0 else [])
@@ -266,6 +324,8 @@ class Worker:
             init["buckets_fd"] = buckets_fd
         if xds is not None:
             init["xds"], init["xds_ended"] = xds
+        if hot is not None:
+            init["hot_restart"] = hot
         self.writer.write(_frame(init))
         await self.writer.drain()
         try:
@@ -353,6 +413,7 @@ class PoolBackend:
         self.workers = len(workers)
         self.health_failed = False
         self.dynamic = dynamic  # pool_xds.PoolApplier with dynamic_resources (admin's dumps)
+        self.inherited: dict | None = None  # hot restart: the previous epoch's counters
 
     def live(self) -> list[Worker]:
         return [w for w in self.pool if w.ready and w.alive()]
@@ -379,6 +440,8 @@ class PoolBackend:
                 c.value += 1
                 c.used = True
                 log.warning("worker %d did not return its stats: %r", w.index, r)
+        if self.inherited is not None:  # added as Envoy's child adds its parent's
+            snaps.append(self.inherited)
         return merge([*snaps, self.store.snapshot()])
 
     async def topology(self) -> dict:
@@ -432,7 +495,8 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     # Token buckets shared by all workers (local_ratelimit), kept for the life of the
     # pool: a restarted worker maps the same region and finds its buckets' tokens.
     buckets = BucketRegion.create()
-    wb, held = reserve_ports(bootstrap)
+    parent = await _predecessor(opts)  # hot restart: the epoch we take over from
+    wb, held = reserve_ports(bootstrap, parent.ports if parent is not None else None)
     bootstrap_bin = wb.SerializeToString()
     store = Store()
     _count_passthrough(store, report)
@@ -450,6 +514,8 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
             health.on_event(i, msg)
         elif msg.get("event", "").startswith("od_"):
             outliers.on_event(i, msg)
+        elif msg.get("event") == "hr_drained":
+            drained.add(i)
         elif xds is not None:
             xds.on_state(i, msg["state"])
 
@@ -461,7 +527,16 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     client = None
     try:
         await asyncio.gather(
-            *(w.spawn(bootstrap_bin, opts, buckets.fd, xds.replay() if xds else None) for w in pool)
+            *(
+                w.spawn(
+                    bootstrap_bin,
+                    opts,
+                    buckets.fd,
+                    xds.replay() if xds else None,
+                    parent.plan(w.index, len(pool)) if parent is not None else None,
+                )
+                for w in pool
+            )
         )
         if xds is not None:  # the one stream; LIVE once its initial fetch is done
             client = _start_pool_client(bootstrap, xds, store)
@@ -484,6 +559,13 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     log.info("all dependencies initialized. %d workers started", len(pool))
     deaths = store.counter("server.worker_deaths")
     deaths.used = True
+    draining: set[int] = set()  # hot restart: workers handing over to the next epoch
+    drained: set[int] = set()  # ... and done (event hr_drained)
+    if not opts.disable_hot_restart:
+        _successor_pool(opts, wb, pool, admin, state, backend, draining, drained)
+    if parent is not None:  # our workers take over, then the old main drains and exits
+        await asyncio.gather(*(w.request("hr_take_over") for w in pool), return_exceptions=True)
+        parent.drain(backend)
 
     async def supervise() -> None:
         # A worker that dies within RESTART_QUICK_S of starting is restarted after a
@@ -493,7 +575,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
         while not state.quit.is_set():
             await asyncio.sleep(0.1)
             for w in pool:
-                if w.alive() or state.quit.is_set():
+                if w.alive() or state.quit.is_set() or w.index in draining:
                     continue
                 now = time.monotonic()
                 if w.ready:  # a death just noticed
@@ -551,6 +633,38 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
         s.close()
     buckets.close()
     return 0
+
+
+def _successor_pool(
+    opts: Any,
+    wb: Any,
+    pool: list[Worker],
+    admin: Any,
+    state: Any,
+    backend: Any,
+    draining: set[int],
+    drained: set[int],
+) -> None:
+    """The pool's main side of hot restart: each worker serves its own server socket; told
+    to drain, the main stops restarting workers and has each drain (proxy/hot_restart.py)."""
+    from sofamesh.proxy import hot_restart
+
+    async def drain_servers() -> None:
+        draining.update(w.index for w in pool)
+        res = await asyncio.gather(*(w.request("hr_drain") for w in pool), return_exceptions=True)
+        for w, r in zip(pool, res):
+            if not isinstance(r, dict) or r.get("drained"):  # gone, or nothing to hand over
+                drained.add(w.index)
+
+    def done() -> bool:
+        return all(w.index in drained or not w.alive() for w in pool)
+
+    ports = _port0(
+        (bound.name, conf.address.socket_address.port_value, bound.address.socket_address.port_value)
+        for bound, conf in zip(wb.static_resources.listeners, state.bootstrap.static_resources.listeners)
+    )  # fmt: skip
+    shape = {"servers": len(pool), "ports": ports}
+    hot_restart.Successor.serve(opts, admin, state, backend, shape, drain_servers, done)
 
 
 def _pool_health(pool: list[Worker], store: Any) -> Any:
@@ -650,9 +764,15 @@ async def _worker_main(fd: int) -> int:
         from sofamesh.proxy.pool_xds import WorkerFeed
 
         feed = WorkerFeed(init["xds"], init.get("xds_ended", []), lambda m: writer.write(_frame(m)))
+    from sofamesh.proxy import hot_restart
     from sofamesh.proxy.health_check import RemoteLink
     from sofamesh.proxy.outlier import WorkerLink
 
+    links: list = []  # hot restart: the previous epoch's servers this one takes over
+    if "hot_restart" in init:
+        links = await asyncio.to_thread(
+            hot_restart.take_servers, opts.base_id, opts.restart_epoch, init["hot_restart"]
+        )
     try:
         server = Server(bootstrap, stats=store, options=opts)
         server.xds_feed = feed
@@ -677,6 +797,12 @@ async def _worker_main(fd: int) -> int:
     server.health_link.go_live()  # its events (hc_hosts, ...) follow the ready frame
     server.outlier_link.go_live()  # (od_hosts, ...)
     await writer.drain()
+    successor = None  # hot restart: what this worker's successor asks
+    if not opts.disable_hot_restart:
+        successor = hot_restart.ServerSuccessor.serve(
+            opts, server, opts.worker_index, os.getppid(),
+            lambda: writer.write(_frame({"event": "hr_drained"})),
+        )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -725,6 +851,13 @@ async def _worker_main(fd: int) -> int:
 
                     server.dynamic.end_warming(msg["kind"])
                     reply = {"state": worker_state(server.dynamic)}
+                elif op == "hr_take_over":  # the pool is LIVE: the old servers drain into us
+                    hot_restart.go_live(server, links)
+                elif op == "hr_drain":  # the next epoch takes over
+                    if successor is None:
+                        reply = {"drained": True}
+                    else:
+                        successor.start_drain()
                 elif op == "stop":
                     stop.set()
                 else:

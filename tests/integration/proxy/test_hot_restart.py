@@ -4,12 +4,15 @@ running one without losing a request or resetting a connection.
 - Under wrk load (HTTP/1.1 keep-alive), epoch 1 starts, takes the listening sockets and the
   admin's, and epoch 0 hands it every connection as it comes between requests, then exits
   by itself: wrk sees no error, no non-2xx answer, no socket error; epoch 1's counters
-  include epoch 0's.
+  include epoch 0's. With `--concurrency` 1 -> 1, 1 -> 2 and 2 -> 3 -> 1 (worker pools
+  taking over from one process, from a pool, and a pool handing over to one process).
 - An idle keep-alive connection opened to epoch 0 is served by epoch 1 on its next
   request: the same TCP connection, moved.
 - Real sofa-rpc-node Bolt and Dubbo clients calling without pause: every call answered,
   each client's one connection moved.
 - grpcio clients (HTTP/2): GOAWAY, then new connections to epoch 1; every call succeeds.
+- A sidecar fed by the pilot: its LDS listener's socket and connection move.
+The last three with one process and with two workers per epoch.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ from tests.support.servers import free_ports
 pytestmark = pytest.mark.timeout(120)
 
 
-def start(config: Path, admin: int, base_id: int, epoch: int, log: Path) -> subprocess.Popen:
+def start(
+    config: Path, admin: int, base_id: int, epoch: int, log: Path, concurrency: int = 1
+) -> subprocess.Popen:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [*sofamesh_command(), "proxy", "-c", str(config), "-l", "info",
-             "--concurrency", "1", "--base-id", str(base_id), "--restart-epoch", str(epoch),
-             "--parent-shutdown-time-s", "20"],
+             "--concurrency", str(concurrency), "--base-id", str(base_id),
+             "--restart-epoch", str(epoch), "--parent-shutdown-time-s", "20"],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     return proc
@@ -69,37 +74,61 @@ def setup(tmp_path):
         up.stop()
 
 
-def test_upgrade_under_wrk_loses_nothing(setup):
+@pytest.mark.parametrize(
+    "workers",
+    [
+        pytest.param([1, 1], id="1-1"),
+        # pool to pool: 2 -> 3 (the third worker binds beside the two sockets it finds),
+        # then 3 -> 1 (one process serves all three sockets)
+        pytest.param([2, 3, 1], id="2-3-1"),
+        # one process (no SO_REUSEPORT) to a pool: the second worker shares its socket
+        pytest.param([1, 2], id="1-2"),
+    ],
+)
+def test_upgrade_under_wrk_loses_nothing(setup, workers):
+    """wrk keeps 16 keep-alive connections busy while each epoch in turn takes over from
+    the one before, with `--concurrency` changing on the way."""
     if shutil.which("wrk") is None:
         pytest.fail("wrk is needed (ci/install.d/bench.sh installs it)")
     cfg, admin, port, base_id, procs, tmp = setup
-    old = start(cfg, admin, base_id, 0, tmp / "epoch0.log")
+    logs = [tmp / f"epoch{e}.log" for e in range(len(workers))]
+    old = start(cfg, admin, base_id, 0, logs[0], workers[0])
     procs.append(old)
     wait_live(admin, old)
     wrk = subprocess.Popen(
-        ["wrk", "-t1", "-c16", "-d6s", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t1", "-c16", f"-d{3 + 2 * len(workers)}s", f"http://127.0.0.1:{port}/"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    time.sleep(2.0)
-    new = start(cfg, admin, base_id, 1, tmp / "epoch1.log")
-    procs.append(new)
-    # epoch 0 drains into epoch 1 and exits by itself, well before wrk is done
-    assert old.wait(timeout=30) == 0, (tmp / "epoch0.log").read_text()[-3000:]
+    handed = 0
+    for epoch in range(1, len(workers)):
+        time.sleep(1.5)
+        new = start(cfg, admin, base_id, epoch, logs[epoch], workers[epoch])
+        procs.append(new)
+        # the old epoch drains into the new one and exits by itself, before wrk is done
+        assert old.wait(timeout=30) == 0, logs[epoch - 1].read_text()[-3000:]
+        text = logs[epoch - 1].read_text()
+        # one line per server (worker) of the old epoch
+        moved = [int(n) for n in re.findall(r"drained \((\d+) connections handed over\)", text)]
+        assert len(moved) == workers[epoch - 1], text[-3000:]
+        handed += sum(moved)
+        old = new
     out, _ = wrk.communicate(timeout=30)
-    assert new.poll() is None, (tmp / "epoch1.log").read_text()[-3000:]
+    assert old.poll() is None, logs[-1].read_text()[-3000:]
+    assert wrk.returncode == 0, out
     done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     assert done > 100, out
     assert "Non-2xx" not in out and "Socket errors" not in out, out
-    epoch0 = (tmp / "epoch0.log").read_text()
-    handed = int(re.search(r"drained \((\d+) connections handed over\)", epoch0).group(1))  # type: ignore[union-attr]
-    assert handed >= 1, epoch0
-    s = stats(admin)  # epoch 1 answers on the admin socket it inherited
+    assert handed >= 1
+    s = stats(admin)  # the last epoch answers on the admin socket it inherited
+    # the connections each epoch adopted, carried over with the counters
     assert s["server.hot_restart.connections_adopted"] == handed
-    assert s["server.hot_restart_epoch"] == 1
-    # epoch 0's counters carried over: every request wrk completed is counted once
+    assert s["server.hot_restart_epoch"] == len(workers) - 1
+    # every epoch's counters carried over: every request wrk completed is counted once
     assert s["http.ingress_http.downstream_rq_2xx"] >= done
     assert s["http.ingress_http.downstream_rq_2xx"] <= done + 16  # in flight as wrk stopped
     assert s.get("http.ingress_http.downstream_rq_5xx", 0) == 0
+    ups = s["cluster.backend.upstream_rq_total"]
+    assert done <= ups <= done + 16
 
 
 def test_idle_keep_alive_connection_moves_to_the_new_process(setup):
@@ -125,7 +154,8 @@ def test_idle_keep_alive_connection_moves_to_the_new_process(setup):
     assert stats(admin)["server.hot_restart.connections_adopted"] == 1
 
 
-def test_dubbo_and_bolt_connections_move_with_their_calls_answered(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_dubbo_and_bolt_connections_move_with_their_calls_answered(tmp_path, workers):
     """Real sofa-rpc-node clients (Bolt, and Dubbo over dubbo-remoting) call through epoch 0
     without pause while epoch 1 takes over: every call is answered, and each client's one
     connection is the same throughout (moved, not reconnected)."""
@@ -157,7 +187,7 @@ def test_dubbo_and_bolt_connections_move_with_their_calls_answered(tmp_path):
         cfg = tmp_path / "rpc.json"
         cfg.write_text(_json.dumps(boot))
         base_id = 60000 + os.getpid() % 5000
-        old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log")
+        old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log", workers)
         new = None
         clients = []
         try:
@@ -168,7 +198,7 @@ def test_dubbo_and_bolt_connections_move_with_their_calls_answered(tmp_path):
                         f"127.0.0.1:{port}", "--calls", calls, "--repeat", "3000", *extra]  # fmt: skip
                 clients.append(subprocess.Popen(argv, cwd=PEERS, stdout=subprocess.PIPE, text=True))
             time.sleep(0.5)
-            new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log")
+            new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log", workers)
             assert old.wait(timeout=30) == 0, (tmp_path / "epoch0.log").read_text()[-3000:]
             for c, tag in zip(clients, ("b", "d")):
                 out, _ = c.communicate(timeout=60)
@@ -230,7 +260,8 @@ static_resources:
 """
 
 
-def test_grpc_calls_across_an_upgrade_all_succeed(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_grpc_calls_across_an_upgrade_all_succeed(tmp_path, workers):
     """grpcio clients (HTTP/2) calling without pause while epoch 1 takes over: epoch 0 sends
     GOAWAY (last stream id 2^31-1, then the real one after the HCM's drain_timeout) and
     closes each connection once its streams are done; the channels open new connections,
@@ -257,7 +288,7 @@ def test_grpc_calls_across_an_upgrade_all_succeed(tmp_path):
     cfg = tmp_path / "grpc.yaml"
     cfg.write_text(GRPC_BOOTSTRAP.format(admin=admin, port=port, upstream=up_port))
     base_id = 20000 + os.getpid() % 20000
-    old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log")
+    old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log", workers)
     new = None
     stop_calls = threading.Event()
     results: list[str] = []
@@ -280,7 +311,7 @@ def test_grpc_calls_across_an_upgrade_all_succeed(tmp_path):
         for t in threads:
             t.start()
         time.sleep(1.5)
-        new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log")
+        new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log", workers)
         assert old.wait(timeout=30) == 0, (tmp_path / "epoch0.log").read_text()[-3000:]
         time.sleep(1.0)  # calls go on against epoch 1 alone
         stop_calls.set()
@@ -302,7 +333,8 @@ def test_grpc_calls_across_an_upgrade_all_succeed(tmp_path):
         upstream.stop(0)
 
 
-def test_a_sidecar_fed_by_the_pilot_moves_its_lds_listener_and_connections(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sidecar_fed_by_the_pilot_moves_its_lds_listener_and_connections(tmp_path, workers):
     """A sidecar whose listeners come over ADS (from `sofamesh pilot`): epoch 1 takes the LDS
     listener's socket by name before its own LDS arrives, and a kept-alive connection to it
     moves from epoch 0 to epoch 1."""
@@ -319,7 +351,7 @@ def test_a_sidecar_fed_by_the_pilot_moves_its_lds_listener_and_connections(tmp_p
         cfg = tmp_path / "sidecar.json"
         cfg.write_text(_json.dumps(ads_bootstrap(pilot.xds_port, admin, delta=True)))
         base_id = 40000 + os.getpid() % 20000
-        old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log")
+        old = start(cfg, admin, base_id, 0, tmp_path / "epoch0.log", workers)
         procs.append(old)
         wait_live(admin, old)
         conn = http.client.HTTPConnection("127.0.0.1", pilot.outbound_port, timeout=5)
@@ -327,7 +359,7 @@ def test_a_sidecar_fed_by_the_pilot_moves_its_lds_listener_and_connections(tmp_p
         r = conn.getresponse()
         assert r.status == 200, r.read()
         r.read()
-        new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log")
+        new = start(cfg, admin, base_id, 1, tmp_path / "epoch1.log", workers)
         procs.append(new)
         assert old.wait(timeout=30) == 0, (tmp_path / "epoch0.log").read_text()[-3000:]
         conn.request("GET", "/second", headers={"host": "orders"})
@@ -336,7 +368,10 @@ def test_a_sidecar_fed_by_the_pilot_moves_its_lds_listener_and_connections(tmp_p
         r.read()
         conn.close()
         assert stats(admin)["server.hot_restart.connections_adopted"] == 1
-        assert "took 2 listening sockets" in (tmp_path / "epoch1.log").read_text()
+        # each server (worker) took its LDS listener's socket
+        took = re.findall(r"took 1 listening sockets from epoch 0: (\S+)",
+                          (tmp_path / "epoch1.log").read_text())  # fmt: skip
+        assert len(took) == workers and took[0] in get(admin, "/listeners")[1], took
     finally:
         for p in procs:
             if p.poll() is None:
