@@ -39,6 +39,17 @@ cdef class BucketRegion:
     cdef BucketSlot* claim(self, uint64_t key, int64_t now_ns) noexcept
 
 
+cdef class SharedCount:
+    cdef BucketSlot* total                  # &self.own_total, or a slot of self.region
+    cdef BucketSlot* part                   # this worker's part
+    cdef BucketSlot own_total
+    cdef BucketSlot own_part
+    cdef readonly BucketRegion region       # None: a private count
+    cpdef bint try_acquire(self, int64_t limit)
+    cpdef int64_t acquire(self)
+    cpdef void release(self)
+
+
 cdef class TokenBucket:
     cdef readonly double max_tokens
     cdef readonly double tokens_per_fill

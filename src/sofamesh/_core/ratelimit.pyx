@@ -319,6 +319,82 @@ cdef class TokenBucket:
         return self.available_at()
 
 
+def _count_key(str key) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(b"count|" + key.encode(), digest_size=8).digest(),
+                          "little") or 1
+
+
+_reaped = set()  # the per-worker count slots this process has taken back (see SharedCount)
+
+
+cdef class SharedCount:
+    """A count every worker process shares (connection limits: proxy/overload.py,
+    filters/network/connection_limit.py): the total in one slot of the region (the
+    `taken` word), each worker's part in a slot of its own. A worker that restarts after
+    a crash takes back, the first time it builds the count, what its predecessor left
+    (its part, subtracted from the total). Without a region (one process), or with the
+    region full, the count is this object's own."""
+
+    def __init__(self, str key, int worker=-1, BucketRegion region=None):
+        memset(&self.own_total, 0, sizeof(BucketSlot))
+        memset(&self.own_part, 0, sizeof(BucketSlot))
+        self.total = &self.own_total
+        self.part = &self.own_part
+        self.region = None
+        cdef BucketSlot* t
+        cdef BucketSlot* p
+        cdef uint64_t stale
+        if region is None or region.mem == NULL or worker < 0:
+            return
+        t = region.claim(_count_key(key), 1)
+        p = region.claim(_count_key(f"{key}|worker {worker}"), 1)
+        if t == NULL or p == NULL:
+            return
+        self.total = t
+        self.part = p
+        self.region = region
+        if (key, worker) not in _reaped:  # the first in this process: a new worker
+            _reaped.add((key, worker))
+            stale = rl_load(&p.taken)
+            if stale:
+                rl_add(&p.taken, <uint64_t>0 - stale)
+                rl_add(&t.taken, <uint64_t>0 - stale)
+
+    cpdef bint try_acquire(self, int64_t limit):
+        """One more if fewer than `limit` (Envoy's tryAllocateResource)."""
+        cdef uint64_t cur = rl_load(&self.total.taken)
+        while True:
+            if <int64_t>cur >= limit:
+                return False
+            if rl_cas(&self.total.taken, &cur, cur + 1):  # on failure `cur` is reloaded
+                rl_add(&self.part.taken, 1)
+                return True
+
+    cpdef int64_t acquire(self):
+        """One more; returns the count before it."""
+        rl_add(&self.part.taken, 1)
+        return <int64_t>rl_add(&self.total.taken, 1) - 1
+
+    cpdef void release(self):
+        rl_add(&self.part.taken, <uint64_t>0 - 1)
+        rl_add(&self.total.taken, <uint64_t>0 - 1)
+
+    @property
+    def value(self):
+        return <int64_t>rl_load(&self.total.taken)
+
+    @property
+    def mine(self):
+        """This worker's part."""
+        return <int64_t>rl_load(&self.part.taken)
+
+    @property
+    def shared(self):
+        return self.region is not None
+
+
 _shared_region = None  # BucketRegion | None: set in a worker process by share_buckets()
 
 

@@ -382,6 +382,8 @@ class Server:
 
         # the overload manager's global connection limit (None: none to enforce)
         self.global_cx = overload.from_bootstrap(self.bootstrap, self.options)
+        if self.global_cx is not None:
+            self.global_cx.start(self._loop)
         # fixed_heap and its actions (stop_accepting_requests, disable_http_keepalive, ...)
         self.heap = overload.HeapManager.from_bootstrap(self, self.bootstrap)
         reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
@@ -736,6 +738,9 @@ class Server:
         heap = getattr(self, "heap", None)
         if heap is not None:
             heap.stop()
+        global_cx = getattr(self, "global_cx", None)
+        if global_cx is not None:
+            global_cx.stop()
         if self.dynamic is not None:
             await self.dynamic.stop()
         if self.health_link is not None:

@@ -142,3 +142,59 @@ def test_attach_refuses_what_is_not_a_region(tmp_path):
     f.write_bytes(b"\0" * 4096)
     with open(f, "rb+") as fh, pytest.raises(ValueError, match="not a sofamesh token bucket"):
         BucketRegion.attach(fh.fileno())
+
+
+COUNTER = textwrap.dedent(
+    """
+    import sys
+    from sofamesh._core.ratelimit import BucketRegion, SharedCount
+
+    region = BucketRegion.attach(int(sys.argv[1]))
+    count = SharedCount("cx", int(sys.argv[2]), region)
+    print(count.value, flush=True)  # after taking back what a predecessor left
+    for line in sys.stdin:
+        if line.startswith("try"):
+            print(int(count.try_acquire(int(line.split()[1]))), flush=True)
+        elif line.startswith("release"):
+            count.release()
+            print(count.value, flush=True)
+    """
+)
+
+
+def _counter(region: BucketRegion, worker: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", COUNTER, str(region.fd), str(worker)],
+        pass_fds=[region.fd], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _ask(p: subprocess.Popen, line: str) -> int:
+    p.stdin.write(line + "\n")
+    p.stdin.flush()
+    return int(p.stdout.readline())
+
+
+def test_a_shared_count_limits_every_process_together_and_a_restart_takes_back():
+    """Connection limits with workers (SharedCount): two processes share one limit of 3; a
+    process killed while holding 2 is replaced by one with its worker index, which takes
+    those 2 back from the total, so the limit admits again."""
+    region = BucketRegion.create(16)
+    a, b = _counter(region, 0), _counter(region, 1)
+    try:
+        assert int(a.stdout.readline()) == 0 and int(b.stdout.readline()) == 0
+        assert [_ask(a, "try 3"), _ask(b, "try 3"), _ask(a, "try 3")] == [1, 1, 1]
+        assert [_ask(b, "try 3"), _ask(a, "try 3")] == [0, 0]  # 3 of 3, whoever asks
+        assert _ask(b, "release") == 2
+        assert _ask(a, "try 3") == 1
+        a.kill()  # holding 3 of them, releasing nothing
+        a.wait()
+        a = _counter(region, 0)  # its successor
+        assert int(a.stdout.readline()) == 0  # b's one was released above: 3 - 3 taken back
+        assert [_ask(a, "try 3"), _ask(b, "try 3"), _ask(a, "try 3"), _ask(b, "try 3")] == [
+            1, 1, 1, 0,
+        ]  # fmt: skip
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()

@@ -14,9 +14,11 @@ each connection when it is accepted (Envoy's onNewConnection):
 Stats: `connection_limit.<stat_prefix>.limited_connections` (counter) and
 `connection_limit.<stat_prefix>.active_connections` (gauge). The count is per filter
 config, as Envoy's (shared by all of the process's connections on that chain); with
-`--concurrency N > 1` the worker processes would each count their own connections, so the
-filter is refused there (the limit would be N times too high). Not implemented:
-`runtime_enabled` (refused), in front of an http_connection_manager (refused by the server).
+`--concurrency N > 1` it is one `ratelimit.SharedCount` in the memory every worker maps
+(keyed by the filter's config path), so the workers together admit `max_connections`, as
+Envoy's share one atomic. Each worker's gauge counts its own; /stats sums them. Not
+implemented: `runtime_enabled` (refused), in front of an http_connection_manager (refused
+by the server).
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ TYPE_URL = (
 class ConnectionLimit:
     """One filter config: the open-connection count of every connection on its chain."""
 
-    def __init__(self, store: Any, stat_prefix: str, max_connections: int, delay: float, loop):
+    def __init__(
+        self, store: Any, stat_prefix: str, max_connections: int, delay: float, loop, count: Any
+    ):
         base = f"connection_limit.{stat_prefix}."
         self.limited = store.counter(base + "limited_connections")
         self.active = store.gauge(base + "active_connections")
         self.max = max_connections
         self.delay = delay  # seconds; 0: close at once
         self.loop = loop
-        self.open = 0  # Envoy's `connections_`: admitted plus rejected-but-not-yet-closed
+        # Envoy's `connections_`: admitted plus rejected-but-not-yet-closed (ratelimit.SharedCount)
+        self.open = count
 
     def wrap(self, factory: Any) -> Any:
         """A protocol factory putting a limit gate in front of `factory`'s protocols."""
@@ -70,9 +75,7 @@ class LimitGate:
         g = cfg.active
         g.value += 1
         g.used = True
-        admitted = cfg.open < cfg.max
-        cfg.open += 1
-        if admitted:
+        if cfg.open.acquire() < cfg.max:
             self.inner.connection_made(transport)
             return
         self.rejected = True
@@ -96,7 +99,7 @@ class LimitGate:
 
     def connection_lost(self, exc: Any) -> None:
         cfg = self.cfg
-        cfg.open -= 1
+        cfg.open.release()
         cfg.active.value -= 1
         if self.timer is not None:
             self.timer.cancel()
@@ -126,16 +129,13 @@ def factory(typed_config: Any, context: dict) -> ConnectionLimit:
         raise UnsupportedConfig(f"{path}.max_connections: required, at least 1")
     if msg.HasField("runtime_enabled"):
         raise UnsupportedConfig(f"{path}.runtime_enabled is not implemented by sofamesh")
-    server = context.get("server")
-    workers = int(getattr(getattr(server, "options", None), "concurrency", 1) or 1)
-    if workers > 1:
-        raise UnsupportedConfig(
-            f"{path}: {NAME} is implemented by sofamesh with --concurrency 1 only (with "
-            f"{workers} worker processes each would count its own connections)"
-        )
     delay = msg.delay.seconds + msg.delay.nanos / 1e9 if msg.HasField("delay") else 0.0
+    from sofamesh.proxy.overload import shared_count
+
+    options = getattr(context.get("server"), "options", None)
+    count = shared_count(f"{NAME}|{context.get('path', NAME)}", options)
     return ConnectionLimit(
-        context["stats"], msg.stat_prefix, msg.max_connections.value, delay, context["loop"]
+        context["stats"], msg.stat_prefix, msg.max_connections.value, delay, context["loop"], count
     )
 
 
