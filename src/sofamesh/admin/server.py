@@ -146,20 +146,20 @@ class AdminServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count("http.admin.downstream_cx_total")
         self._clients.add(writer)
+        requests = _Requests(reader)
         try:
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    head = await requests.head()
                 except asyncio.IncompleteReadError:
                     return
                 except asyncio.LimitOverrunError:
                     await self._send(writer, "GET", Response(431, "headers too large\n"), False)
                     await _linger(reader, writer)
                     return
-                if len(head) > MAX_HEAD:
-                    await self._send(writer, "GET", Response(431, "headers too large\n"), False)
-                    return
                 try:
+                    if head is None:  # refused as its first bytes came, as Envoy's codec does
+                        raise ValueError("malformed request line")
                     method, target, version, headers = _parse_head(head)
                 except ValueError as e:
                     self._count("http.admin.downstream_rq_rx_reset")
@@ -177,7 +177,7 @@ class AdminServer:
                     return
                 started = time.time()
                 if int(length):
-                    await reader.readexactly(int(length))
+                    await requests.body(int(length))
                 conn = headers.get("connection", "").lower()
                 keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
                 self._count("http.admin.downstream_rq_total")
@@ -246,6 +246,52 @@ async def _linger(reader: asyncio.StreamReader, writer: Any) -> None:
             budget -= len(chunk)
     except (TimeoutError, ConnectionError, OSError):
         pass
+
+
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_MAX_METHOD = 32
+
+
+class _Requests:
+    """The admin connection's bytes, taken a request head (and body) at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.buf = bytearray()
+
+    async def head(self) -> bytes | None:
+        """A request head through its blank line; None as soon as what came cannot begin
+        a request line (a method of token characters, then a space), so garbage (a TLS
+        hello, a binary protocol) gets its 400 at once, not after MAX_HEAD bytes or never.
+        IncompleteReadError at EOF; LimitOverrunError past MAX_HEAD."""
+        buf = self.buf
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                if end + 4 > MAX_HEAD:
+                    raise asyncio.LimitOverrunError("headers too large", end)
+                head = bytes(buf[: end + 4])
+                del buf[: end + 4]
+                return head
+            if len(buf) > MAX_HEAD:
+                raise asyncio.LimitOverrunError("headers too large", len(buf))
+            space = buf.find(b" ", 0, _MAX_METHOD + 1)
+            method = buf[: space if space >= 0 else _MAX_METHOD + 1]
+            if space == 0 or any(c not in _TOKEN for c in method):
+                return None
+            if space < 0 and len(buf) > _MAX_METHOD:
+                return None
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(buf), None)
+            buf += chunk
+
+    async def body(self, n: int) -> bytes:
+        if len(self.buf) < n:
+            self.buf += await self.reader.readexactly(n - len(self.buf))
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:

@@ -340,3 +340,31 @@ def test_runtime_layers_and_runtime_modify(tmp_path):
             stop(sm)
     finally:
         stop(envoy)
+
+
+def _garbage(port: int, data: bytes) -> tuple[str, bool]:
+    """Sends `data` (no line end) and waits up to 2 s: the status line, and whether the
+    admin closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(data)
+        got = b""
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+            closed = True
+        except TimeoutError:
+            closed = False
+    return got.split(b"\r\n")[0].decode("latin-1"), closed
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b" GET / HTTP/1.1"],
+    ids=["tls-hello", "leading-space"],
+)
+def test_garbage_is_refused_as_it_comes(pair, data):
+    """A TLS ClientHello (someone speaking HTTPS to the admin port) or a request line that
+    cannot begin a request: 400 and a close at once, without waiting for a line end."""
+    envoy, ours = both(pair, lambda p: _garbage(p, data))
+    assert envoy == ("HTTP/1.1 400 Bad Request", True)
+    assert ours == envoy
