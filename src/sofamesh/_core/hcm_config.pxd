@@ -4,7 +4,7 @@
 
 from sofamesh._core.conn_pool cimport ConnPool
 from sofamesh._core.headers cimport HeaderMap
-from sofamesh._core.router cimport RouteTable
+from sofamesh._core.router cimport RouteTable, rng_next
 from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
 
 
@@ -63,8 +63,10 @@ cdef class HcmConfig:
     cdef public bint strip_any_host_port
     cdef public bint draining
     cdef public object hand_over          # hot restart: callable(conn) once a conn is idle
-    cdef public bint overload_reject      # overload manager: stop_accepting_requests
-    cdef public bint overload_no_keepalive  # overload manager: disable_http_keepalive
+    # overload manager (proxy/overload.py): the action's value in [0, 1], each request
+    # drawn against it as Envoy's bernoulli (0: off, 1: every request)
+    cdef public double overload_reject      # stop_accepting_requests
+    cdef public double overload_no_keepalive  # disable_http_keepalive
     cdef public bint enable_trailers     # http_protocol_options.enable_trailers
     cdef ConnPool pool                  # HTTP/1 upstream pool
     cdef ConnPool pool2                 # HTTP/2 upstream pool (clusters with Cluster.h2)
@@ -133,3 +135,12 @@ cdef inline bint replaces_request_id(HcmConfig cfg) noexcept:
 # forward_client_cert_details on a request's headers, before the filters (Envoy's
 # mutateXfccRequestHeader); `transport` is the downstream connection's
 cdef int mutate_xfcc(HcmConfig cfg, HeaderMap head, object transport) except -1
+
+
+cdef inline bint overload_hit(double p) noexcept:
+    """Envoy's `random.bernoulli(p)` for an overload action's value `p` in [0, 1]."""
+    if p <= 0.0:
+        return False
+    if p >= 1.0:
+        return True
+    return <double>(rng_next() >> 11) * (1.0 / 9007199254740992.0) < p

@@ -71,8 +71,8 @@ cdef class HcmConfig:
         self.strip_any_host_port = strip_any_host_port
         self.draining = False
         self.hand_over = None
-        self.overload_reject = False
-        self.overload_no_keepalive = False
+        self.overload_reject = 0.0
+        self.overload_no_keepalive = 0.0
         self.request_headers_timeout = 0.0
         self.enable_trailers = enable_trailers
         self.pool = Http1ConnPool(loop)

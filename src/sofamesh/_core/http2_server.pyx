@@ -16,7 +16,7 @@ from sofamesh._core.codecs.http2_events cimport (
 )
 from sofamesh._core.codecs.http2_map cimport adopt, response_list, trailer_list
 from sofamesh._core.conn_pool cimport PoolConn
-from sofamesh._core.hcm_config cimport HcmConfig
+from sofamesh._core.hcm_config cimport HcmConfig, overload_hit
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
     mono, date_value, DS_BODY, DS_WAIT, DS_CLOSED, SERVER_PASS_THROUGH,
@@ -377,7 +377,7 @@ cdef class H2Stream(RouterStream):
             if not end_stream:
                 self._h2_headers([(b":status", b"100")], False)
                 self.resp_ended = False
-        if cfg.overload_reject:         # overload manager: stop_accepting_requests
+        if cfg.overload_reject and overload_hit(cfg.overload_reject):  # stop_accepting_requests
             return self._overloaded()
         self.route = cfg.routes.route(h)
         self.fidx = 0

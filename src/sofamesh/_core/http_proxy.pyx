@@ -25,7 +25,7 @@ from sofamesh._core.codecs.http1_encode cimport (
     response_framing, encode_response_head, encode_chunk, encode_last_chunk,
 )
 from sofamesh._core.conn_pool cimport PoolConn
-from sofamesh._core.hcm_config cimport HcmConfig
+from sofamesh._core.hcm_config cimport HcmConfig, overload_hit
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
     mono, date_value, needs_normalizing,
@@ -95,6 +95,7 @@ cdef class DownstreamConn(RouterStream):
 
     def data_received(self, bytes data):
         self.cfg.cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
+        self.got_data = True
         if self.state == DS_TUNNEL:
             self._tunnel_up(data)
             return
@@ -422,9 +423,11 @@ cdef class DownstreamConn(RouterStream):
         if fr == FR_NONE:
             self.req_done = True
         self.up_end = self.req_done
-        if h.conn_close or (h.minor == 0 and not h.conn_keep_alive) or cfg.draining:
+        if h.conn_close or (h.minor == 0 and not h.conn_keep_alive) or cfg.draining \
+                or self.idle_draining:
             self.close_after = True
-        elif cfg.overload_no_keepalive:     # overload manager: disable_http_keepalive
+        elif cfg.overload_no_keepalive and overload_hit(cfg.overload_no_keepalive):
+            # overload manager: disable_http_keepalive
             self.close_after = True
             cfg.cx_overload_disable_keepalive.inc()
         if h.method_len == 7 and h.base[0] == 67 and h.base[1] == 79 and h.base[2] == 78:
@@ -444,7 +447,7 @@ cdef class DownstreamConn(RouterStream):
             self.resp_pending += self.resp_held     # Envoy flushes its codec's buffer here
             self.resp_held = 0
             cfg.rq_1xx.inc()
-        if cfg.overload_reject:         # overload manager: stop_accepting_requests
+        if cfg.overload_reject and overload_hit(cfg.overload_reject):  # stop_accepting_requests
             return self._overloaded()
         self.route = cfg.routes.route(h)
         if self.upgrade:

@@ -37,6 +37,7 @@ cdef dict RESET_REASON = {
 }
 cdef bytes RESET_BEFORE = b"upstream connect error or disconnect/reset before headers. "
 cdef tuple OVERLOADED = (b"x-envoy-overloaded", b"true")
+cdef double DELAYED_CLOSE_S = 1.0  # Envoy's HCM delayed_close_timeout default
 
 
 cdef int retry_failed(RouterStream s, int kind) except -1:
@@ -805,14 +806,29 @@ cdef class RouterStream(HttpStream):
         if self.state == DS_CLOSED:
             return
         if not self.in_request and self.state != DS_TUNNEL:
-            if self.cfg.idle_timeout <= 0:
+            if self.cfg.idle_timeout <= 0 and not self.idle_draining:
                 return
             if now + 0.0005 < self.deadline:
                 self.timer_at = self.deadline
                 self.timer = self.cfg.loop.call_later(self.deadline - now, self._on_timer)
                 return
+            if self.idle_draining or self.cfg.drain_timeout <= 0 or not self.got_data or \
+                    self.pending is not None:
+                if not self.idle_draining:
+                    self.cfg.cx_idle_timeout.inc()
+                self.close()
+                return
+            # Envoy: on a connection that has had bytes (its codec exists), the idle timeout
+            # starts the HCM's drain sequence; with no request coming (one that does is
+            # answered with `connection: close`), the connection closes after drain_timeout
+            # and the delayed close (delayed_close_timeout, 1 s). Without a byte: at once. With
+            # a request head begun and not ended: at once too (Envoy counts it a stream and
+            # leaves it to stream_idle_timeout, 5 min by default; a slow-client defence here)
             self.cfg.cx_idle_timeout.inc()
-            self.close()
+            self.idle_draining = True
+            self.deadline = now + self.cfg.drain_timeout + DELAYED_CLOSE_S
+            self.timer_at = self.deadline
+            self.timer = self.cfg.loop.call_later(self.deadline - now, self._on_timer)
             return
         if self.resp_started and self.resp_status == 101 or self.cluster is None or \
                 self.route is None or (self.rq_timeout <= 0 and self.try_deadline <= 0):

@@ -117,6 +117,8 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef object stream_timer            # request_timeout / stream_idle_timeout, when configured
     cdef double rq_due                  # mono() deadline for the whole request; 0: none
     cdef double idle_due                # mono() deadline for the next stream activity; 0: none
+    cdef bint idle_draining             # HTTP/1: the idle timeout started Envoy's drain
+    cdef bint got_data                  # HTTP/1: a byte came (Envoy: the codec exists)
     cdef bint timer_armed
     cdef bint close_after
     cdef bint req_done

@@ -446,16 +446,23 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     _CL + "Cluster.TransportSocketMatch": ("name", "match", "transport_socket"),
     "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions": ("enable_deferred_creation_stats",),
     # the overload manager (issue 13, proxy/overload.py): global_downstream_max_connections,
-    # fixed_heap and its threshold-triggered actions
+    # fixed_heap and its actions (proxy/overload_actions.py), threshold or scaled triggers
     "envoy.config.overload.v3.OverloadManager": (
         "resource_monitors",
         "refresh_interval",
         "actions",
     ),
     "envoy.config.overload.v3.ResourceMonitor": ("name", "typed_config"),
-    "envoy.config.overload.v3.OverloadAction": ("name", "triggers"),
-    "envoy.config.overload.v3.Trigger": ("name", "threshold"),
+    "envoy.config.overload.v3.OverloadAction": ("name", "triggers", "typed_config"),
+    "envoy.config.overload.v3.Trigger": ("name", "threshold", "scaled"),
     "envoy.config.overload.v3.ThresholdTrigger": ("value",),
+    "envoy.config.overload.v3.ScaledTrigger": ("scaling_threshold", "saturation_threshold"),
+    "envoy.config.overload.v3.ScaleTimersOverloadActionConfig": ("timer_scale_factors",),
+    "envoy.config.overload.v3.ScaleTimersOverloadActionConfig.ScaleTimer": (
+        "timer",
+        "min_timeout",
+        "min_scale",
+    ),
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": (
         "max_active_downstream_connections",
     ),

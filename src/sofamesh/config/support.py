@@ -253,10 +253,15 @@ DOWNSTREAM_CONNECTIONS = (
     ".DownstreamConnectionsConfig"
 )
 register_extension(DOWNSTREAM_CONNECTIONS, "sofamesh.proxy.overload")
-# fixed_heap (the process's RSS against max_heap_size_bytes) and its actions (proxy/overload.py)
+# fixed_heap (the process's RSS against max_heap_size_bytes) and its actions, reduce_timeouts'
+# timers among them (proxy/overload_actions.py)
 register_extension(
     "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
-    "sofamesh.proxy.overload",
+    "sofamesh.proxy.overload_actions",
+)
+register_extension(
+    "type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
+    "sofamesh.proxy.overload_actions",
 )
 
 

@@ -1,18 +1,6 @@
 """The overload manager (issue 13): its resource monitors and actions.
 
-`envoy.resource_monitors.fixed_heap` (`max_heap_size_bytes`) with threshold-triggered
-actions, refreshed every `refresh_interval` (default 1 s, as Envoy): the pressure is this
-process's resident memory (RSS, /proc/self/statm) over the maximum (Envoy counts tcmalloc's
-heap; a Python process's memory is its RSS). Gauges as Envoy's:
-`overload.envoy.resource_monitors.fixed_heap.pressure` (percent) and per action
-`overload.<action>.active` (0 or 1) and `.scale_percent` (0 or 100). Actions:
-- `envoy.overload_actions.stop_accepting_requests`: every HTTP/1.1 and HTTP/2 request gets
-  Envoy's 503 "envoy overloaded" (response flag OM, `http.<prefix>.downstream_rq_overload_close`);
-- `envoy.overload_actions.disable_http_keepalive`: HTTP/1.1 responses close the connection
-  (`http.<prefix>.downstream_cx_overload_disable_keepalive`);
-- `envoy.overload_actions.shrink_heap`: a full garbage collection and malloc_trim once a
-  refresh while active.
-Scaled triggers, other monitors and actions are refused by name.
+The heap monitor and the actions are in proxy/overload_actions.py.
 
 `envoy.resource_monitors.global_downstream_max_connections`: at most
 `max_active_downstream_connections` downstream connections open across all listeners.
@@ -41,7 +29,6 @@ crashed leaves its part of the count, which its successor takes back as it start
 
 from __future__ import annotations
 
-import os
 import weakref
 from typing import Any
 
@@ -54,12 +41,6 @@ _POLL_S = 0.02
 _RETRY_S = 3 * _POLL_S
 HEAP = "envoy.resource_monitors.fixed_heap"
 _HEAP_CONFIG = "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
-# action -> the HcmConfig flag it sets (None: handled by HeapManager itself)
-ACTIONS = {
-    "envoy.overload_actions.stop_accepting_requests": "overload_reject",
-    "envoy.overload_actions.disable_http_keepalive": "overload_no_keepalive",
-    "envoy.overload_actions.shrink_heap": None,
-}
 
 
 def _fd_hard_limit() -> int:
@@ -220,7 +201,7 @@ def from_bootstrap(bootstrap: Any, options: Any) -> GlobalConnections | None:
     for i, mon in enumerate(bootstrap.overload_manager.resource_monitors):
         path = f"overload_manager.resource_monitors[{i}]"
         if mon.name == HEAP:
-            continue  # HeapManager
+            continue  # overload_actions.OverloadActions
         msg = downstream_connections_pb2.DownstreamConnectionsConfig()
         if mon.name != MONITOR or not mon.typed_config.Unpack(msg):
             raise UnsupportedConfig(
@@ -244,138 +225,3 @@ def shared_count(key: str, options: Any) -> Any:
     from sofamesh._core.ratelimit import SharedCount, shared_region
 
     return SharedCount(key, int(getattr(options, "worker_index", -1)), shared_region())
-
-
-class HeapManager:
-    """fixed_heap and its threshold-triggered actions, for one Server (see the module doc)."""
-
-    def __init__(self, server: Any, max_bytes: int, interval: float, actions: list) -> None:
-        self.server = server
-        self.max_bytes = max_bytes
-        self.interval = interval
-        self.actions = actions  # [(name, threshold)]
-        st = server.stats
-        self.pressure = st.gauge(f"overload.{HEAP}.pressure")
-        self.pressure.used = True
-        self.active: dict[str, tuple[Any, Any]] = {}
-        for name, _ in actions:
-            a, sp = st.gauge(f"overload.{name}.active"), st.gauge(f"overload.{name}.scale_percent")
-            a.used = sp.used = True
-            self.active[name] = (a, sp)
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._handle: Any = None
-
-    @classmethod
-    def from_bootstrap(cls, server: Any, bootstrap: Any) -> HeapManager | None:
-        from envoy.extensions.resource_monitors.fixed_heap.v3 import fixed_heap_pb2
-
-        om = bootstrap.overload_manager
-        max_bytes = 0
-        for i, mon in enumerate(om.resource_monitors):
-            if mon.name != HEAP:
-                continue
-            msg = fixed_heap_pb2.FixedHeapConfig()
-            if not mon.typed_config.Unpack(msg):
-                raise UnsupportedConfig(
-                    f"overload_manager.resource_monitors[{i}].typed_config: expected {_HEAP_CONFIG}"
-                )
-            if msg.max_heap_size_bytes < 1:
-                raise UnsupportedConfig(
-                    f"overload_manager.resource_monitors[{i}].max_heap_size_bytes: at least 1"
-                )
-            max_bytes = msg.max_heap_size_bytes
-        actions = []
-        monitors = {m.name for m in om.resource_monitors}
-        for i, act in enumerate(om.actions):
-            path = f"overload_manager.actions[{i}]"
-            if act.name not in ACTIONS:
-                raise UnsupportedConfig(
-                    f"{path}.name: {act.name!r} is not implemented by sofamesh "
-                    f"(implemented: {', '.join(sorted(ACTIONS))})"
-                )
-            for j, trig in enumerate(act.triggers):
-                if trig.name not in monitors:
-                    raise UnsupportedConfig(
-                        f"{path}.triggers[{j}].name: unknown resource monitor {trig.name!r}"
-                    )
-                if trig.name != HEAP or not trig.HasField("threshold"):
-                    raise UnsupportedConfig(
-                        f"{path}.triggers[{j}]: only threshold triggers on {HEAP} are "
-                        "implemented by sofamesh"
-                    )
-                actions.append((act.name, trig.threshold.value))
-        if not max_bytes:
-            return None
-        interval = 1.0
-        if om.HasField("refresh_interval"):
-            d = om.refresh_interval
-            interval = max(d.seconds + d.nanos / 1e9, 0.01)
-        return cls(server, max_bytes, interval, actions)
-
-    def start(self, loop: Any) -> None:
-        self._loop = loop
-        self._tick()
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def rss(self) -> int:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * self._page
-
-    def _tick(self) -> None:
-        pressure = self.rss() / self.max_bytes
-        self.pressure.value = int(min(pressure, 1.0) * 100)
-        on: dict[str, bool] = {}
-        for name, threshold in self.actions:
-            on[name] = on.get(name, False) or pressure >= threshold
-        flags = {attr: False for attr in ACTIONS.values() if attr}
-        for name, active in on.items():
-            a, sp = self.active[name]
-            a.value, sp.value = int(active), 100 if active else 0
-            attr = ACTIONS[name]
-            if attr and active:
-                flags[attr] = True
-            if name.endswith("shrink_heap") and active:
-                _shrink()
-        for cfg in hcm_configs(self.server):
-            for attr, value in flags.items():
-                setattr(cfg, attr, value)
-        self._handle = self._loop.call_later(self.interval, self._tick)
-
-
-def hcm_configs(server: Any) -> list:
-    """Every HTTP connection manager the Server's listeners (static and LDS) serve."""
-    from sofamesh._core.hcm_config import HcmConfig
-
-    out: list = []
-
-    def visit(v: Any) -> None:
-        if isinstance(v, HcmConfig):
-            out.append(v)
-        elif hasattr(v, "views"):
-            for x in v.views():
-                visit(x)
-        elif hasattr(v, "parts"):
-            for x in v.parts:
-                visit(x)
-
-    for li in server.listeners:
-        visit(li.hcm)
-    dyn = getattr(server, "dynamic", None)
-    for dl in (getattr(dyn, "active_listeners", None) or {}).values():
-        visit(dl.view)
-    return out
-
-
-def _shrink() -> None:
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass

@@ -379,13 +379,14 @@ class Server:
                 [c.name for c in self.bootstrap.static_resources.clusters if c.health_checks]
             )
         from sofamesh.proxy import overload
+        from sofamesh.proxy.overload_actions import OverloadActions
 
         # the overload manager's global connection limit (None: none to enforce)
         self.global_cx = overload.from_bootstrap(self.bootstrap, self.options)
         if self.global_cx is not None:
             self.global_cx.start(self._loop)
         # fixed_heap and its actions (stop_accepting_requests, disable_http_keepalive, ...)
-        self.heap = overload.HeapManager.from_bootstrap(self, self.bootstrap)
+        self.heap = OverloadActions.from_bootstrap(self, self.bootstrap)
         reuse_port = int(getattr(self.options, "concurrency", 1) or 1) > 1
         # a pool's worker serves only once it has the pool's current xDS config, and with
         # health-checked clusters the pool's current health (serve_all, by proxy.workers)
@@ -525,12 +526,17 @@ class Server:
         return False
 
     def admit(self, factory: Any, lst: Any) -> Any:
-        """Listener `lst`'s protocol factory under the global connection limit, if any
-        (proxy/overload.py)."""
+        """Listener `lst`'s protocol factory under the global connection limit, then the
+        overload manager's reject_incoming_connections, if any (proxy/overload*.py), in
+        the order Envoy's listener checks them."""
+        name = lst.stat_prefix or _listener_name(lst)
+        acts = getattr(self, "heap", None)
+        if acts is not None and acts.rejects_connections():
+            reject = self.stats.counter(f"listener.{name}.downstream_cx_overload_reject")
+            factory = acts.reject_gate(factory, reject)
         gc = getattr(self, "global_cx", None)
         if gc is None:
             return factory
-        name = lst.stat_prefix or _listener_name(lst)
         overflow = self.stats.counter(f"listener.{name}.downstream_global_cx_overflow")
         return factory if lst.ignore_global_conn_limit else gc.wrap(factory, overflow)
 
