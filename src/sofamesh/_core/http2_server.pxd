@@ -57,5 +57,6 @@ cdef class H2Stream(RouterStream):
     cdef int _on_reset(self, bint remote) except -1
     cdef int _finish(self) except -1
     cdef int _h2_headers(self, list headers, bint end_stream) except -1
+    cdef int _overload_keepalive(self) except -1
     cdef int _h2_data(self, bytes data, bint end_stream) except -1
     cdef int _check_window(self) except -1

@@ -495,6 +495,16 @@ cdef class H2Stream(RouterStream):
         return self.conn.arm_at(when)
 
     # encoding --------------------------------------------------------------------------
+    cdef int _overload_keepalive(self) except -1:
+        """Before a response's headers: the overload manager's disable_http_keepalive,
+        drawn against its value, starts the connection's drain (GOAWAY), as Envoy does."""
+        cdef HcmConfig cfg = self.cfg
+        if cfg.overload_no_keepalive and not self.conn.codec.goaway_sent and \
+                overload_hit(cfg.overload_no_keepalive):
+            cfg.cx_overload_disable_keepalive.inc()
+            self.conn.close()
+        return 0
+
     cdef int _h2_headers(self, list headers, bint end_stream) except -1:
         if self.rst or self.conn.closed:
             return 0
@@ -566,6 +576,7 @@ cdef class H2Stream(RouterStream):
             body = self._local_encode(resp, code, body)
         if self.resp_add_extra is not None:
             resp.add_flat(tuple(self.resp_add_extra))
+        self._overload_keepalive()
         self._h2_headers(response_list(resp), not body or self.head_req)
         if body and not self.head_req:
             self._h2_data(body, True)
@@ -591,6 +602,7 @@ cdef class H2Stream(RouterStream):
         self._hcm_response(rh, status, end_stream)
         self.resp_started = True
         self.cluster.count_status(status)
+        self._overload_keepalive()
         self._h2_headers(response_list(rh), end_stream)
         return True
 

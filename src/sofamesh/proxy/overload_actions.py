@@ -16,8 +16,9 @@ saturated). Actions:
 - `envoy.overload_actions.stop_accepting_requests`: each HTTP/1.1 and HTTP/2 request, with
   probability = the value (Envoy's `bernoulli`), gets Envoy's 503 "envoy overloaded"
   (response flag OM, `http.<prefix>.downstream_rq_overload_close`);
-- `envoy.overload_actions.disable_http_keepalive`: each HTTP/1.1 response, with probability
-  = the value, closes its connection (`http.<prefix>.downstream_cx_overload_disable_keepalive`);
+- `envoy.overload_actions.disable_http_keepalive`: each response, with probability = the
+  value, closes its HTTP/1.1 connection, or starts its HTTP/2 connection's drain (GOAWAY)
+  (`http.<prefix>.downstream_cx_overload_disable_keepalive`);
 - `envoy.overload_actions.reject_incoming_connections`: each accepted connection, with
   probability = the value, is closed before any filter sees it
   (`listener.<name>.downstream_cx_overload_reject`), after the global connection limit's

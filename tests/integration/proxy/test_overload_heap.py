@@ -284,3 +284,35 @@ def test_scaled_stop_accepting_requests_rejects_its_share(tmp_path):
         assert 0.1 <= s["scale"] <= 0.95, seen  # in the scaled range, not saturated
         assert abs(s["share"] - s["scale"]) < 0.15, seen
         assert s["active"] == 0 and s["counted"] and s["others_200"], seen
+
+
+def test_disable_http_keepalive_on_http2_drains_as_envoy(tmp_path):
+    """disable_http_keepalive saturated on an HTTP/2 (h2c) connection: before the first
+    response, GOAWAY (last stream 2^31-1, then, after drain_timeout, the stream taken), the
+    response itself, and the connection closed; counted once."""
+    from tests.support.h2raw import GOAWAY, H2Client
+
+    up = RecordingUpstream(["a"]).start()
+    acts = ACTION.format(name="disable_http_keepalive", threshold=0.5)
+    hcm = "          drain_timeout: 0.3s"
+    seen = {}
+    try:
+        for kind in ("envoy", "sofamesh"):
+            proc, admin, port = _start(kind, tmp_path, "h2ka", up.ports["a"], 1, acts, hcm)
+            try:
+                with H2Client(port) as c:
+                    c.handshake()
+                    c.request(1)
+                    o = c.outcome(1)
+                    rest = c.outcome(None, timeout=2.0)
+                    goaways = [f.last_stream_id for f in o.frames + rest.frames if f.type == GOAWAY]
+                    result = (o.status, goaways, rest.closed)
+                st = _stats(admin, ("http.ingress_http.downstream_cx_overload_disable_keepalive",))
+                seen[kind] = (result, st)
+            finally:
+                stop(proc)
+    finally:
+        up.stop()
+    assert seen["envoy"][0] == (200, [2**31 - 1, 1], True), seen
+    assert seen["envoy"][1] == {"http.ingress_http.downstream_cx_overload_disable_keepalive": 1}
+    assert seen["sofamesh"] == seen["envoy"]
