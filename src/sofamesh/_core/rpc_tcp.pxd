@@ -46,3 +46,7 @@ cdef class TcpDownstream:
     cdef object up_local                # (ip, port) of our upstream socket, or None
     cdef str flags                      # Envoy's response flag: "UH", "UF", or ""
     cdef str fail_reason                # UF: upstream_transport_failure_reason, as Envoy's
+    # hot restart (proxy/hot_restart.py): the pair moves to the next process
+    cdef bint moving                    # both sides stopped reading, their writes draining
+    cdef bint moved                     # handed over: gone from here without a FIN or a log
+    cdef tuple adopted                  # the new side: (Cluster, Host, upstream socket)

@@ -53,6 +53,27 @@ cdef class TcpProxyConfig:
     def protocol_factory(self):
         return TcpDownstream(self)
 
+    def adopt(self, ds_sock, up_sock, str cluster, tuple host):
+        """Hot restart: a connection the previous process handed over with its upstream
+        connection (TcpDownstream.hand_over there): served on from the next byte either way,
+        both still in the kernel. False (both sockets closed): its cluster or host is not
+        here any more."""
+        cdef Cluster cl = self.clusters.get(cluster)
+        cdef Host found = None, h
+        if cl is not None:
+            for h in cl.hosts:
+                if h.address == host[0] and h.port == host[1]:
+                    found = h
+                    break
+        if found is None:
+            ds_sock.close()
+            up_sock.close()
+            return False
+        d = TcpDownstream(self)
+        d.adopted = (cl, found, up_sock)
+        self.loop.create_task(self.loop.connect_accepted_socket(lambda: d, ds_sock))
+        return True
+
     def arm_sweeper(self):
         if self.sweeper is None and self.idle_timeout_s > 0:
             self.sweeper = self.loop.call_later(min(self.idle_timeout_s / 4, 1.0), self._sweep)
@@ -124,7 +145,7 @@ cdef class TcpUpstream:
             self.down.transport.pause_reading()
 
     def resume_writing(self):
-        if not self.down.closed:
+        if not self.down.closed and not self.down.moving:
             self.down.transport.resume_reading()
 
 
@@ -153,13 +174,16 @@ cdef class TcpDownstream:
         self.cfg.arm_sweeper()
         self.cfg.downstream_cx_total.inc()
         self.cfg.downstream_cx_active.inc()
-        cl = self.cfg.clusters.get(self.cfg.pick())
-        if cl is None:
-            h = None
-        elif cl.original_dst is not None:   # ORIGINAL_DST: proxy/original_dst.py
-            h = cl.original_dst.pick(transport, None)
+        if self.adopted is not None:    # hot restart: its upstream connection came with it
+            cl, h = self.adopted[0], self.adopted[1]
         else:
-            h = cl.choose()
+            cl = self.cfg.clusters.get(self.cfg.pick())
+            if cl is None:
+                h = None
+            elif cl.original_dst is not None:   # ORIGINAL_DST: proxy/original_dst.py
+                h = cl.original_dst.pick(transport, None)
+            else:
+                h = cl.choose()
         if h is None:
             self.cfg.downstream_cx_no_route.inc()
             self.flags = "UH"
@@ -178,6 +202,17 @@ cdef class TcpDownstream:
 
     async def _connect(self):
         cdef TcpUpstream up = self.up
+        if self.adopted is not None:
+            sock = self.adopted[2]
+            self.adopted = None
+            try:
+                await self.cfg.loop.create_connection(lambda: up, sock=sock)
+            except OSError:
+                up.cluster.upstream_cx_active.dec()
+                up.cluster.cx_active -= 1
+                up.host.cx_active -= 1
+                self.close()
+            return
         try:
             await asyncio.wait_for(
                 self.cfg.loop.create_connection(
@@ -244,7 +279,7 @@ cdef class TcpDownstream:
         self.cfg.downstream_cx_active.dec()
         if self.up is not None and self.up.transport is not None:
             self.up.transport.close()
-        if self.cfg.access_logs:
+        if self.cfg.access_logs and not self.moved:
             entry = self.log_entry()
             for al in self.cfg.access_logs:
                 al.log_tcp(entry)
@@ -268,8 +303,45 @@ cdef class TcpDownstream:
             self.up.transport.pause_reading()
 
     def resume_writing(self):
-        if self.up is not None and self.up.transport is not None:
+        if self.up is not None and self.up.transport is not None and not self.moving:
             self.up.transport.resume_reading()
+
+    def hand_over(self):
+        """Hot restart (proxy/hot_restart.py): a plain connection whose upstream is
+        connected, neither way half-closed and nothing held back, moves whole with its
+        upstream connection. First call: both sides stop reading (what comes meanwhile
+        waits in the kernel). Once both have written everything: (downstream fd, upstream
+        fd, cluster, (host, port)), duplicates for the new process (None until then);
+        `handed_over()` then drops both sides here."""
+        cdef TcpUpstream up = self.up
+        if self.closed or not self.up_ready or up is None or up.transport is None or \
+                self.eof_in or self.eof_out or self.early:
+            return None
+        t, u = self.transport, up.transport
+        if t.get_extra_info("sslcontext") is not None or \
+                u.get_extra_info("sslcontext") is not None:
+            return None
+        if not self.moving:
+            self.moving = True
+            t.pause_reading()
+            u.pause_reading()
+        if t.get_write_buffer_size() or u.get_write_buffer_size():
+            return None
+        ds, us = t.get_extra_info("socket"), u.get_extra_info("socket")
+        if ds is None or us is None:
+            return None
+        return (os.dup(ds.fileno()), os.dup(us.fileno()), up.cluster.name,
+                (up.host.address, up.host.port))
+
+    def handed_over(self):
+        """Both sockets go without a FIN (the new process's duplicates keep them open), and
+        without an access log entry here: the new process logs the connection as it ends."""
+        self.moved = True
+        self.closed = True
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     def close(self):
         if not self.closed:

@@ -1,7 +1,7 @@
 """Hot restart: `sofamesh proxy --restart-epoch N` takes over from the sofamesh running as epoch
 N-1 (same `--base-id`) and loses nothing: no connection attempt refused or reset, no request
-failed, and the plain HTTP/1.1, Dubbo and Bolt connections the old process held move to the
-new one whole. Any `--concurrency` on either side: 1 -> 1, 2 -> 2, 1 -> 4, 4 -> 2, ...
+failed, and the plain HTTP/1.1, Dubbo, Bolt and tcp_proxy connections the old process held
+move to the new one whole. Any `--concurrency` on either side: 1 -> 1, 2 -> 2, 1 -> 4, 4 -> 2, ...
 
 Two kinds of abstract Unix sockets (SOCK_SEQPACKET: one message a frame, file descriptors
 attached with SCM_RIGHTS) per serving epoch:
@@ -32,7 +32,11 @@ The new epoch:
      new server serves the connection from its next byte, which waited in the kernel;
    - plain Dubbo and Bolt connections stop being read at a frame boundary, and move once
      the calls in flight are answered (what the client sent meanwhile waits in the kernel);
-   - HTTP/2 connections get GOAWAY, and everything else (TLS, RPC, tcp_proxy) drains as
+   - plain tcp_proxy connections move with their upstream connection: both stop being
+     read, and once both have written everything the two descriptors go together (the
+     new server pipes them on, from the next byte either way, without connecting again);
+   - HTTP/2 connections get GOAWAY, and everything else (TLS, half-closed tcp_proxy
+     connections, chains with connection_limit or RBAC in front) drains as
      `/drain_listeners?graceful` does: closed once done, never mid-request;
 3. the old main sends its counters (all its servers', and what it inherited itself) every
    second while draining and a last time as it exits (its servers drained, or
@@ -244,6 +248,9 @@ class ServerPredecessor:
                 if msg.get("op") == "conn" and len(fds) == 1:
                     loop.call_soon_threadsafe(_adopt, server, msg.get("name", ""), fds[0])
                     continue
+                if msg.get("op") == "tcp" and len(fds) == 2:
+                    loop.call_soon_threadsafe(_adopt_tcp, server, msg, fds[0], fds[1])
+                    continue
                 _close_fds(fds)
                 if msg.get("op") == "done":
                     break
@@ -261,6 +268,15 @@ def _adopt(server: Any, name: str, fd: int) -> None:
         server.stats.counter("server.hot_restart.connections_adopted").value += 1
     else:
         sock.close()
+
+
+def _adopt_tcp(server: Any, msg: dict, ds_fd: int, up_fd: int) -> None:
+    ds, up = socket.socket(fileno=ds_fd), socket.socket(fileno=up_fd)
+    ds.setblocking(False)
+    up.setblocking(False)
+    host = tuple(msg.get("host") or ("", 0))
+    if server.adopt_tcp(msg.get("name", ""), ds, up, msg.get("cluster", ""), host):
+        server.stats.counter("server.hot_restart.connections_adopted").value += 1
 
 
 def take_servers(base_id: int, epoch: int, plan: dict) -> list[ServerPredecessor]:
@@ -480,6 +496,7 @@ class ServerSuccessor:
         """Stop accepting, hand over or drain every connection, say so."""
         from sofamesh._core.hcm_config import HcmConfig
         from sofamesh._core.rpc_proxy import RpcProxyConfig
+        from sofamesh._core.rpc_tcp import TcpProxyConfig
 
         log.info("hot restart: the next epoch takes over; draining into it")
         for _name, s, task in _extra:
@@ -490,7 +507,12 @@ class ServerSuccessor:
         others = []
         for li in self.server.listeners:
             parts = [li.hcm] if isinstance(li.hcm, HcmConfig) else getattr(li.hcm, "parts", [])
-            if parts and all(isinstance(p, (HcmConfig, RpcProxyConfig)) for p in parts):
+            kinds = (HcmConfig, RpcProxyConfig, TcpProxyConfig)
+            if (
+                parts
+                and all(isinstance(p, kinds) for p in parts)
+                and not getattr(li.hcm, "gates", None)  # (connection_limit, rbac: drained)
+            ):
                 li.draining = True
                 if li.server is not None:
                     li.server.close()
@@ -511,7 +533,11 @@ class ServerSuccessor:
         if dyn is not None:
             for dl in getattr(dyn, "active_listeners", {}).values():
                 dl.server.close()
-        scans = [(self._hand_over_cb(name), view) for name, view in movable]
+        scans = [
+            (self._tcp_cb(name) if isinstance(view, TcpProxyConfig) else self._hand_over_cb(name),
+             view)
+            for name, view in movable
+        ]  # fmt: skip
         deadline = time.monotonic() + self.shutdown_after
         while True:
             # idle connections, those whose response ended inside a read, RPC connections
@@ -550,6 +576,32 @@ class ServerSuccessor:
                 return
             finally:
                 os.close(fd)
+            conn.handed_over()
+            self.handed_over += 1
+            self.server.stats.counter("server.hot_restart.connections_handed_over").value += 1
+
+        return cb
+
+    def _tcp_cb(self, name: str) -> Any:
+        """tcp_proxy: the connection and its upstream connection move together."""
+
+        def cb(conn: Any) -> None:
+            if self.link is None:
+                return
+            got = conn.hand_over()
+            if got is None:
+                return
+            ds_fd, up_fd, cluster, host = got
+            try:
+                msg = {"op": "tcp", "name": name, "cluster": cluster, "host": list(host)}
+                _send(self.link, msg, [ds_fd, up_fd])
+            except OSError as e:  # the successor went away: we keep serving it
+                log.error("hot restart: handing a connection over failed: %s", e)
+                self.link = None
+                return
+            finally:
+                os.close(ds_fd)
+                os.close(up_fd)
             conn.handed_over()
             self.handed_over += 1
             self.server.stats.counter("server.hot_restart.connections_handed_over").value += 1

@@ -525,6 +525,21 @@ class Server:
         log.warning("hot restart: a connection of listener %s: no such listener here", name)
         return False
 
+    def adopt_tcp(self, name: str, ds: Any, up: Any, cluster: str, host: tuple) -> bool:
+        """Hot restart: a tcp_proxy connection of listener `name` and its upstream connection,
+        handed over together (proxy/hot_restart.py). False: not adopted (sockets closed)."""
+        from sofamesh._core.rpc_tcp import TcpProxyConfig
+
+        for li in self.listeners:
+            if li.name == name and li.server is not None and not li.draining:
+                for part in getattr(li.hcm, "parts", ()):
+                    if isinstance(part, TcpProxyConfig):
+                        return bool(part.adopt(ds, up, cluster, host))
+        log.warning("hot restart: a tcp_proxy connection of listener %s: no such listener", name)
+        ds.close()
+        up.close()
+        return False
+
     def admit(self, factory: Any, lst: Any) -> Any:
         """Listener `lst`'s protocol factory under the global connection limit, then the
         overload manager's reject_incoming_connections, if any (proxy/overload*.py), in
