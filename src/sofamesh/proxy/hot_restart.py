@@ -56,7 +56,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 log = logging.getLogger("sofamesh.hot_restart")
@@ -384,6 +384,33 @@ async def _serve_extra(loop: Any, server: Any, name: str, lsock: socket.socket) 
 # ---- the old epoch ---------------------------------------------------------------------
 
 
+def _expect(conn: socket.socket, op: str) -> dict | None:
+    """The next message on `conn` if it is `op`; None (the link failed, or the successor
+    gave up) otherwise."""
+    try:
+        msg, fds = _recv(conn)
+        _close_fds(fds)
+    except (OSError, ValueError) as e:
+        log.warning("hot restart: successor link failed: %s", e)
+        return None
+    return msg if msg is not None and msg.get("op") == op else None
+
+
+def _hellos(lsock: socket.socket) -> Iterator[tuple[socket.socket, dict]]:
+    """Each connection to `lsock` that says hello, with its message (others are closed),
+    until `lsock` closes."""
+    while True:
+        try:
+            conn, _ = lsock.accept()
+        except OSError:
+            return
+        msg = _expect(conn, "hello")
+        if msg is None:
+            conn.close()
+            continue
+        yield conn, msg
+
+
 def _endpoint(addr: str, what: str) -> socket.socket | None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -422,17 +449,8 @@ class ServerSuccessor:
         return None if lsock is None else cls(lsock, server, opts, main_pid, on_drained)
 
     def _accept(self) -> None:
-        while True:
+        for conn, msg in _hellos(self.lsock):
             try:
-                conn, _ = self.lsock.accept()
-            except OSError:
-                return
-            try:
-                msg, fds = _recv(conn)
-                _close_fds(fds)
-                if msg is None or msg.get("op") != "hello":
-                    conn.close()
-                    continue
                 names, socks = asyncio.run_coroutine_threadsafe(
                     self._listening(), self.loop
                 ).result(10)
@@ -448,13 +466,7 @@ class ServerSuccessor:
                 threading.Thread(target=self._await_drain, args=(conn,), daemon=True).start()
 
     def _await_drain(self, conn: socket.socket) -> None:
-        try:
-            msg, fds = _recv(conn)
-            _close_fds(fds)
-        except (OSError, ValueError) as e:
-            log.warning("hot restart: successor link failed: %s", e)
-            msg = None
-        if msg is None or msg.get("op") != "drain" or self.link is not None:
+        if _expect(conn, "drain") is None or self.link is not None:
             conn.close()  # the successor gave up: keep serving
             return
         self.link = conn
@@ -562,23 +574,11 @@ class ServerSuccessor:
         self.on_drained()
 
     def _hand_over_cb(self, name: str) -> Any:
+        """HTTP/1.1, Dubbo, Bolt: the connection's descriptor moves."""
+
         def cb(conn: Any) -> None:
-            if self.link is None:
-                return
-            fd = conn.hand_over()
-            if fd is None:
-                return
-            try:
-                _send(self.link, {"op": "conn", "name": name}, [fd])
-            except OSError as e:  # the successor went away: we keep serving it
-                log.error("hot restart: handing a connection over failed: %s", e)
-                self.link = None
-                return
-            finally:
-                os.close(fd)
-            conn.handed_over()
-            self.handed_over += 1
-            self.server.stats.counter("server.hot_restart.connections_handed_over").value += 1
+            if self.link is not None and (fd := conn.hand_over()) is not None:
+                self._send_conn(conn, {"op": "conn", "name": name}, [fd])
 
         return cb
 
@@ -586,27 +586,27 @@ class ServerSuccessor:
         """tcp_proxy: the connection and its upstream connection move together."""
 
         def cb(conn: Any) -> None:
-            if self.link is None:
-                return
-            got = conn.hand_over()
-            if got is None:
-                return
-            ds_fd, up_fd, cluster, host = got
-            try:
+            if self.link is not None and (got := conn.hand_over()) is not None:
+                ds_fd, up_fd, cluster, host = got
                 msg = {"op": "tcp", "name": name, "cluster": cluster, "host": list(host)}
-                _send(self.link, msg, [ds_fd, up_fd])
-            except OSError as e:  # the successor went away: we keep serving it
-                log.error("hot restart: handing a connection over failed: %s", e)
-                self.link = None
-                return
-            finally:
-                os.close(ds_fd)
-                os.close(up_fd)
-            conn.handed_over()
-            self.handed_over += 1
-            self.server.stats.counter("server.hot_restart.connections_handed_over").value += 1
+                self._send_conn(conn, msg, [ds_fd, up_fd])
 
         return cb
+
+    def _send_conn(self, conn: Any, msg: dict, fds: list[int]) -> None:
+        """`fds` (duplicates, closed here) to the successor; then `conn` lets go of them."""
+        assert self.link is not None
+        try:
+            _send(self.link, msg, fds)
+        except OSError as e:  # the successor went away: we keep serving it
+            log.error("hot restart: handing a connection over failed: %s", e)
+            self.link = None
+            return
+        finally:
+            _close_fds(fds)
+        conn.handed_over()
+        self.handed_over += 1
+        self.server.stats.counter("server.hot_restart.connections_handed_over").value += 1
 
     def _open_connections(self) -> int:
         """Connections still here: the listeners' own sets, or their cx_active gauges."""
@@ -665,31 +665,20 @@ class Successor:
         return cls(lsock, opts, admin, state, backend, shape, drain_servers, drained)
 
     def _accept(self) -> None:
-        while True:
+        for conn, _msg in _hellos(self.lsock):
             try:
-                conn, _ = self.lsock.accept()
-            except OSError:
-                return
-            try:
-                msg, fds = _recv(conn)
-                _close_fds(fds)
-                if msg is None or msg.get("op") != "hello":
-                    conn.close()
-                    continue
                 socks = []
                 if self.admin is not None and self.admin.server is not None:
                     socks = [self.admin.server.sockets[0]]
                 answer = {"op": "sockets", "names": ["admin"] * len(socks), "pid": os.getpid(),
                           **self.shape}  # fmt: skip
                 _send(conn, answer, [s.fileno() for s in socks])
-                msg, fds = _recv(conn)
-                _close_fds(fds)
-                if msg is None or msg.get("op") != "drain":
-                    conn.close()  # the successor gave up: keep serving
-                    continue
-            except (OSError, ValueError) as e:
+            except OSError as e:
                 log.warning("hot restart: successor link failed: %s", e)
                 conn.close()
+                continue
+            if _expect(conn, "drain") is None:
+                conn.close()  # the successor gave up: keep serving
                 continue
             self.link = conn
             self.lsock.close()

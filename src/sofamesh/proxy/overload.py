@@ -120,7 +120,31 @@ class GlobalConnections:
         return admit
 
 
-class _Admit:
+class Refused:
+    """The protocol of a connection closed as it was accepted: its last events ignored."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: Any) -> None:
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Any) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
+class _Admit(Refused):
     __slots__ = ("buf", "eof", "factory", "gc", "overflow", "waiting")
 
     def __init__(self, gc: GlobalConnections, factory: Any, overflow: Any):
@@ -179,15 +203,6 @@ class _Admit:
     def eof_received(self) -> bool:
         self.eof = True
         return self.buf is not None  # (kept open for the listener's protocol to decide)
-
-    def connection_lost(self, exc: Any) -> None:
-        pass
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
 
 def from_bootstrap(bootstrap: Any, options: Any) -> GlobalConnections | None:

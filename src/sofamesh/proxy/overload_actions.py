@@ -39,6 +39,7 @@ import os
 from typing import Any
 
 from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.overload import Refused
 
 HEAP = "envoy.resource_monitors.fixed_heap"
 _HEAP_CONFIG = "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
@@ -251,32 +252,10 @@ class OverloadActions:
             if v > 0.0 and (v >= 1.0 or random.random() < v):
                 counter.value += 1
                 counter.used = True
-                return _Closer()
+                return Refused()
             return factory()
 
         return make
-
-
-class _Closer:
-    """A connection the overload manager refused: closed before it is read."""
-
-    def connection_made(self, transport: Any) -> None:
-        transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Any) -> None:
-        pass
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
 
 def hcm_configs(server: Any) -> list:
