@@ -137,7 +137,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     # envoy.transport_sockets.tls (proxy/tls.py): OpenSSL through Python's ssl
     _TLS + "DownstreamTlsContext": ("common_tls_context", "require_client_certificate"),
-    _TLS + "UpstreamTlsContext": ("common_tls_context", "sni"),
+    _TLS + "UpstreamTlsContext": ("common_tls_context", "sni", "max_session_keys"),
     _TLS + "CommonTlsContext": (
         "tls_params",
         "tls_certificates",

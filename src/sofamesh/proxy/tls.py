@@ -18,6 +18,7 @@ import logging
 import os
 import ssl
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -191,6 +192,29 @@ class _MeshSSLObject(ssl.SSLObject):
         tc.handshake_done(self)
 
 
+class _ResumingContext(ssl.SSLContext):
+    """An upstream context that resumes sessions, as Envoy's client contexts do (UpstreamTlsContext
+    `max_session_keys`, 1 by default): each new connection offers the session of the last
+    connection whose handshake passed every check here (`handshake_done`), taken then and
+    again as the next connection starts, if that one is still there (TLS 1.3's session
+    ticket comes after the handshake). Python's `ssl` has no new-session callback;
+    uvloop's SSLProtocol calls `wrap_bio`, which is where the session goes in."""
+
+    _sofamesh_last: Any = None  # weakref to the last verified SSLObject
+    _sofamesh_session: Any = None  # the session taken from it
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):  # type: ignore[no-untyped-def, override]
+        if session is None and not server_side:
+            last = self._sofamesh_last() if self._sofamesh_last is not None else None
+            if last is not None and last.session is not None:
+                self._sofamesh_session = last.session
+            session = self._sofamesh_session
+        return super().wrap_bio(
+            incoming, outgoing, server_side=server_side, server_hostname=server_hostname,
+            session=session,
+        )  # fmt: skip
+
+
 def quiet_bad_server_names() -> None:
     """A ClientHello whose server name is not ASCII: Python's ssl fails to decode it before
     the sni_callback runs and reports that through sys.unraisablehook, a traceback in the
@@ -249,6 +273,10 @@ class TlsContext:
         self.context: ssl.SSLContext | None = None
         self.require_client_cert = server_side and bool(msg.require_client_certificate.value)
         self.sni = "" if server_side else msg.sni
+        # upstream: resume sessions (max_session_keys: 1 by default, 0 turns it off)
+        self.resume = not server_side and (
+            not msg.HasField("max_session_keys") or msg.max_session_keys.value > 0
+        )
         self.alpn: list[str] = list(msg.common_tls_context.alpn_protocols) or list(
             default_alpn or ()
         )
@@ -340,9 +368,12 @@ class TlsContext:
 
     def build(self) -> ssl.SSLContext:
         path = self.path + ".common_tls_context"
-        ctx = ssl.SSLContext(
-            ssl.PROTOCOL_TLS_SERVER if self.server_side else ssl.PROTOCOL_TLS_CLIENT
-        )
+        if self.server_side:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        elif self.resume:
+            ctx = _ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.sslobject_class = _MeshSSLObject
         ctx._sofamesh = self  # type: ignore[attr-defined]
@@ -467,6 +498,9 @@ class TlsContext:
         st.bump("handshake")
         if sslobj.session_reused:
             st.bump("session_reused")
+        if isinstance(sslobj.context, _ResumingContext):  # its session may be offered next
+            sslobj.context._sofamesh_last = weakref.ref(sslobj)  # (TLS 1.3: its ticket later)
+            sslobj.context._sofamesh_session = sslobj.session
         if self.server_side and sslobj.getpeercert(binary_form=True) is None:
             st.bump("no_certificate")
         cipher = sslobj.cipher()

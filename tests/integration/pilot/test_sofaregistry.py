@@ -194,9 +194,13 @@ def eds_endpoints(pilot: PilotProcess, cluster: str) -> list[tuple[str, int]]:
         req.node.id = NODE_ID
         call = stub.StreamAggregatedResources(iter([req]), timeout=5)
         try:
-            resp = next(call)
+            # None: the stream ended without an answer (the pilot had no such cluster at
+            # that moment, e.g. while its registry reconnects); callers ask again
+            resp = next(call, None)
         finally:
             call.cancel()
+    if resp is None:
+        return []
     out = []
     for res in resp.resources:
         cla = endpoint_pb2.ClusterLoadAssignment.FromString(res.value)

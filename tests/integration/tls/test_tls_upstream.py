@@ -34,6 +34,7 @@ class TlsBackend:
 
     def __init__(self, pki: dict, cert: str, require_client: bool = True, plain: bool = False):
         self.ctx = None
+        self.reused: list[bool] = []  # per TLS connection: a resumed session?
         if not plain:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(*pki[cert + "_files"])
@@ -54,6 +55,7 @@ class TlsBackend:
                         conn = outer.ctx.wrap_socket(conn, server_side=True)
                     except (ssl.SSLError, OSError):
                         return
+                    outer.reused.append(conn.session_reused)
                     sans = dict((conn.getpeercert() or {}).get("subjectAltName", ()))
                     sni = outer.snis[-1] if outer.snis else None
                     desc = (
@@ -389,3 +391,56 @@ def test_upstream_ssl_stats_as_envoy(results):
         k: (env.get(k), sofa.get(k)) for k in set(env) | set(sofa) if env.get(k) != sofa.get(k)
     }
     assert not diffs, diffs
+
+
+def test_upstream_sessions_resume_as_envoy(pki, tmp_path):
+    """Three connections one after another through tcp_proxy to a TLS upstream, after the
+    start-up probe's (whose handshake is full): each resumes the session of the one before
+    (Envoy's client contexts keep one session, max_session_keys 1 by default), as the
+    upstream sees it and as ssl.session_reused counts it; with max_session_keys 0, every
+    handshake is full."""
+    seen = {}
+    for kind in ("envoy", "sofamesh"):
+        got = {}
+        for keys in (None, 0):
+            backend = TlsBackend(pki, "backend")  # its own session tickets
+            try:
+                port, admin = free_port(), free_port()
+                tls = _up_tls(pki)
+                if keys is not None:
+                    tls["typed_config"]["max_session_keys"] = keys
+                b = {
+                    "admin": {"address": _addr(admin)},
+                    "static_resources": {
+                        "listeners": [_tcp_listener("tcp_up", port, "up")],
+                        "clusters": [_cluster("up", [_ep(backend.port)], transport_socket=tls)],
+                    },
+                }
+                wd = tmp_path / f"{kind}-{keys}"
+                proc = (
+                    ProxyProcess.envoy(envoy_binary(), b, wd)
+                    if kind == "envoy"
+                    else ProxyProcess.sofamesh(sofamesh_command(), b, wd)
+                )
+                with proc:
+                    time.sleep(0.5)
+                    backend.reused.clear()  # (the start-up probe's connection)
+                    answers = [_tcp(port, b"r%d" % i) for i in range(3)]
+                    time.sleep(0.3)
+                    _, text = admin_get(admin, "/stats")
+                    stat = dict(
+                        line.partition(": ")[::2]
+                        for line in text.splitlines()
+                        if line.startswith("cluster.up.ssl.")
+                    )
+                got[keys] = (
+                    [a.split("] ")[-1] for a in answers],
+                    list(backend.reused),
+                    stat.get("cluster.up.ssl.session_reused", "0"),
+                )
+            finally:
+                backend.stop()
+        seen[kind] = got
+    assert seen["envoy"][None] == (["r0", "r1", "r2"], [True, True, True], "3"), seen
+    assert seen["envoy"][0][1] == [False, False, False], seen
+    assert seen["sofamesh"] == seen["envoy"]
