@@ -42,19 +42,16 @@ class ServerError(RuntimeError):
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free 127.0.0.1 ports. Separate free_port() calls can hand back the same
-    port (each releases it before the next asks), and a server given one port twice for two
-    roles fails to start."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """`n` distinct free 127.0.0.1 ports, from this pytest worker's slice (`free_port`): not
+    the kernel's ephemeral ones, which another worker's port-0 bind, or an outgoing
+    connection, can be handed between our check and our server's bind (and Envoy and gRPC
+    would share a port with SO_REUSEPORT silently)."""
+    out: list[int] = []
+    while len(out) < n:
+        port = free_port()
+        if port not in out:
+            out.append(port)
+    return out
 
 
 class _Process:
