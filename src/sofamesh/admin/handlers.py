@@ -89,6 +89,7 @@ class AdminState:
         self.options = options
         self.backend = backend
         self.started = time.time()
+        self.started_all = self.started  # hot restart: when the first epoch started
         self.config_time = time.time()
         self.state = STATE_INITIALIZING
         self.health_failed = False
@@ -288,8 +289,9 @@ async def server_info(st: AdminState, q: dict[str, str], method: str) -> Respons
     info.state = state
     up = int(time.time() - st.started)
     info.uptime_current_epoch.seconds = up
-    info.uptime_all_epochs.seconds = up
-    info.hot_restart_version = "disabled"
+    info.uptime_all_epochs.seconds = int(time.time() - st.started_all)
+    # proxy/hot_restart.py's protocol (Envoy: its shared memory layout's version)
+    info.hot_restart_version = "disabled" if st.options.disable_hot_restart else "sofamesh.1"
     json_format.ParseDict(
         st.options.command_line_options(),
         info.command_line_options,

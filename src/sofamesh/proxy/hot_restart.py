@@ -167,6 +167,7 @@ class Predecessor:
         self.servers = int(msg.get("servers", 1))  # K: how many servers the old epoch runs
         self.ports: dict[str, int] = msg.get("ports", {})  # port-0 listeners' real ports
         self.pid = int(msg.get("pid", 0))
+        self.started_all = float(msg.get("started_all") or time.time())  # the first epoch's
         self.done = threading.Event()
 
     @classmethod

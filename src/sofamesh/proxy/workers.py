@@ -151,6 +151,8 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
         return 1
     backend = LocalBackend(server, store)
     state, admin = await _start_admin(bootstrap, opts, backend)
+    if parent is not None:
+        state.started_all = parent.started_all
     _install_signals(asyncio.get_running_loop(), state)
     try:
         await server.start()
@@ -218,8 +220,8 @@ def _successor_single(opts: Any, server: Any, admin: Any, state: Any, backend: A
         (li.name, li.config.address.socket_address.port_value, li.address[1])
         for li in server.listeners
     )
-    hot_restart.Successor.serve(opts, admin, state, backend, {"servers": 1, "ports": ports},
-                                drain_servers, done.is_set)  # fmt: skip
+    shape = {"servers": 1, "ports": ports, "started_all": state.started_all}
+    hot_restart.Successor.serve(opts, admin, state, backend, shape, drain_servers, done.is_set)
 
 
 # ---- the pool ------------------------------------------------------------------------
@@ -523,6 +525,8 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
         w.on_event = on_event
     backend = PoolBackend(pool, store, xds)
     state, admin = await _start_admin(bootstrap, opts, backend)  # config_dump: as given
+    if parent is not None:
+        state.started_all = parent.started_all
     _install_signals(asyncio.get_running_loop(), state)
     client = None
     try:
@@ -663,7 +667,7 @@ def _successor_pool(
         (bound.name, conf.address.socket_address.port_value, bound.address.socket_address.port_value)
         for bound, conf in zip(wb.static_resources.listeners, state.bootstrap.static_resources.listeners)
     )  # fmt: skip
-    shape = {"servers": len(pool), "ports": ports}
+    shape = {"servers": len(pool), "ports": ports, "started_all": state.started_all}
     hot_restart.Successor.serve(opts, admin, state, backend, shape, drain_servers, done)
 
 

@@ -129,6 +129,13 @@ def test_upgrade_under_wrk_loses_nothing(setup, workers):
     assert s.get("http.ingress_http.downstream_rq_5xx", 0) == 0
     ups = s["cluster.backend.upstream_rq_total"]
     assert done <= ups <= done + 16
+    import json as _json
+
+    info = _json.loads(get(admin, "/server_info")[1])
+    assert info["hot_restart_version"] == "sofamesh.1"
+    # the uptime of all epochs runs from epoch 0's start (Envoy's child gets its parent's)
+    all_s, cur_s = (int(info[k].rstrip("s")) for k in ("uptime_all_epochs", "uptime_current_epoch"))
+    assert all_s >= cur_s + 1, info
 
 
 def test_idle_keep_alive_connection_moves_to_the_new_process(setup):
