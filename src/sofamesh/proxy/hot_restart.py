@@ -716,3 +716,70 @@ class Successor:
                 _send(self.link, {"op": "stats", "part": part, "more": more, "final": final})
         except OSError as e:
             log.warning("hot restart: sending counters failed: %s", e)
+
+
+# ---- wiring into proxy/workers.py ---------------------------------------------------
+
+
+async def predecessor(opts: Any) -> Any:
+    """Hot restart: the link to the previous epoch's main process (None when there is none
+    to take over from); the servers' links come after, per server (`take_servers`)."""
+    if opts.restart_epoch > 0 and not opts.disable_hot_restart and opts.mode == "serve":
+        return await asyncio.to_thread(Predecessor.connect, opts.base_id, opts.restart_epoch)
+    return None
+
+
+def _port0(listeners: Any) -> dict[str, int]:
+    """Hot restart: the real ports of listeners configured with port 0, by name (the next
+    epoch binds the same ones). `listeners`: (name, configured port, bound port)."""
+    return {name: bound for name, conf, bound in listeners if name and conf == 0 and bound}
+
+
+def serve_single(opts: Any, server: Any, admin: Any, state: Any, backend: Any) -> None:
+    """`--concurrency 1`: this process is both the main and the one server its successor
+    asks (proxy/hot_restart.py)."""
+    done = asyncio.Event()
+    srv = ServerSuccessor.serve(opts, server, 0, os.getpid(), done.set)
+    if srv is None:
+        return
+
+    async def drain_servers() -> None:
+        srv.start_drain()
+
+    ports = _port0(
+        (li.name, li.config.address.socket_address.port_value, li.address[1])
+        for li in server.listeners
+    )
+    shape = {"servers": 1, "ports": ports, "started_all": state.started_all}
+    Successor.serve(opts, admin, state, backend, shape, drain_servers, done.is_set)
+
+
+def serve_pool(
+    opts: Any,
+    wb: Any,
+    pool: list,
+    admin: Any,
+    state: Any,
+    backend: Any,
+    draining: set[int],
+    drained: set[int],
+) -> None:
+    """The pool's main side of hot restart: each worker serves its own server socket; told
+    to drain, the main stops restarting workers and has each drain."""
+
+    async def drain_servers() -> None:
+        draining.update(w.index for w in pool)
+        res = await asyncio.gather(*(w.request("hr_drain") for w in pool), return_exceptions=True)
+        for w, r in zip(pool, res):
+            if not isinstance(r, dict) or r.get("drained"):  # gone, or nothing to hand over
+                drained.add(w.index)
+
+    def done() -> bool:
+        return all(w.index in drained or not w.alive() for w in pool)
+
+    ports = _port0(
+        (bound.name, conf.address.socket_address.port_value, bound.address.socket_address.port_value)
+        for bound, conf in zip(wb.static_resources.listeners, state.bootstrap.static_resources.listeners)
+    )  # fmt: skip
+    shape = {"servers": len(pool), "ports": ports, "started_all": state.started_all}
+    Successor.serve(opts, admin, state, backend, shape, drain_servers, done)

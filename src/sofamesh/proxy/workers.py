@@ -54,7 +54,7 @@ from sofamesh.admin.backend import (
     merge_topologies,
     reopen_server_logs,
 )
-from sofamesh.proxy import load_stats, metrics_sink
+from sofamesh.proxy import hot_restart, load_stats, metrics_sink
 
 log = logging.getLogger("sofamesh.main")
 
@@ -100,7 +100,6 @@ def _admin_address(bootstrap: Any) -> tuple[str, int] | None:
 async def _start_admin(bootstrap: Any, opts: Any, backend: Any) -> tuple[Any, Any]:
     from sofamesh.admin.handlers import AdminState
     from sofamesh.admin.server import AdminServer
-    from sofamesh.proxy import hot_restart
 
     state = AdminState(bootstrap, opts, backend)
     admin = AdminServer(state)
@@ -132,13 +131,12 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     from sofamesh._core.stats import Store
     from sofamesh.admin.backend import LocalBackend
     from sofamesh.admin.handlers import STATE_LIVE
-    from sofamesh.proxy import hot_restart
     from sofamesh.proxy.server import Server
 
     store = Store()
     _count_passthrough(store, report)
     # hot restart: the epoch we take over from (its admin and listening sockets first)
-    parent = await _predecessor(opts)
+    parent = await hot_restart.predecessor(opts)
     links: list = []
     if parent is not None:
         links = await asyncio.to_thread(
@@ -170,7 +168,7 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     settle_gc()
     log.info("all dependencies initialized. starting workers")
     if not opts.disable_hot_restart:
-        _successor_single(opts, server, admin, state, backend)
+        hot_restart.serve_single(opts, server, admin, state, backend)
     if parent is not None:
         hot_restart.go_live(server, links)
         parent.drain(backend)
@@ -183,45 +181,6 @@ async def _serve_single(bootstrap: Any, opts: Any, report: Any) -> int:
     await admin.stop()
     await server.stop()
     return 0
-
-
-async def _predecessor(opts: Any) -> Any:
-    """Hot restart: the link to the previous epoch's main process (None when there is none
-    to take over from); the servers' links come after, per server (`take_servers`)."""
-    from sofamesh.proxy import hot_restart
-
-    if opts.restart_epoch > 0 and not opts.disable_hot_restart and opts.mode == "serve":
-        return await asyncio.to_thread(
-            hot_restart.Predecessor.connect, opts.base_id, opts.restart_epoch
-        )
-    return None
-
-
-def _port0(listeners: Any) -> dict[str, int]:
-    """Hot restart: the real ports of listeners configured with port 0, by name (the next
-    epoch binds the same ones). `listeners`: (name, configured port, bound port)."""
-    return {name: bound for name, conf, bound in listeners if name and conf == 0 and bound}
-
-
-def _successor_single(opts: Any, server: Any, admin: Any, state: Any, backend: Any) -> None:
-    """`--concurrency 1`: this process is both the main and the one server its successor
-    asks (proxy/hot_restart.py)."""
-    from sofamesh.proxy import hot_restart
-
-    done = asyncio.Event()
-    srv = hot_restart.ServerSuccessor.serve(opts, server, 0, os.getpid(), done.set)
-    if srv is None:
-        return
-
-    async def drain_servers() -> None:
-        srv.start_drain()
-
-    ports = _port0(
-        (li.name, li.config.address.socket_address.port_value, li.address[1])
-        for li in server.listeners
-    )
-    shape = {"servers": 1, "ports": ports, "started_all": state.started_all}
-    hot_restart.Successor.serve(opts, admin, state, backend, shape, drain_servers, done.is_set)
 
 
 # ---- the pool ------------------------------------------------------------------------
@@ -497,7 +456,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     # Token buckets shared by all workers (local_ratelimit), kept for the life of the
     # pool: a restarted worker maps the same region and finds its buckets' tokens.
     buckets = BucketRegion.create()
-    parent = await _predecessor(opts)  # hot restart: the epoch we take over from
+    parent = await hot_restart.predecessor(opts)  # hot restart: the epoch we take over from
     wb, held = reserve_ports(bootstrap, parent.ports if parent is not None else None)
     bootstrap_bin = wb.SerializeToString()
     store = Store()
@@ -566,7 +525,7 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
     draining: set[int] = set()  # hot restart: workers handing over to the next epoch
     drained: set[int] = set()  # ... and done (event hr_drained)
     if not opts.disable_hot_restart:
-        _successor_pool(opts, wb, pool, admin, state, backend, draining, drained)
+        hot_restart.serve_pool(opts, wb, pool, admin, state, backend, draining, drained)
     if parent is not None:  # our workers take over, then the old main drains and exits
         await asyncio.gather(*(w.request("hr_take_over") for w in pool), return_exceptions=True)
         parent.drain(backend)
@@ -637,38 +596,6 @@ async def _serve_pool(bootstrap: Any, opts: Any, report: Any) -> int:
         s.close()
     buckets.close()
     return 0
-
-
-def _successor_pool(
-    opts: Any,
-    wb: Any,
-    pool: list[Worker],
-    admin: Any,
-    state: Any,
-    backend: Any,
-    draining: set[int],
-    drained: set[int],
-) -> None:
-    """The pool's main side of hot restart: each worker serves its own server socket; told
-    to drain, the main stops restarting workers and has each drain (proxy/hot_restart.py)."""
-    from sofamesh.proxy import hot_restart
-
-    async def drain_servers() -> None:
-        draining.update(w.index for w in pool)
-        res = await asyncio.gather(*(w.request("hr_drain") for w in pool), return_exceptions=True)
-        for w, r in zip(pool, res):
-            if not isinstance(r, dict) or r.get("drained"):  # gone, or nothing to hand over
-                drained.add(w.index)
-
-    def done() -> bool:
-        return all(w.index in drained or not w.alive() for w in pool)
-
-    ports = _port0(
-        (bound.name, conf.address.socket_address.port_value, bound.address.socket_address.port_value)
-        for bound, conf in zip(wb.static_resources.listeners, state.bootstrap.static_resources.listeners)
-    )  # fmt: skip
-    shape = {"servers": len(pool), "ports": ports, "started_all": state.started_all}
-    hot_restart.Successor.serve(opts, admin, state, backend, shape, drain_servers, done)
 
 
 def _pool_health(pool: list[Worker], store: Any) -> Any:
@@ -768,7 +695,6 @@ async def _worker_main(fd: int) -> int:
         from sofamesh.proxy.pool_xds import WorkerFeed
 
         feed = WorkerFeed(init["xds"], init.get("xds_ended", []), lambda m: writer.write(_frame(m)))
-    from sofamesh.proxy import hot_restart
     from sofamesh.proxy.health_check import RemoteLink
     from sofamesh.proxy.outlier import WorkerLink
 
