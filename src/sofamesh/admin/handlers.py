@@ -291,7 +291,9 @@ async def server_info(st: AdminState, q: dict[str, str], method: str) -> Respons
     info.uptime_current_epoch.seconds = up
     info.uptime_all_epochs.seconds = int(time.time() - st.started_all)
     # proxy/hot_restart.py's protocol (Envoy: its shared memory layout's version)
-    info.hot_restart_version = "disabled" if st.options.disable_hot_restart else "sofamesh.1"
+    from sofamesh.proxy.hot_restart import VERSION
+
+    info.hot_restart_version = "disabled" if st.options.disable_hot_restart else VERSION
     json_format.ParseDict(
         st.options.command_line_options(),
         info.command_line_options,

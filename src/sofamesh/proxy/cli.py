@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--service-zone", default="")
     a("--admin-address-path", default="")
     a("--version", action="store_true")
+    a("--hot-restart-version", action="store_true")
     return p
 
 
@@ -185,6 +186,7 @@ def parse_options(argv: list[str]) -> Options:
         admin_address_path=ns.admin_address_path,
     )
     opts._version = ns.version  # type: ignore[attr-defined]
+    opts._hot_restart_version = ns.hot_restart_version  # type: ignore[attr-defined]
     return opts
 
 
@@ -259,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_options(argv)
     opts.argv = ["sofamesh", "proxy", *argv]
+    if getattr(opts, "_hot_restart_version", False):  # Envoy prints its own, then exits
+        from sofamesh.proxy.hot_restart import VERSION
+
+        sys.stdout.write(VERSION)
+        return 0
     if getattr(opts, "_version", False):
         print(f"\nsofamesh  version: {version_string()}\n")
         return 0

@@ -61,6 +61,7 @@ from typing import Any
 
 log = logging.getLogger("sofamesh.hot_restart")
 
+VERSION = "sofamesh.1"  # of this protocol: `--hot-restart-version`, /server_info
 MAX_MSG = 60_000  # bytes of JSON a frame (SOCK_SEQPACKET keeps each one whole)
 MAX_FDS = 64  # descriptors a frame
 STATS_EVERY_S = 1.0

@@ -36,6 +36,8 @@ def test_version_and_bad_flag():
     r = run("--version")
     assert r.returncode == 0
     assert "version: " in r.stdout and "/0.1.0/Clean/RELEASE/" in r.stdout
+    r = run("--hot-restart-version")  # as Envoy: the version alone, no newline
+    assert (r.returncode, r.stdout) == (0, "sofamesh.1"), r
     r = run("--no-such-flag")
     assert r.returncode == 1 and "PARSE ERROR" in r.stderr
     r = run("--concurrency", "two")
