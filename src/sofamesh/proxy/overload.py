@@ -86,7 +86,9 @@ class GlobalConnections:
             if not self.count.try_acquire(self.limit):
                 return False
         self._admitted += 1
-        self.live[self._admitted] = weakref.finalize(transport, self._release, self._admitted)
+        fin = weakref.finalize(transport, self._release, self._admitted)
+        fin.atexit = False  # (nothing to release at interpreter exit)
+        self.live[self._admitted] = fin
         if self._admitted % _PRUNE_EVERY == 0:
             self._prune()
         return True
