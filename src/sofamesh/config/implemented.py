@@ -47,11 +47,13 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         # Istio's envoy.bootstrap.internal_listener only (ALLOWED_IF, BOOTSTRAP_EXTENSIONS)
         "bootstrap_extensions",
         "deferred_stat_options",  # cluster traffic stats hidden until used (stats_config.py)
-        # envoy.stat_sinks.metrics_service only (proxy/metrics_sink.py)
+        # envoy.stat_sinks.metrics_service and statsd (proxy/metrics_sink.py, statsd_sink.py)
         "stats_sinks",
         "stats_flush_interval",
     ),
     "envoy.config.metrics.v3.StatsSink": ("name", "typed_config"),
+    # UDP only: tcp_cluster_name is refused by statsd_sink.check_config, naming it
+    "envoy.config.metrics.v3.StatsdSink": ("address", "prefix", "tcp_cluster_name"),
     "envoy.config.metrics.v3.MetricsServiceConfig": (
         "grpc_service",  # envoy_grpc to a static cluster (proxy/metrics_sink.check_config)
         "transport_api_version",  # V3 (or unset), as Envoy 1.40

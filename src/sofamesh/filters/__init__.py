@@ -33,6 +33,7 @@ _BUILTIN = [
     "sofamesh.proxy.tracing_skywalking",  # tracer envoy.tracers.skywalking
     "sofamesh.proxy.tracing_datadog",  # tracer envoy.tracers.datadog
     "sofamesh.proxy.metrics_sink",  # stats sink envoy.stat_sinks.metrics_service
+    "sofamesh.proxy.statsd_sink",  # stats sink envoy.stat_sinks.statsd (UDP)
     "sofamesh.proxy.tracing",  # tracer envoy.tracers.zipkin
     "sofamesh.proxy.lua_cluster",  # cluster specifier envoy.router.cluster_specifier_plugin.lua
 ]

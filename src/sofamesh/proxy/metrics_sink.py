@@ -80,10 +80,12 @@ def _config(sink: Any, path: str) -> Any:
 
 
 def check_config(bootstrap: Any) -> list[tuple[str, str]]:
-    """(path, problem) for each stats sink sofamesh cannot run as configured."""
+    """(path, problem) for each stats sink sofamesh cannot run as configured (statsd sinks:
+    proxy/statsd_sink.py)."""
+    from sofamesh.proxy import statsd_sink
     from sofamesh.xds.settings import static_targets
 
-    out = []
+    out = statsd_sink.check_config(bootstrap)
     targets = static_targets(bootstrap)
     for i, sink in enumerate(bootstrap.stats_sinks):
         path = f"stats_sinks[{i}]"
@@ -334,13 +336,15 @@ class MetricsServiceSink:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
-def start(bootstrap: Any, state: Any, store: Any, opts: Any = None) -> list[MetricsServiceSink]:
-    """The metrics service sinks of a bootstrap's stats_sinks, started."""
+def start(bootstrap: Any, state: Any, store: Any, opts: Any = None) -> list[Any]:
+    """The metrics service and statsd sinks of a bootstrap's stats_sinks, started (each
+    has `async stop()`)."""
     from sofamesh import __version__
     from sofamesh._core.stats import DEFAULT_BOUNDS
+    from sofamesh.proxy import statsd_sink
     from sofamesh.xds.settings import static_targets
 
-    sinks = []
+    sinks: list[Any] = statsd_sink.start(bootstrap, state, store)
     targets = static_targets(bootstrap)
     for i, sink in enumerate(bootstrap.stats_sinks):
         if sink.typed_config.type_url != SINK_TYPE:
