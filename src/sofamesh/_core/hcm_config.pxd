@@ -75,6 +75,9 @@ cdef class HcmConfig:
     cdef public dict h2_stats               # dict[str, Counter]: http2.* codec counters
     cdef public set conns                   # set[DownstreamConn] alive
     cdef public object listener_name
+    # proxy.filter_state.ConnState: what the chain's network filters before the HCM set on
+    # each connection (set_filter_state, istio_authn), read by RBAC filter_state rules
+    cdef public object conn_state
     cdef Counter rq_total
     cdef Counter rq_http1_total
     cdef Counter rq_http2_total

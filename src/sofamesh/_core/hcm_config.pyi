@@ -21,6 +21,7 @@ class HcmConfig:
     filters: tuple[HttpFilter, ...]
     draining: bool
     hand_over: Any
+    conn_state: Any  # proxy.filter_state.ConnState | None
     overload_reject: bool
     overload_no_keepalive: bool
     request_headers_timeout: float

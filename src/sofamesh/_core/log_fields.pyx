@@ -59,6 +59,11 @@ def local_address(HttpStream s):
     return _local_address(s.transport)     # the original destination, when restored
 
 
+def downstream_transport(HttpStream s):
+    """The downstream connection's transport (None once detached)."""
+    return s.transport
+
+
 def remote_port(HttpStream s):
     return s.remote_port
 

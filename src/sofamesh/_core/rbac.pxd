@@ -87,6 +87,10 @@ cdef class RbacRequest:
     # header rule holds when one of them matches, as Envoy's; joined_header() joins them)
     cdef object header(self, bytes name)
     cdef object read_pseudo(self, int which)        # bytes | None (PSEUDO_PATH: the path)
+    # a filter state object's string form by key (str | None) and a dynamic metadata
+    # namespace (dict | None); the base class has neither
+    cdef object read_state(self, str key)
+    cdef object read_metadata(self, str ns)
 
 
 # a header() value as one bytes: a repeated header's values joined by "," (None stays None)
@@ -192,6 +196,8 @@ cdef class NetworkRbac:
     cdef readonly RbacPolicies policies
     cdef RbacStats st
     cdef readonly str stat_prefix
+    # proxy.filter_state.ConnState of the filters before it in its chain, or None
+    cdef public object conn_state
 
 
 cdef class RbacGate:

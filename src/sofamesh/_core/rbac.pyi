@@ -43,6 +43,12 @@ class ServerNameRule(RbacRule):
 class AuthenticatedRule(RbacRule):
     def __init__(self, sm: StringMatcher | None = None) -> None: ...
 
+class FilterStateRule(RbacRule):
+    def __init__(self, key: str, sm: StringMatcher) -> None: ...
+
+class MetadataRule(RbacRule):
+    def __init__(self, mm: Any) -> None: ...
+
 class RbacEngine:
     action: int
     names: tuple[str, ...]
@@ -69,6 +75,7 @@ class RbacStats:
 class NetworkRbac:
     policies: RbacPolicies
     stat_prefix: str
+    conn_state: Any
     def __init__(
         self, policies: RbacPolicies, store: Store, stat_prefix: str, shadow_stat_prefix: str = ...
     ) -> None: ...

@@ -127,6 +127,12 @@ cdef class RbacRequest:
     cdef object read_pseudo(self, int which):
         return None
 
+    cdef object read_state(self, str key):
+        return None
+
+    cdef object read_metadata(self, str ns):
+        return None
+
 
 _PSEUDO_NAMES = {b":method": PSEUDO_METHOD, b":path": PSEUDO_PATH,
                  b":authority": PSEUDO_AUTHORITY, b"host": PSEUDO_HOST,
@@ -367,6 +373,35 @@ cdef class AuthenticatedRule(RbacRule):
             if self.sm.matches(name):
                 return 1
         return 0
+
+
+cdef class FilterStateRule(RbacRule):
+    """filter_state: the object under `key` (its string form) against a string matcher;
+    absent, it matches nothing (Envoy's FilterStateMatcher)."""
+    cdef str key
+    cdef StringMatcher sm
+
+    def __init__(self, str key, StringMatcher sm):
+        self.key = key
+        self.sm = sm
+
+    cdef int matches(self, RbacRequest r) except -1:
+        v = r.read_state(self.key)
+        if v is None:
+            return 0
+        return 1 if self.sm.matches((<str>v).encode()) else 0
+
+
+cdef class MetadataRule(RbacRule):
+    """metadata: a MetadataMatcher on the request's dynamic metadata
+    (proxy/metadata_match.py)."""
+    cdef object mm                     # metadata_match.MetadataMatch
+
+    def __init__(self, mm):
+        self.mm = mm
+
+    cdef int matches(self, RbacRequest r) except -1:
+        return 1 if self.mm.matches(r.read_metadata(self.mm.filter)) else 0
 
 
 cdef object tls_pseudo(object transport, int which):
@@ -790,8 +825,13 @@ cdef class RbacStats:
 # -- the network filter ------------------------------------------------------------------
 
 cdef class _ConnRequest(RbacRequest):
-    """A connection: addresses and TLS facts (no headers, no path)."""
+    """A connection: addresses, TLS facts and the chain's filter state (no headers, no
+    path, no dynamic metadata)."""
     cdef object transport
+    cdef object conn_state              # filter_state.ConnState | None
+
+    cdef object read_state(self, str key):
+        return self.conn_state.get(self.transport, key) if self.conn_state else None
 
     cdef object read_pseudo(self, int which):
         if which == PSEUDO_PRINCIPAL or which == PSEUDO_SNI:
@@ -831,6 +871,7 @@ cdef class NetworkRbac:
         cdef _ConnRequest r = _ConnRequest.__new__(_ConnRequest)
         cdef int pol = -1
         r.transport = transport
+        r.conn_state = self.conn_state
         ok = self.st.check(self.policies, r, &pol)
         eng = self.policies.engine
         return bool(ok), (eng.names[pol] if pol >= 0 else None)

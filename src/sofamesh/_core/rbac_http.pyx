@@ -107,6 +107,26 @@ cdef class HttpRbacRequest(RbacRequest):
             return tls_pseudo(self.s.transport, which)
         return None
 
+    cdef object read_state(self, str key):
+        # the connection's (the chain's network filters: HcmConfig.conn_state), else the
+        # stream's own (set_filter_state on_request_headers): as in Envoy, a stream cannot
+        # set a key its connection holds
+        cs = self.s.cfg.conn_state
+        if cs:
+            v = cs.get(self.s.transport, key)
+            if v is not None:
+                return v
+        fs = self.s.filter_state
+        if fs:
+            v = (<dict>fs).get(key)
+            if type(v) is str:
+                return v
+        return None
+
+    cdef object read_metadata(self, str ns):
+        fs = self.s.filter_state
+        return (<dict>fs).get(("metadata", ns)) if fs else None
+
 
 cdef class RbacFilter(HttpFilter):
     def __init__(self, RbacPolicies policies, Store store, str stat_prefix,

@@ -688,8 +688,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "name",
         "weight",
     ),
-    # RBAC (sofamesh.filters.http.rbac, sofamesh.filters.network.rbac): Principal metadata,
-    # filter_state, matcher trees, CEL conditions and audit logging are refused by path
+    # RBAC (sofamesh.filters.http.rbac, sofamesh.filters.network.rbac): sourced_metadata,
+    # matcher trees, CEL conditions and audit logging are refused by path
     "envoy.extensions.filters.http.rbac.v3.RBAC": (
         "rules",
         "rules_stat_prefix",
@@ -726,6 +726,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "not_rule",
         "requested_server_name",  # the TLS SNI (empty for plaintext)
     ),
+        "metadata",  # the request's dynamic metadata (proxy/metadata_match.py)
     "envoy.config.rbac.v3.Permission.Set": ("rules",),
     "envoy.config.rbac.v3.Principal": (
         "and_ids",
@@ -739,7 +740,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "not_id",
         "authenticated",  # a verified peer certificate (mTLS)
     ),
+        "metadata",  # the request's dynamic metadata (proxy/metadata_match.py)
+        # the stream's and the connection's filter state (proxy/filter_state.py)
+        "filter_state",
     "envoy.config.rbac.v3.Principal.Set": ("ids",),
+    "envoy.type.matcher.v3.FilterStateMatcher": ("key", "string_match"),
+    "envoy.type.matcher.v3.MetadataMatcher": ("filter", "path", "value", "invert"),
     "envoy.config.rbac.v3.Principal.Authenticated": ("principal_name",),
     "envoy.type.matcher.v3.PathMatcher": ("path",),
     "envoy.config.core.v3.CidrRange": ("address_prefix", "prefix_len"),
@@ -799,6 +805,27 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config": (),
     # envoy.filters.http.health_check (filters/http/health_check.py): cache_time refused
     "envoy.extensions.filters.http.health_check.v3.HealthCheck": (
+    # set_filter_state (filters/network/set_filter_state.py, filters/http/set_filter_state.py)
+    # and set_metadata (filters/http/set_metadata.py)
+    "envoy.extensions.filters.network.set_filter_state.v3.Config": ("on_new_connection",),
+    "envoy.extensions.filters.http.set_filter_state.v3.Config": ("on_request_headers",),
+    "envoy.extensions.filters.common.set_filter_state.v3.FilterStateValue": (
+        "object_key",
+        "factory_key",  # string objects only (proxy/filter_state.py)
+        "format_string",
+        "read_only",
+        "skip_if_empty",
+    ),
+    "envoy.extensions.filters.http.set_metadata.v3.Config": (
+        "metadata_namespace",
+        "value",
+        "metadata",
+    ),
+    "envoy.extensions.filters.http.set_metadata.v3.Metadata": (
+        "metadata_namespace",
+        "allow_overwrite",
+        "value",
+    ),
         "pass_through_mode",
         "cluster_min_healthy_percentages",
         "headers",

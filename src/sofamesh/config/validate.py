@@ -166,11 +166,14 @@ class _Checker:
     # -- filters ---------------------------------------------------------------------
     def check_filter(self, m: Message, kind: str, path: str, support_on: bool) -> bool:
         from sofamesh.filters import registry
+        from sofamesh.filters.istio import implemented as istio_implemented
         from sofamesh.filters.istio import istio_type
 
         fname = m.name
         url = m.typed_config.type_url if m.HasField("typed_config") else ""
         istio = istio_type(m.typed_config) if url else None
+        if istio is not None and kind != "upstream" and istio_implemented(kind, m.typed_config):
+            return False  # implemented by sofamesh; its config has nothing to check
         if istio is not None and (kind == "upstream" or registry.lookup(kind, url) is None):
             # Istio's own filter, by its config type (filters/istio.py): a no-op, counted
             self.report.passthrough.append((path, f"{fname} ({istio})"))

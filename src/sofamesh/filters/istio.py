@@ -8,8 +8,10 @@ istio type, or, for Istio <= 1.18, as a Wasm filter on the null VM naming an Ist
 (`envoy.wasm.metadata_exchange`). What makes a filter Istio's is that config type, never its
 name alone: Istio names its filters freely.
 
-sofamesh does not implement their effect (peer metadata headers, Istio's standard metrics):
-the Server skips them in any chain (network, HTTP, listener, a cluster's upstream filters,
+sofamesh implements `istio_authn` (network: the peer's SPIFFE identity as the filter state
+`io.istio.peer_principal` that istiod's RBAC principals match; filters/network/
+set_filter_state.py). It does not implement the others' effect (peer metadata headers,
+Istio's standard metrics): the Server skips them in any chain (network, HTTP, listener, a cluster's upstream filters,
 per-route configs), `--mode validate` and start-up log a warning naming each one, and the
 gauge `server.passthrough_filters` counts them. They never fail a chain.
 """
@@ -66,6 +68,16 @@ def istio_type(typed_config: Any) -> str | None:
 
 
 def _none(typed_config: Any, context: Any) -> None:
+    return None
+
+
+def implemented(kind: str, typed_config: Any) -> FilterSpec | None:
+    """The spec of an Istio filter sofamesh implements (by kind and Istio config type)."""
+    name = istio_type(typed_config)
+    if kind == "network" and name == "io.istio.network.authn.Config":
+        from sofamesh.filters.network.set_filter_state import ISTIO_AUTHN_SPEC
+
+        return ISTIO_AUTHN_SPEC
     return None
 
 

@@ -55,7 +55,7 @@ def lookup_filter(kind: str, name: str, typed_config: Any = None) -> FilterSpec 
         from sofamesh.filters import istio
 
         if istio.istio_type(typed_config) is not None:
-            return istio.SPECS[kind]
+            return istio.implemented(kind, typed_config) or istio.SPECS[kind]
     return spec or lookup(kind, name)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from sofamesh._core import log_fields as F
 from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.filter_state import joined, local_uri_sans, peer_uri_sans
 
 Getter = Callable[[Any, float, int], Any]
 
@@ -90,8 +91,6 @@ NOT_IMPLEMENTED = frozenset(
         "UPSTREAM_METADATA",
         "FILTER_STATE",
         "UPSTREAM_FILTER_STATE",
-        "DOWNSTREAM_PEER_URI_SAN",
-        "DOWNSTREAM_LOCAL_URI_SAN",
         "DOWNSTREAM_PEER_SUBJECT",
         "DOWNSTREAM_LOCAL_SUBJECT",
         "DOWNSTREAM_PEER_ISSUER",
@@ -396,6 +395,12 @@ def _http_simple() -> dict[str, Getter]:
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": local_ip,
         "DOWNSTREAM_LOCAL_PORT": local_port,
         "REQUESTED_SERVER_NAME": lambda s, ms, ns: F.requested_server_name(s),
+        "DOWNSTREAM_PEER_URI_SAN": lambda s, ms, ns: joined(
+            peer_uri_sans(F.downstream_transport(s))
+        ),
+        "DOWNSTREAM_LOCAL_URI_SAN": lambda s, ms, ns: joined(
+            local_uri_sans(F.downstream_transport(s))
+        ),
         "ROUTE_NAME": route_name,
         "HOSTNAME": lambda s, ms, ns: _HOSTNAME,
         "CONNECTION_ID": lambda s, ms, ns: F.connection_id(s),
@@ -472,6 +477,10 @@ _NUMERIC = frozenset(
 _CAPTURE = frozenset({"TRAILER", "UPSTREAM_LOCAL_ADDRESS"})
 
 
+# evaluated for HTTP streams, not yet for tcp_proxy's log entries: refused there by name
+_HTTP_ONLY = frozenset({"DOWNSTREAM_PEER_URI_SAN", "DOWNSTREAM_LOCAL_URI_SAN"})
+
+
 class _Compiler:
     def __init__(self, tcp: bool, path: str) -> None:
         self.tcp = tcp
@@ -480,7 +489,7 @@ class _Compiler:
 
     def command(self, op: str, arg: str | None, limit: int | None) -> Getter:
         path = self.path
-        if op in NOT_IMPLEMENTED:
+        if op in NOT_IMPLEMENTED or (self.tcp and op in _HTTP_ONLY):
             raise UnsupportedConfig(
                 f"{path}: access log command %{op}% is not implemented by sofamesh"
             )

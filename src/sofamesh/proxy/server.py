@@ -19,6 +19,7 @@ from sofamesh._core.stats import Store
 from sofamesh._core.upstream import Cluster
 from sofamesh.proxy import hot_restart, localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
+from sofamesh.proxy.filter_state import ConnState
 from sofamesh.proxy.http_options import dur as _dur
 from sofamesh.proxy.http_options import upstream_h2 as _upstream_h2
 from sofamesh.proxy.http_options import upstream_trailers as _upstream_trailers
@@ -584,8 +585,17 @@ class Server:
             raise UnsupportedConfig(f"{fpath}: no terminal network filter")
         last = len(chain.filters) - 1
         gates = []  # filters that check a connection before the terminal one (network rbac)
+        # what filters set on each connection (set_filter_state, istio_authn), read by the
+        # chain's RBAC filter_state rules; every setter has run before the first byte
+        conn_state = ConnState()
         for fi, f in enumerate(chain.filters[:last]):
             spec = _network_spec(registry, f)
+            if spec is not None and spec.extra.get("conn_state"):
+                for key, get, read_only, skip in spec.factory(
+                    f.typed_config, {"path": f"{fpath}[{fi}]"}
+                ):
+                    conn_state.add(key, get, read_only, skip)
+                continue
             if spec is not None and spec.extra.get("wraps"):
                 gates.append(
                     (
@@ -619,9 +629,12 @@ class Server:
                     "in front of an http_connection_manager is not implemented by sofamesh"
                 )
             view: Any = built
+            built.conn_state = conn_state or None
         else:
             view = built if isinstance(built, Chain) else Chain([built])
             view.gates = [g for _, g in gates]
+            for _, g in gates:
+                g.conn_state = conn_state or None
             self.network_chains.append(view)
         return view
 

@@ -166,6 +166,7 @@ def bootstrap(
     hcm_extra: dict | None = None,
     node: dict | None = None,
     cluster_extra: dict | None = None,
+    network_filters: list[dict] | None = None,
 ) -> dict:
     vh = virtual_host or {"routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}
     vh = {"name": "vh", "domains": ["*"], **vh}
@@ -196,10 +197,11 @@ def bootstrap(
                     "filter_chains": [
                         {
                             "filters": [
+                                *(network_filters or []),
                                 {
                                     "name": "envoy.filters.network.http_connection_manager",
                                     "typed_config": hcm,
-                                }
+                                },
                             ]
                         }
                     ],
@@ -325,8 +327,8 @@ def _distinct(n: int, exclude: set[int]) -> list[int]:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Callable[..., tuple[Side, Side]]]:
-    """pair(http_filters, virtual_host=None, hcm_extra=None, node=None, cluster_extra=None)
-    -> (envoy, sofamesh)."""
+    """pair(http_filters, virtual_host=None, hcm_extra=None, node=None, cluster_extra=None,
+    network_filters=None) -> (envoy, sofamesh)."""
     started: list[Side] = []
 
     def start_one(kind: str, kw: dict[str, Any]) -> Side:

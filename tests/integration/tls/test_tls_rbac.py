@@ -49,8 +49,71 @@ def _rules() -> dict:
     }
 
 
-def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int) -> dict:
+def _fs_rules(http: bool = True) -> dict:
+    """istiod's shape of a `source.principals` rule: the caller's identity as the filter
+    state io.istio.peer_principal (a header rule too for HTTP)."""
+    peer = "io.istio.peer_principal"
+    rules: dict = {
+        "action": "ALLOW",
+        "policies": {
+            "ns[default]-policy[a]-rule[0]": {
+                "permissions": [{"any": True}],
+                "principals": [
+                    {"filter_state": {"key": peer, "string_match": {"exact": SPIFFE_A}}}
+                ],
+            },
+        },
+    }
+    if http:
+        rules["policies"]["ns[default]-policy[shown]-rule[0]"] = {
+            "permissions": [{"header": {"name": "x-show", "present_match": True}}],
+            "principals": [
+                {"filter_state": {"key": peer, "string_match": {"prefix": "spiffe://"}}}
+            ],
+        }
+    return rules
+
+
+def _peer_principal(istio: bool) -> dict:
+    """What sets io.istio.peer_principal: Istio's own istio_authn filter (Istio's Envoy
+    build; sofamesh implements it), or, in the upstream Envoy these tests run, Istio's newer
+    shape: set_filter_state from the peer's URI SAN."""
+    if istio:
+        return {
+            "name": "istio_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                "type_url": "type.googleapis.com/io.istio.network.authn.Config",
+            },
+        }
+    return {
+        "name": "envoy.filters.network.set_filter_state",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3"
+            ".Config",
+            "on_new_connection": [
+                {
+                    "object_key": "io.istio.peer_principal",
+                    "factory_key": "envoy.string",
+                    "format_string": {
+                        "text_format_source": {"inline_string": "%DOWNSTREAM_PEER_URI_SAN%"}
+                    },
+                }
+            ],
+        },
+    }
+
+
+def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int, istio: bool = False) -> dict:
     ca_file = pki["dir"] / "ca.crt"
+    fs_filters = _http("rbac_fs", "rbac fs ok")
+    fs_filters[0]["typed_config"]["http_filters"].insert(
+        0,
+        {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {"@type": HTTP_RBAC, "rules": _fs_rules()},
+        },
+    )
     http_filters = _http("rbac_http", "rbac ok")
     hcm = http_filters[0]["typed_config"]
     hcm["http_filters"].insert(
@@ -110,6 +173,39 @@ def bootstrap(pki: dict, ports: dict[str, int], admin: int, echo: int) -> dict:
                         }
                     ],
                 },
+                {
+                    "name": "http_fs",
+                    "stat_prefix": "http_fs",
+                    "address": _addr(ports["http_fs"]),
+                    "filter_chains": [
+                        {
+                            "transport_socket": _tls(pki["plainhost"], trusted=ca_file),
+                            "filters": [_peer_principal(istio), *fs_filters],
+                        }
+                    ],
+                },
+                {
+                    "name": "tcp_fs",
+                    "stat_prefix": "tcp_fs",
+                    "address": _addr(ports["tcp_fs"]),
+                    "filter_chains": [
+                        {
+                            "transport_socket": _tls(pki["plainhost"], trusted=ca_file),
+                            "filters": [
+                                _peer_principal(istio),
+                                {
+                                    "name": "envoy.filters.network.rbac",
+                                    "typed_config": {
+                                        "@type": NET_RBAC,
+                                        "stat_prefix": "tcp_fs_rbac",
+                                        "rules": _fs_rules(http=False),
+                                    },
+                                },
+                                *_tcp("tcp_fs_in"),
+                            ],
+                        }
+                    ],
+                },
             ],
             "clusters": [
                 {
@@ -152,6 +248,17 @@ def run_cases(pki: dict, ports: dict[str, int]) -> dict[str, str]:
         out[f"{proto}: no certificate, open SNI"] = _status(
             tls_exchange(port, c(pki), "open.example.com", payload)
         )
+    shown = GET.replace(b"\r\n\r\n", b"\r\nx-show: 1\r\n\r\n")
+    for proto, port, payload in (
+        ("http filter_state", ports["http_fs"], GET),
+        ("http filter_state, x-show", ports["http_fs"], shown),
+        ("tcp filter_state", ports["tcp_fs"], b"hi"),
+    ):
+        for who in ("client_a", "client_b", None):
+            ctx = c(pki, who) if who else c(pki)
+            out[f"{proto}: {who or 'no certificate'}"] = _status(
+                tls_exchange(port, ctx, None, payload)
+            )
     return out
 
 
@@ -178,10 +285,10 @@ def echo():
 @pytest.fixture(scope="module")
 def results(pki, echo, tmp_path_factory):
     out = {}
-    for kind in ("envoy", "sofamesh"):
-        ports = {n: free_port() for n in ("http", "http_sni", "tcp")}
+    for kind in ("envoy", "sofamesh", "sofamesh istio_authn"):
+        ports = {n: free_port() for n in ("http", "http_sni", "tcp", "http_fs", "tcp_fs")}
         admin = free_port()
-        b = bootstrap(pki, ports, admin, echo)
+        b = bootstrap(pki, ports, admin, echo, istio=kind.endswith("istio_authn"))
         wd = Path(tmp_path_factory.mktemp(kind))
         proc = (
             ProxyProcess.envoy(envoy_binary(), b, wd)
@@ -204,6 +311,36 @@ def test_rbac_by_identity_as_envoy(results):
     assert env["http+tls_inspector: identity b, open SNI"] == "200 OK", env
     diffs = {k: (env[k], sofa.get(k)) for k in env if env[k] != sofa.get(k)}
     assert not diffs, diffs
+
+
+def test_peer_principal_filter_state_as_envoy(results):
+    """The network set_filter_state formats on a new connection, before the TLS handshake:
+    %DOWNSTREAM_PEER_URI_SAN% is absent there in Envoy 1.40, so no identity rule holds;
+    sofamesh gives the same answers, HTTP and TCP."""
+    env = {k: v for k, v in results["envoy"][0].items() if "filter_state" in k}
+    assert set(env.values()) == {"403 Forbidden", "rejected"}, env
+    got = results["sofamesh"][0]
+    diffs = {k: (env[k], got.get(k)) for k in env if env[k] != got.get(k)}
+    assert not diffs, diffs
+
+
+def test_istio_authn_peer_principal(results):
+    """Istio's istio_authn sets io.istio.peer_principal once the handshake is done: istiod's
+    filter_state principals then name callers by their SPIFFE identity, as the
+    `authenticated` principal does in Envoy (the first listeners' answers)."""
+    got = {k: v for k, v in results["sofamesh istio_authn"][0].items() if "filter_state" in k}
+    env = results["envoy"][0]
+    assert got == {
+        "http filter_state: client_a": env["http: identity a"],
+        "http filter_state: client_b": env["http: identity b"],
+        "http filter_state: no certificate": env["http: no certificate"],
+        "http filter_state, x-show: client_a": "200 OK",
+        "http filter_state, x-show: client_b": "200 OK",
+        "http filter_state, x-show: no certificate": "403 Forbidden",
+        "tcp filter_state: client_a": env["tcp: identity a"],
+        "tcp filter_state: client_b": env["tcp: identity b"],
+        "tcp filter_state: no certificate": env["tcp: no certificate"],
+    }
 
 
 def test_rbac_counters_as_envoy(results):

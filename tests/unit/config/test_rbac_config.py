@@ -61,15 +61,24 @@ def test_implemented_rules_load(tmp_path):
     [
         (
             "{any: true}",
-            "{metadata: {filter: f, path: [{key: k}], value: {present_match: true}}}",
-            "principals[0].metadata",
-            "Principal.metadata is not implemented by sofamesh",
+            "{sourced_metadata: {metadata_matcher: "
+            "{filter: f, path: [{key: k}], value: {present_match: true}}}}",
+            "principals[0].sourced_metadata",
+            "Principal.sourced_metadata is not implemented by sofamesh",
         ),
         (
-            "{metadata: {filter: f, path: [{key: k}], value: {present_match: true}}}",
+            "{sourced_metadata: {metadata_matcher: "
+            "{filter: f, path: [{key: k}], value: {present_match: true}}}}",
             "{any: true}",
-            "permissions[0].metadata",
-            "Permission.metadata is not implemented by sofamesh",
+            "permissions[0].sourced_metadata",
+            "Permission.sourced_metadata is not implemented by sofamesh",
+        ),
+        (
+            "{any: true}",
+            "{filter_state: {key: k, address_match: {ranges: "
+            "[{address_prefix: 10.0.0.0, prefix_len: 8}]}}}",
+            "principals[0].filter_state.address_match",
+            "FilterStateMatcher.address_match is not implemented by sofamesh",
         ),
     ],
 )

@@ -12,8 +12,11 @@ The same compiler (`compile_rbac`) serves the network filter and the RPC filter
 destination_port, destination_port_range, and_rules, or_rules, not_rule,
 requested_server_name (the TLS SNI; empty for plaintext). Principals: any, direct_remote_ip,
 remote_ip, source_ip, header, url_path, and_ids, or_ids, not_id, authenticated (a verified
-peer certificate; principal_name against its URI SAN, else DNS SAN, else subject). Refused
-at start-up, by path: metadata, filter_state, matchers,
+peer certificate; principal_name against its URI SAN, else DNS SAN, else subject),
+metadata (principal and permission: the request's dynamic metadata, e.g. set_metadata's or
+RBAC's own), filter_state (the stream's, from set_filter_state, else the connection's, from
+the network set_filter_state or Istio's istio_authn: `io.istio.peer_principal`). Refused
+at start-up, by path: filter_state address_match, sourced_metadata, matchers,
 conditions (CEL), audit logging, per-rule stats. The `matcher` / `shadow_matcher` form
 (xds matcher lists on request headers) is rbac_matcher.py's.
 """
@@ -131,6 +134,8 @@ class _Compiler:
         if kind == "requested_server_name":
             # the TLS SNI (proxy/tls.py records it); empty for plaintext connections
             return C.ServerNameRule(string_matcher(p.requested_server_name, kpath))
+        if kind == "metadata":
+            return _metadata(p.metadata, kpath)
         raise UnsupportedConfig(f"{kpath}: Permission.{kind} is not implemented by sofamesh")
 
     def principal(self, p: Any, path: str) -> Any:
@@ -169,7 +174,30 @@ class _Compiler:
                     string_matcher(a.principal_name, kpath + ".principal_name")
                 )
             return C.AuthenticatedRule()
+        if kind == "metadata":
+            return _metadata(p.metadata, kpath)
+        if kind == "filter_state":
+            from sofamesh.proxy.routes import string_matcher
+
+            fs = p.filter_state
+            if fs.WhichOneof("matcher") != "string_match":
+                raise UnsupportedConfig(
+                    f"{kpath}.address_match: FilterStateMatcher.address_match is not "
+                    "implemented by sofamesh"
+                )
+            return C.FilterStateRule(
+                fs.key, string_matcher(fs.string_match, kpath + ".string_match")
+            )
         raise UnsupportedConfig(f"{kpath}: Principal.{kind} is not implemented by sofamesh")
+
+
+def _metadata(m: Any, path: str) -> Any:
+    """A `metadata` principal or permission: the request's dynamic metadata (HTTP; a
+    connection or RPC call has none, so only an inverted matcher can hold there)."""
+    from sofamesh._core import rbac as C
+    from sofamesh.proxy.metadata_match import MetadataMatch
+
+    return C.MetadataRule(MetadataMatch(m, path))
 
 
 def compile_rbac(msg: Any, path: str, matchers: bool = False) -> Any:
