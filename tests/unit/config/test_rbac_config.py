@@ -61,22 +61,28 @@ def test_implemented_rules_load(tmp_path):
     [
         (
             "{any: true}",
-            "{sourced_metadata: {metadata_matcher: "
-            "{filter: f, path: [{key: k}], value: {present_match: true}}}}",
+            (
+                "{sourced_metadata: {metadata_matcher: "
+                "{filter: f, path: [{key: k}], value: {present_match: true}}}}"
+            ),
             "principals[0].sourced_metadata",
             "Principal.sourced_metadata is not implemented by sofamesh",
         ),
         (
-            "{sourced_metadata: {metadata_matcher: "
-            "{filter: f, path: [{key: k}], value: {present_match: true}}}}",
+            (
+                "{sourced_metadata: {metadata_matcher: "
+                "{filter: f, path: [{key: k}], value: {present_match: true}}}}"
+            ),
             "{any: true}",
             "permissions[0].sourced_metadata",
             "Permission.sourced_metadata is not implemented by sofamesh",
         ),
         (
             "{any: true}",
-            "{filter_state: {key: k, address_match: {ranges: "
-            "[{address_prefix: 10.0.0.0, prefix_len: 8}]}}}",
+            (
+                "{filter_state: {key: k, address_match: {ranges: "
+                "[{address_prefix: 10.0.0.0, prefix_len: 8}]}}}"
+            ),
             "principals[0].filter_state.address_match",
             "FilterStateMatcher.address_match is not implemented by sofamesh",
         ),
@@ -98,3 +104,40 @@ def test_authenticated_loads_and_compiles(tmp_path):
     p = rbac_pb2.Principal()
     p.authenticated.principal_name.exact = "spiffe://x"
     assert isinstance(_Compiler().principal(p, "x.principals[0]"), AuthenticatedRule)
+
+
+@pytest.mark.parametrize(
+    ("permission", "principal", "where"),
+    [
+        ({"header": {"name": "x", "present_match": True}}, {"any": True}, "permissions[0].header"),
+        (
+            {"any": True},
+            {"or_ids": {"ids": [{"not_id": {"header": {"name": "x", "present_match": True}}}]}},
+            "principals[0].or_ids.ids[0].not_id.header",
+        ),
+    ],
+)
+def test_network_filter_refuses_header_rules_as_envoy(permission, principal, where):
+    """Envoy 1.40: `Found header(x) rule,not supported by RBAC network filter`."""
+    from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
+    from google.protobuf import any_pb2, json_format
+
+    from sofamesh._core.stats import Store
+    from sofamesh.filters.network.rbac import factory
+    from sofamesh.proxy.errors import UnsupportedConfig
+
+    msg = json_format.ParseDict(
+        {
+            "stat_prefix": "r",
+            "rules": {"policies": {"p": {"permissions": [permission], "principals": [principal]}}},
+        },
+        rbac_pb2.RBAC(),
+    )
+    a = any_pb2.Any()
+    a.Pack(msg)
+    with pytest.raises(UnsupportedConfig) as e:
+        factory(a, {"stats": Store(), "path": "f"})
+    assert str(e.value) == (
+        f"f.typed_config.rules.policies['p'].{where}: Found header(x) rule,not supported by "
+        "RBAC network filter"
+    )

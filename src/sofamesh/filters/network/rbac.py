@@ -60,9 +60,40 @@ def _network_rbac(typed_config: Any, store: Any, path: str) -> Any:
     return NetworkRbac(policies, store, msg.stat_prefix, msg.shadow_rules_stat_prefix)
 
 
+def _no_headers(rule: Any, path: str) -> None:
+    """Envoy refuses header rules in the network filter (a connection has no headers)."""
+    kind = rule.WhichOneof("rule" if hasattr(rule, "not_rule") else "identifier")
+    if kind == "header":
+        raise UnsupportedConfig(
+            f"{path}.header: Found header({rule.header.name}) rule,not supported by RBAC "
+            "network filter"
+        )
+    for nest in ("and_rules", "or_rules"):
+        if kind == nest:
+            for i, r in enumerate(getattr(rule, nest).rules):
+                _no_headers(r, f"{path}.{nest}.rules[{i}]")
+    for nest in ("and_ids", "or_ids"):
+        if kind == nest:
+            for i, r in enumerate(getattr(rule, nest).ids):
+                _no_headers(r, f"{path}.{nest}.ids[{i}]")
+    if kind in ("not_rule", "not_id"):
+        _no_headers(getattr(rule, kind), f"{path}.{kind}")
+
+
 def factory(typed_config: Any, context: dict) -> Any:
     """A NetworkRbac; the Server wraps the terminal filter's protocols with `.wrap()`."""
+    from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
+
     path = context.get("path", NAME)
+    msg = rbac_pb2.RBAC()
+    if typed_config.Unpack(msg):
+        for field in ("rules", "shadow_rules"):
+            for name, pol in getattr(msg, field).policies.items():
+                ppath = f"{path}.typed_config.{field}.policies[{name!r}]"
+                for i, p in enumerate(pol.permissions):
+                    _no_headers(p, f"{ppath}.permissions[{i}]")
+                for i, p in enumerate(pol.principals):
+                    _no_headers(p, f"{ppath}.principals[{i}]")
     return _network_rbac(typed_config, context["stats"], f"{path}.typed_config")
 
 
