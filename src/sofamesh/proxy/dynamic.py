@@ -10,10 +10,13 @@ no connection is dropped:
     CDS  -> Server._build_cluster -> warming (EDS: until its endpoints, DNS: until the first
             resolution) -> server.clusters[name] = cluster   (looked up by name per request)
     EDS  -> Cluster.set_hosts (hosts that stay keep their pools)
-    LDS  -> Server._listener_view -> warming (HCM rds: until its routes) -> the listening
+    LDS  -> Server._listener_view -> warming (HCM rds: until the route config of every
+            chain's HCM has arrived) -> the listening
             socket's _Acceptor.view = view (same address: the socket stays; else a new
             socket starts serving and the old one closes); the old view drains
-    RDS  -> compile_route_config -> HcmConfig.routes = table
+    RDS  -> compile_route_config -> HcmConfig.routes = table, in each chain whose HCM names
+            that route config (chains of one listener may name different ones, as in
+            Envoy: one subscription a name, whoever names it)
     SRDS -> scopes (xds/scoped.py); RDS of each scope's route config -> its virtual hosts;
             HCMs with scoped_routes get one table of every scope's hosts
 
@@ -35,7 +38,13 @@ from sofamesh._core.http_proxy import HcmConfig
 from sofamesh.proxy import hot_restart, localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config, compile_vhosts
-from sofamesh.proxy.xds_shapes import _nested_rds, _rds_of, _scoped_of, hosts_from_assignment
+from sofamesh.proxy.xds_shapes import (
+    _scoped_of,
+    hosts_from_assignment,
+    nested_rds_path,
+    rds_chains,
+    single_hcm,
+)
 from sofamesh.xds.checks import ResourceChecks
 from sofamesh.xds.client import CDS, EDS, LDS, RDS, SDS, SRDS, AdsClient, Update, gc_paused
 from sofamesh.xds.scoped import Scopes, check_domains
@@ -108,6 +117,12 @@ def _view_tls(view: Any) -> list[Any]:
     return contexts() if contexts is not None else []
 
 
+def _chain_view(view: Any, index: int) -> Any:
+    """The HcmConfig of filter chain `index` (-1: the default chain) of a listener view."""
+    of = getattr(view, "chain_view", None)  # listener_chains.ListenerChains
+    return of(index) if of is not None else view
+
+
 def _cluster_tls(cluster: Any) -> list[Any]:
     return cluster.tls.contexts() if getattr(cluster, "tls", None) is not None else []
 
@@ -152,13 +167,15 @@ class _DynListener:
     address: tuple[str, int]
     acceptor: _Acceptor
     server: Any  # asyncio.Server of its socket
-    rds: str | None
-    hcm: Any  # the HCM proto when the terminal filter is one
+    # (route config name, the chain's HcmConfig, its HCM proto) of each chain using rds
+    rds: list[tuple[str, Any, Any]]
+    hcm: Any  # the HCM proto of a listener with one chain ending in one (scoped routes)
     updated: float = field(default_factory=_now)
     info: Any = None  # proxy.server.ListenerInfo once active
     scoped: bool = False  # the HCM routes by scopes (SRDS)
     tls_wait: bool = False  # warming until its TLS contexts have their SDS secrets
-    rds_source: str = "ads"  # its rds.config_source's source key (xds/settings.py)
+    # {route config name: its rds.config_source's source key (xds/settings.py)}
+    rds_sources: dict[str, str] = field(default_factory=dict)
 
 
 class _Held:
@@ -212,7 +229,7 @@ class DynamicConfig:
         self._sources: dict[str, dict[str, str]] = {}  # sources(type), cleared with _names
         self.checks = ResourceChecks()
         self._compiled_vhosts: dict[str, dict[bytes, tuple]] = {}  # route config -> reuse
-        self.static_rds: list[tuple[Any, Any, str]] = []  # (ListenerInfo, hcm proto, name)
+        self.static_rds: list[tuple[Any, Any, str]] = []  # (chain's HcmConfig, hcm proto, name)
         self.static_rds_sources: dict[str, str] = {}  # route config name -> source key
         self.static_scoped: list[tuple[Any, Any]] = []  # (ListenerInfo, hcm proto)
         self.scopes = Scopes()
@@ -224,14 +241,16 @@ class DynamicConfig:
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        for li in self.server.listeners:  # static listeners whose HCM uses rds
-            name, hcm = _rds_of(li.config)
-            if name is not None:
-                self.static_rds.append((li, hcm, name))
-                key = self.settings.key_of(hcm.rds.config_source, "rds.config_source")
+        for li in self.server.listeners:  # static listeners whose HCMs use rds
+            for index, name, hcm, path in rds_chains(li.config):
+                self.static_rds.append((_chain_view(li.hcm, index), hcm, name))
+                key = self.settings.key_of(
+                    hcm.rds.config_source, f"{path}.typed_config.rds.config_source"
+                )
                 if key != "ads":
                     self.static_rds_sources[name] = key
-            elif _scoped_of(hcm):
+            hcm = single_hcm(li.config)
+            if _scoped_of(hcm):
                 self.static_scoped.append((li, hcm))
         self.client.start()
         await self.client.initialized.wait()
@@ -275,7 +294,8 @@ class DynamicConfig:
         """Stat scopes of EDS / RDS resource `name` (its clusters, its HCMs' rds scopes)."""
         if type_url == EDS:
             return [f"cluster.{dc.name}" for dc in self._eds_users(name)]
-        return [f"http.{prefix}.rds.{name}" for _, _, prefix in self._rds_users(name)]
+        prefixes = dict.fromkeys(prefix for _, _, prefix in self._rds_users(name))
+        return [f"http.{prefix}.rds.{name}" for prefix in prefixes]
 
     def _compute_sources(self, type_url: str) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -288,8 +308,7 @@ class DynamicConfig:
         elif type_url == RDS:
             out.update(self.static_rds_sources)
             for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
-                if dl.rds and dl.rds_source != "ads":
-                    out[dl.rds] = dl.rds_source
+                out.update((n, k) for n, k in dl.rds_sources.items() if k != "ads")
         return out
 
     def _compute_names(self, type_url: str) -> set[str]:
@@ -306,8 +325,7 @@ class DynamicConfig:
             return {"*"} if scoped else set()
         names = {n for _, _, n in self.static_rds}
         for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
-            if dl.rds:
-                names.add(dl.rds)
+            names.update(n for n, _, _ in dl.rds)
         if scoped:
             names.update(self.scopes.route_keys())
         return names
@@ -602,24 +620,29 @@ class DynamicConfig:
             raise UnsupportedConfig(_problems_text(problems))
         if lst.HasField("api_listener"):
             raise UnsupportedConfig("api_listener: API listeners are for gRPC clients")
-        if _nested_rds(lst) and _rds_of(lst)[0] is None:
+        nested = nested_rds_path(lst)
+        if nested is not None:
             raise UnsupportedConfig(
-                "filter_chains[0].filters: rds is implemented for a terminal "
-                "http_connection_manager only (not nested in another filter)"
+                f"{nested}: rds of an http_connection_manager nested in another filter is not "
+                "implemented by sofamesh (a chain's terminal one is)"
             )
         srv = self.server
         n_chains = len(srv.network_chains)
         view = srv._listener_view("", lst)
         if len(srv.network_chains) > n_chains:  # dynamic views are tracked here, not there
             del srv.network_chains[n_chains:]
-        rds, hcm = _rds_of(lst)
-        rds_source = "ads"
-        if rds is not None:
-            rds_source = self.settings.key_of(
-                hcm.rds.config_source,
-                f"filter_chains[0].filters[{len(lst.filter_chains[0].filters) - 1}]"
-                ".typed_config.rds.config_source",
-            )
+        rds: list[tuple[str, Any, Any]] = []
+        rds_sources: dict[str, str] = {}
+        for index, rname, rhcm, path in rds_chains(lst):
+            spath = f"{path}.typed_config.rds.config_source"
+            key = self.settings.key_of(rhcm.rds.config_source, spath)
+            if rds_sources.setdefault(rname, key) != key:
+                raise UnsupportedConfig(
+                    f"{spath}: route config {rname!r} from two config sources in one listener "
+                    "is not implemented by sofamesh"
+                )
+            rds.append((rname, _chain_view(view, index), rhcm))
+        hcm = single_hcm(lst)
         sa = lst.address.socket_address
         addr = (sa.address, sa.port_value)
         active = self.active_listeners.get(name)
@@ -637,19 +660,28 @@ class DynamicConfig:
             )  # fmt: skip
         bound = server.sockets[0].getsockname()
         dl = _DynListener(name, version, lst, raw, view, addr, acceptor, server, rds, hcm)
-        dl.rds_source = rds_source
-        for n in _RDS_STATS if rds is not None else ():
-            self.stats.counter(f"http.{hcm.stat_prefix}.rds.{rds}.{n}")
+        dl.rds_sources = rds_sources
+        for rname, _, rhcm in rds:  # shown from the start, zeros included (Envoy)
+            for n in _RDS_STATS:
+                self.stats.counter(f"http.{rhcm.stat_prefix}.rds.{rname}.{n}")
         dl.address = (bound[0], bound[1]) if addr[1] == 0 else addr
         dl.scoped = _scoped_of(hcm)
-        if rds is not None and rds in self.routes:
-            view.routes = self._compile_routes(self.routes[rds].msg, hcm, rds)
+        for rname, chain, rhcm in rds:  # route configs already held: the chain's table now
+            if rname in self.routes:
+                chain.routes = self._compile_routes(self.routes[rname].msg, rhcm, rname)
         if dl.scoped:
             view.routes = self.scopes.table(hcm.strip_any_host_port)
-        if (rds is not None and rds not in self.routes) or (dl.scoped and not self.scopes.ready()):
-            self.warming_listeners[name] = dl  # until its routes arrive (RDS, SRDS)
+        if not self._routes_ready(dl):
+            self.warming_listeners[name] = dl  # until all its routes arrive (RDS, SRDS)
             return
         await self._activate_listener(dl)
+
+    def _routes_ready(self, dl: _DynListener) -> bool:
+        """Every route config the listener's chains name is held (and its scopes, if any):
+        Envoy's listener warms until each HCM's RDS subscription has its first config."""
+        if dl.scoped and not self.scopes.ready():
+            return False
+        return all(n in self.routes for n, _, _ in dl.rds)
 
     async def _activate_listener(self, dl: _DynListener) -> None:
         from envoy.config.core.v3 import base_pb2
@@ -731,14 +763,16 @@ class DynamicConfig:
 
     # ------------------------------------------------------------ routes (RDS)
     def _rds_users(self, name: str) -> list[tuple[Any, Any, str]]:
-        """(view, hcm proto, stat prefix) of every listener that uses route config `name`."""
+        """(chain's HcmConfig, hcm proto, stat prefix) of every filter chain, of any
+        listener, whose HCM uses route config `name`."""
         out = []
-        for li, hcm, n in self.static_rds:
+        for view, hcm, n in self.static_rds:
             if n == name:
-                out.append((li.hcm, hcm, hcm.stat_prefix))
+                out.append((view, hcm, hcm.stat_prefix))
         for dl in [*self.active_listeners.values(), *self.warming_listeners.values()]:
-            if dl.rds == name:
-                out.append((dl.view, dl.hcm, dl.hcm.stat_prefix))
+            for n, view, hcm in dl.rds:
+                if n == name:
+                    out.append((view, hcm, hcm.stat_prefix))
         return out
 
     def _scoped_users(self) -> list[tuple[Any, Any]]:
@@ -765,7 +799,7 @@ class DynamicConfig:
             view.routes = self.scopes.table(hcm.strip_any_host_port)
         if self.scopes.ready():
             for dl in list(self.warming_listeners.values()):
-                if dl.scoped and (dl.rds is None or dl.rds in self.routes):
+                if dl.scoped and self._routes_ready(dl):
                     await self._activate_listener(dl)
 
     def _scoped_route(self, name: str, rc: Any, key: str) -> str | None:
@@ -806,7 +840,9 @@ class DynamicConfig:
         scoped_changed = False
         for name, (version, rc) in up.resources.items():
             users = self._rds_users(name)
-            for _, _, prefix in users:
+            # one subscription a name: counted once a stat prefix, however many chains use it
+            prefixes = list(dict.fromkeys(prefix for _, _, prefix in users))
+            for prefix in prefixes:
                 _bump(self.stats, f"http.{prefix}.rds.{name}.update_attempt")
             raw = rc.SerializeToString(deterministic=True)
             held = self.routes.get(name)
@@ -815,8 +851,9 @@ class DynamicConfig:
                 and held.raw == raw
                 and (name not in scope_keys or name in self.scopes.entries)
             ):
-                for _, _, prefix in users:
-                    _bump(self.stats, f"http.{prefix}.rds.{name}.update_empty")
+                # unchanged: accepted (Envoy counts it), nothing reloaded
+                for prefix in prefixes:
+                    _bump(self.stats, f"http.{prefix}.rds.{name}.update_success")
                 continue
             try:
                 problems = self.checks.check(rc)
@@ -830,20 +867,31 @@ class DynamicConfig:
                     scoped_changed = True
             except (UnsupportedConfig, ValueError) as e:
                 errors[name] = f"RouteConfiguration {name}: {e}"
-                for _, _, prefix in users:
+                for prefix in prefixes:
                     _bump(self.stats, f"http.{prefix}.rds.{name}.update_rejected")
                 continue
             self.routes[name] = _Held(version, rc, raw, lazy=True)
-            for (view, _, prefix), table in zip(users, tables):
-                view.routes = table  # one reference: the next request uses it
+            for (view, _, _), table in zip(users, tables):
+                # one reference: the chain's next request uses it, requests in flight finish
+                # on the table they started with; other chains' tables are not touched
+                view.routes = table
+            for prefix in prefixes:
                 _bump(self.stats, f"http.{prefix}.rds.{name}.update_success")
                 _bump(self.stats, f"http.{prefix}.rds.{name}.config_reload")
             await self._activate_ready(name)
-        for name in up.removed:  # Delta: an empty route table (404) as Envoy
+        for name in up.removed:
+            if name not in self.scopes.entries:
+                # Delta: Envoy's RDS subscription ignores a removal (it logs "Server sent a
+                # delta RDS update attempting to remove a resource ... Ignoring."): the
+                # chains naming it keep their routes, /config_dump keeps showing it
+                if name in self.routes:
+                    log.error("xds: a Delta RDS update removes route config %s: ignored", name)
+                continue
+            # a scope's route config: its hosts leave the scoped table
             self.routes.pop(name, None)
             self._compiled_vhosts.pop(name, None)
-            if self.scopes.entries.pop(name, None) is not None:
-                scoped_changed = True
+            self.scopes.entries.pop(name, None)
+            scoped_changed = True
             empty = route_pb2.RouteConfiguration(name=name)
             for view, hcm, _ in self._rds_users(name):
                 view.routes = self._compile_routes(empty, hcm, name)
@@ -853,7 +901,7 @@ class DynamicConfig:
 
     async def _activate_ready(self, route_name: str) -> None:
         for dl in list(self.warming_listeners.values()):
-            if dl.rds == route_name:
+            if any(n == route_name for n, _, _ in dl.rds) and self._routes_ready(dl):
                 await self._activate_listener(dl)
 
     # ------------------------------------------------------------ stats, dumps

@@ -377,10 +377,21 @@ class ListenerChains:
         return None
 
     @routes.setter
-    def routes(self, table: Any) -> None:  # RDS: a single HCM chain (dynamic._rds_of)
+    def routes(self, table: Any) -> None:
+        """Every HCM chain's table (scoped routes: one chain; Server.set_route_config). RDS
+        sets each chain's own (chain_view: proxy/dynamic.py), as each HCM subscribes."""
         for v in self.views():
             if isinstance(v, HcmConfig):
                 v.routes = table
+
+    def chain_view(self, index: int) -> Any:
+        """The view of filter_chains[index] (-1: the default_filter_chain)."""
+        if index < 0:
+            return self.default.view if self.default is not None else None
+        for c in self.chains:
+            if c.index == index:
+                return c.view
+        return None
 
     def close_all(self) -> None:
         for s in list(self.selecting):
@@ -618,7 +629,7 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
         lc.original_dst = lc.use_original_dst = True
         lc.server = server
     seen: dict[tuple, int] = {}
-    rds = set()
+    scoped: list[str] = []  # paths of HCMs routing by scopes (SRDS)
     entries = [(i, ch, f"{path}.filter_chains[{i}]") for i, ch in enumerate(lst.filter_chains)]
     if lst.HasField("default_filter_chain"):
         entries.append((-1, lst.default_filter_chain, f"{path}.default_filter_chain"))
@@ -651,19 +662,17 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
         view = server._chain_view(li, lst, i, ch, cpath)
         if isinstance(view, HcmConfig) and tls is not None:
             view.scheme = b"https"  # x-forwarded-proto, as Envoy sets it for TLS
-        if isinstance(view, HcmConfig):
-            hcm = _hcm_rds(ch)
-            if hcm:
-                rds.add(hcm)
+        if isinstance(view, HcmConfig) and _hcm_scoped(ch):
+            scoped.append(f"{cpath}.filters[{len(ch.filters) - 1}].typed_config.scoped_routes")
         fc = FilterChain(i, ch.name, m, view, tls)
         if i >= 0:
             lc.chains.append(fc)
         else:
             lc.default = fc
-    if len(rds) > 1 or (rds and len(entries) > 1):
+    if scoped and len(entries) > 1:  # (rds: each chain's own, proxy/dynamic.py)
         raise UnsupportedConfig(
-            f"{path}.filter_chains: rds in one of several filter chains is not implemented by "
-            "sofamesh (inline route_config)"
+            f"{scoped[0]}: scoped_routes in one of several filter chains is not implemented "
+            "by sofamesh (rds or an inline route_config is)"
         )
     if len(lc.chains) == 1 and lc.default is None and lc.chains[0].match.trivial():
         lc.only = lc.chains[0]
@@ -698,19 +707,13 @@ def disabled_when(p: Any, path: str) -> Any:
     raise UnsupportedConfig(f"{path}: a predicate ({kind}) not implemented by sofamesh")
 
 
-def _hcm_rds(ch: Any) -> str:
+def _hcm_scoped(ch: Any) -> bool:
     from sofamesh.config import protos
 
     if not ch.filters:
-        return ""
+        return False
     hcm = protos.unpack_any(ch.filters[-1].typed_config)
-    if (
-        hcm is not None
-        and hasattr(hcm, "rds")
-        and (hcm.HasField("rds") or hcm.HasField("scoped_routes"))
-    ):
-        return hcm.rds.route_config_name or "scoped"
-    return ""
+    return hcm is not None and hasattr(hcm, "scoped_routes") and hcm.HasField("scoped_routes")
 
 
 def _check_tls_inspector(f: Any, path: str) -> None:

@@ -205,6 +205,11 @@ class PoolApplier:
                 continue  # unchanged: keeps the version that last changed it (Envoy)
             table[name] = Held(version, msg, raw[name])
         gone = list(up.removed)
+        if up.type_url == RDS:
+            # Delta: a route config removed stays (Envoy's RDS ignores it, as the workers do:
+            # DynamicConfig._apply_routes), but for a scope's, which leaves its scope
+            scoped = {h.msg.route_configuration_name for h in self.held[SRDS].values()}
+            gone = [n for n in gone if n in scoped]
         if up.full_state:
             gone = [n for n in table if n not in up.resources]
         for n in gone:
@@ -236,14 +241,14 @@ class PoolApplier:
                 for n, h in self.held[CDS].items()
                 if h.msg.type == 3 and (h.msg.eds_cluster_config.service_name or n) == name
             ]
-        from sofamesh.proxy.xds_shapes import _rds_of
+        from sofamesh.proxy.xds_shapes import rds_chains
 
-        out = []
+        out: dict[str, None] = {}  # one scope a stat prefix, whatever the chains naming it
         for h in self.held[LDS].values():
-            rds, hcm = _rds_of(h.msg)
-            if rds == name:
-                out.append(f"http.{hcm.stat_prefix}.rds.{name}")
-        return out
+            for _, rds, hcm, _ in rds_chains(h.msg):
+                if rds == name:
+                    out[f"http.{hcm.stat_prefix}.rds.{name}"] = None
+        return list(out)
 
     def warming(self, kind: str) -> int:
         counts = [

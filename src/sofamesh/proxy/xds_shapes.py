@@ -1,5 +1,5 @@
 """What xDS resources hold, read for the dynamic config (proxy/dynamic.py): an endpoint
-assignment as hosts, and whether a listener's connection manager takes its routes by RDS."""
+assignment as hosts, and which of a listener's connection managers take their routes by RDS."""
 
 from __future__ import annotations
 
@@ -41,20 +41,55 @@ def hosts_from_assignment(cla: Any) -> list[Host]:
     return hosts
 
 
-def _rds_of(lst: Any) -> tuple[str | None, Any]:
-    """(route config name, HttpConnectionManager) when the listener's terminal filter is
-    an HCM with rds; (None, hcm or None) otherwise."""
+def _chain_entries(lst: Any) -> list[tuple[int, Any, str]]:
+    """(index, FilterChain, path) of each filter chain; the default_filter_chain is -1."""
+    out = [(i, ch, f"filter_chains[{i}]") for i, ch in enumerate(lst.filter_chains)]
+    if lst.HasField("default_filter_chain"):
+        out.append((-1, lst.default_filter_chain, "default_filter_chain"))
+    return out
+
+
+def _terminal_hcm(ch: Any) -> Any:
+    """The HttpConnectionManager of a filter chain whose terminal filter is one, else None."""
     from sofamesh.config import protos
 
-    if len(lst.filter_chains) != 1 or not lst.filter_chains[0].filters:
-        return None, None
-    f = lst.filter_chains[0].filters[-1]
-    if f.typed_config.type_url != _HCM_URL:
-        return None, None
-    hcm = protos.unpack_any(f.typed_config)
-    if hcm is not None and hcm.HasField("rds"):
-        return hcm.rds.route_config_name, hcm
-    return None, hcm
+    if not ch.filters or ch.filters[-1].typed_config.type_url != _HCM_URL:
+        return None
+    return protos.unpack_any(ch.filters[-1].typed_config)
+
+
+def rds_chains(lst: Any) -> list[tuple[int, str, Any, str]]:
+    """(chain index, route config name, HttpConnectionManager, the filter's path) of each
+    filter chain whose terminal filter is an HCM with rds (Envoy: each subscribes to its
+    own route config; chains naming the same one share it). Index -1: the default chain."""
+    out = []
+    for i, ch, path in _chain_entries(lst):
+        hcm = _terminal_hcm(ch)
+        if hcm is not None and hcm.HasField("rds"):
+            out.append(
+                (i, hcm.rds.route_config_name, hcm, f"{path}.filters[{len(ch.filters) - 1}]")
+            )
+    return out
+
+
+def single_hcm(lst: Any) -> Any:
+    """The HCM of a listener with one filter chain (and no default chain) ending in one."""
+    if len(lst.filter_chains) != 1 or lst.HasField("default_filter_chain"):
+        return None
+    return _terminal_hcm(lst.filter_chains[0])
+
+
+def nested_rds_path(lst: Any) -> str | None:
+    """The path of a filter hiding an HCM with rds (e.g. the auto filter's list), if any:
+    rds is applied to a chain's terminal HCM only."""
+    for _, ch, path in _chain_entries(lst):
+        last = len(ch.filters) - 1
+        for fi, f in enumerate(ch.filters):
+            if fi == last and f.typed_config.type_url == _HCM_URL:
+                continue
+            if _nested_rds(f):
+                return f"{path}.filters[{fi}]"
+    return None
 
 
 def _scoped_of(hcm: Any) -> bool:
