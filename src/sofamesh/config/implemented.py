@@ -78,7 +78,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     # timeout: the call's deadline where a unary call is made (the OTLP export)
     "envoy.config.core.v3.GrpcService": ("envoy_grpc", "timeout"),
-    "envoy.config.core.v3.GrpcService.EnvoyGrpc": ("cluster_name",),
+    # authority: the call's :authority (ext_authz; the cluster name when unset, as Envoy)
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc": ("cluster_name", "authority"),
     "envoy.config.core.v3.ConfigSource": (
         "ads",
         "api_config_source",
@@ -725,8 +726,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "destination_port_range",
         "not_rule",
         "requested_server_name",  # the TLS SNI (empty for plaintext)
-    ),
         "metadata",  # the request's dynamic metadata (proxy/metadata_match.py)
+    ),
     "envoy.config.rbac.v3.Permission.Set": ("rules",),
     "envoy.config.rbac.v3.Principal": (
         "and_ids",
@@ -739,13 +740,13 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "url_path",
         "not_id",
         "authenticated",  # a verified peer certificate (mTLS)
-    ),
         "metadata",  # the request's dynamic metadata (proxy/metadata_match.py)
         # the stream's and the connection's filter state (proxy/filter_state.py)
         "filter_state",
-    "envoy.config.rbac.v3.Principal.Set": ("ids",),
+    ),
     "envoy.type.matcher.v3.FilterStateMatcher": ("key", "string_match"),
     "envoy.type.matcher.v3.MetadataMatcher": ("filter", "path", "value", "invert"),
+    "envoy.config.rbac.v3.Principal.Set": ("ids",),
     "envoy.config.rbac.v3.Principal.Authenticated": ("principal_name",),
     "envoy.type.matcher.v3.PathMatcher": ("path",),
     "envoy.config.core.v3.CidrRange": ("address_prefix", "prefix_len"),
@@ -804,7 +805,6 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # application/x-protobuf upgrade options are refused
     "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config": (),
     # envoy.filters.http.health_check (filters/http/health_check.py): cache_time refused
-    "envoy.extensions.filters.http.health_check.v3.HealthCheck": (
     # set_filter_state (filters/network/set_filter_state.py, filters/http/set_filter_state.py)
     # and set_metadata (filters/http/set_metadata.py)
     "envoy.extensions.filters.network.set_filter_state.v3.Config": ("on_new_connection",),
@@ -826,11 +826,58 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "allow_overwrite",
         "value",
     ),
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck": (
         "pass_through_mode",
         "cluster_min_healthy_percentages",
         "headers",
     ),
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd": (),
+    # envoy.filters.http.ext_authz (filters/http/ext_authz.py, ext_authz_http.py): the
+    # authorization service's Check (gRPC) or HTTP call; other fields refused by path
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": (
+        "grpc_service",  # envoy_grpc only
+        "http_service",
+        "transport_api_version",  # V3 (or unset)
+        "failure_mode_allow",
+        "failure_mode_allow_header_add",
+        "with_request_body",
+        "status_on_error",
+        "metadata_context_namespaces",  # the request's dynamic metadata, as a Struct
+        "filter_enabled",  # its default_value (no runtime layer acts)
+        "filter_enabled_metadata",  # string, bool and present matches
+        "deny_at_disable",  # its default_value
+        "stat_prefix",
+        "allowed_headers",
+        "disallowed_headers",
+        "charge_cluster_response_stats",
+    ),
+    "envoy.extensions.filters.http.ext_authz.v3.BufferSettings": (
+        "max_request_bytes",
+        "allow_partial_message",
+        "pack_as_bytes",
+    ),
+    "envoy.extensions.filters.http.ext_authz.v3.HttpService": (
+        "server_uri",
+        "path_prefix",
+        "authorization_request",
+        "authorization_response",
+    ),
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest": (
+        "allowed_headers",
+        "headers_to_add",
+    ),
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse": (
+        "allowed_upstream_headers",
+        "allowed_upstream_headers_to_append",
+        "allowed_client_headers",
+        "allowed_client_headers_on_success",
+    ),
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute": ("disabled", "check_settings"),
+    # with_request_body, grpc_service and http_service refused by path
+    "envoy.extensions.filters.http.ext_authz.v3.CheckSettings": (
+        "context_extensions",
+        "disable_request_body_buffering",
+    ),
     # envoy.filters.http.ratelimit (filters/http/ratelimit.py): the rate-limit service call
     "envoy.extensions.filters.http.ratelimit.v3.RateLimit": (
         "domain",

@@ -11,6 +11,7 @@ _BUILTIN = [
     "sofamesh.filters.http.rbac",
     "sofamesh.filters.http.rate_limit_quota",
     "sofamesh.filters.http.ratelimit",
+    "sofamesh.filters.http.ext_authz",
     "sofamesh.filters.http.grpc_stats",
     "sofamesh.filters.http.cors",
     "sofamesh.filters.http.compressor",
