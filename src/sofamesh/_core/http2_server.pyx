@@ -36,6 +36,7 @@ log = logging.getLogger("sofamesh.proxy")
 
 cdef unsigned int ERR_NO_ERROR = 0
 cdef unsigned int ERR_INTERNAL_ERROR = 2
+cdef double LINGER_S = 1.0    # Envoy's HCM delayed_close_timeout default
 
 
 cdef class Http2ServerConn:
@@ -74,7 +75,7 @@ cdef class Http2ServerConn:
         self._arm_idle()
 
     def data_received(self, bytes data):
-        if self.closed:
+        if self.closed or self.lingering:
             return
         self.cfg.cx_rx_bytes_total.add(PyBytes_GET_SIZE(data))
         try:
@@ -85,7 +86,7 @@ cdef class Http2ServerConn:
         self.flush()
         if self.codec.closed:           # a connection error: its GOAWAY is queued
             self._sync_stats()
-            self._close_when_done(True)
+            self._linger_close()
             # Its streams end with it now: connection_lost can come much later (a TLS close
             # waits for the client's close_notify), and an upstream answering meanwhile
             # had a closed codec to write to (found by tests/fuzz/proxy_campaign.py).
@@ -322,6 +323,30 @@ cdef class Http2ServerConn:
         self.close_when_idle = True
         if now or not self.streams:
             self._sync_stats()
+            self.transport.close()
+
+    def _linger_close(self):
+        """After a connection error, as Envoy's delayed close: the GOAWAY is written and
+        our side shut, then the client's bytes are read and dropped until it closes (or
+        LINGER_S), so that bytes left unread cannot make the kernel answer with a RST that
+        overtakes the GOAWAY. A transport with no half-close (TLS) closes at once."""
+        t = self.transport
+        if t is None:
+            return
+        self.write_now()
+        self.close_when_idle = True
+        if not t.can_write_eof():
+            t.close()
+            return
+        self.lingering = True
+        t.write_eof()
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+        self.drain_timer = self.cfg.loop.call_later(LINGER_S, self._linger_done)
+
+    def _linger_done(self):
+        self.drain_timer = None
+        if self.transport is not None:
             self.transport.close()
 
     def _internal_error(self, exc):

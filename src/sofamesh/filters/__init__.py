@@ -25,10 +25,10 @@ _BUILTIN = [
     "sofamesh.filters.network.auto",
     "sofamesh.filters.network.rbac",
     "sofamesh.filters.network.connection_limit",
-    "sofamesh.filters.istio",
     "sofamesh.filters.network.set_filter_state",  # and Istio's istio_authn
     "sofamesh.filters.http.set_filter_state",
     "sofamesh.filters.http.set_metadata",
+    "sofamesh.filters.istio",
     "sofamesh.filters.listener.inspectors",  # tls_inspector, http_inspector
     "sofamesh.proxy.tls",  # transport sockets envoy.transport_sockets.tls / raw_buffer
     "sofamesh.proxy.grpc_access_log",  # access logger envoy.access_loggers.http_grpc

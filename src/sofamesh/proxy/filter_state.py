@@ -16,6 +16,7 @@ it, and keeps the first).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -174,6 +175,10 @@ _STRING_FACTORIES = frozenset({"envoy.string", "envoy.hashable_string", "istio.h
 _STRING_KEYS = frozenset({PEER_PRINCIPAL, LOCAL_PRINCIPAL}) | _STRING_FACTORIES
 
 
+def _http_value(fmt: Any, stream: Any) -> str:
+    return fmt(stream, 0.0, 0)
+
+
 def compile_values(values: Any, path: str, http: bool) -> list[tuple[str, Any, bool, bool]]:
     """set_filter_state's FilterStateValue list as (key, getter, read_only, skip_if_empty);
     the getter takes the transport (network filter) or the HttpStream (HTTP filter)."""
@@ -214,11 +219,10 @@ def compile_values(values: Any, path: str, http: bool) -> list[tuple[str, Any, b
             raise UnsupportedConfig(
                 f"{fpath}: only a text format is implemented by sofamesh for filter state"
             )
+        get: Callable[[Any], str | None]
         if http:
             fmt = log_format.compile_text(text, fpath, omit_empty=sfs.omit_empty_values).format
-
-            def get(s: Any, fmt: Any = fmt) -> str:
-                return fmt(s, 0.0, 0)
+            get = functools.partial(_http_value, fmt)
         else:
             get = format_connection(text, fpath, sfs.omit_empty_values)
         out.append((key, get, bool(v.read_only), bool(v.skip_if_empty)))

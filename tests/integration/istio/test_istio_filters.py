@@ -200,9 +200,10 @@ def test_istio_filters_pass_through_as_envoy_serves(tmp_path, upstream):
         proc, results[who] = _run(start, cfg, admin, hp, tp)
         try:
             if who == "sofamesh":
-                # 3 network filters x 2 listeners, 3 HTTP filters, 1 per-route config
+                # 2 network filters x 2 listeners (istio_authn is implemented: it sets
+                # io.istio.peer_principal), 3 HTTP filters, 1 per-route config
                 assert get(admin, "/stats?filter=^server\\.passthrough_filters$")[1] == (
-                    "server.passthrough_filters: 10\n"
+                    "server.passthrough_filters: 8\n"
                 )
         finally:
             stop(proc)
@@ -225,8 +226,9 @@ def test_validate_warns_for_each_istio_filter(tmp_path):
     r = _validate(tmp_path, bootstrap(free_port(), 0, 0, 1, True))
     assert r.returncode == 0, r.stderr
     warned = [line for line in r.stderr.splitlines() if "is passed through" in line]
-    assert len(warned) == 10, r.stderr
-    assert any("io.istio.network.authn.Config" in line for line in warned)
+    assert len(warned) == 8, r.stderr
+    # istio_authn is implemented (filters/network/set_filter_state.py), not passed through
+    assert not any("io.istio.network.authn.Config" in line for line in warned)
     assert any("envoy.wasm.metadata_exchange (Wasm null VM)" in line for line in warned)
     assert any("io.istio.http.connect_authority.Config" in line for line in warned)
 
@@ -392,7 +394,7 @@ async def test_istio_filters_over_lds_are_acked_and_pass_through(tmp_path):
         assert "listener_manager.lds.update_rejected: 0" in stats
         log = proxy.log_text()
         for what in (
-            "filter istio_authn (io.istio.network.authn.Config) is passed through",
+            "filter istio.metadata_exchange (envoy.tcp.metadataexchange.config.MetadataExchange)",
             "filter istio.metadata_exchange (envoy.wasm.metadata_exchange (Wasm null VM))",
             "filter waypoint_downstream_peer_metadata (io.istio.http.peer_metadata.Config)",
         ):
