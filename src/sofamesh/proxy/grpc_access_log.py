@@ -75,6 +75,8 @@ class GrpcAccessLog(HttpLogBuffer):
         self.dropped = stats.counter("access_logs.grpc_access_log.logs_dropped")
         self._timer: Any = None
         self._channel: GrpcUnaryChannel | None = None
+        # GrpcService.envoy_grpc.authority: the calls' :authority when set
+        self.authority = common.grpc_service.envoy_grpc.authority
         self._stream: ClientStream | None = None
         self._first = True  # the stream's next message is its first (carries the Identifier)
         self._retry: Any = None  # the reconnect timer while backing off
@@ -150,7 +152,9 @@ class GrpcAccessLog(HttpLogBuffer):
         if ch is None or (ch.host, ch.port) != addr or ch.closed:
             if ch is not None:
                 ch.close()
-            ch = self._channel = GrpcUnaryChannel(self.loop, addr[0], addr[1])
+            ch = self._channel = GrpcUnaryChannel(
+                self.loop, addr[0], addr[1], authority=self.authority
+            )
         self._first = True
         limit = MAX_QUEUED_BATCHES * max(self.buffer_size, 1024)
         s = self._stream = ch.open_stream(_METHOD, self._ended, limit, self._opened)

@@ -83,9 +83,10 @@ class LoadStatsReporter:
         from envoy.service.load_stats.v3 import lrs_pb2
 
         self.target = check_config(bootstrap)
-        self.cluster = bootstrap.cluster_manager.load_stats_config.grpc_services[
-            0
-        ].envoy_grpc.cluster_name
+        eg = bootstrap.cluster_manager.load_stats_config.grpc_services[0].envoy_grpc
+        self.cluster = eg.cluster_name
+        # envoy_grpc.authority: the stream's :authority when set
+        self.channel_options = [("grpc.default_authority", eg.authority)] if eg.authority else []
         self.backend = backend
         self.node = node
         self.node.client_features.append(SEND_ALL_FEATURE)
@@ -137,7 +138,7 @@ class LoadStatsReporter:
         import grpc
 
         pb = self.lrs_pb2
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with grpc.aio.insecure_channel(self.target, options=self.channel_options) as channel:
             call = channel.stream_stream(
                 METHOD,
                 request_serializer=pb.LoadStatsRequest.SerializeToString,

@@ -147,6 +147,8 @@ class MetricsServiceSink:
     ) -> None:
         self.Message, self.Response, self.Family = messages()
         self.target = target
+        authority = cfg.grpc_service.envoy_grpc.authority  # the calls' :authority, if set
+        self.channel_options = [("grpc.default_authority", authority)] if authority else []
         self.state = state
         self.node = node
         self.interval = interval
@@ -304,7 +306,7 @@ class MetricsServiceSink:
         backoff = 0.5
         while True:
             await self.wakeup.wait()
-            channel = grpc.aio.insecure_channel(self.target)
+            channel = grpc.aio.insecure_channel(self.target, options=self.channel_options)
             call = channel.stream_unary(
                 METHOD, request_serializer=None, response_deserializer=self.Response.FromString
             )()

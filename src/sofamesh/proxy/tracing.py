@@ -500,11 +500,19 @@ def build(
     path: str,
     egress: bool = False,
 ) -> Any:
-    """The HCM's tracer, or None when `tracing` has no provider (Envoy then traces
-    nothing: no tracer is configured). egress: the listener's traffic_direction is
-    OUTBOUND (Envoy's egress operation: CLIENT spans named "egress")."""
+    """The HCM's tracer, or None when neither `tracing` nor the bootstrap names a provider
+    (Envoy then traces nothing). Without its own provider, the HCM uses the bootstrap's
+    `tracing.http`, the server-wide default, as Envoy does. egress: the listener's
+    traffic_direction is OUTBOUND (Envoy's egress operation: CLIENT spans named
+    "egress")."""
     if not tracing.HasField("provider"):
-        return None
+        boot = getattr(server, "bootstrap", None)
+        if boot is None or not boot.tracing.HasField("http"):
+            return None
+        own = type(tracing)()
+        own.CopyFrom(tracing)
+        own.provider.CopyFrom(boot.tracing.http)
+        tracing = own
     prov = tracing.provider
     factory = PROVIDERS.get(prov.typed_config.type_url) or PROVIDERS.get(prov.name)
     if factory is None:

@@ -102,6 +102,7 @@ class OtelTracer(tracing.Tracer):
                     f"{tp}.grpc_service: only envoy_grpc is implemented by sofamesh"
                 )
             self.grpc_cluster = gs.envoy_grpc.cluster_name
+            self.grpc_authority = gs.envoy_grpc.authority or self.grpc_cluster  # Envoy's
             self.timeout = _seconds(gs.timeout, 5.0)
         elif o.HasField("http_service"):
             uri = o.http_service.http_uri
@@ -222,7 +223,7 @@ class OtelTracer(tracing.Tracer):
         if self._channel is None or self._channel_addr != addr:
             await self._close_channel()
             self._channel = grpc.aio.insecure_channel(
-                f"{addr[0]}:{addr[1]}", options=[("grpc.default_authority", self.grpc_cluster)]
+                f"{addr[0]}:{addr[1]}", options=[("grpc.default_authority", self.grpc_authority)]
             )
             self._channel_addr = addr
         call = self._channel.unary_unary(

@@ -97,6 +97,7 @@ class SkyWalkingTracer(tracing.Tracer):
                 f"{path}.custom_tags: not implemented by sofamesh for envoy.tracers.skywalking"
             )
         self.cluster = gs.envoy_grpc.cluster_name
+        self.authority = gs.envoy_grpc.authority or self.cluster  # Envoy's default
         node = getattr(getattr(server, "bootstrap", None), "node", None)
         opts = getattr(server, "options", None)
         node_cluster = getattr(opts, "service_cluster", "") or (node.cluster if node else "")
@@ -254,7 +255,7 @@ class SkyWalkingTracer(tracing.Tracer):
             md = (("authentication", self.token),) if self.token else None
             try:
                 async with grpc.aio.insecure_channel(
-                    f"{addr[0]}:{addr[1]}", options=[("grpc.default_authority", self.cluster)]
+                    f"{addr[0]}:{addr[1]}", options=[("grpc.default_authority", self.authority)]
                 ) as ch:
                     call = ch.stream_unary(
                         COLLECT,

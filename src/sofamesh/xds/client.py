@@ -530,6 +530,8 @@ class _GrpcStream:
 
         if self._channel is None:
             options = [("grpc.max_receive_message_length", 1 << 30)]
+            if self.spec.authority:
+                options.append(("grpc.default_authority", self.spec.authority))
             tls = self.client.settings.channel_tls(self.spec.cluster)
             if tls is None:
                 self._channel = grpc.aio.insecure_channel(self.spec.target, options=options)

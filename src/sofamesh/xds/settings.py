@@ -52,6 +52,7 @@ class SourceSpec:
     node_first_only: bool = False
     path: str = ""  # path: the file
     watched_dir: str = ""  # path: a move into this directory reloads the file
+    authority: str = ""  # grpc: envoy_grpc.authority, the stream's :authority when set
 
     @property
     def key(self) -> str:
@@ -119,6 +120,7 @@ def _grpc_spec(api: Any, path: str, targets: dict[str, str], kind: str) -> Sourc
         cluster=name,
         delta=api.api_type == DELTA_GRPC,
         node_first_only=api.set_node_on_first_message_only,
+        authority=api.grpc_services[0].envoy_grpc.authority,
     )
 
 

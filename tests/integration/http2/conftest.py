@@ -209,9 +209,11 @@ def bootstrap(
     hcm: dict | None = None,
     clusters: list | None = None,
     filters: list | None = None,
+    top: dict | None = None,
 ) -> dict:
     """One listener (HCM `codec_type`), clusters: grpc (HTTP/2 to the echo server), h1
-    (HTTP/1.1 recording upstream), h2dead (HTTP/2, nothing listening)."""
+    (HTTP/1.1 recording upstream), h2dead (HTTP/2, nothing listening); `top`: more
+    bootstrap fields."""
     r = routes or [
         {"match": {"prefix": "/" + SERVICE + "/", "grpc": {}}, "route": {"cluster": "grpc"}},
         {"match": {"prefix": "/dead/"}, "route": {"cluster": "h2dead"}},
@@ -236,6 +238,7 @@ def bootstrap(
     }
     h.update(hcm or {})
     return {
+        **(top or {}),
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": [

@@ -168,3 +168,23 @@ def test_zipkin_spawn_upstream_span_as_envoy(proxies):  # noqa: F811
         for a, b in zip(SPAWN_SEEN["envoy"][0], SPAWN_SEEN["sofamesh"][0], strict=True):
             assert a == b
         assert SPAWN_SEEN["envoy"] == SPAWN_SEEN["sofamesh"]
+
+
+BOOT_SEEN: dict = {}
+
+
+def test_bootstrap_tracer_is_the_default_provider(proxies):  # noqa: F811
+    """Bootstrap `tracing.http` (what Istio's pilot-agent bootstrap carries): an HCM whose
+    tracing names no provider uses it, as in Envoy; the same spans reach the collector."""
+    hcm_tracing = {k: v for k, v in ZIPKIN.items() if k != "provider"}
+    p = proxies(
+        hcm={"tracing": hcm_tracing},
+        routes=ROUTES,
+        clusters=lambda grpc_port, h1_port: [_cluster("zipkin", h1_port, False)],
+        top={"tracing": {"http": ZIPKIN["provider"]}},
+    )
+    spans, up = _run(p)
+    BOOT_SEEN[p.kind] = (spans, up)
+    assert len(spans) == 6
+    if len(BOOT_SEEN) == 2:
+        assert BOOT_SEEN["envoy"] == BOOT_SEEN["sofamesh"]

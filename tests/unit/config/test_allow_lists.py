@@ -60,11 +60,10 @@ static_resources:
 
 def test_unimplemented_cluster_field_is_refused_with_its_path(tmp_path):
     with pytest.raises(ConfigError) as e:
-        _cfg(tmp_path, CLUSTER.format(extra="    respect_dns_ttl: true"))
+        _cfg(tmp_path, CLUSTER.format(extra="    dns_jitter: 1s"))
     assert [str(p) for p in e.value.problems] == [
         (
-            "static_resources.clusters[0].respect_dns_ttl: "
-            "Cluster.respect_dns_ttl is not implemented by sofamesh"
+            "static_resources.clusters[0].dns_jitter: Cluster.dns_jitter is not implemented by sofamesh"
         )
     ]
     assert e.value.unsupported_only
@@ -155,10 +154,10 @@ def test_cluster_http1_trailers_option_is_accepted_and_read(tmp_path):
     ("opts", "refused"),
     [
         (
-            "        explicit_http_config: {http2_protocol_options: {allow_connect: true}}",
+            "        explicit_http_config: {http2_protocol_options: {allow_metadata: true}}",
             (
-                "explicit_http_config.http2_protocol_options.allow_connect: "
-                "Http2ProtocolOptions.allow_connect is not implemented by sofamesh"
+                "explicit_http_config.http2_protocol_options.allow_metadata: "
+                "Http2ProtocolOptions.allow_metadata is not implemented by sofamesh"
             ),
         ),
         (
@@ -245,11 +244,11 @@ def test_cds_cluster_with_http1_trailers_or_http2_is_accepted_and_h2_connect_ref
     assert validate_resource(h2) == []
     assert _upstream_h2(h2) == (2147483647, 268435456, 268435456, False)
     assert _upstream_h2(ok) is None
-    h2c = cluster(http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True))
+    h2c = cluster(http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_metadata=True))
     assert [p.path for p in validate_resource(h2c)] == [
         (
             "typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']"
-            ".explicit_http_config.http2_protocol_options.allow_connect"
+            ".explicit_http_config.http2_protocol_options.allow_metadata"
         )
     ]
     assert not _upstream_trailers(h2)

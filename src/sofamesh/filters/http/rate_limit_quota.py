@@ -123,6 +123,8 @@ class RlqsClient:
         self._flt = weakref.ref(flt)
         self.domain = cfg.domain
         self.cluster = cfg.rlqs_server.envoy_grpc.cluster_name
+        authority = cfg.rlqs_server.envoy_grpc.authority  # the calls' :authority, if set
+        self.channel_options = [("grpc.default_authority", authority)] if authority else []
         self.bucket_id = bucket_id
         self.loop = loop
         self.clusters = clusters
@@ -208,7 +210,9 @@ class RlqsClient:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            channel = grpc.aio.insecure_channel(f"{addr[0]}:{addr[1]}")
+            channel = grpc.aio.insecure_channel(
+                f"{addr[0]}:{addr[1]}", options=self.channel_options
+            )
             call = channel.stream_stream(
                 _METHOD,
                 request_serializer=rlqs_pb2.RateLimitQuotaUsageReports.SerializeToString,

@@ -274,6 +274,7 @@ class RateLimitFilter(HttpFilter):
             else None
         )
         self.cluster = cfg.rate_limit_service.grpc_service.envoy_grpc.cluster_name
+        self.authority = cfg.rate_limit_service.grpc_service.envoy_grpc.authority  # if set
         self.clusters = context.get("clusters") or {}
         self.local_cluster = context.get("local_cluster", "")
         self.loop = context["loop"]
@@ -351,7 +352,9 @@ class RateLimitFilter(HttpFilter):
                 self._channels.clear()
             cl = self.clusters.get(self.cluster)
             ct = getattr(cl, "connect_timeout", 5.0) or 5.0
-            ch = self._channels[addr] = GrpcUnaryChannel(self.loop, addr[0], addr[1], ct)
+            ch = self._channels[addr] = GrpcUnaryChannel(
+                self.loop, addr[0], addr[1], ct, self.authority
+            )
         return ch
 
     def _call(self, s: Any, token: object, domain: str, descs: list, dest: str) -> None:
