@@ -125,6 +125,19 @@ def flush_interval(bootstrap: Any) -> float:
     return DEFAULT_FLUSH_S
 
 
+async def flush_every(interval: float, flush: Any, logger: Any, what: str) -> None:
+    """Calls `await flush()` every `interval` seconds until cancelled; a flush that fails is
+    logged and the next one comes (the stats sinks' flush timer)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bad flush is logged; the next one comes
+            logger.exception("%s flush failed", what)
+
+
 def interval_histogram(cur: dict, prev: dict | None) -> tuple[list[int], float, int]:
     """(bucket counts, sum, count) recorded since `prev` (a histogram that went down, reset,
     counts from nothing)."""
@@ -291,14 +304,7 @@ class MetricsServiceSink:
         self._tasks = []
 
     async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bad flush is logged; the next one comes
-                log.exception("metrics service flush failed")
+        await flush_every(self.interval, self.flush, log, "metrics service")
 
     async def _send_loop(self) -> None:
         import grpc

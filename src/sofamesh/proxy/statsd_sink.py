@@ -21,7 +21,7 @@ import socket
 from typing import Any
 
 from sofamesh.proxy.errors import UnsupportedConfig
-from sofamesh.proxy.metrics_sink import flush_interval
+from sofamesh.proxy.metrics_sink import flush_every, flush_interval
 
 log = logging.getLogger("sofamesh.statsd")
 
@@ -104,18 +104,9 @@ class StatsdSink:
             if i % SLICE == SLICE - 1:
                 await asyncio.sleep(0)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bad flush is logged; the next one comes
-                log.exception("statsd flush failed")
-
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(flush_every(self.interval, self.flush, log, "statsd"))
 
     async def stop(self) -> None:
         if self._task is not None:
