@@ -320,6 +320,9 @@ class ListenerChains:
         self.server: Any = None
         self.selecting: set[_Selector] = set()
         self.only: FilterChain | None = None  # the one chain, when it matches everything
+        # Listener.filter_chain_matcher (proxy/chain_matcher.py): conn info -> chain name
+        self.matcher: Any = None
+        self.by_name: dict[str, FilterChain] = {}
         self._draining = False
         pre = f"listener.{stat_name}."
         self.no_match = stats.counter(pre + "no_filter_chain_match")
@@ -408,7 +411,11 @@ class ListenerChains:
 
     # per connection -------------------------------------------------------------
     def choose(self, c: _ConnInfo) -> FilterChain | None:
-        ch = select(self.chains, c)
+        if self.matcher is not None:  # filter_chain_matcher: the chains' own matches unused
+            name = self.matcher(c)
+            ch = self.by_name.get(name) if name is not None else None
+        else:
+            ch = select(self.chains, c)
         if ch is None:
             ch = self.default
         if ch is None:
@@ -577,6 +584,8 @@ def needs_chains(lst: Any) -> bool:
     """Whether a listener needs chain selection (else its one chain serves the socket)."""
     if len(lst.filter_chains) != 1 or lst.HasField("default_filter_chain"):
         return True
+    if lst.HasField("filter_chain_matcher"):
+        return True
     if lst.use_original_dst.value:
         return True
     ch = lst.filter_chains[0]
@@ -638,7 +647,7 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
             ch.filter_chain_match if ch.HasField("filter_chain_match") else None,
             cpath + ".filter_chain_match",
         )
-        if i >= 0:
+        if i >= 0 and not lst.HasField("filter_chain_matcher"):
             k = m.key()
             if k in seen:
                 raise UnsupportedConfig(
@@ -674,7 +683,14 @@ def build(server: Any, li: Any, lst: Any, path: str, stat_name: str) -> Listener
             f"{scoped[0]}: scoped_routes in one of several filter chains is not implemented "
             "by sofamesh (rds or an inline route_config is)"
         )
-    if len(lc.chains) == 1 and lc.default is None and lc.chains[0].match.trivial():
+    if lst.HasField("filter_chain_matcher"):
+        from sofamesh.proxy.chain_matcher import compile_chain_matcher
+
+        lc.by_name = {c.name: c for c in lc.chains if c.name}
+        lc.matcher = compile_chain_matcher(
+            lst.filter_chain_matcher, set(lc.by_name), f"{path}.filter_chain_matcher"
+        )
+    elif len(lc.chains) == 1 and lc.default is None and lc.chains[0].match.trivial():
         lc.only = lc.chains[0]
     if any(c.match.needs() for c in lc.chains) and not (lc.inspect_tls or lc.inspect_http):
         log.info(
