@@ -32,6 +32,7 @@ def listener_ports(bootstrap: dict) -> list[int]:
     return [
         int(lst["address"]["socket_address"]["port_value"])
         for lst in bootstrap.get("static_resources", {}).get("listeners", [])
+        if "address" in lst  # (an internal listener has none)
     ]
 
 

@@ -23,6 +23,7 @@ from sofamesh._core.http_common cimport (
     PAUSE_QUEUE,
 )
 from sofamesh._core.upstream cimport Cluster, Host, OUTCOME_CONNECT_SUCCESS
+from sofamesh._core.upstream import connect as dial_host
 
 # upstream connection states
 cdef enum:
@@ -139,9 +140,7 @@ cdef class ShadowConn:
         cdef double t0 = mono()
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: self, self.host.address, self.host.port,
-                    **(cl.tls.connect_kw(self.host) if cl.tls is not None else {})),
+                dial_host(self.loop, lambda: self, self.host, cl),
                 cl.connect_timeout)
         except asyncio.TimeoutError:
             cl.upstream_cx_connect_timeout.inc()
@@ -361,9 +360,7 @@ cdef class UpstreamConn(PoolConn):
         cdef double t0 = mono()
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: self, self.host.address, self.host.port,
-                    **(cl.tls.connect_kw(self.host) if cl.tls is not None else {})),
+                dial_host(self.loop, lambda: self, self.host, cl),
                 cl.connect_timeout)
         except asyncio.TimeoutError:
             cl.upstream_cx_connect_timeout.inc()

@@ -12,6 +12,7 @@ from sofamesh._core.upstream cimport (Cluster, Host, OUTCOME_CONNECT_FAILED,
                                       OUTCOME_CONNECT_SUCCESS_FINAL, OUTCOME_TIMEOUT)
 from sofamesh._core.stats cimport Store
 from sofamesh._core.router cimport rng_next
+from sofamesh._core.upstream import connect as dial_host
 from sofamesh.proxy.original_dst import local_address as _local_address
 
 
@@ -215,9 +216,7 @@ cdef class TcpDownstream:
             return
         try:
             await asyncio.wait_for(
-                self.cfg.loop.create_connection(
-                    lambda: up, up.host.address, up.host.port,
-                    **(up.cluster.tls.connect_kw(up.host) if up.cluster.tls is not None else {})),
+                dial_host(self.cfg.loop, lambda: up, up.host, up.cluster),
                 up.cluster.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             if isinstance(exc, asyncio.TimeoutError):

@@ -14,6 +14,7 @@ from sofamesh._core.upstream cimport (Cluster, Host, OUTCOME_CONNECT_FAILED, OUT
                                       OUTCOME_EXT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.codecs.rpcframe cimport ProtocolError, RpcFrame
 from sofamesh._core.rpc_tracing cimport trace_reply
+from sofamesh._core.upstream import connect as dial_host
 from sofamesh._core.codecs.bolt cimport (
     BoltFrame, BoltDecoder, rewrite_request_id as bolt_rewrite, heartbeat_ack as bolt_hb_ack,
 )
@@ -431,9 +432,7 @@ cdef class RpcUpstreams:
     async def _connect(self, UpstreamConn u):
         # the connect timeout is u's own timer (_connect_timeout), not asyncio.wait_for()
         try:
-            await self.loop.create_connection(
-                lambda: u, u.host.address, u.host.port,
-                **(u.cluster.tls.connect_kw(u.host) if u.cluster.tls is not None else {}))
+            await dial_host(self.loop, lambda: u, u.host, u.cluster)
         except OSError as exc:
             u.connect_failed(exc)
         except asyncio.CancelledError:

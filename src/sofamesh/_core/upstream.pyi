@@ -38,6 +38,8 @@ class Host:
     hc_port: int
     def __init__(self, address: str, port: int, weight: int = 1, hostname: str = "") -> None: ...
 
+def connect(loop: Any, factory: Any, host: Host, cluster: Cluster) -> Any: ...
+
 class OutlierMonitor:
     detector: Any  # proxy.outlier.Detector | WorkerDetector
     key: tuple[str, int]

@@ -34,7 +34,10 @@ cdef class Host:
     def __init__(self, str address, int port, int weight=1, str hostname=""):
         self.address = address
         self.port = port
-        self.host_port = f"{address}:{port}"
+        # an internal address (envoy://<listener>/<endpoint id>, port 0) is shown as Envoy
+        # shows it, without a port
+        self.host_port = address if port == 0 and address.startswith("envoy://") \
+            else f"{address}:{port}"
         self.hostname = hostname
         self.weight = weight if weight > 0 else 1
         self.healthy = True
@@ -53,6 +56,16 @@ cdef class Host:
         if self.outlier is None:
             return 0
         return (<OutlierMonitor>self.outlier).put(result)
+
+
+def connect(loop, factory, Host host, Cluster cluster):
+    """loop.create_connection(factory, ...) to `host` (a coroutine): plain TCP to
+    host:port, or through the cluster's transport when it has one (`tls`:
+    proxy.tls.UpstreamTransport, or proxy.internal_listener.InternalTransport for internal
+    addresses); each has connect(loop, factory, host). Every upstream pool dials here."""
+    if cluster.tls is None:
+        return loop.create_connection(factory, host.address, host.port)
+    return cluster.tls.connect(loop, factory, host)
 
 
 cdef class OutlierMonitor:

@@ -97,7 +97,6 @@ GAPS: list[Gap] = [
         "rtds_layer",
         "RTDS runtime layer is not implemented by sofamesh",
     ),
-    Gap("envoy.config.bootstrap.v3.Bootstrap", "tracing", "tracing is not implemented by sofamesh"),
     Gap(
         "envoy.config.bootstrap.v3.Bootstrap",
         "stats_flush_on_admin",
@@ -141,11 +140,6 @@ GAPS: list[Gap] = [
         "envoy.config.listener.v3.Filter",
         "config_discovery",
         "filter config discovery (ECDS) is not implemented by sofamesh",
-    ),
-    Gap(
-        "envoy.config.core.v3.Address",
-        "envoy_internal_address",
-        "internal addresses are not implemented by sofamesh",
     ),
 ]
 
@@ -221,8 +215,8 @@ NO_EFFECT: dict[str, dict[str, str]] = {
 # Bootstrap extensions accepted, by config type (direct or in a TypedStruct), and why.
 BOOTSTRAP_EXTENSIONS = {
     "envoy.extensions.bootstrap.internal_listener.v3.InternalListener": (
-        "enables internal listeners; Listener.internal_listener and internal addresses are "
-        "refused where configured, so with any accepted config it changes nothing"
+        "enables internal listeners (Listener.internal_listener, reached by internal "
+        "addresses: proxy/internal_listener.py); buffer_size_kb sizes their socket buffers"
     ),
 }
 # Fields judged whole by their ALLOWED_IF rule: the walk does not judge what is inside.
@@ -299,8 +293,8 @@ ALLOWED_IF: dict[tuple[str, str], tuple[Callable[[object], bool], str]] = {
     ("envoy.config.bootstrap.v3.Bootstrap", "bootstrap_extensions"): (
         _known_bootstrap_extensions,
         (
-            "only envoy.bootstrap.internal_listener (internal listeners, which it enables, "
-            "are refused where configured, so it changes nothing)"
+            "only envoy.bootstrap.internal_listener (internal listeners, which it enables: "
+            "proxy/internal_listener.py)"
         ),
     ),
     (_LS + "Listener", "bind_to_port"): (

@@ -31,6 +31,7 @@ _BUILTIN = [
     "sofamesh.filters.istio",
     "sofamesh.filters.listener.inspectors",  # tls_inspector, http_inspector
     "sofamesh.proxy.tls",  # transport sockets envoy.transport_sockets.tls / raw_buffer
+    "sofamesh.proxy.internal_listener",  # transport socket internal_upstream
     "sofamesh.proxy.grpc_access_log",  # access logger envoy.access_loggers.http_grpc
     "sofamesh.proxy.tcp_grpc_access_log",  # envoy.access_loggers.tcp_grpc (tcp_proxy)
     "sofamesh.proxy.stream_access_log",  # envoy.access_loggers.stdout / stderr
@@ -39,6 +40,8 @@ _BUILTIN = [
     "sofamesh.proxy.metrics_sink",  # stats sink envoy.stat_sinks.metrics_service
     "sofamesh.proxy.statsd_sink",  # stats sink envoy.stat_sinks.statsd (UDP)
     "sofamesh.proxy.tracing",  # tracer envoy.tracers.zipkin
+    "sofamesh.proxy.dns",  # DNS resolver envoy.network.dns_resolver.cares
+    "sofamesh.proxy.chain_matcher",  # Listener.filter_chain_matcher's inputs and action
     "sofamesh.proxy.lua_cluster",  # cluster specifier envoy.router.cluster_specifier_plugin.lua
 ]
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sofamesh._core.http_proxy import HcmConfig
-from sofamesh.proxy import hot_restart, localities, sds, zone_aware
+from sofamesh.proxy import hot_restart, internal_listener, localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.routes import compile_route_config, compile_vhosts
 from sofamesh.proxy.xds_shapes import (
@@ -495,10 +495,9 @@ class DynamicConfig:
         srv._rt[dc.name] = dc.rt
         self.active_clusters[dc.name] = dc
         if dc.rt.dns_targets and dc.rt.dns_task is None:
-            cfg = dc.config
-            rate = 5.0
-            if cfg.HasField("dns_refresh_rate"):
-                rate = max(cfg.dns_refresh_rate.ToNanoseconds() / 1e9, 0.001)
+            from sofamesh.proxy.dns import refresh_rate
+
+            rate = refresh_rate(dc.config)
             dc.rt.dns_task = asyncio.get_running_loop().create_task(srv._dns_loop(dc.rt, rate))
         if prev is not None and old_rt is not None and old_rt is not dc.rt:
             self._retire(old_rt)
@@ -573,9 +572,9 @@ class DynamicConfig:
             self.endpoints[name] = _Held(version, cla, raw, lazy=True)
             for i, dc in enumerate(users):
                 # a Host carries its cluster's pools: each cluster gets its own
-                localities.set_assignment(
-                    dc.rt.cluster, cla, hosts if i == 0 else hosts_from_assignment(cla)
-                )
+                mine = hosts if i == 0 else hosts_from_assignment(cla)
+                internal_listener.adopt_hosts(self.server, dc.rt.cluster, mine)
+                localities.set_assignment(dc.rt.cluster, cla, mine)
                 if dc.rt.cluster.tls is not None:  # transport_socket_matches by metadata
                     dc.rt.cluster.tls.learn(cla)
                 _eds_bump(dc, _SUCCESS)
@@ -644,7 +643,8 @@ class DynamicConfig:
             rds.append((rname, _chain_view(view, index), rhcm))
         hcm = single_hcm(lst)
         sa = lst.address.socket_address
-        addr = (sa.address, sa.port_value)
+        internal = lst.HasField("internal_listener")  # no socket (proxy/internal_listener.py)
+        addr = (f"envoy://{name}/", 0) if internal else (sa.address, sa.port_value)
         active = self.active_listeners.get(name)
         old_warming = self.warming_listeners.pop(name, None)
         if old_warming is not None and (active is None or old_warming.server is not active.server):
@@ -654,10 +654,15 @@ class DynamicConfig:
         else:
             acceptor = _Acceptor(view)
             reuse_port = int(getattr(srv.options, "concurrency", 1) or 1) > 1
-            server = await hot_restart.listen(  # (on the previous epoch's socket, if any)
-                srv._loop, srv.admit(acceptor, lst), name, sa.address, sa.port_value,
-                reuse_port, False,
-            )  # fmt: skip
+            if internal:  # in this Server's registry once active
+                server = await internal_listener.serve(
+                    srv, name, srv.admit(acceptor, lst), "", False
+                )
+            else:
+                server = await hot_restart.listen(  # (on the previous epoch's socket, if any)
+                    srv._loop, srv.admit(acceptor, lst), name, sa.address, sa.port_value,
+                    reuse_port, False,
+                )  # fmt: skip
         bound = server.sockets[0].getsockname()
         dl = _DynListener(name, version, lst, raw, view, addr, acceptor, server, rds, hcm)
         dl.rds_sources = rds_sources

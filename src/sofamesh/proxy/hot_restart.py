@@ -526,6 +526,9 @@ class ServerSuccessor:
                 parts
                 and all(isinstance(p, kinds) for p in parts)
                 and not getattr(li.hcm, "gates", None)  # (connection_limit, rbac: drained)
+                # an internal listener's connection is one end of an in-process socket pair
+                # (proxy/internal_listener.py): it stays, with its other end, and drains
+                and not li.config.HasField("internal_listener")
             ):
                 li.draining = True
                 if li.server is not None:

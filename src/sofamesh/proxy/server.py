@@ -17,7 +17,7 @@ from typing import Any
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.stats import Store
 from sofamesh._core.upstream import Cluster
-from sofamesh.proxy import hot_restart, localities, sds, zone_aware
+from sofamesh.proxy import dns, hot_restart, internal_listener, localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.filter_state import ConnState
 from sofamesh.proxy.http_options import dur as _dur
@@ -35,7 +35,10 @@ def _bump(c: Any) -> None:
 
 def _listener_name(lst: Any) -> str:
     """A listener's stats name when it has no stat_prefix: `<ip>_<port>`, or a pipe's path
-    (Envoy: listener./run/x.sock.downstream_cx_total)."""
+    (Envoy: listener./run/x.sock.downstream_cx_total), or `envoy_internal_<name>` for an
+    internal listener (proxy/internal_listener.py)."""
+    if lst.HasField("internal_listener"):
+        return internal_listener.stat_name(lst)
     if lst.address.HasField("pipe"):
         return lst.address.pipe.path
     sa = lst.address.socket_address
@@ -78,6 +81,8 @@ class _ClusterRuntime:
     cluster: Cluster
     dns_task: Any = None
     dns_targets: list = field(default_factory=list)
+    dns_cfg: Any = None  # proxy.dns.ResolverConfig: its own resolver, else getaddrinfo
+    dns_ttl: float = 0.0  # the last answer's TTL (respect_dns_ttl), 0: unknown
 
 
 class _Unbound:
@@ -148,6 +153,8 @@ class Server:
         # set by proxy.workers in a pool's worker: outlier detection decides in the main
         # process (proxy.outlier.WorkerLink)
         self.outlier_link: Any = None
+        # internal listeners by name (proxy/internal_listener.py), made at the first one
+        self.internal: Any = None  # internal_listener.Registry
 
     # ---------------------------------------------------------------- build
     def _build_clusters(self) -> None:
@@ -226,6 +233,17 @@ class Server:
             for li, lbe in enumerate(e.lb_endpoints):
                 sa = lbe.endpoint.address.socket_address
                 epath = f"{path}.load_assignment.endpoints[{ei}].lb_endpoints[{li}]"
+                w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
+                internal = internal_listener.host_address(lbe.endpoint.address)
+                if internal is not None:  # envoy_internal_address: an internal listener
+                    if ctype != "STATIC":
+                        raise UnsupportedConfig(
+                            f"{epath}.endpoint.address.envoy_internal_address: internal "
+                            f"addresses in {ctype} clusters are not implemented by sofamesh"
+                        )
+                    attrs = localities.endpoint_attrs(e, lbe)
+                    hosts.append(localities.make_host(internal[0], internal[1], w, attrs))
+                    continue
                 if lbe.endpoint.address.HasField("pipe"):
                     # a gRPC service's cluster (config/validate.py allows pipes nowhere else):
                     # the xDS client dials it as unix:<path> (xds/settings.py static_targets)
@@ -234,7 +252,6 @@ class Server:
                     raise UnsupportedConfig(
                         f"{epath}.endpoint.address: only socket addresses are supported"
                     )
-                w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
                 attrs = localities.endpoint_attrs(e, lbe)
                 if ctype == "STATIC":
                     try:
@@ -272,7 +289,11 @@ class Server:
         from sofamesh.proxy import outlier, tls
 
         # transport_socket(_matches); an HTTP/2 cluster offers ALPN h2 unless configured (Envoy)
-        cl.tls = tls.upstream_transport(c, self.stats, path, self, h2=kw.get("h2") is not None)
+        alpn_h2 = kw.get("h2") is not None
+        # internal addresses / internal_upstream (proxy/internal_listener.py), else TLS or None
+        cl.tls = internal_listener.cluster_transport(c, self, path, alpn_h2)
+        if cl.tls is None:
+            cl.tls = tls.upstream_transport(c, self.stats, path, self, h2=alpn_h2)
         lb = c.common_lb_config
         if lb.HasField("healthy_panic_threshold"):  # else Envoy's 50%
             cl.panic_threshold = lb.healthy_panic_threshold.value
@@ -286,12 +307,18 @@ class Server:
             else:
                 cl.outlier = outlier.Detector(cl, od, self.stats, self._outlier_events())
             cl.outlier.hosts_changed()
+        if isinstance(cl.tls, internal_listener.InternalTransport) and hc is not None:
+            raise UnsupportedConfig(
+                f"{path}.health_checks: health checks of a cluster of internal addresses are "
+                "not implemented by sofamesh"
+            )
         if cl.tls is not None and hc is not None:
             raise UnsupportedConfig(
                 f"{path}.health_checks: health checks of a TLS cluster are not implemented "
                 "by sofamesh"
             )
-        return _ClusterRuntime(cl, dns_targets=targets)
+        rc = dns.config_of(c, self.bootstrap, path) if targets else None
+        return _ClusterRuntime(cl, dns_targets=targets, dns_cfg=rc)
 
     def _outlier_events(self) -> Any:
         """The bootstrap's cluster_manager.outlier_detection.event_log_path, shared by
@@ -366,10 +393,7 @@ class Server:
         for rt in self._rt.values():
             if rt.dns_targets:
                 await self._resolve(rt)
-                rate = 5.0
-                cfg = rt.cluster.config
-                if cfg.HasField("dns_refresh_rate"):
-                    rate = max(_dur(cfg.dns_refresh_rate), 0.001)
+                rate = dns.refresh_rate(rt.cluster.config)
                 rt.dns_task = self._loop.create_task(self._dns_loop(rt, rate))
         if self.health_link is None and self.bootstrap.HasField("dynamic_resources"):
             from sofamesh.proxy.health_check import LocalLink
@@ -438,7 +462,12 @@ class Server:
         view = self._listener_view(li, lst)
         assert self._loop is not None
         srv: Any
-        if lst.HasField("bind_to_port") and not lst.bind_to_port.value:
+        if lst.HasField("internal_listener"):  # reached by internal addresses only
+            srv = await internal_listener.serve(
+                self, lst.name, self.admit(view.protocol_factory, lst), _listener_path(li), serve
+            )
+            bound = srv.getsockname()
+        elif lst.HasField("bind_to_port") and not lst.bind_to_port.value:
             # built, listed and counted, but no socket: a use_original_dst listener hands
             # it the connections to its address (Server.listener_for), as in Envoy
             srv = _Unbound(sa.address, sa.port_value)
@@ -564,7 +593,9 @@ class Server:
 
         path = _listener_path(li)
         sa = lst.address.socket_address
-        if not sa.address and not lst.address.HasField("pipe"):
+        if not sa.address and not (
+            lst.address.HasField("pipe") or lst.HasField("internal_listener")
+        ):
             raise UnsupportedConfig(f"{path}.address: only socket and pipe addresses are supported")
         if listener_chains.needs_chains(lst):
             stat_name = lst.stat_prefix or _listener_name(lst)
@@ -671,29 +702,39 @@ class Server:
         hosts = []
         cfg = rt.cluster.config
         logical = cfg is not None and cfg.type == 2  # LOGICAL_DNS: first address only
+        ttls = []
         for name, port, w, attrs in rt.dns_targets:
             try:
-                infos = await self._loop.getaddrinfo(
-                    name, port, type=socket.SOCK_STREAM, family=socket.AF_INET
-                )
-            except OSError as e:
+                if rt.dns_cfg is not None:  # its own resolvers, or TTLs wanted (proxy/dns.py)
+                    answer = await dns.resolve(name, rt.dns_cfg)
+                    ttls += [t for _, t in answer]
+                    ips = [a for a, _ in answer]
+                else:
+                    infos = await self._loop.getaddrinfo(
+                        name, port, type=socket.SOCK_STREAM, family=socket.AF_INET
+                    )
+                    ips = [str(info[4][0]) for info in infos]
+            except (OSError, dns.DnsError) as e:
                 log.warning("cluster %s: DNS resolution of %s failed: %s", rt.cluster.name, name, e)
                 _bump(self.stats.counter(f"cluster.{rt.cluster.name}.update_failure"))
                 return
             seen = set()
-            for info in infos:
-                ip = str(info[4][0])
+            for ip in ips:
                 if ip not in seen:
                     seen.add(ip)
                     hosts.append(localities.make_host(ip, port, w, attrs, name))
                     if logical:
                         break
+        rt.dns_ttl = float(min(ttls)) if ttls else 0.0
         _bump(self.stats.counter(f"cluster.{rt.cluster.name}.update_success"))
         rt.cluster.set_hosts(hosts)
 
     async def _dns_loop(self, rt: _ClusterRuntime, rate: float) -> None:
+        """Resolves again every `rate` (dns_refresh_rate), or, with respect_dns_ttl, when
+        the last answer's TTL runs out (Envoy's; an answer without a TTL: the rate)."""
+        respect = rt.cluster.config is not None and rt.cluster.config.respect_dns_ttl
         while True:
-            await asyncio.sleep(rate)
+            await asyncio.sleep(rt.dns_ttl if respect and rt.dns_ttl > 0 else rate)
             await self._resolve(rt)
 
     # ---------------------------------------------------------------- live updates
@@ -724,11 +765,12 @@ class Server:
             for lbe in e.lb_endpoints:
                 sa = lbe.endpoint.address.socket_address
                 w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
-                h = localities.make_host(
-                    sa.address, sa.port_value, w, localities.endpoint_attrs(e, lbe)
-                )
+                addr = internal_listener.host_address(lbe.endpoint.address)
+                address, port = addr if addr is not None else (sa.address, sa.port_value)
+                h = localities.make_host(address, port, w, localities.endpoint_attrs(e, lbe))
                 h.healthy = lbe.health_status not in (2, 3, 4)  # UNHEALTHY, DRAINING, TIMEOUT
                 hosts.append(h)
+        internal_listener.adopt_hosts(self, cl, hosts)
         localities.set_assignment(cl, load_assignment, hosts)
         if cl.tls is not None:
             cl.tls.learn(load_assignment)

@@ -675,6 +675,10 @@ class UpstreamTransport:
             raise ssl.SSLError("TLS context not ready: waiting for its SDS secret")
         return {"ssl": tc.context, "server_hostname": tc.sni or ""}
 
+    def connect(self, loop: Any, factory: Any, host: Any) -> Any:
+        """The create_connection coroutine to `host` (upstream.connect, every pool's dial)."""
+        return loop.create_connection(factory, host.address, host.port, **self.connect_kw(host))
+
 
 def upstream_transport(
     c: Any, store: Any, path: str, server: Any = None, h2: bool = False

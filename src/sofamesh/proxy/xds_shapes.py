@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 from sofamesh._core.upstream import Host
-from sofamesh.proxy import localities
+from sofamesh.proxy import internal_listener, localities
 from sofamesh.proxy.errors import UnsupportedConfig
 
 _HCM_URL = (
@@ -23,19 +23,21 @@ def hosts_from_assignment(cla: Any) -> list[Host]:
     for ei, e in enumerate(cla.endpoints):
         for hi, lbe in enumerate(e.lb_endpoints):
             sa = lbe.endpoint.address.socket_address
-            try:
-                socket.inet_pton(
-                    socket.AF_INET6 if ":" in sa.address else socket.AF_INET, sa.address
-                )
-            except OSError:
-                raise UnsupportedConfig(
-                    f"endpoints[{ei}].lb_endpoints[{hi}].endpoint.address.socket_address"
-                    f".address: malformed IP address: {sa.address}"
-                ) from None
+            # an internal listener's address (proxy/internal_listener.py), or an IP
+            addr = internal_listener.host_address(lbe.endpoint.address)
+            if addr is None:
+                try:
+                    socket.inet_pton(
+                        socket.AF_INET6 if ":" in sa.address else socket.AF_INET, sa.address
+                    )
+                except OSError:
+                    raise UnsupportedConfig(
+                        f"endpoints[{ei}].lb_endpoints[{hi}].endpoint.address.socket_address"
+                        f".address: malformed IP address: {sa.address}"
+                    ) from None
+                addr = (sa.address, sa.port_value)
             w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
-            h = localities.make_host(
-                sa.address, sa.port_value, w, localities.endpoint_attrs(e, lbe)
-            )
+            h = localities.make_host(addr[0], addr[1], w, localities.endpoint_attrs(e, lbe))
             h.healthy = lbe.health_status not in (2, 3, 4)  # UNHEALTHY, DRAINING, TIMEOUT
             hosts.append(h)
     return hosts
