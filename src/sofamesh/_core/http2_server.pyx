@@ -393,9 +393,12 @@ cdef class H2Stream(RouterStream):
                 if cfg.stream_idle_timeout > 0 else 0
             self._arm_stream_timer()
         if h.method_ == b"CONNECT":
-            # extended CONNECT (websocket over HTTP/2) is not implemented
-            self.resp_flags = "DPE"
-            return self._local_reply(403, b"", None, False)
+            if h.path_ is not None:
+                # extended CONNECT (RFC 8441: :protocol and :path; websocket over HTTP/2)
+                # is not implemented
+                self.resp_flags = "DPE"
+                return self._local_reply(403, b"", None, False)
+            return self._begin_connect(h)
         if h.find_from("expect", 6, 0) >= 0 and h.get_all(b"expect").lower() == b"100-continue":
             # Envoy answers 100-continue itself (no proxy_100_continue) and drops the header
             h.remove(b"expect")
@@ -405,6 +408,25 @@ cdef class H2Stream(RouterStream):
         if cfg.overload_reject and overload_hit(cfg.overload_reject):  # stop_accepting_requests
             return self._overloaded()
         self.route = cfg.routes.route(h)
+        self.fidx = 0
+        return self._decode_continue()
+
+    cdef int _begin_connect(self, HeaderList h) except -1:
+        """A CONNECT stream (RFC 9113 8.5): an upgrade of type CONNECT as on HTTP/1.1
+        (http_proxy._on_connect_head); on a route with connect_config its DATA frames are
+        the tunnel's bytes and END_STREAM its half close (tcp_upstream)."""
+        cdef HcmConfig cfg = self.cfg
+        if cfg.overload_reject and overload_hit(cfg.overload_reject):
+            return self._overloaded()
+        self.route = cfg.routes.route(h)
+        if b"connect" in cfg.upgrades or \
+                (self.route is not None and b"connect" in self.route.upgrades):
+            cfg.cx_upgrades_total.inc()
+        elif self.route is not None:    # no route at all: the router's 404 (Envoy)
+            cfg.rq_ws_on_non_ws_route.inc()
+            self.conn.close()   # Envoy drains the connection: GOAWAY before the 403
+            return self._local_reply(403, b"", None, False)
+        self.connect = self.route is not None and self.route.connect_term
         self.fidx = 0
         return self._decode_continue()
 
@@ -704,7 +726,17 @@ cdef class H2Stream(RouterStream):
         return self.conn._stream_ended(self)
 
     cdef int _write(self, bytes data) except -1:
-        return 0            # no tunnels on HTTP/2 streams
+        # a terminated CONNECT's upstream bytes: DATA frames of this stream
+        self.bytes_tx += PyBytes_GET_SIZE(data)
+        return self._h2_data(data, False)
+
+    cdef int _tunnel_closed(self) except -1:
+        # the CONNECT upstream's end: END_STREAM (a reset with NO_ERROR follows when the
+        # client has not ended its side, as after any complete response)
+        if self.state == DS_CLOSED:
+            return 0
+        self._on_upstream_complete(None)
+        return self.conn.flush()
 
     cdef int _pause(self, int reason) except -1:
         self.pause_mask |= reason

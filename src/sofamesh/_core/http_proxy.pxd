@@ -38,6 +38,7 @@ cdef class DownstreamConn(RouterStream):
     cdef int _count_http1(self) except -1
     cdef int _process(self, bytes data, Py_ssize_t off) except -1
     cdef int _on_head(self) except -1
+    cdef int _on_connect_head(self) except -1
     cdef int _request_complete(self) except -1
     cdef int _request_body(self, bytes data, Py_ssize_t off, Py_ssize_t k) except -1
     cdef int _decode_data(self, bytes data, bint end_stream) except -1

@@ -170,7 +170,12 @@ cdef class DownstreamConn(RouterStream):
 
     def eof_received(self):
         # A client FIN closes the connection and resets an in-flight request, as Envoy
-        # does for HTTP/1.1 (no half-close support on HTTP streams).
+        # does for HTTP/1.1 (no half-close support on HTTP streams), but in a terminated
+        # CONNECT's tunnel: there it half-closes the upstream (Envoy's end_stream).
+        if self.connect and self.state == DS_TUNNEL and self.up is not None:
+            self.ds_eof = True
+            self.up.encode_data(b"", True)
+            return True
         return False
 
     def connection_lost(self, exc):
@@ -185,7 +190,13 @@ cdef class DownstreamConn(RouterStream):
             cfg.cx_http1_active.dec()
         cfg.listener_cx_active.dec()
         cfg.cx_destroy.inc()
-        if self.close_after or prev == DS_CLOSED:
+        if self.ds_eof:
+            # Envoy: the client's half close ended the CONNECT stream's request side, the
+            # upstream's end closed the connection; counted as the client's close
+            cfg.cx_destroy_remote.inc()
+            if self.in_request:
+                cfg.rq_rx_reset.inc()
+        elif self.close_after or prev == DS_CLOSED:
             cfg.cx_destroy_local.inc()
         else:
             cfg.cx_destroy_remote.inc()
@@ -432,6 +443,7 @@ cdef class DownstreamConn(RouterStream):
             cfg.cx_overload_disable_keepalive.inc()
         if h.method_len == 7 and h.base[0] == 67 and h.base[1] == 79 and h.base[2] == 78:
             self.close_after = True     # CONNECT: the connection is never reused (Envoy)
+            return self._on_connect_head()
         if h.minor == 0 and not cfg.accept_http_10:
             self.close_after = True
             cfg.cx_protocol_error.inc()
@@ -457,6 +469,37 @@ cdef class DownstreamConn(RouterStream):
                 return self._local_reply(403, b"", None, True)
             cfg.cx_upgrades_total.inc()
             cfg.cx_upgrades_active.inc()
+        self.fidx = 0
+        return self._decode_continue()
+
+    cdef int _on_connect_head(self) except -1:
+        """A CONNECT request: an upgrade of type CONNECT (HCM or route upgrade_configs,
+        else 403 as Envoy). On a route with connect_config it is terminated here: the
+        router opens a raw TCP connection (tcp_upstream), its 200 starts the tunnel
+        (_on_upstream_head); the request has no end until the client half-closes."""
+        cdef HcmConfig cfg = self.cfg
+        cdef Head h = self.h1
+        if h.minor == 0 and not cfg.accept_http_10:
+            cfg.cx_protocol_error.inc()
+            return self._local_reply(426, b"Upgrade Required", None, True)
+        h.drop_connection_headers(True, True)
+        if cfg.overload_reject and overload_hit(cfg.overload_reject):
+            return self._overloaded()
+        self.route = cfg.routes.route(h)
+        if b"connect" in cfg.upgrades or \
+                (self.route is not None and b"connect" in self.route.upgrades):
+            self.upgrade = True     # counted in cx_upgrades_active until the close
+            cfg.cx_upgrades_total.inc()
+            cfg.cx_upgrades_active.inc()
+        elif self.route is not None:
+            # Envoy refuses an upgrade its route does not allow; with no route at all the
+            # router answers 404
+            cfg.rq_ws_on_non_ws_route.inc()
+            return self._local_reply(403, b"", None, True)
+        if self.route is not None and self.route.connect_term:
+            self.connect = True
+            self.req_done = False
+            self.up_end = False
         self.fidx = 0
         return self._decode_continue()
 
@@ -509,13 +552,19 @@ cdef class DownstreamConn(RouterStream):
         self._hcm_response(rh, status, end_stream)
         self.resp_started = True
         self.cluster.count_status(status)
-        self._encode_headers(rh, end_stream, self.close_after and status != 101)
-        if status == 101 and self.upgrade:
+        self._encode_headers(rh, end_stream,
+                             self.close_after and status != 101 and not self.connect)
+        if (status == 101 and self.upgrade) or self.connect:
             self._flush_out()
             self.state = DS_TUNNEL
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
+            if self.pending is not None:    # the client's bytes sent ahead of the 200
+                p = self.pending
+                self.pending = None
+                self._resume(PAUSE_PIPELINE)
+                self._tunnel_up(p)
         return True
 
     cdef int _on_upstream_data(self, bytes data, bint end_stream) except -1:
@@ -595,7 +644,7 @@ cdef class DownstreamConn(RouterStream):
                 h.add(b"content-length", b"0")
             elif minor:
                 h.add(b"transfer-encoding", b"chunked")
-        if status == 101 and self.upgrade:
+        if (status == 101 and self.upgrade) or self.connect:
             framing = FR_NONE
         else:
             framing = response_framing(h, minor, end_stream)

@@ -12,6 +12,7 @@ from sofamesh._core.http_tracing cimport (decorate, inject_trace, start_trace, t
                                           TRACE_B3, TRACE_SW8)
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn, mirror_headers
+from sofamesh._core.tcp_upstream cimport TcpUpstreamConn
 from sofamesh._core.http_common cimport (
     mono, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT,
@@ -373,14 +374,17 @@ cdef class RouterStream(HttpStream):
         elif cfg.strip_any_host_port:
             h.set_authority(strip_port(h.authority()))
         if cfg.use_remote_address:
-            if not cfg.skip_xff_append:
+            # a peer that is no IP (an internal listener's, a pipe's: xff_ip None) is neither
+            # appended nor named, as Envoy's appendXff and isInternalAddress do
+            if not cfg.skip_xff_append and self.xff_ip is not None:
                 v = h.get_all(b"x-forwarded-for")
                 h.remove(b"x-forwarded-for")
                 h.add(b"x-forwarded-for", v + b"," + self.xff_ip if v else self.xff_ip)
             h.remove(b"x-forwarded-proto")
             h.add(b"x-forwarded-proto", cfg.scheme if cfg.scheme is not None else b"http")
             # an edge request (no internal_address_config): Envoy names the peer
-            h.add(b"x-envoy-external-address", self.remote_ip)
+            if self.xff_ip is not None:
+                h.add(b"x-envoy-external-address", self.remote_ip)
         elif h.find_from("x-forwarded-proto", 17, 0) < 0:
             h.add(b"x-forwarded-proto", cfg.scheme if cfg.scheme is not None else b"http")
         if regen:
@@ -450,7 +454,7 @@ cdef class RouterStream(HttpStream):
         # Envoy's upstream service time runs from the request's last byte sent upstream
         self.service_ms = <int>((mono() - (self.t_sent if self.t_sent > self.t_upstream
                                            else self.t_upstream)) * 1000)
-        if status != 101 or not self.upgrade:
+        if (status != 101 or not self.upgrade) and not self.connect:
             rh.add(b"x-envoy-upstream-service-time", PyBytes_FromFormat("%d", self.service_ms))
         if route.attempt_count_resp:
             rh.remove(b"x-envoy-attempt-count")
@@ -609,6 +613,10 @@ cdef class RouterStream(HttpStream):
         self.host = host
         if self.tried_hosts is not None:
             self.tried_hosts.append(host)
+        if self.connect:
+            # a terminated CONNECT: its own raw TCP connection, never pooled (Envoy's
+            # TcpUpstream)
+            return self._attach(TcpUpstreamConn(cl, host, self.cfg.loop))
         # both pools queue on Host.waiting, so either one's cancel() takes a waiter back;
         # h2[3]: HTTP/2 only for HTTP/2 requests (use_downstream_protocol_config)
         if (self.cfg.pool2 if cl.h2 is not None and (not cl.h2[3] or self.http_version == 20)

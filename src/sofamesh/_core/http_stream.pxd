@@ -126,6 +126,10 @@ cdef class HttpStream(UpstreamCallbacks):
     cdef bint resp_chunk_encode
     cdef bint in_request
     cdef bint upgrade
+    # a CONNECT terminated here (the route's connect_config): a raw TCP upstream
+    # (tcp_upstream); set on CONNECT only, which is a connection's last request
+    cdef bint connect
+    cdef bint ds_eof                    # CONNECT tunnel: the client half-closed
     cdef bint head_req                  # a HEAD request: the response has no body
     cdef int resp_framing               # the downstream codec's framing of the response body
     cdef bint stopped

@@ -12,6 +12,7 @@ cdef enum:
     PM_PATH = 1
     PM_REGEX = 2
     PM_SEP_PREFIX = 3       # path_separated_prefix
+    PM_CONNECT = 4          # connect_matcher: CONNECT requests only, whatever the path
 
 cdef enum:
     SM_EXACT = 0
@@ -117,6 +118,9 @@ cdef class Route:
     cdef readonly frozenset resp_remove
     cdef readonly dict filter_config      # per-filter config: {filter name: message}
     cdef readonly frozenset upgrades      # frozenset[bytes], enabled upgrade types ('websocket')
+    # upgrade_configs CONNECT with connect_config: a CONNECT request is terminated here (a
+    # raw TCP connection to the cluster, 200, then bytes both ways: tcp_upstream)
+    cdef readonly bint connect_term
     cdef readonly object vhost_name
     cdef readonly tuple hash_headers      # hash_policy: ((bytes lower name, bint terminal), ...)
     cdef readonly tuple mirrors           # request_mirror_policies: ((cluster, ppm, no_suffix),)

@@ -146,8 +146,9 @@ cdef class Route:
                  decorator=None, plugin=None, double max_grpc_timeout=-1.0,
                  double grpc_offset=0.0, bint attempt_count=False,
                  bint attempt_count_resp=False, int prev_hosts=-1,
-                 int cluster_not_found=503):
+                 int cluster_not_found=503, bint connect_term=False):
         self.name = name
+        self.connect_term = connect_term
         self.prev_hosts = prev_hosts
         self.cluster_not_found = cluster_not_found
         self.max_grpc_timeout = max_grpc_timeout
@@ -250,7 +251,10 @@ cdef class Route:
         cdef int qpos = n if q == NULL else <int>(q - p)
         cdef HeaderMatcher hm
         cdef QueryMatcher qm
-        if not self.path_matches(p, n, qpos):
+        if self.pm == PM_CONNECT:
+            if h.method() != b"CONNECT":
+                return False
+        elif not self.path_matches(p, n, qpos):
             return False
         for hm in self.headers:
             if not hm.matches(h):
@@ -389,6 +393,7 @@ PATH_PREFIX = PM_PREFIX
 PATH_EXACT = PM_PATH
 PATH_REGEX = PM_REGEX
 PATH_SEPARATED_PREFIX = PM_SEP_PREFIX
+PATH_CONNECT = PM_CONNECT
 S_EXACT = SM_EXACT
 S_PREFIX = SM_PREFIX
 S_SUFFIX = SM_SUFFIX

@@ -34,6 +34,8 @@ _CMP = "envoy.extensions.filters.http.compressor.v3.Compressor"
 _DCMP = "envoy.extensions.filters.http.decompressor.v3.Decompressor"
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.config.bootstrap.v3.Bootstrap": (
+        "typed_dns_resolver_config",  # the clusters' default resolver (proxy/dns.py)
+        "dns_resolution_config",
         "node",
         "static_resources",
         "dynamic_resources",
@@ -44,9 +46,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "overload_manager",
         "application_log_config",  # text_format: the log line format (proxy/cli.py)
         "cluster_manager",  # checked field by field below
-        # Istio's envoy.bootstrap.internal_listener only (ALLOWED_IF, BOOTSTRAP_EXTENSIONS)
+        # envoy.bootstrap.internal_listener only (ALLOWED_IF, BOOTSTRAP_EXTENSIONS): its
+        # buffer_size_kb sizes internal connections' socket buffers (proxy/internal_listener.py)
         "bootstrap_extensions",
         "deferred_stat_options",  # cluster traffic stats hidden until used (stats_config.py)
+        # tracing.http: the provider of HCMs whose tracing names none (proxy/tracing.py)
+        "tracing",
         # envoy.stat_sinks.metrics_service and statsd (proxy/metrics_sink.py, statsd_sink.py)
         "stats_sinks",
         "stats_flush_interval",
@@ -78,7 +83,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     # timeout: the call's deadline where a unary call is made (the OTLP export)
     "envoy.config.core.v3.GrpcService": ("envoy_grpc", "timeout"),
-    # authority: the call's :authority (ext_authz; the cluster name when unset, as Envoy)
+    # authority: the calls' :authority, for every gRPC client (ext_authz, ratelimit, the
+    # gRPC access logs, metrics service, RLQS, xDS, LRS, OpenTelemetry, SkyWalking)
     "envoy.config.core.v3.GrpcService.EnvoyGrpc": ("cluster_name", "authority"),
     "envoy.config.core.v3.ConfigSource": (
         "ads",
@@ -117,11 +123,15 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "listener_filters",  # each judged by the filter registry
         # several chains, TLS and listener filters: proxy/listener_chains.py
         "default_filter_chain",
+        "filter_chain_matcher",  # an xds matcher naming the chain (proxy/chain_matcher.py)
         "listener_filters_timeout",
         "continue_on_listener_filters_timeout",
         "bind_to_port",  # true only (ALLOWED_IF)
         "use_original_dst",  # hands a connection to the listener at its original destination
         "enable_reuse_port",  # true only
+        # no address: reached by clusters' envoy_internal_address endpoints through an
+        # in-process socket pair, per worker (proxy/internal_listener.py)
+        "internal_listener",
     ),
     # transport sockets and typed extension options are judged by type URL: an extension
     # must be registered (register_extension) by the module that implements it
@@ -243,6 +253,20 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "max_path_tag_length",
         "spawn_upstream_span",  # a CLIENT span per upstream request (proxy/tracing.py)
     ),
+    "envoy.config.trace.v3.Tracing": ("http",),  # Bootstrap.tracing
+    # DNS resolvers (proxy/dns.py): c-ares's settings that sofamesh's resolver follows
+    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig": (
+        "resolvers",
+        "use_resolvers_as_fallback",
+        "dns_resolver_options",
+        "query_timeout_seconds",
+        "query_tries",
+    ),
+    "envoy.config.core.v3.DnsResolutionConfig": ("resolvers", "dns_resolver_options"),
+    "envoy.config.core.v3.DnsResolverOptions": (
+        "use_tcp_for_dns_lookups",
+        "no_default_search_domain",
+    ),
     "envoy.config.trace.v3.Tracing.Http": ("name", "typed_config"),
     "envoy.config.trace.v3.ZipkinConfig": (
         "collector_cluster",
@@ -299,6 +323,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     # HCM http2_protocol_options (downstream) and a cluster's explicit HTTP/2 options
     "envoy.config.core.v3.Http2ProtocolOptions": (
+        # plain CONNECT streams are served with or without it (http2_server._begin_connect);
+        # extended CONNECT (:protocol) still gets 403
+        "allow_connect",
         "max_concurrent_streams",
         "initial_stream_window_size",
         "initial_connection_window_size",
@@ -357,7 +384,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "headers",
         "query_parameters",
         "grpc",  # content-type application/grpc (proxy/routes.py)
+        "connect_matcher",  # CONNECT requests only (router.pyx PM_CONNECT)
     ),
+    _RT + "RouteMatch.ConnectMatcher": (),
     _RT + "RouteAction.MaxStreamDuration": (
         "grpc_timeout_header_max",
         "grpc_timeout_header_offset",
@@ -398,7 +427,9 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "runtime_fraction",  # its default_value (no runtime layer acts)
         "disable_shadow_host_suffix_append",
     ),
-    _RT + "RouteAction.UpgradeConfig": ("upgrade_type", "enabled"),
+    # connect_config: a CONNECT terminated on a raw TCP upstream (_core/tcp_upstream.pyx)
+    _RT + "RouteAction.UpgradeConfig": ("upgrade_type", "enabled", "connect_config"),
+    _RT + "RouteAction.UpgradeConfig.ConnectConfig": (),  # allow_post refused in routes.py
     _RT + "RetryPolicy": (
         "retry_on",
         "num_retries",
@@ -518,6 +549,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "least_request_lb_config",
         "dns_refresh_rate",
         "dns_lookup_family",  # V4_ONLY only (ALLOWED_IF): the resolver asks for A records
+        # its own resolvers and the records' TTL as the refresh rate (proxy/dns.py)
+        "respect_dns_ttl",
+        "typed_dns_resolver_config",  # envoy.network.dns_resolver.cares (proxy/dns.py)
+        "dns_resolution_config",
         "wait_for_warm_on_init",  # true only: DNS clusters resolve before listeners start
         "transport_socket",  # by type URL (register_extension)
         "transport_socket_matches",  # by endpoint metadata (proxy/tls.py UpstreamTransport)
@@ -619,6 +654,13 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     _EP + "Endpoint.HealthCheckConfig": ("port_value",),
     "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
+    # an internal listener's address: Host envoy://<listener>/<id> (proxy/internal_listener.py)
+    "envoy.config.core.v3.EnvoyInternalAddress": ("server_listener_name", "endpoint_id"),
+    # envoy.transport_sockets.internal_upstream: its inner transport socket is the pipe's
+    # (raw_buffer or TLS); passthrough_metadata is not implemented (proxy/internal_listener.py)
+    "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport": (
+        "transport_socket",
+    ),
     # access loggers and their filters (proxy/access_log_config.py, log_filter.py)
     "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config", "filter"),
     "envoy.config.accesslog.v3.AccessLogFilter": (
@@ -683,6 +725,15 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "weighted_clusters",
         "idle_timeout",
         "max_connect_attempts",  # 1 only
+        "tunneling_config",  # CONNECT / POST over the cluster's HTTP/2 or HTTP/1.1 pool
+    ),
+    # _core/tcp_tunnel.pyx; hostname and header values with %DOWNSTREAM_LOCAL_ADDRESS%,
+    # %DOWNSTREAM_LOCAL_PORT%, %DOWNSTREAM_REMOTE_ADDRESS% (filters/network/tcp_proxy.py)
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TunnelingConfig": (
+        "hostname",
+        "use_post",
+        "post_path",
+        "headers_to_add",
     ),
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": ("clusters",),
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": (

@@ -292,6 +292,9 @@ def _route(
         kw.update(path_kind=R.PATH_REGEX, path=m.safe_regex.regex)
     elif spec == "path_separated_prefix":
         kw.update(path_kind=R.PATH_SEPARATED_PREFIX, path=m.path_separated_prefix)
+    elif spec == "connect_matcher":
+        # CONNECT requests only (HTTP/1.1 CONNECT has no path; Envoy's only way to match it)
+        kw.update(path_kind=R.PATH_CONNECT, path=b"")
     else:
         raise UnsupportedConfig(f"{rpath}.match: path specifier {spec!r} is not supported")
     if m.HasField("case_sensitive"):
@@ -521,6 +524,21 @@ def _route_action(a, apath, kw, clusters, plugin_ctx=({}, None)) -> None:
     for i, u in enumerate(a.upgrade_configs):
         if not u.HasField("enabled") or u.enabled.value:
             ups.append(u.upgrade_type)
+            if u.upgrade_type.lower() == "connect" and u.HasField("connect_config"):
+                # terminated here (tcp_upstream); without connect_config the CONNECT
+                # request goes upstream as HTTP (Envoy)
+                cc = u.connect_config
+                if cc.HasField("proxy_protocol_config"):
+                    raise UnsupportedConfig(
+                        f"{apath}.upgrade_configs[{i}].connect_config.proxy_protocol_config "
+                        "is not implemented by sofamesh"
+                    )
+                if cc.allow_post:
+                    raise UnsupportedConfig(
+                        f"{apath}.upgrade_configs[{i}].connect_config.allow_post "
+                        "is not implemented by sofamesh"
+                    )
+                kw["connect_term"] = True
     kw["upgrades"] = ups
 
 

@@ -41,8 +41,14 @@ cdef int _entries(list out, HeaderMap h) except -1:
 
 
 cdef list request_list(HeaderMap h, bytes scheme):
-    cdef list out = [(b":method", h.method()), (b":scheme", scheme),
-                     (b":authority", h.authority()), (b":path", h.path())]
+    cdef bytes method = h.method()
+    cdef list out
+    if PyBytes_GET_SIZE(method) == 7 and method == b"CONNECT":
+        # RFC 9113 8.5: a CONNECT request has no :scheme nor :path
+        out = [(b":method", method), (b":authority", h.authority())]
+    else:
+        out = [(b":method", method), (b":scheme", scheme),
+               (b":authority", h.authority()), (b":path", h.path())]
     _entries(out, h)
     return out
 
