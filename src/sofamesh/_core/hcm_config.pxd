@@ -78,6 +78,9 @@ cdef class HcmConfig:
     # proxy.filter_state.ConnState: what the chain's network filters before the HCM set on
     # each connection (set_filter_state, istio_authn), read by RBAC filter_state rules
     cdef public object conn_state
+    # HCM tracing configured: the route decorator's propagation (http_tracing.decorate):
+    # 0 none, 1 ingress (the response carries it), 2 egress (OUTBOUND: the request does)
+    cdef public int decorate
     cdef Counter rq_total
     cdef Counter rq_http1_total
     cdef Counter rq_http2_total

@@ -22,6 +22,7 @@ class HcmConfig:
     draining: bool
     hand_over: Any
     conn_state: Any  # proxy.filter_state.ConnState | None
+    decorate: int  # 0, 1 ingress, 2 egress: route decorator propagation (HCM tracing)
     overload_reject: bool
     overload_no_keepalive: bool
     request_headers_timeout: float

@@ -32,8 +32,8 @@ cdef class Http2ServerConn:
     cdef dict stats_seen                # codec counters already added to cfg.h2_stats
     cdef bint flush_pending             # a write of what the codec queued is scheduled
     cdef object rt_timer                # the streams' route / per-try deadlines (arm_at)
-    cdef object drain_timer             # between the drain's two GOAWAYs; after a
-                                        # connection error, the lingering close's deadline
+    # between the drain's two GOAWAYs; after a connection error, the lingering close's end
+    cdef object drain_timer
     cdef bint lingering                 # connection error: GOAWAY sent, reads discarded
     cdef double rt_due
     cdef int arm_at(self, double when) except -1

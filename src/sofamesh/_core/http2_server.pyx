@@ -17,6 +17,7 @@ from sofamesh._core.codecs.http2_events cimport (
 from sofamesh._core.codecs.http2_map cimport adopt, response_list, trailer_list
 from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig, overload_hit
+from sofamesh._core.http_tracing cimport decorate
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
     mono, date_value, DS_BODY, DS_WAIT, DS_CLOSED, SERVER_PASS_THROUGH,
@@ -408,6 +409,8 @@ cdef class H2Stream(RouterStream):
         if cfg.overload_reject and overload_hit(cfg.overload_reject):  # stop_accepting_requests
             return self._overloaded()
         self.route = cfg.routes.route(h)
+        if cfg.decorate:    # HCM tracing: the route's decorator, local replies included
+            decorate(self, h)
         self.fidx = 0
         return self._decode_continue()
 

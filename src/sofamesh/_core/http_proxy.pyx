@@ -38,6 +38,7 @@ from sofamesh._core.http_grpc cimport (
 )
 from sofamesh._core.http_stream cimport HttpFilter, FILTER_CONTINUE, FILTER_STOP
 from sofamesh._core.http_router cimport RouterStream
+from sofamesh._core.http_tracing cimport decorate
 from sofamesh._core.http_common import normalize_request_path
 from sofamesh._core.codecs.http2_frames import PREFACE as _PREFACE
 from sofamesh._core import hcm_config as _hcm_config
@@ -462,6 +463,8 @@ cdef class DownstreamConn(RouterStream):
         if cfg.overload_reject and overload_hit(cfg.overload_reject):  # stop_accepting_requests
             return self._overloaded()
         self.route = cfg.routes.route(h)
+        if cfg.decorate:    # HCM tracing: the route's decorator, local replies included
+            decorate(self, h)
         if self.upgrade:
             up = h.value_at(h.upgrade_idx).lower()
             if up not in cfg.upgrades and (self.route is None or up not in self.route.upgrades):

@@ -8,7 +8,7 @@ from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig, mutate_xfcc, replaces_request_id
 from sofamesh._core.http_grpc cimport (grpc_outcome, grpc_retry_bit, grpc_timeout,
                                        grpc_route_timeout, set_grpc_timeout_headers)
-from sofamesh._core.http_tracing cimport (decorate, inject_trace, start_trace, trace_retry,
+from sofamesh._core.http_tracing cimport (inject_trace, start_trace, trace_retry,
                                           TRACE_B3, TRACE_SW8)
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn, mirror_headers
@@ -401,8 +401,6 @@ cdef class RouterStream(HttpStream):
             h.add(b"via", cfg.via)
         if self.trace is not None:
             self._inject_trace(h)
-            if route.decorator is not None:
-                decorate(self, h, route)
         if route.max_grpc_timeout >= 0 and self.grpc:
             set_grpc_timeout_headers(h, self.rq_timeout, route.per_try_timeout)
         elif route.timeout_hdr:

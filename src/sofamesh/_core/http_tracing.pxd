@@ -28,6 +28,7 @@ cdef bytes inject_trace(TraceCtx t, HeaderMap h, HcmConfig cfg, bytes rid)
 # the request id (as inject_trace)
 cdef bytes trace_retry(TraceCtx t, HeaderMap h, HcmConfig cfg, object s, int status,
                        str reason, bytes rid)
-# the route's decorator operation: upstream on an egress request, back to the client on an
-# ingress response (Envoy's decorator propagation, whatever the tracer)
-cdef int decorate(HttpStream s, HeaderMap h, Route route) except -1
+# the route's decorator operation, once the request's route is known (before the filters):
+# upstream on an egress request, back to the client on an ingress response, local replies
+# included (Envoy's decorator propagation, with HCM tracing configured, whatever the tracer)
+cdef int decorate(HttpStream s, HeaderMap h) except -1

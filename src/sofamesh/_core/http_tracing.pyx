@@ -460,13 +460,17 @@ cdef bytes trace_retry(TraceCtx t, HeaderMap h, HcmConfig cfg, object s, int sta
     return inject_trace(t, h, cfg, rid)
 
 
-cdef int decorate(HttpStream s, HeaderMap h, Route route) except -1:
-    """Envoy's decorator propagation for a traced request, whatever the tracer: an egress
-    request carries the route's decorator operation upstream (x-envoy-decorator-operation);
-    an ingress response carries it back to the client, unless the request named its own
-    operation (that header is not passed upstream)."""
+cdef int decorate(HttpStream s, HeaderMap h) except -1:
+    """Envoy's decorator propagation when the HCM has tracing configured (HcmConfig.decorate),
+    whatever the tracer, traced or not: an egress request carries the route's decorator
+    operation upstream (x-envoy-decorator-operation); an ingress response, a local reply
+    too, carries it back to the client, unless the request named its own operation (that
+    header is not passed upstream)."""
+    cdef Route route = s.route
+    if route is None or route.decorator is None or not s.cfg.decorate:
+        return 0
     cdef bytes op = route.decorator.encode()
-    if s.cfg.tracer.outbound:
+    if s.cfg.decorate == 2:
         h.remove(b"x-envoy-decorator-operation")
         h.add(b"x-envoy-decorator-operation", op)
     elif h.find_from("x-envoy-decorator-operation", 27, 0) >= 0:

@@ -16,6 +16,7 @@ CORPUS = FIXTURES / "istio"
 FILES = sorted(p.name for p in CORPUS.glob("*.json"))
 # Configs sofamesh accepts whole (regression guard; the rest are refused by name only).
 ACCEPTED = {
+    "bootstrap_all.json",
     "bootstrap_default.json",
     "bootstrap_stats_inclusion.json",
     "gateway_istio_http.json",
@@ -25,6 +26,8 @@ ACCEPTED = {
     "sidecar_outbound_http.json",
     "sidecar_outbound_tcp.json",
     "sidecar_virtual_outbound.json",
+    "sidecar_29_listeners.json",
+    "waypoint_internal.json",
 }
 
 

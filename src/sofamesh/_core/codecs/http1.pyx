@@ -735,7 +735,7 @@ cdef int parse_response(Head h, bytes data, Py_ssize_t start, int max_bytes) exc
 
 # Python API: body framing lives in http1_body (re-exported for tests and tools)
 from sofamesh._core.codecs.http1_body import (  # noqa: E402
-    BodyReader, trailers_from_bytes, trailers_to_bytes,
+    BodyReader, trailers_from_bytes, trailers_to_bytes,  # no-cython-lint
 )
 
 MODE_NONE = FR_NONE

@@ -210,6 +210,8 @@ def build(typed_config: Any, ctx: dict) -> HcmConfig:
     if hcm.HasField("tracing"):
         from sofamesh.proxy import tracing
 
+        # the route decorator's propagation, with or without a tracer (Envoy's)
+        cfg.decorate = 2 if listener.traffic_direction == 2 else 1
         cfg.tracer = tracing.build(
             hcm.tracing,
             server,
