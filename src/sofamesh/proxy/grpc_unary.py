@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -366,3 +367,47 @@ class GrpcUnaryChannel(asyncio.Protocol):
         self._fail_all(UNAVAILABLE)
         if self.transport is not None:
             self.transport.close()
+
+
+def cluster_target(clusters: dict, name: str, spread: bool = True) -> tuple[str, int] | None:
+    """The host of cluster `name` a call goes to: a healthy one (any when none is), at
+    random among several when `spread`, else the first; None when the cluster has none."""
+    cl = clusters.get(name)
+    if cl is None or not cl.hosts:
+        return None
+    hosts = [h for h in cl.hosts if h.healthy] or list(cl.hosts)
+    h = hosts[0] if len(hosts) == 1 or not spread else random.choice(hosts)
+    return h.address, h.port
+
+
+class ChannelCache:
+    """One GrpcUnaryChannel per host of a service's cluster (a filter's calls to its
+    authorization or rate-limit service); at most MAX kept, as hosts come and go (EDS)."""
+
+    MAX = 16
+
+    def __init__(
+        self, loop: Any, clusters: Callable[[], dict], cluster: str, authority: str = ""
+    ) -> None:
+        self.loop = loop
+        self.clusters = clusters
+        self.cluster = cluster
+        self.authority = authority  # GrpcService.envoy_grpc.authority, when set
+        self.channels: dict[tuple[str, int], GrpcUnaryChannel] = {}
+
+    def get(self, addr: tuple[str, int]) -> GrpcUnaryChannel:
+        ch = self.channels.get(addr)
+        if ch is None:
+            if len(self.channels) >= self.MAX:
+                self.close()
+            cl = self.clusters().get(self.cluster)
+            ct = getattr(cl, "connect_timeout", 5.0) or 5.0
+            ch = self.channels[addr] = GrpcUnaryChannel(
+                self.loop, addr[0], addr[1], ct, self.authority
+            )
+        return ch
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        self.channels.clear()

@@ -49,6 +49,7 @@ from typing import Any
 
 from sofamesh._core.http_proxy import FILTER_CONTINUE_, FILTER_STOP_, HttpFilter
 from sofamesh.filters.registry import FilterSpec, register
+from sofamesh.proxy.grpc_unary import ChannelCache, cluster_target
 
 log = logging.getLogger("sofamesh.ext_authz")
 
@@ -468,30 +469,10 @@ class GrpcClient:
         self.authority = gs.envoy_grpc.authority or self.cluster  # Envoy's default
         # Envoy's ext_authz default deadline: 200ms
         self.timeout = gs.timeout.ToNanoseconds() / 1e9 if gs.HasField("timeout") else 0.2
-        self._channels: dict[tuple[str, int], Any] = {}  # GrpcUnaryChannel by host
+        self._channels = ChannelCache(f.loop, lambda: f.clusters, self.cluster, self.authority)
 
     def _target(self) -> tuple[str, int] | None:
-        cl = self.f.clusters.get(self.cluster)
-        if cl is None or not cl.hosts:
-            return None
-        hosts = [h for h in cl.hosts if h.healthy] or list(cl.hosts)
-        h = hosts[0] if len(hosts) == 1 else random.choice(hosts)
-        return h.address, h.port
-
-    def _channel_for(self, addr: tuple[str, int]) -> Any:
-        from sofamesh.proxy.grpc_unary import GrpcUnaryChannel
-
-        ch = self._channels.get(addr)
-        if ch is None:
-            if len(self._channels) >= 16:  # hosts come and go (EDS): keep a few
-                for old in self._channels.values():
-                    old.close()
-                self._channels.clear()
-            cl = self.f.clusters.get(self.cluster)
-            ct = getattr(cl, "connect_timeout", 5.0) or 5.0
-            ch = GrpcUnaryChannel(self.f.loop, addr[0], addr[1], ct, self.authority)
-            self._channels[addr] = ch
-        return ch
+        return cluster_target(self.f.clusters, self.cluster)
 
     def check(self, s: Any, st: _Stream, per_route: PerRoute | None, done: Any) -> None:
         f = self.f
@@ -512,12 +493,10 @@ class GrpcClient:
             f.loop.call_soon(answered, 14, None)
             return
         req = check_request(f, s, st, per_route)
-        self._channel_for(addr).call(_METHOD_B, req.SerializeToString(), self.timeout, answered)
+        self._channels.get(addr).call(_METHOD_B, req.SerializeToString(), self.timeout, answered)
 
     def close(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
-        self._channels.clear()
+        self._channels.close()
 
 
 def _grpc_result(data: bytes) -> Result:

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from typing import Any
 
 from sofamesh.filters.http.ext_authz import H_ADD, H_SET, Result, check_request
+from sofamesh.proxy.grpc_unary import cluster_target
 
 log = logging.getLogger("sofamesh.ext_authz")
 
@@ -97,12 +97,7 @@ class HttpClient:
         self._tasks: set[asyncio.Task] = set()
 
     def _target(self) -> tuple[str, int] | None:
-        cl = self.f.clusters.get(self.cluster)
-        if cl is None or not cl.hosts:
-            return None
-        hosts = [h for h in cl.hosts if h.healthy] or list(cl.hosts)
-        h = hosts[0] if len(hosts) == 1 else random.choice(hosts)
-        return h.address, h.port
+        return cluster_target(self.f.clusters, self.cluster)
 
     def _request(self, req: Any) -> bytes:
         http = req.attributes.request.http

@@ -42,6 +42,7 @@ from urllib.parse import parse_qsl
 
 from sofamesh._core.http_proxy import FILTER_CONTINUE_, FILTER_STOP_, HttpFilter
 from sofamesh.filters.registry import FilterSpec, register
+from sofamesh.proxy.grpc_unary import ChannelCache, cluster_target
 
 log = logging.getLogger("sofamesh.ratelimit")
 
@@ -280,7 +281,9 @@ class RateLimitFilter(HttpFilter):
         self.loop = context["loop"]
         self.stats = context["stats"]
         self._by_cluster: dict[str, _ClusterStats] = {}
-        self._channels: dict[tuple[str, int], Any] = {}  # GrpcUnaryChannel by host
+        self._channels = ChannelCache(
+            self.loop, lambda: self.clusters, self.cluster, self.authority
+        )
         self.path = path
 
     # -- per request -----------------------------------------------------------------------------
@@ -335,27 +338,7 @@ class RateLimitFilter(HttpFilter):
         return st
 
     def _target(self) -> tuple[str, int] | None:
-        cl = self.clusters.get(self.cluster)
-        if cl is None or not cl.hosts:
-            return None
-        hosts = [h for h in cl.hosts if h.healthy] or list(cl.hosts)
-        return hosts[0].address, hosts[0].port
-
-    def _channel_for(self, addr: tuple[str, int]) -> Any:
-        from sofamesh.proxy.grpc_unary import GrpcUnaryChannel
-
-        ch = self._channels.get(addr)
-        if ch is None:
-            if len(self._channels) >= 16:  # hosts come and go (EDS): keep a few
-                for old in self._channels.values():
-                    old.close()
-                self._channels.clear()
-            cl = self.clusters.get(self.cluster)
-            ct = getattr(cl, "connect_timeout", 5.0) or 5.0
-            ch = self._channels[addr] = GrpcUnaryChannel(
-                self.loop, addr[0], addr[1], ct, self.authority
-            )
-        return ch
+        return cluster_target(self.clusters, self.cluster, spread=False)
 
     def _call(self, s: Any, token: object, domain: str, descs: list, dest: str) -> None:
         from envoy.service.ratelimit.v3 import rls_pb2
@@ -384,7 +367,7 @@ class RateLimitFilter(HttpFilter):
             d = req.descriptors.add()
             for k, v in entries:
                 d.entries.add(key=k, value=v)
-        self._channel_for(addr).call(_METHOD_B, req.SerializeToString(), self.timeout, done)
+        self._channels.get(addr).call(_METHOD_B, req.SerializeToString(), self.timeout, done)
 
     def _complete(self, s: Any, resp: Any, dest: str) -> None:
         cs = self._cluster_stats(dest)
@@ -416,9 +399,7 @@ class RateLimitFilter(HttpFilter):
         s.continue_decoding()
 
     def close(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
-        self._channels.clear()
+        self._channels.close()
 
 
 def _x_ratelimit_headers(statuses: Any) -> list[tuple[str, str]]:
