@@ -35,9 +35,20 @@ def _ssl(transport: Any) -> Any:
 
 
 def peer_uri_sans(transport: Any) -> list[str]:
+    """The verified peer certificate's URI SANs; read once per connection (after the
+    handshake, when rules and formats ask) and kept on its SSLObject."""
     so = _ssl(transport)
-    cert = so.getpeercert() if so is not None else None
-    return [str(v) for t, v in (cert or {}).get("subjectAltName", ()) if t == "URI"]
+    if so is None:
+        return []
+    sans = getattr(so, "_sofamesh_peer_uris", None)
+    if sans is None:
+        cert = so.getpeercert() or {}
+        sans = [str(v) for t, v in cert.get("subjectAltName", ()) if t == "URI"]
+        try:
+            so._sofamesh_peer_uris = sans
+        except AttributeError:  # an SSLObject class that takes no attributes
+            pass
+    return sans
 
 
 def local_uri_sans(transport: Any) -> list[str]:
