@@ -234,7 +234,26 @@ def test_rate_policy_is_one_global_limit_shared_through_the_mixer(tmp_path):
         wait_until(lambda: call(out, "svc-x")[0] == 429, 15, "svc-x limited")
         for t in threads:
             t.start()
-        time.sleep(3)  # both sidecars report and get their shares
+
+        def shares() -> dict[str, str]:
+            return {
+                ln.split("{", 1)[1].split("}", 1)[0]: ln.rsplit(" ", 1)[1]
+                for ln in mixer.get("/metrics")[1].splitlines()
+                if ln.startswith("sofamesh_mixer_quota_assigned{") and "service=svc-x" in ln
+            }
+
+        # the steady state is measured: every sidecar has reported under this load and its
+        # share has not changed for two reporting intervals (3 s was not always enough on a
+        # loaded machine)
+        time.sleep(3)
+        last: dict[str, str] = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = shares()
+            if len(now) >= 3 and now == last:
+                break
+            last = now
+            time.sleep(2)
         seen.clear()
         t0 = time.monotonic()
         time.sleep(10)
