@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -45,9 +46,13 @@ class Als(als_pb2_grpc.AccessLogServiceServicer):
                 self.got.append(m.identifier.log_name)
                 if m.identifier.log_name == "stop":
                     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "enough")
+            # the client reset the stream: grpcio may end the iterator instead of raising,
+            # depending on when the RST_STREAM is seen (CI, 2026-12-04), and marks the call
+            # inactive a moment later on a loaded machine; a half-closed call stays active
+            deadline = time.monotonic() + 0.5
+            while context.is_active() and time.monotonic() < deadline:
+                time.sleep(0.01)
             if not context.is_active():
-                # the client reset the stream: grpcio may end the iterator instead of
-                # raising, depending on when the RST_STREAM is seen (CI, 2026-12-04)
                 self.ended_by = "cancelled"
         except grpc.RpcError:
             self.ended_by = "cancelled"  # the client reset the stream
