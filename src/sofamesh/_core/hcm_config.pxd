@@ -111,6 +111,7 @@ cdef class HcmConfig:
     cdef Counter rq_max_duration_reached
     cdef Counter rq_response_before_rq_complete
     cdef Counter no_route
+    cdef Counter router_rq_total         # the router's rq_total: requests it decoded
     cdef Counter no_cluster
     cdef Counter rq_direct_response
     cdef Counter rq_redirect

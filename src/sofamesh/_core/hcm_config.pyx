@@ -122,6 +122,7 @@ cdef class HcmConfig:
         self.rq_idle_timeout = c(p + "downstream_rq_idle_timeout")
         self.rq_max_duration_reached = c(p + "downstream_rq_max_duration_reached")
         self.no_route = c(p + "no_route")
+        self.router_rq_total = c(p + "rq_total")
         self.no_cluster = c(p + "no_cluster")
         self.rq_direct_response = c(p + "rq_direct_response")
         self.rq_redirect = c(p + "rq_redirect")

@@ -599,6 +599,8 @@ cdef class H2Stream(RouterStream):
         self._drop_upstream()
         self.resp_status = code
         self.resp_started = True
+        if not self.req_done:       # counted on every answer, local or proxied (Envoy)
+            cfg.rq_response_before_rq_complete.inc()
         if self.grpc:
             # Envoy answers a gRPC request with a trailers-only gRPC response: HTTP 200 and
             # the gRPC status its HTTP status maps to, the body as grpc-message
@@ -651,6 +653,8 @@ cdef class H2Stream(RouterStream):
             return False        # retried
         self._hcm_response(rh, status, end_stream)
         self.resp_started = True
+        if not self.req_done:
+            self.cfg.rq_response_before_rq_complete.inc()
         self.cluster.count_status(status)
         self._overload_keepalive()
         self._h2_headers(response_list(rh), end_stream)

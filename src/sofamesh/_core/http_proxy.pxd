@@ -62,5 +62,6 @@ cdef class DownstreamConn(RouterStream):
     cdef int _reset(self) except -1
     cdef int _write(self, bytes data) except -1
     cdef int _tunnel_closed(self) except -1
+    cdef int _delayed_close(self) except -1
     cdef int _pause(self, int reason) except -1
     cdef int _resume(self, int reason) except -1

@@ -52,6 +52,7 @@ cdef bytes H2_PREFACE = _PREFACE
 # per_connection_buffer_limit_bytes, 1 MiB); beyond it the answer is a 500
 cdef Py_ssize_t HOLD_LIMIT = 1024 * 1024
 HOLD_LIMIT_ = HOLD_LIMIT
+cdef double DELAYED_CLOSE_S = 1.0  # Envoy's HCM delayed_close_timeout default
 
 cdef enum:
     H1_E_TIMEOUT = -1000        # not a parse error: request_headers_timeout (_header_timeout)
@@ -727,8 +728,7 @@ cdef class DownstreamConn(RouterStream):
             self.resp_pending += 1
         if self.close_after or self.cfg.draining:
             self.state = DS_CLOSED
-            if self.transport is not None:
-                self.transport.close()
+            self._delayed_close()
             return 0
         if self.state == DS_WAIT:
             self.state = DS_HEAD
@@ -802,6 +802,8 @@ cdef class DownstreamConn(RouterStream):
         cdef bint announce = close or cfg.draining or not self.req_done or self.close_after
         if announce:
             self.close_after = True
+        if not self.req_done:       # counted on every answer, local or proxied (Envoy)
+            cfg.rq_response_before_rq_complete.inc()
         self.resp_status = code
         self.resp_started = True
         if is_grpc_request(self.h1):
@@ -874,6 +876,8 @@ cdef class DownstreamConn(RouterStream):
         cfg.rq_total.inc()
         cfg.rq_http1_total.inc()
         cfg.rq_active.inc()
+        # the codec gave up on the request before its end (Envoy counts these answers too)
+        cfg.rq_response_before_rq_complete.inc()
         self.state = DS_WAIT
         self.pending = None
         if err == H1_E_BAD_TARGET:
@@ -924,9 +928,35 @@ cdef class DownstreamConn(RouterStream):
         self.close_after = True
         self.state = DS_CLOSED
         self.pending = None
+        self._delayed_close()
+        return 0
+
+    cdef int _delayed_close(self) except -1:
+        """Close after the response, as Envoy's HCM delayed close (delayed_close_timeout,
+        1 s): what is queued is written and our side shut, then the client's bytes are read
+        and dropped until it closes, or for 1 s. Closing at once with the client's bytes
+        unread (a request head still trickling in, a body not read) makes the kernel answer
+        with a RST that can overtake the response, and the client loses it. A transport
+        with no half-close (TLS) closes at once."""
+        t = self.transport
+        if t is None:
+            return 0
+        if not t.can_write_eof():
+            t.close()
+            return 0
+        if self.hdr_timer is not None:
+            self.hdr_timer.cancel()
+        if self.pause_mask:
+            self.pause_mask = 0
+            t.resume_reading()
+        t.write_eof()
+        self.hdr_timer = self.cfg.loop.call_later(DELAYED_CLOSE_S, self._delayed_close_done)
+        return 0
+
+    def _delayed_close_done(self):
+        self.hdr_timer = None
         if self.transport is not None:
             self.transport.close()
-        return 0
 
     cdef int _reset(self) except -1:
         """Abort the downstream connection mid-response (Envoy resets the stream)."""

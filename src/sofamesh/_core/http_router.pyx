@@ -56,6 +56,7 @@ cdef class RouterStream(HttpStream):
         cdef Route route = self.route
         cdef Cluster cl
         cdef double t
+        cfg.router_rq_total.inc()   # every request the router decodes, routed or not (Envoy)
         if route is None:
             cfg.no_route.inc()
             self.resp_flags = "NR"
