@@ -126,6 +126,7 @@ cdef class HcmConfig:
     cdef Histogram rq_time
     cdef Counter listener_cx_total
     cdef Gauge listener_cx_active
+    cdef Counter listener_cx_destroy
     # b"https" for an HCM on a TLS filter chain (proxy/listener_chains.py): the scheme
     # x-forwarded-proto carries, as Envoy's (None: b"http")
     cdef public bytes scheme

@@ -134,6 +134,7 @@ cdef class HcmConfig:
         lp = f"listener.{listener_stat_name}." if listener_stat_name else "listener.unnamed."
         self.listener_cx_total = c(lp + "downstream_cx_total")
         self.listener_cx_active = store.gauge(lp + "downstream_cx_active")
+        self.listener_cx_destroy = c(lp + "downstream_cx_destroy")
 
     def protocol_factory(self):
         """A new downstream connection (asyncio protocol) of the registered codec (AUTO:

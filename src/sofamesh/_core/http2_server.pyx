@@ -105,6 +105,7 @@ cdef class Http2ServerConn:
         cfg.cx_active.dec()
         cfg.cx_http2_active.dec()
         cfg.listener_cx_active.dec()
+        cfg.listener_cx_destroy.inc()
         cfg.cx_destroy.inc()
         if self.close_when_idle or self.codec.goaway_sent:
             cfg.cx_destroy_local.inc()

@@ -191,6 +191,7 @@ cdef class DownstreamConn(RouterStream):
         if self.h1_counted:
             cfg.cx_http1_active.dec()
         cfg.listener_cx_active.dec()
+        cfg.listener_cx_destroy.inc()
         cfg.cx_destroy.inc()
         if self.ds_eof:
             # Envoy: the client's half close ended the CONNECT stream's request side, the

@@ -29,6 +29,7 @@ from sofamesh._core.router cimport (
 from sofamesh._core.upstream cimport (Cluster, Host, LB_RING_HASH, OUTCOME_CONNECT_FAILED,
                                       OUTCOME_CONNECT_SUCCESS, OUTCOME_TIMEOUT)
 from sofamesh._core.upstream import hash64
+from sofamesh.proxy.internal_listener import upstream_host as _upstream_host
 
 # a failed attempt's error.reason on its upstream span (Envoy's reset reasons)
 cdef dict RESET_REASON = {
@@ -612,6 +613,10 @@ cdef class RouterStream(HttpStream):
         self.host = host
         if self.tried_hosts is not None:
             self.tried_hosts.append(host)
+        if cl.tls is not None and self.cfg.conn_state is not None:
+            # the connection's shared filter state to an internal listener: a host (pool)
+            # of its own per state (proxy/internal_listener.py)
+            host = self.host = _upstream_host(cl, host, self.transport, self.cfg.conn_state)
         if self.connect:
             # a terminated CONNECT: its own raw TCP connection, never pooled (Envoy's
             # TcpUpstream)

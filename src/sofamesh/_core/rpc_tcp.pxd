@@ -12,12 +12,17 @@ cdef class TcpProxyConfig:
     cdef public bint draining
     cdef public double idle_timeout_s   # 0: none
     cdef public tuple access_logs       # tuple[TcpGrpcAccessLog, ...]: log_tcp(entry) at close
+    # the chain's filter_state.ConnState when it shares state with upstream connections
+    cdef public object conn_state
     cdef object sweeper                 # asyncio.TimerHandle | None
     cdef long long total_weight
     cdef Counter downstream_cx_total, downstream_cx_no_route, upstream_flush_total
     cdef Counter downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total
     cdef Counter idle_timeout
     cdef Gauge downstream_cx_active
+    # the listener's own (listener.<name>.downstream_cx_*), when the listener is known
+    cdef Counter lcx_total, lcx_destroy
+    cdef Gauge lcx_active
     cdef str pick(self)
 
 cdef class TcpUpstream:

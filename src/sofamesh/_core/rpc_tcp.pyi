@@ -10,6 +10,7 @@ class TcpProxyConfig:
     draining: bool
     idle_timeout_s: float
     access_logs: tuple
+    conn_state: Any
     def __init__(
         self,
         stat_prefix: str,
@@ -20,6 +21,7 @@ class TcpProxyConfig:
         connect_timeout: float = ...,
         idle_timeout_s: float = ...,
         access_logs: tuple = ...,
+        listener_stat_name: str | None = ...,
     ) -> None: ...
     def protocol_factory(self) -> Any: ...
     def adopt(self, ds_sock: Any, up_sock: Any, cluster: str, host: tuple) -> bool: ...

@@ -14,13 +14,19 @@ from sofamesh._core.stats cimport Store
 from sofamesh._core.router cimport rng_next
 from sofamesh._core.upstream import connect as dial_host
 from sofamesh.proxy.original_dst import local_address as _local_address
+from sofamesh.proxy.internal_listener import upstream_host as _upstream_host
 
 
 cdef class TcpProxyConfig:
     def __init__(self, str stat_prefix, list weighted, dict clusters, Store store, loop,
                  double connect_timeout=5.0, double idle_timeout_s=3600.0,
-                 tuple access_logs=()):
+                 tuple access_logs=(), str listener_stat_name=None):
         p = f"tcp.{stat_prefix}."
+        if listener_stat_name:      # listener.<name>.downstream_cx_* (Envoy counts them all)
+            lp = f"listener.{listener_stat_name}."
+            self.lcx_total = store.counter(lp + "downstream_cx_total")
+            self.lcx_destroy = store.counter(lp + "downstream_cx_destroy")
+            self.lcx_active = store.gauge(lp + "downstream_cx_active")
         self.access_logs = access_logs
         self.stat_prefix = stat_prefix
         self.weighted = weighted
@@ -175,6 +181,9 @@ cdef class TcpDownstream:
         self.cfg.arm_sweeper()
         self.cfg.downstream_cx_total.inc()
         self.cfg.downstream_cx_active.inc()
+        if self.cfg.lcx_total is not None:
+            self.cfg.lcx_total.inc()
+            self.cfg.lcx_active.inc()
         if self.adopted is not None:    # hot restart: its upstream connection came with it
             cl, h = self.adopted[0], self.adopted[1]
         else:
@@ -185,11 +194,15 @@ cdef class TcpDownstream:
                 h = cl.original_dst.pick(transport, None)
             else:
                 h = cl.choose()
+            if h is not None and self.cfg.conn_state is not None:
+                # shared filter state to an internal listener: a host (pool) of its own
+                h = _upstream_host(cl, h, transport, self.cfg.conn_state)
         if h is None:
-            self.cfg.downstream_cx_no_route.inc()
             self.flags = "UH"
-            if cl is not None:
+            if cl is not None:         # (Envoy: no_route only when the cluster is missing)
                 cl.upstream_cx_none_healthy.inc()
+            else:
+                self.cfg.downstream_cx_no_route.inc()
             transport.close()
             return
         self.up = TcpUpstream(self, cl, h)
@@ -208,6 +221,9 @@ cdef class TcpDownstream:
             self.adopted = None
             try:
                 await self.cfg.loop.create_connection(lambda: up, sock=sock)
+                # libuv's from here: uvloop attaches the object only after connection_made,
+                # which may already have closed the transport (proxy/internal_listener.py)
+                sock.detach()
             except OSError:
                 up.cluster.upstream_cx_active.dec()
                 up.cluster.cx_active -= 1
@@ -276,6 +292,9 @@ cdef class TcpDownstream:
             self.closed = True
         self.cfg.conns.discard(self)
         self.cfg.downstream_cx_active.dec()
+        if self.cfg.lcx_total is not None:
+            self.cfg.lcx_active.dec()
+            self.cfg.lcx_destroy.inc()
         if self.up is not None and self.up.transport is not None:
             self.up.transport.close()
         if self.cfg.access_logs and not self.moved:

@@ -294,8 +294,11 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "metadata",  # the request's dynamic metadata (proxy/tracing.py dynamic_metadata)
     ),
     "envoy.type.tracing.v3.CustomTag.Metadata": ("kind", "metadata_key", "default_value"),
-    "envoy.type.metadata.v3.MetadataKind": ("request",),
+    # host and cluster: internal_upstream's passthrough_metadata (tracing refuses them itself)
+    "envoy.type.metadata.v3.MetadataKind": ("request", "host", "cluster"),
     "envoy.type.metadata.v3.MetadataKind.Request": (),
+    "envoy.type.metadata.v3.MetadataKind.Host": (),
+    "envoy.type.metadata.v3.MetadataKind.Cluster": (),
     "envoy.type.metadata.v3.MetadataKey": ("key", "path"),
     "envoy.type.metadata.v3.MetadataKey.PathSegment": ("key",),
     "envoy.type.tracing.v3.CustomTag.Literal": ("value",),
@@ -657,10 +660,13 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # an internal listener's address: Host envoy://<listener>/<id> (proxy/internal_listener.py)
     "envoy.config.core.v3.EnvoyInternalAddress": ("server_listener_name", "endpoint_id"),
     # envoy.transport_sockets.internal_upstream: its inner transport socket is the pipe's
-    # (raw_buffer or TLS); passthrough_metadata is not implemented (proxy/internal_listener.py)
+    # (raw_buffer or TLS); host and cluster metadata pass through (proxy/internal_listener.py)
     "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport": (
         "transport_socket",
+        "passthrough_metadata",
     ),
+    "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport"
+    ".MetadataValueSource": ("kind", "name"),
     # access loggers and their filters (proxy/access_log_config.py, log_filter.py)
     "envoy.config.accesslog.v3.AccessLog": ("name", "typed_config", "filter"),
     "envoy.config.accesslog.v3.AccessLogFilter": (
@@ -866,6 +872,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "format_string",
         "read_only",
         "skip_if_empty",
+        # to an internal listener's connection (network filter; refused on HTTP)
+        "shared_with_upstream",
     ),
     "envoy.extensions.filters.http.set_metadata.v3.Config": (
         "metadata_namespace",

@@ -12,6 +12,11 @@ A connection's values never change, so they are computed when a rule reads them,
 stored per connection: the same value Envoy computed at accept. A later entry for a key
 replaces an earlier one unless the earlier is `read_only` (Envoy refuses that write, logs
 it, and keeps the first).
+
+An internal listener's connection starts with the filter state its dialling connection
+shared with it (proxy/internal_listener.py `Context`): the values under every setter here,
+read by `%FILTER_STATE(key:PLAIN)%`. What a connection shares with its own upstream
+(`shared()`) is its ONCE and TRANSITIVE values and the TRANSITIVE ones it inherited.
 """
 
 from __future__ import annotations
@@ -72,13 +77,21 @@ def _local(transport: Any) -> Any:
 
 
 def _peer(transport: Any) -> Any:
-    return transport.get_extra_info("peername") if transport is not None else None
+    from sofamesh.proxy.original_dst import remote_address
+
+    return remote_address(transport)
 
 
 def _sni(transport: Any) -> str | None:
     so = _ssl(transport)
     name = getattr(so, "_sofamesh_sni", None) if so is not None else None
     return name or None
+
+
+def _inherited(key: str) -> ConnGetter:
+    from sofamesh.proxy.internal_listener import inherited
+
+    return lambda t: inherited(t, key)
 
 
 def joined(values: list[str]) -> str | None:
@@ -118,6 +131,14 @@ def format_connection(fmt: str, path: str, omit_empty: bool = False) -> ConnGett
             continue
         cmd, arg, width = m.group(1), m.group(2), m.group(3)
         get = _CONN_COMMANDS.get(cmd)
+        if cmd == "FILTER_STATE" and arg:
+            key, _, how = arg.partition(":")
+            if how != "PLAIN":  # the JSON forms (default, TYPED) are not written here
+                raise UnsupportedConfig(
+                    f"{path}: %FILTER_STATE({arg})% is not implemented by sofamesh on a "
+                    "connection (implemented: %FILTER_STATE(KEY:PLAIN)%)"
+                )
+            get, arg = _inherited(key), None
         if get is None or arg is not None:
             raise UnsupportedConfig(
                 f"{path}: %{cmd}% is not implemented by sofamesh on a connection "
@@ -152,47 +173,113 @@ def istio_peer_principal(transport: Any) -> str | None:
 
 
 class ConnState:
-    """The filter state a chain's network filters set on every connection, in order."""
+    """The filter state a chain's network filters set on every connection, in order, over
+    what an internal listener's connection inherited (`inherit`)."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "inherit", "sharing")
 
-    def __init__(self) -> None:
-        self.entries: dict[str, list[tuple[ConnGetter, bool, bool]]] = {}
+    def __init__(self, inherit: bool = False) -> None:
+        self.entries: dict[str, list[tuple[ConnGetter, bool, bool, int]]] = {}
+        self.inherit = inherit
+        self.sharing = inherit  # may share with the upstream (shared() can be non-empty)
 
     def add(
-        self, key: str, get: ConnGetter, read_only: bool = False, skip_if_empty: bool = False
+        self,
+        key: str,
+        get: ConnGetter,
+        read_only: bool = False,
+        skip_if_empty: bool = False,
+        share: int = 0,
     ) -> None:
-        self.entries.setdefault(key, []).append((get, read_only, skip_if_empty))
+        self.entries.setdefault(key, []).append((get, read_only, skip_if_empty, share))
+        self.sharing = self.sharing or share != 0
 
-    def get(self, transport: Any, key: str) -> str | None:
-        """The key's value on this connection, as the setters left it (None: not set)."""
-        value, locked = None, False
-        for get, read_only, skip in self.entries.get(key, ()):
+    def _value(self, transport: Any, key: str) -> tuple[str | None, int]:
+        value, share, locked = None, 0, False
+        if self.inherit:
+            from sofamesh.proxy.internal_listener import context
+
+            ctx = context(transport)
+            if ctx is not None and key in ctx.filter_state:
+                value, mode = ctx.filter_state[key]
+                share = 2 if mode == 2 else 0  # ONCE stops here; TRANSITIVE goes on
+        for get, read_only, skip, sh in self.entries.get(key, ()):
             if locked:
                 break  # a read-only object refuses later writes
             v = get(transport)
             if v is None or (skip and v == ""):
                 continue
-            value, locked = v, read_only
-        return value
+            value, share, locked = v, sh, read_only
+        return value, share
+
+    def get(self, transport: Any, key: str) -> str | None:
+        """The key's value on this connection, as the setters left it (None: not set)."""
+        return self._value(transport, key)[0]
+
+    def shared(self, transport: Any) -> dict[str, tuple[str, int]]:
+        """What this connection shares with its upstream connection: key -> (value, mode)."""
+        if not self.sharing:
+            return {}
+        keys = set(self.entries)
+        if self.inherit:
+            from sofamesh.proxy.internal_listener import context
+
+            ctx = context(transport)
+            if ctx is not None:
+                keys.update(ctx.filter_state)
+        out = {}
+        for key in keys:
+            value, share = self._value(transport, key)
+            if value is not None and share:
+                out[key] = (value, share)
+        return out
 
     def __bool__(self) -> bool:
-        return bool(self.entries)
+        return bool(self.entries) or self.inherit
 
 
 # factories whose objects are plain strings to sofamesh (Envoy's generic ones, and the keys
 # Istio's build registers); any other factory has an effect sofamesh does not give it
 _STRING_FACTORIES = frozenset({"envoy.string", "envoy.hashable_string", "istio.hashable_string"})
 _STRING_KEYS = frozenset({PEER_PRINCIPAL, LOCAL_PRINCIPAL}) | _STRING_FACTORIES
+# address objects: an "ip:port" value, not set when it does not parse (Envoy's factory
+# returns no object); the original_dst listener filter of an internal listener reads them
+LOCAL_IP = "envoy.filters.listener.original_dst.local_ip"
+REMOTE_IP = "envoy.filters.listener.original_dst.remote_ip"
+_ADDRESS_KEYS = frozenset({LOCAL_IP, REMOTE_IP})
+
+
+def parse_address(value: str | None) -> tuple[str, int] | None:
+    """An "ip:port" / "[ipv6]:port" string as (ip, port); None if it is not one."""
+    import ipaddress
+
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return str(ip), int(port)
+
+
+def _address_value(get: ConnGetter, transport: Any) -> str | None:
+    v = get(transport)
+    return v if parse_address(v) is not None else None
 
 
 def _http_value(fmt: Any, stream: Any) -> str:
     return fmt(stream, 0.0, 0)
 
 
-def compile_values(values: Any, path: str, http: bool) -> list[tuple[str, Any, bool, bool]]:
-    """set_filter_state's FilterStateValue list as (key, getter, read_only, skip_if_empty);
-    the getter takes the transport (network filter) or the HttpStream (HTTP filter)."""
+def compile_values(values: Any, path: str, http: bool) -> list[tuple[str, Any, bool, bool, int]]:
+    """set_filter_state's FilterStateValue list as (key, getter, read_only, skip_if_empty,
+    shared_with_upstream); the getter takes the transport (network filter) or the
+    HttpStream (HTTP filter)."""
     from sofamesh.proxy import log_format
 
     out = []
@@ -202,13 +289,14 @@ def compile_values(values: Any, path: str, http: bool) -> list[tuple[str, Any, b
             raise UnsupportedConfig(f"{vpath}.object_key: required")
         key = v.object_key
         factory = v.factory_key or key
-        if factory not in _STRING_KEYS:
+        if factory not in _STRING_KEYS and not (factory in _ADDRESS_KEYS and not http):
             raise UnsupportedConfig(
                 f"{vpath}.factory_key: filter state objects of '{factory}' are not implemented "
                 "by sofamesh (implemented: string objects: "
-                f"{', '.join(sorted(_STRING_FACTORIES))})"
+                f"{', '.join(sorted(_STRING_FACTORIES))}; on connections, the original_dst "
+                "addresses)"
             )
-        if v.shared_with_upstream != 0:
+        if v.shared_with_upstream != 0 and http:
             raise UnsupportedConfig(
                 f"{vpath}.shared_with_upstream: FilterStateValue.shared_with_upstream is not "
                 "implemented by sofamesh"
@@ -236,5 +324,7 @@ def compile_values(values: Any, path: str, http: bool) -> list[tuple[str, Any, b
             get = functools.partial(_http_value, fmt)
         else:
             get = format_connection(text, fpath, sfs.omit_empty_values)
-        out.append((key, get, bool(v.read_only), bool(v.skip_if_empty)))
+            if factory in _ADDRESS_KEYS:
+                get = functools.partial(_address_value, get)
+        out.append((key, get, bool(v.read_only), bool(v.skip_if_empty), v.shared_with_upstream))
     return out

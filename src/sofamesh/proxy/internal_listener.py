@@ -18,14 +18,29 @@ Each Server (each worker of `--concurrency N`) has its own Registry, so an inter
 connection stays in the worker that made it. `buffer_size_kb` (Envoy's default 1024 KiB)
 sizes both ends' kernel socket buffers: the writer is paused when the reader lags, the
 flow control Envoy's user-space buffer gives. The internal_upstream transport socket's
-inner `transport_socket` (raw_buffer or TLS) is the pipe's transport; its
-`passthrough_metadata` is refused (config/implemented.py lists only what is done here).
+inner `transport_socket` (raw_buffer or TLS) is the pipe's transport.
+
+What crosses the pipe besides bytes (Envoy's passthrough state), read by the internal
+listener's connection as its own (`context(transport)`):
+- filter state the downstream connection shares with its upstream
+  (`set_filter_state` values with `shared_with_upstream` ONCE or TRANSITIVE, and TRANSITIVE
+  ones it inherited itself): the internal connection's filter state, which the
+  original_dst listener filter (`envoy.filters.listener.original_dst.local_ip` /
+  `remote_ip`), RBAC `filter_state` rules and `%FILTER_STATE(...)%` read;
+- `passthrough_metadata`: namespaces of the endpoint's (`host`) or the cluster's metadata,
+  the internal connection's dynamic metadata (original_dst reads its
+  `envoy.filters.listener.original_dst` `local` address).
+Envoy keys upstream connection pools by the shared objects, so connections never mix
+downstreams whose shared state differs: here a connection to an internal host that
+carries shared state goes to a host of its own per distinct state (`upstream_host`), with
+its own pool.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+import weakref
+from typing import Any, NamedTuple
 
 from sofamesh.config.support import register_extension
 from sofamesh.proxy.errors import UnsupportedConfig
@@ -89,6 +104,43 @@ def buffer_size(bootstrap: Any) -> int | None:
     return None
 
 
+NONE, ONCE, TRANSITIVE = 0, 1, 2  # FilterStateValue.SharedWithUpstream
+
+
+class Context(NamedTuple):
+    """What an internal connection got from the connection that dialled it."""
+
+    filter_state: dict  # key -> (string value, ONCE | TRANSITIVE)
+    metadata: dict  # namespace -> dict (google.protobuf.Struct as JSON)
+
+
+_PENDING: dict[int, Context] = {}  # accepted socket's fd -> context, until it has a transport
+_CONTEXT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transport -> Context
+
+
+def context(transport: Any) -> Context | None:
+    """The Context of an internal listener's connection (None: not internal, or nothing
+    passed through)."""
+    if transport is None or not (_CONTEXT or _PENDING):
+        return None
+    try:
+        ctx = _CONTEXT.get(transport)
+    except TypeError:
+        return None
+    if ctx is not None or not _PENDING:
+        return ctx
+    sock = transport.get_extra_info("socket")  # still being accepted (connection_made)
+    return _PENDING.get(sock.fileno()) if sock is not None else None
+
+
+def inherited(transport: Any, key: str) -> str | None:
+    ctx = context(transport)
+    if ctx is None:
+        return None
+    v = ctx.filter_state.get(key)
+    return v[0] if v is not None else None
+
+
 class Registry:
     """One Server's internal listeners by name: the protocol factory each accepts with."""
 
@@ -96,26 +148,50 @@ class Registry:
         self.buffer = buffer
         self.factories: dict[str, Any] = {}
 
-    async def connect(self, loop: Any, factory: Any, name: str, kw: dict) -> Any:
+    async def connect(
+        self, loop: Any, factory: Any, name: str, kw: dict, ctx: Context | None = None
+    ) -> Any:
         accept = self.factories.get(name)
         if accept is None:  # Envoy: the connection fails (remote connection failure)
             raise OSError(f"no internal listener named {name!r}")
         a, b = socket.socketpair()
+        fd = a.fileno()
+        # Once the loop has a socket (connect_accepted_socket / create_connection with
+        # sock=), it is the loop's: it closes it with the transport, also when the call fails
+        # or is cancelled (a connect timeout). Closing it here too would close the
+        # descriptor under the loop, or a new socket that reused its number: uvloop's epoll
+        # then fails and aborts the process. So only a socket not yet given is closed here.
+        given_a = given_b = False
         try:
             for s in (a, b):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.buffer)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.buffer)
                 s.setblocking(False)
-            await loop.connect_accepted_socket(accept, a)
+            if ctx is not None:
+                _PENDING[fd] = ctx
+            given_a = True
+            transport, _ = await loop.connect_accepted_socket(accept, a)
+            if ctx is not None:
+                _CONTEXT[transport] = ctx
+            _PENDING.pop(fd, None)
+            given_b = True
+            conn = await loop.create_connection(factory, sock=b, **kw)
+            # uvloop attaches the socket object to its transport only once connection_made
+            # has returned; a protocol that closed the transport in connection_made (a
+            # tcp_proxy whose client has already gone) had libuv close the descriptor
+            # while the object still held it, and the object would close that number again
+            # when collected: by then another connection's socket (its bytes lost, then
+            # uvloop's epoll aborts the process). The descriptor is libuv's from here on.
+            b.detach()
+            return conn
         except BaseException:
-            a.close()
-            b.close()
+            if not given_a:
+                a.close()
+            if not given_b:
+                b.close()  # (the listener's side, if accepted, sees its peer close)
             raise
-        try:
-            return await loop.create_connection(factory, sock=b, **kw)
-        except BaseException:
-            b.close()
-            raise
+        finally:
+            _PENDING.pop(fd, None)
 
 
 class InternalServer:
@@ -170,16 +246,56 @@ class InternalTransport:
     own `transport_socket`, or the cluster's, as a proxy.tls.UpstreamTransport or None);
     any other host as usual."""
 
-    def __init__(self, server: Any, inner: Any) -> None:
+    def __init__(
+        self,
+        server: Any,
+        inner: Any,
+        passthrough: tuple = (),
+        c: Any = None,
+        passes_state: bool = False,
+    ) -> None:
         self.server = server
         self.inner = inner  # proxy.tls.UpstreamTransport | None
+        # only the internal_upstream transport socket passes filter state (Envoy: a cluster
+        # that merely has internal endpoints dials them with raw_buffer, nothing passed)
+        self.passes_state = passes_state
+        # passthrough_metadata: ((from host?, namespace), ...); the metadata it reads
+        self.passthrough = passthrough
+        self.cluster_md: dict = {}
+        self.host_md: dict[str, dict] = {}  # host address -> endpoint metadata (JSON)
+        # hosts of their own for connections that carry shared filter state (upstream_host)
+        self.shared_hosts: dict[tuple, Any] = {}
+        self.shared_state: dict[Any, dict] = {}  # such a host -> its shared state
+        if passthrough and c is not None:
+            self.cluster_md = _struct_map(c.metadata)
+            self._learn_md(c.load_assignment)
+
+    def _learn_md(self, cla: Any) -> None:
+        for e in cla.endpoints:
+            for lbe in e.lb_endpoints:
+                hp = host_address(lbe.endpoint.address)
+                if hp is not None and lbe.HasField("metadata"):
+                    self.host_md[hp[0]] = _struct_map(lbe.metadata)
 
     def contexts(self) -> list:
         return self.inner.contexts() if self.inner is not None else []
 
     def learn(self, cla: Any) -> None:
+        if self.passthrough:
+            self._learn_md(cla)
         if self.inner is not None:
             self.inner.learn(cla)
+
+    def _context(self, host: Any) -> Context | None:
+        shared = self.shared_state.get(host)
+        md: dict = {}
+        for from_host, ns in self.passthrough:
+            src = self.host_md.get(host.address, {}) if from_host else self.cluster_md
+            if ns in src:
+                md[ns] = src[ns]
+        if shared is None and not md:
+            return None
+        return Context(shared or {}, md)
 
     def connect_kw(self, host: Any) -> dict:
         return self.inner.connect_kw(host) if self.inner is not None else {}
@@ -193,7 +309,39 @@ class InternalTransport:
         reg = getattr(self.server, "internal", None)
         if reg is None:  # no internal listener at all: as a missing one
             reg = Registry(_DEFAULT_KB * 1024)
-        return reg.connect(loop, factory, name, self.connect_kw(host))
+        return reg.connect(loop, factory, name, self.connect_kw(host), self._context(host))
+
+
+def _struct_map(md: Any) -> dict:
+    from google.protobuf import json_format
+
+    return {ns: json_format.MessageToDict(v) for ns, v in md.filter_metadata.items()}
+
+
+def upstream_host(cluster: Any, host: Any, transport: Any, conn_state: Any) -> Any:
+    """The host a downstream connection's upstream connection goes to: `host`, or, when
+    the host is internal and the connection shares filter state with its upstream, a host
+    of its own for that state (its own pool: Envoy keys pools by the shared objects). The
+    shared state reaches the internal listener's connection (Context)."""
+    tr = cluster.tls
+    if not isinstance(tr, InternalTransport) or not tr.passes_state:
+        return host
+    if not _is_internal_host(host):
+        return host
+    shared = conn_state.shared(transport) if conn_state is not None else {}
+    if not shared:
+        return host
+    key = (host.address, tuple(sorted(shared.items())))
+    h = tr.shared_hosts.get(key)
+    if h is None or h.removed:
+        from sofamesh.proxy.localities import make_host
+
+        h = make_host(host.address, host.port, host.weight, (0, "", 0, "", 0))
+        tr.shared_hosts[key] = h
+        tr.shared_state[h] = shared
+        if len(tr.shared_hosts) > 4096:  # one per live state is enough: forget the oldest
+            tr.shared_state.pop(tr.shared_hosts.pop(next(iter(tr.shared_hosts))), None)
+    return h
 
 
 def cluster_transport(c: Any, server: Any, path: str, h2: bool) -> Any:
@@ -219,18 +367,24 @@ def cluster_transport(c: Any, server: Any, path: str, h2: bool) -> Any:
 
         iu = internal_upstream_pb2.InternalUpstreamTransport()
         ts.typed_config.Unpack(iu)
-        if iu.passthrough_metadata:
-            raise UnsupportedConfig(
-                f"{path}.transport_socket.typed_config.passthrough_metadata: "
-                "InternalUpstreamTransport.passthrough_metadata is not implemented by sofamesh"
-            )
+        passthrough = []
+        for i, pm in enumerate(iu.passthrough_metadata):
+            kind = pm.kind.WhichOneof("kind")
+            if kind not in ("host", "cluster"):
+                raise UnsupportedConfig(
+                    f"{path}.transport_socket.typed_config.passthrough_metadata[{i}].kind: "
+                    f"{kind} metadata is not implemented by sofamesh (implemented: host, cluster)"
+                )
+            passthrough.append((kind == "host", pm.name))
         inner_c = type(c)()
         inner_c.CopyFrom(c)
         inner_c.ClearField("transport_socket")
         if iu.HasField("transport_socket"):
             inner_c.transport_socket.CopyFrom(iu.transport_socket)
     inner = tls.upstream_transport(inner_c, server.stats, path, server, h2=h2)
-    return InternalTransport(server, inner)
+    return InternalTransport(
+        server, inner, tuple(passthrough) if internal_ts else (), c, passes_state=internal_ts
+    )
 
 
 def adopt_hosts(server: Any, cluster: Any, hosts: list) -> None:

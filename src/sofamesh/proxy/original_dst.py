@@ -27,15 +27,48 @@ from sofamesh.proxy.errors import UnsupportedConfig
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same number
 _RESTORED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transport -> (ip, port)
+_REMOTE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # internal: restored peer
+
+
+def _internal(transport: Any) -> tuple[str, int] | None:
+    """On an internal listener's connection, Envoy's original_dst reads what the dialling
+    connection passed through (proxy/internal_listener.py): the `local` address in the
+    `envoy.filters.listener.original_dst` metadata, then the filter state objects
+    `...original_dst.local_ip` (which wins) and `...original_dst.remote_ip` (the peer)."""
+    from sofamesh.proxy.filter_state import LOCAL_IP, REMOTE_IP, parse_address
+    from sofamesh.proxy.internal_listener import context
+
+    ctx = context(transport)
+    if ctx is None:
+        return None
+    addr = None
+    md = ctx.metadata.get("envoy.filters.listener.original_dst")
+    if isinstance(md, dict) and isinstance(md.get("local"), str):
+        addr = parse_address(md["local"])
+    fs = ctx.filter_state
+    if LOCAL_IP in fs:
+        addr = parse_address(fs[LOCAL_IP][0]) or addr
+    remote = parse_address(fs[REMOTE_IP][0]) if REMOTE_IP in fs else None
+    try:
+        if addr is not None:
+            _RESTORED[transport] = addr
+        if remote is not None:
+            _REMOTE[transport] = remote
+    except TypeError:
+        pass
+    return addr
 
 
 def restore(transport: Any) -> tuple[str, int] | None:
-    """The connection's original destination (SO_ORIGINAL_DST), remembered as its local
-    address; None (nothing remembered) when the socket has none."""
+    """The connection's original destination (SO_ORIGINAL_DST; on an internal listener,
+    what its dialler passed through), remembered as its local address; None (nothing
+    remembered) when the socket has none."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return None
     try:
+        if sock.family == socket.AF_UNIX:
+            return _internal(transport)
         if sock.family == socket.AF_INET:
             raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
             port, ip = struct.unpack_from("!2xH4s", raw)
@@ -69,6 +102,21 @@ def local_address(transport: Any) -> tuple[str, int] | None:
             return addr
     name = transport.get_extra_info("sockname")
     return (name[0], name[1]) if name else None
+
+
+def remote_address(transport: Any) -> Any:
+    """The connection's peer: the socket's, or on an internal listener's connection the
+    `remote_ip` its dialler passed through."""
+    if transport is None:
+        return None
+    if _REMOTE:
+        try:
+            addr = _REMOTE.get(transport)
+        except TypeError:
+            addr = None
+        if addr is not None:
+            return addr
+    return transport.get_extra_info("peername")
 
 
 def check_cluster(c: Any, ctype: str, lb: str, path: str) -> None:

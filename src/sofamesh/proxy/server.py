@@ -608,6 +608,7 @@ class Server:
         """One filter chain: its last filter is a terminal network filter
         (http_connection_manager, or one from the filter registry: dubbo_proxy, bolt_proxy,
         tcp_proxy, auto); filters before it may only be pass-through ones."""
+        from sofamesh._core.rpc_tcp import TcpProxyConfig
         from sofamesh.filters import registry
         from sofamesh.filters.network.sniff import Chain
 
@@ -618,14 +619,15 @@ class Server:
         gates = []  # filters that check a connection before the terminal one (network rbac)
         # what filters set on each connection (set_filter_state, istio_authn), read by the
         # chain's RBAC filter_state rules; every setter has run before the first byte
-        conn_state = ConnState()
+        # (an internal listener's connections start with what their dialler shared)
+        conn_state = ConnState(inherit=internal_listener.is_internal(lst))
         for fi, f in enumerate(chain.filters[:last]):
             spec = _network_spec(registry, f)
             if spec is not None and spec.extra.get("conn_state"):
-                for key, get, read_only, skip in spec.factory(
+                for key, get, read_only, skip, share in spec.factory(
                     f.typed_config, {"path": f"{fpath}[{fi}]"}
                 ):
-                    conn_state.add(key, get, read_only, skip)
+                    conn_state.add(key, get, read_only, skip, share)
                 continue
             if spec is not None and spec.extra.get("wraps"):
                 gates.append(
@@ -666,6 +668,8 @@ class Server:
             view.gates = [g for _, g in gates]
             for _, g in gates:
                 g.conn_state = conn_state or None
+            if isinstance(built, TcpProxyConfig):  # shares with its upstream connections
+                built.conn_state = conn_state if conn_state.sharing else None
             self.network_chains.append(view)
         return view
 

@@ -22,6 +22,7 @@ ACCEPTED = {
     "gateway_istio_http.json",
     "gateway_k8s_http.json",
     "outbound_http_routes.json",
+    "proxyconfig_main_internal.json",
     "sidecar_inbound_permissive.json",
     "sidecar_outbound_http.json",
     "sidecar_outbound_tcp.json",

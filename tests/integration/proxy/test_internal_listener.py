@@ -414,15 +414,21 @@ def test_internal_listener_needs_the_bootstrap_extension(tmp_path: Path):
     assert rc_s == 0, out_s
 
 
-def test_passthrough_metadata_is_refused_by_name(tmp_path: Path):
+def test_passthrough_metadata_kinds(tmp_path: Path):
+    """Host and cluster metadata pass through (tests/integration/istio/
+    test_internal_passthrough.py); another kind is refused by name."""
     b = bootstrap(free_port())
     ts = b["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
     ts["passthrough_metadata"] = [
-        {"kind": {"host": {}}, "name": "envoy.filters.listener.original_dst"}
+        {"kind": {"host": {}}, "name": "envoy.filters.listener.original_dst"},
+        {"kind": {"cluster": {}}, "name": "istio"},
     ]
     rc, out = _validate([*sofamesh_command(), "proxy"], b, tmp_path, "meta")
+    assert rc == 0, out
+    ts["passthrough_metadata"].append({"kind": {"request": {}}, "name": "x"})
+    rc, out = _validate([*sofamesh_command(), "proxy"], b, tmp_path, "meta2")
     assert rc != 0
-    assert "passthrough_metadata" in out and "not implemented by sofamesh" in out, out
+    assert "passthrough_metadata[2].kind" in out and "not implemented by sofamesh" in out, out
 
 
 def _typed(t: str, msg: dict) -> dict:

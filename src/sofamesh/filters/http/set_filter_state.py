@@ -27,7 +27,7 @@ class SetFilterState(HttpFilter):
         if fs is None:
             fs = s.filter_state = {}
         locked = fs.get(_READ_ONLY)
-        for key, get, read_only, skip in self.values:
+        for key, get, read_only, skip, _ in self.values:
             v = get(s)
             if skip and v == "":
                 continue

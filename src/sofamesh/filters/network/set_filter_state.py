@@ -5,8 +5,10 @@
 Neither touches the bytes: the chain keeps its terminal filter, and what they set is read
 by RBAC `filter_state` rules, in the network RBAC filter after them and in the HTTP
 connection manager's RBAC filters (HcmConfig.conn_state). Values are string objects
-(`envoy.string` and the like); a factory with its own effect (a tcp_proxy cluster, an
-upstream SNI, ...) and `shared_with_upstream` are refused by path.
+(`envoy.string` and the like) and the original_dst addresses; a factory with another effect
+(a tcp_proxy cluster, an upstream SNI, ...) is refused by path. `shared_with_upstream`
+values reach the upstream connection when it goes to an internal listener
+(proxy/internal_listener.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ ISTIO_AUTHN = "io.istio.network.authn.Config"
 
 
 def factory(typed_config: Any, context: dict) -> list:
-    """[(key, getter(transport), read_only, skip_if_empty)] for the chain's ConnState."""
+    """[(key, getter(transport), read_only, skip_if_empty, shared_with_upstream)] for the
+    chain's ConnState."""
     from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
 
     from sofamesh.proxy.filter_state import compile_values
@@ -40,7 +43,7 @@ def istio_authn(typed_config: Any, context: dict) -> list:
     """Istio's istio_authn: the peer's SPIFFE identity as `io.istio.peer_principal`."""
     from sofamesh.proxy.filter_state import PEER_PRINCIPAL, istio_peer_principal
 
-    return [(PEER_PRINCIPAL, istio_peer_principal, True, False)]
+    return [(PEER_PRINCIPAL, istio_peer_principal, True, False, 0)]
 
 
 SPEC = register(

@@ -73,6 +73,7 @@ def build(typed_config: Any, ctx: dict) -> TcpProxyConfig:
         ctx["loop"],
         idle_timeout_s=idle,
         access_logs=access_logs,
+        listener_stat_name=ctx.get("stat_name"),
     )
 
 
