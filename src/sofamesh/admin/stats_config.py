@@ -237,9 +237,10 @@ class StatsView:
                 snap[k] = {fix(n): v for n, v in snap[k].items()}
             snap["used"] = {fix(n) for n in snap.get("used", ())}
         keep = self.keep
-        if keep is not None:
-            for k in ("counters", "gauges", "histograms"):
-                snap[k] = {n: v for n, v in snap[k].items() if keep(n)}
+        if keep is not None:  # text readouts too (Envoy's matcher rejects them alike)
+            for k in ("counters", "gauges", "histograms", "text_readouts"):
+                if k in snap:
+                    snap[k] = {n: v for n, v in snap[k].items() if keep(n)}
             snap["used"] = {n for n in snap.get("used", ()) if keep(n)}
         return snap
 

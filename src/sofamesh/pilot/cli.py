@@ -19,11 +19,25 @@ def _hostport(text: str, flag: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _xds_address(text: str) -> tuple[str, int]:
+    """--xds-address: HOST:PORT, or unix:PATH (a Unix socket, as pilot-agent's XDS proxy
+    serves the bootstrap's `xds-grpc` pipe): ("unix:PATH", 0)."""
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise SystemExit(f"sofamesh pilot: --xds-address {text!r}: expected unix:PATH")
+        return text, 0
+    return _hostport(text, "--xds-address")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sofamesh pilot", description="xDS control plane over several service registries"
     )
-    p.add_argument("--xds-address", default=None, help="ADS gRPC address (default 127.0.0.1:15010)")
+    p.add_argument(
+        "--xds-address",
+        default=None,
+        help="ADS gRPC address, HOST:PORT or unix:PATH (default 127.0.0.1:15010)",
+    )
     p.add_argument(
         "--api-address", default=None, help="registry REST API address (default 127.0.0.1:15020)"
     )
@@ -247,7 +261,15 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     try:
         await pilot.start()
         xh, xp = opts["xds_address"]
-        xds_port = await pilot.ads.start(f"[{xh}]:{xp}" if ":" in xh else f"{xh}:{xp}")
+        if xh.startswith("unix:"):  # a Unix socket: a stale one from a previous run goes
+            try:
+                os.unlink(xh[5:])
+            except FileNotFoundError:
+                pass
+            await pilot.ads.start(xh)
+            xds_port = 0
+        else:
+            xds_port = await pilot.ads.start(f"[{xh}]:{xp}" if ":" in xh else f"{xh}:{xp}")
         ah, ap = opts["api_address"]
         api_port = await api.start(ah, ap)
         scheme = "https" if doors is not None else "http"
@@ -259,18 +281,17 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
                 ah,
                 api_port,
             )
+        xds_at = xh if xh.startswith("unix:") else f"{xh}:{xds_port}"
         log.info(
-            "pilot ready: xDS %s:%d, API %s://%s:%d, store %s",
-            xh,
-            xds_port,
+            "pilot ready: xDS %s, API %s://%s:%d, store %s",
+            xds_at,
             scheme,
             ah,
             api_port,
             store.kind,
         )
         print(
-            f"sofamesh pilot: xds={xh}:{xds_port} api={scheme}://{ah}:{api_port} "
-            f"store={store.kind}",
+            f"sofamesh pilot: xds={xds_at} api={scheme}://{ah}:{api_port} store={store.kind}",
             flush=True,
         )
         if ready is not None:
@@ -395,9 +416,7 @@ def _main(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     opts = {
-        "xds_address": _hostport(
-            pick(args.xds_address, "xds_address", "127.0.0.1:15010"), "--xds-address"
-        ),
+        "xds_address": _xds_address(pick(args.xds_address, "xds_address", "127.0.0.1:15010")),
         "api_address": _hostport(
             pick(args.api_address, "api_address", "127.0.0.1:15020"), "--api-address"
         ),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import time
 from http.server import BaseHTTPRequestHandler
 
 import grpc
@@ -198,3 +199,76 @@ def _direct() -> dict:
             }
         ],
     }
+
+
+def test_pilot_agent_bootstrap_fed_by_sofamesh_pilot(tmp_path, agent):
+    """The same golden bootstrap, its `xds-grpc` pipe served by `sofamesh pilot` itself
+    (`--xds-address unix:PATH`, where pilot-agent's XDS proxy would be): Envoy 1.40 and
+    sofamesh each come up LIVE with what pilot-agent checks (server.state, workers, CDS and
+    LDS applied), hold the pilot's listener, and route a call by service name to the
+    instance registered through the pilot's API."""
+    from tests.integration.pilot.conftest import PilotProcess
+    from tests.support.http_upstream import RecordingUpstream
+
+    sock = str(tmp_path / "XDS")
+    pilot = PilotProcess(tmp_path / "pilot", extra=["--xds-address", f"unix:{sock}"]).start()
+    up = RecordingUpstream(["alpha"]).start()
+    seen = {}
+    try:
+        pilot.register(
+            "reviews", "r1", address="127.0.0.1", port=up.ports["alpha"], service_port=9080
+        )
+        for kind in ("envoy", "sofamesh"):
+            admin, prom, ready = free_port(), free_port(), free_port()
+            boot = istio_bootstrap(sock, admin, prom, ready, agent)
+            proxy = (
+                ProxyProcess.envoy(envoy_binary(), boot, tmp_path / kind)
+                if kind == "envoy"
+                else ProxyProcess.sofamesh(sofamesh_command(), boot, tmp_path / kind)
+            )
+            with proxy:
+                call = (0, "")
+                for _ in range(100):  # the pilot's routes arrive just after LIVE
+                    try:
+                        call = _call(pilot.outbound_port, "reviews:9080")
+                    except OSError:
+                        call = (0, "")
+                    if call[0] == 200:
+                        break
+                    time.sleep(0.1)
+                stats = _get(admin, "/stats")[1]
+                seen[kind] = {
+                    "ready": _get(admin, "/ready"),
+                    "state": _stat(stats, "server.state"),
+                    "workers_started": _stat(stats, "listener_manager.workers_started"),
+                    "cds_ok": _stat(stats, "cluster_manager.cds.update_success") >= 1,
+                    "lds_ok": _stat(stats, "listener_manager.lds.update_success") >= 1,
+                    # outside Istio's inclusion list: neither shows control_plane.*
+                    "control_plane": [ln for ln in stats.splitlines() if "control_plane" in ln],
+                    "listeners": _stat(stats, "listener_manager.total_listeners_active"),
+                    "call": (call[0], call[1].split(" ", 1)[0]),
+                }
+    finally:
+        up.stop()
+        pilot.stop()
+    assert seen["envoy"] == {
+        "ready": (200, "LIVE\n"),
+        "state": 0,
+        "workers_started": 1,
+        "cds_ok": True,
+        "lds_ok": True,
+        "control_plane": [],
+        "listeners": 3,  # :15090, :15021 and the pilot's outbound listener
+        "call": (200, "upstream=alpha"),
+    }
+    assert seen["sofamesh"] == seen["envoy"]
+
+
+def _call(port: int, host: str) -> tuple[int, str]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/", headers={"host": host})
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
