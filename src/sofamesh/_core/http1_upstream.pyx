@@ -451,6 +451,8 @@ cdef class UpstreamConn(PoolConn):
         if not self.chunked:
             if PyBytes_GET_SIZE(data):
                 self._send(data)
+            # (an HTTP/2 upgrade's END_STREAM is not passed on as a half close: Envoy's
+            # HTTP/1.1 codec has none; the tunnel lasts until the upstream closes)
             return 0
         wb = self.wb
         if PyBytes_GET_SIZE(data) > 32768:

@@ -52,8 +52,10 @@ cdef class H2Stream(RouterStream):
     cdef bint rst                       # the stream was reset (either side)
     cdef bint paused_up                 # our client's window made us pause the upstream
     cdef long long unacked              # request DATA not acknowledged while paused
-    cdef int _begin(self, HeaderList h, bint end_stream) except -1
+    cdef int _begin(self, HeaderList h, bint end_stream, bytes protocol) except -1
     cdef int _begin_connect(self, HeaderList h) except -1
+    cdef int _begin_upgrade(self, HeaderList h, bytes protocol) except -1
+    cdef int _upgrade_done(self) except -1
     cdef int _on_data(self, bytes data, bint end_stream, long long flow) except -1
     cdef int _on_trailers(self, HeaderList t) except -1
     cdef int _request_complete(self) except -1

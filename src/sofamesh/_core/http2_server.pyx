@@ -14,6 +14,7 @@ from sofamesh._core.codecs.http2_events cimport (
     RequestHeaders, Data, Trailers, StreamReset, WindowUpdated, GoAway,
     ConnectionError as H2ConnectionError,
 )
+from sofamesh._core.codecs.http1 cimport Head
 from sofamesh._core.codecs.http2_map cimport adopt, response_list, trailer_list
 from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig, overload_hit
@@ -195,7 +196,8 @@ cdef class Http2ServerConn:
                 if self.idle_timer is not None:
                     self.idle_timer.cancel()
                     self.idle_timer = None
-                s._begin(adopt((<RequestHeaders>ev).headers), (<RequestHeaders>ev).end_stream)
+                s._begin(adopt((<RequestHeaders>ev).headers), (<RequestHeaders>ev).end_stream,
+                         (<RequestHeaders>ev).protocol)
             elif t is Trailers:
                 counted = True
                 s = self.streams.get((<Trailers>ev).stream_id)
@@ -374,7 +376,7 @@ cdef int _reset_streams(Http2ServerConn c, bint remote) except -1:
 cdef class H2Stream(RouterStream):
     """One request/response exchange of an HTTP/2 connection."""
 
-    cdef int _begin(self, HeaderList h, bint end_stream) except -1:
+    cdef int _begin(self, HeaderList h, bint end_stream, bytes protocol) except -1:
         cdef HcmConfig cfg = self.cfg
         self.head = h
         self.http_version = 20
@@ -395,11 +397,8 @@ cdef class H2Stream(RouterStream):
                 if cfg.stream_idle_timeout > 0 else 0
             self._arm_stream_timer()
         if h.method_ == b"CONNECT":
-            if h.path_ is not None:
-                # extended CONNECT (RFC 8441: :protocol and :path; websocket over HTTP/2)
-                # is not implemented
-                self.resp_flags = "DPE"
-                return self._local_reply(403, b"", None, False)
+            if protocol is not None:    # the codec took it: allow_connect advertised it
+                return self._begin_upgrade(h, protocol)
             return self._begin_connect(h)
         if h.find_from("expect", 6, 0) >= 0 and h.get_all(b"expect").lower() == b"100-continue":
             # Envoy answers 100-continue itself (no proxy_100_continue) and drops the header
@@ -414,6 +413,42 @@ cdef class H2Stream(RouterStream):
             decorate(self, h)
         self.fidx = 0
         return self._decode_continue()
+
+    cdef int _begin_upgrade(self, HeaderList h, bytes protocol) except -1:
+        """Extended CONNECT (RFC 8441, `allow_connect`): an upgrade of type :protocol,
+        served as Envoy serves it. The request becomes the HTTP/1.1 upgrade it stands for
+        (GET, `upgrade: <protocol>`, `connection: upgrade`) and is routed as one: a route or
+        connection manager without that upgrade type gets 403 (counted in
+        downstream_rq_ws_on_non_ws_route, the connection drained). The upstream's 101 is
+        answered `:status 200` without its connection headers, then DATA frames carry the
+        tunnel's bytes both ways and END_STREAM its half close."""
+        cdef HcmConfig cfg = self.cfg
+        cdef bytes up = protocol.lower()
+        if cfg.overload_reject and overload_hit(cfg.overload_reject):
+            return self._overloaded()
+        h.method_ = b"GET"
+        h.add(b"upgrade", protocol)
+        h.add(b"connection", b"upgrade")
+        self.route = cfg.routes.route(h)
+        if cfg.decorate:
+            decorate(self, h)
+        if up not in cfg.upgrades and (self.route is None or up not in self.route.upgrades):
+            if self.route is not None:  # no route at all: the router's 404 (Envoy)
+                cfg.rq_ws_on_non_ws_route.inc()
+                self.conn.close()   # Envoy drains the connection: GOAWAY before the 403
+                return self._local_reply(403, b"", None, False)
+        else:
+            self.upgrade = True
+            cfg.cx_upgrades_total.inc()
+            cfg.cx_upgrades_active.inc()
+        self.fidx = 0
+        return self._decode_continue()
+
+    cdef int _upgrade_done(self) except -1:
+        if self.upgrade:
+            self.upgrade = False
+            self.cfg.cx_upgrades_active.dec()
+        return 0
 
     cdef int _begin_connect(self, HeaderList h) except -1:
         """A CONNECT stream (RFC 9113 8.5): an upgrade of type CONNECT as on HTTP/1.1
@@ -492,6 +527,7 @@ cdef class H2Stream(RouterStream):
             return 0
         self.rst = True
         self.state = DS_CLOSED
+        self._upgrade_done()
         if self.in_request:
             cfg.rq_rx_reset.inc()
             if self.resp_flags == "-":
@@ -522,6 +558,7 @@ cdef class H2Stream(RouterStream):
             self.conn.codec.reset_stream(self.sid, ERR_NO_ERROR)
             self.rst = True
         self.state = DS_CLOSED
+        self._upgrade_done()
         if self.in_request:
             self._end_request_stats(self.resp_status)
         self.timer_at = 0
@@ -652,6 +689,13 @@ cdef class H2Stream(RouterStream):
         cdef int status = rh.get_status()
         if not self._router_response(c, rh):
             return False        # retried
+        if status == 101 and self.upgrade and type(rh) is Head:
+            # the upgrade taken: HTTP/2 says so with a 200 (RFC 8441 section 5), its
+            # HTTP/1.1 connection headers dropped (Envoy)
+            rh.remove(b"upgrade")
+            rh.remove(b"connection")
+            (<Head>rh).status = 200
+            status = 200
         self._hcm_response(rh, status, end_stream)
         self.resp_started = True
         if not self.req_done:

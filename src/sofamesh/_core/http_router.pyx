@@ -842,7 +842,10 @@ cdef class RouterStream(HttpStream):
             self.timer_at = self.deadline
             self.timer = self.cfg.loop.call_later(self.deadline - now, self._on_timer)
             return
-        if self.resp_started and self.resp_status == 101 or self.cluster is None or \
+        # an upgraded stream (101; over HTTP/2 its 200) has no route timeout any more
+        if self.resp_started and (self.resp_status == 101 or (
+                self.upgrade and self.resp_status == 200 and self.http_version == 20)) or \
+                self.cluster is None or \
                 self.route is None or (self.rq_timeout <= 0 and self.try_deadline <= 0):
             return
         if not self.req_done:

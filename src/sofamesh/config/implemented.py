@@ -327,7 +327,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # HCM http2_protocol_options (downstream) and a cluster's explicit HTTP/2 options
     "envoy.config.core.v3.Http2ProtocolOptions": (
         # plain CONNECT streams are served with or without it (http2_server._begin_connect);
-        # extended CONNECT (:protocol) still gets 403
+        # it advertises extended CONNECT (RFC 8441: websocket over HTTP/2, _begin_upgrade)
         "allow_connect",
         "max_concurrent_streams",
         "initial_stream_window_size",

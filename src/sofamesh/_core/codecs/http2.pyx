@@ -81,7 +81,8 @@ cdef class Connection(ConnectionCore):
                  int max_inbound_priority_frames_per_stream=100,
                  int max_inbound_window_update_frames_per_data_frame_sent=10,
                  int premature_reset_total_stream_count=500,
-                 Py_ssize_t max_header_block_size=0):
+                 Py_ssize_t max_header_block_size=0,
+                 bint allow_connect=False):
         if not (DEFAULT_WINDOW <= initial_connection_window_size <= MAX_WINDOW):
             raise ValueError("initial_connection_window_size out of range")
         if not (0 <= initial_stream_window_size <= MAX_WINDOW):
@@ -89,6 +90,7 @@ cdef class Connection(ConnectionCore):
         if not (DEFAULT_MAX_FRAME <= max_frame_size <= MAX_MAX_FRAME):
             raise ValueError("max_frame_size out of range")
         self.client_side = client_side
+        self.allow_connect = allow_connect and not client_side
         self._phase = PHASE_SETTINGS if client_side else PHASE_PREFACE
         self._out = FrameBuffer()
         # the peer's encoder starts at 4096; a smaller bound applies once acknowledged
@@ -133,6 +135,8 @@ cdef class Connection(ConnectionCore):
                     SETTINGS_MAX_HEADER_LIST_SIZE: max_header_list_size}
         if client_side:
             settings[SETTINGS_ENABLE_PUSH] = 0
+        if self.allow_connect:      # RFC 8441: extended CONNECT (websocket over HTTP/2)
+            settings[SETTINGS_ENABLE_CONNECT_PROTOCOL] = 1
         if hpack_table_size != 4096:
             settings[SETTINGS_HEADER_TABLE_SIZE] = hpack_table_size
         if max_frame_size != DEFAULT_MAX_FRAME:

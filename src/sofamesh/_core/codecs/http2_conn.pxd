@@ -57,6 +57,8 @@ cdef struct h2_stats:
 
 cdef class ConnectionCore:
     cdef readonly bint client_side
+    # SETTINGS_ENABLE_CONNECT_PROTOCOL advertised (allow_connect): extended CONNECT taken
+    cdef readonly bint allow_connect
     cdef int _phase
     cdef int _preface_seen
     cdef FrameBuffer _out

@@ -321,6 +321,9 @@ cdef class ConnectionCore:
                 return self._conn_error(ERR_PROTOCOL_ERROR, "stream depends on itself")
             req = new_request_headers(sid, headers, end_stream)
             why = validate_request(headers, req)
+            if why is None and req.protocol is not None and not self.allow_connect:
+                # RFC 8441 section 3: not advertised, so a malformed request
+                why = ":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL"
             if why is None and end_stream and req.content_length > 0:
                 why = "content-length without DATA"
             if why is not None:

@@ -258,7 +258,13 @@ def _h2_downstream(hcm: Any, max_headers: int) -> dict:
     and the header limits it shares with HTTP/1 (max_request_headers_kb,
     max_headers_count)."""
     o = h2_options(hcm.http2_protocol_options)
+    # Envoy 1.40's defaults, as its SETTINGS show them (not the 2^31-1 streams and 256 MiB
+    # windows older documentation gives): 1024 streams, a 16 MiB stream window
+    o.setdefault("max_concurrent_streams", 1024)
+    o.setdefault("initial_stream_window_size", 16 * 1024 * 1024)
     o["max_headers_count"] = max_headers
+    if hcm.http2_protocol_options.allow_connect:  # extended CONNECT (http2_server)
+        o["allow_connect"] = True
     if hcm.HasField("max_request_headers_kb"):
         o["max_header_list_size"] = hcm.max_request_headers_kb.value * 1024
     return o
