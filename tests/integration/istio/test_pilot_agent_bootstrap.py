@@ -21,6 +21,7 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from tests.conftest import FIXTURES, envoy_binary, free_port, sofamesh_command
+from tests.integration.pilot.test_envoy_ads import get
 from tests.integration.xds.test_sidecar_nack import CDS, LDS, listener
 from tests.support.envoy import ProxyProcess
 from tests.support.threaded_http import serve_http
@@ -230,7 +231,7 @@ def test_pilot_agent_bootstrap_fed_by_sofamesh_pilot(tmp_path, agent):
                 call = (0, "")
                 for _ in range(100):  # the pilot's routes arrive just after LIVE
                     try:
-                        call = _call(pilot.outbound_port, "reviews:9080")
+                        call = get(pilot.outbound_port, "reviews:9080")
                     except OSError:
                         call = (0, "")
                     if call[0] == 200:
@@ -262,13 +263,3 @@ def test_pilot_agent_bootstrap_fed_by_sofamesh_pilot(tmp_path, agent):
         "call": (200, "upstream=alpha"),
     }
     assert seen["sofamesh"] == seen["envoy"]
-
-
-def _call(port: int, host: str) -> tuple[int, str]:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        c.request("GET", "/", headers={"host": host})
-        r = c.getresponse()
-        return r.status, r.read().decode(errors="replace")
-    finally:
-        c.close()
