@@ -387,3 +387,60 @@ def test_clients_that_leave_at_once_harm_no_one(tmp_path):
         up.stop()
     assert alive
     assert answered == 20
+
+
+def test_pools_never_mix_shared_state(tmp_path):
+    """Two HTTP listeners share one internal cluster but not their shared filter state
+    (each names its own original destination): requests alternate between a keep-alive
+    connection to each, and every request reaches its own listener's destination, on
+    Envoy (pools keyed by the shared objects) as on sofamesh (a host of its own per state)."""
+    import http.client
+
+    def once(kind: str) -> list:
+        up = RecordingUpstream(["b", "c", "d", "e", "f", "g"]).start()
+        try:
+            names = ("once_one_hop", "once_copied", "once_two_hops", "transitive", "metadata")
+            fronts = {n: free_port() for n in (*names, "http", "not_an_address", "no_transport")}
+            boot = bootstrap(free_port(), fronts, up.ports)
+            # a second HTTP listener, the same chain but naming upstream b
+            second = json.loads(json.dumps(boot["static_resources"]["listeners"][5]))
+            second["name"] = "http_b"
+            port_b = free_port()
+            second["address"] = _addr(port_b)
+            fs = second["filter_chains"][0]["filters"][0]["typed_config"]["on_new_connection"][0]
+            fs["format_string"]["text_format_source"]["inline_string"] = (
+                f"127.0.0.1:{up.ports['b']}"
+            )
+            boot["static_resources"]["listeners"].append(second)
+            wd = tmp_path / f"pools-{kind}"
+            proc = (
+                ProxyProcess.envoy(envoy_binary(), boot, wd)
+                if kind == "envoy"
+                else ProxyProcess.sofamesh(sofamesh_command(), boot, wd)
+            )
+            seen = []
+            with proc:
+                conns = {
+                    "g": http.client.HTTPConnection("127.0.0.1", fronts["http"], timeout=5),
+                    "b": http.client.HTTPConnection("127.0.0.1", port_b, timeout=5),
+                }
+                try:
+                    for i in range(6):
+                        want = "gb"[i % 2]
+                        n0 = len(up.snapshot())
+                        c = conns[want]
+                        c.request("GET", f"/{i}", headers={"host": "x"})
+                        r = c.getresponse()
+                        r.read()
+                        got = [rec.listener for rec in up.wait_records(n0 + 1, 2.0)[n0:]]
+                        seen.append((want, r.status, got))
+                finally:
+                    for c in conns.values():
+                        c.close()
+            return seen
+        finally:
+            up.stop()
+
+    envoy = once("envoy")
+    assert envoy == [(w, 200, [w]) for w in "gbgbgb"]
+    assert once("sofamesh") == envoy
