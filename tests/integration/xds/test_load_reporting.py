@@ -153,7 +153,9 @@ def _boot(listener_port: int, admin: int, lrs_port: int, clusters: list[dict], r
 
 def _loads(reports: list, ports: list[int]) -> tuple[Counter, list]:
     """Summed loads by (cluster, priority, locality, endpoint (its upstream's index) or
-    None) and, per report with loads, the order its clusters and localities came in."""
+    None) and, per report with loads, the order its localities came in, cluster by cluster
+    (the clusters' own order is Envoy's hash map's, which differs from one Envoy process to
+    the next: sorted by name, each keeping its localities' order)."""
     total: Counter = Counter()
     orders = []
     for r in reports:
@@ -174,7 +176,7 @@ def _loads(reports: list, ports: list[int]) -> tuple[Counter, list]:
                     total[(*key, ep, "err")] += es.total_error_requests
                     total[(*key, ep, "issued")] += es.total_issued_requests
         if order:
-            orders.append(order)
+            orders.append(sorted(order, key=lambda k: k[0]))  # stable: localities keep order
     return +total, orders
 
 
