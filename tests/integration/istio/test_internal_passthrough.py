@@ -264,17 +264,20 @@ def bootstrap(admin: int, fronts: dict[str, int], up: dict[str, int]) -> dict:
     }
 
 
-def _request(port: int, judge: bool = False) -> bytes:
+def _request(port: int) -> bytes:
+    """What the client gets back; b"" when the proxy closed or reset the connection without
+    an answer. (A proxy that gives up at once, as Envoy 1.40 does when the destination is
+    missing, can reset the connection before the client's connect() has even returned:
+    that too is a connection closed without an answer.)"""
     try:
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
     except ConnectionResetError:
-        if not judge:
-            raise
-        # Envoy 1.40 reset a fresh connection at connect, before any byte, in about one
-        # run of thirty (CI, 2026-12-04); the judge gets a second attempt, sofamesh none
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        return b""
     try:
-        s.sendall(b"GET /probe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            s.sendall(b"GET /probe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
         got = b""
         while True:
             try:
@@ -336,9 +339,9 @@ def run(kind: str, tmp_path) -> dict:
         with proc:
             for name, port in fronts.items():
                 n0 = len(up.snapshot())
-                got = _request(port, kind == "envoy")
+                got = _request(port)
                 if name == "http":  # a second request on another connection: same path
-                    got += _request(port, kind == "envoy")
+                    got += _request(port)
                 recs = up.wait_records(n0 + (2 if name == "http" else 1), timeout=1.0)[n0:]
                 status = got.split(b"\r\n", 1)[0]
                 out[name] = (status, sorted(r.listener for r in recs))
