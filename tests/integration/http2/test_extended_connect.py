@@ -21,6 +21,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import envoy_binary, free_port, sofamesh_command
+from tests.integration.http_filters.conftest import bootstrap as http_filters_bootstrap
 from tests.support.envoy import ProxyProcess
 from tests.support.h2raw import (
     DATA,
@@ -39,65 +40,13 @@ VOLATILE = {"date", "x-envoy-upstream-service-time", "server", "x-request-id"}
 
 
 def bootstrap(admin: int, port: int, upstream: int, allow: bool, ws: bool) -> dict:
-    hcm: dict = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "in",
-        "codec_type": "AUTO",
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "v",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
-                }
-            ]
-        },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
-    }
+    """The http_filters tests' bootstrap (a router only), with the options under test."""
+    hcm: dict = {"codec_type": "AUTO"}
     if allow:
         hcm["http2_protocol_options"] = {"allow_connect": True}
     if ws:
         hcm["upgrade_configs"] = [{"upgrade_type": "websocket"}]
-    addr = {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "l",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "up",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "up",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr}}]}],
-                    },
-                }
-            ],
-        },
-    }
+    return http_filters_bootstrap(port, admin, upstream, [], hcm_extra=hcm)
 
 
 def websocket(port: int) -> list:
@@ -179,8 +128,8 @@ def run(kind: str, tmp_path, allow: bool, ws: bool) -> dict:
             for name, _, value in (ln.partition(": ") for ln in stats.splitlines())
             if name
             in (
-                "http.in.downstream_cx_upgrades_total",
-                "http.in.downstream_rq_ws_on_non_ws_route",
+                "http.ingress.downstream_cx_upgrades_total",
+                "http.ingress.downstream_rq_ws_on_non_ws_route",
             )
         }
         return {"frames": frames, "upstream": seen, "counters": counters}
@@ -201,7 +150,7 @@ def test_websocket_over_h2_as_envoy(tmp_path):
     assert envoy["frames"][-1] == ("echoed", b"echo:helloecho:again")
     assert envoy["upstream"][0][:2] == ("GET", "/chat")
     assert ("upgrade", "websocket") in envoy["upstream"][0][2]
-    assert envoy["counters"]["http.in.downstream_cx_upgrades_total"] == 1
+    assert envoy["counters"]["http.ingress.downstream_cx_upgrades_total"] == 1
     assert ours == envoy
 
 
@@ -220,7 +169,7 @@ def test_refused_as_envoy(tmp_path, allow, ws):
         assert _no_goaway(ours) == envoy
     else:
         assert ("HEADERS", [(":status", "403")], True) in envoy["frames"]
-        assert envoy["counters"]["http.in.downstream_rq_ws_on_non_ws_route"] == 1
+        assert envoy["counters"]["http.ingress.downstream_rq_ws_on_non_ws_route"] == 1
         assert ours == envoy
 
 
