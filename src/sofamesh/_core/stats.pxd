@@ -37,8 +37,7 @@ cdef class Histogram:
     cdef public unsigned long long count
     cdef public double sum
     cdef public bint used
-    cdef int nbounds
-    cdef double cbounds[19]
+    cdef int nbounds                        # len(bounds): DEFAULT_BOUNDS, in _BOUNDS
     cdef void record(self, double v) noexcept
 
 cdef class Store:

@@ -80,7 +80,10 @@ cdef class HostSet:
 
 cdef class Cluster:
     cdef readonly str name
-    cdef public object config           # envoy.config.cluster.v3.Cluster
+    # envoy.config.cluster.v3.Cluster; for a CDS cluster built from its shape
+    # (Server._build_cluster), the shape's message, shared: its name and EDS service name
+    # are empty (the cluster's own message is DynamicConfig's _DynCluster.config)
+    cdef public object config
     cdef readonly tuple hosts           # tuple[Host, ...]
     cdef readonly int lb_policy
     cdef list ring_keys                 # RING_HASH: sorted 64-bit points

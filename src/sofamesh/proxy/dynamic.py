@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sofamesh._core import xds_wire
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh.proxy import hot_restart, internal_listener, localities, sds, zone_aware
 from sofamesh.proxy.errors import UnsupportedConfig
@@ -146,8 +147,7 @@ class _Acceptor:
 class _DynCluster:
     name: str
     version: str
-    config: Any  # envoy.config.cluster.v3.Cluster
-    raw: bytes
+    raw: bytes  # its envoy.config.cluster.v3.Cluster, serialized
     rt: Any  # proxy.server._ClusterRuntime
     eds_name: str | None
     updated: float = field(default_factory=_now)
@@ -155,6 +155,14 @@ class _DynCluster:
     eds_source: str = "ads"  # its eds_config's source key (xds/settings.py)
     eds_stats: Any = None  # stats.StatGroup of _EDS_STATS (EDS clusters)
     tls_wait: bool = False  # warming until its TLS contexts have their SDS secrets
+
+    @property
+    def config(self) -> Any:
+        """Its envoy.config.cluster.v3.Cluster, parsed again from `raw` when read (admin,
+        DNS refresh). PERF(benchmarks/xds_scale.py): 10,000 parsed clusters held ~12 MB."""
+        from envoy.config.cluster.v3 import cluster_pb2
+
+        return cluster_pb2.Cluster.FromString(self.raw)
 
 
 @dataclass
@@ -176,6 +184,11 @@ class _DynListener:
     tls_wait: bool = False  # warming until its TLS contexts have their SDS secrets
     # {route config name: its rds.config_source's source key (xds/settings.py)}
     rds_sources: dict[str, str] = field(default_factory=dict)
+
+
+# Cluster.name (1) and Cluster.eds_cluster_config (3).service_name (2): a cluster's shape is
+# its bytes without them (xds_wire.strip_fields)
+_CLUSTER_UNSHAPED = ((1,), (3, 2))
 
 
 class _Held:
@@ -228,6 +241,7 @@ class DynamicConfig:
         self._names: dict[str, frozenset[str]] = {}  # names(type), cleared on any change
         self._sources: dict[str, dict[str, str]] = {}  # sources(type), cleared with _names
         self.checks = ResourceChecks()
+        self._eds_sources: dict[bytes, str] = {}  # cluster shape -> its EDS source's key
         self._compiled_vhosts: dict[str, dict[bytes, tuple]] = {}  # route config -> reuse
         self.static_rds: list[tuple[Any, Any, str]] = []  # (chain's HcmConfig, hcm proto, name)
         self.static_rds_sources: dict[str, str] = {}  # route config name -> source key
@@ -392,20 +406,33 @@ class DynamicConfig:
                 cur = self.warming_clusters.get(name) or self.active_clusters.get(name)
                 if cur is not None and cur.raw == raw:
                     continue  # unchanged: no rebuild, its version stays (Envoy)
-                problems = self.checks.check(c)
+                # without the values no rule and no decision reads (checks.py, _build_cluster)
+                wire = up.wire.get(name)
+                shape = None
+                if wire is not None and c.name:
+                    shape = xds_wire.strip_fields(wire, _CLUSTER_UNSHAPED)
+                problems = self.checks.check(c, shape)
                 if problems:
                     raise UnsupportedConfig(_problems_text(problems))
-                rt = self.server._build_cluster(c, "")
+                rt = self.server._build_cluster(c, "", shape)
                 eds, eds_source = None, "ads"
                 if c.type == 3:  # EDS
                     eds = c.eds_cluster_config.service_name or name
-                    eds_source = self.settings.key_of(
-                        c.eds_cluster_config.eds_config, "eds_cluster_config.eds_config"
-                    )
+                    known = self._eds_sources.get(shape) if shape is not None else None
+                    if known is not None:
+                        eds_source = known
+                    else:
+                        eds_source = self.settings.key_of(
+                            c.eds_cluster_config.eds_config, "eds_cluster_config.eds_config"
+                        )
+                        if shape is not None:
+                            if len(self._eds_sources) >= 1024:
+                                self._eds_sources.pop(next(iter(self._eds_sources)))
+                            self._eds_sources[shape] = eds_source
             except (UnsupportedConfig, ValueError) as e:
                 errors[name] = f"Error adding/updating cluster(s) {name}: {str(e).lstrip('.')}"
                 continue
-            self._add_cluster(_DynCluster(name, version, c, raw, rt, eds, eds_source=eds_source))
+            self._add_cluster(_DynCluster(name, version, raw, rt, eds, eds_source=eds_source))
         gone = list(up.removed)
         if up.full_state:
             gone = [
@@ -549,7 +576,13 @@ class DynamicConfig:
             users = self._eds_users(name)
             for dc in users:
                 _eds_bump(dc, _ATTEMPT)
-            raw = cla.SerializeToString(deterministic=True)
+            # PERF(benchmarks/xds_scale.py): a plain assignment (no map field, so its bytes
+            # are its deterministic form) is checked and read from its bytes in one pass
+            wire = up.wire.get(name)
+            plain = xds_wire.plain_assignment(wire) if wire is not None else None
+            raw = (
+                cla.SerializeToString(deterministic=True) if wire is None or plain is None else wire
+            )
             held = self.endpoints.get(name)
             if (
                 held is not None
@@ -560,10 +593,13 @@ class DynamicConfig:
                     _eds_bump(dc, _NO_REBUILD)
                 continue
             try:
-                problems = self.checks.check(cla)
-                if problems:
-                    raise UnsupportedConfig(_problems_text(problems))
-                hosts = hosts_from_assignment(cla)  # checks every address before any change
+                if plain is not None:
+                    hosts = plain[1]
+                else:
+                    problems = self.checks.check(cla)
+                    if problems:
+                        raise UnsupportedConfig(_problems_text(problems))
+                    hosts = hosts_from_assignment(cla)  # every address checked before a change
             except (UnsupportedConfig, ValueError) as e:
                 errors[name] = f"ClusterLoadAssignment {name}: {e}"
                 for dc in users:
@@ -572,7 +608,14 @@ class DynamicConfig:
             self.endpoints[name] = _Held(version, cla, raw, lazy=True)
             for i, dc in enumerate(users):
                 # a Host carries its cluster's pools: each cluster gets its own
-                mine = hosts if i == 0 else hosts_from_assignment(cla)
+                if i == 0:
+                    mine = hosts
+                elif plain is not None:
+                    again = xds_wire.plain_assignment(raw)
+                    assert again is not None  # the same bytes
+                    mine = again[1]
+                else:
+                    mine = hosts_from_assignment(cla)
                 internal_listener.adopt_hosts(self.server, dc.rt.cluster, mine)
                 localities.set_assignment(dc.rt.cluster, cla, mine)
                 if dc.rt.cluster.tls is not None:  # transport_socket_matches by metadata
@@ -807,7 +850,9 @@ class DynamicConfig:
                 if dl.scoped and self._routes_ready(dl):
                     await self._activate_listener(dl)
 
-    def _scoped_route(self, name: str, rc: Any, key: str) -> str | None:
+    def _scoped_route(
+        self, name: str, rc: Any, key: str, parts: list[bytes] | None = None
+    ) -> str | None:
         """Compiles the route config of scope `key`; its problem, if any."""
         problem = check_domains(rc, key, [hcm.scoped_routes for _, hcm in self._scoped_users()])
         if problem is not None:
@@ -824,10 +869,13 @@ class DynamicConfig:
             path=f"route_config[{name}]",
             reuse=self._compiled_vhosts.setdefault(name, {}),
             stats=self.server.stats,
+            parts=parts,
         )
         return None
 
-    def _compile_routes(self, rc: Any, hcm: Any, name: str) -> Any:
+    def _compile_routes(
+        self, rc: Any, hcm: Any, name: str, parts: list[bytes] | None = None
+    ) -> Any:
         return compile_route_config(
             rc,
             per_filter=self.server._per_filter,
@@ -835,6 +883,7 @@ class DynamicConfig:
             strip_port=hcm.strip_any_host_port,
             reuse=self._compiled_vhosts.setdefault(name, {}),
             stats=self.server.stats,
+            parts=parts,
         )
 
     async def _apply_routes(self, up: Update) -> dict[str, str]:
@@ -860,13 +909,18 @@ class DynamicConfig:
                 for prefix in prefixes:
                     _bump(self.stats, f"http.{prefix}.rds.{name}.update_success")
                 continue
+            # the virtual hosts as received: checks and compilation key them by their bytes
+            wire = up.wire.get(name)
+            parts = xds_wire.repeated(wire, 2) if wire is not None else None
+            if parts is not None and len(parts) != len(rc.virtual_hosts):
+                parts = None
             try:
-                problems = self.checks.check(rc)
+                problems = self.checks.check(rc, parts=parts)
                 if problems:
                     raise UnsupportedConfig(_problems_text(problems))
-                tables = [self._compile_routes(rc, hcm, name) for _, hcm, _ in users]
+                tables = [self._compile_routes(rc, hcm, name, parts) for _, hcm, _ in users]
                 if name in scope_keys:
-                    problem = self._scoped_route(name, rc, scope_keys[name])
+                    problem = self._scoped_route(name, rc, scope_keys[name], parts)
                     if problem is not None:
                         raise UnsupportedConfig(problem)
                     scoped_changed = True

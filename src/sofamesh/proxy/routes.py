@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sofamesh._core import router as R
+from sofamesh._core import xds_wire
 from sofamesh.proxy.errors import UnsupportedConfig
 
 DEFAULT_TIMEOUT_S = 15.0
@@ -173,13 +174,20 @@ def compile_route_config(
     strip_port: bool = False,
     reuse: dict[bytes, tuple] | None = None,
     stats: Any = None,
+    parts: list[bytes] | None = None,
 ) -> R.RouteTable:
     """RouteTable from envoy.config.route.v3.RouteConfiguration (see compile_vhosts).
     The port of the host is left out of domain matching with the HCM's strip_any_host_port
     (which also rewrites the header) or the route config's ignore_port_in_host_matching
     (which does not)."""
     vhosts = compile_vhosts(
-        rc, clusters=clusters, per_filter=per_filter, path=path, reuse=reuse, stats=stats
+        rc,
+        clusters=clusters,
+        per_filter=per_filter,
+        path=path,
+        reuse=reuse,
+        stats=stats,
+        parts=parts,
     )
     return R.RouteTable(vhosts, strip_port or rc.ignore_port_in_host_matching)
 
@@ -192,6 +200,7 @@ def compile_vhosts(
     path: str = "route_config",
     reuse: dict[bytes, tuple] | None = None,
     stats: Any = None,
+    parts: list[bytes] | None = None,
 ) -> list[tuple[list[str], R.VirtualHost]]:
     """(domains, VirtualHost) of each virtual host of a RouteConfiguration.
 
@@ -199,7 +208,8 @@ def compile_vhosts(
     validate_clusters for static routes). per_filter(name, Any, path) compiles a
     typed_per_filter_config entry. reuse: compiled virtual hosts of the previous version
     by their bytes (read, then refilled with this version's), for xDS updates. stats: the
-    Store counting cluster specifier plugins' script failures (proxy/lua_cluster.py)."""
+    Store counting cluster specifier plugins' script failures (proxy/lua_cluster.py).
+    parts: the virtual hosts' bytes as received (xds_wire.repeated), one per host."""
     g_add, g_rm, g_abs = header_ops(rc.request_headers_to_add, rc.request_headers_to_remove)
     g_radd, g_rrm, _ = header_ops(rc.response_headers_to_add, rc.response_headers_to_remove)
     # PERF(benchmarks/xds_scale.py): one new service at 10,000 resends a route config of
@@ -221,13 +231,22 @@ def compile_vhosts(
     vhosts = []
     for vi, vh in enumerate(rc.virtual_hosts):
         key = b""
+        shape = None
         if reuse is not None and not vh.typed_per_filter_config:
-            key = vh.SerializeToString(deterministic=True)
+            key = parts[vi] if parts is not None else vh.SerializeToString(deterministic=True)
             got = old.get(key)
             if got is not None:
                 reuse[key] = got
                 vhosts.append(got)
                 continue
+            if parts is not None:
+                shape = xds_wire.strip_fields(key, _VHOST_UNSHAPED)
+                kws = _SHAPES.get(shape) if shape is not None else None
+                if kws is not None:
+                    entry = (list(vh.domains), _vhost_from_shape(vh, kws))
+                    reuse[key] = entry
+                    vhosts.append(entry)
+                    continue
         vpath = f"{path}.virtual_hosts[{vi}]"
         if vh.require_tls:
             raise UnsupportedConfig(f"{vpath}.require_tls is not supported")
@@ -254,11 +273,11 @@ def compile_vhosts(
             "attempt_count": vh.include_request_attempt_count,
             "attempt_count_resp": vh.include_attempt_count_in_response,
         }
-        routes = []
+        kws = []
         for ri, r in enumerate(vh.routes):
             rpath = f"{vpath}.routes[{ri}]"
-            routes.append(
-                _route(
+            kws.append(
+                _route_kw(
                     r,
                     rpath,
                     vh.name,
@@ -271,16 +290,43 @@ def compile_vhosts(
                     vh_kw,
                 )
             )
-        entry = (list(vh.domains), R.VirtualHost(vh.name, routes))
+        entry = (list(vh.domains), R.VirtualHost(vh.name, [R.Route(**kw) for kw in kws]))
         if key and not any(r.typed_per_filter_config for r in vh.routes):
             reuse[key] = entry  # type: ignore[index]
+            if shape is not None and not v_pf and not any(kw["filter_config"] for kw in kws):
+                if len(_SHAPES) >= 1024:
+                    _SHAPES.pop(next(iter(_SHAPES)))
+                _SHAPES[shape] = kws
         vhosts.append(entry)
     return vhosts
 
 
-def _route(
+# VirtualHost.name (1), .domains (2), and of each route .name (14) and .route (2).cluster (1)
+_VHOST_UNSHAPED = ((1,), (2,), (3, 14), (3, 2, 1))
+# A virtual host's bytes without those -> the keyword arguments of each of its routes, for
+# hosts without per-filter configs (nothing compiled in them is shared). PERF(benchmarks/
+# xds_scale.py): a route config of 10,000 hosts that differ only in names compiled each
+# host's routes from scratch, two thirds of applying it.
+_SHAPES: dict[bytes, list[dict[str, Any]]] = {}
+
+
+def _vhost_from_shape(vh: Any, kws: list[dict[str, Any]]) -> R.VirtualHost:
+    """The VirtualHost of `vh`, whose shape compiled to `kws`: its own names put back."""
+    routes = []
+    for r, kw in zip(vh.routes, kws):
+        kw = dict(kw, name=r.name, vhost_name=vh.name)
+        if r.WhichOneof("action") == "route" and r.route.WhichOneof("cluster_specifier") == (
+            "cluster"
+        ):
+            kw["cluster"] = r.route.cluster
+        routes.append(R.Route(**kw))
+    return R.VirtualHost(vh.name, routes)
+
+
+def _route_kw(
     r, rpath, vh_name, clusters, per_filter, v_pf, req_ops, resp_ops, plugin_ctx, vh_kw=None
-) -> R.Route:
+) -> dict[str, Any]:
+    """The keyword arguments of route `r`'s R.Route."""
     m = r.match
     kw: dict[str, Any] = {"name": r.name, "vhost_name": vh_name, **(vh_kw or {})}
     spec = m.WhichOneof("path_specifier")
@@ -393,7 +439,7 @@ def _route(
         kw["strip_query"] = d.strip_query
     else:
         raise UnsupportedConfig(f"{rpath}: route action {action!r} is not supported")
-    return R.Route(**kw)
+    return kw
 
 
 def _plugins(rc: Any, path: str, stats: Any) -> dict[str, Any]:

@@ -74,6 +74,9 @@ class Update:
     full_state: bool  # SotW CDS/LDS: resources held and not listed are removed
     errors: dict[str, str] = field(default_factory=dict)  # undecodable, by name
     size: int = 0  # bytes of the resources as received
+    # name -> the resource's bytes as received (proxy/dynamic.py reads plain endpoint
+    # assignments and cluster shapes from them: sofamesh._core.xds_wire)
+    wire: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def big(self) -> bool:
@@ -370,19 +373,22 @@ class AdsClient:
             if anymsg.type_url != type_url:
                 up.errors[key] = f"resource type {anymsg.type_url} in a {type_url} response"
                 continue
-            up.size += len(anymsg.value)
+            value = anymsg.value
+            up.size += len(value)
             msg = cls()
             try:
-                msg.ParseFromString(anymsg.value)
+                msg.ParseFromString(value)
                 # PERF(benchmarks/xds_scale.py): walking every resource for nested Anys was
                 # 12% of a 10k-service start; an Any's type URL always holds a "/", and most
                 # endpoint assignments and clusters hold none at all.
-                if b"/" in anymsg.value:
-                    protos.ensure_types(msg)  # nested typed_configs unpack by type URL
+                if b"/" in value:
+                    protos.ensure_types_in(value)  # nested typed_configs unpack by type URL
             except Exception as e:  # noqa: BLE001 - a bad resource is NACKed, not fatal
                 up.errors[key] = f"cannot decode: {e}"
                 continue
-            up.resources[_name_of(type_url, msg) or key] = (version, msg)
+            name = _name_of(type_url, msg) or key
+            up.resources[name] = (version, msg)
+            up.wire[name] = value
         return up
 
     async def apply(self, sub: _Sub, up: Update, delta: bool) -> dict[str, str]:
