@@ -20,7 +20,9 @@ virtual hosts, the shape of the Envoy anchor figures in issue 8):
     response, ACK it and subscribe to EDS / RDS names as Envoy does), then a new service:
     push -> each client's ACK of the last resource the change brought, p50 / p99.
 The proxies run one at a time, each pinned to core 0 (`--concurrency 1`), the ADS server and
-the upstream on core 1. Results as a table and --json FILE.
+the upstream (this process) on core 1. --rounds R runs both proxies R times, interleaved
+(Envoy, sofamesh, Envoy, ...), and reports each round's ratios and their medians. Results as
+a table and --json FILE.
 """
 
 from __future__ import annotations
@@ -500,15 +502,19 @@ async def run_clients(n: int, k: int, reps: int, up: Upstream, scoped: bool) -> 
 
 
 async def main(args) -> None:
+    if (os.cpu_count() or 1) > 1:  # the proxies have core 0 to themselves
+        os.sched_setaffinity(0, {1})
     up = Upstream()
     work = Path(tempfile.mkdtemp(prefix="xds-scale-"))
     results = []
     proxies = [p for p in args.proxies.split(",") if p and p != "none"]
     for n in [int(x) for x in args.services.split(",")]:
-        for kind in proxies:
-            r = await run_proxy(kind, n, args, up, work)
-            print(json.dumps(r), flush=True)
-            results.append(r)
+        for rnd in range(args.rounds):
+            for kind in proxies:
+                r = await run_proxy(kind, n, args, up, work)
+                r["round"] = rnd
+                print(json.dumps(r), flush=True)
+                results.append(r)
     clients = None
     if args.clients:
         clients = await run_clients(
@@ -527,13 +533,25 @@ async def main(args) -> None:
             f"{(str(e['p50_ms']) + ' / ' + str(e['p99_ms'])) if e else '-':>20} "
             f"{(str(a['p50_ms']) + ' / ' + str(a['p99_ms'])) if a else '-':>20}"
         )
-    by = {(r["services"], r["proxy"]): r for r in results}
+    by = {(r["services"], r["round"], r["proxy"]): r for r in results}
     for n in sorted({r["services"] for r in results}):
-        if (n, "envoy") in by and (n, "sofamesh") in by:
-            e, s = by[(n, "envoy")], by[(n, "sofamesh")]
+        ready, rss = [], []
+        for rnd in range(args.rounds):
+            e, s = by.get((n, rnd, "envoy")), by.get((n, rnd, "sofamesh"))
+            if e and s:
+                ready.append(s["ready_s"] / e["ready_s"])
+                rss.append(s["rss_mb"] / e["rss_mb"])
+        if ready:
             print(
-                f"{n:>9} sofamesh/envoy: ready {s['ready_s'] / e['ready_s']:.3f}, "
-                f"RSS {s['rss_mb'] / e['rss_mb']:.3f}"
+                f"{n:>9} sofamesh/envoy: ready {statistics.median(ready):.3f}, "
+                f"RSS {statistics.median(rss):.3f}"
+                + (
+                    f" (medians of {len(ready)} rounds: ready "
+                    f"{', '.join(f'{x:.3f}' for x in ready)}; RSS "
+                    f"{', '.join(f'{x:.3f}' for x in rss)})"
+                    if len(ready) > 1
+                    else ""
+                )
             )
     if clients:
         print(
@@ -558,6 +576,7 @@ if __name__ == "__main__":
     ap.add_argument("--clients-services", type=int, default=10000)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--json")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved runs of each proxy")
     ap.add_argument(
         "--one-route-config",
         action="store_true",

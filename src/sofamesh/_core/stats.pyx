@@ -209,8 +209,12 @@ cdef class Store:
         """The StatGroup of stats named `prefix + name` for these names, made on first use
         (stats already made by name are adopted: one object per name, as ever); the same
         group on every later call, so an object rebuilt under one prefix keeps counting."""
-        groups = _GROUPS.setdefault(id(self), {})
-        entries = groups.setdefault(prefix, [])
+        groups = _GROUPS.get(id(self))
+        if groups is None:
+            groups = _GROUPS[id(self)] = {}
+        entries = groups.get(prefix)
+        if entries is None:  # (no empty dict and list made per call just in case)
+            entries = groups[prefix] = []
         for grp in entries:
             if grp.counters == counters and grp.gauges == gauges and (
                     grp.histograms == histograms):

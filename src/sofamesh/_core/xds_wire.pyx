@@ -349,3 +349,100 @@ def repeated(bytes raw not None, int field):
                 return None
             out.append((<const char*>p)[r.start:r.start + r.size])
     return out
+
+
+cdef inline bint _name_char(unsigned char c) noexcept:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+
+
+cdef bint _plain_domain(const unsigned char* p, Py_ssize_t n) noexcept:
+    """^[A-Za-z0-9_][A-Za-z0-9_.\\-]*(:[0-9]{1,5})?$ (xds/checks.py's _PLAIN_DOMAIN)."""
+    cdef Py_ssize_t i = 1, j
+    if n == 0 or not _name_char(p[0]):
+        return False
+    while i < n and (_name_char(p[i]) or p[i] == 46 or p[i] == 45):
+        i += 1
+    if i == n:
+        return True
+    if p[i] != 58 or not 1 <= n - i - 1 <= 5:
+        return False
+    for j in range(i + 1, n):
+        if not 48 <= p[j] <= 57:
+            return False
+    return True
+
+
+# Route.route (2).cluster (1), and Route.name (14)
+cdef tuple _ROUTE_CLUSTER = ((2, 1),)
+cdef tuple _ROUTE_UNNAMED = ((2, 1), (14,))
+
+
+def vhost_shape(bytes raw not None, bint route_names):
+    """(name, domains, key, routes) of a VirtualHost's bytes whose name is set and whose
+    domains are all plain (xds/checks.py), else None. key: the bytes without the name, the
+    domains and each route's cluster (and, with route_names, each route's name); routes:
+    (name, cluster or None) of each route, in order. None as well when a route's cluster is
+    set empty (a rule the full check reports) or the bytes are not protobuf."""
+    cdef const unsigned char* p = <const unsigned char*>raw
+    cdef _Reader r = _open(p, 0, len(raw))
+    cdef _Reader q
+    cdef Py_ssize_t field_start
+    name = None
+    domains = []
+    routes = []
+    out = bytearray()
+    cdef tuple strip = _ROUTE_UNNAMED if route_names else _ROUTE_CLUSTER
+    cdef bint other_spec
+    while r.pos < r.end:
+        field_start = r.pos
+        if not r.next():
+            return None
+        if r.field == 1 and r.wtype == WT_LEN:
+            if name is not None:
+                return None
+            name = _text(p, r.start, r.size)
+            if not name:
+                return None
+        elif r.field == 2 and r.wtype == WT_LEN:
+            if not _plain_domain(p + r.start, r.size):
+                return None
+            domains.append(PyUnicode_DecodeUTF8(<const char*>p + r.start, r.size, NULL))
+        elif r.field == 3 and r.wtype == WT_LEN:
+            rname = ""
+            cluster = None
+            q = _open(p, r.start, r.size)
+            while q.pos < q.end:
+                if not q.next():
+                    return None
+                if q.field == 14 and q.wtype == WT_LEN:
+                    rname = _text(p, q.start, q.size)
+                elif q.field == 2 and q.wtype == WT_LEN:
+                    a = _open(p, q.start, q.size)
+                    other_spec = False
+                    while a.pos < a.end:
+                        if not a.next():
+                            return None
+                        if a.field == 1 and a.wtype == WT_LEN:
+                            if a.size == 0:
+                                return None
+                            cluster = _text(p, a.start, a.size)
+                            if cluster is None:
+                                return None
+                        elif a.field in (2, 3, 37, 39):  # the oneof's other members
+                            other_spec = True
+                    if cluster is not None and other_spec:
+                        return None  # which one the message holds depends on their order
+            if rname is None:
+                return None
+            routes.append((rname, cluster))
+            sub = _strip(p, r.start, r.size, strip, 0)
+            if sub is None:
+                return None
+            out += _varint_bytes((3 << 3) | WT_LEN)
+            out += _varint_bytes(len(sub))
+            out += sub
+        else:
+            out += (<const char*>p)[field_start:r.pos]
+    if name is None or not domains:
+        return None
+    return name, domains, bytes(out), routes

@@ -229,24 +229,37 @@ def compile_vhosts(
     else:
         reuse = None
     vhosts = []
-    for vi, vh in enumerate(rc.virtual_hosts):
+    for vi in range(len(rc.virtual_hosts)):
         key = b""
         shape = None
-        if reuse is not None and not vh.typed_per_filter_config:
-            key = parts[vi] if parts is not None else vh.SerializeToString(deterministic=True)
+        if reuse is not None and parts is not None:
+            # its bytes as received: the same host as the last version's, else maybe a host
+            # of a shape compiled already (xds_wire.vhost_shape: one pass over the bytes)
+            key = parts[vi]
             got = old.get(key)
             if got is not None:
                 reuse[key] = got
                 vhosts.append(got)
                 continue
-            if parts is not None:
-                shape = xds_wire.strip_fields(key, _VHOST_UNSHAPED)
-                kws = _SHAPES.get(shape) if shape is not None else None
+            info = xds_wire.vhost_shape(key, True)
+            if info is not None:
+                shape = info[2]
+                kws = _SHAPES.get(shape)
                 if kws is not None:
-                    entry = (list(vh.domains), _vhost_from_shape(vh, kws))
+                    entry = (info[1], _vhost_from_shape(info[0], info[3], kws))
                     reuse[key] = entry
                     vhosts.append(entry)
                     continue
+        vh = rc.virtual_hosts[vi]
+        if reuse is not None and vh.typed_per_filter_config:
+            key = b""  # per-filter configs are compiled per version: not reused
+        elif reuse is not None and parts is None:
+            key = vh.SerializeToString(deterministic=True)
+            got = old.get(key)
+            if got is not None:
+                reuse[key] = got
+                vhosts.append(got)
+                continue
         vpath = f"{path}.virtual_hosts[{vi}]"
         if vh.require_tls:
             raise UnsupportedConfig(f"{vpath}.require_tls is not supported")
@@ -301,26 +314,26 @@ def compile_vhosts(
     return vhosts
 
 
-# VirtualHost.name (1), .domains (2), and of each route .name (14) and .route (2).cluster (1)
-_VHOST_UNSHAPED = ((1,), (2,), (3, 14), (3, 2, 1))
-# A virtual host's bytes without those -> the keyword arguments of each of its routes, for
-# hosts without per-filter configs (nothing compiled in them is shared). PERF(benchmarks/
+# A virtual host's shape (xds_wire.vhost_shape: its bytes without its name, domains and
+# each route's name and cluster) -> the keyword arguments of each of its routes, for hosts
+# without per-filter configs (nothing compiled in them is shared). PERF(benchmarks/
 # xds_scale.py): a route config of 10,000 hosts that differ only in names compiled each
 # host's routes from scratch, two thirds of applying it.
 _SHAPES: dict[bytes, list[dict[str, Any]]] = {}
 
 
-def _vhost_from_shape(vh: Any, kws: list[dict[str, Any]]) -> R.VirtualHost:
-    """The VirtualHost of `vh`, whose shape compiled to `kws`: its own names put back."""
-    routes = []
-    for r, kw in zip(vh.routes, kws):
-        kw = dict(kw, name=r.name, vhost_name=vh.name)
-        if r.WhichOneof("action") == "route" and r.route.WhichOneof("cluster_specifier") == (
-            "cluster"
-        ):
-            kw["cluster"] = r.route.cluster
-        routes.append(R.Route(**kw))
-    return R.VirtualHost(vh.name, routes)
+def _vhost_from_shape(
+    name: str, routes: list[tuple[str, str | None]], kws: list[dict[str, Any]]
+) -> R.VirtualHost:
+    """The VirtualHost named `name` whose shape compiled to `kws`, with each route's own
+    (name, cluster) put back."""
+    out = []
+    for (rname, cluster), kw in zip(routes, kws, strict=True):
+        kw = dict(kw, name=rname, vhost_name=name)
+        if cluster is not None and kw.get("action") == R.ACTION_CLUSTER:
+            kw["cluster"] = cluster
+        out.append(R.Route(**kw))
+    return R.VirtualHost(name, out)
 
 
 def _route_kw(

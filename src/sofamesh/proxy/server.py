@@ -139,7 +139,7 @@ class Server:
         self._rt: dict[str, _ClusterRuntime] = {}
         # cluster shape (xds_wire) -> what building it decided, for shapes whose cluster is
         # nothing but a Cluster object (_build_cluster)
-        self._cluster_recipes: dict[bytes, tuple[dict[str, Any], Any]] = {}
+        self._cluster_recipes: dict[bytes, tuple[dict[str, Any], Any, bool, int]] = {}
         self._access_logs: list[Any] = []  # FileAccessLog | access_loggers' loggers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -338,16 +338,24 @@ class Server:
             panic = (
                 lb.healthy_panic_threshold.value if lb.HasField("healthy_panic_threshold") else None
             )
-            self._cluster_recipes[shape] = (kw, panic)
+            self._cluster_recipes[shape] = (kw, panic, cl.locality_weighted, cl.overprovisioning)
         return _ClusterRuntime(cl, dns_targets=targets, dns_cfg=rc)
 
-    def _cluster_from_recipe(self, c: Any, kw: dict[str, Any], panic: Any) -> _ClusterRuntime:
+    def _cluster_from_recipe(
+        self, c: Any, kw: dict[str, Any], panic: Any, weighted: bool, over: int
+    ) -> _ClusterRuntime:
+        """What _build_cluster does for such a shape, its decisions taken from the recipe
+        (a cluster without hosts: levels and health change only with zone or locality
+        routing)."""
         cl = Cluster(c.name, self.stats, **kw)
+        cl.locality_weighted = weighted
+        cl.overprovisioning = over
         if panic is not None:
             cl.panic_threshold = panic
-            cl.update_health()
         zone_aware.configure(self, cl, c)
-        localities.configure(cl, c)
+        if weighted or cl.zone is not None:
+            cl._build_levels()
+            cl.update_health()
         return _ClusterRuntime(cl)
 
     def _outlier_events(self) -> Any:

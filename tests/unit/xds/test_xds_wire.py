@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -206,3 +207,61 @@ def test_virtual_hosts_of_one_shape_keep_their_own_names_and_clusters():
     rc2 = route_config("81", ["n0", "n1"])
     again = compile_route_config(rc2, reuse={}, parts=_parts(rc2))
     assert _routes(again, ["n0", "n1"]) == _routes(compile_route_config(rc2), ["n0", "n1"])
+
+
+def _vh(name, domains, routes):
+    rc = route_config("80", ["x"])
+    vh = rc.virtual_hosts[0]
+    vh.Clear()
+    json_format.ParseDict({"name": name, "domains": domains, "routes": routes}, vh)
+    return vh
+
+
+R1 = [{"name": "r1", "match": {"prefix": "/"}, "route": {"cluster": "c1", "timeout": "2s"}}]
+
+
+def test_vhost_shape_reads_names_domains_and_route_clusters():
+    vh = _vh("a:80", ["a", "a:80", "a.ns.svc"], R1 + [{"match": {"path": "/x"}, "redirect": {}}])
+    name, domains, key, routes = xds_wire.vhost_shape(vh.SerializeToString(), True)
+    assert (name, domains, routes) == (
+        "a:80",
+        ["a", "a:80", "a.ns.svc"],
+        [("r1", "c1"), ("", None)],
+    )
+    other = _vh("b", ["b", "b:80", "b.ns.svc"], R1)
+    other.routes[0].name, other.routes[0].route.cluster = "r2", "c2"
+    other.routes.add().CopyFrom(vh.routes[1])
+    assert xds_wire.vhost_shape(other.SerializeToString(), True)[2] == key  # names aside
+    # route names count unless asked to leave them out
+    assert (
+        xds_wire.vhost_shape(other.SerializeToString(), False)[2]
+        != (xds_wire.vhost_shape(vh.SerializeToString(), False)[2])
+    )
+    longer = _vh("a:80", ["a"], [{**R1[0], "route": {"cluster": "c1", "timeout": "3s"}}])
+    assert xds_wire.vhost_shape(longer.SerializeToString(), True)[2] != key
+
+
+@pytest.mark.parametrize(
+    "vh",
+    [
+        _vh("a", ["*"], R1),  # not a plain domain: the full path
+        _vh("a", ["a:123456"], R1),
+        _vh("", ["a"], R1),
+        _vh("a", [], R1),
+        _vh("a", ["a"], [{"match": {"prefix": "/"}, "route": {"cluster": ""}}]),
+    ],
+)
+def test_vhost_shape_steps_aside(vh):
+    assert xds_wire.vhost_shape(vh.SerializeToString(), True) is None
+
+
+def test_a_route_naming_two_cluster_specifiers_takes_the_full_path():
+    vh = _vh("a", ["a"], R1)
+    assert xds_wire.vhost_shape(vh.SerializeToString(), True) is not None
+    # the route action's bytes with cluster_header after cluster: protobuf keeps the last
+    action = vh.routes[0].route.SerializeToString() + b"\x12\x03x-c"
+    routes = b"\x12" + bytes([len(action)]) + action  # Route.route
+    raw = b"\x0a\x01a" + b"\x12\x01a" + b"\x1a" + bytes([len(routes)]) + routes
+    parsed = type(vh).FromString(raw)
+    assert parsed.routes[0].route.WhichOneof("cluster_specifier") == "cluster_header"
+    assert xds_wire.vhost_shape(raw, True) is None
