@@ -291,7 +291,14 @@ cdef class Cluster:
         self.upstream_cx_connect_ms = h[1]
         self.panic_threshold = 50.0  # Envoy's default; Server sets the cluster's own
         self.overprovisioning = 140
-        self.set_hosts(hosts)
+        if hosts or self.lb_policy == LB_RING_HASH:
+            self.set_hosts(hosts)
+        else:  # what set_hosts(()) leaves (an EDS cluster before its endpoints)
+            self.hosts = ()
+            self.levels = None
+            self.panic = False
+            self.membership_total.set(0)
+            self.membership_healthy.set(0)
 
     def set_hosts(self, hosts):
         """Replaces the host set (a DNS refresh); hosts that stay keep their pools."""

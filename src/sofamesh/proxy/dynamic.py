@@ -616,8 +616,12 @@ class DynamicConfig:
                     mine = again[1]
                 else:
                     mine = hosts_from_assignment(cla)
-                internal_listener.adopt_hosts(self.server, dc.rt.cluster, mine)
-                localities.set_assignment(dc.rt.cluster, cla, mine)
+                if plain is None:
+                    internal_listener.adopt_hosts(self.server, dc.rt.cluster, mine)
+                    localities.set_assignment(dc.rt.cluster, cla, mine)
+                else:  # IP addresses only, no policy: Envoy's overprovisioning factor
+                    dc.rt.cluster.overprovisioning = localities.ENVOY_OVERPROVISIONING
+                    dc.rt.cluster.set_hosts(mine)
                 if dc.rt.cluster.tls is not None:  # transport_socket_matches by metadata
                     dc.rt.cluster.tls.learn(cla)
                 _eds_bump(dc, _SUCCESS)
