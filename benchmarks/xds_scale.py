@@ -20,7 +20,8 @@ virtual hosts, the shape of the Envoy anchor figures in issue 8):
     response, ACK it and subscribe to EDS / RDS names as Envoy does), then a new service:
     push -> each client's ACK of the last resource the change brought, p50 / p99.
 The proxies run one at a time, each pinned to core 0 (`--concurrency 1`), the ADS server and
-the upstream (this process) on core 1. --rounds R runs both proxies R times, interleaved
+the upstream (this process) on core 1 (with --clients, this process, the pilot, on core 0 and
+the clients on core 1). --rounds R runs both proxies R times, interleaved
 (Envoy, sofamesh, Envoy, ...), and reports each round's ratios and their medians. Results as
 a table and --json FILE.
 """
@@ -425,6 +426,8 @@ async def client_main(port: int, k: int) -> None:
 
 
 async def run_clients(n: int, k: int, reps: int, up: Upstream, scoped: bool) -> dict:
+    if (os.cpu_count() or 1) > 1:  # the pilot (this process) on core 0, its clients on core 1
+        os.sched_setaffinity(0, {0})
     model = Model(n, proc.free_port(), up.port, scoped)
     feed = Feed(model)
     await feed.start()
