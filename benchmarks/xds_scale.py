@@ -262,7 +262,9 @@ async def run_proxy(kind: str, n: int, args, up: Upstream, work: Path) -> dict:
         out["stats"] = sv
         if sv.get("cluster_manager.active_clusters", 0) < n:
             raise RuntimeError(f"{kind}: only {sv} clusters active")
-        _, prom = await asyncio.to_thread(admin, aport, "/stats/prometheus", 60.0)
+        t_prom = time.monotonic()
+        _, prom = await asyncio.to_thread(admin, aport, "/stats/prometheus", 300.0)
+        out["prometheus_s"] = round(time.monotonic() - t_prom, 2)
         key = f'envoy_cluster_upstream_rq_total{{envoy_cluster_name="outbound|80||{last}"}}'
         out["prometheus_has_cluster_stat"] = key.encode() in prom
         if n >= args.changes_at and args.changes:
@@ -331,6 +333,7 @@ async def changes(feed: Feed, model: Model, reps: int, lport: int) -> dict:
             "p50_ms": round(statistics.median(xs) * 1000, 2),
             "p99_ms": round(pct(xs, 99) * 1000, 2),
             "max_ms": round(max(xs) * 1000, 2),
+            "each_ms": [round(x * 1000, 2) for x in xs],
         }
 
     return {"endpoint_change": ms(eds), "new_service": ms(add)}

@@ -67,10 +67,23 @@ def regex_prefix(rx: str) -> str:
     return ""
 
 
+# (id of an extractor list, a name's first token) -> (that list, the extractors to run in
+# order); PERF(benchmarks/xds_scale.py): working the order out per stat name (each
+# extractor's regex read char by char) made /stats/prometheus take 18 s at 10,000 clusters
+_ORDER: dict[tuple[int, str | None], tuple[list, list]] = {}
+
+
 def _ordered(extractors: list[tuple[str, re.Pattern[str], str]], name: str) -> list:
     first = name.split(".", 1)[0] if "." in name else None
+    key = (id(extractors), first)
+    got = _ORDER.get(key)
+    if got is not None and got[0] is extractors:
+        return got[1]
     plain = [e for e in extractors if not regex_prefix(e[1].pattern)]
     indexed = [e for e in extractors if first and regex_prefix(e[1].pattern) == first]
+    if len(_ORDER) >= 4096:
+        _ORDER.clear()
+    _ORDER[key] = (extractors, plain + indexed)  # the list held: its id stays its own
     return plain + indexed
 
 
