@@ -446,3 +446,14 @@ def vhost_shape(bytes raw not None, bint route_names):
     if name is None or not domains:
         return None
     return name, domains, bytes(out), routes
+
+
+def only_fields(bytes raw not None, frozenset allowed):
+    """True when the top of `raw` holds no field but those numbered in `allowed` (False
+    when it is not protobuf)."""
+    cdef const unsigned char* p = <const unsigned char*>raw
+    cdef _Reader r = _open(p, 0, len(raw))
+    while r.pos < r.end:
+        if not r.next() or r.field not in allowed:
+            return False
+    return True

@@ -189,6 +189,7 @@ class _DynListener:
 # Cluster.name (1) and Cluster.eds_cluster_config (3).service_name (2): a cluster's shape is
 # its bytes without them (xds_wire.strip_fields)
 _CLUSTER_UNSHAPED = ((1,), (3, 2))
+_RC_BARE = frozenset({1, 2})  # RouteConfiguration.name, .virtual_hosts
 
 
 class _Held:
@@ -855,7 +856,7 @@ class DynamicConfig:
                     await self._activate_listener(dl)
 
     def _scoped_route(
-        self, name: str, rc: Any, key: str, parts: list[bytes] | None = None
+        self, name: str, rc: Any, key: str, parts: list[bytes] | None = None, bare: bool = False
     ) -> str | None:
         """Compiles the route config of scope `key`; its problem, if any."""
         problem = check_domains(rc, key, [hcm.scoped_routes for _, hcm in self._scoped_users()])
@@ -874,11 +875,12 @@ class DynamicConfig:
             reuse=self._compiled_vhosts.setdefault(name, {}),
             stats=self.server.stats,
             parts=parts,
+            plain=bare,
         )
         return None
 
     def _compile_routes(
-        self, rc: Any, hcm: Any, name: str, parts: list[bytes] | None = None
+        self, rc: Any, hcm: Any, name: str, parts: list[bytes] | None = None, bare: bool = False
     ) -> Any:
         return compile_route_config(
             rc,
@@ -888,6 +890,7 @@ class DynamicConfig:
             reuse=self._compiled_vhosts.setdefault(name, {}),
             stats=self.server.stats,
             parts=parts,
+            plain=bare,
         )
 
     async def _apply_routes(self, up: Update) -> dict[str, str]:
@@ -918,13 +921,15 @@ class DynamicConfig:
             parts = xds_wire.repeated(wire, 2) if wire is not None else None
             if parts is not None and len(parts) != len(rc.virtual_hosts):
                 parts = None
+            # a name and hosts only (RouteConfiguration 1 and 2): nothing config-wide
+            bare = wire is not None and parts is not None and xds_wire.only_fields(wire, _RC_BARE)
             try:
-                problems = self.checks.check(rc, parts=parts)
+                problems = self.checks.check(rc, parts=parts, bare=bare)
                 if problems:
                     raise UnsupportedConfig(_problems_text(problems))
-                tables = [self._compile_routes(rc, hcm, name, parts) for _, hcm, _ in users]
+                tables = [self._compile_routes(rc, hcm, name, parts, bare) for _, hcm, _ in users]
                 if name in scope_keys:
-                    problem = self._scoped_route(name, rc, scope_keys[name], parts)
+                    problem = self._scoped_route(name, rc, scope_keys[name], parts, bare)
                     if problem is not None:
                         raise UnsupportedConfig(problem)
                     scoped_changed = True

@@ -175,6 +175,7 @@ def compile_route_config(
     reuse: dict[bytes, tuple] | None = None,
     stats: Any = None,
     parts: list[bytes] | None = None,
+    plain: bool = False,
 ) -> R.RouteTable:
     """RouteTable from envoy.config.route.v3.RouteConfiguration (see compile_vhosts).
     The port of the host is left out of domain matching with the HCM's strip_any_host_port
@@ -188,6 +189,7 @@ def compile_route_config(
         reuse=reuse,
         stats=stats,
         parts=parts,
+        plain=plain,
     )
     return R.RouteTable(vhosts, strip_port or rc.ignore_port_in_host_matching)
 
@@ -201,6 +203,7 @@ def compile_vhosts(
     reuse: dict[bytes, tuple] | None = None,
     stats: Any = None,
     parts: list[bytes] | None = None,
+    plain: bool = False,
 ) -> list[tuple[list[str], R.VirtualHost]]:
     """(domains, VirtualHost) of each virtual host of a RouteConfiguration.
 
@@ -209,16 +212,25 @@ def compile_vhosts(
     typed_per_filter_config entry. reuse: compiled virtual hosts of the previous version
     by their bytes (read, then refilled with this version's), for xDS updates. stats: the
     Store counting cluster specifier plugins' script failures (proxy/lua_cluster.py).
-    parts: the virtual hosts' bytes as received (xds_wire.repeated), one per host."""
-    g_add, g_rm, g_abs = header_ops(rc.request_headers_to_add, rc.request_headers_to_remove)
-    g_radd, g_rrm, _ = header_ops(rc.response_headers_to_add, rc.response_headers_to_remove)
+    parts: the virtual hosts' bytes as received (xds_wire.repeated), one per host; plain:
+    with them, the config's bytes hold nothing but its name and hosts."""
+    # a route config of a name and hosts only (its bytes say so): nothing config-wide
+    bare = parts is not None and plain
+    g_add: list[Any] = []
+    g_rm: list[Any] = []
+    g_abs: list[Any] = []
+    g_radd: list[Any] = []
+    g_rrm: list[Any] = []
+    if not bare:
+        g_add, g_rm, g_abs = header_ops(rc.request_headers_to_add, rc.request_headers_to_remove)
+        g_radd, g_rrm, _ = header_ops(rc.response_headers_to_add, rc.response_headers_to_remove)
     # PERF(benchmarks/xds_scale.py): one new service at 10,000 resends a route config of
     # 10,000 virtual hosts; compiling them all took ~1 s. A virtual host whose bytes did not
     # change is the same compiled object (tables are immutable), unless config-wide header
     # operations or per-filter configs (compiled per call) apply to it.
     old: dict[bytes, tuple] = {}
     # named cluster specifier plugins are compiled per version: a vhost naming one is not reused
-    plugins = _plugins(rc, path, stats)
+    plugins = {} if bare else _plugins(rc, path, stats)
     if (
         reuse is not None
         and clusters is None

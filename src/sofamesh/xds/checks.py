@@ -210,11 +210,16 @@ class ResourceChecks:
         self.full = 0  # full checks run (tests, benchmarks)
 
     def check(
-        self, msg: Any, shape: bytes | None = None, parts: list[bytes] | None = None
+        self,
+        msg: Any,
+        shape: bytes | None = None,
+        parts: list[bytes] | None = None,
+        bare: bool = False,
     ) -> list[Problem]:
         """shape: the bytes of a named resource without the values no rule reads, when
         the caller has them (proxy/dynamic.py: a cluster's, from its wire bytes). parts: a
-        route config's virtual hosts as received (xds_wire.repeated), one per host."""
+        route config's virtual hosts as received (xds_wire.repeated), one per host; bare:
+        its bytes hold nothing but its name and hosts."""
         from sofamesh.config.validate import validate_resource
 
         kind = msg.DESCRIPTOR.full_name
@@ -224,7 +229,7 @@ class ResourceChecks:
             self.full += 1
             return validate_resource(msg)
         if kind == _RC and msg.virtual_hosts and msg.name:
-            if self._route_config_ok(msg, parts):
+            if self._route_config_ok(msg, parts, bare):
                 return []
             self.full += 1
             return validate_resource(msg)
@@ -249,8 +254,10 @@ class ResourceChecks:
             self._good[key] = True
         return problems
 
-    def _route_config_ok(self, rc: Any, parts: list[bytes] | None = None) -> bool:
-        if not _names(rc) <= _RC_PLAIN:  # a name and hosts only: nothing else to check
+    def _route_config_ok(
+        self, rc: Any, parts: list[bytes] | None = None, bare: bool = False
+    ) -> bool:
+        if not bare and not _names(rc) <= _RC_PLAIN:  # a name and hosts: nothing else to check
             head = type(rc)()
             head.CopyFrom(rc)
             head.ClearField("virtual_hosts")

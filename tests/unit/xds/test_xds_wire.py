@@ -265,3 +265,18 @@ def test_a_route_naming_two_cluster_specifiers_takes_the_full_path():
     parsed = type(vh).FromString(raw)
     assert parsed.routes[0].route.WhichOneof("cluster_specifier") == "cluster_header"
     assert xds_wire.vhost_shape(raw, True) is None
+
+
+def test_only_fields_tells_a_bare_route_config():
+    rc = route_config("80", ["a", "b"])
+    assert xds_wire.only_fields(rc.SerializeToString(), frozenset({1, 2}))
+    rc.request_headers_to_remove.append("x-a")
+    assert not xds_wire.only_fields(rc.SerializeToString(), frozenset({1, 2}))
+    assert not xds_wire.only_fields(b"\xff", frozenset({1, 2}))
+
+
+def test_a_bare_route_config_compiles_as_the_full_path_does():
+    hosts = [f"s{i}" for i in range(5)]
+    rc = route_config("80", hosts)
+    bare = compile_route_config(rc, reuse={}, parts=_parts(rc), plain=True)
+    assert _routes(bare, hosts) == _routes(compile_route_config(rc), hosts)
