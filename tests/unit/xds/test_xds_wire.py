@@ -158,28 +158,6 @@ def test_route_hosts_are_checked_once_per_shape_from_their_bytes():
     assert checks.full == first  # another config, the same host shape
 
 
-@pytest.mark.parametrize(
-    "rc",
-    [
-        route_config("80", ["a", "b", "a"]),
-        route_config("80", ["a"], domains=[]),
-        route_config("80", ["a"], name=""),
-        route_config("80", ["a"], domains=["*bad*"]),
-        route_config("80", ["a"], routes=[{"match": {"prefix": "/"}, "route": {"cluster": ""}}]),
-        route_config(
-            "80",
-            ["a"],
-            routes=[{"match": {"prefix": "/"}, "route": {"cluster": "c", "priority": "HIGH"}}],
-        ),
-    ],
-)
-def test_route_checks_from_bytes_agree_with_the_full_check(rc):
-    checks = ResourceChecks()
-    good = route_config("80", ["x", "y"])
-    checks.check(good, parts=_parts(good))  # shapes already known
-    assert checks.check(rc, parts=_parts(rc)) == validate_resource(rc)
-
-
 def _routes(table, hosts):
     from tests.unit.dataplane.test_router import head
 
