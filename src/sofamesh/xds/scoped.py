@@ -86,7 +86,7 @@ class Scopes:
     """The scopes a sidecar holds (SRDS) and their compiled virtual hosts (from RDS)."""
 
     def __init__(self) -> None:
-        self.held: dict[str, Any] = {}  # scope name -> proxy.dynamic._Held
+        self.held: dict[str, Any] = {}  # scope name -> proxy.dynamic_state._Held
         self.received = False  # an SRDS response arrived
         self.entries: dict[str, list] = {}  # route config name -> [(domains, VirtualHost)]
         # PERF(benchmarks/xds_scale.py): route config name -> key, read from the messages

@@ -105,7 +105,7 @@ def test_domains_that_another_key_or_a_wildcard_would_reach_are_refused(domains)
 
 
 def test_one_table_of_every_scope_with_routes():
-    from sofamesh.proxy.dynamic import _Held
+    from sofamesh.proxy.dynamic_state import _Held
     from sofamesh.proxy.routes import compile_vhosts
 
     s = Scopes()
