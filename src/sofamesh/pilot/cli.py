@@ -110,6 +110,13 @@ def parser() -> argparse.ArgumentParser:
         help="workload certificate lifetime in seconds (default 86400; pushed anew at half life)",
     )
     p.add_argument(
+        "--mtls-mode",
+        choices=("strict", "permissive"),
+        default=None,
+        help="the generated inbound listeners of instances labelled tlsMode: istio: strict "
+        "(default) takes mutual TLS only; permissive also takes plaintext (Istio's PERMISSIVE)",
+    )
+    p.add_argument(
         "--mixer",
         default=None,
         help="HOST:PORT of `sofamesh mixer`'s gRPC services: rate policies become "
@@ -240,6 +247,7 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
     if opts.get("ca"):
         pilot.ads.sds = _ca_sds(opts, pilot.metrics)
         gen.trust_domain = pilot.ads.sds.ca.trust_domain  # auto mTLS to tlsMode: istio
+    pilot.ads.inbound.mode = opts.get("mtls_mode", "strict")
     if opts.get("secure_api"):
         from sofamesh.pilot.doors import LockedDoors
 
@@ -358,6 +366,13 @@ def _policies(opts: dict, store, pilot, api) -> None:
     store.listeners.append(lambda _service: pilot.on_change("policies"))
 
 
+def _mtls_mode(value: object) -> str:
+    mode = str(value).lower()
+    if mode not in ("strict", "permissive"):
+        raise SystemExit(f"sofamesh pilot: mtls_mode must be strict or permissive, got {value!r}")
+    return mode
+
+
 def _ca_sds(opts: dict, metrics) -> object:
     """The pilot's CA (its own root, or --ca-cert/--ca-key) serving SDS (pilot/sds.py)."""
     from sofamesh.pilot.ca import CaError, CertificateAuthority
@@ -435,6 +450,7 @@ def _main(args: argparse.Namespace) -> int:
         "ca_cert": pick(args.ca_cert, "ca_cert", None),
         "ca_key": pick(args.ca_key, "ca_key", None),
         "cert_ttl": float(pick(args.cert_ttl, "cert_ttl", 86400)),
+        "mtls_mode": _mtls_mode(pick(args.mtls_mode, "mtls_mode", "strict")),
         "secure_api": str(pick(args.secure_api, "secure_api", False)).lower()
         in ("true", "1", "yes"),
         "secure_xds": str(pick(args.secure_xds, "secure_xds", False)).lower()

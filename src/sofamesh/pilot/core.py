@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from sofamesh.pilot.generate import Generator
+from sofamesh.pilot.inbound import InboundBuilder
 from sofamesh.pilot.model import Instance, Port, Service, Snapshot
 from sofamesh.pilot.server import AdsServer, Metrics
 
@@ -64,6 +65,7 @@ class Pilot:
         self.metrics = metrics or Metrics()
         self.gen = gen or Generator()
         self.ads = AdsServer(self.gen, self.metrics)
+        self.ads.inbound = InboundBuilder(self.gen)  # each sidecar's own inbound listeners
         self.registries = list(registries)
         self.debounce = debounce
         self.max_delay = max_delay

@@ -33,8 +33,10 @@ from sofamesh.pilot.generate import (
     TYPES,
     Changes,
     Generator,
+    Resource,
     ld_field,
 )
+from sofamesh.pilot.inbound import digest
 
 log = logging.getLogger("sofamesh.pilot.xds")
 
@@ -167,6 +169,48 @@ class Connection:
         self.gen: Generator = server.gen
         self.wake = asyncio.Event()
         self.responses = 0
+        # this stream's own resources beside the shared ones: its sidecar's inbound listeners
+        # and clusters (pilot/inbound.py), type url -> name -> Resource
+        self.extra: dict[str, dict[str, Resource]] = {}
+
+    def lookup(self, t: str, name: str) -> Resource | None:
+        mine = self.extra.get(t)
+        if mine:
+            r = mine.get(name)
+            if r is not None:
+                return r
+        return self.gen.all[t].get(name)
+
+    def refresh_extra(self) -> bool:
+        """Recompute this stream's own resources; mark what changed. True if anything did."""
+        ib = self.server.inbound
+        if ib is None or self.gen is not self.server.gen:
+            return False
+        new = ib.resources(self)
+        old = self.extra
+        if new is old or (not new and not old):
+            return False
+        self.extra = new
+        hit = False
+        for t in (CDS, LDS):
+            a, b = old.get(t, {}), new.get(t, {})
+            changed = {n for n, r in b.items() if n not in a or a[n].version != r.version}
+            gone = {n: r for n, r in a.items() if n not in b}
+            if not changed and not gone:
+                continue
+            w = self.watches.get(t)
+            if w is None or not w.subscribed or not w.wildcard:
+                continue
+            hit = True
+            if self.delta:
+                w.pending |= changed
+                w.removed.update({n: r for n, r in gone.items() if n in w.sent})
+            else:
+                w.dirty = True
+                w.removed.update(gone)
+        if hit:
+            self.wake.set()
+        return hit
 
     def watch(self, type_url: str) -> Watch:
         w = self.watches.get(type_url)
@@ -278,9 +322,12 @@ class Connection:
             extra: list = []
             if w.wildcard:
                 shared = self.server.wild_chunks(t, gen)  # PERF: one join for every wildcard stream
-                items = []
+                mine = self.extra.get(t) or {}
+                items = list(mine.values())
                 if keep_removed and w.removed:
-                    extra = [r for n, r in w.removed.items() if n not in gen.wild[t]]
+                    extra = [
+                        r for n, r in w.removed.items() if n not in gen.wild[t] and n not in mine
+                    ]
             else:
                 shared = b""
                 items = [res_all[n] for n in sorted(w.names) if n in res_all]
@@ -299,6 +346,8 @@ class Connection:
             if not items:
                 return None
         version = gen.version(t)
+        if self.extra:
+            version += digest(self.extra, t)
         nonce = self._nonce(t, w, version)
         body = [ld_field(1, version.encode()), shared]
         body.extend(r.sotw_chunk() for r in items)
@@ -311,10 +360,9 @@ class Connection:
     def _delta_updates(self, t: str, w: Watch) -> bytes | None:
         if not w.pending and not w.must_reply:
             return None
-        res_all = self.gen.all[t]
         items = []
         for n in sorted(w.pending):
-            r = res_all.get(n)
+            r = self.lookup(t, n)
             if r is not None and w.sent.get(n) != r.version:
                 items.append(r)
                 w.sent[n] = r.version
@@ -324,7 +372,7 @@ class Connection:
         w.must_reply = False
         if not items and w.removed:
             # the initial reply carries the removals itself (phase two has nothing to do)
-            gone = [n for n in sorted(w.removed) if n not in res_all]
+            gone = [n for n in sorted(w.removed) if self.lookup(t, n) is None]
             for n in gone:
                 w.sent.pop(n, None)
             w.removed.clear()
@@ -332,9 +380,10 @@ class Connection:
         return self._delta_response(t, w, items, ())
 
     def _delta_removals(self, t: str, w: Watch) -> bytes | None:
-        res_all = self.gen.all[t]
         gone = [
-            n for n in sorted(w.removed) if n not in res_all and w.sent.pop(n, None) is not None
+            n
+            for n in sorted(w.removed)
+            if self.lookup(t, n) is None and w.sent.pop(n, None) is not None
         ]
         w.removed.clear()
         if not gone:
@@ -363,6 +412,7 @@ class Connection:
             if self.node_info and self.node_info["type"] == "router" and self.server.edge_gen:
                 self.gen = self.server.edge_gen
             self.user_agent = _user_agent(node)
+            self.refresh_extra()  # before any response: the sidecar's own inbound resources
             if self.node_info is None:  # served all the same; proxyless gRPC ids vary
                 self.server.metrics.inc("pilot_xds_non_istio_node_ids_total")
             try:
@@ -489,11 +539,13 @@ class Connection:
             w.sent.pop(n, None)
         if first:
             interest = set(gen.wild[t]) if w.wildcard else set()
+            if w.wildcard:
+                interest.update(self.extra.get(t, ()))
             interest |= w.names
-            w.pending |= {n for n in interest if n in gen.all[t]}
+            w.pending |= {n for n in interest if self.lookup(t, n) is not None}
             # resources the client holds that no longer exist
             for n in list(w.sent):
-                if n not in gen.all[t] and (w.wildcard or n in w.names):
+                if self.lookup(t, n) is None and (w.wildcard or n in w.names):
                     w.removed[n] = None
         else:
             w.pending |= {n for n in sub if n in gen.all[t] and n not in w.sent}
@@ -558,6 +610,7 @@ class AdsServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.sds: Any = None  # pilot.sds.PilotSds when the pilot is a CA
+        self.inbound: Any = None  # pilot.inbound.InboundBuilder: each sidecar's inbound
         self.credentials: Any = None  # grpc.ServerCredentials: ADS over mTLS (--secure-xds)
         self._names: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._wild: dict[tuple[str, int], tuple[str, bytes]] = {}
@@ -590,15 +643,20 @@ class AdsServer:
     def push(self, ch: Changes, gen: Generator | None = None) -> int:
         """Hand a change of `gen` (default: the sidecars' resources) to the streams it serves;
         returns how many streams it concerns."""
-        if ch.empty():
-            return 0
         gen = gen or self.gen
+        own: set[str] = set()
+        if self.inbound is not None and gen is self.gen:
+            # a stream's own resources follow its instances and policies, whose change may
+            # leave the shared resources as they were
+            own = {c.id for c in list(self.connections.values()) if c.refresh_extra()}
+        if ch.empty():
+            return len(own)
         for t, flag in ch.wildcard_changed.items():
             if flag:
                 self._wild.pop((t, id(gen)), None)
-        n = sum(1 for c in list(self.connections.values()) if c.gen is gen and c.on_change(ch))
+        hit = {c.id for c in list(self.connections.values()) if c.gen is gen and c.on_change(ch)}
         self.metrics.inc("pilot_xds_push_events_total")
-        return n
+        return len(hit | own)
 
     # --- gRPC plumbing -----------------------------------------------------------------------
 
