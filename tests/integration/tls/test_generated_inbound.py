@@ -47,12 +47,11 @@ print("ready", flush=True)
 srv.serve_forever()
 """
 # a client dialing b's inbound itself: plaintext, or TLS with (cert, key) and the root
-DIRECT = (
-    """
+DIRECT = """
 import socket, ssl, sys
 cert, key, ca = sys.argv[1:4]
-s = socket.create_connection(("%s", 8080), timeout=5)
 try:
+    s = socket.create_connection(("B_ADDRESS", 8080), timeout=5)
     if ca != "-":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -72,16 +71,14 @@ except (OSError, ssl.SSLError) as e:
     sys.exit(0)
 lines = got.decode(errors="replace").splitlines()
 print(lines[0] if lines else "refused closed", "|", lines[-1] if lines else "")
-"""
-    % B
-)
+""".replace("B_ADDRESS", B)
 
 
-def _sidecar(net: Net, kind: str, service: str, ip: str) -> None:
+def _sidecar(net: Net, kind: str, service: str, ip: str, delta: bool = True) -> None:
     boot = ads_bootstrap(
         15010,
         15000,
-        True,
+        delta,
         f"sidecar~{ip}~{service}-0.default~default.svc.cluster.local",
         xds_host=P,
     )
@@ -159,9 +156,10 @@ def _identity(ca: Pair, service: str) -> Pair:
     )
 
 
-def _start_mesh(nets: dict, callee: str) -> None:
+def _start_mesh(nets: dict, callee: str, delta: bool = True) -> None:
+    """The callee's sidecar over Delta ADS (or SotW), the caller's over Delta."""
     caller = "envoy" if callee == "sofamesh" else "sofamesh"
-    _sidecar(nets["b"], callee, "b", B)
+    _sidecar(nets["b"], callee, "b", B, delta)
     _sidecar(nets["a"], caller, "a", A)
     for tag in ("a", "b"):
         net = nets[tag]
@@ -249,7 +247,7 @@ def test_strict_mtls_between_an_envoy_and_a_sofamesh_sidecar(mesh, callee):
 @pytest.mark.parametrize("callee", ["sofamesh", "envoy"])
 def test_permissive_takes_plaintext_and_mtls(mesh, callee):
     nets, certs = mesh, mesh["certs"]
-    _start_mesh(nets, callee)
+    _start_mesh(nets, callee, delta=False)
     _wait_ok(nets)
     got = _direct(nets["a"], certs, "plain")
     assert got.startswith("HTTP/1.1 200") and got.endswith("xfcc=None"), got
@@ -268,3 +266,13 @@ def test_permissive_takes_plaintext_and_mtls(mesh, callee):
     assert _direct(nets["a"], certs, "a").startswith("HTTP/1.1 403")
     assert stat(b, "tls_inspector.tls_found") >= 3
     assert stat(b, "tls_inspector.tls_not_found") >= 2
+    # b's instance deregistered: its sidecar's inbound listener is withdrawn
+    nets["p"].run(
+        ["curl", "-s", "-X", "DELETE", "http://127.0.0.1:15020/v1/services/b/instances/b-0"]
+    )
+    wait_until(
+        lambda: _direct(nets["a"], certs, "plain").startswith("refused"),
+        20,
+        lambda: _direct(nets["a"], certs, "plain") + "\n" + b.log("sidecar"),
+    )
+    assert f"{B}:8080" not in curl(b, "http://127.0.0.1:15000/listeners")[1]

@@ -1,0 +1,270 @@
+"""The pilot's inbound listeners (pilot/inbound.py): which instances a sidecar's stream takes
+calls for, what it is sent (strict or permissive mTLS, plaintext without CA or tlsMode, RBAC
+by identity or address), that it passes sofamesh's own validation, and how the ADS server
+serves these per-stream resources beside the shared ones, SotW and Delta, changed and
+removed."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_http
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from sofamesh.config.validate import validate_resource
+from sofamesh.pilot.generate import CDS, LDS, Generator
+from sofamesh.pilot.inbound import APP_PORT, InboundBuilder
+from sofamesh.pilot.model import Instance, Port, Service
+from sofamesh.pilot.policy import Resolved
+from sofamesh.pilot.server import AdsServer, Connection, parse_node_id
+
+TD = "mesh.test"
+NODE = "sidecar~10.0.0.1~b-0.default~default.svc.cluster.local"
+
+
+def _inst(iid: str, addr: str = "10.0.0.1", port: int = 8080, **labels: str) -> Instance:
+    return Instance(
+        "b", iid, addr, port, labels=tuple(sorted(labels.items())), protocol="http", weight=1
+    )
+
+
+LABELS = {APP_PORT: "18080", "tlsMode": "istio"}
+
+
+class _Node:
+    def __init__(self, node_id: str = NODE, cluster: str = "b"):
+        self.node_info = parse_node_id(node_id)
+        self.node_cluster = cluster
+
+
+def _gen(insts: list[Instance], td: str = TD, policies: dict | None = None) -> Generator:
+    gen = Generator(listener_address="127.0.0.1")
+    gen.trust_domain = td
+    if policies:
+        gen.policy_source = lambda _instances: policies
+    gen.update({"b": Service("b", ports=(Port(8080, "http"),))}, {"b": insts})
+    return gen
+
+
+def _unpack(res, cls):
+    m = cls()
+    res.message().Unpack(m)
+    return m
+
+
+def _hcm(fc) -> hcm_pb2.HttpConnectionManager:
+    hcm = hcm_pb2.HttpConnectionManager()
+    fc.filters[0].typed_config.Unpack(hcm)
+    return hcm
+
+
+def test_strict_inbound_for_the_sidecars_own_instance():
+    gen = _gen([_inst("b-0", **LABELS), _inst("b-1", addr="10.0.0.2", **LABELS)])
+    out = InboundBuilder(gen).resources(_Node())
+    (lr,) = out[LDS].values()
+    (cr,) = out[CDS].values()
+    lst = _unpack(lr, listener_pb2.Listener)
+    cl = _unpack(cr, cluster_pb2.Cluster)
+    assert lst.name == "inbound_10.0.0.1_8080"
+    assert (lst.address.socket_address.address, lst.address.socket_address.port_value) == (
+        "10.0.0.1",
+        8080,
+    )
+    assert cl.name == "inbound|8080||" and cl.type == cluster_pb2.Cluster.STATIC
+    sa = cl.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (sa.address, sa.port_value) == ("127.0.0.1", 18080)
+    (fc,) = lst.filter_chains  # strict: TLS only
+    ctx = tls_pb2.DownstreamTlsContext()
+    fc.transport_socket.typed_config.Unpack(ctx)
+    assert ctx.require_client_certificate.value
+    common = ctx.common_tls_context
+    assert common.tls_certificate_sds_secret_configs[0].name == "default"
+    cvc = common.combined_validation_context
+    assert cvc.validation_context_sds_secret_config.name == "ROOTCA"
+    (m,) = cvc.default_validation_context.match_typed_subject_alt_names
+    assert m.matcher.prefix == f"spiffe://{TD}/"
+    hcm = _hcm(fc)
+    assert hcm.forward_client_cert_details == hcm_pb2.HttpConnectionManager.SANITIZE_SET
+    assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.router"]
+    assert hcm.route_config.virtual_hosts[0].routes[0].route.cluster == "inbound|8080||"
+    assert validate_resource(lst) == [] and validate_resource(cl) == []
+
+
+def test_permissive_plaintext_and_no_ca():
+    gen = _gen([_inst("b-0", **LABELS)])
+    lst = _unpack(
+        next(iter(InboundBuilder(gen, "permissive").resources(_Node())[LDS].values())),
+        listener_pb2.Listener,
+    )
+    assert [f.name for f in lst.listener_filters] == ["envoy.filters.listener.tls_inspector"]
+    assert [fc.filter_chain_match.transport_protocol for fc in lst.filter_chains] == [
+        "tls",
+        "raw_buffer",
+    ]
+    assert lst.filter_chains[0].HasField("transport_socket")
+    assert not lst.filter_chains[1].HasField("transport_socket")
+    assert validate_resource(lst) == []
+    for gen in (_gen([_inst("b-0", **LABELS)], td=""), _gen([_inst("b-0", **{APP_PORT: "18080"})])):
+        # no CA, or no tlsMode label (callers send plaintext): plaintext only
+        lst = _unpack(
+            next(iter(InboundBuilder(gen).resources(_Node())[LDS].values())), listener_pb2.Listener
+        )
+        (fc,) = lst.filter_chains
+        assert not fc.HasField("transport_socket") and not lst.listener_filters
+
+
+def test_which_instances_are_the_streams():
+    insts = [
+        _inst("b-0", **LABELS),
+        _inst("b-1", port=8081, **{**LABELS, APP_PORT: "18081"}),
+        _inst("b-2", addr="10.0.0.2", **LABELS),
+        _inst("b-3", addr="10.0.0.3", **{APP_PORT: "nope"}),
+        _inst("b-4", addr="10.0.0.4", tlsMode="istio"),
+    ]
+    ib = InboundBuilder(_gen(insts))
+
+    def names(node_id: str, cluster: str = "b") -> list[str]:
+        return sorted(ib.resources(_Node(node_id, cluster)).get(LDS, {}))
+
+    # the pod's own instance when one has its name, else every instance at its IP
+    assert names(NODE) == ["inbound_10.0.0.1_8080"]
+    assert names("sidecar~10.0.0.1~b-7.default~x") == [
+        "inbound_10.0.0.1_8080",
+        "inbound_10.0.0.1_8081",
+    ]
+    assert names("sidecar~10.0.0.2~x.default~x", "b.default") == ["inbound_10.0.0.2_8080"]
+    assert names("sidecar~10.0.0.2~x.prod~x", "b.default") == []  # not its namespace
+    assert names("sidecar~10.0.0.3~x.default~x") == []  # app port not a port
+    assert names("sidecar~10.0.0.4~x.default~x") == []  # no app port: no inbound
+    assert names("router~10.0.0.1~b-0.default~x") == []  # an edge takes no inbound
+    assert names(NODE, "other") == []
+    assert ib.resources(type("N", (), {"node_info": None, "node_cluster": "b"})()) == {}
+
+
+def test_access_policy_by_identity_on_tls_and_by_address_on_plaintext():
+    pol = Resolved(allow_ips=("10.0.0.9",), allow_from=("a", "c"))
+    gen = _gen([_inst("b-0", **LABELS)], policies={"b": pol})
+    gen.update(
+        {"b": Service("b", ports=(Port(8080, "http"),))},
+        {
+            "b": [_inst("b-0", **LABELS)],
+            "a": [Instance("a", "a-0", "10.0.0.9", 80, namespace="web")],
+        },
+    )
+    lst = _unpack(
+        next(iter(InboundBuilder(gen, "permissive").resources(_Node())[LDS].values())),
+        listener_pb2.Listener,
+    )
+    tls, plain = lst.filter_chains
+
+    def principals(fc) -> list:
+        hcm = _hcm(fc)
+        assert [f.name for f in hcm.http_filters] == [
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.router",
+        ]
+        cfg = rbac_http.RBAC()
+        hcm.http_filters[0].typed_config.Unpack(cfg)
+        assert cfg.rules.action == rbac_pb2.RBAC.ALLOW
+        (p,) = cfg.rules.policies.values()
+        return [
+            pr.authenticated.principal_name.exact or pr.direct_remote_ip.address_prefix
+            for pr in p.principals
+        ]
+
+    # a has an instance (namespace web); c has none: the identity its sidecar is issued
+    assert principals(tls) == [
+        f"spiffe://{TD}/ns/default/sa/c",
+        f"spiffe://{TD}/ns/web/sa/a",
+    ]
+    assert principals(plain) == ["10.0.0.9"]
+    assert validate_resource(lst) == []
+
+
+# --- the ADS server: per-stream resources beside the shared ones ---------------------------
+
+
+def _server(insts: list[Instance]) -> tuple[AdsServer, Generator]:
+    gen = _gen(insts)
+    ads = AdsServer(gen)
+    ads.inbound = InboundBuilder(gen)
+    return ads, gen
+
+
+def _names(msgs: list[bytes], delta: bool, t: str) -> tuple[set[str], set[str]]:
+    got, removed = set(), set()
+    for raw in msgs:
+        if delta:
+            r = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
+            if r.type_url == t:
+                got |= {x.name for x in r.resources}
+                removed |= set(r.removed_resources)
+        else:
+            r = discovery_pb2.DiscoveryResponse.FromString(raw)
+            if r.type_url == t:
+                got |= {_any_name(a, t) for a in r.resources}
+    return got, removed
+
+
+def _any_name(a, t: str) -> str:
+    m = listener_pb2.Listener() if t == LDS else cluster_pb2.Cluster()
+    a.Unpack(m)
+    return m.name
+
+
+def _subscribe(conn: Connection, t: str) -> None:
+    if conn.delta:
+        req = discovery_pb2.DeltaDiscoveryRequest(type_url=t)
+        req.node.id, req.node.cluster = NODE, "b"
+        conn.on_delta_request(req)
+    else:
+        req2 = discovery_pb2.DiscoveryRequest(type_url=t)
+        req2.node.id, req2.node.cluster = NODE, "b"
+        conn.on_sotw_request(req2)
+
+
+def _check_stream(delta: bool) -> None:
+    ads, gen = _server([_inst("b-0", **LABELS)])
+    conn = Connection(ads, "peer", delta)
+    ads.connections[conn.id] = conn
+    _subscribe(conn, CDS)
+    _subscribe(conn, LDS)
+    msgs = conn.build_responses()
+    lds, _ = _names(msgs, delta, LDS)
+    cds, _ = _names(msgs, delta, CDS)
+    assert {"inbound_10.0.0.1_8080", "127.0.0.1_15001"} <= lds
+    assert {"inbound|8080||", "outbound|8080||b"} <= cds
+    # the app port moves: only this stream's own resources change
+    svc = {"b": Service("b", ports=(Port(8080, "http"),))}
+    moved = [_inst("b-0", **{**LABELS, APP_PORT: "18081"})]
+    assert ads.push(gen.update(svc, {"b": moved})) == 1
+    msgs = conn.build_responses()
+    assert "inbound|8080||" in _names(msgs, delta, CDS)[0]
+    # the instance goes: its listener and cluster are withdrawn
+    ads.push(gen.update(svc, {"b": [_inst("b-0", addr="10.0.0.5", **LABELS)]}))
+    msgs = conn.build_responses()
+    lds, lds_gone = _names(msgs, delta, LDS)
+    if delta:
+        assert "inbound_10.0.0.1_8080" in lds_gone
+        assert "inbound|8080||" in _names(msgs, delta, CDS)[1]
+    else:  # SotW: the last response of each type lacks them
+        last = [
+            discovery_pb2.DiscoveryResponse.FromString(m)
+            for m in msgs
+            if discovery_pb2.DiscoveryResponse.FromString(m).type_url == LDS
+        ][-1]
+        assert "inbound_10.0.0.1_8080" not in {_any_name(a, LDS) for a in last.resources}
+    assert conn.extra == {}
+
+
+def test_served_changed_and_withdrawn_over_sotw():
+    _check_stream(delta=False)
+
+
+def test_served_changed_and_withdrawn_over_delta():
+    _check_stream(delta=True)
