@@ -689,12 +689,15 @@ cdef class H2Stream(RouterStream):
         cdef int status = rh.get_status()
         if not self._router_response(c, rh):
             return False        # retried
-        if status == 101 and self.upgrade and type(rh) is Head:
+        if status == 101 and self.upgrade:
             # the upgrade taken: HTTP/2 says so with a 200 (RFC 8441 section 5), its
             # HTTP/1.1 connection headers dropped (Envoy)
             rh.remove(b"upgrade")
             rh.remove(b"connection")
-            (<Head>rh).status = 200
+            if type(rh) is Head:
+                (<Head>rh).status = 200
+            else:
+                (<HeaderList>rh).status = 200
             status = 200
         self._hcm_response(rh, status, end_stream)
         self.resp_started = True

@@ -11,6 +11,7 @@
 # stream only, so one slow client never stalls the other streams of the connection.
 
 from sofamesh._core.codecs.http2 cimport Connection
+from sofamesh._core.codecs.http2_events cimport Data
 from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks, ConnPool
 from sofamesh._core.headers cimport HeaderMap
 from sofamesh._core.upstream cimport Cluster, Host
@@ -41,6 +42,7 @@ cdef class H2Connection:
     cdef int write_now(self) except -1
     cdef int stream_done(self, H2UpStream s) except -1
     cdef int _dispatch(self, list events) except -1
+    cdef int _tunnel_data(self, H2UpStream s, UpstreamCallbacks d, Data ev) except -1
     cdef int _fail_all(self, int kind) except -1
     cdef int _leave_pool(self) except -1
     cdef int _serve_waiting(self) except -1
@@ -57,3 +59,8 @@ cdef class H2UpStream(PoolConn):
     cdef bint paused                    # read_pause: acknowledgements held
     cdef bint upstream_full             # the downstream was paused for our window
     cdef long long unacked              # DATA bytes taken but not acknowledged (paused)
+    # an HTTP/1.1 upgrade sent as extended CONNECT (RFC 8441): its :protocol, and whether
+    # the upstream took it (its 200, given to the router as the 101 it stands for; the
+    # stream's DATA is then the tunnel's bytes both ways)
+    cdef bytes upgrade
+    cdef bint tunnel

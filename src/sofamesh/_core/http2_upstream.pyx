@@ -13,7 +13,9 @@ from sofamesh._core.codecs.http2_events cimport (
     Data, ResponseHeaders, Trailers, StreamReset, WindowUpdated, GoAway,
     ConnectionError as H2ConnectionError,
 )
-from sofamesh._core.codecs.http2_map cimport adopt, request_list, trailer_list
+from sofamesh._core.codecs.http2_map cimport (
+    adopt, request_list, trailer_list, upgrade_request_list,
+)
 from sofamesh._core.conn_pool cimport (
     PoolConn, UpstreamCallbacks, ConnPool, POOL_ATTACHED,
 )
@@ -282,6 +284,9 @@ cdef class H2Connection:
                 d._upstream_read()
                 if (<Data>ev).end_stream:
                     s.recv_end = True
+                if s.tunnel:
+                    self._tunnel_data(s, d, <Data>ev)
+                    continue
                 d._on_upstream_data((<Data>ev).data, (<Data>ev).end_stream)
                 if s.paused:
                     s.unacked += (<Data>ev).flow_controlled_length
@@ -301,6 +306,13 @@ cdef class H2Connection:
                 rh = adopt((<ResponseHeaders>ev).headers)
                 if (<ResponseHeaders>ev).end_stream:
                     s.recv_end = True
+                elif s.upgrade and rh.status == 200:
+                    # the extended CONNECT taken: to the router it is the 101 of the
+                    # upgrade it asked for (Envoy's transformUpgradeResponseFromH2toH1)
+                    rh.status = 101
+                    rh.add(b"upgrade", s.upgrade)
+                    rh.add(b"connection", b"upgrade")
+                    s.tunnel = True
                 if d._on_upstream_head(s, rh, (<ResponseHeaders>ev).end_stream) and \
                         s.ds is d and (<ResponseHeaders>ev).end_stream:
                     d._on_upstream_complete(s)
@@ -355,6 +367,20 @@ cdef class H2Connection:
                 self.draining = True
                 self._leave_pool()
                 self._fail_all(FAIL_PROTOCOL)
+        return 0
+
+    cdef int _tunnel_data(self, H2UpStream s, UpstreamCallbacks d, Data ev) except -1:
+        """A DATA frame of a taken extended CONNECT: the tunnel's bytes for the client,
+        its END_STREAM the upstream's end of the tunnel."""
+        if PyBytes_GET_SIZE(ev.data):
+            d._write(ev.data)
+        if s.paused:
+            s.unacked += ev.flow_controlled_length
+        elif not s.done:
+            self.codec.acknowledge_received_data(s.sid, ev.flow_controlled_length)
+        if ev.end_stream and s.ds is d:
+            d._tunnel_closed()
+        d._after_upstream_read()
         return 0
 
     def _window_opened(self):
@@ -417,14 +443,26 @@ cdef class H2UpStream(PoolConn):
     cdef int start(self, UpstreamCallbacks ds, bint head_req, bint upgrade) except -1:
         self.ds = ds
         self.head_req = head_req
+        self.upgrade = b"" if upgrade else None
         return 0
 
     cdef int encode_headers(self, HeaderMap h, bint end_stream) except -1:
         cdef H2Connection c = self.conn
+        cdef bytes proto
         if self.done or c.closed:
             return 0
         self.sid = c.codec.get_next_available_stream_id()
         c.streams[self.sid] = self
+        proto = h.get_all(b"upgrade") if self.upgrade is not None else None
+        if proto and h.method() != b"CONNECT":
+            # an HTTP/1.1 upgrade (or a downstream extended CONNECT, which the connection
+            # manager turned into one) goes as extended CONNECT, as Envoy sends it
+            # (an HTTP/1.1 upgrade's request ends with its head; the stream stays open for
+            # the tunnel: the client's end is its close, as on an HTTP/1.1 upstream)
+            self.upgrade = proto
+            c.codec.send_headers(self.sid, upgrade_request_list(h, b"http", proto), False)
+            return c.flush()
+        self.upgrade = None     # a CONNECT (tcp_proxy's tunnel) goes as it is
         c.codec.send_headers(self.sid, request_list(h, b"http"), end_stream)
         if end_stream:
             self.sent_end = True
@@ -456,7 +494,10 @@ cdef class H2UpStream(PoolConn):
         return c.flush()
 
     cdef int write(self, bytes data) except -1:
-        return 0            # no tunnels over HTTP/2 upstreams
+        # an upgraded HTTP/1.1 client's bytes: DATA of the extended CONNECT stream
+        if self.tunnel and PyBytes_GET_SIZE(data):
+            return self.encode_data(data, False)
+        return 0
 
     cdef int release(self) except -1:
         if self.done:

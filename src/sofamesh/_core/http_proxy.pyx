@@ -548,8 +548,12 @@ cdef class DownstreamConn(RouterStream):
         cdef int status = rh.get_status()
         if not self._router_response(c, rh):
             return False        # retried
-        if not self.req_done:
-            self.close_after = True
+        if not self.req_done or (self.upgrade and not self.connect):
+            # (an upgrade's request has no end on HTTP/1.1 (Envoy): taken, the connection
+            # is the tunnel's; refused, the bytes the client may have sent after its head
+            # cannot be told from a next request, so it closes)
+            if not self.req_done or status != 101:
+                self.close_after = True
             cfg.rq_response_before_rq_complete.inc()
         if cfg.draining and not self.close_after:
             self.close_after = True

@@ -12,6 +12,7 @@ from sofamesh._core.headers cimport HeaderMap, HeaderList
 
 cdef bint connection_specific(bytes name, bytes value) noexcept
 cdef list request_list(HeaderMap h, bytes scheme)
+cdef list upgrade_request_list(HeaderMap h, bytes scheme, bytes protocol)
 cdef list response_list(HeaderMap h)
 cdef list trailer_list(HeaderMap h)
 cdef HeaderList adopt(list pairs)

@@ -53,6 +53,15 @@ cdef list request_list(HeaderMap h, bytes scheme):
     return out
 
 
+cdef list upgrade_request_list(HeaderMap h, bytes scheme, bytes protocol):
+    """An HTTP/1.1 upgrade as the extended CONNECT it stands for over HTTP/2 (RFC 8441):
+    `:method CONNECT` and `:protocol`, its upgrade and connection headers dropped."""
+    cdef list out = [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", scheme),
+                     (b":authority", h.authority()), (b":path", h.path())]
+    _entries(out, h)
+    return out
+
+
 cdef list response_list(HeaderMap h):
     cdef list out = [(b":status", PyBytes_FromFormat("%d", h.get_status()))]
     _entries(out, h)
