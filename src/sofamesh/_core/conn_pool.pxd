@@ -73,3 +73,13 @@ cdef class ConnPool:
     cdef int new_stream(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1
     cdef int _queue(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1
     cdef int cancel(self, Cluster cl, Host host, UpstreamCallbacks cb) except -1
+
+
+cdef class Mirror(UpstreamCallbacks):
+    # a mirrored request (route request_mirror_policies), fire and forget: the router feeds
+    # it the request as it goes (http1_upstream.ShadowConn: its own HTTP/1.1 connection;
+    # http2_upstream.H2Shadow: a stream of the mirror cluster's HTTP/2 pool)
+    cdef readonly bint closed
+    cdef int send_data(self, bytes data, bint end_stream) except -1
+    cdef int send_trailers(self, HeaderList trailers) except -1
+    cdef int reset(self) except -1              # give up on it (too slow, client gone)

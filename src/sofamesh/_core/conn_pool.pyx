@@ -104,3 +104,14 @@ cdef class ConnPool:
         cl.pending_active -= 1
         cl.upstream_rq_pending_active.dec()
         return 0
+
+
+cdef class Mirror(UpstreamCallbacks):
+    cdef int send_data(self, bytes data, bint end_stream) except -1:
+        raise NotImplementedError
+
+    cdef int send_trailers(self, HeaderList trailers) except -1:
+        raise NotImplementedError
+
+    cdef int reset(self) except -1:
+        raise NotImplementedError

@@ -3,7 +3,7 @@
 from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport Head
 from sofamesh._core.codecs.http1_body cimport BodyReader
-from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks, ConnPool
+from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks, ConnPool, Mirror
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.upstream cimport Cluster, Host
 
@@ -17,14 +17,13 @@ cdef class Http1ConnPool(ConnPool):
 cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix)
 
 
-cdef class ShadowConn:
+cdef class ShadowConn(Mirror):
     cdef Cluster cluster
     cdef Host host
     cdef object loop, transport, task, timer
     cdef list queue
     cdef Py_ssize_t queued
     cdef Py_ssize_t limit
-    cdef readonly bint closed
     cdef bint connected, head_req, in_rq, resp_done, chunked
     cdef Head rhead
     cdef BodyReader body

@@ -16,7 +16,7 @@ from sofamesh._core.codecs.http1_encode cimport (
 )
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.conn_pool cimport (
-    PoolConn, UpstreamCallbacks, ConnPool, POOL_ATTACHED,
+    PoolConn, UpstreamCallbacks, ConnPool, Mirror, POOL_ATTACHED,
 )
 from sofamesh._core.http_common cimport (
     mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, PAUSE_UPSTREAM_FULL,
@@ -85,7 +85,7 @@ cdef bytes shadow_host(bytes host):
     return host + b"-shadow"
 
 
-cdef class ShadowConn:
+cdef class ShadowConn(Mirror):
     """One mirrored request on its own connection to a host of the mirror cluster. The
     response is read and discarded; nothing here can delay or fail the main request. At
     most `limit` bytes wait (for the connect or in the socket's write buffer): a mirror

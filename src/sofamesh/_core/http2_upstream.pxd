@@ -12,8 +12,8 @@
 
 from sofamesh._core.codecs.http2 cimport Connection
 from sofamesh._core.codecs.http2_events cimport Data
-from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks, ConnPool
-from sofamesh._core.headers cimport HeaderMap
+from sofamesh._core.conn_pool cimport PoolConn, UpstreamCallbacks, ConnPool, Mirror
+from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.upstream cimport Cluster, Host
 
 
@@ -64,3 +64,18 @@ cdef class H2UpStream(PoolConn):
     # stream's DATA is then the tunnel's bytes both ways)
     cdef bytes upgrade
     cdef bint tunnel
+
+
+cdef class H2Shadow(Mirror):
+    cdef Cluster cluster
+    cdef Host host
+    cdef ConnPool pool
+    cdef HeaderMap headers              # until the stream is given
+    cdef bint end_headers, head_req, in_rq, waiting
+    cdef H2UpStream up
+    cdef list queue                     # [(bytes, end) | HeaderList] until the stream is given
+    cdef Py_ssize_t queued
+    cdef Py_ssize_t limit
+    cdef object timer
+    cdef double t0
+    cdef int _end(self, bint ok) except -1

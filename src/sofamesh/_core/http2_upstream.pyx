@@ -17,7 +17,7 @@ from sofamesh._core.codecs.http2_map cimport (
     adopt, request_list, trailer_list, upgrade_request_list,
 )
 from sofamesh._core.conn_pool cimport (
-    PoolConn, UpstreamCallbacks, ConnPool, POOL_ATTACHED,
+    PoolConn, UpstreamCallbacks, ConnPool, Mirror, POOL_ATTACHED, POOL_QUEUED, POOL_OVERFLOW,
 )
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
@@ -528,4 +528,165 @@ cdef class H2UpStream(PoolConn):
             self.unacked = 0
             self.conn.codec.acknowledge_received_data(self.sid, n)
             self.conn.flush()
+        return 0
+
+
+cdef class H2Shadow(Mirror):
+    """A mirrored request on a stream of the mirror cluster's HTTP/2 connections (the pool
+    its own requests use, as Envoy's async client does). The answer is read and dropped;
+    nothing here can delay or fail the main request: at most `limit` bytes wait for the
+    stream or in the stream's send buffer, past that the mirror is reset (counted as the
+    cluster's upstream_rq_tx_reset)."""
+
+    def __cinit__(self, Cluster cluster, ConnPool pool, loop, HeaderMap headers,
+                  bint end_stream, bint head_req, double timeout, Py_ssize_t limit):
+        cdef Host host
+        cdef int r
+        self.cluster = cluster
+        self.pool = pool
+        self.headers = headers
+        self.end_headers = end_stream
+        self.head_req = head_req
+        self.limit = limit if limit > 0 else 1048576
+        self.queue = []
+        self.t0 = mono()
+        cluster.upstream_rq_total.inc()
+        if cluster.rq_active >= cluster.max_requests:
+            cluster.upstream_rq_pending_overflow.inc()
+            self.closed = True
+            return
+        host = cluster.choose()
+        if host is None:
+            cluster.upstream_cx_none_healthy.inc()
+            self.closed = True
+            return
+        self.host = host
+        self.in_rq = True
+        cluster.rq_active += 1
+        cluster.upstream_rq_active.inc()
+        host.rq_active += 1
+        host.rq_total += 1
+        if timeout > 0:
+            self.timer = loop.call_later(timeout, self._on_timeout)
+        r = pool.new_stream(cluster, host, self)
+        if r == POOL_OVERFLOW:
+            self._end(False)
+        elif r == POOL_QUEUED:
+            self.waiting = True
+
+    cdef bint _wants_connection(self):
+        self.waiting = False
+        return not self.closed
+
+    cdef int _attach(self, PoolConn c) except -1:
+        cdef H2UpStream up = <H2UpStream>c
+        if self.closed:
+            up.ds = self
+            return up.abort()
+        self.up = up
+        up.start(self, self.head_req, False)
+        up.encode_headers(self.headers, self.end_headers)
+        self.headers = None
+        q = self.queue
+        self.queue = None
+        self.queued = 0
+        for item in q:
+            if self.closed:
+                break
+            if type(item) is tuple:
+                self.send_data(<bytes>(<tuple>item)[0], <bint>(<tuple>item)[1])
+            else:
+                self.send_trailers(<HeaderList>item)
+        return 0
+
+    cdef int _fail(self, int kind, PoolConn c) except -1:
+        self.up = None
+        return self._end(False)
+
+    cdef bint _on_upstream_head(self, PoolConn c, HeaderMap rh, bint end_stream) except -1:
+        return True
+
+    cdef int _on_upstream_data(self, bytes data, bint end_stream) except -1:
+        return 0
+
+    cdef int _on_upstream_trailers(self, HeaderList trailers) except -1:
+        return 0
+
+    cdef int _on_upstream_complete(self, PoolConn c) except -1:
+        cdef H2UpStream up = self.up
+        self.up = None
+        if up is not None:
+            up.release()
+        return self._end(True)
+
+    cdef int _reset(self) except -1:
+        self.up = None
+        return self._end(False)
+
+    cdef int _write(self, bytes data) except -1:
+        return 0
+
+    cdef int send_data(self, bytes data, bint end_stream) except -1:
+        cdef H2UpStream up = self.up
+        if self.closed:
+            return 0
+        if up is None:
+            self.queue.append((data, end_stream))
+            self.queued += PyBytes_GET_SIZE(data)
+            if self.queued > self.limit:
+                self.reset()
+            return 0
+        up.encode_data(data, end_stream)
+        if up.upstream_full:    # the mirror's window is shut and its buffer past the limit
+            self.reset()
+        return 0
+
+    cdef int send_trailers(self, HeaderList trailers) except -1:
+        if self.closed:
+            return 0
+        if self.up is None:
+            self.queue.append(trailers)
+            return 0
+        return self.up.encode_trailers(trailers)
+
+    cdef int reset(self) except -1:
+        cdef H2UpStream up = self.up
+        if self.closed:
+            return 0
+        self.cluster.upstream_rq_tx_reset.inc()
+        self.up = None
+        if up is not None:
+            up.abort()
+        elif self.waiting:
+            self.waiting = False
+            self.pool.cancel(self.cluster, self.host, self)
+        return self._end(False)
+
+    def _on_timeout(self):
+        self.timer = None
+        if not self.closed:
+            self.cluster.upstream_rq_timeout.inc()
+            self.reset()
+
+    cdef int _end(self, bint ok) except -1:
+        """The mirror is over (answered, failed or reset): release its counts once."""
+        cdef Cluster cl = self.cluster
+        cdef Host host = self.host
+        self.closed = True
+        self.queue = None
+        self.headers = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.in_rq:
+            self.in_rq = False
+            cl.rq_active -= 1
+            cl.upstream_rq_active.dec()
+            host.rq_active -= 1
+            if ok:
+                host.rq_success += 1
+                cl.upstream_rq_completed.inc()
+                cl.upstream_rq_time.record((mono() - self.t0) * 1000.0)
+            else:
+                host.rq_error += 1
         return 0

@@ -4,7 +4,7 @@
 
 from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
 
-from sofamesh._core.conn_pool cimport PoolConn, POOL_OVERFLOW
+from sofamesh._core.conn_pool cimport Mirror, PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig, mutate_xfcc, replaces_request_id
 from sofamesh._core.http_grpc cimport (grpc_outcome, grpc_retry_bit, grpc_timeout,
                                        grpc_route_timeout, set_grpc_timeout_headers)
@@ -12,6 +12,7 @@ from sofamesh._core.http_tracing cimport (inject_trace, start_trace, trace_retry
                                           TRACE_B3, TRACE_SW8)
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http1_upstream cimport ShadowConn, mirror_headers
+from sofamesh._core.http2_upstream cimport H2Shadow
 from sofamesh._core.tcp_upstream cimport TcpUpstreamConn
 from sofamesh._core.http_common cimport (
     mono, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
@@ -473,7 +474,7 @@ cdef class RouterStream(HttpStream):
         `-shadow`) to each mirror cluster, fire and forget."""
         cdef HcmConfig cfg = self.cfg
         cdef Cluster cl
-        cdef ShadowConn sh
+        cdef Mirror sh
         cdef bint end = self.up_end and self.req_trailers is None and not self.up_queue
         cdef int i
         for name, share, no_suffix, hdr in route.mirrors:
@@ -487,9 +488,17 @@ cdef class RouterStream(HttpStream):
             cl = cfg.clusters.get(name)
             if cl is None:
                 continue
-            sh = ShadowConn(cl, cfg.loop, mirror_headers(self.head, cfg.local_ip, not no_suffix),
-                            end, self.head_req, route.timeout,
-                            min(cfg.buffer_limit, cl.per_connection_buffer_limit))
+            if cl.h2 is not None and (not cl.h2[3] or self.http_version == 20):
+                # an HTTP/2 mirror cluster: a stream of its own pool
+                sh = H2Shadow(cl, cfg.pool2, cfg.loop,
+                              mirror_headers(self.head, cfg.local_ip, not no_suffix),
+                              end, self.head_req, route.timeout,
+                              min(cfg.buffer_limit, cl.per_connection_buffer_limit))
+            else:
+                sh = ShadowConn(cl, cfg.loop,
+                                mirror_headers(self.head, cfg.local_ip, not no_suffix),
+                                end, self.head_req, route.timeout,
+                                min(cfg.buffer_limit, cl.per_connection_buffer_limit))
             for data in self.up_queue:
                 sh.send_data(data, False)
             if not self.req_done and not sh.closed:
@@ -524,7 +533,7 @@ cdef class RouterStream(HttpStream):
         return cl.choose_hash(hv)
 
     cdef int _drop_shadows(self) except -1:
-        cdef ShadowConn sh
+        cdef Mirror sh
         cdef list shadows = self.shadows
         self.shadows = None
         for sh in shadows:
@@ -535,7 +544,7 @@ cdef class RouterStream(HttpStream):
         """Decoded request body for the upstream (and mirrors, and the retry buffer)."""
         cdef PoolConn u = self.up
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef ShadowConn sh
+        cdef Mirror sh
         if end_stream:
             self.up_end = True
         if self.shadows is not None:
@@ -560,7 +569,7 @@ cdef class RouterStream(HttpStream):
         return 0
 
     cdef int _send_trailers(self, HeaderList trailers) except -1:
-        cdef ShadowConn sh
+        cdef Mirror sh
         self.up_end = True
         self.req_trailers = trailers
         if self.shadows is not None:
