@@ -1556,3 +1556,12 @@ def test_conformance(proxy: Any, results: dict[str, str], name: str) -> None:
 
 def test_case_count() -> None:
     assert len(CASES) >= 80
+
+
+def test_server_settings_as_envoy(proxy: Any) -> None:
+    """The SETTINGS a client gets, in order: Envoy 1.40's (the header table size and
+    extended CONNECT said at their defaults, no MAX_HEADER_LIST_SIZE), on both proxies."""
+    with H2Client(proxy.port) as c:
+        c.handshake()
+        got = list(c.server_settings.items())
+    assert got == [(1, 4096), (8, 0), (3, MAX_STREAMS), (4, 16 * 1024 * 1024)], got

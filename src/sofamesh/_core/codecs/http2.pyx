@@ -130,15 +130,21 @@ cdef class Connection(ConnectionCore):
         # decoded piece by piece without keeping anything (CVE-2024-27316)
         self.max_header_block_size = (max_header_block_size if max_header_block_size > 0
                                       else max_header_list_size + 16384)
-        settings = {SETTINGS_MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-                    SETTINGS_INITIAL_WINDOW_SIZE: initial_stream_window_size,
-                    SETTINGS_MAX_HEADER_LIST_SIZE: max_header_list_size}
+        settings = {}
         if client_side:
             settings[SETTINGS_ENABLE_PUSH] = 0
-        if self.allow_connect:      # RFC 8441: extended CONNECT (websocket over HTTP/2)
-            settings[SETTINGS_ENABLE_CONNECT_PROTOCOL] = 1
-        if hpack_table_size != 4096:
+            if hpack_table_size != 4096:
+                settings[SETTINGS_HEADER_TABLE_SIZE] = hpack_table_size
+        else:
+            # a server's SETTINGS as Envoy 1.40 sends them, in its order: the table size
+            # and extended CONNECT (RFC 8441, `allow_connect`) said even at their defaults,
+            # no MAX_HEADER_LIST_SIZE (the limit is enforced, not advertised)
             settings[SETTINGS_HEADER_TABLE_SIZE] = hpack_table_size
+            settings[SETTINGS_ENABLE_CONNECT_PROTOCOL] = 1 if self.allow_connect else 0
+        settings[SETTINGS_MAX_CONCURRENT_STREAMS] = max_concurrent_streams
+        settings[SETTINGS_INITIAL_WINDOW_SIZE] = initial_stream_window_size
+        if client_side:
+            settings[SETTINGS_MAX_HEADER_LIST_SIZE] = max_header_list_size
         if max_frame_size != DEFAULT_MAX_FRAME:
             settings[SETTINGS_MAX_FRAME_SIZE] = max_frame_size
         if client_side:
