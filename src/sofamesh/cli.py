@@ -12,6 +12,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pilot": ("sofamesh.pilot.cli", "main", "run the control plane (xDS + registry API)"),
     "register": ("sofamesh.pilot.register", "main", "register a service instance with a pilot"),
     "policy": ("sofamesh.pilot.policy_cli", "main", "who may call a service, and its rate"),
+    "cert": (
+        "sofamesh.pilot.bootstrap",
+        "main",
+        "bootstrap certificates from a pilot's CA (join secret, tokens, requests)",
+    ),
     "proxy-status": (
         "sofamesh.pilot.proxy_status",
         "main",

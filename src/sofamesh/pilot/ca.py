@@ -118,13 +118,17 @@ class CertificateAuthority:
         ttl: float | None = None,
         dns: tuple[str, ...] = (),
         ips: tuple[str, ...] = (),
+        public_key=None,
     ) -> Issued:
         """A new key and a certificate for one SPIFFE id, valid for `ttl` seconds (`dns`,
-        `ips`: extra SANs, for the pilot's own server certificate)."""
+        `ips`: extra SANs, for the pilot's own server certificate). With `public_key` (a
+        workload's certificate request, pilot/bootstrap.py) the certificate is for that key,
+        which never leaves the workload: `key_pem` is empty."""
         import ipaddress
 
         life = self.ttl if ttl is None else float(ttl)
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = ec.generate_private_key(ec.SECP256R1()) if public_key is None else None
+        subject_key = key.public_key() if key is not None else public_key
         start = _now() - dt.timedelta(seconds=min(60.0, life / 10))  # clock skew
         end = _now() + dt.timedelta(seconds=life)
         end = min(end, self.cert.not_valid_after_utc)
@@ -133,7 +137,7 @@ class CertificateAuthority:
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sofamesh")]))
             .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
+            .public_key(subject_key)
             .serial_number(serial)
             .not_valid_before(start)
             .not_valid_after(end)
@@ -182,7 +186,9 @@ class CertificateAuthority:
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
-            ),
+            )
+            if key is not None
+            else b"",
             start.timestamp(),
             end.timestamp(),
             serial,

@@ -110,6 +110,17 @@ def parser() -> argparse.ArgumentParser:
         help="workload certificate lifetime in seconds (default 86400; pushed anew at half life)",
     )
     p.add_argument(
+        "--join-secret",
+        default=None,
+        help="file with the join secret (`sofamesh cert secret`): serve certificate requests "
+        "with join tokens on --ca-address (bootstrap certificates; needs the CA)",
+    )
+    p.add_argument(
+        "--ca-address",
+        default=None,
+        help="HOST:PORT of the certificate requests' TLS port (default 127.0.0.1:15012)",
+    )
+    p.add_argument(
         "--mtls-mode",
         choices=("strict", "permissive"),
         default=None,
@@ -265,9 +276,25 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         if pilot.ads.sds is None:
             raise SystemExit("sofamesh pilot: --secure-xds needs the CA (--ca true)")
         pilot.ads.credentials = xds_credentials(pilot.ads.sds.ca, opts["xds_address"][0])
+    cert_door = None
+    if opts.get("join_secret"):
+        from sofamesh.pilot.bootstrap import CertificateDoor, load_secret
+
+        if pilot.ads.sds is None:
+            raise SystemExit("sofamesh pilot: --join-secret needs the CA (--ca true)")
+        try:
+            secret = load_secret(opts["join_secret"])
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"sofamesh pilot: --join-secret: {e}") from None
+        cert_door = CertificateDoor(pilot.ads.sds.ca, secret, opts["ca_address"][0], pilot.metrics)
     stop = stop or asyncio.Event()
     try:
         await pilot.start()
+        if cert_door is not None:
+            ch, cp = opts["ca_address"]
+            cert_port = await cert_door.start(ch, cp)
+            log.info("certificate requests (join tokens) on https://%s:%d", ch, cert_port)
+            print(f"sofamesh pilot: ca=https://{ch}:{cert_port}", flush=True)
         xh, xp = opts["xds_address"]
         if xh.startswith("unix:"):  # a Unix socket: a stale one from a previous run goes
             try:
@@ -307,6 +334,8 @@ async def run(opts: dict, ready=None, stop: asyncio.Event | None = None) -> None
         await stop.wait()
     finally:
         await api.stop()
+        if cert_door is not None:
+            await cert_door.stop()
         if doors is not None:
             doors.close()
         await pilot.ads.stop()
@@ -451,6 +480,10 @@ def _main(args: argparse.Namespace) -> int:
         "ca_key": pick(args.ca_key, "ca_key", None),
         "cert_ttl": float(pick(args.cert_ttl, "cert_ttl", 86400)),
         "mtls_mode": _mtls_mode(pick(args.mtls_mode, "mtls_mode", "strict")),
+        "join_secret": pick(args.join_secret, "join_secret", None),
+        "ca_address": _hostport(
+            pick(args.ca_address, "ca_address", "127.0.0.1:15012"), "--ca-address"
+        ),
         "secure_api": str(pick(args.secure_api, "secure_api", False)).lower()
         in ("true", "1", "yes"),
         "secure_xds": str(pick(args.secure_xds, "secure_xds", False)).lower()
