@@ -137,7 +137,7 @@ def _rules(pol: Resolved, identities: tuple[str, ...] | None) -> rbac_cfg.RBAC:
     return rules
 
 
-def _tls_socket(trust_domain: str, h2: bool) -> Any:
+def _tls_socket(trust_domain: str, http: bool, h2: bool) -> Any:
     ctx = tls_pb2.DownstreamTlsContext()
     ctx.require_client_certificate.value = True
     common = ctx.common_tls_context
@@ -150,7 +150,8 @@ def _tls_socket(trust_domain: str, h2: bool) -> Any:
     m.matcher.prefix = f"spiffe://{trust_domain}/"
     cvc.validation_context_sds_secret_config.name = "ROOTCA"
     cvc.validation_context_sds_secret_config.sds_config.CopyFrom(_ads())
-    common.alpn_protocols.extend(["h2", "http/1.1"] if h2 else ["http/1.1"])
+    if http:  # (TCP and RPC ports: no ALPN, as the callers' clusters offer none)
+        common.alpn_protocols.extend(["h2", "http/1.1"] if h2 else ["http/1.1"])
     from envoy.config.core.v3 import base_pb2
 
     ts = base_pb2.TransportSocket(name="envoy.transport_sockets.tls")
@@ -237,7 +238,7 @@ def build_inbound(
         else:
             fc.filters.extend(_tcp_filters(prefix, cname, pol, who))
         if tls:
-            fc.transport_socket.CopyFrom(_tls_socket(tls_domain, h2))
+            fc.transport_socket.CopyFrom(_tls_socket(tls_domain, http, h2))
         return fc
 
     if not tls_domain:

@@ -268,3 +268,39 @@ def test_served_changed_and_withdrawn_over_sotw():
 
 def test_served_changed_and_withdrawn_over_delta():
     _check_stream(delta=True)
+
+
+def test_tcp_and_rpc_ports_get_tcp_proxy_with_network_rbac():
+    from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_net
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    dubbo = Instance(
+        "b", "b-0", "10.0.0.1", 20880, protocol="dubbo",
+        labels=tuple(sorted({APP_PORT: "20881", "tlsMode": "istio"}.items())),
+    )  # fmt: skip
+    pol = Resolved(allow_ips=(), allow_from=("a",))
+    gen = Generator(listener_address="127.0.0.1")
+    gen.trust_domain = TD
+    gen.policy_source = lambda _instances: {"b": pol}
+    gen.update({}, {"b": [dubbo]})
+    lst = _unpack(
+        next(iter(InboundBuilder(gen).resources(_Node())[LDS].values())), listener_pb2.Listener
+    )
+    (fc,) = lst.filter_chains
+    assert [f.name for f in fc.filters] == [
+        "envoy.filters.network.rbac",
+        "envoy.filters.network.tcp_proxy",
+    ]
+    rb = rbac_net.RBAC()
+    fc.filters[0].typed_config.Unpack(rb)
+    (p,) = rb.rules.policies.values()
+    assert [pr.authenticated.principal_name.exact for pr in p.principals] == [
+        f"spiffe://{TD}/ns/default/sa/a"
+    ]
+    tp = tcp_proxy_pb2.TcpProxy()
+    fc.filters[1].typed_config.Unpack(tp)
+    assert tp.cluster == "inbound|20880||"
+    ctx = tls_pb2.DownstreamTlsContext()
+    fc.transport_socket.typed_config.Unpack(ctx)
+    assert list(ctx.common_tls_context.alpn_protocols) == []  # no ALPN on TCP/RPC ports
+    assert validate_resource(lst) == []
