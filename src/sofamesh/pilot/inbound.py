@@ -30,7 +30,8 @@ the identity its sidecar is issued), on a plaintext chain their registered addre
 
 Which instances are the stream's: a sidecar's Istio node id `sidecar~<ip>~<pod>.<ns>~...`
 and its node `cluster` (the service, or `<service>.<ns>`): the service's instances at that
-IP, those whose instance id is the pod name if any are.
+IP; of those, the pod's own when some are named after it (the instance id is the pod name,
+or `<pod>:<anything>`, one instance per port), for pods that share an IP.
 """
 
 from __future__ import annotations
@@ -283,8 +284,9 @@ class InboundBuilder:
             if so is None:
                 continue
             mine = [i for i in so.key[1] if i.address == info["ip"] and app_port(i)]
-            pod = [i for i in mine if i.instance_id == info["pod"]]
-            return pod or mine
+            pod, per_port = info["pod"], info["pod"] + ":"
+            ours = [i for i in mine if i.instance_id == pod or i.instance_id.startswith(per_port)]
+            return ours or mine
         return []
 
     def resources(self, conn: Any) -> Extra:

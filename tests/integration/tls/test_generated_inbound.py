@@ -22,7 +22,16 @@ import pytest
 from tests.conftest import envoy_binary, sofamesh_command
 from tests.integration.pilot.conftest import ads_bootstrap
 from tests.support.certs import Pair, make_ca, make_leaf
-from tests.support.multicluster import Net, curl, link, register, stat, wait_until
+from tests.support.multicluster import (
+    GRPC_CLIENT,
+    Net,
+    curl,
+    link,
+    py,
+    register,
+    stat,
+    wait_until,
+)
 from tests.support.sniff import tcp_payload
 
 pytestmark = pytest.mark.multicluster
@@ -138,8 +147,35 @@ def mesh(tmp_path, request):
         wait_until(lambda: "sofamesh pilot: xds=" in p.log("pilot"), 30, lambda: p.log("pilot"))
         nets["b"].start("app", [sys.executable, "-c", APP])
         wait_until(lambda: "ready" in nets["b"].log("app"), 20, lambda: nets["b"].log("app"))
+        # b's gRPC port: the echo of tests/support/netns_apps.py on 127.0.0.1:19090
+        nets["b"].start(
+            "apps",
+            [sys.executable, "-m", "tests.support.netns_apps",
+             "127.0.0.1:18081", "127.0.0.1:19090", "127.0.0.1:17070"],
+        )  # fmt: skip
+        wait_until(lambda: "ready" in nets["b"].log("apps"), 20, lambda: nets["b"].log("apps"))
         labels = {"tlsMode": "istio", "sofamesh.io/app-port": "18080"}
-        register(p, "127.0.0.1", "b", "b-0", {"address": B, "port": 8080, "labels": labels})
+        # one instance per service port: the pod's name, then "<pod>:<port>"
+        register(
+            p,
+            "127.0.0.1",
+            "b",
+            "b-0",
+            {"address": B, "port": 8080, "service_port": 8080, "labels": labels},
+        )
+        register(
+            p,
+            "127.0.0.1",
+            "b",
+            "b-0:9090",
+            {
+                "address": B,
+                "port": 9090,
+                "service_port": 9090,
+                "protocol": "grpc",
+                "labels": {**labels, "sofamesh.io/app-port": "19090"},
+            },
+        )
         # the caller is registered too: access policies name callers by their service
         register(p, "127.0.0.1", "a", "a-0", {"address": A, "port": 9999})
         nets["certs"] = certs  # type: ignore[assignment]
@@ -219,6 +255,9 @@ def test_strict_mtls_between_an_envoy_and_a_sofamesh_sidecar(mesh, callee):
         assert plain not in wire, plain
     b = nets["b"]
     assert stat(b, f"listener.{B}_8080.ssl.handshake") >= 1
+    # gRPC to b's other port: HTTP/2 over the same mTLS (ALPN h2), to the app's gRPC server
+    assert py(nets["a"], GRPC_CLIENT).startswith("echo:ping"), b.log("sidecar")
+    assert stat(b, f"listener.{B}_9090.ssl.handshake") >= 1
     # who else may dial b's inbound: only a certificate of the pilot's root
     assert _direct(nets["a"], certs, "plain").startswith("refused"), "plaintext taken"
     assert _direct(nets["a"], certs, "stranger").startswith("refused")

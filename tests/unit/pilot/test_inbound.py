@@ -122,6 +122,7 @@ def test_which_instances_are_the_streams():
     insts = [
         _inst("b-0", **LABELS),
         _inst("b-1", port=8081, **{**LABELS, APP_PORT: "18081"}),
+        _inst("b-0:9090", port=9090, **{**LABELS, APP_PORT: "19090"}),
         _inst("b-2", addr="10.0.0.2", **LABELS),
         _inst("b-3", addr="10.0.0.3", **{APP_PORT: "nope"}),
         _inst("b-4", addr="10.0.0.4", tlsMode="istio"),
@@ -131,11 +132,13 @@ def test_which_instances_are_the_streams():
     def names(node_id: str, cluster: str = "b") -> list[str]:
         return sorted(ib.resources(_Node(node_id, cluster)).get(LDS, {}))
 
-    # the pod's own instance when one has its name, else every instance at its IP
-    assert names(NODE) == ["inbound_10.0.0.1_8080"]
+    # the pod's own instances when some are named after it, else every instance at its IP
+    assert names(NODE) == ["inbound_10.0.0.1_8080", "inbound_10.0.0.1_9090"]  # b-0, b-0:9090
+    assert names("sidecar~10.0.0.1~b-1.default~x") == ["inbound_10.0.0.1_8081"]
     assert names("sidecar~10.0.0.1~b-7.default~x") == [
         "inbound_10.0.0.1_8080",
         "inbound_10.0.0.1_8081",
+        "inbound_10.0.0.1_9090",
     ]
     assert names("sidecar~10.0.0.2~x.default~x", "b.default") == ["inbound_10.0.0.2_8080"]
     assert names("sidecar~10.0.0.2~x.prod~x", "b.default") == []  # not its namespace
