@@ -80,6 +80,11 @@ cdef class Mirror(UpstreamCallbacks):
     # it the request as it goes (http1_upstream.ShadowConn: its own HTTP/1.1 connection;
     # http2_upstream.H2Shadow: a stream of the mirror cluster's HTTP/2 pool)
     cdef readonly bint closed
+    cdef Cluster cluster
+    cdef Host host
+    cdef bint in_rq                             # counted in the cluster's active requests
+    cdef double t0
+    cdef int _rq_over(self, bint ok) except -1  # the request's counts, released once
     cdef int send_data(self, bytes data, bint end_stream) except -1
     cdef int send_trailers(self, HeaderList trailers) except -1
     cdef int reset(self) except -1              # give up on it (too slow, client gone)

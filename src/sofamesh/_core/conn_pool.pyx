@@ -1,6 +1,8 @@
 # Connection pool and upstream-stream interfaces; see conn_pool.pxd for the contract.
 
 from sofamesh._core.headers cimport HeaderMap, HeaderList
+from sofamesh._core.http_common cimport mono
+from sofamesh._core.upstream cimport Cluster, Host
 
 
 cdef class PoolConn:
@@ -107,6 +109,23 @@ cdef class ConnPool:
 
 
 cdef class Mirror(UpstreamCallbacks):
+    cdef int _rq_over(self, bint ok) except -1:
+        cdef Cluster cl = self.cluster
+        cdef Host host = self.host
+        if not self.in_rq:
+            return 0
+        self.in_rq = False
+        cl.rq_active -= 1
+        cl.upstream_rq_active.dec()
+        host.rq_active -= 1
+        if ok:
+            host.rq_success += 1
+            cl.upstream_rq_completed.inc()
+            cl.upstream_rq_time.record((mono() - self.t0) * 1000.0)
+        else:
+            host.rq_error += 1
+        return 0
+
     cdef int send_data(self, bytes data, bint end_stream) except -1:
         raise NotImplementedError
 

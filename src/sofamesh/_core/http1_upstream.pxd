@@ -18,18 +18,15 @@ cdef HeaderList mirror_headers(HeaderMap h, bytes local_ip, bint suffix)
 
 
 cdef class ShadowConn(Mirror):
-    cdef Cluster cluster
-    cdef Host host
     cdef object loop, transport, task, timer
     cdef list queue
     cdef Py_ssize_t queued
     cdef Py_ssize_t limit
-    cdef bint connected, head_req, in_rq, resp_done, chunked
+    cdef bint connected, head_req, resp_done, chunked
     cdef Head rhead
     cdef BodyReader body
     cdef int rstate                 # 0: head, 1: body
     cdef bytes pending
-    cdef double t0
     cdef int _end(self, bint ok) except -1
     cdef int _send(self, bytes data) except -1
     cdef int send_data(self, bytes data, bint end_stream) except -1

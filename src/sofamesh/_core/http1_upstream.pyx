@@ -170,17 +170,7 @@ cdef class ShadowConn(Mirror):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.in_rq:
-            self.in_rq = False
-            cl.rq_active -= 1
-            cl.upstream_rq_active.dec()
-            host.rq_active -= 1
-            if ok:
-                host.rq_success += 1
-                cl.upstream_rq_completed.inc()
-                cl.upstream_rq_time.record((mono() - self.t0) * 1000.0)
-            else:
-                host.rq_error += 1
+        self._rq_over(ok)
         if self.host is not None:
             self.host = None
             cl.cx_active -= 1

@@ -67,15 +67,12 @@ cdef class H2UpStream(PoolConn):
 
 
 cdef class H2Shadow(Mirror):
-    cdef Cluster cluster
-    cdef Host host
     cdef ConnPool pool
     cdef HeaderMap headers              # until the stream is given
-    cdef bint end_headers, head_req, in_rq, waiting
+    cdef bint end_headers, head_req, waiting
     cdef H2UpStream up
     cdef list queue                     # [(bytes, end) | HeaderList] until the stream is given
     cdef Py_ssize_t queued
     cdef Py_ssize_t limit
     cdef object timer
-    cdef double t0
     cdef int _end(self, bint ok) except -1

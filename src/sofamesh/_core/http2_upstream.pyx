@@ -670,23 +670,10 @@ cdef class H2Shadow(Mirror):
 
     cdef int _end(self, bint ok) except -1:
         """The mirror is over (answered, failed or reset): release its counts once."""
-        cdef Cluster cl = self.cluster
-        cdef Host host = self.host
         self.closed = True
         self.queue = None
         self.headers = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.in_rq:
-            self.in_rq = False
-            cl.rq_active -= 1
-            cl.upstream_rq_active.dec()
-            host.rq_active -= 1
-            if ok:
-                host.rq_success += 1
-                cl.upstream_rq_completed.inc()
-                cl.upstream_rq_time.record((mono() - self.t0) * 1000.0)
-            else:
-                host.rq_error += 1
-        return 0
+        return self._rq_over(ok)

@@ -19,10 +19,9 @@ import pytest
 from tests.conftest import envoy_binary, free_port, sofamesh_command
 from tests.integration.http_filters.conftest import bootstrap
 from tests.support.envoy import ProxyProcess
-from tests.support.h2raw import DATA, END_HEADERS, END_STREAM, HEADERS, RST_STREAM, H2Client
-from tests.support.h2raw import data as h2data
-from tests.support.h2raw import headers as h2headers
 from tests.support.http_upstream import RecordingUpstream
+
+from .test_extended_connect import websocket
 
 VOLATILE = {"date", "x-envoy-upstream-service-time", "server", "x-request-id"}
 H2 = {
@@ -84,51 +83,6 @@ def _h1_websocket(port: int) -> list:
         out.append(("error", type(e).__name__))
     finally:
         s.close()
-    return out
-
-
-def _h2_websocket(port: int) -> list:
-    out: list = []
-    with H2Client(port) as c:
-        c.handshake()
-        fields = [
-            (":method", "CONNECT"),
-            (":protocol", "websocket"),
-            (":scheme", "http"),
-            (":path", "/chat"),
-            (":authority", "x"),
-            ("x-upstream-action", "ws"),
-            ("sec-websocket-version", "13"),
-        ]
-        c.send(h2headers(1, c.block(fields), END_HEADERS))
-        sent = [b"hello", b"again"]
-        echoed = b""
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            f = c.read_frame(0.5)
-            if f is None:
-                if c.eof:
-                    out.append("closed")
-                    break
-                continue
-            if f.sid != 1:
-                continue
-            if f.type == HEADERS:
-                got = sorted((k, v) for k, v in f.fields or [] if k not in VOLATILE)
-                out.append(("HEADERS", got, bool(f.flags & END_STREAM)))
-                if f.flags & END_STREAM:
-                    break
-                c.send(h2data(1, sent.pop(0)))
-            elif f.type == DATA:
-                echoed += f.payload
-                if sent:
-                    c.send(h2data(1, sent.pop(0)))
-                elif echoed.endswith(b"again"):
-                    out.append(("echoed", echoed))
-                    break
-            elif f.type == RST_STREAM:
-                out.append(("RST_STREAM", f.code))
-                break
     return out
 
 
@@ -197,25 +151,28 @@ def run(kind: str, tmp_path, backend, client) -> dict:
     return {"client": seen, "upstream": asked, "counters": counters}
 
 
-@pytest.mark.parametrize("client", [_h1_websocket, _h2_websocket], ids=["h1", "h2"])
+@pytest.mark.parametrize("client", [_h1_websocket, websocket], ids=["h1", "h2"])
 def test_websocket_to_an_h2_upstream_as_envoy(tmp_path, backend, client):
     envoy = run("envoy", tmp_path, backend, client)
     ours = run("sofamesh", tmp_path, backend, client)
     assert envoy["client"][-1] == ("echoed", b"echo:helloecho:again"), envoy
     # the client's own form of "taken": HTTP/1.1's 101 with its accept key, HTTP/2's 200
     first = envoy["client"][0]
-    assert first[0] == "HTTP/1.1 101 Switching Protocols" or first[1][0] == (":status", "200")
+    assert first[0] == "HTTP/1.1 101 Switching Protocols" or envoy["client"][1][1][0] == (
+        ":status",
+        "200",
+    )
     assert envoy["upstream"][0][:2] == ("GET", "/chat")
     assert envoy["counters"]["cluster.backend.upstream_cx_http2_total"] == 1
     assert ours == envoy
 
 
-@pytest.mark.parametrize("client", [_h1_websocket, _h2_websocket], ids=["h1", "h2"])
+@pytest.mark.parametrize("client", [_h1_websocket, websocket], ids=["h1", "h2"])
 def test_websocket_refused_by_the_h2_upstream_as_envoy(tmp_path, backend_no_ws, client):
     envoy = run("envoy", tmp_path, backend_no_ws, client)
     ours = run("sofamesh", tmp_path, backend_no_ws, client)
     first = envoy["client"][0]
-    assert "403" in first[0] or first[1][0] == (":status", "403"), envoy
+    assert "403" in first[0] or envoy["client"][1][1][0] == (":status", "403"), envoy
     assert envoy["upstream"] == []
     assert ours == envoy
 

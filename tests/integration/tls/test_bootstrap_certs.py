@@ -25,11 +25,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sofamesh.pilot.bootstrap import make_token
-from sofamesh.pilot.ca import CertificateAuthority
 from tests.conftest import free_port, sofamesh_command
 from tests.integration.tls.test_pilot_ca import TD, Client, _proc, sidecar, spiffe
 from tests.integration.tls.test_pilot_doors import SecurePilot
-from tests.integration.tls.test_pilot_secure_xds import TLS_UP, _identities, app  # noqa: F401
+from tests.integration.tls.test_pilot_secure_xds import (  # noqa: F401 (fixtures)
+    _identities,
+    app,
+    pki,
+    xds_over_tls,
+)
 
 
 def cert(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -46,18 +50,8 @@ def cert(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def pilot(tmp_path: Path):
-    ca = CertificateAuthority(TD)
-    d = tmp_path / "pki"
-    d.mkdir()
-    (d / "root.crt").write_bytes(ca.root_pem)
-    (d / "root.key").write_bytes(
-        ca._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+def pilot(tmp_path: Path, pki: Path):  # noqa: F811
+    d = pki
     cert("secret", "--out", str(d / "join.secret"))
     ca_port = free_port()
     p = SecurePilot(
@@ -106,25 +100,7 @@ def _uris(c: x509.Certificate) -> list[str]:
 
 def _bootstrap_files(boot: dict, out: Path) -> dict:
     """The xds-grpc cluster over mTLS with the files `sofamesh cert request` wrote."""
-    xds = boot["static_resources"]["clusters"][0]
-    assert xds["name"] == "xds-grpc"
-    xds["transport_socket"] = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": TLS_UP,
-            "common_tls_context": {
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": str(out / "cert.pem")},
-                        "private_key": {"filename": str(out / "key.pem")},
-                    }
-                ],
-                "validation_context": {"trusted_ca": {"filename": str(out / "root.pem")}},
-                "alpn_protocols": ["h2"],
-            },
-        },
-    }
-    return boot
+    return xds_over_tls(boot, out / "cert.pem", out / "key.pem", out / "root.pem")
 
 
 def test_join_token_to_a_secure_mesh(tmp_path, pilot, app):  # noqa: F811

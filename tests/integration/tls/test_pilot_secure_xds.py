@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -55,9 +56,8 @@ def app():
     srv.server_close()
 
 
-def _secure(boot: dict, d, who: str, claims: str) -> dict:
-    """The xds-grpc cluster over mTLS with `who`'s bootstrap certificate; the node claims
-    to be service account `claims`."""
+def xds_over_tls(boot: dict, cert: Path, key: Path, root: Path) -> dict:
+    """The bootstrap's xds-grpc cluster over mTLS with these certificate files."""
     xds = boot["static_resources"]["clusters"][0]
     assert xds["name"] == "xds-grpc"
     xds["transport_socket"] = {
@@ -67,15 +67,22 @@ def _secure(boot: dict, d, who: str, claims: str) -> dict:
             "common_tls_context": {
                 "tls_certificates": [
                     {
-                        "certificate_chain": {"filename": str(d / f"{who}.crt")},
-                        "private_key": {"filename": str(d / f"{who}.key")},
+                        "certificate_chain": {"filename": str(cert)},
+                        "private_key": {"filename": str(key)},
                     }
                 ],
-                "validation_context": {"trusted_ca": {"filename": str(d / "root.crt")}},
+                "validation_context": {"trusted_ca": {"filename": str(root)}},
                 "alpn_protocols": ["h2"],
             },
         },
     }
+    return boot
+
+
+def _secure(boot: dict, d, who: str, claims: str) -> dict:
+    """The xds-grpc cluster over mTLS with `who`'s bootstrap certificate; the node claims
+    to be service account `claims`."""
+    xds_over_tls(boot, d / f"{who}.crt", d / f"{who}.key", d / "root.crt")
     boot["node"]["metadata"]["SERVICE_ACCOUNT"] = claims
     return boot
 
