@@ -84,7 +84,11 @@ cdef class Mirror(UpstreamCallbacks):
     cdef Host host
     cdef bint in_rq                             # counted in the cluster's active requests
     cdef double t0
-    cdef int _rq_over(self, bint ok) except -1  # the request's counts, released once
+    # the request counted and its host picked (None: refused by the circuit breaker or no
+    # healthy host, counted, the mirror closed); then counted active on it; released once
+    cdef Host _rq_pick(self, Cluster cluster)
+    cdef int _rq_start(self, Host host) except -1
+    cdef int _rq_over(self, bint ok) except -1
     cdef int send_data(self, bytes data, bint end_stream) except -1
     cdef int send_trailers(self, HeaderList trailers) except -1
     cdef int reset(self) except -1              # give up on it (too slow, client gone)

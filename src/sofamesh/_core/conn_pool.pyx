@@ -109,6 +109,31 @@ cdef class ConnPool:
 
 
 cdef class Mirror(UpstreamCallbacks):
+    cdef Host _rq_pick(self, Cluster cluster):
+        cdef Host host
+        self.cluster = cluster
+        self.t0 = mono()
+        cluster.upstream_rq_total.inc()
+        if cluster.rq_active >= cluster.max_requests:
+            cluster.upstream_rq_pending_overflow.inc()
+            self.closed = True
+            return None
+        host = cluster.choose()
+        if host is None:
+            cluster.upstream_cx_none_healthy.inc()
+            self.closed = True
+        return host
+
+    cdef int _rq_start(self, Host host) except -1:
+        cdef Cluster cl = self.cluster
+        self.host = host
+        self.in_rq = True
+        cl.rq_active += 1
+        cl.upstream_rq_active.inc()
+        host.rq_active += 1
+        host.rq_total += 1
+        return 0
+
     cdef int _rq_over(self, bint ok) except -1:
         cdef Cluster cl = self.cluster
         cdef Host host = self.host

@@ -95,7 +95,6 @@ cdef class ShadowConn(Mirror):
                   bint head_req, double timeout, Py_ssize_t limit):
         cdef Host host
         cdef WriteBuf wb = WriteBuf(1024)
-        self.cluster = cluster
         self.loop = loop
         self.head_req = head_req
         self.limit = limit if limit > 0 else 1048576
@@ -103,28 +102,15 @@ cdef class ShadowConn(Mirror):
         head = wb.take()
         self.queue = [head]
         self.queued = PyBytes_GET_SIZE(head)
-        self.t0 = mono()
-        cluster.upstream_rq_total.inc()
-        if cluster.rq_active >= cluster.max_requests:
-            cluster.upstream_rq_pending_overflow.inc()
-            self.closed = True
-            return
-        host = cluster.choose()
+        host = self._rq_pick(cluster)
         if host is None:
-            cluster.upstream_cx_none_healthy.inc()
-            self.closed = True
             return
         if cluster.cx_active >= cluster.max_connections:
             cluster.upstream_cx_overflow.inc()
             cluster.upstream_rq_pending_overflow.inc()
             self.closed = True
             return
-        self.host = host
-        self.in_rq = True
-        cluster.rq_active += 1
-        cluster.upstream_rq_active.inc()
-        host.rq_active += 1
-        host.rq_total += 1
+        self._rq_start(host)
         cluster.cx_active += 1
         host.cx_active += 1
         host.cx_total += 1

@@ -542,30 +542,16 @@ cdef class H2Shadow(Mirror):
                   bint end_stream, bint head_req, double timeout, Py_ssize_t limit):
         cdef Host host
         cdef int r
-        self.cluster = cluster
         self.pool = pool
         self.headers = headers
         self.end_headers = end_stream
         self.head_req = head_req
         self.limit = limit if limit > 0 else 1048576
         self.queue = []
-        self.t0 = mono()
-        cluster.upstream_rq_total.inc()
-        if cluster.rq_active >= cluster.max_requests:
-            cluster.upstream_rq_pending_overflow.inc()
-            self.closed = True
-            return
-        host = cluster.choose()
+        host = self._rq_pick(cluster)
         if host is None:
-            cluster.upstream_cx_none_healthy.inc()
-            self.closed = True
             return
-        self.host = host
-        self.in_rq = True
-        cluster.rq_active += 1
-        cluster.upstream_rq_active.inc()
-        host.rq_active += 1
-        host.rq_total += 1
+        self._rq_start(host)
         if timeout > 0:
             self.timer = loop.call_later(timeout, self._on_timeout)
         r = pool.new_stream(cluster, host, self)

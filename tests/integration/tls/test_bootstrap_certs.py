@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sofamesh.pilot.bootstrap import make_token
 from tests.conftest import free_port, sofamesh_command
-from tests.integration.tls.test_pilot_ca import TD, Client, _proc, sidecar, spiffe
+from tests.integration.tls.test_pilot_ca import TD, _proc, sidecar, spiffe
 from tests.integration.tls.test_pilot_doors import SecurePilot
 from tests.integration.tls.test_pilot_secure_xds import (  # noqa: F401 (fixtures)
-    _identities,
     app,
+    call_each_other,
     pki,
     xds_over_tls,
 )
@@ -148,15 +148,7 @@ def test_join_token_to_a_secure_mesh(tmp_path, pilot, app):  # noqa: F811
     )
     a, b = _proc("sofamesh", boot_a, tmp_path), _proc("envoy", boot_b, tmp_path)
     with a, b:
-        ca, cb = Client(ports["a"]["out"]), Client(ports["b"]["out"])
-        deadline = time.monotonic() + 15
-        while (ca.ok == 0 or cb.ok == 0) and time.monotonic() < deadline:
-            ca.request() if ca.ok == 0 else None
-            cb.request() if cb.ok == 0 else None
-            time.sleep(0.1)
-        assert ca.ok and cb.ok, (ca.failed[-3:], cb.failed[-3:])
-        assert _identities(admins["a"]) == {spiffe("svc-a")}
-        assert _identities(admins["b"]) == {spiffe("svc-b")}
+        call_each_other(ports, admins)
 
 
 def _post(p, body: bytes, token: str | None) -> tuple[int, dict]:

@@ -98,6 +98,20 @@ def _identities(admin: int) -> set[str]:
     }
 
 
+def call_each_other(ports: dict, admins: dict) -> None:
+    """Sidecars a (svc-a) and b (svc-b) reach each other's inbound through their outbound
+    listeners within 15 s, each holding only its own identity."""
+    ca, cb = Client(ports["a"]["out"]), Client(ports["b"]["out"])
+    deadline = time.monotonic() + 15
+    while (ca.ok == 0 or cb.ok == 0) and time.monotonic() < deadline:
+        ca.request() if ca.ok == 0 else None
+        cb.request() if cb.ok == 0 else None
+        time.sleep(0.1)
+    assert ca.ok and cb.ok, (ca.failed[-3:], cb.failed[-3:])
+    assert _identities(admins["a"]) == {spiffe_id(TD, "default", "svc-a")}
+    assert _identities(admins["b"]) == {spiffe_id(TD, "default", "svc-b")}
+
+
 @pytest.mark.parametrize(("kind_a", "kind_b"), [("envoy", "sofamesh"), ("sofamesh", "envoy")])
 def test_ads_over_mtls_identity_from_the_certificate(tmp_path, pki, app, kind_a, kind_b):
     d = pki
@@ -132,15 +146,7 @@ def test_ads_over_mtls_identity_from_the_certificate(tmp_path, pki, app, kind_a,
     a, b = _proc(kind_a, boot_a, tmp_path), _proc(kind_b, boot_b, tmp_path)
     try:
         with a, b:
-            ca, cb = Client(ports["a"]["out"]), Client(ports["b"]["out"])
-            deadline = time.monotonic() + 15
-            while (ca.ok == 0 or cb.ok == 0) and time.monotonic() < deadline:
-                ca.request() if ca.ok == 0 else None
-                cb.request() if cb.ok == 0 else None
-                time.sleep(0.1)
-            assert ca.ok and cb.ok, (ca.failed[-3:], cb.failed[-3:])
-            assert _identities(admins["a"]) == {spiffe_id(TD, "default", "svc-a")}
-            assert _identities(admins["b"]) == {spiffe_id(TD, "default", "svc-b")}
+            call_each_other(ports, admins)
         # no client certificate: no stream
         creds = grpc.ssl_channel_credentials((d / "root.crt").read_bytes())
         with grpc.secure_channel(f"127.0.0.1:{pilot.xds_port}", creds) as ch:
