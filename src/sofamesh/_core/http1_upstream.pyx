@@ -47,9 +47,12 @@ cdef class Http1ConnPool(ConnPool):
             c = host.idle.pop()
             # closing: the upstream's FIN or reset was read in this turn of the loop and its
             # connection_lost (which takes it off this list) has not run yet; a write to it
-            # raised (found by tests/fuzz/proxy_campaign.py)
+            # raised (found by tests/fuzz/proxy_campaign.py). An idle connection reads (to
+            # see a close): one that does not is a handle uvloop closed without is_closing()
+            # saying so (a reset: the downstream got the write's RuntimeError as an internal
+            # error and was aborted, its GOAWAY lost; test_conformance 5.1.2/1 under load)
             if c.connected and not c.closed and c.transport is not None \
-                    and not c.transport.is_closing():
+                    and not c.transport.is_closing() and c.transport.is_reading():
                 cb._attach(c)
                 return POOL_ATTACHED
         if cl.cx_active < cl.max_connections:
@@ -645,6 +648,13 @@ cdef class UpstreamConn(PoolConn):
         return 0
 
     def eof_received(self):
+        # the upstream closed: never handed out again, even before connection_lost runs
+        self.reusable = False
+        if self.ds is None:
+            try:
+                self.host.idle.remove(self)
+            except ValueError:
+                pass
         return False
 
     def connection_lost(self, exc):
