@@ -45,14 +45,15 @@ cdef class Http1ConnPool(ConnPool):
         cdef UpstreamConn c
         while host.idle:
             c = host.idle.pop()
-            # closing: the upstream's FIN or reset was read in this turn of the loop and its
-            # connection_lost (which takes it off this list) has not run yet; a write to it
-            # raised (found by tests/fuzz/proxy_campaign.py). An idle connection reads (to
-            # see a close): one that does not is a handle uvloop closed without is_closing()
-            # saying so (a reset: the downstream got the write's RuntimeError as an internal
-            # error and was aborted, its GOAWAY lost; test_conformance 5.1.2/1 under load)
+            # Not reading: closing or closed. The upstream's FIN or reset was read in this
+            # turn of the loop and its connection_lost (which takes it off this list) has
+            # not run yet; a write to it raises (found by tests/fuzz/proxy_campaign.py).
+            # An idle connection always reads (to see a close), and is_reading() is False
+            # both while uvloop closes a transport and once it closed the handle, where
+            # is_closing() may still be False (the write's RuntimeError then aborted the
+            # downstream as an internal error, its GOAWAY lost: test_conformance 5.1.2/1)
             if c.connected and not c.closed and c.transport is not None \
-                    and not c.transport.is_closing() and c.transport.is_reading():
+                    and c.transport.is_reading():
                 cb._attach(c)
                 return POOL_ATTACHED
         if cl.cx_active < cl.max_connections:
