@@ -33,6 +33,7 @@ cdef class RouterStream(HttpStream):
     cdef int _send_trailers(self, HeaderList trailers) except -1
     cdef int _replay(self, PoolConn c) except -1
     cdef int _assign(self, Host host) except -1
+    cdef bint _h2(self, Cluster cl)
     cdef int _attach(self, PoolConn c) except -1
     cdef bint _can_retry(self, int bit)
     cdef int _schedule_retry(self) except -1

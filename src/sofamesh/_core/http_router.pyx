@@ -475,6 +475,7 @@ cdef class RouterStream(HttpStream):
         cdef HcmConfig cfg = self.cfg
         cdef Cluster cl
         cdef Mirror sh
+        cdef Py_ssize_t limit
         cdef bint end = self.up_end and self.req_trailers is None and not self.up_queue
         cdef int i
         for name, share, no_suffix, hdr in route.mirrors:
@@ -488,17 +489,13 @@ cdef class RouterStream(HttpStream):
             cl = cfg.clusters.get(name)
             if cl is None:
                 continue
-            if cl.h2 is not None and (not cl.h2[3] or self.http_version == 20):
-                # an HTTP/2 mirror cluster: a stream of its own pool
-                sh = H2Shadow(cl, cfg.pool2, cfg.loop,
-                              mirror_headers(self.head, cfg.local_ip, not no_suffix),
-                              end, self.head_req, route.timeout,
-                              min(cfg.buffer_limit, cl.per_connection_buffer_limit))
+            hm = mirror_headers(self.head, cfg.local_ip, not no_suffix)
+            limit = min(cfg.buffer_limit, cl.per_connection_buffer_limit)
+            if self._h2(cl):    # a stream of the mirror cluster's own HTTP/2 pool
+                sh = H2Shadow(cl, cfg.pool2, cfg.loop, hm, end, self.head_req, route.timeout,
+                              limit)
             else:
-                sh = ShadowConn(cl, cfg.loop,
-                                mirror_headers(self.head, cfg.local_ip, not no_suffix),
-                                end, self.head_req, route.timeout,
-                                min(cfg.buffer_limit, cl.per_connection_buffer_limit))
+                sh = ShadowConn(cl, cfg.loop, hm, end, self.head_req, route.timeout, limit)
             for data in self.up_queue:
                 sh.send_data(data, False)
             if not self.req_done and not sh.closed:
@@ -630,12 +627,16 @@ cdef class RouterStream(HttpStream):
             # a terminated CONNECT: its own raw TCP connection, never pooled (Envoy's
             # TcpUpstream)
             return self._attach(TcpUpstreamConn(cl, host, self.cfg.loop))
-        # both pools queue on Host.waiting, so either one's cancel() takes a waiter back;
-        # h2[3]: HTTP/2 only for HTTP/2 requests (use_downstream_protocol_config)
-        if (self.cfg.pool2 if cl.h2 is not None and (not cl.h2[3] or self.http_version == 20)
-                else self.cfg.pool).new_stream(cl, host, self) == POOL_OVERFLOW:
+        # both pools queue on Host.waiting, so either one's cancel() takes a waiter back
+        if (self.cfg.pool2 if self._h2(cl) else self.cfg.pool).new_stream(cl, host, self) \
+                == POOL_OVERFLOW:
             return self._fail(FAIL_OVERFLOW, None)
         return 0
+
+    cdef inline bint _h2(self, Cluster cl):
+        """This request goes to `cl` over HTTP/2: the cluster speaks it (h2[3]:
+        use_downstream_protocol_config, only for HTTP/2 requests)."""
+        return cl.h2 is not None and (not cl.h2[3] or self.http_version == 20)
 
     cdef int _attach(self, PoolConn c) except -1:
         cdef Host host = c.host
