@@ -247,9 +247,10 @@ class RecordingUpstream:
             t.start()
 
     def _serve(self, name: str, sock: socket.socket, conn_id: int) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _Conn(sock)
         try:
+            # (inside the try: stop() may have closed the socket before this thread ran)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             while not self._stopping:
                 if not self._serve_one(name, conn, conn_id):
                     break
