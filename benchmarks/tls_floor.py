@@ -140,7 +140,7 @@ print(f"{name}\t{version}\t{spent / n * 1e6:.1f}")
 def build(out: Path, name: str, cflags: list[str], libs: list[str]) -> Path | None:
     exe = out / name
     argv = ["gcc", "-O2", "-o", str(exe), str(C_SOURCE), *cflags, *libs]
-    r = subprocess.run(argv, capture_output=True, text=True)
+    r = subprocess.run(argv, check=False, capture_output=True, text=True)
     if r.returncode != 0:
         print(f"  {name}: not built ({r.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
         return None
@@ -184,7 +184,9 @@ def candidates(out: Path, args) -> dict[str, list[str]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--handshakes", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     ap.add_argument("--core", type=int, default=1)
@@ -201,21 +203,42 @@ def main() -> int:
         for _ in range(args.rounds):
             for version in ("1.3", "1.2"):
                 for label, argv in libs.items():
-                    full = ["taskset", "-c", str(args.core), *argv, cert, key, version, str(args.handshakes)]
-                    r = subprocess.run(full, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+                    full = [
+                        "taskset",
+                        "-c",
+                        str(args.core),
+                        *argv,
+                        cert,
+                        key,
+                        version,
+                        str(args.handshakes),
+                    ]
+                    r = subprocess.run(
+                        full,
+                        check=False,
+                        capture_output=True,
+                        text=True,
+                        env={**os.environ, "PYTHONPATH": ""},
+                    )
                     if r.returncode != 0:
                         raise SystemExit(f"{label} {version} failed:\n{r.stderr[-2000:]}")
                     lib_name, _, us = r.stdout.strip().split("\t")
                     names[label] = lib_name
                     runs.setdefault((label, version), []).append(float(us))
-    print(f"server CPU per handshake inside the library, us (median of {args.rounds}; {time.strftime('%Y-%m-%d %H:%M')})")
+    print(
+        f"server CPU per handshake inside the library, us (median of {args.rounds}; {time.strftime('%Y-%m-%d %H:%M')})"
+    )
     print(f"{'library':<24} {'TLS 1.3':>8} {'TLS 1.2':>8}  version")
     table = {}
     for label in libs:
         v13 = statistics.median(runs[(label, "1.3")])
         v12 = statistics.median(runs[(label, "1.2")])
-        table[label] = {"name": names[label], "tls13_us": v13, "tls12_us": v12, "runs": {
-            "1.3": runs[(label, "1.3")], "1.2": runs[(label, "1.2")]}}
+        table[label] = {
+            "name": names[label],
+            "tls13_us": v13,
+            "tls12_us": v12,
+            "runs": {"1.3": runs[(label, "1.3")], "1.2": runs[(label, "1.2")]},
+        }
         print(f"{label:<24} {v13:8.1f} {v12:8.1f}  {names[label]}")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))
