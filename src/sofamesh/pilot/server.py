@@ -412,15 +412,17 @@ class Connection:
             if self.node_info and self.node_info["type"] == "router" and self.server.edge_gen:
                 self.gen = self.server.edge_gen
             self.user_agent = _user_agent(node)
-            self.refresh_extra()  # before any response: the sidecar's own inbound resources
-            if self.node_info is None:  # served all the same; proxyless gRPC ids vary
-                self.server.metrics.inc("pilot_xds_non_istio_node_ids_total")
             try:
                 from google.protobuf import json_format
 
                 self.metadata = json_format.MessageToDict(node.metadata)
-            except Exception:  # noqa: BLE001 - metadata is informational only
+            except Exception:  # noqa: BLE001 - metadata only informs (and opts in to capture)
                 self.metadata = {}
+            # before any response: the sidecar's own inbound resources (after the metadata:
+            # INTERCEPTION_MODE chooses their form, pilot/capture.py)
+            self.refresh_extra()
+            if self.node_info is None:  # served all the same; proxyless gRPC ids vary
+                self.server.metrics.inc("pilot_xds_non_istio_node_ids_total")
 
     def _ack_or_nack(self, t: str, w: Watch, nonce: str, version: str, error) -> bool:
         """Returns False when the request answers a stale nonce (ignored, per the xDS spec)."""

@@ -2,11 +2,13 @@
 calls for, what it is sent (strict or permissive mTLS, plaintext without CA or tlsMode, RBAC
 by identity or address), that it passes sofamesh's own validation, and how the ADS server
 serves these per-stream resources beside the shared ones, SotW and Delta, changed and
-removed."""
+removed; and the traffic-capture form (pilot/capture.py), `virtualInbound` for a node whose
+metadata says INTERCEPTION_MODE: REDIRECT."""
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_http
@@ -37,9 +39,10 @@ LABELS = {APP_PORT: "18080", "tlsMode": "istio"}
 
 
 class _Node:
-    def __init__(self, node_id: str = NODE, cluster: str = "b"):
+    def __init__(self, node_id: str = NODE, cluster: str = "b", metadata: dict | None = None):
         self.node_info = parse_node_id(node_id)
         self.node_cluster = cluster
+        self.metadata = metadata or {}
 
 
 def _gen(insts: list[Instance], td: str = TD, policies: dict | None = None) -> Generator:
@@ -307,3 +310,224 @@ def test_tcp_and_rpc_ports_get_tcp_proxy_with_network_rbac():
     fc.transport_socket.typed_config.Unpack(ctx)
     assert list(ctx.common_tls_context.alpn_protocols) == []  # no ALPN on TCP/RPC ports
     assert validate_resource(lst) == []
+
+
+# --- traffic capture: virtualInbound on 15006 ----------------------------------------------
+
+CAPTURE = {"INTERCEPTION_MODE": "REDIRECT"}
+
+
+def _capture(insts: list[Instance], mode: str = "strict", **kw) -> dict:
+    gen = _gen(insts, **kw)
+    return InboundBuilder(gen, mode).resources(_Node(metadata=CAPTURE))
+
+
+def _ports_chains(lst) -> list[tuple[str, int | None, str, bool]]:
+    return [
+        (
+            fc.name,
+            fc.filter_chain_match.destination_port.value
+            if fc.filter_chain_match.HasField("destination_port")
+            else None,
+            fc.filter_chain_match.transport_protocol,
+            fc.HasField("transport_socket"),
+        )
+        for fc in lst.filter_chains
+    ]
+
+
+def _all_valid(out: dict) -> None:
+    for t, cls in ((LDS, listener_pb2.Listener), (CDS, cluster_pb2.Cluster)):
+        for name, res in out[t].items():
+            msg = _unpack(res, cls)
+            assert msg.name == name
+            assert validate_resource(msg) == [], (name, validate_resource(msg))
+
+
+def test_capture_node_gets_one_virtual_inbound():
+    insts = [
+        _inst("b-0", **LABELS),  # app port 18080 by its label
+        Instance(  # no app-port label: under capture the app keeps its own port
+            "b", "b-0:9090", "10.0.0.1", 9090, protocol="grpc",
+            labels=(("tlsMode", "istio"),),
+        ),
+        Instance("b", "b-0:20880", "10.0.0.1", 20880, protocol="dubbo"),  # no tlsMode
+        _inst("b-1", addr="10.0.0.2", **LABELS),  # another pod's
+    ]  # fmt: skip
+    out = _capture(insts)
+    assert list(out[LDS]) == ["virtualInbound"]  # no per-address listener
+    lst = _unpack(out[LDS]["virtualInbound"], listener_pb2.Listener)
+    sa = lst.address.socket_address
+    assert (sa.address, sa.port_value) == ("0.0.0.0", 15006)
+    assert lst.traffic_direction == base_pb2.INBOUND
+    assert [f.name for f in lst.listener_filters] == ["envoy.filters.listener.original_dst"]
+    assert _ports_chains(lst) == [
+        ("virtualInbound-blackhole", 15006, "", False),
+        ("inbound|8080||tls", 8080, "", True),
+        ("inbound|9090||tls", 9090, "", True),
+        ("inbound|20880||plaintext", 20880, "", False),
+        ("virtualInbound-passthrough-tls", None, "", True),
+    ]
+    # the shared chains: HCM with XFCC on HTTP ports (by the capture listener's stat prefix)
+    hcm = _hcm(lst.filter_chains[1])
+    assert hcm.stat_prefix == "inbound_0.0.0.0_8080"
+    assert hcm.forward_client_cert_details == hcm_pb2.HttpConnectionManager.SANITIZE_SET
+    assert hcm.route_config.virtual_hosts[0].routes[0].route.cluster == "inbound|8080||"
+    assert [f.name for f in lst.filter_chains[3].filters] == ["envoy.filters.network.tcp_proxy"]
+    ctx = tls_pb2.DownstreamTlsContext()
+    lst.filter_chains[2].transport_socket.typed_config.Unpack(ctx)
+    assert ctx.require_client_certificate.value
+    assert list(ctx.common_tls_context.alpn_protocols) == ["h2", "http/1.1"]
+    # the clusters: the app at 127.0.0.1 on its app port, passthrough and black hole
+    assert sorted(out[CDS]) == [
+        "BlackHoleCluster",
+        "InboundPassthroughCluster",
+        "inbound|20880||",
+        "inbound|8080||",
+        "inbound|9090||",
+    ]
+
+    def endpoint(name: str) -> tuple[str, int]:
+        cl = _unpack(out[CDS][name], cluster_pb2.Cluster)
+        a = cl.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+        return a.address, a.port_value
+
+    assert endpoint("inbound|8080||") == ("127.0.0.1", 18080)
+    assert endpoint("inbound|9090||") == ("127.0.0.1", 9090)
+    assert endpoint("inbound|20880||") == ("127.0.0.1", 20880)
+    pt = _unpack(out[CDS]["InboundPassthroughCluster"], cluster_pb2.Cluster)
+    assert pt.type == cluster_pb2.Cluster.ORIGINAL_DST
+    assert pt.lb_policy == cluster_pb2.Cluster.CLUSTER_PROVIDED
+    bh = _unpack(out[CDS]["BlackHoleCluster"], cluster_pb2.Cluster)
+    assert bh.type == cluster_pb2.Cluster.STATIC and not bh.load_assignment.endpoints
+    _all_valid(out)
+
+
+def test_capture_permissive_inspects_tls_and_keeps_policies():
+    pol = Resolved(allow_ips=("10.0.0.9",), allow_from=("a",))
+    out = _capture([_inst("b-0", **LABELS)], "permissive", policies={"b": pol})
+    lst = _unpack(out[LDS]["virtualInbound"], listener_pb2.Listener)
+    assert [f.name for f in lst.listener_filters] == [
+        "envoy.filters.listener.original_dst",
+        "envoy.filters.listener.tls_inspector",
+    ]
+    assert _ports_chains(lst) == [
+        ("virtualInbound-blackhole", 15006, "", False),
+        ("inbound|8080||tls", 8080, "tls", True),
+        ("inbound|8080||plaintext", 8080, "raw_buffer", False),
+        ("virtualInbound-passthrough-tls", None, "tls", True),
+        ("virtualInbound-passthrough-plaintext", None, "raw_buffer", False),
+    ]
+    # RBAC: by identity on TLS, by address on plaintext; the passthrough too (network RBAC)
+    hcm = _hcm(lst.filter_chains[1])
+    assert [f.name for f in hcm.http_filters] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.router",
+    ]
+    from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_net
+
+    def net_principals(fc) -> list[str]:
+        assert [f.name for f in fc.filters] == [
+            "envoy.filters.network.rbac",
+            "envoy.filters.network.tcp_proxy",
+        ]
+        rb = rbac_net.RBAC()
+        fc.filters[0].typed_config.Unpack(rb)
+        (p,) = rb.rules.policies.values()
+        return [
+            pr.authenticated.principal_name.exact or pr.direct_remote_ip.address_prefix
+            for pr in p.principals
+        ]
+
+    assert net_principals(lst.filter_chains[3]) == [f"spiffe://{TD}/ns/default/sa/a"]
+    assert net_principals(lst.filter_chains[4]) == ["10.0.0.9"]
+    _all_valid(out)
+
+
+def test_capture_without_ca_or_instances():
+    # no CA: plaintext everywhere, no inspector
+    out = _capture([_inst("b-0", **LABELS)], td="")
+    lst = _unpack(out[LDS]["virtualInbound"], listener_pb2.Listener)
+    assert [c[3] for c in _ports_chains(lst)] == [False, False, False]
+    assert [f.name for f in lst.listener_filters] == ["envoy.filters.listener.original_dst"]
+    # a captured sidecar whose workload has no instance yet: the redirect still lands on
+    # 15006, which passes calls through with the mesh's mTLS
+    gen = _gen([_inst("b-0", **LABELS)])
+    out = InboundBuilder(gen).resources(
+        _Node("sidecar~10.0.0.7~x-0.default~x", "x", metadata=CAPTURE)
+    )
+    lst = _unpack(out[LDS]["virtualInbound"], listener_pb2.Listener)
+    assert _ports_chains(lst) == [
+        ("virtualInbound-blackhole", 15006, "", False),
+        ("virtualInbound-passthrough-tls", None, "", True),
+    ]
+    assert sorted(out[CDS]) == ["BlackHoleCluster", "InboundPassthroughCluster"]
+    _all_valid(out)
+    # an instance on the capture port itself gets no chain (it would shadow the black hole)
+    out = _capture([_inst("b-0", **LABELS), _inst("b-0:15006", port=15006, tlsMode="istio")])
+    lst = _unpack(out[LDS]["virtualInbound"], listener_pb2.Listener)
+    assert [c[1] for c in _ports_chains(lst)] == [15006, 8080, None]
+    # a router (edge) node takes no inbound, captured or not
+    out = InboundBuilder(gen).resources(_Node("router~10.0.0.1~b-0.default~x", metadata=CAPTURE))
+    assert out == {}
+
+
+def test_without_interception_mode_nothing_changes():
+    insts = [_inst("b-0", **LABELS), _inst("b-0:9090", port=9090, tlsMode="istio")]
+    gen = _gen(insts)
+    ib = InboundBuilder(gen)
+
+    def served(metadata: dict) -> dict:
+        out = ib.resources(_Node(metadata=metadata))
+        return {t: {n: r.any for n, r in rs.items()} for t, rs in out.items()}
+
+    today = served({})
+    # the per-address listener of the labelled instance only (9090 has no app port)
+    assert sorted(today[LDS]) == ["inbound_10.0.0.1_8080"]
+    assert sorted(today[CDS]) == ["inbound|8080||"]
+    for md in (
+        {"INTERCEPTION_MODE": "NONE"},
+        {"INTERCEPTION_MODE": "TPROXY"},  # not implemented: the form without capture
+        {"INTERCEPTION_MODE": "redirect"},  # Istio's values are upper case
+        {"NAMESPACE": "default"},
+    ):
+        assert served(md) == today, md
+    assert sorted(served(CAPTURE)[LDS]) == ["virtualInbound"]
+
+
+def _check_capture_stream(delta: bool) -> None:
+    ads, gen = _server([_inst("b-0", **LABELS)])
+    conn = Connection(ads, "peer", delta)
+    ads.connections[conn.id] = conn
+    for t in (CDS, LDS):
+        if delta:
+            req = discovery_pb2.DeltaDiscoveryRequest(type_url=t)
+        else:
+            req = discovery_pb2.DiscoveryRequest(type_url=t)  # type: ignore[assignment]
+        req.node.id, req.node.cluster = NODE, "b"
+        req.node.metadata.update(CAPTURE)
+        (conn.on_delta_request if delta else conn.on_sotw_request)(req)  # type: ignore[operator]
+    msgs = conn.build_responses()
+    lds, _ = _names(msgs, delta, LDS)
+    cds, _ = _names(msgs, delta, CDS)
+    assert "virtualInbound" in lds and "inbound_10.0.0.1_8080" not in lds
+    assert {"inbound|8080||", "InboundPassthroughCluster", "BlackHoleCluster"} <= cds
+    # a second port registered: only virtualInbound and the new cluster are sent again
+    svc = {"b": Service("b", ports=(Port(8080, "http"),))}
+    more = [_inst("b-0", **LABELS), _inst("b-0:9090", port=9090, tlsMode="istio")]
+    assert ads.push(gen.update(svc, {"b": more})) == 1
+    msgs = conn.build_responses()
+    if delta:
+        assert _names(msgs, delta, LDS)[0] == {"virtualInbound"}
+        assert _names(msgs, delta, CDS)[0] == {"inbound|9090||"}
+    else:
+        assert "virtualInbound" in _names(msgs, delta, LDS)[0]
+        assert "inbound|9090||" in _names(msgs, delta, CDS)[0]
+
+
+def test_capture_served_over_sotw():
+    _check_capture_stream(delta=False)
+
+
+def test_capture_served_over_delta():
+    _check_capture_stream(delta=True)
