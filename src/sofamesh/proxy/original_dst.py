@@ -4,7 +4,8 @@ REDIRECTed to 15001, inbound to 15006):
 - `envoy.filters.listener.original_dst`: a connection's local address is its original
   destination, read with SO_ORIGINAL_DST (what the NAT rewrote); it is what filter chains
   match on (proxy/listener_chains.py), what RBAC's destination rules and ORIGINAL_DST
-  clusters see (`local_address`). Without a NAT entry the socket's own address stays.
+  clusters see (`local_address`), on a TLS chain too (its transport is found by the TCP
+  one's socket). Without a NAT entry the socket's own address stays.
 - `Listener.use_original_dst`: a connection whose restored destination is another listener's
   address (IP:port, else 0.0.0.0:port) is handed to that listener (often one with
   `bind_to_port: false`), else served by this one's chains (Server.listener_for).
@@ -27,6 +28,11 @@ from sofamesh.proxy.errors import UnsupportedConfig
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same number
 _RESTORED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # transport -> (ip, port)
+# A TLS connection's transport (uvloop's _SSLProtocolTransport) takes no weak reference, but
+# hands out the socket object of the TCP transport under it (uvloop's PseudoSocket, one per
+# transport): that TCP transport, found by its socket, holds what was restored.
+# id(socket) -> weak reference to the TCP transport
+_BY_SOCKET: dict[int, weakref.ref] = {}
 _REMOTE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # internal: restored peer
 
 
@@ -84,8 +90,25 @@ def restore(transport: Any) -> tuple[str, int] | None:
     try:
         _RESTORED[transport] = addr
     except TypeError:  # no weak reference to it: the address is used, not remembered
-        pass
+        return addr
+    key = id(sock)
+
+    def forget(ref: weakref.ref, key: int = key) -> None:
+        if _BY_SOCKET.get(key) is ref:
+            del _BY_SOCKET[key]
+
+    _BY_SOCKET[key] = weakref.ref(transport, forget)
     return addr
+
+
+def _under_tls(transport: Any) -> tuple[str, int] | None:
+    """What was restored on the TCP transport under a TLS transport (same socket object)."""
+    sock = transport.get_extra_info("socket")
+    ref = _BY_SOCKET.get(id(sock)) if sock is not None else None
+    tcp = ref() if ref is not None else None
+    if tcp is None or tcp.get_extra_info("socket") is not sock:
+        return None
+    return _RESTORED.get(tcp)
 
 
 def local_address(transport: Any) -> tuple[str, int] | None:
@@ -96,8 +119,8 @@ def local_address(transport: Any) -> tuple[str, int] | None:
     if _RESTORED:
         try:
             addr = _RESTORED.get(transport)
-        except TypeError:  # a transport that takes no weak reference (TLS): never restored
-            addr = None
+        except TypeError:  # a transport that takes no weak reference (TLS): the TCP one's
+            addr = _under_tls(transport)
         if addr is not None:
             return addr
     name = transport.get_extra_info("sockname")
