@@ -15,7 +15,8 @@ finds no plaintext) and b's application sees a's SPIFFE identity in x-forwarded-
 a plaintext client dialling 10.73.0.3:8080 itself is refused (the redirect put it into the
 strict sidecar, not into the application, which answers on 127.0.0.1:8080); an access
 policy denies another identity with 403; the unknown port passes through to the
-application, with the same mTLS and policy."""
+application, with the same mTLS and policy. In permissive mode the captured ports take
+plaintext and mTLS alike."""
 
 from __future__ import annotations
 
@@ -131,8 +132,9 @@ def _policy(nets: dict, allow_from: list[str]) -> None:
 
 
 @pytest.fixture
-def mesh(tmp_path):
-    """The namespaces, b's redirect, the pilot (strict mTLS, its own CA) and b's apps."""
+def mesh(tmp_path, request):
+    """The namespaces, b's redirect, the pilot (its own CA; mTLS mode `request.param`, by
+    default strict) and b's apps."""
     if shutil.which("iptables") is None:
         pytest.fail("iptables is needed for traffic capture (ci/install.sh installs it)")
     nets: dict = {}
@@ -165,7 +167,8 @@ def mesh(tmp_path):
                 *sofamesh_command(), "pilot", "--xds-address", "0.0.0.0:15010",
                 "--api-address", "0.0.0.0:15020", "--listener-address", "0.0.0.0",
                 "--ca-cert", certs["root"][0], "--ca-key", certs["root"][1],
-                "--mtls-mode", "strict", "--data-dir", str(p.workdir / "data"),
+                "--mtls-mode", getattr(request, "param", "strict"),
+                "--data-dir", str(p.workdir / "data"),
             ],
         )  # fmt: skip
         wait_until(lambda: "sofamesh pilot: xds=" in p.log("pilot"), 30, lambda: p.log("pilot"))
@@ -192,6 +195,19 @@ def mesh(tmp_path):
                 net.delete()
 
 
+def _start_sidecars(nets: dict, callee: str) -> None:
+    """b's sidecar (captured) of kind `callee`, a's of the other kind."""
+    a, b = nets["a"], nets["b"]
+    _sidecar(b, callee, "b", B, capture=True)
+    _sidecar(a, "envoy" if callee == "sofamesh" else "sofamesh", "a", A, capture=False)
+    for net in (a, b):
+        wait_until(
+            lambda net=net: curl(net, "http://127.0.0.1:15000/ready")[1].strip() == "LIVE",
+            30,
+            lambda net=net: net.log("sidecar"),
+        )
+
+
 @pytest.mark.parametrize("callee", ["sofamesh", "envoy"])
 def test_captured_inbound_takes_mtls_and_refuses_plaintext(mesh, callee):
     nets = mesh
@@ -201,14 +217,7 @@ def test_captured_inbound_takes_mtls_and_refuses_plaintext(mesh, callee):
         [sys.executable, "-m", "tests.support.sniff", lan.devs["b"], str(lan.workdir / "wire")],
     )
     wait_until(lambda: "ready" in lan.log("sniff"), 10, lambda: lan.log("sniff"))
-    _sidecar(b, callee, "b", B, capture=True)
-    _sidecar(a, "envoy" if callee == "sofamesh" else "sofamesh", "a", A, capture=False)
-    for net in (a, b):
-        wait_until(
-            lambda net=net: curl(net, "http://127.0.0.1:15000/ready")[1].strip() == "LIVE",
-            30,
-            lambda net=net: net.log("sidecar"),
-        )
+    _start_sidecars(nets, callee)
     # b's sidecar has the capture listener, not a listener on b's address
     listeners = curl(b, "http://127.0.0.1:15000/listeners")[1]
     assert "virtualInbound::0.0.0.0:15006" in listeners, listeners
@@ -264,3 +273,30 @@ def test_captured_inbound_takes_mtls_and_refuses_plaintext(mesh, callee):
     # and on the passthrough: c is turned away, a goes through
     assert _direct(nets, "c", UNKNOWN).startswith("refused"), _direct(nets, "c", UNKNOWN)
     assert _direct(nets, "a", UNKNOWN).startswith("HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("mesh", ["permissive"], indirect=True)
+@pytest.mark.parametrize("callee", ["sofamesh", "envoy"])
+def test_captured_inbound_permissive(mesh, callee):
+    nets = mesh
+    b = nets["b"]
+    _start_sidecars(nets, callee)
+    _, body = wait_until(
+        lambda: (got := _call(nets))[0] == "200" and got,
+        30,
+        lambda: f"{_call(nets)}\nb:\n{b.log('sidecar')}",
+    )
+    assert f"URI=spiffe://{TD}/ns/default/sa/a" in body, body
+    # plaintext is taken too, through the sidecar (which strips any claimed XFCC)
+    got = _direct(nets, "plain")
+    assert got.startswith("HTTP/1.1 200") and got.endswith("xfcc=None"), got
+    got = _direct(nets, "c")
+    assert got.startswith("HTTP/1.1 200") and f"URI=spiffe://{TD}/ns/default/sa/c" in got, got
+    assert _direct(nets, "stranger").startswith("refused")
+    assert stat(b, "http.inbound_0.0.0.0_8080.downstream_rq_2xx") >= 3
+    assert stat(b, "tls_inspector.tls_found") >= 2
+    assert stat(b, "tls_inspector.tls_not_found") >= 1
+    # the unknown port: passed through, plaintext or mTLS
+    assert _direct(nets, "plain", UNKNOWN).endswith(f"app-b:{UNKNOWN} saw xfcc=None")
+    assert _direct(nets, "c", UNKNOWN).endswith(f"app-b:{UNKNOWN} saw xfcc=None")
+    assert stat(b, "cluster.InboundPassthroughCluster.upstream_cx_total") >= 2
