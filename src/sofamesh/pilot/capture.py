@@ -30,12 +30,16 @@ What a captured sidecar gets, over LDS and CDS beside the shared outbound resour
                                             caller dialled
     cluster   BlackHoleCluster              STATIC, no endpoints
 
-Every instance of the workload gets its chains (no `sofamesh.io/app-port` label needed).
+Every instance of the workload gets its chains (no `sofamesh.io/app-port` label needed),
+but one on port 15006 itself (the black hole's). A captured sidecar whose workload has no
+instance registered yet still gets the listener, with the black hole and passthrough only:
+the redirect lands on 15006 whatever the registry says.
 
 Ports the mesh does not know: as Istio, a passthrough to the original destination, so an
 application port that is not registered keeps working under capture, but with the same
 peer authentication as the known ports (strict: mTLS from a mesh identity required;
-permissive: mTLS or plaintext; no CA, or no instance labelled `tlsMode: istio`: plaintext)
+permissive: mTLS or plaintext; no CA, or instances none of which is labelled
+`tlsMode: istio`: plaintext; no instance yet: as an injected sidecar, the mesh's mTLS)
 and the service's access policy (network RBAC: these chains are tcp_proxy, so no XFCC).
 It is sound with Istio's PREROUTING REDIRECT: the sidecar's own connection to the pod's
 address is local output, which that rule does not capture. Istio also binds the
