@@ -52,8 +52,7 @@ cdef class Http1ConnPool(ConnPool):
             # both while uvloop closes a transport and once it closed the handle, where
             # is_closing() may still be False (the write's RuntimeError then aborted the
             # downstream as an internal error, its GOAWAY lost: test_conformance 5.1.2/1)
-            if c.connected and not c.closed and c.transport is not None \
-                    and c.transport.is_reading():
+            if c.connected and not c.closed and c.transport is not None and c.t_reading():
                 cb._attach(c)
                 return POOL_ATTACHED
         if cl.cx_active < cl.max_connections:
@@ -393,6 +392,8 @@ cdef class UpstreamConn(PoolConn):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.t_write = transport.write
+        self.t_reading = transport.is_reading
         transport.set_write_buffer_limits(high=self.cluster.per_connection_buffer_limit)
         if self.closed:         # timed out or cancelled meanwhile
             transport.abort()
@@ -518,7 +519,7 @@ cdef class UpstreamConn(PoolConn):
         if not self.connected:
             return self._send(data)
         if self.transport is not None:
-            self.transport.write(data)
+            self.t_write(data)
             self.cluster.upstream_cx_tx_bytes_total.add(PyBytes_GET_SIZE(data))
         return 0
 

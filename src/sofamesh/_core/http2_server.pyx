@@ -8,7 +8,7 @@
 
 import logging
 
-from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_GET_SIZE
 
 from sofamesh._core.codecs.http2_events cimport (
     RequestHeaders, Data, Trailers, StreamReset, WindowUpdated, GoAway,
@@ -21,7 +21,7 @@ from sofamesh._core.hcm_config cimport HcmConfig, overload_hit
 from sofamesh._core.http_tracing cimport decorate
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
-    mono, date_value, DS_BODY, DS_WAIT, DS_CLOSED, SERVER_PASS_THROUGH,
+    mono, date_value, int_bytes, DS_BODY, DS_WAIT, DS_CLOSED, SERVER_PASS_THROUGH,
 )
 from sofamesh._core.http_grpc cimport (
     grpc_local_status, grpc_message_encode, is_grpc_request,
@@ -653,7 +653,7 @@ cdef class H2Stream(RouterStream):
         else:
             resp = HeaderList(status=code)
             if body:
-                resp.add(b"content-length", PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body)))
+                resp.add(b"content-length", int_bytes(PyBytes_GET_SIZE(body)))
                 resp.add(b"content-type", b"text/plain")
         resp.add(b"date", date_value())
         if cfg.server_mode != SERVER_PASS_THROUGH:

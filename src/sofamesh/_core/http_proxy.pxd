@@ -28,6 +28,7 @@ cdef class DownstreamConn(RouterStream):
     cdef bint sniff                     # AUTO codec: no byte read yet (HTTP/2 preface?)
     cdef bint h1_counted                # counted as an HTTP/1 connection
     cdef object hdr_timer               # HCM request_headers_timeout, armed by a partial head
+    cdef object t_write                 # transport.write while connected (no lookup a request)
     # a proxied response held whole until it ends (hold_response(): the gRPC HTTP/1.1
     # bridge), then sent after the encode filters saw all of it (status, headers changed)
     cdef HeaderMap held_head            # its head, None until the upstream's arrives

@@ -11,7 +11,7 @@
 # No coroutine, future or task per request: only new upstream connections use a task.
 
 import os
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from sofamesh._core.buffer cimport WriteBuf
 from sofamesh._core.codecs.http1 cimport (
@@ -28,7 +28,7 @@ from sofamesh._core.conn_pool cimport PoolConn
 from sofamesh._core.hcm_config cimport HcmConfig, overload_hit
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.http_common cimport (
-    mono, date_value, needs_normalizing,
+    mono, date_value, int_bytes, needs_normalizing,
     DS_HEAD, DS_BODY, DS_WAIT, DS_DRAIN, DS_TUNNEL, DS_CLOSED,
     SERVER_PASS_THROUGH,
     PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE,
@@ -76,6 +76,7 @@ cdef class DownstreamConn(RouterStream):
     def connection_made(self, transport):
         cdef HcmConfig cfg = self.cfg
         self.transport = transport
+        self.t_write = transport.write
         transport.set_write_buffer_limits(high=cfg.buffer_limit)
         peer = transport.get_extra_info("peername")
         if peer:
@@ -138,6 +139,7 @@ cdef class DownstreamConn(RouterStream):
         self.sniff = False
         self.state = DS_CLOSED
         self.transport = None
+        self.t_write = None
         cfg.conns.discard(self)
         if self.timer is not None:
             self.timer.cancel()
@@ -232,6 +234,7 @@ cdef class DownstreamConn(RouterStream):
             self.retry_timer = None
             self.cluster.retries_active -= 1
         self.transport = None
+        self.t_write = None
 
     def pause_writing(self):
         # our client reads slower than the upstream sends: stop reading the upstream
@@ -704,10 +707,10 @@ cdef class DownstreamConn(RouterStream):
             if PyBytes_GET_SIZE(data) <= 32768:
                 data = h + data
             elif self.transport is not None:
-                self.transport.write(h)
+                self.t_write(h)
                 self.cfg.cx_tx_bytes_total.add(PyBytes_GET_SIZE(h))
         if self.transport is not None:
-            self.transport.write(data)
+            self.t_write(data)
             self.cfg.cx_tx_bytes_total.add(PyBytes_GET_SIZE(data))
         return 0
 
@@ -716,7 +719,7 @@ cdef class DownstreamConn(RouterStream):
         if h is not None:
             self.out_head = None
             if self.transport is not None:
-                self.transport.write(h)
+                self.t_write(h)
                 self.cfg.cx_tx_bytes_total.add(PyBytes_GET_SIZE(h))
         return 0
 
@@ -824,7 +827,7 @@ cdef class DownstreamConn(RouterStream):
         else:
             resp = HeaderList(status=code)
             if body:
-                resp.add(b"content-length", PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body)))
+                resp.add(b"content-length", int_bytes(PyBytes_GET_SIZE(body)))
                 resp.add(b"content-type", b"text/plain")
         resp.add(b"date", date_value())
         if cfg.server_mode != SERVER_PASS_THROUGH:

@@ -2,7 +2,7 @@
 # cluster's connection pool; retries (with Envoy's backoff), per-try and route timeouts,
 # request mirrors, and the upstream request head. See http_router.pxd.
 
-from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_GET_SIZE
 
 from sofamesh._core.conn_pool cimport Mirror, PoolConn, POOL_OVERFLOW
 from sofamesh._core.hcm_config cimport HcmConfig, mutate_xfcc, replaces_request_id
@@ -15,7 +15,7 @@ from sofamesh._core.http1_upstream cimport ShadowConn, mirror_headers
 from sofamesh._core.http2_upstream cimport H2Shadow
 from sofamesh._core.tcp_upstream cimport TcpUpstreamConn
 from sofamesh._core.http_common cimport (
-    mono, uuid4, strip_port, date_value, DS_CLOSED, DS_TUNNEL,
+    mono, uuid4, strip_port, date_value, int_bytes, DS_CLOSED, DS_TUNNEL,
     SERVER_OVERWRITE, SERVER_APPEND_IF_ABSENT,
     FAIL_NO_HEALTHY, FAIL_OVERFLOW, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET,
     FAIL_PROTOCOL, FAIL_TIMEOUT, FAIL_REMOTE_RESET, FAIL_REFUSED, PAUSE_QUEUE,
@@ -456,10 +456,10 @@ cdef class RouterStream(HttpStream):
         self.service_ms = <int>((mono() - (self.t_sent if self.t_sent > self.t_upstream
                                            else self.t_upstream)) * 1000)
         if (status != 101 or not self.upgrade) and not self.connect:
-            rh.add(b"x-envoy-upstream-service-time", PyBytes_FromFormat("%d", self.service_ms))
+            rh.add(b"x-envoy-upstream-service-time", int_bytes(self.service_ms))
         if route.attempt_count_resp:
             rh.remove(b"x-envoy-attempt-count")
-            rh.add(b"x-envoy-attempt-count", PyBytes_FromFormat("%d", self.attempts))
+            rh.add(b"x-envoy-attempt-count", int_bytes(self.attempts))
         if route.resp_remove:
             for name in route.resp_remove:
                 rh.remove(<bytes>name)
@@ -700,7 +700,7 @@ cdef class RouterStream(HttpStream):
         cdef int ms
         if r.attempt_count:
             self.head.remove(b"x-envoy-attempt-count")
-            self.head.add(b"x-envoy-attempt-count", PyBytes_FromFormat("%d", self.attempts))
+            self.head.add(b"x-envoy-attempt-count", int_bytes(self.attempts))
         if r.max_grpc_timeout >= 0 and self.grpc and self.rq_timeout > 0 and self.deadline > 0:
             # what is left of the gRPC request's timeout, in both headers
             set_grpc_timeout_headers(self.head, max(self.deadline - mono(), 0.001),
@@ -712,7 +712,7 @@ cdef class RouterStream(HttpStream):
             t = r.per_try_timeout if 0 < r.per_try_timeout < left else left
             ms = <int>(t * 1000) if t > 0 else 0
             self.head.remove(b"x-envoy-expected-rq-timeout-ms")
-            self.head.add(b"x-envoy-expected-rq-timeout-ms", PyBytes_FromFormat("%d", ms))
+            self.head.add(b"x-envoy-expected-rq-timeout-ms", int_bytes(ms))
         self._assign(None)
 
     cdef int _fail(self, int kind, PoolConn c) except -1:
@@ -746,7 +746,7 @@ cdef class RouterStream(HttpStream):
         if cl is not None and kind != FAIL_NO_HEALTHY:
             cl.count_status(504 if kind == FAIL_TIMEOUT else 502 if kind == FAIL_PROTOCOL else 503)
         if self.route is not None and self.route.attempt_count_resp:
-            tries = (b"x-envoy-attempt-count", PyBytes_FromFormat("%d", self.attempts))
+            tries = (b"x-envoy-attempt-count", int_bytes(self.attempts))
         if kind == FAIL_NO_HEALTHY:
             self.resp_flags = "UH"
             return self._local_reply(503, b"no healthy upstream", tries, not self.req_done)

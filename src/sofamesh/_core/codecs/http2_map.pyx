@@ -1,6 +1,8 @@
 # HeaderMap <-> HTTP/2 header lists; see http2_map.pxd for the contract.
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from sofamesh._core.http_common cimport int_bytes
 
 from sofamesh._core.headers cimport HeaderMap, HeaderList
 
@@ -63,7 +65,7 @@ cdef list upgrade_request_list(HeaderMap h, bytes scheme, bytes protocol):
 
 
 cdef list response_list(HeaderMap h):
-    cdef list out = [(b":status", PyBytes_FromFormat("%d", h.get_status()))]
+    cdef list out = [(b":status", int_bytes(h.get_status()))]
     _entries(out, h)
     return out
 
