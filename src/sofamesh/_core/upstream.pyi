@@ -85,6 +85,7 @@ class Cluster:
     max_retries: int
     enable_trailers: bool
     tls: Any  # proxy.tls.UpstreamTransport | None
+    bind: Any  # proxy.upstream_bind.UpstreamBind | None
     panic_threshold: float  # common_lb_config.healthy_panic_threshold, percent
     panic: bool
     locality_weighted: bool  # common_lb_config.locality_weighted_lb_config (localities.py)

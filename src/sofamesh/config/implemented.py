@@ -506,8 +506,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig": ("max_heap_size_bytes",),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig": ("log_format",),
     "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat": ("text_format",),
-    # upstream_bind_config: refused
     "envoy.config.bootstrap.v3.ClusterManager": (
+        "upstream_bind_config",  # every cluster's default (proxy/upstream_bind.py)
         "local_cluster_name",  # zone-aware routing (proxy/zone_aware.py); a static cluster
         "outlier_detection",
         "load_stats_config",  # the LRS client (proxy/load_stats.py; GRPC, one envoy_grpc)
@@ -537,6 +537,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "original_dst_lb_config",
         "cleanup_interval",
         "alt_stat_name",  # the cluster's stats under cluster.<alt_stat_name>.
+        "upstream_bind_config",  # proxy/upstream_bind.py
         # on a cluster of pipes only (Istio's xds-grpc): TCP keepalive has no TCP socket to
         # act on; refused elsewhere by config/validate.py
         "upstream_connection_options",
@@ -657,6 +658,10 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     ),
     _EP + "Endpoint.HealthCheckConfig": ("port_value",),
     "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
+    # upstream_bind_config (proxy/upstream_bind.py): socket_options, local_address_selector
+    # and additional_source_addresses refused
+    "envoy.config.core.v3.BindConfig": ("source_address", "freebind", "extra_source_addresses"),
+    "envoy.config.core.v3.ExtraSourceAddress": ("address",),
     # an internal listener's address: Host envoy://<listener>/<id> (proxy/internal_listener.py)
     "envoy.config.core.v3.EnvoyInternalAddress": ("server_listener_name", "endpoint_id"),
     # envoy.transport_sockets.internal_upstream: its inner transport socket is the pipe's

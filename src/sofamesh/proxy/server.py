@@ -17,7 +17,15 @@ from typing import Any
 from sofamesh._core.http_proxy import HcmConfig
 from sofamesh._core.stats import Store
 from sofamesh._core.upstream import Cluster
-from sofamesh.proxy import dns, hot_restart, internal_listener, localities, sds, zone_aware
+from sofamesh.proxy import (
+    dns,
+    hot_restart,
+    internal_listener,
+    localities,
+    sds,
+    upstream_bind,
+    zone_aware,
+)
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.filter_state import ConnState
 from sofamesh.proxy.http_options import dur as _dur
@@ -158,6 +166,15 @@ class Server:
         self.outlier_link: Any = None
         # internal listeners by name (proxy/internal_listener.py), made at the first one
         self.internal: Any = None  # internal_listener.Registry
+        # cluster_manager.upstream_bind_config: every cluster's bind unless it has its own
+        cm = bootstrap.cluster_manager
+        self.upstream_bind = (
+            upstream_bind.UpstreamBind.parse(
+                cm.upstream_bind_config, "cluster_manager.upstream_bind_config"
+            )
+            if cm.HasField("upstream_bind_config")
+            else None
+        )
 
     # ---------------------------------------------------------------- build
     def _build_clusters(self) -> None:
@@ -307,6 +324,7 @@ class Server:
         cl.tls = internal_listener.cluster_transport(c, self, path, alpn_h2)
         if cl.tls is None:
             cl.tls = tls.upstream_transport(c, self.stats, path, self, h2=alpn_h2)
+        upstream_bind.configure(cl, c, self.upstream_bind, path)
         lb = c.common_lb_config
         if lb.HasField("healthy_panic_threshold"):  # else Envoy's 50%
             cl.panic_threshold = lb.healthy_panic_threshold.value
@@ -331,7 +349,9 @@ class Server:
                 "by sofamesh"
             )
         rc = dns.config_of(c, self.bootstrap, path) if targets else None
-        if shape is not None and not (hosts or targets or hc or original or od or cl.tls):
+        if shape is not None and not (
+            hosts or targets or hc or original or od or cl.tls or cl.bind
+        ):
             if len(self._cluster_recipes) >= 1024:
                 self._cluster_recipes.pop(next(iter(self._cluster_recipes)))
             kw["config"] = cluster_pb2.Cluster.FromString(shape)  # shared: see Cluster.config
