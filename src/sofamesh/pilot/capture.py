@@ -42,11 +42,10 @@ permissive: mTLS or plaintext; no CA, or instances none of which is labelled
 `tlsMode: istio`: plaintext; no instance yet: as an injected sidecar, the mesh's mTLS)
 and the service's access policy (network RBAC: these chains are tcp_proxy, so no XFCC).
 It is sound with Istio's PREROUTING REDIRECT: the sidecar's own connection to the pod's
-address is local output, which that rule does not capture. Istio also binds the
-passthrough's upstream to 127.0.0.6 so its OUTPUT rules can tell it from the app's own
-traffic; sofamesh's proxy does not implement `upstream_bind_config`, so a node that also
-captures its sidecar's own output towards its pod address must exclude it (uid 1337, as
-Istio's rules do for everything else the sidecar sends).
+address is local output, which that rule does not capture. As Istio's, the passthrough's
+upstream connections are bound to 127.0.0.6 (`upstream_bind_config`), so that a node's OUTPUT
+rules can tell them from the application's own traffic (Istio's `-s 127.0.0.6 -o lo`
+exception); the application sees such calls come from 127.0.0.6.
 """
 
 from __future__ import annotations
@@ -74,6 +73,7 @@ REDIRECT = "REDIRECT"
 VIRTUAL_INBOUND = "virtualInbound"
 CAPTURE_PORT = 15006  # Istio's ProxyInboundListenPort
 PASSTHROUGH = "InboundPassthroughCluster"
+PASSTHROUGH_BIND = "127.0.0.6"
 BLACKHOLE = "BlackHoleCluster"
 ORIGINAL_DST = "envoy.filters.listener.original_dst"
 _ORIGINAL_DST_URL = (
@@ -119,6 +119,10 @@ def capture_clusters() -> list[cluster_pb2.Cluster]:
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
     )
     passthrough.connect_timeout.FromSeconds(10)
+    # Istio's InboundPassthroughBindIpv4: the sidecar's own connections to its pod's address
+    # come from 127.0.0.6, which iptables can tell from the application's traffic
+    passthrough.upstream_bind_config.source_address.address = PASSTHROUGH_BIND
+    passthrough.upstream_bind_config.source_address.port_value = 0  # any (the oneof is set)
     blackhole = cluster_pb2.Cluster(name=BLACKHOLE, type=cluster_pb2.Cluster.STATIC)
     blackhole.connect_timeout.FromSeconds(10)
     return [passthrough, blackhole]

@@ -43,7 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        body = ("app-b:%s saw xfcc=%s\\n" % (sys.argv[1], self.headers.get("x-forwarded-client-cert"))).encode()
+        body = ("app-b:%s from %s saw xfcc=%s\\n" % (sys.argv[1], self.client_address[0], self.headers.get("x-forwarded-client-cert"))).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -232,7 +232,7 @@ def test_captured_inbound_takes_mtls_and_refuses_plaintext(mesh, callee):
         lambda: f"{_call(nets)}\nb:\n{b.log('sidecar')}\na:\n{a.log('sidecar')}",
     )
     # b's application sees who called: a's pilot-issued identity, verified by b's sidecar
-    assert body.startswith(f"app-b:{PORT} saw"), body
+    assert body.startswith(f"app-b:{PORT} from 127.0.0.1 saw"), body
     assert f"URI=spiffe://{TD}/ns/default/sa/a" in body, body
     assert f"By=spiffe://{TD}/ns/default/sa/b" in body, body
     for _ in range(3):
@@ -256,7 +256,11 @@ def test_captured_inbound_takes_mtls_and_refuses_plaintext(mesh, callee):
     # with the same peer authentication (no XFCC: a TCP passthrough)
     assert _direct(nets, "plain", UNKNOWN).startswith("refused")
     got = _direct(nets, "c", UNKNOWN)
-    assert got.startswith("HTTP/1.1 200") and got.endswith(f"app-b:{UNKNOWN} saw xfcc=None"), got
+    # from 127.0.0.6: the passthrough binds it, as Istio's, so that iptables can tell the
+    # sidecar's own connections to the pod's address from the application's
+    assert got.startswith("HTTP/1.1 200") and got.endswith(
+        f"app-b:{UNKNOWN} from 127.0.0.6 saw xfcc=None"
+    ), got
     assert stat(b, "cluster.InboundPassthroughCluster.upstream_cx_total") >= 1
 
     # an access policy: b takes calls from a only, by identity on the captured chains
@@ -297,6 +301,6 @@ def test_captured_inbound_permissive(mesh, callee):
     assert stat(b, "tls_inspector.tls_found") >= 2
     assert stat(b, "tls_inspector.tls_not_found") >= 1
     # the unknown port: passed through, plaintext or mTLS
-    assert _direct(nets, "plain", UNKNOWN).endswith(f"app-b:{UNKNOWN} saw xfcc=None")
-    assert _direct(nets, "c", UNKNOWN).endswith(f"app-b:{UNKNOWN} saw xfcc=None")
+    assert _direct(nets, "plain", UNKNOWN).endswith(f"app-b:{UNKNOWN} from 127.0.0.6 saw xfcc=None")
+    assert _direct(nets, "c", UNKNOWN).endswith(f"app-b:{UNKNOWN} from 127.0.0.6 saw xfcc=None")
     assert stat(b, "cluster.InboundPassthroughCluster.upstream_cx_total") >= 2
