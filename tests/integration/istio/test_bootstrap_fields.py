@@ -216,14 +216,20 @@ def test_bootstrap_extensions_internal_listener_only(tmp_path):
 
 
 def test_cluster_manager_fields_sofamesh_lacks_are_refused(tmp_path):
-    bind = {"source_address": {"address": "127.0.0.1", "port_value": 0}}
+    """Every ClusterManager field is implemented now (upstream_bind_config:
+    tests/integration/proxy/test_upstream_bind.py); what the bind does not do is refused
+    with the bootstrap's path."""
+    bind = {
+        "source_address": {"address": "127.0.0.6", "port_value": 0},
+        "socket_options": [{"level": 1, "name": 2, "int_value": 1}],
+    }
     doc = bootstrap(free_port(), 0, 1, cluster_manager={"upstream_bind_config": bind})
     r = _validate(tmp_path, doc)
     assert r.returncode == 1
     assert (
-        "cluster_manager.upstream_bind_config: ClusterManager.upstream_bind_config is not "
-        "implemented by sofamesh" in r.stderr
-    )
+        "cluster_manager.upstream_bind_config.socket_options: BindConfig.socket_options is "
+        "not implemented by sofamesh" in r.stderr
+    ), r.stderr
 
 
 def test_overload_manager_as_istio_writes_it(tmp_path, upstream):
