@@ -16,11 +16,10 @@ import threading
 import pytest
 
 from tests.conftest import envoy_binary, free_port, sofamesh_command
+from tests.integration.proxy.conftest import HCM, ROUTER, cluster
 from tests.support.envoy import ProxyProcess
 
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 class PeerEcho:
@@ -66,30 +65,7 @@ def _bind(address: str, **extra) -> dict:
 
 
 def _cluster(name: str, port: int, bind: dict | None) -> dict:
-    c = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
-    if bind is not None:
-        c["upstream_bind_config"] = bind
-    return c
+    return cluster(name, [port], **({"upstream_bind_config": bind} if bind else {}))
 
 
 def _listener(name: str, port: int, cluster: str, tcp: bool) -> dict:
@@ -113,9 +89,7 @@ def _listener(name: str, port: int, cluster: str, tcp: bool) -> dict:
                         }
                     ]
                 },
-                "http_filters": [
-                    {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
-                ],
+                "http_filters": [ROUTER],
             },
         }
     return {
