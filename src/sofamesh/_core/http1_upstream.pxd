@@ -49,6 +49,9 @@ cdef class UpstreamConn(PoolConn):
     cdef Py_ssize_t out_len
     cdef list trailer_raw           # list[bytes] | None: the response's trailer section
     cdef object task
+    cdef double idle_since          # mono() when it last went on Host.idle
+    cdef bint swept                 # listed by the cluster's IdleSweep
+    cdef object max_timer           # asyncio.TimerHandle | None: max_connection_duration
     cdef void _gone(self)
     cdef int _send(self, bytes data) except -1
     cdef int _feed(self, UpstreamCallbacks d, bytes data) except -1

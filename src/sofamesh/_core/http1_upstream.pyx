@@ -399,6 +399,9 @@ cdef class UpstreamConn(PoolConn):
             transport.abort()
             return
         self.connected = True
+        if self.cluster.max_connection_duration > 0:
+            self.max_timer = self.loop.call_later(self.cluster.max_connection_duration,
+                                                  self._on_max_duration)
         if self.out is not None:
             b = self.out[0] if len(self.out) == 1 else b"".join(self.out)
             self.out = None
@@ -501,7 +504,42 @@ cdef class UpstreamConn(PoolConn):
         if host.removed:
             return self.abort()
         host.idle.append(self)
+        if cl.idle_sweep is not None:
+            self.idle_since = mono()
+            if not self.swept:
+                self.swept = True
+                cl.idle_sweep.add(self, self.loop)
         return 0
+
+    def _idle_check(self, double now, double timeout):
+        """The cluster's IdleSweep asks (idle_sweep.pxd): closed here once idle that long."""
+        if self.closed or self.ds is not None or self.state != US_IDLE:
+            self.swept = False
+            return -1.0
+        if now - self.idle_since < timeout:
+            return self.idle_since + timeout
+        self.swept = False
+        self.cluster.upstream_cx_idle_timeout.inc()
+        self._leave_idle()
+        self.abort()
+        return -1.0
+
+    def _on_max_duration(self):
+        """max_connection_duration: closed now if idle, else after the request it serves."""
+        self.max_timer = None
+        if self.closed:
+            return
+        self.cluster.upstream_cx_max_duration_reached.inc()
+        self.reusable = False
+        if self.ds is None and self.state == US_IDLE:
+            self._leave_idle()
+            self.abort()
+
+    def _leave_idle(self):
+        try:
+            self.host.idle.remove(self)
+        except ValueError:
+            pass
 
     cdef int abort(self) except -1:
         self.ds = None
@@ -668,6 +706,9 @@ cdef class UpstreamConn(PoolConn):
         self.connected = False
         self.state = US_CLOSED
         self._gone()
+        if self.max_timer is not None:
+            self.max_timer.cancel()
+            self.max_timer = None
         if exc is None and d is None:
             self.cluster.upstream_cx_destroy_remote.inc()
         try:

@@ -35,6 +35,10 @@ cdef class H2Connection:
     cdef bint write_paused
     cdef int rq_count                   # streams opened on this connection
     cdef int max_streams                # the cluster's max_concurrent_streams
+    cdef double idle_since              # mono() when its last stream ended; 0 while in use
+    cdef bint swept                     # listed by the cluster's IdleSweep
+    cdef object max_timer               # asyncio.TimerHandle | None: max_connection_duration
+    cdef bint local_close               # closed by us (idle, max duration): destroy_local
     cdef bint can_take(self)
     cdef H2UpStream open_stream(self)
     cdef bint flush_pending             # a write of what the codec queued is scheduled

@@ -137,6 +137,7 @@ cdef class H2Connection:
         s.host = self.host
         s.reusable = True
         s.connected = self.connected
+        self.idle_since = 0.0
         self.rq_count += 1
         if cl.max_requests_per_connection and self.rq_count >= cl.max_requests_per_connection:
             self.draining = True        # this is its last stream
@@ -177,7 +178,35 @@ cdef class H2Connection:
             elif self.task is not None:
                 self.task.cancel()
             return 0
-        return self._serve_waiting()
+        self._serve_waiting()
+        if not self.streams and self.cluster.idle_sweep is not None:
+            self.idle_since = mono()
+            if not self.swept:
+                self.swept = True
+                self.cluster.idle_sweep.add(self, self.loop)
+        return 0
+
+    def _idle_check(self, double now, double timeout):
+        """The cluster's IdleSweep asks (idle_sweep.pxd): closed here once idle that long."""
+        if self.closed or self.draining or self.streams or self.idle_since == 0:
+            self.swept = False
+            return -1.0
+        if now - self.idle_since < timeout:
+            return self.idle_since + timeout
+        self.swept = False
+        self.cluster.upstream_cx_idle_timeout.inc()
+        self.local_close = True
+        self.close()
+        return -1.0
+
+    def _on_max_duration(self):
+        """max_connection_duration: no new streams; closed once the open ones end."""
+        self.max_timer = None
+        if self.closed:
+            return
+        self.cluster.upstream_cx_max_duration_reached.inc()
+        self.local_close = True
+        self.close()
 
     cdef int _serve_waiting(self) except -1:
         """Requests queued on the host take the room a stream left (or, after a failed
@@ -248,6 +277,9 @@ cdef class H2Connection:
             transport.abort()
             return
         self.connected = True
+        if self.cluster.max_connection_duration > 0:
+            self.max_timer = self.loop.call_later(self.cluster.max_connection_duration,
+                                                  self._on_max_duration)
         for s in self.streams.values():
             (<H2UpStream>s).connected = True
             self.host.outcome(OUTCOME_CONNECT_SUCCESS)  # outlier detection: each pool ready
@@ -402,7 +434,12 @@ cdef class H2Connection:
         self.closed = True
         self.connected = False
         self._gone()
-        if exc is None:
+        if self.max_timer is not None:
+            self.max_timer.cancel()
+            self.max_timer = None
+        if self.local_close:
+            self.cluster.upstream_cx_destroy_local.inc()
+        elif exc is None:
             self.cluster.upstream_cx_destroy_remote.inc()
         self._fail_all(FAIL_RESET)
         self.transport = None

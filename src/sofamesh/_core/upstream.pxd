@@ -4,6 +4,7 @@
 # and calls set_hosts); `choose()` runs per request in C. Connection pools live on Host
 # (`idle`, `waiting`) and are driven by sofamesh._core.http_proxy.
 
+from sofamesh._core.idle_sweep cimport IdleSweep
 from sofamesh._core.stats cimport Counter, Gauge, Histogram, Store
 from sofamesh._core.zone_aware cimport ZoneRouting
 
@@ -103,6 +104,11 @@ cdef class Cluster:
     cdef public long long retries_active
     cdef public int per_connection_buffer_limit
     cdef public int max_requests_per_connection
+    # HttpProtocolOptions.common_http_protocol_options: idle_timeout's sweep of the HTTP
+    # pools' idle connections (None: 0, disabled; Envoy's default is an hour), and
+    # max_connection_duration in seconds (0: none), a timer per connection from its connect
+    cdef public IdleSweep idle_sweep
+    cdef public double max_connection_duration
     # HttpProtocolOptions explicit_http_config.http_protocol_options.enable_trailers: the
     # HTTP/1 codec sends request trailers and decodes response trailers (Envoy's default: off)
     cdef public bint enable_trailers
@@ -155,6 +161,8 @@ cdef class Cluster:
     # or None for HTTP/1.1
     cdef public tuple h2
     cdef public Counter upstream_cx_http2_total
+    cdef public Counter upstream_cx_idle_timeout
+    cdef public Counter upstream_cx_max_duration_reached
     # common_lb_config.healthy_panic_threshold (percent; Envoy's default 50, 0 = never):
     # `panic` (set by update_health) makes choose() take any host, healthy or not
     cdef public double panic_threshold

@@ -1,6 +1,7 @@
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from sofamesh._core.idle_sweep import IdleSweep
 from sofamesh._core.stats import Counter, Gauge, Histogram, Store
 from sofamesh._core.zone_aware import ZoneRouting
 
@@ -84,6 +85,12 @@ class Cluster:
     max_requests: int
     max_retries: int
     enable_trailers: bool
+    max_requests_per_connection: int
+    # common_http_protocol_options: idle_timeout's sweep (None: 0), max_connection_duration
+    idle_sweep: IdleSweep | None
+    max_connection_duration: float
+    upstream_cx_idle_timeout: Counter
+    upstream_cx_max_duration_reached: Counter
     tls: Any  # proxy.tls.UpstreamTransport | None
     bind: Any  # proxy.upstream_bind.UpstreamBind | None
     panic_threshold: float  # common_lb_config.healthy_panic_threshold, percent
@@ -116,6 +123,9 @@ class Cluster:
         max_requests_per_connection: int = 0,
         ring_size: int = 1024,
         enable_trailers: bool = False,
+        h2: tuple | None = None,
+        idle_timeout: float = 3600.0,
+        max_connection_duration: float = 0.0,
     ) -> None: ...
     def set_hosts(self, hosts: Iterable[Host]) -> None: ...
     def update_health(self) -> None: ...

@@ -213,7 +213,7 @@ CLUSTER_COUNTERS = (
     "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_cx_destroy",
     "upstream_cx_destroy_local", "upstream_cx_destroy_remote", "upstream_cx_protocol_error",
     "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_cx_http2_total",
-    "lb_healthy_panic",
+    "lb_healthy_panic", "upstream_cx_idle_timeout", "upstream_cx_max_duration_reached",
 )
 CLUSTER_GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
@@ -228,7 +228,8 @@ cdef class Cluster:
                  long long max_pending=1024, long long max_requests=1024,
                  long long max_retries=3, int choice_count=2, config=None,
                  int per_connection_buffer_limit=1048576, int max_requests_per_connection=0,
-                 int ring_size=1024, bint enable_trailers=False, tuple h2=None):
+                 int ring_size=1024, bint enable_trailers=False, tuple h2=None,
+                 double idle_timeout=3600.0, double max_connection_duration=0.0):
         if lb_policy not in LB_POLICIES:
             raise ValueError(f"unsupported lb_policy {lb_policy}")
         self.name = name
@@ -243,6 +244,8 @@ cdef class Cluster:
         self.max_retries = max_retries
         self.per_connection_buffer_limit = per_connection_buffer_limit
         self.max_requests_per_connection = max_requests_per_connection
+        self.idle_sweep = IdleSweep(idle_timeout) if idle_timeout > 0 else None
+        self.max_connection_duration = max_connection_duration
         self.enable_trailers = enable_trailers
         self.h2 = h2
         self.rr = 0
@@ -285,6 +288,8 @@ cdef class Cluster:
         self.upstream_cx_tx_bytes_total = c[27]
         self.upstream_cx_http2_total = c[28]
         self.lb_healthy_panic = c[29]
+        self.upstream_cx_idle_timeout = c[30]
+        self.upstream_cx_max_duration_reached = c[31]
         self.upstream_cx_active = g[0]
         self.upstream_rq_active = g[1]
         self.upstream_rq_pending_active = g[2]

@@ -306,7 +306,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.type.tracing.v3.CustomTag.Environment": ("name", "default_value"),
     _RT + "Decorator": ("operation", "propagate"),  # the span's name; propagate true only
     _HCM + "HttpConnectionManager.UpgradeConfig": ("upgrade_type", "enabled"),
-    # as HCM common_http_protocol_options (the cluster's is refused as a whole)
+    # as HCM common_http_protocol_options; a cluster's accepts others (IMPLEMENTED_UNDER)
     "envoy.config.core.v3.HttpProtocolOptions": ("idle_timeout", "max_headers_count"),
     # HCM http_protocol_options, and a cluster's explicit HTTP/1 options (below);
     # enable_trailers: the HTTP/1 codec on that side decodes and encodes trailers
@@ -315,6 +315,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": (
         "explicit_http_config",
         "use_downstream_protocol_config",  # HTTP/2 upstream for HTTP/2 requests only
+        "common_http_protocol_options",  # its fields: IMPLEMENTED_UNDER
     ),
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig": (
         "http_protocol_options",
@@ -984,5 +985,19 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "filter_enabled",
         "filter_enforced",
         "response_headers_to_add",
+    ),
+}
+
+# A message whose accepted fields depend on where it sits: (parent message, field) -> the
+# fields accepted there, instead of the message's IMPLEMENTED entry. A cluster's
+# common_http_protocol_options acts on its upstream connections (proxy/http_options.py
+# upstream_common: the pools' idle sweep, max duration timer and request limit); the
+# HCM's on downstream ones. max_headers_count, max_stream_duration and
+# headers_with_underscores_action of a cluster are refused by name.
+IMPLEMENTED_UNDER: dict[tuple[str, str], tuple[str, ...]] = {
+    ("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "common_http_protocol_options"): (
+        "idle_timeout",
+        "max_requests_per_connection",
+        "max_connection_duration",
     ),
 }

@@ -13,7 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sofamesh.config.implemented import _CL, _EP, _HCM, _LS, _RT, _TLS, IMPLEMENTED
+from sofamesh.config.implemented import (
+    _CL,
+    _EP,
+    _HCM,
+    _LS,
+    _RT,
+    _TLS,
+    IMPLEMENTED,
+    IMPLEMENTED_UNDER,
+)
 
 _EXTENSIONS: dict[str, str] = {}  # type URL -> what implements it
 
@@ -374,9 +383,15 @@ SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def allowed_fields(message_full_name: str) -> frozenset[str] | None:
+def allowed_fields(
+    message_full_name: str, under: tuple[str, str] | None = None
+) -> frozenset[str] | None:
     """The set fields accepted for a message type, or None when it is not checked field by
-    field. Fields with a Gap are included: the Gap reports them with its own note."""
+    field. Fields with a Gap are included: the Gap reports them with its own note.
+    `under`: the (parent message, field) it was reached through, when IMPLEMENTED_UNDER
+    accepts other fields of it there (a cluster's common_http_protocol_options)."""
+    if under is not None and under in IMPLEMENTED_UNDER:
+        return frozenset(IMPLEMENTED_UNDER[under])
     base = SUPPORTED_FIELDS.get(message_full_name)
     if base is None:
         return None

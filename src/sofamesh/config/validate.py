@@ -80,7 +80,11 @@ class _Checker:
         return os.path.exists(p if os.path.isabs(p) else os.path.join(self.base_dir, p))
 
     # -- the walk --------------------------------------------------------------------
-    def walk(self, m: Message, path: str, support_on: bool) -> None:
+    def walk(
+        self, m: Message, path: str, support_on: bool, under: tuple[str, str] | None = None
+    ) -> None:
+        """`under`: the (parent message, field) m was reached through (its accepted fields
+        may depend on it: support.IMPLEMENTED_UNDER)."""
         desc = m.DESCRIPTOR
         name = desc.full_name
         if name == "google.protobuf.Any":
@@ -100,7 +104,7 @@ class _Checker:
             return
         if name.startswith("google.protobuf."):
             return
-        refused = self.check_fields(m, name, path) if support_on else ()
+        refused = self.check_fields(m, name, path, under) if support_on else ()
         self.check_message(m, name, path, support_on)
         kind = _FILTER_KIND.get(name)
         if kind is not None:
@@ -130,7 +134,7 @@ class _Checker:
             elif kind is not None and f.name == "typed_config":
                 self.walk_filter_config(val, p, support_on)
             else:
-                self.walk(val, p, support_on)
+                self.walk(val, p, support_on, (name, f.name))
 
     def walk_filter_config(self, any_msg: Message, path: str, support_on: bool) -> None:
         # A filter's own config type is judged by the filter registry, not as an extension.
@@ -215,19 +219,24 @@ class _Checker:
         return support_on
 
     # -- per message type --------------------------------------------------------------
-    def check_fields(self, m: Message, name: str, path: str) -> set[str]:
+    def check_fields(
+        self, m: Message, name: str, path: str, under: tuple[str, str] | None = None
+    ) -> set[str]:
         """Refuses every set field of a field-by-field checked message type
         (`support.IMPLEMENTED`) that the proxy does not act on; returns their names."""
-        allowed = support.allowed_fields(name)
+        allowed = support.allowed_fields(name, under)
         refused: set[str] = set()
         if allowed is None:
             return refused
         short = name.rsplit(".", 1)[-1]
+        where = f" in {under[0].rsplit('.', 1)[-1]}.{under[1]}" if under else ""
         for fd, value in m.ListFields():
             if fd.name not in allowed:
                 refused.add(fd.name)
                 self.unsupported(
-                    join(path, fd.name), f"{short}.{fd.name} is not implemented by sofamesh"
+                    join(path, fd.name),
+                    f"{short}.{fd.name} is not implemented by sofamesh"
+                    + (where if under in support.IMPLEMENTED_UNDER else ""),
                 )
                 continue
             cond = support.ALLOWED_IF.get((name, fd.name))
@@ -243,6 +252,22 @@ class _Checker:
                     f"{short}.{fd.name} {shown} is not implemented by sofamesh: {cond[1]}",
                 )
         return refused
+
+    def check_max_requests(self, c: Message, path: str) -> None:
+        """Envoy 1.40 refuses a cluster's max_requests_per_connection beside its
+        HttpProtocolOptions' common_http_protocol_options.max_requests_per_connection."""
+        for anycfg in c.typed_extension_protocol_options.values():  # type: ignore[attr-defined]
+            if anycfg.type_url != support.UPSTREAM_HTTP_OPTIONS:
+                continue
+            opts = protos.unpack_any(anycfg)
+            if opts is not None and opts.common_http_protocol_options.HasField(
+                "max_requests_per_connection"
+            ):
+                self.reference(
+                    join(path, "max_requests_per_connection"),
+                    "Only one of max_requests_per_connection from Cluster or "
+                    "HttpProtocolOptions can be specified",
+                )
 
     def check_message(self, m: Message, name: str, path: str, support_on: bool) -> None:
         if support_on:
@@ -276,6 +301,8 @@ class _Checker:
                 seen_upgrades.add(key)
         if name == "envoy.config.route.v3.RouteConfiguration":
             self.check_direct_bodies(m, path)
+        if name == "envoy.config.cluster.v3.Cluster" and m.HasField("max_requests_per_connection"):
+            self.check_max_requests(m, path)
         if name == "envoy.config.trace.v3.ZipkinConfig" and not (
             ("collector_service" in m.DESCRIPTOR.fields_by_name and m.HasField("collector_service"))
             or (m.collector_cluster and m.collector_endpoint)

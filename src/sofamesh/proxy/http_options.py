@@ -53,6 +53,32 @@ def upstream_h2(c: Any) -> tuple | None:
     )
 
 
+# Envoy's idle_timeout of an upstream HTTP connection when the cluster sets none
+UPSTREAM_IDLE_TIMEOUT = 3600.0
+
+
+def upstream_common(c: Any) -> dict[str, Any]:
+    """Cluster keyword arguments from the cluster's HttpProtocolOptions
+    .common_http_protocol_options (Envoy 1.40): idle_timeout (an hour when unset, 0
+    disables it), max_connection_duration (none when unset or 0) and
+    max_requests_per_connection, which stands for the cluster's deprecated field (both set
+    at once is refused by config/validate.py, as Envoy refuses it)."""
+    kw: dict[str, Any] = {"idle_timeout": UPSTREAM_IDLE_TIMEOUT}
+    if c.HasField("max_requests_per_connection"):
+        kw["max_requests_per_connection"] = c.max_requests_per_connection.value
+    opts = http_protocol_options(c)
+    if opts is None or not opts.HasField("common_http_protocol_options"):
+        return kw
+    common = opts.common_http_protocol_options
+    if common.HasField("idle_timeout"):
+        kw["idle_timeout"] = dur(common.idle_timeout)
+    if common.HasField("max_connection_duration"):
+        kw["max_connection_duration"] = dur(common.max_connection_duration)
+    if common.HasField("max_requests_per_connection"):
+        kw["max_requests_per_connection"] = common.max_requests_per_connection.value
+    return kw
+
+
 def http_protocol_options(c: Any) -> Any:
     """The cluster's typed_extension_protocol_options HttpProtocolOptions, or None."""
     from sofamesh.config.support import UPSTREAM_HTTP_OPTIONS

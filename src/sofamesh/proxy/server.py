@@ -29,6 +29,7 @@ from sofamesh.proxy import (
 from sofamesh.proxy.errors import UnsupportedConfig
 from sofamesh.proxy.filter_state import ConnState
 from sofamesh.proxy.http_options import dur as _dur
+from sofamesh.proxy.http_options import upstream_common as _upstream_common
 from sofamesh.proxy.http_options import upstream_h2 as _upstream_h2
 from sofamesh.proxy.http_options import upstream_trailers as _upstream_trailers
 from sofamesh.proxy.routes import compile_route_config
@@ -242,8 +243,8 @@ class Server:
                 kw["max_retries"] = t.max_retries.value
         if c.HasField("per_connection_buffer_limit_bytes"):
             kw["per_connection_buffer_limit"] = c.per_connection_buffer_limit_bytes.value
-        if c.HasField("max_requests_per_connection"):
-            kw["max_requests_per_connection"] = c.max_requests_per_connection.value
+        # idle_timeout, max_connection_duration, max_requests_per_connection
+        kw.update(_upstream_common(c))
         if _upstream_trailers(c):
             kw["enable_trailers"] = True
         h2 = _upstream_h2(c)

@@ -162,12 +162,13 @@ def test_cluster_http1_trailers_option_is_accepted_and_read(tmp_path):
         ),
         (
             (
-                "        common_http_protocol_options: {idle_timeout: 1s}\n"
+                "        common_http_protocol_options: {idle_timeout: 1s, max_headers_count: 9}\n"
                 "        explicit_http_config: {http_protocol_options: {}}"
             ),
             (
-                "common_http_protocol_options: "
-                "HttpProtocolOptions.common_http_protocol_options is not implemented by sofamesh"
+                "common_http_protocol_options.max_headers_count: "
+                "HttpProtocolOptions.max_headers_count is not implemented by sofamesh in "
+                "HttpProtocolOptions.common_http_protocol_options"
             ),
         ),
         (
@@ -187,6 +188,73 @@ def test_cluster_http_options_beyond_http1_trailers_are_refused(tmp_path, opts, 
         "['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']."
     )
     assert [str(p) for p in e.value.problems] == [prefix + refused]
+
+
+def test_cluster_common_http_protocol_options_read(tmp_path):
+    """A cluster's common_http_protocol_options: idle_timeout, max_connection_duration and
+    max_requests_per_connection are read (Envoy's hour of idle_timeout when unset)."""
+    from sofamesh.proxy.http_options import upstream_common
+
+    opts = (
+        "        common_http_protocol_options:\n"
+        "          {idle_timeout: 300s, max_connection_duration: 2s, max_requests_per_connection: 2}\n"
+        "        use_downstream_protocol_config: {http_protocol_options: {}, http2_protocol_options: {}}"
+    )
+    b = _cfg(tmp_path, CLUSTER.format(extra=_H1_OPTIONS.format(opts=opts)))
+    assert upstream_common(b.static_resources.clusters[0]) == {
+        "idle_timeout": 300.0,
+        "max_connection_duration": 2.0,
+        "max_requests_per_connection": 2,
+    }
+    b = _cfg(tmp_path, CLUSTER.format(extra="    max_requests_per_connection: 3"))
+    assert upstream_common(b.static_resources.clusters[0]) == {
+        "idle_timeout": 3600.0,
+        "max_requests_per_connection": 3,
+    }
+
+
+def test_cluster_max_requests_set_twice_is_refused_as_envoy(tmp_path):
+    opts = (
+        "        common_http_protocol_options: {max_requests_per_connection: 2}\n"
+        "        explicit_http_config: {http_protocol_options: {}}"
+    )
+    extra = "    max_requests_per_connection: 3\n" + _H1_OPTIONS.format(opts=opts)
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, CLUSTER.format(extra=extra))
+    refused = (
+        "static_resources.clusters[0].max_requests_per_connection: Only one of "
+        "max_requests_per_connection from Cluster or HttpProtocolOptions can be specified"
+    )
+    assert [str(p) for p in e.value.problems] == [refused]
+
+
+def test_hcm_common_options_keep_their_own_list(tmp_path):
+    """The HCM's common_http_protocol_options still accepts max_headers_count and refuses
+    what only a cluster's accepts."""
+    hcm = """
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          common_http_protocol_options: {{{opts}}}
+          route_config: {{}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"""
+    _cfg(tmp_path, hcm.format(opts="idle_timeout: 1s, max_headers_count: 50"))
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, hcm.format(opts="max_connection_duration: 1s"))
+    assert str(e.value.problems[0]).endswith(
+        "common_http_protocol_options.max_connection_duration: "
+        "HttpProtocolOptions.max_connection_duration is not implemented by sofamesh"
+    )
 
 
 def test_hcm_enable_trailers_is_accepted(tmp_path):
