@@ -29,6 +29,7 @@ import pytest
 from tests.conftest import envoy_binary, sofamesh_command
 from tests.integration.pilot.conftest import ads_bootstrap
 from tests.support.certs import Pair, make_ca, make_leaf
+from tests.support.direct_client import SCRIPT as DIRECT_CLIENT
 from tests.support.multicluster import Net, curl, link, register, stat, wait_until
 from tests.support.sniff import tcp_payload
 
@@ -53,32 +54,6 @@ class H(BaseHTTPRequestHandler):
 srv = ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H)
 print("ready", flush=True)
 srv.serve_forever()
-"""
-# a client dialing b's address itself: plaintext, or TLS with (cert, key) and the root
-DIRECT = """
-import socket, ssl, sys
-host, port, cert, key, ca = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
-try:
-    s = socket.create_connection((host, port), timeout=5)
-    if ca != "-":
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.load_verify_locations(ca)
-        if cert != "-":
-            ctx.load_cert_chain(cert, key)
-        s = ctx.wrap_socket(s)
-    s.sendall(b"GET /direct HTTP/1.1\\r\\nhost: b\\r\\nconnection: close\\r\\n\\r\\n")
-    got = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-except (OSError, ssl.SSLError) as e:
-    print("refused", type(e).__name__)
-    sys.exit(0)
-lines = got.decode(errors="replace").splitlines()
-print(lines[0] if lines else "refused closed", "|", lines[-1] if lines else "")
 """
 
 
@@ -113,7 +88,7 @@ def _direct(nets: dict, who: str, port: int = PORT, host: str = B) -> str:
     else:
         cert, key = certs[who]
         args = [cert, key, certs["root"][0]]
-    r = nets["a"].run([sys.executable, "-c", DIRECT, host, str(port), *args], check=False)
+    r = nets["a"].run([sys.executable, "-c", DIRECT_CLIENT, host, str(port), *args], check=False)
     return r.stdout.strip() or r.stderr.strip()
 
 

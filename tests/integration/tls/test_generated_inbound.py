@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import envoy_binary, sofamesh_command
 from tests.integration.pilot.conftest import ads_bootstrap
 from tests.support.certs import Pair, make_ca, make_leaf
+from tests.support.direct_client import SCRIPT as DIRECT_CLIENT
 from tests.support.multicluster import (
     GRPC_CLIENT,
     Net,
@@ -55,32 +56,6 @@ srv = ThreadingHTTPServer(("127.0.0.1", 18080), H)
 print("ready", flush=True)
 srv.serve_forever()
 """
-# a client dialing b's inbound itself: plaintext, or TLS with (cert, key) and the root
-DIRECT = """
-import socket, ssl, sys
-cert, key, ca = sys.argv[1:4]
-try:
-    s = socket.create_connection(("B_ADDRESS", 8080), timeout=5)
-    if ca != "-":
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.load_verify_locations(ca)
-        if cert != "-":
-            ctx.load_cert_chain(cert, key)
-        s = ctx.wrap_socket(s)
-    s.sendall(b"GET /direct HTTP/1.1\\r\\nhost: b\\r\\nconnection: close\\r\\n\\r\\n")
-    got = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-except (OSError, ssl.SSLError) as e:
-    print("refused", type(e).__name__)
-    sys.exit(0)
-lines = got.decode(errors="replace").splitlines()
-print(lines[0] if lines else "refused closed", "|", lines[-1] if lines else "")
-""".replace("B_ADDRESS", B)
 
 
 def _sidecar(net: Net, kind: str, service: str, ip: str, delta: bool = True) -> None:
@@ -109,7 +84,7 @@ def _direct(a: Net, certs: dict, who: str) -> str:
     else:
         cert, key = certs[who]
         args = [cert, key, certs["root"][0]]
-    r = a.run([sys.executable, "-c", DIRECT, *args], check=False)
+    r = a.run([sys.executable, "-c", DIRECT_CLIENT, B, "8080", *args], check=False)
     return r.stdout.strip() or r.stderr.strip()
 
 
