@@ -49,7 +49,8 @@ cdef class UpstreamConn(PoolConn):
     cdef Py_ssize_t out_len
     cdef list trailer_raw           # list[bytes] | None: the response's trailer section
     cdef object task
-    cdef double idle_since          # mono() when it last went on Host.idle
+    cdef double idle_since          # when it went idle (as the sweep knows it)
+    cdef int seen_rq                # rq_count at the sweep's last look
     cdef bint swept                 # listed by the cluster's IdleSweep
     cdef object max_timer           # asyncio.TimerHandle | None: max_connection_duration
     cdef void _gone(self)

@@ -504,11 +504,12 @@ cdef class UpstreamConn(PoolConn):
         if host.removed:
             return self.abort()
         host.idle.append(self)
-        if cl.idle_sweep is not None:
+        if cl.idle_sweep is not None and not self.swept:
+            # listed once; while it stays listed the sweep tells reuse by rq_count
+            self.swept = True
             self.idle_since = mono()
-            if not self.swept:
-                self.swept = True
-                cl.idle_sweep.add(self, self.loop)
+            self.seen_rq = self.rq_count
+            cl.idle_sweep.add(self, self.loop)
         return 0
 
     def _idle_check(self, double now, double timeout):
@@ -516,6 +517,9 @@ cdef class UpstreamConn(PoolConn):
         if self.closed or self.ds is not None or self.state != US_IDLE:
             self.swept = False
             return -1.0
+        if self.rq_count != self.seen_rq:   # used since the last look: idle from about now
+            self.seen_rq = self.rq_count
+            self.idle_since = now
         if now - self.idle_since < timeout:
             return self.idle_since + timeout
         self.swept = False

@@ -35,7 +35,8 @@ cdef class H2Connection:
     cdef bint write_paused
     cdef int rq_count                   # streams opened on this connection
     cdef int max_streams                # the cluster's max_concurrent_streams
-    cdef double idle_since              # mono() when its last stream ended; 0 while in use
+    cdef double idle_since              # when it went idle (as the sweep knows it)
+    cdef int seen_rq                    # rq_count at the sweep's last look
     cdef bint swept                     # listed by the cluster's IdleSweep
     cdef object max_timer               # asyncio.TimerHandle | None: max_connection_duration
     cdef bint local_close               # closed by us (idle, max duration): destroy_local

@@ -137,7 +137,6 @@ cdef class H2Connection:
         s.host = self.host
         s.reusable = True
         s.connected = self.connected
-        self.idle_since = 0.0
         self.rq_count += 1
         if cl.max_requests_per_connection and self.rq_count >= cl.max_requests_per_connection:
             self.draining = True        # this is its last stream
@@ -179,18 +178,22 @@ cdef class H2Connection:
                 self.task.cancel()
             return 0
         self._serve_waiting()
-        if not self.streams and self.cluster.idle_sweep is not None:
+        if not self.streams and not self.swept and self.cluster.idle_sweep is not None:
+            # listed once; while it stays listed the sweep tells reuse by rq_count
+            self.swept = True
             self.idle_since = mono()
-            if not self.swept:
-                self.swept = True
-                self.cluster.idle_sweep.add(self, self.loop)
+            self.seen_rq = self.rq_count
+            self.cluster.idle_sweep.add(self, self.loop)
         return 0
 
     def _idle_check(self, double now, double timeout):
         """The cluster's IdleSweep asks (idle_sweep.pxd): closed here once idle that long."""
-        if self.closed or self.draining or self.streams or self.idle_since == 0:
+        if self.closed or self.draining or self.streams:
             self.swept = False
             return -1.0
+        if self.rq_count != self.seen_rq:   # used since the last look: idle from about now
+            self.seen_rq = self.rq_count
+            self.idle_since = now
         if now - self.idle_since < timeout:
             return self.idle_since + timeout
         self.swept = False

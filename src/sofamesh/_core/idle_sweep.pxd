@@ -1,12 +1,14 @@
 # A cluster's idle-connection sweep (HttpProtocolOptions.common_http_protocol_options
 # .idle_timeout): one timer per cluster, armed only while idle connections exist.
 #
-# Contract: a pooled connection that goes idle stamps the time (`mono()`) and, unless it is
-# already listed (its own `swept` flag), calls `add`. The sweep later calls the
-# connection's `_idle_check(now, timeout)`, which closes it if it has been idle that long
-# and answers its deadline while it stays idle, or -1 once it is busy, closed, or closed now
-# (it then clears `swept` and is dropped). No timer per request: a busy keep-alive
-# connection costs one clock read and one flag test per request.
+# Contract: a pooled connection that goes idle and is not listed yet (its own `swept` flag)
+# stamps the time (`mono()`) and its request count, and calls `add`. The sweep, at least
+# every eighth of the timeout while any is listed, calls the connection's
+# `_idle_check(now, timeout)`: a connection whose request count moved since the last look
+# was reused, and counts as idle from then; one idle that long is closed; it answers its
+# deadline while it stays idle, or -1 once it is busy, closed, or closed now (it then
+# clears `swept` and is dropped). No timer and no clock read per request: a busy
+# keep-alive connection costs one flag test per request (PERF(benchmarks/instr_per_request.py)).
 
 
 cdef class IdleSweep:

@@ -30,10 +30,11 @@ cdef class IdleSweep:
                     first = d
         self.conns = keep
         if keep:
-            # never sooner than a sixteenth of the timeout: connections reused between
-            # sweeps cannot make it run once per request (each run walks the whole list)
-            self.timer = self.loop.call_later(max(first - now + SLACK, self.timeout / 16),
-                                              self._run)
+            # at least every eighth of the timeout while connections are listed: a listed
+            # connection's reuse is only seen here (its rq_count moved), so one that went
+            # idle again just after a look is closed at most timeout/8 late (never early)
+            self.timer = self.loop.call_later(
+                max(min(first - now, self.timeout / 8), 0.0) + SLACK, self._run)
 
     def close(self):
         """Forget every connection and stop the timer (the cluster is gone)."""
