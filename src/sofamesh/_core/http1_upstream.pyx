@@ -18,6 +18,7 @@ from sofamesh._core.headers cimport HeaderMap, HeaderList
 from sofamesh._core.conn_pool cimport (
     PoolConn, UpstreamCallbacks, ConnPool, Mirror, POOL_ATTACHED,
 )
+from sofamesh._core.idle_sweep cimport idle_deadline
 from sofamesh._core.http_common cimport (
     mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, PAUSE_UPSTREAM_FULL,
     PAUSE_QUEUE,
@@ -514,18 +515,15 @@ cdef class UpstreamConn(PoolConn):
 
     def _idle_check(self, double now, double timeout):
         """The cluster's IdleSweep asks (idle_sweep.pxd): closed here once idle that long."""
-        if self.closed or self.ds is not None or self.state != US_IDLE:
-            self.swept = False
-            return -1.0
-        if self.rq_count != self.seen_rq:   # used since the last look: idle from about now
-            self.seen_rq = self.rq_count
-            self.idle_since = now
-        if now - self.idle_since < timeout:
-            return self.idle_since + timeout
-        self.swept = False
-        self.cluster.upstream_cx_idle_timeout.inc()
+        cdef double d
+        if not (self.closed or self.ds is not None or self.state != US_IDLE):
+            d = idle_deadline(now, timeout, self.rq_count, &self.seen_rq, &self.idle_since)
+            if d > 0:
+                return d
+            self.cluster.upstream_cx_idle_timeout.inc()
         self._leave_idle()
         self.abort()
+        self.swept = False
         return -1.0
 
     def _on_max_duration(self):

@@ -20,6 +20,7 @@ from sofamesh._core.conn_pool cimport (
     PoolConn, UpstreamCallbacks, ConnPool, Mirror, POOL_ATTACHED, POOL_QUEUED, POOL_OVERFLOW,
 )
 from sofamesh._core.headers cimport HeaderMap, HeaderList
+from sofamesh._core.idle_sweep cimport idle_deadline
 from sofamesh._core.http_common cimport (
     mono, FAIL_CONNECT, FAIL_CONNECT_TIMEOUT, FAIL_RESET, FAIL_PROTOCOL, FAIL_REMOTE_RESET,
     FAIL_REFUSED, PAUSE_UPSTREAM_FULL,
@@ -188,18 +189,15 @@ cdef class H2Connection:
 
     def _idle_check(self, double now, double timeout):
         """The cluster's IdleSweep asks (idle_sweep.pxd): closed here once idle that long."""
-        if self.closed or self.draining or self.streams:
-            self.swept = False
-            return -1.0
-        if self.rq_count != self.seen_rq:   # used since the last look: idle from about now
-            self.seen_rq = self.rq_count
-            self.idle_since = now
-        if now - self.idle_since < timeout:
-            return self.idle_since + timeout
-        self.swept = False
-        self.cluster.upstream_cx_idle_timeout.inc()
+        cdef double d
+        if not (self.closed or self.draining or self.streams):
+            d = idle_deadline(now, timeout, self.rq_count, &self.seen_rq, &self.idle_since)
+            if d > 0:
+                return d
+            self.cluster.upstream_cx_idle_timeout.inc()
         self.local_close = True
         self.close()
+        self.swept = False
         return -1.0
 
     def _on_max_duration(self):

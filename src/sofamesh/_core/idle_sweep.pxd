@@ -11,6 +11,18 @@
 # keep-alive connection costs one flag test per request (PERF(benchmarks/instr_per_request.py)).
 
 
+cdef inline double idle_deadline(double now, double timeout, int rq_count, int* seen_rq,
+                                 double* idle_since) noexcept:
+    """A listed idle connection's deadline, or 0.0 once it is past it (to be closed); one
+    whose request count moved since the last look was reused, and is idle from `now`."""
+    if rq_count != seen_rq[0]:
+        seen_rq[0] = rq_count
+        idle_since[0] = now
+    if now - idle_since[0] < timeout:
+        return idle_since[0] + timeout
+    return 0.0
+
+
 cdef class IdleSweep:
     cdef readonly double timeout        # seconds, > 0
     cdef object timer                   # asyncio.TimerHandle | None
