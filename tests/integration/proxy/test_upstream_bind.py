@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import socketserver
 import subprocess
 import threading
 
@@ -18,46 +19,26 @@ import pytest
 from tests.conftest import envoy_binary, free_port, sofamesh_command
 from tests.integration.proxy.conftest import HCM, ROUTER, cluster
 from tests.support.envoy import ProxyProcess
+from tests.support.tcp_echo import ThreadedServer
 
 TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
-class PeerEcho:
-    """Answers each HTTP/1.1 request with the address the connection came from."""
+class PeerEcho(socketserver.BaseRequestHandler):
+    """Answers an HTTP/1.1 request with the address the connection came from."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
+    def handle(self) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.request.recv(4096)
+            if not chunk:
                 return
-            threading.Thread(target=self._serve, args=(conn, peer[0]), daemon=True).start()
-
-    @staticmethod
-    def _serve(conn: socket.socket, peer: str) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            body = peer.encode()
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-                % (len(body), body)
-            )
-
-    def close(self) -> None:
-        self.sock.close()
+            data += chunk
+        body = self.client_address[0].encode()
+        self.request.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
 
 
 def _bind(address: str, **extra) -> dict:
@@ -137,10 +118,11 @@ def _get(port: int) -> str:
 
 
 def run(kind: str, tmp_path, default: dict | None) -> dict[str, str]:
-    up = PeerEcho()
+    up = ThreadedServer(("127.0.0.1", 0), PeerEcho)
+    threading.Thread(target=up.serve_forever, daemon=True).start()
     try:
         ports = {n: free_port() for n in CASES}
-        boot = bootstrap(free_port(), ports, up.port, default)
+        boot = bootstrap(free_port(), ports, up.server_address[1], default)
         proc = (
             ProxyProcess.envoy(envoy_binary(), boot, tmp_path / kind)
             if kind == "envoy"
@@ -149,7 +131,8 @@ def run(kind: str, tmp_path, default: dict | None) -> dict[str, str]:
         with proc:
             return {n: _get(ports[n]) for n in CASES}
     finally:
-        up.close()
+        up.shutdown()
+        up.server_close()
 
 
 @pytest.mark.parametrize("default", [None, "127.0.0.8"], ids=["own", "bootstrap_default"])
