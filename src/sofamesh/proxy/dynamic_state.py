@@ -102,7 +102,7 @@ class _DynCluster:
     name: str
     version: str
     raw: bytes  # its envoy.config.cluster.v3.Cluster, serialized
-    rt: Any  # proxy.server._ClusterRuntime
+    rt: Any  # proxy.cluster_build.ClusterRuntime
     eds_name: str | None
     updated: float = field(default_factory=_now)
     task: Any = None  # first DNS resolution

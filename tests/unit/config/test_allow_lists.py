@@ -128,7 +128,7 @@ _H1_OPTIONS = """
 
 
 def test_cluster_http1_trailers_option_is_accepted_and_read(tmp_path):
-    from sofamesh.proxy.server import _upstream_trailers
+    from sofamesh.proxy.http_options import upstream_trailers as _upstream_trailers
 
     b = _cfg(
         tmp_path,
@@ -287,7 +287,7 @@ def test_cds_cluster_with_http1_trailers_or_http2_is_accepted_and_h2_connect_ref
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
     from sofamesh.config.validate import validate_resource
-    from sofamesh.proxy.server import _upstream_trailers
+    from sofamesh.proxy.http_options import upstream_trailers as _upstream_trailers
 
     def cluster(**explicit):
         c = cluster_pb2.Cluster(name="cds", type=cluster_pb2.Cluster.EDS)
@@ -306,7 +306,7 @@ def test_cds_cluster_with_http1_trailers_or_http2_is_accepted_and_h2_connect_ref
     ok = cluster(http_protocol_options=protocol_pb2.Http1ProtocolOptions(enable_trailers=True))
     assert validate_resource(ok) == []
     assert _upstream_trailers(ok)
-    from sofamesh.proxy.server import _upstream_h2
+    from sofamesh.proxy.http_options import upstream_h2 as _upstream_h2
 
     h2 = cluster(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
     assert validate_resource(h2) == []
