@@ -24,7 +24,7 @@ as Envoy's chargeResponseStat (charge_cluster_response_stats).
 The gRPC call goes on sofamesh's own HTTP/2 client (proxy/grpc_unary.py), one connection
 per filter and host of the `envoy_grpc` cluster, as envoy.filters.http.ratelimit's.
 
-Refused at start-up by path (not listed in config/implemented.py, or checked here):
+Refused at start-up by path (not listed in config/implemented_filters.py, or checked here):
 google_grpc, clear_route_cache, validate_mutations, include_peer_certificate,
 include_tls_session, route_metadata_context_namespaces, typed and route typed metadata
 namespaces, bootstrap_metadata_labels_key, encode_raw_headers, decoder_header_mutation_rules,
