@@ -154,7 +154,7 @@ cdef class Cluster:
     # transport_socket / transport_socket_matches (envoy.transport_sockets.tls), or None:
     # proxy.tls.UpstreamTransport; connect_kw(host) -> create_connection's ssl keywords
     cdef public object tls
-    cdef public object bind             # proxy.upstream_bind.UpstreamBind | None
+    cdef public object dialer           # proxy.upstream_bind.Dialer | None: bind, keepalive
 
     # HTTP/2 upstream (HttpProtocolOptions explicit_http_config.http2_protocol_options):
     # (max_concurrent_streams, initial_stream_window_size, initial_connection_window_size),

@@ -92,7 +92,7 @@ class Cluster:
     upstream_cx_idle_timeout: Counter
     upstream_cx_max_duration_reached: Counter
     tls: Any  # proxy.tls.UpstreamTransport | None
-    bind: Any  # proxy.upstream_bind.UpstreamBind | None
+    dialer: Any  # proxy.upstream_bind.Dialer | None
     panic_threshold: float  # common_lb_config.healthy_panic_threshold, percent
     panic: bool
     locality_weighted: bool  # common_lb_config.locality_weighted_lb_config (localities.py)

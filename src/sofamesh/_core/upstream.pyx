@@ -63,9 +63,9 @@ def connect(loop, factory, Host host, Cluster cluster):
     host:port, or through the cluster's transport when it has one (`tls`:
     proxy.tls.UpstreamTransport, or proxy.internal_listener.InternalTransport for internal
     addresses); each has connect(loop, factory, host). Every upstream pool dials here;
-    `bind` (proxy/upstream_bind.py): upstream_bind_config, bound before it connects."""
-    if cluster.bind is not None:
-        return cluster.bind.connect(loop, factory, host, cluster.tls)
+    `dialer` (proxy/upstream_bind.py): upstream_bind_config, TCP keepalive."""
+    if cluster.dialer is not None:
+        return cluster.dialer.connect(loop, factory, host, cluster.tls)
     if cluster.tls is None:
         return loop.create_connection(factory, host.address, host.port)
     return cluster.tls.connect(loop, factory, host)

@@ -527,9 +527,7 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
         "cleanup_interval",
         "alt_stat_name",  # the cluster's stats under cluster.<alt_stat_name>.
         "upstream_bind_config",  # proxy/upstream_bind.py
-        # on a cluster of pipes only (Istio's xds-grpc): TCP keepalive has no TCP socket to
-        # act on; refused elsewhere by config/validate.py
-        "upstream_connection_options",
+        "upstream_connection_options",  # tcp_keepalive (proxy/upstream_bind.py Dialer)
         "ring_hash_lb_config",
         "name",
         "type",
@@ -651,6 +649,12 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # and additional_source_addresses refused
     "envoy.config.core.v3.BindConfig": ("source_address", "freebind", "extra_source_addresses"),
     "envoy.config.core.v3.ExtraSourceAddress": ("address",),
+    _CL + "UpstreamConnectionOptions": ("tcp_keepalive",),
+    "envoy.config.core.v3.TcpKeepalive": (
+        "keepalive_probes",
+        "keepalive_time",
+        "keepalive_interval",
+    ),
     # an internal listener's address: Host envoy://<listener>/<id> (proxy/internal_listener.py)
     "envoy.config.core.v3.EnvoyInternalAddress": ("server_listener_name", "endpoint_id"),
     # envoy.transport_sockets.internal_upstream: its inner transport socket is the pipe's

@@ -357,18 +357,6 @@ class _Checker:
                 "and clusters of pipes only (dialled by xDS/SDS gRPC streams): not "
                 "implemented by sofamesh here",
             )
-        if (
-            support_on
-            and name == "envoy.config.cluster.v3.Cluster"
-            and m.HasField("upstream_connection_options")
-            and not _pipe_only(m)
-        ):
-            self.unsupported(
-                join(path, "upstream_connection_options"),
-                "Cluster.upstream_connection_options (TCP keepalive) is not implemented by "
-                "sofamesh for clusters with TCP endpoints (on a cluster of pipes it has "
-                "nothing to act on)",
-            )
         if name == "envoy.config.bootstrap.v3.LayeredRuntime":
             seen_layers: set[str] = set()
             for i, layer in enumerate(m.layers):

@@ -151,7 +151,7 @@ def build_cluster(server: Any, c: Any, path: str, shape: bytes | None = None) ->
             f"{path}.health_checks: health checks of a TLS cluster are not implemented by sofamesh"
         )
     rc = dns.config_of(c, server.bootstrap, path) if targets else None
-    if shape is not None and not (hosts or targets or hc or original or od or cl.tls or cl.bind):
+    if shape is not None and not (hosts or targets or hc or original or od or cl.tls or cl.dialer):
         if len(server._cluster_recipes) >= 1024:
             server._cluster_recipes.pop(next(iter(server._cluster_recipes)))
         kw["config"] = cluster_pb2.Cluster.FromString(shape)  # shared: see Cluster.config

@@ -1,4 +1,6 @@
-"""`Cluster.upstream_bind_config`, and the bootstrap's `cluster_manager.upstream_bind_config`
+"""How a cluster dials its upstream connections' sockets (`Cluster.dialer`, a `Dialer`):
+
+`Cluster.upstream_bind_config`, and the bootstrap's `cluster_manager.upstream_bind_config`
 (the default of every cluster without its own): the local address an upstream connection is
 bound to before it connects, as Envoy's BindConfig.
 
@@ -12,9 +14,15 @@ bound to before it connects, as Envoy's BindConfig.
 - `socket_options`, `local_address_selector` and the deprecated `additional_source_addresses`
   are refused by name (config/implemented.py).
 
-Every upstream connection of the cluster's pools dials through `connect` (_core/upstream.pyx
-`connect`), TLS included; a cluster of internal addresses (proxy/internal_listener.py) has no
-socket to bind and ignores it, as Envoy does.
+`Cluster.upstream_connection_options.tcp_keepalive`: SO_KEEPALIVE on each upstream socket,
+with TCP_KEEPCNT / TCP_KEEPIDLE / TCP_KEEPINTVL from `keepalive_probes` / `keepalive_time`
+/ `keepalive_interval` where set (the system's defaults otherwise), as Envoy's TcpKeepalive
+(istiod writes it from the mesh's or a DestinationRule's tcpKeepalive). A value the kernel
+refuses (0) fails the connection.
+
+Every upstream connection of the cluster's pools dials through `Dialer.connect`
+(_core/upstream.pyx `connect`), TLS included; a cluster of internal addresses
+(proxy/internal_listener.py) has no socket to bind or keep alive and ignores both, as Envoy.
 """
 
 from __future__ import annotations
@@ -118,16 +126,68 @@ class UpstreamBind:
             raise
 
 
+def keepalive(transport: Any, options: tuple[int | None, int | None, int | None]) -> None:
+    """SO_KEEPALIVE on the transport's socket, with (probes, time, interval) where not None."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in zip(
+        (socket.TCP_KEEPCNT, socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL), options, strict=True
+    ):
+        if value is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+
+
+class Dialer:
+    """A cluster's way to dial: bound first (`bind`), kept alive once connected
+    (`keepalive`: probes, time, interval; None for the system's default)."""
+
+    def __init__(
+        self, bind: UpstreamBind | None, keep: tuple[int | None, int | None, int | None] | None
+    ):
+        self.bind = bind
+        self.keepalive = keep
+
+    async def connect(self, loop: Any, factory: Any, host: Any, transport: Any) -> Any:
+        if self.bind is not None:
+            conn = await self.bind.connect(loop, factory, host, transport)
+        elif transport is not None:
+            conn = await transport.connect(loop, factory, host)
+        else:
+            conn = await loop.create_connection(factory, host.address, host.port)
+        if self.keepalive is not None:
+            try:
+                keepalive(conn[0], self.keepalive)
+            except OSError:
+                conn[0].abort()
+                raise
+        return conn
+
+
+def _keepalive_of(c: Any) -> tuple[int | None, int | None, int | None] | None:
+    if not c.upstream_connection_options.HasField("tcp_keepalive"):
+        return None
+    ka = c.upstream_connection_options.tcp_keepalive
+    return tuple(  # type: ignore[return-value]
+        getattr(ka, f).value if ka.HasField(f) else None
+        for f in ("keepalive_probes", "keepalive_time", "keepalive_interval")
+    )
+
+
 def configure(cluster: Any, c: Any, default: UpstreamBind | None, path: str) -> None:
-    """Sets `cluster.bind` from the cluster's config `c` (else the bootstrap's `default`);
-    left None for clusters of internal addresses, which have no socket."""
+    """Sets `cluster.dialer` from the cluster's config `c` (its bind, else the bootstrap's
+    `default`; its TCP keepalive); left None when there is neither, and for clusters of
+    internal addresses, which have no socket."""
     if c.HasField("upstream_bind_config"):
         bind: UpstreamBind | None = UpstreamBind.parse(
             c.upstream_bind_config, f"{path}.upstream_bind_config"
         )
     else:
         bind = default
+    keep = _keepalive_of(c)
     tls = cluster.tls
-    if bind is not None and tls is not None and not hasattr(tls, "connect_kw"):
-        bind = None  # internal addresses (proxy/internal_listener.py): nothing to bind
-    cluster.bind = bind
+    if (bind is None and keep is None) or (tls is not None and not hasattr(tls, "connect_kw")):
+        cluster.dialer = None  # internal addresses (proxy/internal_listener.py): no socket
+        return
+    cluster.dialer = Dialer(bind, keep)

@@ -277,16 +277,3 @@ def test_cluster_of_pipes_accepted_unless_traffic_goes_to_it(tmp_path, upstream)
         ".address.pipe: unix domain socket (pipe) addresses are implemented for static "
         "listeners and clusters of pipes only" in r.stderr
     )
-
-
-def test_tcp_keepalive_refused_on_a_tcp_cluster(tmp_path, upstream):
-    doc = bootstrap(free_port(), str(tmp_path / "x.sock"), upstream, None)
-    doc["static_resources"]["clusters"][0]["upstream_connection_options"] = {
-        "tcp_keepalive": {"keepalive_time": 300}
-    }
-    r = _validate(tmp_path, doc)
-    assert r.returncode == 1
-    assert (
-        "static_resources.clusters[0].upstream_connection_options: Cluster."
-        "upstream_connection_options (TCP keepalive) is not implemented by sofamesh" in r.stderr
-    )

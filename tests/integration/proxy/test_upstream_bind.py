@@ -9,10 +9,12 @@ All addresses are loopback (127.0.0.0/8 is local on Linux): nothing leaves the h
 from __future__ import annotations
 
 import json
+import re
 import socket
 import socketserver
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -179,3 +181,89 @@ def test_refusals_name_the_field(tmp_path):
         )
         assert r.returncode != 0, r.stderr
         assert f"upstream_bind_config.{field}" in r.stderr, r.stderr
+
+
+class Hold(socketserver.BaseRequestHandler):
+    """Keeps the connection open until the peer closes it."""
+
+    def handle(self) -> None:
+        while self.request.recv(4096):
+            pass
+
+
+def _keepalive_timers(port: int) -> list[str]:
+    """ss's timer of each established socket dialling 127.0.0.1:`port` (the proxy's upstream
+    connections): e.g. "keepalive,4min59sec,0", or "" without a timer."""
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( dport = :{port} )"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    timers = []
+    for line in out.splitlines():
+        m = re.search(r"timer:\(([^)]*)\)", line)
+        timers.append(m.group(1) if m else "")
+    return timers
+
+
+def _keepalive_run(kind: str, tmp_path) -> dict[str, list[str]]:
+    ups = {n: ThreadedServer(("127.0.0.1", 0), Hold) for n in ("kept", "plain")}
+    for up in ups.values():
+        threading.Thread(target=up.serve_forever, daemon=True).start()
+    # 300 s (Istio's usual): ss prints minutes and seconds unambiguously ("4min59sec")
+    ka = {"tcp_keepalive": {"keepalive_time": 300, "keepalive_interval": 3, "keepalive_probes": 4}}
+    ports = {n: free_port() for n in ups}
+    boot = {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}
+        },
+        "static_resources": {
+            "listeners": [_listener(n, ports[n], n, True) for n in ups],
+            "clusters": [
+                cluster("kept", [ups["kept"].server_address[1]], upstream_connection_options=ka),
+                cluster("plain", [ups["plain"].server_address[1]]),
+            ],
+        },
+    }
+    proc = (
+        ProxyProcess.envoy(envoy_binary(), boot, tmp_path / kind)
+        if kind == "envoy"
+        else ProxyProcess.sofamesh(sofamesh_command(), boot, tmp_path / kind)
+    )
+    clients = []
+    try:
+        with proc:
+            clients = [socket.create_connection(("127.0.0.1", ports[n]), 5) for n in ups]
+            got: dict[str, list[str]] = {}
+            for _ in range(100):
+                got = {n: _keepalive_timers(up.server_address[1]) for n, up in ups.items()}
+                if all(got.values()) or all(len(t) == 1 for t in got.values()):
+                    break
+                time.sleep(0.05)
+            return got
+    finally:
+        for c in clients:
+            c.close()
+        for up in ups.values():
+            up.shutdown()
+            up.server_close()
+
+
+def test_tcp_keepalive_as_envoy(tmp_path):
+    """upstream_connection_options.tcp_keepalive (istiod writes it from tcpKeepalive): the
+    upstream socket's keepalive timer runs from keepalive_time, as Envoy's; a cluster
+    without it has none. (keepalive_interval and keepalive_probes act only on a silent peer:
+    tests/unit/proxy/test_upstream_bind.py reads them back from a socket.)"""
+    seen = {}
+    for kind in ("envoy", "sofamesh"):
+        got = _keepalive_run(kind, tmp_path)
+        assert len(got["kept"]) == 1 and len(got["plain"]) == 1, (kind, got)
+        kind_, left, _ = got["kept"][0].split(",")
+        assert kind_ == "keepalive", (kind, got)
+        m = re.fullmatch(r"(\d+)min(?:(\d+)sec)?", left)  # "4min59sec", "5min"
+        assert m is not None, (kind, got)
+        assert 280 < int(m.group(1)) * 60 + int(m.group(2) or 0) <= 300, (kind, got)
+        assert not got["plain"][0].startswith("keepalive"), (kind, got)
+        seen[kind] = (kind_, got["plain"][0].split(",")[0])
+    assert seen["sofamesh"] == seen["envoy"]

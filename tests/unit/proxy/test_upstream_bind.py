@@ -9,7 +9,7 @@ import pytest
 from envoy.config.core.v3 import address_pb2
 
 from sofamesh.proxy.errors import UnsupportedConfig
-from sofamesh.proxy.upstream_bind import IP_FREEBIND, UpstreamBind
+from sofamesh.proxy.upstream_bind import IP_FREEBIND, UpstreamBind, keepalive
 
 
 def _bc(source: str, *extra: str, freebind: bool | None = None) -> address_pb2.BindConfig:
@@ -60,3 +60,26 @@ def test_bad_configs_are_refused_with_their_path(bc, words):
         UpstreamBind.parse(bc, "static_resources.clusters[0].upstream_bind_config")
     assert "static_resources.clusters[0].upstream_bind_config" in str(e.value)
     assert words in str(e.value)
+
+
+class _Transport:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def get_extra_info(self, name: str):
+        return self.sock if name == "socket" else None
+
+
+def test_keepalive_sets_what_is_given_and_leaves_the_rest_to_the_system():
+    with socket.socket() as s, socket.socket() as d:
+        defaults = [
+            d.getsockopt(socket.IPPROTO_TCP, o)
+            for o in (socket.TCP_KEEPCNT, socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL)
+        ]
+        keepalive(_Transport(s), (4, None, 3))
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == defaults[1]
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+        with pytest.raises(OSError):  # what the kernel refuses fails the connection
+            keepalive(_Transport(s), (None, 0, None))
