@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import socketserver
 import subprocess
 import threading
 import time
@@ -19,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import envoy_binary, free_port, sofamesh_command
+from tests.integration.proxy.conftest import HCM, ROUTER, cluster
 from tests.support.envoy import ProxyProcess, admin_get
 from tests.support.h2_peers import H2RecordingUpstream
+from tests.support.tcp_echo import ThreadedServer
 
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 SLOW = 1.5  # seconds the upstreams take over a slow request
 
@@ -62,21 +63,15 @@ class H1Upstream:
 
     def __init__(self) -> None:
         self.conns = Conns()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        upstream = self
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._serve, args=(conn, self.conns.open()), daemon=True
-            ).start()
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream._serve(self.request, upstream.conns.open())
+
+        self.server = ThreadedServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _serve(self, conn: socket.socket, cid: int) -> None:
         buf = b""
@@ -99,7 +94,8 @@ class H1Upstream:
             conn.close()
 
     def close(self) -> None:
-        self.sock.close()
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class H2Upstream(H2RecordingUpstream):
@@ -119,34 +115,14 @@ class H2Upstream(H2RecordingUpstream):
 
 def _cluster(name: str, port: int, common: dict, h2: bool = False) -> dict:
     proto = {"http2_protocol_options": {}} if h2 else {"http_protocol_options": {}}
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-        "typed_extension_protocol_options": {
-            HPO: {
-                "@type": "type.googleapis.com/" + HPO,
-                "common_http_protocol_options": common,
-                "explicit_http_config": proto,
-            }
-        },
+    options = {
+        "@type": "type.googleapis.com/" + HPO,
+        "common_http_protocol_options": common,
+        "explicit_http_config": proto,
     }
+    return cluster(
+        name, [port], connect_timeout="2s", typed_extension_protocol_options={HPO: options}
+    )
 
 
 def _listener(name: str, port: int) -> dict:
@@ -164,7 +140,7 @@ def _listener(name: str, port: int) -> dict:
                 }
             ]
         },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": [ROUTER],
     }
     return {
         "name": name,
